@@ -1,0 +1,682 @@
+/*
+ * ms_kafka.c - the only file that includes librdkafka (ms_kafka.h).
+ *
+ * Loop integration: each rd_kafka_t gets a pipe; librdkafka writes a byte to
+ * it when its queue goes from empty to non-empty (queue io-event), a uv_poll
+ * on the read end serves the queue on the loop thread, and a slow timer serves
+ * it again in case an event was coalesced.  Broker reachability is probed by
+ * a metadata request on libuv's thread pool so the loop never blocks on it.
+ */
+#include "ms_kafka.h"
+#include "ms_error.h"
+#include "ms_log.h"
+#include "ms_mem.h"
+
+#include <fcntl.h>
+#include <librdkafka/rdkafka.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* How often the queues are served without an io-event, and how often and how
+ * long broker reachability is probed. */
+#define MS_KAFKA_POLL_INTERVAL_MS 100
+#define MS_KAFKA_PROBE_INTERVAL_MS 2000
+#define MS_KAFKA_PROBE_TIMEOUT_MS 1500
+#define MS_KAFKA_DEFAULT_PRODUCE_TIMEOUT_MS 10000
+/* librdkafka's prefetch queue per consumer, in KiB. */
+#define MS_KAFKA_CONSUMER_QUEUE_KB "65536"
+#define MS_KAFKA_FETCH_MAX "52428800"
+
+/* ---- shared plumbing ---- */
+
+struct probe {
+    uv_work_t work;
+    rd_kafka_t *rk;
+    _Atomic int done;   /* set by the worker thread when it no longer uses rk */
+    int result;         /* 0 or an rd_kafka_resp_err_t */
+    int orphan;         /* owner is gone: after_work frees the probe only */
+    struct kloop *owner;
+};
+
+struct kloop {
+    uv_loop_t *loop;
+    rd_kafka_t *rk;
+    rd_kafka_queue_t *queue; /* the queue io-events are enabled on */
+    int fds[2];
+    uv_poll_t poll;
+    uv_timer_t timer;
+    uv_timer_t probe_timer;
+    struct probe *probe;
+    int ready;
+    char why[128];
+    void (*serve)(struct kloop *);
+    int handles_open;
+};
+
+static void set_conf(rd_kafka_conf_t *conf, const char *name, const char *value)
+{
+    char err[256];
+
+    if (rd_kafka_conf_set(conf, name, value, err, sizeof(err)) != RD_KAFKA_CONF_OK)
+        ms_fatal("event=kafka_config_error name=%s value=\"%s\" error=\"%s\"", name, value, err);
+}
+
+static rd_kafka_conf_t *base_conf(const struct ms_kafka_conf *kc)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    char num[32];
+
+    set_conf(conf, "bootstrap.servers", kc->brokers ? kc->brokers : "127.0.0.1:9092");
+    set_conf(conf, "client.id", kc->client_id ? kc->client_id : "mailstream");
+    snprintf(num, sizeof(num), "%d", MS_KAFKA_RECORD_MAX);
+    set_conf(conf, "message.max.bytes", num);
+    set_conf(conf, "log.connection.close", "false");
+    return conf;
+}
+
+static void kloop_pipe_cb(uv_poll_t *h, int status, int events)
+{
+    struct kloop *k = h->data;
+    char drain[64];
+
+    while (read(k->fds[0], drain, sizeof(drain)) > 0)
+        ;
+    k->serve(k);
+}
+
+static void kloop_timer_cb(uv_timer_t *t)
+{
+    struct kloop *k = t->data;
+    k->serve(k);
+}
+
+static void probe_work(uv_work_t *w)
+{
+    struct probe *p = w->data;
+    const struct rd_kafka_metadata *md = NULL;
+
+    p->result = rd_kafka_metadata(p->rk, 0, NULL, &md, MS_KAFKA_PROBE_TIMEOUT_MS);
+    if (md)
+        rd_kafka_metadata_destroy(md);
+    atomic_store(&p->done, 1);
+}
+
+static void probe_after(uv_work_t *w, int status)
+{
+    struct probe *p = w->data;
+    struct kloop *k = p->owner;
+
+    if (p->orphan || k == NULL) {
+        free(p);
+        return;
+    }
+    k->probe = NULL;
+    if (status == 0 && p->result == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        if (!k->ready)
+            ms_info("event=kafka_reachable");
+        k->ready = 1;
+        k->why[0] = '\0';
+    } else {
+        if (k->ready)
+            ms_warn("event=kafka_unreachable error=\"%s\"",
+                    rd_kafka_err2str((rd_kafka_resp_err_t)p->result));
+        k->ready = 0;
+        snprintf(k->why, sizeof(k->why), "kafka: %s",
+                 rd_kafka_err2str((rd_kafka_resp_err_t)p->result));
+    }
+    free(p);
+}
+
+static void kloop_probe_cb(uv_timer_t *t)
+{
+    struct kloop *k = t->data;
+    struct probe *p;
+
+    if (k->probe)
+        return;
+    p = ms_calloc(1, sizeof(*p));
+    p->rk = k->rk;
+    p->owner = k;
+    p->work.data = p;
+    k->probe = p;
+    if (uv_queue_work(k->loop, &p->work, probe_work, probe_after) != 0) {
+        k->probe = NULL;
+        free(p);
+    }
+}
+
+static void kloop_start(struct kloop *k, uv_loop_t *loop, rd_kafka_t *rk, rd_kafka_queue_t *q,
+                        void (*serve)(struct kloop *))
+{
+    k->loop = loop;
+    k->rk = rk;
+    k->queue = q;
+    k->serve = serve;
+    snprintf(k->why, sizeof(k->why), "kafka: not yet reached");
+    if (pipe2(k->fds, O_NONBLOCK | O_CLOEXEC) != 0)
+        ms_fatal("event=kafka_pipe_failed");
+    rd_kafka_queue_io_event_enable(q, k->fds[1], "1", 1);
+    uv_poll_init(loop, &k->poll, k->fds[0]);
+    uv_timer_init(loop, &k->timer);
+    uv_timer_init(loop, &k->probe_timer);
+    k->poll.data = k->timer.data = k->probe_timer.data = k;
+    uv_poll_start(&k->poll, UV_READABLE, kloop_pipe_cb);
+    uv_timer_start(&k->timer, kloop_timer_cb, MS_KAFKA_POLL_INTERVAL_MS, MS_KAFKA_POLL_INTERVAL_MS);
+    uv_timer_start(&k->probe_timer, kloop_probe_cb, 0, MS_KAFKA_PROBE_INTERVAL_MS);
+    k->handles_open = 3;
+}
+
+/* Stop the loop plumbing and wait for a running probe, so that rk can be
+ * destroyed.  The kloop is freed later by the last close callback
+ * (kloop_close). */
+static void kloop_stop(struct kloop *k)
+{
+    uv_poll_stop(&k->poll);
+    uv_timer_stop(&k->timer);
+    uv_timer_stop(&k->probe_timer);
+    if (k->probe) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        /* The probe is bounded by MS_KAFKA_PROBE_TIMEOUT_MS. */
+        if (uv_cancel((uv_req_t *)&k->probe->work) != 0)
+            while (!atomic_load(&k->probe->done))
+                nanosleep(&ts, NULL);
+        k->probe->orphan = 1;
+        k->probe->owner = NULL;
+        k->probe = NULL;
+    }
+    rd_kafka_queue_io_event_enable(k->queue, -1, NULL, 0);
+    rd_kafka_queue_destroy(k->queue);
+    k->queue = NULL;
+}
+
+static void kloop_free_cb(uv_handle_t *h)
+{
+    struct kloop *k = h->data;
+
+    if (--k->handles_open == 0) {
+        close(k->fds[0]);
+        close(k->fds[1]);
+        free(k);
+    }
+}
+
+static void kloop_close(struct kloop *k)
+{
+    uv_close((uv_handle_t *)&k->poll, kloop_free_cb);
+    uv_close((uv_handle_t *)&k->timer, kloop_free_cb);
+    uv_close((uv_handle_t *)&k->probe_timer, kloop_free_cb);
+}
+
+static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    char q[512];
+
+    ms_log(level <= 3 ? MS_LOG_ERROR : level <= 5 ? MS_LOG_WARN : MS_LOG_INFO,
+           "event=kafka_log facility=%s message=%s", fac, ms_log_quote(q, sizeof(q), buf, strlen(buf)));
+}
+
+static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    char q[512];
+
+    ms_warn("event=kafka_error error=%s reason=%s", rd_kafka_err2name((rd_kafka_resp_err_t)err),
+            ms_log_quote(q, sizeof(q), reason, strlen(reason)));
+    if (err == RD_KAFKA_RESP_ERR__FATAL)
+        ms_fatal("event=kafka_fatal reason=%s", q);
+}
+
+/* ---- producer ---- */
+
+struct ms_producer {
+    rd_kafka_t *rk;
+    struct kloop *kl;
+    ms_produce_cb cb;
+    void *arg;
+};
+
+static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    ms_producer *p = opaque;
+    uint64_t id = (uint64_t)(uintptr_t)m->_private;
+
+    if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
+        p->cb(p->arg, id, 0, NULL);
+    else
+        p->cb(p->arg, id, m->err == RD_KAFKA_RESP_ERR__MSG_TIMED_OUT ? MS_ETIMEOUT : MS_EUNAVAIL,
+              rd_kafka_err2str(m->err));
+}
+
+static void producer_serve(struct kloop *k)
+{
+    while (rd_kafka_poll(k->rk, 0) > 0)
+        ;
+}
+
+ms_producer *ms_producer_new(uv_loop_t *loop, const struct ms_kafka_conf *kc, ms_produce_cb cb,
+                             void *arg, char *err, size_t errlen)
+{
+    ms_producer *p = ms_calloc(1, sizeof(*p));
+    rd_kafka_conf_t *conf = base_conf(kc);
+    char num[32];
+
+    /* acks=all and idempotence: a 250 means the record is on every in-sync
+     * replica, exactly once per send (DESIGN.md, "Accepted means durable"). */
+    set_conf(conf, "enable.idempotence", "true");
+    set_conf(conf, "acks", "all");
+    snprintf(num, sizeof(num), "%d",
+             kc->produce_timeout_ms > 0 ? kc->produce_timeout_ms
+                                        : MS_KAFKA_DEFAULT_PRODUCE_TIMEOUT_MS);
+    set_conf(conf, "message.timeout.ms", num);
+    snprintf(num, sizeof(num), "%d", kc->linger_ms > 0 ? kc->linger_ms : 1);
+    set_conf(conf, "linger.ms", num);
+    set_conf(conf, "queue.buffering.max.kbytes", "1048576");
+    rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
+    rd_kafka_conf_set_log_cb(conf, log_cb);
+    rd_kafka_conf_set_error_cb(conf, error_cb);
+    rd_kafka_conf_set_opaque(conf, p);
+    p->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, errlen);
+    if (p->rk == NULL) {
+        rd_kafka_conf_destroy(conf);
+        free(p);
+        return NULL;
+    }
+    p->cb = cb;
+    p->arg = arg;
+    p->kl = ms_calloc(1, sizeof(*p->kl));
+    kloop_start(p->kl, loop, p->rk, rd_kafka_queue_get_main(p->rk), producer_serve);
+    return p;
+}
+
+int ms_producer_send(ms_producer *p, const char *topic, const void *key, size_t keylen,
+                     const void *value, size_t len, uint64_t id)
+{
+    rd_kafka_resp_err_t err;
+
+    if (len > MS_KAFKA_RECORD_MAX)
+        return MS_ETOOBIG;
+    err = rd_kafka_producev(p->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, keylen),
+                            RD_KAFKA_V_VALUE((void *)value, len),
+                            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                            RD_KAFKA_V_OPAQUE((void *)(uintptr_t)id), RD_KAFKA_V_END);
+    switch (err) {
+    case RD_KAFKA_RESP_ERR_NO_ERROR: return 0;
+    case RD_KAFKA_RESP_ERR__QUEUE_FULL: return MS_EAGAIN;
+    case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE: return MS_ETOOBIG;
+    default:
+        ms_warn("event=kafka_produce_failed topic=%s error=\"%s\"", topic, rd_kafka_err2str(err));
+        return MS_EIO;
+    }
+}
+
+int ms_producer_outstanding(ms_producer *p)
+{
+    return rd_kafka_outq_len(p->rk);
+}
+
+int ms_producer_ready(ms_producer *p, char *why, size_t whylen)
+{
+    if (!p->kl->ready)
+        snprintf(why, whylen, "%s", p->kl->why);
+    return p->kl->ready;
+}
+
+void ms_producer_free(ms_producer *p, int timeout_ms)
+{
+    if (p == NULL)
+        return;
+    kloop_stop(p->kl);
+    if (rd_kafka_flush(p->rk, timeout_ms) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        ms_warn("event=kafka_flush_incomplete outstanding=%d", rd_kafka_outq_len(p->rk));
+        rd_kafka_purge(p->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+        rd_kafka_flush(p->rk, 1000); /* serves the purged reports as errors */
+    }
+    kloop_close(p->kl);
+    rd_kafka_destroy(p->rk);
+    free(p);
+}
+
+/* ---- consumer ---- */
+
+/* Offsets handed out and not yet done, per partition, in ascending order
+ * (Kafka delivers a partition in order). */
+struct ptrack {
+    int assigned;
+    uint64_t gen;
+    int64_t *offsets;
+    size_t n, cap;
+    int64_t next_store; /* highest offset stored so far (the next to consume) */
+};
+
+struct rec_node {
+    struct ms_record rec;   /* first: ms_record * converts to rec_node * */
+    struct rec_node *prev, *next;
+    int in_backlog;
+};
+
+struct ms_consumer {
+    rd_kafka_t *rk;
+    struct kloop *kl;
+    char *topic;
+    ms_consume_cb cb;
+    void *arg;
+    uint64_t gen;
+    int paused;
+    struct ptrack *parts;
+    size_t nparts;
+    struct rec_node *out_head;          /* handed out or in backlog */
+    size_t nbacklog;
+    int in_flight;
+};
+
+static struct ptrack *ptrack_get(ms_consumer *c, int32_t partition)
+{
+    if (partition < 0)
+        return NULL;
+    if ((size_t)partition >= c->nparts) {
+        size_t n = (size_t)partition + 1;
+        c->parts = ms_realloc(c->parts, n * sizeof(*c->parts));
+        memset(c->parts + c->nparts, 0, (n - c->nparts) * sizeof(*c->parts));
+        c->nparts = n;
+    }
+    return &c->parts[partition];
+}
+
+static void store_offset(ms_consumer *c, int32_t partition, int64_t offset)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_resp_err_t err;
+
+    rd_kafka_topic_partition_list_add(l, c->topic, partition)->offset = offset;
+    err = rd_kafka_offsets_store(c->rk, l);
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+        ms_warn("event=kafka_offset_store_failed partition=%d offset=%lld error=\"%s\"",
+                (int)partition, (long long)offset, rd_kafka_err2str(err));
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+static void set_paused(ms_consumer *c, rd_kafka_topic_partition_list_t *parts, int pause)
+{
+    if (parts->cnt == 0)
+        return;
+    if (pause)
+        rd_kafka_pause_partitions(c->rk, parts);
+    else
+        rd_kafka_resume_partitions(c->rk, parts);
+}
+
+static void pause_all(ms_consumer *c, int pause)
+{
+    rd_kafka_topic_partition_list_t *l = NULL;
+
+    if (rd_kafka_assignment(c->rk, &l) == RD_KAFKA_RESP_ERR_NO_ERROR && l) {
+        set_paused(c, l, pause);
+        rd_kafka_topic_partition_list_destroy(l);
+    }
+}
+
+static void rec_unlink(ms_consumer *c, struct rec_node *n)
+{
+    if (n->prev)
+        n->prev->next = n->next;
+    else
+        c->out_head = n->next;
+    if (n->next)
+        n->next->prev = n->prev;
+    rd_kafka_message_destroy(n->rec._msg);
+    free(n);
+}
+
+static void drop_backlog(ms_consumer *c)
+{
+    struct rec_node *n, *next;
+
+    /* Backlog records are marked in the one list of records handed out. */
+    for (n = c->out_head; n; n = next) {
+        next = n->next;
+        if (n->in_backlog)
+            rec_unlink(c, n);
+    }
+    c->nbacklog = 0;
+}
+
+static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    ms_consumer *c = opaque;
+    struct ptrack *t;
+    int i;
+
+    c->gen++;
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        for (i = 0; i < parts->cnt; i++) {
+            if ((t = ptrack_get(c, parts->elems[i].partition)) == NULL)
+                continue;
+            t->assigned = 1;
+            t->gen = c->gen;
+            t->n = 0;
+            t->next_store = -1;
+        }
+        ms_info("event=kafka_assigned partitions=%d", parts->cnt);
+        rd_kafka_assign(rk, parts);
+        if (c->paused)
+            set_paused(c, parts, 1);
+    } else {
+        /* Records still in flight for these partitions are redelivered to
+         * their next owner: their offsets were never stored. */
+        rd_kafka_commit(rk, NULL, 0);
+        for (i = 0; i < parts->cnt; i++)
+            if ((t = ptrack_get(c, parts->elems[i].partition)) != NULL) {
+                t->assigned = 0;
+                t->n = 0;
+            }
+        drop_backlog(c);
+        ms_info("event=kafka_revoked partitions=%d", parts->cnt);
+        rd_kafka_assign(rk, NULL);
+    }
+}
+
+static void consumer_hand_out(ms_consumer *c, struct rec_node *n)
+{
+    n->in_backlog = 0;
+    c->in_flight++;
+    c->cb(c->arg, &n->rec);
+}
+
+static void consumer_serve(struct kloop *k);
+
+static void consumer_take(ms_consumer *c, rd_kafka_message_t *m)
+{
+    struct rec_node *n;
+    struct ptrack *t;
+
+    if (m->err) {
+        if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            ms_warn("event=kafka_consume_error error=\"%s\"", rd_kafka_message_errstr(m));
+        rd_kafka_message_destroy(m);
+        return;
+    }
+    if ((t = ptrack_get(c, m->partition)) == NULL || !t->assigned) {
+        rd_kafka_message_destroy(m);
+        return;
+    }
+    if (t->n == t->cap) {
+        t->cap = t->cap ? t->cap * 2 : 64;
+        t->offsets = ms_realloc(t->offsets, t->cap * sizeof(int64_t));
+    }
+    t->offsets[t->n++] = m->offset;
+    n = ms_calloc(1, sizeof(*n));
+    n->rec.topic = c->topic;
+    n->rec.partition = m->partition;
+    n->rec.offset = m->offset;
+    n->rec.key = m->key;
+    n->rec.keylen = m->key_len;
+    n->rec.value = m->payload;
+    n->rec.len = m->len;
+    n->rec._msg = m;
+    n->rec._gen = t->gen;
+    n->next = c->out_head;
+    if (c->out_head)
+        c->out_head->prev = n;
+    c->out_head = n;
+    if (c->paused) {
+        n->in_backlog = 1;
+        c->nbacklog++;
+        return;
+    }
+    consumer_hand_out(c, n);
+}
+
+static void consumer_serve(struct kloop *k)
+{
+    ms_consumer *c = NULL;
+    rd_kafka_message_t *m;
+
+    c = rd_kafka_opaque(k->rk);
+    while ((m = rd_kafka_consumer_poll(k->rk, 0)) != NULL)
+        consumer_take(c, m);
+}
+
+ms_consumer *ms_consumer_new(uv_loop_t *loop, const struct ms_kafka_conf *kc, const char *group,
+                             const char *topic, ms_consume_cb cb, void *arg, char *err,
+                             size_t errlen)
+{
+    ms_consumer *c = ms_calloc(1, sizeof(*c));
+    rd_kafka_conf_t *conf = base_conf(kc);
+    rd_kafka_topic_partition_list_t *subs;
+    rd_kafka_resp_err_t e;
+
+    set_conf(conf, "group.id", group);
+    set_conf(conf, "enable.auto.offset.store", "false");
+    set_conf(conf, "enable.auto.commit", "true");
+    set_conf(conf, "auto.commit.interval.ms", "1000");
+    set_conf(conf, "auto.offset.reset", "earliest");
+    set_conf(conf, "fetch.max.bytes", MS_KAFKA_FETCH_MAX);
+    set_conf(conf, "queued.max.messages.kbytes", MS_KAFKA_CONSUMER_QUEUE_KB);
+    /* A worker that stops polling this long is presumed dead; we keep
+     * polling while paused, so only a stuck loop hits it. */
+    set_conf(conf, "max.poll.interval.ms", "300000");
+    rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
+    rd_kafka_conf_set_log_cb(conf, log_cb);
+    rd_kafka_conf_set_error_cb(conf, error_cb);
+    rd_kafka_conf_set_opaque(conf, c);
+    c->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, errlen);
+    if (c->rk == NULL) {
+        rd_kafka_conf_destroy(conf);
+        free(c);
+        return NULL;
+    }
+    rd_kafka_poll_set_consumer(c->rk);
+    c->topic = ms_strdup(topic);
+    c->cb = cb;
+    c->arg = arg;
+    subs = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(subs, topic, RD_KAFKA_PARTITION_UA);
+    e = rd_kafka_subscribe(c->rk, subs);
+    rd_kafka_topic_partition_list_destroy(subs);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        snprintf(err, errlen, "subscribe %s: %s", topic, rd_kafka_err2str(e));
+        rd_kafka_destroy(c->rk);
+        free(c->topic);
+        free(c);
+        return NULL;
+    }
+    c->kl = ms_calloc(1, sizeof(*c->kl));
+    kloop_start(c->kl, loop, c->rk, rd_kafka_queue_get_consumer(c->rk), consumer_serve);
+    return c;
+}
+
+void ms_consumer_pause(ms_consumer *c)
+{
+    if (c->paused)
+        return;
+    c->paused = 1;
+    pause_all(c, 1);
+}
+
+void ms_consumer_resume(ms_consumer *c)
+{
+    struct rec_node *n, *oldest;
+
+    if (!c->paused)
+        return;
+    c->paused = 0;
+    /* Hand out the backlog oldest first; a handler may pause us again. */
+    while (!c->paused && c->nbacklog > 0) {
+        oldest = NULL;
+        for (n = c->out_head; n; n = n->next)
+            if (n->in_backlog)
+                oldest = n; /* the list is newest first */
+        if (oldest == NULL)
+            break;
+        c->nbacklog--;
+        consumer_hand_out(c, oldest);
+    }
+    if (!c->paused)
+        pause_all(c, 0);
+}
+
+void ms_consumer_done(ms_consumer *c, struct ms_record *rec)
+{
+    struct rec_node *n = (struct rec_node *)rec;
+    struct ptrack *t = ptrack_get(c, rec->partition);
+    int64_t store = -1, max_done;
+    size_t i;
+
+    c->in_flight--;
+    if (t && t->assigned && t->gen == rec->_gen) {
+        for (i = 0; i < t->n; i++)
+            if (t->offsets[i] == rec->offset)
+                break;
+        if (i < t->n) {
+            memmove(&t->offsets[i], &t->offsets[i + 1], (t->n - i - 1) * sizeof(int64_t));
+            t->n--;
+        }
+        /* Next to consume: the lowest offset still in flight, or just past
+         * this one when nothing lower is outstanding. */
+        max_done = rec->offset + 1;
+        store = t->n > 0 ? t->offsets[0] : max_done;
+        if (store > t->next_store) {
+            t->next_store = store;
+            store_offset(c, rec->partition, store);
+        }
+    }
+    rec_unlink(c, n);
+}
+
+int ms_consumer_ready(ms_consumer *c, char *why, size_t whylen)
+{
+    if (!c->kl->ready)
+        snprintf(why, whylen, "%s", c->kl->why);
+    return c->kl->ready;
+}
+
+int ms_consumer_in_flight(ms_consumer *c)
+{
+    return c->in_flight;
+}
+
+void ms_consumer_free(ms_consumer *c)
+{
+    rd_kafka_resp_err_t err;
+    size_t i;
+
+    if (c == NULL)
+        return;
+    kloop_stop(c->kl);
+    drop_backlog(c);
+    if ((err = rd_kafka_consumer_close(c->rk)) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        ms_warn("event=kafka_consumer_close_failed error=\"%s\"", rd_kafka_err2str(err));
+    while (c->out_head)
+        rec_unlink(c, c->out_head);
+    kloop_close(c->kl);
+    rd_kafka_destroy(c->rk);
+    for (i = 0; i < c->nparts; i++)
+        free(c->parts[i].offsets);
+    free(c->parts);
+    free(c->topic);
+    free(c);
+}

@@ -1,0 +1,98 @@
+/*
+ * ms_kafka.h - Kafka glue: an idempotent producer and a consumer-group
+ * member, both driven by a libuv loop.  This module is the only one that
+ * includes librdkafka; everyone else sees these types.
+ *
+ * Threads: create, use and free each object on one loop thread.  librdkafka's
+ * own threads signal the loop through a pipe (queue io-event), so every
+ * callback below runs on that loop thread.
+ *
+ * Record sizes: MS_KAFKA_RECORD_MAX is the producer's message.max.bytes and
+ * the consumer's fetch limits; topics and the broker are created with the
+ * same value (docs/config.md).
+ */
+#ifndef MS_KAFKA_H
+#define MS_KAFKA_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#define MS_KAFKA_RECORD_MAX (32 * 1024 * 1024)
+
+struct ms_kafka_conf {
+    const char *brokers;       /* bootstrap.servers */
+    const char *client_id;     /* node id */
+    int produce_timeout_ms;    /* message.timeout.ms; 0: 10000 */
+    int linger_ms;             /* linger.ms; 0: 1 */
+};
+
+/* ---- producer ---- */
+
+typedef struct ms_producer ms_producer;
+
+/* Called once per produced record, on the loop thread, with the id given to
+ * ms_producer_send.  err is 0 when the broker acknowledged the record with
+ * acks=all, else a negative MS_E* code and a librdkafka message. */
+typedef void (*ms_produce_cb)(void *arg, uint64_t id, int err, const char *errstr);
+
+ms_producer *ms_producer_new(uv_loop_t *loop, const struct ms_kafka_conf *conf,
+                             ms_produce_cb cb, void *arg, char *err, size_t errlen);
+/* Queue one record (the payload is copied).  Returns 0, or MS_EAGAIN when the
+ * local queue is full (back off), MS_ETOOBIG over MS_KAFKA_RECORD_MAX, or
+ * MS_EIO; on error the callback is not called. */
+int ms_producer_send(ms_producer *p, const char *topic, const void *key, size_t keylen,
+                     const void *value, size_t len, uint64_t id);
+/* Records queued or in flight, not yet reported. */
+int ms_producer_outstanding(ms_producer *p);
+/* Last known broker reachability (refreshed in the background every few
+ * seconds by a metadata request on the thread pool): 1 reachable. */
+int ms_producer_ready(ms_producer *p, char *why, size_t whylen);
+/* Wait up to timeout_ms for outstanding records (blocks the loop: call only
+ * when shutting down), then free.  Reports still due are delivered as errors
+ * through the callback before this returns. */
+void ms_producer_free(ms_producer *p, int timeout_ms);
+
+/* ---- consumer ---- */
+
+typedef struct ms_consumer ms_consumer;
+
+/* A record handed to the application.  It stays valid until
+ * ms_consumer_done(); the application must call that exactly once, after the
+ * record's outcome is durable.  Offsets are stored (for the next commit) only
+ * up to the lowest record of each partition not yet done, so records may
+ * finish in any order. */
+struct ms_record {
+    const char *topic;
+    int32_t partition;
+    int64_t offset;
+    const void *key;
+    size_t keylen;
+    const void *value;
+    size_t len;
+    void *_msg;          /* private */
+    uint64_t _gen;       /* private: assignment generation */
+};
+
+typedef void (*ms_consume_cb)(void *arg, struct ms_record *rec);
+
+/* Join `group` and consume `topic`.  enable.auto.offset.store=false,
+ * enable.auto.commit=true (commits what was stored). */
+ms_consumer *ms_consumer_new(uv_loop_t *loop, const struct ms_kafka_conf *conf,
+                             const char *group, const char *topic, ms_consume_cb cb, void *arg,
+                             char *err, size_t errlen);
+/* Stop / resume handing out records (the application's in-flight bound). */
+void ms_consumer_pause(ms_consumer *c);
+void ms_consumer_resume(ms_consumer *c);
+/* The record's outcome is durable: release it and store its offset when
+ * allowed.  A record whose partition was revoked meanwhile is just freed (the
+ * new owner redelivers it). */
+void ms_consumer_done(ms_consumer *c, struct ms_record *rec);
+int ms_consumer_ready(ms_consumer *c, char *why, size_t whylen);
+/* Records handed out and not yet done. */
+int ms_consumer_in_flight(ms_consumer *c);
+/* Commit stored offsets, leave the group, free.  Records not yet done are
+ * freed without storing their offsets.  Blocks: shutdown only. */
+void ms_consumer_free(ms_consumer *c);
+
+#endif

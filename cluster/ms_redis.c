@@ -1,0 +1,269 @@
+/*
+ * ms_redis.c - the only file that includes hiredis (ms_redis.h).
+ *
+ * One redisAsyncContext attached to the caller's libuv loop.  When the
+ * connection drops, commands fail fast with MS_EUNAVAIL and a timer
+ * reconnects; a periodic PING keeps the readiness flag honest.
+ */
+#include "ms_redis.h"
+#include "ms_error.h"
+#include "ms_log.h"
+#include "ms_mem.h"
+
+#include <hiredis/adapters/libuv.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MS_REDIS_RECONNECT_MS 500
+#define MS_REDIS_PING_MS 2000
+/* Nesting deeper than this in a reply is refused rather than recursed into. */
+#define MS_REDIS_REPLY_DEPTH_MAX 8
+
+struct ms_redis {
+    uv_loop_t *loop;
+    char *host;
+    int port;
+    redisAsyncContext *ac;
+    int connected;
+    int ping_ok;
+    int closing;
+    uv_timer_t reconnect_timer;
+    uv_timer_t ping_timer;
+    char why[128];
+};
+
+struct pending {
+    ms_redis_cb cb;
+    void *arg;
+    uint64_t id;
+};
+
+static void redis_connect(ms_redis *r);
+
+static void convert(const redisReply *in, struct ms_redis_reply *out, int depth)
+{
+    struct ms_redis_reply *elems;
+    size_t i;
+
+    memset(out, 0, sizeof(*out));
+    switch (in->type) {
+    case REDIS_REPLY_INTEGER:
+        out->type = MS_REDIS_INT;
+        out->integer = in->integer;
+        break;
+    case REDIS_REPLY_STRING:
+    case REDIS_REPLY_STATUS:
+        out->type = MS_REDIS_STR;
+        out->str = in->str;
+        out->len = in->len;
+        break;
+    case REDIS_REPLY_ERROR:
+        out->type = MS_REDIS_ERR;
+        out->str = in->str;
+        out->len = in->len;
+        break;
+    case REDIS_REPLY_ARRAY:
+        if (depth >= MS_REDIS_REPLY_DEPTH_MAX) {
+            out->type = MS_REDIS_ERR;
+            out->str = "reply nested too deeply";
+            out->len = strlen(out->str);
+            break;
+        }
+        out->type = MS_REDIS_ARRAY;
+        out->nelem = in->elements;
+        elems = ms_calloc(in->elements, sizeof(*elems));
+        for (i = 0; i < in->elements; i++)
+            convert(in->element[i], &elems[i], depth + 1);
+        out->elem = elems;
+        break;
+    default:
+        out->type = MS_REDIS_NIL;
+        break;
+    }
+}
+
+static void release(struct ms_redis_reply *r)
+{
+    size_t i;
+
+    if (r->type != MS_REDIS_ARRAY)
+        return;
+    for (i = 0; i < r->nelem; i++)
+        release((struct ms_redis_reply *)&r->elem[i]);
+    free((void *)r->elem);
+}
+
+static void reply_cb(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct pending *p = privdata;
+    struct ms_redis_reply r;
+
+    if (reply == NULL) {
+        memset(&r, 0, sizeof(r));
+        r.type = MS_REDIS_FAILED;
+        r.str = ac->errstr[0] ? ac->errstr : "connection lost";
+        r.len = strlen(r.str);
+        p->cb(p->arg, p->id, &r);
+    } else {
+        convert(reply, &r, 0);
+        p->cb(p->arg, p->id, &r);
+        release(&r);
+    }
+    free(p);
+}
+
+static void reconnect_cb(uv_timer_t *t)
+{
+    redis_connect(t->data);
+}
+
+static void schedule_reconnect(ms_redis *r)
+{
+    if (!r->closing)
+        uv_timer_start(&r->reconnect_timer, reconnect_cb, MS_REDIS_RECONNECT_MS, 0);
+}
+
+static void connect_cb(const redisAsyncContext *ac, int status)
+{
+    ms_redis *r = ac->data;
+
+    if (status != REDIS_OK) {
+        snprintf(r->why, sizeof(r->why), "redis: %s", ac->errstr);
+        if (r->ac == ac)
+            r->ac = NULL; /* hiredis frees the context after this callback */
+        schedule_reconnect(r);
+        return;
+    }
+    r->connected = 1;
+    r->ping_ok = 1;
+    ms_info("event=redis_connected host=%s port=%d", r->host, r->port);
+}
+
+static void disconnect_cb(const redisAsyncContext *ac, int status)
+{
+    ms_redis *r = ac->data;
+
+    if (r->ac == ac)
+        r->ac = NULL;
+    if (r->connected && !r->closing)
+        ms_warn("event=redis_disconnected error=\"%s\"", ac->errstr[0] ? ac->errstr : "closed");
+    r->connected = 0;
+    snprintf(r->why, sizeof(r->why), "redis: %s", ac->errstr[0] ? ac->errstr : "disconnected");
+    schedule_reconnect(r);
+}
+
+static void redis_connect(ms_redis *r)
+{
+    redisAsyncContext *ac;
+
+    if (r->closing || r->ac)
+        return;
+    ac = redisAsyncConnect(r->host, r->port);
+    if (ac == NULL || ac->err) {
+        snprintf(r->why, sizeof(r->why), "redis: %s", ac ? ac->errstr : "cannot allocate");
+        if (ac)
+            redisAsyncFree(ac);
+        schedule_reconnect(r);
+        return;
+    }
+    ac->data = r;
+    if (redisLibuvAttach(ac, r->loop) != REDIS_OK) {
+        redisAsyncFree(ac);
+        schedule_reconnect(r);
+        return;
+    }
+    redisAsyncSetConnectCallback(ac, connect_cb);
+    redisAsyncSetDisconnectCallback(ac, disconnect_cb);
+    r->ac = ac;
+}
+
+static void ping_reply(void *arg, uint64_t id, const struct ms_redis_reply *reply)
+{
+    ms_redis *r = arg;
+
+    r->ping_ok = reply->type == MS_REDIS_STR;
+    if (!r->ping_ok)
+        snprintf(r->why, sizeof(r->why), "redis: PING failed: %.*s", (int)reply->len,
+                 reply->str ? reply->str : "");
+}
+
+static void ping_cb(uv_timer_t *t)
+{
+    ms_redis *r = t->data;
+    const char *argv[] = {"PING"};
+    size_t argvlen[] = {4};
+
+    if (r->connected)
+        ms_redis_command(r, ping_reply, r, 0, 1, argv, argvlen);
+}
+
+ms_redis *ms_redis_new(uv_loop_t *loop, const char *host, int port)
+{
+    ms_redis *r = ms_calloc(1, sizeof(*r));
+
+    r->loop = loop;
+    r->host = ms_strdup(host);
+    r->port = port;
+    snprintf(r->why, sizeof(r->why), "redis: connecting");
+    uv_timer_init(loop, &r->reconnect_timer);
+    uv_timer_init(loop, &r->ping_timer);
+    r->reconnect_timer.data = r->ping_timer.data = r;
+    uv_timer_start(&r->ping_timer, ping_cb, MS_REDIS_PING_MS, MS_REDIS_PING_MS);
+    redis_connect(r);
+    return r;
+}
+
+int ms_redis_command(ms_redis *r, ms_redis_cb cb, void *arg, uint64_t id, int argc,
+                     const char **argv, const size_t *argvlen)
+{
+    struct pending *p;
+
+    if (!r->connected || r->ac == NULL)
+        return MS_EUNAVAIL;
+    p = ms_malloc(sizeof(*p));
+    p->cb = cb;
+    p->arg = arg;
+    p->id = id;
+    if (redisAsyncCommandArgv(r->ac, reply_cb, p, argc, argv, argvlen) != REDIS_OK) {
+        free(p);
+        return MS_EUNAVAIL;
+    }
+    return 0;
+}
+
+int ms_redis_ready(ms_redis *r, char *why, size_t whylen)
+{
+    int ok = r->connected && r->ping_ok;
+
+    if (!ok)
+        snprintf(why, whylen, "%s", r->why);
+    return ok;
+}
+
+static void timer_closed(uv_handle_t *h)
+{
+    ms_redis *r = h->data;
+
+    if (h == (uv_handle_t *)&r->ping_timer) {
+        free(r->host);
+        free(r);
+    }
+}
+
+void ms_redis_free(ms_redis *r)
+{
+    if (r == NULL)
+        return;
+    r->closing = 1;
+    if (r->ac) {
+        redisAsyncContext *ac = r->ac;
+        r->ac = NULL;
+        /* Pending replies get MS_REDIS_FAILED through their callbacks. */
+        redisAsyncFree(ac);
+    }
+    uv_close((uv_handle_t *)&r->reconnect_timer, timer_closed);
+    uv_close((uv_handle_t *)&r->ping_timer, timer_closed);
+}

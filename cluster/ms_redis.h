@@ -1,0 +1,49 @@
+/*
+ * ms_redis.h - Redis glue: an asynchronous client on a libuv loop that
+ * reconnects by itself.  This module is the only one that includes hiredis.
+ *
+ * Threads: one client per loop; create, use and free it on that loop.
+ * Replies find their caller by a 64-bit id (never a pointer that could have
+ * gone away): the callback gets the id back and looks its owner up.
+ *
+ * While disconnected, commands fail at once with MS_EUNAVAIL (callback not
+ * called); callers decide whether that lets mail through (see the issue on
+ * rate limits).
+ */
+#ifndef MS_REDIS_H
+#define MS_REDIS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+enum ms_redis_type {
+    MS_REDIS_NIL,
+    MS_REDIS_INT,
+    MS_REDIS_STR,    /* bulk or status string */
+    MS_REDIS_ERR,    /* error reply, text in str */
+    MS_REDIS_ARRAY,
+    MS_REDIS_FAILED  /* connection lost before a reply: str says why */
+};
+
+struct ms_redis_reply {
+    enum ms_redis_type type;
+    long long integer;
+    const char *str;
+    size_t len;
+    size_t nelem;
+    const struct ms_redis_reply *elem; /* nelem replies */
+};
+
+typedef struct ms_redis ms_redis;
+typedef void (*ms_redis_cb)(void *arg, uint64_t id, const struct ms_redis_reply *r);
+
+ms_redis *ms_redis_new(uv_loop_t *loop, const char *host, int port);
+/* Send a command given as argv (binary-safe).  The reply (valid only during
+ * the callback) comes back on the loop.  Returns 0 or MS_EUNAVAIL. */
+int ms_redis_command(ms_redis *r, ms_redis_cb cb, void *arg, uint64_t id, int argc,
+                     const char **argv, const size_t *argvlen);
+int ms_redis_ready(ms_redis *r, char *why, size_t whylen);
+void ms_redis_free(ms_redis *r);
+
+#endif

@@ -1,0 +1,20 @@
+/*
+ * ms_net.h - address helpers.  Pure functions, any thread.
+ */
+#ifndef MS_NET_H
+#define MS_NET_H
+
+#include <stddef.h>
+#include <sys/socket.h>
+
+/* Parse "host:port", "[v6]:port" or ":port" (numeric hosts only) into ss.
+ * Returns 0 or MS_EINVAL. */
+int ms_parse_hostport(const char *s, struct sockaddr_storage *ss);
+/* Split "host:port" / "[v6]:port" into host (size hostlen) and port; host
+ * names are allowed.  Returns 0 or MS_EINVAL. */
+int ms_split_hostport(const char *s, char *host, size_t hostlen, int *port);
+/* Format the address (no port) of sa into out; returns out. */
+char *ms_addr_str(const struct sockaddr *sa, char *out, size_t outlen);
+int ms_addr_port(const struct sockaddr *sa);
+
+#endif
