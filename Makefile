@@ -99,11 +99,21 @@ asan:
 # fixed number of generated inputs so the targets keep building and running.
 FUZZ_BINS := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(FUZZ_SRC))
 FUZZ_RUNS ?= 20000
-build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(LIB_SRC) $(FE_SRC) $(WK_SRC) $(GEN_C)
-	@mkdir -p build-fuzz
-	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
-	    -Ilib/core -Ilib/mail -Icluster -I$(BUILD)/gen $(shell pkg-config --cflags $(PKGS)) \
-	    -o $@ $< $(LIB_SRC) $(FE_SRC) $(WK_SRC) $(GEN_C) $(LDLIBS_ALL)
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -Ilib/core -Ilib/mail -Icluster -I$(BUILD)/gen \
+               $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+FUZZ_OBJS := $(patsubst %.c,build-fuzz/obj/%.o,$(LIB_SRC) $(FE_SRC) $(WK_SRC)) \
+             $(patsubst $(BUILD)/gen/%.c,build-fuzz/obj/gen/%.o,$(GEN_C))
+build-fuzz/obj/gen/%.o: $(BUILD)/gen/%.c
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined -c -o $@ $<
+build-fuzz/obj/%.o: %.c $(GEN_H)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined -c -o $@ $<
+build-fuzz/libfuzz.a: $(FUZZ_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c build-fuzz/libfuzz.a
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $^ $(LDLIBS_ALL)
 
 fuzz: $(FUZZ_BINS)
 

@@ -26,24 +26,28 @@ void ms_buf_reset(struct ms_buf *b)
     b->len = 0;
 }
 
+/* Grow the allocation to hold at least `need` bytes (the caller checked
+ * `max`; a printf may need one byte past it for its NUL). */
+static void buf_grow(struct ms_buf *b, size_t need)
+{
+    size_t cap;
+
+    if (need <= b->cap)
+        return;
+    cap = b->cap ? b->cap : 256;
+    while (cap < need)
+        cap = cap > (size_t)-1 / 2 ? need : cap * 2;
+    if (cap > b->max + 1 && need <= b->max + 1)
+        cap = b->max + 1;
+    b->data = ms_realloc(b->data, cap);
+    b->cap = cap;
+}
+
 char *ms_buf_reserve(struct ms_buf *b, size_t n)
 {
-    size_t need, cap;
-
     if (n > b->max || b->len > b->max - n)
         return NULL;
-    need = b->len + n;
-    if (need > b->cap) {
-        cap = b->cap ? b->cap : 256;
-        while (cap < need)
-            cap = cap > (size_t)-1 / 2 ? need : cap * 2;
-        if (cap > b->max && need <= b->max)
-            cap = b->max > 0 ? b->max : need;
-        if (cap < need)
-            cap = need;
-        b->data = ms_realloc(b->data, cap);
-        b->cap = cap;
-    }
+    buf_grow(b, b->len + n);
     return b->data + b->len;
 }
 
@@ -70,7 +74,6 @@ int ms_buf_append(struct ms_buf *b, const void *p, size_t n)
 int ms_buf_vappendf(struct ms_buf *b, const char *fmt, va_list ap)
 {
     va_list ap2;
-    char *dst;
     int n;
 
     va_copy(ap2, ap);
@@ -78,9 +81,10 @@ int ms_buf_vappendf(struct ms_buf *b, const char *fmt, va_list ap)
     va_end(ap2);
     if (n < 0)
         return MS_EINVAL;
-    if ((dst = ms_buf_reserve(b, (size_t)n + 1)) == NULL)
+    if (ms_buf_reserve(b, (size_t)n) == NULL)
         return MS_ETOOBIG;
-    vsnprintf(dst, (size_t)n + 1, fmt, ap);
+    buf_grow(b, b->len + (size_t)n + 1);
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
     b->len += (size_t)n;
     return 0;
 }
