@@ -30,6 +30,10 @@
 /* librdkafka's prefetch queue per consumer, in KiB. */
 #define MS_KAFKA_CONSUMER_QUEUE_KB "65536"
 #define MS_KAFKA_FETCH_MAX "52428800"
+/* Records taken from librdkafka while the application is paused wait in a
+ * backlog; past this many, fetching itself is paused (and resumed below half),
+ * so memory stays bounded without pausing the fetcher on every record. */
+#define MS_KAFKA_BACKLOG_MAX 256
 
 /* ---- shared plumbing ---- */
 
@@ -353,7 +357,8 @@ struct ptrack {
 
 struct rec_node {
     struct ms_record rec;   /* first: ms_record * converts to rec_node * */
-    struct rec_node *prev, *next;
+    struct rec_node *prev, *next;   /* every record not yet done */
+    struct rec_node *bnext;         /* backlog FIFO */
     int in_backlog;
 };
 
@@ -364,10 +369,12 @@ struct ms_consumer {
     ms_consume_cb cb;
     void *arg;
     uint64_t gen;
-    int paused;
+    int paused;         /* the application wants no records */
+    int fetch_paused;   /* librdkafka's fetchers are paused too */
     struct ptrack *parts;
     size_t nparts;
     struct rec_node *out_head;          /* handed out or in backlog */
+    struct rec_node *bhead, **btail;    /* backlog, oldest first */
     size_t nbacklog;
     int in_flight;
 };
@@ -434,12 +441,12 @@ static void drop_backlog(ms_consumer *c)
 {
     struct rec_node *n, *next;
 
-    /* Backlog records are marked in the one list of records handed out. */
-    for (n = c->out_head; n; n = next) {
-        next = n->next;
-        if (n->in_backlog)
-            rec_unlink(c, n);
+    for (n = c->bhead; n; n = next) {
+        next = n->bnext;
+        rec_unlink(c, n);
     }
+    c->bhead = NULL;
+    c->btail = &c->bhead;
     c->nbacklog = 0;
 }
 
@@ -462,7 +469,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         }
         ms_info("event=kafka_assigned partitions=%d", parts->cnt);
         rd_kafka_assign(rk, parts);
-        if (c->paused)
+        if (c->fetch_paused)
             set_paused(c, parts, 1);
     } else {
         /* Records still in flight for these partitions are redelivered to
@@ -522,9 +529,14 @@ static void consumer_take(ms_consumer *c, rd_kafka_message_t *m)
     if (c->out_head)
         c->out_head->prev = n;
     c->out_head = n;
-    if (c->paused) {
+    if (c->paused || c->nbacklog > 0) {
         n->in_backlog = 1;
-        c->nbacklog++;
+        *c->btail = n;
+        c->btail = &n->bnext;
+        if (++c->nbacklog >= MS_KAFKA_BACKLOG_MAX && !c->fetch_paused) {
+            c->fetch_paused = 1;
+            pause_all(c, 1);
+        }
         return;
     }
     consumer_hand_out(c, n);
@@ -571,6 +583,7 @@ ms_consumer *ms_consumer_new(uv_loop_t *loop, const struct ms_kafka_conf *kc, co
     }
     rd_kafka_poll_set_consumer(c->rk);
     c->topic = ms_strdup(topic);
+    c->btail = &c->bhead;
     c->cb = cb;
     c->arg = arg;
     subs = rd_kafka_topic_partition_list_new(1);
@@ -591,32 +604,31 @@ ms_consumer *ms_consumer_new(uv_loop_t *loop, const struct ms_kafka_conf *kc, co
 
 void ms_consumer_pause(ms_consumer *c)
 {
-    if (c->paused)
-        return;
     c->paused = 1;
-    pause_all(c, 1);
 }
 
 void ms_consumer_resume(ms_consumer *c)
 {
-    struct rec_node *n, *oldest;
+    struct rec_node *n;
 
     if (!c->paused)
         return;
     c->paused = 0;
     /* Hand out the backlog oldest first; a handler may pause us again. */
-    while (!c->paused && c->nbacklog > 0) {
-        oldest = NULL;
-        for (n = c->out_head; n; n = n->next)
-            if (n->in_backlog)
-                oldest = n; /* the list is newest first */
-        if (oldest == NULL)
-            break;
+    while (!c->paused && (n = c->bhead) != NULL) {
+        if ((c->bhead = n->bnext) == NULL)
+            c->btail = &c->bhead;
         c->nbacklog--;
-        consumer_hand_out(c, oldest);
+        consumer_hand_out(c, n);
     }
-    if (!c->paused)
+    if (c->fetch_paused && c->nbacklog < MS_KAFKA_BACKLOG_MAX / 2) {
+        c->fetch_paused = 0;
         pause_all(c, 0);
+    }
+    /* Serve what librdkafka has queued on the next loop turn rather than
+     * recursing into the application from here. */
+    if (!c->paused)
+        uv_timer_start(&c->kl->timer, kloop_timer_cb, 0, MS_KAFKA_POLL_INTERVAL_MS);
 }
 
 void ms_consumer_done(ms_consumer *c, struct ms_record *rec)

@@ -30,6 +30,7 @@ struct ms_redis {
     int connected;
     int ping_ok;
     int closing;
+    int handles_open;
     uv_timer_t reconnect_timer;
     uv_timer_t ping_timer;
     char why[128];
@@ -247,7 +248,7 @@ static void timer_closed(uv_handle_t *h)
 {
     ms_redis *r = h->data;
 
-    if (h == (uv_handle_t *)&r->ping_timer) {
+    if (--r->handles_open == 0) {
         free(r->host);
         free(r);
     }
@@ -264,6 +265,7 @@ void ms_redis_free(ms_redis *r)
         /* Pending replies get MS_REDIS_FAILED through their callbacks. */
         redisAsyncFree(ac);
     }
+    r->handles_open = 2;
     uv_close((uv_handle_t *)&r->reconnect_timer, timer_closed);
     uv_close((uv_handle_t *)&r->ping_timer, timer_closed);
 }
