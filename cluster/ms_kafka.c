@@ -353,6 +353,7 @@ struct ptrack {
     int64_t *offsets;
     size_t n, cap;
     int64_t next_store; /* highest offset stored so far (the next to consume) */
+    int64_t last_taken; /* highest offset taken from librdkafka */
 };
 
 struct rec_node {
@@ -466,6 +467,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             t->gen = c->gen;
             t->n = 0;
             t->next_store = -1;
+            t->last_taken = -1;
         }
         ms_info("event=kafka_assigned partitions=%d", parts->cnt);
         rd_kafka_assign(rk, parts);
@@ -515,6 +517,7 @@ static void consumer_take(ms_consumer *c, rd_kafka_message_t *m)
         t->offsets = ms_realloc(t->offsets, t->cap * sizeof(int64_t));
     }
     t->offsets[t->n++] = m->offset;
+    t->last_taken = m->offset;
     n = ms_calloc(1, sizeof(*n));
     n->rec.topic = c->topic;
     n->rec.partition = m->partition;
@@ -635,7 +638,7 @@ void ms_consumer_done(ms_consumer *c, struct ms_record *rec)
 {
     struct rec_node *n = (struct rec_node *)rec;
     struct ptrack *t = ptrack_get(c, rec->partition);
-    int64_t store = -1, max_done;
+    int64_t store;
     size_t i;
 
     c->in_flight--;
@@ -648,9 +651,8 @@ void ms_consumer_done(ms_consumer *c, struct ms_record *rec)
             t->n--;
         }
         /* Next to consume: the lowest offset still in flight, or just past
-         * this one when nothing lower is outstanding. */
-        max_done = rec->offset + 1;
-        store = t->n > 0 ? t->offsets[0] : max_done;
+         * the last one taken when none is. */
+        store = t->n > 0 ? t->offsets[0] : t->last_taken + 1;
         if (store > t->next_store) {
             t->next_store = store;
             store_offset(c, rec->partition, store);
