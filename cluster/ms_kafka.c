@@ -574,6 +574,10 @@ ms_consumer *ms_consumer_new(uv_loop_t *loop, const struct ms_kafka_conf *kc, co
     /* A worker that stops polling this long is presumed dead; we keep
      * polling while paused, so only a stuck loop hits it. */
     set_conf(conf, "max.poll.interval.ms", "300000");
+    /* A dead worker's partitions move to the others after this long (the
+     * broker's group.min.session.timeout.ms is 6 s by default). */
+    set_conf(conf, "session.timeout.ms", "10000");
+    set_conf(conf, "heartbeat.interval.ms", "2000");
     rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
     rd_kafka_conf_set_log_cb(conf, log_cb);
     rd_kafka_conf_set_error_cb(conf, error_cb);
