@@ -3,7 +3,7 @@
 
 CC        ?= cc
 BUILD     ?= build
-CACHE     ?= $(HOME)/.cache/mailstream
+CACHE     ?= $(or $(MAILSTREAM_CACHE),$(HOME)/.cache/mailstream)
 VENV      := $(CACHE)/venv
 PKGS      := rdkafka hiredis libuv libprotobuf-c openssl inih
 WARN      := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
@@ -37,7 +37,7 @@ FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
 all: $(BINS)
 
 deps:
-	@cluster/deps.sh
+	@bash cluster/deps.sh
 
 run: deps all
 	@exec cluster/local up
@@ -83,7 +83,8 @@ unit: $(UNIT_BINS)
 
 # Integration tests: pytest against real Redis, Kafka and SMTP peers.
 integration: all
-	MAILSTREAM_BUILD=$(abspath $(BUILD)) $(VENV)/bin/pytest -q tests/integration $(PYTEST_ARGS)
+	MAILSTREAM_BUILD_DIR=$(abspath $(BUILD)) PYTHONDONTWRITEBYTECODE=1 \
+	    $(VENV)/bin/python -m pytest -p no:cacheprovider -q tests/integration $(PYTEST_ARGS)
 
 test: deps
 	$(MAKE) all unit fuzz-smoke
