@@ -11,7 +11,7 @@ OPT       ?= -O2 -g
 SAN       ?=
 CFLAGS_ALL = $(WARN) $(OPT) $(SAN) -MMD -MP -Ilib/core -Ilib/mail -Icluster -I$(BUILD)/gen \
              $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(CFLAGS)
-LDLIBS_ALL = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lcrypt -lpthread -lm $(LDLIBS)
+LDLIBS_ALL = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lunbound -lcrypt -lpthread -lm $(LDLIBS)
 
 PROTOS    := $(wildcard proto/*.proto)
 GEN_C     := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.c,$(PROTOS))

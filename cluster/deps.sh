@@ -46,7 +46,8 @@ APT_PACKAGES=(
 	libprotobuf-c-dev protobuf-c-compiler
 	libopendmarc-dev libinih-dev libcmocka-dev libcrypt-dev
 	clang libclang-rt-14-dev clang-format
-	redis-server postfix swaks kcat openssl curl
+	libunbound-dev libyaml-dev
+	redis-server postfix swaks kcat openssl curl nsd haproxy
 	maven
 )
 
@@ -82,7 +83,7 @@ unblock_daemons() {
 # smtp-sink on chosen loopback ports, and want nothing else on them.
 disable_system_daemons() {
 	local svc
-	for svc in redis-server postfix; do
+	for svc in redis-server postfix nsd haproxy; do
 		if [ -d /run/systemd/system ]; then
 			as_root systemctl disable --now "$svc" >/dev/null 2>&1 || true
 		elif [ -x "/etc/init.d/$svc" ]; then
