@@ -75,7 +75,7 @@ $(BUILD)/mailstream-worker: $(call obj,worker/main.c) $(WK_A) $(LIB_A)
 
 $(BUILD)/tests/%: $(call obj,tests/unit/%.c) $(FE_A) $(WK_A) $(LIB_A)
 	@mkdir -p $(dir $@)
-	$(CC) $(OPT) $(SAN) -o $@ $^ $(LDLIBS_ALL) -lcmocka
+	$(CC) $(OPT) $(SAN) -o $@ $^ $(LDLIBS_ALL) -lcmocka -lyaml
 
 # Unit tests: cmocka, one binary per tests/unit/test_*.c.
 unit: $(UNIT_BINS)
