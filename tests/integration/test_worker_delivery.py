@@ -1,0 +1,499 @@
+"""mailstream-worker end to end: Kafka `queue` records in, SMTP out.
+
+Envelopes are encoded here (proto/envelope.proto, by hand: the standard
+library has no protobuf) and produced with kcat, so these tests exercise the
+worker without depending on the frontend. Destinations are either Postfix's
+smtp-sink (the cluster fixture's sink) or a small scripted SMTP server in this
+file that can answer 451 / 550 as a test needs.
+
+No test asserts timings: waits are "until it happens", bounded by timeouts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socketserver
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import pytest
+
+import mslocal
+
+KCAT = shutil.which("kcat") or shutil.which("kafkacat")
+pytestmark = pytest.mark.skipif(KCAT is None, reason="kcat not installed: run `make deps`")
+
+
+# ---------------------------------------------------------------------------
+# Envelopes (proto/envelope.proto, wire format by hand)
+# ---------------------------------------------------------------------------
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    n &= (1 << 64) - 1
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _field_varint(num: int, v: int) -> bytes:
+    return _varint(num << 3) + _varint(v)
+
+
+def _field_bytes(num: int, v: bytes) -> bytes:
+    return _varint((num << 3) | 2) + _varint(len(v)) + v
+
+
+def new_qid() -> str:
+    return "T" + uuid.uuid4().hex[:20].upper()
+
+
+def envelope(qid: str, rcpts: List[str], message: bytes, sender: str = "sender@example.org",
+             version: int = 1, body_8bit: bool = False) -> bytes:
+    mail_from = _field_bytes(1, sender.encode())
+    if body_8bit:
+        mail_from += _field_varint(2, 2)  # BODY_8BITMIME
+    out = _field_varint(1, version)
+    out += _field_bytes(2, qid.encode())
+    out += _field_varint(3, int(time.time() * 1e6))
+    out += _field_bytes(4, b"test")
+    out += _field_bytes(6, mail_from)
+    for r in rcpts:
+        out += _field_bytes(7, _field_bytes(1, r.encode()))
+    out += _field_bytes(10, message)
+    return out
+
+
+def message(qid: str, extra: bytes = b"") -> bytes:
+    return (b"Received: from test by test; Mon, 24 Nov 2026 05:00:00 +0000\r\n"
+            b"From: sender@example.org\r\nTo: rcpt@example.net\r\n"
+            b"Subject: " + qid.encode() + b"\r\n\r\nHello.\r\n" + extra)
+
+
+# ---------------------------------------------------------------------------
+# Kafka through kcat
+# ---------------------------------------------------------------------------
+
+def produce(cl, records: List[tuple]) -> None:
+    """records: (key or None, value bytes). One kcat call per key group."""
+    with tempfile.TemporaryDirectory() as d:
+        keyed, unkeyed = [], []
+        for i, (key, value) in enumerate(records):
+            p = Path(d) / f"r{i}"
+            p.write_bytes(value)
+            (keyed if key else unkeyed).append((key, str(p)))
+        calls = [[KCAT, "-k", k, f] for k, f in keyed]
+        if unkeyed:
+            calls.append([KCAT] + [f for _, f in unkeyed])
+        for argv in calls:
+            argv[1:1] = ["-b", cl.kafka.bootstrap, "-P", "-t", cl.spec.topic,
+                         "-X", "enable.idempotence=true", "-X", "acks=all",
+                         "-X", f"message.max.bytes={mslocal.MAX_RECORD_BYTES}"]
+            r = subprocess.run(argv, capture_output=True, timeout=60)
+            assert r.returncode == 0, r.stderr.decode()
+
+
+def events(cl) -> List[dict]:
+    r = subprocess.run([KCAT, "-b", cl.kafka.bootstrap, "-C", "-t", cl.spec.events_topic,
+                        "-o", "beginning", "-e", "-q", "-f", "%s\n"],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr.decode()
+    return [json.loads(line) for line in r.stdout.decode().splitlines() if line.strip()]
+
+
+def wait_events(cl, pred: Callable[[List[dict]], bool], timeout: float = 60) -> List[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        evs = events(cl)
+        if pred(evs):
+            return evs
+        if time.monotonic() > deadline:
+            raise AssertionError(f"events not as expected after {timeout}s: {evs}")
+        time.sleep(0.5)
+
+
+def wait_log(node, text: str, timeout: float = 60) -> str:
+    mslocal.wait_until(lambda: text in node.log.read_text(errors="replace"), timeout,
+                       f"{text!r} in {node.log}", log_path=node.log)
+    return node.log.read_text(errors="replace")
+
+
+def metric(node, series: str) -> float:
+    """The value of one series, e.g. 'name{label="x"}'; 0 if absent."""
+    for line in node.metrics_text().splitlines():
+        if line.split(" ", 1)[0] == series:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+# ---------------------------------------------------------------------------
+# A scripted SMTP destination
+# ---------------------------------------------------------------------------
+
+class FakeSMTP:
+    """Answers like a small ESMTP server. `rcpt_reply(rcpt, n)` gives the
+    reply to the n-th RCPT TO for that address (n from 1); `data_reply(n)`
+    the reply to the end of the n-th message. Completed transactions are kept
+    in .delivered as (mail_from, [rcpts], data)."""
+
+    def __init__(self, rcpt_reply: Optional[Callable[[str, int], str]] = None,
+                 data_reply: Optional[Callable[[int], str]] = None):
+        self.rcpt_reply = rcpt_reply or (lambda r, n: "250 2.1.5 Ok")
+        self.data_reply = data_reply or (lambda n: "250 2.0.0 Ok: queued")
+        self.rcpt_counts: Dict[str, int] = {}
+        self.data_count = 0
+        self.delivered: List[tuple] = []
+        self.commands: List[str] = []
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                fake._session(self.rfile, self.wfile)
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self.server = Server((mslocal.HOST, 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"{mslocal.HOST}:{self.port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _session(self, rfile, wfile) -> None:
+        def say(line: str) -> None:
+            wfile.write(line.encode() + b"\r\n")
+            wfile.flush()
+
+        say("220 fake.test ESMTP")
+        mail, rcpts = None, []
+        while True:
+            raw = rfile.readline()
+            if not raw:
+                return
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            verb = line.split(" ", 1)[0].split(":", 1)[0].upper()
+            with self.lock:
+                self.commands.append(line)
+            if verb == "EHLO":
+                say("250-fake.test")
+                say("250-SIZE 10000000")
+                say("250-8BITMIME")
+                say("250 ENHANCEDSTATUSCODES")
+            elif verb == "MAIL":
+                mail, rcpts = line[10:].split(">")[0].lstrip("<"), []
+                say("250 2.1.0 Ok")
+            elif verb == "RCPT":
+                addr = line[8:].split(">")[0].lstrip("<")
+                with self.lock:
+                    n = self.rcpt_counts[addr] = self.rcpt_counts.get(addr, 0) + 1
+                reply = self.rcpt_reply(addr, n)
+                if reply.startswith("2"):
+                    rcpts.append(addr)
+                say(reply)
+            elif verb == "DATA":
+                say("354 End data with <CR><LF>.<CR><LF>")
+                data = bytearray()
+                while True:
+                    raw = rfile.readline()
+                    if not raw:
+                        return
+                    if raw == b".\r\n":
+                        break
+                    data += raw[1:] if raw.startswith(b".") else raw
+                with self.lock:
+                    self.data_count += 1
+                    n = self.data_count
+                reply = self.data_reply(n)
+                if reply.startswith("2"):
+                    with self.lock:
+                        self.delivered.append((mail, list(rcpts), bytes(data)))
+                say(reply)
+            elif verb == "QUIT":
+                say("221 2.0.0 Bye")
+                return
+            elif verb == "RSET":
+                mail, rcpts = None, []
+                say("250 2.0.0 Ok")
+            else:
+                say("502 5.5.2 Error: command not recognized")
+
+
+@pytest.fixture
+def fake_smtp():
+    servers: List[FakeSMTP] = []
+
+    def make(**kw) -> FakeSMTP:
+        s = FakeSMTP(**kw)
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+def worker_cluster(cluster_factory, relay: Optional[str] = None, workers: int = 1, **delivery):
+    """Workers only (no frontend); fast retries so tests do not wait long."""
+    d = {"retry_min_ms": 200, "retry_max_ms": 1000, **delivery}
+    if relay:
+        d["relay_host"] = relay
+    return cluster_factory(frontends=0, workers=workers, worker_extra={"delivery": d})
+
+
+# ---------------------------------------------------------------------------
+# Tests
+# ---------------------------------------------------------------------------
+
+def test_worker_delivers_to_sink_with_dot_stuffing(cluster_factory):
+    cl = worker_cluster(cluster_factory)
+    tricky = b".leading dot\r\n..two\r\n.\r\nlast line without dot\r\n"
+    qids = [new_qid() for _ in range(5)]
+    produce(cl, [(q, envelope(q, [f"a.{q}@example.net", f"b.{q}@example.net"],
+                              message(q, tricky))) for q in qids])
+    msgs = cl.sink.wait_for(5, timeout=60)
+    by_subject = {}
+    for m in msgs:
+        for q in qids:
+            if f"Subject: {q}".encode() in m.data:
+                by_subject[q] = m
+    assert set(by_subject) == set(qids)
+    for q, m in by_subject.items():
+        assert m.data == message(q, tricky)
+        assert sorted(m.envelope["rcpts"]) == [f"a.{q}@example.net", f"b.{q}@example.net"]
+        assert m.envelope["mail_from"] == "sender@example.org"
+
+    evs = wait_events(cl, lambda e: sum(x.get("outcome") == "delivered" for x in e) >= 10)
+    delivered = [e for e in evs if e.get("outcome") == "delivered"]
+    assert {e["qid"] for e in delivered} == set(qids)
+    for e in delivered:
+        assert e["code"] == 250 and e["dsn"].startswith("2.") and e["relay"] == cl.sink.address
+        assert e["attempt"] == 1 and e["ts"].endswith("Z")
+
+    w = cl.workers[0]
+    log = w.log.read_text()
+    assert log.count("event=delivery ") >= 10 and "outcome=delivered" in log
+    assert metric(w, 'mailstream_worker_deliveries_total{outcome="delivered"}') >= 10
+    assert metric(w, "mailstream_worker_attempts_total") >= 5
+    assert metric(w, "mailstream_worker_delivery_latency_seconds_count") >= 10
+    # Markers were set for every delivered recipient.
+    for q in qids:
+        key = f"ms:delivered:{q}:a.{q}@example.net"
+        assert mslocal.redis_command(cl.redis.port, "EXISTS", key) == b":1\r\n"
+
+
+def test_worker_retries_451_then_delivers(cluster_factory, fake_smtp):
+    srv = fake_smtp(rcpt_reply=lambda r, n: "451 4.7.1 Try again later" if n == 1
+                    else "250 2.1.5 Ok")
+    cl = worker_cluster(cluster_factory, srv.address)
+    q = new_qid()
+    produce(cl, [(q, envelope(q, ["greylisted@example.net"], message(q), body_8bit=True))])
+
+    evs = wait_events(cl, lambda e: any(x.get("outcome") == "delivered" for x in e))
+    mine = [e for e in evs if e.get("qid") == q]
+    assert [e["outcome"] for e in mine] == ["deferred", "delivered"]
+    assert mine[0]["code"] == 451 and mine[0]["dsn"] == "4.7.1"
+    assert "Try again later" in mine[0]["reply"]
+    assert mine[1]["attempt"] == 2
+    assert len(srv.delivered) == 1 and srv.delivered[0][1] == ["greylisted@example.net"]
+    # The server advertised SIZE and 8BITMIME: both parameters are used.
+    mails = [c for c in srv.commands if c.startswith("MAIL FROM:")]
+    assert mails[-1] == f"MAIL FROM:<sender@example.org> SIZE={len(message(q))} BODY=8BITMIME"
+    log = wait_log(cl.workers[0], "outcome=delivered")
+    assert "outcome=deferred" in log and "event=retry_scheduled" in log
+
+
+def test_worker_550_bounces_and_other_recipient_delivered(cluster_factory, fake_smtp):
+    srv = fake_smtp(rcpt_reply=lambda r, n: "550 5.1.1 <%s>: User unknown" % r
+                    if r.startswith("nobody") else "250 2.1.5 Ok")
+    cl = worker_cluster(cluster_factory, srv.address)
+    q = new_qid()
+    produce(cl, [(q, envelope(q, ["nobody@example.net", "someone@example.net"], message(q)))])
+
+    evs = wait_events(cl, lambda e: len([x for x in e if x.get("qid") == q]) >= 2)
+    by_rcpt = {e["rcpt"]: e for e in evs if e.get("qid") == q}
+    assert by_rcpt["nobody@example.net"]["outcome"] == "bounced"
+    assert by_rcpt["nobody@example.net"]["code"] == 550
+    assert by_rcpt["nobody@example.net"]["dsn"] == "5.1.1"
+    assert "User unknown" in by_rcpt["nobody@example.net"]["reply"]
+    assert by_rcpt["someone@example.net"]["outcome"] == "delivered"
+    log = wait_log(cl.workers[0], "outcome=bounced")
+    assert 'rcpt="nobody@example.net"' in log and "code=550 dsn=5.1.1" in log
+    assert srv.delivered == [("sender@example.org", ["someone@example.net"], message(q))]
+    # The bounce is final: no second attempt for that recipient.
+    time.sleep(1.5)
+    assert srv.rcpt_counts["nobody@example.net"] == 1
+
+
+def test_worker_data_451_then_250(cluster_factory, fake_smtp):
+    """A temporary failure at the end of DATA defers every accepted recipient."""
+    srv = fake_smtp(data_reply=lambda n: "451 4.3.0 Queue trouble" if n == 1
+                    else "250 2.0.0 Ok: queued")
+    cl = worker_cluster(cluster_factory, srv.address)
+    q = new_qid()
+    produce(cl, [(q, envelope(q, ["x@example.net", "y@example.net"], message(q)))])
+    evs = wait_events(cl, lambda e: sum(x.get("outcome") == "delivered" for x in e) >= 2)
+    outcomes = sorted((e["rcpt"], e["attempt"], e["outcome"]) for e in evs if e.get("qid") == q)
+    assert outcomes == [("x@example.net", 1, "deferred"), ("x@example.net", 2, "delivered"),
+                        ("y@example.net", 1, "deferred"), ("y@example.net", 2, "delivered")]
+    assert len(srv.delivered) == 1
+
+
+def test_worker_skips_recipients_with_delivered_marker(cluster_factory, fake_smtp):
+    srv = fake_smtp()
+    cl = worker_cluster(cluster_factory, srv.address)
+    q = new_qid()
+    mslocal.redis_command(cl.redis.port, "SET", f"ms:delivered:{q}:done@example.net", "test",
+                          "EX", "600")
+    produce(cl, [(q, envelope(q, ["done@example.net", "todo@example.net"], message(q)))])
+    wait_events(cl, lambda e: any(x.get("qid") == q for x in e))
+    log = wait_log(cl.workers[0], "reason=already_delivered")
+    assert 'rcpt="done@example.net" reason=already_delivered' in log
+    assert [d[1] for d in srv.delivered] == [["todo@example.net"]]
+    assert "done@example.net" not in srv.rcpt_counts
+
+
+def test_worker_survives_malformed_records(cluster_factory):
+    cl = worker_cluster(cluster_factory)
+    q = new_qid()
+    produce(cl, [("garbage", b"\xff\xfe not a protobuf \x00\x01"),
+                 ("future", envelope(new_qid(), ["a@example.net"], b"x\r\n", version=99)),
+                 (q, envelope(q, ["a@example.net"], message(q)))])
+    cl.sink.wait_for(1, timeout=60)
+    w = cl.workers[0]
+    log = wait_log(w, "unknown envelope version")
+    assert log.count("event=malformed_record") == 2 and "level=error" in log
+    assert w.alive()
+    assert metric(w, "mailstream_worker_malformed_records_total") == 2
+    evs = wait_events(cl, lambda e: sum(x.get("event") == "malformed" for x in e) >= 2)
+    assert {e.get("key") for e in evs if e.get("event") == "malformed"} == {"garbage", "future"}
+
+
+def test_worker_sigterm_drains_and_exits_zero(cluster_factory):
+    cl = worker_cluster(cluster_factory)
+    qids = [new_qid() for _ in range(10)]
+    produce(cl, [(None, envelope(q, ["a@example.net"], message(q))) for q in qids])
+    cl.sink.wait_for(10, timeout=60)
+    w = cl.workers[0]
+    proc = w.proc
+    w.stop(timeout=30)
+    assert proc.popen.wait(timeout=5) == 0
+    log = w.log.read_text()
+    assert "event=draining" in log and "event=stopped" in log
+
+
+@pytest.mark.timeout(300)
+def test_worker_sigkill_mid_stream_loses_nothing(cluster_factory):
+    """SIGKILL a worker while it delivers; a replacement must get every
+    message to the sink (duplicates allowed: at least once)."""
+    # A slow sink (1 s before each DATA reply) and few messages in flight keep
+    # the worker busy long enough to be killed in the middle.
+    cl = cluster_factory(frontends=0, workers=1, sink_args=["-w", "1"],
+                         worker_extra={"delivery": {"max_in_flight": 4}})
+    n = 60
+    qids = [new_qid() for _ in range(n)]
+    produce(cl, [(None, envelope(q, [f"r.{q}@example.net"], message(q))) for q in qids])
+    mslocal.wait_until(lambda: len(cl.sink.messages()) >= 5, 60, "first deliveries")
+    cl.workers[0].kill()
+    at_kill = len(cl.sink.messages())
+    assert at_kill < n, "the worker finished before it was killed: nothing tested"
+    # The replacement joins the same group; the dead member's partitions come
+    # back after its session times out.
+    cl.add_worker()
+
+    def subjects() -> set:
+        got = set()
+        for m in cl.sink.messages():
+            for line in m.data.split(b"\r\n"):
+                if line.startswith(b"Subject: "):
+                    got.add(line[9:].decode())
+        return got
+
+    mslocal.wait_until(lambda: subjects() >= set(qids), 240, f"all {n} messages in the sink",
+                       interval=1.0)
+
+
+def test_worker_connection_refused_is_deferred(cluster_factory):
+    port = mslocal.free_port()
+    cl = worker_cluster(cluster_factory, f"{mslocal.HOST}:{port}")
+    q = new_qid()
+    produce(cl, [(q, envelope(q, ["a@example.net"], message(q)))])
+    evs = wait_events(cl, lambda e: len([x for x in e if x.get("qid") == q]) >= 2)
+    mine = [e for e in evs if e.get("qid") == q]
+    assert all(e["outcome"] == "deferred" and e["code"] == 0 and e["dsn"] == "4.4.1"
+               for e in mine)
+    assert "connect to" in mine[0]["reply"]
+    # Still in flight (not done): readiness and liveness unaffected.
+    assert cl.workers[0].alive()
+
+
+def test_worker_delivers_when_redis_is_down(cluster_factory):
+    """Markers are an optimisation: without Redis, mail still goes out."""
+    cl = cluster_factory(frontends=0, workers=1,
+                         worker_extra={"redis": {"port": mslocal.free_port()}})
+    q = new_qid()
+    produce(cl, [(q, envelope(q, ["a@example.net"], message(q)))])
+    cl.sink.wait_for(1, timeout=60)
+    w = cl.workers[0]
+    log = wait_log(w, "outcome=delivered")
+    assert "event=redis_failed" in log
+    assert metric(w, "mailstream_worker_redis_errors_total") >= 1
+
+
+@pytest.mark.timeout(300)
+def test_worker_sigterm_mid_stream_then_restart_loses_nothing(cluster_factory):
+    """SIGTERM while messages are in flight: the worker finishes or abandons
+    them, exits 0, and a new worker delivers whatever is left."""
+    cl = cluster_factory(frontends=0, workers=1, sink_args=["-w", "1"],
+                         worker_extra={"delivery": {"max_in_flight": 4}})
+    n = 30
+    qids = [new_qid() for _ in range(n)]
+    produce(cl, [(None, envelope(q, [f"r.{q}@example.net"], message(q))) for q in qids])
+    mslocal.wait_until(lambda: len(cl.sink.messages()) >= 3, 60, "first deliveries")
+    w = cl.workers[0]
+    proc = w.proc
+    w.stop(timeout=60)
+    assert proc.popen.wait(timeout=5) == 0
+    assert len(cl.sink.messages()) < n, "the worker finished before SIGTERM: nothing tested"
+    cl.add_worker()
+
+    def subjects() -> set:
+        got = set()
+        for m in cl.sink.messages():
+            for line in m.data.split(b"\r\n"):
+                if line.startswith(b"Subject: "):
+                    got.add(line[9:].decode())
+        return got
+
+    mslocal.wait_until(lambda: subjects() >= set(qids), 240, f"all {n} messages in the sink",
+                       interval=1.0)
+
+
+def test_worker_large_message(cluster_factory):
+    """A message of many data blocks (WK_SMTP_DATA_BLOCK) arrives intact."""
+    cl = worker_cluster(cluster_factory)
+    q = new_qid()
+    line = b"." + b"x" * 97 + b"\r\n"  # every line needs stuffing
+    big = message(q, line * (12 * 1024 * 1024 // len(line)))
+    produce(cl, [(q, envelope(q, ["big@example.net"], big))])
+    msgs = cl.sink.wait_for(1, timeout=120)
+    assert len(msgs[0].data) == len(big) and msgs[0].data == big

@@ -1,0 +1,84 @@
+/*
+ * test_wk_dotstuff.c - worker/dotstuff.c: RFC 5321 §4.5.2 transparency.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../worker/dotstuff.h"
+
+static const struct {
+    const char *name, *in, *out;
+} cases[] = {
+    {"empty", "", ".\r\n"},
+    {"plain", "a\r\nb\r\n", "a\r\nb\r\n.\r\n"},
+    {"leading dot", ".a\r\n", "..a\r\n.\r\n"},
+    {"lone dot line", "a\r\n.\r\nb\r\n", "a\r\n..\r\nb\r\n.\r\n"},
+    {"two dots", "..\r\n", "...\r\n.\r\n"},
+    {"dot mid-line", "a.b\r\n a.\r\n", "a.b\r\n a.\r\n.\r\n"},
+    {"no final CRLF", "a\r\n.b", "a\r\n..b\r\n.\r\n"},
+    {"final CR only", "a\r", "a\r\n.\r\n"},
+    {"bare LF", "a\n.b\n", "a\r\n..b\r\n.\r\n"},
+    {"bare CR is no line end", "a\r.b\r\n", "a\r.b\r\n.\r\n"},
+    {"dot after blank line", "h: v\r\n\r\n.\r\n", "h: v\r\n\r\n..\r\n.\r\n"},
+    {"only dot", ".", "..\r\n.\r\n"},
+};
+
+static void test_table(void **state)
+{
+    size_t i, n, len;
+    char *out;
+
+    (void)state;
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        len = wk_dotstuff_len(cases[i].in, strlen(cases[i].in));
+        if (len != strlen(cases[i].out))
+            fail_msg("%s: length %zu, want %zu", cases[i].name, len, strlen(cases[i].out));
+        out = malloc(len + 1);
+        n = wk_dotstuff(cases[i].in, strlen(cases[i].in), out);
+        assert_int_equal(n, len);
+        out[n] = '\0';
+        if (strcmp(out, cases[i].out) != 0)
+            fail_msg("%s: got \"%s\"", cases[i].name, out);
+        free(out);
+    }
+}
+
+/* Unstuffing what we stuffed gives the original back, and the terminator
+ * appears exactly once, at the end. */
+static void test_roundtrip(void **state)
+{
+    const char *in = ".\r\n..\r\nx\r\n.\r\n\r\n.x.\r\n";
+    size_t len = wk_dotstuff_len(in, strlen(in)), i, o = 0;
+    char *out = malloc(len), back[64];
+    int bol = 1;
+
+    (void)state;
+    wk_dotstuff(in, strlen(in), out);
+    assert_memory_equal(out + len - 5, "\r\n.\r\n", 5);
+    for (i = 0; i + 3 < len; i++) {
+        if (bol && out[i] == '.') {
+            assert_false(out[i + 1] == '\r'); /* never a lone dot before the end */
+            i++;
+        }
+        back[o++] = out[i];
+        bol = out[i] == '\n';
+    }
+    assert_int_equal(o, strlen(in));
+    assert_memory_equal(back, in, o);
+    free(out);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_table),
+        cmocka_unit_test(test_roundtrip),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

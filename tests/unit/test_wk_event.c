@@ -1,0 +1,137 @@
+/*
+ * test_wk_event.c - worker/event.c (outcomes, event JSON) and worker/retry.c
+ * (backoff delays).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <string.h>
+
+#include "../../worker/event.h"
+#include "../../worker/retry.h"
+#include "ms_buf.h"
+#include "ms_error.h"
+
+static void test_outcome(void **state)
+{
+    (void)state;
+    assert_int_equal(wk_outcome_of(250), WK_OUTCOME_DELIVERED);
+    assert_int_equal(wk_outcome_of(251), WK_OUTCOME_DELIVERED);
+    assert_int_equal(wk_outcome_of(451), WK_OUTCOME_DEFERRED);
+    assert_int_equal(wk_outcome_of(421), WK_OUTCOME_DEFERRED);
+    assert_int_equal(wk_outcome_of(0), WK_OUTCOME_DEFERRED);
+    assert_int_equal(wk_outcome_of(354), WK_OUTCOME_DEFERRED);
+    assert_int_equal(wk_outcome_of(550), WK_OUTCOME_BOUNCED);
+    assert_int_equal(wk_outcome_of(554), WK_OUTCOME_BOUNCED);
+    assert_string_equal(wk_outcome_name(WK_OUTCOME_BOUNCED), "bounced");
+}
+
+static void test_json(void **state)
+{
+    struct wk_event ev = {
+        .qid = "01ABC",
+        .rcpt = "b\"o\\b@example.org",
+        .outcome = WK_OUTCOME_DEFERRED,
+        .code = 451,
+        .dsn = "4.7.1",
+        .reply = "451 4.7.1 try\r\nlater \x01 \xc3\xa9 \xff",
+        .relay = "127.0.0.1:25",
+        .node = "wk1",
+        .attempt = 2,
+        .delay = 1.5,
+        .ts_us = 1764000000123456LL,
+    };
+    struct ms_buf b;
+
+    (void)state;
+    ms_buf_init(&b, 4096);
+    assert_int_equal(wk_event_json(&b, &ev), 0);
+    assert_int_equal(ms_buf_append(&b, "", 1), 0);
+    assert_string_equal(b.data,
+                        "{\"qid\":\"01ABC\",\"rcpt\":\"b\\\"o\\\\b@example.org\","
+                        "\"outcome\":\"deferred\",\"code\":451,\"dsn\":\"4.7.1\","
+                        "\"reply\":\"451 4.7.1 try\\r\\nlater \\u0001 \xc3\xa9 \\ufffd\","
+                        "\"relay\":\"127.0.0.1:25\",\"node\":\"wk1\",\"attempt\":2,"
+                        "\"delay\":1.500,\"ts\":\"2025-11-24T16:00:00.123Z\"}");
+    ms_buf_free(&b);
+
+    /* A buffer too small fails, it does not cut. */
+    ms_buf_init(&b, 16);
+    assert_int_equal(wk_event_json(&b, &ev), MS_ETOOBIG);
+    ms_buf_free(&b);
+}
+
+static void test_json_utf8(void **state)
+{
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+        {"\xe2\x82\xac", "\"\xe2\x82\xac\""},          /* euro sign */
+        {"\xf0\x9f\x98\x80", "\"\xf0\x9f\x98\x80\""},  /* emoji */
+        {"\xc0\xaf", "\"\\ufffd\\ufffd\""},            /* overlong */
+        {"\xed\xa0\x80", "\"\\ufffd\\ufffd\\ufffd\""}, /* surrogate */
+        {"\xe2\x82", "\"\\ufffd\\ufffd\""},            /* truncated */
+        {"\x7f", "\"\\u007f\""},
+    };
+    struct ms_buf b;
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        ms_buf_init(&b, 256);
+        assert_int_equal(wk_json_string(&b, cases[i].in, strlen(cases[i].in)), 0);
+        assert_int_equal(ms_buf_append(&b, "", 1), 0);
+        assert_string_equal(b.data, cases[i].out);
+        ms_buf_free(&b);
+    }
+}
+
+static void test_malformed_json(void **state)
+{
+    struct ms_buf b;
+
+    (void)state;
+    ms_buf_init(&b, 1024);
+    assert_int_equal(wk_event_malformed_json(&b, NULL, 0, 3, 42, "bad \"x\"", "wk1", 0), 0);
+    assert_int_equal(ms_buf_append(&b, "", 1), 0);
+    assert_string_equal(b.data, "{\"event\":\"malformed\",\"key\":null,\"partition\":3,"
+                                "\"offset\":42,\"error\":\"bad \\\"x\\\"\",\"node\":\"wk1\","
+                                "\"ts\":\"1970-01-01T00:00:00.000Z\"}");
+    ms_buf_free(&b);
+}
+
+static void test_backoff(void **state)
+{
+    unsigned a;
+    uint64_t d;
+
+    (void)state;
+    /* Equal jitter: between half and all of the exponential delay. */
+    assert_int_equal(wk_backoff_ms(1, 1000, 300000, 0), 500);
+    assert_int_equal(wk_backoff_ms(1, 1000, 300000, 500), 1000);
+    assert_int_equal(wk_backoff_ms(1, 1000, 300000, 501), 500);
+    assert_int_equal(wk_backoff_ms(2, 1000, 300000, 0), 1000);
+    assert_int_equal(wk_backoff_ms(3, 1000, 300000, 2000), 4000);
+    /* Capped, also for absurd attempt counts. */
+    for (a = 1; a < 200; a++) {
+        d = wk_backoff_ms(a, 1000, 300000, 0xffffffffu);
+        assert_true(d >= 1 && d <= 300000);
+    }
+    assert_int_equal(wk_backoff_ms(100000, 1000, 300000, 0), 150000);
+    /* Degenerate settings still give a positive delay. */
+    assert_int_equal(wk_backoff_ms(1, 0, 0, 7), 1);
+    assert_int_equal(wk_backoff_ms(5, 5000, 10, 0), 2500);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_outcome),        cmocka_unit_test(test_json),
+        cmocka_unit_test(test_json_utf8),      cmocka_unit_test(test_malformed_json),
+        cmocka_unit_test(test_backoff),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,22 @@
+/*
+ * dotstuff.h - the DATA transparency procedure (RFC 5321 §4.5.2), pure.
+ *
+ * The envelope holds the message with CRLF line ends and dot-unstuffed
+ * (proto/envelope.proto).  Before it goes on the wire after DATA every line
+ * that starts with "." gets one more ".", a missing final CRLF is added, and
+ * the end-of-data indicator ".\r\n" follows.  A bare LF is sent as CRLF
+ * (RFC 5321 §2.3.8 forbids bare LF on the wire); a bare CR is left alone.
+ * Any thread.
+ */
+#ifndef WK_DOTSTUFF_H
+#define WK_DOTSTUFF_H
+
+#include <stddef.h>
+
+/* Exact length of the stuffed form of msg, terminator included. */
+size_t wk_dotstuff_len(const char *msg, size_t len);
+/* Write the stuffed form into out, which has room for wk_dotstuff_len()
+ * octets; returns the length written. */
+size_t wk_dotstuff(const char *msg, size_t len, char *out);
+
+#endif

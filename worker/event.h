@@ -1,0 +1,57 @@
+/*
+ * event.h - delivery outcomes and their record on the `events` topic, pure.
+ *
+ * Every delivery attempt for a recipient ends in one outcome, decided only by
+ * the effective SMTP reply code for that recipient (RFC 5321 §4.2.1): 2yz
+ * delivered, 5yz bounced (permanent), everything else deferred (4yz, and our
+ * own code 0 for timeouts and broken connections).  Each attempt is logged
+ * and published as one small JSON object (docs/config.md, events_topic).
+ * Any thread.
+ */
+#ifndef WK_EVENT_H
+#define WK_EVENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ms_buf.h"
+
+enum wk_outcome { WK_OUTCOME_DELIVERED, WK_OUTCOME_DEFERRED, WK_OUTCOME_BOUNCED, WK_OUTCOME__N };
+
+enum wk_outcome wk_outcome_of(int code);
+/* "delivered", "deferred", "bounced". */
+const char *wk_outcome_name(enum wk_outcome o);
+
+struct wk_event {
+    const char *qid;
+    const char *rcpt;       /* NULL for events about a whole record */
+    enum wk_outcome outcome;
+    int code;               /* SMTP reply code; 0 when there was none */
+    const char *dsn;        /* enhanced status code */
+    const char *reply;      /* remote reply or our diagnostic */
+    const char *relay;      /* host:port */
+    const char *node;       /* this worker */
+    unsigned attempt;       /* 1-based */
+    double delay;           /* seconds since the frontend accepted it */
+    int64_t ts_us;          /* when the outcome was known */
+};
+
+/* Append the event as one JSON object:
+ *   {"qid":..,"rcpt":..,"outcome":..,"code":..,"dsn":..,"reply":..,
+ *    "relay":..,"node":..,"attempt":..,"delay":..,"ts":"2026-...Z"}
+ * Strings are escaped; bytes that are not valid UTF-8 become U+FFFD.
+ * Returns 0 or MS_ETOOBIG from the buffer. */
+int wk_event_json(struct ms_buf *out, const struct wk_event *ev);
+
+/* Append the event for a record that is not a valid envelope:
+ *   {"event":"malformed","key":..,"partition":..,"offset":..,"error":..,
+ *    "node":..,"ts":..}
+ * key (the record's Kafka key, normally the queue id) may be NULL. */
+int wk_event_malformed_json(struct ms_buf *out, const char *key, size_t keylen,
+                            int32_t partition, int64_t offset, const char *error,
+                            const char *node, int64_t ts_us);
+
+/* Append s (n bytes) as a JSON string literal, quotes included. */
+int wk_json_string(struct ms_buf *out, const char *s, size_t n);
+
+#endif

@@ -1,0 +1,114 @@
+/*
+ * smtp_client.h - an asynchronous SMTP client transaction on a libuv loop.
+ *
+ * One wk_smtp session delivers one message to one server: connect, banner,
+ * EHLO (HELO if EHLO is refused), MAIL FROM with SIZE= / BODY=8BITMIME /
+ * SMTPUTF8 when the server advertises them, one RCPT TO per recipient, DATA
+ * with the message dot-stuffed (RFC 5321 §4.5.2), QUIT.  No PIPELINING, no
+ * TLS, no connection reuse yet: later work adds them behind this interface.
+ *
+ * Outcome: the callback gets one effective result per recipient, in the
+ * order given: the reply to its RCPT if that was not 2yz, else the reply to
+ * the end of DATA (or to DATA itself); if the session failed earlier (banner,
+ * EHLO, MAIL, a timeout, a lost connection) every recipient without a final
+ * reply gets that reply, or code 0 and our own diagnostic when the server
+ * said nothing.  Every result has an enhanced status code: the server's, or
+ * X.0.0 from the reply class, or 4.4.1 (no answer) / 4.4.2 (bad connection)
+ * for our own diagnostics (RFC 3463).  The callback is called exactly once,
+ * as soon as the outcome is known (before QUIT), unless the session is
+ * cancelled first.
+ *
+ * Ownership: wk_smtp_start() copies everything it needs (the message in its
+ * dot-stuffed form), so the caller may free its copies at once.  The session
+ * frees itself after closing its handles.  The handle returned is valid until
+ * the callback has been called or wk_smtp_cancel() - whichever comes first;
+ * after that the caller must forget it.  One loop thread only.
+ *
+ * Timeouts are RFC 5321 §4.5.3.2's client timeouts, each named below.
+ */
+#ifndef WK_SMTP_CLIENT_H
+#define WK_SMTP_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <uv.h>
+
+#include "smtp_reply.h"
+
+/* Not in the RFC: how long a TCP connect may take (Postfix's default). */
+#define WK_SMTP_TIMEOUT_CONNECT_MS (30 * 1000)
+/* §4.5.3.2.1 Initial 220 Message: 5 minutes. */
+#define WK_SMTP_TIMEOUT_BANNER_MS (5 * 60 * 1000)
+/* EHLO/HELO have no timeout of their own in §4.5.3.2; MAIL's is used. */
+#define WK_SMTP_TIMEOUT_HELO_MS (5 * 60 * 1000)
+/* §4.5.3.2.2 MAIL Command: 5 minutes. */
+#define WK_SMTP_TIMEOUT_MAIL_MS (5 * 60 * 1000)
+/* §4.5.3.2.3 RCPT Command: 5 minutes. */
+#define WK_SMTP_TIMEOUT_RCPT_MS (5 * 60 * 1000)
+/* §4.5.3.2.4 DATA Initiation: 2 minutes. */
+#define WK_SMTP_TIMEOUT_DATA_MS (2 * 60 * 1000)
+/* §4.5.3.2.5 Data Block: 3 minutes per TCP SEND. */
+#define WK_SMTP_TIMEOUT_BLOCK_MS (3 * 60 * 1000)
+/* §4.5.3.2.6 DATA Termination: 10 minutes for the reply to ".". */
+#define WK_SMTP_TIMEOUT_DOT_MS (10 * 60 * 1000)
+/* Not in the RFC: the outcome is known by then, so QUIT gets little time. */
+#define WK_SMTP_TIMEOUT_QUIT_MS (10 * 1000)
+
+/* The message is written in blocks of this size, each with its own
+ * WK_SMTP_TIMEOUT_BLOCK_MS (a "data block" of §4.5.3.2.5). */
+#define WK_SMTP_DATA_BLOCK (64 * 1024)
+/* Longest reply (formatted, see wk_reply_format) kept per recipient. */
+#define WK_SMTP_REPLY_TEXT_MAX 512
+/* Longest address (RFC 5321 §4.5.3.1.3: path 256 octets) we put in a
+ * command; longer or with CR, LF or other controls is refused locally. */
+#define WK_SMTP_PATH_MAX 256
+
+/* Timeouts in milliseconds; wk_smtp_timeouts_default() fills the RFC's. */
+struct wk_smtp_timeouts {
+    uint64_t connect, banner, helo, mail, rcpt, data, block, dot, quit;
+};
+void wk_smtp_timeouts_default(struct wk_smtp_timeouts *t);
+
+struct wk_smtp_msg {
+    const char *log_id;             /* the queue id, for log lines */
+    const char *helo_name;          /* our name in EHLO/HELO */
+    const char *mail_from;          /* "" is the null sender <> */
+    int body_8bitmime;              /* the client declared BODY=8BITMIME */
+    int smtputf8;                   /* the client declared SMTPUTF8 */
+    const char *const *rcpts;
+    size_t nrcpts;
+    const char *data;               /* CRLF lines, dot-unstuffed */
+    size_t len;
+};
+
+struct wk_smtp_rcpt_result {
+    int code;                       /* SMTP code, 0 when the server said nothing */
+    char dsn[WK_DSN_MAX + 1];
+    char reply[WK_SMTP_REPLY_TEXT_MAX];
+};
+
+struct wk_smtp_result {
+    int err;                        /* 0, or why the session ended early (MS_E*) */
+    size_t nrcpts;
+    const struct wk_smtp_rcpt_result *rcpts; /* valid during the callback */
+};
+
+typedef struct wk_smtp wk_smtp;
+typedef void (*wk_smtp_cb)(void *arg, uint64_t id, const struct wk_smtp_result *res);
+
+/* Start delivering msg to addr.  Returns 0 and the session in *out, or
+ * MS_EINVAL for an address we refuse to put in a command (the callback is
+ * then not called). */
+int wk_smtp_start(uv_loop_t *loop, const struct sockaddr *addr,
+                  const struct wk_smtp_timeouts *timeouts, const struct wk_smtp_msg *msg,
+                  wk_smtp_cb cb, void *arg, uint64_t id, wk_smtp **out);
+/* Abandon the session: the callback will not be called; the connection is
+ * closed without QUIT and the session frees itself. */
+void wk_smtp_cancel(wk_smtp *s);
+
+/* 1 when addr may go into MAIL FROM / RCPT TO: at most WK_SMTP_PATH_MAX
+ * octets, no controls, no angle brackets.  Pure. */
+int wk_smtp_path_ok(const char *addr);
+
+#endif
