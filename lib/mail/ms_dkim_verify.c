@@ -1,0 +1,464 @@
+/*
+ * ms_dkim_verify.c - DKIM verification (RFC 6376 §6, RFC 8301, RFC 8463)
+ * as a pull-style state machine: see ms_dkim.h and ms_dns.h.
+ *
+ * Each signature goes: parsed and checked (§6.1.1) -> key query (§6.1.2)
+ * -> body hash, header hash and signature check (§6.1.3) -> result.  The
+ * only OpenSSL calls of the verifier live in this file.
+ */
+#include "ms_dkim.h"
+#include "ms_error.h"
+#include "ms_mem.h"
+
+#include <openssl/evp.h>
+#include <openssl/rsa.h>
+#include <openssl/x509.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+enum vs_state {
+    VS_DONE = 0,
+    VS_NEED_KEY,
+};
+
+struct vsig {
+    struct ms_dkim_sigresult r;
+    struct ms_dkim_sig sig;
+    size_t field; /* index of its DKIM-Signature field */
+    enum vs_state state;
+    char reason[160];
+};
+
+/* Body hashes already computed: signatures sharing c= body and l= share
+ * one pass over the body. */
+struct bodyhash {
+    enum ms_dkim_canon c;
+    int64_t l;
+    uint8_t digest[32];
+    uint64_t total;
+};
+
+struct ms_dkim_verify {
+    struct bodyhash bodies[MS_DKIM_SIGS_MAX];
+    size_t nbodies;
+    const char *msg;
+    size_t len;
+    int64_t now;
+    struct ms_dkim_hdr *hdrs;
+    size_t nhdr, body_off;
+    struct vsig *sigs;
+    size_t nsigs;
+    size_t cur; /* signature whose query is outstanding */
+    int waiting;
+};
+
+static void vs_set(struct vsig *vs, enum ms_dkim_result res, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void vs_set(struct vsig *vs, enum ms_dkim_result res, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(vs->reason, sizeof(vs->reason), fmt, ap);
+    va_end(ap);
+    vs->r.result = res;
+    vs->r.reason = vs->reason;
+    vs->state = VS_DONE;
+}
+
+static int name_is(const char *msg, const struct ms_dkim_hdr *h, const char *name)
+{
+    size_t l = strlen(name);
+
+    return h->name_len == l && strncasecmp(msg + h->off, name, l) == 0;
+}
+
+/* Checks that need no key (§6.1.1), in the order a reader expects. */
+static void vs_precheck(struct ms_dkim_verify *v, struct vsig *vs)
+{
+    struct ms_dkim_sig *sig = &vs->sig;
+
+    switch (sig->alg) {
+    case MS_DKIM_RSA_SHA256:
+    case MS_DKIM_ED25519_SHA256: break;
+    case MS_DKIM_RSA_SHA1: vs_set(vs, MS_DKIM_FAIL, "rsa-sha1 is not accepted (RFC 8301)"); return;
+    case MS_DKIM_ALG_UNKNOWN:
+        vs_set(vs, MS_DKIM_PERMERROR, "unsupported algorithm a=%s", sig->a);
+        return;
+    }
+    if (sig->bh_len != 32) {
+        vs_set(vs, MS_DKIM_PERMERROR, "bh= is not a SHA-256 hash");
+        return;
+    }
+    if (sig->t >= 0 && sig->t > v->now + MS_DKIM_CLOCK_SKEW) {
+        vs_set(vs, MS_DKIM_PERMERROR, "t= in the future");
+        return;
+    }
+    if (sig->x >= 0 && sig->x < v->now) {
+        vs_set(vs, MS_DKIM_PERMERROR, "signature expired (x=)");
+        return;
+    }
+    if (strlen(sig->s) + strlen("._domainkey.") + strlen(sig->d) > MS_DNS_NAME_MAX) {
+        vs_set(vs, MS_DKIM_PERMERROR, "key name too long");
+        return;
+    }
+    vs->state = VS_NEED_KEY;
+}
+
+ms_dkim_verify *ms_dkim_verify_new(const char *msg, size_t len, int64_t now)
+{
+    ms_dkim_verify *v = ms_calloc(1, sizeof(*v));
+    int n;
+
+    v->msg = msg;
+    v->len = len;
+    v->now = now;
+    v->hdrs = ms_calloc(MS_DKIM_HEADERS_MAX, sizeof(*v->hdrs));
+    n = ms_dkim_headers_split(msg, len, v->hdrs, MS_DKIM_HEADERS_MAX, &v->body_off);
+    if (n < 0) {
+        v->sigs = ms_calloc(1, sizeof(*v->sigs));
+        /* Without fields there is nothing to verify; still say so when the
+         * message looks signed, so a broken message is not "unsigned". */
+        const char *p = msg, *end = msg + len;
+        size_t l = strlen("dkim-signature");
+
+        for (; p + l <= end; p++) {
+            if ((p == msg || p[-1] == '\n') && strncasecmp(p, "dkim-signature", l) == 0) {
+                struct vsig *vs = &v->sigs[v->nsigs++];
+
+                vs->r.d = vs->r.s = vs->r.a = vs->r.i = vs->r.b_prefix = "";
+                vs->r.l = -1;
+                vs_set(vs, MS_DKIM_PERMERROR, "malformed header section (%s)",
+                       n == MS_ETOOBIG ? "limit exceeded" : "syntax");
+                break;
+            }
+            if (p + 1 < end && p[0] == '\n' &&
+                (p[1] == '\n' || (p[1] == '\r' && p + 2 < end && p[2] == '\n')))
+                break;
+        }
+        return v;
+    }
+    v->nhdr = (size_t)n;
+    {
+        size_t cnt = 0;
+
+        for (size_t k = 0; k < v->nhdr; k++)
+            cnt += name_is(msg, &v->hdrs[k], "dkim-signature");
+        /* One slot more for the "too many signatures" result. */
+        v->sigs =
+            ms_calloc(cnt < MS_DKIM_SIGS_MAX ? cnt + 1 : MS_DKIM_SIGS_MAX + 1, sizeof(*v->sigs));
+    }
+    for (size_t k = 0; k < v->nhdr; k++) {
+        const struct ms_dkim_hdr *h = &v->hdrs[k];
+        struct vsig *vs;
+        const char *why = "";
+        size_t voff;
+
+        if (!name_is(msg, h, "dkim-signature"))
+            continue;
+        if (v->nsigs == MS_DKIM_SIGS_MAX) {
+            vs = &v->sigs[v->nsigs++];
+            vs->r.d = vs->r.s = vs->r.a = vs->r.i = vs->r.b_prefix = "";
+            vs->r.l = -1;
+            vs->field = k;
+            vs_set(vs, MS_DKIM_PERMERROR, "too many signatures (more than %d)", MS_DKIM_SIGS_MAX);
+            break;
+        }
+        vs = &v->sigs[v->nsigs++];
+        vs->field = k;
+        voff = (size_t)((const char *)memchr(msg + h->off, ':', h->len) - (msg + h->off)) + 1;
+        n = ms_dkim_sig_parse(msg + h->off + voff, h->len - voff, &vs->sig, &why);
+        vs->r.d = vs->sig.d;
+        vs->r.s = vs->sig.s;
+        vs->r.a = vs->sig.a;
+        vs->r.i = vs->sig.i;
+        vs->r.b_prefix = vs->sig.b_prefix;
+        vs->r.alg = vs->sig.alg;
+        vs->r.l = vs->sig.l;
+        if (n < 0) {
+            vs_set(vs, MS_DKIM_PERMERROR, "%s", why);
+            continue;
+        }
+        vs_precheck(v, vs);
+    }
+    return v;
+}
+
+int ms_dkim_verify_step(ms_dkim_verify *v, struct ms_dns_query *q)
+{
+    if (v->waiting)
+        return MS_EINVAL;
+    for (size_t k = 0; k < v->nsigs; k++) {
+        struct vsig *vs = &v->sigs[k];
+        size_t sl, dl;
+
+        if (vs->state != VS_NEED_KEY)
+            continue;
+        /* selector._domainkey.domain (§3.6.2.1); length checked in
+         * vs_precheck(). */
+        sl = strlen(vs->sig.s);
+        dl = strlen(vs->sig.d);
+        memcpy(q->name, vs->sig.s, sl);
+        memcpy(q->name + sl, "._domainkey.", 12);
+        memcpy(q->name + sl + 12, vs->sig.d, dl + 1);
+        q->type = MS_DNS_TXT;
+        v->cur = k;
+        v->waiting = 1;
+        return MS_DKIM_NEED_DNS;
+    }
+    return MS_DKIM_DONE;
+}
+
+/* ------------------------------------------------------------------------
+ * Hashing and the signature check (§6.1.3)
+ * ------------------------------------------------------------------------ */
+
+static void emit_digest(void *ctx, const void *p, size_t n)
+{
+    EVP_DigestUpdate(ctx, p, n);
+}
+
+/* Build the public key from p=: SubjectPublicKeyInfo or PKCS#1
+ * RSAPublicKey for RSA (both are published in practice), the raw 32 octets
+ * for Ed25519 (RFC 8463 §4). */
+static EVP_PKEY *load_pubkey(const struct ms_dkim_keyrec *key)
+{
+    const unsigned char *p = key->p;
+    EVP_PKEY *pk;
+
+    if (key->k == MS_DKIM_KEY_ED25519) {
+        if (key->p_len != 32)
+            return NULL;
+        return EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, key->p, key->p_len);
+    }
+    pk = d2i_PUBKEY(NULL, &p, (long)key->p_len);
+    if (pk != NULL) {
+        if (EVP_PKEY_get_base_id(pk) != EVP_PKEY_RSA || p != key->p + key->p_len) {
+            EVP_PKEY_free(pk);
+            return NULL;
+        }
+        return pk;
+    }
+    p = key->p;
+    pk = d2i_PublicKey(EVP_PKEY_RSA, NULL, &p, (long)key->p_len);
+    if (pk != NULL && p != key->p + key->p_len) {
+        EVP_PKEY_free(pk);
+        return NULL;
+    }
+    return pk;
+}
+
+/* Verify the signature of a 32-octet digest: RSASSA-PKCS1-v1_5 with
+ * SHA-256 (RFC 6376 §3.3.1), or PureEdDSA over the SHA-256 hash (RFC 8463
+ * §3). */
+static int pkey_verify(EVP_PKEY *pk, const uint8_t digest[32], const uint8_t *sig, size_t siglen)
+{
+    int ok = 0;
+
+    if (EVP_PKEY_get_base_id(pk) == EVP_PKEY_ED25519) {
+        EVP_MD_CTX *md = EVP_MD_CTX_new();
+
+        if (md != NULL && EVP_DigestVerifyInit(md, NULL, NULL, NULL, pk) == 1)
+            ok = EVP_DigestVerify(md, sig, siglen, digest, 32) == 1;
+        EVP_MD_CTX_free(md);
+    } else {
+        EVP_PKEY_CTX *c = EVP_PKEY_CTX_new(pk, NULL);
+
+        if (c != NULL && EVP_PKEY_verify_init(c) == 1 &&
+            EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_PADDING) == 1 &&
+            EVP_PKEY_CTX_set_signature_md(c, EVP_sha256()) == 1)
+            ok = EVP_PKEY_verify(c, sig, siglen, digest, 32) == 1;
+        EVP_PKEY_CTX_free(c);
+    }
+    return ok;
+}
+
+static void vs_check(struct ms_dkim_verify *v, struct vsig *vs, const struct ms_dkim_keyrec *key)
+{
+    const struct ms_dkim_sig *sig = &vs->sig;
+    const struct ms_dkim_hdr *f = &v->hdrs[vs->field];
+    struct ms_dkim_body body;
+    EVP_MD_CTX *md = NULL;
+    EVP_PKEY *pk = NULL;
+    struct bodyhash *bh;
+    uint8_t hh[32];
+    unsigned int dl = 0;
+    size_t k;
+    const char *names[MS_DKIM_H_MAX];
+    char *field = NULL;
+    size_t voff, flen;
+
+    vs->r.testing = key->testing;
+    if (key->p_len == 0) {
+        vs_set(vs, MS_DKIM_PERMERROR, "key revoked");
+        return;
+    }
+    if ((sig->alg == MS_DKIM_RSA_SHA256) != (key->k == MS_DKIM_KEY_RSA)) {
+        vs_set(vs, MS_DKIM_PERMERROR, "key type k= does not match a=");
+        return;
+    }
+    if (!key->h_sha256) {
+        vs_set(vs, MS_DKIM_PERMERROR, "key h= excludes sha256");
+        return;
+    }
+    if (!key->s_email) {
+        vs_set(vs, MS_DKIM_PERMERROR, "key not for email (s=)");
+        return;
+    }
+    if (key->strict) {
+        const char *at = strrchr(sig->i, '@');
+
+        if (at == NULL || strcasecmp(at + 1, sig->d) != 0) {
+            vs_set(vs, MS_DKIM_PERMERROR, "key t=s: i= domain must equal d=");
+            return;
+        }
+    }
+    if ((pk = load_pubkey(key)) == NULL) {
+        vs_set(vs, MS_DKIM_PERMERROR, "unusable public key p=");
+        return;
+    }
+    vs->r.key_bits = EVP_PKEY_get_bits(pk);
+    if (key->k == MS_DKIM_KEY_RSA && vs->r.key_bits < MS_DKIM_RSA_BITS_MIN) {
+        vs_set(vs, MS_DKIM_FAIL, "RSA key too small (%d bits)", vs->r.key_bits);
+        goto out;
+    }
+    if (key->k == MS_DKIM_KEY_RSA && vs->r.key_bits > MS_DKIM_RSA_BITS_MAX) {
+        vs_set(vs, MS_DKIM_PERMERROR, "RSA key too large (%d bits)", vs->r.key_bits);
+        goto out;
+    }
+
+    /* Body hash (§3.7, §6.1.3 steps 1-3). */
+    md = EVP_MD_CTX_new();
+    if (md == NULL) {
+        vs_set(vs, MS_DKIM_TEMPERROR, "crypto failure");
+        goto out;
+    }
+    for (bh = NULL, k = 0; k < v->nbodies && bh == NULL; k++)
+        if (v->bodies[k].c == sig->bcanon && v->bodies[k].l == sig->l)
+            bh = &v->bodies[k];
+    if (bh == NULL) {
+        bh = &v->bodies[v->nbodies]; /* at most one per signature */
+        bh->c = sig->bcanon;
+        bh->l = sig->l;
+        if (!EVP_DigestInit_ex(md, EVP_sha256(), NULL)) {
+            vs_set(vs, MS_DKIM_TEMPERROR, "crypto failure");
+            goto out;
+        }
+        ms_dkim_body_init(&body, sig->bcanon, sig->l, emit_digest, md);
+        ms_dkim_body_update(&body, v->msg + v->body_off, v->len - v->body_off);
+        ms_dkim_body_final(&body);
+        bh->total = body.total;
+        if (!EVP_DigestFinal_ex(md, bh->digest, &dl) || dl != 32) {
+            vs_set(vs, MS_DKIM_TEMPERROR, "crypto failure");
+            goto out;
+        }
+        v->nbodies++;
+    }
+    vs->r.body_len = bh->total;
+    if (sig->l >= 0 && (uint64_t)sig->l > bh->total) {
+        vs_set(vs, MS_DKIM_FAIL, "l=%lld exceeds the body length %llu", (long long)sig->l,
+               (unsigned long long)bh->total);
+        goto out;
+    }
+    if (memcmp(bh->digest, sig->bh, 32) != 0) {
+        vs_set(vs, MS_DKIM_FAIL, "body hash mismatch");
+        goto out;
+    }
+
+    /* Header hash: the signed fields, then this field with b= emptied. */
+    voff = (size_t)((const char *)memchr(v->msg + f->off, ':', f->len) - (v->msg + f->off)) + 1;
+    flen = f->len - (sig->b_vend - sig->b_vstart);
+    field = ms_malloc(flen);
+    memcpy(field, v->msg + f->off, voff + sig->b_vstart);
+    memcpy(field + voff + sig->b_vstart, v->msg + f->off + voff + sig->b_vend,
+           f->len - voff - sig->b_vend);
+    for (k = 0; k < sig->nh; k++)
+        names[k] = sig->h[k];
+    if (!EVP_DigestInit_ex(md, EVP_sha256(), NULL) ||
+        ms_dkim_header_data(v->msg, v->hdrs, v->nhdr, sig->hcanon, names, sig->nh, field, flen,
+                            emit_digest, md) < 0 ||
+        !EVP_DigestFinal_ex(md, hh, &dl) || dl != 32) {
+        vs_set(vs, MS_DKIM_PERMERROR, "header field too long");
+        goto out;
+    }
+    if (!pkey_verify(pk, hh, sig->b, sig->b_len)) {
+        vs_set(vs, MS_DKIM_FAIL, "signature did not verify");
+        goto out;
+    }
+    if (sig->l >= 0 && (uint64_t)sig->l < bh->total) {
+        /* Never let a partial body pass as signed (§8.2). */
+        vs_set(vs, MS_DKIM_POLICY, "l=%lld covers only part of the %llu-octet body",
+               (long long)sig->l, (unsigned long long)bh->total);
+        goto out;
+    }
+    vs_set(vs, MS_DKIM_PASS, "%s", "");
+out:
+    free(field);
+    EVP_MD_CTX_free(md);
+    EVP_PKEY_free(pk);
+}
+
+int ms_dkim_verify_answer(ms_dkim_verify *v, const struct ms_dns_result *r)
+{
+    struct vsig *vs;
+    struct ms_dkim_keyrec *key;
+    const char *why = NULL;
+    int found = 0;
+
+    if (!v->waiting)
+        return MS_EINVAL;
+    v->waiting = 0;
+    vs = &v->sigs[v->cur];
+    switch (r->status) {
+    case MS_DNS_OK: break;
+    case MS_DNS_NXDOMAIN:
+    case MS_DNS_NODATA: vs_set(vs, MS_DKIM_PERMERROR, "no key for signature"); return 0;
+    case MS_DNS_TEMPFAIL: vs_set(vs, MS_DKIM_TEMPERROR, "key query failed"); return 0;
+    case MS_DNS_BOGUS:
+        vs_set(vs, MS_DKIM_TEMPERROR, "key query failed DNSSEC validation");
+        return 0;
+    }
+    key = ms_malloc(sizeof(*key));
+    /* §6.1.2: with several records, use the first that parses. */
+    for (size_t k = 0; k < r->n && !found; k++) {
+        const char *w = NULL;
+
+        if (r->rr[k].type != MS_DNS_TXT)
+            continue;
+        if (ms_dkim_keyrec_parse(r->rr[k].u.txt.data, r->rr[k].u.txt.len, key, &w) == 0)
+            found = 1;
+        else if (why == NULL)
+            why = w;
+    }
+    if (found)
+        vs_check(v, vs, key);
+    else if (why != NULL)
+        vs_set(vs, MS_DKIM_PERMERROR, "bad key record: %s", why);
+    else
+        vs_set(vs, MS_DKIM_PERMERROR, "no key for signature");
+    free(key);
+    return 0;
+}
+
+size_t ms_dkim_verify_count(const ms_dkim_verify *v)
+{
+    return v->nsigs;
+}
+
+const struct ms_dkim_sigresult *ms_dkim_verify_sig(const ms_dkim_verify *v, size_t i)
+{
+    return i < v->nsigs ? &v->sigs[i].r : NULL;
+}
+
+void ms_dkim_verify_free(ms_dkim_verify *v)
+{
+    if (v == NULL)
+        return;
+    free(v->hdrs);
+    free(v->sigs);
+    free(v);
+}
