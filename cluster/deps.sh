@@ -46,7 +46,7 @@ APT_PACKAGES=(
 	libprotobuf-c-dev protobuf-c-compiler
 	libopendmarc-dev libinih-dev libcmocka-dev libcrypt-dev
 	clang libclang-rt-14-dev clang-format
-	libunbound-dev libyaml-dev
+	libunbound-dev libyaml-dev publicsuffix
 	redis-server postfix swaks kcat openssl curl nsd haproxy
 	maven
 )
