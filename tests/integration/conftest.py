@@ -203,15 +203,23 @@ def cluster_factory(request, tmp_path_factory, redis_server, kafka_broker):
             topics[spec["topic"]] = mslocal.DEFAULT_TOPICS["queue"]
         if spec.get("events_topic", "events") != "events":
             topics[spec["events_topic"]] = mslocal.DEFAULT_TOPICS["events"]
+        if spec.get("topic", "queue") != "queue":  # the workers' retry tier topics
+            for t in range(1, mslocal.WORKER_RETRY_TIERS + 1):
+                topics[f"{spec['topic']}.retry.{t}"] = mslocal.RETRY_TIER_PARTITIONS
         if topics:
             kafka_broker.create_topics(topics)
+        # Every port in one call, so no two of them can be the same (ports
+        # picked one at a time can repeat once the first is released).
+        # Four spare metrics ports per kind for nodes a test adds later.
+        nfe, nwk = frontends + 4, workers + 4
+        ports = mslocal.free_ports(3 + nfe + nwk)
         if "listeners" not in spec:
-            mx, sub, subs = mslocal.free_ports(3)
+            mx, sub, subs = ports[:3]
             spec["listeners"] = {"mx": (f"{mslocal.HOST}:{mx}", "mx"),
                                  "submission": (f"{mslocal.HOST}:{sub}", "submission"),
                                  "submissions": (f"{mslocal.HOST}:{subs}", "submissions")}
-        spec.setdefault("frontend_metrics_ports", [])
-        spec.setdefault("worker_metrics_ports", [])
+        spec.setdefault("frontend_metrics_ports", ports[3:3 + nfe])
+        spec.setdefault("worker_metrics_ports", ports[3 + nfe:])
         cl = mslocal.Cluster(sup, mslocal.ClusterSpec(
             kafka_brokers=kafka_broker.bootstrap, redis_port=redis_server.port,
             relay_host=snk.address, frontends=frontends, workers=workers, **spec))

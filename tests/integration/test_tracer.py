@@ -116,7 +116,7 @@ def test_swaks_delivery(cluster):
                         "--to", "user@mailstream.test", "--header", "Subject: swaks tracer",
                         "--body", "hello from swaks"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
-    qid = re.search(r"<~  250 2\.0\.0 Ok: queued as ([0-9A-Z]{21})", r.stdout).group(1)
+    qid = re.search(r"<[-~]  250 2\.0\.0 Ok: queued as ([0-9A-Z]{21})", r.stdout).group(1)
     [msg] = cluster.sink.wait_for(1, timeout=60)
     assert b"Subject: swaks tracer" in msg.data
     assert b"hello from swaks" in msg.data
@@ -236,5 +236,5 @@ def test_operations_endpoints_count_messages(cluster):
 
     queued = metric_samples(fe.metrics_text(), "mailstream_smtp_messages_total")
     assert sum(v for k, v in queued.items() if 'result="queued"' in k) == 3, queued
-    delivered = metric_samples(wk.metrics_text(), "mailstream_deliveries_total")
+    delivered = metric_samples(wk.metrics_text(), "mailstream_worker_deliveries_total")
     assert sum(v for k, v in delivered.items() if 'outcome="delivered"' in k) == 3, delivered

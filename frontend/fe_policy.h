@@ -1,0 +1,26 @@
+/*
+ * fe_policy.h - the frontend's accept policy as pure functions: trusted
+ * networks (CIDR lists) and accepted domains.  Built once from the config,
+ * then read-only; any thread.
+ */
+#ifndef FE_POLICY_H
+#define FE_POLICY_H
+
+#include <stddef.h>
+#include <sys/socket.h>
+
+struct fe_cidr {
+    int family; /* AF_INET or AF_INET6 */
+    unsigned char addr[16];
+    unsigned prefix;
+};
+
+/* Parse "192.0.2.0/24", "2001:db8::/32" or a bare address.  0 or MS_EINVAL. */
+int fe_cidr_parse(const char *s, struct fe_cidr *c);
+/* 1 when sa (IPv4, IPv6 or IPv4-mapped IPv6) lies in one of the n networks. */
+int fe_cidr_match(const struct fe_cidr *nets, size_t n, const struct sockaddr *sa);
+
+/* 1 when `domain` equals one of the n names, ignoring ASCII case. */
+int fe_domain_match(char *const *domains, size_t n, const char *domain);
+
+#endif

@@ -1,0 +1,334 @@
+/*
+ * fe_server.c - settings, listeners, delivery reports and draining for the
+ * frontend (see fe_server.h).
+ */
+#include "fe_server.h"
+#include "ms_error.h"
+#include "ms_log.h"
+#include "ms_mem.h"
+#include "ms_net.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* ---- settings ---- */
+
+static int get_u64(const ms_config *cfg, const char *sec, const char *key, int64_t def,
+                   int64_t min, int64_t max, uint64_t *out, char *err, size_t errlen)
+{
+    int64_t v;
+
+    if (ms_config_get_int(cfg, sec, key, def, min, max, &v) < 0) {
+        snprintf(err, errlen, "[%s] %s: want an integer in [%lld, %lld]", sec, key,
+                 (long long)min, (long long)max);
+        return MS_ECONFIG;
+    }
+    *out = (uint64_t)v;
+    return 0;
+}
+
+int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, size_t errlen)
+{
+    static char host[256];
+    char *copy, *items[FE_TRUSTED_NETWORKS_MAX > FE_ACCEPTED_DOMAINS_MAX
+                           ? FE_TRUSTED_NETWORKS_MAX
+                           : FE_ACCEPTED_DOMAINS_MAX];
+    size_t n, i;
+    uint64_t secs;
+
+    memset(set, 0, sizeof(*set));
+    if (gethostname(host, sizeof(host)) != 0)
+        snprintf(host, sizeof(host), "frontend");
+    host[sizeof(host) - 1] = '\0';
+    set->node_id = ms_config_get(cfg, "node", "id", host);
+    set->hostname = ms_config_get(cfg, "node", "hostname", "localhost");
+    set->topic = ms_config_get(cfg, "kafka", "topic", "queue");
+    /* The Kafka record holds the message and its envelope. */
+    if (get_u64(cfg, "smtp", "max_message_size", 26214400, 1024,
+                MS_KAFKA_RECORD_MAX - FE_ENVELOPE_HEADROOM, &set->max_message_size, err,
+                errlen) < 0 ||
+        get_u64(cfg, "smtp", "max_recipients", FE_MAX_RECIPIENTS_DEF, 1, 100000,
+                &set->max_recipients, err, errlen) < 0 ||
+        get_u64(cfg, "smtp", "max_errors", FE_MAX_ERRORS_DEF, 1, 1000, &set->max_errors, err,
+                errlen) < 0)
+        return MS_ECONFIG;
+    if (get_u64(cfg, "smtp", "command_timeout", FE_COMMAND_TIMEOUT_DEF, 1, 3600, &secs, err,
+                errlen) < 0)
+        return MS_ECONFIG;
+    set->command_timeout_ms = secs * 1000;
+    if (get_u64(cfg, "smtp", "greeting_timeout", FE_GREETING_TIMEOUT_DEF, 1, 3600, &secs, err,
+                errlen) < 0)
+        return MS_ECONFIG;
+    set->greeting_timeout_ms = secs * 1000;
+    if (get_u64(cfg, "smtp", "drain_timeout", FE_DRAIN_TIMEOUT_DEF, 1, 3600, &secs, err,
+                errlen) < 0)
+        return MS_ECONFIG;
+    set->drain_timeout_ms = secs * 1000;
+
+    copy = ms_strdup(ms_config_get(cfg, "smtp", "accepted_domains", "mailstream.test"));
+    n = ms_config_split_list(copy, items, FE_ACCEPTED_DOMAINS_MAX);
+    set->accepted_domains = ms_calloc(n ? n : 1, sizeof(char *));
+    for (i = 0; i < n; i++)
+        set->accepted_domains[i] = ms_strdup(items[i]);
+    set->naccepted = n;
+    free(copy);
+
+    copy = ms_strdup(ms_config_get(cfg, "smtp", "trusted_networks", ""));
+    n = ms_config_split_list(copy, items, FE_TRUSTED_NETWORKS_MAX);
+    set->trusted = ms_calloc(n ? n : 1, sizeof(*set->trusted));
+    for (i = 0; i < n; i++)
+        if (fe_cidr_parse(items[i], &set->trusted[i]) < 0) {
+            snprintf(err, errlen, "[smtp] trusted_networks: bad network \"%s\"", items[i]);
+            free(copy);
+            return MS_ECONFIG;
+        }
+    set->ntrusted = n;
+    free(copy);
+    return 0;
+}
+
+void fe_settings_free(struct fe_settings *set)
+{
+    size_t i;
+
+    for (i = 0; i < set->naccepted; i++)
+        free(set->accepted_domains[i]);
+    free(set->accepted_domains);
+    free(set->trusted);
+    memset(set, 0, sizeof(*set));
+}
+
+void fe_metrics_register(struct fe_metrics *m)
+{
+    char labels[64];
+    int v;
+
+    m->connections = ms_counter_new("mailstream_smtp_connections_total",
+                                    "SMTP connections accepted.", NULL);
+    m->sessions = ms_gauge_new("mailstream_smtp_sessions", "SMTP sessions open.", NULL);
+    for (v = 0; v < FE_VERB_COUNT; v++) {
+        snprintf(labels, sizeof(labels), "verb=\"%s\"", fe_verb_name((enum fe_verb)v));
+        m->commands[v] = ms_counter_new("mailstream_smtp_commands_total",
+                                        "SMTP commands received, by verb.", labels);
+    }
+    m->queued = ms_counter_new("mailstream_smtp_messages_total",
+                               "Messages at the end of DATA, by result.", "result=\"queued\"");
+    m->rejected = ms_counter_new("mailstream_smtp_messages_total",
+                                 "Messages at the end of DATA, by result.", "result=\"rejected\"");
+    m->tempfail = ms_counter_new("mailstream_smtp_messages_total",
+                                 "Messages at the end of DATA, by result.", "result=\"tempfail\"");
+    m->bytes_in = ms_counter_new("mailstream_smtp_received_bytes_total",
+                                 "Octets received from SMTP clients (after TLS).", NULL);
+    m->auth_ok = ms_counter_new("mailstream_smtp_auth_total", "AUTH attempts, by result.",
+                                "result=\"ok\"");
+    m->auth_fail = ms_counter_new("mailstream_smtp_auth_total", "AUTH attempts, by result.",
+                                  "result=\"failed\"");
+    m->tls_ok = ms_counter_new("mailstream_smtp_tls_handshakes_total",
+                               "TLS handshakes, by result.", "result=\"ok\"");
+    m->tls_fail = ms_counter_new("mailstream_smtp_tls_handshakes_total",
+                                 "TLS handshakes, by result.", "result=\"failed\"");
+    m->timeouts = ms_counter_new("mailstream_smtp_timeouts_total",
+                                 "Sessions closed for idling too long.", NULL);
+    m->queue_latency = ms_histogram_new(
+        "mailstream_smtp_queue_latency_seconds",
+        "From the end of DATA to the Kafka delivery report.", NULL, ms_latency_buckets,
+        ms_latency_buckets_n);
+}
+
+/* ---- server ---- */
+
+static int producer_submit(void *arg, uint64_t id, const char *key, size_t keylen,
+                           const void *value, size_t len)
+{
+    struct fe_server *srv = arg;
+
+    if (srv->producer == NULL)
+        return MS_EUNAVAIL;
+    return ms_producer_send(srv->producer, srv->set.topic, key, keylen, value, len, id);
+}
+
+void fe_server_init(struct fe_server *srv, uv_loop_t *loop)
+{
+    memset(srv, 0, sizeof(*srv));
+    srv->loop = loop;
+    srv->submit = producer_submit;
+    srv->submit_arg = srv;
+    fe_idmap_init(&srv->sessions);
+    fe_idmap_init(&srv->pending);
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    struct fe_listener *l = server->data;
+    struct fe_transport *t;
+
+    if (status < 0) {
+        ms_warn("event=accept_error listener=%s error=\"%s\"", l->name, uv_strerror(status));
+        return;
+    }
+    if ((t = fe_transport_tcp_accept(server, &fe_session_transport_cb, NULL)) == NULL)
+        return;
+    fe_session_new(l->srv, l, t);
+}
+
+/* SO_REUSEPORT before bind, so several frontend processes share the port
+ * and the kernel spreads connections over them. */
+static int open_listener(struct fe_listener *l, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    socklen_t slen;
+    int fd, one = 1, r;
+
+    if (ms_parse_hostport(l->listen, &ss) < 0) {
+        snprintf(err, errlen, "[listener.%s] listen: bad address \"%s\"", l->name, l->listen);
+        return MS_ECONFIG;
+    }
+    slen = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
+        bind(fd, (struct sockaddr *)&ss, slen) < 0) {
+        snprintf(err, errlen, "[listener.%s] %s: %s", l->name, l->listen, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return MS_EIO;
+    }
+    uv_tcp_init(l->srv->loop, &l->tcp);
+    l->tcp.data = l;
+    l->open = 1;
+    if ((r = uv_tcp_open(&l->tcp, fd)) < 0 ||
+        (r = uv_listen((uv_stream_t *)&l->tcp, 511, on_connection)) < 0) {
+        snprintf(err, errlen, "[listener.%s] %s: %s", l->name, l->listen, uv_strerror(r));
+        return MS_EIO;
+    }
+    ms_info("event=listening listener=%s listen=%s role=%s", l->name, l->listen,
+            l->role == FE_ROLE_MX ? "mx" : l->role == FE_ROLE_SUBMISSION ? "submission"
+                                                                         : "submissions");
+    return 0;
+}
+
+int fe_server_listen(struct fe_server *srv, const ms_config *cfg, char *err, size_t errlen)
+{
+    const char *const *names;
+    const char *role, *listen;
+    size_t n, i;
+    int r;
+
+    n = ms_config_sections(cfg, "listener.", &names);
+    if (n == 0) {
+        snprintf(err, errlen, "no [listener.NAME] section");
+        return MS_ECONFIG;
+    }
+    srv->listeners = ms_calloc(n, sizeof(*srv->listeners));
+    for (i = 0; i < n; i++) {
+        struct fe_listener *l = &srv->listeners[i];
+
+        l->srv = srv;
+        l->name = ms_strdup(names[i] + strlen("listener."));
+        srv->nlisteners++;
+        listen = ms_config_get(cfg, names[i], "listen", NULL);
+        role = ms_config_get(cfg, names[i], "role", "mx");
+        if (listen == NULL || *listen == '\0') {
+            snprintf(err, errlen, "[%s] listen is required", names[i]);
+            return MS_ECONFIG;
+        }
+        l->listen = ms_strdup(listen);
+        if (strcmp(role, "mx") == 0)
+            l->role = FE_ROLE_MX;
+        else if (strcmp(role, "submission") == 0)
+            l->role = FE_ROLE_SUBMISSION;
+        else if (strcmp(role, "submissions") == 0)
+            l->role = FE_ROLE_SUBMISSIONS;
+        else {
+            snprintf(err, errlen, "[%s] role: want mx, submission or submissions", names[i]);
+            return MS_ECONFIG;
+        }
+        if (l->role != FE_ROLE_MX && srv->tls == NULL) {
+            snprintf(err, errlen, "[%s] role %s needs [smtp] tls_cert and tls_key", names[i],
+                     role);
+            return MS_ECONFIG;
+        }
+        if (l->role != FE_ROLE_MX && srv->passwd == NULL)
+            ms_warn("event=config_warning listener=%s reason=\"role %s without passwd_file: "
+                    "nobody can authenticate\"",
+                    l->name, role);
+        if ((r = open_listener(l, err, errlen)) < 0)
+            return r;
+    }
+    return 0;
+}
+
+void fe_server_submitted(void *arg, uint64_t id, int err, const char *errstr)
+{
+    struct fe_server *srv = arg;
+    struct fe_session *s = fe_idmap_del(&srv->pending, id);
+
+    if (s == NULL) {
+        /* The client left while we waited: it will send again. */
+        ms_info("event=report_without_session txn=%llu result=%s", (unsigned long long)id,
+                err == 0 ? "queued" : ms_err_name(err));
+        return;
+    }
+    fe_session_queued(s, err, errstr);
+}
+
+static void listener_closed(uv_handle_t *h)
+{
+    (void)h;
+}
+
+void fe_server_close_listeners(struct fe_server *srv)
+{
+    size_t i;
+
+    for (i = 0; i < srv->nlisteners; i++)
+        if (srv->listeners[i].open && !uv_is_closing((uv_handle_t *)&srv->listeners[i].tcp)) {
+            uv_close((uv_handle_t *)&srv->listeners[i].tcp, listener_closed);
+            srv->listeners[i].open = 0;
+        }
+}
+
+void fe_server_drain(struct fe_server *srv)
+{
+    struct fe_session *s;
+
+    srv->draining = 1;
+    fe_server_close_listeners(srv);
+    /* Closing never frees synchronously (only close callbacks do), so the
+     * list stays intact while we walk it. */
+    for (s = srv->head; s; s = fe_session_next(s))
+        fe_session_drain(s);
+}
+
+void fe_server_abort(struct fe_server *srv)
+{
+    struct fe_session *s;
+
+    for (s = srv->head; s; s = fe_session_next(s))
+        fe_session_abort(s);
+}
+
+int fe_server_idle(const struct fe_server *srv)
+{
+    return srv->head == NULL;
+}
+
+void fe_server_free(struct fe_server *srv)
+{
+    size_t i;
+
+    for (i = 0; i < srv->nlisteners; i++) {
+        free(srv->listeners[i].name);
+        free(srv->listeners[i].listen);
+    }
+    free(srv->listeners);
+    fe_idmap_free(&srv->sessions);
+    fe_idmap_free(&srv->pending);
+    fe_settings_free(&srv->set);
+}

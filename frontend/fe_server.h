@@ -1,0 +1,145 @@
+/*
+ * fe_server.h - the frontend process: settings from the config, listeners,
+ * the Kafka producer, the table of live sessions, metrics, and draining on
+ * SIGTERM; plus the SMTP session entry points (fe_session.c).
+ *
+ * One libuv loop per process owns a struct fe_server; every function here
+ * runs on that loop.  Sessions are owned by the server's session list and
+ * freed only from their transport's close callback.  Asynchronous work
+ * (Kafka delivery reports, crypt(3) jobs) finds its session again through
+ * 64-bit ids in fe_server.sessions / fe_server.pending (STYLE.md 7).
+ *
+ * Messages leave through `submit` (ms_producer_send by default; tests put a
+ * fake there): it returns 0 and later the report comes back through
+ * fe_server_submitted(), or it returns an error and no report comes.
+ */
+#ifndef FE_SERVER_H
+#define FE_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "fe_auth.h"
+#include "fe_idmap.h"
+#include "fe_policy.h"
+#include "fe_transport.h"
+#include "ms_config.h"
+#include "ms_kafka.h"
+#include "ms_metrics.h"
+#include "smtp_parse.h"
+
+/* Named limits and their defaults ([smtp] keys in parentheses). */
+#define FE_MAX_RECIPIENTS_DEF 1000 /* (max_recipients) 452 4.5.3 Too many recipients */
+#define FE_MAX_ERRORS_DEF 10       /* (max_errors) 421 4.7.0 Too many errors */
+#define FE_COMMAND_TIMEOUT_DEF 300 /* s (command_timeout) RFC 5321 4.5.3.2.7; 421 4.4.2 */
+#define FE_GREETING_TIMEOUT_DEF 60 /* s (greeting_timeout) idle before HELO/EHLO; 421 4.4.2 */
+#define FE_DRAIN_TIMEOUT_DEF 30    /* s (drain_timeout) SIGTERM grace period */
+#define FE_INPUT_MAX (256 * 1024)  /* unprocessed input held per session: 421 4.7.0 */
+#define FE_OUTPUT_MAX (64 * 1024)  /* unsent replies: stop reading until drained */
+#define FE_ENVELOPE_HEADROOM (1024 * 1024) /* Kafka record = message + envelope */
+#define FE_ACCEPTED_DOMAINS_MAX 1024
+#define FE_TRUSTED_NETWORKS_MAX 1024
+
+enum fe_role { FE_ROLE_MX, FE_ROLE_SUBMISSION, FE_ROLE_SUBMISSIONS };
+
+struct fe_listener {
+    struct fe_server *srv;
+    char *name;
+    char *listen;
+    enum fe_role role;
+    uv_tcp_t tcp;
+    int open;
+};
+
+struct fe_settings {
+    const char *node_id;
+    const char *hostname;
+    const char *topic;
+    uint64_t max_message_size;
+    uint64_t max_recipients;
+    uint64_t max_errors;
+    uint64_t command_timeout_ms;
+    uint64_t greeting_timeout_ms;
+    uint64_t drain_timeout_ms;
+    char **accepted_domains;
+    size_t naccepted;
+    struct fe_cidr *trusted;
+    size_t ntrusted;
+};
+
+struct fe_metrics {
+    ms_counter *connections;
+    ms_gauge *sessions;
+    ms_counter *commands[FE_VERB_COUNT];
+    ms_counter *queued, *rejected, *tempfail;
+    ms_counter *bytes_in;
+    ms_counter *auth_ok, *auth_fail;
+    ms_counter *tls_ok, *tls_fail;
+    ms_counter *timeouts;
+    ms_histogram *queue_latency;
+};
+
+typedef int (*fe_submit_fn)(void *arg, uint64_t id, const char *key, size_t keylen,
+                            const void *value, size_t len);
+
+struct fe_session;
+
+struct fe_server {
+    uv_loop_t *loop;
+    struct fe_settings set;
+    struct fe_tls_ctx *tls;    /* NULL: no TLS configured */
+    struct fe_passwd *passwd;  /* NULL: no AUTH */
+    fe_submit_fn submit;
+    void *submit_arg;
+    ms_producer *producer;
+    struct fe_listener *listeners;
+    size_t nlisteners;
+    struct fe_session *head;   /* every live session */
+    struct fe_idmap sessions;  /* session id -> session */
+    struct fe_idmap pending;   /* transaction id -> session awaiting its report */
+    uint64_t next_id;
+    int draining;
+    struct fe_metrics m;
+};
+
+/* Read [node], [smtp], [kafka] and the [listener.*] sections.  Returns 0 or
+ * MS_ECONFIG with the reason in err. */
+int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, size_t errlen);
+void fe_settings_free(struct fe_settings *set);
+
+void fe_metrics_register(struct fe_metrics *m);
+
+/* Initialise the server around a loop (no listeners yet). */
+void fe_server_init(struct fe_server *srv, uv_loop_t *loop);
+/* Bind and listen for every [listener.*] section.  0 or a negative code. */
+int fe_server_listen(struct fe_server *srv, const ms_config *cfg, char *err, size_t errlen);
+/* The delivery report of transaction `id` (ms_produce_cb signature). */
+void fe_server_submitted(void *arg, uint64_t id, int err, const char *errstr);
+/* SIGTERM: stop accepting, let sessions finish their transactions, answer
+ * 421 4.3.2 to new commands.  fe_server_idle() is 1 once no session is left. */
+void fe_server_drain(struct fe_server *srv);
+int fe_server_idle(const struct fe_server *srv);
+/* The drain grace period is over: 421 4.3.2 and close every session. */
+void fe_server_abort(struct fe_server *srv);
+void fe_server_close_listeners(struct fe_server *srv);
+void fe_server_free(struct fe_server *srv);
+
+/* ---- sessions (fe_session.c) ---- */
+
+/* Start a session on an accepted transport (the server takes ownership). */
+struct fe_session *fe_session_new(struct fe_server *srv, struct fe_listener *l,
+                                  struct fe_transport *t);
+/* The report for the session's pending transaction. */
+void fe_session_queued(struct fe_session *s, int err, const char *errstr);
+/* Shutting down: answer 421 4.3.2 now unless a transaction is in flight. */
+void fe_session_drain(struct fe_session *s);
+/* Grace period over: 421 4.3.2 and close, whatever the state. */
+void fe_session_abort(struct fe_session *s);
+/* The next session in the server's list (NULL at the end). */
+struct fe_session *fe_session_next(const struct fe_session *s);
+/* The session's id and the transport callbacks (for tests). */
+uint64_t fe_session_id(const struct fe_session *s);
+extern const struct fe_transport_cb fe_session_transport_cb;
+
+#endif

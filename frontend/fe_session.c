@@ -1,0 +1,1219 @@
+/*
+ * fe_session.c - the SMTP server session (RFC 5321, with RFC 1870 SIZE,
+ * RFC 2920 PIPELINING, RFC 2034 ENHANCEDSTATUSCODES, RFC 3207 STARTTLS,
+ * RFC 3461 DSN, RFC 4954 AUTH, RFC 6152 8BITMIME, RFC 6531 SMTPUTF8).
+ *
+ * One struct fe_session per connection owns the transport, the buffers, the
+ * timer and at most one struct fe_tx (the mail transaction: sender,
+ * recipients, message).  Commands come from a table with flags; the state is
+ * an enum changed only by enter_state(); replies are appended to s->out and
+ * flushed once per input batch or asynchronous completion.
+ *
+ * While a transaction waits for its Kafka report, or a password for its
+ * crypt(3) check, or TLS for its handshake, no further command is processed:
+ * input stays buffered (and reading stops), so pipelined commands see the
+ * outcome of what came before them.
+ */
+#include "fe_server.h"
+#include "ms_envelope.h"
+#include "ms_error.h"
+#include "ms_log.h"
+#include "ms_mem.h"
+#include "ms_net.h"
+#include "ms_queueid.h"
+#include "smtp_data.h"
+
+#include <arpa/inet.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/time.h>
+#include <time.h>
+
+enum fe_state {
+    FE_ST_TLS_WAIT,   /* implicit TLS: handshake before the banner */
+    FE_ST_CONNECTED,  /* banner sent, no HELO/EHLO yet */
+    FE_ST_READY,      /* greeted, no transaction */
+    FE_ST_MAIL,       /* MAIL accepted */
+    FE_ST_RCPT,       /* at least one RCPT accepted */
+    FE_ST_DATA,       /* reading the message */
+    FE_ST_QUEUEING,   /* waiting for the Kafka report */
+    FE_ST_AUTH,       /* reading SASL responses */
+    FE_ST_AUTH_CHECK, /* crypt(3) running on the thread pool */
+    FE_ST_STARTTLS,   /* TLS handshake after STARTTLS */
+    FE_ST_CLOSING
+};
+
+static const char *const state_names[] = {
+    "tls_wait", "connected", "ready", "mail", "rcpt", "data",
+    "queueing", "auth",      "auth_check", "starttls", "closing",
+};
+
+enum fe_sasl { SASL_NONE, SASL_PLAIN, SASL_LOGIN_USER, SASL_LOGIN_PASS };
+
+struct fe_rcpt {
+    char *addr;
+    unsigned notify;
+    char *orcpt;
+};
+
+struct fe_tx {
+    char qid[MS_QUEUEID_LEN + 1];
+    char *from;
+    struct fe_mail_params mp;
+    struct fe_rcpt *rcpts;
+    size_t nrcpts, caprcpts;
+    int relayed;         /* a recipient outside accepted_domains */
+    struct ms_buf msg;   /* Received header + message */
+    size_t header_len;   /* length of our Received header */
+    struct fe_data_reader rd;
+    uint64_t txn_id;     /* 0 until submitted */
+    uint64_t data_end_ns;
+};
+
+struct fe_session {
+    uint64_t id;
+    struct fe_server *srv;
+    struct fe_listener *l;
+    struct fe_transport *t;
+    struct fe_session *prev, *next;
+    enum fe_state state;
+    struct fe_tx *tx;
+    struct ms_buf in, out;
+    uv_timer_t timer;
+    int handles; /* transport + timer still open */
+    char ip[INET6_ADDRSTRLEN + 8];
+    int port;
+    int trusted;
+    char helo[FE_SMTP_HELO_MAX + 1];
+    int esmtp;
+    char auth_user[FE_AUTH_USER_MAX + 1];
+    enum fe_sasl sasl;
+    char sasl_user[FE_AUTH_USER_MAX + 1];
+    uint64_t errors;
+    int skip_line; /* discarding an overlong line through its LF */
+    uint64_t ntx;
+};
+
+void fe__session_process(struct fe_session *s);
+
+/* ---- helpers ---- */
+
+static const char *role_name(enum fe_role r)
+{
+    return r == FE_ROLE_MX ? "mx" : r == FE_ROLE_SUBMISSION ? "submission" : "submissions";
+}
+
+static void enter_state(struct fe_session *s, enum fe_state st)
+{
+    if (s->state == st)
+        return;
+    ms_debug("event=state sid=%llu from=%s to=%s", (unsigned long long)s->id,
+             state_names[s->state], state_names[st]);
+    s->state = st;
+}
+
+static int busy(const struct fe_session *s)
+{
+    return s->state == FE_ST_QUEUEING || s->state == FE_ST_AUTH_CHECK ||
+           s->state == FE_ST_STARTTLS || s->state == FE_ST_TLS_WAIT ||
+           s->state == FE_ST_CLOSING;
+}
+
+static void reply(struct fe_session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void reply(struct fe_session *s, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    if (ms_buf_vappendf(&s->out, fmt, ap) != 0 || ms_buf_append(&s->out, "\r\n", 2) != 0)
+        ms_warn("event=reply_overflow sid=%llu", (unsigned long long)s->id);
+    va_end(ap);
+}
+
+static void close_session(struct fe_session *s);
+
+static void update_reading(struct fe_session *s)
+{
+    int want;
+
+    if (s->state == FE_ST_CLOSING)
+        return;
+    want = s->state != FE_ST_QUEUEING && s->state != FE_ST_AUTH_CHECK &&
+           s->in.len < FE_INPUT_MAX && fe_transport_pending(s->t) < FE_OUTPUT_MAX;
+    if (want && !s->t->reading)
+        fe_transport_read_start(s->t);
+    else if (!want && s->t->reading)
+        fe_transport_read_stop(s->t);
+}
+
+static void flush(struct fe_session *s)
+{
+    if (s->out.len > 0 && !s->t->closing) {
+        if (fe_transport_write(s->t, s->out.data, s->out.len) < 0) {
+            ms_buf_reset(&s->out);
+            close_session(s);
+            return;
+        }
+    }
+    ms_buf_reset(&s->out);
+    update_reading(s);
+}
+
+static void arm_timer(struct fe_session *s);
+
+/* A 4xx/5xx answer to a command: counts towards max_errors (RFC 5321 does
+ * not say, but every MTA cuts off clients that keep failing). */
+static void reply_error(struct fe_session *s, const char *line)
+{
+    reply(s, "%s", line);
+    if (++s->errors >= s->srv->set.max_errors) {
+        reply(s, "421 4.7.0 %s Error: too many errors", s->srv->set.hostname);
+        ms_info("event=too_many_errors sid=%llu client=%s errors=%llu",
+                (unsigned long long)s->id, s->ip, (unsigned long long)s->errors);
+        close_session(s);
+    }
+}
+
+static void tx_free(struct fe_tx *tx)
+{
+    size_t i;
+
+    if (tx == NULL)
+        return;
+    free(tx->from);
+    for (i = 0; i < tx->nrcpts; i++) {
+        free(tx->rcpts[i].addr);
+        free(tx->rcpts[i].orcpt);
+    }
+    free(tx->rcpts);
+    ms_buf_free(&tx->msg);
+    free(tx);
+}
+
+/* RSET, EHLO, end of transaction: forget the transaction. */
+static void tx_reset(struct fe_session *s)
+{
+    if (s->tx && s->tx->txn_id)
+        fe_idmap_del(&s->srv->pending, s->tx->txn_id);
+    tx_free(s->tx);
+    s->tx = NULL;
+    if (s->state == FE_ST_MAIL || s->state == FE_ST_RCPT || s->state == FE_ST_DATA ||
+        s->state == FE_ST_QUEUEING)
+        enter_state(s, FE_ST_READY);
+}
+
+static void drain_if_needed(struct fe_session *s)
+{
+    if (!s->srv->draining || s->state == FE_ST_CLOSING)
+        return;
+    if (s->state == FE_ST_CONNECTED || s->state == FE_ST_READY || s->state == FE_ST_MAIL ||
+        s->state == FE_ST_RCPT) {
+        reply(s, "421 4.3.2 %s Service shutting down, try again later",
+              s->srv->set.hostname);
+        close_session(s);
+    }
+}
+
+/* ---- the Received header (RFC 5321 4.4, RFC 5322 3.6.7) ---- */
+
+/* 1 when h is a Domain or address literal and may follow "from". */
+static int helo_is_domain(const char *h)
+{
+    struct fe_smtp_cmd cmd;
+    const char *reply_line;
+    char line[FE_SMTP_HELO_MAX + 32];
+
+    if (*h == '\0' || strlen(h) > FE_SMTP_HELO_MAX)
+        return 0;
+    /* Reuse the path grammar: "x@HELO" must parse as a mailbox. */
+    snprintf(line, sizeof(line), "RCPT TO:<x@%s>", h);
+    return fe_smtp_parse(line, strlen(line), &cmd, &reply_line) == 0 && cmd.path_domain;
+}
+
+static void add_received(struct fe_session *s)
+{
+    struct fe_tx *tx = s->tx;
+    char date[64], ipl[INET6_ADDRSTRLEN + 16], helo[FE_SMTP_HELO_MAX + 1];
+    const char *proto;
+    struct tm tm;
+    time_t now = time(NULL);
+    size_t i;
+
+    gmtime_r(&now, &tm);
+    strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
+    if (strchr(s->ip, ':'))
+        snprintf(ipl, sizeof(ipl), "[IPv6:%s]", s->ip);
+    else
+        snprintf(ipl, sizeof(ipl), "[%s]", s->ip);
+    /* RFC 3848 protocol names. */
+    if (!s->esmtp)
+        proto = "SMTP";
+    else if (s->t->tls && s->auth_user[0])
+        proto = "ESMTPSA";
+    else if (s->t->tls)
+        proto = "ESMTPS";
+    else if (s->auth_user[0])
+        proto = "ESMTPA";
+    else
+        proto = "ESMTP";
+    if (helo_is_domain(s->helo)) {
+        ms_buf_appendf(&tx->msg, "Received: from %s (%s)\r\n", s->helo, ipl);
+    } else {
+        /* Not a domain: keep it, defused, in a comment. */
+        for (i = 0; s->helo[i] && i < sizeof(helo) - 1; i++)
+            helo[i] = (s->helo[i] == '(' || s->helo[i] == ')' || s->helo[i] == '\\' ||
+                       (unsigned char)s->helo[i] >= 0x7f || s->helo[i] < 0x20)
+                          ? '?'
+                          : s->helo[i];
+        helo[i] = '\0';
+        ms_buf_appendf(&tx->msg, "Received: from unknown (%s helo=%s)\r\n", ipl, helo);
+    }
+    ms_buf_appendf(&tx->msg, "\tby %s (Mailstream) with %s id %s\r\n", s->srv->set.hostname,
+                   proto, tx->qid);
+    if (s->t->tls)
+        ms_buf_appendf(&tx->msg, "\t(using %s with cipher %s)\r\n", s->t->tls_version,
+                       s->t->tls_cipher);
+    if (tx->nrcpts == 1)
+        ms_buf_appendf(&tx->msg, "\tfor <%s>; %s\r\n", tx->rcpts[0].addr, date);
+    else
+        ms_buf_appendf(&tx->msg, "\t; %s\r\n", date);
+    tx->header_len = tx->msg.len;
+}
+
+/* ---- end of DATA: the envelope and Kafka ---- */
+
+static void log_tx(struct fe_session *s, const char *event, const char *extra)
+{
+    struct fe_tx *tx = s->tx;
+    char from[300], helo[300];
+
+    ms_log_quote(from, sizeof(from), tx->from, strlen(tx->from));
+    ms_log_quote(helo, sizeof(helo), s->helo, strlen(s->helo));
+    ms_info("event=%s qid=%s sid=%llu client=%s port=%d helo=%s listener=%s tls=%s auth=%s "
+            "from=%s nrcpt=%zu size=%zu direction=%s%s%s",
+            event, tx->qid, (unsigned long long)s->id, s->ip, s->port, helo, s->l->name,
+            s->t->tls ? s->t->tls_version : "none", s->auth_user[0] ? "yes" : "no", from,
+            tx->nrcpts, tx->rd.size, (s->auth_user[0] || s->trusted) ? "outbound" : "inbound",
+            extra ? " " : "", extra ? extra : "");
+}
+
+static int submit_tx(struct fe_session *s)
+{
+    struct fe_tx *tx = s->tx;
+    ms_envelope env;
+    Mailstream__Client cl = MAILSTREAM__CLIENT__INIT;
+    Mailstream__MailFrom mf = MAILSTREAM__MAIL_FROM__INIT;
+    Mailstream__Recipient *rr, **rp;
+    struct timeval tv;
+    uint8_t *buf;
+    size_t len, i;
+    int r;
+
+    ms_envelope_init(&env);
+    gettimeofday(&tv, NULL);
+    cl.ip = s->ip;
+    cl.port = (uint32_t)s->port;
+    cl.helo = s->helo;
+    cl.tls_version = s->t->tls ? s->t->tls_version : "";
+    cl.tls_cipher = s->t->tls ? s->t->tls_cipher : "";
+    cl.auth_user = s->auth_user;
+    cl.listener = s->l->name;
+    cl.listener_role = (char *)role_name(s->l->role);
+    mf.address = tx->from;
+    mf.body = tx->mp.body == FE_BODY_8BITMIME ? MAILSTREAM__BODY__BODY_8BITMIME
+              : tx->mp.body == FE_BODY_7BIT   ? MAILSTREAM__BODY__BODY_7BIT
+                                              : MAILSTREAM__BODY__BODY_UNSPECIFIED;
+    mf.smtputf8 = tx->mp.smtputf8;
+    mf.size = tx->mp.has_size ? tx->mp.size : 0;
+    mf.ret = tx->mp.ret == FE_RET_FULL   ? MAILSTREAM__RET__RET_FULL
+             : tx->mp.ret == FE_RET_HDRS ? MAILSTREAM__RET__RET_HDRS
+                                         : MAILSTREAM__RET__RET_UNSPECIFIED;
+    mf.envid = tx->mp.envid;
+    rr = ms_calloc(tx->nrcpts, sizeof(*rr));
+    rp = ms_calloc(tx->nrcpts, sizeof(*rp));
+    for (i = 0; i < tx->nrcpts; i++) {
+        mailstream__recipient__init(&rr[i]);
+        rr[i].address = tx->rcpts[i].addr;
+        rr[i].notify = tx->rcpts[i].notify;
+        rr[i].orcpt = tx->rcpts[i].orcpt;
+        rp[i] = &rr[i];
+    }
+    env.queue_id = tx->qid;
+    env.received_at_us = (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
+    env.frontend_node = (char *)s->srv->set.node_id;
+    env.client = &cl;
+    env.mail_from = &mf;
+    env.n_recipients = tx->nrcpts;
+    env.recipients = rp;
+    env.direction = (s->auth_user[0] || s->trusted) ? MAILSTREAM__DIRECTION__DIRECTION_OUTBOUND
+                                                    : MAILSTREAM__DIRECTION__DIRECTION_INBOUND;
+    env.message.data = (uint8_t *)tx->msg.data;
+    env.message.len = tx->msg.len;
+    buf = ms_envelope_encode(&env, &len);
+    free(rr);
+    free(rp);
+    /* The message is in the record now; keep memory low while we wait. */
+    ms_buf_free(&tx->msg);
+    tx->txn_id = ++s->srv->next_id;
+    fe_idmap_put(&s->srv->pending, tx->txn_id, s);
+    r = s->srv->submit(s->srv->submit_arg, tx->txn_id, tx->qid, strlen(tx->qid), buf, len);
+    free(buf);
+    if (r < 0) {
+        fe_idmap_del(&s->srv->pending, tx->txn_id);
+        tx->txn_id = 0;
+    }
+    return r;
+}
+
+static void data_end(struct fe_session *s)
+{
+    struct fe_tx *tx = s->tx;
+    const char *why;
+    char extra[128];
+    int r;
+
+    tx->data_end_ns = uv_hrtime();
+    if (tx->rd.status != FE_DATA_OK) {
+        why = fe_data_reply(tx->rd.status);
+        reply(s, "%s", why);
+        snprintf(extra, sizeof(extra), "reason=%d", (int)tx->rd.status);
+        log_tx(s, "rejected", extra);
+        ms_counter_inc(s->srv->m.rejected);
+        tx_reset(s);
+        return;
+    }
+    r = submit_tx(s);
+    if (r < 0) {
+        snprintf(extra, sizeof(extra), "error=%s", ms_err_name(r));
+        if (r == MS_ETOOBIG) {
+            reply(s, "552 5.3.4 Message too big for the queue (%s)", tx->qid);
+            log_tx(s, "rejected", extra);
+            ms_counter_inc(s->srv->m.rejected);
+        } else {
+            reply(s, "451 4.3.0 Queue unavailable, try again later (%s)", tx->qid);
+            log_tx(s, "tempfail", extra);
+            ms_counter_inc(s->srv->m.tempfail);
+        }
+        tx_reset(s);
+        return;
+    }
+    enter_state(s, FE_ST_QUEUEING);
+}
+
+void fe_session_queued(struct fe_session *s, int err, const char *errstr)
+{
+    struct fe_tx *tx = s->tx;
+    char extra[512], q[400];
+    double secs;
+
+    if (tx == NULL || s->state != FE_ST_QUEUEING)
+        return;
+    tx->txn_id = 0; /* already removed from the pending table */
+    secs = (double)(uv_hrtime() - tx->data_end_ns) / 1e9;
+    ms_histogram_observe(s->srv->m.queue_latency, secs);
+    if (err == 0) {
+        reply(s, "250 2.0.0 Ok: queued as %s", tx->qid);
+        snprintf(extra, sizeof(extra), "latency_ms=%.1f", secs * 1000);
+        log_tx(s, "queued", extra);
+        ms_counter_inc(s->srv->m.queued);
+        s->ntx++;
+    } else {
+        reply(s, "451 4.3.0 Queue unavailable, try again later (%s)", tx->qid);
+        ms_log_quote(q, sizeof(q), errstr ? errstr : "", errstr ? strlen(errstr) : 0);
+        snprintf(extra, sizeof(extra), "error=%s detail=%s", ms_err_name(err), q);
+        log_tx(s, "tempfail", extra);
+        ms_counter_inc(s->srv->m.tempfail);
+    }
+    tx_reset(s);
+    arm_timer(s);
+    drain_if_needed(s);
+    if (s->state != FE_ST_CLOSING) {
+        fe__session_process(s);
+    }
+    flush(s);
+}
+
+/* ---- commands ---- */
+
+#define F_HELO 0x01  /* needs HELO/EHLO first */
+#define F_NOTX 0x02  /* not inside a mail transaction */
+#define F_TX 0x04    /* needs MAIL first */
+#define F_TLS 0x08   /* needs TLS on a submission listener */
+#define F_AUTHD 0x10 /* needs AUTH on submission listeners */
+#define F_NOARG 0x20 /* takes no argument */
+#define F_ARG 0x40   /* needs an argument */
+#define F_LAST 0x80  /* last in a pipelining group (RFC 2920 3.1): flush */
+
+struct fe_cmd {
+    enum fe_verb verb;
+    void (*run)(struct fe_session *s, const struct fe_smtp_cmd *c);
+    unsigned flags;
+};
+
+static void greet(struct fe_session *s, const struct fe_smtp_cmd *c, int esmtp)
+{
+    const struct fe_settings *set = &s->srv->set;
+
+    if (c->argslen > FE_SMTP_HELO_MAX) {
+        reply_error(s, "501 5.5.4 HELO/EHLO argument too long");
+        return;
+    }
+    /* RFC 5321 4.1.4: EHLO in a transaction is an implicit RSET. */
+    tx_reset(s);
+    memcpy(s->helo, c->args, c->argslen);
+    s->helo[c->argslen] = '\0';
+    s->esmtp = esmtp;
+    enter_state(s, FE_ST_READY);
+    if (!esmtp) {
+        reply(s, "250 %s", set->hostname);
+        return;
+    }
+    reply(s, "250-%s Hello %s [%s]", set->hostname, s->helo, s->ip);
+    reply(s, "250-PIPELINING");
+    reply(s, "250-SIZE %llu", (unsigned long long)set->max_message_size);
+    reply(s, "250-8BITMIME");
+    reply(s, "250-SMTPUTF8");
+    reply(s, "250-DSN");
+    if (s->srv->tls && !s->t->tls && s->l->role != FE_ROLE_SUBMISSIONS)
+        reply(s, "250-STARTTLS");
+    if (s->srv->passwd && s->t->tls && !s->auth_user[0])
+        reply(s, "250-AUTH PLAIN LOGIN");
+    reply(s, "250 ENHANCEDSTATUSCODES");
+}
+
+static void cmd_helo(struct fe_session *s, const struct fe_smtp_cmd *c) { greet(s, c, 0); }
+static void cmd_ehlo(struct fe_session *s, const struct fe_smtp_cmd *c) { greet(s, c, 1); }
+
+static void cmd_mail(struct fe_session *s, const struct fe_smtp_cmd *c)
+{
+    struct fe_mail_params mp;
+    const struct fe_passwd_entry *pe;
+    const char *err = NULL;
+    struct fe_tx *tx;
+
+    if (fe_smtp_mail_params(c, &mp, &err) < 0) {
+        reply_error(s, err);
+        return;
+    }
+    if (c->path_utf8 && !mp.smtputf8) {
+        reply_error(s, "553 5.6.7 Non-ASCII sender address requires SMTPUTF8");
+        return;
+    }
+    if (c->pathlen > 0 && !c->path_domain) {
+        reply_error(s, "501 5.1.7 Sender address must contain a domain");
+        return;
+    }
+    if (mp.has_size && mp.size > s->srv->set.max_message_size) {
+        reply_error(s, "552 5.3.4 Message size exceeds fixed maximum message size");
+        return;
+    }
+    if (s->auth_user[0]) {
+        pe = fe_passwd_find(s->srv->passwd, s->auth_user);
+        if (pe == NULL || !fe_passwd_sender_ok(pe, c->path)) {
+            char q[300];
+            ms_log_quote(q, sizeof(q), c->path, c->pathlen);
+            ms_info("event=sender_not_owned sid=%llu client=%s from=%s",
+                    (unsigned long long)s->id, s->ip, q);
+            reply_error(s, "553 5.7.1 Sender address not owned by the authenticated user");
+            return;
+        }
+    }
+    tx = ms_calloc(1, sizeof(*tx));
+    ms_queueid_new(tx->qid);
+    tx->from = ms_strndup(c->path, c->pathlen);
+    tx->mp = mp;
+    ms_buf_init(&tx->msg, 0);
+    s->tx = tx;
+    enter_state(s, FE_ST_MAIL);
+    reply(s, "250 2.1.0 Ok");
+}
+
+static void cmd_rcpt(struct fe_session *s, const struct fe_smtp_cmd *c)
+{
+    const struct fe_settings *set = &s->srv->set;
+    struct fe_tx *tx = s->tx;
+    struct fe_rcpt_params rp;
+    const char *err = NULL;
+    int accepted;
+
+    if (fe_smtp_rcpt_params(c, &rp, &err) < 0) {
+        reply_error(s, err);
+        return;
+    }
+    if (c->path_utf8 && !tx->mp.smtputf8) {
+        reply_error(s, "553 5.6.7 Non-ASCII recipient address requires SMTPUTF8");
+        return;
+    }
+    if (tx->nrcpts >= set->max_recipients) {
+        /* RFC 5321 4.5.3.1.10: 452, the client sends the rest later.  Not
+         * counted as an error. */
+        reply(s, "452 4.5.3 Too many recipients");
+        return;
+    }
+    if (!c->path_domain) {
+        if (strcasecmp(c->path, "postmaster") != 0) {
+            reply_error(s, "501 5.1.3 Recipient address must contain a domain");
+            return;
+        }
+        accepted = 1; /* RFC 5321 4.5.1: <postmaster> is always accepted */
+    } else {
+        accepted = fe_domain_match(set->accepted_domains, set->naccepted,
+                                   fe_addr_domain(c->path));
+    }
+    /* No open relay (DESIGN.md): other domains need AUTH or a trusted
+     * network. */
+    if (!accepted && !s->trusted && !s->auth_user[0]) {
+        char q[300];
+        ms_log_quote(q, sizeof(q), c->path, c->pathlen);
+        ms_info("event=relay_denied sid=%llu qid=%s client=%s rcpt=%s",
+                (unsigned long long)s->id, tx->qid, s->ip, q);
+        reply_error(s, "550 5.7.1 Relay not permitted");
+        return;
+    }
+    if (tx->nrcpts == tx->caprcpts) {
+        tx->caprcpts = tx->caprcpts ? tx->caprcpts * 2 : 4;
+        tx->rcpts = ms_realloc(tx->rcpts, tx->caprcpts * sizeof(*tx->rcpts));
+    }
+    tx->rcpts[tx->nrcpts].addr = ms_strndup(c->path, c->pathlen);
+    tx->rcpts[tx->nrcpts].notify = rp.notify;
+    tx->rcpts[tx->nrcpts].orcpt = ms_strdup(rp.orcpt);
+    tx->nrcpts++;
+    if (!accepted)
+        tx->relayed = 1;
+    enter_state(s, FE_ST_RCPT);
+    reply(s, "250 2.1.5 Ok");
+}
+
+static void cmd_data(struct fe_session *s, const struct fe_smtp_cmd *c)
+{
+    struct fe_tx *tx = s->tx;
+    size_t max = s->srv->set.max_message_size;
+
+    if (tx->nrcpts == 0) {
+        /* RFC 2920 3.1: with pipelining, DATA after failed RCPTs. */
+        reply_error(s, "554 5.5.1 Error: no valid recipients");
+        return;
+    }
+    ms_buf_free(&tx->msg);
+    ms_buf_init(&tx->msg, max + 16384);
+    add_received(s);
+    fe_data_init(&tx->rd, &tx->msg, max);
+    enter_state(s, FE_ST_DATA);
+    reply(s, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+static void cmd_rset(struct fe_session *s, const struct fe_smtp_cmd *c)
+{
+    tx_reset(s);
+    reply(s, "250 2.0.0 Ok");
+}
+
+static void cmd_noop(struct fe_session *s, const struct fe_smtp_cmd *c)
+{
+    reply(s, "250 2.0.0 Ok");
+}
+
+static void cmd_quit(struct fe_session *s, const struct fe_smtp_cmd *c)
+{
+    reply(s, "221 2.0.0 Bye");
+    close_session(s);
+}
+
+static void cmd_vrfy(struct fe_session *s, const struct fe_smtp_cmd *c)
+{
+    /* RFC 5321 3.5.3: we do not disclose, but do not refuse either. */
+    reply(s, "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery");
+}
+
+static void cmd_expn(struct fe_session *s, const struct fe_smtp_cmd *c)
+{
+    reply_error(s, "502 5.5.1 EXPN not implemented");
+}
+
+static void cmd_help(struct fe_session *s, const struct fe_smtp_cmd *c)
+{
+    reply(s, "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP%s%s",
+          s->srv->tls ? " STARTTLS" : "", s->srv->passwd ? " AUTH" : "");
+}
+
+static void cmd_starttls(struct fe_session *s, const struct fe_smtp_cmd *c)
+{
+    if (s->srv->tls == NULL || s->l->role == FE_ROLE_SUBMISSIONS) {
+        reply_error(s, "454 4.7.0 TLS not available");
+        return;
+    }
+    if (s->t->tls) {
+        reply_error(s, "503 5.5.1 Error: TLS already active");
+        return;
+    }
+    reply(s, "220 2.0.0 Ready to start TLS");
+    flush(s);
+    if (s->state == FE_ST_CLOSING)
+        return;
+    /* RFC 3207 4 / CVE-2011-0411: anything pipelined after STARTTLS was
+     * sent in the clear and must not be taken as coming over TLS. */
+    if (s->in.len > 0) {
+        ms_info("event=starttls_pipelined_discarded sid=%llu client=%s bytes=%zu",
+                (unsigned long long)s->id, s->ip, s->in.len);
+        ms_buf_reset(&s->in);
+    }
+    if (fe_transport_tls_start(s->t, s->srv->tls) < 0) {
+        close_session(s);
+        return;
+    }
+    enter_state(s, FE_ST_STARTTLS);
+}
+
+/* ---- AUTH (RFC 4954) ---- */
+
+struct auth_job {
+    uv_work_t req;
+    struct fe_server *srv;
+    uint64_t sid;
+    char user[FE_AUTH_USER_MAX + 1];
+    char pass[FE_AUTH_PASS_MAX + 1];
+    char *hash; /* NULL: unknown user */
+    int ok;
+};
+
+static void auth_work(uv_work_t *req)
+{
+    struct auth_job *j = req->data;
+
+    j->ok = fe_passwd_check(j->hash, j->pass);
+}
+
+static void auth_after(uv_work_t *req, int status)
+{
+    struct auth_job *j = req->data;
+    struct fe_session *s = fe_idmap_get(&j->srv->sessions, j->sid);
+    char q[300];
+
+    if (s != NULL && s->state == FE_ST_AUTH_CHECK) {
+        ms_log_quote(q, sizeof(q), j->user, strlen(j->user));
+        enter_state(s, FE_ST_READY);
+        if (status == 0 && j->ok) {
+            snprintf(s->auth_user, sizeof(s->auth_user), "%s", j->user);
+            ms_info("event=auth_ok sid=%llu client=%s user=%s", (unsigned long long)s->id,
+                    s->ip, q);
+            ms_counter_inc(s->srv->m.auth_ok);
+            reply(s, "235 2.7.0 Authentication successful");
+        } else {
+            ms_info("event=auth_failed sid=%llu client=%s user=%s", (unsigned long long)s->id,
+                    s->ip, q);
+            ms_counter_inc(s->srv->m.auth_fail);
+            reply_error(s, "535 5.7.8 Authentication credentials invalid");
+        }
+        arm_timer(s);
+        drain_if_needed(s);
+        if (s->state != FE_ST_CLOSING) {
+                fe__session_process(s);
+        }
+        flush(s);
+    }
+    explicit_bzero(j->pass, sizeof(j->pass));
+    if (j->hash) {
+        explicit_bzero(j->hash, strlen(j->hash));
+        free(j->hash);
+    }
+    free(j);
+}
+
+static void auth_check(struct fe_session *s, const char *user, const char *pass)
+{
+    struct auth_job *j = ms_calloc(1, sizeof(*j));
+    const struct fe_passwd_entry *pe = fe_passwd_find(s->srv->passwd, user);
+
+    j->req.data = j;
+    j->srv = s->srv;
+    j->sid = s->id;
+    snprintf(j->user, sizeof(j->user), "%s", user);
+    snprintf(j->pass, sizeof(j->pass), "%s", pass);
+    j->hash = pe ? ms_strdup(pe->hash) : NULL;
+    s->sasl = SASL_NONE;
+    explicit_bzero(s->sasl_user, sizeof(s->sasl_user));
+    if (uv_queue_work(s->srv->loop, &j->req, auth_work, auth_after) < 0) {
+        free(j->hash);
+        free(j);
+        enter_state(s, FE_ST_READY);
+        reply(s, "454 4.7.0 Temporary authentication failure");
+        return;
+    }
+    enter_state(s, FE_ST_AUTH_CHECK);
+}
+
+/* One SASL response (base64 or "*"), for the current mechanism. */
+static void sasl_step(struct fe_session *s, const char *b64, size_t n)
+{
+    char dec[FE_AUTH_RESPONSE_MAX + 1], user[FE_AUTH_USER_MAX + 1], pass[FE_AUTH_PASS_MAX + 1];
+    int len;
+
+    if (n == 1 && b64[0] == '*') {
+        s->sasl = SASL_NONE;
+        enter_state(s, FE_ST_READY);
+        reply_error(s, "501 5.0.0 Authentication cancelled");
+        return;
+    }
+    if (n == 1 && b64[0] == '=') /* RFC 4954 4: an empty initial response */
+        len = 0, dec[0] = '\0';
+    else if ((len = fe_base64_decode(b64, n, dec, sizeof(dec))) < 0) {
+        s->sasl = SASL_NONE;
+        enter_state(s, FE_ST_READY);
+        reply_error(s, "501 5.5.2 Cannot decode response");
+        return;
+    }
+    switch (s->sasl) {
+    case SASL_PLAIN:
+        if (fe_sasl_plain(dec, (size_t)len, user, sizeof(user), pass, sizeof(pass)) < 0) {
+            s->sasl = SASL_NONE;
+            enter_state(s, FE_ST_READY);
+            ms_counter_inc(s->srv->m.auth_fail);
+            reply_error(s, "535 5.7.8 Authentication credentials invalid");
+            break;
+        }
+        auth_check(s, user, pass);
+        break;
+    case SASL_LOGIN_USER:
+        if (len == 0 || (size_t)len > FE_AUTH_USER_MAX || memchr(dec, '\0', (size_t)len)) {
+            s->sasl = SASL_NONE;
+            enter_state(s, FE_ST_READY);
+            reply_error(s, "535 5.7.8 Authentication credentials invalid");
+            break;
+        }
+        memcpy(s->sasl_user, dec, (size_t)len + 1);
+        s->sasl = SASL_LOGIN_PASS;
+        enter_state(s, FE_ST_AUTH);
+        reply(s, "334 UGFzc3dvcmQ6"); /* "Password:" */
+        break;
+    case SASL_LOGIN_PASS:
+        if ((size_t)len > FE_AUTH_PASS_MAX || memchr(dec, '\0', (size_t)len)) {
+            s->sasl = SASL_NONE;
+            enter_state(s, FE_ST_READY);
+            reply_error(s, "535 5.7.8 Authentication credentials invalid");
+            break;
+        }
+        auth_check(s, s->sasl_user, dec);
+        break;
+    case SASL_NONE:
+        break;
+    }
+    explicit_bzero(dec, sizeof(dec));
+    explicit_bzero(pass, sizeof(pass));
+}
+
+static void cmd_auth(struct fe_session *s, const struct fe_smtp_cmd *c)
+{
+    const char *sp, *ir = NULL;
+    size_t mlen, irlen = 0;
+
+    if (s->auth_user[0]) {
+        reply_error(s, "503 5.5.1 Error: already authenticated");
+        return;
+    }
+    if (s->srv->passwd == NULL) {
+        reply_error(s, "503 5.5.1 Error: authentication not enabled");
+        return;
+    }
+    if (!s->t->tls) {
+        reply_error(s, "538 5.7.11 Encryption required for requested authentication mechanism");
+        return;
+    }
+    sp = memchr(c->args, ' ', c->argslen);
+    mlen = sp ? (size_t)(sp - c->args) : c->argslen;
+    if (sp) {
+        ir = sp + 1;
+        irlen = c->argslen - mlen - 1;
+    }
+    if (mlen == 5 && strncasecmp(c->args, "PLAIN", 5) == 0) {
+        s->sasl = SASL_PLAIN;
+    } else if (mlen == 5 && strncasecmp(c->args, "LOGIN", 5) == 0) {
+        s->sasl = SASL_LOGIN_USER;
+    } else {
+        reply_error(s, "504 5.5.4 Unrecognized authentication type");
+        return;
+    }
+    if (ir && irlen > 0) {
+        sasl_step(s, ir, irlen);
+        return;
+    }
+    enter_state(s, FE_ST_AUTH);
+    reply(s, s->sasl == SASL_PLAIN ? "334 " : "334 VXNlcm5hbWU6"); /* "Username:" */
+}
+
+static const struct fe_cmd cmd_table[] = {
+    {FE_VERB_HELO, cmd_helo, F_ARG | F_LAST},
+    {FE_VERB_EHLO, cmd_ehlo, F_ARG | F_LAST},
+    {FE_VERB_MAIL, cmd_mail, F_HELO | F_NOTX | F_TLS | F_AUTHD},
+    {FE_VERB_RCPT, cmd_rcpt, F_HELO | F_TX},
+    {FE_VERB_DATA, cmd_data, F_HELO | F_TX | F_NOARG | F_LAST},
+    {FE_VERB_RSET, cmd_rset, F_NOARG},
+    {FE_VERB_NOOP, cmd_noop, F_LAST},
+    {FE_VERB_QUIT, cmd_quit, F_NOARG | F_LAST},
+    {FE_VERB_VRFY, cmd_vrfy, F_ARG | F_LAST},
+    {FE_VERB_EXPN, cmd_expn, F_LAST},
+    {FE_VERB_HELP, cmd_help, 0},
+    {FE_VERB_STARTTLS, cmd_starttls, F_HELO | F_NOTX | F_NOARG | F_LAST},
+    {FE_VERB_AUTH, cmd_auth, F_HELO | F_NOTX | F_ARG | F_LAST},
+};
+
+static void command(struct fe_session *s, const char *line, size_t len)
+{
+    const struct fe_cmd *ct = NULL;
+    struct fe_smtp_cmd c;
+    const char *err = NULL;
+    size_t i;
+    int r;
+
+    r = fe_smtp_parse(line, len, &c, &err);
+    ms_counter_inc(s->srv->m.commands[c.verb]);
+    if (s->srv->draining) {
+        reply(s, "421 4.3.2 %s Service shutting down, try again later", s->srv->set.hostname);
+        close_session(s);
+        return;
+    }
+    if (r < 0) {
+        reply_error(s, err);
+        return;
+    }
+    for (i = 0; i < sizeof(cmd_table) / sizeof(cmd_table[0]); i++)
+        if (cmd_table[i].verb == c.verb)
+            ct = &cmd_table[i];
+    if (ct == NULL) {
+        reply_error(s, "500 5.5.1 Error: command not recognized");
+        return;
+    }
+    if ((ct->flags & F_NOARG) && c.argslen > 0) {
+        reply_error(s, "501 5.5.4 Syntax error: no parameters allowed");
+        return;
+    }
+    if ((ct->flags & F_ARG) && c.argslen == 0) {
+        reply_error(s, "501 5.5.4 Syntax error: argument required");
+        return;
+    }
+    if ((ct->flags & F_HELO) && s->state == FE_ST_CONNECTED) {
+        reply_error(s, "503 5.5.1 Error: send HELO/EHLO first");
+        return;
+    }
+    if ((ct->flags & F_TX) && s->tx == NULL) {
+        reply_error(s, "503 5.5.1 Error: need MAIL command");
+        return;
+    }
+    if ((ct->flags & F_NOTX) && s->tx != NULL) {
+        reply_error(s, c.verb == FE_VERB_MAIL ? "503 5.5.1 Error: nested MAIL command"
+                                              : "503 5.5.1 Error: MAIL transaction in progress");
+        return;
+    }
+    if ((ct->flags & F_TLS) && s->l->role == FE_ROLE_SUBMISSION && !s->t->tls) {
+        reply_error(s, "530 5.7.0 Must issue a STARTTLS command first");
+        return;
+    }
+    if ((ct->flags & F_AUTHD) && s->l->role != FE_ROLE_MX && !s->auth_user[0]) {
+        reply_error(s, "530 5.7.0 Authentication required");
+        return;
+    }
+    ct->run(s, &c);
+    if ((ct->flags & F_LAST) && s->state != FE_ST_CLOSING)
+        flush(s);
+}
+
+/* Feed buffered input to the DATA reader or the command interpreter until
+ * it runs out or the session has to wait. */
+void fe__session_process(struct fe_session *s)
+{
+    static char line[FE_SMTP_AUTH_LINE_MAX + 1];
+    size_t clen, max;
+    const char *lf;
+    int r;
+
+    while (s->in.len > 0 && !busy(s)) {
+        if (s->state == FE_ST_DATA) {
+            r = fe_data_feed(&s->tx->rd, s->in.data, s->in.len);
+            if (r == MS_EAGAIN) {
+                ms_buf_reset(&s->in);
+                break;
+            }
+            ms_buf_consume(&s->in, (size_t)r);
+            data_end(s);
+            continue;
+        }
+        if (s->skip_line) {
+            if ((lf = memchr(s->in.data, '\n', s->in.len)) == NULL) {
+                ms_buf_reset(&s->in);
+                break;
+            }
+            ms_buf_consume(&s->in, (size_t)(lf - s->in.data) + 1);
+            s->skip_line = 0;
+            if (s->state == FE_ST_AUTH) {
+                s->sasl = SASL_NONE;
+                enter_state(s, FE_ST_READY);
+            }
+            reply_error(s, FE_REPLY_LINE_TOO_LONG);
+            continue;
+        }
+        /* RFC 4954 4: AUTH lines may be longer than commands. */
+        max = (s->state == FE_ST_AUTH ||
+               (s->in.len >= 5 && strncasecmp(s->in.data, "AUTH ", 5) == 0))
+                  ? FE_SMTP_AUTH_LINE_MAX
+                  : FE_SMTP_LINE_MAX;
+        r = fe_smtp_line(s->in.data, s->in.len, max, &clen);
+        if (r == MS_EAGAIN)
+            break;
+        if (r == MS_ETOOBIG) {
+            s->skip_line = 1;
+            continue;
+        }
+        memcpy(line, s->in.data, clen);
+        line[clen] = '\0';
+        ms_buf_consume(&s->in, (size_t)r);
+        if (s->state == FE_ST_AUTH)
+            sasl_step(s, line, clen);
+        else
+            command(s, line, clen);
+        explicit_bzero(line, clen);
+    }
+}
+
+/* ---- transport callbacks, timer, life cycle ---- */
+
+static void on_timer(uv_timer_t *h)
+{
+    struct fe_session *s = h->data;
+
+    if (s->state == FE_ST_QUEUEING || s->state == FE_ST_AUTH_CHECK) {
+        arm_timer(s); /* we are the slow one, not the client */
+        return;
+    }
+    ms_counter_inc(s->srv->m.timeouts);
+    ms_info("event=timeout sid=%llu client=%s state=%s", (unsigned long long)s->id, s->ip,
+            state_names[s->state]);
+    if (s->state != FE_ST_TLS_WAIT && s->state != FE_ST_STARTTLS)
+        reply(s, "421 4.4.2 %s Error: timeout exceeded", s->srv->set.hostname);
+    close_session(s);
+}
+
+static void arm_timer(struct fe_session *s)
+{
+    uint64_t ms;
+
+    if (s->state == FE_ST_CLOSING)
+        return;
+    /* RFC 5321 4.5.3.2: 5 minutes for commands and data blocks; a shorter
+     * limit before the client has even said HELO. */
+    ms = (s->state == FE_ST_CONNECTED || s->state == FE_ST_TLS_WAIT)
+             ? s->srv->set.greeting_timeout_ms
+             : s->srv->set.command_timeout_ms;
+    uv_timer_start(&s->timer, on_timer, ms, 0);
+}
+
+static void on_read(void *arg, const char *buf, size_t len)
+{
+    struct fe_session *s = arg;
+
+    if (s->state == FE_ST_CLOSING)
+        return;
+    ms_counter_add(s->srv->m.bytes_in, len);
+    if (ms_buf_append(&s->in, buf, len) != 0) {
+        reply(s, "421 4.7.0 %s Error: too much unprocessed input", s->srv->set.hostname);
+        close_session(s);
+        return;
+    }
+    arm_timer(s);
+    fe__session_process(s);
+    flush(s);
+}
+
+static void banner(struct fe_session *s)
+{
+    enter_state(s, FE_ST_CONNECTED);
+    reply(s, "220 %s ESMTP Mailstream", s->srv->set.hostname);
+}
+
+static void on_tls(void *arg, int err)
+{
+    struct fe_session *s = arg;
+
+    if (s->state == FE_ST_CLOSING)
+        return;
+    if (err < 0) {
+        ms_counter_inc(s->srv->m.tls_fail);
+        close_session(s);
+        return;
+    }
+    ms_counter_inc(s->srv->m.tls_ok);
+    ms_debug("event=tls sid=%llu version=%s cipher=%s", (unsigned long long)s->id,
+             s->t->tls_version, s->t->tls_cipher);
+    if (s->state == FE_ST_TLS_WAIT) {
+        banner(s);
+    } else {
+        /* RFC 3207 4.2: forget everything learnt before TLS. */
+        s->helo[0] = '\0';
+        s->esmtp = 0;
+        s->auth_user[0] = '\0';
+        enter_state(s, FE_ST_CONNECTED);
+    }
+    arm_timer(s);
+    drain_if_needed(s);
+    flush(s);
+}
+
+static void on_drain(void *arg)
+{
+    struct fe_session *s = arg;
+
+    update_reading(s);
+}
+
+static void on_error(void *arg, int err)
+{
+    struct fe_session *s = arg;
+
+    ms_debug("event=disconnect sid=%llu client=%s state=%s error=%s", (unsigned long long)s->id,
+             s->ip, state_names[s->state], ms_err_name(err));
+    if (s->tx && s->state != FE_ST_QUEUEING)
+        ms_info("event=lost qid=%s sid=%llu client=%s state=%s", s->tx->qid,
+                (unsigned long long)s->id, s->ip, state_names[s->state]);
+    ms_buf_reset(&s->out); /* nobody is listening */
+    close_session(s);
+}
+
+static void session_free(struct fe_session *s)
+{
+    struct fe_server *srv = s->srv;
+
+    tx_reset(s);
+    fe_idmap_del(&srv->sessions, s->id);
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        srv->head = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    ms_buf_free(&s->in);
+    ms_buf_free(&s->out);
+    ms_gauge_add(srv->m.sessions, -1);
+    ms_debug("event=session_end sid=%llu client=%s transactions=%llu", (unsigned long long)s->id,
+             s->ip, (unsigned long long)s->ntx);
+    free(s);
+}
+
+static void on_close(void *arg)
+{
+    struct fe_session *s = arg;
+
+    if (--s->handles == 0)
+        session_free(s);
+}
+
+static void timer_close_cb(uv_handle_t *h)
+{
+    on_close(h->data);
+}
+
+static void close_session(struct fe_session *s)
+{
+    if (s->state == FE_ST_CLOSING)
+        return;
+    /* A transaction awaiting its report is dropped from the pending table;
+     * the report, when it comes, finds nobody. */
+    if (s->tx && s->tx->txn_id) {
+        ms_info("event=disconnect_while_queueing qid=%s sid=%llu client=%s", s->tx->qid,
+                (unsigned long long)s->id, s->ip);
+        fe_idmap_del(&s->srv->pending, s->tx->txn_id);
+        s->tx->txn_id = 0;
+    }
+    if (s->out.len > 0 && !s->t->closing)
+        fe_transport_write(s->t, s->out.data, s->out.len);
+    ms_buf_reset(&s->out);
+    enter_state(s, FE_ST_CLOSING);
+    uv_timer_stop(&s->timer);
+    uv_close((uv_handle_t *)&s->timer, timer_close_cb);
+    fe_transport_close(s->t);
+}
+
+const struct fe_transport_cb fe_session_transport_cb = {
+    .on_read = on_read,
+    .on_tls = on_tls,
+    .on_drain = on_drain,
+    .on_error = on_error,
+    .on_close = on_close,
+};
+
+struct fe_session *fe_session_new(struct fe_server *srv, struct fe_listener *l,
+                                  struct fe_transport *t)
+{
+    struct fe_session *s = ms_calloc(1, sizeof(*s));
+
+    s->id = ++srv->next_id;
+    s->srv = srv;
+    s->l = l;
+    s->t = t;
+    t->cb = fe_session_transport_cb;
+    t->arg = s;
+    s->handles = 2;
+    ms_buf_init(&s->in, FE_INPUT_MAX + FE_TRANSPORT_READ_MAX);
+    ms_buf_init(&s->out, 1024 * 1024);
+    uv_timer_init(srv->loop, &s->timer);
+    s->timer.data = s;
+    ms_addr_str((struct sockaddr *)&t->peer, s->ip, sizeof(s->ip));
+    /* An IPv4-mapped IPv6 peer is an IPv4 client. */
+    if (strncmp(s->ip, "::ffff:", 7) == 0 && strchr(s->ip + 7, '.'))
+        memmove(s->ip, s->ip + 7, strlen(s->ip + 7) + 1);
+    s->port = ms_addr_port((struct sockaddr *)&t->peer);
+    s->trusted = fe_cidr_match(srv->set.trusted, srv->set.ntrusted, (struct sockaddr *)&t->peer);
+    s->next = srv->head;
+    if (srv->head)
+        srv->head->prev = s;
+    srv->head = s;
+    fe_idmap_put(&srv->sessions, s->id, s);
+    ms_counter_inc(srv->m.connections);
+    ms_gauge_add(srv->m.sessions, 1);
+    ms_debug("event=connect sid=%llu client=%s port=%d listener=%s trusted=%d",
+             (unsigned long long)s->id, s->ip, s->port, l->name, s->trusted);
+    if (l->role == FE_ROLE_SUBMISSIONS) {
+        s->state = FE_ST_TLS_WAIT;
+        if (srv->tls == NULL || fe_transport_tls_start(t, srv->tls) < 0) {
+            close_session(s);
+            return s;
+        }
+    } else {
+        s->state = FE_ST_CONNECTED;
+        reply(s, "220 %s ESMTP Mailstream", srv->set.hostname);
+    }
+    if (srv->draining) {
+        drain_if_needed(s);
+        if (s->state == FE_ST_CLOSING)
+            return s;
+    }
+    arm_timer(s);
+    flush(s);
+    return s;
+}
+
+void fe_session_drain(struct fe_session *s)
+{
+    drain_if_needed(s);
+    if (s->state != FE_ST_CLOSING)
+        flush(s);
+}
+
+uint64_t fe_session_id(const struct fe_session *s)
+{
+    return s->id;
+}
+
+void fe_session_abort(struct fe_session *s)
+{
+    if (s->state == FE_ST_CLOSING)
+        return;
+    if (s->state != FE_ST_TLS_WAIT && s->state != FE_ST_STARTTLS)
+        reply(s, "421 4.3.2 %s Service shutting down, try again later", s->srv->set.hostname);
+    close_session(s);
+}
+
+struct fe_session *fe_session_next(const struct fe_session *s)
+{
+    return s->next;
+}

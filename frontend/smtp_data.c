@@ -1,0 +1,151 @@
+/*
+ * smtp_data.c - the DATA reader (see smtp_data.h).
+ *
+ * A byte-level state machine.  Line boundaries exist only at CRLF: a bare LF
+ * or bare CR is recorded as an error and treated as ordinary content, so
+ * the state after it is "inside a line" and a following "." can never start
+ * the end-of-data line.
+ */
+#include "smtp_data.h"
+#include "ms_error.h"
+
+#include <string.h>
+
+enum {
+    ST_BOL = 0, /* at the beginning of a line (after CRLF, or at the start) */
+    ST_DOT,     /* "." at the beginning of a line */
+    ST_DOT_CR,  /* ".\r" at the beginning of a line */
+    ST_TEXT,    /* inside a line */
+    ST_CR       /* inside a line, after "\r" */
+};
+
+void fe_data_init(struct fe_data_reader *r, struct ms_buf *out, size_t max_size)
+{
+    memset(r, 0, sizeof(*r));
+    r->out = out;
+    r->max_size = max_size;
+    r->_state = ST_BOL;
+}
+
+const char *fe_data_reply(enum fe_data_status s)
+{
+    switch (s) {
+    case FE_DATA_OK: return NULL;
+    case FE_DATA_BARE_LF:
+        return "554 5.6.0 Message rejected: bare LF in message (RFC 5321 2.3.8)";
+    case FE_DATA_BARE_CR:
+        return "554 5.6.0 Message rejected: bare CR in message (RFC 5321 2.3.8)";
+    case FE_DATA_NUL: return "554 5.6.0 Message rejected: NUL octet in message";
+    case FE_DATA_LINE_TOO_LONG:
+        return "500 5.5.2 Message rejected: line longer than 1000 octets (RFC 5321 4.5.3.1.6)";
+    case FE_DATA_TOO_BIG:
+        return "552 5.3.4 Message size exceeds fixed maximum message size";
+    }
+    return "554 5.6.0 Message rejected";
+}
+
+static void fail(struct fe_data_reader *r, enum fe_data_status s)
+{
+    if (r->status == FE_DATA_OK)
+        r->status = s;
+}
+
+/* Copy message octets, enforcing the size limit. */
+static void emit(struct fe_data_reader *r, const char *p, size_t n)
+{
+    r->size += n;
+    if (r->status != FE_DATA_OK)
+        return;
+    if (r->size > r->max_size || ms_buf_append(r->out, p, n) != 0)
+        fail(r, FE_DATA_TOO_BIG);
+}
+
+static void count_line(struct fe_data_reader *r, size_t n)
+{
+    r->_linelen += n;
+    if (r->_linelen > FE_SMTP_TEXT_LINE_MAX)
+        fail(r, FE_DATA_LINE_TOO_LONG);
+}
+
+int fe_data_feed(struct fe_data_reader *r, const char *buf, size_t len)
+{
+    size_t i = 0, j;
+    unsigned char c;
+
+    while (i < len) {
+        c = (unsigned char)buf[i];
+        switch (r->_state) {
+        case ST_BOL:
+            if (c == '.') {
+                count_line(r, 1);
+                r->_state = ST_DOT;
+                i++;
+                continue;
+            }
+            r->_state = ST_TEXT;
+            continue;
+        case ST_DOT:
+            if (c == '\r') {
+                r->_state = ST_DOT_CR;
+                i++;
+                continue;
+            }
+            /* Dot-stuffing (RFC 5321 4.5.2): drop the leading dot. */
+            r->_state = ST_TEXT;
+            continue;
+        case ST_DOT_CR:
+            if (c == '\n') {
+                i++;
+                r->wire += i;
+                r->_state = ST_BOL;
+                r->_linelen = 0;
+                return (int)i;
+            }
+            /* ".\r" then something else: a bare CR after a stuffed dot. */
+            fail(r, FE_DATA_BARE_CR);
+            emit(r, "\r", 1);
+            count_line(r, 1);
+            r->_state = ST_TEXT;
+            continue;
+        case ST_TEXT:
+            /* Fast path: a run of ordinary octets. */
+            for (j = i; j < len && buf[j] != '\r' && buf[j] != '\n' && buf[j] != '\0'; j++)
+                ;
+            if (j > i) {
+                emit(r, buf + i, j - i);
+                count_line(r, j - i);
+                i = j;
+                continue;
+            }
+            if (c == '\r') {
+                r->_state = ST_CR;
+            } else if (c == '\n') {
+                fail(r, FE_DATA_BARE_LF);
+                emit(r, "\n", 1);
+                count_line(r, 1);
+            } else { /* NUL */
+                fail(r, FE_DATA_NUL);
+                emit(r, "", 1);
+                count_line(r, 1);
+            }
+            i++;
+            continue;
+        case ST_CR:
+            if (c == '\n') {
+                count_line(r, 2);
+                emit(r, "\r\n", 2);
+                r->_linelen = 0;
+                r->_state = ST_BOL;
+                i++;
+                continue;
+            }
+            fail(r, FE_DATA_BARE_CR);
+            emit(r, "\r", 1);
+            count_line(r, 1);
+            r->_state = ST_TEXT;
+            continue;
+        }
+    }
+    r->wire += len;
+    return MS_EAGAIN;
+}

@@ -1,0 +1,62 @@
+/*
+ * smtp_data.h - the DATA reader (RFC 5321 4.1.1.4, 4.5.2), a pure parser.
+ *
+ * Fed the octets that follow the 354 reply, it removes dot-stuffing, copies
+ * the message into the caller's buffer and finds the end of data.  The end is
+ * only ever <CRLF>.<CRLF> (the DATA command's own CRLF counts as the first
+ * one): "\n.\n", "\r.\r", "\r\n.\n", "\n.\r\n" and friends are message
+ * content, never an end, so no SMTP smuggling is possible through us.
+ *
+ * Problems do not stop reading: the reader keeps looking for the real end and
+ * remembers the first problem; the session then rejects the whole message
+ * with fe_data_reply().  Nothing is silently truncated: once a limit is
+ * passed the reader stops copying and the message is rejected.
+ *
+ *   FE_SMTP_TEXT_LINE_MAX  line incl. CRLF (RFC 5321 4.5.3.1.6)  500 5.5.2
+ *   max_size               unstuffed message octets (SIZE)       552 5.3.4
+ *   bare LF, bare CR, NUL  RFC 5321 2.3.8, 4.1.1.4               554 5.6.0
+ *
+ * The caller owns the reader and the output buffer; any thread; unit-tested
+ * by tests/unit/test_fe_data.c, fuzzed by tests/fuzz/fuzz_fe_data.c.
+ */
+#ifndef FE_SMTP_DATA_H
+#define FE_SMTP_DATA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ms_buf.h"
+
+#define FE_SMTP_TEXT_LINE_MAX 1000 /* octets including CRLF */
+
+enum fe_data_status {
+    FE_DATA_OK = 0,
+    FE_DATA_BARE_LF,
+    FE_DATA_BARE_CR,
+    FE_DATA_NUL,
+    FE_DATA_LINE_TOO_LONG,
+    FE_DATA_TOO_BIG
+};
+
+struct fe_data_reader {
+    struct ms_buf *out;         /* message octets are appended here */
+    size_t max_size;            /* message size limit (unstuffed octets) */
+    size_t size;                /* unstuffed octets seen, counted past the limit too */
+    uint64_t wire;              /* octets consumed from the wire */
+    enum fe_data_status status; /* the first problem, FE_DATA_OK if none */
+    int _state;
+    size_t _linelen;
+};
+
+void fe_data_init(struct fe_data_reader *r, struct ms_buf *out, size_t max_size);
+
+/* Consume input.  Returns the octets consumed through the end-of-data line
+ * when it was found (then r->status tells whether the message is good), or
+ * MS_EAGAIN when all of buf was consumed and more is needed. */
+int fe_data_feed(struct fe_data_reader *r, const char *buf, size_t len);
+
+/* The reply line (no CRLF) that rejects a message with this status; NULL for
+ * FE_DATA_OK. */
+const char *fe_data_reply(enum fe_data_status s);
+
+#endif

@@ -1,0 +1,199 @@
+/*
+ * test_fe_data.c - table-driven tests of the DATA reader
+ * (frontend/smtp_data.c): dot-unstuffing, the end of data, and the SMTP
+ * smuggling variants that must never end a message.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ms_buf.h"
+#include "ms_error.h"
+#include "../../frontend/smtp_data.h"
+
+#define S(lit) lit, sizeof(lit) - 1
+
+struct data_case {
+    const char *name;
+    const char *in;
+    size_t len;
+    int done;                   /* the end of data is in the input */
+    size_t consumed;            /* when done */
+    enum fe_data_status status; /* when done */
+    const char *out;            /* expected message when status OK (NULL: skip) */
+    size_t outlen;
+};
+
+static const struct data_case cases[] = {
+    {"empty message", S(".\r\n"), 1, 3, FE_DATA_OK, S("")},
+    {"one line", S("Subject: x\r\n\r\nhello\r\n.\r\n"), 1, 24, FE_DATA_OK,
+     S("Subject: x\r\n\r\nhello\r\n")},
+    {"trailing input stays", S("a\r\n.\r\nQUIT\r\n"), 1, 6, FE_DATA_OK, S("a\r\n")},
+    {"dot stuffing", S("..leading dot\r\n...\r\n.\r\n"), 1, 23, FE_DATA_OK,
+     S(".leading dot\r\n..\r\n")},
+    {"dot inside a line", S("a.b\r\n.\r\n"), 1, 8, FE_DATA_OK, S("a.b\r\n")},
+    {"dot then text", S(".x\r\n.\r\n"), 1, 7, FE_DATA_OK, S("x\r\n")},
+    {"not yet", S("hello\r\n."), 0, 0, FE_DATA_OK, NULL, 0},
+    {"not yet cr", S("hello\r\n.\r"), 0, 0, FE_DATA_OK, NULL, 0},
+    {"no final crlf before dot", S("hello.\r\n"), 0, 0, FE_DATA_OK, NULL, 0},
+    /* Smuggling variants: none of these ends the message. */
+    {"lf dot lf", S("a\n.\nMAIL FROM:<x@y>\n"), 0, 0, FE_DATA_OK, NULL, 0},
+    {"cr dot cr", S("a\r.\rMAIL FROM:<x@y>\r"), 0, 0, FE_DATA_OK, NULL, 0},
+    {"crlf dot lf", S("a\r\n.\nMAIL FROM:<x@y>\r\n"), 0, 0, FE_DATA_OK, NULL, 0},
+    {"lf dot crlf", S("a\n.\r\nMAIL FROM:<x@y>\r\n"), 0, 0, FE_DATA_OK, NULL, 0},
+    {"cr dot crlf", S("a\r.\r\nMAIL FROM:<x@y>\r\n"), 0, 0, FE_DATA_OK, NULL, 0},
+    {"crlf dot cr", S("a\r\n.\rMAIL FROM:<x@y>\r\n"), 0, 0, FE_DATA_OK, NULL, 0},
+    {"crlf dot cr cr lf", S("a\r\n.\r\r\nMAIL FROM:<x@y>\r\n"), 0, 0, FE_DATA_OK, NULL, 0},
+    /* ...and when the real end comes, the message is rejected. */
+    {"lf dot lf then end", S("a\n.\nMAIL FROM:<x@y>\r\n.\r\n"), 1, 24, FE_DATA_BARE_LF,
+     NULL, 0},
+    {"cr dot cr then end", S("a\r.\rb\r\n.\r\n"), 1, 10, FE_DATA_BARE_CR, NULL, 0},
+    {"crlf dot lf then end", S("a\r\n.\nb\r\n.\r\n"), 1, 11, FE_DATA_BARE_LF, NULL, 0},
+    {"lf dot crlf then end", S("a\n.\r\nb\r\n.\r\n"), 1, 11, FE_DATA_BARE_LF, NULL, 0},
+    {"crlf dot cr x then end", S("a\r\n.\rx\r\n.\r\n"), 1, 11, FE_DATA_BARE_CR, NULL, 0},
+    {"nul", S("a\0b\r\n.\r\n"), 1, 8, FE_DATA_NUL, NULL, 0},
+    {"bare lf first wins", S("a\nb\0\r\n.\r\n"), 1, 9, FE_DATA_BARE_LF, NULL, 0},
+    {"bare cr at end of line", S("a\r\r\n.\r\n"), 1, 7, FE_DATA_BARE_CR, NULL, 0},
+};
+
+static void run_case(const struct data_case *c, size_t chunk)
+{
+    struct fe_data_reader r;
+    struct ms_buf out;
+    size_t off = 0, n;
+    int ret = MS_EAGAIN, done = 0;
+
+    ms_buf_init(&out, 1 << 20);
+    fe_data_init(&r, &out, 1 << 20);
+    while (off < c->len) {
+        n = c->len - off < chunk ? c->len - off : chunk;
+        ret = fe_data_feed(&r, c->in + off, n);
+        if (ret >= 0) {
+            off += (size_t)ret;
+            done = 1;
+            break;
+        }
+        assert_int_equal(ret, MS_EAGAIN);
+        off += n;
+    }
+    if (done != c->done)
+        fail_msg("%s (chunk %zu): done=%d", c->name, chunk, done);
+    if (done) {
+        if (off != c->consumed)
+            fail_msg("%s (chunk %zu): consumed %zu", c->name, chunk, off);
+        if (r.status != c->status)
+            fail_msg("%s (chunk %zu): status %d", c->name, chunk, r.status);
+        if (c->out && (out.len != c->outlen || (c->outlen && memcmp(out.data, c->out, c->outlen) != 0)))
+            fail_msg("%s (chunk %zu): output differs", c->name, chunk);
+        assert_int_equal(r.wire, c->consumed);
+    }
+    ms_buf_free(&out);
+}
+
+static void test_table(void **state)
+{
+    size_t i, chunk;
+
+    (void)state;
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        for (chunk = 1; chunk <= 64; chunk = chunk < 4 ? chunk + 1 : chunk * 2)
+            run_case(&cases[i], chunk);
+}
+
+static void test_line_limit(void **state)
+{
+    struct fe_data_reader r;
+    struct ms_buf out;
+    char *msg = malloc(4096);
+
+    (void)state;
+    /* 998 octets and CRLF: the longest legal line. */
+    memset(msg, 'x', 998);
+    memcpy(msg + 998, "\r\n.\r\n", 5);
+    ms_buf_init(&out, 1 << 20);
+    fe_data_init(&r, &out, 1 << 20);
+    assert_int_equal(fe_data_feed(&r, msg, 1003), 1003);
+    assert_int_equal(r.status, FE_DATA_OK);
+    assert_int_equal(out.len, 1000);
+    /* A stuffed dot counts: ".x{998}" is 1001 octets on the wire. */
+    msg[0] = '.';
+    memset(msg + 1, 'x', 998);
+    memcpy(msg + 999, "\r\n.\r\n", 5);
+    ms_buf_reset(&out);
+    fe_data_init(&r, &out, 1 << 20);
+    assert_int_equal(fe_data_feed(&r, msg, 1004), 1004);
+    assert_int_equal(r.status, FE_DATA_LINE_TOO_LONG);
+    /* 999 octets and CRLF. */
+    memset(msg, 'x', 999);
+    memcpy(msg + 999, "\r\n.\r\n", 5);
+    ms_buf_reset(&out);
+    fe_data_init(&r, &out, 1 << 20);
+    assert_int_equal(fe_data_feed(&r, msg, 1004), 1004);
+    assert_int_equal(r.status, FE_DATA_LINE_TOO_LONG);
+    assert_non_null(fe_data_reply(r.status));
+    assert_memory_equal(fe_data_reply(r.status), "500 5.5.2", 9);
+    ms_buf_free(&out);
+    free(msg);
+}
+
+static void test_size_limit(void **state)
+{
+    struct fe_data_reader r;
+    struct ms_buf out;
+    size_t i;
+
+    (void)state;
+    ms_buf_init(&out, 1 << 20);
+    fe_data_init(&r, &out, 100);
+    /* 10 lines of 10 octets: exactly 100. */
+    for (i = 0; i < 10; i++)
+        assert_int_equal(fe_data_feed(&r, S("12345678\r\n")), MS_EAGAIN);
+    assert_int_equal(fe_data_feed(&r, S(".\r\n")), 3);
+    assert_int_equal(r.status, FE_DATA_OK);
+    assert_int_equal(out.len, 100);
+
+    ms_buf_reset(&out);
+    fe_data_init(&r, &out, 100);
+    for (i = 0; i < 11; i++)
+        assert_int_equal(fe_data_feed(&r, S("12345678\r\n")), MS_EAGAIN);
+    /* Past the limit nothing more is stored, but the end is still found. */
+    assert_true(out.len <= 100);
+    assert_int_equal(fe_data_feed(&r, S(".\r\nQUIT\r\n")), 3);
+    assert_int_equal(r.status, FE_DATA_TOO_BIG);
+    assert_int_equal(r.size, 110);
+    assert_memory_equal(fe_data_reply(r.status), "552 5.3.4", 9);
+
+    /* The output buffer's own maximum also counts as too big. */
+    ms_buf_free(&out);
+    ms_buf_init(&out, 5);
+    fe_data_init(&r, &out, 100);
+    assert_int_equal(fe_data_feed(&r, S("1234567\r\n.\r\n")), 12);
+    assert_int_equal(r.status, FE_DATA_TOO_BIG);
+    ms_buf_free(&out);
+}
+
+static void test_replies(void **state)
+{
+    (void)state;
+    assert_null(fe_data_reply(FE_DATA_OK));
+    assert_memory_equal(fe_data_reply(FE_DATA_BARE_LF), "554 5.6.0", 9);
+    assert_memory_equal(fe_data_reply(FE_DATA_BARE_CR), "554 5.6.0", 9);
+    assert_memory_equal(fe_data_reply(FE_DATA_NUL), "554 5.6.0", 9);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_table),
+        cmocka_unit_test(test_line_limit),
+        cmocka_unit_test(test_size_limit),
+        cmocka_unit_test(test_replies),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,313 @@
+/*
+ * test_fe_session.c - the SMTP session state machine over the in-memory
+ * transport, with a fake Kafka: pipelining across the wait for the delivery
+ * report, the envelope built at the end of DATA, a report for a session
+ * that is gone, submit failures, and draining.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "ms_envelope.h"
+#include "ms_error.h"
+#include "ms_log.h"
+#include "../../frontend/fe_server.h"
+
+struct fake_kafka {
+    int fail;        /* return this from submit */
+    int n;
+    uint64_t last_id;
+    char last_key[64];
+    uint8_t *last_value;
+    size_t last_len;
+};
+
+static int fake_submit(void *arg, uint64_t id, const char *key, size_t keylen, const void *value,
+                       size_t len)
+{
+    struct fake_kafka *k = arg;
+
+    if (k->fail)
+        return k->fail;
+    k->n++;
+    k->last_id = id;
+    snprintf(k->last_key, sizeof(k->last_key), "%.*s", (int)keylen, key);
+    free(k->last_value);
+    k->last_value = malloc(len);
+    memcpy(k->last_value, value, len);
+    k->last_len = len;
+    return 0;
+}
+
+struct fixture {
+    uv_loop_t loop;
+    struct fe_server srv;
+    struct fe_listener l;
+    struct fake_kafka k;
+    struct fe_transport *t;
+    char *domains[1];
+};
+
+static struct fe_metrics metrics; /* registered once: handles live forever */
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof(*f));
+
+    uv_loop_init(&f->loop);
+    fe_server_init(&f->srv, &f->loop);
+    f->srv.set.node_id = "fe-test";
+    f->srv.set.hostname = "mx.test";
+    f->srv.set.topic = "queue";
+    f->srv.set.max_message_size = 10000;
+    f->srv.set.max_recipients = 2;
+    f->srv.set.max_errors = 5;
+    f->srv.set.command_timeout_ms = 300000;
+    f->srv.set.greeting_timeout_ms = 60000;
+    f->domains[0] = "mailstream.test";
+    f->srv.set.accepted_domains = f->domains;
+    f->srv.set.naccepted = 1;
+    f->srv.m = metrics;
+    f->srv.submit = fake_submit;
+    f->srv.submit_arg = &f->k;
+    f->l.srv = &f->srv;
+    f->l.name = "mx";
+    f->l.role = FE_ROLE_MX;
+    f->t = fe_transport_mem_new(&f->loop, &fe_session_transport_cb, NULL);
+    fe_session_new(&f->srv, &f->l, f->t);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    struct fe_session *s;
+
+    for (s = f->srv.head; s; s = fe_session_next(s))
+        fe_session_abort(s);
+    uv_run(&f->loop, UV_RUN_DEFAULT);
+    assert_true(fe_server_idle(&f->srv));
+    assert_int_equal(uv_loop_close(&f->loop), 0);
+    f->srv.set.accepted_domains = NULL;
+    f->srv.set.naccepted = 0;
+    fe_idmap_free(&f->srv.sessions);
+    fe_idmap_free(&f->srv.pending);
+    free(f->k.last_value);
+    free(f);
+    return 0;
+}
+
+/* Everything the server wrote since the last call. */
+static char *output(struct fixture *f)
+{
+    struct ms_buf *b = fe_transport_mem_output(f->t);
+    char *s = malloc(b->len + 1);
+
+    memcpy(s, b->data, b->len);
+    s[b->len] = '\0';
+    ms_buf_reset(b);
+    return s;
+}
+
+static void send_str(struct fixture *f, const char *s)
+{
+    fe_transport_mem_input(f->t, s, strlen(s));
+}
+
+static void expect(struct fixture *f, const char *want)
+{
+    char *got = output(f);
+
+    if (strcmp(got, want) != 0)
+        fail_msg("want:\n%s\ngot:\n%s", want, got);
+    free(got);
+}
+
+static void greet(struct fixture *f)
+{
+    char *o = output(f);
+    assert_string_equal(o, "220 mx.test ESMTP Mailstream\r\n");
+    free(o);
+    send_str(f, "EHLO client.example\r\n");
+    o = output(f);
+    assert_non_null(strstr(o, "250-PIPELINING\r\n"));
+    assert_non_null(strstr(o, "250 ENHANCEDSTATUSCODES\r\n"));
+    assert_null(strstr(o, "STARTTLS")); /* no TLS configured */
+    free(o);
+}
+
+static void test_pipelining_waits_for_report(void **state)
+{
+    struct fixture *f = *state;
+    char want[256];
+    ms_envelope *e;
+    char err[128];
+
+    greet(f);
+    send_str(f, "MAIL FROM:<a@b.example> RET=HDRS ENVID=X+2BY SMTPUTF8\r\n"
+                "RCPT TO:<u@mailstream.test> NOTIFY=FAILURE ORCPT=rfc822;o+40x\r\n"
+                "RCPT TO:<nope@elsewhere.example>\r\n"
+                "DATA\r\n"
+                "Subject: t\r\n\r\n..x\r\n.\r\n"
+                "NOOP\r\n");
+    /* The NOOP waits: the report has not come yet. */
+    expect(f, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n550 5.7.1 Relay not permitted\r\n"
+              "354 End data with <CR><LF>.<CR><LF>\r\n");
+    assert_int_equal(f->k.n, 1);
+    assert_int_equal(strlen(f->k.last_key), 21);
+
+    e = ms_envelope_decode(f->k.last_value, f->k.last_len, err, sizeof(err));
+    assert_non_null(e);
+    assert_string_equal(e->queue_id, f->k.last_key);
+    assert_string_equal(e->frontend_node, "fe-test");
+    assert_string_equal(e->client->ip, "192.0.2.7");
+    assert_int_equal(e->client->port, 40000);
+    assert_string_equal(e->client->helo, "client.example");
+    assert_string_equal(e->client->listener, "mx");
+    assert_string_equal(e->mail_from->address, "a@b.example");
+    assert_true(e->mail_from->smtputf8);
+    assert_int_equal(e->mail_from->ret, MAILSTREAM__RET__RET_HDRS);
+    assert_string_equal(e->mail_from->envid, "X+Y");
+    assert_int_equal(e->n_recipients, 1);
+    assert_string_equal(e->recipients[0]->address, "u@mailstream.test");
+    assert_int_equal(e->recipients[0]->notify, MAILSTREAM__NOTIFY__NOTIFY_FAILURE);
+    assert_string_equal(e->recipients[0]->orcpt, "rfc822;o@x");
+    assert_int_equal(e->direction, MAILSTREAM__DIRECTION__DIRECTION_INBOUND);
+    assert_true(e->message.len > 0);
+    assert_memory_equal(e->message.data, "Received: from client.example ([192.0.2.7])\r\n", 45);
+    assert_non_null(memmem(e->message.data, e->message.len, "\tfor <u@mailstream.test>; ", 26));
+    assert_true(e->message.len > 18 &&
+                memcmp(e->message.data + e->message.len - 18, "Subject: t\r\n\r\n.x\r\n", 18) == 0);
+    ms_envelope_free(e);
+
+    fe_server_submitted(&f->srv, f->k.last_id, 0, NULL);
+    snprintf(want, sizeof(want), "250 2.0.0 Ok: queued as %s\r\n250 2.0.0 Ok\r\n", f->k.last_key);
+    expect(f, want);
+    /* A duplicate report finds nothing. */
+    fe_server_submitted(&f->srv, f->k.last_id, 0, NULL);
+    expect(f, "");
+}
+
+static void test_report_error_gives_451(void **state)
+{
+    struct fixture *f = *state;
+    char *o;
+
+    greet(f);
+    send_str(f, "MAIL FROM:<>\r\nRCPT TO:<postmaster>\r\nDATA\r\nx\r\n.\r\n");
+    free(output(f));
+    fe_server_submitted(&f->srv, f->k.last_id, MS_ETIMEOUT, "Local: Message timed out");
+    o = output(f);
+    assert_memory_equal(o, "451 4.3.0 ", 10);
+    free(o);
+    /* The session goes on. */
+    send_str(f, "RSET\r\n");
+    expect(f, "250 2.0.0 Ok\r\n");
+}
+
+static void test_submit_failure(void **state)
+{
+    struct fixture *f = *state;
+    char *o;
+
+    greet(f);
+    f->k.fail = MS_EAGAIN;
+    send_str(f, "MAIL FROM:<>\r\nRCPT TO:<u@mailstream.test>\r\nDATA\r\nx\r\n.\r\nNOOP\r\n");
+    o = output(f);
+    assert_non_null(strstr(o, "354 End data"));
+    assert_non_null(strstr(o, "\r\n451 4.3.0 Queue unavailable"));
+    assert_non_null(strstr(o, "\r\n250 2.0.0 Ok\r\n")); /* the NOOP */
+    free(o);
+    f->k.fail = MS_ETOOBIG;
+    send_str(f, "MAIL FROM:<>\r\nRCPT TO:<u@mailstream.test>\r\nDATA\r\nx\r\n.\r\n");
+    o = output(f);
+    assert_non_null(strstr(o, "\r\n552 5.3.4 "));
+    free(o);
+}
+
+static void test_gone_before_report(void **state)
+{
+    struct fixture *f = *state;
+
+    greet(f);
+    send_str(f, "MAIL FROM:<>\r\nRCPT TO:<u@mailstream.test>\r\nDATA\r\nx\r\n.\r\n");
+    free(output(f));
+    /* The client hangs up while we wait for Kafka. */
+    f->t->cb.on_error(f->t->arg, MS_ECLOSED);
+    uv_run(&f->loop, UV_RUN_DEFAULT);
+    assert_true(fe_server_idle(&f->srv));
+    /* The report, when it comes, finds nobody and harms nobody. */
+    fe_server_submitted(&f->srv, f->k.last_id, 0, NULL);
+    f->t = NULL;
+}
+
+static void test_limits_and_errors(void **state)
+{
+    struct fixture *f = *state;
+    char big[700];
+    char *o;
+
+    greet(f);
+    send_str(f, "MAIL FROM:<a@b.example> SIZE=20000\r\n");
+    expect(f, "552 5.3.4 Message size exceeds fixed maximum message size\r\n");
+    send_str(f, "MAIL FROM:<a@b.example>\r\nRCPT TO:<a@mailstream.test>\r\n"
+                "RCPT TO:<b@mailstream.test>\r\nRCPT TO:<c@mailstream.test>\r\n");
+    expect(f, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n452 4.5.3 Too many recipients\r\n");
+    /* A command line over 512 octets, split across reads. */
+    memset(big, 'x', sizeof(big));
+    memcpy(big, "NOOP ", 5);
+    fe_transport_mem_input(f->t, big, 300);
+    expect(f, "");
+    fe_transport_mem_input(f->t, big, sizeof(big));
+    send_str(f, "\r\nNOOP\r\n");
+    expect(f, "500 5.5.2 Line too long\r\n250 2.0.0 Ok\r\n");
+    /* max_errors = 5: one error so far. */
+    send_str(f, "X\r\nX\r\nX\r\nX\r\nNOOP\r\n");
+    o = output(f);
+    assert_non_null(strstr(o, "500 5.5.1 Error: command not recognized\r\n421 4.7.0 mx.test "));
+    assert_null(strstr(o, "250 2.0.0 Ok")); /* nothing after the 421 */
+    free(o);
+}
+
+static void test_drain(void **state)
+{
+    struct fixture *f = *state;
+    char *o;
+
+    greet(f);
+    send_str(f, "MAIL FROM:<>\r\nRCPT TO:<u@mailstream.test>\r\nDATA\r\nx\r\n.\r\nNOOP\r\n");
+    free(output(f));
+    fe_server_drain(&f->srv);
+    expect(f, ""); /* in flight: left alone */
+    fe_server_submitted(&f->srv, f->k.last_id, 0, NULL);
+    o = output(f);
+    assert_memory_equal(o, "250 2.0.0 Ok: queued as ", 24);
+    assert_non_null(strstr(o, "\r\n421 4.3.2 mx.test Service shutting down"));
+    assert_null(strstr(o, "250 2.0.0 Ok\r\n")); /* the NOOP is not run */
+    free(o);
+    uv_run(&f->loop, UV_RUN_DEFAULT);
+    assert_true(fe_server_idle(&f->srv));
+    f->t = NULL;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_pipelining_waits_for_report, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_report_error_gives_451, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_submit_failure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gone_before_report, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_limits_and_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_drain, setup, teardown),
+    };
+
+    ms_log_init("test", MS_LOG_WARN);
+    fe_metrics_register(&metrics);
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
