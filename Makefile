@@ -96,8 +96,9 @@ asan:
 	    SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
 	    all unit integration
 
-# libFuzzer targets (clang); fuzz-smoke runs each over its seed corpus and a
-# fixed number of generated inputs so the targets keep building and running.
+# libFuzzer targets (clang).  fuzz-smoke (part of `make test`) runs each over
+# its seed corpus and a fixed number of generated inputs, so the targets keep
+# building and running; `make fuzz` runs each for a bounded time.
 FUZZ_BINS := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(FUZZ_SRC))
 FUZZ_RUNS ?= 20000
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -Ilib/core -Ilib/mail -Icluster -I$(BUILD)/gen \
@@ -116,7 +117,14 @@ build-fuzz/libfuzz.a: $(FUZZ_OBJS)
 build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c build-fuzz/libfuzz.a
 	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $^ $(LDLIBS_ALL)
 
+# `make fuzz`: each target for FUZZ_SECONDS (not part of `make test`).
+FUZZ_SECONDS ?= 60
 fuzz: $(FUZZ_BINS)
+	@set -e; for f in $(FUZZ_BINS); do \
+	    n=$$(basename $$f); mkdir -p build-fuzz/corpus-$$n; \
+	    echo "== $$n ($(FUZZ_SECONDS) s)"; \
+	    $$f -max_total_time=$(FUZZ_SECONDS) build-fuzz/corpus-$$n tests/fuzz/corpus/$$n 2>&1 | tail -1; \
+	done
 
 fuzz-smoke: $(FUZZ_BINS)
 	@set -e; for f in $(FUZZ_BINS); do \
