@@ -24,7 +24,7 @@ obj        = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 LIB_A     := $(BUILD)/libmailstream.a
 FE_A      := $(BUILD)/libfrontend.a
 WK_A      := $(BUILD)/libworker.a
-BINS      := $(BUILD)/mailstream-frontend $(BUILD)/mailstream-worker
+BINS      := $(BUILD)/mailstream-frontend $(BUILD)/mailstream-worker $(BUILD)/mailstream-ctl
 
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
@@ -71,6 +71,9 @@ $(BUILD)/mailstream-frontend: $(call obj,frontend/main.c) $(FE_A) $(LIB_A)
 	$(CC) $(OPT) $(SAN) -o $@ $^ $(LDLIBS_ALL)
 
 $(BUILD)/mailstream-worker: $(call obj,worker/main.c) $(WK_A) $(LIB_A)
+	$(CC) $(OPT) $(SAN) -o $@ $^ $(LDLIBS_ALL)
+
+$(BUILD)/mailstream-ctl: $(call obj,ctl/main.c) $(LIB_A)
 	$(CC) $(OPT) $(SAN) -o $@ $^ $(LDLIBS_ALL)
 
 $(BUILD)/tests/%: $(call obj,tests/unit/%.c) $(FE_A) $(WK_A) $(LIB_A)
@@ -134,7 +137,7 @@ fuzz-smoke: $(FUZZ_BINS)
 	done
 
 fmt:
-	clang-format -i $(wildcard lib/*/*.[ch] cluster/*.[ch] frontend/*.[ch] worker/*.[ch] tests/unit/*.c tests/fuzz/*.c)
+	clang-format -i $(wildcard lib/*/*.[ch] cluster/*.[ch] frontend/*.[ch] worker/*.[ch] ctl/*.[ch] tests/unit/*.c tests/fuzz/*.c)
 
 clean:
 	rm -rf build build-asan build-fuzz

@@ -698,3 +698,91 @@ void ms_consumer_free(ms_consumer *c)
     free(c->topic);
     free(c);
 }
+
+/* ---- administration ---- */
+
+int ms_kafka_create_topics(const struct ms_kafka_conf *kc, const struct ms_topic_spec *topics,
+                           size_t ntopics, const char *const *configs, size_t nconfigs,
+                           int timeout_ms, char *err, size_t errlen)
+{
+    rd_kafka_conf_t *conf = base_conf(kc);
+    rd_kafka_NewTopic_t **nt = ms_calloc(ntopics, sizeof(*nt));
+    rd_kafka_AdminOptions_t *opts = NULL;
+    rd_kafka_queue_t *q = NULL;
+    rd_kafka_event_t *ev = NULL;
+    const rd_kafka_CreateTopics_result_t *res;
+    const rd_kafka_topic_result_t **tr;
+    char num[32], key[128];
+    const char *eq;
+    rd_kafka_t *rk;
+    size_t i, j, n;
+    int ret = 0;
+
+    rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, errlen);
+    if (rk == NULL) {
+        rd_kafka_conf_destroy(conf);
+        free(nt);
+        return MS_ECONFIG;
+    }
+    snprintf(num, sizeof(num), "%d", MS_KAFKA_RECORD_MAX);
+    for (i = 0; i < ntopics; i++) {
+        nt[i] = rd_kafka_NewTopic_new(topics[i].name, topics[i].partitions,
+                                      topics[i].replication > 0 ? topics[i].replication : -1,
+                                      err, errlen);
+        if (nt[i] == NULL) {
+            ret = MS_EINVAL;
+            goto out;
+        }
+        rd_kafka_NewTopic_set_config(nt[i], "max.message.bytes", num);
+        for (j = 0; j < nconfigs; j++) {
+            if ((eq = strchr(configs[j], '=')) == NULL ||
+                (size_t)(eq - configs[j]) >= sizeof(key)) {
+                snprintf(err, errlen, "topic config \"%s\" is not key=value", configs[j]);
+                ret = MS_EINVAL;
+                goto out;
+            }
+            memcpy(key, configs[j], (size_t)(eq - configs[j]));
+            key[eq - configs[j]] = '\0';
+            rd_kafka_NewTopic_set_config(nt[i], key, eq + 1);
+        }
+    }
+    opts = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+    rd_kafka_AdminOptions_set_request_timeout(opts, timeout_ms, NULL, 0);
+    rd_kafka_AdminOptions_set_operation_timeout(opts, timeout_ms, NULL, 0);
+    q = rd_kafka_queue_new(rk);
+    rd_kafka_CreateTopics(rk, nt, ntopics, opts, q);
+    ev = rd_kafka_queue_poll(q, timeout_ms + 5000);
+    if (ev == NULL) {
+        snprintf(err, errlen, "no answer from %s within %d ms", kc->brokers, timeout_ms);
+        ret = MS_ETIMEOUT;
+        goto out;
+    }
+    if (rd_kafka_event_error(ev)) {
+        snprintf(err, errlen, "%s", rd_kafka_event_error_string(ev));
+        ret = MS_EUNAVAIL;
+        goto out;
+    }
+    res = rd_kafka_event_CreateTopics_result(ev);
+    tr = rd_kafka_CreateTopics_result_topics(res, &n);
+    for (i = 0; i < n; i++) {
+        rd_kafka_resp_err_t e = rd_kafka_topic_result_error(tr[i]);
+        if (e != RD_KAFKA_RESP_ERR_NO_ERROR && e != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
+            snprintf(err, errlen, "%s: %s", rd_kafka_topic_result_name(tr[i]),
+                     rd_kafka_topic_result_error_string(tr[i]));
+            ret = MS_EIO;
+        }
+    }
+out:
+    if (ev)
+        rd_kafka_event_destroy(ev);
+    if (q)
+        rd_kafka_queue_destroy(q);
+    if (opts)
+        rd_kafka_AdminOptions_destroy(opts);
+    for (i = 0; i < ntopics; i++)
+        if (nt[i])
+            rd_kafka_NewTopic_destroy(nt[i]);
+    free(nt);
+    rd_kafka_destroy(rk);
+    return ret;
+}

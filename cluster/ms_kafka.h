@@ -95,4 +95,20 @@ int ms_consumer_in_flight(ms_consumer *c);
  * freed without storing their offsets.  Blocks: shutdown only. */
 void ms_consumer_free(ms_consumer *c);
 
+/* ---- administration ---- */
+
+struct ms_topic_spec {
+    const char *name;
+    int partitions;
+    int replication;   /* 0: the broker's default */
+};
+
+/* Create the topics that do not exist yet (existing ones are left alone),
+ * each with max.message.bytes = MS_KAFKA_RECORD_MAX and the extra topic
+ * configs given as "key=value" strings.  Synchronous: for tools and start-up,
+ * never on a loop that serves clients.  Returns 0 or MS_E* with err set. */
+int ms_kafka_create_topics(const struct ms_kafka_conf *conf, const struct ms_topic_spec *topics,
+                           size_t ntopics, const char *const *configs, size_t nconfigs,
+                           int timeout_ms, char *err, size_t errlen);
+
 #endif
