@@ -1001,6 +1001,9 @@ class Cluster:
             sections[f"listener.{lname}"] = {"listen": listen, "role": role}
         sections["kafka"] = {"brokers": s.kafka_brokers, "topic": s.topic}
         sections["redis"] = {"host": HOST, "port": s.redis_port}
+        # Rate-limit buckets per cluster (tests share one Redis and all
+        # connect from 127.0.0.1).
+        sections["ratelimit"] = {"key_prefix": f"ms:rl:{s.topic}:"}
         return render_ini(merge_sections(sections, s.frontend_extra))
 
     def worker_config(self, index: int, metrics: str) -> str:

@@ -86,3 +86,15 @@ int fe_domain_match(char *const *domains, size_t n, const char *domain)
             return 1;
     return 0;
 }
+
+int fe_addr_routing(const char *addr)
+{
+    const char *at = strrchr(addr, '@'), *p;
+
+    if (at == NULL)
+        return 0;
+    for (p = addr; p < at; p++)
+        if (*p == '%' || *p == '!' || *p == '@')
+            return 1;
+    return 0;
+}

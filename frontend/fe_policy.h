@@ -20,6 +20,13 @@ int fe_cidr_parse(const char *s, struct fe_cidr *c);
 /* 1 when sa (IPv4, IPv6 or IPv4-mapped IPv6) lies in one of the n networks. */
 int fe_cidr_match(const struct fe_cidr *nets, size_t n, const struct sockaddr *sa);
 
+/* 1 when the local part of a mailbox routes mail on by itself: a %-hack
+ * ("u%other.example@ours"), a UUCP !-path ("other!u@ours") or a quoted
+ * local part hiding an address ("\"u@other.example\"@ours").  Mail for an
+ * accepted domain with such a local part could be relayed by whatever reads
+ * it next, so it needs AUTH or a trusted network like any relaying. */
+int fe_addr_routing(const char *addr);
+
 /* 1 when `domain` equals one of the n names, ignoring ASCII case. */
 int fe_domain_match(char *const *domains, size_t n, const char *domain);
 

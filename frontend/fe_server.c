@@ -19,6 +19,19 @@
 
 /* ---- settings ---- */
 
+int fe__config_bool(const char *v, int *out)
+{
+    if (strcasecmp(v, "yes") == 0 || strcasecmp(v, "true") == 0 || strcmp(v, "1") == 0 ||
+        strcasecmp(v, "on") == 0)
+        *out = 1;
+    else if (strcasecmp(v, "no") == 0 || strcasecmp(v, "false") == 0 || strcmp(v, "0") == 0 ||
+             strcasecmp(v, "off") == 0 || *v == '\0')
+        *out = 0;
+    else
+        return MS_ECONFIG;
+    return 0;
+}
+
 static int get_u64(const ms_config *cfg, const char *sec, const char *key, int64_t def,
                    int64_t min, int64_t max, uint64_t *out, char *err, size_t errlen)
 {
@@ -33,8 +46,37 @@ static int get_u64(const ms_config *cfg, const char *sec, const char *key, int64
     return 0;
 }
 
+/* Config key and default of each enum fe_rate_kind, in order. */
+static const char *const rate_keys[FE_RATE_COUNT] = {
+    "connections_per_ip", "messages_per_user",    "messages_per_domain",
+    "recipients_per_client", "auth_failures_per_ip", "auth_failures_per_user",
+};
+static const char *const rate_defaults[FE_RATE_COUNT] = {"0", "0", "0", "0", "30/10m", "10/10m"};
+static const char *const local_limit_names[FE_LIMIT_COUNT - FE_RATE_COUNT] = {
+    "max_connections", "max_connections_per_ip", "max_commands", "max_pending_messages"};
+
+const char *fe_limit_name(int limit)
+{
+    if (limit >= 0 && limit < FE_RATE_COUNT)
+        return rate_keys[limit];
+    if (limit >= FE_RATE_COUNT && limit < FE_LIMIT_COUNT)
+        return local_limit_names[limit - FE_RATE_COUNT];
+    return "?";
+}
+
+int fe_settings_need_redis(const struct fe_settings *set)
+{
+    int i;
+
+    for (i = 0; i < FE_RATE_COUNT; i++)
+        if (set->rates[i].n > 0)
+            return 1;
+    return set->refuse_suppressed;
+}
+
 int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, size_t errlen)
 {
+    const char *v;
     static char host[256];
     char *copy, *items[FE_TRUSTED_NETWORKS_MAX > FE_ACCEPTED_DOMAINS_MAX
                            ? FE_TRUSTED_NETWORKS_MAX
@@ -90,6 +132,55 @@ int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, s
         }
     set->ntrusted = n;
     free(copy);
+
+    copy = ms_strdup(ms_config_get(cfg, "smtp", "proxy_trusted_networks", ""));
+    n = ms_config_split_list(copy, items, FE_TRUSTED_NETWORKS_MAX);
+    set->proxy_trusted = ms_calloc(n ? n : 1, sizeof(*set->proxy_trusted));
+    for (i = 0; i < n; i++)
+        if (fe_cidr_parse(items[i], &set->proxy_trusted[i]) < 0) {
+            snprintf(err, errlen, "[smtp] proxy_trusted_networks: bad network \"%s\"", items[i]);
+            free(copy);
+            return MS_ECONFIG;
+        }
+    set->nproxy_trusted = n;
+    free(copy);
+
+    if (get_u64(cfg, "smtp", "max_connections", FE_MAX_CONNECTIONS_DEF, 1, 10000000,
+                &set->max_connections, err, errlen) < 0 ||
+        get_u64(cfg, "smtp", "max_connections_per_ip", FE_MAX_CONN_PER_IP_DEF, 1, 10000000,
+                &set->max_connections_per_ip, err, errlen) < 0 ||
+        get_u64(cfg, "smtp", "max_commands", FE_MAX_COMMANDS_DEF, 10, 100000000,
+                &set->max_commands, err, errlen) < 0 ||
+        get_u64(cfg, "smtp", "max_pending_messages", FE_MAX_PENDING_DEF, 1, 10000000,
+                &set->max_pending, err, errlen) < 0 ||
+        get_u64(cfg, "ratelimit", "timeout_ms", FE_RL_TIMEOUT_DEF, 10, 600000,
+                &set->rl_timeout_ms, err, errlen) < 0)
+        return MS_ECONFIG;
+    for (i = 0; i < FE_RATE_COUNT; i++) {
+        v = ms_config_get(cfg, "ratelimit", rate_keys[i], rate_defaults[i]);
+        if (fe_rate_parse(v, &set->rates[i]) < 0) {
+            snprintf(err, errlen, "[ratelimit] %s: want N/PERIOD (e.g. 100/1h) or 0, not \"%s\"",
+                     rate_keys[i], v);
+            return MS_ECONFIG;
+        }
+    }
+    set->rl_prefix = ms_config_get(cfg, "ratelimit", "key_prefix", "ms:rl:");
+    v = ms_config_get(cfg, "ratelimit", "redis_failure", "open");
+    if (strcmp(v, "open") == 0)
+        set->rl_fail_closed = 0;
+    else if (strcmp(v, "closed") == 0)
+        set->rl_fail_closed = 1;
+    else {
+        snprintf(err, errlen, "[ratelimit] redis_failure: want open or closed");
+        return MS_ECONFIG;
+    }
+    if (fe__config_bool(ms_config_get(cfg, "smtp", "refuse_suppressed", "no"),
+                        &set->refuse_suppressed) < 0) {
+        snprintf(err, errlen, "[smtp] refuse_suppressed: want yes or no");
+        return MS_ECONFIG;
+    }
+    /* worker/delivery.c suppress_key(): the same key, lower-cased. */
+    set->suppress_prefix = "ms:suppress:";
     return 0;
 }
 
@@ -101,6 +192,7 @@ void fe_settings_free(struct fe_settings *set)
         free(set->accepted_domains[i]);
     free(set->accepted_domains);
     free(set->trusted);
+    free(set->proxy_trusted);
     memset(set, 0, sizeof(*set));
 }
 
@@ -135,6 +227,34 @@ void fe_metrics_register(struct fe_metrics *m)
                                  "TLS handshakes, by result.", "result=\"failed\"");
     m->timeouts = ms_counter_new("mailstream_smtp_timeouts_total",
                                  "Sessions closed for idling too long.", NULL);
+    m->proxy_ok = ms_counter_new("mailstream_smtp_proxy_headers_total",
+                                 "PROXY protocol headers on proxy listeners, by result.",
+                                 "result=\"ok\"");
+    m->proxy_bad = ms_counter_new("mailstream_smtp_proxy_headers_total",
+                                  "PROXY protocol headers on proxy listeners, by result.",
+                                  "result=\"malformed\"");
+    m->proxy_untrusted = ms_counter_new("mailstream_smtp_proxy_headers_total",
+                                        "PROXY protocol headers on proxy listeners, by result.",
+                                        "result=\"untrusted_peer\"");
+    for (v = 0; v < FE_LIMIT_COUNT; v++) {
+        snprintf(labels, sizeof(labels), "limit=\"%s\"", fe_limit_name(v));
+        m->limit_hits[v] = ms_counter_new("mailstream_smtp_limit_hits_total",
+                                          "Connections, commands and messages refused by a "
+                                          "named limit or rate limit.",
+                                          labels);
+    }
+    m->rl_redis_open = ms_counter_new("mailstream_smtp_ratelimit_redis_failures_total",
+                                      "Rate-limit or suppression checks Redis could not answer, "
+                                      "by what was done ([ratelimit] redis_failure).",
+                                      "action=\"allowed\"");
+    m->rl_redis_closed = ms_counter_new("mailstream_smtp_ratelimit_redis_failures_total",
+                                        "Rate-limit or suppression checks Redis could not "
+                                        "answer, by what was done ([ratelimit] redis_failure).",
+                                        "action=\"refused\"");
+    m->suppressed = ms_counter_new("mailstream_smtp_suppressed_recipients_total",
+                                   "Recipients refused at RCPT because they are on the "
+                                   "suppression list.",
+                                   NULL);
     m->queue_latency = ms_histogram_new(
         "mailstream_smtp_queue_latency_seconds",
         "From the end of DATA to the Kafka delivery report.", NULL, ms_latency_buckets,
@@ -161,6 +281,17 @@ void fe_server_init(struct fe_server *srv, uv_loop_t *loop)
     srv->submit_arg = srv;
     fe_idmap_init(&srv->sessions);
     fe_idmap_init(&srv->pending);
+    fe_idmap_init(&srv->policy);
+    fe_idmap_init(&srv->per_ip);
+}
+
+void fe_server_policy_result(void *arg, uint64_t id, int result)
+{
+    struct fe_server *srv = arg;
+    struct fe_session *s = fe_idmap_del(&srv->policy, id);
+
+    if (s != NULL) /* else: the session is gone, or it stopped waiting */
+        fe_session_policy(s, result);
 }
 
 static void on_connection(uv_stream_t *server, int status)
@@ -207,9 +338,10 @@ static int open_listener(struct fe_listener *l, char *err, size_t errlen)
         snprintf(err, errlen, "[listener.%s] %s: %s", l->name, l->listen, uv_strerror(r));
         return MS_EIO;
     }
-    ms_info("event=listening listener=%s listen=%s role=%s", l->name, l->listen,
+    ms_info("event=listening listener=%s listen=%s role=%s proxy=%s", l->name, l->listen,
             l->role == FE_ROLE_MX ? "mx" : l->role == FE_ROLE_SUBMISSION ? "submission"
-                                                                         : "submissions");
+                                                                         : "submissions",
+            l->proxy ? "yes" : "no");
     return 0;
 }
 
@@ -249,6 +381,14 @@ int fe_server_listen(struct fe_server *srv, const ms_config *cfg, char *err, siz
             snprintf(err, errlen, "[%s] role: want mx, submission or submissions", names[i]);
             return MS_ECONFIG;
         }
+        if ((r = fe__config_bool(ms_config_get(cfg, names[i], "proxy", "no"), &l->proxy)) < 0) {
+            snprintf(err, errlen, "[%s] proxy: want yes or no", names[i]);
+            return MS_ECONFIG;
+        }
+        if (l->proxy && srv->set.nproxy_trusted == 0)
+            ms_warn("event=config_warning listener=%s reason=\"proxy = yes without "
+                    "[smtp] proxy_trusted_networks: every connection will be refused\"",
+                    l->name);
         if (l->role != FE_ROLE_MX && srv->tls == NULL) {
             snprintf(err, errlen, "[%s] role %s needs [smtp] tls_cert and tls_key", names[i],
                      role);
@@ -276,6 +416,15 @@ void fe_server_submitted(void *arg, uint64_t id, int err, const char *errstr)
         return;
     }
     fe_session_queued(s, err, errstr);
+    /* Back-pressure over: let paused sessions read again. */
+    if (srv->overloaded && srv->pending.count < srv->set.max_pending) {
+        struct fe_session *x;
+
+        srv->overloaded = 0;
+        ms_info("event=backpressure_off pending=%zu", srv->pending.count);
+        for (x = srv->head; x; x = fe_session_next(x))
+            fe_session_resume(x);
+    }
 }
 
 static void listener_closed(uv_handle_t *h)
@@ -330,5 +479,7 @@ void fe_server_free(struct fe_server *srv)
     free(srv->listeners);
     fe_idmap_free(&srv->sessions);
     fe_idmap_free(&srv->pending);
+    fe_idmap_free(&srv->policy);
+    fe_idmap_free(&srv->per_ip);
     fe_settings_free(&srv->set);
 }

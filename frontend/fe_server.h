@@ -23,10 +23,13 @@
 #include "fe_auth.h"
 #include "fe_idmap.h"
 #include "fe_policy.h"
+#include "fe_proxy.h"
+#include "fe_ratelimit.h"
 #include "fe_transport.h"
 #include "ms_config.h"
 #include "ms_kafka.h"
 #include "ms_metrics.h"
+#include "ms_redis.h"
 #include "smtp_parse.h"
 
 /* Named limits and their defaults ([smtp] keys in parentheses). */
@@ -38,16 +41,43 @@
 #define FE_INPUT_MAX (256 * 1024)  /* unprocessed input held per session: 421 4.7.0 */
 #define FE_OUTPUT_MAX (64 * 1024)  /* unsent replies: stop reading until drained */
 #define FE_ENVELOPE_HEADROOM (1024 * 1024) /* Kafka record = message + envelope */
+#define FE_MAX_CONNECTIONS_DEF 10000   /* (max_connections) 421 4.7.0 */
+#define FE_MAX_CONN_PER_IP_DEF 50      /* (max_connections_per_ip) 421 4.7.0 */
+#define FE_MAX_COMMANDS_DEF 100000     /* (max_commands) per session: 421 4.7.0 */
+#define FE_MAX_PENDING_DEF 2000        /* (max_pending_messages) awaiting Kafka: back-pressure */
+#define FE_RL_TIMEOUT_DEF 2000         /* ms ([ratelimit] timeout_ms) then as if Redis were down */
 #define FE_ACCEPTED_DOMAINS_MAX 1024
 #define FE_TRUSTED_NETWORKS_MAX 1024
 
 enum fe_role { FE_ROLE_MX, FE_ROLE_SUBMISSION, FE_ROLE_SUBMISSIONS };
+
+/* The rate limits in Redis ([ratelimit] keys, fe_ratelimit.h). */
+enum fe_rate_kind {
+    FE_RATE_CONN_IP,       /* connections_per_ip: 421 4.7.0 */
+    FE_RATE_MSG_USER,      /* messages_per_user (authenticated): 451 4.7.1 at MAIL */
+    FE_RATE_MSG_DOMAIN,    /* messages_per_domain (sender domain): 451 4.7.1 at MAIL */
+    FE_RATE_RCPT_CLIENT,   /* recipients_per_client (user, else IP): 451 4.7.1 at RCPT */
+    FE_RATE_AUTHFAIL_IP,   /* auth_failures_per_ip: 454 4.7.0 */
+    FE_RATE_AUTHFAIL_USER, /* auth_failures_per_user: 454 4.7.0 */
+    FE_RATE_COUNT
+};
+
+/* Every named limit, for the limit-hit metric. */
+enum fe_limit {
+    FE_LIMIT_CONNECTIONS = FE_RATE_COUNT, /* max_connections */
+    FE_LIMIT_CONN_PER_IP,                 /* max_connections_per_ip */
+    FE_LIMIT_COMMANDS,                    /* max_commands */
+    FE_LIMIT_BACKPRESSURE,                /* max_pending_messages */
+    FE_LIMIT_COUNT
+};
+const char *fe_limit_name(int limit);
 
 struct fe_listener {
     struct fe_server *srv;
     char *name;
     char *listen;
     enum fe_role role;
+    int proxy; /* a PROXY protocol header comes first (fe_proxy.h) */
     uv_tcp_t tcp;
     int open;
 };
@@ -66,6 +96,16 @@ struct fe_settings {
     size_t naccepted;
     struct fe_cidr *trusted;
     size_t ntrusted;
+    struct fe_cidr *proxy_trusted; /* peers allowed to send a PROXY header */
+    size_t nproxy_trusted;
+    /* 0 (only outside the config, e.g. tests): no limit. */
+    uint64_t max_connections, max_connections_per_ip, max_commands, max_pending;
+    struct fe_rate rates[FE_RATE_COUNT];
+    const char *rl_prefix;       /* [ratelimit] key_prefix */
+    int rl_fail_closed;          /* [ratelimit] redis_failure = closed */
+    uint64_t rl_timeout_ms;
+    int refuse_suppressed;       /* [smtp] refuse_suppressed */
+    const char *suppress_prefix; /* the worker's ms:suppress: */
 };
 
 struct fe_metrics {
@@ -77,6 +117,10 @@ struct fe_metrics {
     ms_counter *auth_ok, *auth_fail;
     ms_counter *tls_ok, *tls_fail;
     ms_counter *timeouts;
+    ms_counter *proxy_ok, *proxy_bad, *proxy_untrusted;
+    ms_counter *limit_hits[FE_LIMIT_COUNT];
+    ms_counter *rl_redis_open, *rl_redis_closed; /* Redis failed: let through / refused */
+    ms_counter *suppressed;
     ms_histogram *queue_latency;
 };
 
@@ -98,6 +142,12 @@ struct fe_server {
     struct fe_session *head;   /* every live session */
     struct fe_idmap sessions;  /* session id -> session */
     struct fe_idmap pending;   /* transaction id -> session awaiting its report */
+    struct fe_idmap policy;    /* rate-limit request id -> session awaiting Redis */
+    struct fe_idmap per_ip;    /* hash of a client address -> open connections */
+    uint64_t nconns;           /* sessions admitted and open */
+    int overloaded;            /* pending >= max_pending: sessions in DATA paused */
+    ms_redis *redis;           /* NULL: no limits and no suppression in Redis */
+    struct fe_rl *rl;
     uint64_t next_id;
     int draining;
     struct fe_metrics m;
@@ -107,6 +157,8 @@ struct fe_server {
  * MS_ECONFIG with the reason in err. */
 int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, size_t errlen);
 void fe_settings_free(struct fe_settings *set);
+/* "yes"/"no" (also true/false, on/off, 1/0; empty is no).  0 or MS_ECONFIG. */
+int fe__config_bool(const char *v, int *out);
 
 void fe_metrics_register(struct fe_metrics *m);
 
@@ -114,6 +166,10 @@ void fe_metrics_register(struct fe_metrics *m);
 void fe_server_init(struct fe_server *srv, uv_loop_t *loop);
 /* Bind and listen for every [listener.*] section.  0 or a negative code. */
 int fe_server_listen(struct fe_server *srv, const ms_config *cfg, char *err, size_t errlen);
+/* The outcome of rate-limit request `id` (fe_rl_cb signature). */
+void fe_server_policy_result(void *arg, uint64_t id, int result);
+/* 1 when some [ratelimit] limit or refuse_suppressed needs Redis. */
+int fe_settings_need_redis(const struct fe_settings *set);
 /* The delivery report of transaction `id` (ms_produce_cb signature). */
 void fe_server_submitted(void *arg, uint64_t id, int err, const char *errstr);
 /* SIGTERM: stop accepting, let sessions finish their transactions, answer
@@ -132,6 +188,10 @@ struct fe_session *fe_session_new(struct fe_server *srv, struct fe_listener *l,
                                   struct fe_transport *t);
 /* The report for the session's pending transaction. */
 void fe_session_queued(struct fe_session *s, int err, const char *errstr);
+/* The answer to the session's rate-limit / suppression request. */
+void fe_session_policy(struct fe_session *s, int result);
+/* Back-pressure is over: read again if the session stopped for it. */
+void fe_session_resume(struct fe_session *s);
 /* Shutting down: answer 421 4.3.2 now unless a transaction is in flight. */
 void fe_session_drain(struct fe_session *s);
 /* Grace period over: 421 4.3.2 and close, whatever the state. */

@@ -33,6 +33,7 @@
 #include <time.h>
 
 enum fe_state {
+    FE_ST_PROXY,      /* proxy listener: waiting for the PROXY header */
     FE_ST_TLS_WAIT,   /* implicit TLS: handshake before the banner */
     FE_ST_CONNECTED,  /* banner sent, no HELO/EHLO yet */
     FE_ST_READY,      /* greeted, no transaction */
@@ -43,15 +44,35 @@ enum fe_state {
     FE_ST_AUTH,       /* reading SASL responses */
     FE_ST_AUTH_CHECK, /* crypt(3) running on the thread pool */
     FE_ST_STARTTLS,   /* TLS handshake after STARTTLS */
+    FE_ST_POLICY,     /* waiting for Redis: rate limits, suppression */
     FE_ST_CLOSING
 };
 
 static const char *const state_names[] = {
-    "tls_wait", "connected", "ready", "mail", "rcpt", "data",
-    "queueing", "auth",      "auth_check", "starttls", "closing",
+    "proxy",    "tls_wait", "connected", "ready", "mail", "rcpt", "data",
+    "queueing", "auth",      "auth_check", "starttls", "policy", "closing",
 };
 
 enum fe_sasl { SASL_NONE, SASL_PLAIN, SASL_LOGIN_USER, SASL_LOGIN_PASS };
+
+struct auth_job;
+
+/* What a session waits for Redis about, and what it needs to go on. */
+enum fe_wait_kind { W_CONN, W_MAIL, W_RCPT, W_AUTH };
+
+struct fe_wait {
+    enum fe_wait_kind kind;
+    uint64_t req;        /* id in srv->policy */
+    enum fe_state prev;  /* state to return to */
+    struct fe_rl_check c;
+    enum fe_rate_kind kinds[FE_RL_BUCKETS_MAX]; /* of each bucket in c */
+    char path[FE_SMTP_PATH_MAX + 1];
+    struct fe_mail_params mp;  /* W_MAIL */
+    unsigned notify;           /* W_RCPT */
+    char orcpt[FE_SMTP_ORCPT_MAX + 1];
+    int accepted;
+    struct auth_job *job;      /* W_AUTH */
+};
 
 struct fe_rcpt {
     char *addr;
@@ -84,8 +105,10 @@ struct fe_session {
     struct ms_buf in, out;
     uv_timer_t timer;
     int handles; /* transport + timer still open */
-    char ip[INET6_ADDRSTRLEN + 8];
+    char ip[INET6_ADDRSTRLEN + 8]; /* the real client (after PROXY) */
     int port;
+    struct sockaddr_storage client;
+    char proxy_peer[INET6_ADDRSTRLEN + 8]; /* the balancer, "" without PROXY */
     int trusted;
     char helo[FE_SMTP_HELO_MAX + 1];
     int esmtp;
@@ -95,9 +118,13 @@ struct fe_session {
     uint64_t errors;
     int skip_line; /* discarding an overlong line through its LF */
     uint64_t ntx;
+    uint64_t ncommands;
+    struct fe_wait *wait; /* while FE_ST_POLICY */
+    uint64_t ip_key;      /* srv->per_ip key once counted, else 0 */
 };
 
 void fe__session_process(struct fe_session *s);
+static void proxy_input(struct fe_session *s);
 
 /* ---- helpers ---- */
 
@@ -119,7 +146,7 @@ static int busy(const struct fe_session *s)
 {
     return s->state == FE_ST_QUEUEING || s->state == FE_ST_AUTH_CHECK ||
            s->state == FE_ST_STARTTLS || s->state == FE_ST_TLS_WAIT ||
-           s->state == FE_ST_CLOSING;
+           s->state == FE_ST_POLICY || s->state == FE_ST_CLOSING;
 }
 
 static void reply(struct fe_session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -141,7 +168,10 @@ static void update_reading(struct fe_session *s)
 
     if (s->state == FE_ST_CLOSING)
         return;
+    /* Back-pressure: while too many messages wait for Kafka, sessions in
+     * DATA stop reading instead of buffering more message octets. */
     want = s->state != FE_ST_QUEUEING && s->state != FE_ST_AUTH_CHECK &&
+           s->state != FE_ST_POLICY && !(s->state == FE_ST_DATA && s->srv->overloaded) &&
            s->in.len < FE_INPUT_MAX && fe_transport_pending(s->t) < FE_OUTPUT_MAX;
     if (want && !s->t->reading)
         fe_transport_read_start(s->t);
@@ -209,6 +239,10 @@ static void drain_if_needed(struct fe_session *s)
 {
     if (!s->srv->draining || s->state == FE_ST_CLOSING)
         return;
+    if (s->state == FE_ST_PROXY) { /* not an SMTP client yet */
+        close_session(s);
+        return;
+    }
     if (s->state == FE_ST_CONNECTED || s->state == FE_ST_READY || s->state == FE_ST_MAIL ||
         s->state == FE_ST_RCPT) {
         reply(s, "421 4.3.2 %s Service shutting down, try again later",
@@ -292,9 +326,10 @@ static void log_tx(struct fe_session *s, const char *event, const char *extra)
 
     ms_log_quote(from, sizeof(from), tx->from, strlen(tx->from));
     ms_log_quote(helo, sizeof(helo), s->helo, strlen(s->helo));
-    ms_info("event=%s qid=%s sid=%llu client=%s port=%d helo=%s listener=%s tls=%s auth=%s "
+    ms_info("event=%s qid=%s sid=%llu client=%s port=%d%s%s helo=%s listener=%s tls=%s auth=%s "
             "from=%s nrcpt=%zu size=%zu direction=%s%s%s",
-            event, tx->qid, (unsigned long long)s->id, s->ip, s->port, helo, s->l->name,
+            event, tx->qid, (unsigned long long)s->id, s->ip, s->port,
+            s->proxy_peer[0] ? " proxy=" : "", s->proxy_peer, helo, s->l->name,
             s->t->tls ? s->t->tls_version : "none", s->auth_user[0] ? "yes" : "no", from,
             tx->nrcpts, tx->rd.size, (s->auth_user[0] || s->trusted) ? "outbound" : "inbound",
             extra ? " " : "", extra ? extra : "");
@@ -321,6 +356,7 @@ static int submit_tx(struct fe_session *s)
     cl.tls_cipher = s->t->tls ? s->t->tls_cipher : "";
     cl.auth_user = s->auth_user;
     cl.listener = s->l->name;
+    cl.proxy_peer_ip = s->proxy_peer;
     cl.listener_role = (char *)role_name(s->l->role);
     mf.address = tx->from;
     mf.body = tx->mp.body == FE_BODY_8BITMIME ? MAILSTREAM__BODY__BODY_8BITMIME
@@ -332,6 +368,7 @@ static int submit_tx(struct fe_session *s)
              : tx->mp.ret == FE_RET_HDRS ? MAILSTREAM__RET__RET_HDRS
                                          : MAILSTREAM__RET__RET_UNSPECIFIED;
     mf.envid = tx->mp.envid;
+    mf.requiretls = tx->mp.requiretls;
     rr = ms_calloc(tx->nrcpts, sizeof(*rr));
     rp = ms_calloc(tx->nrcpts, sizeof(*rp));
     for (i = 0; i < tx->nrcpts; i++) {
@@ -401,6 +438,12 @@ static void data_end(struct fe_session *s)
         return;
     }
     enter_state(s, FE_ST_QUEUEING);
+    if (!s->srv->overloaded && s->srv->set.max_pending &&
+        s->srv->pending.count >= s->srv->set.max_pending) {
+        s->srv->overloaded = 1;
+        ms_counter_inc(s->srv->m.limit_hits[FE_LIMIT_BACKPRESSURE]);
+        ms_warn("event=backpressure_on pending=%zu", s->srv->pending.count);
+    }
 }
 
 void fe_session_queued(struct fe_session *s, int err, const char *errstr)
@@ -437,6 +480,11 @@ void fe_session_queued(struct fe_session *s, int err, const char *errstr)
 }
 
 /* ---- commands ---- */
+
+static struct fe_wait *wait_new(enum fe_wait_kind kind, enum fe_rl_mode mode);
+static void add_rate(struct fe_session *s, struct fe_wait *w, enum fe_rate_kind kind,
+                     const char *what, const char *value);
+static void policy_run(struct fe_session *s, struct fe_wait *w);
 
 #define F_HELO 0x01  /* needs HELO/EHLO first */
 #define F_NOTX 0x02  /* not inside a mail transaction */
@@ -481,6 +529,8 @@ static void greet(struct fe_session *s, const struct fe_smtp_cmd *c, int esmtp)
         reply(s, "250-STARTTLS");
     if (s->srv->passwd && s->t->tls && !s->auth_user[0])
         reply(s, "250-AUTH PLAIN LOGIN");
+    if (s->t->tls) /* RFC 8689 4: only over TLS */
+        reply(s, "250-REQUIRETLS");
     reply(s, "250 ENHANCEDSTATUSCODES");
 }
 
@@ -492,7 +542,7 @@ static void cmd_mail(struct fe_session *s, const struct fe_smtp_cmd *c)
     struct fe_mail_params mp;
     const struct fe_passwd_entry *pe;
     const char *err = NULL;
-    struct fe_tx *tx;
+    struct fe_wait *w;
 
     if (fe_smtp_mail_params(c, &mp, &err) < 0) {
         reply_error(s, err);
@@ -504,6 +554,10 @@ static void cmd_mail(struct fe_session *s, const struct fe_smtp_cmd *c)
     }
     if (c->pathlen > 0 && !c->path_domain) {
         reply_error(s, "501 5.1.7 Sender address must contain a domain");
+        return;
+    }
+    if (mp.requiretls && !s->t->tls) {
+        reply_error(s, "530 5.7.10 REQUIRETLS needs a TLS connection");
         return;
     }
     if (mp.has_size && mp.size > s->srv->set.max_message_size) {
@@ -521,10 +575,26 @@ static void cmd_mail(struct fe_session *s, const struct fe_smtp_cmd *c)
             return;
         }
     }
+    /* Messages per authenticated user and per sender domain (Redis). */
+    w = wait_new(W_MAIL, FE_RL_TAKE);
+    memcpy(w->path, c->path, c->pathlen + 1);
+    w->mp = mp;
+    if (s->auth_user[0])
+        add_rate(s, w, FE_RATE_MSG_USER, "msg:user:", s->auth_user);
+    if (c->path_domain)
+        add_rate(s, w, FE_RATE_MSG_DOMAIN, "msg:dom:", fe_addr_domain(c->path));
+    policy_run(s, w);
+}
+
+/* MAIL passed every check: the transaction starts. */
+static void mail_accept(struct fe_session *s, const struct fe_wait *w)
+{
+    struct fe_tx *tx;
+
     tx = ms_calloc(1, sizeof(*tx));
     ms_queueid_new(tx->qid);
-    tx->from = ms_strndup(c->path, c->pathlen);
-    tx->mp = mp;
+    tx->from = ms_strdup(w->path);
+    tx->mp = w->mp;
     ms_buf_init(&tx->msg, 0);
     s->tx = tx;
     enter_state(s, FE_ST_MAIL);
@@ -537,6 +607,7 @@ static void cmd_rcpt(struct fe_session *s, const struct fe_smtp_cmd *c)
     struct fe_tx *tx = s->tx;
     struct fe_rcpt_params rp;
     const char *err = NULL;
+    struct fe_wait *w;
     int accepted;
 
     if (fe_smtp_rcpt_params(c, &rp, &err) < 0) {
@@ -564,8 +635,10 @@ static void cmd_rcpt(struct fe_session *s, const struct fe_smtp_cmd *c)
                                    fe_addr_domain(c->path));
     }
     /* No open relay (DESIGN.md): other domains need AUTH or a trusted
-     * network. */
-    if (!accepted && !s->trusted && !s->auth_user[0]) {
+     * network, and so do local parts that route on by themselves (%-hacks,
+     * !-paths, quoted addresses).  A source route was already dropped by
+     * the parser (RFC 5321 C), so only the final domain counts. */
+    if ((!accepted || fe_addr_routing(c->path)) && !s->trusted && !s->auth_user[0]) {
         char q[300];
         ms_log_quote(q, sizeof(q), c->path, c->pathlen);
         ms_info("event=relay_denied sid=%llu qid=%s client=%s rcpt=%s",
@@ -573,15 +646,36 @@ static void cmd_rcpt(struct fe_session *s, const struct fe_smtp_cmd *c)
         reply_error(s, "550 5.7.1 Relay not permitted");
         return;
     }
+    /* Recipients per client (Redis) and the suppression list (the
+     * worker's ms:suppress:<rcpt>), in one round trip. */
+    w = wait_new(W_RCPT, FE_RL_TAKE);
+    memcpy(w->path, c->path, c->pathlen + 1);
+    w->notify = rp.notify;
+    memcpy(w->orcpt, rp.orcpt, sizeof(w->orcpt));
+    w->accepted = accepted;
+    if (s->auth_user[0])
+        add_rate(s, w, FE_RATE_RCPT_CLIENT, "rcpt:user:", s->auth_user);
+    else
+        add_rate(s, w, FE_RATE_RCPT_CLIENT, "rcpt:ip:", s->ip);
+    if (set->refuse_suppressed && c->path_domain)
+        fe_rl_refuse_key(&w->c, set->suppress_prefix, c->path);
+    policy_run(s, w);
+}
+
+/* RCPT passed every check: the recipient joins the transaction. */
+static void rcpt_accept(struct fe_session *s, const struct fe_wait *w)
+{
+    struct fe_tx *tx = s->tx;
+
     if (tx->nrcpts == tx->caprcpts) {
         tx->caprcpts = tx->caprcpts ? tx->caprcpts * 2 : 4;
         tx->rcpts = ms_realloc(tx->rcpts, tx->caprcpts * sizeof(*tx->rcpts));
     }
-    tx->rcpts[tx->nrcpts].addr = ms_strndup(c->path, c->pathlen);
-    tx->rcpts[tx->nrcpts].notify = rp.notify;
-    tx->rcpts[tx->nrcpts].orcpt = ms_strdup(rp.orcpt);
+    tx->rcpts[tx->nrcpts].addr = ms_strdup(w->path);
+    tx->rcpts[tx->nrcpts].notify = w->notify;
+    tx->rcpts[tx->nrcpts].orcpt = ms_strdup(w->orcpt);
     tx->nrcpts++;
-    if (!accepted)
+    if (!w->accepted)
         tx->relayed = 1;
     enter_state(s, FE_ST_RCPT);
     reply(s, "250 2.1.5 Ok");
@@ -679,6 +773,10 @@ struct auth_job {
     int ok;
 };
 
+static void auth_job_free(struct auth_job *j);
+static void auth_failed_charge(struct fe_session *s, const char *user);
+static void on_timer(uv_timer_t *h);
+
 static void auth_work(uv_work_t *req)
 {
     struct auth_job *j = req->data;
@@ -705,6 +803,7 @@ static void auth_after(uv_work_t *req, int status)
             ms_info("event=auth_failed sid=%llu client=%s user=%s", (unsigned long long)s->id,
                     s->ip, q);
             ms_counter_inc(s->srv->m.auth_fail);
+            auth_failed_charge(s, j->user);
             reply_error(s, "535 5.7.8 Authentication credentials invalid");
         }
         arm_timer(s);
@@ -714,6 +813,11 @@ static void auth_after(uv_work_t *req, int status)
         }
         flush(s);
     }
+    auth_job_free(j);
+}
+
+static void auth_job_free(struct auth_job *j)
+{
     explicit_bzero(j->pass, sizeof(j->pass));
     if (j->hash) {
         explicit_bzero(j->hash, strlen(j->hash));
@@ -722,8 +826,37 @@ static void auth_after(uv_work_t *req, int status)
     free(j);
 }
 
+/* A failed AUTH costs a token from the client's and the user's buckets
+ * (nobody waits for the answer). */
+static void auth_failed_charge(struct fe_session *s, const char *user)
+{
+    struct fe_wait *w;
+
+    if (s->srv->rl == NULL)
+        return;
+    w = wait_new(W_AUTH, FE_RL_CHARGE);
+    add_rate(s, w, FE_RATE_AUTHFAIL_IP, "authf:ip:", s->ip);
+    add_rate(s, w, FE_RATE_AUTHFAIL_USER, "authf:user:", user);
+    if (fe_rl_check_needed(&w->c))
+        fe_rl_run(s->srv->rl, &w->c, 0);
+    free(w);
+}
+
+/* Past the AUTH failure limits: check the password on the thread pool. */
+static void auth_run(struct fe_session *s, struct auth_job *j)
+{
+    if (uv_queue_work(s->srv->loop, &j->req, auth_work, auth_after) < 0) {
+        auth_job_free(j);
+        enter_state(s, FE_ST_READY);
+        reply(s, "454 4.7.0 Temporary authentication failure");
+        return;
+    }
+    enter_state(s, FE_ST_AUTH_CHECK);
+}
+
 static void auth_check(struct fe_session *s, const char *user, const char *pass)
 {
+    struct fe_wait *w;
     struct auth_job *j = ms_calloc(1, sizeof(*j));
     const struct fe_passwd_entry *pe = fe_passwd_find(s->srv->passwd, user);
 
@@ -735,14 +868,179 @@ static void auth_check(struct fe_session *s, const char *user, const char *pass)
     j->hash = pe ? ms_strdup(pe->hash) : NULL;
     s->sasl = SASL_NONE;
     explicit_bzero(s->sasl_user, sizeof(s->sasl_user));
-    if (uv_queue_work(s->srv->loop, &j->req, auth_work, auth_after) < 0) {
-        free(j->hash);
-        free(j);
-        enter_state(s, FE_ST_READY);
-        reply(s, "454 4.7.0 Temporary authentication failure");
+    /* Too many failures from this client or for this user: refuse before
+     * even looking at the password, so guessing gains nothing. */
+    enter_state(s, FE_ST_READY);
+    w = wait_new(W_AUTH, FE_RL_PEEK);
+    w->job = j;
+    add_rate(s, w, FE_RATE_AUTHFAIL_IP, "authf:ip:", s->ip);
+    add_rate(s, w, FE_RATE_AUTHFAIL_USER, "authf:user:", user);
+    policy_run(s, w);
+}
+
+/* ---- waiting for Redis: rate limits and the suppression list ---- */
+
+static struct fe_wait *wait_new(enum fe_wait_kind kind, enum fe_rl_mode mode)
+{
+    struct fe_wait *w = ms_calloc(1, sizeof(*w));
+
+    w->kind = kind;
+    fe_rl_check_init(&w->c, mode);
+    return w;
+}
+
+static void wait_free(struct fe_wait *w)
+{
+    if (w->job)
+        auth_job_free(w->job);
+    free(w);
+}
+
+static void add_rate(struct fe_session *s, struct fe_wait *w, enum fe_rate_kind kind,
+                     const char *what, const char *value)
+{
+    size_t before = w->c.n;
+
+    fe_rl_add(&w->c, s->srv->set.rl_prefix, what, value, s->srv->set.rates[kind], 1,
+              fe_limit_name(kind));
+    if (w->c.n > before)
+        w->kinds[before] = kind;
+}
+
+/* Refuse a connection before the banner (nothing said to an implicit-TLS
+ * client: it expects a handshake, not text). */
+static void refuse_connection(struct fe_session *s, const char *line)
+{
+    if (s->l->role != FE_ROLE_SUBMISSIONS)
+        reply(s, "%s", line);
+    close_session(s);
+}
+
+static void session_admitted(struct fe_session *s);
+
+/* Act on the answer (or FE_RL_FAILED) for w, which the caller then frees. */
+static void policy_finish(struct fe_session *s, struct fe_wait *w, int result)
+{
+    struct fe_server *srv = s->srv;
+    const char *host = srv->set.hostname, *limit = NULL;
+    char line[512], q[300];
+    int closed = 0;
+
+    if (result == FE_RL_FAILED) {
+        closed = srv->set.rl_fail_closed;
+        ms_counter_inc(closed ? srv->m.rl_redis_closed : srv->m.rl_redis_open);
+        ms_warn("event=ratelimit_unavailable sid=%llu client=%s action=%s",
+                (unsigned long long)s->id, s->ip, closed ? "refused" : "allowed");
+        if (!closed)
+            result = FE_RL_OK;
+    } else if (result > 0) {
+        limit = w->c.names[result - 1];
+        ms_counter_inc(srv->m.limit_hits[w->kinds[result - 1]]);
+        ms_info("event=rate_limited sid=%llu client=%s limit=%s auth=%s",
+                (unsigned long long)s->id, s->ip, limit, s->auth_user[0] ? "yes" : "no");
+    }
+    switch (w->kind) {
+    case W_CONN:
+        if (result == FE_RL_OK) {
+            session_admitted(s);
+        } else {
+            snprintf(line, sizeof(line),
+                     closed ? "421 4.3.0 %s Service temporarily unavailable, try again later"
+                            : "421 4.7.0 %s Error: too many connections from your address, "
+                              "try again later",
+                     host);
+            refuse_connection(s, line);
+        }
+        break;
+    case W_MAIL:
+        if (result == FE_RL_OK)
+            mail_accept(s, w);
+        else if (closed)
+            reply_error(s, "451 4.3.0 Error: rate-limit service unavailable, try again later");
+        else {
+            snprintf(line, sizeof(line),
+                     "451 4.7.1 Error: message rate limit exceeded (%s), try again later", limit);
+            reply_error(s, line);
+        }
+        break;
+    case W_RCPT:
+        if (result == FE_RL_OK) {
+            rcpt_accept(s, w);
+        } else if (result == FE_RL_REFUSED) {
+            ms_counter_inc(srv->m.suppressed);
+            ms_log_quote(q, sizeof(q), w->path, strlen(w->path));
+            ms_info("event=rcpt_suppressed sid=%llu qid=%s client=%s rcpt=%s",
+                    (unsigned long long)s->id, s->tx ? s->tx->qid : "-", s->ip, q);
+            snprintf(line, sizeof(line),
+                     "550 5.1.1 <%s>: Recipient address rejected: on the suppression list",
+                     w->path);
+            reply_error(s, line);
+        } else if (closed) {
+            reply_error(s, "451 4.3.0 Error: rate-limit service unavailable, try again later");
+        } else {
+            reply_error(s, "451 4.7.1 Error: recipient rate limit exceeded, try again later");
+        }
+        break;
+    case W_AUTH:
+        if (result == FE_RL_OK) {
+            auth_run(s, w->job);
+            w->job = NULL;
+        } else {
+            ms_counter_inc(srv->m.auth_fail);
+            reply_error(s, closed ? "454 4.7.0 Temporary authentication failure"
+                                  : "454 4.7.0 Too many authentication failures, try again later");
+        }
+        break;
+    }
+}
+
+/* Ask Redis when there is anything to ask; else decide now. */
+static void policy_run(struct fe_session *s, struct fe_wait *w)
+{
+    struct fe_server *srv = s->srv;
+
+    if (srv->rl == NULL || !fe_rl_check_needed(&w->c)) {
+        policy_finish(s, w, FE_RL_OK);
+        wait_free(w);
         return;
     }
-    enter_state(s, FE_ST_AUTH_CHECK);
+    w->req = ++srv->next_id;
+    if (fe_rl_run(srv->rl, &w->c, w->req) < 0) {
+        policy_finish(s, w, FE_RL_FAILED);
+        wait_free(w);
+        return;
+    }
+    fe_idmap_put(&srv->policy, w->req, s);
+    w->prev = s->state;
+    s->wait = w;
+    enter_state(s, FE_ST_POLICY);
+    uv_timer_start(&s->timer, on_timer, srv->set.rl_timeout_ms, 0);
+}
+
+void fe_session_policy(struct fe_session *s, int result)
+{
+    struct fe_wait *w = s->wait;
+
+    if (w == NULL || s->state != FE_ST_POLICY)
+        return;
+    s->wait = NULL;
+    enter_state(s, w->prev);
+    policy_finish(s, w, result);
+    wait_free(w);
+    if (s->state == FE_ST_CLOSING)
+        return;
+    arm_timer(s);
+    drain_if_needed(s);
+    if (s->state != FE_ST_CLOSING)
+        fe__session_process(s);
+    if (s->state != FE_ST_CLOSING)
+        flush(s);
+}
+
+void fe_session_resume(struct fe_session *s)
+{
+    if (s->state != FE_ST_CLOSING)
+        update_reading(s);
 }
 
 /* One SASL response (base64 or "*"), for the current mechanism. */
@@ -869,6 +1167,14 @@ static void command(struct fe_session *s, const char *line, size_t len)
 
     r = fe_smtp_parse(line, len, &c, &err);
     ms_counter_inc(s->srv->m.commands[c.verb]);
+    if (++s->ncommands > s->srv->set.max_commands && s->srv->set.max_commands) {
+        ms_counter_inc(s->srv->m.limit_hits[FE_LIMIT_COMMANDS]);
+        ms_info("event=limit limit=max_commands sid=%llu client=%s", (unsigned long long)s->id,
+                s->ip);
+        reply(s, "421 4.7.0 %s Error: too many commands", s->srv->set.hostname);
+        close_session(s);
+        return;
+    }
     if (s->srv->draining) {
         reply(s, "421 4.3.2 %s Service shutting down, try again later", s->srv->set.hostname);
         close_session(s);
@@ -929,6 +1235,12 @@ void fe__session_process(struct fe_session *s)
     int r;
 
     while (s->in.len > 0 && !busy(s)) {
+        if (s->state == FE_ST_PROXY) {
+            proxy_input(s);
+            if (s->state == FE_ST_PROXY)
+                break;
+            continue;
+        }
         if (s->state == FE_ST_DATA) {
             r = fe_data_feed(&s->tx->rd, s->in.data, s->in.len);
             if (r == MS_EAGAIN) {
@@ -986,10 +1298,17 @@ static void on_timer(uv_timer_t *h)
         arm_timer(s); /* we are the slow one, not the client */
         return;
     }
+    if (s->state == FE_ST_POLICY) {
+        /* Redis is too slow: as if it were down ([ratelimit] redis_failure). */
+        fe_idmap_del(&s->srv->policy, s->wait->req);
+        ms_warn("event=ratelimit_timeout sid=%llu client=%s", (unsigned long long)s->id, s->ip);
+        fe_session_policy(s, FE_RL_FAILED);
+        return;
+    }
     ms_counter_inc(s->srv->m.timeouts);
     ms_info("event=timeout sid=%llu client=%s state=%s", (unsigned long long)s->id, s->ip,
             state_names[s->state]);
-    if (s->state != FE_ST_TLS_WAIT && s->state != FE_ST_STARTTLS)
+    if (s->state != FE_ST_TLS_WAIT && s->state != FE_ST_STARTTLS && s->state != FE_ST_PROXY)
         reply(s, "421 4.4.2 %s Error: timeout exceeded", s->srv->set.hostname);
     close_session(s);
 }
@@ -1002,7 +1321,7 @@ static void arm_timer(struct fe_session *s)
         return;
     /* RFC 5321 4.5.3.2: 5 minutes for commands and data blocks; a shorter
      * limit before the client has even said HELO. */
-    ms = (s->state == FE_ST_CONNECTED || s->state == FE_ST_TLS_WAIT)
+    ms = (s->state == FE_ST_CONNECTED || s->state == FE_ST_TLS_WAIT || s->state == FE_ST_PROXY)
              ? s->srv->set.greeting_timeout_ms
              : s->srv->set.command_timeout_ms;
     uv_timer_start(&s->timer, on_timer, ms, 0);
@@ -1085,6 +1404,14 @@ static void session_free(struct fe_session *s)
 
     tx_reset(s);
     fe_idmap_del(&srv->sessions, s->id);
+    if (s->ip_key) {
+        uintptr_t n = (uintptr_t)fe_idmap_get(&srv->per_ip, s->ip_key);
+        if (n <= 1)
+            fe_idmap_del(&srv->per_ip, s->ip_key);
+        else
+            fe_idmap_put(&srv->per_ip, s->ip_key, (void *)(n - 1));
+        srv->nconns--;
+    }
     if (s->prev)
         s->prev->next = s->next;
     else
@@ -1124,6 +1451,11 @@ static void close_session(struct fe_session *s)
         fe_idmap_del(&s->srv->pending, s->tx->txn_id);
         s->tx->txn_id = 0;
     }
+    if (s->wait) {
+        fe_idmap_del(&s->srv->policy, s->wait->req);
+        wait_free(s->wait);
+        s->wait = NULL;
+    }
     if (s->out.len > 0 && !s->t->closing)
         fe_transport_write(s->t, s->out.data, s->out.len);
     ms_buf_reset(&s->out);
@@ -1141,6 +1473,141 @@ const struct fe_transport_cb fe_session_transport_cb = {
     .on_close = on_close,
 };
 
+/* The client's address: the socket peer, or what the PROXY header says. */
+static void set_client(struct fe_session *s, const struct sockaddr *sa)
+{
+    memcpy(&s->client, sa,
+           sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
+    ms_addr_str(sa, s->ip, sizeof(s->ip));
+    /* An IPv4-mapped IPv6 peer is an IPv4 client. */
+    if (strncmp(s->ip, "::ffff:", 7) == 0 && strchr(s->ip + 7, '.'))
+        memmove(s->ip, s->ip + 7, strlen(s->ip + 7) + 1);
+    s->port = ms_addr_port(sa);
+    s->trusted = fe_cidr_match(s->srv->set.trusted, s->srv->set.ntrusted, sa);
+}
+
+/* FNV-1a, never 0: the key of an address in srv->per_ip.  XXX: two
+ * addresses with the same 64-bit hash would share a count. */
+static uint64_t ip_key(const char *ip)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+
+    for (; *ip; ip++)
+        h = (h ^ (unsigned char)*ip) * 0x100000001b3ULL;
+    return h | 1;
+}
+
+/* The client is known: the named connection limits, back-pressure, then
+ * the connection rate in Redis; then session_admitted(). */
+static void session_start(struct fe_session *s)
+{
+    struct fe_server *srv = s->srv;
+    const char *host = srv->set.hostname;
+    char line[256];
+    uintptr_t n;
+    uint64_t key;
+    struct fe_wait *w;
+
+    if (srv->set.max_connections && srv->nconns >= srv->set.max_connections) {
+        ms_counter_inc(srv->m.limit_hits[FE_LIMIT_CONNECTIONS]);
+        ms_info("event=limit limit=max_connections sid=%llu client=%s",
+                (unsigned long long)s->id, s->ip);
+        snprintf(line, sizeof(line), "421 4.7.0 %s Error: too many connections, try again later",
+                 host);
+        refuse_connection(s, line);
+        return;
+    }
+    key = ip_key(s->ip);
+    n = (uintptr_t)fe_idmap_get(&srv->per_ip, key);
+    if (srv->set.max_connections_per_ip && n >= srv->set.max_connections_per_ip) {
+        ms_counter_inc(srv->m.limit_hits[FE_LIMIT_CONN_PER_IP]);
+        ms_info("event=limit limit=max_connections_per_ip sid=%llu client=%s open=%llu",
+                (unsigned long long)s->id, s->ip, (unsigned long long)n);
+        snprintf(line, sizeof(line),
+                 "421 4.7.0 %s Error: too many connections from your address, try again later",
+                 host);
+        refuse_connection(s, line);
+        return;
+    }
+    fe_idmap_put(&srv->per_ip, key, (void *)(n + 1));
+    s->ip_key = key;
+    srv->nconns++;
+    /* The queue is backed up: new clients are better off elsewhere. */
+    if (srv->set.max_pending && srv->pending.count >= srv->set.max_pending) {
+        ms_counter_inc(srv->m.limit_hits[FE_LIMIT_BACKPRESSURE]);
+        ms_info("event=limit limit=max_pending_messages sid=%llu client=%s pending=%zu",
+                (unsigned long long)s->id, s->ip, srv->pending.count);
+        snprintf(line, sizeof(line),
+                 "421 4.3.2 %s Service temporarily overloaded, try again later", host);
+        refuse_connection(s, line);
+        return;
+    }
+    w = wait_new(W_CONN, FE_RL_TAKE);
+    add_rate(s, w, FE_RATE_CONN_IP, "conn:", s->ip);
+    policy_run(s, w);
+}
+
+/* Admitted: the banner, or the handshake before it. */
+static void session_admitted(struct fe_session *s)
+{
+    struct fe_server *srv = s->srv;
+    char *early;
+    size_t n;
+
+    if (s->l->role == FE_ROLE_SUBMISSIONS) {
+        enter_state(s, FE_ST_TLS_WAIT);
+        if (srv->tls == NULL || fe_transport_tls_start(s->t, srv->tls) < 0) {
+            close_session(s);
+            return;
+        }
+        arm_timer(s);
+        flush(s);
+        /* A ClientHello that came with the PROXY header is TLS input. */
+        if (s->in.len > 0 && s->state != FE_ST_CLOSING) {
+            early = ms_buf_steal(&s->in, &n);
+            fe_transport_unread(s->t, early, n);
+            free(early);
+        }
+        return;
+    }
+    banner(s);
+    if (srv->draining) {
+        drain_if_needed(s);
+        if (s->state == FE_ST_CLOSING)
+            return;
+    }
+    arm_timer(s);
+    flush(s);
+}
+
+/* The PROXY header (fe_proxy.h), before anything else on a proxy listener. */
+static void proxy_input(struct fe_session *s)
+{
+    struct fe_proxy p;
+    int r;
+
+    r = fe_proxy_parse(s->in.data, s->in.len, &p);
+    if (r == MS_EAGAIN)
+        return;
+    if (r < 0) {
+        ms_counter_inc(s->srv->m.proxy_bad);
+        ms_info("event=proxy_malformed sid=%llu peer=%s listener=%s", (unsigned long long)s->id,
+                s->ip, s->l->name);
+        ms_buf_reset(&s->in);
+        close_session(s);
+        return;
+    }
+    ms_buf_consume(&s->in, (size_t)r);
+    ms_counter_inc(s->srv->m.proxy_ok);
+    snprintf(s->proxy_peer, sizeof(s->proxy_peer), "%s", s->ip);
+    if (!p.local)
+        set_client(s, (struct sockaddr *)&p.src);
+    ms_debug("event=proxy sid=%llu peer=%s client=%s port=%d version=%d local=%d authority=%s",
+             (unsigned long long)s->id, s->proxy_peer, s->ip, s->port, p.version, p.local,
+             p.authority[0] ? p.authority : "-");
+    session_start(s);
+}
+
 struct fe_session *fe_session_new(struct fe_server *srv, struct fe_listener *l,
                                   struct fe_transport *t)
 {
@@ -1157,12 +1624,7 @@ struct fe_session *fe_session_new(struct fe_server *srv, struct fe_listener *l,
     ms_buf_init(&s->out, 1024 * 1024);
     uv_timer_init(srv->loop, &s->timer);
     s->timer.data = s;
-    ms_addr_str((struct sockaddr *)&t->peer, s->ip, sizeof(s->ip));
-    /* An IPv4-mapped IPv6 peer is an IPv4 client. */
-    if (strncmp(s->ip, "::ffff:", 7) == 0 && strchr(s->ip + 7, '.'))
-        memmove(s->ip, s->ip + 7, strlen(s->ip + 7) + 1);
-    s->port = ms_addr_port((struct sockaddr *)&t->peer);
-    s->trusted = fe_cidr_match(srv->set.trusted, srv->set.ntrusted, (struct sockaddr *)&t->peer);
+    set_client(s, (struct sockaddr *)&t->peer);
     s->next = srv->head;
     if (srv->head)
         srv->head->prev = s;
@@ -1172,23 +1634,22 @@ struct fe_session *fe_session_new(struct fe_server *srv, struct fe_listener *l,
     ms_gauge_add(srv->m.sessions, 1);
     ms_debug("event=connect sid=%llu client=%s port=%d listener=%s trusted=%d",
              (unsigned long long)s->id, s->ip, s->port, l->name, s->trusted);
-    if (l->role == FE_ROLE_SUBMISSIONS) {
-        s->state = FE_ST_TLS_WAIT;
-        if (srv->tls == NULL || fe_transport_tls_start(t, srv->tls) < 0) {
+    if (l->proxy) {
+        /* Only a balancer we trust may tell us who the client is. */
+        if (!fe_cidr_match(srv->set.proxy_trusted, srv->set.nproxy_trusted,
+                           (struct sockaddr *)&t->peer)) {
+            ms_counter_inc(srv->m.proxy_untrusted);
+            ms_warn("event=proxy_untrusted sid=%llu peer=%s listener=%s",
+                    (unsigned long long)s->id, s->ip, l->name);
             close_session(s);
             return s;
         }
-    } else {
-        s->state = FE_ST_CONNECTED;
-        reply(s, "220 %s ESMTP Mailstream", srv->set.hostname);
+        s->state = FE_ST_PROXY;
+        arm_timer(s);
+        flush(s);
+        return s;
     }
-    if (srv->draining) {
-        drain_if_needed(s);
-        if (s->state == FE_ST_CLOSING)
-            return s;
-    }
-    arm_timer(s);
-    flush(s);
+    session_start(s);
     return s;
 }
 
@@ -1208,7 +1669,7 @@ void fe_session_abort(struct fe_session *s)
 {
     if (s->state == FE_ST_CLOSING)
         return;
-    if (s->state != FE_ST_TLS_WAIT && s->state != FE_ST_STARTTLS)
+    if (s->state != FE_ST_TLS_WAIT && s->state != FE_ST_STARTTLS && s->state != FE_ST_PROXY)
         reply(s, "421 4.3.2 %s Service shutting down, try again later", s->srv->set.hostname);
     close_session(s);
 }

@@ -262,6 +262,18 @@ static int tcp_tls_start(struct fe_transport *pub, struct fe_tls_ctx *ctx)
     return 0;
 }
 
+static void tcp_unread(struct fe_transport *pub, const char *buf, size_t len)
+{
+    struct tcp_transport *t = (struct tcp_transport *)pub;
+
+    if (len == 0 || pub->closing)
+        return;
+    if (t->ssl)
+        tls_input(t, buf, len);
+    else
+        pub->cb.on_read(pub->arg, buf, len);
+}
+
 static size_t tcp_pending(const struct fe_transport *pub)
 {
     return ((const struct tcp_transport *)pub)->pending;
@@ -309,6 +321,7 @@ static const struct fe_transport_ops tcp_ops = {
     .read_stop = tcp_read_stop,
     .write = tcp_write,
     .tls_start = tcp_tls_start,
+    .unread = tcp_unread,
     .pending = tcp_pending,
     .close = tcp_close,
 };
@@ -424,6 +437,12 @@ static int mem_tls_start(struct fe_transport *pub, struct fe_tls_ctx *ctx)
     return MS_EINVAL;
 }
 
+static void mem_unread(struct fe_transport *pub, const char *buf, size_t len)
+{
+    if (len > 0 && !pub->closing)
+        pub->cb.on_read(pub->arg, buf, len);
+}
+
 static size_t mem_pending(const struct fe_transport *pub)
 {
     (void)pub;
@@ -456,6 +475,7 @@ static const struct fe_transport_ops mem_ops = {
     .read_stop = mem_read_stop,
     .write = mem_write,
     .tls_start = mem_tls_start,
+    .unread = mem_unread,
     .pending = mem_pending,
     .close = mem_close,
 };

@@ -43,6 +43,11 @@ struct fe_transport_ops {
     void (*read_stop)(struct fe_transport *t);
     int (*write)(struct fe_transport *t, const char *buf, size_t len);
     int (*tls_start)(struct fe_transport *t, struct fe_tls_ctx *ctx);
+    /* Octets the owner read before tls_start() that belong to the TLS
+     * stream (a ClientHello that came in one segment with a PROXY header):
+     * processed as if just read from the socket.  Only right after
+     * tls_start(); never for STARTTLS, where early octets are discarded. */
+    void (*unread)(struct fe_transport *t, const char *buf, size_t len);
     size_t (*pending)(const struct fe_transport *t); /* octets written, not yet sent */
     void (*close)(struct fe_transport *t);
 };
@@ -83,6 +88,10 @@ static inline void fe_transport_close(struct fe_transport *t) { t->ops->close(t)
 static inline int fe_transport_tls_start(struct fe_transport *t, struct fe_tls_ctx *ctx)
 {
     return t->ops->tls_start(t, ctx);
+}
+static inline void fe_transport_unread(struct fe_transport *t, const char *b, size_t n)
+{
+    t->ops->unread(t, b, n);
 }
 
 /* ---- TLS server context ---- */

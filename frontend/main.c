@@ -19,6 +19,7 @@
 #include "ms_kafka.h"
 #include "ms_log.h"
 #include "ms_mem.h"
+#include "ms_redis.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -48,6 +49,11 @@ static int ready_cb(void *arg, char *why, size_t whylen)
         snprintf(why, whylen, "no Kafka producer");
         return 0;
     }
+    /* Redis counts only when mail stops without it ([ratelimit]
+     * redis_failure = closed); failing open, a frontend without Redis still
+     * serves, and taking every frontend out of rotation would not help. */
+    if (srv.redis && srv.set.rl_fail_closed && !ms_redis_ready(srv.redis, why, whylen))
+        return 0;
     return ms_producer_ready(srv.producer, why, whylen);
 }
 
@@ -111,6 +117,10 @@ static void finish(void)
     if (http)
         ms_http_stop(http);
     http = NULL;
+    if (srv.redis) {
+        ms_redis_free(srv.redis); /* pending checks fail; no session is left */
+        srv.redis = NULL;
+    }
     if (srv.producer) {
         /* Blocks up to the timeout: nothing else is left to serve. */
         ms_producer_free(srv.producer, FE_PRODUCER_FLUSH_MS);
@@ -200,6 +210,16 @@ int main(int argc, char **argv)
     if (srv.producer == NULL)
         ms_fatal("event=kafka_error reason=\"%s\"", err);
 
+    if (fe_settings_need_redis(&srv.set)) {
+        int64_t rport;
+
+        if (ms_config_get_int(cfg, "redis", "port", 6379, 1, 65535, &rport) < 0)
+            ms_fatal("event=config_error reason=\"[redis] port\"");
+        srv.redis = ms_redis_new(loop, ms_config_get(cfg, "redis", "host", "127.0.0.1"),
+                                 (int)rport);
+        srv.rl = fe_rl_new(srv.redis, fe_server_policy_result, &srv);
+    }
+
     http = ms_http_start(loop, ms_config_get(cfg, "node", "metrics", "127.0.0.1:9101"),
                          ready_cb, NULL);
     if (http == NULL)
@@ -221,6 +241,7 @@ int main(int argc, char **argv)
     /* Let the close callbacks run; anything still open is not ours to wait
      * for, the process is exiting. */
     uv_run(loop, UV_RUN_NOWAIT);
+    fe_rl_free(srv.rl);
     ms_info("event=exit");
     return 0;
 }

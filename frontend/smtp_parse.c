@@ -466,6 +466,12 @@ int fe_smtp_mail_params(const struct fe_smtp_cmd *cmd, struct fe_mail_params *mp
             bit = 32;
             if (!p->value)
                 goto bad;
+        } else if (key_is(p, "REQUIRETLS")) {
+            /* RFC 8689 4; whether TLS is up is the session's business. */
+            bit = 64;
+            if (p->value)
+                goto bad;
+            mp->requiretls = 1;
         } else {
             *reply = "555 5.5.4 Unsupported MAIL parameter";
             return MS_EPROTO;

@@ -114,6 +114,7 @@ struct fe_mail_params {
     uint64_t size; /* UINT64_MAX when the number does not fit */
     enum fe_ret ret;
     char envid[FE_SMTP_ENVID_MAX + 1]; /* xtext-decoded, "" when absent */
+    int requiretls;                    /* RFC 8689 REQUIRETLS */
 };
 
 struct fe_rcpt_params {

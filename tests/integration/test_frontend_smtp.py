@@ -436,3 +436,21 @@ def test_two_frontends_share_the_port(cluster_factory):
         counts.append(int(m.group(1)) if m else 0)
     assert sum(counts) == 24
     assert all(n > 0 for n in counts), counts
+
+
+@pytest.mark.parametrize("rcpt", [
+    b"<u%evil.example@mailstream.test>",
+    b"<evil.example!u@mailstream.test>",
+    b'<"u@evil.example"@mailstream.test>',
+    b"<@mailstream.test:u@evil.example>",
+    b"<u@[127.0.0.1]>",
+    b"<u@[IPv6:::1]>",
+])
+def test_relay_tricks_refused(fe, rcpt):
+    """%-hacks, !-paths, quoted addresses, source routes and address
+    literals never relay for an unauthenticated, untrusted client."""
+    c = hello(smtp_port(fe))
+    assert code(c.cmd(b"MAIL FROM:<a@b.example>")) == b"250 2.1.0"
+    r = c.cmd(b"RCPT TO:" + rcpt)
+    assert code(r) == b"550 5.7.1", r
+    c.cmd(b"QUIT")

@@ -215,7 +215,9 @@ static const struct mail_case mail_cases[] = {
     {"MAIL FROM:<a@b.example> SIZE", 0, 0, 0, 0, 0, 0, NULL, "501 5.5.4"},
     {"MAIL FROM:<a@b.example> SIZE=1 SIZE=2", 0, 0, 0, 0, 0, 0, NULL, "501 5.5.4 Duplicate"},
     {"MAIL FROM:<a@b.example> BODY=BINARYMIME", 0, 0, 0, 0, 0, 0, NULL, "555 5.5.4"},
-    {"MAIL FROM:<a@b.example> REQUIRETLS", 0, 0, 0, 0, 0, 0, NULL, "555 5.5.4"},
+    {"MAIL FROM:<a@b.example> REQUIRETLS", 1, 0, 0, FE_BODY_UNSPEC, 0, FE_RET_UNSPEC, "", NULL},
+    {"MAIL FROM:<a@b.example> REQUIRETLS=yes", 0, 0, 0, 0, 0, 0, NULL, "501 5.5.4"},
+    {"MAIL FROM:<a@b.example> REQUIRETLS REQUIRETLS", 0, 0, 0, 0, 0, 0, NULL, "501 5.5.4"},
     {"MAIL FROM:<a@b.example> SMTPUTF8=yes", 0, 0, 0, 0, 0, 0, NULL, "501 5.5.4"},
     {"MAIL FROM:<a@b.example> RET=ALL", 0, 0, 0, 0, 0, 0, NULL, "501 5.5.4"},
     {"MAIL FROM:<a@b.example> ENVID=a+0A", 0, 0, 0, 0, 0, 0, NULL, "501 5.5.4"},
@@ -248,6 +250,7 @@ static void test_mail_params(void **state)
             assert_int_equal(mp.smtputf8, c->smtputf8);
             assert_int_equal(mp.ret, c->ret);
             assert_string_equal(mp.envid, c->envid);
+            assert_int_equal(mp.requiretls, strstr(c->in, "REQUIRETLS") != NULL);
         } else {
             if (r == 0)
                 fail_msg("case %zu %s: accepted", i, c->in);

@@ -139,6 +139,7 @@ static void greet(struct fixture *f)
     assert_non_null(strstr(o, "250-PIPELINING\r\n"));
     assert_non_null(strstr(o, "250 ENHANCEDSTATUSCODES\r\n"));
     assert_null(strstr(o, "STARTTLS")); /* no TLS configured */
+    assert_null(strstr(o, "REQUIRETLS")); /* RFC 8689: not before TLS */
     free(o);
 }
 
@@ -296,6 +297,145 @@ static void test_drain(void **state)
     f->t = NULL;
 }
 
+/* A session on a proxy listener (PROXY protocol, fe_proxy.h): the header's
+ * client is the one in replies, policy and the envelope. */
+static struct fe_listener proxy_l;
+static struct fe_cidr proxy_nets[1];
+
+static void proxy_session(struct fixture *f, const char *peer_net)
+{
+    free(output(f)); /* the fixture's own session */
+    assert_int_equal(fe_cidr_parse(peer_net, &proxy_nets[0]), 0);
+    f->srv.set.proxy_trusted = proxy_nets;
+    f->srv.set.nproxy_trusted = 1;
+    proxy_l = f->l;
+    proxy_l.name = "lb";
+    proxy_l.proxy = 1;
+    f->t = fe_transport_mem_new(&f->loop, &fe_session_transport_cb, NULL);
+    fe_session_new(&f->srv, &proxy_l, f->t);
+}
+
+static void test_proxy_header(void **state)
+{
+    struct fixture *f = *state;
+    ms_envelope *e;
+    char err[128], *o;
+
+    proxy_session(f, "192.0.2.0/24");
+    expect(f, ""); /* no banner before the header */
+    send_str(f, "PROXY TCP4 198.51.100.22 ");
+    expect(f, "");
+    send_str(f, "203.0.113.7 35646 25\r\nEHLO client.example\r\n");
+    o = output(f);
+    assert_memory_equal(o, "220 mx.test ESMTP Mailstream\r\n", 30);
+    assert_non_null(strstr(o, "Hello client.example [198.51.100.22]"));
+    free(o);
+    send_str(f, "MAIL FROM:<a@b.example>\r\nRCPT TO:<u@mailstream.test>\r\nDATA\r\nx\r\n.\r\n");
+    free(output(f));
+    e = ms_envelope_decode(f->k.last_value, f->k.last_len, err, sizeof(err));
+    assert_non_null(e);
+    assert_string_equal(e->client->ip, "198.51.100.22");
+    assert_int_equal(e->client->port, 35646);
+    assert_string_equal(e->client->proxy_peer_ip, "192.0.2.7");
+    assert_string_equal(e->client->listener, "lb");
+    assert_memory_equal(e->message.data, "Received: from client.example ([198.51.100.22])\r\n",
+                        49);
+    ms_envelope_free(e);
+    fe_server_submitted(&f->srv, f->k.last_id, 0, NULL);
+    f->srv.set.proxy_trusted = NULL;
+    f->srv.set.nproxy_trusted = 0;
+}
+
+static void test_proxy_refused(void **state)
+{
+    struct fixture *f = *state;
+
+    /* From a peer outside proxy_trusted_networks: closed at once. */
+    proxy_session(f, "203.0.113.0/24");
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+    expect(f, "");
+    assert_true(f->t->closing);
+    /* From a trusted peer, but not a PROXY header: closed, nothing said. */
+    proxy_session(f, "192.0.2.0/24");
+    send_str(f, "EHLO client.example\r\n");
+    expect(f, "");
+    assert_true(f->t->closing);
+    /* A LOCAL header (health check) keeps the balancer's own address. */
+    proxy_session(f, "192.0.2.0/24");
+    send_str(f, "PROXY UNKNOWN\r\nEHLO x\r\n");
+    {
+        char *o = output(f);
+        assert_non_null(strstr(o, "Hello x [192.0.2.7]"));
+        free(o);
+    }
+    f->srv.set.proxy_trusted = NULL;
+    f->srv.set.nproxy_trusted = 0;
+}
+
+/* Never an open relay: tricks that hide another destination behind an
+ * accepted domain are refused to an unauthenticated, untrusted client. */
+static void test_relay_tricks(void **state)
+{
+    static const char *const refused[] = {
+        "RCPT TO:<u%evil.example@mailstream.test>",        /* %-hack */
+        "RCPT TO:<evil.example!u@mailstream.test>",        /* UUCP !-path */
+        "RCPT TO:<\"u@evil.example\"@mailstream.test>",    /* quoted address */
+        "RCPT TO:<\"u%evil.example\"@mailstream.test>",
+        "RCPT TO:<@mailstream.test:u@evil.example>",       /* source route */
+        "RCPT TO:<@mailstream.test,@x.example:u@evil.example>",
+        "RCPT TO:<u@[192.0.2.1]>",                         /* address literals */
+        "RCPT TO:<u@[IPv6:2001:db8::1]>",
+        "RCPT TO:<u@mailstream.test.>",                    /* trailing dot */
+        "RCPT TO:<u@evil.example@mailstream.test>",        /* not a mailbox */
+    };
+    struct fixture *f = *state;
+    char line[200], *o;
+    size_t i;
+
+    greet(f);
+    send_str(f, "MAIL FROM:<a@b.example>\r\n");
+    expect(f, "250 2.1.0 Ok\r\n");
+    f->srv.set.max_errors = 100;
+    for (i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        snprintf(line, sizeof(line), "%s\r\n", refused[i]);
+        send_str(f, line);
+        o = output(f);
+        if (strncmp(o, "550 5.7.1", 9) != 0 && strncmp(o, "501 ", 4) != 0)
+            fail_msg("%s: %s", refused[i], o);
+        free(o);
+    }
+    /* A source route to us is dropped; the mailbox is ours. */
+    send_str(f, "RCPT TO:<@relay.example:u@mailstream.test>\r\n");
+    expect(f, "250 2.1.5 Ok\r\n");
+}
+
+/* RFC 8689 REQUIRETLS: only over TLS, advertised only then, and carried
+ * into the envelope. */
+static void test_requiretls(void **state)
+{
+    struct fixture *f = *state;
+    ms_envelope *e;
+    char err[128], *o;
+
+    greet(f); /* no REQUIRETLS in the plaintext EHLO (checked below) */
+    send_str(f, "MAIL FROM:<a@b.example> REQUIRETLS\r\n");
+    expect(f, "530 5.7.10 REQUIRETLS needs a TLS connection\r\n");
+    f->t->tls = 1; /* as if STARTTLS had completed */
+    snprintf(f->t->tls_version, sizeof(f->t->tls_version), "TLSv1.3");
+    send_str(f, "EHLO client.example\r\n");
+    o = output(f);
+    assert_non_null(strstr(o, "250-REQUIRETLS\r\n"));
+    free(o);
+    send_str(f, "MAIL FROM:<a@b.example> REQUIRETLS\r\nRCPT TO:<u@mailstream.test>\r\n"
+                "DATA\r\nx\r\n.\r\n");
+    free(output(f));
+    e = ms_envelope_decode(f->k.last_value, f->k.last_len, err, sizeof(err));
+    assert_non_null(e);
+    assert_true(e->mail_from->requiretls);
+    ms_envelope_free(e);
+    fe_server_submitted(&f->srv, f->k.last_id, 0, NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -305,6 +445,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_gone_before_report, setup, teardown),
         cmocka_unit_test_setup_teardown(test_limits_and_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drain, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_proxy_header, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_proxy_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_relay_tricks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_requiretls, setup, teardown),
     };
 
     ms_log_init("test", MS_LOG_WARN);

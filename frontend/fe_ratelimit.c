@@ -1,0 +1,284 @@
+/*
+ * fe_ratelimit.c - token buckets and the suppression list in Redis (see
+ * fe_ratelimit.h).
+ */
+#include "fe_ratelimit.h"
+#include "fe_idmap.h"
+#include "ms_error.h"
+#include "ms_log.h"
+#include "ms_mem.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+/*
+ * KEYS[1..n] buckets, KEYS[n+1] (optional) a key whose existence refuses.
+ * ARGV[1] mode, ARGV[2] n, then capacity, period_ms, cost per bucket.
+ * A bucket is a hash {tok, ts}: `tok` tokens at time `ts` (ms, Redis's own
+ * clock so that frontends need not agree on the time), refilled at
+ * capacity / period_ms per ms up to capacity.  A bucket left alone for a
+ * whole period is full again, so it expires after one period.
+ */
+const char FE_RL_SCRIPT[] =
+    "local n = tonumber(ARGV[2])\n"
+    "if #KEYS > n and redis.call('EXISTS', KEYS[n + 1]) == 1 then return -1 end\n"
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local mode = ARGV[1]\n"
+    "local tok = {}\n"
+    "for i = 1, n do\n"
+    "  local cap = tonumber(ARGV[3 * i])\n"
+    "  local per = tonumber(ARGV[3 * i + 1])\n"
+    "  local cost = tonumber(ARGV[3 * i + 2])\n"
+    "  local h = redis.call('HMGET', KEYS[i], 'tok', 'ts')\n"
+    "  local v, ts = tonumber(h[1]), tonumber(h[2])\n"
+    "  if v == nil or ts == nil then v = cap; ts = now end\n"
+    "  if now > ts then v = math.min(cap, v + (now - ts) * cap / per) end\n"
+    "  tok[i] = v\n"
+    "  if mode == 'take' and v < cost then return i end\n"
+    "  if mode == 'peek' and v < 1 then return i end\n"
+    "end\n"
+    "if mode == 'peek' then return 0 end\n"
+    "for i = 1, n do\n"
+    "  local per = tonumber(ARGV[3 * i + 1])\n"
+    "  local v = tok[i] - tonumber(ARGV[3 * i + 2])\n"
+    "  if v < 0 then v = 0 end\n"
+    "  redis.call('HSET', KEYS[i], 'tok', tostring(v), 'ts', tostring(now))\n"
+    "  redis.call('PEXPIRE', KEYS[i], per)\n"
+    "end\n"
+    "return 0\n";
+
+/* ---- pure part ---- */
+
+int fe_rate_parse(const char *s, struct fe_rate *r)
+{
+    unsigned long n, secs;
+    char *end;
+
+    r->n = r->secs = 0;
+    while (*s == ' ')
+        s++;
+    if (*s == '\0' || strcmp(s, "0") == 0 || strcasecmp(s, "off") == 0)
+        return 0;
+    if (!isdigit((unsigned char)*s))
+        return MS_EINVAL;
+    n = strtoul(s, &end, 10);
+    if (*end != '/' || n == 0 || n > 1000000000UL || !isdigit((unsigned char)end[1]))
+        return MS_EINVAL;
+    secs = strtoul(end + 1, &end, 10);
+    switch (*end) {
+    case 's': end++; break;
+    case 'm': secs *= 60, end++; break;
+    case 'h': secs *= 3600, end++; break;
+    case 'd': secs *= 86400, end++; break;
+    default: break;
+    }
+    if (*end != '\0' || secs == 0 || secs > 30UL * 86400)
+        return MS_EINVAL;
+    r->n = (uint32_t)n;
+    r->secs = (uint32_t)secs;
+    return 0;
+}
+
+void fe_rl_check_init(struct fe_rl_check *c, enum fe_rl_mode mode)
+{
+    memset(c, 0, sizeof(*c));
+    c->mode = mode;
+}
+
+static void make_key(char *out, const char *prefix, const char *kind, const char *value)
+{
+    char *p;
+
+    snprintf(out, FE_RL_KEY_MAX, "%s%s%s", prefix, kind, value);
+    for (p = out + strlen(prefix); *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+}
+
+void fe_rl_add(struct fe_rl_check *c, const char *prefix, const char *kind, const char *value,
+               struct fe_rate rate, unsigned cost, const char *name)
+{
+    if (rate.n == 0 || c->n >= FE_RL_BUCKETS_MAX || c->refuse)
+        return;
+    make_key(c->keys[c->n], prefix, kind, value);
+    c->rates[c->n] = rate;
+    c->cost[c->n] = cost;
+    c->names[c->n] = name;
+    c->n++;
+}
+
+void fe_rl_refuse_key(struct fe_rl_check *c, const char *prefix, const char *addr)
+{
+    make_key(c->keys[c->n], prefix, "", addr);
+    c->refuse = 1;
+}
+
+int fe_rl_check_needed(const struct fe_rl_check *c)
+{
+    return c->n > 0 || c->refuse;
+}
+
+int fe_rl_argv(const struct fe_rl_check *c, const char *sha, struct fe_rl_scratch *sc,
+               const char **argv, size_t *argvlen)
+{
+    static const char *const modes[] = {"take", "peek", "charge"};
+    size_t i, k = 0, nk = c->n + (c->refuse ? 1 : 0), m = 0;
+    int argc = 0;
+
+    argv[argc++] = sha ? "EVALSHA" : "EVAL";
+    argv[argc++] = sha ? sha : FE_RL_SCRIPT;
+    snprintf(sc->num[m], sizeof(sc->num[m]), "%zu", nk);
+    argv[argc++] = sc->num[m++];
+    for (k = 0; k < nk; k++)
+        argv[argc++] = c->keys[k];
+    argv[argc++] = modes[c->mode];
+    snprintf(sc->num[m], sizeof(sc->num[m]), "%zu", c->n);
+    argv[argc++] = sc->num[m++];
+    for (i = 0; i < c->n; i++) {
+        snprintf(sc->num[m], sizeof(sc->num[m]), "%u", c->rates[i].n);
+        argv[argc++] = sc->num[m++];
+        snprintf(sc->num[m], sizeof(sc->num[m]), "%llu",
+                 (unsigned long long)c->rates[i].secs * 1000);
+        argv[argc++] = sc->num[m++];
+        snprintf(sc->num[m], sizeof(sc->num[m]), "%u", c->cost[i]);
+        argv[argc++] = sc->num[m++];
+    }
+    for (i = 0; i < (size_t)argc; i++)
+        argvlen[i] = strlen(argv[i]);
+    return argc;
+}
+
+int fe_rl_result(const struct ms_redis_reply *r, size_t nbuckets)
+{
+    if (r == NULL || r->type != MS_REDIS_INT)
+        return FE_RL_FAILED;
+    if (r->integer == -1)
+        return FE_RL_REFUSED;
+    if (r->integer < 0 || r->integer > (long long)nbuckets)
+        return FE_RL_FAILED;
+    return (int)r->integer;
+}
+
+/* ---- Redis ---- */
+
+struct fe_rl_req {
+    uint64_t owner; /* the caller's id */
+    int retried;    /* already re-sent with EVAL after NOSCRIPT */
+    struct fe_rl_check c;
+};
+
+struct fe_rl {
+    ms_redis *redis;
+    fe_rl_cb cb;
+    void *arg;
+    struct fe_idmap reqs; /* our request id -> fe_rl_req */
+    uint64_t next;
+    char sha[48];         /* "" until SCRIPT LOAD answered */
+    int loading;
+};
+
+#define SCRIPT_LOAD_ID 0 /* request id of SCRIPT LOAD; real ones start at 1 */
+
+static void on_reply(void *arg, uint64_t id, const struct ms_redis_reply *r);
+
+static int send_req(struct fe_rl *rl, uint64_t rid, struct fe_rl_req *q, int eval)
+{
+    const char *argv[FE_RL_ARGV_MAX];
+    size_t argvlen[FE_RL_ARGV_MAX];
+    struct fe_rl_scratch sc;
+    int argc;
+
+    argc = fe_rl_argv(&q->c, (eval || rl->sha[0] == '\0') ? NULL : rl->sha, &sc, argv, argvlen);
+    return ms_redis_command(rl->redis, on_reply, rl, rid, argc, argv, argvlen);
+}
+
+static void load_script(struct fe_rl *rl)
+{
+    const char *argv[3] = {"SCRIPT", "LOAD", FE_RL_SCRIPT};
+    size_t argvlen[3] = {6, 4, sizeof(FE_RL_SCRIPT) - 1};
+
+    if (rl->loading || rl->sha[0])
+        return;
+    if (ms_redis_command(rl->redis, on_reply, rl, SCRIPT_LOAD_ID, 3, argv, argvlen) == 0)
+        rl->loading = 1;
+}
+
+static void on_reply(void *arg, uint64_t id, const struct ms_redis_reply *r)
+{
+    struct fe_rl *rl = arg;
+    struct fe_rl_req *q;
+    int res;
+
+    if (id == SCRIPT_LOAD_ID) {
+        rl->loading = 0;
+        if (r->type == MS_REDIS_STR && r->len < sizeof(rl->sha)) {
+            memcpy(rl->sha, r->str, r->len);
+            rl->sha[r->len] = '\0';
+        }
+        return;
+    }
+    if ((q = fe_idmap_del(&rl->reqs, id)) == NULL)
+        return;
+    if (r->type == MS_REDIS_ERR && !q->retried && r->len >= 8 &&
+        strncmp(r->str, "NOSCRIPT", 8) == 0) {
+        /* Redis restarted or SCRIPT FLUSH: EVAL loads it again. */
+        rl->sha[0] = '\0';
+        q->retried = 1;
+        fe_idmap_put(&rl->reqs, id, q);
+        if (send_req(rl, id, q, 1) == 0) {
+            load_script(rl);
+            return;
+        }
+        fe_idmap_del(&rl->reqs, id);
+        res = FE_RL_FAILED;
+    } else {
+        res = fe_rl_result(r, q->c.n);
+        if (res == FE_RL_FAILED)
+            ms_warn("event=ratelimit_redis_error reply_type=%d reply=\"%.*s\"", (int)r->type,
+                    (int)(r->str && r->len < 200 ? r->len : 0), r->str ? r->str : "");
+    }
+    rl->cb(rl->arg, q->owner, res);
+    free(q);
+}
+
+struct fe_rl *fe_rl_new(ms_redis *redis, fe_rl_cb cb, void *arg)
+{
+    struct fe_rl *rl = ms_calloc(1, sizeof(*rl));
+
+    rl->redis = redis;
+    rl->cb = cb;
+    rl->arg = arg;
+    fe_idmap_init(&rl->reqs);
+    return rl;
+}
+
+int fe_rl_run(struct fe_rl *rl, const struct fe_rl_check *c, uint64_t id)
+{
+    struct fe_rl_req *q = ms_malloc(sizeof(*q));
+    uint64_t rid = ++rl->next;
+    int r;
+
+    q->owner = id;
+    q->retried = 0;
+    q->c = *c;
+    fe_idmap_put(&rl->reqs, rid, q);
+    if ((r = send_req(rl, rid, q, 0)) < 0) {
+        fe_idmap_del(&rl->reqs, rid);
+        free(q);
+        return MS_EUNAVAIL;
+    }
+    load_script(rl);
+    return 0;
+}
+
+void fe_rl_free(struct fe_rl *rl)
+{
+    if (rl == NULL)
+        return;
+    /* XXX: requests still in flight leak their few KiB; only at exit. */
+    fe_idmap_free(&rl->reqs);
+    free(rl);
+}
