@@ -30,7 +30,7 @@ UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
 
-.PHONY: all deps run test unit integration asan fuzz fuzz-smoke fmt clean
+.PHONY: all deps run test unit integration asan fuzz fuzz-smoke fmt clean bench
 .DEFAULT_GOAL := all
 .SECONDARY:
 
@@ -135,6 +135,11 @@ fuzz-smoke: $(FUZZ_BINS)
 	    echo "== $$n"; \
 	    $$f -runs=$(FUZZ_RUNS) -seed=1 build-fuzz/corpus-$$n tests/fuzz/corpus/$$n 2>&1 | tail -1; \
 	done
+
+# Benchmarks against Postfix (bench/README.md); e.g. BENCH_ARGS=--quick (~4-5 min).
+bench: deps all
+	MAILSTREAM_BUILD_DIR=$(abspath $(BUILD)) PYTHONDONTWRITEBYTECODE=1 \
+	    $(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 fmt:
 	clang-format -i $(wildcard lib/*/*.[ch] cluster/*.[ch] frontend/*.[ch] worker/*.[ch] ctl/*.[ch] tests/unit/*.c tests/fuzz/*.c)

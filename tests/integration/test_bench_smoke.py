@@ -1,0 +1,60 @@
+"""Smoke run of the benchmark harness (bench/run.py), so it keeps working.
+
+A few hundred messages, one round, Postfix and Mailstream, on the shared
+Redis and Kafka of the test session, plus a small idle-connection test.
+Asserts only that everything completes and every message arrived; never
+timings (the numbers of a smoke run on a busy test machine mean nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "bench"))
+
+import run as bench  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    not all(os.access(p, os.X_OK) for p in ("/usr/sbin/postfix", "/usr/sbin/smtp-source",
+                                            "/usr/sbin/smtp-sink")),
+    reason="Postfix (postfix, smtp-source, smtp-sink) is not installed")
+
+MESSAGES = 300
+
+
+@pytest.mark.timeout(300)
+def test_bench_smoke(tmp_path, kafka_broker, redis_server):
+    args = bench.parse_args([
+        "--messages", str(MESSAGES), "--rounds", "1", "--workloads", "5k-20",
+        "--systems", "postfix,mailstream", "--warmup", "20", "--kafka-warmup", "0",
+        "--idle", "50", "--idle-postfix-limits", "100", "--out", str(tmp_path)])
+    report = bench.run(args, kafka=kafka_broker, redis=redis_server)
+
+    runs = report["runs"]
+    assert {r["system"] for r in runs} == {"postfix", "mailstream"}
+    for r in runs:
+        assert r["ok"], f"{r['system']}: {r.get('error')}"
+        assert r["smtp_source_rc"] == 0
+        assert r["probe_failed"] == 0, r.get("probe_errors")
+        # Every message smtp-source and the probe got a 250 for reached the sink.
+        assert r["expected"] == MESSAGES + r["probe_sent"]
+        assert r["received"] == r["expected"]
+        assert r["probe_sent"] >= 1 and r["latency_samples"] == r["probe_sent"]
+        assert r["cpu_seconds"], r
+    ms = next(r for r in runs if r["system"] == "mailstream")
+    assert {"frontend-1", "worker-1", "kafka", "redis"} <= set(ms["cpu_seconds"])
+    assert ms["frontend_counters"], "frontend /metrics had no message counters"
+
+    idle = {r["system"]: r for r in report["idle"]}
+    assert idle["mailstream"]["ehlo_ok"] == 50
+    assert any(k.startswith("postfix") for k in idle)
+
+    mpath, jpath = bench.write_report(tmp_path, report)
+    assert json.loads(jpath.read_text())["summary"]
+    assert "| 5k-20 | mailstream |" in mpath.read_text()
