@@ -201,8 +201,34 @@ void fe_metrics_register(struct fe_metrics *m)
     char labels[64];
     int v;
 
-    m->connections = ms_counter_new("mailstream_smtp_connections_total",
-                                    "SMTP connections accepted.", NULL);
+    static const double size_buckets[] = {1024,    4096,     16384,    65536,    262144,
+                                          1048576, 4194304,  10485760, 26214400, 52428800,
+                                          104857600};
+    static const char *const classes[FE_REPLY_CLASSES] = {"2xx", "3xx", "4xx", "5xx"};
+
+    for (v = 0; v < FE_REPLY_CLASSES; v++) {
+        snprintf(labels, sizeof(labels), "class=\"%s\"", classes[v]);
+        m->replies[v] = ms_counter_new("mailstream_smtp_replies_total",
+                                       "SMTP replies sent, by code class (multi-line replies "
+                                       "once).",
+                                       labels);
+    }
+    m->transactions = ms_counter_new("mailstream_smtp_transactions_total",
+                                     "Mail transactions begun (MAIL accepted).", NULL);
+    m->bytes_out = ms_counter_new("mailstream_smtp_sent_bytes_total",
+                                  "Octets of replies sent to SMTP clients (before TLS).", NULL);
+    m->kafka_submit_errors = ms_counter_new(
+        "mailstream_smtp_kafka_errors_total",
+        "Messages Kafka did not take: refused when produced, or failed in the delivery report.",
+        "stage=\"produce\"");
+    m->kafka_report_errors = ms_counter_new(
+        "mailstream_smtp_kafka_errors_total",
+        "Messages Kafka did not take: refused when produced, or failed in the delivery report.",
+        "stage=\"report\"");
+    m->message_size = ms_histogram_new("mailstream_smtp_message_size_bytes",
+                                       "Size of queued messages (with our Received header).",
+                                       NULL, size_buckets,
+                                       sizeof(size_buckets) / sizeof(size_buckets[0]));
     m->sessions = ms_gauge_new("mailstream_smtp_sessions", "SMTP sessions open.", NULL);
     for (v = 0; v < FE_VERB_COUNT; v++) {
         snprintf(labels, sizeof(labels), "verb=\"%s\"", fe_verb_name((enum fe_verb)v));
@@ -259,6 +285,21 @@ void fe_metrics_register(struct fe_metrics *m)
         "mailstream_smtp_queue_latency_seconds",
         "From the end of DATA to the Kafka delivery report.", NULL, ms_latency_buckets,
         ms_latency_buckets_n);
+}
+
+void fe_metrics_listener(struct fe_listener *l)
+{
+    char labels[256];
+
+    snprintf(labels, sizeof(labels), "listener=\"%s\",tls=\"%s\"", l->name,
+             l->role == FE_ROLE_SUBMISSIONS ? "yes" : "no");
+    l->m_conn = ms_counter_new("mailstream_smtp_connections_total",
+                               "SMTP connections accepted, by listener and whether TLS "
+                               "started at once (implicit TLS).",
+                               labels);
+    snprintf(labels, sizeof(labels), "listener=\"%s\"", l->name);
+    l->m_starttls = ms_counter_new("mailstream_smtp_starttls_total",
+                                   "Connections upgraded by STARTTLS, by listener.", labels);
 }
 
 /* ---- server ---- */
@@ -398,6 +439,7 @@ int fe_server_listen(struct fe_server *srv, const ms_config *cfg, char *err, siz
             ms_warn("event=config_warning listener=%s reason=\"role %s without passwd_file: "
                     "nobody can authenticate\"",
                     l->name, role);
+        fe_metrics_listener(l);
         if ((r = open_listener(l, err, errlen)) < 0)
             return r;
     }

@@ -80,6 +80,9 @@ struct fe_listener {
     int proxy; /* a PROXY protocol header comes first (fe_proxy.h) */
     uv_tcp_t tcp;
     int open;
+    /* mailstream_smtp_connections_total{listener,tls}: tls="yes" for
+     * implicit TLS; STARTTLS upgrades are counted in m_starttls. */
+    ms_counter *m_conn, *m_starttls;
 };
 
 struct fe_settings {
@@ -108,9 +111,16 @@ struct fe_settings {
     const char *suppress_prefix; /* the worker's ms:suppress: */
 };
 
+/* Reply classes counted in mailstream_smtp_replies_total. */
+enum fe_reply_class { FE_REPLY_2XX, FE_REPLY_3XX, FE_REPLY_4XX, FE_REPLY_5XX, FE_REPLY_CLASSES };
+
 struct fe_metrics {
-    ms_counter *connections;
     ms_gauge *sessions;
+    ms_counter *transactions; /* MAIL accepted */
+    ms_counter *replies[FE_REPLY_CLASSES];
+    ms_counter *bytes_out;
+    ms_counter *kafka_submit_errors, *kafka_report_errors;
+    ms_histogram *message_size; /* octets handed to Kafka, Received header included */
     ms_counter *commands[FE_VERB_COUNT];
     ms_counter *queued, *rejected, *tempfail;
     ms_counter *bytes_in;
@@ -161,6 +171,8 @@ void fe_settings_free(struct fe_settings *set);
 int fe__config_bool(const char *v, int *out);
 
 void fe_metrics_register(struct fe_metrics *m);
+/* The listener's own series (after l->name and l->role are set). */
+void fe_metrics_listener(struct fe_listener *l);
 
 /* Initialise the server around a loop (no listeners yet). */
 void fe_server_init(struct fe_server *srv, uv_loop_t *loop);

@@ -1,7 +1,8 @@
 /*
  * fe_session.c - the SMTP server session (RFC 5321, with RFC 1870 SIZE,
  * RFC 2920 PIPELINING, RFC 2034 ENHANCEDSTATUSCODES, RFC 3207 STARTTLS,
- * RFC 3461 DSN, RFC 4954 AUTH, RFC 6152 8BITMIME, RFC 6531 SMTPUTF8).
+ * RFC 3461 DSN, RFC 4954 AUTH, RFC 6152 8BITMIME, RFC 6531 SMTPUTF8, RFC 3030
+ * CHUNKING and BINARYMIME).
  *
  * One struct fe_session per connection owns the transport, the buffers, the
  * timer and at most one struct fe_tx (the mail transaction: sender,
@@ -40,6 +41,7 @@ enum fe_state {
     FE_ST_MAIL,       /* MAIL accepted */
     FE_ST_RCPT,       /* at least one RCPT accepted */
     FE_ST_DATA,       /* reading the message */
+    FE_ST_BDAT,       /* reading the octets of a BDAT chunk */
     FE_ST_QUEUEING,   /* waiting for the Kafka report */
     FE_ST_AUTH,       /* reading SASL responses */
     FE_ST_AUTH_CHECK, /* crypt(3) running on the thread pool */
@@ -49,7 +51,7 @@ enum fe_state {
 };
 
 static const char *const state_names[] = {
-    "proxy",    "tls_wait", "connected", "ready", "mail", "rcpt", "data",
+    "proxy",    "tls_wait", "connected", "ready", "mail", "rcpt", "data", "bdat",
     "queueing", "auth",      "auth_check", "starttls", "policy", "closing",
 };
 
@@ -89,7 +91,13 @@ struct fe_tx {
     int relayed;         /* a recipient outside accepted_domains */
     struct ms_buf msg;   /* Received header + message */
     size_t header_len;   /* length of our Received header */
-    struct fe_data_reader rd;
+    struct fe_data_reader rd;  /* DATA */
+    struct fe_bdat_reader bd;  /* BDAT (RFC 3030) */
+    int data_tried;            /* DATA was given: no BDAT in this transaction */
+    int bdat;                  /* a BDAT chunk was taken: no DATA, no RCPT */
+    int bdat_last;             /* the chunk being read is the LAST one */
+    uint64_t chunk;            /* its announced size */
+    size_t msg_size;     /* octets handed to Kafka */
     uint64_t txn_id;     /* 0 until submitted */
     uint64_t data_end_ns;
 };
@@ -117,6 +125,7 @@ struct fe_session {
     char sasl_user[FE_AUTH_USER_MAX + 1];
     uint64_t errors;
     int skip_line; /* discarding an overlong line through its LF */
+    uint64_t skip_octets; /* discarding the data of a refused BDAT chunk */
     uint64_t ntx;
     uint64_t ncommands;
     struct fe_wait *wait; /* while FE_ST_POLICY */
@@ -153,11 +162,19 @@ static void reply(struct fe_session *s, const char *fmt, ...) __attribute__((for
 static void reply(struct fe_session *s, const char *fmt, ...)
 {
     va_list ap;
+    size_t at = s->out.len;
+    char c;
 
     va_start(ap, fmt);
     if (ms_buf_vappendf(&s->out, fmt, ap) != 0 || ms_buf_append(&s->out, "\r\n", 2) != 0)
         ms_warn("event=reply_overflow sid=%llu", (unsigned long long)s->id);
     va_end(ap);
+    /* Count a reply once, at its last line ("250 ", not "250-"). */
+    if (s->out.len >= at + 4 && s->out.data[at + 3] != '-') {
+        c = s->out.data[at];
+        if (c >= '2' && c <= '5')
+            ms_counter_inc(s->srv->m.replies[c - '2']);
+    }
 }
 
 static void close_session(struct fe_session *s);
@@ -171,7 +188,8 @@ static void update_reading(struct fe_session *s)
     /* Back-pressure: while too many messages wait for Kafka, sessions in
      * DATA stop reading instead of buffering more message octets. */
     want = s->state != FE_ST_QUEUEING && s->state != FE_ST_AUTH_CHECK &&
-           s->state != FE_ST_POLICY && !(s->state == FE_ST_DATA && s->srv->overloaded) &&
+           s->state != FE_ST_POLICY &&
+           !((s->state == FE_ST_DATA || s->state == FE_ST_BDAT) && s->srv->overloaded) &&
            s->in.len < FE_INPUT_MAX && fe_transport_pending(s->t) < FE_OUTPUT_MAX;
     if (want && !s->t->reading)
         fe_transport_read_start(s->t);
@@ -182,6 +200,7 @@ static void update_reading(struct fe_session *s)
 static void flush(struct fe_session *s)
 {
     if (s->out.len > 0 && !s->t->closing) {
+        ms_counter_add(s->srv->m.bytes_out, s->out.len);
         if (fe_transport_write(s->t, s->out.data, s->out.len) < 0) {
             ms_buf_reset(&s->out);
             close_session(s);
@@ -231,7 +250,7 @@ static void tx_reset(struct fe_session *s)
     tx_free(s->tx);
     s->tx = NULL;
     if (s->state == FE_ST_MAIL || s->state == FE_ST_RCPT || s->state == FE_ST_DATA ||
-        s->state == FE_ST_QUEUEING)
+        s->state == FE_ST_BDAT || s->state == FE_ST_QUEUEING)
         enter_state(s, FE_ST_READY);
 }
 
@@ -243,6 +262,9 @@ static void drain_if_needed(struct fe_session *s)
         close_session(s);
         return;
     }
+    /* Between two BDAT chunks the message is under way, as in DATA. */
+    if (s->state == FE_ST_RCPT && s->tx && s->tx->bdat)
+        return;
     if (s->state == FE_ST_CONNECTED || s->state == FE_ST_READY || s->state == FE_ST_MAIL ||
         s->state == FE_ST_RCPT) {
         reply(s, "421 4.3.2 %s Service shutting down, try again later",
@@ -319,6 +341,11 @@ static void add_received(struct fe_session *s)
 
 /* ---- end of DATA: the envelope and Kafka ---- */
 
+static size_t tx_size(const struct fe_tx *tx)
+{
+    return tx->bdat ? (size_t)tx->bd.size : tx->rd.size;
+}
+
 static void log_tx(struct fe_session *s, const char *event, const char *extra)
 {
     struct fe_tx *tx = s->tx;
@@ -331,7 +358,7 @@ static void log_tx(struct fe_session *s, const char *event, const char *extra)
             event, tx->qid, (unsigned long long)s->id, s->ip, s->port,
             s->proxy_peer[0] ? " proxy=" : "", s->proxy_peer, helo, s->l->name,
             s->t->tls ? s->t->tls_version : "none", s->auth_user[0] ? "yes" : "no", from,
-            tx->nrcpts, tx->rd.size, (s->auth_user[0] || s->trusted) ? "outbound" : "inbound",
+            tx->nrcpts, tx_size(tx), (s->auth_user[0] || s->trusted) ? "outbound" : "inbound",
             extra ? " " : "", extra ? extra : "");
 }
 
@@ -359,9 +386,10 @@ static int submit_tx(struct fe_session *s)
     cl.proxy_peer_ip = s->proxy_peer;
     cl.listener_role = (char *)role_name(s->l->role);
     mf.address = tx->from;
-    mf.body = tx->mp.body == FE_BODY_8BITMIME ? MAILSTREAM__BODY__BODY_8BITMIME
-              : tx->mp.body == FE_BODY_7BIT   ? MAILSTREAM__BODY__BODY_7BIT
-                                              : MAILSTREAM__BODY__BODY_UNSPECIFIED;
+    mf.body = tx->mp.body == FE_BODY_8BITMIME     ? MAILSTREAM__BODY__BODY_8BITMIME
+              : tx->mp.body == FE_BODY_7BIT       ? MAILSTREAM__BODY__BODY_7BIT
+              : tx->mp.body == FE_BODY_BINARYMIME ? MAILSTREAM__BODY__BODY_BINARYMIME
+                                                  : MAILSTREAM__BODY__BODY_UNSPECIFIED;
     mf.smtputf8 = tx->mp.smtputf8;
     mf.size = tx->mp.has_size ? tx->mp.size : 0;
     mf.ret = tx->mp.ret == FE_RET_FULL   ? MAILSTREAM__RET__RET_FULL
@@ -405,7 +433,9 @@ static int submit_tx(struct fe_session *s)
     return r;
 }
 
-static void data_end(struct fe_session *s)
+/* The whole message is in (end of DATA, or the LAST BDAT chunk), with
+ * `status` from its reader. */
+static void data_end(struct fe_session *s, enum fe_data_status status)
 {
     struct fe_tx *tx = s->tx;
     const char *why;
@@ -413,17 +443,19 @@ static void data_end(struct fe_session *s)
     int r;
 
     tx->data_end_ns = uv_hrtime();
-    if (tx->rd.status != FE_DATA_OK) {
-        why = fe_data_reply(tx->rd.status);
+    if (status != FE_DATA_OK) {
+        why = fe_data_reply(status);
         reply(s, "%s", why);
-        snprintf(extra, sizeof(extra), "reason=%d", (int)tx->rd.status);
+        snprintf(extra, sizeof(extra), "reason=%d", (int)status);
         log_tx(s, "rejected", extra);
         ms_counter_inc(s->srv->m.rejected);
         tx_reset(s);
         return;
     }
+    tx->msg_size = tx->msg.len;
     r = submit_tx(s);
     if (r < 0) {
+        ms_counter_inc(s->srv->m.kafka_submit_errors);
         snprintf(extra, sizeof(extra), "error=%s", ms_err_name(r));
         if (r == MS_ETOOBIG) {
             reply(s, "552 5.3.4 Message too big for the queue (%s)", tx->qid);
@@ -462,8 +494,10 @@ void fe_session_queued(struct fe_session *s, int err, const char *errstr)
         snprintf(extra, sizeof(extra), "latency_ms=%.1f", secs * 1000);
         log_tx(s, "queued", extra);
         ms_counter_inc(s->srv->m.queued);
+        ms_histogram_observe(s->srv->m.message_size, (double)tx->msg_size);
         s->ntx++;
     } else {
+        ms_counter_inc(s->srv->m.kafka_report_errors);
         reply(s, "451 4.3.0 Queue unavailable, try again later (%s)", tx->qid);
         ms_log_quote(q, sizeof(q), errstr ? errstr : "", errstr ? strlen(errstr) : 0);
         snprintf(extra, sizeof(extra), "error=%s detail=%s", ms_err_name(err), q);
@@ -523,6 +557,8 @@ static void greet(struct fe_session *s, const struct fe_smtp_cmd *c, int esmtp)
     reply(s, "250-PIPELINING");
     reply(s, "250-SIZE %llu", (unsigned long long)set->max_message_size);
     reply(s, "250-8BITMIME");
+    reply(s, "250-CHUNKING");
+    reply(s, "250-BINARYMIME");
     reply(s, "250-SMTPUTF8");
     reply(s, "250-DSN");
     if (s->srv->tls && !s->t->tls && s->l->role != FE_ROLE_SUBMISSIONS)
@@ -597,6 +633,7 @@ static void mail_accept(struct fe_session *s, const struct fe_wait *w)
     tx->mp = w->mp;
     ms_buf_init(&tx->msg, 0);
     s->tx = tx;
+    ms_counter_inc(s->srv->m.transactions);
     enter_state(s, FE_ST_MAIL);
     reply(s, "250 2.1.0 Ok");
 }
@@ -612,6 +649,10 @@ static void cmd_rcpt(struct fe_session *s, const struct fe_smtp_cmd *c)
 
     if (fe_smtp_rcpt_params(c, &rp, &err) < 0) {
         reply_error(s, err);
+        return;
+    }
+    if (tx->bdat) {
+        reply_error(s, "503 5.5.1 Error: RCPT after BDAT");
         return;
     }
     if (c->path_utf8 && !tx->mp.smtputf8) {
@@ -686,6 +727,17 @@ static void cmd_data(struct fe_session *s, const struct fe_smtp_cmd *c)
     struct fe_tx *tx = s->tx;
     size_t max = s->srv->set.max_message_size;
 
+    /* RFC 3030 2: DATA and BDAT do not mix in one transaction, and a
+     * BINARYMIME body can only come in chunks (RFC 3030 3). */
+    if (tx->bdat) {
+        reply_error(s, "503 5.5.1 Error: DATA after BDAT in the same transaction");
+        return;
+    }
+    if (tx->mp.body == FE_BODY_BINARYMIME) {
+        reply_error(s, "503 5.5.1 Error: BODY=BINARYMIME requires BDAT");
+        return;
+    }
+    tx->data_tried = 1;
     if (tx->nrcpts == 0) {
         /* RFC 2920 3.1: with pipelining, DATA after failed RCPTs. */
         reply_error(s, "554 5.5.1 Error: no valid recipients");
@@ -697,6 +749,69 @@ static void cmd_data(struct fe_session *s, const struct fe_smtp_cmd *c)
     fe_data_init(&tx->rd, &tx->msg, max);
     enter_state(s, FE_ST_DATA);
     reply(s, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+/* ---- BDAT (RFC 3030) ---- */
+
+/* The chunk's octets are all in. */
+static void bdat_chunk_end(struct fe_session *s)
+{
+    struct fe_tx *tx = s->tx;
+    enum fe_data_status st = tx->bd.status;
+    char extra[128];
+
+    if (tx->bdat_last) {
+        data_end(s, fe_bdat_finish(&tx->bd));
+        return;
+    }
+    if (st != FE_DATA_OK) {
+        /* RFC 3030 2: a failed chunk fails the transaction. */
+        reply_error(s, fe_data_reply(st));
+        snprintf(extra, sizeof(extra), "reason=%d", (int)st);
+        log_tx(s, "rejected", extra);
+        ms_counter_inc(s->srv->m.rejected);
+        tx_reset(s);
+        return;
+    }
+    enter_state(s, FE_ST_RCPT);
+    reply(s, "250 2.0.0 %llu octets received", (unsigned long long)tx->chunk);
+}
+
+/* command() has set s->skip_octets to the chunk size: any refusal leaves
+ * it so the chunk's octets are thrown away rather than taken as commands.
+ * Taking the chunk clears it. */
+static void cmd_bdat(struct fe_session *s, const struct fe_smtp_cmd *c)
+{
+    struct fe_tx *tx = s->tx;
+    size_t max = s->srv->set.max_message_size;
+    const char *err;
+    uint64_t n;
+    int last, size_ok;
+
+    if (fe_smtp_bdat_args(c->args, c->argslen, &n, &last, &size_ok, &err) < 0)
+        return; /* command() answered already */
+    if (tx->data_tried) {
+        reply_error(s, "503 5.5.1 Error: BDAT after DATA in the same transaction");
+        return;
+    }
+    if (tx->nrcpts == 0) {
+        reply_error(s, "554 5.5.1 Error: no valid recipients");
+        return;
+    }
+    if (!tx->bdat) {
+        tx->bdat = 1;
+        ms_buf_free(&tx->msg);
+        ms_buf_init(&tx->msg, max + 16384);
+        add_received(s);
+        fe_bdat_init(&tx->bd, &tx->msg, max, tx->mp.body == FE_BODY_BINARYMIME);
+    }
+    fe_bdat_chunk(&tx->bd, n);
+    tx->chunk = n;
+    tx->bdat_last = last;
+    s->skip_octets = 0;
+    enter_state(s, FE_ST_BDAT);
+    if (n == 0)
+        bdat_chunk_end(s);
 }
 
 static void cmd_rset(struct fe_session *s, const struct fe_smtp_cmd *c)
@@ -729,7 +844,7 @@ static void cmd_expn(struct fe_session *s, const struct fe_smtp_cmd *c)
 
 static void cmd_help(struct fe_session *s, const struct fe_smtp_cmd *c)
 {
-    reply(s, "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP%s%s",
+    reply(s, "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP%s%s",
           s->srv->tls ? " STARTTLS" : "", s->srv->passwd ? " AUTH" : "");
 }
 
@@ -1155,6 +1270,7 @@ static const struct fe_cmd cmd_table[] = {
     {FE_VERB_HELP, cmd_help, 0},
     {FE_VERB_STARTTLS, cmd_starttls, F_HELO | F_NOTX | F_NOARG | F_LAST},
     {FE_VERB_AUTH, cmd_auth, F_HELO | F_NOTX | F_ARG | F_LAST},
+    {FE_VERB_BDAT, cmd_bdat, F_HELO | F_TX},
 };
 
 static void command(struct fe_session *s, const char *line, size_t len)
@@ -1175,7 +1291,27 @@ static void command(struct fe_session *s, const char *line, size_t len)
         close_session(s);
         return;
     }
-    if (s->srv->draining) {
+    if (r == 0 && c.verb == FE_VERB_BDAT) {
+        /* RFC 3030 2: the chunk follows whatever we answer, so frame it
+         * first.  Without a size the stream can not be framed: close. */
+        uint64_t n;
+        int last, size_ok;
+
+        if (fe_smtp_bdat_args(c.args, c.argslen, &n, &last, &size_ok, &err) < 0) {
+            if (!size_ok) {
+                reply(s, "%s", err);
+                reply(s, "421 4.5.0 %s Error: BDAT stream out of sync", s->srv->set.hostname);
+                close_session(s);
+                return;
+            }
+            s->skip_octets = n;
+            reply_error(s, err);
+            return;
+        }
+        s->skip_octets = n;
+    }
+    /* Draining: a transaction already sending BDAT chunks may finish. */
+    if (s->srv->draining && !(c.verb == FE_VERB_BDAT && s->tx && s->tx->bdat)) {
         reply(s, "421 4.3.2 %s Service shutting down, try again later", s->srv->set.hostname);
         close_session(s);
         return;
@@ -1229,7 +1365,7 @@ static void command(struct fe_session *s, const char *line, size_t len)
  * it runs out or the session has to wait. */
 void fe__session_process(struct fe_session *s)
 {
-    static char line[FE_SMTP_AUTH_LINE_MAX + 1];
+    static _Thread_local char line[FE_SMTP_AUTH_LINE_MAX + 1]; /* one per loop thread */
     size_t clen, max;
     const char *lf;
     int r;
@@ -1241,6 +1377,12 @@ void fe__session_process(struct fe_session *s)
                 break;
             continue;
         }
+        if (s->skip_octets > 0) {
+            clen = s->in.len < s->skip_octets ? s->in.len : (size_t)s->skip_octets;
+            ms_buf_consume(&s->in, clen);
+            s->skip_octets -= clen;
+            continue;
+        }
         if (s->state == FE_ST_DATA) {
             r = fe_data_feed(&s->tx->rd, s->in.data, s->in.len);
             if (r == MS_EAGAIN) {
@@ -1248,7 +1390,13 @@ void fe__session_process(struct fe_session *s)
                 break;
             }
             ms_buf_consume(&s->in, (size_t)r);
-            data_end(s);
+            data_end(s, s->tx->rd.status);
+            continue;
+        }
+        if (s->state == FE_ST_BDAT) {
+            ms_buf_consume(&s->in, fe_bdat_feed(&s->tx->bd, s->in.data, s->in.len));
+            if (s->tx->bd.left == 0)
+                bdat_chunk_end(s);
             continue;
         }
         if (s->skip_line) {
@@ -1362,6 +1510,8 @@ static void on_tls(void *arg, int err)
         return;
     }
     ms_counter_inc(s->srv->m.tls_ok);
+    if (s->state == FE_ST_STARTTLS)
+        ms_counter_inc(s->l->m_starttls);
     ms_debug("event=tls sid=%llu version=%s cipher=%s", (unsigned long long)s->id,
              s->t->tls_version, s->t->tls_cipher);
     if (s->state == FE_ST_TLS_WAIT) {
@@ -1630,7 +1780,7 @@ struct fe_session *fe_session_new(struct fe_server *srv, struct fe_listener *l,
         srv->head->prev = s;
     srv->head = s;
     fe_idmap_put(&srv->sessions, s->id, s);
-    ms_counter_inc(srv->m.connections);
+    ms_counter_inc(l->m_conn);
     ms_gauge_add(srv->m.sessions, 1);
     ms_debug("event=connect sid=%llu client=%s port=%d listener=%s trusted=%d",
              (unsigned long long)s->id, s->ip, s->port, l->name, s->trusted);

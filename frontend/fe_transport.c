@@ -14,11 +14,25 @@
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+
+/* A certificate chosen by SNI, for one host name or "*.domain". */
+struct sni_entry {
+    char *name;
+    SSL_CTX *ctx;
+};
 
 struct fe_tls_ctx {
-    SSL_CTX *ctx;
+    SSL_CTX *ctx; /* the default certificate; every handshake starts here */
+    SSL_CTX **extra;
+    size_t nextra;
+    struct sni_entry *sni;
+    size_t nsni;
+    atomic_int refs;
 };
 
 /* ---- TCP (plain or TLS) ---- */
@@ -33,13 +47,14 @@ struct tcp_transport {
     int errored;  /* on_error already reported */
     int shutdown; /* close once the pending output is written */
     size_t pending;
+    struct fe_tls_ctx *tctx; /* a reference while t->ssl exists */
 };
 
-/* One read buffer for every connection: libuv calls alloc_cb and read_cb
- * back to back on the loop thread, and read_cb consumes the data before
- * returning, so sharing it is safe and saves 64 KiB per idle connection.
- * XXX: one loop per process; a second loop thread would need its own. */
-static char tcp_rbuf[FE_TRANSPORT_READ_MAX];
+/* One read buffer for every connection of a loop: libuv calls alloc_cb
+ * and read_cb back to back on the loop thread, and read_cb consumes the
+ * data before returning, so sharing it is safe and saves 64 KiB per idle
+ * connection.  Thread-local, so each loop thread has its own. */
+static _Thread_local char tcp_rbuf[FE_TRANSPORT_READ_MAX];
 
 struct tcp_write {
     uv_write_t req;
@@ -253,6 +268,7 @@ static int tcp_tls_start(struct fe_transport *pub, struct fe_tls_ctx *ctx)
         return MS_EINVAL;
     if ((t->ssl = SSL_new(ctx->ctx)) == NULL)
         return MS_ENOMEM;
+    t->tctx = fe_tls_ctx_ref(ctx); /* the SNI callback reads it */
     t->rbio = BIO_new(BIO_s_mem());
     t->wbio = BIO_new(BIO_s_mem());
     BIO_set_mem_eof_return(t->rbio, -1);
@@ -286,6 +302,7 @@ static void tcp_close_cb(uv_handle_t *h)
     t->pub.cb.on_close(t->pub.arg);
     if (t->ssl)
         SSL_free(t->ssl); /* frees the BIOs too */
+    fe_tls_ctx_free(t->tctx);
     free(t);
 }
 
@@ -354,9 +371,99 @@ struct fe_transport *fe_transport_tcp_accept(uv_stream_t *server, const struct f
 
 /* ---- TLS context ---- */
 
-struct fe_tls_ctx *fe_tls_ctx_new(const char *cert, const char *key, char *err, size_t errlen)
+/* RFC 6125 6.4.3, simplified: exact, or "*." matching exactly one label. */
+static int sni_match(const char *pattern, const char *host)
 {
-    struct fe_tls_ctx *c;
+    const char *dot;
+
+    if (strcasecmp(pattern, host) == 0)
+        return 1;
+    if (strncmp(pattern, "*.", 2) != 0 || (dot = strchr(host, '.')) == NULL || dot == host)
+        return 0;
+    return strcasecmp(pattern + 1, dot) == 0;
+}
+
+/* The ClientHello's server_name picks the certificate.  Exact names win
+ * over wildcards; no match keeps the default. */
+static int sni_cb(SSL *ssl, int *alert, void *arg)
+{
+    struct fe_tls_ctx *c = arg;
+    const char *host = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    SSL_CTX *found = NULL;
+    size_t i;
+
+    (void)alert;
+    if (host == NULL || *host == '\0')
+        return SSL_TLSEXT_ERR_NOACK;
+    for (i = 0; i < c->nsni && !found; i++)
+        if (c->sni[i].name[0] != '*' && sni_match(c->sni[i].name, host))
+            found = c->sni[i].ctx;
+    for (i = 0; i < c->nsni && !found; i++)
+        if (c->sni[i].name[0] == '*' && sni_match(c->sni[i].name, host))
+            found = c->sni[i].ctx;
+    if (found)
+        SSL_set_SSL_CTX(ssl, found);
+    return SSL_TLSEXT_ERR_OK;
+}
+
+static void sni_add(struct fe_tls_ctx *c, const char *name, size_t len, SSL_CTX *ctx)
+{
+    if (len == 0 || len > 253)
+        return;
+    c->sni = ms_realloc(c->sni, (c->nsni + 1) * sizeof(*c->sni));
+    c->sni[c->nsni].name = ms_strndup(name, len);
+    c->sni[c->nsni].ctx = ctx;
+    c->nsni++;
+}
+
+/* The names a certificate answers for: its DNS subjectAltNames, else the
+ * CN (RFC 6125 6.4.4). */
+static void sni_from_cert(struct fe_tls_ctx *c, SSL_CTX *ctx)
+{
+    X509 *x = SSL_CTX_get0_certificate(ctx);
+    GENERAL_NAMES *gens;
+    int i, n = 0, len;
+    char cn[256];
+
+    if (x == NULL)
+        return;
+    if ((gens = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL)) != NULL) {
+        for (i = 0; i < sk_GENERAL_NAME_num(gens) && n < FE_TLS_NAMES_MAX; i++) {
+            const GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, i);
+            if (g->type != GEN_DNS)
+                continue;
+            sni_add(c, (const char *)ASN1_STRING_get0_data(g->d.dNSName),
+                    (size_t)ASN1_STRING_length(g->d.dNSName), ctx);
+            n++;
+        }
+        GENERAL_NAMES_free(gens);
+    }
+    if (n == 0 && (len = X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName,
+                                                   cn, sizeof(cn))) > 0)
+        sni_add(c, cn, (size_t)len, ctx);
+}
+
+static void sni_from_list(struct fe_tls_ctx *c, const char *names, SSL_CTX *ctx)
+{
+    const char *p = names, *e;
+    int n = 0;
+
+    while (*p && n < FE_TLS_NAMES_MAX) {
+        while (*p == ',' || *p == ' ' || *p == '\t')
+            p++;
+        for (e = p; *e && *e != ',' && *e != ' ' && *e != '\t'; e++)
+            ;
+        if (e > p) {
+            sni_add(c, p, (size_t)(e - p), ctx);
+            n++;
+        }
+        p = e;
+    }
+}
+
+static SSL_CTX *server_ctx(const struct fe_tls_cert *tc, const char *ciphers, char *err,
+                           size_t errlen)
+{
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     unsigned long e;
 
@@ -367,26 +474,84 @@ struct fe_tls_ctx *fe_tls_ctx_new(const char *cert, const char *key, char *err, 
     SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
                                  SSL_OP_CIPHER_SERVER_PREFERENCE);
-    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1 ||
-        SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
+    if (SSL_CTX_set_cipher_list(ctx, ciphers) != 1 ||
+        SSL_CTX_use_certificate_chain_file(ctx, tc->cert) != 1 ||
+        SSL_CTX_use_PrivateKey_file(ctx, tc->key, SSL_FILETYPE_PEM) != 1 ||
         SSL_CTX_check_private_key(ctx) != 1)
         goto fail;
-    c = ms_malloc(sizeof(*c));
-    c->ctx = ctx;
-    return c;
+    return ctx;
 fail:
     e = ERR_get_error();
-    snprintf(err, errlen, "TLS: %s / %s: %s", cert, key, e ? ERR_reason_error_string(e) : "?");
+    snprintf(err, errlen, "TLS %s: %s / %s: %s", tc->label ? tc->label : "", tc->cert, tc->key,
+             e ? ERR_reason_error_string(e) : "?");
     ERR_clear_error();
     SSL_CTX_free(ctx);
     return NULL;
 }
 
+struct fe_tls_ctx *fe_tls_ctx_new_multi(const struct fe_tls_cert *certs, size_t n,
+                                        const char *ciphers, char *err, size_t errlen)
+{
+    struct fe_tls_ctx *c;
+    SSL_CTX *ctx;
+    size_t i;
+
+    if (n == 0 || n > FE_TLS_CERTS_MAX) {
+        snprintf(err, errlen, "TLS: want 1 to %d certificates", FE_TLS_CERTS_MAX);
+        return NULL;
+    }
+    c = ms_calloc(1, sizeof(*c));
+    atomic_init(&c->refs, 1);
+    c->extra = ms_calloc(n, sizeof(*c->extra));
+    for (i = 0; i < n; i++) {
+        if ((ctx = server_ctx(&certs[i], ciphers ? ciphers : FE_TLS_CIPHERS_DEF, err, errlen)) ==
+            NULL) {
+            fe_tls_ctx_free(c);
+            return NULL;
+        }
+        if (i == 0) {
+            c->ctx = ctx;
+            continue;
+        }
+        c->extra[c->nextra++] = ctx;
+        if (certs[i].names && *certs[i].names)
+            sni_from_list(c, certs[i].names, ctx);
+        else
+            sni_from_cert(c, ctx);
+    }
+    if (c->nsni > 0) {
+        SSL_CTX_set_tlsext_servername_callback(c->ctx, sni_cb);
+        SSL_CTX_set_tlsext_servername_arg(c->ctx, c);
+    }
+    return c;
+}
+
+struct fe_tls_ctx *fe_tls_ctx_new(const char *cert, const char *key, char *err, size_t errlen)
+{
+    struct fe_tls_cert tc = {"default", cert, key, NULL};
+
+    return fe_tls_ctx_new_multi(&tc, 1, NULL, err, errlen);
+}
+
+struct fe_tls_ctx *fe_tls_ctx_ref(struct fe_tls_ctx *ctx)
+{
+    atomic_fetch_add_explicit(&ctx->refs, 1, memory_order_relaxed);
+    return ctx;
+}
+
 void fe_tls_ctx_free(struct fe_tls_ctx *ctx)
 {
-    if (ctx == NULL)
+    size_t i;
+
+    if (ctx == NULL || atomic_fetch_sub_explicit(&ctx->refs, 1, memory_order_acq_rel) != 1)
         return;
     SSL_CTX_free(ctx->ctx);
+    for (i = 0; i < ctx->nextra; i++)
+        SSL_CTX_free(ctx->extra[i]);
+    for (i = 0; i < ctx->nsni; i++)
+        free(ctx->sni[i].name);
+    free(ctx->sni);
+    free(ctx->extra);
     free(ctx);
 }
 

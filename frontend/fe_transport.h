@@ -96,9 +96,40 @@ static inline void fe_transport_unread(struct fe_transport *t, const char *b, si
 
 /* ---- TLS server context ---- */
 
-/* TLS 1.2 and 1.3 only, certificate chain and key from PEM files.  Returns
- * NULL with the reason in err. */
+/* TLS 1.2 with FE_TLS_CIPHERS_DEF (ECDHE key exchange and AEAD ciphers
+ * only, RFC 9325 4.2) and TLS 1.3 with OpenSSL's suites (all AEAD). */
+#define FE_TLS_CIPHERS_DEF                                                                     \
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"                               \
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"                               \
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+#define FE_TLS_CERTS_MAX 64
+#define FE_TLS_NAMES_MAX 64 /* names per certificate taken for SNI */
+
+/* One certificate: chain and key in PEM files, and the host names it is
+ * chosen for by SNI (RFC 6066 3).  names NULL: the DNS names of its
+ * subjectAltName (else its CN), "*.example.com" matching one label. */
+struct fe_tls_cert {
+    const char *label; /* for messages: "default", the [tls.NAME] */
+    const char *cert, *key;
+    const char *names; /* comma or space separated, or NULL */
+};
+
+/*
+ * A server context over certs[0] (the default: no SNI, or no match) and
+ * certs[1..n-1] chosen by the name the client asks for.  ciphers NULL:
+ * FE_TLS_CIPHERS_DEF.  Returns NULL with the reason in err.
+ *
+ * The context is reference-counted (atomically: any thread may hold one):
+ * a transport takes a reference in tls_start and drops it when it closes,
+ * so the owner can replace and free its context (SIGHUP reload) while
+ * sessions still use or negotiate with the old one.
+ */
+struct fe_tls_ctx *fe_tls_ctx_new_multi(const struct fe_tls_cert *certs, size_t n,
+                                        const char *ciphers, char *err, size_t errlen);
+/* One certificate, default ciphers. */
 struct fe_tls_ctx *fe_tls_ctx_new(const char *cert, const char *key, char *err, size_t errlen);
+struct fe_tls_ctx *fe_tls_ctx_ref(struct fe_tls_ctx *ctx);
+/* Drop a reference (the owner's, or a transport's); NULL is fine. */
 void fe_tls_ctx_free(struct fe_tls_ctx *ctx);
 
 #endif

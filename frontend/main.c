@@ -57,29 +57,57 @@ static int ready_cb(void *arg, char *why, size_t whylen)
     return ms_producer_ready(srv.producer, why, whylen);
 }
 
+/* [smtp] tls_cert / tls_key is the default certificate; each [tls.NAME]
+ * section (cert, key, optional names) adds one chosen by SNI.  On SIGHUP
+ * the files are read again and the new context replaces the old; sessions
+ * keep a reference to the one they started with. */
 static void load_tls(int fatal)
 {
     const char *cert = ms_config_get(cfg, "smtp", "tls_cert", "");
     const char *key = ms_config_get(cfg, "smtp", "tls_key", "");
+    const char *ciphers = ms_config_get(cfg, "smtp", "tls_ciphers", FE_TLS_CIPHERS_DEF);
+    const char *const *names;
+    struct fe_tls_cert certs[FE_TLS_CERTS_MAX];
     struct fe_tls_ctx *ctx;
+    size_t n, i, nc = 0;
     char err[512];
 
-    if (*cert == '\0' && *key == '\0')
+    n = ms_config_sections(cfg, "tls.", &names);
+    if (*cert == '\0' && *key == '\0' && n == 0)
         return;
     if (*cert == '\0' || *key == '\0') {
-        if (fatal)
-            ms_fatal("event=config_error reason=\"tls_cert and tls_key go together\"");
-        return;
+        snprintf(err, sizeof(err), "[smtp] tls_cert and tls_key go together, and [tls.NAME] "
+                                   "certificates need them as the default");
+        goto fail;
     }
-    if ((ctx = fe_tls_ctx_new(cert, key, err, sizeof(err))) == NULL) {
-        if (fatal)
-            ms_fatal("event=config_error reason=\"%s\"", err);
-        ms_warn("event=reload_failed what=tls reason=\"%s\"", err);
-        return;
+    if (n + 1 > FE_TLS_CERTS_MAX) {
+        snprintf(err, sizeof(err), "more than %d [tls.NAME] sections", FE_TLS_CERTS_MAX - 1);
+        goto fail;
     }
-    /* Sessions mid-handshake keep a reference to the old SSL_CTX. */
+    certs[nc++] = (struct fe_tls_cert){"default", cert, key, NULL};
+    for (i = 0; i < n; i++) {
+        struct fe_tls_cert *tc = &certs[nc++];
+
+        tc->label = names[i];
+        tc->cert = ms_config_get(cfg, names[i], "cert", "");
+        tc->key = ms_config_get(cfg, names[i], "key", "");
+        tc->names = ms_config_get(cfg, names[i], "names", NULL);
+        if (*tc->cert == '\0' || *tc->key == '\0') {
+            snprintf(err, sizeof(err), "[%s] needs cert and key", names[i]);
+            goto fail;
+        }
+    }
+    if ((ctx = fe_tls_ctx_new_multi(certs, nc, ciphers, err, sizeof(err))) == NULL)
+        goto fail;
+    /* Sessions using or negotiating with the old context hold a reference. */
     fe_tls_ctx_free(srv.tls);
     srv.tls = ctx;
+    ms_info("event=tls_loaded certificates=%zu", nc);
+    return;
+fail:
+    if (fatal)
+        ms_fatal("event=config_error reason=\"%s\"", err);
+    ms_warn("event=reload_failed what=tls reason=\"%s\"", err);
 }
 
 static void load_passwd(int fatal)

@@ -149,3 +149,98 @@ int fe_data_feed(struct fe_data_reader *r, const char *buf, size_t len)
     r->wire += len;
     return MS_EAGAIN;
 }
+
+/* ---- BDAT (RFC 3030) ---- */
+
+void fe_bdat_init(struct fe_bdat_reader *r, struct ms_buf *out, size_t max_size, int binary)
+{
+    memset(r, 0, sizeof(*r));
+    r->out = out;
+    r->max_size = max_size;
+    r->binary = binary;
+}
+
+static void bdat_fail(struct fe_bdat_reader *r, enum fe_data_status s)
+{
+    if (r->status == FE_DATA_OK)
+        r->status = s;
+}
+
+enum fe_data_status fe_bdat_chunk(struct fe_bdat_reader *r, uint64_t n)
+{
+    if (n > r->max_size || r->size + n > r->max_size) {
+        r->size = r->max_size + 1; /* stays over, whatever follows */
+        bdat_fail(r, FE_DATA_TOO_BIG);
+    } else {
+        r->size += n;
+    }
+    r->left = n;
+    return r->status;
+}
+
+static void bdat_line(struct fe_bdat_reader *r, size_t n)
+{
+    r->_linelen += n;
+    if (r->_linelen > FE_SMTP_TEXT_LINE_MAX)
+        bdat_fail(r, FE_DATA_LINE_TOO_LONG);
+}
+
+/* The line checks of a text body over n octets (no copying). */
+static void bdat_check(struct fe_bdat_reader *r, const char *p, size_t n)
+{
+    size_t i, j;
+    unsigned char c;
+
+    for (i = 0; i < n;) {
+        if (r->_cr) {
+            r->_cr = 0;
+            if (p[i] == '\n') {
+                bdat_line(r, 2);
+                r->_linelen = 0;
+                i++;
+                continue;
+            }
+            bdat_fail(r, FE_DATA_BARE_CR);
+            bdat_line(r, 1);
+        }
+        for (j = i; j < n && p[j] != '\r' && p[j] != '\n' && p[j] != '\0'; j++)
+            ;
+        if (j > i) {
+            bdat_line(r, j - i);
+            i = j;
+            continue;
+        }
+        c = (unsigned char)p[i++];
+        if (c == '\r') {
+            r->_cr = 1;
+        } else {
+            bdat_fail(r, c == '\n' ? FE_DATA_BARE_LF : FE_DATA_NUL);
+            bdat_line(r, 1);
+        }
+    }
+}
+
+size_t fe_bdat_feed(struct fe_bdat_reader *r, const char *buf, size_t len)
+{
+    size_t n = len < r->left ? len : (size_t)r->left;
+
+    r->left -= n;
+    if (r->status != FE_DATA_OK)
+        return n; /* rejected already: consume, keep nothing */
+    if (!r->binary)
+        bdat_check(r, buf, n);
+    if (r->status == FE_DATA_OK && ms_buf_append(r->out, buf, n) != 0)
+        bdat_fail(r, FE_DATA_TOO_BIG);
+    return n;
+}
+
+enum fe_data_status fe_bdat_finish(struct fe_bdat_reader *r)
+{
+    if (r->binary || r->status != FE_DATA_OK)
+        return r->status;
+    if (r->_cr)
+        bdat_fail(r, FE_DATA_BARE_CR);
+    else if (r->_linelen > 0 && ms_buf_append(r->out, "\r\n", 2) != 0)
+        bdat_fail(r, FE_DATA_TOO_BIG);
+    return r->status;
+}

@@ -17,7 +17,8 @@
  *   bare LF, bare CR, NUL  RFC 5321 2.3.8, 4.1.1.4               554 5.6.0
  *
  * The caller owns the reader and the output buffer; any thread; unit-tested
- * by tests/unit/test_fe_data.c, fuzzed by tests/fuzz/fuzz_fe_data.c.
+ * by tests/unit/test_fe_data.c, fuzzed by tests/fuzz/fuzz_fe_data.c and
+ * tests/fuzz/fuzz_fe_bdat.c.
  */
 #ifndef FE_SMTP_DATA_H
 #define FE_SMTP_DATA_H
@@ -58,5 +59,42 @@ int fe_data_feed(struct fe_data_reader *r, const char *buf, size_t len);
 /* The reply line (no CRLF) that rejects a message with this status; NULL for
  * FE_DATA_OK. */
 const char *fe_data_reply(enum fe_data_status s);
+
+/*
+ * The BDAT reader (RFC 3030 2): the same checks on a message that comes in
+ * chunks of exact octet counts.  Octets are taken as they are: no
+ * dot-stuffing, no end-of-data line.  For a text body (BODY=7BIT, 8BITMIME
+ * or none) line ends must still be CRLF (a CRLF may straddle two chunks),
+ * with no NUL and no line over FE_SMTP_TEXT_LINE_MAX, so that nothing handed
+ * on differs from what DATA would accept; BODY=BINARYMIME (binary = 1) is
+ * taken as it is, only the size counts.
+ *
+ * fe_bdat_chunk() announces the next chunk; fe_bdat_feed() consumes at most
+ * what is left of it; fe_bdat_finish() after the LAST chunk.  As with DATA,
+ * problems are remembered in r->status and the caller rejects the message.
+ * The size limit is checked on the announced size, so a chunk that would go
+ * over is known before its octets arrive (they must still be consumed).
+ */
+struct fe_bdat_reader {
+    struct ms_buf *out;
+    size_t max_size;
+    uint64_t size;              /* octets announced so far, all chunks */
+    int binary;                 /* BODY=BINARYMIME: no line checks */
+    enum fe_data_status status; /* the first problem, FE_DATA_OK if none */
+    uint64_t left;              /* octets of the current chunk still to come */
+    int _cr;                    /* the last octet was a CR */
+    size_t _linelen;
+};
+
+void fe_bdat_init(struct fe_bdat_reader *r, struct ms_buf *out, size_t max_size, int binary);
+/* A chunk of n octets follows.  Returns FE_DATA_TOO_BIG (also set in
+ * r->status) when the message would pass max_size, else r->status. */
+enum fe_data_status fe_bdat_chunk(struct fe_bdat_reader *r, uint64_t n);
+/* Consume up to min(len, r->left) octets; returns how many. */
+size_t fe_bdat_feed(struct fe_bdat_reader *r, const char *buf, size_t len);
+/* After the LAST chunk: a text body ending in a bare CR is rejected, one
+ * whose last line has no CRLF gets one (as Postfix does: a message is made
+ * of CRLF-terminated lines, RFC 5322 2.1).  Returns r->status. */
+enum fe_data_status fe_bdat_finish(struct fe_bdat_reader *r);
 
 #endif

@@ -13,7 +13,7 @@ static const char *const verb_names[FE_VERB_COUNT] = {
     [FE_VERB_MAIL] = "MAIL",       [FE_VERB_RCPT] = "RCPT",         [FE_VERB_DATA] = "DATA",
     [FE_VERB_RSET] = "RSET",       [FE_VERB_NOOP] = "NOOP",         [FE_VERB_QUIT] = "QUIT",
     [FE_VERB_VRFY] = "VRFY",       [FE_VERB_EXPN] = "EXPN",         [FE_VERB_HELP] = "HELP",
-    [FE_VERB_STARTTLS] = "STARTTLS", [FE_VERB_AUTH] = "AUTH",
+    [FE_VERB_STARTTLS] = "STARTTLS", [FE_VERB_AUTH] = "AUTH",       [FE_VERB_BDAT] = "BDAT",
 };
 
 const char *fe_verb_name(enum fe_verb v)
@@ -439,6 +439,8 @@ int fe_smtp_mail_params(const struct fe_smtp_cmd *cmd, struct fe_mail_params *mp
                 mp->body = FE_BODY_7BIT;
             else if (value_is(p, "8BITMIME"))
                 mp->body = FE_BODY_8BITMIME;
+            else if (value_is(p, "BINARYMIME"))
+                mp->body = FE_BODY_BINARYMIME;
             else {
                 *reply = "555 5.5.4 Unsupported BODY type";
                 return MS_EPROTO;
@@ -565,4 +567,44 @@ const char *fe_addr_domain(const char *addr)
 {
     const char *at = strrchr(addr, '@');
     return at ? at + 1 : "";
+}
+
+/* ---- BDAT (RFC 3030 2) ---- */
+
+#define BDAT_SYNTAX "501 5.5.4 Syntax: BDAT chunk-size [LAST]"
+
+int fe_smtp_bdat_args(const char *args, size_t len, uint64_t *size, int *last, int *size_ok,
+                      const char **reply)
+{
+    size_t i = 0;
+    uint64_t n = 0;
+
+    *size = 0;
+    *last = 0;
+    *size_ok = 0;
+    /* chunk-size = 1*DIGIT; more than 19 digits can not be a size we take
+     * and could overflow, so the stream is lost (the caller closes). */
+    while (i < len && args[i] >= '0' && args[i] <= '9') {
+        if (i >= 19) {
+            *reply = BDAT_SYNTAX;
+            return MS_EPROTO;
+        }
+        n = n * 10 + (uint64_t)(args[i] - '0');
+        i++;
+    }
+    if (i == 0 || (i < len && args[i] != ' ')) {
+        *reply = BDAT_SYNTAX;
+        return MS_EPROTO;
+    }
+    *size = n;
+    *size_ok = 1;
+    if (i == len)
+        return 0;
+    i++; /* the SP */
+    if (len - i == 4 && strncasecmp(args + i, "LAST", 4) == 0) {
+        *last = 1;
+        return 0;
+    }
+    *reply = BDAT_SYNTAX;
+    return MS_EPROTO;
 }

@@ -53,6 +53,7 @@ enum fe_verb {
     FE_VERB_HELP,
     FE_VERB_STARTTLS,
     FE_VERB_AUTH,
+    FE_VERB_BDAT, /* RFC 3030 CHUNKING */
     FE_VERB_COUNT
 };
 
@@ -98,7 +99,12 @@ int fe_smtp_line(const char *buf, size_t len, size_t max, size_t *content_len);
 int fe_smtp_parse(const char *line, size_t len, struct fe_smtp_cmd *cmd, const char **reply);
 
 /* MAIL FROM parameters we understand. */
-enum fe_body { FE_BODY_UNSPEC = 0, FE_BODY_7BIT = 1, FE_BODY_8BITMIME = 2 };
+enum fe_body {
+    FE_BODY_UNSPEC = 0,
+    FE_BODY_7BIT = 1,
+    FE_BODY_8BITMIME = 2,
+    FE_BODY_BINARYMIME = 3 /* RFC 3030 3: only with BDAT */
+};
 enum fe_ret { FE_RET_UNSPEC = 0, FE_RET_FULL = 1, FE_RET_HDRS = 2 };
 enum fe_notify {
     FE_NOTIFY_SUCCESS = 1,
@@ -129,6 +135,15 @@ int fe_smtp_mail_params(const struct fe_smtp_cmd *cmd, struct fe_mail_params *mp
                         const char **reply);
 int fe_smtp_rcpt_params(const struct fe_smtp_cmd *cmd, struct fe_rcpt_params *rp,
                         const char **reply);
+
+/* BDAT arguments (RFC 3030 2): "chunk-size [SP end-marker]", chunk-size
+ * 1*DIGIT, end-marker "LAST" (any case).  Returns 0 with *size and *last,
+ * or MS_EPROTO with *reply (501 5.5.4).  *size_ok says whether *size could
+ * be read even though the rest is bad: then the caller can still skip the
+ * chunk's octets (RFC 3030 2: a rejected BDAT's data must be consumed);
+ * when 0, the stream can not be framed any more. */
+int fe_smtp_bdat_args(const char *args, size_t len, uint64_t *size, int *last, int *size_ok,
+                      const char **reply);
 
 /* Decode RFC 3461 4 xtext into out (size outlen, NUL-terminated).  Returns
  * the decoded length, MS_EPROTO for malformed xtext or a decoded octet outside

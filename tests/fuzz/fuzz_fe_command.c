@@ -41,6 +41,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (cmd.verb == FE_VERB_RCPT && fe_smtp_rcpt_params(&cmd, &rp, &reply) == 0 &&
                 strlen(rp.orcpt) > FE_SMTP_ORCPT_MAX)
                 __builtin_trap();
+            if (cmd.verb == FE_VERB_BDAT) {
+                uint64_t bsize;
+                int last, size_ok, br;
+
+                br = fe_smtp_bdat_args(cmd.args, cmd.argslen, &bsize, &last, &size_ok, &reply);
+                /* Accepted: the size was read.  Refused: a 501 reply. */
+                if ((br == 0 && !size_ok) || (br < 0 && strncmp(reply, "501 ", 4) != 0))
+                    __builtin_trap();
+            }
             (void)fe_addr_domain(cmd.path);
         } else if (reply == NULL || reply[0] != '5') {
             __builtin_trap();

@@ -376,7 +376,8 @@ def test_metrics_count_results(fe):
     assert re.search(r'^mailstream_smtp_messages_total\{result="queued"\} 1$', text, re.M), text
     assert re.search(r'^mailstream_smtp_messages_total\{result="rejected"\} 1$', text, re.M)
     assert re.search(r'^mailstream_smtp_commands_total\{verb="MAIL"\} 2$', text, re.M)
-    assert re.search(r'^mailstream_smtp_connections_total 1$', text, re.M)
+    assert re.search(r'^mailstream_smtp_connections_total\{listener="mx",tls="no"\} 1$',
+                     text, re.M)
     assert "mailstream_smtp_queue_latency_seconds_bucket" in text
 
 
@@ -432,7 +433,8 @@ def test_two_frontends_share_the_port(cluster_factory):
         c.close()
     counts = []
     for node in cl.frontends:
-        m = re.search(r"^mailstream_smtp_connections_total (\d+)$", node.metrics_text(), re.M)
+        m = re.search(r'^mailstream_smtp_connections_total\{listener="mx",tls="no"\} (\d+)$',
+                      node.metrics_text(), re.M)
         counts.append(int(m.group(1)) if m else 0)
     assert sum(counts) == 24
     assert all(n > 0 for n in counts), counts

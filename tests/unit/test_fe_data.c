@@ -178,6 +178,102 @@ static void test_size_limit(void **state)
     ms_buf_free(&out);
 }
 
+/* ---- BDAT (RFC 3030) ---- */
+
+/* Feed `in` as chunks of the given sizes (LAST after the final one), each
+ * chunk in pieces of `piece` octets. */
+static enum fe_data_status bdat_run(const char *in, const size_t *chunks, size_t nchunks,
+                                    size_t piece, size_t max, int binary, struct ms_buf *out)
+{
+    struct fe_bdat_reader r;
+    size_t i, off = 0, n, got;
+
+    fe_bdat_init(&r, out, max, binary);
+    for (i = 0; i < nchunks; i++) {
+        fe_bdat_chunk(&r, chunks[i]);
+        while (r.left > 0) {
+            n = r.left < piece ? (size_t)r.left : piece;
+            got = fe_bdat_feed(&r, in + off, n);
+            assert_int_equal(got, n);
+            off += got;
+        }
+        assert_int_equal(fe_bdat_feed(&r, in + off, 5), 0);
+    }
+    return fe_bdat_finish(&r);
+}
+
+static void test_bdat(void **state)
+{
+    static const struct {
+        const char *name;
+        const char *in;
+        size_t len;
+        size_t chunks[3];
+        size_t nchunks;
+        int binary;
+        enum fe_data_status status;
+        const char *out; /* when OK */
+        size_t outlen;
+    } bcases[] = {
+        {"one chunk", S("Subject: x\r\n\r\nhi\r\n"), {18}, 1, 0, FE_DATA_OK,
+         S("Subject: x\r\n\r\nhi\r\n")},
+        {"no unstuffing", S("..x\r\n.\r\n"), {8}, 1, 0, FE_DATA_OK, S("..x\r\n.\r\n")},
+        {"crlf across chunks", S("a\r\nb\r\n"), {2, 4}, 2, 0, FE_DATA_OK, S("a\r\nb\r\n")},
+        {"empty", S(""), {0}, 1, 0, FE_DATA_OK, S("")},
+        {"empty chunks", S("a\r\n"), {0, 3, 0}, 3, 0, FE_DATA_OK, S("a\r\n")},
+        {"final crlf added", S("a\r\nb"), {4}, 1, 0, FE_DATA_OK, S("a\r\nb\r\n")},
+        {"bare lf", S("a\nb\r\n"), {5}, 1, 0, FE_DATA_BARE_LF, NULL, 0},
+        {"bare cr", S("a\rb\r\n"), {5}, 1, 0, FE_DATA_BARE_CR, NULL, 0},
+        {"bare cr at a chunk end", S("a\rb\r\n"), {2, 3}, 2, 0, FE_DATA_BARE_CR, NULL, 0},
+        {"bare cr at the end", S("a\r\nb\r"), {5}, 1, 0, FE_DATA_BARE_CR, NULL, 0},
+        {"nul", S("a\0b\r\n"), {5}, 1, 0, FE_DATA_NUL, NULL, 0},
+        {"smuggling lf.lf", S("a\n.\nMAIL FROM:<x@y>\n"), {20}, 1, 0, FE_DATA_BARE_LF, NULL, 0},
+        {"binary keeps everything", S("a\n\0\rb"), {5}, 1, 1, FE_DATA_OK, S("a\n\0\rb")},
+        {"too big", S("0123456789abcdefghijklmnop"), {13, 13}, 2, 0, FE_DATA_TOO_BIG, NULL, 0},
+        {"too big binary", S("0123456789abcdefghijklmnop"), {26}, 1, 1, FE_DATA_TOO_BIG, NULL,
+         0},
+    };
+    struct ms_buf out;
+    size_t i, piece;
+    enum fe_data_status st;
+
+    (void)state;
+    for (i = 0; i < sizeof(bcases) / sizeof(bcases[0]); i++)
+        for (piece = 1; piece <= 32; piece *= 2) {
+            ms_buf_init(&out, 1 << 16);
+            st = bdat_run(bcases[i].in, bcases[i].chunks, bcases[i].nchunks, piece, 20, bcases[i].binary,
+                          &out);
+            if (st != bcases[i].status)
+                fail_msg("%s (piece %zu): status %d", bcases[i].name, piece, (int)st);
+            if (st == FE_DATA_OK &&
+                (out.len != bcases[i].outlen || memcmp(out.data, bcases[i].out, out.len) != 0))
+                fail_msg("%s (piece %zu): wrong message", bcases[i].name, piece);
+            if (st == FE_DATA_TOO_BIG)
+                assert_true(out.len <= 20);
+            ms_buf_free(&out);
+        }
+}
+
+/* A chunk announced past the limit is known at once, and its octets are
+ * still consumed (and dropped). */
+static void test_bdat_huge_chunk(void **state)
+{
+    struct fe_bdat_reader r;
+    struct ms_buf out;
+    char junk[4096];
+
+    (void)state;
+    memset(junk, 'x', sizeof(junk));
+    ms_buf_init(&out, 1 << 16);
+    fe_bdat_init(&r, &out, 1000, 0);
+    assert_int_equal(fe_bdat_chunk(&r, UINT64_MAX / 2), FE_DATA_TOO_BIG);
+    assert_int_equal(fe_bdat_feed(&r, junk, sizeof(junk)), sizeof(junk));
+    assert_true(r.left == UINT64_MAX / 2 - sizeof(junk));
+    assert_int_equal(out.len, 0);
+    assert_int_equal(fe_bdat_chunk(&r, 1), FE_DATA_TOO_BIG); /* stays over */
+    ms_buf_free(&out);
+}
+
 static void test_replies(void **state)
 {
     (void)state;
@@ -194,6 +290,8 @@ int main(void)
         cmocka_unit_test(test_line_limit),
         cmocka_unit_test(test_size_limit),
         cmocka_unit_test(test_replies),
+        cmocka_unit_test(test_bdat),
+        cmocka_unit_test(test_bdat_huge_chunk),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

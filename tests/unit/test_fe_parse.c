@@ -214,7 +214,9 @@ static const struct mail_case mail_cases[] = {
     {"MAIL FROM:<a@b.example> SIZE=1x", 0, 0, 0, 0, 0, 0, NULL, "501 5.5.4"},
     {"MAIL FROM:<a@b.example> SIZE", 0, 0, 0, 0, 0, 0, NULL, "501 5.5.4"},
     {"MAIL FROM:<a@b.example> SIZE=1 SIZE=2", 0, 0, 0, 0, 0, 0, NULL, "501 5.5.4 Duplicate"},
-    {"MAIL FROM:<a@b.example> BODY=BINARYMIME", 0, 0, 0, 0, 0, 0, NULL, "555 5.5.4"},
+    {"MAIL FROM:<a@b.example> BODY=BINARYMIME", 1, 0, 0, FE_BODY_BINARYMIME, 0, FE_RET_UNSPEC,
+     "", NULL},
+    {"MAIL FROM:<a@b.example> BODY=9BIT", 0, 0, 0, 0, 0, 0, NULL, "555 5.5.4"},
     {"MAIL FROM:<a@b.example> REQUIRETLS", 1, 0, 0, FE_BODY_UNSPEC, 0, FE_RET_UNSPEC, "", NULL},
     {"MAIL FROM:<a@b.example> REQUIRETLS=yes", 0, 0, 0, 0, 0, 0, NULL, "501 5.5.4"},
     {"MAIL FROM:<a@b.example> REQUIRETLS REQUIRETLS", 0, 0, 0, 0, 0, 0, NULL, "501 5.5.4"},
@@ -330,6 +332,63 @@ static void test_xtext(void **state)
     assert_int_equal(fe_xtext_decode("1234567", 7, out, sizeof(out)), 7);
 }
 
+/* RFC 3030 2: "BDAT" SP chunk-size [SP end-marker]. */
+static void test_bdat_args(void **state)
+{
+    static const struct {
+        const char *in;
+        int ok;
+        uint64_t size;
+        int last;
+        int size_ok;
+    } cases[] = {
+        {"BDAT 100", 1, 100, 0, 1},
+        {"BDAT 0 LAST", 1, 0, 1, 1},
+        {"bdat 7 last", 1, 7, 1, 1},
+        {"BDAT 00000000000000000000012", 1, 12, 0, 0}, /* 23 digits: too many */
+        {"BDAT 9999999999999999999", 1, 9999999999999999999ULL, 0, 1},
+        {"BDAT 5 FIRST", 0, 5, 0, 1},
+        {"BDAT 5 LAST x", 0, 5, 0, 1},
+        {"BDAT 5  LAST", 0, 5, 0, 1},
+        {"BDAT x", 0, 0, 0, 0},
+        {"BDAT -1", 0, 0, 0, 0},
+        {"BDAT 5x", 0, 0, 0, 0},
+        {"BDAT", 0, 0, 0, 0},
+        {"BDAT LAST", 0, 0, 0, 0},
+    };
+    struct fe_smtp_cmd cmd;
+    const char *reply;
+    uint64_t size;
+    size_t i;
+    int last, size_ok, r;
+
+    (void)state;
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        reply = NULL;
+        assert_int_equal(fe_smtp_parse(cases[i].in, strlen(cases[i].in), &cmd, &reply), 0);
+        assert_int_equal(cmd.verb, FE_VERB_BDAT);
+        r = fe_smtp_bdat_args(cmd.args, cmd.argslen, &size, &last, &size_ok, &reply);
+        if (i == 3) { /* overlong count: not ok, stream lost */
+            assert_int_equal(r, MS_EPROTO);
+            assert_int_equal(size_ok, 0);
+            continue;
+        }
+        if (cases[i].ok) {
+            if (r != 0)
+                fail_msg("case %s: %s", cases[i].in, reply);
+            assert_true(size == cases[i].size);
+            assert_int_equal(last, cases[i].last);
+        } else {
+            if (r == 0)
+                fail_msg("case %s: accepted", cases[i].in);
+            assert_int_equal(strncmp(reply, "501 5.5.4", 9), 0);
+            assert_int_equal(size_ok, cases[i].size_ok);
+            if (size_ok)
+                assert_true(size == cases[i].size);
+        }
+    }
+}
+
 static void test_domain(void **state)
 {
     (void)state;
@@ -346,7 +405,7 @@ int main(void)
         cmocka_unit_test(test_nul_in_command),
         cmocka_unit_test(test_path_too_long), cmocka_unit_test(test_mail_params),
         cmocka_unit_test(test_rcpt_params),   cmocka_unit_test(test_xtext),
-        cmocka_unit_test(test_domain),
+        cmocka_unit_test(test_domain),        cmocka_unit_test(test_bdat_args),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

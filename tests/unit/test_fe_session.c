@@ -78,6 +78,7 @@ static int setup(void **state)
     f->l.srv = &f->srv;
     f->l.name = "mx";
     f->l.role = FE_ROLE_MX;
+    fe_metrics_listener(&f->l);
     f->t = fe_transport_mem_new(&f->loop, &fe_session_transport_cb, NULL);
     fe_session_new(&f->srv, &f->l, f->t);
     *state = f;
@@ -193,6 +194,143 @@ static void test_pipelining_waits_for_report(void **state)
     /* A duplicate report finds nothing. */
     fe_server_submitted(&f->srv, f->k.last_id, 0, NULL);
     expect(f, "");
+}
+
+/* RFC 3030: pipelined chunks with exact octet counts, no dot-unstuffing,
+ * a reply per chunk and the queued reply only after the Kafka report. */
+static void test_bdat_pipelined(void **state)
+{
+    struct fixture *f = *state;
+    char want[256];
+    ms_envelope *e;
+    char err[128];
+
+    greet(f);
+    send_str(f, "MAIL FROM:<a@b.example> BODY=8BITMIME\r\n"
+                "RCPT TO:<u@mailstream.test>\r\n"
+                "BDAT 13\r\nSubject: t\r\n\r"
+                "BDAT 9\r\n\n..x\r\n.\r\n"
+                "BDAT 0 LAST\r\n"
+                "NOOP\r\n");
+    expect(f, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.0.0 13 octets received\r\n"
+              "250 2.0.0 9 octets received\r\n");
+    assert_int_equal(f->k.n, 1);
+    e = ms_envelope_decode(f->k.last_value, f->k.last_len, err, sizeof(err));
+    assert_non_null(e);
+    assert_int_equal(e->mail_from->body, MAILSTREAM__BODY__BODY_8BITMIME);
+    assert_true(e->message.len > 22 &&
+                memcmp(e->message.data + e->message.len - 22, "Subject: t\r\n\r\n..x\r\n.\r\n",
+                       22) == 0);
+    ms_envelope_free(e);
+    fe_server_submitted(&f->srv, f->k.last_id, 0, NULL);
+    snprintf(want, sizeof(want), "250 2.0.0 Ok: queued as %s\r\n250 2.0.0 Ok\r\n", f->k.last_key);
+    expect(f, want);
+}
+
+/* BDAT and DATA do not mix; refused chunks are skipped, never read as
+ * commands; bare LF and size are checked as for DATA. */
+static void test_bdat_rules(void **state)
+{
+    struct fixture *f = *state;
+    ms_envelope *e;
+    char err[128], *o;
+
+    f->srv.set.max_errors = 100;
+    greet(f);
+    /* BDAT before MAIL: 503, and "RSET\r\n" inside the chunk is data. */
+    send_str(f, "BDAT 6\r\nRSET\r\nNOOP\r\n");
+    expect(f, "503 5.5.1 Error: need MAIL command\r\n250 2.0.0 Ok\r\n");
+    /* BDAT with no accepted recipient. */
+    send_str(f, "MAIL FROM:<>\r\nBDAT 6 LAST\r\nQUIT\r\nRSET\r\n");
+    expect(f, "250 2.1.0 Ok\r\n554 5.5.1 Error: no valid recipients\r\n250 2.0.0 Ok\r\n");
+    /* DATA after BDAT, RCPT after BDAT. */
+    send_str(f, "MAIL FROM:<>\r\nRCPT TO:<u@mailstream.test>\r\nBDAT 3\r\nab\n"
+                "DATA\r\nRCPT TO:<v@mailstream.test>\r\nRSET\r\n");
+    expect(f, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n554 5.6.0 Message rejected: bare LF in message "
+              "(RFC 5321 2.3.8)\r\n503 5.5.1 Error: need MAIL command\r\n"
+              "503 5.5.1 Error: need MAIL command\r\n250 2.0.0 Ok\r\n");
+    send_str(f, "MAIL FROM:<>\r\nRCPT TO:<u@mailstream.test>\r\nBDAT 4\r\nab\r\n"
+                "DATA\r\nRCPT TO:<v@mailstream.test>\r\nRSET\r\n");
+    expect(f, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.0.0 4 octets received\r\n"
+              "503 5.5.1 Error: DATA after BDAT in the same transaction\r\n"
+              "503 5.5.1 Error: RCPT after BDAT\r\n250 2.0.0 Ok\r\n");
+    /* BDAT after DATA (which failed: no recipients). */
+    send_str(f, "MAIL FROM:<>\r\nRCPT TO:<x@elsewhere.example>\r\nDATA\r\nBDAT 4 LAST\r\n"
+                "ab\r\nRSET\r\n");
+    o = output(f);
+    assert_non_null(strstr(o, "554 5.5.1 Error: no valid recipients\r\n"
+                              "503 5.5.1 Error: BDAT after DATA in the same transaction\r\n"
+                              "250 2.0.0 Ok\r\n"));
+    free(o);
+    assert_int_equal(f->k.n, 0);
+    /* Bad syntax with a readable size: 501, the chunk skipped. */
+    send_str(f, "BDAT 6 FIRST\r\nQUIT\r\nNOOP\r\n");
+    expect(f, "501 5.5.4 Syntax: BDAT chunk-size [LAST]\r\n250 2.0.0 Ok\r\n");
+    /* Over the size limit (10000) across chunks: 552, the octets dropped. */
+    send_str(f, "MAIL FROM:<>\r\nRCPT TO:<u@mailstream.test>\r\nBDAT 6000\r\n");
+    {
+        char chunk[6000];
+        size_t i;
+        memset(chunk, 'x', sizeof(chunk));
+        for (i = 98; i < sizeof(chunk); i += 100)
+            memcpy(chunk + i, "\r\n", 2);
+        fe_transport_mem_input(f->t, chunk, sizeof(chunk));
+        send_str(f, "BDAT 6000 LAST\r\n");
+        fe_transport_mem_input(f->t, chunk, sizeof(chunk));
+    }
+    send_str(f, "NOOP\r\n");
+    o = output(f);
+    if (strstr(o, "250 2.0.0 6000 octets received\r\n552 5.3.4 ") == NULL)
+        fail_msg("got %s", o);
+    assert_non_null(strstr(o, "\r\n250 2.0.0 Ok\r\n"));
+    free(o);
+    assert_int_equal(f->k.n, 0);
+    /* BINARYMIME: DATA refused, BDAT carries anything, BODY in the envelope. */
+    send_str(f, "MAIL FROM:<> BODY=BINARYMIME\r\nRCPT TO:<u@mailstream.test>\r\nDATA\r\n");
+    expect(f, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n503 5.5.1 Error: BODY=BINARYMIME requires BDAT\r\n");
+    fe_transport_mem_input(f->t, "BDAT 4 LAST\r\na\0\nb", 17);
+    assert_int_equal(f->k.n, 1);
+    e = ms_envelope_decode(f->k.last_value, f->k.last_len, err, sizeof(err));
+    assert_non_null(e);
+    assert_int_equal(e->mail_from->body, MAILSTREAM__BODY__BODY_BINARYMIME);
+    assert_memory_equal(e->message.data + e->message.len - 4, "a\0\nb", 4);
+    ms_envelope_free(e);
+    fe_server_submitted(&f->srv, f->k.last_id, 0, NULL);
+    free(output(f));
+    /* No size at all: the stream can not be framed, 501 then 421. */
+    send_str(f, "BDAT x\r\n");
+    o = output(f);
+    assert_non_null(strstr(o, "501 5.5.4 Syntax: BDAT chunk-size [LAST]\r\n421 4.5.0 "));
+    free(o);
+}
+
+/* The counters the issue asks for move with a dialogue. */
+static void test_metrics(void **state)
+{
+    struct fixture *f = *state;
+    struct fe_metrics *m = &f->srv.m;
+    uint64_t r2 = ms_counter_value(m->replies[FE_REPLY_2XX]),
+             r3 = ms_counter_value(m->replies[FE_REPLY_3XX]),
+             r5 = ms_counter_value(m->replies[FE_REPLY_5XX]),
+             tx = ms_counter_value(m->transactions), out = ms_counter_value(m->bytes_out),
+             kp = ms_counter_value(m->kafka_submit_errors),
+             kr = ms_counter_value(m->kafka_report_errors);
+
+    assert_true(ms_counter_value(f->l.m_conn) >= 1);
+    greet(f);
+    send_str(f, "MAIL FROM:<>\r\nRCPT TO:<u@mailstream.test>\r\nDATA\r\nx\r\n.\r\nFOO\r\n");
+    fe_server_submitted(&f->srv, f->k.last_id, MS_ETIMEOUT, "timed out");
+    f->k.fail = MS_EAGAIN;
+    send_str(f, "MAIL FROM:<>\r\nRCPT TO:<u@mailstream.test>\r\nBDAT 3 LAST\r\nx\r\n");
+    free(output(f));
+    /* 250 EHLO, 2 x (250 MAIL, 250 RCPT); 354; 500 FOO (the banner came before) */
+    assert_true(ms_counter_value(m->replies[FE_REPLY_2XX]) - r2 == 5);
+    assert_true(ms_counter_value(m->replies[FE_REPLY_3XX]) - r3 == 1);
+    assert_true(ms_counter_value(m->replies[FE_REPLY_5XX]) - r5 == 1);
+    assert_true(ms_counter_value(m->transactions) - tx == 2);
+    assert_true(ms_counter_value(m->kafka_report_errors) - kr == 1);
+    assert_true(ms_counter_value(m->kafka_submit_errors) - kp == 1);
+    assert_true(ms_counter_value(m->bytes_out) > out);
 }
 
 static void test_report_error_gives_451(void **state)
@@ -440,6 +578,9 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_pipelining_waits_for_report, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bdat_pipelined, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bdat_rules, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_metrics, setup, teardown),
         cmocka_unit_test_setup_teardown(test_report_error_gives_451, setup, teardown),
         cmocka_unit_test_setup_teardown(test_submit_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gone_before_report, setup, teardown),
