@@ -11,7 +11,7 @@ OPT       ?= -O2 -g
 SAN       ?=
 CFLAGS_ALL = $(WARN) $(OPT) $(SAN) -MMD -MP -Ilib/core -Ilib/mail -Icluster -I$(BUILD)/gen \
              $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(CFLAGS)
-LDLIBS_ALL = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lunbound -lcrypt -lpthread -lm $(LDLIBS)
+LDLIBS_ALL = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lunbound -lopendmarc -lcrypt -lpthread -lm $(LDLIBS)
 
 PROTOS    := $(wildcard proto/*.proto)
 GEN_C     := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.c,$(PROTOS))
@@ -24,7 +24,8 @@ obj        = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 LIB_A     := $(BUILD)/libmailstream.a
 FE_A      := $(BUILD)/libfrontend.a
 WK_A      := $(BUILD)/libworker.a
-BINS      := $(BUILD)/mailstream-frontend $(BUILD)/mailstream-worker $(BUILD)/mailstream-ctl
+BINS      := $(BUILD)/mailstream-frontend $(BUILD)/mailstream-worker $(BUILD)/mailstream-ctl \
+             $(BUILD)/mailstream-authcheck
 
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
@@ -71,6 +72,9 @@ $(BUILD)/mailstream-frontend: $(call obj,frontend/main.c) $(FE_A) $(LIB_A)
 	$(CC) $(OPT) $(SAN) -o $@ $^ $(LDLIBS_ALL)
 
 $(BUILD)/mailstream-worker: $(call obj,worker/main.c) $(WK_A) $(LIB_A)
+	$(CC) $(OPT) $(SAN) -o $@ $^ $(LDLIBS_ALL)
+
+$(BUILD)/mailstream-authcheck: $(call obj,tools/authcheck.c) $(WK_A) $(LIB_A)
 	$(CC) $(OPT) $(SAN) -o $@ $^ $(LDLIBS_ALL)
 
 $(BUILD)/mailstream-ctl: $(call obj,ctl/main.c) $(LIB_A)
@@ -142,7 +146,7 @@ bench: deps all
 	    $(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 fmt:
-	clang-format -i $(wildcard lib/*/*.[ch] cluster/*.[ch] frontend/*.[ch] worker/*.[ch] ctl/*.[ch] tests/unit/*.c tests/fuzz/*.c)
+	clang-format -i $(wildcard lib/*/*.[ch] cluster/*.[ch] frontend/*.[ch] worker/*.[ch] ctl/*.[ch] tools/*.[ch] tests/unit/*.c tests/fuzz/*.c)
 
 clean:
 	rm -rf build build-asan build-fuzz

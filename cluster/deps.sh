@@ -48,6 +48,7 @@ APT_PACKAGES=(
 	clang libclang-rt-14-dev clang-format
 	libunbound-dev libyaml-dev publicsuffix
 	redis-server postfix swaks kcat openssl curl nsd haproxy
+	dovecot-lmtpd dovecot-imapd dovecot-pop3d
 	maven
 )
 
@@ -83,7 +84,7 @@ unblock_daemons() {
 # smtp-sink on chosen loopback ports, and want nothing else on them.
 disable_system_daemons() {
 	local svc
-	for svc in redis-server postfix nsd haproxy; do
+	for svc in redis-server postfix nsd haproxy dovecot; do
 		if [ -d /run/systemd/system ]; then
 			as_root systemctl disable --now "$svc" >/dev/null 2>&1 || true
 		elif [ -x "/etc/init.d/$svc" ]; then

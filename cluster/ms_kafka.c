@@ -483,6 +483,10 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                 t->n = 0;
             }
         drop_backlog(c);
+        /* The backlog that paused fetching is gone with the partitions; the
+         * next assignment must start fetching, or it would stay paused
+         * forever (ms_consumer_resume only resumes what a backlog paused). */
+        c->fetch_paused = 0;
         ms_info("event=kafka_revoked partitions=%d", parts->cnt);
         rd_kafka_assign(rk, NULL);
     }
@@ -618,7 +622,7 @@ void ms_consumer_resume(ms_consumer *c)
 {
     struct rec_node *n;
 
-    if (!c->paused)
+    if (!c->paused && !c->fetch_paused)
         return;
     c->paused = 0;
     /* Hand out the backlog oldest first; a handler may pause us again. */

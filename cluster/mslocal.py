@@ -52,6 +52,12 @@ HOST = "127.0.0.1"
 # docs/config.md: room for a 25 MiB message plus its envelope.
 MAX_RECORD_BYTES = 33554432
 DEFAULT_TOPICS = {"queue": 12, "events": 3}
+# Retry tier topics "<queue topic>.retry.<n>" (worker/delivery.h); the local
+# cluster and the tests run the workers with this many tiers.
+WORKER_RETRY_TIERS = 2
+RETRY_TIER_PARTITIONS = 3
+DEFAULT_TOPICS.update({f"queue.retry.{n}": RETRY_TIER_PARTITIONS
+                       for n in range(1, WORKER_RETRY_TIERS + 1)})
 
 DEMO_USER = "demo@mailstream.test"
 DEMO_PASSWORD = "demo"
@@ -1014,6 +1020,7 @@ class Cluster:
                       "events_topic": s.events_topic, "group": s.group},
             "redis": {"host": HOST, "port": s.redis_port},
             "delivery": {"relay_host": s.relay_host},
+            "retry": {"tiers": WORKER_RETRY_TIERS},
         }
         return render_ini(merge_sections(sections, s.worker_extra))
 

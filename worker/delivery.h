@@ -1,31 +1,54 @@
 /*
  * delivery.h - the worker's delivery engine: one transaction per record of
- * the `queue` topic, from the Kafka record to a durable outcome.
+ * the `queue` topic (or of a retry tier topic), from the Kafka record to a
+ * durable outcome.
  *
  * For each record: decode the envelope (a malformed one is logged, counted,
- * published as an event and released at once); look up the Redis
- * "delivered" markers ms:delivered:<qid>:<rcpt> and skip those recipients;
- * deliver the rest through the SMTP client (smtp_client.h) to the route
- * (the tracer: [delivery] relay_host for everyone); for every recipient and
- * attempt write one log line and one `events` record; set the marker with a
- * TTL for every recipient the server accepted; then, once the marker writes
- * and the event records have completed (or failed), either release the
- * record (ms_consumer_done: every recipient is delivered or bounced) or try
- * again after a backoff (retry.h).  The Kafka offset of a record is thus
- * stored only once its outcome is durable; a crash or rebalance redelivers
- * it and the markers keep already-delivered recipients from a second copy.
- * If Redis is unavailable, mail is delivered anyway (at least once).
+ * published as an event and released at once); if it is a retry record not
+ * yet due, hold it until it is; look up the Redis "delivered" markers
+ * ms:delivered:<qid>:<rcpt> and skip those recipients; bounce recipients on
+ * the suppression list (ms:suppress:<rcpt>) without connecting; group the
+ * rest by destination and deliver to every destination at once:
  *
- * Bounded: at most max_in_flight records are held; the consumer is paused
- * while all are taken.  Asynchronous replies (SMTP outcome, Redis replies,
- * produce reports) find their transaction by a 64-bit id in a slot table; a
- * missing id means the transaction is gone and the reply is dropped.
+ *   route      per recipient domain: the transport map, then [delivery]
+ *              relay_host, then MX (route.h: RFC 5321 §5.1 order, every
+ *              address of every MX host tried before deferring);
+ *   connect    with a cluster-wide lease per destination when [delivery]
+ *              dest_concurrency is set (Redis sorted set ms:lease:<name>,
+ *              leases lapse by themselves if a worker dies), STARTTLS by
+ *              the [tls] policy of the recipient domain (smtp_client.h);
+ *   outcome    per recipient (event.h): delivered, deferred or bounced;
+ *              one log line and one `events` record per recipient and
+ *              attempt; a delivered marker with a TTL right after the 250.
  *
- * XXX: deferred records stay in memory and in flight (retry scheduling in
- * Redis comes later); bounced recipients get no DSN yet.
+ * Then the outcome is made durable before the record's offset is stored
+ * (ms_consumer_done):
+ *   - bounced recipients of a message accepted for relaying (direction
+ *     outbound) whose NOTIFY allows it get one RFC 3464 DSN (ms_dsn.h),
+ *     produced to the queue topic with the null sender; the null sender is
+ *     never bounced; inbound mail gets none (DESIGN.md's backscatter rule;
+ *     XXX: SPF/DKIM pass would allow it, not evaluated yet);
+ *   - pending (deferred) recipients go, with the attempts appended, to the
+ *     retry tier topic for their attempt number, due after an exponential
+ *     backoff with jitter (retry.h); past [retry] max_age they bounce with
+ *     4.4.7 instead; per-recipient retry state goes to Redis
+ *     (ms:retry:<qid>:<rcpt>: attempts, next, last reply, first seen);
+ *   - hard bounces add the recipient to the suppression list with a TTL.
+ * Once the DSN and retry records are acknowledged by Kafka (and the events
+ * and markers written or failed), the record is done.  If a retry record
+ * cannot be produced, the record is kept in memory and retried in place
+ * (its offset stays behind until then).
+ *
+ * Bounded: at most max_in_flight records are held; every consumer is paused
+ * while all are taken, and a retry tier consumer also while it holds
+ * WK_RETRY_HOLD_MAX records that are not due.  Asynchronous replies (route
+ * jobs, SMTP outcomes, Redis replies, produce reports) find their
+ * transaction by a 64-bit id in a slot table; a missing id means the
+ * transaction is gone and the reply is dropped.  If Redis is unavailable,
+ * mail is delivered anyway (at least once).
  *
  * One loop thread: create, feed and free the engine on the loop that runs
- * the consumer, the producer and the Redis client.
+ * the consumers, the producer, the Redis client and the resolver.
  */
 #ifndef WK_DELIVERY_H
 #define WK_DELIVERY_H
@@ -36,6 +59,8 @@
 
 #include "ms_kafka.h"
 #include "ms_redis.h"
+#include "ms_route.h"
+#include "route.h"
 #include "smtp_client.h"
 
 /* Default of [delivery] max_in_flight. */
@@ -44,15 +69,41 @@
 #define WK_MARKER_TTL_S (7 * 24 * 3600)
 /* A Redis command not answered in this time is treated as failed. */
 #define WK_REDIS_TIMEOUT_MS 5000
+/* Retry tier topics: "<topic>.retry.<n>", n = 1..tiers. */
+#define WK_RETRY_TIERS_MAX 16
+/* Records not yet due a tier consumer may hold before it is paused. */
+#define WK_RETRY_HOLD_MAX 8
+/* Default of [retry] max_age_s: RFC 5321 §4.5.4.1 suggests 4-5 days. */
+#define WK_MAX_AGE_S (5 * 24 * 3600)
+/* Default of [suppression] ttl_s: how long a hard bounce suppresses. */
+#define WK_SUPPRESS_TTL_S (7 * 24 * 3600)
+/* Destinations (routes) per message: recipients are grouped by them. */
+#define WK_DEST_BITS 16
 
 struct wk_delivery_conf {
     const char *node_id;
     const char *helo_name;
-    const char *relay;                  /* host:port as configured, for logs */
+    const char *relay;                  /* host:port as configured, for logs; "" none */
     struct sockaddr_storage relay_addr; /* resolved */
+    const ms_transport_map *transports; /* NULL: none */
+    wk_router *router;                  /* MX and host lookups */
+    int smtp_port;                      /* port of MX hosts (25) */
+    const char *topic;                  /* the queue topic: DSNs are produced to it */
     const char *events_topic;
+    int retry_tiers;                    /* 0: deferred mail stays in memory */
+    const char *retry_topics[WK_RETRY_TIERS_MAX]; /* tier n is retry_topics[n - 1] */
     int max_in_flight;
     uint64_t retry_min_ms, retry_max_ms;
+    int64_t max_age_s;
+    int64_t suppress_ttl_s;             /* 0: no suppression list */
+    uint64_t conn_cache_ms;             /* keep idle connections this long; 0: never */
+    int dest_concurrency;               /* connections per destination, cluster-wide
+                                         * (Redis leases); 0: no limit */
+    wk_tls_ctx *tls_ctx;                /* NULL: no STARTTLS at all */
+    int tls_default;                    /* enum wk_tls_policy for unlisted domains */
+    const char *const *tls_keys;        /* per recipient domain (ms_domain_match) */
+    const int *tls_policies;
+    size_t ntls;
     struct wk_smtp_timeouts timeouts;
 };
 
@@ -62,6 +113,12 @@ typedef struct wk_delivery wk_delivery;
 wk_delivery *wk_delivery_new(uv_loop_t *loop, const struct wk_delivery_conf *conf);
 /* Set the peers once they exist (they take the engine as callback arg). */
 void wk_delivery_attach(wk_delivery *d, ms_consumer *c, ms_producer *p, ms_redis *r);
+/* The consumer of retry tier `tier` (1-based); its callback is
+ * wk_delivery_on_record too. */
+void wk_delivery_attach_retry(wk_delivery *d, int tier, ms_consumer *c);
+/* The policy stage (policy.h), run once per record before routing. */
+struct wk_policy;
+void wk_delivery_attach_policy(wk_delivery *d, struct wk_policy *p);
 
 /* The consumer and producer callbacks: pass `d` as their arg. */
 void wk_delivery_on_record(void *d, struct ms_record *rec);

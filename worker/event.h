@@ -29,7 +29,9 @@ struct wk_event {
     int code;               /* SMTP reply code; 0 when there was none */
     const char *dsn;        /* enhanced status code */
     const char *reply;      /* remote reply or our diagnostic */
-    const char *relay;      /* host:port */
+    const char *relay;      /* host:port, or mxhost[ip]:port */
+    const char *class_name; /* reply class (ms_dsn.h), or NULL: not written */
+    const char *tls;        /* "TLSv1.3 cipher [verified]", or NULL: not written */
     const char *node;       /* this worker */
     unsigned attempt;       /* 1-based */
     double delay;           /* seconds since the frontend accepted it */
@@ -38,7 +40,7 @@ struct wk_event {
 
 /* Append the event as one JSON object:
  *   {"qid":..,"rcpt":..,"outcome":..,"code":..,"dsn":..,"reply":..,
- *    "relay":..,"node":..,"attempt":..,"delay":..,"ts":"2026-...Z"}
+ *    "relay":..,"class":..,"node":..,"attempt":..,"delay":..,"ts":"2026-...Z"}
  * Strings are escaped; bytes that are not valid UTF-8 become U+FFFD.
  * Returns 0 or MS_ETOOBIG from the buffer. */
 int wk_event_json(struct ms_buf *out, const struct wk_event *ev);

@@ -15,6 +15,7 @@
  * second signal abandons at once.
  */
 #include "delivery.h"
+#include "policy.h"
 #include "ms_config.h"
 #include "ms_error.h"
 #include "ms_http.h"
@@ -23,8 +24,13 @@
 #include "ms_mem.h"
 #include "ms_net.h"
 #include "ms_redis.h"
+#include "ms_resolver.h"
+#include "ms_route.h"
 #include "retry.h"
+#include "route.h"
 
+#include <ctype.h>
+#include <errno.h>
 #include <netdb.h>
 #include <signal.h>
 #include <stdio.h>
@@ -40,9 +46,13 @@
 /* ---- configuration: each parameter declared once ---- */
 
 static const char *var_node_id, *var_hostname, *var_metrics, *var_brokers, *var_topic,
-    *var_events_topic, *var_group, *var_redis_host, *var_relay_host, *var_log_level;
+    *var_events_topic, *var_group, *var_redis_host, *var_relay_host, *var_log_level,
+    *var_transport_map, *var_transport_map_file, *var_dns_upstream, *var_dns_trust_anchor,
+    *var_tls_policy, *var_tls_policy_map, *var_tls_ca_file;
 static int64_t var_redis_port, var_max_in_flight, var_retry_min_ms, var_retry_max_ms,
-    var_connect_timeout_ms, var_drain_timeout_ms;
+    var_connect_timeout_ms, var_drain_timeout_ms, var_smtp_port, var_retry_tiers, var_max_age_s,
+    var_dns_timeout_ms, var_suppress_ttl_s, var_reply_timeout_ms, var_dest_concurrency,
+    var_conn_cache_ms;
 
 static char default_node_id[256];
 
@@ -60,6 +70,13 @@ static const struct {
     {"kafka", "group", "mailstream-workers", &var_group},
     {"redis", "host", "127.0.0.1", &var_redis_host},
     {"delivery", "relay_host", "", &var_relay_host},
+    {"transport", "map", "", &var_transport_map},
+    {"transport", "map_file", "", &var_transport_map_file},
+    {"dns", "upstream", "", &var_dns_upstream},
+    {"dns", "trust_anchor", "", &var_dns_trust_anchor},
+    {"tls", "policy", "may", &var_tls_policy},
+    {"tls", "policy_map", "", &var_tls_policy_map},
+    {"tls", "ca_file", "", &var_tls_ca_file},
 };
 
 static const struct {
@@ -74,6 +91,14 @@ static const struct {
     {"delivery", "connect_timeout_ms", WK_SMTP_TIMEOUT_CONNECT_MS, 1, 3600 * 1000,
      &var_connect_timeout_ms},
     {"delivery", "drain_timeout_ms", WK_DRAIN_TIMEOUT_MS, 0, 3600 * 1000, &var_drain_timeout_ms},
+    {"delivery", "smtp_port", 25, 1, 65535, &var_smtp_port},
+    {"delivery", "reply_timeout_ms", 0, 0, 3600 * 1000, &var_reply_timeout_ms},
+    {"delivery", "dest_concurrency", 0, 0, 100000, &var_dest_concurrency},
+    {"delivery", "connection_cache_ms", 2000, 0, 600 * 1000, &var_conn_cache_ms},
+    {"retry", "tiers", WK_RETRY_TIERS_DEFAULT, 0, WK_RETRY_TIERS_MAX, &var_retry_tiers},
+    {"retry", "max_age_s", WK_MAX_AGE_S, 1, 365 * 24 * 3600, &var_max_age_s},
+    {"dns", "timeout_ms", MS_RESOLVER_TIMEOUT_MS, 100, 600 * 1000, &var_dns_timeout_ms},
+    {"suppression", "ttl_s", WK_SUPPRESS_TTL_S, 0, 365 * 24 * 3600, &var_suppress_ttl_s},
 };
 
 static void load_params(const ms_config *cfg)
@@ -94,16 +119,85 @@ static void load_params(const ms_config *cfg)
         ms_fatal("event=config_invalid");
 }
 
-/* XXX: the tracer resolves the relay once at start; MX routing will resolve
- * per destination with an asynchronous resolver. */
+/* The transport map: [transport] map (comma-separated entries) and then
+ * [transport] map_file (one entry per line), later entries winning. */
+static ms_transport_map *load_transports(void)
+{
+    ms_transport_map *m = ms_transport_map_new();
+    char *copy, *items[MS_TRANSPORT_MAP_MAX], err[256], line[MS_TRANSPORT_LINE_MAX + 2];
+    size_t i, n;
+    FILE *f;
+    int lineno = 0;
+
+    copy = ms_strdup(var_transport_map);
+    n = ms_config_split_list(copy, items, MS_TRANSPORT_MAP_MAX);
+    for (i = 0; i < n; i++)
+        if (ms_transport_map_add(m, items[i], strlen(items[i]), err, sizeof(err)) < 0)
+            ms_fatal("event=config_invalid section=transport key=map entry=\"%s\" error=\"%s\"",
+                     items[i], err);
+    free(copy);
+    if (*var_transport_map_file) {
+        if ((f = fopen(var_transport_map_file, "r")) == NULL)
+            ms_fatal("event=config_invalid section=transport key=map_file path=%s error=\"%s\"",
+                     var_transport_map_file, strerror(errno));
+        while (fgets(line, sizeof(line), f)) {
+            lineno++;
+            if (ms_transport_map_add(m, line, strlen(line), err, sizeof(err)) < 0)
+                ms_fatal("event=config_invalid section=transport key=map_file path=%s line=%d "
+                         "error=\"%s\"", var_transport_map_file, lineno, err);
+        }
+        fclose(f);
+    }
+    return m;
+}
+
+/* [tls]: the default STARTTLS policy, the per-domain map ("domain policy"
+ * entries, keys as in the transport map) and the CAs for `verify`. */
+static char *tls_map_copy;
+static const char *tls_keys[MS_TRANSPORT_MAP_MAX];
+static int tls_policies[MS_TRANSPORT_MAP_MAX];
+
+static void load_tls(struct wk_delivery_conf *dc)
+{
+    char *items[MS_TRANSPORT_MAP_MAX], err[256], *sp, *k;
+    size_t i, n;
+    int p;
+
+    if ((dc->tls_default = wk_tls_policy_parse(var_tls_policy)) < 0)
+        ms_fatal("event=config_invalid section=tls key=policy value=\"%s\" want=\"none, may, "
+                 "encrypt or verify\"", var_tls_policy);
+    tls_map_copy = ms_strdup(var_tls_policy_map);
+    n = ms_config_split_list(tls_map_copy, items, MS_TRANSPORT_MAP_MAX);
+    for (i = 0; i < n; i++) {
+        sp = strpbrk(items[i], " \t=");
+        if (sp == NULL)
+            ms_fatal("event=config_invalid section=tls key=policy_map entry=\"%s\"", items[i]);
+        *sp++ = '\0';
+        sp += strspn(sp, " \t=");
+        if ((p = wk_tls_policy_parse(sp)) < 0)
+            ms_fatal("event=config_invalid section=tls key=policy_map entry=\"%s\" "
+                     "policy=\"%s\"", items[i], sp);
+        for (k = items[i]; *k; k++)
+            *k = (char)tolower((unsigned char)*k);
+        tls_keys[i] = items[i];
+        tls_policies[i] = p;
+    }
+    dc->tls_keys = tls_keys;
+    dc->tls_policies = tls_policies;
+    dc->ntls = n;
+    if (dc->tls_default == WK_TLS_NONE && n == 0)
+        return;
+    if ((dc->tls_ctx = wk_tls_ctx_new(var_tls_ca_file, err, sizeof(err))) == NULL)
+        ms_fatal("event=config_invalid section=tls key=ca_file error=\"%s\"", err);
+}
+
+/* The relay host is resolved once at start (a smarthost is configuration,
+ * not a destination); destinations go through the asynchronous router. */
 static void resolve_relay(const char *hostport, struct sockaddr_storage *ss)
 {
     struct addrinfo hints, *res = NULL;
     char host[256], port[16];
     int p, err;
-
-    if (*hostport == '\0')
-        ms_fatal("event=config_invalid section=delivery key=relay_host reason=\"not set\"");
     if (ms_split_hostport(hostport, host, sizeof(host), &p) < 0)
         ms_fatal("event=config_invalid section=delivery key=relay_host value=\"%s\"", hostport);
     snprintf(port, sizeof(port), "%d", p);
@@ -122,11 +216,18 @@ static void resolve_relay(const char *hostport, struct sockaddr_storage *ss)
 struct worker {
     uv_loop_t *loop;
     ms_consumer *consumer;
+    ms_consumer *retry_consumers[WK_RETRY_TIERS_MAX];
+    ms_resolver *resolver;
+    wk_router *router;
+    ms_transport_map *transports;
+    char *retry_topics[WK_RETRY_TIERS_MAX];
+    char *retry_groups[WK_RETRY_TIERS_MAX];
     ms_producer *producer;
     ms_redis *redis;
     wk_delivery *delivery;
+    wk_policy *policy;
     ms_http_server *http;
-    uv_signal_t sigterm, sigint;
+    uv_signal_t sigterm, sigint, sighup;
     uv_timer_t drain_timer;
     int draining;
     int stopped;
@@ -156,10 +257,20 @@ static void shutdown_now(void *arg)
     uv_close((uv_handle_t *)&w->drain_timer, NULL);
     uv_close((uv_handle_t *)&w->sigterm, NULL);
     uv_close((uv_handle_t *)&w->sigint, NULL);
+    uv_close((uv_handle_t *)&w->sighup, NULL);
     ms_http_stop(w->http);
     /* Commits the stored offsets; records not done are not stored. */
     ms_consumer_free(w->consumer);
     w->consumer = NULL;
+    for (int i = 0; i < WK_RETRY_TIERS_MAX; i++) {
+        if (w->retry_consumers[i])
+            ms_consumer_free(w->retry_consumers[i]);
+        w->retry_consumers[i] = NULL;
+    }
+    wk_router_free(w->router);
+    w->router = NULL;
+    ms_resolver_free(w->resolver);
+    w->resolver = NULL;
     /* Produce reports and Redis replies still due come back through the
      * engine, which is freed last. */
     ms_producer_free(w->producer, WK_PRODUCER_FLUSH_MS);
@@ -191,6 +302,14 @@ static void signal_cb(uv_signal_t *h, int signum)
             wk_delivery_in_flight(w->delivery), (long long)var_drain_timeout_ms);
     uv_timer_start(&w->drain_timer, drain_timeout_cb, (uint64_t)var_drain_timeout_ms, 0);
     wk_delivery_drain(w->delivery, shutdown_now, w);
+}
+
+/* SIGHUP: re-read the DKIM keys (Kubernetes updates mounted Secrets in place). */
+static void sighup_cb(uv_signal_t *h, int signum)
+{
+    struct worker *w = h->data;
+
+    wk_policy_reload(w->policy);
 }
 
 static void usage(void)
@@ -236,16 +355,57 @@ int main(int argc, char **argv)
     dc.node_id = var_node_id;
     dc.helo_name = var_hostname;
     dc.relay = var_relay_host;
-    resolve_relay(var_relay_host, &dc.relay_addr);
+    if (*var_relay_host)
+        resolve_relay(var_relay_host, &dc.relay_addr);
+    w.transports = load_transports();
+    dc.transports = w.transports;
+    {
+        struct ms_resolver_conf rc;
+        memset(&rc, 0, sizeof(rc));
+        rc.upstream = *var_dns_upstream ? var_dns_upstream : NULL;
+        rc.trust_anchor = *var_dns_trust_anchor ? var_dns_trust_anchor : NULL;
+        rc.timeout_ms = (int)var_dns_timeout_ms;
+        if ((w.resolver = ms_resolver_new(w.loop, &rc, err, sizeof(err))) == NULL)
+            ms_fatal("event=dns_init_failed upstream=%s error=\"%s\"", var_dns_upstream, err);
+    }
+    w.router = wk_router_new(w.loop, w.resolver);
+    dc.router = w.router;
+    dc.smtp_port = (int)var_smtp_port;
+    dc.topic = var_topic;
+    dc.retry_tiers = (int)var_retry_tiers;
+    for (int i = 0; i < dc.retry_tiers; i++) {
+        w.retry_topics[i] = ms_asprintf("%s.retry.%d", var_topic, i + 1);
+        w.retry_groups[i] = ms_asprintf("%s.retry.%d", var_group, i + 1);
+        dc.retry_topics[i] = w.retry_topics[i];
+    }
+    dc.max_age_s = var_max_age_s;
+    dc.suppress_ttl_s = var_suppress_ttl_s;
+    dc.dest_concurrency = (int)var_dest_concurrency;
+    dc.conn_cache_ms = (uint64_t)var_conn_cache_ms;
+    load_tls(&dc);
     dc.events_topic = var_events_topic;
     dc.max_in_flight = (int)var_max_in_flight;
     dc.retry_min_ms = (uint64_t)var_retry_min_ms;
     dc.retry_max_ms = (uint64_t)var_retry_max_ms;
     wk_smtp_timeouts_default(&dc.timeouts);
     dc.timeouts.connect = (uint64_t)var_connect_timeout_ms;
+    if (var_reply_timeout_ms > 0) {
+        /* A cap on RFC 5321 §4.5.3.2's waits (for tests and impatient
+         * operators); QUIT keeps its own. */
+        uint64_t cap = (uint64_t)var_reply_timeout_ms, *t[] = {
+            &dc.timeouts.banner, &dc.timeouts.helo, &dc.timeouts.mail, &dc.timeouts.rcpt,
+            &dc.timeouts.data, &dc.timeouts.block, &dc.timeouts.dot};
+        for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+            if (*t[i] > cap)
+                *t[i] = cap;
+    }
     if (!wk_smtp_path_ok(var_hostname) || strchr(var_hostname, ' '))
         ms_fatal("event=config_invalid section=node key=hostname value=\"%s\"", var_hostname);
     w.delivery = wk_delivery_new(w.loop, &dc);
+    if ((w.policy = wk_policy_new(w.loop, cfg, var_hostname, w.resolver, err, sizeof(err))) ==
+        NULL)
+        ms_fatal("event=config_invalid section=policy error=\"%s\"", err);
+    wk_delivery_attach_policy(w.delivery, w.policy);
 
     memset(&kc, 0, sizeof(kc));
     kc.brokers = var_brokers;
@@ -258,6 +418,13 @@ int main(int argc, char **argv)
         ms_fatal("event=kafka_consumer_failed error=\"%s\"", err);
     w.redis = ms_redis_new(w.loop, var_redis_host, (int)var_redis_port);
     wk_delivery_attach(w.delivery, w.consumer, w.producer, w.redis);
+    for (int i = 0; i < dc.retry_tiers; i++) {
+        if ((w.retry_consumers[i] = ms_consumer_new(w.loop, &kc, w.retry_groups[i],
+                                                    w.retry_topics[i], wk_delivery_on_record,
+                                                    w.delivery, err, sizeof(err))) == NULL)
+            ms_fatal("event=kafka_consumer_failed topic=%s error=\"%s\"", w.retry_topics[i], err);
+        wk_delivery_attach_retry(w.delivery, i + 1, w.retry_consumers[i]);
+    }
 
     if ((w.http = ms_http_start(w.loop, var_metrics, ready_cb, &w)) == NULL)
         ms_fatal("event=metrics_listen_failed listen=%s", var_metrics);
@@ -267,14 +434,27 @@ int main(int argc, char **argv)
     w.drain_timer.data = w.sigterm.data = w.sigint.data = &w;
     uv_signal_start(&w.sigterm, signal_cb, SIGTERM);
     uv_signal_start(&w.sigint, signal_cb, SIGINT);
+    uv_signal_init(w.loop, &w.sighup);
+    w.sighup.data = &w;
+    uv_signal_start(&w.sighup, sighup_cb, SIGHUP);
 
-    ms_info("event=started topic=%s group=%s events_topic=%s relay=%s max_in_flight=%lld "
-            "metrics=%s",
-            var_topic, var_group, var_events_topic, var_relay_host,
-            (long long)var_max_in_flight, var_metrics);
+    ms_info("event=started topic=%s group=%s events_topic=%s relay=%s transports=%zu "
+            "dns_upstream=%s smtp_port=%lld retry_tiers=%lld max_in_flight=%lld metrics=%s",
+            var_topic, var_group, var_events_topic, *var_relay_host ? var_relay_host : "-",
+            ms_transport_map_size(w.transports), *var_dns_upstream ? var_dns_upstream : "-",
+            (long long)var_smtp_port, (long long)var_retry_tiers, (long long)var_max_in_flight,
+            var_metrics);
     uv_run(w.loop, UV_RUN_DEFAULT);
 
     wk_delivery_free(w.delivery);
+    wk_policy_free(w.policy);
+    ms_transport_map_free(w.transports);
+    wk_tls_ctx_free(dc.tls_ctx);
+    free(tls_map_copy);
+    for (int i = 0; i < WK_RETRY_TIERS_MAX; i++) {
+        free(w.retry_topics[i]);
+        free(w.retry_groups[i]);
+    }
     if (uv_loop_close(w.loop) != 0)
         ms_warn("event=loop_not_closed");
     ms_config_free(cfg);

@@ -15,6 +15,10 @@
 #include "ms_mem.h"
 #include "ms_net.h"
 
+#include <arpa/inet.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +33,8 @@ enum smtp_state {
     SMTP_CONNECT,
     SMTP_BANNER,
     SMTP_EHLO,
+    SMTP_STARTTLS,
+    SMTP_TLS,
     SMTP_HELO,
     SMTP_MAIL,
     SMTP_RCPT,
@@ -36,12 +42,14 @@ enum smtp_state {
     SMTP_BODY,
     SMTP_DOT,
     SMTP_QUIT,
+    SMTP_RSET,
+    SMTP_IDLE,
     SMTP_CLOSED,
     SMTP__NSTATES
 };
 
 static const char *const state_names[SMTP__NSTATES] = {
-    "connect", "banner", "ehlo", "helo", "mail", "rcpt", "data", "body", "dot", "quit", "closed",
+    "connect", "banner", "ehlo", "starttls", "tls", "helo", "mail", "rcpt", "data", "body", "dot", "quit", "rset", "idle", "closed",
 };
 
 struct wk_smtp {
@@ -59,6 +67,25 @@ struct wk_smtp {
     char *helo_name;
     char *mail_from;
     int body_8bitmime, smtputf8;
+    int lmtp;
+    size_t lmtp_next;
+    int pipelined;                  /* RCPTs and DATA went with MAIL (RFC 2920) */
+    /* Connection reuse. */
+    wk_smtp_cache *cache;
+    char cache_key[192];
+    wk_smtp *idle_prev, *idle_next; /* in the cache's idle list while SMTP_IDLE */
+    int reused;
+    int rset_due;                   /* reused: send RSET on the next loop turn */
+    int abort_data;                 /* pipelined DATA with no recipient accepted */
+    /* TLS: ciphertext goes through memory BIOs (rbio in, wbio out). */
+    enum wk_tls_policy tls_policy;
+    wk_tls_ctx *tls_ctx;
+    char *tls_name;
+    SSL *ssl;
+    BIO *rbio, *wbio;
+    int tls_on;                     /* handshake done */
+    char tls_info[WK_SMTP_TLS_INFO_MAX];
+    char raw[16 * 1024];            /* ciphertext read from the socket */               /* LMTP: next recipient whose data reply is due */
     size_t nrcpts;
     char **rcpts;
     size_t msg_len;                 /* unstuffed, for SIZE= */
@@ -83,6 +110,67 @@ struct smtp_write {
     wk_smtp *s;
     char data[];
 };
+
+struct wk_tls_ctx {
+    SSL_CTX *ctx;
+};
+
+struct wk_smtp_cache {
+    uint64_t idle_ms;
+    wk_smtp *idle;                  /* most recently parked first */
+    size_t nidle;
+    size_t refs;                    /* sessions created with it, not yet freed */
+    int closing;
+};
+
+int wk_tls_policy_parse(const char *name)
+{
+    static const char *const names[] = {"none", "may", "encrypt", "verify"};
+    int i;
+
+    for (i = 0; i < 4; i++)
+        if (strcmp(name, names[i]) == 0)
+            return i;
+    return -1;
+}
+
+const char *wk_tls_policy_name(enum wk_tls_policy p)
+{
+    static const char *const names[] = {"none", "may", "encrypt", "verify"};
+    return (unsigned)p < 4 ? names[p] : "none";
+}
+
+wk_tls_ctx *wk_tls_ctx_new(const char *ca_file, char *err, size_t errlen)
+{
+    wk_tls_ctx *t = ms_calloc(1, sizeof(*t));
+
+    if ((t->ctx = SSL_CTX_new(TLS_client_method())) == NULL) {
+        snprintf(err, errlen, "SSL_CTX_new failed");
+        free(t);
+        return NULL;
+    }
+    /* Verification is judged after the handshake, by policy: `may` and
+     * `encrypt` must not fail on a self-signed certificate. */
+    SSL_CTX_set_verify(t->ctx, SSL_VERIFY_NONE, NULL);
+    if ((ca_file && *ca_file) ? SSL_CTX_load_verify_locations(t->ctx, ca_file, NULL) != 1
+                              : SSL_CTX_set_default_verify_paths(t->ctx) != 1) {
+        snprintf(err, errlen, "cannot load CAs from %s: %s",
+                 ca_file && *ca_file ? ca_file : "the system default",
+                 ERR_reason_error_string(ERR_get_error()));
+        SSL_CTX_free(t->ctx);
+        free(t);
+        return NULL;
+    }
+    return t;
+}
+
+void wk_tls_ctx_free(wk_tls_ctx *t)
+{
+    if (t == NULL)
+        return;
+    SSL_CTX_free(t->ctx);
+    free(t);
+}
 
 static void smtp_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 
@@ -121,7 +209,8 @@ static int has_non_ascii(const char *s)
 
 /* ---- lifetime ---- */
 
-static void smtp_free(wk_smtp *s)
+/* Forget the transaction (the connection, TLS and EHLO stay). */
+static void tx_free(wk_smtp *s)
 {
     size_t i;
 
@@ -131,6 +220,68 @@ static void smtp_free(wk_smtp *s)
     free(s->final);
     free(s->results);
     free(s->body);
+    free(s->mail_from);
+    s->rcpts = NULL;
+    s->final = NULL;
+    s->results = NULL;
+    s->body = NULL;
+    s->mail_from = NULL;
+    s->nrcpts = s->rcpt_next = s->naccepted = s->lmtp_next = 0;
+    s->body_len = s->body_off = s->msg_len = 0;
+    s->pipelined = s->abort_data = 0;
+    s->cb = NULL;
+}
+
+static void tx_setup(wk_smtp *s, const struct wk_smtp_msg *msg)
+{
+    size_t i;
+
+    snprintf(s->log_id, sizeof(s->log_id), "%s", msg->log_id ? msg->log_id : "-");
+    s->mail_from = ms_strdup(msg->mail_from);
+    s->body_8bitmime = msg->body_8bitmime;
+    s->smtputf8 = msg->smtputf8;
+    s->nrcpts = msg->nrcpts;
+    s->rcpts = ms_calloc(msg->nrcpts, sizeof(*s->rcpts));
+    for (i = 0; i < msg->nrcpts; i++)
+        s->rcpts[i] = ms_strdup(msg->rcpts[i]);
+    s->final = ms_calloc(msg->nrcpts, sizeof(*s->final));
+    s->results = ms_calloc(msg->nrcpts, sizeof(*s->results));
+    s->msg_len = msg->len;
+    s->body_len = wk_dotstuff_len(msg->data, msg->len);
+    s->body = ms_malloc(s->body_len);
+    wk_dotstuff(msg->data, msg->len, s->body);
+}
+
+static void cache_unlink(wk_smtp *s)
+{
+    wk_smtp_cache *c = s->cache;
+
+    if (s->idle_prev)
+        s->idle_prev->idle_next = s->idle_next;
+    else
+        c->idle = s->idle_next;
+    if (s->idle_next)
+        s->idle_next->idle_prev = s->idle_prev;
+    s->idle_prev = s->idle_next = NULL;
+    c->nidle--;
+}
+
+static void smtp_free(wk_smtp *s)
+{
+    size_t i;
+
+    if (s->cache && --s->cache->refs == 0 && s->cache->closing)
+        free(s->cache);
+
+    for (i = 0; i < s->nrcpts; i++)
+        free(s->rcpts[i]);
+    free(s->rcpts);
+    free(s->final);
+    free(s->results);
+    free(s->body);
+    if (s->ssl)
+        SSL_free(s->ssl); /* and its BIOs */
+    free(s->tls_name);
     free(s->helo_name);
     free(s->mail_from);
     ms_buf_free(&s->in);
@@ -163,6 +314,8 @@ static void smtp_enter_state(wk_smtp *s, enum smtp_state next)
 {
     ms_debug("event=smtp_state qid=%s peer=%s from=%s to=%s", s->log_id, s->peer,
              state_names[s->state], state_names[next]);
+    if (s->state == SMTP_IDLE && next != SMTP_IDLE)
+        cache_unlink(s);
     s->state = next;
     if (next == SMTP_CLOSED)
         uv_timer_stop(&s->timer);
@@ -215,6 +368,8 @@ static void smtp_report(wk_smtp *s, int err, const struct wk_reply *reply, const
         s->final[i] = 1;
     }
     res.err = err;
+    res.tls = s->tls_info;
+    res.reused = s->reused;
     res.nrcpts = s->nrcpts;
     res.rcpts = s->results;
     cb(s->arg, s->id, &res);
@@ -254,6 +409,28 @@ static void smtp_write_cb(uv_write_t *req, int status)
                   state_names[s->state], uv_strerror(status));
 }
 
+/* Put what OpenSSL has written into the wbio on the socket; the write
+ * request is a struct smtp_write (its req.data is the session too). */
+static void tls_flush(wk_smtp *s, uv_write_cb cb)
+{
+    size_t n = BIO_ctrl_pending(s->wbio);
+    struct smtp_write *w;
+    uv_buf_t buf;
+    int r;
+
+    if (n == 0)
+        return;
+    w = ms_malloc(sizeof(*w) + n);
+    w->s = s;
+    w->req.data = s;
+    BIO_read(s->wbio, w->data, (int)n);
+    buf = uv_buf_init(w->data, (unsigned)n);
+    if ((r = uv_write(&w->req, (uv_stream_t *)&s->tcp, &buf, 1, cb)) < 0) {
+        free(w);
+        smtp_fail(s, MS_EIO, "4.4.2", "cannot send to %s: %s", s->peer, uv_strerror(r));
+    }
+}
+
 static void smtp_send(wk_smtp *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static void smtp_send(wk_smtp *s, const char *fmt, ...)
@@ -271,6 +448,13 @@ static void smtp_send(wk_smtp *s, const char *fmt, ...)
     if (n < 0 || n >= WK_SMTP_COMMAND_MAX)
         ms_panic("event=smtp_command_too_long qid=%s", s->log_id);
     w->s = s;
+    if (s->tls_on) {
+        /* A memory BIO takes everything: SSL_write cannot be partial. */
+        SSL_write(s->ssl, w->data, n);
+        free(w);
+        tls_flush(s, smtp_write_cb);
+        return;
+    }
     buf = uv_buf_init(w->data, (unsigned)n);
     if ((r = uv_write(&w->req, (uv_stream_t *)&s->tcp, &buf, 1, smtp_write_cb)) < 0) {
         free(w);
@@ -294,6 +478,12 @@ static void smtp_write_block(wk_smtp *s)
     s->body_off += n;
     /* §4.5.3.2.5: the timeout is per block. */
     uv_timer_start(&s->timer, smtp_timeout_cb, s->timeout_ms[SMTP_BODY], 0);
+    if (s->tls_on) {
+        free(req);
+        SSL_write(s->ssl, buf.base, (int)n);
+        tls_flush(s, smtp_body_write_cb); /* one write per block: the callback paces */
+        return;
+    }
     if ((r = uv_write(req, (uv_stream_t *)&s->tcp, &buf, 1, smtp_body_write_cb)) < 0) {
         free(req);
         smtp_fail(s, MS_EIO, "4.4.2", "cannot send message to %s: %s", s->peer, uv_strerror(r));
@@ -318,6 +508,140 @@ static void smtp_body_write_cb(uv_write_t *req, int status)
         smtp_enter_state(s, SMTP_DOT);
 }
 
+/* ---- TLS (RFC 3207) ---- */
+
+static void smtp_quit(wk_smtp *s);
+
+static void smtp_send_ehlo(wk_smtp *s)
+{
+    smtp_enter_state(s, SMTP_EHLO);
+    smtp_send(s, "%s %s\r\n", s->lmtp ? "LHLO" : "EHLO", s->helo_name);
+}
+
+static void tls_handshake(wk_smtp *s)
+{
+    unsigned long e;
+    long vr;
+    int r = SSL_do_handshake(s->ssl), verified;
+
+    if (r == 1) {
+        tls_flush(s, smtp_write_cb);
+        if (s->state == SMTP_CLOSED)
+            return;
+        s->tls_on = 1;
+        vr = SSL_get_verify_result(s->ssl);
+        verified = vr == X509_V_OK && SSL_get0_peer_certificate(s->ssl) != NULL;
+        if (s->tls_policy == WK_TLS_VERIFY && !verified) {
+            smtp_fail(s, MS_EPROTO, "4.7.5", "certificate of %s not verified for %s: %s",
+                      s->peer, s->tls_name,
+                      vr == X509_V_OK ? "no certificate" : X509_verify_cert_error_string(vr));
+            return;
+        }
+        snprintf(s->tls_info, sizeof(s->tls_info), "%s %s%s", SSL_get_version(s->ssl),
+                 SSL_get_cipher_name(s->ssl), verified ? " verified" : "");
+        ms_debug("event=smtp_tls qid=%s peer=%s tls=\"%s\"", s->log_id, s->peer, s->tls_info);
+        /* RFC 3207 §4.2: forget what the server said before TLS. */
+        memset(&s->ehlo, 0, sizeof(s->ehlo));
+        smtp_send_ehlo(s);
+        return;
+    }
+    if (SSL_get_error(s->ssl, r) == SSL_ERROR_WANT_READ) {
+        tls_flush(s, smtp_write_cb);
+        return;
+    }
+    e = ERR_get_error();
+    smtp_fail(s, MS_EPROTO, "4.7.5", "TLS handshake with %s failed: %s", s->peer,
+              e ? ERR_reason_error_string(e) : "protocol error");
+}
+
+static void tls_start(wk_smtp *s)
+{
+    struct in6_addr a6;
+    struct in_addr a4;
+
+    s->ssl = SSL_new(s->tls_ctx->ctx);
+    s->rbio = BIO_new(BIO_s_mem());
+    s->wbio = BIO_new(BIO_s_mem());
+    SSL_set_bio(s->ssl, s->rbio, s->wbio);
+    SSL_set_connect_state(s->ssl);
+    if (inet_pton(AF_INET, s->tls_name, &a4) == 1 || inet_pton(AF_INET6, s->tls_name, &a6) == 1) {
+        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s->ssl), s->tls_name);
+    } else {
+        SSL_set_tlsext_host_name(s->ssl, s->tls_name);
+        SSL_set1_host(s->ssl, s->tls_name);
+    }
+    smtp_enter_state(s, SMTP_TLS);
+    tls_handshake(s);
+}
+
+/* TLS is required and the server cannot do it: say so and QUIT. */
+static void tls_required(wk_smtp *s)
+{
+    char why[160];
+
+    snprintf(why, sizeof(why), "TLS is required (policy %s), but %s did not offer STARTTLS",
+             wk_tls_policy_name(s->tls_policy), s->peer);
+    smtp_report(s, 0, NULL, "4.7.4", why);
+    smtp_quit(s);
+}
+
+/* ---- connection reuse ---- */
+
+wk_smtp_cache *wk_smtp_cache_new(uint64_t idle_ms)
+{
+    wk_smtp_cache *c = ms_calloc(1, sizeof(*c));
+
+    c->idle_ms = idle_ms;
+    return c;
+}
+
+size_t wk_smtp_cache_idle(const wk_smtp_cache *c)
+{
+    return c->nidle;
+}
+
+void wk_smtp_cache_close(wk_smtp_cache *c)
+{
+    if (c == NULL)
+        return;
+    c->closing = 1;
+    while (c->idle)
+        smtp_close(c->idle); /* leaves IDLE: unlinks */
+    /* Sessions still running park nowhere now; the last one frees it. */
+    if (c->refs == 0)
+        free(c);
+}
+
+/* The message is done and the connection healthy: keep it for the next
+ * message to the same place, or say QUIT. */
+static void smtp_park(wk_smtp *s)
+{
+    wk_smtp_cache *c = s->cache;
+    wk_smtp *o;
+    size_t same = 0;
+
+    if (c == NULL || c->closing || c->nidle >= WK_SMTP_CACHE_MAX) {
+        smtp_quit(s);
+        return;
+    }
+    for (o = c->idle; o; o = o->idle_next)
+        same += strcmp(o->cache_key, s->cache_key) == 0;
+    if (same >= WK_SMTP_CACHE_PER_ADDR) {
+        smtp_quit(s);
+        return;
+    }
+    tx_free(s);
+    snprintf(s->log_id, sizeof(s->log_id), "-");
+    s->timeout_ms[SMTP_IDLE] = c->idle_ms;
+    s->idle_next = c->idle;
+    s->idle_prev = NULL;
+    if (c->idle)
+        c->idle->idle_prev = s;
+    c->idle = s;
+    c->nidle++;
+    smtp_enter_state(s, SMTP_IDLE);
+}
+
 /* ---- the dialogue ---- */
 
 static void smtp_quit(wk_smtp *s)
@@ -339,6 +663,16 @@ static void smtp_send_mail(wk_smtp *s)
         snprintf(params + n, sizeof(params) - n, " SMTPUTF8");
     smtp_enter_state(s, SMTP_MAIL);
     smtp_send(s, "MAIL FROM:<%s>%s\r\n", s->mail_from, params);
+    if (s->ehlo.flags & WK_EHLO_PIPELINING) {
+        /* RFC 2920 §3.1: MAIL, every RCPT and DATA in one go; the replies
+         * come back in order and are taken one by one below. */
+        size_t i;
+        s->pipelined = 1;
+        for (i = 0; i < s->nrcpts && s->state != SMTP_CLOSED; i++)
+            smtp_send(s, "RCPT TO:<%s>\r\n", s->rcpts[i]);
+        if (s->state != SMTP_CLOSED)
+            smtp_send(s, "DATA\r\n");
+    }
 }
 
 /* What we know before MAIL FROM that makes the message undeliverable to this
@@ -391,13 +725,23 @@ static void smtp_handle_reply(wk_smtp *s, const struct wk_reply *r)
     case SMTP_BANNER:
         if (!ok)
             break;
-        smtp_enter_state(s, SMTP_EHLO);
-        smtp_send(s, "EHLO %s\r\n", s->helo_name);
+        smtp_send_ehlo(s);
         return;
     case SMTP_EHLO:
         if (ok) {
             wk_ehlo_parse(r, &s->ehlo);
-        } else if (r->code >= 500) {
+            if (!s->tls_on && s->tls_policy != WK_TLS_NONE) {
+                if (s->ehlo.flags & WK_EHLO_STARTTLS) {
+                    smtp_enter_state(s, SMTP_STARTTLS);
+                    smtp_send(s, "STARTTLS\r\n");
+                    return;
+                }
+                if (s->tls_policy >= WK_TLS_ENCRYPT) {
+                    tls_required(s);
+                    return;
+                }
+            }
+        } else if (r->code >= 500 && !s->lmtp) {
             /* RFC 5321 §3.2: an old server; fall back to HELO. */
             smtp_enter_state(s, SMTP_HELO);
             smtp_send(s, "HELO %s\r\n", s->helo_name);
@@ -408,10 +752,26 @@ static void smtp_handle_reply(wk_smtp *s, const struct wk_reply *r)
         if (!smtp_refuse_locally(s))
             smtp_send_mail(s);
         return;
+    case SMTP_STARTTLS:
+        if (r->code == 220) {
+            tls_start(s);
+            return;
+        }
+        if (s->tls_policy == WK_TLS_MAY) {
+            /* Opportunistic: go on in plaintext. */
+            if (!smtp_refuse_locally(s))
+                smtp_send_mail(s);
+            return;
+        }
+        break;
     case SMTP_HELO:
         if (!ok)
             break;
         memset(&s->ehlo, 0, sizeof(s->ehlo));
+        if (s->tls_policy >= WK_TLS_ENCRYPT) {
+            tls_required(s);
+            return;
+        }
         if (!smtp_refuse_locally(s))
             smtp_send_mail(s);
         return;
@@ -420,7 +780,8 @@ static void smtp_handle_reply(wk_smtp *s, const struct wk_reply *r)
             break;
         smtp_enter_state(s, SMTP_RCPT);
         s->rcpt_next = 0;
-        smtp_send_rcpt(s);
+        if (!s->pipelined)
+            smtp_send_rcpt(s);
         return;
     case SMTP_RCPT:
         i = s->rcpt_next;
@@ -434,32 +795,86 @@ static void smtp_handle_reply(wk_smtp *s, const struct wk_reply *r)
         if (++s->rcpt_next < s->nrcpts) {
             /* Re-arm the RCPT timeout for the next command. */
             smtp_enter_state(s, SMTP_RCPT);
-            smtp_send_rcpt(s);
+            if (!s->pipelined)
+                smtp_send_rcpt(s);
             return;
         }
         if (s->naccepted == 0) {
             smtp_report(s, 0, NULL, NULL, NULL); /* every recipient is final */
-            smtp_quit(s);
+            if (!s->pipelined) {
+                smtp_quit(s);
+                return;
+            }
+            /* DATA is on its way: wait for its reply (and end an empty
+             * message if the server accepts it anyway, RFC 2920 §3.1). */
+            s->abort_data = 1;
+            smtp_enter_state(s, SMTP_DATA);
             return;
         }
         smtp_enter_state(s, SMTP_DATA);
-        smtp_send(s, "DATA\r\n");
+        if (!s->pipelined)
+            smtp_send(s, "DATA\r\n");
         return;
     case SMTP_DATA:
+        if (s->abort_data) {
+            if (r->code == 354) {
+                smtp_enter_state(s, SMTP_DOT);
+                smtp_send(s, ".\r\n");
+            } else {
+                smtp_quit(s);
+            }
+            return;
+        }
         if (r->code != 354)
             break;
         smtp_enter_state(s, SMTP_BODY);
         smtp_write_block(s);
         return;
-    case SMTP_BODY:
     case SMTP_DOT:
+        if (s->abort_data) {
+            smtp_quit(s);
+            return;
+        }
+        if (s->lmtp) {
+            /* RFC 2033 §4.2: one reply per accepted recipient, in order. */
+            while (s->lmtp_next < s->nrcpts && s->final[s->lmtp_next])
+                s->lmtp_next++;
+            if (s->lmtp_next < s->nrcpts) {
+                set_result_reply(&s->results[s->lmtp_next], r);
+                s->final[s->lmtp_next] = 1;
+            }
+            while (s->lmtp_next < s->nrcpts && s->final[s->lmtp_next])
+                s->lmtp_next++;
+            if (s->lmtp_next < s->nrcpts) {
+                smtp_enter_state(s, SMTP_DOT); /* re-arm for the next reply */
+                return;
+            }
+            smtp_report(s, 0, NULL, NULL, NULL);
+            smtp_park(s);
+            return;
+        }
+        /* fall through */
+    case SMTP_BODY:
         /* The reply to the end of data (or an early one while we still
          * write: the server gave up on the message). */
         smtp_report(s, 0, r, NULL, NULL);
         if (s->state == SMTP_BODY)
             smtp_close(s);
+        else if (r->code == 421)
+            smtp_close(s); /* RFC 5321 §3.8 */
         else
-            smtp_quit(s);
+            smtp_park(s);
+        return;
+    case SMTP_RSET:
+        if (!ok)
+            break;
+        if (!smtp_refuse_locally(s))
+            smtp_send_mail(s);
+        return;
+    case SMTP_IDLE:
+        /* A parked connection the server talks on (a 421 before it goes
+         * away, most likely): not worth keeping. */
+        smtp_close(s);
         return;
     case SMTP_QUIT:
         smtp_close(s);
@@ -481,10 +896,60 @@ static void smtp_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     size_t want = suggested < 4096 ? suggested : 4096;
     char *p;
 
+    if (s->ssl) {
+        /* Ciphertext: decrypted into s->in by smtp_read_cb. */
+        *buf = uv_buf_init(s->raw, sizeof(s->raw));
+        return;
+    }
     if (s->in.len + want > s->in.max)
         want = s->in.max - s->in.len;
     p = want > 0 ? ms_buf_reserve(&s->in, want) : NULL;
     *buf = uv_buf_init(p, p ? (unsigned)want : 0);
+}
+
+/* Feed ciphertext to OpenSSL: finish the handshake, then decrypt into
+ * s->in.  Returns 0, or -1 when the session failed (and is closing). */
+static int tls_read(wk_smtp *s, const char *data, size_t len)
+{
+    size_t room;
+    char *p;
+    int k, e;
+
+    BIO_write(s->rbio, data, (int)len);
+    if (!s->tls_on) {
+        tls_handshake(s);
+        if (s->state == SMTP_CLOSED)
+            return -1;
+        if (!s->tls_on)
+            return 0;
+    }
+    for (;;) {
+        room = s->in.max - s->in.len;
+        if (room == 0) {
+            smtp_fail(s, MS_ETOOBIG, "4.4.2", "reply from %s too long", s->peer);
+            return -1;
+        }
+        if (room > 4096)
+            room = 4096;
+        p = ms_buf_reserve(&s->in, room);
+        k = SSL_read(s->ssl, p, (int)room);
+        if (k > 0) {
+            ms_buf_commit(&s->in, (size_t)k);
+            continue;
+        }
+        e = SSL_get_error(s->ssl, k);
+        if (e == SSL_ERROR_WANT_READ)
+            break;
+        if (e == SSL_ERROR_ZERO_RETURN && s->state == SMTP_QUIT) {
+            smtp_close(s);
+            return -1;
+        }
+        smtp_fail(s, MS_EIO, "4.4.2", "TLS connection with %s broken in state %s", s->peer,
+                  state_names[s->state]);
+        return -1;
+    }
+    tls_flush(s, smtp_write_cb); /* whatever reading made OpenSSL say */
+    return s->state == SMTP_CLOSED ? -1 : 0;
 }
 
 static void smtp_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
@@ -500,7 +965,7 @@ static void smtp_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf
         return;
     }
     if (nread < 0) {
-        if (s->state == SMTP_QUIT) {
+        if (s->state == SMTP_QUIT || s->state == SMTP_IDLE) {
             smtp_close(s);
             return;
         }
@@ -509,7 +974,12 @@ static void smtp_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf
                   nread == UV_EOF ? "connection closed" : uv_strerror((int)nread));
         return;
     }
-    ms_buf_commit(&s->in, (size_t)nread);
+    if (s->ssl) {
+        if (tls_read(s, buf->base, (size_t)nread) < 0)
+            return;
+    } else {
+        ms_buf_commit(&s->in, (size_t)nread);
+    }
     while (s->state != SMTP_CLOSED && s->in.len > 0) {
         n = wk_reply_parse(s->in.data, s->in.len, &r);
         if (n == MS_EAGAIN)
@@ -529,6 +999,13 @@ static void smtp_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf
             ms_panic("event=smtp_read_before_connect");
         smtp_handle_reply(s, &r);
         ms_buf_consume(&s->in, (size_t)n);
+        if (s->state == SMTP_TLS && s->in.len > 0) {
+            /* RFC 3207 §5 (and CVE-2011-0411): nothing may follow the 220
+             * in plaintext; it would be taken as said over TLS. */
+            smtp_fail(s, MS_EPROTO, "4.7.0", "%s sent data after its reply to STARTTLS",
+                      s->peer);
+            return;
+        }
     }
 }
 
@@ -552,6 +1029,17 @@ static void smtp_timeout_cb(uv_timer_t *t)
 {
     wk_smtp *s = t->data;
 
+    if (s->rset_due) {
+        /* A reused connection: RFC 5321 §4.1.1.5, start clean. */
+        s->rset_due = 0;
+        smtp_enter_state(s, SMTP_RSET);
+        smtp_send(s, "RSET\r\n");
+        return;
+    }
+    if (s->state == SMTP_IDLE) {
+        smtp_quit(s); /* idle long enough */
+        return;
+    }
     if (s->state == SMTP_QUIT) {
         smtp_close(s);
         return;
@@ -574,42 +1062,68 @@ int wk_smtp_start(uv_loop_t *loop, const struct sockaddr *addr,
     size_t i;
     int r;
 
-    if (msg->nrcpts == 0 || !wk_smtp_path_ok(msg->mail_from) ||
+    if (msg->nrcpts == 0 || (msg->tls >= WK_TLS_ENCRYPT && msg->tls_ctx == NULL) ||
+        !wk_smtp_path_ok(msg->mail_from) ||
         strlen(msg->helo_name) > WK_SMTP_PATH_MAX || !wk_smtp_path_ok(msg->helo_name))
         return MS_EINVAL;
     for (i = 0; i < msg->nrcpts; i++)
         if (!wk_smtp_path_ok(msg->rcpts[i]) || *msg->rcpts[i] == '\0')
             return MS_EINVAL;
 
+    ms_addr_str(addr, host, sizeof(host));
+    if (msg->cache && !msg->cache->closing) {
+        char key[sizeof(s->cache_key)];
+        wk_smtp *o;
+        snprintf(key, sizeof(key), "%s|%d|%d|%d|%s|%s", host, ms_addr_port(addr),
+                 msg->tls_ctx ? (int)msg->tls : 0, msg->lmtp,
+                 msg->tls_name ? msg->tls_name : "", msg->helo_name);
+        for (o = msg->cache->idle; o; o = o->idle_next)
+            if (strcmp(o->cache_key, key) == 0)
+                break;
+        if (o) {
+            /* Reuse: the transaction is new, the connection is not.  RSET
+             * goes out on the next loop turn (never call back from here). */
+            s = o;
+            smtp_enter_state(s, SMTP_RSET); /* leaves IDLE: unlinked */
+            tx_setup(s, msg);
+            s->cb = cb;
+            s->arg = arg;
+            s->id = id;
+            s->reused = 1;
+            s->rset_due = 1;
+            uv_timer_start(&s->timer, smtp_timeout_cb, 0, 0);
+            *out = s;
+            return 0;
+        }
+    }
     s = ms_calloc(1, sizeof(*s));
+    s->cache = msg->cache && !msg->cache->closing ? msg->cache : NULL;
+    if (s->cache)
+        s->cache->refs++;
+    snprintf(s->cache_key, sizeof(s->cache_key), "%s|%d|%d|%d|%s|%s", host, ms_addr_port(addr),
+             msg->tls_ctx ? (int)msg->tls : 0, msg->lmtp, msg->tls_name ? msg->tls_name : "",
+             msg->helo_name);
     s->timeout_ms[SMTP_CONNECT] = t->connect;
     s->timeout_ms[SMTP_BANNER] = t->banner;
     s->timeout_ms[SMTP_EHLO] = t->helo;
     s->timeout_ms[SMTP_HELO] = t->helo;
+    s->timeout_ms[SMTP_STARTTLS] = t->helo;
+    s->timeout_ms[SMTP_TLS] = t->helo;
     s->timeout_ms[SMTP_MAIL] = t->mail;
     s->timeout_ms[SMTP_RCPT] = t->rcpt;
     s->timeout_ms[SMTP_DATA] = t->data;
     s->timeout_ms[SMTP_BODY] = t->block;
     s->timeout_ms[SMTP_DOT] = t->dot;
     s->timeout_ms[SMTP_QUIT] = t->quit;
-    ms_addr_str(addr, host, sizeof(host));
+    s->timeout_ms[SMTP_RSET] = t->mail;
     snprintf(s->peer, sizeof(s->peer), addr->sa_family == AF_INET6 ? "[%s]:%d" : "%s:%d", host,
              ms_addr_port(addr));
-    snprintf(s->log_id, sizeof(s->log_id), "%s", msg->log_id ? msg->log_id : "-");
     s->helo_name = ms_strdup(msg->helo_name);
-    s->mail_from = ms_strdup(msg->mail_from);
-    s->body_8bitmime = msg->body_8bitmime;
-    s->smtputf8 = msg->smtputf8;
-    s->nrcpts = msg->nrcpts;
-    s->rcpts = ms_calloc(msg->nrcpts, sizeof(*s->rcpts));
-    for (i = 0; i < msg->nrcpts; i++)
-        s->rcpts[i] = ms_strdup(msg->rcpts[i]);
-    s->final = ms_calloc(msg->nrcpts, sizeof(*s->final));
-    s->results = ms_calloc(msg->nrcpts, sizeof(*s->results));
-    s->msg_len = msg->len;
-    s->body_len = wk_dotstuff_len(msg->data, msg->len);
-    s->body = ms_malloc(s->body_len);
-    wk_dotstuff(msg->data, msg->len, s->body);
+    s->lmtp = msg->lmtp;
+    s->tls_policy = msg->tls_ctx ? msg->tls : WK_TLS_NONE;
+    s->tls_ctx = msg->tls_ctx;
+    s->tls_name = ms_strdup(msg->tls_name && *msg->tls_name ? msg->tls_name : host);
+    tx_setup(s, msg);
     ms_buf_init(&s->in, WK_SMTP_INPUT_MAX);
     s->cb = cb;
     s->arg = arg;

@@ -4,8 +4,31 @@
  * One wk_smtp session delivers one message to one server: connect, banner,
  * EHLO (HELO if EHLO is refused), MAIL FROM with SIZE= / BODY=8BITMIME /
  * SMTPUTF8 when the server advertises them, one RCPT TO per recipient, DATA
- * with the message dot-stuffed (RFC 5321 §4.5.2), QUIT.  No PIPELINING, no
- * TLS, no connection reuse yet: later work adds them behind this interface.
+ * with the message dot-stuffed (RFC 5321 §4.5.2), QUIT.  With `lmtp` set it
+ * speaks LMTP (RFC 2033): LHLO (no HELO fallback) and, after the data, one
+ * reply per accepted recipient, each final for its recipient (§4.2).
+ *
+ * STARTTLS (RFC 3207) by policy: `none` never; `may` (opportunistic, the
+ * default) when the server offers it, certificate not checked; `encrypt`
+ * requires it (not offered: 4.7.4), certificate not checked; `verify`
+ * requires it and a certificate chain to our CAs naming tls_name (the MX
+ * host name, or the IP literal).  A failed handshake or verification is
+ * 4.7.5 (XXX: `may` does not fall back to plaintext; the retry does not
+ * either).  After TLS the client says EHLO again and forgets the first
+ * answer; bytes the server sent after its 220 to STARTTLS are refused
+ * (command injection).  TLS runs through memory BIOs: the socket never sees
+ * OpenSSL.
+ *
+ * PIPELINING (RFC 2920) when offered: MAIL, the RCPTs and DATA are sent
+ * together and the replies taken in order.
+ *
+ * Connection reuse: with a cache (wk_smtp_cache), a session whose message
+ * ended normally is parked instead of saying QUIT, for up to the cache's
+ * idle time; the next wk_smtp_start() to the same address with the same
+ * TLS settings takes it and says RSET before MAIL.  A parked connection the
+ * server closes or talks on is dropped.  The result says whether the
+ * connection was reused, so a caller can retry on a fresh one when a reused
+ * connection fails before the server answered anything.  No CHUNKING yet.
  *
  * Outcome: the callback gets one effective result per recipient, in the
  * order given: the reply to its RCPT if that was not 2yz, else the reply to
@@ -35,6 +58,20 @@
 #include <uv.h>
 
 #include "smtp_reply.h"
+
+/* STARTTLS policy per destination (docs/config.md, [tls]). */
+enum wk_tls_policy { WK_TLS_NONE, WK_TLS_MAY, WK_TLS_ENCRYPT, WK_TLS_VERIFY };
+
+/* "none", "may", "encrypt", "verify" -> the policy, or -1. */
+int wk_tls_policy_parse(const char *name);
+const char *wk_tls_policy_name(enum wk_tls_policy p);
+
+/* Client TLS settings shared by every session: the CAs used by `verify`
+ * (ca_file, or the system's when NULL).  Create once, on any thread; free
+ * only once no session uses it. */
+typedef struct wk_tls_ctx wk_tls_ctx;
+wk_tls_ctx *wk_tls_ctx_new(const char *ca_file, char *err, size_t errlen);
+void wk_tls_ctx_free(wk_tls_ctx *t);
 
 /* Not in the RFC: how long a TCP connect may take (Postfix's default). */
 #define WK_SMTP_TIMEOUT_CONNECT_MS (30 * 1000)
@@ -70,12 +107,30 @@ struct wk_smtp_timeouts {
 };
 void wk_smtp_timeouts_default(struct wk_smtp_timeouts *t);
 
+/* Idle connections kept per cache (all destinations) and per address. */
+#define WK_SMTP_CACHE_MAX 256
+#define WK_SMTP_CACHE_PER_ADDR 16
+
+/* Parked connections, one loop.  Free with wk_smtp_cache_close() while the
+ * loop still runs (it closes the idle connections). */
+typedef struct wk_smtp_cache wk_smtp_cache;
+wk_smtp_cache *wk_smtp_cache_new(uint64_t idle_ms);
+/* Connections parked right now. */
+size_t wk_smtp_cache_idle(const wk_smtp_cache *c);
+void wk_smtp_cache_close(wk_smtp_cache *c);
+
 struct wk_smtp_msg {
     const char *log_id;             /* the queue id, for log lines */
     const char *helo_name;          /* our name in EHLO/HELO */
     const char *mail_from;          /* "" is the null sender <> */
     int body_8bitmime;              /* the client declared BODY=8BITMIME */
     int smtputf8;                   /* the client declared SMTPUTF8 */
+    int lmtp;                       /* speak LMTP (RFC 2033): LHLO, one reply per
+                                     * accepted recipient after the data */
+    enum wk_tls_policy tls;         /* STARTTLS policy (WK_TLS_NONE when 0) */
+    wk_tls_ctx *tls_ctx;            /* needed unless tls is WK_TLS_NONE */
+    const char *tls_name;           /* name to check and send as SNI */
+    wk_smtp_cache *cache;           /* reuse connections through it; NULL: never */
     const char *const *rcpts;
     size_t nrcpts;
     const char *data;               /* CRLF lines, dot-unstuffed */
@@ -88,8 +143,13 @@ struct wk_smtp_rcpt_result {
     char reply[WK_SMTP_REPLY_TEXT_MAX];
 };
 
+/* Longest TLS description: "TLSv1.3 TLS_AES_256_GCM_SHA384 verified". */
+#define WK_SMTP_TLS_INFO_MAX 96
+
 struct wk_smtp_result {
     int err;                        /* 0, or why the session ended early (MS_E*) */
+    const char *tls;                /* "" or protocol, cipher and "verified" */
+    int reused;                     /* the connection came from the cache */
     size_t nrcpts;
     const struct wk_smtp_rcpt_result *rcpts; /* valid during the callback */
 };

@@ -203,6 +203,9 @@ def cluster_factory(request, tmp_path_factory, redis_server, kafka_broker):
             topics[spec["topic"]] = mslocal.DEFAULT_TOPICS["queue"]
         if spec.get("events_topic", "events") != "events":
             topics[spec["events_topic"]] = mslocal.DEFAULT_TOPICS["events"]
+        if spec.get("topic", "queue") != "queue":  # the workers' retry tier topics
+            for t in range(1, mslocal.WORKER_RETRY_TIERS + 1):
+                topics[f"{spec['topic']}.retry.{t}"] = mslocal.RETRY_TIER_PARTITIONS
         if topics:
             kafka_broker.create_topics(topics)
         # Every port in one call, so no two of them can be the same (ports

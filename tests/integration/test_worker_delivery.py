@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
+import select
 import socketserver
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -59,18 +62,39 @@ def new_qid() -> str:
     return "T" + uuid.uuid4().hex[:20].upper()
 
 
+# Envelope enums (proto/envelope.proto).
+DIRECTION_INBOUND, DIRECTION_OUTBOUND = 1, 2
+RET_FULL, RET_HDRS = 1, 2
+NOTIFY_SUCCESS, NOTIFY_FAILURE, NOTIFY_DELAY, NOTIFY_NEVER = 1, 2, 4, 8
+
+
 def envelope(qid: str, rcpts: List[str], message: bytes, sender: str = "sender@example.org",
-             version: int = 1, body_8bit: bool = False) -> bytes:
+             version: int = 1, body_8bit: bool = False, direction: int = 0, ret: int = 0,
+             envid: str = "", notify: Optional[Dict[str, int]] = None,
+             orcpt: Optional[Dict[str, str]] = None) -> bytes:
+    """notify / orcpt: per recipient address (RFC 3461 NOTIFY bits, ORCPT
+    "rfc822;addr"); direction, ret: the enums above (0: unspecified)."""
     mail_from = _field_bytes(1, sender.encode())
     if body_8bit:
         mail_from += _field_varint(2, 2)  # BODY_8BITMIME
+    if ret:
+        mail_from += _field_varint(5, ret)
+    if envid:
+        mail_from += _field_bytes(6, envid.encode())
     out = _field_varint(1, version)
     out += _field_bytes(2, qid.encode())
     out += _field_varint(3, int(time.time() * 1e6))
     out += _field_bytes(4, b"test")
     out += _field_bytes(6, mail_from)
     for r in rcpts:
-        out += _field_bytes(7, _field_bytes(1, r.encode()))
+        rec = _field_bytes(1, r.encode())
+        if notify and r in notify:
+            rec += _field_varint(2, notify[r])
+        if orcpt and r in orcpt:
+            rec += _field_bytes(3, orcpt[r].encode())
+        out += _field_bytes(7, rec)
+    if direction:
+        out += _field_varint(8, direction)
     out += _field_bytes(10, message)
     return out
 
@@ -148,7 +172,22 @@ class FakeSMTP:
     in .delivered as (mail_from, [rcpts], data)."""
 
     def __init__(self, rcpt_reply: Optional[Callable[[str, int], str]] = None,
-                 data_reply: Optional[Callable[[int], str]] = None):
+                 data_reply: Optional[Callable[[int], str]] = None,
+                 host: str = mslocal.HOST, port: int = 0, tls=None, pipelining: bool = False):
+        # tls: an ssl.SSLContext (server side): STARTTLS is offered and done.
+        self.tls = tls
+        # pipelining: PIPELINING is offered, and for each MAIL the server
+        # notes whether the next command had already arrived before it
+        # answered (the client did not wait: RFC 2920).
+        self.pipelining = pipelining
+        self.mail_pipelined: List[bool] = []
+        # Transactions in progress (MAIL to the reply at the end of data),
+        # and the most seen at once.
+        self.in_tx = 0
+        self.max_in_tx = 0
+        self.sessions = 0           # connections accepted
+        self.hangup_after_data = False  # close silently after each message
+        self.tls_sessions: List[str] = []  # TLS version of each STARTTLS
         self.rcpt_reply = rcpt_reply or (lambda r, n: "250 2.1.5 Ok")
         self.data_reply = data_reply or (lambda n: "250 2.0.0 Ok: queued")
         self.rcpt_counts: Dict[str, int] = {}
@@ -160,30 +199,34 @@ class FakeSMTP:
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self):
-                fake._session(self.rfile, self.wfile)
+                fake._session(self.rfile, self.wfile, self.request)
 
         class Server(socketserver.ThreadingTCPServer):
             daemon_threads = True
             allow_reuse_address = True
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
-        self.server = Server((mslocal.HOST, 0), Handler)
+        self.host = host
+        self.server = Server((host, port), Handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     @property
     def address(self) -> str:
-        return f"{mslocal.HOST}:{self.port}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
 
-    def _session(self, rfile, wfile) -> None:
+    def _session(self, rfile, wfile, sock=None) -> None:
         def say(line: str) -> None:
             wfile.write(line.encode() + b"\r\n")
             wfile.flush()
 
+        with self.lock:
+            self.sessions += 1
         say("220 fake.test ESMTP")
         mail, rcpts = None, []
         while True:
@@ -198,9 +241,37 @@ class FakeSMTP:
                 say("250-fake.test")
                 say("250-SIZE 10000000")
                 say("250-8BITMIME")
+                if self.tls is not None and not isinstance(sock, ssl.SSLSocket):
+                    say("250-STARTTLS")
+                if self.pipelining:
+                    say("250-PIPELINING")
                 say("250 ENHANCEDSTATUSCODES")
+            elif verb == "STARTTLS" and self.tls is not None:
+                say("220 2.0.0 Ready to start TLS")
+                try:
+                    sock = self.tls.wrap_socket(sock, server_side=True)
+                except (ssl.SSLError, OSError):
+                    return
+                with self.lock:
+                    self.tls_sessions.append(sock.version() or "")
+                rfile, wfile = sock.makefile("rb"), sock.makefile("wb")
+                mail, rcpts = None, []
             elif verb == "MAIL":
                 mail, rcpts = line[10:].split(">")[0].lstrip("<"), []
+                with self.lock:
+                    self.in_tx += 1
+                    self.max_in_tx = max(self.max_in_tx, self.in_tx)
+                if self.pipelining and sock is not None and not isinstance(sock, ssl.SSLSocket):
+                    select.select([sock], [], [], 1.0)
+                    sock.setblocking(False)
+                    try:
+                        ahead = rfile.peek(1)
+                    except (BlockingIOError, OSError):
+                        ahead = b""
+                    finally:
+                        sock.setblocking(True)
+                    with self.lock:
+                        self.mail_pipelined.append(bool(ahead))
                 say("250 2.1.0 Ok")
             elif verb == "RCPT":
                 addr = line[8:].split(">")[0].lstrip("<")
@@ -210,6 +281,8 @@ class FakeSMTP:
                 if reply.startswith("2"):
                     rcpts.append(addr)
                 say(reply)
+            elif verb == "DATA" and not rcpts:
+                say("554 5.5.1 Error: no valid recipients")
             elif verb == "DATA":
                 say("354 End data with <CR><LF>.<CR><LF>")
                 data = bytearray()
@@ -224,10 +297,13 @@ class FakeSMTP:
                     self.data_count += 1
                     n = self.data_count
                 reply = self.data_reply(n)
-                if reply.startswith("2"):
-                    with self.lock:
+                with self.lock:
+                    if reply.startswith("2"):
                         self.delivered.append((mail, list(rcpts), bytes(data)))
+                    self.in_tx -= 1  # before the reply: the client may go on at once
                 say(reply)
+                if self.hangup_after_data:
+                    return
             elif verb == "QUIT":
                 say("221 2.0.0 Bye")
                 return
@@ -327,21 +403,22 @@ def test_worker_550_bounces_and_other_recipient_delivered(cluster_factory, fake_
                     if r.startswith("nobody") else "250 2.1.5 Ok")
     cl = worker_cluster(cluster_factory, srv.address)
     q = new_qid()
-    produce(cl, [(q, envelope(q, ["nobody@example.net", "someone@example.net"], message(q)))])
+    nobody = f"nobody.{q.lower()}@example.net"  # unique: hard bounces are suppressed
+    produce(cl, [(q, envelope(q, [nobody, "someone@example.net"], message(q)))])
 
     evs = wait_events(cl, lambda e: len([x for x in e if x.get("qid") == q]) >= 2)
     by_rcpt = {e["rcpt"]: e for e in evs if e.get("qid") == q}
-    assert by_rcpt["nobody@example.net"]["outcome"] == "bounced"
-    assert by_rcpt["nobody@example.net"]["code"] == 550
-    assert by_rcpt["nobody@example.net"]["dsn"] == "5.1.1"
-    assert "User unknown" in by_rcpt["nobody@example.net"]["reply"]
+    assert by_rcpt[nobody]["outcome"] == "bounced"
+    assert by_rcpt[nobody]["code"] == 550
+    assert by_rcpt[nobody]["dsn"] == "5.1.1"
+    assert "User unknown" in by_rcpt[nobody]["reply"]
     assert by_rcpt["someone@example.net"]["outcome"] == "delivered"
     log = wait_log(cl.workers[0], "outcome=bounced")
-    assert 'rcpt="nobody@example.net"' in log and "code=550 dsn=5.1.1" in log
+    assert f'rcpt="{nobody}"' in log and "code=550 dsn=5.1.1" in log
     assert srv.delivered == [("sender@example.org", ["someone@example.net"], message(q))]
     # The bounce is final: no second attempt for that recipient.
     time.sleep(1.5)
-    assert srv.rcpt_counts["nobody@example.net"] == 1
+    assert srv.rcpt_counts[nobody] == 1
 
 
 def test_worker_data_451_then_250(cluster_factory, fake_smtp):
@@ -497,3 +574,78 @@ def test_worker_large_message(cluster_factory):
     produce(cl, [(q, envelope(q, ["big@example.net"], big))])
     msgs = cl.sink.wait_for(1, timeout=120)
     assert len(msgs[0].data) == len(big) and msgs[0].data == big
+
+
+def test_worker_pipelines_when_offered(cluster_factory, fake_smtp):
+    """RFC 2920: MAIL, RCPTs and DATA go together; per-recipient replies
+    still land on the right recipients."""
+    srv = fake_smtp(pipelining=True, rcpt_reply=lambda r, n: "550 5.1.1 No such user"
+                    if r.startswith("bad") else "250 2.1.5 Ok")
+    plain = fake_smtp()
+    cl = worker_cluster(cluster_factory, srv.address)
+    q = new_qid()
+    produce(cl, [(q, envelope(q, ["a@example.net", "bad@example.net", "c@example.net"],
+                              message(q)))])
+    evs = wait_events(cl, lambda e: len([x for x in e if x.get("qid") == q]) >= 3)
+    by = {e["rcpt"]: e["outcome"] for e in evs if e.get("qid") == q}
+    assert by == {"a@example.net": "delivered", "bad@example.net": "bounced",
+                  "c@example.net": "delivered"}
+    assert srv.mail_pipelined == [True]
+    assert srv.delivered == [("sender@example.org", ["a@example.net", "c@example.net"],
+                              message(q))]
+
+    # All recipients refused: the pipelined DATA is refused too, or ended empty.
+    q2 = new_qid()
+    produce(cl, [(q2, envelope(q2, ["bad1@example.net", "bad2@example.net"], message(q2)))])
+    evs = wait_events(cl, lambda e: len([x for x in e if x.get("qid") == q2]) >= 2)
+    assert {e["outcome"] for e in evs if e.get("qid") == q2} == {"bounced"}
+    assert len(srv.delivered) == 1
+    # Without PIPELINING the client waits for each reply.
+    cl2 = worker_cluster(cluster_factory, plain.address)
+    q3 = new_qid()
+    produce(cl2, [(q3, envelope(q3, ["a@example.net"], message(q3)))])
+    wait_events(cl2, lambda e: any(x.get("qid") == q3 for x in e))
+    assert plain.mail_pipelined == [] and len(plain.delivered) == 1
+
+
+def test_worker_destination_concurrency_lease(cluster_factory, fake_smtp):
+    """[delivery] dest_concurrency = 1: a slow destination never sees two
+    transactions at once, though five messages are in flight; the leases
+    are gone afterwards."""
+    srv = fake_smtp(data_reply=lambda n: (time.sleep(0.3), "250 2.0.0 Ok: queued")[1])
+    cl = worker_cluster(cluster_factory, srv.address, dest_concurrency=1)
+    qids = [new_qid() for _ in range(5)]
+    produce(cl, [(q, envelope(q, [f"r.{q}@example.net"], message(q))) for q in qids])
+    wait_events(cl, lambda e: sum(x.get("outcome") == "delivered" for x in e) >= 5, timeout=120)
+    assert len(srv.delivered) == 5 and srv.max_in_tx == 1
+    assert metric(cl.workers[0], "mailstream_worker_lease_waits_total") >= 1
+    mslocal.wait_until(lambda: mslocal.redis_command(
+        cl.redis.port, "ZCARD", f"ms:lease:{srv.address}") == b":0\r\n", 30, "leases released")
+
+
+def test_worker_reuses_connections(cluster_factory, fake_smtp):
+    """A connection parked after a message carries the next one (RSET
+    first); one the server closed meanwhile is not used."""
+    srv = fake_smtp()
+    cl = worker_cluster(cluster_factory, srv.address, connection_cache_ms=60000)
+    q1, q2 = new_qid(), new_qid()
+    produce(cl, [(q1, envelope(q1, ["a@example.net"], message(q1)))])
+    wait_events(cl, lambda e: any(x.get("qid") == q1 for x in e))
+    produce(cl, [(q2, envelope(q2, ["b@example.net"], message(q2)))])
+    wait_events(cl, lambda e: any(x.get("qid") == q2 and x["outcome"] == "delivered" for x in e))
+    assert srv.sessions == 1 and len(srv.delivered) == 2
+    verbs = [c.split(" ")[0].split(":")[0] for c in srv.commands]
+    assert verbs.count("EHLO") == 1 and verbs.count("RSET") == 1 and "QUIT" not in verbs
+
+    # The server hangs up after each message: every message gets a fresh
+    # connection, none fails.
+    srv2 = fake_smtp()
+    srv2.hangup_after_data = True
+    cl2 = worker_cluster(cluster_factory, srv2.address, connection_cache_ms=60000)
+    q3, q4 = new_qid(), new_qid()
+    produce(cl2, [(q3, envelope(q3, ["c@example.net"], message(q3)))])
+    wait_events(cl2, lambda e: any(x.get("qid") == q3 for x in e))
+    produce(cl2, [(q4, envelope(q4, ["d@example.net"], message(q4)))])
+    evs = wait_events(cl2, lambda e: any(x.get("qid") == q4 for x in e))
+    assert [x["outcome"] for x in evs if x.get("qid") in (q3, q4)] == ["delivered", "delivered"]
+    assert srv2.sessions == 2

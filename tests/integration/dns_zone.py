@@ -1,0 +1,105 @@
+"""A real authoritative DNS server (NSD, from Debian) on loopback for tests.
+
+    nsd = Nsd(supervisor, port, {"example.test": ["@ MX 10 mx1", "mx1 A 127.0.0.2"]})
+    nsd.start()          # waits until every zone answers
+    nsd.upstream         # "127.0.0.1@PORT", for the worker's [dns] upstream
+
+Each zone gets an SOA and NS record automatically; records are zone-file
+lines relative to the zone's origin. NSD runs in the foreground (-d) under
+the supervisor, with every file it writes (pid, xfrd state, zone list, log)
+inside its own state directory; it never reads the host's configuration.
+The worker's resolver (libunbound) forwards to it and NSD answers
+authoritatively for its zones (it ignores the RD bit), NXDOMAIN included.
+
+Do not put test zones under "test.": libunbound has built-in static local
+zones for the RFC 6761 names ("test", "invalid", "onion", ...) and answers
+NXDOMAIN for them without asking the upstream. The worker tests use the
+made-up TLD "mstest".
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import struct
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import mslocal
+
+NSD = "/usr/sbin/nsd"
+
+
+def _query(host: str, port: int, name: str, qtype: int = 6, timeout: float = 0.5) -> Optional[int]:
+    """One UDP query; returns the RCODE of the answer or None."""
+    qid = random.randrange(65536)
+    q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    for label in name.rstrip(".").split("."):
+        q += bytes([len(label)]) + label.encode()
+    q += b"\x00" + struct.pack(">HH", qtype, 1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(timeout)
+    try:
+        s.sendto(q, (host, port))
+        data, _ = s.recvfrom(4096)
+    except OSError:
+        return None
+    finally:
+        s.close()
+    if len(data) < 12 or struct.unpack(">H", data[:2])[0] != qid:
+        return None
+    return data[3] & 0x0F
+
+
+class Nsd:
+    def __init__(self, sup: mslocal.Supervisor, port: int, zones: Dict[str, List[str]],
+                 name: str = "nsd", host: str = mslocal.HOST):
+        self.sup, self.port, self.zones, self.name, self.host = sup, port, zones, name, host
+        self.dir = sup.state_dir / name
+        self.log = self.dir / "nsd.log"
+
+    @property
+    def upstream(self) -> str:
+        return f"{self.host}@{self.port}"
+
+    def _write(self) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        conf = [
+            "server:",
+            f"  ip-address: {self.host}@{self.port}",
+            '  username: ""',
+            f'  zonesdir: "{self.dir}"',
+            f'  pidfile: "{self.dir}/nsd.pid"',
+            f'  xfrdfile: "{self.dir}/xfrd.state"',
+            f'  zonelistfile: "{self.dir}/zone.list"',
+            f'  logfile: "{self.log}"',
+            '  database: ""',
+            "  verbosity: 1",
+            "  server-count: 1",
+            "  tcp-count: 16",
+            "remote-control:",
+            "  control-enable: no",
+        ]
+        for zone, records in self.zones.items():
+            path = self.dir / f"{zone}.zone"
+            lines = [f"$ORIGIN {zone}.", "$TTL 30",
+                     f"@ IN SOA ns.{zone}. hostmaster.{zone}. 1 3600 600 86400 30",
+                     f"@ IN NS ns.{zone}.", "ns IN A 127.0.0.1"]
+            lines += records
+            path.write_text("\n".join(lines) + "\n")
+            conf += ["zone:", f"  name: {zone}", f'  zonefile: "{path}"']
+        p = self.dir / "nsd.conf"
+        p.write_text("\n".join(conf) + "\n")
+        return p
+
+    def start(self, timeout: float = 20.0) -> None:
+        conf = self._write()
+        proc = self.sup.spawn(self.name, [NSD, "-d", "-c", str(conf)], self.dir / "stdout.log")
+
+        def ready() -> bool:
+            return all(_query(self.host, self.port, z) == 0 for z in self.zones)
+        mslocal.wait_until(ready, timeout, f"nsd on {self.upstream}", proc.alive,
+                           log_path=self.log)
+
+    def stop(self) -> None:
+        self.sup.stop(self.name, 5.0)

@@ -1,0 +1,148 @@
+"""LMTP delivery (RFC 2033) into Dovecot from Debian, read back over IMAP and
+POP3 with imaplib and poplib: the message in the mailbox is the message the
+worker was given (Dovecot only prepends its own trace fields).
+
+Dovecot runs in the foreground with a configuration of ours in a private
+directory (world-traversable, because Dovecot refuses to deliver as root and
+pytest's temporary directories are private to root). Skipped when Dovecot's
+LMTP, IMAP or POP3 server is not installed (cluster/deps.sh installs them).
+"""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import poplib
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import mslocal
+from test_worker_delivery import KCAT, envelope, message, new_qid, produce, wait_events
+
+DOVECOT = "/usr/sbin/dovecot"
+MODULES = ["/usr/lib/dovecot/lmtp", "/usr/lib/dovecot/imap", "/usr/lib/dovecot/pop3"]
+pytestmark = [
+    pytest.mark.skipif(KCAT is None, reason="kcat not installed: run `make deps`"),
+    pytest.mark.skipif(not (os.access(DOVECOT, os.X_OK) and all(os.path.exists(m)
+                                                                 for m in MODULES)),
+                       reason="dovecot-lmtpd, dovecot-imapd, dovecot-pop3d not installed"),
+]
+
+USERS = {"alice@lmtp.mstest": "alice-pw", "bob@lmtp.mstest": "bob-pw"}
+MAIL_UID = 65534  # nobody: Dovecot does not deliver as root
+
+
+@pytest.fixture
+def dovecot(tmp_path):
+    d = Path(tempfile.mkdtemp(prefix="ms-dovecot-"))
+    os.chmod(d, 0o755)
+    lmtp, imap, pop3 = mslocal.free_ports(3)
+    home = d / "home"
+    home.mkdir()
+    os.chown(home, MAIL_UID, MAIL_UID)
+    passwd = d / "passwd"
+    passwd.write_text("".join(f"{u}:{{PLAIN}}{p}:{MAIL_UID}:{MAIL_UID}::{home}/{u}::\n"
+                              for u, p in USERS.items()))
+    conf = d / "dovecot.conf"
+    conf.write_text(f"""
+base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+protocols = lmtp imap pop3
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain
+mail_location = maildir:~/Maildir
+first_valid_uid = {MAIL_UID}
+passdb {{
+  driver = passwd-file
+  args = {passwd}
+}}
+userdb {{
+  driver = passwd-file
+  args = {passwd}
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {lmtp}
+  }}
+}}
+service imap-login {{
+  inet_listener imap {{
+    port = {imap}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    port = {pop3}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+service stats {{
+  unix_listener stats-writer {{
+    mode = 0666
+  }}
+}}
+""")
+    sup = mslocal.Supervisor(tmp_path / "dovecot-sup")
+    proc = sup.spawn("dovecot", [DOVECOT, "-F", "-c", str(conf)], tmp_path / "dovecot.out")
+    try:
+        mslocal.wait_until(lambda: all(mslocal.port_open(mslocal.HOST, p)
+                                       for p in (lmtp, imap, pop3)),
+                           30, "dovecot listeners", proc.alive, log_path=d / "dovecot.log")
+        yield {"lmtp": lmtp, "imap": imap, "pop3": pop3, "dir": d}
+    finally:
+        sup.stop_all()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_lmtp_into_dovecot_read_back_over_imap_and_pop3(cluster_factory, dovecot):
+    cl = cluster_factory(frontends=0, workers=1, worker_extra={
+        "delivery": {"relay_host": "", "retry_min_ms": 200, "retry_max_ms": 1000},
+        "transport": {"map": f"lmtp.mstest lmtp:[127.0.0.1]:{dovecot['lmtp']}"}})
+    q = new_qid()
+    body = message(q, b"..a line that needs dot-stuffing\r\nUTF-8? no: plain ASCII.\r\n")
+    produce(cl, [(q, envelope(q, ["alice@lmtp.mstest", "nobody@lmtp.mstest",
+                                  "bob@lmtp.mstest"], body))])
+    evs = wait_events(cl, lambda e: len([x for x in e if x.get("qid") == q]) >= 3, timeout=90)
+    by = {e["rcpt"]: e for e in evs if e.get("qid") == q}
+    assert by["alice@lmtp.mstest"]["outcome"] == "delivered"
+    assert by["bob@lmtp.mstest"]["outcome"] == "delivered"
+    # Per-recipient replies (RFC 2033 §4.2): each accepted recipient got its
+    # own reply after the data, naming it.
+    assert "alice@lmtp.mstest" not in by["bob@lmtp.mstest"]["reply"]
+    assert by["nobody@lmtp.mstest"]["outcome"] == "bounced"
+    assert by["nobody@lmtp.mstest"]["code"] == 550
+
+    im = imaplib.IMAP4(mslocal.HOST, dovecot["imap"])
+    im.login("alice@lmtp.mstest", USERS["alice@lmtp.mstest"])
+    im.select("INBOX")
+    typ, ids = im.search(None, "ALL")
+    assert typ == "OK" and len(ids[0].split()) == 1
+    typ, data = im.fetch(ids[0].split()[0], "(RFC822)")
+    im.logout()
+    got = data[0][1]
+    # Dovecot prepends Return-Path / Delivered-To / Received; the rest is ours.
+    assert got.endswith(body), got[:400]
+    assert b"Return-Path: <sender@example.org>" in got[:len(got) - len(body)]
+
+    pop = poplib.POP3(mslocal.HOST, dovecot["pop3"])
+    pop.user("bob@lmtp.mstest")
+    pop.pass_(USERS["bob@lmtp.mstest"])
+    count, _ = pop.stat()
+    assert count == 1
+    _, lines, _ = pop.retr(1)
+    pop.quit()
+    # poplib removes the byte-stuffing and the line ends.
+    got = b"\r\n".join(lines) + b"\r\n"
+    assert got.endswith(body)

@@ -1,0 +1,327 @@
+/*
+ * Unit tests for worker/policy: configuration errors, outbound signing (RSA
+ * and Ed25519 at once, once only, From domain then MAIL FROM domain, key
+ * reload keeping the old keys on error), the pass-through cases, and the
+ * discard event record.  Inbound evaluation needs DNS: it is covered by
+ * tests/integration/test_auth_dmarc.py against a real NSD.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ms_buf.h"
+#include "ms_config.h"
+#include "ms_dmarc.h"
+#include "ms_dkim.h"
+#include "ms_envelope.h"
+#include "ms_error.h"
+#include "ms_log.h"
+#include "ms_mem.h"
+#include "../../worker/policy.h"
+
+static char dir[] = "/tmp/test_wk_policy.XXXXXX";
+
+static void sh(const char *fmt, const char *arg)
+{
+    char cmd[1024];
+
+    snprintf(cmd, sizeof(cmd), fmt, arg, arg);
+    assert_int_equal(system(cmd), 0);
+}
+
+static char *path(const char *name)
+{
+    return ms_asprintf("%s/%s", dir, name);
+}
+
+static int setup(void **state)
+{
+    char *p;
+
+    ms_log_init("test", MS_LOG_ERROR);
+    assert_non_null(mkdtemp(dir));
+    p = path("rsa.pem");
+    sh("openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out %s 2>/dev/null", p);
+    free(p);
+    p = path("ed.pem");
+    sh("openssl genpkey -algorithm ed25519 -out %s 2>/dev/null", p);
+    free(p);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    sh("rm -rf %s", dir);
+    return 0;
+}
+
+static ms_config *config(const char *text)
+{
+    char *p = path("worker.ini"), err[256];
+    FILE *f = fopen(p, "w");
+    ms_config *cfg;
+
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+    cfg = ms_config_load(p, err, sizeof(err));
+    if (cfg == NULL)
+        fail_msg("%s", err);
+    free(p);
+    return cfg;
+}
+
+static wk_policy *policy(const char *text, char *err, size_t errlen)
+{
+    ms_config *cfg = config(text);
+    wk_policy *p = wk_policy_new(uv_default_loop(), cfg, "mx.example.org", NULL, err, errlen);
+
+    ms_config_free(cfg);
+    return p;
+}
+
+static void test_config_errors(void **state)
+{
+    char err[512], text[1024];
+
+    assert_null(policy("[policy]\naction_dmarc_reject = bounce\n", err, sizeof(err)));
+    assert_non_null(strstr(err, "action_dmarc_reject"));
+    assert_null(policy("[dkim.a]\ndomain = example.org\n", err, sizeof(err)));
+    assert_non_null(strstr(err, "needs domain, selector and key"));
+    snprintf(text, sizeof(text), "[dkim.a]\ndomain = example.org\nselector = s\nkey = %s/nope\n",
+             dir);
+    assert_null(policy(text, err, sizeof(err)));
+    assert_non_null(strstr(err, "[dkim.a] key"));
+    assert_null(policy("[policy]\ninbound = yes\npsl = /nonexistent\n", err, sizeof(err)));
+}
+
+static ms_envelope *envelope(Mailstream__Direction dir_, const char *from_hdr,
+                             const char *mail_from)
+{
+    ms_envelope *e = ms_calloc(1, sizeof(*e));
+    char *msg = ms_asprintf("Received: from x by y\r\nFrom: <%s>\r\nTo: bob@example.net\r\n"
+                            "Subject: hi\r\n\r\nbody\r\n",
+                            from_hdr);
+
+    ms_envelope_init(e);
+    e->queue_id = "Q1";
+    e->direction = dir_;
+    e->mail_from = ms_calloc(1, sizeof(*e->mail_from));
+    mailstream__mail_from__init(e->mail_from);
+    e->mail_from->address = (char *)mail_from;
+    e->message.data = (uint8_t *)msg;
+    e->message.len = strlen(msg);
+    return e;
+}
+
+static void envelope_free(ms_envelope *e)
+{
+    free(e->message.data);
+    free(e->mail_from);
+    free(e);
+}
+
+static int count(const ms_envelope *e, const char *s)
+{
+    const char *p = (const char *)e->message.data;
+    int n = 0;
+
+    while ((p = strstr(p, s)) != NULL) {
+        n++;
+        p++;
+    }
+    return n;
+}
+
+static void test_sign(void **state)
+{
+    char err[512], text[1024];
+    struct wk_policy_result res;
+    ms_envelope *e;
+    wk_policy *p;
+
+    snprintf(text, sizeof(text),
+             "[dkim.rsa]\ndomain = example.org\nselector = r\nkey = %s/rsa.pem\n"
+             "[dkim.ed]\ndomain = example.org\nselector = e\nkey = %s/ed.pem\n"
+             "[dkim.other]\ndomain = bounces.example.net\nselector = b\nkey = %s/ed.pem\n",
+             dir, dir, dir);
+    p = policy(text, err, sizeof(err));
+    if (p == NULL)
+        fail_msg("%s", err);
+
+    /* From domain: both keys, prepended above the Received field. */
+    e = envelope(MAILSTREAM__DIRECTION__DIRECTION_OUTBOUND, "a@Example.ORG", "x@other.example");
+    assert_int_equal(wk_policy_start(p, e, NULL, NULL, 1, &res), 1);
+    assert_int_equal(res.verdict, WK_VERDICT_SIGNED);
+    assert_int_equal(res.action, WK_POLICY_DELIVER);
+    assert_true(res.modified);
+    assert_int_equal(count(e, "DKIM-Signature:"), 2);
+    assert_memory_equal(e->message.data, "DKIM-Signature: v=1; a=rsa-sha256;", 34);
+    assert_non_null(strstr((char *)e->message.data, "a=ed25519-sha256"));
+    /* Again (a retry): signed before, unchanged. */
+    assert_int_equal(wk_policy_start(p, e, NULL, NULL, 2, &res), 1);
+    assert_int_equal(res.verdict, WK_VERDICT_SKIPPED);
+    assert_int_equal(count(e, "DKIM-Signature:"), 2);
+    /* Reload: a broken key file keeps the old keys, a good one is taken. */
+    {
+        char *k = path("ed.pem"), *bak = path("ed.bak");
+        assert_int_equal(rename(k, bak), 0);
+        wk_policy_reload(p);
+        assert_int_equal(rename(bak, k), 0);
+        wk_policy_reload(p);
+        free(k);
+        free(bak);
+    }
+    envelope_free(e);
+
+    /* No key for the From domain: the MAIL FROM domain's. */
+    e = envelope(MAILSTREAM__DIRECTION__DIRECTION_OUTBOUND, "a@unknown.example",
+                 "b@bounces.example.net");
+    assert_int_equal(wk_policy_start(p, e, NULL, NULL, 3, &res), 1);
+    assert_int_equal(res.verdict, WK_VERDICT_SIGNED);
+    assert_non_null(strstr((char *)e->message.data, "d=bounces.example.net"));
+    envelope_free(e);
+
+    /* Nobody's key: unchanged. */
+    e = envelope(MAILSTREAM__DIRECTION__DIRECTION_OUTBOUND, "a@unknown.example", "");
+    assert_int_equal(wk_policy_start(p, e, NULL, NULL, 4, &res), 1);
+    assert_int_equal(res.verdict, WK_VERDICT_SKIPPED);
+    assert_false(res.modified);
+    assert_int_equal(count(e, "DKIM-Signature:"), 0);
+    envelope_free(e);
+
+    /* Inbound with inbound checks off: passed through. */
+    e = envelope(MAILSTREAM__DIRECTION__DIRECTION_INBOUND, "a@example.org", "a@example.org");
+    assert_int_equal(wk_policy_start(p, e, NULL, NULL, 5, &res), 1);
+    assert_int_equal(res.action, WK_POLICY_DELIVER);
+    assert_false(res.modified);
+    envelope_free(e);
+
+    assert_int_equal(wk_policy_pending(p), 0);
+    wk_policy_free(p);
+}
+
+struct seen {
+    int calls;
+    struct wk_policy_result res;
+    char reason[512];
+};
+
+static void on_result(void *arg, uint64_t id, const struct wk_policy_result *res)
+{
+    struct seen *s = arg;
+
+    s->calls++;
+    s->res = *res;
+    snprintf(s->reason, sizeof(s->reason), "%s", res->reason);
+}
+
+/* Inbound with a DNS server that never answers: the job runs on the loop,
+ * every lookup fails (temperror), our field replaces a forged one, and a
+ * second run sees it and passes the message through. */
+static void test_inbound_unreachable_dns(void **state)
+{
+    char err[512];
+    struct wk_policy_result res;
+    struct seen seen;
+    ms_envelope *e;
+    wk_policy *p;
+    Mailstream__Client cl = MAILSTREAM__CLIENT__INIT;
+    char *forged;
+
+    if (!ms_dmarc_available()) {
+        print_message("libopendmarc is not linked in (add -lopendmarc): skipped\n");
+        skip();
+        return;
+    }
+    p = policy("[policy]\ninbound = yes\nauthserv_id = mx.example.org\ndns = 127.0.0.1@9\n"
+               "dns_timeout_ms = 200\ntimeout_ms = 2000\naction_temperror = quarantine\n",
+               err, sizeof(err));
+    if (p == NULL)
+        fail_msg("%s", err);
+    e = envelope(MAILSTREAM__DIRECTION__DIRECTION_INBOUND, "a@example.org", "b@example.org");
+    forged = ms_asprintf("Received: from x by y\r\nAuthentication-Results: mx.example.org; "
+                         "dmarc=pass\r\n%s",
+                         (char *)e->message.data + strlen("Received: from x by y\r\n"));
+    free(e->message.data);
+    e->message.data = (uint8_t *)forged;
+    e->message.len = strlen(forged);
+    cl.ip = "192.0.2.1";
+    cl.helo = "mail.example.org";
+    e->client = &cl;
+
+    memset(&seen, 0, sizeof(seen));
+    assert_int_equal(wk_policy_start(p, e, on_result, &seen, 7, &res), 0);
+    assert_int_equal(seen.calls, 0); /* never from inside start */
+    assert_int_equal(wk_policy_pending(p), 1);
+    while (seen.calls == 0)
+        uv_run(uv_default_loop(), UV_RUN_ONCE);
+    assert_int_equal(seen.res.verdict, WK_VERDICT_TEMPERROR);
+    assert_int_equal(seen.res.action, WK_POLICY_QUARANTINE);
+    assert_true(seen.res.modified);
+    assert_non_null(strstr(seen.reason, "dmarc=temperror"));
+    assert_memory_equal(e->message.data, "Authentication-Results: mx.example.org;\r\n", 41);
+    assert_non_null(strstr((char *)e->message.data, "spf=temperror (DNS error looking up the SPF record) "
+                                                     "smtp.mailfrom=b@example.org;"));
+    assert_non_null(strstr((char *)e->message.data, "smtp.helo=mail.example.org;\r\n\tdkim=none;"));
+    assert_non_null(strstr((char *)e->message.data, "X-Mailstream-Quarantine: temperror\r\n"));
+    assert_non_null(strstr((char *)e->message.data,
+                           "dmarc=temperror (DNS failure) header.from=example.org\r\n"));
+    assert_null(strstr((char *)e->message.data, "dmarc=pass"));
+    assert_int_equal(count(e, "Authentication-Results:"), 1);
+
+    /* Once only. */
+    assert_int_equal(wk_policy_start(p, e, on_result, &seen, 8, &res), 1);
+    assert_string_equal(res.reason, "checked before");
+    assert_int_equal(seen.calls, 1);
+
+    /* A cancelled job never calls back. */
+    e->message.data[0] = 'X'; /* no longer our field */
+    assert_int_equal(wk_policy_start(p, e, on_result, &seen, 9, &res), 0);
+    wk_policy_cancel(p, 9);
+    assert_int_equal(wk_policy_pending(p), 0);
+    uv_run(uv_default_loop(), UV_RUN_NOWAIT);
+    assert_int_equal(seen.calls, 1);
+
+    e->client = NULL;
+    envelope_free(e);
+    wk_policy_free(p);
+    uv_run(uv_default_loop(), UV_RUN_DEFAULT); /* close handles */
+}
+
+static void test_event_json(void **state)
+{
+    struct wk_policy_result r = {WK_POLICY_DISCARD, WK_VERDICT_DMARC_REJECT,
+                                 "dmarc=fail \"quoted\"", 0};
+    struct ms_buf b;
+
+    ms_buf_init(&b, 4096);
+    assert_int_equal(wk_policy_event_json(&b, "Q1", &r, "wk1", 1700000000123456), 0);
+    assert_int_equal(ms_buf_append(&b, "", 1), 0);
+    assert_string_equal(b.data, "{\"event\":\"discarded\",\"qid\":\"Q1\",\"verdict\":"
+                                "\"dmarc_reject\",\"action\":\"discard\",\"reason\":"
+                                "\"dmarc=fail \\\"quoted\\\"\",\"node\":\"wk1\","
+                                "\"ts\":\"2023-11-14T22:13:20.123Z\"}");
+    ms_buf_free(&b);
+    assert_string_equal(wk_policy_verdict_name(WK_VERDICT_SPF_FAIL), "spf_fail");
+    assert_string_equal(wk_policy_action_name(WK_POLICY_QUARANTINE), "quarantine");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_config_errors),
+        cmocka_unit_test(test_sign),
+        cmocka_unit_test(test_inbound_unreachable_dns),
+        cmocka_unit_test(test_event_json),
+    };
+
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

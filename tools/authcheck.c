@@ -1,0 +1,340 @@
+/*
+ * authcheck.c - mailstream-authcheck, the operators' email authentication
+ * tool (like spfquery and opendkim-testmsg), on the worker's own policy
+ * stage (worker/policy.h) and resolver.
+ *
+ *   mailstream-authcheck [-c WORKER.ini] [--dns IP[@PORT]] --ip IP
+ *                        [--helo NAME] [--mail-from ADDR] [--authserv-id ID] FILE
+ *       Evaluates SPF (MAIL FROM and HELO), DKIM and DMARC for the message
+ *       in FILE ("-": standard input) as if it had arrived from IP, through
+ *       the configured resolver ([dns] upstream of the worker config, or
+ *       --dns), and prints the verdict, the action the worker would take and
+ *       the Authentication-Results field.
+ *
+ *   mailstream-authcheck --sign --domain D --selector S --key FILE
+ *                        [--domain D --selector S --key FILE ...] FILE
+ *       Prints the message signed with every key given (RSA and Ed25519 at
+ *       once when both are given), relaxed/relaxed, From oversigned.
+ *
+ *   mailstream-authcheck --record --key FILE
+ *       Prints the DNS TXT record to publish for a key.
+ *
+ * Messages may use LF or CRLF line ends (LF is converted).  Exit status:
+ * 0 done (whatever the verdict), 1 usage, configuration or I/O error;
+ * with --exit-code, 2 when the worker would quarantine, 3 discard.
+ */
+#include "ms_authres.h"
+#include "ms_buf.h"
+#include "ms_config.h"
+#include "ms_dkim.h"
+#include "ms_envelope.h"
+#include "ms_error.h"
+#include "ms_log.h"
+#include "ms_mem.h"
+#include "ms_resolver.h"
+#include "../worker/policy.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Largest message read (the frontend's default SIZE limit and then some). */
+#define AUTHCHECK_MSG_MAX (64 * 1024 * 1024)
+
+static int usage(void)
+{
+    fprintf(stderr,
+            "usage: mailstream-authcheck [-c WORKER.ini] [--dns IP[@PORT]] --ip IP [--helo NAME]\n"
+            "                            [--mail-from ADDR] [--authserv-id ID] [--exit-code] FILE\n"
+            "       mailstream-authcheck --sign --domain D --selector S --key FILE [...] FILE\n"
+            "       mailstream-authcheck --record --key FILE\n");
+    return 1;
+}
+
+/* The whole file with CRLF line ends; NULL on error (printed). */
+static char *read_crlf(const char *path, size_t *len)
+{
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    struct ms_buf raw, out;
+    char chunk[65536], *data;
+    size_t n, i;
+
+    if (f == NULL) {
+        perror(path);
+        return NULL;
+    }
+    ms_buf_init(&raw, AUTHCHECK_MSG_MAX);
+    while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
+        if (ms_buf_append(&raw, chunk, n) < 0) {
+            fprintf(stderr, "%s: larger than %d bytes\n", path, AUTHCHECK_MSG_MAX);
+            ms_buf_free(&raw);
+            if (f != stdin)
+                fclose(f);
+            return NULL;
+        }
+    if (f != stdin)
+        fclose(f);
+    ms_buf_init(&out, 2 * (size_t)AUTHCHECK_MSG_MAX);
+    for (i = 0; i < raw.len; i++) {
+        if (raw.data[i] == '\n' && (i == 0 || raw.data[i - 1] != '\r'))
+            (void)ms_buf_append(&out, "\r", 1);
+        (void)ms_buf_append(&out, raw.data + i, 1);
+    }
+    (void)ms_buf_append(&out, "", 1); /* a NUL after the data */
+    ms_buf_free(&raw);
+    data = ms_buf_steal(&out, len);
+    (*len)--;
+    return data;
+}
+
+struct check {
+    int done;
+    struct wk_policy_result res;
+    char reason[512];
+};
+
+static void on_policy(void *arg, uint64_t id, const struct wk_policy_result *res)
+{
+    struct check *c = arg;
+
+    c->res = *res;
+    snprintf(c->reason, sizeof(c->reason), "%s", res->reason ? res->reason : "");
+    c->res.reason = c->reason;
+    c->done = 1;
+}
+
+/* Print our Authentication-Results field (the first field of the message)
+ * and the quarantine marker if any. */
+static void print_added_fields(const char *msg, size_t len)
+{
+    size_t i = 0;
+
+    while (i < len) {
+        const char *nl = memchr(msg + i, '\n', len - i);
+        size_t e = nl ? (size_t)(nl - msg) + 1 : len;
+        if (i > 0 && msg[i] != ' ' && msg[i] != '\t' &&
+            strncasecmp(msg + i, "Authentication-Results:", 23) != 0 &&
+            strncasecmp(msg + i, WK_POLICY_QUARANTINE_HEADER ":",
+                        sizeof(WK_POLICY_QUARANTINE_HEADER)) != 0)
+            break;
+        fwrite(msg + i, 1, e - i, stdout);
+        i = e;
+    }
+}
+
+static int cmd_check(const char *config, const char *dns, const char *ip, const char *helo,
+                     const char *mail_from, const char *authserv_id, int exit_code,
+                     const char *path)
+{
+    struct ms_resolver_conf rc;
+    struct check c;
+    Mailstream__Client client = MAILSTREAM__CLIENT__INIT;
+    Mailstream__MailFrom mf = MAILSTREAM__MAIL_FROM__INIT;
+    ms_envelope env;
+    ms_resolver *res;
+    wk_policy *p;
+    ms_config *cfg;
+    struct ms_buf clean;
+    char err[512], host[256];
+    const char *hostname;
+    size_t len;
+    char *msg;
+    int rc_start;
+
+    if (ip == NULL)
+        return usage();
+    if ((msg = read_crlf(path, &len)) == NULL)
+        return 1;
+    /* The tool always evaluates: inbound checks on, whatever the file says. */
+    setenv("MAILSTREAM_POLICY_INBOUND", "yes", 1);
+    if (authserv_id)
+        setenv("MAILSTREAM_POLICY_AUTHSERV_ID", authserv_id, 1);
+    if ((cfg = ms_config_load(config, err, sizeof(err))) == NULL) {
+        fprintf(stderr, "%s: %s\n", config, err);
+        return 1;
+    }
+    if (gethostname(host, sizeof(host)) != 0)
+        snprintf(host, sizeof(host), "localhost");
+    hostname = ms_config_get(cfg, "node", "hostname", host);
+    memset(&rc, 0, sizeof(rc));
+    rc.upstream = dns ? dns : ms_config_get(cfg, "dns", "upstream", "");
+    rc.trust_anchor = ms_config_get(cfg, "dns", "trust_anchor", "");
+    rc.timeout_ms = 5000;
+    if ((res = ms_resolver_new(uv_default_loop(), &rc, err, sizeof(err))) == NULL) {
+        fprintf(stderr, "resolver: %s\n", err);
+        return 1;
+    }
+    if ((p = wk_policy_new(uv_default_loop(), cfg, hostname, res, err, sizeof(err))) == NULL) {
+        fprintf(stderr, "policy: %s\n", err);
+        return 1;
+    }
+
+    /* A message we delivered carries our field on top: evaluate afresh. */
+    ms_buf_init(&clean, len + 1);
+    (void)ms_authres_strip(msg, len, ms_config_get(cfg, "policy", "authserv_id", hostname),
+                           &clean);
+    free(msg);
+    ms_envelope_init(&env);
+    env.queue_id = "authcheck";
+    env.direction = MAILSTREAM__DIRECTION__DIRECTION_INBOUND;
+    client.ip = (char *)ip;
+    client.helo = (char *)(helo ? helo : "");
+    mf.address = (char *)(mail_from ? mail_from : "");
+    env.client = &client;
+    env.mail_from = &mf;
+    env.message.data = (uint8_t *)ms_buf_steal(&clean, &env.message.len);
+
+    memset(&c, 0, sizeof(c));
+    rc_start = wk_policy_start(p, &env, on_policy, &c, 1, &c.res);
+    if (rc_start < 0) {
+        fprintf(stderr, "policy: %s\n", ms_strerror(rc_start));
+        return 1;
+    }
+    while (rc_start == 0 && !c.done)
+        uv_run(uv_default_loop(), UV_RUN_ONCE);
+    printf("verdict: %s\naction: %s\nreason: %s\n", wk_policy_verdict_name(c.res.verdict),
+           wk_policy_action_name(c.res.action), c.res.reason ? c.res.reason : "");
+    print_added_fields((const char *)env.message.data, env.message.len);
+    free(env.message.data);
+    wk_policy_free(p);
+    ms_resolver_free(res);
+    uv_run(uv_default_loop(), UV_RUN_DEFAULT); /* close handles */
+    ms_config_free(cfg);
+    if (exit_code && c.res.action == WK_POLICY_QUARANTINE)
+        return 2;
+    if (exit_code && c.res.action == WK_POLICY_DISCARD)
+        return 3;
+    return 0;
+}
+
+#define SIGNERS_MAX MS_DKIM_SIGNERS_MAX
+
+static int cmd_sign(const char **domains, const char **selectors, const char **keys, size_t n,
+                    const char *path)
+{
+    struct ms_dkim_signer s[SIGNERS_MAX];
+    ms_dkim_privkey *k[SIGNERS_MAX];
+    const char *why = NULL;
+    char *msg, *hdrs = NULL;
+    size_t len, i;
+    int e;
+
+    if (n == 0)
+        return usage();
+    if ((msg = read_crlf(path, &len)) == NULL)
+        return 1;
+    memset(s, 0, sizeof(s));
+    for (i = 0; i < n; i++) {
+        if (!domains[i] || !selectors[i]) {
+            fprintf(stderr, "every --key needs a --domain and a --selector\n");
+            return 1;
+        }
+        if ((e = ms_dkim_key_load(keys[i], &k[i], &why)) < 0) {
+            fprintf(stderr, "%s: %s%s%s\n", keys[i], ms_strerror(e), why ? ": " : "",
+                    why ? why : "");
+            return 1;
+        }
+        s[i].domain = domains[i];
+        s[i].selector = selectors[i];
+        s[i].key = k[i];
+    }
+    if ((e = ms_dkim_sign_all(msg, len, s, n, (int64_t)time(NULL), &hdrs)) < 0) {
+        fprintf(stderr, "signing failed: %s\n", ms_strerror(e));
+        return 1;
+    }
+    fputs(hdrs, stdout);
+    fwrite(msg, 1, len, stdout);
+    free(hdrs);
+    free(msg);
+    for (i = 0; i < n; i++)
+        ms_dkim_key_free(k[i]);
+    return 0;
+}
+
+static int cmd_record(const char *key)
+{
+    ms_dkim_privkey *k;
+    const char *why = NULL;
+    char *rec;
+    int e;
+
+    if (key == NULL)
+        return usage();
+    if ((e = ms_dkim_key_load(key, &k, &why)) < 0 || (e = ms_dkim_key_record(k, &rec)) < 0) {
+        fprintf(stderr, "%s: %s%s%s\n", key, ms_strerror(e), why ? ": " : "", why ? why : "");
+        return 1;
+    }
+    printf("%s\n", rec);
+    free(rec);
+    ms_dkim_key_free(k);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    enum { O_DNS = 256, O_IP, O_HELO, O_MAILFROM, O_AUTHSERV, O_SIGN, O_RECORD, O_DOMAIN,
+           O_SELECTOR, O_KEY, O_EXITCODE };
+    static const struct option opts[] = {
+        {"dns", required_argument, NULL, O_DNS},
+        {"ip", required_argument, NULL, O_IP},
+        {"helo", required_argument, NULL, O_HELO},
+        {"mail-from", required_argument, NULL, O_MAILFROM},
+        {"authserv-id", required_argument, NULL, O_AUTHSERV},
+        {"sign", no_argument, NULL, O_SIGN},
+        {"record", no_argument, NULL, O_RECORD},
+        {"domain", required_argument, NULL, O_DOMAIN},
+        {"selector", required_argument, NULL, O_SELECTOR},
+        {"key", required_argument, NULL, O_KEY},
+        {"exit-code", no_argument, NULL, O_EXITCODE},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *config = NULL, *dns = NULL, *ip = NULL, *helo = NULL, *mail_from = NULL,
+               *authserv = NULL;
+    const char *domains[SIGNERS_MAX] = {0}, *selectors[SIGNERS_MAX] = {0},
+               *keys[SIGNERS_MAX] = {0};
+    size_t nd = 0, ns = 0, nk = 0;
+    int opt, sign = 0, record = 0, exit_code = 0;
+
+    ms_log_init("authcheck", MS_LOG_WARN);
+    while ((opt = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'c': config = optarg; break;
+        case O_DNS: dns = optarg; break;
+        case O_IP: ip = optarg; break;
+        case O_HELO: helo = optarg; break;
+        case O_MAILFROM: mail_from = optarg; break;
+        case O_AUTHSERV: authserv = optarg; break;
+        case O_SIGN: sign = 1; break;
+        case O_RECORD: record = 1; break;
+        case O_EXITCODE: exit_code = 1; break;
+        case O_DOMAIN:
+            if (nd == SIGNERS_MAX)
+                return usage();
+            domains[nd++] = optarg;
+            break;
+        case O_SELECTOR:
+            if (ns == SIGNERS_MAX)
+                return usage();
+            selectors[ns++] = optarg;
+            break;
+        case O_KEY:
+            if (nk == SIGNERS_MAX)
+                return usage();
+            keys[nk++] = optarg;
+            break;
+        default: return usage();
+        }
+    }
+    if (record)
+        return optind == argc ? cmd_record(keys[0]) : usage();
+    if (optind + 1 != argc)
+        return usage();
+    if (sign)
+        return cmd_sign(domains, selectors, keys, nk, argv[optind]);
+    return cmd_check(config, dns, ip, helo, mail_from, authserv, exit_code, argv[optind]);
+}

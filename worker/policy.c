@@ -1,0 +1,876 @@
+/*
+ * policy.c - the policy stage (policy.h).
+ *
+ * An inbound job drives four pull-style evaluators (SPF MAIL FROM, SPF
+ * HELO, DKIM verify, then DMARC) through the resolver: each has at most one
+ * query outstanding, and resolver answers find their job by id (job id in
+ * the high bits, the evaluator in the low ones).  The job starts on a timer
+ * (so the callback never runs inside wk_policy_start()); the same timer is
+ * then the job's deadline.
+ */
+#include "policy.h"
+#include "event.h"
+#include "ms_authres.h"
+#include "ms_dkim.h"
+#include "ms_dmarc.h"
+#include "ms_error.h"
+#include "ms_log.h"
+#include "ms_mem.h"
+#include "ms_metrics.h"
+#include "ms_spf.h"
+
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+enum { EV_SPF_MAILFROM, EV_SPF_HELO, EV_DKIM, EV_DMARC, EV__N };
+#define EV_BITS 2
+
+static const char *const action_names[WK_POLICY_ACTION__N] = {"deliver", "quarantine",
+                                                              "discard"};
+static const char *const verdict_names[WK_VERDICT__N] = {
+    "pass", "dmarc_none", "dmarc_quarantine", "dmarc_reject",
+    "spf_fail", "temperror", "signed", "skipped"};
+
+/* Verdicts an operator may configure, and their defaults. */
+static const struct {
+    enum wk_policy_verdict v;
+    const char *key;
+    enum wk_policy_action def;
+} action_keys[] = {
+    {WK_VERDICT_PASS, "action_pass", WK_POLICY_DELIVER},
+    {WK_VERDICT_DMARC_NONE, "action_dmarc_none", WK_POLICY_DELIVER},
+    {WK_VERDICT_DMARC_QUARANTINE, "action_dmarc_quarantine", WK_POLICY_QUARANTINE},
+    {WK_VERDICT_DMARC_REJECT, "action_dmarc_reject", WK_POLICY_DISCARD},
+    {WK_VERDICT_SPF_FAIL, "action_spf_fail", WK_POLICY_DELIVER},
+    {WK_VERDICT_TEMPERROR, "action_temperror", WK_POLICY_DELIVER},
+};
+
+struct signer_conf {
+    char *name, *domain, *selector, *path;
+    ms_dkim_privkey *key;
+};
+
+struct job {
+    struct job *prev, *next;
+    wk_policy *p;
+    uint64_t id;  /* the caller's */
+    uint64_t jid; /* ours, for resolver answers */
+    ms_envelope *env;
+    wk_policy_cb cb;
+    void *arg;
+    uv_timer_t timer;
+    uint64_t t0; /* uv_now() at the start */
+    int finished;
+    /* evaluators */
+    ms_spf *spf[2];
+    ms_dkim_verify *dkim;
+    ms_dmarc *dmarc;
+    int done[EV__N];
+    int waiting[EV__N]; /* a query is out */
+    char mailfrom[MS_SPF_SENDER_MAX + 1];
+    char helo[MS_SPF_HELO_MAX + 1];
+    char from[MS_DNS_NAME_MAX + 1];
+    int from_err;
+};
+
+struct wk_policy {
+    uv_loop_t *loop;
+    ms_resolver *resolver;
+    int own_resolver;
+    ms_psl *psl;
+    int inbound;
+    char *authserv_id;
+    char *hostname;
+    uint64_t timeout_ms;
+    enum wk_policy_action actions[WK_VERDICT__N];
+    struct signer_conf signers[WK_POLICY_SIGNERS_MAX];
+    size_t nsigners;
+    struct job *jobs;
+    size_t njobs;
+    uint64_t seq;
+
+    ms_counter *m_spf[2][MS_SPF_PERMERROR + 1];
+    ms_counter *m_dkim[MS_DKIM_POLICY + 1];
+    ms_counter *m_dmarc[MS_DMARC_PERMERROR + 1];
+    ms_counter *m_action[WK_VERDICT__N][WK_POLICY_ACTION__N];
+    ms_counter *m_sign_errors, *m_reload_errors;
+    ms_histogram *m_latency;
+};
+
+const char *wk_policy_action_name(enum wk_policy_action a)
+{
+    return (unsigned)a < WK_POLICY_ACTION__N ? action_names[a] : "unknown";
+}
+
+const char *wk_policy_verdict_name(enum wk_policy_verdict v)
+{
+    return (unsigned)v < WK_VERDICT__N ? verdict_names[v] : "unknown";
+}
+
+/* ---- keys ---- */
+
+static void signers_free(struct signer_conf *s, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        free(s[i].name);
+        free(s[i].domain);
+        free(s[i].selector);
+        free(s[i].path);
+        ms_dkim_key_free(s[i].key);
+    }
+}
+
+/* Load every key of s[0..n); on error nothing changes and err says why. */
+static int keys_load(struct signer_conf *s, size_t n, ms_dkim_privkey **keys, char *err,
+                     size_t errlen)
+{
+    const char *why = NULL;
+    size_t i;
+    int e;
+
+    for (i = 0; i < n; i++) {
+        if ((e = ms_dkim_key_load(s[i].path, &keys[i], &why)) < 0) {
+            snprintf(err, errlen, "[%s] key %s: %s%s%s", s[i].name, s[i].path, ms_strerror(e),
+                     why ? ": " : "", why ? why : "");
+            while (i-- > 0)
+                ms_dkim_key_free(keys[i]);
+            return e;
+        }
+    }
+    return 0;
+}
+
+void wk_policy_reload(wk_policy *p)
+{
+    ms_dkim_privkey *keys[WK_POLICY_SIGNERS_MAX];
+    char err[512];
+    size_t i;
+
+    if (p->nsigners == 0)
+        return;
+    if (keys_load(p->signers, p->nsigners, keys, err, sizeof(err)) < 0) {
+        ms_warn("event=dkim_keys_reload_failed error=\"%s\" action=keep_old_keys", err);
+        ms_counter_inc(p->m_reload_errors);
+        return;
+    }
+    for (i = 0; i < p->nsigners; i++) {
+        ms_dkim_key_free(p->signers[i].key);
+        p->signers[i].key = keys[i];
+    }
+    ms_info("event=dkim_keys_reloaded signers=%zu", p->nsigners);
+}
+
+/* ---- construction ---- */
+
+static int parse_action(const char *s, enum wk_policy_action *out)
+{
+    int a;
+
+    for (a = 0; a < WK_POLICY_ACTION__N; a++)
+        if (strcasecmp(s, action_names[a]) == 0) {
+            *out = (enum wk_policy_action)a;
+            return 0;
+        }
+    return MS_ECONFIG;
+}
+
+static int parse_bool(const char *s)
+{
+    return strcasecmp(s, "yes") == 0 || strcasecmp(s, "on") == 0 || strcasecmp(s, "true") == 0 ||
+           strcmp(s, "1") == 0;
+}
+
+static void register_metrics(wk_policy *p)
+{
+    char labels[128];
+    int r, k, v, a;
+
+    for (k = 0; k < 2; k++)
+        for (r = 0; r <= MS_SPF_PERMERROR; r++) {
+            snprintf(labels, sizeof(labels), "method=\"%s\",result=\"%s\"",
+                     k ? "spf_helo" : "spf_mailfrom", ms_spf_result_name((enum ms_spf_result)r));
+            p->m_spf[k][r] = ms_counter_new("mailstream_worker_auth_results_total",
+                                            "Authentication results by method and verdict.",
+                                            labels);
+        }
+    for (r = MS_DKIM_NONE; r <= MS_DKIM_POLICY; r++) {
+        snprintf(labels, sizeof(labels), "method=\"dkim\",result=\"%s\"",
+                 ms_dkim_result_name((enum ms_dkim_result)r));
+        p->m_dkim[r] = ms_counter_new("mailstream_worker_auth_results_total",
+                                      "Authentication results by method and verdict.", labels);
+    }
+    for (r = MS_DMARC_NONE; r <= MS_DMARC_PERMERROR; r++) {
+        snprintf(labels, sizeof(labels), "method=\"dmarc\",result=\"%s\"",
+                 ms_dmarc_result_name((enum ms_dmarc_result)r));
+        p->m_dmarc[r] = ms_counter_new("mailstream_worker_auth_results_total",
+                                       "Authentication results by method and verdict.", labels);
+    }
+    for (v = 0; v < WK_VERDICT__N; v++)
+        for (a = 0; a < WK_POLICY_ACTION__N; a++) {
+            snprintf(labels, sizeof(labels), "verdict=\"%s\",action=\"%s\"", verdict_names[v],
+                     action_names[a]);
+            p->m_action[v][a] = ms_counter_new("mailstream_worker_policy_actions_total",
+                                               "Policy stage outcomes by verdict and action.",
+                                               labels);
+        }
+    p->m_sign_errors = ms_counter_new("mailstream_worker_dkim_sign_errors_total",
+                                      "Outbound messages that could not be signed.", NULL);
+    p->m_reload_errors = ms_counter_new("mailstream_worker_dkim_reload_errors_total",
+                                        "SIGHUP key reloads that failed (old keys kept).", NULL);
+    p->m_latency = ms_histogram_new("mailstream_worker_policy_seconds",
+                                    "Time the inbound policy stage took per message.", NULL,
+                                    ms_latency_buckets, ms_latency_buckets_n);
+}
+
+wk_policy *wk_policy_new(uv_loop_t *loop, const ms_config *cfg, const char *hostname,
+                         ms_resolver *resolver, char *err, size_t errlen)
+{
+    wk_policy *p = ms_calloc(1, sizeof(*p));
+    ms_dkim_privkey *keys[WK_POLICY_SIGNERS_MAX];
+    const char *const *sections;
+    const char *psl_path, *v;
+    size_t nsec, i;
+    int64_t timeout, dns_timeout;
+    int e;
+
+    p->loop = loop;
+    p->hostname = ms_strdup(hostname && *hostname ? hostname : "localhost");
+    p->authserv_id = ms_strdup(ms_config_get(cfg, "policy", "authserv_id", p->hostname));
+    p->inbound = parse_bool(ms_config_get(cfg, "policy", "inbound", "no"));
+    if (ms_config_get_int(cfg, "policy", "timeout_ms", WK_POLICY_TIMEOUT_MS, 100, 3600 * 1000,
+                          &timeout) < 0 ||
+        ms_config_get_int(cfg, "policy", "dns_timeout_ms", WK_POLICY_DNS_TIMEOUT_MS, 100,
+                          600 * 1000, &dns_timeout) < 0) {
+        snprintf(err, errlen, "[policy] timeout_ms or dns_timeout_ms out of range");
+        goto fail;
+    }
+    p->timeout_ms = (uint64_t)timeout;
+    for (i = 0; i < WK_VERDICT__N; i++)
+        p->actions[i] = WK_POLICY_DELIVER;
+    for (i = 0; i < sizeof(action_keys) / sizeof(action_keys[0]); i++) {
+        v = ms_config_get(cfg, "policy", action_keys[i].key, action_names[action_keys[i].def]);
+        if (parse_action(v, &p->actions[action_keys[i].v]) < 0) {
+            snprintf(err, errlen, "[policy] %s = \"%s\": want deliver, quarantine or discard",
+                     action_keys[i].key, v);
+            goto fail;
+        }
+    }
+
+    /* Signers: [dkim.NAME] domain, selector, key. */
+    nsec = ms_config_sections(cfg, "dkim.", &sections);
+    for (i = 0; i < nsec; i++) {
+        struct signer_conf *s;
+        const char *name = sections[i];
+        if (strncmp(name, "dkim.", 5) != 0)
+            continue;
+        if (p->nsigners == WK_POLICY_SIGNERS_MAX) {
+            snprintf(err, errlen, "more than %d [dkim.*] sections", WK_POLICY_SIGNERS_MAX);
+            goto fail;
+        }
+        s = &p->signers[p->nsigners++];
+        s->name = ms_strdup(name);
+        s->domain = ms_strdup(ms_config_get(cfg, name, "domain", ""));
+        s->selector = ms_strdup(ms_config_get(cfg, name, "selector", ""));
+        s->path = ms_strdup(ms_config_get(cfg, name, "key", ""));
+        if (!*s->domain || !*s->selector || !*s->path) {
+            snprintf(err, errlen, "[%s] needs domain, selector and key", name);
+            goto fail;
+        }
+    }
+    if ((e = keys_load(p->signers, p->nsigners, keys, err, errlen)) < 0)
+        goto fail;
+    for (i = 0; i < p->nsigners; i++)
+        p->signers[i].key = keys[i];
+
+    if (p->inbound && !ms_dmarc_available()) {
+        snprintf(err, errlen, "[policy] inbound needs DMARC: this worker was built without "
+                              "libopendmarc (link with -lopendmarc)");
+        goto fail;
+    }
+    if (p->inbound) {
+        psl_path = ms_config_get(cfg, "policy", "psl", MS_PSL_PATH);
+        if ((e = ms_psl_load(psl_path, &p->psl)) < 0) {
+            snprintf(err, errlen, "[policy] psl %s: %s", psl_path, ms_strerror(e));
+            goto fail;
+        }
+        if (resolver) {
+            p->resolver = resolver;
+        } else {
+            struct ms_resolver_conf rc;
+            memset(&rc, 0, sizeof(rc));
+            rc.upstream = ms_config_get(cfg, "policy", "dns", "");
+            rc.timeout_ms = (int)dns_timeout;
+            if ((p->resolver = ms_resolver_new(loop, &rc, err, errlen)) == NULL)
+                goto fail;
+            p->own_resolver = 1;
+        }
+    }
+    register_metrics(p);
+    return p;
+
+fail:
+    signers_free(p->signers, p->nsigners);
+    ms_psl_free(p->psl);
+    free(p->hostname);
+    free(p->authserv_id);
+    free(p);
+    return NULL;
+}
+
+/* ---- jobs ---- */
+
+static struct job *job_by_jid(wk_policy *p, uint64_t jid)
+{
+    struct job *j;
+
+    for (j = p->jobs; j; j = j->next)
+        if (j->jid == jid)
+            return j;
+    return NULL;
+}
+
+static void job_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void job_free(struct job *j)
+{
+    wk_policy *p = j->p;
+
+    if (j->prev)
+        j->prev->next = j->next;
+    else
+        p->jobs = j->next;
+    if (j->next)
+        j->next->prev = j->prev;
+    p->njobs--;
+    ms_spf_free(j->spf[0]);
+    ms_spf_free(j->spf[1]);
+    ms_dkim_verify_free(j->dkim);
+    ms_dmarc_free(j->dmarc);
+    j->spf[0] = j->spf[1] = NULL;
+    j->dkim = NULL;
+    j->dmarc = NULL;
+    uv_timer_stop(&j->timer);
+    uv_close((uv_handle_t *)&j->timer, job_closed);
+}
+
+/* Replace the envelope's message by head + body (body may be the old data). */
+static void set_message(ms_envelope *env, const char *head, size_t hlen, const char *body,
+                        size_t blen)
+{
+    uint8_t *n = ms_malloc(hlen + blen + 1);
+
+    memcpy(n, head, hlen);
+    memcpy(n + hlen, body, blen);
+    n[hlen + blen] = '\0'; /* not part of the message; for C-string readers */
+    free(env->message.data);
+    env->message.data = n;
+    env->message.len = hlen + blen;
+}
+
+static void drive(struct job *j);
+static void job_finish(struct job *j);
+
+static void on_dns(void *arg, uint64_t id, const struct ms_dns_result *res)
+{
+    wk_policy *p = arg;
+    struct job *j = job_by_jid(p, id >> EV_BITS);
+    int ev = (int)(id & ((1u << EV_BITS) - 1));
+
+    if (j == NULL || j->finished || !j->waiting[ev])
+        return;
+    j->waiting[ev] = 0;
+    switch (ev) {
+    case EV_SPF_MAILFROM:
+    case EV_SPF_HELO: ms_spf_answer(j->spf[ev], res); break;
+    case EV_DKIM: ms_dkim_verify_answer(j->dkim, res); break;
+    case EV_DMARC: ms_dmarc_answer(j->dmarc, res); break;
+    }
+    drive(j);
+}
+
+/* Ask q for evaluator ev; 0 if the answer will come, else a failure was fed
+ * in already (the caller steps again). */
+static int ask(struct job *j, int ev, const struct ms_dns_query *q)
+{
+    static const struct ms_dns_result fail = {MS_DNS_TEMPFAIL, 0, 0, NULL};
+
+    if (ms_resolver_query(j->p->resolver, q->name, q->type, on_dns, j->p,
+                          (j->jid << EV_BITS) | (uint64_t)ev) == 0) {
+        j->waiting[ev] = 1;
+        return 0;
+    }
+    switch (ev) {
+    case EV_SPF_MAILFROM:
+    case EV_SPF_HELO: ms_spf_answer(j->spf[ev], &fail); break;
+    case EV_DKIM: ms_dkim_verify_answer(j->dkim, &fail); break;
+    case EV_DMARC: ms_dmarc_answer(j->dmarc, &fail); break;
+    }
+    return -1;
+}
+
+static void start_dmarc(struct job *j)
+{
+    struct ms_dmarc_request req;
+    struct ms_dmarc_dkim dk[MS_DMARC_DKIM_MAX];
+    const char *at = strrchr(j->mailfrom, '@');
+    size_t i, n = 0;
+
+    memset(&req, 0, sizeof(req));
+    req.psl = j->p->psl;
+    req.from_domain = j->from;
+    req.from_error = j->from_err;
+    if (j->mailfrom[0] && at) {
+        req.spf_domain = at + 1;
+        req.spf = j->spf[0] ? ms_spf_result(j->spf[0]) : MS_SPF_NONE;
+    } else if (j->helo[0]) {
+        /* RFC 7489 §3.1.2: the null reverse-path uses the HELO identity. */
+        req.spf_domain = j->helo;
+        req.spf = j->spf[1] ? ms_spf_result(j->spf[1]) : MS_SPF_NONE;
+        req.spf_helo = 1;
+    }
+    for (i = 0; j->dkim && i < ms_dkim_verify_count(j->dkim) && n < MS_DMARC_DKIM_MAX; i++) {
+        const struct ms_dkim_sigresult *r = ms_dkim_verify_sig(j->dkim, i);
+        dk[n].domain = r->d;
+        dk[n].selector = r->s;
+        dk[n].result = r->result;
+        n++;
+    }
+    req.dkim = dk;
+    req.ndkim = n;
+    req.sample = arc4random_uniform(100);
+    if (ms_dmarc_new(&j->dmarc, &req) < 0)
+        j->done[EV_DMARC] = 1;
+}
+
+/* Step every evaluator that is not waiting until it waits or is done. */
+static void drive(struct job *j)
+{
+    struct ms_dns_query q;
+    int k, more;
+
+    if (j->finished)
+        return;
+    for (k = 0; k < 2; k++)
+        while (!j->done[k] && !j->waiting[k]) {
+            if (ms_spf_step(j->spf[k], &q) == MS_SPF_DONE)
+                j->done[k] = 1;
+            else if (ask(j, k, &q) == 0)
+                break;
+        }
+    while (!j->done[EV_DKIM] && !j->waiting[EV_DKIM]) {
+        if (ms_dkim_verify_step(j->dkim, &q) != MS_DKIM_NEED_DNS)
+            j->done[EV_DKIM] = 1;
+        else if (ask(j, EV_DKIM, &q) == 0)
+            break;
+    }
+    if (!j->done[EV_SPF_MAILFROM] || !j->done[EV_SPF_HELO] || !j->done[EV_DKIM])
+        return;
+    if (j->dmarc == NULL && !j->done[EV_DMARC])
+        start_dmarc(j);
+    more = 1;
+    while (more && !j->done[EV_DMARC] && !j->waiting[EV_DMARC]) {
+        if (ms_dmarc_step(j->dmarc, &q) == MS_DMARC_DONE)
+            j->done[EV_DMARC] = 1;
+        else if (ask(j, EV_DMARC, &q) == 0)
+            more = 0;
+    }
+    if (j->done[EV_DMARC])
+        job_finish(j);
+}
+
+/* The A-R field and the verdict; unfinished evaluations are temperror. */
+static char *build_results(struct job *j, enum wk_policy_verdict *verdict, char *reason,
+                           size_t reasonlen)
+{
+    wk_policy *p = j->p;
+    struct ms_authres ar;
+    struct ms_authres_prop props[5];
+    enum ms_spf_result spf[2] = {MS_SPF_NONE, MS_SPF_NONE};
+    const struct ms_dmarc_outcome *o = NULL;
+    enum ms_dmarc_result dres = MS_DMARC_TEMPERROR;
+    char comment[128];
+    size_t i, n;
+    int k;
+
+    ms_authres_init(&ar, p->authserv_id);
+    for (k = 0; k < 2; k++) {
+        const char *why = NULL;
+        if (j->spf[k] == NULL)
+            continue;
+        spf[k] = j->done[k] ? ms_spf_result(j->spf[k]) : MS_SPF_TEMPERROR;
+        why = j->done[k] ? ms_spf_problem(j->spf[k]) : "timed out";
+        ms_counter_inc(p->m_spf[k][spf[k]]);
+        props[0].name = k ? "smtp.helo" : "smtp.mailfrom";
+        props[0].value = k ? j->helo : j->mailfrom;
+        ms_authres_add(&ar, "spf", ms_spf_result_name(spf[k]), why, props, 1);
+    }
+    n = j->dkim && j->done[EV_DKIM] ? ms_dkim_verify_count(j->dkim) : 0;
+    if (j->dkim && !j->done[EV_DKIM]) {
+        ms_counter_inc(p->m_dkim[MS_DKIM_TEMPERROR]);
+        ms_authres_add(&ar, "dkim", "temperror", "timed out", NULL, 0);
+    } else if (n == 0) {
+        ms_counter_inc(p->m_dkim[MS_DKIM_NONE]);
+        ms_authres_add(&ar, "dkim", "none", NULL, NULL, 0);
+    }
+    for (i = 0; i < n; i++) {
+        const struct ms_dkim_sigresult *r = ms_dkim_verify_sig(j->dkim, i);
+        ms_counter_inc(p->m_dkim[r->result]);
+        props[0] = (struct ms_authres_prop){"header.d", r->d};
+        props[1] = (struct ms_authres_prop){"header.i", r->i};
+        props[2] = (struct ms_authres_prop){"header.s", r->s};
+        props[3] = (struct ms_authres_prop){"header.a", r->a};
+        props[4] = (struct ms_authres_prop){"header.b", r->b_prefix};
+        ms_authres_add(&ar, "dkim", ms_dkim_result_name(r->result),
+                       r->result == MS_DKIM_PASS ? NULL : r->reason, props, 5);
+    }
+    if (j->dmarc && j->done[EV_DMARC]) {
+        o = ms_dmarc_outcome(j->dmarc);
+        dres = o->result;
+    }
+    ms_counter_inc(p->m_dmarc[dres]);
+    comment[0] = '\0';
+    if (o && o->policy != MS_DMARC_POLICY_UNSET)
+        snprintf(comment, sizeof(comment), "%s=%s dis=%s%s", o->used_sp ? "sp" : "p",
+                 ms_dmarc_policy_name(o->policy), ms_dmarc_policy_name(o->disposition),
+                 o->sampled_out ? " pct" : "");
+    else if (o && o->problem)
+        snprintf(comment, sizeof(comment), "%s", o->problem);
+    else if (!o)
+        snprintf(comment, sizeof(comment), "timed out");
+    props[0] = (struct ms_authres_prop){"header.from", j->from};
+    ms_authres_add(&ar, "dmarc", ms_dmarc_result_name(dres), comment, props, 1);
+
+    /* The verdict. */
+    *verdict = WK_VERDICT_PASS;
+    if (dres == MS_DMARC_FAIL) {
+        *verdict = o->disposition == MS_DMARC_POLICY_REJECT       ? WK_VERDICT_DMARC_REJECT
+                   : o->disposition == MS_DMARC_POLICY_QUARANTINE ? WK_VERDICT_DMARC_QUARANTINE
+                                                                  : WK_VERDICT_DMARC_NONE;
+    } else if (dres == MS_DMARC_TEMPERROR) {
+        *verdict = WK_VERDICT_TEMPERROR;
+    } else if (dres == MS_DMARC_NONE && spf[0] == MS_SPF_FAIL) {
+        *verdict = WK_VERDICT_SPF_FAIL;
+    }
+    snprintf(reason, reasonlen, "spf=%s dkim=%s dmarc=%s%s%s%s from=%s",
+             ms_spf_result_name(spf[j->mailfrom[0] ? 0 : 1]),
+             n ? ms_dkim_result_name(ms_dkim_verify_sig(j->dkim, 0)->result) : "none",
+             ms_dmarc_result_name(dres), comment[0] ? " (" : "", comment, comment[0] ? ")" : "",
+             j->from[0] ? j->from : "-");
+    return ms_authres_finish(&ar, NULL);
+}
+
+static void job_finish(struct job *j)
+{
+    wk_policy *p = j->p;
+    struct wk_policy_result res;
+    struct ms_buf body, head;
+    enum wk_policy_verdict verdict;
+    char reason[512], *arfield;
+    wk_policy_cb cb = j->cb;
+    void *arg = j->arg;
+    uint64_t id = j->id;
+    ms_envelope *env = j->env;
+    int stripped;
+
+    j->finished = 1;
+    arfield = build_results(j, &verdict, reason, sizeof(reason));
+    memset(&res, 0, sizeof(res));
+    res.verdict = verdict;
+    res.action = p->actions[verdict];
+    res.reason = reason;
+
+    /* The verifier points into the message: free it before replacing. */
+    ms_dkim_verify_free(j->dkim);
+    j->dkim = NULL;
+
+    ms_buf_init(&head, MS_AUTHRES_MAX + 1024);
+    (void)ms_buf_append(&head, arfield, strlen(arfield));
+    if (res.action == WK_POLICY_QUARANTINE)
+        (void)ms_buf_appendf(&head, WK_POLICY_QUARANTINE_HEADER ": %s\r\n",
+                             verdict_names[verdict]);
+    ms_buf_init(&body, env->message.len + 1);
+    stripped = ms_authres_strip((const char *)env->message.data, env->message.len,
+                                p->authserv_id, &body);
+    if (stripped < 0)
+        set_message(env, head.data, head.len, (const char *)env->message.data, env->message.len);
+    else
+        set_message(env, head.data, head.len, body.data, body.len);
+    res.modified = 1;
+    ms_buf_free(&head);
+    ms_buf_free(&body);
+    free(arfield);
+
+    ms_histogram_observe(p->m_latency, (double)(uv_now(p->loop) - j->t0) / 1e3);
+    ms_counter_inc(p->m_action[verdict][res.action]);
+    job_free(j);
+    cb(arg, id, &res);
+}
+
+static void deadline_cb(uv_timer_t *t)
+{
+    struct job *j = t->data;
+
+    ms_warn("event=policy_timeout qid=%s timeout_ms=%llu", j->env->queue_id,
+            (unsigned long long)j->p->timeout_ms);
+    job_finish(j);
+}
+
+static void kickoff_cb(uv_timer_t *t)
+{
+    struct job *j = t->data;
+
+    uv_timer_start(&j->timer, deadline_cb, j->p->timeout_ms, 0);
+    drive(j);
+}
+
+static int parse_ip(const char *s, struct ms_spf_request *req)
+{
+    if (inet_pton(AF_INET, s, &req->ip.v4) == 1) {
+        req->family = AF_INET;
+        return 0;
+    }
+    if (inet_pton(AF_INET6, s, &req->ip.v6) == 1) {
+        req->family = AF_INET6;
+        return 0;
+    }
+    return MS_EINVAL;
+}
+
+static int start_inbound(wk_policy *p, ms_envelope *env, wk_policy_cb cb, void *arg,
+                         uint64_t id)
+{
+    struct ms_spf_request req;
+    struct job *j;
+    const Mailstream__Client *cl = env->client;
+    const char *msg = (const char *)env->message.data;
+    size_t len = env->message.len;
+    int k;
+
+    j = ms_calloc(1, sizeof(*j));
+    j->p = p;
+    j->id = id;
+    j->jid = ++p->seq;
+    j->env = env;
+    j->cb = cb;
+    j->arg = arg;
+    if (env->mail_from && env->mail_from->address &&
+        strlen(env->mail_from->address) <= MS_SPF_SENDER_MAX)
+        snprintf(j->mailfrom, sizeof(j->mailfrom), "%s", env->mail_from->address);
+    if (cl && cl->helo && strlen(cl->helo) <= MS_SPF_HELO_MAX)
+        snprintf(j->helo, sizeof(j->helo), "%s", cl->helo);
+    j->from_err = ms_dmarc_from_domain(msg, len, j->from, sizeof(j->from));
+    if (j->from_err < 0)
+        j->from[0] = '\0';
+
+    memset(&req, 0, sizeof(req));
+    if (cl && cl->ip && parse_ip(cl->ip, &req) == 0) {
+        req.helo = j->helo[0] ? j->helo : NULL;
+        req.mail_from = j->mailfrom;
+        req.receiver = p->hostname;
+        req.now = (int64_t)time(NULL);
+        for (k = 0; k < 2; k++) {
+            req.identity = k ? MS_SPF_HELO : MS_SPF_MAILFROM;
+            if (k == 1 && !j->helo[0])
+                continue;
+            if (k == 0 && !j->mailfrom[0])
+                continue; /* the null path: the HELO check stands for it (§2.4) */
+            if (ms_spf_new(&j->spf[k], &req) < 0)
+                j->spf[k] = NULL;
+        }
+    }
+    for (k = 0; k < 2; k++)
+        j->done[k] = j->spf[k] == NULL;
+    j->dkim = ms_dkim_verify_new(msg, len, (int64_t)time(NULL));
+
+    uv_timer_init(p->loop, &j->timer);
+    j->timer.data = j;
+    j->t0 = uv_now(p->loop);
+    j->next = p->jobs;
+    if (p->jobs)
+        p->jobs->prev = j;
+    p->jobs = j;
+    p->njobs++;
+    uv_timer_start(&j->timer, kickoff_cb, 0, 0);
+    return 0;
+}
+
+/* ---- outbound ---- */
+
+/* Is there a DKIM-Signature by domain/selector above the first Received? */
+static int signed_by_us(const char *msg, size_t len, const struct signer_conf *s)
+{
+    struct ms_dkim_hdr hdrs[64];
+    struct ms_dkim_sig *sig;
+    const char *why;
+    size_t body, i;
+    int n, found = 0;
+
+    /* The top of the header section is enough: split a bounded prefix. */
+    n = ms_dkim_headers_split(msg, len, hdrs, 64, &body);
+    if (n < 0 && n != MS_ETOOBIG)
+        return 0;
+    if (n < 0)
+        n = 64;
+    sig = ms_malloc(sizeof(*sig));
+    for (i = 0; i < (size_t)n && !found; i++) {
+        const char *f = msg + hdrs[i].off;
+        if (hdrs[i].name_len == 8 && strncasecmp(f, "Received", 8) == 0)
+            break;
+        if (hdrs[i].name_len != 14 || strncasecmp(f, "DKIM-Signature", 14) != 0)
+            continue;
+        const char *colon = memchr(f, ':', hdrs[i].len);
+        if (colon == NULL)
+            continue;
+        if (ms_dkim_sig_parse(colon + 1, hdrs[i].len - (size_t)(colon + 1 - f), sig, &why) == 0 &&
+            strcasecmp(sig->d, s->domain) == 0 && strcmp(sig->s, s->selector) == 0)
+            found = 1;
+    }
+    free(sig);
+    return found;
+}
+
+static size_t find_signers(wk_policy *p, const char *domain, struct ms_dkim_signer *out)
+{
+    size_t i, n = 0;
+
+    for (i = 0; i < p->nsigners && n < MS_DKIM_SIGNERS_MAX; i++) {
+        if (strcasecmp(p->signers[i].domain, domain) != 0)
+            continue;
+        memset(&out[n], 0, sizeof(out[n]));
+        out[n].domain = p->signers[i].domain;
+        out[n].selector = p->signers[i].selector;
+        out[n].key = p->signers[i].key;
+        n++;
+    }
+    return n;
+}
+
+static void sign_outbound(wk_policy *p, ms_envelope *env, struct wk_policy_result *res)
+{
+    struct ms_dkim_signer signers[MS_DKIM_SIGNERS_MAX];
+    char from[MS_DNS_NAME_MAX + 1], *hdrs = NULL;
+    const char *msg = (const char *)env->message.data, *at;
+    size_t len = env->message.len, n = 0, i;
+    int e;
+
+    res->verdict = WK_VERDICT_SKIPPED;
+    res->reason = "no signing key for the sender domain";
+    if (p->nsigners == 0)
+        return;
+    if (ms_dmarc_from_domain(msg, len, from, sizeof(from)) == 0)
+        n = find_signers(p, from, signers);
+    if (n == 0 && env->mail_from && env->mail_from->address &&
+        (at = strrchr(env->mail_from->address, '@')) != NULL)
+        n = find_signers(p, at + 1, signers);
+    if (n == 0)
+        return;
+    for (i = 0; i < p->nsigners; i++)
+        if (p->signers[i].key == signers[0].key && signed_by_us(msg, len, &p->signers[i])) {
+            res->reason = "signed before";
+            return;
+        }
+    if ((e = ms_dkim_sign_all(msg, len, signers, n, (int64_t)time(NULL), &hdrs)) < 0) {
+        ms_warn("event=dkim_sign_failed qid=%s domain=%s error=%s", env->queue_id,
+                signers[0].domain, ms_err_name(e));
+        ms_counter_inc(p->m_sign_errors);
+        res->reason = "signing failed";
+        return;
+    }
+    set_message(env, hdrs, strlen(hdrs), msg, len);
+    free(hdrs);
+    res->verdict = WK_VERDICT_SIGNED;
+    res->reason = "signed";
+    res->modified = 1;
+}
+
+int wk_policy_start(wk_policy *p, ms_envelope *env, wk_policy_cb cb, void *arg, uint64_t id,
+                    struct wk_policy_result *res)
+{
+    memset(res, 0, sizeof(*res));
+    res->action = WK_POLICY_DELIVER;
+    res->verdict = WK_VERDICT_SKIPPED;
+    res->reason = "not checked";
+    if (env->message.data == NULL || env->message.len == 0)
+        return 1;
+    if (env->direction == MAILSTREAM__DIRECTION__DIRECTION_OUTBOUND) {
+        sign_outbound(p, env, res);
+        ms_counter_inc(p->m_action[res->verdict][res->action]);
+        return 1;
+    }
+    if (env->direction != MAILSTREAM__DIRECTION__DIRECTION_INBOUND || !p->inbound)
+        return 1;
+    if (ms_authres_applied((const char *)env->message.data, env->message.len, p->authserv_id)) {
+        res->reason = "checked before";
+        return 1;
+    }
+    return start_inbound(p, env, cb, arg, id);
+}
+
+void wk_policy_cancel(wk_policy *p, uint64_t id)
+{
+    struct job *j, *next;
+
+    for (j = p->jobs; j; j = next) {
+        next = j->next;
+        if (j->id == id && !j->finished) {
+            j->finished = 1;
+            job_free(j);
+        }
+    }
+}
+
+size_t wk_policy_pending(const wk_policy *p)
+{
+    return p->njobs;
+}
+
+void wk_policy_free(wk_policy *p)
+{
+    if (p == NULL)
+        return;
+    while (p->jobs) {
+        p->jobs->finished = 1;
+        job_free(p->jobs);
+    }
+    if (p->own_resolver)
+        ms_resolver_free(p->resolver);
+    signers_free(p->signers, p->nsigners);
+    ms_psl_free(p->psl);
+    free(p->hostname);
+    free(p->authserv_id);
+    free(p);
+}
+
+/* ---- the discard event ---- */
+
+int wk_policy_event_json(struct ms_buf *out, const char *qid, const struct wk_policy_result *r,
+                         const char *node, int64_t ts_us)
+{
+    char ts[64];
+    struct tm tm;
+    time_t secs = (time_t)(ts_us / 1000000);
+    int err = 0;
+
+    gmtime_r(&secs, &tm);
+    snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+             (int)(ts_us / 1000 % 1000));
+    err |= ms_buf_appendf(out, "{\"event\":\"discarded\",\"qid\":");
+    err |= wk_json_string(out, qid, strlen(qid));
+    err |= ms_buf_appendf(out, ",\"verdict\":\"%s\",\"action\":\"%s\",\"reason\":",
+                          wk_policy_verdict_name(r->verdict), wk_policy_action_name(r->action));
+    err |= wk_json_string(out, r->reason ? r->reason : "", r->reason ? strlen(r->reason) : 0);
+    err |= ms_buf_appendf(out, ",\"node\":");
+    err |= wk_json_string(out, node ? node : "", node ? strlen(node) : 0);
+    err |= ms_buf_appendf(out, ",\"ts\":\"%s\"}", ts);
+    return err ? MS_ETOOBIG : 0;
+}

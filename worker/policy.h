@@ -1,0 +1,125 @@
+/*
+ * policy.h - the worker's policy stage: email authentication once per
+ * message, before routing and delivery.
+ *
+ * Inbound mail (envelope direction inbound, [policy] inbound = yes):
+ *   SPF (lib/mail/ms_spf.h) for the MAIL FROM and the HELO identity with the
+ *   client IP the frontend recorded, DKIM verification of every signature
+ *   (ms_dkim.h), then DMARC (ms_dmarc.h) over those results.  The three
+ *   first evaluations run at once; every DNS query goes through
+ *   cluster/ms_resolver.h on the loop, so a slow DNS server delays only the
+ *   messages waiting for it.  Then:
+ *     - existing Authentication-Results fields claiming our authserv-id are
+ *       removed and ours is prepended (ms_authres.h);
+ *     - the verdict picks an action from the configuration:
+ *         dmarc_reject, dmarc_quarantine, dmarc_none  DMARC fail, by the
+ *                                  disposition after pct (p= / sp=);
+ *         spf_fail                 no DMARC policy and SPF (MAIL FROM) fail;
+ *         temperror                DMARC could not be evaluated (DNS);
+ *         pass                     everything else;
+ *       each one of deliver, quarantine (a marker header is added; routing
+ *       to a quarantine transport is the router's business) or discard
+ *       (the caller drops the message and publishes an event: never a
+ *       bounce, the sender may be forged).  Defaults: reject -> discard,
+ *       quarantine -> quarantine, the rest -> deliver.
+ *
+ * Outbound mail (direction outbound): DKIM signatures from the [dkim.NAME]
+ * sections whose domain is the From domain (else the MAIL FROM domain);
+ * several sections for one domain (RSA and Ed25519) sign at once.  The
+ * signature fields are prepended to the message in the envelope, so the
+ * retry records carry the signed message and retries reuse the signature.
+ * Keys are files, re-read by wk_policy_reload() (SIGHUP).
+ *
+ * Once only: the frontend prepends its Received field to every message, so
+ * a field above the first Received one is ours.  A message that already has
+ * our Authentication-Results (inbound) or our DKIM signature (outbound)
+ * there has been through this stage (a retry, or a redelivered record) and
+ * is passed through unchanged.
+ *
+ * Ids, not pointers: a job is known by the caller's 64-bit id; the callback
+ * is never called from inside wk_policy_start() and never after
+ * wk_policy_cancel().  The envelope passed to wk_policy_start() must stay
+ * valid until then; the stage replaces env->message (freeing the old data)
+ * right before the callback.  One loop thread.
+ */
+#ifndef WK_POLICY_H
+#define WK_POLICY_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "ms_buf.h"
+#include "ms_config.h"
+#include "ms_envelope.h"
+#include "ms_resolver.h"
+
+/* Default [policy] timeout_ms: the whole inbound evaluation of a message;
+ * evaluations still waiting for DNS then count as temperror. */
+#define WK_POLICY_TIMEOUT_MS 20000
+/* Default [policy] dns_timeout_ms, per query, for the stage's own resolver. */
+#define WK_POLICY_DNS_TIMEOUT_MS 5000
+/* [dkim.NAME] sections (signers) loaded. */
+#define WK_POLICY_SIGNERS_MAX 64
+/* The header added to quarantined mail (its value says why). */
+#define WK_POLICY_QUARANTINE_HEADER "X-Mailstream-Quarantine"
+
+enum wk_policy_action { WK_POLICY_DELIVER, WK_POLICY_QUARANTINE, WK_POLICY_DISCARD,
+                        WK_POLICY_ACTION__N };
+
+enum wk_policy_verdict {
+    WK_VERDICT_PASS,
+    WK_VERDICT_DMARC_NONE,
+    WK_VERDICT_DMARC_QUARANTINE,
+    WK_VERDICT_DMARC_REJECT,
+    WK_VERDICT_SPF_FAIL,
+    WK_VERDICT_TEMPERROR,
+    WK_VERDICT_SIGNED,   /* outbound: signed now */
+    WK_VERDICT_SKIPPED,  /* nothing to do (not configured, or done before) */
+    WK_VERDICT__N
+};
+
+struct wk_policy_result {
+    enum wk_policy_action action;
+    enum wk_policy_verdict verdict;
+    const char *reason;   /* for logs and the discard event; valid during the callback */
+    int modified;         /* env->message was replaced */
+};
+
+typedef struct wk_policy wk_policy;
+typedef void (*wk_policy_cb)(void *arg, uint64_t id, const struct wk_policy_result *res);
+
+/*
+ * Read [policy] and the [dkim.*] sections and load the keys and the Public
+ * Suffix List.  `resolver` is shared if not NULL; otherwise the stage makes
+ * its own from [policy] dns when inbound checking is on.  Returns NULL with
+ * a reason in err (a bad key file, an unknown action, ...).  Registers the
+ * metrics: call before the loop runs.
+ */
+wk_policy *wk_policy_new(uv_loop_t *loop, const ms_config *cfg, const char *hostname,
+                         ms_resolver *resolver, char *err, size_t errlen);
+/* Re-read the key files; on any error the old keys stay (and it is logged). */
+void wk_policy_reload(wk_policy *p);
+/*
+ * Run the stage for env.  Returns 1 when there is nothing to do (res is
+ * filled, no callback), 0 when the callback will follow, or a negative
+ * MS_E* code (no callback).
+ */
+int wk_policy_start(wk_policy *p, ms_envelope *env, wk_policy_cb cb, void *arg, uint64_t id,
+                    struct wk_policy_result *res);
+/* Forget the job of `id` (unknown ids are ignored): no callback. */
+void wk_policy_cancel(wk_policy *p, uint64_t id);
+/* Jobs running. */
+size_t wk_policy_pending(const wk_policy *p);
+/* Cancel everything and free (handles close asynchronously on the loop). */
+void wk_policy_free(wk_policy *p);
+
+/* "deliver", "quarantine", "discard"; "pass", "dmarc_reject", ... */
+const char *wk_policy_action_name(enum wk_policy_action a);
+const char *wk_policy_verdict_name(enum wk_policy_verdict v);
+
+/* The `events` record of a discarded message:
+ *   {"event":"discarded","qid":..,"verdict":..,"reason":..,"node":..,"ts":..} */
+int wk_policy_event_json(struct ms_buf *out, const char *qid, const struct wk_policy_result *r,
+                         const char *node, int64_t ts_us);
+
+#endif
