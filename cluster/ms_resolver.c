@@ -225,6 +225,16 @@ ms_resolver *ms_resolver_new(uv_loop_t *loop, const struct ms_resolver_conf *con
     }
     /* A forwarder on loopback that does not do DNSSEC must still answer. */
     ub_ctx_set_option(r->ctx, "do-not-query-localhost:", "no");
+    /* Built-in local zones the upstream is to answer for instead: removed
+     * (this finalizes the configuration, so it comes after every option). */
+    for (size_t i = 0; i < conf->nnodefault; i++)
+        if ((e = ub_ctx_zone_remove(r->ctx, conf->nodefault[i])) != 0) {
+            snprintf(err, errlen, "libunbound: local zone %s: %s", conf->nodefault[i],
+                     ub_strerror(e));
+            ub_ctx_delete(r->ctx);
+            free(r);
+            return NULL;
+        }
     uv_poll_init(loop, &r->poll, ub_fd(r->ctx));
     r->poll.data = r;
     uv_poll_start(&r->poll, UV_READABLE, poll_cb);

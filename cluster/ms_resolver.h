@@ -21,6 +21,12 @@ struct ms_resolver_conf {
     const char *upstream;      /* "ip" or "ip@port"; NULL: full recursion */
     const char *trust_anchor;  /* file for DNSSEC validation; NULL: none */
     int timeout_ms;            /* per query; 0: MS_RESOLVER_TIMEOUT_MS */
+    /* Names of libunbound built-in local zones (RFC 6761/6303 names such as
+     * 2.0.192.in-addr.arpa, otherwise answered NXDOMAIN locally) to remove,
+     * so the upstream is asked for them; for tests whose DNS server serves
+     * documentation names.  NULL/0: none. */
+    const char *const *nodefault;
+    size_t nnodefault;
 };
 
 #define MS_RESOLVER_TIMEOUT_MS 10000

@@ -19,6 +19,17 @@
  *   mailstream-authcheck --record --key FILE
  *       Prints the DNS TXT record to publish for a key.
  *
+ *   mailstream-authcheck --spf-only [-c WORKER.ini] [--dns IP[@PORT]]
+ *                        [--timeout MS] [--dns-nodefault ZONE ...] [--trace]
+ *                        --ip IP [--helo NAME] [--mail-from ADDR]
+ *       Evaluates SPF alone (like spfquery) for the MAIL FROM identity, or
+ *       postmaster@HELO for the null reverse-path, through the configured
+ *       resolver, and prints "spf: RESULT" then, when there are any,
+ *       "explanation:", "mechanism:" and "problem:" lines.  No message is
+ *       read.  --trace prints each DNS query and its answer status on
+ *       standard error.  --dns-nodefault lets the upstream answer for one of
+ *       libunbound's built-in local zones (e.g. 2.0.192.in-addr.arpa).
+ *
  * Messages may use LF or CRLF line ends (LF is converted).  Exit status:
  * 0 done (whatever the verdict), 1 usage, configuration or I/O error;
  * with --exit-code, 2 when the worker would quarantine, 3 discard.
@@ -32,7 +43,10 @@
 #include "ms_log.h"
 #include "ms_mem.h"
 #include "ms_resolver.h"
+#include "ms_spf.h"
 #include "../worker/policy.h"
+
+#include <arpa/inet.h>
 
 #include <getopt.h>
 #include <stdio.h>
@@ -51,7 +65,10 @@ static int usage(void)
             "usage: mailstream-authcheck [-c WORKER.ini] [--dns IP[@PORT]] --ip IP [--helo NAME]\n"
             "                            [--mail-from ADDR] [--authserv-id ID] [--exit-code] FILE\n"
             "       mailstream-authcheck --sign --domain D --selector S --key FILE [...] FILE\n"
-            "       mailstream-authcheck --record --key FILE\n");
+            "       mailstream-authcheck --record --key FILE\n"
+            "       mailstream-authcheck --spf-only [-c WORKER.ini] [--dns IP[@PORT]]\n"
+            "                            [--timeout MS] [--dns-nodefault ZONE ...] [--trace]\n"
+            "                            --ip IP [--helo NAME] [--mail-from ADDR]\n");
     return 1;
 }
 
@@ -211,6 +228,102 @@ static int cmd_check(const char *config, const char *dns, const char *ip, const 
     return 0;
 }
 
+struct spf_wait {
+    ms_spf *s;
+    int waiting;
+    int trace;
+};
+
+static void on_spf_dns(void *arg, uint64_t id, const struct ms_dns_result *res)
+{
+    struct spf_wait *w = arg;
+
+    (void)id;
+    if (w->trace)
+        fprintf(stderr, "  -> status %d, %zu records\n", (int)res->status, res->n);
+    (void)ms_spf_answer(w->s, res);
+    w->waiting = 0;
+}
+
+#define NODEFAULT_MAX 16
+
+static int cmd_spf(const char *config, const char *dns, int timeout_ms, const char **nodefault,
+                   size_t nnodefault, const char *ip, const char *helo, const char *mail_from,
+                   int trace)
+{
+    static const struct ms_dns_result fail = {MS_DNS_TEMPFAIL, 0, 0, NULL};
+    struct ms_resolver_conf rc;
+    struct ms_spf_request req;
+    struct ms_dns_query q;
+    struct spf_wait w;
+    ms_resolver *res;
+    ms_config *cfg;
+    char err[512], host[256];
+    const char *s;
+    int e;
+
+    if (ip == NULL)
+        return usage();
+    memset(&req, 0, sizeof(req));
+    if (inet_pton(AF_INET, ip, &req.ip.v4) == 1) {
+        req.family = AF_INET;
+    } else if (inet_pton(AF_INET6, ip, &req.ip.v6) == 1) {
+        req.family = AF_INET6;
+    } else {
+        fprintf(stderr, "--ip %s: not an IP address\n", ip);
+        return 1;
+    }
+    if ((cfg = ms_config_load(config, err, sizeof(err))) == NULL) {
+        fprintf(stderr, "%s: %s\n", config, err);
+        return 1;
+    }
+    if (gethostname(host, sizeof(host)) != 0)
+        snprintf(host, sizeof(host), "localhost");
+    memset(&rc, 0, sizeof(rc));
+    rc.upstream = dns ? dns : ms_config_get(cfg, "dns", "upstream", "");
+    rc.trust_anchor = ms_config_get(cfg, "dns", "trust_anchor", "");
+    rc.timeout_ms = timeout_ms > 0 ? timeout_ms : 5000;
+    rc.nodefault = nodefault;
+    rc.nnodefault = nnodefault;
+    if ((res = ms_resolver_new(uv_default_loop(), &rc, err, sizeof(err))) == NULL) {
+        fprintf(stderr, "resolver: %s\n", err);
+        return 1;
+    }
+    req.identity = MS_SPF_MAILFROM;
+    req.helo = helo && *helo ? helo : NULL;
+    req.mail_from = mail_from ? mail_from : "";
+    req.receiver = ms_config_get(cfg, "node", "hostname", host);
+    req.now = (int64_t)time(NULL);
+    if ((e = ms_spf_new(&w.s, &req)) < 0) {
+        fprintf(stderr, "spf: %s\n", ms_strerror(e));
+        return 1;
+    }
+    w.trace = trace;
+    while (ms_spf_step(w.s, &q) == MS_SPF_NEED_DNS) {
+        if (trace)
+            fprintf(stderr, "query %s type %d\n", q.name, (int)q.type);
+        w.waiting = 1;
+        if (ms_resolver_query(res, q.name, q.type, on_spf_dns, &w, 0) < 0) {
+            (void)ms_spf_answer(w.s, &fail);
+            continue;
+        }
+        while (w.waiting)
+            uv_run(uv_default_loop(), UV_RUN_ONCE);
+    }
+    printf("spf: %s\n", ms_spf_result_name(ms_spf_result(w.s)));
+    if ((s = ms_spf_explanation(w.s)) != NULL)
+        printf("explanation: %s\n", s);
+    if ((s = ms_spf_mechanism(w.s)) != NULL)
+        printf("mechanism: %s\n", s);
+    if ((s = ms_spf_problem(w.s)) != NULL)
+        printf("problem: %s\n", s);
+    ms_spf_free(w.s);
+    ms_resolver_free(res);
+    uv_run(uv_default_loop(), UV_RUN_DEFAULT); /* close handles */
+    ms_config_free(cfg);
+    return 0;
+}
+
 #define SIGNERS_MAX MS_DKIM_SIGNERS_MAX
 
 static int cmd_sign(const char **domains, const char **selectors, const char **keys, size_t n,
@@ -277,7 +390,7 @@ static int cmd_record(const char *key)
 int main(int argc, char **argv)
 {
     enum { O_DNS = 256, O_IP, O_HELO, O_MAILFROM, O_AUTHSERV, O_SIGN, O_RECORD, O_DOMAIN,
-           O_SELECTOR, O_KEY, O_EXITCODE };
+           O_SELECTOR, O_KEY, O_EXITCODE, O_SPFONLY, O_TIMEOUT, O_NODEFAULT, O_TRACE };
     static const struct option opts[] = {
         {"dns", required_argument, NULL, O_DNS},
         {"ip", required_argument, NULL, O_IP},
@@ -290,6 +403,10 @@ int main(int argc, char **argv)
         {"selector", required_argument, NULL, O_SELECTOR},
         {"key", required_argument, NULL, O_KEY},
         {"exit-code", no_argument, NULL, O_EXITCODE},
+        {"spf-only", no_argument, NULL, O_SPFONLY},
+        {"timeout", required_argument, NULL, O_TIMEOUT},
+        {"dns-nodefault", required_argument, NULL, O_NODEFAULT},
+        {"trace", no_argument, NULL, O_TRACE},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -297,8 +414,10 @@ int main(int argc, char **argv)
                *authserv = NULL;
     const char *domains[SIGNERS_MAX] = {0}, *selectors[SIGNERS_MAX] = {0},
                *keys[SIGNERS_MAX] = {0};
-    size_t nd = 0, ns = 0, nk = 0;
-    int opt, sign = 0, record = 0, exit_code = 0;
+    const char *nodefault[NODEFAULT_MAX] = {0};
+    size_t nd = 0, ns = 0, nk = 0, nn = 0;
+    int opt, sign = 0, record = 0, exit_code = 0, spf_only = 0, timeout_ms = 0,
+        trace = 0;
 
     ms_log_init("authcheck", MS_LOG_WARN);
     while ((opt = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
@@ -312,6 +431,17 @@ int main(int argc, char **argv)
         case O_SIGN: sign = 1; break;
         case O_RECORD: record = 1; break;
         case O_EXITCODE: exit_code = 1; break;
+        case O_SPFONLY: spf_only = 1; break;
+        case O_TRACE: trace = 1; break;
+        case O_TIMEOUT:
+            if ((timeout_ms = atoi(optarg)) <= 0)
+                return usage();
+            break;
+        case O_NODEFAULT:
+            if (nn == NODEFAULT_MAX)
+                return usage();
+            nodefault[nn++] = optarg;
+            break;
         case O_DOMAIN:
             if (nd == SIGNERS_MAX)
                 return usage();
@@ -332,6 +462,10 @@ int main(int argc, char **argv)
     }
     if (record)
         return optind == argc ? cmd_record(keys[0]) : usage();
+    if (spf_only)
+        return optind == argc ? cmd_spf(config, dns, timeout_ms, nodefault, nn, ip, helo, mail_from,
+                                                trace)
+                              : usage();
     if (optind + 1 != argc)
         return usage();
     if (sign)
