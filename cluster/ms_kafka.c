@@ -438,23 +438,41 @@ static void rec_unlink(ms_consumer *c, struct rec_node *n)
     free(n);
 }
 
-static void drop_backlog(ms_consumer *c)
+/* Drop backlog records of the partitions in `parts` (all of them when parts
+ * is NULL); the new owner of those partitions redelivers them. */
+static void drop_backlog(ms_consumer *c, const rd_kafka_topic_partition_list_t *parts)
 {
-    struct rec_node *n, *next;
+    struct rec_node *n, *next, **tail, *old = c->bhead;
+    int i, drop;
 
-    for (n = c->bhead; n; n = next) {
-        next = n->bnext;
-        rec_unlink(c, n);
-    }
     c->bhead = NULL;
-    c->btail = &c->bhead;
-    c->nbacklog = 0;
+    tail = &c->bhead;
+    for (n = old; n; n = next) {
+        next = n->bnext;
+        drop = parts == NULL;
+        for (i = 0; !drop && i < parts->cnt; i++)
+            drop = parts->elems[i].partition == n->rec.partition;
+        if (drop) {
+            c->nbacklog--;
+            rec_unlink(c, n);
+        } else {
+            n->bnext = NULL;
+            *tail = n;
+            tail = &n->bnext;
+        }
+    }
+    c->btail = tail;
 }
 
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
     ms_consumer *c = opaque;
+    /* cooperative-sticky: only the partitions that move are revoked, so a
+     * worker joining or leaving does not make every worker drop (and later
+     * redeliver, and possibly deliver twice) everything it has in flight. */
+    int incremental = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    rd_kafka_error_t *e = NULL;
     struct ptrack *t;
     int i;
 
@@ -469,8 +487,11 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             t->next_store = -1;
             t->last_taken = -1;
         }
-        ms_info("event=kafka_assigned partitions=%d", parts->cnt);
-        rd_kafka_assign(rk, parts);
+        ms_info("event=kafka_assigned partitions=%d incremental=%d", parts->cnt, incremental);
+        if (incremental)
+            e = rd_kafka_incremental_assign(rk, parts);
+        else
+            rd_kafka_assign(rk, parts);
         if (c->fetch_paused)
             set_paused(c, parts, 1);
     } else {
@@ -482,13 +503,23 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                 t->assigned = 0;
                 t->n = 0;
             }
-        drop_backlog(c);
-        /* The backlog that paused fetching is gone with the partitions; the
-         * next assignment must start fetching, or it would stay paused
-         * forever (ms_consumer_resume only resumes what a backlog paused). */
-        c->fetch_paused = 0;
-        ms_info("event=kafka_revoked partitions=%d", parts->cnt);
-        rd_kafka_assign(rk, NULL);
+        drop_backlog(c, parts);
+        ms_info("event=kafka_revoked partitions=%d incremental=%d", parts->cnt, incremental);
+        if (incremental)
+            e = rd_kafka_incremental_unassign(rk, parts);
+        else
+            rd_kafka_assign(rk, NULL);
+        /* A backlog that paused fetching may be gone with the partitions;
+         * fetching must resume, or the partitions assigned next would stay
+         * paused for good. */
+        if (c->fetch_paused && c->nbacklog < MS_KAFKA_BACKLOG_MAX / 2) {
+            c->fetch_paused = 0;
+            pause_all(c, 0);
+        }
+    }
+    if (e) {
+        ms_warn("event=kafka_rebalance_error error=\"%s\"", rd_kafka_error_string(e));
+        rd_kafka_error_destroy(e);
     }
 }
 
@@ -578,6 +609,7 @@ ms_consumer *ms_consumer_new(uv_loop_t *loop, const struct ms_kafka_conf *kc, co
     /* A worker that stops polling this long is presumed dead; we keep
      * polling while paused, so only a stuck loop hits it. */
     set_conf(conf, "max.poll.interval.ms", "300000");
+    set_conf(conf, "partition.assignment.strategy", "cooperative-sticky");
     /* A dead worker's partitions move to the others after this long (the
      * broker's group.min.session.timeout.ms is 6 s by default). */
     set_conf(conf, "session.timeout.ms", "10000");
@@ -689,7 +721,7 @@ void ms_consumer_free(ms_consumer *c)
     if (c == NULL)
         return;
     kloop_stop(c->kl);
-    drop_backlog(c);
+    drop_backlog(c, NULL);
     if ((err = rd_kafka_consumer_close(c->rk)) != RD_KAFKA_RESP_ERR_NO_ERROR)
         ms_warn("event=kafka_consumer_close_failed error=\"%s\"", rd_kafka_err2str(err));
     while (c->out_head)
