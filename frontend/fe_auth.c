@@ -8,6 +8,7 @@
 
 #include <crypt.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 struct fe_passwd {
     struct fe_passwd_entry *e;
     size_t n;
+    atomic_int refs; /* the loaders' and every server's reference */
 };
 
 #define FE_PASSWD_SENDERS_MAX 256
@@ -33,6 +35,7 @@ struct fe_passwd *fe_passwd_load(const char *path, char *err, size_t errlen)
         return NULL;
     }
     pw = ms_calloc(1, sizeof(*pw));
+    atomic_init(&pw->refs, 1);
     while ((len = getline(&line, &cap, f)) >= 0) {
         lineno++;
         while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
@@ -78,11 +81,18 @@ bad:
     return NULL;
 }
 
+struct fe_passwd *fe_passwd_ref(struct fe_passwd *pw)
+{
+    if (pw != NULL)
+        atomic_fetch_add_explicit(&pw->refs, 1, memory_order_relaxed);
+    return pw;
+}
+
 void fe_passwd_free(struct fe_passwd *pw)
 {
     size_t i, j;
 
-    if (pw == NULL)
+    if (pw == NULL || atomic_fetch_sub_explicit(&pw->refs, 1, memory_order_acq_rel) != 1)
         return;
     for (i = 0; i < pw->n; i++) {
         free(pw->e[i].user);

@@ -7,9 +7,11 @@
  * domains (`example.com` or `@example.com`); an authenticated user may use
  * only those in MAIL FROM.  XXX: a line without a sender list allows any
  * sender, as the documented format makes the list optional.
- * The table is immutable once loaded (reloads build a new one), so it may be
- * read from any thread; the hash itself is checked with crypt_rn() on the
- * libuv thread pool by the session.  Nothing here ever logs a credential.
+ * The table is immutable once loaded (reloads build a new one) and
+ * reference-counted atomically, so every loop thread may share and read it
+ * (each server holds a reference and swaps it on reload); the hash itself
+ * is checked with crypt_rn() on the libuv thread pool by the session.
+ * Nothing here ever logs a credential.
  */
 #ifndef FE_AUTH_H
 #define FE_AUTH_H
@@ -30,8 +32,12 @@ struct fe_passwd_entry {
 
 struct fe_passwd;
 
-/* Load a password file.  NULL with the reason in err. */
+/* Load a password file (one reference, the caller's).  NULL with the reason
+ * in err. */
 struct fe_passwd *fe_passwd_load(const char *path, char *err, size_t errlen);
+/* Take another reference (any thread); NULL is fine. */
+struct fe_passwd *fe_passwd_ref(struct fe_passwd *pw);
+/* Drop a reference; the last one frees the table.  NULL is fine. */
 void fe_passwd_free(struct fe_passwd *pw);
 const struct fe_passwd_entry *fe_passwd_find(const struct fe_passwd *pw, const char *user);
 /* 1 when the entry allows `addr` ("" = null sender) as MAIL FROM. */

@@ -323,7 +323,56 @@ void fe_server_init(struct fe_server *srv, uv_loop_t *loop)
     fe_idmap_init(&srv->sessions);
     fe_idmap_init(&srv->pending);
     fe_idmap_init(&srv->policy);
-    fe_idmap_init(&srv->per_ip);
+    fe_conn_table_init(&srv->own_conns);
+    srv->conns = &srv->own_conns;
+}
+
+void fe_conn_table_init(struct fe_conn_table *ct)
+{
+    pthread_mutex_init(&ct->lock, NULL);
+    ct->nconns = 0;
+    fe_idmap_init(&ct->per_ip);
+}
+
+void fe_conn_table_free(struct fe_conn_table *ct)
+{
+    fe_idmap_free(&ct->per_ip);
+    pthread_mutex_destroy(&ct->lock);
+}
+
+int fe_conn_admit(struct fe_conn_table *ct, uint64_t key, uint64_t max_total, uint64_t max_per_ip,
+                  uint64_t *open)
+{
+    uintptr_t n;
+    int r = 0;
+
+    pthread_mutex_lock(&ct->lock);
+    n = (uintptr_t)fe_idmap_get(&ct->per_ip, key);
+    *open = n;
+    if (max_total && ct->nconns >= max_total)
+        r = FE_LIMIT_CONNECTIONS;
+    else if (max_per_ip && n >= max_per_ip)
+        r = FE_LIMIT_CONN_PER_IP;
+    else {
+        fe_idmap_put(&ct->per_ip, key, (void *)(n + 1));
+        ct->nconns++;
+    }
+    pthread_mutex_unlock(&ct->lock);
+    return r;
+}
+
+void fe_conn_release(struct fe_conn_table *ct, uint64_t key)
+{
+    uintptr_t n;
+
+    pthread_mutex_lock(&ct->lock);
+    n = (uintptr_t)fe_idmap_get(&ct->per_ip, key);
+    if (n <= 1)
+        fe_idmap_del(&ct->per_ip, key);
+    else
+        fe_idmap_put(&ct->per_ip, key, (void *)(n - 1));
+    ct->nconns--;
+    pthread_mutex_unlock(&ct->lock);
 }
 
 void fe_server_policy_result(void *arg, uint64_t id, int result)
@@ -522,6 +571,6 @@ void fe_server_free(struct fe_server *srv)
     fe_idmap_free(&srv->sessions);
     fe_idmap_free(&srv->pending);
     fe_idmap_free(&srv->policy);
-    fe_idmap_free(&srv->per_ip);
+    fe_conn_table_free(&srv->own_conns);
     fe_settings_free(&srv->set);
 }

@@ -3,8 +3,17 @@
  * the Kafka producer, the table of live sessions, metrics, and draining on
  * SIGTERM; plus the SMTP session entry points (fe_session.c).
  *
- * One libuv loop per process owns a struct fe_server; every function here
- * runs on that loop.  Sessions are owned by the server's session list and
+ * Threads: the process runs [node] threads libuv loops (main.c), each on its
+ * own thread with its own struct fe_server: its own listeners (SO_REUSEPORT,
+ * every listener bound once per loop), sessions, Kafka producer and Redis
+ * client.  Every fe_server_* and fe_session_* function runs on the loop of
+ * the server it is given, and nowhere else.  What the servers share is
+ * either immutable after start-up (the config, metric handles) or safe from
+ * any thread: struct fe_conn_table (mutex), the TLS context and the password
+ * table (atomic reference counts; each server holds its own reference and
+ * swaps it on its own loop when main.c publishes a reload).
+ *
+ * Sessions are owned by the server's session list and
  * freed only from their transport's close callback.  Asynchronous work
  * (Kafka delivery reports, crypt(3) jobs) finds its session again through
  * 64-bit ids in fe_server.sessions / fe_server.pending (STYLE.md 7).
@@ -16,6 +25,7 @@
 #ifndef FE_SERVER_H
 #define FE_SERVER_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -134,6 +144,29 @@ struct fe_metrics {
     ms_histogram *queue_latency;
 };
 
+/*
+ * Open connections per process and per client address, shared by every
+ * loop's server so that [smtp] max_connections and max_connections_per_ip
+ * hold for the whole process, not per thread.  Any thread; a short mutex
+ * around a counter and a small hash table (taken once when a session is
+ * admitted and once when it is freed).
+ */
+struct fe_conn_table {
+    pthread_mutex_t lock;
+    uint64_t nconns;        /* sessions admitted and open */
+    struct fe_idmap per_ip; /* hash of a client address -> open connections */
+};
+
+void fe_conn_table_init(struct fe_conn_table *ct);
+void fe_conn_table_free(struct fe_conn_table *ct);
+/* Count one more connection from address hash `key` unless that would pass
+ * max_total or max_per_ip (0: no limit).  Returns 0, or FE_LIMIT_CONNECTIONS
+ * / FE_LIMIT_CONN_PER_IP with the address's open count in *open. */
+int fe_conn_admit(struct fe_conn_table *ct, uint64_t key, uint64_t max_total, uint64_t max_per_ip,
+                  uint64_t *open);
+/* The connection counted by fe_conn_admit(key) is gone. */
+void fe_conn_release(struct fe_conn_table *ct, uint64_t key);
+
 typedef int (*fe_submit_fn)(void *arg, uint64_t id, const char *key, size_t keylen,
                             const void *value, size_t len);
 
@@ -153,12 +186,14 @@ struct fe_server {
     struct fe_idmap sessions;  /* session id -> session */
     struct fe_idmap pending;   /* transaction id -> session awaiting its report */
     struct fe_idmap policy;    /* rate-limit request id -> session awaiting Redis */
-    struct fe_idmap per_ip;    /* hash of a client address -> open connections */
-    uint64_t nconns;           /* sessions admitted and open */
+    /* Connection counts: &own_conns unless main.c points every server at
+     * one process-wide table. */
+    struct fe_conn_table *conns;
+    struct fe_conn_table own_conns;
     int overloaded;            /* pending >= max_pending: sessions in DATA paused */
     ms_redis *redis;           /* NULL: no limits and no suppression in Redis */
     struct fe_rl *rl;
-    uint64_t next_id;
+    uint64_t next_id;          /* ids: main.c starts each loop's at (index << 48) */
     int draining;
     struct fe_metrics m;
 };

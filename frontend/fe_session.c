@@ -1554,14 +1554,8 @@ static void session_free(struct fe_session *s)
 
     tx_reset(s);
     fe_idmap_del(&srv->sessions, s->id);
-    if (s->ip_key) {
-        uintptr_t n = (uintptr_t)fe_idmap_get(&srv->per_ip, s->ip_key);
-        if (n <= 1)
-            fe_idmap_del(&srv->per_ip, s->ip_key);
-        else
-            fe_idmap_put(&srv->per_ip, s->ip_key, (void *)(n - 1));
-        srv->nconns--;
-    }
+    if (s->ip_key)
+        fe_conn_release(srv->conns, s->ip_key);
     if (s->prev)
         s->prev->next = s->next;
     else
@@ -1636,7 +1630,7 @@ static void set_client(struct fe_session *s, const struct sockaddr *sa)
     s->trusted = fe_cidr_match(s->srv->set.trusted, s->srv->set.ntrusted, sa);
 }
 
-/* FNV-1a, never 0: the key of an address in srv->per_ip.  XXX: two
+/* FNV-1a, never 0: the key of an address in srv->conns->per_ip.  XXX: two
  * addresses with the same 64-bit hash would share a count. */
 static uint64_t ip_key(const char *ip)
 {
@@ -1654,11 +1648,15 @@ static void session_start(struct fe_session *s)
     struct fe_server *srv = s->srv;
     const char *host = srv->set.hostname;
     char line[256];
-    uintptr_t n;
-    uint64_t key;
+    uint64_t n, key;
     struct fe_wait *w;
+    int r;
 
-    if (srv->set.max_connections && srv->nconns >= srv->set.max_connections) {
+    /* Both limits are process-wide: the table is shared by every loop. */
+    key = ip_key(s->ip);
+    r = fe_conn_admit(srv->conns, key, srv->set.max_connections, srv->set.max_connections_per_ip,
+                      &n);
+    if (r == FE_LIMIT_CONNECTIONS) {
         ms_counter_inc(srv->m.limit_hits[FE_LIMIT_CONNECTIONS]);
         ms_info("event=limit limit=max_connections sid=%llu client=%s",
                 (unsigned long long)s->id, s->ip);
@@ -1667,9 +1665,7 @@ static void session_start(struct fe_session *s)
         refuse_connection(s, line);
         return;
     }
-    key = ip_key(s->ip);
-    n = (uintptr_t)fe_idmap_get(&srv->per_ip, key);
-    if (srv->set.max_connections_per_ip && n >= srv->set.max_connections_per_ip) {
+    if (r == FE_LIMIT_CONN_PER_IP) {
         ms_counter_inc(srv->m.limit_hits[FE_LIMIT_CONN_PER_IP]);
         ms_info("event=limit limit=max_connections_per_ip sid=%llu client=%s open=%llu",
                 (unsigned long long)s->id, s->ip, (unsigned long long)n);
@@ -1679,9 +1675,7 @@ static void session_start(struct fe_session *s)
         refuse_connection(s, line);
         return;
     }
-    fe_idmap_put(&srv->per_ip, key, (void *)(n + 1));
     s->ip_key = key;
-    srv->nconns++;
     /* The queue is backed up: new clients are better off elsewhere. */
     if (srv->set.max_pending && srv->pending.count >= srv->set.max_pending) {
         ms_counter_inc(srv->m.limit_hits[FE_LIMIT_BACKPRESSURE]);

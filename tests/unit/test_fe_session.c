@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -99,6 +100,8 @@ static int teardown(void **state)
     f->srv.set.naccepted = 0;
     fe_idmap_free(&f->srv.sessions);
     fe_idmap_free(&f->srv.pending);
+    fe_idmap_free(&f->srv.policy);
+    fe_conn_table_free(&f->srv.own_conns);
     free(f->k.last_value);
     free(f);
     return 0;
@@ -110,7 +113,8 @@ static char *output(struct fixture *f)
     struct ms_buf *b = fe_transport_mem_output(f->t);
     char *s = malloc(b->len + 1);
 
-    memcpy(s, b->data, b->len);
+    if (b->len > 0)
+        memcpy(s, b->data, b->len);
     s[b->len] = '\0';
     ms_buf_reset(b);
     return s;
@@ -490,7 +494,7 @@ static void test_proxy_refused(void **state)
 
     /* From a peer outside proxy_trusted_networks: closed at once. */
     proxy_session(f, "203.0.113.0/24");
-    uv_run(&f->loop, UV_RUN_NOWAIT);
+    /* Checked before the loop runs: the close callback frees the transport. */
     expect(f, "");
     assert_true(f->t->closing);
     /* From a trusted peer, but not a PROXY header: closed, nothing said. */
@@ -574,6 +578,75 @@ static void test_requiretls(void **state)
     fe_server_submitted(&f->srv, f->k.last_id, 0, NULL);
 }
 
+/* The connection table shared by every loop's server (fe_server.h): both
+ * limits hold for the table as a whole, also under concurrent callers. */
+static void test_conn_table(void **state)
+{
+    struct fe_conn_table ct;
+    uint64_t open;
+
+    (void)state;
+    fe_conn_table_init(&ct);
+    assert_int_equal(fe_conn_admit(&ct, 11, 3, 2, &open), 0);
+    assert_int_equal(fe_conn_admit(&ct, 11, 3, 2, &open), 0);
+    assert_int_equal(fe_conn_admit(&ct, 11, 3, 2, &open), FE_LIMIT_CONN_PER_IP);
+    assert_int_equal(open, 2);
+    assert_int_equal(fe_conn_admit(&ct, 13, 3, 2, &open), 0);
+    assert_int_equal(fe_conn_admit(&ct, 15, 3, 2, &open), FE_LIMIT_CONNECTIONS);
+    fe_conn_release(&ct, 11);
+    assert_int_equal(fe_conn_admit(&ct, 15, 3, 2, &open), 0);
+    fe_conn_release(&ct, 11);
+    fe_conn_release(&ct, 13);
+    fe_conn_release(&ct, 15);
+    assert_int_equal(ct.nconns, 0);
+    assert_int_equal(ct.per_ip.count, 0);
+    fe_conn_table_free(&ct);
+}
+
+#define CT_THREADS 4
+#define CT_PER_IP 50
+
+struct ct_arg {
+    struct fe_conn_table *ct;
+    int admitted;
+};
+
+static void *ct_worker(void *p)
+{
+    struct ct_arg *a = p;
+    uint64_t open;
+    int i;
+
+    for (i = 0; i < 1000; i++)
+        if (fe_conn_admit(a->ct, 7, 0, CT_PER_IP, &open) == 0)
+            a->admitted++;
+    return NULL;
+}
+
+static void test_conn_table_threads(void **state)
+{
+    struct fe_conn_table ct;
+    struct ct_arg args[CT_THREADS];
+    pthread_t tid[CT_THREADS];
+    int i, total = 0;
+
+    (void)state;
+    fe_conn_table_init(&ct);
+    for (i = 0; i < CT_THREADS; i++) {
+        args[i] = (struct ct_arg){&ct, 0};
+        assert_int_equal(pthread_create(&tid[i], NULL, ct_worker, &args[i]), 0);
+    }
+    for (i = 0; i < CT_THREADS; i++) {
+        pthread_join(tid[i], NULL);
+        total += args[i].admitted;
+    }
+    assert_int_equal(total, CT_PER_IP); /* not CT_THREADS * CT_PER_IP */
+    for (i = 0; i < total; i++)
+        fe_conn_release(&ct, 7);
+    assert_int_equal(ct.nconns, 0);
+    fe_conn_table_free(&ct);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -590,6 +663,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_proxy_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_relay_tricks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_requiretls, setup, teardown),
+        cmocka_unit_test(test_conn_table),
+        cmocka_unit_test(test_conn_table_threads),
     };
 
     ms_log_init("test", MS_LOG_WARN);
