@@ -2,6 +2,7 @@
  * fe_auth.c - base64, SASL PLAIN, the password file (see fe_auth.h).
  */
 #include "fe_auth.h"
+#include "ms_base64.h"
 #include "ms_config.h"
 #include "ms_error.h"
 #include "ms_mem.h"
@@ -133,69 +134,21 @@ int fe_passwd_sender_ok(const struct fe_passwd_entry *e, const char *addr)
     return 0;
 }
 
-static int b64val(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
 int fe_base64_decode(const char *in, size_t n, char *out, size_t outlen)
 {
-    size_t i, o = 0;
-    int v[4], k, pad;
+    int r;
 
-    if (n % 4 != 0)
-        return MS_EPROTO;
-    for (i = 0; i < n; i += 4) {
-        pad = 0;
-        for (k = 0; k < 4; k++) {
-            if (in[i + k] == '=' && i + 4 == n && k >= 2) {
-                v[k] = 0;
-                pad++;
-            } else if (pad || (v[k] = b64val((unsigned char)in[i + k])) < 0) {
-                return MS_EPROTO;
-            }
-        }
-        if (o + 3 - (size_t)pad + 1 > outlen)
-            return MS_ETOOBIG;
-        out[o++] = (char)(v[0] << 2 | v[1] >> 4);
-        if (pad < 2)
-            out[o++] = (char)((v[1] & 15) << 4 | v[2] >> 2);
-        if (pad < 1)
-            out[o++] = (char)((v[2] & 3) << 6 | v[3]);
-    }
     if (outlen == 0)
         return MS_ETOOBIG;
-    out[o] = '\0';
-    return (int)o;
+    /* Strict (RFC 4954 §4): padding required, no white space. */
+    if ((r = ms_base64_decode(in, n, (uint8_t *)out, outlen - 1, 0)) >= 0)
+        out[r] = '\0';
+    return r;
 }
 
 size_t fe_base64_encode(const char *in, size_t n, char *out, size_t outlen)
 {
-    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    const unsigned char *p = (const unsigned char *)in;
-    size_t i, o = 0;
-
-    for (i = 0; i < n && o + 5 <= outlen; i += 3) {
-        unsigned v = (unsigned)p[i] << 16 | (i + 1 < n ? (unsigned)p[i + 1] << 8 : 0) |
-                     (i + 2 < n ? p[i + 2] : 0);
-        out[o++] = tab[v >> 18 & 63];
-        out[o++] = tab[v >> 12 & 63];
-        out[o++] = i + 1 < n ? tab[v >> 6 & 63] : '=';
-        out[o++] = i + 2 < n ? tab[v & 63] : '=';
-    }
-    if (o < outlen)
-        out[o] = '\0';
-    return o;
+    return ms_base64_encode(in, n, out, outlen);
 }
 
 int fe_sasl_plain(const char *resp, size_t n, char *user, size_t userlen, char *pass,

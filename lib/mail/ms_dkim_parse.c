@@ -5,6 +5,7 @@
  * Nothing here allocates (apart from appending to the caller's ms_buf),
  * touches OpenSSL, the clock or the network; every function is fuzzed.
  */
+#include "ms_base64.h"
 #include "ms_dkim.h"
 #include "ms_error.h"
 
@@ -191,75 +192,9 @@ static int list_has(const char *s, size_t len, const char *word)
  * Base64 with FWS (§2.4, §3.5 b=)
  * ------------------------------------------------------------------------ */
 
-static int b64val(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
 int ms_dkim_base64_decode(const char *s, size_t len, uint8_t *out, size_t max)
 {
-    uint32_t acc = 0;
-    size_t n = 0, chars = 0, pad = 0;
-
-    for (size_t k = 0; k < len; k++) {
-        unsigned char c = (unsigned char)s[k];
-        int v;
-
-        if (is_wsp(c) || c == '\r' || c == '\n')
-            continue;
-        if (c == '=') {
-            pad++;
-            continue;
-        }
-        if (pad)
-            return MS_EPROTO; /* data after padding */
-        v = b64val(c);
-        if (v < 0)
-            return MS_EPROTO;
-        acc = (acc << 6) | (uint32_t)v;
-        chars++;
-        if (chars % 4 == 0) {
-            if (n + 3 > max)
-                return MS_ETOOBIG;
-            out[n++] = (uint8_t)(acc >> 16);
-            out[n++] = (uint8_t)(acc >> 8);
-            out[n++] = (uint8_t)acc;
-            acc = 0;
-        }
-    }
-    switch (chars % 4) {
-    case 0:
-        if (pad)
-            return MS_EPROTO;
-        break;
-    case 1: return MS_EPROTO;
-    case 2:
-        if (pad != 0 && pad != 2)
-            return MS_EPROTO;
-        if (n + 1 > max)
-            return MS_ETOOBIG;
-        out[n++] = (uint8_t)(acc >> 4);
-        break;
-    case 3:
-        if (pad > 1)
-            return MS_EPROTO;
-        if (n + 2 > max)
-            return MS_ETOOBIG;
-        out[n++] = (uint8_t)(acc >> 10);
-        out[n++] = (uint8_t)(acc >> 2);
-        break;
-    }
-    return (int)n;
+    return ms_base64_decode(s, len, out, max, MS_BASE64_SKIP_FWS | MS_BASE64_PAD_OPTIONAL);
 }
 
 /* ------------------------------------------------------------------------

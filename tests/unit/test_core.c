@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "ms_base64.h"
 #include "ms_buf.h"
 #include "ms_config.h"
 #include "ms_error.h"
@@ -177,12 +178,50 @@ static void test_log_quote(void **state)
     assert_non_null(strstr(out, "...\""));
 }
 
+static void test_base64(void **state)
+{
+    static const struct {
+        const char *in;
+        int flags;
+        int want; /* length, or an error */
+        const char *out;
+    } cases[] = {
+        {"YWJj", 0, 3, "abc"},
+        {"YWI=", 0, 2, "ab"},
+        {"YQ==", 0, 1, "a"},
+        {"", 0, 0, ""},
+        {"YQ", 0, MS_EPROTO, NULL},              /* padding required */
+        {"YQ", MS_BASE64_PAD_OPTIONAL, 1, "a"},
+        {"YQ=", 0, MS_EPROTO, NULL},
+        {"Y===", 0, MS_EPROTO, NULL},
+        {"YQ==YQ==", 0, MS_EPROTO, NULL},        /* data after padding */
+        {"YW Jj", 0, MS_EPROTO, NULL},           /* no white space unless asked */
+        {"YW J\r\n\tj", MS_BASE64_SKIP_FWS, 3, "abc"},
+        {"YW*j", MS_BASE64_SKIP_FWS, MS_EPROTO, NULL},
+    };
+    uint8_t out[8];
+    char enc[16];
+    size_t i;
+    int r;
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        r = ms_base64_decode(cases[i].in, strlen(cases[i].in), out, sizeof(out), cases[i].flags);
+        assert_int_equal(r, cases[i].want);
+        if (r > 0)
+            assert_memory_equal(out, cases[i].out, (size_t)r);
+    }
+    assert_int_equal(ms_base64_decode("YWJjZGVmZ2hp", 12, out, 8, 0), MS_ETOOBIG);
+    assert_int_equal(ms_base64_encode("ab", 2, enc, sizeof(enc)), 4);
+    assert_string_equal(enc, "YWI=");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_buf_limit),    cmocka_unit_test(test_config),
         cmocka_unit_test(test_http_parse),   cmocka_unit_test(test_metrics_render),
         cmocka_unit_test(test_hostport),     cmocka_unit_test(test_log_quote),
+        cmocka_unit_test(test_base64),
     };
     return cmocka_run_group_tests_name("core", tests, NULL, NULL);
 }
