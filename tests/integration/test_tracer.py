@@ -238,3 +238,28 @@ def test_operations_endpoints_count_messages(cluster):
     assert sum(v for k, v in queued.items() if 'result="queued"' in k) == 3, queued
     delivered = metric_samples(wk.metrics_text(), "mailstream_worker_deliveries_total")
     assert sum(v for k, v in delivered.items() if 'outcome="delivered"' in k) == 3, delivered
+
+
+def test_maximum_size_message_end_to_end(cluster):
+    """A message of exactly the advertised SIZE goes through the frontend,
+    Kafka (record limits set consistently) and the worker to the sink."""
+    port = smtp_port(cluster)
+    size = cluster.spec.max_message_size
+    head = (b"From: a@example.org\r\nTo: user@mailstream.test\r\n"
+            b"Message-ID: <max-size@example.org>\r\nSubject: max size\r\n\r\n")
+    line = b"0123456789" * 9 + b"abcdefgh\r\n"           # 100 octets
+    body = line * ((size - len(head)) // len(line))
+    msg = head + body + b"x" * (size - len(head) - len(body) - 2) + b"\r\n"
+    assert len(msg) == size
+    with smtplib.SMTP("127.0.0.1", port, timeout=120) as s:
+        s.ehlo()
+        assert s.has_extn("size") and int(s.esmtp_features["size"]) == size
+        s.sendmail("a@example.org", ["user@mailstream.test"], msg)  # smtplib sends SIZE=
+    [got] = cluster.sink.wait_for(1, timeout=180)
+    assert split_received(got.data)[1] == msg
+
+    # One octet more is refused with 552 5.3.4, never truncated.
+    with smtplib.SMTP("127.0.0.1", port, timeout=120) as s:
+        with pytest.raises(smtplib.SMTPException) as e:
+            s.sendmail("a@example.org", ["user@mailstream.test"], msg + b"y")
+        assert b"5.3.4" in str(e.value).encode() or "552" in str(e.value)
