@@ -969,6 +969,12 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return a
 
 
+# Every load comes from one loopback address: the per-address and total
+# connection limits (docs/config.md) must not cap the sessions or the 10,000
+# idle connections we measure. --frontend-set can still override them.
+BENCH_FRONTEND_DEFAULTS = ["smtp.max_connections_per_ip=20000", "smtp.max_connections=20000"]
+
+
 def _sections(items: List[str]) -> Optional[Dict[str, Dict[str, object]]]:
     """["delivery.max_in_flight=256", "listener.mx.x=1"] -> {section: {key: value}}
     (the key is the part after the last dot)."""
@@ -1033,7 +1039,8 @@ class Bench:
         return MailstreamSystem(name, self.ms_sup, self.kafka, self.redis, self.sink.address,
                                 self.a.frontends, self.a.workers, cfg, self.events_topic,
                                 f"{self.tag}-{'f' if cfg else 'd'}", self.a.partitions,
-                                _sections(self.a.frontend_set), _sections(self.a.worker_set))
+                                _sections(BENCH_FRONTEND_DEFAULTS + self.a.frontend_set),
+                                _sections(self.a.worker_set))
 
     def stop(self) -> None:
         self.ms_sup.stop_all()
@@ -1075,7 +1082,8 @@ def run(args: argparse.Namespace, kafka: Optional[mslocal.Kafka] = None,
                     "probe_sessions": args.probe_sessions, "kafka_warmup": args.kafka_warmup,
                     "frontends": args.frontends,
                     "workers": args.workers, "partitions": args.partitions,
-                    "frontend_set": args.frontend_set, "worker_set": args.worker_set,
+                    "frontend_set": BENCH_FRONTEND_DEFAULTS + args.frontend_set,
+                    "worker_set": args.worker_set,
                     "systems": systems, "workloads": [w.__dict__ for w in workloads],
                     "idle": args.idle, "label": args.label, "rlimit_nofile": nofile},
         "runs": [], "idle": [], "notes": [],
