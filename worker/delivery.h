@@ -64,7 +64,7 @@
 #include "smtp_client.h"
 
 /* Default of [delivery] max_in_flight. */
-#define WK_MAX_IN_FLIGHT_DEFAULT 64
+#define WK_MAX_IN_FLIGHT_DEFAULT 256
 /* How long delivered markers live: longer than any redelivery can take. */
 #define WK_MARKER_TTL_S (7 * 24 * 3600)
 /* A Redis command not answered in this time is treated as failed. */
