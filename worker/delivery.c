@@ -1692,16 +1692,6 @@ static void stats_cb(uv_timer_t *t)
     size_t l1[2], l2[5];
     int k;
 
-    /* XXX: a workaround for cluster/ms_kafka.c: when partitions are revoked
-     * while the glue's backlog had paused fetching, the backlog is dropped
-     * but fetching stays paused (new partitions too) until the application
-     * pauses and resumes.  Do exactly that for every consumer we do not
-     * hold paused ourselves; harmless when nothing is wrong. */
-    for (k = 0; k <= WK_RETRY_TIERS_MAX; k++)
-        if (d->consumers[k] && !d->cons_paused[k] && !d->draining) {
-            ms_consumer_pause(d->consumers[k]);
-            ms_consumer_resume(d->consumers[k]); /* may hand out records */
-        }
     if (d->redis == NULL || ++d->ticks % (WK_RETRY_STATS_MS / WK_TICK_MS) != 1)
         return;
     for (k = 0; k < 2; k++)
