@@ -47,7 +47,8 @@ APT_PACKAGES=(
 	libopendmarc-dev libinih-dev libcmocka-dev libcrypt-dev
 	clang libclang-rt-14-dev clang-format
 	libunbound-dev libyaml-dev publicsuffix
-	redis-server postfix swaks kcat openssl curl nsd haproxy
+	redis-server postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl
+	kcat openssl curl nsd haproxy
 	dovecot-lmtpd dovecot-imapd dovecot-pop3d
 	maven
 )
