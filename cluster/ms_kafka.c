@@ -27,6 +27,9 @@
 #define MS_KAFKA_PROBE_INTERVAL_MS 2000
 #define MS_KAFKA_PROBE_TIMEOUT_MS 1500
 #define MS_KAFKA_DEFAULT_PRODUCE_TIMEOUT_MS 10000
+/* The producer's own deadline is message.timeout.ms plus this (see
+ * producer_watchdog). */
+#define MS_KAFKA_STALL_GRACE_MS 2000
 /* librdkafka's prefetch queue per consumer, in KiB. */
 #define MS_KAFKA_CONSUMER_QUEUE_KB "65536"
 #define MS_KAFKA_FETCH_MAX "52428800"
@@ -34,6 +37,9 @@
  * backlog; past this many, fetching itself is paused (and resumed below half),
  * so memory stays bounded without pausing the fetcher on every record. */
 #define MS_KAFKA_BACKLOG_MAX 256
+/* A producer moves on to the next partition after this many octets
+ * (sticky_partitioner); a few linger windows' worth at full speed. */
+#define MS_KAFKA_STICKY_BYTES (256 * 1024)
 
 /* ---- shared plumbing ---- */
 
@@ -58,6 +64,7 @@ struct kloop {
     int ready;
     char why[128];
     void (*serve)(struct kloop *);
+    void *owner;            /* the ms_producer or ms_consumer */
     int handles_open;
 };
 
@@ -240,12 +247,51 @@ struct ms_producer {
     struct kloop *kl;
     ms_produce_cb cb;
     void *arg;
+    /* Sticky partitioning (see sticky_partitioner): octets handed to
+     * ms_producer_send so far, and where this producer's walk starts. */
+    _Atomic uint64_t sticky_bytes;
+    uint32_t sticky_base;
+    /* Stall watchdog (producer_watchdog): the timeout, and since when
+     * records have been outstanding without any report (0: not stalled). */
+    uint64_t stall_limit_ms;
+    uint64_t quiet_since_ms;
 };
+
+/*
+ * Records go to one partition until MS_KAFKA_STICKY_BYTES have been produced,
+ * then to the next one, instead of hashing the key (the queue id).  Nothing
+ * needs a queue id on a particular partition: each record is a whole message.
+ * Hashing put every record of a linger window on a different partition, so
+ * the broker appended one-record batches (and the produce latency the 250
+ * waits for grew with its CPU); sticking to a partition makes each linger
+ * window one batch (the same idea as Kafka's own producer, KIP-480/KIP-794).
+ * Over time every partition gets the same share, so a consumer group still
+ * spreads the work.  A partition without a leader is skipped.
+ *
+ * librdkafka may call this from its own threads (records produced before the
+ * topic's metadata was known are partitioned later), hence the atomic.
+ */
+static int32_t sticky_partitioner(const rd_kafka_topic_t *rkt, const void *key, size_t keylen,
+                                  int32_t partition_cnt, void *rkt_opaque, void *msg_opaque)
+{
+    ms_producer *p = rkt_opaque;
+    uint64_t window = atomic_load(&p->sticky_bytes) / MS_KAFKA_STICKY_BYTES;
+    int32_t first = (int32_t)((window + p->sticky_base) % (uint64_t)partition_cnt);
+
+    for (int32_t i = 0; i < partition_cnt; i++) {
+        int32_t part = (first + i) % partition_cnt;
+        if (rd_kafka_topic_partition_available(rkt, part))
+            return part;
+    }
+    return first; /* none available: wait in this one's queue */
+}
 
 static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
     ms_producer *p = opaque;
     uint64_t id = (uint64_t)(uintptr_t)m->_private;
+
+    p->quiet_since_ms = 0;
 
     if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
         p->cb(p->arg, id, 0, NULL);
@@ -254,10 +300,44 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
               rd_kafka_err2str(m->err));
 }
 
+/*
+ * librdkafka does not always enforce message.timeout.ms while the partition
+ * leader is unreachable: records already moved to a broker's transmit queue
+ * wait for that broker to come back (confluentinc/librdkafka#1432, #2226),
+ * and the client waiting for our 250 would wait as long.  So the glue keeps
+ * its own deadline: when records have been outstanding for the timeout plus
+ * MS_KAFKA_STALL_GRACE_MS without a single delivery report, and the broker
+ * probe says Kafka is unreachable, every queued and in-flight record is
+ * purged and reported as failed (MS_EUNAVAIL).  XXX: a purged in-flight
+ * record may still have reached the broker; the frontend answers 451 and the
+ * client retries, so such a message can arrive twice (at least once).
+ */
+static void producer_watchdog(ms_producer *p)
+{
+    uint64_t now = uv_now(p->kl->loop);
+
+    if (rd_kafka_outq_len(p->rk) == 0) {
+        p->quiet_since_ms = 0;
+        return;
+    }
+    if (p->quiet_since_ms == 0) {
+        p->quiet_since_ms = now;
+        return;
+    }
+    if (now - p->quiet_since_ms < p->stall_limit_ms || p->kl->ready)
+        return;
+    ms_warn("event=kafka_produce_stalled outstanding=%d quiet_ms=%llu action=purge",
+            rd_kafka_outq_len(p->rk), (unsigned long long)(now - p->quiet_since_ms));
+    rd_kafka_purge(p->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT |
+                              RD_KAFKA_PURGE_F_NON_BLOCKING);
+    p->quiet_since_ms = now;
+}
+
 static void producer_serve(struct kloop *k)
 {
     while (rd_kafka_poll(k->rk, 0) > 0)
         ;
+    producer_watchdog(k->owner);
 }
 
 ms_producer *ms_producer_new(uv_loop_t *loop, const struct ms_kafka_conf *kc, ms_produce_cb cb,
@@ -265,6 +345,7 @@ ms_producer *ms_producer_new(uv_loop_t *loop, const struct ms_kafka_conf *kc, ms
 {
     ms_producer *p = ms_calloc(1, sizeof(*p));
     rd_kafka_conf_t *conf = base_conf(kc);
+    rd_kafka_topic_conf_t *tconf;
     char num[32];
 
     /* acks=all and idempotence: a 250 means the record is on every in-sync
@@ -275,9 +356,20 @@ ms_producer *ms_producer_new(uv_loop_t *loop, const struct ms_kafka_conf *kc, ms
              kc->produce_timeout_ms > 0 ? kc->produce_timeout_ms
                                         : MS_KAFKA_DEFAULT_PRODUCE_TIMEOUT_MS);
     set_conf(conf, "message.timeout.ms", num);
+    p->stall_limit_ms = (uint64_t)(kc->produce_timeout_ms > 0 ? kc->produce_timeout_ms
+                                                              : MS_KAFKA_DEFAULT_PRODUCE_TIMEOUT_MS) +
+                        MS_KAFKA_STALL_GRACE_MS;
     snprintf(num, sizeof(num), "%d", kc->linger_ms > 0 ? kc->linger_ms : 1);
     set_conf(conf, "linger.ms", num);
     set_conf(conf, "queue.buffering.max.kbytes", "1048576");
+    tconf = rd_kafka_topic_conf_new();
+    rd_kafka_topic_conf_set_partitioner_cb(tconf, sticky_partitioner);
+    rd_kafka_topic_conf_set_opaque(tconf, p);
+    rd_kafka_conf_set_default_topic_conf(conf, tconf);
+    /* Producers of one process and of several nodes start their walks at
+     * different partitions. */
+    p->sticky_base = (uint32_t)((uint64_t)getpid() * 2654435761u ^ (uint64_t)(uintptr_t)p >> 4 ^
+                                (uint64_t)time(NULL));
     rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
     rd_kafka_conf_set_log_cb(conf, log_cb);
     rd_kafka_conf_set_error_cb(conf, error_cb);
@@ -291,6 +383,7 @@ ms_producer *ms_producer_new(uv_loop_t *loop, const struct ms_kafka_conf *kc, ms
     p->cb = cb;
     p->arg = arg;
     p->kl = ms_calloc(1, sizeof(*p->kl));
+    p->kl->owner = p;
     kloop_start(p->kl, loop, p->rk, rd_kafka_queue_get_main(p->rk), producer_serve);
     return p;
 }
@@ -302,6 +395,7 @@ int ms_producer_send(ms_producer *p, const char *topic, const void *key, size_t 
 
     if (len > MS_KAFKA_RECORD_MAX)
         return MS_ETOOBIG;
+    atomic_fetch_add(&p->sticky_bytes, len);
     err = rd_kafka_producev(p->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, keylen),
                             RD_KAFKA_V_VALUE((void *)value, len),
                             RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),

@@ -1,0 +1,77 @@
+"""How the frontend's producer spreads records over the queue topic's
+partitions (cluster/ms_kafka.c, sticky_partitioner): records stay on one
+partition for a window of MS_KAFKA_STICKY_BYTES octets, then move on, so a
+linger window becomes one batch while every partition still gets its share.
+Read back from the real broker with kcat."""
+
+import shutil
+import smtplib
+import subprocess
+
+import pytest
+
+import mslocal
+
+pytestmark = pytest.mark.timeout(240)
+
+STICKY_BYTES = 256 * 1024  # MS_KAFKA_STICKY_BYTES
+
+
+def _partitions(cluster, expect: int) -> list:
+    """The partition of each record on the cluster's queue topic, in
+    produce order (offsets within a partition; records are numbered by a
+    Subject header, so order across partitions comes from it)."""
+    kcat = shutil.which("kcat") or shutil.which("kafkacat")
+    if not kcat:
+        pytest.fail("kcat/kafkacat not installed: run `make deps`")
+    r = subprocess.run([kcat, "-b", cluster.kafka.bootstrap, "-C", "-t", cluster.spec.topic,
+                        "-e", "-q", "-o", "beginning",
+                        "-X", f"fetch.max.bytes={mslocal.MAX_RECORD_BYTES}",
+                        "-X", f"receive.message.max.bytes={mslocal.MAX_RECORD_BYTES + 1024 * 1024}",
+                        "-f", "@@P%p@@%s"],
+                       capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()
+    seq = []
+    for rec in r.stdout.split(b"@@P")[1:]:
+        part, _, rest = rec.partition(b"@@")
+        # The envelope is protobuf; the message text is inside it verbatim.
+        i = rest.find(b"Subject: part-")
+        if i >= 0:
+            n = int(rest[i + 14:rest.index(b"\r", i)])
+            seq.append((n, int(part)))
+    assert len(seq) == expect, (len(seq), r.stdout[:300])
+    return [p for _, p in sorted(seq)]
+
+
+def _send(port: int, count: int, body_octets: int) -> None:
+    body = ("x" * 76 + "\r\n") * (body_octets // 78)
+    with smtplib.SMTP(mslocal.HOST, port, timeout=30) as s:
+        for n in range(count):
+            msg = (f"From: a@example.org\r\nTo: b@mailstream.test\r\nSubject: part-{n}\r\n"
+                   f"\r\n{body}")
+            s.sendmail("a@example.org", ["b@mailstream.test"], msg.encode())
+
+
+def test_small_records_of_one_producer_share_a_partition(cluster_factory):
+    cl = cluster_factory(frontends=1, workers=0, frontend_extra={"node": {"threads": 1}})
+    port = cl.listener("mx")[1]
+    # 40 records of ~2 KiB: 80 KiB, less than one window.  Hashing the queue
+    # ids over 12 partitions would use nearly all of them.
+    _send(port, 40, 2048)
+    parts = _partitions(cl, 40)
+    assert len(set(parts)) <= 2, parts
+    # Within the window the partition only changes once, at a boundary.
+    changes = sum(1 for a, b in zip(parts, parts[1:]) if a != b)
+    assert changes <= 1, parts
+
+
+def test_large_volume_moves_over_partitions(cluster_factory):
+    cl = cluster_factory(frontends=1, workers=0, frontend_extra={"node": {"threads": 1}})
+    port = cl.listener("mx")[1]
+    # 24 records of ~100 KiB: about 9 windows, so at least 6 partitions,
+    # each holding a contiguous run of records.
+    _send(port, 24, 100 * 1024)
+    parts = _partitions(cl, 24)
+    assert len(set(parts)) >= 6, parts
+    runs = [parts[0]] + [b for a, b in zip(parts, parts[1:]) if a != b]
+    assert len(runs) == len(set(runs)), parts  # no partition revisited
