@@ -25,6 +25,8 @@ struct ms_kafka_conf {
     const char *client_id;     /* node id */
     int produce_timeout_ms;    /* message.timeout.ms; 0: 10000 */
     int linger_ms;             /* linger.ms; 0: 1 */
+    int fetch_min_bytes;       /* consumer fetch.min.bytes; 0: 1 */
+    int fetch_wait_ms;         /* consumer fetch.wait.max.ms; 0: librdkafka's 500 */
 };
 
 /* ---- producer ---- */

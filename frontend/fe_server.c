@@ -92,6 +92,8 @@ int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, s
     set->hostname = ms_config_get(cfg, "node", "hostname", "localhost");
     set->topic = ms_config_get(cfg, "kafka", "topic", "queue");
     /* The Kafka record holds the message and its envelope. */
+    if (get_u64(cfg, "kafka", "linger_ms", 1, 1, 1000, &set->kafka_linger_ms, err, errlen) < 0)
+        return MS_ECONFIG;
     if (get_u64(cfg, "smtp", "max_message_size", 26214400, 1024,
                 MS_KAFKA_RECORD_MAX - FE_ENVELOPE_HEADROOM, &set->max_message_size, err,
                 errlen) < 0 ||

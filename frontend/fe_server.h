@@ -99,6 +99,7 @@ struct fe_settings {
     const char *node_id;
     const char *hostname;
     const char *topic;
+    uint64_t kafka_linger_ms;           /* [kafka] linger_ms */
     uint64_t max_message_size;
     uint64_t max_recipients;
     uint64_t max_errors;

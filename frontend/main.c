@@ -388,6 +388,7 @@ static void loop_setup(struct fe_loop *L, int index, size_t n)
     memset(&kconf, 0, sizeof(kconf));
     kconf.brokers = ms_config_get(cfg, "kafka", "brokers", "127.0.0.1:9092");
     kconf.client_id = srv->set.node_id;
+    kconf.linger_ms = (int)srv->set.kafka_linger_ms;
     srv->producer = ms_producer_new(L->loop, &kconf, fe_server_submitted, srv, err, sizeof(err));
     if (srv->producer == NULL)
         ms_fatal("event=kafka_error reason=\"%s\"", err);

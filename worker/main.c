@@ -52,7 +52,7 @@ static const char *var_node_id, *var_hostname, *var_metrics, *var_brokers, *var_
 static int64_t var_redis_port, var_max_in_flight, var_retry_min_ms, var_retry_max_ms,
     var_connect_timeout_ms, var_drain_timeout_ms, var_smtp_port, var_retry_tiers, var_max_age_s,
     var_dns_timeout_ms, var_suppress_ttl_s, var_reply_timeout_ms, var_dest_concurrency,
-    var_conn_cache_ms;
+    var_conn_cache_ms, var_linger_ms, var_fetch_min_bytes, var_fetch_wait_ms;
 
 static char default_node_id[256];
 
@@ -85,6 +85,9 @@ static const struct {
     int64_t *var;
 } int_params[] = {
     {"redis", "port", 6379, 1, 65535, &var_redis_port},
+    {"kafka", "linger_ms", 1, 1, 1000, &var_linger_ms},
+    {"kafka", "fetch_min_bytes", 1, 1, 16 * 1024 * 1024, &var_fetch_min_bytes},
+    {"kafka", "fetch_wait_ms", 500, 1, 10000, &var_fetch_wait_ms},
     {"delivery", "max_in_flight", WK_MAX_IN_FLIGHT_DEFAULT, 1, 100000, &var_max_in_flight},
     {"delivery", "retry_min_ms", WK_RETRY_MIN_MS, 1, 24 * 3600 * 1000, &var_retry_min_ms},
     {"delivery", "retry_max_ms", WK_RETRY_MAX_MS, 1, 24 * 3600 * 1000, &var_retry_max_ms},
@@ -410,6 +413,9 @@ int main(int argc, char **argv)
     memset(&kc, 0, sizeof(kc));
     kc.brokers = var_brokers;
     kc.client_id = var_node_id;
+    kc.linger_ms = (int)var_linger_ms;
+    kc.fetch_min_bytes = (int)var_fetch_min_bytes;
+    kc.fetch_wait_ms = (int)var_fetch_wait_ms;
     if ((w.producer = ms_producer_new(w.loop, &kc, wk_delivery_on_produced, w.delivery, err,
                                       sizeof(err))) == NULL)
         ms_fatal("event=kafka_producer_failed error=\"%s\"", err);
