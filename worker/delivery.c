@@ -1659,7 +1659,7 @@ wk_delivery *wk_delivery_new(uv_loop_t *loop, const struct wk_delivery_conf *con
                                       "Connections delayed: the destination's leases were all "
                                       "taken.", NULL);
     if (conf->conn_cache_ms > 0)
-        d->conn_cache = wk_smtp_cache_new(conf->conn_cache_ms);
+        d->conn_cache = wk_smtp_cache_new(conf->conn_cache_ms, conf->max_msgs_per_conn);
     uv_timer_init(loop, &d->stats_timer);
     d->stats_timer.data = d;
     d->stats_timer_open = 1;

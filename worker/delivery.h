@@ -97,6 +97,7 @@ struct wk_delivery_conf {
     int64_t max_age_s;
     int64_t suppress_ttl_s;             /* 0: no suppression list */
     uint64_t conn_cache_ms;             /* keep idle connections this long; 0: never */
+    unsigned max_msgs_per_conn;         /* then QUIT instead of parking; 0: no limit */
     int dest_concurrency;               /* connections per destination, cluster-wide
                                          * (Redis leases); 0: no limit */
     wk_tls_ctx *tls_ctx;                /* NULL: no STARTTLS at all */

@@ -52,7 +52,7 @@ static const char *var_node_id, *var_hostname, *var_metrics, *var_brokers, *var_
 static int64_t var_redis_port, var_max_in_flight, var_retry_min_ms, var_retry_max_ms,
     var_connect_timeout_ms, var_drain_timeout_ms, var_smtp_port, var_retry_tiers, var_max_age_s,
     var_dns_timeout_ms, var_suppress_ttl_s, var_reply_timeout_ms, var_dest_concurrency,
-    var_conn_cache_ms;
+    var_conn_cache_ms, var_max_msgs_per_conn;
 
 static char default_node_id[256];
 
@@ -95,6 +95,8 @@ static const struct {
     {"delivery", "reply_timeout_ms", 0, 0, 3600 * 1000, &var_reply_timeout_ms},
     {"delivery", "dest_concurrency", 0, 0, 100000, &var_dest_concurrency},
     {"delivery", "connection_cache_ms", 2000, 0, 600 * 1000, &var_conn_cache_ms},
+    {"delivery", "max_msgs_per_conn", WK_SMTP_MAX_MSGS_PER_CONN, 0, 1000000,
+     &var_max_msgs_per_conn},
     {"retry", "tiers", WK_RETRY_TIERS_DEFAULT, 0, WK_RETRY_TIERS_MAX, &var_retry_tiers},
     {"retry", "max_age_s", WK_MAX_AGE_S, 1, 365 * 24 * 3600, &var_max_age_s},
     {"dns", "timeout_ms", MS_RESOLVER_TIMEOUT_MS, 100, 600 * 1000, &var_dns_timeout_ms},
@@ -382,6 +384,7 @@ int main(int argc, char **argv)
     dc.suppress_ttl_s = var_suppress_ttl_s;
     dc.dest_concurrency = (int)var_dest_concurrency;
     dc.conn_cache_ms = (uint64_t)var_conn_cache_ms;
+    dc.max_msgs_per_conn = (unsigned)var_max_msgs_per_conn;
     load_tls(&dc);
     dc.events_topic = var_events_topic;
     dc.max_in_flight = (int)var_max_in_flight;

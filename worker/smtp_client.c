@@ -75,6 +75,7 @@ struct wk_smtp {
     char cache_key[192];
     wk_smtp *idle_prev, *idle_next; /* in the cache's idle list while SMTP_IDLE */
     int reused;
+    unsigned nmsgs;                 /* transactions finished on this connection */
     int rset_due;                   /* reused: send RSET on the next loop turn */
     int abort_data;                 /* pipelined DATA with no recipient accepted */
     /* TLS: ciphertext goes through memory BIOs (rbio in, wbio out). */
@@ -117,6 +118,7 @@ struct wk_tls_ctx {
 
 struct wk_smtp_cache {
     uint64_t idle_ms;
+    unsigned max_msgs;              /* transactions per connection; 0: no limit */
     wk_smtp *idle;                  /* most recently parked first */
     size_t nidle;
     size_t refs;                    /* sessions created with it, not yet freed */
@@ -587,11 +589,12 @@ static void tls_required(wk_smtp *s)
 
 /* ---- connection reuse ---- */
 
-wk_smtp_cache *wk_smtp_cache_new(uint64_t idle_ms)
+wk_smtp_cache *wk_smtp_cache_new(uint64_t idle_ms, unsigned max_msgs)
 {
     wk_smtp_cache *c = ms_calloc(1, sizeof(*c));
 
     c->idle_ms = idle_ms;
+    c->max_msgs = max_msgs;
     return c;
 }
 
@@ -620,7 +623,12 @@ static void smtp_park(wk_smtp *s)
     wk_smtp *o;
     size_t same = 0;
 
-    if (c == NULL || c->closing || c->nidle >= WK_SMTP_CACHE_MAX) {
+    s->nmsgs++;
+    /* Like Postfix's smtp_connection_reuse_count_limit: a connection that
+     * carried enough messages is closed, so no one server process (or
+     * its memory leaks) keeps us forever. */
+    if (c == NULL || c->closing || c->nidle >= WK_SMTP_CACHE_MAX ||
+        (c->max_msgs > 0 && s->nmsgs >= c->max_msgs)) {
         smtp_quit(s);
         return;
     }

@@ -111,10 +111,19 @@ void wk_smtp_timeouts_default(struct wk_smtp_timeouts *t);
 #define WK_SMTP_CACHE_MAX 256
 #define WK_SMTP_CACHE_PER_ADDR 16
 
-/* Parked connections, one loop.  Free with wk_smtp_cache_close() while the
- * loop still runs (it closes the idle connections). */
+/* Default of [delivery] max_msgs_per_conn: transactions one connection
+ * carries before it gets QUIT instead of being parked again (Postfix's
+ * smtp_connection_reuse_count_limit is unlimited by default, its
+ * smtp_connection_reuse_time_limit 300 s; we bound by count). */
+#define WK_SMTP_MAX_MSGS_PER_CONN 100
+
+/* Parked connections, one loop.  idle_ms: how long a connection may wait
+ * for the next message; max_msgs: transactions (finished, whatever their
+ * outcome) after which a connection is closed with QUIT instead of parked
+ * (0: no limit).  Free with wk_smtp_cache_close() while the loop still runs
+ * (it closes the idle connections). */
 typedef struct wk_smtp_cache wk_smtp_cache;
-wk_smtp_cache *wk_smtp_cache_new(uint64_t idle_ms);
+wk_smtp_cache *wk_smtp_cache_new(uint64_t idle_ms, unsigned max_msgs);
 /* Connections parked right now. */
 size_t wk_smtp_cache_idle(const wk_smtp_cache *c);
 void wk_smtp_cache_close(wk_smtp_cache *c);
