@@ -100,6 +100,9 @@ struct wk_delivery_conf {
     unsigned max_msgs_per_conn;         /* then QUIT instead of parking; 0: no limit */
     int dest_concurrency;               /* connections per destination, cluster-wide
                                          * (Redis leases); 0: no limit */
+    const char *relay_user;             /* AUTH to relay_host as this user; NULL: none */
+    const char *relay_password;         /* with relay_user */
+    int relay_auth_plaintext;           /* AUTH allowed without TLS */
     wk_tls_ctx *tls_ctx;                /* NULL: no STARTTLS at all */
     int tls_default;                    /* enum wk_tls_policy for unlisted domains */
     const char *const *tls_keys;        /* per recipient domain (ms_domain_match) */
