@@ -802,6 +802,9 @@ static void smtp_send_mail(wk_smtp *s)
         n += (size_t)snprintf(params + n, sizeof(params) - n, " BODY=8BITMIME");
     if (s->smtputf8 && (s->ehlo.flags & WK_EHLO_SMTPUTF8))
         snprintf(params + n, sizeof(params) - n, " SMTPUTF8");
+    ms_debug("event=smtp_mail qid=%s peer=%s via=%s size=%zu tls=%s auth=%s", s->log_id, s->peer,
+             s->chunking ? "bdat" : "data", s->body_len, s->tls_on ? "yes" : "no",
+             s->auth_done ? "yes" : "no");
     smtp_enter_state(s, SMTP_MAIL);
     smtp_send(s, "MAIL FROM:<%s>%s\r\n", s->mail_from, params);
     if (s->ehlo.flags & WK_EHLO_PIPELINING) {
