@@ -16,7 +16,9 @@
  *   connect    with a cluster-wide lease per destination when [delivery]
  *              dest_concurrency is set (Redis sorted set ms:lease:<name>,
  *              leases lapse by themselves if a worker dies), STARTTLS by
- *              the [tls] policy of the recipient domain (smtp_client.h);
+ *              the [tls] policy of the recipient domain (smtp_client.h),
+ *              AUTH to the relay host when [delivery] relay_user is set,
+ *              lmtp:unix: transports over a UNIX-domain socket;
  *   outcome    per recipient (event.h): delivered, deferred or bounced;
  *              one log line and one `events` record per recipient and
  *              attempt; a delivered marker with a TTL right after the 250.
