@@ -921,6 +921,7 @@ static void dest_connect_now(struct msg *m, struct dest *ds)
         sm.auth_user = d->conf.relay_user;
         sm.auth_password = d->conf.relay_password;
         sm.auth_plaintext = d->conf.relay_auth_plaintext;
+        sm.auth_mechs = d->conf.relay_auth_mechs;
     }
     sm.lmtp = ds->t && ds->t->kind == MS_TRANSPORT_LMTP;
     if (d->conf.tls_ctx) {

@@ -105,6 +105,7 @@ struct wk_delivery_conf {
     const char *relay_user;             /* AUTH to relay_host as this user; NULL: none */
     const char *relay_password;         /* with relay_user */
     int relay_auth_plaintext;           /* AUTH allowed without TLS */
+    unsigned relay_auth_mechs;          /* WK_AUTH_* mask; 0: PLAIN and LOGIN */
     wk_tls_ctx *tls_ctx;                /* NULL: no STARTTLS at all */
     int tls_default;                    /* enum wk_tls_policy for unlisted domains */
     const char *const *tls_keys;        /* per recipient domain (ms_domain_match) */

@@ -50,7 +50,7 @@ static const char *var_node_id, *var_hostname, *var_metrics, *var_brokers, *var_
     *var_events_topic, *var_group, *var_redis_host, *var_relay_host, *var_log_level,
     *var_transport_map, *var_transport_map_file, *var_dns_upstream, *var_dns_trust_anchor,
     *var_tls_policy, *var_tls_policy_map, *var_tls_ca_file, *var_relay_user, *var_relay_password,
-    *var_relay_password_file, *var_relay_auth_plaintext;
+    *var_relay_password_file, *var_relay_auth_plaintext, *var_relay_auth_mechanisms;
 static int64_t var_redis_port, var_max_in_flight, var_retry_min_ms, var_retry_max_ms,
     var_connect_timeout_ms, var_drain_timeout_ms, var_smtp_port, var_retry_tiers, var_max_age_s,
     var_dns_timeout_ms, var_suppress_ttl_s, var_reply_timeout_ms, var_dest_concurrency,
@@ -76,6 +76,7 @@ static const struct {
     {"delivery", "relay_password", "", &var_relay_password},
     {"delivery", "relay_password_file", "", &var_relay_password_file},
     {"delivery", "relay_auth_plaintext", "no", &var_relay_auth_plaintext},
+    {"delivery", "relay_auth_mechanisms", "plain, login", &var_relay_auth_mechanisms},
     {"transport", "map", "", &var_transport_map},
     {"transport", "map_file", "", &var_transport_map_file},
     {"dns", "upstream", "", &var_dns_upstream},
@@ -208,6 +209,7 @@ static void load_relay_auth(struct wk_delivery_conf *dc)
 {
     const char *pw = var_relay_password;
     size_t n;
+    int mechs;
     FILE *f;
 
     if (strcmp(var_relay_auth_plaintext, "yes") != 0 && strcmp(var_relay_auth_plaintext, "no") != 0)
@@ -249,6 +251,10 @@ static void load_relay_auth(struct wk_delivery_conf *dc)
     dc->relay_user = var_relay_user;
     dc->relay_password = pw;
     dc->relay_auth_plaintext = strcmp(var_relay_auth_plaintext, "yes") == 0;
+    if ((mechs = wk_auth_mechs_parse(var_relay_auth_mechanisms)) < 0)
+        ms_fatal("event=config_invalid section=delivery key=relay_auth_mechanisms value=\"%s\" "
+                 "want=\"plain and/or login\"", var_relay_auth_mechanisms);
+    dc->relay_auth_mechs = (unsigned)mechs;
 }
 
 /* The relay host is resolved once at start (a smarthost is configuration,

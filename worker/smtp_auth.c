@@ -7,6 +7,7 @@
 
 #include <openssl/crypto.h>
 #include <string.h>
+#include <strings.h>
 
 enum wk_auth_mech wk_auth_pick(unsigned offered)
 {
@@ -15,6 +16,31 @@ enum wk_auth_mech wk_auth_pick(unsigned offered)
     if (offered & WK_AUTH_LOGIN)
         return WK_AUTH_LOGIN;
     return WK_AUTH_NONE;
+}
+
+int wk_auth_mechs_parse(const char *list)
+{
+    const char *p = list, *start;
+    size_t n;
+    int mask = 0;
+
+    for (;;) {
+        while (*p == ' ' || *p == ',' || *p == '\t')
+            p++;
+        if (*p == '\0')
+            break;
+        start = p;
+        while (*p && *p != ' ' && *p != ',' && *p != '\t')
+            p++;
+        n = (size_t)(p - start);
+        if (n == 5 && strncasecmp(start, "PLAIN", 5) == 0)
+            mask |= WK_AUTH_PLAIN;
+        else if (n == 5 && strncasecmp(start, "LOGIN", 5) == 0)
+            mask |= WK_AUTH_LOGIN;
+        else
+            return MS_EINVAL;
+    }
+    return mask ? mask : MS_EINVAL;
 }
 
 const char *wk_auth_mech_name(enum wk_auth_mech m)

@@ -32,6 +32,10 @@
 /* The mechanism to use among those offered (a WK_AUTH_* mask): PLAIN when
  * offered (one round trip), else LOGIN, else WK_AUTH_NONE. */
 enum wk_auth_mech wk_auth_pick(unsigned offered);
+/* A comma- or space-separated list of mechanism names ("plain, login",
+ * case-insensitive; like Postfix's smtp_sasl_mechanism_filter) -> the
+ * WK_AUTH_* mask, or MS_EINVAL for an unknown name or an empty list. */
+int wk_auth_mechs_parse(const char *list);
 /* "PLAIN", "LOGIN" or "none". */
 const char *wk_auth_mech_name(enum wk_auth_mech m);
 

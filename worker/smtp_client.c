@@ -93,6 +93,7 @@ struct wk_smtp {
     /* AUTH (RFC 4954), per connection: a reused one is authenticated. */
     char *auth_user, *auth_password;
     int auth_plaintext;
+    unsigned auth_mechs;            /* allowed (WK_AUTH_* mask) */
     enum wk_auth_mech auth_mech;
     int auth_step;                  /* LOGIN: 334 answered so far */
     int auth_done;
@@ -902,9 +903,12 @@ static void auth_start(wk_smtp *s)
                                                     : "STARTTLS not offered");
         return;
     }
-    if ((s->auth_mech = wk_auth_pick(s->ehlo.auth)) == WK_AUTH_NONE) {
-        auth_defer(s, "4.7.0", "%s offers no AUTH mechanism we can use (PLAIN, LOGIN)%s",
-                   s->peer, s->ehlo.flags & WK_EHLO_AUTH ? "" : ": no AUTH at all");
+    if ((s->auth_mech = wk_auth_pick(s->ehlo.auth & s->auth_mechs)) == WK_AUTH_NONE) {
+        auth_defer(s, "4.7.0", "%s offers no AUTH mechanism we may use (%s%s%s)%s", s->peer,
+                   s->auth_mechs & WK_AUTH_PLAIN ? "PLAIN" : "",
+                   s->auth_mechs == (WK_AUTH_PLAIN | WK_AUTH_LOGIN) ? ", " : "",
+                   s->auth_mechs & WK_AUTH_LOGIN ? "LOGIN" : "",
+                   s->ehlo.flags & WK_EHLO_AUTH ? "" : ": no AUTH at all");
         return;
     }
     smtp_enter_state(s, SMTP_AUTH);
@@ -1526,6 +1530,7 @@ int wk_smtp_start(uv_loop_t *loop, const struct sockaddr *addr,
         s->auth_user = ms_strdup(msg->auth_user);
         s->auth_password = ms_strdup(msg->auth_password);
         s->auth_plaintext = msg->auth_plaintext;
+        s->auth_mechs = msg->auth_mechs ? msg->auth_mechs : WK_AUTH_PLAIN | WK_AUTH_LOGIN;
     }
     tx_setup(s, msg);
     ms_buf_init(&s->in, WK_SMTP_INPUT_MAX);

@@ -29,7 +29,8 @@
  * UNIX-domain socket STARTTLS is never used (the socket is local).
  *
  * AUTH (RFC 4954) when msg->auth_user is set (the relay host): PLAIN
- * (RFC 4616, initial response) when offered, else LOGIN.  Credentials go
+ * (RFC 4616, initial response) when offered, else LOGIN (only those in
+ * msg->auth_mechs, when set).  Credentials go
  * only over TLS: a session without TLS at that point (STARTTLS not
  * offered, policy `none`, a `may` fallback) defers every recipient with
  * 4.7.11 and sends nothing, unless msg->auth_plaintext allows it.  A server
@@ -182,6 +183,7 @@ struct wk_smtp_msg {
     const char *auth_user;          /* AUTH as this user (RFC 4954); NULL: no AUTH */
     const char *auth_password;      /* with auth_user */
     int auth_plaintext;             /* allow AUTH without TLS (e.g. loopback) */
+    unsigned auth_mechs;            /* WK_AUTH_* we may use; 0: PLAIN and LOGIN */
     const char *const *rcpts;
     size_t nrcpts;
     const char *data;               /* CRLF lines, dot-unstuffed (any octets when

@@ -119,6 +119,46 @@ def test_auth_plain_over_starttls_to_our_submission_listener(cluster_factory, sm
     assert RELAY_PASSWORD not in log and plain.decode() not in log
 
 
+def test_auth_login_when_plain_is_filtered_out(cluster_factory, smarthost):
+    # relay_auth_mechanisms = login: the frontend offers PLAIN and LOGIN,
+    # the client must take LOGIN (two 334 challenges).
+    cl = relaying_worker(cluster_factory, smarthost, relay_user=RELAY_USER,
+                         relay_password=RELAY_PASSWORD, relay_auth_mechanisms="login")
+    q = new_qid()
+    body = message(q)
+    produce(cl, [(q, envelope(q, ["friend@example.net"], body, sender=SENDER))])
+    e = mine(wait_events(cl, lambda ev: any(x.get("qid") == q for x in ev)), q)[0]
+    assert e["outcome"] == "delivered", e
+    assert smarthost.sink.wait_for(1, timeout=60)[0].data.endswith(body)
+    log = wait_log(cl.workers[0], "event=smtp_auth ")
+    assert "mech=LOGIN" in log and "mech=PLAIN" not in log
+    assert RELAY_PASSWORD not in log
+    assert base64.b64encode(RELAY_PASSWORD.encode()).decode() not in log
+
+
+def test_bdat_large_message_in_several_chunks(cluster_factory):
+    # Our frontend's mx listener (CHUNKING) with its worker delivering to its
+    # sink; over 3 MiB is four chunks, every line needing dot-stuffing under
+    # DATA (not under BDAT).
+    fe = cluster_factory(frontends=1, workers=1)
+    cl = cluster_factory(frontends=0, workers=1, worker_extra={
+        "delivery": {"relay_host": f"{mslocal.HOST}:{smtp_port(fe)}"},
+        "node": {"log_level": "debug"}})
+    q = new_qid()
+    line = b"." + b"y" * 97 + b"\r\n"
+    big = message(q, line * (3 * 1024 * 1024 // len(line) + 1))
+    produce(cl, [(q, envelope(q, ["big@mailstream.test"], big))])
+    e = mine(wait_events(cl, lambda ev: any(x.get("qid") == q for x in ev), timeout=120), q)[0]
+    assert e["outcome"] == "delivered", e
+    got = fe.sink.wait_for(1, timeout=120)[0].data
+    assert got.endswith(big) and len(got) < len(big) + 1024
+    log = cl.workers[0].log.read_text()
+    # A reply to each chunk but the last (state bdat), then LAST's.
+    chunks = -(-len(big) // (1024 * 1024))  # WK_SMTP_BDAT_CHUNK
+    assert chunks >= 3 and f"qid={q} peer=" in log
+    assert log.count("from=body to=bdat") == chunks - 1
+
+
 def test_auth_wrong_password_defers_and_is_not_logged(cluster_factory, smarthost):
     secret = "Wr0ng-Secret-xyzzy"
     cl = relaying_worker(cluster_factory, smarthost, relay_user=RELAY_USER,

@@ -27,6 +27,19 @@ static void test_pick(void **state)
     assert_string_equal(wk_auth_mech_name(WK_AUTH_NONE), "none");
 }
 
+static void test_mechs_parse(void **state)
+{
+    (void)state;
+    assert_int_equal(wk_auth_mechs_parse("plain, login"), WK_AUTH_PLAIN | WK_AUTH_LOGIN);
+    assert_int_equal(wk_auth_mechs_parse("LOGIN"), WK_AUTH_LOGIN);
+    assert_int_equal(wk_auth_mechs_parse(" Plain "), WK_AUTH_PLAIN);
+    assert_int_equal(wk_auth_mechs_parse("login,,plain"), WK_AUTH_PLAIN | WK_AUTH_LOGIN);
+    assert_int_equal(wk_auth_mechs_parse(""), MS_EINVAL);
+    assert_int_equal(wk_auth_mechs_parse(" , "), MS_EINVAL);
+    assert_int_equal(wk_auth_mechs_parse("plain, cram-md5"), MS_EINVAL);
+    assert_int_equal(wk_auth_mechs_parse("plainlogin"), MS_EINVAL);
+}
+
 static void test_field_limits(void **state)
 {
     char s[WK_AUTH_FIELD_MAX + 2];
@@ -121,6 +134,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pick),
+        cmocka_unit_test(test_mechs_parse),
         cmocka_unit_test(test_field_limits),
         cmocka_unit_test(test_plain),
         cmocka_unit_test(test_challenge),
