@@ -20,9 +20,11 @@
  * 4.7.5 - except under `may`: there a failed handshake (an error, the
  * server closing, a timeout) or a 421 to STARTTLS is followed, within the
  * same session, by a new connection to the same address without STARTTLS
- * (as Postfix does); the result then says tls "" and tls_fallback.  Any
- * other refusal of STARTTLS under `may` leaves the session as it was (RFC
- * 3207 §4), so it goes on in plaintext on the same connection.  After TLS
+ * (as Postfix does); the result then says tls "" and tls_fallback (XXX: such
+ * a connection is parked like any other, so a message that reuses it goes
+ * in plaintext too; a new connection tries TLS again).  Any other refusal
+ * of STARTTLS under `may` leaves the session as it was (RFC 3207 §4), so it
+ * goes on in plaintext on the same connection, as Postfix does.  After TLS
  * the client says EHLO again and forgets the first answer; bytes the
  * server sent after its 220 to STARTTLS are refused (command injection).
  * TLS runs through memory BIOs: the socket never sees OpenSSL.  Over a
@@ -30,8 +32,8 @@
  *
  * AUTH (RFC 4954) when msg->auth_user is set (the relay host): PLAIN
  * (RFC 4616, initial response) when offered, else LOGIN (only those in
- * msg->auth_mechs, when set).  Credentials go
- * only over TLS: a session without TLS at that point (STARTTLS not
+ * msg->auth_mechs, when set).  Credentials go only over TLS: a session
+ * without TLS at that point (STARTTLS not
  * offered, policy `none`, a `may` fallback) defers every recipient with
  * 4.7.11 and sends nothing, unless msg->auth_plaintext allows it.  A server
  * that offers neither PLAIN nor LOGIN defers with 4.7.0 (XXX: we could
