@@ -13,7 +13,9 @@
     the second message reuses the connection (keyed on the socket path).
   - `may` falls back to plaintext on a new connection when the STARTTLS
     handshake fails (FakeSMTP with a "TLS" that answers garbage: no Debian
-    server misbehaves that way on request); `encrypt` does not.
+    server misbehaves that way on request), or answers STARTTLS with 421;
+    another refusal (454) goes on in plaintext on the same connection;
+    `encrypt` does neither.  A missing lmtp:unix: socket defers (4.4.1).
   - [delivery] max_msgs_per_conn: a cached connection gets QUIT after N.
 
 No timing assertions: waits are "until it happens", bounded by timeouts.
@@ -25,8 +27,10 @@ import base64
 import imaplib
 import os
 import shutil
+import socketserver
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -431,3 +435,146 @@ def test_max_msgs_per_conn_quits_after_n(cluster_factory, fake_smtp):
     assert srv.sessions == 2, verbs
     assert verbs.count("EHLO") == 2 and verbs.count("RSET") == 1 and verbs.count("QUIT") == 1
     assert verbs.index("QUIT") < len(verbs) - 1 - verbs[::-1].index("EHLO")
+
+
+class RefusingSTARTTLS:
+    """A minimal scripted ESMTP server that offers STARTTLS and refuses it
+    with `reply`; a 421 closes the connection (RFC 5321 §3.8).  Mail is
+    taken in plaintext; .sessions counts connections, .commands every
+    command line, .delivered the messages."""
+
+    def __init__(self, reply: str):
+        self.reply = reply
+        self.sessions = 0
+        self.commands: list = []
+        self.delivered: list = []
+        self.lock = threading.Lock()
+        srv = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                srv._session(self.rfile, self.wfile)
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self.server = Server((mslocal.HOST, 0), Handler)
+        self.address = f"{mslocal.HOST}:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _session(self, rfile, wfile):
+        def say(line):
+            wfile.write(line.encode() + b"\r\n")
+            wfile.flush()
+
+        with self.lock:
+            self.sessions += 1
+        say("220 refuser.test ESMTP")
+        rcpts = []
+        while True:
+            raw = rfile.readline()
+            if not raw:
+                return
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            verb = line.split(" ", 1)[0].split(":", 1)[0].upper()
+            with self.lock:
+                self.commands.append(verb)
+            if verb == "EHLO":
+                say("250-refuser.test")
+                say("250 STARTTLS")
+            elif verb == "STARTTLS":
+                say(self.reply)
+                if self.reply.startswith("421"):
+                    return
+            elif verb == "MAIL":
+                rcpts = []
+                say("250 2.1.0 Ok")
+            elif verb == "RCPT":
+                rcpts.append(line[8:].split(">")[0].lstrip("<"))
+                say("250 2.1.5 Ok")
+            elif verb == "DATA":
+                say("354 go ahead")
+                data = bytearray()
+                while True:
+                    raw = rfile.readline()
+                    if not raw:
+                        return
+                    if raw == b".\r\n":
+                        break
+                    data += raw[1:] if raw.startswith(b".") else raw
+                with self.lock:
+                    self.delivered.append((list(rcpts), bytes(data)))
+                say("250 2.0.0 Ok")
+            elif verb == "RSET":
+                say("250 2.0.0 Ok")
+            elif verb == "QUIT":
+                say("221 2.0.0 Bye")
+                return
+            else:
+                say("502 5.5.2 Error: command not recognized")
+
+
+@pytest.fixture
+def refuser():
+    servers = []
+
+    def make(reply):
+        s = RefusingSTARTTLS(reply)
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+def test_may_when_starttls_is_refused(cluster_factory, refuser):
+    # 421 to STARTTLS: the server closes, so a new connection, no STARTTLS.
+    srv = refuser("421 4.7.0 TLS service not available, closing")
+    cl = cluster_factory(frontends=0, workers=1, worker_extra={
+        "delivery": {"relay_host": srv.address, "retry_min_ms": 500, "retry_max_ms": 2000}})
+    q = new_qid()
+    produce(cl, [(q, envelope(q, ["t@example.net"], message(q)))])
+    e = mine(wait_events(cl, lambda ev: any(x.get("qid") == q for x in ev)), q)[0]
+    assert e["outcome"] == "delivered" and e["attempt"] == 1 and "tls" not in e, e
+    assert srv.sessions == 2 and srv.commands[:4] == ["EHLO", "STARTTLS", "EHLO", "MAIL"]
+    assert srv.delivered == [(["t@example.net"], message(q))]
+
+    # 454: the session is as it was (RFC 3207 §4), so plaintext on the same
+    # connection, as Postfix does.
+    srv2 = refuser("454 4.7.0 TLS not available due to local problem")
+    cl2 = cluster_factory(frontends=0, workers=1, worker_extra={
+        "delivery": {"relay_host": srv2.address, "retry_min_ms": 500, "retry_max_ms": 2000}})
+    q2 = new_qid()
+    produce(cl2, [(q2, envelope(q2, ["t@example.net"], message(q2)))])
+    e2 = mine(wait_events(cl2, lambda ev: any(x.get("qid") == q2 for x in ev)), q2)[0]
+    assert e2["outcome"] == "delivered" and "tls" not in e2, e2
+    assert srv2.sessions == 1 and srv2.commands[:3] == ["EHLO", "STARTTLS", "MAIL"]
+
+    # `encrypt`: a refusal defers.
+    srv3 = refuser("454 4.7.0 TLS not available due to local problem")
+    cl3 = cluster_factory(frontends=0, workers=1, worker_extra={
+        "delivery": {"relay_host": srv3.address, "retry_min_ms": 500, "retry_max_ms": 2000},
+        "tls": {"policy": "encrypt"}})
+    q3 = new_qid()
+    produce(cl3, [(q3, envelope(q3, ["t@example.net"], message(q3)))])
+    e3 = mine(wait_events(cl3, lambda ev: any(x.get("qid") == q3 for x in ev)), q3)[0]
+    assert e3["outcome"] == "deferred" and e3["code"] == 454, e3
+    assert srv3.delivered == [] and "MAIL" not in srv3.commands
+
+
+def test_lmtp_unix_socket_missing_defers(cluster_factory, tmp_path):
+    path = tmp_path / "no-such-lmtp"
+    cl = cluster_factory(frontends=0, workers=1, worker_extra={
+        "delivery": {"relay_host": "", "retry_min_ms": 500, "retry_max_ms": 2000},
+        "transport": {"map": f"lmtp.mstest lmtp:unix:{path}"}})
+    q = new_qid()
+    produce(cl, [(q, envelope(q, ["alice@lmtp.mstest"], message(q)))])
+    e = mine(wait_events(cl, lambda ev: any(x.get("qid") == q for x in ev)), q)[0]
+    assert e["outcome"] == "deferred" and e["code"] == 0 and e["dsn"] == "4.4.1", e
+    assert f"connect to unix:{path}" in e["reply"] and e["relay"] == f"unix:{path}"
