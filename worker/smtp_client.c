@@ -30,12 +30,17 @@
 
 /* Room for the longest complete reply the parser accepts. */
 #define WK_SMTP_INPUT_MAX (WK_REPLY_LINES_MAX * (WK_REPLY_LINE_MAX + 2))
+/* Longest TLS name (a DNS name, an IP literal, or a socket path). */
+#define WK_SMTP_TLS_NAME_MAX 255
 /* "unix:" and the longest sun_path, or "[v6]:port". */
 #define WK_SMTP_PEER_MAX 128
 /* What a parked connection is found by: address or socket path, TLS
- * settings, protocol, names (longer keys are cut, so they must differ
- * before the cut: the address comes first). */
-#define WK_SMTP_CACHE_KEY_MAX 768
+ * policy, protocol, TLS name (WK_SMTP_TLS_NAME_MAX), HELO name (checked against WK_SMTP_PATH_MAX) and AUTH user
+ * (WK_AUTH_FIELD_MAX), with separators: every key fits, none is cut (two
+ * keys cut alike could hand a connection authenticated as one user to
+ * another). */
+#define WK_SMTP_CACHE_KEY_MAX                                                          \
+    (WK_SMTP_PEER_MAX + WK_SMTP_TLS_NAME_MAX + WK_SMTP_PATH_MAX + WK_AUTH_FIELD_MAX + 32)
 /* Longest command we send: "AUTH PLAIN <response>\r\n" (RFC 4954 §4 allows
  * 12288 octets; ours are bounded by WK_AUTH_FIELD_MAX), or "RCPT
  * TO:<path> SMTPUTF8\r\n" and the like. */
@@ -1364,9 +1369,13 @@ static void smtp_timeout_cb(uv_timer_t *t)
 static void cache_key_format(char *key, size_t keylen, const char *where,
                              const struct wk_smtp_msg *msg, enum wk_tls_policy tls)
 {
-    snprintf(key, keylen, "%s|%d|%d|%s|%s|%s", where, (int)tls, msg->lmtp,
-             msg->tls_name ? msg->tls_name : "", msg->helo_name,
-             msg->auth_user ? msg->auth_user : "");
+    int n = snprintf(key, keylen, "%s|%d|%d|%s|%s|%s", where, (int)tls, msg->lmtp != 0,
+                     msg->tls_name ? msg->tls_name : "", msg->helo_name,
+                     msg->auth_user ? msg->auth_user : "");
+
+    /* The parts are checked by wk_smtp_start(): a cut key is a bug. */
+    if (n < 0 || (size_t)n >= keylen)
+        ms_panic("event=smtp_cache_key_too_long");
 }
 
 /* Open the connection (again, for a plaintext retry): TCP or UNIX. */
@@ -1450,7 +1459,8 @@ int wk_smtp_start(uv_loop_t *loop, const struct sockaddr *addr,
 
     if (msg->nrcpts == 0 || (msg->tls >= WK_TLS_ENCRYPT && msg->tls_ctx == NULL) ||
         !wk_smtp_path_ok(msg->mail_from) ||
-        strlen(msg->helo_name) > WK_SMTP_PATH_MAX || !wk_smtp_path_ok(msg->helo_name))
+        strlen(msg->helo_name) > WK_SMTP_PATH_MAX || !wk_smtp_path_ok(msg->helo_name) ||
+        (msg->tls_name && strlen(msg->tls_name) > WK_SMTP_TLS_NAME_MAX))
         return MS_EINVAL;
     if (is_unix && (sun->sun_path[0] == '\0' ||
                     memchr(sun->sun_path, '\0', sizeof(sun->sun_path)) == NULL))

@@ -216,8 +216,9 @@ typedef void (*wk_smtp_cb)(void *arg, uint64_t id, const struct wk_smtp_result *
 
 /* Start delivering msg to addr (AF_INET, AF_INET6, or AF_UNIX with a
  * NUL-terminated sun_path).  Returns 0 and the session in *out, or
- * MS_EINVAL for an address we refuse to put in a command or credentials
- * that are not wk_auth_field_ok() (the callback is then not called). */
+ * MS_EINVAL for an address we refuse to put in a command, a tls_name over
+ * 255 octets, or credentials that are not wk_auth_field_ok() (the callback
+ * is then not called). */
 int wk_smtp_start(uv_loop_t *loop, const struct sockaddr *addr,
                   const struct wk_smtp_timeouts *timeouts, const struct wk_smtp_msg *msg,
                   wk_smtp_cb cb, void *arg, uint64_t id, wk_smtp **out);
