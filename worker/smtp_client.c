@@ -35,10 +35,10 @@
 /* "unix:" and the longest sun_path, or "[v6]:port". */
 #define WK_SMTP_PEER_MAX 128
 /* What a parked connection is found by: address or socket path, TLS
- * policy, protocol, TLS name (WK_SMTP_TLS_NAME_MAX), HELO name (checked against WK_SMTP_PATH_MAX) and AUTH user
- * (WK_AUTH_FIELD_MAX), with separators: every key fits, none is cut (two
- * keys cut alike could hand a connection authenticated as one user to
- * another). */
+ * policy, protocol, TLS name (WK_SMTP_TLS_NAME_MAX), HELO name (checked
+ * against WK_SMTP_PATH_MAX) and AUTH user (WK_AUTH_FIELD_MAX), with
+ * separators: every key fits, none is cut (two keys cut alike could hand a
+ * connection authenticated as one user to another). */
 #define WK_SMTP_CACHE_KEY_MAX                                                          \
     (WK_SMTP_PEER_MAX + WK_SMTP_TLS_NAME_MAX + WK_SMTP_PATH_MAX + WK_AUTH_FIELD_MAX + 32)
 /* Longest command we send: "AUTH PLAIN <response>\r\n" (RFC 4954 §4 allows
