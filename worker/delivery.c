@@ -37,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 #include <sys/time.h>
 
 /* Largest event record: the reply text dominates. */
@@ -896,7 +897,9 @@ static void dest_connect_now(struct msg *m, struct dest *ds)
     int err;
 
     ms_addr_str((const struct sockaddr *)&a->ss, ip, sizeof(ip));
-    if (ds->relay)
+    if (a->ss.ss_family == AF_UNIX)
+        snprintf(ds->relay_str, sizeof(ds->relay_str), "unix:%s", a->host);
+    else if (ds->relay)
         snprintf(ds->relay_str, sizeof(ds->relay_str), "%s", d->conf.relay);
     else
         snprintf(ds->relay_str, sizeof(ds->relay_str), "%s[%s]:%d", a->host, ip,
@@ -910,7 +913,16 @@ static void dest_connect_now(struct msg *m, struct dest *ds)
     sm.mail_from = m->env->mail_from && m->env->mail_from->address ? m->env->mail_from->address
                                                                     : "";
     sm.body_8bitmime = m->env->mail_from && m->env->mail_from->body == MAILSTREAM__BODY__BODY_8BITMIME;
+    sm.body_binarymime = m->env->mail_from &&
+                         m->env->mail_from->body == MAILSTREAM__BODY__BODY_BINARYMIME;
     sm.smtputf8 = m->env->mail_from && m->env->mail_from->smtputf8;
+    if (ds->relay && d->conf.relay_user) {
+        /* RFC 4954 AUTH to the smarthost only (smtp_client.h). */
+        sm.auth_user = d->conf.relay_user;
+        sm.auth_password = d->conf.relay_password;
+        sm.auth_plaintext = d->conf.relay_auth_plaintext;
+        sm.auth_mechs = d->conf.relay_auth_mechs;
+    }
     sm.lmtp = ds->t && ds->t->kind == MS_TRANSPORT_LMTP;
     if (d->conf.tls_ctx) {
         int k2 = ms_domain_match(d->conf.tls_keys, d->conf.ntls, ds->domain);
@@ -978,9 +990,16 @@ static void dest_start(struct msg *m, struct dest *ds)
         return;
     }
     if (t && t->kind == MS_TRANSPORT_LMTP && t->path[0]) {
-        /* XXX: LMTP over a UNIX-domain socket is parsed but not spoken yet. */
-        dest_finish_all(m, ds, 0, "4.3.5", "lmtp:unix: transports are not supported yet",
-                        t->path);
+        /* LMTP over a UNIX-domain socket: one "address", the path (the
+         * client connects with uv_pipe_t and keys reuse on the path). */
+        struct sockaddr_un *sun;
+        ds->addrs = ms_calloc(1, sizeof(*ds->addrs));
+        sun = (struct sockaddr_un *)&ds->addrs[0].ss;
+        sun->sun_family = AF_UNIX;
+        snprintf(sun->sun_path, sizeof(sun->sun_path), "%s", t->path);
+        snprintf(ds->addrs[0].host, sizeof(ds->addrs[0].host), "%s", t->path);
+        ds->naddrs = 1;
+        dest_connect(m, ds);
         return;
     }
     if (ds->relay) {
@@ -1659,7 +1678,7 @@ wk_delivery *wk_delivery_new(uv_loop_t *loop, const struct wk_delivery_conf *con
                                       "Connections delayed: the destination's leases were all "
                                       "taken.", NULL);
     if (conf->conn_cache_ms > 0)
-        d->conn_cache = wk_smtp_cache_new(conf->conn_cache_ms);
+        d->conn_cache = wk_smtp_cache_new(conf->conn_cache_ms, conf->max_msgs_per_conn);
     uv_timer_init(loop, &d->stats_timer);
     d->stats_timer.data = d;
     d->stats_timer_open = 1;

@@ -16,7 +16,9 @@
  *   connect    with a cluster-wide lease per destination when [delivery]
  *              dest_concurrency is set (Redis sorted set ms:lease:<name>,
  *              leases lapse by themselves if a worker dies), STARTTLS by
- *              the [tls] policy of the recipient domain (smtp_client.h);
+ *              the [tls] policy of the recipient domain (smtp_client.h),
+ *              AUTH to the relay host when [delivery] relay_user is set,
+ *              lmtp:unix: transports over a UNIX-domain socket;
  *   outcome    per recipient (event.h): delivered, deferred or bounced;
  *              one log line and one `events` record per recipient and
  *              attempt; a delivered marker with a TTL right after the 250.
@@ -97,8 +99,13 @@ struct wk_delivery_conf {
     int64_t max_age_s;
     int64_t suppress_ttl_s;             /* 0: no suppression list */
     uint64_t conn_cache_ms;             /* keep idle connections this long; 0: never */
+    unsigned max_msgs_per_conn;         /* then QUIT instead of parking; 0: no limit */
     int dest_concurrency;               /* connections per destination, cluster-wide
                                          * (Redis leases); 0: no limit */
+    const char *relay_user;             /* AUTH to relay_host as this user; NULL: none */
+    const char *relay_password;         /* with relay_user */
+    int relay_auth_plaintext;           /* AUTH allowed without TLS */
+    unsigned relay_auth_mechs;          /* WK_AUTH_* mask; 0: PLAIN and LOGIN */
     wk_tls_ctx *tls_ctx;                /* NULL: no STARTTLS at all */
     int tls_default;                    /* enum wk_tls_policy for unlisted domains */
     const char *const *tls_keys;        /* per recipient domain (ms_domain_match) */

@@ -6,7 +6,9 @@
  */
 #include "dotstuff.h"
 
-static size_t stuff(const char *msg, size_t len, char *out)
+/* dots: dot-stuff and append the terminator (DATA); else only the line
+ * ends (BDAT). */
+static size_t stuff(const char *msg, size_t len, char *out, int dots)
 {
     size_t i, n = 0;
     int bol = 1; /* at the beginning of a line */
@@ -21,7 +23,7 @@ static size_t stuff(const char *msg, size_t len, char *out)
     for (i = 0; i < len; i++) {
         char c = msg[i];
 
-        if (bol && c == '.')
+        if (dots && bol && c == '.')
             PUT('.');
         if (c == '\n' && (i == 0 || msg[i - 1] != '\r'))
             PUT('\r');
@@ -34,19 +36,31 @@ static size_t stuff(const char *msg, size_t len, char *out)
             PUT('\r');
         PUT('\n');
     }
-    PUT('.');
-    PUT('\r');
-    PUT('\n');
+    if (dots) {
+        PUT('.');
+        PUT('\r');
+        PUT('\n');
+    }
 #undef PUT
     return n;
 }
 
 size_t wk_dotstuff_len(const char *msg, size_t len)
 {
-    return stuff(msg, len, NULL);
+    return stuff(msg, len, NULL, 1);
 }
 
 size_t wk_dotstuff(const char *msg, size_t len, char *out)
 {
-    return stuff(msg, len, out);
+    return stuff(msg, len, out, 1);
+}
+
+size_t wk_crlf_len(const char *msg, size_t len)
+{
+    return stuff(msg, len, NULL, 0);
+}
+
+size_t wk_crlf(const char *msg, size_t len, char *out)
+{
+    return stuff(msg, len, out, 0);
 }

@@ -1,5 +1,6 @@
 /*
- * dotstuff.h - the DATA transparency procedure (RFC 5321 §4.5.2), pure.
+ * dotstuff.h - the DATA transparency procedure (RFC 5321 §4.5.2) and the
+ * line-end normalisation for BDAT, pure.
  *
  * The envelope holds the message with CRLF line ends and dot-unstuffed
  * (proto/envelope.proto).  Before it goes on the wire after DATA every line
@@ -18,5 +19,12 @@ size_t wk_dotstuff_len(const char *msg, size_t len);
 /* Write the stuffed form into out, which has room for wk_dotstuff_len()
  * octets; returns the length written. */
 size_t wk_dotstuff(const char *msg, size_t len, char *out);
+
+/* The same without the dots and the terminator, for BDAT (RFC 3030: chunks
+ * are counted octets, no transparency needed): bare LF becomes CRLF and a
+ * missing final CRLF is added, so a text message arrives the same way by
+ * BDAT as by DATA.  Not for BINARYMIME bodies, which go as they are. */
+size_t wk_crlf_len(const char *msg, size_t len);
+size_t wk_crlf(const char *msg, size_t len, char *out);
 
 #endif

@@ -27,6 +27,7 @@
 #include "ms_resolver.h"
 #include "ms_route.h"
 #include "retry.h"
+#include "smtp_auth.h"
 #include "route.h"
 
 #include <ctype.h>
@@ -54,11 +55,13 @@
 static const char *var_node_id, *var_hostname, *var_metrics, *var_brokers, *var_topic,
     *var_events_topic, *var_group, *var_redis_host, *var_relay_host, *var_log_level,
     *var_transport_map, *var_transport_map_file, *var_dns_upstream, *var_dns_trust_anchor,
-    *var_tls_policy, *var_tls_policy_map, *var_tls_ca_file;
+    *var_tls_policy, *var_tls_policy_map, *var_tls_ca_file, *var_relay_user, *var_relay_password,
+    *var_relay_password_file, *var_relay_auth_plaintext, *var_relay_auth_mechanisms;
 static int64_t var_redis_port, var_max_in_flight, var_retry_min_ms, var_retry_max_ms,
     var_connect_timeout_ms, var_drain_timeout_ms, var_smtp_port, var_retry_tiers, var_max_age_s,
     var_dns_timeout_ms, var_suppress_ttl_s, var_reply_timeout_ms, var_dest_concurrency,
-    var_conn_cache_ms, var_linger_ms, var_fetch_min_bytes, var_fetch_wait_ms;
+    var_conn_cache_ms, var_max_msgs_per_conn, var_linger_ms, var_fetch_min_bytes,
+    var_fetch_wait_ms;
 
 static char default_node_id[256];
 
@@ -76,6 +79,11 @@ static const struct {
     {"kafka", "group", "mailstream-workers", &var_group},
     {"redis", "host", "127.0.0.1", &var_redis_host},
     {"delivery", "relay_host", "", &var_relay_host},
+    {"delivery", "relay_user", "", &var_relay_user},
+    {"delivery", "relay_password", "", &var_relay_password},
+    {"delivery", "relay_password_file", "", &var_relay_password_file},
+    {"delivery", "relay_auth_plaintext", "no", &var_relay_auth_plaintext},
+    {"delivery", "relay_auth_mechanisms", "plain, login", &var_relay_auth_mechanisms},
     {"transport", "map", "", &var_transport_map},
     {"transport", "map_file", "", &var_transport_map_file},
     {"dns", "upstream", "", &var_dns_upstream},
@@ -107,6 +115,8 @@ static const struct {
     {"delivery", "reply_timeout_ms", 0, 0, 3600 * 1000, &var_reply_timeout_ms},
     {"delivery", "dest_concurrency", 0, 0, 100000, &var_dest_concurrency},
     {"delivery", "connection_cache_ms", 2000, 0, 600 * 1000, &var_conn_cache_ms},
+    {"delivery", "max_msgs_per_conn", WK_SMTP_MAX_MSGS_PER_CONN, 0, 1000000,
+     &var_max_msgs_per_conn},
     {"retry", "tiers", WK_RETRY_TIERS_DEFAULT, 0, WK_RETRY_TIERS_MAX, &var_retry_tiers},
     {"retry", "max_age_s", WK_MAX_AGE_S, 1, 365 * 24 * 3600, &var_max_age_s},
     {"dns", "timeout_ms", MS_RESOLVER_TIMEOUT_MS, 100, 600 * 1000, &var_dns_timeout_ms},
@@ -201,6 +211,63 @@ static void load_tls(struct wk_delivery_conf *dc)
         return;
     if ((dc->tls_ctx = wk_tls_ctx_new(var_tls_ca_file, err, sizeof(err))) == NULL)
         ms_fatal("event=config_invalid section=tls key=ca_file error=\"%s\"", err);
+}
+
+/* [delivery] relay_user and its password (relay_password, or the first
+ * line of relay_password_file so the secret need not be in the config or
+ * the environment).  The password is never logged. */
+static char relay_password_buf[WK_AUTH_FIELD_MAX + 3];
+
+static void load_relay_auth(struct wk_delivery_conf *dc)
+{
+    const char *pw = var_relay_password;
+    size_t n;
+    int mechs;
+    FILE *f;
+
+    if (strcmp(var_relay_auth_plaintext, "yes") != 0 && strcmp(var_relay_auth_plaintext, "no") != 0)
+        ms_fatal("event=config_invalid section=delivery key=relay_auth_plaintext value=\"%s\" "
+                 "want=\"yes or no\"", var_relay_auth_plaintext);
+    if (*var_relay_user == '\0') {
+        if (*var_relay_password || *var_relay_password_file)
+            ms_fatal("event=config_invalid section=delivery key=relay_password "
+                     "error=\"a password without relay_user\"");
+        return;
+    }
+    if (*var_relay_host == '\0')
+        ms_fatal("event=config_invalid section=delivery key=relay_user "
+                 "error=\"relay_user needs relay_host\"");
+    if (*var_relay_password && *var_relay_password_file)
+        ms_fatal("event=config_invalid section=delivery key=relay_password_file "
+                 "error=\"relay_password and relay_password_file are both set\"");
+    if (*var_relay_password_file) {
+        if ((f = fopen(var_relay_password_file, "r")) == NULL)
+            ms_fatal("event=config_invalid section=delivery key=relay_password_file path=%s "
+                     "error=\"%s\"", var_relay_password_file, strerror(errno));
+        if (fgets(relay_password_buf, sizeof(relay_password_buf), f) == NULL)
+            relay_password_buf[0] = '\0';
+        fclose(f);
+        n = strcspn(relay_password_buf, "\r\n");
+        if (relay_password_buf[n] == '\0' && n > WK_AUTH_FIELD_MAX)
+            relay_password_buf[0] = '\0'; /* too long: refused below, not cut */
+        relay_password_buf[n] = '\0';
+        pw = relay_password_buf;
+    }
+    if (!wk_auth_field_ok(var_relay_user))
+        ms_fatal("event=config_invalid section=delivery key=relay_user error=\"1 to %d octets, "
+                 "no CR or LF\"", WK_AUTH_FIELD_MAX);
+    if (!wk_auth_field_ok(pw))
+        ms_fatal("event=config_invalid section=delivery key=%s error=\"the password must be 1 "
+                 "to %d octets, no CR or LF\"",
+                 *var_relay_password_file ? "relay_password_file" : "relay_password",
+                 WK_AUTH_FIELD_MAX);
+    dc->relay_user = var_relay_user;
+    dc->relay_password = pw;
+    dc->relay_auth_plaintext = strcmp(var_relay_auth_plaintext, "yes") == 0;
+    if ((mechs = wk_auth_mechs_parse(var_relay_auth_mechanisms)) < 0)
+        ms_fatal("event=config_invalid section=delivery key=relay_auth_mechanisms value=\"%s\" "
+                 "want=\"plain and/or login\"", var_relay_auth_mechanisms);
+    dc->relay_auth_mechs = (unsigned)mechs;
 }
 
 /* The relay host is resolved once at start (a smarthost is configuration,
@@ -369,6 +436,7 @@ int main(int argc, char **argv)
     dc.relay = var_relay_host;
     if (*var_relay_host)
         resolve_relay(var_relay_host, &dc.relay_addr);
+    load_relay_auth(&dc);
     w.transports = load_transports();
     dc.transports = w.transports;
     {
@@ -394,6 +462,7 @@ int main(int argc, char **argv)
     dc.suppress_ttl_s = var_suppress_ttl_s;
     dc.dest_concurrency = (int)var_dest_concurrency;
     dc.conn_cache_ms = (uint64_t)var_conn_cache_ms;
+    dc.max_msgs_per_conn = (unsigned)var_max_msgs_per_conn;
     load_tls(&dc);
     dc.events_topic = var_events_topic;
     dc.max_in_flight = (int)var_max_in_flight;

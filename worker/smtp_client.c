@@ -9,6 +9,8 @@
  */
 #include "smtp_client.h"
 #include "dotstuff.h"
+#include "smtp_auth.h"
+#include "ms_base64.h"
 #include "ms_buf.h"
 #include "ms_error.h"
 #include "ms_log.h"
@@ -16,6 +18,8 @@
 #include "ms_net.h"
 
 #include <arpa/inet.h>
+#include <sys/un.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -26,8 +30,23 @@
 
 /* Room for the longest complete reply the parser accepts. */
 #define WK_SMTP_INPUT_MAX (WK_REPLY_LINES_MAX * (WK_REPLY_LINE_MAX + 2))
-/* Longest command we send: "RCPT TO:<path> SMTPUTF8\r\n" and the like. */
-#define WK_SMTP_COMMAND_MAX (WK_SMTP_PATH_MAX + 128)
+/* Longest TLS name (a DNS name, an IP literal, or a socket path). */
+#define WK_SMTP_TLS_NAME_MAX 255
+/* "unix:" and the longest sun_path, or "[v6]:port". */
+#define WK_SMTP_PEER_MAX 128
+/* What a parked connection is found by: address or socket path, TLS
+ * policy, protocol, TLS name (WK_SMTP_TLS_NAME_MAX), HELO name (checked
+ * against WK_SMTP_PATH_MAX) and AUTH user (WK_AUTH_FIELD_MAX), with
+ * separators: every key fits, none is cut (two keys cut alike could hand a
+ * connection authenticated as one user to another). */
+#define WK_SMTP_CACHE_KEY_MAX                                                          \
+    (WK_SMTP_PEER_MAX + WK_SMTP_TLS_NAME_MAX + WK_SMTP_PATH_MAX + WK_AUTH_FIELD_MAX + 32)
+/* Longest command we send: "AUTH PLAIN <response>\r\n" (RFC 4954 §4 allows
+ * 12288 octets; ours are bounded by WK_AUTH_FIELD_MAX), or "RCPT
+ * TO:<path> SMTPUTF8\r\n" and the like. */
+#define WK_SMTP_COMMAND_MAX                                                      \
+    (WK_AUTH_PLAIN_MAX + 16 > WK_SMTP_PATH_MAX + 128 ? WK_AUTH_PLAIN_MAX + 16   \
+                                                     : WK_SMTP_PATH_MAX + 128)
 
 enum smtp_state {
     SMTP_CONNECT,
@@ -36,10 +55,12 @@ enum smtp_state {
     SMTP_STARTTLS,
     SMTP_TLS,
     SMTP_HELO,
+    SMTP_AUTH,
     SMTP_MAIL,
     SMTP_RCPT,
     SMTP_DATA,
     SMTP_BODY,
+    SMTP_BDAT,
     SMTP_DOT,
     SMTP_QUIT,
     SMTP_RSET,
@@ -49,32 +70,54 @@ enum smtp_state {
 };
 
 static const char *const state_names[SMTP__NSTATES] = {
-    "connect", "banner", "ehlo", "starttls", "tls", "helo", "mail", "rcpt", "data", "body", "dot", "quit", "rset", "idle", "closed",
+    "connect", "banner", "ehlo", "starttls", "tls", "helo", "auth", "mail", "rcpt",
+    "data", "body", "bdat", "dot", "quit", "rset", "idle", "closed",
 };
 
 struct wk_smtp {
-    uv_tcp_t tcp;
+    /* The connection: TCP, or a UNIX-domain socket for lmtp:unix:. */
+    union {
+        uv_handle_t handle;
+        uv_stream_t stream;
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    } conn;
     uv_timer_t timer;
     uv_connect_t connect_req;
+    struct sockaddr_storage addr;   /* AF_INET, AF_INET6 or AF_UNIX */
+    uv_loop_t *loop;
     int handles_open;
     int connect_err;                /* uv_tcp_connect failed at once */
+    int reconnecting;               /* conn is closing for a plaintext retry */
+    int tls_fallback;               /* `may`: TLS failed, now in plaintext */
     enum smtp_state state;
     uint64_t timeout_ms[SMTP__NSTATES];
-    char peer[64];                  /* ip:port, for diagnostics */
+    char peer[WK_SMTP_PEER_MAX];    /* ip:port or unix:/path, for diagnostics */
     char log_id[64];
+
+    /* AUTH (RFC 4954), per connection: a reused one is authenticated. */
+    char *auth_user, *auth_password;
+    int auth_plaintext;
+    unsigned auth_mechs;            /* allowed (WK_AUTH_* mask) */
+    enum wk_auth_mech auth_mech;
+    int auth_step;                  /* LOGIN: 334 answered so far */
+    int auth_done;
 
     /* The transaction. */
     char *helo_name;
     char *mail_from;
-    int body_8bitmime, smtputf8;
+    int body_8bitmime, body_binarymime, smtputf8;
+    int chunking;                   /* BDAT (RFC 3030) for this message */
+    size_t chunk_end;               /* BDAT: end of the chunk being written */
     int lmtp;
     size_t lmtp_next;
     int pipelined;                  /* RCPTs and DATA went with MAIL (RFC 2920) */
     /* Connection reuse. */
     wk_smtp_cache *cache;
-    char cache_key[192];
+    char cache_key[WK_SMTP_CACHE_KEY_MAX];
     wk_smtp *idle_prev, *idle_next; /* in the cache's idle list while SMTP_IDLE */
     int reused;
+    unsigned nmsgs;                 /* transactions finished on this connection */
     int rset_due;                   /* reused: send RSET on the next loop turn */
     int abort_data;                 /* pipelined DATA with no recipient accepted */
     /* TLS: ciphertext goes through memory BIOs (rbio in, wbio out). */
@@ -89,7 +132,10 @@ struct wk_smtp {
     size_t nrcpts;
     char **rcpts;
     size_t msg_len;                 /* unstuffed, for SIZE= */
-    char *body;                     /* stuffed, terminator included */
+    char *body;                     /* the message as given until MAIL; then as
+                                     * it goes on the wire: stuffed with the
+                                     * terminator (DATA), or with CRLF line
+                                     * ends (BDAT), or as given (BINARYMIME) */
     size_t body_len, body_off;
 
     /* Progress. */
@@ -108,6 +154,7 @@ struct wk_smtp {
 struct smtp_write {
     uv_write_t req;
     wk_smtp *s;
+    size_t secret_len;              /* wipe data[0..secret_len) when written */
     char data[];
 };
 
@@ -117,6 +164,7 @@ struct wk_tls_ctx {
 
 struct wk_smtp_cache {
     uint64_t idle_ms;
+    unsigned max_msgs;              /* transactions per connection; 0: no limit */
     wk_smtp *idle;                  /* most recently parked first */
     size_t nidle;
     size_t refs;                    /* sessions created with it, not yet freed */
@@ -173,6 +221,9 @@ void wk_tls_ctx_free(wk_tls_ctx *t)
 }
 
 static void smtp_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+static void smtp_connect_cb(uv_connect_t *req, int status);
+static void smtp_timeout_cb(uv_timer_t *t);
+static int tls_may_fallback(wk_smtp *s, const char *why);
 
 void wk_smtp_timeouts_default(struct wk_smtp_timeouts *t)
 {
@@ -229,6 +280,8 @@ static void tx_free(wk_smtp *s)
     s->nrcpts = s->rcpt_next = s->naccepted = s->lmtp_next = 0;
     s->body_len = s->body_off = s->msg_len = 0;
     s->pipelined = s->abort_data = 0;
+    s->chunking = 0;
+    s->chunk_end = 0;
     s->cb = NULL;
 }
 
@@ -239,6 +292,7 @@ static void tx_setup(wk_smtp *s, const struct wk_smtp_msg *msg)
     snprintf(s->log_id, sizeof(s->log_id), "%s", msg->log_id ? msg->log_id : "-");
     s->mail_from = ms_strdup(msg->mail_from);
     s->body_8bitmime = msg->body_8bitmime;
+    s->body_binarymime = msg->body_binarymime;
     s->smtputf8 = msg->smtputf8;
     s->nrcpts = msg->nrcpts;
     s->rcpts = ms_calloc(msg->nrcpts, sizeof(*s->rcpts));
@@ -247,9 +301,29 @@ static void tx_setup(wk_smtp *s, const struct wk_smtp_msg *msg)
     s->final = ms_calloc(msg->nrcpts, sizeof(*s->final));
     s->results = ms_calloc(msg->nrcpts, sizeof(*s->results));
     s->msg_len = msg->len;
-    s->body_len = wk_dotstuff_len(msg->data, msg->len);
-    s->body = ms_malloc(s->body_len);
-    wk_dotstuff(msg->data, msg->len, s->body);
+    /* As given: DATA or BDAT is chosen after EHLO (smtp_body_prepare). */
+    s->body_len = msg->len;
+    s->body = ms_malloc(msg->len ? msg->len : 1);
+    memcpy(s->body, msg->data, msg->len);
+}
+
+/* The message as it goes on the wire, once DATA or BDAT is chosen. */
+static void smtp_body_prepare(wk_smtp *s)
+{
+    char *wire;
+    size_t n;
+
+    if (s->chunking && s->body_binarymime)
+        return; /* RFC 3030 §3: octet for octet */
+    n = s->chunking ? wk_crlf_len(s->body, s->body_len) : wk_dotstuff_len(s->body, s->body_len);
+    wire = ms_malloc(n);
+    if (s->chunking)
+        wk_crlf(s->body, s->body_len, wire);
+    else
+        wk_dotstuff(s->body, s->body_len, wire);
+    free(s->body);
+    s->body = wire;
+    s->body_len = n;
 }
 
 static void cache_unlink(wk_smtp *s)
@@ -282,6 +356,11 @@ static void smtp_free(wk_smtp *s)
     if (s->ssl)
         SSL_free(s->ssl); /* and its BIOs */
     free(s->tls_name);
+    if (s->auth_password) {
+        OPENSSL_cleanse(s->auth_password, strlen(s->auth_password));
+        free(s->auth_password);
+    }
+    free(s->auth_user);
     free(s->helo_name);
     free(s->mail_from);
     ms_buf_free(&s->in);
@@ -305,7 +384,9 @@ static void smtp_close(wk_smtp *s)
         return;
     smtp_enter_state(s, SMTP_CLOSED);
     uv_close((uv_handle_t *)&s->timer, smtp_close_cb);
-    uv_close((uv_handle_t *)&s->tcp, smtp_close_cb);
+    if (s->reconnecting)
+        return; /* smtp_reconnect_cb sees SMTP_CLOSED and finishes */
+    uv_close(&s->conn.handle, smtp_close_cb);
 }
 
 static void smtp_timeout_cb(uv_timer_t *t);
@@ -369,6 +450,7 @@ static void smtp_report(wk_smtp *s, int err, const struct wk_reply *reply, const
     }
     res.err = err;
     res.tls = s->tls_info;
+    res.tls_fallback = s->tls_fallback;
     res.reused = s->reused;
     res.nrcpts = s->nrcpts;
     res.rcpts = s->results;
@@ -403,6 +485,8 @@ static void smtp_write_cb(uv_write_t *req, int status)
     struct smtp_write *w = (struct smtp_write *)req;
     wk_smtp *s = w->s;
 
+    if (w->secret_len)
+        OPENSSL_cleanse(w->data, w->secret_len);
     free(w);
     if (status < 0 && status != UV_ECANCELED)
         smtp_fail(s, MS_EIO, "4.4.2", "lost connection with %s while sending %s: %s", s->peer,
@@ -422,10 +506,44 @@ static void tls_flush(wk_smtp *s, uv_write_cb cb)
         return;
     w = ms_malloc(sizeof(*w) + n);
     w->s = s;
+    w->secret_len = 0; /* ciphertext */
     w->req.data = s;
     BIO_read(s->wbio, w->data, (int)n);
     buf = uv_buf_init(w->data, (unsigned)n);
-    if ((r = uv_write(&w->req, (uv_stream_t *)&s->tcp, &buf, 1, cb)) < 0) {
+    if ((r = uv_write(&w->req, &s->conn.stream, &buf, 1, cb)) < 0) {
+        free(w);
+        smtp_fail(s, MS_EIO, "4.4.2", "cannot send to %s: %s", s->peer, uv_strerror(r));
+    }
+}
+
+/* Queue one command; `secret`: it carries credentials, so its buffers are
+ * wiped as soon as they are done with. */
+static void smtp_vsend(wk_smtp *s, int secret, const char *fmt, va_list ap)
+{
+    struct smtp_write *w = ms_malloc(sizeof(*w) + WK_SMTP_COMMAND_MAX);
+    uv_buf_t buf;
+    int n, r;
+
+    n = vsnprintf(w->data, WK_SMTP_COMMAND_MAX, fmt, ap);
+    /* Paths are checked by wk_smtp_path_ok() and credentials by
+     * wk_auth_field_ok() at start: a command that does not fit is a bug. */
+    if (n < 0 || n >= WK_SMTP_COMMAND_MAX)
+        ms_panic("event=smtp_command_too_long qid=%s", s->log_id);
+    w->s = s;
+    w->secret_len = secret ? (size_t)n : 0;
+    if (s->tls_on) {
+        /* A memory BIO takes everything: SSL_write cannot be partial. */
+        SSL_write(s->ssl, w->data, n);
+        if (secret)
+            OPENSSL_cleanse(w->data, (size_t)n);
+        free(w);
+        tls_flush(s, smtp_write_cb);
+        return;
+    }
+    buf = uv_buf_init(w->data, (unsigned)n);
+    if ((r = uv_write(&w->req, &s->conn.stream, &buf, 1, smtp_write_cb)) < 0) {
+        if (secret)
+            OPENSSL_cleanse(w->data, (size_t)n);
         free(w);
         smtp_fail(s, MS_EIO, "4.4.2", "cannot send to %s: %s", s->peer, uv_strerror(r));
     }
@@ -435,38 +553,30 @@ static void smtp_send(wk_smtp *s, const char *fmt, ...) __attribute__((format(pr
 
 static void smtp_send(wk_smtp *s, const char *fmt, ...)
 {
-    struct smtp_write *w = ms_malloc(sizeof(*w) + WK_SMTP_COMMAND_MAX);
-    uv_buf_t buf;
     va_list ap;
-    int n, r;
 
     va_start(ap, fmt);
-    n = vsnprintf(w->data, WK_SMTP_COMMAND_MAX, fmt, ap);
+    smtp_vsend(s, 0, fmt, ap);
     va_end(ap);
-    /* Paths are checked by wk_smtp_path_ok() at start: a command that does
-     * not fit is a bug. */
-    if (n < 0 || n >= WK_SMTP_COMMAND_MAX)
-        ms_panic("event=smtp_command_too_long qid=%s", s->log_id);
-    w->s = s;
-    if (s->tls_on) {
-        /* A memory BIO takes everything: SSL_write cannot be partial. */
-        SSL_write(s->ssl, w->data, n);
-        free(w);
-        tls_flush(s, smtp_write_cb);
-        return;
-    }
-    buf = uv_buf_init(w->data, (unsigned)n);
-    if ((r = uv_write(&w->req, (uv_stream_t *)&s->tcp, &buf, 1, smtp_write_cb)) < 0) {
-        free(w);
-        smtp_fail(s, MS_EIO, "4.4.2", "cannot send to %s: %s", s->peer, uv_strerror(r));
-    }
+}
+
+static void smtp_send_secret(wk_smtp *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void smtp_send_secret(wk_smtp *s, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    smtp_vsend(s, 1, fmt, ap);
+    va_end(ap);
 }
 
 static void smtp_body_write_cb(uv_write_t *req, int status);
 
 static void smtp_write_block(wk_smtp *s)
 {
-    size_t n = s->body_len - s->body_off;
+    size_t n = (s->chunking ? s->chunk_end : s->body_len) - s->body_off;
     uv_write_t *req = ms_malloc(sizeof(*req));
     uv_buf_t buf;
     int r;
@@ -484,7 +594,7 @@ static void smtp_write_block(wk_smtp *s)
         tls_flush(s, smtp_body_write_cb); /* one write per block: the callback paces */
         return;
     }
-    if ((r = uv_write(req, (uv_stream_t *)&s->tcp, &buf, 1, smtp_body_write_cb)) < 0) {
+    if ((r = uv_write(req, &s->conn.stream, &buf, 1, smtp_body_write_cb)) < 0) {
         free(req);
         smtp_fail(s, MS_EIO, "4.4.2", "cannot send message to %s: %s", s->peer, uv_strerror(r));
     }
@@ -502,10 +612,33 @@ static void smtp_body_write_cb(uv_write_t *req, int status)
                   s->peer, uv_strerror(status));
         return;
     }
-    if (s->body_off < s->body_len)
+    if (s->body_off < (s->chunking ? s->chunk_end : s->body_len))
         smtp_write_block(s);
+    else if (s->chunking && s->chunk_end < s->body_len)
+        smtp_enter_state(s, SMTP_BDAT); /* the reply to this chunk, then the next */
     else
-        smtp_enter_state(s, SMTP_DOT);
+        smtp_enter_state(s, SMTP_DOT);  /* the reply to "." or to BDAT LAST */
+}
+
+/* RFC 3030 §2: the next chunk, "BDAT <size>" and exactly that many octets;
+ * the last one says LAST.  Written in WK_SMTP_DATA_BLOCK blocks. */
+static void smtp_send_chunk(wk_smtp *s)
+{
+    size_t n = s->body_len - s->body_off;
+    int last;
+
+    if (n > WK_SMTP_BDAT_CHUNK)
+        n = WK_SMTP_BDAT_CHUNK;
+    last = s->body_off + n == s->body_len;
+    s->chunk_end = s->body_off + n;
+    smtp_enter_state(s, SMTP_BODY);
+    smtp_send(s, "BDAT %zu%s\r\n", n, last ? " LAST" : "");
+    if (s->state != SMTP_BODY)
+        return;
+    if (n == 0)
+        smtp_enter_state(s, SMTP_DOT); /* an empty message: "BDAT 0 LAST" */
+    else
+        smtp_write_block(s);
 }
 
 /* ---- TLS (RFC 3207) ---- */
@@ -550,6 +683,8 @@ static void tls_handshake(wk_smtp *s)
         return;
     }
     e = ERR_get_error();
+    if (tls_may_fallback(s, e ? ERR_reason_error_string(e) : "protocol error"))
+        return;
     smtp_fail(s, MS_EPROTO, "4.7.5", "TLS handshake with %s failed: %s", s->peer,
               e ? ERR_reason_error_string(e) : "protocol error");
 }
@@ -577,7 +712,7 @@ static void tls_start(wk_smtp *s)
 /* TLS is required and the server cannot do it: say so and QUIT. */
 static void tls_required(wk_smtp *s)
 {
-    char why[160];
+    char why[WK_SMTP_REPLY_TEXT_MAX];
 
     snprintf(why, sizeof(why), "TLS is required (policy %s), but %s did not offer STARTTLS",
              wk_tls_policy_name(s->tls_policy), s->peer);
@@ -587,11 +722,12 @@ static void tls_required(wk_smtp *s)
 
 /* ---- connection reuse ---- */
 
-wk_smtp_cache *wk_smtp_cache_new(uint64_t idle_ms)
+wk_smtp_cache *wk_smtp_cache_new(uint64_t idle_ms, unsigned max_msgs)
 {
     wk_smtp_cache *c = ms_calloc(1, sizeof(*c));
 
     c->idle_ms = idle_ms;
+    c->max_msgs = max_msgs;
     return c;
 }
 
@@ -620,7 +756,12 @@ static void smtp_park(wk_smtp *s)
     wk_smtp *o;
     size_t same = 0;
 
-    if (c == NULL || c->closing || c->nidle >= WK_SMTP_CACHE_MAX) {
+    s->nmsgs++;
+    /* Like Postfix's smtp_connection_reuse_count_limit: a connection that
+     * carried enough messages is closed, so no one server process (or
+     * its memory leaks) keeps us forever. */
+    if (c == NULL || c->closing || c->nidle >= WK_SMTP_CACHE_MAX ||
+        (c->max_msgs > 0 && s->nmsgs >= c->max_msgs)) {
         smtp_quit(s);
         return;
     }
@@ -655,12 +796,21 @@ static void smtp_send_mail(wk_smtp *s)
     char params[64] = "";
     size_t n = 0;
 
+    /* RFC 3030 §4: BDAT whenever the server takes it (smtp_refuse_locally
+     * has made sure a BINARYMIME body only goes where it can). */
+    s->chunking = (s->ehlo.flags & WK_EHLO_CHUNKING) != 0;
+    smtp_body_prepare(s);
     if (s->ehlo.flags & WK_EHLO_SIZE)
         n += (size_t)snprintf(params + n, sizeof(params) - n, " SIZE=%zu", s->msg_len);
-    if (s->body_8bitmime && (s->ehlo.flags & WK_EHLO_8BITMIME))
+    if (s->body_binarymime)
+        n += (size_t)snprintf(params + n, sizeof(params) - n, " BODY=BINARYMIME");
+    else if (s->body_8bitmime && (s->ehlo.flags & WK_EHLO_8BITMIME))
         n += (size_t)snprintf(params + n, sizeof(params) - n, " BODY=8BITMIME");
     if (s->smtputf8 && (s->ehlo.flags & WK_EHLO_SMTPUTF8))
         snprintf(params + n, sizeof(params) - n, " SMTPUTF8");
+    ms_debug("event=smtp_mail qid=%s peer=%s via=%s size=%zu tls=%s auth=%s", s->log_id, s->peer,
+             s->chunking ? "bdat" : "data", s->body_len, s->tls_on ? "yes" : "no",
+             s->auth_done ? "yes" : "no");
     smtp_enter_state(s, SMTP_MAIL);
     smtp_send(s, "MAIL FROM:<%s>%s\r\n", s->mail_from, params);
     if (s->ehlo.flags & WK_EHLO_PIPELINING) {
@@ -670,7 +820,9 @@ static void smtp_send_mail(wk_smtp *s)
         s->pipelined = 1;
         for (i = 0; i < s->nrcpts && s->state != SMTP_CLOSED; i++)
             smtp_send(s, "RCPT TO:<%s>\r\n", s->rcpts[i]);
-        if (s->state != SMTP_CLOSED)
+        /* BDAT waits for the RCPT replies: a chunk cannot be taken back
+         * once sent (RFC 3030 §4.2 would allow pipelining it; we do not). */
+        if (s->state != SMTP_CLOSED && !s->chunking)
             smtp_send(s, "DATA\r\n");
     }
 }
@@ -680,11 +832,21 @@ static void smtp_send_mail(wk_smtp *s)
 static int smtp_refuse_locally(wk_smtp *s)
 {
     struct wk_reply r = {.nlines = 1};
-    char text[160];
+    char text[WK_SMTP_REPLY_TEXT_MAX];
     size_t i;
     int utf8 = 0;
 
-    if (s->ehlo.size_max > 0 && s->msg_len > s->ehlo.size_max) {
+    if (s->body_binarymime &&
+        (s->ehlo.flags & (WK_EHLO_CHUNKING | WK_EHLO_BINARYMIME)) !=
+            (WK_EHLO_CHUNKING | WK_EHLO_BINARYMIME)) {
+        /* RFC 3030 §3: a BINARYMIME message goes only to a server with
+         * CHUNKING and BINARYMIME; we do not convert it, so it is returned
+         * (554 5.6.3, "conversion required but not supported"). */
+        r.code = 554;
+        snprintf(r.dsn, sizeof(r.dsn), "5.6.3");
+        snprintf(text, sizeof(text), "5.6.3 %s does not support BINARYMIME%s", s->peer,
+                 s->ehlo.flags & WK_EHLO_CHUNKING ? "" : " and CHUNKING");
+    } else if (s->ehlo.size_max > 0 && s->msg_len > s->ehlo.size_max) {
         /* RFC 1870 §6.1: do not send what the server said it will refuse. */
         r.code = 552;
         snprintf(r.dsn, sizeof(r.dsn), "5.3.4");
@@ -709,6 +871,134 @@ static int smtp_refuse_locally(wk_smtp *s)
     smtp_report(s, 0, &r, NULL, NULL);
     smtp_quit(s);
     return 1;
+}
+
+/* ---- AUTH (RFC 4954) ---- */
+
+/* Not the message's fault: defer everyone with our diagnostic, QUIT. */
+static void auth_defer(wk_smtp *s, const char *dsn, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void auth_defer(wk_smtp *s, const char *dsn, const char *fmt, ...)
+{
+    char why[WK_SMTP_REPLY_TEXT_MAX];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof(why), fmt, ap);
+    va_end(ap);
+    ms_warn("event=smtp_auth_failed qid=%s peer=%s user=\"%s\" dsn=%s why=\"%s\"", s->log_id,
+            s->peer, s->auth_user, dsn, why);
+    smtp_report(s, 0, NULL, dsn, why);
+    smtp_quit(s);
+}
+
+static void auth_start(wk_smtp *s)
+{
+    char resp[WK_AUTH_PLAIN_MAX];
+
+    if (!s->tls_on && !s->auth_plaintext) {
+        /* RFC 4954 §4 and §14: PLAIN and LOGIN expose the password; it
+         * only goes over TLS unless the operator allowed otherwise. */
+        auth_defer(s, "4.7.11",
+                   "refusing to send AUTH credentials to %s without TLS (%s)", s->peer,
+                   s->tls_fallback                  ? "the TLS handshake failed"
+                   : s->tls_policy == WK_TLS_NONE   ? "TLS policy none"
+                   : (s->ehlo.flags & WK_EHLO_STARTTLS) ? "STARTTLS refused"
+                                                    : "STARTTLS not offered");
+        return;
+    }
+    if ((s->auth_mech = wk_auth_pick(s->ehlo.auth & s->auth_mechs)) == WK_AUTH_NONE) {
+        auth_defer(s, "4.7.0", "%s offers no AUTH mechanism we may use (%s%s%s)%s", s->peer,
+                   s->auth_mechs & WK_AUTH_PLAIN ? "PLAIN" : "",
+                   s->auth_mechs == (WK_AUTH_PLAIN | WK_AUTH_LOGIN) ? ", " : "",
+                   s->auth_mechs & WK_AUTH_LOGIN ? "LOGIN" : "",
+                   s->ehlo.flags & WK_EHLO_AUTH ? "" : ": no AUTH at all");
+        return;
+    }
+    smtp_enter_state(s, SMTP_AUTH);
+    s->auth_step = 0;
+    if (s->auth_mech == WK_AUTH_PLAIN) {
+        /* RFC 4954 §4: the initial response saves a round trip. */
+        if (wk_auth_plain(s->auth_user, s->auth_password, resp, sizeof(resp)) < 0)
+            ms_panic("event=smtp_auth_fields_unchecked"); /* checked at start */
+        smtp_send_secret(s, "AUTH PLAIN %s\r\n", resp);
+        OPENSSL_cleanse(resp, sizeof(resp));
+    } else {
+        smtp_send(s, "AUTH LOGIN\r\n");
+    }
+}
+
+/* A reply in SMTP_AUTH. */
+static void auth_reply(wk_smtp *s, const struct wk_reply *r)
+{
+    uint8_t challenge[WK_AUTH_CHALLENGE_MAX];
+    char b64[WK_AUTH_FIELD_B64_MAX], text[WK_SMTP_REPLY_TEXT_MAX], dsn[WK_DSN_MAX + 1];
+    const char *field;
+    int n;
+
+    if (r->code == 235) {
+        /* RFC 4954 §6: authenticated; the EHLO answer still holds. */
+        s->auth_done = 1;
+        ms_info("event=smtp_auth qid=%s peer=%s user=\"%s\" mech=%s", s->log_id, s->peer,
+                s->auth_user, wk_auth_mech_name(s->auth_mech));
+        smtp_send_mail(s);
+        return;
+    }
+    if (r->code == 334) {
+        /* LOGIN: the server asks for the user name, then the password; the
+         * prompts' texts are not standard, so only their form is checked. */
+        n = wk_auth_challenge(r, challenge, sizeof(challenge));
+        OPENSSL_cleanse(challenge, sizeof(challenge));
+        if (n < 0 || s->auth_mech != WK_AUTH_LOGIN || s->auth_step >= 2) {
+            smtp_fail(s, MS_EPROTO, "4.7.0", "%s from %s during AUTH %s",
+                      n < 0 ? "malformed 334 challenge" : "unexpected 334 challenge", s->peer,
+                      wk_auth_mech_name(s->auth_mech));
+            return;
+        }
+        field = s->auth_step == 0 ? s->auth_user : s->auth_password;
+        ms_base64_encode(field, strlen(field), b64, sizeof(b64));
+        smtp_enter_state(s, SMTP_AUTH); /* re-arm the timeout */
+        if (s->auth_step++ == 0)
+            smtp_send(s, "%s\r\n", b64);
+        else
+            smtp_send_secret(s, "%s\r\n", b64);
+        OPENSSL_cleanse(b64, sizeof(b64));
+        return;
+    }
+    /* Refused.  A 5yz (535 5.7.8: bad credentials; 534: mechanism too weak)
+     * means our configuration is wrong, which retrying will not fix but the
+     * operator will: defer like Postfix with smtp_sasl_auth_soft_bounce=yes
+     * (the default), never bounce the mail for it. */
+    wk_reply_format(r, text, sizeof(text));
+    if (r->dsn[0])
+        snprintf(dsn, sizeof(dsn), "4%s", r->dsn + 1);
+    else
+        snprintf(dsn, sizeof(dsn), "%s", r->code == 535 || r->code >= 500 ? "4.7.8" : "4.7.0");
+    ms_warn("event=smtp_auth_failed qid=%s peer=%s user=\"%s\" mech=%s dsn=%s reply=\"%s\"",
+            s->log_id, s->peer, s->auth_user, wk_auth_mech_name(s->auth_mech), dsn, text);
+    {
+        char why[WK_SMTP_REPLY_TEXT_MAX];
+        snprintf(why, sizeof(why), "SASL authentication (%s) to %s failed: %.300s",
+                 wk_auth_mech_name(s->auth_mech), s->peer, text);
+        smtp_report(s, 0, NULL, dsn, why);
+    }
+    if (r->code == 421)
+        smtp_close(s);
+    else
+        smtp_quit(s);
+}
+
+/* EHLO (and STARTTLS) done: a local refusal, AUTH when due, then MAIL. */
+static void smtp_ready(wk_smtp *s)
+{
+    if (smtp_refuse_locally(s))
+        return;
+    if (s->auth_user && !s->auth_done) {
+        auth_start(s);
+        return;
+    }
+    smtp_send_mail(s);
 }
 
 static void smtp_send_rcpt(wk_smtp *s)
@@ -749,18 +1039,19 @@ static void smtp_handle_reply(wk_smtp *s, const struct wk_reply *r)
         } else {
             break;
         }
-        if (!smtp_refuse_locally(s))
-            smtp_send_mail(s);
+        smtp_ready(s);
         return;
     case SMTP_STARTTLS:
         if (r->code == 220) {
             tls_start(s);
             return;
         }
+        if (r->code == 421 && tls_may_fallback(s, "STARTTLS refused with 421"))
+            return; /* the server is closing this connection */
         if (s->tls_policy == WK_TLS_MAY) {
-            /* Opportunistic: go on in plaintext. */
-            if (!smtp_refuse_locally(s))
-                smtp_send_mail(s);
+            /* Opportunistic, and the session is as before STARTTLS (RFC
+             * 3207 §4): go on in plaintext on this connection. */
+            smtp_ready(s);
             return;
         }
         break;
@@ -772,8 +1063,10 @@ static void smtp_handle_reply(wk_smtp *s, const struct wk_reply *r)
             tls_required(s);
             return;
         }
-        if (!smtp_refuse_locally(s))
-            smtp_send_mail(s);
+        smtp_ready(s);
+        return;
+    case SMTP_AUTH:
+        auth_reply(s, r);
         return;
     case SMTP_MAIL:
         if (!ok)
@@ -801,7 +1094,7 @@ static void smtp_handle_reply(wk_smtp *s, const struct wk_reply *r)
         }
         if (s->naccepted == 0) {
             smtp_report(s, 0, NULL, NULL, NULL); /* every recipient is final */
-            if (!s->pipelined) {
+            if (!s->pipelined || s->chunking) {
                 smtp_quit(s);
                 return;
             }
@@ -811,9 +1104,20 @@ static void smtp_handle_reply(wk_smtp *s, const struct wk_reply *r)
             smtp_enter_state(s, SMTP_DATA);
             return;
         }
+        if (s->chunking) {
+            smtp_send_chunk(s);
+            return;
+        }
         smtp_enter_state(s, SMTP_DATA);
         if (!s->pipelined)
             smtp_send(s, "DATA\r\n");
+        return;
+    case SMTP_BDAT:
+        /* RFC 3030 §2: each chunk is answered; a refused one ends the
+         * transaction (what was sent is discarded by the server). */
+        if (!ok)
+            break;
+        smtp_send_chunk(s);
         return;
     case SMTP_DATA:
         if (s->abort_data) {
@@ -836,7 +1140,8 @@ static void smtp_handle_reply(wk_smtp *s, const struct wk_reply *r)
             return;
         }
         if (s->lmtp) {
-            /* RFC 2033 §4.2: one reply per accepted recipient, in order. */
+            /* RFC 2033 §4.2 (and RFC 3030 §4 for BDAT LAST): one reply per
+             * accepted recipient, in order. */
             while (s->lmtp_next < s->nrcpts && s->final[s->lmtp_next])
                 s->lmtp_next++;
             if (s->lmtp_next < s->nrcpts) {
@@ -868,8 +1173,7 @@ static void smtp_handle_reply(wk_smtp *s, const struct wk_reply *r)
     case SMTP_RSET:
         if (!ok)
             break;
-        if (!smtp_refuse_locally(s))
-            smtp_send_mail(s);
+        smtp_ready(s); /* authenticated already, if at all */
         return;
     case SMTP_IDLE:
         /* A parked connection the server talks on (a 421 before it goes
@@ -969,13 +1273,17 @@ static void smtp_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf
             smtp_close(s);
             return;
         }
+        if (s->state == SMTP_TLS &&
+            tls_may_fallback(s, nread == UV_EOF ? "connection closed during the TLS handshake"
+                                                : uv_strerror((int)nread)))
+            return;
         smtp_fail(s, MS_EIO, "4.4.2", "lost connection with %s in state %s: %s", s->peer,
                   state_names[s->state],
                   nread == UV_EOF ? "connection closed" : uv_strerror((int)nread));
         return;
     }
     if (s->ssl) {
-        if (tls_read(s, buf->base, (size_t)nread) < 0)
+        if (tls_read(s, buf->base, (size_t)nread) < 0 || s->reconnecting)
             return;
     } else {
         ms_buf_commit(&s->in, (size_t)nread);
@@ -998,6 +1306,8 @@ static void smtp_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf
         if (s->state == SMTP_CONNECT) /* cannot happen: reading starts later */
             ms_panic("event=smtp_read_before_connect");
         smtp_handle_reply(s, &r);
+        if (s->reconnecting)
+            return; /* the rest belonged to the old connection */
         ms_buf_consume(&s->in, (size_t)n);
         if (s->state == SMTP_TLS && s->in.len > 0) {
             /* RFC 3207 §5 (and CVE-2011-0411): nothing may follow the 220
@@ -1021,7 +1331,7 @@ static void smtp_connect_cb(uv_connect_t *req, int status)
         return;
     }
     smtp_enter_state(s, SMTP_BANNER);
-    if ((r = uv_read_start((uv_stream_t *)&s->tcp, smtp_alloc_cb, smtp_read_cb)) < 0)
+    if ((r = uv_read_start(&s->conn.stream, smtp_alloc_cb, smtp_read_cb)) < 0)
         smtp_fail(s, MS_EIO, "4.4.2", "read from %s: %s", s->peer, uv_strerror(r));
 }
 
@@ -1048,9 +1358,92 @@ static void smtp_timeout_cb(uv_timer_t *t)
         smtp_fail(s, MS_EIO, "4.4.1", "connect to %s: %s", s->peer, uv_strerror(s->connect_err));
         return;
     }
+    if (s->state == SMTP_TLS && tls_may_fallback(s, "timeout in the TLS handshake"))
+        return;
     smtp_fail(s, MS_ETIMEOUT, s->state == SMTP_CONNECT ? "4.4.1" : "4.4.2",
               "timeout %s %s (%llu ms)", s->state == SMTP_CONNECT ? "connecting to" : "talking to",
               s->peer, (unsigned long long)s->timeout_ms[s->state]);
+}
+
+/* Format the cache key of a destination (see WK_SMTP_CACHE_KEY_MAX). */
+static void cache_key_format(char *key, size_t keylen, const char *where,
+                             const struct wk_smtp_msg *msg, enum wk_tls_policy tls)
+{
+    int n = snprintf(key, keylen, "%s|%d|%d|%s|%s|%s", where, (int)tls, msg->lmtp != 0,
+                     msg->tls_name ? msg->tls_name : "", msg->helo_name,
+                     msg->auth_user ? msg->auth_user : "");
+
+    /* The parts are checked by wk_smtp_start(): a cut key is a bug. */
+    if (n < 0 || (size_t)n >= keylen)
+        ms_panic("event=smtp_cache_key_too_long");
+}
+
+/* Open the connection (again, for a plaintext retry): TCP or UNIX. */
+static void smtp_connect_start(wk_smtp *s)
+{
+    int r = 0;
+
+    s->connect_err = 0;
+    s->connect_req.data = s;
+    smtp_enter_state(s, SMTP_CONNECT); /* arms the connect timeout */
+    if (s->addr.ss_family == AF_UNIX) {
+        uv_pipe_init(s->loop, &s->conn.pipe, 0);
+        s->conn.handle.data = s;
+        /* libuv 1.44: errors, even immediate ones, come to the callback. */
+        uv_pipe_connect(&s->connect_req, &s->conn.pipe,
+                        ((const struct sockaddr_un *)&s->addr)->sun_path, smtp_connect_cb);
+        return;
+    }
+    uv_tcp_init(s->loop, &s->conn.tcp);
+    s->conn.handle.data = s;
+    if ((r = uv_tcp_connect(&s->connect_req, &s->conn.tcp, (const struct sockaddr *)&s->addr,
+                            smtp_connect_cb)) < 0) {
+        /* Report from the loop, never from inside start (the caller does not
+         * expect its callback before it has the handle). */
+        ms_info("event=smtp_connect_failed qid=%s peer=%s error=\"%s\"", s->log_id, s->peer,
+                uv_strerror(r));
+        s->connect_err = r;
+        uv_timer_start(&s->timer, smtp_timeout_cb, 0, 0);
+    }
+}
+
+static void smtp_reconnect_cb(uv_handle_t *h)
+{
+    wk_smtp *s = h->data;
+
+    s->reconnecting = 0;
+    ms_buf_reset(&s->in); /* what the old connection said is forgotten */
+    if (s->state == SMTP_CLOSED) {
+        smtp_close_cb(h); /* closed (cancelled, timed out) meanwhile */
+        return;
+    }
+    smtp_connect_start(s);
+}
+
+/* RFC 3207 §4.1 leaves it to the client what to do when TLS cannot be
+ * had.  With `may` (opportunistic TLS, RFC 7435) we do as Postfix does: a
+ * failed handshake (or a server that closes the connection in it, or
+ * answers STARTTLS with 421) is followed, within the same attempt, by a new
+ * connection to the same address without STARTTLS.  `encrypt` and `verify`
+ * never come here.  Returns 1 when the retry was started. */
+static int tls_may_fallback(wk_smtp *s, const char *why)
+{
+    if (s->tls_policy != WK_TLS_MAY || s->tls_on || s->tls_fallback || s->reused)
+        return 0;
+    ms_info("event=smtp_tls_fallback qid=%s peer=%s state=%s reason=\"%s\"", s->log_id, s->peer,
+            state_names[s->state], why);
+    s->tls_policy = WK_TLS_NONE;
+    s->tls_fallback = 1;
+    if (s->ssl) {
+        SSL_free(s->ssl); /* and its BIOs */
+        s->ssl = NULL;
+        s->rbio = s->wbio = NULL;
+    }
+    memset(&s->ehlo, 0, sizeof(s->ehlo));
+    s->reconnecting = 1;
+    smtp_enter_state(s, SMTP_CONNECT);
+    uv_close(&s->conn.handle, smtp_reconnect_cb);
+    return 1;
 }
 
 int wk_smtp_start(uv_loop_t *loop, const struct sockaddr *addr,
@@ -1058,25 +1451,41 @@ int wk_smtp_start(uv_loop_t *loop, const struct sockaddr *addr,
                   void *arg, uint64_t id, wk_smtp **out)
 {
     wk_smtp *s;
-    char host[INET6_ADDRSTRLEN + 2];
+    char host[INET6_ADDRSTRLEN + 2], where[WK_SMTP_PEER_MAX], key[WK_SMTP_CACHE_KEY_MAX];
+    const struct sockaddr_un *sun = (const struct sockaddr_un *)addr;
+    enum wk_tls_policy tls;
     size_t i;
-    int r;
+    int is_unix = addr->sa_family == AF_UNIX;
 
     if (msg->nrcpts == 0 || (msg->tls >= WK_TLS_ENCRYPT && msg->tls_ctx == NULL) ||
         !wk_smtp_path_ok(msg->mail_from) ||
-        strlen(msg->helo_name) > WK_SMTP_PATH_MAX || !wk_smtp_path_ok(msg->helo_name))
+        strlen(msg->helo_name) > WK_SMTP_PATH_MAX || !wk_smtp_path_ok(msg->helo_name) ||
+        (msg->tls_name && strlen(msg->tls_name) > WK_SMTP_TLS_NAME_MAX))
+        return MS_EINVAL;
+    if (is_unix && (sun->sun_path[0] == '\0' ||
+                    memchr(sun->sun_path, '\0', sizeof(sun->sun_path)) == NULL))
+        return MS_EINVAL;
+    if (msg->auth_user && (!wk_auth_field_ok(msg->auth_user) || msg->auth_password == NULL ||
+                           !wk_auth_field_ok(msg->auth_password)))
         return MS_EINVAL;
     for (i = 0; i < msg->nrcpts; i++)
         if (!wk_smtp_path_ok(msg->rcpts[i]) || *msg->rcpts[i] == '\0')
             return MS_EINVAL;
 
-    ms_addr_str(addr, host, sizeof(host));
+    /* A UNIX-domain socket is local and protected by its permissions:
+     * STARTTLS would add nothing, so it is never used there. */
+    tls = is_unix || msg->tls_ctx == NULL ? WK_TLS_NONE : msg->tls;
+    if (is_unix) {
+        snprintf(where, sizeof(where), "unix:%s", sun->sun_path);
+        host[0] = '\0';
+    } else {
+        ms_addr_str(addr, host, sizeof(host));
+        snprintf(where, sizeof(where), addr->sa_family == AF_INET6 ? "[%s]:%d" : "%s:%d", host,
+                 ms_addr_port(addr));
+    }
+    cache_key_format(key, sizeof(key), where, msg, tls);
     if (msg->cache && !msg->cache->closing) {
-        char key[sizeof(s->cache_key)];
         wk_smtp *o;
-        snprintf(key, sizeof(key), "%s|%d|%d|%d|%s|%s", host, ms_addr_port(addr),
-                 msg->tls_ctx ? (int)msg->tls : 0, msg->lmtp,
-                 msg->tls_name ? msg->tls_name : "", msg->helo_name);
         for (o = msg->cache->idle; o; o = o->idle_next)
             if (strcmp(o->cache_key, key) == 0)
                 break;
@@ -1100,9 +1509,7 @@ int wk_smtp_start(uv_loop_t *loop, const struct sockaddr *addr,
     s->cache = msg->cache && !msg->cache->closing ? msg->cache : NULL;
     if (s->cache)
         s->cache->refs++;
-    snprintf(s->cache_key, sizeof(s->cache_key), "%s|%d|%d|%d|%s|%s", host, ms_addr_port(addr),
-             msg->tls_ctx ? (int)msg->tls : 0, msg->lmtp, msg->tls_name ? msg->tls_name : "",
-             msg->helo_name);
+    snprintf(s->cache_key, sizeof(s->cache_key), "%s", key);
     s->timeout_ms[SMTP_CONNECT] = t->connect;
     s->timeout_ms[SMTP_BANNER] = t->banner;
     s->timeout_ms[SMTP_EHLO] = t->helo;
@@ -1113,37 +1520,40 @@ int wk_smtp_start(uv_loop_t *loop, const struct sockaddr *addr,
     s->timeout_ms[SMTP_RCPT] = t->rcpt;
     s->timeout_ms[SMTP_DATA] = t->data;
     s->timeout_ms[SMTP_BODY] = t->block;
+    s->timeout_ms[SMTP_BDAT] = t->block;
+    s->timeout_ms[SMTP_AUTH] = t->helo;
     s->timeout_ms[SMTP_DOT] = t->dot;
     s->timeout_ms[SMTP_QUIT] = t->quit;
     s->timeout_ms[SMTP_RSET] = t->mail;
-    snprintf(s->peer, sizeof(s->peer), addr->sa_family == AF_INET6 ? "[%s]:%d" : "%s:%d", host,
-             ms_addr_port(addr));
+    snprintf(s->peer, sizeof(s->peer), "%s", where);
+    memcpy(&s->addr, addr,
+           is_unix ? sizeof(struct sockaddr_un)
+           : addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                         : sizeof(struct sockaddr_in));
+    s->loop = loop;
     s->helo_name = ms_strdup(msg->helo_name);
     s->lmtp = msg->lmtp;
-    s->tls_policy = msg->tls_ctx ? msg->tls : WK_TLS_NONE;
+    s->tls_policy = tls;
     s->tls_ctx = msg->tls_ctx;
     s->tls_name = ms_strdup(msg->tls_name && *msg->tls_name ? msg->tls_name : host);
+    if (msg->auth_user) {
+        s->auth_user = ms_strdup(msg->auth_user);
+        s->auth_password = ms_strdup(msg->auth_password);
+        s->auth_plaintext = msg->auth_plaintext;
+        s->auth_mechs = msg->auth_mechs ? msg->auth_mechs : WK_AUTH_PLAIN | WK_AUTH_LOGIN;
+    }
     tx_setup(s, msg);
     ms_buf_init(&s->in, WK_SMTP_INPUT_MAX);
     s->cb = cb;
     s->arg = arg;
     s->id = id;
 
-    uv_tcp_init(loop, &s->tcp);
     uv_timer_init(loop, &s->timer);
-    s->tcp.data = s->timer.data = s->connect_req.data = s;
+    s->timer.data = s;
     s->handles_open = 2;
     s->state = SMTP_CONNECT;
-    uv_timer_start(&s->timer, smtp_timeout_cb, s->timeout_ms[SMTP_CONNECT], 0);
     *out = s;
-    if ((r = uv_tcp_connect(&s->connect_req, &s->tcp, addr, smtp_connect_cb)) < 0) {
-        /* Report from the loop, never from inside start (the caller does not
-         * expect its callback before it has the handle). */
-        ms_info("event=smtp_connect_failed qid=%s peer=%s error=\"%s\"", s->log_id, s->peer,
-                uv_strerror(r));
-        s->connect_err = r;
-        uv_timer_start(&s->timer, smtp_timeout_cb, 0, 0);
-    }
+    smtp_connect_start(s);
     return 0;
 }
 

@@ -1,34 +1,71 @@
 /*
  * smtp_client.h - an asynchronous SMTP client transaction on a libuv loop.
  *
- * One wk_smtp session delivers one message to one server: connect, banner,
- * EHLO (HELO if EHLO is refused), MAIL FROM with SIZE= / BODY=8BITMIME /
- * SMTPUTF8 when the server advertises them, one RCPT TO per recipient, DATA
- * with the message dot-stuffed (RFC 5321 §4.5.2), QUIT.  With `lmtp` set it
- * speaks LMTP (RFC 2033): LHLO (no HELO fallback) and, after the data, one
- * reply per accepted recipient, each final for its recipient (§4.2).
+ * One wk_smtp session delivers one message to one server: connect (TCP,
+ * or a UNIX-domain socket when addr is AF_UNIX), banner, EHLO (HELO if EHLO
+ * is refused), AUTH when credentials are given, MAIL FROM with SIZE= /
+ * BODY=8BITMIME / BODY=BINARYMIME / SMTPUTF8 when the server advertises
+ * them, one RCPT TO per recipient, then the message: BDAT chunks when the
+ * server offers CHUNKING, else DATA with the message dot-stuffed (RFC 5321
+ * §4.5.2); QUIT.  With `lmtp` set it speaks LMTP (RFC 2033): LHLO (no HELO
+ * fallback) and, after the data (the end of DATA or the LAST chunk, RFC
+ * 3030 §4), one reply per accepted recipient, each final for its recipient
+ * (§4.2).
  *
  * STARTTLS (RFC 3207) by policy: `none` never; `may` (opportunistic, the
  * default) when the server offers it, certificate not checked; `encrypt`
  * requires it (not offered: 4.7.4), certificate not checked; `verify`
  * requires it and a certificate chain to our CAs naming tls_name (the MX
  * host name, or the IP literal).  A failed handshake or verification is
- * 4.7.5 (XXX: `may` does not fall back to plaintext; the retry does not
- * either).  After TLS the client says EHLO again and forgets the first
- * answer; bytes the server sent after its 220 to STARTTLS are refused
- * (command injection).  TLS runs through memory BIOs: the socket never sees
- * OpenSSL.
+ * 4.7.5 - except under `may`: there a failed handshake (an error, the
+ * server closing, a timeout) or a 421 to STARTTLS is followed, within the
+ * same session, by a new connection to the same address without STARTTLS
+ * (as Postfix does); the result then says tls "" and tls_fallback (XXX: such
+ * a connection is parked like any other, so a message that reuses it goes
+ * in plaintext too; a new connection tries TLS again).  Any other refusal
+ * of STARTTLS under `may` leaves the session as it was (RFC 3207 §4), so it
+ * goes on in plaintext on the same connection, as Postfix does.  After TLS
+ * the client says EHLO again and forgets the first answer; bytes the
+ * server sent after its 220 to STARTTLS are refused (command injection).
+ * TLS runs through memory BIOs: the socket never sees OpenSSL.  Over a
+ * UNIX-domain socket STARTTLS is never used (the socket is local).
  *
- * PIPELINING (RFC 2920) when offered: MAIL, the RCPTs and DATA are sent
- * together and the replies taken in order.
+ * AUTH (RFC 4954) when msg->auth_user is set (the relay host): PLAIN
+ * (RFC 4616, initial response) when offered, else LOGIN (only those in
+ * msg->auth_mechs, when set).  Credentials go only over TLS: a session
+ * without TLS at that point (STARTTLS not
+ * offered, policy `none`, a `may` fallback) defers every recipient with
+ * 4.7.11 and sends nothing, unless msg->auth_plaintext allows it.  A server
+ * that offers neither PLAIN nor LOGIN defers with 4.7.0 (XXX: we could
+ * send without AUTH; a smarthost that wants none should not be given
+ * credentials).  A failed AUTH (535 5.7.8, or any 5yz) is a configuration
+ * problem, not the message's: it is reported as code 0 with 4.7.8 (or
+ * the server's 4.x.x on a 4yz) and the server's reply in the text, so the
+ * mail is deferred, never bounced (Postfix's smtp_sasl_auth_soft_bounce).
+ * The password is never logged and is wiped from our buffers once sent.
+ *
+ * CHUNKING (RFC 3030) when offered: after the RCPTs, "BDAT <n>" chunks of
+ * WK_SMTP_BDAT_CHUNK octets, the last one "BDAT <n> LAST", each answered
+ * before the next goes out (no BDAT pipelining); the message is sent as it
+ * is, without dot-stuffing (a text body has its bare LFs made CRLF and a
+ * final CRLF added, as with DATA; a BINARYMIME body goes octet for octet).
+ * Timeouts: a chunk's reply waits `block`, the LAST chunk's `dot`.  A
+ * message marked BINARYMIME (body_binarymime) needs CHUNKING and
+ * BINARYMIME at the server; without them it is refused locally with
+ * 554 5.6.3 (RFC 3030 §3: no conversion here).
+ *
+ * PIPELINING (RFC 2920) when offered: MAIL, the RCPTs and DATA (not BDAT)
+ * are sent together and the replies taken in order.
  *
  * Connection reuse: with a cache (wk_smtp_cache), a session whose message
  * ended normally is parked instead of saying QUIT, for up to the cache's
  * idle time; the next wk_smtp_start() to the same address with the same
- * TLS settings takes it and says RSET before MAIL.  A parked connection the
- * server closes or talks on is dropped.  The result says whether the
- * connection was reused, so a caller can retry on a fresh one when a reused
- * connection fails before the server answered anything.  No CHUNKING yet.
+ * TLS settings (and AUTH user; for a UNIX socket, the same path) takes it
+ * and says RSET before MAIL.  A connection that has finished the cache's
+ * max_msgs transactions gets QUIT instead of being parked.  A parked
+ * connection the server closes or talks on is dropped.  The result says
+ * whether the connection was reused, so a caller can retry on a fresh one
+ * when a reused connection fails before the server answered anything.
  *
  * Outcome: the callback gets one effective result per recipient, in the
  * order given: the reply to its RCPT if that was not 2yz, else the reply to
@@ -41,8 +78,8 @@
  * as soon as the outcome is known (before QUIT), unless the session is
  * cancelled first.
  *
- * Ownership: wk_smtp_start() copies everything it needs (the message in its
- * dot-stuffed form), so the caller may free its copies at once.  The session
+ * Ownership: wk_smtp_start() copies everything it needs (the message, the
+ * credentials), so the caller may free its copies at once.  The session
  * frees itself after closing its handles.  The handle returned is valid until
  * the callback has been called or wk_smtp_cancel() - whichever comes first;
  * after that the caller must forget it.  One loop thread only.
@@ -95,6 +132,10 @@ void wk_tls_ctx_free(wk_tls_ctx *t);
 /* The message is written in blocks of this size, each with its own
  * WK_SMTP_TIMEOUT_BLOCK_MS (a "data block" of §4.5.3.2.5). */
 #define WK_SMTP_DATA_BLOCK (64 * 1024)
+/* RFC 3030: the size of one BDAT chunk.  Each chunk waits for its reply, so
+ * big chunks keep round trips few (26 for the largest message); the chunk
+ * is written in WK_SMTP_DATA_BLOCK blocks like DATA. */
+#define WK_SMTP_BDAT_CHUNK (1024 * 1024)
 /* Longest reply (formatted, see wk_reply_format) kept per recipient. */
 #define WK_SMTP_REPLY_TEXT_MAX 512
 /* Longest address (RFC 5321 §4.5.3.1.3: path 256 octets) we put in a
@@ -111,10 +152,19 @@ void wk_smtp_timeouts_default(struct wk_smtp_timeouts *t);
 #define WK_SMTP_CACHE_MAX 256
 #define WK_SMTP_CACHE_PER_ADDR 16
 
-/* Parked connections, one loop.  Free with wk_smtp_cache_close() while the
- * loop still runs (it closes the idle connections). */
+/* Default of [delivery] max_msgs_per_conn: transactions one connection
+ * carries before it gets QUIT instead of being parked again (Postfix's
+ * smtp_connection_reuse_count_limit is unlimited by default, its
+ * smtp_connection_reuse_time_limit 300 s; we bound by count). */
+#define WK_SMTP_MAX_MSGS_PER_CONN 100
+
+/* Parked connections, one loop.  idle_ms: how long a connection may wait
+ * for the next message; max_msgs: transactions (finished, whatever their
+ * outcome) after which a connection is closed with QUIT instead of parked
+ * (0: no limit).  Free with wk_smtp_cache_close() while the loop still runs
+ * (it closes the idle connections). */
 typedef struct wk_smtp_cache wk_smtp_cache;
-wk_smtp_cache *wk_smtp_cache_new(uint64_t idle_ms);
+wk_smtp_cache *wk_smtp_cache_new(uint64_t idle_ms, unsigned max_msgs);
 /* Connections parked right now. */
 size_t wk_smtp_cache_idle(const wk_smtp_cache *c);
 void wk_smtp_cache_close(wk_smtp_cache *c);
@@ -124,6 +174,7 @@ struct wk_smtp_msg {
     const char *helo_name;          /* our name in EHLO/HELO */
     const char *mail_from;          /* "" is the null sender <> */
     int body_8bitmime;              /* the client declared BODY=8BITMIME */
+    int body_binarymime;            /* the client declared BODY=BINARYMIME */
     int smtputf8;                   /* the client declared SMTPUTF8 */
     int lmtp;                       /* speak LMTP (RFC 2033): LHLO, one reply per
                                      * accepted recipient after the data */
@@ -131,9 +182,14 @@ struct wk_smtp_msg {
     wk_tls_ctx *tls_ctx;            /* needed unless tls is WK_TLS_NONE */
     const char *tls_name;           /* name to check and send as SNI */
     wk_smtp_cache *cache;           /* reuse connections through it; NULL: never */
+    const char *auth_user;          /* AUTH as this user (RFC 4954); NULL: no AUTH */
+    const char *auth_password;      /* with auth_user */
+    int auth_plaintext;             /* allow AUTH without TLS (e.g. loopback) */
+    unsigned auth_mechs;            /* WK_AUTH_* we may use; 0: PLAIN and LOGIN */
     const char *const *rcpts;
     size_t nrcpts;
-    const char *data;               /* CRLF lines, dot-unstuffed */
+    const char *data;               /* CRLF lines, dot-unstuffed (any octets when
+                                     * body_binarymime) */
     size_t len;
 };
 
@@ -150,6 +206,7 @@ struct wk_smtp_result {
     int err;                        /* 0, or why the session ended early (MS_E*) */
     const char *tls;                /* "" or protocol, cipher and "verified" */
     int reused;                     /* the connection came from the cache */
+    int tls_fallback;               /* `may`: TLS failed, delivered in plaintext */
     size_t nrcpts;
     const struct wk_smtp_rcpt_result *rcpts; /* valid during the callback */
 };
@@ -157,9 +214,11 @@ struct wk_smtp_result {
 typedef struct wk_smtp wk_smtp;
 typedef void (*wk_smtp_cb)(void *arg, uint64_t id, const struct wk_smtp_result *res);
 
-/* Start delivering msg to addr.  Returns 0 and the session in *out, or
- * MS_EINVAL for an address we refuse to put in a command (the callback is
- * then not called). */
+/* Start delivering msg to addr (AF_INET, AF_INET6, or AF_UNIX with a
+ * NUL-terminated sun_path).  Returns 0 and the session in *out, or
+ * MS_EINVAL for an address we refuse to put in a command, a tls_name over
+ * 255 octets, or credentials that are not wk_auth_field_ok() (the callback
+ * is then not called). */
 int wk_smtp_start(uv_loop_t *loop, const struct sockaddr *addr,
                   const struct wk_smtp_timeouts *timeouts, const struct wk_smtp_msg *msg,
                   wk_smtp_cb cb, void *arg, uint64_t id, wk_smtp **out);

@@ -154,6 +154,34 @@ static int keyword_is(const char *t, size_t len, const char *kw, const char **pa
     return 1;
 }
 
+/* The mechanisms we know in a space-separated list (RFC 4954 §3; names are
+ * case-insensitive, RFC 4422 §3.1). */
+static unsigned auth_mechs(const char *p, size_t len)
+{
+    static const struct {
+        const char *name;
+        unsigned bit;
+    } known[] = {{"PLAIN", WK_AUTH_PLAIN}, {"LOGIN", WK_AUTH_LOGIN}};
+    size_t i = 0, start, n, k, seen = 0;
+    unsigned mask = 0;
+
+    while (i < len && seen < WK_EHLO_AUTH_MECHS_MAX) {
+        while (i < len && p[i] == ' ')
+            i++;
+        start = i;
+        while (i < len && p[i] != ' ')
+            i++;
+        n = i - start;
+        if (n == 0)
+            break;
+        seen++;
+        for (k = 0; k < sizeof(known) / sizeof(known[0]); k++)
+            if (n == strlen(known[k].name) && strncasecmp(p + start, known[k].name, n) == 0)
+                mask |= known[k].bit;
+    }
+    return mask;
+}
+
 void wk_ehlo_parse(const struct wk_reply *r, struct wk_ehlo *e)
 {
     static const struct {
@@ -168,6 +196,8 @@ void wk_ehlo_parse(const struct wk_reply *r, struct wk_ehlo *e)
         {"STARTTLS", WK_EHLO_STARTTLS},
         {"CHUNKING", WK_EHLO_CHUNKING},
         {"DSN", WK_EHLO_DSN},
+        {"BINARYMIME", WK_EHLO_BINARYMIME},
+        {"AUTH", WK_EHLO_AUTH},
     };
     const char *param;
     size_t i, j, plen, k;
@@ -175,12 +205,21 @@ void wk_ehlo_parse(const struct wk_reply *r, struct wk_ehlo *e)
 
     e->flags = 0;
     e->size_max = 0;
+    e->auth = 0;
     /* Line 0 is "domain [greeting]", not a keyword. */
     for (i = 1; i < r->nlines; i++) {
+        if (r->text_len[i] > 5 && strncasecmp(r->text[i], "AUTH=", 5) == 0) {
+            /* The pre-RFC 4954 form some servers still send as well. */
+            e->flags |= WK_EHLO_AUTH;
+            e->auth |= auth_mechs(r->text[i] + 5, r->text_len[i] - 5);
+            continue;
+        }
         for (j = 0; j < sizeof(table) / sizeof(table[0]); j++) {
             if (!keyword_is(r->text[i], r->text_len[i], table[j].kw, &param, &plen))
                 continue;
             e->flags |= table[j].flag;
+            if (table[j].flag == WK_EHLO_AUTH)
+                e->auth |= auth_mechs(param, plen);
             if (table[j].flag != WK_EHLO_SIZE)
                 break;
             /* RFC 1870 §4: "SIZE" [SP number]; 0 or absent means no limit.

@@ -63,12 +63,23 @@ enum {
     WK_EHLO_ENHANCEDSTATUSCODES = 1 << 4, /* RFC 2034 */
     WK_EHLO_STARTTLS = 1 << 5,            /* RFC 3207 */
     WK_EHLO_CHUNKING = 1 << 6,            /* RFC 3030 */
-    WK_EHLO_DSN = 1 << 7                  /* RFC 3461 */
+    WK_EHLO_DSN = 1 << 7,                 /* RFC 3461 */
+    WK_EHLO_BINARYMIME = 1 << 8,          /* RFC 3030 §3 */
+    WK_EHLO_AUTH = 1 << 9                 /* RFC 4954 (mechanisms in .auth) */
 };
+
+/* SASL mechanisms the client can use (smtp_auth.h), as a mask. */
+enum wk_auth_mech { WK_AUTH_NONE = 0, WK_AUTH_PLAIN = 1 << 0, WK_AUTH_LOGIN = 1 << 1 };
+
+/* Mechanism names looked at per AUTH line; more are ignored. */
+#define WK_EHLO_AUTH_MECHS_MAX 32
 
 struct wk_ehlo {
     unsigned flags;
     uint64_t size_max; /* SIZE parameter; 0: none given (no fixed limit) */
+    unsigned auth;     /* WK_AUTH_* mask of the AUTH mechanisms we know (RFC
+                        * 4954 §3: "AUTH" SP mech *(SP mech); the old
+                        * "AUTH=mech ..." form is accepted too) */
 };
 
 void wk_ehlo_parse(const struct wk_reply *r, struct wk_ehlo *e);

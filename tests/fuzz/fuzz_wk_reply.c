@@ -1,13 +1,16 @@
 /*
- * fuzz_wk_reply.c - libFuzzer driver for worker/smtp_reply.c (and the
- * dot-stuffing in worker/dotstuff.c, which takes the same kind of bytes).
+ * fuzz_wk_reply.c - libFuzzer driver for worker/smtp_reply.c, the AUTH
+ * mechanism list of EHLO and the 334 challenges of worker/smtp_auth.c (and
+ * the dot-stuffing and BDAT line ends of worker/dotstuff.c, which take the
+ * same kind of bytes).
  *
  * Feeds the input as a stream of server replies, consuming reply after reply
  * the way the client does, and checks the parser's invariants: consumed
  * bytes are within the input and end at a newline, the code is in range,
  * text stays inside the buffer, formatting is NUL-terminated within its
- * size.  Then stuffs the input as a message and checks length and
- * terminator.
+ * size, AUTH mechanisms are only the known bits, a decoded challenge fits
+ * its buffer.  Then stuffs the input as a message and checks length and
+ * terminator, and normalises it for BDAT and checks the line ends.
  */
 #include <assert.h>
 #include <stdint.h>
@@ -15,6 +18,7 @@
 #include <string.h>
 
 #include "../../worker/dotstuff.h"
+#include "../../worker/smtp_auth.h"
 #include "../../worker/smtp_reply.h"
 #include "ms_error.h"
 
@@ -24,9 +28,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct wk_reply r;
     struct wk_ehlo e;
     char out[64];
+    uint8_t challenge[WK_AUTH_CHALLENGE_MAX];
     size_t pos = 0, i, n;
     char *stuffed;
-    int k;
+    int k, c;
 
     while (pos < size) {
         k = wk_reply_parse(buf + pos, size - pos, &r);
@@ -44,6 +49,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         n = wk_reply_format(&r, out, sizeof(out));
         assert(n < sizeof(out) && out[n] == '\0');
         wk_ehlo_parse(&r, &e);
+        assert((e.auth & ~(unsigned)(WK_AUTH_PLAIN | WK_AUTH_LOGIN)) == 0);
+        assert(e.auth == 0 || (e.flags & WK_EHLO_AUTH));
+        c = wk_auth_challenge(&r, challenge, sizeof(challenge));
+        assert(c == MS_EPROTO || c == MS_ETOOBIG || (c >= 0 && (size_t)c <= sizeof(challenge)));
+        assert(c < 0 || r.code == 334);
         pos += (size_t)k;
     }
 
@@ -53,6 +63,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     assert(wk_dotstuff(buf, size, stuffed) == n);
     assert(memcmp(stuffed + n - 3, ".\r\n", 3) == 0);
     assert(n == 3 || memcmp(stuffed + n - 5, "\r\n.\r\n", 5) == 0);
+    free(stuffed);
+
+    n = wk_crlf_len(buf, size);
+    assert(n >= size && (size == 0 || n >= 2));
+    stuffed = malloc(n ? n : 1);
+    assert(wk_crlf(buf, size, stuffed) == n);
+    assert(n == 0 || memcmp(stuffed + n - 2, "\r\n", 2) == 0);
+    for (i = 0; i < n; i++)
+        assert(stuffed[i] != '\n' || (i > 0 && stuffed[i - 1] == '\r'));
     free(stuffed);
     return 0;
 }

@@ -74,10 +74,41 @@ static void test_roundtrip(void **state)
     free(out);
 }
 
+/* BDAT (RFC 3030): line ends only, no dots, no terminator. */
+static void test_crlf(void **state)
+{
+    static const struct {
+        const char *name, *in, *out;
+    } crlf[] = {
+        {"empty", "", ""},
+        {"plain", "a\r\nb\r\n", "a\r\nb\r\n"},
+        {"dots stay", ".a\r\n.\r\n..\r\n", ".a\r\n.\r\n..\r\n"},
+        {"no final CRLF", "a\r\nb", "a\r\nb\r\n"},
+        {"final CR only", "a\r", "a\r\n"},
+        {"bare LF", "a\nb\n", "a\r\nb\r\n"},
+        {"bare CR kept", "a\rb\r\n", "a\rb\r\n"},
+    };
+    size_t i, n, len;
+    char out[64];
+
+    (void)state;
+    for (i = 0; i < sizeof(crlf) / sizeof(crlf[0]); i++) {
+        len = wk_crlf_len(crlf[i].in, strlen(crlf[i].in));
+        if (len != strlen(crlf[i].out))
+            fail_msg("%s: length %zu, want %zu", crlf[i].name, len, strlen(crlf[i].out));
+        n = wk_crlf(crlf[i].in, strlen(crlf[i].in), out);
+        assert_int_equal(n, len);
+        out[n] = '\0';
+        if (strcmp(out, crlf[i].out) != 0)
+            fail_msg("%s: got \"%s\"", crlf[i].name, out);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_table),
+        cmocka_unit_test(test_crlf),
         cmocka_unit_test(test_roundtrip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -214,13 +214,72 @@ static void test_ehlo(void **state)
     assert_int_equal(e.size_max, 0);
 }
 
+/* RFC 4954 §3: "AUTH" SP mechanism *(SP mechanism), names case-insensitive;
+ * the old "AUTH=" form; unknown mechanisms ignored; BINARYMIME. */
+static void test_ehlo_auth(void **state)
+{
+    static const struct {
+        const char *name, *in;
+        unsigned flags, auth;
+    } cases[] = {
+        {"plain login", "250-mx\r\n250 AUTH PLAIN LOGIN\r\n", WK_EHLO_AUTH,
+         WK_AUTH_PLAIN | WK_AUTH_LOGIN},
+        {"lower case", "250-mx\r\n250 auth login\r\n", WK_EHLO_AUTH, WK_AUTH_LOGIN},
+        {"others only", "250-mx\r\n250 AUTH CRAM-MD5 SCRAM-SHA-256 XOAUTH2\r\n", WK_EHLO_AUTH,
+         0},
+        {"mixed, extra spaces", "250-mx\r\n250 AUTH  CRAM-MD5   PLAIN \r\n", WK_EHLO_AUTH,
+         WK_AUTH_PLAIN},
+        {"old form", "250-mx\r\n250-AUTH=LOGIN PLAIN\r\n250 AUTH GSSAPI\r\n", WK_EHLO_AUTH,
+         WK_AUTH_PLAIN | WK_AUTH_LOGIN},
+        {"no mechanisms", "250-mx\r\n250 AUTH\r\n", WK_EHLO_AUTH, 0},
+        {"prefix is not a name", "250-mx\r\n250 AUTH PLAINX LOGINS XPLAIN\r\n", WK_EHLO_AUTH,
+         0},
+        {"not the keyword", "250-mx\r\n250 AUTHX PLAIN\r\n", 0, 0},
+        {"greeting is no keyword", "250 AUTH PLAIN\r\n", 0, 0},
+        {"binarymime", "250-mx\r\n250-CHUNKING\r\n250 BINARYMIME\r\n",
+         WK_EHLO_CHUNKING | WK_EHLO_BINARYMIME, 0},
+    };
+    struct wk_reply r;
+    struct wk_ehlo e;
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        assert_true(wk_reply_parse(cases[i].in, strlen(cases[i].in), &r) > 0);
+        wk_ehlo_parse(&r, &e);
+        if (e.flags != cases[i].flags || e.auth != cases[i].auth)
+            fail_msg("%s: flags %#x auth %#x, want %#x %#x", cases[i].name, e.flags, e.auth,
+                     cases[i].flags, cases[i].auth);
+    }
+}
+
+/* Only the first WK_EHLO_AUTH_MECHS_MAX names of a line are looked at. */
+static void test_ehlo_auth_limit(void **state)
+{
+    char in[2048];
+    size_t n = 0, i;
+    struct wk_reply r;
+    struct wk_ehlo e;
+
+    (void)state;
+    n += (size_t)snprintf(in + n, sizeof(in) - n, "250-mx\r\n250 AUTH");
+    for (i = 0; i < WK_EHLO_AUTH_MECHS_MAX; i++)
+        n += (size_t)snprintf(in + n, sizeof(in) - n, " X%zu", i);
+    snprintf(in + n, sizeof(in) - n, " PLAIN\r\n");
+    assert_true(wk_reply_parse(in, strlen(in), &r) > 0);
+    wk_ehlo_parse(&r, &e);
+    assert_int_equal(e.flags, WK_EHLO_AUTH);
+    assert_int_equal(e.auth, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_table),     cmocka_unit_test(test_parse_prefixes),
         cmocka_unit_test(test_parse_line_limit), cmocka_unit_test(test_parse_lines_limit),
         cmocka_unit_test(test_format),          cmocka_unit_test(test_dsn_extract),
-        cmocka_unit_test(test_ehlo),
+        cmocka_unit_test(test_ehlo),            cmocka_unit_test(test_ehlo_auth),
+        cmocka_unit_test(test_ehlo_auth_limit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
