@@ -96,7 +96,7 @@ enum dest_state { DEST_ROUTE, DEST_RATE, DEST_LEASE, DEST_SEND, DEST_DONE };
 /* A destination waiting for its turn ([delivery] dest_rate) or for a
  * connection lease: the wait or the Redis guard timer.  Its own allocation,
  * freed in the close callback; finds its dest by id. */
-struct lease_timer {
+struct dest_timer {
     uv_timer_t t;
     wk_delivery *d;
     uint64_t dest_id;
@@ -116,7 +116,7 @@ struct dest {
     size_t naddrs, next;              /* addresses and the next to try */
     wk_smtp *smtp;                    /* while DEST_SEND */
     char relay_str[WK_RELAY_MAX];     /* the address being tried */
-    struct lease_timer *lease;        /* dest_rate or dest_concurrency waits; NULL: none yet */
+    struct dest_timer *wait;          /* dest_rate or dest_concurrency waits; NULL: none yet */
     int leased;                       /* holds a lease in ms:lease:<name> */
     int rated;                        /* its turn came (or dest_rate is off, or failed open) */
     int rate_eval;                    /* Redis did not know the script: send EVAL */
@@ -292,7 +292,7 @@ static void after_release(wk_delivery *d)
     update_pauses(d);
 }
 
-static void lease_timer_closed(uv_handle_t *h)
+static void dest_timer_closed(uv_handle_t *h)
 {
     free(h); /* the uv_timer_t is the first member */
 }
@@ -322,9 +322,9 @@ static void dests_free(struct msg *m)
         if (ds->state == DEST_ROUTE && ds->job)
             wk_router_cancel(m->d->conf.router, ds->job);
         dest_release_lease(m->d, ds);
-        if (ds->lease) {
-            uv_close((uv_handle_t *)&ds->lease->t, lease_timer_closed);
-            ds->lease = NULL;
+        if (ds->wait) {
+            uv_close((uv_handle_t *)&ds->wait->t, dest_timer_closed);
+            ds->wait = NULL;
         }
         free(ds->rcpts);
         free(ds->addrs);
@@ -799,7 +799,7 @@ static const char lease_script[] =
 static void dest_connect(struct msg *m, struct dest *ds);
 static void dest_connect_now(struct msg *m, struct dest *ds);
 static void lease_request(struct msg *m, struct dest *ds);
-static void lease_timer_cb(uv_timer_t *t);
+static void dest_timer_cb(uv_timer_t *t);
 
 static void on_lease(void *arg, uint64_t id, const struct ms_redis_reply *r)
 {
@@ -807,16 +807,16 @@ static void on_lease(void *arg, uint64_t id, const struct ms_redis_reply *r)
     struct msg *m = NULL;
     struct dest *ds = dest_lookup(d, id, &m);
 
-    if (ds == NULL || ds->state != DEST_LEASE || ds->lease == NULL || !ds->lease->waiting_reply)
+    if (ds == NULL || ds->state != DEST_LEASE || ds->wait == NULL || !ds->wait->waiting_reply)
         return;
-    ds->lease->waiting_reply = 0;
-    uv_timer_stop(&ds->lease->t);
+    ds->wait->waiting_reply = 0;
+    uv_timer_stop(&ds->wait->t);
     if (r->type == MS_REDIS_INT && r->integer == 1) {
         ds->leased = 1;
     } else if (r->type == MS_REDIS_INT) {
         /* Every lease is taken: ask again a little later. */
         ms_counter_inc(d->m_lease_waits);
-        uv_timer_start(&ds->lease->t, lease_timer_cb, WK_LEASE_RETRY_MS, 0);
+        uv_timer_start(&ds->wait->t, dest_timer_cb, WK_LEASE_RETRY_MS, 0);
         return;
     } else {
         redis_failed(d, m, "EVAL lease", r);
@@ -826,9 +826,9 @@ static void on_lease(void *arg, uint64_t id, const struct ms_redis_reply *r)
 
 static void rate_timer(struct msg *m, struct dest *ds);
 
-static void lease_timer_cb(uv_timer_t *t)
+static void dest_timer_cb(uv_timer_t *t)
 {
-    struct lease_timer *lt = (struct lease_timer *)t;
+    struct dest_timer *lt = (struct dest_timer *)t;
     struct msg *m = NULL;
     struct dest *ds = dest_lookup(lt->d, lt->dest_id, &m);
 
@@ -875,8 +875,8 @@ static void lease_request(struct msg *m, struct dest *ds)
         dest_connect_now(m, ds);
         return;
     }
-    ds->lease->waiting_reply = 1;
-    uv_timer_start(&ds->lease->t, lease_timer_cb, WK_REDIS_TIMEOUT_MS, 0);
+    ds->wait->waiting_reply = 1;
+    uv_timer_start(&ds->wait->t, dest_timer_cb, WK_REDIS_TIMEOUT_MS, 0);
 }
 
 /* The name rates and leases are kept under: the relay host, the transport
@@ -893,15 +893,15 @@ static void dest_timer_init(struct msg *m, struct dest *ds)
     wk_delivery *d = m->d;
     const char *name = dest_name(d, ds);
 
-    if (ds->lease != NULL)
+    if (ds->wait != NULL)
         return;
-    ds->lease = ms_calloc(1, sizeof(*ds->lease));
-    uv_timer_init(d->loop, &ds->lease->t);
-    ds->lease->d = d;
-    ds->lease->dest_id = dest_id(m, ds);
+    ds->wait = ms_calloc(1, sizeof(*ds->wait));
+    uv_timer_init(d->loop, &ds->wait->t);
+    ds->wait->d = d;
+    ds->wait->dest_id = dest_id(m, ds);
     snprintf(ds->lease_key, sizeof(ds->lease_key), "ms:lease:%s", name);
     snprintf(ds->lease_member, sizeof(ds->lease_member), "%s:%llu", d->conf.node_id,
-             (unsigned long long)ds->lease->dest_id);
+             (unsigned long long)ds->wait->dest_id);
     snprintf(ds->rate_key, sizeof(ds->rate_key), "ms:rate:%s", name);
 }
 
@@ -943,15 +943,15 @@ static void rate_request(struct msg *m, struct dest *ds)
         rate_fail_open(m, ds, NULL);
         return;
     }
-    ds->lease->waiting_reply = 1;
-    uv_timer_start(&ds->lease->t, lease_timer_cb, WK_REDIS_TIMEOUT_MS, 0);
+    ds->wait->waiting_reply = 1;
+    uv_timer_start(&ds->wait->t, dest_timer_cb, WK_REDIS_TIMEOUT_MS, 0);
 }
 
 static void rate_timer(struct msg *m, struct dest *ds)
 {
-    if (ds->lease->waiting_reply) {
+    if (ds->wait->waiting_reply) {
         /* Redis did not answer in time: go without the check. */
-        ds->lease->waiting_reply = 0;
+        ds->wait->waiting_reply = 0;
         rate_fail_open(m, ds, NULL);
         return;
     }
@@ -966,10 +966,10 @@ static void on_rate(void *arg, uint64_t id, const struct ms_redis_reply *r)
     char text[256];
     int64_t wait;
 
-    if (ds == NULL || ds->state != DEST_RATE || ds->lease == NULL || !ds->lease->waiting_reply)
+    if (ds == NULL || ds->state != DEST_RATE || ds->wait == NULL || !ds->wait->waiting_reply)
         return;
-    ds->lease->waiting_reply = 0;
-    uv_timer_stop(&ds->lease->t);
+    ds->wait->waiting_reply = 0;
+    uv_timer_stop(&ds->wait->t);
     wait = ms_bucket_wait_result(r);
     if (wait == MS_ENOTFOUND && !ds->rate_eval) {
         /* Redis restarted or SCRIPT FLUSH: EVAL loads the script again. */
@@ -1004,7 +1004,7 @@ static void on_rate(void *arg, uint64_t id, const struct ms_redis_reply *r)
         return;
     }
     ds->rate_waited_ms += (uint64_t)wait;
-    uv_timer_start(&ds->lease->t, lease_timer_cb, (uint64_t)wait, 0);
+    uv_timer_start(&ds->wait->t, dest_timer_cb, (uint64_t)wait, 0);
 }
 
 /* Connect to the next address: first the destination's turn when
