@@ -67,3 +67,33 @@ def test_dest_rate_long_wait_defers(cluster_factory, fake_smtp):
     wk = cl.workers[0]
     assert metric(wk, "mailstream_worker_dest_rate_deferred_total") >= 1
     assert metric(wk, "mailstream_worker_retry_records_total") >= 1
+
+
+def test_dest_rate_fails_open_without_redis(cluster_factory, fake_smtp, tmp_path):
+    """The worker's own Redis goes away: messages are delivered without the
+    rate check (like leases, at least once beats never), and counted."""
+    sup = mslocal.Supervisor(tmp_path)
+    redis = mslocal.Redis(sup, mslocal.free_port())
+    redis.start()
+    try:
+        srv = fake_smtp()
+        cl = cluster_factory(frontends=0, workers=1, worker_extra={
+            "redis": {"port": redis.port},
+            "delivery": {"relay_host": srv.address, "dest_rate": "0.1",
+                         "dest_rate_max_wait_ms": 0, "retry_min_ms": 200,
+                         "retry_max_ms": 1000}})
+        redis.stop()
+        qs = [new_qid() for _ in range(3)]
+        produce(cl, [(q, envelope(q, [f"o{i}@example.net"], message(q),
+                                  direction=DIRECTION_OUTBOUND)) for i, q in enumerate(qs)])
+        evs = wait_events(cl, lambda e: sum(1 for x in e if x.get("qid") in qs
+                                            and x["outcome"] == "delivered") == 3, timeout=120)
+        # With the bucket reachable, one message per 10 s and no waiting
+        # would have deferred two of them (4.4.5): none was.
+        mine = [e for e in evs if e.get("qid") in qs]
+        assert [e["outcome"] for e in mine] == ["delivered"] * 3
+        wk = cl.workers[0]
+        assert metric(wk, "mailstream_worker_dest_rate_unchecked_total") == 3
+        assert metric(wk, "mailstream_worker_dest_rate_deferred_total") == 0
+    finally:
+        sup.stop_all()
