@@ -7,9 +7,9 @@
  * own clock, so that nodes need not agree on the time), refilled at
  * capacity / period_ms per ms up to capacity.  One Lua script
  * (MS_BUCKET_SCRIPT) checks and charges up to several buckets atomically;
- * callers send it with EVALSHA (MS_BUCKET_SHA ... or the SHA-1 they got from
- * SCRIPT LOAD) and fall back to EVAL when Redis answers NOSCRIPT (after a
- * restart or SCRIPT FLUSH).
+ * callers send it with EVALSHA (the digest from ms_bucket_sha(), or the one
+ * SCRIPT LOAD answered) and fall back to EVAL when Redis answers NOSCRIPT
+ * (after a restart or SCRIPT FLUSH).
  *
  * Script interface: KEYS[1..n] buckets, KEYS[n+1] (optional) a key whose
  * existence refuses; ARGV[1] the mode, ARGV[2] n, then capacity, period_ms
