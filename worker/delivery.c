@@ -958,12 +958,30 @@ static void rate_timer(struct msg *m, struct dest *ds)
     rate_request(m, ds); /* its turn should have come: ask again */
 }
 
+/* Waited too long (or the worker is draining): defer the destination's
+ * recipients like any temporary failure; the retry record keeps them. */
+static void rate_defer(struct msg *m, struct dest *ds, int64_t next_turn_ms)
+{
+    wk_delivery *d = m->d;
+    char text[256];
+
+    ms_counter_inc(d->m_rate_deferred);
+    ms_info("event=dest_rate_deferred qid=%s dest=%s waited_ms=%llu next_turn_ms=%lld "
+            "draining=%d",
+            m->qid, dest_name(d, ds), (unsigned long long)ds->rate_waited_ms,
+            (long long)next_turn_ms, d->draining);
+    snprintf(text, sizeof(text),
+             "destination over its rate ([delivery] dest_rate): waited %llu ms for its turn",
+             (unsigned long long)ds->rate_waited_ms);
+    /* RFC 3463 X.4.5: mail system congestion. */
+    dest_finish_all(m, ds, 0, "4.4.5", text, dest_name(d, ds));
+}
+
 static void on_rate(void *arg, uint64_t id, const struct ms_redis_reply *r)
 {
     wk_delivery *d = arg;
     struct msg *m = NULL;
     struct dest *ds = dest_lookup(d, id, &m);
-    char text[256];
     int64_t wait;
 
     if (ds == NULL || ds->state != DEST_RATE || ds->wait == NULL || !ds->wait->waiting_reply)
@@ -991,16 +1009,9 @@ static void on_rate(void *arg, uint64_t id, const struct ms_redis_reply *r)
     }
     if (ds->rate_waited_ms == 0)
         ms_counter_inc(d->m_rate_waits);
-    if (ds->rate_waited_ms + (uint64_t)wait > d->conf.dest_rate_max_wait_ms) {
-        ms_counter_inc(d->m_rate_deferred);
-        ms_info("event=dest_rate_deferred qid=%s dest=%s waited_ms=%llu next_turn_ms=%lld",
-                m->qid, dest_name(d, ds), (unsigned long long)ds->rate_waited_ms,
-                (long long)wait);
-        snprintf(text, sizeof(text),
-                 "destination over its rate ([delivery] dest_rate): waited %llu ms for its turn",
-                 (unsigned long long)ds->rate_waited_ms);
-        /* RFC 3463 X.4.5: mail system congestion. */
-        dest_finish_all(m, ds, 0, "4.4.5", text, dest_name(d, ds));
+    /* Draining (SIGTERM): no new waits; the retry record keeps the mail. */
+    if (d->draining || ds->rate_waited_ms + (uint64_t)wait > d->conf.dest_rate_max_wait_ms) {
+        rate_defer(m, ds, wait);
         return;
     }
     ds->rate_waited_ms += (uint64_t)wait;
@@ -1943,6 +1954,20 @@ void wk_delivery_drain(wk_delivery *d, void (*drained)(void *arg), void *arg)
     for (i = 0; i < d->nslots; i++)
         if (d->slots[i] && (d->slots[i]->state == MSG_WAIT || d->slots[i]->state == MSG_HOLD))
             msg_release(d->slots[i], 0);
+    /* Destinations sleeping until their dest_rate turn stop waiting: they
+     * are deferred, so the drain does not wait for their turn.  (Deferring
+     * one may finish its message and free m->dests: the loop re-reads.) */
+    for (i = 0; i < d->nslots; i++) {
+        struct msg *m = d->slots[i];
+        size_t k;
+        for (k = 0; m && m->state == MSG_SEND && k < m->ndests; k++) {
+            struct dest *ds = &m->dests[k];
+            if (ds->state != DEST_RATE || ds->wait == NULL || ds->wait->waiting_reply)
+                continue;
+            uv_timer_stop(&ds->wait->t);
+            rate_defer(m, ds, 0);
+        }
+    }
     after_release(d);
 }
 

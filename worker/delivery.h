@@ -155,7 +155,8 @@ void wk_delivery_on_produced(void *d, uint64_t id, int err, const char *errstr);
 int wk_delivery_in_flight(const wk_delivery *d);
 
 /* Shutdown, first step: stop taking records, abandon those waiting for a
- * retry, let running attempts finish.  `drained` is called (once, on the
+ * retry, defer (to a retry tier) destinations sleeping until their
+ * dest_rate turn, let running attempts finish.  `drained` is called (once, on the
  * loop) when no record is held any more. */
 void wk_delivery_drain(wk_delivery *d, void (*drained)(void *arg), void *arg);
 /* Shutdown, when draining takes too long: abandon everything now (the

@@ -97,3 +97,30 @@ def test_dest_rate_fails_open_without_redis(cluster_factory, fake_smtp, tmp_path
         assert metric(wk, "mailstream_worker_dest_rate_deferred_total") == 0
     finally:
         sup.stop_all()
+
+
+def test_dest_rate_wait_ends_on_drain(cluster_factory, fake_smtp):
+    """SIGTERM while a message sleeps until its destination's turn: it is
+    deferred to a retry tier (not left waiting, not lost), and a new worker
+    delivers it; each message reaches the destination once."""
+    srv = fake_smtp()
+    cl = cluster_factory(frontends=0, workers=1, worker_extra={"delivery": {
+        "relay_host": srv.address, "dest_rate": "0.05", "dest_rate_max_wait_ms": 600000,
+        "retry_min_ms": 200, "retry_max_ms": 1000}})
+    qs = [new_qid(), new_qid()]
+    produce(cl, [(q, envelope(q, [f"t{i}@example.net"], message(q),
+                              direction=DIRECTION_OUTBOUND)) for i, q in enumerate(qs)])
+    wk = cl.workers[0]
+    mslocal.wait_until(lambda: len(srv.delivered) == 1 and
+                       metric(wk, "mailstream_worker_dest_rate_waits_total") == 1, 60,
+                       "one delivered, one waiting for its turn", interval=0.2)
+    proc = wk.proc
+    wk.stop(timeout=60)
+    assert proc.popen.wait(timeout=5) == 0
+    log = wk.log.read_text()
+    assert "event=dest_rate_deferred" in log and "draining=1" in log
+    assert "event=abandoned" not in log
+    cl.add_worker()
+    wait_events(cl, lambda e: sum(1 for x in e if x.get("qid") in qs
+                                  and x["outcome"] == "delivered") == 2, timeout=120)
+    assert sorted(d[1][0] for d in srv.delivered) == ["t0@example.net", "t1@example.net"]
