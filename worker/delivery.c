@@ -1256,6 +1256,7 @@ static int send_dsn(struct msg *m)
 
     struct wk_dsn_facts facts;
     enum wk_dsn_verdict verdict;
+    char (*status)[WK_DSN_MAX + 1];
     size_t nwarn = 0;
 
     for (i = 0; i < m->nrcpts; i++)
@@ -1277,6 +1278,7 @@ static int send_dsn(struct msg *m)
         goto none;
     }
     dr = ms_calloc(n, sizeof(*dr));
+    status = ms_calloc(n, sizeof(*status));
     n = 0;
     for (i = 0; i < m->nrcpts; i++) {
         struct rcpt *rc = &m->rcpts[i];
@@ -1287,7 +1289,8 @@ static int send_dsn(struct msg *m)
         dr[n].final_rcpt = rc->addr;
         dr[n].orcpt = er->orcpt && er->orcpt[0] ? er->orcpt : NULL;
         dr[n].action = failed ? MS_DSN_FAILED : MS_DSN_DELAYED;
-        dr[n].status = rc->dsn[0] ? rc->dsn : failed ? "5.0.0" : "4.0.0";
+        wk_dsn_status(status[n], sizeof(status[n]), rc->dsn, failed);
+        dr[n].status = status[n];
         dr[n].remote_mta = rc->remote[0] ? rc->remote : NULL;
         dr[n].code = rc->code;
         dr[n].diagnostic = rc->reply;
@@ -1304,6 +1307,7 @@ static int send_dsn(struct msg *m)
     }
     if (n == 0) {
         free(dr);
+        free(status);
         ms_info("event=dsn_skipped qid=%s reason=notify", m->qid);
         ms_counter_inc(d->m_dsn_notify_skipped);
         goto none;
@@ -1328,6 +1332,7 @@ static int send_dsn(struct msg *m)
     ms_buf_init(&out, m->env->message.len + MS_DSN_REPORT_MAX);
     err = ms_dsn_build(&in, &out);
     free(dr);
+    free(status);
     if (err < 0) {
         ms_warn("event=dsn_failed qid=%s error=%s", m->qid, ms_err_name(err));
         ms_buf_free(&out);

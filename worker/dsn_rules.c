@@ -4,6 +4,7 @@
 #include "dsn_rules.h"
 #include "ms_dns.h"
 
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
@@ -94,4 +95,13 @@ int wk_delay_warning_due(int64_t delay_warning_s, int64_t received_us, int64_t n
     if (delay_warning_s <= 0 || warned_us != 0 || received_us <= 0 || !wk_notify_delay(notify))
         return 0;
     return now_us - received_us >= delay_warning_s * 1000000;
+}
+
+void wk_dsn_status(char *out, size_t outlen, const char *dsn, int failed)
+{
+    if (outlen == 0)
+        return;
+    snprintf(out, outlen, "%s", dsn && dsn[0] ? dsn : failed ? "5.0.0" : "4.0.0");
+    if (!failed && out[0] == '5')
+        out[0] = '4';
 }

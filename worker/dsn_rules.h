@@ -19,6 +19,7 @@
 #ifndef WK_DSN_RULES_H
 #define WK_DSN_RULES_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "ms_dmarc.h"
@@ -70,5 +71,12 @@ int wk_notify_delay(uint32_t notify);
  * DELAY, and the message has waited at least delay_warning_s. */
 int wk_delay_warning_due(int64_t delay_warning_s, int64_t received_us, int64_t now_us,
                          int64_t warned_us, uint32_t notify);
+
+/* The Status field of a DSN recipient (RFC 3464 §2.3.4) from its last
+ * enhanced status code `dsn` ("" when none): failed -> as given or 5.0.0;
+ * delayed -> 4.X.X (a soft 5yz such as a full mailbox, which is being
+ * retried, becomes 4.X.X) or 4.0.0.  Written to out (NUL-terminated,
+ * truncated to outlen - 1). */
+void wk_dsn_status(char *out, size_t outlen, const char *dsn, int failed);
 
 #endif

@@ -169,6 +169,27 @@ static void test_delay_warning_due(void **state)
     assert_false(wk_delay_warning_due(3600, 0, t0, 0, 0));
 }
 
+static void test_status(void **state)
+{
+    char st[11];
+
+    (void)state;
+    wk_dsn_status(st, sizeof(st), "5.1.1", 1);
+    assert_string_equal(st, "5.1.1");
+    wk_dsn_status(st, sizeof(st), "4.4.7", 1); /* expired: failed with its 4.4.7 */
+    assert_string_equal(st, "4.4.7");
+    wk_dsn_status(st, sizeof(st), "", 1);
+    assert_string_equal(st, "5.0.0");
+    wk_dsn_status(st, sizeof(st), "4.4.1", 0);
+    assert_string_equal(st, "4.4.1");
+    wk_dsn_status(st, sizeof(st), "5.2.2", 0); /* full mailbox, being retried */
+    assert_string_equal(st, "4.2.2");
+    wk_dsn_status(st, sizeof(st), NULL, 0);
+    assert_string_equal(st, "4.0.0");
+    wk_dsn_status(st, 4, "4.4.1", 0); /* bounded */
+    assert_string_equal(st, "4.4");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -177,6 +198,7 @@ int main(void)
         cmocka_unit_test(test_dkim_aligned),
         cmocka_unit_test(test_notify),
         cmocka_unit_test(test_delay_warning_due),
+        cmocka_unit_test(test_status),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
