@@ -4,6 +4,7 @@
  */
 #include "fe_ratelimit.h"
 #include "fe_idmap.h"
+#include "ms_bucket.h"
 #include "ms_error.h"
 #include "ms_log.h"
 #include "ms_mem.h"
@@ -14,42 +15,8 @@
 #include <string.h>
 #include <strings.h>
 
-/*
- * KEYS[1..n] buckets, KEYS[n+1] (optional) a key whose existence refuses.
- * ARGV[1] mode, ARGV[2] n, then capacity, period_ms, cost per bucket.
- * A bucket is a hash {tok, ts}: `tok` tokens at time `ts` (ms, Redis's own
- * clock so that frontends need not agree on the time), refilled at
- * capacity / period_ms per ms up to capacity.  A bucket left alone for a
- * whole period is full again, so it expires after one period.
- */
-const char FE_RL_SCRIPT[] =
-    "local n = tonumber(ARGV[2])\n"
-    "if #KEYS > n and redis.call('EXISTS', KEYS[n + 1]) == 1 then return -1 end\n"
-    "local t = redis.call('TIME')\n"
-    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "local mode = ARGV[1]\n"
-    "local tok = {}\n"
-    "for i = 1, n do\n"
-    "  local cap = tonumber(ARGV[3 * i])\n"
-    "  local per = tonumber(ARGV[3 * i + 1])\n"
-    "  local cost = tonumber(ARGV[3 * i + 2])\n"
-    "  local h = redis.call('HMGET', KEYS[i], 'tok', 'ts')\n"
-    "  local v, ts = tonumber(h[1]), tonumber(h[2])\n"
-    "  if v == nil or ts == nil then v = cap; ts = now end\n"
-    "  if now > ts then v = math.min(cap, v + (now - ts) * cap / per) end\n"
-    "  tok[i] = v\n"
-    "  if mode == 'take' and v < cost then return i end\n"
-    "  if mode == 'peek' and v < 1 then return i end\n"
-    "end\n"
-    "if mode == 'peek' then return 0 end\n"
-    "for i = 1, n do\n"
-    "  local per = tonumber(ARGV[3 * i + 1])\n"
-    "  local v = tok[i] - tonumber(ARGV[3 * i + 2])\n"
-    "  if v < 0 then v = 0 end\n"
-    "  redis.call('HSET', KEYS[i], 'tok', tostring(v), 'ts', tostring(now))\n"
-    "  redis.call('PEXPIRE', KEYS[i], per)\n"
-    "end\n"
-    "return 0\n";
+/* The script is shared with the worker's destination rates: ms_bucket.h. */
+const char *const FE_RL_SCRIPT = MS_BUCKET_SCRIPT;
 
 /* ---- pure part ---- */
 
@@ -198,7 +165,7 @@ static int send_req(struct fe_rl *rl, uint64_t rid, struct fe_rl_req *q, int eva
 static void load_script(struct fe_rl *rl)
 {
     const char *argv[3] = {"SCRIPT", "LOAD", FE_RL_SCRIPT};
-    size_t argvlen[3] = {6, 4, sizeof(FE_RL_SCRIPT) - 1};
+    size_t argvlen[3] = {6, 4, strlen(FE_RL_SCRIPT)};
 
     if (rl->loading || rl->sha[0])
         return;

@@ -2,8 +2,9 @@
  * fe_ratelimit.h - rate limits and the suppression list in Redis.
  *
  * Every limit is a token bucket kept in a Redis hash and updated atomically
- * by one Lua script (FE_RL_SCRIPT; EVALSHA, falling back to EVAL when Redis
- * does not know the script, e.g. after a restart).  One call checks up to
+ * by one Lua script (FE_RL_SCRIPT, the shared cluster/ms_bucket.h script;
+ * EVALSHA, falling back to EVAL when Redis does not know the script, e.g.
+ * after a restart).  One call checks up to
  * FE_RL_BUCKETS_MAX buckets at once and, optionally, whether a "refusing"
  * key exists (the suppression list, worker/delivery.h: ms:suppress:<rcpt>,
  * lower-cased), so RCPT costs one round trip.
@@ -87,7 +88,8 @@ int fe_rl_argv(const struct fe_rl_check *c, const char *sha, struct fe_rl_scratc
 /* The outcome an integer reply means (FE_RL_FAILED for anything else). */
 int fe_rl_result(const struct ms_redis_reply *r, size_t nbuckets);
 
-extern const char FE_RL_SCRIPT[];
+/* MS_BUCKET_SCRIPT (cluster/ms_bucket.h), which also serves the worker. */
+extern const char *const FE_RL_SCRIPT;
 
 /* ---- the Redis client side ---- */
 

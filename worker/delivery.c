@@ -20,8 +20,10 @@
  * whenever a wait for Redis ends.
  */
 #include "delivery.h"
+#include "dsn_rules.h"
 #include "event.h"
 #include "policy.h"
+#include "ms_bucket.h"
 #include "ms_buf.h"
 #include "ms_dsn.h"
 #include "ms_envelope.h"
@@ -79,6 +81,8 @@ struct rcpt {
     int suppressed;             /* found on the suppression list */
     int in_dsn;                 /* bounced here: goes into this record's DSN */
     int dsn_done;               /* the DSN with it was acknowledged */
+    int warn_in_dsn;            /* a delay warning for it is in the DSN on its way */
+    int64_t delay_warned_us;    /* when its delay warning went out; 0: not yet */
     int tried;                  /* has a last result */
     int code;
     char dsn[WK_DSN_MAX + 1];
@@ -88,11 +92,12 @@ struct rcpt {
     int64_t at_us;
 };
 
-enum dest_state { DEST_ROUTE, DEST_LEASE, DEST_SEND, DEST_DONE };
+enum dest_state { DEST_ROUTE, DEST_RATE, DEST_LEASE, DEST_SEND, DEST_DONE };
 
-/* A destination waiting for a connection lease: retry or guard timer.  Its
- * own allocation, freed in the close callback; finds its dest by id. */
-struct lease_timer {
+/* A destination waiting for its turn ([delivery] dest_rate) or for a
+ * connection lease: the wait or the Redis guard timer.  Its own allocation,
+ * freed in the close callback; finds its dest by id. */
+struct dest_timer {
     uv_timer_t t;
     wk_delivery *d;
     uint64_t dest_id;
@@ -112,8 +117,12 @@ struct dest {
     size_t naddrs, next;              /* addresses and the next to try */
     wk_smtp *smtp;                    /* while DEST_SEND */
     char relay_str[WK_RELAY_MAX];     /* the address being tried */
-    struct lease_timer *lease;        /* [delivery] dest_concurrency: NULL when off */
+    struct dest_timer *wait;          /* dest_rate or dest_concurrency waits; NULL: none yet */
     int leased;                       /* holds a lease in ms:lease:<name> */
+    int rated;                        /* its turn came (or dest_rate is off, or failed open) */
+    int rate_eval;                    /* Redis did not know the script: send EVAL */
+    uint64_t rate_waited_ms;          /* waited for its turn so far */
+    char rate_key[MS_DNS_NAME_MAX + 32];
     char lease_key[MS_DNS_NAME_MAX + 32];
     char lease_member[64];
 };
@@ -170,6 +179,9 @@ struct wk_delivery {
     ms_histogram *m_latency;
     ms_gauge *m_retry_depth, *m_retry_oldest;
     ms_counter *m_lease_waits;
+    ms_counter *m_dsn_suppressed[WK_DSN_VERDICT__N]; /* by verdict; [ALLOW] unused */
+    ms_counter *m_dsn_notify_skipped, *m_delay_warnings;
+    ms_counter *m_rate_waits, *m_rate_deferred, *m_rate_unchecked;
     uv_timer_t stats_timer;         /* retry queue statistics from Redis */
     wk_smtp_cache *conn_cache;      /* idle connections for reuse; NULL: off */
     unsigned ticks;
@@ -281,7 +293,7 @@ static void after_release(wk_delivery *d)
     update_pauses(d);
 }
 
-static void lease_timer_closed(uv_handle_t *h)
+static void dest_timer_closed(uv_handle_t *h)
 {
     free(h); /* the uv_timer_t is the first member */
 }
@@ -311,9 +323,9 @@ static void dests_free(struct msg *m)
         if (ds->state == DEST_ROUTE && ds->job)
             wk_router_cancel(m->d->conf.router, ds->job);
         dest_release_lease(m->d, ds);
-        if (ds->lease) {
-            uv_close((uv_handle_t *)&ds->lease->t, lease_timer_closed);
-            ds->lease = NULL;
+        if (ds->wait) {
+            uv_close((uv_handle_t *)&ds->wait->t, dest_timer_closed);
+            ds->wait = NULL;
         }
         free(ds->rcpts);
         free(ds->addrs);
@@ -785,9 +797,10 @@ static const char lease_script[] =
     "end "
     "return 0";
 
+static void dest_connect(struct msg *m, struct dest *ds);
 static void dest_connect_now(struct msg *m, struct dest *ds);
 static void lease_request(struct msg *m, struct dest *ds);
-static void lease_timer_cb(uv_timer_t *t);
+static void dest_timer_cb(uv_timer_t *t);
 
 static void on_lease(void *arg, uint64_t id, const struct ms_redis_reply *r)
 {
@@ -795,16 +808,16 @@ static void on_lease(void *arg, uint64_t id, const struct ms_redis_reply *r)
     struct msg *m = NULL;
     struct dest *ds = dest_lookup(d, id, &m);
 
-    if (ds == NULL || ds->state != DEST_LEASE || ds->lease == NULL || !ds->lease->waiting_reply)
+    if (ds == NULL || ds->state != DEST_LEASE || ds->wait == NULL || !ds->wait->waiting_reply)
         return;
-    ds->lease->waiting_reply = 0;
-    uv_timer_stop(&ds->lease->t);
+    ds->wait->waiting_reply = 0;
+    uv_timer_stop(&ds->wait->t);
     if (r->type == MS_REDIS_INT && r->integer == 1) {
         ds->leased = 1;
     } else if (r->type == MS_REDIS_INT) {
         /* Every lease is taken: ask again a little later. */
         ms_counter_inc(d->m_lease_waits);
-        uv_timer_start(&ds->lease->t, lease_timer_cb, WK_LEASE_RETRY_MS, 0);
+        uv_timer_start(&ds->wait->t, dest_timer_cb, WK_LEASE_RETRY_MS, 0);
         return;
     } else {
         redis_failed(d, m, "EVAL lease", r);
@@ -812,12 +825,18 @@ static void on_lease(void *arg, uint64_t id, const struct ms_redis_reply *r)
     dest_connect_now(m, ds);
 }
 
-static void lease_timer_cb(uv_timer_t *t)
+static void rate_timer(struct msg *m, struct dest *ds);
+
+static void dest_timer_cb(uv_timer_t *t)
 {
-    struct lease_timer *lt = (struct lease_timer *)t;
+    struct dest_timer *lt = (struct dest_timer *)t;
     struct msg *m = NULL;
     struct dest *ds = dest_lookup(lt->d, lt->dest_id, &m);
 
+    if (ds != NULL && ds->state == DEST_RATE) {
+        rate_timer(m, ds);
+        return;
+    }
     if (ds == NULL || ds->state != DEST_LEASE)
         return;
     if (lt->waiting_reply) {
@@ -857,32 +876,170 @@ static void lease_request(struct msg *m, struct dest *ds)
         dest_connect_now(m, ds);
         return;
     }
-    ds->lease->waiting_reply = 1;
-    uv_timer_start(&ds->lease->t, lease_timer_cb, WK_REDIS_TIMEOUT_MS, 0);
+    ds->wait->waiting_reply = 1;
+    uv_timer_start(&ds->wait->t, dest_timer_cb, WK_REDIS_TIMEOUT_MS, 0);
 }
 
-/* Connect to the next address, with a lease first when they are on. */
+/* The name rates and leases are kept under: the relay host, the transport
+ * map's next hop (host or socket path), or the recipient domain (MX). */
+static const char *dest_name(const wk_delivery *d, const struct dest *ds)
+{
+    return ds->relay ? d->conf.relay
+         : ds->t    ? (ds->t->path[0] ? ds->t->path : ds->t->host)
+                    : ds->domain;
+}
+
+static void dest_timer_init(struct msg *m, struct dest *ds)
+{
+    wk_delivery *d = m->d;
+    const char *name = dest_name(d, ds);
+
+    if (ds->wait != NULL)
+        return;
+    ds->wait = ms_calloc(1, sizeof(*ds->wait));
+    uv_timer_init(d->loop, &ds->wait->t);
+    ds->wait->d = d;
+    ds->wait->dest_id = dest_id(m, ds);
+    snprintf(ds->lease_key, sizeof(ds->lease_key), "ms:lease:%s", name);
+    snprintf(ds->lease_member, sizeof(ds->lease_member), "%s:%llu", d->conf.node_id,
+             (unsigned long long)ds->wait->dest_id);
+    snprintf(ds->rate_key, sizeof(ds->rate_key), "ms:rate:%s", name);
+}
+
+/* ---- per-destination message rate ([delivery] dest_rate) ----
+ *
+ * A token bucket per destination in Redis (ms:rate:<name>, ms_bucket.h),
+ * capacity one, refilled every 1/rate seconds: one message per destination
+ * and period, cluster-wide, evenly spaced (what Postfix's
+ * default_destination_rate_delay does on one host).  A destination whose
+ * turn has not come waits in memory for the time the script names and asks
+ * again; it is neither bounced nor deferred, unless the waits add up to
+ * more than dest_rate_max_wait_ms: then its recipients are deferred (4.4.5)
+ * to a retry tier so that a slow destination cannot hold every in-flight
+ * slot.  The check comes before the lease, so a waiting destination holds
+ * no connection lease.  Redis unavailable, an error or no answer in time:
+ * deliver (fail-open, like the leases), counted. */
+static void on_rate(void *arg, uint64_t id, const struct ms_redis_reply *r);
+
+static void rate_fail_open(struct msg *m, struct dest *ds, const struct ms_redis_reply *r)
+{
+    redis_failed(m->d, m, "EVALSHA dest_rate", r);
+    ms_counter_inc(m->d->m_rate_unchecked);
+    ds->rated = 1;
+    dest_connect(m, ds);
+}
+
+static void rate_request(struct msg *m, struct dest *ds)
+{
+    wk_delivery *d = m->d;
+    struct ms_bucket_scratch sc;
+    const char *argv[MS_BUCKET_WAIT_ARGC];
+    size_t argvlen[MS_BUCKET_WAIT_ARGC];
+    int argc;
+
+    argc = ms_bucket_wait_argv(ds->rate_key, d->conf.dest_rate,
+                               ds->rate_eval ? NULL : ms_bucket_sha(), &sc, argv, argvlen);
+    ds->state = DEST_RATE;
+    if (ms_redis_command(d->redis, on_rate, d, dest_id(m, ds), argc, argv, argvlen) < 0) {
+        rate_fail_open(m, ds, NULL);
+        return;
+    }
+    ds->wait->waiting_reply = 1;
+    uv_timer_start(&ds->wait->t, dest_timer_cb, WK_REDIS_TIMEOUT_MS, 0);
+}
+
+static void rate_timer(struct msg *m, struct dest *ds)
+{
+    if (ds->wait->waiting_reply) {
+        /* Redis did not answer in time: go without the check. */
+        ds->wait->waiting_reply = 0;
+        rate_fail_open(m, ds, NULL);
+        return;
+    }
+    rate_request(m, ds); /* its turn should have come: ask again */
+}
+
+/* Waited too long (or the worker is draining): defer the destination's
+ * recipients like any temporary failure; the retry record keeps them. */
+static void rate_defer(struct msg *m, struct dest *ds, int64_t next_turn_ms)
+{
+    wk_delivery *d = m->d;
+    char text[256];
+
+    ms_counter_inc(d->m_rate_deferred);
+    ms_info("event=dest_rate_deferred qid=%s dest=%s waited_ms=%llu next_turn_ms=%lld "
+            "draining=%d",
+            m->qid, dest_name(d, ds), (unsigned long long)ds->rate_waited_ms,
+            (long long)next_turn_ms, d->draining);
+    snprintf(text, sizeof(text),
+             "destination over its rate ([delivery] dest_rate): waited %llu ms for its turn",
+             (unsigned long long)ds->rate_waited_ms);
+    /* RFC 3463 X.4.5: mail system congestion. */
+    dest_finish_all(m, ds, 0, "4.4.5", text, dest_name(d, ds));
+}
+
+static void on_rate(void *arg, uint64_t id, const struct ms_redis_reply *r)
+{
+    wk_delivery *d = arg;
+    struct msg *m = NULL;
+    struct dest *ds = dest_lookup(d, id, &m);
+    int64_t wait;
+
+    if (ds == NULL || ds->state != DEST_RATE || ds->wait == NULL || !ds->wait->waiting_reply)
+        return;
+    ds->wait->waiting_reply = 0;
+    uv_timer_stop(&ds->wait->t);
+    wait = ms_bucket_wait_result(r);
+    if (wait == MS_ENOTFOUND && !ds->rate_eval) {
+        /* Redis restarted or SCRIPT FLUSH: EVAL loads the script again. */
+        ds->rate_eval = 1;
+        rate_request(m, ds);
+        return;
+    }
+    if (wait < 0) {
+        rate_fail_open(m, ds, r);
+        return;
+    }
+    if (wait == 0) {
+        if (ds->rate_waited_ms > 0)
+            ms_debug("event=dest_rate_turn qid=%s dest=%s waited_ms=%llu", m->qid,
+                     dest_name(d, ds), (unsigned long long)ds->rate_waited_ms);
+        ds->rated = 1;
+        dest_connect(m, ds);
+        return;
+    }
+    if (ds->rate_waited_ms == 0)
+        ms_counter_inc(d->m_rate_waits);
+    /* Draining (SIGTERM): no new waits; the retry record keeps the mail. */
+    if (d->draining || ds->rate_waited_ms + (uint64_t)wait > d->conf.dest_rate_max_wait_ms) {
+        rate_defer(m, ds, wait);
+        return;
+    }
+    ds->rate_waited_ms += (uint64_t)wait;
+    uv_timer_start(&ds->wait->t, dest_timer_cb, (uint64_t)wait, 0);
+}
+
+/* Connect to the next address: first the destination's turn when
+ * dest_rate is on, then a lease when dest_concurrency is. */
 static void dest_connect(struct msg *m, struct dest *ds)
 {
     wk_delivery *d = m->d;
-    const char *name;
 
+    if (d->conf.dest_rate.capacity > 0 && !ds->rated) {
+        if (d->redis == NULL) {
+            ms_counter_inc(d->m_rate_unchecked);
+            ds->rated = 1;
+        } else {
+            dest_timer_init(m, ds);
+            rate_request(m, ds);
+            return;
+        }
+    }
     if (d->conf.dest_concurrency <= 0 || d->redis == NULL || ds->leased) {
         dest_connect_now(m, ds);
         return;
     }
-    if (ds->lease == NULL) {
-        ds->lease = ms_calloc(1, sizeof(*ds->lease));
-        uv_timer_init(d->loop, &ds->lease->t);
-        ds->lease->d = d;
-        ds->lease->dest_id = dest_id(m, ds);
-        name = ds->relay ? d->conf.relay
-             : ds->t    ? (ds->t->path[0] ? ds->t->path : ds->t->host)
-                        : ds->domain;
-        snprintf(ds->lease_key, sizeof(ds->lease_key), "ms:lease:%s", name);
-        snprintf(ds->lease_member, sizeof(ds->lease_member), "%s:%llu", d->conf.node_id,
-                 (unsigned long long)ds->lease->dest_id);
-    }
+    dest_timer_init(m, ds);
     lease_request(m, ds);
 }
 
@@ -1097,18 +1254,10 @@ static void retry_cb(uv_timer_t *t)
 
 /* ---- durable outcomes: DSN and retry records ---- */
 
-/* RFC 3461 §4.1: NOTIFY not given means FAILURE (and maybe DELAY). */
-static int notify_failure(const Mailstream__Recipient *r)
-{
-    if (r->notify == 0)
-        return 1;
-    if (r->notify & MAILSTREAM__NOTIFY__NOTIFY_NEVER)
-        return 0;
-    return (r->notify & MAILSTREAM__NOTIFY__NOTIFY_FAILURE) != 0;
-}
-
-/* Produce one DSN for the recipients bounced in this record, if the rules
- * allow one.  Returns 1 when a DSN is on its way. */
+/* Produce one DSN for the recipients bounced in this record (Action:
+ * failed) and those whose delay warning is due (Action: delayed), if the
+ * rules allow one (dsn_rules.h: the backscatter rule, then NOTIFY per
+ * recipient).  Returns 1 when a DSN is on its way. */
 static int send_dsn(struct msg *m)
 {
     wk_delivery *d = m->d;
@@ -1124,42 +1273,62 @@ static int send_dsn(struct msg *m)
     size_t i, n = 0, len;
     int err;
 
+    struct wk_dsn_facts facts;
+    enum wk_dsn_verdict verdict;
+    char (*status)[WK_DSN_MAX + 1];
+    size_t nwarn = 0;
+
     for (i = 0; i < m->nrcpts; i++)
-        n += m->rcpts[i].in_dsn && !m->rcpts[i].dsn_done;
+        n += (m->rcpts[i].in_dsn && !m->rcpts[i].dsn_done) || m->rcpts[i].warn_in_dsn;
     if (n == 0)
         return 0;
-    if (mf == NULL || mf->address == NULL || mf->address[0] == '\0') {
-        /* RFC 5321 §4.5.5: never bounce the null sender. */
-        ms_info("event=dsn_skipped qid=%s reason=null_sender", m->qid);
-        goto none;
-    }
-    if (m->env->direction != MAILSTREAM__DIRECTION__DIRECTION_OUTBOUND) {
-        /* DESIGN.md: no backscatter.  XXX: mail whose SPF or DKIM passed
-         * may be bounced too, once the worker evaluates them. */
-        ms_info("event=dsn_skipped qid=%s reason=not_outbound", m->qid);
+    wk_dsn_facts_of(m->env, &facts);
+    if ((verdict = wk_dsn_decide(&facts)) != WK_DSN_ALLOW) {
+        /* RFC 5321 §4.5.5: never bounce the null sender; DESIGN.md: no
+         * backscatter to senders we cannot tell were not forged. */
+        ms_info("event=dsn_skipped qid=%s reason=%s direction=%s spf_mailfrom=%s dkim_aligned=%s",
+                m->qid, wk_dsn_verdict_name(verdict),
+                m->env->direction == MAILSTREAM__DIRECTION__DIRECTION_INBOUND    ? "inbound"
+                : m->env->direction == MAILSTREAM__DIRECTION__DIRECTION_OUTBOUND ? "outbound"
+                                                                                : "unknown",
+                !facts.auth_evaluated ? "unknown" : facts.spf_mailfrom_pass ? "pass" : "no",
+                facts.dkim_aligned && facts.dkim_aligned[0] ? facts.dkim_aligned : "none");
+        ms_counter_inc(d->m_dsn_suppressed[verdict]);
         goto none;
     }
     dr = ms_calloc(n, sizeof(*dr));
+    status = ms_calloc(n, sizeof(*status));
     n = 0;
     for (i = 0; i < m->nrcpts; i++) {
         struct rcpt *rc = &m->rcpts[i];
-        if (!rc->in_dsn || rc->dsn_done || !notify_failure(m->env->recipients[i]))
+        const Mailstream__Recipient *er = m->env->recipients[i];
+        int failed = rc->in_dsn && !rc->dsn_done && wk_notify_failure(er->notify);
+        if (!failed && !rc->warn_in_dsn)
             continue;
         dr[n].final_rcpt = rc->addr;
-        dr[n].orcpt = m->env->recipients[i]->orcpt && m->env->recipients[i]->orcpt[0]
-                          ? m->env->recipients[i]->orcpt
-                          : NULL;
-        dr[n].action = MS_DSN_FAILED;
-        dr[n].status = rc->dsn[0] ? rc->dsn : "5.0.0";
+        dr[n].orcpt = er->orcpt && er->orcpt[0] ? er->orcpt : NULL;
+        dr[n].action = failed ? MS_DSN_FAILED : MS_DSN_DELAYED;
+        wk_dsn_status(status[n], sizeof(status[n]), rc->dsn, failed);
+        dr[n].status = status[n];
         dr[n].remote_mta = rc->remote[0] ? rc->remote : NULL;
         dr[n].code = rc->code;
         dr[n].diagnostic = rc->reply;
         dr[n].last_attempt_us = rc->at_us;
+        if (!failed) {
+            /* RFC 3464 §2.3.9: when we give up ([retry] max_age_s). */
+            dr[n].will_retry_until_us =
+                m->env->received_at_us > 0
+                    ? m->env->received_at_us + d->conf.max_age_s * 1000000
+                    : 0;
+            nwarn++;
+        }
         n++;
     }
     if (n == 0) {
         free(dr);
+        free(status);
         ms_info("event=dsn_skipped qid=%s reason=notify", m->qid);
+        ms_counter_inc(d->m_dsn_notify_skipped);
         goto none;
     }
     ms_queueid_new(qid);
@@ -1173,6 +1342,8 @@ static int send_dsn(struct msg *m)
     in.now_us = now_us();
     in.ret_hdrs = mf->ret == MAILSTREAM__RET__RET_HDRS;
     in.ret_full = mf->ret == MAILSTREAM__RET__RET_FULL;
+    if (nwarn == n && !in.ret_full)
+        in.ret_hdrs = 1; /* a delay warning returns the headers unless RET=FULL */
     in.message = (const char *)m->env->message.data;
     in.message_len = m->env->message.len;
     in.rcpts = dr;
@@ -1180,6 +1351,7 @@ static int send_dsn(struct msg *m)
     ms_buf_init(&out, m->env->message.len + MS_DSN_REPORT_MAX);
     err = ms_dsn_build(&in, &out);
     free(dr);
+    free(status);
     if (err < 0) {
         ms_warn("event=dsn_failed qid=%s error=%s", m->qid, ms_err_name(err));
         ms_buf_free(&out);
@@ -1209,13 +1381,18 @@ static int send_dsn(struct msg *m)
                 len, &m->produce_pending) < 0)
         m->produce_failed = 1;
     free(buf);
-    ms_info("event=dsn qid=%s dsn_qid=%s to=%s rcpts=%zu", m->qid, qid, mf->address, n);
+    ms_info("event=dsn qid=%s dsn_qid=%s to=%s rcpts=%zu delayed=%zu", m->qid, qid, mf->address,
+            n, nwarn);
     ms_counter_inc(d->m_dsn);
+    if (nwarn > 0)
+        ms_counter_add(d->m_delay_warnings, nwarn);
     return 1;
 none:
-    for (i = 0; i < m->nrcpts; i++)
+    for (i = 0; i < m->nrcpts; i++) {
         if (m->rcpts[i].in_dsn)
             m->rcpts[i].dsn_done = 1;
+        m->rcpts[i].warn_in_dsn = 0;
+    }
     return 0;
 }
 
@@ -1295,7 +1472,7 @@ static void send_retry(struct msg *m, int pending)
 
     /* Per-recipient retry state, for operators and the relay control CLI. */
     for (i = 0; i < m->nrcpts; i++) {
-        char *key, att_s[16], next_s[24], first_s[24], ttl[24];
+        char *key, att_s[16], next_s[24], first_s[24], ttl[24], warned_s[24];
         if (m->rcpts[i].state != RCPT_PENDING)
             continue;
         key = ms_asprintf("ms:retry:%s:%s", m->qid, m->rcpts[i].addr);
@@ -1303,11 +1480,13 @@ static void send_retry(struct msg *m, int pending)
         snprintf(next_s, sizeof(next_s), "%lld", (long long)env.next_attempt_us);
         snprintf(first_s, sizeof(first_s), "%lld", (long long)m->env->received_at_us);
         snprintf(ttl, sizeof(ttl), "%lld", (long long)d->conf.max_age_s + 86400);
+        snprintf(warned_s, sizeof(warned_s), "%lld", (long long)m->rcpts[i].delay_warned_us);
         {
-            const char *argv[10] = {"HSET", key, "attempts", att_s, "next_attempt_us", next_s,
-                                    "last_reply", m->rcpts[i].reply, "first_seen_us", first_s};
+            const char *argv[12] = {"HSET", key, "attempts", att_s, "next_attempt_us", next_s,
+                                    "last_reply", m->rcpts[i].reply, "first_seen_us", first_s,
+                                    "delay_warned_us", warned_s};
             const char *exp[3] = {"EXPIRE", key, ttl};
-            redis_fire(d, 10, argv);
+            redis_fire(d, 12, argv);
             redis_fire(d, 3, exp);
         }
         free(key);
@@ -1344,6 +1523,21 @@ static void msg_settle(struct msg *m)
                                              WK_OUTCOME_BOUNCED));
             }
             pending = 0;
+        }
+        if (pending > 0 && d->conf.delay_warning_s > 0) {
+            /* RFC 3464 Action: delayed, once per recipient ([retry]
+             * delay_warning_s); the retry record carries the time. */
+            int64_t now = now_us();
+            for (i = 0; i < m->nrcpts; i++) {
+                struct rcpt *rc = &m->rcpts[i];
+                if (rc->state != RCPT_PENDING ||
+                    !wk_delay_warning_due(d->conf.delay_warning_s, m->env->received_at_us, now,
+                                          rc->delay_warned_us, m->env->recipients[i]->notify))
+                    continue;
+                rc->warn_in_dsn = 1;
+                rc->delay_warned_us = now;
+                m->env->recipients[i]->delay_warned_us = now;
+            }
         }
         for (i = 0; i < m->nrcpts && m->attempt > 1; i++)
             if (m->rcpts[i].state != RCPT_PENDING && m->rcpts[i].tried) {
@@ -1540,6 +1734,7 @@ void wk_delivery_on_record(void *arg, struct ms_record *rec)
                  !wk_smtp_path_ok(env->mail_from->address);
     for (i = 0; i < m->nrcpts; i++) {
         m->rcpts[i].addr = env->recipients[i]->address ? env->recipients[i]->address : "";
+        m->rcpts[i].delay_warned_us = env->recipients[i]->delay_warned_us;
         if (bad_sender || !wk_smtp_path_ok(m->rcpts[i].addr) || !*m->rcpts[i].addr)
             apply_outcome(m, i,
                           record_outcome(m, i, 553, bad_sender ? "5.1.7" : "5.1.3",
@@ -1595,9 +1790,11 @@ void wk_delivery_on_produced(void *arg, uint64_t id, int err, const char *errstr
                 if (m->rcpts[i].state == RCPT_PENDING)
                     m->rcpts[i].state = RCPT_REQUEUED;
         } else {
-            for (i = 0; i < m->nrcpts; i++)
+            for (i = 0; i < m->nrcpts; i++) {
                 if (m->rcpts[i].in_dsn)
                     m->rcpts[i].dsn_done = 1;
+                m->rcpts[i].warn_in_dsn = 0;
+            }
         }
         break;
     }
@@ -1677,6 +1874,28 @@ wk_delivery *wk_delivery_new(uv_loop_t *loop, const struct wk_delivery_conf *con
     d->m_lease_waits = ms_counter_new("mailstream_worker_lease_waits_total",
                                       "Connections delayed: the destination's leases were all "
                                       "taken.", NULL);
+    for (o = 1; o < WK_DSN_VERDICT__N; o++) {
+        snprintf(labels, sizeof(labels), "reason=\"%s\"",
+                 wk_dsn_verdict_name((enum wk_dsn_verdict)o));
+        d->m_dsn_suppressed[o] = ms_counter_new(
+            "mailstream_worker_dsn_suppressed_total",
+            "DSNs not sent by the backscatter rule (null sender, inbound mail without SPF or "
+            "aligned DKIM pass, ...).", labels);
+    }
+    d->m_dsn_notify_skipped = ms_counter_new("mailstream_worker_dsn_notify_skipped_total",
+                                             "DSNs not sent because NOTIFY asked for none.", NULL);
+    d->m_delay_warnings = ms_counter_new("mailstream_worker_delay_warnings_total",
+                                         "Recipients reported in delay-warning DSNs "
+                                         "(Action: delayed).", NULL);
+    d->m_rate_waits = ms_counter_new("mailstream_worker_dest_rate_waits_total",
+                                     "Destination deliveries held back by [delivery] dest_rate.",
+                                     NULL);
+    d->m_rate_deferred = ms_counter_new("mailstream_worker_dest_rate_deferred_total",
+                                        "Destination deliveries deferred after waiting longer "
+                                        "than [delivery] dest_rate_max_wait_ms.", NULL);
+    d->m_rate_unchecked = ms_counter_new("mailstream_worker_dest_rate_unchecked_total",
+                                         "Destination deliveries sent without a rate check "
+                                         "(Redis unavailable: fail-open).", NULL);
     if (conf->conn_cache_ms > 0)
         d->conn_cache = wk_smtp_cache_new(conf->conn_cache_ms, conf->max_msgs_per_conn);
     uv_timer_init(loop, &d->stats_timer);
@@ -1759,6 +1978,20 @@ void wk_delivery_drain(wk_delivery *d, void (*drained)(void *arg), void *arg)
     for (i = 0; i < d->nslots; i++)
         if (d->slots[i] && (d->slots[i]->state == MSG_WAIT || d->slots[i]->state == MSG_HOLD))
             msg_release(d->slots[i], 0);
+    /* Destinations sleeping until their dest_rate turn stop waiting: they
+     * are deferred, so the drain does not wait for their turn.  (Deferring
+     * one may finish its message and free m->dests: the loop re-reads.) */
+    for (i = 0; i < d->nslots; i++) {
+        struct msg *m = d->slots[i];
+        size_t k;
+        for (k = 0; m && m->state == MSG_SEND && k < m->ndests; k++) {
+            struct dest *ds = &m->dests[k];
+            if (ds->state != DEST_RATE || ds->wait == NULL || ds->wait->waiting_reply)
+                continue;
+            uv_timer_stop(&ds->wait->t);
+            rate_defer(m, ds, 0);
+        }
+    }
     after_release(d);
 }
 

@@ -13,6 +13,16 @@
  *   route      per recipient domain: the transport map, then [delivery]
  *              relay_host, then MX (route.h: RFC 5321 §5.1 order, every
  *              address of every MX host tried before deferring);
+ *   pace       when [delivery] dest_rate is set, wait for the destination's
+ *              turn: a token bucket per destination in Redis
+ *              (ms:rate:<name>, cluster/ms_bucket.h; <name> is the relay
+ *              host, the transport next hop or the recipient domain, as for
+ *              leases), one message per 1/dest_rate seconds cluster-wide.
+ *              A message over the rate waits in memory for the time the
+ *              bucket names; only when its waits would pass [delivery]
+ *              dest_rate_max_wait_ms are its recipients deferred (4.4.5)
+ *              like any other deferral.  Redis unavailable: no wait
+ *              (fail-open, counted);
  *   connect    with a cluster-wide lease per destination when [delivery]
  *              dest_concurrency is set (Redis sorted set ms:lease:<name>,
  *              leases lapse by themselves if a worker dies), STARTTLS by
@@ -25,16 +35,24 @@
  *
  * Then the outcome is made durable before the record's offset is stored
  * (ms_consumer_done):
- *   - bounced recipients of a message accepted for relaying (direction
- *     outbound) whose NOTIFY allows it get one RFC 3464 DSN (ms_dsn.h),
- *     produced to the queue topic with the null sender; the null sender is
- *     never bounced; inbound mail gets none (DESIGN.md's backscatter rule;
- *     XXX: SPF/DKIM pass would allow it, not evaluated yet);
+ *   - bounced recipients whose NOTIFY allows it (RFC 3461 §4.1: absent
+ *     means FAILURE) and pending recipients whose delay warning is due
+ *     ([retry] delay_warning_s: once per recipient, NOTIFY absent or with
+ *     DELAY) get one RFC 3464 DSN (ms_dsn.h; Action failed / delayed),
+ *     produced to the queue topic with the null sender, if the backscatter
+ *     rule allows (dsn_rules.h): never to the null sender; always for mail
+ *     accepted for relaying (direction outbound); for inbound mail only
+ *     when the policy stage found SPF pass for the MAIL FROM domain or a
+ *     DKIM pass aligned with it (env->auth); a DSN refused by the rule is
+ *     logged (event=dsn_skipped) and counted.  A delay warning counts as
+ *     sent once decided: the time goes into the recipient of the retry
+ *     record (delay_warned_us) and into its Redis retry state;
  *   - pending (deferred) recipients go, with the attempts appended, to the
  *     retry tier topic for their attempt number, due after an exponential
  *     backoff with jitter (retry.h); past [retry] max_age they bounce with
  *     4.4.7 instead; per-recipient retry state goes to Redis
- *     (ms:retry:<qid>:<rcpt>: attempts, next, last reply, first seen);
+ *     (ms:retry:<qid>:<rcpt>: attempts, next, last reply, first seen,
+ *     delay warning sent);
  *   - hard bounces add the recipient to the suppression list with a TTL.
  * Once the DSN and retry records are acknowledged by Kafka (and the events
  * and markers written or failed), the record is done.  If a retry record
@@ -59,6 +77,7 @@
 #include <sys/socket.h>
 #include <uv.h>
 
+#include "ms_bucket.h"
 #include "ms_kafka.h"
 #include "ms_redis.h"
 #include "ms_route.h"
@@ -79,6 +98,9 @@
 #define WK_MAX_AGE_S (5 * 24 * 3600)
 /* Default of [suppression] ttl_s: how long a hard bounce suppresses. */
 #define WK_SUPPRESS_TTL_S (7 * 24 * 3600)
+/* Default of [delivery] dest_rate_max_wait_ms: how long a message may wait
+ * in memory for its destination's turn before it is deferred instead. */
+#define WK_DEST_RATE_MAX_WAIT_MS 60000
 /* Destinations (routes) per message: recipients are grouped by them. */
 #define WK_DEST_BITS 16
 
@@ -106,6 +128,11 @@ struct wk_delivery_conf {
     const char *relay_password;         /* with relay_user */
     int relay_auth_plaintext;           /* AUTH allowed without TLS */
     unsigned relay_auth_mechs;          /* WK_AUTH_* mask; 0: PLAIN and LOGIN */
+    struct ms_bucket_rate dest_rate;    /* messages per destination, cluster-wide
+                                         * (Redis token bucket); capacity 0: no limit */
+    uint64_t dest_rate_max_wait_ms;     /* a destination waiting longer for its turn
+                                         * is deferred (4.4.5) to a retry tier */
+    int64_t delay_warning_s;            /* delay-warning DSNs after this; 0: none */
     wk_tls_ctx *tls_ctx;                /* NULL: no STARTTLS at all */
     int tls_default;                    /* enum wk_tls_policy for unlisted domains */
     const char *const *tls_keys;        /* per recipient domain (ms_domain_match) */
@@ -135,7 +162,8 @@ void wk_delivery_on_produced(void *d, uint64_t id, int err, const char *errstr);
 int wk_delivery_in_flight(const wk_delivery *d);
 
 /* Shutdown, first step: stop taking records, abandon those waiting for a
- * retry, let running attempts finish.  `drained` is called (once, on the
+ * retry, defer (to a retry tier) destinations sleeping until their
+ * dest_rate turn, let running attempts finish.  `drained` is called (once, on the
  * loop) when no record is held any more. */
 void wk_delivery_drain(wk_delivery *d, void (*drained)(void *arg), void *arg);
 /* Shutdown, when draining takes too long: abandon everything now (the

@@ -56,12 +56,12 @@ static const char *var_node_id, *var_hostname, *var_metrics, *var_brokers, *var_
     *var_events_topic, *var_group, *var_redis_host, *var_relay_host, *var_log_level,
     *var_transport_map, *var_transport_map_file, *var_dns_upstream, *var_dns_trust_anchor,
     *var_tls_policy, *var_tls_policy_map, *var_tls_ca_file, *var_relay_user, *var_relay_password,
-    *var_relay_password_file, *var_relay_auth_plaintext, *var_relay_auth_mechanisms;
+    *var_relay_password_file, *var_relay_auth_plaintext, *var_relay_auth_mechanisms, *var_dest_rate;
 static int64_t var_redis_port, var_max_in_flight, var_retry_min_ms, var_retry_max_ms,
     var_connect_timeout_ms, var_drain_timeout_ms, var_smtp_port, var_retry_tiers, var_max_age_s,
     var_dns_timeout_ms, var_suppress_ttl_s, var_reply_timeout_ms, var_dest_concurrency,
     var_conn_cache_ms, var_max_msgs_per_conn, var_linger_ms, var_fetch_min_bytes,
-    var_fetch_wait_ms;
+    var_fetch_wait_ms, var_dest_rate_max_wait_ms, var_delay_warning_s;
 
 static char default_node_id[256];
 
@@ -84,6 +84,7 @@ static const struct {
     {"delivery", "relay_password_file", "", &var_relay_password_file},
     {"delivery", "relay_auth_plaintext", "no", &var_relay_auth_plaintext},
     {"delivery", "relay_auth_mechanisms", "plain, login", &var_relay_auth_mechanisms},
+    {"delivery", "dest_rate", "0", &var_dest_rate},
     {"transport", "map", "", &var_transport_map},
     {"transport", "map_file", "", &var_transport_map_file},
     {"dns", "upstream", "", &var_dns_upstream},
@@ -117,6 +118,9 @@ static const struct {
     {"delivery", "connection_cache_ms", 2000, 0, 600 * 1000, &var_conn_cache_ms},
     {"delivery", "max_msgs_per_conn", WK_SMTP_MAX_MSGS_PER_CONN, 0, 1000000,
      &var_max_msgs_per_conn},
+    {"delivery", "dest_rate_max_wait_ms", WK_DEST_RATE_MAX_WAIT_MS, 0, 3600 * 1000,
+     &var_dest_rate_max_wait_ms},
+    {"retry", "delay_warning_s", 0, 0, 365 * 24 * 3600, &var_delay_warning_s},
     {"retry", "tiers", WK_RETRY_TIERS_DEFAULT, 0, WK_RETRY_TIERS_MAX, &var_retry_tiers},
     {"retry", "max_age_s", WK_MAX_AGE_S, 1, 365 * 24 * 3600, &var_max_age_s},
     {"dns", "timeout_ms", MS_RESOLVER_TIMEOUT_MS, 100, 600 * 1000, &var_dns_timeout_ms},
@@ -461,6 +465,12 @@ int main(int argc, char **argv)
     dc.max_age_s = var_max_age_s;
     dc.suppress_ttl_s = var_suppress_ttl_s;
     dc.dest_concurrency = (int)var_dest_concurrency;
+    if (ms_bucket_rate_parse(var_dest_rate, &dc.dest_rate) < 0)
+        ms_fatal("event=config_invalid section=delivery key=dest_rate value=\"%s\" "
+                 "want=\"messages per second, 0 to %d (0: no limit)\"",
+                 var_dest_rate, MS_BUCKET_RATE_MAX);
+    dc.dest_rate_max_wait_ms = (uint64_t)var_dest_rate_max_wait_ms;
+    dc.delay_warning_s = var_delay_warning_s;
     dc.conn_cache_ms = (uint64_t)var_conn_cache_ms;
     dc.max_msgs_per_conn = (unsigned)var_max_msgs_per_conn;
     load_tls(&dc);

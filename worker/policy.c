@@ -12,6 +12,7 @@
 #include "event.h"
 #include "ms_authres.h"
 #include "ms_dkim.h"
+#include "dsn_rules.h"
 #include "ms_dmarc.h"
 #include "ms_error.h"
 #include "ms_log.h"
@@ -568,6 +569,32 @@ static char *build_results(struct job *j, enum wk_policy_verdict *verdict, char 
     return ms_authres_finish(&ar, NULL);
 }
 
+/* Keep what the DSN decision (dsn_rules.h) needs in the envelope, so the
+ * retry records carry it: SPF pass for MAIL FROM, and the d= of a DKIM pass
+ * aligned (relaxed) with the MAIL FROM domain.  The envelope owns the
+ * allocations (protobuf-c frees them with it). */
+static void record_auth(struct job *j)
+{
+    ms_envelope *env = j->env;
+    Mailstream__Auth *a = ms_malloc(sizeof(*a));
+    size_t i, n;
+
+    mailstream__auth__init(a);
+    a->evaluated = 1;
+    a->spf_mailfrom_pass = j->spf[0] && j->done[0] && ms_spf_result(j->spf[0]) == MS_SPF_PASS;
+    n = j->dkim && j->done[EV_DKIM] ? ms_dkim_verify_count(j->dkim) : 0;
+    for (i = 0; i < n; i++) {
+        const struct ms_dkim_sigresult *r = ms_dkim_verify_sig(j->dkim, i);
+        if (r->result == MS_DKIM_PASS && wk_dkim_aligned(j->p->psl, j->mailfrom, r->d)) {
+            a->dkim_aligned_domain = ms_strdup(r->d);
+            break;
+        }
+    }
+    if (env->auth)
+        mailstream__auth__free_unpacked(env->auth, NULL);
+    env->auth = a;
+}
+
 static void job_finish(struct job *j)
 {
     wk_policy *p = j->p;
@@ -583,6 +610,7 @@ static void job_finish(struct job *j)
 
     j->finished = 1;
     arfield = build_results(j, &verdict, reason, sizeof(reason));
+    record_auth(j);
     memset(&res, 0, sizeof(res));
     res.verdict = verdict;
     res.action = p->actions[verdict];

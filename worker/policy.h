@@ -11,6 +11,10 @@
  *   messages waiting for it.  Then:
  *     - existing Authentication-Results fields claiming our authserv-id are
  *       removed and ours is prepended (ms_authres.h);
+ *     - what the DSN decision needs later (dsn_rules.h: SPF pass for the
+ *       MAIL FROM identity, the d= of a DKIM pass aligned, relaxed, with
+ *       the MAIL FROM domain) is recorded in env->auth, so retry records
+ *       carry it (this stage does not run again on them);
  *     - the verdict picks an action from the configuration:
  *         dmarc_reject, dmarc_quarantine, dmarc_none  DMARC fail, by the
  *                                  disposition after pct (p= / sp=);

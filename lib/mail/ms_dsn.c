@@ -189,6 +189,10 @@ int ms_dsn_build(const struct ms_dsn *in, struct ms_buf *out)
             ms_dsn_date(r->last_attempt_us, date, sizeof(date));
             OUT("Last-Attempt-Date: %s\r\n", date);
         }
+        if (r->action == MS_DSN_DELAYED && r->will_retry_until_us > 0) {
+            ms_dsn_date(r->will_retry_until_us, date, sizeof(date));
+            OUT("Will-Retry-Until: %s\r\n", date);
+        }
     }
 
     /* The returned message (RFC 3462 / RFC 6522 §3). */

@@ -7,7 +7,7 @@
  * message/delivery-status part (per-message fields: Reporting-MTA,
  * Original-Envelope-Id, Arrival-Date; per-recipient fields: Original-
  * Recipient, Final-Recipient, Action, Status, Remote-MTA, Diagnostic-Code,
- * Last-Attempt-Date) and the returned message: message/rfc822 for RET=FULL
+ * Last-Attempt-Date, Will-Retry-Until) and the returned message: message/rfc822 for RET=FULL
  * (or no RET, up to MS_DSN_RETURN_FULL_MAX octets), text/rfc822-headers for
  * RET=HDRS or a bigger message.  Lines end in CRLF; every line of ours is
  * 7-bit; the returned message is passed through as it is (its 8-bit octets
@@ -46,6 +46,8 @@ struct ms_dsn_rcpt {
     int code;                 /* its SMTP reply code; 0: our own diagnostic */
     const char *diagnostic;   /* the reply text (with code), or ours */
     int64_t last_attempt_us;  /* 0: not given */
+    int64_t will_retry_until_us; /* Action delayed: when we give up (RFC 3464
+                                  * §2.3.9 Will-Retry-Until); 0: not given */
 };
 
 struct ms_dsn {

@@ -149,7 +149,8 @@ def test_no_dsn_for_inbound_never_or_null_sender(cluster_factory, fake_smtp):
     ])
     mslocal.wait_until(lambda: len(dsns(srv)) >= 1, 90, "the control DSN", interval=0.5)
     log = wait_log(cl.workers[0], f"event=dsn_skipped qid={q3}")
-    assert f"event=dsn_skipped qid={q1} reason=not_outbound" in log
+    # Inbound, and no policy stage ran: nothing says the sender is genuine.
+    assert f"event=dsn_skipped qid={q1} reason=not_evaluated direction=inbound" in log
     assert f"event=dsn_skipped qid={q2} reason=notify" in log
     assert f"event=dsn_skipped qid={q3} reason=null_sender" in log
     wait_events(cl, lambda e: any(x.get("rcpt") == "sender@example.org" for x in e))
@@ -275,3 +276,138 @@ def test_two_workers_one_killed_repeatedly(cluster_factory, record_property):
     record_property("duplicates", dups)
     print(f"two workers, {kill + 1} kills: {n} messages, {dups} duplicate deliveries")
     assert dups <= n // 50, f"{dups} duplicates"
+
+
+def _status_groups(data: bytes):
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    parts = list(msg.iter_parts())
+    return msg, parts, parts[1].get_payload()
+
+
+def test_delay_warning_sent_once(cluster_factory, fake_smtp):
+    """[retry] delay_warning_s: a recipient still deferred after that long
+    gets one RFC 3464 "delayed" DSN, carried as sent through the retry
+    records (each retry is a fresh record, so only the envelope remembers);
+    a recipient whose NOTIFY lacks DELAY gets none. The destination keeps
+    deferring until the warning has arrived and two more attempts were made,
+    and the worker is replaced in between, so "once" is checked across
+    retries and a restart, not assumed."""
+    seen = {}
+
+    def rcpt_reply(r, n):
+        if not r.startswith("slow"):
+            return "250 2.1.5 Ok"
+        warned = any(d[0] == "" and b"Action: delayed" in d[2] for d in srv.delivered)
+        if not warned:
+            return "451 4.4.1 Mailbox busy, try later"
+        seen.setdefault(r, n)
+        return "451 4.4.1 Still busy" if n < seen[r] + 2 else "250 2.1.5 Ok"
+
+    srv = fake_smtp(rcpt_reply=rcpt_reply)
+    cl = cluster_factory(frontends=0, workers=1, worker_extra={
+        "delivery": {"relay_host": srv.address, "retry_min_ms": 200, "retry_max_ms": 1000},
+        "retry": {"delay_warning_s": 1}})
+    q = new_qid()
+    slow, quiet = f"slow.{q.lower()}@example.net", f"slowquiet.{q.lower()}@example.net"
+    produce(cl, [(q, envelope(q, [slow, quiet], message(q), direction=DIRECTION_OUTBOUND,
+                              notify={quiet: NOTIFY_FAILURE}))])
+    # Once the warning is out, the worker is replaced: what remains of the
+    # message is in the retry tier topics, and the new worker must know
+    # from the record alone that the warning was sent.
+    mslocal.wait_until(lambda: len(dsns(srv)) >= 1, 90, "the delay warning", interval=0.5)
+    cl.workers[0].stop(timeout=60)
+    cl.add_worker()
+    evs = wait_events(cl, lambda e: sum(1 for x in e if x.get("qid") == q
+                                        and x["outcome"] == "delivered") == 2, timeout=120)
+    mine = [e for e in evs if e.get("qid") == q and e["rcpt"] == slow]
+    assert [e["outcome"] for e in mine][-1] == "delivered"
+    assert sum(1 for e in mine if e["outcome"] == "deferred") >= 3
+
+    # Exactly one DSN, a delay warning for `slow` only.
+    mslocal.wait_until(lambda: len(dsns(srv)) >= 1, 30, "the delay warning", interval=0.5)
+    time.sleep(1)
+    assert len(dsns(srv)) == 1, [d[2][:200] for d in dsns(srv)]
+    (_, rcpts, data) = dsns(srv)[0]
+    assert rcpts == ["sender@example.org"]
+    msg, parts, status = _status_groups(data)
+    assert msg["Subject"] == "Delayed Mail (still being retried)"
+    assert len(status) == 2
+    r = status[1]
+    assert r["Final-Recipient"] == "rfc822; " + slow
+    assert r["Action"] == "delayed"
+    assert r["Status"] == "4.4.1"
+    assert r["Will-Retry-Until"]
+    assert r["Diagnostic-Code"].startswith("smtp; 451 4.4.1")
+    # A delay warning returns the headers only (no RET=FULL asked for).
+    assert parts[2].get_content_type() == "text/rfc822-headers"
+    # The first worker sent it; the second one, which made the last
+    # attempts, did not send it again.
+    assert metric(cl.workers[1], "mailstream_worker_delay_warnings_total") == 0
+    assert f"event=dsn qid={q} " not in cl.workers[1].log.read_text()
+    log = cl.workers[0].log.read_text()
+    assert f"event=dsn qid={q} " in log and "delayed=1" in log
+
+
+def test_delay_warning_off_by_default(cluster_factory, fake_smtp):
+    """delay_warning_s 0 (the default): deferrals and a final delivery, no
+    DSN at all."""
+    srv = fake_smtp(rcpt_reply=lambda r, n: "451 4.4.1 Busy" if r.startswith("late") and n <= 3
+                    else "250 2.1.5 Ok")
+    cl = relay_cluster(cluster_factory, srv.address)
+    q = new_qid()
+    rcpt = f"late.{q.lower()}@example.net"
+    produce(cl, [(q, envelope(q, [rcpt], message(q), direction=DIRECTION_OUTBOUND))])
+    wait_events(cl, lambda e: any(x.get("qid") == q and x["outcome"] == "delivered" for x in e),
+                timeout=120)
+    time.sleep(1)
+    assert dsns(srv) == []
+    assert metric(cl.workers[0], "mailstream_worker_delay_warnings_total") == 0
+
+
+# ---- the backscatter rule for inbound mail (DESIGN.md) ----
+
+@pytest.fixture
+def spf_dns(tmp_path_factory):
+    from dns_zone import Nsd
+    tmp = tmp_path_factory.mktemp("bounce-dns")
+    sup = mslocal.Supervisor(tmp)
+    nsd = Nsd(sup, mslocal.free_port(), {"mstest": [
+        'pass TXT "v=spf1 ip4:127.0.0.1 -all"',
+        'forged TXT "v=spf1 ip4:192.0.2.1 -all"',
+    ]})
+    nsd.start()
+    yield nsd
+    sup.stop_all()
+
+
+def test_inbound_dsn_only_when_spf_passed(cluster_factory, fake_smtp, spf_dns):
+    """Inbound mail that bounces: the sender whose domain's SPF passes for
+    the client gets a DSN; one whose SPF fails (a forged sender) gets none,
+    logged and counted. The policy stage's results come from a real NSD."""
+    srv = fake_smtp(rcpt_reply=lambda r, n: "550 5.1.1 User unknown" if r.startswith("gone")
+                    else "250 2.1.5 Ok")
+    cl = cluster_factory(frontends=0, workers=1, worker_extra={
+        "delivery": {"relay_host": srv.address, "retry_min_ms": 200, "retry_max_ms": 1000},
+        "dns": {"upstream": spf_dns.upstream, "timeout_ms": 5000},
+        "policy": {"inbound": "yes", "authserv_id": "mx.mailstream.test"}})
+    q1, q2 = new_qid(), new_qid()
+    g1, g2 = f"gone1.{q1.lower()}@example.net", f"gone2.{q2.lower()}@example.net"
+    produce(cl, [
+        (q1, envelope(q1, [g1], message(q1), sender="bounce@pass.mstest",
+                      direction=DIRECTION_INBOUND, client_ip="127.0.0.1", helo="mx.pass.mstest")),
+        (q2, envelope(q2, [g2], message(q2), sender="victim@forged.mstest",
+                      direction=DIRECTION_INBOUND, client_ip="127.0.0.1",
+                      helo="mx.forged.mstest")),
+    ])
+    log = wait_log(cl.workers[0], f"event=dsn_skipped qid={q2}", timeout=90)
+    assert (f"event=dsn_skipped qid={q2} reason=unauthenticated direction=inbound "
+            "spf_mailfrom=no dkim_aligned=none") in log
+    mslocal.wait_until(lambda: len(dsns(srv)) >= 1, 90, "the DSN for the SPF pass",
+                       interval=0.5)
+    wait_events(cl, lambda e: any(x.get("rcpt") == "bounce@pass.mstest" for x in e))
+    assert [d[1] for d in dsns(srv)] == [["bounce@pass.mstest"]]
+    assert g1.encode() in dsns(srv)[0][2]
+    assert metric(cl.workers[0], 'mailstream_worker_dsn_suppressed_total'
+                                 '{reason="unauthenticated"}') == 1
+    assert metric(cl.workers[0], "mailstream_worker_dsn_total") == 1
+    assert not any(d[1] == ["victim@forged.mstest"] for d in srv.delivered)

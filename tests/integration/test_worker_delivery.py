@@ -71,9 +71,12 @@ NOTIFY_SUCCESS, NOTIFY_FAILURE, NOTIFY_DELAY, NOTIFY_NEVER = 1, 2, 4, 8
 def envelope(qid: str, rcpts: List[str], message: bytes, sender: str = "sender@example.org",
              version: int = 1, body_8bit: bool = False, direction: int = 0, ret: int = 0,
              envid: str = "", notify: Optional[Dict[str, int]] = None,
-             orcpt: Optional[Dict[str, str]] = None) -> bytes:
+             orcpt: Optional[Dict[str, str]] = None, client_ip: str = "",
+             helo: str = "") -> bytes:
     """notify / orcpt: per recipient address (RFC 3461 NOTIFY bits, ORCPT
-    "rfc822;addr"); direction, ret: the enums above (0: unspecified)."""
+    "rfc822;addr"); direction, ret: the enums above (0: unspecified);
+    client_ip / helo: the SMTP client as the frontend records it (the
+    worker's inbound policy stage checks SPF with them)."""
     mail_from = _field_bytes(1, sender.encode())
     if body_8bit:
         mail_from += _field_varint(2, 2)  # BODY_8BITMIME
@@ -85,6 +88,8 @@ def envelope(qid: str, rcpts: List[str], message: bytes, sender: str = "sender@e
     out += _field_bytes(2, qid.encode())
     out += _field_varint(3, int(time.time() * 1e6))
     out += _field_bytes(4, b"test")
+    if client_ip or helo:
+        out += _field_bytes(5, _field_bytes(1, client_ip.encode()) + _field_bytes(3, helo.encode()))
     out += _field_bytes(6, mail_from)
     for r in rcpts:
         rec = _field_bytes(1, r.encode())

@@ -105,6 +105,45 @@ static void test_dsn_hdrs(void **state)
     ms_buf_free(&out);
 }
 
+/* RFC 3464 §2.3.3 Action: delayed and §2.3.9 Will-Retry-Until; a report
+ * with only delayed recipients says the mail is still being retried. */
+static void test_dsn_delayed(void **state)
+{
+    struct ms_dsn in;
+    struct ms_dsn_rcpt r[2];
+    struct ms_buf out;
+
+    (void)state;
+    base(&in, r);
+    r[0].action = MS_DSN_DELAYED;
+    r[0].status = "4.4.1";
+    r[0].will_retry_until_us = 1795432000000000LL;
+    in.nrcpts = 1;
+    build(&in, &out);
+    assert_non_null(strstr(out.data, "Subject: Delayed Mail (still being retried)\r\n"));
+    assert_non_null(strstr(out.data, "Action: delayed\r\nStatus: 4.4.1\r\n"));
+    assert_non_null(strstr(out.data, "Will-Retry-Until: "));
+    ms_buf_free(&out);
+
+    /* Mixed with a failure: a bounce; Will-Retry-Until only for delayed. */
+    r[0].action = MS_DSN_FAILED;
+    r[1].will_retry_until_us = 1795432000000000LL;
+    r[1].action = MS_DSN_DELAYED;
+    in.nrcpts = 2;
+    build(&in, &out);
+    assert_non_null(strstr(out.data, "Subject: Undelivered Mail Returned to Sender\r\n"));
+    assert_non_null(strstr(out.data, "Action: failed\r\n"));
+    assert_non_null(strstr(out.data, "late@example.com\r\nAction: delayed\r\n"));
+    assert_non_null(strstr(out.data, "Will-Retry-Until: "));
+    ms_buf_free(&out);
+    r[0].will_retry_until_us = 1795432000000000LL;
+    r[1].will_retry_until_us = 0;
+    r[1].action = MS_DSN_FAILED;
+    build(&in, &out);
+    assert_null(strstr(out.data, "Will-Retry-Until: "));
+    ms_buf_free(&out);
+}
+
 static void test_dsn_refuses_injection(void **state)
 {
     struct ms_dsn in;
@@ -191,6 +230,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dsn_full),
         cmocka_unit_test(test_dsn_hdrs),
+        cmocka_unit_test(test_dsn_delayed),
         cmocka_unit_test(test_dsn_refuses_injection),
         cmocka_unit_test(test_reply_class),
         cmocka_unit_test(test_date),

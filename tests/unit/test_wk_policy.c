@@ -123,6 +123,8 @@ static ms_envelope *envelope(Mailstream__Direction dir_, const char *from_hdr,
 
 static void envelope_free(ms_envelope *e)
 {
+    if (e->auth) /* set by the stage, owned by the envelope */
+        mailstream__auth__free_unpacked(e->auth, NULL);
     free(e->message.data);
     free(e->mail_from);
     free(e);
@@ -276,6 +278,12 @@ static void test_inbound_unreachable_dns(void **state)
                            "dmarc=temperror (DNS failure) header.from=example.org\r\n"));
     assert_null(strstr((char *)e->message.data, "dmarc=pass"));
     assert_int_equal(count(e, "Authentication-Results:"), 1);
+    /* The facts the DSN decision needs later (dsn_rules.h): evaluated,
+     * no SPF pass (temperror), no aligned DKIM pass. */
+    assert_non_null(e->auth);
+    assert_true(e->auth->evaluated);
+    assert_false(e->auth->spf_mailfrom_pass);
+    assert_string_equal(e->auth->dkim_aligned_domain, "");
 
     /* Once only. */
     assert_int_equal(wk_policy_start(p, e, on_result, &seen, 8, &res), 1);

@@ -1,0 +1,75 @@
+/*
+ * ms_bucket.h - token buckets in Redis, shared by the frontend's rate limits
+ * (frontend/fe_ratelimit.h) and the worker's per-destination message rate
+ * (worker/delivery.h, [delivery] dest_rate).
+ *
+ * A bucket is a Redis hash {tok, ts}: `tok` tokens at time `ts` (ms, Redis's
+ * own clock, so that nodes need not agree on the time), refilled at
+ * capacity / period_ms per ms up to capacity.  One Lua script
+ * (MS_BUCKET_SCRIPT) checks and charges up to several buckets atomically;
+ * callers send it with EVALSHA (the digest from ms_bucket_sha(), or the one
+ * SCRIPT LOAD answered) and fall back to EVAL when Redis answers NOSCRIPT
+ * (after a restart or SCRIPT FLUSH).
+ *
+ * Script interface: KEYS[1..n] buckets, KEYS[n+1] (optional) a key whose
+ * existence refuses; ARGV[1] the mode, ARGV[2] n, then capacity, period_ms
+ * and cost per bucket.  Modes and answers:
+ *   take    every bucket must hold `cost` tokens; then all are charged.
+ *           0, or i >= 1: bucket i (1-based) is short (nothing charged)
+ *   peek    every bucket must hold one token; nothing is charged.  0 or i
+ *   charge  charge all, never refuse.  0
+ *   wait    like take, but the answer to a short bucket is the number of
+ *           milliseconds (>= 1) until every bucket will hold `cost` tokens
+ *           (nothing charged); 0 when charged
+ * and -1 in every mode when the refusing key exists.
+ *
+ * The pure part here (the rate syntax of [delivery] dest_rate, the command
+ * line of a one-bucket "wait", reading its answer) is unit-tested by
+ * tests/unit/test_ms_bucket.c; the script runs against a real Redis in
+ * tests/integration/test_frontend_limits.py and test_worker_rate.py.
+ * Any thread.
+ */
+#ifndef MS_BUCKET_H
+#define MS_BUCKET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ms_redis.h"
+
+extern const char MS_BUCKET_SCRIPT[];
+
+/* The script's SHA-1 in hex, for EVALSHA (computed once, thread-safe). */
+const char *ms_bucket_sha(void);
+
+/* A message rate as [delivery] dest_rate gives it: messages per second, a
+ * decimal number ("10", "0.5"); "0", "" or "off" is no limit.  It becomes a
+ * bucket of capacity 1 refilled every period_ms: an even spacing of
+ * 1/rate seconds, no bursts (Postfix's destination rate delay). */
+struct ms_bucket_rate {
+    uint32_t capacity;  /* 0: no limit */
+    uint64_t period_ms; /* time to refill the whole capacity */
+};
+/* Rates above this many per second are refused (1 ms spacing). */
+#define MS_BUCKET_RATE_MAX 1000
+/* Rates below one per this many seconds are refused. */
+#define MS_BUCKET_PERIOD_MAX_S 86400
+/* 0 or MS_EINVAL (r is then "no limit"). */
+int ms_bucket_rate_parse(const char *s, struct ms_bucket_rate *r);
+
+/* The command for "wait" on one bucket `key` with cost 1: EVALSHA sha (or
+ * EVAL with the script when sha is NULL), 1, key, "wait", 1, capacity,
+ * period_ms, 1.  argv/argvlen point into key, scratch and static strings;
+ * returns argc. */
+#define MS_BUCKET_WAIT_ARGC 9
+struct ms_bucket_scratch {
+    char num[3][24];
+};
+int ms_bucket_wait_argv(const char *key, struct ms_bucket_rate rate, const char *sha,
+                        struct ms_bucket_scratch *sc, const char **argv, size_t *argvlen);
+
+/* The answer to a "wait": 0 (charged), > 0 (ms to wait), MS_EPROTO (an
+ * error reply or anything unexpected), MS_ENOTFOUND (NOSCRIPT: send EVAL). */
+int64_t ms_bucket_wait_result(const struct ms_redis_reply *r);
+
+#endif

@@ -1,0 +1,126 @@
+"""[delivery] dest_rate: a cluster-wide message rate per destination, kept
+as a token bucket in Redis (cluster/ms_bucket.h). Messages over the rate
+wait in memory for their turn; past [delivery] dest_rate_max_wait_ms they
+are deferred (4.4.5) to a retry tier instead.
+
+No test asserts timings: they assert counts, metrics, events and the
+bucket in Redis.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import mslocal
+from test_worker_bounce import redis_hgetall
+from test_worker_delivery import (DIRECTION_OUTBOUND, KCAT, envelope, fake_smtp,  # noqa: F401
+                                  message, metric, new_qid, produce, wait_events)
+
+pytestmark = pytest.mark.skipif(KCAT is None, reason="kcat not installed: run `make deps`")
+
+
+def test_dest_rate_messages_wait_their_turn(cluster_factory, fake_smtp):
+    """Four messages at once for one destination at one message per two
+    seconds: the first goes, the others wait in memory (no deferral, no
+    retry record) and all are delivered, each exactly once, on attempt 1."""
+    srv = fake_smtp()
+    cl = cluster_factory(frontends=0, workers=1, worker_extra={"delivery": {
+        "relay_host": srv.address, "dest_rate": "0.5", "dest_rate_max_wait_ms": 600000}})
+    qs = [new_qid() for _ in range(4)]
+    key = f"ms:rate:{srv.address}"
+    produce(cl, [(q, envelope(q, [f"r{i}@example.net"], message(q),
+                              direction=DIRECTION_OUTBOUND)) for i, q in enumerate(qs)])
+    # While they are paced, the bucket is in Redis under the destination's
+    # name (the relay host): {tok, ts}, expiring one period after its last use.
+    mslocal.wait_until(lambda: set(redis_hgetall(cl.redis.port, key)) == {"tok", "ts"}, 60,
+                       "the destination's bucket in Redis", interval=0.1)
+    evs = wait_events(cl, lambda e: sum(1 for x in e if x.get("qid") in qs) >= 4, timeout=120)
+    mine = [e for e in evs if e.get("qid") in qs]
+    assert sorted((e["outcome"], e["attempt"]) for e in mine) == [("delivered", 1)] * 4
+    assert len(srv.delivered) == 4
+    wk = cl.workers[0]
+    # Produced together, they cannot all have found a token in a bucket
+    # that holds one: at least three waited.
+    assert metric(wk, "mailstream_worker_dest_rate_waits_total") >= 3
+    assert metric(wk, "mailstream_worker_dest_rate_deferred_total") == 0
+    assert metric(wk, "mailstream_worker_dest_rate_unchecked_total") == 0
+    assert metric(wk, "mailstream_worker_retry_records_total") == 0
+
+
+def test_dest_rate_long_wait_defers(cluster_factory, fake_smtp):
+    """With dest_rate_max_wait_ms 0 a message whose destination has no token
+    is deferred at once with 4.4.5 (to a retry tier), and delivered later."""
+    srv = fake_smtp()
+    cl = cluster_factory(frontends=0, workers=1, worker_extra={"delivery": {
+        "relay_host": srv.address, "dest_rate": "0.25", "dest_rate_max_wait_ms": 0,
+        "retry_min_ms": 500, "retry_max_ms": 2000}})
+    qs = [new_qid(), new_qid()]
+    produce(cl, [(q, envelope(q, [f"d{i}@example.net"], message(q),
+                              direction=DIRECTION_OUTBOUND)) for i, q in enumerate(qs)])
+    evs = wait_events(cl, lambda e: sum(1 for x in e if x.get("qid") in qs
+                                        and x["outcome"] == "delivered") == 2, timeout=120)
+    mine = [e for e in evs if e.get("qid") in qs]
+    deferred = [e for e in mine if e["outcome"] == "deferred"]
+    assert deferred and all(e["dsn"] == "4.4.5" and "dest_rate" in e["reply"] for e in deferred)
+    # Each message delivered once; at least one went through a retry tier.
+    assert len(srv.delivered) == 2
+    wk = cl.workers[0]
+    assert metric(wk, "mailstream_worker_dest_rate_deferred_total") >= 1
+    assert metric(wk, "mailstream_worker_retry_records_total") >= 1
+
+
+def test_dest_rate_fails_open_without_redis(cluster_factory, fake_smtp, tmp_path):
+    """The worker's own Redis goes away: messages are delivered without the
+    rate check (like leases, at least once beats never), and counted."""
+    sup = mslocal.Supervisor(tmp_path)
+    redis = mslocal.Redis(sup, mslocal.free_port())
+    redis.start()
+    try:
+        srv = fake_smtp()
+        cl = cluster_factory(frontends=0, workers=1, worker_extra={
+            "redis": {"port": redis.port},
+            "delivery": {"relay_host": srv.address, "dest_rate": "0.1",
+                         "dest_rate_max_wait_ms": 0, "retry_min_ms": 200,
+                         "retry_max_ms": 1000}})
+        redis.stop()
+        qs = [new_qid() for _ in range(3)]
+        produce(cl, [(q, envelope(q, [f"o{i}@example.net"], message(q),
+                                  direction=DIRECTION_OUTBOUND)) for i, q in enumerate(qs)])
+        evs = wait_events(cl, lambda e: sum(1 for x in e if x.get("qid") in qs
+                                            and x["outcome"] == "delivered") == 3, timeout=120)
+        # With the bucket reachable, one message per 10 s and no waiting
+        # would have deferred two of them (4.4.5): none was.
+        mine = [e for e in evs if e.get("qid") in qs]
+        assert [e["outcome"] for e in mine] == ["delivered"] * 3
+        wk = cl.workers[0]
+        assert metric(wk, "mailstream_worker_dest_rate_unchecked_total") == 3
+        assert metric(wk, "mailstream_worker_dest_rate_deferred_total") == 0
+    finally:
+        sup.stop_all()
+
+
+def test_dest_rate_wait_ends_on_drain(cluster_factory, fake_smtp):
+    """SIGTERM while a message sleeps until its destination's turn: it is
+    deferred to a retry tier (not left waiting, not lost), and a new worker
+    delivers it; each message reaches the destination once."""
+    srv = fake_smtp()
+    cl = cluster_factory(frontends=0, workers=1, worker_extra={"delivery": {
+        "relay_host": srv.address, "dest_rate": "0.05", "dest_rate_max_wait_ms": 600000,
+        "retry_min_ms": 200, "retry_max_ms": 1000}})
+    qs = [new_qid(), new_qid()]
+    produce(cl, [(q, envelope(q, [f"t{i}@example.net"], message(q),
+                              direction=DIRECTION_OUTBOUND)) for i, q in enumerate(qs)])
+    wk = cl.workers[0]
+    mslocal.wait_until(lambda: len(srv.delivered) == 1 and
+                       metric(wk, "mailstream_worker_dest_rate_waits_total") == 1, 60,
+                       "one delivered, one waiting for its turn", interval=0.2)
+    proc = wk.proc
+    wk.stop(timeout=60)
+    assert proc.popen.wait(timeout=5) == 0
+    log = wk.log.read_text()
+    assert "event=dest_rate_deferred" in log and "draining=1" in log
+    assert "event=abandoned" not in log
+    cl.add_worker()
+    wait_events(cl, lambda e: sum(1 for x in e if x.get("qid") in qs
+                                  and x["outcome"] == "delivered") == 2, timeout=120)
+    assert sorted(d[1][0] for d in srv.delivered) == ["t0@example.net", "t1@example.net"]

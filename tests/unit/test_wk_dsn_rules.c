@@ -1,0 +1,204 @@
+/*
+ * test_wk_dsn_rules.c - the DSN decisions of worker/dsn_rules.h: the
+ * backscatter rule as a table (direction, null sender, SPF pass, aligned
+ * DKIM pass, not evaluated), DKIM alignment through a small Public Suffix
+ * List, RFC 3461 NOTIFY for failures and delays, and when a delay warning
+ * is due.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <string.h>
+
+#include "ms_dmarc.h"
+#include "../../worker/dsn_rules.h"
+
+#define IN MAILSTREAM__DIRECTION__DIRECTION_INBOUND
+#define OUT MAILSTREAM__DIRECTION__DIRECTION_OUTBOUND
+#define NOTIFY_S MAILSTREAM__NOTIFY__NOTIFY_SUCCESS
+#define NOTIFY_F MAILSTREAM__NOTIFY__NOTIFY_FAILURE
+#define NOTIFY_D MAILSTREAM__NOTIFY__NOTIFY_DELAY
+#define NOTIFY_N MAILSTREAM__NOTIFY__NOTIFY_NEVER
+
+static void test_decide_table(void **state)
+{
+    static const struct {
+        const char *from;
+        int direction, evaluated, spf;
+        const char *dkim;
+        enum wk_dsn_verdict want;
+    } cases[] = {
+        /* Relayed for the sender: always, whatever authentication says. */
+        {"a@example.org", OUT, 0, 0, NULL, WK_DSN_ALLOW},
+        {"a@example.org", OUT, 1, 0, "", WK_DSN_ALLOW},
+        /* The null sender never, in either direction. */
+        {"", OUT, 0, 0, NULL, WK_DSN_NULL_SENDER},
+        {NULL, OUT, 0, 0, NULL, WK_DSN_NULL_SENDER},
+        {"", IN, 1, 1, "example.org", WK_DSN_NULL_SENDER},
+        /* Inbound: only with SPF pass or an aligned DKIM pass. */
+        {"a@example.org", IN, 1, 1, NULL, WK_DSN_ALLOW},
+        {"a@example.org", IN, 1, 0, "example.org", WK_DSN_ALLOW},
+        {"a@example.org", IN, 1, 1, "example.org", WK_DSN_ALLOW},
+        {"a@example.org", IN, 1, 0, NULL, WK_DSN_UNAUTHENTICATED},
+        {"a@example.org", IN, 1, 0, "", WK_DSN_UNAUTHENTICATED},
+        /* The policy stage did not run (off, or an old retry record). */
+        {"a@example.org", IN, 0, 1, "example.org", WK_DSN_NOT_EVALUATED},
+        {"a@example.org", IN, 0, 0, NULL, WK_DSN_NOT_EVALUATED},
+        /* Unknown direction: none. */
+        {"a@example.org", 0, 1, 1, "example.org", WK_DSN_NO_DIRECTION},
+    };
+    struct wk_dsn_facts f;
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        memset(&f, 0, sizeof(f));
+        f.mail_from = cases[i].from;
+        f.direction = cases[i].direction;
+        f.auth_evaluated = cases[i].evaluated;
+        f.spf_mailfrom_pass = cases[i].spf;
+        f.dkim_aligned = cases[i].dkim;
+        if (wk_dsn_decide(&f) != cases[i].want)
+            fail_msg("case %zu: got %s, want %s", i, wk_dsn_verdict_name(wk_dsn_decide(&f)),
+                     wk_dsn_verdict_name(cases[i].want));
+    }
+    assert_string_equal(wk_dsn_verdict_name(WK_DSN_UNAUTHENTICATED), "unauthenticated");
+    assert_string_equal(wk_dsn_verdict_name(WK_DSN_VERDICT__N), "unknown");
+}
+
+static void test_facts_of_envelope(void **state)
+{
+    ms_envelope env;
+    Mailstream__MailFrom mf;
+    Mailstream__Auth auth;
+    struct wk_dsn_facts f;
+
+    (void)state;
+    ms_envelope_init(&env);
+    mailstream__mail_from__init(&mf);
+    mf.address = "bounce@lists.example.org";
+    env.mail_from = &mf;
+    env.direction = IN;
+    wk_dsn_facts_of(&env, &f);
+    assert_int_equal(wk_dsn_decide(&f), WK_DSN_NOT_EVALUATED); /* no auth at all */
+    mailstream__auth__init(&auth);
+    auth.evaluated = 1;
+    env.auth = &auth;
+    wk_dsn_facts_of(&env, &f);
+    assert_int_equal(wk_dsn_decide(&f), WK_DSN_UNAUTHENTICATED);
+    auth.dkim_aligned_domain = "example.org";
+    wk_dsn_facts_of(&env, &f);
+    assert_int_equal(wk_dsn_decide(&f), WK_DSN_ALLOW);
+    env.mail_from = NULL;
+    wk_dsn_facts_of(&env, &f);
+    assert_int_equal(wk_dsn_decide(&f), WK_DSN_NULL_SENDER);
+}
+
+static const char small_psl[] = "com\norg\nuk\nco.uk\nblogspot.com\n";
+
+static void test_dkim_aligned(void **state)
+{
+    ms_psl *psl;
+
+    (void)state;
+    assert_int_equal(ms_psl_parse(small_psl, sizeof(small_psl) - 1, &psl), 0);
+    assert_true(wk_dkim_aligned(psl, "a@example.org", "example.org"));
+    assert_true(wk_dkim_aligned(psl, "a@EXAMPLE.org", "example.ORG."));
+    /* Relaxed: same Organizational Domain either way round. */
+    assert_true(wk_dkim_aligned(psl, "bounce@lists.example.org", "example.org"));
+    assert_true(wk_dkim_aligned(psl, "a@example.org", "mail.example.org"));
+    assert_true(wk_dkim_aligned(psl, "a@x.example.co.uk", "y.example.co.uk"));
+    /* Different Organizational Domains. */
+    assert_false(wk_dkim_aligned(psl, "a@example.org", "example.com"));
+    assert_false(wk_dkim_aligned(psl, "a@example.org", "example.org.evil.com"));
+    assert_false(wk_dkim_aligned(psl, "a@one.co.uk", "two.co.uk"));
+    /* A public suffix (private section) is not an Organizational Domain. */
+    assert_false(wk_dkim_aligned(psl, "a@alice.blogspot.com", "bob.blogspot.com"));
+    assert_false(wk_dkim_aligned(psl, "a@example.org", "org"));
+    /* Missing pieces. */
+    assert_false(wk_dkim_aligned(psl, "", "example.org"));
+    assert_false(wk_dkim_aligned(psl, "nodomain", "example.org"));
+    assert_false(wk_dkim_aligned(psl, "a@", "example.org"));
+    assert_false(wk_dkim_aligned(psl, "a@example.org", ""));
+    assert_false(wk_dkim_aligned(psl, "a@example.org", NULL));
+    assert_false(wk_dkim_aligned(psl, NULL, "example.org"));
+    /* No list: only equal names. */
+    assert_true(wk_dkim_aligned(NULL, "a@example.org", "example.org"));
+    assert_false(wk_dkim_aligned(NULL, "a@lists.example.org", "example.org"));
+    ms_psl_free(psl);
+}
+
+static void test_notify(void **state)
+{
+    (void)state;
+    /* RFC 3461 §4.1: absent means FAILURE (and, our choice, DELAY). */
+    assert_true(wk_notify_failure(0));
+    assert_true(wk_notify_delay(0));
+    assert_true(wk_notify_failure(NOTIFY_F));
+    assert_false(wk_notify_delay(NOTIFY_F));
+    assert_false(wk_notify_failure(NOTIFY_D));
+    assert_true(wk_notify_delay(NOTIFY_D));
+    assert_true(wk_notify_delay(NOTIFY_S | NOTIFY_F | NOTIFY_D));
+    assert_false(wk_notify_delay(NOTIFY_S));
+    assert_false(wk_notify_failure(NOTIFY_S));
+    assert_false(wk_notify_failure(NOTIFY_N));
+    assert_false(wk_notify_delay(NOTIFY_N));
+    assert_false(wk_notify_delay(NOTIFY_N | NOTIFY_D)); /* malformed: NEVER wins */
+}
+
+static void test_delay_warning_due(void **state)
+{
+    const int64_t s = 1000000, t0 = 1795000000LL * s;
+
+    (void)state;
+    /* Off. */
+    assert_false(wk_delay_warning_due(0, t0, t0 + 86400 * s, 0, 0));
+    /* Too early, then exactly on time, then later. */
+    assert_false(wk_delay_warning_due(3600, t0, t0 + 3599 * s, 0, 0));
+    assert_true(wk_delay_warning_due(3600, t0, t0 + 3600 * s, 0, 0));
+    assert_true(wk_delay_warning_due(3600, t0, t0 + 7200 * s, 0, NOTIFY_D | NOTIFY_F));
+    /* Once only. */
+    assert_false(wk_delay_warning_due(3600, t0, t0 + 7200 * s, t0 + 3700 * s, 0));
+    /* NOTIFY without DELAY, or NEVER. */
+    assert_false(wk_delay_warning_due(3600, t0, t0 + 7200 * s, 0, NOTIFY_F));
+    assert_false(wk_delay_warning_due(3600, t0, t0 + 7200 * s, 0, NOTIFY_N));
+    /* Unknown arrival time: never (it cannot be judged). */
+    assert_false(wk_delay_warning_due(3600, 0, t0, 0, 0));
+}
+
+static void test_status(void **state)
+{
+    char st[11];
+
+    (void)state;
+    wk_dsn_status(st, sizeof(st), "5.1.1", 1);
+    assert_string_equal(st, "5.1.1");
+    wk_dsn_status(st, sizeof(st), "4.4.7", 1); /* expired: failed with its 4.4.7 */
+    assert_string_equal(st, "4.4.7");
+    wk_dsn_status(st, sizeof(st), "", 1);
+    assert_string_equal(st, "5.0.0");
+    wk_dsn_status(st, sizeof(st), "4.4.1", 0);
+    assert_string_equal(st, "4.4.1");
+    wk_dsn_status(st, sizeof(st), "5.2.2", 0); /* full mailbox, being retried */
+    assert_string_equal(st, "4.2.2");
+    wk_dsn_status(st, sizeof(st), NULL, 0);
+    assert_string_equal(st, "4.0.0");
+    wk_dsn_status(st, 4, "4.4.1", 0); /* bounded */
+    assert_string_equal(st, "4.4");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_decide_table),
+        cmocka_unit_test(test_facts_of_envelope),
+        cmocka_unit_test(test_dkim_aligned),
+        cmocka_unit_test(test_notify),
+        cmocka_unit_test(test_delay_warning_due),
+        cmocka_unit_test(test_status),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
