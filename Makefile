@@ -89,9 +89,12 @@ unit: $(UNIT_BINS)
 	@fail=0; for t in $(UNIT_BINS); do echo "== $$t"; $$t || fail=1; done; exit $$fail
 
 # Integration tests: pytest against real Redis, Kafka and SMTP peers.
+# INTEGRATION_TESTS narrows the run (a file or file::test), PYTEST_ARGS adds options:
+#   make integration INTEGRATION_TESTS=tests/integration/test_worker_client.py PYTEST_ARGS=-x
+INTEGRATION_TESTS ?= tests/integration
 integration: all
 	MAILSTREAM_BUILD_DIR=$(abspath $(BUILD)) PYTHONDONTWRITEBYTECODE=1 \
-	    $(VENV)/bin/python -m pytest -p no:cacheprovider -q tests/integration $(PYTEST_ARGS)
+	    $(VENV)/bin/python -m pytest -p no:cacheprovider -q $(INTEGRATION_TESTS) $(PYTEST_ARGS)
 
 test: deps
 	$(MAKE) all unit fuzz-smoke
