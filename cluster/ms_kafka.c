@@ -257,6 +257,7 @@ struct ms_producer {
      * ms_producer_send so far, and where this producer's walk starts. */
     _Atomic uint64_t sticky_bytes;
     uint32_t sticky_base;
+    char keyed_topic[MS_KAFKA_TOPIC_MAX + 1]; /* partitioned by key; "" none */
     /* Stall watchdog (producer_watchdog): the timeout, and since when
      * records have been outstanding without any report (0: not stalled). */
     uint64_t stall_limit_ms;
@@ -274,6 +275,10 @@ struct ms_producer {
  * Over time every partition gets the same share, so a consumer group still
  * spreads the work.  A partition without a leader is skipped.
  *
+ * The producer's keyed topic (ms_kafka_conf.keyed_topic: the worker's
+ * `events`) is the exception: its records are hashed by key as librdkafka
+ * would, so the events of one queue id stay on one partition, in order.
+ *
  * librdkafka may call this from its own threads (records produced before the
  * topic's metadata was known are partitioned later), hence the atomic.
  */
@@ -283,6 +288,10 @@ static int32_t sticky_partitioner(const rd_kafka_topic_t *rkt, const void *key, 
     ms_producer *p = rkt_opaque;
     uint64_t window = atomic_load(&p->sticky_bytes) / MS_KAFKA_STICKY_BYTES;
     int32_t first = (int32_t)((window + p->sticky_base) % (uint64_t)partition_cnt);
+
+    if (p->keyed_topic[0] && strcmp(rd_kafka_topic_name(rkt), p->keyed_topic) == 0)
+        return rd_kafka_msg_partitioner_consistent_random(rkt, key, keylen, partition_cnt,
+                                                          rkt_opaque, msg_opaque);
 
     for (int32_t i = 0; i < partition_cnt; i++) {
         int32_t part = (first + i) % partition_cnt;
@@ -362,6 +371,15 @@ ms_producer *ms_producer_new(uv_loop_t *loop, const struct ms_kafka_conf *kc, ms
              kc->produce_timeout_ms > 0 ? kc->produce_timeout_ms
                                         : MS_KAFKA_DEFAULT_PRODUCE_TIMEOUT_MS);
     set_conf(conf, "message.timeout.ms", num);
+    if (kc->keyed_topic) {
+        if (strlen(kc->keyed_topic) > MS_KAFKA_TOPIC_MAX) {
+            snprintf(err, errlen, "topic name longer than %d octets", MS_KAFKA_TOPIC_MAX);
+            rd_kafka_conf_destroy(conf);
+            free(p);
+            return NULL;
+        }
+        snprintf(p->keyed_topic, sizeof(p->keyed_topic), "%s", kc->keyed_topic);
+    }
     p->stall_limit_ms = (uint64_t)(kc->produce_timeout_ms > 0 ? kc->produce_timeout_ms
                                                               : MS_KAFKA_DEFAULT_PRODUCE_TIMEOUT_MS) +
                         MS_KAFKA_STALL_GRACE_MS;

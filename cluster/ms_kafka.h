@@ -19,6 +19,8 @@
 #include <uv.h>
 
 #define MS_KAFKA_RECORD_MAX (32 * 1024 * 1024)
+/* Kafka's own limit on a topic name. */
+#define MS_KAFKA_TOPIC_MAX 249
 
 struct ms_kafka_conf {
     const char *brokers;       /* bootstrap.servers */
@@ -27,6 +29,10 @@ struct ms_kafka_conf {
     int linger_ms;             /* linger.ms; 0: 1 */
     int fetch_min_bytes;       /* consumer fetch.min.bytes; 0: 1 */
     int fetch_wait_ms;         /* consumer fetch.wait.max.ms; 0: librdkafka's 500 */
+    const char *keyed_topic;   /* producer: records to this topic are partitioned by
+                                * a hash of their key (one key's records stay in
+                                * order); every other topic is partitioned sticky
+                                * (ms_kafka.c).  NULL: none */
 };
 
 /* ---- producer ---- */

@@ -504,6 +504,7 @@ int main(int argc, char **argv)
     kc.linger_ms = (int)var_linger_ms;
     kc.fetch_min_bytes = (int)var_fetch_min_bytes;
     kc.fetch_wait_ms = (int)var_fetch_wait_ms;
+    kc.keyed_topic = var_events_topic; /* one queue id's events in order */
     if ((w.producer = ms_producer_new(w.loop, &kc, wk_delivery_on_produced, w.delivery, err,
                                       sizeof(err))) == NULL)
         ms_fatal("event=kafka_producer_failed error=\"%s\"", err);

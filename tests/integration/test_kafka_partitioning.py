@@ -7,6 +7,7 @@ Read back from the real broker with kcat."""
 import shutil
 import smtplib
 import subprocess
+import time
 
 import pytest
 
@@ -75,3 +76,32 @@ def test_large_volume_moves_over_partitions(cluster_factory):
     assert len(set(parts)) >= 6, parts
     runs = [parts[0]] + [b for a, b in zip(parts, parts[1:]) if a != b]
     assert len(runs) == len(set(runs)), parts  # no partition revisited
+
+
+def test_events_of_one_queue_id_stay_on_one_partition(cluster_factory):
+    """The worker's `events` topic is the producer's keyed topic: hashed by
+    queue id, so one message's events keep their order for consumers."""
+    cl = cluster_factory(frontends=1, workers=1)
+    port = cl.listener("mx")[1]
+    with smtplib.SMTP(mslocal.HOST, port, timeout=30) as s:
+        for n in range(12):
+            s.sendmail("a@example.org", [f"r{n}a@mailstream.test", f"r{n}b@mailstream.test"],
+                       f"Subject: part-{n}\r\n\r\nbody {n}\r\n".encode())
+    cl.sink.wait_for(12, timeout=120)  # one transaction, two RCPTs each
+    kcat = shutil.which("kcat") or shutil.which("kafkacat")
+    parts = {}
+    for _ in range(30):
+        r = subprocess.run([kcat, "-b", cl.kafka.bootstrap, "-C", "-t", cl.spec.events_topic,
+                            "-e", "-q", "-o", "beginning", "-f", "%p %k\n"],
+                           capture_output=True, timeout=60)
+        assert r.returncode == 0, r.stderr.decode()
+        lines = [ln.split(" ", 1) for ln in r.stdout.decode().splitlines() if " " in ln]
+        if len(lines) >= 24:  # one event per recipient
+            break
+        time.sleep(1)
+    assert len(lines) >= 24, lines
+    for part, key in lines:
+        parts.setdefault(key, set()).add(part)
+    assert len(parts) == 12, parts
+    assert all(len(p) == 1 for p in parts.values()), parts
+    assert len({next(iter(p)) for p in parts.values()}) > 1, parts  # hashed, not all on one
