@@ -125,6 +125,7 @@ struct dest {
     char rate_key[MS_DNS_NAME_MAX + 32];
     char lease_key[MS_DNS_NAME_MAX + 32];
     char lease_member[64];
+    ms_gauge *conn_gauge;             /* its destination's connections, while DEST_SEND */
 };
 
 struct msg {
@@ -176,6 +177,15 @@ struct wk_delivery {
     ms_counter *m_dns_failures, *m_tls_failures, *m_dsn, *m_requeued, *m_expired,
         *m_suppressed, *m_connect_fallback;
     ms_gauge *m_in_flight, *m_held, *m_connections;
+    /* Open connections per destination (dest_name): the first
+     * WK_DEST_GAUGES_MAX destinations seen get a series of their own, the
+     * rest share dest="other", so the label set stays bounded. */
+    struct dest_gauge {
+        char name[WK_DEST_GAUGE_NAME_MAX + 1];
+        ms_gauge *g;
+    } dest_gauges[WK_DEST_GAUGES_MAX];
+    size_t ndest_gauges;
+    ms_gauge *m_dest_other;
     ms_histogram *m_latency;
     ms_gauge *m_retry_depth, *m_retry_oldest;
     ms_counter *m_lease_waits;
@@ -190,6 +200,45 @@ struct wk_delivery {
 
 static void msg_check(struct msg *m);
 static void msg_send(struct msg *m);
+static const char *dest_name(const wk_delivery *d, const struct dest *ds);
+
+/* The connections gauge of ds's destination (see wk_delivery.dest_gauges). */
+static ms_gauge *dest_gauge(wk_delivery *d, const struct dest *ds)
+{
+    const char *name = dest_name(d, ds);
+    char labels[2 * WK_DEST_GAUGE_NAME_MAX + 16], esc[2 * WK_DEST_GAUGE_NAME_MAX + 1];
+    struct dest_gauge *dg;
+    size_t i;
+
+    if (strlen(name) > WK_DEST_GAUGE_NAME_MAX)
+        return d->m_dest_other;
+    for (i = 0; i < d->ndest_gauges; i++)
+        if (strcmp(d->dest_gauges[i].name, name) == 0)
+            return d->dest_gauges[i].g;
+    if (d->ndest_gauges == WK_DEST_GAUGES_MAX)
+        return d->m_dest_other;
+    dg = &d->dest_gauges[d->ndest_gauges++];
+    snprintf(dg->name, sizeof(dg->name), "%s", name);
+    ms_label_escape(esc, sizeof(esc), name);
+    snprintf(labels, sizeof(labels), "dest=\"%s\"", esc);
+    dg->g = ms_gauge_new("mailstream_worker_dest_connections",
+                         "SMTP and LMTP sessions open, by destination.", labels);
+    return dg->g;
+}
+
+/* Count ds's session as open (on) or closed (off). */
+static void dest_count_connection(wk_delivery *d, struct dest *ds, int on)
+{
+    if (on) {
+        ds->conn_gauge = dest_gauge(d, ds);
+        ms_gauge_add(ds->conn_gauge, 1);
+        ms_gauge_add(d->m_connections, 1);
+    } else if (ds->conn_gauge != NULL) {
+        ms_gauge_add(ds->conn_gauge, -1);
+        ms_gauge_add(d->m_connections, -1);
+        ds->conn_gauge = NULL;
+    }
+}
 static void msg_settle(struct msg *m);
 static void update_pauses(wk_delivery *d);
 
@@ -318,7 +367,7 @@ static void dests_free(struct msg *m)
         struct dest *ds = &m->dests[k];
         if (ds->smtp) {
             wk_smtp_cancel(ds->smtp);
-            ms_gauge_add(m->d->m_connections, -1);
+            dest_count_connection(m->d, ds, 0);
         }
         if (ds->state == DEST_ROUTE && ds->job)
             wk_router_cancel(m->d->conf.router, ds->job);
@@ -746,7 +795,7 @@ static void on_smtp(void *arg, uint64_t id, const struct wk_smtp_result *res)
     if (ds == NULL || ds->state != DEST_SEND)
         return;
     ds->smtp = NULL;
-    ms_gauge_add(d->m_connections, -1);
+    dest_count_connection(d, ds, 0);
     /* RFC 5321 §5.1: when a host cannot be reached, try the next address
      * (of this MX host, then of the next ones) before deferring. */
     if (no_server_reply(res) && res->reused) {
@@ -1103,7 +1152,7 @@ static void dest_connect_now(struct msg *m, struct dest *ds)
                         ds->relay_str);
         return;
     }
-    ms_gauge_add(d->m_connections, 1);
+    dest_count_connection(d, ds, 1);
 }
 
 static void on_route(void *arg, uint64_t id, const struct wk_route_result *res)
@@ -1862,6 +1911,9 @@ wk_delivery *wk_delivery_new(uv_loop_t *loop, const struct wk_delivery_conf *con
                              "Retry records held in memory until they are due.", NULL);
     d->m_connections = ms_gauge_new("mailstream_worker_connections",
                                     "SMTP and LMTP sessions open.", NULL);
+    d->m_dest_other = ms_gauge_new("mailstream_worker_dest_connections",
+                                   "SMTP and LMTP sessions open, by destination.",
+                                   "dest=\"other\"");
     d->m_latency = ms_histogram_new("mailstream_worker_delivery_latency_seconds",
                                     "From acceptance by the frontend to delivery.", NULL,
                                     ms_latency_buckets, ms_latency_buckets_n);

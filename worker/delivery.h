@@ -101,6 +101,11 @@
 /* Default of [delivery] dest_rate_max_wait_ms: how long a message may wait
  * in memory for its destination's turn before it is deferred instead. */
 #define WK_DEST_RATE_MAX_WAIT_MS 60000
+/* Destinations with a series of their own in
+ * mailstream_worker_dest_connections{dest="..."}; the others (and names
+ * longer than WK_DEST_GAUGE_NAME_MAX) are counted under dest="other". */
+#define WK_DEST_GAUGES_MAX 64
+#define WK_DEST_GAUGE_NAME_MAX 255
 /* Destinations (routes) per message: recipients are grouped by them. */
 #define WK_DEST_BITS 16
 

@@ -2,6 +2,7 @@
 #include "ms_log.h"
 #include "ms_mem.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,21 +44,29 @@ struct ms_histogram {
     _Atomic uint64_t sum_bits; /* a double, updated with compare-and-swap */
 };
 
-const double ms_latency_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                                     0.25,  0.5,    1,     2.5,  5,     10,   30, 60};
+const double ms_latency_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                     0.5,   1,      2.5,   5,    10,    30,   60};
 const size_t ms_latency_buckets_n = sizeof(ms_latency_buckets) / sizeof(ms_latency_buckets[0]);
 
-/* Registration happens before the loops start: no lock needed for the list. */
+/* Most registration happens before the loops start; series with a label
+ * learnt at run time (a destination) are added later, from any thread, so
+ * the lists are changed and walked under one lock.  Values need none. */
 static struct family *families, **families_tail = &families;
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* Find or create the series; a new one gets its value (histograms: with
+ * these bounds) before it is linked in, so the renderer never sees a
+ * series without one. */
 static struct series *series_get(const char *name, const char *help, const char *labels,
-                                 enum metric_type type, int *created)
+                                 enum metric_type type, const double *bounds, size_t nbounds)
 {
     struct family *f;
     struct series *s;
+    size_t i;
 
     if (labels == NULL)
         labels = "";
+    pthread_mutex_lock(&registry_lock);
     for (f = families; f; f = f->next)
         if (strcmp(f->name, name) == 0)
             break;
@@ -73,25 +82,31 @@ static struct series *series_get(const char *name, const char *help, const char 
         ms_panic("metric %s registered with two types", name);
     }
     for (s = f->series; s; s = s->next)
-        if (strcmp(s->labels, labels) == 0) {
-            *created = 0;
-            return s;
+        if (strcmp(s->labels, labels) == 0)
+            break;
+    if (s == NULL) {
+        s = ms_calloc(1, sizeof(*s));
+        s->labels = ms_strdup(labels);
+        switch (type) {
+        case METRIC_COUNTER: s->u.counter = ms_calloc(1, sizeof(struct ms_counter)); break;
+        case METRIC_GAUGE: s->u.gauge = ms_calloc(1, sizeof(struct ms_gauge)); break;
+        case METRIC_HISTOGRAM:
+            s->u.histogram = ms_calloc(1, sizeof(struct ms_histogram));
+            s->u.histogram->nbounds = nbounds;
+            for (i = 0; i < nbounds; i++)
+                s->u.histogram->bounds[i] = bounds[i];
+            break;
         }
-    s = ms_calloc(1, sizeof(*s));
-    s->labels = ms_strdup(labels);
-    *f->series_tail = s;
-    f->series_tail = &s->next;
-    *created = 1;
+        *f->series_tail = s;
+        f->series_tail = &s->next;
+    }
+    pthread_mutex_unlock(&registry_lock);
     return s;
 }
 
 ms_counter *ms_counter_new(const char *name, const char *help, const char *labels)
 {
-    int created;
-    struct series *s = series_get(name, help, labels, METRIC_COUNTER, &created);
-    if (created)
-        s->u.counter = ms_calloc(1, sizeof(struct ms_counter));
-    return s->u.counter;
+    return series_get(name, help, labels, METRIC_COUNTER, NULL, 0)->u.counter;
 }
 
 void ms_counter_add(ms_counter *c, uint64_t n)
@@ -106,11 +121,7 @@ uint64_t ms_counter_value(const ms_counter *c)
 
 ms_gauge *ms_gauge_new(const char *name, const char *help, const char *labels)
 {
-    int created;
-    struct series *s = series_get(name, help, labels, METRIC_GAUGE, &created);
-    if (created)
-        s->u.gauge = ms_calloc(1, sizeof(struct ms_gauge));
-    return s->u.gauge;
+    return series_get(name, help, labels, METRIC_GAUGE, NULL, 0)->u.gauge;
 }
 
 void ms_gauge_set(ms_gauge *g, int64_t v)
@@ -131,20 +142,9 @@ int64_t ms_gauge_value(const ms_gauge *g)
 ms_histogram *ms_histogram_new(const char *name, const char *help, const char *labels,
                                const double *bounds, size_t nbounds)
 {
-    int created;
-    struct series *s;
-    size_t i;
-
     if (nbounds > MS_HISTOGRAM_BUCKETS_MAX)
         ms_panic("histogram %s: %zu buckets is over MS_HISTOGRAM_BUCKETS_MAX", name, nbounds);
-    s = series_get(name, help, labels, METRIC_HISTOGRAM, &created);
-    if (created) {
-        s->u.histogram = ms_calloc(1, sizeof(struct ms_histogram));
-        s->u.histogram->nbounds = nbounds;
-        for (i = 0; i < nbounds; i++)
-            s->u.histogram->bounds[i] = bounds[i];
-    }
-    return s->u.histogram;
+    return series_get(name, help, labels, METRIC_HISTOGRAM, bounds, nbounds)->u.histogram;
 }
 
 void ms_histogram_observe(ms_histogram *h, double v)
@@ -163,16 +163,15 @@ void ms_histogram_observe(ms_histogram *h, double v)
         memcpy(&sum, &old, sizeof(sum));
         sum += v;
         memcpy(&new, &sum, sizeof(new));
-    } while (!atomic_compare_exchange_weak_explicit(&h->sum_bits, &old, new,
-                                                    memory_order_relaxed, memory_order_relaxed));
+    } while (!atomic_compare_exchange_weak_explicit(&h->sum_bits, &old, new, memory_order_relaxed,
+                                                    memory_order_relaxed));
 }
 
 static int render_labels(struct ms_buf *out, const char *labels, const char *extra)
 {
     if (*labels == '\0' && extra == NULL)
         return 0;
-    return ms_buf_appendf(out, "{%s%s%s}", labels, *labels && extra ? "," : "",
-                          extra ? extra : "");
+    return ms_buf_appendf(out, "{%s%s%s}", labels, *labels && extra ? "," : "", extra ? extra : "");
 }
 
 static int render_histogram(struct ms_buf *out, const struct family *f, const struct series *s)
@@ -207,10 +206,33 @@ static int render_histogram(struct ms_buf *out, const struct family *f, const st
     if (r == 0)
         r = render_labels(out, s->labels, NULL);
     if (r == 0)
-        r = ms_buf_appendf(out, " %llu\n",
-                           (unsigned long long)atomic_load_explicit(&h->count,
-                                                                    memory_order_relaxed));
+        r = ms_buf_appendf(
+            out, " %llu\n",
+            (unsigned long long)atomic_load_explicit(&h->count, memory_order_relaxed));
     return r;
+}
+
+void ms_label_escape(char *out, size_t outlen, const char *value)
+{
+    size_t o = 0;
+
+    if (outlen == 0)
+        return;
+    for (; *value; value++) {
+        const char *rep = *value == '\\'   ? "\\\\"
+                          : *value == '"'  ? "\\\""
+                          : *value == '\n' ? "\\n"
+                                           : NULL;
+        size_t n = rep ? 2 : 1;
+        if (o + n >= outlen)
+            break;
+        if (rep)
+            memcpy(out + o, rep, 2);
+        else
+            out[o] = *value;
+        o += n;
+    }
+    out[o] = '\0';
 }
 
 int ms_metrics_render(struct ms_buf *out)
@@ -220,6 +242,7 @@ int ms_metrics_render(struct ms_buf *out)
     const struct series *s;
     int r = 0;
 
+    pthread_mutex_lock(&registry_lock);
     for (f = families; f && r == 0; f = f->next) {
         r = ms_buf_appendf(out, "# HELP %s %s\n# TYPE %s %s\n", f->name, f->help, f->name,
                            type_names[f->type]);
@@ -240,11 +263,10 @@ int ms_metrics_render(struct ms_buf *out)
                 if (r == 0)
                     r = ms_buf_appendf(out, " %lld\n", (long long)ms_gauge_value(s->u.gauge));
                 break;
-            case METRIC_HISTOGRAM:
-                r = render_histogram(out, f, s);
-                break;
+            case METRIC_HISTOGRAM: r = render_histogram(out, f, s); break;
             }
         }
     }
+    pthread_mutex_unlock(&registry_lock);
     return r;
 }

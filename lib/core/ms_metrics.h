@@ -1,8 +1,10 @@
 /*
  * ms_metrics.h - the process-wide metrics registry (Prometheus text format).
  *
- * Metrics are registered once at start-up (from the main thread, before any
- * loop runs) and live until exit; the returned handles are never freed.
+ * Metrics are registered at start-up, or later from any thread (series
+ * with a label learnt at run time: keep such label values bounded, see
+ * ms_label_escape), and live until exit; the returned handles are never
+ * freed.
  * Updates are lock-free C11 atomics and may come from any thread.  A metric
  * family is identified by name; each registration adds one series with a
  * fixed label set given as Prometheus label text, e.g. `result="accepted"`
@@ -41,6 +43,10 @@ void ms_histogram_observe(ms_histogram *h, double v);
 /* Latency buckets in seconds, 1 ms .. 60 s, for histograms of durations. */
 extern const double ms_latency_buckets[];
 extern const size_t ms_latency_buckets_n;
+
+/* Write `value` as the inside of a Prometheus label value (backslash,
+ * double quote and newline escaped; truncated to fit, NUL-terminated). */
+void ms_label_escape(char *out, size_t outlen, const char *value);
 
 /* Append the whole registry in Prometheus text exposition format 0.0.4. */
 int ms_metrics_render(struct ms_buf *out);

@@ -654,3 +654,31 @@ def test_worker_reuses_connections(cluster_factory, fake_smtp):
     evs = wait_events(cl2, lambda e: any(x.get("qid") == q4 for x in e))
     assert [x["outcome"] for x in evs if x.get("qid") in (q3, q4)] == ["delivered", "delivered"]
     assert srv2.sessions == 2
+
+
+def test_connections_gauge_by_destination(cluster_factory, fake_smtp):
+    """mailstream_worker_dest_connections{dest=...}: a session open to the
+    relay host counts under its name while it lasts, and no longer after."""
+    release = threading.Event()
+
+    def slow_data(n: int) -> str:
+        release.wait(60)
+        return "250 2.0.0 Ok: queued"
+
+    srv = fake_smtp(data_reply=slow_data)
+    cl = worker_cluster(cluster_factory, relay=srv.address)
+    w = cl.workers[0]
+    series = f'mailstream_worker_dest_connections{{dest="{srv.address}"}}'
+    q = new_qid()
+    produce(cl, [(q, envelope(q, [f"g.{q}@example.net"], message(q)))])
+    try:
+        mslocal.wait_until(lambda: metric(w, series) == 1, 60, "a session counted for the relay",
+                           interval=0.2)
+        assert metric(w, "mailstream_worker_connections") == 1
+        assert metric(w, 'mailstream_worker_dest_connections{dest="other"}') == 0
+    finally:
+        release.set()
+    wait_events(cl, lambda e: any(x.get("qid") == q and x["outcome"] == "delivered" for x in e))
+    mslocal.wait_until(lambda: metric(w, series) == 0, 30, "the session no longer counted",
+                       interval=0.2)
+    assert metric(w, "mailstream_worker_connections") == 0

@@ -17,6 +17,8 @@
 #include "ms_http.h"
 #include "ms_log.h"
 #include "ms_metrics.h"
+
+#include <pthread.h>
 #include "ms_net.h"
 
 static void test_buf_limit(void **state)
@@ -149,6 +151,47 @@ static void test_metrics_render(void **state)
     ms_buf_free(&out);
 }
 
+/* Label values learnt at run time: escaped, and a series registered from
+ * another thread while the registry is rendered shows up whole. */
+static void *register_dests(void *arg)
+{
+    char labels[64];
+
+    for (int i = 0; i < 200; i++) {
+        snprintf(labels, sizeof(labels), "dest=\"d%d\"", i);
+        ms_gauge_add(ms_gauge_new("t_dest_connections", "By destination.", labels), i);
+    }
+    return arg;
+}
+
+static void test_metrics_runtime_labels(void **state)
+{
+    char esc[16];
+    struct ms_buf out;
+    pthread_t t;
+
+    ms_label_escape(esc, sizeof(esc), "a\"b\\c\nd");
+    assert_string_equal(esc, "a\\\"b\\\\c\\nd");
+    ms_label_escape(esc, 4, "ab\"c");      /* an escape never cut in half */
+    assert_string_equal(esc, "ab");
+    ms_label_escape(esc, 4, "abcdef");
+    assert_string_equal(esc, "abc");
+
+    assert_int_equal(pthread_create(&t, NULL, register_dests, NULL), 0);
+    for (int i = 0; i < 50; i++) {
+        ms_buf_init(&out, 1 << 20);
+        assert_int_equal(ms_metrics_render(&out), 0);
+        ms_buf_free(&out);
+    }
+    assert_int_equal(pthread_join(t, NULL), 0);
+    ms_buf_init(&out, 1 << 20);
+    assert_int_equal(ms_metrics_render(&out), 0);
+    assert_int_equal(ms_buf_append(&out, "", 1), 0);
+    assert_non_null(strstr(out.data, "t_dest_connections{dest=\"d0\"} 0\n"));
+    assert_non_null(strstr(out.data, "t_dest_connections{dest=\"d199\"} 199\n"));
+    ms_buf_free(&out);
+}
+
 static void test_hostport(void **state)
 {
     struct sockaddr_storage ss;
@@ -221,7 +264,7 @@ int main(void)
         cmocka_unit_test(test_buf_limit),    cmocka_unit_test(test_config),
         cmocka_unit_test(test_http_parse),   cmocka_unit_test(test_metrics_render),
         cmocka_unit_test(test_hostport),     cmocka_unit_test(test_log_quote),
-        cmocka_unit_test(test_base64),
+        cmocka_unit_test(test_base64),       cmocka_unit_test(test_metrics_runtime_labels),
     };
     return cmocka_run_group_tests_name("core", tests, NULL, NULL);
 }
