@@ -19,6 +19,9 @@
 
 #define MS_REDIS_RECONNECT_MS 500
 #define MS_REDIS_PING_MS 2000
+/* ms_redis_free() waits this long for replies still due before it drops
+ * the connection (and fails them). */
+#define MS_REDIS_CLOSE_WAIT_MS 2000
 /* Nesting deeper than this in a reply is refused rather than recursed into. */
 #define MS_REDIS_REPLY_DEPTH_MAX 8
 
@@ -30,6 +33,8 @@ struct ms_redis {
     int connected;
     int ping_ok;
     int closing;
+    int disconnecting;  /* closing: waiting for the replies still due */
+    int handles_closed; /* closing: the timers are being closed */
     int handles_open;
     uv_timer_t reconnect_timer;
     uv_timer_t ping_timer;
@@ -43,6 +48,7 @@ struct pending {
 };
 
 static void redis_connect(ms_redis *r);
+static void redis_close_now(ms_redis *r);
 
 static void convert(const redisReply *in, struct ms_redis_reply *out, int depth)
 {
@@ -149,7 +155,15 @@ static void disconnect_cb(const redisAsyncContext *ac, int status)
 
     if (r->ac == ac)
         r->ac = NULL;
-    if (r->connected && !r->closing)
+    if (r->closing) {
+        /* The graceful disconnect of ms_redis_free() is complete (every
+         * reply came back), or the forced one is under way. */
+        r->connected = 0;
+        if (r->disconnecting)
+            redis_close_now(r);
+        return;
+    }
+    if (r->connected)
         ms_warn("event=redis_disconnected error=\"%s\"", ac->errstr[0] ? ac->errstr : "closed");
     r->connected = 0;
     snprintf(r->why, sizeof(r->why), "redis: %s", ac->errstr[0] ? ac->errstr : "disconnected");
@@ -254,11 +268,22 @@ static void timer_closed(uv_handle_t *h)
     }
 }
 
-void ms_redis_free(ms_redis *r)
+static void close_deadline_cb(uv_timer_t *t)
 {
-    if (r == NULL)
+    ms_redis *r = t->data;
+
+    ms_warn("event=redis_close_timeout wait_ms=%d", MS_REDIS_CLOSE_WAIT_MS);
+    redis_close_now(r);
+}
+
+/* Drop the connection now (replies still due fail) and close the timers;
+ * the last timer's close callback frees r. */
+static void redis_close_now(ms_redis *r)
+{
+    if (r->handles_closed)
         return;
-    r->closing = 1;
+    r->handles_closed = 1;
+    r->disconnecting = 0;
     if (r->ac) {
         redisAsyncContext *ac = r->ac;
         r->ac = NULL;
@@ -268,4 +293,25 @@ void ms_redis_free(ms_redis *r)
     r->handles_open = 2;
     uv_close((uv_handle_t *)&r->reconnect_timer, timer_closed);
     uv_close((uv_handle_t *)&r->ping_timer, timer_closed);
+}
+
+void ms_redis_free(ms_redis *r)
+{
+    if (r == NULL)
+        return;
+    r->closing = 1;
+    uv_timer_stop(&r->ping_timer);
+    uv_timer_stop(&r->reconnect_timer);
+    if (r->ac && r->connected) {
+        /* Commands sent just before shutdown (delivered markers, retry
+         * state) must still reach Redis: hiredis writes what is buffered,
+         * takes every reply still due, then disconnects (disconnect_cb
+         * finishes the close; at once when nothing is due). */
+        r->disconnecting = 1;
+        redisAsyncDisconnect(r->ac);
+        if (!r->handles_closed)
+            uv_timer_start(&r->reconnect_timer, close_deadline_cb, MS_REDIS_CLOSE_WAIT_MS, 0);
+        return;
+    }
+    redis_close_now(r);
 }

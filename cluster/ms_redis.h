@@ -44,6 +44,10 @@ ms_redis *ms_redis_new(uv_loop_t *loop, const char *host, int port);
 int ms_redis_command(ms_redis *r, ms_redis_cb cb, void *arg, uint64_t id, int argc,
                      const char **argv, const size_t *argvlen);
 int ms_redis_ready(ms_redis *r, char *why, size_t whylen);
+/* Close: commands already sent still get their replies (up to a few
+ * seconds; then they fail with MS_REDIS_FAILED), so keep the callbacks'
+ * owners alive until the loop has run down.  No new commands after this.
+ * The client frees itself. */
 void ms_redis_free(ms_redis *r);
 
 #endif
