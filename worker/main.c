@@ -513,8 +513,15 @@ int main(int argc, char **argv)
         ms_fatal("event=kafka_consumer_failed error=\"%s\"", err);
     w.redis = ms_redis_new(w.loop, var_redis_host, (int)var_redis_port);
     wk_delivery_attach(w.delivery, w.consumer, w.producer, w.redis);
+    /* Retry tier consumers are idle most of the time and never in a hurry:
+     * librdkafka's fetch defaults (a fetch waits up to 500 ms on the broker)
+     * instead of the queue consumer's, so idle tiers cost the broker ~2
+     * requests a second each rather than 1000 / fetch_wait_ms. */
+    struct ms_kafka_conf rkc = kc;
+    rkc.fetch_min_bytes = 0;
+    rkc.fetch_wait_ms = 0;
     for (int i = 0; i < dc.retry_tiers; i++) {
-        if ((w.retry_consumers[i] = ms_consumer_new(w.loop, &kc, w.retry_groups[i],
+        if ((w.retry_consumers[i] = ms_consumer_new(w.loop, &rkc, w.retry_groups[i],
                                                     w.retry_topics[i], wk_delivery_on_record,
                                                     w.delivery, err, sizeof(err))) == NULL)
             ms_fatal("event=kafka_consumer_failed topic=%s error=\"%s\"", w.retry_topics[i], err);
