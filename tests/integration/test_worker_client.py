@@ -26,17 +26,15 @@ from __future__ import annotations
 import base64
 import imaplib
 import os
-import shutil
 import socketserver
 import subprocess
-import tempfile
 import threading
-from pathlib import Path
 
 import pytest
 
 import mslocal
 from conftest import smtp_port
+from test_worker_lmtp import USERS, run_dovecot
 from test_worker_delivery import (KCAT, _field_bytes, envelope, fake_smtp, message,  # noqa: F401
                                   new_qid, produce, wait_events, wait_log)
 
@@ -247,71 +245,10 @@ def test_binarymime_goes_by_bdat_or_bounces_5_6_3(cluster_factory, fake_smtp):
 # lmtp:unix: into Dovecot
 # ---------------------------------------------------------------------------
 
-USERS = {"alice@lmtp.mstest": "alice-pw", "bob@lmtp.mstest": "bob-pw"}
-MAIL_UID = 65534  # nobody: Dovecot does not deliver as root
-
-
 @pytest.fixture
 def dovecot_unix(tmp_path):
-    d = Path(tempfile.mkdtemp(prefix="ms-dvu-"))
-    os.chmod(d, 0o755)
-    (imap,) = mslocal.free_ports(1)
-    home = d / "home"
-    home.mkdir()
-    os.chown(home, MAIL_UID, MAIL_UID)
-    passwd = d / "passwd"
-    passwd.write_text("".join(f"{u}:{{PLAIN}}{p}:{MAIL_UID}:{MAIL_UID}::{home}/{u}::\n"
-                              for u, p in USERS.items()))
-    conf = d / "dovecot.conf"
-    conf.write_text(f"""
-base_dir = {d}/run
-state_dir = {d}/state
-log_path = {d}/dovecot.log
-protocols = lmtp imap
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain
-mail_location = maildir:~/Maildir
-first_valid_uid = {MAIL_UID}
-passdb {{
-  driver = passwd-file
-  args = {passwd}
-}}
-userdb {{
-  driver = passwd-file
-  args = {passwd}
-}}
-service lmtp {{
-  unix_listener lmtp {{
-    mode = 0666
-  }}
-}}
-service imap-login {{
-  inet_listener imap {{
-    port = {imap}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
-service stats {{
-  unix_listener stats-writer {{
-    mode = 0666
-  }}
-}}
-""")
-    sock = d / "run" / "lmtp"
-    sup = mslocal.Supervisor(tmp_path / "dovecot-sup")
-    proc = sup.spawn("dovecot", [DOVECOT, "-F", "-c", str(conf)], tmp_path / "dovecot.out")
-    try:
-        mslocal.wait_until(lambda: sock.is_socket() and mslocal.port_open(mslocal.HOST, imap),
-                           30, "dovecot lmtp socket and imap", proc.alive,
-                           log_path=d / "dovecot.log")
-        yield {"socket": str(sock), "imap": imap, "dir": d}
-    finally:
-        sup.stop_all()
-        shutil.rmtree(d, ignore_errors=True)
+    with run_dovecot(tmp_path, pop3=False) as dv:
+        yield dv
 
 
 def imap_messages(port: int, user: str) -> list:

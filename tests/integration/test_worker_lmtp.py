@@ -10,12 +10,14 @@ LMTP, IMAP or POP3 server is not installed (cluster/deps.sh installs them).
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import os
 import poplib
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -35,23 +37,41 @@ USERS = {"alice@lmtp.mstest": "alice-pw", "bob@lmtp.mstest": "bob-pw"}
 MAIL_UID = 65534  # nobody: Dovecot does not deliver as root
 
 
-@pytest.fixture
-def dovecot(tmp_path):
+@contextlib.contextmanager
+def run_dovecot(tmp_path: Path, *, lmtp_port: Optional[int] = None, pop3: bool = True):
+    """Dovecot in the foreground with a configuration of ours: LMTP on
+    127.0.0.1:lmtp_port, or on the UNIX socket <dir>/run/lmtp when
+    lmtp_port is None; IMAP, and POP3 when asked. Yields its ports, the
+    socket path and its directory."""
     d = Path(tempfile.mkdtemp(prefix="ms-dovecot-"))
     os.chmod(d, 0o755)
-    lmtp, imap, pop3 = mslocal.free_ports(3)
+    imap, pop3_port = mslocal.free_ports(2)
     home = d / "home"
     home.mkdir()
     os.chown(home, MAIL_UID, MAIL_UID)
     passwd = d / "passwd"
     passwd.write_text("".join(f"{u}:{{PLAIN}}{p}:{MAIL_UID}:{MAIL_UID}::{home}/{u}::\n"
                               for u, p in USERS.items()))
+    if lmtp_port is None:
+        lmtp_listener = "unix_listener lmtp {\n    mode = 0666\n  }"
+    else:
+        lmtp_listener = (f"inet_listener lmtp {{\n    address = 127.0.0.1\n"
+                         f"    port = {lmtp_port}\n  }}")
+    pop3_service = f"""
+service pop3-login {{
+  inet_listener pop3 {{
+    port = {pop3_port}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}""" if pop3 else ""
     conf = d / "dovecot.conf"
     conf.write_text(f"""
 base_dir = {d}/run
 state_dir = {d}/state
 log_path = {d}/dovecot.log
-protocols = lmtp imap pop3
+protocols = lmtp imap{" pop3" if pop3 else ""}
 listen = 127.0.0.1
 ssl = no
 disable_plaintext_auth = no
@@ -67,10 +87,7 @@ userdb {{
   args = {passwd}
 }}
 service lmtp {{
-  inet_listener lmtp {{
-    address = 127.0.0.1
-    port = {lmtp}
-  }}
+  {lmtp_listener}
 }}
 service imap-login {{
   inet_listener imap {{
@@ -79,31 +96,35 @@ service imap-login {{
   inet_listener imaps {{
     port = 0
   }}
-}}
-service pop3-login {{
-  inet_listener pop3 {{
-    port = {pop3}
-  }}
-  inet_listener pop3s {{
-    port = 0
-  }}
-}}
+}}{pop3_service}
 service stats {{
   unix_listener stats-writer {{
     mode = 0666
   }}
 }}
 """)
+    sock = d / "run" / "lmtp"
+    ports = [imap] + ([pop3_port] if pop3 else []) + ([lmtp_port] if lmtp_port else [])
+
+    def up() -> bool:
+        return ((lmtp_port is not None or sock.is_socket())
+                and all(mslocal.port_open(mslocal.HOST, p) for p in ports))
+
     sup = mslocal.Supervisor(tmp_path / "dovecot-sup")
     proc = sup.spawn("dovecot", [DOVECOT, "-F", "-c", str(conf)], tmp_path / "dovecot.out")
     try:
-        mslocal.wait_until(lambda: all(mslocal.port_open(mslocal.HOST, p)
-                                       for p in (lmtp, imap, pop3)),
-                           30, "dovecot listeners", proc.alive, log_path=d / "dovecot.log")
-        yield {"lmtp": lmtp, "imap": imap, "pop3": pop3, "dir": d}
+        mslocal.wait_until(up, 30, "dovecot listeners", proc.alive, log_path=d / "dovecot.log")
+        yield {"lmtp": lmtp_port, "socket": str(sock), "imap": imap, "pop3": pop3_port, "dir": d}
     finally:
         sup.stop_all()
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def dovecot(tmp_path):
+    (lmtp,) = mslocal.free_ports(1)
+    with run_dovecot(tmp_path, lmtp_port=lmtp) as dv:
+        yield dv
 
 
 def test_lmtp_into_dovecot_read_back_over_imap_and_pop3(cluster_factory, dovecot):
