@@ -70,7 +70,6 @@ struct kloop {
     int ready;
     char why[128];
     void (*serve)(struct kloop *);
-    void *owner;            /* the ms_producer or ms_consumer */
     int handles_open;
 };
 
@@ -352,7 +351,7 @@ static void producer_serve(struct kloop *k)
 {
     while (rd_kafka_poll(k->rk, 0) > 0)
         ;
-    producer_watchdog(k->owner);
+    producer_watchdog(rd_kafka_opaque(k->rk));
 }
 
 ms_producer *ms_producer_new(uv_loop_t *loop, const struct ms_kafka_conf *kc, ms_produce_cb cb,
@@ -361,15 +360,15 @@ ms_producer *ms_producer_new(uv_loop_t *loop, const struct ms_kafka_conf *kc, ms
     ms_producer *p = ms_calloc(1, sizeof(*p));
     rd_kafka_conf_t *conf = base_conf(kc);
     rd_kafka_topic_conf_t *tconf;
+    int timeout_ms = kc->produce_timeout_ms > 0 ? kc->produce_timeout_ms
+                                                : MS_KAFKA_DEFAULT_PRODUCE_TIMEOUT_MS;
     char num[32];
 
     /* acks=all and idempotence: a 250 means the record is on every in-sync
      * replica, exactly once per send (DESIGN.md, "Accepted means durable"). */
     set_conf(conf, "enable.idempotence", "true");
     set_conf(conf, "acks", "all");
-    snprintf(num, sizeof(num), "%d",
-             kc->produce_timeout_ms > 0 ? kc->produce_timeout_ms
-                                        : MS_KAFKA_DEFAULT_PRODUCE_TIMEOUT_MS);
+    snprintf(num, sizeof(num), "%d", timeout_ms);
     set_conf(conf, "message.timeout.ms", num);
     if (kc->keyed_topic) {
         if (strlen(kc->keyed_topic) > MS_KAFKA_TOPIC_MAX) {
@@ -380,9 +379,7 @@ ms_producer *ms_producer_new(uv_loop_t *loop, const struct ms_kafka_conf *kc, ms
         }
         snprintf(p->keyed_topic, sizeof(p->keyed_topic), "%s", kc->keyed_topic);
     }
-    p->stall_limit_ms = (uint64_t)(kc->produce_timeout_ms > 0 ? kc->produce_timeout_ms
-                                                              : MS_KAFKA_DEFAULT_PRODUCE_TIMEOUT_MS) +
-                        MS_KAFKA_STALL_GRACE_MS;
+    p->stall_limit_ms = (uint64_t)timeout_ms + MS_KAFKA_STALL_GRACE_MS;
     snprintf(num, sizeof(num), "%d", kc->linger_ms > 0 ? kc->linger_ms : 1);
     set_conf(conf, "linger.ms", num);
     set_conf(conf, "queue.buffering.max.kbytes", "1048576");
@@ -407,7 +404,6 @@ ms_producer *ms_producer_new(uv_loop_t *loop, const struct ms_kafka_conf *kc, ms
     p->cb = cb;
     p->arg = arg;
     p->kl = ms_calloc(1, sizeof(*p->kl));
-    p->kl->owner = p;
     kloop_start(p->kl, loop, p->rk, rd_kafka_queue_get_main(p->rk), producer_serve);
     return p;
 }
@@ -556,10 +552,18 @@ static void pause_all(ms_consumer *c, int pause)
 {
     rd_kafka_topic_partition_list_t *l = NULL;
 
-
     if (rd_kafka_assignment(c->rk, &l) == RD_KAFKA_RESP_ERR_NO_ERROR && l) {
         set_paused(c, l, pause);
         rd_kafka_topic_partition_list_destroy(l);
+    }
+}
+
+/* Fetching was paused for a full backlog: resume it once the backlog is low. */
+static void resume_fetch_if_low(ms_consumer *c)
+{
+    if (c->fetch_paused && backlog_low(c)) {
+        c->fetch_paused = 0;
+        pause_all(c, 0);
     }
 }
 
@@ -649,10 +653,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         /* A backlog that paused fetching may be gone with the partitions;
          * fetching must resume, or the partitions assigned next would stay
          * paused for good. */
-        if (c->fetch_paused && backlog_low(c)) {
-            c->fetch_paused = 0;
-            pause_all(c, 0);
-        }
+        resume_fetch_if_low(c);
     }
     if (e) {
         ms_warn("event=kafka_rebalance_error error=\"%s\"", rd_kafka_error_string(e));
@@ -812,10 +813,7 @@ void ms_consumer_resume(ms_consumer *c)
         backlog_take(c, n);
         consumer_hand_out(c, n);
     }
-    if (c->fetch_paused && backlog_low(c)) {
-        c->fetch_paused = 0;
-        pause_all(c, 0);
-    }
+    resume_fetch_if_low(c);
     /* Serve what librdkafka has queued on the next loop turn rather than
      * recursing into the application from here. */
     if (!c->paused)
