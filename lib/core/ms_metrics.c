@@ -44,8 +44,8 @@ struct ms_histogram {
     _Atomic uint64_t sum_bits; /* a double, updated with compare-and-swap */
 };
 
-const double ms_latency_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                                     0.5,   1,      2.5,   5,    10,    30,   60};
+const double ms_latency_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                     0.25,  0.5,    1,     2.5,  5,     10,   30, 60};
 const size_t ms_latency_buckets_n = sizeof(ms_latency_buckets) / sizeof(ms_latency_buckets[0]);
 
 /* Most registration happens before the loops start; series with a label
@@ -163,15 +163,16 @@ void ms_histogram_observe(ms_histogram *h, double v)
         memcpy(&sum, &old, sizeof(sum));
         sum += v;
         memcpy(&new, &sum, sizeof(new));
-    } while (!atomic_compare_exchange_weak_explicit(&h->sum_bits, &old, new, memory_order_relaxed,
-                                                    memory_order_relaxed));
+    } while (!atomic_compare_exchange_weak_explicit(&h->sum_bits, &old, new,
+                                                    memory_order_relaxed, memory_order_relaxed));
 }
 
 static int render_labels(struct ms_buf *out, const char *labels, const char *extra)
 {
     if (*labels == '\0' && extra == NULL)
         return 0;
-    return ms_buf_appendf(out, "{%s%s%s}", labels, *labels && extra ? "," : "", extra ? extra : "");
+    return ms_buf_appendf(out, "{%s%s%s}", labels, *labels && extra ? "," : "",
+                          extra ? extra : "");
 }
 
 static int render_histogram(struct ms_buf *out, const struct family *f, const struct series *s)
@@ -206,9 +207,9 @@ static int render_histogram(struct ms_buf *out, const struct family *f, const st
     if (r == 0)
         r = render_labels(out, s->labels, NULL);
     if (r == 0)
-        r = ms_buf_appendf(
-            out, " %llu\n",
-            (unsigned long long)atomic_load_explicit(&h->count, memory_order_relaxed));
+        r = ms_buf_appendf(out, " %llu\n",
+                           (unsigned long long)atomic_load_explicit(&h->count,
+                                                                    memory_order_relaxed));
     return r;
 }
 
@@ -263,7 +264,9 @@ int ms_metrics_render(struct ms_buf *out)
                 if (r == 0)
                     r = ms_buf_appendf(out, " %lld\n", (long long)ms_gauge_value(s->u.gauge));
                 break;
-            case METRIC_HISTOGRAM: r = render_histogram(out, f, s); break;
+            case METRIC_HISTOGRAM:
+                r = render_histogram(out, f, s);
+                break;
             }
         }
     }
