@@ -45,6 +45,28 @@ def cpu_self(pid: int, children: bool = True) -> float:
     return t / CLK_TCK
 
 
+def jvm_compiler_cpu(pid: int) -> float:
+    """CPU seconds used so far by a HotSpot JVM's JIT compiler threads (named
+    "C1 CompilerThreadN" / "C2 CompilerThreadN", cut to 15 characters in
+    /proc); 0 if pid is gone or is not a JVM."""
+    t = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                s = f.read().decode("ascii", "replace")
+        except OSError:
+            continue
+        name = s[s.find("(") + 1:s.rfind(")")]
+        if "CompilerThre" in name:
+            f2 = s[s.rfind(")") + 2:].split()
+            t += int(f2[11]) + int(f2[12])
+    return t / CLK_TCK
+
+
 def children_of(pid: int) -> List[int]:
     """Live direct children of pid (via /proc/PID/task/*/children)."""
     out: List[int] = []
