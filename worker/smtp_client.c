@@ -119,6 +119,11 @@ struct wk_smtp {
     int reused;
     unsigned nmsgs;                 /* transactions finished on this connection */
     int rset_due;                   /* reused: send RSET on the next loop turn */
+    int rset_pipelined;             /* reused: MAIL, RCPT, DATA went with RSET */
+    /* Commands of a pipelined group wait here and go out in one write. */
+    char *cork;
+    size_t cork_len, cork_cap;
+    int corked;                     /* smtp_cork() depth */
     int abort_data;                 /* pipelined DATA with no recipient accepted */
     /* TLS: ciphertext goes through memory BIOs (rbio in, wbio out). */
     enum wk_tls_policy tls_policy;
@@ -279,7 +284,7 @@ static void tx_free(wk_smtp *s)
     s->mail_from = NULL;
     s->nrcpts = s->rcpt_next = s->naccepted = s->lmtp_next = 0;
     s->body_len = s->body_off = s->msg_len = 0;
-    s->pipelined = s->abort_data = 0;
+    s->pipelined = s->abort_data = s->rset_pipelined = 0;
     s->chunking = 0;
     s->chunk_end = 0;
     s->cb = NULL;
@@ -353,6 +358,7 @@ static void smtp_free(wk_smtp *s)
     free(s->final);
     free(s->results);
     free(s->body);
+    free(s->cork);
     if (s->ssl)
         SSL_free(s->ssl); /* and its BIOs */
     free(s->tls_name);
@@ -518,12 +524,67 @@ static void tls_flush(wk_smtp *s, uv_write_cb cb)
 
 /* Queue one command; `secret`: it carries credentials, so its buffers are
  * wiped as soon as they are done with. */
+/* Put n octets on the wire (through TLS once it is up) in one write. */
+static void smtp_write_raw(wk_smtp *s, const char *data, size_t n)
+{
+    struct smtp_write *w;
+    uv_buf_t buf;
+    int r;
+
+    if (s->tls_on) {
+        /* A memory BIO takes everything: SSL_write cannot be partial. */
+        SSL_write(s->ssl, data, (int)n);
+        tls_flush(s, smtp_write_cb);
+        return;
+    }
+    w = ms_malloc(sizeof(*w) + n);
+    memcpy(w->data, data, n);
+    w->s = s;
+    w->secret_len = 0;
+    buf = uv_buf_init(w->data, (unsigned)n);
+    if ((r = uv_write(&w->req, &s->conn.stream, &buf, 1, smtp_write_cb)) < 0) {
+        free(w);
+        smtp_fail(s, MS_EIO, "4.4.2", "cannot send to %s: %s", s->peer, uv_strerror(r));
+    }
+}
+
+/* A pipelined group (RFC 2920): the commands sent between smtp_cork() and
+ * the matching smtp_uncork() leave in one write, so the server reads them
+ * in one go (and the kernel carries them in one segment). */
+static void smtp_cork(wk_smtp *s)
+{
+    s->corked++;
+}
+
+static void smtp_uncork(wk_smtp *s)
+{
+    size_t n = s->cork_len;
+
+    if (--s->corked > 0)
+        return;
+    s->cork_len = 0;
+    if (n > 0 && s->state != SMTP_CLOSED)
+        smtp_write_raw(s, s->cork, n);
+}
+
 static void smtp_vsend(wk_smtp *s, int secret, const char *fmt, va_list ap)
 {
-    struct smtp_write *w = ms_malloc(sizeof(*w) + WK_SMTP_COMMAND_MAX);
+    struct smtp_write *w;
     uv_buf_t buf;
     int n, r;
 
+    if (s->corked && !secret) {
+        if (s->cork_cap - s->cork_len < WK_SMTP_COMMAND_MAX) {
+            s->cork_cap = s->cork_cap * 2 + WK_SMTP_COMMAND_MAX;
+            s->cork = ms_realloc(s->cork, s->cork_cap);
+        }
+        n = vsnprintf(s->cork + s->cork_len, WK_SMTP_COMMAND_MAX, fmt, ap);
+        if (n < 0 || n >= WK_SMTP_COMMAND_MAX)
+            ms_panic("event=smtp_command_too_long qid=%s", s->log_id);
+        s->cork_len += (size_t)n;
+        return;
+    }
+    w = ms_malloc(sizeof(*w) + WK_SMTP_COMMAND_MAX);
     n = vsnprintf(w->data, WK_SMTP_COMMAND_MAX, fmt, ap);
     /* Paths are checked by wk_smtp_path_ok() and credentials by
      * wk_auth_field_ok() at start: a command that does not fit is a bug. */
@@ -812,19 +873,22 @@ static void smtp_send_mail(wk_smtp *s)
              s->chunking ? "bdat" : "data", s->body_len, s->tls_on ? "yes" : "no",
              s->auth_done ? "yes" : "no");
     smtp_enter_state(s, SMTP_MAIL);
-    smtp_send(s, "MAIL FROM:<%s>%s\r\n", s->mail_from, params);
-    if (s->ehlo.flags & WK_EHLO_PIPELINING) {
-        /* RFC 2920 §3.1: MAIL, every RCPT and DATA in one go; the replies
-         * come back in order and are taken one by one below. */
-        size_t i;
-        s->pipelined = 1;
-        for (i = 0; i < s->nrcpts && s->state != SMTP_CLOSED; i++)
-            smtp_send(s, "RCPT TO:<%s>\r\n", s->rcpts[i]);
-        /* BDAT waits for the RCPT replies: a chunk cannot be taken back
-         * once sent (RFC 3030 §4.2 would allow pipelining it; we do not). */
-        if (s->state != SMTP_CLOSED && !s->chunking)
-            smtp_send(s, "DATA\r\n");
+    if (!(s->ehlo.flags & WK_EHLO_PIPELINING)) {
+        smtp_send(s, "MAIL FROM:<%s>%s\r\n", s->mail_from, params);
+        return;
     }
+    /* RFC 2920 §3.1: MAIL, every RCPT and DATA in one go; the replies
+     * come back in order and are taken one by one below. */
+    s->pipelined = 1;
+    smtp_cork(s);
+    smtp_send(s, "MAIL FROM:<%s>%s\r\n", s->mail_from, params);
+    for (size_t i = 0; i < s->nrcpts; i++)
+        smtp_send(s, "RCPT TO:<%s>\r\n", s->rcpts[i]);
+    /* BDAT waits for the RCPT replies: a chunk cannot be taken back
+     * once sent (RFC 3030 §4.2 would allow pipelining it; we do not). */
+    if (!s->chunking)
+        smtp_send(s, "DATA\r\n");
+    smtp_uncork(s);
 }
 
 /* What we know before MAIL FROM that makes the message undeliverable to this
@@ -1173,6 +1237,12 @@ static void smtp_handle_reply(wk_smtp *s, const struct wk_reply *r)
     case SMTP_RSET:
         if (!ok)
             break;
+        if (s->rset_pipelined) {
+            /* MAIL and the rest are on their way: their replies follow. */
+            s->rset_pipelined = 0;
+            smtp_enter_state(s, SMTP_MAIL);
+            return;
+        }
         smtp_ready(s); /* authenticated already, if at all */
         return;
     case SMTP_IDLE:
@@ -1342,6 +1412,20 @@ static void smtp_timeout_cb(uv_timer_t *t)
     if (s->rset_due) {
         /* A reused connection: RFC 5321 §4.1.1.5, start clean. */
         s->rset_due = 0;
+        if ((s->ehlo.flags & WK_EHLO_PIPELINING) && (s->auth_user == NULL || s->auth_done)) {
+            /* RFC 2920 §3.1: RSET may lead a pipelined group, so the new
+             * transaction costs no extra round trip. A connection the
+             * server closed meanwhile still fails before any reply. */
+            if (smtp_refuse_locally(s))
+                return;
+            smtp_cork(s);
+            smtp_send(s, "RSET\r\n");
+            smtp_send_mail(s);
+            s->rset_pipelined = 1;
+            smtp_enter_state(s, SMTP_RSET); /* its reply comes first */
+            smtp_uncork(s);
+            return;
+        }
         smtp_enter_state(s, SMTP_RSET);
         smtp_send(s, "RSET\r\n");
         return;

@@ -192,6 +192,9 @@ class FakeSMTP:
         self.max_in_tx = 0
         self.sessions = 0           # connections accepted
         self.hangup_after_data = False  # close silently after each message
+        self.hangup_on_rset = False     # close silently when RSET arrives
+        # pipelining: for each RSET, whether MAIL had already arrived with it
+        self.rset_pipelined: List[bool] = []
         self.tls_sessions: List[str] = []  # TLS version of each STARTTLS
         self.rcpt_reply = rcpt_reply or (lambda r, n: "250 2.1.5 Ok")
         self.data_reply = data_reply or (lambda n: "250 2.0.0 Ok: queued")
@@ -267,16 +270,8 @@ class FakeSMTP:
                     self.in_tx += 1
                     self.max_in_tx = max(self.max_in_tx, self.in_tx)
                 if self.pipelining and sock is not None and not isinstance(sock, ssl.SSLSocket):
-                    select.select([sock], [], [], 1.0)
-                    sock.setblocking(False)
-                    try:
-                        ahead = rfile.peek(1)
-                    except (BlockingIOError, OSError):
-                        ahead = b""
-                    finally:
-                        sock.setblocking(True)
                     with self.lock:
-                        self.mail_pipelined.append(bool(ahead))
+                        self.mail_pipelined.append(self._ahead(rfile, sock))
                 say("250 2.1.0 Ok")
             elif verb == "RCPT":
                 addr = line[8:].split(">")[0].lstrip("<")
@@ -313,10 +308,28 @@ class FakeSMTP:
                 say("221 2.0.0 Bye")
                 return
             elif verb == "RSET":
+                if self.hangup_on_rset:
+                    return
+                if self.pipelining and sock is not None and not isinstance(sock, ssl.SSLSocket):
+                    with self.lock:
+                        self.rset_pipelined.append(self._ahead(rfile, sock))
                 mail, rcpts = None, []
                 say("250 2.0.0 Ok")
             else:
                 say("502 5.5.2 Error: command not recognized")
+
+    @staticmethod
+    def _ahead(rfile, sock) -> bool:
+        """Whether the client's next command is already here (it did not
+        wait for this reply), after giving it up to a second to arrive."""
+        select.select([sock], [], [], 1.0)
+        sock.setblocking(False)
+        try:
+            return bool(rfile.peek(1))
+        except (BlockingIOError, OSError):
+            return False
+        finally:
+            sock.setblocking(True)
 
 
 @pytest.fixture
@@ -654,6 +667,38 @@ def test_worker_reuses_connections(cluster_factory, fake_smtp):
     evs = wait_events(cl2, lambda e: any(x.get("qid") == q4 for x in e))
     assert [x["outcome"] for x in evs if x.get("qid") in (q3, q4)] == ["delivered", "delivered"]
     assert srv2.sessions == 2
+
+
+def test_worker_reuse_pipelines_rset(cluster_factory, fake_smtp):
+    """RFC 2920: on a reused connection to a PIPELINING server, RSET leads
+    the group (RSET, MAIL, RCPT, DATA in one go: no extra round trip). A
+    server that drops the parked connection on RSET, before any reply, costs
+    a fresh connection, not the message."""
+    srv = fake_smtp(pipelining=True)
+    cl = worker_cluster(cluster_factory, srv.address, connection_cache_ms=60000)
+    q1, q2 = new_qid(), new_qid()
+    produce(cl, [(q1, envelope(q1, ["a@example.net"], message(q1)))])
+    wait_events(cl, lambda e: any(x.get("qid") == q1 for x in e))
+    produce(cl, [(q2, envelope(q2, ["b@example.net", "c@example.net"], message(q2)))])
+    wait_events(cl, lambda e: sum(x.get("qid") == q2 and x["outcome"] == "delivered"
+                                  for x in e) == 2)
+    assert srv.sessions == 1 and srv.rset_pipelined == [True]
+    assert srv.mail_pipelined == [True, True]
+    verbs = [c.split(" ")[0].split(":")[0] for c in srv.commands]
+    assert verbs == ["EHLO", "MAIL", "RCPT", "DATA", "RSET", "MAIL", "RCPT", "RCPT", "DATA"]
+    assert [d[1] for d in srv.delivered] == [["a@example.net"], ["b@example.net", "c@example.net"]]
+
+    srv2 = fake_smtp(pipelining=True)
+    srv2.hangup_on_rset = True
+    cl2 = worker_cluster(cluster_factory, srv2.address, connection_cache_ms=60000)
+    q3, q4 = new_qid(), new_qid()
+    produce(cl2, [(q3, envelope(q3, ["d@example.net"], message(q3)))])
+    wait_events(cl2, lambda e: any(x.get("qid") == q3 for x in e))
+    produce(cl2, [(q4, envelope(q4, ["e@example.net"], message(q4)))])
+    evs = wait_events(cl2, lambda e: any(x.get("qid") == q4 for x in e))
+    assert [x["outcome"] for x in evs if x.get("qid") in (q3, q4)] == ["delivered", "delivered"]
+    assert [x.get("attempt") for x in evs if x.get("qid") == q4] == [1]
+    assert srv2.sessions == 2 and len(srv2.delivered) == 2
 
 
 def test_connections_gauge_by_destination(cluster_factory, fake_smtp):
