@@ -933,7 +933,8 @@ def markdown(rep: Dict[str, object]) -> str:
           "- Postfix: private instance (own config/queue/data directories, "
           "`postfix -c DIR start`), settings below", ""]
     s += ["```"] + [f"{k} = {val}" for k, val in rep.get("postfix_settings", {}).items()] + \
-        ["```", "", "Kafka broker properties:", "", "```", rep.get("kafka_properties", ""),
+        ["```", "", f"Kafka broker JVM options: `{' '.join(rep.get('kafka_jvm', [])) or '-'}`",
+         "", "Kafka broker properties:", "", "```", rep.get("kafka_properties", ""),
          "```", ""]
     s += ["## Throughput and latency", "",
           "Rates in messages per second: median of the rounds (min-max). Ratio = Mailstream "
@@ -1150,6 +1151,7 @@ def run(args: argparse.Namespace, kafka: Optional[mslocal.Kafka] = None,
         if bench.kafka:
             try:
                 report["kafka_properties"] = bench.kafka.props.read_text()
+                report["kafka_jvm"] = list(bench.kafka.BROKER_JVM)
             except OSError:
                 report["kafka_properties"] = "(shared broker)"
         sysobjs = {s: bench.system(s) for s in systems}

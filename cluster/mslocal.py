@@ -420,6 +420,20 @@ class TopicInfo:
 class Kafka:
     # Tool JVMs are short-lived: C1 only and the serial GC start faster.
     TOOL_JVM = ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xmx256m", "-Xshare:auto"]
+    # The broker's JVM, on the small machines this launcher is for, where it
+    # shares the cores with the frontends and workers:
+    # - ParallelGC: G1's concurrent work competes for those cores. make bench
+    #   (5k-20, 3 rounds, 2 cores): broker 0.243 vs 0.313 ms CPU/msg, end to
+    #   end 3,318 vs 2,874 msg/s.
+    # - C1 only (TieredStopAtLevel=1): C2 kept compiling for well over
+    #   100,000 messages (0.3-0.6 of a core; still 0.048 of the broker's
+    #   0.106 ms/msg after a 100,000-message warm-up), while C1 is done after
+    #   ~20,000 and its code costs little more: 0.073 ms/msg in all, end to
+    #   end 5,664 vs 4,414 msg/s (bench/results/20261204-185119-s9-final,
+    #   20261204-185349-c1). A broker on its own cores for weeks would gain
+    #   from C2.
+    BROKER_JVM = ["-Xmx512m", "-Xms512m", "-XX:+UseParallelGC", "-XX:TieredStopAtLevel=1",
+                  "-Djava.awt.headless=true"]
 
     def __init__(self, sup: Supervisor, port: int, controller_port: int, name: str = "kafka"):
         self.sup, self.port, self.controller_port, self.name = sup, port, controller_port, name
@@ -512,12 +526,7 @@ class Kafka:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._write_properties()
         self._format()
-        # The throughput collector: on the small machines this launcher is
-        # for, G1's concurrent work competes with the frontends and workers
-        # for the same cores. make bench (5k-20, 3 rounds, 2 cores): broker
-        # 0.243 vs 0.313 ms CPU/msg, end to end 3,318 vs 2,874 msg/s.
-        argv = [self._java(), "-Xmx512m", "-Xms512m", "-XX:+UseParallelGC",
-                "-Djava.awt.headless=true",
+        argv = [self._java(), *self.BROKER_JVM,
                 f"-Dlog4j2.configurationFile={LOG4J2_CONFIG}", f"-Dkafka.logs.dir={self.dir}",
                 "-cp", self._classpath(), "kafka.Kafka", str(self.props)]
         p = self.sup.spawn(self.name, argv, self.dir / "stdout.log")
