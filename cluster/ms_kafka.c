@@ -99,7 +99,10 @@ static void kloop_pipe_cb(uv_poll_t *h, int status, int events)
     struct kloop *k = h->data;
     char drain[64];
 
-    while (read(k->fds[0], drain, sizeof(drain)) > 0)
+    /* librdkafka writes one octet per wake-up: a short read has emptied
+     * the pipe, and anything written after it wakes the poll again (level
+     * triggered), so there is no need for a last read that says EAGAIN. */
+    while (read(k->fds[0], drain, sizeof(drain)) == (ssize_t)sizeof(drain))
         ;
     k->serve(k);
 }

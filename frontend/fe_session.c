@@ -186,10 +186,15 @@ static void update_reading(struct fe_session *s)
     if (s->state == FE_ST_CLOSING)
         return;
     /* Back-pressure: while too many messages wait for Kafka, sessions in
-     * DATA stop reading instead of buffering more message octets. */
-    want = s->state != FE_ST_QUEUEING && s->state != FE_ST_AUTH_CHECK &&
-           s->state != FE_ST_POLICY &&
-           !((s->state == FE_ST_DATA || s->state == FE_ST_BDAT) && s->srv->overloaded) &&
+     * DATA stop reading instead of buffering more message octets.  A
+     * session waiting for its Kafka report keeps reading (what a pipelining
+     * client sends meanwhile waits in `in`, bounded like any other input)
+     * unless the server is overloaded: stopping and restarting the socket
+     * for every message cost two epoll_ctl calls each. */
+    want = s->state != FE_ST_AUTH_CHECK && s->state != FE_ST_POLICY &&
+           !((s->state == FE_ST_DATA || s->state == FE_ST_BDAT ||
+              s->state == FE_ST_QUEUEING) &&
+             s->srv->overloaded) &&
            s->in.len < FE_INPUT_MAX && fe_transport_pending(s->t) < FE_OUTPUT_MAX;
     if (want && !s->t->reading)
         fe_transport_read_start(s->t);

@@ -101,6 +101,22 @@ static int tcp_send_raw(struct tcp_transport *t, const char *buf, size_t len)
 
     if (len == 0)
         return 0;
+    /* Nothing queued: write now, and leave libuv only what the kernel did
+     * not take.  A uv_write the kernel takes at once still ends with libuv
+     * re-arming the socket in epoll (one more epoll_ctl per reply). */
+    if (t->pending == 0) {
+        b = uv_buf_init((char *)buf, (unsigned)len);
+        r = uv_try_write((uv_stream_t *)&t->tcp, &b, 1);
+        if (r == (int)len)
+            return 0;
+        if (r > 0) {
+            buf += r;
+            len -= (size_t)r;
+        } else if (r != UV_EAGAIN) {
+            tcp_report_error(t, MS_EIO);
+            return MS_EIO;
+        }
+    }
     w = ms_malloc(sizeof(*w) + len);
     w->t = t;
     w->len = len;
