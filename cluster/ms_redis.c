@@ -10,7 +10,6 @@
 #include "ms_log.h"
 #include "ms_mem.h"
 
-#include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <stdio.h>
@@ -49,6 +48,139 @@ struct pending {
 
 static void redis_connect(ms_redis *r);
 static void redis_close_now(ms_redis *r);
+
+/*
+ * Our own libuv adapter for hiredis, in place of <hiredis/adapters/libuv.h>.
+ * That one arms the socket for writability for every command and disarms it
+ * once written; libuv turns each change of a uv_poll into epoll_ctl DEL and
+ * ADD, so a command cost five epoll_ctl calls and a loop iteration before it
+ * left.  Here a connected context's commands are written just before the
+ * loop next waits for events (a uv_prepare handle), all of them in one
+ * write, the way Redis itself flushes its replies before it sleeps.  Only
+ * when the kernel does not take everything (or while connecting, where
+ * writability means the connection is up) does the socket wait for
+ * writability.  Reading stays armed from connect to cleanup.
+ */
+struct redis_ev {
+    redisAsyncContext *ac; /* NULL once hiredis has cleaned up */
+    uv_poll_t poll;
+    uv_prepare_t flush;
+    int events;   /* what `poll` waits for */
+    int flushing; /* inside flush_cb's redisAsyncHandleWrite */
+    int open;     /* handles not yet closed */
+};
+
+static void ev_arm(struct redis_ev *e, int events);
+
+static void ev_poll_cb(uv_poll_t *h, int status, int events)
+{
+    struct redis_ev *e = h->data;
+
+    if (status < 0)
+        events = e->events; /* let hiredis see the error */
+    if (e->ac != NULL && (events & UV_READABLE))
+        redisAsyncHandleRead(e->ac);
+    if (e->ac != NULL && (events & UV_WRITABLE))
+        redisAsyncHandleWrite(e->ac);
+}
+
+static void ev_arm(struct redis_ev *e, int events)
+{
+    if (events == e->events)
+        return;
+    e->events = events;
+    if (events)
+        uv_poll_start(&e->poll, events, ev_poll_cb);
+    else
+        uv_poll_stop(&e->poll);
+}
+
+static void ev_flush_cb(uv_prepare_t *h)
+{
+    struct redis_ev *e = h->data;
+
+    uv_prepare_stop(&e->flush);
+    if (e->ac == NULL)
+        return;
+    e->flushing = 1;
+    redisAsyncHandleWrite(e->ac); /* may clean up: e stays until closed */
+    e->flushing = 0;
+}
+
+static void ev_add_read(void *privdata)
+{
+    struct redis_ev *e = privdata;
+
+    ev_arm(e, e->events | UV_READABLE);
+}
+
+static void ev_del_read(void *privdata)
+{
+    struct redis_ev *e = privdata;
+
+    ev_arm(e, e->events & ~UV_READABLE);
+}
+
+static void ev_add_write(void *privdata)
+{
+    struct redis_ev *e = privdata;
+
+    /* Connecting, or the last write did not go out whole: wait for the
+     * socket.  Otherwise write before the loop sleeps. */
+    if (!(e->ac->c.flags & REDIS_CONNECTED) || e->flushing)
+        ev_arm(e, e->events | UV_WRITABLE);
+    else
+        uv_prepare_start(&e->flush, ev_flush_cb);
+}
+
+static void ev_del_write(void *privdata)
+{
+    struct redis_ev *e = privdata;
+
+    uv_prepare_stop(&e->flush);
+    ev_arm(e, e->events & ~UV_WRITABLE);
+}
+
+static void ev_closed(uv_handle_t *h)
+{
+    struct redis_ev *e = h->data;
+
+    if (--e->open == 0)
+        free(e);
+}
+
+static void ev_cleanup(void *privdata)
+{
+    struct redis_ev *e = privdata;
+
+    e->ac = NULL;
+    uv_close((uv_handle_t *)&e->poll, ev_closed);
+    uv_close((uv_handle_t *)&e->flush, ev_closed);
+}
+
+static int ev_attach(redisAsyncContext *ac, uv_loop_t *loop)
+{
+    struct redis_ev *e;
+
+    if (ac->ev.data != NULL)
+        return REDIS_ERR;
+    e = ms_calloc(1, sizeof(*e));
+    if (uv_poll_init(loop, &e->poll, ac->c.fd) != 0) {
+        free(e);
+        return REDIS_ERR;
+    }
+    uv_prepare_init(loop, &e->flush);
+    e->poll.data = e->flush.data = e;
+    e->open = 2;
+    e->ac = ac;
+    ac->ev.addRead = ev_add_read;
+    ac->ev.delRead = ev_del_read;
+    ac->ev.addWrite = ev_add_write;
+    ac->ev.delWrite = ev_del_write;
+    ac->ev.cleanup = ev_cleanup;
+    ac->ev.data = e;
+    return REDIS_OK;
+}
 
 static void convert(const redisReply *in, struct ms_redis_reply *out, int depth)
 {
@@ -185,7 +317,7 @@ static void redis_connect(ms_redis *r)
         return;
     }
     ac->data = r;
-    if (redisLibuvAttach(ac, r->loop) != REDIS_OK) {
+    if (ev_attach(ac, r->loop) != REDIS_OK) {
         redisAsyncFree(ac);
         schedule_reconnect(r);
         return;
