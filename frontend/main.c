@@ -507,6 +507,7 @@ int main(int argc, char **argv)
     for (i = 1; i < nloops; i++)
         uv_thread_join(&loops[i].tid);
     fe_rl_free(loops[0].srv.rl);
+    fe_settings_free(&set);
     ms_info("event=exit");
     return 0;
 }
