@@ -155,6 +155,15 @@ struct msg {
     uv_timer_t timer;               /* Redis guard, hold, or the retry backoff */
 };
 
+/* A message whose outcomes are all durable and that waits only for the
+ * acknowledgements of its events (msg_park). */
+struct parked {
+    uint64_t id;             /* the message's id; its place is id % nslots */
+    struct ms_record *rec;   /* NULL: the place is free */
+    int tier;
+    int events;              /* acknowledgements still due */
+};
+
 struct wk_delivery {
     uv_loop_t *loop;
     struct wk_delivery_conf conf;
@@ -166,6 +175,8 @@ struct wk_delivery {
     wk_policy *policy; /* policy.h: once per record, before routing; NULL: none */
     struct msg **slots;
     size_t nslots, nused, nclosing;
+    struct parked *parked; /* nslots places */
+    size_t nparked;
     uint64_t seq;
     int draining;
     void (*drained)(void *);
@@ -332,7 +343,7 @@ static void update_pauses(wk_delivery *d)
 static void after_release(wk_delivery *d)
 {
     if (d->draining) {
-        if (d->nused == 0 && d->nclosing == 0 && d->drained) {
+        if (d->nused == 0 && d->nclosing == 0 && d->nparked == 0 && d->drained) {
             void (*cb)(void *) = d->drained;
             d->drained = NULL;
             cb(d->drained_arg);
@@ -408,7 +419,9 @@ static void msg_release(struct msg *m, int done)
     dests_free(m);
     if (d->policy)
         wk_policy_cancel(d->policy, m->id);
-    if (done)
+    if (m->rec == NULL)
+        ; /* parked: msg_park keeps the record */
+    else if (done)
         ms_consumer_done(d->consumers[m->tier], m->rec);
     else
         ms_info("event=abandoned qid=%s partition=%d offset=%lld state=%s", m->qid,
@@ -1542,6 +1555,65 @@ static void send_retry(struct msg *m, int pending)
     }
 }
 
+/*
+ * Every outcome of m is durable (delivered, retry record or DSN written) and
+ * only the acknowledgements of its events are still due.  Its record's
+ * offset may be stored only after those, but nothing else needs the
+ * message: give its delivery slot and envelope back now and keep just the
+ * record in the parking place id % nslots until the last acknowledgement
+ * (parked_event_done).  So the worker's [kafka] linger_ms, which batches the
+ * events, does not also hold delivery slots.  Returns 0 when that place is
+ * taken (the message then waits in its slot); at most nslots are parked.
+ */
+static int msg_park(struct msg *m)
+{
+    wk_delivery *d = m->d;
+    struct parked *p = &d->parked[m->id % d->nslots];
+
+    if (p->rec != NULL)
+        return 0;
+    p->id = m->id;
+    p->rec = m->rec;
+    p->tier = m->tier;
+    p->events = m->events_pending;
+    d->nparked++;
+    m->rec = NULL;
+    msg_release(m, 1);
+    return 1;
+}
+
+static void parked_closed_cb(uv_handle_t *h)
+{
+    wk_delivery *d = h->data;
+
+    free(h);
+    d->nclosing--;
+    after_release(d);
+}
+
+/* An event of parked message `id` is acknowledged (or failed: counted). */
+static void parked_event_done(wk_delivery *d, uint64_t id)
+{
+    struct parked *p = &d->parked[id % d->nslots];
+    uv_timer_t *t;
+
+    if (p->rec == NULL || p->id != id || --p->events > 0)
+        return;
+    ms_consumer_done(d->consumers[p->tier], p->rec);
+    p->rec = NULL;
+    d->nparked--;
+    if (!d->draining)
+        return; /* parking does not count for the pauses */
+    /* This runs inside the producer's delivery report, and the drained
+     * callback frees the producer: see to the drain from the loop instead,
+     * the way a released message does (msg_closed_cb). */
+    t = ms_malloc(sizeof(*t));
+    uv_timer_init(d->loop, t);
+    t->data = d;
+    d->nclosing++;
+    uv_close((uv_handle_t *)t, parked_closed_cb);
+}
+
 static void msg_settle(struct msg *m)
 {
     wk_delivery *d = m->d;
@@ -1550,7 +1622,9 @@ static void msg_settle(struct msg *m)
     int pending = 0;
     int64_t age_s;
 
-    if (m->state != MSG_RECORD || m->redis_pending > 0 || m->events_pending > 0)
+    /* The outcomes are durable once Redis has them; the events are waited
+     * for below (or parked). */
+    if (m->state != MSG_RECORD || m->redis_pending > 0)
         return;
     for (i = 0; i < m->nrcpts; i++)
         pending += m->rcpts[i].state == RCPT_PENDING;
@@ -1602,11 +1676,13 @@ static void msg_settle(struct msg *m)
             const char *argv[3] = {"ZREM", WK_RETRY_QUEUE_KEY, m->qid};
             redis_fire(d, 3, argv);
         }
-        if (m->events_pending > 0)
-            return; /* the expiry events */
     }
-    if (m->produce_pending > 0 || m->events_pending > 0)
+    if (m->produce_pending > 0 || m->events_pending > 0) {
+        if (m->produce_pending == 0 && m->events_pending > 0 && !m->produce_failed &&
+            pending == 0)
+            msg_park(m);
         return;
+    }
     if (!m->produce_failed && pending == 0) {
         msg_release(m, 1);
         return;
@@ -1819,8 +1895,11 @@ void wk_delivery_on_produced(void *arg, uint64_t id, int err, const char *errstr
         if (kind == PRODUCE_EVENT)
             ms_counter_inc(d->m_event_errors);
     }
-    if ((m = msg_lookup(d, id >> WK_KIND_BITS)) == NULL)
+    if ((m = msg_lookup(d, id >> WK_KIND_BITS)) == NULL) {
+        if (kind == PRODUCE_EVENT)
+            parked_event_done(d, id >> WK_KIND_BITS);
         return;
+    }
     switch (kind) {
     case PRODUCE_EVENT:
         if (m->events_pending == 0)
@@ -1868,6 +1947,7 @@ wk_delivery *wk_delivery_new(uv_loop_t *loop, const struct wk_delivery_conf *con
         d->conf.max_age_s = WK_MAX_AGE_S;
     d->nslots = conf->max_in_flight > 0 ? (size_t)conf->max_in_flight : WK_MAX_IN_FLIGHT_DEFAULT;
     d->slots = ms_calloc(d->nslots, sizeof(*d->slots));
+    d->parked = ms_calloc(d->nslots, sizeof(*d->parked));
     for (o = 0; o < WK_OUTCOME__N; o++) {
         snprintf(labels, sizeof(labels), "outcome=\"%s\"", wk_outcome_name((enum wk_outcome)o));
         d->m_outcome[o] = ms_counter_new("mailstream_worker_deliveries_total",
@@ -2052,17 +2132,24 @@ void wk_delivery_abandon_all(wk_delivery *d)
     size_t i;
 
     d->draining = 1;
-    for (i = 0; i < d->nslots; i++)
+    for (i = 0; i < d->nslots; i++) {
         if (d->slots[i])
             msg_release(d->slots[i], 0);
+        if (d->parked[i].rec) { /* redelivered; its recipients are marked delivered */
+            d->parked[i].rec = NULL;
+            d->nparked--;
+        }
+    }
 }
 
 void wk_delivery_free(wk_delivery *d)
 {
     if (d == NULL)
         return;
-    if (d->nused > 0 || d->nclosing > 0)
-        ms_panic("event=delivery_free_busy in_flight=%zu closing=%zu", d->nused, d->nclosing);
+    if (d->nused > 0 || d->nclosing > 0 || d->nparked > 0)
+        ms_panic("event=delivery_free_busy in_flight=%zu closing=%zu parked=%zu", d->nused,
+                 d->nclosing, d->nparked);
+    free(d->parked);
     free(d->slots);
     free(d);
 }

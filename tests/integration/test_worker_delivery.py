@@ -12,9 +12,11 @@ No test asserts timings: waits are "until it happens", bounded by timeouts.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import select
+import signal
 import socketserver
 import ssl
 import subprocess
@@ -581,6 +583,38 @@ def test_worker_sigterm_mid_stream_then_restart_loses_nothing(cluster_factory):
 
     mslocal.wait_until(lambda: subjects() >= set(qids), 240, f"all {n} messages in the sink",
                        interval=1.0)
+
+
+def test_worker_events_pending_do_not_hold_delivery_slots(cluster_factory, kafka_control):
+    """A message whose deliveries are done and that waits only for its event
+    records to be acknowledged gives its delivery slot back (delivery.c,
+    msg_park); its offset still waits for them.  The broker is frozen
+    (SIGSTOP) while the first two of four messages are with the sink (it
+    waits a second at DATA), so their events cannot be acknowledged: with
+    max_in_flight = 2 the other two are delivered all the same, before any
+    event has been given up on (the Kafka glue purges stalled records only
+    after message.timeout.ms + 2 s), which slots held by events could not
+    do.  Once the broker runs again everything is done and a stop is clean."""
+    cl = cluster_factory(frontends=0, workers=1, sink_args=["-w", "1"],
+                         worker_extra={"delivery": {"max_in_flight": 2}})
+    w = cl.workers[0]
+    qids = [new_qid() for _ in range(4)]
+    produce(cl, [(q, envelope(q, [f"p.{q}@example.net"], message(q))) for q in qids])
+    mslocal.wait_until(lambda: metric(w, "mailstream_worker_in_flight") == 2, 60,
+                       "two messages with the sink")
+    broker = kafka_control.sup.procs[kafka_control.name].pid
+    os.kill(broker, signal.SIGSTOP)
+    try:
+        cl.sink.wait_for(4, timeout=60)
+        assert metric(w, "mailstream_worker_event_errors_total") == 0
+    finally:
+        os.kill(broker, signal.SIGCONT)
+    assert metric(w, 'mailstream_worker_deliveries_total{outcome="delivered"}') == 4
+    mslocal.wait_until(lambda: metric(w, "mailstream_worker_in_flight") == 0, 60,
+                       "nothing in flight")
+    proc = w.proc
+    w.stop(timeout=60)
+    assert proc.popen.wait(timeout=5) == 0
 
 
 def test_worker_large_message(cluster_factory):
