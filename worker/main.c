@@ -47,8 +47,13 @@
 /* ---- configuration: each parameter declared once ---- */
 
 /* Defaults of [kafka] linger_ms, fetch_min_bytes, fetch_wait_ms (make bench,
- * 5k-20: worker CPU 0.10 vs 0.15-0.20 ms/msg with librdkafka's 1/1/500). */
-#define WK_KAFKA_LINGER_MS 5
+ * 5k-20: worker CPU 0.10 vs 0.15-0.20 ms/msg with librdkafka's 1/1/500).
+ * linger 20 rather than 5 since a message waiting only for its events no
+ * longer holds a delivery slot (delivery.c, msg_park): librdkafka sends one
+ * produce request per partition, so `events`' partitions / linger_ms were
+ * ~420 requests a second at 6,000 msg/s (bench/results/20261205-085843:
+ * worker 0.058 -> 0.045, Kafka 0.087 -> 0.075 ms/msg). */
+#define WK_KAFKA_LINGER_MS 20
 #define WK_KAFKA_FETCH_MIN_BYTES (64 * 1024)
 #define WK_KAFKA_FETCH_WAIT_MS 20
 
