@@ -595,11 +595,14 @@ def test_worker_events_pending_do_not_hold_delivery_slots(cluster_factory, kafka
     event has been given up on (the Kafka glue purges stalled records only
     after message.timeout.ms + 2 s), which slots held by events could not
     do.  Once the broker runs again everything is done and a stop is clean."""
-    cl = cluster_factory(frontends=0, workers=1, sink_args=["-w", "1"],
+    cl = cluster_factory(frontends=0, workers=0, sink_args=["-w", "1"],
                          worker_extra={"delivery": {"max_in_flight": 2}})
-    w = cl.workers[0]
     qids = [new_qid() for _ in range(4)]
     produce(cl, [(q, envelope(q, [f"p.{q}@example.net"], message(q))) for q in qids])
+    # The worker starts after all four are in the topic, so its first fetch
+    # brings them all: none is left for the frozen broker to hand out.
+    cl.add_worker()
+    w = cl.workers[0]
     mslocal.wait_until(lambda: metric(w, "mailstream_worker_in_flight") == 2, 60,
                        "two messages with the sink")
     broker = kafka_control.sup.procs[kafka_control.name].pid
