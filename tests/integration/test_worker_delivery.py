@@ -598,9 +598,10 @@ def test_worker_events_pending_do_not_hold_delivery_slots(cluster_factory, kafka
     cl = cluster_factory(frontends=0, workers=0, sink_args=["-w", "1"],
                          worker_extra={"delivery": {"max_in_flight": 2}})
     qids = [new_qid() for _ in range(4)]
-    produce(cl, [(q, envelope(q, [f"p.{q}@example.net"], message(q))) for q in qids])
-    # The worker starts after all four are in the topic, so its first fetch
-    # brings them all: none is left for the frozen broker to hand out.
+    # One key, so one partition; and the worker starts after all four are
+    # in it, so its first fetch of that partition brings them all: none is
+    # left for the frozen broker to hand out.
+    produce(cl, [("parking", envelope(q, [f"p.{q}@example.net"], message(q))) for q in qids])
     cl.add_worker()
     w = cl.workers[0]
     mslocal.wait_until(lambda: metric(w, "mailstream_worker_in_flight") == 2, 60,
