@@ -70,8 +70,6 @@ struct redis_ev {
     int open;     /* handles not yet closed */
 };
 
-static void ev_arm(struct redis_ev *e, int events);
-
 static void ev_poll_cb(uv_poll_t *h, int status, int events)
 {
     struct redis_ev *e = h->data;

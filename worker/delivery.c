@@ -1677,16 +1677,18 @@ static void msg_settle(struct msg *m)
             redis_fire(d, 3, argv);
         }
     }
-    if (m->produce_pending > 0 || m->events_pending > 0) {
-        if (m->produce_pending == 0 && m->events_pending > 0 && !m->produce_failed &&
-            pending == 0)
+    if (m->produce_pending > 0)
+        return;
+    if (!m->produce_failed && pending == 0) {
+        /* Done; if only its events are still due, parked until they are. */
+        if (m->events_pending == 0)
+            msg_release(m, 1);
+        else
             msg_park(m);
         return;
     }
-    if (!m->produce_failed && pending == 0) {
-        msg_release(m, 1);
+    if (m->events_pending > 0)
         return;
-    }
     if (d->draining) {
         msg_release(m, 0);
         return;
