@@ -27,6 +27,8 @@ struct ms_kafka_conf {
     const char *client_id;     /* node id */
     int produce_timeout_ms;    /* message.timeout.ms; 0: 10000 */
     int linger_ms;             /* linger.ms; 0: 1 */
+    int caller_batches;        /* producer: the caller holds records and sends them
+                                * in batches (the frontend's group commit): linger.ms 0 */
     int fetch_min_bytes;       /* consumer fetch.min.bytes; 0: 1 */
     int fetch_wait_ms;         /* consumer fetch.wait.max.ms; 0: librdkafka's 500 */
     const char *keyed_topic;   /* producer: records to this topic are partitioned by
@@ -51,6 +53,10 @@ ms_producer *ms_producer_new(uv_loop_t *loop, const struct ms_kafka_conf *conf,
  * MS_EIO; on error the callback is not called. */
 int ms_producer_send(ms_producer *p, const char *topic, const void *key, size_t keylen,
                      const void *value, size_t len, uint64_t id);
+/* The same, but takes `value` (a malloc'd buffer, freed once sent) when it
+ * returns 0; on error the buffer stays the caller's. */
+int ms_producer_send_owned(ms_producer *p, const char *topic, const void *key, size_t keylen,
+                           void *value, size_t len, uint64_t id);
 /* Records queued or in flight, not yet reported. */
 int ms_producer_outstanding(ms_producer *p);
 /* Last known broker reachability (refreshed in the background every few
