@@ -92,8 +92,16 @@ int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, s
     set->hostname = ms_config_get(cfg, "node", "hostname", "localhost");
     set->topic = ms_config_get(cfg, "kafka", "topic", "queue");
     /* The Kafka record holds the message and its envelope. */
-    if (get_u64(cfg, "kafka", "linger_ms", 1, 1, 1000, &set->kafka_linger_ms, err, errlen) < 0)
+    if (get_u64(cfg, "kafka", "linger_ms", FE_LINGER_MS_DEF, 1, 1000, &set->kafka_linger_ms, err,
+                errlen) < 0 ||
+        get_u64(cfg, "kafka", "group_commit_window_us", FE_COMMIT_WINDOW_US_DEF, 1, 1000000,
+                &set->group_commit_window_us, err, errlen) < 0)
         return MS_ECONFIG;
+    if (fe__config_bool(ms_config_get(cfg, "kafka", "group_commit", "yes"), &set->group_commit) <
+        0) {
+        snprintf(err, errlen, "[kafka] group_commit: want yes or no");
+        return MS_ECONFIG;
+    }
     if (get_u64(cfg, "smtp", "max_message_size", 26214400, 1024,
                 MS_KAFKA_RECORD_MAX - FE_ENVELOPE_HEADROOM, &set->max_message_size, err,
                 errlen) < 0 ||
@@ -287,6 +295,22 @@ void fe_metrics_register(struct fe_metrics *m)
         "mailstream_smtp_queue_latency_seconds",
         "From the end of DATA to the Kafka delivery report.", NULL, ms_latency_buckets,
         ms_latency_buckets_n);
+    {
+        static const char *const why[FE_COMMIT_REASONS] = {"ready", "linger", "full", "flush"};
+        char clabels[64];
+
+        for (int i = 0; i < FE_COMMIT_REASONS; i++) {
+            snprintf(clabels, sizeof(clabels), "reason=\"%s\"", why[i]);
+            m->commits[i] = ms_counter_new(
+                "mailstream_smtp_group_commits_total",
+                "Batches of records handed to Kafka together (group commit), by why they "
+                "went: ready (no session left that was about to add one), linger (the "
+                "oldest waited [kafka] linger_ms), full, flush (shutdown).",
+                clabels);
+        }
+    }
+    m->commit_records = ms_counter_new("mailstream_smtp_group_commit_records_total",
+                                       "Records handed to Kafka by group commit.", NULL);
 }
 
 void fe_metrics_listener(struct fe_listener *l)
@@ -316,11 +340,141 @@ static int producer_submit(void *arg, uint64_t id, const char *key, size_t keyle
     return ms_producer_send(srv->producer, srv->set.topic, key, keylen, value, len, id);
 }
 
+static int producer_submit_owned(void *arg, uint64_t id, const char *key, size_t keylen,
+                                 void *value, size_t len)
+{
+    struct fe_server *srv = arg;
+
+    if (srv->producer == NULL)
+        return MS_EUNAVAIL;
+    return ms_producer_send_owned(srv->producer, srv->set.topic, key, keylen, value, len, id);
+}
+
+/* ---- group commit (fe_commit.h) ---- */
+
+static void commit_release(struct fe_server *srv, enum fe_commit_reason why)
+{
+    uint64_t failed[FE_COMMIT_MAX_RECORDS];
+    int errs[FE_COMMIT_MAX_RECORDS];
+    size_t i, n, nfailed = 0;
+
+    uv_timer_stop(&srv->commit_timer);
+    n = fe_commit_take(&srv->commit, srv->sending);
+    if (n == 0)
+        return;
+    ms_counter_inc(srv->m.commits[why]);
+    ms_counter_add(srv->m.commit_records, n);
+    fe_commit_sent(&srv->commit, n); /* failures come back as reports below */
+    for (i = 0; i < n; i++) {
+        struct fe_commit_record *r = &srv->sending[i];
+        int e = srv->submit_owned(srv->submit_arg, r->id, r->key, r->keylen, r->buf, r->len);
+
+        if (e < 0) {
+            free(r->buf);
+            failed[nfailed] = r->id;
+            errs[nfailed++] = e;
+        }
+    }
+    /* Reports only after the whole batch is out: a report runs the session,
+     * which may hold its next record. */
+    for (i = 0; i < nfailed; i++)
+        fe_server_submitted(srv, failed[i], errs[i], ms_err_name(errs[i]));
+}
+
+/* Release what is due; returns 1 when records are still held. */
+static int commit_check(struct fe_server *srv)
+{
+    int why;
+
+    if (srv->commit.nrec == 0)
+        return 0;
+    why = fe_commit_due(&srv->commit, uv_hrtime());
+    if (why < 0)
+        return 1;
+    commit_release(srv, (enum fe_commit_reason)why);
+    return 0;
+}
+
+static void commit_timer_cb(uv_timer_t *t);
+
+static void commit_arm(struct fe_server *srv)
+{
+    uint64_t now = uv_hrtime(), at = fe_commit_deadline(&srv->commit, now);
+
+    if (at > 0)
+        uv_timer_start(&srv->commit_timer, commit_timer_cb,
+                       at > now ? (at - now + 999999) / 1000000 : 0, 0);
+}
+
+static void commit_timer_cb(uv_timer_t *t)
+{
+    struct fe_server *srv = t->data;
+
+    /* Still held (a batch in flight): the next report or the hold limit. */
+    if (commit_check(srv))
+        commit_arm(srv);
+}
+
+static void commit_check_cb(uv_check_t *c)
+{
+    commit_check(c->data);
+}
+
+void fe_server_commit_start(struct fe_server *srv)
+{
+    fe_commit_init(&srv->commit, srv->set.group_commit_window_us * 1000,
+                   srv->set.kafka_linger_ms * 1000000);
+    uv_timer_init(srv->loop, &srv->commit_timer);
+    srv->commit_timer.data = srv;
+    uv_check_init(srv->loop, &srv->commit_check);
+    srv->commit_check.data = srv;
+    uv_check_start(&srv->commit_check, commit_check_cb);
+    uv_unref((uv_handle_t *)&srv->commit_check);
+    srv->commit_on = 1;
+}
+
+static void commit_handle_closed(uv_handle_t *h)
+{
+    (void)h;
+}
+
+void fe_server_commit_stop(struct fe_server *srv)
+{
+    if (!srv->commit_on)
+        return;
+    commit_release(srv, FE_COMMIT_FLUSH);
+    srv->commit_on = 0;
+    uv_close((uv_handle_t *)&srv->commit_timer, commit_handle_closed);
+    uv_close((uv_handle_t *)&srv->commit_check, commit_handle_closed);
+}
+
+int fe_server_submit(struct fe_server *srv, uint64_t id, const char *key, size_t keylen,
+                     uint8_t *buf, size_t len)
+{
+    int r;
+
+    if (!srv->commit_on || !fe_commit_can_hold(&srv->commit, keylen)) {
+        r = srv->submit(srv->submit_arg, id, key, keylen, buf, len);
+        free(buf);
+        if (r == 0 && srv->commit_on)
+            fe_commit_sent(&srv->commit, 1);
+        return r;
+    }
+    /* Held records go from the timer or the check callback, never from
+     * here: a failure to send is reported to its session, and this session
+     * is still in the middle of its DATA. */
+    fe_commit_hold(&srv->commit, id, key, keylen, buf, len, uv_hrtime());
+    if (srv->commit.nrec == 1)
+        commit_arm(srv);
+    return 0;
+}
+
 void fe_server_init(struct fe_server *srv, uv_loop_t *loop)
 {
     memset(srv, 0, sizeof(*srv));
     srv->loop = loop;
     srv->submit = producer_submit;
+    srv->submit_owned = producer_submit_owned;
     srv->submit_arg = srv;
     fe_idmap_init(&srv->sessions);
     fe_idmap_init(&srv->pending);
@@ -501,6 +655,9 @@ void fe_server_submitted(void *arg, uint64_t id, int err, const char *errstr)
 {
     struct fe_server *srv = arg;
     struct fe_session *s = fe_idmap_del(&srv->pending, id);
+
+    if (srv->commit_on)
+        fe_commit_reported(&srv->commit); /* the next batch may go */
 
     if (s == NULL) {
         /* The client left while we waited: it will send again. */

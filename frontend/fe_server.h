@@ -20,7 +20,9 @@
  *
  * Messages leave through `submit` (ms_producer_send by default; tests put a
  * fake there): it returns 0 and later the report comes back through
- * fe_server_submitted(), or it returns an error and no report comes.
+ * fe_server_submitted(), or it returns an error and no report comes.  With
+ * group commit (fe_commit.h, started by main.c) a loop holds its records and
+ * hands them to `submit_owned` together.
  */
 #ifndef FE_SERVER_H
 #define FE_SERVER_H
@@ -31,6 +33,7 @@
 #include <uv.h>
 
 #include "fe_auth.h"
+#include "fe_commit.h"
 #include "fe_idmap.h"
 #include "fe_policy.h"
 #include "fe_proxy.h"
@@ -55,6 +58,7 @@
 #define FE_MAX_CONN_PER_IP_DEF 50      /* (max_connections_per_ip) 421 4.7.0 */
 #define FE_MAX_COMMANDS_DEF 100000     /* (max_commands) per session: 421 4.7.0 */
 #define FE_MAX_PENDING_DEF 2000        /* (max_pending_messages) awaiting Kafka: back-pressure */
+#define FE_LINGER_MS_DEF 1             /* [kafka] linger_ms */
 #define FE_RL_TIMEOUT_DEF 2000         /* ms ([ratelimit] timeout_ms) then as if Redis were down */
 #define FE_ACCEPTED_DOMAINS_MAX 1024
 #define FE_TRUSTED_NETWORKS_MAX 1024
@@ -100,6 +104,8 @@ struct fe_settings {
     const char *hostname;
     const char *topic;
     uint64_t kafka_linger_ms;           /* [kafka] linger_ms */
+    int group_commit;                   /* [kafka] group_commit (fe_commit.h) */
+    uint64_t group_commit_window_us;    /* [kafka] group_commit_window_us */
     uint64_t max_message_size;
     uint64_t max_recipients;
     uint64_t max_errors;
@@ -143,6 +149,7 @@ struct fe_metrics {
     ms_counter *rl_redis_open, *rl_redis_closed; /* Redis failed: let through / refused */
     ms_counter *suppressed;
     ms_histogram *queue_latency;
+    ms_counter *commits[FE_COMMIT_REASONS], *commit_records;
 };
 
 /*
@@ -170,6 +177,10 @@ void fe_conn_release(struct fe_conn_table *ct, uint64_t key);
 
 typedef int (*fe_submit_fn)(void *arg, uint64_t id, const char *key, size_t keylen,
                             const void *value, size_t len);
+/* The same, but takes `value` (a malloc'd buffer) when it returns 0. */
+typedef int (*fe_submit_owned_fn)(void *arg, uint64_t id, const char *key, size_t keylen,
+                                  void *value, size_t len);
+
 
 struct fe_session;
 
@@ -179,6 +190,7 @@ struct fe_server {
     struct fe_tls_ctx *tls;    /* NULL: no TLS configured */
     struct fe_passwd *passwd;  /* NULL: no AUTH */
     fe_submit_fn submit;
+    fe_submit_owned_fn submit_owned; /* group commit only */
     void *submit_arg;
     ms_producer *producer;
     struct fe_listener *listeners;
@@ -196,6 +208,12 @@ struct fe_server {
     struct fe_rl *rl;
     uint64_t next_id;          /* ids: main.c starts each loop's at (index << 48) */
     int draining;
+    /* Group commit (fe_commit.h): on once fe_server_commit_start() ran. */
+    int commit_on;
+    struct fe_commit commit;
+    struct fe_commit_record sending[FE_COMMIT_MAX_RECORDS];
+    uv_timer_t commit_timer; /* linger_ms after the first held record */
+    uv_check_t commit_check; /* after each loop iteration's I/O: is it due? */
     struct fe_metrics m;
 };
 
@@ -220,6 +238,16 @@ void fe_server_policy_result(void *arg, uint64_t id, int result);
 int fe_settings_need_redis(const struct fe_settings *set);
 /* The delivery report of transaction `id` (ms_produce_cb signature). */
 void fe_server_submitted(void *arg, uint64_t id, int err, const char *errstr);
+/* Hand transaction `id`'s record over; takes `buf` (malloc'd) in every case.
+ * With group commit it is held until its batch goes; a failure to send it
+ * then comes back as a report.  0, or a negative code and no report. */
+int fe_server_submit(struct fe_server *srv, uint64_t id, const char *key, size_t keylen,
+                     uint8_t *buf, size_t len);
+/* Group commit on: needs submit_owned; linger_ms bounds a record's wait. */
+void fe_server_commit_start(struct fe_server *srv);
+/* Send what is held now and close the group commit's handles (the loop is
+ * finishing). */
+void fe_server_commit_stop(struct fe_server *srv);
 /* SIGTERM: stop accepting, let sessions finish their transactions, answer
  * 421 4.3.2 to new commands.  fe_server_idle() is 1 once no session is left. */
 void fe_server_drain(struct fe_server *srv);

@@ -104,6 +104,7 @@ struct fe_tx {
 
 struct fe_session {
     uint64_t id;
+    struct fe_commit_member cm; /* group commit: about to hand a record over */
     struct fe_server *srv;
     struct fe_listener *l;
     struct fe_transport *t;
@@ -245,6 +246,14 @@ static void tx_free(struct fe_tx *tx)
     free(tx->rcpts);
     ms_buf_free(&tx->msg);
     free(tx);
+}
+
+/* A sign of life from a session that is about to hand a record over
+ * (fe_commit.h): its batch waits for it a little. */
+static void commit_touch(struct fe_session *s)
+{
+    if (s->srv->commit_on)
+        fe_commit_touch(&s->srv->commit, &s->cm, uv_hrtime());
 }
 
 /* RSET, EHLO, end of transaction: forget the transaction. */
@@ -429,8 +438,8 @@ static int submit_tx(struct fe_session *s)
     ms_buf_free(&tx->msg);
     tx->txn_id = ++s->srv->next_id;
     fe_idmap_put(&s->srv->pending, tx->txn_id, s);
-    r = s->srv->submit(s->srv->submit_arg, tx->txn_id, tx->qid, strlen(tx->qid), buf, len);
-    free(buf);
+    r = fe_server_submit(s->srv, tx->txn_id, tx->qid, strlen(tx->qid), buf, len);
+    fe_commit_leave(&s->srv->commit, &s->cm);
     if (r < 0) {
         fe_idmap_del(&s->srv->pending, tx->txn_id);
         tx->txn_id = 0;
@@ -501,6 +510,7 @@ void fe_session_queued(struct fe_session *s, int err, const char *errstr)
         ms_counter_inc(s->srv->m.queued);
         ms_histogram_observe(s->srv->m.message_size, (double)tx->msg_size);
         s->ntx++;
+        commit_touch(s); /* its client is likely to send the next MAIL at once */
     } else {
         ms_counter_inc(s->srv->m.kafka_report_errors);
         reply(s, "451 4.3.0 Queue unavailable, try again later (%s)", tx->qid);
@@ -638,6 +648,7 @@ static void mail_accept(struct fe_session *s, const struct fe_wait *w)
     tx->mp = w->mp;
     ms_buf_init(&tx->msg, 0);
     s->tx = tx;
+    commit_touch(s);
     ms_counter_inc(s->srv->m.transactions);
     enter_state(s, FE_ST_MAIL);
     reply(s, "250 2.1.0 Ok");
@@ -1487,6 +1498,8 @@ static void on_read(void *arg, const char *buf, size_t len)
     if (s->state == FE_ST_CLOSING)
         return;
     ms_counter_add(s->srv->m.bytes_in, len);
+    if (s->cm.linked || (s->tx && s->tx->txn_id == 0))
+        commit_touch(s);
     if (ms_buf_append(&s->in, buf, len) != 0) {
         reply(s, "421 4.7.0 %s Error: too much unprocessed input", s->srv->set.hostname);
         close_session(s);
@@ -1558,6 +1571,7 @@ static void session_free(struct fe_session *s)
     struct fe_server *srv = s->srv;
 
     tx_reset(s);
+    fe_commit_leave(&srv->commit, &s->cm);
     fe_idmap_del(&srv->sessions, s->id);
     if (s->ip_key)
         fe_conn_release(srv->conns, s->ip_key);
@@ -1592,6 +1606,7 @@ static void close_session(struct fe_session *s)
 {
     if (s->state == FE_ST_CLOSING)
         return;
+    fe_commit_leave(&s->srv->commit, &s->cm); /* it will hand nothing over now */
     /* A transaction awaiting its report is dropped from the pending table;
      * the report, when it comes, finds nobody. */
     if (s->tx && s->tx->txn_id) {

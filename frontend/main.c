@@ -275,6 +275,7 @@ static void loop_finish(struct fe_loop *L)
         ms_redis_free(srv->redis); /* pending checks fail; no session is left */
         srv->redis = NULL;
     }
+    fe_server_commit_stop(srv); /* hands over what it still holds */
     if (srv->producer) {
         /* Blocks this loop up to the timeout: nothing else is left on it. */
         ms_producer_free(srv->producer, FE_PRODUCER_FLUSH_MS);
@@ -389,9 +390,12 @@ static void loop_setup(struct fe_loop *L, int index, size_t n)
     kconf.brokers = ms_config_get(cfg, "kafka", "brokers", "127.0.0.1:9092");
     kconf.client_id = srv->set.node_id;
     kconf.linger_ms = (int)srv->set.kafka_linger_ms;
+    kconf.caller_batches = srv->set.group_commit;
     srv->producer = ms_producer_new(L->loop, &kconf, fe_server_submitted, srv, err, sizeof(err));
     if (srv->producer == NULL)
         ms_fatal("event=kafka_error reason=\"%s\"", err);
+    if (srv->set.group_commit)
+        fe_server_commit_start(srv);
 
     if (fe_settings_need_redis(&srv->set)) {
         int64_t rport;
