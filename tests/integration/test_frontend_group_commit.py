@@ -13,6 +13,14 @@ from test_frontend_smtp import QUEUED, code, hello
 BODY = b"Subject: gc\r\n\r\nhello\r\n"
 
 
+def send_one(c) -> None:
+    assert code(c.cmd(b"MAIL FROM:<a@example.org>")) == b"250 2.1.0"
+    assert code(c.cmd(b"RCPT TO:<u@mailstream.test>")) == b"250 2.1.5"
+    assert c.cmd(b"DATA").startswith(b"354 ")
+    c.send(BODY + b".\r\n")
+    assert QUEUED.match(c.reply())
+
+
 def commits(node, reason: str) -> float:
     return sample(node.metrics_text(), "mailstream_smtp_group_commits_total",
                   f'reason="{reason}"')
@@ -62,12 +70,8 @@ def test_lone_sender_is_never_held(cluster_factory):
         "kafka": {"linger_ms": "1000"}})
     node = cl.frontends[0]
     c = hello(smtp_port(cl))
-    for i in range(5):
-        assert code(c.cmd(b"MAIL FROM:<a@example.org>")) == b"250 2.1.0"
-        assert code(c.cmd(b"RCPT TO:<u@mailstream.test>")) == b"250 2.1.5"
-        assert c.cmd(b"DATA").startswith(b"354 ")
-        c.send(BODY + b".\r\n")
-        assert QUEUED.match(c.reply())
+    for _ in range(5):
+        send_one(c)
     text = node.metrics_text()
     assert sample(text, "mailstream_smtp_group_commits_total", 'reason="ready"') == 5
     assert sample(text, "mailstream_smtp_group_commits_total", 'reason="linger"') == 0
@@ -80,10 +84,6 @@ def test_group_commit_off(cluster_factory):
         "kafka": {"group_commit": "no"}})
     node = cl.frontends[0]
     c = hello(smtp_port(cl))
-    assert code(c.cmd(b"MAIL FROM:<a@example.org>")) == b"250 2.1.0"
-    assert code(c.cmd(b"RCPT TO:<u@mailstream.test>")) == b"250 2.1.5"
-    assert c.cmd(b"DATA").startswith(b"354 ")
-    c.send(BODY + b".\r\n")
-    assert QUEUED.match(c.reply())
+    send_one(c)
     assert sample(node.metrics_text(), "mailstream_smtp_group_commit_records_total") == 0
     c.cmd(b"QUIT")
