@@ -393,7 +393,8 @@ ms_producer *ms_producer_new(uv_loop_t *loop, const struct ms_kafka_conf *kc, ms
         snprintf(p->keyed_topic, sizeof(p->keyed_topic), "%s", kc->keyed_topic);
     }
     p->stall_limit_ms = (uint64_t)timeout_ms + MS_KAFKA_STALL_GRACE_MS;
-    snprintf(num, sizeof(num), "%d", kc->caller_batches ? 0 : kc->linger_ms > 0 ? kc->linger_ms : 1);
+    snprintf(num, sizeof(num), "%d",
+             kc->caller_batches ? 0 : kc->linger_ms > 0 ? kc->linger_ms : 1);
     set_conf(conf, "linger.ms", num);
     set_conf(conf, "queue.buffering.max.kbytes", "1048576");
     tconf = rd_kafka_topic_conf_new();

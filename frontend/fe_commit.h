@@ -18,7 +18,7 @@
  * or a full batch).  Under load this makes each batch what arrived during one
  * round trip; sent at once, batches were small and the broker's CPU per
  * message grew by a third (make bench, 20261205-124415-s11-gc-a against
- * 20261205-130448-s11-gc-c-gate).  It also keeps a batch from queueing behind
+ * 20261205-130846-s11-gc-c-gate).  It also keeps a batch from queueing behind
  * its predecessor inside librdkafka (ms_kafka.c, sticky partitioning).
  *
  * A session counts as "about to hand over" (a member) from its last sign of

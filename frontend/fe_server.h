@@ -181,7 +181,6 @@ typedef int (*fe_submit_fn)(void *arg, uint64_t id, const char *key, size_t keyl
 typedef int (*fe_submit_owned_fn)(void *arg, uint64_t id, const char *key, size_t keylen,
                                   void *value, size_t len);
 
-
 struct fe_session;
 
 struct fe_server {
