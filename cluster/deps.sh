@@ -1,17 +1,31 @@
 #!/usr/bin/env bash
 # cluster/deps.sh - install everything Mailstream needs to build, run and test.
 #
+#   cluster/deps.sh [--check] [apt] [kafka] [venv]
+#
 # Run by `make deps`. Idempotent: every step checks before it acts, so a second
-# run is a fast no-op. Three steps:
-#   1. Debian packages (compilers, C libraries, redis-server, postfix for
-#      smtp-sink, swaks, kcat, Java and Maven).
-#   2. The Apache Kafka broker jars, fetched with Maven from cluster/kafka/pom.xml
-#      into $MAILSTREAM_CACHE/kafka-<version>/lib (outside the repository).
-#   3. The Python virtualenv for tests/integration at $MAILSTREAM_CACHE/venv.
+# run is a fast no-op. Three steps (all of them unless some are named):
+#   apt    Debian packages (compilers, C libraries, redis-server, postfix for
+#          smtp-sink, nsd, haproxy, dovecot, swaks, kcat, Java and Maven).
+#   kafka  The Apache Kafka broker jars, fetched with Maven from
+#          cluster/kafka/pom.xml into $MAILSTREAM_CACHE/kafka-<version>/lib
+#          (outside the repository).
+#   venv   The Python virtualenv for tests/integration at $MAILSTREAM_CACHE/venv.
+# --check changes nothing: it says what the steps would do and exits 1 if any
+# of them has work left.
+#
+# System services. We use the programs of redis-server, postfix (smtp-sink),
+# nsd, haproxy and dovecot, each started by cluster/mslocal.py or a test with
+# a configuration of ours, on loopback ports and state directories of ours; we
+# never need the machine's own instances, running or stopped. So a service
+# that existed before this script ran is never stopped, restarted, disabled or
+# reconfigured (issue 23). A service that appears because we install its
+# package is kept from starting while we install (policy-rc.d) and left
+# disabled at boot, with a line saying how to enable it.
 #
 # Environment:
 #   MAILSTREAM_CACHE   cache directory (default: $HOME/.cache/mailstream)
-#   MAILSTREAM_SKIP_APT=1  skip step 1 (e.g. on a machine that is not Debian)
+#   MAILSTREAM_SKIP_APT=1  skip the apt step (e.g. on a machine that is not Debian)
 #
 # Exits non-zero on the first failure.
 set -euo pipefail
@@ -67,33 +81,61 @@ missing_packages() {
 	done
 }
 
-# Keep package maintainer scripts from starting system daemons (a system
-# redis-server on 6379 or a Postfix MTA on port 25) while we install.
+# Services known to the init system: the scripts in /etc/init.d and the
+# systemd service and socket units. A name in this list before we install is
+# a service the machine already had.
+service_names() {
+	{
+		ls -1 /etc/init.d 2>/dev/null || true
+		local d
+		for d in /etc/systemd/system /lib/systemd/system /usr/lib/systemd/system; do
+			if [ -d "$d" ]; then ls -1 "$d" | grep -E '\.(service|socket)$' || true; fi
+		done
+	} | { grep -E '^[A-Za-z0-9@._:-]+$' || true; } | sort -u
+}
+
+# While we install, keep the maintainer scripts of new packages from starting
+# their daemons (invoke-rc.d and deb-systemd-invoke ask policy-rc.d; 101 means
+# "forbidden"). Services the machine already had are let through (0), so an
+# upgrade pulled in as a dependency restarts them as it would without us. An
+# existing policy-rc.d (Docker images have one) is the operator's and is left
+# as it is.
 POLICY_RC=/usr/sbin/policy-rc.d
 policy_added=0
-block_daemons() {
-	if [ ! -e "$POLICY_RC" ]; then
-		as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $POLICY_RC && chmod 755 $POLICY_RC"
-		policy_added=1
-	fi
+block_new_daemons() {
+	local before=$1
+	[ -e "$POLICY_RC" ] && return
+	{
+		echo '#!/bin/sh'
+		echo '# Written by Mailstream cluster/deps.sh for the length of one apt-get install.'
+		printf 'known=" %s "\n' "$(echo $before)"
+		echo 'for a; do case $a in --*) ;; *) id=$a; break ;; esac; done'
+		echo 'case "$known" in *" $id "*) exit 0 ;; esac'
+		echo 'exit 101'
+	} | as_root sh -c "cat > $POLICY_RC && chmod 755 $POLICY_RC"
+	policy_added=1
 }
 unblock_daemons() {
 	if [ "$policy_added" = 1 ]; then as_root rm -f "$POLICY_RC"; policy_added=0; fi
 }
 
-# Stop and disable the packaged services: we start our own redis-server and
-# smtp-sink on chosen loopback ports, and want nothing else on them.
-disable_system_daemons() {
-	local svc
-	for svc in redis-server postfix nsd haproxy dovecot; do
+# Services that appeared while we installed are ours: disable them at boot,
+# and stop them if a policy of the operator's let them start.
+quiet_new_services() {
+	local before=$1 svc
+	for svc in $(comm -13 <(printf '%s\n' $before) <(service_names)); do
 		if [ -d /run/systemd/system ]; then
+			systemctl is-enabled --quiet "$svc" 2>/dev/null \
+				|| systemctl is-active --quiet "$svc" 2>/dev/null || continue
 			as_root systemctl disable --now "$svc" >/dev/null 2>&1 || true
+			say "new service $svc: left stopped and disabled (systemctl enable --now $svc to run it)"
 		elif [ -x "/etc/init.d/$svc" ]; then
-			as_root update-rc.d "$svc" disable >/dev/null 2>&1 || true
 			if as_root "/etc/init.d/$svc" status >/dev/null 2>&1; then
-				say "stopping system $svc daemon"
 				as_root "/etc/init.d/$svc" stop >/dev/null 2>&1 || true
 			fi
+			compgen -G "/etc/rc[2-5].d/S[0-9][0-9]$svc" >/dev/null || continue
+			as_root update-rc.d "$svc" disable >/dev/null 2>&1 || true
+			say "new service $svc: left stopped and disabled (update-rc.d $svc enable to run it)"
 		fi
 	done
 }
@@ -104,21 +146,29 @@ install_apt() {
 		return
 	fi
 	command -v dpkg-query >/dev/null 2>&1 || die "not a Debian system; set MAILSTREAM_SKIP_APT=1 and install the packages by hand"
-	local want=("${APT_PACKAGES[@]}") missing
+	local want=("${APT_PACKAGES[@]}") missing before
 	if [ "$(java_major)" -lt 17 ]; then
 		want+=(default-jre-headless)
 	fi
 	missing=$(missing_packages "${want[@]}")
 	if [ -z "$missing" ]; then
 		say "apt: all packages present"
+	elif [ "$CHECK" = 1 ]; then
+		say "apt: would install $(echo $missing)"
+		PENDING=1
+		return
 	else
 		say "apt: installing $(echo $missing)"
 		export DEBIAN_FRONTEND=noninteractive
-		# Preseed before postfix is installed, so it does not configure a
-		# system MTA. We only need its smtp-sink test program.
-		echo 'postfix postfix/main_mailer_type select No configuration' | as_root debconf-set-selections
-		echo 'postfix postfix/mailname string localhost' | as_root debconf-set-selections
-		block_daemons
+		# Preseed a postfix we are about to install, so it does not configure
+		# a system MTA: we only need its smtp-sink. (An installed postfix's
+		# answers are the operator's.)
+		if printf '%s\n' $missing | grep -qx postfix; then
+			echo 'postfix postfix/main_mailer_type select No configuration' | as_root debconf-set-selections
+			echo 'postfix postfix/mailname string localhost' | as_root debconf-set-selections
+		fi
+		before=$(service_names)
+		block_new_daemons "$before"
 		trap unblock_daemons EXIT
 		as_root apt-get update -qq || { unblock_daemons; die "apt-get update failed"; }
 		# shellcheck disable=SC2086
@@ -126,8 +176,8 @@ install_apt() {
 			|| { unblock_daemons; die "apt-get install failed"; }
 		unblock_daemons
 		trap - EXIT
+		quiet_new_services "$before"
 	fi
-	disable_system_daemons
 	[ "$(java_major)" -ge 17 ] || die "java >= 17 is required for the Kafka broker (found $(java_major))"
 	[ -x /usr/sbin/smtp-sink ] || die "/usr/sbin/smtp-sink missing (package postfix)"
 }
@@ -140,6 +190,11 @@ install_kafka() {
 	stamp=$( { cat "$POM"; echo "$KAFKA_VERSION"; } | sha256sum | cut -c1-16)
 	if [ -f "$marker" ] && [ "$(cat "$marker")" = "$stamp" ]; then
 		say "kafka $KAFKA_VERSION: present in $KAFKA_DIR"
+		return
+	fi
+	if [ "$CHECK" = 1 ]; then
+		say "kafka $KAFKA_VERSION: would fetch the jars into $KAFKA_DIR/lib"
+		PENDING=1
 		return
 	fi
 	command -v mvn >/dev/null 2>&1 || die "mvn not found"
@@ -169,6 +224,11 @@ install_venv() {
 		say "venv: up to date ($VENV)"
 		return
 	fi
+	if [ "$CHECK" = 1 ]; then
+		say "venv: would install $(basename "$REQS") into $VENV"
+		PENDING=1
+		return
+	fi
 	command -v python3 >/dev/null 2>&1 || die "python3 not found"
 	if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
 		say "venv: creating $VENV"
@@ -181,8 +241,24 @@ install_venv() {
 	echo "$stamp" > "$marker"
 }
 
-mkdir -p "$CACHE"
-install_apt
-install_kafka
-install_venv
+CHECK=0
+PENDING=0
+steps=()
+for arg in "$@"; do
+	case $arg in
+	--check) CHECK=1 ;;
+	apt | kafka | venv) steps+=("$arg") ;;
+	*) die "usage: cluster/deps.sh [--check] [apt] [kafka] [venv]" ;;
+	esac
+done
+[ ${#steps[@]} -gt 0 ] || steps=(apt kafka venv)
+
+[ "$CHECK" = 1 ] || mkdir -p "$CACHE"
+for step in "${steps[@]}"; do
+	"install_$step"
+done
+if [ "$PENDING" = 1 ]; then
+	say "work left (run cluster/deps.sh without --check)"
+	exit 1
+fi
 say "ok"
