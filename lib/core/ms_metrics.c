@@ -2,6 +2,7 @@
 #include "ms_log.h"
 #include "ms_mem.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -142,8 +143,15 @@ int64_t ms_gauge_value(const ms_gauge *g)
 ms_histogram *ms_histogram_new(const char *name, const char *help, const char *labels,
                                const double *bounds, size_t nbounds)
 {
+    size_t i;
+
     if (nbounds > MS_HISTOGRAM_BUCKETS_MAX)
         ms_panic("histogram %s: %zu buckets is over MS_HISTOGRAM_BUCKETS_MAX", name, nbounds);
+    /* Prometheus reads the buckets as cumulative counts under ascending,
+     * distinct bounds, with +Inf its own last bucket. */
+    for (i = 0; i < nbounds; i++)
+        if (!isfinite(bounds[i]) || (i > 0 && !(bounds[i] > bounds[i - 1])))
+            ms_panic("histogram %s: bound %zu is not finite and above the one before", name, i);
     return series_get(name, help, labels, METRIC_HISTOGRAM, bounds, nbounds)->u.histogram;
 }
 
@@ -167,6 +175,40 @@ void ms_histogram_observe(ms_histogram *h, double v)
                                                     memory_order_relaxed, memory_order_relaxed));
 }
 
+/* Every integer of smaller magnitude is a double exactly (2^53), so it can
+ * be printed with all its digits; past it %.0f would print digits the
+ * double does not hold. */
+#define METRICS_EXACT_INT_MAX 9007199254740992.0
+/* "-1.2345678901234567e-308" and the NUL, with room to spare. */
+#define METRICS_DOUBLE_LEN 32
+
+/* Write v so that reading it back (strtod, Go's ParseFloat, Python's float)
+ * gives the same double: integers as integers ("1048576", where %g printed
+ * "1.04858e+06", i.e. 1048580), otherwise the fewest significant digits
+ * that round-trip (17 always do), and the text format's spellings of the
+ * infinities and NaN.  A bucket bound is a label value that must name
+ * exactly the bound the buckets were counted with, and two close bounds
+ * must never print the same. */
+static void format_double(char out[METRICS_DOUBLE_LEN], double v)
+{
+    int prec;
+
+    if (isnan(v)) {
+        snprintf(out, METRICS_DOUBLE_LEN, "NaN");
+    } else if (isinf(v)) {
+        snprintf(out, METRICS_DOUBLE_LEN, "%s", v > 0 ? "+Inf" : "-Inf");
+    } else if (v == floor(v) && fabs(v) < METRICS_EXACT_INT_MAX) {
+        snprintf(out, METRICS_DOUBLE_LEN, "%.0f", v);
+    } else {
+        for (prec = 1; prec < 17; prec++) {
+            snprintf(out, METRICS_DOUBLE_LEN, "%.*g", prec, v);
+            if (strtod(out, NULL) == v)
+                return;
+        }
+        snprintf(out, METRICS_DOUBLE_LEN, "%.17g", v);
+    }
+}
+
 static int render_labels(struct ms_buf *out, const char *labels, const char *extra)
 {
     if (*labels == '\0' && extra == NULL)
@@ -178,7 +220,7 @@ static int render_labels(struct ms_buf *out, const char *labels, const char *ext
 static int render_histogram(struct ms_buf *out, const struct family *f, const struct series *s)
 {
     struct ms_histogram *h = s->u.histogram;
-    char le[64];
+    char le[METRICS_DOUBLE_LEN + sizeof("le=\"\"")], num[METRICS_DOUBLE_LEN];
     uint64_t cum = 0, sum_bits;
     double sum;
     size_t i;
@@ -186,10 +228,8 @@ static int render_histogram(struct ms_buf *out, const struct family *f, const st
 
     for (i = 0; i <= h->nbounds && r == 0; i++) {
         cum += atomic_load_explicit(&h->buckets[i], memory_order_relaxed);
-        if (i < h->nbounds)
-            snprintf(le, sizeof(le), "le=\"%g\"", h->bounds[i]);
-        else
-            snprintf(le, sizeof(le), "le=\"+Inf\"");
+        format_double(num, i < h->nbounds ? h->bounds[i] : INFINITY);
+        snprintf(le, sizeof(le), "le=\"%s\"", num);
         r = ms_buf_appendf(out, "%s_bucket", f->name);
         if (r == 0)
             r = render_labels(out, s->labels, le);
@@ -198,12 +238,13 @@ static int render_histogram(struct ms_buf *out, const struct family *f, const st
     }
     sum_bits = atomic_load_explicit(&h->sum_bits, memory_order_relaxed);
     memcpy(&sum, &sum_bits, sizeof(sum));
+    format_double(num, sum);
     if (r == 0)
         r = ms_buf_appendf(out, "%s_sum", f->name);
     if (r == 0)
         r = render_labels(out, s->labels, NULL);
     if (r == 0)
-        r = ms_buf_appendf(out, " %.9g\n%s_count", sum, f->name);
+        r = ms_buf_appendf(out, " %s\n%s_count", num, f->name);
     if (r == 0)
         r = render_labels(out, s->labels, NULL);
     if (r == 0)

@@ -33,9 +33,12 @@ void ms_gauge_set(ms_gauge *g, int64_t v);
 void ms_gauge_add(ms_gauge *g, int64_t delta);
 int64_t ms_gauge_value(const ms_gauge *g);
 
-/* `bounds` are the upper bounds of the buckets, ascending (at most
- * MS_HISTOGRAM_BUCKETS_MAX); +Inf is implicit.  Observations are doubles in
- * the metric's base unit (seconds, bytes). */
+/* `bounds` are the upper bounds of the buckets, finite and strictly
+ * ascending (at most MS_HISTOGRAM_BUCKETS_MAX; anything else panics); +Inf
+ * is implicit.  Observations are doubles in the metric's base unit (seconds,
+ * bytes).  Bounds (the `le` label) and sums are rendered so that they read
+ * back as the same double: integers as integers (`le="1048576"`), others
+ * with the fewest digits that round-trip (`le="0.0025"`). */
 #define MS_HISTOGRAM_BUCKETS_MAX 24
 ms_histogram *ms_histogram_new(const char *name, const char *help, const char *labels,
                                const double *bounds, size_t nbounds);

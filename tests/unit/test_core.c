@@ -5,9 +5,12 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "ms_base64.h"
@@ -151,6 +154,68 @@ static void test_metrics_render(void **state)
     ms_buf_free(&out);
 }
 
+/* Bucket bounds and sums read back as the very doubles they were (issue 23:
+ * %g printed 1048576 as "1.04858e+06", which is 1048580, and 1048577 the
+ * same way). */
+static void test_metrics_bounds_exact(void **state)
+{
+    static const double bounds[] = {1e-7,    0.0025,  0.1,         0.1 + 0.2, 1,
+                                    1048576, 1048577, 104857600.5, 1e300};
+    static const char *const want[] = {"1e-07",   "0.0025",  "0.1",         "0.30000000000000004",
+                                       "1",       "1048576", "1048577",     "104857600.5",
+                                       "1e+300",  "+Inf"};
+    const size_t n = sizeof(bounds) / sizeof(bounds[0]);
+    ms_histogram *h = ms_histogram_new("t_exact_bytes", "Exact.", "", bounds, n);
+    char prefix[64];
+    const char *p;
+    struct ms_buf out;
+    size_t i = 0;
+
+    ms_histogram_observe(h, 0.1);
+    ms_histogram_observe(h, 0.2);
+    ms_buf_init(&out, 1 << 20);
+    assert_int_equal(ms_metrics_render(&out), 0);
+    assert_int_equal(ms_buf_append(&out, "", 1), 0);
+    /* Each bucket line in order: the text we expect, and strtod of it gives
+     * the bound back bit for bit. */
+    for (p = strstr(out.data, "t_exact_bytes_bucket{le=\""); p;
+         p = strstr(p, "t_exact_bytes_bucket{le=\"")) {
+        p += strlen("t_exact_bytes_bucket{le=\"");
+        assert_true(i < n + 1);
+        snprintf(prefix, sizeof(prefix), "%s\"}", want[i]);
+        assert_memory_equal(p, prefix, strlen(prefix));
+        if (i < n)
+            assert_true(strtod(p, NULL) == bounds[i]);
+        i++;
+    }
+    assert_int_equal(i, n + 1);
+    /* 0.1 + 0.2 is not 0.3; %.9g said it was. */
+    assert_non_null(strstr(out.data, "t_exact_bytes_sum 0.30000000000000004\n"));
+    ms_buf_free(&out);
+}
+
+/* Bounds that are not strictly ascending would make two buckets of one
+ * bound: a broken invariant, so registration panics (in a child here). */
+static void test_metrics_bounds_checked(void **state)
+{
+    static const double dup[] = {1, 2, 2}, nan_bound[] = {1, NAN};
+    const double *bad[] = {dup, nan_bound};
+    const size_t nbad[] = {3, 2};
+    int status;
+    pid_t pid;
+
+    for (size_t i = 0; i < 2; i++) {
+        pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            ms_histogram_new("t_bad_bounds", "Bad.", "", bad[i], nbad[i]);
+            _exit(0);
+        }
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT);
+    }
+}
+
 /* Label values learnt at run time: escaped, and a series registered from
  * another thread while the registry is rendered shows up whole. */
 static void *register_dests(void *arg)
@@ -265,6 +330,7 @@ int main(void)
         cmocka_unit_test(test_http_parse),   cmocka_unit_test(test_metrics_render),
         cmocka_unit_test(test_hostport),     cmocka_unit_test(test_log_quote),
         cmocka_unit_test(test_base64),       cmocka_unit_test(test_metrics_runtime_labels),
+        cmocka_unit_test(test_metrics_bounds_exact), cmocka_unit_test(test_metrics_bounds_checked),
     };
     return cmocka_run_group_tests_name("core", tests, NULL, NULL);
 }
