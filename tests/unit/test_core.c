@@ -161,9 +161,9 @@ static void test_metrics_bounds_exact(void **state)
 {
     static const double bounds[] = {1e-7,    0.0025,  0.1,         0.1 + 0.2, 1,
                                     1048576, 1048577, 104857600.5, 1e300};
-    static const char *const want[] = {"1e-07",   "0.0025",  "0.1",         "0.30000000000000004",
-                                       "1",       "1048576", "1048577",     "104857600.5",
-                                       "1e+300",  "+Inf"};
+    static const char *const want[] = {"1e-07",  "0.0025",  "0.1",     "0.30000000000000004",
+                                       "1",      "1048576", "1048577", "104857600.5",
+                                       "1e+300", "+Inf"};
     const size_t n = sizeof(bounds) / sizeof(bounds[0]);
     ms_histogram *h = ms_histogram_new("t_exact_bytes", "Exact.", "", bounds, n);
     char prefix[64];
@@ -326,11 +326,16 @@ static void test_base64(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_buf_limit),    cmocka_unit_test(test_config),
-        cmocka_unit_test(test_http_parse),   cmocka_unit_test(test_metrics_render),
-        cmocka_unit_test(test_hostport),     cmocka_unit_test(test_log_quote),
-        cmocka_unit_test(test_base64),       cmocka_unit_test(test_metrics_runtime_labels),
-        cmocka_unit_test(test_metrics_bounds_exact), cmocka_unit_test(test_metrics_bounds_checked),
+        cmocka_unit_test(test_buf_limit),
+        cmocka_unit_test(test_config),
+        cmocka_unit_test(test_http_parse),
+        cmocka_unit_test(test_metrics_render),
+        cmocka_unit_test(test_hostport),
+        cmocka_unit_test(test_log_quote),
+        cmocka_unit_test(test_base64),
+        cmocka_unit_test(test_metrics_runtime_labels),
+        cmocka_unit_test(test_metrics_bounds_exact),
+        cmocka_unit_test(test_metrics_bounds_checked),
     };
     return cmocka_run_group_tests_name("core", tests, NULL, NULL);
 }
