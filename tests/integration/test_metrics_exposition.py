@@ -153,7 +153,8 @@ def check_node(text: str, program_dir: str, configured: Dict[str, Tuple[List[flo
     assert own <= set(exposed), f"registered in {program_dir}/ but not on /metrics: " \
                                 f"{sorted(own - set(exposed))}"
     for name, series in exposed.items():
-        assert name in configured, f"{name} is on /metrics but no ms_histogram_new call registers it"
+        assert name in configured, \
+            f"{name} is on /metrics but no ms_histogram_new call registers it"
         want = configured[name][0]
         for les in series:
             assert les[-1] == "+Inf", f"{name}: last bucket is le={les[-1]!r}"
