@@ -4,15 +4,16 @@
  * stage (worker/policy.h) and resolver.
  *
  *   mailstream-authcheck [-c WORKER.ini] [--dns IP[@PORT]] --ip IP
- *                        [--helo NAME] [--mail-from ADDR] [--authserv-id ID] FILE
+ *                        [--helo NAME] [--mail-from ADDR] [--authserv-id ID]
+ *                        [--now UNIX_TIME] FILE
  *       Evaluates SPF (MAIL FROM and HELO), DKIM and DMARC for the message
  *       in FILE ("-": standard input) as if it had arrived from IP, through
  *       the configured resolver ([dns] upstream of the worker config, or
  *       --dns), and prints the verdict, the action the worker would take and
  *       the Authentication-Results field.
  *
- *   mailstream-authcheck --sign --domain D --selector S --key FILE
- *                        [--domain D --selector S --key FILE ...] FILE
+ *   mailstream-authcheck --sign [--now UNIX_TIME] --domain D --selector S
+ *                        --key FILE [--domain D --selector S --key FILE ...] FILE
  *       Prints the message signed with every key given (RSA and Ed25519 at
  *       once when both are given), relaxed/relaxed, From oversigned.
  *
@@ -21,7 +22,7 @@
  *
  *   mailstream-authcheck --spf-only [-c WORKER.ini] [--dns IP[@PORT]]
  *                        [--timeout MS] [--dns-nodefault ZONE ...] [--trace]
- *                        --ip IP [--helo NAME] [--mail-from ADDR]
+ *                        [--now UNIX_TIME] --ip IP [--helo NAME] [--mail-from ADDR]
  *       Evaluates SPF alone (like spfquery) for the MAIL FROM identity, or
  *       postmaster@HELO for the null reverse-path, through the configured
  *       resolver, and prints "spf: RESULT" then, when there are any,
@@ -29,6 +30,13 @@
  *       read.  --trace prints each DNS query and its answer status on
  *       standard error.  --dns-nodefault lets the upstream answer for one of
  *       libunbound's built-in local zones (e.g. 2.0.192.in-addr.arpa).
+ *
+ * --now UNIX_TIME is a testing aid: everything is done as if the clock said
+ * UNIX_TIME (seconds since the epoch) instead of the time of the run: DKIM
+ * t= and x= when verifying (so an old corpus whose signatures carry x= can
+ * still be checked), SPF %{t}, and t= when signing.  A --helo longer than
+ * MS_SPF_HELO_MAX (what an SMTP command line can carry) is a usage error;
+ * a shorter one that is not a domain name gives SPF none (RFC 7208 §4.3).
  *
  * Messages may use LF or CRLF line ends (LF is converted).  Exit status:
  * 0 done (whatever the verdict), 1 usage, configuration or I/O error;
@@ -58,18 +66,45 @@
 
 /* Largest message read (the frontend's default SIZE limit and then some). */
 #define AUTHCHECK_MSG_MAX (64 * 1024 * 1024)
+/* Latest --now accepted: 9999-12-31T23:59:59Z, far from int64 overflow in
+ * the verifier's t= + skew arithmetic. */
+#define AUTHCHECK_NOW_MAX INT64_C(253402300799)
 
 static int usage(void)
 {
     fprintf(stderr,
             "usage: mailstream-authcheck [-c WORKER.ini] [--dns IP[@PORT]] --ip IP [--helo NAME]\n"
-            "                            [--mail-from ADDR] [--authserv-id ID] [--exit-code] FILE\n"
-            "       mailstream-authcheck --sign --domain D --selector S --key FILE [...] FILE\n"
+            "                            [--mail-from ADDR] [--authserv-id ID] [--exit-code]\n"
+            "                            [--now UNIX_TIME] FILE\n"
+            "       mailstream-authcheck --sign [--now UNIX_TIME] --domain D --selector S\n"
+            "                            --key FILE [...] FILE\n"
             "       mailstream-authcheck --record --key FILE\n"
             "       mailstream-authcheck --spf-only [-c WORKER.ini] [--dns IP[@PORT]]\n"
             "                            [--timeout MS] [--dns-nodefault ZONE ...] [--trace]\n"
-            "                            --ip IP [--helo NAME] [--mail-from ADDR]\n");
+            "                            [--now UNIX_TIME] --ip IP [--helo NAME] [--mail-from ADDR]\n"
+            "\n"
+            "  --now UNIX_TIME  testing aid: act as if the clock said UNIX_TIME (seconds\n"
+            "                   since the epoch) for DKIM t=/x= (verifying an old corpus\n"
+            "                   whose signatures carry x=), SPF %%{t} and t= when signing\n");
     return 1;
+}
+
+/* --now: decimal seconds since the epoch, 1 to AUTHCHECK_NOW_MAX. */
+static int parse_now(const char *s, int64_t *out)
+{
+    int64_t v = 0;
+
+    if (*s == '\0')
+        return -1;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9' || v > (AUTHCHECK_NOW_MAX - (*s - '0')) / 10)
+            return -1;
+        v = v * 10 + (*s - '0');
+    }
+    if (v == 0)
+        return -1;
+    *out = v;
+    return 0;
 }
 
 /* The whole file with CRLF line ends; NULL on error (printed). */
@@ -144,7 +179,7 @@ static void print_added_fields(const char *msg, size_t len)
 }
 
 static int cmd_check(const char *config, const char *dns, const char *ip, const char *helo,
-                     const char *mail_from, const char *authserv_id, int exit_code,
+                     const char *mail_from, const char *authserv_id, int exit_code, int64_t now,
                      const char *path)
 {
     struct ms_resolver_conf rc;
@@ -189,6 +224,8 @@ static int cmd_check(const char *config, const char *dns, const char *ip, const 
         fprintf(stderr, "policy: %s\n", err);
         return 1;
     }
+    if (now > 0)
+        wk_policy_set_clock(p, now);
 
     /* A message we delivered carries our field on top: evaluate afresh. */
     ms_buf_init(&clean, len + 1);
@@ -249,7 +286,7 @@ static void on_spf_dns(void *arg, uint64_t id, const struct ms_dns_result *res)
 
 static int cmd_spf(const char *config, const char *dns, int timeout_ms, const char **nodefault,
                    size_t nnodefault, const char *ip, const char *helo, const char *mail_from,
-                   int trace)
+                   int trace, int64_t now)
 {
     static const struct ms_dns_result fail = {MS_DNS_TEMPFAIL, 0, 0, NULL};
     struct ms_resolver_conf rc;
@@ -293,7 +330,7 @@ static int cmd_spf(const char *config, const char *dns, int timeout_ms, const ch
     req.helo = helo && *helo ? helo : NULL;
     req.mail_from = mail_from ? mail_from : "";
     req.receiver = ms_config_get(cfg, "node", "hostname", host);
-    req.now = (int64_t)time(NULL);
+    req.now = now > 0 ? now : (int64_t)time(NULL);
     if ((e = ms_spf_new(&w.s, &req)) < 0) {
         fprintf(stderr, "spf: %s\n", ms_strerror(e));
         return 1;
@@ -327,7 +364,7 @@ static int cmd_spf(const char *config, const char *dns, int timeout_ms, const ch
 #define SIGNERS_MAX MS_DKIM_SIGNERS_MAX
 
 static int cmd_sign(const char **domains, const char **selectors, const char **keys, size_t n,
-                    const char *path)
+                    int64_t now, const char *path)
 {
     struct ms_dkim_signer s[SIGNERS_MAX];
     ms_dkim_privkey *k[SIGNERS_MAX];
@@ -355,7 +392,7 @@ static int cmd_sign(const char **domains, const char **selectors, const char **k
         s[i].selector = selectors[i];
         s[i].key = k[i];
     }
-    if ((e = ms_dkim_sign_all(msg, len, s, n, (int64_t)time(NULL), &hdrs)) < 0) {
+    if ((e = ms_dkim_sign_all(msg, len, s, n, now > 0 ? now : (int64_t)time(NULL), &hdrs)) < 0) {
         fprintf(stderr, "signing failed: %s\n", ms_strerror(e));
         return 1;
     }
@@ -390,7 +427,7 @@ static int cmd_record(const char *key)
 int main(int argc, char **argv)
 {
     enum { O_DNS = 256, O_IP, O_HELO, O_MAILFROM, O_AUTHSERV, O_SIGN, O_RECORD, O_DOMAIN,
-           O_SELECTOR, O_KEY, O_EXITCODE, O_SPFONLY, O_TIMEOUT, O_NODEFAULT, O_TRACE };
+           O_SELECTOR, O_KEY, O_EXITCODE, O_SPFONLY, O_TIMEOUT, O_NODEFAULT, O_TRACE, O_NOW };
     static const struct option opts[] = {
         {"dns", required_argument, NULL, O_DNS},
         {"ip", required_argument, NULL, O_IP},
@@ -407,6 +444,7 @@ int main(int argc, char **argv)
         {"timeout", required_argument, NULL, O_TIMEOUT},
         {"dns-nodefault", required_argument, NULL, O_NODEFAULT},
         {"trace", no_argument, NULL, O_TRACE},
+        {"now", required_argument, NULL, O_NOW},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -418,6 +456,7 @@ int main(int argc, char **argv)
     size_t nd = 0, ns = 0, nk = 0, nn = 0;
     int opt, sign = 0, record = 0, exit_code = 0, spf_only = 0, timeout_ms = 0,
         trace = 0;
+    int64_t now = 0; /* --now; 0: the real clock */
 
     ms_log_init("authcheck", MS_LOG_WARN);
     while ((opt = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
@@ -433,6 +472,13 @@ int main(int argc, char **argv)
         case O_EXITCODE: exit_code = 1; break;
         case O_SPFONLY: spf_only = 1; break;
         case O_TRACE: trace = 1; break;
+        case O_NOW:
+            if (parse_now(optarg, &now) < 0) {
+                fprintf(stderr, "--now %s: not a Unix time (1 to %lld)\n", optarg,
+                        (long long)AUTHCHECK_NOW_MAX);
+                return usage();
+            }
+            break;
         case O_TIMEOUT:
             if ((timeout_ms = atoi(optarg)) <= 0)
                 return usage();
@@ -460,15 +506,20 @@ int main(int argc, char **argv)
         default: return usage();
         }
     }
+    /* The worker would drop such a name, and no SMTP client can send one. */
+    if (helo && strlen(helo) > MS_SPF_HELO_MAX) {
+        fprintf(stderr, "--helo: longer than %d octets\n", MS_SPF_HELO_MAX);
+        return usage();
+    }
     if (record)
         return optind == argc ? cmd_record(keys[0]) : usage();
     if (spf_only)
         return optind == argc ? cmd_spf(config, dns, timeout_ms, nodefault, nn, ip, helo, mail_from,
-                                                trace)
+                                        trace, now)
                               : usage();
     if (optind + 1 != argc)
         return usage();
     if (sign)
-        return cmd_sign(domains, selectors, keys, nk, argv[optind]);
-    return cmd_check(config, dns, ip, helo, mail_from, authserv, exit_code, argv[optind]);
+        return cmd_sign(domains, selectors, keys, nk, now, argv[optind]);
+    return cmd_check(config, dns, ip, helo, mail_from, authserv, exit_code, now, argv[optind]);
 }

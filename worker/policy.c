@@ -87,6 +87,7 @@ struct wk_policy {
     char *authserv_id;
     char *hostname;
     uint64_t timeout_ms;
+    int64_t clock; /* wk_policy_set_clock(); 0: time() */
     enum wk_policy_action actions[WK_VERDICT__N];
     struct signer_conf signers[WK_POLICY_SIGNERS_MAX];
     size_t nsigners;
@@ -681,6 +682,7 @@ static int start_inbound(wk_policy *p, ms_envelope *env, wk_policy_cb cb, void *
     const Mailstream__Client *cl = env->client;
     const char *msg = (const char *)env->message.data;
     size_t len = env->message.len;
+    int64_t now = p->clock ? p->clock : (int64_t)time(NULL);
     int k;
 
     j = ms_calloc(1, sizeof(*j));
@@ -704,7 +706,7 @@ static int start_inbound(wk_policy *p, ms_envelope *env, wk_policy_cb cb, void *
         req.helo = j->helo[0] ? j->helo : NULL;
         req.mail_from = j->mailfrom;
         req.receiver = p->hostname;
-        req.now = (int64_t)time(NULL);
+        req.now = now;
         for (k = 0; k < 2; k++) {
             req.identity = k ? MS_SPF_HELO : MS_SPF_MAILFROM;
             if (k == 1 && !j->helo[0])
@@ -717,7 +719,7 @@ static int start_inbound(wk_policy *p, ms_envelope *env, wk_policy_cb cb, void *
     }
     for (k = 0; k < 2; k++)
         j->done[k] = j->spf[k] == NULL;
-    j->dkim = ms_dkim_verify_new(msg, len, (int64_t)time(NULL));
+    j->dkim = ms_dkim_verify_new(msg, len, now);
 
     uv_timer_init(p->loop, &j->timer);
     j->timer.data = j;
@@ -841,6 +843,11 @@ int wk_policy_start(wk_policy *p, ms_envelope *env, wk_policy_cb cb, void *arg, 
         return 1;
     }
     return start_inbound(p, env, cb, arg, id);
+}
+
+void wk_policy_set_clock(wk_policy *p, int64_t now)
+{
+    p->clock = now;
 }
 
 void wk_policy_cancel(wk_policy *p, uint64_t id)

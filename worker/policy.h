@@ -110,6 +110,11 @@ void wk_policy_reload(wk_policy *p);
  */
 int wk_policy_start(wk_policy *p, ms_envelope *env, wk_policy_cb cb, void *arg, uint64_t id,
                     struct wk_policy_result *res);
+/* Testing aid for mailstream-authcheck --now (the worker never calls it):
+ * jobs started from now on evaluate inbound mail as if the clock said
+ * `now` (seconds since the epoch): DKIM t= and x= and SPF %{t}.  0 goes
+ * back to the real clock. */
+void wk_policy_set_clock(wk_policy *p, int64_t now);
 /* Forget the job of `id` (unknown ids are ignored): no callback. */
 void wk_policy_cancel(wk_policy *p, uint64_t id);
 /* Jobs running. */

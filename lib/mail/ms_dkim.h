@@ -70,7 +70,7 @@
 #define MS_DKIM_H_MAX 128
 /* Length of one header field name. */
 #define MS_DKIM_HNAME_MAX 128
-/* Longest selector, and longest i= (local-part @ domain). */
+/* Longest selector, and longest i= (local-part @ domain, decoded). */
 #define MS_DKIM_SELECTOR_MAX 63
 #define MS_DKIM_IDENTITY_MAX 320
 /* Decoded signature (b=) and public key (p=) sizes: enough for 8192-bit RSA. */
@@ -161,7 +161,7 @@ struct ms_dkim_sig {
     enum ms_dkim_canon hcanon, bcanon;
     char d[MS_DNS_NAME_MAX + 1]; /* lower-cased */
     char s[MS_DKIM_SELECTOR_MAX + 1];
-    char i[MS_DKIM_IDENTITY_MAX + 1]; /* "@d" when i= is absent (§3.5) */
+    char i[MS_DKIM_IDENTITY_MAX + 1]; /* decoded (§2.11); "@d" when i= is absent (§3.5) */
     uint8_t b[MS_DKIM_SIG_BYTES_MAX];
     size_t b_len;
     uint8_t bh[64];
@@ -176,11 +176,29 @@ struct ms_dkim_sig {
 
 /* Parse and check a DKIM-Signature field value (after "DKIM-Signature:").
  * Checks syntax, duplicates, required tags (v a b bh d h s), v=1, c=, q=
- * (must offer dns/txt), numeric l/t/x, x >= t, i= within d=, From in h=.
- * An unknown a= parses (alg UNKNOWN) so the caller can report it.  Returns
- * 0, or MS_EPROTO / MS_ETOOBIG with *why set; on error the fields parsed so
- * far (d=, s=, a=, b=) are left in *sig for the report. */
+ * (must offer dns/txt), numeric l/t/x, x >= t, From in h=, and i=: it is
+ * decoded as dkim-quoted-printable first (§3.5), then must pass
+ * ms_dkim_identity_ok(); a malformed encoding is an error.  z= (copied
+ * header fields, for diagnostics only) is not read.  An unknown a= parses
+ * (alg UNKNOWN) so the caller can report it.  Returns 0, or MS_EPROTO /
+ * MS_ETOOBIG with *why set; on error the fields parsed so far (d=, s=, a=,
+ * b=) are left in *sig for the report. */
 int ms_dkim_sig_parse(const char *s, size_t len, struct ms_dkim_sig *sig, const char **why);
+
+/* Decode dkim-quoted-printable (RFC 6376 §2.11), the encoding of i= and z=:
+ * FWS is removed, "=XX" (two upper-case hex digits) is the octet XX, and
+ * any other octet must be a dkim-safe-char.  Writes the decoded octets to
+ * out (at most max, no NUL added) and returns their number; MS_EPROTO for a
+ * malformed encoding ("=" without two upper-case hex digits after it, a
+ * soft line break, ';', a control or 8-bit octet, CR or LF outside FWS) or
+ * MS_ETOOBIG when more than max octets would result. */
+int ms_dkim_qp_decode(const char *s, size_t len, char *out, size_t max);
+
+/* Is the decoded AUID i usable with SDID d (RFC 6376 §3.5 i=)?  It must
+ * hold no control octet, an "@", and after the last "@" a domain name
+ * equal to d or a subdomain of it (case-insensitively).  The local-part is
+ * the signer's business and is not checked further.  1 or 0. */
+int ms_dkim_identity_ok(const char *i, const char *d);
 
 /* A parsed key record (RFC 6376 §3.6.1). */
 struct ms_dkim_keyrec {
@@ -326,7 +344,8 @@ struct ms_dkim_signer {
     const ms_dkim_privkey *key;
     enum ms_dkim_canon hcanon, bcanon; /* DEFAULT = relaxed */
     const char *const *headers;        /* NULL-terminated names to sign; NULL: the default list */
-    const char *identity;              /* i=, optional; must be within d= */
+    const char *identity;              /* i=, optional, as ms_dkim_identity_ok() wants;
+                                          written dkim-quoted-printable (§2.11) */
     int64_t expire_after;              /* > 0: x= now + expire_after */
     int body_length;                   /* emit l= (discouraged: see §8.2) */
 };

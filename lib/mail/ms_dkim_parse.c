@@ -255,19 +255,96 @@ static int parse_uint(const struct ms_dkim_tag *t, int64_t *out)
     return 0;
 }
 
-/* Is the domain part of identity `i` equal to or a subdomain of d? */
-static int identity_within(const char *i, const char *d)
-{
-    const char *at = strrchr(i, '@');
-    size_t il, dl = strlen(d);
+/* ------------------------------------------------------------------------
+ * dkim-quoted-printable (§2.11) and the AUID (§3.5 i=)
+ * ------------------------------------------------------------------------ */
 
-    if (at == NULL)
-        return 0;
-    at++;
-    il = strlen(at);
+/* An upper-case hex digit's value, or -1: §2.11 takes the digits from the
+ * alphabet "0123456789ABCDEF", "no lowercase characters permitted". */
+static int hex_upper(int c)
+{
+    if (is_digit(c))
+        return c - '0';
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+int ms_dkim_qp_decode(const char *s, size_t len, char *out, size_t max)
+{
+    size_t pos = 0, n = 0;
+
+    while (pos < len) {
+        unsigned char c = (unsigned char)s[pos];
+        int hi, lo;
+
+        /* FWS "is NOT part of the value, and MUST be removed before
+         * decoding". */
+        if (is_wsp(c)) {
+            pos++;
+            continue;
+        }
+        if (c == '\r') {
+            if (pos + 2 >= len || s[pos + 1] != '\n' || !is_wsp((unsigned char)s[pos + 2]))
+                return MS_EPROTO;
+            pos += 3;
+            continue;
+        }
+        if (c == '=') {
+            /* hex-octet, nothing else: no FWS inside it and no soft line
+             * break (§2.11 informative note, item 3). */
+            if (len - pos < 3 || (hi = hex_upper((unsigned char)s[pos + 1])) < 0 ||
+                (lo = hex_upper((unsigned char)s[pos + 2])) < 0)
+                return MS_EPROTO;
+            c = (unsigned char)(hi << 4 | lo);
+            pos += 3;
+        } else if (c < 0x21 || c > 0x7e || c == ';') {
+            return MS_EPROTO; /* not a dkim-safe-char */
+        } else {
+            pos++;
+        }
+        if (n == max)
+            return MS_ETOOBIG;
+        out[n++] = (char)c;
+    }
+    return (int)n;
+}
+
+/* The form of an AUID, i[0..len): no NUL or other control octet (it goes
+ * into logs and Authentication-Results), an "@", and a domain name after
+ * the last one.  Returns that domain, or NULL. */
+static const char *identity_domain(const char *i, size_t len)
+{
+    const char *at = NULL;
+
+    for (size_t k = 0; k < len; k++) {
+        unsigned char c = (unsigned char)i[k];
+
+        if (c < 0x20 || c == 0x7f)
+            return NULL;
+        if (c == '@')
+            at = i + k;
+    }
+    if (at == NULL || !domain_ok(at + 1, len - (size_t)(at + 1 - i)))
+        return NULL;
+    return at + 1;
+}
+
+/* Is domain `dom` equal to d or a subdomain of it? */
+static int domain_within(const char *dom, const char *d)
+{
+    size_t il = strlen(dom), dl = strlen(d);
+
     if (il == dl)
-        return strcasecmp(at, d) == 0;
-    return il > dl && at[il - dl - 1] == '.' && strcasecmp(at + il - dl, d) == 0;
+        return strcasecmp(dom, d) == 0;
+    return il > dl && dom[il - dl - 1] == '.' && strcasecmp(dom + il - dl, d) == 0;
+}
+
+int ms_dkim_identity_ok(const char *i, const char *d)
+{
+    const char *dom = identity_domain(i, strlen(i));
+
+    return dom != NULL && domain_within(dom, d);
 }
 
 static int parse_h(const struct ms_dkim_tag *t, struct ms_dkim_sig *sig, const char **why)
@@ -323,6 +400,7 @@ int ms_dkim_sig_parse(const char *s, size_t len, struct ms_dkim_sig *sig, const 
 {
     struct ms_dkim_tag tags[MS_DKIM_TAGS_MAX];
     const struct ms_dkim_tag *t;
+    const char *dom;
     int n, rc;
 
     memset(sig, 0, sizeof(*sig));
@@ -464,13 +542,23 @@ int ms_dkim_sig_parse(const char *s, size_t len, struct ms_dkim_sig *sig, const 
         return MS_EPROTO;
     }
     if ((t = tag_find(tags, n, "i")) != NULL) {
-        if (copy_value(sig->i, sizeof(sig->i), t, 0) < 0 ||
-            memchr(t->value, '@', t->value_len) == NULL) {
+        /* §3.5: i= is dkim-quoted-printable, so "jlong=40messiah.edu" and
+         * "jlong@messiah=2Eedu" both name jlong@messiah.edu.  Every check
+         * is on the decoded value; a malformed encoding is a syntax error
+         * (permerror, §6.1.1). */
+        rc = ms_dkim_qp_decode(t->value, t->value_len, sig->i, sizeof(sig->i) - 1);
+        if (rc < 0) {
+            sig->i[0] = '\0';
+            *why = rc == MS_ETOOBIG ? "i= too long" : "bad i= (dkim-quoted-printable)";
+            return rc;
+        }
+        sig->i[rc] = '\0';
+        if ((dom = identity_domain(sig->i, (size_t)rc)) == NULL) {
             sig->i[0] = '\0';
             *why = "bad i=";
             return MS_EPROTO;
         }
-        if (!identity_within(sig->i, sig->d)) {
+        if (!domain_within(dom, sig->d)) {
             *why = "i= not within d=";
             return MS_EPROTO;
         }

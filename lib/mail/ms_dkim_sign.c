@@ -253,6 +253,47 @@ static void fold_str(struct fold *w, const char *s)
     fold_tok(w, s, strlen(s), 1);
 }
 
+/* "i=...;" with the identity in dkim-quoted-printable (§2.11): '=', ';'
+ * and every octet that is not a dkim-safe-char become "=XX".  The tag is
+ * one token when it fits on a line, so that a verifier which does not
+ * decode i= still sees it whole; a longer one is folded between encoded
+ * units, which §2.11 allows anywhere but inside an "=XX". */
+static void fold_identity(struct fold *w, const char *id)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t n = strlen(id), m = 2, k;
+    char *enc = ms_malloc(2 + 3 * n + 2);
+
+    memcpy(enc, "i=", 2);
+    for (k = 0; k < n; k++) {
+        unsigned char c = (unsigned char)id[k];
+
+        if (c < 0x21 || c > 0x7e || c == ';' || c == '=') {
+            enc[m++] = '=';
+            enc[m++] = hex[c >> 4];
+            enc[m++] = hex[c & 15];
+        } else {
+            enc[m++] = (char)c;
+        }
+    }
+    enc[m++] = ';';
+    enc[m] = '\0';
+    if (1 + m <= MS_DKIM_LINE_MAX) { /* a continuation line starts with SP */
+        fold_tok(w, enc, m, 1);
+    } else {
+        fold_tok(w, enc, 2, 1);
+        for (k = 2; k < m;) {
+            size_t u = enc[k] == '=' ? 3 : 1;
+
+            if (k + u == m - 1)
+                u++; /* the ';' stays with the last unit */
+            fold_tok(w, enc + k, u, 0);
+            k += u;
+        }
+    }
+    free(enc);
+}
+
 /* ------------------------------------------------------------------------
  * Signing
  * ------------------------------------------------------------------------ */
@@ -262,34 +303,25 @@ static void emit_digest(void *ctx, const void *p, size_t n)
     EVP_DigestUpdate(ctx, p, n);
 }
 
-/* d= and s= as our parser accepts them (letters, digits, '-', '_', '.');
- * i= any VALCHAR but ';'. */
-static int value_ok(const char *s, int identity)
+/* d= and s= as our parser accepts them (letters, digits, '-', '_', '.'). */
+static int value_ok(const char *s)
 {
-    if (s == NULL || *s == '\0' || strlen(s) > (identity ? MS_DKIM_IDENTITY_MAX : MS_DNS_NAME_MAX))
+    if (s == NULL || *s == '\0' || strlen(s) > MS_DNS_NAME_MAX)
         return 0;
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
 
-        if (identity ? (c <= 0x20 || c >= 0x7f || c == ';')
-                     : !((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-                         (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'))
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_' || c == '.'))
             return 0;
     }
     return 1;
 }
 
-static int within(const char *identity, const char *domain)
+/* i= as our verifier will read it back after decoding. */
+static int identity_ok(const char *identity, const char *domain)
 {
-    const char *at = strrchr(identity, '@');
-    size_t il, dl = strlen(domain);
-
-    if (at == NULL)
-        return 0;
-    il = strlen(++at);
-    if (il == dl)
-        return strcasecmp(at, domain) == 0;
-    return il > dl && at[il - dl - 1] == '.' && strcasecmp(at + il - dl, domain) == 0;
+    return strlen(identity) <= MS_DKIM_IDENTITY_MAX && ms_dkim_identity_ok(identity, domain);
 }
 
 static int sign_digest(const ms_dkim_privkey *k, const uint8_t digest[32], uint8_t *sig,
@@ -333,8 +365,8 @@ int ms_dkim_sign(const char *msg, size_t len, const struct ms_dkim_signer *sg, i
     int n, rc;
 
     *header_out = NULL;
-    if (sg->key == NULL || !value_ok(sg->domain, 0) || !value_ok(sg->selector, 0) ||
-        (sg->identity != NULL && (!value_ok(sg->identity, 1) || !within(sg->identity, sg->domain))))
+    if (sg->key == NULL || !value_ok(sg->domain) || !value_ok(sg->selector) ||
+        (sg->identity != NULL && !identity_ok(sg->identity, sg->domain)))
         return MS_EINVAL;
     ms_buf_init(&w.b, SIG_FIELD_MAX);
     w.col = 0;
@@ -410,11 +442,8 @@ int ms_dkim_sign(const char *msg, size_t len, const struct ms_dkim_signer *sg, i
         snprintf(tmp, sizeof(tmp), "x=%lld;", (long long)(now + sg->expire_after));
         fold_str(&w, tmp);
     }
-    if (sg->identity != NULL) {
-        s = ms_asprintf("i=%s;", sg->identity);
-        fold_str(&w, s);
-        free(s);
-    }
+    if (sg->identity != NULL)
+        fold_identity(&w, sg->identity);
     if (sg->body_length) {
         snprintf(tmp, sizeof(tmp), "l=%llu;", (unsigned long long)body.total);
         fold_str(&w, tmp);

@@ -28,8 +28,10 @@
 
 /* Room for one macro value before transformation: the sender is the
  * longest (local-part, "@", domain; "postmaster" may replace an empty
- * local-part). */
+ * local-part, and the HELO name the domain). */
 #define SPF_VALUE_MAX (MS_SPF_SENDER_MAX + 16)
+_Static_assert(MS_SPF_HELO_MAX + sizeof("postmaster@") <= SPF_VALUE_MAX,
+               "postmaster@<helo> must fit a macro value");
 
 /* Internal outcomes of a step of evaluation.  EV_NEED unwinds everything:
  * the run is replayed once the question is answered. */

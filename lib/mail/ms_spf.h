@@ -70,9 +70,12 @@
 /* Longest explanation (exp= text after expansion); a longer one is ignored
  * as if there were no exp= (§6.2). */
 #define MS_SPF_EXPLANATION_MAX 1024
-/* Longest MAIL FROM address and HELO name accepted by ms_spf_new(). */
+/* Longest MAIL FROM address and HELO name accepted by ms_spf_new(); both
+ * are bounded by the 512-octet SMTP command line (RFC 5321 §4.5.3.1.4).
+ * Within them a name that cannot be a domain (longer than MS_DNS_NAME_MAX,
+ * say) is not an error but the result none (§4.3), for either identity. */
 #define MS_SPF_SENDER_MAX 512
-#define MS_SPF_HELO_MAX MS_DNS_NAME_MAX
+#define MS_SPF_HELO_MAX 512
 /* Distinct DNS queries per evaluation.  The limits above keep a conforming
  * evaluation far below this (about 130 at worst); reaching it is a
  * permerror and means a bug, not a hostile record. */
@@ -140,9 +143,11 @@ typedef struct ms_spf ms_spf;
 
 /*
  * Start an evaluation.  The request is copied.  Fails with MS_EINVAL (bad
- * family, HELO identity without a HELO name) or MS_ETOOBIG (mail_from or helo
- * over its limit); *out is then NULL.  A malformed domain is not an error:
- * it yields the result none (§4.3).
+ * family, HELO identity without a HELO name) or MS_ETOOBIG (a non-null
+ * mail_from over MS_SPF_SENDER_MAX for the MAIL FROM identity; helo over
+ * MS_SPF_HELO_MAX for either identity, as %{h} needs it); *out is then
+ * NULL.  A malformed domain is not an error: it yields the result none
+ * (§4.3) before any DNS query.
  */
 int ms_spf_new(ms_spf **out, const struct ms_spf_request *req);
 

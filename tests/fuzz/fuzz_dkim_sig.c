@@ -1,9 +1,11 @@
 /*
  * fuzz_dkim_sig.c - libFuzzer driver for the DKIM-Signature parser
  * (lib/mail/ms_dkim_parse.c): the tag-list grammar and the checks of
- * ms_dkim_sig_parse(), then the invariants a verifier relies on; and the
- * whole verifier on a message carrying the input as its DKIM-Signature,
- * with a fixed Ed25519 key record served (b= removal, header selection).
+ * ms_dkim_sig_parse(), then the invariants a verifier relies on; the
+ * dkim-quoted-printable decoder of i= on the raw input; and the whole
+ * verifier on a message carrying the input as its DKIM-Signature, with a
+ * fixed Ed25519 key record served (b= removal, header selection).  The
+ * key is RFC 8463's: the encoded_i_* seeds are signatures it verifies.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -68,12 +70,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         /* What the verifier relies on after a successful parse. */
         if (sig.d[0] == '\0' || sig.s[0] == '\0' || sig.nh == 0 || sig.b_len == 0 ||
             sig.bh_len == 0 || sig.b_vstart > sig.b_vend || sig.b_vend > size ||
-            strchr(sig.i, '@') == NULL)
+            strchr(sig.i, '@') == NULL || strlen(sig.i) > MS_DKIM_IDENTITY_MAX ||
+            !ms_dkim_identity_ok(sig.i, sig.d))
             abort();
         if (sig.t >= 0 && sig.x >= 0 && sig.x < sig.t)
             abort();
     } else if (why == NULL || (rc != MS_EPROTO && rc != MS_ETOOBIG)) {
         abort();
+    }
+    {
+        char out[MS_DKIM_IDENTITY_MAX];
+
+        /* Never more octets than it read, nor than it was given room for. */
+        rc = ms_dkim_qp_decode(s, size, out, sizeof(out));
+        if (rc > (int)sizeof(out) || (size_t)(rc > 0 ? rc : 0) > size ||
+            (rc < 0 && rc != MS_EPROTO && rc != MS_ETOOBIG))
+            abort();
     }
     verify_once(s, size);
     return 0;

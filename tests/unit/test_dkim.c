@@ -285,6 +285,23 @@ static void test_sig_parse(void **state)
         {SIG_OK "; i=joe@example.net", MS_EPROTO, "i= not within d="},
         {SIG_OK "; i=joe@notexample.com", MS_EPROTO, "i= not within d="},
         {SIG_OK "; i=joe", MS_EPROTO, "bad i="},
+        /* i= is dkim-quoted-printable (§3.5, §2.11). */
+        {SIG_OK "; i=joe@example=2Ecom", 0, NULL},
+        {SIG_OK "; i=joe=40example.com", 0, NULL},
+        {SIG_OK "; i=joe=40football=2Eexample=2Ecom", 0, NULL},
+        {SIG_OK "; i=j=3Do=3Be@example.com", 0, NULL},      /* '=' and ';' themselves */
+        {SIG_OK "; i=jo\r\n e@exam\r\n\tple.com", 0, NULL}, /* FWS is not part of it */
+        {SIG_OK "; i=joe=40example=2Enet", MS_EPROTO, "i= not within d="},
+        {SIG_OK "; i=joe=40notexample.com", MS_EPROTO, "i= not within d="},
+        {SIG_OK "; i=joe@example=2Ecom=", MS_EPROTO, "bad i="},
+        {SIG_OK "; i=joe=4@example.com", MS_EPROTO, "bad i="},
+        {SIG_OK "; i=joe=40example=2ecom", MS_EPROTO, "bad i="},    /* lower-case hex */
+        {SIG_OK "; i=joe=\r\n 40example.com", MS_EPROTO, "bad i="}, /* soft line break */
+        {SIG_OK "; i=joe=4\r\n 0example.com", MS_EPROTO, "bad i="}, /* FWS inside =XX */
+        {SIG_OK "; i=joe=00@example.com", MS_EPROTO, "bad i="},     /* NUL */
+        {SIG_OK "; i=joe=0D=0A@example.com", MS_EPROTO, "bad i="},  /* CR LF */
+        {SIG_OK "; i=joe@exa=20mple.com", MS_EPROTO, "bad i="},     /* not a domain */
+        {SIG_OK "; i=joe=40", MS_EPROTO, "bad i="},
         {SIG_OK "; c=fancy", MS_EPROTO, "canonicalization"},
         {SIG_OK "; c=relaxed/fancy", MS_EPROTO, "canonicalization"},
         {SIG_OK "; q=http", MS_EPROTO, "query"},
@@ -338,6 +355,46 @@ static void test_sig_parse(void **state)
         /* b= spans from after '=' to the end (surrounding FWS included). */
         assert_int_equal(sig->b_vend, strlen(s));
         assert_memory_equal(s + sig->b_vstart - 2, "b=/gCr", 6);
+    }
+    /* i= is kept decoded; its limit counts decoded octets. */
+    {
+        static const struct {
+            const char *i, *want;
+        } dec[] = {
+            {"jlong@example=2Ecom", "jlong@example.com"},
+            {"jlong=40example.com", "jlong@example.com"},
+            {"j=3Do=3Be=40mail=2EExample.com", "j=o;e@mail.Example.com"},
+            {"jo\r\n e@exam\r\n\tple.com", "joe@example.com"},
+            {"=22j=20l=22=40example.com", "\"j l\"@example.com"},
+            {"@example.com", "@example.com"},
+        };
+        struct ms_buf b;
+        const char *why;
+
+        for (size_t k = 0; k < sizeof(dec) / sizeof(dec[0]); k++) {
+            char *in = ms_asprintf("%s; i=%s", SIG_OK, dec[k].i);
+
+            assert_int_equal(ms_dkim_sig_parse(in, strlen(in), sig, &why), 0);
+            assert_string_equal(sig->i, dec[k].want);
+            free(in);
+        }
+        /* MS_DKIM_IDENTITY_MAX decoded octets, written three times as long,
+         * pass; one more is refused. */
+        ms_buf_init(&b, 1 << 16);
+        ms_buf_appendf(&b, "%s; i=", SIG_OK);
+        for (size_t k = 0; k < MS_DKIM_IDENTITY_MAX - strlen("@example.com"); k++)
+            ms_buf_appendf(&b, "=61");
+        ms_buf_appendf(&b, "@example.com");
+        assert_int_equal(ms_dkim_sig_parse(b.data, b.len, sig, &why), 0);
+        assert_int_equal(strlen(sig->i), MS_DKIM_IDENTITY_MAX);
+        ms_buf_reset(&b);
+        ms_buf_appendf(&b, "%s; i=a", SIG_OK);
+        for (size_t k = 0; k < MS_DKIM_IDENTITY_MAX - strlen("@example.com"); k++)
+            ms_buf_appendf(&b, "=61");
+        ms_buf_appendf(&b, "@example.com");
+        assert_int_equal(ms_dkim_sig_parse(b.data, b.len, sig, &why), MS_ETOOBIG);
+        assert_string_equal(why, "i= too long");
+        ms_buf_free(&b);
     }
     /* Defaults: c= absent is simple/simple; i= absent is @d; a=rsa-sha1 and
      * an unknown a= parse (the verifier reports them). */
@@ -1197,6 +1254,51 @@ static void test_vector_dkimpy_roundtrip(void **state)
     }
 }
 
+/* dkim-quoted-printable alone (RFC 6376 §2.11). */
+static void test_qp_decode(void **state)
+{
+    static const struct {
+        const char *in;
+        int rc; /* length or MS_E* */
+        const char *out;
+    } cases[] = {
+        {"", 0, ""},
+        {"abc", 3, "abc"},
+        {"=41=42", 2, "AB"},
+        {"=3D=3B=20=FF=00", 5, "=; \xff\0"},
+        {" a b\t c ", 3, "abc"},
+        {"a\r\n b\r\n\t\tc", 3, "abc"},
+        {"!:<>~", 5, "!:<>~"},
+        {"=", MS_EPROTO, NULL},
+        {"a=4", MS_EPROTO, NULL},
+        {"=4G", MS_EPROTO, NULL},
+        {"=ff", MS_EPROTO, NULL}, /* "no lowercase characters permitted" */
+        {"=\r\n 41", MS_EPROTO, NULL},
+        {"= 41", MS_EPROTO, NULL},
+        {"a;b", MS_EPROTO, NULL},
+        {"a\rb", MS_EPROTO, NULL},
+        {"a\nb", MS_EPROTO, NULL},
+        {"a\r\nb", MS_EPROTO, NULL},
+        {"a\r\n", MS_EPROTO, NULL},
+        {"a\x7f", MS_EPROTO, NULL},
+        {"\xc3\xa9", MS_EPROTO, NULL}, /* 8-bit must be encoded */
+        {"a\x01", MS_EPROTO, NULL},
+    };
+    char out[16];
+
+    (void)state;
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        int rc = ms_dkim_qp_decode(cases[k].in, strlen(cases[k].in), out, sizeof(out));
+
+        if (rc != cases[k].rc)
+            fail_msg("case %zu \"%s\": got %d want %d", k, cases[k].in, rc, cases[k].rc);
+        if (rc >= 0)
+            assert_memory_equal(out, cases[k].out, (size_t)rc);
+    }
+    assert_int_equal(ms_dkim_qp_decode("abc", 3, out, 3), 3);
+    assert_int_equal(ms_dkim_qp_decode("ab=43d", 6, out, 3), MS_ETOOBIG);
+}
+
 /* ------------------------------------------------------------------------
  * Verifier rules and the signer, on generated keys
  * ------------------------------------------------------------------------ */
@@ -1215,7 +1317,9 @@ static char *pem_of(EVP_PKEY *pk, size_t *len)
     return r;
 }
 
-static ms_dkim_privkey *gen_key(int type, int bits, char **record)
+/* A new key for ms_dkim_sign() and its key record; *raw (if not NULL) gets
+ * the same key for signing by hand (sign_field()). */
+static ms_dkim_privkey *gen_key(int type, int bits, char **record, EVP_PKEY **raw)
 {
     EVP_PKEY *pk = type == EVP_PKEY_RSA ? EVP_RSA_gen((unsigned)bits)
                                         : EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
@@ -1229,7 +1333,10 @@ static ms_dkim_privkey *gen_key(int type, int bits, char **record)
     assert_int_equal(ms_dkim_key_parse(pem, len, &k, &why), 0);
     assert_int_equal(ms_dkim_key_record(k, record), 0);
     free(pem);
-    EVP_PKEY_free(pk);
+    if (raw)
+        *raw = pk;
+    else
+        EVP_PKEY_free(pk);
     return k;
 }
 
@@ -1250,14 +1357,15 @@ static const char MSG[] =
 struct keys {
     ms_dkim_privkey *rsa, *ed;
     char *rsa_rec, *ed_rec;
+    EVP_PKEY *rsa_pk, *ed_pk; /* the same keys, for sign_field() */
 };
 
 static int setup_keys(void **state)
 {
     struct keys *k = ms_calloc(1, sizeof(*k));
 
-    k->rsa = gen_key(EVP_PKEY_RSA, 2048, &k->rsa_rec);
-    k->ed = gen_key(EVP_PKEY_ED25519, 0, &k->ed_rec);
+    k->rsa = gen_key(EVP_PKEY_RSA, 2048, &k->rsa_rec, &k->rsa_pk);
+    k->ed = gen_key(EVP_PKEY_ED25519, 0, &k->ed_rec, &k->ed_pk);
     *state = k;
     return 0;
 }
@@ -1268,6 +1376,8 @@ static int teardown_keys(void **state)
 
     ms_dkim_key_free(k->rsa);
     ms_dkim_key_free(k->ed);
+    EVP_PKEY_free(k->rsa_pk);
+    EVP_PKEY_free(k->ed_pk);
     free(k->rsa_rec);
     free(k->ed_rec);
     free(k);
@@ -1455,7 +1565,7 @@ static void test_verify_rules(void **state)
     /* Another key of the right type: fail. */
     {
         char *other;
-        ms_dkim_privkey *ok = gen_key(EVP_PKEY_ED25519, 0, &other);
+        ms_dkim_privkey *ok = gen_key(EVP_PKEY_ED25519, 0, &other, NULL);
         struct ms_dkim_signer e = {.key = k->ed};
 
         v = sign_verify(k, &e, other, "", NOW, NOW);
@@ -1482,6 +1592,178 @@ static void test_verify_rules(void **state)
         free(b);
         OPENSSL_free(der);
         EVP_PKEY_free(small);
+    }
+}
+
+/* A DKIM-Signature made by hand, without ms_dkim_sign(), so that a test
+ * writes i= as it likes: `tags` is the field up to h= (v, a, c=relaxed/
+ * relaxed, d, s, i ...); h=from:to:subject, bh= and b= are added here as
+ * RFC 6376 §3.7 says (RFC 8463 §3 for Ed25519: the SHA-256 of the header
+ * data is what gets signed).  Returns the field with its CRLF. */
+static char *sign_field(EVP_PKEY *pk, const char *msg, const char *tags)
+{
+    static const char *const names[] = {"from", "to", "subject"};
+    struct ms_dkim_hdr h[16];
+    struct ms_dkim_body body;
+    struct ms_buf data;
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    uint8_t bh[32], dg[32], sig[1024];
+    size_t len = strlen(msg), body_off, siglen = sizeof(sig);
+    unsigned int dl;
+    char bh64[64], b64[1400], *field, *out;
+    int n = ms_dkim_headers_split(msg, len, h, 16, &body_off);
+
+    assert_true(n > 0);
+    assert_int_equal(EVP_DigestInit_ex(md, EVP_sha256(), NULL), 1);
+    ms_dkim_body_init(&body, MS_DKIM_RELAXED, -1, emit_md, md);
+    ms_dkim_body_update(&body, msg + body_off, len - body_off);
+    ms_dkim_body_final(&body);
+    assert_int_equal(EVP_DigestFinal_ex(md, bh, &dl), 1);
+    EVP_EncodeBlock((unsigned char *)bh64, bh, 32);
+    field = ms_asprintf("DKIM-Signature: %s; h=from:to:subject; bh=%s; b=", tags, bh64);
+    ms_buf_init(&data, 1 << 20);
+    assert_int_equal(ms_dkim_header_data(msg, h, (size_t)n, MS_DKIM_RELAXED, names, 3, field,
+                                         strlen(field), emit_buf, &data),
+                     0);
+    if (EVP_PKEY_get_base_id(pk) == EVP_PKEY_ED25519) {
+        assert_int_equal(EVP_Digest(data.data, data.len, dg, &dl, EVP_sha256(), NULL), 1);
+        assert_int_equal(EVP_DigestSignInit(md, NULL, NULL, NULL, pk), 1);
+        assert_int_equal(EVP_DigestSign(md, sig, &siglen, dg, sizeof(dg)), 1);
+    } else {
+        assert_int_equal(EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, pk), 1);
+        assert_int_equal(EVP_DigestSign(md, sig, &siglen, (const uint8_t *)data.data, data.len), 1);
+    }
+    EVP_EncodeBlock((unsigned char *)b64, sig, (int)siglen);
+    out = ms_asprintf("%s%s\r\n", field, b64);
+    ms_buf_free(&data);
+    free(field);
+    EVP_MD_CTX_free(md);
+    return out;
+}
+
+/* Issue 22: a signer may write i= dkim-quoted-printable (§3.5), any way it
+ * likes; the signature verifies and the AUID is the decoded one, with
+ * RSA-SHA256 and Ed25519-SHA256 alike.  A malformed encoding in a
+ * signature that is otherwise good is a permerror. */
+static void test_verify_encoded_i(void **state)
+{
+    static const char msg[] = "From: Jeff <jlong@messiah.edu>\r\n"
+                              "To: bob@example.net\r\n"
+                              "Subject: encoded i=\r\n"
+                              "\r\n"
+                              "Hello.\r\n";
+    static const struct {
+        const char *i;
+        enum ms_dkim_result want;
+        const char *auid;   /* decoded; or the reason of a permerror */
+        const char *strict; /* the permerror with key t=s, if any */
+    } cases[] = {
+        {"jlong@messiah=2Eedu", MS_DKIM_PASS, "jlong@messiah.edu", NULL},
+        {"jlong=40mail=2Emessiah.edu", MS_DKIM_PASS, "jlong@mail.messiah.edu",
+         "key t=s: i= domain must equal d="},
+        {"jlong=40messiah.edu", MS_DKIM_PASS, "jlong@messiah.edu", NULL},
+        {"jlong=40messiah=2Eedu", MS_DKIM_PASS, "jlong@messiah.edu", NULL},
+        {"=6Along@\r\n messiah.edu", MS_DKIM_PASS, "jlong@messiah.edu", NULL},
+        {"jlong@messiah.edu", MS_DKIM_PASS, "jlong@messiah.edu", NULL},
+        {"jlong=40messiah=2eedu", MS_DKIM_PERMERROR, "bad i= (dkim-quoted-printable)", NULL},
+        {"jlong=4messiah.edu", MS_DKIM_PERMERROR, "bad i= (dkim-quoted-printable)", NULL},
+        {"jlong@messiah.edu=", MS_DKIM_PERMERROR, "bad i= (dkim-quoted-printable)", NULL},
+        {"jlong=00@messiah.edu", MS_DKIM_PERMERROR, "bad i=", NULL},
+        {"jlong=40messiah=2Eorg", MS_DKIM_PERMERROR, "i= not within d=", NULL},
+    };
+    struct keys *k = *state;
+    EVP_PKEY *pks[2] = {k->rsa_pk, k->ed_pk};
+    const char *algs[2] = {"rsa-sha256", "ed25519-sha256"};
+
+    for (int a = 0; a < 2; a++) {
+        char *recs_txt[2] = {ms_strdup(a ? k->ed_rec : k->rsa_rec),
+                             /* t=s: the i= domain must equal d=, decoded */
+                             ms_asprintf("v=DKIM1; t=s; %s", (a ? k->ed_rec : k->rsa_rec) + 9)};
+
+        for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+            for (int strict = 0; strict < 2; strict++) {
+                struct rec recs[1] = {{"sel._domainkey.messiah.edu", MS_DNS_OK, recs_txt[strict]}};
+                char *tags = ms_asprintf("v=1; a=%s; c=relaxed/relaxed; d=messiah.edu; s=sel; "
+                                         "t=%d; i=%s",
+                                         algs[a], NOW, cases[c].i);
+                char *field = sign_field(pks[a], msg, tags), *m;
+                size_t mlen;
+                ms_dkim_verify *v;
+                const struct ms_dkim_sigresult *r;
+
+                m = concat(field, msg, &mlen);
+                v = verify_with(m, mlen, NOW, recs, 1, NULL);
+                r = ms_dkim_verify_sig(v, 0);
+                assert_int_equal(ms_dkim_verify_count(v), 1);
+                if (strict && cases[c].strict) {
+                    assert_int_equal(r->result, MS_DKIM_PERMERROR);
+                    assert_string_equal(r->reason, cases[c].strict);
+                } else if (r->result != cases[c].want) {
+                    fail_msg("%s i=%s%s: %s (%s)", algs[a], cases[c].i, strict ? " t=s" : "",
+                             ms_dkim_result_name(r->result), r->reason);
+                } else if (cases[c].want == MS_DKIM_PASS) {
+                    assert_string_equal(r->i, cases[c].auid);
+                } else {
+                    assert_string_equal(r->reason, cases[c].auid);
+                }
+                ms_dkim_verify_free(v);
+                free(m);
+                free(field);
+                free(tags);
+            }
+        }
+        free(recs_txt[0]);
+        free(recs_txt[1]);
+    }
+}
+
+/* Our signer writes i= dkim-quoted-printable: '=' and ';' are encoded,
+ * and a long one is folded where §2.11 allows it. */
+static void test_sign_identity(void **state)
+{
+    struct keys *k = *state;
+    static const char *const ids[] = {
+        "first=last@mail.example.org",
+        "a;b@example.org",
+        "@example.org",
+        "a-rather-long-local-part.with.many.dots.that.goes.on=and=on@and.on.mail.example.org",
+    };
+    static const char *const written[] = {
+        "i=first=3Dlast@mail.example.org;", "i=a=3Bb@example.org;", "i=@example.org;",
+        NULL, /* folded */
+    };
+
+    for (size_t n = 0; n < sizeof(ids) / sizeof(ids[0]); n++) {
+        struct ms_dkim_signer sg = {.identity = ids[n]};
+        struct ms_dkim_signer ed = {.identity = ids[n], .key = k->ed};
+
+        for (int a = 0; a < 2; a++) {
+            ms_dkim_verify *v =
+                sign_verify(k, a ? &ed : &sg, a ? k->ed_rec : k->rsa_rec, "", NOW, NOW);
+
+            assert_int_equal(result_of(v, 0), MS_DKIM_PASS);
+            assert_string_equal(ms_dkim_verify_sig(v, 0)->i, ids[n]);
+            ms_dkim_verify_free(v);
+        }
+        {
+            struct ms_dkim_signer one = sg;
+            char *hdr, *u;
+
+            one.domain = "example.org";
+            one.selector = "s";
+            one.key = k->rsa;
+            assert_int_equal(ms_dkim_sign(MSG, strlen(MSG), &one, NOW, &hdr), 0);
+            for (const char *p = hdr; *p; p = strstr(p, "\r\n") + 2)
+                assert_true(strstr(p, "\r\n") - p <= MS_DKIM_LINE_MAX);
+            u = unfold(hdr);
+            if (written[n])
+                assert_non_null(strstr(u, written[n]));
+            else
+                assert_non_null(strstr(u, "i=a-rather-long-local-part.with.many.dots.that.goes.on"
+                                          "=3Dand=3Don@and.on.mail.example.org;"));
+            free(u);
+            free(hdr);
+        }
     }
 }
 
@@ -1572,6 +1854,9 @@ static void test_sign_errors(void **state)
         {.domain = "exa;mple.org", .selector = "s", .key = k->rsa},
         {.domain = "example.org", .selector = "s s", .key = k->rsa},
         {.domain = "example.org", .selector = "s", .key = k->rsa, .identity = "a@example.com"},
+        {.domain = "example.org", .selector = "s", .key = k->rsa, .identity = "a@example..org"},
+        {.domain = "example.org", .selector = "s", .key = k->rsa, .identity = "a\r\n@example.org"},
+        {.domain = "example.org", .selector = "s", .key = k->rsa, .identity = "example.org"},
     };
     const char *why;
     ms_dkim_privkey *pk;
@@ -1594,6 +1879,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_taglist),
         cmocka_unit_test(test_sig_parse),
+        cmocka_unit_test(test_qp_decode),
         cmocka_unit_test(test_keyrec_parse),
         cmocka_unit_test(test_base64),
         cmocka_unit_test(test_headers_split),
@@ -1608,6 +1894,8 @@ int main(void)
         cmocka_unit_test(test_verify_headers),
         cmocka_unit_test_setup_teardown(test_sign_all_and_fold, setup_keys, teardown_keys),
         cmocka_unit_test_setup_teardown(test_verify_rules, setup_keys, teardown_keys),
+        cmocka_unit_test_setup_teardown(test_verify_encoded_i, setup_keys, teardown_keys),
+        cmocka_unit_test_setup_teardown(test_sign_identity, setup_keys, teardown_keys),
         cmocka_unit_test_setup_teardown(test_sign_errors, setup_keys, teardown_keys),
     };
 

@@ -519,6 +519,84 @@ static void test_eval_p_per_domain(void **state)
     ms_spf_free(s);
 }
 
+/* A name of `len` octets made of 9-letter labels: well-formed labels, too
+ * long for DNS past 253 octets. */
+static char *long_name(size_t len)
+{
+    char *n = malloc(len + 1);
+
+    for (size_t i = 0; i < len; i++)
+        n[i] = i % 10 == 9 && i + 1 < len ? '.' : 'a';
+    n[len] = '\0';
+    return n;
+}
+
+/* Issue 22: RFC 7208 §4.3 for a HELO name longer than a domain name can
+ * be: none, without DNS, whether it is the HELO identity or stands in for
+ * the null reverse-path, as the same name as the MAIL FROM domain gives.
+ * It does not stop the MAIL FROM check of a sender that has one.  The
+ * lengths go up to 505, the longest EHLO argument an SMTP command line
+ * holds (RFC 5321 §4.5.3.1.4). */
+static void test_eval_long_helo(void **state)
+{
+    static const size_t lens[] = {254, 256, 300, 505};
+    struct ms_spf_request req;
+    char out[MS_SPF_EXPAND_MAX];
+    ms_spf *s;
+
+    (void)state;
+    for (size_t k = 0; k < sizeof(lens) / sizeof(lens[0]); k++) {
+        char *name = long_name(lens[k]), *from;
+
+        memset(&req, 0, sizeof(req));
+        req.family = AF_INET;
+        inet_pton(AF_INET, "192.0.2.1", &req.ip.v4);
+        req.helo = name;
+
+        req.identity = MS_SPF_HELO;
+        assert_int_equal(evaluate(zone1, sizeof(zone1) / sizeof(zone1[0]), &req, &s), MS_SPF_NONE);
+        assert_int_equal(ms_spf_queries(s), 0);
+        assert_string_equal(ms_spf_problem(s), "malformed domain");
+        ms_spf_free(s);
+
+        req.identity = MS_SPF_MAILFROM; /* null reverse-path: postmaster@<helo> */
+        req.mail_from = "";
+        assert_int_equal(evaluate(zone1, sizeof(zone1) / sizeof(zone1[0]), &req, &s), MS_SPF_NONE);
+        assert_int_equal(ms_spf_queries(s), 0);
+        ms_spf_free(s);
+
+        from = malloc(lens[k] + 6);
+        snprintf(from, lens[k] + 6, "user@%s", name);
+        req.mail_from = from;
+        assert_int_equal(evaluate(zone1, sizeof(zone1) / sizeof(zone1[0]), &req, &s), MS_SPF_NONE);
+        assert_int_equal(ms_spf_queries(s), 0);
+        ms_spf_free(s);
+        free(from);
+
+        req.mail_from = "user@example.org";
+        assert_int_equal(evaluate(zone1, sizeof(zone1) / sizeof(zone1[0]), &req, &s), MS_SPF_PASS);
+        ms_spf_free(s);
+        /* %{h} is the name as given. */
+        assert_int_equal(ms_spf_expand(&req, "example.org", NULL, "%{h}", 4, 0, out, sizeof(out)),
+                         (int)lens[k]);
+        assert_string_equal(out, name);
+        free(name);
+    }
+
+    /* Past the named limit the request is refused, for both identities. */
+    {
+        char *name = long_name(MS_SPF_HELO_MAX + 1);
+
+        req.helo = name;
+        req.identity = MS_SPF_HELO;
+        assert_int_equal(ms_spf_new(&s, &req), MS_ETOOBIG);
+        assert_null(s);
+        req.identity = MS_SPF_MAILFROM;
+        assert_int_equal(ms_spf_new(&s, &req), MS_ETOOBIG);
+        free(name);
+    }
+}
+
 static void test_api_contract(void **state)
 {
     struct ms_spf_request req;
@@ -590,17 +668,12 @@ static void test_names(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse_table),
-        cmocka_unit_test(test_parse_terms),
-        cmocka_unit_test(test_parse_limits),
-        cmocka_unit_test(test_is_record),
-        cmocka_unit_test(test_macro_table),
-        cmocka_unit_test(test_macro_special),
-        cmocka_unit_test(test_eval_helo_identity),
-        cmocka_unit_test(test_eval_mailfrom),
-        cmocka_unit_test(test_eval_p_per_domain),
-        cmocka_unit_test(test_api_contract),
-        cmocka_unit_test(test_names),
+        cmocka_unit_test(test_parse_table),        cmocka_unit_test(test_parse_terms),
+        cmocka_unit_test(test_parse_limits),       cmocka_unit_test(test_is_record),
+        cmocka_unit_test(test_macro_table),        cmocka_unit_test(test_macro_special),
+        cmocka_unit_test(test_eval_helo_identity), cmocka_unit_test(test_eval_mailfrom),
+        cmocka_unit_test(test_eval_p_per_domain),  cmocka_unit_test(test_eval_long_helo),
+        cmocka_unit_test(test_api_contract),       cmocka_unit_test(test_names),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
