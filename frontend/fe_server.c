@@ -476,9 +476,9 @@ void fe_server_init(struct fe_server *srv, uv_loop_t *loop)
     srv->submit = producer_submit;
     srv->submit_owned = producer_submit_owned;
     srv->submit_arg = srv;
-    fe_idmap_init(&srv->sessions);
-    fe_idmap_init(&srv->pending);
-    fe_idmap_init(&srv->policy);
+    ms_idmap_init(&srv->sessions);
+    ms_idmap_init(&srv->pending);
+    ms_idmap_init(&srv->policy);
     fe_conn_table_init(&srv->own_conns);
     srv->conns = &srv->own_conns;
 }
@@ -487,12 +487,12 @@ void fe_conn_table_init(struct fe_conn_table *ct)
 {
     pthread_mutex_init(&ct->lock, NULL);
     ct->nconns = 0;
-    fe_idmap_init(&ct->per_ip);
+    ms_idmap_init(&ct->per_ip);
 }
 
 void fe_conn_table_free(struct fe_conn_table *ct)
 {
-    fe_idmap_free(&ct->per_ip);
+    ms_idmap_free(&ct->per_ip);
     pthread_mutex_destroy(&ct->lock);
 }
 
@@ -503,14 +503,14 @@ int fe_conn_admit(struct fe_conn_table *ct, uint64_t key, uint64_t max_total, ui
     int r = 0;
 
     pthread_mutex_lock(&ct->lock);
-    n = (uintptr_t)fe_idmap_get(&ct->per_ip, key);
+    n = (uintptr_t)ms_idmap_get(&ct->per_ip, key);
     *open = n;
     if (max_total && ct->nconns >= max_total)
         r = FE_LIMIT_CONNECTIONS;
     else if (max_per_ip && n >= max_per_ip)
         r = FE_LIMIT_CONN_PER_IP;
     else {
-        fe_idmap_put(&ct->per_ip, key, (void *)(n + 1));
+        ms_idmap_put(&ct->per_ip, key, (void *)(n + 1));
         ct->nconns++;
     }
     pthread_mutex_unlock(&ct->lock);
@@ -522,11 +522,11 @@ void fe_conn_release(struct fe_conn_table *ct, uint64_t key)
     uintptr_t n;
 
     pthread_mutex_lock(&ct->lock);
-    n = (uintptr_t)fe_idmap_get(&ct->per_ip, key);
+    n = (uintptr_t)ms_idmap_get(&ct->per_ip, key);
     if (n <= 1)
-        fe_idmap_del(&ct->per_ip, key);
+        ms_idmap_del(&ct->per_ip, key);
     else
-        fe_idmap_put(&ct->per_ip, key, (void *)(n - 1));
+        ms_idmap_put(&ct->per_ip, key, (void *)(n - 1));
     ct->nconns--;
     pthread_mutex_unlock(&ct->lock);
 }
@@ -534,7 +534,7 @@ void fe_conn_release(struct fe_conn_table *ct, uint64_t key)
 void fe_server_policy_result(void *arg, uint64_t id, int result)
 {
     struct fe_server *srv = arg;
-    struct fe_session *s = fe_idmap_del(&srv->policy, id);
+    struct fe_session *s = ms_idmap_del(&srv->policy, id);
 
     if (s != NULL) /* else: the session is gone, or it stopped waiting */
         fe_session_policy(s, result);
@@ -654,7 +654,7 @@ int fe_server_listen(struct fe_server *srv, const ms_config *cfg, char *err, siz
 void fe_server_submitted(void *arg, uint64_t id, int err, const char *errstr)
 {
     struct fe_server *srv = arg;
-    struct fe_session *s = fe_idmap_del(&srv->pending, id);
+    struct fe_session *s = ms_idmap_del(&srv->pending, id);
 
     if (srv->commit_on)
         fe_commit_reported(&srv->commit); /* the next batch may go */
@@ -727,9 +727,9 @@ void fe_server_free(struct fe_server *srv)
         free(srv->listeners[i].listen);
     }
     free(srv->listeners);
-    fe_idmap_free(&srv->sessions);
-    fe_idmap_free(&srv->pending);
-    fe_idmap_free(&srv->policy);
+    ms_idmap_free(&srv->sessions);
+    ms_idmap_free(&srv->pending);
+    ms_idmap_free(&srv->policy);
     fe_conn_table_free(&srv->own_conns);
     fe_settings_free(&srv->set);
 }

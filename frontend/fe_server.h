@@ -34,12 +34,12 @@
 
 #include "fe_auth.h"
 #include "fe_commit.h"
-#include "fe_idmap.h"
 #include "fe_policy.h"
 #include "fe_proxy.h"
 #include "fe_ratelimit.h"
 #include "fe_transport.h"
 #include "ms_config.h"
+#include "ms_idmap.h"
 #include "ms_kafka.h"
 #include "ms_metrics.h"
 #include "ms_redis.h"
@@ -162,7 +162,7 @@ struct fe_metrics {
 struct fe_conn_table {
     pthread_mutex_t lock;
     uint64_t nconns;        /* sessions admitted and open */
-    struct fe_idmap per_ip; /* hash of a client address -> open connections */
+    struct ms_idmap per_ip; /* hash of a client address -> open connections */
 };
 
 void fe_conn_table_init(struct fe_conn_table *ct);
@@ -195,9 +195,9 @@ struct fe_server {
     struct fe_listener *listeners;
     size_t nlisteners;
     struct fe_session *head;   /* every live session */
-    struct fe_idmap sessions;  /* session id -> session */
-    struct fe_idmap pending;   /* transaction id -> session awaiting its report */
-    struct fe_idmap policy;    /* rate-limit request id -> session awaiting Redis */
+    struct ms_idmap sessions;  /* session id -> session */
+    struct ms_idmap pending;   /* transaction id -> session awaiting its report */
+    struct ms_idmap policy;    /* rate-limit request id -> session awaiting Redis */
     /* Connection counts: &own_conns unless main.c points every server at
      * one process-wide table. */
     struct fe_conn_table *conns;

@@ -260,7 +260,7 @@ static void commit_touch(struct fe_session *s)
 static void tx_reset(struct fe_session *s)
 {
     if (s->tx && s->tx->txn_id)
-        fe_idmap_del(&s->srv->pending, s->tx->txn_id);
+        ms_idmap_del(&s->srv->pending, s->tx->txn_id);
     tx_free(s->tx);
     s->tx = NULL;
     if (s->state == FE_ST_MAIL || s->state == FE_ST_RCPT || s->state == FE_ST_DATA ||
@@ -437,11 +437,11 @@ static int submit_tx(struct fe_session *s)
     /* The message is in the record now; keep memory low while we wait. */
     ms_buf_free(&tx->msg);
     tx->txn_id = ++s->srv->next_id;
-    fe_idmap_put(&s->srv->pending, tx->txn_id, s);
+    ms_idmap_put(&s->srv->pending, tx->txn_id, s);
     r = fe_server_submit(s->srv, tx->txn_id, tx->qid, strlen(tx->qid), buf, len);
     fe_commit_leave(&s->srv->commit, &s->cm);
     if (r < 0) {
-        fe_idmap_del(&s->srv->pending, tx->txn_id);
+        ms_idmap_del(&s->srv->pending, tx->txn_id);
         tx->txn_id = 0;
     }
     return r;
@@ -918,7 +918,7 @@ static void auth_work(uv_work_t *req)
 static void auth_after(uv_work_t *req, int status)
 {
     struct auth_job *j = req->data;
-    struct fe_session *s = fe_idmap_get(&j->srv->sessions, j->sid);
+    struct fe_session *s = ms_idmap_get(&j->srv->sessions, j->sid);
     char q[300];
 
     if (s != NULL && s->state == FE_ST_AUTH_CHECK) {
@@ -1141,7 +1141,7 @@ static void policy_run(struct fe_session *s, struct fe_wait *w)
         wait_free(w);
         return;
     }
-    fe_idmap_put(&srv->policy, w->req, s);
+    ms_idmap_put(&srv->policy, w->req, s);
     w->prev = s->state;
     s->wait = w;
     enter_state(s, FE_ST_POLICY);
@@ -1464,7 +1464,7 @@ static void on_timer(uv_timer_t *h)
     }
     if (s->state == FE_ST_POLICY) {
         /* Redis is too slow: as if it were down ([ratelimit] redis_failure). */
-        fe_idmap_del(&s->srv->policy, s->wait->req);
+        ms_idmap_del(&s->srv->policy, s->wait->req);
         ms_warn("event=ratelimit_timeout sid=%llu client=%s", (unsigned long long)s->id, s->ip);
         fe_session_policy(s, FE_RL_FAILED);
         return;
@@ -1572,7 +1572,7 @@ static void session_free(struct fe_session *s)
 
     tx_reset(s);
     fe_commit_leave(&srv->commit, &s->cm);
-    fe_idmap_del(&srv->sessions, s->id);
+    ms_idmap_del(&srv->sessions, s->id);
     if (s->ip_key)
         fe_conn_release(srv->conns, s->ip_key);
     if (s->prev)
@@ -1612,11 +1612,11 @@ static void close_session(struct fe_session *s)
     if (s->tx && s->tx->txn_id) {
         ms_info("event=disconnect_while_queueing qid=%s sid=%llu client=%s", s->tx->qid,
                 (unsigned long long)s->id, s->ip);
-        fe_idmap_del(&s->srv->pending, s->tx->txn_id);
+        ms_idmap_del(&s->srv->pending, s->tx->txn_id);
         s->tx->txn_id = 0;
     }
     if (s->wait) {
-        fe_idmap_del(&s->srv->policy, s->wait->req);
+        ms_idmap_del(&s->srv->policy, s->wait->req);
         wait_free(s->wait);
         s->wait = NULL;
     }
@@ -1793,7 +1793,7 @@ struct fe_session *fe_session_new(struct fe_server *srv, struct fe_listener *l,
     if (srv->head)
         srv->head->prev = s;
     srv->head = s;
-    fe_idmap_put(&srv->sessions, s->id, s);
+    ms_idmap_put(&srv->sessions, s->id, s);
     ms_counter_inc(l->m_conn);
     ms_gauge_add(srv->m.sessions, 1);
     ms_debug("event=connect sid=%llu client=%s port=%d listener=%s trusted=%d",

@@ -98,9 +98,9 @@ static int teardown(void **state)
     assert_int_equal(uv_loop_close(&f->loop), 0);
     f->srv.set.accepted_domains = NULL;
     f->srv.set.naccepted = 0;
-    fe_idmap_free(&f->srv.sessions);
-    fe_idmap_free(&f->srv.pending);
-    fe_idmap_free(&f->srv.policy);
+    ms_idmap_free(&f->srv.sessions);
+    ms_idmap_free(&f->srv.pending);
+    ms_idmap_free(&f->srv.policy);
     fe_conn_table_free(&f->srv.own_conns);
     free(f->k.last_value);
     free(f);
