@@ -34,7 +34,7 @@
 
 #include "fe_auth.h"
 #include "fe_commit.h"
-#include "fe_policy.h"
+#include "fe_access.h"
 #include "fe_proxy.h"
 #include "fe_ratelimit.h"
 #include "fe_transport.h"

@@ -1,7 +1,7 @@
 /*
- * fe_policy.c - trusted networks and accepted domains (see fe_policy.h).
+ * fe_access.c - trusted networks and accepted domains (see fe_access.h).
  */
-#include "fe_policy.h"
+#include "fe_access.h"
 #include "ms_error.h"
 
 #include <arpa/inet.h>

@@ -1,10 +1,10 @@
 /*
- * fe_policy.h - the frontend's accept policy as pure functions: trusted
+ * fe_access.h - the frontend's accept policy as pure functions: trusted
  * networks (CIDR lists) and accepted domains.  Built once from the config,
  * then read-only; any thread.
  */
-#ifndef FE_POLICY_H
-#define FE_POLICY_H
+#ifndef FE_ACCESS_H
+#define FE_ACCESS_H
 
 #include <stddef.h>
 #include <sys/socket.h>
