@@ -1,5 +1,6 @@
 /*
- * fe_access.c - trusted networks and accepted domains (see fe_access.h).
+ * fe_access.c - trusted networks, accepted domains and routing local parts
+ * (see fe_access.h).
  */
 #include "fe_access.h"
 #include "ms_error.h"
