@@ -1504,7 +1504,7 @@ static void on_read(void *arg, const char *buf, size_t len)
     if (s->state == FE_ST_CLOSING)
         return;
     ms_counter_add(s->srv->m.bytes_in, len);
-    if (s->cm.linked || (s->tx && s->tx->txn_id == 0))
+    if (fe_commit_is_member(&s->cm) || (s->tx && s->tx->txn_id == 0))
         commit_touch(s);
     if (ms_buf_append(&s->in, buf, len) != 0) {
         reply(s, "421 4.7.0 %s Error: too much unprocessed input", s->srv->set.hostname);
