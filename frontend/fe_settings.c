@@ -41,6 +41,27 @@ static int get_u64(const ms_config *cfg, const char *sec, const char *key, int64
     return 0;
 }
 
+/* [smtp] `key`, a comma-separated list of networks, into *nets (freed by
+ * fe_settings_free(), also after an error) and its length *n. */
+static int get_networks(const ms_config *cfg, const char *key, struct fe_cidr **nets, size_t *n,
+                        char *err, size_t errlen)
+{
+    char *copy = ms_strdup(ms_config_get(cfg, "smtp", key, "")), *items[FE_TRUSTED_NETWORKS_MAX];
+    size_t count = ms_config_split_list(copy, items, FE_TRUSTED_NETWORKS_MAX), i;
+    int r = 0;
+
+    *nets = ms_calloc(count ? count : 1, sizeof(**nets));
+    for (i = 0; i < count && r == 0; i++)
+        if (fe_cidr_parse(items[i], &(*nets)[i]) < 0) {
+            snprintf(err, errlen, "[smtp] %s: bad network \"%s\"", key, items[i]);
+            r = MS_ECONFIG;
+        }
+    if (r == 0)
+        *n = count;
+    free(copy);
+    return r;
+}
+
 /* Config key and default of each enum fe_rate_kind, in order. */
 static const char *const rate_keys[FE_RATE_COUNT] = {
     "connections_per_ip", "messages_per_user",    "messages_per_domain",
@@ -73,9 +94,7 @@ int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, s
 {
     const char *v;
     static char host[256];
-    char *copy, *items[FE_TRUSTED_NETWORKS_MAX > FE_ACCEPTED_DOMAINS_MAX
-                           ? FE_TRUSTED_NETWORKS_MAX
-                           : FE_ACCEPTED_DOMAINS_MAX];
+    char *copy, *items[FE_ACCEPTED_DOMAINS_MAX];
     size_t n, i;
     uint64_t secs;
 
@@ -126,29 +145,10 @@ int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, s
     set->naccepted = n;
     free(copy);
 
-    copy = ms_strdup(ms_config_get(cfg, "smtp", "trusted_networks", ""));
-    n = ms_config_split_list(copy, items, FE_TRUSTED_NETWORKS_MAX);
-    set->trusted = ms_calloc(n ? n : 1, sizeof(*set->trusted));
-    for (i = 0; i < n; i++)
-        if (fe_cidr_parse(items[i], &set->trusted[i]) < 0) {
-            snprintf(err, errlen, "[smtp] trusted_networks: bad network \"%s\"", items[i]);
-            free(copy);
-            return MS_ECONFIG;
-        }
-    set->ntrusted = n;
-    free(copy);
-
-    copy = ms_strdup(ms_config_get(cfg, "smtp", "proxy_trusted_networks", ""));
-    n = ms_config_split_list(copy, items, FE_TRUSTED_NETWORKS_MAX);
-    set->proxy_trusted = ms_calloc(n ? n : 1, sizeof(*set->proxy_trusted));
-    for (i = 0; i < n; i++)
-        if (fe_cidr_parse(items[i], &set->proxy_trusted[i]) < 0) {
-            snprintf(err, errlen, "[smtp] proxy_trusted_networks: bad network \"%s\"", items[i]);
-            free(copy);
-            return MS_ECONFIG;
-        }
-    set->nproxy_trusted = n;
-    free(copy);
+    if (get_networks(cfg, "trusted_networks", &set->trusted, &set->ntrusted, err, errlen) < 0 ||
+        get_networks(cfg, "proxy_trusted_networks", &set->proxy_trusted, &set->nproxy_trusted,
+                     err, errlen) < 0)
+        return MS_ECONFIG;
 
     if (get_u64(cfg, "smtp", "max_connections", FE_MAX_CONNECTIONS_DEF, 1, 10000000,
                 &set->max_connections, err, errlen) < 0 ||

@@ -21,26 +21,11 @@
 
 #include "ms_error.h"
 #include "ms_log.h"
+#include "unit_config.h"
 #include "../../frontend/fe_listen.h"
 #include "../../frontend/fe_session.h"
 
 static struct fe_metrics metrics; /* registered once: handles live forever */
-
-static ms_config *config(const char *text)
-{
-    char path[] = "/tmp/test_fe_listenXXXXXX", err[256];
-    ms_config *cfg;
-    int fd = mkstemp(path);
-
-    assert_true(fd >= 0);
-    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
-    close(fd);
-    cfg = ms_config_load(path, err, sizeof(err));
-    unlink(path);
-    if (cfg == NULL)
-        fail_msg("%s", err);
-    return cfg;
-}
 
 static void server_init(struct fe_server *srv, uv_loop_t *loop)
 {
@@ -88,7 +73,7 @@ static void test_bad_sections(void **state)
 
     (void)state;
     for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        ms_config *cfg = config(cases[i].text);
+        ms_config *cfg = unit_config(cases[i].text);
         struct fe_server srv;
         uv_loop_t loop;
 
@@ -108,8 +93,8 @@ static void test_bad_sections(void **state)
  * banner, which names no STARTTLS (no TLS configured). */
 static void test_accept(void **state)
 {
-    ms_config *cfg = config("[listener.a]\nlisten = 127.0.0.1:0\n"
-                            "[listener.b]\nlisten = 127.0.0.1:0\nrole = mx\nproxy = no\n");
+    ms_config *cfg = unit_config("[listener.a]\nlisten = 127.0.0.1:0\n"
+                                 "[listener.b]\nlisten = 127.0.0.1:0\nrole = mx\nproxy = no\n");
     struct fe_server srv;
     uv_loop_t loop;
     struct sockaddr_storage ss;

@@ -16,33 +16,26 @@
 
 #include "ms_error.h"
 #include "ms_log.h"
+#include "unit_config.h"
 #include "../../frontend/fe_settings.h"
 
-/* A config from `text` (through a file, as the process reads it). */
-static ms_config *config(const char *text)
+/* Settings that must load from `text`; their config comes back in *cfg. */
+static void load(const char *text, struct fe_settings *set, ms_config **cfg)
 {
-    char path[] = "/tmp/test_fe_settingsXXXXXX", err[256];
-    ms_config *cfg;
-    int fd = mkstemp(path);
+    char err[256] = "";
 
-    assert_true(fd >= 0);
-    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
-    close(fd);
-    cfg = ms_config_load(path, err, sizeof(err));
-    unlink(path);
-    if (cfg == NULL)
-        fail_msg("%s", err);
-    return cfg;
+    *cfg = unit_config(text);
+    if (fe_settings_load(set, *cfg, err, sizeof(err)) != 0)
+        fail_msg("%s: %s", text, err);
 }
 
 static void test_defaults(void **state)
 {
-    ms_config *cfg = config("");
     struct fe_settings set;
-    char err[256] = "";
+    ms_config *cfg;
 
     (void)state;
-    assert_int_equal(fe_settings_load(&set, cfg, err, sizeof(err)), 0);
+    load("", &set, &cfg);
     assert_string_equal(set.hostname, "localhost");
     assert_string_equal(set.topic, "queue");
     assert_non_null(set.node_id);
@@ -86,26 +79,26 @@ static void test_defaults(void **state)
 
 static void test_values(void **state)
 {
-    ms_config *cfg = config("[node]\nid = fe9\nhostname = mx.example\n"
-                            "[kafka]\ntopic = q2\nlinger_ms = 5\ngroup_commit = no\n"
-                            "group_commit_window_us = 250\n"
-                            "[smtp]\naccepted_domains = a.example, b.example ,c.example\n"
-                            "trusted_networks = 10.0.0.0/8, 2001:db8::/32\n"
-                            "proxy_trusted_networks = 192.0.2.1\n"
-                            "max_message_size = 1m\nmax_recipients = 7\nmax_errors = 3\n"
-                            "command_timeout = 20\ngreeting_timeout = 5\ndrain_timeout = 9\n"
-                            "max_connections = 100\nmax_connections_per_ip = 4\n"
-                            "max_commands = 50\nmax_pending_messages = 12\n"
-                            "refuse_suppressed = yes\n"
-                            "[ratelimit]\nconnections_per_ip = 100/1h\n"
-                            "auth_failures_per_ip = 0\nauth_failures_per_user = off\n"
-                            "key_prefix = rl:\nredis_failure = closed\ntimeout_ms = 150\n");
+    static const char *const text =
+        "[node]\nid = fe9\nhostname = mx.example\n"
+        "[kafka]\ntopic = q2\nlinger_ms = 5\ngroup_commit = no\n"
+        "group_commit_window_us = 250\n"
+        "[smtp]\naccepted_domains = a.example, b.example ,c.example\n"
+        "trusted_networks = 10.0.0.0/8, 2001:db8::/32\n"
+        "proxy_trusted_networks = 192.0.2.1\n"
+        "max_message_size = 1m\nmax_recipients = 7\nmax_errors = 3\n"
+        "command_timeout = 20\ngreeting_timeout = 5\ndrain_timeout = 9\n"
+        "max_connections = 100\nmax_connections_per_ip = 4\n"
+        "max_commands = 50\nmax_pending_messages = 12\n"
+        "refuse_suppressed = yes\n"
+        "[ratelimit]\nconnections_per_ip = 100/1h\n"
+        "auth_failures_per_ip = 0\nauth_failures_per_user = off\n"
+        "key_prefix = rl:\nredis_failure = closed\ntimeout_ms = 150\n";
     struct fe_settings set;
-    char err[256] = "";
+    ms_config *cfg;
 
     (void)state;
-    if (fe_settings_load(&set, cfg, err, sizeof(err)) != 0)
-        fail_msg("%s", err);
+    load(text, &set, &cfg);
     assert_string_equal(set.node_id, "fe9");
     assert_string_equal(set.hostname, "mx.example");
     assert_string_equal(set.topic, "q2");
@@ -144,12 +137,11 @@ static void test_values(void **state)
 /* No limit and no suppression check in Redis: no Redis needed. */
 static void test_need_redis(void **state)
 {
-    ms_config *cfg = config("[ratelimit]\nauth_failures_per_ip = 0\nauth_failures_per_user = 0\n");
     struct fe_settings set;
-    char err[256] = "";
+    ms_config *cfg;
 
     (void)state;
-    assert_int_equal(fe_settings_load(&set, cfg, err, sizeof(err)), 0);
+    load("[ratelimit]\nauth_failures_per_ip = 0\nauth_failures_per_user = 0\n", &set, &cfg);
     assert_false(fe_settings_need_redis(&set));
     set.refuse_suppressed = 1;
     assert_true(fe_settings_need_redis(&set));
@@ -195,7 +187,7 @@ static void test_errors(void **state)
 
     (void)state;
     for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        ms_config *cfg = config(cases[i].text);
+        ms_config *cfg = unit_config(cases[i].text);
 
         err[0] = '\0';
         if (fe_settings_load(&set, cfg, err, sizeof(err)) != MS_ECONFIG)
@@ -223,8 +215,8 @@ static void test_limit_names(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_defaults),   cmocka_unit_test(test_values),
-        cmocka_unit_test(test_need_redis), cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_defaults),    cmocka_unit_test(test_values),
+        cmocka_unit_test(test_need_redis),  cmocka_unit_test(test_errors),
         cmocka_unit_test(test_limit_names),
     };
 
