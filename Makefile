@@ -31,7 +31,7 @@ UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
 
-.PHONY: all deps run test unit integration asan fuzz fuzz-smoke fmt clean bench
+.PHONY: all deps run test unit cycles integration asan fuzz fuzz-smoke fmt clean bench
 .DEFAULT_GOAL := all
 .SECONDARY:
 
@@ -84,9 +84,17 @@ $(BUILD)/tests/%: $(call obj,tests/unit/%.c) $(FE_A) $(WK_A) $(LIB_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(OPT) $(SAN) -o $@ $^ $(LDLIBS_ALL) -lcmocka -lyaml
 
-# Unit tests: cmocka, one binary per tests/unit/test_*.c.
+# Unit tests: cmocka, one binary per tests/unit/test_*.c; then no cycle
+# between modules.
 unit: $(UNIT_BINS)
-	@fail=0; for t in $(UNIT_BINS); do echo "== $$t"; $$t || fail=1; done; exit $$fail
+	@fail=0; for t in $(UNIT_BINS); do echo "== $$t"; $$t || fail=1; done; \
+	    $(MAKE) --no-print-directory cycles || fail=1; exit $$fail
+
+# No two modules (a .c with its .h) depend on each other, through includes
+# or through the symbols their objects take (tools/check_cycles.py).
+cycles: $(BINS) $(UNIT_BINS)
+	@python3 tools/check_cycles.py --self-test
+	@python3 tools/check_cycles.py --objects $(BUILD)/obj .
 
 # Integration tests: pytest against real Redis, Kafka and SMTP peers.
 # INTEGRATION_TESTS narrows the run (a file or file::test), PYTEST_ARGS adds options:

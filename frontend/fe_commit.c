@@ -10,46 +10,36 @@
 void fe_commit_init(struct fe_commit *c, uint64_t window_ns, uint64_t linger_ns)
 {
     memset(c, 0, sizeof(*c));
+    ms_list_init(&c->members);
     c->window_ns = window_ns;
     c->linger_ns = linger_ns;
 }
 
 static void unlink_member(struct fe_commit *c, struct fe_commit_member *m)
 {
-    if (m->prev)
-        m->prev->next = m->next;
-    else
-        c->head = m->next;
-    if (m->next)
-        m->next->prev = m->prev;
-    else
-        c->tail = m->prev;
-    m->prev = m->next = NULL;
-    m->linked = 0;
+    ms_list_remove(&m->node);
     c->nmembers--;
 }
 
 void fe_commit_touch(struct fe_commit *c, struct fe_commit_member *m, uint64_t now)
 {
-    if (m->linked)
+    if (ms_list_linked(&m->node))
         unlink_member(c, m);
     /* Appending keeps the list ordered by last sign of life. */
     m->last_ns = now;
-    m->prev = c->tail;
-    m->next = NULL;
-    if (c->tail)
-        c->tail->next = m;
-    else
-        c->head = m;
-    c->tail = m;
-    m->linked = 1;
+    ms_list_insert_tail(&c->members, &m->node);
     c->nmembers++;
 }
 
 void fe_commit_leave(struct fe_commit *c, struct fe_commit_member *m)
 {
-    if (m->linked)
+    if (ms_list_linked(&m->node))
         unlink_member(c, m);
+}
+
+int fe_commit_is_member(const struct fe_commit_member *m)
+{
+    return ms_list_linked(&m->node);
 }
 
 int fe_commit_full(const struct fe_commit *c)
@@ -91,10 +81,17 @@ void fe_commit_reported(struct fe_commit *c)
 
 int fe_commit_due(struct fe_commit *c, uint64_t now)
 {
+    struct ms_list *n;
     uint64_t waited;
 
-    while (c->head && now - c->head->last_ns > c->window_ns)
-        unlink_member(c, c->head);
+    /* Oldest first: the first member still within its window ends it. */
+    while ((n = ms_list_first(&c->members)) != NULL) {
+        struct fe_commit_member *m = ms_list_entry(n, struct fe_commit_member, node);
+
+        if (now - m->last_ns <= c->window_ns)
+            break;
+        unlink_member(c, m);
+    }
     if (c->nrec == 0)
         return -1;
     if (fe_commit_full(c))

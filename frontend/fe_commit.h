@@ -35,6 +35,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ms_list.h"
 #include "ms_queueid.h"
 
 #define FE_COMMIT_MAX_RECORDS 256                /* held at once, per loop */
@@ -53,11 +54,10 @@ enum fe_commit_reason {
     FE_COMMIT_REASONS
 };
 
-/* Embedded in a session. */
+/* Embedded in a session; zeroed, it is not a member. */
 struct fe_commit_member {
-    struct fe_commit_member *prev, *next;
+    struct ms_list node; /* on fe_commit.members while a member */
     uint64_t last_ns;
-    int linked;
 };
 
 struct fe_commit_record {
@@ -70,7 +70,7 @@ struct fe_commit_record {
 
 struct fe_commit {
     uint64_t window_ns, linger_ns;
-    struct fe_commit_member *head, *tail; /* oldest sign of life first */
+    struct ms_list members; /* of fe_commit_member, oldest sign of life first */
     size_t nmembers;
     struct fe_commit_record rec[FE_COMMIT_MAX_RECORDS];
     size_t nrec, bytes;
@@ -84,6 +84,8 @@ void fe_commit_init(struct fe_commit *c, uint64_t window_ns, uint64_t linger_ns)
 void fe_commit_touch(struct fe_commit *c, struct fe_commit_member *m, uint64_t now);
 /* It handed its record over, or left.  Harmless when not a member. */
 void fe_commit_leave(struct fe_commit *c, struct fe_commit_member *m);
+/* 1 while `m` is a member (touched, not yet left nor forgotten). */
+int fe_commit_is_member(const struct fe_commit_member *m);
 
 /* Can a record of keylen octets be held?  No once the batch is full: then
  * send it directly. */

@@ -3,9 +3,9 @@
  * fe_ratelimit.h).
  */
 #include "fe_ratelimit.h"
-#include "fe_idmap.h"
 #include "ms_bucket.h"
 #include "ms_error.h"
+#include "ms_idmap.h"
 #include "ms_log.h"
 #include "ms_mem.h"
 
@@ -141,7 +141,7 @@ struct fe_rl {
     ms_redis *redis;
     fe_rl_cb cb;
     void *arg;
-    struct fe_idmap reqs; /* our request id -> fe_rl_req */
+    struct ms_idmap reqs; /* our request id -> fe_rl_req */
     uint64_t next;
     char sha[48];         /* "" until SCRIPT LOAD answered */
     int loading;
@@ -187,19 +187,19 @@ static void on_reply(void *arg, uint64_t id, const struct ms_redis_reply *r)
         }
         return;
     }
-    if ((q = fe_idmap_del(&rl->reqs, id)) == NULL)
+    if ((q = ms_idmap_del(&rl->reqs, id)) == NULL)
         return;
     if (r->type == MS_REDIS_ERR && !q->retried && r->len >= 8 &&
         strncmp(r->str, "NOSCRIPT", 8) == 0) {
         /* Redis restarted or SCRIPT FLUSH: EVAL loads it again. */
         rl->sha[0] = '\0';
         q->retried = 1;
-        fe_idmap_put(&rl->reqs, id, q);
+        ms_idmap_put(&rl->reqs, id, q);
         if (send_req(rl, id, q, 1) == 0) {
             load_script(rl);
             return;
         }
-        fe_idmap_del(&rl->reqs, id);
+        ms_idmap_del(&rl->reqs, id);
         res = FE_RL_FAILED;
     } else {
         res = fe_rl_result(r, q->c.n);
@@ -218,7 +218,7 @@ struct fe_rl *fe_rl_new(ms_redis *redis, fe_rl_cb cb, void *arg)
     rl->redis = redis;
     rl->cb = cb;
     rl->arg = arg;
-    fe_idmap_init(&rl->reqs);
+    ms_idmap_init(&rl->reqs);
     return rl;
 }
 
@@ -231,9 +231,9 @@ int fe_rl_run(struct fe_rl *rl, const struct fe_rl_check *c, uint64_t id)
     q->owner = id;
     q->retried = 0;
     q->c = *c;
-    fe_idmap_put(&rl->reqs, rid, q);
+    ms_idmap_put(&rl->reqs, rid, q);
     if ((r = send_req(rl, rid, q, 0)) < 0) {
-        fe_idmap_del(&rl->reqs, rid);
+        ms_idmap_del(&rl->reqs, rid);
         free(q);
         return MS_EUNAVAIL;
     }
@@ -246,6 +246,6 @@ void fe_rl_free(struct fe_rl *rl)
     if (rl == NULL)
         return;
     /* XXX: requests still in flight leak their few KiB; only at exit. */
-    fe_idmap_free(&rl->reqs);
+    ms_idmap_free(&rl->reqs);
     free(rl);
 }

@@ -2,7 +2,7 @@
  * fe_session.c - the SMTP server session (RFC 5321, with RFC 1870 SIZE,
  * RFC 2920 PIPELINING, RFC 2034 ENHANCEDSTATUSCODES, RFC 3207 STARTTLS,
  * RFC 3461 DSN, RFC 4954 AUTH, RFC 6152 8BITMIME, RFC 6531 SMTPUTF8, RFC 3030
- * CHUNKING and BINARYMIME).
+ * CHUNKING and BINARYMIME); see fe_session.h.
  *
  * One struct fe_session per connection owns the transport, the buffers, the
  * timer and at most one struct fe_tx (the mail transaction: sender,
@@ -11,11 +11,14 @@
  * flushed once per input batch or asynchronous completion.
  *
  * While a transaction waits for its Kafka report, or a password for its
- * crypt(3) check, or TLS for its handshake, no further command is processed:
+ * crypt(3) check, or TLS for its handshake, or a command for Redis to answer
+ * its limits check, no further command is processed:
  * input stays buffered (and reading stops), so pipelined commands see the
  * outcome of what came before them.
  */
-#include "fe_server.h"
+#include "fe_session.h"
+#include "fe_access.h"
+#include "fe_proxy.h"
 #include "ms_envelope.h"
 #include "ms_error.h"
 #include "ms_log.h"
@@ -46,13 +49,13 @@ enum fe_state {
     FE_ST_AUTH,       /* reading SASL responses */
     FE_ST_AUTH_CHECK, /* crypt(3) running on the thread pool */
     FE_ST_STARTTLS,   /* TLS handshake after STARTTLS */
-    FE_ST_POLICY,     /* waiting for Redis: rate limits, suppression */
+    FE_ST_LIMITS,     /* waiting for Redis: rate limits, suppression */
     FE_ST_CLOSING
 };
 
 static const char *const state_names[] = {
     "proxy",    "tls_wait", "connected", "ready", "mail", "rcpt", "data", "bdat",
-    "queueing", "auth",      "auth_check", "starttls", "policy", "closing",
+    "queueing", "auth",      "auth_check", "starttls", "limits", "closing",
 };
 
 enum fe_sasl { SASL_NONE, SASL_PLAIN, SASL_LOGIN_USER, SASL_LOGIN_PASS };
@@ -60,11 +63,11 @@ enum fe_sasl { SASL_NONE, SASL_PLAIN, SASL_LOGIN_USER, SASL_LOGIN_PASS };
 struct auth_job;
 
 /* What a session waits for Redis about, and what it needs to go on. */
-enum fe_wait_kind { W_CONN, W_MAIL, W_RCPT, W_AUTH };
+enum fe_limits_kind { W_CONN, W_MAIL, W_RCPT, W_AUTH };
 
-struct fe_wait {
-    enum fe_wait_kind kind;
-    uint64_t req;        /* id in srv->policy */
+struct fe_limits_wait {
+    enum fe_limits_kind kind;
+    uint64_t req;        /* id in srv->limit_checks */
     enum fe_state prev;  /* state to return to */
     struct fe_rl_check c;
     enum fe_rate_kind kinds[FE_RL_BUCKETS_MAX]; /* of each bucket in c */
@@ -108,7 +111,7 @@ struct fe_session {
     struct fe_server *srv;
     struct fe_listener *l;
     struct fe_transport *t;
-    struct fe_session *prev, *next;
+    struct ms_list live; /* on srv->live */
     enum fe_state state;
     struct fe_tx *tx;
     struct ms_buf in, out;
@@ -129,8 +132,8 @@ struct fe_session {
     uint64_t skip_octets; /* discarding the data of a refused BDAT chunk */
     uint64_t ntx;
     uint64_t ncommands;
-    struct fe_wait *wait; /* while FE_ST_POLICY */
-    uint64_t ip_key;      /* srv->per_ip key once counted, else 0 */
+    struct fe_limits_wait *limits; /* while FE_ST_LIMITS */
+    uint64_t ip_key;      /* srv->conns->per_ip key once counted, else 0 */
 };
 
 void fe__session_process(struct fe_session *s);
@@ -156,7 +159,7 @@ static int busy(const struct fe_session *s)
 {
     return s->state == FE_ST_QUEUEING || s->state == FE_ST_AUTH_CHECK ||
            s->state == FE_ST_STARTTLS || s->state == FE_ST_TLS_WAIT ||
-           s->state == FE_ST_POLICY || s->state == FE_ST_CLOSING;
+           s->state == FE_ST_LIMITS || s->state == FE_ST_CLOSING;
 }
 
 static void reply(struct fe_session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -192,7 +195,7 @@ static void update_reading(struct fe_session *s)
      * client sends meanwhile waits in `in`, bounded like any other input)
      * unless the server is overloaded: stopping and restarting the socket
      * for every message cost two epoll_ctl calls each. */
-    want = s->state != FE_ST_AUTH_CHECK && s->state != FE_ST_POLICY &&
+    want = s->state != FE_ST_AUTH_CHECK && s->state != FE_ST_LIMITS &&
            !((s->state == FE_ST_DATA || s->state == FE_ST_BDAT ||
               s->state == FE_ST_QUEUEING) &&
              s->srv->overloaded) &&
@@ -260,7 +263,7 @@ static void commit_touch(struct fe_session *s)
 static void tx_reset(struct fe_session *s)
 {
     if (s->tx && s->tx->txn_id)
-        fe_idmap_del(&s->srv->pending, s->tx->txn_id);
+        ms_idmap_del(&s->srv->pending, s->tx->txn_id);
     tx_free(s->tx);
     s->tx = NULL;
     if (s->state == FE_ST_MAIL || s->state == FE_ST_RCPT || s->state == FE_ST_DATA ||
@@ -437,11 +440,11 @@ static int submit_tx(struct fe_session *s)
     /* The message is in the record now; keep memory low while we wait. */
     ms_buf_free(&tx->msg);
     tx->txn_id = ++s->srv->next_id;
-    fe_idmap_put(&s->srv->pending, tx->txn_id, s);
+    ms_idmap_put(&s->srv->pending, tx->txn_id, s);
     r = fe_server_submit(s->srv, tx->txn_id, tx->qid, strlen(tx->qid), buf, len);
     fe_commit_leave(&s->srv->commit, &s->cm);
     if (r < 0) {
-        fe_idmap_del(&s->srv->pending, tx->txn_id);
+        ms_idmap_del(&s->srv->pending, tx->txn_id);
         tx->txn_id = 0;
     }
     return r;
@@ -492,7 +495,8 @@ static void data_end(struct fe_session *s, enum fe_data_status status)
     }
 }
 
-void fe_session_queued(struct fe_session *s, int err, const char *errstr)
+/* The report for the session's pending transaction. */
+static void session_queued(struct fe_session *s, int err, const char *errstr)
 {
     struct fe_tx *tx = s->tx;
     char extra[512], q[400];
@@ -530,10 +534,10 @@ void fe_session_queued(struct fe_session *s, int err, const char *errstr)
 
 /* ---- commands ---- */
 
-static struct fe_wait *wait_new(enum fe_wait_kind kind, enum fe_rl_mode mode);
-static void add_rate(struct fe_session *s, struct fe_wait *w, enum fe_rate_kind kind,
+static struct fe_limits_wait *limits_wait_new(enum fe_limits_kind kind, enum fe_rl_mode mode);
+static void add_rate(struct fe_session *s, struct fe_limits_wait *w, enum fe_rate_kind kind,
                      const char *what, const char *value);
-static void policy_run(struct fe_session *s, struct fe_wait *w);
+static void limits_check(struct fe_session *s, struct fe_limits_wait *w);
 
 #define F_HELO 0x01  /* needs HELO/EHLO first */
 #define F_NOTX 0x02  /* not inside a mail transaction */
@@ -593,7 +597,7 @@ static void cmd_mail(struct fe_session *s, const struct fe_smtp_cmd *c)
     struct fe_mail_params mp;
     const struct fe_passwd_entry *pe;
     const char *err = NULL;
-    struct fe_wait *w;
+    struct fe_limits_wait *w;
 
     if (fe_smtp_mail_params(c, &mp, &err) < 0) {
         reply_error(s, err);
@@ -627,18 +631,18 @@ static void cmd_mail(struct fe_session *s, const struct fe_smtp_cmd *c)
         }
     }
     /* Messages per authenticated user and per sender domain (Redis). */
-    w = wait_new(W_MAIL, FE_RL_TAKE);
+    w = limits_wait_new(W_MAIL, FE_RL_TAKE);
     memcpy(w->path, c->path, c->pathlen + 1);
     w->mp = mp;
     if (s->auth_user[0])
         add_rate(s, w, FE_RATE_MSG_USER, "msg:user:", s->auth_user);
     if (c->path_domain)
         add_rate(s, w, FE_RATE_MSG_DOMAIN, "msg:dom:", fe_addr_domain(c->path));
-    policy_run(s, w);
+    limits_check(s, w);
 }
 
 /* MAIL passed every check: the transaction starts. */
-static void mail_accept(struct fe_session *s, const struct fe_wait *w)
+static void mail_accept(struct fe_session *s, const struct fe_limits_wait *w)
 {
     struct fe_tx *tx;
 
@@ -660,7 +664,7 @@ static void cmd_rcpt(struct fe_session *s, const struct fe_smtp_cmd *c)
     struct fe_tx *tx = s->tx;
     struct fe_rcpt_params rp;
     const char *err = NULL;
-    struct fe_wait *w;
+    struct fe_limits_wait *w;
     int accepted;
 
     if (fe_smtp_rcpt_params(c, &rp, &err) < 0) {
@@ -705,7 +709,7 @@ static void cmd_rcpt(struct fe_session *s, const struct fe_smtp_cmd *c)
     }
     /* Recipients per client (Redis) and the suppression list (the
      * worker's ms:suppress:<rcpt>), in one round trip. */
-    w = wait_new(W_RCPT, FE_RL_TAKE);
+    w = limits_wait_new(W_RCPT, FE_RL_TAKE);
     memcpy(w->path, c->path, c->pathlen + 1);
     w->notify = rp.notify;
     memcpy(w->orcpt, rp.orcpt, sizeof(w->orcpt));
@@ -716,11 +720,11 @@ static void cmd_rcpt(struct fe_session *s, const struct fe_smtp_cmd *c)
         add_rate(s, w, FE_RATE_RCPT_CLIENT, "rcpt:ip:", s->ip);
     if (set->refuse_suppressed && c->path_domain)
         fe_rl_refuse_key(&w->c, set->suppress_prefix, c->path);
-    policy_run(s, w);
+    limits_check(s, w);
 }
 
 /* RCPT passed every check: the recipient joins the transaction. */
-static void rcpt_accept(struct fe_session *s, const struct fe_wait *w)
+static void rcpt_accept(struct fe_session *s, const struct fe_limits_wait *w)
 {
     struct fe_tx *tx = s->tx;
 
@@ -918,7 +922,7 @@ static void auth_work(uv_work_t *req)
 static void auth_after(uv_work_t *req, int status)
 {
     struct auth_job *j = req->data;
-    struct fe_session *s = fe_idmap_get(&j->srv->sessions, j->sid);
+    struct fe_session *s = ms_idmap_get(&j->srv->sessions, j->sid);
     char q[300];
 
     if (s != NULL && s->state == FE_ST_AUTH_CHECK) {
@@ -961,11 +965,11 @@ static void auth_job_free(struct auth_job *j)
  * (nobody waits for the answer). */
 static void auth_failed_charge(struct fe_session *s, const char *user)
 {
-    struct fe_wait *w;
+    struct fe_limits_wait *w;
 
     if (s->srv->rl == NULL)
         return;
-    w = wait_new(W_AUTH, FE_RL_CHARGE);
+    w = limits_wait_new(W_AUTH, FE_RL_CHARGE);
     add_rate(s, w, FE_RATE_AUTHFAIL_IP, "authf:ip:", s->ip);
     add_rate(s, w, FE_RATE_AUTHFAIL_USER, "authf:user:", user);
     if (fe_rl_check_needed(&w->c))
@@ -987,7 +991,7 @@ static void auth_run(struct fe_session *s, struct auth_job *j)
 
 static void auth_check(struct fe_session *s, const char *user, const char *pass)
 {
-    struct fe_wait *w;
+    struct fe_limits_wait *w;
     struct auth_job *j = ms_calloc(1, sizeof(*j));
     const struct fe_passwd_entry *pe = fe_passwd_find(s->srv->passwd, user);
 
@@ -1002,32 +1006,32 @@ static void auth_check(struct fe_session *s, const char *user, const char *pass)
     /* Too many failures from this client or for this user: refuse before
      * even looking at the password, so guessing gains nothing. */
     enter_state(s, FE_ST_READY);
-    w = wait_new(W_AUTH, FE_RL_PEEK);
+    w = limits_wait_new(W_AUTH, FE_RL_PEEK);
     w->job = j;
     add_rate(s, w, FE_RATE_AUTHFAIL_IP, "authf:ip:", s->ip);
     add_rate(s, w, FE_RATE_AUTHFAIL_USER, "authf:user:", user);
-    policy_run(s, w);
+    limits_check(s, w);
 }
 
 /* ---- waiting for Redis: rate limits and the suppression list ---- */
 
-static struct fe_wait *wait_new(enum fe_wait_kind kind, enum fe_rl_mode mode)
+static struct fe_limits_wait *limits_wait_new(enum fe_limits_kind kind, enum fe_rl_mode mode)
 {
-    struct fe_wait *w = ms_calloc(1, sizeof(*w));
+    struct fe_limits_wait *w = ms_calloc(1, sizeof(*w));
 
     w->kind = kind;
     fe_rl_check_init(&w->c, mode);
     return w;
 }
 
-static void wait_free(struct fe_wait *w)
+static void limits_wait_free(struct fe_limits_wait *w)
 {
     if (w->job)
         auth_job_free(w->job);
     free(w);
 }
 
-static void add_rate(struct fe_session *s, struct fe_wait *w, enum fe_rate_kind kind,
+static void add_rate(struct fe_session *s, struct fe_limits_wait *w, enum fe_rate_kind kind,
                      const char *what, const char *value)
 {
     size_t before = w->c.n;
@@ -1050,7 +1054,7 @@ static void refuse_connection(struct fe_session *s, const char *line)
 static void session_admitted(struct fe_session *s);
 
 /* Act on the answer (or FE_RL_FAILED) for w, which the caller then frees. */
-static void policy_finish(struct fe_session *s, struct fe_wait *w, int result)
+static void limits_decide(struct fe_session *s, struct fe_limits_wait *w, int result)
 {
     struct fe_server *srv = s->srv;
     const char *host = srv->set.hostname, *limit = NULL;
@@ -1126,38 +1130,39 @@ static void policy_finish(struct fe_session *s, struct fe_wait *w, int result)
 }
 
 /* Ask Redis when there is anything to ask; else decide now. */
-static void policy_run(struct fe_session *s, struct fe_wait *w)
+static void limits_check(struct fe_session *s, struct fe_limits_wait *w)
 {
     struct fe_server *srv = s->srv;
 
     if (srv->rl == NULL || !fe_rl_check_needed(&w->c)) {
-        policy_finish(s, w, FE_RL_OK);
-        wait_free(w);
+        limits_decide(s, w, FE_RL_OK);
+        limits_wait_free(w);
         return;
     }
     w->req = ++srv->next_id;
     if (fe_rl_run(srv->rl, &w->c, w->req) < 0) {
-        policy_finish(s, w, FE_RL_FAILED);
-        wait_free(w);
+        limits_decide(s, w, FE_RL_FAILED);
+        limits_wait_free(w);
         return;
     }
-    fe_idmap_put(&srv->policy, w->req, s);
+    ms_idmap_put(&srv->limit_checks, w->req, s);
     w->prev = s->state;
-    s->wait = w;
-    enter_state(s, FE_ST_POLICY);
+    s->limits = w;
+    enter_state(s, FE_ST_LIMITS);
     uv_timer_start(&s->timer, on_timer, srv->set.rl_timeout_ms, 0);
 }
 
-void fe_session_policy(struct fe_session *s, int result)
+/* The answer to the session's limits check (or FE_RL_FAILED: timed out). */
+static void limits_answer(struct fe_session *s, int result)
 {
-    struct fe_wait *w = s->wait;
+    struct fe_limits_wait *w = s->limits;
 
-    if (w == NULL || s->state != FE_ST_POLICY)
+    if (w == NULL || s->state != FE_ST_LIMITS)
         return;
-    s->wait = NULL;
+    s->limits = NULL;
     enter_state(s, w->prev);
-    policy_finish(s, w, result);
-    wait_free(w);
+    limits_decide(s, w, result);
+    limits_wait_free(w);
     if (s->state == FE_ST_CLOSING)
         return;
     arm_timer(s);
@@ -1168,7 +1173,8 @@ void fe_session_policy(struct fe_session *s, int result)
         flush(s);
 }
 
-void fe_session_resume(struct fe_session *s)
+/* Back-pressure is over: read again if the session stopped for it. */
+static void session_resume(struct fe_session *s)
 {
     if (s->state != FE_ST_CLOSING)
         update_reading(s);
@@ -1462,11 +1468,11 @@ static void on_timer(uv_timer_t *h)
         arm_timer(s); /* we are the slow one, not the client */
         return;
     }
-    if (s->state == FE_ST_POLICY) {
+    if (s->state == FE_ST_LIMITS) {
         /* Redis is too slow: as if it were down ([ratelimit] redis_failure). */
-        fe_idmap_del(&s->srv->policy, s->wait->req);
+        ms_idmap_del(&s->srv->limit_checks, s->limits->req);
         ms_warn("event=ratelimit_timeout sid=%llu client=%s", (unsigned long long)s->id, s->ip);
-        fe_session_policy(s, FE_RL_FAILED);
+        limits_answer(s, FE_RL_FAILED);
         return;
     }
     ms_counter_inc(s->srv->m.timeouts);
@@ -1498,7 +1504,7 @@ static void on_read(void *arg, const char *buf, size_t len)
     if (s->state == FE_ST_CLOSING)
         return;
     ms_counter_add(s->srv->m.bytes_in, len);
-    if (s->cm.linked || (s->tx && s->tx->txn_id == 0))
+    if (fe_commit_is_member(&s->cm) || (s->tx && s->tx->txn_id == 0))
         commit_touch(s);
     if (ms_buf_append(&s->in, buf, len) != 0) {
         reply(s, "421 4.7.0 %s Error: too much unprocessed input", s->srv->set.hostname);
@@ -1572,15 +1578,10 @@ static void session_free(struct fe_session *s)
 
     tx_reset(s);
     fe_commit_leave(&srv->commit, &s->cm);
-    fe_idmap_del(&srv->sessions, s->id);
+    ms_idmap_del(&srv->sessions, s->id);
     if (s->ip_key)
         fe_conn_release(srv->conns, s->ip_key);
-    if (s->prev)
-        s->prev->next = s->next;
-    else
-        srv->head = s->next;
-    if (s->next)
-        s->next->prev = s->prev;
+    ms_list_remove(&s->live);
     ms_buf_free(&s->in);
     ms_buf_free(&s->out);
     ms_gauge_add(srv->m.sessions, -1);
@@ -1612,13 +1613,13 @@ static void close_session(struct fe_session *s)
     if (s->tx && s->tx->txn_id) {
         ms_info("event=disconnect_while_queueing qid=%s sid=%llu client=%s", s->tx->qid,
                 (unsigned long long)s->id, s->ip);
-        fe_idmap_del(&s->srv->pending, s->tx->txn_id);
+        ms_idmap_del(&s->srv->pending, s->tx->txn_id);
         s->tx->txn_id = 0;
     }
-    if (s->wait) {
-        fe_idmap_del(&s->srv->policy, s->wait->req);
-        wait_free(s->wait);
-        s->wait = NULL;
+    if (s->limits) {
+        ms_idmap_del(&s->srv->limit_checks, s->limits->req);
+        limits_wait_free(s->limits);
+        s->limits = NULL;
     }
     if (s->out.len > 0 && !s->t->closing)
         fe_transport_write(s->t, s->out.data, s->out.len);
@@ -1669,7 +1670,7 @@ static void session_start(struct fe_session *s)
     const char *host = srv->set.hostname;
     char line[256];
     uint64_t n, key;
-    struct fe_wait *w;
+    struct fe_limits_wait *w;
     int r;
 
     /* Both limits are process-wide: the table is shared by every loop. */
@@ -1706,9 +1707,9 @@ static void session_start(struct fe_session *s)
         refuse_connection(s, line);
         return;
     }
-    w = wait_new(W_CONN, FE_RL_TAKE);
+    w = limits_wait_new(W_CONN, FE_RL_TAKE);
     add_rate(s, w, FE_RATE_CONN_IP, "conn:", s->ip);
-    policy_run(s, w);
+    limits_check(s, w);
 }
 
 /* Admitted: the banner, or the handshake before it. */
@@ -1789,11 +1790,8 @@ struct fe_session *fe_session_new(struct fe_server *srv, struct fe_listener *l,
     uv_timer_init(srv->loop, &s->timer);
     s->timer.data = s;
     set_client(s, (struct sockaddr *)&t->peer);
-    s->next = srv->head;
-    if (srv->head)
-        srv->head->prev = s;
-    srv->head = s;
-    fe_idmap_put(&srv->sessions, s->id, s);
+    ms_list_insert_head(&srv->live, &s->live);
+    ms_idmap_put(&srv->sessions, s->id, s);
     ms_counter_inc(l->m_conn);
     ms_gauge_add(srv->m.sessions, 1);
     ms_debug("event=connect sid=%llu client=%s port=%d listener=%s trusted=%d",
@@ -1817,28 +1815,74 @@ struct fe_session *fe_session_new(struct fe_server *srv, struct fe_listener *l,
     return s;
 }
 
-void fe_session_drain(struct fe_session *s)
-{
-    drain_if_needed(s);
-    if (s->state != FE_ST_CLOSING)
-        flush(s);
-}
-
 uint64_t fe_session_id(const struct fe_session *s)
 {
     return s->id;
 }
 
-void fe_session_abort(struct fe_session *s)
+/* ---- the server's sessions ---- */
+
+#define SESSION(n) ms_list_entry((n), struct fe_session, live)
+
+void fe_sessions_report(void *arg, uint64_t id, int err, const char *errstr)
 {
-    if (s->state == FE_ST_CLOSING)
+    struct fe_server *srv = arg;
+    struct fe_session *s = ms_idmap_del(&srv->pending, id);
+    struct ms_list *n;
+
+    fe_server_reported(srv);
+    if (s == NULL) {
+        /* The client left while we waited: it will send again. */
+        ms_info("event=report_without_session txn=%llu result=%s", (unsigned long long)id,
+                err == 0 ? "queued" : ms_err_name(err));
         return;
-    if (s->state != FE_ST_TLS_WAIT && s->state != FE_ST_STARTTLS && s->state != FE_ST_PROXY)
-        reply(s, "421 4.3.2 %s Service shutting down, try again later", s->srv->set.hostname);
-    close_session(s);
+    }
+    session_queued(s, err, errstr);
+    /* Back-pressure over: let paused sessions read again. */
+    if (srv->overloaded && srv->pending.count < srv->set.max_pending) {
+        srv->overloaded = 0;
+        ms_info("event=backpressure_off pending=%zu", srv->pending.count);
+        ms_list_foreach (n, &srv->live)
+            session_resume(SESSION(n));
+    }
 }
 
-struct fe_session *fe_session_next(const struct fe_session *s)
+void fe_sessions_limits_answer(void *arg, uint64_t id, int result)
 {
-    return s->next;
+    struct fe_server *srv = arg;
+    struct fe_session *s = ms_idmap_del(&srv->limit_checks, id);
+
+    if (s != NULL) /* else: the session is gone, or it stopped waiting */
+        limits_answer(s, result);
+}
+
+void fe_sessions_drain(struct fe_server *srv)
+{
+    struct ms_list *n;
+
+    srv->draining = 1;
+    /* Closing never frees synchronously (only close callbacks do), so the
+     * list stays intact while we walk it. */
+    ms_list_foreach (n, &srv->live) {
+        struct fe_session *s = SESSION(n);
+
+        drain_if_needed(s);
+        if (s->state != FE_ST_CLOSING)
+            flush(s);
+    }
+}
+
+void fe_sessions_abort(struct fe_server *srv)
+{
+    struct ms_list *n;
+
+    ms_list_foreach (n, &srv->live) {
+        struct fe_session *s = SESSION(n);
+
+        if (s->state == FE_ST_CLOSING)
+            continue;
+        if (s->state != FE_ST_TLS_WAIT && s->state != FE_ST_STARTTLS && s->state != FE_ST_PROXY)
+            reply(s, "421 4.3.2 %s Service shutting down, try again later", s->srv->set.hostname);
+        close_session(s);
+    }
 }

@@ -30,7 +30,12 @@
  * and publishes them; each loop then takes the new ones.  SIGPIPE is
  * ignored.
  */
+#include "fe_listen.h"
+#include "fe_conn_table.h"
+#include "fe_listen.h"
 #include "fe_server.h"
+#include "fe_session.h"
+#include "fe_settings.h"
 #include "ms_config.h"
 #include "ms_error.h"
 #include "ms_http.h"
@@ -299,7 +304,7 @@ static void on_drain_timer(uv_timer_t *t)
     if (!L->aborted && uv_now(L->loop) - L->drain_started >= L->srv.set.drain_timeout_ms) {
         ms_warn("event=drain_timeout loop=%d sessions_left=1", L->index);
         L->aborted = 1;
-        fe_server_abort(&L->srv);
+        fe_sessions_abort(&L->srv);
     }
 }
 
@@ -315,12 +320,13 @@ static void on_wake(uv_async_t *a)
     if (atomic_load(&L->want_drain) && !L->draining) {
         L->draining = 1;
         L->drain_started = uv_now(L->loop);
-        fe_server_drain(&L->srv);
+        fe_listen_close(&L->srv);
+        fe_sessions_drain(&L->srv);
         uv_timer_start(&L->drain_timer, on_drain_timer, 0, FE_DRAIN_POLL_MS);
     }
     if (atomic_load(&L->want_abort) && L->draining && !L->aborted) {
         L->aborted = 1;
-        fe_server_abort(&L->srv);
+        fe_sessions_abort(&L->srv);
     }
 }
 
@@ -391,11 +397,11 @@ static void loop_setup(struct fe_loop *L, int index, size_t n)
     kconf.client_id = srv->set.node_id;
     kconf.linger_ms = (int)srv->set.kafka_linger_ms;
     kconf.caller_batches = srv->set.group_commit;
-    srv->producer = ms_producer_new(L->loop, &kconf, fe_server_submitted, srv, err, sizeof(err));
+    srv->producer = ms_producer_new(L->loop, &kconf, fe_sessions_report, srv, err, sizeof(err));
     if (srv->producer == NULL)
         ms_fatal("event=kafka_error reason=\"%s\"", err);
     if (srv->set.group_commit)
-        fe_server_commit_start(srv);
+        fe_server_commit_start(srv, fe_sessions_report);
 
     if (fe_settings_need_redis(&srv->set)) {
         int64_t rport;
@@ -404,9 +410,9 @@ static void loop_setup(struct fe_loop *L, int index, size_t n)
             ms_fatal("event=config_error reason=\"[redis] port\"");
         srv->redis =
             ms_redis_new(L->loop, ms_config_get(cfg, "redis", "host", "127.0.0.1"), (int)rport);
-        srv->rl = fe_rl_new(srv->redis, fe_server_policy_result, srv);
+        srv->rl = fe_rl_new(srv->redis, fe_sessions_limits_answer, srv);
     }
-    if (fe_server_listen(srv, cfg, err, sizeof(err)) < 0)
+    if (fe_listen_open(srv, cfg, err, sizeof(err)) < 0)
         ms_fatal("event=listen_failed reason=\"%s\"", err);
 
     uv_async_init(L->loop, &L->wake, on_wake);

@@ -40,6 +40,26 @@ static void take_and_free(struct fe_commit *c, size_t want)
         free(out[i].buf);
 }
 
+/* The members in order (oldest sign of life first), NULL-terminated, and
+ * their count. */
+static void expect_members(struct fe_commit *c, ...)
+{
+    struct fe_commit_member *want;
+    struct ms_list *n;
+    size_t count = 0;
+    va_list ap;
+
+    va_start(ap, c);
+    ms_list_foreach (n, &c->members) {
+        want = va_arg(ap, struct fe_commit_member *);
+        assert_ptr_equal(ms_list_entry(n, struct fe_commit_member, node), want);
+        count++;
+    }
+    assert_null(va_arg(ap, struct fe_commit_member *)); /* no member missing */
+    va_end(ap);
+    assert_int_equal(c->nmembers, count);
+}
+
 /* Nothing held: never due, whoever is active. */
 static void test_empty_is_never_due(void **state)
 {
@@ -114,7 +134,7 @@ static void test_quiet_member_expires(void **state)
     fe_commit_hold(&c, 1, "Q", 1, record(1), 1, 0);
     assert_int_equal(NOT_DUE, fe_commit_due(&c, WINDOW));     /* exactly the window: still counts */
     assert_int_equal(FE_COMMIT_READY, fe_commit_due(&c, WINDOW + 1));  /* past it: forgotten */
-    assert_false(slow.linked);
+    assert_false(fe_commit_is_member(&slow));
     take_and_free(&c, 1);
     /* A sign of life makes it a member again. */
     fe_commit_touch(&c, &slow, 2 * WINDOW);
@@ -137,17 +157,13 @@ static void test_touch_reorders(void **state)
     fe_commit_touch(&c, &a, 0);
     fe_commit_touch(&c, &b, 100 * US);
     fe_commit_touch(&c, &a, 500 * US);
-    assert_int_equal(c.nmembers, 2);
-    assert_ptr_equal(c.head, &b);
-    assert_ptr_equal(c.tail, &a);
+    expect_members(&c, &b, &a, NULL);
     fe_commit_hold(&c, 1, "Q", 1, record(1), 1, 0);
     assert_int_equal(NOT_DUE, fe_commit_due(&c, 800 * US)); /* b expired, a has not */
-    assert_int_equal(c.nmembers, 1);
-    assert_ptr_equal(c.head, &a);
+    expect_members(&c, &a, NULL);
     assert_int_equal(FE_COMMIT_READY, fe_commit_due(&c, 1200 * US));
-    assert_int_equal(c.nmembers, 0);
-    assert_null(c.head);
-    assert_null(c.tail);
+    expect_members(&c, NULL);
+    assert_false(fe_commit_is_member(&a));
     fe_commit_leave(&c, &a); /* not a member any more: harmless */
     fe_commit_leave(&c, &a);
     take_and_free(&c, 1);

@@ -10,14 +10,13 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ms_envelope.h"
 #include "ms_error.h"
 #include "ms_log.h"
-#include "../../frontend/fe_server.h"
+#include "../../frontend/fe_session.h"
 
 struct fake_kafka {
     int fail;        /* return this from submit */
@@ -89,18 +88,16 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fixture *f = *state;
-    struct fe_session *s;
 
-    for (s = f->srv.head; s; s = fe_session_next(s))
-        fe_session_abort(s);
+    fe_sessions_abort(&f->srv);
     uv_run(&f->loop, UV_RUN_DEFAULT);
     assert_true(fe_server_idle(&f->srv));
     assert_int_equal(uv_loop_close(&f->loop), 0);
     f->srv.set.accepted_domains = NULL;
     f->srv.set.naccepted = 0;
-    fe_idmap_free(&f->srv.sessions);
-    fe_idmap_free(&f->srv.pending);
-    fe_idmap_free(&f->srv.policy);
+    ms_idmap_free(&f->srv.sessions);
+    ms_idmap_free(&f->srv.pending);
+    ms_idmap_free(&f->srv.limit_checks);
     fe_conn_table_free(&f->srv.own_conns);
     free(f->k.last_value);
     free(f);
@@ -192,11 +189,11 @@ static void test_pipelining_waits_for_report(void **state)
                 memcmp(e->message.data + e->message.len - 18, "Subject: t\r\n\r\n.x\r\n", 18) == 0);
     ms_envelope_free(e);
 
-    fe_server_submitted(&f->srv, f->k.last_id, 0, NULL);
+    fe_sessions_report(&f->srv, f->k.last_id, 0, NULL);
     snprintf(want, sizeof(want), "250 2.0.0 Ok: queued as %s\r\n250 2.0.0 Ok\r\n", f->k.last_key);
     expect(f, want);
     /* A duplicate report finds nothing. */
-    fe_server_submitted(&f->srv, f->k.last_id, 0, NULL);
+    fe_sessions_report(&f->srv, f->k.last_id, 0, NULL);
     expect(f, "");
 }
 
@@ -226,7 +223,7 @@ static void test_bdat_pipelined(void **state)
                 memcmp(e->message.data + e->message.len - 22, "Subject: t\r\n\r\n..x\r\n.\r\n",
                        22) == 0);
     ms_envelope_free(e);
-    fe_server_submitted(&f->srv, f->k.last_id, 0, NULL);
+    fe_sessions_report(&f->srv, f->k.last_id, 0, NULL);
     snprintf(want, sizeof(want), "250 2.0.0 Ok: queued as %s\r\n250 2.0.0 Ok\r\n", f->k.last_key);
     expect(f, want);
 }
@@ -299,7 +296,7 @@ static void test_bdat_rules(void **state)
     assert_int_equal(e->mail_from->body, MAILSTREAM__BODY__BODY_BINARYMIME);
     assert_memory_equal(e->message.data + e->message.len - 4, "a\0\nb", 4);
     ms_envelope_free(e);
-    fe_server_submitted(&f->srv, f->k.last_id, 0, NULL);
+    fe_sessions_report(&f->srv, f->k.last_id, 0, NULL);
     free(output(f));
     /* No size at all: the stream can not be framed, 501 then 421. */
     send_str(f, "BDAT x\r\n");
@@ -323,7 +320,7 @@ static void test_metrics(void **state)
     assert_true(ms_counter_value(f->l.m_conn) >= 1);
     greet(f);
     send_str(f, "MAIL FROM:<>\r\nRCPT TO:<u@mailstream.test>\r\nDATA\r\nx\r\n.\r\nFOO\r\n");
-    fe_server_submitted(&f->srv, f->k.last_id, MS_ETIMEOUT, "timed out");
+    fe_sessions_report(&f->srv, f->k.last_id, MS_ETIMEOUT, "timed out");
     f->k.fail = MS_EAGAIN;
     send_str(f, "MAIL FROM:<>\r\nRCPT TO:<u@mailstream.test>\r\nBDAT 3 LAST\r\nx\r\n");
     free(output(f));
@@ -345,7 +342,7 @@ static void test_report_error_gives_451(void **state)
     greet(f);
     send_str(f, "MAIL FROM:<>\r\nRCPT TO:<postmaster>\r\nDATA\r\nx\r\n.\r\n");
     free(output(f));
-    fe_server_submitted(&f->srv, f->k.last_id, MS_ETIMEOUT, "Local: Message timed out");
+    fe_sessions_report(&f->srv, f->k.last_id, MS_ETIMEOUT, "Local: Message timed out");
     o = output(f);
     assert_memory_equal(o, "451 4.3.0 ", 10);
     free(o);
@@ -386,7 +383,7 @@ static void test_gone_before_report(void **state)
     uv_run(&f->loop, UV_RUN_DEFAULT);
     assert_true(fe_server_idle(&f->srv));
     /* The report, when it comes, finds nobody and harms nobody. */
-    fe_server_submitted(&f->srv, f->k.last_id, 0, NULL);
+    fe_sessions_report(&f->srv, f->k.last_id, 0, NULL);
     f->t = NULL;
 }
 
@@ -426,9 +423,9 @@ static void test_drain(void **state)
     greet(f);
     send_str(f, "MAIL FROM:<>\r\nRCPT TO:<u@mailstream.test>\r\nDATA\r\nx\r\n.\r\nNOOP\r\n");
     free(output(f));
-    fe_server_drain(&f->srv);
+    fe_sessions_drain(&f->srv);
     expect(f, ""); /* in flight: left alone */
-    fe_server_submitted(&f->srv, f->k.last_id, 0, NULL);
+    fe_sessions_report(&f->srv, f->k.last_id, 0, NULL);
     o = output(f);
     assert_memory_equal(o, "250 2.0.0 Ok: queued as ", 24);
     assert_non_null(strstr(o, "\r\n421 4.3.2 mx.test Service shutting down"));
@@ -483,7 +480,7 @@ static void test_proxy_header(void **state)
     assert_memory_equal(e->message.data, "Received: from client.example ([198.51.100.22])\r\n",
                         49);
     ms_envelope_free(e);
-    fe_server_submitted(&f->srv, f->k.last_id, 0, NULL);
+    fe_sessions_report(&f->srv, f->k.last_id, 0, NULL);
     f->srv.set.proxy_trusted = NULL;
     f->srv.set.nproxy_trusted = 0;
 }
@@ -575,76 +572,7 @@ static void test_requiretls(void **state)
     assert_non_null(e);
     assert_true(e->mail_from->requiretls);
     ms_envelope_free(e);
-    fe_server_submitted(&f->srv, f->k.last_id, 0, NULL);
-}
-
-/* The connection table shared by every loop's server (fe_server.h): both
- * limits hold for the table as a whole, also under concurrent callers. */
-static void test_conn_table(void **state)
-{
-    struct fe_conn_table ct;
-    uint64_t open;
-
-    (void)state;
-    fe_conn_table_init(&ct);
-    assert_int_equal(fe_conn_admit(&ct, 11, 3, 2, &open), 0);
-    assert_int_equal(fe_conn_admit(&ct, 11, 3, 2, &open), 0);
-    assert_int_equal(fe_conn_admit(&ct, 11, 3, 2, &open), FE_LIMIT_CONN_PER_IP);
-    assert_int_equal(open, 2);
-    assert_int_equal(fe_conn_admit(&ct, 13, 3, 2, &open), 0);
-    assert_int_equal(fe_conn_admit(&ct, 15, 3, 2, &open), FE_LIMIT_CONNECTIONS);
-    fe_conn_release(&ct, 11);
-    assert_int_equal(fe_conn_admit(&ct, 15, 3, 2, &open), 0);
-    fe_conn_release(&ct, 11);
-    fe_conn_release(&ct, 13);
-    fe_conn_release(&ct, 15);
-    assert_int_equal(ct.nconns, 0);
-    assert_int_equal(ct.per_ip.count, 0);
-    fe_conn_table_free(&ct);
-}
-
-#define CT_THREADS 4
-#define CT_PER_IP 50
-
-struct ct_arg {
-    struct fe_conn_table *ct;
-    int admitted;
-};
-
-static void *ct_worker(void *p)
-{
-    struct ct_arg *a = p;
-    uint64_t open;
-    int i;
-
-    for (i = 0; i < 1000; i++)
-        if (fe_conn_admit(a->ct, 7, 0, CT_PER_IP, &open) == 0)
-            a->admitted++;
-    return NULL;
-}
-
-static void test_conn_table_threads(void **state)
-{
-    struct fe_conn_table ct;
-    struct ct_arg args[CT_THREADS];
-    pthread_t tid[CT_THREADS];
-    int i, total = 0;
-
-    (void)state;
-    fe_conn_table_init(&ct);
-    for (i = 0; i < CT_THREADS; i++) {
-        args[i] = (struct ct_arg){&ct, 0};
-        assert_int_equal(pthread_create(&tid[i], NULL, ct_worker, &args[i]), 0);
-    }
-    for (i = 0; i < CT_THREADS; i++) {
-        pthread_join(tid[i], NULL);
-        total += args[i].admitted;
-    }
-    assert_int_equal(total, CT_PER_IP); /* not CT_THREADS * CT_PER_IP */
-    for (i = 0; i < total; i++)
-        fe_conn_release(&ct, 7);
-    assert_int_equal(ct.nconns, 0);
-    fe_conn_table_free(&ct);
+    fe_sessions_report(&f->srv, f->k.last_id, 0, NULL);
 }
 
 int main(void)
@@ -663,8 +591,6 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_proxy_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_relay_tricks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_requiretls, setup, teardown),
-        cmocka_unit_test(test_conn_table),
-        cmocka_unit_test(test_conn_table_threads),
     };
 
     ms_log_init("test", MS_LOG_WARN);

@@ -1,7 +1,8 @@
 /*
- * fe_policy.c - trusted networks and accepted domains (see fe_policy.h).
+ * fe_access.c - trusted networks, accepted domains and routing local parts
+ * (see fe_access.h).
  */
-#include "fe_policy.h"
+#include "fe_access.h"
 #include "ms_error.h"
 
 #include <arpa/inet.h>

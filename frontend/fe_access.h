@@ -1,10 +1,14 @@
 /*
- * fe_policy.h - the frontend's accept policy as pure functions: trusted
- * networks (CIDR lists) and accepted domains.  Built once from the config,
- * then read-only; any thread.
+ * fe_access.h - the frontend's access rules as pure functions: who may relay
+ * and who may speak for the client.  Trusted networks and the balancers
+ * allowed to send a PROXY header are CIDR lists; accepted domains are names;
+ * a local part that routes on by itself counts as relaying (DESIGN.md "No
+ * open relay").  The lists are built once from the config (fe_settings.h),
+ * then read-only; every function is pure and may run on any thread.  Errors:
+ * fe_cidr_parse() answers MS_EINVAL; the others cannot fail.
  */
-#ifndef FE_POLICY_H
-#define FE_POLICY_H
+#ifndef FE_ACCESS_H
+#define FE_ACCESS_H
 
 #include <stddef.h>
 #include <sys/socket.h>

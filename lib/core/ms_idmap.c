@@ -1,18 +1,18 @@
 /*
- * fe_idmap.c - id to pointer map with chained buckets (see fe_idmap.h).
+ * ms_idmap.c - id to pointer map with chained buckets (see ms_idmap.h).
  */
-#include "fe_idmap.h"
+#include "ms_idmap.h"
 #include "ms_mem.h"
 
 #include <stdlib.h>
 
-struct fe_idmap_node {
+struct ms_idmap_node {
     uint64_t id;
     void *p;
-    struct fe_idmap_node *next;
+    struct ms_idmap_node *next;
 };
 
-static size_t slot(const struct fe_idmap *m, uint64_t id)
+static size_t slot(const struct ms_idmap *m, uint64_t id)
 {
     id ^= id >> 33;
     id *= 0xff51afd7ed558ccdULL;
@@ -20,16 +20,16 @@ static size_t slot(const struct fe_idmap *m, uint64_t id)
     return (size_t)id & (m->nbuckets - 1);
 }
 
-void fe_idmap_init(struct fe_idmap *m)
+void ms_idmap_init(struct ms_idmap *m)
 {
     m->nbuckets = 64;
     m->buckets = ms_calloc(m->nbuckets, sizeof(*m->buckets));
     m->count = 0;
 }
 
-void fe_idmap_free(struct fe_idmap *m)
+void ms_idmap_free(struct ms_idmap *m)
 {
-    struct fe_idmap_node *n, *next;
+    struct ms_idmap_node *n, *next;
     size_t i;
 
     for (i = 0; i < m->nbuckets; i++)
@@ -42,9 +42,9 @@ void fe_idmap_free(struct fe_idmap *m)
     m->nbuckets = m->count = 0;
 }
 
-static void grow(struct fe_idmap *m)
+static void grow(struct ms_idmap *m)
 {
-    struct fe_idmap_node **old = m->buckets, *n, *next;
+    struct ms_idmap_node **old = m->buckets, *n, *next;
     size_t oldn = m->nbuckets, i, s;
 
     m->nbuckets *= 2;
@@ -59,9 +59,9 @@ static void grow(struct fe_idmap *m)
     free(old);
 }
 
-void fe_idmap_put(struct fe_idmap *m, uint64_t id, void *p)
+void ms_idmap_put(struct ms_idmap *m, uint64_t id, void *p)
 {
-    struct fe_idmap_node *n;
+    struct ms_idmap_node *n;
     size_t s = slot(m, id);
 
     for (n = m->buckets[s]; n; n = n->next)
@@ -78,9 +78,9 @@ void fe_idmap_put(struct fe_idmap *m, uint64_t id, void *p)
         grow(m);
 }
 
-void *fe_idmap_get(const struct fe_idmap *m, uint64_t id)
+void *ms_idmap_get(const struct ms_idmap *m, uint64_t id)
 {
-    struct fe_idmap_node *n;
+    struct ms_idmap_node *n;
 
     for (n = m->buckets[slot(m, id)]; n; n = n->next)
         if (n->id == id)
@@ -88,9 +88,9 @@ void *fe_idmap_get(const struct fe_idmap *m, uint64_t id)
     return NULL;
 }
 
-void *fe_idmap_del(struct fe_idmap *m, uint64_t id)
+void *ms_idmap_del(struct ms_idmap *m, uint64_t id)
 {
-    struct fe_idmap_node **pp, *n;
+    struct ms_idmap_node **pp, *n;
     void *p;
 
     for (pp = &m->buckets[slot(m, id)]; (n = *pp) != NULL; pp = &n->next)

@@ -1,0 +1,202 @@
+/*
+ * fe_settings.c - the frontend's settings from the config (see
+ * fe_settings.h).
+ */
+#include "fe_settings.h"
+#include "fe_commit.h"
+#include "ms_error.h"
+#include "ms_kafka.h"
+#include "ms_mem.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+int fe__config_bool(const char *v, int *out)
+{
+    if (strcasecmp(v, "yes") == 0 || strcasecmp(v, "true") == 0 || strcmp(v, "1") == 0 ||
+        strcasecmp(v, "on") == 0)
+        *out = 1;
+    else if (strcasecmp(v, "no") == 0 || strcasecmp(v, "false") == 0 || strcmp(v, "0") == 0 ||
+             strcasecmp(v, "off") == 0 || *v == '\0')
+        *out = 0;
+    else
+        return MS_ECONFIG;
+    return 0;
+}
+
+static int get_u64(const ms_config *cfg, const char *sec, const char *key, int64_t def,
+                   int64_t min, int64_t max, uint64_t *out, char *err, size_t errlen)
+{
+    int64_t v;
+
+    if (ms_config_get_int(cfg, sec, key, def, min, max, &v) < 0) {
+        snprintf(err, errlen, "[%s] %s: want an integer in [%lld, %lld]", sec, key,
+                 (long long)min, (long long)max);
+        return MS_ECONFIG;
+    }
+    *out = (uint64_t)v;
+    return 0;
+}
+
+/* [smtp] `key`, a comma-separated list of networks, into *nets (freed by
+ * fe_settings_free(), also after an error) and its length *n. */
+static int get_networks(const ms_config *cfg, const char *key, struct fe_cidr **nets, size_t *n,
+                        char *err, size_t errlen)
+{
+    char *copy = ms_strdup(ms_config_get(cfg, "smtp", key, "")), *items[FE_TRUSTED_NETWORKS_MAX];
+    size_t count = ms_config_split_list(copy, items, FE_TRUSTED_NETWORKS_MAX), i;
+    int r = 0;
+
+    *nets = ms_calloc(count ? count : 1, sizeof(**nets));
+    for (i = 0; i < count && r == 0; i++)
+        if (fe_cidr_parse(items[i], &(*nets)[i]) < 0) {
+            snprintf(err, errlen, "[smtp] %s: bad network \"%s\"", key, items[i]);
+            r = MS_ECONFIG;
+        }
+    if (r == 0)
+        *n = count;
+    free(copy);
+    return r;
+}
+
+/* Config key and default of each enum fe_rate_kind, in order. */
+static const char *const rate_keys[FE_RATE_COUNT] = {
+    "connections_per_ip", "messages_per_user",    "messages_per_domain",
+    "recipients_per_client", "auth_failures_per_ip", "auth_failures_per_user",
+};
+static const char *const rate_defaults[FE_RATE_COUNT] = {"0", "0", "0", "0", "30/10m", "10/10m"};
+static const char *const local_limit_names[FE_LIMIT_COUNT - FE_RATE_COUNT] = {
+    "max_connections", "max_connections_per_ip", "max_commands", "max_pending_messages"};
+
+const char *fe_limit_name(int limit)
+{
+    if (limit >= 0 && limit < FE_RATE_COUNT)
+        return rate_keys[limit];
+    if (limit >= FE_RATE_COUNT && limit < FE_LIMIT_COUNT)
+        return local_limit_names[limit - FE_RATE_COUNT];
+    return "?";
+}
+
+int fe_settings_need_redis(const struct fe_settings *set)
+{
+    int i;
+
+    for (i = 0; i < FE_RATE_COUNT; i++)
+        if (set->rates[i].n > 0)
+            return 1;
+    return set->refuse_suppressed;
+}
+
+int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, size_t errlen)
+{
+    const char *v;
+    static char host[256];
+    char *copy, *items[FE_ACCEPTED_DOMAINS_MAX];
+    size_t n, i;
+    uint64_t secs;
+
+    memset(set, 0, sizeof(*set));
+    if (gethostname(host, sizeof(host)) != 0)
+        snprintf(host, sizeof(host), "frontend");
+    host[sizeof(host) - 1] = '\0';
+    set->node_id = ms_config_get(cfg, "node", "id", host);
+    set->hostname = ms_config_get(cfg, "node", "hostname", "localhost");
+    set->topic = ms_config_get(cfg, "kafka", "topic", "queue");
+    /* The Kafka record holds the message and its envelope. */
+    if (get_u64(cfg, "kafka", "linger_ms", FE_LINGER_MS_DEF, 1, 1000, &set->kafka_linger_ms, err,
+                errlen) < 0 ||
+        get_u64(cfg, "kafka", "group_commit_window_us", FE_COMMIT_WINDOW_US_DEF, 1, 1000000,
+                &set->group_commit_window_us, err, errlen) < 0)
+        return MS_ECONFIG;
+    if (fe__config_bool(ms_config_get(cfg, "kafka", "group_commit", "yes"), &set->group_commit) <
+        0) {
+        snprintf(err, errlen, "[kafka] group_commit: want yes or no");
+        return MS_ECONFIG;
+    }
+    if (get_u64(cfg, "smtp", "max_message_size", 26214400, 1024,
+                MS_KAFKA_RECORD_MAX - FE_ENVELOPE_HEADROOM, &set->max_message_size, err,
+                errlen) < 0 ||
+        get_u64(cfg, "smtp", "max_recipients", FE_MAX_RECIPIENTS_DEF, 1, 100000,
+                &set->max_recipients, err, errlen) < 0 ||
+        get_u64(cfg, "smtp", "max_errors", FE_MAX_ERRORS_DEF, 1, 1000, &set->max_errors, err,
+                errlen) < 0)
+        return MS_ECONFIG;
+    if (get_u64(cfg, "smtp", "command_timeout", FE_COMMAND_TIMEOUT_DEF, 1, 3600, &secs, err,
+                errlen) < 0)
+        return MS_ECONFIG;
+    set->command_timeout_ms = secs * 1000;
+    if (get_u64(cfg, "smtp", "greeting_timeout", FE_GREETING_TIMEOUT_DEF, 1, 3600, &secs, err,
+                errlen) < 0)
+        return MS_ECONFIG;
+    set->greeting_timeout_ms = secs * 1000;
+    if (get_u64(cfg, "smtp", "drain_timeout", FE_DRAIN_TIMEOUT_DEF, 1, 3600, &secs, err,
+                errlen) < 0)
+        return MS_ECONFIG;
+    set->drain_timeout_ms = secs * 1000;
+
+    copy = ms_strdup(ms_config_get(cfg, "smtp", "accepted_domains", "mailstream.test"));
+    n = ms_config_split_list(copy, items, FE_ACCEPTED_DOMAINS_MAX);
+    set->accepted_domains = ms_calloc(n ? n : 1, sizeof(char *));
+    for (i = 0; i < n; i++)
+        set->accepted_domains[i] = ms_strdup(items[i]);
+    set->naccepted = n;
+    free(copy);
+
+    if (get_networks(cfg, "trusted_networks", &set->trusted, &set->ntrusted, err, errlen) < 0 ||
+        get_networks(cfg, "proxy_trusted_networks", &set->proxy_trusted, &set->nproxy_trusted,
+                     err, errlen) < 0)
+        return MS_ECONFIG;
+
+    if (get_u64(cfg, "smtp", "max_connections", FE_MAX_CONNECTIONS_DEF, 1, 10000000,
+                &set->max_connections, err, errlen) < 0 ||
+        get_u64(cfg, "smtp", "max_connections_per_ip", FE_MAX_CONN_PER_IP_DEF, 1, 10000000,
+                &set->max_connections_per_ip, err, errlen) < 0 ||
+        get_u64(cfg, "smtp", "max_commands", FE_MAX_COMMANDS_DEF, 10, 100000000,
+                &set->max_commands, err, errlen) < 0 ||
+        get_u64(cfg, "smtp", "max_pending_messages", FE_MAX_PENDING_DEF, 1, 10000000,
+                &set->max_pending, err, errlen) < 0 ||
+        get_u64(cfg, "ratelimit", "timeout_ms", FE_RL_TIMEOUT_DEF, 10, 600000,
+                &set->rl_timeout_ms, err, errlen) < 0)
+        return MS_ECONFIG;
+    for (i = 0; i < FE_RATE_COUNT; i++) {
+        v = ms_config_get(cfg, "ratelimit", rate_keys[i], rate_defaults[i]);
+        if (fe_rate_parse(v, &set->rates[i]) < 0) {
+            snprintf(err, errlen, "[ratelimit] %s: want N/PERIOD (e.g. 100/1h) or 0, not \"%s\"",
+                     rate_keys[i], v);
+            return MS_ECONFIG;
+        }
+    }
+    set->rl_prefix = ms_config_get(cfg, "ratelimit", "key_prefix", "ms:rl:");
+    v = ms_config_get(cfg, "ratelimit", "redis_failure", "open");
+    if (strcmp(v, "open") == 0)
+        set->rl_fail_closed = 0;
+    else if (strcmp(v, "closed") == 0)
+        set->rl_fail_closed = 1;
+    else {
+        snprintf(err, errlen, "[ratelimit] redis_failure: want open or closed");
+        return MS_ECONFIG;
+    }
+    if (fe__config_bool(ms_config_get(cfg, "smtp", "refuse_suppressed", "no"),
+                        &set->refuse_suppressed) < 0) {
+        snprintf(err, errlen, "[smtp] refuse_suppressed: want yes or no");
+        return MS_ECONFIG;
+    }
+    /* worker/delivery.c suppress_key(): the same key, lower-cased. */
+    set->suppress_prefix = "ms:suppress:";
+    return 0;
+}
+
+void fe_settings_free(struct fe_settings *set)
+{
+    size_t i;
+
+    for (i = 0; i < set->naccepted; i++)
+        free(set->accepted_domains[i]);
+    free(set->accepted_domains);
+    free(set->trusted);
+    free(set->proxy_trusted);
+    memset(set, 0, sizeof(*set));
+}
