@@ -23,7 +23,7 @@ from typing import List
 import pytest
 
 import mslocal
-from dns_zone import Nsd
+from dns_zone import module_nsd
 from test_worker_bounce import dsns
 from test_worker_delivery import (DIRECTION_OUTBOUND, KCAT, FakeSMTP, envelope,  # noqa: F401
                                   fake_smtp, message, metric, new_qid, produce, wait_events,
@@ -164,13 +164,7 @@ ZONES = {
 }
 
 
-@pytest.fixture(scope="module")
-def nsd(tmp_path_factory):
-    sup = mslocal.Supervisor(tmp_path_factory.mktemp("nsd"))
-    n = Nsd(sup, mslocal.free_port(), ZONES)
-    n.start()
-    yield n
-    sup.stop_all()
+nsd = module_nsd(ZONES)
 
 
 def test_requiretls_tries_every_mx(cluster_factory, nsd, mx_port, servers, tmp_path):  # noqa: F811
