@@ -79,7 +79,9 @@ struct rcpt {
     const char *addr;           /* points into the envelope */
     enum rcpt_state state;
     int suppressed;             /* found on the suppression list */
-    int in_dsn;                 /* bounced here: goes into this record's DSN */
+    int in_dsn;                 /* bounced here, or delivered with NOTIFY=SUCCESS
+                                 * (dsn_action): goes into this record's DSN */
+    enum ms_dsn_action dsn_action; /* with in_dsn: failed, delivered or relayed */
     int dsn_done;               /* the DSN with it was acknowledged */
     int warn_in_dsn;            /* a delay warning for it is in the DSN on its way */
     int64_t delay_warned_us;    /* when its delay warning went out; 0: not yet */
@@ -589,6 +591,15 @@ static enum wk_outcome record_outcome(struct msg *m, size_t i, int code, const c
     return ev.outcome;
 }
 
+/* RFC 3461 NOTIFY=SUCCESS: the notice owed for delivered recipient i, if
+ * any (dsn_rules.h), goes into this record's DSN. */
+static void note_success(struct msg *m, size_t i, int next_hop_dsn, int final)
+{
+    if (wk_dsn_success(m->env->recipients[i]->notify, next_hop_dsn, final,
+                       &m->rcpts[i].dsn_action))
+        m->rcpts[i].in_dsn = 1;
+}
+
 static void apply_outcome(struct msg *m, size_t i, enum wk_outcome o)
 {
     if (o == WK_OUTCOME_DELIVERED) {
@@ -774,11 +785,15 @@ static void dest_done(struct msg *m, struct dest *ds)
 static void dest_finish_all(struct msg *m, struct dest *ds, int code, const char *dsn,
                             const char *text, const char *relay)
 {
+    enum wk_outcome o;
     size_t k;
 
-    for (k = 0; k < ds->n; k++)
-        apply_outcome(m, ds->rcpts[k],
-                      record_outcome(m, ds->rcpts[k], code, dsn, text, relay, NULL, -1));
+    for (k = 0; k < ds->n; k++) {
+        o = record_outcome(m, ds->rcpts[k], code, dsn, text, relay, NULL, -1);
+        apply_outcome(m, ds->rcpts[k], o);
+        if (o == WK_OUTCOME_DELIVERED) /* the discard transport: final */
+            note_success(m, ds->rcpts[k], 0, 1);
+    }
     dest_done(m, ds);
 }
 
@@ -818,7 +833,9 @@ static void on_smtp(void *arg, uint64_t id, const struct wk_smtp_result *res)
         dest_connect(m, ds);
         return;
     }
-    if (no_server_reply(res) && ds->next < ds->naddrs) {
+    /* try_next: this server cannot take the message (REQUIRETLS), another
+     * may (RFC 8689, X.7.30: "none of the SMTP servers"; smtp_client.h). */
+    if ((no_server_reply(res) || res->try_next) && ds->next < ds->naddrs) {
         ms_info("event=smtp_next_address qid=%s relay=%s reply=\"%s\"", m->qid, ds->relay_str,
                 res->nrcpts ? res->rcpts[0].reply : "");
         ms_counter_inc(d->m_connect_fallback);
@@ -833,9 +850,12 @@ static void on_smtp(void *arg, uint64_t id, const struct wk_smtp_result *res)
         o = record_outcome(m, i, res->rcpts[k].code, res->rcpts[k].dsn, res->rcpts[k].reply,
                            ds->relay_str, remote, -1);
         apply_outcome(m, i, o);
-        /* Right after the remote 250: from now on a redelivery skips it. */
-        if (o == WK_OUTCOME_DELIVERED)
+        /* Right after the remote 250: from now on a redelivery skips it
+         * (XXX and a success notice not yet produced is lost with it). */
+        if (o == WK_OUTCOME_DELIVERED) {
             write_marker(m, i, ds->relay_str);
+            note_success(m, i, res->dsn_offered, ds->t && ds->t->kind == MS_TRANSPORT_LMTP);
+        }
     }
     m->cur_tls = NULL;
     dest_done(m, ds);
@@ -1110,7 +1130,8 @@ static void dest_connect_now(struct msg *m, struct dest *ds)
     wk_delivery *d = m->d;
     const struct wk_route_addr *a = &ds->addrs[ds->next++];
     struct wk_smtp_msg sm;
-    const char **rcpts;
+    const char **rcpts, **orcpt;
+    uint32_t *notify;
     char ip[INET6_ADDRSTRLEN + 2];
     size_t k;
     int err;
@@ -1124,8 +1145,13 @@ static void dest_connect_now(struct msg *m, struct dest *ds)
         snprintf(ds->relay_str, sizeof(ds->relay_str), "%s[%s]:%d", a->host, ip,
                  ms_addr_port((const struct sockaddr *)&a->ss));
     rcpts = ms_calloc(ds->n, sizeof(*rcpts));
-    for (k = 0; k < ds->n; k++)
+    notify = ms_calloc(ds->n, sizeof(*notify));
+    orcpt = ms_calloc(ds->n, sizeof(*orcpt));
+    for (k = 0; k < ds->n; k++) {
         rcpts[k] = m->rcpts[ds->rcpts[k]].addr;
+        notify[k] = m->env->recipients[ds->rcpts[k]]->notify;
+        orcpt[k] = m->env->recipients[ds->rcpts[k]]->orcpt;
+    }
     memset(&sm, 0, sizeof(sm));
     sm.log_id = m->qid;
     sm.helo_name = d->conf.helo_name;
@@ -1135,6 +1161,13 @@ static void dest_connect_now(struct msg *m, struct dest *ds)
     sm.body_binarymime = m->env->mail_from &&
                          m->env->mail_from->body == MAILSTREAM__BODY__BODY_BINARYMIME;
     sm.smtputf8 = m->env->mail_from && m->env->mail_from->smtputf8;
+    if (m->env->mail_from) { /* RFC 8689, RFC 3461: smtp_client.h */
+        sm.requiretls = m->env->mail_from->requiretls;
+        sm.dsn_ret = (int)m->env->mail_from->ret;
+        sm.dsn_envid = m->env->mail_from->envid;
+    }
+    sm.dsn_notify = notify;
+    sm.dsn_orcpt = orcpt;
     if (ds->relay && d->conf.relay_user) {
         /* RFC 4954 AUTH to the smarthost only (smtp_client.h). */
         sm.auth_user = d->conf.relay_user;
@@ -1158,6 +1191,8 @@ static void dest_connect_now(struct msg *m, struct dest *ds)
     err = wk_smtp_start(d->loop, (const struct sockaddr *)&a->ss, &d->conf.timeouts, &sm, on_smtp,
                         d, dest_id(m, ds), &ds->smtp);
     free(rcpts);
+    free(notify);
+    free(orcpt);
     if (err < 0) {
         /* Addresses were checked when the record arrived: only our HELO
          * name can be refused here, which is a configuration problem. */
@@ -1338,7 +1373,7 @@ static int send_dsn(struct msg *m)
     struct wk_dsn_facts facts;
     enum wk_dsn_verdict verdict;
     char (*status)[WK_DSN_MAX + 1];
-    size_t nwarn = 0;
+    size_t nwarn = 0, nsuccess = 0;
 
     for (i = 0; i < m->nrcpts; i++)
         n += (m->rcpts[i].in_dsn && !m->rcpts[i].dsn_done) || m->rcpts[i].warn_in_dsn;
@@ -1364,19 +1399,22 @@ static int send_dsn(struct msg *m)
     for (i = 0; i < m->nrcpts; i++) {
         struct rcpt *rc = &m->rcpts[i];
         const Mailstream__Recipient *er = m->env->recipients[i];
-        int failed = rc->in_dsn && !rc->dsn_done && wk_notify_failure(er->notify);
-        if (!failed && !rc->warn_in_dsn)
+        int owed = rc->in_dsn && !rc->dsn_done;
+        int failed = owed && rc->state == RCPT_BOUNCED && wk_notify_failure(er->notify);
+        int success = owed && rc->state == RCPT_DELIVERED; /* NOTIFY checked already */
+        if (!failed && !success && !rc->warn_in_dsn)
             continue;
         dr[n].final_rcpt = rc->addr;
         dr[n].orcpt = er->orcpt && er->orcpt[0] ? er->orcpt : NULL;
-        dr[n].action = failed ? MS_DSN_FAILED : MS_DSN_DELAYED;
-        wk_dsn_status(status[n], sizeof(status[n]), rc->dsn, failed);
+        dr[n].action = failed ? MS_DSN_FAILED : success ? rc->dsn_action : MS_DSN_DELAYED;
+        nsuccess += success;
+        wk_dsn_status(status[n], sizeof(status[n]), rc->dsn, dr[n].action);
         dr[n].status = status[n];
         dr[n].remote_mta = rc->remote[0] ? rc->remote : NULL;
         dr[n].code = rc->code;
         dr[n].diagnostic = rc->reply;
         dr[n].last_attempt_us = rc->at_us;
-        if (!failed) {
+        if (dr[n].action == MS_DSN_DELAYED) {
             /* RFC 3464 §2.3.9: when we give up ([retry] max_age_s). */
             dr[n].will_retry_until_us =
                 m->env->received_at_us > 0
@@ -1402,10 +1440,8 @@ static int send_dsn(struct msg *m)
     in.envid = mf->envid && mf->envid[0] ? mf->envid : NULL;
     in.arrival_us = m->env->received_at_us;
     in.now_us = now_us();
-    in.ret_hdrs = mf->ret == MAILSTREAM__RET__RET_HDRS;
-    in.ret_full = mf->ret == MAILSTREAM__RET__RET_FULL;
-    if (nwarn == n && !in.ret_full)
-        in.ret_hdrs = 1; /* a delay warning returns the headers unless RET=FULL */
+    in.ret_hdrs = mf->ret == MAILSTREAM__RET__RET_HDRS || mf->requiretls;
+    in.ret_full = mf->ret == MAILSTREAM__RET__RET_FULL && !mf->requiretls;
     in.message = (const char *)m->env->message.data;
     in.message_len = m->env->message.len;
     in.rcpts = dr;
@@ -1424,6 +1460,9 @@ static int send_dsn(struct msg *m)
     mailstream__recipient__init(&rcpt);
     from.address = "";
     from.body = MAILSTREAM__BODY__BODY_8BITMIME;
+    /* RFC 8689, non-delivery message handling: the notice on a REQUIRETLS
+     * message goes the same way (and returns the headers only, above). */
+    from.requiretls = mf->requiretls;
     rcpt.address = mf->address;
     rcpt.notify = MAILSTREAM__NOTIFY__NOTIFY_NEVER;
     rcpts[0] = &rcpt;
@@ -1443,8 +1482,8 @@ static int send_dsn(struct msg *m)
                 len, &m->produce_pending) < 0)
         m->produce_failed = 1;
     free(buf);
-    ms_info("event=dsn qid=%s dsn_qid=%s to=%s rcpts=%zu delayed=%zu", m->qid, qid, mf->address,
-            n, nwarn);
+    ms_info("event=dsn qid=%s dsn_qid=%s to=%s rcpts=%zu delayed=%zu success=%zu requiretls=%d",
+            m->qid, qid, mf->address, n, nwarn, nsuccess, mf->requiretls);
     ms_counter_inc(d->m_dsn);
     if (nwarn > 0)
         ms_counter_add(d->m_delay_warnings, nwarn);

@@ -8,6 +8,16 @@
 #include <string.h>
 #include <strings.h>
 
+/* The envelope's Notify and Ret are the values ms_dsn.h names. */
+_Static_assert((int)MAILSTREAM__NOTIFY__NOTIFY_SUCCESS == (int)MS_DSN_NOTIFY_SUCCESS &&
+                   (int)MAILSTREAM__NOTIFY__NOTIFY_FAILURE == (int)MS_DSN_NOTIFY_FAILURE &&
+                   (int)MAILSTREAM__NOTIFY__NOTIFY_DELAY == (int)MS_DSN_NOTIFY_DELAY &&
+                   (int)MAILSTREAM__NOTIFY__NOTIFY_NEVER == (int)MS_DSN_NOTIFY_NEVER,
+               "Notify bits differ from ms_dsn.h");
+_Static_assert((int)MAILSTREAM__RET__RET_FULL == (int)MS_DSN_RET_FULL &&
+                   (int)MAILSTREAM__RET__RET_HDRS == (int)MS_DSN_RET_HDRS,
+               "Ret values differ from ms_dsn.h");
+
 static const char *const verdict_names[WK_DSN_VERDICT__N] = {
     "allow", "null_sender", "unauthenticated", "not_evaluated", "no_direction"};
 
@@ -89,6 +99,25 @@ int wk_notify_delay(uint32_t notify)
     return (notify & MAILSTREAM__NOTIFY__NOTIFY_DELAY) != 0;
 }
 
+int wk_notify_success(uint32_t notify)
+{
+    return !(notify & MAILSTREAM__NOTIFY__NOTIFY_NEVER) &&
+           (notify & MAILSTREAM__NOTIFY__NOTIFY_SUCCESS) != 0;
+}
+
+int wk_dsn_success(uint32_t notify, int next_hop_dsn, int final, enum ms_dsn_action *action)
+{
+    /* RFC 3461 §5.2.1: a next hop that offers DSN got NOTIFY=SUCCESS with
+     * the recipient and owes the notice now, so a second one from us
+     * would be a duplicate. */
+    if (!wk_notify_success(notify) || next_hop_dsn)
+        return 0;
+    /* §5.2.3 (delivered to the mailbox) or §5.2.2 (relayed, no further
+     * notices to be expected from there). */
+    *action = final ? MS_DSN_DELIVERED : MS_DSN_RELAYED;
+    return 1;
+}
+
 int wk_delay_warning_due(int64_t delay_warning_s, int64_t received_us, int64_t now_us,
                          int64_t warned_us, uint32_t notify)
 {
@@ -97,11 +126,20 @@ int wk_delay_warning_due(int64_t delay_warning_s, int64_t received_us, int64_t n
     return now_us - received_us >= delay_warning_s * 1000000;
 }
 
-void wk_dsn_status(char *out, size_t outlen, const char *dsn, int failed)
+void wk_dsn_status(char *out, size_t outlen, const char *dsn, enum ms_dsn_action action)
 {
+    const char *fallback = action == MS_DSN_FAILED    ? "5.0.0"
+                           : action == MS_DSN_DELAYED ? "4.0.0"
+                                                      : "2.0.0";
+    char klass = fallback[0];
+
     if (outlen == 0)
         return;
-    snprintf(out, outlen, "%s", dsn && dsn[0] ? dsn : failed ? "5.0.0" : "4.0.0");
-    if (!failed && out[0] == '5')
+    /* A success reports the 2.X.X of the reply that took it; a code of
+     * another class does not describe it (and cannot happen). */
+    if (action != MS_DSN_FAILED && action != MS_DSN_DELAYED && dsn && dsn[0] != klass)
+        dsn = NULL;
+    snprintf(out, outlen, "%s", dsn && dsn[0] ? dsn : fallback);
+    if (action == MS_DSN_DELAYED && out[0] == '5')
         out[0] = '4';
 }

@@ -14,7 +14,15 @@
  *     MAIL FROM domain in the relaxed sense of RFC 7489 §3.1.1: both have
  *     the same Organizational Domain (§3.2, from the Public Suffix List).
  * Either shows the MAIL FROM domain sent the message, so a DSN does not
- * land on a forged sender.  Mail of unknown direction gets none.
+ * land on a forged sender.  Mail of unknown direction gets none.  The rule
+ * holds for every action: failed, delayed, delivered and relayed.
+ *
+ * Success notices (RFC 3461 NOTIFY=SUCCESS) are owed by whoever last
+ * handles the message under the DSN extension: a next hop that offers DSN
+ * is given NOTIFY and the rest (smtp_client.h) and reports itself, so we
+ * send nothing; one that does not gets the message and we report
+ * "relayed" (§5.2.2) or, when it delivered the message to its mailbox
+ * (LMTP, RFC 2033; the discard transport), "delivered" (§5.2.3).
  */
 #ifndef WK_DSN_RULES_H
 #define WK_DSN_RULES_H
@@ -23,6 +31,7 @@
 #include <stdint.h>
 
 #include "ms_dmarc.h"
+#include "ms_dsn.h"
 #include "ms_envelope.h"
 
 enum wk_dsn_verdict {
@@ -64,6 +73,14 @@ int wk_dkim_aligned(const ms_psl *psl, const char *mail_from, const char *d);
  * all with [retry] delay_warning_s. */
 int wk_notify_failure(uint32_t notify);
 int wk_notify_delay(uint32_t notify);
+/* SUCCESS: only when given and listed (§4.1: never by default). */
+int wk_notify_success(uint32_t notify);
+
+/* After a recipient was delivered: the success DSN we owe (see above),
+ * given its NOTIFY, whether the next hop offered DSN (next_hop_dsn) and
+ * whether it delivered to the mailbox itself (final: LMTP, discard).
+ * Returns 1 with *action MS_DSN_DELIVERED or MS_DSN_RELAYED, or 0: none. */
+int wk_dsn_success(uint32_t notify, int next_hop_dsn, int final, enum ms_dsn_action *action);
 
 /* Is a delay warning due for a recipient still pending (deferred) at
  * now_us, of a message accepted at received_us?  Only when warnings are on
@@ -73,10 +90,11 @@ int wk_delay_warning_due(int64_t delay_warning_s, int64_t received_us, int64_t n
                          int64_t warned_us, uint32_t notify);
 
 /* The Status field of a DSN recipient (RFC 3464 §2.3.4) from its last
- * enhanced status code `dsn` ("" when none): failed -> as given or 5.0.0;
- * delayed -> 4.X.X (a soft 5yz such as a full mailbox, which is being
- * retried, becomes 4.X.X) or 4.0.0.  Written to out (NUL-terminated,
+ * enhanced status code `dsn` ("" when none) and its action: failed -> as
+ * given or 5.0.0; delayed -> 4.X.X (a soft 5yz such as a full mailbox,
+ * which is being retried, becomes 4.X.X) or 4.0.0; delivered and relayed
+ * -> the 2.X.X given, else 2.0.0.  Written to out (NUL-terminated,
  * truncated to outlen - 1). */
-void wk_dsn_status(char *out, size_t outlen, const char *dsn, int failed);
+void wk_dsn_status(char *out, size_t outlen, const char *dsn, enum ms_dsn_action action);
 
 #endif

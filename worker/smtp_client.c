@@ -12,6 +12,7 @@
 #include "smtp_auth.h"
 #include "ms_base64.h"
 #include "ms_buf.h"
+#include "ms_dsn.h"
 #include "ms_error.h"
 #include "ms_log.h"
 #include "ms_mem.h"
@@ -41,12 +42,26 @@
  * connection authenticated as one user to another). */
 #define WK_SMTP_CACHE_KEY_MAX                                                          \
     (WK_SMTP_PEER_MAX + WK_SMTP_TLS_NAME_MAX + WK_SMTP_PATH_MAX + WK_AUTH_FIELD_MAX + 32)
+/* The RFC 3461 parameters of one RCPT (" NOTIFY=... ORCPT=type;xtext") and
+ * of MAIL (" RET=HDRS ENVID=xtext"), their terminating NUL included. */
+#define WK_SMTP_RCPT_DSN_MAX                                                         \
+    (sizeof(" NOTIFY=SUCCESS,FAILURE,DELAY") + sizeof(" ORCPT=;") +                  \
+     WK_SMTP_ORCPT_TYPE_MAX + MS_XTEXT_MAX(WK_SMTP_ORCPT_MAX))
+#define WK_SMTP_MAIL_DSN_MAX                                                         \
+    (sizeof(" RET=HDRS") + sizeof(" ENVID=") + MS_XTEXT_MAX(WK_SMTP_ENVID_MAX))
+/* The other MAIL parameters: " SIZE=<20 digits> BODY=BINARYMIME SMTPUTF8
+ * REQUIRETLS" with room to spare. */
+#define WK_SMTP_MAIL_PARAMS_MAX (96 + WK_SMTP_MAIL_DSN_MAX)
 /* Longest command we send: "AUTH PLAIN <response>\r\n" (RFC 4954 §4 allows
  * 12288 octets; ours are bounded by WK_AUTH_FIELD_MAX), or "RCPT
- * TO:<path> SMTPUTF8\r\n" and the like. */
+ * TO:<path> NOTIFY=... ORCPT=...\r\n", "MAIL FROM:<path> SIZE=...\r\n". */
+#define WK_SMTP_LINE_MAX_                                                        \
+    (WK_SMTP_PATH_MAX + 32 +                                                     \
+     (WK_SMTP_RCPT_DSN_MAX > WK_SMTP_MAIL_PARAMS_MAX ? WK_SMTP_RCPT_DSN_MAX       \
+                                                     : WK_SMTP_MAIL_PARAMS_MAX))
 #define WK_SMTP_COMMAND_MAX                                                      \
-    (WK_AUTH_PLAIN_MAX + 16 > WK_SMTP_PATH_MAX + 128 ? WK_AUTH_PLAIN_MAX + 16   \
-                                                     : WK_SMTP_PATH_MAX + 128)
+    (WK_AUTH_PLAIN_MAX + 16 > WK_SMTP_LINE_MAX_ ? WK_AUTH_PLAIN_MAX + 16         \
+                                                : WK_SMTP_LINE_MAX_)
 
 enum smtp_state {
     SMTP_CONNECT,
@@ -90,6 +105,7 @@ struct wk_smtp {
     int connect_err;                /* uv_tcp_connect failed at once */
     int reconnecting;               /* conn is closing for a plaintext retry */
     int tls_fallback;               /* `may`: TLS failed, now in plaintext */
+    int tls_verified;               /* TLS is up, certificate verified for tls_name */
     enum smtp_state state;
     uint64_t timeout_ms[SMTP__NSTATES];
     char peer[WK_SMTP_PEER_MAX];    /* ip:port or unix:/path, for diagnostics */
@@ -107,10 +123,14 @@ struct wk_smtp {
     char *helo_name;
     char *mail_from;
     int body_8bitmime, body_binarymime, smtputf8;
+    int requiretls;                 /* RFC 8689 */
+    int try_next;                   /* refused for REQUIRETLS: another address may do */
+    char *mail_dsn;                 /* RFC 3461 RET and ENVID for MAIL, or NULL */
+    char **rcpt_dsn;                /* per recipient NOTIFY and ORCPT, or NULL */
     int chunking;                   /* BDAT (RFC 3030) for this message */
     size_t chunk_end;               /* BDAT: end of the chunk being written */
     int lmtp;
-    size_t lmtp_next;
+    size_t lmtp_next;               /* LMTP: next recipient whose data reply is due */
     int pipelined;                  /* RCPTs and DATA went with MAIL (RFC 2920) */
     /* Connection reuse. */
     wk_smtp_cache *cache;
@@ -133,7 +153,7 @@ struct wk_smtp {
     BIO *rbio, *wbio;
     int tls_on;                     /* handshake done */
     char tls_info[WK_SMTP_TLS_INFO_MAX];
-    char raw[16 * 1024];            /* ciphertext read from the socket */               /* LMTP: next recipient whose data reply is due */
+    char raw[16 * 1024];            /* ciphertext read from the socket */
     size_t nrcpts;
     char **rcpts;
     size_t msg_len;                 /* unstuffed, for SIZE= */
@@ -263,6 +283,88 @@ static int has_non_ascii(const char *s)
     return 0;
 }
 
+enum wk_requiretls wk_requiretls_check(int local, int lmtp, int tls_verified, unsigned ehlo_flags)
+{
+    /* The message leaves no network hop behind: nothing to protect. */
+    if (local)
+        return WK_REQUIRETLS_OK;
+    /* §4.2.1 step 4.  XXX DANE (RFC 7672) will be a second way to
+     * authenticate the server, and step 2 (the MX lookup validated by
+     * DNSSEC or MTA-STS) a further input: both come with DANE/MTA-STS. */
+    if (!tls_verified)
+        return WK_REQUIRETLS_NO_TLS;
+    /* Step 5.  An LMTP server delivers to the mailbox and relays nothing:
+     * the requirement ends with it (§4.4), so it need not say REQUIRETLS. */
+    if (!(ehlo_flags & WK_EHLO_REQUIRETLS) && !lmtp)
+        return WK_REQUIRETLS_NOT_OFFERED;
+    return WK_REQUIRETLS_OK;
+}
+
+/* RFC 3461 §5.2.1 (d), (c): RET and ENVID for MAIL, as they came, for a
+ * server that offers DSN; NULL when there are none. */
+static char *dsn_mail_params(const struct wk_smtp_msg *msg, const char *log_id)
+{
+    char out[WK_SMTP_MAIL_DSN_MAX], env[MS_XTEXT_MAX(WK_SMTP_ENVID_MAX) + 1];
+    size_t n = 0;
+
+    if (msg->dsn_ret == MS_DSN_RET_FULL || msg->dsn_ret == MS_DSN_RET_HDRS)
+        n += (size_t)snprintf(out + n, sizeof(out) - n, " RET=%s",
+                              msg->dsn_ret == MS_DSN_RET_FULL ? "FULL" : "HDRS");
+    if (msg->dsn_envid && *msg->dsn_envid) {
+        if (strlen(msg->dsn_envid) > WK_SMTP_ENVID_MAX ||
+            ms_xtext_encode(msg->dsn_envid, env, sizeof(env)) < 0)
+            ms_warn("event=smtp_dsn_param_dropped qid=%s param=ENVID reason=too_long", log_id);
+        else
+            n += (size_t)snprintf(out + n, sizeof(out) - n, " ENVID=%s", env);
+    }
+    return n ? ms_strdup(out) : NULL;
+}
+
+/* An ORCPT address type (RFC 3461 §4.2: an atom such as "rfc822"). */
+static int orcpt_type_ok(const char *t, size_t n)
+{
+    size_t i;
+
+    if (n == 0 || n > WK_SMTP_ORCPT_TYPE_MAX)
+        return 0;
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)t[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+              c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* RFC 3461 §5.2.1 (a), (b): NOTIFY and ORCPT of recipient i, as they came,
+ * for a server that offers DSN; NULL when there are none. */
+static char *dsn_rcpt_params(const struct wk_smtp_msg *msg, size_t i, const char *log_id)
+{
+    char out[WK_SMTP_RCPT_DSN_MAX], notify[32], addr[MS_XTEXT_MAX(WK_SMTP_ORCPT_MAX) + 1];
+    const char *orcpt = msg->dsn_orcpt ? msg->dsn_orcpt[i] : NULL, *semi;
+    uint32_t bits = msg->dsn_notify ? msg->dsn_notify[i] : 0;
+    size_t n = 0;
+
+    if (bits) {
+        if (ms_dsn_notify_param(bits, notify, sizeof(notify)) == 0)
+            ms_warn("event=smtp_dsn_param_dropped qid=%s param=NOTIFY reason=malformed "
+                    "bits=%u", log_id, (unsigned)bits);
+        else
+            n += (size_t)snprintf(out + n, sizeof(out) - n, " NOTIFY=%s", notify);
+    }
+    if (orcpt && *orcpt) {
+        semi = strchr(orcpt, ';');
+        if (semi == NULL || !orcpt_type_ok(orcpt, (size_t)(semi - orcpt)) ||
+            strlen(semi + 1) > WK_SMTP_ORCPT_MAX ||
+            ms_xtext_encode(semi + 1, addr, sizeof(addr)) <= 0)
+            ms_warn("event=smtp_dsn_param_dropped qid=%s param=ORCPT reason=malformed", log_id);
+        else
+            n += (size_t)snprintf(out + n, sizeof(out) - n, " ORCPT=%.*s;%s",
+                                  (int)(semi - orcpt), orcpt, addr);
+    }
+    return n ? ms_strdup(out) : NULL;
+}
+
 /* ---- lifetime ---- */
 
 /* Forget the transaction (the connection, TLS and EHLO stay). */
@@ -270,13 +372,21 @@ static void tx_free(wk_smtp *s)
 {
     size_t i;
 
-    for (i = 0; i < s->nrcpts; i++)
+    for (i = 0; i < s->nrcpts; i++) {
         free(s->rcpts[i]);
+        if (s->rcpt_dsn)
+            free(s->rcpt_dsn[i]);
+    }
     free(s->rcpts);
+    free(s->rcpt_dsn);
+    free(s->mail_dsn);
     free(s->final);
     free(s->results);
     free(s->body);
     free(s->mail_from);
+    s->rcpt_dsn = NULL;
+    s->mail_dsn = NULL;
+    s->requiretls = s->try_next = 0;
     s->rcpts = NULL;
     s->final = NULL;
     s->results = NULL;
@@ -299,10 +409,16 @@ static void tx_setup(wk_smtp *s, const struct wk_smtp_msg *msg)
     s->body_8bitmime = msg->body_8bitmime;
     s->body_binarymime = msg->body_binarymime;
     s->smtputf8 = msg->smtputf8;
+    s->requiretls = msg->requiretls;
+    s->try_next = 0;
+    s->mail_dsn = dsn_mail_params(msg, s->log_id);
     s->nrcpts = msg->nrcpts;
     s->rcpts = ms_calloc(msg->nrcpts, sizeof(*s->rcpts));
-    for (i = 0; i < msg->nrcpts; i++)
+    s->rcpt_dsn = ms_calloc(msg->nrcpts, sizeof(*s->rcpt_dsn));
+    for (i = 0; i < msg->nrcpts; i++) {
         s->rcpts[i] = ms_strdup(msg->rcpts[i]);
+        s->rcpt_dsn[i] = dsn_rcpt_params(msg, i, s->log_id);
+    }
     s->final = ms_calloc(msg->nrcpts, sizeof(*s->final));
     s->results = ms_calloc(msg->nrcpts, sizeof(*s->results));
     s->msg_len = msg->len;
@@ -347,17 +463,10 @@ static void cache_unlink(wk_smtp *s)
 
 static void smtp_free(wk_smtp *s)
 {
-    size_t i;
-
     if (s->cache && --s->cache->refs == 0 && s->cache->closing)
         free(s->cache);
 
-    for (i = 0; i < s->nrcpts; i++)
-        free(s->rcpts[i]);
-    free(s->rcpts);
-    free(s->final);
-    free(s->results);
-    free(s->body);
+    tx_free(s);
     free(s->cork);
     if (s->ssl)
         SSL_free(s->ssl); /* and its BIOs */
@@ -368,7 +477,6 @@ static void smtp_free(wk_smtp *s)
     }
     free(s->auth_user);
     free(s->helo_name);
-    free(s->mail_from);
     ms_buf_free(&s->in);
     free(s);
 }
@@ -457,6 +565,8 @@ static void smtp_report(wk_smtp *s, int err, const struct wk_reply *reply, const
     res.err = err;
     res.tls = s->tls_info;
     res.tls_fallback = s->tls_fallback;
+    res.dsn_offered = (s->ehlo.flags & WK_EHLO_DSN) != 0;
+    res.try_next = s->try_next;
     res.reused = s->reused;
     res.nrcpts = s->nrcpts;
     res.rcpts = s->results;
@@ -579,7 +689,7 @@ static void smtp_vsend(wk_smtp *s, int secret, const char *fmt, va_list ap)
             s->cork = ms_realloc(s->cork, s->cork_cap);
         }
         n = vsnprintf(s->cork + s->cork_len, WK_SMTP_COMMAND_MAX, fmt, ap);
-        if (n < 0 || n >= WK_SMTP_COMMAND_MAX)
+        if (n < 0 || (size_t)n >= WK_SMTP_COMMAND_MAX)
             ms_panic("event=smtp_command_too_long qid=%s", s->log_id);
         s->cork_len += (size_t)n;
         return;
@@ -588,7 +698,7 @@ static void smtp_vsend(wk_smtp *s, int secret, const char *fmt, va_list ap)
     n = vsnprintf(w->data, WK_SMTP_COMMAND_MAX, fmt, ap);
     /* Paths are checked by wk_smtp_path_ok() and credentials by
      * wk_auth_field_ok() at start: a command that does not fit is a bug. */
-    if (n < 0 || n >= WK_SMTP_COMMAND_MAX)
+    if (n < 0 || (size_t)n >= WK_SMTP_COMMAND_MAX)
         ms_panic("event=smtp_command_too_long qid=%s", s->log_id);
     w->s = s;
     w->secret_len = secret ? (size_t)n : 0;
@@ -725,6 +835,7 @@ static void tls_handshake(wk_smtp *s)
         s->tls_on = 1;
         vr = SSL_get_verify_result(s->ssl);
         verified = vr == X509_V_OK && SSL_get0_peer_certificate(s->ssl) != NULL;
+        s->tls_verified = verified;
         if (s->tls_policy == WK_TLS_VERIFY && !verified) {
             smtp_fail(s, MS_EPROTO, "4.7.5", "certificate of %s not verified for %s: %s",
                       s->peer, s->tls_name,
@@ -770,10 +881,50 @@ static void tls_start(wk_smtp *s)
     tls_handshake(s);
 }
 
+/* RFC 8689: this server cannot take the REQUIRETLS message (v; `said`:
+ * its reply to STARTTLS, if that was the refusal).  A permanent failure
+ * of this server only: try_next lets the caller try the next address
+ * (smtp_client.h). */
+static void requiretls_refuse(wk_smtp *s, enum wk_requiretls v, const struct wk_reply *said)
+{
+    struct wk_reply r = {.nlines = 1};
+    char text[WK_SMTP_REPLY_TEXT_MAX], reply[WK_SMTP_REPLY_TEXT_MAX / 2];
+
+    r.code = 550;
+    if (v == WK_REQUIRETLS_NOT_OFFERED) {
+        /* RFC 8689 registers X.7.30 "REQUIRETLS support required". */
+        snprintf(r.dsn, sizeof(r.dsn), "5.7.30");
+        snprintf(text, sizeof(text), "5.7.30 REQUIRETLS support required: %s does not offer "
+                 "REQUIRETLS", s->peer);
+    } else {
+        /* RFC 3463 X.7.10 (RFC 5248): encryption needed. */
+        if (said)
+            wk_reply_format(said, reply, sizeof(reply));
+        snprintf(r.dsn, sizeof(r.dsn), "5.7.10");
+        snprintf(text, sizeof(text), "5.7.10 REQUIRETLS: %s %s%s", s->peer,
+                 said                ? "refused STARTTLS: "
+                 : s->tls_on         ? "presented a certificate that is not verified"
+                 : !(s->ehlo.flags & WK_EHLO_STARTTLS) ? "did not offer STARTTLS"
+                                                        : "could not be reached over TLS",
+                 said ? reply : "");
+    }
+    ms_info("event=smtp_requiretls_refused qid=%s peer=%s dsn=%s", s->log_id, s->peer, r.dsn);
+    r.text[0] = text;
+    r.text_len[0] = strlen(text);
+    s->try_next = 1;
+    smtp_report(s, 0, &r, NULL, NULL);
+    smtp_quit(s);
+}
+
 /* TLS is required and the server cannot do it: say so and QUIT. */
 static void tls_required(wk_smtp *s)
 {
     char why[WK_SMTP_REPLY_TEXT_MAX];
+
+    if (s->requiretls) {
+        requiretls_refuse(s, WK_REQUIRETLS_NO_TLS, NULL);
+        return;
+    }
 
     snprintf(why, sizeof(why), "TLS is required (policy %s), but %s did not offer STARTTLS",
              wk_tls_policy_name(s->tls_policy), s->peer);
@@ -852,9 +1003,20 @@ static void smtp_quit(wk_smtp *s)
     smtp_send(s, "QUIT\r\n");
 }
 
+/* RCPT for recipient i, with NOTIFY and ORCPT when the server offers DSN
+ * (RFC 3461 §5.2.1). */
+static void smtp_send_rcpt(wk_smtp *s, size_t i)
+{
+    const char *dsn = s->rcpt_dsn && s->rcpt_dsn[i] && (s->ehlo.flags & WK_EHLO_DSN)
+                          ? s->rcpt_dsn[i]
+                          : "";
+
+    smtp_send(s, "RCPT TO:<%s>%s\r\n", s->rcpts[i], dsn);
+}
+
 static void smtp_send_mail(wk_smtp *s)
 {
-    char params[64] = "";
+    char params[WK_SMTP_MAIL_PARAMS_MAX] = "";
     size_t n = 0;
 
     /* RFC 3030 §4: BDAT whenever the server takes it (smtp_refuse_locally
@@ -868,10 +1030,17 @@ static void smtp_send_mail(wk_smtp *s)
     else if (s->body_8bitmime && (s->ehlo.flags & WK_EHLO_8BITMIME))
         n += (size_t)snprintf(params + n, sizeof(params) - n, " BODY=8BITMIME");
     if (s->smtputf8 && (s->ehlo.flags & WK_EHLO_SMTPUTF8))
-        snprintf(params + n, sizeof(params) - n, " SMTPUTF8");
-    ms_debug("event=smtp_mail qid=%s peer=%s via=%s size=%zu tls=%s auth=%s", s->log_id, s->peer,
-             s->chunking ? "bdat" : "data", s->body_len, s->tls_on ? "yes" : "no",
-             s->auth_done ? "yes" : "no");
+        n += (size_t)snprintf(params + n, sizeof(params) - n, " SMTPUTF8");
+    /* RFC 8689 §4.2.1: smtp_refuse_locally has made sure the server can
+     * take it (or needs not: a local socket, LMTP). */
+    if (s->requiretls && (s->ehlo.flags & WK_EHLO_REQUIRETLS))
+        n += (size_t)snprintf(params + n, sizeof(params) - n, " REQUIRETLS");
+    if (s->mail_dsn && (s->ehlo.flags & WK_EHLO_DSN))
+        snprintf(params + n, sizeof(params) - n, "%s", s->mail_dsn);
+    ms_debug("event=smtp_mail qid=%s peer=%s via=%s size=%zu tls=%s auth=%s requiretls=%d "
+             "dsn=%d", s->log_id, s->peer, s->chunking ? "bdat" : "data", s->body_len,
+             s->tls_on ? "yes" : "no", s->auth_done ? "yes" : "no", s->requiretls,
+             (s->ehlo.flags & WK_EHLO_DSN) != 0);
     smtp_enter_state(s, SMTP_MAIL);
     if (!(s->ehlo.flags & WK_EHLO_PIPELINING)) {
         smtp_send(s, "MAIL FROM:<%s>%s\r\n", s->mail_from, params);
@@ -883,7 +1052,7 @@ static void smtp_send_mail(wk_smtp *s)
     smtp_cork(s);
     smtp_send(s, "MAIL FROM:<%s>%s\r\n", s->mail_from, params);
     for (size_t i = 0; i < s->nrcpts; i++)
-        smtp_send(s, "RCPT TO:<%s>\r\n", s->rcpts[i]);
+        smtp_send_rcpt(s, i);
     /* BDAT waits for the RCPT replies: a chunk cannot be taken back
      * once sent (RFC 3030 §4.2 would allow pipelining it; we do not). */
     if (!s->chunking)
@@ -899,7 +1068,17 @@ static int smtp_refuse_locally(wk_smtp *s)
     char text[WK_SMTP_REPLY_TEXT_MAX];
     size_t i;
     int utf8 = 0;
+    enum wk_requiretls v;
 
+    /* RFC 8689 §4.2.1: first, since nothing else matters if the message
+     * may not go here at all. */
+    if (s->requiretls &&
+        (v = wk_requiretls_check(s->addr.ss_family == AF_UNIX, s->lmtp,
+                                 s->tls_on && s->tls_verified, s->ehlo.flags)) !=
+            WK_REQUIRETLS_OK) {
+        requiretls_refuse(s, v, NULL);
+        return 1;
+    }
     if (s->body_binarymime &&
         (s->ehlo.flags & (WK_EHLO_CHUNKING | WK_EHLO_BINARYMIME)) !=
             (WK_EHLO_CHUNKING | WK_EHLO_BINARYMIME)) {
@@ -1065,10 +1244,6 @@ static void smtp_ready(wk_smtp *s)
     smtp_send_mail(s);
 }
 
-static void smtp_send_rcpt(wk_smtp *s)
-{
-    smtp_send(s, "RCPT TO:<%s>\r\n", s->rcpts[s->rcpt_next]);
-}
 
 static void smtp_handle_reply(wk_smtp *s, const struct wk_reply *r)
 {
@@ -1118,6 +1293,12 @@ static void smtp_handle_reply(wk_smtp *s, const struct wk_reply *r)
             smtp_ready(s);
             return;
         }
+        if (s->requiretls && r->code >= 500) {
+            /* It says it will not do TLS: for REQUIRETLS, that is this
+             * server refusing the message (a 4yz is temporary: below). */
+            requiretls_refuse(s, WK_REQUIRETLS_NO_TLS, r);
+            return;
+        }
         break;
     case SMTP_HELO:
         if (!ok)
@@ -1138,7 +1319,7 @@ static void smtp_handle_reply(wk_smtp *s, const struct wk_reply *r)
         smtp_enter_state(s, SMTP_RCPT);
         s->rcpt_next = 0;
         if (!s->pipelined)
-            smtp_send_rcpt(s);
+            smtp_send_rcpt(s, s->rcpt_next);
         return;
     case SMTP_RCPT:
         i = s->rcpt_next;
@@ -1153,7 +1334,7 @@ static void smtp_handle_reply(wk_smtp *s, const struct wk_reply *r)
             /* Re-arm the RCPT timeout for the next command. */
             smtp_enter_state(s, SMTP_RCPT);
             if (!s->pipelined)
-                smtp_send_rcpt(s);
+                smtp_send_rcpt(s, s->rcpt_next);
             return;
         }
         if (s->naccepted == 0) {
@@ -1518,6 +1699,7 @@ static int tls_may_fallback(wk_smtp *s, const char *why)
             state_names[s->state], why);
     s->tls_policy = WK_TLS_NONE;
     s->tls_fallback = 1;
+    s->tls_verified = 0;
     if (s->ssl) {
         SSL_free(s->ssl); /* and its BIOs */
         s->ssl = NULL;
@@ -1557,8 +1739,12 @@ int wk_smtp_start(uv_loop_t *loop, const struct sockaddr *addr,
             return MS_EINVAL;
 
     /* A UNIX-domain socket is local and protected by its permissions:
-     * STARTTLS would add nothing, so it is never used there. */
-    tls = is_unix || msg->tls_ctx == NULL ? WK_TLS_NONE : msg->tls;
+     * STARTTLS would add nothing, so it is never used there.  REQUIRETLS
+     * (RFC 8689 §4.2.1 step 4) wants a verified certificate whatever the
+     * destination's policy says. */
+    tls = is_unix || msg->tls_ctx == NULL ? WK_TLS_NONE
+          : msg->requiretls              ? WK_TLS_VERIFY
+                                         : msg->tls;
     if (is_unix) {
         snprintf(where, sizeof(where), "unix:%s", sun->sun_path);
         host[0] = '\0';

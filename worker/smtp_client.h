@@ -30,6 +30,34 @@
  * TLS runs through memory BIOs: the socket never sees OpenSSL.  Over a
  * UNIX-domain socket STARTTLS is never used (the socket is local).
  *
+ * REQUIRETLS (RFC 8689) when msg->requiretls is set: the message goes only
+ * over TLS with a certificate chain to our CAs naming tls_name (§4.2.1
+ * step 4; the policy is `verify` whatever the destination's), and only to
+ * a server that says REQUIRETLS after TLS (step 5), with REQUIRETLS in
+ * MAIL FROM - never in plaintext, never without it.  What the server's
+ * answers show it cannot do is refused here as a permanent failure of
+ * this server (res->try_next: the caller tries its next address first,
+ * as RFC 8689 registers X.7.30 for "none of the SMTP servers"): no
+ * STARTTLS offered, or a 5yz to STARTTLS, is 550 5.7.10; no REQUIRETLS
+ * after TLS is 550 5.7.30.  A
+ * failed handshake, a certificate that does not verify, a 4yz to STARTTLS
+ * or a lost connection stay what they are for `verify` (4.7.5 and the
+ * like, deferred): they may be temporary (a renewal, an attacker on the
+ * path), and deferring never exposes the message.  Two exceptions, where
+ * the message leaves no network hop behind: a UNIX-domain socket (local)
+ * needs neither TLS nor REQUIRETLS, and LMTP (RFC 2033: final delivery,
+ * RFC 8689 §4.4) needs verified TLS but not the REQUIRETLS keyword,
+ * which it gets when offered.  XXX RFC 8689 §4.2.1 step 2 (the MX lookup
+ * validated by DNSSEC or MTA-STS) and DANE (RFC 7672) as the way to
+ * authenticate the server are not done: they come with DANE and MTA-STS
+ * and are inputs to wk_requiretls_check().
+ *
+ * DSN (RFC 3461) when the server offers it: RET and ENVID go with MAIL,
+ * NOTIFY and ORCPT with each RCPT, as they came (§5.2.1; ENVID and the
+ * ORCPT address xtext-encoded again, §4).  The result says whether the
+ * server offered DSN, so the caller knows who owes a success notice
+ * (dsn_rules.h).  A server that does not offer DSN gets none of them.
+ *
  * AUTH (RFC 4954) when msg->auth_user is set (the relay host): PLAIN
  * (RFC 4616, initial response) when offered, else LOGIN (only those in
  * msg->auth_mechs, when set).  Credentials go only over TLS: a session
@@ -141,6 +169,13 @@ void wk_tls_ctx_free(wk_tls_ctx *t);
 /* Longest address (RFC 5321 §4.5.3.1.3: path 256 octets) we put in a
  * command; longer or with CR, LF or other controls is refused locally. */
 #define WK_SMTP_PATH_MAX 256
+/* RFC 3461 §4.4 ENVID and §4.2 ORCPT (the address part), xtext-decoded, and
+ * the ORCPT address type (an atom: "rfc822", "utf-8"): longer ones, or an
+ * ORCPT without "type;", are not passed on (a warning says so; the
+ * frontend accepts none of them). */
+#define WK_SMTP_ENVID_MAX 100
+#define WK_SMTP_ORCPT_MAX 500
+#define WK_SMTP_ORCPT_TYPE_MAX 32
 
 /* Timeouts in milliseconds; wk_smtp_timeouts_default() fills the RFC's. */
 struct wk_smtp_timeouts {
@@ -193,6 +228,13 @@ struct wk_smtp_msg {
     const char *auth_password;      /* with auth_user */
     int auth_plaintext;             /* allow AUTH without TLS (e.g. loopback) */
     unsigned auth_mechs;            /* WK_AUTH_* we may use; 0: PLAIN and LOGIN */
+    int requiretls;                 /* RFC 8689 REQUIRETLS (see above) */
+    int dsn_ret;                    /* RFC 3461 RET: enum ms_dsn_ret, 0: not given */
+    const char *dsn_envid;          /* RFC 3461 ENVID, xtext-decoded; NULL or "": none */
+    const uint32_t *dsn_notify;     /* per recipient: NOTIFY bits (ms_dsn.h), 0: not
+                                     * given; NULL: none for anyone */
+    const char *const *dsn_orcpt;   /* per recipient: ORCPT "type;address", the address
+                                     * xtext-decoded; NULL or "": none; NULL: none */
     const char *const *rcpts;
     size_t nrcpts;
     const char *data;               /* CRLF lines, dot-unstuffed (any octets when
@@ -214,6 +256,9 @@ struct wk_smtp_result {
     const char *tls;                /* "" or protocol, cipher and "verified" */
     int reused;                     /* the connection came from the cache */
     int tls_fallback;               /* `may`: TLS failed, delivered in plaintext */
+    int dsn_offered;                /* the server offered DSN (RFC 3461) */
+    int try_next;                   /* refused for what this server cannot do
+                                     * (REQUIRETLS): another address may */
     size_t nrcpts;
     const struct wk_smtp_rcpt_result *rcpts; /* valid during the callback */
 };
@@ -236,5 +281,16 @@ void wk_smtp_cancel(wk_smtp *s);
 /* 1 when addr may go into MAIL FROM / RCPT TO: at most WK_SMTP_PATH_MAX
  * octets, no controls, no angle brackets.  Pure. */
 int wk_smtp_path_ok(const char *addr);
+
+/* RFC 8689 §4.2.1: may a REQUIRETLS message go to this server, now that
+ * its EHLO (after STARTTLS, if any) is known?  local: a UNIX-domain
+ * socket; lmtp: final delivery; tls_verified: TLS is up and the
+ * certificate verified for the server's name.  Pure. */
+enum wk_requiretls {
+    WK_REQUIRETLS_OK,
+    WK_REQUIRETLS_NO_TLS,      /* no verified TLS: 5.7.10 */
+    WK_REQUIRETLS_NOT_OFFERED  /* verified TLS, no REQUIRETLS keyword: 5.7.30 */
+};
+enum wk_requiretls wk_requiretls_check(int local, int lmtp, int tls_verified, unsigned ehlo_flags);
 
 #endif

@@ -198,6 +198,7 @@ void wk_ehlo_parse(const struct wk_reply *r, struct wk_ehlo *e)
         {"DSN", WK_EHLO_DSN},
         {"BINARYMIME", WK_EHLO_BINARYMIME},
         {"AUTH", WK_EHLO_AUTH},
+        {"REQUIRETLS", WK_EHLO_REQUIRETLS},
     };
     const char *param;
     size_t i, j, plen, k;

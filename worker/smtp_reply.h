@@ -65,7 +65,8 @@ enum {
     WK_EHLO_CHUNKING = 1 << 6,            /* RFC 3030 */
     WK_EHLO_DSN = 1 << 7,                 /* RFC 3461 */
     WK_EHLO_BINARYMIME = 1 << 8,          /* RFC 3030 §3 */
-    WK_EHLO_AUTH = 1 << 9                 /* RFC 4954 (mechanisms in .auth) */
+    WK_EHLO_AUTH = 1 << 9,                /* RFC 4954 (mechanisms in .auth) */
+    WK_EHLO_REQUIRETLS = 1 << 10          /* RFC 8689 */
 };
 
 /* SASL mechanisms the client can use (smtp_auth.h), as a mask. */

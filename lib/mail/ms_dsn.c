@@ -54,6 +54,7 @@ static const char *action_name(enum ms_dsn_action a)
     case MS_DSN_FAILED: return "failed";
     case MS_DSN_DELAYED: return "delayed";
     case MS_DSN_DELIVERED: return "delivered";
+    case MS_DSN_RELAYED: return "relayed";
     }
     return "failed";
 }
@@ -72,12 +73,79 @@ static size_t header_len(const char *msg, size_t len)
     return len;
 }
 
+int ms_xtext_encode(const char *s, char *out, size_t outlen)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+    unsigned char c;
+
+    if (outlen == 0)
+        return MS_ETOOBIG;
+    for (; *s; s++) {
+        c = (unsigned char)*s;
+        if (c >= '!' && c <= '~' && c != '+' && c != '=') {
+            if (o + 1 >= outlen)
+                goto full;
+            out[o++] = (char)c;
+            continue;
+        }
+        if (o + 3 >= outlen)
+            goto full;
+        out[o++] = '+';
+        out[o++] = hex[c >> 4];
+        out[o++] = hex[c & 15];
+    }
+    out[o] = '\0';
+    return (int)o;
+full:
+    out[0] = '\0';
+    return MS_ETOOBIG;
+}
+
+size_t ms_dsn_notify_param(uint32_t bits, char *out, size_t outlen)
+{
+    static const struct {
+        uint32_t bit;
+        const char *name;
+    } names[] = {{MS_DSN_NOTIFY_SUCCESS, "SUCCESS"},
+                 {MS_DSN_NOTIFY_FAILURE, "FAILURE"},
+                 {MS_DSN_NOTIFY_DELAY, "DELAY"}};
+    const uint32_t all = MS_DSN_NOTIFY_SUCCESS | MS_DSN_NOTIFY_FAILURE | MS_DSN_NOTIFY_DELAY |
+                         MS_DSN_NOTIFY_NEVER;
+    size_t i, n = 0;
+    int w;
+
+    if (outlen == 0)
+        return 0;
+    out[0] = '\0';
+    /* §4.1: NEVER stands alone. */
+    if (bits == 0 || (bits & ~all) ||
+        ((bits & MS_DSN_NOTIFY_NEVER) && bits != MS_DSN_NOTIFY_NEVER))
+        return 0;
+    if (bits == MS_DSN_NOTIFY_NEVER) {
+        w = snprintf(out, outlen, "NEVER");
+        return w > 0 && (size_t)w < outlen ? (size_t)w : (out[0] = '\0', 0);
+    }
+    for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (!(bits & names[i].bit))
+            continue;
+        w = snprintf(out + n, outlen - n, "%s%s", n ? "," : "", names[i].name);
+        if (w < 0 || (size_t)w >= outlen - n) {
+            out[0] = '\0';
+            return 0;
+        }
+        n += (size_t)w;
+    }
+    return n;
+}
+
 int ms_dsn_build(const struct ms_dsn *in, struct ms_buf *out)
 {
     char date[64], boundary[160];
     const struct ms_dsn_rcpt *r;
     size_t i, ret_len;
-    int full, delayed_only = 1, err = 0;
+    int full, nfailed = 0, ndelayed = 0, err = 0;
+    const char *subject;
 
     if (in->nrcpts == 0 || has_crlf(in->reporting_mta) || has_crlf(in->queue_id) ||
         has_crlf(in->to) || has_crlf(in->orig_queue_id))
@@ -87,15 +155,23 @@ int ms_dsn_build(const struct ms_dsn *in, struct ms_buf *out)
         if (has_crlf(r->final_rcpt) || has_crlf(r->orcpt) || has_crlf(r->status) ||
             has_crlf(r->remote_mta))
             return MS_EINVAL;
-        if (r->action != MS_DSN_DELAYED)
-            delayed_only = 0;
+        nfailed += r->action == MS_DSN_FAILED;
+        ndelayed += r->action == MS_DSN_DELAYED;
     }
     /* RFC 3461 §4.3: RET=HDRS returns the headers, RET=FULL the whole
-     * message; without RET we choose: whole, unless it is big. */
-    full = !in->ret_hdrs && (in->ret_full || in->message_len <= MS_DSN_RETURN_FULL_MAX);
+     * message; without RET we choose: whole, unless it is big.  RET speaks
+     * of "failed" DSNs: a report without a failure (delays, successes)
+     * returns the headers unless RET=FULL asks for more. */
+    if (nfailed > 0)
+        full = !in->ret_hdrs && (in->ret_full || in->message_len <= MS_DSN_RETURN_FULL_MAX);
+    else
+        full = !in->ret_hdrs && in->ret_full;
     ret_len = full ? in->message_len : header_len(in->message, in->message_len);
     snprintf(boundary, sizeof(boundary), "%s/%s", in->queue_id, in->reporting_mta);
     ms_dsn_date(in->now_us, date, sizeof(date));
+    subject = nfailed    ? "Undelivered Mail Returned to Sender"
+              : ndelayed ? "Delayed Mail (still being retried)"
+                         : "Successful Mail Delivery Report";
 
 #define OUT(...)                                                                               \
     do {                                                                                       \
@@ -111,8 +187,7 @@ int ms_dsn_build(const struct ms_dsn *in, struct ms_buf *out)
     /* RFC 3464 §2 and RFC 6522: the report as a whole. */
     OUT("From: Mail Delivery System <MAILER-DAEMON@%s>\r\n", in->reporting_mta);
     OUT("To: <%s>\r\n", in->to);
-    OUT("Subject: %s\r\n", delayed_only ? "Delayed Mail (still being retried)"
-                                        : "Undelivered Mail Returned to Sender");
+    OUT("Subject: %s\r\n", subject);
     OUT("Date: %s\r\n", date);
     OUT("Message-ID: <%s@%s>\r\n", in->queue_id, in->reporting_mta);
     /* RFC 3834 §5: so that auto-responders leave it alone. */
@@ -127,17 +202,24 @@ int ms_dsn_build(const struct ms_dsn *in, struct ms_buf *out)
     OUT("--%s\r\nContent-Description: Notification\r\n"
         "Content-Type: text/plain; charset=us-ascii\r\n\r\n", boundary);
     OUT("This is the mail system at host %s.\r\n\r\n", in->reporting_mta);
-    if (delayed_only)
+    if (nfailed)
+        OUT("I'm sorry to have to inform you that your message could not\r\n"
+            "be delivered to one or more recipients. The reasons are below.\r\n\r\n");
+    else if (ndelayed)
         OUT("Your message could not be delivered yet to the recipients below.\r\n"
             "The mail system will keep trying; you do not need to send it again.\r\n\r\n");
     else
-        OUT("I'm sorry to have to inform you that your message could not\r\n"
-            "be delivered to one or more recipients. The reasons are below.\r\n\r\n");
+        /* RFC 3461 §5.2.2 and §5.2.3: what each action promises. */
+        OUT("You asked to be told when your message was delivered.\r\n"
+            "\"delivered\": it is in the recipient's mailbox.\r\n"
+            "\"relayed\": it went on to a system that sends no such notices,\r\n"
+            "so this is the last you will hear of it unless it fails later.\r\n\r\n");
     for (i = 0; i < in->nrcpts; i++) {
         r = &in->rcpts[i];
         OUT("<");
         CLEAN(r->final_rcpt);
-        OUT(">: ");
+        OUT(">: %s", r->action == MS_DSN_DELIVERED ? "delivered; "
+                     : r->action == MS_DSN_RELAYED ? "relayed; " : "");
         if (r->remote_mta)
             OUT("host %s said: ", r->remote_mta);
         CLEAN(r->diagnostic ? r->diagnostic : r->status);
@@ -196,8 +278,8 @@ int ms_dsn_build(const struct ms_dsn *in, struct ms_buf *out)
     }
 
     /* The returned message (RFC 3462 / RFC 6522 §3). */
-    OUT("\r\n--%s\r\nContent-Description: %s\r\nContent-Type: %s\r\n\r\n", boundary,
-        full ? "Undelivered Message" : "Undelivered Message Headers",
+    OUT("\r\n--%s\r\nContent-Description: %s Message%s\r\nContent-Type: %s\r\n\r\n",
+        boundary, nfailed || ndelayed ? "Undelivered" : "Delivered", full ? "" : " Headers",
         full ? "message/rfc822" : "text/rfc822-headers");
     if ((err = ms_buf_append(out, in->message, ret_len)) < 0)
         return err;
@@ -237,7 +319,8 @@ enum ms_reply_class ms_reply_class(int code, const char *dsn, const char *text, 
         return MS_CLASS_OK;
     }
     /* RFC 3463 §3 subjects, then words servers use without codes. */
-    if ((subject == 7 && (detail == 10 || detail == 5 || detail == 4)) ||
+    /* X.7.30: REQUIRETLS support required (registered by RFC 8689). */
+    if ((subject == 7 && (detail == 10 || detail == 5 || detail == 4 || detail == 30)) ||
         contains(text, "STARTTLS") || contains(text, " TLS"))
         c = MS_CLASS_TLS;
     else if (subject == 2 && detail == 2)

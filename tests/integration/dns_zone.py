@@ -25,6 +25,8 @@ import struct
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import pytest
+
 import mslocal
 
 NSD = "/usr/sbin/nsd"
@@ -103,3 +105,16 @@ class Nsd:
 
     def stop(self) -> None:
         self.sup.stop(self.name, 5.0)
+
+
+def module_nsd(zones: Dict[str, List[str]]):
+    """A module-scoped fixture: NSD serving zones for the tests of one
+    module, stopped after the last. In the module: `nsd = module_nsd(ZONES)`."""
+    @pytest.fixture(scope="module")
+    def nsd(tmp_path_factory):
+        sup = mslocal.Supervisor(tmp_path_factory.mktemp("nsd"))
+        n = Nsd(sup, mslocal.free_port(), zones)
+        n.start()
+        yield n
+        sup.stop_all()
+    return nsd

@@ -74,11 +74,12 @@ def envelope(qid: str, rcpts: List[str], message: bytes, sender: str = "sender@e
              version: int = 1, body_8bit: bool = False, direction: int = 0, ret: int = 0,
              envid: str = "", notify: Optional[Dict[str, int]] = None,
              orcpt: Optional[Dict[str, str]] = None, client_ip: str = "",
-             helo: str = "") -> bytes:
+             helo: str = "", requiretls: bool = False) -> bytes:
     """notify / orcpt: per recipient address (RFC 3461 NOTIFY bits, ORCPT
     "rfc822;addr"); direction, ret: the enums above (0: unspecified);
     client_ip / helo: the SMTP client as the frontend records it (the
-    worker's inbound policy stage checks SPF with them)."""
+    worker's inbound policy stage checks SPF with them); requiretls: MAIL
+    FROM had RFC 8689 REQUIRETLS."""
     mail_from = _field_bytes(1, sender.encode())
     if body_8bit:
         mail_from += _field_varint(2, 2)  # BODY_8BITMIME
@@ -86,6 +87,8 @@ def envelope(qid: str, rcpts: List[str], message: bytes, sender: str = "sender@e
         mail_from += _field_varint(5, ret)
     if envid:
         mail_from += _field_bytes(6, envid.encode())
+    if requiretls:
+        mail_from += _field_varint(7, 1)
     out = _field_varint(1, version)
     out += _field_bytes(2, qid.encode())
     out += _field_varint(3, int(time.time() * 1e6))
@@ -180,9 +183,13 @@ class FakeSMTP:
 
     def __init__(self, rcpt_reply: Optional[Callable[[str, int], str]] = None,
                  data_reply: Optional[Callable[[int], str]] = None,
-                 host: str = mslocal.HOST, port: int = 0, tls=None, pipelining: bool = False):
+                 host: str = mslocal.HOST, port: int = 0, tls=None, pipelining: bool = False,
+                 extensions: tuple = (), tls_extensions: tuple = ()):
         # tls: an ssl.SSLContext (server side): STARTTLS is offered and done.
         self.tls = tls
+        # EHLO keywords offered as well (e.g. "DSN"); tls_extensions only
+        # once TLS is up (RFC 8689 §2: REQUIRETLS).
+        self.extensions, self.tls_extensions = tuple(extensions), tuple(tls_extensions)
         # pipelining: PIPELINING is offered, and for each MAIL the server
         # notes whether the next command had already arrived before it
         # answered (the client did not wait: RFC 2920).
@@ -255,6 +262,9 @@ class FakeSMTP:
                     say("250-STARTTLS")
                 if self.pipelining:
                     say("250-PIPELINING")
+                for kw in self.extensions + (self.tls_extensions
+                                             if isinstance(sock, ssl.SSLSocket) else ()):
+                    say("250-" + kw)
                 say("250 ENHANCEDSTATUSCODES")
             elif verb == "STARTTLS" and self.tls is not None:
                 say("220 2.0.0 Ready to start TLS")

@@ -16,7 +16,7 @@ from typing import Dict, List
 import pytest
 
 import mslocal
-from dns_zone import Nsd
+from dns_zone import module_nsd
 from test_worker_delivery import (FakeSMTP, envelope, message, new_qid, produce,  # noqa: F401
                                   wait_events, wait_log, metric, KCAT)
 
@@ -53,13 +53,7 @@ ZONES: Dict[str, List[str]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def nsd(tmp_path_factory):
-    sup = mslocal.Supervisor(tmp_path_factory.mktemp("nsd"))
-    n = Nsd(sup, mslocal.free_port(), ZONES)
-    n.start()
-    yield n
-    sup.stop_all()
+nsd = module_nsd(ZONES)
 
 
 @pytest.fixture

@@ -144,6 +144,120 @@ static void test_dsn_delayed(void **state)
     ms_buf_free(&out);
 }
 
+/* RFC 3461 §5.2.2 / §5.2.3 and RFC 3464 §2.3.3: a success report says so,
+ * per recipient, and returns the headers unless RET=FULL (§4.3 speaks of
+ * failed DSNs only), even without RET and for a small message. */
+static void test_dsn_success(void **state)
+{
+    struct ms_dsn in;
+    struct ms_dsn_rcpt r[2];
+    struct ms_buf out;
+
+    (void)state;
+    base(&in, r);
+    r[0].action = MS_DSN_RELAYED;
+    r[0].status = "2.0.0";
+    r[0].code = 250;
+    r[0].diagnostic = "250 2.0.0 Ok: queued as 4711";
+    r[1].action = MS_DSN_DELIVERED;
+    r[1].status = "2.1.5";
+    r[1].code = 250;
+    r[1].diagnostic = "250 2.1.5 <late@example.com> delivered";
+    build(&in, &out);
+    assert_non_null(strstr(out.data, "Subject: Successful Mail Delivery Report\r\n"));
+    assert_non_null(strstr(out.data, "Final-Recipient: rfc822; nobody@example.net\r\n"
+                                     "Action: relayed\r\nStatus: 2.0.0\r\n"
+                                     "Remote-MTA: dns; mx.example.net\r\n"
+                                     "Diagnostic-Code: smtp; 250 2.0.0 Ok: queued as 4711\r\n"));
+    assert_non_null(strstr(out.data, "Final-Recipient: rfc822; late@example.com\r\n"
+                                     "Action: delivered\r\nStatus: 2.1.5\r\n"));
+    assert_non_null(strstr(out.data, "<nobody@example.net>: relayed; host mx.example.net said"));
+    assert_non_null(strstr(out.data, "Content-Description: Delivered Message Headers\r\n"
+                                     "Content-Type: text/rfc822-headers\r\n"));
+    assert_null(strstr(out.data, "body line"));
+    assert_null(strstr(out.data, "Will-Retry-Until"));
+    ms_buf_free(&out);
+
+    /* RET=FULL asks for the message with any report. */
+    in.ret_full = 1;
+    build(&in, &out);
+    assert_non_null(strstr(out.data, "Content-Type: message/rfc822\r\n"));
+    assert_non_null(strstr(out.data, "body line"));
+    ms_buf_free(&out);
+
+    /* A failure among them: a bounce, the whole message without RET. */
+    in.ret_full = 0;
+    r[1].action = MS_DSN_FAILED;
+    r[1].status = "5.1.1";
+    build(&in, &out);
+    assert_non_null(strstr(out.data, "Subject: Undelivered Mail Returned to Sender\r\n"));
+    assert_non_null(strstr(out.data, "Action: relayed\r\n"));
+    assert_non_null(strstr(out.data, "Content-Description: Undelivered Message\r\n"
+                                     "Content-Type: message/rfc822\r\n"));
+    ms_buf_free(&out);
+}
+
+/* RFC 3461 §4: xtext, "+" and "=" and everything outside "!".."~" as +XX;
+ * a result that does not fit (a +XX not whole either) is MS_ETOOBIG and "". */
+static void test_xtext(void **state)
+{
+    static const struct {
+        const char *in;
+        size_t outlen;
+        int want;
+        const char *out;
+    } cases[] = {
+        {"rcpt@example.net", 64, 16, "rcpt@example.net"},
+        {"a+b=c d\x7f\xc3\xa9", 64, 22, "a+2Bb+3Dc+20d+7F+C3+A9"},
+        {"", 64, 0, ""},
+        {"ab", 3, 2, "ab"},
+        {"abc", 3, MS_ETOOBIG, ""},
+        {"a+", 4, MS_ETOOBIG, ""},
+        {"a+", 5, 4, "a+2B"},
+    };
+    char out[64];
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        int got = ms_xtext_encode(cases[i].in, out, cases[i].outlen);
+        if (got != cases[i].want || strcmp(out, cases[i].out) != 0)
+            fail_msg("case %zu: got %d \"%s\", want %d \"%s\"", i, got, out, cases[i].want,
+                     cases[i].out);
+    }
+    assert_int_equal(ms_xtext_encode("x", out, 0), MS_ETOOBIG);
+}
+
+/* RFC 3461 §4.1: the NOTIFY value; NEVER alone; malformed masks: none. */
+static void test_notify_param(void **state)
+{
+    char out[24];
+
+    (void)state;
+    assert_int_equal(ms_dsn_notify_param(MS_DSN_NOTIFY_SUCCESS, out, sizeof(out)), 7);
+    assert_string_equal(out, "SUCCESS");
+    assert_int_equal(ms_dsn_notify_param(MS_DSN_NOTIFY_DELAY | MS_DSN_NOTIFY_SUCCESS |
+                                             MS_DSN_NOTIFY_FAILURE,
+                                         out, sizeof(out)),
+                     21);
+    assert_string_equal(out, "SUCCESS,FAILURE,DELAY");
+    assert_int_equal(ms_dsn_notify_param(MS_DSN_NOTIFY_FAILURE | MS_DSN_NOTIFY_DELAY, out,
+                                         sizeof(out)),
+                     13);
+    assert_string_equal(out, "FAILURE,DELAY");
+    assert_int_equal(ms_dsn_notify_param(MS_DSN_NOTIFY_NEVER, out, sizeof(out)), 5);
+    assert_string_equal(out, "NEVER");
+    assert_int_equal(ms_dsn_notify_param(0, out, sizeof(out)), 0);
+    assert_string_equal(out, "");
+    assert_int_equal(ms_dsn_notify_param(MS_DSN_NOTIFY_NEVER | MS_DSN_NOTIFY_DELAY, out,
+                                         sizeof(out)),
+                     0);
+    assert_int_equal(ms_dsn_notify_param(16, out, sizeof(out)), 0);
+    assert_int_equal(ms_dsn_notify_param(MS_DSN_NOTIFY_SUCCESS | MS_DSN_NOTIFY_FAILURE, out, 10),
+                     0); /* does not fit: nothing, not half */
+    assert_string_equal(out, "");
+}
+
 static void test_dsn_refuses_injection(void **state)
 {
     struct ms_dsn in;
@@ -189,6 +303,7 @@ static const struct ccase ccases[] = {
     {550, "5.1.2", "Host not found", MS_CLASS_DNS, 1},
     {0, "4.4.3", "temporary DNS failure", MS_CLASS_DNS, 0},
     {530, "5.7.10", "Must issue a STARTTLS command first", MS_CLASS_TLS, 1},
+    {550, "5.7.30", "REQUIRETLS support required", MS_CLASS_TLS, 1},
     {0, "4.7.5", "TLS handshake failed", MS_CLASS_TLS, 0},
     {552, "5.3.4", "Message too big", MS_CLASS_TOO_LARGE, 1},
     {552, "", "size limit", MS_CLASS_TOO_LARGE, 1},
@@ -231,6 +346,9 @@ int main(void)
         cmocka_unit_test(test_dsn_full),
         cmocka_unit_test(test_dsn_hdrs),
         cmocka_unit_test(test_dsn_delayed),
+        cmocka_unit_test(test_dsn_success),
+        cmocka_unit_test(test_xtext),
+        cmocka_unit_test(test_notify_param),
         cmocka_unit_test(test_dsn_refuses_injection),
         cmocka_unit_test(test_reply_class),
         cmocka_unit_test(test_date),

@@ -2,8 +2,8 @@
  * test_wk_dsn_rules.c - the DSN decisions of worker/dsn_rules.h: the
  * backscatter rule as a table (direction, null sender, SPF pass, aligned
  * DKIM pass, not evaluated), DKIM alignment through a small Public Suffix
- * List, RFC 3461 NOTIFY for failures and delays, and when a delay warning
- * is due.
+ * List, RFC 3461 NOTIFY for failures and delays, when a delay warning is
+ * due, and which success notice (delivered, relayed, none) is owed.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -174,20 +174,64 @@ static void test_status(void **state)
     char st[11];
 
     (void)state;
-    wk_dsn_status(st, sizeof(st), "5.1.1", 1);
+    wk_dsn_status(st, sizeof(st), "5.1.1", MS_DSN_FAILED);
     assert_string_equal(st, "5.1.1");
-    wk_dsn_status(st, sizeof(st), "4.4.7", 1); /* expired: failed with its 4.4.7 */
+    wk_dsn_status(st, sizeof(st), "4.4.7", MS_DSN_FAILED); /* expired: failed with 4.4.7 */
     assert_string_equal(st, "4.4.7");
-    wk_dsn_status(st, sizeof(st), "", 1);
+    wk_dsn_status(st, sizeof(st), "", MS_DSN_FAILED);
     assert_string_equal(st, "5.0.0");
-    wk_dsn_status(st, sizeof(st), "4.4.1", 0);
+    wk_dsn_status(st, sizeof(st), "4.4.1", MS_DSN_DELAYED);
     assert_string_equal(st, "4.4.1");
-    wk_dsn_status(st, sizeof(st), "5.2.2", 0); /* full mailbox, being retried */
+    wk_dsn_status(st, sizeof(st), "5.2.2", MS_DSN_DELAYED); /* full mailbox, being retried */
     assert_string_equal(st, "4.2.2");
-    wk_dsn_status(st, sizeof(st), NULL, 0);
+    wk_dsn_status(st, sizeof(st), NULL, MS_DSN_DELAYED);
     assert_string_equal(st, "4.0.0");
-    wk_dsn_status(st, 4, "4.4.1", 0); /* bounded */
+    wk_dsn_status(st, 4, "4.4.1", MS_DSN_DELAYED); /* bounded */
     assert_string_equal(st, "4.4");
+    /* Successes: the 2.X.X of the reply that took the message. */
+    wk_dsn_status(st, sizeof(st), "2.1.5", MS_DSN_DELIVERED);
+    assert_string_equal(st, "2.1.5");
+    wk_dsn_status(st, sizeof(st), "", MS_DSN_RELAYED);
+    assert_string_equal(st, "2.0.0");
+    wk_dsn_status(st, sizeof(st), "5.0.0", MS_DSN_RELAYED); /* not a success code */
+    assert_string_equal(st, "2.0.0");
+}
+
+/* RFC 3461 §5.2.1-§5.2.3: who owes the success notice, and which one. */
+static void test_success(void **state)
+{
+    static const struct {
+        uint32_t notify;
+        int next_hop_dsn, final, want;
+        enum ms_dsn_action action;
+    } cases[] = {
+        /* Not asked for: never (absent NOTIFY means FAILURE only). */
+        {0, 0, 0, 0, 0},
+        {NOTIFY_F | NOTIFY_D, 0, 1, 0, 0},
+        {NOTIFY_N, 0, 1, 0, 0},
+        {NOTIFY_N | NOTIFY_S, 0, 1, 0, 0}, /* malformed: NEVER wins */
+        /* Asked for, a next hop without DSN: relayed; final: delivered. */
+        {NOTIFY_S, 0, 0, 1, MS_DSN_RELAYED},
+        {NOTIFY_S | NOTIFY_F, 0, 0, 1, MS_DSN_RELAYED},
+        {NOTIFY_S, 0, 1, 1, MS_DSN_DELIVERED},
+        /* The next hop offered DSN: it got NOTIFY and reports itself. */
+        {NOTIFY_S, 1, 0, 0, 0},
+        {NOTIFY_S | NOTIFY_F | NOTIFY_D, 1, 1, 0, 0},
+    };
+    enum ms_dsn_action a;
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        a = (enum ms_dsn_action)-1;
+        if (wk_dsn_success(cases[i].notify, cases[i].next_hop_dsn, cases[i].final, &a) !=
+                cases[i].want ||
+            (cases[i].want && a != cases[i].action))
+            fail_msg("case %zu: notify %u dsn %d final %d: got action %d", i,
+                     (unsigned)cases[i].notify, cases[i].next_hop_dsn, cases[i].final, (int)a);
+    }
+    assert_true(wk_notify_success(NOTIFY_S | NOTIFY_D));
+    assert_false(wk_notify_success(0));
 }
 
 int main(void)
@@ -198,6 +242,7 @@ int main(void)
         cmocka_unit_test(test_dkim_aligned),
         cmocka_unit_test(test_notify),
         cmocka_unit_test(test_delay_warning_due),
+        cmocka_unit_test(test_success),
         cmocka_unit_test(test_status),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -207,6 +207,16 @@ static void test_ehlo(void **state)
     wk_ehlo_parse(&r, &e);
     assert_int_equal(e.flags, 0);
 
+    /* RFC 3461 DSN and RFC 8689 REQUIRETLS; a longer word is neither. */
+    in = "250-mx\r\n250-DSN\r\n250-REQUIRETLSX\r\n250 requiretls\r\n";
+    assert_true(wk_reply_parse(in, strlen(in), &r) > 0);
+    wk_ehlo_parse(&r, &e);
+    assert_int_equal(e.flags, WK_EHLO_DSN | WK_EHLO_REQUIRETLS);
+    in = "250-mx\r\n250 REQUIRETLSX\r\n";
+    assert_true(wk_reply_parse(in, strlen(in), &r) > 0);
+    wk_ehlo_parse(&r, &e);
+    assert_int_equal(e.flags, 0);
+
     /* Overflow: treated as no limit. */
     in = "250-x\r\n250 SIZE 999999999999999999999999\r\n";
     assert_true(wk_reply_parse(in, strlen(in), &r) > 0);
