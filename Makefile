@@ -9,14 +9,14 @@ PKGS      := rdkafka hiredis libuv libprotobuf-c openssl inih
 WARN      := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 OPT       ?= -O2 -g
 SAN       ?=
-CFLAGS_ALL = $(WARN) $(OPT) $(SAN) -MMD -MP -Ilib/core -Ilib/mail -Icluster -I$(BUILD)/gen \
+CFLAGS_ALL = $(WARN) $(OPT) $(SAN) -MMD -MP -Ilib/core -Ilib/mail -Ilib/io -I$(BUILD)/gen \
              $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(CFLAGS)
 LDLIBS_ALL = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lunbound -lopendmarc -lcrypt -lpthread -lm $(LDLIBS)
 
 PROTOS    := $(wildcard proto/*.proto)
 GEN_C     := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.c,$(PROTOS))
 GEN_H     := $(GEN_C:.c=.h)
-LIB_SRC   := $(wildcard lib/core/*.c lib/mail/*.c cluster/*.c)
+LIB_SRC   := $(wildcard lib/core/*.c lib/mail/*.c lib/io/*.c)
 FE_SRC    := $(filter-out frontend/main.c,$(wildcard frontend/*.c))
 WK_SRC    := $(filter-out worker/main.c,$(wildcard worker/*.c))
 obj        = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
@@ -111,7 +111,7 @@ asan:
 # building and running; `make fuzz` runs each for a bounded time.
 FUZZ_BINS := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(FUZZ_SRC))
 FUZZ_RUNS ?= 20000
-FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -Ilib/core -Ilib/mail -Icluster -I$(BUILD)/gen \
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -Ilib/core -Ilib/mail -Ilib/io -I$(BUILD)/gen \
                $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 FUZZ_OBJS := $(patsubst %.c,build-fuzz/obj/%.o,$(LIB_SRC) $(FE_SRC) $(WK_SRC)) \
              $(patsubst $(BUILD)/gen/%.c,build-fuzz/obj/gen/%.o,$(GEN_C))
@@ -149,7 +149,7 @@ bench: deps all
 	    $(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 fmt:
-	clang-format -i $(wildcard lib/*/*.[ch] cluster/*.[ch] frontend/*.[ch] worker/*.[ch] ctl/*.[ch] tools/*.[ch] tests/unit/*.c tests/fuzz/*.c)
+	clang-format -i $(wildcard lib/*/*.[ch] frontend/*.[ch] worker/*.[ch] ctl/*.[ch] tools/*.[ch] tests/unit/*.c tests/fuzz/*.c)
 
 clean:
 	rm -rf build build-asan build-fuzz

@@ -2,7 +2,7 @@
  * fe_ratelimit.h - rate limits and the suppression list in Redis.
  *
  * Every limit is a token bucket kept in a Redis hash and updated atomically
- * by one Lua script (FE_RL_SCRIPT, the shared cluster/ms_bucket.h script;
+ * by one Lua script (FE_RL_SCRIPT, the shared lib/io/ms_bucket.h script;
  * EVALSHA, falling back to EVAL when Redis does not know the script, e.g.
  * after a restart).  One call checks up to
  * FE_RL_BUCKETS_MAX buckets at once and, optionally, whether a "refusing"
@@ -88,7 +88,7 @@ int fe_rl_argv(const struct fe_rl_check *c, const char *sha, struct fe_rl_scratc
 /* The outcome an integer reply means (FE_RL_FAILED for anything else). */
 int fe_rl_result(const struct ms_redis_reply *r, size_t nbuckets);
 
-/* MS_BUCKET_SCRIPT (cluster/ms_bucket.h), which also serves the worker. */
+/* MS_BUCKET_SCRIPT (lib/io/ms_bucket.h), which also serves the worker. */
 extern const char *const FE_RL_SCRIPT;
 
 /* ---- the Redis client side ---- */

@@ -1,5 +1,5 @@
 """[delivery] dest_rate: a cluster-wide message rate per destination, kept
-as a token bucket in Redis (cluster/ms_bucket.h). Messages over the rate
+as a token bucket in Redis (lib/io/ms_bucket.h). Messages over the rate
 wait in memory for their turn; past [delivery] dest_rate_max_wait_ms they
 are deferred (4.4.5) to a retry tier instead.
 

@@ -1,5 +1,5 @@
 /*
- * test_ms_bucket.c - the pure part of cluster/ms_bucket.h: the
+ * test_ms_bucket.c - the pure part of lib/io/ms_bucket.h: the
  * [delivery] dest_rate syntax, the one-bucket "wait" command line, and
  * reading the script's answer.  The script itself runs against a real Redis
  * in tests/integration/test_frontend_limits.py and test_worker_rate.py.
