@@ -28,6 +28,7 @@
 #include "ms_dsn.h"
 #include "ms_envelope.h"
 #include "ms_error.h"
+#include "ms_keys.h"
 #include "ms_log.h"
 #include "ms_mem.h"
 #include "ms_metrics.h"
@@ -51,9 +52,6 @@
 enum produce_kind { PRODUCE_EVENT, PRODUCE_RETRY, PRODUCE_DSN };
 /* "host[address]:port" */
 #define WK_RELAY_MAX (MS_DNS_NAME_MAX + INET6_ADDRSTRLEN + 16)
-/* Redis sorted set of messages with deferred recipients, scored by the time
- * they were accepted: depth and oldest age for the metrics. */
-#define WK_RETRY_QUEUE_KEY "ms:retryq"
 /* Bounce counters per sender domain live this long after the last bounce. */
 #define WK_BOUNCE_COUNTER_TTL "2592000"
 /* Connection leases: how long one lives unless released, and how soon a
@@ -460,7 +458,7 @@ static void redis_fire(wk_delivery *d, int argc, const char **argv)
 
 static char *suppress_key(const char *addr)
 {
-    char *k = ms_asprintf("ms:suppress:%s", addr), *p;
+    char *k = ms_asprintf(MS_KEY_SUPPRESS "%s", addr), *p;
 
     for (p = k; *p; p++)
         *p = (char)tolower((unsigned char)*p);
@@ -576,7 +574,7 @@ static enum wk_outcome record_outcome(struct msg *m, size_t i, int code, const c
         m->env->mail_from->address[0]) {
         char sdom[MS_DNS_NAME_MAX + 1], *key;
         if (ms_route_domain(m->env->mail_from->address, sdom, sizeof(sdom)) == 0 && sdom[0]) {
-            key = ms_asprintf("ms:bounces:%s", sdom);
+            key = ms_asprintf(MS_KEY_BOUNCES "%s", sdom);
             {
                 const char *argv[4] = {"HINCRBY", key, ev.class_name, "1"};
                 const char *exp[3] = {"EXPIRE", key, WK_BOUNCE_COUNTER_TTL};
@@ -603,7 +601,7 @@ static void apply_outcome(struct msg *m, size_t i, enum wk_outcome o)
 
 static char *marker_key(const struct msg *m, size_t i)
 {
-    return ms_asprintf("ms:delivered:%s:%s", m->qid, m->rcpts[i].addr);
+    return ms_asprintf(MS_KEY_DELIVERED "%s:%s", m->qid, m->rcpts[i].addr);
 }
 
 static void redis_failed(wk_delivery *d, const struct msg *m, const char *what,
@@ -962,10 +960,10 @@ static void dest_timer_init(struct msg *m, struct dest *ds)
     uv_timer_init(d->loop, &ds->wait->t);
     ds->wait->d = d;
     ds->wait->dest_id = dest_id(m, ds);
-    snprintf(ds->lease_key, sizeof(ds->lease_key), "ms:lease:%s", name);
+    snprintf(ds->lease_key, sizeof(ds->lease_key), MS_KEY_LEASE "%s", name);
     snprintf(ds->lease_member, sizeof(ds->lease_member), "%s:%llu", d->conf.node_id,
              (unsigned long long)ds->wait->dest_id);
-    snprintf(ds->rate_key, sizeof(ds->rate_key), "ms:rate:%s", name);
+    snprintf(ds->rate_key, sizeof(ds->rate_key), MS_KEY_RATE "%s", name);
 }
 
 /* ---- per-destination message rate ([delivery] dest_rate) ----
@@ -1526,7 +1524,7 @@ static void send_retry(struct msg *m, int pending)
     {
         /* The retry queue for metrics: qid scored by when it was accepted. */
         char first[24];
-        const char *argv[4] = {"ZADD", WK_RETRY_QUEUE_KEY, first, m->qid};
+        const char *argv[4] = {"ZADD", MS_KEY_RETRY_QUEUE, first, m->qid};
         snprintf(first, sizeof(first), "%lld", (long long)m->env->received_at_us);
         redis_fire(d, 4, argv);
     }
@@ -1537,7 +1535,7 @@ static void send_retry(struct msg *m, int pending)
         char *key, att_s[16], next_s[24], first_s[24], ttl[24], warned_s[24];
         if (m->rcpts[i].state != RCPT_PENDING)
             continue;
-        key = ms_asprintf("ms:retry:%s:%s", m->qid, m->rcpts[i].addr);
+        key = ms_asprintf(MS_KEY_RETRY "%s:%s", m->qid, m->rcpts[i].addr);
         snprintf(att_s, sizeof(att_s), "%u", m->attempt);
         snprintf(next_s, sizeof(next_s), "%lld", (long long)env.next_attempt_us);
         snprintf(first_s, sizeof(first_s), "%lld", (long long)m->env->received_at_us);
@@ -1664,7 +1662,7 @@ static void msg_settle(struct msg *m)
         }
         for (i = 0; i < m->nrcpts && m->attempt > 1; i++)
             if (m->rcpts[i].state != RCPT_PENDING && m->rcpts[i].tried) {
-                char *key = ms_asprintf("ms:retry:%s:%s", m->qid, m->rcpts[i].addr);
+                char *key = ms_asprintf(MS_KEY_RETRY "%s:%s", m->qid, m->rcpts[i].addr);
                 const char *argv[2] = {"DEL", key};
                 redis_fire(d, 2, argv);
                 free(key);
@@ -1673,7 +1671,7 @@ static void msg_settle(struct msg *m)
         if (pending > 0) {
             send_retry(m, pending);
         } else if (m->attempt > 1 || m->tier > 0) {
-            const char *argv[3] = {"ZREM", WK_RETRY_QUEUE_KEY, m->qid};
+            const char *argv[3] = {"ZREM", MS_KEY_RETRY_QUEUE, m->qid};
             redis_fire(d, 3, argv);
         }
     }
@@ -2059,8 +2057,8 @@ static void on_stats(void *arg, uint64_t cookie, const struct ms_redis_reply *r)
 static void stats_cb(uv_timer_t *t)
 {
     wk_delivery *d = t->data;
-    const char *zcard[2] = {"ZCARD", WK_RETRY_QUEUE_KEY};
-    const char *zrange[5] = {"ZRANGE", WK_RETRY_QUEUE_KEY, "0", "0", "WITHSCORES"};
+    const char *zcard[2] = {"ZCARD", MS_KEY_RETRY_QUEUE};
+    const char *zrange[5] = {"ZRANGE", MS_KEY_RETRY_QUEUE, "0", "0", "WITHSCORES"};
     size_t l1[2], l2[5];
     int k;
 

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "ms_error.h"
+#include "ms_keys.h"
 #include "../../frontend/fe_ratelimit.h"
 
 static void test_rate_parse(void **state)
@@ -57,13 +58,16 @@ static void test_argv(void **state)
 
     fe_rl_check_init(&c, FE_RL_TAKE);
     assert_false(fe_rl_check_needed(&c));
-    fe_rl_add(&c, "ms:rl:", "rcpt:user:", "Alice@Example.ORG", r10, 1, "recipients_per_client");
-    fe_rl_add(&c, "ms:rl:", "msg:dom:", "x.example", off, 1, "messages_per_domain"); /* off */
-    fe_rl_refuse_key(&c, "ms:suppress:", "Bob@Mailstream.TEST");
+    fe_rl_add(&c, MS_KEY_RATELIMIT, "rcpt:user:", "Alice@Example.ORG", r10, 1,
+              "recipients_per_client");
+    fe_rl_add(&c, MS_KEY_RATELIMIT, "msg:dom:", "x.example", off, 1,
+              "messages_per_domain"); /* off */
+    fe_rl_refuse_key(&c, MS_KEY_SUPPRESS, "Bob@Mailstream.TEST");
     assert_true(fe_rl_check_needed(&c));
     assert_int_equal(c.n, 1);
     assert_string_equal(c.keys[0], "ms:rl:rcpt:user:alice@example.org");
-    /* The worker's key (worker/delivery.c suppress_key): lower-cased. */
+    /* The worker's key (worker/delivery.c suppress_key): lower-cased.  The
+     * names are a contract with operators (docs/config.md): spelt out. */
     assert_string_equal(c.keys[1], "ms:suppress:bob@mailstream.test");
 
     argc = fe_rl_argv(&c, "0123abcd", &sc, argv, argvlen);
