@@ -99,7 +99,7 @@ struct dest_timer {
     uv_timer_t t;
     wk_delivery *d;
     uint64_t dest_id;
-    int waiting_reply;              /* the EVAL is out (the timer is its guard) */
+    int waiting_reply;              /* the script is out (the timer is its guard) */
 };
 
 /* One destination of one attempt: the recipients that share a route. */
@@ -118,7 +118,6 @@ struct dest {
     struct dest_timer *wait;          /* dest_rate or dest_concurrency waits; NULL: none yet */
     int leased;                       /* holds a lease in ms:lease:<name> */
     int rated;                        /* its turn came (or dest_rate is off, or failed open) */
-    int rate_eval;                    /* Redis did not know the script: send EVAL */
     uint64_t rate_waited_ms;          /* waited for its turn so far */
     char rate_key[MS_DNS_NAME_MAX + 32];
     char lease_key[MS_DNS_NAME_MAX + 32];
@@ -844,18 +843,10 @@ static void on_smtp(void *arg, uint64_t id, const struct wk_smtp_result *res)
  *
  * A sorted set per destination holds one member per connection, scored by
  * when it lapses: a worker that dies leaves leases that expire by
- * themselves after WK_LEASE_TTL_MS.  Taken atomically by a Lua script;
- * scores are the workers' clocks (XXX: assumes clocks agree to well within
- * the TTL).  Redis unavailable: connect without a lease (at least once
- * beats never). */
-static const char lease_script[] =
-    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1]) "
-    "if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then "
-    "  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), ARGV[4]) "
-    "  redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
-    "  return 1 "
-    "end "
-    "return 0";
+ * themselves after WK_LEASE_TTL_MS.  Taken atomically by a Lua script
+ * (MS_SCRIPT_LEASE, ms_script.h); scores are the workers' clocks (XXX:
+ * assumes clocks agree to well within the TTL).  Redis unavailable: connect
+ * without a lease (at least once beats never). */
 
 static void dest_connect(struct msg *m, struct dest *ds);
 static void dest_connect_now(struct msg *m, struct dest *ds);
@@ -880,7 +871,7 @@ static void on_lease(void *arg, uint64_t id, const struct ms_redis_reply *r)
         uv_timer_start(&ds->wait->t, dest_timer_cb, WK_LEASE_RETRY_MS, 0);
         return;
     } else {
-        redis_failed(d, m, "EVAL lease", r);
+        redis_failed(d, m, "EVALSHA lease", r);
     }
     dest_connect_now(m, ds);
 }
@@ -913,26 +904,25 @@ static void lease_request(struct msg *m, struct dest *ds)
 {
     wk_delivery *d = m->d;
     char now[24], ttl[24], max[24];
-    const char *argv[8];
-    size_t argvlen[8];
+    const char *argv[6];
+    size_t argvlen[6];
     int k;
 
     snprintf(now, sizeof(now), "%lld", (long long)(now_us() / 1000));
     snprintf(ttl, sizeof(ttl), "%d", WK_LEASE_TTL_MS);
     snprintf(max, sizeof(max), "%d", d->conf.dest_concurrency);
-    argv[0] = "EVAL";
-    argv[1] = lease_script;
-    argv[2] = "1";
-    argv[3] = ds->lease_key;
-    argv[4] = now;
-    argv[5] = ttl;
-    argv[6] = max;
-    argv[7] = ds->lease_member;
-    for (k = 0; k < 8; k++)
+    argv[0] = "1";
+    argv[1] = ds->lease_key;
+    argv[2] = now;
+    argv[3] = ttl;
+    argv[4] = max;
+    argv[5] = ds->lease_member;
+    for (k = 0; k < 6; k++)
         argvlen[k] = strlen(argv[k]);
     ds->state = DEST_LEASE;
-    if (ms_redis_command(d->redis, on_lease, d, dest_id(m, ds), 8, argv, argvlen) < 0) {
-        redis_failed(d, m, "EVAL lease", NULL);
+    if (ms_redis_script(d->redis, MS_SCRIPT_LEASE, on_lease, d, dest_id(m, ds), 6, argv,
+                        argvlen) < 0) {
+        redis_failed(d, m, "EVALSHA lease", NULL);
         dest_connect_now(m, ds);
         return;
     }
@@ -997,10 +987,10 @@ static void rate_request(struct msg *m, struct dest *ds)
     size_t argvlen[MS_BUCKET_WAIT_ARGC];
     int argc;
 
-    argc = ms_bucket_wait_argv(ds->rate_key, d->conf.dest_rate,
-                               ds->rate_eval ? NULL : ms_bucket_sha(), &sc, argv, argvlen);
+    argc = ms_bucket_wait_argv(ds->rate_key, d->conf.dest_rate, &sc, argv, argvlen);
     ds->state = DEST_RATE;
-    if (ms_redis_command(d->redis, on_rate, d, dest_id(m, ds), argc, argv, argvlen) < 0) {
+    if (ms_redis_script(d->redis, MS_SCRIPT_BUCKET, on_rate, d, dest_id(m, ds), argc, argv,
+                        argvlen) < 0) {
         rate_fail_open(m, ds, NULL);
         return;
     }
@@ -1050,12 +1040,6 @@ static void on_rate(void *arg, uint64_t id, const struct ms_redis_reply *r)
     ds->wait->waiting_reply = 0;
     uv_timer_stop(&ds->wait->t);
     wait = ms_bucket_wait_result(r);
-    if (wait == MS_ENOTFOUND && !ds->rate_eval) {
-        /* Redis restarted or SCRIPT FLUSH: EVAL loads the script again. */
-        ds->rate_eval = 1;
-        rate_request(m, ds);
-        return;
-    }
     if (wait < 0) {
         rate_fail_open(m, ds, r);
         return;

@@ -70,31 +70,26 @@ static void test_argv(void **state)
      * names are a contract with operators (docs/config.md): spelt out. */
     assert_string_equal(c.keys[1], "ms:suppress:bob@mailstream.test");
 
-    argc = fe_rl_argv(&c, "0123abcd", &sc, argv, argvlen);
-    assert_int_equal(argc, 10);
-    assert_string_equal(argv[0], "EVALSHA");
-    assert_string_equal(argv[1], "0123abcd");
-    assert_string_equal(argv[2], "2"); /* numkeys */
-    assert_string_equal(argv[3], "ms:rl:rcpt:user:alice@example.org");
-    assert_string_equal(argv[4], "ms:suppress:bob@mailstream.test");
-    assert_string_equal(argv[5], "take");
-    assert_string_equal(argv[6], "1");
-    assert_string_equal(argv[7], "10");
-    assert_string_equal(argv[8], "60000");
-    assert_string_equal(argv[9], "1");
-    assert_int_equal(argvlen[8], 5);
-    argc = fe_rl_argv(&c, NULL, &sc, argv, argvlen);
-    assert_string_equal(argv[0], "EVAL");
-    assert_ptr_equal(argv[1], FE_RL_SCRIPT);
+    argc = fe_rl_argv(&c, &sc, argv, argvlen);
+    assert_int_equal(argc, 8);
+    assert_string_equal(argv[0], "2"); /* numkeys */
+    assert_string_equal(argv[1], "ms:rl:rcpt:user:alice@example.org");
+    assert_string_equal(argv[2], "ms:suppress:bob@mailstream.test");
+    assert_string_equal(argv[3], "take");
+    assert_string_equal(argv[4], "1");
+    assert_string_equal(argv[5], "10");
+    assert_string_equal(argv[6], "60000");
+    assert_string_equal(argv[7], "1");
+    assert_int_equal(argvlen[6], 5);
 
     /* A full check takes no more buckets. */
     fe_rl_check_init(&c, FE_RL_PEEK);
     for (int i = 0; i < FE_RL_BUCKETS_MAX + 2; i++)
         fe_rl_add(&c, "p:", "k:", "v", r10, 1, "x");
     assert_int_equal(c.n, FE_RL_BUCKETS_MAX);
-    argc = fe_rl_argv(&c, NULL, &sc, argv, argvlen);
+    argc = fe_rl_argv(&c, &sc, argv, argvlen);
     assert_true(argc <= FE_RL_ARGV_MAX);
-    assert_string_equal(argv[3 + FE_RL_BUCKETS_MAX], "peek");
+    assert_string_equal(argv[1 + FE_RL_BUCKETS_MAX], "peek");
 }
 
 static void test_result(void **state)
