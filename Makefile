@@ -74,6 +74,11 @@ $(BUILD)/mailstream-frontend: $(call obj,frontend/main.c) $(FE_A) $(LIB_A)
 $(BUILD)/mailstream-worker: $(call obj,worker/main.c) $(WK_A) $(LIB_A)
 	$(CC) $(OPT) $(SAN) -o $@ $^ $(LDLIBS_ALL)
 
+# Tools sit beside the programs and may use the worker's stages (its
+# mail-authentication stage): they reach its headers by this path, never
+# by "../worker/...".
+$(BUILD)/obj/tools/%.o: CFLAGS_ALL += -Iworker
+
 $(BUILD)/mailstream-authcheck: $(call obj,tools/authcheck.c) $(WK_A) $(LIB_A)
 	$(CC) $(OPT) $(SAN) -o $@ $^ $(LDLIBS_ALL)
 
