@@ -9,14 +9,14 @@ PKGS      := rdkafka hiredis libuv libprotobuf-c openssl inih
 WARN      := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 OPT       ?= -O2 -g
 SAN       ?=
-CFLAGS_ALL = $(WARN) $(OPT) $(SAN) -MMD -MP -Ilib/core -Ilib/mail -Icluster -I$(BUILD)/gen \
+CFLAGS_ALL = $(WARN) $(OPT) $(SAN) -MMD -MP -Ilib/core -Ilib/mail -Ilib/io -I$(BUILD)/gen \
              $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(CFLAGS)
 LDLIBS_ALL = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lunbound -lopendmarc -lcrypt -lpthread -lm $(LDLIBS)
 
 PROTOS    := $(wildcard proto/*.proto)
 GEN_C     := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.c,$(PROTOS))
 GEN_H     := $(GEN_C:.c=.h)
-LIB_SRC   := $(wildcard lib/core/*.c lib/mail/*.c cluster/*.c)
+LIB_SRC   := $(wildcard lib/core/*.c lib/mail/*.c lib/io/*.c)
 FE_SRC    := $(filter-out frontend/main.c,$(wildcard frontend/*.c))
 WK_SRC    := $(filter-out worker/main.c,$(wildcard worker/*.c))
 obj        = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
@@ -31,7 +31,7 @@ UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
 
-.PHONY: all deps run test unit cycles integration asan fuzz fuzz-smoke fmt clean bench
+.PHONY: all deps run test unit cycles integration asan fuzz fuzz-smoke fuzz-seeds fmt clean bench
 .DEFAULT_GOAL := all
 .SECONDARY:
 
@@ -73,6 +73,11 @@ $(BUILD)/mailstream-frontend: $(call obj,frontend/main.c) $(FE_A) $(LIB_A)
 
 $(BUILD)/mailstream-worker: $(call obj,worker/main.c) $(WK_A) $(LIB_A)
 	$(CC) $(OPT) $(SAN) -o $@ $^ $(LDLIBS_ALL)
+
+# Tools sit beside the programs and may use the worker's stages (its
+# mail-authentication stage): they reach its headers by this path, never
+# by "../worker/...".
+$(BUILD)/obj/tools/%.o: CFLAGS_ALL += -Iworker
 
 $(BUILD)/mailstream-authcheck: $(call obj,tools/authcheck.c) $(WK_A) $(LIB_A)
 	$(CC) $(OPT) $(SAN) -o $@ $^ $(LDLIBS_ALL)
@@ -116,40 +121,52 @@ asan:
 
 # libFuzzer targets (clang).  fuzz-smoke (part of `make test`) runs each over
 # its seed corpus and a fixed number of generated inputs, so the targets keep
-# building and running; `make fuzz` runs each for a bounded time.
+# building and running; `make fuzz` runs each for a bounded time.  Both fail
+# on a crash, a sanitizer finding (UBSan is fatal here, as in `make asan`),
+# or a target without seeds (tests/fuzz/run.sh).
 FUZZ_BINS := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(FUZZ_SRC))
 FUZZ_RUNS ?= 20000
-FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -Ilib/core -Ilib/mail -Icluster -I$(BUILD)/gen \
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -MMD -MP -Ilib/core -Ilib/mail -Ilib/io -I$(BUILD)/gen \
                $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+FUZZ_SAN  := -fsanitize=address,undefined -fno-sanitize-recover=all
 FUZZ_OBJS := $(patsubst %.c,build-fuzz/obj/%.o,$(LIB_SRC) $(FE_SRC) $(WK_SRC)) \
              $(patsubst $(BUILD)/gen/%.c,build-fuzz/obj/gen/%.o,$(GEN_C))
-build-fuzz/obj/gen/%.o: $(BUILD)/gen/%.c
+# Objects built with other flags (an older checkout) are rebuilt: the stamp
+# is named after the flags.
+FUZZ_STAMP := build-fuzz/flags-$(shell echo '$(FUZZ_CFLAGS) $(FUZZ_SAN)' | cksum | cut -d' ' -f1)
+$(FUZZ_STAMP):
+	@mkdir -p build-fuzz
+	@rm -f build-fuzz/flags-*
+	@touch $@
+build-fuzz/obj/gen/%.o: $(BUILD)/gen/%.c $(FUZZ_STAMP)
 	@mkdir -p $(dir $@)
-	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined -c -o $@ $<
-build-fuzz/obj/%.o: %.c $(GEN_H)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(FUZZ_SAN) -c -o $@ $<
+build-fuzz/obj/%.o: %.c $(GEN_H) $(FUZZ_STAMP)
 	@mkdir -p $(dir $@)
-	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined -c -o $@ $<
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(FUZZ_SAN) -c -o $@ $<
 build-fuzz/libfuzz.a: $(FUZZ_OBJS)
 	@rm -f $@
 	ar rcs $@ $^
-build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c build-fuzz/libfuzz.a
-	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $^ $(LDLIBS_ALL)
+build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c build-fuzz/libfuzz.a $(FUZZ_STAMP)
+	clang $(FUZZ_CFLAGS) -MF build-fuzz/fuzz_$*.d -fsanitize=fuzzer $(FUZZ_SAN) -o $@ \
+	    $< build-fuzz/libfuzz.a $(LDLIBS_ALL)
 
 # `make fuzz`: each target for FUZZ_SECONDS (not part of `make test`).
 FUZZ_SECONDS ?= 60
 fuzz: $(FUZZ_BINS)
-	@set -e; for f in $(FUZZ_BINS); do \
-	    n=$$(basename $$f); mkdir -p build-fuzz/corpus-$$n; \
-	    echo "== $$n ($(FUZZ_SECONDS) s)"; \
-	    $$f -max_total_time=$(FUZZ_SECONDS) build-fuzz/corpus-$$n tests/fuzz/corpus/$$n 2>&1 | tail -1; \
-	done
+	@sh tests/fuzz/run.sh -max_total_time=$(FUZZ_SECONDS) -- $(FUZZ_BINS)
 
 fuzz-smoke: $(FUZZ_BINS)
-	@set -e; for f in $(FUZZ_BINS); do \
-	    n=$$(basename $$f); mkdir -p build-fuzz/corpus-$$n; \
-	    echo "== $$n"; \
-	    $$f -runs=$(FUZZ_RUNS) -seed=1 build-fuzz/corpus-$$n tests/fuzz/corpus/$$n 2>&1 | tail -1; \
-	done
+	@sh tests/fuzz/run.sh -runs=$(FUZZ_RUNS) -seed=1 -- $(FUZZ_BINS)
+
+# The seeds of fuzz_envelope are envelopes our own encoder wrote
+# (tests/fuzz/seed_envelope.c); after a change to proto/envelope.proto, run
+# this and commit what changed in tests/fuzz/corpus/fuzz_envelope/.
+$(BUILD)/tests/seed_envelope: $(call obj,tests/fuzz/seed_envelope.c) $(LIB_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(OPT) $(SAN) -o $@ $^ $(LDLIBS_ALL)
+fuzz-seeds: $(BUILD)/tests/seed_envelope
+	$(BUILD)/tests/seed_envelope tests/fuzz/corpus/fuzz_envelope
 
 # Benchmarks against Postfix (bench/README.md); e.g. BENCH_ARGS=--quick (~4-5 min).
 bench: deps all
@@ -157,9 +174,9 @@ bench: deps all
 	    $(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 fmt:
-	clang-format -i $(wildcard lib/*/*.[ch] cluster/*.[ch] frontend/*.[ch] worker/*.[ch] ctl/*.[ch] tools/*.[ch] tests/unit/*.c tests/fuzz/*.c)
+	clang-format -i $(wildcard lib/*/*.[ch] frontend/*.[ch] worker/*.[ch] ctl/*.[ch] tools/*.[ch] tests/unit/*.c tests/fuzz/*.c)
 
 clean:
 	rm -rf build build-asan build-fuzz
 
--include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD)/obj build-fuzz -name '*.d' 2>/dev/null)

@@ -3,9 +3,8 @@
  * fe_ratelimit.h).
  */
 #include "fe_ratelimit.h"
-#include "ms_bucket.h"
-#include "ms_error.h"
 #include "ms_idmap.h"
+#include "ms_error.h"
 #include "ms_log.h"
 #include "ms_mem.h"
 
@@ -14,9 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-
-/* The script is shared with the worker's destination rates: ms_bucket.h. */
-const char *const FE_RL_SCRIPT = MS_BUCKET_SCRIPT;
 
 /* ---- pure part ---- */
 
@@ -88,15 +84,13 @@ int fe_rl_check_needed(const struct fe_rl_check *c)
     return c->n > 0 || c->refuse;
 }
 
-int fe_rl_argv(const struct fe_rl_check *c, const char *sha, struct fe_rl_scratch *sc,
-               const char **argv, size_t *argvlen)
+int fe_rl_argv(const struct fe_rl_check *c, struct fe_rl_scratch *sc, const char **argv,
+               size_t *argvlen)
 {
     static const char *const modes[] = {"take", "peek", "charge"};
     size_t i, k = 0, nk = c->n + (c->refuse ? 1 : 0), m = 0;
     int argc = 0;
 
-    argv[argc++] = sha ? "EVALSHA" : "EVAL";
-    argv[argc++] = sha ? sha : FE_RL_SCRIPT;
     snprintf(sc->num[m], sizeof(sc->num[m]), "%zu", nk);
     argv[argc++] = sc->num[m++];
     for (k = 0; k < nk; k++)
@@ -131,9 +125,10 @@ int fe_rl_result(const struct ms_redis_reply *r, size_t nbuckets)
 
 /* ---- Redis ---- */
 
+_Static_assert(FE_RL_ARGV_MAX <= MS_REDIS_SCRIPT_ARGC_MAX, "a check fits one script call");
+
 struct fe_rl_req {
     uint64_t owner; /* the caller's id */
-    int retried;    /* already re-sent with EVAL after NOSCRIPT */
     struct fe_rl_check c;
 };
 
@@ -143,35 +138,7 @@ struct fe_rl {
     void *arg;
     struct ms_idmap reqs; /* our request id -> fe_rl_req */
     uint64_t next;
-    char sha[48];         /* "" until SCRIPT LOAD answered */
-    int loading;
 };
-
-#define SCRIPT_LOAD_ID 0 /* request id of SCRIPT LOAD; real ones start at 1 */
-
-static void on_reply(void *arg, uint64_t id, const struct ms_redis_reply *r);
-
-static int send_req(struct fe_rl *rl, uint64_t rid, struct fe_rl_req *q, int eval)
-{
-    const char *argv[FE_RL_ARGV_MAX];
-    size_t argvlen[FE_RL_ARGV_MAX];
-    struct fe_rl_scratch sc;
-    int argc;
-
-    argc = fe_rl_argv(&q->c, (eval || rl->sha[0] == '\0') ? NULL : rl->sha, &sc, argv, argvlen);
-    return ms_redis_command(rl->redis, on_reply, rl, rid, argc, argv, argvlen);
-}
-
-static void load_script(struct fe_rl *rl)
-{
-    const char *argv[3] = {"SCRIPT", "LOAD", FE_RL_SCRIPT};
-    size_t argvlen[3] = {6, 4, strlen(FE_RL_SCRIPT)};
-
-    if (rl->loading || rl->sha[0])
-        return;
-    if (ms_redis_command(rl->redis, on_reply, rl, SCRIPT_LOAD_ID, 3, argv, argvlen) == 0)
-        rl->loading = 1;
-}
 
 static void on_reply(void *arg, uint64_t id, const struct ms_redis_reply *r)
 {
@@ -179,34 +146,12 @@ static void on_reply(void *arg, uint64_t id, const struct ms_redis_reply *r)
     struct fe_rl_req *q;
     int res;
 
-    if (id == SCRIPT_LOAD_ID) {
-        rl->loading = 0;
-        if (r->type == MS_REDIS_STR && r->len < sizeof(rl->sha)) {
-            memcpy(rl->sha, r->str, r->len);
-            rl->sha[r->len] = '\0';
-        }
-        return;
-    }
     if ((q = ms_idmap_del(&rl->reqs, id)) == NULL)
         return;
-    if (r->type == MS_REDIS_ERR && !q->retried && r->len >= 8 &&
-        strncmp(r->str, "NOSCRIPT", 8) == 0) {
-        /* Redis restarted or SCRIPT FLUSH: EVAL loads it again. */
-        rl->sha[0] = '\0';
-        q->retried = 1;
-        ms_idmap_put(&rl->reqs, id, q);
-        if (send_req(rl, id, q, 1) == 0) {
-            load_script(rl);
-            return;
-        }
-        ms_idmap_del(&rl->reqs, id);
-        res = FE_RL_FAILED;
-    } else {
-        res = fe_rl_result(r, q->c.n);
-        if (res == FE_RL_FAILED)
-            ms_warn("event=ratelimit_redis_error reply_type=%d reply=\"%.*s\"", (int)r->type,
-                    (int)(r->str && r->len < 200 ? r->len : 0), r->str ? r->str : "");
-    }
+    res = fe_rl_result(r, q->c.n);
+    if (res == FE_RL_FAILED)
+        ms_warn("event=ratelimit_redis_error reply_type=%d reply=\"%.*s\"", (int)r->type,
+                (int)(r->str && r->len < 200 ? r->len : 0), r->str ? r->str : "");
     rl->cb(rl->arg, q->owner, res);
     free(q);
 }
@@ -226,18 +171,20 @@ int fe_rl_run(struct fe_rl *rl, const struct fe_rl_check *c, uint64_t id)
 {
     struct fe_rl_req *q = ms_malloc(sizeof(*q));
     uint64_t rid = ++rl->next;
-    int r;
+    const char *argv[FE_RL_ARGV_MAX];
+    size_t argvlen[FE_RL_ARGV_MAX];
+    struct fe_rl_scratch sc;
+    int argc;
 
     q->owner = id;
-    q->retried = 0;
     q->c = *c;
+    argc = fe_rl_argv(&q->c, &sc, argv, argvlen);
     ms_idmap_put(&rl->reqs, rid, q);
-    if ((r = send_req(rl, rid, q, 0)) < 0) {
+    if (ms_redis_script(rl->redis, MS_SCRIPT_BUCKET, on_reply, rl, rid, argc, argv, argvlen) < 0) {
         ms_idmap_del(&rl->reqs, rid);
         free(q);
         return MS_EUNAVAIL;
     }
-    load_script(rl);
     return 0;
 }
 

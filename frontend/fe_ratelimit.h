@@ -2,9 +2,9 @@
  * fe_ratelimit.h - rate limits and the suppression list in Redis.
  *
  * Every limit is a token bucket kept in a Redis hash and updated atomically
- * by one Lua script (FE_RL_SCRIPT, the shared cluster/ms_bucket.h script;
- * EVALSHA, falling back to EVAL when Redis does not know the script, e.g.
- * after a restart).  One call checks up to
+ * by one Lua script (MS_SCRIPT_BUCKET, shared with the worker: ms_bucket.h;
+ * run by digest through ms_redis_script(), which loads it again when Redis
+ * has forgotten it).  One call checks up to
  * FE_RL_BUCKETS_MAX buckets at once and, optionally, whether a "refusing"
  * key exists (the suppression list, worker/delivery.h: ms:suppress:<rcpt>,
  * lower-cased), so RCPT costs one round trip.
@@ -17,7 +17,7 @@
  * The script answers 0 (allowed), i >= 1 (bucket i, 1-based, is empty) or
  * -1 (the refusing key exists).
  *
- * The pure part (rate parsing, building the command, reading the answer) is
+ * The pure part (rate parsing, the script's arguments, reading the answer) is
  * unit-tested by tests/unit/test_fe_ratelimit.c; the Redis part runs against
  * a real Redis in tests/integration/test_frontend_limits.py.
  *
@@ -75,21 +75,17 @@ void fe_rl_refuse_key(struct fe_rl_check *c, const char *prefix, const char *add
 /* 1 when there is anything to ask Redis. */
 int fe_rl_check_needed(const struct fe_rl_check *c);
 
-/* The command for a check: EVALSHA sha (or EVAL script when sha is NULL),
- * numkeys, keys, mode, n, then capacity, period_ms and cost per bucket.
- * Fills argv/argvlen (at most FE_RL_ARGV_MAX) with pointers into c and
- * `scratch`; returns argc. */
-#define FE_RL_ARGV_MAX (4 + FE_RL_BUCKETS_MAX + 1 + 2 + 3 * FE_RL_BUCKETS_MAX)
+/* The script's arguments for a check: numkeys, keys, mode, n, then
+ * capacity, period_ms and cost per bucket.  Fills argv/argvlen (at most
+ * FE_RL_ARGV_MAX) with pointers into c and `scratch`; returns argc. */
+#define FE_RL_ARGV_MAX (2 + FE_RL_BUCKETS_MAX + 1 + 2 + 3 * FE_RL_BUCKETS_MAX)
 struct fe_rl_scratch {
     char num[2 + 3 * FE_RL_BUCKETS_MAX][24];
 };
-int fe_rl_argv(const struct fe_rl_check *c, const char *sha, struct fe_rl_scratch *scratch,
-               const char **argv, size_t *argvlen);
+int fe_rl_argv(const struct fe_rl_check *c, struct fe_rl_scratch *scratch, const char **argv,
+               size_t *argvlen);
 /* The outcome an integer reply means (FE_RL_FAILED for anything else). */
 int fe_rl_result(const struct ms_redis_reply *r, size_t nbuckets);
-
-/* MS_BUCKET_SCRIPT (cluster/ms_bucket.h), which also serves the worker. */
-extern const char *const FE_RL_SCRIPT;
 
 /* ---- the Redis client side ---- */
 

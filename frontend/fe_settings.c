@@ -6,6 +6,7 @@
 #include "fe_commit.h"
 #include "ms_error.h"
 #include "ms_kafka.h"
+#include "ms_keys.h"
 #include "ms_mem.h"
 
 #include <stdio.h>
@@ -169,7 +170,7 @@ int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, s
             return MS_ECONFIG;
         }
     }
-    set->rl_prefix = ms_config_get(cfg, "ratelimit", "key_prefix", "ms:rl:");
+    set->rl_prefix = ms_config_get(cfg, "ratelimit", "key_prefix", MS_KEY_RATELIMIT);
     v = ms_config_get(cfg, "ratelimit", "redis_failure", "open");
     if (strcmp(v, "open") == 0)
         set->rl_fail_closed = 0;
@@ -185,7 +186,7 @@ int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, s
         return MS_ECONFIG;
     }
     /* worker/delivery.c suppress_key(): the same key, lower-cased. */
-    set->suppress_prefix = "ms:suppress:";
+    set->suppress_prefix = MS_KEY_SUPPRESS;
     return 0;
 }
 

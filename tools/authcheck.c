@@ -52,7 +52,7 @@
 #include "ms_mem.h"
 #include "ms_resolver.h"
 #include "ms_spf.h"
-#include "../worker/policy.h"
+#include "policy.h"
 
 #include <arpa/inet.h>
 

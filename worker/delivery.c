@@ -28,6 +28,7 @@
 #include "ms_dsn.h"
 #include "ms_envelope.h"
 #include "ms_error.h"
+#include "ms_keys.h"
 #include "ms_log.h"
 #include "ms_mem.h"
 #include "ms_metrics.h"
@@ -51,9 +52,6 @@
 enum produce_kind { PRODUCE_EVENT, PRODUCE_RETRY, PRODUCE_DSN };
 /* "host[address]:port" */
 #define WK_RELAY_MAX (MS_DNS_NAME_MAX + INET6_ADDRSTRLEN + 16)
-/* Redis sorted set of messages with deferred recipients, scored by the time
- * they were accepted: depth and oldest age for the metrics. */
-#define WK_RETRY_QUEUE_KEY "ms:retryq"
 /* Bounce counters per sender domain live this long after the last bounce. */
 #define WK_BOUNCE_COUNTER_TTL "2592000"
 /* Connection leases: how long one lives unless released, and how soon a
@@ -103,7 +101,7 @@ struct dest_timer {
     uv_timer_t t;
     wk_delivery *d;
     uint64_t dest_id;
-    int waiting_reply;              /* the EVAL is out (the timer is its guard) */
+    int waiting_reply;              /* the script is out (the timer is its guard) */
 };
 
 /* One destination of one attempt: the recipients that share a route. */
@@ -122,7 +120,6 @@ struct dest {
     struct dest_timer *wait;          /* dest_rate or dest_concurrency waits; NULL: none yet */
     int leased;                       /* holds a lease in ms:lease:<name> */
     int rated;                        /* its turn came (or dest_rate is off, or failed open) */
-    int rate_eval;                    /* Redis did not know the script: send EVAL */
     uint64_t rate_waited_ms;          /* waited for its turn so far */
     char rate_key[MS_DNS_NAME_MAX + 32];
     char lease_key[MS_DNS_NAME_MAX + 32];
@@ -462,7 +459,7 @@ static void redis_fire(wk_delivery *d, int argc, const char **argv)
 
 static char *suppress_key(const char *addr)
 {
-    char *k = ms_asprintf("ms:suppress:%s", addr), *p;
+    char *k = ms_asprintf(MS_KEY_SUPPRESS "%s", addr), *p;
 
     for (p = k; *p; p++)
         *p = (char)tolower((unsigned char)*p);
@@ -578,7 +575,7 @@ static enum wk_outcome record_outcome(struct msg *m, size_t i, int code, const c
         m->env->mail_from->address[0]) {
         char sdom[MS_DNS_NAME_MAX + 1], *key;
         if (ms_route_domain(m->env->mail_from->address, sdom, sizeof(sdom)) == 0 && sdom[0]) {
-            key = ms_asprintf("ms:bounces:%s", sdom);
+            key = ms_asprintf(MS_KEY_BOUNCES "%s", sdom);
             {
                 const char *argv[4] = {"HINCRBY", key, ev.class_name, "1"};
                 const char *exp[3] = {"EXPIRE", key, WK_BOUNCE_COUNTER_TTL};
@@ -614,7 +611,7 @@ static void apply_outcome(struct msg *m, size_t i, enum wk_outcome o)
 
 static char *marker_key(const struct msg *m, size_t i)
 {
-    return ms_asprintf("ms:delivered:%s:%s", m->qid, m->rcpts[i].addr);
+    return ms_asprintf(MS_KEY_DELIVERED "%s:%s", m->qid, m->rcpts[i].addr);
 }
 
 static void redis_failed(wk_delivery *d, const struct msg *m, const char *what,
@@ -866,18 +863,10 @@ static void on_smtp(void *arg, uint64_t id, const struct wk_smtp_result *res)
  *
  * A sorted set per destination holds one member per connection, scored by
  * when it lapses: a worker that dies leaves leases that expire by
- * themselves after WK_LEASE_TTL_MS.  Taken atomically by a Lua script;
- * scores are the workers' clocks (XXX: assumes clocks agree to well within
- * the TTL).  Redis unavailable: connect without a lease (at least once
- * beats never). */
-static const char lease_script[] =
-    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1]) "
-    "if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then "
-    "  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), ARGV[4]) "
-    "  redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
-    "  return 1 "
-    "end "
-    "return 0";
+ * themselves after WK_LEASE_TTL_MS.  Taken atomically by a Lua script
+ * (MS_SCRIPT_LEASE, ms_script.h); scores are the workers' clocks (XXX:
+ * assumes clocks agree to well within the TTL).  Redis unavailable: connect
+ * without a lease (at least once beats never). */
 
 static void dest_connect(struct msg *m, struct dest *ds);
 static void dest_connect_now(struct msg *m, struct dest *ds);
@@ -902,7 +891,7 @@ static void on_lease(void *arg, uint64_t id, const struct ms_redis_reply *r)
         uv_timer_start(&ds->wait->t, dest_timer_cb, WK_LEASE_RETRY_MS, 0);
         return;
     } else {
-        redis_failed(d, m, "EVAL lease", r);
+        redis_failed(d, m, "EVALSHA lease", r);
     }
     dest_connect_now(m, ds);
 }
@@ -935,26 +924,25 @@ static void lease_request(struct msg *m, struct dest *ds)
 {
     wk_delivery *d = m->d;
     char now[24], ttl[24], max[24];
-    const char *argv[8];
-    size_t argvlen[8];
+    const char *argv[6];
+    size_t argvlen[6];
     int k;
 
     snprintf(now, sizeof(now), "%lld", (long long)(now_us() / 1000));
     snprintf(ttl, sizeof(ttl), "%d", WK_LEASE_TTL_MS);
     snprintf(max, sizeof(max), "%d", d->conf.dest_concurrency);
-    argv[0] = "EVAL";
-    argv[1] = lease_script;
-    argv[2] = "1";
-    argv[3] = ds->lease_key;
-    argv[4] = now;
-    argv[5] = ttl;
-    argv[6] = max;
-    argv[7] = ds->lease_member;
-    for (k = 0; k < 8; k++)
+    argv[0] = "1";
+    argv[1] = ds->lease_key;
+    argv[2] = now;
+    argv[3] = ttl;
+    argv[4] = max;
+    argv[5] = ds->lease_member;
+    for (k = 0; k < 6; k++)
         argvlen[k] = strlen(argv[k]);
     ds->state = DEST_LEASE;
-    if (ms_redis_command(d->redis, on_lease, d, dest_id(m, ds), 8, argv, argvlen) < 0) {
-        redis_failed(d, m, "EVAL lease", NULL);
+    if (ms_redis_script(d->redis, MS_SCRIPT_LEASE, on_lease, d, dest_id(m, ds), 6, argv,
+                        argvlen) < 0) {
+        redis_failed(d, m, "EVALSHA lease", NULL);
         dest_connect_now(m, ds);
         return;
     }
@@ -982,10 +970,10 @@ static void dest_timer_init(struct msg *m, struct dest *ds)
     uv_timer_init(d->loop, &ds->wait->t);
     ds->wait->d = d;
     ds->wait->dest_id = dest_id(m, ds);
-    snprintf(ds->lease_key, sizeof(ds->lease_key), "ms:lease:%s", name);
+    snprintf(ds->lease_key, sizeof(ds->lease_key), MS_KEY_LEASE "%s", name);
     snprintf(ds->lease_member, sizeof(ds->lease_member), "%s:%llu", d->conf.node_id,
              (unsigned long long)ds->wait->dest_id);
-    snprintf(ds->rate_key, sizeof(ds->rate_key), "ms:rate:%s", name);
+    snprintf(ds->rate_key, sizeof(ds->rate_key), MS_KEY_RATE "%s", name);
 }
 
 /* ---- per-destination message rate ([delivery] dest_rate) ----
@@ -1019,10 +1007,10 @@ static void rate_request(struct msg *m, struct dest *ds)
     size_t argvlen[MS_BUCKET_WAIT_ARGC];
     int argc;
 
-    argc = ms_bucket_wait_argv(ds->rate_key, d->conf.dest_rate,
-                               ds->rate_eval ? NULL : ms_bucket_sha(), &sc, argv, argvlen);
+    argc = ms_bucket_wait_argv(ds->rate_key, d->conf.dest_rate, &sc, argv, argvlen);
     ds->state = DEST_RATE;
-    if (ms_redis_command(d->redis, on_rate, d, dest_id(m, ds), argc, argv, argvlen) < 0) {
+    if (ms_redis_script(d->redis, MS_SCRIPT_BUCKET, on_rate, d, dest_id(m, ds), argc, argv,
+                        argvlen) < 0) {
         rate_fail_open(m, ds, NULL);
         return;
     }
@@ -1072,12 +1060,6 @@ static void on_rate(void *arg, uint64_t id, const struct ms_redis_reply *r)
     ds->wait->waiting_reply = 0;
     uv_timer_stop(&ds->wait->t);
     wait = ms_bucket_wait_result(r);
-    if (wait == MS_ENOTFOUND && !ds->rate_eval) {
-        /* Redis restarted or SCRIPT FLUSH: EVAL loads the script again. */
-        ds->rate_eval = 1;
-        rate_request(m, ds);
-        return;
-    }
     if (wait < 0) {
         rate_fail_open(m, ds, r);
         return;
@@ -1565,7 +1547,7 @@ static void send_retry(struct msg *m, int pending)
     {
         /* The retry queue for metrics: qid scored by when it was accepted. */
         char first[24];
-        const char *argv[4] = {"ZADD", WK_RETRY_QUEUE_KEY, first, m->qid};
+        const char *argv[4] = {"ZADD", MS_KEY_RETRY_QUEUE, first, m->qid};
         snprintf(first, sizeof(first), "%lld", (long long)m->env->received_at_us);
         redis_fire(d, 4, argv);
     }
@@ -1576,7 +1558,7 @@ static void send_retry(struct msg *m, int pending)
         char *key, att_s[16], next_s[24], first_s[24], ttl[24], warned_s[24];
         if (m->rcpts[i].state != RCPT_PENDING)
             continue;
-        key = ms_asprintf("ms:retry:%s:%s", m->qid, m->rcpts[i].addr);
+        key = ms_asprintf(MS_KEY_RETRY "%s:%s", m->qid, m->rcpts[i].addr);
         snprintf(att_s, sizeof(att_s), "%u", m->attempt);
         snprintf(next_s, sizeof(next_s), "%lld", (long long)env.next_attempt_us);
         snprintf(first_s, sizeof(first_s), "%lld", (long long)m->env->received_at_us);
@@ -1703,7 +1685,7 @@ static void msg_settle(struct msg *m)
         }
         for (i = 0; i < m->nrcpts && m->attempt > 1; i++)
             if (m->rcpts[i].state != RCPT_PENDING && m->rcpts[i].tried) {
-                char *key = ms_asprintf("ms:retry:%s:%s", m->qid, m->rcpts[i].addr);
+                char *key = ms_asprintf(MS_KEY_RETRY "%s:%s", m->qid, m->rcpts[i].addr);
                 const char *argv[2] = {"DEL", key};
                 redis_fire(d, 2, argv);
                 free(key);
@@ -1712,7 +1694,7 @@ static void msg_settle(struct msg *m)
         if (pending > 0) {
             send_retry(m, pending);
         } else if (m->attempt > 1 || m->tier > 0) {
-            const char *argv[3] = {"ZREM", WK_RETRY_QUEUE_KEY, m->qid};
+            const char *argv[3] = {"ZREM", MS_KEY_RETRY_QUEUE, m->qid};
             redis_fire(d, 3, argv);
         }
     }
@@ -2098,8 +2080,8 @@ static void on_stats(void *arg, uint64_t cookie, const struct ms_redis_reply *r)
 static void stats_cb(uv_timer_t *t)
 {
     wk_delivery *d = t->data;
-    const char *zcard[2] = {"ZCARD", WK_RETRY_QUEUE_KEY};
-    const char *zrange[5] = {"ZRANGE", WK_RETRY_QUEUE_KEY, "0", "0", "WITHSCORES"};
+    const char *zcard[2] = {"ZCARD", MS_KEY_RETRY_QUEUE};
+    const char *zrange[5] = {"ZRANGE", MS_KEY_RETRY_QUEUE, "0", "0", "WITHSCORES"};
     size_t l1[2], l2[5];
     int k;
 

@@ -15,7 +15,7 @@
  *              address of every MX host tried before deferring);
  *   pace       when [delivery] dest_rate is set, wait for the destination's
  *              turn: a token bucket per destination in Redis
- *              (ms:rate:<name>, cluster/ms_bucket.h; <name> is the relay
+ *              (ms:rate:<name>, lib/io/ms_bucket.h; <name> is the relay
  *              host, the transport next hop or the recipient domain, as for
  *              leases), one message per 1/dest_rate seconds cluster-wide.
  *              A message over the rate waits in memory for the time the

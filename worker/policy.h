@@ -7,7 +7,7 @@
  *   client IP the frontend recorded, DKIM verification of every signature
  *   (ms_dkim.h), then DMARC (ms_dmarc.h) over those results.  The three
  *   first evaluations run at once; every DNS query goes through
- *   cluster/ms_resolver.h on the loop, so a slow DNS server delays only the
+ *   lib/io/ms_resolver.h on the loop, so a slow DNS server delays only the
  *   messages waiting for it.  Then:
  *     - existing Authentication-Results fields claiming our authserv-id are
  *       removed and ours is prepended (ms_authres.h);

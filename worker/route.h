@@ -7,7 +7,7 @@
  * (lib/mail/ms_route.h: preference, equal preferences shuffled, implicit MX,
  * null MX), each host's IPv4 addresses and then its IPv6 addresses; every
  * host is listed, so the caller can try each before deferring.  Queries go
- * through cluster/ms_resolver.h (libunbound: caching, configurable
+ * through lib/io/ms_resolver.h (libunbound: caching, configurable
  * upstream); the A and AAAA queries for all MX hosts run at once.
  *
  * Outcome: WK_ROUTE_OK with at least one address, or a final verdict:

@@ -8,7 +8,7 @@
  *   - Policy discovery (§6.6.3) is ours: the evaluator asks for the TXT
  *     record at _dmarc.<From domain> and, when there is none, at
  *     _dmarc.<Organizational Domain>; the caller resolves it (the worker
- *     through cluster/ms_resolver.h).  libopendmarc is never asked to query
+ *     through lib/io/ms_resolver.h).  libopendmarc is never asked to query
  *     DNS (opendmarc_policy_query_dmarc() and _xdomain() are never called),
  *     so it never reaches res_query().
  *   - The Organizational Domain (§3.2) comes from our own Public Suffix List

@@ -6,7 +6,7 @@
  * (docs/config.md, [transport]): a transport map entry, then the relay
  * host, then MX lookup.  This module holds the two pure halves of that
  * decision; resolving names is the caller's business (worker/route.h does
- * it on the loop through cluster/ms_resolver.h).
+ * it on the loop through lib/io/ms_resolver.h).
  *
  *  - Transport map: lines "domain transport" (or "domain = transport");
  *    `domain` is a domain name matched exactly (case-insensitively), ".domain"

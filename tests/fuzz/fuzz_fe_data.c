@@ -57,9 +57,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             __builtin_trap();
         if (ra > 3 && memcmp(p + ra - 5, "\r\n", 2) != 0)
             __builtin_trap();
-        if (sa == FE_DATA_OK && (a.len != b.len || memcmp(a.data, b.data, a.len) != 0))
+        /* An empty buffer may have no storage (data NULL): no memcmp or
+         * memchr on it, their pointers must be valid even for length 0. */
+        if (sa == FE_DATA_OK &&
+            (a.len != b.len || (a.len > 0 && memcmp(a.data, b.data, a.len) != 0)))
             __builtin_trap();
-        if (sa == FE_DATA_OK && (memchr(a.data, '\0', a.len) != NULL))
+        if (sa == FE_DATA_OK && a.len > 0 && memchr(a.data, '\0', a.len) != NULL)
             __builtin_trap();
     }
     ms_buf_free(&a);

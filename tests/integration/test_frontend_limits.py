@@ -130,7 +130,8 @@ def test_suppression_off_by_default(cluster_factory):
 
 
 def test_script_reloaded_after_flush(cluster_factory):
-    """EVALSHA falls back to EVAL when Redis forgot the script."""
+    """Redis forgot the script (SCRIPT FLUSH): the frontend's Redis client
+    loads it again and resends the check, so the limit still counts."""
     cl = limited(cluster_factory, ratelimit={"recipients_per_client": "3/1h"})
     c = hello(smtp_port(cl))
     c.cmd(b"MAIL FROM:<a@b.example>")

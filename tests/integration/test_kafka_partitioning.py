@@ -1,5 +1,5 @@
 """How the frontend's producer spreads records over the queue topic's
-partitions (cluster/ms_kafka.c, sticky_partitioner): records stay on one
+partitions (lib/io/ms_kafka.c, sticky_partitioner): records stay on one
 partition for a window of MS_KAFKA_STICKY_BYTES octets, then move on, so a
 linger window becomes one batch while every partition still gets its share.
 Read back from the real broker with kcat."""

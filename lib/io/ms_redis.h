@@ -9,6 +9,9 @@
  * While disconnected, commands fail at once with MS_EUNAVAIL (callback not
  * called); callers decide whether that lets mail through (see the issue on
  * rate limits).
+ *
+ * Lua scripts (ms_script.h) are loaded with SCRIPT LOAD on every connect,
+ * before any other command, and run by digest with ms_redis_script().
  */
 #ifndef MS_REDIS_H
 #define MS_REDIS_H
@@ -16,6 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
+
+#include "ms_script.h"
 
 enum ms_redis_type {
     MS_REDIS_NIL,
@@ -43,6 +48,15 @@ ms_redis *ms_redis_new(uv_loop_t *loop, const char *host, int port);
  * the callback) comes back on the loop.  Returns 0 or MS_EUNAVAIL. */
 int ms_redis_command(ms_redis *r, ms_redis_cb cb, void *arg, uint64_t id, int argc,
                      const char **argv, const size_t *argvlen);
+/* Run script s: EVALSHA <digest> followed by argv (numkeys, the keys, the
+ * arguments), at most MS_REDIS_SCRIPT_ARGC_MAX of them.  When Redis answers
+ * NOSCRIPT (it lost its scripts without our connection dropping: SCRIPT
+ * FLUSH, a failover behind a proxy), the client loads the script again and
+ * sends the same command once more, so cb sees NOSCRIPT only if that fails
+ * too.  Otherwise as ms_redis_command(); MS_EINVAL for too many arguments. */
+#define MS_REDIS_SCRIPT_ARGC_MAX 64
+int ms_redis_script(ms_redis *r, enum ms_script s, ms_redis_cb cb, void *arg, uint64_t id, int argc,
+                    const char **argv, const size_t *argvlen);
 int ms_redis_ready(ms_redis *r, char *why, size_t whylen);
 /* Close: commands already sent still get their replies (up to a few
  * seconds; then they fail with MS_REDIS_FAILED), so keep the callbacks'

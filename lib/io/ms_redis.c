@@ -3,7 +3,9 @@
  *
  * One redisAsyncContext attached to the caller's libuv loop.  When the
  * connection drops, commands fail fast with MS_EUNAVAIL and a timer
- * reconnects; a periodic PING keeps the readiness flag honest.
+ * reconnects; a periodic PING keeps the readiness flag honest.  Each
+ * connect first loads every Lua script (ms_script.h), so that
+ * ms_redis_script() can run them by digest.
  */
 #include "ms_redis.h"
 #include "ms_error.h"
@@ -38,13 +40,24 @@ struct ms_redis {
     uv_timer_t reconnect_timer;
     uv_timer_t ping_timer;
     char why[128];
+    /* A SCRIPT LOAD after NOSCRIPT is on its way: commands resent after
+     * it need no second one (Redis runs a connection's commands in order). */
+    int reloading[MS_SCRIPT__COUNT];
 };
 
 struct pending {
     ms_redis_cb cb;
     void *arg;
     uint64_t id;
+    /* A script run (ms_redis_script): the EVALSHA command as sent, kept
+     * for one resend after NOSCRIPT; NULL otherwise, and once resent. */
+    char *cmd;
+    size_t cmdlen;
+    enum ms_script script;
 };
+
+/* Request ids of our own SCRIPT LOADs: the script, plus this after NOSCRIPT. */
+#define MS_REDIS_RELOAD_ID 0x100
 
 static void redis_connect(ms_redis *r);
 static void redis_close_now(ms_redis *r);
@@ -233,11 +246,69 @@ static void release(struct ms_redis_reply *r)
     free((void *)r->elem);
 }
 
+static void reply_cb(redisAsyncContext *ac, void *reply, void *privdata);
+
+static void script_loaded(void *arg, uint64_t id, const struct ms_redis_reply *reply)
+{
+    ms_redis *r = arg;
+    enum ms_script s = (enum ms_script)(id & (MS_REDIS_RELOAD_ID - 1));
+
+    if (id & MS_REDIS_RELOAD_ID)
+        r->reloading[s] = 0;
+    /* Redis names a script by the SHA-1 of its source, as ms_script_sha()
+     * does; a different answer would make every EVALSHA fail. */
+    if (reply->type != MS_REDIS_STR || reply->len != MS_SCRIPT_SHA_LEN ||
+        memcmp(reply->str, ms_script_sha(s), MS_SCRIPT_SHA_LEN) != 0)
+        ms_warn("event=redis_script_load_failed script=%s reply=\"%.*s\"", ms_script_name(s),
+                reply->str && reply->len < 200 ? (int)reply->len : 0, reply->str ? reply->str : "");
+}
+
+static int script_load(ms_redis *r, enum ms_script s, uint64_t id)
+{
+    const char *argv[3] = {"SCRIPT", "LOAD", ms_script_source(s)};
+    size_t argvlen[3] = {6, 4, strlen(argv[2])};
+
+    return ms_redis_command(r, script_loaded, r, id | (uint64_t)s, 3, argv, argvlen);
+}
+
+static int is_noscript(const redisReply *reply)
+{
+    return reply->type == REDIS_REPLY_ERROR && reply->len >= 8 &&
+           strncmp(reply->str, "NOSCRIPT", 8) == 0;
+}
+
+/* Redis has lost script p->script: load it again and send p's command once
+ * more (after the load, as Redis runs one connection's commands in order).
+ * 0 when resent: p then waits for the new reply. */
+static int script_resend(redisAsyncContext *ac, struct pending *p)
+{
+    ms_redis *r = ac->data;
+    char *cmd = p->cmd;
+
+    if (r->closing || r->ac != ac)
+        return -1;
+    if (!r->reloading[p->script]) {
+        if (script_load(r, p->script, MS_REDIS_RELOAD_ID) < 0)
+            return -1;
+        r->reloading[p->script] = 1;
+        ms_warn("event=redis_script_reload script=%s reason=NOSCRIPT", ms_script_name(p->script));
+    }
+    p->cmd = NULL; /* once only */
+    if (redisAsyncFormattedCommand(ac, reply_cb, p, cmd, p->cmdlen) != REDIS_OK) {
+        p->cmd = cmd;
+        return -1;
+    }
+    redisFreeCommand(cmd); /* hiredis copied it */
+    return 0;
+}
+
 static void reply_cb(redisAsyncContext *ac, void *reply, void *privdata)
 {
     struct pending *p = privdata;
     struct ms_redis_reply r;
 
+    if (reply != NULL && p->cmd != NULL && is_noscript(reply) && script_resend(ac, p) == 0)
+        return;
     if (reply == NULL) {
         memset(&r, 0, sizeof(r));
         r.type = MS_REDIS_FAILED;
@@ -249,6 +320,8 @@ static void reply_cb(redisAsyncContext *ac, void *reply, void *privdata)
         p->cb(p->arg, p->id, &r);
         release(&r);
     }
+    if (p->cmd != NULL)
+        redisFreeCommand(p->cmd);
     free(p);
 }
 
@@ -266,6 +339,7 @@ static void schedule_reconnect(ms_redis *r)
 static void connect_cb(const redisAsyncContext *ac, int status)
 {
     ms_redis *r = ac->data;
+    int s;
 
     if (status != REDIS_OK) {
         snprintf(r->why, sizeof(r->why), "redis: %s", ac->errstr);
@@ -276,7 +350,11 @@ static void connect_cb(const redisAsyncContext *ac, int status)
     }
     r->connected = 1;
     r->ping_ok = 1;
+    memset(r->reloading, 0, sizeof(r->reloading));
     ms_info("event=redis_connected host=%s port=%d", r->host, r->port);
+    /* A restarted Redis has no scripts: load them before anything else. */
+    for (s = 0; s < MS_SCRIPT__COUNT; s++)
+        script_load(r, (enum ms_script)s, 0);
 }
 
 static void disconnect_cb(const redisAsyncContext *ac, int status)
@@ -372,7 +450,47 @@ int ms_redis_command(ms_redis *r, ms_redis_cb cb, void *arg, uint64_t id, int ar
     p->cb = cb;
     p->arg = arg;
     p->id = id;
+    p->cmd = NULL;
     if (redisAsyncCommandArgv(r->ac, reply_cb, p, argc, argv, argvlen) != REDIS_OK) {
+        free(p);
+        return MS_EUNAVAIL;
+    }
+    return 0;
+}
+
+int ms_redis_script(ms_redis *r, enum ms_script s, ms_redis_cb cb, void *arg, uint64_t id, int argc,
+                    const char **argv, const size_t *argvlen)
+{
+    const char *av[MS_REDIS_SCRIPT_ARGC_MAX + 2];
+    size_t avlen[MS_REDIS_SCRIPT_ARGC_MAX + 2];
+    struct pending *p;
+    char *cmd;
+    int len;
+
+    if (argc < 1 || argc > MS_REDIS_SCRIPT_ARGC_MAX)
+        return MS_EINVAL;
+    if (!r->connected || r->ac == NULL)
+        return MS_EUNAVAIL;
+    av[0] = "EVALSHA";
+    avlen[0] = 7;
+    av[1] = ms_script_sha(s);
+    avlen[1] = MS_SCRIPT_SHA_LEN;
+    memcpy(av + 2, argv, (size_t)argc * sizeof(*argv));
+    memcpy(avlen + 2, argvlen, (size_t)argc * sizeof(*argvlen));
+    /* Formatted here, not by redisAsyncCommandArgv, to keep it for a
+     * resend after NOSCRIPT. */
+    len = redisFormatCommandArgv(&cmd, argc + 2, av, avlen);
+    if (len < 0)
+        ms_panic("event=redis_format_failed"); /* only when out of memory */
+    p = ms_malloc(sizeof(*p));
+    p->cb = cb;
+    p->arg = arg;
+    p->id = id;
+    p->cmd = cmd;
+    p->cmdlen = (size_t)len;
+    p->script = s;
+    if (redisAsyncFormattedCommand(r->ac, reply_cb, p, cmd, (size_t)len) != REDIS_OK) {
+        redisFreeCommand(cmd);
         free(p);
         return MS_EUNAVAIL;
     }

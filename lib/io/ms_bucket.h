@@ -6,10 +6,9 @@
  * A bucket is a Redis hash {tok, ts}: `tok` tokens at time `ts` (ms, Redis's
  * own clock, so that nodes need not agree on the time), refilled at
  * capacity / period_ms per ms up to capacity.  One Lua script
- * (MS_BUCKET_SCRIPT) checks and charges up to several buckets atomically;
- * callers send it with EVALSHA (the digest from ms_bucket_sha(), or the one
- * SCRIPT LOAD answered) and fall back to EVAL when Redis answers NOSCRIPT
- * (after a restart or SCRIPT FLUSH).
+ * (MS_SCRIPT_BUCKET, ms_script.h) checks and charges up to several buckets
+ * atomically; callers run it with ms_redis_script(), which runs it by its
+ * digest and loads it again when Redis has forgotten it.
  *
  * Script interface: KEYS[1..n] buckets, KEYS[n+1] (optional) a key whose
  * existence refuses; ARGV[1] the mode, ARGV[2] n, then capacity, period_ms
@@ -23,8 +22,8 @@
  *           (nothing charged); 0 when charged
  * and -1 in every mode when the refusing key exists.
  *
- * The pure part here (the rate syntax of [delivery] dest_rate, the command
- * line of a one-bucket "wait", reading its answer) is unit-tested by
+ * The pure part here (the rate syntax of [delivery] dest_rate, the script's
+ * arguments for a one-bucket "wait", reading its answer) is unit-tested by
  * tests/unit/test_ms_bucket.c; the script runs against a real Redis in
  * tests/integration/test_frontend_limits.py and test_worker_rate.py.
  * Any thread.
@@ -36,11 +35,6 @@
 #include <stdint.h>
 
 #include "ms_redis.h"
-
-extern const char MS_BUCKET_SCRIPT[];
-
-/* The script's SHA-1 in hex, for EVALSHA (computed once, thread-safe). */
-const char *ms_bucket_sha(void);
 
 /* A message rate as [delivery] dest_rate gives it: messages per second, a
  * decimal number ("10", "0.5"); "0", "" or "off" is no limit.  It becomes a
@@ -57,19 +51,19 @@ struct ms_bucket_rate {
 /* 0 or MS_EINVAL (r is then "no limit"). */
 int ms_bucket_rate_parse(const char *s, struct ms_bucket_rate *r);
 
-/* The command for "wait" on one bucket `key` with cost 1: EVALSHA sha (or
- * EVAL with the script when sha is NULL), 1, key, "wait", 1, capacity,
+/* The script's arguments for "wait" on one bucket `key` with cost 1 (for
+ * ms_redis_script(MS_SCRIPT_BUCKET)): 1, key, "wait", 1, capacity,
  * period_ms, 1.  argv/argvlen point into key, scratch and static strings;
  * returns argc. */
-#define MS_BUCKET_WAIT_ARGC 9
+#define MS_BUCKET_WAIT_ARGC 7
 struct ms_bucket_scratch {
     char num[3][24];
 };
-int ms_bucket_wait_argv(const char *key, struct ms_bucket_rate rate, const char *sha,
-                        struct ms_bucket_scratch *sc, const char **argv, size_t *argvlen);
+int ms_bucket_wait_argv(const char *key, struct ms_bucket_rate rate, struct ms_bucket_scratch *sc,
+                        const char **argv, size_t *argvlen);
 
 /* The answer to a "wait": 0 (charged), > 0 (ms to wait), MS_EPROTO (an
- * error reply or anything unexpected), MS_ENOTFOUND (NOSCRIPT: send EVAL). */
+ * error reply, a lost connection or anything unexpected). */
 int64_t ms_bucket_wait_result(const struct ms_redis_reply *r);
 
 #endif
