@@ -220,8 +220,6 @@ struct fe_server {
  * MS_ECONFIG with the reason in err. */
 int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, size_t errlen);
 void fe_settings_free(struct fe_settings *set);
-/* "yes"/"no" (also true/false, on/off, 1/0; empty is no).  0 or MS_ECONFIG. */
-int fe__config_bool(const char *v, int *out);
 
 void fe_metrics_register(struct fe_metrics *m);
 /* The listener's own series (after l->name and l->role are set). */
