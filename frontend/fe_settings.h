@@ -97,7 +97,5 @@ int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, s
 void fe_settings_free(struct fe_settings *set);
 /* 1 when some [ratelimit] limit or refuse_suppressed needs Redis. */
 int fe_settings_need_redis(const struct fe_settings *set);
-/* "yes"/"no" (also true/false, on/off, 1/0; empty is no).  0 or MS_ECONFIG. */
-int fe__config_bool(const char *v, int *out);
 
 #endif

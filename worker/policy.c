@@ -182,12 +182,6 @@ static int parse_action(const char *s, enum wk_policy_action *out)
     return MS_ECONFIG;
 }
 
-static int parse_bool(const char *s)
-{
-    return strcasecmp(s, "yes") == 0 || strcasecmp(s, "on") == 0 || strcasecmp(s, "true") == 0 ||
-           strcmp(s, "1") == 0;
-}
-
 static void register_metrics(wk_policy *p)
 {
     char labels[128];
@@ -244,7 +238,11 @@ wk_policy *wk_policy_new(uv_loop_t *loop, const ms_config *cfg, const char *host
     p->loop = loop;
     p->hostname = ms_strdup(hostname && *hostname ? hostname : "localhost");
     p->authserv_id = ms_strdup(ms_config_get(cfg, "policy", "authserv_id", p->hostname));
-    p->inbound = parse_bool(ms_config_get(cfg, "policy", "inbound", "no"));
+    if (ms_config_get_bool(cfg, "policy", "inbound", 0, &p->inbound, err, errlen) < 0)
+        goto fail;
+    /* Read whether inbound checks are on or not: a known key either way
+     * (ms_config_check_unknown). */
+    psl_path = ms_config_get(cfg, "policy", "psl", MS_PSL_PATH);
     if (ms_config_get_int(cfg, "policy", "timeout_ms", WK_POLICY_TIMEOUT_MS, 100, 3600 * 1000,
                           &timeout) < 0 ||
         ms_config_get_int(cfg, "policy", "dns_timeout_ms", WK_POLICY_DNS_TIMEOUT_MS, 100,
@@ -296,7 +294,6 @@ wk_policy *wk_policy_new(uv_loop_t *loop, const ms_config *cfg, const char *host
         goto fail;
     }
     if (p->inbound) {
-        psl_path = ms_config_get(cfg, "policy", "psl", MS_PSL_PATH);
         if ((e = ms_psl_load(psl_path, &p->psl)) < 0) {
             snprintf(err, errlen, "[policy] psl %s: %s", psl_path, ms_strerror(e));
             goto fail;
