@@ -3,6 +3,7 @@
  * (see fe_access.h).
  */
 #include "fe_access.h"
+#include "ms_addr.h"
 #include "ms_error.h"
 
 #include <arpa/inet.h>
@@ -90,11 +91,11 @@ int fe_domain_match(char *const *domains, size_t n, const char *domain)
 
 int fe_addr_routing(const char *addr)
 {
-    const char *at = strrchr(addr, '@'), *p;
+    const char *dom = ms_addr_domain(addr), *p;
 
-    if (at == NULL)
+    if (dom == NULL)
         return 0;
-    for (p = addr; p < at; p++)
+    for (p = addr; p < dom - 1; p++)
         if (*p == '%' || *p == '!' || *p == '@')
             return 1;
     return 0;

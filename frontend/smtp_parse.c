@@ -563,12 +563,6 @@ bad:
     return MS_EPROTO;
 }
 
-const char *fe_addr_domain(const char *addr)
-{
-    const char *at = strrchr(addr, '@');
-    return at ? at + 1 : "";
-}
-
 /* ---- BDAT (RFC 3030 2) ---- */
 
 #define BDAT_SYNTAX "501 5.5.4 Syntax: BDAT chunk-size [LAST]"

@@ -150,7 +150,4 @@ int fe_smtp_bdat_args(const char *args, size_t len, uint64_t *size, int *last, i
  * printable US-ASCII, MS_ETOOBIG when it does not fit. */
 int fe_xtext_decode(const char *in, size_t n, char *out, size_t outlen);
 
-/* The domain part of a mailbox ("" when none); points into addr. */
-const char *fe_addr_domain(const char *addr);
-
 #endif

@@ -420,27 +420,6 @@ implicit:
     return MS_MX_IMPLICIT;
 }
 
-int ms_route_domain(const char *addr, char *out, size_t outlen)
-{
-    const char *at = strrchr(addr, '@');
-    size_t i, len;
-
-    if (outlen == 0)
-        return MS_ETOOBIG;
-    if (at == NULL) {
-        out[0] = '\0';
-        return 0;
-    }
-    len = strlen(at + 1);
-    if (len >= outlen)
-        return MS_ETOOBIG;
-    for (i = 0; i <= len; i++)
-        out[i] = (char)tolower((unsigned char)at[1 + i]);
-    if (len > 0 && out[len - 1] == '.')
-        out[len - 1] = '\0';
-    return 0;
-}
-
 int ms_domain_match(const char *const *keys, size_t n, const char *domain)
 {
     char key[MS_DNS_NAME_MAX + 2];

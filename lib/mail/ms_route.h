@@ -119,8 +119,4 @@ enum ms_mx_verdict ms_mx_order(const struct ms_dns_result *res, const char *doma
  * -1.  For other per-domain tables (the worker's TLS policy map). */
 int ms_domain_match(const char *const *keys, size_t n, const char *domain);
 
-/* The domain part of an address ("user@Example.ORG" -> "example.org",
- * lower-cased) into out; "" when there is no '@'.  Returns 0 or MS_ETOOBIG. */
-int ms_route_domain(const char *addr, char *out, size_t outlen);
-
 #endif

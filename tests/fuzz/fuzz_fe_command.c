@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "ms_addr.h"
 #include "ms_error.h"
 #include "../../frontend/smtp_parse.h"
 
@@ -50,7 +51,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 if ((br == 0 && !size_ok) || (br < 0 && strncmp(reply, "501 ", 4) != 0))
                     __builtin_trap();
             }
-            (void)fe_addr_domain(cmd.path);
+            /* A path the parser saw a domain in has one by ms_addr.h's
+             * rule (the last '@'). */
+            if (cmd.path_domain && ms_addr_domain(cmd.path) == NULL)
+                __builtin_trap();
         } else if (reply == NULL || reply[0] != '5') {
             __builtin_trap();
         }

@@ -182,20 +182,6 @@ static void test_mx_order(void **state)
                      MS_MX_TEMPFAIL);
 }
 
-static void test_route_domain(void **state)
-{
-    char out[16];
-
-    (void)state;
-    assert_int_equal(ms_route_domain("User@Example.ORG", out, sizeof(out)), 0);
-    assert_string_equal(out, "example.org");
-    assert_int_equal(ms_route_domain("a@b@c.test.", out, sizeof(out)), 0);
-    assert_string_equal(out, "c.test");
-    assert_int_equal(ms_route_domain("postmaster", out, sizeof(out)), 0);
-    assert_string_equal(out, "");
-    assert_int_equal(ms_route_domain("a@very-long-domain.example", out, sizeof(out)), MS_ETOOBIG);
-}
-
 static void test_domain_match(void **state)
 {
     static const char *const keys[] = {"example.org", ".example.org", ".deep.example.org", "*"};
@@ -216,7 +202,6 @@ int main(void)
         cmocka_unit_test(test_transport_parse),
         cmocka_unit_test(test_map_lookup),
         cmocka_unit_test(test_mx_order),
-        cmocka_unit_test(test_route_domain),
         cmocka_unit_test(test_domain_match),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
