@@ -72,7 +72,7 @@ struct fe_limits_wait {
     enum fe_state prev;  /* state to return to */
     struct fe_rl_check c;
     enum fe_rate_kind kinds[FE_RL_BUCKETS_MAX]; /* of each bucket in c */
-    char path[FE_SMTP_PATH_MAX + 1];
+    char path[MS_SMTP_PATH_MAX + 1];
     struct fe_mail_params mp;  /* W_MAIL */
     unsigned notify;           /* W_RCPT */
     char orcpt[FE_SMTP_ORCPT_MAX + 1];

@@ -207,7 +207,7 @@ static int parse_path(const char *s, size_t n, struct fe_smtp_cmd *cmd, int is_m
         return MS_EPROTO;
     }
     close = i;
-    if (close + 1 > FE_SMTP_PATH_MAX) {
+    if (close + 1 > MS_SMTP_PATH_MAX) {
         *reply = "501 5.5.4 Path too long";
         return MS_ETOOBIG;
     }

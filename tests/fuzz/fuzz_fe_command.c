@@ -34,7 +34,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             break;
         reply = NULL;
         if (fe_smtp_parse(buf + off, content, &cmd, &reply) == 0) {
-            if (cmd.pathlen != strlen(cmd.path) || cmd.pathlen > FE_SMTP_PATH_MAX)
+            if (cmd.pathlen != strlen(cmd.path) || cmd.pathlen > MS_SMTP_ADDR_MAX)
                 __builtin_trap();
             if (cmd.verb == FE_VERB_MAIL && fe_smtp_mail_params(&cmd, &mp, &reply) == 0 &&
                 strlen(mp.envid) > FE_SMTP_ENVID_MAX)

@@ -188,6 +188,38 @@ static void test_path_too_long(void **state)
                 strncmp(reply, "501 5.1.3", 9) == 0);
 }
 
+/* RFC 5321 §4.5.3.1.3: a path of MS_SMTP_PATH_MAX octets with its angle
+ * brackets is taken, one more is "Path too long".  The local part (64) and
+ * domain (labels of 60) stay within their own limits. */
+static void test_path_limit(void **state)
+{
+    char line[600], addr[MS_SMTP_PATH_MAX + 2];
+    struct fe_smtp_cmd cmd;
+    const char *reply;
+    size_t len;
+
+    (void)state;
+    for (len = MS_SMTP_ADDR_MAX; len <= MS_SMTP_ADDR_MAX + 1; len++) {
+        size_t i;
+
+        memset(addr, 'a', len);
+        addr[64] = '@';
+        for (i = 65 + 60; i < len - 1; i += 61)
+            addr[i] = '.';
+        addr[len] = '\0';
+        snprintf(line, sizeof(line), "RCPT TO:<%s>", addr);
+        reply = NULL;
+        if (len == MS_SMTP_ADDR_MAX) {
+            assert_int_equal(fe_smtp_parse(line, strlen(line), &cmd, &reply), 0);
+            assert_int_equal(cmd.pathlen, MS_SMTP_ADDR_MAX);
+            assert_string_equal(cmd.path, addr);
+        } else {
+            assert_int_equal(fe_smtp_parse(line, strlen(line), &cmd, &reply), MS_ETOOBIG);
+            assert_string_equal(reply, "501 5.5.4 Path too long");
+        }
+    }
+}
+
 struct mail_case {
     const char *in;
     int ok;
@@ -400,7 +432,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_line_framing), cmocka_unit_test(test_commands),
         cmocka_unit_test(test_nul_in_command),
-        cmocka_unit_test(test_path_too_long), cmocka_unit_test(test_mail_params),
+        cmocka_unit_test(test_path_too_long),
+        cmocka_unit_test(test_path_limit), cmocka_unit_test(test_mail_params),
         cmocka_unit_test(test_rcpt_params),   cmocka_unit_test(test_xtext),
         cmocka_unit_test(test_verb_name),        cmocka_unit_test(test_bdat_args),
     };
