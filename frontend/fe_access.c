@@ -10,7 +10,6 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 int fe_cidr_parse(const char *s, struct fe_cidr *c)
 {
@@ -76,16 +75,6 @@ int fe_cidr_match(const struct fe_cidr *nets, size_t n, const struct sockaddr *s
         if (nets[i].family == AF_INET6 && has6 && prefix_eq(nets[i].addr, a6, nets[i].prefix))
             return 1;
     }
-    return 0;
-}
-
-int fe_domain_match(char *const *domains, size_t n, const char *domain)
-{
-    size_t i;
-
-    for (i = 0; i < n; i++)
-        if (strcasecmp(domains[i], domain) == 0)
-            return 1;
     return 0;
 }
 

@@ -693,8 +693,7 @@ static void cmd_rcpt(struct fe_session *s, const struct fe_smtp_cmd *c)
         }
         accepted = 1; /* RFC 5321 4.5.1: <postmaster> is always accepted */
     } else {
-        accepted = fe_domain_match(set->accepted_domains, set->naccepted,
-                                   ms_addr_domain(c->path));
+        accepted = ms_domainmap_lookup(set->accepted_domains, ms_addr_domain(c->path)) != NULL;
     }
     /* No open relay (DESIGN.md): other domains need AUTH or a trusted
      * network, and so do local parts that route on by themselves (%-hacks,
