@@ -8,7 +8,7 @@
  * and answers "need more" (MS_EAGAIN), "error, with the reply it deserves"
  * (a negative code and *reply pointing at a static reply line without CRLF),
  * or success.  Safe from any thread.  Unit-tested by tests/unit/
- * test_fe_parse.c and fuzzed by tests/fuzz/fuzz_fe_command.c.
+ * test_smtp_parse.c and fuzzed by tests/fuzz/fuzz_fe_command.c.
  *
  * Every limit has a name and a reply:
  *   FE_SMTP_LINE_MAX       command line incl. CRLF     500 5.5.2 Line too long

@@ -1,5 +1,5 @@
 /*
- * test_fe_parse.c - table-driven tests of the SMTP command grammar
+ * test_smtp_parse.c - table-driven tests of the SMTP command grammar
  * (frontend/smtp_parse.c), hostile input included.
  */
 #include <setjmp.h>

@@ -1,5 +1,5 @@
 /*
- * test_wk_route.c - lib/mail/ms_route.c: transport parsing, the transport
+ * test_ms_route.c - lib/mail/ms_route.c: transport parsing, the transport
  * map's lookup order and MX ordering (RFC 5321 §5.1, RFC 7505).
  * Table-driven.
  */
