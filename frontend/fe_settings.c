@@ -123,10 +123,21 @@ int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, s
 
     copy = ms_strdup(ms_config_get(cfg, "smtp", "accepted_domains", "mailstream.test"));
     n = ms_config_split_list(copy, items, FE_ACCEPTED_DOMAINS_MAX);
-    set->accepted_domains = ms_calloc(n ? n : 1, sizeof(char *));
-    for (i = 0; i < n; i++)
-        set->accepted_domains[i] = ms_strdup(items[i]);
-    set->naccepted = n;
+    set->accepted_domains = ms_domainmap_new();
+    for (i = 0; i < n; i++) {
+        char key[MS_DOMAINMAP_KEY_MAX + 1];
+        int kind = ms_domainmap_key(items[i], strlen(items[i]), key, sizeof(key));
+
+        /* A name or ".parent"; "*" would take mail for every domain (an
+         * open relay) and a next hop is no domain. */
+        if (kind != MS_DOMAINMAP_EXACT && kind != MS_DOMAINMAP_PARENT) {
+            snprintf(err, errlen, "[smtp] accepted_domains: bad domain \"%s\" (want a name "
+                     "or .name for its subdomains)", items[i]);
+            free(copy);
+            return MS_ECONFIG;
+        }
+        ms_domainmap_put(set->accepted_domains, key, strlen(key), NULL, NULL);
+    }
     free(copy);
 
     if (get_networks(cfg, "trusted_networks", &set->trusted, &set->ntrusted, err, errlen) < 0 ||
@@ -173,11 +184,7 @@ int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, s
 
 void fe_settings_free(struct fe_settings *set)
 {
-    size_t i;
-
-    for (i = 0; i < set->naccepted; i++)
-        free(set->accepted_domains[i]);
-    free(set->accepted_domains);
+    ms_domainmap_free(set->accepted_domains);
     free(set->trusted);
     free(set->proxy_trusted);
     memset(set, 0, sizeof(*set));

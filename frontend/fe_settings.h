@@ -23,6 +23,7 @@
 #include "fe_access.h"
 #include "fe_ratelimit.h"
 #include "ms_config.h"
+#include "ms_domainmap.h"
 
 /* Named limits and their defaults ([smtp] keys in parentheses). */
 #define FE_MAX_RECIPIENTS_DEF 1000 /* (max_recipients) 452 4.5.3 Too many recipients */
@@ -75,8 +76,9 @@ struct fe_settings {
     uint64_t command_timeout_ms;
     uint64_t greeting_timeout_ms;
     uint64_t drain_timeout_ms;
-    char **accepted_domains;
-    size_t naccepted;
+    /* Domains the MX listener takes mail for: exact names and ".parent"
+     * keys (ms_domainmap.h); values unused. */
+    ms_domainmap *accepted_domains;
     struct fe_cidr *trusted;
     size_t ntrusted;
     struct fe_cidr *proxy_trusted; /* peers allowed to send a PROXY header */

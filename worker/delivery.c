@@ -23,6 +23,7 @@
 #include "dsn_rules.h"
 #include "event.h"
 #include "policy.h"
+#include "ms_addr.h"
 #include "ms_bucket.h"
 #include "ms_buf.h"
 #include "ms_dsn.h"
@@ -574,7 +575,7 @@ static enum wk_outcome record_outcome(struct msg *m, size_t i, int code, const c
     if (ev.outcome == WK_OUTCOME_BOUNCED && m->env->mail_from && m->env->mail_from->address &&
         m->env->mail_from->address[0]) {
         char sdom[MS_DNS_NAME_MAX + 1], *key;
-        if (ms_route_domain(m->env->mail_from->address, sdom, sizeof(sdom)) == 0 && sdom[0]) {
+        if (ms_addr_domain_copy(m->env->mail_from->address, sdom, sizeof(sdom)) == 0 && sdom[0]) {
             key = ms_asprintf(MS_KEY_BOUNCES "%s", sdom);
             {
                 const char *argv[4] = {"HINCRBY", key, ev.class_name, "1"};
@@ -1293,7 +1294,7 @@ static void msg_send(struct msg *m)
                                          "suppressed", NULL, -1));
             continue;
         }
-        if (ms_route_domain(m->rcpts[i].addr, domain, sizeof(domain)) < 0)
+        if (ms_addr_domain_copy(m->rcpts[i].addr, domain, sizeof(domain)) < 0)
             domain[0] = '\0';
         t = ms_transport_map_lookup(d->conf.transports, domain);
         if (t)

@@ -10,6 +10,7 @@
  */
 #include "policy.h"
 #include "event.h"
+#include "ms_addr.h"
 #include "ms_authres.h"
 #include "ms_dkim.h"
 #include "dsn_rules.h"
@@ -420,15 +421,15 @@ static void start_dmarc(struct job *j)
 {
     struct ms_dmarc_request req;
     struct ms_dmarc_dkim dk[MS_DMARC_DKIM_MAX];
-    const char *at = strrchr(j->mailfrom, '@');
+    const char *dom = ms_addr_domain(j->mailfrom);
     size_t i, n = 0;
 
     memset(&req, 0, sizeof(req));
     req.psl = j->p->psl;
     req.from_domain = j->from;
     req.from_error = j->from_err;
-    if (j->mailfrom[0] && at) {
-        req.spf_domain = at + 1;
+    if (j->mailfrom[0] && dom) {
+        req.spf_domain = dom;
         req.spf = j->spf[0] ? ms_spf_result(j->spf[0]) : MS_SPF_NONE;
     } else if (j->helo[0]) {
         /* RFC 7489 §3.1.2: the null reverse-path uses the HELO identity. */
@@ -785,7 +786,7 @@ static void sign_outbound(wk_policy *p, ms_envelope *env, struct wk_policy_resul
 {
     struct ms_dkim_signer signers[MS_DKIM_SIGNERS_MAX];
     char from[MS_DNS_NAME_MAX + 1], *hdrs = NULL;
-    const char *msg = (const char *)env->message.data, *at;
+    const char *msg = (const char *)env->message.data, *dom;
     size_t len = env->message.len, n = 0, i;
     int e;
 
@@ -796,8 +797,8 @@ static void sign_outbound(wk_policy *p, ms_envelope *env, struct wk_policy_resul
     if (ms_dmarc_from_domain(msg, len, from, sizeof(from)) == 0)
         n = find_signers(p, from, signers);
     if (n == 0 && env->mail_from && env->mail_from->address &&
-        (at = strrchr(env->mail_from->address, '@')) != NULL)
-        n = find_signers(p, at + 1, signers);
+        (dom = ms_addr_domain(env->mail_from->address)) != NULL)
+        n = find_signers(p, dom, signers);
     if (n == 0)
         return;
     for (i = 0; i < p->nsigners; i++)

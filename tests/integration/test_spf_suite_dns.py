@@ -4,7 +4,7 @@ Every scenario's zonedata is served by NSD on loopback (dns_zone.Nsd, one
 instance per scenario, started when its first test runs) and every test is
 evaluated by `mailstream-authcheck --spf-only`, i.e. lib/mail/ms_spf driven
 through lib/io/ms_resolver (libunbound forwarding to that NSD), the same
-resolver the worker uses.  The unit run (tests/unit/test_spf_suite.c) serves
+resolver the worker uses.  The unit run (tests/unit/test_ms_spf_suite.c) serves
 the same data from memory; the conventions here mirror it:
 
   * TXT entries are served as TXT; an SPF entry (type 99) is served as type
