@@ -22,7 +22,7 @@ import mslocal
 
 HERE = Path(__file__).resolve().parent
 # The unit test programs that read the data (tests/unit/testdata.h).
-UNIT_TESTS = ["test_spf_suite", "test_dkim"]
+UNIT_TESTS = ["test_ms_spf_suite", "test_ms_dkim"]
 
 
 def _env(tmp_path: Path, ci: bool) -> dict:
