@@ -41,7 +41,7 @@
 #include "fe_conn_table.h"
 #include "fe_ratelimit.h"
 #include "fe_settings.h"
-#include "fe_transport.h"
+#include "ms_conn.h"
 #include "ms_idmap.h"
 #include "ms_kafka.h"
 #include "ms_list.h"

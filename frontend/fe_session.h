@@ -24,7 +24,7 @@
 #include <stdint.h>
 
 #include "fe_server.h"
-#include "fe_transport.h"
+#include "ms_conn.h"
 
 /* Named limits of a session. */
 #define FE_INPUT_MAX (256 * 1024) /* unprocessed input held per session: 421 4.7.0 */

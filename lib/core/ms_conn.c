@@ -7,7 +7,7 @@
  * messages, and whatever OpenSSL writes to wbio is sent with uv_write.  So
  * OpenSSL never touches the socket and the loop never blocks.
  */
-#include "fe_transport.h"
+#include "ms_conn.h"
 #include "ms_error.h"
 #include "ms_log.h"
 #include "ms_mem.h"
