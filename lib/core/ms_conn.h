@@ -2,7 +2,7 @@
  * ms_conn.h - how a connection's bytes travel: TCP or a UNIX-domain
  * socket, TLS over either (OpenSSL 3 on memory BIOs), or memory (tests).
  * The owner - the frontend's SMTP session, the worker's SMTP client - sees
- * plaintext and this interface only (STYLE.md 6); it never sees OpenSSL.
+ * plaintext and this interface only (STYLE.md 6), never an SSL object.
  *
  * Either side: a server's transport comes from ms_conn_accept() and
  * starts TLS as the server with ms_conn_tls_accept() (SNI picks the
@@ -33,7 +33,9 @@
  * alert, a write that failed later) is reported once through cb.on_error:
  * MS_ECLOSED for the peer's orderly end (a FIN, a close_notify), MS_EIO
  * otherwise; the owner then closes.  t->error says why in words, for the
- * owner's diagnostics (the frontend also logs a server's TLS failures).
+ * owner's diagnostics; a server's TLS failures are also logged here
+ * (event=tls_error), a client's are left to its owner, who knows the
+ * queue id.
  */
 #ifndef MS_CONN_H
 #define MS_CONN_H
@@ -88,8 +90,8 @@ struct ms_conn *ms_conn_accept(uv_stream_t *server, const struct ms_conn_cb *cb,
  * then says whether it worked; reading starts when the owner asks.  Or
  * MS_EIO at once, the reason in err, no transport and no callback.
  * Aborting or closing it before on_connect cancels the attempt (no
- * on_connect).  Tests pass their own function of this type where a
- * program connects (a memory pair); it need not be called twice alike.
+ * on_connect).  A program that connects takes a function of this type,
+ * so that its tests can hand it one end of a memory pair instead.
  */
 typedef int ms_conn_connect_fn(uv_loop_t *loop, const struct sockaddr *addr,
                                     const struct ms_conn_cb *cb, void *arg,
