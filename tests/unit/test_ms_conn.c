@@ -95,29 +95,15 @@ static struct ms_tls_ctx *server_ctx, *client_ctx, *stranger_ctx;
 
 static int group_setup(void **state)
 {
-    char ca[UNIT_TLS_PATH_MAX], other_ca[UNIT_TLS_PATH_MAX], err[256];
-    char mx[UNIT_TLS_PATH_MAX], mx_key[UNIT_TLS_PATH_MAX];
-    char other[UNIT_TLS_PATH_MAX], other_key[UNIT_TLS_PATH_MAX];
-    struct ms_tls_cert certs[2];
-
     (void)state;
     dir = unit_tls_dir();
     unit_tls_ca(dir, "ca");
     unit_tls_ca(dir, "ca2"); /* one the client does not know */
     unit_tls_leaf(dir, "mx", "ca", "DNS:mx.test,DNS:*.wild.test,IP:127.0.0.1");
     unit_tls_leaf(dir, "other", "ca", "DNS:other.test");
-    unit_tls_path(ca, dir, "ca", "pem");
-    unit_tls_path(other_ca, dir, "ca2", "pem");
-    unit_tls_path(mx, dir, "mx", "pem");
-    unit_tls_path(mx_key, dir, "mx", "key");
-    unit_tls_path(other, dir, "other", "pem");
-    unit_tls_path(other_key, dir, "other", "key");
-    certs[0] = (struct ms_tls_cert){"default", mx, mx_key, NULL};
-    certs[1] = (struct ms_tls_cert){"other", other, other_key, NULL};
-    if ((server_ctx = ms_tls_ctx_new_server(certs, 2, NULL, err, sizeof(err))) == NULL ||
-        (client_ctx = ms_tls_ctx_new_client(ca, err, sizeof(err))) == NULL ||
-        (stranger_ctx = ms_tls_ctx_new_client(other_ca, err, sizeof(err))) == NULL)
-        fail_msg("%s", err);
+    server_ctx = unit_tls_server(dir, "mx", "other");
+    client_ctx = unit_tls_client(dir, "ca");
+    stranger_ctx = unit_tls_client(dir, "ca2");
     return 0;
 }
 

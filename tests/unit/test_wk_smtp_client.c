@@ -266,26 +266,13 @@ static void done_cb(void *arg, uint64_t id, const struct wk_smtp_result *res)
 
 static int group_setup(void **state)
 {
-    char ca[UNIT_TLS_PATH_MAX], err[256];
-    char mx[UNIT_TLS_PATH_MAX], mx_key[UNIT_TLS_PATH_MAX];
-    char other[UNIT_TLS_PATH_MAX], other_key[UNIT_TLS_PATH_MAX];
-    struct ms_tls_cert certs[2];
-
     (void)state;
     dir = unit_tls_dir();
     unit_tls_ca(dir, "ca");
     unit_tls_leaf(dir, "mx", "ca", "DNS:mx.test");
     unit_tls_leaf(dir, "other", "ca", "DNS:other.test");
-    unit_tls_path(ca, dir, "ca", "pem");
-    unit_tls_path(mx, dir, "mx", "pem");
-    unit_tls_path(mx_key, dir, "mx", "key");
-    unit_tls_path(other, dir, "other", "pem");
-    unit_tls_path(other_key, dir, "other", "key");
-    certs[0] = (struct ms_tls_cert){"default", mx, mx_key, NULL};
-    certs[1] = (struct ms_tls_cert){"other", other, other_key, NULL};
-    if ((server_ctx = ms_tls_ctx_new_server(certs, 2, NULL, err, sizeof(err))) == NULL ||
-        (client_ctx = ms_tls_ctx_new_client(ca, err, sizeof(err))) == NULL)
-        fail_msg("%s", err);
+    server_ctx = unit_tls_server(dir, "mx", "other");
+    client_ctx = unit_tls_client(dir, "ca");
     return 0;
 }
 
@@ -380,20 +367,6 @@ static void test_verify_sni(void **state)
     assert_memory_equal(f->srv.data.data, "Subject: t\r\n\r\nhello\r\n..dot\r\n", 28);
 }
 
-/* `verify` and a certificate for another name: deferred, nothing sent. */
-static void test_verify_wrong_name(void **state)
-{
-    struct fixture *f = *state;
-
-    f->msg.tls_name = "wrong.test";
-    deliver(f);
-    assert_int_equal(f->out.code, 0);
-    assert_string_equal(f->out.dsn, "4.7.5");
-    assert_non_null(strstr(f->out.reply, "not verified for wrong.test"));
-    assert_non_null(strstr(f->out.reply, "hostname mismatch"));
-    want_log(f, "EHLO worker.test\nSTARTTLS\n");
-}
-
 /* `encrypt` takes the same certificate, unverified, and says so. */
 static void test_encrypt_unverified(void **state)
 {
@@ -420,51 +393,6 @@ static void test_requiretls_passed_on(void **state)
                 "MAIL FROM:<a@b.example> REQUIRETLS\nRCPT TO:<u@other.test>\nDATA\nQUIT\n");
 }
 
-/* No STARTTLS at all: 5.7.10, and another MX may do. */
-static void test_requiretls_no_starttls(void **state)
-{
-    struct fixture *f = *state;
-
-    f->msg.tls = WK_TLS_MAY;
-    f->msg.requiretls = 1;
-    f->srv.ehlo = "250-mx.test\r\n250 PIPELINING\r\n";
-    deliver(f);
-    assert_int_equal(f->out.code, 550);
-    assert_string_equal(f->out.dsn, "5.7.10");
-    assert_true(f->out.try_next);
-    assert_non_null(strstr(f->out.reply, "did not offer STARTTLS"));
-    want_log(f, "EHLO worker.test\nQUIT\n");
-}
-
-/* Verified TLS, no REQUIRETLS after it: 5.7.30. */
-static void test_requiretls_not_offered(void **state)
-{
-    struct fixture *f = *state;
-
-    f->msg.requiretls = 1;
-    f->srv.ehlo_tls = "250-mx.test\r\n250 PIPELINING\r\n";
-    deliver(f);
-    assert_int_equal(f->out.code, 550);
-    assert_string_equal(f->out.dsn, "5.7.30");
-    assert_true(f->out.try_next);
-    want_log(f, "EHLO worker.test\nSTARTTLS\nEHLO worker.test\nQUIT\n");
-}
-
-/* A certificate that does not verify is deferred, not refused: it may be
- * renewed, and waiting exposes nothing. */
-static void test_requiretls_unverified(void **state)
-{
-    struct fixture *f = *state;
-
-    f->msg.tls = WK_TLS_ENCRYPT;
-    f->msg.requiretls = 1;
-    f->msg.tls_name = "wrong.test";
-    deliver(f);
-    assert_int_equal(f->out.code, 0);
-    assert_string_equal(f->out.dsn, "4.7.5");
-    assert_false(f->out.try_next);
-}
-
 /* `may` and a failed handshake: a new connection without STARTTLS. */
 static void test_may_fallback(void **state)
 {
@@ -481,29 +409,69 @@ static void test_may_fallback(void **state)
                 "RCPT TO:<u@other.test>\nDATA\nQUIT\n");
 }
 
-/* `verify` never falls back. */
-static void test_verify_no_fallback(void **state)
+/* Sessions that end without the message: what the server offers, what
+ * the client does about it, and what the recipient's result says. */
+static void test_refusals(void **state)
 {
-    struct fixture *f = *state;
+    static const struct {
+        const char *what;
+        enum wk_tls_policy tls;
+        int requiretls;
+        const char *tls_name, *ehlo, *ehlo_tls;
+        enum starttls_mode starttls;
+        int code;
+        const char *dsn, *reply;
+        int try_next;
+        const char *log;
+    } cases[] = {
+        {"verify: a certificate for another name: deferred, nothing sent", WK_TLS_VERIFY, 0,
+         "wrong.test", NULL, NULL, STARTTLS_OK, 0, "4.7.5",
+         "not verified for wrong.test: hostname mismatch", 0,
+         "EHLO worker.test\nSTARTTLS\n"},
+        {"verify never falls back to plaintext", WK_TLS_VERIFY, 0, NULL, NULL, NULL,
+         STARTTLS_GARBAGE, 0, "4.7.5", "TLS handshake with 192.0.2.25:25 failed", 0,
+         "EHLO worker.test\nSTARTTLS\n"},
+        {"RFC 3207 §5: a command that came with the 220 is refused", WK_TLS_MAY, 0, NULL, NULL,
+         NULL, STARTTLS_INJECT, 0, "4.7.0", "sent data after its reply to STARTTLS", 0,
+         "EHLO worker.test\nSTARTTLS\n"},
+        {"REQUIRETLS, no STARTTLS at all: 5.7.10, another MX may do", WK_TLS_MAY, 1, NULL,
+         "250-mx.test\r\n250 PIPELINING\r\n", NULL, STARTTLS_OK, 550, "5.7.10",
+         "did not offer STARTTLS", 1, "EHLO worker.test\nQUIT\n"},
+        {"REQUIRETLS, verified TLS without the keyword: 5.7.30", WK_TLS_VERIFY, 1, NULL, NULL,
+         "250-mx.test\r\n250 PIPELINING\r\n", STARTTLS_OK, 550, "5.7.30",
+         "does not offer REQUIRETLS", 1,
+         "EHLO worker.test\nSTARTTLS\nEHLO worker.test\nQUIT\n"},
+        /* It may be renewed, and waiting exposes nothing. */
+        {"REQUIRETLS, a certificate that does not verify: deferred", WK_TLS_ENCRYPT, 1,
+         "wrong.test", NULL, NULL, STARTTLS_OK, 0, "4.7.5", "not verified", 0,
+         "EHLO worker.test\nSTARTTLS\n"},
+    };
+    size_t i;
 
-    f->srv.starttls = STARTTLS_GARBAGE;
-    deliver(f);
-    assert_int_equal(f->out.code, 0);
-    assert_string_equal(f->out.dsn, "4.7.5");
-    assert_non_null(strstr(f->out.reply, "TLS handshake with 192.0.2.25:25 failed"));
-    assert_int_equal(f->srv.connects, 1);
-}
+    (void)state;
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct fixture *f;
 
-/* RFC 3207 §5: a command that came with the 220 is refused. */
-static void test_starttls_injection(void **state)
-{
-    struct fixture *f = *state;
-
-    f->srv.starttls = STARTTLS_INJECT;
-    deliver(f);
-    assert_int_equal(f->out.code, 0);
-    assert_string_equal(f->out.dsn, "4.7.0");
-    assert_non_null(strstr(f->out.reply, "sent data after its reply to STARTTLS"));
+        setup((void **)&f);
+        f->msg.tls = cases[i].tls;
+        f->msg.requiretls = cases[i].requiretls;
+        if (cases[i].tls_name)
+            f->msg.tls_name = cases[i].tls_name;
+        if (cases[i].ehlo)
+            f->srv.ehlo = cases[i].ehlo;
+        if (cases[i].ehlo_tls)
+            f->srv.ehlo_tls = cases[i].ehlo_tls;
+        f->srv.starttls = cases[i].starttls;
+        deliver(f);
+        if (f->out.code != cases[i].code || strcmp(f->out.dsn, cases[i].dsn) != 0 ||
+            strstr(f->out.reply, cases[i].reply) == NULL ||
+            f->out.try_next != cases[i].try_next)
+            fail_msg("%s: got %d %s try_next=%d \"%s\"", cases[i].what, f->out.code,
+                     f->out.dsn, f->out.try_next, f->out.reply);
+        want_log(f, cases[i].log);
+        assert_int_equal(f->srv.connects, 1);
+        teardown((void **)&f);
+    }
 }
 
 /* A body of many blocks, written as the other end takes them: over TLS
@@ -575,15 +543,10 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_requiretls_table),
         cmocka_unit_test_setup_teardown(test_verify_sni, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_verify_wrong_name, setup, teardown),
         cmocka_unit_test_setup_teardown(test_encrypt_unverified, setup, teardown),
         cmocka_unit_test_setup_teardown(test_requiretls_passed_on, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_requiretls_no_starttls, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_requiretls_not_offered, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_requiretls_unverified, setup, teardown),
         cmocka_unit_test_setup_teardown(test_may_fallback, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_verify_no_fallback, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_starttls_injection, setup, teardown),
+        cmocka_unit_test(test_refusals),
         cmocka_unit_test_setup_teardown(test_large_data_tls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_large_bdat, setup, teardown),
     };

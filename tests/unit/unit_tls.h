@@ -11,6 +11,9 @@
  *   unit_tls_leaf(dir, "mx", "ca", sans) dir/mx.pem, dir/mx.key, signed by ca,
  *                                       subjectAltName `sans` in OpenSSL's
  *                                       syntax ("DNS:mx.test,IP:127.0.0.1")
+ *   unit_tls_server(dir, "mx", "other") an ms_conn server context: mx by
+ *                                       default, other chosen by SNI
+ *   unit_tls_client(dir, "ca")          an ms_conn client context trusting ca
  */
 #ifndef UNIT_TLS_H
 #define UNIT_TLS_H
@@ -24,6 +27,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include "ms_conn.h"
 
 #define UNIT_TLS_PATH_MAX 256
 
@@ -86,32 +91,22 @@ static inline void unit_tls_write(const char *dir, const char *name, X509 *x, EV
     fclose(f);
 }
 
-static inline EVP_PKEY *unit_tls_read_key(const char *dir, const char *name)
+/* The certificate and key written by unit_tls_write(dir, name, ...). */
+static inline void unit_tls_read(const char *dir, const char *name, X509 **x, EVP_PKEY **key)
 {
     char path[UNIT_TLS_PATH_MAX];
-    EVP_PKEY *key;
-    FILE *f;
-
-    unit_tls_path(path, dir, name, "key");
-    assert_non_null(f = fopen(path, "r"));
-    key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-    fclose(f);
-    assert_non_null(key);
-    return key;
-}
-
-static inline X509 *unit_tls_read_cert(const char *dir, const char *name)
-{
-    char path[UNIT_TLS_PATH_MAX];
-    X509 *x;
     FILE *f;
 
     unit_tls_path(path, dir, name, "pem");
     assert_non_null(f = fopen(path, "r"));
-    x = PEM_read_X509(f, NULL, NULL, NULL);
+    *x = PEM_read_X509(f, NULL, NULL, NULL);
     fclose(f);
-    assert_non_null(x);
-    return x;
+    unit_tls_path(path, dir, name, "key");
+    assert_non_null(f = fopen(path, "r"));
+    *key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+    fclose(f);
+    assert_non_null(*x);
+    assert_non_null(*key);
 }
 
 /* A certificate for `cn` and `key`, valid from an hour ago for a day,
@@ -155,10 +150,11 @@ static inline void unit_tls_ca(const char *dir, const char *name)
 static inline void unit_tls_leaf(const char *dir, const char *name, const char *ca,
                                  const char *sans)
 {
-    EVP_PKEY *key = EVP_EC_gen("P-256"), *cakey = unit_tls_read_key(dir, ca);
-    X509 *cacert = unit_tls_read_cert(dir, ca), *x;
+    EVP_PKEY *key = EVP_EC_gen("P-256"), *cakey;
+    X509 *cacert, *x;
 
     assert_non_null(key);
+    unit_tls_read(dir, ca, &cacert, &cakey);
     x = unit_tls_cert(name, key, cacert);
     unit_tls_ext(x, cacert, NID_basic_constraints, "critical,CA:FALSE");
     unit_tls_ext(x, cacert, NID_ext_key_usage, "serverAuth");
@@ -170,6 +166,35 @@ static inline void unit_tls_leaf(const char *dir, const char *name, const char *
     X509_free(cacert);
     EVP_PKEY_free(key);
     EVP_PKEY_free(cakey);
+}
+
+static inline struct ms_tls_ctx *unit_tls_server(const char *dir, const char *def,
+                                                 const char *sni)
+{
+    char pem[2][UNIT_TLS_PATH_MAX], key[2][UNIT_TLS_PATH_MAX], err[256];
+    struct ms_tls_cert certs[2];
+    struct ms_tls_ctx *ctx;
+
+    unit_tls_path(pem[0], dir, def, "pem");
+    unit_tls_path(key[0], dir, def, "key");
+    unit_tls_path(pem[1], dir, sni, "pem");
+    unit_tls_path(key[1], dir, sni, "key");
+    certs[0] = (struct ms_tls_cert){"default", pem[0], key[0], NULL};
+    certs[1] = (struct ms_tls_cert){sni, pem[1], key[1], NULL}; /* names from the certificate */
+    if ((ctx = ms_tls_ctx_new_server(certs, 2, NULL, err, sizeof(err))) == NULL)
+        fail_msg("%s", err);
+    return ctx;
+}
+
+static inline struct ms_tls_ctx *unit_tls_client(const char *dir, const char *ca)
+{
+    char pem[UNIT_TLS_PATH_MAX], err[256];
+    struct ms_tls_ctx *ctx;
+
+    unit_tls_path(pem, dir, ca, "pem");
+    if ((ctx = ms_tls_ctx_new_client(pem, err, sizeof(err))) == NULL)
+        fail_msg("%s", err);
+    return ctx;
 }
 
 #endif
