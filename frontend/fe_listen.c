@@ -19,13 +19,13 @@
 static void on_connection(uv_stream_t *server, int status)
 {
     struct fe_listener *l = server->data;
-    struct fe_transport *t;
+    struct ms_conn *t;
 
     if (status < 0) {
         ms_warn("event=accept_error listener=%s error=\"%s\"", l->name, uv_strerror(status));
         return;
     }
-    if ((t = fe_transport_tcp_accept(server, &fe_session_transport_cb, NULL)) == NULL)
+    if ((t = ms_conn_accept(server, &fe_session_transport_cb, NULL)) == NULL)
         return;
     fe_session_new(l->srv, l, t);
 }

@@ -41,7 +41,7 @@
 #include "fe_conn_table.h"
 #include "fe_ratelimit.h"
 #include "fe_settings.h"
-#include "fe_transport.h"
+#include "ms_conn.h"
 #include "ms_idmap.h"
 #include "ms_kafka.h"
 #include "ms_list.h"
@@ -97,7 +97,7 @@ typedef int (*fe_submit_owned_fn)(void *arg, uint64_t id, const char *key, size_
 struct fe_server {
     uv_loop_t *loop;
     struct fe_settings set;
-    struct fe_tls_ctx *tls;    /* NULL: no TLS configured */
+    struct ms_tls_ctx *tls;    /* NULL: no TLS configured */
     struct fe_passwd *passwd;  /* NULL: no AUTH */
     fe_submit_fn submit;
     fe_submit_owned_fn submit_owned; /* group commit only */

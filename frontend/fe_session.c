@@ -111,7 +111,7 @@ struct fe_session {
     struct fe_commit_member cm; /* group commit: about to hand a record over */
     struct fe_server *srv;
     struct fe_listener *l;
-    struct fe_transport *t;
+    struct ms_conn *t;
     struct ms_list live; /* on srv->live */
     enum fe_state state;
     struct fe_tx *tx;
@@ -200,18 +200,18 @@ static void update_reading(struct fe_session *s)
            !((s->state == FE_ST_DATA || s->state == FE_ST_BDAT ||
               s->state == FE_ST_QUEUEING) &&
              s->srv->overloaded) &&
-           s->in.len < FE_INPUT_MAX && fe_transport_pending(s->t) < FE_OUTPUT_MAX;
+           s->in.len < FE_INPUT_MAX && ms_conn_pending(s->t) < FE_OUTPUT_MAX;
     if (want && !s->t->reading)
-        fe_transport_read_start(s->t);
+        ms_conn_read_start(s->t);
     else if (!want && s->t->reading)
-        fe_transport_read_stop(s->t);
+        ms_conn_read_stop(s->t);
 }
 
 static void flush(struct fe_session *s)
 {
     if (s->out.len > 0 && !s->t->closing) {
         ms_counter_add(s->srv->m.bytes_out, s->out.len);
-        if (fe_transport_write(s->t, s->out.data, s->out.len) < 0) {
+        if (ms_conn_write(s->t, s->out.data, s->out.len) < 0) {
             ms_buf_reset(&s->out);
             close_session(s);
             return;
@@ -889,7 +889,7 @@ static void cmd_starttls(struct fe_session *s, const struct fe_smtp_cmd *c)
                 (unsigned long long)s->id, s->ip, s->in.len);
         ms_buf_reset(&s->in);
     }
-    if (fe_transport_tls_start(s->t, s->srv->tls) < 0) {
+    if (ms_conn_tls_accept(s->t, s->srv->tls) < 0) {
         close_session(s);
         return;
     }
@@ -1622,15 +1622,15 @@ static void close_session(struct fe_session *s)
         s->limits = NULL;
     }
     if (s->out.len > 0 && !s->t->closing)
-        fe_transport_write(s->t, s->out.data, s->out.len);
+        ms_conn_write(s->t, s->out.data, s->out.len);
     ms_buf_reset(&s->out);
     enter_state(s, FE_ST_CLOSING);
     uv_timer_stop(&s->timer);
     uv_close((uv_handle_t *)&s->timer, timer_close_cb);
-    fe_transport_close(s->t);
+    ms_conn_close(s->t);
 }
 
-const struct fe_transport_cb fe_session_transport_cb = {
+const struct ms_conn_cb fe_session_transport_cb = {
     .on_read = on_read,
     .on_tls = on_tls,
     .on_drain = on_drain,
@@ -1721,7 +1721,7 @@ static void session_admitted(struct fe_session *s)
 
     if (s->l->role == FE_ROLE_SUBMISSIONS) {
         enter_state(s, FE_ST_TLS_WAIT);
-        if (srv->tls == NULL || fe_transport_tls_start(s->t, srv->tls) < 0) {
+        if (srv->tls == NULL || ms_conn_tls_accept(s->t, srv->tls) < 0) {
             close_session(s);
             return;
         }
@@ -1730,7 +1730,7 @@ static void session_admitted(struct fe_session *s)
         /* A ClientHello that came with the PROXY header is TLS input. */
         if (s->in.len > 0 && s->state != FE_ST_CLOSING) {
             early = ms_buf_steal(&s->in, &n);
-            fe_transport_unread(s->t, early, n);
+            ms_conn_unread(s->t, early, n);
             free(early);
         }
         return;
@@ -1774,7 +1774,7 @@ static void proxy_input(struct fe_session *s)
 }
 
 struct fe_session *fe_session_new(struct fe_server *srv, struct fe_listener *l,
-                                  struct fe_transport *t)
+                                  struct ms_conn *t)
 {
     struct fe_session *s = ms_calloc(1, sizeof(*s));
 
@@ -1785,7 +1785,7 @@ struct fe_session *fe_session_new(struct fe_server *srv, struct fe_listener *l,
     t->cb = fe_session_transport_cb;
     t->arg = s;
     s->handles = 2;
-    ms_buf_init(&s->in, FE_INPUT_MAX + FE_TRANSPORT_READ_MAX);
+    ms_buf_init(&s->in, FE_INPUT_MAX + MS_CONN_READ_MAX);
     ms_buf_init(&s->out, 1024 * 1024);
     uv_timer_init(srv->loop, &s->timer);
     s->timer.data = s;

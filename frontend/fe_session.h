@@ -24,7 +24,7 @@
 #include <stdint.h>
 
 #include "fe_server.h"
-#include "fe_transport.h"
+#include "ms_conn.h"
 
 /* Named limits of a session. */
 #define FE_INPUT_MAX (256 * 1024) /* unprocessed input held per session: 421 4.7.0 */
@@ -35,7 +35,7 @@ struct fe_session;
 /* Start a session on a transport accepted on listener `l` (the session takes
  * ownership of the transport). */
 struct fe_session *fe_session_new(struct fe_server *srv, struct fe_listener *l,
-                                  struct fe_transport *t);
+                                  struct ms_conn *t);
 /* The delivery report of transaction `id` (an ms_produce_cb: `srv` is the
  * server): 250 or 451 to its session, and back-pressure lifted once few
  * enough reports are outstanding. */
@@ -54,6 +54,6 @@ void fe_sessions_abort(struct fe_server *srv);
 uint64_t fe_session_id(const struct fe_session *s);
 /* The transport callbacks of a session (a transport made for a session,
  * e.g. an in-memory one in tests, starts with these). */
-extern const struct fe_transport_cb fe_session_transport_cb;
+extern const struct ms_conn_cb fe_session_transport_cb;
 
 #endif

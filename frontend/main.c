@@ -89,7 +89,7 @@ static int draining, aborted;      /* main's view */
 /* The current TLS context and password table, one reference each; loops
  * take their own under the lock. */
 static pthread_mutex_t publish_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct fe_tls_ctx *cur_tls;
+static struct ms_tls_ctx *cur_tls;
 static struct fe_passwd *cur_passwd;
 
 /* Loop thread: is this loop able to take mail? */
@@ -153,10 +153,10 @@ static void load_tls(int fatal)
 {
     const char *cert = ms_config_get(cfg, "smtp", "tls_cert", "");
     const char *key = ms_config_get(cfg, "smtp", "tls_key", "");
-    const char *ciphers = ms_config_get(cfg, "smtp", "tls_ciphers", FE_TLS_CIPHERS_DEF);
+    const char *ciphers = ms_config_get(cfg, "smtp", "tls_ciphers", MS_TLS_CIPHERS_DEF);
     const char *const *names;
-    struct fe_tls_cert certs[FE_TLS_CERTS_MAX];
-    struct fe_tls_ctx *ctx, *old;
+    struct ms_tls_cert certs[MS_TLS_CERTS_MAX];
+    struct ms_tls_ctx *ctx, *old;
     size_t n, i, nc = 0;
     char err[512];
 
@@ -168,13 +168,13 @@ static void load_tls(int fatal)
                                    "certificates need them as the default");
         goto fail;
     }
-    if (n + 1 > FE_TLS_CERTS_MAX) {
-        snprintf(err, sizeof(err), "more than %d [tls.NAME] sections", FE_TLS_CERTS_MAX - 1);
+    if (n + 1 > MS_TLS_CERTS_MAX) {
+        snprintf(err, sizeof(err), "more than %d [tls.NAME] sections", MS_TLS_CERTS_MAX - 1);
         goto fail;
     }
-    certs[nc++] = (struct fe_tls_cert){"default", cert, key, NULL};
+    certs[nc++] = (struct ms_tls_cert){"default", cert, key, NULL};
     for (i = 0; i < n; i++) {
-        struct fe_tls_cert *tc = &certs[nc++];
+        struct ms_tls_cert *tc = &certs[nc++];
 
         tc->label = names[i];
         tc->cert = ms_config_get(cfg, names[i], "cert", "");
@@ -185,14 +185,14 @@ static void load_tls(int fatal)
             goto fail;
         }
     }
-    if ((ctx = fe_tls_ctx_new_multi(certs, nc, ciphers, err, sizeof(err))) == NULL)
+    if ((ctx = ms_tls_ctx_new_server(certs, nc, ciphers, err, sizeof(err))) == NULL)
         goto fail;
     pthread_mutex_lock(&publish_lock);
     old = cur_tls;
     cur_tls = ctx;
     pthread_mutex_unlock(&publish_lock);
     /* Loops and sessions still using the old context hold a reference. */
-    fe_tls_ctx_free(old);
+    ms_tls_ctx_free(old);
     ms_info("event=tls_loaded certificates=%zu", nc);
     return;
 fail:
@@ -226,16 +226,16 @@ static void load_passwd(int fatal)
 /* Loop thread: take the published TLS context and password table. */
 static void loop_take_published(struct fe_loop *L)
 {
-    struct fe_tls_ctx *tls, *old_tls = L->srv.tls;
+    struct ms_tls_ctx *tls, *old_tls = L->srv.tls;
     struct fe_passwd *pw, *old_pw = L->srv.passwd;
 
     pthread_mutex_lock(&publish_lock);
-    tls = cur_tls ? fe_tls_ctx_ref(cur_tls) : NULL; /* no TLS configured */
+    tls = cur_tls ? ms_tls_ctx_ref(cur_tls) : NULL; /* no TLS configured */
     pw = fe_passwd_ref(cur_passwd);
     pthread_mutex_unlock(&publish_lock);
     L->srv.tls = tls;
     L->srv.passwd = pw;
-    fe_tls_ctx_free(old_tls);
+    ms_tls_ctx_free(old_tls);
     fe_passwd_free(old_pw);
 }
 

@@ -138,7 +138,7 @@ struct wk_delivery_conf {
     uint64_t dest_rate_max_wait_ms;     /* a destination waiting longer for its turn
                                          * is deferred (4.4.5) to a retry tier */
     int64_t delay_warning_s;            /* delay-warning DSNs after this; 0: none */
-    wk_tls_ctx *tls_ctx;                /* NULL: no STARTTLS at all */
+    struct ms_tls_ctx *tls_ctx;         /* NULL: no STARTTLS at all */
     int tls_default;                    /* enum wk_tls_policy for unlisted domains */
     const char *const *tls_keys;        /* per recipient domain (ms_domain_match) */
     const int *tls_policies;

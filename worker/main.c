@@ -236,7 +236,7 @@ static void load_tls(struct wk_delivery_conf *dc)
     dc->ntls = n;
     if (dc->tls_default == WK_TLS_NONE && n == 0)
         return;
-    if ((dc->tls_ctx = wk_tls_ctx_new(var_tls_ca_file, err, sizeof(err))) == NULL)
+    if ((dc->tls_ctx = ms_tls_ctx_new_client(var_tls_ca_file, err, sizeof(err))) == NULL)
         ms_fatal("event=config_invalid section=tls key=ca_file error=\"%s\"", err);
 }
 
@@ -575,7 +575,7 @@ int main(int argc, char **argv)
     wk_delivery_free(w.delivery);
     wk_policy_free(w.policy);
     ms_transport_map_free(w.transports);
-    wk_tls_ctx_free(dc.tls_ctx);
+    ms_tls_ctx_free(dc.tls_ctx);
     free(tls_map_copy);
     for (int i = 0; i < WK_RETRY_TIERS_MAX; i++) {
         free(w.retry_topics[i]);

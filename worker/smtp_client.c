@@ -1,19 +1,22 @@
 /*
  * smtp_client.c - asynchronous SMTP client transaction (smtp_client.h).
  *
- * One session struct owns the socket, the timer, the input buffer and the
- * stuffed message; all state changes go through smtp_enter_state(), which
- * also arms the state's timeout.  Replies are parsed by wk_reply_parse()
- * (smtp_reply.c) and dispatched on the state.  Memory is released only in
- * the close callbacks.
+ * One session struct owns the transport (ms_conn.h: the socket and
+ * TLS), the timer, the input buffer and the stuffed message; all state
+ * changes go through smtp_enter_state(), which also arms the state's
+ * timeout.  Replies are parsed by wk_reply_parse() (smtp_reply.c) and
+ * dispatched on the state.  Memory is released only in the close
+ * callbacks (the timer's and the transport's on_close).
  */
 #include "smtp_client.h"
 #include "dotstuff.h"
 #include "smtp_auth.h"
 #include "ms_base64.h"
 #include "ms_buf.h"
+#include "ms_conn.h"
 #include "ms_dsn.h"
 #include "ms_error.h"
+#include "ms_list.h"
 #include "ms_log.h"
 #include "ms_mem.h"
 #include "ms_net.h"
@@ -21,9 +24,6 @@
 #include <arpa/inet.h>
 #include <sys/un.h>
 #include <openssl/crypto.h>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-#include <openssl/x509v3.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,22 +90,18 @@ static const char *const state_names[SMTP__NSTATES] = {
 };
 
 struct wk_smtp {
-    /* The connection: TCP, or a UNIX-domain socket for lmtp:unix:. */
-    union {
-        uv_handle_t handle;
-        uv_stream_t stream;
-        uv_tcp_t tcp;
-        uv_pipe_t pipe;
-    } conn;
+    /* The connection: TCP, or a UNIX-domain socket for lmtp:unix:; NULL
+     * when connecting failed at once, and once it has closed. */
+    struct ms_conn *t;
+    ms_conn_connect_fn *connect;
     uv_timer_t timer;
-    uv_connect_t connect_req;
     struct sockaddr_storage addr;   /* AF_INET, AF_INET6 or AF_UNIX */
     uv_loop_t *loop;
-    int handles_open;
-    int connect_err;                /* uv_tcp_connect failed at once */
-    int reconnecting;               /* conn is closing for a plaintext retry */
+    int timer_open;                 /* the timer's close callback is still due */
+    int connect_err;                /* connecting failed at once: connect_why */
+    char connect_why[MS_CONN_ERROR_MAX];
+    int reconnecting;               /* t is closing for a plaintext retry */
     int tls_fallback;               /* `may`: TLS failed, now in plaintext */
-    int tls_verified;               /* TLS is up, certificate verified for tls_name */
     enum smtp_state state;
     uint64_t timeout_ms[SMTP__NSTATES];
     char peer[WK_SMTP_PEER_MAX];    /* ip:port or unix:/path, for diagnostics */
@@ -135,7 +131,7 @@ struct wk_smtp {
     /* Connection reuse. */
     wk_smtp_cache *cache;
     char cache_key[WK_SMTP_CACHE_KEY_MAX];
-    wk_smtp *idle_prev, *idle_next; /* in the cache's idle list while SMTP_IDLE */
+    struct ms_list idle_node;       /* on the cache's idle list while SMTP_IDLE */
     int reused;
     unsigned nmsgs;                 /* transactions finished on this connection */
     int rset_due;                   /* reused: send RSET on the next loop turn */
@@ -145,15 +141,11 @@ struct wk_smtp {
     size_t cork_len, cork_cap;
     int corked;                     /* smtp_cork() depth */
     int abort_data;                 /* pipelined DATA with no recipient accepted */
-    /* TLS: ciphertext goes through memory BIOs (rbio in, wbio out). */
+    /* TLS, through the transport. */
     enum wk_tls_policy tls_policy;
-    wk_tls_ctx *tls_ctx;
+    struct ms_tls_ctx *tls_ctx;
     char *tls_name;
-    SSL *ssl;
-    BIO *rbio, *wbio;
-    int tls_on;                     /* handshake done */
     char tls_info[WK_SMTP_TLS_INFO_MAX];
-    char raw[16 * 1024];            /* ciphertext read from the socket */
     size_t nrcpts;
     char **rcpts;
     size_t msg_len;                 /* unstuffed, for SIZE= */
@@ -176,21 +168,10 @@ struct wk_smtp {
     uint64_t id;
 };
 
-struct smtp_write {
-    uv_write_t req;
-    wk_smtp *s;
-    size_t secret_len;              /* wipe data[0..secret_len) when written */
-    char data[];
-};
-
-struct wk_tls_ctx {
-    SSL_CTX *ctx;
-};
-
 struct wk_smtp_cache {
     uint64_t idle_ms;
     unsigned max_msgs;              /* transactions per connection; 0: no limit */
-    wk_smtp *idle;                  /* most recently parked first */
+    struct ms_list idle;            /* wk_smtp.idle_node, most recently parked first */
     size_t nidle;
     size_t refs;                    /* sessions created with it, not yet freed */
     int closing;
@@ -213,42 +194,14 @@ const char *wk_tls_policy_name(enum wk_tls_policy p)
     return (unsigned)p < 4 ? names[p] : "none";
 }
 
-wk_tls_ctx *wk_tls_ctx_new(const char *ca_file, char *err, size_t errlen)
-{
-    wk_tls_ctx *t = ms_calloc(1, sizeof(*t));
-
-    if ((t->ctx = SSL_CTX_new(TLS_client_method())) == NULL) {
-        snprintf(err, errlen, "SSL_CTX_new failed");
-        free(t);
-        return NULL;
-    }
-    /* Verification is judged after the handshake, by policy: `may` and
-     * `encrypt` must not fail on a self-signed certificate. */
-    SSL_CTX_set_verify(t->ctx, SSL_VERIFY_NONE, NULL);
-    if ((ca_file && *ca_file) ? SSL_CTX_load_verify_locations(t->ctx, ca_file, NULL) != 1
-                              : SSL_CTX_set_default_verify_paths(t->ctx) != 1) {
-        snprintf(err, errlen, "cannot load CAs from %s: %s",
-                 ca_file && *ca_file ? ca_file : "the system default",
-                 ERR_reason_error_string(ERR_get_error()));
-        SSL_CTX_free(t->ctx);
-        free(t);
-        return NULL;
-    }
-    return t;
-}
-
-void wk_tls_ctx_free(wk_tls_ctx *t)
-{
-    if (t == NULL)
-        return;
-    SSL_CTX_free(t->ctx);
-    free(t);
-}
-
-static void smtp_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
-static void smtp_connect_cb(uv_connect_t *req, int status);
 static void smtp_timeout_cb(uv_timer_t *t);
 static int tls_may_fallback(wk_smtp *s, const char *why);
+
+/* TLS is up (the handshake done, the certificate accepted by policy). */
+static int tls_up(const wk_smtp *s)
+{
+    return s->t && s->t->tls;
+}
 
 void wk_smtp_timeouts_default(struct wk_smtp_timeouts *t)
 {
@@ -449,16 +402,8 @@ static void smtp_body_prepare(wk_smtp *s)
 
 static void cache_unlink(wk_smtp *s)
 {
-    wk_smtp_cache *c = s->cache;
-
-    if (s->idle_prev)
-        s->idle_prev->idle_next = s->idle_next;
-    else
-        c->idle = s->idle_next;
-    if (s->idle_next)
-        s->idle_next->idle_prev = s->idle_prev;
-    s->idle_prev = s->idle_next = NULL;
-    c->nidle--;
+    ms_list_remove(&s->idle_node);
+    s->cache->nidle--;
 }
 
 static void smtp_free(wk_smtp *s)
@@ -468,8 +413,6 @@ static void smtp_free(wk_smtp *s)
 
     tx_free(s);
     free(s->cork);
-    if (s->ssl)
-        SSL_free(s->ssl); /* and its BIOs */
     free(s->tls_name);
     if (s->auth_password) {
         OPENSSL_cleanse(s->auth_password, strlen(s->auth_password));
@@ -481,26 +424,34 @@ static void smtp_free(wk_smtp *s)
     free(s);
 }
 
-static void smtp_close_cb(uv_handle_t *h)
+/* Free the session once the timer and the transport have both closed. */
+static void smtp_free_if_closed(wk_smtp *s)
+{
+    if (!s->timer_open && s->t == NULL)
+        smtp_free(s);
+}
+
+static void smtp_timer_close_cb(uv_handle_t *h)
 {
     wk_smtp *s = h->data;
 
-    if (--s->handles_open == 0)
-        smtp_free(s);
+    s->timer_open = 0;
+    smtp_free_if_closed(s);
 }
 
 /* The one place states change; arms the new state's timeout. */
 static void smtp_enter_state(wk_smtp *s, enum smtp_state next);
 
+/* Close without a word more: the outcome is known or no longer wanted,
+ * and QUIT (when due) has been answered. */
 static void smtp_close(wk_smtp *s)
 {
     if (s->state == SMTP_CLOSED)
         return;
     smtp_enter_state(s, SMTP_CLOSED);
-    uv_close((uv_handle_t *)&s->timer, smtp_close_cb);
-    if (s->reconnecting)
-        return; /* smtp_reconnect_cb sees SMTP_CLOSED and finishes */
-    uv_close(&s->conn.handle, smtp_close_cb);
+    uv_close((uv_handle_t *)&s->timer, smtp_timer_close_cb);
+    if (s->t)
+        ms_conn_abort(s->t); /* smtp_on_close finishes */
 }
 
 static void smtp_timeout_cb(uv_timer_t *t);
@@ -596,66 +547,20 @@ static void smtp_fail(wk_smtp *s, int err, const char *dsn, const char *fmt, ...
 
 /* ---- output ---- */
 
-static void smtp_write_cb(uv_write_t *req, int status)
+/* The transport refused a write (r): the connection is unusable. */
+static void smtp_write_failed(wk_smtp *s, int r, const char *what)
 {
-    struct smtp_write *w = (struct smtp_write *)req;
-    wk_smtp *s = w->s;
-
-    if (w->secret_len)
-        OPENSSL_cleanse(w->data, w->secret_len);
-    free(w);
-    if (status < 0 && status != UV_ECANCELED)
-        smtp_fail(s, MS_EIO, "4.4.2", "lost connection with %s while sending %s: %s", s->peer,
-                  state_names[s->state], uv_strerror(status));
+    smtp_fail(s, MS_EIO, "4.4.2", "cannot send %sto %s: %s", what, s->peer,
+              s->t->error[0] ? s->t->error : ms_strerror(r));
 }
 
-/* Put what OpenSSL has written into the wbio on the socket; the write
- * request is a struct smtp_write (its req.data is the session too). */
-static void tls_flush(wk_smtp *s, uv_write_cb cb)
-{
-    size_t n = BIO_ctrl_pending(s->wbio);
-    struct smtp_write *w;
-    uv_buf_t buf;
-    int r;
-
-    if (n == 0)
-        return;
-    w = ms_malloc(sizeof(*w) + n);
-    w->s = s;
-    w->secret_len = 0; /* ciphertext */
-    w->req.data = s;
-    BIO_read(s->wbio, w->data, (int)n);
-    buf = uv_buf_init(w->data, (unsigned)n);
-    if ((r = uv_write(&w->req, &s->conn.stream, &buf, 1, cb)) < 0) {
-        free(w);
-        smtp_fail(s, MS_EIO, "4.4.2", "cannot send to %s: %s", s->peer, uv_strerror(r));
-    }
-}
-
-/* Queue one command; `secret`: it carries credentials, so its buffers are
- * wiped as soon as they are done with. */
 /* Put n octets on the wire (through TLS once it is up) in one write. */
 static void smtp_write_raw(wk_smtp *s, const char *data, size_t n)
 {
-    struct smtp_write *w;
-    uv_buf_t buf;
-    int r;
+    int r = ms_conn_write(s->t, data, n);
 
-    if (s->tls_on) {
-        /* A memory BIO takes everything: SSL_write cannot be partial. */
-        SSL_write(s->ssl, data, (int)n);
-        tls_flush(s, smtp_write_cb);
-        return;
-    }
-    w = ms_malloc(sizeof(*w) + n);
-    memcpy(w->data, data, n);
-    w->s = s;
-    w->secret_len = 0;
-    buf = uv_buf_init(w->data, (unsigned)n);
-    if ((r = uv_write(&w->req, &s->conn.stream, &buf, 1, smtp_write_cb)) < 0) {
-        free(w);
-        smtp_fail(s, MS_EIO, "4.4.2", "cannot send to %s: %s", s->peer, uv_strerror(r));
-    }
+    if (r < 0)
+        smtp_write_failed(s, r, "");
 }
 
 /* A pipelined group (RFC 2920): the commands sent between smtp_cork() and
@@ -679,8 +584,7 @@ static void smtp_uncork(wk_smtp *s)
 
 static void smtp_vsend(wk_smtp *s, int secret, const char *fmt, va_list ap)
 {
-    struct smtp_write *w;
-    uv_buf_t buf;
+    char line[WK_SMTP_COMMAND_MAX];
     int n, r;
 
     if (s->corked && !secret) {
@@ -694,30 +598,18 @@ static void smtp_vsend(wk_smtp *s, int secret, const char *fmt, va_list ap)
         s->cork_len += (size_t)n;
         return;
     }
-    w = ms_malloc(sizeof(*w) + WK_SMTP_COMMAND_MAX);
-    n = vsnprintf(w->data, WK_SMTP_COMMAND_MAX, fmt, ap);
+    n = vsnprintf(line, sizeof(line), fmt, ap);
     /* Paths are checked by wk_smtp_path_ok() and credentials by
      * wk_auth_field_ok() at start: a command that does not fit is a bug. */
-    if (n < 0 || (size_t)n >= WK_SMTP_COMMAND_MAX)
+    if (n < 0 || (size_t)n >= sizeof(line))
         ms_panic("event=smtp_command_too_long qid=%s", s->log_id);
-    w->s = s;
-    w->secret_len = secret ? (size_t)n : 0;
-    if (s->tls_on) {
-        /* A memory BIO takes everything: SSL_write cannot be partial. */
-        SSL_write(s->ssl, w->data, n);
-        if (secret)
-            OPENSSL_cleanse(w->data, (size_t)n);
-        free(w);
-        tls_flush(s, smtp_write_cb);
-        return;
-    }
-    buf = uv_buf_init(w->data, (unsigned)n);
-    if ((r = uv_write(&w->req, &s->conn.stream, &buf, 1, smtp_write_cb)) < 0) {
-        if (secret)
-            OPENSSL_cleanse(w->data, (size_t)n);
-        free(w);
-        smtp_fail(s, MS_EIO, "4.4.2", "cannot send to %s: %s", s->peer, uv_strerror(r));
-    }
+    /* Credentials: the transport wipes any copy it keeps, we wipe ours. */
+    r = secret ? ms_conn_write_secret(s->t, line, (size_t)n)
+               : ms_conn_write(s->t, line, (size_t)n);
+    if (secret)
+        OPENSSL_cleanse(line, (size_t)n);
+    if (r < 0)
+        smtp_write_failed(s, r, "");
 }
 
 static void smtp_send(wk_smtp *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -743,49 +635,32 @@ static void smtp_send_secret(wk_smtp *s, const char *fmt, ...)
     va_end(ap);
 }
 
-static void smtp_body_write_cb(uv_write_t *req, int status);
-
-static void smtp_write_block(wk_smtp *s)
+/* Write the body (or the current BDAT chunk) in WK_SMTP_DATA_BLOCK
+ * blocks, each with its own timeout (RFC 5321 §4.5.3.2.5), straight from
+ * s->body (no copy: it stays until the transport has sent it).  While the
+ * kernel takes them at once this goes on; when some are left queued,
+ * smtp_on_drain() comes back here once they are out. */
+static void smtp_write_body(wk_smtp *s)
 {
-    size_t n = (s->chunking ? s->chunk_end : s->body_len) - s->body_off;
-    uv_write_t *req = ms_malloc(sizeof(*req));
-    uv_buf_t buf;
+    size_t end = s->chunking ? s->chunk_end : s->body_len, n;
     int r;
 
-    if (n > WK_SMTP_DATA_BLOCK)
-        n = WK_SMTP_DATA_BLOCK;
-    buf = uv_buf_init(s->body + s->body_off, (unsigned)n);
-    req->data = s;
-    s->body_off += n;
-    /* §4.5.3.2.5: the timeout is per block. */
-    uv_timer_start(&s->timer, smtp_timeout_cb, s->timeout_ms[SMTP_BODY], 0);
-    if (s->tls_on) {
-        free(req);
-        SSL_write(s->ssl, buf.base, (int)n);
-        tls_flush(s, smtp_body_write_cb); /* one write per block: the callback paces */
-        return;
+    while (s->state == SMTP_BODY && s->body_off < end) {
+        n = end - s->body_off;
+        if (n > WK_SMTP_DATA_BLOCK)
+            n = WK_SMTP_DATA_BLOCK;
+        uv_timer_start(&s->timer, smtp_timeout_cb, s->timeout_ms[SMTP_BODY], 0);
+        if ((r = ms_conn_write_ref(s->t, s->body + s->body_off, n)) < 0) {
+            smtp_write_failed(s, r, "message ");
+            return;
+        }
+        s->body_off += n;
+        if (ms_conn_pending(s->t) > 0)
+            return;
     }
-    if ((r = uv_write(req, &s->conn.stream, &buf, 1, smtp_body_write_cb)) < 0) {
-        free(req);
-        smtp_fail(s, MS_EIO, "4.4.2", "cannot send message to %s: %s", s->peer, uv_strerror(r));
-    }
-}
-
-static void smtp_body_write_cb(uv_write_t *req, int status)
-{
-    wk_smtp *s = req->data;
-
-    free(req);
-    if (status == UV_ECANCELED || s->state != SMTP_BODY)
+    if (s->state != SMTP_BODY)
         return;
-    if (status < 0) {
-        smtp_fail(s, MS_EIO, "4.4.2", "lost connection with %s while sending message: %s",
-                  s->peer, uv_strerror(status));
-        return;
-    }
-    if (s->body_off < (s->chunking ? s->chunk_end : s->body_len))
-        smtp_write_block(s);
-    else if (s->chunking && s->chunk_end < s->body_len)
+    if (s->chunking && s->chunk_end < s->body_len)
         smtp_enter_state(s, SMTP_BDAT); /* the reply to this chunk, then the next */
     else
         smtp_enter_state(s, SMTP_DOT);  /* the reply to "." or to BDAT LAST */
@@ -809,7 +684,7 @@ static void smtp_send_chunk(wk_smtp *s)
     if (n == 0)
         smtp_enter_state(s, SMTP_DOT); /* an empty message: "BDAT 0 LAST" */
     else
-        smtp_write_block(s);
+        smtp_write_body(s);
 }
 
 /* ---- TLS (RFC 3207) ---- */
@@ -822,63 +697,25 @@ static void smtp_send_ehlo(wk_smtp *s)
     smtp_send(s, "%s %s\r\n", s->lmtp ? "LHLO" : "EHLO", s->helo_name);
 }
 
-static void tls_handshake(wk_smtp *s)
-{
-    unsigned long e;
-    long vr;
-    int r = SSL_do_handshake(s->ssl), verified;
-
-    if (r == 1) {
-        tls_flush(s, smtp_write_cb);
-        if (s->state == SMTP_CLOSED)
-            return;
-        s->tls_on = 1;
-        vr = SSL_get_verify_result(s->ssl);
-        verified = vr == X509_V_OK && SSL_get0_peer_certificate(s->ssl) != NULL;
-        s->tls_verified = verified;
-        if (s->tls_policy == WK_TLS_VERIFY && !verified) {
-            smtp_fail(s, MS_EPROTO, "4.7.5", "certificate of %s not verified for %s: %s",
-                      s->peer, s->tls_name,
-                      vr == X509_V_OK ? "no certificate" : X509_verify_cert_error_string(vr));
-            return;
-        }
-        snprintf(s->tls_info, sizeof(s->tls_info), "%s %s%s", SSL_get_version(s->ssl),
-                 SSL_get_cipher_name(s->ssl), verified ? " verified" : "");
-        ms_debug("event=smtp_tls qid=%s peer=%s tls=\"%s\"", s->log_id, s->peer, s->tls_info);
-        /* RFC 3207 §4.2: forget what the server said before TLS. */
-        memset(&s->ehlo, 0, sizeof(s->ehlo));
-        smtp_send_ehlo(s);
-        return;
-    }
-    if (SSL_get_error(s->ssl, r) == SSL_ERROR_WANT_READ) {
-        tls_flush(s, smtp_write_cb);
-        return;
-    }
-    e = ERR_get_error();
-    if (tls_may_fallback(s, e ? ERR_reason_error_string(e) : "protocol error"))
-        return;
-    smtp_fail(s, MS_EPROTO, "4.7.5", "TLS handshake with %s failed: %s", s->peer,
-              e ? ERR_reason_error_string(e) : "protocol error");
-}
-
+/* The server said 220 to STARTTLS: the handshake, by the destination's
+ * policy.  The name checked (and sent as SNI) is tls_name; `verify`
+ * refuses a certificate that does not chain to our CAs or name it
+ * (smtp_on_tls), the other policies only note whether it did. */
 static void tls_start(wk_smtp *s)
 {
-    struct in6_addr a6;
-    struct in_addr a4;
+    struct ms_tls_policy policy = {
+        .host = s->tls_name,
+        .verify = s->tls_policy == WK_TLS_VERIFY ? MS_TLS_VERIFY_PEER : MS_TLS_VERIFY_NONE,
+    };
+    int r;
 
-    s->ssl = SSL_new(s->tls_ctx->ctx);
-    s->rbio = BIO_new(BIO_s_mem());
-    s->wbio = BIO_new(BIO_s_mem());
-    SSL_set_bio(s->ssl, s->rbio, s->wbio);
-    SSL_set_connect_state(s->ssl);
-    if (inet_pton(AF_INET, s->tls_name, &a4) == 1 || inet_pton(AF_INET6, s->tls_name, &a6) == 1) {
-        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s->ssl), s->tls_name);
-    } else {
-        SSL_set_tlsext_host_name(s->ssl, s->tls_name);
-        SSL_set1_host(s->ssl, s->tls_name);
-    }
     smtp_enter_state(s, SMTP_TLS);
-    tls_handshake(s);
+    if ((r = ms_conn_tls_connect(s->t, s->tls_ctx, &policy)) < 0) {
+        const char *why = s->t->error[0] ? s->t->error : ms_strerror(r);
+        if (tls_may_fallback(s, why))
+            return;
+        smtp_fail(s, MS_EPROTO, "4.7.5", "TLS handshake with %s failed: %s", s->peer, why);
+    }
 }
 
 /* RFC 8689: this server cannot take the REQUIRETLS message (v; `said`:
@@ -903,7 +740,7 @@ static void requiretls_refuse(wk_smtp *s, enum wk_requiretls v, const struct wk_
         snprintf(r.dsn, sizeof(r.dsn), "5.7.10");
         snprintf(text, sizeof(text), "5.7.10 REQUIRETLS: %s %s%s", s->peer,
                  said                ? "refused STARTTLS: "
-                 : s->tls_on         ? "presented a certificate that is not verified"
+                 : tls_up(s)         ? "presented a certificate that is not verified"
                  : !(s->ehlo.flags & WK_EHLO_STARTTLS) ? "did not offer STARTTLS"
                                                         : "could not be reached over TLS",
                  said ? reply : "");
@@ -940,6 +777,7 @@ wk_smtp_cache *wk_smtp_cache_new(uint64_t idle_ms, unsigned max_msgs)
 
     c->idle_ms = idle_ms;
     c->max_msgs = max_msgs;
+    ms_list_init(&c->idle);
     return c;
 }
 
@@ -950,11 +788,13 @@ size_t wk_smtp_cache_idle(const wk_smtp_cache *c)
 
 void wk_smtp_cache_close(wk_smtp_cache *c)
 {
+    struct ms_list *n;
+
     if (c == NULL)
         return;
     c->closing = 1;
-    while (c->idle)
-        smtp_close(c->idle); /* leaves IDLE: unlinks */
+    while ((n = ms_list_first(&c->idle)) != NULL)
+        smtp_close(ms_list_entry(n, wk_smtp, idle_node)); /* leaves IDLE: unlinks */
     /* Sessions still running park nowhere now; the last one frees it. */
     if (c->refs == 0)
         free(c);
@@ -965,7 +805,7 @@ void wk_smtp_cache_close(wk_smtp_cache *c)
 static void smtp_park(wk_smtp *s)
 {
     wk_smtp_cache *c = s->cache;
-    wk_smtp *o;
+    struct ms_list *n;
     size_t same = 0;
 
     s->nmsgs++;
@@ -977,8 +817,8 @@ static void smtp_park(wk_smtp *s)
         smtp_quit(s);
         return;
     }
-    for (o = c->idle; o; o = o->idle_next)
-        same += strcmp(o->cache_key, s->cache_key) == 0;
+    ms_list_foreach(n, &c->idle)
+        same += strcmp(ms_list_entry(n, wk_smtp, idle_node)->cache_key, s->cache_key) == 0;
     if (same >= WK_SMTP_CACHE_PER_ADDR) {
         smtp_quit(s);
         return;
@@ -986,11 +826,7 @@ static void smtp_park(wk_smtp *s)
     tx_free(s);
     snprintf(s->log_id, sizeof(s->log_id), "-");
     s->timeout_ms[SMTP_IDLE] = c->idle_ms;
-    s->idle_next = c->idle;
-    s->idle_prev = NULL;
-    if (c->idle)
-        c->idle->idle_prev = s;
-    c->idle = s;
+    ms_list_insert_head(&c->idle, &s->idle_node);
     c->nidle++;
     smtp_enter_state(s, SMTP_IDLE);
 }
@@ -1039,7 +875,7 @@ static void smtp_send_mail(wk_smtp *s)
         snprintf(params + n, sizeof(params) - n, "%s", s->mail_dsn);
     ms_debug("event=smtp_mail qid=%s peer=%s via=%s size=%zu tls=%s auth=%s requiretls=%d "
              "dsn=%d", s->log_id, s->peer, s->chunking ? "bdat" : "data", s->body_len,
-             s->tls_on ? "yes" : "no", s->auth_done ? "yes" : "no", s->requiretls,
+             tls_up(s) ? "yes" : "no", s->auth_done ? "yes" : "no", s->requiretls,
              (s->ehlo.flags & WK_EHLO_DSN) != 0);
     smtp_enter_state(s, SMTP_MAIL);
     if (!(s->ehlo.flags & WK_EHLO_PIPELINING)) {
@@ -1074,7 +910,7 @@ static int smtp_refuse_locally(wk_smtp *s)
      * may not go here at all. */
     if (s->requiretls &&
         (v = wk_requiretls_check(s->addr.ss_family == AF_UNIX, s->lmtp,
-                                 s->tls_on && s->tls_verified, s->ehlo.flags)) !=
+                                 tls_up(s) && s->t->tls_verified, s->ehlo.flags)) !=
             WK_REQUIRETLS_OK) {
         requiretls_refuse(s, v, NULL);
         return 1;
@@ -1140,7 +976,7 @@ static void auth_start(wk_smtp *s)
 {
     char resp[WK_AUTH_PLAIN_MAX];
 
-    if (!s->tls_on && !s->auth_plaintext) {
+    if (!tls_up(s) && !s->auth_plaintext) {
         /* RFC 4954 §4 and §14: PLAIN and LOGIN expose the password; it
          * only goes over TLS unless the operator allowed otherwise. */
         auth_defer(s, "4.7.11",
@@ -1259,7 +1095,7 @@ static void smtp_handle_reply(wk_smtp *s, const struct wk_reply *r)
     case SMTP_EHLO:
         if (ok) {
             wk_ehlo_parse(r, &s->ehlo);
-            if (!s->tls_on && s->tls_policy != WK_TLS_NONE) {
+            if (!tls_up(s) && s->tls_policy != WK_TLS_NONE) {
                 if (s->ehlo.flags & WK_EHLO_STARTTLS) {
                     smtp_enter_state(s, SMTP_STARTTLS);
                     smtp_send(s, "STARTTLS\r\n");
@@ -1377,7 +1213,7 @@ static void smtp_handle_reply(wk_smtp *s, const struct wk_reply *r)
         if (r->code != 354)
             break;
         smtp_enter_state(s, SMTP_BODY);
-        smtp_write_block(s);
+        smtp_write_body(s);
         return;
     case SMTP_DOT:
         if (s->abort_data) {
@@ -1445,100 +1281,16 @@ static void smtp_handle_reply(wk_smtp *s, const struct wk_reply *r)
         smtp_quit(s);
 }
 
-static void smtp_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+/* ---- the transport's callbacks ---- */
+
+/* Take every complete reply in s->in.  RFC 3207 §5 (and CVE-2011-0411):
+ * nothing may follow the 220 to STARTTLS in plaintext; it would be taken
+ * as said over TLS. */
+static void smtp_take_replies(wk_smtp *s)
 {
-    wk_smtp *s = h->data;
-    size_t want = suggested < 4096 ? suggested : 4096;
-    char *p;
-
-    if (s->ssl) {
-        /* Ciphertext: decrypted into s->in by smtp_read_cb. */
-        *buf = uv_buf_init(s->raw, sizeof(s->raw));
-        return;
-    }
-    if (s->in.len + want > s->in.max)
-        want = s->in.max - s->in.len;
-    p = want > 0 ? ms_buf_reserve(&s->in, want) : NULL;
-    *buf = uv_buf_init(p, p ? (unsigned)want : 0);
-}
-
-/* Feed ciphertext to OpenSSL: finish the handshake, then decrypt into
- * s->in.  Returns 0, or -1 when the session failed (and is closing). */
-static int tls_read(wk_smtp *s, const char *data, size_t len)
-{
-    size_t room;
-    char *p;
-    int k, e;
-
-    BIO_write(s->rbio, data, (int)len);
-    if (!s->tls_on) {
-        tls_handshake(s);
-        if (s->state == SMTP_CLOSED)
-            return -1;
-        if (!s->tls_on)
-            return 0;
-    }
-    for (;;) {
-        room = s->in.max - s->in.len;
-        if (room == 0) {
-            smtp_fail(s, MS_ETOOBIG, "4.4.2", "reply from %s too long", s->peer);
-            return -1;
-        }
-        if (room > 4096)
-            room = 4096;
-        p = ms_buf_reserve(&s->in, room);
-        k = SSL_read(s->ssl, p, (int)room);
-        if (k > 0) {
-            ms_buf_commit(&s->in, (size_t)k);
-            continue;
-        }
-        e = SSL_get_error(s->ssl, k);
-        if (e == SSL_ERROR_WANT_READ)
-            break;
-        if (e == SSL_ERROR_ZERO_RETURN && s->state == SMTP_QUIT) {
-            smtp_close(s);
-            return -1;
-        }
-        smtp_fail(s, MS_EIO, "4.4.2", "TLS connection with %s broken in state %s", s->peer,
-                  state_names[s->state]);
-        return -1;
-    }
-    tls_flush(s, smtp_write_cb); /* whatever reading made OpenSSL say */
-    return s->state == SMTP_CLOSED ? -1 : 0;
-}
-
-static void smtp_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
-{
-    wk_smtp *s = stream->data;
     struct wk_reply r;
     int n;
 
-    if (s->state == SMTP_CLOSED)
-        return;
-    if (nread == UV_ENOBUFS) {
-        smtp_fail(s, MS_ETOOBIG, "4.4.2", "reply from %s too long", s->peer);
-        return;
-    }
-    if (nread < 0) {
-        if (s->state == SMTP_QUIT || s->state == SMTP_IDLE) {
-            smtp_close(s);
-            return;
-        }
-        if (s->state == SMTP_TLS &&
-            tls_may_fallback(s, nread == UV_EOF ? "connection closed during the TLS handshake"
-                                                : uv_strerror((int)nread)))
-            return;
-        smtp_fail(s, MS_EIO, "4.4.2", "lost connection with %s in state %s: %s", s->peer,
-                  state_names[s->state],
-                  nread == UV_EOF ? "connection closed" : uv_strerror((int)nread));
-        return;
-    }
-    if (s->ssl) {
-        if (tls_read(s, buf->base, (size_t)nread) < 0 || s->reconnecting)
-            return;
-    } else {
-        ms_buf_commit(&s->in, (size_t)nread);
-    }
     while (s->state != SMTP_CLOSED && s->in.len > 0) {
         n = wk_reply_parse(s->in.data, s->in.len, &r);
         if (n == MS_EAGAIN)
@@ -1561,8 +1313,6 @@ static void smtp_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf
             return; /* the rest belonged to the old connection */
         ms_buf_consume(&s->in, (size_t)n);
         if (s->state == SMTP_TLS && s->in.len > 0) {
-            /* RFC 3207 §5 (and CVE-2011-0411): nothing may follow the 220
-             * in plaintext; it would be taken as said over TLS. */
             smtp_fail(s, MS_EPROTO, "4.7.0", "%s sent data after its reply to STARTTLS",
                       s->peer);
             return;
@@ -1570,21 +1320,132 @@ static void smtp_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf
     }
 }
 
-static void smtp_connect_cb(uv_connect_t *req, int status)
+/* Plaintext from the server: replies, taken as they complete.  A read may
+ * carry more than s->in holds (many pipelined replies): it goes in as far
+ * as it fits, the complete replies are taken, then the rest. */
+static void smtp_on_read(void *arg, const char *buf, size_t len)
 {
-    wk_smtp *s = req->data;
-    int r;
+    wk_smtp *s = arg;
+    size_t room, n;
 
-    if (status == UV_ECANCELED || s->state == SMTP_CLOSED)
+    while (len > 0 && s->state != SMTP_CLOSED && !s->reconnecting) {
+        if (s->state == SMTP_TLS) {
+            /* Octets after the 220 to STARTTLS, in the same read. */
+            smtp_fail(s, MS_EPROTO, "4.7.0", "%s sent data after its reply to STARTTLS",
+                      s->peer);
+            return;
+        }
+        room = s->in.max - s->in.len;
+        if (room == 0) {
+            smtp_fail(s, MS_ETOOBIG, "4.4.2", "reply from %s too long", s->peer);
+            return;
+        }
+        n = len < room ? len : room;
+        ms_buf_append(&s->in, buf, n);
+        buf += n;
+        len -= n;
+        smtp_take_replies(s);
+    }
+}
+
+static void smtp_on_connect(void *arg, int err)
+{
+    wk_smtp *s = arg;
+
+    if (s->state == SMTP_CLOSED)
         return;
-    if (status < 0) {
-        smtp_fail(s, MS_EIO, "4.4.1", "connect to %s: %s", s->peer, uv_strerror(status));
+    if (err < 0) {
+        smtp_fail(s, MS_EIO, "4.4.1", "connect to %s: %s", s->peer, s->t->error);
         return;
     }
     smtp_enter_state(s, SMTP_BANNER);
-    if ((r = uv_read_start(&s->conn.stream, smtp_alloc_cb, smtp_read_cb)) < 0)
-        smtp_fail(s, MS_EIO, "4.4.2", "read from %s: %s", s->peer, uv_strerror(r));
+    if (ms_conn_read_start(s->t) < 0)
+        smtp_fail(s, MS_EIO, "4.4.2", "read from %s: %s", s->peer, s->t->error);
 }
+
+/* The STARTTLS handshake is over. */
+static void smtp_on_tls(void *arg, int err)
+{
+    wk_smtp *s = arg;
+
+    if (s->state == SMTP_CLOSED)
+        return;
+    if (err == MS_ECERT) {
+        /* `verify` (or REQUIRETLS): the certificate does not chain to our
+         * CAs or does not name tls_name. */
+        smtp_fail(s, MS_EPROTO, "4.7.5", "certificate of %s not verified for %s: %s", s->peer,
+                  s->tls_name, s->t->error);
+        return;
+    }
+    if (err < 0) {
+        if (tls_may_fallback(s, s->t->error))
+            return;
+        smtp_fail(s, MS_EPROTO, "4.7.5", "TLS handshake with %s failed: %s", s->peer,
+                  s->t->error);
+        return;
+    }
+    snprintf(s->tls_info, sizeof(s->tls_info), "%s %s%s", s->t->tls_version, s->t->tls_cipher,
+             s->t->tls_verified ? " verified" : "");
+    ms_debug("event=smtp_tls qid=%s peer=%s tls=\"%s\"", s->log_id, s->peer, s->tls_info);
+    /* RFC 3207 §4.2: forget what the server said before TLS. */
+    memset(&s->ehlo, 0, sizeof(s->ehlo));
+    smtp_send_ehlo(s);
+}
+
+/* What was queued has gone out: the next block of the message. */
+static void smtp_on_drain(void *arg)
+{
+    wk_smtp *s = arg;
+
+    if (s->state == SMTP_BODY)
+        smtp_write_body(s);
+}
+
+static void smtp_on_error(void *arg, int err)
+{
+    wk_smtp *s = arg;
+
+    if (s->state == SMTP_CLOSED || s->reconnecting)
+        return;
+    if (s->state == SMTP_QUIT || s->state == SMTP_IDLE) {
+        smtp_close(s); /* nothing more was expected, or the server gave up idling */
+        return;
+    }
+    if (s->state == SMTP_TLS &&
+        tls_may_fallback(s, err == MS_ECLOSED ? "connection closed during the TLS handshake"
+                                              : s->t->error))
+        return;
+    smtp_fail(s, MS_EIO, "4.4.2", "lost connection with %s in state %s: %s", s->peer,
+              state_names[s->state], s->t->error);
+}
+
+static void smtp_connect_start(wk_smtp *s);
+
+/* The transport is gone: after smtp_close(), or for the plaintext retry. */
+static void smtp_on_close(void *arg)
+{
+    wk_smtp *s = arg;
+
+    s->t = NULL;
+    if (s->reconnecting) {
+        s->reconnecting = 0;
+        ms_buf_reset(&s->in); /* what the old connection said is forgotten */
+        if (s->state != SMTP_CLOSED) {
+            smtp_connect_start(s);
+            return;
+        }
+    }
+    smtp_free_if_closed(s);
+}
+
+static const struct ms_conn_cb smtp_transport_cb = {
+    .on_connect = smtp_on_connect,
+    .on_read = smtp_on_read,
+    .on_tls = smtp_on_tls,
+    .on_drain = smtp_on_drain,
+    .on_error = smtp_on_error,
+    .on_close = smtp_on_close,
+};
 
 static void smtp_timeout_cb(uv_timer_t *t)
 {
@@ -1620,7 +1481,7 @@ static void smtp_timeout_cb(uv_timer_t *t)
         return;
     }
     if (s->connect_err) {
-        smtp_fail(s, MS_EIO, "4.4.1", "connect to %s: %s", s->peer, uv_strerror(s->connect_err));
+        smtp_fail(s, MS_EIO, "4.4.1", "connect to %s: %s", s->peer, s->connect_why);
         return;
     }
     if (s->state == SMTP_TLS && tls_may_fallback(s, "timeout in the TLS handshake"))
@@ -1646,43 +1507,18 @@ static void cache_key_format(char *key, size_t keylen, const char *where,
 /* Open the connection (again, for a plaintext retry): TCP or UNIX. */
 static void smtp_connect_start(wk_smtp *s)
 {
-    int r = 0;
-
     s->connect_err = 0;
-    s->connect_req.data = s;
     smtp_enter_state(s, SMTP_CONNECT); /* arms the connect timeout */
-    if (s->addr.ss_family == AF_UNIX) {
-        uv_pipe_init(s->loop, &s->conn.pipe, 0);
-        s->conn.handle.data = s;
-        /* libuv 1.44: errors, even immediate ones, come to the callback. */
-        uv_pipe_connect(&s->connect_req, &s->conn.pipe,
-                        ((const struct sockaddr_un *)&s->addr)->sun_path, smtp_connect_cb);
-        return;
-    }
-    uv_tcp_init(s->loop, &s->conn.tcp);
-    s->conn.handle.data = s;
-    if ((r = uv_tcp_connect(&s->connect_req, &s->conn.tcp, (const struct sockaddr *)&s->addr,
-                            smtp_connect_cb)) < 0) {
+    if (s->connect(s->loop, (const struct sockaddr *)&s->addr, &smtp_transport_cb, s, &s->t,
+                   s->connect_why, sizeof(s->connect_why)) < 0) {
         /* Report from the loop, never from inside start (the caller does not
          * expect its callback before it has the handle). */
+        s->t = NULL;
         ms_info("event=smtp_connect_failed qid=%s peer=%s error=\"%s\"", s->log_id, s->peer,
-                uv_strerror(r));
-        s->connect_err = r;
+                s->connect_why);
+        s->connect_err = 1;
         uv_timer_start(&s->timer, smtp_timeout_cb, 0, 0);
     }
-}
-
-static void smtp_reconnect_cb(uv_handle_t *h)
-{
-    wk_smtp *s = h->data;
-
-    s->reconnecting = 0;
-    ms_buf_reset(&s->in); /* what the old connection said is forgotten */
-    if (s->state == SMTP_CLOSED) {
-        smtp_close_cb(h); /* closed (cancelled, timed out) meanwhile */
-        return;
-    }
-    smtp_connect_start(s);
 }
 
 /* RFC 3207 §4.1 leaves it to the client what to do when TLS cannot be
@@ -1693,22 +1529,16 @@ static void smtp_reconnect_cb(uv_handle_t *h)
  * never come here.  Returns 1 when the retry was started. */
 static int tls_may_fallback(wk_smtp *s, const char *why)
 {
-    if (s->tls_policy != WK_TLS_MAY || s->tls_on || s->tls_fallback || s->reused)
+    if (s->tls_policy != WK_TLS_MAY || tls_up(s) || s->tls_fallback || s->reused)
         return 0;
     ms_info("event=smtp_tls_fallback qid=%s peer=%s state=%s reason=\"%s\"", s->log_id, s->peer,
             state_names[s->state], why);
     s->tls_policy = WK_TLS_NONE;
     s->tls_fallback = 1;
-    s->tls_verified = 0;
-    if (s->ssl) {
-        SSL_free(s->ssl); /* and its BIOs */
-        s->ssl = NULL;
-        s->rbio = s->wbio = NULL;
-    }
     memset(&s->ehlo, 0, sizeof(s->ehlo));
     s->reconnecting = 1;
     smtp_enter_state(s, SMTP_CONNECT);
-    uv_close(&s->conn.handle, smtp_reconnect_cb);
+    ms_conn_abort(s->t); /* smtp_on_close connects again */
     return 1;
 }
 
@@ -1755,10 +1585,14 @@ int wk_smtp_start(uv_loop_t *loop, const struct sockaddr *addr,
     }
     cache_key_format(key, sizeof(key), where, msg, tls);
     if (msg->cache && !msg->cache->closing) {
-        wk_smtp *o;
-        for (o = msg->cache->idle; o; o = o->idle_next)
+        struct ms_list *n;
+        wk_smtp *o = NULL;
+        ms_list_foreach(n, &msg->cache->idle) {
+            o = ms_list_entry(n, wk_smtp, idle_node);
             if (strcmp(o->cache_key, key) == 0)
                 break;
+            o = NULL;
+        }
         if (o) {
             /* Reuse: the transaction is new, the connection is not.  RSET
              * goes out on the next loop turn (never call back from here). */
@@ -1801,6 +1635,7 @@ int wk_smtp_start(uv_loop_t *loop, const struct sockaddr *addr,
            : addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
                                          : sizeof(struct sockaddr_in));
     s->loop = loop;
+    s->connect = msg->connect ? msg->connect : ms_conn_connect;
     s->helo_name = ms_strdup(msg->helo_name);
     s->lmtp = msg->lmtp;
     s->tls_policy = tls;
@@ -1820,7 +1655,7 @@ int wk_smtp_start(uv_loop_t *loop, const struct sockaddr *addr,
 
     uv_timer_init(loop, &s->timer);
     s->timer.data = s;
-    s->handles_open = 2;
+    s->timer_open = 1;
     s->state = SMTP_CONNECT;
     *out = s;
     smtp_connect_start(s);

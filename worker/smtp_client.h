@@ -27,7 +27,8 @@
  * goes on in plaintext on the same connection, as Postfix does.  After TLS
  * the client says EHLO again and forgets the first answer; bytes the
  * server sent after its 220 to STARTTLS are refused (command injection).
- * TLS runs through memory BIOs: the socket never sees OpenSSL.  Over a
+ * The connection and its TLS are lib/core's transport (ms_conn.h:
+ * SNI and the name check are its struct ms_tls_policy).  Over a
  * UNIX-domain socket STARTTLS is never used (the socket is local).
  *
  * REQUIRETLS (RFC 8689) when msg->requiretls is set: the message goes only
@@ -123,6 +124,7 @@
 #include <uv.h>
 
 #include "ms_addr.h"
+#include "ms_conn.h"
 #include "smtp_reply.h"
 
 /* STARTTLS policy per destination (docs/config.md, [tls]). */
@@ -131,13 +133,6 @@ enum wk_tls_policy { WK_TLS_NONE, WK_TLS_MAY, WK_TLS_ENCRYPT, WK_TLS_VERIFY };
 /* "none", "may", "encrypt", "verify" -> the policy, or -1. */
 int wk_tls_policy_parse(const char *name);
 const char *wk_tls_policy_name(enum wk_tls_policy p);
-
-/* Client TLS settings shared by every session: the CAs used by `verify`
- * (ca_file, or the system's when NULL).  Create once, on any thread; free
- * only once no session uses it. */
-typedef struct wk_tls_ctx wk_tls_ctx;
-wk_tls_ctx *wk_tls_ctx_new(const char *ca_file, char *err, size_t errlen);
-void wk_tls_ctx_free(wk_tls_ctx *t);
 
 /* Not in the RFC: how long a TCP connect may take (Postfix's default). */
 #define WK_SMTP_TIMEOUT_CONNECT_MS (30 * 1000)
@@ -219,9 +214,13 @@ struct wk_smtp_msg {
     int lmtp;                       /* speak LMTP (RFC 2033): LHLO, one reply per
                                      * accepted recipient after the data */
     enum wk_tls_policy tls;         /* STARTTLS policy (WK_TLS_NONE when 0) */
-    wk_tls_ctx *tls_ctx;            /* needed unless tls is WK_TLS_NONE */
+    struct ms_tls_ctx *tls_ctx;     /* a client context (ms_tls_ctx_new_client: the
+                                     * CAs `verify` trusts); needed unless tls is
+                                     * WK_TLS_NONE */
     const char *tls_name;           /* name to check and send as SNI */
     wk_smtp_cache *cache;           /* reuse connections through it; NULL: never */
+    ms_conn_connect_fn *connect; /* how to connect; NULL: ms_conn_connect
+                                     * (tests: a memory pair) */
     const char *auth_user;          /* AUTH as this user (RFC 4954); NULL: no AUTH */
     const char *auth_password;      /* with auth_user */
     int auth_plaintext;             /* allow AUTH without TLS (e.g. loopback) */

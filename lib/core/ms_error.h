@@ -21,7 +21,8 @@
     X(VERSION, "unknown version")                                 \
     X(CONFIG, "configuration error")                              \
     X(NOTFOUND, "not found")                                      \
-    X(CLOSED, "closed")
+    X(CLOSED, "closed")                                           \
+    X(CERT, "certificate not accepted")
 
 enum ms_errno {
     MS_OK = 0,

@@ -49,7 +49,7 @@ struct fixture {
     struct fe_server srv;
     struct fe_listener l;
     struct fake_kafka k;
-    struct fe_transport *t;
+    struct ms_conn *t;
 };
 
 static struct fe_metrics metrics; /* registered once: handles live forever */
@@ -77,7 +77,7 @@ static int setup(void **state)
     f->l.name = "mx";
     f->l.role = FE_ROLE_MX;
     fe_metrics_listener(&f->l);
-    f->t = fe_transport_mem_new(&f->loop, &fe_session_transport_cb, NULL);
+    f->t = ms_conn_mem_new(&f->loop, &fe_session_transport_cb, NULL);
     fe_session_new(&f->srv, &f->l, f->t);
     *state = f;
     return 0;
@@ -105,7 +105,7 @@ static int teardown(void **state)
 /* Everything the server wrote since the last call. */
 static char *output(struct fixture *f)
 {
-    struct ms_buf *b = fe_transport_mem_output(f->t);
+    struct ms_buf *b = ms_conn_mem_output(f->t);
     char *s = malloc(b->len + 1);
 
     if (b->len > 0)
@@ -117,7 +117,7 @@ static char *output(struct fixture *f)
 
 static void send_str(struct fixture *f, const char *s)
 {
-    fe_transport_mem_input(f->t, s, strlen(s));
+    ms_conn_mem_input(f->t, s, strlen(s));
 }
 
 static void expect(struct fixture *f, const char *want)
@@ -273,9 +273,9 @@ static void test_bdat_rules(void **state)
         memset(chunk, 'x', sizeof(chunk));
         for (i = 98; i < sizeof(chunk); i += 100)
             memcpy(chunk + i, "\r\n", 2);
-        fe_transport_mem_input(f->t, chunk, sizeof(chunk));
+        ms_conn_mem_input(f->t, chunk, sizeof(chunk));
         send_str(f, "BDAT 6000 LAST\r\n");
-        fe_transport_mem_input(f->t, chunk, sizeof(chunk));
+        ms_conn_mem_input(f->t, chunk, sizeof(chunk));
     }
     send_str(f, "NOOP\r\n");
     o = output(f);
@@ -287,7 +287,7 @@ static void test_bdat_rules(void **state)
     /* BINARYMIME: DATA refused, BDAT carries anything, BODY in the envelope. */
     send_str(f, "MAIL FROM:<> BODY=BINARYMIME\r\nRCPT TO:<u@mailstream.test>\r\nDATA\r\n");
     expect(f, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n503 5.5.1 Error: BODY=BINARYMIME requires BDAT\r\n");
-    fe_transport_mem_input(f->t, "BDAT 4 LAST\r\na\0\nb", 17);
+    ms_conn_mem_input(f->t, "BDAT 4 LAST\r\na\0\nb", 17);
     assert_int_equal(f->k.n, 1);
     e = ms_envelope_decode(f->k.last_value, f->k.last_len, err, sizeof(err));
     assert_non_null(e);
@@ -400,9 +400,9 @@ static void test_limits_and_errors(void **state)
     /* A command line over 512 octets, split across reads. */
     memset(big, 'x', sizeof(big));
     memcpy(big, "NOOP ", 5);
-    fe_transport_mem_input(f->t, big, 300);
+    ms_conn_mem_input(f->t, big, 300);
     expect(f, "");
-    fe_transport_mem_input(f->t, big, sizeof(big));
+    ms_conn_mem_input(f->t, big, sizeof(big));
     send_str(f, "\r\nNOOP\r\n");
     expect(f, "500 5.5.2 Line too long\r\n250 2.0.0 Ok\r\n");
     /* max_errors = 5: one error so far. */
@@ -448,7 +448,7 @@ static void proxy_session(struct fixture *f, const char *peer_net)
     proxy_l = f->l;
     proxy_l.name = "lb";
     proxy_l.proxy = 1;
-    f->t = fe_transport_mem_new(&f->loop, &fe_session_transport_cb, NULL);
+    f->t = ms_conn_mem_new(&f->loop, &fe_session_transport_cb, NULL);
     fe_session_new(&f->srv, &proxy_l, f->t);
 }
 
