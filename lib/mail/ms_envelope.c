@@ -2,6 +2,7 @@
 #include "ms_mem.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 void ms_envelope_init(ms_envelope *e)
@@ -50,4 +51,73 @@ void ms_envelope_free(ms_envelope *e)
 {
     if (e)
         mailstream__envelope__free_unpacked(e, NULL);
+}
+
+uint8_t *ms_envelope_encode_dsn(const struct ms_envelope_dsn *in, size_t *len)
+{
+    Mailstream__Envelope env;
+    Mailstream__MailFrom from;
+    Mailstream__Recipient rcpt, *rcpts[1];
+
+    ms_envelope_init(&env);
+    mailstream__mail_from__init(&from);
+    mailstream__recipient__init(&rcpt);
+    from.address = "";
+    from.body = MAILSTREAM__BODY__BODY_8BITMIME;
+    from.requiretls = in->requiretls;
+    rcpt.address = (char *)in->to;
+    rcpt.notify = MAILSTREAM__NOTIFY__NOTIFY_NEVER;
+    rcpts[0] = &rcpt;
+    env.queue_id = (char *)in->queue_id;
+    env.received_at_us = in->received_at_us;
+    env.frontend_node = (char *)in->node;
+    env.mail_from = &from;
+    env.n_recipients = 1;
+    env.recipients = rcpts;
+    env.direction = MAILSTREAM__DIRECTION__DIRECTION_OUTBOUND;
+    env.message.data = (uint8_t *)in->message;
+    env.message.len = in->len;
+    env.dsn_for = (char *)in->dsn_for;
+    return ms_envelope_encode(&env, len);
+}
+
+uint8_t *ms_envelope_encode_retry(const ms_envelope *e, const size_t *keep, size_t nkeep,
+                                  const struct ms_envelope_attempt *add, size_t nadd,
+                                  uint32_t attempt_count, int64_t next_attempt_us,
+                                  uint32_t retry_tier, size_t *len)
+{
+    Mailstream__Envelope env = *e; /* shallow: points into e, which outlives the encoding */
+    Mailstream__Recipient **rcpts = ms_calloc(nkeep + 1, sizeof(*rcpts));
+    Mailstream__Attempt **atts = ms_calloc(e->n_attempts + nadd + 1, sizeof(*atts));
+    Mailstream__Attempt *att = ms_calloc(nadd + 1, sizeof(*att));
+    uint8_t *buf;
+    size_t i, na = 0;
+
+    for (i = 0; i < nkeep; i++)
+        rcpts[i] = e->recipients[keep[i]];
+    for (i = 0; i < e->n_attempts; i++)
+        atts[na++] = e->attempts[i];
+    for (i = 0; i < nadd; i++) {
+        mailstream__attempt__init(&att[i]);
+        att[i].at_us = add[i].at_us;
+        att[i].recipient = (char *)add[i].recipient;
+        att[i].worker_node = (char *)add[i].worker_node;
+        att[i].relay = (char *)add[i].relay;
+        att[i].code = add[i].code;
+        att[i].dsn = (char *)add[i].dsn;
+        att[i].reply = (char *)add[i].reply;
+        atts[na++] = &att[i];
+    }
+    env.n_recipients = nkeep;
+    env.recipients = rcpts;
+    env.n_attempts = na;
+    env.attempts = atts;
+    env.attempt_count = attempt_count;
+    env.next_attempt_us = next_attempt_us;
+    env.retry_tier = retry_tier;
+    buf = ms_envelope_encode(&env, len);
+    free(rcpts);
+    free(atts);
+    free(att);
+    return buf;
 }
