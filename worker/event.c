@@ -8,11 +8,21 @@
 #include <string.h>
 #include <time.h>
 
-enum wk_outcome wk_outcome_of(int code)
+enum wk_outcome wk_verdict(int code, const char *dsn, const char *reply, enum ms_reply_class *cls,
+                           int *hard)
 {
+    enum ms_reply_class c;
+    int h;
+
+    c = ms_reply_class(code, dsn, reply, &h);
+    if (cls)
+        *cls = c;
+    if (hard)
+        *hard = h;
     if (code >= 200 && code < 300)
         return WK_OUTCOME_DELIVERED;
-    if (code >= 500 && code < 600)
+    /* A 5yz the class counts as soft (a full mailbox) is retried. */
+    if (code >= 500 && code < 600 && h)
         return WK_OUTCOME_BOUNCED;
     return WK_OUTCOME_DEFERRED;
 }

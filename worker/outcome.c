@@ -119,7 +119,9 @@ enum wk_outcome wk_outcome_record(wk_outcomes *o, const struct wk_outcome_msg *m
     memset(&ev, 0, sizeof(ev));
     ev.qid = msg->qid;
     ev.rcpt = rc->addr;
-    ev.outcome = force >= 0 ? (enum wk_outcome)force : wk_outcome_of(code);
+    ev.outcome = wk_verdict(code, dsn, reply, &cls, &hard);
+    if (force >= 0)
+        ev.outcome = (enum wk_outcome)force;
     ev.code = code;
     ev.dsn = dsn;
     ev.reply = reply;
@@ -128,12 +130,8 @@ enum wk_outcome wk_outcome_record(wk_outcomes *o, const struct wk_outcome_msg *m
     ev.attempt = msg->attempt;
     ev.delay = delay < 0 ? 0 : delay;
     ev.ts_us = now;
-    cls = ms_reply_class(code, dsn, reply, &hard);
     ev.class_name = ms_reply_class_name(cls);
     ev.tls = msg->tls && *msg->tls ? msg->tls : NULL;
-    /* The class decides: a 5yz that is soft (a full mailbox) is retried. */
-    if (force < 0 && ev.outcome == WK_OUTCOME_BOUNCED && !hard)
-        ev.outcome = WK_OUTCOME_DEFERRED;
 
     rc->tried = 1;
     rc->code = code;

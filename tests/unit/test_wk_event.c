@@ -15,17 +15,53 @@
 #include "ms_buf.h"
 #include "ms_error.h"
 
-static void test_outcome(void **state)
+/* wk_verdict(): the code first, then the class on a 5yz.  Each row is
+ * what the delivery engine decided before the verdict had one home. */
+static void test_verdict(void **state)
 {
+    static const struct {
+        int code;
+        const char *dsn, *reply;
+        enum wk_outcome want;
+        enum ms_reply_class cls;
+        int hard;
+    } cases[] = {
+        {250, "2.0.0", "250 2.0.0 ok", WK_OUTCOME_DELIVERED, MS_CLASS_OK, 0},
+        {251, "", "251 will forward", WK_OUTCOME_DELIVERED, MS_CLASS_OK, 0},
+        {451, "4.3.0", "451 4.3.0 try later", WK_OUTCOME_DEFERRED, MS_CLASS_OTHER, 0},
+        {421, "", "421 closing", WK_OUTCOME_DEFERRED, MS_CLASS_OTHER, 0},
+        {354, "", "354 go ahead", WK_OUTCOME_DEFERRED, MS_CLASS_OTHER, 0},
+        /* Our own code 0: no server reply (timeout, broken connection). */
+        {0, "4.4.1", "connection timed out", WK_OUTCOME_DEFERRED, MS_CLASS_NETWORK, 0},
+        {0, "4.4.3", "MX lookup failed", WK_OUTCOME_DEFERRED, MS_CLASS_DNS, 0},
+        {0, "4.4.5", "destination over its rate", WK_OUTCOME_DEFERRED, MS_CLASS_NETWORK, 0},
+        /* A 5.x.x status without a server reply is deferred all the same. */
+        {0, "5.7.10", "REQUIRETLS: no TLS", WK_OUTCOME_DEFERRED, MS_CLASS_TLS, 1},
+        {550, "5.1.1", "550 5.1.1 no such user", WK_OUTCOME_BOUNCED, MS_CLASS_BAD_MAILBOX, 1},
+        {550, "5.1.2", "550 5.1.2 no such domain", WK_OUTCOME_BOUNCED, MS_CLASS_DNS, 1},
+        {554, "5.7.1", "554 5.7.1 rejected", WK_OUTCOME_BOUNCED, MS_CLASS_POLICY, 1},
+        {552, "", "552 message too large", WK_OUTCOME_BOUNCED, MS_CLASS_TOO_LARGE, 1},
+        {550, "", "550 user unknown", WK_OUTCOME_BOUNCED, MS_CLASS_BAD_MAILBOX, 1},
+        /* The override: a soft 5yz (a full mailbox) is retried. */
+        {552, "5.2.2", "552 5.2.2 mailbox full", WK_OUTCOME_DEFERRED, MS_CLASS_MAILBOX_FULL, 0},
+        {550, "", "550 over quota", WK_OUTCOME_DEFERRED, MS_CLASS_MAILBOX_FULL, 0},
+        {452, "4.2.2", "452 4.2.2 mailbox full", WK_OUTCOME_DEFERRED, MS_CLASS_MAILBOX_FULL, 0},
+    };
+    enum ms_reply_class cls;
+    size_t i;
+    int hard;
+
     (void)state;
-    assert_int_equal(wk_outcome_of(250), WK_OUTCOME_DELIVERED);
-    assert_int_equal(wk_outcome_of(251), WK_OUTCOME_DELIVERED);
-    assert_int_equal(wk_outcome_of(451), WK_OUTCOME_DEFERRED);
-    assert_int_equal(wk_outcome_of(421), WK_OUTCOME_DEFERRED);
-    assert_int_equal(wk_outcome_of(0), WK_OUTCOME_DEFERRED);
-    assert_int_equal(wk_outcome_of(354), WK_OUTCOME_DEFERRED);
-    assert_int_equal(wk_outcome_of(550), WK_OUTCOME_BOUNCED);
-    assert_int_equal(wk_outcome_of(554), WK_OUTCOME_BOUNCED);
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        cls = MS_CLASS__N;
+        hard = -1;
+        assert_int_equal(wk_verdict(cases[i].code, cases[i].dsn, cases[i].reply, &cls, &hard),
+                         cases[i].want);
+        assert_int_equal(cls, cases[i].cls);
+        assert_int_equal(hard, cases[i].hard);
+        assert_int_equal(wk_verdict(cases[i].code, cases[i].dsn, cases[i].reply, NULL, NULL),
+                         cases[i].want);
+    }
     assert_string_equal(wk_outcome_name(WK_OUTCOME_BOUNCED), "bounced");
 }
 
@@ -129,7 +165,7 @@ static void test_backoff(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_outcome),        cmocka_unit_test(test_json),
+        cmocka_unit_test(test_verdict),        cmocka_unit_test(test_json),
         cmocka_unit_test(test_json_utf8),      cmocka_unit_test(test_malformed_json),
         cmocka_unit_test(test_backoff),
     };
