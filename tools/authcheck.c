@@ -1,7 +1,7 @@
 /*
  * authcheck.c - mailstream-authcheck, the operators' email authentication
  * tool (like spfquery and opendkim-testmsg), on the worker's own policy
- * stage (worker/policy.h) and resolver.
+ * stage (worker/mailauth.h) and resolver.
  *
  *   mailstream-authcheck [-c WORKER.ini] [--dns IP[@PORT]] --ip IP
  *                        [--helo NAME] [--mail-from ADDR] [--authserv-id ID]
@@ -52,7 +52,7 @@
 #include "ms_mem.h"
 #include "ms_resolver.h"
 #include "ms_spf.h"
-#include "policy.h"
+#include "mailauth.h"
 
 #include <arpa/inet.h>
 

@@ -31,7 +31,7 @@
 #include "event.h"
 #include "outcome.h"
 #include "pacing.h"
-#include "policy.h"
+#include "mailauth.h"
 #include "requeue.h"
 #include "ms_bucket.h"
 #include "ms_buf.h"
@@ -144,7 +144,7 @@ struct wk_delivery {
     int held[WK_RETRY_TIERS_MAX + 1];
     ms_producer *producer;
     ms_redis *redis;
-    wk_policy *policy; /* policy.h: once per record, before routing; NULL: none */
+    wk_policy *policy; /* mailauth.h: once per record, before routing; NULL: none */
     wk_pacing *pacing;     /* dest_rate and dest_concurrency (pacing.h) */
     wk_outcomes *outcomes; /* per recipient (outcome.h) */
     struct wk_requeue_conf requeue;
@@ -1317,7 +1317,7 @@ static int record_tier(const wk_delivery *d, const struct ms_record *rec)
     return 0;
 }
 
-/* ---- the policy stage (policy.h): authentication results and DKIM
+/* ---- the policy stage (mailauth.h): authentication results and DKIM
  * signing, once per record before routing; then the (possibly modified)
  * message goes on, or is discarded with an event and never bounced. ---- */
 

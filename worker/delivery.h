@@ -154,7 +154,7 @@ void wk_delivery_attach(wk_delivery *d, ms_consumer *c, ms_producer *p, ms_redis
 /* The consumer of retry tier `tier` (1-based); its callback is
  * wk_delivery_on_record too. */
 void wk_delivery_attach_retry(wk_delivery *d, int tier, ms_consumer *c);
-/* The policy stage (policy.h), run once per record before routing. */
+/* The policy stage (mailauth.h), run once per record before routing. */
 struct wk_policy;
 void wk_delivery_attach_policy(wk_delivery *d, struct wk_policy *p);
 

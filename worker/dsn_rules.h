@@ -2,7 +2,7 @@
  * dsn_rules.h - who may be sent a delivery status notification, and when a
  * delay warning is due: pure decisions, no I/O, any thread.  The delivery
  * engine (delivery.h) asks them before it builds a DSN (ms_dsn.h); the
- * policy stage (policy.h) uses wk_dkim_aligned() to record the facts they
+ * policy stage (mailauth.h) uses wk_dkim_aligned() to record the facts they
  * need in the envelope (proto Envelope.auth).
  *
  * The backscatter rule (DESIGN.md): DSNs go only to senders of mail we

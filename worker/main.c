@@ -15,7 +15,7 @@
  * second signal abandons at once.
  */
 #include "delivery.h"
-#include "policy.h"
+#include "mailauth.h"
 #include "ms_config.h"
 #include "ms_error.h"
 #include "ms_http.h"

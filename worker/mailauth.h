@@ -1,5 +1,5 @@
 /*
- * policy.h - the worker's policy stage: email authentication once per
+ * mailauth.h - the worker's mail-authentication stage: SPF, DKIM and DMARC once per
  * message, before routing and delivery.
  *
  * Inbound mail (envelope direction inbound, [policy] inbound = yes):

@@ -24,9 +24,9 @@
 #include "ms_error.h"
 #include "ms_log.h"
 #include "ms_mem.h"
-#include "../../worker/policy.h"
+#include "../../worker/mailauth.h"
 
-static char dir[] = "/tmp/test_wk_policy.XXXXXX";
+static char dir[] = "/tmp/test_wk_mailauth.XXXXXX";
 
 static void sh(const char *fmt, const char *arg)
 {

@@ -1,5 +1,5 @@
 /*
- * policy.c - the policy stage (policy.h).
+ * mailauth.c - the mail-authentication stage (mailauth.h).
  *
  * An inbound job drives four pull-style evaluators (SPF MAIL FROM, SPF
  * HELO, DKIM verify, then DMARC) through the resolver: each has at most one
@@ -8,7 +8,7 @@
  * (so the callback never runs inside wk_policy_start()); the same timer is
  * then the job's deadline.
  */
-#include "policy.h"
+#include "mailauth.h"
 #include "event.h"
 #include "ms_authres.h"
 #include "ms_dkim.h"
