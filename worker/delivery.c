@@ -144,7 +144,7 @@ struct wk_delivery {
     int held[WK_RETRY_TIERS_MAX + 1];
     ms_producer *producer;
     ms_redis *redis;
-    wk_policy *policy; /* mailauth.h: once per record, before routing; NULL: none */
+    wk_mailauth *mailauth; /* mailauth.h: once per record, before routing; NULL: none */
     wk_pacing *pacing;     /* dest_rate and dest_concurrency (pacing.h) */
     wk_outcomes *outcomes; /* per recipient (outcome.h) */
     struct wk_requeue_conf requeue;
@@ -381,8 +381,8 @@ static void msg_release(struct msg *m, int done)
     if (m->state == MSG_CLOSING)
         return;
     dests_free(m);
-    if (d->policy)
-        wk_policy_cancel(d->policy, m->id);
+    if (d->mailauth)
+        wk_mailauth_cancel(d->mailauth, m->id);
     if (m->rec == NULL)
         ; /* parked: msg_park keeps the record */
     else if (done)
@@ -1317,52 +1317,52 @@ static int record_tier(const wk_delivery *d, const struct ms_record *rec)
     return 0;
 }
 
-/* ---- the policy stage (mailauth.h): authentication results and DKIM
+/* ---- the mail-authentication stage (mailauth.h): authentication results and DKIM
  * signing, once per record before routing; then the (possibly modified)
  * message goes on, or is discarded with an event and never bounced. ---- */
 
-static void policy_done(struct msg *m, const struct wk_policy_result *res)
+static void mailauth_done(struct msg *m, const struct wk_mailauth_result *res)
 {
     wk_delivery *d = m->d;
     struct ms_buf json;
     char q[600];
 
-    if (res->verdict != WK_VERDICT_SKIPPED)
+    if (res->verdict != WK_MAILAUTH_VERDICT_SKIPPED)
         ms_info("event=policy qid=%s verdict=%s action=%s reason=%s", m->qid,
-                wk_policy_verdict_name(res->verdict), wk_policy_action_name(res->action),
+                wk_mailauth_verdict_name(res->verdict), wk_mailauth_action_name(res->action),
                 ms_log_quote(q, sizeof(q), res->reason, strlen(res->reason)));
-    if (res->action != WK_POLICY_DISCARD) {
+    if (res->action != WK_MAILAUTH_DISCARD) {
         msg_check(m);
         return;
     }
     ms_buf_init(&json, WK_EVENT_MAX);
-    if (wk_policy_event_json(&json, m->qid, res, d->conf.node_id, now_us()) == 0)
+    if (wk_mailauth_event_json(&json, m->qid, res, d->conf.node_id, now_us()) == 0)
         publish(d, 0, d->conf.events_topic, m->qid, strlen(m->qid), json.data, json.len, NULL);
     ms_buf_free(&json);
     msg_release(m, 1);
 }
 
-static void on_policy(void *arg, uint64_t id, const struct wk_policy_result *res)
+static void on_mailauth(void *arg, uint64_t id, const struct wk_mailauth_result *res)
 {
     struct msg *m = msg_lookup(arg, id);
 
     if (m != NULL && m->state == MSG_CHECK)
-        policy_done(m, res);
+        mailauth_done(m, res);
 }
 
-static void msg_policy(struct msg *m)
+static void msg_mailauth(struct msg *m)
 {
-    struct wk_policy_result res;
+    struct wk_mailauth_result res;
 
-    if (m->d->policy == NULL)
+    if (m->d->mailauth == NULL)
         msg_check(m);
-    else if (wk_policy_start(m->d->policy, m->env, on_policy, m->d, m->id, &res) != 0)
-        policy_done(m, &res); /* nothing to do, or failed: res says deliver */
+    else if (wk_mailauth_start(m->d->mailauth, m->env, on_mailauth, m->d, m->id, &res) != 0)
+        mailauth_done(m, &res); /* nothing to do, or failed: res says deliver */
 }
 
-void wk_delivery_attach_policy(wk_delivery *d, wk_policy *p)
+void wk_delivery_attach_mailauth(wk_delivery *d, wk_mailauth *p)
 {
-    d->policy = p;
+    d->mailauth = p;
 }
 
 void wk_delivery_on_record(void *arg, struct ms_record *rec)
@@ -1436,7 +1436,7 @@ void wk_delivery_on_record(void *arg, struct ms_record *rec)
     }
     update_pauses(d);
     if (d->slots[slot] == m)
-        msg_policy(m);
+        msg_mailauth(m);
 }
 
 void wk_delivery_on_produced(void *arg, uint64_t id, int err, const char *errstr)

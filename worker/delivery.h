@@ -42,7 +42,7 @@
  *     produced to the queue topic with the null sender, if the backscatter
  *     rule allows (dsn_rules.h; built by requeue.h): never to the null sender; always for mail
  *     accepted for relaying (direction outbound); for inbound mail only
- *     when the policy stage found SPF pass for the MAIL FROM domain or a
+ *     when the mail-authentication stage found SPF pass for the MAIL FROM domain or a
  *     DKIM pass aligned with it (env->auth); a DSN refused by the rule is
  *     logged (event=dsn_skipped) and counted.  A delay warning counts as
  *     sent once decided: the time goes into the recipient of the retry
@@ -154,9 +154,9 @@ void wk_delivery_attach(wk_delivery *d, ms_consumer *c, ms_producer *p, ms_redis
 /* The consumer of retry tier `tier` (1-based); its callback is
  * wk_delivery_on_record too. */
 void wk_delivery_attach_retry(wk_delivery *d, int tier, ms_consumer *c);
-/* The policy stage (mailauth.h), run once per record before routing. */
-struct wk_policy;
-void wk_delivery_attach_policy(wk_delivery *d, struct wk_policy *p);
+/* The mail-authentication stage (mailauth.h), run once per record before routing. */
+struct wk_mailauth;
+void wk_delivery_attach_mailauth(wk_delivery *d, struct wk_mailauth *p);
 
 /* The consumer and producer callbacks: pass `d` as their arg. */
 void wk_delivery_on_record(void *d, struct ms_record *rec);

@@ -78,10 +78,10 @@ static ms_config *config(const char *text)
     return cfg;
 }
 
-static wk_policy *policy(const char *text, char *err, size_t errlen)
+static wk_mailauth *policy(const char *text, char *err, size_t errlen)
 {
     ms_config *cfg = config(text);
-    wk_policy *p = wk_policy_new(uv_default_loop(), cfg, "mx.example.org", NULL, err, errlen);
+    wk_mailauth *p = wk_mailauth_new(uv_default_loop(), cfg, "mx.example.org", NULL, err, errlen);
 
     ms_config_free(cfg);
     return p;
@@ -145,9 +145,9 @@ static int count(const ms_envelope *e, const char *s)
 static void test_sign(void **state)
 {
     char err[512], text[1024];
-    struct wk_policy_result res;
+    struct wk_mailauth_result res;
     ms_envelope *e;
-    wk_policy *p;
+    wk_mailauth *p;
 
     snprintf(text, sizeof(text),
              "[dkim.rsa]\ndomain = example.org\nselector = r\nkey = %s/rsa.pem\n"
@@ -160,24 +160,24 @@ static void test_sign(void **state)
 
     /* From domain: both keys, prepended above the Received field. */
     e = envelope(MAILSTREAM__DIRECTION__DIRECTION_OUTBOUND, "a@Example.ORG", "x@other.example");
-    assert_int_equal(wk_policy_start(p, e, NULL, NULL, 1, &res), 1);
-    assert_int_equal(res.verdict, WK_VERDICT_SIGNED);
-    assert_int_equal(res.action, WK_POLICY_DELIVER);
+    assert_int_equal(wk_mailauth_start(p, e, NULL, NULL, 1, &res), 1);
+    assert_int_equal(res.verdict, WK_MAILAUTH_VERDICT_SIGNED);
+    assert_int_equal(res.action, WK_MAILAUTH_DELIVER);
     assert_true(res.modified);
     assert_int_equal(count(e, "DKIM-Signature:"), 2);
     assert_memory_equal(e->message.data, "DKIM-Signature: v=1; a=rsa-sha256;", 34);
     assert_non_null(strstr((char *)e->message.data, "a=ed25519-sha256"));
     /* Again (a retry): signed before, unchanged. */
-    assert_int_equal(wk_policy_start(p, e, NULL, NULL, 2, &res), 1);
-    assert_int_equal(res.verdict, WK_VERDICT_SKIPPED);
+    assert_int_equal(wk_mailauth_start(p, e, NULL, NULL, 2, &res), 1);
+    assert_int_equal(res.verdict, WK_MAILAUTH_VERDICT_SKIPPED);
     assert_int_equal(count(e, "DKIM-Signature:"), 2);
     /* Reload: a broken key file keeps the old keys, a good one is taken. */
     {
         char *k = path("ed.pem"), *bak = path("ed.bak");
         assert_int_equal(rename(k, bak), 0);
-        wk_policy_reload(p);
+        wk_mailauth_reload(p);
         assert_int_equal(rename(bak, k), 0);
-        wk_policy_reload(p);
+        wk_mailauth_reload(p);
         free(k);
         free(bak);
     }
@@ -186,37 +186,37 @@ static void test_sign(void **state)
     /* No key for the From domain: the MAIL FROM domain's. */
     e = envelope(MAILSTREAM__DIRECTION__DIRECTION_OUTBOUND, "a@unknown.example",
                  "b@bounces.example.net");
-    assert_int_equal(wk_policy_start(p, e, NULL, NULL, 3, &res), 1);
-    assert_int_equal(res.verdict, WK_VERDICT_SIGNED);
+    assert_int_equal(wk_mailauth_start(p, e, NULL, NULL, 3, &res), 1);
+    assert_int_equal(res.verdict, WK_MAILAUTH_VERDICT_SIGNED);
     assert_non_null(strstr((char *)e->message.data, "d=bounces.example.net"));
     envelope_free(e);
 
     /* Nobody's key: unchanged. */
     e = envelope(MAILSTREAM__DIRECTION__DIRECTION_OUTBOUND, "a@unknown.example", "");
-    assert_int_equal(wk_policy_start(p, e, NULL, NULL, 4, &res), 1);
-    assert_int_equal(res.verdict, WK_VERDICT_SKIPPED);
+    assert_int_equal(wk_mailauth_start(p, e, NULL, NULL, 4, &res), 1);
+    assert_int_equal(res.verdict, WK_MAILAUTH_VERDICT_SKIPPED);
     assert_false(res.modified);
     assert_int_equal(count(e, "DKIM-Signature:"), 0);
     envelope_free(e);
 
     /* Inbound with inbound checks off: passed through. */
     e = envelope(MAILSTREAM__DIRECTION__DIRECTION_INBOUND, "a@example.org", "a@example.org");
-    assert_int_equal(wk_policy_start(p, e, NULL, NULL, 5, &res), 1);
-    assert_int_equal(res.action, WK_POLICY_DELIVER);
+    assert_int_equal(wk_mailauth_start(p, e, NULL, NULL, 5, &res), 1);
+    assert_int_equal(res.action, WK_MAILAUTH_DELIVER);
     assert_false(res.modified);
     envelope_free(e);
 
-    assert_int_equal(wk_policy_pending(p), 0);
-    wk_policy_free(p);
+    assert_int_equal(wk_mailauth_pending(p), 0);
+    wk_mailauth_free(p);
 }
 
 struct seen {
     int calls;
-    struct wk_policy_result res;
+    struct wk_mailauth_result res;
     char reason[512];
 };
 
-static void on_result(void *arg, uint64_t id, const struct wk_policy_result *res)
+static void on_result(void *arg, uint64_t id, const struct wk_mailauth_result *res)
 {
     struct seen *s = arg;
 
@@ -231,10 +231,10 @@ static void on_result(void *arg, uint64_t id, const struct wk_policy_result *res
 static void test_inbound_unreachable_dns(void **state)
 {
     char err[512];
-    struct wk_policy_result res;
+    struct wk_mailauth_result res;
     struct seen seen;
     ms_envelope *e;
-    wk_policy *p;
+    wk_mailauth *p;
     Mailstream__Client cl = MAILSTREAM__CLIENT__INIT;
     char *forged;
 
@@ -260,13 +260,13 @@ static void test_inbound_unreachable_dns(void **state)
     e->client = &cl;
 
     memset(&seen, 0, sizeof(seen));
-    assert_int_equal(wk_policy_start(p, e, on_result, &seen, 7, &res), 0);
+    assert_int_equal(wk_mailauth_start(p, e, on_result, &seen, 7, &res), 0);
     assert_int_equal(seen.calls, 0); /* never from inside start */
-    assert_int_equal(wk_policy_pending(p), 1);
+    assert_int_equal(wk_mailauth_pending(p), 1);
     while (seen.calls == 0)
         uv_run(uv_default_loop(), UV_RUN_ONCE);
-    assert_int_equal(seen.res.verdict, WK_VERDICT_TEMPERROR);
-    assert_int_equal(seen.res.action, WK_POLICY_QUARANTINE);
+    assert_int_equal(seen.res.verdict, WK_MAILAUTH_VERDICT_TEMPERROR);
+    assert_int_equal(seen.res.action, WK_MAILAUTH_QUARANTINE);
     assert_true(seen.res.modified);
     assert_non_null(strstr(seen.reason, "dmarc=temperror"));
     assert_memory_equal(e->message.data, "Authentication-Results: mx.example.org;\r\n", 41);
@@ -286,40 +286,40 @@ static void test_inbound_unreachable_dns(void **state)
     assert_string_equal(e->auth->dkim_aligned_domain, "");
 
     /* Once only. */
-    assert_int_equal(wk_policy_start(p, e, on_result, &seen, 8, &res), 1);
+    assert_int_equal(wk_mailauth_start(p, e, on_result, &seen, 8, &res), 1);
     assert_string_equal(res.reason, "checked before");
     assert_int_equal(seen.calls, 1);
 
     /* A cancelled job never calls back. */
     e->message.data[0] = 'X'; /* no longer our field */
-    assert_int_equal(wk_policy_start(p, e, on_result, &seen, 9, &res), 0);
-    wk_policy_cancel(p, 9);
-    assert_int_equal(wk_policy_pending(p), 0);
+    assert_int_equal(wk_mailauth_start(p, e, on_result, &seen, 9, &res), 0);
+    wk_mailauth_cancel(p, 9);
+    assert_int_equal(wk_mailauth_pending(p), 0);
     uv_run(uv_default_loop(), UV_RUN_NOWAIT);
     assert_int_equal(seen.calls, 1);
 
     e->client = NULL;
     envelope_free(e);
-    wk_policy_free(p);
+    wk_mailauth_free(p);
     uv_run(uv_default_loop(), UV_RUN_DEFAULT); /* close handles */
 }
 
 static void test_event_json(void **state)
 {
-    struct wk_policy_result r = {WK_POLICY_DISCARD, WK_VERDICT_DMARC_REJECT,
+    struct wk_mailauth_result r = {WK_MAILAUTH_DISCARD, WK_MAILAUTH_VERDICT_DMARC_REJECT,
                                  "dmarc=fail \"quoted\"", 0};
     struct ms_buf b;
 
     ms_buf_init(&b, 4096);
-    assert_int_equal(wk_policy_event_json(&b, "Q1", &r, "wk1", 1700000000123456), 0);
+    assert_int_equal(wk_mailauth_event_json(&b, "Q1", &r, "wk1", 1700000000123456), 0);
     assert_int_equal(ms_buf_append(&b, "", 1), 0);
     assert_string_equal(b.data, "{\"event\":\"discarded\",\"qid\":\"Q1\",\"verdict\":"
                                 "\"dmarc_reject\",\"action\":\"discard\",\"reason\":"
                                 "\"dmarc=fail \\\"quoted\\\"\",\"node\":\"wk1\","
                                 "\"ts\":\"2023-11-14T22:13:20.123Z\"}");
     ms_buf_free(&b);
-    assert_string_equal(wk_policy_verdict_name(WK_VERDICT_SPF_FAIL), "spf_fail");
-    assert_string_equal(wk_policy_action_name(WK_POLICY_QUARANTINE), "quarantine");
+    assert_string_equal(wk_mailauth_verdict_name(WK_MAILAUTH_VERDICT_SPF_FAIL), "spf_fail");
+    assert_string_equal(wk_mailauth_action_name(WK_MAILAUTH_QUARANTINE), "quarantine");
 }
 
 int main(void)
