@@ -49,7 +49,8 @@ struct wk_event {
 /* Append the event as one JSON object:
  *   {"qid":..,"rcpt":..,"outcome":..,"code":..,"dsn":..,"reply":..,
  *    "relay":..,"class":..,"node":..,"attempt":..,"delay":..,"ts":"2026-...Z"}
- * Strings are escaped; bytes that are not valid UTF-8 become U+FFFD.
+ * Strings are written by ms_json_string() (ms_json.h): escaped, and bytes
+ * that are not valid UTF-8 become U+FFFD.
  * Returns 0 or MS_ETOOBIG from the buffer. */
 int wk_event_json(struct ms_buf *out, const struct wk_event *ev);
 
@@ -60,8 +61,5 @@ int wk_event_json(struct ms_buf *out, const struct wk_event *ev);
 int wk_event_malformed_json(struct ms_buf *out, const char *key, size_t keylen,
                             int32_t partition, int64_t offset, const char *error,
                             const char *node, int64_t ts_us);
-
-/* Append s (n bytes) as a JSON string literal, quotes included. */
-int wk_json_string(struct ms_buf *out, const char *s, size_t n);
 
 #endif

@@ -9,13 +9,13 @@
  * then the job's deadline.
  */
 #include "mailauth.h"
-#include "event.h"
 #include "ms_authres.h"
 #include "ms_dkim.h"
 #include "dsn_rules.h"
 #include "ms_dmarc.h"
 #include "ms_error.h"
 #include "ms_idmap.h"
+#include "ms_json.h"
 #include "ms_list.h"
 #include "ms_log.h"
 #include "ms_mem.h"
@@ -895,22 +895,17 @@ void wk_mailauth_free(wk_mailauth *p)
 int wk_mailauth_event_json(struct ms_buf *out, const char *qid,
                            const struct wk_mailauth_result *r, const char *node, int64_t ts_us)
 {
-    char ts[64];
-    struct tm tm;
-    time_t secs = (time_t)(ts_us / 1000000);
+    char ts[MS_JSON_TIME_MAX];
     int err = 0;
 
-    gmtime_r(&secs, &tm);
-    snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-             (int)(ts_us / 1000 % 1000));
+    ms_json_time(ts, sizeof(ts), ts_us);
     err |= ms_buf_appendf(out, "{\"event\":\"discarded\",\"qid\":");
-    err |= wk_json_string(out, qid, strlen(qid));
+    err |= ms_json_string(out, qid, strlen(qid));
     err |= ms_buf_appendf(out, ",\"verdict\":\"%s\",\"action\":\"%s\",\"reason\":",
                           wk_mailauth_verdict_name(r->verdict), wk_mailauth_action_name(r->action));
-    err |= wk_json_string(out, r->reason ? r->reason : "", r->reason ? strlen(r->reason) : 0);
+    err |= ms_json_string(out, r->reason ? r->reason : "", r->reason ? strlen(r->reason) : 0);
     err |= ms_buf_appendf(out, ",\"node\":");
-    err |= wk_json_string(out, node ? node : "", node ? strlen(node) : 0);
+    err |= ms_json_string(out, node ? node : "", node ? strlen(node) : 0);
     err |= ms_buf_appendf(out, ",\"ts\":\"%s\"}", ts);
     return err ? MS_ETOOBIG : 0;
 }
