@@ -1,6 +1,6 @@
 /*
- * test_wk_event.c - worker/event.c (outcomes, event JSON) and worker/retry.c
- * (backoff delays).
+ * test_wk_event.c - worker/event.c: the verdict on a recipient from its
+ * reply (table-driven) and the event JSON.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -11,7 +11,6 @@
 #include <string.h>
 
 #include "../../worker/event.h"
-#include "../../worker/retry.h"
 #include "ms_buf.h"
 #include "ms_error.h"
 
@@ -114,35 +113,12 @@ static void test_malformed_json(void **state)
     ms_buf_free(&b);
 }
 
-static void test_backoff(void **state)
-{
-    unsigned a;
-    uint64_t d;
-
-    (void)state;
-    /* Equal jitter: between half and all of the exponential delay. */
-    assert_int_equal(wk_backoff_ms(1, 1000, 300000, 0), 500);
-    assert_int_equal(wk_backoff_ms(1, 1000, 300000, 500), 1000);
-    assert_int_equal(wk_backoff_ms(1, 1000, 300000, 501), 500);
-    assert_int_equal(wk_backoff_ms(2, 1000, 300000, 0), 1000);
-    assert_int_equal(wk_backoff_ms(3, 1000, 300000, 2000), 4000);
-    /* Capped, also for absurd attempt counts. */
-    for (a = 1; a < 200; a++) {
-        d = wk_backoff_ms(a, 1000, 300000, 0xffffffffu);
-        assert_true(d >= 1 && d <= 300000);
-    }
-    assert_int_equal(wk_backoff_ms(100000, 1000, 300000, 0), 150000);
-    /* Degenerate settings still give a positive delay. */
-    assert_int_equal(wk_backoff_ms(1, 0, 0, 7), 1);
-    assert_int_equal(wk_backoff_ms(5, 5000, 10, 0), 2500);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_verdict),        cmocka_unit_test(test_json),
-              cmocka_unit_test(test_malformed_json),
-        cmocka_unit_test(test_backoff),
+        cmocka_unit_test(test_verdict),
+        cmocka_unit_test(test_json),
+        cmocka_unit_test(test_malformed_json),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

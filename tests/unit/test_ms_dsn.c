@@ -1,5 +1,5 @@
 /*
- * test_wk_dsn.c - lib/mail/ms_dsn.c: the RFC 3464 report and the reply
+ * test_ms_dsn.c - lib/mail/ms_dsn.c: the RFC 3464 report and the reply
  * classes that decide hard vs soft.  Golden fragments and a table.
  */
 #include <setjmp.h>
