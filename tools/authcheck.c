@@ -184,9 +184,8 @@ static int cmd_check(const char *config, const char *dns, const char *ip, const 
 {
     struct ms_resolver_conf rc;
     struct check c;
-    Mailstream__Client client = MAILSTREAM__CLIENT__INIT;
-    Mailstream__MailFrom mf = MAILSTREAM__MAIL_FROM__INIT;
-    ms_envelope env;
+    struct ms_envelope_tx tx;
+    ms_envelope *env;
     ms_resolver *res;
     wk_mailauth *p;
     ms_config *cfg;
@@ -232,18 +231,19 @@ static int cmd_check(const char *config, const char *dns, const char *ip, const 
     (void)ms_authres_strip(msg, len, ms_config_get(cfg, "policy", "authserv_id", hostname),
                            &clean);
     free(msg);
-    ms_envelope_init(&env);
-    env.queue_id = "authcheck";
-    env.direction = MAILSTREAM__DIRECTION__DIRECTION_INBOUND;
-    client.ip = (char *)ip;
-    client.helo = (char *)(helo ? helo : "");
-    mf.address = (char *)(mail_from ? mail_from : "");
-    env.client = &client;
-    env.mail_from = &mf;
-    env.message.data = (uint8_t *)ms_buf_steal(&clean, &env.message.len);
+    memset(&tx, 0, sizeof(tx));
+    tx.queue_id = "authcheck";
+    tx.direction = MS_ENV_DIRECTION_INBOUND;
+    tx.client.ip = ip;
+    tx.client.helo = helo;
+    tx.mail_from.address = mail_from;
+    tx.message = clean.data;
+    tx.len = clean.len;
+    env = ms_envelope_new_tx(&tx);
+    ms_buf_free(&clean);
 
     memset(&c, 0, sizeof(c));
-    rc_start = wk_mailauth_start(p, &env, on_mailauth, &c, 1, &c.res);
+    rc_start = wk_mailauth_start(p, env, on_mailauth, &c, 1, &c.res);
     if (rc_start < 0) {
         fprintf(stderr, "policy: %s\n", ms_strerror(rc_start));
         return 1;
@@ -252,8 +252,8 @@ static int cmd_check(const char *config, const char *dns, const char *ip, const 
         uv_run(uv_default_loop(), UV_RUN_ONCE);
     printf("verdict: %s\naction: %s\nreason: %s\n", wk_mailauth_verdict_name(c.res.verdict),
            wk_mailauth_action_name(c.res.action), c.res.reason ? c.res.reason : "");
-    print_added_fields((const char *)env.message.data, env.message.len);
-    free(env.message.data);
+    print_added_fields((const char *)env->message.data, env->message.len);
+    ms_envelope_free(env);
     wk_mailauth_free(p);
     ms_resolver_free(res);
     uv_run(uv_default_loop(), UV_RUN_DEFAULT); /* close handles */

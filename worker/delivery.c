@@ -795,9 +795,9 @@ static void dest_connect_now(struct msg *m, struct dest *ds)
     sm.helo_name = d->conf.helo_name;
     sm.mail_from = m->env->mail_from && m->env->mail_from->address ? m->env->mail_from->address
                                                                     : "";
-    sm.body_8bitmime = m->env->mail_from && m->env->mail_from->body == MAILSTREAM__BODY__BODY_8BITMIME;
+    sm.body_8bitmime = m->env->mail_from && m->env->mail_from->body == MS_ENV_BODY_8BITMIME;
     sm.body_binarymime = m->env->mail_from &&
-                         m->env->mail_from->body == MAILSTREAM__BODY__BODY_BINARYMIME;
+                         m->env->mail_from->body == MS_ENV_BODY_BINARYMIME;
     sm.smtputf8 = m->env->mail_from && m->env->mail_from->smtputf8;
     if (m->env->mail_from) { /* RFC 8689, RFC 3461: smtp_client.h */
         sm.requiretls = m->env->mail_from->requiretls;
@@ -996,7 +996,7 @@ static void retry_cb(uv_timer_t *t)
 static int send_dsn(struct msg *m)
 {
     wk_delivery *d = m->d;
-    const Mailstream__MailFrom *mf = m->env->mail_from;
+    const ms_envelope_mail_from *mf = m->env->mail_from;
     struct wk_requeue_dsn_counts counts;
     struct wk_dsn_facts facts;
     enum wk_dsn_verdict verdict;
@@ -1013,8 +1013,8 @@ static int send_dsn(struct msg *m)
          * backscatter to senders we cannot tell were not forged. */
         ms_info("event=dsn_skipped qid=%s reason=%s direction=%s spf_mailfrom=%s dkim_aligned=%s",
                 m->qid, wk_dsn_verdict_name(verdict),
-                m->env->direction == MAILSTREAM__DIRECTION__DIRECTION_INBOUND    ? "inbound"
-                : m->env->direction == MAILSTREAM__DIRECTION__DIRECTION_OUTBOUND ? "outbound"
+                m->env->direction == MS_ENV_DIRECTION_INBOUND    ? "inbound"
+                : m->env->direction == MS_ENV_DIRECTION_OUTBOUND ? "outbound"
                                                                                 : "unknown",
                 !facts.auth_evaluated ? "unknown" : facts.spf_mailfrom_pass ? "pass" : "no",
                 facts.dkim_aligned && facts.dkim_aligned[0] ? facts.dkim_aligned : "none");

@@ -46,7 +46,7 @@ enum wk_dsn_verdict {
 /* The facts the decision takes, from the envelope. */
 struct wk_dsn_facts {
     const char *mail_from;     /* NULL or "": the null sender */
-    int direction;             /* Mailstream__Direction */
+    int direction;             /* ms_envelope_direction */
     int auth_evaluated;        /* the mail-authentication stage recorded results */
     int spf_mailfrom_pass;
     const char *dkim_aligned;  /* d= of an aligned DKIM pass, NULL or "": none */

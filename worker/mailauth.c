@@ -576,28 +576,22 @@ static char *build_results(struct job *j, enum wk_mailauth_verdict *verdict, cha
 
 /* Keep what the DSN decision (dsn_rules.h) needs in the envelope, so the
  * retry records carry it: SPF pass for MAIL FROM, and the d= of a DKIM pass
- * aligned (relaxed) with the MAIL FROM domain.  The envelope owns the
- * allocations (protobuf-c frees them with it). */
+ * aligned (relaxed) with the MAIL FROM domain (ms_envelope_set_auth). */
 static void record_auth(struct job *j)
 {
-    ms_envelope *env = j->env;
-    Mailstream__Auth *a = ms_malloc(sizeof(*a));
+    const char *aligned = NULL;
     size_t i, n;
+    int spf_pass = j->spf[0] && j->done[0] && ms_spf_result(j->spf[0]) == MS_SPF_PASS;
 
-    mailstream__auth__init(a);
-    a->evaluated = 1;
-    a->spf_mailfrom_pass = j->spf[0] && j->done[0] && ms_spf_result(j->spf[0]) == MS_SPF_PASS;
     n = j->dkim && j->done[EV_DKIM] ? ms_dkim_verify_count(j->dkim) : 0;
     for (i = 0; i < n; i++) {
         const struct ms_dkim_sigresult *r = ms_dkim_verify_sig(j->dkim, i);
         if (r->result == MS_DKIM_PASS && wk_dkim_aligned(j->p->psl, j->mailfrom, r->d)) {
-            a->dkim_aligned_domain = ms_strdup(r->d);
+            aligned = r->d;
             break;
         }
     }
-    if (env->auth)
-        mailstream__auth__free_unpacked(env->auth, NULL);
-    env->auth = a;
+    ms_envelope_set_auth(j->env, spf_pass, aligned);
 }
 
 static void job_finish(struct job *j)
@@ -683,7 +677,7 @@ static int start_inbound(wk_mailauth *p, ms_envelope *env, wk_mailauth_cb cb, vo
 {
     struct ms_spf_request req;
     struct job *j;
-    const Mailstream__Client *cl = env->client;
+    const ms_envelope_client *cl = env->client;
     const char *msg = (const char *)env->message.data;
     size_t len = env->message.len;
     int64_t now = p->clock ? p->clock : (int64_t)time(NULL);
@@ -836,12 +830,12 @@ int wk_mailauth_start(wk_mailauth *p, ms_envelope *env, wk_mailauth_cb cb, void 
     res->reason = "not checked";
     if (env->message.data == NULL || env->message.len == 0)
         return 1;
-    if (env->direction == MAILSTREAM__DIRECTION__DIRECTION_OUTBOUND) {
+    if (env->direction == MS_ENV_DIRECTION_OUTBOUND) {
         sign_outbound(p, env, res);
         ms_counter_inc(p->m_action[res->verdict][res->action]);
         return 1;
     }
-    if (env->direction != MAILSTREAM__DIRECTION__DIRECTION_INBOUND || !p->inbound)
+    if (env->direction != MS_ENV_DIRECTION_INBOUND || !p->inbound)
         return 1;
     if (ms_authres_applied((const char *)env->message.data, env->message.len, p->authserv_id)) {
         res->reason = "checked before";

@@ -23,7 +23,7 @@ int wk_requeue_dsn(const struct wk_requeue_conf *conf, const ms_envelope *env,
                    const struct wk_rcpt *rcpts, const char *dsn_qid, int64_t now_us, uint8_t **buf,
                    size_t *len, struct wk_requeue_dsn_counts *counts)
 {
-    const Mailstream__MailFrom *mf = env->mail_from;
+    const ms_envelope_mail_from *mf = env->mail_from;
     size_t i, n = 0, nrcpts = env->n_recipients;
     struct ms_dsn_rcpt *dr;
     char(*status)[WK_DSN_MAX + 1];
@@ -39,7 +39,7 @@ int wk_requeue_dsn(const struct wk_requeue_conf *conf, const ms_envelope *env,
     status = ms_calloc(nrcpts, sizeof(*status));
     for (i = 0; i < nrcpts; i++) {
         const struct wk_rcpt *rc = &rcpts[i];
-        const Mailstream__Recipient *er = env->recipients[i];
+        const ms_envelope_rcpt *er = env->recipients[i];
         int owed = rc->in_dsn && !rc->dsn_done;
         int failed = owed && rc->state == WK_RCPT_BOUNCED && wk_notify_failure(er->notify);
         int success = owed && rc->state == WK_RCPT_DELIVERED; /* NOTIFY checked already */
@@ -78,8 +78,8 @@ int wk_requeue_dsn(const struct wk_requeue_conf *conf, const ms_envelope *env,
     in.arrival_us = env->received_at_us;
     in.now_us = now_us;
     /* RFC 8689 §5: a notice on a REQUIRETLS message returns the headers only. */
-    in.ret_hdrs = mf->ret == MAILSTREAM__RET__RET_HDRS || mf->requiretls;
-    in.ret_full = mf->ret == MAILSTREAM__RET__RET_FULL && !mf->requiretls;
+    in.ret_hdrs = mf->ret == MS_ENV_RET_HDRS || mf->requiretls;
+    in.ret_full = mf->ret == MS_ENV_RET_FULL && !mf->requiretls;
     in.message = (const char *)env->message.data;
     in.message_len = env->message.len;
     in.rcpts = dr;

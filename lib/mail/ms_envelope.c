@@ -1,14 +1,34 @@
+/*
+ * ms_envelope.c - the envelope and its builders (ms_envelope.h).
+ */
 #include "ms_envelope.h"
+#include "ms_dsn.h"
+#include "ms_log.h"
 #include "ms_mem.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+_Static_assert((int)MS_ENV_NOTIFY_SUCCESS == (int)MS_DSN_NOTIFY_SUCCESS &&
+                   (int)MS_ENV_NOTIFY_FAILURE == (int)MS_DSN_NOTIFY_FAILURE &&
+                   (int)MS_ENV_NOTIFY_DELAY == (int)MS_DSN_NOTIFY_DELAY &&
+                   (int)MS_ENV_NOTIFY_NEVER == (int)MS_DSN_NOTIFY_NEVER,
+               "the envelope's Notify and ms_dsn.h's NOTIFY bits differ");
+_Static_assert((int)MS_ENV_RET_FULL == (int)MS_DSN_RET_FULL &&
+                   (int)MS_ENV_RET_HDRS == (int)MS_DSN_RET_HDRS,
+               "the envelope's Ret and ms_dsn.h's RET differ");
+
 void ms_envelope_init(ms_envelope *e)
 {
     mailstream__envelope__init(e);
     e->version = MS_ENVELOPE_VERSION;
+}
+
+/* protobuf-c wants char * for strings it only reads when packing. */
+static char *str(const char *s)
+{
+    return (char *)(s ? s : "");
 }
 
 uint8_t *ms_envelope_encode(const ms_envelope *e, size_t *len)
@@ -120,4 +140,84 @@ uint8_t *ms_envelope_encode_retry(const ms_envelope *e, const size_t *keep, size
     free(atts);
     free(att);
     return buf;
+}
+
+uint8_t *ms_envelope_encode_tx(const struct ms_envelope_tx *tx, size_t *len)
+{
+    Mailstream__Envelope env;
+    Mailstream__Client cl;
+    Mailstream__MailFrom mf;
+    Mailstream__Recipient *rr, **rp;
+    uint8_t *buf;
+    size_t i;
+
+    ms_envelope_init(&env);
+    mailstream__client__init(&cl);
+    mailstream__mail_from__init(&mf);
+    cl.ip = str(tx->client.ip);
+    cl.port = tx->client.port;
+    cl.helo = str(tx->client.helo);
+    cl.tls_version = str(tx->client.tls_version);
+    cl.tls_cipher = str(tx->client.tls_cipher);
+    cl.auth_user = str(tx->client.auth_user);
+    cl.listener = str(tx->client.listener);
+    cl.proxy_peer_ip = str(tx->client.proxy_peer_ip);
+    cl.listener_role = str(tx->client.listener_role);
+    mf.address = str(tx->mail_from.address);
+    mf.body = tx->mail_from.body;
+    mf.smtputf8 = tx->mail_from.smtputf8;
+    mf.size = tx->mail_from.size;
+    mf.ret = tx->mail_from.ret;
+    mf.envid = str(tx->mail_from.envid);
+    mf.requiretls = tx->mail_from.requiretls;
+    rr = ms_calloc(tx->nrcpts + 1, sizeof(*rr));
+    rp = ms_calloc(tx->nrcpts + 1, sizeof(*rp));
+    for (i = 0; i < tx->nrcpts; i++) {
+        mailstream__recipient__init(&rr[i]);
+        rr[i].address = str(tx->rcpts[i].address);
+        rr[i].notify = tx->rcpts[i].notify;
+        rr[i].orcpt = str(tx->rcpts[i].orcpt);
+        rp[i] = &rr[i];
+    }
+    env.queue_id = str(tx->queue_id);
+    env.received_at_us = tx->received_at_us;
+    env.frontend_node = str(tx->frontend_node);
+    env.client = tx->client.ip ? &cl : NULL;
+    env.mail_from = &mf;
+    env.n_recipients = tx->nrcpts;
+    env.recipients = rp;
+    env.direction = tx->direction;
+    env.message.data = (uint8_t *)tx->message;
+    env.message.len = tx->len;
+    buf = ms_envelope_encode(&env, len);
+    free(rr);
+    free(rp);
+    return buf;
+}
+
+ms_envelope *ms_envelope_new_tx(const struct ms_envelope_tx *tx)
+{
+    size_t len;
+    uint8_t *buf = ms_envelope_encode_tx(tx, &len);
+    ms_envelope *e = mailstream__envelope__unpack(NULL, len, buf);
+
+    free(buf);
+    if (e == NULL) /* what we packed ourselves: a broken invariant */
+        ms_panic("event=envelope_unpack_failed queue_id=%s", str(tx->queue_id));
+    return e;
+}
+
+void ms_envelope_set_auth(ms_envelope *e, int spf_mailfrom_pass, const char *dkim_aligned)
+{
+    Mailstream__Auth *a = ms_malloc(sizeof(*a));
+
+    /* The envelope owns it: protobuf-c frees it with the envelope. */
+    mailstream__auth__init(a);
+    a->evaluated = 1;
+    a->spf_mailfrom_pass = spf_mailfrom_pass != 0;
+    if (dkim_aligned && dkim_aligned[0])
+        a->dkim_aligned_domain = ms_strdup(dkim_aligned);
+    if (e->auth)
+        mailstream__auth__free_unpacked(e->auth, NULL);
+    e->auth = a;
 }

@@ -18,53 +18,39 @@
 #include "ms_envelope.h"
 #include "../../worker/requeue.h"
 
-#define NOTIFY_S MAILSTREAM__NOTIFY__NOTIFY_SUCCESS
-#define NOTIFY_F MAILSTREAM__NOTIFY__NOTIFY_FAILURE
-#define NOTIFY_N MAILSTREAM__NOTIFY__NOTIFY_NEVER
+#define NOTIFY_S MS_ENV_NOTIFY_SUCCESS
+#define NOTIFY_F MS_ENV_NOTIFY_FAILURE
+#define NOTIFY_N MS_ENV_NOTIFY_NEVER
 
 static const char message[] = "From: a@example.org\r\nSubject: hi\r\n\r\nbody line\r\n";
 
-/* An envelope with three recipients, encoded and decoded as the engine
- * gets it from Kafka. */
+/* An envelope with three recipients and one earlier attempt, encoded and
+ * decoded as the engine gets it from Kafka. */
 static ms_envelope *make_env(uint32_t n0, uint32_t n1, uint32_t n2, int requiretls)
 {
-    ms_envelope env;
-    Mailstream__MailFrom from;
-    Mailstream__Recipient r[3], *rp[3];
-    Mailstream__Attempt att, *attp[1];
-    uint32_t notify[3] = {n0, n1, n2};
-    const char *addr[3] = {"x@dest.example", "y@dest.example", "z@dest.example"};
+    struct ms_envelope_tx tx;
+    struct ms_envelope_tx_rcpt r[3] = {
+        {"x@dest.example", n0, NULL}, {"y@dest.example", n1, NULL}, {"z@dest.example", n2, NULL}};
+    struct ms_envelope_attempt att = {0, "z@dest.example", "node-0", "", 451, "", ""};
+    size_t keep[3] = {0, 1, 2};
     char err[128];
     uint8_t *buf;
-    size_t len, i;
-    ms_envelope *e;
+    size_t len;
+    ms_envelope *first, *e;
 
-    ms_envelope_init(&env);
-    mailstream__mail_from__init(&from);
-    from.address = "a@example.org";
-    from.requiretls = requiretls;
-    for (i = 0; i < 3; i++) {
-        mailstream__recipient__init(&r[i]);
-        r[i].address = (char *)addr[i];
-        r[i].notify = notify[i];
-        rp[i] = &r[i];
-    }
-    mailstream__attempt__init(&att);
-    att.recipient = "z@dest.example";
-    att.code = 451;
-    attp[0] = &att;
-    env.queue_id = "QID0000000001";
-    env.received_at_us = 1700000000000000LL;
-    env.mail_from = &from;
-    env.n_recipients = 3;
-    env.recipients = rp;
-    env.n_attempts = 1;
-    env.attempts = attp;
-    env.attempt_count = 1;
-    env.direction = MAILSTREAM__DIRECTION__DIRECTION_OUTBOUND;
-    env.message.data = (uint8_t *)message;
-    env.message.len = strlen(message);
-    buf = ms_envelope_encode(&env, &len);
+    memset(&tx, 0, sizeof(tx));
+    tx.queue_id = "QID0000000001";
+    tx.received_at_us = 1700000000000000LL;
+    tx.mail_from.address = "a@example.org";
+    tx.mail_from.requiretls = requiretls;
+    tx.rcpts = r;
+    tx.nrcpts = 3;
+    tx.direction = MS_ENV_DIRECTION_OUTBOUND;
+    tx.message = message;
+    tx.len = strlen(message);
+    first = ms_envelope_new_tx(&tx);
+    buf = ms_envelope_encode_retry(first, keep, 3, &att, 1, 1, 0, 1, &len);
+    ms_envelope_free(first);
     e = ms_envelope_decode(buf, len, err, sizeof(err));
     free(buf);
     assert_non_null(e);
@@ -143,7 +129,7 @@ static void test_dsn(void **state)
     assert_int_equal(d->n_recipients, 1);
     assert_string_equal(d->recipients[0]->address, "a@example.org");
     assert_int_equal(d->recipients[0]->notify, NOTIFY_N);
-    assert_int_equal(d->direction, MAILSTREAM__DIRECTION__DIRECTION_OUTBOUND);
+    assert_int_equal(d->direction, MS_ENV_DIRECTION_OUTBOUND);
     assert_true(contains(d, "Reporting-MTA: dns; worker.example"));
     assert_true(contains(d, "Final-Recipient: rfc822; x@dest.example"));
     assert_true(contains(d, "Action: failed"));
