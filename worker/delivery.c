@@ -29,13 +29,11 @@
 #include "delivery.h"
 #include "dsn_rules.h"
 #include "event.h"
+#include "mailauth.h"
 #include "outcome.h"
 #include "pacing.h"
-#include "mailauth.h"
 #include "requeue.h"
-#include "ms_bucket.h"
 #include "ms_buf.h"
-#include "ms_dsn.h"
 #include "ms_envelope.h"
 #include "ms_error.h"
 #include "ms_keys.h"
@@ -46,7 +44,6 @@
 #include "ms_queueid.h"
 #include "retry.h"
 
-#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
