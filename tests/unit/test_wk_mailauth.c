@@ -137,14 +137,21 @@ static void envelope_free(ms_envelope *e)
     ms_envelope_free(e); /* with the results the stage set */
 }
 
+/* The first s in e's message (not NUL-terminated: decoded envelopes'
+ * bytes are not), or NULL. */
+static const char *find(const ms_envelope *e, const char *s)
+{
+    return memmem(e->message.data, e->message.len, s, strlen(s));
+}
+
 static int count(const ms_envelope *e, const char *s)
 {
-    const char *p = (const char *)e->message.data;
+    const char *p = (const char *)e->message.data, *end = p + e->message.len, *q;
     int n = 0;
 
-    while ((p = strstr(p, s)) != NULL) {
+    while ((q = memmem(p, (size_t)(end - p), s, strlen(s))) != NULL) {
         n++;
-        p++;
+        p = q + 1;
     }
     return n;
 }
@@ -173,7 +180,7 @@ static void test_sign(void **state)
     assert_true(res.modified);
     assert_int_equal(count(e, "DKIM-Signature:"), 2);
     assert_memory_equal(e->message.data, "DKIM-Signature: v=1; a=rsa-sha256;", 34);
-    assert_non_null(strstr((char *)e->message.data, "a=ed25519-sha256"));
+    assert_non_null(find(e, "a=ed25519-sha256"));
     /* Again (a retry): signed before, unchanged. */
     assert_int_equal(wk_mailauth_start(p, e, NULL, NULL, 2, &res), 1);
     assert_int_equal(res.verdict, WK_MAILAUTH_VERDICT_SKIPPED);
@@ -195,7 +202,7 @@ static void test_sign(void **state)
                  "b@bounces.example.net");
     assert_int_equal(wk_mailauth_start(p, e, NULL, NULL, 3, &res), 1);
     assert_int_equal(res.verdict, WK_MAILAUTH_VERDICT_SIGNED);
-    assert_non_null(strstr((char *)e->message.data, "d=bounces.example.net"));
+    assert_non_null(find(e, "d=bounces.example.net"));
     envelope_free(e);
 
     /* Nobody's key: unchanged. */
@@ -257,7 +264,8 @@ static void test_inbound_unreachable_dns(void **state)
     e = envelope_client(MS_ENV_DIRECTION_INBOUND, "a@example.org", "b@example.org", "192.0.2.1",
                         "mail.example.org");
     forged = ms_asprintf("Received: from x by y\r\nAuthentication-Results: mx.example.org; "
-                         "dmarc=pass\r\n%s",
+                         "dmarc=pass\r\n%.*s",
+                         (int)(e->message.len - strlen("Received: from x by y\r\n")),
                          (char *)e->message.data + strlen("Received: from x by y\r\n"));
     free(e->message.data);
     e->message.data = (uint8_t *)forged;
@@ -274,13 +282,13 @@ static void test_inbound_unreachable_dns(void **state)
     assert_true(seen.res.modified);
     assert_non_null(strstr(seen.reason, "dmarc=temperror"));
     assert_memory_equal(e->message.data, "Authentication-Results: mx.example.org;\r\n", 41);
-    assert_non_null(strstr((char *)e->message.data, "spf=temperror (DNS error looking up the SPF record) "
+    assert_non_null(find(e, "spf=temperror (DNS error looking up the SPF record) "
                                                      "smtp.mailfrom=b@example.org;"));
-    assert_non_null(strstr((char *)e->message.data, "smtp.helo=mail.example.org;\r\n\tdkim=none;"));
-    assert_non_null(strstr((char *)e->message.data, "X-Mailstream-Quarantine: temperror\r\n"));
-    assert_non_null(strstr((char *)e->message.data,
+    assert_non_null(find(e, "smtp.helo=mail.example.org;\r\n\tdkim=none;"));
+    assert_non_null(find(e, "X-Mailstream-Quarantine: temperror\r\n"));
+    assert_non_null(find(e,
                            "dmarc=temperror (DNS failure) header.from=example.org\r\n"));
-    assert_null(strstr((char *)e->message.data, "dmarc=pass"));
+    assert_null(find(e, "dmarc=pass"));
     assert_int_equal(count(e, "Authentication-Results:"), 1);
     /* The facts the DSN decision needs later (dsn_rules.h): evaluated,
      * no SPF pass (temperror), no aligned DKIM pass. */
