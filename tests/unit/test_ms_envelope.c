@@ -1,7 +1,6 @@
-/*
- * test_ms_envelope.c - lib/mail/ms_envelope.c: encode and decode with the
- * version check, and the envelope builders.
- */
+/* test_ms_envelope.c - lib/mail/ms_envelope.c: encode/decode round trip,
+ * version check, malformed input, and the builders (a frontend
+ * transaction, a DSN, a retry, the authentication results). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

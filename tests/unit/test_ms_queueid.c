@@ -1,7 +1,5 @@
-/*
- * test_ms_queueid.c - lib/mail/ms_queueid.c: queue ids are fixed-length,
- * Crockford base32, distinct and time-ordered.
- */
+/* test_ms_queueid.c - lib/mail/ms_queueid.c: length, alphabet (Crockford
+ * base32), uniqueness and time order of queue ids. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -32,5 +30,5 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_queueid),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests_name("queueid", tests, NULL, NULL);
 }
