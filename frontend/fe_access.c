@@ -3,13 +3,13 @@
  * (see fe_access.h).
  */
 #include "fe_access.h"
+#include "ms_addr.h"
 #include "ms_error.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 int fe_cidr_parse(const char *s, struct fe_cidr *c)
 {
@@ -78,23 +78,13 @@ int fe_cidr_match(const struct fe_cidr *nets, size_t n, const struct sockaddr *s
     return 0;
 }
 
-int fe_domain_match(char *const *domains, size_t n, const char *domain)
-{
-    size_t i;
-
-    for (i = 0; i < n; i++)
-        if (strcasecmp(domains[i], domain) == 0)
-            return 1;
-    return 0;
-}
-
 int fe_addr_routing(const char *addr)
 {
-    const char *at = strrchr(addr, '@'), *p;
+    const char *dom = ms_addr_domain(addr), *p;
 
-    if (at == NULL)
+    if (dom == NULL)
         return 0;
-    for (p = addr; p < at; p++)
+    for (p = addr; p < dom - 1; p++)
         if (*p == '%' || *p == '!' || *p == '@')
             return 1;
     return 0;

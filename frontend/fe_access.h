@@ -1,8 +1,8 @@
 /*
  * fe_access.h - the frontend's access rules as pure functions: who may relay
  * and who may speak for the client.  Trusted networks and the balancers
- * allowed to send a PROXY header are CIDR lists; accepted domains are names;
- * a local part that routes on by itself counts as relaying (DESIGN.md "No
+ * allowed to send a PROXY header are CIDR lists; accepted domains are a
+ * domain map (lib/mail/ms_domainmap.h, looked up by fe_session.c); a local part that routes on by itself counts as relaying (DESIGN.md "No
  * open relay").  The lists are built once from the config (fe_settings.h),
  * then read-only; every function is pure and may run on any thread.  Errors:
  * fe_cidr_parse() answers MS_EINVAL; the others cannot fail.
@@ -30,8 +30,5 @@ int fe_cidr_match(const struct fe_cidr *nets, size_t n, const struct sockaddr *s
  * accepted domain with such a local part could be relayed by whatever reads
  * it next, so it needs AUTH or a trusted network like any relaying. */
 int fe_addr_routing(const char *addr);
-
-/* 1 when `domain` equals one of the n names, ignoring ASCII case. */
-int fe_domain_match(char *const *domains, size_t n, const char *domain);
 
 #endif

@@ -2,6 +2,7 @@
  * fe_auth.c - base64, SASL PLAIN, the password file (see fe_auth.h).
  */
 #include "fe_auth.h"
+#include "ms_addr.h"
 #include "ms_base64.h"
 #include "ms_config.h"
 #include "ms_error.h"
@@ -121,14 +122,14 @@ const struct fe_passwd_entry *fe_passwd_find(const struct fe_passwd *pw, const c
 
 int fe_passwd_sender_ok(const struct fe_passwd_entry *e, const char *addr)
 {
-    const char *at = strrchr(addr, '@');
+    const char *dom = ms_addr_domain(addr);
     size_t i;
 
     if (e->senders == NULL || *addr == '\0')
         return 1;
     for (i = 0; i < e->nsenders; i++) {
         const char *s = e->senders[i];
-        if (strchr(s, '@') ? strcasecmp(s, addr) == 0 : (at && strcasecmp(s, at + 1) == 0))
+        if (strchr(s, '@') ? strcasecmp(s, addr) == 0 : (dom && strcasecmp(s, dom) == 0))
             return 1;
     }
     return 0;

@@ -103,10 +103,8 @@ int fe_listen_open(struct fe_server *srv, const ms_config *cfg, char *err, size_
             snprintf(err, errlen, "[%s] role: want mx, submission or submissions", names[i]);
             return MS_ECONFIG;
         }
-        if ((r = fe__config_bool(ms_config_get(cfg, names[i], "proxy", "no"), &l->proxy)) < 0) {
-            snprintf(err, errlen, "[%s] proxy: want yes or no", names[i]);
-            return MS_ECONFIG;
-        }
+        if ((r = ms_config_get_bool(cfg, names[i], "proxy", 0, &l->proxy, err, errlen)) < 0)
+            return r;
         if (l->proxy && srv->set.nproxy_trusted == 0)
             ms_warn("event=config_warning listener=%s reason=\"proxy = yes without "
                     "[smtp] proxy_trusted_networks: every connection will be refused\"",

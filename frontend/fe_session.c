@@ -19,6 +19,7 @@
 #include "fe_session.h"
 #include "fe_access.h"
 #include "fe_proxy.h"
+#include "ms_addr.h"
 #include "ms_envelope.h"
 #include "ms_error.h"
 #include "ms_log.h"
@@ -71,7 +72,7 @@ struct fe_limits_wait {
     enum fe_state prev;  /* state to return to */
     struct fe_rl_check c;
     enum fe_rate_kind kinds[FE_RL_BUCKETS_MAX]; /* of each bucket in c */
-    char path[FE_SMTP_PATH_MAX + 1];
+    char path[MS_SMTP_PATH_MAX + 1];
     struct fe_mail_params mp;  /* W_MAIL */
     unsigned notify;           /* W_RCPT */
     char orcpt[FE_SMTP_ORCPT_MAX + 1];
@@ -629,7 +630,7 @@ static void cmd_mail(struct fe_session *s, const struct fe_smtp_cmd *c)
     if (s->auth_user[0])
         add_rate(s, w, FE_RATE_MSG_USER, "msg:user:", s->auth_user);
     if (c->path_domain)
-        add_rate(s, w, FE_RATE_MSG_DOMAIN, "msg:dom:", fe_addr_domain(c->path));
+        add_rate(s, w, FE_RATE_MSG_DOMAIN, "msg:dom:", ms_addr_domain(c->path));
     limits_check(s, w);
 }
 
@@ -684,8 +685,7 @@ static void cmd_rcpt(struct fe_session *s, const struct fe_smtp_cmd *c)
         }
         accepted = 1; /* RFC 5321 4.5.1: <postmaster> is always accepted */
     } else {
-        accepted = fe_domain_match(set->accepted_domains, set->naccepted,
-                                   fe_addr_domain(c->path));
+        accepted = ms_domainmap_lookup(set->accepted_domains, ms_addr_domain(c->path)) != NULL;
     }
     /* No open relay (DESIGN.md): other domains need AUTH or a trusted
      * network, and so do local parts that route on by themselves (%-hacks,

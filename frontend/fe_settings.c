@@ -12,21 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <unistd.h>
-
-int fe__config_bool(const char *v, int *out)
-{
-    if (strcasecmp(v, "yes") == 0 || strcasecmp(v, "true") == 0 || strcmp(v, "1") == 0 ||
-        strcasecmp(v, "on") == 0)
-        *out = 1;
-    else if (strcasecmp(v, "no") == 0 || strcasecmp(v, "false") == 0 || strcmp(v, "0") == 0 ||
-             strcasecmp(v, "off") == 0 || *v == '\0')
-        *out = 0;
-    else
-        return MS_ECONFIG;
-    return 0;
-}
 
 static int get_u64(const ms_config *cfg, const char *sec, const char *key, int64_t def,
                    int64_t min, int64_t max, uint64_t *out, char *err, size_t errlen)
@@ -112,11 +98,8 @@ int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, s
         get_u64(cfg, "kafka", "group_commit_window_us", FE_COMMIT_WINDOW_US_DEF, 1, 1000000,
                 &set->group_commit_window_us, err, errlen) < 0)
         return MS_ECONFIG;
-    if (fe__config_bool(ms_config_get(cfg, "kafka", "group_commit", "yes"), &set->group_commit) <
-        0) {
-        snprintf(err, errlen, "[kafka] group_commit: want yes or no");
+    if (ms_config_get_bool(cfg, "kafka", "group_commit", 1, &set->group_commit, err, errlen) < 0)
         return MS_ECONFIG;
-    }
     if (get_u64(cfg, "smtp", "max_message_size", 26214400, 1024,
                 MS_KAFKA_RECORD_MAX - FE_ENVELOPE_HEADROOM, &set->max_message_size, err,
                 errlen) < 0 ||
@@ -140,10 +123,21 @@ int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, s
 
     copy = ms_strdup(ms_config_get(cfg, "smtp", "accepted_domains", "mailstream.test"));
     n = ms_config_split_list(copy, items, FE_ACCEPTED_DOMAINS_MAX);
-    set->accepted_domains = ms_calloc(n ? n : 1, sizeof(char *));
-    for (i = 0; i < n; i++)
-        set->accepted_domains[i] = ms_strdup(items[i]);
-    set->naccepted = n;
+    set->accepted_domains = ms_domainmap_new();
+    for (i = 0; i < n; i++) {
+        char key[MS_DOMAINMAP_KEY_MAX + 1];
+        int kind = ms_domainmap_key(items[i], strlen(items[i]), key, sizeof(key));
+
+        /* A name or ".parent"; "*" would take mail for every domain (an
+         * open relay) and a next hop is no domain. */
+        if (kind != MS_DOMAINMAP_EXACT && kind != MS_DOMAINMAP_PARENT) {
+            snprintf(err, errlen, "[smtp] accepted_domains: bad domain \"%s\" (want a name "
+                     "or .name for its subdomains)", items[i]);
+            free(copy);
+            return MS_ECONFIG;
+        }
+        ms_domainmap_put(set->accepted_domains, key, strlen(key), NULL, NULL);
+    }
     free(copy);
 
     if (get_networks(cfg, "trusted_networks", &set->trusted, &set->ntrusted, err, errlen) < 0 ||
@@ -180,11 +174,9 @@ int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, s
         snprintf(err, errlen, "[ratelimit] redis_failure: want open or closed");
         return MS_ECONFIG;
     }
-    if (fe__config_bool(ms_config_get(cfg, "smtp", "refuse_suppressed", "no"),
-                        &set->refuse_suppressed) < 0) {
-        snprintf(err, errlen, "[smtp] refuse_suppressed: want yes or no");
+    if (ms_config_get_bool(cfg, "smtp", "refuse_suppressed", 0, &set->refuse_suppressed, err,
+                           errlen) < 0)
         return MS_ECONFIG;
-    }
     /* worker/delivery.c suppress_key(): the same key, lower-cased. */
     set->suppress_prefix = MS_KEY_SUPPRESS;
     return 0;
@@ -192,11 +184,7 @@ int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, s
 
 void fe_settings_free(struct fe_settings *set)
 {
-    size_t i;
-
-    for (i = 0; i < set->naccepted; i++)
-        free(set->accepted_domains[i]);
-    free(set->accepted_domains);
+    ms_domainmap_free(set->accepted_domains);
     free(set->trusted);
     free(set->proxy_trusted);
     memset(set, 0, sizeof(*set));

@@ -23,6 +23,7 @@
 #include "fe_access.h"
 #include "fe_ratelimit.h"
 #include "ms_config.h"
+#include "ms_domainmap.h"
 
 /* Named limits and their defaults ([smtp] keys in parentheses). */
 #define FE_MAX_RECIPIENTS_DEF 1000 /* (max_recipients) 452 4.5.3 Too many recipients */
@@ -75,8 +76,9 @@ struct fe_settings {
     uint64_t command_timeout_ms;
     uint64_t greeting_timeout_ms;
     uint64_t drain_timeout_ms;
-    char **accepted_domains;
-    size_t naccepted;
+    /* Domains the MX listener takes mail for: exact names and ".parent"
+     * keys (ms_domainmap.h); values unused. */
+    ms_domainmap *accepted_domains;
     struct fe_cidr *trusted;
     size_t ntrusted;
     struct fe_cidr *proxy_trusted; /* peers allowed to send a PROXY header */
@@ -97,7 +99,5 @@ int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, s
 void fe_settings_free(struct fe_settings *set);
 /* 1 when some [ratelimit] limit or refuse_suppressed needs Redis. */
 int fe_settings_need_redis(const struct fe_settings *set);
-/* "yes"/"no" (also true/false, on/off, 1/0; empty is no).  0 or MS_ECONFIG. */
-int fe__config_bool(const char *v, int *out);
 
 #endif

@@ -370,6 +370,8 @@ static void loop_setup(struct fe_loop *L, int index, size_t n)
 {
     struct fe_server *srv = &L->srv;
     struct ms_kafka_conf kconf;
+    const char *rhost;
+    int64_t rport;
     char err[512];
 
     L->index = index;
@@ -403,13 +405,13 @@ static void loop_setup(struct fe_loop *L, int index, size_t n)
     if (srv->set.group_commit)
         fe_server_commit_start(srv, fe_sessions_report);
 
+    /* Read even when no limit needs Redis: they are settings all the same,
+     * and the start-up check must know them (ms_config.h). */
+    rhost = ms_config_get(cfg, "redis", "host", "127.0.0.1");
+    if (ms_config_get_int(cfg, "redis", "port", 6379, 1, 65535, &rport) < 0)
+        ms_fatal("event=config_error reason=\"[redis] port\"");
     if (fe_settings_need_redis(&srv->set)) {
-        int64_t rport;
-
-        if (ms_config_get_int(cfg, "redis", "port", 6379, 1, 65535, &rport) < 0)
-            ms_fatal("event=config_error reason=\"[redis] port\"");
-        srv->redis =
-            ms_redis_new(L->loop, ms_config_get(cfg, "redis", "host", "127.0.0.1"), (int)rport);
+        srv->redis = ms_redis_new(L->loop, rhost, (int)rport);
         srv->rl = fe_rl_new(srv->redis, fe_sessions_limits_answer, srv);
     }
     if (fe_listen_open(srv, cfg, err, sizeof(err)) < 0)
@@ -496,6 +498,10 @@ int main(int argc, char **argv)
                          ready_cb, NULL);
     if (http == NULL)
         ms_fatal("event=metrics_listen_failed");
+    /* Every setting has been read: what the file holds beyond them is a
+     * typo (docs/config.md). */
+    if (ms_config_check_unknown(cfg, NULL, err, sizeof(err)) < 0)
+        ms_fatal("event=config_error reason=\"%s\"", err);
 
     uv_async_init(loop, &finished, on_finished);
     uv_signal_init(loop, &sig_term);

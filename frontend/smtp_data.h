@@ -17,7 +17,7 @@
  *   bare LF, bare CR, NUL  RFC 5321 2.3.8, 4.1.1.4               554 5.6.0
  *
  * The caller owns the reader and the output buffer; any thread; unit-tested
- * by tests/unit/test_fe_data.c, fuzzed by tests/fuzz/fuzz_fe_data.c and
+ * by tests/unit/test_smtp_data.c, fuzzed by tests/fuzz/fuzz_fe_data.c and
  * tests/fuzz/fuzz_fe_bdat.c.
  */
 #ifndef FE_SMTP_DATA_H

@@ -207,7 +207,7 @@ static int parse_path(const char *s, size_t n, struct fe_smtp_cmd *cmd, int is_m
         return MS_EPROTO;
     }
     close = i;
-    if (close + 1 > FE_SMTP_PATH_MAX) {
+    if (close + 1 > MS_SMTP_PATH_MAX) {
         *reply = "501 5.5.4 Path too long";
         return MS_ETOOBIG;
     }
@@ -561,12 +561,6 @@ int fe_smtp_rcpt_params(const struct fe_smtp_cmd *cmd, struct fe_rcpt_params *rp
 bad:
     *reply = "501 5.5.4 Invalid RCPT parameter value";
     return MS_EPROTO;
-}
-
-const char *fe_addr_domain(const char *addr)
-{
-    const char *at = strrchr(addr, '@');
-    return at ? at + 1 : "";
 }
 
 /* ---- BDAT (RFC 3030 2) ---- */

@@ -8,12 +8,13 @@
  * and answers "need more" (MS_EAGAIN), "error, with the reply it deserves"
  * (a negative code and *reply pointing at a static reply line without CRLF),
  * or success.  Safe from any thread.  Unit-tested by tests/unit/
- * test_fe_parse.c and fuzzed by tests/fuzz/fuzz_fe_command.c.
+ * test_smtp_parse.c and fuzzed by tests/fuzz/fuzz_fe_command.c.
  *
  * Every limit has a name and a reply:
  *   FE_SMTP_LINE_MAX       command line incl. CRLF     500 5.5.2 Line too long
  *   FE_SMTP_AUTH_LINE_MAX  AUTH / SASL response line   500 5.5.2 Line too long
- *   FE_SMTP_PATH_MAX       reverse/forward path        501 5.5.4 Path too long
+ *   MS_SMTP_PATH_MAX       reverse/forward path        501 5.5.4 Path too long
+ *                          (ms_addr.h, shared with the worker)
  *   FE_SMTP_LOCAL_MAX      local part                  501 5.1.3 / 5.1.7
  *   FE_SMTP_DOMAIN_MAX     domain                      501 5.1.3 / 5.1.7
  *   FE_SMTP_PARAMS_MAX     ESMTP parameters            501 5.5.4 Too many parameters
@@ -26,9 +27,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ms_addr.h"
+
 #define FE_SMTP_LINE_MAX 512       /* RFC 5321 4.5.3.1.4 */
 #define FE_SMTP_AUTH_LINE_MAX 12288 /* RFC 4954 4 */
-#define FE_SMTP_PATH_MAX 256       /* RFC 5321 4.5.3.1.3, including < > */
 #define FE_SMTP_LOCAL_MAX 64       /* RFC 5321 4.5.3.1.1 */
 #define FE_SMTP_DOMAIN_MAX 255     /* RFC 5321 4.5.3.1.2 */
 #define FE_SMTP_PARAMS_MAX 16
@@ -73,7 +75,7 @@ struct fe_smtp_cmd {
     size_t argslen;
     /* MAIL and RCPT only.  The mailbox without angle brackets or source
      * route, NUL-terminated; "" for the null path <>. */
-    char path[FE_SMTP_PATH_MAX + 1];
+    char path[MS_SMTP_PATH_MAX + 1];
     size_t pathlen;
     int path_utf8;   /* the mailbox holds non-ASCII octets (RFC 6531) */
     int path_domain; /* the mailbox has an @domain part */
@@ -149,8 +151,5 @@ int fe_smtp_bdat_args(const char *args, size_t len, uint64_t *size, int *last, i
  * the decoded length, MS_EPROTO for malformed xtext or a decoded octet outside
  * printable US-ASCII, MS_ETOOBIG when it does not fit. */
 int fe_xtext_decode(const char *in, size_t n, char *out, size_t outlen);
-
-/* The domain part of a mailbox ("" when none); points into addr. */
-const char *fe_addr_domain(const char *addr);
 
 #endif

@@ -178,6 +178,10 @@ static void print_added_fields(const char *msg, size_t len)
     }
 }
 
+/* The sections of a worker's config that wk_mailauth_new() reads every key
+ * of (ms_config_check_unknown). */
+static const char *const mailauth_sections[] = {"policy", "dkim.", NULL};
+
 static int cmd_check(const char *config, const char *dns, const char *ip, const char *helo,
                      const char *mail_from, const char *authserv_id, int exit_code, int64_t now,
                      const char *path)
@@ -225,6 +229,13 @@ static int cmd_check(const char *config, const char *dns, const char *ip, const 
     }
     if (now > 0)
         wk_mailauth_set_clock(p, now);
+    /* The file is a worker's: only the sections the mail-authentication
+     * stage reads in full are ours to check; the worker checks the rest at
+     * its start. */
+    if (ms_config_check_unknown(cfg, mailauth_sections, err, sizeof(err)) < 0) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
 
     /* A message we delivered carries our field on top: evaluate afresh. */
     ms_buf_init(&clean, len + 1);

@@ -33,6 +33,7 @@
 #include "outcome.h"
 #include "pacing.h"
 #include "requeue.h"
+#include "ms_addr.h"
 #include "ms_buf.h"
 #include "ms_envelope.h"
 #include "ms_error.h"
@@ -945,7 +946,7 @@ static void msg_send(struct msg *m)
                            "suppressed", NULL, -1);
             continue;
         }
-        if (ms_route_domain(m->rcpts[i].addr, domain, sizeof(domain)) < 0)
+        if (ms_addr_domain_copy(m->rcpts[i].addr, domain, sizeof(domain)) < 0)
             domain[0] = '\0';
         t = ms_transport_map_lookup(d->conf.transports, domain);
         if (t)

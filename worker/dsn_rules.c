@@ -2,6 +2,7 @@
  * dsn_rules.c - DSN decisions (dsn_rules.h).
  */
 #include "dsn_rules.h"
+#include "ms_addr.h"
 #include "ms_dns.h"
 
 #include <stdio.h>
@@ -43,28 +44,12 @@ enum wk_dsn_verdict wk_dsn_decide(const struct wk_dsn_facts *f)
     return WK_DSN_UNAUTHENTICATED;
 }
 
-/* The domain of an address: after the last '@', without a trailing dot. */
-static int addr_domain(const char *addr, char *out, size_t outlen)
-{
-    const char *at = strrchr(addr, '@');
-    size_t n;
-
-    if (at == NULL || at[1] == '\0')
-        return -1;
-    n = strlen(at + 1);
-    if (n == 0 || n >= outlen)
-        return -1;
-    memcpy(out, at + 1, n);
-    out[n] = '\0';
-    return 0;
-}
-
 int wk_dkim_aligned(const ms_psl *psl, const char *mail_from, const char *d)
 {
     char dom[MS_DNS_NAME_MAX + 1];
 
     if (mail_from == NULL || d == NULL || d[0] == '\0' ||
-        addr_domain(mail_from, dom, sizeof(dom)) < 0)
+        ms_addr_domain_copy(mail_from, dom, sizeof(dom)) < 0 || dom[0] == '\0')
         return 0;
     /* RFC 7489 §3.1.1, relaxed: ms_dmarc.h does the comparison for DMARC;
      * without a Public Suffix List only equal names align. */

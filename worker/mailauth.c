@@ -9,6 +9,7 @@
  * then the job's deadline.
  */
 #include "mailauth.h"
+#include "ms_addr.h"
 #include "ms_authres.h"
 #include "ms_dkim.h"
 #include "dsn_rules.h"
@@ -186,12 +187,6 @@ static int parse_action(const char *s, enum wk_mailauth_action *out)
     return MS_ECONFIG;
 }
 
-static int parse_bool(const char *s)
-{
-    return strcasecmp(s, "yes") == 0 || strcasecmp(s, "on") == 0 || strcasecmp(s, "true") == 0 ||
-           strcmp(s, "1") == 0;
-}
-
 static void register_metrics(wk_mailauth *p)
 {
     char labels[128];
@@ -251,7 +246,11 @@ wk_mailauth *wk_mailauth_new(uv_loop_t *loop, const ms_config *cfg, const char *
     ms_idmap_init(&p->by_id);
     p->hostname = ms_strdup(hostname && *hostname ? hostname : "localhost");
     p->authserv_id = ms_strdup(ms_config_get(cfg, "policy", "authserv_id", p->hostname));
-    p->inbound = parse_bool(ms_config_get(cfg, "policy", "inbound", "no"));
+    if (ms_config_get_bool(cfg, "policy", "inbound", 0, &p->inbound, err, errlen) < 0)
+        goto fail;
+    /* Read whether inbound checks are on or not: a known key either way
+     * (ms_config_check_unknown). */
+    psl_path = ms_config_get(cfg, "policy", "psl", MS_PSL_PATH);
     if (ms_config_get_int(cfg, "policy", "timeout_ms", WK_MAILAUTH_TIMEOUT_MS, 100, 3600 * 1000,
                           &timeout) < 0 ||
         ms_config_get_int(cfg, "policy", "dns_timeout_ms", WK_MAILAUTH_DNS_TIMEOUT_MS, 100,
@@ -303,7 +302,6 @@ wk_mailauth *wk_mailauth_new(uv_loop_t *loop, const ms_config *cfg, const char *
         goto fail;
     }
     if (p->inbound) {
-        psl_path = ms_config_get(cfg, "policy", "psl", MS_PSL_PATH);
         if ((e = ms_psl_load(psl_path, &p->psl)) < 0) {
             snprintf(err, errlen, "[policy] psl %s: %s", psl_path, ms_strerror(e));
             goto fail;
@@ -424,15 +422,15 @@ static void start_dmarc(struct job *j)
 {
     struct ms_dmarc_request req;
     struct ms_dmarc_dkim dk[MS_DMARC_DKIM_MAX];
-    const char *at = strrchr(j->mailfrom, '@');
+    const char *dom = ms_addr_domain(j->mailfrom);
     size_t i, n = 0;
 
     memset(&req, 0, sizeof(req));
     req.psl = j->p->psl;
     req.from_domain = j->from;
     req.from_error = j->from_err;
-    if (j->mailfrom[0] && at) {
-        req.spf_domain = at + 1;
+    if (j->mailfrom[0] && dom) {
+        req.spf_domain = dom;
         req.spf = j->spf[0] ? ms_spf_result(j->spf[0]) : MS_SPF_NONE;
     } else if (j->helo[0]) {
         /* RFC 7489 §3.1.2: the null reverse-path uses the HELO identity. */
@@ -787,7 +785,7 @@ static void sign_outbound(wk_mailauth *p, ms_envelope *env, struct wk_mailauth_r
 {
     struct ms_dkim_signer signers[MS_DKIM_SIGNERS_MAX];
     char from[MS_DNS_NAME_MAX + 1], *hdrs = NULL;
-    const char *msg = (const char *)env->message.data, *at;
+    const char *msg = (const char *)env->message.data, *dom;
     size_t len = env->message.len, n = 0, i;
     int e;
 
@@ -798,8 +796,8 @@ static void sign_outbound(wk_mailauth *p, ms_envelope *env, struct wk_mailauth_r
     if (ms_dmarc_from_domain(msg, len, from, sizeof(from)) == 0)
         n = find_signers(p, from, signers);
     if (n == 0 && env->mail_from && env->mail_from->address &&
-        (at = strrchr(env->mail_from->address, '@')) != NULL)
-        n = find_signers(p, at + 1, signers);
+        (dom = ms_addr_domain(env->mail_from->address)) != NULL)
+        n = find_signers(p, dom, signers);
     if (n == 0)
         return;
     for (i = 0; i < p->nsigners; i++)

@@ -64,7 +64,7 @@ static const char *var_node_id, *var_hostname, *var_metrics, *var_brokers, *var_
     *var_events_topic, *var_group, *var_redis_host, *var_relay_host, *var_log_level,
     *var_transport_map, *var_transport_map_file, *var_dns_upstream, *var_dns_trust_anchor,
     *var_tls_policy, *var_tls_policy_map, *var_tls_ca_file, *var_relay_user, *var_relay_password,
-    *var_relay_password_file, *var_relay_auth_plaintext, *var_relay_auth_mechanisms, *var_dest_rate;
+    *var_relay_password_file, *var_relay_auth_mechanisms, *var_dest_rate;
 static int64_t var_redis_port, var_max_in_flight, var_retry_min_ms, var_retry_max_ms,
     var_connect_timeout_ms, var_drain_timeout_ms, var_smtp_port, var_retry_tiers, var_max_age_s,
     var_dns_timeout_ms, var_suppress_ttl_s, var_reply_timeout_ms, var_dest_concurrency,
@@ -90,7 +90,6 @@ static const struct {
     {"delivery", "relay_user", "", &var_relay_user},
     {"delivery", "relay_password", "", &var_relay_password},
     {"delivery", "relay_password_file", "", &var_relay_password_file},
-    {"delivery", "relay_auth_plaintext", "no", &var_relay_auth_plaintext},
     {"delivery", "relay_auth_mechanisms", "plain, login", &var_relay_auth_mechanisms},
     {"delivery", "dest_rate", "0", &var_dest_rate},
     {"transport", "map", "", &var_transport_map},
@@ -135,8 +134,20 @@ static const struct {
     {"suppression", "ttl_s", WK_SUPPRESS_TTL_S, 0, 365 * 24 * 3600, &var_suppress_ttl_s},
 };
 
+/* Booleans: yes/no (true/false, 1/0), anything else refused at start. */
+static int var_relay_auth_plaintext;
+
+static const struct {
+    const char *section, *key;
+    int def;
+    int *var;
+} bool_params[] = {
+    {"delivery", "relay_auth_plaintext", 0, &var_relay_auth_plaintext},
+};
+
 static void load_params(const ms_config *cfg)
 {
+    char err[512];
     size_t i;
     int bad = 0;
 
@@ -151,6 +162,10 @@ static void load_params(const ms_config *cfg)
             bad = 1;
     if (bad)
         ms_fatal("event=config_invalid");
+    for (i = 0; i < sizeof(bool_params) / sizeof(bool_params[0]); i++)
+        if (ms_config_get_bool(cfg, bool_params[i].section, bool_params[i].key,
+                               bool_params[i].def, bool_params[i].var, err, sizeof(err)) < 0)
+            ms_fatal("event=config_invalid error=\"%s\"", err);
 }
 
 /* The transport map: [transport] map (comma-separated entries) and then
@@ -237,9 +252,6 @@ static void load_relay_auth(struct wk_delivery_conf *dc)
     int mechs;
     FILE *f;
 
-    if (strcmp(var_relay_auth_plaintext, "yes") != 0 && strcmp(var_relay_auth_plaintext, "no") != 0)
-        ms_fatal("event=config_invalid section=delivery key=relay_auth_plaintext value=\"%s\" "
-                 "want=\"yes or no\"", var_relay_auth_plaintext);
     if (*var_relay_user == '\0') {
         if (*var_relay_password || *var_relay_password_file)
             ms_fatal("event=config_invalid section=delivery key=relay_password "
@@ -275,7 +287,7 @@ static void load_relay_auth(struct wk_delivery_conf *dc)
                  WK_AUTH_FIELD_MAX);
     dc->relay_user = var_relay_user;
     dc->relay_password = pw;
-    dc->relay_auth_plaintext = strcmp(var_relay_auth_plaintext, "yes") == 0;
+    dc->relay_auth_plaintext = var_relay_auth_plaintext;
     if ((mechs = wk_auth_mechs_parse(var_relay_auth_mechanisms)) < 0)
         ms_fatal("event=config_invalid section=delivery key=relay_auth_mechanisms value=\"%s\" "
                  "want=\"plain and/or login\"", var_relay_auth_mechanisms);
@@ -505,6 +517,10 @@ int main(int argc, char **argv)
         NULL)
         ms_fatal("event=config_invalid section=policy error=\"%s\"", err);
     wk_delivery_attach_mailauth(w.delivery, w.mailauth);
+    /* Every setting has been read: what the file holds beyond them is a
+     * typo (docs/config.md). */
+    if (ms_config_check_unknown(cfg, NULL, err, sizeof(err)) < 0)
+        ms_fatal("event=config_invalid error="%s"", err);
 
     memset(&kc, 0, sizeof(kc));
     kc.brokers = var_brokers;

@@ -2,13 +2,13 @@
  * outcome.c - one recipient's outcome (outcome.h).
  */
 #include "outcome.h"
+#include "ms_addr.h"
 #include "ms_buf.h"
 #include "ms_error.h"
 #include "ms_keys.h"
 #include "ms_log.h"
 #include "ms_mem.h"
 #include "ms_metrics.h"
-#include "ms_route.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -187,7 +187,7 @@ enum wk_outcome wk_outcome_record(wk_outcomes *o, const struct wk_outcome_msg *m
      * bounce a lot shows up here; the relay control CLI reads them). */
     if (ev.outcome == WK_OUTCOME_BOUNCED && msg->mail_from && msg->mail_from[0]) {
         char sdom[MS_DNS_NAME_MAX + 1], *key;
-        if (ms_route_domain(msg->mail_from, sdom, sizeof(sdom)) == 0 && sdom[0]) {
+        if (ms_addr_domain_copy(msg->mail_from, sdom, sizeof(sdom)) == 0 && sdom[0]) {
             key = ms_asprintf(MS_KEY_BOUNCES "%s", sdom);
             const char *argv[4] = {"HINCRBY", key, ev.class_name, "1"};
             const char *exp[3] = {"EXPIRE", key, WK_BOUNCE_COUNTER_TTL};

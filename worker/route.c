@@ -9,6 +9,8 @@
  */
 #include "route.h"
 #include "ms_error.h"
+#include "ms_idmap.h"
+#include "ms_list.h"
 #include "ms_log.h"
 #include "ms_mem.h"
 
@@ -29,7 +31,7 @@ struct host_addrs {
 };
 
 struct job {
-    struct job *prev, *next;
+    struct ms_list node;   /* on wk_router.jobs until unlinked */
     wk_router *r;
     uint64_t job_id;
     enum job_state state;
@@ -52,8 +54,8 @@ struct job {
 struct wk_router {
     uv_loop_t *loop;
     ms_resolver *resolver;
-    struct job *jobs;
-    size_t njobs;
+    struct ms_list jobs;       /* struct job.node, running */
+    struct ms_idmap by_id;     /* job_id -> struct job, the same jobs */
     uint64_t seq;
 };
 
@@ -88,22 +90,21 @@ wk_router *wk_router_new(uv_loop_t *loop, ms_resolver *resolver)
 
     r->loop = loop;
     r->resolver = resolver;
+    ms_list_init(&r->jobs);
+    ms_idmap_init(&r->by_id);
     return r;
 }
 
 size_t wk_router_pending(const wk_router *r)
 {
-    return r->njobs;
+    return r->by_id.count;
 }
 
+/* A resolver reply or a cancel finds its job by id (never reused: job ids
+ * count up), so one for a job that is gone finds nothing. */
 static struct job *job_lookup(wk_router *r, uint64_t job_id)
 {
-    struct job *j;
-
-    for (j = r->jobs; j; j = j->next)
-        if (j->job_id == job_id)
-            return j;
-    return NULL;
+    return ms_idmap_get(&r->by_id, job_id);
 }
 
 static void job_closed(uv_handle_t *h)
@@ -115,13 +116,8 @@ static void job_unlink(struct job *j)
 {
     wk_router *r = j->r;
 
-    if (j->prev)
-        j->prev->next = j->next;
-    else
-        r->jobs = j->next;
-    if (j->next)
-        j->next->prev = j->prev;
-    r->njobs--;
+    ms_list_remove(&j->node);
+    ms_idmap_del(&r->by_id, j->job_id);
     j->state = JOB_DONE;
     uv_timer_stop(&j->timer);
     uv_close((uv_handle_t *)&j->timer, job_closed);
@@ -319,11 +315,8 @@ uint64_t wk_router_resolve(wk_router *r, const char *host, int port, int no_mx, 
     j->id = id;
     uv_timer_init(r->loop, &j->timer);
     j->timer.data = j;
-    j->next = r->jobs;
-    if (r->jobs)
-        r->jobs->prev = j;
-    r->jobs = j;
-    r->njobs++;
+    ms_list_insert_head(&r->jobs, &j->node);
+    ms_idmap_put(&r->by_id, j->job_id, j);
 
     if (wk_route_literal(host, port, &j->early_addr.ss) == 0) {
         snprintf(j->early_addr.host, sizeof(j->early_addr.host), "%s", host);
@@ -364,7 +357,8 @@ void wk_router_free(wk_router *r)
 {
     if (r == NULL)
         return;
-    while (r->jobs)
-        job_unlink(r->jobs);
+    while (!ms_list_empty(&r->jobs))
+        job_unlink(ms_list_entry(ms_list_first(&r->jobs), struct job, node));
+    ms_idmap_free(&r->by_id);
     free(r);
 }

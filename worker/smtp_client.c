@@ -37,11 +37,11 @@
 #define WK_SMTP_PEER_MAX 128
 /* What a parked connection is found by: address or socket path, TLS
  * policy, protocol, TLS name (WK_SMTP_TLS_NAME_MAX), HELO name (checked
- * against WK_SMTP_PATH_MAX) and AUTH user (WK_AUTH_FIELD_MAX), with
+ * against MS_SMTP_PATH_MAX) and AUTH user (WK_AUTH_FIELD_MAX), with
  * separators: every key fits, none is cut (two keys cut alike could hand a
  * connection authenticated as one user to another). */
 #define WK_SMTP_CACHE_KEY_MAX                                                          \
-    (WK_SMTP_PEER_MAX + WK_SMTP_TLS_NAME_MAX + WK_SMTP_PATH_MAX + WK_AUTH_FIELD_MAX + 32)
+    (WK_SMTP_PEER_MAX + WK_SMTP_TLS_NAME_MAX + MS_SMTP_PATH_MAX + WK_AUTH_FIELD_MAX + 32)
 /* The RFC 3461 parameters of one RCPT (" NOTIFY=... ORCPT=type;xtext") and
  * of MAIL (" RET=HDRS ENVID=xtext"), their terminating NUL included. */
 #define WK_SMTP_RCPT_DSN_MAX                                                         \
@@ -56,7 +56,7 @@
  * 12288 octets; ours are bounded by WK_AUTH_FIELD_MAX), or "RCPT
  * TO:<path> NOTIFY=... ORCPT=...\r\n", "MAIL FROM:<path> SIZE=...\r\n". */
 #define WK_SMTP_LINE_MAX_                                                        \
-    (WK_SMTP_PATH_MAX + 32 +                                                     \
+    (MS_SMTP_PATH_MAX + 32 +                                                     \
      (WK_SMTP_RCPT_DSN_MAX > WK_SMTP_MAIL_PARAMS_MAX ? WK_SMTP_RCPT_DSN_MAX       \
                                                      : WK_SMTP_MAIL_PARAMS_MAX))
 #define WK_SMTP_COMMAND_MAX                                                      \
@@ -267,7 +267,7 @@ int wk_smtp_path_ok(const char *addr)
 {
     const unsigned char *p;
 
-    if (strlen(addr) > WK_SMTP_PATH_MAX)
+    if (strlen(addr) > MS_SMTP_ADDR_MAX)
         return 0;
     for (p = (const unsigned char *)addr; *p; p++)
         if (*p < 0x20 || *p == 0x7f || *p == '<' || *p == '>')
@@ -1725,7 +1725,7 @@ int wk_smtp_start(uv_loop_t *loop, const struct sockaddr *addr,
 
     if (msg->nrcpts == 0 || (msg->tls >= WK_TLS_ENCRYPT && msg->tls_ctx == NULL) ||
         !wk_smtp_path_ok(msg->mail_from) ||
-        strlen(msg->helo_name) > WK_SMTP_PATH_MAX || !wk_smtp_path_ok(msg->helo_name) ||
+        strlen(msg->helo_name) > MS_SMTP_PATH_MAX || !wk_smtp_path_ok(msg->helo_name) ||
         (msg->tls_name && strlen(msg->tls_name) > WK_SMTP_TLS_NAME_MAX))
         return MS_EINVAL;
     if (is_unix && (sun->sun_path[0] == '\0' ||

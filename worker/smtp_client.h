@@ -122,6 +122,7 @@
 #include <sys/socket.h>
 #include <uv.h>
 
+#include "ms_addr.h"
 #include "smtp_reply.h"
 
 /* STARTTLS policy per destination (docs/config.md, [tls]). */
@@ -166,9 +167,6 @@ void wk_tls_ctx_free(wk_tls_ctx *t);
 #define WK_SMTP_BDAT_CHUNK (1024 * 1024)
 /* Longest reply (formatted, see wk_reply_format) kept per recipient. */
 #define WK_SMTP_REPLY_TEXT_MAX 512
-/* Longest address (RFC 5321 §4.5.3.1.3: path 256 octets) we put in a
- * command; longer or with CR, LF or other controls is refused locally. */
-#define WK_SMTP_PATH_MAX 256
 /* RFC 3461 §4.4 ENVID and §4.2 ORCPT (the address part), xtext-decoded, and
  * the ORCPT address type (an atom: "rfc822", "utf-8"): longer ones, or an
  * ORCPT without "type;", are not passed on (a warning says so; the
@@ -278,8 +276,9 @@ int wk_smtp_start(uv_loop_t *loop, const struct sockaddr *addr,
  * closed without QUIT and the session frees itself. */
 void wk_smtp_cancel(wk_smtp *s);
 
-/* 1 when addr may go into MAIL FROM / RCPT TO: at most WK_SMTP_PATH_MAX
- * octets, no controls, no angle brackets.  Pure. */
+/* 1 when addr may go into MAIL FROM / RCPT TO: at most MS_SMTP_ADDR_MAX
+ * octets (the path with its "<>" fits MS_SMTP_PATH_MAX, ms_addr.h), no
+ * controls, no angle brackets.  Pure. */
 int wk_smtp_path_ok(const char *addr);
 
 /* RFC 8689 §4.2.1: may a REQUIRETLS message go to this server, now that

@@ -9,6 +9,7 @@
  */
 #include "ms_kafka.h"
 #include "ms_error.h"
+#include "ms_list.h"
 #include "ms_log.h"
 #include "ms_mem.h"
 
@@ -497,9 +498,8 @@ struct ptrack {
 
 struct rec_node {
     struct ms_record rec;   /* first: ms_record * converts to rec_node * */
-    struct rec_node *prev, *next;   /* every record not yet done */
-    struct rec_node *bnext;         /* backlog FIFO */
-    int in_backlog;
+    struct ms_list out;       /* on ms_consumer.out: every record not yet done */
+    struct ms_list backlog;   /* on ms_consumer.backlog while not handed out */
 };
 
 struct ms_consumer {
@@ -513,8 +513,8 @@ struct ms_consumer {
     int fetch_paused;   /* librdkafka's fetchers are paused too */
     struct ptrack *parts;
     size_t nparts;
-    struct rec_node *out_head;          /* handed out or in backlog */
-    struct rec_node *bhead, **btail;    /* backlog, oldest first */
+    struct ms_list out;       /* rec_node.out: handed out or in backlog */
+    struct ms_list backlog;   /* rec_node.backlog, oldest first */
     size_t nbacklog;
     size_t backlog_bytes;
     int in_flight;
@@ -594,12 +594,8 @@ static void resume_fetch_if_low(ms_consumer *c)
 
 static void rec_unlink(ms_consumer *c, struct rec_node *n)
 {
-    if (n->prev)
-        n->prev->next = n->next;
-    else
-        c->out_head = n->next;
-    if (n->next)
-        n->next->prev = n->prev;
+    ms_list_remove(&n->out);
+    ms_list_remove(&n->backlog);
     rd_kafka_message_destroy(n->rec._msg);
     free(n);
 }
@@ -608,26 +604,20 @@ static void rec_unlink(ms_consumer *c, struct rec_node *n)
  * is NULL); the new owner of those partitions redelivers them. */
 static void drop_backlog(ms_consumer *c, const rd_kafka_topic_partition_list_t *parts)
 {
-    struct rec_node *n, *next, **tail, *old = c->bhead;
+    struct ms_list *pos, *tmp;
     int i, drop;
 
-    c->bhead = NULL;
-    tail = &c->bhead;
-    for (n = old; n; n = next) {
-        next = n->bnext;
+    ms_list_foreach_safe(pos, tmp, &c->backlog) {
+        struct rec_node *n = ms_list_entry(pos, struct rec_node, backlog);
+
         drop = parts == NULL;
         for (i = 0; !drop && i < parts->cnt; i++)
             drop = parts->elems[i].partition == n->rec.partition;
         if (drop) {
             backlog_take(c, n);
             rec_unlink(c, n);
-        } else {
-            n->bnext = NULL;
-            *tail = n;
-            tail = &n->bnext;
         }
     }
-    c->btail = tail;
 }
 
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
@@ -688,7 +678,6 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 
 static void consumer_hand_out(ms_consumer *c, struct rec_node *n)
 {
-    n->in_backlog = 0;
     c->in_flight++;
     c->cb(c->arg, &n->rec);
 }
@@ -726,14 +715,9 @@ static void consumer_take(ms_consumer *c, rd_kafka_message_t *m)
     n->rec.len = m->len;
     n->rec._msg = m;
     n->rec._gen = t->gen;
-    n->next = c->out_head;
-    if (c->out_head)
-        c->out_head->prev = n;
-    c->out_head = n;
+    ms_list_insert_head(&c->out, &n->out);
     if (c->paused || c->nbacklog > 0) {
-        n->in_backlog = 1;
-        *c->btail = n;
-        c->btail = &n->bnext;
+        ms_list_insert_tail(&c->backlog, &n->backlog);
         c->nbacklog++;
         c->backlog_bytes += n->rec.len;
         if (backlog_full(c) && !c->fetch_paused) {
@@ -800,7 +784,8 @@ ms_consumer *ms_consumer_new(uv_loop_t *loop, const struct ms_kafka_conf *kc, co
     }
     rd_kafka_poll_set_consumer(c->rk);
     c->topic = ms_strdup(topic);
-    c->btail = &c->bhead;
+    ms_list_init(&c->out);
+    ms_list_init(&c->backlog);
     c->cb = cb;
     c->arg = arg;
     subs = rd_kafka_topic_partition_list_new(1);
@@ -826,15 +811,16 @@ void ms_consumer_pause(ms_consumer *c)
 
 void ms_consumer_resume(ms_consumer *c)
 {
-    struct rec_node *n;
+    struct ms_list *first;
 
     if (!c->paused && !c->fetch_paused)
         return;
     c->paused = 0;
     /* Hand out the backlog oldest first; a handler may pause us again. */
-    while (!c->paused && (n = c->bhead) != NULL) {
-        if ((c->bhead = n->bnext) == NULL)
-            c->btail = &c->bhead;
+    while (!c->paused && (first = ms_list_first(&c->backlog)) != NULL) {
+        struct rec_node *n = ms_list_entry(first, struct rec_node, backlog);
+
+        ms_list_remove(first);
         backlog_take(c, n);
         consumer_hand_out(c, n);
     }
@@ -887,6 +873,7 @@ int ms_consumer_in_flight(ms_consumer *c)
 void ms_consumer_free(ms_consumer *c)
 {
     rd_kafka_resp_err_t err;
+    struct ms_list *first;
     size_t i;
 
     if (c == NULL)
@@ -895,8 +882,8 @@ void ms_consumer_free(ms_consumer *c)
     drop_backlog(c, NULL);
     if ((err = rd_kafka_consumer_close(c->rk)) != RD_KAFKA_RESP_ERR_NO_ERROR)
         ms_warn("event=kafka_consumer_close_failed error=\"%s\"", rd_kafka_err2str(err));
-    while (c->out_head)
-        rec_unlink(c, c->out_head);
+    while ((first = ms_list_first(&c->out)) != NULL)
+        rec_unlink(c, ms_list_entry(first, struct rec_node, out));
     kloop_close(c->kl);
     rd_kafka_destroy(c->rk);
     for (i = 0; i < c->nparts; i++)

@@ -7,6 +7,7 @@
  */
 #include "ms_resolver.h"
 #include "ms_error.h"
+#include "ms_list.h"
 #include "ms_log.h"
 #include "ms_mem.h"
 
@@ -17,7 +18,7 @@
 #include <unbound.h>
 
 struct query {
-    struct query *prev, *next;
+    struct ms_list node;   /* on ms_resolver.queries until finished */
     ms_resolver *r;
     ms_resolve_cb cb;
     void *arg;
@@ -33,7 +34,7 @@ struct ms_resolver {
     struct ub_ctx *ctx;
     uv_poll_t poll;
     int timeout_ms;
-    struct query *queries;
+    struct ms_list queries;   /* struct query.node, unanswered */
     int pending;
     int closing;
 };
@@ -47,12 +48,7 @@ static void query_finish(struct query *q)
 {
     ms_resolver *r = q->r;
 
-    if (q->prev)
-        q->prev->next = q->next;
-    else
-        r->queries = q->next;
-    if (q->next)
-        q->next->prev = q->prev;
+    ms_list_remove(&q->node);
     r->pending--;
     uv_timer_stop(&q->timer);
     uv_close((uv_handle_t *)&q->timer, query_closed);
@@ -206,6 +202,7 @@ ms_resolver *ms_resolver_new(uv_loop_t *loop, const struct ms_resolver_conf *con
     int e;
 
     r->loop = loop;
+    ms_list_init(&r->queries);
     r->timeout_ms = conf->timeout_ms > 0 ? conf->timeout_ms : MS_RESOLVER_TIMEOUT_MS;
     if ((r->ctx = ub_ctx_create()) == NULL) {
         snprintf(err, errlen, "ub_ctx_create failed");
@@ -263,10 +260,7 @@ int ms_resolver_query(ms_resolver *r, const char *name, enum ms_dns_type type, m
         uv_close((uv_handle_t *)&q->timer, query_closed);
         return MS_EIO;
     }
-    q->next = r->queries;
-    if (r->queries)
-        r->queries->prev = q;
-    r->queries = q;
+    ms_list_insert_head(&r->queries, &q->node);
     r->pending++;
     uv_timer_start(&q->timer, timeout_cb, (uint64_t)r->timeout_ms, 0);
     return 0;
@@ -290,8 +284,8 @@ void ms_resolver_free(ms_resolver *r)
     if (r == NULL)
         return;
     r->closing = 1;
-    while (r->queries) {
-        struct query *q = r->queries;
+    while (!ms_list_empty(&r->queries)) {
+        struct query *q = ms_list_entry(ms_list_first(&r->queries), struct query, node);
         ub_cancel(r->ctx, q->async_id);
         q->done = 1;
         query_finish(q);

@@ -2,6 +2,7 @@
  * ms_authres.c - Authentication-Results fields (ms_authres.h).
  */
 #include "ms_authres.h"
+#include "ms_addr.h"
 #include "ms_error.h"
 #include "ms_mem.h"
 
@@ -41,11 +42,12 @@ static int atext(unsigned char c)
 /* local-part "@" domain-name with a dot-atom local part (or none). */
 static int address_form(const char *v)
 {
-    const char *at = strrchr(v, '@'), *p;
+    const char *dom = ms_addr_domain(v), *at, *p;
     int prev_dot = 1;
 
-    if (at == NULL || at[1] == '\0')
+    if (dom == NULL || dom[0] == '\0')
         return 0;
+    at = dom - 1;
     for (p = v; p < at; p++) {
         if (*p == '.') {
             if (prev_dot)

@@ -7,6 +7,7 @@
  * only OpenSSL calls of the verifier live in this file.
  */
 #include "ms_dkim.h"
+#include "ms_addr.h"
 #include "ms_error.h"
 #include "ms_mem.h"
 
@@ -310,9 +311,9 @@ static void vs_check(struct ms_dkim_verify *v, struct vsig *vs, const struct ms_
         return;
     }
     if (key->strict) {
-        const char *at = strrchr(sig->i, '@');
+        const char *dom = ms_addr_domain(sig->i);
 
-        if (at == NULL || strcasecmp(at + 1, sig->d) != 0) {
+        if (dom == NULL || strcasecmp(dom, sig->d) != 0) {
             vs_set(vs, MS_DKIM_PERMERROR, "key t=s: i= domain must equal d=");
             return;
         }

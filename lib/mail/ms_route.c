@@ -3,6 +3,7 @@
  */
 #include "ms_route.h"
 #include "ms_error.h"
+#include "ms_log.h"
 #include "ms_mem.h"
 
 #include <ctype.h>
@@ -12,14 +13,10 @@
 #include <string.h>
 #include <strings.h>
 
-struct entry {
-    char *key;                 /* lower-case: "example.org", ".example.org" or "*" */
-    struct ms_transport t;
-};
-
+/* Keys and lookup order are the domain map's (ms_domainmap.h); each value
+ * is an ms_transport of our own. */
 struct ms_transport_map {
-    struct entry *e;
-    size_t n, cap;
+    ms_domainmap *dm;
 };
 
 static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
@@ -242,32 +239,26 @@ int ms_transport_parse(const char *s, size_t len, struct ms_transport *t, char *
 
 ms_transport_map *ms_transport_map_new(void)
 {
-    return ms_calloc(1, sizeof(ms_transport_map));
+    ms_transport_map *m = ms_calloc(1, sizeof(*m));
+
+    m->dm = ms_domainmap_new();
+    return m;
 }
 
 size_t ms_transport_map_size(const ms_transport_map *m)
 {
-    return m->n;
-}
-
-static struct entry *find(const ms_transport_map *m, const char *key)
-{
-    size_t i;
-
-    for (i = 0; i < m->n; i++)
-        if (strcmp(m->e[i].key, key) == 0)
-            return &m->e[i];
-    return NULL;
+    return ms_domainmap_size(m->dm);
 }
 
 int ms_transport_map_add(ms_transport_map *m, const char *line, size_t len, char *err,
                          size_t errlen)
 {
-    struct ms_transport t;
+    struct ms_transport t, *val;
     const char *k, *v;
-    size_t kl, vl, i;
-    char key[MS_DNS_NAME_MAX + 2];
-    struct entry *e;
+    size_t kl, vl;
+    char key[MS_DOMAINMAP_KEY_MAX + 1];
+    void *old;
+    int kind;
 
     if (len > MS_TRANSPORT_LINE_MAX)
         return fail(err, errlen, MS_EINVAL, "line longer than %d", MS_TRANSPORT_LINE_MAX);
@@ -287,54 +278,32 @@ int ms_transport_map_add(ms_transport_map *m, const char *line, size_t len, char
     }
     if (kl == 0 || vl == 0)
         return fail(err, errlen, MS_EINVAL, "want \"domain transport\"");
-    if (kl > MS_DNS_NAME_MAX + 1 ||
-        (!(kl == 1 && k[0] == '*') &&
-         !host_ok(k[0] == '.' ? k + 1 : k, k[0] == '.' ? kl - 1 : kl, 0)))
+    /* A domain, ".parent" or "*": a next hop ("[host]:port") is no key of
+     * a map looked up by recipient domain. */
+    kind = ms_domainmap_key(k, kl, key, sizeof(key));
+    if (kind < 0 || kind == MS_DOMAINMAP_NEXTHOP)
         return fail(err, errlen, MS_EINVAL, "bad domain \"%.*s\"", (int)(kl > 64 ? 64 : kl), k);
-    for (i = 0; i < kl; i++)
-        key[i] = (char)tolower((unsigned char)k[i]);
-    key[kl] = '\0';
     if (ms_transport_parse(v, vl, &t, err, errlen) < 0)
         return MS_EINVAL;
-    if ((e = find(m, key)) != NULL) {
-        e->t = t;
-        return 0;
-    }
-    if (m->n >= MS_TRANSPORT_MAP_MAX)
+    if (ms_domainmap_get(m->dm, key) == NULL &&
+        ms_domainmap_size(m->dm) >= MS_TRANSPORT_MAP_MAX)
         return fail(err, errlen, MS_ETOOBIG, "more than %d entries", MS_TRANSPORT_MAP_MAX);
-    if (m->n == m->cap) {
-        m->cap = m->cap ? m->cap * 2 : 16;
-        m->e = ms_realloc(m->e, m->cap * sizeof(*m->e));
-    }
-    m->e[m->n].key = ms_strdup(key);
-    m->e[m->n].t = t;
-    m->n++;
+    val = ms_malloc(sizeof(*val));
+    *val = t;
+    /* A later entry for the same key replaces the earlier one. */
+    if (ms_domainmap_put(m->dm, key, strlen(key), val, &old) < 0)
+        ms_panic("ms_transport_map_add: normalised key \"%s\" refused", key);
+    free(old);
     return 0;
 }
 
 const struct ms_transport *ms_transport_map_lookup(const ms_transport_map *m, const char *domain)
 {
-    char key[MS_DNS_NAME_MAX + 2];
-    struct entry *e;
-    const char *p;
-    size_t i, len = strlen(domain);
+    const struct ms_domainmap_entry *e;
 
-    if (m == NULL || m->n == 0 || len > MS_DNS_NAME_MAX)
+    if (m == NULL || (e = ms_domainmap_lookup(m->dm, domain)) == NULL)
         return NULL;
-    for (i = 0; i <= len; i++)
-        key[i + 1] = (char)tolower((unsigned char)domain[i]);
-    if (len > 0 && key[len] == '.')
-        key[len--] = '\0'; /* a trailing dot is the same domain */
-    if ((e = find(m, key + 1)) != NULL)
-        return &e->t;
-    /* ".example.org" matches every name below example.org, the closest
-     * parent first. */
-    for (p = key + 1; (p = strchr(p, '.')) != NULL; p++)
-        if ((e = find(m, p)) != NULL)
-            return &e->t;
-    if ((e = find(m, "*")) != NULL)
-        return &e->t;
-    return NULL;
+    return e->value;
 }
 
 void ms_transport_map_free(ms_transport_map *m)
@@ -343,9 +312,9 @@ void ms_transport_map_free(ms_transport_map *m)
 
     if (m == NULL)
         return;
-    for (i = 0; i < m->n; i++)
-        free(m->e[i].key);
-    free(m->e);
+    for (i = 0; i < ms_domainmap_size(m->dm); i++)
+        free(ms_domainmap_at(m->dm, i)->value);
+    ms_domainmap_free(m->dm);
     free(m);
 }
 
@@ -418,50 +387,4 @@ implicit:
     hosts[0].preference = 0;
     *n = 1;
     return MS_MX_IMPLICIT;
-}
-
-int ms_route_domain(const char *addr, char *out, size_t outlen)
-{
-    const char *at = strrchr(addr, '@');
-    size_t i, len;
-
-    if (outlen == 0)
-        return MS_ETOOBIG;
-    if (at == NULL) {
-        out[0] = '\0';
-        return 0;
-    }
-    len = strlen(at + 1);
-    if (len >= outlen)
-        return MS_ETOOBIG;
-    for (i = 0; i <= len; i++)
-        out[i] = (char)tolower((unsigned char)at[1 + i]);
-    if (len > 0 && out[len - 1] == '.')
-        out[len - 1] = '\0';
-    return 0;
-}
-
-int ms_domain_match(const char *const *keys, size_t n, const char *domain)
-{
-    char key[MS_DNS_NAME_MAX + 2];
-    const char *p;
-    size_t i, len = strlen(domain);
-
-    if (len > MS_DNS_NAME_MAX)
-        return -1;
-    for (i = 0; i <= len; i++)
-        key[i] = (char)tolower((unsigned char)domain[i]);
-    if (len > 0 && key[len - 1] == '.')
-        key[len - 1] = '\0';
-    for (i = 0; i < n; i++)
-        if (strcmp(keys[i], key) == 0)
-            return (int)i;
-    for (p = key; (p = strchr(p, '.')) != NULL; p++)
-        for (i = 0; i < n; i++)
-            if (strcmp(keys[i], p) == 0)
-                return (int)i;
-    for (i = 0; i < n; i++)
-        if (strcmp(keys[i], "*") == 0)
-            return (int)i;
-    return -1;
 }

@@ -9,8 +9,9 @@
  * it on the loop through lib/io/ms_resolver.h).
  *
  *  - Transport map: lines "domain transport" (or "domain = transport");
- *    `domain` is a domain name matched exactly (case-insensitively), ".domain"
- *    for every subdomain of it, or "*" for everything else.  Transports:
+ *    `domain` is a key of lib/mail/ms_domainmap.h: a domain name matched
+ *    exactly (case-insensitively), ".domain" for every subdomain of it, or
+ *    "*" for everything else (no "[host]:port" keys).  Transports:
  *        smtp:host[:port]     MX lookup on host, then its addresses
  *        smtp:[host][:port]   no MX lookup: host's own addresses (or an IP)
  *        lmtp:host[:port]     LMTP (RFC 2033), default port 24, no MX lookup
@@ -32,6 +33,7 @@
 #include <stdint.h>
 
 #include "ms_dns.h"
+#include "ms_domainmap.h"
 
 /* Longest line of a transport map (file or inline entry). */
 #define MS_TRANSPORT_LINE_MAX 1024
@@ -86,8 +88,8 @@ int ms_transport_map_add(ms_transport_map *m, const char *line, size_t len, char
                          size_t errlen);
 /* Entries in the map. */
 size_t ms_transport_map_size(const ms_transport_map *m);
-/* The transport for `domain` (exact, then ".parent" entries from the
- * closest, then "*"), or NULL. */
+/* The transport for `domain` (ms_domainmap_lookup(): exact, then
+ * ".parent" entries from the closest, then "*"), or NULL. */
 const struct ms_transport *ms_transport_map_lookup(const ms_transport_map *m, const char *domain);
 void ms_transport_map_free(ms_transport_map *m);
 
@@ -114,13 +116,5 @@ enum ms_mx_verdict ms_mx_order(const struct ms_dns_result *res, const char *doma
                                uint32_t (*rnd)(void *), void *rnd_arg, struct ms_mx_host *hosts,
                                size_t max, size_t *n);
 
-/* Which of n lower-case keys applies to `domain`, by the transport map's
- * rules (exact, then ".parent" from the closest, then "*"): its index, or
- * -1.  For other per-domain tables (the worker's TLS policy map). */
-int ms_domain_match(const char *const *keys, size_t n, const char *domain);
-
-/* The domain part of an address ("user@Example.ORG" -> "example.org",
- * lower-cased) into out; "" when there is no '@'.  Returns 0 or MS_ETOOBIG. */
-int ms_route_domain(const char *addr, char *out, size_t outlen);
 
 #endif

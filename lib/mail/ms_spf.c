@@ -8,6 +8,7 @@
  * the public step/answer API that replays it.  See ms_spf.h for why replay.
  */
 #include "ms_spf.h"
+#include "ms_addr.h"
 
 #include "ms_error.h"
 #include "ms_log.h"
@@ -174,9 +175,11 @@ static int ctx_init(struct spf_ctx *c, const struct ms_spf_request *req)
     } else if (req->identity == MS_SPF_MAILFROM) {
         if ((n = strlen(mf)) > MS_SPF_SENDER_MAX)
             return MS_ETOOBIG;
-        /* The domain follows the last "@" (a quoted local-part may hold
-         * one); §4.3: a missing local-part becomes "postmaster". */
-        at = strrchr(mf, '@');
+        /* The domain follows the last "@" (ms_addr.h: a quoted
+         * local-part may hold one); §4.3: a missing local-part becomes
+         * "postmaster". */
+        at = ms_addr_domain(mf);
+        at = at ? at - 1 : NULL;
         if (at == NULL || at == mf) {
             memcpy(c->local, "postmaster", sizeof("postmaster"));
         } else {

@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "ms_addr.h"
 #include "ms_error.h"
 #include "../../frontend/smtp_parse.h"
 
@@ -33,7 +34,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             break;
         reply = NULL;
         if (fe_smtp_parse(buf + off, content, &cmd, &reply) == 0) {
-            if (cmd.pathlen != strlen(cmd.path) || cmd.pathlen > FE_SMTP_PATH_MAX)
+            if (cmd.pathlen != strlen(cmd.path) || cmd.pathlen > MS_SMTP_ADDR_MAX)
                 __builtin_trap();
             if (cmd.verb == FE_VERB_MAIL && fe_smtp_mail_params(&cmd, &mp, &reply) == 0 &&
                 strlen(mp.envid) > FE_SMTP_ENVID_MAX)
@@ -50,7 +51,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 if ((br == 0 && !size_ok) || (br < 0 && strncmp(reply, "501 ", 4) != 0))
                     __builtin_trap();
             }
-            (void)fe_addr_domain(cmd.path);
+            /* A path the parser saw a domain in has one by ms_addr.h's
+             * rule (the last '@'). */
+            if (cmd.path_domain && ms_addr_domain(cmd.path) == NULL)
+                __builtin_trap();
         } else if (reply == NULL || reply[0] != '5') {
             __builtin_trap();
         }

@@ -16,7 +16,9 @@ Per test:
   kafka_control   the broker, for stop()/start() (same ports and data dir);
                   it is restarted after the test if the test left it stopped.
 
-Helpers: kill_worker(cluster, i), read_sink (mslocal.read_sink), smtp_port().
+Helpers: kill_worker(cluster, i), read_sink (mslocal.read_sink), smtp_port(),
+need_testdata(rel) (the shared conformance data: skips the test when absent, fails
+it with CI=true).
 Every test has a timeout (pytest-timeout; MAILSTREAM_TEST_TIMEOUT seconds,
 default 180). On failure the report names the state directories and shows
 the tail of every log in them. Everything is stopped at the end, failure or
@@ -41,6 +43,10 @@ import mslocal  # noqa: E402
 from mslocal import read_sink  # noqa: E402,F401  (re-exported for tests)
 
 DEFAULT_TIMEOUT = int(os.environ.get("MAILSTREAM_TEST_TIMEOUT", "180"))
+
+# The shared conformance data (RFC vectors, the OpenSPF suite): outside the
+# project, never copied into it (tests/unit/testdata.h for the C tests).
+TESTDATA = Path(os.environ.get("MAILSTREAM_TESTDATA") or (REPO.parent / "shared" / "testdata"))
 
 _KAFKA: List[mslocal.Kafka] = []
 _DIRS_KEY = pytest.StashKey[List[Path]]()
@@ -252,3 +258,22 @@ def kill_worker(cluster: mslocal.Cluster, index: int = 0) -> None:
 
 def smtp_port(cluster: mslocal.Cluster, listener: str = "mx") -> int:
     return cluster.listener(listener)[1]
+
+
+def testdata_required() -> bool:
+    """CI=true or CI=1 (what CI services set): absent data is a failure."""
+    return os.environ.get("CI", "").lower() in ("true", "1")
+
+
+def need_testdata(rel: str) -> Path:
+    """The file or directory rel under the conformance data ($MAILSTREAM_TESTDATA,
+    default ../shared/testdata). Absent: skips the calling test, saying so, or
+    fails it when testdata_required(), so that a CI run that lost the data
+    cannot pass by skipping (issue 13, defect 4)."""
+    path = TESTDATA / rel
+    if not path.exists():
+        if testdata_required():
+            pytest.fail(f"{path} absent, and CI is set: the conformance data must be there "
+                        "(set MAILSTREAM_TESTDATA)", pytrace=False)
+        pytest.skip(f"{path} absent (set MAILSTREAM_TESTDATA)")
+    return path

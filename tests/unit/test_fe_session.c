@@ -50,7 +50,6 @@ struct fixture {
     struct fe_listener l;
     struct fake_kafka k;
     struct fe_transport *t;
-    char *domains[1];
 };
 
 static struct fe_metrics metrics; /* registered once: handles live forever */
@@ -69,9 +68,8 @@ static int setup(void **state)
     f->srv.set.max_errors = 5;
     f->srv.set.command_timeout_ms = 300000;
     f->srv.set.greeting_timeout_ms = 60000;
-    f->domains[0] = "mailstream.test";
-    f->srv.set.accepted_domains = f->domains;
-    f->srv.set.naccepted = 1;
+    f->srv.set.accepted_domains = ms_domainmap_new();
+    ms_domainmap_put(f->srv.set.accepted_domains, "mailstream.test", 15, NULL, NULL);
     f->srv.m = metrics;
     f->srv.submit = fake_submit;
     f->srv.submit_arg = &f->k;
@@ -93,8 +91,8 @@ static int teardown(void **state)
     uv_run(&f->loop, UV_RUN_DEFAULT);
     assert_true(fe_server_idle(&f->srv));
     assert_int_equal(uv_loop_close(&f->loop), 0);
+    ms_domainmap_free(f->srv.set.accepted_domains);
     f->srv.set.accepted_domains = NULL;
-    f->srv.set.naccepted = 0;
     ms_idmap_free(&f->srv.sessions);
     ms_idmap_free(&f->srv.pending);
     ms_idmap_free(&f->srv.limit_checks);

@@ -49,8 +49,8 @@ static void test_defaults(void **state)
     assert_int_equal(set.command_timeout_ms, FE_COMMAND_TIMEOUT_DEF * 1000);
     assert_int_equal(set.greeting_timeout_ms, FE_GREETING_TIMEOUT_DEF * 1000);
     assert_int_equal(set.drain_timeout_ms, FE_DRAIN_TIMEOUT_DEF * 1000);
-    assert_int_equal(set.naccepted, 1);
-    assert_string_equal(set.accepted_domains[0], "mailstream.test");
+    assert_int_equal(ms_domainmap_size(set.accepted_domains), 1);
+    assert_string_equal(ms_domainmap_at(set.accepted_domains, 0)->key, "mailstream.test");
     assert_int_equal(set.ntrusted, 0);
     assert_int_equal(set.nproxy_trusted, 0);
     assert_int_equal(set.max_connections, FE_MAX_CONNECTIONS_DEF);
@@ -105,8 +105,8 @@ static void test_values(void **state)
     assert_int_equal(set.kafka_linger_ms, 5);
     assert_int_equal(set.group_commit, 0);
     assert_int_equal(set.group_commit_window_us, 250);
-    assert_int_equal(set.naccepted, 3);
-    assert_string_equal(set.accepted_domains[1], "b.example");
+    assert_int_equal(ms_domainmap_size(set.accepted_domains), 3);
+    assert_string_equal(ms_domainmap_at(set.accepted_domains, 1)->key, "b.example");
     assert_int_equal(set.ntrusted, 2);
     assert_int_equal(set.trusted[1].prefix, 32);
     assert_int_equal(set.nproxy_trusted, 1);
@@ -171,6 +171,10 @@ static void test_errors(void **state)
         {"[smtp]\ndrain_timeout = -1\n", "drain_timeout"},
         {"[smtp]\ntrusted_networks = 10.0.0.0/8, 10.0.0.0/33\n", "trusted_networks"},
         {"[smtp]\nproxy_trusted_networks = lb.example\n", "proxy_trusted_networks"},
+        {"[smtp]\naccepted_domains = a.example, *\n", "accepted_domains"},
+        {"[smtp]\naccepted_domains = [192.0.2.1]:25\n", "accepted_domains"},
+        {"[smtp]\naccepted_domains = a..example\n", "accepted_domains"},
+        {"[smtp]\naccepted_domains = b.example, exa_mple.org, c d.example\n", "accepted_domains"},
         {"[smtp]\nmax_connections = 0\n", "max_connections"},
         {"[smtp]\nmax_connections_per_ip = 0\n", "max_connections_per_ip"},
         {"[smtp]\nmax_commands = 9\n", "max_commands"},

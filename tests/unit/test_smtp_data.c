@@ -1,5 +1,5 @@
 /*
- * test_fe_data.c - table-driven tests of the DATA reader
+ * test_smtp_data.c - table-driven tests of the DATA reader
  * (frontend/smtp_data.c): dot-unstuffing, the end of data, and the SMTP
  * smuggling variants that must never end a message.
  */

@@ -1,6 +1,6 @@
 /* Unit tests for lib/mail/ms_spf: the record parser, macro expansion (the
  * RFC 7208 §7.4 examples and the error cases) and the step/answer API.  The
- * full OpenSPF suite is in test_spf_suite.c. */
+ * full OpenSPF suite is in test_ms_spf_suite.c. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

@@ -1,5 +1,5 @@
 /*
- * test_wk_route.c - lib/mail/ms_route.c: transport parsing, the transport
+ * test_ms_route.c - lib/mail/ms_route.c: transport parsing, the transport
  * map's lookup order and MX ordering (RFC 5321 §5.1, RFC 7505).
  * Table-driven.
  */
@@ -118,6 +118,10 @@ static void test_map_lookup(void **state)
     assert_int_equal(ms_transport_map_add(m, "bad..", 5, err, sizeof(err)), MS_EINVAL);
     assert_int_equal(ms_transport_map_add(m, "onlydomain", 10, err, sizeof(err)), MS_EINVAL);
     assert_int_equal(ms_transport_map_add(m, "a b c", 5, err, sizeof(err)), MS_EINVAL);
+    /* A next-hop key of the domain map is no recipient domain. */
+    assert_int_equal(ms_transport_map_add(m, "[mx.example]:25 smtp:[10.0.0.1]", 31, err,
+                                          sizeof(err)), MS_EINVAL);
+    assert_int_equal(ms_transport_map_size(m), 5);
     ms_transport_map_free(m);
     assert_null(ms_transport_map_lookup(NULL, "x"));
 }
@@ -182,42 +186,12 @@ static void test_mx_order(void **state)
                      MS_MX_TEMPFAIL);
 }
 
-static void test_route_domain(void **state)
-{
-    char out[16];
-
-    (void)state;
-    assert_int_equal(ms_route_domain("User@Example.ORG", out, sizeof(out)), 0);
-    assert_string_equal(out, "example.org");
-    assert_int_equal(ms_route_domain("a@b@c.test.", out, sizeof(out)), 0);
-    assert_string_equal(out, "c.test");
-    assert_int_equal(ms_route_domain("postmaster", out, sizeof(out)), 0);
-    assert_string_equal(out, "");
-    assert_int_equal(ms_route_domain("a@very-long-domain.example", out, sizeof(out)), MS_ETOOBIG);
-}
-
-static void test_domain_match(void **state)
-{
-    static const char *const keys[] = {"example.org", ".example.org", ".deep.example.org", "*"};
-    static const char *const nostar[] = {"a.test"};
-
-    (void)state;
-    assert_int_equal(ms_domain_match(keys, 4, "Example.ORG."), 0);
-    assert_int_equal(ms_domain_match(keys, 4, "mx.example.org"), 1);
-    assert_int_equal(ms_domain_match(keys, 4, "x.deep.example.org"), 2);
-    assert_int_equal(ms_domain_match(keys, 4, "other.net"), 3);
-    assert_int_equal(ms_domain_match(nostar, 1, "b.test"), -1);
-    assert_int_equal(ms_domain_match(nostar, 0, "a.test"), -1);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_transport_parse),
         cmocka_unit_test(test_map_lookup),
         cmocka_unit_test(test_mx_order),
-        cmocka_unit_test(test_route_domain),
-        cmocka_unit_test(test_domain_match),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
