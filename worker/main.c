@@ -520,7 +520,7 @@ int main(int argc, char **argv)
     /* Every setting has been read: what the file holds beyond them is a
      * typo (docs/config.md). */
     if (ms_config_check_unknown(cfg, NULL, err, sizeof(err)) < 0)
-        ms_fatal("event=config_invalid error="%s"", err);
+        ms_fatal("event=config_invalid error=\"%s\"", err);
 
     memset(&kc, 0, sizeof(kc));
     kc.brokers = var_brokers;
