@@ -383,61 +383,53 @@ static void log_tx(struct fe_session *s, const char *event, const char *extra)
 static int submit_tx(struct fe_session *s)
 {
     struct fe_tx *tx = s->tx;
-    ms_envelope env;
-    Mailstream__Client cl = MAILSTREAM__CLIENT__INIT;
-    Mailstream__MailFrom mf = MAILSTREAM__MAIL_FROM__INIT;
-    Mailstream__Recipient *rr, **rp;
+    struct ms_envelope_tx et;
+    struct ms_envelope_tx_rcpt *rr;
     struct timeval tv;
     uint8_t *buf;
     size_t len, i;
     int r;
 
-    ms_envelope_init(&env);
+    memset(&et, 0, sizeof(et));
     gettimeofday(&tv, NULL);
-    cl.ip = s->ip;
-    cl.port = (uint32_t)s->port;
-    cl.helo = s->helo;
-    cl.tls_version = s->t->tls ? s->t->tls_version : "";
-    cl.tls_cipher = s->t->tls ? s->t->tls_cipher : "";
-    cl.auth_user = s->auth_user;
-    cl.listener = s->l->name;
-    cl.proxy_peer_ip = s->proxy_peer;
-    cl.listener_role = (char *)role_name(s->l->role);
-    mf.address = tx->from;
-    mf.body = tx->mp.body == FE_BODY_8BITMIME     ? MAILSTREAM__BODY__BODY_8BITMIME
-              : tx->mp.body == FE_BODY_7BIT       ? MAILSTREAM__BODY__BODY_7BIT
-              : tx->mp.body == FE_BODY_BINARYMIME ? MAILSTREAM__BODY__BODY_BINARYMIME
-                                                  : MAILSTREAM__BODY__BODY_UNSPECIFIED;
-    mf.smtputf8 = tx->mp.smtputf8;
-    mf.size = tx->mp.has_size ? tx->mp.size : 0;
-    mf.ret = tx->mp.ret == FE_RET_FULL   ? MAILSTREAM__RET__RET_FULL
-             : tx->mp.ret == FE_RET_HDRS ? MAILSTREAM__RET__RET_HDRS
-                                         : MAILSTREAM__RET__RET_UNSPECIFIED;
-    mf.envid = tx->mp.envid;
-    mf.requiretls = tx->mp.requiretls;
+    et.client.ip = s->ip;
+    et.client.port = (uint32_t)s->port;
+    et.client.helo = s->helo;
+    et.client.tls_version = s->t->tls ? s->t->tls_version : "";
+    et.client.tls_cipher = s->t->tls ? s->t->tls_cipher : "";
+    et.client.auth_user = s->auth_user;
+    et.client.listener = s->l->name;
+    et.client.proxy_peer_ip = s->proxy_peer;
+    et.client.listener_role = role_name(s->l->role);
+    et.mail_from.address = tx->from;
+    et.mail_from.body = tx->mp.body == FE_BODY_8BITMIME     ? MS_ENV_BODY_8BITMIME
+                        : tx->mp.body == FE_BODY_7BIT       ? MS_ENV_BODY_7BIT
+                        : tx->mp.body == FE_BODY_BINARYMIME ? MS_ENV_BODY_BINARYMIME
+                                                            : MS_ENV_BODY_UNSPECIFIED;
+    et.mail_from.smtputf8 = tx->mp.smtputf8;
+    et.mail_from.size = tx->mp.has_size ? tx->mp.size : 0;
+    et.mail_from.ret = tx->mp.ret == FE_RET_FULL   ? MS_ENV_RET_FULL
+                       : tx->mp.ret == FE_RET_HDRS ? MS_ENV_RET_HDRS
+                                                   : MS_ENV_RET_UNSPECIFIED;
+    et.mail_from.envid = tx->mp.envid;
+    et.mail_from.requiretls = tx->mp.requiretls;
     rr = ms_calloc(tx->nrcpts, sizeof(*rr));
-    rp = ms_calloc(tx->nrcpts, sizeof(*rp));
     for (i = 0; i < tx->nrcpts; i++) {
-        mailstream__recipient__init(&rr[i]);
         rr[i].address = tx->rcpts[i].addr;
         rr[i].notify = tx->rcpts[i].notify;
         rr[i].orcpt = tx->rcpts[i].orcpt;
-        rp[i] = &rr[i];
     }
-    env.queue_id = tx->qid;
-    env.received_at_us = (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
-    env.frontend_node = (char *)s->srv->set.node_id;
-    env.client = &cl;
-    env.mail_from = &mf;
-    env.n_recipients = tx->nrcpts;
-    env.recipients = rp;
-    env.direction = (s->auth_user[0] || s->trusted) ? MAILSTREAM__DIRECTION__DIRECTION_OUTBOUND
-                                                    : MAILSTREAM__DIRECTION__DIRECTION_INBOUND;
-    env.message.data = (uint8_t *)tx->msg.data;
-    env.message.len = tx->msg.len;
-    buf = ms_envelope_encode(&env, &len);
+    et.queue_id = tx->qid;
+    et.received_at_us = (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
+    et.frontend_node = s->srv->set.node_id;
+    et.rcpts = rr;
+    et.nrcpts = tx->nrcpts;
+    et.direction = (s->auth_user[0] || s->trusted) ? MS_ENV_DIRECTION_OUTBOUND
+                                                   : MS_ENV_DIRECTION_INBOUND;
+    et.message = tx->msg.data;
+    et.len = tx->msg.len;
+    buf = ms_envelope_encode_tx(&et, &len);
     free(rr);
-    free(rp);
     /* The message is in the record now; keep memory low while we wait. */
     ms_buf_free(&tx->msg);
     tx->txn_id = ++s->srv->next_id;

@@ -1,7 +1,7 @@
 /*
  * authcheck.c - mailstream-authcheck, the operators' email authentication
- * tool (like spfquery and opendkim-testmsg), on the worker's own policy
- * stage (worker/policy.h) and resolver.
+ * tool (like spfquery and opendkim-testmsg), on the worker's own
+ * mail-authentication stage (worker/mailauth.h) and resolver.
  *
  *   mailstream-authcheck [-c WORKER.ini] [--dns IP[@PORT]] --ip IP
  *                        [--helo NAME] [--mail-from ADDR] [--authserv-id ID]
@@ -52,7 +52,7 @@
 #include "ms_mem.h"
 #include "ms_resolver.h"
 #include "ms_spf.h"
-#include "policy.h"
+#include "mailauth.h"
 
 #include <arpa/inet.h>
 
@@ -145,11 +145,11 @@ static char *read_crlf(const char *path, size_t *len)
 
 struct check {
     int done;
-    struct wk_policy_result res;
+    struct wk_mailauth_result res;
     char reason[512];
 };
 
-static void on_policy(void *arg, uint64_t id, const struct wk_policy_result *res)
+static void on_mailauth(void *arg, uint64_t id, const struct wk_mailauth_result *res)
 {
     struct check *c = arg;
 
@@ -170,17 +170,17 @@ static void print_added_fields(const char *msg, size_t len)
         size_t e = nl ? (size_t)(nl - msg) + 1 : len;
         if (i > 0 && msg[i] != ' ' && msg[i] != '\t' &&
             strncasecmp(msg + i, "Authentication-Results:", 23) != 0 &&
-            strncasecmp(msg + i, WK_POLICY_QUARANTINE_HEADER ":",
-                        sizeof(WK_POLICY_QUARANTINE_HEADER)) != 0)
+            strncasecmp(msg + i, WK_MAILAUTH_QUARANTINE_HEADER ":",
+                        sizeof(WK_MAILAUTH_QUARANTINE_HEADER)) != 0)
             break;
         fwrite(msg + i, 1, e - i, stdout);
         i = e;
     }
 }
 
-/* The sections of a worker's config that wk_policy_new() reads every key of
- * (ms_config_check_unknown). */
-static const char *const policy_sections[] = {"policy", "dkim.", NULL};
+/* The sections of a worker's config that wk_mailauth_new() reads every key
+ * of (ms_config_check_unknown). */
+static const char *const mailauth_sections[] = {"policy", "dkim.", NULL};
 
 static int cmd_check(const char *config, const char *dns, const char *ip, const char *helo,
                      const char *mail_from, const char *authserv_id, int exit_code, int64_t now,
@@ -188,11 +188,10 @@ static int cmd_check(const char *config, const char *dns, const char *ip, const 
 {
     struct ms_resolver_conf rc;
     struct check c;
-    Mailstream__Client client = MAILSTREAM__CLIENT__INIT;
-    Mailstream__MailFrom mf = MAILSTREAM__MAIL_FROM__INIT;
-    ms_envelope env;
+    struct ms_envelope_tx tx;
+    ms_envelope *env;
     ms_resolver *res;
-    wk_policy *p;
+    wk_mailauth *p;
     ms_config *cfg;
     struct ms_buf clean;
     char err[512], host[256];
@@ -224,15 +223,16 @@ static int cmd_check(const char *config, const char *dns, const char *ip, const 
         fprintf(stderr, "resolver: %s\n", err);
         return 1;
     }
-    if ((p = wk_policy_new(uv_default_loop(), cfg, hostname, res, err, sizeof(err))) == NULL) {
+    if ((p = wk_mailauth_new(uv_default_loop(), cfg, hostname, res, err, sizeof(err))) == NULL) {
         fprintf(stderr, "policy: %s\n", err);
         return 1;
     }
     if (now > 0)
-        wk_policy_set_clock(p, now);
-    /* The file is a worker's: only the sections the policy stage reads in
-     * full are ours to check; the worker checks the rest at its start. */
-    if (ms_config_check_unknown(cfg, policy_sections, err, sizeof(err)) < 0) {
+        wk_mailauth_set_clock(p, now);
+    /* The file is a worker's: only the sections the mail-authentication
+     * stage reads in full are ours to check; the worker checks the rest at
+     * its start. */
+    if (ms_config_check_unknown(cfg, mailauth_sections, err, sizeof(err)) < 0) {
         fprintf(stderr, "%s\n", err);
         return 1;
     }
@@ -242,35 +242,36 @@ static int cmd_check(const char *config, const char *dns, const char *ip, const 
     (void)ms_authres_strip(msg, len, ms_config_get(cfg, "policy", "authserv_id", hostname),
                            &clean);
     free(msg);
-    ms_envelope_init(&env);
-    env.queue_id = "authcheck";
-    env.direction = MAILSTREAM__DIRECTION__DIRECTION_INBOUND;
-    client.ip = (char *)ip;
-    client.helo = (char *)(helo ? helo : "");
-    mf.address = (char *)(mail_from ? mail_from : "");
-    env.client = &client;
-    env.mail_from = &mf;
-    env.message.data = (uint8_t *)ms_buf_steal(&clean, &env.message.len);
+    memset(&tx, 0, sizeof(tx));
+    tx.queue_id = "authcheck";
+    tx.direction = MS_ENV_DIRECTION_INBOUND;
+    tx.client.ip = ip;
+    tx.client.helo = helo;
+    tx.mail_from.address = mail_from;
+    tx.message = clean.data;
+    tx.len = clean.len;
+    env = ms_envelope_new_tx(&tx);
+    ms_buf_free(&clean);
 
     memset(&c, 0, sizeof(c));
-    rc_start = wk_policy_start(p, &env, on_policy, &c, 1, &c.res);
+    rc_start = wk_mailauth_start(p, env, on_mailauth, &c, 1, &c.res);
     if (rc_start < 0) {
         fprintf(stderr, "policy: %s\n", ms_strerror(rc_start));
         return 1;
     }
     while (rc_start == 0 && !c.done)
         uv_run(uv_default_loop(), UV_RUN_ONCE);
-    printf("verdict: %s\naction: %s\nreason: %s\n", wk_policy_verdict_name(c.res.verdict),
-           wk_policy_action_name(c.res.action), c.res.reason ? c.res.reason : "");
-    print_added_fields((const char *)env.message.data, env.message.len);
-    free(env.message.data);
-    wk_policy_free(p);
+    printf("verdict: %s\naction: %s\nreason: %s\n", wk_mailauth_verdict_name(c.res.verdict),
+           wk_mailauth_action_name(c.res.action), c.res.reason ? c.res.reason : "");
+    print_added_fields((const char *)env->message.data, env->message.len);
+    ms_envelope_free(env);
+    wk_mailauth_free(p);
     ms_resolver_free(res);
     uv_run(uv_default_loop(), UV_RUN_DEFAULT); /* close handles */
     ms_config_free(cfg);
-    if (exit_code && c.res.action == WK_POLICY_QUARANTINE)
+    if (exit_code && c.res.action == WK_MAILAUTH_QUARANTINE)
         return 2;
-    if (exit_code && c.res.action == WK_POLICY_DISCARD)
+    if (exit_code && c.res.action == WK_MAILAUTH_DISCARD)
         return 3;
     return 0;
 }

@@ -13,20 +13,28 @@
  * the recipients still pending are grouped by destination (`struct dest`),
  * each routed (transport map, relay host or MX through route.h) and handed
  * to an SMTP session, all at once; a destination whose address cannot be
- * reached tries the next one.  Replies that arrive after a state was left
- * are recognised and dropped: route jobs and SMTP sessions report by
- * transaction id and destination number, the producer by transaction id and
- * record kind, Redis by transaction id and a phase number that changes
- * whenever a wait for Redis ends.
+ * reached tries the next one.  A destination's own states go through
+ * dest_enter_state() (see enum dest_state).  Replies that arrive after a
+ * state was left are recognised and dropped: route jobs, pacing answers and
+ * SMTP sessions report by transaction id and destination number, the
+ * producer by transaction id and record kind, Redis by transaction id and a
+ * phase number that changes whenever a wait for Redis ends.
+ *
+ * The engine's rooms: pacing.h decides when a destination may connect
+ * (dest_rate, dest_concurrency), outcome.h records each recipient's outcome
+ * (log, metrics, event, suppression, bounce counter), requeue.h builds the
+ * DSN and retry records; this file holds the slots, the consumers, the
+ * message state machine, the delivered markers and settling.
  */
 #include "delivery.h"
 #include "dsn_rules.h"
 #include "event.h"
-#include "policy.h"
+#include "mailauth.h"
+#include "outcome.h"
+#include "pacing.h"
+#include "requeue.h"
 #include "ms_addr.h"
-#include "ms_bucket.h"
 #include "ms_buf.h"
-#include "ms_dsn.h"
 #include "ms_envelope.h"
 #include "ms_error.h"
 #include "ms_keys.h"
@@ -37,28 +45,17 @@
 #include "ms_queueid.h"
 #include "retry.h"
 
-#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/un.h>
 #include <sys/time.h>
 
-/* Largest event record: the reply text dominates. */
-#define WK_EVENT_MAX (8 * 1024)
 /* Redis ids carry the phase in their low bits. */
 #define WK_PHASE_BITS 8
 /* Produce ids carry the kind of record in their low bits. */
 #define WK_KIND_BITS 2
 enum produce_kind { PRODUCE_EVENT, PRODUCE_RETRY, PRODUCE_DSN };
-/* "host[address]:port" */
-#define WK_RELAY_MAX (MS_DNS_NAME_MAX + INET6_ADDRSTRLEN + 16)
-/* Bounce counters per sender domain live this long after the last bounce. */
-#define WK_BOUNCE_COUNTER_TTL "2592000"
-/* Connection leases: how long one lives unless released, and how soon a
- * destination whose leases are all taken asks again. */
-#define WK_LEASE_TTL_MS (10 * 60 * 1000)
-#define WK_LEASE_RETRY_MS 250
 /* The engine's housekeeping tick (consumer kick, statistics). */
 #define WK_TICK_MS 1000
 /* How often the retry queue statistics are read. */
@@ -71,39 +68,18 @@ enum msg_state { MSG_HOLD, MSG_CHECK, MSG_SEND, MSG_RECORD, MSG_WAIT, MSG_CLOSIN
 static const char *const msg_state_names[MSG__NSTATES] = {"hold", "check", "send", "record",
                                                          "wait", "closing"};
 
-/* REQUEUED: pending, and the retry record carrying it is acknowledged. */
-enum rcpt_state { RCPT_PENDING, RCPT_DELIVERED, RCPT_BOUNCED, RCPT_REQUEUED };
+/* A destination's states; it changes them only through dest_enter_state():
+ *
+ *   NEW --route job--> ROUTE --addresses--> PACE --turn and lease--> SEND
+ *   --the session's outcomes--> DONE, or SEND --next address--> PACE
+ *
+ * (PACE answers at once when pacing is off or already granted) and any
+ * state may end in DONE with one result for every recipient: a route
+ * verdict, a transport map entry, a refusal to start, a rate deferral. */
+enum dest_state { DEST_NEW, DEST_ROUTE, DEST_PACE, DEST_SEND, DEST_DONE, DEST__NSTATES };
 
-struct rcpt {
-    const char *addr;           /* points into the envelope */
-    enum rcpt_state state;
-    int suppressed;             /* found on the suppression list */
-    int in_dsn;                 /* bounced here, or delivered with NOTIFY=SUCCESS
-                                 * (dsn_action): goes into this record's DSN */
-    enum ms_dsn_action dsn_action; /* with in_dsn: failed, delivered or relayed */
-    int dsn_done;               /* the DSN with it was acknowledged */
-    int warn_in_dsn;            /* a delay warning for it is in the DSN on its way */
-    int64_t delay_warned_us;    /* when its delay warning went out; 0: not yet */
-    int tried;                  /* has a last result */
-    int code;
-    char dsn[WK_DSN_MAX + 1];
-    char reply[WK_SMTP_REPLY_TEXT_MAX];
-    char remote[MS_DNS_NAME_MAX + 1]; /* the MX host that answered, or "" */
-    char relay[WK_RELAY_MAX];
-    int64_t at_us;
-};
-
-enum dest_state { DEST_ROUTE, DEST_RATE, DEST_LEASE, DEST_SEND, DEST_DONE };
-
-/* A destination waiting for its turn ([delivery] dest_rate) or for a
- * connection lease: the wait or the Redis guard timer.  Its own allocation,
- * freed in the close callback; finds its dest by id. */
-struct dest_timer {
-    uv_timer_t t;
-    wk_delivery *d;
-    uint64_t dest_id;
-    int waiting_reply;              /* the script is out (the timer is its guard) */
-};
+static const char *const dest_state_names[DEST__NSTATES] = {"new", "route", "pace", "send",
+                                                           "done"};
 
 /* One destination of one attempt: the recipients that share a route. */
 struct dest {
@@ -118,13 +94,7 @@ struct dest {
     size_t naddrs, next;              /* addresses and the next to try */
     wk_smtp *smtp;                    /* while DEST_SEND */
     char relay_str[WK_RELAY_MAX];     /* the address being tried */
-    struct dest_timer *wait;          /* dest_rate or dest_concurrency waits; NULL: none yet */
-    int leased;                       /* holds a lease in ms:lease:<name> */
-    int rated;                        /* its turn came (or dest_rate is off, or failed open) */
-    uint64_t rate_waited_ms;          /* waited for its turn so far */
-    char rate_key[MS_DNS_NAME_MAX + 32];
-    char lease_key[MS_DNS_NAME_MAX + 32];
-    char lease_member[64];
+    int paced;                        /* asked pacing.h: released with the dest */
     ms_gauge *conn_gauge;             /* its destination's connections, while DEST_SEND */
 };
 
@@ -138,7 +108,7 @@ struct msg {
     ms_envelope *env;
     const char *qid;                /* env->queue_id */
     size_t nrcpts;
-    struct rcpt *rcpts;
+    struct wk_rcpt *rcpts;
     size_t *tried;                  /* rcpt indices of the current MGET */
     size_t ntried;
     const char *cur_tls;            /* on_smtp: the TLS of the outcomes being recorded */
@@ -172,7 +142,10 @@ struct wk_delivery {
     int held[WK_RETRY_TIERS_MAX + 1];
     ms_producer *producer;
     ms_redis *redis;
-    wk_policy *policy; /* policy.h: once per record, before routing; NULL: none */
+    wk_mailauth *mailauth; /* mailauth.h: once per record, before routing; NULL: none */
+    wk_pacing *pacing;     /* dest_rate and dest_concurrency (pacing.h) */
+    wk_outcomes *outcomes; /* per recipient (outcome.h) */
+    struct wk_requeue_conf requeue;
     struct msg **slots;
     size_t nslots, nused, nclosing;
     struct parked *parked; /* nslots places */
@@ -182,11 +155,8 @@ struct wk_delivery {
     void (*drained)(void *);
     void *drained_arg;
 
-    ms_counter *m_outcome[WK_OUTCOME__N];
-    ms_counter *m_class[MS_CLASS__N];
     ms_counter *m_attempts, *m_malformed, *m_skipped, *m_redis_errors, *m_event_errors;
-    ms_counter *m_dns_failures, *m_tls_failures, *m_dsn, *m_requeued, *m_expired,
-        *m_suppressed, *m_connect_fallback;
+    ms_counter *m_dsn, *m_requeued, *m_expired, *m_suppressed, *m_connect_fallback;
     ms_gauge *m_in_flight, *m_held, *m_connections;
     /* Open connections per destination (dest_name): the first
      * WK_DEST_GAUGES_MAX destinations seen get a series of their own, the
@@ -197,12 +167,9 @@ struct wk_delivery {
     } dest_gauges[WK_DEST_GAUGES_MAX];
     size_t ndest_gauges;
     ms_gauge *m_dest_other;
-    ms_histogram *m_latency;
     ms_gauge *m_retry_depth, *m_retry_oldest;
-    ms_counter *m_lease_waits;
     ms_counter *m_dsn_suppressed[WK_DSN_VERDICT__N]; /* by verdict; [ALLOW] unused */
     ms_counter *m_dsn_notify_skipped, *m_delay_warnings;
-    ms_counter *m_rate_waits, *m_rate_deferred, *m_rate_unchecked;
     uv_timer_t stats_timer;         /* retry queue statistics from Redis */
     wk_smtp_cache *conn_cache;      /* idle connections for reuse; NULL: off */
     unsigned ticks;
@@ -320,6 +287,13 @@ static void msg_enter_state(struct msg *m, enum msg_state next)
     m->state = next;
 }
 
+static void dest_enter_state(struct msg *m, struct dest *ds, enum dest_state next)
+{
+    ms_debug("event=dest_state qid=%s dest=%s from=%s to=%s", m->qid, dest_name(m->d, ds),
+             dest_state_names[ds->state], dest_state_names[next]);
+    ds->state = next;
+}
+
 /* ---- pausing the consumers ---- */
 
 static void update_pauses(wk_delivery *d)
@@ -353,21 +327,13 @@ static void after_release(wk_delivery *d)
     update_pauses(d);
 }
 
-static void dest_timer_closed(uv_handle_t *h)
+/* Give back ds's turn and connection lease, if it asked for them. */
+static void dest_release_pacing(struct msg *m, struct dest *ds)
 {
-    free(h); /* the uv_timer_t is the first member */
-}
-
-static void redis_fire(wk_delivery *d, int argc, const char **argv);
-
-static void dest_release_lease(wk_delivery *d, struct dest *ds)
-{
-    const char *argv[3] = {"ZREM", ds->lease_key, ds->lease_member};
-
-    if (!ds->leased)
+    if (!ds->paced)
         return;
-    ds->leased = 0;
-    redis_fire(d, 3, argv);
+    ds->paced = 0;
+    wk_pacing_release(m->d->pacing, dest_id(m, ds));
 }
 
 static void dests_free(struct msg *m)
@@ -382,11 +348,7 @@ static void dests_free(struct msg *m)
         }
         if (ds->state == DEST_ROUTE && ds->job)
             wk_router_cancel(m->d->conf.router, ds->job);
-        dest_release_lease(m->d, ds);
-        if (ds->wait) {
-            uv_close((uv_handle_t *)&ds->wait->t, dest_timer_closed);
-            ds->wait = NULL;
-        }
+        dest_release_pacing(m, ds);
         free(ds->rcpts);
         free(ds->addrs);
     }
@@ -417,8 +379,8 @@ static void msg_release(struct msg *m, int done)
     if (m->state == MSG_CLOSING)
         return;
     dests_free(m);
-    if (d->policy)
-        wk_policy_cancel(d->policy, m->id);
+    if (d->mailauth)
+        wk_mailauth_cancel(d->mailauth, m->id);
     if (m->rec == NULL)
         ; /* parked: msg_park keeps the record */
     else if (done)
@@ -435,36 +397,10 @@ static void msg_release(struct msg *m, int done)
     uv_close((uv_handle_t *)&m->timer, msg_closed_cb);
 }
 
-/* ---- Redis, fire and forget ---- */
-
-static void on_ignored(void *arg, uint64_t cookie, const struct ms_redis_reply *r)
-{
-    wk_delivery *d = arg;
-
-    if (r->type == MS_REDIS_ERR || r->type == MS_REDIS_FAILED)
-        ms_counter_inc(d->m_redis_errors);
-}
-
+/* Redis commands nobody waits for (ms_redis_fire), counted when they fail. */
 static void redis_fire(wk_delivery *d, int argc, const char **argv)
 {
-    size_t argvlen[16];
-    int k;
-
-    if (d->redis == NULL)
-        return;
-    for (k = 0; k < argc; k++)
-        argvlen[k] = strlen(argv[k]);
-    if (ms_redis_command(d->redis, on_ignored, d, 0, argc, argv, argvlen) < 0)
-        ms_counter_inc(d->m_redis_errors);
-}
-
-static char *suppress_key(const char *addr)
-{
-    char *k = ms_asprintf(MS_KEY_SUPPRESS "%s", addr), *p;
-
-    for (p = k; *p; p++)
-        *p = (char)tolower((unsigned char)*p);
-    return k;
+    ms_redis_fire(d->redis, d->m_redis_errors, argc, argv);
 }
 
 /* ---- outcomes ---- */
@@ -489,104 +425,23 @@ static int publish(wk_delivery *d, uint64_t id, const char *topic, const char *k
     return 0;
 }
 
-/* Log, count and publish one recipient's outcome for this attempt, and
- * remember it as the recipient's last result.  `force` overrides the
- * outcome the code implies (an expired message bounces with 4.4.7). */
+/* One recipient's outcome for this attempt (outcome.h); `force` >= 0
+ * imposes one (an expired message bounces with 4.4.7). */
 static enum wk_outcome record_outcome(struct msg *m, size_t i, int code, const char *dsn,
                                       const char *reply, const char *relay, const char *remote,
                                       int force)
 {
-    wk_delivery *d = m->d;
-    struct rcpt *rc = &m->rcpts[i];
-    struct wk_event ev;
-    struct ms_buf json;
-    char qrcpt[600], qreply[WK_SMTP_REPLY_TEXT_MAX * 2];
-    int64_t now = now_us();
-    double delay = m->env->received_at_us > 0 ? (double)(now - m->env->received_at_us) / 1e6 : 0;
-    enum ms_reply_class cls;
-    int hard;
+    struct wk_outcome_msg om;
 
-    memset(&ev, 0, sizeof(ev));
-    ev.qid = m->qid;
-    ev.rcpt = rc->addr;
-    ev.outcome = force >= 0 ? (enum wk_outcome)force : wk_outcome_of(code);
-    ev.code = code;
-    ev.dsn = dsn;
-    ev.reply = reply;
-    ev.relay = relay;
-    ev.node = d->conf.node_id;
-    ev.attempt = m->attempt;
-    ev.delay = delay < 0 ? 0 : delay;
-    ev.ts_us = now;
-    cls = ms_reply_class(code, dsn, reply, &hard);
-    ev.class_name = ms_reply_class_name(cls);
-    ev.tls = m->cur_tls && *m->cur_tls ? m->cur_tls : NULL;
-    /* The class decides: a 5yz that is soft (a full mailbox) is retried. */
-    if (force < 0 && ev.outcome == WK_OUTCOME_BOUNCED && !hard)
-        ev.outcome = WK_OUTCOME_DEFERRED;
-
-    rc->tried = 1;
-    rc->code = code;
-    if (dsn != rc->dsn)
-        snprintf(rc->dsn, sizeof(rc->dsn), "%s", dsn);
-    if (reply != rc->reply)
-        snprintf(rc->reply, sizeof(rc->reply), "%s", reply);
-    if (relay != rc->relay)
-        snprintf(rc->relay, sizeof(rc->relay), "%s", relay);
-    if (remote != rc->remote)
-        snprintf(rc->remote, sizeof(rc->remote), "%s", remote ? remote : "");
-    rc->at_us = now;
-
-    ms_info("event=delivery qid=%s rcpt=%s relay=%s tls=\"%s\" attempt=%u delay=%.3f outcome=%s "
-            "code=%d dsn=%s class=%s reply=%s",
-            m->qid, ms_log_quote(qrcpt, sizeof(qrcpt), ev.rcpt, strlen(ev.rcpt)), ev.relay,
-            ev.tls ? ev.tls : "none", ev.attempt, ev.delay, wk_outcome_name(ev.outcome), code,
-            dsn, ev.class_name, ms_log_quote(qreply, sizeof(qreply), reply, strlen(reply)));
-    ms_counter_inc(d->m_outcome[ev.outcome]);
-    ms_counter_inc(d->m_class[cls]);
-    if (cls == MS_CLASS_DNS && ev.outcome == WK_OUTCOME_DEFERRED)
-        ms_counter_inc(d->m_dns_failures);
-    if (cls == MS_CLASS_TLS)
-        ms_counter_inc(d->m_tls_failures);
-    if (ev.outcome == WK_OUTCOME_DELIVERED)
-        ms_histogram_observe(d->m_latency, ev.delay);
-
-    ms_buf_init(&json, WK_EVENT_MAX);
-    if (wk_event_json(&json, &ev) == 0)
-        publish(d, m->id << WK_KIND_BITS | PRODUCE_EVENT, d->conf.events_topic, m->qid,
-                strlen(m->qid), json.data, json.len, &m->events_pending);
-    else
-        ms_warn("event=event_too_big qid=%s", m->qid); /* cannot happen: reply is bounded */
-    ms_buf_free(&json);
-
-    /* Hard bounces of a mailbox or domain feed the suppression list (a
-     * policy block says something about us, not about the recipient). */
-    if (ev.outcome == WK_OUTCOME_BOUNCED && hard && !rc->suppressed && d->conf.suppress_ttl_s > 0 &&
-        (cls == MS_CLASS_BAD_MAILBOX || cls == MS_CLASS_DNS)) {
-        char ttl[24], *key = suppress_key(rc->addr), *val = ms_asprintf("%s %s", dsn, reply);
-        const char *argv[5] = {"SET", key, val, "EX", ttl};
-        snprintf(ttl, sizeof(ttl), "%lld", (long long)d->conf.suppress_ttl_s);
-        redis_fire(d, 5, argv);
-        free(key);
-        free(val);
-    }
-    /* Bounce counters per sender domain and class (a sender whose lists
-     * bounce a lot shows up here; the relay control CLI reads them). */
-    if (ev.outcome == WK_OUTCOME_BOUNCED && m->env->mail_from && m->env->mail_from->address &&
-        m->env->mail_from->address[0]) {
-        char sdom[MS_DNS_NAME_MAX + 1], *key;
-        if (ms_addr_domain_copy(m->env->mail_from->address, sdom, sizeof(sdom)) == 0 && sdom[0]) {
-            key = ms_asprintf(MS_KEY_BOUNCES "%s", sdom);
-            {
-                const char *argv[4] = {"HINCRBY", key, ev.class_name, "1"};
-                const char *exp[3] = {"EXPIRE", key, WK_BOUNCE_COUNTER_TTL};
-                redis_fire(d, 4, argv);
-                redis_fire(d, 3, exp);
-            }
-            free(key);
-        }
-    }
-    return ev.outcome;
+    om.qid = m->qid;
+    om.mail_from = m->env->mail_from ? m->env->mail_from->address : NULL;
+    om.received_at_us = m->env->received_at_us;
+    om.attempt = m->attempt;
+    om.tls = m->cur_tls;
+    om.event_id = m->id << WK_KIND_BITS | PRODUCE_EVENT;
+    om.events_pending = &m->events_pending;
+    return wk_outcome_record(m->d->outcomes, &om, &m->rcpts[i], code, dsn, reply, relay, remote,
+                             force);
 }
 
 /* RFC 3461 NOTIFY=SUCCESS: the notice owed for delivered recipient i, if
@@ -596,16 +451,6 @@ static void note_success(struct msg *m, size_t i, int next_hop_dsn, int final)
     if (wk_dsn_success(m->env->recipients[i]->notify, next_hop_dsn, final,
                        &m->rcpts[i].dsn_action))
         m->rcpts[i].in_dsn = 1;
-}
-
-static void apply_outcome(struct msg *m, size_t i, enum wk_outcome o)
-{
-    if (o == WK_OUTCOME_DELIVERED) {
-        m->rcpts[i].state = RCPT_DELIVERED;
-    } else if (o == WK_OUTCOME_BOUNCED) {
-        m->rcpts[i].state = RCPT_BOUNCED;
-        m->rcpts[i].in_dsn = 1;
-    }
 }
 
 /* ---- Redis: delivered markers ---- */
@@ -642,7 +487,7 @@ static void on_mget(void *arg, uint64_t cookie, const struct ms_redis_reply *r)
         for (k = 0; k < m->ntried; k++) {
             i = m->tried[k];
             if (r->elem[k].type == MS_REDIS_STR) {
-                m->rcpts[i].state = RCPT_DELIVERED;
+                m->rcpts[i].state = WK_RCPT_DELIVERED;
                 ms_counter_inc(d->m_skipped);
                 ms_info("event=delivery_skipped qid=%s rcpt=%s reason=already_delivered",
                         m->qid,
@@ -716,7 +561,7 @@ static size_t collect_pending(struct msg *m)
 
     m->ntried = 0;
     for (i = 0; i < m->nrcpts; i++)
-        if (m->rcpts[i].state == RCPT_PENDING)
+        if (m->rcpts[i].state == WK_RCPT_PENDING)
             m->tried[m->ntried++] = i;
     return m->ntried;
 }
@@ -741,7 +586,7 @@ static void msg_check(struct msg *m)
     for (k = 0; k < m->ntried; k++) {
         argv[k + 1] = marker_key(m, m->tried[k]);
         if (sup)
-            argv[m->ntried + k + 1] = suppress_key(m->rcpts[m->tried[k]].addr);
+            argv[m->ntried + k + 1] = wk_suppress_key(m->rcpts[m->tried[k]].addr);
     }
     for (k = 1; k <= nkeys; k++)
         argvlen[k] = strlen(argv[k]);
@@ -773,7 +618,7 @@ static void msg_sent(struct msg *m)
 
 static void dest_done(struct msg *m, struct dest *ds)
 {
-    ds->state = DEST_DONE;
+    dest_enter_state(m, ds, DEST_DONE);
     if (++m->ndests_done == m->ndests && !m->starting)
         msg_sent(m);
 }
@@ -788,7 +633,6 @@ static void dest_finish_all(struct msg *m, struct dest *ds, int code, const char
 
     for (k = 0; k < ds->n; k++) {
         o = record_outcome(m, ds->rcpts[k], code, dsn, text, relay, NULL, -1);
-        apply_outcome(m, ds->rcpts[k], o);
         if (o == WK_OUTCOME_DELIVERED) /* the discard transport: final */
             note_success(m, ds->rcpts[k], 0, 1);
     }
@@ -841,13 +685,12 @@ static void on_smtp(void *arg, uint64_t id, const struct wk_smtp_result *res)
         return;
     }
     remote = ds->addrs && ds->next > 0 ? ds->addrs[ds->next - 1].host : NULL;
-    dest_release_lease(d, ds);
+    dest_release_pacing(m, ds);
     m->cur_tls = res->tls;
     for (k = 0; k < res->nrcpts && k < ds->n; k++) {
         i = ds->rcpts[k];
         o = record_outcome(m, i, res->rcpts[k].code, res->rcpts[k].dsn, res->rcpts[k].reply,
                            ds->relay_str, remote, -1);
-        apply_outcome(m, i, o);
         /* Right after the remote 250: from now on a redelivery skips it
          * (XXX and a success notice not yet produced is lost with it). */
         if (o == WK_OUTCOME_DELIVERED) {
@@ -859,98 +702,6 @@ static void on_smtp(void *arg, uint64_t id, const struct wk_smtp_result *res)
     dest_done(m, ds);
 }
 
-/* Start an SMTP session to the next address of the destination. */
-/* ---- per-destination connection leases ([delivery] dest_concurrency) ----
- *
- * A sorted set per destination holds one member per connection, scored by
- * when it lapses: a worker that dies leaves leases that expire by
- * themselves after WK_LEASE_TTL_MS.  Taken atomically by a Lua script
- * (MS_SCRIPT_LEASE, ms_script.h); scores are the workers' clocks (XXX:
- * assumes clocks agree to well within the TTL).  Redis unavailable: connect
- * without a lease (at least once beats never). */
-
-static void dest_connect(struct msg *m, struct dest *ds);
-static void dest_connect_now(struct msg *m, struct dest *ds);
-static void lease_request(struct msg *m, struct dest *ds);
-static void dest_timer_cb(uv_timer_t *t);
-
-static void on_lease(void *arg, uint64_t id, const struct ms_redis_reply *r)
-{
-    wk_delivery *d = arg;
-    struct msg *m = NULL;
-    struct dest *ds = dest_lookup(d, id, &m);
-
-    if (ds == NULL || ds->state != DEST_LEASE || ds->wait == NULL || !ds->wait->waiting_reply)
-        return;
-    ds->wait->waiting_reply = 0;
-    uv_timer_stop(&ds->wait->t);
-    if (r->type == MS_REDIS_INT && r->integer == 1) {
-        ds->leased = 1;
-    } else if (r->type == MS_REDIS_INT) {
-        /* Every lease is taken: ask again a little later. */
-        ms_counter_inc(d->m_lease_waits);
-        uv_timer_start(&ds->wait->t, dest_timer_cb, WK_LEASE_RETRY_MS, 0);
-        return;
-    } else {
-        redis_failed(d, m, "EVALSHA lease", r);
-    }
-    dest_connect_now(m, ds);
-}
-
-static void rate_timer(struct msg *m, struct dest *ds);
-
-static void dest_timer_cb(uv_timer_t *t)
-{
-    struct dest_timer *lt = (struct dest_timer *)t;
-    struct msg *m = NULL;
-    struct dest *ds = dest_lookup(lt->d, lt->dest_id, &m);
-
-    if (ds != NULL && ds->state == DEST_RATE) {
-        rate_timer(m, ds);
-        return;
-    }
-    if (ds == NULL || ds->state != DEST_LEASE)
-        return;
-    if (lt->waiting_reply) {
-        /* Redis did not answer in time: go without a lease. */
-        lt->waiting_reply = 0;
-        ms_counter_inc(lt->d->m_redis_errors);
-        dest_connect_now(m, ds);
-        return;
-    }
-    lease_request(m, ds);
-}
-
-static void lease_request(struct msg *m, struct dest *ds)
-{
-    wk_delivery *d = m->d;
-    char now[24], ttl[24], max[24];
-    const char *argv[6];
-    size_t argvlen[6];
-    int k;
-
-    snprintf(now, sizeof(now), "%lld", (long long)(now_us() / 1000));
-    snprintf(ttl, sizeof(ttl), "%d", WK_LEASE_TTL_MS);
-    snprintf(max, sizeof(max), "%d", d->conf.dest_concurrency);
-    argv[0] = "1";
-    argv[1] = ds->lease_key;
-    argv[2] = now;
-    argv[3] = ttl;
-    argv[4] = max;
-    argv[5] = ds->lease_member;
-    for (k = 0; k < 6; k++)
-        argvlen[k] = strlen(argv[k]);
-    ds->state = DEST_LEASE;
-    if (ms_redis_script(d->redis, MS_SCRIPT_LEASE, on_lease, d, dest_id(m, ds), 6, argv,
-                        argvlen) < 0) {
-        redis_failed(d, m, "EVALSHA lease", NULL);
-        dest_connect_now(m, ds);
-        return;
-    }
-    ds->wait->waiting_reply = 1;
-    uv_timer_start(&ds->wait->t, dest_timer_cb, WK_REDIS_TIMEOUT_MS, 0);
-}
-
 /* The name rates and leases are kept under: the relay host, the transport
  * map's next hop (host or socket path), or the recipient domain (MX). */
 static const char *dest_name(const wk_delivery *d, const struct dest *ds)
@@ -960,152 +711,54 @@ static const char *dest_name(const wk_delivery *d, const struct dest *ds)
                     : ds->domain;
 }
 
-static void dest_timer_init(struct msg *m, struct dest *ds)
-{
-    wk_delivery *d = m->d;
-    const char *name = dest_name(d, ds);
+/* ---- pacing (pacing.h): [delivery] dest_rate and dest_concurrency ---- */
 
-    if (ds->wait != NULL)
-        return;
-    ds->wait = ms_calloc(1, sizeof(*ds->wait));
-    uv_timer_init(d->loop, &ds->wait->t);
-    ds->wait->d = d;
-    ds->wait->dest_id = dest_id(m, ds);
-    snprintf(ds->lease_key, sizeof(ds->lease_key), MS_KEY_LEASE "%s", name);
-    snprintf(ds->lease_member, sizeof(ds->lease_member), "%s:%llu", d->conf.node_id,
-             (unsigned long long)ds->wait->dest_id);
-    snprintf(ds->rate_key, sizeof(ds->rate_key), MS_KEY_RATE "%s", name);
-}
+static void dest_connect_now(struct msg *m, struct dest *ds);
 
-/* ---- per-destination message rate ([delivery] dest_rate) ----
- *
- * A token bucket per destination in Redis (ms:rate:<name>, ms_bucket.h),
- * capacity one, refilled every 1/rate seconds: one message per destination
- * and period, cluster-wide, evenly spaced (what Postfix's
- * default_destination_rate_delay does on one host).  A destination whose
- * turn has not come waits in memory for the time the script names and asks
- * again; it is neither bounced nor deferred, unless the waits add up to
- * more than dest_rate_max_wait_ms: then its recipients are deferred (4.4.5)
- * to a retry tier so that a slow destination cannot hold every in-flight
- * slot.  The check comes before the lease, so a waiting destination holds
- * no connection lease.  Redis unavailable, an error or no answer in time:
- * deliver (fail-open, like the leases), counted. */
-static void on_rate(void *arg, uint64_t id, const struct ms_redis_reply *r);
-
-static void rate_fail_open(struct msg *m, struct dest *ds, const struct ms_redis_reply *r)
-{
-    redis_failed(m->d, m, "EVALSHA dest_rate", r);
-    ms_counter_inc(m->d->m_rate_unchecked);
-    ds->rated = 1;
-    dest_connect(m, ds);
-}
-
-static void rate_request(struct msg *m, struct dest *ds)
-{
-    wk_delivery *d = m->d;
-    struct ms_bucket_scratch sc;
-    const char *argv[MS_BUCKET_WAIT_ARGC];
-    size_t argvlen[MS_BUCKET_WAIT_ARGC];
-    int argc;
-
-    argc = ms_bucket_wait_argv(ds->rate_key, d->conf.dest_rate, &sc, argv, argvlen);
-    ds->state = DEST_RATE;
-    if (ms_redis_script(d->redis, MS_SCRIPT_BUCKET, on_rate, d, dest_id(m, ds), argc, argv,
-                        argvlen) < 0) {
-        rate_fail_open(m, ds, NULL);
-        return;
-    }
-    ds->wait->waiting_reply = 1;
-    uv_timer_start(&ds->wait->t, dest_timer_cb, WK_REDIS_TIMEOUT_MS, 0);
-}
-
-static void rate_timer(struct msg *m, struct dest *ds)
-{
-    if (ds->wait->waiting_reply) {
-        /* Redis did not answer in time: go without the check. */
-        ds->wait->waiting_reply = 0;
-        rate_fail_open(m, ds, NULL);
-        return;
-    }
-    rate_request(m, ds); /* its turn should have come: ask again */
-}
-
-/* Waited too long (or the worker is draining): defer the destination's
- * recipients like any temporary failure; the retry record keeps them. */
-static void rate_defer(struct msg *m, struct dest *ds, int64_t next_turn_ms)
+/* Waited too long for its turn (or the worker is draining): defer the
+ * destination's recipients like any temporary failure; the retry record
+ * keeps them. */
+static void rate_defer(struct msg *m, struct dest *ds, uint64_t waited_ms, int64_t next_turn_ms)
 {
     wk_delivery *d = m->d;
     char text[256];
 
-    ms_counter_inc(d->m_rate_deferred);
     ms_info("event=dest_rate_deferred qid=%s dest=%s waited_ms=%llu next_turn_ms=%lld "
             "draining=%d",
-            m->qid, dest_name(d, ds), (unsigned long long)ds->rate_waited_ms,
-            (long long)next_turn_ms, d->draining);
+            m->qid, dest_name(d, ds), (unsigned long long)waited_ms, (long long)next_turn_ms,
+            d->draining);
     snprintf(text, sizeof(text),
              "destination over its rate ([delivery] dest_rate): waited %llu ms for its turn",
-             (unsigned long long)ds->rate_waited_ms);
+             (unsigned long long)waited_ms);
     /* RFC 3463 X.4.5: mail system congestion. */
     dest_finish_all(m, ds, 0, "4.4.5", text, dest_name(d, ds));
 }
 
-static void on_rate(void *arg, uint64_t id, const struct ms_redis_reply *r)
+static void on_paced(void *arg, uint64_t id, enum wk_pace_answer a, uint64_t waited_ms,
+                     int64_t next_turn_ms)
 {
     wk_delivery *d = arg;
     struct msg *m = NULL;
     struct dest *ds = dest_lookup(d, id, &m);
-    int64_t wait;
 
-    if (ds == NULL || ds->state != DEST_RATE || ds->wait == NULL || !ds->wait->waiting_reply)
+    if (ds == NULL || ds->state != DEST_PACE)
         return;
-    ds->wait->waiting_reply = 0;
-    uv_timer_stop(&ds->wait->t);
-    wait = ms_bucket_wait_result(r);
-    if (wait < 0) {
-        rate_fail_open(m, ds, r);
-        return;
+    if (a == WK_PACE_DEFER) {
+        ds->paced = 0; /* pacing forgot it */
+        rate_defer(m, ds, waited_ms, next_turn_ms);
+    } else {
+        dest_connect_now(m, ds);
     }
-    if (wait == 0) {
-        if (ds->rate_waited_ms > 0)
-            ms_debug("event=dest_rate_turn qid=%s dest=%s waited_ms=%llu", m->qid,
-                     dest_name(d, ds), (unsigned long long)ds->rate_waited_ms);
-        ds->rated = 1;
-        dest_connect(m, ds);
-        return;
-    }
-    if (ds->rate_waited_ms == 0)
-        ms_counter_inc(d->m_rate_waits);
-    /* Draining (SIGTERM): no new waits; the retry record keeps the mail. */
-    if (d->draining || ds->rate_waited_ms + (uint64_t)wait > d->conf.dest_rate_max_wait_ms) {
-        rate_defer(m, ds, wait);
-        return;
-    }
-    ds->rate_waited_ms += (uint64_t)wait;
-    uv_timer_start(&ds->wait->t, dest_timer_cb, (uint64_t)wait, 0);
 }
 
-/* Connect to the next address: first the destination's turn when
- * dest_rate is on, then a lease when dest_concurrency is. */
+/* Connect to the next address once pacing lets it (at once when it is off
+ * or the turn and lease are held already). */
 static void dest_connect(struct msg *m, struct dest *ds)
 {
-    wk_delivery *d = m->d;
-
-    if (d->conf.dest_rate.capacity > 0 && !ds->rated) {
-        if (d->redis == NULL) {
-            ms_counter_inc(d->m_rate_unchecked);
-            ds->rated = 1;
-        } else {
-            dest_timer_init(m, ds);
-            rate_request(m, ds);
-            return;
-        }
-    }
-    if (d->conf.dest_concurrency <= 0 || d->redis == NULL || ds->leased) {
+    dest_enter_state(m, ds, DEST_PACE);
+    ds->paced = 1;
+    if (wk_pacing_acquire(m->d->pacing, dest_id(m, ds), dest_name(m->d, ds), m->qid))
         dest_connect_now(m, ds);
-        return;
-    }
-    dest_timer_init(m, ds);
-    lease_request(m, ds);
 }
 
 static void dest_connect_now(struct msg *m, struct dest *ds)
@@ -1140,9 +793,9 @@ static void dest_connect_now(struct msg *m, struct dest *ds)
     sm.helo_name = d->conf.helo_name;
     sm.mail_from = m->env->mail_from && m->env->mail_from->address ? m->env->mail_from->address
                                                                     : "";
-    sm.body_8bitmime = m->env->mail_from && m->env->mail_from->body == MAILSTREAM__BODY__BODY_8BITMIME;
+    sm.body_8bitmime = m->env->mail_from && m->env->mail_from->body == MS_ENV_BODY_8BITMIME;
     sm.body_binarymime = m->env->mail_from &&
-                         m->env->mail_from->body == MAILSTREAM__BODY__BODY_BINARYMIME;
+                         m->env->mail_from->body == MS_ENV_BODY_BINARYMIME;
     sm.smtputf8 = m->env->mail_from && m->env->mail_from->smtputf8;
     if (m->env->mail_from) { /* RFC 8689, RFC 3461: smtp_client.h */
         sm.requiretls = m->env->mail_from->requiretls;
@@ -1170,7 +823,7 @@ static void dest_connect_now(struct msg *m, struct dest *ds)
     sm.nrcpts = ds->n;
     sm.data = (const char *)m->env->message.data;
     sm.len = m->env->message.len;
-    ds->state = DEST_SEND;
+    dest_enter_state(m, ds, DEST_SEND);
     err = wk_smtp_start(d->loop, (const struct sockaddr *)&a->ss, &d->conf.timeouts, &sm, on_smtp,
                         d, dest_id(m, ds), &ds->smtp);
     free(rcpts);
@@ -1252,7 +905,7 @@ static void dest_start(struct msg *m, struct dest *ds)
     port = t && t->port ? t->port
          : t && t->kind == MS_TRANSPORT_LMTP ? MS_LMTP_PORT
                                               : d->conf.smtp_port;
-    ds->state = DEST_ROUTE;
+    dest_enter_state(m, ds, DEST_ROUTE);
     ds->job = wk_router_resolve(d->conf.router, t ? t->host : ds->domain, port, t ? t->no_mx : 0,
                                 on_route, d, dest_id(m, ds));
 }
@@ -1287,11 +940,10 @@ static void msg_send(struct msg *m)
             ms_counter_inc(d->m_suppressed);
             ms_info("event=delivery_suppressed qid=%s rcpt=%s", m->qid,
                     ms_log_quote(q, sizeof(q), m->rcpts[i].addr, strlen(m->rcpts[i].addr)));
-            apply_outcome(m, i,
-                          record_outcome(m, i, 550, "5.1.1",
-                                         "550 5.1.1 recipient is on the suppression list after "
-                                         "a recent hard bounce",
-                                         "suppressed", NULL, -1));
+            record_outcome(m, i, 550, "5.1.1",
+                           "550 5.1.1 recipient is on the suppression list after a recent "
+                           "hard bounce",
+                           "suppressed", NULL, -1);
             continue;
         }
         if (ms_addr_domain_copy(m->rcpts[i].addr, domain, sizeof(domain)) < 0)
@@ -1335,32 +987,23 @@ static void retry_cb(uv_timer_t *t)
 /* ---- durable outcomes: DSN and retry records ---- */
 
 /* Produce one DSN for the recipients bounced in this record (Action:
- * failed) and those whose delay warning is due (Action: delayed), if the
- * rules allow one (dsn_rules.h: the backscatter rule, then NOTIFY per
- * recipient).  Returns 1 when a DSN is on its way. */
+ * failed), delivered with NOTIFY=SUCCESS and those whose delay warning is
+ * due (Action: delayed), if the rules allow one (dsn_rules.h: the
+ * backscatter rule, then NOTIFY per recipient; requeue.h builds it).
+ * Returns 1 when a DSN is on its way. */
 static int send_dsn(struct msg *m)
 {
     wk_delivery *d = m->d;
-    const Mailstream__MailFrom *mf = m->env->mail_from;
-    struct ms_dsn_rcpt *dr;
-    struct ms_dsn in;
-    struct ms_buf out;
-    Mailstream__Envelope env;
-    Mailstream__MailFrom from;
-    Mailstream__Recipient rcpt, *rcpts[1];
-    char qid[MS_QUEUEID_LEN + 1];
-    uint8_t *buf;
-    size_t i, n = 0, len;
-    int err;
-
+    const ms_envelope_mail_from *mf = m->env->mail_from;
+    struct wk_requeue_dsn_counts counts;
     struct wk_dsn_facts facts;
     enum wk_dsn_verdict verdict;
-    char (*status)[WK_DSN_MAX + 1];
-    size_t nwarn = 0, nsuccess = 0;
+    char qid[MS_QUEUEID_LEN + 1];
+    uint8_t *buf;
+    size_t i, len;
+    int err;
 
-    for (i = 0; i < m->nrcpts; i++)
-        n += (m->rcpts[i].in_dsn && !m->rcpts[i].dsn_done) || m->rcpts[i].warn_in_dsn;
-    if (n == 0)
+    if (wk_requeue_dsn_owed(m->rcpts, m->nrcpts) == 0)
         return 0;
     wk_dsn_facts_of(m->env, &facts);
     if ((verdict = wk_dsn_decide(&facts)) != WK_DSN_ALLOW) {
@@ -1368,108 +1011,35 @@ static int send_dsn(struct msg *m)
          * backscatter to senders we cannot tell were not forged. */
         ms_info("event=dsn_skipped qid=%s reason=%s direction=%s spf_mailfrom=%s dkim_aligned=%s",
                 m->qid, wk_dsn_verdict_name(verdict),
-                m->env->direction == MAILSTREAM__DIRECTION__DIRECTION_INBOUND    ? "inbound"
-                : m->env->direction == MAILSTREAM__DIRECTION__DIRECTION_OUTBOUND ? "outbound"
+                m->env->direction == MS_ENV_DIRECTION_INBOUND    ? "inbound"
+                : m->env->direction == MS_ENV_DIRECTION_OUTBOUND ? "outbound"
                                                                                 : "unknown",
                 !facts.auth_evaluated ? "unknown" : facts.spf_mailfrom_pass ? "pass" : "no",
                 facts.dkim_aligned && facts.dkim_aligned[0] ? facts.dkim_aligned : "none");
         ms_counter_inc(d->m_dsn_suppressed[verdict]);
         goto none;
     }
-    dr = ms_calloc(n, sizeof(*dr));
-    status = ms_calloc(n, sizeof(*status));
-    n = 0;
-    for (i = 0; i < m->nrcpts; i++) {
-        struct rcpt *rc = &m->rcpts[i];
-        const Mailstream__Recipient *er = m->env->recipients[i];
-        int owed = rc->in_dsn && !rc->dsn_done;
-        int failed = owed && rc->state == RCPT_BOUNCED && wk_notify_failure(er->notify);
-        int success = owed && rc->state == RCPT_DELIVERED; /* NOTIFY checked already */
-        if (!failed && !success && !rc->warn_in_dsn)
-            continue;
-        dr[n].final_rcpt = rc->addr;
-        dr[n].orcpt = er->orcpt && er->orcpt[0] ? er->orcpt : NULL;
-        dr[n].action = failed ? MS_DSN_FAILED : success ? rc->dsn_action : MS_DSN_DELAYED;
-        nsuccess += success;
-        wk_dsn_status(status[n], sizeof(status[n]), rc->dsn, dr[n].action);
-        dr[n].status = status[n];
-        dr[n].remote_mta = rc->remote[0] ? rc->remote : NULL;
-        dr[n].code = rc->code;
-        dr[n].diagnostic = rc->reply;
-        dr[n].last_attempt_us = rc->at_us;
-        if (dr[n].action == MS_DSN_DELAYED) {
-            /* RFC 3464 §2.3.9: when we give up ([retry] max_age_s). */
-            dr[n].will_retry_until_us =
-                m->env->received_at_us > 0
-                    ? m->env->received_at_us + d->conf.max_age_s * 1000000
-                    : 0;
-            nwarn++;
-        }
-        n++;
-    }
-    if (n == 0) {
-        free(dr);
-        free(status);
+    ms_queueid_new(qid);
+    err = wk_requeue_dsn(&d->requeue, m->env, m->rcpts, qid, now_us(), &buf, &len, &counts);
+    if (err == 0) {
         ms_info("event=dsn_skipped qid=%s reason=notify", m->qid);
         ms_counter_inc(d->m_dsn_notify_skipped);
         goto none;
     }
-    ms_queueid_new(qid);
-    memset(&in, 0, sizeof(in));
-    in.reporting_mta = d->conf.helo_name;
-    in.queue_id = qid;
-    in.orig_queue_id = m->qid;
-    in.to = mf->address;
-    in.envid = mf->envid && mf->envid[0] ? mf->envid : NULL;
-    in.arrival_us = m->env->received_at_us;
-    in.now_us = now_us();
-    in.ret_hdrs = mf->ret == MAILSTREAM__RET__RET_HDRS || mf->requiretls;
-    in.ret_full = mf->ret == MAILSTREAM__RET__RET_FULL && !mf->requiretls;
-    in.message = (const char *)m->env->message.data;
-    in.message_len = m->env->message.len;
-    in.rcpts = dr;
-    in.nrcpts = n;
-    ms_buf_init(&out, m->env->message.len + MS_DSN_REPORT_MAX);
-    err = ms_dsn_build(&in, &out);
-    free(dr);
-    free(status);
     if (err < 0) {
         ms_warn("event=dsn_failed qid=%s error=%s", m->qid, ms_err_name(err));
-        ms_buf_free(&out);
         goto none;
     }
-    ms_envelope_init(&env);
-    mailstream__mail_from__init(&from);
-    mailstream__recipient__init(&rcpt);
-    from.address = "";
-    from.body = MAILSTREAM__BODY__BODY_8BITMIME;
-    /* RFC 8689, non-delivery message handling: the notice on a REQUIRETLS
-     * message goes the same way (and returns the headers only, above). */
-    from.requiretls = mf->requiretls;
-    rcpt.address = mf->address;
-    rcpt.notify = MAILSTREAM__NOTIFY__NOTIFY_NEVER;
-    rcpts[0] = &rcpt;
-    env.queue_id = qid;
-    env.received_at_us = in.now_us;
-    env.frontend_node = (char *)d->conf.node_id;
-    env.mail_from = &from;
-    env.n_recipients = 1;
-    env.recipients = rcpts;
-    env.direction = MAILSTREAM__DIRECTION__DIRECTION_OUTBOUND;
-    env.message.data = (uint8_t *)out.data;
-    env.message.len = out.len;
-    env.dsn_for = (char *)m->qid;
-    buf = ms_envelope_encode(&env, &len);
-    ms_buf_free(&out);
     if (publish(d, m->id << WK_KIND_BITS | PRODUCE_DSN, d->conf.topic, qid, strlen(qid), buf,
                 len, &m->produce_pending) < 0)
         m->produce_failed = 1;
     free(buf);
     ms_info("event=dsn qid=%s dsn_qid=%s to=%s rcpts=%zu delayed=%zu success=%zu requiretls=%d",
-            m->qid, qid, mf->address, n, nwarn, nsuccess, mf->requiretls);
+            m->qid, qid, mf->address, counts.rcpts, counts.delayed, counts.success,
+            mf->requiretls);
     ms_counter_inc(d->m_dsn);
-    if (nwarn > 0)
-        ms_counter_add(d->m_delay_warnings, nwarn);
+    if (counts.delayed > 0)
+        ms_counter_add(d->m_delay_warnings, counts.delayed);
     return 1;
 none:
     for (i = 0; i < m->nrcpts; i++) {
@@ -1481,66 +1051,30 @@ none:
 }
 
 /* Re-produce the message with its pending recipients to the retry tier for
- * its attempt number.  Returns 1 when the record is on its way. */
+ * its attempt number (requeue.h builds the record). */
 static void send_retry(struct msg *m, int pending)
 {
     wk_delivery *d = m->d;
-    Mailstream__Envelope env;
-    Mailstream__Recipient **rcpts;
-    Mailstream__Attempt *att, **atts;
     uint8_t *buf;
-    size_t i, n = 0, na = 0, len;
+    size_t i, len;
     uint64_t delay;
     int tier, before;
-    int64_t now = now_us();
+    int64_t next_attempt_us;
 
     if (d->conf.retry_tiers <= 0 || d->producer == NULL)
         return;
-    tier = m->attempt < (unsigned)d->conf.retry_tiers ? (int)m->attempt : d->conf.retry_tiers;
-    if (tier < 1)
-        tier = 1;
+    tier = wk_requeue_tier(m->attempt, d->conf.retry_tiers);
     /* The delay keeps growing up to retry_max_ms in the last tier, whose
      * records therefore do not all wait alike: XXX a record due early may
      * wait behind WK_RETRY_HOLD_MAX held ones due later (at most the
      * difference between the last tier's delay and retry_max_ms). */
     delay = wk_backoff_ms(m->attempt, d->conf.retry_min_ms, d->conf.retry_max_ms, arc4random());
-    env = *m->env; /* shallow: points into m->env, which outlives the encoding */
-    rcpts = ms_calloc((size_t)pending, sizeof(*rcpts));
-    atts = ms_calloc(m->env->n_attempts + m->nrcpts, sizeof(*atts));
-    att = ms_calloc(m->nrcpts, sizeof(*att));
-    for (i = 0; i < m->env->n_attempts; i++)
-        atts[na++] = m->env->attempts[i];
-    for (i = 0; i < m->nrcpts; i++) {
-        struct rcpt *rc = &m->rcpts[i];
-        if (rc->state == RCPT_PENDING)
-            rcpts[n++] = m->env->recipients[i];
-        if (!rc->tried)
-            continue;
-        mailstream__attempt__init(&att[i]);
-        att[i].at_us = rc->at_us;
-        att[i].recipient = (char *)rc->addr;
-        att[i].worker_node = (char *)d->conf.node_id;
-        att[i].relay = rc->relay;
-        att[i].code = (uint32_t)rc->code;
-        att[i].dsn = rc->dsn;
-        att[i].reply = rc->reply;
-        atts[na++] = &att[i];
-    }
-    env.n_recipients = n;
-    env.recipients = rcpts;
-    env.n_attempts = na;
-    env.attempts = atts;
-    env.attempt_count = m->attempt;
-    env.next_attempt_us = now + (int64_t)delay * 1000;
-    env.retry_tier = (uint32_t)tier;
-    buf = ms_envelope_encode(&env, &len);
+    next_attempt_us = now_us() + (int64_t)delay * 1000;
+    buf = wk_requeue_retry(&d->requeue, m->env, m->rcpts, m->attempt, next_attempt_us, tier, &len);
     before = m->produce_pending;
     publish(d, m->id << WK_KIND_BITS | PRODUCE_RETRY, d->conf.retry_topics[tier - 1], m->qid,
             strlen(m->qid), buf, len, &m->produce_pending);
     free(buf);
-    free(rcpts);
-    free(atts);
-    free(att);
     if (m->produce_pending == before)
         return;
     ms_info("event=retry_scheduled qid=%s attempt=%u pending=%d tier=%d delay_ms=%llu", m->qid,
@@ -1557,11 +1091,11 @@ static void send_retry(struct msg *m, int pending)
     /* Per-recipient retry state, for operators and the relay control CLI. */
     for (i = 0; i < m->nrcpts; i++) {
         char *key, att_s[16], next_s[24], first_s[24], ttl[24], warned_s[24];
-        if (m->rcpts[i].state != RCPT_PENDING)
+        if (m->rcpts[i].state != WK_RCPT_PENDING)
             continue;
         key = ms_asprintf(MS_KEY_RETRY "%s:%s", m->qid, m->rcpts[i].addr);
         snprintf(att_s, sizeof(att_s), "%u", m->attempt);
-        snprintf(next_s, sizeof(next_s), "%lld", (long long)env.next_attempt_us);
+        snprintf(next_s, sizeof(next_s), "%lld", (long long)next_attempt_us);
         snprintf(first_s, sizeof(first_s), "%lld", (long long)m->env->received_at_us);
         snprintf(ttl, sizeof(ttl), "%lld", (long long)d->conf.max_age_s + 86400);
         snprintf(warned_s, sizeof(warned_s), "%lld", (long long)m->rcpts[i].delay_warned_us);
@@ -1649,7 +1183,7 @@ static void msg_settle(struct msg *m)
     if (m->state != MSG_RECORD || m->redis_pending > 0)
         return;
     for (i = 0; i < m->nrcpts; i++)
-        pending += m->rcpts[i].state == RCPT_PENDING;
+        pending += m->rcpts[i].state == WK_RCPT_PENDING;
     if (!m->finalized) {
         m->finalized = 1;
         age_s = m->env->received_at_us > 0 ? (now_us() - m->env->received_at_us) / 1000000 : 0;
@@ -1657,15 +1191,14 @@ static void msg_settle(struct msg *m)
             /* RFC 5321 §4.5.4.1: give up; 4.4.7 "delivery time expired". */
             char text[WK_SMTP_REPLY_TEXT_MAX + 64];
             for (i = 0; i < m->nrcpts; i++) {
-                struct rcpt *rc = &m->rcpts[i];
-                if (rc->state != RCPT_PENDING)
+                struct wk_rcpt *rc = &m->rcpts[i];
+                if (rc->state != WK_RCPT_PENDING)
                     continue;
                 snprintf(text, sizeof(text), "message expired after %lld s; last: %s",
                          (long long)age_s, rc->tried ? rc->reply : "no attempt");
                 ms_counter_inc(d->m_expired);
-                apply_outcome(m, i,
-                              record_outcome(m, i, rc->code, "4.4.7", text, rc->relay, rc->remote,
-                                             WK_OUTCOME_BOUNCED));
+                record_outcome(m, i, rc->code, "4.4.7", text, rc->relay, rc->remote,
+                               WK_OUTCOME_BOUNCED);
             }
             pending = 0;
         }
@@ -1674,8 +1207,8 @@ static void msg_settle(struct msg *m)
              * delay_warning_s); the retry record carries the time. */
             int64_t now = now_us();
             for (i = 0; i < m->nrcpts; i++) {
-                struct rcpt *rc = &m->rcpts[i];
-                if (rc->state != RCPT_PENDING ||
+                struct wk_rcpt *rc = &m->rcpts[i];
+                if (rc->state != WK_RCPT_PENDING ||
                     !wk_delay_warning_due(d->conf.delay_warning_s, m->env->received_at_us, now,
                                           rc->delay_warned_us, m->env->recipients[i]->notify))
                     continue;
@@ -1685,7 +1218,7 @@ static void msg_settle(struct msg *m)
             }
         }
         for (i = 0; i < m->nrcpts && m->attempt > 1; i++)
-            if (m->rcpts[i].state != RCPT_PENDING && m->rcpts[i].tried) {
+            if (m->rcpts[i].state != WK_RCPT_PENDING && m->rcpts[i].tried) {
                 char *key = ms_asprintf(MS_KEY_RETRY "%s:%s", m->qid, m->rcpts[i].addr);
                 const char *argv[2] = {"DEL", key};
                 redis_fire(d, 2, argv);
@@ -1782,52 +1315,52 @@ static int record_tier(const wk_delivery *d, const struct ms_record *rec)
     return 0;
 }
 
-/* ---- the policy stage (policy.h): authentication results and DKIM
+/* ---- the mail-authentication stage (mailauth.h): authentication results and DKIM
  * signing, once per record before routing; then the (possibly modified)
  * message goes on, or is discarded with an event and never bounced. ---- */
 
-static void policy_done(struct msg *m, const struct wk_policy_result *res)
+static void mailauth_done(struct msg *m, const struct wk_mailauth_result *res)
 {
     wk_delivery *d = m->d;
     struct ms_buf json;
     char q[600];
 
-    if (res->verdict != WK_VERDICT_SKIPPED)
+    if (res->verdict != WK_MAILAUTH_VERDICT_SKIPPED)
         ms_info("event=policy qid=%s verdict=%s action=%s reason=%s", m->qid,
-                wk_policy_verdict_name(res->verdict), wk_policy_action_name(res->action),
+                wk_mailauth_verdict_name(res->verdict), wk_mailauth_action_name(res->action),
                 ms_log_quote(q, sizeof(q), res->reason, strlen(res->reason)));
-    if (res->action != WK_POLICY_DISCARD) {
+    if (res->action != WK_MAILAUTH_DISCARD) {
         msg_check(m);
         return;
     }
     ms_buf_init(&json, WK_EVENT_MAX);
-    if (wk_policy_event_json(&json, m->qid, res, d->conf.node_id, now_us()) == 0)
+    if (wk_mailauth_event_json(&json, m->qid, res, d->conf.node_id, now_us()) == 0)
         publish(d, 0, d->conf.events_topic, m->qid, strlen(m->qid), json.data, json.len, NULL);
     ms_buf_free(&json);
     msg_release(m, 1);
 }
 
-static void on_policy(void *arg, uint64_t id, const struct wk_policy_result *res)
+static void on_mailauth(void *arg, uint64_t id, const struct wk_mailauth_result *res)
 {
     struct msg *m = msg_lookup(arg, id);
 
     if (m != NULL && m->state == MSG_CHECK)
-        policy_done(m, res);
+        mailauth_done(m, res);
 }
 
-static void msg_policy(struct msg *m)
+static void msg_mailauth(struct msg *m)
 {
-    struct wk_policy_result res;
+    struct wk_mailauth_result res;
 
-    if (m->d->policy == NULL)
+    if (m->d->mailauth == NULL)
         msg_check(m);
-    else if (wk_policy_start(m->d->policy, m->env, on_policy, m->d, m->id, &res) != 0)
-        policy_done(m, &res); /* nothing to do, or failed: res says deliver */
+    else if (wk_mailauth_start(m->d->mailauth, m->env, on_mailauth, m->d, m->id, &res) != 0)
+        mailauth_done(m, &res); /* nothing to do, or failed: res says deliver */
 }
 
-void wk_delivery_attach_policy(wk_delivery *d, wk_policy *p)
+void wk_delivery_attach_mailauth(wk_delivery *d, wk_mailauth *p)
 {
-    d->policy = p;
+    d->mailauth = p;
 }
 
 void wk_delivery_on_record(void *arg, struct ms_record *rec)
@@ -1885,11 +1418,10 @@ void wk_delivery_on_record(void *arg, struct ms_record *rec)
         m->rcpts[i].addr = env->recipients[i]->address ? env->recipients[i]->address : "";
         m->rcpts[i].delay_warned_us = env->recipients[i]->delay_warned_us;
         if (bad_sender || !wk_smtp_path_ok(m->rcpts[i].addr) || !*m->rcpts[i].addr)
-            apply_outcome(m, i,
-                          record_outcome(m, i, 553, bad_sender ? "5.1.7" : "5.1.3",
-                                         bad_sender ? "553 5.1.7 invalid sender address"
-                                                    : "553 5.1.3 invalid recipient address",
-                                         "local", NULL, -1));
+            record_outcome(m, i, 553, bad_sender ? "5.1.7" : "5.1.3",
+                           bad_sender ? "553 5.1.7 invalid sender address"
+                                      : "553 5.1.3 invalid recipient address",
+                           "local", NULL, -1);
     }
     m->attempt = env->attempt_count;
     if (tier > 0 && env->next_attempt_us > now) {
@@ -1902,7 +1434,7 @@ void wk_delivery_on_record(void *arg, struct ms_record *rec)
     }
     update_pauses(d);
     if (d->slots[slot] == m)
-        msg_policy(m);
+        msg_mailauth(m);
 }
 
 void wk_delivery_on_produced(void *arg, uint64_t id, int err, const char *errstr)
@@ -1939,8 +1471,8 @@ void wk_delivery_on_produced(void *arg, uint64_t id, int err, const char *errstr
             m->produce_failed = 1;
         } else if (kind == PRODUCE_RETRY) {
             for (i = 0; i < m->nrcpts; i++)
-                if (m->rcpts[i].state == RCPT_PENDING)
-                    m->rcpts[i].state = RCPT_REQUEUED;
+                if (m->rcpts[i].state == WK_RCPT_PENDING)
+                    m->rcpts[i].state = WK_RCPT_REQUEUED;
         } else {
             for (i = 0; i < m->nrcpts; i++) {
                 if (m->rcpts[i].in_dsn)
@@ -1958,6 +1490,8 @@ void wk_delivery_on_produced(void *arg, uint64_t id, int err, const char *errstr
 wk_delivery *wk_delivery_new(uv_loop_t *loop, const struct wk_delivery_conf *conf)
 {
     wk_delivery *d = ms_calloc(1, sizeof(*d));
+    struct wk_pacing_conf pc;
+    struct wk_outcome_conf oc;
     char labels[64];
     int o;
 
@@ -1972,17 +1506,18 @@ wk_delivery *wk_delivery_new(uv_loop_t *loop, const struct wk_delivery_conf *con
     d->nslots = conf->max_in_flight > 0 ? (size_t)conf->max_in_flight : WK_MAX_IN_FLIGHT_DEFAULT;
     d->slots = ms_calloc(d->nslots, sizeof(*d->slots));
     d->parked = ms_calloc(d->nslots, sizeof(*d->parked));
-    for (o = 0; o < WK_OUTCOME__N; o++) {
-        snprintf(labels, sizeof(labels), "outcome=\"%s\"", wk_outcome_name((enum wk_outcome)o));
-        d->m_outcome[o] = ms_counter_new("mailstream_worker_deliveries_total",
-                                         "Recipient delivery attempts by outcome.", labels);
-    }
-    for (o = 0; o < MS_CLASS__N; o++) {
-        snprintf(labels, sizeof(labels), "class=\"%s\"",
-                 ms_reply_class_name((enum ms_reply_class)o));
-        d->m_class[o] = ms_counter_new("mailstream_worker_replies_total",
-                                       "Recipient outcomes by reply class.", labels);
-    }
+    pc.node_id = conf->node_id;
+    pc.dest_concurrency = conf->dest_concurrency;
+    pc.dest_rate = conf->dest_rate;
+    pc.dest_rate_max_wait_ms = conf->dest_rate_max_wait_ms;
+    d->pacing = wk_pacing_new(loop, &pc, on_paced, d);
+    oc.node_id = conf->node_id;
+    oc.events_topic = conf->events_topic;
+    oc.suppress_ttl_s = conf->suppress_ttl_s;
+    d->outcomes = wk_outcomes_new(&oc);
+    d->requeue.helo_name = conf->helo_name;
+    d->requeue.node_id = conf->node_id;
+    d->requeue.max_age_s = d->conf.max_age_s;
     d->m_attempts = ms_counter_new("mailstream_worker_attempts_total",
                                    "Delivery attempts started (one per message and attempt).",
                                    NULL);
@@ -1994,10 +1529,6 @@ wk_delivery *wk_delivery_new(uv_loop_t *loop, const struct wk_delivery_conf *con
                                        "Redis commands that failed or timed out.", NULL);
     d->m_event_errors = ms_counter_new("mailstream_worker_event_errors_total",
                                        "Event records that could not be published.", NULL);
-    d->m_dns_failures = ms_counter_new("mailstream_worker_dns_failures_total",
-                                       "Recipients deferred because a DNS lookup failed.", NULL);
-    d->m_tls_failures = ms_counter_new("mailstream_worker_tls_failures_total",
-                                       "Recipient outcomes caused by TLS.", NULL);
     d->m_dsn = ms_counter_new("mailstream_worker_dsn_total",
                               "Delivery status notifications produced.", NULL);
     d->m_requeued = ms_counter_new("mailstream_worker_retry_records_total",
@@ -2018,18 +1549,12 @@ wk_delivery *wk_delivery_new(uv_loop_t *loop, const struct wk_delivery_conf *con
     d->m_dest_other = ms_gauge_new("mailstream_worker_dest_connections",
                                    "SMTP and LMTP sessions open, by destination.",
                                    "dest=\"other\"");
-    d->m_latency = ms_histogram_new("mailstream_worker_delivery_latency_seconds",
-                                    "From acceptance by the frontend to delivery.", NULL,
-                                    ms_latency_buckets, ms_latency_buckets_n);
     d->m_retry_depth = ms_gauge_new("mailstream_worker_retry_queue_depth",
                                     "Messages with deferred recipients (cluster-wide, Redis).",
                                     NULL);
     d->m_retry_oldest = ms_gauge_new("mailstream_worker_retry_queue_oldest_age_seconds",
                                      "Age of the oldest deferred message (cluster-wide, Redis).",
                                      NULL);
-    d->m_lease_waits = ms_counter_new("mailstream_worker_lease_waits_total",
-                                      "Connections delayed: the destination's leases were all "
-                                      "taken.", NULL);
     for (o = 1; o < WK_DSN_VERDICT__N; o++) {
         snprintf(labels, sizeof(labels), "reason=\"%s\"",
                  wk_dsn_verdict_name((enum wk_dsn_verdict)o));
@@ -2043,15 +1568,6 @@ wk_delivery *wk_delivery_new(uv_loop_t *loop, const struct wk_delivery_conf *con
     d->m_delay_warnings = ms_counter_new("mailstream_worker_delay_warnings_total",
                                          "Recipients reported in delay-warning DSNs "
                                          "(Action: delayed).", NULL);
-    d->m_rate_waits = ms_counter_new("mailstream_worker_dest_rate_waits_total",
-                                     "Destination deliveries held back by [delivery] dest_rate.",
-                                     NULL);
-    d->m_rate_deferred = ms_counter_new("mailstream_worker_dest_rate_deferred_total",
-                                        "Destination deliveries deferred after waiting longer "
-                                        "than [delivery] dest_rate_max_wait_ms.", NULL);
-    d->m_rate_unchecked = ms_counter_new("mailstream_worker_dest_rate_unchecked_total",
-                                         "Destination deliveries sent without a rate check "
-                                         "(Redis unavailable: fail-open).", NULL);
     if (conf->conn_cache_ms > 0)
         d->conn_cache = wk_smtp_cache_new(conf->conn_cache_ms, conf->max_msgs_per_conn);
     uv_timer_init(loop, &d->stats_timer);
@@ -2101,6 +1617,8 @@ void wk_delivery_attach(wk_delivery *d, ms_consumer *c, ms_producer *p, ms_redis
     d->consumers[0] = c;
     d->producer = p;
     d->redis = r;
+    wk_pacing_attach(d->pacing, r);
+    wk_outcomes_attach(d->outcomes, p, r);
     if (r && d->stats_timer_open)
         uv_timer_start(&d->stats_timer, stats_cb, WK_TICK_MS, WK_TICK_MS);
 }
@@ -2135,19 +1653,8 @@ void wk_delivery_drain(wk_delivery *d, void (*drained)(void *arg), void *arg)
         if (d->slots[i] && (d->slots[i]->state == MSG_WAIT || d->slots[i]->state == MSG_HOLD))
             msg_release(d->slots[i], 0);
     /* Destinations sleeping until their dest_rate turn stop waiting: they
-     * are deferred, so the drain does not wait for their turn.  (Deferring
-     * one may finish its message and free m->dests: the loop re-reads.) */
-    for (i = 0; i < d->nslots; i++) {
-        struct msg *m = d->slots[i];
-        size_t k;
-        for (k = 0; m && m->state == MSG_SEND && k < m->ndests; k++) {
-            struct dest *ds = &m->dests[k];
-            if (ds->state != DEST_RATE || ds->wait == NULL || ds->wait->waiting_reply)
-                continue;
-            uv_timer_stop(&ds->wait->t);
-            rate_defer(m, ds, 0);
-        }
-    }
+     * are deferred (on_paced), so the drain does not wait for their turn. */
+    wk_pacing_drain(d->pacing);
     after_release(d);
 }
 
@@ -2173,6 +1680,8 @@ void wk_delivery_free(wk_delivery *d)
     if (d->nused > 0 || d->nclosing > 0 || d->nparked > 0)
         ms_panic("event=delivery_free_busy in_flight=%zu closing=%zu parked=%zu", d->nused,
                  d->nclosing, d->nparked);
+    wk_pacing_free(d->pacing);
+    wk_outcomes_free(d->outcomes);
     free(d->parked);
     free(d->slots);
     free(d);

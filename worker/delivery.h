@@ -13,7 +13,7 @@
  *   route      per recipient domain: the transport map, then [delivery]
  *              relay_host, then MX (route.h: RFC 5321 §5.1 order, every
  *              address of every MX host tried before deferring);
- *   pace       when [delivery] dest_rate is set, wait for the destination's
+ *   pace       (pacing.h) when [delivery] dest_rate is set, wait for the destination's
  *              turn: a token bucket per destination in Redis
  *              (ms:rate:<name>, lib/io/ms_bucket.h; <name> is the relay
  *              host, the transport next hop or the recipient domain, as for
@@ -29,7 +29,7 @@
  *              the [tls] policy of the recipient domain (smtp_client.h),
  *              AUTH to the relay host when [delivery] relay_user is set,
  *              lmtp:unix: transports over a UNIX-domain socket;
- *   outcome    per recipient (event.h): delivered, deferred or bounced;
+ *   outcome    per recipient (outcome.h): delivered, deferred or bounced;
  *              one log line and one `events` record per recipient and
  *              attempt; a delivered marker with a TTL right after the 250.
  *
@@ -40,9 +40,9 @@
  *     ([retry] delay_warning_s: once per recipient, NOTIFY absent or with
  *     DELAY) get one RFC 3464 DSN (ms_dsn.h; Action failed / delayed),
  *     produced to the queue topic with the null sender, if the backscatter
- *     rule allows (dsn_rules.h): never to the null sender; always for mail
+ *     rule allows (dsn_rules.h; built by requeue.h): never to the null sender; always for mail
  *     accepted for relaying (direction outbound); for inbound mail only
- *     when the policy stage found SPF pass for the MAIL FROM domain or a
+ *     when the mail-authentication stage found SPF pass for the MAIL FROM domain or a
  *     DKIM pass aligned with it (env->auth); a DSN refused by the rule is
  *     logged (event=dsn_skipped) and counted.  A delay warning counts as
  *     sent once decided: the time goes into the recipient of the retry
@@ -81,6 +81,7 @@
 #include "ms_kafka.h"
 #include "ms_redis.h"
 #include "ms_route.h"
+#include "pacing.h"
 #include "route.h"
 #include "smtp_client.h"
 
@@ -88,8 +89,6 @@
 #define WK_MAX_IN_FLIGHT_DEFAULT 256
 /* How long delivered markers live: longer than any redelivery can take. */
 #define WK_MARKER_TTL_S (7 * 24 * 3600)
-/* A Redis command not answered in this time is treated as failed. */
-#define WK_REDIS_TIMEOUT_MS 5000
 /* Retry tier topics: "<topic>.retry.<n>", n = 1..tiers. */
 #define WK_RETRY_TIERS_MAX 16
 /* Records not yet due a tier consumer may hold before it is paused. */
@@ -155,9 +154,9 @@ void wk_delivery_attach(wk_delivery *d, ms_consumer *c, ms_producer *p, ms_redis
 /* The consumer of retry tier `tier` (1-based); its callback is
  * wk_delivery_on_record too. */
 void wk_delivery_attach_retry(wk_delivery *d, int tier, ms_consumer *c);
-/* The policy stage (policy.h), run once per record before routing. */
-struct wk_policy;
-void wk_delivery_attach_policy(wk_delivery *d, struct wk_policy *p);
+/* The mail-authentication stage (mailauth.h), run once per record before routing. */
+struct wk_mailauth;
+void wk_delivery_attach_mailauth(wk_delivery *d, struct wk_mailauth *p);
 
 /* The consumer and producer callbacks: pass `d` as their arg. */
 void wk_delivery_on_record(void *d, struct ms_record *rec);

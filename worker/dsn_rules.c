@@ -9,16 +9,6 @@
 #include <string.h>
 #include <strings.h>
 
-/* The envelope's Notify and Ret are the values ms_dsn.h names. */
-_Static_assert((int)MAILSTREAM__NOTIFY__NOTIFY_SUCCESS == (int)MS_DSN_NOTIFY_SUCCESS &&
-                   (int)MAILSTREAM__NOTIFY__NOTIFY_FAILURE == (int)MS_DSN_NOTIFY_FAILURE &&
-                   (int)MAILSTREAM__NOTIFY__NOTIFY_DELAY == (int)MS_DSN_NOTIFY_DELAY &&
-                   (int)MAILSTREAM__NOTIFY__NOTIFY_NEVER == (int)MS_DSN_NOTIFY_NEVER,
-               "Notify bits differ from ms_dsn.h");
-_Static_assert((int)MAILSTREAM__RET__RET_FULL == (int)MS_DSN_RET_FULL &&
-                   (int)MAILSTREAM__RET__RET_HDRS == (int)MS_DSN_RET_HDRS,
-               "Ret values differ from ms_dsn.h");
-
 static const char *const verdict_names[WK_DSN_VERDICT__N] = {
     "allow", "null_sender", "unauthenticated", "not_evaluated", "no_direction"};
 
@@ -43,9 +33,9 @@ enum wk_dsn_verdict wk_dsn_decide(const struct wk_dsn_facts *f)
 {
     if (f->mail_from == NULL || f->mail_from[0] == '\0')
         return WK_DSN_NULL_SENDER;
-    if (f->direction == MAILSTREAM__DIRECTION__DIRECTION_OUTBOUND)
+    if (f->direction == MS_ENV_DIRECTION_OUTBOUND)
         return WK_DSN_ALLOW;
-    if (f->direction != MAILSTREAM__DIRECTION__DIRECTION_INBOUND)
+    if (f->direction != MS_ENV_DIRECTION_INBOUND)
         return WK_DSN_NO_DIRECTION;
     if (!f->auth_evaluated)
         return WK_DSN_NOT_EVALUATED;
@@ -70,24 +60,24 @@ int wk_notify_failure(uint32_t notify)
 {
     if (notify == 0)
         return 1;
-    if (notify & MAILSTREAM__NOTIFY__NOTIFY_NEVER)
+    if (notify & MS_ENV_NOTIFY_NEVER)
         return 0;
-    return (notify & MAILSTREAM__NOTIFY__NOTIFY_FAILURE) != 0;
+    return (notify & MS_ENV_NOTIFY_FAILURE) != 0;
 }
 
 int wk_notify_delay(uint32_t notify)
 {
     if (notify == 0)
         return 1;
-    if (notify & MAILSTREAM__NOTIFY__NOTIFY_NEVER)
+    if (notify & MS_ENV_NOTIFY_NEVER)
         return 0;
-    return (notify & MAILSTREAM__NOTIFY__NOTIFY_DELAY) != 0;
+    return (notify & MS_ENV_NOTIFY_DELAY) != 0;
 }
 
 int wk_notify_success(uint32_t notify)
 {
-    return !(notify & MAILSTREAM__NOTIFY__NOTIFY_NEVER) &&
-           (notify & MAILSTREAM__NOTIFY__NOTIFY_SUCCESS) != 0;
+    return !(notify & MS_ENV_NOTIFY_NEVER) &&
+           (notify & MS_ENV_NOTIFY_SUCCESS) != 0;
 }
 
 int wk_dsn_success(uint32_t notify, int next_hop_dsn, int final, enum ms_dsn_action *action)

@@ -2,7 +2,7 @@
  * dsn_rules.h - who may be sent a delivery status notification, and when a
  * delay warning is due: pure decisions, no I/O, any thread.  The delivery
  * engine (delivery.h) asks them before it builds a DSN (ms_dsn.h); the
- * policy stage (policy.h) uses wk_dkim_aligned() to record the facts they
+ * mail-authentication stage (mailauth.h) uses wk_dkim_aligned() to record the facts they
  * need in the envelope (proto Envelope.auth).
  *
  * The backscatter rule (DESIGN.md): DSNs go only to senders of mail we
@@ -38,7 +38,7 @@ enum wk_dsn_verdict {
     WK_DSN_ALLOW,
     WK_DSN_NULL_SENDER,   /* MAIL FROM:<> */
     WK_DSN_UNAUTHENTICATED, /* inbound, and neither SPF nor aligned DKIM passed */
-    WK_DSN_NOT_EVALUATED, /* inbound, and the policy stage left no results */
+    WK_DSN_NOT_EVALUATED, /* inbound, and the mail-authentication stage left no results */
     WK_DSN_NO_DIRECTION,  /* neither inbound nor outbound */
     WK_DSN_VERDICT__N
 };
@@ -46,8 +46,8 @@ enum wk_dsn_verdict {
 /* The facts the decision takes, from the envelope. */
 struct wk_dsn_facts {
     const char *mail_from;     /* NULL or "": the null sender */
-    int direction;             /* Mailstream__Direction */
-    int auth_evaluated;        /* the policy stage recorded results */
+    int direction;             /* ms_envelope_direction */
+    int auth_evaluated;        /* the mail-authentication stage recorded results */
     int spf_mailfrom_pass;
     const char *dkim_aligned;  /* d= of an aligned DKIM pass, NULL or "": none */
 };

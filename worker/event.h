@@ -1,12 +1,10 @@
 /*
  * event.h - delivery outcomes and their record on the `events` topic, pure.
  *
- * Every delivery attempt for a recipient ends in one outcome, decided only by
- * the effective SMTP reply code for that recipient (RFC 5321 §4.2.1): 2yz
- * delivered, 5yz bounced (permanent), everything else deferred (4yz, and our
- * own code 0 for timeouts and broken connections).  Each attempt is logged
- * and published as one small JSON object (docs/config.md, events_topic).
- * Any thread.
+ * Every delivery attempt for a recipient ends in one outcome, decided by
+ * wk_verdict() alone from the reply for that recipient.  Each attempt is
+ * logged and published as one small JSON object (docs/config.md,
+ * events_topic; outcome.h does both).  Any thread.
  */
 #ifndef WK_EVENT_H
 #define WK_EVENT_H
@@ -15,10 +13,20 @@
 #include <stdint.h>
 
 #include "ms_buf.h"
+#include "ms_dsn.h"
 
 enum wk_outcome { WK_OUTCOME_DELIVERED, WK_OUTCOME_DEFERRED, WK_OUTCOME_BOUNCED, WK_OUTCOME__N };
 
-enum wk_outcome wk_outcome_of(int code);
+/* The verdict on one recipient from its reply: the effective SMTP reply
+ * code (RFC 5321 §4.2.1) gives 2yz delivered, 5yz bounced (permanent),
+ * everything else deferred (4yz, and our own code 0 for timeouts and broken
+ * connections); then the reply's class (ms_reply_class(), from the code,
+ * the enhanced status code `dsn` and the text) has the last word on a 5yz:
+ * one it counts as soft (a full mailbox, RFC 3463 X.2.2) is deferred and
+ * retried.  *cls and *hard (either may be NULL) get the class and whether
+ * the failure is permanent. */
+enum wk_outcome wk_verdict(int code, const char *dsn, const char *reply, enum ms_reply_class *cls,
+                           int *hard);
 /* "delivered", "deferred", "bounced". */
 const char *wk_outcome_name(enum wk_outcome o);
 
@@ -41,7 +49,8 @@ struct wk_event {
 /* Append the event as one JSON object:
  *   {"qid":..,"rcpt":..,"outcome":..,"code":..,"dsn":..,"reply":..,
  *    "relay":..,"class":..,"node":..,"attempt":..,"delay":..,"ts":"2026-...Z"}
- * Strings are escaped; bytes that are not valid UTF-8 become U+FFFD.
+ * Strings are written by ms_json_string() (ms_json.h): escaped, and bytes
+ * that are not valid UTF-8 become U+FFFD.
  * Returns 0 or MS_ETOOBIG from the buffer. */
 int wk_event_json(struct ms_buf *out, const struct wk_event *ev);
 
@@ -52,8 +61,5 @@ int wk_event_json(struct ms_buf *out, const struct wk_event *ev);
 int wk_event_malformed_json(struct ms_buf *out, const char *key, size_t keylen,
                             int32_t partition, int64_t offset, const char *error,
                             const char *node, int64_t ts_us);
-
-/* Append s (n bytes) as a JSON string literal, quotes included. */
-int wk_json_string(struct ms_buf *out, const char *s, size_t n);
 
 #endif

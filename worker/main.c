@@ -15,7 +15,7 @@
  * second signal abandons at once.
  */
 #include "delivery.h"
-#include "policy.h"
+#include "mailauth.h"
 #include "ms_config.h"
 #include "ms_error.h"
 #include "ms_http.h"
@@ -328,7 +328,7 @@ struct worker {
     ms_producer *producer;
     ms_redis *redis;
     wk_delivery *delivery;
-    wk_policy *policy;
+    wk_mailauth *mailauth;
     ms_http_server *http;
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t drain_timer;
@@ -412,7 +412,7 @@ static void sighup_cb(uv_signal_t *h, int signum)
 {
     struct worker *w = h->data;
 
-    wk_policy_reload(w->policy);
+    wk_mailauth_reload(w->mailauth);
 }
 
 static void usage(void)
@@ -513,10 +513,10 @@ int main(int argc, char **argv)
     if (!wk_smtp_path_ok(var_hostname) || strchr(var_hostname, ' '))
         ms_fatal("event=config_invalid section=node key=hostname value=\"%s\"", var_hostname);
     w.delivery = wk_delivery_new(w.loop, &dc);
-    if ((w.policy = wk_policy_new(w.loop, cfg, var_hostname, w.resolver, err, sizeof(err))) ==
+    if ((w.mailauth = wk_mailauth_new(w.loop, cfg, var_hostname, w.resolver, err, sizeof(err))) ==
         NULL)
         ms_fatal("event=config_invalid section=policy error=\"%s\"", err);
-    wk_delivery_attach_policy(w.delivery, w.policy);
+    wk_delivery_attach_mailauth(w.delivery, w.mailauth);
     /* Every setting has been read: what the file holds beyond them is a
      * typo (docs/config.md). */
     if (ms_config_check_unknown(cfg, NULL, err, sizeof(err)) < 0)
@@ -573,7 +573,7 @@ int main(int argc, char **argv)
     uv_run(w.loop, UV_RUN_DEFAULT);
 
     wk_delivery_free(w.delivery);
-    wk_policy_free(w.policy);
+    wk_mailauth_free(w.mailauth);
     ms_transport_map_free(w.transports);
     ms_tls_ctx_free(dc.tls_ctx);
     free(tls_map_copy);

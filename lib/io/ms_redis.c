@@ -11,6 +11,7 @@
 #include "ms_error.h"
 #include "ms_log.h"
 #include "ms_mem.h"
+#include "ms_metrics.h"
 
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
@@ -456,6 +457,28 @@ int ms_redis_command(ms_redis *r, ms_redis_cb cb, void *arg, uint64_t id, int ar
         return MS_EUNAVAIL;
     }
     return 0;
+}
+
+static void on_fired(void *arg, uint64_t id, const struct ms_redis_reply *r)
+{
+    (void)id;
+    if (arg != NULL && (r->type == MS_REDIS_ERR || r->type == MS_REDIS_FAILED))
+        ms_counter_inc(arg);
+}
+
+void ms_redis_fire(ms_redis *r, struct ms_counter *errors, int argc, const char **argv)
+{
+    size_t argvlen[MS_REDIS_FIRE_ARGC_MAX];
+    int k;
+
+    if (r == NULL)
+        return;
+    if (argc < 1 || argc > MS_REDIS_FIRE_ARGC_MAX)
+        ms_panic("event=redis_fire_argc argc=%d", argc);
+    for (k = 0; k < argc; k++)
+        argvlen[k] = strlen(argv[k]);
+    if (ms_redis_command(r, on_fired, errors, 0, argc, argv, argvlen) < 0 && errors != NULL)
+        ms_counter_inc(errors);
 }
 
 int ms_redis_script(ms_redis *r, enum ms_script s, ms_redis_cb cb, void *arg, uint64_t id, int argc,

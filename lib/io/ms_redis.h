@@ -58,6 +58,13 @@ int ms_redis_command(ms_redis *r, ms_redis_cb cb, void *arg, uint64_t id, int ar
 int ms_redis_script(ms_redis *r, enum ms_script s, ms_redis_cb cb, void *arg, uint64_t id, int argc,
                     const char **argv, const size_t *argvlen);
 int ms_redis_ready(ms_redis *r, char *why, size_t whylen);
+/* Send a command nobody waits for (a counter, a TTL, a lease given back):
+ * r NULL sends nothing; a command that cannot be sent, an error reply or a
+ * connection lost before the reply adds one to `errors` (NULL: none).  At
+ * most MS_REDIS_FIRE_ARGC_MAX arguments (more is a broken invariant). */
+#define MS_REDIS_FIRE_ARGC_MAX 16
+struct ms_counter;
+void ms_redis_fire(ms_redis *r, struct ms_counter *errors, int argc, const char **argv);
 /* Close: commands already sent still get their replies (up to a few
  * seconds; then they fail with MS_REDIS_FAILED), so keep the callbacks'
  * owners alive until the loop has run down.  No new commands after this.

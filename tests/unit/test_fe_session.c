@@ -173,13 +173,13 @@ static void test_pipelining_waits_for_report(void **state)
     assert_string_equal(e->client->listener, "mx");
     assert_string_equal(e->mail_from->address, "a@b.example");
     assert_true(e->mail_from->smtputf8);
-    assert_int_equal(e->mail_from->ret, MAILSTREAM__RET__RET_HDRS);
+    assert_int_equal(e->mail_from->ret, MS_ENV_RET_HDRS);
     assert_string_equal(e->mail_from->envid, "X+Y");
     assert_int_equal(e->n_recipients, 1);
     assert_string_equal(e->recipients[0]->address, "u@mailstream.test");
-    assert_int_equal(e->recipients[0]->notify, MAILSTREAM__NOTIFY__NOTIFY_FAILURE);
+    assert_int_equal(e->recipients[0]->notify, MS_ENV_NOTIFY_FAILURE);
     assert_string_equal(e->recipients[0]->orcpt, "rfc822;o@x");
-    assert_int_equal(e->direction, MAILSTREAM__DIRECTION__DIRECTION_INBOUND);
+    assert_int_equal(e->direction, MS_ENV_DIRECTION_INBOUND);
     assert_true(e->message.len > 0);
     assert_memory_equal(e->message.data, "Received: from client.example ([192.0.2.7])\r\n", 45);
     assert_non_null(memmem(e->message.data, e->message.len, "\tfor <u@mailstream.test>; ", 26));
@@ -216,7 +216,7 @@ static void test_bdat_pipelined(void **state)
     assert_int_equal(f->k.n, 1);
     e = ms_envelope_decode(f->k.last_value, f->k.last_len, err, sizeof(err));
     assert_non_null(e);
-    assert_int_equal(e->mail_from->body, MAILSTREAM__BODY__BODY_8BITMIME);
+    assert_int_equal(e->mail_from->body, MS_ENV_BODY_8BITMIME);
     assert_true(e->message.len > 22 &&
                 memcmp(e->message.data + e->message.len - 22, "Subject: t\r\n\r\n..x\r\n.\r\n",
                        22) == 0);
@@ -291,7 +291,7 @@ static void test_bdat_rules(void **state)
     assert_int_equal(f->k.n, 1);
     e = ms_envelope_decode(f->k.last_value, f->k.last_len, err, sizeof(err));
     assert_non_null(e);
-    assert_int_equal(e->mail_from->body, MAILSTREAM__BODY__BODY_BINARYMIME);
+    assert_int_equal(e->mail_from->body, MS_ENV_BODY_BINARYMIME);
     assert_memory_equal(e->message.data + e->message.len - 4, "a\0\nb", 4);
     ms_envelope_free(e);
     fe_sessions_report(&f->srv, f->k.last_id, 0, NULL);

@@ -16,12 +16,12 @@
 #include "ms_dmarc.h"
 #include "../../worker/dsn_rules.h"
 
-#define IN MAILSTREAM__DIRECTION__DIRECTION_INBOUND
-#define OUT MAILSTREAM__DIRECTION__DIRECTION_OUTBOUND
-#define NOTIFY_S MAILSTREAM__NOTIFY__NOTIFY_SUCCESS
-#define NOTIFY_F MAILSTREAM__NOTIFY__NOTIFY_FAILURE
-#define NOTIFY_D MAILSTREAM__NOTIFY__NOTIFY_DELAY
-#define NOTIFY_N MAILSTREAM__NOTIFY__NOTIFY_NEVER
+#define IN MS_ENV_DIRECTION_INBOUND
+#define OUT MS_ENV_DIRECTION_OUTBOUND
+#define NOTIFY_S MS_ENV_NOTIFY_SUCCESS
+#define NOTIFY_F MS_ENV_NOTIFY_FAILURE
+#define NOTIFY_D MS_ENV_NOTIFY_DELAY
+#define NOTIFY_N MS_ENV_NOTIFY_NEVER
 
 static void test_decide_table(void **state)
 {
@@ -71,30 +71,43 @@ static void test_decide_table(void **state)
 
 static void test_facts_of_envelope(void **state)
 {
-    ms_envelope env;
-    Mailstream__MailFrom mf;
-    Mailstream__Auth auth;
+    struct ms_envelope_tx tx;
+    struct ms_envelope_tx_rcpt r = {"rcpt@example.net", 0, NULL};
     struct wk_dsn_facts f;
+    ms_envelope *env;
 
     (void)state;
-    ms_envelope_init(&env);
-    mailstream__mail_from__init(&mf);
-    mf.address = "bounce@lists.example.org";
-    env.mail_from = &mf;
-    env.direction = IN;
-    wk_dsn_facts_of(&env, &f);
+    memset(&tx, 0, sizeof(tx));
+    tx.queue_id = "Q1";
+    tx.mail_from.address = "bounce@lists.example.org";
+    tx.rcpts = &r;
+    tx.nrcpts = 1;
+    tx.direction = IN;
+    env = ms_envelope_new_tx(&tx);
+    wk_dsn_facts_of(env, &f);
     assert_int_equal(wk_dsn_decide(&f), WK_DSN_NOT_EVALUATED); /* no auth at all */
-    mailstream__auth__init(&auth);
-    auth.evaluated = 1;
-    env.auth = &auth;
-    wk_dsn_facts_of(&env, &f);
+    ms_envelope_set_auth(env, 0, NULL);
+    wk_dsn_facts_of(env, &f);
     assert_int_equal(wk_dsn_decide(&f), WK_DSN_UNAUTHENTICATED);
-    auth.dkim_aligned_domain = "example.org";
-    wk_dsn_facts_of(&env, &f);
+    ms_envelope_set_auth(env, 0, "example.org");
+    wk_dsn_facts_of(env, &f);
     assert_int_equal(wk_dsn_decide(&f), WK_DSN_ALLOW);
-    env.mail_from = NULL;
-    wk_dsn_facts_of(&env, &f);
+    ms_envelope_set_auth(env, 1, NULL);
+    wk_dsn_facts_of(env, &f);
+    assert_int_equal(wk_dsn_decide(&f), WK_DSN_ALLOW);
+    ms_envelope_free(env);
+    /* No MAIL FROM part at all, and the null sender. */
+    tx.mail_from.address = "";
+    env = ms_envelope_new_tx(&tx);
+    ms_envelope_set_auth(env, 1, "example.org");
+    wk_dsn_facts_of(env, &f);
     assert_int_equal(wk_dsn_decide(&f), WK_DSN_NULL_SENDER);
+    ms_envelope_mail_from *mf = env->mail_from;
+    env->mail_from = NULL;
+    wk_dsn_facts_of(env, &f);
+    assert_int_equal(wk_dsn_decide(&f), WK_DSN_NULL_SENDER);
+    env->mail_from = mf;
+    ms_envelope_free(env);
 }
 
 static const char small_psl[] = "com\norg\nuk\nco.uk\nblogspot.com\n";

@@ -1,6 +1,6 @@
 /*
- * test_wk_event.c - worker/event.c (outcomes, event JSON) and worker/retry.c
- * (backoff delays).
+ * test_wk_event.c - worker/event.c: the verdict on a recipient from its
+ * reply (table-driven) and the event JSON.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -11,21 +11,56 @@
 #include <string.h>
 
 #include "../../worker/event.h"
-#include "../../worker/retry.h"
 #include "ms_buf.h"
 #include "ms_error.h"
 
-static void test_outcome(void **state)
+/* wk_verdict(): the code first, then the class on a 5yz.  Each row is
+ * what the delivery engine decided before the verdict had one home. */
+static void test_verdict(void **state)
 {
+    static const struct {
+        int code;
+        const char *dsn, *reply;
+        enum wk_outcome want;
+        enum ms_reply_class cls;
+        int hard;
+    } cases[] = {
+        {250, "2.0.0", "250 2.0.0 ok", WK_OUTCOME_DELIVERED, MS_CLASS_OK, 0},
+        {251, "", "251 will forward", WK_OUTCOME_DELIVERED, MS_CLASS_OK, 0},
+        {451, "4.3.0", "451 4.3.0 try later", WK_OUTCOME_DEFERRED, MS_CLASS_OTHER, 0},
+        {421, "", "421 closing", WK_OUTCOME_DEFERRED, MS_CLASS_OTHER, 0},
+        {354, "", "354 go ahead", WK_OUTCOME_DEFERRED, MS_CLASS_OTHER, 0},
+        /* Our own code 0: no server reply (timeout, broken connection). */
+        {0, "4.4.1", "connection timed out", WK_OUTCOME_DEFERRED, MS_CLASS_NETWORK, 0},
+        {0, "4.4.3", "MX lookup failed", WK_OUTCOME_DEFERRED, MS_CLASS_DNS, 0},
+        {0, "4.4.5", "destination over its rate", WK_OUTCOME_DEFERRED, MS_CLASS_NETWORK, 0},
+        /* A 5.x.x status without a server reply is deferred all the same. */
+        {0, "5.7.10", "REQUIRETLS: no TLS", WK_OUTCOME_DEFERRED, MS_CLASS_TLS, 1},
+        {550, "5.1.1", "550 5.1.1 no such user", WK_OUTCOME_BOUNCED, MS_CLASS_BAD_MAILBOX, 1},
+        {550, "5.1.2", "550 5.1.2 no such domain", WK_OUTCOME_BOUNCED, MS_CLASS_DNS, 1},
+        {554, "5.7.1", "554 5.7.1 rejected", WK_OUTCOME_BOUNCED, MS_CLASS_POLICY, 1},
+        {552, "", "552 message too large", WK_OUTCOME_BOUNCED, MS_CLASS_TOO_LARGE, 1},
+        {550, "", "550 user unknown", WK_OUTCOME_BOUNCED, MS_CLASS_BAD_MAILBOX, 1},
+        /* The override: a soft 5yz (a full mailbox) is retried. */
+        {552, "5.2.2", "552 5.2.2 mailbox full", WK_OUTCOME_DEFERRED, MS_CLASS_MAILBOX_FULL, 0},
+        {550, "", "550 over quota", WK_OUTCOME_DEFERRED, MS_CLASS_MAILBOX_FULL, 0},
+        {452, "4.2.2", "452 4.2.2 mailbox full", WK_OUTCOME_DEFERRED, MS_CLASS_MAILBOX_FULL, 0},
+    };
+    enum ms_reply_class cls;
+    size_t i;
+    int hard;
+
     (void)state;
-    assert_int_equal(wk_outcome_of(250), WK_OUTCOME_DELIVERED);
-    assert_int_equal(wk_outcome_of(251), WK_OUTCOME_DELIVERED);
-    assert_int_equal(wk_outcome_of(451), WK_OUTCOME_DEFERRED);
-    assert_int_equal(wk_outcome_of(421), WK_OUTCOME_DEFERRED);
-    assert_int_equal(wk_outcome_of(0), WK_OUTCOME_DEFERRED);
-    assert_int_equal(wk_outcome_of(354), WK_OUTCOME_DEFERRED);
-    assert_int_equal(wk_outcome_of(550), WK_OUTCOME_BOUNCED);
-    assert_int_equal(wk_outcome_of(554), WK_OUTCOME_BOUNCED);
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        cls = MS_CLASS__N;
+        hard = -1;
+        assert_int_equal(wk_verdict(cases[i].code, cases[i].dsn, cases[i].reply, &cls, &hard),
+                         cases[i].want);
+        assert_int_equal(cls, cases[i].cls);
+        assert_int_equal(hard, cases[i].hard);
+        assert_int_equal(wk_verdict(cases[i].code, cases[i].dsn, cases[i].reply, NULL, NULL),
+                         cases[i].want);
+    }
     assert_string_equal(wk_outcome_name(WK_OUTCOME_BOUNCED), "bounced");
 }
 
@@ -64,31 +99,6 @@ static void test_json(void **state)
     ms_buf_free(&b);
 }
 
-static void test_json_utf8(void **state)
-{
-    static const struct {
-        const char *in, *out;
-    } cases[] = {
-        {"\xe2\x82\xac", "\"\xe2\x82\xac\""},          /* euro sign */
-        {"\xf0\x9f\x98\x80", "\"\xf0\x9f\x98\x80\""},  /* emoji */
-        {"\xc0\xaf", "\"\\ufffd\\ufffd\""},            /* overlong */
-        {"\xed\xa0\x80", "\"\\ufffd\\ufffd\\ufffd\""}, /* surrogate */
-        {"\xe2\x82", "\"\\ufffd\\ufffd\""},            /* truncated */
-        {"\x7f", "\"\\u007f\""},
-    };
-    struct ms_buf b;
-    size_t i;
-
-    (void)state;
-    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        ms_buf_init(&b, 256);
-        assert_int_equal(wk_json_string(&b, cases[i].in, strlen(cases[i].in)), 0);
-        assert_int_equal(ms_buf_append(&b, "", 1), 0);
-        assert_string_equal(b.data, cases[i].out);
-        ms_buf_free(&b);
-    }
-}
-
 static void test_malformed_json(void **state)
 {
     struct ms_buf b;
@@ -103,35 +113,12 @@ static void test_malformed_json(void **state)
     ms_buf_free(&b);
 }
 
-static void test_backoff(void **state)
-{
-    unsigned a;
-    uint64_t d;
-
-    (void)state;
-    /* Equal jitter: between half and all of the exponential delay. */
-    assert_int_equal(wk_backoff_ms(1, 1000, 300000, 0), 500);
-    assert_int_equal(wk_backoff_ms(1, 1000, 300000, 500), 1000);
-    assert_int_equal(wk_backoff_ms(1, 1000, 300000, 501), 500);
-    assert_int_equal(wk_backoff_ms(2, 1000, 300000, 0), 1000);
-    assert_int_equal(wk_backoff_ms(3, 1000, 300000, 2000), 4000);
-    /* Capped, also for absurd attempt counts. */
-    for (a = 1; a < 200; a++) {
-        d = wk_backoff_ms(a, 1000, 300000, 0xffffffffu);
-        assert_true(d >= 1 && d <= 300000);
-    }
-    assert_int_equal(wk_backoff_ms(100000, 1000, 300000, 0), 150000);
-    /* Degenerate settings still give a positive delay. */
-    assert_int_equal(wk_backoff_ms(1, 0, 0, 7), 1);
-    assert_int_equal(wk_backoff_ms(5, 5000, 10, 0), 2500);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_outcome),        cmocka_unit_test(test_json),
-        cmocka_unit_test(test_json_utf8),      cmocka_unit_test(test_malformed_json),
-        cmocka_unit_test(test_backoff),
+        cmocka_unit_test(test_verdict),
+        cmocka_unit_test(test_json),
+        cmocka_unit_test(test_malformed_json),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,6 +1,8 @@
 /*
- * policy.h - the worker's policy stage: email authentication once per
- * message, before routing and delivery.
+ * mailauth.h - the worker's mail-authentication stage, once per message
+ * before routing and delivery: SPF, DKIM and DMARC for inbound mail, DKIM
+ * signing for outbound mail.  (Its settings keep their section name,
+ * [policy]; "policy" elsewhere means the frontend's access rules.)
  *
  * Inbound mail (envelope direction inbound, [policy] inbound = yes):
  *   SPF (lib/mail/ms_spf.h) for the MAIL FROM and the HELO identity with the
@@ -32,7 +34,7 @@
  * several sections for one domain (RSA and Ed25519) sign at once.  The
  * signature fields are prepended to the message in the envelope, so the
  * retry records carry the signed message and retries reuse the signature.
- * Keys are files, re-read by wk_policy_reload() (SIGHUP).
+ * Keys are files, re-read by wk_mailauth_reload() (SIGHUP).
  *
  * Once only: the frontend prepends its Received field to every message, so
  * a field above the first Received one is ours.  A message that already has
@@ -41,13 +43,13 @@
  * is passed through unchanged.
  *
  * Ids, not pointers: a job is known by the caller's 64-bit id; the callback
- * is never called from inside wk_policy_start() and never after
- * wk_policy_cancel().  The envelope passed to wk_policy_start() must stay
+ * is never called from inside wk_mailauth_start() and never after
+ * wk_mailauth_cancel().  The envelope passed to wk_mailauth_start() must stay
  * valid until then; the stage replaces env->message (freeing the old data)
  * right before the callback.  One loop thread.
  */
-#ifndef WK_POLICY_H
-#define WK_POLICY_H
+#ifndef WK_MAILAUTH_H
+#define WK_MAILAUTH_H
 
 #include <stdint.h>
 #include <uv.h>
@@ -59,38 +61,42 @@
 
 /* Default [policy] timeout_ms: the whole inbound evaluation of a message;
  * evaluations still waiting for DNS then count as temperror. */
-#define WK_POLICY_TIMEOUT_MS 20000
+#define WK_MAILAUTH_TIMEOUT_MS 20000
 /* Default [policy] dns_timeout_ms, per query, for the stage's own resolver. */
-#define WK_POLICY_DNS_TIMEOUT_MS 5000
+#define WK_MAILAUTH_DNS_TIMEOUT_MS 5000
 /* [dkim.NAME] sections (signers) loaded. */
-#define WK_POLICY_SIGNERS_MAX 64
+#define WK_MAILAUTH_SIGNERS_MAX 64
 /* The header added to quarantined mail (its value says why). */
-#define WK_POLICY_QUARANTINE_HEADER "X-Mailstream-Quarantine"
+#define WK_MAILAUTH_QUARANTINE_HEADER "X-Mailstream-Quarantine"
 
-enum wk_policy_action { WK_POLICY_DELIVER, WK_POLICY_QUARANTINE, WK_POLICY_DISCARD,
-                        WK_POLICY_ACTION__N };
-
-enum wk_policy_verdict {
-    WK_VERDICT_PASS,
-    WK_VERDICT_DMARC_NONE,
-    WK_VERDICT_DMARC_QUARANTINE,
-    WK_VERDICT_DMARC_REJECT,
-    WK_VERDICT_SPF_FAIL,
-    WK_VERDICT_TEMPERROR,
-    WK_VERDICT_SIGNED,   /* outbound: signed now */
-    WK_VERDICT_SKIPPED,  /* nothing to do (not configured, or done before) */
-    WK_VERDICT__N
+enum wk_mailauth_action {
+    WK_MAILAUTH_DELIVER,
+    WK_MAILAUTH_QUARANTINE,
+    WK_MAILAUTH_DISCARD,
+    WK_MAILAUTH_ACTION__N
 };
 
-struct wk_policy_result {
-    enum wk_policy_action action;
-    enum wk_policy_verdict verdict;
+enum wk_mailauth_verdict {
+    WK_MAILAUTH_VERDICT_PASS,
+    WK_MAILAUTH_VERDICT_DMARC_NONE,
+    WK_MAILAUTH_VERDICT_DMARC_QUARANTINE,
+    WK_MAILAUTH_VERDICT_DMARC_REJECT,
+    WK_MAILAUTH_VERDICT_SPF_FAIL,
+    WK_MAILAUTH_VERDICT_TEMPERROR,
+    WK_MAILAUTH_VERDICT_SIGNED,   /* outbound: signed now */
+    WK_MAILAUTH_VERDICT_SKIPPED,  /* nothing to do (not configured, or done before) */
+    WK_MAILAUTH_VERDICT__N
+};
+
+struct wk_mailauth_result {
+    enum wk_mailauth_action action;
+    enum wk_mailauth_verdict verdict;
     const char *reason;   /* for logs and the discard event; valid during the callback */
     int modified;         /* env->message was replaced */
 };
 
-typedef struct wk_policy wk_policy;
-typedef void (*wk_policy_cb)(void *arg, uint64_t id, const struct wk_policy_result *res);
+typedef struct wk_mailauth wk_mailauth;
+typedef void (*wk_mailauth_cb)(void *arg, uint64_t id, const struct wk_mailauth_result *res);
 
 /*
  * Read [policy] and the [dkim.*] sections and load the keys and the Public
@@ -99,36 +105,38 @@ typedef void (*wk_policy_cb)(void *arg, uint64_t id, const struct wk_policy_resu
  * a reason in err (a bad key file, an unknown action, ...).  Registers the
  * metrics: call before the loop runs.
  */
-wk_policy *wk_policy_new(uv_loop_t *loop, const ms_config *cfg, const char *hostname,
-                         ms_resolver *resolver, char *err, size_t errlen);
+wk_mailauth *wk_mailauth_new(uv_loop_t *loop, const ms_config *cfg, const char *hostname,
+                             ms_resolver *resolver, char *err, size_t errlen);
 /* Re-read the key files; on any error the old keys stay (and it is logged). */
-void wk_policy_reload(wk_policy *p);
+void wk_mailauth_reload(wk_mailauth *p);
 /*
  * Run the stage for env.  Returns 1 when there is nothing to do (res is
  * filled, no callback), 0 when the callback will follow, or a negative
- * MS_E* code (no callback).
+ * MS_E* code (no callback).  `id` names the job until its callback or
+ * wk_mailauth_cancel(): one running job per id (a second is a broken
+ * invariant: panic).
  */
-int wk_policy_start(wk_policy *p, ms_envelope *env, wk_policy_cb cb, void *arg, uint64_t id,
-                    struct wk_policy_result *res);
+int wk_mailauth_start(wk_mailauth *p, ms_envelope *env, wk_mailauth_cb cb, void *arg,
+                      uint64_t id, struct wk_mailauth_result *res);
 /* Testing aid for mailstream-authcheck --now (the worker never calls it):
  * jobs started from now on evaluate inbound mail as if the clock said
  * `now` (seconds since the epoch): DKIM t= and x= and SPF %{t}.  0 goes
  * back to the real clock. */
-void wk_policy_set_clock(wk_policy *p, int64_t now);
+void wk_mailauth_set_clock(wk_mailauth *p, int64_t now);
 /* Forget the job of `id` (unknown ids are ignored): no callback. */
-void wk_policy_cancel(wk_policy *p, uint64_t id);
+void wk_mailauth_cancel(wk_mailauth *p, uint64_t id);
 /* Jobs running. */
-size_t wk_policy_pending(const wk_policy *p);
+size_t wk_mailauth_pending(const wk_mailauth *p);
 /* Cancel everything and free (handles close asynchronously on the loop). */
-void wk_policy_free(wk_policy *p);
+void wk_mailauth_free(wk_mailauth *p);
 
 /* "deliver", "quarantine", "discard"; "pass", "dmarc_reject", ... */
-const char *wk_policy_action_name(enum wk_policy_action a);
-const char *wk_policy_verdict_name(enum wk_policy_verdict v);
+const char *wk_mailauth_action_name(enum wk_mailauth_action a);
+const char *wk_mailauth_verdict_name(enum wk_mailauth_verdict v);
 
 /* The `events` record of a discarded message:
  *   {"event":"discarded","qid":..,"verdict":..,"reason":..,"node":..,"ts":..} */
-int wk_policy_event_json(struct ms_buf *out, const char *qid, const struct wk_policy_result *r,
-                         const char *node, int64_t ts_us);
+int wk_mailauth_event_json(struct ms_buf *out, const char *qid,
+                           const struct wk_mailauth_result *r, const char *node, int64_t ts_us);
 
 #endif

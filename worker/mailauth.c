@@ -1,21 +1,23 @@
 /*
- * policy.c - the policy stage (policy.h).
+ * mailauth.c - the mail-authentication stage (mailauth.h).
  *
  * An inbound job drives four pull-style evaluators (SPF MAIL FROM, SPF
  * HELO, DKIM verify, then DMARC) through the resolver: each has at most one
  * query outstanding, and resolver answers find their job by id (job id in
  * the high bits, the evaluator in the low ones).  The job starts on a timer
- * (so the callback never runs inside wk_policy_start()); the same timer is
+ * (so the callback never runs inside wk_mailauth_start()); the same timer is
  * then the job's deadline.
  */
-#include "policy.h"
-#include "event.h"
+#include "mailauth.h"
 #include "ms_addr.h"
 #include "ms_authres.h"
 #include "ms_dkim.h"
 #include "dsn_rules.h"
 #include "ms_dmarc.h"
 #include "ms_error.h"
+#include "ms_idmap.h"
+#include "ms_json.h"
+#include "ms_list.h"
 #include "ms_log.h"
 #include "ms_mem.h"
 #include "ms_metrics.h"
@@ -31,24 +33,24 @@
 enum { EV_SPF_MAILFROM, EV_SPF_HELO, EV_DKIM, EV_DMARC, EV__N };
 #define EV_BITS 2
 
-static const char *const action_names[WK_POLICY_ACTION__N] = {"deliver", "quarantine",
+static const char *const action_names[WK_MAILAUTH_ACTION__N] = {"deliver", "quarantine",
                                                               "discard"};
-static const char *const verdict_names[WK_VERDICT__N] = {
+static const char *const verdict_names[WK_MAILAUTH_VERDICT__N] = {
     "pass", "dmarc_none", "dmarc_quarantine", "dmarc_reject",
     "spf_fail", "temperror", "signed", "skipped"};
 
 /* Verdicts an operator may configure, and their defaults. */
 static const struct {
-    enum wk_policy_verdict v;
+    enum wk_mailauth_verdict v;
     const char *key;
-    enum wk_policy_action def;
+    enum wk_mailauth_action def;
 } action_keys[] = {
-    {WK_VERDICT_PASS, "action_pass", WK_POLICY_DELIVER},
-    {WK_VERDICT_DMARC_NONE, "action_dmarc_none", WK_POLICY_DELIVER},
-    {WK_VERDICT_DMARC_QUARANTINE, "action_dmarc_quarantine", WK_POLICY_QUARANTINE},
-    {WK_VERDICT_DMARC_REJECT, "action_dmarc_reject", WK_POLICY_DISCARD},
-    {WK_VERDICT_SPF_FAIL, "action_spf_fail", WK_POLICY_DELIVER},
-    {WK_VERDICT_TEMPERROR, "action_temperror", WK_POLICY_DELIVER},
+    {WK_MAILAUTH_VERDICT_PASS, "action_pass", WK_MAILAUTH_DELIVER},
+    {WK_MAILAUTH_VERDICT_DMARC_NONE, "action_dmarc_none", WK_MAILAUTH_DELIVER},
+    {WK_MAILAUTH_VERDICT_DMARC_QUARANTINE, "action_dmarc_quarantine", WK_MAILAUTH_QUARANTINE},
+    {WK_MAILAUTH_VERDICT_DMARC_REJECT, "action_dmarc_reject", WK_MAILAUTH_DISCARD},
+    {WK_MAILAUTH_VERDICT_SPF_FAIL, "action_spf_fail", WK_MAILAUTH_DELIVER},
+    {WK_MAILAUTH_VERDICT_TEMPERROR, "action_temperror", WK_MAILAUTH_DELIVER},
 };
 
 struct signer_conf {
@@ -57,12 +59,12 @@ struct signer_conf {
 };
 
 struct job {
-    struct job *prev, *next;
-    wk_policy *p;
+    struct ms_list link; /* on wk_mailauth.jobs */
+    wk_mailauth *p;
     uint64_t id;  /* the caller's */
     uint64_t jid; /* ours, for resolver answers */
     ms_envelope *env;
-    wk_policy_cb cb;
+    wk_mailauth_cb cb;
     void *arg;
     uv_timer_t timer;
     uint64_t t0; /* uv_now() at the start */
@@ -79,7 +81,7 @@ struct job {
     int from_err;
 };
 
-struct wk_policy {
+struct wk_mailauth {
     uv_loop_t *loop;
     ms_resolver *resolver;
     int own_resolver;
@@ -88,30 +90,32 @@ struct wk_policy {
     char *authserv_id;
     char *hostname;
     uint64_t timeout_ms;
-    int64_t clock; /* wk_policy_set_clock(); 0: time() */
-    enum wk_policy_action actions[WK_VERDICT__N];
-    struct signer_conf signers[WK_POLICY_SIGNERS_MAX];
+    int64_t clock; /* wk_mailauth_set_clock(); 0: time() */
+    enum wk_mailauth_action actions[WK_MAILAUTH_VERDICT__N];
+    struct signer_conf signers[WK_MAILAUTH_SIGNERS_MAX];
     size_t nsigners;
-    struct job *jobs;
+    struct ms_list jobs;   /* running jobs */
+    struct ms_idmap by_jid; /* our job id -> job, for resolver answers */
+    struct ms_idmap by_id;  /* the caller's id -> job, for cancelling */
     size_t njobs;
     uint64_t seq;
 
     ms_counter *m_spf[2][MS_SPF_PERMERROR + 1];
     ms_counter *m_dkim[MS_DKIM_POLICY + 1];
     ms_counter *m_dmarc[MS_DMARC_PERMERROR + 1];
-    ms_counter *m_action[WK_VERDICT__N][WK_POLICY_ACTION__N];
+    ms_counter *m_action[WK_MAILAUTH_VERDICT__N][WK_MAILAUTH_ACTION__N];
     ms_counter *m_sign_errors, *m_reload_errors;
     ms_histogram *m_latency;
 };
 
-const char *wk_policy_action_name(enum wk_policy_action a)
+const char *wk_mailauth_action_name(enum wk_mailauth_action a)
 {
-    return (unsigned)a < WK_POLICY_ACTION__N ? action_names[a] : "unknown";
+    return (unsigned)a < WK_MAILAUTH_ACTION__N ? action_names[a] : "unknown";
 }
 
-const char *wk_policy_verdict_name(enum wk_policy_verdict v)
+const char *wk_mailauth_verdict_name(enum wk_mailauth_verdict v)
 {
-    return (unsigned)v < WK_VERDICT__N ? verdict_names[v] : "unknown";
+    return (unsigned)v < WK_MAILAUTH_VERDICT__N ? verdict_names[v] : "unknown";
 }
 
 /* ---- keys ---- */
@@ -149,9 +153,9 @@ static int keys_load(struct signer_conf *s, size_t n, ms_dkim_privkey **keys, ch
     return 0;
 }
 
-void wk_policy_reload(wk_policy *p)
+void wk_mailauth_reload(wk_mailauth *p)
 {
-    ms_dkim_privkey *keys[WK_POLICY_SIGNERS_MAX];
+    ms_dkim_privkey *keys[WK_MAILAUTH_SIGNERS_MAX];
     char err[512];
     size_t i;
 
@@ -171,19 +175,19 @@ void wk_policy_reload(wk_policy *p)
 
 /* ---- construction ---- */
 
-static int parse_action(const char *s, enum wk_policy_action *out)
+static int parse_action(const char *s, enum wk_mailauth_action *out)
 {
     int a;
 
-    for (a = 0; a < WK_POLICY_ACTION__N; a++)
+    for (a = 0; a < WK_MAILAUTH_ACTION__N; a++)
         if (strcasecmp(s, action_names[a]) == 0) {
-            *out = (enum wk_policy_action)a;
+            *out = (enum wk_mailauth_action)a;
             return 0;
         }
     return MS_ECONFIG;
 }
 
-static void register_metrics(wk_policy *p)
+static void register_metrics(wk_mailauth *p)
 {
     char labels[128];
     int r, k, v, a;
@@ -208,8 +212,8 @@ static void register_metrics(wk_policy *p)
         p->m_dmarc[r] = ms_counter_new("mailstream_worker_auth_results_total",
                                        "Authentication results by method and verdict.", labels);
     }
-    for (v = 0; v < WK_VERDICT__N; v++)
-        for (a = 0; a < WK_POLICY_ACTION__N; a++) {
+    for (v = 0; v < WK_MAILAUTH_VERDICT__N; v++)
+        for (a = 0; a < WK_MAILAUTH_ACTION__N; a++) {
             snprintf(labels, sizeof(labels), "verdict=\"%s\",action=\"%s\"", verdict_names[v],
                      action_names[a]);
             p->m_action[v][a] = ms_counter_new("mailstream_worker_policy_actions_total",
@@ -225,11 +229,11 @@ static void register_metrics(wk_policy *p)
                                     ms_latency_buckets, ms_latency_buckets_n);
 }
 
-wk_policy *wk_policy_new(uv_loop_t *loop, const ms_config *cfg, const char *hostname,
-                         ms_resolver *resolver, char *err, size_t errlen)
+wk_mailauth *wk_mailauth_new(uv_loop_t *loop, const ms_config *cfg, const char *hostname,
+                             ms_resolver *resolver, char *err, size_t errlen)
 {
-    wk_policy *p = ms_calloc(1, sizeof(*p));
-    ms_dkim_privkey *keys[WK_POLICY_SIGNERS_MAX];
+    wk_mailauth *p = ms_calloc(1, sizeof(*p));
+    ms_dkim_privkey *keys[WK_MAILAUTH_SIGNERS_MAX];
     const char *const *sections;
     const char *psl_path, *v;
     size_t nsec, i;
@@ -237,6 +241,9 @@ wk_policy *wk_policy_new(uv_loop_t *loop, const ms_config *cfg, const char *host
     int e;
 
     p->loop = loop;
+    ms_list_init(&p->jobs);
+    ms_idmap_init(&p->by_jid);
+    ms_idmap_init(&p->by_id);
     p->hostname = ms_strdup(hostname && *hostname ? hostname : "localhost");
     p->authserv_id = ms_strdup(ms_config_get(cfg, "policy", "authserv_id", p->hostname));
     if (ms_config_get_bool(cfg, "policy", "inbound", 0, &p->inbound, err, errlen) < 0)
@@ -244,16 +251,16 @@ wk_policy *wk_policy_new(uv_loop_t *loop, const ms_config *cfg, const char *host
     /* Read whether inbound checks are on or not: a known key either way
      * (ms_config_check_unknown). */
     psl_path = ms_config_get(cfg, "policy", "psl", MS_PSL_PATH);
-    if (ms_config_get_int(cfg, "policy", "timeout_ms", WK_POLICY_TIMEOUT_MS, 100, 3600 * 1000,
+    if (ms_config_get_int(cfg, "policy", "timeout_ms", WK_MAILAUTH_TIMEOUT_MS, 100, 3600 * 1000,
                           &timeout) < 0 ||
-        ms_config_get_int(cfg, "policy", "dns_timeout_ms", WK_POLICY_DNS_TIMEOUT_MS, 100,
+        ms_config_get_int(cfg, "policy", "dns_timeout_ms", WK_MAILAUTH_DNS_TIMEOUT_MS, 100,
                           600 * 1000, &dns_timeout) < 0) {
         snprintf(err, errlen, "[policy] timeout_ms or dns_timeout_ms out of range");
         goto fail;
     }
     p->timeout_ms = (uint64_t)timeout;
-    for (i = 0; i < WK_VERDICT__N; i++)
-        p->actions[i] = WK_POLICY_DELIVER;
+    for (i = 0; i < WK_MAILAUTH_VERDICT__N; i++)
+        p->actions[i] = WK_MAILAUTH_DELIVER;
     for (i = 0; i < sizeof(action_keys) / sizeof(action_keys[0]); i++) {
         v = ms_config_get(cfg, "policy", action_keys[i].key, action_names[action_keys[i].def]);
         if (parse_action(v, &p->actions[action_keys[i].v]) < 0) {
@@ -270,8 +277,8 @@ wk_policy *wk_policy_new(uv_loop_t *loop, const ms_config *cfg, const char *host
         const char *name = sections[i];
         if (strncmp(name, "dkim.", 5) != 0)
             continue;
-        if (p->nsigners == WK_POLICY_SIGNERS_MAX) {
-            snprintf(err, errlen, "more than %d [dkim.*] sections", WK_POLICY_SIGNERS_MAX);
+        if (p->nsigners == WK_MAILAUTH_SIGNERS_MAX) {
+            snprintf(err, errlen, "more than %d [dkim.*] sections", WK_MAILAUTH_SIGNERS_MAX);
             goto fail;
         }
         s = &p->signers[p->nsigners++];
@@ -319,20 +326,17 @@ fail:
     ms_psl_free(p->psl);
     free(p->hostname);
     free(p->authserv_id);
+    ms_idmap_free(&p->by_jid);
+    ms_idmap_free(&p->by_id);
     free(p);
     return NULL;
 }
 
 /* ---- jobs ---- */
 
-static struct job *job_by_jid(wk_policy *p, uint64_t jid)
+static struct job *job_by_jid(wk_mailauth *p, uint64_t jid)
 {
-    struct job *j;
-
-    for (j = p->jobs; j; j = j->next)
-        if (j->jid == jid)
-            return j;
-    return NULL;
+    return ms_idmap_get(&p->by_jid, jid);
 }
 
 static void job_closed(uv_handle_t *h)
@@ -342,14 +346,11 @@ static void job_closed(uv_handle_t *h)
 
 static void job_free(struct job *j)
 {
-    wk_policy *p = j->p;
+    wk_mailauth *p = j->p;
 
-    if (j->prev)
-        j->prev->next = j->next;
-    else
-        p->jobs = j->next;
-    if (j->next)
-        j->next->prev = j->prev;
+    ms_list_remove(&j->link);
+    ms_idmap_del(&p->by_jid, j->jid);
+    ms_idmap_del(&p->by_id, j->id);
     p->njobs--;
     ms_spf_free(j->spf[0]);
     ms_spf_free(j->spf[1]);
@@ -381,7 +382,7 @@ static void job_finish(struct job *j);
 
 static void on_dns(void *arg, uint64_t id, const struct ms_dns_result *res)
 {
-    wk_policy *p = arg;
+    wk_mailauth *p = arg;
     struct job *j = job_by_jid(p, id >> EV_BITS);
     int ev = (int)(id & ((1u << EV_BITS) - 1));
 
@@ -488,10 +489,10 @@ static void drive(struct job *j)
 }
 
 /* The A-R field and the verdict; unfinished evaluations are temperror. */
-static char *build_results(struct job *j, enum wk_policy_verdict *verdict, char *reason,
+static char *build_results(struct job *j, enum wk_mailauth_verdict *verdict, char *reason,
                            size_t reasonlen)
 {
-    wk_policy *p = j->p;
+    wk_mailauth *p = j->p;
     struct ms_authres ar;
     struct ms_authres_prop props[5];
     enum ms_spf_result spf[2] = {MS_SPF_NONE, MS_SPF_NONE};
@@ -550,15 +551,18 @@ static char *build_results(struct job *j, enum wk_policy_verdict *verdict, char 
     ms_authres_add(&ar, "dmarc", ms_dmarc_result_name(dres), comment, props, 1);
 
     /* The verdict. */
-    *verdict = WK_VERDICT_PASS;
+    *verdict = WK_MAILAUTH_VERDICT_PASS;
     if (dres == MS_DMARC_FAIL) {
-        *verdict = o->disposition == MS_DMARC_POLICY_REJECT       ? WK_VERDICT_DMARC_REJECT
-                   : o->disposition == MS_DMARC_POLICY_QUARANTINE ? WK_VERDICT_DMARC_QUARANTINE
-                                                                  : WK_VERDICT_DMARC_NONE;
+        if (o->disposition == MS_DMARC_POLICY_REJECT)
+            *verdict = WK_MAILAUTH_VERDICT_DMARC_REJECT;
+        else if (o->disposition == MS_DMARC_POLICY_QUARANTINE)
+            *verdict = WK_MAILAUTH_VERDICT_DMARC_QUARANTINE;
+        else
+            *verdict = WK_MAILAUTH_VERDICT_DMARC_NONE;
     } else if (dres == MS_DMARC_TEMPERROR) {
-        *verdict = WK_VERDICT_TEMPERROR;
+        *verdict = WK_MAILAUTH_VERDICT_TEMPERROR;
     } else if (dres == MS_DMARC_NONE && spf[0] == MS_SPF_FAIL) {
-        *verdict = WK_VERDICT_SPF_FAIL;
+        *verdict = WK_MAILAUTH_VERDICT_SPF_FAIL;
     }
     snprintf(reason, reasonlen, "spf=%s dkim=%s dmarc=%s%s%s%s from=%s",
              ms_spf_result_name(spf[j->mailfrom[0] ? 0 : 1]),
@@ -570,38 +574,32 @@ static char *build_results(struct job *j, enum wk_policy_verdict *verdict, char 
 
 /* Keep what the DSN decision (dsn_rules.h) needs in the envelope, so the
  * retry records carry it: SPF pass for MAIL FROM, and the d= of a DKIM pass
- * aligned (relaxed) with the MAIL FROM domain.  The envelope owns the
- * allocations (protobuf-c frees them with it). */
+ * aligned (relaxed) with the MAIL FROM domain (ms_envelope_set_auth). */
 static void record_auth(struct job *j)
 {
-    ms_envelope *env = j->env;
-    Mailstream__Auth *a = ms_malloc(sizeof(*a));
+    const char *aligned = NULL;
     size_t i, n;
+    int spf_pass = j->spf[0] && j->done[0] && ms_spf_result(j->spf[0]) == MS_SPF_PASS;
 
-    mailstream__auth__init(a);
-    a->evaluated = 1;
-    a->spf_mailfrom_pass = j->spf[0] && j->done[0] && ms_spf_result(j->spf[0]) == MS_SPF_PASS;
     n = j->dkim && j->done[EV_DKIM] ? ms_dkim_verify_count(j->dkim) : 0;
     for (i = 0; i < n; i++) {
         const struct ms_dkim_sigresult *r = ms_dkim_verify_sig(j->dkim, i);
         if (r->result == MS_DKIM_PASS && wk_dkim_aligned(j->p->psl, j->mailfrom, r->d)) {
-            a->dkim_aligned_domain = ms_strdup(r->d);
+            aligned = r->d;
             break;
         }
     }
-    if (env->auth)
-        mailstream__auth__free_unpacked(env->auth, NULL);
-    env->auth = a;
+    ms_envelope_set_auth(j->env, spf_pass, aligned);
 }
 
 static void job_finish(struct job *j)
 {
-    wk_policy *p = j->p;
-    struct wk_policy_result res;
+    wk_mailauth *p = j->p;
+    struct wk_mailauth_result res;
     struct ms_buf body, head;
-    enum wk_policy_verdict verdict;
+    enum wk_mailauth_verdict verdict;
     char reason[512], *arfield;
-    wk_policy_cb cb = j->cb;
+    wk_mailauth_cb cb = j->cb;
     void *arg = j->arg;
     uint64_t id = j->id;
     ms_envelope *env = j->env;
@@ -621,8 +619,8 @@ static void job_finish(struct job *j)
 
     ms_buf_init(&head, MS_AUTHRES_MAX + 1024);
     (void)ms_buf_append(&head, arfield, strlen(arfield));
-    if (res.action == WK_POLICY_QUARANTINE)
-        (void)ms_buf_appendf(&head, WK_POLICY_QUARANTINE_HEADER ": %s\r\n",
+    if (res.action == WK_MAILAUTH_QUARANTINE)
+        (void)ms_buf_appendf(&head, WK_MAILAUTH_QUARANTINE_HEADER ": %s\r\n",
                              verdict_names[verdict]);
     ms_buf_init(&body, env->message.len + 1);
     stripped = ms_authres_strip((const char *)env->message.data, env->message.len,
@@ -672,12 +670,12 @@ static int parse_ip(const char *s, struct ms_spf_request *req)
     return MS_EINVAL;
 }
 
-static int start_inbound(wk_policy *p, ms_envelope *env, wk_policy_cb cb, void *arg,
+static int start_inbound(wk_mailauth *p, ms_envelope *env, wk_mailauth_cb cb, void *arg,
                          uint64_t id)
 {
     struct ms_spf_request req;
     struct job *j;
-    const Mailstream__Client *cl = env->client;
+    const ms_envelope_client *cl = env->client;
     const char *msg = (const char *)env->message.data;
     size_t len = env->message.len;
     int64_t now = p->clock ? p->clock : (int64_t)time(NULL);
@@ -722,10 +720,11 @@ static int start_inbound(wk_policy *p, ms_envelope *env, wk_policy_cb cb, void *
     uv_timer_init(p->loop, &j->timer);
     j->timer.data = j;
     j->t0 = uv_now(p->loop);
-    j->next = p->jobs;
-    if (p->jobs)
-        p->jobs->prev = j;
-    p->jobs = j;
+    if (ms_idmap_get(&p->by_id, id) != NULL)
+        ms_panic("event=mailauth_duplicate_id id=%llu", (unsigned long long)id);
+    ms_list_insert_head(&p->jobs, &j->link);
+    ms_idmap_put(&p->by_jid, j->jid, j);
+    ms_idmap_put(&p->by_id, id, j);
     p->njobs++;
     uv_timer_start(&j->timer, kickoff_cb, 0, 0);
     return 0;
@@ -766,7 +765,7 @@ static int signed_by_us(const char *msg, size_t len, const struct signer_conf *s
     return found;
 }
 
-static size_t find_signers(wk_policy *p, const char *domain, struct ms_dkim_signer *out)
+static size_t find_signers(wk_mailauth *p, const char *domain, struct ms_dkim_signer *out)
 {
     size_t i, n = 0;
 
@@ -782,7 +781,7 @@ static size_t find_signers(wk_policy *p, const char *domain, struct ms_dkim_sign
     return n;
 }
 
-static void sign_outbound(wk_policy *p, ms_envelope *env, struct wk_policy_result *res)
+static void sign_outbound(wk_mailauth *p, ms_envelope *env, struct wk_mailauth_result *res)
 {
     struct ms_dkim_signer signers[MS_DKIM_SIGNERS_MAX];
     char from[MS_DNS_NAME_MAX + 1], *hdrs = NULL;
@@ -790,7 +789,7 @@ static void sign_outbound(wk_policy *p, ms_envelope *env, struct wk_policy_resul
     size_t len = env->message.len, n = 0, i;
     int e;
 
-    res->verdict = WK_VERDICT_SKIPPED;
+    res->verdict = WK_MAILAUTH_VERDICT_SKIPPED;
     res->reason = "no signing key for the sender domain";
     if (p->nsigners == 0)
         return;
@@ -815,26 +814,26 @@ static void sign_outbound(wk_policy *p, ms_envelope *env, struct wk_policy_resul
     }
     set_message(env, hdrs, strlen(hdrs), msg, len);
     free(hdrs);
-    res->verdict = WK_VERDICT_SIGNED;
+    res->verdict = WK_MAILAUTH_VERDICT_SIGNED;
     res->reason = "signed";
     res->modified = 1;
 }
 
-int wk_policy_start(wk_policy *p, ms_envelope *env, wk_policy_cb cb, void *arg, uint64_t id,
-                    struct wk_policy_result *res)
+int wk_mailauth_start(wk_mailauth *p, ms_envelope *env, wk_mailauth_cb cb, void *arg,
+                      uint64_t id, struct wk_mailauth_result *res)
 {
     memset(res, 0, sizeof(*res));
-    res->action = WK_POLICY_DELIVER;
-    res->verdict = WK_VERDICT_SKIPPED;
+    res->action = WK_MAILAUTH_DELIVER;
+    res->verdict = WK_MAILAUTH_VERDICT_SKIPPED;
     res->reason = "not checked";
     if (env->message.data == NULL || env->message.len == 0)
         return 1;
-    if (env->direction == MAILSTREAM__DIRECTION__DIRECTION_OUTBOUND) {
+    if (env->direction == MS_ENV_DIRECTION_OUTBOUND) {
         sign_outbound(p, env, res);
         ms_counter_inc(p->m_action[res->verdict][res->action]);
         return 1;
     }
-    if (env->direction != MAILSTREAM__DIRECTION__DIRECTION_INBOUND || !p->inbound)
+    if (env->direction != MS_ENV_DIRECTION_INBOUND || !p->inbound)
         return 1;
     if (ms_authres_applied((const char *)env->message.data, env->message.len, p->authserv_id)) {
         res->reason = "checked before";
@@ -843,37 +842,37 @@ int wk_policy_start(wk_policy *p, ms_envelope *env, wk_policy_cb cb, void *arg, 
     return start_inbound(p, env, cb, arg, id);
 }
 
-void wk_policy_set_clock(wk_policy *p, int64_t now)
+void wk_mailauth_set_clock(wk_mailauth *p, int64_t now)
 {
     p->clock = now;
 }
 
-void wk_policy_cancel(wk_policy *p, uint64_t id)
+void wk_mailauth_cancel(wk_mailauth *p, uint64_t id)
 {
-    struct job *j, *next;
+    struct job *j = ms_idmap_get(&p->by_id, id);
 
-    for (j = p->jobs; j; j = next) {
-        next = j->next;
-        if (j->id == id && !j->finished) {
-            j->finished = 1;
-            job_free(j);
-        }
+    if (j != NULL && !j->finished) {
+        j->finished = 1;
+        job_free(j);
     }
 }
 
-size_t wk_policy_pending(const wk_policy *p)
+size_t wk_mailauth_pending(const wk_mailauth *p)
 {
     return p->njobs;
 }
 
-void wk_policy_free(wk_policy *p)
+void wk_mailauth_free(wk_mailauth *p)
 {
     if (p == NULL)
         return;
-    while (p->jobs) {
-        p->jobs->finished = 1;
-        job_free(p->jobs);
+    while (!ms_list_empty(&p->jobs)) {
+        struct job *j = ms_list_entry(ms_list_first(&p->jobs), struct job, link);
+        j->finished = 1;
+        job_free(j);
     }
+    ms_idmap_free(&p->by_jid);
+    ms_idmap_free(&p->by_id);
     if (p->own_resolver)
         ms_resolver_free(p->resolver);
     signers_free(p->signers, p->nsigners);
@@ -885,25 +884,20 @@ void wk_policy_free(wk_policy *p)
 
 /* ---- the discard event ---- */
 
-int wk_policy_event_json(struct ms_buf *out, const char *qid, const struct wk_policy_result *r,
-                         const char *node, int64_t ts_us)
+int wk_mailauth_event_json(struct ms_buf *out, const char *qid,
+                           const struct wk_mailauth_result *r, const char *node, int64_t ts_us)
 {
-    char ts[64];
-    struct tm tm;
-    time_t secs = (time_t)(ts_us / 1000000);
+    char ts[MS_JSON_TIME_MAX];
     int err = 0;
 
-    gmtime_r(&secs, &tm);
-    snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-             (int)(ts_us / 1000 % 1000));
+    ms_json_time(ts, sizeof(ts), ts_us);
     err |= ms_buf_appendf(out, "{\"event\":\"discarded\",\"qid\":");
-    err |= wk_json_string(out, qid, strlen(qid));
+    err |= ms_json_string(out, qid, strlen(qid));
     err |= ms_buf_appendf(out, ",\"verdict\":\"%s\",\"action\":\"%s\",\"reason\":",
-                          wk_policy_verdict_name(r->verdict), wk_policy_action_name(r->action));
-    err |= wk_json_string(out, r->reason ? r->reason : "", r->reason ? strlen(r->reason) : 0);
+                          wk_mailauth_verdict_name(r->verdict), wk_mailauth_action_name(r->action));
+    err |= ms_json_string(out, r->reason ? r->reason : "", r->reason ? strlen(r->reason) : 0);
     err |= ms_buf_appendf(out, ",\"node\":");
-    err |= wk_json_string(out, node ? node : "", node ? strlen(node) : 0);
+    err |= ms_json_string(out, node ? node : "", node ? strlen(node) : 0);
     err |= ms_buf_appendf(out, ",\"ts\":\"%s\"}", ts);
     return err ? MS_ETOOBIG : 0;
 }

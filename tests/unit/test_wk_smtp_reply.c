@@ -1,5 +1,5 @@
 /*
- * test_wk_reply.c - worker/smtp_reply.c: SMTP reply parser, enhanced status
+ * test_wk_smtp_reply.c - worker/smtp_reply.c: SMTP reply parser, enhanced status
  * codes, reply formatting and EHLO keywords.  Table-driven.
  */
 #include <setjmp.h>

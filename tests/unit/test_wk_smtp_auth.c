@@ -1,5 +1,5 @@
 /*
- * test_wk_auth.c - worker/smtp_auth.c: SMTP AUTH client mechanisms (RFC
+ * test_wk_smtp_auth.c - worker/smtp_auth.c: SMTP AUTH client mechanisms (RFC
  * 4954, PLAIN RFC 4616, LOGIN): choice, field limits, the PLAIN initial
  * response (golden values) and 334 challenges.  Table-driven.
  */
