@@ -65,6 +65,7 @@ struct ms_redis {
     int have_primary;
     int asking;                /* a question to sac has no answer yet */
     redisAsyncContext *sac;    /* the connection to the Sentinel asked */
+    redisAsyncContext *sub;    /* subscribed to +switch-master on a Sentinel */
     uv_timer_t sentinel_timer; /* MS_REDIS_SENTINEL_TIMEOUT_MS per question */
     /* A SCRIPT LOAD after NOSCRIPT is on its way: commands resent after
      * it need no second one (Redis runs a connection's commands in order). */
@@ -90,6 +91,7 @@ static void redis_close_now(ms_redis *r);
 static void sentinel_ask(ms_redis *r);
 static void primary_check_role(ms_redis *r, redisAsyncContext *ac);
 static void primary_lost(ms_redis *r, const char *reason);
+static void sentinel_subscribe(ms_redis *r);
 
 /*
  * Our own libuv adapter for hiredis, in place of <hiredis/adapters/libuv.h>.
@@ -392,6 +394,8 @@ static void redis_up(ms_redis *r)
     /* A restarted Redis has no scripts: load them before anything else. */
     for (s = 0; s < MS_SCRIPT__COUNT; s++)
         script_load(r, (enum ms_script)s, 0);
+    if (r->nsentinels > 0)
+        sentinel_subscribe(r);
 }
 
 static void connect_cb(const redisAsyncContext *ac, int status)
@@ -684,6 +688,83 @@ static void sentinel_ask(ms_redis *r)
     uv_timer_start(&r->sentinel_timer, sentinel_timeout_cb, MS_REDIS_SENTINEL_TIMEOUT_MS, 0);
 }
 
+/*
+ * The +switch-master subscription: the Sentinels announce a failover on
+ * this channel ("<name> <old ip> <old port> <new ip> <new port>"), so a
+ * client still connected to the old primary (alive but cut off from the
+ * Sentinels, or not yet demoted) moves at once instead of at its next
+ * ROLE check.  One subscription, to the Sentinel that answered last; when
+ * it drops, the periodic check (ping_cb) opens it again.  It only speeds
+ * things up: the ROLE checks and READONLY keep the client right without it.
+ */
+static void sub_cb(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    ms_redis *r = ac->data;
+    redisReply *rep = reply, *msg;
+    char name[MS_REDIS_SENTINEL_HOST_MAX + 1], host[MS_REDIS_SENTINEL_HOST_MAX + 1], buf[600];
+    int port;
+
+    (void)privdata;
+    if (rep == NULL || r->closing || r->sub != ac || rep->type != REDIS_REPLY_ARRAY ||
+        rep->elements != 3)
+        return;
+    msg = rep->element[2];
+    if (rep->element[0]->type != REDIS_REPLY_STRING || strcmp(rep->element[0]->str, "message") != 0 ||
+        msg->type != REDIS_REPLY_STRING || msg->len >= sizeof(buf))
+        return; /* the subscribe confirmation */
+    memcpy(buf, msg->str, msg->len);
+    buf[msg->len] = '\0';
+    if (sscanf(buf, "%255s %*s %*d %255s %d", name, host, &port) != 3 ||
+        strcmp(name, r->master_name) != 0)
+        return;
+    ms_info("event=redis_sentinel_switch master=%s primary=%s:%d", name, host, port);
+    if (r->ac != NULL && (strcmp(host, r->host) != 0 || port != r->port))
+        primary_lost(r, "+switch-master");
+}
+
+static void sub_connect_cb(const redisAsyncContext *ac, int status)
+{
+    ms_redis *r = ac->data;
+
+    if (status != REDIS_OK && r->sub == ac)
+        r->sub = NULL; /* hiredis frees the context after this callback */
+}
+
+static void sub_disconnect_cb(const redisAsyncContext *ac, int status)
+{
+    ms_redis *r = ac->data;
+
+    (void)status;
+    if (r->sub == ac)
+        r->sub = NULL;
+}
+
+static void sentinel_subscribe(ms_redis *r)
+{
+    /* The Sentinel that named the current primary answers: sentinel_next
+     * moves on only when one does not. */
+    const struct sentinel_addr *s = &r->sentinels[r->sentinel_next];
+    redisAsyncContext *ac;
+
+    if (r->closing || r->sub != NULL)
+        return;
+    ac = redisAsyncConnect(s->host, s->port);
+    if (ac == NULL || ac->err) {
+        if (ac)
+            redisAsyncFree(ac);
+        return;
+    }
+    ac->data = r;
+    if (ev_attach(ac, r->loop) != REDIS_OK) {
+        redisAsyncFree(ac);
+        return;
+    }
+    redisAsyncSetConnectCallback(ac, sub_connect_cb);
+    redisAsyncSetDisconnectCallback(ac, sub_disconnect_cb);
+    redisAsyncCommand(ac, sub_cb, NULL, "SUBSCRIBE +switch-master");
+    r->sub = ac;
+}
+
 /* ROLE's answer starts with "master", "slave" or "sentinel". */
 static int role_is_master(const redisReply *rep)
 {
@@ -720,9 +801,29 @@ static void primary_check_role(ms_redis *r, redisAsyncContext *ac)
     }
 }
 
+/* primary_lost's graceful disconnect did not finish in time (the old
+ * primary is cut off and its replies will never come): drop it, failing
+ * the replies still due, and ask a Sentinel. */
+static void lost_deadline_cb(uv_timer_t *t)
+{
+    ms_redis *r = t->data;
+    redisAsyncContext *ac = r->ac;
+
+    if (r->closing)
+        return;
+    if (ac == NULL) { /* gone meanwhile without telling disconnect_cb */
+        redis_connect(r);
+        return;
+    }
+    ms_warn("event=redis_close_timeout wait_ms=%d", MS_REDIS_CLOSE_WAIT_MS);
+    r->ac = NULL;
+    redisAsyncFree(ac);
+    schedule_reconnect(r);
+}
+
 /* The server we are connected to is no longer the primary: fail new
- * commands at once, let the replies still due come back, then ask a
- * Sentinel again (disconnect_cb). */
+ * commands at once, let the replies still due come back (for up to
+ * MS_REDIS_CLOSE_WAIT_MS), then ask a Sentinel again (disconnect_cb). */
 static void primary_lost(ms_redis *r, const char *reason)
 {
     ms_warn("event=redis_primary_lost host=%s port=%d master=%s reason=%s", r->host, r->port,
@@ -731,8 +832,12 @@ static void primary_lost(ms_redis *r, const char *reason)
              r->port, reason);
     r->connected = 0;
     r->have_primary = 0;
-    if (r->ac != NULL)
+    if (r->ac != NULL) {
+        /* Armed first: disconnect_cb, at once when no reply is due, later
+         * otherwise, replaces it with the reconnect. */
+        uv_timer_start(&r->reconnect_timer, lost_deadline_cb, MS_REDIS_CLOSE_WAIT_MS, 0);
         redisAsyncDisconnect(r->ac);
+    }
 }
 
 static void ping_reply(void *arg, uint64_t id, const struct ms_redis_reply *reply)
@@ -763,6 +868,8 @@ static void ping_cb(uv_timer_t *t)
 
     if (r->connected)
         ms_redis_command(r, ping_reply, r, 0, 1, argv, argvlen);
+    if (r->connected && r->nsentinels > 0 && r->sub == NULL)
+        sentinel_subscribe(r);
 }
 
 ms_redis *ms_redis_new(uv_loop_t *loop, const struct ms_redis_conf *conf)
@@ -897,6 +1004,11 @@ static void redis_close_now(ms_redis *r)
     if (r->sac) {
         redisAsyncContext *ac = r->sac;
         r->sac = NULL;
+        redisAsyncFree(ac);
+    }
+    if (r->sub) {
+        redisAsyncContext *ac = r->sub;
+        r->sub = NULL;
         redisAsyncFree(ac);
     }
     r->handles_open = 3;

@@ -11,6 +11,8 @@ client got 250 for reached the sink:
   test_sentinel_failover_followed            RedisSentinelSet; the primary is
       SIGKILLed mid-stream; the frontend's and the worker's Redis use moves
       to the promoted replica without a restart.                     (slow)
+  test_sentinel_forced_failover_followed     SENTINEL FAILOVER with the old
+      primary alive: the nodes move to the new one (+switch-master).
   test_balancer_passes_client_address        HAProxy with PROXY v2 in front
       of two frontends: the Received header names the client, not HAProxy;
       only HAProxy's address may send a PROXY header; a frontend killed
@@ -206,7 +208,7 @@ def test_sentinel_failover_followed(request, tmp_path_factory, cluster_factory):
         redis = rs.client_config()
         # A connection limit nobody reaches: the frontend uses Redis for
         # every connection (its buckets), fails open while Redis is away.
-        fe = {**redis, "ratelimit": {"connections_per_ip": "1000000/1s",
+        fe = {**redis, "ratelimit": {"connections_per_ip": "1000000/1h",
                                      "redis_failure": "open"}}
         cl = cluster_factory(frontends=1, workers=1, frontend_extra=fe, worker_extra=redis)
         old = rs.primary()
@@ -248,6 +250,40 @@ def test_sentinel_failover_followed(request, tmp_path_factory, cluster_factory):
         Sender(cl.listener()[1], source="127.0.0.3").send_one(1)
         assert mslocal.redis_query(new.port, "KEYS", "*127.0.0.3*"), \
             "the frontend's buckets are not on the new primary"
+    finally:
+        sup.stop_all(timeout=10)
+
+
+def test_sentinel_forced_failover_followed(request, tmp_path_factory, cluster_factory):
+    """SENTINEL FAILOVER with the old primary alive: the nodes hear
+    +switch-master (or are disconnected by the demotion) and move on their
+    own; the old primary, now a replica, gets none of their writes."""
+    sup = mslocal.Supervisor(_test_dir(request, tmp_path_factory, "sentinel"))
+    try:
+        ports = mslocal.free_ports(5)
+        rs = mslocal.RedisSentinelSet(sup, ports[:2], ports[2:])
+        rs.start()
+        redis = rs.client_config()
+        fe = {**redis, "ratelimit": {"connections_per_ip": "1000000/1h"}}
+        cl = cluster_factory(frontends=1, workers=1, frontend_extra=fe, worker_extra=redis)
+        old, new = rs.servers
+        pids = {n.name: n.pid for n in cl.nodes()}
+        assert mslocal.redis_query(rs.sentinels[0].port, "SENTINEL", "FAILOVER",
+                                   rs.master_name) == "OK"
+        assert rs.wait_failover(old, 30) is new
+        line = f"event=redis_connected host={mslocal.HOST} port={new.port}"
+        mslocal.wait_until(lambda: all(line in n.log.read_text() for n in cl.nodes()), 30,
+                           f"frontend and worker connected to the new primary {new.port}")
+        sender = Sender(cl.listener()[1], source="127.0.0.4")
+        for n in range(1, 6):
+            sender.send_one(n)
+        assert sender.count() == 5, f"refused {sender.refused}"
+        assert_none_lost(cl.sink, sender.accepted, 60)
+        for n in cl.nodes():
+            assert n.alive() and n.pid == pids[n.name], f"{n.name} was restarted or died"
+        marked = {k.split(":")[2] for k in mslocal.redis_query(new.port, "KEYS", "ms:delivered:*")}
+        assert set(sender.accepted.values()) <= marked
+        assert mslocal.redis_query(new.port, "KEYS", "*127.0.0.4*")
     finally:
         sup.stop_all(timeout=10)
 
