@@ -38,7 +38,7 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict
 
 import pytest
 
@@ -197,95 +197,98 @@ def test_three_brokers_survive_a_broker_kill(request, tmp_path_factory, redis_se
 # Redis: primary, replica, three Sentinels
 # ---------------------------------------------------------------------------
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_sentinel_failover_followed(request, tmp_path_factory, cluster_factory):
+@pytest.fixture
+def sentinel_set(request, tmp_path_factory):
+    """A started RedisSentinelSet of its own: primary, replica, three Sentinels."""
     sup = mslocal.Supervisor(_test_dir(request, tmp_path_factory, "sentinel"))
     try:
         ports = mslocal.free_ports(5)
         rs = mslocal.RedisSentinelSet(sup, ports[:2], ports[2:])
         rs.start()
-        redis = rs.client_config()
-        # A connection limit nobody reaches: the frontend uses Redis for
-        # every connection (its buckets), fails open while Redis is away.
-        fe = {**redis, "ratelimit": {"connections_per_ip": "1000000/1h",
-                                     "redis_failure": "open"}}
-        cl = cluster_factory(frontends=1, workers=1, frontend_extra=fe, worker_extra=redis)
-        old = rs.primary()
-        assert old is rs.servers[0]
-        pids = {n.name: n.pid for n in cl.nodes()}
-
-        sender = Sender(cl.listener()[1], source="127.0.0.2")
-        sender.start()
-        sender.wait_accepted(20, 60)
-        at_kill = sender.count()
-        t0 = time.monotonic()
-        sup.kill(old.name)
-        new = rs.wait_failover(old, 60)
-        t_promoted = time.monotonic() - t0
-        # No restart: the same processes move to the new primary.
-        line = f"event=redis_connected host={mslocal.HOST} port={new.port}"
-        mslocal.wait_until(lambda: all(line in n.log.read_text() for n in cl.nodes()), 30,
-                           f"frontend and worker connected to the new primary {new.port}")
-        t_followed = time.monotonic() - t0
-        before = set(sender.accepted)
-        sender.wait_accepted(30, 90)
-        accepted = sender.stop()
-        got = assert_none_lost(cl.sink, accepted, 90)
-        for n in cl.nodes():
-            assert n.alive() and n.pid == pids[n.name], f"{n.name} was restarted or died"
-            assert n.ready(), f"{n.name} not ready after the failover"
-        print(f"\nsentinel: primary SIGKILLed after {at_kill} accepted; replica promoted after {t_promoted:.1f} s, frontend and worker on it "
-              f"after {t_followed:.1f} s; accepted {len(accepted)}, not accepted "
-              f"{sender.refused}, lost 0, delivered twice "
-              f"{sum(1 for t in accepted if got[t] > 1)}")
-        # The worker records what it delivered after the failover on the new
-        # primary (a key written there, not replicated from the old one).
-        after = {q for t, q in accepted.items() if t not in before}
-        keys = mslocal.redis_query(new.port, "KEYS", "ms:delivered:*")
-        marked = {k.split(":")[2] for k in keys}  # type: ignore[union-attr]
-        assert after & marked, "no delivered marker written to the new primary"
-        # The frontend's rate-limit buckets too: a client address first seen
-        # after the failover.
-        Sender(cl.listener()[1], source="127.0.0.3").send_one(1)
-        assert mslocal.redis_query(new.port, "KEYS", "*127.0.0.3*"), \
-            "the frontend's buckets are not on the new primary"
+        yield rs
     finally:
         sup.stop_all(timeout=10)
 
 
-def test_sentinel_forced_failover_followed(request, tmp_path_factory, cluster_factory):
+def wait_nodes_on(cl: mslocal.Cluster, port: int, timeout: float = 30) -> None:
+    """Every node of cl has logged its connect to the Redis on port."""
+    line = f"event=redis_connected host={mslocal.HOST} port={port}"
+    mslocal.wait_until(lambda: all(line in n.log.read_text() for n in cl.nodes()), timeout,
+                       f"frontend and worker connected to the new primary {port}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sentinel_failover_followed(sentinel_set, cluster_factory):
+    rs = sentinel_set
+    redis = rs.client_config()
+    # A connection limit nobody reaches: the frontend uses Redis for
+    # every connection (its buckets), fails open while Redis is away.
+    fe = {**redis, "ratelimit": {"connections_per_ip": "1000000/1h",
+                                 "redis_failure": "open"}}
+    cl = cluster_factory(frontends=1, workers=1, frontend_extra=fe, worker_extra=redis)
+    old = rs.primary()
+    assert old is rs.servers[0]
+    pids = {n.name: n.pid for n in cl.nodes()}
+
+    sender = Sender(cl.listener()[1], source="127.0.0.2")
+    sender.start()
+    sender.wait_accepted(20, 60)
+    at_kill = sender.count()
+    t0 = time.monotonic()
+    old.sup.kill(old.name)
+    new = rs.wait_failover(old, 60)
+    t_promoted = time.monotonic() - t0
+    wait_nodes_on(cl, new.port)  # no restart: the same processes move
+    t_followed = time.monotonic() - t0
+    before = set(sender.accepted)
+    sender.wait_accepted(30, 90)
+    accepted = sender.stop()
+    got = assert_none_lost(cl.sink, accepted, 90)
+    for n in cl.nodes():
+        assert n.alive() and n.pid == pids[n.name], f"{n.name} was restarted or died"
+        assert n.ready(), f"{n.name} not ready after the failover"
+    print(f"\nsentinel: primary SIGKILLed after {at_kill} accepted; replica promoted after {t_promoted:.1f} s, frontend and worker on it "
+          f"after {t_followed:.1f} s; accepted {len(accepted)}, not accepted "
+          f"{sender.refused}, lost 0, delivered twice "
+          f"{sum(1 for t in accepted if got[t] > 1)}")
+    # The worker records what it delivered after the failover on the new
+    # primary (a key written there, not replicated from the old one).
+    after = {q for t, q in accepted.items() if t not in before}
+    keys = mslocal.redis_query(new.port, "KEYS", "ms:delivered:*")
+    marked = {k.split(":")[2] for k in keys}  # type: ignore[union-attr]
+    assert after & marked, "no delivered marker written to the new primary"
+    # The frontend's rate-limit buckets too: a client address first seen
+    # after the failover.
+    Sender(cl.listener()[1], source="127.0.0.3").send_one(1)
+    assert mslocal.redis_query(new.port, "KEYS", "*127.0.0.3*"), \
+        "the frontend's buckets are not on the new primary"
+
+
+def test_sentinel_forced_failover_followed(sentinel_set, cluster_factory):
     """SENTINEL FAILOVER with the old primary alive: the nodes hear
     +switch-master (or are disconnected by the demotion) and move on their
     own; the old primary, now a replica, gets none of their writes."""
-    sup = mslocal.Supervisor(_test_dir(request, tmp_path_factory, "sentinel"))
-    try:
-        ports = mslocal.free_ports(5)
-        rs = mslocal.RedisSentinelSet(sup, ports[:2], ports[2:])
-        rs.start()
-        redis = rs.client_config()
-        fe = {**redis, "ratelimit": {"connections_per_ip": "1000000/1h"}}
-        cl = cluster_factory(frontends=1, workers=1, frontend_extra=fe, worker_extra=redis)
-        old, new = rs.servers
-        pids = {n.name: n.pid for n in cl.nodes()}
-        assert mslocal.redis_query(rs.sentinels[0].port, "SENTINEL", "FAILOVER",
-                                   rs.master_name) == "OK"
-        assert rs.wait_failover(old, 30) is new
-        line = f"event=redis_connected host={mslocal.HOST} port={new.port}"
-        mslocal.wait_until(lambda: all(line in n.log.read_text() for n in cl.nodes()), 30,
-                           f"frontend and worker connected to the new primary {new.port}")
-        sender = Sender(cl.listener()[1], source="127.0.0.4")
-        for n in range(1, 6):
-            sender.send_one(n)
-        assert sender.count() == 5, f"refused {sender.refused}"
-        assert_none_lost(cl.sink, sender.accepted, 60)
-        for n in cl.nodes():
-            assert n.alive() and n.pid == pids[n.name], f"{n.name} was restarted or died"
-        marked = {k.split(":")[2] for k in mslocal.redis_query(new.port, "KEYS", "ms:delivered:*")}
-        assert set(sender.accepted.values()) <= marked
-        assert mslocal.redis_query(new.port, "KEYS", "*127.0.0.4*")
-    finally:
-        sup.stop_all(timeout=10)
+    rs = sentinel_set
+    redis = rs.client_config()
+    fe = {**redis, "ratelimit": {"connections_per_ip": "1000000/1h"}}
+    cl = cluster_factory(frontends=1, workers=1, frontend_extra=fe, worker_extra=redis)
+    old, new = rs.servers
+    pids = {n.name: n.pid for n in cl.nodes()}
+    assert mslocal.redis_query(rs.sentinels[0].port, "SENTINEL", "FAILOVER",
+                               rs.master_name) == "OK"
+    assert rs.wait_failover(old, 30) is new
+    wait_nodes_on(cl, new.port)
+    sender = Sender(cl.listener()[1], source="127.0.0.4")
+    for n in range(1, 6):
+        sender.send_one(n)
+    assert sender.count() == 5, f"refused {sender.refused}"
+    assert_none_lost(cl.sink, sender.accepted, 60)
+    for n in cl.nodes():
+        assert n.alive() and n.pid == pids[n.name], f"{n.name} was restarted or died"
+    marked = {k.split(":")[2] for k in mslocal.redis_query(new.port, "KEYS", "ms:delivered:*")}
+    assert set(sender.accepted.values()) <= marked
+    assert mslocal.redis_query(new.port, "KEYS", "*127.0.0.4*")
 
 
 # ---------------------------------------------------------------------------
