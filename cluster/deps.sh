@@ -20,9 +20,10 @@
 # cluster/mslocal.py or a test with a configuration of ours, on loopback ports
 # and state directories of ours; we never need the machine's own instances,
 # running or stopped. So a service that existed before this script ran is
-# never stopped, restarted, disabled or reconfigured (issue 23). A service that appears because we install its
-# package is kept from starting while we install (policy-rc.d) and left
-# disabled at boot, with a line saying how to enable it.
+# never stopped, restarted, disabled or reconfigured (issue 23). A service
+# that appears because we install its package is kept from starting while we
+# install (policy-rc.d) and left disabled at boot, with a line saying how to
+# enable it.
 #
 # Environment:
 #   MAILSTREAM_CACHE   cache directory (default: $HOME/.cache/mailstream)
