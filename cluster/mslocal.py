@@ -1457,7 +1457,11 @@ class RedisSentinelSet:
     frontends and workers get `[redis] sentinels` and `master_name` and
     find the primary themselves (lib/io/ms_redis.h).  Replication is
     asynchronous: a write acknowledged by the primary just before it dies
-    may be missing on the promoted replica (docs/reliability.md)."""
+    may be missing on the promoted replica (docs/reliability.md).
+
+    XXX Redis AUTH (issue 14's [redis] password): with requirepass on the
+    servers, the replica needs `masterauth` and the Sentinels
+    `sentinel auth-pass`; not wired here yet."""
 
     MASTER_NAME = "mailstream"
     SENTINELS = 3
