@@ -1731,9 +1731,14 @@ class Membership:
         if kind not in ("frontend", "worker"):
             raise MsLocalError(f"add: want frontend or worker, not {kind!r}")
         cluster, _spec = self._shape()
-        index = self._next_index(kind)
         # Claim the index before the slow start: two adds at once get two.
-        (self.sup.state_dir / f"{kind}-{index}.ini").touch(exist_ok=False)
+        while True:
+            index = self._next_index(kind)
+            try:
+                (self.sup.state_dir / f"{kind}-{index}.ini").touch(exist_ok=False)
+                break
+            except FileExistsError:
+                continue
         node = cluster._add(kind, True, False, index=index)
         node.wait_ready(timeout)
         return node.name

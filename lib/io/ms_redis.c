@@ -405,7 +405,7 @@ static void connect_cb(const redisAsyncContext *ac, int status)
     if (status != REDIS_OK) {
         snprintf(r->why, sizeof(r->why), "redis: %s:%d: %s", r->host, r->port, ac->errstr);
         if (r->ac == ac)
-            r->ac = NULL; /* hiredis frees the context after this callback */
+            r->ac = NULL;    /* hiredis frees the context after this callback */
         r->have_primary = 0; /* Sentinel mode: ask again */
         schedule_reconnect(r);
         return;
@@ -501,8 +501,10 @@ static int sentinel_parse_one(const char *item, struct sentinel_addr *a, char *e
     port = strtol(colon + 1, &pend, 10);
     if (hlen == 0 || hlen > MS_REDIS_SENTINEL_HOST_MAX || *pend != '\0' || port < 1 ||
         port > 65535 || !isdigit((unsigned char)colon[1])) {
-        snprintf(err, errlen, "[redis] sentinels: \"%.60s\": want host:port with a port "
-                              "of 1 to 65535", item);
+        snprintf(err, errlen,
+                 "[redis] sentinels: \"%.60s\": want host:port with a port "
+                 "of 1 to 65535",
+                 item);
         return -1;
     }
     memcpy(a->host, h, hlen);
@@ -566,11 +568,12 @@ static void sentinel_reply_cb(redisAsyncContext *ac, void *reply, void *privdata
 
     (void)privdata;
     if (rep == NULL || r->closing || r->sac != ac || !r->asking)
-        return; /* dropped or timed out: handled there */
+        return;               /* dropped or timed out: handled there */
     redisAsyncDisconnect(ac); /* one question per connection */
     if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
-        rep->element[0]->type == REDIS_REPLY_STRING && rep->element[1]->type == REDIS_REPLY_STRING &&
-        rep->element[0]->len > 0 && rep->element[0]->len <= MS_REDIS_SENTINEL_HOST_MAX) {
+        rep->element[0]->type == REDIS_REPLY_STRING &&
+        rep->element[1]->type == REDIS_REPLY_STRING && rep->element[0]->len > 0 &&
+        rep->element[0]->len <= MS_REDIS_SENTINEL_HOST_MAX) {
         memcpy(host, rep->element[0]->str, rep->element[0]->len);
         host[rep->element[0]->len] = '\0';
         port = strtol(rep->element[1]->str, &end, 10);
@@ -709,8 +712,9 @@ static void sub_cb(redisAsyncContext *ac, void *reply, void *privdata)
         rep->elements != 3)
         return;
     msg = rep->element[2];
-    if (rep->element[0]->type != REDIS_REPLY_STRING || strcmp(rep->element[0]->str, "message") != 0 ||
-        msg->type != REDIS_REPLY_STRING || msg->len >= sizeof(buf))
+    if (rep->element[0]->type != REDIS_REPLY_STRING ||
+        strcmp(rep->element[0]->str, "message") != 0 || msg->type != REDIS_REPLY_STRING ||
+        msg->len >= sizeof(buf))
         return; /* the subscribe confirmation */
     memcpy(buf, msg->str, msg->len);
     buf[msg->len] = '\0';
@@ -828,8 +832,8 @@ static void primary_lost(ms_redis *r, const char *reason)
 {
     ms_warn("event=redis_primary_lost host=%s port=%d master=%s reason=%s", r->host, r->port,
             r->master_name, reason);
-    snprintf(r->why, sizeof(r->why), "redis: %s:%d is no longer the primary (%s)", r->host,
-             r->port, reason);
+    snprintf(r->why, sizeof(r->why), "redis: %s:%d is no longer the primary (%s)", r->host, r->port,
+             reason);
     r->connected = 0;
     r->have_primary = 0;
     if (r->ac != NULL) {
@@ -886,8 +890,8 @@ ms_redis *ms_redis_new(uv_loop_t *loop, const struct ms_redis_conf *conf)
         if ((n = sentinel_parse(conf->sentinels, r->sentinels, err, sizeof(err))) <= 0)
             ms_panic("event=redis_sentinels_unchecked error=\"%s\"", err);
         r->nsentinels = (size_t)n;
-        r->master_name = ms_strdup(conf->master_name && conf->master_name[0] ? conf->master_name
-                                                                             : MS_REDIS_MASTER_NAME);
+        r->master_name = ms_strdup(
+            conf->master_name && conf->master_name[0] ? conf->master_name : MS_REDIS_MASTER_NAME);
         ms_info("event=redis_sentinel_mode sentinels=%d master=%s", n, r->master_name);
     }
     snprintf(r->why, sizeof(r->why), "redis: connecting");
