@@ -62,9 +62,10 @@
 
 static const char *var_node_id, *var_hostname, *var_metrics, *var_brokers, *var_topic,
     *var_events_topic, *var_group, *var_redis_host, *var_redis_sentinels, *var_redis_master_name,
-    *var_relay_host, *var_log_level, *var_transport_map, *var_transport_map_file, *var_dns_upstream,
-    *var_dns_trust_anchor, *var_tls_policy, *var_tls_policy_map, *var_tls_ca_file, *var_relay_user,
-    *var_relay_password, *var_relay_password_file, *var_relay_auth_mechanisms, *var_dest_rate;
+    *var_relay_host, *var_log_level,
+    *var_transport_map, *var_transport_map_file, *var_dns_upstream, *var_dns_trust_anchor,
+    *var_tls_policy, *var_tls_policy_map, *var_tls_ca_file, *var_relay_user, *var_relay_password,
+    *var_relay_password_file, *var_relay_auth_mechanisms, *var_dest_rate;
 static int64_t var_redis_port, var_max_in_flight, var_retry_min_ms, var_retry_max_ms,
     var_connect_timeout_ms, var_drain_timeout_ms, var_smtp_port, var_retry_tiers, var_max_age_s,
     var_dns_timeout_ms, var_suppress_ttl_s, var_reply_timeout_ms, var_dest_concurrency,
@@ -516,7 +517,8 @@ int main(int argc, char **argv)
     if (!wk_smtp_path_ok(var_hostname) || strchr(var_hostname, ' '))
         ms_fatal("event=config_invalid section=node key=hostname value=\"%s\"", var_hostname);
     w.delivery = wk_delivery_new(w.loop, &dc);
-    if ((w.policy = wk_policy_new(w.loop, cfg, var_hostname, w.resolver, err, sizeof(err))) == NULL)
+    if ((w.policy = wk_policy_new(w.loop, cfg, var_hostname, w.resolver, err, sizeof(err))) ==
+        NULL)
         ms_fatal("event=config_invalid section=policy error=\"%s\"", err);
     wk_delivery_attach_policy(w.delivery, w.policy);
     /* Every setting has been read: what the file holds beyond them is a
