@@ -5,8 +5,9 @@
 #
 # Run by `make deps`. Idempotent: every step checks before it acts, so a second
 # run is a fast no-op. Three steps (all of them unless some are named):
-#   apt    Debian packages (compilers, C libraries, redis-server, postfix for
-#          smtp-sink, nsd, haproxy, dovecot, swaks, kcat, Java and Maven).
+#   apt    Debian packages (compilers, C libraries, redis-server and
+#          redis-sentinel, postfix for smtp-sink, nsd, haproxy, dovecot, swaks,
+#          kcat, Java and Maven).
 #   kafka  The Apache Kafka broker jars, fetched with Maven from
 #          cluster/kafka/pom.xml into $MAILSTREAM_CACHE/kafka-<version>/lib
 #          (outside the repository).
@@ -14,14 +15,15 @@
 # --check changes nothing: it says what the steps would do and exits 1 if any
 # of them has work left.
 #
-# System services. We use the programs of redis-server, postfix (smtp-sink),
-# nsd, haproxy and dovecot, each started by cluster/mslocal.py or a test with
-# a configuration of ours, on loopback ports and state directories of ours; we
-# never need the machine's own instances, running or stopped. So a service
-# that existed before this script ran is never stopped, restarted, disabled or
-# reconfigured (issue 23). A service that appears because we install its
-# package is kept from starting while we install (policy-rc.d) and left
-# disabled at boot, with a line saying how to enable it.
+# System services. We use the programs of redis-server, redis-sentinel,
+# postfix (smtp-sink), nsd, haproxy and dovecot, each started by
+# cluster/mslocal.py or a test with a configuration of ours, on loopback ports
+# and state directories of ours; we never need the machine's own instances,
+# running or stopped. So a service that existed before this script ran is
+# never stopped, restarted, disabled or reconfigured (issue 23). A service
+# that appears because we install its package is kept from starting while we
+# install (policy-rc.d) and left disabled at boot, with a line saying how to
+# enable it.
 #
 # Environment:
 #   MAILSTREAM_CACHE   cache directory (default: $HOME/.cache/mailstream)
@@ -61,7 +63,7 @@ APT_PACKAGES=(
 	libopendmarc-dev libinih-dev libcmocka-dev libcrypt-dev
 	clang libclang-rt-14-dev clang-format
 	libunbound-dev libyaml-dev publicsuffix
-	redis-server postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl
+	redis-server redis-sentinel postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl
 	kcat openssl curl nsd haproxy
 	dovecot-lmtpd dovecot-imapd dovecot-pop3d
 	maven

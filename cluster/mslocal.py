@@ -15,6 +15,16 @@ What it runs, each as a child process with its output in the state directory:
 Every started process is recorded in STATE/pids as `name pid starttime`, so
 `cluster/local down` stops exactly those processes (SIGTERM, then SIGKILL after
 a timeout) and a recycled pid is never signalled. Nothing is found by name.
+How each was started (argv, log, extra environment, how to tell it is ready)
+is kept in STATE/procs/NAME.json, so another process (`cluster/local restart`,
+a chaos driver) can start it again; STATE/pids is rewritten under a lock, so
+processes added by `cluster/local add` while `up` runs are never forgotten.
+
+The cluster shape of issue 15 (docs/reliability.md) is built from separate
+classes: KafkaCluster (N KRaft nodes, replicated topics), RedisSentinelSet
+(a primary, a replica and three Sentinels), Balancer (HAProxy sending PROXY
+v2 to the frontends) and Membership (add, remove, kill, restart, status of
+the processes of one state directory).
 
 The Kafka jars come from cluster/deps.sh: $MAILSTREAM_CACHE/kafka-<version>/lib.
 All listeners bind 127.0.0.1 only.
@@ -24,6 +34,9 @@ from __future__ import annotations
 
 import base64
 import configparser
+import dataclasses
+import fcntl
+import json
 import os
 import re
 import shutil
@@ -217,12 +230,23 @@ class Supervisor:
         self.procs: Dict[str, Proc] = {}
 
     # -- pids file --
-    def _save(self) -> None:
-        tmp = self.pids_file.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            for p in self.procs.values():
-                f.write(f"{p.name} {p.pid} {p.starttime}\n")
-        os.replace(tmp, self.pids_file)
+    def _save(self, drop: Sequence[str] = ()) -> None:
+        """Write our processes into STATE/pids, keeping the entries other
+        launchers wrote meanwhile (`cluster/local add` while `up` runs) and
+        dropping the names in drop."""
+        with self._pids_lock():
+            entries = {p.name: p for p in self.read_pids(self.state_dir)}
+            for name in drop:
+                entries.pop(name, None)
+            entries.update(self.procs)
+            tmp = self.pids_file.with_suffix(".tmp")
+            with open(tmp, "w") as f:
+                for p in entries.values():
+                    f.write(f"{p.name} {p.pid} {p.starttime}\n")
+            os.replace(tmp, self.pids_file)
+
+    def _pids_lock(self):
+        return _FileLock(self.state_dir / "pids.lock")
 
     @staticmethod
     def read_pids(state_dir: Path) -> List[Proc]:
@@ -246,9 +270,51 @@ class Supervisor:
     def running(self) -> List[Proc]:
         return [p for p in self.read_pids(self.state_dir) if p.alive()]
 
+    # -- how each process was started: STATE/procs/NAME.json --
+    def spec_path(self, name: str) -> Path:
+        return self.state_dir / "procs" / f"{name}.json"
+
+    def spec(self, name: str) -> Optional[Dict[str, object]]:
+        try:
+            return json.loads(self.spec_path(name).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _write_spec(self, name: str, argv: Sequence[str], log_path: Path, cwd: Optional[Path],
+                    env: Optional[Mapping[str, str]], ready: Optional[Mapping[str, object]],
+                    kind: Optional[str]) -> None:
+        # Only what differs from our environment (MAILSTREAM_* overrides),
+        # in a file only we can read: it may hold a password.
+        extra = {k: v for k, v in (env or {}).items() if os.environ.get(k) != v}
+        d = self.state_dir / "procs"
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / f".{name}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"name": name, "kind": kind, "argv": list(argv), "log": str(log_path),
+                       "cwd": str(cwd) if cwd else None, "env": extra,
+                       "ready": dict(ready or {})}, f, indent=1)
+        os.replace(tmp, self.spec_path(name))
+
+    def respawn(self, name: str) -> Proc:
+        """Start `name` again exactly as it was started last (its spec)."""
+        spec = self.spec(name)
+        if spec is None:
+            raise MsLocalError(f"{name}: no record of how it was started "
+                               f"({self.spec_path(name)})")
+        env = {**os.environ, **spec.get("env", {})} if spec.get("env") else None
+        return self.spawn(name, spec["argv"], Path(spec["log"]),
+                          cwd=Path(spec["cwd"]) if spec.get("cwd") else None, env=env,
+                          ready=spec.get("ready"), kind=spec.get("kind"))
+
     # -- start / stop --
     def spawn(self, name: str, argv: Sequence[str], log_path: Path,
-              cwd: Optional[Path] = None, env: Optional[Mapping[str, str]] = None) -> Proc:
+              cwd: Optional[Path] = None, env: Optional[Mapping[str, str]] = None,
+              ready: Optional[Mapping[str, object]] = None,
+              kind: Optional[str] = None) -> Proc:
+        """Start argv as `name`, output to log_path.  ready says how another
+        launcher can tell it is up again after a restart: {"http": URL}
+        (200), {"port": N} (listening) or {"redis": PORT} (PING answered)."""
         if name in self.procs and self.procs[name].alive():
             raise MsLocalError(f"{name} is already running (pid {self.procs[name].pid})")
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -264,6 +330,7 @@ class Supervisor:
             logf.close()
         st = _proc_starttime(popen.pid) or "0"
         proc = Proc(name, popen.pid, st, log_path, popen)
+        self._write_spec(name, argv, log_path, cwd, env, ready, kind)
         with self._lock:
             self.procs[name] = proc
             self._save()
@@ -282,7 +349,7 @@ class Supervisor:
         _terminate(p, timeout, sig)
         with self._lock:
             self.procs.pop(name, None)
-            self._save()
+            self._save(drop=[name])
 
     def kill(self, name: str) -> None:
         """SIGKILL, no grace period (crash tests)."""
@@ -294,6 +361,22 @@ class Supervisor:
             self.stop(name, timeout)
         for name in list(reversed(list(self.procs))):
             self.stop(name, timeout)
+
+
+class _FileLock:
+    """An exclusive flock(2) on path for the length of a with block."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd = -1
+
+    def __enter__(self) -> "_FileLock":
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)  # releases the lock
 
 
 def _terminate(p: Proc, timeout: float, sig: int = signal.SIGTERM) -> None:
@@ -352,6 +435,7 @@ class Redis:
         self.dir = sup.state_dir / name
         self.conf = self.dir / "redis.conf"
         self.log = self.dir / "redis.log"
+        self.extra_conf: List[str] = []  # more redis.conf lines (RedisSentinelSet)
 
     def ping(self) -> bool:
         return redis_command(self.port, "PING").startswith(b"+PONG")
@@ -375,8 +459,9 @@ class Redis:
             'pidfile ""\n'
             "appendonly yes\n"
             'save ""\n'
-            "databases 16\n")
-        p = self.sup.spawn(self.name, [exe, str(self.conf)], self.dir / "stdout.log")
+            "databases 16\n" + "".join(f"{line}\n" for line in self.extra_conf))
+        p = self.sup.spawn(self.name, [exe, str(self.conf)], self.dir / "stdout.log",
+                           ready={"redis": self.port}, kind="redis")
         wait_until(self.ping, timeout, f"redis on {HOST}:{self.port}", p.alive, log_path=self.log)
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -470,51 +555,63 @@ class Kafka:
         except subprocess.TimeoutExpired as e:
             raise MsLocalError(f"kafka tool {main} {' '.join(args[:3])}... timed out") from e
 
-    def _write_properties(self) -> None:
+    def properties(self) -> Dict[str, str]:
+        """server.properties as a dict (KafkaNode changes a few)."""
         listeners = f"PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}"
-        self.props.write_text(
-            "# generated by cluster/mslocal.py\n"
-            "process.roles=broker,controller\n"
-            "node.id=1\n"
-            f"controller.quorum.bootstrap.servers={HOST}:{self.controller_port}\n"
-            f"listeners={listeners}\n"
-            f"advertised.listeners={listeners}\n"
-            "inter.broker.listener.name=PLAINTEXT\n"
-            "controller.listener.names=CONTROLLER\n"
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n"
-            f"log.dirs={self.data}\n"
-            "num.partitions=1\n"
-            "default.replication.factor=1\n"
-            "min.insync.replicas=1\n"
-            "group.initial.rebalance.delay.ms=0\n"
-            "offsets.topic.replication.factor=1\n"
-            "offsets.topic.num.partitions=12\n"
-            "transaction.state.log.replication.factor=1\n"
-            "transaction.state.log.min.isr=1\n"
-            "share.coordinator.state.topic.replication.factor=1\n"
-            "share.coordinator.state.topic.min.isr=1\n"
-            "auto.create.topics.enable=false\n"
-            f"message.max.bytes={MAX_RECORD_BYTES}\n"
-            f"replica.fetch.max.bytes={MAX_RECORD_BYTES}\n"
-            f"socket.request.max.bytes={max(104857600, 2 * MAX_RECORD_BYTES)}\n"
-            "log.retention.hours=168\n"
-            "log.segment.bytes=268435456\n")
+        return {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.bootstrap.servers": f"{HOST}:{self.controller_port}",
+            "listeners": listeners,
+            "advertised.listeners": listeners,
+            "inter.broker.listener.name": "PLAINTEXT",
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self.data),
+            "num.partitions": "1",
+            "default.replication.factor": "1",
+            "min.insync.replicas": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "12",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "auto.create.topics.enable": "false",
+            "message.max.bytes": str(MAX_RECORD_BYTES),
+            "replica.fetch.max.bytes": str(MAX_RECORD_BYTES),
+            "socket.request.max.bytes": str(max(104857600, 2 * MAX_RECORD_BYTES)),
+            "log.retention.hours": "168",
+            "log.segment.bytes": "268435456",
+        }
+
+    def _write_properties(self) -> None:
+        self.props.write_text("# generated by cluster/mslocal.py\n" + "".join(
+            f"{k}={v}\n" for k, v in self.properties().items()))
+
+    def format_args(self) -> List[str]:
+        """StorageTool format arguments after -c: a new cluster id, one voter."""
+        return ["-t", new_cluster_id(), "--standalone"]
+
+    def format_stamp(self) -> str:
+        """What the storage was formatted for; a change means reformat."""
+        return f"{self.port} {self.controller_port}\n"
 
     def _format(self) -> None:
         """Format the KRaft storage once; reformat (wiping data) if the
         listener ports changed, since the voter endpoints are stored there."""
         stamp = self.dir / "formatted-for"
-        want = f"{self.port} {self.controller_port}\n"
+        want = self.format_stamp()
         if (self.data / "meta.properties").is_file() and stamp.is_file() and stamp.read_text() == want:
             return
         if self.data.exists():
-            log(f"kafka: ports changed or storage incomplete; wiping {self.data}")
+            log(f"{self.name}: ports changed or storage incomplete; wiping {self.data}")
             shutil.rmtree(self.data)
-        cid = new_cluster_id()
-        r = self._tool("kafka.tools.StorageTool", "format", "-t", cid, "-c", str(self.props),
-                       "--standalone")
+        r = self._tool("kafka.tools.StorageTool", "format", "-c", str(self.props),
+                       *self.format_args())
         if r.returncode != 0:
-            raise MsLocalError(f"kafka storage format failed:\n{r.stdout}\n{r.stderr}")
+            raise MsLocalError(f"{self.name} storage format failed:\n{r.stdout}\n{r.stderr}")
         stamp.write_text(want)
 
     def start(self, timeout: float = 60.0) -> None:
@@ -529,8 +626,9 @@ class Kafka:
         argv = [self._java(), *self.BROKER_JVM,
                 f"-Dlog4j2.configurationFile={LOG4J2_CONFIG}", f"-Dkafka.logs.dir={self.dir}",
                 "-cp", self._classpath(), "kafka.Kafka", str(self.props)]
-        p = self.sup.spawn(self.name, argv, self.dir / "stdout.log")
-        wait_until(lambda: port_open(HOST, self.port), timeout, f"kafka on {self.bootstrap}",
+        p = self.sup.spawn(self.name, argv, self.dir / "stdout.log", ready={"port": self.port},
+                           kind="kafka")
+        wait_until(lambda: port_open(HOST, self.port), timeout, f"kafka on {HOST}:{self.port}",
                    p.alive, log_path=self.log)
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -541,17 +639,21 @@ class Kafka:
         self.sup.kill(self.name)
 
     def create_topics(self, topics: Mapping[str, int],
-                      configs: Optional[Mapping[str, str]] = None, timeout: float = 90.0) -> None:
-        """Create topics (name -> partitions), replication 1, if they do not
-        exist yet. One TopicCommand JVM per topic, run in parallel; success
-        also proves the broker is really serving requests."""
+                      configs: Optional[Mapping[str, str]] = None, timeout: float = 90.0,
+                      replication: int = 1, bootstrap: Optional[str] = None) -> None:
+        """Create topics (name -> partitions) with `replication` replicas, if
+        they do not exist yet. One TopicCommand JVM per topic, run in
+        parallel; success also proves the broker is really serving requests
+        (and, with replication > 1, that enough brokers have joined).
+        bootstrap: other brokers to ask (KafkaCluster), default this one."""
+        bootstrap = bootstrap or self.bootstrap
         configs = {"max.message.bytes": str(MAX_RECORD_BYTES), **(configs or {})}
         ctl = build_dir() / "mailstream-ctl"
         if os.access(ctl, os.X_OK):
             # One C process with librdkafka's admin API: milliseconds, where a
             # TopicCommand JVM per topic costs seconds of CPU.
-            argv = [str(ctl), "-b", self.bootstrap, "topics", "create",
-                    *[f"{n}:{p}:1" for n, p in topics.items()]]
+            argv = [str(ctl), "-b", bootstrap, "topics", "create",
+                    *[f"{n}:{p}:{replication}" for n, p in topics.items()]]
             for k, v in configs.items():
                 argv += ["-c", f"{k}={v}"]
             deadline = time.monotonic() + timeout
@@ -573,8 +675,8 @@ class Kafka:
             deadline = time.monotonic() + timeout
             while True:
                 r = self._tool("org.apache.kafka.tools.TopicCommand", "--bootstrap-server",
-                               self.bootstrap, "--create", "--if-not-exists", "--topic", name,
-                               "--partitions", str(parts), "--replication-factor", "1",
+                               bootstrap, "--create", "--if-not-exists", "--topic", name,
+                               "--partitions", str(parts), "--replication-factor", str(replication),
                                *cfg_args, timeout=timeout)
                 results[name] = r
                 if r.returncode == 0 or time.monotonic() > deadline or not self.running:
@@ -776,7 +878,7 @@ class Sink:
         # -h: greeting name; -d: one file per transaction; backlog 256.
         argv += ["-h", "sink.mailstream.test", *self.extra_args,
                  "-d", str(self.dir) + "/" + _SINK_TEMPLATE, f"{HOST}:{self.port}", "256"]
-        p = self.sup.spawn(self.name, argv, self.log)
+        p = self.sup.spawn(self.name, argv, self.log, ready={"port": self.port}, kind="sink")
         wait_until(lambda: port_open(HOST, self.port), timeout, f"sink on {self.address}",
                    p.alive, log_path=self.log)
 
@@ -921,7 +1023,7 @@ class Node:
         if self.env:
             env = {**os.environ, **self.env}
         self.sup.spawn(self.name, [str(binary(self.kind)), "-c", str(self.config)], self.log,
-                       env=env)
+                       env=env, ready={"http": self.url("/readyz")}, kind=self.kind)
 
     def url(self, path: str) -> str:
         return f"http://{self.metrics}{path}"
@@ -1016,8 +1118,8 @@ class Cluster:
                      "tls_cert": self.tls_cert, "tls_key": self.tls_key,
                      "passwd_file": self.passwd},
         }
-        for lname, (listen, role) in s.listeners.items():
-            sections[f"listener.{lname}"] = {"listen": listen, "role": role}
+        for lname, (listen, role, *more) in self.frontend_listeners(index).items():
+            sections[f"listener.{lname}"] = {"listen": listen, "role": role, **(more[0] if more else {})}
         sections["kafka"] = {"brokers": s.kafka_brokers, "topic": s.topic}
         sections["redis"] = {"host": HOST, "port": s.redis_port}
         # Rate-limit buckets per cluster (tests share one Redis and all
@@ -1037,9 +1139,17 @@ class Cluster:
         }
         return render_ini(merge_sections(sections, s.worker_extra))
 
-    def _add(self, kind: str, start: bool, wait: bool) -> Node:
+    def frontend_listeners(self, index: int) -> Dict[str, tuple]:
+        """Frontend index's listeners: name -> (listen, role[, extra keys]).
+        All frontends share the ports (SO_REUSEPORT) unless a balancer
+        gives each its own (BalancedCluster)."""
+        return self.spec.listeners
+
+    def _add(self, kind: str, start: bool, wait: bool, index: Optional[int] = None) -> Node:
+        """Configure (and start) frontend or worker `index` (default: the
+        next one; Membership passes one past the highest in the state dir)."""
         nodes = self.frontends if kind == "frontend" else self.workers
-        index = len(nodes) + 1
+        index = index or len(nodes) + 1
         metrics = self._metrics(kind, index)
         conf = self.sup.state_dir / f"{kind}-{index}.ini"
         text = self.frontend_config(index, metrics) if kind == "frontend" \
@@ -1089,6 +1199,593 @@ class Cluster:
 
 
 # ---------------------------------------------------------------------------
+# The cluster shape of issue 15: replicated Kafka, Redis with Sentinel, a
+# balancer in front, and membership changes at run time
+# (docs/reliability.md).  Each piece is its own class; Stack puts them
+# together for `cluster/local up --brokers N --redis-sentinel --lb`.
+# ---------------------------------------------------------------------------
+
+# KRaft: nodes 1..3 are combined broker+controller (the voters); more nodes
+# are brokers only, so the quorum stays at three.
+KAFKA_MAX_CONTROLLERS = 3
+
+
+def replication_for(brokers: int) -> tuple:
+    """(replication factor, min.insync.replicas) for a cluster of `brokers`:
+    min(N, 3) replicas; with three or more, a write needs all but one of
+    them (with acks=all, the producer's setting), so one broker may die
+    without losing an acknowledged record or stopping writes."""
+    rf = min(brokers, KAFKA_MAX_CONTROLLERS)
+    return rf, (rf - 1 if brokers >= 3 else 1)
+
+
+class KafkaNode(Kafka):
+    """Node `node_id` of a KafkaCluster: its own data directory and ports,
+    a static voter set (controller.quorum.voters) shared by all nodes."""
+
+    # Three brokers share the machine with everything else: less heap each.
+    BROKER_JVM = ["-Xmx384m", "-Xms384m", *Kafka.BROKER_JVM[2:]]
+
+    def __init__(self, sup: Supervisor, port: int, controller_port: int, node_id: int,
+                 voters: str, cluster_id: str, controller: bool, brokers: int):
+        super().__init__(sup, port, controller_port, name=f"kafka-{node_id}")
+        self.node_id, self.voters, self.cluster_id = node_id, voters, cluster_id
+        self.controller, self.brokers = controller, brokers
+
+    def properties(self) -> Dict[str, str]:
+        rf, isr = replication_for(self.brokers)
+        props = super().properties()
+        props.pop("controller.quorum.bootstrap.servers")
+        plain = f"PLAINTEXT://{HOST}:{self.port}"
+        listeners = f"{plain},CONTROLLER://{HOST}:{self.controller_port}" if self.controller \
+            else plain
+        props.update({
+            "process.roles": "broker,controller" if self.controller else "broker",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": self.voters,
+            "listeners": listeners,
+            "advertised.listeners": plain,
+            "default.replication.factor": str(rf),
+            "min.insync.replicas": str(isr),
+            "offsets.topic.replication.factor": str(rf),
+            "transaction.state.log.replication.factor": str(rf),
+            "transaction.state.log.min.isr": str(isr),
+            "share.coordinator.state.topic.replication.factor": str(rf),
+            "share.coordinator.state.topic.min.isr": str(isr),
+            # An out-of-sync replica never becomes leader: that would drop
+            # acknowledged records (the default, spelled out).
+            "unclean.leader.election.enable": "false",
+        })
+        return props
+
+    def format_args(self) -> List[str]:
+        return ["-t", self.cluster_id]  # static voters: no --standalone
+
+    def format_stamp(self) -> str:
+        return f"{self.cluster_id} {self.port} {self.controller_port} {self.voters}\n"
+
+
+class KafkaCluster:
+    """N KRaft nodes on loopback (issue 15).  ports: 2N ports, (broker,
+    controller) per node; the cluster id is kept in STATE/kafka-cluster so
+    a node restarted later joins the same cluster."""
+
+    def __init__(self, sup: Supervisor, brokers: int, ports: Sequence[int]):
+        if brokers < 1 or len(ports) < 2 * brokers:
+            raise MsLocalError(f"kafka: {brokers} broker(s) need {2 * brokers} ports")
+        self.sup, self.n = sup, brokers
+        idf = sup.state_dir / "kafka-cluster"
+        voters = ",".join(f"{i + 1}@{HOST}:{ports[2 * i + 1]}"
+                          for i in range(min(brokers, KAFKA_MAX_CONTROLLERS)))
+        # A new voter set (other ports, another N) is another cluster.
+        try:
+            cid, old = idf.read_text().split()
+        except (OSError, ValueError):
+            cid, old = "", ""
+        if not cid or old != voters:
+            cid = new_cluster_id()
+            idf.write_text(f"{cid} {voters}\n")
+        self.cluster_id = cid
+        self.nodes = [KafkaNode(sup, ports[2 * i], ports[2 * i + 1], i + 1, voters, cid,
+                                i < KAFKA_MAX_CONTROLLERS, brokers) for i in range(brokers)]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(n.bootstrap for n in self.nodes)
+
+    @property
+    def replication(self) -> tuple:
+        return replication_for(self.n)
+
+    @property
+    def running(self) -> bool:
+        return any(n.running for n in self.nodes)
+
+    def node(self, node_id: int) -> KafkaNode:
+        return self.nodes[node_id - 1]
+
+    def start(self, timeout: float = 90.0) -> None:
+        """Format (first time) and start every node, in parallel: a lone
+        controller cannot finish starting before a quorum is up."""
+        errors: List[BaseException] = []
+
+        def one(n: KafkaNode) -> None:
+            try:
+                n.start(timeout)
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+        threads = [threading.Thread(target=one, args=(n,)) for n in self.nodes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+
+    def create_topics(self, topics: Mapping[str, int],
+                      configs: Optional[Mapping[str, str]] = None, timeout: float = 120.0) -> None:
+        """Topics with min(N, 3) replicas and min.insync.replicas as
+        replication_for() says; retried until every broker has joined."""
+        rf, isr = self.replication
+        # Through every broker's address, so a slow first node does not matter.
+        self.nodes[0].create_topics(topics, {"min.insync.replicas": str(isr), **(configs or {})},
+                                    timeout=timeout, replication=rf, bootstrap=self.bootstrap)
+
+    def describe_topics(self, names: Optional[Sequence[str]] = None) -> Dict[str, TopicInfo]:
+        for n in self.nodes:
+            if n.running:
+                return n.describe_topics(names)
+        raise MsLocalError("kafka: no broker running")
+
+    def leaders(self, topic: str) -> Dict[int, int]:
+        """partition -> leader node id (-1: none), from a running broker."""
+        for n in self.nodes:
+            if not n.running:
+                continue
+            r = n._tool("org.apache.kafka.tools.TopicCommand", "--bootstrap-server",
+                        n.bootstrap, "--describe", "--topic", re.escape(topic))
+            if r.returncode != 0:
+                continue
+            out = {}
+            for m in re.finditer(r"Partition:\s*(\d+)\s+Leader:\s*(-?\d+)", r.stdout):
+                out[int(m.group(1))] = int(m.group(2))
+            return out
+        raise MsLocalError("kafka: no broker answered")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        for n in reversed(self.nodes):
+            n.stop(timeout)
+
+
+# -- Redis with Sentinel ----------------------------------------------------
+
+class RedisReplyError(MsLocalError):
+    """Redis answered with an error reply (-ERR ...)."""
+
+
+def _resp_read(f) -> object:
+    line = f.readline()
+    if not line.endswith(b"\r\n"):
+        raise MsLocalError("redis: connection closed mid-reply")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode("utf-8", "replace")
+    if kind == b"-":
+        raise RedisReplyError(rest.decode("utf-8", "replace"))
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        return None if n < 0 else f.read(n + 2)[:-2].decode("utf-8", "replace")
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [_resp_read(f) for _ in range(n)]
+    raise MsLocalError(f"redis: unexpected reply {line[:40]!r}")
+
+
+def redis_query(port: int, *args: str, host: str = HOST, timeout: float = 2.0) -> object:
+    """One command; the whole reply parsed (strings, ints, lists, None)."""
+    req = f"*{len(args)}\r\n".encode()
+    for a in args:
+        b = a.encode()
+        req += b"$%d\r\n%s\r\n" % (len(b), b)
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(req)
+        with s.makefile("rb") as f:
+            return _resp_read(f)
+
+
+class Sentinel:
+    """One Redis Sentinel (Debian's redis-sentinel, or `redis-server
+    --sentinel`, the same program) watching master_name."""
+
+    def __init__(self, sup: Supervisor, port: int, name: str, primary_port: int,
+                 master_name: str, quorum: int, down_after_ms: int, failover_timeout_ms: int):
+        self.sup, self.port, self.name = sup, port, name
+        self.dir = sup.state_dir / name
+        self.conf = self.dir / "sentinel.conf"
+        self.log = self.dir / "sentinel.log"
+        self.primary_port, self.master_name, self.quorum = primary_port, master_name, quorum
+        self.down_after_ms, self.failover_timeout_ms = down_after_ms, failover_timeout_ms
+
+    @staticmethod
+    def argv(conf: Path) -> List[str]:
+        exe = shutil.which("redis-sentinel")
+        if exe:
+            return [exe, str(conf)]
+        exe = shutil.which("redis-server")
+        if not exe:
+            raise MsLocalError("redis-sentinel not found: run `make deps`")
+        return [exe, str(conf), "--sentinel"]
+
+    def start(self, timeout: float = 20.0) -> None:
+        if port_in_use(self.port):
+            raise MsLocalError(f"{self.name}: port {self.port} is already in use")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        # Written fresh by `up`; Sentinel rewrites the file with what it
+        # learns (replicas, other Sentinels, the current primary), which a
+        # restart (Membership) keeps.
+        self.conf.write_text(
+            "# generated by cluster/mslocal.py; Sentinel rewrites it\n"
+            f"bind {HOST}\n"
+            f"port {self.port}\n"
+            "daemonize no\n"
+            f'dir "{self.dir}"\n'
+            f'logfile "{self.log}"\n'
+            'pidfile ""\n'
+            f"sentinel monitor {self.master_name} {HOST} {self.primary_port} {self.quorum}\n"
+            f"sentinel down-after-milliseconds {self.master_name} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {self.master_name} {self.failover_timeout_ms}\n"
+            f"sentinel parallel-syncs {self.master_name} 1\n")
+        p = self.sup.spawn(self.name, self.argv(self.conf), self.dir / "stdout.log",
+                           ready={"redis": self.port}, kind="sentinel")
+        wait_until(lambda: redis_command(self.port, "PING").startswith(b"+PONG"), timeout,
+                   f"{self.name} on {HOST}:{self.port}", p.alive, log_path=self.log)
+
+    def master_info(self) -> Dict[str, str]:
+        flat = redis_query(self.port, "SENTINEL", "MASTER", self.master_name)
+        return dict(zip(flat[0::2], flat[1::2]))  # type: ignore[index]
+
+    def primary(self) -> tuple:
+        host, port = redis_query(self.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME",
+                                 self.master_name)  # type: ignore[misc]
+        return host, int(port)
+
+
+class RedisSentinelSet:
+    """A Redis primary, one replica and three Sentinels (quorum 2).  The
+    frontends and workers get `[redis] sentinels` and `master_name` and
+    find the primary themselves (lib/io/ms_redis.h).  Replication is
+    asynchronous: a write acknowledged by the primary just before it dies
+    may be missing on the promoted replica (docs/reliability.md).
+
+    XXX Redis AUTH (issue 14's [redis] password): with requirepass on the
+    servers, the replica needs `masterauth` and the Sentinels
+    `sentinel auth-pass`; not wired here yet."""
+
+    MASTER_NAME = "mailstream"
+    SENTINELS = 3
+    QUORUM = 2
+    DOWN_AFTER_MS = 2000      # how long a silent primary takes to be judged down
+    FAILOVER_TIMEOUT_MS = 10000
+
+    def __init__(self, sup: Supervisor, ports: Sequence[int], sentinel_ports: Sequence[int],
+                 master_name: str = MASTER_NAME):
+        self.sup, self.master_name = sup, master_name
+        self.servers = [Redis(sup, ports[0], "redis-1"), Redis(sup, ports[1], "redis-2")]
+        self.servers[1].extra_conf = [f"replicaof {HOST} {ports[0]}"]
+        self.sentinels = [Sentinel(sup, p, f"sentinel-{i + 1}", ports[0], master_name,
+                                   self.QUORUM, self.DOWN_AFTER_MS, self.FAILOVER_TIMEOUT_MS)
+                          for i, p in enumerate(sentinel_ports[:self.SENTINELS])]
+
+    @property
+    def sentinels_conf(self) -> str:
+        return ",".join(f"{HOST}:{s.port}" for s in self.sentinels)
+
+    def client_config(self) -> Dict[str, Dict[str, object]]:
+        """The [redis] keys for frontends and workers."""
+        return {"redis": {"sentinels": self.sentinels_conf, "master_name": self.master_name}}
+
+    def server(self, port: int) -> Redis:
+        for s in self.servers:
+            if s.port == port:
+                return s
+        raise MsLocalError(f"redis: no server on port {port}")
+
+    def primary(self) -> Redis:
+        """The server a running Sentinel names as primary."""
+        for s in self.sentinels:
+            try:
+                return self.server(s.primary()[1])
+            except (OSError, MsLocalError, TypeError, ValueError):
+                continue
+        raise MsLocalError("redis: no Sentinel answered")
+
+    def _settled(self) -> bool:
+        """Every Sentinel knows the replica and the other Sentinels (what a
+        failover needs), and the replica's link is up."""
+        info = redis_query(self.servers[1].port, "INFO", "replication")
+        if "master_link_status:up" not in str(info):
+            return False
+        for s in self.sentinels:
+            m = s.master_info()
+            if int(m.get("num-slaves", 0)) < 1 or \
+                    int(m.get("num-other-sentinels", 0)) < self.SENTINELS - 1:
+                return False
+        return True
+
+    def start(self, timeout: float = 60.0) -> None:
+        for r in self.servers:
+            r.start()
+        for s in self.sentinels:
+            s.start()
+        # Sentinels find each other through hello messages every 2 s.
+        wait_until(self._settled, timeout, "redis sentinels: replica and peers discovered",
+                   interval=0.5, log_path=self.sentinels[0].log)
+
+    def wait_failover(self, old: Redis, timeout: float = 60.0) -> Redis:
+        """Wait until the Sentinels name a primary other than old, and that
+        server answers ROLE as master."""
+        new: List[Redis] = []
+
+        def moved() -> bool:
+            p = self.primary()
+            if p is old or redis_query(p.port, "ROLE")[0] != "master":  # type: ignore[index]
+                return False
+            new[:] = [p]
+            return True
+        wait_until(moved, timeout, "redis sentinel failover", interval=0.3,
+                   log_path=self.sentinels[0].log)
+        return new[0]
+
+
+# -- HAProxy in front of the frontends ---------------------------------------
+
+# HAProxy connects to the frontends from this loopback address, and the
+# frontends trust PROXY headers only from it: a client reaching a
+# frontend's proxy listener directly (from 127.0.0.1) is refused.
+LB_SOURCE = "127.0.0.9"
+# Frontends a balancer has room for (server slots, so adding or removing a
+# frontend never touches HAProxy: a slot without a ready frontend is down).
+LB_SLOTS = 8
+
+
+def haproxy_bin() -> str:
+    exe = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK)
+                                      else None)
+    if not exe:
+        raise MsLocalError("haproxy not found: run `make deps`")
+    return exe
+
+
+class Balancer:
+    """HAProxy on the public listeners, round-robin over LB_SLOTS frontend
+    slots.  Slot i has its own proxy listener port per public listener and
+    its frontend's metrics address; HAProxy checks /readyz there every
+    second, so a frontend that is absent, starting or draining gets no new
+    connections, and a connection refused is retried on another frontend
+    (option redispatch).  Every connection to a frontend starts with a
+    PROXY v2 header naming the client (`send-proxy-v2`)."""
+
+    def __init__(self, sup: Supervisor, public: Mapping[str, tuple],
+                 slots: Sequence[Mapping[str, object]], name: str = "haproxy"):
+        self.sup, self.name = sup, name
+        self.public = {k: tuple(v) for k, v in public.items()}
+        # slot: {"listeners": {name: port}, "metrics": port}
+        self.slots = [dict(s) for s in slots]
+        self.dir = sup.state_dir / name
+        self.cfg = self.dir / "haproxy.cfg"
+
+    @classmethod
+    def with_ports(cls, sup: Supervisor, public: Mapping[str, tuple], listener_ports: Sequence[int],
+                   metrics_ports: Sequence[int]) -> "Balancer":
+        names = list(public)
+        slots = [{"listeners": {n: listener_ports[i * len(names) + k] for k, n in enumerate(names)},
+                  "metrics": metrics_ports[i]} for i in range(len(metrics_ports))]
+        return cls(sup, public, slots)
+
+    def to_json(self) -> Dict[str, object]:
+        return {"public": {k: list(v) for k, v in self.public.items()}, "slots": self.slots}
+
+    def config_text(self) -> str:
+        out = ["# generated by cluster/mslocal.py (Balancer)",
+               "global", "    maxconn 4096",
+               "defaults", "    mode tcp", "    timeout connect 2s",
+               "    timeout client 300s", "    timeout server 300s",
+               "    option redispatch", "    retries 2"]
+        for lname, (listen, _role, *_x) in self.public.items():
+            host, port = listen.rsplit(":", 1)
+            out += [f"frontend {lname}", f"    bind {host}:{port}", f"    default_backend {lname}",
+                    f"backend {lname}", "    balance roundrobin", f"    source {LB_SOURCE}",
+                    "    option httpchk", "    http-check send meth GET uri /readyz",
+                    "    default-server send-proxy-v2 check inter 1s fall 1 rise 1"]
+            for i, slot in enumerate(self.slots):
+                out.append(f"    server fe{i + 1} {HOST}:{slot['listeners'][lname]} "
+                           f"port {slot['metrics']}")
+        return "\n".join(out) + "\n"
+
+    def start(self, timeout: float = 20.0) -> None:
+        exe = haproxy_bin()
+        for lname, (listen, *_x) in self.public.items():
+            if port_in_use(int(listen.rsplit(":", 1)[1])):
+                raise MsLocalError(f"haproxy: {lname} {listen} is already in use")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.cfg.write_text(self.config_text())
+        r = subprocess.run([exe, "-c", "-f", str(self.cfg)], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise MsLocalError(f"haproxy: bad config {self.cfg}: {r.stdout}{r.stderr}")
+        first = int(next(iter(self.public.values()))[0].rsplit(":", 1)[1])
+        p = self.sup.spawn(self.name, [exe, "-f", str(self.cfg), "-db"], self.dir / "haproxy.log",
+                           ready={"port": first}, kind="haproxy")
+        wait_until(lambda: port_open(HOST, first), timeout, "haproxy", p.alive,
+                   log_path=self.dir / "haproxy.log")
+
+
+class BalancedCluster(Cluster):
+    """Frontends behind a Balancer: frontend i listens on slot i's ports
+    with `proxy = yes`, and trusts PROXY headers from LB_SOURCE only."""
+
+    def __init__(self, sup: Supervisor, spec: ClusterSpec, balancer: Balancer):
+        trust = {"smtp": {"proxy_trusted_networks": f"{LB_SOURCE}/32"}}
+        spec.frontend_extra = merge_sections(dict(spec.frontend_extra or {}), trust)
+        super().__init__(sup, spec)
+        self.balancer = balancer
+
+    def _slot(self, index: int) -> Mapping[str, object]:
+        if not 1 <= index <= len(self.balancer.slots):
+            raise MsLocalError(f"frontend-{index}: the balancer has {len(self.balancer.slots)} "
+                               "frontend slots")
+        return self.balancer.slots[index - 1]
+
+    def frontend_listeners(self, index: int) -> Dict[str, tuple]:
+        ports = self._slot(index)["listeners"]
+        return {n: (f"{HOST}:{ports[n]}", role, {"proxy": "yes"})  # type: ignore[index]
+                for n, (_listen, role, *_x) in self.spec.listeners.items()}
+
+    def _metrics(self, kind: str, index: int) -> str:
+        if kind == "frontend":
+            return f"{HOST}:{self._slot(index)['metrics']}"
+        return super()._metrics(kind, index)
+
+
+# -- Membership: the processes of one state directory ------------------------
+
+def spec_to_json(spec: ClusterSpec) -> Dict[str, object]:
+    d = dataclasses.asdict(spec)
+    d["listeners"] = {k: list(v) for k, v in spec.listeners.items()}
+    return d
+
+
+def spec_from_json(d: Mapping[str, object]) -> ClusterSpec:
+    d = dict(d)
+    d["listeners"] = {k: tuple(v) for k, v in d["listeners"].items()}  # type: ignore[union-attr]
+    return ClusterSpec(**d)  # type: ignore[arg-type]
+
+
+def save_shape(state_dir: Path, spec: ClusterSpec, balancer: Optional[Balancer]) -> None:
+    """STATE/cluster.json: what `cluster/local add` needs to configure one
+    more frontend or worker like the others."""
+    data = {"spec": spec_to_json(spec), "balancer": balancer.to_json() if balancer else None}
+    tmp = state_dir / ".cluster.json.tmp"
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, state_dir / "cluster.json")
+
+
+def wait_ready_spec(ready: Mapping[str, object], timeout: float, what: str,
+                    alive: Optional[Callable[[], bool]] = None,
+                    log_path: Optional[Path] = None) -> None:
+    """Wait as a process spec's `ready` says (Supervisor.spawn)."""
+    if "http" in ready:
+        pred = lambda: http_status(str(ready["http"])) == 200  # noqa: E731
+    elif "redis" in ready:
+        pred = lambda: redis_command(int(ready["redis"]), "PING").startswith(b"+PONG")  # noqa: E731
+    elif "port" in ready:
+        pred = lambda: port_open(HOST, int(ready["port"]))  # noqa: E731
+    else:
+        return
+    wait_until(pred, timeout, what, alive, interval=0.2, log_path=log_path)
+
+
+class Membership:
+    """Add, remove, kill and restart the processes of a state directory
+    while the cluster runs: `cluster/local add|remove|kill|restart|status`,
+    and the API a chaos driver calls (docs/reliability.md).
+
+      add(kind)      one more frontend or worker, configured like the others
+                     (STATE/cluster.json), named one past the highest index
+                     ever used; returns its name once /readyz answers 200.
+      remove(name)   SIGTERM (a frontend drains, a worker finishes what it
+                     holds), SIGKILL after `timeout`; forgotten (not in status).
+      kill(name)     SIGKILL, a crash; stays in status as dead until restarted.
+      restart(name)  stop it if it runs (SIGTERM), start it again exactly as it
+                     was started, wait until ready.
+      status()       every recorded process: name, pid, kind, alive.
+
+    Any recorded process may be named: frontend-3, worker-1, kafka-2,
+    redis-1, sentinel-2, haproxy, sink.  Safe to use from several
+    processes at once (STATE/pids is rewritten under a lock)."""
+
+    def __init__(self, state_dir: Path):
+        self.sup = Supervisor(state_dir)
+        self.sup.adopt()
+
+    def _shape(self) -> tuple:
+        try:
+            data = json.loads((self.sup.state_dir / "cluster.json").read_text())
+        except (OSError, ValueError) as e:
+            raise MsLocalError(f"no cluster started from {self.sup.state_dir} "
+                               f"(cluster.json: {e})") from None
+        spec = spec_from_json(data["spec"])
+        bal = data.get("balancer")
+        if bal:
+            balancer = Balancer(self.sup, bal["public"], bal["slots"])
+            return BalancedCluster(self.sup, spec, balancer), spec
+        return Cluster(self.sup, spec), spec
+
+    def _next_index(self, kind: str) -> int:
+        used = [int(m.group(1)) for p in self.sup.state_dir.glob(f"{kind}-*.ini")
+                if (m := re.fullmatch(rf"{kind}-(\d+)\.ini", p.name))]
+        return max(used, default=0) + 1
+
+    def add(self, kind: str, timeout: float = 60.0) -> str:
+        if kind not in ("frontend", "worker"):
+            raise MsLocalError(f"add: want frontend or worker, not {kind!r}")
+        cluster, _spec = self._shape()
+        # Claim the index before the slow start: two adds at once get two.
+        while True:
+            index = self._next_index(kind)
+            try:
+                (self.sup.state_dir / f"{kind}-{index}.ini").touch(exist_ok=False)
+                break
+            except FileExistsError:
+                continue
+        node = cluster._add(kind, True, False, index=index)
+        node.wait_ready(timeout)
+        return node.name
+
+    def _proc(self, name: str) -> Proc:
+        self.sup.adopt()
+        p = self.sup.procs.get(name)
+        if p is None:
+            raise MsLocalError(f"{name}: not recorded in {self.sup.pids_file}")
+        return p
+
+    def remove(self, name: str, timeout: float = 30.0) -> None:
+        self._proc(name)
+        self.sup.stop(name, timeout)
+
+    def kill(self, name: str) -> None:
+        p = self._proc(name)
+        if p.alive():
+            os.kill(p.pid, signal.SIGKILL)
+            wait_until(lambda: not p.alive(), 10, f"{name} to die")
+
+    def signal(self, name: str, sig: int) -> None:
+        """Any signal (SIGSTOP, SIGCONT for a chaos driver)."""
+        p = self._proc(name)
+        if p.alive():
+            os.kill(p.pid, sig)
+
+    def restart(self, name: str, timeout: float = 60.0) -> Proc:
+        p = self._proc(name)
+        if p.alive():
+            _terminate(p, 30.0)
+        proc = self.sup.respawn(name)
+        spec = self.sup.spec(name) or {}
+        wait_ready_spec(spec.get("ready") or {}, timeout, f"{name} ready", proc.alive,
+                        proc.log)  # type: ignore[arg-type]
+        return proc
+
+    def status(self) -> List[tuple]:
+        """(name, pid, kind, alive) for every recorded process."""
+        rows = []
+        for p in Supervisor.read_pids(self.sup.state_dir):
+            spec = self.sup.spec(p.name) or {}
+            rows.append((p.name, p.pid, spec.get("kind") or "-", p.alive()))
+        return rows
+
+
+# ---------------------------------------------------------------------------
 # The whole stack, for cluster/local
 # ---------------------------------------------------------------------------
 
@@ -1109,18 +1806,36 @@ class StackOptions:
     frontend_metrics_base: int = 9101
     worker_metrics_base: int = 9201
     topics: Dict[str, int] = field(default_factory=lambda: dict(DEFAULT_TOPICS))
+    shape: "ShapeOptions" = field(default_factory=lambda: ShapeOptions())
+
+
+@dataclass
+class ShapeOptions:
+    """The issue 15 options of `cluster/local up` (docs/reliability.md).
+    Ports: broker node i on kafka_port + 2(i-1) (its controller one above);
+    with Sentinel the replica on redis_port + 1 and Sentinels from
+    sentinel_port; with the balancer, frontend slot i's proxy listeners from
+    lb_port_base + 3(i-1) and its metrics on frontend_metrics_base + i - 1."""
+    brokers: int = 1
+    redis_sentinel: bool = False
+    lb: bool = False
+    sentinel_port: int = 26390
+    lb_port_base: int = 2600
 
 
 class Stack:
     """Redis + Kafka + sink + frontends + workers in one state directory."""
 
-    STOP_ORDER_PREFIXES = ("frontend-", "worker-", "sink", "kafka", "redis")
+    STOP_ORDER_PREFIXES = ("haproxy", "frontend-", "worker-", "sink", "kafka", "sentinel-",
+                           "redis")
 
     def __init__(self, opts: StackOptions):
         self.opts = opts
         self.sup = Supervisor(opts.state_dir)
         self.redis: Optional[Redis] = None
-        self.kafka: Optional[Kafka] = None
+        self.redis_set: Optional[RedisSentinelSet] = None
+        self.kafka = None  # type: Optional[Kafka] | Optional[KafkaCluster]
+        self.balancer: Optional[Balancer] = None
         self.sink: Optional[Sink] = None
         self.cluster: Optional[Cluster] = None
 
@@ -1138,33 +1853,76 @@ class Stack:
             binary("frontend")
         if o.workers:
             binary("worker")
-        for lname, (listen, _role) in o.listeners.items():
+        for lname, (listen, *_x) in o.listeners.items():
             if port_in_use(int(listen.rsplit(":", 1)[1])):
                 raise MsLocalError(f"listener {lname}: {listen} is already in use")
+        if o.shape.lb and o.frontends > LB_SLOTS:
+            raise MsLocalError(f"--lb: at most {LB_SLOTS} frontends")
         try:
             log(f"state dir {o.state_dir}")
-            self.redis = Redis(self.sup, o.redis_port)
-            self.kafka = Kafka(self.sup, o.kafka_port, o.kafka_controller_port)
             self.sink = Sink(self.sup, o.sink_port)
-            log(f"starting redis on {HOST}:{o.redis_port}")
-            self.redis.start()
+            redis_extra = self._start_redis()
             log(f"starting sink on {HOST}:{o.sink_port}")
             self.sink.start()
-            log(f"starting kafka {KAFKA_VERSION} on {HOST}:{o.kafka_port}")
-            self.kafka.start()
-            log("creating topics " + ", ".join(f"{n}({p})" for n, p in o.topics.items()))
-            self.kafka.create_topics(o.topics)
+            self._start_kafka()
             spec = ClusterSpec(kafka_brokers=self.kafka.bootstrap, redis_port=o.redis_port,
                                relay_host=self.sink.address, frontends=o.frontends,
                                workers=o.workers, listeners=o.listeners,
                                frontend_metrics_base=o.frontend_metrics_base,
-                               worker_metrics_base=o.worker_metrics_base)
-            self.cluster = Cluster(self.sup, spec)
+                               worker_metrics_base=o.worker_metrics_base,
+                               frontend_extra=redis_extra, worker_extra=redis_extra)
+            self.cluster = self._make_cluster(spec)
+            save_shape(o.state_dir, spec, self.balancer)
             log(f"starting {o.frontends} frontend(s) and {o.workers} worker(s)")
             self.cluster.start()
         except BaseException:
             self.down()
             raise
+
+    def _start_redis(self) -> Optional[Dict[str, Dict[str, object]]]:
+        """Redis alone, or with a replica and Sentinels: then the [redis]
+        keys that point frontends and workers at the Sentinels."""
+        o = self.opts
+        if not o.shape.redis_sentinel:
+            self.redis = Redis(self.sup, o.redis_port)
+            log(f"starting redis on {HOST}:{o.redis_port}")
+            self.redis.start()
+            return None
+        sports = [o.shape.sentinel_port + i for i in range(RedisSentinelSet.SENTINELS)]
+        self.redis_set = RedisSentinelSet(self.sup, [o.redis_port, o.redis_port + 1], sports)
+        log(f"starting redis primary {HOST}:{o.redis_port}, replica {o.redis_port + 1}, "
+            f"sentinels {self.redis_set.sentinels_conf}")
+        self.redis_set.start()
+        self.redis = self.redis_set.servers[0]
+        return {k: dict(v) for k, v in self.redis_set.client_config().items()}
+
+    def _start_kafka(self) -> None:
+        o = self.opts
+        n = o.shape.brokers
+        if n <= 1:
+            self.kafka = Kafka(self.sup, o.kafka_port, o.kafka_controller_port)
+            log(f"starting kafka {KAFKA_VERSION} on {HOST}:{o.kafka_port}")
+        else:
+            self.kafka = KafkaCluster(self.sup, n, [o.kafka_port + i for i in range(2 * n)])
+            rf, isr = self.kafka.replication
+            log(f"starting {n} kafka {KAFKA_VERSION} nodes on {self.kafka.bootstrap} "
+                f"(replication {rf}, min.insync.replicas {isr})")
+        self.kafka.start()
+        log("creating topics " + ", ".join(f"{t}({p})" for t, p in o.topics.items()))
+        self.kafka.create_topics(o.topics)
+
+    def _make_cluster(self, spec: ClusterSpec) -> Cluster:
+        o = self.opts
+        if not o.shape.lb:
+            return Cluster(self.sup, spec)
+        nl = len(o.listeners)
+        self.balancer = Balancer.with_ports(
+            self.sup, o.listeners, [o.shape.lb_port_base + i for i in range(LB_SLOTS * nl)],
+            [o.frontend_metrics_base + i for i in range(LB_SLOTS)])
+        log(f"starting haproxy on {', '.join(v[0] for v in o.listeners.values())} "
+            f"({LB_SLOTS} frontend slots, PROXY v2 from {LB_SOURCE})")
+        self.balancer.start()
+        return BalancedCluster(self.sup, spec, self.balancer)
 
     def down(self, timeout: float = 30.0) -> None:
         self.sup.adopt()

@@ -370,7 +370,7 @@ static void loop_setup(struct fe_loop *L, int index, size_t n)
 {
     struct fe_server *srv = &L->srv;
     struct ms_kafka_conf kconf;
-    const char *rhost;
+    struct ms_redis_conf rconf;
     int64_t rport;
     char err[512];
 
@@ -407,11 +407,16 @@ static void loop_setup(struct fe_loop *L, int index, size_t n)
 
     /* Read even when no limit needs Redis: they are settings all the same,
      * and the start-up check must know them (ms_config.h). */
-    rhost = ms_config_get(cfg, "redis", "host", "127.0.0.1");
+    rconf.host = ms_config_get(cfg, "redis", "host", "127.0.0.1");
     if (ms_config_get_int(cfg, "redis", "port", 6379, 1, 65535, &rport) < 0)
         ms_fatal("event=config_error reason=\"[redis] port\"");
+    rconf.port = (int)rport;
+    rconf.sentinels = ms_config_get(cfg, "redis", "sentinels", "");
+    rconf.master_name = ms_config_get(cfg, "redis", "master_name", MS_REDIS_MASTER_NAME);
+    if (ms_redis_conf_check(&rconf, err, sizeof(err)) < 0)
+        ms_fatal("event=config_error reason=\"%s\"", err);
     if (fe_settings_need_redis(&srv->set)) {
-        srv->redis = ms_redis_new(L->loop, rhost, (int)rport);
+        srv->redis = ms_redis_new(L->loop, &rconf);
         srv->rl = fe_rl_new(srv->redis, fe_sessions_limits_answer, srv);
     }
     if (fe_listen_open(srv, cfg, err, sizeof(err)) < 0)

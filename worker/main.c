@@ -61,7 +61,8 @@
 #define WK_KAFKA_FETCH_WAIT_MS 20
 
 static const char *var_node_id, *var_hostname, *var_metrics, *var_brokers, *var_topic,
-    *var_events_topic, *var_group, *var_redis_host, *var_relay_host, *var_log_level,
+    *var_events_topic, *var_group, *var_redis_host, *var_redis_sentinels, *var_redis_master_name,
+    *var_relay_host, *var_log_level,
     *var_transport_map, *var_transport_map_file, *var_dns_upstream, *var_dns_trust_anchor,
     *var_tls_policy, *var_tls_policy_map, *var_tls_ca_file, *var_relay_user, *var_relay_password,
     *var_relay_password_file, *var_relay_auth_mechanisms, *var_dest_rate;
@@ -86,6 +87,8 @@ static const struct {
     {"kafka", "events_topic", "events", &var_events_topic},
     {"kafka", "group", "mailstream-workers", &var_group},
     {"redis", "host", "127.0.0.1", &var_redis_host},
+    {"redis", "sentinels", "", &var_redis_sentinels},
+    {"redis", "master_name", MS_REDIS_MASTER_NAME, &var_redis_master_name},
     {"delivery", "relay_host", "", &var_relay_host},
     {"delivery", "relay_user", "", &var_relay_user},
     {"delivery", "relay_password", "", &var_relay_password},
@@ -425,6 +428,7 @@ int main(int argc, char **argv)
 {
     struct wk_delivery_conf dc;
     struct ms_kafka_conf kc;
+    struct ms_redis_conf rconf;
     struct worker w;
     const char *config_path = NULL;
     ms_config *cfg;
@@ -521,6 +525,12 @@ int main(int argc, char **argv)
      * typo (docs/config.md). */
     if (ms_config_check_unknown(cfg, NULL, err, sizeof(err)) < 0)
         ms_fatal("event=config_invalid error=\"%s\"", err);
+    rconf.host = var_redis_host;
+    rconf.port = (int)var_redis_port;
+    rconf.sentinels = var_redis_sentinels;
+    rconf.master_name = var_redis_master_name;
+    if (ms_redis_conf_check(&rconf, err, sizeof(err)) < 0)
+        ms_fatal("event=config_invalid error=\"%s\"", err);
 
     memset(&kc, 0, sizeof(kc));
     kc.brokers = var_brokers;
@@ -535,7 +545,7 @@ int main(int argc, char **argv)
     if ((w.consumer = ms_consumer_new(w.loop, &kc, var_group, var_topic, wk_delivery_on_record,
                                       w.delivery, err, sizeof(err))) == NULL)
         ms_fatal("event=kafka_consumer_failed error=\"%s\"", err);
-    w.redis = ms_redis_new(w.loop, var_redis_host, (int)var_redis_port);
+    w.redis = ms_redis_new(w.loop, &rconf);
     wk_delivery_attach(w.delivery, w.consumer, w.producer, w.redis);
     /* Retry tier consumers are idle most of the time and never in a hurry:
      * librdkafka's fetch defaults (a fetch waits up to 500 ms on the broker)

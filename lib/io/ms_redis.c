@@ -6,13 +6,20 @@
  * reconnects; a periodic PING keeps the readiness flag honest.  Each
  * connect first loads every Lua script (ms_script.h), so that
  * ms_redis_script() can run them by digest.
+ *
+ * With Sentinels (ms_redis.h) the address comes from a Sentinel before each
+ * connect, and a connect counts only once ROLE says "master"; the
+ * functions named sentinel_* and primary_* are that mode, the rest is
+ * shared.
  */
 #include "ms_redis.h"
+#include "ms_config.h"
 #include "ms_error.h"
 #include "ms_log.h"
 #include "ms_mem.h"
 #include "ms_metrics.h"
 
+#include <ctype.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <stdio.h>
@@ -26,6 +33,15 @@
 #define MS_REDIS_CLOSE_WAIT_MS 2000
 /* Nesting deeper than this in a reply is refused rather than recursed into. */
 #define MS_REDIS_REPLY_DEPTH_MAX 8
+/* One question to one Sentinel (connect and answer) gets this long before
+ * the next Sentinel is asked: hiredis 0.14 has no connect timeout of its
+ * own, and a Sentinel on a host that is gone would hold us forever. */
+#define MS_REDIS_SENTINEL_TIMEOUT_MS 1000
+
+struct sentinel_addr {
+    char host[MS_REDIS_SENTINEL_HOST_MAX + 1];
+    int port;
+};
 
 struct ms_redis {
     uv_loop_t *loop;
@@ -40,7 +56,18 @@ struct ms_redis {
     int handles_open;
     uv_timer_t reconnect_timer;
     uv_timer_t ping_timer;
-    char why[128];
+    char why[400]; /* room for a host of MS_REDIS_SENTINEL_HOST_MAX */
+    /* Sentinel mode: nsentinels > 0.  host and port then hold the primary
+     * the last Sentinel named, valid while have_primary. */
+    struct sentinel_addr *sentinels;
+    size_t nsentinels;
+    size_t sentinel_next; /* the Sentinel asked next */
+    char *master_name;
+    int have_primary;
+    int asking;                /* a question to sac has no answer yet */
+    redisAsyncContext *sac;    /* the connection to the Sentinel asked */
+    redisAsyncContext *sub;    /* subscribed to +switch-master on a Sentinel */
+    uv_timer_t sentinel_timer; /* MS_REDIS_SENTINEL_TIMEOUT_MS per question */
     /* A SCRIPT LOAD after NOSCRIPT is on its way: commands resent after
      * it need no second one (Redis runs a connection's commands in order). */
     int reloading[MS_SCRIPT__COUNT];
@@ -62,6 +89,10 @@ struct pending {
 
 static void redis_connect(ms_redis *r);
 static void redis_close_now(ms_redis *r);
+static void sentinel_ask(ms_redis *r);
+static void primary_check_role(ms_redis *r, redisAsyncContext *ac);
+static void primary_lost(ms_redis *r, const char *reason);
+static void sentinel_subscribe(ms_redis *r);
 
 /*
  * Our own libuv adapter for hiredis, in place of <hiredis/adapters/libuv.h>.
@@ -272,6 +303,12 @@ static int script_load(ms_redis *r, enum ms_script s, uint64_t id)
     return ms_redis_command(r, script_loaded, r, id | (uint64_t)s, 3, argv, argvlen);
 }
 
+static int is_readonly(const redisReply *reply)
+{
+    return reply->type == REDIS_REPLY_ERROR && reply->len >= 8 &&
+           strncmp(reply->str, "READONLY", 8) == 0;
+}
+
 static int is_noscript(const redisReply *reply)
 {
     return reply->type == REDIS_REPLY_ERROR && reply->len >= 8 &&
@@ -310,6 +347,15 @@ static void reply_cb(redisAsyncContext *ac, void *reply, void *privdata)
 
     if (reply != NULL && p->cmd != NULL && is_noscript(reply) && script_resend(ac, p) == 0)
         return;
+    if (reply != NULL && is_readonly(reply)) {
+        ms_redis *rd = ac->data;
+
+        /* A replica answered a write: the server we talk to was demoted
+         * (a failover).  The caller gets the error; new commands wait for
+         * the new primary. */
+        if (rd->nsentinels > 0 && rd->ac == ac && rd->connected)
+            primary_lost(rd, "READONLY");
+    }
     if (reply == NULL) {
         memset(&r, 0, sizeof(r));
         r.type = MS_REDIS_FAILED;
@@ -337,18 +383,11 @@ static void schedule_reconnect(ms_redis *r)
         uv_timer_start(&r->reconnect_timer, reconnect_cb, MS_REDIS_RECONNECT_MS, 0);
 }
 
-static void connect_cb(const redisAsyncContext *ac, int status)
+/* The connection is usable: load the scripts, accept commands. */
+static void redis_up(ms_redis *r)
 {
-    ms_redis *r = ac->data;
     int s;
 
-    if (status != REDIS_OK) {
-        snprintf(r->why, sizeof(r->why), "redis: %s", ac->errstr);
-        if (r->ac == ac)
-            r->ac = NULL; /* hiredis frees the context after this callback */
-        schedule_reconnect(r);
-        return;
-    }
     r->connected = 1;
     r->ping_ok = 1;
     memset(r->reloading, 0, sizeof(r->reloading));
@@ -356,6 +395,28 @@ static void connect_cb(const redisAsyncContext *ac, int status)
     /* A restarted Redis has no scripts: load them before anything else. */
     for (s = 0; s < MS_SCRIPT__COUNT; s++)
         script_load(r, (enum ms_script)s, 0);
+    if (r->nsentinels > 0)
+        sentinel_subscribe(r);
+}
+
+static void connect_cb(const redisAsyncContext *ac, int status)
+{
+    ms_redis *r = ac->data;
+
+    if (status != REDIS_OK) {
+        snprintf(r->why, sizeof(r->why), "redis: %s:%d: %s", r->host, r->port, ac->errstr);
+        if (r->ac == ac)
+            r->ac = NULL;    /* hiredis frees the context after this callback */
+        r->have_primary = 0; /* Sentinel mode: ask again */
+        schedule_reconnect(r);
+        return;
+    }
+    /* XXX When [redis] password lands (issue 14), AUTH goes first and the
+     * ROLE check after it. */
+    if (r->nsentinels > 0)
+        primary_check_role(r, (redisAsyncContext *)ac);
+    else
+        redis_up(r);
 }
 
 static void disconnect_cb(const redisAsyncContext *ac, int status)
@@ -375,6 +436,7 @@ static void disconnect_cb(const redisAsyncContext *ac, int status)
     if (r->connected)
         ms_warn("event=redis_disconnected error=\"%s\"", ac->errstr[0] ? ac->errstr : "closed");
     r->connected = 0;
+    r->have_primary = 0; /* Sentinel mode: the next connect asks first */
     snprintf(r->why, sizeof(r->why), "redis: %s", ac->errstr[0] ? ac->errstr : "disconnected");
     schedule_reconnect(r);
 }
@@ -385,6 +447,10 @@ static void redis_connect(ms_redis *r)
 
     if (r->closing || r->ac)
         return;
+    if (r->nsentinels > 0 && !r->have_primary) {
+        sentinel_ask(r);
+        return;
+    }
     ac = redisAsyncConnect(r->host, r->port);
     if (ac == NULL || ac->err) {
         snprintf(r->why, sizeof(r->why), "redis: %s", ac ? ac->errstr : "cannot allocate");
@@ -404,10 +470,395 @@ static void redis_connect(ms_redis *r)
     r->ac = ac;
 }
 
+/*
+ * Sentinel mode.  Before each connect, one Sentinel is asked for the
+ * primary's address (SENTINEL GET-MASTER-ADDR-BY-NAME, answered from its
+ * current view, so right after a failover it already names the promoted
+ * replica).  A Sentinel that cannot be reached, does not answer within
+ * MS_REDIS_SENTINEL_TIMEOUT_MS or does not know the name makes the next one
+ * in the list be asked, after MS_REDIS_RECONNECT_MS.  The address found is
+ * trusted only once ROLE, on the new connection, says "master": a Sentinel
+ * may still name a primary that was demoted a moment ago.
+ */
+
+/* "host:port" or "[v6]:port", trimmed, into a; 0 or -1 with why in err. */
+static int sentinel_parse_one(const char *item, struct sentinel_addr *a, char *err, size_t errlen)
+{
+    const char *colon = strrchr(item, ':'), *h = item, *end;
+    size_t hlen;
+    char *pend;
+    long port;
+
+    if (colon == NULL || colon == item || colon[1] == '\0') {
+        snprintf(err, errlen, "[redis] sentinels: \"%.60s\": want host:port", item);
+        return -1;
+    }
+    end = colon;
+    if (*h == '[' && end[-1] == ']') { /* an IPv6 address (RFC 3986 section 3.2.2) */
+        h++;
+        end--;
+    }
+    hlen = (size_t)(end - h);
+    port = strtol(colon + 1, &pend, 10);
+    if (hlen == 0 || hlen > MS_REDIS_SENTINEL_HOST_MAX || *pend != '\0' || port < 1 ||
+        port > 65535 || !isdigit((unsigned char)colon[1])) {
+        snprintf(err, errlen,
+                 "[redis] sentinels: \"%.60s\": want host:port with a port "
+                 "of 1 to 65535",
+                 item);
+        return -1;
+    }
+    memcpy(a->host, h, hlen);
+    a->host[hlen] = '\0';
+    a->port = (int)port;
+    return 0;
+}
+
+/* The comma-separated list into out (room for MS_REDIS_SENTINELS_MAX);
+ * returns the count, or -1 with why in err. */
+static int sentinel_parse(const char *list, struct sentinel_addr *out, char *err, size_t errlen)
+{
+    char *copy = ms_strdup(list), *items[MS_REDIS_SENTINELS_MAX + 1];
+    size_t n = ms_config_split_list(copy, items, MS_REDIS_SENTINELS_MAX + 1), i;
+    int rc = (int)n;
+
+    if (n > MS_REDIS_SENTINELS_MAX) {
+        snprintf(err, errlen, "[redis] sentinels: more than %d entries", MS_REDIS_SENTINELS_MAX);
+        rc = -1;
+    }
+    for (i = 0; rc > 0 && i < n; i++)
+        if (sentinel_parse_one(items[i], &out[i], err, errlen) < 0)
+            rc = -1;
+    free(copy);
+    return rc;
+}
+
+int ms_redis_conf_check(const struct ms_redis_conf *conf, char *err, size_t errlen)
+{
+    struct sentinel_addr a[MS_REDIS_SENTINELS_MAX];
+
+    if (conf->sentinels == NULL || conf->sentinels[0] == '\0')
+        return 0;
+    if (sentinel_parse(conf->sentinels, a, err, errlen) < 0)
+        return MS_ECONFIG;
+    if (conf->master_name && strlen(conf->master_name) > MS_REDIS_SENTINEL_HOST_MAX) {
+        snprintf(err, errlen, "[redis] master_name: longer than %d characters",
+                 MS_REDIS_SENTINEL_HOST_MAX);
+        return MS_ECONFIG;
+    }
+    return 0;
+}
+
+/* The Sentinel asked last gave no usable answer: the next one is asked
+ * after MS_REDIS_RECONNECT_MS. */
+static void sentinel_give_up(ms_redis *r)
+{
+    r->asking = 0;
+    uv_timer_stop(&r->sentinel_timer);
+    r->sentinel_next = (r->sentinel_next + 1) % r->nsentinels;
+    schedule_reconnect(r);
+}
+
+static void sentinel_reply_cb(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    ms_redis *r = ac->data;
+    const struct sentinel_addr *s = &r->sentinels[r->sentinel_next];
+    redisReply *rep = reply;
+    char host[MS_REDIS_SENTINEL_HOST_MAX + 1], *end;
+    long port = 0;
+
+    (void)privdata;
+    if (rep == NULL || r->closing || r->sac != ac || !r->asking)
+        return;               /* dropped or timed out: handled there */
+    redisAsyncDisconnect(ac); /* one question per connection */
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
+        rep->element[0]->type == REDIS_REPLY_STRING &&
+        rep->element[1]->type == REDIS_REPLY_STRING && rep->element[0]->len > 0 &&
+        rep->element[0]->len <= MS_REDIS_SENTINEL_HOST_MAX) {
+        memcpy(host, rep->element[0]->str, rep->element[0]->len);
+        host[rep->element[0]->len] = '\0';
+        port = strtol(rep->element[1]->str, &end, 10);
+        if (*end != '\0' || port < 1 || port > 65535)
+            port = 0;
+    }
+    if (port == 0) {
+        /* A nil answer: this Sentinel does not monitor master_name. */
+        ms_warn("event=redis_sentinel_no_primary sentinel=%s:%d master=%s reply_type=%d", s->host,
+                s->port, r->master_name, rep->type);
+        snprintf(r->why, sizeof(r->why), "redis: sentinel %s:%d knows no primary \"%s\"", s->host,
+                 s->port, r->master_name);
+        sentinel_give_up(r);
+        return;
+    }
+    r->asking = 0;
+    uv_timer_stop(&r->sentinel_timer);
+    if (strcmp(host, r->host) != 0 || (int)port != r->port)
+        ms_info("event=redis_sentinel_primary sentinel=%s:%d master=%s primary=%s:%ld", s->host,
+                s->port, r->master_name, host, port);
+    free(r->host);
+    r->host = ms_strdup(host);
+    r->port = (int)port;
+    r->have_primary = 1;
+    redis_connect(r);
+}
+
+static void sentinel_connect_cb(const redisAsyncContext *ac, int status)
+{
+    ms_redis *r = ac->data;
+    const struct sentinel_addr *s = &r->sentinels[r->sentinel_next];
+
+    if (status == REDIS_OK || r->sac != ac)
+        return;
+    r->sac = NULL; /* hiredis frees the context after this callback */
+    snprintf(r->why, sizeof(r->why), "redis: sentinel %s:%d: %s", s->host, s->port, ac->errstr);
+    if (r->asking && !r->closing)
+        sentinel_give_up(r);
+}
+
+static void sentinel_disconnect_cb(const redisAsyncContext *ac, int status)
+{
+    ms_redis *r = ac->data;
+    const struct sentinel_addr *s = &r->sentinels[r->sentinel_next];
+
+    (void)status;
+    if (r->sac != ac)
+        return;
+    r->sac = NULL;
+    if (r->asking && !r->closing) {
+        snprintf(r->why, sizeof(r->why), "redis: sentinel %s:%d: %s", s->host, s->port,
+                 ac->errstr[0] ? ac->errstr : "closed before answering");
+        sentinel_give_up(r);
+    }
+}
+
+static void sentinel_timeout_cb(uv_timer_t *t)
+{
+    ms_redis *r = t->data;
+    const struct sentinel_addr *s = &r->sentinels[r->sentinel_next];
+    redisAsyncContext *ac = r->sac;
+
+    if (!r->asking)
+        return;
+    ms_warn("event=redis_sentinel_timeout sentinel=%s:%d wait_ms=%d", s->host, s->port,
+            MS_REDIS_SENTINEL_TIMEOUT_MS);
+    snprintf(r->why, sizeof(r->why), "redis: sentinel %s:%d: no answer in %d ms", s->host, s->port,
+             MS_REDIS_SENTINEL_TIMEOUT_MS);
+    r->sac = NULL; /* its callbacks now see a stranger and do nothing */
+    if (ac != NULL)
+        redisAsyncFree(ac);
+    sentinel_give_up(r);
+}
+
+static void sentinel_ask(ms_redis *r)
+{
+    const struct sentinel_addr *s = &r->sentinels[r->sentinel_next];
+    const char *argv[3] = {"SENTINEL", "GET-MASTER-ADDR-BY-NAME", r->master_name};
+    size_t argvlen[3] = {8, 23, strlen(r->master_name)};
+    redisAsyncContext *ac;
+
+    if (r->closing || r->asking)
+        return;
+    if (r->sac != NULL) {
+        /* The last question's connection is still closing: come back. */
+        schedule_reconnect(r);
+        return;
+    }
+    /* XXX Sentinels with their own requirepass (sentinel auth-pass is for
+     * the Sentinels' own use) are not supported yet: issue 14 brings
+     * [redis] password for the data connection. */
+    ac = redisAsyncConnect(s->host, s->port);
+    if (ac == NULL || ac->err) {
+        snprintf(r->why, sizeof(r->why), "redis: sentinel %s:%d: %s", s->host, s->port,
+                 ac ? ac->errstr : "cannot allocate");
+        if (ac)
+            redisAsyncFree(ac);
+        r->asking = 1;
+        sentinel_give_up(r);
+        return;
+    }
+    ac->data = r;
+    if (ev_attach(ac, r->loop) != REDIS_OK) {
+        redisAsyncFree(ac);
+        r->asking = 1;
+        sentinel_give_up(r);
+        return;
+    }
+    redisAsyncSetConnectCallback(ac, sentinel_connect_cb);
+    redisAsyncSetDisconnectCallback(ac, sentinel_disconnect_cb);
+    /* Queued now, written by hiredis as soon as the connection is up. */
+    redisAsyncCommandArgv(ac, sentinel_reply_cb, NULL, 3, argv, argvlen);
+    r->sac = ac;
+    r->asking = 1;
+    uv_timer_start(&r->sentinel_timer, sentinel_timeout_cb, MS_REDIS_SENTINEL_TIMEOUT_MS, 0);
+}
+
+/*
+ * The +switch-master subscription: the Sentinels announce a failover on
+ * this channel ("<name> <old ip> <old port> <new ip> <new port>"), so a
+ * client still connected to the old primary (alive but cut off from the
+ * Sentinels, or not yet demoted) moves at once instead of at its next
+ * ROLE check.  One subscription, to the Sentinel that answered last; when
+ * it drops, the periodic check (ping_cb) opens it again.  It only speeds
+ * things up: the ROLE checks and READONLY keep the client right without it.
+ */
+static void sub_cb(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    ms_redis *r = ac->data;
+    redisReply *rep = reply, *msg;
+    char name[MS_REDIS_SENTINEL_HOST_MAX + 1], host[MS_REDIS_SENTINEL_HOST_MAX + 1], buf[600];
+    int port;
+
+    (void)privdata;
+    if (rep == NULL || r->closing || r->sub != ac || rep->type != REDIS_REPLY_ARRAY ||
+        rep->elements != 3)
+        return;
+    msg = rep->element[2];
+    if (rep->element[0]->type != REDIS_REPLY_STRING ||
+        strcmp(rep->element[0]->str, "message") != 0 || msg->type != REDIS_REPLY_STRING ||
+        msg->len >= sizeof(buf))
+        return; /* the subscribe confirmation */
+    memcpy(buf, msg->str, msg->len);
+    buf[msg->len] = '\0';
+    if (sscanf(buf, "%255s %*s %*d %255s %d", name, host, &port) != 3 ||
+        strcmp(name, r->master_name) != 0)
+        return;
+    ms_info("event=redis_sentinel_switch master=%s primary=%s:%d", name, host, port);
+    if (r->ac != NULL && (strcmp(host, r->host) != 0 || port != r->port))
+        primary_lost(r, "+switch-master");
+}
+
+static void sub_connect_cb(const redisAsyncContext *ac, int status)
+{
+    ms_redis *r = ac->data;
+
+    if (status != REDIS_OK && r->sub == ac)
+        r->sub = NULL; /* hiredis frees the context after this callback */
+}
+
+static void sub_disconnect_cb(const redisAsyncContext *ac, int status)
+{
+    ms_redis *r = ac->data;
+
+    (void)status;
+    if (r->sub == ac)
+        r->sub = NULL;
+}
+
+static void sentinel_subscribe(ms_redis *r)
+{
+    /* The Sentinel that named the current primary answers: sentinel_next
+     * moves on only when one does not. */
+    const struct sentinel_addr *s = &r->sentinels[r->sentinel_next];
+    redisAsyncContext *ac;
+
+    if (r->closing || r->sub != NULL)
+        return;
+    ac = redisAsyncConnect(s->host, s->port);
+    if (ac == NULL || ac->err) {
+        if (ac)
+            redisAsyncFree(ac);
+        return;
+    }
+    ac->data = r;
+    if (ev_attach(ac, r->loop) != REDIS_OK) {
+        redisAsyncFree(ac);
+        return;
+    }
+    redisAsyncSetConnectCallback(ac, sub_connect_cb);
+    redisAsyncSetDisconnectCallback(ac, sub_disconnect_cb);
+    redisAsyncCommand(ac, sub_cb, NULL, "SUBSCRIBE +switch-master");
+    r->sub = ac;
+}
+
+/* ROLE's answer starts with "master", "slave" or "sentinel". */
+static int role_is_master(const redisReply *rep)
+{
+    return rep != NULL && rep->type == REDIS_REPLY_ARRAY && rep->elements >= 1 &&
+           rep->element[0]->type == REDIS_REPLY_STRING && rep->element[0]->len == 6 &&
+           memcmp(rep->element[0]->str, "master", 6) == 0;
+}
+
+static void role_cb(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    ms_redis *r = ac->data;
+    redisReply *rep = reply;
+
+    (void)privdata;
+    if (rep == NULL || r->closing || r->ac != ac)
+        return; /* disconnected meanwhile: disconnect_cb asks again */
+    if (role_is_master(rep)) {
+        redis_up(r);
+        return;
+    }
+    ms_warn("event=redis_not_primary host=%s port=%d master=%s", r->host, r->port, r->master_name);
+    snprintf(r->why, sizeof(r->why), "redis: %s:%d is not the primary (yet)", r->host, r->port);
+    r->have_primary = 0;
+    redisAsyncDisconnect(ac); /* disconnect_cb: ask a Sentinel again */
+}
+
+/* A fresh connection to the address a Sentinel gave: make sure it is the
+ * primary before any command goes there. */
+static void primary_check_role(ms_redis *r, redisAsyncContext *ac)
+{
+    if (redisAsyncCommand(ac, role_cb, NULL, "ROLE") != REDIS_OK) {
+        r->have_primary = 0;
+        redisAsyncDisconnect(ac);
+    }
+}
+
+/* primary_lost's graceful disconnect did not finish in time (the old
+ * primary is cut off and its replies will never come): drop it, failing
+ * the replies still due, and ask a Sentinel. */
+static void lost_deadline_cb(uv_timer_t *t)
+{
+    ms_redis *r = t->data;
+    redisAsyncContext *ac = r->ac;
+
+    if (r->closing)
+        return;
+    if (ac == NULL) { /* gone meanwhile without telling disconnect_cb */
+        redis_connect(r);
+        return;
+    }
+    ms_warn("event=redis_close_timeout wait_ms=%d", MS_REDIS_CLOSE_WAIT_MS);
+    r->ac = NULL;
+    redisAsyncFree(ac);
+    schedule_reconnect(r);
+}
+
+/* The server we are connected to is no longer the primary: fail new
+ * commands at once, let the replies still due come back (for up to
+ * MS_REDIS_CLOSE_WAIT_MS), then ask a Sentinel again (disconnect_cb). */
+static void primary_lost(ms_redis *r, const char *reason)
+{
+    ms_warn("event=redis_primary_lost host=%s port=%d master=%s reason=%s", r->host, r->port,
+            r->master_name, reason);
+    snprintf(r->why, sizeof(r->why), "redis: %s:%d is no longer the primary (%s)", r->host, r->port,
+             reason);
+    r->connected = 0;
+    r->have_primary = 0;
+    if (r->ac != NULL) {
+        /* Armed first: disconnect_cb, at once when no reply is due, later
+         * otherwise, replaces it with the reconnect. */
+        uv_timer_start(&r->reconnect_timer, lost_deadline_cb, MS_REDIS_CLOSE_WAIT_MS, 0);
+        redisAsyncDisconnect(r->ac);
+    }
+}
+
 static void ping_reply(void *arg, uint64_t id, const struct ms_redis_reply *reply)
 {
     ms_redis *r = arg;
 
+    (void)id;
+    if (r->nsentinels > 0 && reply->type == MS_REDIS_ARRAY) {
+        /* ROLE (ping_cb): a demoted server drops out here even when no
+         * write has run into READONLY yet. */
+        r->ping_ok = reply->nelem >= 1 && reply->elem[0].type == MS_REDIS_STR &&
+                     reply->elem[0].len == 6 && memcmp(reply->elem[0].str, "master", 6) == 0;
+        if (!r->ping_ok && r->connected)
+            primary_lost(r, "ROLE");
+        return;
+    }
     r->ping_ok = reply->type == MS_REDIS_STR;
     if (!r->ping_ok)
         snprintf(r->why, sizeof(r->why), "redis: PING failed: %.*s", (int)reply->len,
@@ -417,24 +868,38 @@ static void ping_reply(void *arg, uint64_t id, const struct ms_redis_reply *repl
 static void ping_cb(uv_timer_t *t)
 {
     ms_redis *r = t->data;
-    const char *argv[] = {"PING"};
+    const char *argv[] = {r->nsentinels > 0 ? "ROLE" : "PING"};
     size_t argvlen[] = {4};
 
     if (r->connected)
         ms_redis_command(r, ping_reply, r, 0, 1, argv, argvlen);
+    if (r->connected && r->nsentinels > 0 && r->sub == NULL)
+        sentinel_subscribe(r);
 }
 
-ms_redis *ms_redis_new(uv_loop_t *loop, const char *host, int port)
+ms_redis *ms_redis_new(uv_loop_t *loop, const struct ms_redis_conf *conf)
 {
     ms_redis *r = ms_calloc(1, sizeof(*r));
+    char err[160];
+    int n;
 
     r->loop = loop;
-    r->host = ms_strdup(host);
-    r->port = port;
+    r->host = ms_strdup(conf->host ? conf->host : "");
+    r->port = conf->port;
+    if (conf->sentinels != NULL && conf->sentinels[0] != '\0') {
+        r->sentinels = ms_calloc(MS_REDIS_SENTINELS_MAX, sizeof(*r->sentinels));
+        if ((n = sentinel_parse(conf->sentinels, r->sentinels, err, sizeof(err))) <= 0)
+            ms_panic("event=redis_sentinels_unchecked error=\"%s\"", err);
+        r->nsentinels = (size_t)n;
+        r->master_name = ms_strdup(
+            conf->master_name && conf->master_name[0] ? conf->master_name : MS_REDIS_MASTER_NAME);
+        ms_info("event=redis_sentinel_mode sentinels=%d master=%s", n, r->master_name);
+    }
     snprintf(r->why, sizeof(r->why), "redis: connecting");
     uv_timer_init(loop, &r->reconnect_timer);
     uv_timer_init(loop, &r->ping_timer);
-    r->reconnect_timer.data = r->ping_timer.data = r;
+    uv_timer_init(loop, &r->sentinel_timer);
+    r->reconnect_timer.data = r->ping_timer.data = r->sentinel_timer.data = r;
     uv_timer_start(&r->ping_timer, ping_cb, MS_REDIS_PING_MS, MS_REDIS_PING_MS);
     redis_connect(r);
     return r;
@@ -535,6 +1000,8 @@ static void timer_closed(uv_handle_t *h)
 
     if (--r->handles_open == 0) {
         free(r->host);
+        free(r->sentinels);
+        free(r->master_name);
         free(r);
     }
 }
@@ -561,9 +1028,20 @@ static void redis_close_now(ms_redis *r)
         /* Pending replies get MS_REDIS_FAILED through their callbacks. */
         redisAsyncFree(ac);
     }
-    r->handles_open = 2;
+    if (r->sac) {
+        redisAsyncContext *ac = r->sac;
+        r->sac = NULL;
+        redisAsyncFree(ac);
+    }
+    if (r->sub) {
+        redisAsyncContext *ac = r->sub;
+        r->sub = NULL;
+        redisAsyncFree(ac);
+    }
+    r->handles_open = 3;
     uv_close((uv_handle_t *)&r->reconnect_timer, timer_closed);
     uv_close((uv_handle_t *)&r->ping_timer, timer_closed);
+    uv_close((uv_handle_t *)&r->sentinel_timer, timer_closed);
 }
 
 void ms_redis_free(ms_redis *r)
@@ -573,6 +1051,7 @@ void ms_redis_free(ms_redis *r)
     r->closing = 1;
     uv_timer_stop(&r->ping_timer);
     uv_timer_stop(&r->reconnect_timer);
+    uv_timer_stop(&r->sentinel_timer);
     if (r->ac && r->connected) {
         /* Commands sent just before shutdown (delivered markers, retry
          * state) must still reach Redis: hiredis writes what is buffered,

@@ -12,6 +12,18 @@
  *
  * Lua scripts (ms_script.h) are loaded with SCRIPT LOAD on every connect,
  * before any other command, and run by digest with ms_redis_script().
+ *
+ * Sentinel.  With sentinels configured the client does not connect to a
+ * fixed address: it asks a Sentinel for the primary of `master_name`
+ * (SENTINEL GET-MASTER-ADDR-BY-NAME), connects there and checks with ROLE
+ * that the server really is a primary before it counts as connected.  It
+ * asks again (the next Sentinel in the list when one does not answer) when
+ * the connection drops, when a command is refused with READONLY (the server
+ * was demoted: its clients are then talking to a replica), and when the
+ * periodic check, ROLE instead of PING in this mode, finds a replica.  So a
+ * failover costs the commands in flight (they fail with MS_REDIS_FAILED or
+ * READONLY, as a dropped connection does today) and a few seconds of
+ * MS_EUNAVAIL, never a restart.
  */
 #ifndef MS_REDIS_H
 #define MS_REDIS_H
@@ -43,7 +55,29 @@ struct ms_redis_reply {
 typedef struct ms_redis ms_redis;
 typedef void (*ms_redis_cb)(void *arg, uint64_t id, const struct ms_redis_reply *r);
 
-ms_redis *ms_redis_new(uv_loop_t *loop, const char *host, int port);
+/* Where to connect.  sentinels NULL or "": host and port.  Otherwise a
+ * comma-separated "host:port" list of Sentinels (at most
+ * MS_REDIS_SENTINELS_MAX), asked for the primary named master_name; host
+ * and port are then not used. */
+struct ms_redis_conf {
+    const char *host;
+    int port;
+    const char *sentinels;   /* [redis] sentinels */
+    const char *master_name; /* [redis] master_name; NULL or "": MS_REDIS_MASTER_NAME */
+};
+
+#define MS_REDIS_SENTINELS_MAX 16
+#define MS_REDIS_MASTER_NAME "mymaster"
+/* Longest host in a sentinels entry (a DNS name, RFC 1035 section 2.3.4). */
+#define MS_REDIS_SENTINEL_HOST_MAX 255
+
+/* Check conf before ms_redis_new: MS_ECONFIG with "[redis] sentinels: ..."
+ * in err when the list does not parse (an entry without a port, a port out
+ * of range, too many entries). */
+int ms_redis_conf_check(const struct ms_redis_conf *conf, char *err, size_t errlen);
+/* conf is copied.  Its sentinels list must have passed ms_redis_conf_check
+ * (panics otherwise). */
+ms_redis *ms_redis_new(uv_loop_t *loop, const struct ms_redis_conf *conf);
 /* Send a command given as argv (binary-safe).  The reply (valid only during
  * the callback) comes back on the loop.  Returns 0 or MS_EUNAVAIL. */
 int ms_redis_command(ms_redis *r, ms_redis_cb cb, void *arg, uint64_t id, int argc,

@@ -56,6 +56,12 @@ _DIRS_KEY = pytest.StashKey[List[Path]]()
 # Timeouts and failure reports
 # ---------------------------------------------------------------------------
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: starts a KRaft quorum or waits out a failover (issue 15); "
+                   "PYTEST_ARGS=\"-m 'not slow'\" leaves them out")
+
+
 def pytest_collection_modifyitems(config, items):
     """Give every test a timeout unless it sets its own (or --timeout is given)."""
     if config.getoption("timeout", None):

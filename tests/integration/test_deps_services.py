@@ -36,7 +36,7 @@ DEPS = ROOT / "cluster" / "deps.sh"
 SERVICE = "redis-server"
 SERVICE_PIDFILE = Path("/run/redis/redis-server.pid")
 # System services of packages deps.sh installs (the ones it used to stop).
-DAEMONS = ("redis-server", "postfix", "nsd", "haproxy", "dovecot")
+DAEMONS = ("redis-server", "redis-sentinel", "postfix", "nsd", "haproxy", "dovecot")
 SYSTEMD = Path("/run/systemd/system").is_dir()
 
 
