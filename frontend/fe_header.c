@@ -61,11 +61,18 @@ void fe_hdr_init(struct fe_hdr *h, const struct fe_hdr_limits *lim)
 {
     memset(h, 0, sizeof(*h));
     h->lim = *lim;
+    /* 0 is no limit (settings made outside the config, in tests). */
+    if (h->lim.section_max == 0)
+        h->lim.section_max = (size_t)-1 - 1;
+    if (h->lim.fields_max == 0)
+        h->lim.fields_max = (size_t)-1;
+    if (h->lim.field_max == 0)
+        h->lim.field_max = (size_t)-1;
     h->bad_addr = FE_HF_COUNT;
     h->_state = S_BOL;
     h->_field = FE_HF_COUNT;
-    ms_buf_init(&h->from, lim->field_max);
-    ms_buf_init(&h->_val, lim->field_max);
+    ms_buf_init(&h->from, h->lim.field_max);
+    ms_buf_init(&h->_val, h->lim.field_max);
 }
 
 void fe_hdr_free(struct fe_hdr *h)

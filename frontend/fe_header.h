@@ -85,7 +85,7 @@ enum fe_fmt_rule {
 };
 
 struct fe_hdr_limits {
-    size_t section_max, fields_max, field_max;
+    size_t section_max, fields_max, field_max; /* 0: no limit */
 };
 
 /* The rules of one listener role: 1 = refuse (or, for the add_* fixes,

@@ -70,7 +70,7 @@ static void count_line(struct fe_data_reader *r, size_t n)
 int fe_data_feed(struct fe_data_reader *r, const char *buf, size_t len)
 {
     size_t i = 0, j;
-    unsigned char c;
+    unsigned char c, acc;
 
     while (i < len) {
         c = (unsigned char)buf[i];
@@ -109,10 +109,13 @@ int fe_data_feed(struct fe_data_reader *r, const char *buf, size_t len)
             continue;
         case ST_TEXT:
             /* Fast path: a run of ordinary octets. */
-            for (j = i; j < len && buf[j] != '\r' && buf[j] != '\n' && buf[j] != '\0'; j++)
-                ;
+            for (acc = 0, j = i; j < len && buf[j] != '\r' && buf[j] != '\n' && buf[j] != '\0';
+                 j++)
+                acc |= (unsigned char)buf[j];
             if (j > i) {
                 emit(r, buf + i, j - i);
+                if (acc & 0x80)
+                    r->last_8bit = r->out->len;
                 count_line(r, j - i);
                 i = j;
                 continue;
@@ -189,7 +192,7 @@ static void bdat_line(struct fe_bdat_reader *r, size_t n)
 static void bdat_check(struct fe_bdat_reader *r, const char *p, size_t n)
 {
     size_t i, j;
-    unsigned char c;
+    unsigned char c, acc;
 
     for (i = 0; i < n;) {
         if (r->_cr) {
@@ -203,9 +206,12 @@ static void bdat_check(struct fe_bdat_reader *r, const char *p, size_t n)
             bdat_fail(r, FE_DATA_BARE_CR);
             bdat_line(r, 1);
         }
-        for (j = i; j < n && p[j] != '\r' && p[j] != '\n' && p[j] != '\0'; j++)
-            ;
+        for (acc = 0, j = i; j < n && p[j] != '\r' && p[j] != '\n' && p[j] != '\0'; j++)
+            acc |= (unsigned char)p[j];
         if (j > i) {
+            /* Checked before the chunk is appended: where it will end. */
+            if (acc & 0x80)
+                r->last_8bit = r->out->len + j;
             bdat_line(r, j - i);
             i = j;
             continue;
