@@ -88,6 +88,7 @@ static void stop(struct fe_hdr *h, enum fe_fmt_rule why)
 {
     if (h->error == FE_FMT_OK)
         h->error = why;
+    h->section_len = 0; /* unknown, and of no use: the message is refused */
     h->done = 1;
     h->_state = S_DONE;
 }

@@ -102,7 +102,8 @@ struct fe_hdr {
     enum fe_fmt_rule error;   /* a limit or FE_FMT_HEADER_OCTET; ends the parse */
     int malformed;            /* a line neither field nor continuation ended it */
     int eightbit;             /* an octet >= 0x80 in a field */
-    size_t section_len;       /* octets of the header section, empty line included */
+    size_t section_len;       /* octets of the header section, empty line included
+                               * (0 after an error) */
     size_t nfields;
     unsigned counts[FE_HF_COUNT];
     enum fe_hdr_field bad_addr; /* first address field that does not parse, or FE_HF_COUNT */
