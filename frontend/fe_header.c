@@ -11,6 +11,7 @@
 #include "fe_header.h"
 #include "ms_addrlist.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -105,13 +106,6 @@ static void not_a_field(struct fe_hdr *h)
         stop(h, FE_FMT_HEADER_SIZE);
 }
 
-static void name_char(struct fe_hdr *h, unsigned char c)
-{
-    if (h->_namelen < sizeof(h->_name))
-        h->_name[h->_namelen] = (char)c;
-    h->_namelen++;
-}
-
 static enum fe_hdr_field classify(const struct fe_hdr *h)
 {
     int f;
@@ -179,11 +173,35 @@ static int field_grow(struct fe_hdr *h, size_t n)
     return 0;
 }
 
+/* A zero octet in v (exact as to whether there is one). */
+#define HAS_ZERO(v) (((v) - 0x0101010101010101ULL) & ~(v) & 0x8080808080808080ULL)
+
+/* The end of the field body run p[i..end) (no CR in it): the first LF or
+ * NUL, else end; *hi says whether the run up to there has an octet >= 0x80.
+ * Eight octets at a time: most of a header section is field bodies. */
+static size_t scan_value(const unsigned char *p, size_t i, size_t end, int *hi)
+{
+    uint64_t v, acc = 0;
+
+    for (; i + 8 <= end; i += 8) {
+        memcpy(&v, p + i, 8);
+        if (HAS_ZERO(v) | HAS_ZERO(v ^ 0x0a0a0a0a0a0a0a0aULL))
+            break; /* the octet loop below finds which */
+        acc |= v;
+    }
+    for (; i < end && p[i] != '\n' && p[i] != '\0'; i++)
+        acc |= p[i];
+    *hi = (acc & 0x8080808080808080ULL) != 0;
+    return i;
+}
+
 size_t fe_hdr_feed(struct fe_hdr *h, const char *buf, size_t len)
 {
     const unsigned char *p = (const unsigned char *)buf;
+    const unsigned char *cr;
     size_t i = 0, j, lim;
-    unsigned char c, acc;
+    unsigned char c;
+    int hi;
 
     if (h->done)
         return 0;
@@ -217,11 +235,14 @@ size_t fe_hdr_feed(struct fe_hdr *h, const char *buf, size_t len)
             h->_state = S_NAME;
             continue;
         case S_NAME:
-            if (is_ftext(c)) {
-                name_char(h, c);
-                if (field_grow(h, 1) < 0)
+            for (j = i; j < lim && is_ftext(p[j]); j++)
+                if (h->_namelen + (j - i) < sizeof(h->_name))
+                    h->_name[h->_namelen + (j - i)] = (char)p[j];
+            if (j > i) {
+                h->_namelen += j - i;
+                if (field_grow(h, j - i) < 0)
                     continue;
-                i++;
+                i = j;
                 continue;
             }
             if (c == ' ' || c == '\t') {
@@ -251,12 +272,11 @@ size_t fe_hdr_feed(struct fe_hdr *h, const char *buf, size_t len)
             not_a_field(h);
             continue;
         case S_VALUE:
-            /* A run of field body octets. */
-            acc = 0;
-            for (j = i; j < lim && p[j] != '\r' && p[j] != '\n' && p[j] != '\0'; j++)
-                acc |= p[j];
+            /* A run of field body octets, up to the CR. */
+            cr = memchr(p + i, '\r', lim - i);
+            j = scan_value(p, i, cr ? (size_t)(cr - p) : lim, &hi);
             if (j > i) {
-                if (acc & 0x80)
+                if (hi)
                     h->eightbit = 1;
                 if (field_grow(h, j - i) < 0)
                     continue;

@@ -393,6 +393,14 @@ static void msg_begin(struct fe_session *s)
     tx->hdr_at = tx->header_len;
 }
 
+/* Whether an 8-bit body matters: its rule is on and MAIL FROM did not
+ * declare one (the readers then mark 8-bit octets, fe_header.h). */
+static int want_8bit(const struct fe_session *s)
+{
+    return format_rules(s)->eightbit_body && s->tx->mp.body != FE_BODY_8BITMIME &&
+           s->tx->mp.body != FE_BODY_BINARYMIME;
+}
+
 /* Show the header parser what the DATA or BDAT reader has just added. */
 static void hdr_pump(struct fe_tx *tx)
 {
@@ -898,6 +906,7 @@ static void cmd_data(struct fe_session *s, const struct fe_smtp_cmd *c)
     }
     msg_begin(s);
     fe_data_init(&tx->rd, &tx->msg, max);
+    tx->rd.want_8bit = want_8bit(s);
     enter_state(s, FE_ST_DATA);
     reply(s, "354 End data with <CR><LF>.<CR><LF>");
 }
@@ -953,6 +962,7 @@ static void cmd_bdat(struct fe_session *s, const struct fe_smtp_cmd *c)
         tx->bdat = 1;
         msg_begin(s);
         fe_bdat_init(&tx->bd, &tx->msg, max, tx->mp.body == FE_BODY_BINARYMIME);
+        tx->bd.want_8bit = want_8bit(s);
     }
     fe_bdat_chunk(&tx->bd, n);
     tx->chunk = n;

@@ -319,21 +319,45 @@ static void test_8bit_marks(void **state)
 
     ms_buf_init(&out, 10000);
     fe_data_init(&rd, &out, 10000);
+    rd.want_8bit = 1;
     assert_int_equal(fe_data_feed(&rd, S(head8)), (int)sizeof(head8) - 1);
     assert_int_equal(rd.last_8bit, strlen("Subject: caf\xc3\xa9"));
     ms_buf_reset(&out);
     fe_data_init(&rd, &out, 10000);
+    rd.want_8bit = 1;
     assert_int_equal(fe_data_feed(&rd, S(body8)), (int)sizeof(body8) - 1);
     assert_int_equal(rd.last_8bit, strlen("Subject: x\r\n\r\ncaf\xc3\xa9"));
     ms_buf_reset(&out);
     fe_data_init(&rd, &out, 10000);
+    rd.want_8bit = 1;
     assert_int_equal(fe_data_feed(&rd, S("a\r\nb\r\n.\r\n")), 9);
     assert_int_equal(rd.last_8bit, 0);
+    /* Not asked: not marked. */
+    ms_buf_reset(&out);
+    fe_data_init(&rd, &out, 10000);
+    assert_int_equal(fe_data_feed(&rd, S(body8)), (int)sizeof(body8) - 1);
+    assert_int_equal(rd.last_8bit, 0);
+    /* Long runs (eight octets at a time), the 8-bit octet at each place. */
+    {
+        char line[40];
+        size_t k;
+        for (k = 0; k < 30; k++) {
+            memset(line, 'a', 30);
+            line[k] = (char)0xe9;
+            memcpy(line + 30, "\r\n.\r\n", 5);
+            ms_buf_reset(&out);
+            fe_data_init(&rd, &out, 10000);
+            rd.want_8bit = 1;
+            assert_int_equal(fe_data_feed(&rd, line, 35), 35);
+            assert_int_equal(rd.last_8bit, 30);
+        }
+    }
 
     /* BDAT, in two chunks, with a prefix already in the buffer. */
     ms_buf_reset(&out);
     ms_buf_append(&out, "Received: x\r\n", 13);
     fe_bdat_init(&bd, &out, 10000, 0);
+    bd.want_8bit = 1;
     fe_bdat_chunk(&bd, 14);
     assert_int_equal(fe_bdat_feed(&bd, body8, 14), 14);
     assert_int_equal(bd.last_8bit, 0);
