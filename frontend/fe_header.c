@@ -19,7 +19,7 @@
 enum {
     S_BOL = 0, /* at the start of a line, no field open (the first line) */
     S_NAME,    /* in a field name */
-    S_NAME_WSP, /* white space after the name (obs-optional, RFC 5322 4.5) */
+    S_NAME_WSP, /* after the name: white space (obs-optional, RFC 5322 4.5), then the colon */
     S_VALUE,   /* in a field body */
     S_VALUE_CR, /* field body, after CR */
     S_EOL,     /* start of a line with a field open: folding or a new line */
@@ -245,18 +245,7 @@ size_t fe_hdr_feed(struct fe_hdr *h, const char *buf, size_t len)
                 i = j;
                 continue;
             }
-            if (c == ' ' || c == '\t') {
-                h->_state = S_NAME_WSP;
-                i++;
-                continue;
-            }
-            if (c == ':' && h->_namelen > 0) {
-                i++;
-                if (field_grow(h, 1) == 0)
-                    field_start(h);
-                continue;
-            }
-            not_a_field(h);
+            h->_state = S_NAME_WSP; /* what follows the name, from this octet */
             continue;
         case S_NAME_WSP:
             if (c == ' ' || c == '\t') {

@@ -137,11 +137,23 @@ static const struct hdr_case cases[] = {
      FE_FMT_HEADER_OCTET, FE_FMT_HEADER_OCTET, NONE},
 };
 
+static void check_judge(const struct hdr_case *c, size_t step, const struct fe_hdr *h,
+                        const struct fe_format_rules *rules, const char *role,
+                        enum fe_fmt_rule want)
+{
+    enum fe_hdr_field field;
+    enum fe_fmt_rule got = fe_hdr_judge(h, rules, c->smtputf8, c->body8, &field);
+
+    if (got != want)
+        fail_msg("%s (step %zu): %s got %s, want %s", c->name, step, role, fe_fmt_rule_name(got),
+                 fe_fmt_rule_name(want));
+    if (got == FE_FMT_FIELD_DUPLICATE || got == FE_FMT_ADDRESS_SYNTAX)
+        assert_int_equal(field, c->field);
+}
+
 static void judge_case(const struct hdr_case *c, size_t step, const struct fe_hdr_limits *lim)
 {
     struct fe_hdr h;
-    enum fe_hdr_field field;
-    enum fe_fmt_rule got;
     size_t at = 0, n, took;
 
     fe_hdr_init(&h, lim);
@@ -158,18 +170,8 @@ static void judge_case(const struct hdr_case *c, size_t step, const struct fe_hd
     fe_hdr_finish(&h);
     assert_true(h.done);
     assert_true(h.section_len <= c->len);
-    got = fe_hdr_judge(&h, &mx, c->smtputf8, c->body8, &field);
-    if (got != c->want_mx)
-        fail_msg("%s (step %zu): mx got %s, want %s", c->name, step, fe_fmt_rule_name(got),
-                 fe_fmt_rule_name(c->want_mx));
-    if (got == FE_FMT_FIELD_DUPLICATE || got == FE_FMT_ADDRESS_SYNTAX)
-        assert_int_equal(field, c->field);
-    got = fe_hdr_judge(&h, &sub, c->smtputf8, c->body8, &field);
-    if (got != c->want_sub)
-        fail_msg("%s (step %zu): submission got %s, want %s", c->name, step,
-                 fe_fmt_rule_name(got), fe_fmt_rule_name(c->want_sub));
-    if (got == FE_FMT_FIELD_DUPLICATE || got == FE_FMT_ADDRESS_SYNTAX)
-        assert_int_equal(field, c->field);
+    check_judge(c, step, &h, &mx, "mx", c->want_mx);
+    check_judge(c, step, &h, &sub, "submission", c->want_sub);
     fe_hdr_free(&h);
 }
 
