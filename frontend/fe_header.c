@@ -31,6 +31,7 @@ static const char *const field_names[FE_HF_COUNT] = {
     "Date", "From", "Sender", "Reply-To", "To", "Cc", "Bcc", "Message-ID", "In-Reply-To",
     "References", "Subject",
 };
+static const unsigned char field_name_lens[FE_HF_COUNT] = {4, 4, 6, 8, 2, 2, 3, 10, 11, 10, 7};
 
 static const char *const rule_names[FE_FMT_COUNT] = {
     "ok",
@@ -113,7 +114,7 @@ static enum fe_hdr_field classify(const struct fe_hdr *h)
     if (h->_namelen > sizeof(h->_name))
         return FE_HF_COUNT;
     for (f = 0; f < FE_HF_COUNT; f++)
-        if (strlen(field_names[f]) == h->_namelen &&
+        if (field_name_lens[f] == h->_namelen &&
             strncasecmp(field_names[f], h->_name, h->_namelen) == 0)
             return (enum fe_hdr_field)f;
     return FE_HF_COUNT;
@@ -236,9 +237,12 @@ size_t fe_hdr_feed(struct fe_hdr *h, const char *buf, size_t len)
             continue;
         case S_NAME:
             for (j = i; j < lim && is_ftext(p[j]); j++)
-                if (h->_namelen + (j - i) < sizeof(h->_name))
-                    h->_name[h->_namelen + (j - i)] = (char)p[j];
+                ;
             if (j > i) {
+                if (h->_namelen < sizeof(h->_name))
+                    memcpy(h->_name + h->_namelen, p + i,
+                           j - i < sizeof(h->_name) - h->_namelen ? j - i
+                                                                  : sizeof(h->_name) - h->_namelen);
                 h->_namelen += j - i;
                 if (field_grow(h, j - i) < 0)
                     continue;
@@ -246,7 +250,7 @@ size_t fe_hdr_feed(struct fe_hdr *h, const char *buf, size_t len)
                 continue;
             }
             h->_state = S_NAME_WSP; /* what follows the name, from this octet */
-            continue;
+            /* fall through */
         case S_NAME_WSP:
             if (c == ' ' || c == '\t') {
                 i++;

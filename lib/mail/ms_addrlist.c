@@ -39,7 +39,14 @@ static int is_atext(unsigned char c)
 {
     if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c >= 0x80)
         return 1;
-    return c != '\0' && strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL;
+    switch (c) {
+    case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+': case '-':
+    case '/': case '=': case '?': case '^': case '_': case '`': case '{': case '|': case '}':
+    case '~':
+        return 1;
+    default:
+        return 0;
+    }
 }
 
 /* WSP, and the CR and LF of folding the caller may have left in. */
@@ -114,7 +121,7 @@ static void next(struct parser *p)
         t->t = T_ATOM;
     } else if (c == '"' || c == '[') {
         t->t = skip_quoted(p, c == '"' ? '"' : ']') == 0 ? (c == '"' ? T_QSTR : T_DLIT) : T_ERR;
-    } else if (c != '\0' && strchr("<>:;@,.", c) != NULL) {
+    } else if (c == '<' || c == '>' || c == ':' || c == ';' || c == '@' || c == ',' || c == '.') {
         t->t = T_SPECIAL;
         t->c = (char)c;
         p->i++;
@@ -296,11 +303,15 @@ int ms_addrlist_parse(const char *s, size_t n, enum ms_addr_kind kind, ms_addr_c
     struct parser p;
     int count = 0, r;
 
-    memset(&p, 0, sizeof(p));
+    /* Not memset: addr is written before it is read. */
     p.s = (const unsigned char *)s;
     p.n = n;
+    p.i = 0;
     p.cb = cb;
     p.arg = arg;
+    p.err = 0;
+    p.nmailbox = 0;
+    p.alen = 0;
     next(&p);
     if (kind == MS_ADDR_MAILBOX) {
         if ((r = parse_address(&p, 0)) < 0)
