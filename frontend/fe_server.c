@@ -94,6 +94,13 @@ void fe_metrics_register(struct fe_metrics *m)
                                    "Recipients refused at RCPT because they are on the "
                                    "suppression list.",
                                    NULL);
+    for (v = 1; v < FE_FMT_COUNT; v++) {
+        snprintf(labels, sizeof(labels), "rule=\"%s\"", fe_fmt_rule_name(v));
+        m->format_refused[v] = ms_counter_new("mailstream_frontend_format_refused_total",
+                                              "Messages refused at the end of DATA or BDAT by "
+                                              "a header section limit or format rule.",
+                                              labels);
+    }
     m->queue_latency = ms_histogram_new(
         "mailstream_smtp_queue_latency_seconds",
         "From the end of DATA to the Kafka delivery report.", NULL, ms_latency_buckets,

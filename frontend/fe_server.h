@@ -84,6 +84,7 @@ struct fe_metrics {
     ms_counter *limit_hits[FE_LIMIT_COUNT];
     ms_counter *rl_redis_open, *rl_redis_closed; /* Redis failed: let through / refused */
     ms_counter *suppressed;
+    ms_counter *format_refused[FE_FMT_COUNT]; /* by rule (fe_header.h) */
     ms_histogram *queue_latency;
     ms_counter *commits[FE_COMMIT_REASONS], *commit_records;
 };

@@ -18,8 +18,10 @@
  */
 #include "fe_session.h"
 #include "fe_access.h"
+#include "fe_header.h"
 #include "fe_proxy.h"
 #include "ms_addr.h"
+#include "ms_addrlist.h"
 #include "ms_envelope.h"
 #include "ms_error.h"
 #include "ms_log.h"
@@ -93,8 +95,12 @@ struct fe_tx {
     struct fe_rcpt *rcpts;
     size_t nrcpts, caprcpts;
     int relayed;         /* a recipient outside accepted_domains */
-    struct ms_buf msg;   /* Received header + message */
-    size_t header_len;   /* length of our Received header */
+    struct ms_buf msg;   /* [room for added fields] Received header + message */
+    size_t rec_at;       /* where our Received header starts in msg */
+    size_t header_len;   /* where it ends: the client's message starts */
+    size_t rec_off;      /* where the Kafka record starts in msg */
+    struct fe_hdr hdr;   /* the message's header section (fe_header.h) */
+    size_t hdr_at;       /* the next octet of msg for hdr */
     struct fe_data_reader rd;  /* DATA */
     struct fe_bdat_reader bd;  /* BDAT (RFC 3030) */
     int data_tried;            /* DATA was given: no BDAT in this transaction */
@@ -249,6 +255,7 @@ static void tx_free(struct fe_tx *tx)
     }
     free(tx->rcpts);
     ms_buf_free(&tx->msg);
+    fe_hdr_free(&tx->hdr);
     free(tx);
 }
 
@@ -357,6 +364,125 @@ static void add_received(struct fe_session *s)
     tx->header_len = tx->msg.len;
 }
 
+/* ---- the header section and the format rules (fe_header.h) ---- */
+
+static const struct fe_format_rules *format_rules(const struct fe_session *s)
+{
+    return s->l->role == FE_ROLE_MX ? &s->srv->set.format_mx : &s->srv->set.format_submission;
+}
+
+/* DATA or the first BDAT: the message buffer gets room for the fields a
+ * submission may need (RFC 6409 8), then our Received header; the client's
+ * octets follow, and the header parser reads them from there. */
+static void msg_begin(struct fe_session *s)
+{
+    struct fe_tx *tx = s->tx;
+    const struct fe_format_rules *fr = format_rules(s);
+    size_t room = fr->add_date || fr->add_message_id ? FE_HDR_ADDED_MAX : 0;
+    char *p;
+
+    ms_buf_free(&tx->msg);
+    ms_buf_init(&tx->msg, s->srv->set.max_message_size + 16384);
+    if (room > 0 && (p = ms_buf_reserve(&tx->msg, room)) != NULL) {
+        memset(p, 0, room);
+        ms_buf_commit(&tx->msg, room);
+    }
+    tx->rec_at = tx->rec_off = tx->msg.len;
+    add_received(s);
+    fe_hdr_free(&tx->hdr);
+    fe_hdr_init(&tx->hdr, &s->srv->set.hdr_limits);
+    tx->hdr_at = tx->header_len;
+}
+
+/* Whether an 8-bit body matters: its rule is on and MAIL FROM did not
+ * declare one (the readers then mark 8-bit octets, fe_header.h). */
+static int want_8bit(const struct fe_session *s)
+{
+    return format_rules(s)->eightbit_body && s->tx->mp.body != FE_BODY_8BITMIME &&
+           s->tx->mp.body != FE_BODY_BINARYMIME;
+}
+
+/* Show the header parser what the DATA or BDAT reader has just added. */
+static void hdr_pump(struct fe_tx *tx)
+{
+    if (!tx->hdr.done && tx->msg.len > tx->hdr_at)
+        tx->hdr_at += fe_hdr_feed(&tx->hdr, tx->msg.data + tx->hdr_at, tx->msg.len - tx->hdr_at);
+}
+
+static int from_owned_cb(void *arg, const char *addr)
+{
+    return fe_passwd_sender_ok(arg, addr) ? 0 : MS_ENOTFOUND;
+}
+
+/* The whole message is in and its octets are fine: judge its header
+ * section by the listener's rules.  Returns FE_FMT_OK or the broken rule
+ * (*field for the reply). */
+static enum fe_fmt_rule format_judge(struct fe_session *s, enum fe_hdr_field *field)
+{
+    struct fe_tx *tx = s->tx;
+    const struct fe_format_rules *fr = format_rules(s);
+    const struct fe_passwd_entry *pe;
+    size_t last8 = tx->bdat ? tx->bd.last_8bit : tx->rd.last_8bit;
+    int body8, r;
+    enum fe_fmt_rule rule;
+
+    hdr_pump(tx);
+    fe_hdr_finish(&tx->hdr);
+    body8 = last8 > tx->header_len + tx->hdr.section_len &&
+            tx->mp.body != FE_BODY_8BITMIME && tx->mp.body != FE_BODY_BINARYMIME;
+    rule = fe_hdr_judge(&tx->hdr, fr, tx->mp.smtputf8, body8, field);
+    if (rule != FE_FMT_OK || !fr->from_owned || !s->auth_user[0] ||
+        tx->hdr.counts[FE_HF_FROM] == 0)
+        return rule;
+    /* As MAIL FROM must be (cmd_mail): every author an allowed sender.  A
+     * From that does not parse cannot be shown to be one. */
+    pe = fe_passwd_find(s->srv->passwd, s->auth_user);
+    r = pe ? ms_addrlist_parse(tx->hdr.from.data, tx->hdr.from.len, MS_ADDR_MAILBOX_LIST,
+                               from_owned_cb, (void *)pe)
+           : MS_ENOTFOUND;
+    return r < 0 ? FE_FMT_FROM_NOT_OWNED : FE_FMT_OK;
+}
+
+/* RFC 6409 8.2, 8.3: a submitted message without Date or Message-ID gets
+ * them, between our Received header and the message.  Nothing of the
+ * message moves: the fields go into the room msg_begin() kept ahead of the
+ * Received header, which moves down to sit on top of them. */
+static void format_fix(struct fe_session *s)
+{
+    struct fe_tx *tx = s->tx;
+    const struct fe_format_rules *fr = format_rules(s);
+    char add[FE_HDR_ADDED_MAX], date[64];
+    size_t n = 0, rlen = tx->header_len - tx->rec_at;
+    struct tm tm;
+    time_t now;
+    int w;
+
+    if (tx->rec_at < FE_HDR_ADDED_MAX)
+        return; /* no room kept: no fixes on this listener */
+    if (fr->add_date && tx->hdr.counts[FE_HF_DATE] == 0) {
+        now = time(NULL);
+        gmtime_r(&now, &tm);
+        strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
+        w = snprintf(add + n, sizeof(add) - n, "Date: %s\r\n", date);
+        if (w > 0 && (size_t)w < sizeof(add) - n)
+            n += (size_t)w;
+    }
+    if (fr->add_message_id && tx->hdr.counts[FE_HF_MESSAGE_ID] == 0) {
+        w = snprintf(add + n, sizeof(add) - n, "Message-ID: <%s@%s>\r\n", tx->qid,
+                     s->srv->set.hostname);
+        if (w > 0 && (size_t)w < sizeof(add) - n)
+            n += (size_t)w; /* fe_settings.c keeps the host name short enough */
+    }
+    if (n == 0)
+        return;
+    memmove(tx->msg.data + tx->rec_at - n, tx->msg.data + tx->rec_at, rlen);
+    memcpy(tx->msg.data + tx->rec_at - n + rlen, add, n);
+    tx->rec_off = tx->rec_at - n;
+    ms_debug("event=format_fixed qid=%s sid=%llu date=%d message_id=%d", tx->qid,
+             (unsigned long long)s->id, fr->add_date && tx->hdr.counts[FE_HF_DATE] == 0,
+             fr->add_message_id && tx->hdr.counts[FE_HF_MESSAGE_ID] == 0);
+}
+
 /* ---- end of DATA: the envelope and Kafka ---- */
 
 static size_t tx_size(const struct fe_tx *tx)
@@ -426,8 +552,8 @@ static int submit_tx(struct fe_session *s)
     et.nrcpts = tx->nrcpts;
     et.direction = (s->auth_user[0] || s->trusted) ? MS_ENV_DIRECTION_OUTBOUND
                                                    : MS_ENV_DIRECTION_INBOUND;
-    et.message = tx->msg.data;
-    et.len = tx->msg.len;
+    et.message = tx->msg.data + tx->rec_off;
+    et.len = tx->msg.len - tx->rec_off;
     buf = ms_envelope_encode_tx(&et, &len);
     free(rr);
     /* The message is in the record now; keep memory low while we wait. */
@@ -449,7 +575,9 @@ static void data_end(struct fe_session *s, enum fe_data_status status)
 {
     struct fe_tx *tx = s->tx;
     const char *why;
-    char extra[128];
+    char extra[128], line[256];
+    enum fe_fmt_rule rule;
+    enum fe_hdr_field field;
     int r;
 
     tx->data_end_ns = uv_hrtime();
@@ -462,7 +590,20 @@ static void data_end(struct fe_session *s, enum fe_data_status status)
         tx_reset(s);
         return;
     }
-    tx->msg_size = tx->msg.len;
+    if ((rule = format_judge(s, &field)) != FE_FMT_OK) {
+        fe_fmt_reply(rule, field, line, sizeof(line));
+        reply(s, "%s", line);
+        snprintf(extra, sizeof(extra), "rule=%s%s%s", fe_fmt_rule_name(rule),
+                 field != FE_HF_COUNT ? " field=" : "",
+                 field != FE_HF_COUNT ? fe_hdr_field_name(field) : "");
+        log_tx(s, "rejected", extra);
+        ms_counter_inc(s->srv->m.rejected);
+        ms_counter_inc(s->srv->m.format_refused[rule]);
+        tx_reset(s);
+        return;
+    }
+    format_fix(s);
+    tx->msg_size = tx->msg.len - tx->rec_off;
     r = submit_tx(s);
     if (r < 0) {
         ms_counter_inc(s->srv->m.kafka_submit_errors);
@@ -755,10 +896,9 @@ static void cmd_data(struct fe_session *s, const struct fe_smtp_cmd *c)
         reply_error(s, "554 5.5.1 Error: no valid recipients");
         return;
     }
-    ms_buf_free(&tx->msg);
-    ms_buf_init(&tx->msg, max + 16384);
-    add_received(s);
+    msg_begin(s);
     fe_data_init(&tx->rd, &tx->msg, max);
+    tx->rd.want_8bit = want_8bit(s);
     enter_state(s, FE_ST_DATA);
     reply(s, "354 End data with <CR><LF>.<CR><LF>");
 }
@@ -812,10 +952,9 @@ static void cmd_bdat(struct fe_session *s, const struct fe_smtp_cmd *c)
     }
     if (!tx->bdat) {
         tx->bdat = 1;
-        ms_buf_free(&tx->msg);
-        ms_buf_init(&tx->msg, max + 16384);
-        add_received(s);
+        msg_begin(s);
         fe_bdat_init(&tx->bd, &tx->msg, max, tx->mp.body == FE_BODY_BINARYMIME);
+        tx->bd.want_8bit = want_8bit(s);
     }
     fe_bdat_chunk(&tx->bd, n);
     tx->chunk = n;
@@ -1399,6 +1538,7 @@ void fe__session_process(struct fe_session *s)
         }
         if (s->state == FE_ST_DATA) {
             r = fe_data_feed(&s->tx->rd, s->in.data, s->in.len);
+            hdr_pump(s->tx);
             if (r == MS_EAGAIN) {
                 ms_buf_reset(&s->in);
                 break;
@@ -1409,6 +1549,7 @@ void fe__session_process(struct fe_session *s)
         }
         if (s->state == FE_ST_BDAT) {
             ms_buf_consume(&s->in, fe_bdat_feed(&s->tx->bd, s->in.data, s->in.len));
+            hdr_pump(s->tx);
             if (s->tx->bd.left == 0)
                 bdat_chunk_end(s);
             continue;

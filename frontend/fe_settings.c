@@ -9,6 +9,7 @@
 #include "ms_keys.h"
 #include "ms_mem.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,6 +78,48 @@ int fe_settings_need_redis(const struct fe_settings *set)
     return set->refuse_suppressed;
 }
 
+/* The keys of a [format.ROLE] section, in struct fe_format_rules, and their
+ * defaults for MX and for submission (docs/config.md). */
+static const struct {
+    const char *key;
+    size_t off;
+    int mx, submission;
+} format_keys[] = {
+    /* A line in the header section that is neither a field nor a
+     * continuation: the section's end is unclear to every reader. */
+    {"header_syntax", offsetof(struct fe_format_rules, header_syntax), 1, 1},
+    /* Postfix accepts 8-bit mail without the extensions on MX
+     * (strict_8bitmime = no); a submission client can declare them. */
+    {"eightbit_header", offsetof(struct fe_format_rules, eightbit_header), 0, 1},
+    {"eightbit_body", offsetof(struct fe_format_rules, eightbit_body), 0, 1},
+    /* RFC 5322 3.6: From is required; mail that lacks it still arrives
+     * from the Internet and is taken on MX, not from our own users. */
+    {"from_missing", offsetof(struct fe_format_rules, from_missing), 0, 1},
+    /* Two From fields: a DMARC checker and a mail reader may see two
+     * different authors. */
+    {"from_duplicate", offsetof(struct fe_format_rules, from_duplicate), 1, 1},
+    {"field_duplicate", offsetof(struct fe_format_rules, field_duplicate), 1, 1},
+    {"address_syntax", offsetof(struct fe_format_rules, address_syntax), 1, 1},
+    /* From of an authenticated session among the user's senders. */
+    {"from_owned", offsetof(struct fe_format_rules, from_owned), 1, 1},
+    /* RFC 6409 8.2, 8.3: a submission server may add them. */
+    {"add_date", offsetof(struct fe_format_rules, add_date), 0, 1},
+    {"add_message_id", offsetof(struct fe_format_rules, add_message_id), 0, 1},
+};
+
+static int get_format(const ms_config *cfg, const char *sec, int submission,
+                      struct fe_format_rules *rules, char *err, size_t errlen)
+{
+    size_t i;
+
+    for (i = 0; i < sizeof(format_keys) / sizeof(format_keys[0]); i++)
+        if (ms_config_get_bool(cfg, sec, format_keys[i].key,
+                               submission ? format_keys[i].submission : format_keys[i].mx,
+                               (int *)((char *)rules + format_keys[i].off), err, errlen) < 0)
+            return MS_ECONFIG;
+    return 0;
+}
+
 int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, size_t errlen)
 {
     const char *v;
@@ -92,6 +135,12 @@ int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, s
     set->node_id = ms_config_get(cfg, "node", "id", host);
     set->hostname = ms_config_get(cfg, "node", "hostname", "localhost");
     set->topic = ms_config_get(cfg, "kafka", "topic", "queue");
+    /* In the banner, Received and a submission's Message-ID (fe_header.h
+     * FE_HDR_ADDED_MAX keeps room for one this long). */
+    if (strlen(set->hostname) > FE_HOSTNAME_MAX) {
+        snprintf(err, errlen, "[node] hostname: at most %d octets", FE_HOSTNAME_MAX);
+        return MS_ECONFIG;
+    }
     /* The Kafka record holds the message and its envelope. */
     if (get_u64(cfg, "kafka", "linger_ms", FE_LINGER_MS_DEF, 1, 1000, &set->kafka_linger_ms, err,
                 errlen) < 0 ||
@@ -179,6 +228,21 @@ int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, s
         return MS_ECONFIG;
     /* worker/delivery.c suppress_key(): the same key, lower-cased. */
     set->suppress_prefix = MS_KEY_SUPPRESS;
+    if (get_u64(cfg, "smtp", "max_header_size", FE_HDR_SECTION_MAX_DEF, 1024, 16 * 1024 * 1024,
+                &secs, err, errlen) < 0)
+        return MS_ECONFIG;
+    set->hdr_limits.section_max = (size_t)secs;
+    if (get_u64(cfg, "smtp", "max_header_fields", FE_HDR_FIELDS_MAX_DEF, 10, 1000000, &secs, err,
+                errlen) < 0)
+        return MS_ECONFIG;
+    set->hdr_limits.fields_max = (size_t)secs;
+    if (get_u64(cfg, "smtp", "max_header_field_length", FE_HDR_FIELD_MAX_DEF, 998,
+                16 * 1024 * 1024, &secs, err, errlen) < 0)
+        return MS_ECONFIG;
+    set->hdr_limits.field_max = (size_t)secs;
+    if (get_format(cfg, "format.mx", 0, &set->format_mx, err, errlen) < 0 ||
+        get_format(cfg, "format.submission", 1, &set->format_submission, err, errlen) < 0)
+        return MS_ECONFIG;
     return 0;
 }
 

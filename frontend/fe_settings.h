@@ -1,6 +1,6 @@
 /*
- * fe_settings.h - the frontend's settings: [node], [smtp], [kafka] and
- * [ratelimit] read from the config into one struct (the [listener.*]
+ * fe_settings.h - the frontend's settings: [node], [smtp], [kafka],
+ * [ratelimit], [format.mx] and [format.submission] read from the config into one struct (the [listener.*]
  * sections are read where the listeners are opened, fe_listen.h), with every
  * named limit, its default and its name (docs/config.md lists the keys).
  *
@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "fe_access.h"
+#include "fe_header.h"
 #include "fe_ratelimit.h"
 #include "ms_config.h"
 #include "ms_domainmap.h"
@@ -39,6 +40,7 @@
 #define FE_LINGER_MS_DEF 1             /* [kafka] linger_ms */
 #define FE_RL_TIMEOUT_DEF 2000         /* ms ([ratelimit] timeout_ms) then as if Redis were down */
 #define FE_ACCEPTED_DOMAINS_MAX 1024
+#define FE_HOSTNAME_MAX 255 /* [node] hostname, a domain name (RFC 1035 2.3.4) */
 #define FE_TRUSTED_NETWORKS_MAX 1024
 
 /* The rate limits in Redis ([ratelimit] keys, fe_ratelimit.h). */
@@ -91,9 +93,14 @@ struct fe_settings {
     uint64_t rl_timeout_ms;
     int refuse_suppressed;       /* [smtp] refuse_suppressed */
     const char *suppress_prefix; /* the worker's ms:suppress: */
+    /* The header section (fe_header.h): [smtp] max_header_size,
+     * max_header_fields, max_header_field_length. */
+    struct fe_hdr_limits hdr_limits;
+    /* [format.mx] and [format.submission] (also for submissions). */
+    struct fe_format_rules format_mx, format_submission;
 };
 
-/* Read [node], [smtp], [kafka] and [ratelimit].  Returns 0 or MS_ECONFIG
+/* Read [node], [smtp], [kafka], [ratelimit] and [format.*].  Returns 0 or MS_ECONFIG
  * with the reason in err. */
 int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, size_t errlen);
 void fe_settings_free(struct fe_settings *set);

@@ -44,6 +44,22 @@ const char *fe_data_reply(enum fe_data_status s)
     return "554 5.6.0 Message rejected";
 }
 
+/* 1 when p[0..n) holds an octet >= 0x80; eight at a time, as the callers
+ * ask only when an 8-bit body matters (fe_data_reader.want_8bit). */
+static int has_8bit(const char *p, size_t n)
+{
+    uint64_t v, acc = 0;
+    size_t i = 0;
+
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&v, p + i, 8);
+        acc |= v;
+    }
+    for (; i < n; i++)
+        acc |= (unsigned char)p[i];
+    return (acc & 0x8080808080808080ULL) != 0;
+}
+
 static void fail(struct fe_data_reader *r, enum fe_data_status s)
 {
     if (r->status == FE_DATA_OK)
@@ -113,6 +129,8 @@ int fe_data_feed(struct fe_data_reader *r, const char *buf, size_t len)
                 ;
             if (j > i) {
                 emit(r, buf + i, j - i);
+                if (r->want_8bit && has_8bit(buf + i, j - i))
+                    r->last_8bit = r->out->len;
                 count_line(r, j - i);
                 i = j;
                 continue;
@@ -206,6 +224,9 @@ static void bdat_check(struct fe_bdat_reader *r, const char *p, size_t n)
         for (j = i; j < n && p[j] != '\r' && p[j] != '\n' && p[j] != '\0'; j++)
             ;
         if (j > i) {
+            /* Checked before the chunk is appended: where it will end. */
+            if (r->want_8bit && has_8bit(p + i, j - i))
+                r->last_8bit = r->out->len + j;
             bdat_line(r, j - i);
             i = j;
             continue;

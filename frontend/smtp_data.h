@@ -16,6 +16,11 @@
  *   max_size               unstuffed message octets (SIZE)       552 5.3.4
  *   bare LF, bare CR, NUL  RFC 5321 2.3.8, 4.1.1.4               554 5.6.0
  *
+ * Asked to (want_8bit = 1 after init), both readers note where the last
+ * octet >= 0x80 went (last_8bit, 0 when none), so that the caller can tell
+ * an 8-bit body from an 8-bit header (fe_header.h) without reading the
+ * message again.
+ *
  * The caller owns the reader and the output buffer; any thread; unit-tested
  * by tests/unit/test_smtp_data.c, fuzzed by tests/fuzz/fuzz_fe_data.c and
  * tests/fuzz/fuzz_fe_bdat.c.
@@ -45,6 +50,8 @@ struct fe_data_reader {
     size_t size;                /* unstuffed octets seen, counted past the limit too */
     uint64_t wire;              /* octets consumed from the wire */
     enum fe_data_status status; /* the first problem, FE_DATA_OK if none */
+    int want_8bit;              /* note last_8bit (the caller sets it) */
+    size_t last_8bit;           /* out->len past the last line piece with an octet >= 0x80 */
     int _state;
     size_t _linelen;
 };
@@ -81,6 +88,8 @@ struct fe_bdat_reader {
     uint64_t size;              /* octets announced so far, all chunks */
     int binary;                 /* BODY=BINARYMIME: no line checks */
     enum fe_data_status status; /* the first problem, FE_DATA_OK if none */
+    int want_8bit;              /* as in fe_data_reader (text bodies only) */
+    size_t last_8bit;
     uint64_t left;              /* octets of the current chunk still to come */
     int _cr;                    /* the last octet was a CR */
     size_t _linelen;

@@ -129,7 +129,7 @@ def test_submission_requires_tls_then_auth(fe):
     # Authenticated: relaying is allowed.
     assert code(t.cmd(b"RCPT TO:<friend@elsewhere.example>")) == b"250 2.1.5"
     assert t.cmd(b"DATA").startswith(b"354")
-    t.send(b"Subject: relayed\r\n\r\nhi\r\n.\r\n")
+    t.send(b"From: other@mailstream.test\r\nSubject: relayed\r\n\r\nhi\r\n.\r\n")
     assert QUEUED.match(t.reply())
     t.cmd(b"QUIT")
 
@@ -203,7 +203,8 @@ def test_submissions_implicit_tls_with_smtplib(fe):
         assert b"AUTH PLAIN LOGIN" in resp and b"STARTTLS" not in resp
         s.login(USER, PASSWORD)
         refused = s.sendmail(USER, ["far@elsewhere.example"],
-                             b"Subject: implicit\r\n\r\nover TLS\r\n")
+                             b"From: " + USER.encode() + b"\r\nSubject: implicit\r\n\r\n"
+                             b"over TLS\r\n")
         assert refused == {}
 
 
@@ -229,7 +230,7 @@ def test_received_header_over_tls(fe):
     t.cmd(b"RCPT TO:<a@elsewhere.example>")
     t.cmd(b"RCPT TO:<b@elsewhere.example>")
     t.cmd(b"DATA")
-    t.send(b"Subject: tls\r\n\r\nx\r\n.\r\n")
+    t.send(b"From: " + USER.encode() + b"\r\nSubject: tls\r\n\r\nx\r\n.\r\n")
     m = QUEUED.match(t.reply())
     assert m
     t.cmd(b"QUIT")

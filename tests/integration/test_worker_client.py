@@ -72,8 +72,11 @@ def queue_records(cl) -> bytes:
 @pytest.fixture
 def smarthost(cluster_factory):
     """A frontend (and a worker delivering to its sink): the relay host, with
-    an account of its own (a password that appears nowhere else)."""
-    cl = cluster_factory(frontends=1, workers=1, start=False)
+    an account of its own (a password that appears nowhere else).  The
+    account relays other people's mail (From: sender@example.org), so the
+    From of what it submits is not checked against its senders."""
+    cl = cluster_factory(frontends=1, workers=1, start=False,
+                         frontend_extra={"format.submission": {"from_owned": "no"}})
     mslocal.ensure_passwd(cl.passwd, {RELAY_USER: (RELAY_PASSWORD, "mailstream.test")})
     cl.start()
     return cl
