@@ -38,6 +38,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -89,17 +90,50 @@ def log(msg: str) -> None:
 # Ports and small helpers
 # ---------------------------------------------------------------------------
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands to outgoing connections (and to
+    bind(port 0)); 32768 when /proc does not say."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Ports we hand out come from below the kernel's ephemeral range: a port that
+# bind(0) found free is also one the kernel may give to any outgoing
+# connection (to Kafka, Redis, a sink) before our server binds it, which under
+# load made servers fail with "address already in use". Below that range only
+# programs that ask for a port by number can take it.
+PORT_FLOOR = 10000
+
+
 def free_ports(n: int, host: str = HOST) -> List[int]:
     """Return n distinct TCP ports that are free on host right now.
 
-    The sockets are held open until all n are chosen, so the ports are
-    distinct; another program may still take one before we bind it.
+    They are drawn at random below the ephemeral range (see PORT_FLOOR), each
+    checked by binding it; the sockets are held open until all n are chosen,
+    so the ports are distinct. Another program may still take one before we
+    bind it, but no outgoing connection will.
     """
+    import random
+
+    top = _ephemeral_low() - 1
     socks, ports = [], []
     try:
+        tries = 0
         while len(ports) < n:
+            tries += 1
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
+            if top <= PORT_FLOOR or tries > 1000:
+                s.bind((host, 0))  # no room below the range: the old way
+            else:
+                port = random.randint(PORT_FLOOR, top)
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    s.close()
+                    continue
             socks.append(s)
             ports.append(s.getsockname()[1])
     finally:
