@@ -116,8 +116,6 @@ def free_ports(n: int, host: str = HOST) -> List[int]:
     so the ports are distinct. Another program may still take one before we
     bind it, but no outgoing connection will.
     """
-    import random
-
     top = _ephemeral_low() - 1
     socks, ports = [], []
     try:
