@@ -4,8 +4,9 @@
  * One redisAsyncContext attached to the caller's libuv loop.  When the
  * connection drops, commands fail fast with MS_EUNAVAIL and a timer
  * reconnects; a periodic PING keeps the readiness flag honest.  Each
- * connect first loads every Lua script (ms_script.h), so that
- * ms_redis_script() can run them by digest.
+ * connect first authenticates (when a password is set), then loads every
+ * Lua script (ms_script.h), so that ms_redis_script() can run them by
+ * digest.
  */
 #include "ms_redis.h"
 #include "ms_error.h"
@@ -30,11 +31,14 @@ struct ms_redis {
     uv_loop_t *loop;
     char *host;
     int port;
+    char *username;     /* NULL: the default user */
+    char *password;     /* NULL: no AUTH; a secret, never logged */
     redisAsyncContext *ac;
     int connected;
     int ping_ok;
     int closing;
     int disconnecting;  /* closing: waiting for the replies still due */
+    int auth_failed;    /* the last AUTH was refused: retry slowly */
     int handles_closed; /* closing: the timers are being closed */
     int handles_open;
     uv_timer_t reconnect_timer;
@@ -336,10 +340,56 @@ static void schedule_reconnect(ms_redis *r)
         uv_timer_start(&r->reconnect_timer, reconnect_cb, MS_REDIS_RECONNECT_MS, 0);
 }
 
+/* The connection is usable (authenticated when it must be). */
+static void redis_up(ms_redis *r)
+{
+    int s;
+
+    r->connected = 1;
+    r->ping_ok = 1;
+    r->auth_failed = 0;
+    memset(r->reloading, 0, sizeof(r->reloading));
+    ms_info("event=redis_connected host=%s port=%d user=%s", r->host, r->port,
+            r->username ? r->username : r->password ? "default" : "-");
+    /* A restarted Redis has no scripts: load them before anything else. */
+    for (s = 0; s < MS_SCRIPT__COUNT; s++)
+        script_load(r, (enum ms_script)s, 0);
+}
+
+/* The answer to AUTH.  Refused: log it (Redis's own words, which never
+ * hold the password: WRONGPASS, or "ERR AUTH ... no password is set"),
+ * stay not ready, and try again on a new connection after
+ * MS_REDIS_AUTH_RETRY_MS (the credentials may be fixed meanwhile, a Secret
+ * rotated, the ACL user created). */
+static void auth_cb(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    ms_redis *r = ac->data;
+    redisReply *rep = reply;
+    char q[256];
+
+    if (rep == NULL || r->closing || r->ac != ac)
+        return; /* disconnected meanwhile: disconnect_cb reconnects */
+    if (rep->type == REDIS_REPLY_STATUS) {
+        redis_up(r);
+        return;
+    }
+    ms_log_quote(q, sizeof(q), rep->str ? rep->str : "", rep->str ? rep->len : 0);
+    ms_log(MS_LOG_ERROR, "event=redis_auth_failed host=%s port=%d user=%s reply=%s "
+           "retry_ms=%d", r->host, r->port, r->username ? r->username : "default", q,
+           MS_REDIS_AUTH_RETRY_MS);
+    snprintf(r->why, sizeof(r->why), "redis: AUTH as %s refused: %.*s",
+             r->username ? r->username : "default", rep->str ? (int)(rep->len < 80 ? rep->len : 80) : 0,
+             rep->str ? rep->str : "");
+    r->auth_failed = 1;
+    redisAsyncDisconnect(ac);
+}
+
 static void connect_cb(const redisAsyncContext *ac, int status)
 {
     ms_redis *r = ac->data;
-    int s;
+    const char *argv[3] = {"AUTH", r->username, r->password};
+    size_t argvlen[3];
+    int argc;
 
     if (status != REDIS_OK) {
         snprintf(r->why, sizeof(r->why), "redis: %s", ac->errstr);
@@ -348,13 +398,26 @@ static void connect_cb(const redisAsyncContext *ac, int status)
         schedule_reconnect(r);
         return;
     }
-    r->connected = 1;
-    r->ping_ok = 1;
-    memset(r->reloading, 0, sizeof(r->reloading));
-    ms_info("event=redis_connected host=%s port=%d", r->host, r->port);
-    /* A restarted Redis has no scripts: load them before anything else. */
-    for (s = 0; s < MS_SCRIPT__COUNT; s++)
-        script_load(r, (enum ms_script)s, 0);
+    if (r->password == NULL) {
+        redis_up(r);
+        return;
+    }
+    /* AUTH first; nothing else is sent (ms_redis_command refuses while
+     * not connected) until it is answered. */
+    if (r->username == NULL) {
+        argv[1] = r->password;
+        argc = 2;
+    } else {
+        argc = 3;
+    }
+    argvlen[0] = 4;
+    argvlen[1] = strlen(argv[1]);
+    argvlen[2] = argc == 3 ? strlen(argv[2]) : 0;
+    if (redisAsyncCommandArgv((redisAsyncContext *)ac, auth_cb, NULL, argc, argv, argvlen) !=
+        REDIS_OK) {
+        snprintf(r->why, sizeof(r->why), "redis: cannot send AUTH");
+        redisAsyncDisconnect((redisAsyncContext *)ac);
+    }
 }
 
 static void disconnect_cb(const redisAsyncContext *ac, int status)
@@ -374,6 +437,12 @@ static void disconnect_cb(const redisAsyncContext *ac, int status)
     if (r->connected)
         ms_warn("event=redis_disconnected error=\"%s\"", ac->errstr[0] ? ac->errstr : "closed");
     r->connected = 0;
+    if (r->auth_failed) {
+        /* Keep the reason AUTH gave, and do not knock every 500 ms. */
+        if (!r->closing)
+            uv_timer_start(&r->reconnect_timer, reconnect_cb, MS_REDIS_AUTH_RETRY_MS, 0);
+        return;
+    }
     snprintf(r->why, sizeof(r->why), "redis: %s", ac->errstr[0] ? ac->errstr : "disconnected");
     schedule_reconnect(r);
 }
@@ -423,13 +492,18 @@ static void ping_cb(uv_timer_t *t)
         ms_redis_command(r, ping_reply, r, 0, 1, argv, argvlen);
 }
 
-ms_redis *ms_redis_new(uv_loop_t *loop, const char *host, int port)
+ms_redis *ms_redis_new(uv_loop_t *loop, const struct ms_redis_conf *conf)
 {
     ms_redis *r = ms_calloc(1, sizeof(*r));
 
     r->loop = loop;
-    r->host = ms_strdup(host);
-    r->port = port;
+    r->host = ms_strdup(conf->host);
+    r->port = conf->port;
+    if (conf->password && *conf->password) {
+        r->password = ms_strdup(conf->password);
+        if (conf->username && *conf->username)
+            r->username = ms_strdup(conf->username);
+    }
     snprintf(r->why, sizeof(r->why), "redis: connecting");
     uv_timer_init(loop, &r->reconnect_timer);
     uv_timer_init(loop, &r->ping_timer);
@@ -512,6 +586,11 @@ static void timer_closed(uv_handle_t *h)
 
     if (--r->handles_open == 0) {
         free(r->host);
+        free(r->username);
+        if (r->password) {
+            memset(r->password, 0, strlen(r->password));
+            free(r->password);
+        }
         free(r);
     }
 }

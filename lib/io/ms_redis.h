@@ -11,7 +11,9 @@
  * rate limits).
  *
  * Lua scripts (ms_script.h) are loaded with SCRIPT LOAD on every connect,
- * before any other command, and run by digest with ms_redis_script().
+ * right after AUTH and before any other command, and run by digest with
+ * ms_redis_script().  The client counts as connected (commands accepted,
+ * ready) only once AUTH, when configured, has succeeded.
  */
 #ifndef MS_REDIS_H
 #define MS_REDIS_H
@@ -43,7 +45,22 @@ struct ms_redis_reply {
 typedef struct ms_redis ms_redis;
 typedef void (*ms_redis_cb)(void *arg, uint64_t id, const struct ms_redis_reply *r);
 
-ms_redis *ms_redis_new(uv_loop_t *loop, const char *host, int port);
+/* Where and as whom to connect (ms_connect.h reads it from [redis]).  With
+ * a password, every connect sends AUTH (the Redis 6 ACL form
+ * `AUTH username password` when username is set) before anything else,
+ * the script loads included.  A refused AUTH logs
+ * `event=redis_auth_failed` (never the password), leaves the client not
+ * ready with the reason, and is tried again every MS_REDIS_AUTH_RETRY_MS. */
+struct ms_redis_conf {
+    const char *host;
+    int port;
+    const char *username; /* NULL or "": the default user */
+    const char *password; /* NULL or "": no AUTH; a secret, copied */
+};
+
+#define MS_REDIS_AUTH_RETRY_MS 5000
+
+ms_redis *ms_redis_new(uv_loop_t *loop, const struct ms_redis_conf *conf);
 /* Send a command given as argv (binary-safe).  The reply (valid only during
  * the callback) comes back on the loop.  Returns 0 or MS_EUNAVAIL. */
 int ms_redis_command(ms_redis *r, ms_redis_cb cb, void *arg, uint64_t id, int argc,
