@@ -338,10 +338,13 @@ static int error_note(struct kloop *k, rd_kafka_t *rk, int err, const char *reas
                  ? " hint=\"a Kafka 4 broker refuses this librdkafka's SCRAM: see "
                    "event=kafka_scram_warning\""
                  : "");
-    if (k)
+    if (k) {
         snprintf(k->fail_why, sizeof(k->fail_why), "%s (%s%s%s)",
                  auth ? "authentication failed" : "TLS failed", proto,
                  strstr(proto, "sasl") ? " " : "", strstr(proto, "sasl") ? mech : "");
+        if (!k->ready)
+            snprintf(k->why, sizeof(k->why), "kafka: %s", k->fail_why);
+    }
     return 1;
 }
 

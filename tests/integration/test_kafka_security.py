@@ -71,7 +71,7 @@ def _secured(cluster_factory, kafka, kafka_sections: Dict[str, object], env=None
     return cl
 
 
-def _send(cl, rcpt: str = "someone@example.net") -> None:
+def _send(cl, rcpt: str = "someone@mailstream.test") -> None:
     msg = EmailMessage()
     msg["From"] = "sender@mailstream.test"
     msg["To"] = rcpt
@@ -114,7 +114,7 @@ def test_sasl_ssl_plain_end_to_end(cluster_factory, secure_kafka, tmp_path):
         "ssl_ca_file": sec.pki.ca})
     _send(cl)
     got = cl.sink.wait_for(1, timeout=60)
-    assert got[0].envelope["rcpts"] == ["someone@example.net"]
+    assert got[0].envelope["rcpts"] == ["someone@mailstream.test"]
     # Statistics every 5 s: the queue topic's partitions this worker holds.
     pat = re.compile(r'^mailstream_worker_consumer_lag\{topic="%s",partition="(\d+)"\} (\d+)$'
                      % re.escape(cl.spec.topic), re.M)
@@ -170,8 +170,14 @@ def test_wrong_password_not_ready_and_says_why(cluster_factory, secure_kafka):
         assert f"brokers={sec.address('sasl_ssl')}" in lines[0]
         assert "mechanism=PLAIN" in lines[0] and "protocol=sasl_ssl" in lines[0]
         assert n.alive(), f"{n.name} exited"
-        status, body = _readyz(n)
-        assert status == 503 and "authentication failed" in body, (status, body)
+        deadline = time.monotonic() + 10
+        while True:
+            status, body = _readyz(n)
+            if "authentication failed" in body or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert status == 503 and "authentication failed (sasl_ssl PLAIN)" in body, (status, body)
+        assert n.alive(), f"{n.name} exited"
     _assert_no_secret(cl, wrong)
     _assert_no_secret(cl, password)
 
