@@ -346,14 +346,51 @@ def redis_command(port: int, *args: str, host: str = HOST, timeout: float = 2.0)
     return data
 
 
+def redis_auth_command(port: int, auth: Sequence[str], *args: str, host: str = HOST,
+                       timeout: float = 2.0) -> bytes:
+    """AUTH (password, or user and password) then one command on the same
+    connection; returns the raw reply to the command (or AUTH's error)."""
+    def resp(parts: Sequence[str]) -> bytes:
+        out = f"*{len(parts)}\r\n".encode()
+        for a in parts:
+            b = a.encode()
+            out += b"$%d\r\n%s\r\n" % (len(b), b)
+        return out
+
+    def read(f) -> bytes:
+        """One whole reply, raw (arrays and bulk strings included)."""
+        line = f.readline()
+        if line[:1] == b"$" and int(line[1:]) >= 0:
+            return line + f.read(int(line[1:]) + 2)
+        if line[:1] == b"*" and int(line[1:]) > 0:
+            return line + b"".join(read(f) for _ in range(int(line[1:])))
+        return line
+
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        f = s.makefile("rb")
+        s.sendall(resp(["AUTH", *auth]))
+        first = read(f)
+        if not first.startswith(b"+OK"):
+            return first
+        s.sendall(resp(list(args)))
+        return read(f)
+
+
 class Redis:
-    def __init__(self, sup: Supervisor, port: int, name: str = "redis"):
+    """password: `requirepass` (the default user's password); acl: extra
+    `user ...` lines of redis.conf (ACL users, docs/security.md)."""
+
+    def __init__(self, sup: Supervisor, port: int, name: str = "redis",
+                 password: Optional[str] = None, acl: Sequence[str] = ()):
         self.sup, self.port, self.name = sup, port, name
+        self.password, self.acl = password, list(acl)
         self.dir = sup.state_dir / name
         self.conf = self.dir / "redis.conf"
         self.log = self.dir / "redis.log"
 
     def ping(self) -> bool:
+        if self.password:
+            return redis_auth_command(self.port, [self.password], "PING").startswith(b"+PONG")
         return redis_command(self.port, "PING").startswith(b"+PONG")
 
     def start(self, timeout: float = 20.0) -> None:
@@ -375,7 +412,9 @@ class Redis:
             'pidfile ""\n'
             "appendonly yes\n"
             'save ""\n'
-            "databases 16\n")
+            "databases 16\n"
+            + (f"requirepass {self.password}\n" if self.password else "")
+            + "".join(f"{line}\n" for line in self.acl))
         p = self.sup.spawn(self.name, [exe, str(self.conf)], self.dir / "stdout.log")
         wait_until(self.ping, timeout, f"redis on {HOST}:{self.port}", p.alive, log_path=self.log)
 
