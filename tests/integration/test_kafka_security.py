@@ -182,6 +182,27 @@ def test_wrong_password_not_ready_and_says_why(cluster_factory, secure_kafka):
     _assert_no_secret(cl, password)
 
 
+def test_unknown_ca_not_ready_and_says_why(cluster_factory, secure_kafka):
+    """A broker certificate that does not chain to ssl_ca_file: the
+    handshake fails, the worker stays up, not ready, and says TLS failed."""
+    kafka, sec, _ = secure_kafka
+    cl = _secured(cluster_factory, kafka, {
+        "brokers": sec.address("ssl"), "security_protocol": "ssl",
+        "ssl_ca_file": sec.pki.other_ca, "ssl_cert_file": sec.pki.client_cert,
+        "ssl_key_file": sec.pki.client_key}, start=False)
+    wk = cl.add_worker(wait=False)
+    lines = _wait_log(wk, r"level=error .*event=kafka_tls_failed", 2, 60)
+    assert "protocol=ssl" in lines[0] and f"brokers={sec.address('ssl')}" in lines[0]
+    deadline = time.monotonic() + 10
+    while True:
+        status, body = _readyz(wk)
+        if "TLS failed" in body or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert status == 503 and "kafka: TLS failed (ssl)" in body, (status, body)
+    assert wk.alive()
+
+
 def test_scram(cluster_factory, secure_kafka, tmp_path):
     """SCRAM-SHA-512 and SCRAM-SHA-256 with the right password. Where the
     linked librdkafka has the nonce bug (it then says so at start-up:
