@@ -629,6 +629,8 @@ struct ms_consumer {
     char *topic;
     ms_consume_cb cb;
     void *arg;
+    ms_lag_cb lag_cb;   /* statistics (consumer_stats_cb): NULL none */
+    void *lag_arg;
     uint64_t gen;
     int paused;         /* the application wants no records */
     int fetch_paused;   /* librdkafka's fetchers are paused too */
@@ -639,8 +641,6 @@ struct ms_consumer {
     size_t nbacklog;
     size_t backlog_bytes;
     int in_flight;
-    ms_lag_cb lag_cb;   /* statistics: NULL none */
-    void *lag_arg;
 };
 
 static void backlog_take(ms_consumer *c, const struct rec_node *n)
