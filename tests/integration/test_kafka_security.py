@@ -16,6 +16,8 @@ linked library can do, and the programs' own warning says which it is.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import re
 import secrets
@@ -33,6 +35,24 @@ import pytest
 import mslocal
 
 USER = "mailstream"
+
+
+def test_librdkafka_has_tls_and_sasl():
+    """The librdkafka the programs link (Debian 12: built with OpenSSL and
+    Cyrus SASL) has what [kafka] security_protocol and sasl_mechanism
+    offer: its own `builtin.features`."""
+    lib = ctypes.CDLL(ctypes.util.find_library("rdkafka") or "librdkafka.so.1")
+    lib.rd_kafka_conf_new.restype = ctypes.c_void_p
+    lib.rd_kafka_conf_get.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p,
+                                      ctypes.POINTER(ctypes.c_size_t)]
+    lib.rd_kafka_conf_destroy.argtypes = [ctypes.c_void_p]
+    conf = lib.rd_kafka_conf_new()
+    buf = ctypes.create_string_buffer(512)
+    size = ctypes.c_size_t(len(buf))
+    assert lib.rd_kafka_conf_get(conf, b"builtin.features", buf, ctypes.byref(size)) == 0
+    lib.rd_kafka_conf_destroy(conf)
+    features = set(buf.value.decode().split(","))
+    assert {"ssl", "sasl_plain", "sasl_scram"} <= features, features
 
 
 @pytest.fixture(scope="module")
