@@ -110,6 +110,18 @@ def _readyz(node) -> Tuple[int, str]:
         return e.code, e.read().decode("utf-8", "replace")
 
 
+def _readyz_saying(node, text: str, timeout: float = 10) -> Tuple[int, str]:
+    """/readyz once its body holds text (the first probe may still be
+    under way when the first failure is logged); fails the test if never."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = _readyz(node)
+        if text in body:
+            return status, body
+        assert time.monotonic() < deadline, f"{node.name} /readyz: {status} {body!r}"
+        time.sleep(0.3)
+
+
 def _assert_no_secret(cl, secret: str) -> None:
     for n in cl.nodes():
         assert secret not in n.log.read_text(errors="replace"), f"{n.name} logged the password"
@@ -190,13 +202,8 @@ def test_wrong_password_not_ready_and_says_why(cluster_factory, secure_kafka):
         assert f"brokers={sec.address('sasl_ssl')}" in lines[0]
         assert "mechanism=PLAIN" in lines[0] and "protocol=sasl_ssl" in lines[0]
         assert n.alive(), f"{n.name} exited"
-        deadline = time.monotonic() + 10
-        while True:
-            status, body = _readyz(n)
-            if "authentication failed" in body or time.monotonic() > deadline:
-                break
-            time.sleep(0.3)
-        assert status == 503 and "authentication failed (sasl_ssl PLAIN)" in body, (status, body)
+        status, body = _readyz_saying(n, "authentication failed (sasl_ssl PLAIN)")
+        assert status == 503, (status, body)
         assert n.alive(), f"{n.name} exited"
     _assert_no_secret(cl, wrong)
     _assert_no_secret(cl, password)
@@ -213,13 +220,8 @@ def test_unknown_ca_not_ready_and_says_why(cluster_factory, secure_kafka):
     wk = cl.add_worker(wait=False)
     lines = _wait_log(wk, r"level=error .*event=kafka_tls_failed", 2, 60)
     assert "protocol=ssl" in lines[0] and f"brokers={sec.address('ssl')}" in lines[0]
-    deadline = time.monotonic() + 10
-    while True:
-        status, body = _readyz(wk)
-        if "TLS failed" in body or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
-    assert status == 503 and "kafka: TLS failed (ssl)" in body, (status, body)
+    status, body = _readyz_saying(wk, "kafka: TLS failed (ssl)")
+    assert status == 503, (status, body)
     assert wk.alive()
 
 
