@@ -504,6 +504,11 @@ int main(int argc, char **argv)
         ms_fatal("event=config_invalid section=node key=log_level value=\"%s\" want=\"info or "
                  "debug\"", var_log_level);
     ms_log_init(var_node_id, strcmp(var_log_level, "debug") == 0 ? MS_LOG_DEBUG : MS_LOG_INFO);
+    /* [kafka] and [redis]: where, and how securely (docs/security.md). */
+    memset(&kc, 0, sizeof(kc));
+    if (ms_connect_kafka_conf(cfg, &kc, &secrets, err, sizeof(err)) < 0 ||
+        ms_connect_redis_conf(cfg, &redis_conf, &secrets, err, sizeof(err)) < 0)
+        ms_fatal("event=config_invalid error=\"%s\"", err);
 
     memset(&w, 0, sizeof(w));
     w.loop = uv_default_loop();
@@ -571,10 +576,6 @@ int main(int argc, char **argv)
         NULL)
         ms_fatal("event=config_invalid section=policy error=\"%s\"", err);
     wk_delivery_attach_policy(w.delivery, w.policy);
-    memset(&kc, 0, sizeof(kc));
-    if (ms_connect_kafka_conf(cfg, &kc, &secrets, err, sizeof(err)) < 0 ||
-        ms_connect_redis_conf(cfg, &redis_conf, &secrets, err, sizeof(err)) < 0)
-        ms_fatal("event=config_invalid error=\"%s\"", err);
     /* Every setting has been read: what the file holds beyond them is a
      * typo (docs/config.md). */
     if (ms_config_check_unknown(cfg, NULL, err, sizeof(err)) < 0)
