@@ -461,15 +461,52 @@ def redis_command(port: int, *args: str, host: str = HOST, timeout: float = 2.0)
     return data
 
 
+def redis_auth_command(port: int, auth: Sequence[str], *args: str, host: str = HOST,
+                       timeout: float = 2.0) -> bytes:
+    """AUTH (password, or user and password) then one command on the same
+    connection; returns the raw reply to the command (or AUTH's error)."""
+    def resp(parts: Sequence[str]) -> bytes:
+        out = f"*{len(parts)}\r\n".encode()
+        for a in parts:
+            b = a.encode()
+            out += b"$%d\r\n%s\r\n" % (len(b), b)
+        return out
+
+    def read(f) -> bytes:
+        """One whole reply, raw (arrays and bulk strings included)."""
+        line = f.readline()
+        if line[:1] == b"$" and int(line[1:]) >= 0:
+            return line + f.read(int(line[1:]) + 2)
+        if line[:1] == b"*" and int(line[1:]) > 0:
+            return line + b"".join(read(f) for _ in range(int(line[1:])))
+        return line
+
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        f = s.makefile("rb")
+        s.sendall(resp(["AUTH", *auth]))
+        first = read(f)
+        if not first.startswith(b"+OK"):
+            return first
+        s.sendall(resp(list(args)))
+        return read(f)
+
+
 class Redis:
-    def __init__(self, sup: Supervisor, port: int, name: str = "redis"):
+    """password: `requirepass` (the default user's password); acl: extra
+    `user ...` lines of redis.conf (ACL users, docs/security.md)."""
+
+    def __init__(self, sup: Supervisor, port: int, name: str = "redis",
+                 password: Optional[str] = None, acl: Sequence[str] = ()):
         self.sup, self.port, self.name = sup, port, name
+        self.password, self.acl = password, list(acl)
         self.dir = sup.state_dir / name
         self.conf = self.dir / "redis.conf"
         self.log = self.dir / "redis.log"
         self.extra_conf: List[str] = []  # more redis.conf lines (RedisSentinelSet)
 
     def ping(self) -> bool:
+        if self.password:
+            return redis_auth_command(self.port, [self.password], "PING").startswith(b"+PONG")
         return redis_command(self.port, "PING").startswith(b"+PONG")
 
     def start(self, timeout: float = 20.0) -> None:
@@ -491,7 +528,9 @@ class Redis:
             'pidfile ""\n'
             "appendonly yes\n"
             'save ""\n'
-            "databases 16\n" + "".join(f"{line}\n" for line in self.extra_conf))
+            "databases 16\n"
+            + (f"requirepass {self.password}\n" if self.password else "")
+            + "".join(f"{line}\n" for line in (*self.acl, *self.extra_conf)))
         p = self.sup.spawn(self.name, [exe, str(self.conf)], self.dir / "stdout.log",
                            ready={"redis": self.port}, kind="redis")
         wait_until(self.ping, timeout, f"redis on {HOST}:{self.port}", p.alive, log_path=self.log)
@@ -552,8 +591,13 @@ class Kafka:
     BROKER_JVM = ["-Xmx512m", "-Xms512m", "-XX:+UseParallelGC", "-XX:TieredStopAtLevel=1",
                   "-Djava.awt.headless=true"]
 
-    def __init__(self, sup: Supervisor, port: int, controller_port: int, name: str = "kafka"):
+    def __init__(self, sup: Supervisor, port: int, controller_port: int, name: str = "kafka",
+                 security: Optional["KafkaSecurity"] = None):
         self.sup, self.port, self.controller_port, self.name = sup, port, controller_port, name
+        # Extra secured listeners and SCRAM users (KafkaSecurity, below);
+        # the PLAINTEXT listener stays for the tools and between controller
+        # and broker.
+        self.security = security
         self.dir = sup.state_dir / name
         self.data = self.dir / "data"
         self.props = self.dir / "server.properties"
@@ -590,7 +634,11 @@ class Kafka:
     def properties(self) -> Dict[str, str]:
         """server.properties as a dict (KafkaNode changes a few)."""
         listeners = f"PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}"
-        return {
+        protocol_map = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+        if self.security:
+            listeners += "," + self.security.listeners()
+            protocol_map += "," + self.security.protocol_map()
+        props = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.bootstrap.servers": f"{HOST}:{self.controller_port}",
@@ -598,7 +646,7 @@ class Kafka:
             "advertised.listeners": listeners,
             "inter.broker.listener.name": "PLAINTEXT",
             "controller.listener.names": "CONTROLLER",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "listener.security.protocol.map": protocol_map,
             "log.dirs": str(self.data),
             "num.partitions": "1",
             "default.replication.factor": "1",
@@ -617,6 +665,9 @@ class Kafka:
             "log.retention.hours": "168",
             "log.segment.bytes": "268435456",
         }
+        if self.security:
+            props.update(self.security.properties())
+        return props
 
     def _write_properties(self) -> None:
         self.props.write_text("# generated by cluster/mslocal.py\n" + "".join(
@@ -634,14 +685,15 @@ class Kafka:
         """Format the KRaft storage once; reformat (wiping data) if the
         listener ports changed, since the voter endpoints are stored there."""
         stamp = self.dir / "formatted-for"
-        want = self.format_stamp()
+        want = self.format_stamp() + (self.security.stamp() if self.security else "")
         if (self.data / "meta.properties").is_file() and stamp.is_file() and stamp.read_text() == want:
             return
         if self.data.exists():
             log(f"{self.name}: ports changed or storage incomplete; wiping {self.data}")
             shutil.rmtree(self.data)
         r = self._tool("kafka.tools.StorageTool", "format", "-c", str(self.props),
-                       *self.format_args())
+                       *self.format_args(),
+                       *(self.security.format_args() if self.security else []))
         if r.returncode != 0:
             raise MsLocalError(f"{self.name} storage format failed:\n{r.stdout}\n{r.stderr}")
         stamp.write_text(want)
@@ -649,7 +701,8 @@ class Kafka:
     def start(self, timeout: float = 60.0) -> None:
         """Start the broker (formatting storage on first use) and wait until
         it listens. Restarting reuses the same ports and data directory."""
-        for p in (self.port, self.controller_port):
+        extra = self.security.ports() if self.security else []
+        for p in (self.port, self.controller_port, *extra):
             if port_in_use(p):
                 raise MsLocalError(f"kafka: port {p} is already in use")
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -660,8 +713,8 @@ class Kafka:
                 "-cp", self._classpath(), "kafka.Kafka", str(self.props)]
         p = self.sup.spawn(self.name, argv, self.dir / "stdout.log", ready={"port": self.port},
                            kind="kafka")
-        wait_until(lambda: port_open(HOST, self.port), timeout, f"kafka on {HOST}:{self.port}",
-                   p.alive, log_path=self.log)
+        wait_until(lambda: all(port_open(HOST, q) for q in (self.port, *extra)), timeout,
+                   f"kafka on {self.bootstrap}", p.alive, log_path=self.log)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Controlled shutdown (SIGTERM), SIGKILL after timeout."""
@@ -741,6 +794,121 @@ class Kafka:
                 cfg = dict(kv.split("=", 1) for kv in m.group(4).split(",") if "=" in kv)
                 out[m.group(1)] = TopicInfo(m.group(1), int(m.group(2)), int(m.group(3)), cfg)
         return out
+
+
+# ---------------------------------------------------------------------------
+# Kafka with secured listeners (tests of docs/security.md)
+# ---------------------------------------------------------------------------
+
+@dataclass
+class KafkaPki:
+    """A test CA made at run time with openssl, the broker's certificate
+    (localhost, 127.0.0.1) and a client certificate for mutual TLS, all
+    signed by it, and a second CA that signed nothing the broker knows."""
+    ca: Path
+    broker_cert: Path
+    broker_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca: Path
+
+
+def _openssl(*args: str) -> None:
+    r = subprocess.run(["openssl", *args], stdin=subprocess.DEVNULL, capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        raise MsLocalError(f"openssl {args[0]} failed: {r.stderr.strip()}")
+
+
+def make_test_pki(directory: Path) -> KafkaPki:
+    """Make (once per directory) the CA, broker and client certificates."""
+    d = directory
+    d.mkdir(parents=True, exist_ok=True)
+    pki = KafkaPki(d / "ca.pem", d / "broker.pem", d / "broker.key", d / "client.pem",
+                  d / "client.key", d / "other-ca.pem")
+    if all(p.is_file() for p in (pki.ca, pki.broker_cert, pki.client_cert, pki.other_ca)):
+        return pki
+    for name in ("ca", "other-ca"):
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "30",
+                 "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.pem"),
+                 "-subj", f"/CN=mailstream test {name}",
+                 "-addext", "basicConstraints=critical,CA:TRUE",
+                 "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    for name, subj, ext in (
+            ("broker", "/CN=localhost",
+             "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+            ("client", "/CN=mailstream-client", "extendedKeyUsage=clientAuth")):
+        # PKCS#8 keys ("BEGIN PRIVATE KEY"): what Kafka's PEM key store reads.
+        _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+                 "-out", str(d / f"{name}.key"))
+        _openssl("req", "-new", "-key", str(d / f"{name}.key"), "-subj", subj,
+                 "-out", str(d / f"{name}.csr"))
+        (d / f"{name}.ext").write_text(ext + "\n")
+        _openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(pki.ca),
+                 "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "30", "-sha256",
+                 "-extfile", str(d / f"{name}.ext"), "-out", str(d / f"{name}.pem"))
+    # The broker's key store: key and certificate in one PEM file.
+    (d / "broker-keystore.pem").write_text(pki.broker_key.read_text() +
+                                          pki.broker_cert.read_text())
+    for k in d.glob("*.key"):
+        os.chmod(k, 0o600)
+    return pki
+
+
+@dataclass
+class KafkaSecurity:
+    """Secured listeners for Kafka(security=...): SASL_SSL, SSL that requires
+    a client certificate (mutual TLS), and SASL_PLAINTEXT, each on its own
+    port. `users` (name -> password) can log in with SCRAM-SHA-256,
+    SCRAM-SHA-512 (credentials written by `kafka-storage format
+    --add-scram`) and PLAIN (the broker's JAAS list)."""
+    pki: KafkaPki
+    users: Dict[str, str]
+    sasl_ssl_port: int
+    ssl_port: int
+    sasl_plaintext_port: int
+
+    def ports(self) -> List[int]:
+        return [self.sasl_ssl_port, self.ssl_port, self.sasl_plaintext_port]
+
+    def address(self, protocol: str) -> str:
+        port = {"sasl_ssl": self.sasl_ssl_port, "ssl": self.ssl_port,
+                "sasl_plaintext": self.sasl_plaintext_port}[protocol]
+        return f"{HOST}:{port}"
+
+    def listeners(self) -> str:
+        return (f"SASL_SSL://{HOST}:{self.sasl_ssl_port},SSL://{HOST}:{self.ssl_port},"
+                f"SASL_PLAINTEXT://{HOST}:{self.sasl_plaintext_port}")
+
+    def protocol_map(self) -> str:
+        return "SASL_SSL:SASL_SSL,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT"
+
+    def properties(self) -> Dict[str, str]:
+        """server.properties entries of the secured listeners."""
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        plain = ("org.apache.kafka.common.security.plain.PlainLoginModule required " +
+                 " ".join(f'user_{u}="{p}"' for u, p in self.users.items()) + ";")
+        out = {"sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+               "ssl.keystore.type": "PEM",
+               "ssl.keystore.location": str(self.pki.broker_cert.parent / "broker-keystore.pem"),
+               "ssl.truststore.type": "PEM",
+               "ssl.truststore.location": str(self.pki.ca),
+               "listener.name.ssl.ssl.client.auth": "required"}
+        for listener in ("sasl_ssl", "sasl_plaintext"):
+            for mech in ("scram-sha-256", "scram-sha-512"):
+                out[f"listener.name.{listener}.{mech}.sasl.jaas.config"] = scram
+            out[f"listener.name.{listener}.plain.sasl.jaas.config"] = plain
+        return out
+
+    def format_args(self) -> List[str]:
+        args: List[str] = []
+        for u, p in self.users.items():
+            for mech in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+                args += ["--add-scram", f"{mech}=[name={u},password={p}]"]
+        return args
+
+    def stamp(self) -> str:
+        return "scram " + " ".join(sorted(f"{u}:{p}" for u, p in self.users.items())) + "\n"
 
 
 # ---------------------------------------------------------------------------
@@ -1491,9 +1659,11 @@ class RedisSentinelSet:
     asynchronous: a write acknowledged by the primary just before it dies
     may be missing on the promoted replica (docs/reliability.md).
 
-    XXX Redis AUTH (issue 14's [redis] password): with requirepass on the
-    servers, the replica needs `masterauth` and the Sentinels
-    `sentinel auth-pass`; not wired here yet."""
+    XXX Redis AUTH: the clients send [redis] username/password to whichever
+    primary the Sentinels name (lib/io/ms_redis.c), but this set does not
+    take a password yet: with Redis(password=) on both servers, each would
+    need `masterauth` (the old primary becomes a replica), the Sentinels
+    `sentinel auth-pass`, and this class's own INFO/ROLE queries AUTH."""
 
     MASTER_NAME = "mailstream"
     SENTINELS = 3
@@ -1710,7 +1880,10 @@ def wait_ready_spec(ready: Mapping[str, object], timeout: float, what: str,
     if "http" in ready:
         pred = lambda: http_status(str(ready["http"])) == 200  # noqa: E731
     elif "redis" in ready:
-        pred = lambda: redis_command(int(ready["redis"]), "PING").startswith(b"+PONG")  # noqa: E731
+        # NOAUTH also proves it serves: a Redis(password=) refuses PING
+        # before AUTH, and the spec holds no secret.
+        pred = lambda: redis_command(int(ready["redis"]), "PING").startswith(  # noqa: E731
+            (b"+PONG", b"-NOAUTH"))
     elif "port" in ready:
         pred = lambda: port_open(HOST, int(ready["port"]))  # noqa: E731
     else:

@@ -1,16 +1,27 @@
 /*
  * mailstream-ctl - the relay control tool.
  *
- *   mailstream-ctl [-b BROKERS] topics create NAME:PARTITIONS[:REPLICATION]... [-c key=value]...
+ *   mailstream-ctl [-c CONFIG] [-b BROKERS] topics create
+ *                  NAME:PARTITIONS[:REPLICATION]... [-c key=value]...
  *
  * Creates topics with the record size limit the design needs (ms_kafka.h);
  * existing topics are left as they are.  Exit 0 on success, 1 on failure, 2
  * on usage errors.
+ *
+ * How to reach Kafka: the [kafka] section of CONFIG (the worker's file, so
+ * one Secret and one ConfigMap serve both) and the MAILSTREAM_KAFKA_*
+ * environment variables over it, as the programs read them (ms_connect.h:
+ * brokers, TLS, SASL); -b overrides the brokers.  Without -c, the
+ * environment alone (MAILSTREAM_KAFKA_BROKERS, ...).  Only [kafka] is read:
+ * the other sections and keys of the file are the worker's, which checks
+ * them.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "ms_config.h"
+#include "ms_connect.h"
 #include "ms_error.h"
 #include "ms_kafka.h"
 #include "ms_log.h"
@@ -22,16 +33,15 @@
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: mailstream-ctl [-b BROKERS] topics create "
+    fprintf(stderr, "usage: mailstream-ctl [-c CONFIG] [-b BROKERS] topics create "
                     "NAME:PARTITIONS[:REPLICATION]... [-c key=value]...\n");
     exit(2);
 }
 
-static int topics_create(const char *brokers, int argc, char **argv)
+static int topics_create(const struct ms_kafka_conf *kc, int argc, char **argv)
 {
     struct ms_topic_spec topics[CTL_TOPICS_MAX];
     const char *configs[CTL_CONFIGS_MAX];
-    struct ms_kafka_conf kc = {.brokers = brokers, .client_id = "mailstream-ctl"};
     size_t nt = 0, nc = 0;
     char err[512], *name, *p, *end;
     int i, r;
@@ -60,7 +70,7 @@ static int topics_create(const char *brokers, int argc, char **argv)
     }
     if (nt == 0)
         usage();
-    r = ms_kafka_create_topics(&kc, topics, nt, configs, nc, CTL_TIMEOUT_MS, err, sizeof(err));
+    r = ms_kafka_create_topics(kc, topics, nt, configs, nc, CTL_TIMEOUT_MS, err, sizeof(err));
     if (r != 0) {
         fprintf(stderr, "mailstream-ctl: creating topics failed: %s (%s)\n", err,
                 ms_strerror(r));
@@ -73,18 +83,39 @@ static int topics_create(const char *brokers, int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-    const char *brokers = getenv("MAILSTREAM_KAFKA_BROKERS");
-    int i = 1;
+    struct ms_kafka_conf kc;
+    struct ms_conn_secrets secrets = {0};
+    const char *config_path = NULL, *brokers = NULL;
+    ms_config *cfg;
+    char err[512];
+    int i = 1, r;
 
     ms_log_init("ctl", MS_LOG_WARN);
-    if (brokers == NULL)
-        brokers = "127.0.0.1:9092";
-    if (i + 1 < argc && strcmp(argv[i], "-b") == 0) {
-        brokers = argv[i + 1];
+    for (;;) {
+        if (i + 1 < argc && strcmp(argv[i], "-c") == 0)
+            config_path = argv[i + 1];
+        else if (i + 1 < argc && strcmp(argv[i], "-b") == 0)
+            brokers = argv[i + 1];
+        else
+            break;
         i += 2;
     }
-    if (i + 1 < argc && strcmp(argv[i], "topics") == 0 && strcmp(argv[i + 1], "create") == 0)
-        return topics_create(brokers, argc - i - 2, argv + i + 2);
-    usage();
-    return 2;
+    if (!(i + 1 < argc && strcmp(argv[i], "topics") == 0 && strcmp(argv[i + 1], "create") == 0))
+        usage();
+    if ((cfg = ms_config_load(config_path, err, sizeof(err))) == NULL) {
+        fprintf(stderr, "mailstream-ctl: %s\n", err);
+        return 2;
+    }
+    memset(&kc, 0, sizeof(kc));
+    if (ms_connect_kafka_conf(cfg, &kc, &secrets, err, sizeof(err)) < 0) {
+        fprintf(stderr, "mailstream-ctl: %s\n", err);
+        return 2;
+    }
+    kc.client_id = "mailstream-ctl";
+    if (brokers)
+        kc.brokers = brokers;
+    r = topics_create(&kc, argc - i - 2, argv + i + 2);
+    ms_conn_secrets_clear(&secrets);
+    ms_config_free(cfg);
+    return r;
 }

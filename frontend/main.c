@@ -37,6 +37,7 @@
 #include "fe_session.h"
 #include "fe_settings.h"
 #include "ms_config.h"
+#include "ms_connect.h"
 #include "ms_error.h"
 #include "ms_http.h"
 #include "ms_kafka.h"
@@ -371,7 +372,7 @@ static void loop_setup(struct fe_loop *L, int index, size_t n)
     struct fe_server *srv = &L->srv;
     struct ms_kafka_conf kconf;
     struct ms_redis_conf rconf;
-    int64_t rport;
+    struct ms_conn_secrets secrets = {0};
     char err[512];
 
     L->index = index;
@@ -395,7 +396,8 @@ static void loop_setup(struct fe_loop *L, int index, size_t n)
     loop_take_published(L);
 
     memset(&kconf, 0, sizeof(kconf));
-    kconf.brokers = ms_config_get(cfg, "kafka", "brokers", "127.0.0.1:9092");
+    if (ms_connect_kafka_conf(cfg, &kconf, &secrets, err, sizeof(err)) < 0)
+        ms_fatal("event=config_invalid error=\"%s\"", err);
     kconf.client_id = srv->set.node_id;
     kconf.linger_ms = (int)srv->set.kafka_linger_ms;
     kconf.caller_batches = srv->set.group_commit;
@@ -407,18 +409,13 @@ static void loop_setup(struct fe_loop *L, int index, size_t n)
 
     /* Read even when no limit needs Redis: they are settings all the same,
      * and the start-up check must know them (ms_config.h). */
-    rconf.host = ms_config_get(cfg, "redis", "host", "127.0.0.1");
-    if (ms_config_get_int(cfg, "redis", "port", 6379, 1, 65535, &rport) < 0)
-        ms_fatal("event=config_error reason=\"[redis] port\"");
-    rconf.port = (int)rport;
-    rconf.sentinels = ms_config_get(cfg, "redis", "sentinels", "");
-    rconf.master_name = ms_config_get(cfg, "redis", "master_name", MS_REDIS_MASTER_NAME);
-    if (ms_redis_conf_check(&rconf, err, sizeof(err)) < 0)
-        ms_fatal("event=config_error reason=\"%s\"", err);
+    if (ms_connect_redis_conf(cfg, &rconf, &secrets, err, sizeof(err)) < 0)
+        ms_fatal("event=config_invalid error=\"%s\"", err);
     if (fe_settings_need_redis(&srv->set)) {
         srv->redis = ms_redis_new(L->loop, &rconf);
         srv->rl = fe_rl_new(srv->redis, fe_sessions_limits_answer, srv);
     }
+    ms_conn_secrets_clear(&secrets); /* the clients hold their own copies */
     if (fe_listen_open(srv, cfg, err, sizeof(err)) < 0)
         ms_fatal("event=listen_failed reason=\"%s\"", err);
 

@@ -17,11 +17,13 @@
 #include "delivery.h"
 #include "mailauth.h"
 #include "ms_config.h"
+#include "ms_connect.h"
 #include "ms_error.h"
 #include "ms_http.h"
 #include "ms_kafka.h"
 #include "ms_log.h"
 #include "ms_mem.h"
+#include "ms_metrics.h"
 #include "ms_net.h"
 #include "ms_redis.h"
 #include "ms_resolver.h"
@@ -60,13 +62,12 @@
 #define WK_KAFKA_FETCH_MIN_BYTES (256 * 1024)
 #define WK_KAFKA_FETCH_WAIT_MS 20
 
-static const char *var_node_id, *var_hostname, *var_metrics, *var_brokers, *var_topic,
-    *var_events_topic, *var_group, *var_redis_host, *var_redis_sentinels, *var_redis_master_name,
-    *var_relay_host, *var_log_level,
+static const char *var_node_id, *var_hostname, *var_metrics, *var_topic, *var_events_topic,
+    *var_group, *var_relay_host, *var_log_level,
     *var_transport_map, *var_transport_map_file, *var_dns_upstream, *var_dns_trust_anchor,
     *var_tls_policy, *var_tls_policy_map, *var_tls_ca_file, *var_relay_user, *var_relay_password,
     *var_relay_password_file, *var_relay_auth_mechanisms, *var_dest_rate;
-static int64_t var_redis_port, var_max_in_flight, var_retry_min_ms, var_retry_max_ms,
+static int64_t var_max_in_flight, var_retry_min_ms, var_retry_max_ms,
     var_connect_timeout_ms, var_drain_timeout_ms, var_smtp_port, var_retry_tiers, var_max_age_s,
     var_dns_timeout_ms, var_suppress_ttl_s, var_reply_timeout_ms, var_dest_concurrency,
     var_conn_cache_ms, var_max_msgs_per_conn, var_linger_ms, var_fetch_min_bytes,
@@ -82,13 +83,9 @@ static const struct {
     {"node", "hostname", "localhost", &var_hostname},
     {"node", "metrics", "127.0.0.1:9201", &var_metrics},
     {"node", "log_level", "info", &var_log_level},
-    {"kafka", "brokers", "127.0.0.1:9092", &var_brokers},
     {"kafka", "topic", "queue", &var_topic},
     {"kafka", "events_topic", "events", &var_events_topic},
     {"kafka", "group", "mailstream-workers", &var_group},
-    {"redis", "host", "127.0.0.1", &var_redis_host},
-    {"redis", "sentinels", "", &var_redis_sentinels},
-    {"redis", "master_name", MS_REDIS_MASTER_NAME, &var_redis_master_name},
     {"delivery", "relay_host", "", &var_relay_host},
     {"delivery", "relay_user", "", &var_relay_user},
     {"delivery", "relay_password", "", &var_relay_password},
@@ -109,7 +106,6 @@ static const struct {
     int64_t def, min, max;
     int64_t *var;
 } int_params[] = {
-    {"redis", "port", 6379, 1, 65535, &var_redis_port},
     /* The worker's records are not waited for by a client: batch them more
      * (events, retry records, DSNs) and fetch in bigger pieces under load. */
     {"kafka", "linger_ms", WK_KAFKA_LINGER_MS, 1, 1000, &var_linger_ms},
@@ -317,6 +313,58 @@ static void resolve_relay(const char *hostport, struct sockaddr_storage *ss)
     freeaddrinfo(res);
 }
 
+/* ---- consumer lag: mailstream_worker_consumer_lag{topic,partition} ---- */
+
+/* Per consumer, the gauges of the partitions it has reported, by partition
+ * id.  A partition not in the latest report (moved to another worker) is
+ * set back to 0, so the sum over the workers stays the topic's lag. */
+struct wk_lag {
+    ms_gauge **g;       /* NULL: never reported */
+    uint64_t *round;    /* the report that last named it */
+    size_t n;
+    uint64_t rounds;
+};
+
+static void on_lag(void *arg, const char *topic, const struct ms_kafka_lag *lags, size_t n)
+{
+    struct wk_lag *v = arg;
+    char labels[MS_KAFKA_TOPIC_MAX * 2 + 64], esc[MS_KAFKA_TOPIC_MAX * 2 + 1];
+    size_t i, p;
+
+    v->rounds++;
+    for (i = 0; i < n; i++) {
+        if (lags[i].partition < 0 || lags[i].partition >= MS_KSTATS_PARTITIONS_MAX)
+            continue;
+        p = (size_t)lags[i].partition;
+        if (p >= v->n) {
+            v->g = ms_realloc(v->g, (p + 1) * sizeof(*v->g));
+            v->round = ms_realloc(v->round, (p + 1) * sizeof(*v->round));
+            memset(v->g + v->n, 0, (p + 1 - v->n) * sizeof(*v->g));
+            memset(v->round + v->n, 0, (p + 1 - v->n) * sizeof(*v->round));
+            v->n = p + 1;
+        }
+        if (v->g[p] == NULL) {
+            ms_label_escape(esc, sizeof(esc), topic);
+            snprintf(labels, sizeof(labels), "topic=\"%s\",partition=\"%zu\"", esc, p);
+            v->g[p] = ms_gauge_new("mailstream_worker_consumer_lag",
+                                   "Records not yet done behind the high watermark, per "
+                                   "assigned partition (librdkafka statistics, every 5 s).",
+                                   labels);
+        }
+        ms_gauge_set(v->g[p], lags[i].lag);
+        v->round[p] = v->rounds;
+    }
+    for (p = 0; p < v->n; p++)
+        if (v->g[p] && v->round[p] != v->rounds)
+            ms_gauge_set(v->g[p], 0);
+}
+
+static void lag_free(struct wk_lag *v)
+{
+    free(v->g);
+    free(v->round);
+}
+
 /* ---- the process ---- */
 
 struct worker {
@@ -330,6 +378,7 @@ struct worker {
     char *retry_groups[WK_RETRY_TIERS_MAX];
     ms_producer *producer;
     ms_redis *redis;
+    struct wk_lag lag[1 + WK_RETRY_TIERS_MAX]; /* [0] queue, [i] tier i */
     wk_delivery *delivery;
     wk_mailauth *mailauth;
     ms_http_server *http;
@@ -429,6 +478,7 @@ int main(int argc, char **argv)
     struct wk_delivery_conf dc;
     struct ms_kafka_conf kc;
     struct ms_redis_conf rconf;
+    struct ms_conn_secrets secrets = {0};
     struct worker w;
     const char *config_path = NULL;
     ms_config *cfg;
@@ -454,6 +504,11 @@ int main(int argc, char **argv)
         ms_fatal("event=config_invalid section=node key=log_level value=\"%s\" want=\"info or "
                  "debug\"", var_log_level);
     ms_log_init(var_node_id, strcmp(var_log_level, "debug") == 0 ? MS_LOG_DEBUG : MS_LOG_INFO);
+    /* [kafka] and [redis]: where, and how securely (docs/security.md). */
+    memset(&kc, 0, sizeof(kc));
+    if (ms_connect_kafka_conf(cfg, &kc, &secrets, err, sizeof(err)) < 0 ||
+        ms_connect_redis_conf(cfg, &rconf, &secrets, err, sizeof(err)) < 0)
+        ms_fatal("event=config_invalid error=\"%s\"", err);
 
     memset(&w, 0, sizeof(w));
     w.loop = uv_default_loop();
@@ -525,15 +580,7 @@ int main(int argc, char **argv)
      * typo (docs/config.md). */
     if (ms_config_check_unknown(cfg, NULL, err, sizeof(err)) < 0)
         ms_fatal("event=config_invalid error=\"%s\"", err);
-    rconf.host = var_redis_host;
-    rconf.port = (int)var_redis_port;
-    rconf.sentinels = var_redis_sentinels;
-    rconf.master_name = var_redis_master_name;
-    if (ms_redis_conf_check(&rconf, err, sizeof(err)) < 0)
-        ms_fatal("event=config_invalid error=\"%s\"", err);
 
-    memset(&kc, 0, sizeof(kc));
-    kc.brokers = var_brokers;
     kc.client_id = var_node_id;
     kc.linger_ms = (int)var_linger_ms;
     kc.fetch_min_bytes = (int)var_fetch_min_bytes;
@@ -542,6 +589,8 @@ int main(int argc, char **argv)
     if ((w.producer = ms_producer_new(w.loop, &kc, wk_delivery_on_produced, w.delivery, err,
                                       sizeof(err))) == NULL)
         ms_fatal("event=kafka_producer_failed error=\"%s\"", err);
+    kc.lag_cb = on_lag;
+    kc.lag_arg = &w.lag[0];
     if ((w.consumer = ms_consumer_new(w.loop, &kc, var_group, var_topic, wk_delivery_on_record,
                                       w.delivery, err, sizeof(err))) == NULL)
         ms_fatal("event=kafka_consumer_failed error=\"%s\"", err);
@@ -555,12 +604,14 @@ int main(int argc, char **argv)
     rkc.fetch_min_bytes = 0;
     rkc.fetch_wait_ms = 0;
     for (int i = 0; i < dc.retry_tiers; i++) {
+        rkc.lag_arg = &w.lag[i + 1];
         if ((w.retry_consumers[i] = ms_consumer_new(w.loop, &rkc, w.retry_groups[i],
                                                     w.retry_topics[i], wk_delivery_on_record,
                                                     w.delivery, err, sizeof(err))) == NULL)
             ms_fatal("event=kafka_consumer_failed topic=%s error=\"%s\"", w.retry_topics[i], err);
         wk_delivery_attach_retry(w.delivery, i + 1, w.retry_consumers[i]);
     }
+    ms_conn_secrets_clear(&secrets); /* the clients hold their own copies */
 
     if ((w.http = ms_http_start(w.loop, var_metrics, ready_cb, &w)) == NULL)
         ms_fatal("event=metrics_listen_failed listen=%s", var_metrics);
@@ -591,6 +642,8 @@ int main(int argc, char **argv)
         free(w.retry_topics[i]);
         free(w.retry_groups[i]);
     }
+    for (int i = 0; i <= WK_RETRY_TIERS_MAX; i++)
+        lag_free(&w.lag[i]);
     if (uv_loop_close(w.loop) != 0)
         ms_warn("event=loop_not_closed");
     ms_config_free(cfg);

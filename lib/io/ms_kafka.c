@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -47,6 +48,10 @@
 /* A producer moves on to the next partition after this many octets
  * (sticky_partitioner); a few linger windows' worth at full speed. */
 #define MS_KAFKA_STICKY_BYTES (256 * 1024)
+/* How often a consumer with a lag callback gets librdkafka's statistics:
+ * often enough for an autoscaler (KEDA polls every 30 s by default), rare
+ * enough that building and parsing the JSON costs nothing measurable. */
+#define MS_KAFKA_STATS_INTERVAL_MS 5000
 
 /* ---- shared plumbing ---- */
 
@@ -70,6 +75,9 @@ struct kloop {
     struct probe *probe;
     int ready;
     char why[128];
+    /* The last authentication or TLS failure (error_note), shown by
+     * readiness until a probe succeeds again; "" none. */
+    char fail_why[96];
     void (*serve)(struct kloop *);
     int handles_open;
 };
@@ -82,6 +90,65 @@ static void set_conf(rd_kafka_conf_t *conf, const char *name, const char *value)
         ms_fatal("event=kafka_config_error name=%s value=\"%s\" error=\"%s\"", name, value, err);
 }
 
+/* ---- security (docs/security.md) ---- */
+
+/* As set_conf, for a secret: the value is never part of a message. */
+static void set_secret(rd_kafka_conf_t *conf, const char *name, const char *value)
+{
+    char err[256];
+
+    if (rd_kafka_conf_set(conf, name, value, err, sizeof(err)) != RD_KAFKA_CONF_OK)
+        ms_fatal("event=kafka_config_error name=%s", name);
+}
+
+static void set_optional(rd_kafka_conf_t *conf, const char *name, const char *value)
+{
+    if (value && *value)
+        set_conf(conf, name, value);
+}
+
+/* security.protocol and what goes with it.  librdkafka on Debian 12 is
+ * built with OpenSSL and Cyrus SASL (builtin.features: ssl, sasl_plain,
+ * sasl_scram), so every combination of ms_connect.h is available. */
+/* librdkafka before 2.6.1 repeats the client nonce in the SCRAM
+ * client-final-message (RFC 5802 §5.1 wants the server's nonce as it came;
+ * librdkafka PR #4895).  Brokers before Kafka 4.0 let it pass; Kafka 4
+ * checks the nonce and refuses every SCRAM login with "invalid
+ * credentials".  Debian 12 ships 2.0.2. */
+#define MS_KAFKA_SCRAM_FIXED_VERSION 0x020601ff
+
+static int scram_broken(const char *mechanism)
+{
+    return mechanism && strncasecmp(mechanism, "SCRAM", 5) == 0 &&
+           rd_kafka_version() < MS_KAFKA_SCRAM_FIXED_VERSION;
+}
+
+static void set_security(rd_kafka_conf_t *conf, const struct ms_kafka_conf *kc)
+{
+    static atomic_flag warned = ATOMIC_FLAG_INIT;
+
+    if (scram_broken(kc->sasl_mechanism) && !atomic_flag_test_and_set(&warned))
+        ms_warn("event=kafka_scram_warning librdkafka=%s mechanism=%s note=\"librdkafka "
+                "before 2.6.1 sends a SCRAM nonce that Kafka 4 brokers refuse (older brokers "
+                "accept it): against Kafka 4 use PLAIN over sasl_ssl, or mutual TLS\"",
+                rd_kafka_version_str(), kc->sasl_mechanism);
+    set_optional(conf, "security.protocol", kc->security_protocol);
+    set_optional(conf, "sasl.mechanisms", kc->sasl_mechanism);
+    set_optional(conf, "sasl.username", kc->sasl_username);
+    if (kc->sasl_password && *kc->sasl_password)
+        set_secret(conf, "sasl.password", kc->sasl_password);
+    set_optional(conf, "ssl.ca.location", kc->ssl_ca_file);
+    set_optional(conf, "ssl.certificate.location", kc->ssl_cert_file);
+    set_optional(conf, "ssl.key.location", kc->ssl_key_file);
+    if (kc->ssl_key_password && *kc->ssl_key_password)
+        set_secret(conf, "ssl.key.password", kc->ssl_key_password);
+    /* The broker's certificate must name the host we dialled: librdkafka
+     * 2.0 defaults to "https" (checked), older ones did not check, so say
+     * it rather than depend on the library's version. */
+    if (kc->security_protocol && strstr(kc->security_protocol, "ssl"))
+        set_conf(conf, "ssl.endpoint.identification.algorithm", "https");
+}
+
 static rd_kafka_conf_t *base_conf(const struct ms_kafka_conf *kc)
 {
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
@@ -92,6 +159,7 @@ static rd_kafka_conf_t *base_conf(const struct ms_kafka_conf *kc)
     snprintf(num, sizeof(num), "%d", MS_KAFKA_RECORD_MAX);
     set_conf(conf, "message.max.bytes", num);
     set_conf(conf, "log.connection.close", "false");
+    set_security(conf, kc);
     return conf;
 }
 
@@ -140,13 +208,17 @@ static void probe_after(uv_work_t *w, int status)
             ms_info("event=kafka_reachable");
         k->ready = 1;
         k->why[0] = '\0';
+        k->fail_why[0] = '\0';
     } else {
         if (k->ready)
             ms_warn("event=kafka_unreachable error=\"%s\"",
                     rd_kafka_err2str((rd_kafka_resp_err_t)p->result));
         k->ready = 0;
-        snprintf(k->why, sizeof(k->why), "kafka: %s",
-                 rd_kafka_err2str((rd_kafka_resp_err_t)p->result));
+        if (k->fail_why[0])
+            snprintf(k->why, sizeof(k->why), "kafka: %s", k->fail_why);
+        else
+            snprintf(k->why, sizeof(k->why), "kafka: %s",
+                     rd_kafka_err2str((rd_kafka_resp_err_t)p->result));
     }
     free(p);
 }
@@ -239,10 +311,50 @@ static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char 
            "event=kafka_log facility=%s message=%s", fac, ms_log_quote(q, sizeof(q), buf, strlen(buf)));
 }
 
+/* Errors that retrying with the same settings cannot cure: a refused
+ * SASL login, a TLS handshake that failed.  They are logged as errors each
+ * time (librdkafka retries with its reconnect backoff, so the log repeats
+ * every few seconds at most, never silently) and kept for readiness. */
+static int error_note(struct kloop *k, rd_kafka_t *rk, int err, const char *reason)
+{
+    char q[512], proto[32] = "", mech[32] = "", brokers[256] = "";
+    size_t n;
+    int auth = err == RD_KAFKA_RESP_ERR__AUTHENTICATION ||
+               err == RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED;
+
+    if (!auth && err != RD_KAFKA_RESP_ERR__SSL)
+        return 0;
+    n = sizeof(proto);
+    rd_kafka_conf_get(rd_kafka_conf(rk), "security.protocol", proto, &n);
+    n = sizeof(mech);
+    rd_kafka_conf_get(rd_kafka_conf(rk), "sasl.mechanisms", mech, &n);
+    n = sizeof(brokers);
+    rd_kafka_conf_get(rd_kafka_conf(rk), "bootstrap.servers", brokers, &n);
+    /* librdkafka's reason starts with the broker ("sasl_ssl://host:port/id:
+     * ...") and never holds the password. */
+    ms_log(MS_LOG_ERROR, "event=%s brokers=%s protocol=%s mechanism=%s reason=%s%s",
+             auth ? "kafka_auth_failed" : "kafka_tls_failed", brokers, proto,
+             strstr(proto, "sasl") ? mech : "-", ms_log_quote(q, sizeof(q), reason, strlen(reason)),
+             auth && strstr(proto, "sasl") && scram_broken(mech)
+                 ? " hint=\"a Kafka 4 broker refuses this librdkafka's SCRAM: see "
+                   "event=kafka_scram_warning\""
+                 : "");
+    if (k) {
+        snprintf(k->fail_why, sizeof(k->fail_why), "%s (%s%s%s)",
+                 auth ? "authentication failed" : "TLS failed", proto,
+                 strstr(proto, "sasl") ? " " : "", strstr(proto, "sasl") ? mech : "");
+        if (!k->ready)
+            snprintf(k->why, sizeof(k->why), "kafka: %s", k->fail_why);
+    }
+    return 1;
+}
+
 static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
     char q[512];
 
+    if (error_note(NULL, rk, err, reason))
+        return;
     ms_warn("event=kafka_error error=%s reason=%s", rd_kafka_err2name((rd_kafka_resp_err_t)err),
             ms_log_quote(q, sizeof(q), reason, strlen(reason)));
     if (err == RD_KAFKA_RESP_ERR__FATAL)
@@ -312,6 +424,15 @@ static int32_t sticky_partitioner(const rd_kafka_topic_t *rkt, const void *key, 
             return part;
     }
     return first; /* none available: wait in this one's queue */
+}
+
+/* error_cb, keeping an authentication or TLS failure for readiness. */
+static void producer_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    ms_producer *p = opaque;
+
+    if (!error_note(p->kl, rk, err, reason))
+        error_cb(rk, err, reason, opaque);
 }
 
 static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
@@ -408,7 +529,7 @@ ms_producer *ms_producer_new(uv_loop_t *loop, const struct ms_kafka_conf *kc, ms
                                 (uint64_t)time(NULL));
     rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
     rd_kafka_conf_set_log_cb(conf, log_cb);
-    rd_kafka_conf_set_error_cb(conf, error_cb);
+    rd_kafka_conf_set_error_cb(conf, producer_error_cb);
     rd_kafka_conf_set_opaque(conf, p);
     p->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, errlen);
     if (p->rk == NULL) {
@@ -508,6 +629,8 @@ struct ms_consumer {
     char *topic;
     ms_consume_cb cb;
     void *arg;
+    ms_lag_cb lag_cb;   /* statistics (consumer_stats_cb): NULL none */
+    void *lag_arg;
     uint64_t gen;
     int paused;         /* the application wants no records */
     int fetch_paused;   /* librdkafka's fetchers are paused too */
@@ -739,6 +862,33 @@ static void consumer_serve(struct kloop *k)
         consumer_take(c, m);
 }
 
+static void consumer_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    ms_consumer *c = opaque;
+
+    if (!error_note(c->kl, rk, err, reason))
+        error_cb(rk, err, reason, opaque);
+}
+
+/* Statistics (every MS_KAFKA_STATS_INTERVAL_MS, on the loop thread like
+ * every callback here): the lag of this consumer's partitions.  librdkafka
+ * frees the JSON when this returns 0. */
+static int consumer_stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque)
+{
+    ms_consumer *c = opaque;
+    struct ms_kafka_lag lags[MS_KSTATS_PARTITIONS_MAX];
+    long n = ms_kstats_lag(json, len, c->topic, lags, MS_KSTATS_PARTITIONS_MAX);
+
+    if (n < 0) {
+        ms_warn("event=kafka_stats_unreadable topic=%s", c->topic);
+        return 0;
+    }
+    if (n > MS_KSTATS_PARTITIONS_MAX)
+        n = MS_KSTATS_PARTITIONS_MAX;
+    c->lag_cb(c->lag_arg, c->topic, lags, (size_t)n);
+    return 0;
+}
+
 ms_consumer *ms_consumer_new(uv_loop_t *loop, const struct ms_kafka_conf *kc, const char *group,
                              const char *topic, ms_consume_cb cb, void *arg, char *err,
                              size_t errlen)
@@ -774,7 +924,14 @@ ms_consumer *ms_consumer_new(uv_loop_t *loop, const struct ms_kafka_conf *kc, co
     set_conf(conf, "heartbeat.interval.ms", "2000");
     rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
     rd_kafka_conf_set_log_cb(conf, log_cb);
-    rd_kafka_conf_set_error_cb(conf, error_cb);
+    rd_kafka_conf_set_error_cb(conf, consumer_error_cb);
+    if (kc->lag_cb) {
+        snprintf(num, sizeof(num), "%d", MS_KAFKA_STATS_INTERVAL_MS);
+        set_conf(conf, "statistics.interval.ms", num);
+        rd_kafka_conf_set_stats_cb(conf, consumer_stats_cb);
+        c->lag_cb = kc->lag_cb;
+        c->lag_arg = kc->lag_arg;
+    }
     rd_kafka_conf_set_opaque(conf, c);
     c->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, errlen);
     if (c->rk == NULL) {

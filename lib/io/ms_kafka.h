@@ -18,6 +18,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "ms_kstats.h"
+
 #define MS_KAFKA_RECORD_MAX (32 * 1024 * 1024)
 /* Kafka's own limit on a topic name. */
 #define MS_KAFKA_TOPIC_MAX 249
@@ -35,7 +37,30 @@ struct ms_kafka_conf {
                                 * a hash of their key (one key's records stay in
                                 * order); every other topic is partitioned sticky
                                 * (ms_kafka.c).  NULL: none */
+    /* Security (ms_connect.h reads them; docs/security.md).  NULL or "":
+     * librdkafka's default.  The two passwords are secrets: never logged. */
+    const char *security_protocol; /* plaintext, ssl, sasl_plaintext, sasl_ssl */
+    const char *sasl_mechanism;    /* PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 */
+    const char *sasl_username;
+    const char *sasl_password;
+    const char *ssl_ca_file;       /* PEM; NULL: the system's CA store */
+    const char *ssl_cert_file;     /* client certificate (mutual TLS) */
+    const char *ssl_key_file;
+    const char *ssl_key_password;
+    /* Consumer: called every MS_KAFKA_STATS_INTERVAL_MS on the loop thread
+     * with the lag of each partition of the consumer's topic assigned to
+     * it (ms_kstats.h).  NULL: no statistics. */
+    ms_lag_cb lag_cb;
+    void *lag_arg;
 };
+
+/* Authentication and TLS failures (a wrong password, an unknown CA) are
+ * not fatal: the client keeps retrying with librdkafka's reconnect backoff
+ * (up to 10 s), logs `event=kafka_auth_failed` (or `kafka_tls_failed`) with
+ * the broker, the protocol and the mechanism at every failure, and the
+ * readiness check (ms_producer_ready, ms_consumer_ready) says why it fails.
+ * Kubernetes then sees a pod that is up, not ready, and says why in its
+ * log; fixing the Secret and restarting is enough. */
 
 /* ---- producer ---- */
 

@@ -4,7 +4,8 @@
  * One redisAsyncContext attached to the caller's libuv loop.  When the
  * connection drops, commands fail fast with MS_EUNAVAIL and a timer
  * reconnects; a periodic PING keeps the readiness flag honest.  Each
- * connect first loads every Lua script (ms_script.h), so that
+ * connect first authenticates (when a password is set), then, with
+ * Sentinels, checks ROLE, then loads every Lua script (ms_script.h), so that
  * ms_redis_script() can run them by digest.
  *
  * With Sentinels (ms_redis.h) the address comes from a Sentinel before each
@@ -47,11 +48,14 @@ struct ms_redis {
     uv_loop_t *loop;
     char *host;
     int port;
+    char *username;     /* NULL: the default user */
+    char *password;     /* NULL: no AUTH; a secret, never logged */
     redisAsyncContext *ac;
     int connected;
     int ping_ok;
     int closing;
     int disconnecting;  /* closing: waiting for the replies still due */
+    int auth_failed;    /* the last AUTH was refused: retry slowly */
     int handles_closed; /* closing: the timers are being closed */
     int handles_open;
     uv_timer_t reconnect_timer;
@@ -383,15 +387,18 @@ static void schedule_reconnect(ms_redis *r)
         uv_timer_start(&r->reconnect_timer, reconnect_cb, MS_REDIS_RECONNECT_MS, 0);
 }
 
-/* The connection is usable: load the scripts, accept commands. */
+/* The connection is usable (authenticated when it must be, and the
+ * primary in Sentinel mode): load the scripts, accept commands. */
 static void redis_up(ms_redis *r)
 {
     int s;
 
     r->connected = 1;
     r->ping_ok = 1;
+    r->auth_failed = 0;
     memset(r->reloading, 0, sizeof(r->reloading));
-    ms_info("event=redis_connected host=%s port=%d", r->host, r->port);
+    ms_info("event=redis_connected host=%s port=%d user=%s", r->host, r->port,
+            r->username ? r->username : r->password ? "default" : "-");
     /* A restarted Redis has no scripts: load them before anything else. */
     for (s = 0; s < MS_SCRIPT__COUNT; s++)
         script_load(r, (enum ms_script)s, 0);
@@ -399,9 +406,53 @@ static void redis_up(ms_redis *r)
         sentinel_subscribe(r);
 }
 
+/* Authenticated (or no AUTH configured): in Sentinel mode the server must
+ * still prove it is the primary (ROLE needs the login, so it comes after
+ * AUTH); otherwise the connection is up. */
+static void redis_authenticated(ms_redis *r, redisAsyncContext *ac)
+{
+    if (r->nsentinels > 0)
+        primary_check_role(r, ac);
+    else
+        redis_up(r);
+}
+
+/* The answer to AUTH.  Refused: log it (Redis's own words, which never
+ * hold the password: WRONGPASS, or "ERR AUTH ... no password is set"),
+ * stay not ready, and try again on a new connection after
+ * MS_REDIS_AUTH_RETRY_MS (the credentials may be fixed meanwhile, a Secret
+ * rotated, the ACL user created). */
+static void auth_cb(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    ms_redis *r = ac->data;
+    redisReply *rep = reply;
+    char q[256];
+
+    (void)privdata;
+    if (rep == NULL || r->closing || r->ac != ac)
+        return; /* disconnected meanwhile: disconnect_cb reconnects */
+    if (rep->type == REDIS_REPLY_STATUS) {
+        r->auth_failed = 0; /* a refused ROLE check must not retry slowly */
+        redis_authenticated(r, ac);
+        return;
+    }
+    ms_log_quote(q, sizeof(q), rep->str ? rep->str : "", rep->str ? rep->len : 0);
+    ms_log(MS_LOG_ERROR, "event=redis_auth_failed host=%s port=%d user=%s reply=%s "
+           "retry_ms=%d", r->host, r->port, r->username ? r->username : "default", q,
+           MS_REDIS_AUTH_RETRY_MS);
+    snprintf(r->why, sizeof(r->why), "redis: AUTH as %s refused: %.*s",
+             r->username ? r->username : "default", rep->str ? (int)(rep->len < 80 ? rep->len : 80) : 0,
+             rep->str ? rep->str : "");
+    r->auth_failed = 1;
+    redisAsyncDisconnect(ac);
+}
+
 static void connect_cb(const redisAsyncContext *ac, int status)
 {
     ms_redis *r = ac->data;
+    const char *argv[3] = {"AUTH", r->username, r->password};
+    size_t argvlen[3];
+    int argc;
 
     if (status != REDIS_OK) {
         snprintf(r->why, sizeof(r->why), "redis: %s:%d: %s", r->host, r->port, ac->errstr);
@@ -411,12 +462,27 @@ static void connect_cb(const redisAsyncContext *ac, int status)
         schedule_reconnect(r);
         return;
     }
-    /* XXX When [redis] password lands (issue 14), AUTH goes first and the
-     * ROLE check after it. */
-    if (r->nsentinels > 0)
-        primary_check_role(r, (redisAsyncContext *)ac);
-    else
-        redis_up(r);
+    if (r->password == NULL) {
+        redis_authenticated(r, (redisAsyncContext *)ac);
+        return;
+    }
+    /* AUTH first; nothing else is sent (ms_redis_command refuses while
+     * not connected) until it is answered, the ROLE check included. */
+    if (r->username == NULL) {
+        argv[1] = r->password;
+        argc = 2;
+    } else {
+        argc = 3;
+    }
+    argvlen[0] = 4;
+    argvlen[1] = strlen(argv[1]);
+    argvlen[2] = argc == 3 ? strlen(argv[2]) : 0;
+    if (redisAsyncCommandArgv((redisAsyncContext *)ac, auth_cb, NULL, argc, argv, argvlen) !=
+        REDIS_OK) {
+        snprintf(r->why, sizeof(r->why), "redis: cannot send AUTH");
+        r->have_primary = 0;
+        redisAsyncDisconnect((redisAsyncContext *)ac);
+    }
 }
 
 static void disconnect_cb(const redisAsyncContext *ac, int status)
@@ -437,6 +503,12 @@ static void disconnect_cb(const redisAsyncContext *ac, int status)
         ms_warn("event=redis_disconnected error=\"%s\"", ac->errstr[0] ? ac->errstr : "closed");
     r->connected = 0;
     r->have_primary = 0; /* Sentinel mode: the next connect asks first */
+    if (r->auth_failed) {
+        /* Keep the reason AUTH gave, and do not knock every 500 ms. */
+        if (!r->closing)
+            uv_timer_start(&r->reconnect_timer, reconnect_cb, MS_REDIS_AUTH_RETRY_MS, 0);
+        return;
+    }
     snprintf(r->why, sizeof(r->why), "redis: %s", ac->errstr[0] ? ac->errstr : "disconnected");
     schedule_reconnect(r);
 }
@@ -664,8 +736,9 @@ static void sentinel_ask(ms_redis *r)
         return;
     }
     /* XXX Sentinels with their own requirepass (sentinel auth-pass is for
-     * the Sentinels' own use) are not supported yet: issue 14 brings
-     * [redis] password for the data connection. */
+     * the Sentinels' own use) are not supported yet: [redis] username and
+     * password authenticate the data connection only; a Sentinel password
+     * would be a key of its own. */
     ac = redisAsyncConnect(s->host, s->port);
     if (ac == NULL || ac->err) {
         snprintf(r->why, sizeof(r->why), "redis: sentinel %s:%d: %s", s->host, s->port,
@@ -886,6 +959,11 @@ ms_redis *ms_redis_new(uv_loop_t *loop, const struct ms_redis_conf *conf)
     r->loop = loop;
     r->host = ms_strdup(conf->host ? conf->host : "");
     r->port = conf->port;
+    if (conf->password && *conf->password) {
+        r->password = ms_strdup(conf->password);
+        if (conf->username && *conf->username)
+            r->username = ms_strdup(conf->username);
+    }
     if (conf->sentinels != NULL && conf->sentinels[0] != '\0') {
         r->sentinels = ms_calloc(MS_REDIS_SENTINELS_MAX, sizeof(*r->sentinels));
         if ((n = sentinel_parse(conf->sentinels, r->sentinels, err, sizeof(err))) <= 0)
@@ -1002,6 +1080,11 @@ static void timer_closed(uv_handle_t *h)
         free(r->host);
         free(r->sentinels);
         free(r->master_name);
+        free(r->username);
+        if (r->password) {
+            memset(r->password, 0, strlen(r->password));
+            free(r->password);
+        }
         free(r);
     }
 }

@@ -11,19 +11,24 @@
  * rate limits).
  *
  * Lua scripts (ms_script.h) are loaded with SCRIPT LOAD on every connect,
- * before any other command, and run by digest with ms_redis_script().
+ * right after AUTH (when configured) and before any other command, and run
+ * by digest with ms_redis_script().  The client counts as connected
+ * (commands accepted, ready) only once AUTH, when configured, has
+ * succeeded, and in Sentinel mode once ROLE has said "master" after it.
  *
  * Sentinel.  With sentinels configured the client does not connect to a
  * fixed address: it asks a Sentinel for the primary of `master_name`
- * (SENTINEL GET-MASTER-ADDR-BY-NAME), connects there and checks with ROLE
- * that the server really is a primary before it counts as connected.  It
- * asks again (the next Sentinel in the list when one does not answer) when
- * the connection drops, when a command is refused with READONLY (the server
- * was demoted: its clients are then talking to a replica), and when the
- * periodic check, ROLE instead of PING in this mode, finds a replica.  So a
- * failover costs the commands in flight (they fail with MS_REDIS_FAILED or
- * READONLY, as a dropped connection does today) and a few seconds of
- * MS_EUNAVAIL, never a restart.
+ * (SENTINEL GET-MASTER-ADDR-BY-NAME), connects there, authenticates, and
+ * checks with ROLE that the server really is a primary before it counts as
+ * connected.  It asks again (the next Sentinel in the list when one does
+ * not answer) when the connection drops, when a command is refused with
+ * READONLY (the server was demoted: its clients are then talking to a
+ * replica), and when the periodic check, ROLE instead of PING in this mode,
+ * finds a replica.  So a failover costs the commands in flight (they fail
+ * with MS_REDIS_FAILED or READONLY, as a dropped connection does today) and
+ * a few seconds of MS_EUNAVAIL, never a restart.  The Sentinels themselves
+ * are asked without AUTH (username and password are the data
+ * connection's).
  */
 #ifndef MS_REDIS_H
 #define MS_REDIS_H
@@ -55,17 +60,27 @@ struct ms_redis_reply {
 typedef struct ms_redis ms_redis;
 typedef void (*ms_redis_cb)(void *arg, uint64_t id, const struct ms_redis_reply *r);
 
-/* Where to connect.  sentinels NULL or "": host and port.  Otherwise a
- * comma-separated "host:port" list of Sentinels (at most
- * MS_REDIS_SENTINELS_MAX), asked for the primary named master_name; host
- * and port are then not used. */
+/* Where and as whom to connect (ms_connect.h reads it from [redis]).
+ *
+ * Where: sentinels NULL or "": host and port.  Otherwise a comma-separated
+ * "host:port" list of Sentinels (at most MS_REDIS_SENTINELS_MAX), asked for
+ * the primary named master_name; host and port are then not used.
+ *
+ * As whom: with a password, every connect sends AUTH (the Redis 6 ACL form
+ * `AUTH username password` when username is set) before anything else, the
+ * ROLE check and the script loads included.  A refused AUTH logs
+ * `event=redis_auth_failed` (never the password), leaves the client not
+ * ready with the reason, and is tried again every MS_REDIS_AUTH_RETRY_MS. */
 struct ms_redis_conf {
     const char *host;
     int port;
+    const char *username;    /* NULL or "": the default user */
+    const char *password;    /* NULL or "": no AUTH; a secret, copied */
     const char *sentinels;   /* [redis] sentinels */
     const char *master_name; /* [redis] master_name; NULL or "": MS_REDIS_MASTER_NAME */
 };
 
+#define MS_REDIS_AUTH_RETRY_MS 5000
 #define MS_REDIS_SENTINELS_MAX 16
 #define MS_REDIS_MASTER_NAME "mymaster"
 /* Longest host in a sentinels entry (a DNS name, RFC 1035 section 2.3.4). */
@@ -75,8 +90,8 @@ struct ms_redis_conf {
  * in err when the list does not parse (an entry without a port, a port out
  * of range, too many entries). */
 int ms_redis_conf_check(const struct ms_redis_conf *conf, char *err, size_t errlen);
-/* conf is copied.  Its sentinels list must have passed ms_redis_conf_check
- * (panics otherwise). */
+/* conf is copied (the password too).  Its sentinels list must have passed
+ * ms_redis_conf_check (panics otherwise). */
 ms_redis *ms_redis_new(uv_loop_t *loop, const struct ms_redis_conf *conf);
 /* Send a command given as argv (binary-safe).  The reply (valid only during
  * the callback) comes back on the loop.  Returns 0 or MS_EUNAVAIL. */

@@ -44,7 +44,7 @@ static void test_sentinels_check(void **state)
 
     (void)state;
     for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        struct ms_redis_conf c = {"127.0.0.1", 6379, cases[i].list, NULL};
+        struct ms_redis_conf c = {.host = "127.0.0.1", .port = 6379, .sentinels = cases[i].list};
         char err[256] = "";
         int rc = ms_redis_conf_check(&c, err, sizeof(err));
 
@@ -63,7 +63,7 @@ static void test_sentinels_check(void **state)
 static void test_master_name_length(void **state)
 {
     char name[MS_REDIS_SENTINEL_HOST_MAX + 2], err[256];
-    struct ms_redis_conf c = {NULL, 0, "127.0.0.1:26379", name};
+    struct ms_redis_conf c = {.sentinels = "127.0.0.1:26379", .master_name = name};
 
     (void)state;
     memset(name, 'm', sizeof(name) - 1);
