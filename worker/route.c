@@ -13,6 +13,7 @@
 #include "ms_list.h"
 #include "ms_log.h"
 #include "ms_mem.h"
+#include "ms_net.h"
 
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -63,25 +64,6 @@ static uint32_t route_random(void *arg)
 {
     (void)arg;
     return arc4random();
-}
-
-int wk_route_literal(const char *host, int port, struct sockaddr_storage *ss)
-{
-    struct sockaddr_in *sin = (struct sockaddr_in *)ss;
-    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
-
-    memset(ss, 0, sizeof(*ss));
-    if (inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
-        sin->sin_family = AF_INET;
-        sin->sin_port = htons((uint16_t)port);
-        return 0;
-    }
-    if (inet_pton(AF_INET6, host, &sin6->sin6_addr) == 1) {
-        sin6->sin6_family = AF_INET6;
-        sin6->sin6_port = htons((uint16_t)port);
-        return 0;
-    }
-    return MS_EINVAL;
 }
 
 wk_router *wk_router_new(uv_loop_t *loop, ms_resolver *resolver)
@@ -318,7 +300,7 @@ uint64_t wk_router_resolve(wk_router *r, const char *host, int port, int no_mx, 
     ms_list_insert_head(&r->jobs, &j->node);
     ms_idmap_put(&r->by_id, j->job_id, j);
 
-    if (wk_route_literal(host, port, &j->early_addr.ss) == 0) {
+    if (ms_ip_sockaddr(host, port, &j->early_addr.ss) == 0) {
         snprintf(j->early_addr.host, sizeof(j->early_addr.host), "%s", host);
         j->early.status = WK_ROUTE_OK;
         j->early.n = 1;

@@ -72,8 +72,4 @@ size_t wk_router_pending(const wk_router *r);
 /* Cancel every job and free; on the loop, handles closed asynchronously. */
 void wk_router_free(wk_router *r);
 
-/* Fill ss from an IP literal host and port; 0, or MS_EINVAL if host is not
- * an IPv4 or IPv6 literal.  Pure. */
-int wk_route_literal(const char *host, int port, struct sockaddr_storage *ss);
-
 #endif

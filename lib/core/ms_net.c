@@ -36,29 +36,35 @@ int ms_split_hostport(const char *s, char *host, size_t hostlen, int *port)
     return 0;
 }
 
-int ms_parse_hostport(const char *s, struct sockaddr_storage *ss)
+int ms_ip_sockaddr(const char *ip, int port, struct sockaddr_storage *ss)
 {
     struct sockaddr_in *sin = (struct sockaddr_in *)ss;
     struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
-    char host[64];
-    int port;
 
-    if (ms_split_hostport(s, host, sizeof(host), &port) != 0)
-        return MS_EINVAL;
     memset(ss, 0, sizeof(*ss));
-    if (*host == '\0' || strcmp(host, "*") == 0)
-        strcpy(host, "0.0.0.0");
-    if (inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
+    if (inet_pton(AF_INET, ip, &sin->sin_addr) == 1) {
         sin->sin_family = AF_INET;
         sin->sin_port = htons((uint16_t)port);
         return 0;
     }
-    if (inet_pton(AF_INET6, host, &sin6->sin6_addr) == 1) {
+    if (inet_pton(AF_INET6, ip, &sin6->sin6_addr) == 1) {
         sin6->sin6_family = AF_INET6;
         sin6->sin6_port = htons((uint16_t)port);
         return 0;
     }
     return MS_EINVAL;
+}
+
+int ms_parse_hostport(const char *s, struct sockaddr_storage *ss)
+{
+    char host[64];
+    int port;
+
+    if (ms_split_hostport(s, host, sizeof(host), &port) != 0)
+        return MS_EINVAL;
+    if (*host == '\0' || strcmp(host, "*") == 0)
+        strcpy(host, "0.0.0.0");
+    return ms_ip_sockaddr(host, port, ss);
 }
 
 char *ms_addr_str(const struct sockaddr *sa, char *out, size_t outlen)

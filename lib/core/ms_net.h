@@ -10,6 +10,9 @@
 /* Parse "host:port", "[v6]:port" or ":port" (numeric hosts only) into ss.
  * Returns 0 or MS_EINVAL. */
 int ms_parse_hostport(const char *s, struct sockaddr_storage *ss);
+/* An IPv4 or IPv6 literal (no brackets) and a port into ss.  Returns 0 or
+ * MS_EINVAL when ip is not a numeric address. */
+int ms_ip_sockaddr(const char *ip, int port, struct sockaddr_storage *ss);
 /* Split "host:port" / "[v6]:port" into host (size hostlen) and port; host
  * names are allowed.  Returns 0 or MS_EINVAL. */
 int ms_split_hostport(const char *s, char *host, size_t hostlen, int *port);

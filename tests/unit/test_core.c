@@ -274,6 +274,15 @@ static void test_hostport(void **state)
     assert_int_equal(ms_split_hostport("mx.example:26", host, sizeof(host), &port), 0);
     assert_string_equal(host, "mx.example");
     assert_int_equal(port, 26);
+    /* An IP literal alone (the router's "[192.0.2.1]" next hops). */
+    assert_int_equal(ms_ip_sockaddr("192.0.2.1", 25, &ss), 0);
+    assert_string_equal(ms_addr_str((struct sockaddr *)&ss, addr, sizeof(addr)), "192.0.2.1");
+    assert_int_equal(ms_addr_port((struct sockaddr *)&ss), 25);
+    assert_int_equal(ms_ip_sockaddr("2001:db8::1", 587, &ss), 0);
+    assert_int_equal(ss.ss_family, AF_INET6);
+    assert_int_equal(ms_addr_port((struct sockaddr *)&ss), 587);
+    assert_int_equal(ms_ip_sockaddr("mx.example", 25, &ss), MS_EINVAL);
+    assert_int_equal(ms_ip_sockaddr("[::1]", 25, &ss), MS_EINVAL);
 }
 
 static void test_log_quote(void **state)
