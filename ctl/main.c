@@ -2,6 +2,7 @@
  * mailstream-ctl - the relay control tool.
  *
  *   mailstream-ctl [-b BROKERS] topics create NAME:PARTITIONS[:REPLICATION]... [-c key=value]...
+ *   mailstream-ctl --version
  *
  * Creates topics with the record size limit the design needs (ms_kafka.h);
  * existing topics are left as they are.  Exit 0 on success, 1 on failure, 2
@@ -15,6 +16,7 @@
 #include "ms_kafka.h"
 #include "ms_log.h"
 #include "ms_mem.h"
+#include "ms_version.h"
 
 #define CTL_TOPICS_MAX 64
 #define CTL_CONFIGS_MAX 32
@@ -23,7 +25,8 @@
 static void usage(void)
 {
     fprintf(stderr, "usage: mailstream-ctl [-b BROKERS] topics create "
-                    "NAME:PARTITIONS[:REPLICATION]... [-c key=value]...\n");
+                    "NAME:PARTITIONS[:REPLICATION]... [-c key=value]...\n"
+                    "       mailstream-ctl --version\n");
     exit(2);
 }
 
@@ -76,6 +79,7 @@ int main(int argc, char **argv)
     const char *brokers = getenv("MAILSTREAM_KAFKA_BROKERS");
     int i = 1;
 
+    ms_version_option(argc, argv, "mailstream-ctl");
     ms_log_init("ctl", MS_LOG_WARN);
     if (brokers == NULL)
         brokers = "127.0.0.1:9092";

@@ -43,6 +43,7 @@
 #include "ms_log.h"
 #include "ms_mem.h"
 #include "ms_redis.h"
+#include "ms_version.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -440,7 +441,7 @@ static void loop_thread(void *arg)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: mailstream-frontend -c CONFIG\n");
+    fprintf(stderr, "usage: mailstream-frontend -c CONFIG | --version\n");
     exit(2);
 }
 
@@ -454,6 +455,7 @@ int main(int argc, char **argv)
     struct fe_settings set;
     uv_loop_t *loop = uv_default_loop();
 
+    ms_version_option(argc, argv, "mailstream-frontend");
     while ((opt = getopt(argc, argv, "c:h")) != -1) {
         switch (opt) {
         case 'c': path = optarg; break;
