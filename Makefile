@@ -102,6 +102,11 @@ $(BUILD)/tests/%: $(call obj,tests/unit/%.c) $(FE_A) $(WK_A) $(LIB_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(OPT) $(SAN) -o $@ $^ $(LDLIBS_ALL) -lcmocka -lyaml
 
+# The container image (images/build.sh): build/images/mailstream-VERSION-COMMIT.tar,
+# an OCI archive for `podman load` / `docker load`.
+image: all
+	bash images/build.sh $(BUILD) $(VERSION) $(GIT_COMMIT)
+
 # Unit tests: cmocka, one binary per tests/unit/test_*.c; then no cycle
 # between modules.
 unit: $(UNIT_BINS)
