@@ -249,3 +249,32 @@ topologySpreadConstraints:
       {{- end }}
       {{- end }}
 {{- end -}}
+
+{{/* NetworkPolicy egress every pod needs: DNS, Kafka, Redis. */}}
+{{- define "mailstream.commonEgress" -}}
+- ports:
+    - {port: 53, protocol: UDP}
+    - {port: 53, protocol: TCP}
+- ports:
+    {{- range .Values.networkPolicy.kafkaPorts }}
+    - {port: {{ . }}, protocol: TCP}
+    {{- end }}
+  {{- with .Values.networkPolicy.kafkaTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+- ports:
+    - {port: {{ .Values.redis.port }}, protocol: TCP}
+  {{- with .Values.networkPolicy.redisTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- define "mailstream.metricsIngress" -}}
+- from:
+    - namespaceSelector:
+        matchLabels:
+          {{- toYaml .Values.networkPolicy.metricsNamespaceSelector | nindent 10 }}
+  ports:
+    - {port: metrics, protocol: TCP}
+{{- end }}
