@@ -128,7 +128,7 @@ integration: all
 	    $(VENV)/bin/python -m pytest -p no:cacheprovider -q $(INTEGRATION_TESTS) $(PYTEST_ARGS)
 
 test: deps
-	$(MAKE) all unit fuzz-smoke
+	$(MAKE) all unit fuzz-smoke image
 	$(MAKE) integration
 
 # The same suite under AddressSanitizer and UndefinedBehaviorSanitizer.
