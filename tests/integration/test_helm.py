@@ -218,7 +218,7 @@ def test_crd_objects_only_when_crds_exist():
     assert "mailstream_worker_consumer_lag" in so["spec"]["triggers"][0]["metadata"]["query"]
     rules = find(with_, "PrometheusRule")["spec"]["groups"][0]["rules"]
     exprs = " ".join(r["expr"] for r in rules)
-    for metric in ("mailstream_worker_consumer_lag", "mailstream_worker_deferred",
+    for metric in ("mailstream_worker_consumer_lag", "mailstream_worker_retry_queue_depth",
                    "mailstream_smtp_replies_total", "mailstream_smtp_tls_handshakes_total"):
         assert metric in exprs
 
