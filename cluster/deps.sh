@@ -258,6 +258,10 @@ K8S_DIR=$CACHE/k8s
 install_k8s() {
 	local helm=$K8S_DIR/helm-$HELM_VERSION apiserver=$K8S_DIR/kube-apiserver-$K8S_VERSION
 	local gobin
+	# A binary without the release stamped in (an older recipe) is rebuilt.
+	if [ -x "$apiserver" ] && ! "$apiserver" --version 2>/dev/null | grep -qx "Kubernetes v$K8S_VERSION"; then
+		rm -f "$apiserver"
+	fi
 	if [ -x "$helm" ] && [ -x "$apiserver" ]; then
 		say "k8s: helm $HELM_VERSION and kube-apiserver $K8S_VERSION present in $K8S_DIR"
 		return

@@ -42,6 +42,13 @@ package build
 import _ "k8s.io/kubernetes/cmd/kube-apiserver"
 GO
 go mod tidy >/dev/null
-CGO_ENABLED=0 go build -trimpath -ldflags=-s -o "$OUT.tmp" k8s.io/kubernetes/cmd/kube-apiserver
+# The version the server reports (/version, which Helm checks against a
+# chart's kubeVersion) is stamped at link time, as Kubernetes' own build does.
+v=k8s.io/component-base/version
+minor=${K8S_VERSION#1.}
+minor=${minor%%.*}
+CGO_ENABLED=0 go build -trimpath -o "$OUT.tmp" \
+	-ldflags="-s -X $v.gitVersion=v$K8S_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$minor -X $v.gitTreeState=clean" \
+	k8s.io/kubernetes/cmd/kube-apiserver
 mv "$OUT.tmp" "$OUT"
 echo "build-apiserver: $OUT ($("$OUT" --version))"

@@ -126,3 +126,22 @@ def load_image(root: Path) -> str:
              if "Loaded image:" in ln]
     assert names, p.stdout
     return names[0]
+
+
+def podman(root: Path, *args: str, check: bool = True,
+           timeout: float = 120) -> subprocess.CompletedProcess:
+    p = subprocess.run(podman_cmd(root) + list(args), capture_output=True, text=True,
+                       env=podman_env(), timeout=timeout)
+    if check:
+        assert p.returncode == 0, f"podman {' '.join(args[:3])}...: {p.stderr}"
+    return p
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    """(podman root, image name): the image of `make image` loaded into a
+    storage of the test module's own, removed afterwards."""
+    root = tmp_path_factory.mktemp("podman")
+    name = load_image(root)
+    yield root, name
+    podman(root, "system", "reset", "--force", check=False)

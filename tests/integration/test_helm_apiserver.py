@@ -65,6 +65,7 @@ class ApiServer:
                              "--listen-metrics-urls", "", "--log-level", "warn"],
                     env={"ETCD_UNSUPPORTED_ARCH": ""})
         mslocal.wait_until(lambda: mslocal.port_open("127.0.0.1", client), 60, "etcd",
+                           alive=lambda: self.procs[0].poll() is None,
                            log_path=self.dir / "etcd.log")
         sa = self.dir / "sa.key"
         subprocess.run(["openssl", "genrsa", "-out", str(sa), "2048"], check=True,
@@ -80,6 +81,8 @@ class ApiServer:
             "--service-account-key-file", str(sa),
             "--service-account-signing-key-file", str(sa),
             "--service-cluster-ip-range", "10.96.0.0/24",
+            # No kubernetes Service endpoints for a loopback address.
+            "--endpoint-reconciler-type", "none",
             "--enable-priority-and-fairness=false", "--v", "1"])
         self.kubeconfig.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "current-context": "test",
@@ -95,6 +98,7 @@ class ApiServer:
             except OSError:
                 return False
         mslocal.wait_until(ready, START_TIMEOUT, "kube-apiserver /readyz", interval=1,
+                           alive=lambda: all(p.poll() is None for p in self.procs),
                            log_path=self.dir / "kube-apiserver.log")
 
     def _spawn(self, name: str, argv: List[str], env: Optional[Dict[str, str]] = None) -> None:
@@ -208,7 +212,8 @@ def test_install_and_read_back(apiserver, config):
     kc = ["--kubeconfig", str(apiserver.kubeconfig)]
 
     # 1. Strict server-side validation of everything the chart renders.
-    args = ["template", config, str(CHART), "--namespace", ns, *kc]
+    # --dry-run=server: the capabilities (the CRDs) come from the server's discovery.
+    args = ["template", config, str(CHART), "--namespace", ns, "--dry-run=server", *kc]
     for v in values:
         args += ["-f", str(v)]
     rendered = [d for d in yaml.safe_load_all(k8s.helm(*args).stdout) if d]
@@ -219,6 +224,13 @@ def test_install_and_read_back(apiserver, config):
         path = apiserver.resource_path(o, ns) + "?dryRun=All&fieldValidation=Strict"
         status, body = apiserver.request("POST", path, o)
         assert status == 201, f"{o['kind']}/{o['metadata']['name']}: {body.get('message', body)}"
+
+    # ... and the same check refuses what a chart must not render.
+    bad = json.loads(json.dumps([o for o in rendered if o["kind"] == "Deployment"][0]))
+    bad["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsUsr"] = 1
+    status, body = apiserver.request(
+        "POST", apiserver.resource_path(bad, ns) + "?dryRun=All&fieldValidation=Strict", bad)
+    assert status in (400, 422) and "runAsUsr" in body.get("message", ""), body
 
     # 2. helm install, the hooks created as Helm would, everything read back.
     args = ["install", config, str(CHART), "--namespace", ns, "--no-hooks", *kc]

@@ -40,27 +40,11 @@ import pytest
 import yaml
 
 import k8s
+from k8s import image, podman  # noqa: F401 (image is a fixture)
 import mslocal
 from k8s import find
 
 PASSWORD = "chart-test-password"
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory):
-    root = tmp_path_factory.mktemp("podman")
-    name = k8s.load_image(root)
-    yield root, name
-    subprocess.run(k8s.podman_cmd(root) + ["system", "reset", "--force"], env=k8s.podman_env(),
-                   capture_output=True, timeout=120)
-
-
-def podman(root: Path, *args: str, check: bool = True, timeout: float = 120):
-    p = subprocess.run(k8s.podman_cmd(root) + list(args), capture_output=True, text=True,
-                       env=k8s.podman_env(), timeout=timeout)
-    if check:
-        assert p.returncode == 0, f"podman {' '.join(args[:3])}...: {p.stderr}"
-    return p
 
 
 def values_for(tmp: Path, image: str, kafka, redis, sink, tag: str) -> Path:

@@ -11,33 +11,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 import pytest
 
 import k8s
+from k8s import image, podman  # noqa: F401 (image is a fixture)
 import mslocal
 
 PROGRAMS = ("mailstream-frontend", "mailstream-worker", "mailstream-ctl", "mailstream-authcheck")
 LOCKED = ["--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
           "--network", "none"]
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory):
-    root = tmp_path_factory.mktemp("podman")
-    name = k8s.load_image(root)
-    yield root, name
-    subprocess.run(k8s.podman_cmd(root) + ["system", "reset", "--force"], env=k8s.podman_env(),
-                   capture_output=True, timeout=120)
-
-
-def podman(root, *args, check=True, timeout=120):
-    p = subprocess.run(k8s.podman_cmd(root) + list(args), capture_output=True, text=True,
-                       env=k8s.podman_env(), timeout=timeout)
-    if check:
-        assert p.returncode == 0, f"podman {' '.join(args)}: {p.stderr}"
-    return p
 
 
 def _version_of_build(prog):
