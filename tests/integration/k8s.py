@@ -11,11 +11,13 @@ so a missing one there is a broken install, not a reason to pass.
 from __future__ import annotations
 
 import base64
+import copy
+import functools
 import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import pytest
 import yaml
@@ -79,10 +81,18 @@ def helm(*args: str, check: bool = True, env: Optional[Dict[str, str]] = None,
 def render(values: Sequence[Path] = (), sets: Iterable[str] = (), *,
            api_versions: Iterable[str] = (), release: str = "ms",
            namespace: str = "mail") -> List[dict]:
-    """`helm template` of the chart: the objects, hooks included."""
+    """`helm template` of the chart: the objects, hooks included (a fresh
+    copy; the same arguments render once per test run)."""
+    return copy.deepcopy(_render(tuple(str(v) for v in values), tuple(sets),
+                                 tuple(api_versions), release, namespace))
+
+
+@functools.lru_cache(maxsize=None)
+def _render(values: Tuple[str, ...], sets: Tuple[str, ...], api_versions: Tuple[str, ...],
+            release: str, namespace: str) -> List[dict]:
     args = ["template", release, str(CHART), "--namespace", namespace]
     for v in values:
-        args += ["-f", str(v)]
+        args += ["-f", v]
     for s in sets:
         args += ["--set", s]
     for a in api_versions:
