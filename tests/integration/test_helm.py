@@ -161,7 +161,10 @@ def test_proxy_mode():
     (["frontend.trustedNetworks={0.0.0.0/0}"], "trustedNetworks"),
     (["frontend.containerPorts.smtp=25"], "smtp"),
     (["tls.enabled=true"], "tls"),
-    (["kafka.securityProtocol=sasl_ssl"], "kafka.sasl"),
+    (["kafka.securityProtocol=sasl_ssl", "kafka.sasl.password=x"], "kafka.sasl.username"),
+    (["kafka.securityProtocol=sasl_ssl", "kafka.sasl.username=u"], "kafka.sasl"),
+    (["kafka.securityProtocol=ssl", "kafka.tls.existingSecret=ca", "kafka.tls.certKey=c"],
+     "keyKey"),
     (["worker.config.transport.map=" + "a" * 200], "198"),
 ])
 def test_unsafe_or_wrong_values_refused(sets, why):

@@ -145,6 +145,12 @@ comma-separated, booleans yes/no.  A line longer than the programs read
 {{- if and .Values.auth.enabled (not .Values.auth.existingSecret) (not .Values.auth.passwd) -}}
 {{- fail "auth.enabled needs auth.existingSecret or auth.passwd" -}}
 {{- end -}}
+{{- if and (include "mailstream.kafkaSasl" .) (not .Values.kafka.sasl.username) -}}
+{{- fail (printf "kafka.securityProtocol %s needs kafka.sasl.username" .Values.kafka.securityProtocol) -}}
+{{- end -}}
+{{- if ne (empty .Values.kafka.tls.certKey) (empty .Values.kafka.tls.keyKey) -}}
+{{- fail "kafka.tls.certKey and kafka.tls.keyKey go together (mutual TLS needs both)" -}}
+{{- end -}}
 {{- if and (include "mailstream.kafkaSasl" .) (not .Values.kafka.sasl.existingSecret) (not .Values.kafka.sasl.password) -}}
 {{- fail (printf "kafka.securityProtocol %s needs kafka.sasl.existingSecret or kafka.sasl.password" .Values.kafka.securityProtocol) -}}
 {{- end -}}
