@@ -258,17 +258,18 @@ K8S_DIR=$CACHE/k8s
 install_k8s() {
 	local helm=$K8S_DIR/helm-$HELM_VERSION apiserver=$K8S_DIR/kube-apiserver-$K8S_VERSION
 	local gobin
+	local stale=0
 	# A binary without the release stamped in (an older recipe) is rebuilt.
 	if [ -x "$apiserver" ] && ! "$apiserver" --version 2>/dev/null | grep -qx "Kubernetes v$K8S_VERSION"; then
-		rm -f "$apiserver"
+		stale=1
 	fi
-	if [ -x "$helm" ] && [ -x "$apiserver" ]; then
+	if [ -x "$helm" ] && [ -x "$apiserver" ] && [ "$stale" = 0 ]; then
 		say "k8s: helm $HELM_VERSION and kube-apiserver $K8S_VERSION present in $K8S_DIR"
 		return
 	fi
 	if [ "$CHECK" = 1 ]; then
 		[ -x "$helm" ] || say "k8s: would build helm $HELM_VERSION into $K8S_DIR"
-		[ -x "$apiserver" ] || say "k8s: would build kube-apiserver $K8S_VERSION into $K8S_DIR"
+		[ -x "$apiserver" ] && [ "$stale" = 0 ] || say "k8s: would build kube-apiserver $K8S_VERSION into $K8S_DIR"
 		PENDING=1
 		return
 	fi
@@ -282,7 +283,7 @@ install_k8s() {
 		mv "$gobin/helm" "$helm"
 		rm -rf "$gobin"
 	fi
-	if [ ! -x "$apiserver" ]; then
+	if [ ! -x "$apiserver" ] || [ "$stale" = 1 ]; then
 		say "k8s: building kube-apiserver $K8S_VERSION (about 10 minutes, once)"
 		K8S_VERSION=$K8S_VERSION bash "$ROOT/cluster/k8s/build-apiserver.sh" "$apiserver" \
 			|| die "kube-apiserver build failed"
