@@ -29,6 +29,8 @@ def _version_of_build(prog):
     return p.stdout
 
 
+# Loading the image or starting the API server is part of the first test.
+@pytest.mark.timeout(600)
 def test_tagged_with_version_and_commit(image):
     root, name = image
     want = _version_of_build("mailstream-frontend").split()  # name, version, (commit X)
