@@ -201,7 +201,7 @@ def _comparable(rendered, live):
         assert rendered == live or str(rendered) == str(live), (rendered, live)
 
 
-# Loading the image or starting the API server is part of the first test.
+# Starting etcd and the API server (module fixtures) counts in the first test.
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_install_and_read_back(apiserver, config):

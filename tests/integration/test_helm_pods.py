@@ -210,7 +210,7 @@ def proxy_v2_header(src: str, src_port: int, dst_port: int) -> bytes:
     return b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", len(addrs)) + addrs
 
 
-# Loading the image or starting the API server is part of the first test.
+# Loading the image (module fixtures) counts in the first test.
 @pytest.mark.timeout(600)
 def test_rendered_pods_deliver_mail(image, kafka_broker, redis_server, sink, tmp_path):
     root, image_name = image

@@ -18,6 +18,9 @@ import k8s
 from k8s import image, podman  # noqa: F401 (image is a fixture)
 import mslocal
 
+# Loading the image (a module fixture) counts in whichever test runs first.
+pytestmark = pytest.mark.timeout(600)
+
 PROGRAMS = ("mailstream-frontend", "mailstream-worker", "mailstream-ctl", "mailstream-authcheck")
 LOCKED = ["--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
           "--network", "none"]
@@ -29,8 +32,6 @@ def _version_of_build(prog):
     return p.stdout
 
 
-# Loading the image or starting the API server is part of the first test.
-@pytest.mark.timeout(600)
 def test_tagged_with_version_and_commit(image):
     root, name = image
     want = _version_of_build("mailstream-frontend").split()  # name, version, (commit X)
