@@ -48,7 +48,7 @@ def test_tagged_with_version_and_commit(image):
 def test_version(image, prog):
     root, name = image
     p = podman(root, "run", "--rm", *LOCKED, name, prog, "--version")
-    assert p.stdout == _version_of_build(prog)
+    assert p.stdout == _version_of_build(prog), "the image is older than the build: make image"
 
 
 @pytest.mark.parametrize("shell", ["/bin/sh", "/bin/bash", "/usr/bin/sh", "/bin/busybox",
