@@ -4,9 +4,9 @@
 #
 #   images/build.sh BUILD_DIR VERSION GIT_COMMIT
 #
-# 1. Base: mmdebstrap --variant=extract unpacks the Debian 12 packages the
-#    binaries link against (and their dependencies), ca-certificates and
-#    publicsuffix; the extract hook then writes the CA bundle (no maintainer
+# 1. Base: mmdebstrap --variant=extract unpacks the Debian 12 packages of
+#    the libraries the binaries load (from ldd; and their dependencies),
+#    ca-certificates and publicsuffix; the extract hook then writes the CA bundle (no maintainer
 #    script runs in this variant), /etc/passwd and /etc/group with the
 #    non-root user 65532, and removes every shell and program of the packages,
 #    so nothing but our binaries can be executed.  The tarball is cached in
@@ -35,13 +35,10 @@ NAME=localhost/mailstream
 TAG=$VERSION-$COMMIT
 ARCHIVE=$OUT/mailstream-$TAG.tar
 
-# Runtime packages: the libraries of `ldd build/mailstream-*`, the CA store
-# ([tls] ca_file empty, Kafka SSL with the system's CAs) and the Public
+# Besides the libraries the binaries link against (found below), the CA
+# store ([tls] ca_file empty, Kafka SSL with the system's CAs) and the Public
 # Suffix List ([policy] psl's default path).
-BASE_PACKAGES=(
-	libc6 librdkafka1 libhiredis0.14 libuv1 libprotobuf-c1 libssl3 libinih1
-	libunbound8 libopendmarc2 libcrypt1 zlib1g ca-certificates publicsuffix
-)
+EXTRA_PACKAGES=(ca-certificates publicsuffix)
 SUITE=bookworm
 
 say() { printf 'image: %s\n' "$*"; }
@@ -54,6 +51,26 @@ for b in frontend worker ctl authcheck; do
 	[ -x "$BUILD/mailstream-$b" ] || die "$BUILD/mailstream-$b missing (make all)"
 done
 mkdir -p "$OUT" "$CACHE/images"
+
+# The Debian packages of every shared library the binaries load (ldd, then
+# dpkg -S; /lib and /usr/lib are the same directory on Debian 12, and dpkg
+# may know a file by either), so a library the build starts to use reaches
+# the image without a list to keep up to date.
+runtime_packages() {
+	local lib pkg
+	for lib in $(for b in frontend worker ctl authcheck; do ldd "$BUILD/mailstream-$b"; done |
+		awk '$3 ~ /^\// {print $3}' | sort -u); do
+		pkg=
+		for cand in "$lib" "$(readlink -f "$lib")" "/usr$lib" "/usr$(readlink -f "$lib")"; do
+			pkg=$(dpkg -S "$cand" 2>/dev/null | head -n1 | cut -d: -f1) && [ -n "$pkg" ] && break
+		done
+		[ -n "$pkg" ] || die "no Debian package has $lib"
+		echo "$pkg"
+	done | sort -u
+}
+mapfile -t BASE_PACKAGES < <(runtime_packages)
+[ "${#BASE_PACKAGES[@]}" -gt 0 ] || die "no runtime libraries found"
+BASE_PACKAGES+=("${EXTRA_PACKAGES[@]}")
 
 pm() {
 	CONTAINERS_CONF=$ROOT/images/containers.conf podman --root "$PODMAN_DIR/root" \
