@@ -10,7 +10,7 @@
 {{- if .Values.auth.enabled }}{{ $_ := set $smtp "passwd_file" "/etc/mailstream/auth/passwd" }}{{ end -}}
 {{- if .Values.proxyProtocol.enabled }}{{ $_ := set $smtp "proxy_trusted_networks" .Values.proxyProtocol.trustedCIDRs }}{{ end -}}
 {{- $cfg := dict
-      "node" (dict "hostname" .Values.frontend.hostname "metrics" (printf "0.0.0.0:%v" $p.metrics))
+      "node" (dict "hostname" .Values.frontend.hostname "metrics" (printf "0.0.0.0:%v" $p.metrics) "threads" .Values.frontend.threads)
       "smtp" $smtp
       "listener.mx" (dict "listen" (printf "0.0.0.0:%v" $p.smtp) "role" "mx") -}}
 {{- if .Values.tls.enabled -}}
