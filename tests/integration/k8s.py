@@ -154,4 +154,8 @@ def image(tmp_path_factory):
     root = tmp_path_factory.mktemp("podman")
     name = load_image(root)
     yield root, name
-    podman(root, "system", "reset", "--force", check=False)
+    # Only this storage: `podman system reset` would also touch the machine's
+    # network configuration.
+    podman(root, "rm", "--all", "--force", check=False)
+    podman(root, "rmi", "--all", "--force", check=False)
+    shutil.rmtree(root, ignore_errors=True)
