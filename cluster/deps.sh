@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
 # cluster/deps.sh - install everything Mailstream needs to build, run and test.
 #
-#   cluster/deps.sh [--check] [apt] [kafka] [venv]
+#   cluster/deps.sh [--check] [apt] [kafka] [venv] [k8s]
 #
 # Run by `make deps`. Idempotent: every step checks before it acts, so a second
-# run is a fast no-op. Three steps (all of them unless some are named):
+# run is a fast no-op. Four steps (all of them unless some are named):
 #   apt    Debian packages (compilers, C libraries, redis-server and
 #          redis-sentinel, postfix for smtp-sink, nsd, haproxy, dovecot, swaks,
-#          kcat, Java and Maven).
+#          kcat, Java and Maven; podman, runc and mmdebstrap for `make image`,
+#          etcd-server for the chart's server-side test).
 #   kafka  The Apache Kafka broker jars, fetched with Maven from
 #          cluster/kafka/pom.xml into $MAILSTREAM_CACHE/kafka-<version>/lib
 #          (outside the repository).
 #   venv   The Python virtualenv for tests/integration at $MAILSTREAM_CACHE/venv.
+#   k8s    helm and kube-apiserver, built from the Go module proxy into
+#          $MAILSTREAM_CACHE/k8s (about 4 and 10 minutes once; Go must be in
+#          PATH or /usr/local/go/bin). Used by tests/integration/test_helm*.py.
 # --check changes nothing: it says what the steps would do and exits 1 if any
 # of them has work left.
 #
 # System services. We use the programs of redis-server, redis-sentinel,
-# postfix (smtp-sink), nsd, haproxy and dovecot, each started by
+# postfix (smtp-sink), nsd, haproxy, dovecot and etcd-server, each started by
 # cluster/mslocal.py or a test with a configuration of ours, on loopback ports
 # and state directories of ours; we never need the machine's own instances,
 # running or stopped. So a service that existed before this script ran is
@@ -67,6 +71,7 @@ APT_PACKAGES=(
 	kcat openssl curl nsd haproxy
 	dovecot-lmtpd dovecot-imapd dovecot-pop3d
 	maven
+	podman runc mmdebstrap debian-archive-keyring etcd-server
 )
 
 java_major() {
@@ -243,17 +248,60 @@ install_venv() {
 	echo "$stamp" > "$marker"
 }
 
+# ---------------------------------------------------------------------------
+# 4. helm and kube-apiserver for the chart's tests
+# ---------------------------------------------------------------------------
+# Keep in sync with tests/integration/k8s.py.
+HELM_VERSION=4.3.2
+K8S_VERSION=1.37.2
+K8S_DIR=$CACHE/k8s
+
+install_k8s() {
+	local helm=$K8S_DIR/helm-$HELM_VERSION apiserver=$K8S_DIR/kube-apiserver-$K8S_VERSION
+	local gobin
+	local stale=0
+	# A binary without the release stamped in (an older recipe) is rebuilt.
+	if [ -x "$apiserver" ] && ! "$apiserver" --version 2>/dev/null | grep -qx "Kubernetes v$K8S_VERSION"; then
+		stale=1
+	fi
+	if [ -x "$helm" ] && [ -x "$apiserver" ] && [ "$stale" = 0 ]; then
+		say "k8s: helm $HELM_VERSION and kube-apiserver $K8S_VERSION present in $K8S_DIR"
+		return
+	fi
+	if [ "$CHECK" = 1 ]; then
+		[ -x "$helm" ] || say "k8s: would build helm $HELM_VERSION into $K8S_DIR"
+		[ -x "$apiserver" ] && [ "$stale" = 0 ] || say "k8s: would build kube-apiserver $K8S_VERSION into $K8S_DIR"
+		PENDING=1
+		return
+	fi
+	export PATH=$PATH:/usr/local/go/bin
+	command -v go >/dev/null 2>&1 || die "go not found (needed to build helm and kube-apiserver)"
+	mkdir -p "$K8S_DIR"
+	if [ ! -x "$helm" ]; then
+		say "k8s: building helm $HELM_VERSION (a few minutes, once)"
+		gobin=$(mktemp -d "$K8S_DIR/gobin.XXXXXX")
+		GOBIN=$gobin go install "helm.sh/helm/v4/cmd/helm@v$HELM_VERSION" || die "go install helm failed"
+		mv "$gobin/helm" "$helm"
+		rm -rf "$gobin"
+	fi
+	if [ ! -x "$apiserver" ] || [ "$stale" = 1 ]; then
+		say "k8s: building kube-apiserver $K8S_VERSION (about 10 minutes, once)"
+		K8S_VERSION=$K8S_VERSION bash "$ROOT/cluster/k8s/build-apiserver.sh" "$apiserver" \
+			|| die "kube-apiserver build failed"
+	fi
+}
+
 CHECK=0
 PENDING=0
 steps=()
 for arg in "$@"; do
 	case $arg in
 	--check) CHECK=1 ;;
-	apt | kafka | venv) steps+=("$arg") ;;
-	*) die "usage: cluster/deps.sh [--check] [apt] [kafka] [venv]" ;;
+	apt | kafka | venv | k8s) steps+=("$arg") ;;
+	*) die "usage: cluster/deps.sh [--check] [apt] [kafka] [venv] [k8s]" ;;
 	esac
 done
-[ ${#steps[@]} -gt 0 ] || steps=(apt kafka venv)
+[ ${#steps[@]} -gt 0 ] || steps=(apt kafka venv k8s)
 
 [ "$CHECK" = 1 ] || mkdir -p "$CACHE"
 for step in "${steps[@]}"; do

@@ -3,6 +3,7 @@
  *
  *   mailstream-ctl [-c CONFIG] [-b BROKERS] topics create
  *                  NAME:PARTITIONS[:REPLICATION]... [-c key=value]...
+ *   mailstream-ctl --version
  *
  * Creates topics with the record size limit the design needs (ms_kafka.h);
  * existing topics are left as they are.  Exit 0 on success, 1 on failure, 2
@@ -26,6 +27,7 @@
 #include "ms_kafka.h"
 #include "ms_log.h"
 #include "ms_mem.h"
+#include "ms_version.h"
 
 #define CTL_TOPICS_MAX 64
 #define CTL_CONFIGS_MAX 32
@@ -34,7 +36,8 @@
 static void usage(void)
 {
     fprintf(stderr, "usage: mailstream-ctl [-c CONFIG] [-b BROKERS] topics create "
-                    "NAME:PARTITIONS[:REPLICATION]... [-c key=value]...\n");
+                    "NAME:PARTITIONS[:REPLICATION]... [-c key=value]...\n"
+                    "       mailstream-ctl --version\n");
     exit(2);
 }
 
@@ -90,6 +93,7 @@ int main(int argc, char **argv)
     char err[512];
     int i = 1, r;
 
+    ms_version_option(argc, argv, "mailstream-ctl");
     ms_log_init("ctl", MS_LOG_WARN);
     for (;;) {
         if (i + 1 < argc && strcmp(argv[i], "-c") == 0)

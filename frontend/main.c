@@ -27,8 +27,10 @@
  * report, 421 4.3.2 to everything else, flush the producer; the process
  * exits 0 once every loop has drained; a second signal cuts the grace period
  * short).  SIGHUP reloads the password file and the TLS certificates once
- * and publishes them; each loop then takes the new ones.  SIGPIPE is
- * ignored.
+ * and publishes them; each loop then takes the new ones.  So does a change
+ * of those files, checked every FE_FILE_CHECK_MS (a renewed Kubernetes
+ * Secret, e.g. from cert-manager, reaches the pods without a restart).
+ * SIGPIPE is ignored.
  */
 #include "fe_listen.h"
 #include "fe_conn_table.h"
@@ -44,13 +46,16 @@
 #include "ms_log.h"
 #include "ms_mem.h"
 #include "ms_redis.h"
+#include "ms_version.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define FE_DRAIN_POLL_MS 50
@@ -80,6 +85,15 @@ struct fe_loop {
 static ms_config *cfg;
 static ms_http_server *http;
 static uv_signal_t sig_term, sig_int, sig_hup;
+
+/* How often the main loop stats the certificate, key and password files.
+ * The kubelet updates a mounted Secret by swapping a symlink (..data) to a
+ * new directory, so what a path resolves to changes all at once; a stat of
+ * each path every few seconds sees it (an inotify watch on the path would
+ * be left on the old file) and costs a few system calls. */
+#define FE_FILE_CHECK_MS 5000
+static uv_timer_t file_check;
+static uint64_t files_sig; /* files_signature() at the last (re)load */
 static uv_async_t finished; /* loop -> main: a loop is done */
 static struct fe_loop *loops;
 static size_t nloops;
@@ -240,6 +254,72 @@ static void loop_take_published(struct fe_loop *L)
     fe_passwd_free(old_pw);
 }
 
+/* Main loop: a hash of what the certificate, key and password paths
+ * resolve to (device, inode, size, modification time; a missing file
+ * counts by its errno).  Any change, a renewal or a new Secret, changes it. */
+static uint64_t files_signature(void)
+{
+    const char *paths[2 * FE_TLS_CERTS_MAX + 1];
+    const char *const *names;
+    size_t n, i, np = 0;
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    struct stat st;
+
+    paths[np++] = ms_config_get(cfg, "smtp", "tls_cert", "");
+    paths[np++] = ms_config_get(cfg, "smtp", "tls_key", "");
+    paths[np++] = ms_config_get(cfg, "smtp", "passwd_file", "");
+    n = ms_config_sections(cfg, "tls.", &names);
+    for (i = 0; i < n && np + 2 <= sizeof(paths) / sizeof(paths[0]); i++) {
+        paths[np++] = ms_config_get(cfg, names[i], "cert", "");
+        paths[np++] = ms_config_get(cfg, names[i], "key", "");
+    }
+    for (i = 0; i < np; i++) {
+        uint64_t v[5] = {0};
+        size_t k;
+
+        if (*paths[i] == '\0')
+            continue;
+        if (stat(paths[i], &st) == 0) {
+            v[0] = (uint64_t)st.st_dev;
+            v[1] = (uint64_t)st.st_ino;
+            v[2] = (uint64_t)st.st_size;
+            v[3] = (uint64_t)st.st_mtim.tv_sec;
+            v[4] = (uint64_t)st.st_mtim.tv_nsec;
+        } else {
+            v[0] = (uint64_t)errno;
+        }
+        for (k = 0; k < 5; k++) {
+            h ^= v[k];
+            h *= 1099511628211ULL;
+        }
+    }
+    return h;
+}
+
+/* Main loop: read the certificates and the password file again, publish
+ * them and tell every loop (SIGHUP, or the files changed). */
+static void reload_published(void)
+{
+    size_t i;
+
+    files_sig = files_signature();
+    load_tls(0);
+    load_passwd(0);
+    for (i = 0; i < nloops; i++) {
+        atomic_store(&loops[i].want_reload, 1);
+        uv_async_send(&loops[i].wake);
+    }
+}
+
+static void on_file_check(uv_timer_t *t)
+{
+    (void)t;
+    if (files_signature() == files_sig)
+        return;
+    ms_info("event=reload reason=files_changed");
+    reload_published();
+}
+
 static void handle_closed(uv_handle_t *h)
 {
     (void)h;
@@ -259,6 +339,7 @@ static void on_finished(uv_async_t *a)
     uv_close((uv_handle_t *)&sig_term, handle_closed);
     uv_close((uv_handle_t *)&sig_int, handle_closed);
     uv_close((uv_handle_t *)&sig_hup, handle_closed);
+    uv_close((uv_handle_t *)&file_check, handle_closed);
     if (http)
         ms_http_stop(http);
     http = NULL;
@@ -338,12 +419,7 @@ static void on_signal(uv_signal_t *h, int signum)
     (void)h;
     if (signum == SIGHUP) {
         ms_info("event=reload");
-        load_tls(0);
-        load_passwd(0);
-        for (i = 0; i < nloops; i++) {
-            atomic_store(&loops[i].want_reload, 1);
-            uv_async_send(&loops[i].wake);
-        }
+        reload_published();
         return;
     }
     if (draining) {
@@ -442,7 +518,7 @@ static void loop_thread(void *arg)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: mailstream-frontend -c CONFIG\n");
+    fprintf(stderr, "usage: mailstream-frontend -c CONFIG | --version\n");
     exit(2);
 }
 
@@ -456,6 +532,7 @@ int main(int argc, char **argv)
     struct fe_settings set;
     uv_loop_t *loop = uv_default_loop();
 
+    ms_version_option(argc, argv, "mailstream-frontend");
     while ((opt = getopt(argc, argv, "c:h")) != -1) {
         switch (opt) {
         case 'c': path = optarg; break;
@@ -487,6 +564,7 @@ int main(int argc, char **argv)
                      FE_THREADS_MAX);
     }
     fe_metrics_register(&metrics);
+    files_sig = files_signature();
     load_tls(1);
     load_passwd(1);
     fe_conn_table_init(&conns);
@@ -512,6 +590,8 @@ int main(int argc, char **argv)
     uv_signal_start(&sig_term, on_signal, SIGTERM);
     uv_signal_start(&sig_int, on_signal, SIGINT);
     uv_signal_start(&sig_hup, on_signal, SIGHUP);
+    uv_timer_init(loop, &file_check);
+    uv_timer_start(&file_check, on_file_check, FE_FILE_CHECK_MS, FE_FILE_CHECK_MS);
     for (i = 1; i < nloops; i++)
         if (uv_thread_create(&loops[i].tid, loop_thread, &loops[i]) != 0)
             ms_fatal("event=thread_create_failed loop=%zu", i);

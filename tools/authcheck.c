@@ -53,6 +53,7 @@
 #include "ms_resolver.h"
 #include "ms_spf.h"
 #include "mailauth.h"
+#include "ms_version.h"
 
 #include <arpa/inet.h>
 
@@ -79,6 +80,7 @@ static int usage(void)
             "       mailstream-authcheck --sign [--now UNIX_TIME] --domain D --selector S\n"
             "                            --key FILE [...] FILE\n"
             "       mailstream-authcheck --record --key FILE\n"
+            "       mailstream-authcheck --version\n"
             "       mailstream-authcheck --spf-only [-c WORKER.ini] [--dns IP[@PORT]]\n"
             "                            [--timeout MS] [--dns-nodefault ZONE ...] [--trace]\n"
             "                            [--now UNIX_TIME] --ip IP [--helo NAME] [--mail-from ADDR]\n"
@@ -469,6 +471,7 @@ int main(int argc, char **argv)
         trace = 0;
     int64_t now = 0; /* --now; 0: the real clock */
 
+    ms_version_option(argc, argv, "mailstream-authcheck");
     ms_log_init("authcheck", MS_LOG_WARN);
     while ((opt = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
         switch (opt) {

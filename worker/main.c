@@ -28,6 +28,7 @@
 #include "ms_redis.h"
 #include "ms_resolver.h"
 #include "ms_route.h"
+#include "ms_version.h"
 #include "retry.h"
 #include "smtp_auth.h"
 #include "route.h"
@@ -469,7 +470,7 @@ static void sighup_cb(uv_signal_t *h, int signum)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: mailstream-worker [-c CONFIG]\n");
+    fprintf(stderr, "usage: mailstream-worker [-c CONFIG] | --version\n");
     exit(2);
 }
 
@@ -485,6 +486,7 @@ int main(int argc, char **argv)
     char err[512];
     int opt;
 
+    ms_version_option(argc, argv, "mailstream-worker");
     while ((opt = getopt(argc, argv, "c:h")) != -1) {
         switch (opt) {
         case 'c': config_path = optarg; break;
