@@ -259,7 +259,7 @@ static void loop_take_published(struct fe_loop *L)
  * counts by its errno).  Any change, a renewal or a new Secret, changes it. */
 static uint64_t files_signature(void)
 {
-    const char *paths[2 * FE_TLS_CERTS_MAX + 1];
+    const char *paths[2 * MS_TLS_CERTS_MAX + 1];
     const char *const *names;
     size_t n, i, np = 0;
     uint64_t h = 1469598103934665603ULL; /* FNV-1a */
