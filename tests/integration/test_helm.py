@@ -11,6 +11,7 @@ rendered pods running against Kafka and Redis is test_helm_pods.py.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -262,12 +263,23 @@ def _documented_keys(program: str) -> dict:
     part = text.split(f"## {program}\n", 1)[1]
     part = part.split("\n## ", 1)[0].split("\n### ", 1)[0]
     out: dict = {}
+    # The rules of [format.*], listed in their own table (a row says "(rules)").
+    rules = text.split("### Message format checks", 1)[1].split("\n## ", 1)[0]
+    rule_keys = set()
+    for line in rules.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 5 and re.fullmatch(r"[a-z0-9_]+", cells[0]):
+            rule_keys.add(cells[0])
     for line in part.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) < 3 or cells[0] in ("section", "---"):
             continue
-        keys = {k.strip().strip("`") for k in cells[1].split(",")}
-        out.setdefault(cells[0], set()).update(keys)
+        if cells[1] == "security keys":
+            continue  # "Secured connections", SECURITY_KEYS
+        keys = rule_keys if cells[1] == "(rules)" else \
+            {k.strip().strip("`") for k in cells[1].split(",")}
+        for section in (x.strip() for x in cells[0].split(",")):
+            out.setdefault(section, set()).update(keys)
     return out
 
 
