@@ -14,8 +14,8 @@ Where the programs come from:
              only unpacks their .deb files into $MAILSTREAM_CACHE/mta/root,
              and they run from there (LD_LIBRARY_PATH for the libraries the
              machine lacks).
-Compiled-in users. Exim insists on user Debian-exim, OpenSMTPD on _smtpd and
-_smtpq, Sendmail's daemon on smmsp/mailnull: the Debian maintainer scripts
+Compiled-in users. Exim insists on user Debian-exim, OpenSMTPD on opensmtpd and
+opensmtpq (Debian's names), Sendmail's daemon on smmsp/mailnull: the Debian maintainer scripts
 would create system users. We do not: nss_wrapper (LD_PRELOAD, also unpacked)
 gives each instance a passwd and group file of its own in which they exist.
 Compiled-in paths. Exim and Sendmail take every path from their
@@ -66,7 +66,7 @@ SENDMAIL_CF = MTA_ROOT / "usr" / "share" / "sendmail" / "cf"
 
 # uids/gids for the users the programs insist on (in the instance's own
 # passwd file only; no file on the host is owned by them outside our dirs).
-PRIVATE_IDS = {"Debian-exim": 64901, "_smtpd": 64902, "_smtpq": 64903,
+PRIVATE_IDS = {"Debian-exim": 64901, "opensmtpd": 64902, "opensmtpq": 64903,
                "smmsp": 64904, "mailnull": 64905}
 
 
@@ -251,3 +251,39 @@ class EximPeer(Peer):
                            env=Peer.env(self), timeout=30)
         m = re.search(r"Exim version (\S+)", r.stdout + r.stderr)
         return f"Exim {m.group(1)}" if m else "Exim ?"
+
+
+class OpenSmtpdPeer(Peer):
+    """smtpd -d -f our configuration, in a private mount namespace in which
+    the compiled-in /var/spool/smtpd, /var/run/smtpd.sock and
+    /var/lib/opensmtpd/empty are directories of ours."""
+
+    name = "opensmtpd"
+    MOUNTS = {"spool": "/var/spool", "run": "/var/run", "varlib": "/var/lib"}
+
+    def prepare(self) -> None:
+        for d in self.MOUNTS:
+            (self.root / d).mkdir(exist_ok=True)
+        (self.root / "varlib" / "opensmtpd" / "empty").mkdir(parents=True, exist_ok=True)
+        conf = self.root / "smtpd.conf"
+        conf.write_text(self.render("smtpd.conf.in"))
+        os.chmod(conf, 0o644)
+
+    def argv(self) -> List[str]:
+        mounts = " && ".join(f"mount --bind {self.root / d} {target}"
+                             for d, target in self.MOUNTS.items())
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                f"{mounts} && exec {SMTPD} -d -f {self.root / 'smtpd.conf'}"]
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess:
+        """smtpctl inside the instance's namespace (its control socket)."""
+        p = self.sup.procs[self.name]
+        return subprocess.run(["nsenter", "-t", str(p.pid), "-m",
+                               str(MTA_ROOT / "usr" / "sbin" / "smtpctl"), *args],
+                              capture_output=True, text=True, env=self.env(), timeout=30)
+
+    def version(self) -> str:
+        r = subprocess.run([str(SMTPD), "-h"], capture_output=True, text=True,
+                           env=self.env(), timeout=30)
+        m = re.search(r"version:\s*OpenSMTPD\s+(\S+)", r.stdout + r.stderr)
+        return f"OpenSMTPD {m.group(1)}" if m else "OpenSMTPD ?"
