@@ -15,7 +15,7 @@
 #          which conflict with each other and with postfix as Debian packages
 #          (each provides mail-transport-agent). So they are never installed:
 #          `apt-get download` fetches their .deb files (plus the libraries they
-#          need that the machine lacks, and nss_wrapper) into
+#          need that the machine lacks, nss_wrapper, and m4 for sendmail.cf) into
 #          $MAILSTREAM_CACHE/mta/debs and `dpkg-deb -x` unpacks them into
 #          $MAILSTREAM_CACHE/mta/root. No maintainer script runs, no user or
 #          service is created; tests/interop/mta.py runs them from there.
@@ -253,8 +253,8 @@ install_venv() {
 # 4. Private MTAs for the interoperability tests (unpacked, never installed)
 # ---------------------------------------------------------------------------
 MTA_DIR=$CACHE/mta
-MTA_PACKAGES=(exim4-daemon-light opensmtpd sendmail-bin sendmail-cf libnss-wrapper)
-MTA_BINARIES=(usr/sbin/exim4 usr/sbin/smtpd usr/libexec/sendmail/sendmail)
+MTA_PACKAGES=(exim4-daemon-light opensmtpd sendmail-bin sendmail-cf libnss-wrapper m4)
+MTA_BINARIES=(usr/sbin/exim4 usr/sbin/smtpd usr/libexec/sendmail/sendmail usr/bin/m4)
 
 # The shared-library dependencies (lib*) of the packages that are not installed
 # on this machine: unpacked next to the programs, found via LD_LIBRARY_PATH.
