@@ -23,6 +23,7 @@ header fields (Received) prepended. docs/interop.md has the table.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import smtplib
 import ssl
@@ -290,7 +291,7 @@ def test_in_550_for_one_recipient(world, peer):
     bad = f"c-{token}@nope.test"
     msg = message(token, sender, good + [bad])
     submit_in(peer, sender, good + [bad], msg)
-    ms = wait_sink(peer, world.sink, token, good + [sender], bounces=1, timeout=120)
+    ms = wait_sink(peer, world.sink, token, good, bounces=1, timeout=120)
     bounces = [m for m in ms if m.envelope["mail_from"] == ""]
     assert len(bounces) == 1 and bounces[0].envelope["rcpts"] == [sender], ms
     text = bounces[0].data
@@ -368,9 +369,12 @@ def test_out_550_for_one_recipient(world, peer):
     assert len(bounces) == 1, ms
     assert bounces[0].envelope["rcpts"] == [mslocal.DEMO_USER]
     text = bounces[0].data
-    assert f"Final-Recipient: rfc822;{bad}".encode() in text, text[:3000]
+    def final(addr: str) -> bool:
+        return re.search(rb"(?im)^Final-Recipient:\s*rfc822;\s*" + re.escape(addr.encode()) + rb"\r?$",
+                         text) is not None
+    assert final(bad), text[:3000]
     for g in good:
-        assert f"Final-Recipient: rfc822;{g}".encode() not in text, text[:3000]
+        assert not final(g), text[:3000]
     for m in ms:
         if m.envelope["mail_from"] != "":
             hop_check(m.data, msg)
