@@ -110,6 +110,9 @@ class Peer:
     """One MTA instance. Subclasses write the configuration and the argv."""
 
     name = "?"
+    # Whether it declares BODY=8BITMIME when it relays a message received
+    # with it (RFC 6152 §3); Exim and OpenSMTPD pass the octets on undeclared.
+    relays_body_8bitmime = True
 
     def __init__(self, sup: mslocal.Supervisor, root: Path, port: int, mx_port: int,
                  sink_port: int, cert: Path, key: Path):
@@ -226,6 +229,7 @@ class EximPeer(Peer):
     """exim4 -bdf (daemon in the foreground) with -C our configuration."""
 
     name = "exim"
+    relays_body_8bitmime = False
 
     def values(self) -> Dict[str, str]:
         return {**super().values(), "EXIM": str(self.root / "bin" / "exim4"),
@@ -269,6 +273,7 @@ class OpenSmtpdPeer(Peer):
     /var/lib/opensmtpd/empty are directories of ours."""
 
     name = "opensmtpd"
+    relays_body_8bitmime = False
     MOUNTS = {"spool": "/var/spool", "run": "/var/run", "varlib": "/var/lib"}
 
     def prepare(self) -> None:
