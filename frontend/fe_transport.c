@@ -45,6 +45,7 @@ struct tcp_transport {
     int handshaking;
     int tls_failed; /* the handshake failed: no close_notify */
     int errored;  /* on_error already reported */
+    int read_eof; /* the client shut down its sending half; we may still write */
     int shutdown; /* close once the pending output is written */
     size_t pending;
     struct fe_tls_ctx *tctx; /* a reference while t->ssl exists */
@@ -227,6 +228,18 @@ static void tcp_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
     if (nread == 0 || t->pub.closing)
         return;
+    if (nread == UV_EOF && t->ssl == NULL) {
+        /* A half-close (shutdown(SHUT_WR), as Exim does after pipelining
+         * QUIT behind the end of a message): the client still reads the
+         * replies it is owed (RFC 2920 3.1, RFC 5321 4.1.1.10), so writing
+         * stays allowed; the session decides when to close. */
+        t->read_eof = 1;
+        uv_read_stop(s);
+        t->pub.reading = 0;
+        if (!t->errored && !t->pub.closing)
+            t->pub.cb.on_error(t->pub.arg, MS_ECLOSED);
+        return;
+    }
     if (nread < 0) {
         tcp_report_error(t, nread == UV_EOF ? MS_ECLOSED : MS_EIO);
         return;
@@ -241,7 +254,7 @@ static void tcp_read_start(struct fe_transport *pub)
 {
     struct tcp_transport *t = (struct tcp_transport *)pub;
 
-    if (pub->reading || pub->closing)
+    if (pub->reading || pub->closing || t->read_eof)
         return;
     if (uv_read_start((uv_stream_t *)&t->tcp, tcp_alloc_cb, tcp_read_cb) == 0)
         pub->reading = 1;

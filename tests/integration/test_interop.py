@@ -413,7 +413,9 @@ def test_half_close_after_pipelined_quit(world, verb):
         else:
             sk.sendall(head + b"DATA\r\n")
             assert [f.readline()[:3] for _ in range(3)] == [b"250", b"250", b"354"]
-            sk.sendall(msg + b".\r\nQUIT\r\n")
+            stuffed = b"\r\n".join(b"." + ln if ln.startswith(b".") else ln
+                                   for ln in msg.split(b"\r\n"))  # RFC 5321 4.5.2
+            sk.sendall(stuffed + b".\r\nQUIT\r\n")
             want = [b"250", b"221"]
         sk.shutdown(socket.SHUT_WR)
         codes = [line[:3] for line in f.read().split(b"\r\n") if line]
