@@ -307,6 +307,58 @@ def test_in_550_for_one_recipient(world, peer):
             hop_check(m.data, msg)
 
 
+def ehlo_offers(port: int, keyword: str) -> bool:
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.interop.test", timeout=30) as s:
+        s.ehlo()
+        return s.has_extn(keyword)
+
+
+def log_lines(world: World, node: str, *needles: str, timeout: float = 60.0) -> List[str]:
+    """Lines of our node's log (frontend-1, worker-1) holding every needle,
+    once there is one."""
+    path = world.sup.state_dir / f"{node}.log"
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [ln for ln in path.read_text(errors="replace").splitlines()
+                 if all(n in ln for n in needles)]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.3)
+
+
+def test_in_smtputf8(world, peer):
+    """UTF-8 addresses (RFC 6531): a peer that offers SMTPUTF8 relays them to
+    us with SMTPUTF8 (our frontend queues the message); one that does not
+    refuses them (RFC 6531 §3.4). The capture sink (smtp-sink) offers no
+    SMTPUTF8, so the check is our frontend's log, not the sink."""
+    token = new_token()
+    sender, rcpt = f"jürgen-{token}@far.test", f"zoë-{token}@ms.test"
+    msg = message(token, sender, [rcpt])
+    if not ehlo_offers(peer.port, "smtputf8"):
+        with pytest.raises(smtplib.SMTPException):
+            submit_in(peer, sender, [rcpt], msg, mail_options=["SMTPUTF8"])
+        pytest.skip(f"{peer.name} does not offer SMTPUTF8 (refused, as RFC 6531 §3.4 asks)")
+    submit_in(peer, sender, [rcpt], msg, mail_options=["SMTPUTF8"])
+    queued = log_lines(world, "frontend-1", "event=queued", token)
+    assert queued, f"not queued by us\n{peer.log_tail(30)}"
+
+
+def test_in_dsn_parameters(world, peer):
+    """NOTIFY, ORCPT, ENVID and RET (RFC 3461 §4) given to the peer arrive in
+    our envelope: the sink sees them on our worker's MAIL and RCPT."""
+    token = new_token()
+    rcpt = f"user-{token}@ms.test"
+    msg = message(token, SENDER_IN, [rcpt])
+    submit_in(peer, SENDER_IN, [rcpt], msg, mail_options=["RET=HDRS", f"ENVID=env-{token}"],
+              rcpt_options=["NOTIFY=SUCCESS,FAILURE", f"ORCPT=rfc822;orig-{token}@ms.test"])
+    (m,) = wait_sink(peer, world.sink, token, [rcpt])
+    hop_check(m.data, msg)
+    margs, rargs = (m.envelope["mail_args"] or "").upper(), " ".join(m.envelope["rcpt_args"])
+    assert "RET=HDRS" in margs and f"ENVID=ENV-{token}".upper() in margs, m.envelope
+    assert "NOTIFY=SUCCESS,FAILURE" in rargs.upper(), m.envelope
+    assert f"ORCPT=rfc822;orig-{token}@ms.test".lower() in rargs.lower(), m.envelope
+
+
 # ---------------------------------------------------------------------------
 # We send to them
 # ---------------------------------------------------------------------------
@@ -383,6 +435,38 @@ def test_out_550_for_one_recipient(world, peer):
     for m in ms:
         if m.envelope["mail_from"] != "":
             hop_check(m.data, msg)
+
+
+def test_out_smtputf8(world, peer):
+    """A UTF-8 recipient: delivered to a peer that offers SMTPUTF8 (our
+    worker's log says so; the sink behind the peer has no SMTPUTF8), bounced
+    with 5.6.7 by us for one that does not (RFC 6531 §3.4)."""
+    token = new_token()
+    rcpt = f"zoë-{token}@{peer.name}.far.test"
+    msg = message(token, mslocal.DEMO_USER, [rcpt])
+    submit_out(world, [rcpt], msg, mail_options=["SMTPUTF8"])
+    lines = log_lines(world, "worker-1", "event=delivery", token)
+    assert lines, "no delivery attempt logged"
+    if not ehlo_offers(peer.port, "smtputf8"):
+        assert "outcome=bounced" in lines[0] and "5.6.7" in lines[0], lines
+        pytest.skip(f"{peer.name} does not offer SMTPUTF8: bounced by us with 5.6.7")
+    assert "outcome=delivered" in lines[0], lines
+
+
+def test_out_dsn_parameters(world, peer):
+    """NOTIFY, ORCPT, ENVID and RET we were given go on to the peer (RFC 3461
+    §4), which passes them on to the sink (DSN offered there)."""
+    token = new_token()
+    rcpt = f"user-{token}@{peer.name}.far.test"
+    msg = message(token, mslocal.DEMO_USER, [rcpt])
+    submit_out(world, [rcpt], msg, mail_options=["RET=HDRS", f"ENVID=env-{token}"],
+               rcpt_options=["NOTIFY=FAILURE", f"ORCPT=rfc822;orig-{token}@x.test"])
+    (m,) = wait_sink(peer, world.sink, token, [rcpt])
+    hop_check(m.data, msg)
+    margs, rargs = (m.envelope["mail_args"] or "").upper(), " ".join(m.envelope["rcpt_args"])
+    assert "RET=HDRS" in margs and f"ENVID=ENV-{token}".upper() in margs, m.envelope
+    assert "NOTIFY=FAILURE" in rargs.upper(), m.envelope
+    assert f"ORCPT=rfc822;orig-{token}@x.test".lower() in rargs.lower(), m.envelope
 
 
 # ---------------------------------------------------------------------------
