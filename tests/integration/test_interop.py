@@ -138,6 +138,27 @@ def message(token: str, sender: str, rcpts: List[str], body: bytes = b"",
     return head + extra_headers + b"\r\n" + body
 
 
+def eight_bit_message(token: str, sender: str, rcpt: str) -> bytes:
+    body = "Grüße aus Zürich — ½ € ✓\r\n".encode() * 3
+    return message(token, sender, [rcpt], body,
+                   b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                   b"Content-Transfer-Encoding: 8bit\r\n")
+
+
+def large_message(token: str, sender: str, rcpt: str) -> bytes:
+    line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-+0123456789ab\r\n"
+    msg = message(token, sender, [rcpt], line * (LARGE // len(line) + 1))
+    assert len(msg) > 10 * 1024 * 1024
+    return msg
+
+
+def check_8bit_declared(peer, m: mslocal.SinkMessage) -> None:
+    """The sink sees the MAIL of the hop before it, which declares
+    BODY=8BITMIME if the MTA declared it (to us, or to the sink)."""
+    declared = "BODY=8BITMIME" in (m.envelope["mail_args"] or "").upper()
+    assert declared == peer.relays_body_8bitmime, m.envelope
+
+
 def hop_check(data: bytes, original: bytes) -> List[bytes]:
     """data must be original with only hop fields prepended; the prepended
     fields are returned."""
@@ -253,25 +274,17 @@ def test_in_plain(world, peer, tls):
 def test_in_8bitmime(world, peer):
     token = new_token()
     rcpt = f"user-{token}@ms.test"
-    body = "Grüße aus Zürich — ½ € ✓\r\n".encode() * 3
-    msg = message(token, SENDER_IN, [rcpt], body,
-                  b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                  b"Content-Transfer-Encoding: 8bit\r\n")
+    msg = eight_bit_message(token, SENDER_IN, rcpt)
     submit_in(peer, SENDER_IN, [rcpt], msg, mail_options=["BODY=8BITMIME"])
     (m,) = wait_sink(peer, world.sink, token, [rcpt])
     hop_check(m.data, msg)
-    # The sink sees our worker's MAIL, which declares what the MTA declared.
-    declared = "BODY=8BITMIME" in (m.envelope["mail_args"] or "").upper()
-    assert declared == peer.relays_body_8bitmime, m.envelope
+    check_8bit_declared(peer, m)  # our worker declares what the MTA declared
 
 
 def test_in_large(world, peer):
     token = new_token()
     rcpt = f"user-{token}@ms.test"
-    line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-+0123456789ab\r\n"
-    body = line * (LARGE // len(line) + 1)
-    msg = message(token, SENDER_IN, [rcpt], body)
-    assert len(msg) > 10 * 1024 * 1024
+    msg = large_message(token, SENDER_IN, rcpt)
     submit_in(peer, SENDER_IN, [rcpt], msg)
     (m,) = wait_sink(peer, world.sink, token, [rcpt], timeout=150)
     hop_check(m.data, msg)
@@ -381,22 +394,17 @@ def test_out_plain(world, peer, tls):
 def test_out_8bitmime(world, peer):
     token = new_token()
     rcpt = f"user-{token}@{peer.name}.far.test"
-    body = "Grüße aus Zürich — ½ € ✓\r\n".encode() * 3
-    msg = message(token, mslocal.DEMO_USER, [rcpt], body,
-                  b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                  b"Content-Transfer-Encoding: 8bit\r\n")
+    msg = eight_bit_message(token, mslocal.DEMO_USER, rcpt)
     submit_out(world, [rcpt], msg, mail_options=["BODY=8BITMIME"])
     (m,) = wait_sink(peer, world.sink, token, [rcpt])
     hop_check(m.data, msg)
-    declared = "BODY=8BITMIME" in (m.envelope["mail_args"] or "").upper()
-    assert declared == peer.relays_body_8bitmime, m.envelope
+    check_8bit_declared(peer, m)
 
 
 def test_out_large(world, peer):
     token = new_token()
     rcpt = f"user-{token}@{peer.name}.far.test"
-    line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-+0123456789ab\r\n"
-    msg = message(token, mslocal.DEMO_USER, [rcpt], line * (LARGE // len(line) + 1))
+    msg = large_message(token, mslocal.DEMO_USER, rcpt)
     submit_out(world, [rcpt], msg)
     (m,) = wait_sink(peer, world.sink, token, [rcpt], timeout=150)
     hop_check(m.data, msg)
@@ -426,9 +434,11 @@ def test_out_550_for_one_recipient(world, peer):
     assert len(bounces) == 1, ms
     assert bounces[0].envelope["rcpts"] == [mslocal.DEMO_USER]
     text = bounces[0].data
+
     def final(addr: str) -> bool:
-        return re.search(rb"(?im)^Final-Recipient:\s*rfc822;\s*" + re.escape(addr.encode()) + rb"\r?$",
-                         text) is not None
+        field = rb"(?im)^Final-Recipient:\s*rfc822;\s*" + re.escape(addr.encode()) + rb"\r?$"
+        return re.search(field, text) is not None
+
     assert final(bad), text[:3000]
     for g in good:
         assert not final(g), text[:3000]
