@@ -80,6 +80,16 @@ def world(redis_server, kafka_broker):
     root = Path(tempfile.mkdtemp(prefix="ms-interop-"))
     os.chmod(root, 0o755)
     sup = mslocal.Supervisor(root / "ms")
+    try:
+        yield from _world(root, sup, redis_server, kafka_broker)
+    finally:
+        sup.stop_all(order=[n for pre in ("frontend-", "worker-", "sink")
+                            for n in list(sup.procs) if n.startswith(pre)])
+        if os.environ.get("MAILSTREAM_KEEP_INTEROP") != "1":
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _world(root: Path, sup: mslocal.Supervisor, redis_server, kafka_broker):
     sink_port, mx_port, sub_port, *rest = mslocal.free_ports(3 + len(PEERS) + 8)
     ports = dict(zip(PEERS, rest))
     sink = mslocal.Sink(sup, sink_port)
@@ -102,14 +112,7 @@ def world(redis_server, kafka_broker):
     isolate_topics(kafka_broker, spec, f"interop#{root}")
     cl = mslocal.Cluster(sup, mslocal.ClusterSpec(**spec))  # type: ignore[arg-type]
     cl.start()
-    w = World(root, sup, sink, cl, ports, mx_port)
-    try:
-        yield w
-    finally:
-        sup.stop_all(order=[n for pre in ("frontend-", "worker-", "sink")
-                            for n in list(sup.procs) if n.startswith(pre)])
-        if os.environ.get("MAILSTREAM_KEEP_INTEROP") != "1":
-            shutil.rmtree(root, ignore_errors=True)
+    yield World(root, sup, sink, cl, ports, mx_port)
 
 
 @pytest.fixture(scope="module", params=list(PEERS))
@@ -117,11 +120,11 @@ def peer(request, world):
     name = request.param
     p = PEERS[name](world.sup, world.root, world.ports[name], world.mx_port, world.sink.port,
                     world.cluster.tls_cert, world.cluster.tls_key)
-    p.start()
     try:
+        p.start()
         yield p
     finally:
-        p.stop()
+        p.stop()  # by its pid, also when it never answered
 
 
 # ---------------------------------------------------------------------------
@@ -163,6 +166,15 @@ def check_8bit_declared(peer, m: mslocal.SinkMessage) -> None:
     BODY=8BITMIME if the MTA declared it (to us, or to the sink)."""
     declared = "BODY=8BITMIME" in (m.envelope["mail_args"] or "").upper()
     assert declared == peer.relays_body_8bitmime, m.envelope
+
+
+def check_dsn_params(m: mslocal.SinkMessage, token: str, notify: str, orcpt: str) -> None:
+    """RET=HDRS, ENVID=env-<token>, NOTIFY and ORCPT as the client gave them
+    (RFC 3461 §4) on the MAIL and RCPT the sink saw."""
+    margs, rargs = (m.envelope["mail_args"] or "").upper(), " ".join(m.envelope["rcpt_args"])
+    assert "RET=HDRS" in margs and f"ENVID=ENV-{token}".upper() in margs, m.envelope
+    assert f"NOTIFY={notify}" in rargs.upper(), m.envelope
+    assert f"ORCPT=rfc822;{orcpt}".lower() in rargs.lower(), m.envelope
 
 
 def hop_check(data: bytes, original: bytes) -> List[bytes]:
@@ -372,10 +384,7 @@ def test_in_dsn_parameters(world, peer):
               rcpt_options=["NOTIFY=SUCCESS,FAILURE", f"ORCPT=rfc822;orig-{token}@ms.test"])
     (m,) = wait_sink(peer, world.sink, token, [rcpt])
     hop_check(m.data, msg)
-    margs, rargs = (m.envelope["mail_args"] or "").upper(), " ".join(m.envelope["rcpt_args"])
-    assert "RET=HDRS" in margs and f"ENVID=ENV-{token}".upper() in margs, m.envelope
-    assert "NOTIFY=SUCCESS,FAILURE" in rargs.upper(), m.envelope
-    assert f"ORCPT=rfc822;orig-{token}@ms.test".lower() in rargs.lower(), m.envelope
+    check_dsn_params(m, token, "SUCCESS,FAILURE", f"orig-{token}@ms.test")
 
 
 # ---------------------------------------------------------------------------
@@ -479,10 +488,7 @@ def test_out_dsn_parameters(world, peer):
                rcpt_options=["NOTIFY=FAILURE", f"ORCPT=rfc822;orig-{token}@x.test"])
     (m,) = wait_sink(peer, world.sink, token, [rcpt])
     hop_check(m.data, msg)
-    margs, rargs = (m.envelope["mail_args"] or "").upper(), " ".join(m.envelope["rcpt_args"])
-    assert "RET=HDRS" in margs and f"ENVID=ENV-{token}".upper() in margs, m.envelope
-    assert "NOTIFY=FAILURE" in rargs.upper(), m.envelope
-    assert f"ORCPT=rfc822;orig-{token}@x.test".lower() in rargs.lower(), m.envelope
+    check_dsn_params(m, token, "FAILURE", f"orig-{token}@x.test")
 
 
 # ---------------------------------------------------------------------------
