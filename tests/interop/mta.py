@@ -15,9 +15,14 @@ Where the programs come from:
              and they run from there (LD_LIBRARY_PATH for the libraries the
              machine lacks).
 Compiled-in users. Exim insists on user Debian-exim, OpenSMTPD on opensmtpd and
-opensmtpq (Debian's names), Sendmail's daemon on smmsp/mailnull: the Debian maintainer scripts
-would create system users. We do not: nss_wrapper (LD_PRELOAD, also unpacked)
-gives each instance a passwd and group file of its own in which they exist.
+opensmtpq (Debian's names), Sendmail on smmsp/mailnull: the Debian maintainer
+scripts would create system users. We do not: nss_wrapper (LD_PRELOAD, also
+unpacked) gives each instance a passwd and group file of its own in which they
+exist. Exim and Sendmail run from copies of their binaries without the
+setuid/setgid bit (a set-id program ignores LD_PRELOAD and LD_LIBRARY_PATH).
+Sendmail also gets a UTS namespace with its own host name (unshare --uts).
+Everything else the tests need is in the root directory given to a peer,
+which must be traversable by every uid (Exim's processes run as its user).
 Compiled-in paths. Exim and Sendmail take every path from their
 configuration (-C). OpenSMTPD has its spool (/var/spool/smtpd), control
 socket (/var/run/smtpd.sock) and chroot (/var/lib/opensmtpd/empty) compiled
@@ -31,7 +36,9 @@ Every peer is configured the same way (the routes the tests rely on):
                                           required, certificate not checked
   any other domain                     -> [127.0.0.1]:sink_port, no TLS
 and accepts mail from 127.0.0.0/8 for any domain, offering STARTTLS with the
-given self-signed certificate; temporary failures are retried within seconds.
+given self-signed certificate, refusing only refuse@ (550 5.1.1); temporary
+failures are retried within seconds. Needs root (user switching, namespaces).
+Not thread-safe; one test process drives a peer.
 """
 
 from __future__ import annotations
