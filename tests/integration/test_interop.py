@@ -38,7 +38,8 @@ from typing import Dict, List
 import pytest
 
 import mslocal
-from conftest import REPO, isolate_topics, testdata_required
+import conftest
+from conftest import REPO, isolate_topics
 
 sys.path.insert(0, str(REPO / "tests" / "interop"))
 import mta  # noqa: E402
@@ -72,7 +73,7 @@ def world(redis_server, kafka_broker):
     if why is not None:
         # Under CI the MTAs must be there (cluster/deps.sh step mta), so that
         # a run that lost them cannot pass by skipping.
-        if testdata_required():
+        if conftest.testdata_required():
             pytest.fail(why, pytrace=False)
         pytest.skip(why)
     # Exim's processes run as their own uid and must traverse the instance
