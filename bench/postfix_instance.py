@@ -43,8 +43,14 @@ class PostfixInstance:
 
     def __init__(self, root: Path, smtp_port: int, sink_port: int, *,
                  process_limit: int = 500, dest_concurrency: int = 50,
-                 smtpd_maxproc: str = "-", message_size_limit: int = 26214400):
+                 smtpd_maxproc: str = "-", message_size_limit: int = 26214400,
+                 templates: Optional[Path] = None,
+                 extra_values: Optional[Dict[str, str]] = None):
+        """templates: a directory whose main.cf.in / master.cf.in replace
+        bench/postfix's (a file it lacks is taken from bench/postfix);
+        extra_values: more @PLACEHOLDER@ values for them (tests/interop)."""
         self.root = Path(root)
+        self.templates = Path(templates) if templates else TEMPLATES
         self.conf_dir = self.root / "etc"
         self.queue_dir = self.root / "queue"
         self.data_dir = self.root / "data"
@@ -61,12 +67,16 @@ class PostfixInstance:
             "DEST_CONCURRENCY": str(dest_concurrency),
             "SMTPD_MAXPROC": smtpd_maxproc,
             "MESSAGE_SIZE_LIMIT": str(message_size_limit),
+            **(extra_values or {}),
         }
         self.master_pid: Optional[int] = None
 
     # -- configuration --
     def _render(self, name: str) -> str:
-        text = (TEMPLATES / f"{name}.in").read_text()
+        path = self.templates / f"{name}.in"
+        if not path.is_file():
+            path = TEMPLATES / f"{name}.in"
+        text = path.read_text()
         for k, v in self.values.items():
             text = text.replace(f"@{k}@", v)
         left = re.search(r"@[A-Z][A-Z_]+@", text)

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # cluster/deps.sh - install everything Mailstream needs to build, run and test.
 #
-#   cluster/deps.sh [--check] [apt] [kafka] [venv] [k8s]
+#   cluster/deps.sh [--check] [apt] [kafka] [venv] [k8s] [mta]
 #
 # Run by `make deps`. Idempotent: every step checks before it acts, so a second
-# run is a fast no-op. Four steps (all of them unless some are named):
+# run is a fast no-op. Five steps (all of them unless some are named):
 #   apt    Debian packages (compilers, C libraries, redis-server and
 #          redis-sentinel, postfix for smtp-sink, nsd, haproxy, dovecot, swaks,
 #          kcat, Java and Maven; podman, runc and mmdebstrap for `make image`,
@@ -16,6 +16,14 @@
 #   k8s    helm and kube-apiserver, built from the Go module proxy into
 #          $MAILSTREAM_CACHE/k8s (about 4 and 10 minutes once; Go must be in
 #          PATH or /usr/local/go/bin). Used by tests/integration/test_helm*.py.
+#   mta    Exim, OpenSMTPD and Sendmail for the interoperability tests (issue 24),
+#          which conflict with each other and with postfix as Debian packages
+#          (each provides mail-transport-agent). So they are never installed:
+#          `apt-get download` fetches their .deb files (plus the libraries they
+#          need that the machine lacks, nss_wrapper, and m4 for sendmail.cf) into
+#          $MAILSTREAM_CACHE/mta/debs and `dpkg-deb -x` unpacks them into
+#          $MAILSTREAM_CACHE/mta/root. No maintainer script runs, no user or
+#          service is created; tests/interop/mta.py runs them from there.
 # --check changes nothing: it says what the steps would do and exits 1 if any
 # of them has work left.
 #
@@ -291,17 +299,75 @@ install_k8s() {
 	fi
 }
 
+# ---------------------------------------------------------------------------
+# 5. Private MTAs for the interoperability tests (unpacked, never installed)
+# ---------------------------------------------------------------------------
+MTA_DIR=$CACHE/mta
+MTA_PACKAGES=(exim4-daemon-light opensmtpd sendmail-bin sendmail-cf libnss-wrapper m4)
+MTA_BINARIES=(usr/sbin/exim4 usr/sbin/smtpd usr/libexec/sendmail/sendmail usr/bin/m4)
+
+# The shared-library dependencies (lib*) of the packages that are not installed
+# on this machine: unpacked next to the programs, found via LD_LIBRARY_PATH.
+mta_missing_libs() {
+	local p
+	for p in $(apt-cache depends "${MTA_PACKAGES[@]}" 2>/dev/null \
+		| sed -n 's/^ *|\{0,1\}Depends: \(lib[^ <>]*\)$/\1/p' | sort -u); do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
+			|| printf '%s\n' "$p"
+	done
+}
+
+install_mta() {
+	local marker=$MTA_DIR/root/.complete stamp pkgs b libdir
+	stamp=$(printf '%s\n' "${MTA_PACKAGES[@]}" | sha256sum | cut -c1-16)
+	if [ -f "$marker" ] && [ "$(cat "$marker")" = "$stamp" ]; then
+		say "mta: exim, opensmtpd, sendmail present in $MTA_DIR/root"
+		return
+	fi
+	if [ "$CHECK" = 1 ]; then
+		say "mta: would download and unpack ${MTA_PACKAGES[*]} into $MTA_DIR/root"
+		PENDING=1
+		return
+	fi
+	command -v apt-get >/dev/null 2>&1 || die "mta: needs apt-get (Debian)"
+	pkgs=("${MTA_PACKAGES[@]}" $(mta_missing_libs))
+	say "mta: downloading ${pkgs[*]}"
+	rm -rf "$MTA_DIR/debs" "$MTA_DIR/root.tmp"
+	mkdir -p "$MTA_DIR/debs" "$MTA_DIR/root.tmp"
+	# apt-get download needs current package lists; update once if it fails.
+	# (It runs as root here; apt warns that it could not drop to _apt.)
+	if ! (cd "$MTA_DIR/debs" && apt-get download -qq "${pkgs[@]}" 2>/dev/null); then
+		as_root apt-get update -qq || die "apt-get update failed"
+		(cd "$MTA_DIR/debs" && apt-get download -qq "${pkgs[@]}" 2>&1 | grep -v unsandboxed) \
+			|| die "mta: apt-get download ${pkgs[*]} failed"
+	fi
+	for b in "$MTA_DIR"/debs/*.deb; do
+		dpkg-deb -x "$b" "$MTA_DIR/root.tmp" || die "mta: dpkg-deb -x $b failed"
+	done
+	libdir=$MTA_DIR/root.tmp/usr/lib/$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)
+	for b in "${MTA_BINARIES[@]}"; do
+		[ -x "$MTA_DIR/root.tmp/$b" ] || die "mta: $b missing after unpacking"
+		if LD_LIBRARY_PATH=$libdir ldd "$MTA_DIR/root.tmp/$b" | grep -q 'not found'; then
+			die "mta: $b: $(LD_LIBRARY_PATH=$libdir ldd "$MTA_DIR/root.tmp/$b" | grep 'not found' | tr -s '\t\n' ' ')"
+		fi
+	done
+	rm -rf "$MTA_DIR/root"
+	mv "$MTA_DIR/root.tmp" "$MTA_DIR/root"
+	echo "$stamp" > "$marker"
+	say "mta: $(cd "$MTA_DIR/debs" && ls | sed 's/_.*//' | tr '\n' ' ')unpacked into $MTA_DIR/root"
+}
+
 CHECK=0
 PENDING=0
 steps=()
 for arg in "$@"; do
 	case $arg in
 	--check) CHECK=1 ;;
-	apt | kafka | venv | k8s) steps+=("$arg") ;;
-	*) die "usage: cluster/deps.sh [--check] [apt] [kafka] [venv] [k8s]" ;;
+	apt | kafka | venv | k8s | mta) steps+=("$arg") ;;
+	*) die "usage: cluster/deps.sh [--check] [apt] [kafka] [venv] [k8s] [mta]" ;;
 	esac
 done
-[ ${#steps[@]} -gt 0 ] || steps=(apt kafka venv k8s)
+[ ${#steps[@]} -gt 0 ] || steps=(apt kafka venv k8s mta)
 
 [ "$CHECK" = 1 ] || mkdir -p "$CACHE"
 for step in "${steps[@]}"; do

@@ -136,6 +136,7 @@ struct fe_session {
     char sasl_user[FE_AUTH_USER_MAX + 1];
     uint64_t errors;
     int skip_line; /* discarding an overlong line through its LF */
+    int peer_eof;  /* the client half-closed while a transaction was queueing */
     uint64_t skip_octets; /* discarding the data of a refused BDAT chunk */
     uint64_t ntx;
     uint64_t ncommands;
@@ -664,6 +665,8 @@ static void session_queued(struct fe_session *s, int err, const char *errstr)
         fe__session_process(s);
     }
     flush(s);
+    if (s->peer_eof && s->state != FE_ST_CLOSING && s->state != FE_ST_QUEUEING)
+        close_session(s); /* nothing more will come */
 }
 
 /* ---- commands ---- */
@@ -1698,6 +1701,15 @@ static void on_error(void *arg, int err)
 
     ms_debug("event=disconnect sid=%llu client=%s state=%s error=%s", (unsigned long long)s->id,
              s->ip, state_names[s->state], ms_err_name(err));
+    if (err == MS_ECLOSED && s->state == FE_ST_QUEUEING && !s->peer_eof) {
+        /* End of input behind a message still being queued: the client
+         * half-closed and waits for its replies (RFC 2920 3.1). Answer the
+         * message and whatever was pipelined before the end (QUIT), then
+         * close (session_queued). Closing now would lose the 250 of a
+         * message that is queued: the client would send it again. */
+        s->peer_eof = 1;
+        return;
+    }
     if (s->tx && s->state != FE_ST_QUEUEING)
         ms_info("event=lost qid=%s sid=%llu client=%s state=%s", s->tx->qid,
                 (unsigned long long)s->id, s->ip, state_names[s->state]);

@@ -398,7 +398,11 @@ int fe_xtext_decode(const char *in, size_t n, char *out, size_t outlen)
         } else if (c < 33 || c > 126 || c == '=') {
             return MS_EPROTO;
         }
-        if (c < 32 || c > 126)
+        /* RFC 3461 4: any octet may come as hexchar. UTF-8 octets do: Postfix
+         * sends the ORCPT of an SMTPUTF8 recipient as rfc822 xtext
+         * ("zo+C3+AB@..."), and refusing it cost the whole RCPT (issue 24).
+         * Controls stay refused: they would end up in DSN fields. */
+        if (c < 32 || c == 127)
             return MS_EPROTO;
         if (o + 1 >= outlen)
             return MS_ETOOBIG;

@@ -148,8 +148,9 @@ int fe_smtp_bdat_args(const char *args, size_t len, uint64_t *size, int *last, i
                       const char **reply);
 
 /* Decode RFC 3461 4 xtext into out (size outlen, NUL-terminated).  Returns
- * the decoded length, MS_EPROTO for malformed xtext or a decoded octet outside
- * printable US-ASCII, MS_ETOOBIG when it does not fit. */
+ * the decoded length, MS_EPROTO for malformed xtext or a decoded control
+ * octet (below 0x20, or 0x7f; octets from 0x80 up, UTF-8, are kept),
+ * MS_ETOOBIG when it does not fit. */
 int fe_xtext_decode(const char *in, size_t n, char *out, size_t outlen);
 
 #endif

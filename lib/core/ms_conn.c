@@ -81,6 +81,7 @@ struct conn {
     int errored;     /* broken: no more I/O */
     int reported;    /* on_error called */
     int shutdown;    /* close once the pending output is written */
+    int read_eof;    /* the peer shut down its sending half; we may still write */
     size_t pending;
     union {
         struct {
@@ -292,7 +293,7 @@ int ms_conn_read_start(struct ms_conn *pub)
 {
     struct conn *t = (struct conn *)pub;
 
-    if (pub->reading || pub->closing)
+    if (pub->reading || pub->closing || t->read_eof)
         return 0;
     return t->ops->read_start(t);
 }
@@ -591,6 +592,19 @@ static void stream_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
     if (nread == 0 || t->pub.closing)
         return;
+    if (nread == UV_EOF && t->ssl == NULL) {
+        /* A half-close (shutdown(SHUT_WR), as Exim does after pipelining
+         * QUIT behind the end of a message): the peer still reads the
+         * replies it is owed (RFC 2920 3.1, RFC 5321 4.1.1.10), so writing
+         * stays allowed and the owner decides when to close.  Reported as
+         * MS_ECLOSED without marking the link broken. */
+        t->read_eof = 1;
+        uv_read_stop(s);
+        t->pub.reading = 0;
+        if (!t->errored && !t->reported)
+            t->pub.cb.on_error(t->pub.arg, MS_ECLOSED);
+        return;
+    }
     if (nread < 0) {
         if (nread == UV_EOF)
             broken(t, "connection closed");

@@ -16,7 +16,8 @@ Per test:
   kafka_control   the broker, for stop()/start() (same ports and data dir);
                   it is restarted after the test if the test left it stopped.
 
-Helpers: kill_worker(cluster, i), read_sink (mslocal.read_sink), smtp_port(),
+Helpers: isolate_topics(broker, spec, key) (for a cluster built by hand),
+kill_worker(cluster, i), read_sink (mslocal.read_sink), smtp_port(),
 need_testdata(rel) (the shared conformance data: skips the test when absent, fails
 it with CI=true).
 Every test has a timeout (pytest-timeout; MAILSTREAM_TEST_TIMEOUT seconds,
@@ -186,6 +187,28 @@ def sink(request, tmp_path_factory):
 _cluster_seq = itertools.count(1)
 
 
+def isolate_topics(kafka_broker: mslocal.Kafka, spec: Dict[str, object], key) -> None:
+    """With a key (any string unique to the caller): give spec a topic, events
+    topic and consumer group of its own unless it names them. Then create on
+    the broker every topic spec names other than the shared defaults (the
+    queue, events and retry tier topics)."""
+    if key is not None:
+        tag = hashlib.sha1(f"{key}#{os.getpid()}".encode()).hexdigest()[:10]
+        spec.setdefault("topic", f"queue.{tag}")
+        spec.setdefault("events_topic", f"events.{tag}")
+        spec.setdefault("group", f"workers.{tag}")
+    topics: Dict[str, int] = {}
+    if spec.get("topic", "queue") != "queue":
+        topics[spec["topic"]] = mslocal.DEFAULT_TOPICS["queue"]
+    if spec.get("events_topic", "events") != "events":
+        topics[spec["events_topic"]] = mslocal.DEFAULT_TOPICS["events"]
+    if spec.get("topic", "queue") != "queue":  # the workers' retry tier topics
+        for t in range(1, mslocal.WORKER_RETRY_TIERS + 1):
+            topics[f"{spec['topic']}.retry.{t}"] = mslocal.RETRY_TIER_PARTITIONS
+    if topics:
+        kafka_broker.create_topics(topics)
+
+
 @pytest.fixture
 def cluster_factory(request, tmp_path_factory, redis_server, kafka_broker):
     """make_cluster(frontends=1, workers=1, isolated=True, start=True,
@@ -206,20 +229,9 @@ def cluster_factory(request, tmp_path_factory, redis_server, kafka_broker):
         snk = mslocal.Sink(sup, mslocal.free_port(), extra_args=sink_args)
         snk.start()
         if isolated:
-            tag = hashlib.sha1(f"{request.node.nodeid}#{n}#{os.getpid()}".encode()).hexdigest()[:10]
-            spec.setdefault("topic", f"queue.{tag}")
-            spec.setdefault("events_topic", f"events.{tag}")
-            spec.setdefault("group", f"workers.{tag}")
-        topics: Dict[str, int] = {}
-        if spec.get("topic", "queue") != "queue":
-            topics[spec["topic"]] = mslocal.DEFAULT_TOPICS["queue"]
-        if spec.get("events_topic", "events") != "events":
-            topics[spec["events_topic"]] = mslocal.DEFAULT_TOPICS["events"]
-        if spec.get("topic", "queue") != "queue":  # the workers' retry tier topics
-            for t in range(1, mslocal.WORKER_RETRY_TIERS + 1):
-                topics[f"{spec['topic']}.retry.{t}"] = mslocal.RETRY_TIER_PARTITIONS
-        if topics:
-            kafka_broker.create_topics(topics)
+            isolate_topics(kafka_broker, spec, f"{request.node.nodeid}#{n}")
+        else:
+            isolate_topics(kafka_broker, spec, None)
         # Every port in one call, so no two of them can be the same (ports
         # picked one at a time can repeat once the first is released).
         # Four spare metrics ports per kind for nodes a test adds later.

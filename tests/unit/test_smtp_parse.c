@@ -360,6 +360,10 @@ static void test_xtext(void **state)
     assert_int_equal(fe_xtext_decode("a+", 2, out, sizeof(out)), MS_EPROTO);
     assert_int_equal(fe_xtext_decode("a=b", 3, out, sizeof(out)), MS_EPROTO);
     assert_int_equal(fe_xtext_decode("+00", 3, out, sizeof(out)), MS_EPROTO);
+    assert_int_equal(fe_xtext_decode("+7F", 3, out, sizeof(out)), MS_EPROTO);
+    /* Postfix's ORCPT for an SMTPUTF8 recipient: UTF-8 octets as hexchars. */
+    assert_int_equal(fe_xtext_decode("zo+C3+AB", 8, out, sizeof(out)), 4);
+    assert_string_equal(out, "zo\xc3\xab");
     assert_int_equal(fe_xtext_decode("12345678", 8, out, sizeof(out)), MS_ETOOBIG);
     assert_int_equal(fe_xtext_decode("1234567", 7, out, sizeof(out)), 7);
 }
