@@ -81,6 +81,7 @@ struct conn {
     int errored;     /* broken: no more I/O */
     int reported;    /* on_error called */
     int shutdown;    /* close once the pending output is written */
+    int accepted;    /* made by ms_conn_accept: we are the server */
     int read_eof;    /* the peer shut down its sending half; we may still write */
     size_t pending;
     union {
@@ -592,12 +593,13 @@ static void stream_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
     if (nread == 0 || t->pub.closing)
         return;
-    if (nread == UV_EOF && t->ssl == NULL) {
-        /* A half-close (shutdown(SHUT_WR), as Exim does after pipelining
-         * QUIT behind the end of a message): the peer still reads the
+    if (nread == UV_EOF && t->ssl == NULL && t->accepted) {
+        /* A client half-closing (shutdown(SHUT_WR), as Exim does after
+         * pipelining QUIT behind the end of a message): the client still reads the
          * replies it is owed (RFC 2920 3.1, RFC 5321 4.1.1.10), so writing
          * stays allowed and the owner decides when to close.  Reported as
-         * MS_ECLOSED without marking the link broken. */
+         * MS_ECLOSED without marking the link broken.  (A client link, the
+         * worker's, keeps treating EOF as a broken connection.) */
         t->read_eof = 1;
         uv_read_stop(s);
         t->pub.reading = 0;
@@ -674,6 +676,7 @@ struct ms_conn *ms_conn_accept(uv_stream_t *server, const struct ms_conn_cb *cb,
     }
     uv_tcp_nodelay(&t->l.s.h.tcp, 1);
     t->ops = &stream_ops;
+    t->accepted = 1;
     t->pub.cb = *cb;
     t->pub.arg = arg;
     return &t->pub;
