@@ -6,7 +6,8 @@
 # Run by `make deps`. Idempotent: every step checks before it acts, so a second
 # run is a fast no-op. Three steps (all of them unless some are named):
 #   apt    Debian packages (compilers, C libraries, redis-server, postfix for
-#          smtp-sink, nsd, haproxy, dovecot, swaks, kcat, Java and Maven).
+#          smtp-sink, nsd, ldnsutils (ldns-signzone signs the DNSSEC test
+#          zone), haproxy, dovecot, swaks, kcat, Java and Maven).
 #   kafka  The Apache Kafka broker jars, fetched with Maven from
 #          cluster/kafka/pom.xml into $MAILSTREAM_CACHE/kafka-<version>/lib
 #          (outside the repository).
@@ -62,7 +63,7 @@ APT_PACKAGES=(
 	clang libclang-rt-14-dev clang-format
 	libunbound-dev libyaml-dev publicsuffix
 	redis-server postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl
-	kcat openssl curl nsd haproxy
+	kcat openssl curl nsd ldnsutils haproxy
 	dovecot-lmtpd dovecot-imapd dovecot-pop3d
 	maven
 )
