@@ -33,8 +33,10 @@
 #include "outcome.h"
 #include "pacing.h"
 #include "requeue.h"
+#include "tls_policy.h"
 #include "ms_addr.h"
 #include "ms_buf.h"
+#include "ms_domainmap.h"
 #include "ms_envelope.h"
 #include "ms_error.h"
 #include "ms_keys.h"
@@ -92,6 +94,7 @@ struct dest {
     uint64_t job;                     /* route job while DEST_ROUTE */
     struct wk_route_addr *addrs;
     size_t naddrs, next;              /* addresses and the next to try */
+    struct wk_route_tlsa *tlsa;       /* DANE: the records addrs point at */
     wk_smtp *smtp;                    /* while DEST_SEND */
     char relay_str[WK_RELAY_MAX];     /* the address being tried */
     int paced;                        /* asked pacing.h: released with the dest */
@@ -351,6 +354,7 @@ static void dests_free(struct msg *m)
         dest_release_pacing(m, ds);
         free(ds->rcpts);
         free(ds->addrs);
+        free(ds->tlsa);
     }
     free(m->dests);
     m->dests = NULL;
@@ -761,11 +765,77 @@ static void dest_connect(struct msg *m, struct dest *ds)
         dest_connect_now(m, ds);
 }
 
+/* The next hop's TLS policy entry (tls_policy.h): a transport's or the
+ * relay's "[host]:port" first, then the recipient domain.  *nexthop: the
+ * name "nexthop" in match= stands for. */
+static const struct wk_tls_entry *dest_tls_entry(wk_delivery *d, const struct dest *ds,
+                                                 const char **nexthop)
+{
+    char key[MS_DOMAINMAP_KEY_MAX + 1], host[MS_DNS_NAME_MAX + 1];
+    int port = 0;
+
+    *nexthop = ds->domain;
+    if (ds->relay && ms_split_hostport(d->conf.relay, host, sizeof(host), &port) == 0) {
+        snprintf(key, sizeof(key), "[%s]:%d", host, port ? port : d->conf.smtp_port);
+        *nexthop = d->conf.relay;
+        return wk_tls_map_find(d->conf.tls_map, ds->domain, key);
+    }
+    if (ds->t && ds->t->host[0]) {
+        port = ds->t->port ? ds->t->port
+               : ds->t->kind == MS_TRANSPORT_LMTP ? MS_LMTP_PORT : d->conf.smtp_port;
+        snprintf(key, sizeof(key), "[%s]:%d", ds->t->host, port);
+        *nexthop = ds->t->host;
+        return wk_tls_map_find(d->conf.tls_map, ds->domain, key);
+    }
+    return wk_tls_map_find(d->conf.tls_map, ds->domain, NULL);
+}
+
+/* The TLS this connection must have, into sm (pointing into td): -1 when
+ * the policy forbids trying this address (DANE, RFC 7672 §2.2), after
+ * moving on to the next address or, at the last, deferring the
+ * destination with 4.7.5. */
+static int dest_tls(struct msg *m, struct dest *ds, const struct wk_route_addr *a,
+                    struct wk_smtp_msg *sm, struct wk_tls_decision *td)
+{
+    wk_delivery *d = m->d;
+    const char *nexthop;
+    const struct wk_tls_entry *e = dest_tls_entry(d, ds, &nexthop);
+    char why[WK_SMTP_REPLY_TEXT_MAX];
+
+    wk_tls_decide(e, a->host, nexthop, (enum wk_dane_state)a->dane, td);
+    if (td->defer) {
+        snprintf(why, sizeof(why), "TLS policy %s for %.255s: %s", wk_tls_level_name(e->level),
+                 a->host, td->defer);
+        ms_info("event=tls_policy_defer qid=%s relay=%s policy=%s dane=%s reason=\"%s\"", m->qid,
+                ds->relay_str, wk_tls_level_name(e->level),
+                wk_dane_state_name((enum wk_dane_state)a->dane), td->defer);
+        if (ds->next < ds->naddrs) {
+            dest_connect_now(m, ds); /* RFC 7672 §2.2: the next MX host may do */
+            return -1;
+        }
+        dest_release_pacing(m, ds);
+        dest_finish_all(m, ds, 0, "4.7.5", why, ds->relay_str);
+        return -1;
+    }
+    sm->tls = td->tls;
+    sm->tls_ctx = e->ctx ? e->ctx : d->conf.tls_ctx;
+    sm->tls_name = a->host; /* the MX host name, the relay's host, or an IP literal */
+    sm->tls_label = wk_tls_level_name(e->level);
+    sm->tls_match = td->match;
+    sm->tls_nmatch = td->nmatch;
+    if (td->dane && ds->tlsa) {
+        sm->tlsa = &ds->tlsa->rr[a->tlsa_first];
+        sm->ntlsa = a->ntlsa;
+    }
+    return 0;
+}
+
 static void dest_connect_now(struct msg *m, struct dest *ds)
 {
     wk_delivery *d = m->d;
     const struct wk_route_addr *a = &ds->addrs[ds->next++];
     struct wk_smtp_msg sm;
+    struct wk_tls_decision td;
     const char **rcpts, **orcpt;
     uint32_t *notify;
     char ip[INET6_ADDRSTRLEN + 2];
@@ -812,9 +882,11 @@ static void dest_connect_now(struct msg *m, struct dest *ds)
         sm.auth_mechs = d->conf.relay_auth_mechs;
     }
     sm.lmtp = ds->t && ds->t->kind == MS_TRANSPORT_LMTP;
-    if (d->conf.tls_ctx) {
-        int k2 = ms_domain_match(d->conf.tls_keys, d->conf.ntls, ds->domain);
-        sm.tls = (enum wk_tls_policy)(k2 >= 0 ? d->conf.tls_policies[k2] : d->conf.tls_default);
+    if (d->conf.tls_ctx && d->conf.tls_map && a->ss.ss_family != AF_UNIX) {
+        if (dest_tls(m, ds, a, &sm, &td) < 0)
+            return;
+    } else if (d->conf.tls_ctx) {
+        sm.tls = WK_TLS_MAY;
         sm.tls_ctx = d->conf.tls_ctx;
         sm.tls_name = a->host; /* the MX host name, the relay's host, or an IP literal */
     }
@@ -857,6 +929,7 @@ static void on_route(void *arg, uint64_t id, const struct wk_route_result *res)
     ds->addrs = ms_calloc(res->n, sizeof(*ds->addrs));
     memcpy(ds->addrs, res->addrs, res->n * sizeof(*ds->addrs));
     ds->naddrs = res->n;
+    ds->tlsa = wk_route_tlsa_dup(res->tlsa);
     ds->next = 0;
     dest_connect(m, ds);
 }
@@ -906,8 +979,16 @@ static void dest_start(struct msg *m, struct dest *ds)
          : t && t->kind == MS_TRANSPORT_LMTP ? MS_LMTP_PORT
                                               : d->conf.smtp_port;
     dest_enter_state(m, ds, DEST_ROUTE);
-    ds->job = wk_router_resolve(d->conf.router, t ? t->host : ds->domain, port, t ? t->no_mx : 0,
-                                on_route, d, dest_id(m, ds));
+    {
+        /* DANE needs the TLSA records, looked up with the addresses. */
+        const char *nexthop;
+        const struct wk_tls_entry *e =
+            d->conf.tls_ctx && d->conf.tls_map ? dest_tls_entry(d, ds, &nexthop) : NULL;
+        int dane = e && (e->level == WK_TLS_LEVEL_DANE || e->level == WK_TLS_LEVEL_DANE_ONLY);
+        ds->job = (dane ? wk_router_resolve_dane : wk_router_resolve)(
+            d->conf.router, t ? t->host : ds->domain, port, t ? t->no_mx : 0, on_route, d,
+            dest_id(m, ds));
+    }
 }
 
 /* Group the pending recipients by destination and start them all. */

@@ -15,6 +15,7 @@
  * second signal abandons at once.
  */
 #include "delivery.h"
+#include "tls_policy.h"
 #include "mailauth.h"
 #include "ms_config.h"
 #include "ms_error.h"
@@ -200,44 +201,54 @@ static ms_transport_map *load_transports(void)
     return m;
 }
 
-/* [tls]: the default STARTTLS policy, the per-domain map ("domain policy"
- * entries, keys as in the transport map) and the CAs for `verify`. */
-static char *tls_map_copy;
-static const char *tls_keys[MS_TRANSPORT_MAP_MAX];
-static int tls_policies[MS_TRANSPORT_MAP_MAX];
+/* [tls]: the default level, the per-destination policy map
+ * (tls_policy.h: "KEY LEVEL [match=...] [ca_file=...]" entries, comma
+ * separated) and the CAs for verify/secure.  Each entry's ca_file gets its
+ * own client context; entries that name the same file share one. */
+static wk_tls_map *tls_map;
 
 static void load_tls(struct wk_delivery_conf *dc)
 {
-    char *items[MS_TRANSPORT_MAP_MAX], err[256], *sp, *k;
-    size_t i, n;
-    int p;
+    char *items[MS_TRANSPORT_MAP_MAX], err[256], *copy;
+    size_t i, j, n;
+    int any = 0;
 
-    if ((dc->tls_default = wk_tls_policy_parse(var_tls_policy)) < 0)
-        ms_fatal("event=config_invalid section=tls key=policy value=\"%s\" want=\"none, may, "
-                 "encrypt or verify\"", var_tls_policy);
-    tls_map_copy = ms_strdup(var_tls_policy_map);
-    n = ms_config_split_list(tls_map_copy, items, MS_TRANSPORT_MAP_MAX);
-    for (i = 0; i < n; i++) {
-        sp = strpbrk(items[i], " \t=");
-        if (sp == NULL)
-            ms_fatal("event=config_invalid section=tls key=policy_map entry=\"%s\"", items[i]);
-        *sp++ = '\0';
-        sp += strspn(sp, " \t=");
-        if ((p = wk_tls_policy_parse(sp)) < 0)
+    if ((tls_map = wk_tls_map_new(var_tls_policy, err, sizeof(err))) == NULL)
+        ms_fatal("event=config_invalid section=tls key=policy value=\"%s\" error=\"%s\"",
+                 var_tls_policy, err);
+    if (wk_tls_map_default(tls_map)->ca_file || wk_tls_map_default(tls_map)->nmatch)
+        ms_fatal("event=config_invalid section=tls key=policy value=\"%s\" error=\"the "
+                 "default takes a level only (ca_file and the match names of verify and "
+                 "secure have keys of their own)\"", var_tls_policy);
+    copy = ms_strdup(var_tls_policy_map);
+    n = ms_config_split_list(copy, items, MS_TRANSPORT_MAP_MAX);
+    for (i = 0; i < n; i++)
+        if (wk_tls_map_add(tls_map, items[i], err, sizeof(err)) < 0)
             ms_fatal("event=config_invalid section=tls key=policy_map entry=\"%s\" "
-                     "policy=\"%s\"", items[i], sp);
-        for (k = items[i]; *k; k++)
-            *k = (char)tolower((unsigned char)*k);
-        tls_keys[i] = items[i];
-        tls_policies[i] = p;
+                     "error=\"%s\"", items[i], err);
+    free(copy);
+    for (i = 0; i < wk_tls_map_size(tls_map); i++) {
+        const char *key;
+        struct wk_tls_entry *e = wk_tls_map_entry(tls_map, i, &key), *o;
+        any |= e->level != WK_TLS_LEVEL_NONE;
+        if (e->ca_file == NULL)
+            continue;
+        for (j = 0; j < i && !e->ctx; j++)
+            if ((o = wk_tls_map_entry(tls_map, j, NULL))->ca_file &&
+                strcmp(o->ca_file, e->ca_file) == 0)
+                e->ctx = ms_tls_ctx_ref(o->ctx);
+        if (!e->ctx && (e->ctx = ms_tls_ctx_new_client(e->ca_file, err, sizeof(err))) == NULL)
+            ms_fatal("event=config_invalid section=tls key=policy_map entry=%s ca_file=%s "
+                     "error=\"%s\"", key, e->ca_file, err);
     }
-    dc->tls_keys = tls_keys;
-    dc->tls_policies = tls_policies;
-    dc->ntls = n;
-    if (dc->tls_default == WK_TLS_NONE && n == 0)
+    dc->tls_map = tls_map;
+    if (wk_tls_map_default(tls_map)->level == WK_TLS_LEVEL_NONE && !any)
         return;
     if ((dc->tls_ctx = ms_tls_ctx_new_client(var_tls_ca_file, err, sizeof(err))) == NULL)
         ms_fatal("event=config_invalid section=tls key=ca_file error=\"%s\"", err);
+    if (wk_tls_map_wants_dane(tls_map) && !*var_dns_trust_anchor)
+        ms_warn("event=config_warning section=tls key=policy error=\"dane needs [dns] "
+                "trust_anchor: without DNSSEC validation no TLSA record is used\"");
 }
 
 /* [delivery] relay_user and its password (relay_password, or the first
@@ -576,7 +587,7 @@ int main(int argc, char **argv)
     wk_mailauth_free(w.mailauth);
     ms_transport_map_free(w.transports);
     ms_tls_ctx_free(dc.tls_ctx);
-    free(tls_map_copy);
+    wk_tls_map_free(tls_map);
     for (int i = 0; i < WK_RETRY_TIERS_MAX; i++) {
         free(w.retry_topics[i]);
         free(w.retry_groups[i]);

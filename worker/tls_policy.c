@@ -37,12 +37,6 @@ const char *wk_tls_level_name(enum wk_tls_level l)
     return (unsigned)l < NLEVELS ? level_names[l] : "none";
 }
 
-const char *wk_dane_state_name(enum wk_dane_state s)
-{
-    static const char *const names[] = {"none", "usable", "unusable", "failed"};
-    return (unsigned)s < 4 ? names[s] : "none";
-}
-
 static int fail(char *err, size_t errlen, const char *fmt, ...)
 {
     va_list ap;
@@ -211,8 +205,21 @@ const struct wk_tls_entry *wk_tls_map_find(const wk_tls_map *m, const char *doma
 {
     const struct ms_domainmap_entry *me = NULL;
 
-    if (nexthop_key)
+    const char *rb;
+
+    if (nexthop_key) {
         me = ms_domainmap_get(m->map, nexthop_key);
+        /* "[host]:port" not listed: "[host]" stands for every port. */
+        if (me == NULL && (rb = strrchr(nexthop_key, ']')) != NULL && rb[1] == ':') {
+            char k[MS_DOMAINMAP_KEY_MAX + 1];
+            size_t n = (size_t)(rb - nexthop_key) + 1;
+            if (n < sizeof(k)) {
+                memcpy(k, nexthop_key, n);
+                k[n] = '\0';
+                me = ms_domainmap_get(m->map, k);
+            }
+        }
+    }
     if (me == NULL && domain)
         me = ms_domainmap_lookup(m->map, domain);
     return me ? me->value : &m->def;

@@ -43,6 +43,7 @@
 
 #include "ms_conn.h"
 #include "ms_dns.h"
+#include "route.h"
 #include "smtp_client.h"
 
 enum wk_tls_level {
@@ -92,7 +93,8 @@ int wk_tls_map_add(wk_tls_map *m, const char *item, char *err, size_t errlen);
 void wk_tls_map_free(wk_tls_map *m);
 
 /* The entry for a connection: the next hop's "[host]:port" key when
- * nexthop_key is not NULL (transport map or relay host), else the
+ * nexthop_key is not NULL (transport map or relay host), then "[host]"
+ * (any port), else the
  * recipient domain by ms_domainmap_lookup's rules, else the default.
  * Never NULL. */
 const struct wk_tls_entry *wk_tls_map_find(const wk_tls_map *m, const char *domain,
@@ -104,17 +106,6 @@ struct wk_tls_entry *wk_tls_map_entry(wk_tls_map *m, size_t i, const char **key)
 size_t wk_tls_map_size(const wk_tls_map *m);
 /* 1 when some level may use DANE (so the router looks TLSA records up). */
 int wk_tls_map_wants_dane(const wk_tls_map *m);
-
-/* What DNSSEC said about the server's TLSA records (RFC 7672 §2.2). */
-enum wk_dane_state {
-    WK_DANE_NONE,     /* not looked up: the MX or address answer was insecure,
-                       * or no TLSA records (a validated denial), or an
-                       * insecure TLSA answer (which counts as none) */
-    WK_DANE_USABLE,   /* validated records, some usable (DANE-TA, DANE-EE) */
-    WK_DANE_UNUSABLE, /* validated records, none usable */
-    WK_DANE_FAILED,   /* the lookup failed or was bogus */
-};
-const char *wk_dane_state_name(enum wk_dane_state s);
 
 /* The decision for one connection. */
 struct wk_tls_decision {

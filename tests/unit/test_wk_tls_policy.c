@@ -119,6 +119,11 @@ static void test_map(void **state)
                      WK_TLS_LEVEL_ENCRYPT);
     assert_int_equal(wk_tls_map_find(m, "example.org", "[relay.test]:25")->level,
                      WK_TLS_LEVEL_SECURE);
+    assert_int_equal(wk_tls_map_add(m, "[relay.test] verify", err, sizeof(err)), 0);
+    assert_int_equal(wk_tls_map_find(m, "example.org", "[relay.test]:25")->level,
+                     WK_TLS_LEVEL_VERIFY);
+    assert_int_equal(wk_tls_map_find(m, "example.org", "[relay.test]:587")->level,
+                     WK_TLS_LEVEL_ENCRYPT);
     wk_tls_map_free(m);
 }
 
