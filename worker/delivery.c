@@ -115,6 +115,8 @@ struct msg {
     size_t *tried;                  /* rcpt indices of the current MGET */
     size_t ntried;
     const char *cur_tls;            /* on_smtp: the TLS of the outcomes being recorded */
+    const char *cur_tls_policy;     /* on_smtp: its policy level, or NULL */
+    int cur_tls_auth;               /* on_smtp: how the server was authenticated */
     unsigned attempt;
     unsigned phase;
     int redis_pending;
@@ -442,6 +444,8 @@ static enum wk_outcome record_outcome(struct msg *m, size_t i, int code, const c
     om.received_at_us = m->env->received_at_us;
     om.attempt = m->attempt;
     om.tls = m->cur_tls;
+    om.tls_policy = m->cur_tls_policy;
+    om.tls_auth = m->cur_tls_auth;
     om.event_id = m->id << WK_KIND_BITS | PRODUCE_EVENT;
     om.events_pending = &m->events_pending;
     return wk_outcome_record(m->d->outcomes, &om, &m->rcpts[i], code, dsn, reply, relay, remote,
@@ -691,6 +695,8 @@ static void on_smtp(void *arg, uint64_t id, const struct wk_smtp_result *res)
     remote = ds->addrs && ds->next > 0 ? ds->addrs[ds->next - 1].host : NULL;
     dest_release_pacing(m, ds);
     m->cur_tls = res->tls;
+    m->cur_tls_policy = res->tls_policy;
+    m->cur_tls_auth = res->tls_auth;
     for (k = 0; k < res->nrcpts && k < ds->n; k++) {
         i = ds->rcpts[k];
         o = record_outcome(m, i, res->rcpts[k].code, res->rcpts[k].dsn, res->rcpts[k].reply,
@@ -703,6 +709,8 @@ static void on_smtp(void *arg, uint64_t id, const struct wk_smtp_result *res)
         }
     }
     m->cur_tls = NULL;
+    m->cur_tls_policy = NULL;
+    m->cur_tls_auth = 0;
     dest_done(m, ds);
 }
 

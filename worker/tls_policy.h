@@ -55,6 +55,7 @@ enum wk_tls_level {
     WK_TLS_LEVEL_VERIFY,
     WK_TLS_LEVEL_SECURE,
 };
+#define WK_TLS_LEVELS_N 7
 
 /* Longest ca_file path an entry takes. */
 #define WK_TLS_PATH_MAX 4096

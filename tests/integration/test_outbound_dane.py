@@ -29,7 +29,7 @@ import pytest
 import mslocal
 from dns_zone import LDNS_SIGNZONE, Nsd
 from test_worker_delivery import (KCAT, FakeSMTP, envelope, message, new_qid,  # noqa: F401
-                                  produce, wait_events, wait_log)
+                                  metric, produce, wait_events, wait_log)
 
 pytestmark = [
     pytest.mark.skipif(KCAT is None, reason="kcat not installed: run `make deps`"),
@@ -161,6 +161,7 @@ def test_dane(cluster_factory, env, servers):
     # A matching DANE-EE record: authenticated, whatever CA (none) signed it.
     assert ev["good"]["outcome"] == "delivered", ev["good"]
     assert ev["good"]["tls"].endswith(" dane")
+    assert ev["good"]["tls_policy"] == "dane" and ev["good"]["tls_auth"] == "dane"
     assert good.delivered[0][2] == message(cases["good"])
 
     # A record that matches nothing: deferred, never sent in plaintext.
@@ -176,6 +177,7 @@ def test_dane(cluster_factory, env, servers):
     assert ev["unusable"]["outcome"] == "delivered", ev["unusable"]
     assert ev["unusable"]["tls"].startswith("TLSv1.")
     assert not ev["unusable"]["tls"].endswith((" dane", " verified"))
+    assert ev["unusable"]["tls_auth"] == "none"
     assert unusable.tls_sessions
 
     # No TLSA records: `dane` is opportunistic; `dane-only` defers.
@@ -192,6 +194,9 @@ def test_dane(cluster_factory, env, servers):
 
     log = wait_log(cl.workers[0], "event=tls_policy_defer")
     assert "policy=dane-only" in log
+    assert "tls_policy=dane tls_auth=dane" in wait_log(cl.workers[0], "outcome=delivered")
+    assert metric(cl.workers[0], 'mailstream_worker_tls_outcomes_total{policy="dane",'
+                  'auth="dane",outcome="delivered"}') == 1
 
 
 def test_requiretls_accepts_dane(cluster_factory, env, servers):
