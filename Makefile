@@ -5,7 +5,7 @@ CC        ?= cc
 BUILD     ?= build
 CACHE     ?= $(or $(MAILSTREAM_CACHE),$(HOME)/.cache/mailstream)
 VENV      := $(CACHE)/venv
-PKGS      := rdkafka hiredis libuv libprotobuf-c openssl inih
+PKGS      := rdkafka hiredis libuv libprotobuf-c openssl inih libcurl
 WARN      := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 OPT       ?= -O2 -g
 SAN       ?=

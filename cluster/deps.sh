@@ -61,7 +61,7 @@ APT_PACKAGES=(
 	libprotobuf-c-dev protobuf-c-compiler
 	libopendmarc-dev libinih-dev libcmocka-dev libcrypt-dev
 	clang libclang-rt-14-dev clang-format
-	libunbound-dev libyaml-dev publicsuffix
+	libunbound-dev libyaml-dev publicsuffix libcurl4-openssl-dev
 	redis-server postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl
 	kcat openssl curl nsd ldnsutils haproxy
 	dovecot-lmtpd dovecot-imapd dovecot-pop3d

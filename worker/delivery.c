@@ -33,6 +33,7 @@
 #include "outcome.h"
 #include "pacing.h"
 #include "requeue.h"
+#include "mtasts.h"
 #include "tls_policy.h"
 #include "ms_addr.h"
 #include "ms_buf.h"
@@ -95,6 +96,8 @@ struct dest {
     struct wk_route_addr *addrs;
     size_t naddrs, next;              /* addresses and the next to try */
     struct wk_route_tlsa *tlsa;       /* DANE: the records addrs point at */
+    uint64_t sts_job;                 /* MTA-STS lookup while DEST_ROUTE */
+    struct wk_mtasts_result *sts;     /* the domain's MTA-STS policy, or NULL */
     wk_smtp *smtp;                    /* while DEST_SEND */
     char relay_str[WK_RELAY_MAX];     /* the address being tried */
     int paced;                        /* asked pacing.h: released with the dest */
@@ -353,6 +356,9 @@ static void dests_free(struct msg *m)
         }
         if (ds->state == DEST_ROUTE && ds->job)
             wk_router_cancel(m->d->conf.router, ds->job);
+        if (ds->state == DEST_ROUTE && ds->sts_job)
+            wk_mtasts_cancel(m->d->conf.mtasts, ds->sts_job);
+        free(ds->sts);
         dest_release_pacing(m, ds);
         free(ds->rcpts);
         free(ds->addrs);
@@ -805,18 +811,35 @@ static const struct wk_tls_entry *dest_tls_entry(wk_delivery *d, const struct de
 static int dest_tls(struct msg *m, struct dest *ds, const struct wk_route_addr *a,
                     struct wk_smtp_msg *sm, struct wk_tls_decision *td)
 {
+    static const struct wk_tls_entry dane_only = {.level = WK_TLS_LEVEL_DANE_ONLY};
     wk_delivery *d = m->d;
     const char *nexthop;
     const struct wk_tls_entry *e = dest_tls_entry(d, ds, &nexthop);
+    const char *label = wk_tls_level_name(e->level);
     char why[WK_SMTP_REPLY_TEXT_MAX];
 
-    wk_tls_decide(e, a->host, nexthop, (enum wk_dane_state)a->dane, td);
+    if (ds->sts && a->dane == WK_DANE_USABLE) {
+        /* RFC 8461 §2: DANE wins where both exist. */
+        e = &dane_only;
+        label = wk_tls_level_name(e->level);
+        wk_tls_decide(e, a->host, nexthop, WK_DANE_USABLE, td);
+    } else if (ds->sts && ds->sts->policy.mode == MS_MTASTS_ENFORCE) {
+        /* §4.2: only to an MX host the policy names, over TLS verified
+         * for that name; never in plaintext. */
+        memset(td, 0, sizeof(*td));
+        td->level = WK_TLS_LEVEL_VERIFY;
+        td->tls = WK_TLS_VERIFY;
+        label = "mta-sts";
+        if (!ms_mtasts_mx_match(&ds->sts->policy, a->host))
+            td->defer = "MX host not named by the MTA-STS policy";
+    } else {
+        wk_tls_decide(e, a->host, nexthop, (enum wk_dane_state)a->dane, td);
+    }
     if (td->defer) {
-        snprintf(why, sizeof(why), "TLS policy %s for %.255s: %s", wk_tls_level_name(e->level),
-                 a->host, td->defer);
+        snprintf(why, sizeof(why), "TLS policy %s for %.255s: %s", label, a->host, td->defer);
         ms_info("event=tls_policy_defer qid=%s relay=%s policy=%s dane=%s reason=\"%s\"", m->qid,
-                ds->relay_str, wk_tls_level_name(e->level),
-                wk_dane_state_name((enum wk_dane_state)a->dane), td->defer);
+                ds->relay_str, label, wk_dane_state_name((enum wk_dane_state)a->dane),
+                td->defer);
         if (ds->next < ds->naddrs) {
             dest_connect_now(m, ds); /* RFC 7672 §2.2: the next MX host may do */
             return -1;
@@ -828,7 +851,7 @@ static int dest_tls(struct msg *m, struct dest *ds, const struct wk_route_addr *
     sm->tls = td->tls;
     sm->tls_ctx = e->ctx ? e->ctx : d->conf.tls_ctx;
     sm->tls_name = a->host; /* the MX host name, the relay's host, or an IP literal */
-    sm->tls_label = wk_tls_level_name(e->level);
+    sm->tls_label = label;
     sm->tls_match = td->match;
     sm->tls_nmatch = td->nmatch;
     if (td->dane && ds->tlsa) {
@@ -942,6 +965,9 @@ static void on_route(void *arg, uint64_t id, const struct wk_route_result *res)
     dest_connect(m, ds);
 }
 
+static void on_sts(void *arg, uint64_t id, const struct wk_mtasts_result *res);
+static void dest_route(struct msg *m, struct dest *ds);
+
 /* Route one destination: everything its recipients share is decided here. */
 static void dest_start(struct msg *m, struct dest *ds)
 {
@@ -983,16 +1009,52 @@ static void dest_start(struct msg *m, struct dest *ds)
         dest_connect(m, ds);
         return;
     }
-    port = t && t->port ? t->port
-         : t && t->kind == MS_TRANSPORT_LMTP ? MS_LMTP_PORT
-                                              : d->conf.smtp_port;
     dest_enter_state(m, ds, DEST_ROUTE);
+    if (!t && d->conf.mtasts && d->conf.tls_ctx && d->conf.tls_map) {
+        /* RFC 8461: a recipient domain the policy map does not name may
+         * publish an MTA-STS policy; route once it is known. */
+        const char *nexthop;
+        if (dest_tls_entry(d, ds, &nexthop) == wk_tls_map_default(d->conf.tls_map)) {
+            ds->sts_job = wk_mtasts_lookup(d->conf.mtasts, ds->domain, on_sts, d, dest_id(m, ds));
+            return;
+        }
+    }
+    dest_route(m, ds);
+}
+
+/* The domain's MTA-STS policy is known (or that it has none). */
+static void on_sts(void *arg, uint64_t id, const struct wk_mtasts_result *res)
+{
+    wk_delivery *d = arg;
+    struct msg *m = NULL;
+    struct dest *ds = dest_lookup(d, id, &m);
+
+    if (ds == NULL || ds->state != DEST_ROUTE || ds->sts_job == 0)
+        return;
+    ds->sts_job = 0;
+    if (res->have && res->policy.mode != MS_MTASTS_NONE) {
+        ds->sts = ms_malloc(sizeof(*ds->sts));
+        *ds->sts = *res;
+    }
+    dest_route(m, ds);
+}
+
+/* Resolve the next hop: MX routing, or a transport's host. */
+static void dest_route(struct msg *m, struct dest *ds)
+{
+    wk_delivery *d = m->d;
+    const struct ms_transport *t = ds->t;
+    int port = t && t->port ? t->port
+               : t && t->kind == MS_TRANSPORT_LMTP ? MS_LMTP_PORT
+                                                    : d->conf.smtp_port;
+
     {
         /* DANE needs the TLSA records, looked up with the addresses. */
         const char *nexthop;
         const struct wk_tls_entry *e =
             d->conf.tls_ctx && d->conf.tls_map ? dest_tls_entry(d, ds, &nexthop) : NULL;
-        int dane = e && (e->level == WK_TLS_LEVEL_DANE || e->level == WK_TLS_LEVEL_DANE_ONLY);
+        int dane = e && (e->level == WK_TLS_LEVEL_DANE || e->level == WK_TLS_LEVEL_DANE_ONLY ||
+                         ds->sts != NULL); /* DANE wins over MTA-STS (RFC 8461 §2) */
         ds->job = (dane ? wk_router_resolve_dane : wk_router_resolve)(
             d->conf.router, t ? t->host : ds->domain, port, t ? t->no_mx : 0, on_route, d,
             dest_id(m, ds));

@@ -138,6 +138,8 @@ struct wk_delivery_conf {
                                          * is deferred (4.4.5) to a retry tier */
     int64_t delay_warning_s;            /* delay-warning DSNs after this; 0: none */
     struct ms_tls_ctx *tls_ctx;         /* NULL: no STARTTLS at all */
+    struct wk_mtasts *mtasts;           /* MTA-STS for domains policy_map does not
+                                         * name (mtasts.h); NULL: off */
     const struct wk_tls_map *tls_map;   /* [tls] policy and policy_map (tls_policy.h);
                                          * an entry's own context, if any, instead
                                          * of tls_ctx; NULL: `may` everywhere */
