@@ -27,7 +27,7 @@ struct wk_outcomes {
     ms_histogram *m_latency;
     /* Outcomes per TLS policy level, authentication and outcome: made on
      * first use (the label values are bounded: level names only). */
-    ms_counter *m_tls[WK_TLS_LEVELS_N][3][WK_OUTCOME__N];
+    ms_counter *m_tls[WK_TLS_LEVELS_N + 1][3][WK_OUTCOME__N]; /* + "mta-sts" */
 };
 
 static const char *const tls_auth_names[] = {"none", "verified", "dane"};
@@ -37,6 +37,8 @@ static void count_tls(wk_outcomes *o, const char *policy, int auth, enum wk_outc
     char labels[128];
     int lv = policy ? wk_tls_level_parse(policy, strlen(policy)) : -1;
 
+    if (policy && strcmp(policy, "mta-sts") == 0)
+        lv = WK_TLS_LEVELS_N; /* RFC 8461 enforce: a level of its own here */
     if (lv < 0 || auth < 0 || auth > 2)
         return;
     if (o->m_tls[lv][auth][out] == NULL) {

@@ -29,7 +29,7 @@ import pytest
 import mslocal
 from dns_zone import Nsd
 from test_worker_delivery import (KCAT, FakeSMTP, envelope, message, new_qid,  # noqa: F401
-                                  produce, wait_events, wait_log)
+                                  metric, produce, wait_events, wait_log)
 from test_worker_requiretls import make_ca
 
 pytestmark = pytest.mark.skipif(KCAT is None, reason="kcat not installed: run `make deps`")
@@ -200,6 +200,8 @@ def test_mta_sts(cluster_factory, env, servers):
     ttl = mslocal.redis_command(cl.redis.port, "TTL", f"ms:mtasts:good.{ZONE}")
     assert 0 < int(ttl[1:].strip()) <= 86400
     assert "event=mta_sts_fetched" in wait_log(cl.workers[0], "event=mta_sts_fetched")
+    assert metric(cl.workers[0], 'mailstream_worker_tls_outcomes_total{policy="mta-sts",'
+                  'auth="verified",outcome="delivered"}') == 1
 
 
 def test_cache_survives_server_down_and_id_change_refetches(cluster_factory, env, servers):
