@@ -79,7 +79,7 @@ $(BUILD)/mailstream-worker: $(call obj,worker/main.c) $(WK_A) $(LIB_A)
 # by "../worker/...".
 $(BUILD)/obj/tools/%.o: CFLAGS_ALL += -Iworker
 
-$(BUILD)/mailstream-authcheck: $(call obj,tools/authcheck.c) $(WK_A) $(LIB_A)
+$(BUILD)/mailstream-authcheck: $(call obj,tools/authcheck.c tools/tlscheck.c) $(WK_A) $(LIB_A)
 	$(CC) $(OPT) $(SAN) -o $@ $^ $(LDLIBS_ALL)
 
 $(BUILD)/mailstream-ctl: $(call obj,ctl/main.c) $(LIB_A)

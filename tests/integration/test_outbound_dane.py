@@ -14,11 +14,13 @@ Cases:
   no TLSA, `dane-only`            -> deferred 4.7.5, never connected
   an unsigned zone with a wrong TLSA record -> insecure, ignored: `may`
   REQUIRETLS through a DANE-authenticated session -> delivered
+and `mailstream-authcheck tls-check` on the same destinations.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import ssl
 import subprocess
@@ -38,6 +40,8 @@ pytestmark = [
 ]
 
 LAST = range(2, 9)  # 127.0.0.2 .. 127.0.0.8
+BUILD = Path(os.environ.get("MAILSTREAM_BUILD_DIR") or Path(__file__).resolve().parents[2] / "build")
+AUTHCHECK = BUILD / "mailstream-authcheck"
 
 
 def _port() -> int:
@@ -209,3 +213,38 @@ def test_requiretls_accepts_dane(cluster_factory, env, servers):
     assert e["outcome"] == "delivered", e
     assert e["tls"].endswith(" dane")
     assert any("REQUIRETLS" in c for c in srv.commands if c.startswith("MAIL"))
+
+
+def test_tls_check_tool(env, servers, tmp_path):
+    """mailstream-authcheck tls-check: the policy, the TLSA records and a
+    test connection, for a matching and a mismatching destination."""
+    good = servers(2, env["port"], tls=env["good_ctx"])
+    servers(3, env["port"], tls=env["good_ctx"])
+    ini = tmp_path / "worker.ini"
+    ini.write_text("\n".join([
+        "[delivery]", f"smtp_port = {env['port']}",
+        "[dns]", f"upstream = {env['nsd'].upstream}",
+        f"trust_anchor = {env['nsd'].trust_anchor}",
+        "[tls]", "policy = dane", "policy_map = only.dane.mstest dane-only", ""]))
+
+    def check(domain: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(AUTHCHECK), "tls-check", "-c", str(ini), domain],
+                              capture_output=True, text=True, timeout=60)
+
+    r = check("good.dane.mstest")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "policy: dane (the default" in r.stdout
+    assert "dnssec: validating" in r.stdout
+    assert "mx 10 mx-good.dane.mstest [127.0.0.2]: dane usable, policy dane: verify (DANE)" \
+        in r.stdout
+    assert "TLSA 3 1 1 " in r.stdout
+    assert "authenticated: dane" in r.stdout
+    assert good.delivered == []  # a test connection sends no mail
+
+    r = check("bad.dane.mstest")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "certificate refused" in r.stdout
+
+    r = check("only.dane.mstest")
+    assert r.returncode == 2 and "policy: dane-only (only.dane.mstest)" in r.stdout
+    assert "no MX host is allowed" in r.stdout
