@@ -30,8 +30,9 @@ import pytest
 
 import mslocal
 from dns_zone import LDNS_SIGNZONE, Nsd
-from test_worker_delivery import (KCAT, FakeSMTP, envelope, message, new_qid,  # noqa: F401
-                                  metric, produce, wait_events, wait_log)
+from test_worker_delivery import (KCAT, envelope, message, metric, new_qid,  # noqa: F401
+                                  produce, wait_events, wait_log)
+from test_worker_routing import servers  # noqa: F401
 
 pytestmark = [
     pytest.mark.skipif(KCAT is None, reason="kcat not installed: run `make deps`"),
@@ -44,22 +45,23 @@ BUILD = Path(os.environ.get("MAILSTREAM_BUILD_DIR") or Path(__file__).resolve().
 AUTHCHECK = BUILD / "mailstream-authcheck"
 
 
-def _port() -> int:
-    """A port free on every loopback address the zone uses."""
+def free_port_on(addrs) -> int:
+    """A port free on every one of these loopback addresses (each scripted
+    server listens on the same port on its own address)."""
     for _ in range(20):
         p = mslocal.free_port()
         ok = True
-        for last in LAST:
+        for a in addrs:
             s = socket.socket()
             try:
-                s.bind((f"127.0.0.{last}", p))
+                s.bind((a, p))
             except OSError:
                 ok = False
             finally:
                 s.close()
         if ok:
             return p
-    pytest.skip("no port free on 127.0.0.2-8")
+    pytest.skip("no port free on the loopback addresses")
 
 
 def _selfsigned(d: Path, name: str) -> tuple:
@@ -86,7 +88,7 @@ def env(tmp_path_factory):
     """NSD with the signed zone dane.mstest and the unsigned plain.mstest,
     the certificates, and the port every MX host listens on."""
     base = tmp_path_factory.mktemp("dane")
-    port = _port()
+    port = free_port_on([f"127.0.0.{last}" for last in LAST])
     good_ctx, good = _selfsigned(base / "certs", "mx-good.dane.mstest")
     other_ctx, other = _selfsigned(base / "certs", "mx-other.dane.mstest")
     wrong = "00" * 32
@@ -115,20 +117,6 @@ def env(tmp_path_factory):
     sup.stop_all()
 
 
-@pytest.fixture
-def servers():
-    made = []
-
-    def make(last: int, port: int, **kw) -> FakeSMTP:
-        s = FakeSMTP(host=f"127.0.0.{last}", port=port, **kw)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
-
-
 def dane_cluster(cluster_factory, env):
     return cluster_factory(frontends=0, workers=1, worker_extra={
         "delivery": {"relay_host": "", "smtp_port": env["port"], "retry_min_ms": 500,
@@ -145,12 +133,12 @@ def outcome(cl, q):
 
 def test_dane(cluster_factory, env, servers):
     port = env["port"]
-    good = servers(2, port, tls=env["good_ctx"])
-    bad = servers(3, port, tls=env["good_ctx"])      # TLSA names another key
-    strip = servers(4, port)                         # no STARTTLS offered
-    unusable = servers(5, port, tls=env["other_ctx"])
-    notlsa = servers(6, port, tls=env["other_ctx"])
-    plain = servers(7, port, tls=env["other_ctx"])
+    good = servers("127.0.0.2", port, tls=env["good_ctx"])
+    bad = servers("127.0.0.3", port, tls=env["good_ctx"])      # TLSA names another key
+    strip = servers("127.0.0.4", port)                         # no STARTTLS offered
+    unusable = servers("127.0.0.5", port, tls=env["other_ctx"])
+    notlsa = servers("127.0.0.6", port, tls=env["other_ctx"])
+    plain = servers("127.0.0.7", port, tls=env["other_ctx"])
     cl = dane_cluster(cluster_factory, env)
     cases = {}
     for dom in ("good", "bad", "strip", "unusable", "notlsa", "only"):
@@ -205,7 +193,7 @@ def test_dane(cluster_factory, env, servers):
 
 def test_requiretls_accepts_dane(cluster_factory, env, servers):
     """RFC 8689 §4.2.1: DANE authenticates the server as well as a CA."""
-    srv = servers(2, env["port"], tls=env["good_ctx"], tls_extensions=("REQUIRETLS",))
+    srv = servers("127.0.0.2", env["port"], tls=env["good_ctx"], tls_extensions=("REQUIRETLS",))
     cl = dane_cluster(cluster_factory, env)
     q = new_qid()
     produce(cl, [(q, envelope(q, ["r@good.dane.mstest"], message(q), requiretls=True))])
@@ -218,8 +206,8 @@ def test_requiretls_accepts_dane(cluster_factory, env, servers):
 def test_tls_check_tool(env, servers, tmp_path):
     """mailstream-authcheck tls-check: the policy, the TLSA records and a
     test connection, for a matching and a mismatching destination."""
-    good = servers(2, env["port"], tls=env["good_ctx"])
-    servers(3, env["port"], tls=env["good_ctx"])
+    good = servers("127.0.0.2", env["port"], tls=env["good_ctx"])
+    servers("127.0.0.3", env["port"], tls=env["good_ctx"])
     ini = tmp_path / "worker.ini"
     ini.write_text("\n".join([
         "[delivery]", f"smtp_port = {env['port']}",

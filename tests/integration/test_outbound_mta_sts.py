@@ -19,7 +19,6 @@ differs from the TXT record's is fetched again.
 from __future__ import annotations
 
 import http.server
-import socket
 import ssl
 import threading
 from typing import Dict
@@ -28,8 +27,10 @@ import pytest
 
 import mslocal
 from dns_zone import Nsd
-from test_worker_delivery import (KCAT, FakeSMTP, envelope, message, new_qid,  # noqa: F401
-                                  metric, produce, wait_events, wait_log)
+from test_outbound_dane import free_port_on
+from test_worker_delivery import (KCAT, envelope, message, metric, new_qid,  # noqa: F401
+                                  produce, wait_events, wait_log)
+from test_worker_routing import servers  # noqa: F401
 from test_worker_requiretls import make_ca
 
 pytestmark = pytest.mark.skipif(KCAT is None, reason="kcat not installed: run `make deps`")
@@ -54,23 +55,6 @@ MX_IP = {"good": "127.0.0.2", "badcert": "127.0.0.3", "strip": "127.0.0.4",
          "unlisted": "127.0.0.5", "testing": "127.0.0.6"}
 MX_NAME = {"good": "mx-good", "badcert": "mx", "strip": "mx", "unlisted": "mx",
            "testing": "mx"}
-
-
-def _port(addrs) -> int:
-    for _ in range(20):
-        p = mslocal.free_port()
-        ok = True
-        for a in addrs:
-            s = socket.socket()
-            try:
-                s.bind((a, p))
-            except OSError:
-                ok = False
-            finally:
-                s.close()
-        if ok:
-            return p
-    pytest.skip("no port free on the loopback addresses")
 
 
 class PolicyServer:
@@ -115,8 +99,8 @@ class PolicyServer:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     base = tmp_path_factory.mktemp("sts")
-    smtp_port = _port(MX_IP.values())
-    https_port = _port([HTTPS_IP])
+    smtp_port = free_port_on(MX_IP.values())
+    https_port = free_port_on([HTTPS_IP])
     smtp_ca, smtp_ctx = make_ca(base / "smtp", [f"{MX_NAME[d]}.{d}.{ZONE}" for d in MX_IP])
     _, other_ctx = make_ca(base / "other", [f"mx.badcert.{ZONE}", f"mx.testing.{ZONE}"])
     web_ca, web_ctx = make_ca(base / "web", [f"mta-sts.{d}.{ZONE}" for d in POLICIES])
@@ -132,20 +116,6 @@ def env(tmp_path_factory):
            "web_ca": web_ca, "smtp_ctx": smtp_ctx, "other_ctx": other_ctx, "web": web}
     web.close()
     sup.stop_all()
-
-
-@pytest.fixture
-def servers():
-    made = []
-
-    def make(ip: str, port: int, **kw) -> FakeSMTP:
-        s = FakeSMTP(host=ip, port=port, **kw)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
 
 
 def sts_cluster(cluster_factory, env):
