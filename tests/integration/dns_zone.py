@@ -147,6 +147,26 @@ class Nsd:
         self.sup.stop(self.name, 5.0)
 
 
+def free_port_on(addrs) -> int:
+    """A port free on every one of these loopback addresses, for zones whose
+    hosts each listen on their own 127.0.0.x with the same port (the
+    worker's [delivery] smtp_port)."""
+    for _ in range(20):
+        p = mslocal.free_port()
+        ok = True
+        for a in addrs:
+            s = socket.socket()
+            try:
+                s.bind((a, p))
+            except OSError:
+                ok = False
+            finally:
+                s.close()
+        if ok:
+            return p
+    pytest.skip("no port free on the loopback addresses")
+
+
 def module_nsd(zones: Dict[str, List[str]]):
     """A module-scoped fixture: NSD serving zones for the tests of one
     module, stopped after the last. In the module: `nsd = module_nsd(ZONES)`."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import ssl
 import subprocess
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 import pytest
 
 import mslocal
-from dns_zone import LDNS_SIGNZONE, Nsd
+from dns_zone import LDNS_SIGNZONE, Nsd, free_port_on
 from test_worker_delivery import (KCAT, envelope, message, metric, new_qid,  # noqa: F401
                                   produce, wait_events, wait_log)
 from test_worker_routing import servers  # noqa: F401
@@ -43,25 +42,6 @@ pytestmark = [
 LAST = range(2, 9)  # 127.0.0.2 .. 127.0.0.8
 BUILD = Path(os.environ.get("MAILSTREAM_BUILD_DIR") or Path(__file__).resolve().parents[2] / "build")
 AUTHCHECK = BUILD / "mailstream-authcheck"
-
-
-def free_port_on(addrs) -> int:
-    """A port free on every one of these loopback addresses (each scripted
-    server listens on the same port on its own address)."""
-    for _ in range(20):
-        p = mslocal.free_port()
-        ok = True
-        for a in addrs:
-            s = socket.socket()
-            try:
-                s.bind((a, p))
-            except OSError:
-                ok = False
-            finally:
-                s.close()
-        if ok:
-            return p
-    pytest.skip("no port free on the loopback addresses")
 
 
 def _selfsigned(d: Path, name: str) -> tuple:

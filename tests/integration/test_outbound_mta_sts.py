@@ -26,8 +26,7 @@ from typing import Dict
 import pytest
 
 import mslocal
-from dns_zone import Nsd
-from test_outbound_dane import free_port_on
+from dns_zone import Nsd, free_port_on
 from test_worker_delivery import (KCAT, envelope, message, metric, new_qid,  # noqa: F401
                                   produce, wait_events, wait_log)
 from test_worker_routing import servers  # noqa: F401
