@@ -6,8 +6,7 @@
 # Run by `make deps`. Idempotent: every step checks before it acts, so a second
 # run is a fast no-op. Three steps (all of them unless some are named):
 #   apt    Debian packages (compilers, C libraries, redis-server, postfix for
-#          smtp-sink, nsd, ldnsutils (ldns-signzone signs the DNSSEC test
-#          zone), haproxy, dovecot, swaks, kcat, Java and Maven).
+#          smtp-sink, nsd, haproxy, dovecot, swaks, kcat, Java and Maven).
 #   kafka  The Apache Kafka broker jars, fetched with Maven from
 #          cluster/kafka/pom.xml into $MAILSTREAM_CACHE/kafka-<version>/lib
 #          (outside the repository).
@@ -61,11 +60,14 @@ APT_PACKAGES=(
 	libprotobuf-c-dev protobuf-c-compiler
 	libopendmarc-dev libinih-dev libcmocka-dev libcrypt-dev
 	clang libclang-rt-14-dev clang-format
-	libunbound-dev libyaml-dev publicsuffix libcurl4-openssl-dev
+	libunbound-dev libyaml-dev publicsuffix
 	redis-server postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl
-	kcat openssl curl nsd ldnsutils haproxy
+	kcat openssl curl nsd haproxy
 	dovecot-lmtpd dovecot-imapd dovecot-pop3d
 	maven
+	# Outbound TLS (issue 17): libcurl for MTA-STS policy fetches (lib/io/ms_https.c),
+	# ldns-signzone to sign the DNSSEC test zone of test_outbound_dane.py.
+	libcurl4-openssl-dev ldnsutils
 )
 
 java_major() {
