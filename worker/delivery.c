@@ -881,6 +881,16 @@ static void dest_connect_now(struct msg *m, struct dest *ds)
     else
         snprintf(ds->relay_str, sizeof(ds->relay_str), "%s[%s]:%d", a->host, ip,
                  ms_addr_port((const struct sockaddr *)&a->ss));
+    memset(&sm, 0, sizeof(sm));
+    /* The TLS policy first: it may skip this address (nothing to free). */
+    if (d->conf.tls_ctx && d->conf.tls_map && a->ss.ss_family != AF_UNIX) {
+        if (dest_tls(m, ds, a, &sm, &td) < 0)
+            return;
+    } else if (d->conf.tls_ctx) {
+        sm.tls = WK_TLS_MAY;
+        sm.tls_ctx = d->conf.tls_ctx;
+        sm.tls_name = a->host; /* the MX host name, the relay's host, or an IP literal */
+    }
     rcpts = ms_calloc(ds->n, sizeof(*rcpts));
     notify = ms_calloc(ds->n, sizeof(*notify));
     orcpt = ms_calloc(ds->n, sizeof(*orcpt));
@@ -889,7 +899,6 @@ static void dest_connect_now(struct msg *m, struct dest *ds)
         notify[k] = m->env->recipients[ds->rcpts[k]]->notify;
         orcpt[k] = m->env->recipients[ds->rcpts[k]]->orcpt;
     }
-    memset(&sm, 0, sizeof(sm));
     sm.log_id = m->qid;
     sm.helo_name = d->conf.helo_name;
     sm.mail_from = m->env->mail_from && m->env->mail_from->address ? m->env->mail_from->address
@@ -913,14 +922,6 @@ static void dest_connect_now(struct msg *m, struct dest *ds)
         sm.auth_mechs = d->conf.relay_auth_mechs;
     }
     sm.lmtp = ds->t && ds->t->kind == MS_TRANSPORT_LMTP;
-    if (d->conf.tls_ctx && d->conf.tls_map && a->ss.ss_family != AF_UNIX) {
-        if (dest_tls(m, ds, a, &sm, &td) < 0)
-            return;
-    } else if (d->conf.tls_ctx) {
-        sm.tls = WK_TLS_MAY;
-        sm.tls_ctx = d->conf.tls_ctx;
-        sm.tls_name = a->host; /* the MX host name, the relay's host, or an IP literal */
-    }
     sm.cache = d->conn_cache;
     sm.rcpts = rcpts;
     sm.nrcpts = ds->n;
