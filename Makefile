@@ -9,7 +9,7 @@ GIT_COMMIT := $(or $(shell git rev-parse --short=12 HEAD 2>/dev/null),unknown)
 BUILD     ?= build
 CACHE     ?= $(or $(MAILSTREAM_CACHE),$(HOME)/.cache/mailstream)
 VENV      := $(CACHE)/venv
-PKGS      := rdkafka hiredis libuv libprotobuf-c openssl inih jansson
+PKGS      := rdkafka hiredis libuv libprotobuf-c openssl inih jansson libcurl
 WARN      := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 OPT       ?= -O2 -g
 SAN       ?=
@@ -92,7 +92,7 @@ $(BUILD)/mailstream-worker: $(call obj,worker/main.c) $(WK_A) $(LIB_A)
 # by "../worker/...".
 $(BUILD)/obj/tools/%.o: CFLAGS_ALL += -Iworker
 
-$(BUILD)/mailstream-authcheck: $(call obj,tools/authcheck.c) $(WK_A) $(LIB_A)
+$(BUILD)/mailstream-authcheck: $(call obj,tools/authcheck.c tools/tlscheck.c) $(WK_A) $(LIB_A)
 	$(CC) $(OPT) $(SAN) -o $@ $^ $(LDLIBS_ALL)
 
 $(BUILD)/mailstream-ctl: $(call obj,ctl/main.c) $(LIB_A)

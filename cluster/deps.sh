@@ -80,6 +80,9 @@ APT_PACKAGES=(
 	dovecot-lmtpd dovecot-imapd dovecot-pop3d
 	maven
 	podman runc mmdebstrap debian-archive-keyring etcd-server
+	# Outbound TLS (issue 17): libcurl for MTA-STS policy fetches (lib/io/ms_https.c),
+	# ldns-signzone to sign the DNSSEC test zone of test_outbound_dane.py.
+	libcurl4-openssl-dev ldnsutils
 )
 
 java_major() {

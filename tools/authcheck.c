@@ -31,6 +31,12 @@
  *       standard error.  --dns-nodefault lets the upstream answer for one of
  *       libunbound's built-in local zones (e.g. 2.0.192.in-addr.arpa).
  *
+ *   mailstream-authcheck tls-check [-c WORKER.ini] [--dns IP[@PORT]] [--port N]
+ *                        [--no-connect] DOMAIN
+ *       The outbound TLS policy the worker would apply to DOMAIN (policy
+ *       map, DANE with its TLSA records, MTA-STS) and a test connection
+ *       (tools/tlscheck.c).
+ *
  * --now UNIX_TIME is a testing aid: everything is done as if the clock said
  * UNIX_TIME (seconds since the epoch) instead of the time of the run: DKIM
  * t= and x= when verifying (so an old corpus whose signatures carry x= can
@@ -54,6 +60,7 @@
 #include "ms_spf.h"
 #include "mailauth.h"
 #include "ms_version.h"
+#include "tlscheck.h"
 
 #include <arpa/inet.h>
 
@@ -84,6 +91,8 @@ static int usage(void)
             "       mailstream-authcheck --spf-only [-c WORKER.ini] [--dns IP[@PORT]]\n"
             "                            [--timeout MS] [--dns-nodefault ZONE ...] [--trace]\n"
             "                            [--now UNIX_TIME] --ip IP [--helo NAME] [--mail-from ADDR]\n"
+            "       mailstream-authcheck tls-check [-c WORKER.ini] [--dns IP[@PORT]] [--port N]\n"
+            "                            [--no-connect] DOMAIN\n"
             "\n"
             "  --now UNIX_TIME  testing aid: act as if the clock said UNIX_TIME (seconds\n"
             "                   since the epoch) for DKIM t=/x= (verifying an old corpus\n"
@@ -473,6 +482,8 @@ int main(int argc, char **argv)
 
     ms_version_option(argc, argv, "mailstream-authcheck");
     ms_log_init("authcheck", MS_LOG_WARN);
+    if (argc > 1 && strcmp(argv[1], "tls-check") == 0)
+        return tlscheck_main(argc - 1, argv + 1);
     while ((opt = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
         switch (opt) {
         case 'c': config = optarg; break;

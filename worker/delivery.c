@@ -33,8 +33,11 @@
 #include "outcome.h"
 #include "pacing.h"
 #include "requeue.h"
+#include "mtasts.h"
+#include "tls_policy.h"
 #include "ms_addr.h"
 #include "ms_buf.h"
+#include "ms_domainmap.h"
 #include "ms_envelope.h"
 #include "ms_error.h"
 #include "ms_keys.h"
@@ -92,6 +95,9 @@ struct dest {
     uint64_t job;                     /* route job while DEST_ROUTE */
     struct wk_route_addr *addrs;
     size_t naddrs, next;              /* addresses and the next to try */
+    struct wk_route_tlsa *tlsa;       /* DANE: the records addrs point at */
+    uint64_t sts_job;                 /* MTA-STS lookup while DEST_ROUTE */
+    struct wk_mtasts_result *sts;     /* the domain's MTA-STS policy, or NULL */
     wk_smtp *smtp;                    /* while DEST_SEND */
     char relay_str[WK_RELAY_MAX];     /* the address being tried */
     int paced;                        /* asked pacing.h: released with the dest */
@@ -112,6 +118,8 @@ struct msg {
     size_t *tried;                  /* rcpt indices of the current MGET */
     size_t ntried;
     const char *cur_tls;            /* on_smtp: the TLS of the outcomes being recorded */
+    const char *cur_tls_policy;     /* on_smtp: its policy level, or NULL */
+    int cur_tls_auth;               /* on_smtp: how the server was authenticated */
     unsigned attempt;
     unsigned phase;
     int redis_pending;
@@ -348,9 +356,13 @@ static void dests_free(struct msg *m)
         }
         if (ds->state == DEST_ROUTE && ds->job)
             wk_router_cancel(m->d->conf.router, ds->job);
+        if (ds->state == DEST_ROUTE && ds->sts_job)
+            wk_mtasts_cancel(m->d->conf.mtasts, ds->sts_job);
+        free(ds->sts);
         dest_release_pacing(m, ds);
         free(ds->rcpts);
         free(ds->addrs);
+        free(ds->tlsa);
     }
     free(m->dests);
     m->dests = NULL;
@@ -438,6 +450,8 @@ static enum wk_outcome record_outcome(struct msg *m, size_t i, int code, const c
     om.received_at_us = m->env->received_at_us;
     om.attempt = m->attempt;
     om.tls = m->cur_tls;
+    om.tls_policy = m->cur_tls_policy;
+    om.tls_auth = m->cur_tls_auth;
     om.event_id = m->id << WK_KIND_BITS | PRODUCE_EVENT;
     om.events_pending = &m->events_pending;
     return wk_outcome_record(m->d->outcomes, &om, &m->rcpts[i], code, dsn, reply, relay, remote,
@@ -687,6 +701,8 @@ static void on_smtp(void *arg, uint64_t id, const struct wk_smtp_result *res)
     remote = ds->addrs && ds->next > 0 ? ds->addrs[ds->next - 1].host : NULL;
     dest_release_pacing(m, ds);
     m->cur_tls = res->tls;
+    m->cur_tls_policy = res->tls_policy;
+    m->cur_tls_auth = res->tls_auth;
     for (k = 0; k < res->nrcpts && k < ds->n; k++) {
         i = ds->rcpts[k];
         o = record_outcome(m, i, res->rcpts[k].code, res->rcpts[k].dsn, res->rcpts[k].reply,
@@ -699,6 +715,8 @@ static void on_smtp(void *arg, uint64_t id, const struct wk_smtp_result *res)
         }
     }
     m->cur_tls = NULL;
+    m->cur_tls_policy = NULL;
+    m->cur_tls_auth = 0;
     dest_done(m, ds);
 }
 
@@ -761,11 +779,94 @@ static void dest_connect(struct msg *m, struct dest *ds)
         dest_connect_now(m, ds);
 }
 
+/* The next hop's TLS policy entry (tls_policy.h): a transport's or the
+ * relay's "[host]:port" first, then the recipient domain.  *nexthop: the
+ * name "nexthop" in match= stands for. */
+static const struct wk_tls_entry *dest_tls_entry(wk_delivery *d, const struct dest *ds,
+                                                 const char **nexthop)
+{
+    char key[MS_DOMAINMAP_KEY_MAX + 1], host[MS_DNS_NAME_MAX + 1];
+    int port = 0;
+
+    *nexthop = ds->domain;
+    if (ds->relay && ms_split_hostport(d->conf.relay, host, sizeof(host), &port) == 0) {
+        snprintf(key, sizeof(key), "[%s]:%d", host, port ? port : d->conf.smtp_port);
+        *nexthop = d->conf.relay;
+        return wk_tls_map_find(d->conf.tls_map, ds->domain, key);
+    }
+    if (ds->t && ds->t->host[0]) {
+        port = ds->t->port ? ds->t->port
+               : ds->t->kind == MS_TRANSPORT_LMTP ? MS_LMTP_PORT : d->conf.smtp_port;
+        snprintf(key, sizeof(key), "[%s]:%d", ds->t->host, port);
+        *nexthop = ds->t->host;
+        return wk_tls_map_find(d->conf.tls_map, ds->domain, key);
+    }
+    return wk_tls_map_find(d->conf.tls_map, ds->domain, NULL);
+}
+
+/* The TLS this connection must have, into sm (pointing into td): -1 when
+ * the policy forbids trying this address (DANE, RFC 7672 §2.2), after
+ * moving on to the next address or, at the last, deferring the
+ * destination with 4.7.5. */
+static int dest_tls(struct msg *m, struct dest *ds, const struct wk_route_addr *a,
+                    struct wk_smtp_msg *sm, struct wk_tls_decision *td)
+{
+    static const struct wk_tls_entry dane_only = {.level = WK_TLS_LEVEL_DANE_ONLY};
+    wk_delivery *d = m->d;
+    const char *nexthop;
+    const struct wk_tls_entry *e = dest_tls_entry(d, ds, &nexthop);
+    const char *label = wk_tls_level_name(e->level);
+    char why[WK_SMTP_REPLY_TEXT_MAX];
+
+    if (ds->sts && a->dane == WK_DANE_USABLE) {
+        /* RFC 8461 §2: DANE wins where both exist. */
+        e = &dane_only;
+        label = wk_tls_level_name(e->level);
+        wk_tls_decide(e, a->host, nexthop, WK_DANE_USABLE, td);
+    } else if (ds->sts && ds->sts->policy.mode == MS_MTASTS_ENFORCE) {
+        /* §4.2: only to an MX host the policy names, over TLS verified
+         * for that name; never in plaintext. */
+        memset(td, 0, sizeof(*td));
+        td->level = WK_TLS_LEVEL_VERIFY;
+        td->tls = WK_TLS_VERIFY;
+        label = "mta-sts";
+        if (!ms_mtasts_mx_match(&ds->sts->policy, a->host))
+            td->defer = "MX host not named by the MTA-STS policy";
+    } else {
+        wk_tls_decide(e, a->host, nexthop, (enum wk_dane_state)a->dane, td);
+    }
+    if (td->defer) {
+        snprintf(why, sizeof(why), "TLS policy %s for %.255s: %s", label, a->host, td->defer);
+        ms_info("event=tls_policy_defer qid=%s relay=%s policy=%s dane=%s reason=\"%s\"", m->qid,
+                ds->relay_str, label, wk_dane_state_name((enum wk_dane_state)a->dane),
+                td->defer);
+        if (ds->next < ds->naddrs) {
+            dest_connect_now(m, ds); /* RFC 7672 §2.2: the next MX host may do */
+            return -1;
+        }
+        dest_release_pacing(m, ds);
+        dest_finish_all(m, ds, 0, "4.7.5", why, ds->relay_str);
+        return -1;
+    }
+    sm->tls = td->tls;
+    sm->tls_ctx = e->ctx ? e->ctx : d->conf.tls_ctx;
+    sm->tls_name = a->host; /* the MX host name, the relay's host, or an IP literal */
+    sm->tls_label = label;
+    sm->tls_match = td->match;
+    sm->tls_nmatch = td->nmatch;
+    if (td->dane && ds->tlsa) {
+        sm->tlsa = &ds->tlsa->rr[a->tlsa_first];
+        sm->ntlsa = a->ntlsa;
+    }
+    return 0;
+}
+
 static void dest_connect_now(struct msg *m, struct dest *ds)
 {
     wk_delivery *d = m->d;
     const struct wk_route_addr *a = &ds->addrs[ds->next++];
     struct wk_smtp_msg sm;
+    struct wk_tls_decision td;
     const char **rcpts, **orcpt;
     uint32_t *notify;
     char ip[INET6_ADDRSTRLEN + 2];
@@ -780,6 +881,16 @@ static void dest_connect_now(struct msg *m, struct dest *ds)
     else
         snprintf(ds->relay_str, sizeof(ds->relay_str), "%s[%s]:%d", a->host, ip,
                  ms_addr_port((const struct sockaddr *)&a->ss));
+    memset(&sm, 0, sizeof(sm));
+    /* The TLS policy first: it may skip this address (nothing to free). */
+    if (d->conf.tls_ctx && d->conf.tls_map && a->ss.ss_family != AF_UNIX) {
+        if (dest_tls(m, ds, a, &sm, &td) < 0)
+            return;
+    } else if (d->conf.tls_ctx) {
+        sm.tls = WK_TLS_MAY;
+        sm.tls_ctx = d->conf.tls_ctx;
+        sm.tls_name = a->host; /* the MX host name, the relay's host, or an IP literal */
+    }
     rcpts = ms_calloc(ds->n, sizeof(*rcpts));
     notify = ms_calloc(ds->n, sizeof(*notify));
     orcpt = ms_calloc(ds->n, sizeof(*orcpt));
@@ -788,7 +899,6 @@ static void dest_connect_now(struct msg *m, struct dest *ds)
         notify[k] = m->env->recipients[ds->rcpts[k]]->notify;
         orcpt[k] = m->env->recipients[ds->rcpts[k]]->orcpt;
     }
-    memset(&sm, 0, sizeof(sm));
     sm.log_id = m->qid;
     sm.helo_name = d->conf.helo_name;
     sm.mail_from = m->env->mail_from && m->env->mail_from->address ? m->env->mail_from->address
@@ -812,12 +922,6 @@ static void dest_connect_now(struct msg *m, struct dest *ds)
         sm.auth_mechs = d->conf.relay_auth_mechs;
     }
     sm.lmtp = ds->t && ds->t->kind == MS_TRANSPORT_LMTP;
-    if (d->conf.tls_ctx) {
-        int k2 = ms_domain_match(d->conf.tls_keys, d->conf.ntls, ds->domain);
-        sm.tls = (enum wk_tls_policy)(k2 >= 0 ? d->conf.tls_policies[k2] : d->conf.tls_default);
-        sm.tls_ctx = d->conf.tls_ctx;
-        sm.tls_name = a->host; /* the MX host name, the relay's host, or an IP literal */
-    }
     sm.cache = d->conn_cache;
     sm.rcpts = rcpts;
     sm.nrcpts = ds->n;
@@ -857,9 +961,13 @@ static void on_route(void *arg, uint64_t id, const struct wk_route_result *res)
     ds->addrs = ms_calloc(res->n, sizeof(*ds->addrs));
     memcpy(ds->addrs, res->addrs, res->n * sizeof(*ds->addrs));
     ds->naddrs = res->n;
+    ds->tlsa = wk_route_tlsa_dup(res->tlsa);
     ds->next = 0;
     dest_connect(m, ds);
 }
+
+static void on_sts(void *arg, uint64_t id, const struct wk_mtasts_result *res);
+static void dest_route(struct msg *m, struct dest *ds);
 
 /* Route one destination: everything its recipients share is decided here. */
 static void dest_start(struct msg *m, struct dest *ds)
@@ -902,12 +1010,56 @@ static void dest_start(struct msg *m, struct dest *ds)
         dest_connect(m, ds);
         return;
     }
-    port = t && t->port ? t->port
-         : t && t->kind == MS_TRANSPORT_LMTP ? MS_LMTP_PORT
-                                              : d->conf.smtp_port;
     dest_enter_state(m, ds, DEST_ROUTE);
-    ds->job = wk_router_resolve(d->conf.router, t ? t->host : ds->domain, port, t ? t->no_mx : 0,
-                                on_route, d, dest_id(m, ds));
+    if (!t && d->conf.mtasts && d->conf.tls_ctx && d->conf.tls_map) {
+        /* RFC 8461: a recipient domain the policy map does not name may
+         * publish an MTA-STS policy; route once it is known. */
+        const char *nexthop;
+        if (dest_tls_entry(d, ds, &nexthop) == wk_tls_map_default(d->conf.tls_map)) {
+            ds->sts_job = wk_mtasts_lookup(d->conf.mtasts, ds->domain, on_sts, d, dest_id(m, ds));
+            return;
+        }
+    }
+    dest_route(m, ds);
+}
+
+/* The domain's MTA-STS policy is known (or that it has none). */
+static void on_sts(void *arg, uint64_t id, const struct wk_mtasts_result *res)
+{
+    wk_delivery *d = arg;
+    struct msg *m = NULL;
+    struct dest *ds = dest_lookup(d, id, &m);
+
+    if (ds == NULL || ds->state != DEST_ROUTE || ds->sts_job == 0)
+        return;
+    ds->sts_job = 0;
+    if (res->have && res->policy.mode != MS_MTASTS_NONE) {
+        ds->sts = ms_malloc(sizeof(*ds->sts));
+        *ds->sts = *res;
+    }
+    dest_route(m, ds);
+}
+
+/* Resolve the next hop: MX routing, or a transport's host. */
+static void dest_route(struct msg *m, struct dest *ds)
+{
+    wk_delivery *d = m->d;
+    const struct ms_transport *t = ds->t;
+    int port = t && t->port ? t->port
+               : t && t->kind == MS_TRANSPORT_LMTP ? MS_LMTP_PORT
+                                                    : d->conf.smtp_port;
+
+    {
+        /* DANE needs the TLSA records, looked up with the addresses. */
+        const char *nexthop;
+        const struct wk_tls_entry *e =
+            d->conf.tls_ctx && d->conf.tls_map ? dest_tls_entry(d, ds, &nexthop) : NULL;
+        int dane = e && (e->level == WK_TLS_LEVEL_DANE || e->level == WK_TLS_LEVEL_DANE_ONLY ||
+                         ds->sts != NULL); /* DANE wins over MTA-STS (RFC 8461 §2) */
+        ds->job = (dane ? wk_router_resolve_dane : wk_router_resolve)(
+            d->conf.router, t ? t->host : ds->domain, port, t ? t->no_mx : 0, on_route, d,
+            dest_id(m, ds));
+    }
 }
 
 /* Group the pending recipients by destination and start them all. */

@@ -138,10 +138,11 @@ struct wk_delivery_conf {
                                          * is deferred (4.4.5) to a retry tier */
     int64_t delay_warning_s;            /* delay-warning DSNs after this; 0: none */
     struct ms_tls_ctx *tls_ctx;         /* NULL: no STARTTLS at all */
-    int tls_default;                    /* enum wk_tls_policy for unlisted domains */
-    const char *const *tls_keys;        /* per recipient domain (ms_domain_match) */
-    const int *tls_policies;
-    size_t ntls;
+    struct wk_mtasts *mtasts;           /* MTA-STS for domains policy_map does not
+                                         * name (mtasts.h); NULL: off */
+    const struct wk_tls_map *tls_map;   /* [tls] policy and policy_map (tls_policy.h);
+                                         * an entry's own context, if any, instead
+                                         * of tls_ctx; NULL: `may` everywhere */
     struct wk_smtp_timeouts timeouts;
 };
 

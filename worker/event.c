@@ -79,6 +79,9 @@ int wk_event_json(struct ms_buf *out, const struct wk_event *ev)
         (err = field_str(out, "relay", ev->relay, 0)) < 0 ||
         (ev->class_name && (err = field_str(out, "class", ev->class_name, 0)) < 0) ||
         (ev->tls && (err = field_str(out, "tls", ev->tls, 0)) < 0) ||
+        (ev->tls_policy && (err = field_str(out, "tls_policy", ev->tls_policy, 0)) < 0) ||
+        (ev->tls_policy && ev->tls_auth &&
+         (err = field_str(out, "tls_auth", ev->tls_auth, 0)) < 0) ||
         (err = field_str(out, "node", ev->node, 0)) < 0 ||
         (err = ms_buf_appendf(out, ",\"attempt\":%u,\"delay\":%.3f", ev->attempt,
                               ev->delay >= 0 ? ev->delay : 0.0)) < 0 ||

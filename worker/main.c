@@ -15,6 +15,8 @@
  * second signal abandons at once.
  */
 #include "delivery.h"
+#include "mtasts.h"
+#include "tls_policy.h"
 #include "mailauth.h"
 #include "ms_config.h"
 #include "ms_connect.h"
@@ -67,12 +69,13 @@ static const char *var_node_id, *var_hostname, *var_metrics, *var_topic, *var_ev
     *var_group, *var_relay_host, *var_log_level,
     *var_transport_map, *var_transport_map_file, *var_dns_upstream, *var_dns_trust_anchor,
     *var_tls_policy, *var_tls_policy_map, *var_tls_ca_file, *var_relay_user, *var_relay_password,
-    *var_relay_password_file, *var_relay_auth_mechanisms, *var_dest_rate;
+    *var_relay_password_file, *var_relay_auth_mechanisms, *var_dest_rate, *var_mta_sts_ca_file;
 static int64_t var_max_in_flight, var_retry_min_ms, var_retry_max_ms,
     var_connect_timeout_ms, var_drain_timeout_ms, var_smtp_port, var_retry_tiers, var_max_age_s,
     var_dns_timeout_ms, var_suppress_ttl_s, var_reply_timeout_ms, var_dest_concurrency,
     var_conn_cache_ms, var_max_msgs_per_conn, var_linger_ms, var_fetch_min_bytes,
-    var_fetch_wait_ms, var_dest_rate_max_wait_ms, var_delay_warning_s;
+    var_fetch_wait_ms, var_dest_rate_max_wait_ms, var_delay_warning_s, var_mta_sts_port,
+    var_mta_sts_timeout_ms;
 
 static char default_node_id[256];
 
@@ -100,6 +103,7 @@ static const struct {
     {"tls", "policy", "may", &var_tls_policy},
     {"tls", "policy_map", "", &var_tls_policy_map},
     {"tls", "ca_file", "", &var_tls_ca_file},
+    {"tls", "mta_sts_ca_file", "", &var_mta_sts_ca_file},
 };
 
 static const struct {
@@ -132,10 +136,13 @@ static const struct {
     {"retry", "max_age_s", WK_MAX_AGE_S, 1, 365 * 24 * 3600, &var_max_age_s},
     {"dns", "timeout_ms", MS_RESOLVER_TIMEOUT_MS, 100, 600 * 1000, &var_dns_timeout_ms},
     {"suppression", "ttl_s", WK_SUPPRESS_TTL_S, 0, 365 * 24 * 3600, &var_suppress_ttl_s},
+    /* RFC 8461 §3.3 fetches from port 443; another port is for tests. */
+    {"tls", "mta_sts_port", 443, 1, 65535, &var_mta_sts_port},
+    {"tls", "mta_sts_timeout_ms", 10000, 100, 600 * 1000, &var_mta_sts_timeout_ms},
 };
 
 /* Booleans: yes/no (true/false, 1/0), anything else refused at start. */
-static int var_relay_auth_plaintext;
+static int var_relay_auth_plaintext, var_mta_sts;
 
 static const struct {
     const char *section, *key;
@@ -143,6 +150,7 @@ static const struct {
     int *var;
 } bool_params[] = {
     {"delivery", "relay_auth_plaintext", 0, &var_relay_auth_plaintext},
+    {"tls", "mta_sts", 0, &var_mta_sts},
 };
 
 static void load_params(const ms_config *cfg)
@@ -200,44 +208,54 @@ static ms_transport_map *load_transports(void)
     return m;
 }
 
-/* [tls]: the default STARTTLS policy, the per-domain map ("domain policy"
- * entries, keys as in the transport map) and the CAs for `verify`. */
-static char *tls_map_copy;
-static const char *tls_keys[MS_TRANSPORT_MAP_MAX];
-static int tls_policies[MS_TRANSPORT_MAP_MAX];
+/* [tls]: the default level, the per-destination policy map
+ * (tls_policy.h: "KEY LEVEL [match=...] [ca_file=...]" entries, comma
+ * separated) and the CAs for verify/secure.  Each entry's ca_file gets its
+ * own client context; entries that name the same file share one. */
+static wk_tls_map *tls_map;
 
 static void load_tls(struct wk_delivery_conf *dc)
 {
-    char *items[MS_TRANSPORT_MAP_MAX], err[256], *sp, *k;
-    size_t i, n;
-    int p;
+    char *items[MS_TRANSPORT_MAP_MAX], err[256], *copy;
+    size_t i, j, n;
+    int any = 0;
 
-    if ((dc->tls_default = wk_tls_policy_parse(var_tls_policy)) < 0)
-        ms_fatal("event=config_invalid section=tls key=policy value=\"%s\" want=\"none, may, "
-                 "encrypt or verify\"", var_tls_policy);
-    tls_map_copy = ms_strdup(var_tls_policy_map);
-    n = ms_config_split_list(tls_map_copy, items, MS_TRANSPORT_MAP_MAX);
-    for (i = 0; i < n; i++) {
-        sp = strpbrk(items[i], " \t=");
-        if (sp == NULL)
-            ms_fatal("event=config_invalid section=tls key=policy_map entry=\"%s\"", items[i]);
-        *sp++ = '\0';
-        sp += strspn(sp, " \t=");
-        if ((p = wk_tls_policy_parse(sp)) < 0)
+    if ((tls_map = wk_tls_map_new(var_tls_policy, err, sizeof(err))) == NULL)
+        ms_fatal("event=config_invalid section=tls key=policy value=\"%s\" error=\"%s\"",
+                 var_tls_policy, err);
+    if (wk_tls_map_default(tls_map)->ca_file || wk_tls_map_default(tls_map)->nmatch)
+        ms_fatal("event=config_invalid section=tls key=policy value=\"%s\" error=\"the "
+                 "default takes a level only (ca_file and the match names of verify and "
+                 "secure have keys of their own)\"", var_tls_policy);
+    copy = ms_strdup(var_tls_policy_map);
+    n = ms_config_split_list(copy, items, MS_TRANSPORT_MAP_MAX);
+    for (i = 0; i < n; i++)
+        if (wk_tls_map_add(tls_map, items[i], err, sizeof(err)) < 0)
             ms_fatal("event=config_invalid section=tls key=policy_map entry=\"%s\" "
-                     "policy=\"%s\"", items[i], sp);
-        for (k = items[i]; *k; k++)
-            *k = (char)tolower((unsigned char)*k);
-        tls_keys[i] = items[i];
-        tls_policies[i] = p;
+                     "error=\"%s\"", items[i], err);
+    free(copy);
+    for (i = 0; i < wk_tls_map_size(tls_map); i++) {
+        const char *key;
+        struct wk_tls_entry *e = wk_tls_map_entry(tls_map, i, &key), *o;
+        any |= e->level != WK_TLS_LEVEL_NONE;
+        if (e->ca_file == NULL)
+            continue;
+        for (j = 0; j < i && !e->ctx; j++)
+            if ((o = wk_tls_map_entry(tls_map, j, NULL))->ca_file &&
+                strcmp(o->ca_file, e->ca_file) == 0)
+                e->ctx = ms_tls_ctx_ref(o->ctx);
+        if (!e->ctx && (e->ctx = ms_tls_ctx_new_client(e->ca_file, err, sizeof(err))) == NULL)
+            ms_fatal("event=config_invalid section=tls key=policy_map entry=%s ca_file=%s "
+                     "error=\"%s\"", key, e->ca_file, err);
     }
-    dc->tls_keys = tls_keys;
-    dc->tls_policies = tls_policies;
-    dc->ntls = n;
-    if (dc->tls_default == WK_TLS_NONE && n == 0)
+    dc->tls_map = tls_map;
+    if (wk_tls_map_default(tls_map)->level == WK_TLS_LEVEL_NONE && !any)
         return;
     if ((dc->tls_ctx = ms_tls_ctx_new_client(var_tls_ca_file, err, sizeof(err))) == NULL)
         ms_fatal("event=config_invalid section=tls key=ca_file error=\"%s\"", err);
+    if (wk_tls_map_wants_dane(tls_map) && !*var_dns_trust_anchor)
+        ms_warn("event=config_warning section=tls key=policy error=\"dane needs [dns] "
+                "trust_anchor: without DNSSEC validation no TLSA record is used\"");
 }
 
 /* [delivery] relay_user and its password (relay_password, or the first
@@ -374,6 +392,8 @@ struct worker {
     ms_consumer *retry_consumers[WK_RETRY_TIERS_MAX];
     ms_resolver *resolver;
     wk_router *router;
+    ms_https *https;                /* MTA-STS policy fetches; NULL: off */
+    wk_mtasts *mtasts;
     ms_transport_map *transports;
     char *retry_topics[WK_RETRY_TIERS_MAX];
     char *retry_groups[WK_RETRY_TIERS_MAX];
@@ -425,6 +445,9 @@ static void shutdown_now(void *arg)
     }
     wk_router_free(w->router);
     w->router = NULL;
+    wk_mtasts_stop(w->mtasts);
+    ms_https_free(w->https);
+    w->https = NULL;
     ms_resolver_free(w->resolver);
     w->resolver = NULL;
     /* Produce reports and Redis replies still due come back through the
@@ -555,6 +578,19 @@ int main(int argc, char **argv)
     dc.conn_cache_ms = (uint64_t)var_conn_cache_ms;
     dc.max_msgs_per_conn = (unsigned)var_max_msgs_per_conn;
     load_tls(&dc);
+    if (var_mta_sts && dc.tls_ctx) {
+        struct ms_https_conf hc = {.ca_file = var_mta_sts_ca_file,
+                                   .port = (int)var_mta_sts_port,
+                                   .timeout_ms = (uint64_t)var_mta_sts_timeout_ms,
+                                   .max_bytes = MS_MTASTS_POLICY_MAX};
+        if ((w.https = ms_https_new(w.loop, &hc, err, sizeof(err))) == NULL)
+            ms_fatal("event=config_invalid section=tls key=mta_sts error=\"%s\"", err);
+        w.mtasts = wk_mtasts_new(w.loop, w.resolver, NULL, w.https);
+        dc.mtasts = w.mtasts;
+    } else if (var_mta_sts) {
+        ms_warn("event=config_warning section=tls key=mta_sts error=\"STARTTLS is off (policy "
+                "none everywhere): MTA-STS is not used\"");
+    }
     dc.events_topic = var_events_topic;
     dc.max_in_flight = (int)var_max_in_flight;
     dc.retry_min_ms = (uint64_t)var_retry_min_ms;
@@ -598,6 +634,8 @@ int main(int argc, char **argv)
         ms_fatal("event=kafka_consumer_failed error=\"%s\"", err);
     w.redis = ms_redis_new(w.loop, &rconf);
     wk_delivery_attach(w.delivery, w.consumer, w.producer, w.redis);
+    if (w.mtasts)
+        wk_mtasts_attach(w.mtasts, w.redis);
     /* Retry tier consumers are idle most of the time and never in a hurry:
      * librdkafka's fetch defaults (a fetch waits up to 500 ms on the broker)
      * instead of the queue consumer's, so idle tiers cost the broker ~2
@@ -636,10 +674,11 @@ int main(int argc, char **argv)
     uv_run(w.loop, UV_RUN_DEFAULT);
 
     wk_delivery_free(w.delivery);
+    wk_mtasts_free(w.mtasts);
     wk_mailauth_free(w.mailauth);
     ms_transport_map_free(w.transports);
     ms_tls_ctx_free(dc.tls_ctx);
-    free(tls_map_copy);
+    wk_tls_map_free(tls_map);
     for (int i = 0; i < WK_RETRY_TIERS_MAX; i++) {
         free(w.retry_topics[i]);
         free(w.retry_groups[i]);

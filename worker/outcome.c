@@ -2,6 +2,7 @@
  * outcome.c - one recipient's outcome (outcome.h).
  */
 #include "outcome.h"
+#include "tls_policy.h"
 #include "ms_addr.h"
 #include "ms_buf.h"
 #include "ms_error.h"
@@ -24,7 +25,32 @@ struct wk_outcomes {
     ms_counter *m_class[MS_CLASS__N];
     ms_counter *m_dns_failures, *m_tls_failures, *m_event_errors, *m_redis_errors;
     ms_histogram *m_latency;
+    /* Outcomes per TLS policy level, authentication and outcome: made on
+     * first use (the label values are bounded: level names only). */
+    ms_counter *m_tls[WK_TLS_LEVELS_N + 1][3][WK_OUTCOME__N]; /* + "mta-sts" */
 };
+
+static const char *const tls_auth_names[] = {"none", "verified", "dane"};
+
+static void count_tls(wk_outcomes *o, const char *policy, int auth, enum wk_outcome out)
+{
+    char labels[128];
+    int lv = policy ? wk_tls_level_parse(policy, strlen(policy)) : -1;
+
+    if (policy && strcmp(policy, "mta-sts") == 0)
+        lv = WK_TLS_LEVELS_N; /* RFC 8461 enforce: a level of its own here */
+    if (lv < 0 || auth < 0 || auth > 2)
+        return;
+    if (o->m_tls[lv][auth][out] == NULL) {
+        snprintf(labels, sizeof(labels), "policy=\"%s\",auth=\"%s\",outcome=\"%s\"", policy,
+                 tls_auth_names[auth], wk_outcome_name(out));
+        o->m_tls[lv][auth][out] = ms_counter_new(
+            "mailstream_worker_tls_outcomes_total",
+            "Recipient outcomes by outbound TLS policy level and how the server was "
+            "authenticated.", labels);
+    }
+    ms_counter_inc(o->m_tls[lv][auth][out]);
+}
 
 static int64_t now_us(void)
 {
@@ -132,6 +158,8 @@ enum wk_outcome wk_outcome_record(wk_outcomes *o, const struct wk_outcome_msg *m
     ev.ts_us = now;
     ev.class_name = ms_reply_class_name(cls);
     ev.tls = msg->tls && *msg->tls ? msg->tls : NULL;
+    ev.tls_policy = msg->tls_policy && *msg->tls_policy ? msg->tls_policy : NULL;
+    ev.tls_auth = tls_auth_names[msg->tls_auth >= 0 && msg->tls_auth <= 2 ? msg->tls_auth : 0];
 
     rc->tried = 1;
     rc->code = code;
@@ -151,12 +179,14 @@ enum wk_outcome wk_outcome_record(wk_outcomes *o, const struct wk_outcome_msg *m
         rc->in_dsn = 1;
     }
 
-    ms_info("event=delivery qid=%s rcpt=%s relay=%s tls=\"%s\" attempt=%u delay=%.3f outcome=%s "
-            "code=%d dsn=%s class=%s reply=%s",
+    ms_info("event=delivery qid=%s rcpt=%s relay=%s tls=\"%s\" tls_policy=%s tls_auth=%s "
+            "attempt=%u delay=%.3f outcome=%s code=%d dsn=%s class=%s reply=%s",
             msg->qid, ms_log_quote(qrcpt, sizeof(qrcpt), ev.rcpt, strlen(ev.rcpt)), ev.relay,
-            ev.tls ? ev.tls : "none", ev.attempt, ev.delay, wk_outcome_name(ev.outcome), code, dsn,
+            ev.tls ? ev.tls : "none", ev.tls_policy ? ev.tls_policy : "-", ev.tls_auth,
+            ev.attempt, ev.delay, wk_outcome_name(ev.outcome), code, dsn,
             ev.class_name, ms_log_quote(qreply, sizeof(qreply), reply, strlen(reply)));
     ms_counter_inc(o->m_outcome[ev.outcome]);
+    count_tls(o, ev.tls_policy, msg->tls_auth, ev.outcome);
     ms_counter_inc(o->m_class[cls]);
     if (cls == MS_CLASS_DNS && ev.outcome == WK_OUTCOME_DEFERRED)
         ms_counter_inc(o->m_dns_failures);

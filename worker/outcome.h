@@ -69,6 +69,8 @@ struct wk_outcome_msg {
     int64_t received_at_us; /* for the delay; 0: unknown */
     unsigned attempt;
     const char *tls;     /* the session's TLS, or NULL/"" */
+    const char *tls_policy; /* the TLS policy level that applied, or NULL */
+    int tls_auth;        /* the peer authenticated: 0 no, 1 chain and name, 2 DANE */
     uint64_t event_id;   /* producer id of the event record */
     int *events_pending; /* incremented when the event is on its way */
 };

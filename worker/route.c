@@ -1,13 +1,14 @@
 /*
  * route.c - routing jobs on the loop (route.h).
  *
- * A job is MX -> HOSTS -> done.  Resolver replies find their job by a cookie
+ * A job is MX -> HOSTS -> done, or MX -> HOSTS -> TLSA -> done for DANE.  Resolver replies find their job by a cookie
  * (job id << 8 | query number); a reply for a job that is gone is dropped.
  * Jobs end through job_finish(), which unlinks the job, calls back (unless
  * cancelled) and closes the job's timer; memory is freed in the close
  * callback.
  */
 #include "route.h"
+#include "ms_dane.h"
 #include "ms_error.h"
 #include "ms_idmap.h"
 #include "ms_list.h"
@@ -22,13 +23,18 @@
 
 #define QBITS 8
 
-enum job_state { JOB_MX, JOB_HOSTS, JOB_DONE };
+enum job_state { JOB_MX, JOB_HOSTS, JOB_TLSA, JOB_DONE };
 
 struct host_addrs {
     struct in_addr v4[WK_ROUTE_ADDRS_MAX];
     struct in6_addr v6[WK_ROUTE_ADDRS_MAX];
     size_t n4, n6;
     int tempfail;
+    int insecure;          /* an address answer was not validated */
+    enum wk_dane_state dane;
+    struct ms_tlsa tlsa[MS_TLS_TLSA_MAX]; /* usable records; data in tlsa_data */
+    size_t ntlsa;
+    unsigned char *tlsa_data;
 };
 
 struct job {
@@ -39,6 +45,9 @@ struct job {
     char host[MS_DNS_NAME_MAX + 1];
     int port, no_mx;
     int implicit;
+    int dane;              /* look TLSA records up */
+    int mx_secure;         /* the host names came from validated DNS (or the
+                            * configuration) */
     struct ms_mx_host mx[MS_MX_HOSTS_MAX];
     struct host_addrs addrs[MS_MX_HOSTS_MAX];
     size_t nmx;
@@ -89,9 +98,53 @@ static struct job *job_lookup(wk_router *r, uint64_t job_id)
     return ms_idmap_get(&r->by_id, job_id);
 }
 
+const char *wk_dane_state_name(enum wk_dane_state s)
+{
+    static const char *const names[] = {"none", "usable", "unusable", "failed"};
+    return (unsigned)s < 4 ? names[s] : "none";
+}
+
 static void job_closed(uv_handle_t *h)
 {
-    free(h->data);
+    struct job *j = h->data;
+    size_t i;
+
+    for (i = 0; i < MS_MX_HOSTS_MAX; i++)
+        free(j->addrs[i].tlsa_data);
+    free(j);
+}
+
+/* The usable records of every host, in one block. */
+static struct wk_route_tlsa *tlsa_pack(const struct ms_tlsa *const *rrs, size_t n)
+{
+    struct wk_route_tlsa *t;
+    size_t i, bytes = 0;
+    unsigned char *p;
+
+    for (i = 0; i < n; i++)
+        bytes += rrs[i]->len;
+    t = ms_malloc(sizeof(*t) + n * sizeof(t->rr[0]) + bytes);
+    t->n = n;
+    p = (unsigned char *)&t->rr[n];
+    for (i = 0; i < n; i++) {
+        t->rr[i] = *rrs[i];
+        memcpy(p, rrs[i]->data, rrs[i]->len);
+        t->rr[i].data = p;
+        p += rrs[i]->len;
+    }
+    return t;
+}
+
+struct wk_route_tlsa *wk_route_tlsa_dup(const struct wk_route_tlsa *t)
+{
+    const struct ms_tlsa *rrs[WK_ROUTE_ADDRS_MAX * MS_TLS_TLSA_MAX];
+    size_t i;
+
+    if (t == NULL)
+        return NULL;
+    for (i = 0; i < t->n && i < sizeof(rrs) / sizeof(rrs[0]); i++)
+        rrs[i] = &t->rr[i];
+    return tlsa_pack(rrs, i);
 }
 
 static void job_unlink(struct job *j)
@@ -137,9 +190,15 @@ static void job_hosts_done(struct job *j)
     size_t h, k, n = 0;
     int tempfail = 0, dropped = 0;
 
+    const struct ms_tlsa *rrs[MS_MX_HOSTS_MAX * MS_TLS_TLSA_MAX];
+    size_t nrrs = 0, first;
+
     for (h = 0; h < j->nmx; h++) {
         struct host_addrs *a = &j->addrs[h];
         tempfail |= a->tempfail;
+        first = nrrs;
+        for (k = 0; k < a->ntlsa; k++)
+            rrs[nrrs++] = &a->tlsa[k];
         for (k = 0; k < a->n4 + a->n6; k++) {
             struct wk_route_addr *o;
             if (n == WK_ROUTE_ADDRS_MAX) {
@@ -149,6 +208,9 @@ static void job_hosts_done(struct job *j)
             o = &out[n++];
             snprintf(o->host, sizeof(o->host), "%s", j->mx[h].name);
             o->preference = j->mx[h].preference;
+            o->dane = (uint8_t)a->dane;
+            o->tlsa_first = (uint16_t)first;
+            o->ntlsa = (uint16_t)a->ntlsa;
             if (k < a->n4) {
                 struct sockaddr_in *sin = (struct sockaddr_in *)&o->ss;
                 sin->sin_family = AF_INET;
@@ -171,7 +233,9 @@ static void job_hosts_done(struct job *j)
         res.n = n;
         res.addrs = out;
         res.dns_failed = tempfail;
+        res.tlsa = nrrs ? tlsa_pack(rrs, nrrs) : NULL;
         job_finish(j, &res);
+        free((void *)res.tlsa);
     } else if (tempfail) {
         snprintf(text, sizeof(text), "temporary failure looking up the addresses of %s%s",
                  j->nmx > 1 || !j->implicit ? "the mail hosts of " : "", j->host);
@@ -187,6 +251,8 @@ static void job_hosts_done(struct job *j)
     free(out);
 }
 
+static void job_query_tlsa(struct job *j);
+
 static void on_addr(void *arg, uint64_t cookie, const struct ms_dns_result *res)
 {
     wk_router *r = arg;
@@ -198,6 +264,8 @@ static void on_addr(void *arg, uint64_t cookie, const struct ms_dns_result *res)
     if (j == NULL || j->state != JOB_HOSTS || q / 2 >= j->nmx)
         return;
     a = &j->addrs[q / 2];
+    if (!res->secure)
+        a->insecure = 1;
     if (res->status == MS_DNS_TEMPFAIL || res->status == MS_DNS_BOGUS)
         a->tempfail = 1;
     else if (res->status == MS_DNS_OK)
@@ -208,12 +276,87 @@ static void on_addr(void *arg, uint64_t cookie, const struct ms_dns_result *res)
                 a->v6[a->n6++] = res->rr[i].u.aaaa;
         }
     if (--j->pending == 0)
-        job_hosts_done(j);
+        job_query_tlsa(j);
 }
 
 static void hosts_done_cb(uv_timer_t *t)
 {
     job_hosts_done(t->data);
+}
+
+/* RFC 7672 §2.2: the answer for _port._tcp.host. */
+static void on_tlsa(void *arg, uint64_t cookie, const struct ms_dns_result *res)
+{
+    wk_router *r = arg;
+    struct job *j = job_lookup(r, cookie >> QBITS);
+    unsigned h = (unsigned)(cookie & ((1u << QBITS) - 1));
+    struct host_addrs *a;
+    size_t i, bytes = 0;
+    unsigned char *p;
+
+    if (j == NULL || j->state != JOB_TLSA || h >= j->nmx)
+        return;
+    a = &j->addrs[h];
+    if (res->status == MS_DNS_TEMPFAIL || res->status == MS_DNS_BOGUS) {
+        a->dane = WK_DANE_FAILED; /* §2.2: never treated as "no records" */
+    } else if (res->status != MS_DNS_OK || !res->secure) {
+        a->dane = WK_DANE_NONE;   /* no records, or insecure ones (§2.2) */
+    } else {
+        for (i = 0; i < res->n; i++)
+            if (ms_dane_tlsa_usable(&res->rr[i]) && a->ntlsa < MS_TLS_TLSA_MAX) {
+                bytes += res->rr[i].u.tlsa.len;
+                a->ntlsa++;
+            }
+        a->dane = a->ntlsa ? WK_DANE_USABLE : WK_DANE_UNUSABLE;
+        a->tlsa_data = p = ms_malloc(bytes ? bytes : 1);
+        a->ntlsa = 0;
+        for (i = 0; i < res->n && a->ntlsa < MS_TLS_TLSA_MAX; i++) {
+            const struct ms_dns_rr *rr = &res->rr[i];
+            struct ms_tlsa *t;
+            if (!ms_dane_tlsa_usable(rr))
+                continue;
+            t = &a->tlsa[a->ntlsa++];
+            t->usage = rr->u.tlsa.usage;
+            t->selector = rr->u.tlsa.selector;
+            t->mtype = rr->u.tlsa.mtype;
+            memcpy(p, rr->u.tlsa.data, rr->u.tlsa.len);
+            t->data = p;
+            t->len = rr->u.tlsa.len;
+            p += rr->u.tlsa.len;
+        }
+    }
+    ms_debug("event=tlsa host=%s secure=%d state=%s records=%zu", j->mx[h].name, res->secure,
+             wk_dane_state_name(a->dane), a->ntlsa);
+    if (--j->pending == 0)
+        job_hosts_done(j);
+}
+
+/* Addresses known: for a DANE job, the TLSA records of every host whose
+ * name and addresses were validated (RFC 7672 §2.2.1, §2.2.2); then done. */
+static void job_query_tlsa(struct job *j)
+{
+    char name[MS_DNS_NAME_MAX + 1];
+    size_t h;
+
+    j->state = JOB_TLSA;
+    if (j->dane && j->mx_secure)
+        for (h = 0; h < j->nmx; h++) {
+            struct host_addrs *a = &j->addrs[h];
+            if (a->insecure || a->n4 + a->n6 == 0)
+                continue;
+            if ((size_t)snprintf(name, sizeof(name), "_%d._tcp.%s", j->port, j->mx[h].name) >=
+                sizeof(name)) {
+                a->dane = WK_DANE_FAILED; /* a name too long to ask about */
+                continue;
+            }
+            if (ms_resolver_query(j->r->resolver, name, MS_DNS_TLSA, on_tlsa, j->r,
+                                  j->job_id << QBITS | h) < 0)
+                a->dane = WK_DANE_FAILED;
+            else
+                j->pending++;
+        }
+    if (j->pending == 0)
+        job_hosts_done(j);
 }
 
 /* Ask for A and AAAA of every host at once. */
@@ -245,6 +388,7 @@ static void on_mx(void *arg, uint64_t cookie, const struct ms_dns_result *res)
     if (j == NULL || j->state != JOB_MX)
         return;
     j->pending = 0;
+    j->mx_secure = res->secure; /* RFC 7672 §2.2.1: the MX RRset, or its denial */
     v = ms_mx_order(res, j->host, route_random, NULL, j->mx, MS_MX_HOSTS_MAX, &j->nmx);
     switch (v) {
     case MS_MX_NULL:
@@ -281,8 +425,23 @@ static void early_cb(uv_timer_t *t)
     job_finish(j, &j->early);
 }
 
+static uint64_t router_start(wk_router *r, const char *host, int port, int no_mx, int dane,
+                             wk_route_cb cb, void *arg, uint64_t id);
+
 uint64_t wk_router_resolve(wk_router *r, const char *host, int port, int no_mx, wk_route_cb cb,
                            void *arg, uint64_t id)
+{
+    return router_start(r, host, port, no_mx, 0, cb, arg, id);
+}
+
+uint64_t wk_router_resolve_dane(wk_router *r, const char *host, int port, int no_mx,
+                                wk_route_cb cb, void *arg, uint64_t id)
+{
+    return router_start(r, host, port, no_mx, 1, cb, arg, id);
+}
+
+static uint64_t router_start(wk_router *r, const char *host, int port, int no_mx, int dane,
+                             wk_route_cb cb, void *arg, uint64_t id)
 {
     struct job *j = ms_calloc(1, sizeof(*j));
 
@@ -292,6 +451,11 @@ uint64_t wk_router_resolve(wk_router *r, const char *host, int port, int no_mx, 
     snprintf(j->host, sizeof(j->host), "%s", host);
     j->port = port;
     j->no_mx = no_mx;
+    j->dane = dane;
+    /* A next hop from the configuration is not an MX answer: its name is
+     * as trustworthy as the file it came from (RFC 7672 §2.2.1 asks for a
+     * secure MX RRset only when there was an MX lookup). */
+    j->mx_secure = no_mx;
     j->cb = cb;
     j->arg = arg;
     j->id = id;

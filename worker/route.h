@@ -17,6 +17,16 @@
  *           (4.4.3; XXX: Postfix bounces MX hosts that do not exist, we
  *           wait for the operator to fix the zone until the message expires).
  *
+ * DANE (RFC 7672 §2.2): a job started by wk_router_resolve_dane() also
+ * says, per MX host, what DNSSEC said about its TLSA records: they are
+ * looked up (_port._tcp.host) only for a host whose MX answer (or, for a
+ * next hop taken from the configuration or an implicit MX, its own name)
+ * and whose address answers were all validated; an insecure answer means
+ * no DANE, a failed or bogus one means the host may not be used without
+ * it (the TLS policy decides, tls_policy.h).  XXX the TLSA base domain is
+ * the MX host name, not its CNAME-expanded name (§2.2.2 prefers the
+ * expanded one when it is secure).
+ *
  * Ids, not pointers: the callback gets the caller's 64-bit id back; a job is
  * cancelled by its own id and a cancelled job never calls back.  The
  * callback is never called from inside wk_router_resolve().  One loop thread.
@@ -28,6 +38,7 @@
 #include <sys/socket.h>
 #include <uv.h>
 
+#include "ms_conn.h"
 #include "ms_dns.h"
 #include "ms_resolver.h"
 #include "ms_route.h"
@@ -36,10 +47,30 @@
  * addresses each is plenty; the rest are dropped (and logged). */
 #define WK_ROUTE_ADDRS_MAX 32
 
+/* What DNSSEC said about a server's TLSA records (RFC 7672 §2.2). */
+enum wk_dane_state {
+    WK_DANE_NONE,     /* not looked up (no DANE asked, or the MX or address
+                       * answer was insecure), no TLSA records, or an
+                       * insecure TLSA answer (which counts as none) */
+    WK_DANE_USABLE,   /* validated records, some usable (DANE-TA, DANE-EE) */
+    WK_DANE_UNUSABLE, /* validated records, none usable */
+    WK_DANE_FAILED,   /* the TLSA lookup failed or was bogus */
+};
+const char *wk_dane_state_name(enum wk_dane_state s);
+
 struct wk_route_addr {
     char host[MS_DNS_NAME_MAX + 1];     /* the MX host (or next hop) name */
     struct sockaddr_storage ss;         /* address and port */
     uint16_t preference;
+    uint8_t dane;                       /* enum wk_dane_state of host */
+    uint16_t tlsa_first, ntlsa;         /* its usable records in the result's tlsa */
+};
+
+/* Usable TLSA records of a result's hosts, in one allocation (the array
+ * and every record's data): what a caller keeps past the callback. */
+struct wk_route_tlsa {
+    size_t n;
+    struct ms_tlsa rr[]; /* data points after the array, in the same block */
 };
 
 enum wk_route_status { WK_ROUTE_OK, WK_ROUTE_BOUNCE, WK_ROUTE_DEFER };
@@ -52,7 +83,12 @@ struct wk_route_result {
     int dns_failed;                     /* a lookup failed temporarily */
     size_t n;
     const struct wk_route_addr *addrs;  /* OK: n >= 1 addresses, in order */
+    const struct wk_route_tlsa *tlsa;   /* DANE jobs: the records addrs point at;
+                                         * NULL: none */
 };
+
+/* A copy of t for the caller to keep (free() it), or NULL for NULL. */
+struct wk_route_tlsa *wk_route_tlsa_dup(const struct wk_route_tlsa *t);
 
 typedef struct wk_router wk_router;
 typedef void (*wk_route_cb)(void *arg, uint64_t id, const struct wk_route_result *res);
@@ -65,6 +101,10 @@ wk_router *wk_router_new(uv_loop_t *loop, ms_resolver *resolver);
  * is cancelled. */
 uint64_t wk_router_resolve(wk_router *r, const char *host, int port, int no_mx, wk_route_cb cb,
                            void *arg, uint64_t id);
+/* The same, and the TLSA records of every host whose names and addresses
+ * DNSSEC validated (see DANE above). */
+uint64_t wk_router_resolve_dane(wk_router *r, const char *host, int port, int no_mx,
+                                wk_route_cb cb, void *arg, uint64_t id);
 /* Forget a job (unknown ids are ignored): no callback. */
 void wk_router_cancel(wk_router *r, uint64_t job);
 /* Jobs running. */

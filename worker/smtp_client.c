@@ -36,12 +36,14 @@
 /* "unix:" and the longest sun_path, or "[v6]:port". */
 #define WK_SMTP_PEER_MAX 128
 /* What a parked connection is found by: address or socket path, TLS
- * policy, protocol, TLS name (WK_SMTP_TLS_NAME_MAX), HELO name (checked
+ * policy with its label (WK_SMTP_TLS_LABEL_MAX) and counts of names and
+ * TLSA records, protocol, TLS name (WK_SMTP_TLS_NAME_MAX), HELO name (checked
  * against MS_SMTP_PATH_MAX) and AUTH user (WK_AUTH_FIELD_MAX), with
  * separators: every key fits, none is cut (two keys cut alike could hand a
  * connection authenticated as one user to another). */
 #define WK_SMTP_CACHE_KEY_MAX                                                          \
-    (WK_SMTP_PEER_MAX + WK_SMTP_TLS_NAME_MAX + MS_SMTP_PATH_MAX + WK_AUTH_FIELD_MAX + 32)
+    (WK_SMTP_PEER_MAX + WK_SMTP_TLS_NAME_MAX + MS_SMTP_PATH_MAX + WK_AUTH_FIELD_MAX +      \
+     WK_SMTP_TLS_LABEL_MAX + 2 * 20 + 32)
 /* The RFC 3461 parameters of one RCPT (" NOTIFY=... ORCPT=type;xtext") and
  * of MAIL (" RET=HDRS ENVID=xtext"), their terminating NUL included. */
 #define WK_SMTP_RCPT_DSN_MAX                                                         \
@@ -146,6 +148,12 @@ struct wk_smtp {
     struct ms_tls_ctx *tls_ctx;
     char *tls_name;
     char tls_info[WK_SMTP_TLS_INFO_MAX];
+    char tls_label[WK_SMTP_TLS_LABEL_MAX];
+    char **tls_match;               /* owned copies (ms_tls_policy.match) */
+    size_t tls_nmatch;
+    struct ms_tlsa *tlsa;           /* owned copies, data included */
+    size_t ntlsa;
+    int tls_auth;                   /* as in wk_smtp_result */
     size_t nrcpts;
     char **rcpts;
     size_t msg_len;                 /* unstuffed, for SIZE= */
@@ -241,9 +249,10 @@ enum wk_requiretls wk_requiretls_check(int local, int lmtp, int tls_verified, un
     /* The message leaves no network hop behind: nothing to protect. */
     if (local)
         return WK_REQUIRETLS_OK;
-    /* §4.2.1 step 4.  XXX DANE (RFC 7672) will be a second way to
-     * authenticate the server, and step 2 (the MX lookup validated by
-     * DNSSEC or MTA-STS) a further input: both come with DANE/MTA-STS. */
+    /* §4.2.1 step 4: tls_verified is 1 for a chain that verified for the
+     * name and for a DANE TLSA match (RFC 7672) alike.  XXX step 2 (the MX
+     * lookup validated by DNSSEC or MTA-STS) is not yet an input: an MX
+     * host from insecure DNS whose certificate names it passes. */
     if (!tls_verified)
         return WK_REQUIRETLS_NO_TLS;
     /* Step 5.  An LMTP server delivers to the mailbox and relays nothing:
@@ -414,6 +423,12 @@ static void smtp_free(wk_smtp *s)
     tx_free(s);
     free(s->cork);
     free(s->tls_name);
+    for (size_t i = 0; i < s->tls_nmatch; i++)
+        free(s->tls_match[i]);
+    free(s->tls_match);
+    for (size_t i = 0; i < s->ntlsa; i++)
+        free((void *)s->tlsa[i].data);
+    free(s->tlsa);
     if (s->auth_password) {
         OPENSSL_cleanse(s->auth_password, strlen(s->auth_password));
         free(s->auth_password);
@@ -515,6 +530,8 @@ static void smtp_report(wk_smtp *s, int err, const struct wk_reply *reply, const
     }
     res.err = err;
     res.tls = s->tls_info;
+    res.tls_policy = s->tls_label;
+    res.tls_auth = s->tls_auth;
     res.tls_fallback = s->tls_fallback;
     res.dsn_offered = (s->ehlo.flags & WK_EHLO_DSN) != 0;
     res.try_next = s->try_next;
@@ -706,6 +723,10 @@ static void tls_start(wk_smtp *s)
     struct ms_tls_policy policy = {
         .host = s->tls_name,
         .verify = s->tls_policy == WK_TLS_VERIFY ? MS_TLS_VERIFY_PEER : MS_TLS_VERIFY_NONE,
+        .match = (const char *const *)s->tls_match,
+        .nmatch = s->tls_nmatch,
+        .tlsa = s->tlsa,
+        .ntlsa = s->ntlsa,
     };
     int r;
 
@@ -1372,9 +1393,14 @@ static void smtp_on_tls(void *arg, int err)
         return;
     if (err == MS_ECERT) {
         /* `verify` (or REQUIRETLS): the certificate does not chain to our
-         * CAs or does not name tls_name. */
-        smtp_fail(s, MS_EPROTO, "4.7.5", "certificate of %s not verified for %s: %s", s->peer,
-                  s->tls_name, s->t->error);
+         * CAs or does not name tls_name; with DANE, no TLSA record matched
+         * it (RFC 7672 §2.2: defer, never fall back to plaintext). */
+        if (s->ntlsa)
+            smtp_fail(s, MS_EPROTO, "4.7.5", "certificate of %s matches no TLSA record of %s "
+                      "(DANE): %s", s->peer, s->tls_name, s->t->error);
+        else
+            smtp_fail(s, MS_EPROTO, "4.7.5", "certificate of %s not verified for %s: %s",
+                      s->peer, s->tls_name, s->t->error);
         return;
     }
     if (err < 0) {
@@ -1384,8 +1410,9 @@ static void smtp_on_tls(void *arg, int err)
                   s->t->error);
         return;
     }
+    s->tls_auth = s->t->tls_dane ? 2 : s->t->tls_verified ? 1 : 0;
     snprintf(s->tls_info, sizeof(s->tls_info), "%s %s%s", s->t->tls_version, s->t->tls_cipher,
-             s->t->tls_verified ? " verified" : "");
+             s->t->tls_dane ? " dane" : s->t->tls_verified ? " verified" : "");
     ms_debug("event=smtp_tls qid=%s peer=%s tls=\"%s\"", s->log_id, s->peer, s->tls_info);
     /* RFC 3207 §4.2: forget what the server said before TLS. */
     memset(&s->ehlo, 0, sizeof(s->ehlo));
@@ -1495,8 +1522,13 @@ static void smtp_timeout_cb(uv_timer_t *t)
 static void cache_key_format(char *key, size_t keylen, const char *where,
                              const struct wk_smtp_msg *msg, enum wk_tls_policy tls)
 {
-    int n = snprintf(key, keylen, "%s|%d|%d|%s|%s|%s", where, (int)tls, msg->lmtp != 0,
-                     msg->tls_name ? msg->tls_name : "", msg->helo_name,
+    /* A connection is reused only under the policy it was judged by: the
+     * level, and whether names or DANE records judged it (XXX: two map
+     * entries with the same level and different match= names to one
+     * server share connections). */
+    int n = snprintf(key, keylen, "%s|%d|%s|%zu|%zu|%d|%s|%s|%s", where, (int)tls,
+                     msg->tls_label ? msg->tls_label : "", msg->tls_nmatch, msg->ntlsa,
+                     msg->lmtp != 0, msg->tls_name ? msg->tls_name : "", msg->helo_name,
                      msg->auth_user ? msg->auth_user : "");
 
     /* The parts are checked by wk_smtp_start(): a cut key is a bug. */
@@ -1556,7 +1588,10 @@ int wk_smtp_start(uv_loop_t *loop, const struct sockaddr *addr,
     if (msg->nrcpts == 0 || (msg->tls >= WK_TLS_ENCRYPT && msg->tls_ctx == NULL) ||
         !wk_smtp_path_ok(msg->mail_from) ||
         strlen(msg->helo_name) > MS_SMTP_PATH_MAX || !wk_smtp_path_ok(msg->helo_name) ||
-        (msg->tls_name && strlen(msg->tls_name) > WK_SMTP_TLS_NAME_MAX))
+        (msg->tls_name && strlen(msg->tls_name) > WK_SMTP_TLS_NAME_MAX) ||
+        (msg->tls_label && strlen(msg->tls_label) >= WK_SMTP_TLS_LABEL_MAX) ||
+        (msg->tls_match && msg->tls_nmatch > MS_TLS_MATCH_MAX) ||
+        (msg->tlsa && msg->ntlsa > MS_TLS_TLSA_MAX))
         return MS_EINVAL;
     if (is_unix && (sun->sun_path[0] == '\0' ||
                     memchr(sun->sun_path, '\0', sizeof(sun->sun_path)) == NULL))
@@ -1641,6 +1676,21 @@ int wk_smtp_start(uv_loop_t *loop, const struct sockaddr *addr,
     s->tls_policy = tls;
     s->tls_ctx = msg->tls_ctx;
     s->tls_name = ms_strdup(msg->tls_name && *msg->tls_name ? msg->tls_name : host);
+    snprintf(s->tls_label, sizeof(s->tls_label), "%s",
+             msg->tls_label ? msg->tls_label : wk_tls_policy_name(tls));
+    if (tls != WK_TLS_NONE) {
+        s->tls_nmatch = msg->tls_match ? msg->tls_nmatch : 0;
+        s->tls_match = s->tls_nmatch ? ms_calloc(s->tls_nmatch, sizeof(char *)) : NULL;
+        for (i = 0; i < s->tls_nmatch; i++)
+            s->tls_match[i] = ms_strdup(msg->tls_match[i]);
+        s->ntlsa = msg->tlsa ? msg->ntlsa : 0;
+        s->tlsa = s->ntlsa ? ms_calloc(s->ntlsa, sizeof(*s->tlsa)) : NULL;
+        for (i = 0; i < s->ntlsa; i++) {
+            s->tlsa[i] = msg->tlsa[i];
+            s->tlsa[i].data = ms_malloc(msg->tlsa[i].len ? msg->tlsa[i].len : 1);
+            memcpy((unsigned char *)s->tlsa[i].data, msg->tlsa[i].data, msg->tlsa[i].len);
+        }
+    }
     if (msg->auth_user) {
         s->auth_user = ms_strdup(msg->auth_user);
         s->auth_password = ms_strdup(msg->auth_password);

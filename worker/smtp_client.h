@@ -218,6 +218,15 @@ struct wk_smtp_msg {
                                      * CAs `verify` trusts); needed unless tls is
                                      * WK_TLS_NONE */
     const char *tls_name;           /* name to check and send as SNI */
+    const char *tls_label;          /* the policy level that chose tls, for log lines
+                                     * and the result ("dane-only"); NULL: tls's name */
+    const char *const *tls_match;   /* names the certificate must carry instead of
+                                     * tls_name (ms_tls_policy.match); NULL/0: it */
+    size_t tls_nmatch;
+    const struct ms_tlsa *tlsa;     /* DANE: tls_name's usable, DNSSEC-validated TLSA
+                                     * records (RFC 7672); they authenticate instead
+                                     * of the CAs.  NULL/0: none */
+    size_t ntlsa;
     wk_smtp_cache *cache;           /* reuse connections through it; NULL: never */
     ms_conn_connect_fn *connect; /* how to connect; NULL: ms_conn_connect
                                      * (tests: a memory pair) */
@@ -246,11 +255,17 @@ struct wk_smtp_rcpt_result {
 };
 
 /* Longest TLS description: "TLSv1.3 TLS_AES_256_GCM_SHA384 verified". */
+/* Longest policy label kept (a level name: "dane-only"). */
+#define WK_SMTP_TLS_LABEL_MAX 16
 #define WK_SMTP_TLS_INFO_MAX 96
 
 struct wk_smtp_result {
     int err;                        /* 0, or why the session ended early (MS_E*) */
-    const char *tls;                /* "" or protocol, cipher and "verified" */
+    const char *tls;                /* "" or protocol, cipher and "verified" or
+                                     * "dane" */
+    const char *tls_policy;         /* msg's tls_label, or the level used */
+    int tls_auth;                   /* the server was authenticated: by its chain
+                                     * and name (1) or by DANE (2); 0: not */
     int reused;                     /* the connection came from the cache */
     int tls_fallback;               /* `may`: TLS failed, delivered in plaintext */
     int dsn_offered;                /* the server offered DSN (RFC 3461) */
@@ -266,7 +281,8 @@ typedef void (*wk_smtp_cb)(void *arg, uint64_t id, const struct wk_smtp_result *
 /* Start delivering msg to addr (AF_INET, AF_INET6, or AF_UNIX with a
  * NUL-terminated sun_path).  Returns 0 and the session in *out, or
  * MS_EINVAL for an address we refuse to put in a command, a tls_name over
- * 255 octets, or credentials that are not wk_auth_field_ok() (the callback
+ * 255 octets, a tls_label over WK_SMTP_TLS_LABEL_MAX - 1, more than
+ * MS_TLS_MATCH_MAX names or MS_TLS_TLSA_MAX records, or credentials that are not wk_auth_field_ok() (the callback
  * is then not called). */
 int wk_smtp_start(uv_loop_t *loop, const struct sockaddr *addr,
                   const struct wk_smtp_timeouts *timeouts, const struct wk_smtp_msg *msg,
@@ -283,7 +299,8 @@ int wk_smtp_path_ok(const char *addr);
 /* RFC 8689 §4.2.1: may a REQUIRETLS message go to this server, now that
  * its EHLO (after STARTTLS, if any) is known?  local: a UNIX-domain
  * socket; lmtp: final delivery; tls_verified: TLS is up and the
- * certificate verified for the server's name.  Pure. */
+ * server authenticated: its certificate verified for its name, or a
+ * DNSSEC-validated TLSA record of it matched (DANE, RFC 7672).  Pure. */
 enum wk_requiretls {
     WK_REQUIRETLS_OK,
     WK_REQUIRETLS_NO_TLS,      /* no verified TLS: 5.7.10 */

@@ -75,6 +75,7 @@ struct conn {
     enum ms_tls_verify verify;
     int client;      /* TLS as the client */
     int named;       /* client: a host name (or IP literal) is checked */
+    int dane;        /* client: TLSA records judge the chain */
     int handshaking;
     int tls_failed;  /* handshake failed or certificate refused: no close_notify */
     /* State */
@@ -202,6 +203,10 @@ static void tls_established(struct conn *t)
         vr = SSL_get_verify_result(t->ssl);
         t->pub.tls_verified =
             t->named && vr == X509_V_OK && SSL_get0_peer_certificate(t->ssl) != NULL;
+        /* With DANE, OpenSSL's verification succeeds only through a TLSA
+         * record that matched (SSL_get0_dane_authority says which usage). */
+        t->pub.tls_dane = t->dane && t->pub.tls_verified &&
+                          SSL_get0_dane_authority(t->ssl, NULL, NULL) >= 0;
         if (!t->pub.tls_verified)
             snprintf(t->pub.error, sizeof(t->pub.error), "%s",
                      vr != X509_V_OK ? X509_verify_cert_error_string(vr)
@@ -452,10 +457,14 @@ int ms_conn_tls_connect(struct ms_conn *pub, struct ms_tls_ctx *ctx,
     struct conn *t = (struct conn *)pub;
     const char *host = policy && policy->host && *policy->host ? policy->host : NULL;
     enum ms_tls_verify verify = policy ? policy->verify : MS_TLS_VERIFY_NONE;
-    int r, e;
+    size_t nmatch = policy && policy->match ? policy->nmatch : 0;
+    size_t ntlsa = policy && policy->tlsa ? policy->ntlsa : 0;
+    size_t i;
+    int r, e, usable = 0;
 
     if (t->ssl || ctx == NULL || ctx->server || pub->closing ||
-        (host && strlen(host) > MS_TLS_HOST_MAX) || (verify == MS_TLS_VERIFY_PEER && !host))
+        (host && strlen(host) > MS_TLS_HOST_MAX) || (verify == MS_TLS_VERIFY_PEER && !host) ||
+        nmatch > MS_TLS_MATCH_MAX || ntlsa > MS_TLS_TLSA_MAX || (ntlsa && !host))
         return MS_EINVAL;
     if ((r = tls_setup(t, ctx)) < 0)
         return r;
@@ -463,16 +472,45 @@ int ms_conn_tls_connect(struct ms_conn *pub, struct ms_tls_ctx *ctx,
     t->named = host != NULL;
     t->verify = verify;
     SSL_set_connect_state(t->ssl);
-    if (host && is_ip_literal(host)) {
+    if (ntlsa) {
+        /* RFC 7672 §3.1: the TLSA base domain is the MX host; it is the
+         * SNI (§8.1) and the name DANE-TA(2) checks (§3.2.2).  DANE-EE(3)
+         * checks no name (§3.1.1).  OpenSSL copies every record. */
+        if (SSL_dane_enable(t->ssl, host) <= 0)
+            goto invalid;
+        SSL_dane_set_flags(t->ssl, DANE_FLAG_NO_DANE_EE_NAMECHECKS);
+        for (i = 0; i < ntlsa; i++) {
+            const struct ms_tlsa *a = &policy->tlsa[i];
+            if (a->len > MS_TLS_TLSA_DATA_MAX)
+                goto invalid;
+            r = SSL_dane_tlsa_add(t->ssl, a->usage, a->selector, a->mtype, a->data, a->len);
+            if (r < 0)
+                goto invalid;
+            usable += r > 0;
+        }
+        /* The caller filters by RFC 7672; what OpenSSL cannot use either
+         * (a digest it does not know) leaves nothing to authenticate with,
+         * and that is the caller's decision (§2.2: mandatory TLS). */
+        if (!usable)
+            goto invalid;
+        t->dane = 1;
+    } else if (host && is_ip_literal(host)) {
         /* RFC 6066 §3: no IP literal in server_name; the certificate must
          * name the address (RFC 6125 §1.7.2: iPAddress). */
         if (X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(t->ssl), host) != 1)
-            return MS_EINVAL;
+            goto invalid;
     } else if (host) {
-        if (SSL_set_tlsext_host_name(t->ssl, host) != 1 || SSL_set1_host(t->ssl, host) != 1) {
-            ERR_clear_error();
-            return MS_EINVAL;
-        }
+        if (SSL_set_tlsext_host_name(t->ssl, host) != 1 ||
+            (nmatch == 0 && SSL_set1_host(t->ssl, host) != 1))
+            goto invalid;
+    }
+    /* match=: these names instead of host (SSL_dane_enable set host as the
+     * first one for DANE-TA, and these are added to it). */
+    for (i = 0; i < nmatch; i++) {
+        const char *n = policy->match[i];
+        if (n == NULL || *n == '\0' || strlen(n) > MS_TLS_HOST_MAX ||
+            (i == 0 && !ntlsa ? SSL_set1_host(t->ssl, n) : SSL_add1_host(t->ssl, n)) != 1)
+            goto invalid;
     }
     r = SSL_do_handshake(t->ssl); /* the ClientHello */
     e = SSL_get_error(t->ssl, r);
@@ -483,6 +521,12 @@ int ms_conn_tls_connect(struct ms_conn *pub, struct ms_tls_ctx *ctx,
         return MS_EPROTO;
     }
     return tls_flush(t);
+invalid:
+    /* The SSL object stays (freed with the transport); no ClientHello went
+     * out, so the owner closes or aborts as after any refused call. */
+    ERR_clear_error();
+    t->tls_failed = 1;
+    return MS_EINVAL;
 }
 
 /* ---- stream links: TCP and UNIX-domain sockets ---- */
@@ -1086,6 +1130,15 @@ struct ms_tls_ctx *ms_tls_ctx_new_client(const char *ca_file, char *err, size_t 
      * tls_established): `may` and `encrypt` must not fail on a
      * self-signed certificate. */
     SSL_CTX_set_verify(c->ctx, SSL_VERIFY_NONE, NULL);
+    /* DANE (RFC 7672) per connection needs the digests set up once per
+     * context; a connection without TLSA records is not affected. */
+    if (SSL_CTX_dane_enable(c->ctx) <= 0) {
+        snprintf(err, errlen, "SSL_CTX_dane_enable failed");
+        ERR_clear_error();
+        SSL_CTX_free(c->ctx);
+        free(c);
+        return NULL;
+    }
     if (has_file ? SSL_CTX_load_verify_locations(c->ctx, ca_file, NULL) != 1
                  : SSL_CTX_set_default_verify_paths(c->ctx) != 1) {
         snprintf(err, errlen, "cannot load CAs from %s: %s",

@@ -41,6 +41,7 @@
 #define MS_CONN_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 #include <uv.h>
 
@@ -71,7 +72,10 @@ struct ms_conn {
     struct sockaddr_storage peer; /* the other end; AF_UNIX: the socket's path */
     int tls;                      /* 1 once a TLS handshake completed and was accepted */
     int tls_verified;             /* client: the server's chain verified and named
-                                   * the policy's host */
+                                   * the policy's host, or a TLSA record of its
+                                   * policy matched it */
+    int tls_dane;                 /* client: authenticated by a TLSA record
+                                   * (tls_verified is then 1 too) */
     char tls_version[16];         /* "TLSv1.3" */
     char tls_cipher[64];
     char error[MS_CONN_ERROR_MAX]; /* why the last failure, "" before one */
@@ -220,7 +224,25 @@ enum ms_tls_verify {
                          * on_tls(MS_ECERT) with the reason in t->error */
 };
 
-/* The client's side of one handshake.  A struct, so that later ways to
+/* Names a certificate may carry instead of the host (a policy's match=
+ * list), and TLSA records per connection: named limits. */
+#define MS_TLS_MATCH_MAX 16
+#define MS_TLS_TLSA_MAX 32
+/* Longest TLSA certificate association data we take: a SHA2-512 digest is
+ * 64 octets; a full certificate or key (matching type 0) a few KiB. */
+#define MS_TLS_TLSA_DATA_MAX 4096
+
+/* One TLSA record (RFC 6698 §2.1): certificate usage, selector, matching
+ * type, certificate association data.  The caller keeps only the records
+ * RFC 7672 §3.1.3 calls usable for SMTP (DANE-TA(2), DANE-EE(3)); data is
+ * the caller's until ms_conn_tls_connect() returns (OpenSSL copies it). */
+struct ms_tlsa {
+    uint8_t usage, selector, mtype;
+    const unsigned char *data;
+    size_t len;
+};
+
+/* The client's side of one handshake.  A struct, so that ways to
  * authenticate a server (DANE TLSA records, MTA-STS names) are fields
  * here, not more arguments. */
 struct ms_tls_policy {
@@ -230,13 +252,30 @@ struct ms_tls_policy {
                                 * names (no SNI); NULL or "": neither (only
                                 * MS_TLS_VERIFY_NONE) */
     enum ms_tls_verify verify;
+    /* DNS names the certificate must carry one of, instead of host (host is
+     * still the SNI): Postfix's match= (docs/config.md, [tls]).  A name
+     * with a leading dot, ".example.org", matches every name below
+     * example.org (OpenSSL's X509_check_host rule).  NULL/0: host. */
+    const char *const *match;
+    size_t nmatch;
+    /* DANE (RFC 7672 §3.1): usable TLSA records of host, validated by
+     * DNSSEC.  When there are any, the chain is judged by them alone, not
+     * by the context's CAs: DANE-EE(3) matches the server's certificate or
+     * key and checks no name (§3.1.1); DANE-TA(2) matches a trust anchor in
+     * the chain the server sent and then checks host or a match name
+     * (§3.2.2).  t->tls_dane says when they authenticated the peer.
+     * NULL/0: no DANE. */
+    const struct ms_tlsa *tlsa;
+    size_t ntlsa;
 };
 
 /* Start TLS as the client over ctx (a client context), by policy (NULL:
  * no name, MS_TLS_VERIFY_NONE).  The ClientHello goes out at once.  0,
  * then cb.on_tls; MS_EINVAL (a server context, TLS already started, a
- * host over MS_TLS_HOST_MAX, MS_TLS_VERIFY_PEER without a host), MS_ENOMEM,
- * or MS_EIO / MS_EPROTO when the ClientHello could not be sent. */
+ * host over MS_TLS_HOST_MAX, MS_TLS_VERIFY_PEER without a host, more than
+ * MS_TLS_MATCH_MAX names or MS_TLS_TLSA_MAX records, a name OpenSSL will
+ * not take, TLSA records of which OpenSSL can use none), MS_ENOMEM, or
+ * MS_EIO / MS_EPROTO when the ClientHello could not be sent. */
 int ms_conn_tls_connect(struct ms_conn *t, struct ms_tls_ctx *ctx,
                              const struct ms_tls_policy *policy);
 

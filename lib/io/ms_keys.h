@@ -47,6 +47,11 @@
  * Worker only. */
 #define MS_KEY_RATE "ms:rate:"
 
+/* + policy domain: its MTA-STS policy (RFC 8461 §5), shared by every
+ * worker: "<id>\n<policy file>", expiring after the policy's max_age.
+ * Worker only (worker/mtasts.h). */
+#define MS_KEY_MTASTS "ms:mtasts:"
+
 /* Default of the frontend's [ratelimit] key_prefix, followed by the kind of
  * limit and its subject: its token buckets (ms_bucket.h). */
 #define MS_KEY_RATELIMIT "ms:rl:"

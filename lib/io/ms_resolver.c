@@ -6,6 +6,7 @@
  * which runs our callbacks on the loop thread.
  */
 #include "ms_resolver.h"
+#include "ms_dane.h"
 #include "ms_error.h"
 #include "ms_list.h"
 #include "ms_log.h"
@@ -95,11 +96,15 @@ static void deliver(struct query *q, struct ub_result *res, int err)
     } else if (res->bogus) {
         out.status = MS_DNS_BOGUS;
     } else if (res->nxdomain) {
+        /* A validated denial is secure too: DANE (RFC 7672 §2.2.1) needs to
+         * know that "no MX" or "no TLSA" came from signed data. */
         out.status = MS_DNS_NXDOMAIN;
+        out.secure = res->secure;
     } else if (res->rcode != 0) {
         out.status = MS_DNS_TEMPFAIL;
     } else if (!res->havedata) {
         out.status = MS_DNS_NODATA;
+        out.secure = res->secure;
     } else {
         out.status = MS_DNS_OK;
         out.secure = res->secure;
@@ -143,6 +148,11 @@ static void deliver(struct query *q, struct ub_result *res, int err)
                 txt[n][tl] = '\0';
                 rr->u.txt.data = txt[n];
                 rr->u.txt.len = tl;
+                break;
+            case MS_DNS_TLSA:
+                /* Pointing into res, which outlives the callback. */
+                if (ms_dane_tlsa_parse(d, len, rr) < 0)
+                    continue;
                 break;
             }
             n++;

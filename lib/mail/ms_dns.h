@@ -26,6 +26,7 @@ enum ms_dns_type {
     MS_DNS_MX = 15,
     MS_DNS_TXT = 16,
     MS_DNS_AAAA = 28,
+    MS_DNS_TLSA = 52, /* RFC 6698 */
 };
 
 enum ms_dns_status {
@@ -50,12 +51,18 @@ struct ms_dns_rr {
             size_t len;
         } txt;
         const char *ptr;        /* without the trailing dot */
+        struct {                /* RFC 6698 §2.1, as ms_dane_tlsa_parse() read it */
+            uint8_t usage, selector, mtype;
+            const unsigned char *data;
+            size_t len;
+        } tlsa;
     } u;
 };
 
 struct ms_dns_result {
     enum ms_dns_status status;
-    int secure;                 /* DNSSEC-validated */
+    int secure;                 /* DNSSEC-validated: the records, or the denial
+                                 * (NXDOMAIN, NODATA) */
     size_t n;
     const struct ms_dns_rr *rr; /* n records; owned by whoever made the result */
 };

@@ -91,6 +91,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 rr[i].u.mx.host = hosts[(h >> (4 + i)) & 3];
                 break;
             case MS_DNS_PTR: rr[i].u.ptr = hosts[(h >> (6 + i)) & 3]; break;
+            case MS_DNS_TLSA: break; /* SPF never asks */
             }
             res.n++;
         }

@@ -11,6 +11,11 @@ inside its own state directory; it never reads the host's configuration.
 The worker's resolver (libunbound) forwards to it and NSD answers
 authoritatively for its zones (it ignores the RD bit), NXDOMAIN included.
 
+Zones named in `signed` are signed with DNSSEC (ldns-signzone from Debian's
+ldnsutils, a KSK and a ZSK made by ldns-keygen for each run); `trust_anchor`
+is then a file with their DS records, for the worker's [dns] trust_anchor.
+The other zones stay unsigned, so under that anchor they are insecure.
+
 Do not put test zones under "test.": libunbound has built-in static local
 zones for the RFC 6761 names ("test", "invalid", "onion", ...) and answers
 NXDOMAIN for them without asking the upstream. The worker tests use the
@@ -20,8 +25,10 @@ made-up TLD "mstest".
 from __future__ import annotations
 
 import random
+import shutil
 import socket
 import struct
+import subprocess
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -30,6 +37,8 @@ import pytest
 import mslocal
 
 NSD = "/usr/sbin/nsd"
+LDNS_SIGNZONE = shutil.which("ldns-signzone")
+LDNS_KEYGEN = shutil.which("ldns-keygen")
 
 
 def _query(host: str, port: int, name: str, qtype: int = 6, timeout: float = 0.5) -> Optional[int]:
@@ -55,10 +64,36 @@ def _query(host: str, port: int, name: str, qtype: int = 6, timeout: float = 0.5
 
 class Nsd:
     def __init__(self, sup: mslocal.Supervisor, port: int, zones: Dict[str, List[str]],
-                 name: str = "nsd", host: str = mslocal.HOST):
+                 name: str = "nsd", host: str = mslocal.HOST, signed: tuple = ()):
         self.sup, self.port, self.zones, self.name, self.host = sup, port, zones, name, host
+        self.signed = tuple(signed)
         self.dir = sup.state_dir / name
         self.log = self.dir / "nsd.log"
+        self.trust_anchor: Optional[Path] = None
+
+    def _sign(self, zone: str, path: Path) -> Path:
+        """Sign path with a fresh KSK and ZSK; note the KSK's DS. Returns
+        the signed file."""
+        if not (LDNS_SIGNZONE and LDNS_KEYGEN):
+            raise mslocal.MsLocalError("ldns-signzone not installed: run `make deps`")
+        kdir = self.dir / f"keys-{zone}"
+        kdir.mkdir(parents=True, exist_ok=True)
+
+        def run(*argv: str) -> str:
+            r = subprocess.run(list(argv), cwd=kdir, capture_output=True, text=True,
+                               stdin=subprocess.DEVNULL)
+            if r.returncode != 0:
+                raise mslocal.MsLocalError(f"{argv[0]} failed: {r.stderr.strip()}")
+            return r.stdout.strip()
+        ksk = run(LDNS_KEYGEN, "-a", "ECDSAP256SHA256", "-k", zone)
+        zsk = run(LDNS_KEYGEN, "-a", "ECDSAP256SHA256", zone)
+        run(LDNS_SIGNZONE, "-n", "-f", str(path) + ".signed", str(path), str(kdir / ksk),
+            str(kdir / zsk))
+        ta = self.dir / "trust-anchors"
+        with open(ta, "a") as f:
+            f.write((kdir / f"{ksk}.ds").read_text())
+        self.trust_anchor = ta
+        return Path(str(path) + ".signed")
 
     @property
     def upstream(self) -> str:
@@ -89,12 +124,17 @@ class Nsd:
                      f"@ IN NS ns.{zone}.", "ns IN A 127.0.0.1"]
             lines += records
             path.write_text("\n".join(lines) + "\n")
+            if zone in self.signed:
+                path = self._sign(zone, path)
             conf += ["zone:", f"  name: {zone}", f'  zonefile: "{path}"']
         p = self.dir / "nsd.conf"
         p.write_text("\n".join(conf) + "\n")
         return p
 
     def start(self, timeout: float = 20.0) -> None:
+        ta = self.dir / "trust-anchors"
+        if ta.exists():
+            ta.unlink()
         conf = self._write()
         proc = self.sup.spawn(self.name, [NSD, "-d", "-c", str(conf)], self.dir / "stdout.log")
 
@@ -105,6 +145,26 @@ class Nsd:
 
     def stop(self) -> None:
         self.sup.stop(self.name, 5.0)
+
+
+def free_port_on(addrs) -> int:
+    """A port free on every one of these loopback addresses, for zones whose
+    hosts each listen on their own 127.0.0.x with the same port (the
+    worker's [delivery] smtp_port)."""
+    for _ in range(20):
+        p = mslocal.free_port()
+        ok = True
+        for a in addrs:
+            s = socket.socket()
+            try:
+                s.bind((a, p))
+            except OSError:
+                ok = False
+            finally:
+                s.close()
+        if ok:
+            return p
+    pytest.skip("no port free on the loopback addresses")
 
 
 def module_nsd(zones: Dict[str, List[str]]):

@@ -16,7 +16,7 @@ from typing import Dict, List
 import pytest
 
 import mslocal
-from dns_zone import module_nsd
+from dns_zone import free_port_on, module_nsd
 from test_worker_delivery import (FakeSMTP, envelope, message, new_qid, produce,  # noqa: F401
                                   wait_events, wait_log, metric, KCAT)
 
@@ -59,20 +59,7 @@ nsd = module_nsd(ZONES)
 @pytest.fixture
 def mx_port():
     """A port free on every loopback address the zones use."""
-    for _ in range(20):
-        p = mslocal.free_port()
-        ok = True
-        for last in range(2, 9):
-            s = socket.socket()
-            try:
-                s.bind((f"127.0.0.{last}", p))
-            except OSError:
-                ok = False
-            finally:
-                s.close()
-        if ok:
-            return p
-    pytest.skip("no port free on 127.0.0.2-8")
+    return free_port_on([f"127.0.0.{last}" for last in range(2, 9)])
 
 
 @pytest.fixture

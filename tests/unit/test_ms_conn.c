@@ -4,7 +4,8 @@
  * memory transports and over real loopback TCP, with certificates made at
  * run time (unit_tls.h): server start with SNI, client start with the
  * host name checked (DNS name and IP literal), a name or a CA that does
- * not verify, a failed handshake; connecting over TCP and to a
+ * not verify, a failed handshake; match= names and DANE TLSA records
+ * (RFC 7672: DANE-EE and DANE-TA, a record that matches nothing); connecting over TCP and to a
  * UNIX-domain socket.
  */
 #include <setjmp.h>
@@ -411,6 +412,170 @@ static void test_tls_misuse(void **state)
     assert_false(f->a.c->tls_verified); /* nothing named, so nothing verified for a name */
 }
 
+/* ---- match= names and DANE (RFC 7672) ---- */
+
+/* Client a, server b, with a whole policy. */
+static void handshake_policy(struct fixture *f, struct ms_tls_ctx *cctx,
+                             const struct ms_tls_policy *p)
+{
+    pair(f);
+    assert_int_equal(ms_conn_tls_accept(f->b.c, server_ctx), 0);
+    assert_int_equal(ms_conn_tls_connect(f->a.c, cctx, p), 0);
+    RUN_UNTIL(f, f->a.tls);
+}
+
+/* Close both ends and forget what they saw, for the next handshake. */
+static void reset(struct fixture *f)
+{
+    if (f->a.c)
+        ms_conn_abort(f->a.c);
+    if (f->b.c)
+        ms_conn_abort(f->b.c);
+    RUN_UNTIL(f, f->a.c == NULL && f->b.c == NULL);
+    f->a.tls = f->b.tls = f->a.error = f->b.error = 0;
+    f->a.got.len = f->b.got.len = 0;
+}
+
+/* match=: one of the names, not the host, must be in the certificate; a
+ * leading dot matches every name below (mx.test is below .test). */
+static void test_tls_match_names(void **state)
+{
+    struct fixture *f = *state;
+    const char *ok[] = {"nothere.test", "mx.test"}, *below[] = {".test"}, *bad[] = {"x.test"};
+    struct ms_tls_policy p = {.host = "mx.test", .verify = MS_TLS_VERIFY_PEER};
+
+    p.match = ok;
+    p.nmatch = 2;
+    handshake_policy(f, client_ctx, &p);
+    assert_int_equal(f->a.tls, 1);
+    assert_true(f->a.c->tls_verified);
+    assert_false(f->a.c->tls_dane);
+    reset(f);
+    p.match = below;
+    p.nmatch = 1;
+    handshake_policy(f, client_ctx, &p);
+    assert_int_equal(f->a.tls, 1);
+    reset(f);
+    p.match = bad; /* the host would verify; the match list replaces it */
+    handshake_policy(f, client_ctx, &p);
+    assert_int_equal(f->a.tls, MS_ECERT);
+    assert_non_null(strstr(f->a.c->error, "hostname mismatch"));
+}
+
+/* The TLSA data for the server's "mx" certificate: its DER (selector 0)
+ * or its SubjectPublicKeyInfo (selector 1), SHA2-256 (matching type 1) or
+ * whole (matching type 0). */
+static size_t tlsa_data(const char *name, int selector, int mtype, unsigned char *out)
+{
+    X509 *x;
+    EVP_PKEY *key;
+    unsigned char *der = NULL;
+    unsigned int dlen = 0;
+    int n;
+
+    unit_tls_read(dir, name, &x, &key);
+    n = selector == 0 ? i2d_X509(x, &der) : i2d_PUBKEY(X509_get0_pubkey(x), &der);
+    assert_true(n > 0 && n <= MS_TLS_TLSA_DATA_MAX);
+    if (mtype == 0) {
+        memcpy(out, der, (size_t)n);
+        dlen = (unsigned)n;
+    } else {
+        assert_int_equal(EVP_Digest(der, (size_t)n, out, &dlen, EVP_sha256(), NULL), 1);
+    }
+    OPENSSL_free(der);
+    X509_free(x);
+    EVP_PKEY_free(key);
+    return dlen;
+}
+
+/* DANE-EE(3): the record alone authenticates, whatever CA signed the
+ * certificate (the client knows only ca2) and whatever names it carries
+ * (RFC 7672 §3.1.1). */
+static void test_tls_dane_ee(void **state)
+{
+    struct fixture *f = *state;
+    static unsigned char d[MS_TLS_TLSA_DATA_MAX];
+    struct ms_tlsa rr = {3, 1, 1, d, 0};
+    struct ms_tls_policy p = {.host = "mx.test", .verify = MS_TLS_VERIFY_PEER, .tlsa = &rr,
+                              .ntlsa = 1};
+    int sel;
+
+    for (sel = 0; sel <= 1; sel++) {
+        rr.selector = (uint8_t)sel;
+        rr.len = tlsa_data("mx", sel, 1, d);
+        handshake_policy(f, stranger_ctx, &p);
+        assert_int_equal(f->a.tls, 1);
+        assert_true(f->a.c->tls_verified);
+        assert_true(f->a.c->tls_dane);
+        reset(f);
+    }
+}
+
+/* DANE-TA(2): the CA named by the record; the name is then checked
+ * (RFC 7672 §3.2.2), so another name fails. */
+static void test_tls_dane_ta(void **state)
+{
+    struct fixture *f = *state;
+    static unsigned char d[MS_TLS_TLSA_DATA_MAX];
+    struct ms_tlsa rr = {2, 0, 0, d, 0};
+    struct ms_tls_policy p = {.host = "mx.test", .verify = MS_TLS_VERIFY_PEER, .tlsa = &rr,
+                              .ntlsa = 1};
+
+    rr.len = tlsa_data("ca", 0, 0, d);
+    handshake_policy(f, stranger_ctx, &p);
+    assert_int_equal(f->a.tls, 1);
+    assert_true(f->a.c->tls_dane);
+    reset(f);
+    p.host = "wrong.test"; /* the server's default certificate: mx.test */
+    handshake_policy(f, stranger_ctx, &p);
+    assert_int_equal(f->a.tls, MS_ECERT);
+    assert_false(f->a.c->tls_dane);
+}
+
+/* A record that matches nothing: refused even though the chain would
+ * verify by the CAs (DANE replaces PKIX, RFC 7672 §2.2); encrypt-only
+ * policy keeps the connection but says it is not authenticated. */
+static void test_tls_dane_mismatch(void **state)
+{
+    struct fixture *f = *state;
+    unsigned char d[32];
+    struct ms_tlsa rr = {3, 1, 1, d, sizeof(d)};
+    struct ms_tls_policy p = {.host = "mx.test", .verify = MS_TLS_VERIFY_PEER, .tlsa = &rr,
+                              .ntlsa = 1};
+
+    memset(d, 0x5a, sizeof(d));
+    handshake_policy(f, client_ctx, &p);
+    assert_int_equal(f->a.tls, MS_ECERT);
+    assert_false(f->a.c->tls_verified);
+    assert_false(f->a.c->tls_dane);
+    reset(f);
+    p.verify = MS_TLS_VERIFY_NONE;
+    handshake_policy(f, client_ctx, &p);
+    assert_int_equal(f->a.tls, 1);
+    assert_false(f->a.c->tls_verified);
+}
+
+/* Records OpenSSL cannot use, too many, or no host: refused at once. */
+static void test_tls_dane_misuse(void **state)
+{
+    struct fixture *f = *state;
+    unsigned char d[32] = {0};
+    struct ms_tlsa rr = {3, 1, 255, d, sizeof(d)}; /* an unknown matching type */
+    struct ms_tls_policy p = {.host = "mx.test", .verify = MS_TLS_VERIFY_PEER, .tlsa = &rr,
+                              .ntlsa = 1};
+
+    pair(f);
+    assert_int_equal(ms_conn_tls_connect(f->a.c, client_ctx, &p), MS_EINVAL);
+    reset(f);
+    pair(f);
+    p.ntlsa = MS_TLS_TLSA_MAX + 1;
+    assert_int_equal(ms_conn_tls_connect(f->a.c, client_ctx, &p), MS_EINVAL);
+    p.ntlsa = 1;
+    p.host = NULL;
+    p.verify = MS_TLS_VERIFY_NONE;
+    assert_int_equal(ms_conn_tls_connect(f->a.c, client_ctx, &p), MS_EINVAL);
+}
+
 /* ---- sockets ---- */
 
 struct tcp_fixture {
@@ -507,6 +672,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tls_unknown_ca, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tls_handshake_fails, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tls_misuse, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_match_names, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_dane_ee, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_dane_ta, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_dane_mismatch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_dane_misuse, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tcp_tls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_connect_fails, setup, teardown),
     };

@@ -378,6 +378,7 @@ static enum ms_spf_result evaluate(const struct zrr *zone, size_t nzone,
                 rr[res.n].u.mx.host = zone[i].data;
                 break;
             case MS_DNS_PTR: rr[res.n].u.ptr = zone[i].data; break;
+            case MS_DNS_TLSA: break; /* SPF never asks */
             case MS_DNS_TXT:
                 rr[res.n].u.txt.data = zone[i].data;
                 rr[res.n].u.txt.len = strlen(zone[i].data);

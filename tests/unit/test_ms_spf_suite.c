@@ -273,6 +273,8 @@ static void zone_resolve(struct zone *z, const struct ms_dns_query *q, struct ms
             o->type = MS_DNS_PTR;
             o->u.ptr = r->data;
             break;
+        case MS_DNS_TLSA: /* SPF never asks */
+            continue;
         }
         got = 1;
         res->n++;

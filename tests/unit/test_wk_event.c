@@ -93,6 +93,23 @@ static void test_json(void **state)
                         "\"delay\":1.500,\"ts\":\"2025-11-24T16:00:00.123Z\"}");
     ms_buf_free(&b);
 
+    /* The TLS of the session, its policy level and how the server was
+     * authenticated (tls_auth only with a policy). */
+    ms_buf_reset(&b);
+    ev.tls = "TLSv1.3 TLS_AES_128_GCM_SHA256 dane";
+    ev.tls_auth = "dane";
+    assert_int_equal(wk_event_json(&b, &ev), 0);
+    assert_int_equal(ms_buf_append(&b, "", 1), 0);
+    assert_null(strstr(b.data, "tls_auth"));
+    ms_buf_reset(&b);
+    ev.tls_policy = "dane-only";
+    assert_int_equal(wk_event_json(&b, &ev), 0);
+    assert_int_equal(ms_buf_append(&b, "", 1), 0);
+    assert_non_null(strstr(b.data, ",\"tls\":\"TLSv1.3 TLS_AES_128_GCM_SHA256 dane\","
+                                   "\"tls_policy\":\"dane-only\",\"tls_auth\":\"dane\","
+                                   "\"node\":"));
+    ms_buf_free(&b);
+
     /* A buffer too small fails, it does not cut. */
     ms_buf_init(&b, 16);
     assert_int_equal(wk_event_json(&b, &ev), MS_ETOOBIG);
