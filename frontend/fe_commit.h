@@ -17,8 +17,8 @@
  * for its acknowledgements, records gather (except past FE_COMMIT_HOLD_MAX_MS
  * or a full batch).  Under load this makes each batch what arrived during one
  * round trip; sent at once, batches were small and the broker's CPU per
- * message grew by a third (make bench, 20261205-124415-s11-gc-a against
- * 20261205-130846-s11-gc-c-gate).  It also keeps a batch from queueing behind
+ * message grew by a third (docs/scaling.md, "group commit", has the
+ * measurements).  It also keeps a batch from queueing behind
  * its predecessor inside librdkafka (ms_kafka.c, sticky partitioning).
  *
  * A session counts as "about to hand over" (a member) from its last sign of

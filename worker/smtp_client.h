@@ -177,13 +177,11 @@ struct wk_smtp_timeouts {
 void wk_smtp_timeouts_default(struct wk_smtp_timeouts *t);
 
 /* Idle connections kept per cache (all destinations) and per address.  Per
- * address as many as the default in-flight window can use at once: with 16,
- * a burst of 256 messages to one relay closed all but 16 of its connections
- * after each round and opened them again for the next (~900 connects a
- * second under make bench 5k-20), which cost the worker and the server
- * twice the CPU per message (worker 0.071 -> 0.037 ms, smtp-sink 0.064 ->
- * 0.025 ms, end to end 5,000 -> 7,600 msg/s).  Idle ones still close after
- * [delivery] connection_cache_ms. */
+ * address as many as the default in-flight window can use at once: with
+ * fewer, a burst to one relay closes and reopens connections after each
+ * round, which costs the worker and the server about twice the CPU per
+ * message (docs/scaling.md has the measurements).  Idle ones still close
+ * after [delivery] connection_cache_ms. */
 #define WK_SMTP_CACHE_MAX 256
 #define WK_SMTP_CACHE_PER_ADDR 256
 
