@@ -1158,7 +1158,10 @@ class Stack:
                                relay_host=self.sink.address, frontends=o.frontends,
                                workers=o.workers, listeners=o.listeners,
                                frontend_metrics_base=o.frontend_metrics_base,
-                               worker_metrics_base=o.worker_metrics_base)
+                               worker_metrics_base=o.worker_metrics_base,
+                               # `mailstream-ctl suppress add` refuses at RCPT
+                               # (docs/operations.md).
+                               frontend_extra={"smtp": {"refuse_suppressed": "yes"}})
             self.cluster = Cluster(self.sup, spec)
             log(f"starting {o.frontends} frontend(s) and {o.workers} worker(s)")
             self.cluster.start()
