@@ -30,8 +30,10 @@
 
 /* + lower-cased address: string "<dsn> <reply>", with a TTL ([delivery]
  * suppress_ttl_s).  The suppression list: written by the worker after a
- * hard bounce of a mailbox or domain, read by the worker (bounce without
- * a connection) and by the frontend ([smtp] refuse_suppressed). */
+ * hard bounce of a mailbox or domain, and by mailstream-ctl (value
+ * "source=ctl|import <reason>", TTL --for or none: until `suppress
+ * remove`); read by the worker (bounce without a connection) and by the
+ * frontend ([smtp] refuse_suppressed), which look only at existence. */
 #define MS_KEY_SUPPRESS "ms:suppress:"
 
 /* + sender domain: hash, bounces per reply class.  Written by the worker,
