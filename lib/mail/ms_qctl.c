@@ -265,3 +265,50 @@ int ms_qctl_parse_duration(const char *s, int64_t *out_s)
     *out_s = v * mult;
     return 0;
 }
+
+int ms_qctl_json_field(const char *json, size_t len, const char *name, char *out, size_t outlen)
+{
+    size_t nlen = strlen(name), i, o = 0;
+
+    if (outlen == 0)
+        return MS_ETOOBIG;
+    for (i = 0; i + nlen + 4 <= len; i++) {
+        /* "name":" preceded by { or , (a key, not a value's text). */
+        if ((json[i] != '{' && json[i] != ',') || json[i + 1] != '"' ||
+            memcmp(json + i + 2, name, nlen) != 0 || i + nlen + 5 > len ||
+            memcmp(json + i + 2 + nlen, "\":\"", 3) != 0)
+            continue;
+        for (i += nlen + 5; i < len && json[i] != '"'; i++) {
+            char ch = json[i];
+            if (ch == '\\' && i + 1 < len) {
+                ch = json[++i];
+                switch (ch) {
+                case 'n': ch = '\n'; break;
+                case 't': ch = '\t'; break;
+                case 'r': ch = '\r'; break;
+                case 'b': ch = '\b'; break;
+                case 'f': ch = '\f'; break;
+                case 'u': {
+                    unsigned v = 0, k;
+                    for (k = 0; k < 4 && i + 1 < len && isxdigit((unsigned char)json[i + 1]); k++)
+                        v = v * 16 + (unsigned)(isdigit((unsigned char)json[i + 1])
+                                                    ? json[i + 1] - '0'
+                                                    : (tolower((unsigned char)json[i + 1]) - 'a' + 10)),
+                        i++;
+                    ch = v < 0x80 && v >= 0x20 ? (char)v : '?';
+                    break;
+                }
+                default: break; /* \" \\ \/ */
+                }
+            }
+            if (o + 1 >= outlen)
+                return MS_ETOOBIG;
+            out[o++] = ch;
+        }
+        if (i >= len)
+            return 0; /* unterminated */
+        out[o] = '\0';
+        return 1;
+    }
+    return 0;
+}

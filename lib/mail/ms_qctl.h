@@ -106,6 +106,13 @@ int ms_qctl_suspend_parse(const char *s, size_t len, struct ms_qctl_suspend *out
 /* In force at now_us? */
 int ms_qctl_suspend_active(const struct ms_qctl_suspend *s, int64_t now_us);
 
+/* The string field `name` of a flat JSON record as our own writers make
+ * it (ms_json.h: `"name":"value"`, no spaces), unescaped into out; \uXXXX
+ * beyond ASCII becomes '?'.  1 found, 0 absent (or not a string),
+ * MS_ETOOBIG when out is too small. */
+int ms_qctl_json_field(const char *json, size_t len, const char *name, char *out,
+                       size_t outlen);
+
 /* A duration: digits with an optional unit s, m, h, d or w (none:
  * seconds), e.g. "90", "15m", "2h", "3d"; at most MS_QCTL_DURATION_MAX_S.
  * Returns 0 with *out_s, or MS_EINVAL. */

@@ -273,3 +273,29 @@ def test_help_names_every_subcommand_and_bad_input_exits_nonzero(cluster_factory
     env = dict(os.environ, MAILSTREAM_REDIS_PORT=str(mslocal.free_port()))
     r = subprocess.run([CTL, "queue", "list"], capture_output=True, timeout=30, env=env)
     assert r.returncode == 3 and len(r.stderr.decode().strip().splitlines()) == 1
+
+
+def test_events_tail_filters_by_qid_and_rcpt(cluster_factory, fake_smtp):
+    cl, srv, rec = deferred_cluster(cluster_factory, fake_smtp)
+    q, rcpt = defer_one(cl, srv)
+    rec.ok = True
+    ctl(cl, "queue", "retry", q)
+    wait_events(cl, lambda e: any(x.get("qid") == q and x["outcome"] == "delivered" for x in e),
+                timeout=30)
+    env = dict(os.environ, MAILSTREAM_KAFKA_BROKERS=cl.kafka.bootstrap,
+               MAILSTREAM_KAFKA_EVENTS_TOPIC=cl.spec.events_topic)
+
+    def tail(*args: str) -> List[str]:
+        r = subprocess.run([CTL, "events", "tail", *args], capture_output=True, timeout=60,
+                           env=env)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.decode().splitlines()
+
+    mine = [json.loads(ln) for ln in tail("--qid", q, "--json")]
+    assert [(e["outcome"], e["attempt"]) for e in mine] == [("deferred", 1), ("delivered", 2)]
+    assert [json.loads(ln)["qid"] for ln in tail("--rcpt", rcpt.upper(), "--json")] == [q, q]
+    lines = tail("--qid", q)
+    assert len(lines) == 2 and " deferred " in lines[0] and lines[1].split()[1] == q
+    assert tail("--qid", new_qid()) == []
+    r = subprocess.run([CTL, "events", "tail", "--bogus"], capture_output=True, timeout=10)
+    assert r.returncode == 2

@@ -161,12 +161,34 @@ static void test_list_has(void **state)
     assert_true(ms_qctl_list_has("a,", ""));
 }
 
+static void test_json_field(void **state)
+{
+    static const char ev[] = "{\"qid\":\"Q1\",\"rcpt\":\"a\\\"b@x\",\"code\":451,"
+                             "\"reply\":\"no \\\"rcpt\\\":\\\"x\\\" \\u00e9\\u0041\\n\"}";
+    char out[64], small[3];
+
+    (void)state;
+    assert_int_equal(ms_qctl_json_field(ev, strlen(ev), "qid", out, sizeof(out)), 1);
+    assert_string_equal(out, "Q1");
+    assert_int_equal(ms_qctl_json_field(ev, strlen(ev), "rcpt", out, sizeof(out)), 1);
+    assert_string_equal(out, "a\"b@x");
+    /* A key's name inside a value is not the key. */
+    assert_int_equal(ms_qctl_json_field(ev, strlen(ev), "reply", out, sizeof(out)), 1);
+    assert_string_equal(out, "no \"rcpt\":\"x\" ?A\n");
+    assert_int_equal(ms_qctl_json_field(ev, strlen(ev), "code", out, sizeof(out)), 0);
+    assert_int_equal(ms_qctl_json_field(ev, strlen(ev), "node", out, sizeof(out)), 0);
+    assert_int_equal(ms_qctl_json_field(ev, strlen(ev), "rcpt", small, sizeof(small)), MS_ETOOBIG);
+    /* Cut short: no closing quote. */
+    assert_int_equal(ms_qctl_json_field(ev, 10, "qid", out, sizeof(out)), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_duration),  cmocka_unit_test(test_control_roundtrip),
         cmocka_unit_test(test_retry_applies), cmocka_unit_test(test_qinfo),
         cmocka_unit_test(test_suspend),   cmocka_unit_test(test_list_has),
+        cmocka_unit_test(test_json_field),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
