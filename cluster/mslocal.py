@@ -1159,9 +1159,11 @@ class Stack:
                                workers=o.workers, listeners=o.listeners,
                                frontend_metrics_base=o.frontend_metrics_base,
                                worker_metrics_base=o.worker_metrics_base,
-                               # `mailstream-ctl suppress add` refuses at RCPT
+                               # `mailstream-ctl suppress add` refuses at RCPT, and
+                               # `events tail` shows the frontends' side too
                                # (docs/operations.md).
-                               frontend_extra={"smtp": {"refuse_suppressed": "yes"}})
+                               frontend_extra={"smtp": {"refuse_suppressed": "yes"},
+                                               "kafka": {"events_topic": "events"}})
             self.cluster = Cluster(self.sup, spec)
             log(f"starting {o.frontends} frontend(s) and {o.workers} worker(s)")
             self.cluster.start()

@@ -4,7 +4,8 @@
  * JSON Lines (--json: each record as it was written).
  *
  * Read with ms_kafka_tail (outside any consumer group: nothing committed).
- * Without --follow it reads every partition to its end and exits; with it,
+ * Without --follow it reads every partition to its end and exits (with
+ * --qid, in time order: the topic is not partitioned by queue id); with it,
  * it waits for more until interrupted.  Records are the workers' (and the
  * frontend's) flat JSON (worker/event.h); the fields are read with
  * ms_qctl_json_field().
@@ -26,6 +27,29 @@
 /* Longest field shown of one record. */
 #define CTL_FIELD_MAX 1024
 
+/* One record kept for sorting (--qid without --follow). */
+struct kept {
+    char ts[CTL_FIELD_MAX];
+    size_t seq; /* topic order, for equal times */
+    char *line;
+};
+
+static int cmp_ts(const void *a, const void *b)
+{
+    const struct kept *x = a, *y = b;
+    int c = strcmp(x->ts, y->ts);
+
+    return c ? c : x->seq < y->seq ? -1 : 1;
+}
+
+static char *format_record(struct ctl *c, const struct ms_record *rec, char f[][CTL_FIELD_MAX])
+{
+    if (c->json)
+        return ms_asprintf("%.*s\n", (int)rec->len, (const char *)rec->value);
+    return ms_asprintf("%s %s %s %s %s\n", f[0], f[1][0] ? f[1] : "-", f[3][0] ? f[3] : f[4],
+                       f[2][0] ? f[2] : "-", f[5]);
+}
+
 static int ev_tail(struct ctl *c, int argc, char **argv)
 {
     struct ms_kafka_conf kc = {.brokers = c->brokers, .client_id = "mailstream-ctl"};
@@ -34,6 +58,8 @@ static int ev_tail(struct ctl *c, int argc, char **argv)
     static const char *const names[6] = {"ts", "qid", "rcpt", "outcome", "event", "reply"};
     struct ms_record rec;
     ms_kafka_tail *t;
+    struct kept *kept = NULL;
+    size_t nkept = 0, cap = 0, i;
     int follow = 0, k, r, idle = 0;
 
     for (k = 0; k < argc; k++) {
@@ -76,15 +102,33 @@ static int ev_tail(struct ctl *c, int argc, char **argv)
             continue;
         if (rcpt && strcasecmp(f[2], rcpt) != 0)
             continue;
-        if (c->json)
-            printf("%.*s\n", (int)rec.len, (const char *)rec.value);
-        else
-            printf("%s %s %s %s %s\n", f[0], f[1][0] ? f[1] : "-", f[3][0] ? f[3] : f[4],
-                   f[2][0] ? f[2] : "-", f[5]);
+        if (qid && !follow) {
+            /* The events topic is not partitioned by queue id (frontends
+             * and workers write it sticky): one message's records come
+             * from several partitions, so they are put in time order. */
+            if (nkept == cap)
+                kept = ms_realloc(kept, (cap = cap ? 2 * cap : 64) * sizeof(*kept));
+            snprintf(kept[nkept].ts, sizeof(kept[nkept].ts), "%s", f[0]);
+            kept[nkept].seq = nkept;
+            kept[nkept++].line = format_record(c, &rec, f);
+            continue;
+        }
+        {
+            char *line = format_record(c, &rec, f);
+            fputs(line, stdout);
+            free(line);
+        }
         if (follow)
             fflush(stdout);
     }
     ms_kafka_tail_free(t);
+    if (nkept)
+        qsort(kept, nkept, sizeof(*kept), cmp_ts);
+    for (i = 0; i < nkept; i++) {
+        fputs(kept[i].line, stdout);
+        free(kept[i].line);
+    }
+    free(kept);
     return CTL_EXIT_OK;
 }
 

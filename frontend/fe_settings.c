@@ -92,6 +92,7 @@ int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, s
     set->node_id = ms_config_get(cfg, "node", "id", host);
     set->hostname = ms_config_get(cfg, "node", "hostname", "localhost");
     set->topic = ms_config_get(cfg, "kafka", "topic", "queue");
+    set->events_topic = ms_config_get(cfg, "kafka", "events_topic", "");
     /* The Kafka record holds the message and its envelope. */
     if (get_u64(cfg, "kafka", "linger_ms", FE_LINGER_MS_DEF, 1, 1000, &set->kafka_linger_ms, err,
                 errlen) < 0 ||

@@ -67,6 +67,7 @@ struct fe_settings {
     const char *node_id;
     const char *hostname;
     const char *topic;
+    const char *events_topic;   /* [kafka] events_topic: accepted/refused events; "": none */
     uint64_t kafka_linger_ms;           /* [kafka] linger_ms */
     int group_commit;                   /* [kafka] group_commit (fe_commit.h) */
     uint64_t group_commit_window_us;    /* [kafka] group_commit_window_us */

@@ -299,3 +299,37 @@ def test_events_tail_filters_by_qid_and_rcpt(cluster_factory, fake_smtp):
     assert tail("--qid", new_qid()) == []
     r = subprocess.run([CTL, "events", "tail", "--bogus"], capture_output=True, timeout=10)
     assert r.returncode == 2
+
+
+def test_frontend_events_read_with_the_workers(cluster_factory):
+    """With [kafka] events_topic set on the frontend, one message's whole
+    life reads in one place: accepted by the frontend, delivered by the
+    worker; a refusal at RCPT is there with its reply."""
+    topic = f"events.ctl-{uuid.uuid4().hex[:8]}"
+    cl = cluster_factory(frontends=1, workers=1, events_topic=topic,
+                         frontend_extra={"smtp": {"refuse_suppressed": "yes"},
+                                         "kafka": {"events_topic": topic}})
+    gone = f"gone-{uuid.uuid4().hex[:8]}@mailstream.test"
+    ctl(cl, "suppress", "add", gone)
+    c = hello(smtp_port(cl))
+    assert code(c.cmd(b"MAIL FROM:<a@b.example>")) == b"250 2.1.0"
+    assert code(c.cmd(b"RCPT TO:<" + gone.encode() + b">")) == b"550 5.1.1"
+    assert code(c.cmd(b"RCPT TO:<ok@mailstream.test>")) == b"250 2.1.5"
+    assert c.cmd(b"DATA").startswith(b"354")
+    r = c.cmd(b"Subject: events\r\n\r\nhello\r\n.")
+    assert r.startswith(b"250 2.0.0 Ok: queued as "), r
+    q = r.split()[-1].decode()
+    c.cmd(b"QUIT")
+    wait_events(cl, lambda e: any(x.get("qid") == q and x.get("outcome") == "delivered"
+                                  for x in e), timeout=60)
+    env = dict(os.environ, MAILSTREAM_KAFKA_BROKERS=cl.kafka.bootstrap,
+               MAILSTREAM_KAFKA_EVENTS_TOPIC=topic)
+    out = subprocess.run([CTL, "--json", "events", "tail", "--qid", q], capture_output=True,
+                         env=env, timeout=60)
+    life = [json.loads(ln) for ln in out.stdout.decode().splitlines()]
+    # One key, one partition: in the order it happened.
+    assert [e.get("event") or e.get("outcome") for e in life] == ["refused", "accepted",
+                                                                  "delivered"]
+    assert life[0]["rcpt"] == gone and life[0]["reply"].startswith("550 5.1.1")
+    assert life[1]["client"] == "127.0.0.1" and life[1]["size"] > 0
+    ctl(cl, "suppress", "remove", gone)
