@@ -62,6 +62,7 @@ struct ctl_cmd {
 extern const struct ctl_cmd ctl_queue_cmds[];
 extern const struct ctl_cmd ctl_dest_cmds[];
 extern const struct ctl_cmd ctl_suppress_cmds[];
+extern const struct ctl_cmd ctl_recipients_cmds[];
 extern const struct ctl_cmd ctl_events_cmds[];
 extern const struct ctl_cmd ctl_status_cmds[];
 

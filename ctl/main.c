@@ -50,8 +50,8 @@ static const struct ctl_cmd ctl_topics_cmds[] = {
 
 /* Every subcommand, in --help order. */
 static const struct ctl_cmd *const ctl_tables[] = {
-    ctl_queue_cmds,  ctl_dest_cmds,   ctl_suppress_cmds, ctl_events_cmds,
-    ctl_status_cmds, ctl_topics_cmds, NULL};
+    ctl_queue_cmds,  ctl_dest_cmds,   ctl_suppress_cmds, ctl_recipients_cmds,
+    ctl_events_cmds, ctl_status_cmds, ctl_topics_cmds,   NULL};
 
 static void help(FILE *f)
 {

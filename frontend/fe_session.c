@@ -20,6 +20,7 @@
 #include "fe_access.h"
 #include "fe_proxy.h"
 #include "ms_addr.h"
+#include "ms_keys.h"
 #include "ms_envelope.h"
 #include "ms_error.h"
 #include "ms_log.h"
@@ -717,6 +718,13 @@ static void cmd_rcpt(struct fe_session *s, const struct fe_smtp_cmd *c)
         add_rate(s, w, FE_RATE_RCPT_CLIENT, "rcpt:ip:", s->ip);
     if (set->refuse_suppressed && c->path_domain)
         fe_rl_refuse_key(&w->c, set->suppress_prefix, c->path);
+    if (accepted && set->recipient_lists &&
+        ms_domainmap_get(set->recipient_lists, ms_addr_domain(c->path)) != NULL) {
+        char dom[MS_DOMAINMAP_KEY_MAX + 1];
+        if (ms_domainmap_key(ms_addr_domain(c->path), strlen(ms_addr_domain(c->path)), dom,
+                             sizeof(dom)) == MS_DOMAINMAP_EXACT)
+            fe_rl_member(&w->c, MS_KEY_RECIPIENTS, dom, c->path);
+    }
     limits_check(s, w);
 }
 
@@ -1059,7 +1067,9 @@ static void limits_decide(struct fe_session *s, struct fe_limits_wait *w, int re
     int closed = 0;
 
     if (result == FE_RL_FAILED) {
-        closed = srv->set.rl_fail_closed;
+        /* A recipient list that cannot be read is no answer: 451, never
+         * 250 (nor is the list skipped). */
+        closed = srv->set.rl_fail_closed || (w->kind == W_RCPT && w->c.member);
         ms_counter_inc(closed ? srv->m.rl_redis_closed : srv->m.rl_redis_open);
         ms_warn("event=ratelimit_unavailable sid=%llu client=%s action=%s",
                 (unsigned long long)s->id, s->ip, closed ? "refused" : "allowed");
@@ -1106,6 +1116,16 @@ static void limits_decide(struct fe_session *s, struct fe_limits_wait *w, int re
             snprintf(line, sizeof(line),
                      "550 5.1.1 <%s>: Recipient address rejected: on the suppression list",
                      w->path);
+            fe_server_event(srv, "refused", s->tx ? s->tx->qid : "", s->ip, w->path, 0, line);
+            reply_error(s, line);
+        } else if (result == FE_RL_UNKNOWN) {
+            ms_log_quote(q, sizeof(q), w->path, strlen(w->path));
+            ms_info("event=rcpt_unknown sid=%llu qid=%s client=%s rcpt=%s",
+                    (unsigned long long)s->id, s->tx ? s->tx->qid : "-", s->ip, q);
+            /* Postfix's wording for relay_recipient_maps. */
+            snprintf(line, sizeof(line),
+                     "550 5.1.1 <%s>: Recipient address rejected: User unknown in relay "
+                     "recipient table", w->path);
             fe_server_event(srv, "refused", s->tx ? s->tx->qid : "", s->ip, w->path, 0, line);
             reply_error(s, line);
         } else if (closed) {

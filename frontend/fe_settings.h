@@ -92,6 +92,10 @@ struct fe_settings {
     uint64_t rl_timeout_ms;
     int refuse_suppressed;       /* [smtp] refuse_suppressed */
     const char *suppress_prefix; /* the worker's ms:suppress: */
+    /* [smtp] recipient_lists: accepted domains whose recipients must be in
+     * the Redis set MS_KEY_RECIPIENTS<domain> (relay_recipient_maps);
+     * NULL: none. */
+    ms_domainmap *recipient_lists;
 };
 
 /* Read [node], [smtp], [kafka] and [ratelimit].  Returns 0 or MS_ECONFIG

@@ -93,4 +93,10 @@
  * the workers and removed by mailstream-ctl. */
 #define MS_KEY_SUSPEND "ms:suspend"
 
+/* + lower-cased domain: set of the lower-cased addresses that exist at
+ * that accepted domain (Postfix's relay_recipient_maps).  Written by
+ * mailstream-ctl (recipients add/remove/import), kept until removed; read
+ * by the frontend at RCPT for the domains of [smtp] recipient_lists. */
+#define MS_KEY_RECIPIENTS "ms:rcpts:"
+
 #endif

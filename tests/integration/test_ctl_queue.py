@@ -333,3 +333,48 @@ def test_frontend_events_read_with_the_workers(cluster_factory):
     assert life[0]["rcpt"] == gone and life[0]["reply"].startswith("550 5.1.1")
     assert life[1]["client"] == "127.0.0.1" and life[1]["size"] > 0
     ctl(cl, "suppress", "remove", gone)
+
+
+def test_recipient_lists_refuse_unknown_users(cluster_factory, tmp_path):
+    """[smtp] recipient_lists: an accepted domain's recipients must be in its
+    Redis set (managed by `mailstream-ctl recipients`); others get 550 5.1.1
+    at RCPT. Domains not listed are not checked."""
+    dom = f"list-{uuid.uuid4().hex[:8]}.test"
+    cl = cluster_factory(frontends=1, workers=0, accepted_domains=[dom, "mailstream.test"],
+                         trusted_networks=[],
+                         frontend_extra={"smtp": {"recipient_lists": dom}})
+    ctl(cl, "recipients", "add", f"Known@{dom}")
+    f = tmp_path / "users.txt"
+    f.write_text(f"# users\nalso@{dom}\n")
+    assert ctl(cl, "recipients", "import", str(f))["imported"] == 1
+    assert sorted(ctl(cl, "recipients", "list", dom)) == [f"also@{dom}", f"known@{dom}"]
+    f.write_text("nope\n")
+    ctl(cl, "recipients", "import", str(f), expect=2)
+
+    c = hello(smtp_port(cl))
+    assert code(c.cmd(b"MAIL FROM:<a@b.example>")) == b"250 2.1.0"
+    assert code(c.cmd(f"RCPT TO:<known@{dom.upper()}>".encode())) == b"250 2.1.5"
+    assert code(c.cmd(f"RCPT TO:<also@{dom}>".encode())) == b"250 2.1.5"
+    r = c.cmd(f"RCPT TO:<typo@{dom}>".encode())
+    assert code(r) == b"550 5.1.1" and b"User unknown" in r, r
+    assert code(c.cmd(b"RCPT TO:<anyone@mailstream.test>")) == b"250 2.1.5"
+    c.cmd(b"QUIT")
+
+    ctl(cl, "recipients", "remove", f"known@{dom}")
+    ctl(cl, "recipients", "remove", f"known@{dom}", expect=4)
+    c = hello(smtp_port(cl))
+    c.cmd(b"MAIL FROM:<a@b.example>")
+    assert code(c.cmd(f"RCPT TO:<known@{dom}>".encode())) == b"550 5.1.1"
+    c.cmd(b"QUIT")
+    mslocal.redis_command(cl.redis.port, "DEL", f"ms:rcpts:{dom}")
+
+
+def test_recipient_list_unreadable_answers_451(cluster_factory):
+    dead = mslocal.free_port()
+    cl = cluster_factory(frontends=1, workers=0, trusted_networks=[],
+                         frontend_extra={"smtp": {"recipient_lists": "mailstream.test"},
+                                         "redis": {"port": dead}})
+    c = hello(smtp_port(cl))
+    c.cmd(b"MAIL FROM:<a@b.example>")
+    assert code(c.cmd(b"RCPT TO:<who@mailstream.test>"))[:3] == b"451"
+    c.cmd(b"QUIT")
