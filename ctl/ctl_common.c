@@ -94,10 +94,10 @@ void ctl_mget(struct ctl *c, const char *prefix, char **names, size_t n, char **
         if (rep == NULL)
             exit(ctl_fail(CTL_EXIT_UNREACHABLE, "redis: %s", ms_redis_sync_error(r)));
         for (k = 0; k < CTL_BATCH && lo + k < n; k++)
-            out[lo + k] = rep->type == MS_REDIS_ARRAY && k < rep->nelem &&
-                                  rep->elem[k].type == MS_REDIS_STR
-                              ? ms_strndup(rep->elem[k].str, rep->elem[k].len)
-                              : NULL;
+            out[lo + k] =
+                rep->type == MS_REDIS_ARRAY && k < rep->nelem && rep->elem[k].type == MS_REDIS_STR
+                    ? ms_strndup(rep->elem[k].str, rep->elem[k].len)
+                    : NULL;
         ms_redis_sync_reply_free(rep);
     }
     free(argv);

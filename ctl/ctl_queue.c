@@ -135,8 +135,8 @@ static int q_list(struct ctl *c, int argc, char **argv)
         } else
             return ctl_fail(CTL_EXIT_USAGE, "queue list: unknown option %s", argv[k]);
     }
-    key = f.dest ? ms_asprintf(MS_KEY_RETRY_QUEUE_DEST "%s", f.dest)
-                 : ms_strdup(MS_KEY_RETRY_QUEUE);
+    key =
+        f.dest ? ms_asprintf(MS_KEY_RETRY_QUEUE_DEST "%s", f.dest) : ms_strdup(MS_KEY_RETRY_QUEUE);
     /* Scores are acceptance times: --older-than is a score range. */
     qids = zmembers(c, key, f.older_than_s > 0 ? now - f.older_than_s * 1000000 : -1, &n);
     free(key);
@@ -165,11 +165,12 @@ static int q_list(struct ctl *c, int argc, char **argv)
             ms_json_time(t2, sizeof(t2), q.next_attempt_us);
             ms_buf_appendf(&out, "%s{\"qid\":", shown ? "," : "");
             ctl_json_str(&out, qids[i]);
-            ms_buf_appendf(&out, ",\"state\":\"%s\",\"received\":\"%s\",\"age_s\":%lld,"
-                                 "\"attempts\":%u,\"next_attempt\":\"%s\",\"tier\":%d,"
-                                 "\"size\":%llu,\"sender\":",
-                           state, t1, (long long)((now - q.received_us) / 1000000), q.attempts,
-                           t2, q.tier, (unsigned long long)q.size);
+            ms_buf_appendf(&out,
+                           ",\"state\":\"%s\",\"received\":\"%s\",\"age_s\":%lld,"
+                           "\"attempts\":%u,\"next_attempt\":\"%s\",\"tier\":%d,"
+                           "\"size\":%llu,\"sender\":",
+                           state, t1, (long long)((now - q.received_us) / 1000000), q.attempts, t2,
+                           q.tier, (unsigned long long)q.size);
             ctl_json_str(&out, q.sender);
             ms_buf_append(&out, ",", 1);
             json_list(&out, "recipients", q.rcpts);
@@ -225,8 +226,8 @@ static int q_shape(struct ctl *c, int argc, char **argv)
     if (argc > 0)
         return ctl_fail(CTL_EXIT_USAGE, "queue shape: no arguments");
     snprintf(idle, sizeof(idle), "(%lld", (long long)(now - (int64_t)CTL_DEST_IDLE_S * 1000000));
-    ms_redis_sync_reply_free(ctl_cmd(c, "ZREMRANGEBYSCORE", MS_KEY_RETRY_QUEUE_DESTS, "-inf",
-                                     idle, NULL));
+    ms_redis_sync_reply_free(
+        ctl_cmd(c, "ZREMRANGEBYSCORE", MS_KEY_RETRY_QUEUE_DESTS, "-inf", idle, NULL));
     dests = zmembers(c, MS_KEY_RETRY_QUEUE_DESTS, -1, &n);
     rows = ms_calloc(n + 1, sizeof(*rows));
     /* Per destination: ZCARD, then one ZCOUNT per bucket, all pipelined. */
@@ -239,7 +240,8 @@ static int q_shape(struct ctl *c, int argc, char **argv)
         ms_redis_sync_append(r, 2, av, lens);
         for (j = 0; j <= NBUCKETS; j++) {
             /* Accepted in (now - upper, now - lower]. */
-            int64_t lower = j == 0 ? 0 : shape_buckets[j - 1], upper = j < NBUCKETS ? shape_buckets[j] : -1;
+            int64_t lower = j == 0 ? 0 : shape_buckets[j - 1],
+                    upper = j < NBUCKETS ? shape_buckets[j] : -1;
             snprintf(hi, sizeof(hi), "%lld", (long long)(now - lower * 60000000));
             if (upper < 0)
                 snprintf(lo, sizeof(lo), "-inf");
@@ -280,8 +282,7 @@ static int q_shape(struct ctl *c, int argc, char **argv)
         ms_buf_appendf(&out, "%-32s %7s", "DESTINATION", "T");
         for (j = 0; j < NBUCKETS; j++)
             ms_buf_appendf(&out, " %6d", shape_buckets[j]);
-        ms_buf_appendf(&out, " %6d+\n%-32s %7lld", shape_buckets[NBUCKETS - 1], "TOTAL",
-                       totals[0]);
+        ms_buf_appendf(&out, " %6d+\n%-32s %7lld", shape_buckets[NBUCKETS - 1], "TOTAL", totals[0]);
         for (j = 1; j < NBUCKETS + 2; j++)
             ms_buf_appendf(&out, " %6lld", totals[j]);
         ms_buf_append(&out, "\n", 1);
@@ -349,8 +350,9 @@ static int q_show(struct ctl *c, int argc, char **argv)
     ms_buf_init(&out, 1 << 20);
     ms_json_time(t, sizeof(t), q.received_us);
     if (c->json) {
-        ms_buf_appendf(&out, "{\"qid\":\"%s\",\"state\":\"%s\",\"received\":\"%s\",\"sender\":",
-                       argv[0], q.state, t);
+        ms_buf_appendf(&out,
+                       "{\"qid\":\"%s\",\"state\":\"%s\",\"received\":\"%s\",\"sender\":", argv[0],
+                       q.state, t);
         ctl_json_str(&out, q.sender);
         ms_buf_appendf(&out, ",\"size\":%llu,\"attempts\":%u,\"tier\":%d,",
                        (unsigned long long)q.size, q.attempts, q.tier);
@@ -368,9 +370,10 @@ static int q_show(struct ctl *c, int argc, char **argv)
         }
         ms_buf_appendf(&out, ",\"recipients\":[");
     } else {
-        ms_buf_appendf(&out, "queue id:     %s\nstate:        %s\nreceived:     %s\nsender:       "
-                             "<%s>\nsize:         %llu\nattempts:     %u (retry tier %d)\n"
-                             "destinations: %s\n",
+        ms_buf_appendf(&out,
+                       "queue id:     %s\nstate:        %s\nreceived:     %s\nsender:       "
+                       "<%s>\nsize:         %llu\nattempts:     %u (retry tier %d)\n"
+                       "destinations: %s\n",
                        argv[0], q.state, t, q.sender, (unsigned long long)q.size, q.attempts,
                        q.tier, q.dests);
         ms_json_time(t, sizeof(t), q.next_attempt_us);
@@ -420,8 +423,9 @@ static int q_show(struct ctl *c, int argc, char **argv)
         ctl_json_str(&out, q.last_reply);
         ms_buf_append(&out, "}\n", 2);
     } else {
-        ms_buf_appendf(&out, "last reply:   %s\n(the attempt history: mailstream-ctl events tail "
-                             "--qid %s)\n",
+        ms_buf_appendf(&out,
+                       "last reply:   %s\n(the attempt history: mailstream-ctl events tail "
+                       "--qid %s)\n",
                        q.last_reply, argv[0]);
     }
     ctl_flush(&out);
@@ -647,8 +651,7 @@ const struct ctl_cmd ctl_queue_cmds[] = {
     {"queue", "shape", "", "deferred messages per destination by age (like qshape)", q_shape},
     {"queue", "show", "QID", "one message: envelope, recipients, retry state", q_show},
     {"queue", "retry", "QID...|--dest D", "due now, on every worker", q_retry},
-    {"queue", "hold", "QID...|--dest D [--reason TEXT]", "never attempted until released",
-     q_hold},
+    {"queue", "hold", "QID...|--dest D [--reason TEXT]", "never attempted until released", q_hold},
     {"queue", "release", "QID...|--dest D", "held mail goes again, now", q_release},
     {"queue", "bounce", "QID...|--dest D [--reason TEXT]",
      "a DSN to the sender now (backscatter rule), recipients done", q_bounce},

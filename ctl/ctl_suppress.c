@@ -134,8 +134,7 @@ static int s_dump(struct ctl *c, int json, int export_format)
     do {
         const struct ms_redis_reply *keys;
         size_t i;
-        r = ctl_cmd(c, "SCAN", cursor, "MATCH", MS_KEY_SUPPRESS "*", "COUNT", CTL_SCAN_COUNT,
-                    NULL);
+        r = ctl_cmd(c, "SCAN", cursor, "MATCH", MS_KEY_SUPPRESS "*", "COUNT", CTL_SCAN_COUNT, NULL);
         if (r->type != MS_REDIS_ARRAY || r->nelem != 2 || r->elem[0].type != MS_REDIS_STR) {
             ms_redis_sync_reply_free(r);
             ms_buf_free(&out);

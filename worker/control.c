@@ -104,7 +104,12 @@ static void poll_cb(uv_timer_t *t)
     const char *gen[2] = {"GET", MS_KEY_CONTROL_GEN};
     const char *all[2] = {"HGETALL", MS_KEY_SUSPEND};
     size_t l1[2] = {3, strlen(MS_KEY_CONTROL_GEN)}, l2[2] = {7, strlen(MS_KEY_SUSPEND)};
+    char why[128];
 
+    /* Not connected (yet): nothing to count, the next poll asks again and
+     * the last suspensions read stay in force. */
+    if (!ms_redis_ready(c->redis, why, sizeof(why)))
+        return;
     if (ms_redis_command(c->redis, on_poll, c, POLL_GEN, 2, gen, l1) < 0 ||
         ms_redis_command(c->redis, on_poll, c, POLL_SUSPEND, 2, all, l2) < 0)
         ms_counter_inc(c->redis_errors);
@@ -208,8 +213,8 @@ static char **dests_of(const wk_control *c, const ms_envelope *env)
 
     for (i = 0; i < n; i++) {
         char name[MS_DNS_NAME_MAX + MS_TRANSPORT_PATH_MAX + 2];
-        wk_control_dest_of(c, env->recipients[i]->address ? env->recipients[i]->address : "",
-                           name, sizeof(name));
+        wk_control_dest_of(c, env->recipients[i]->address ? env->recipients[i]->address : "", name,
+                           sizeof(name));
         for (j = 0; j < i && (d[j] == NULL || strcasecmp(d[j], name) != 0); j++)
             ;
         d[i] = j < i ? NULL : ms_strdup(name);

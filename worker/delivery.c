@@ -1337,6 +1337,7 @@ static void msg_settle(struct msg *m)
      * tiers): keep the record and try again here; its partition's offsets
      * stay behind until it is done. */
     delay = m->produce_failed ? WK_PRODUCE_RETRY_MS
+          : m->delay_ms       ? m->delay_ms /* held, or every destination suspended */
                               : wk_backoff_ms(m->attempt, d->conf.retry_min_ms,
                                               d->conf.retry_max_ms, arc4random());
     ms_info("event=retry_scheduled qid=%s attempt=%u pending=%d delay_ms=%llu in_memory=1",

@@ -12,8 +12,7 @@
 #include <string.h>
 #include <strings.h>
 
-static const char *const action_names[MS_QCTL__N] = {"none", "hold", "retry", "bounce",
-                                                     "delete"};
+static const char *const action_names[MS_QCTL__N] = {"none", "hold", "retry", "bounce", "delete"};
 
 const char *ms_qctl_action_name(enum ms_qctl_action a)
 {
@@ -291,9 +290,10 @@ int ms_qctl_json_field(const char *json, size_t len, const char *name, char *out
                 case 'u': {
                     unsigned v = 0, k;
                     for (k = 0; k < 4 && i + 1 < len && isxdigit((unsigned char)json[i + 1]); k++)
-                        v = v * 16 + (unsigned)(isdigit((unsigned char)json[i + 1])
-                                                    ? json[i + 1] - '0'
-                                                    : (tolower((unsigned char)json[i + 1]) - 'a' + 10)),
+                        v = v * 16 +
+                            (unsigned)(isdigit((unsigned char)json[i + 1])
+                                           ? json[i + 1] - '0'
+                                           : (tolower((unsigned char)json[i + 1]) - 'a' + 10)),
                         i++;
                     ch = v < 0x80 && v >= 0x20 ? (char)v : '?';
                     break;

@@ -66,15 +66,15 @@ int ms_qctl_retry_applies(int64_t at_us, int64_t last_attempt_us);
 /* The listing line of one deferred or held message (MS_KEY_QUEUE_INFO).
  * Lists are comma-separated; the strings point into the parsed line. */
 struct ms_qinfo {
-    const char *state;    /* "deferred" or "held" */
+    const char *state; /* "deferred" or "held" */
     int64_t received_us;
     int64_t next_attempt_us;
     unsigned attempts;
     int tier;
     uint64_t size;
-    const char *sender;   /* "" for the null sender */
-    const char *rcpts;    /* the pending recipients */
-    const char *dests;    /* their destinations (the worker's dest names) */
+    const char *sender; /* "" for the null sender */
+    const char *rcpts;  /* the pending recipients */
+    const char *dests;  /* their destinations (the worker's dest names) */
     const char *last_reply;
 };
 /* Malloc'd line; tabs and line ends inside fields become spaces. */
@@ -84,10 +84,10 @@ int ms_qinfo_parse(char *line, struct ms_qinfo *out);
 
 /* `queue list` filters; NULL or 0 fields do not filter. */
 struct ms_qinfo_filter {
-    const char *dest;       /* one of the message's destinations (exact, any case) */
-    const char *sender;     /* substring of the sender, any case */
-    const char *rcpt;       /* substring of one pending recipient, any case */
-    int64_t older_than_s;   /* accepted at least this long before now */
+    const char *dest;     /* one of the message's destinations (exact, any case) */
+    const char *sender;   /* substring of the sender, any case */
+    const char *rcpt;     /* substring of one pending recipient, any case */
+    int64_t older_than_s; /* accepted at least this long before now */
 };
 int ms_qinfo_match(const struct ms_qinfo *q, const struct ms_qinfo_filter *f, int64_t now_us);
 
@@ -110,8 +110,7 @@ int ms_qctl_suspend_active(const struct ms_qctl_suspend *s, int64_t now_us);
  * it (ms_json.h: `"name":"value"`, no spaces), unescaped into out; \uXXXX
  * beyond ASCII becomes '?'.  1 found, 0 absent (or not a string),
  * MS_ETOOBIG when out is too small. */
-int ms_qctl_json_field(const char *json, size_t len, const char *name, char *out,
-                       size_t outlen);
+int ms_qctl_json_field(const char *json, size_t len, const char *name, char *out, size_t outlen);
 
 /* A duration: digits with an optional unit s, m, h, d or w (none:
  * seconds), e.g. "90", "15m", "2h", "3d"; at most MS_QCTL_DURATION_MAX_S.

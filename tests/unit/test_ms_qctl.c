@@ -19,11 +19,23 @@ static void test_duration(void **state)
         const char *in;
         int64_t s; /* -1: refused */
     } cases[] = {
-        {"0", 0},          {"90", 90},         {"90s", 90},   {"15m", 900},
-        {"2h", 7200},      {"3d", 259200},     {"1w", 604800}, {"", -1},
-        {"m", -1},         {"-5m", -1},        {"5x", -1},    {"5mm", -1},
-        {" 5m", -1},       {"5 m", -1},        {"1.5h", -1},
-        {"99999999999999999999", -1},          {"520w", 520LL * 604800},
+        {"0", 0},
+        {"90", 90},
+        {"90s", 90},
+        {"15m", 900},
+        {"2h", 7200},
+        {"3d", 259200},
+        {"1w", 604800},
+        {"", -1},
+        {"m", -1},
+        {"-5m", -1},
+        {"5x", -1},
+        {"5mm", -1},
+        {" 5m", -1},
+        {"5 m", -1},
+        {"1.5h", -1},
+        {"99999999999999999999", -1},
+        {"520w", 520LL * 604800},
         {"523w", -1}, /* past ten years */
     };
     size_t i;
@@ -83,8 +95,16 @@ static void test_retry_applies(void **state)
 
 static void test_qinfo(void **state)
 {
-    struct ms_qinfo q = {"deferred", 1000000, 5000000, 3, 2, 1234, "s@x.example",
-                         "a@y.example,B@z.example", "y.example,relay:25", "451 4.3.0\tbusy"},
+    struct ms_qinfo q = {"deferred",
+                         1000000,
+                         5000000,
+                         3,
+                         2,
+                         1234,
+                         "s@x.example",
+                         "a@y.example,B@z.example",
+                         "y.example,relay:25",
+                         "451 4.3.0\tbusy"},
                     p;
     struct ms_qinfo_filter f;
     char *line = ms_qinfo_format(&q), bad[] = "deferred\t1\t2";
@@ -185,9 +205,9 @@ static void test_json_field(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_duration),  cmocka_unit_test(test_control_roundtrip),
+        cmocka_unit_test(test_duration),      cmocka_unit_test(test_control_roundtrip),
         cmocka_unit_test(test_retry_applies), cmocka_unit_test(test_qinfo),
-        cmocka_unit_test(test_suspend),   cmocka_unit_test(test_list_has),
+        cmocka_unit_test(test_suspend),       cmocka_unit_test(test_list_has),
         cmocka_unit_test(test_json_field),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
