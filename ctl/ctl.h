@@ -43,7 +43,6 @@ struct ctl {
     int redis_port;
     const char *brokers;
     const char *events_topic;
-    const char *queue_topic;
     int json;
     ms_redis_sync *redis; /* connected on first use (ctl_redis) */
 };

@@ -9,7 +9,7 @@
  * 2 usage or bad input, 3 no cluster reachable, 4 unknown id or entry.
  *
  * Connection settings come from the worker's configuration file (-c):
- * [redis] host and port, [kafka] brokers, topic and events_topic, each
+ * [redis] host and port, [kafka] brokers and events_topic, each
  * overridable by the environment (MAILSTREAM_REDIS_HOST, ...,
  * docs/config.md).  Only those keys are read: the file is the worker's,
  * and the worker checks the rest of it.
@@ -152,7 +152,6 @@ int main(int argc, char **argv)
         return ctl_fail(CTL_EXIT_USAGE, "[redis] port: not a port");
     c.redis_port = (int)port;
     c.brokers = brokers ? brokers : ms_config_get(cfg, "kafka", "brokers", "127.0.0.1:9092");
-    c.queue_topic = ms_config_get(cfg, "kafka", "topic", "queue");
     c.events_topic = ms_config_get(cfg, "kafka", "events_topic", "events");
     if (i >= argc) {
         help(stderr);
