@@ -94,6 +94,10 @@ def test_list_shape_show_then_retry_delivers(cluster_factory, fake_smtp):
     row = [d for d in shape["destinations"] if d["destination"] == srv.address]
     assert row and row[0]["total"] == 1 and row[0]["counts"][0] == 1  # younger than 5 min
 
+    st = ctl(cl, "status")
+    assert st["redis"]["ok"] and st["deferred"]["messages"] >= 1
+    assert st["deferred"]["oldest_age_s"] >= 0
+
     shown = ctl(cl, "queue", "show", q)
     assert shown["qid"] == q and shown["recipients"][0]["address"] == rcpt
     assert shown["recipients"][0]["attempts"] == "1"
@@ -266,7 +270,8 @@ def test_help_names_every_subcommand_and_bad_input_exits_nonzero(cluster_factory
     for cmd in ("queue list", "queue shape", "queue show", "queue retry", "queue hold",
                 "queue release", "queue bounce", "queue delete", "dest suspend", "dest resume",
                 "dest list", "suppress list", "suppress add", "suppress remove",
-                "suppress import", "suppress export", "status"):
+                "suppress import", "suppress export", "recipients list", "recipients add",
+                "recipients remove", "recipients import", "events tail", "status"):
         assert cmd in r.stdout.decode(), cmd
     r = subprocess.run([CTL, "queue", "frobnicate"], capture_output=True, timeout=10)
     assert r.returncode == 2 and len(r.stderr.decode().strip().splitlines()) == 1
