@@ -17,6 +17,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+/* Workers read the suspensions every second (worker/control.c,
+ * WK_CONTROL_POLL_MS).  Resume waits this long before it makes the
+ * destination's mail due: a record made due while some worker still has
+ * the destination suspended would be deferred again at once, and with its
+ * retry request spent it would wait for its recheck (15 minutes).  XXX a
+ * worker whose poll is late by more than this still does so. */
+#define CTL_RESUME_SETTLE_MS 2500
 
 static int dest_ok(const char *s)
 {
@@ -97,7 +106,13 @@ static int d_resume(struct ctl *c, int argc, char **argv)
         free(name);
         return ctl_fail(CTL_EXIT_FAILED, "dest resume: Redis refused the write");
     }
-    /* What waited for the suspension goes now, not at its next retry. */
+    /* What waited for the suspension goes now, not at its next retry;
+     * once every worker has seen the resumption. */
+    if (n > 0) {
+        struct timespec ts = {CTL_RESUME_SETTLE_MS / 1000,
+                              (CTL_RESUME_SETTLE_MS % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
     due = ctl_queue_retry_dest(c, name);
     if (c->json)
         printf("{\"resumed\":\"%s\",\"was_suspended\":%s,\"messages_due\":%zu}\n", name,
