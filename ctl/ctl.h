@@ -83,6 +83,8 @@ struct ms_redis_reply *ctl_cmdv(struct ctl *c, int argc, const char **argv);
 /* MGET of `prefix`+name for names[0..n), pipelined in batches: out[i] is the
  * value (malloc'd, NUL-terminated) or NULL. */
 void ctl_mget(struct ctl *c, const char *prefix, char **names, size_t n, char **out);
+/* Print an import's result (n written, `failed` not); its exit code. */
+int ctl_import_result(struct ctl *c, size_t n, size_t failed);
 /* Microseconds since the epoch. */
 int64_t ctl_now_us(void);
 /* "3d4h", "12m", "40s" (a coarse age for people). */

@@ -159,3 +159,12 @@ char *ctl_lower(const char *s)
         *p = (char)tolower((unsigned char)*p);
     return d;
 }
+
+int ctl_import_result(struct ctl *c, size_t n, size_t failed)
+{
+    if (c->json)
+        printf("{\"imported\":%zu,\"failed\":%zu}\n", n, failed);
+    else
+        printf("imported %zu address%s\n", n, n == 1 ? "" : "es");
+    return failed ? CTL_EXIT_FAILED : CTL_EXIT_OK;
+}

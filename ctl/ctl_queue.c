@@ -524,47 +524,31 @@ static void print_ids(struct ms_buf *b, int json, const char *name, char **ids, 
         ms_buf_appendf(b, "%s %s\n", name, ids[i]);
 }
 
-static int q_action(struct ctl *c, enum ms_qctl_action action, const char *what, int argc,
-                    char **argv)
+/* Write control record `action` (with reason) for qids[0..n), except
+ * those skip[] marks, pipelined; the ids not written go to failed[]
+ * (*nfailed).  Then bump the generation the workers poll.  Returns how
+ * many were written. */
+static size_t write_controls(struct ctl *c, enum ms_qctl_action action, const char *reason,
+                             char **qids, size_t n, const char *skip, char **failed,
+                             size_t *nfailed)
 {
-    ms_redis_sync *r;
-    struct target_set ts;
+    ms_redis_sync *r = ctl_redis(c);
+    char val[MS_QCTL_REASON_MAX + 64], ttl[24];
+    size_t i, lens[5], nsent = 0, napplied = 0, *sent = ms_calloc(n + 1, sizeof(*sent));
+    const char *av[5];
     struct ms_qctl k;
-    const char *reason, *av[5];
-    char **ctls = NULL, **failed, **skipped, val[MS_QCTL_REASON_MAX + 64], ttl[24];
-    size_t i, nfailed = 0, nskipped = 0, napplied = 0, lens[5], nsent = 0;
-    size_t *sent;
-    struct ms_buf out;
-    int rc;
 
-    if ((rc = targets(c, what, argc, argv, &reason, &ts)) != 0)
-        return rc;
-    r = ctl_redis(c);
-    failed = ms_calloc(ts.n + 1, sizeof(*failed));
-    skipped = ms_calloc(ts.n + 1, sizeof(*skipped));
-    sent = ms_calloc(ts.n + 1, sizeof(*sent));
-    if (strcmp(what, "release") == 0) {
-        /* Only held mail is released. */
-        ctls = ms_calloc(ts.n + 1, sizeof(*ctls));
-        ctl_mget(c, MS_KEY_CONTROL, ts.qids, ts.n, ctls);
-    }
     memset(&k, 0, sizeof(k));
     k.action = action;
     k.at_us = ctl_now_us();
     snprintf(k.reason, sizeof(k.reason), "%s", reason);
     ms_qctl_format(&k, val, sizeof(val));
     snprintf(ttl, sizeof(ttl), "%d", MS_QCTL_TTL_S);
-    for (i = 0; i < ts.n; i++) {
+    for (i = 0; i < n; i++) {
         char *key;
-        if (ctls) {
-            struct ms_qctl cur;
-            if (ctls[i] == NULL || ms_qctl_parse(ctls[i], strlen(ctls[i]), &cur) < 0 ||
-                cur.action != MS_QCTL_HOLD) {
-                skipped[nskipped++] = ts.qids[i];
-                continue;
-            }
-        }
-        key = ms_asprintf(MS_KEY_CONTROL "%s", ts.qids[i]);
+        if (skip && skip[i])
+            continue;
+        key = ms_asprintf(MS_KEY_CONTROL "%s", qids[i]);
         av[0] = "SET";
         av[1] = key;
         av[2] = val;
@@ -582,17 +566,50 @@ static int q_action(struct ctl *c, enum ms_qctl_action action, const char *what,
         if (rep == NULL) {
             /* The connection broke: the rest are not known to be applied. */
             for (; i < nsent; i++)
-                failed[nfailed++] = ts.qids[sent[i]];
+                failed[(*nfailed)++] = qids[sent[i]];
             break;
         }
         if (rep->type == MS_REDIS_STR)
             napplied++;
         else
-            failed[nfailed++] = ts.qids[sent[i]];
+            failed[(*nfailed)++] = qids[sent[i]];
         ms_redis_sync_reply_free(rep);
     }
+    free(sent);
     if (napplied > 0)
         ms_redis_sync_reply_free(ctl_cmd(c, "INCR", MS_KEY_CONTROL_GEN, NULL));
+    return napplied;
+}
+
+static int q_action(struct ctl *c, enum ms_qctl_action action, const char *what, int argc,
+                    char **argv)
+{
+    struct target_set ts;
+    const char *reason;
+    char **ctls = NULL, **failed, **skipped, *skip;
+    size_t i, nfailed = 0, nskipped = 0, napplied;
+    struct ms_buf out;
+    int rc;
+
+    if ((rc = targets(c, what, argc, argv, &reason, &ts)) != 0)
+        return rc;
+    failed = ms_calloc(ts.n + 1, sizeof(*failed));
+    skipped = ms_calloc(ts.n + 1, sizeof(*skipped));
+    skip = ms_calloc(ts.n + 1, 1);
+    if (strcmp(what, "release") == 0) {
+        /* Only held mail is released. */
+        ctls = ms_calloc(ts.n + 1, sizeof(*ctls));
+        ctl_mget(c, MS_KEY_CONTROL, ts.qids, ts.n, ctls);
+        for (i = 0; i < ts.n; i++) {
+            struct ms_qctl cur;
+            if (ctls[i] == NULL || ms_qctl_parse(ctls[i], strlen(ctls[i]), &cur) < 0 ||
+                cur.action != MS_QCTL_HOLD) {
+                skip[i] = 1;
+                skipped[nskipped++] = ts.qids[i];
+            }
+        }
+    }
+    napplied = write_controls(c, action, reason, ts.qids, ts.n, skip, failed, &nfailed);
     ms_buf_init(&out, 1 << 26);
     if (c->json) {
         ms_buf_appendf(&out, "{\"action\":\"%s\",\"applied\":%zu", what, napplied);
@@ -613,7 +630,7 @@ static int q_action(struct ctl *c, enum ms_qctl_action action, const char *what,
         strv_free(ctls, ts.n);
     free(failed);
     free(skipped);
-    free(sent);
+    free(skip);
     strv_free(ts.qids, ts.n);
     strv_free(ts.missing, ts.nmissing);
     return rc;
@@ -661,30 +678,18 @@ const struct ctl_cmd ctl_queue_cmds[] = {
 
 size_t ctl_queue_retry_dest(struct ctl *c, const char *dest)
 {
-    char *av[2] = {"--dest", (char *)dest};
+    char *av[2] = {"--dest", (char *)dest}, *why, **failed;
     struct target_set ts;
     const char *reason;
-    struct ms_qctl k;
-    char val[MS_QCTL_REASON_MAX + 64], ttl[24];
-    size_t i, n = 0;
+    size_t n, nfailed = 0;
 
     if (targets(c, "retry", 2, av, &reason, &ts) != 0)
         return 0;
-    memset(&k, 0, sizeof(k));
-    k.action = MS_QCTL_RETRY;
-    k.at_us = ctl_now_us();
-    snprintf(k.reason, sizeof(k.reason), "destination %s resumed", dest);
-    ms_qctl_format(&k, val, sizeof(val));
-    snprintf(ttl, sizeof(ttl), "%d", MS_QCTL_TTL_S);
-    for (i = 0; i < ts.n; i++) {
-        char *key = ms_asprintf(MS_KEY_CONTROL "%s", ts.qids[i]);
-        struct ms_redis_reply *rep = ctl_cmd(c, "SET", key, val, "EX", ttl, NULL);
-        n += rep->type == MS_REDIS_STR;
-        ms_redis_sync_reply_free(rep);
-        free(key);
-    }
-    if (n > 0)
-        ms_redis_sync_reply_free(ctl_cmd(c, "INCR", MS_KEY_CONTROL_GEN, NULL));
+    why = ms_asprintf("destination %s resumed", dest);
+    failed = ms_calloc(ts.n + 1, sizeof(*failed));
+    n = write_controls(c, MS_QCTL_RETRY, why, ts.qids, ts.n, NULL, failed, &nfailed);
+    free(failed);
+    free(why);
     strv_free(ts.qids, ts.n);
     strv_free(ts.missing, ts.nmissing);
     return n;

@@ -111,11 +111,7 @@ static int r_import(struct ctl *c, int argc, char **argv)
         }
     }
     fclose(fp);
-    if (c->json)
-        printf("{\"imported\":%zu,\"failed\":%zu}\n", n, failed);
-    else
-        printf("imported %zu address%s\n", n, n == 1 ? "" : "es");
-    return failed ? CTL_EXIT_FAILED : CTL_EXIT_OK;
+    return ctl_import_result(c, n, failed);
 }
 
 static int r_list(struct ctl *c, int argc, char **argv)
