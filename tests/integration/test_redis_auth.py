@@ -13,9 +13,12 @@ the process up, saying why again and again, never with the password in it.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import secrets
 import smtplib
+import subprocess
 import time
 from email.message import EmailMessage
 from pathlib import Path
@@ -223,3 +226,26 @@ def test_wrong_password_logged_and_retried(cluster_factory, auth_redis, tmp_path
     status = mslocal.http_status(fe.url("/readyz"))
     assert status == 503
     _no_secret(cl, wrong, admin_pw)
+
+
+CTL = Path(os.environ.get("MAILSTREAM_BUILD_DIR", "build")) / "mailstream-ctl"
+
+
+def test_ctl_authenticates_from_the_worker_file(auth_redis, tmp_path):
+    """mailstream-ctl -c WORKER.ini reads [redis] as the programs do: the
+    password from its file; a wrong one is a one-line error without it."""
+    r, admin_pw, _ = auth_redis
+    wrong = "wrong-" + secrets.token_hex(8)
+    ini = tmp_path / "worker.ini"
+    for pw, expect in ((admin_pw, 0), (wrong, 3)):
+        pwfile = _file(tmp_path, "ctl-pw", pw)
+        ini.write_text(f"[redis]\nhost = {mslocal.HOST}\nport = {r.port}\n"
+                       f"password_file = {pwfile}\n")
+        p = subprocess.run([str(CTL), "-c", str(ini), "--json", "status"], capture_output=True,
+                           text=True, timeout=60)
+        assert p.returncode == expect, (p.returncode, p.stdout, p.stderr)
+        if expect == 0:
+            assert json.loads(p.stdout)["redis"]["ok"] is True
+        else:
+            assert "AUTH as default refused" in p.stderr, p.stderr
+        assert pw not in p.stdout + p.stderr
