@@ -48,8 +48,8 @@ enum {
 struct ctl {
     const ms_config *cfg;
     struct ms_conn_secrets secrets;
-    struct ms_kafka_conf kconf;  /* [kafka]: brokers (-b over them), TLS, SASL */
-    struct ms_redis_conf rconf;  /* [redis]: address, AUTH, Sentinel (ctl_redis) */
+    struct ms_kafka_conf kconf; /* [kafka]: brokers (-b over them), TLS, SASL */
+    struct ms_redis_conf rconf; /* [redis]: address, AUTH, Sentinel (ctl_redis) */
     const char *events_topic;
     int json;
     ms_redis_sync *redis; /* connected on first use (ctl_redis) */

@@ -32,9 +32,8 @@ ms_redis_sync *ctl_redis(struct ctl *c)
     if (c->redis == NULL &&
         ms_connect_redis_conf(c->cfg, &c->rconf, &c->secrets, err, sizeof(err)) < 0)
         exit(ctl_fail(CTL_EXIT_USAGE, "%s", err));
-    if (c->redis == NULL &&
-        (c->redis = ms_redis_sync_connect(&c->rconf, CTL_REDIS_TIMEOUT_MS, err,
-                                          sizeof(err))) == NULL)
+    if (c->redis == NULL && (c->redis = ms_redis_sync_connect(&c->rconf, CTL_REDIS_TIMEOUT_MS, err,
+                                                              sizeof(err))) == NULL)
         exit(ctl_fail(CTL_EXIT_UNREACHABLE, "%s", err));
     return c->redis;
 }

@@ -67,7 +67,8 @@ static int st_status(struct ctl *c, int argc, char **argv)
                "deferred:   %lld messages, oldest %s, %lld destinations seen\n"
                "suspended:  %lld destinations\n"
                "kafka:      %s\n",
-               c->rconf.host, c->rconf.port, version, depth, oldest_s, ndest, nsusp, c->kconf.brokers);
+               c->rconf.host, c->rconf.port, version, depth, oldest_s, ndest, nsusp,
+               c->kconf.brokers);
     }
     return CTL_EXIT_OK;
 }
