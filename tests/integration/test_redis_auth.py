@@ -127,7 +127,7 @@ def test_requirepass_default_user(cluster_factory, auth_redis, tmp_path):
 
 
 # What the test's own admin connection sends (never a command of the list).
-OWN = {"auth", "info", "acl|log", "config|resetstat", "keys", "type"}
+OWN = {"auth", "info", "acl|log", "config|resetstat", "keys", "type", "sadd"}
 
 
 def _commandstats(r, admin_pw: str) -> Set[str]:
@@ -157,7 +157,8 @@ def test_acl_user_limited_to_ms_keys_and_our_commands(cluster_factory, auth_redi
     cl = cluster_factory(
         start=False,
         frontend_extra={**_redis_sections(r.port, **auth),
-                        "smtp": {"refuse_suppressed": "yes"},
+                        "smtp": {"refuse_suppressed": "yes",
+                                 "recipient_lists": "mailstream.test"},
                         "ratelimit": {"connections_per_ip": "1000/1m",
                                       "messages_per_domain": "1000/1m",
                                       "redis_failure": "closed"}},
@@ -167,6 +168,12 @@ def test_acl_user_limited_to_ms_keys_and_our_commands(cluster_factory, auth_redi
                                    "dest_rate": 100}})
     cl.start(timeout=60)
     tag = secrets.token_hex(3)
+    # The frontend's recipient list (SISMEMBER in its RCPT script).
+    _admin(r, admin_pw, "SADD", "ms:rcpts:mailstream.test",
+           *[f"{u}.{tag}@mailstream.test" for u in ("ok", "grey", "dead")])
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as e:
+        _send(cl, [f"typo.{tag}@mailstream.test"], "not on the list")
+    assert e.value.recipients[f"typo.{tag}@mailstream.test"][0] == 550
     _send(cl, [f"ok.{tag}@mailstream.test"], "plain")
     _send(cl, [f"grey.{tag}@mailstream.test"], "deferred once")
     _send(cl, [f"dead.{tag}@mailstream.test"], "bounced")
