@@ -95,7 +95,7 @@ $(BUILD)/obj/tools/%.o: CFLAGS_ALL += -Iworker
 $(BUILD)/mailstream-authcheck: $(call obj,tools/authcheck.c tools/tlscheck.c) $(WK_A) $(LIB_A)
 	$(CC) $(OPT) $(SAN) -o $@ $^ $(LDLIBS_ALL)
 
-$(BUILD)/mailstream-ctl: $(call obj,ctl/main.c) $(LIB_A)
+$(BUILD)/mailstream-ctl: $(call obj,$(wildcard ctl/*.c)) $(LIB_A)
 	$(CC) $(OPT) $(SAN) -o $@ $^ $(LDLIBS_ALL)
 
 $(BUILD)/tests/%: $(call obj,tests/unit/%.c) $(FE_A) $(WK_A) $(LIB_A)

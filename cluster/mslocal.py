@@ -2075,7 +2075,13 @@ class Stack:
                                workers=o.workers, listeners=o.listeners,
                                frontend_metrics_base=o.frontend_metrics_base,
                                worker_metrics_base=o.worker_metrics_base,
-                               frontend_extra=redis_extra, worker_extra=redis_extra)
+                               # `mailstream-ctl suppress add` refuses at RCPT, and
+                               # `events tail` shows the frontends' side too
+                               # (docs/operations.md).
+                               frontend_extra=merge_sections(
+                                   {"smtp": {"refuse_suppressed": "yes"},
+                                    "kafka": {"events_topic": "events"}}, redis_extra),
+                               worker_extra=redis_extra)
             self.cluster = self._make_cluster(spec)
             save_shape(o.state_dir, spec, self.balancer)
             log(f"starting {o.frontends} frontend(s) and {o.workers} worker(s)")

@@ -1,26 +1,28 @@
 /*
- * mailstream-ctl - the relay control tool.
+ * mailstream-ctl - the relay control tool: one binary, subcommands.
  *
- *   mailstream-ctl [-c CONFIG] [-b BROKERS] topics create
- *                  NAME:PARTITIONS[:REPLICATION]... [-c key=value]...
+ *   mailstream-ctl [-c FILE] [-b BROKERS] [--json] GROUP VERB [ARGS...]
  *   mailstream-ctl --version
  *
- * Creates topics with the record size limit the design needs (ms_kafka.h);
- * existing topics are left as they are.  Exit 0 on success, 1 on failure, 2
- * on usage errors.
+ * `mailstream-ctl --help` names every subcommand (the tables of ctl.h);
+ * docs/operations.md describes each with an example, and the exit codes:
+ * 0 done, 1 an action not applied to everything (the output says which),
+ * 2 usage or bad input, 3 no cluster reachable, 4 unknown id or entry.
  *
- * How to reach Kafka: the [kafka] section of CONFIG (the worker's file, so
- * one Secret and one ConfigMap serve both) and the MAILSTREAM_KAFKA_*
- * environment variables over it, as the programs read them (ms_connect.h:
- * brokers, TLS, SASL); -b overrides the brokers.  Without -c, the
- * environment alone (MAILSTREAM_KAFKA_BROKERS, ...).  Only [kafka] is read:
- * the other sections and keys of the file are the worker's, which checks
- * them.
+ * Connection settings come from the worker's configuration file (-c; the
+ * same Secret and ConfigMap serve both) and the environment over it, read
+ * as every program reads them (ms_connect.h): [kafka] brokers, TLS and SASL
+ * (-b overrides the brokers) and events_topic; [redis] host, port, AUTH and
+ * Sentinel, read only by the commands that use Redis (ctl_redis), so that
+ * `topics create` needs [kafka] alone.  Without -c, the environment alone
+ * (MAILSTREAM_KAFKA_BROKERS, ...).  Only those sections are read: the file
+ * is the worker's, and the worker checks the rest of it.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "ctl.h"
 #include "ms_config.h"
 #include "ms_connect.h"
 #include "ms_error.h"
@@ -35,10 +37,50 @@
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: mailstream-ctl [-c CONFIG] [-b BROKERS] topics create "
+    fprintf(stderr, "usage: mailstream-ctl [-c FILE] [-b BROKERS] topics create "
                     "NAME:PARTITIONS[:REPLICATION]... [-c key=value]...\n"
                     "       mailstream-ctl --version\n");
     exit(2);
+}
+
+static int topics_create(const struct ms_kafka_conf *kc, int argc, char **argv);
+
+static int run_topics_create(struct ctl *c, int argc, char **argv)
+{
+    return topics_create(&c->kconf, argc, argv);
+}
+
+static const struct ctl_cmd ctl_topics_cmds[] = {
+    {"topics", "create", "NAME:PARTITIONS[:REPLICATION]... [-c key=value]...",
+     "create Kafka topics with the record size limit", run_topics_create},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+/* Every subcommand, in --help order. */
+static const struct ctl_cmd *const ctl_tables[] = {
+    ctl_queue_cmds,  ctl_dest_cmds,   ctl_suppress_cmds, ctl_recipients_cmds,
+    ctl_events_cmds, ctl_status_cmds, ctl_topics_cmds,   NULL};
+
+static void help(FILE *f)
+{
+    const struct ctl_cmd *t;
+    size_t i;
+
+    fprintf(f, "usage: mailstream-ctl [-c FILE] [-b BROKERS] [--json] COMMAND [ARGS...]\n"
+               "       mailstream-ctl --version\n\n"
+               "commands:\n");
+    for (i = 0; ctl_tables[i]; i++)
+        for (t = ctl_tables[i]; t->group; t++) {
+            char name[64];
+            snprintf(name, sizeof(name), "%s%s%s", t->group, t->verb[0] ? " " : "", t->verb);
+            fprintf(f, "  %-18s %s\n  %-18s   %s\n", name, t->args, "", t->help);
+        }
+    fprintf(f, "\noptions:\n"
+               "  -c FILE     the worker's configuration file ([redis], [kafka])\n"
+               "  -b BROKERS  Kafka bootstrap servers (over [kafka] brokers)\n"
+               "  --json      listings and results as JSON\n"
+               "  --version   the version, then exit\n\n"
+               "exit codes: 0 done, 1 not applied to everything (the output says which),\n"
+               "  2 usage or bad input, 3 no cluster reachable, 4 unknown id or entry\n");
 }
 
 static int topics_create(const struct ms_kafka_conf *kc, int argc, char **argv)
@@ -86,40 +128,72 @@ static int topics_create(const struct ms_kafka_conf *kc, int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-    struct ms_kafka_conf kc;
-    struct ms_conn_secrets secrets = {0};
-    const char *config_path = NULL, *brokers = NULL;
+    const char *cfile = NULL, *brokers = NULL;
+    const struct ctl_cmd *t;
+    struct ctl c;
     ms_config *cfg;
     char err[512];
-    int i = 1, r;
+    int i = 1, k, rc;
 
     ms_version_option(argc, argv, "mailstream-ctl");
     ms_log_init("ctl", MS_LOG_WARN);
-    for (;;) {
-        if (i + 1 < argc && strcmp(argv[i], "-c") == 0)
-            config_path = argv[i + 1];
-        else if (i + 1 < argc && strcmp(argv[i], "-b") == 0)
-            brokers = argv[i + 1];
-        else
-            break;
-        i += 2;
+    memset(&c, 0, sizeof(c));
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            help(stdout);
+            return CTL_EXIT_OK;
+        } else if (strcmp(argv[i], "--json") == 0) {
+            c.json = 1;
+        } else if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) {
+            cfile = argv[++i];
+        } else if (strcmp(argv[i], "-b") == 0 && i + 1 < argc) {
+            brokers = argv[++i];
+        } else {
+            help(stderr);
+            return CTL_EXIT_USAGE;
+        }
     }
-    if (!(i + 1 < argc && strcmp(argv[i], "topics") == 0 && strcmp(argv[i + 1], "create") == 0))
-        usage();
-    if ((cfg = ms_config_load(config_path, err, sizeof(err))) == NULL) {
-        fprintf(stderr, "mailstream-ctl: %s\n", err);
-        return 2;
+    if ((cfg = ms_config_load(cfile, err, sizeof(err))) == NULL)
+        return ctl_fail(CTL_EXIT_USAGE, "%s", err);
+    c.cfg = cfg;
+    if (ms_connect_kafka_conf(cfg, &c.kconf, &c.secrets, err, sizeof(err)) < 0) {
+        ms_conn_secrets_clear(&c.secrets);
+        ms_config_free(cfg);
+        return ctl_fail(CTL_EXIT_USAGE, "%s", err);
     }
-    memset(&kc, 0, sizeof(kc));
-    if (ms_connect_kafka_conf(cfg, &kc, &secrets, err, sizeof(err)) < 0) {
-        fprintf(stderr, "mailstream-ctl: %s\n", err);
-        return 2;
-    }
-    kc.client_id = "mailstream-ctl";
+    c.kconf.client_id = "mailstream-ctl";
     if (brokers)
-        kc.brokers = brokers;
-    r = topics_create(&kc, argc - i - 2, argv + i + 2);
-    ms_conn_secrets_clear(&secrets);
+        c.kconf.brokers = brokers;
+    c.events_topic = ms_config_get(cfg, "kafka", "events_topic", "events");
+    if (i >= argc) {
+        help(stderr);
+        ms_conn_secrets_clear(&c.secrets);
+        ms_config_free(cfg);
+        return CTL_EXIT_USAGE;
+    }
+    for (k = 0; ctl_tables[k]; k++)
+        for (t = ctl_tables[k]; t->group; t++)
+            if (strcmp(argv[i], t->group) == 0 &&
+                (t->verb[0] == '\0' || (i + 1 < argc && strcmp(argv[i + 1], t->verb) == 0))) {
+                /* --json may also follow the subcommand. */
+                int n = 0, j;
+                char **rest = ms_calloc((size_t)argc, sizeof(*rest));
+                for (j = i + (t->verb[0] ? 2 : 1); j < argc; j++) {
+                    if (strcmp(argv[j], "--json") == 0)
+                        c.json = 1;
+                    else
+                        rest[n++] = argv[j];
+                }
+                rc = t->run(&c, n, rest);
+                free(rest);
+                ms_redis_sync_free(c.redis);
+                ms_conn_secrets_clear(&c.secrets);
+                ms_config_free(cfg);
+                return rc;
+            }
+    ctl_fail(CTL_EXIT_USAGE, "unknown command \"%s%s%s\" (mailstream-ctl --help)", argv[i],
+             i + 1 < argc ? " " : "", i + 1 < argc ? argv[i + 1] : "");
+    ms_conn_secrets_clear(&c.secrets);
     ms_config_free(cfg);
-    return r;
+    return CTL_EXIT_USAGE;
 }

@@ -64,7 +64,7 @@ static void make_key(char *out, const char *prefix, const char *kind, const char
 void fe_rl_add(struct fe_rl_check *c, const char *prefix, const char *kind, const char *value,
                struct fe_rate rate, unsigned cost, const char *name)
 {
-    if (rate.n == 0 || c->n >= FE_RL_BUCKETS_MAX || c->refuse)
+    if (rate.n == 0 || c->n >= FE_RL_BUCKETS_MAX || c->refuse || c->member)
         return;
     make_key(c->keys[c->n], prefix, kind, value);
     c->rates[c->n] = rate;
@@ -79,16 +79,28 @@ void fe_rl_refuse_key(struct fe_rl_check *c, const char *prefix, const char *add
     c->refuse = 1;
 }
 
+void fe_rl_member(struct fe_rl_check *c, const char *prefix, const char *domain,
+                  const char *addr)
+{
+    char *p;
+
+    make_key(c->keys[c->n + (c->refuse ? 1 : 0)], prefix, "", domain);
+    snprintf(c->member_value, sizeof(c->member_value), "%s", addr);
+    for (p = c->member_value; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    c->member = 1;
+}
+
 int fe_rl_check_needed(const struct fe_rl_check *c)
 {
-    return c->n > 0 || c->refuse;
+    return c->n > 0 || c->refuse || c->member;
 }
 
 int fe_rl_argv(const struct fe_rl_check *c, struct fe_rl_scratch *sc, const char **argv,
                size_t *argvlen)
 {
     static const char *const modes[] = {"take", "peek", "charge"};
-    size_t i, k = 0, nk = c->n + (c->refuse ? 1 : 0), m = 0;
+    size_t i, k = 0, nk = c->n + (c->refuse ? 1 : 0) + (c->member ? 1 : 0), m = 0;
     int argc = 0;
 
     snprintf(sc->num[m], sizeof(sc->num[m]), "%zu", nk);
@@ -107,6 +119,8 @@ int fe_rl_argv(const struct fe_rl_check *c, struct fe_rl_scratch *sc, const char
         snprintf(sc->num[m], sizeof(sc->num[m]), "%u", c->cost[i]);
         argv[argc++] = sc->num[m++];
     }
+    if (c->member)
+        argv[argc++] = c->member_value;
     for (i = 0; i < (size_t)argc; i++)
         argvlen[i] = strlen(argv[i]);
     return argc;
@@ -118,6 +132,8 @@ int fe_rl_result(const struct ms_redis_reply *r, size_t nbuckets)
         return FE_RL_FAILED;
     if (r->integer == -1)
         return FE_RL_REFUSED;
+    if (r->integer == -2)
+        return FE_RL_UNKNOWN;
     if (r->integer < 0 || r->integer > (long long)nbuckets)
         return FE_RL_FAILED;
     return (int)r->integer;

@@ -52,17 +52,20 @@ enum fe_rl_mode { FE_RL_TAKE, FE_RL_PEEK, FE_RL_CHARGE };
 struct fe_rl_check {
     enum fe_rl_mode mode;
     size_t n;                          /* buckets */
-    char keys[FE_RL_BUCKETS_MAX + 1][FE_RL_KEY_MAX];
+    char keys[FE_RL_BUCKETS_MAX + 2][FE_RL_KEY_MAX];
     struct fe_rate rates[FE_RL_BUCKETS_MAX];
     unsigned cost[FE_RL_BUCKETS_MAX];
     const char *names[FE_RL_BUCKETS_MAX]; /* for logs and metrics */
     int refuse;                        /* keys[n] is a refusing key */
+    int member;                        /* the last key is a set that must hold member_value */
+    char member_value[FE_RL_KEY_MAX];
 };
 
 /* Outcome of a check. */
 #define FE_RL_OK 0
 #define FE_RL_REFUSED (-1) /* the refusing key exists */
 #define FE_RL_FAILED (-2)  /* Redis unreachable, an error reply, or a timeout */
+#define FE_RL_UNKNOWN (-3) /* the required set does not hold the member */
 /* > 0: that bucket (1-based) is over its limit. */
 
 void fe_rl_check_init(struct fe_rl_check *c, enum fe_rl_mode mode);
@@ -72,13 +75,17 @@ void fe_rl_add(struct fe_rl_check *c, const char *prefix, const char *kind, cons
                struct fe_rate rate, unsigned cost, const char *name);
 /* The refusing key, used verbatim after lower-casing `addr`. */
 void fe_rl_refuse_key(struct fe_rl_check *c, const char *prefix, const char *addr);
+/* Require set `prefix``domain` to hold `addr` (both lower-cased): the
+ * recipient lists ([smtp] recipient_lists).  After any refusing key. */
+void fe_rl_member(struct fe_rl_check *c, const char *prefix, const char *domain,
+                  const char *addr);
 /* 1 when there is anything to ask Redis. */
 int fe_rl_check_needed(const struct fe_rl_check *c);
 
 /* The script's arguments for a check: numkeys, keys, mode, n, then
  * capacity, period_ms and cost per bucket.  Fills argv/argvlen (at most
  * FE_RL_ARGV_MAX) with pointers into c and `scratch`; returns argc. */
-#define FE_RL_ARGV_MAX (2 + FE_RL_BUCKETS_MAX + 1 + 2 + 3 * FE_RL_BUCKETS_MAX)
+#define FE_RL_ARGV_MAX (2 + FE_RL_BUCKETS_MAX + 2 + 2 + 3 * FE_RL_BUCKETS_MAX + 1)
 struct fe_rl_scratch {
     char num[2 + 3 * FE_RL_BUCKETS_MAX][24];
 };

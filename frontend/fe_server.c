@@ -4,10 +4,12 @@
  */
 #include "fe_server.h"
 #include "ms_error.h"
+#include "ms_json.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
 
 void fe_metrics_register(struct fe_metrics *m)
 {
@@ -158,6 +160,42 @@ static int producer_submit_owned(void *arg, uint64_t id, const char *key, size_t
     if (srv->producer == NULL)
         return MS_EUNAVAIL;
     return ms_producer_send_owned(srv->producer, srv->set.topic, key, keylen, value, len, id);
+}
+
+void fe_server_event(struct fe_server *srv, const char *event, const char *qid,
+                     const char *client, const char *rcpt, size_t size, const char *reply)
+{
+    char ts[MS_JSON_TIME_MAX];
+    struct ms_buf b;
+    struct timeval tv;
+
+    if (srv->producer == NULL || srv->set.events_topic[0] == '\0')
+        return;
+    gettimeofday(&tv, NULL);
+    ms_json_time(ts, sizeof(ts), (int64_t)tv.tv_sec * 1000000 + tv.tv_usec);
+    /* The reply is bounded by the SMTP line limit: the buffer cannot fill. */
+    ms_buf_init(&b, 4096);
+    ms_buf_appendf(&b, "{\"event\":\"%s\",\"qid\":", event);
+    ms_json_string(&b, qid, strlen(qid));
+    ms_buf_appendf(&b, ",\"client\":");
+    ms_json_string(&b, client, strlen(client));
+    if (rcpt) {
+        ms_buf_appendf(&b, ",\"rcpt\":");
+        ms_json_string(&b, rcpt, strlen(rcpt));
+    }
+    if (reply) {
+        ms_buf_appendf(&b, ",\"reply\":");
+        ms_json_string(&b, reply, strlen(reply));
+    } else {
+        ms_buf_appendf(&b, ",\"size\":%zu", size);
+    }
+    ms_buf_appendf(&b, ",\"node\":");
+    ms_json_string(&b, srv->set.node_id, strlen(srv->set.node_id));
+    ms_buf_appendf(&b, ",\"ts\":\"%s\"}", ts);
+    if (ms_producer_send(srv->producer, srv->set.events_topic, qid, strlen(qid), b.data, b.len,
+                         FE_EVENT_REPORT_ID) < 0)
+        ms_counter_inc(srv->m.kafka_submit_errors);
+    ms_buf_free(&b);
 }
 
 /* ---- group commit (fe_commit.h) ---- */

@@ -95,6 +95,18 @@ typedef int (*fe_submit_fn)(void *arg, uint64_t id, const char *key, size_t keyl
 typedef int (*fe_submit_owned_fn)(void *arg, uint64_t id, const char *key, size_t keylen,
                                   void *value, size_t len);
 
+/* The producer id of event records (fe_server_event): their reports are
+ * not transactions' and are dropped (fe_sessions_report). */
+#define FE_EVENT_REPORT_ID UINT64_MAX
+
+/* Record one event on [kafka] events_topic, when set (docs/operations.md):
+ * `accepted` (queue id, client, size) or `refused` (queue id, client, the
+ * recipient or NULL, the reply).  Fire and forget; a record that cannot be
+ * sent is counted as a submit error. */
+struct fe_server;
+void fe_server_event(struct fe_server *srv, const char *event, const char *qid,
+                     const char *client, const char *rcpt, size_t size, const char *reply);
+
 struct fe_server {
     uv_loop_t *loop;
     struct fe_settings set;

@@ -22,6 +22,7 @@
 #include "fe_proxy.h"
 #include "ms_addr.h"
 #include "ms_addrlist.h"
+#include "ms_keys.h"
 #include "ms_envelope.h"
 #include "ms_error.h"
 #include "ms_log.h"
@@ -612,6 +613,8 @@ static void data_end(struct fe_session *s, enum fe_data_status status)
         if (r == MS_ETOOBIG) {
             reply(s, "552 5.3.4 Message too big for the queue (%s)", tx->qid);
             log_tx(s, "rejected", extra);
+            fe_server_event(s->srv, "refused", tx->qid, s->ip, NULL, 0,
+                            "552 5.3.4 Message too big for the queue");
             ms_counter_inc(s->srv->m.rejected);
         } else {
             reply(s, "451 4.3.0 Queue unavailable, try again later (%s)", tx->qid);
@@ -646,6 +649,7 @@ static void session_queued(struct fe_session *s, int err, const char *errstr)
         reply(s, "250 2.0.0 Ok: queued as %s", tx->qid);
         snprintf(extra, sizeof(extra), "latency_ms=%.1f", secs * 1000);
         log_tx(s, "queued", extra);
+        fe_server_event(s->srv, "accepted", tx->qid, s->ip, NULL, tx->msg_size, NULL);
         ms_counter_inc(s->srv->m.queued);
         ms_histogram_observe(s->srv->m.message_size, (double)tx->msg_size);
         s->ntx++;
@@ -840,6 +844,8 @@ static void cmd_rcpt(struct fe_session *s, const struct fe_smtp_cmd *c)
         ms_log_quote(q, sizeof(q), c->path, c->pathlen);
         ms_info("event=relay_denied sid=%llu qid=%s client=%s rcpt=%s",
                 (unsigned long long)s->id, tx->qid, s->ip, q);
+        fe_server_event(s->srv, "refused", tx->qid, s->ip, c->path, 0,
+                        "550 5.7.1 Relay not permitted");
         reply_error(s, "550 5.7.1 Relay not permitted");
         return;
     }
@@ -856,6 +862,13 @@ static void cmd_rcpt(struct fe_session *s, const struct fe_smtp_cmd *c)
         add_rate(s, w, FE_RATE_RCPT_CLIENT, "rcpt:ip:", s->ip);
     if (set->refuse_suppressed && c->path_domain)
         fe_rl_refuse_key(&w->c, set->suppress_prefix, c->path);
+    if (accepted && set->recipient_lists &&
+        ms_domainmap_get(set->recipient_lists, ms_addr_domain(c->path)) != NULL) {
+        char dom[MS_DOMAINMAP_KEY_MAX + 1];
+        if (ms_domainmap_key(ms_addr_domain(c->path), strlen(ms_addr_domain(c->path)), dom,
+                             sizeof(dom)) == MS_DOMAINMAP_EXACT)
+            fe_rl_member(&w->c, MS_KEY_RECIPIENTS, dom, c->path);
+    }
     limits_check(s, w);
 }
 
@@ -1196,7 +1209,9 @@ static void limits_decide(struct fe_session *s, struct fe_limits_wait *w, int re
     int closed = 0;
 
     if (result == FE_RL_FAILED) {
-        closed = srv->set.rl_fail_closed;
+        /* A recipient list that cannot be read is no answer: 451, never
+         * 250 (nor is the list skipped). */
+        closed = srv->set.rl_fail_closed || (w->kind == W_RCPT && w->c.member);
         ms_counter_inc(closed ? srv->m.rl_redis_closed : srv->m.rl_redis_open);
         ms_warn("event=ratelimit_unavailable sid=%llu client=%s action=%s",
                 (unsigned long long)s->id, s->ip, closed ? "refused" : "allowed");
@@ -1243,6 +1258,17 @@ static void limits_decide(struct fe_session *s, struct fe_limits_wait *w, int re
             snprintf(line, sizeof(line),
                      "550 5.1.1 <%s>: Recipient address rejected: on the suppression list",
                      w->path);
+            fe_server_event(srv, "refused", s->tx ? s->tx->qid : "", s->ip, w->path, 0, line);
+            reply_error(s, line);
+        } else if (result == FE_RL_UNKNOWN) {
+            ms_log_quote(q, sizeof(q), w->path, strlen(w->path));
+            ms_info("event=rcpt_unknown sid=%llu qid=%s client=%s rcpt=%s",
+                    (unsigned long long)s->id, s->tx ? s->tx->qid : "-", s->ip, q);
+            /* Postfix's wording for relay_recipient_maps. */
+            snprintf(line, sizeof(line),
+                     "550 5.1.1 <%s>: Recipient address rejected: User unknown in relay "
+                     "recipient table", w->path);
+            fe_server_event(srv, "refused", s->tx ? s->tx->qid : "", s->ip, w->path, 0, line);
             reply_error(s, line);
         } else if (closed) {
             reply_error(s, "451 4.3.0 Error: rate-limit service unavailable, try again later");
@@ -1972,9 +1998,12 @@ uint64_t fe_session_id(const struct fe_session *s)
 void fe_sessions_report(void *arg, uint64_t id, int err, const char *errstr)
 {
     struct fe_server *srv = arg;
-    struct fe_session *s = ms_idmap_del(&srv->pending, id);
+    struct fe_session *s;
     struct ms_list *n;
 
+    if (id == FE_EVENT_REPORT_ID)
+        return; /* an event record (fe_server_event), no transaction */
+    s = ms_idmap_del(&srv->pending, id);
     fe_server_reported(srv);
     if (s == NULL) {
         /* The client left while we waited: it will send again. */

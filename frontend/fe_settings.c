@@ -75,7 +75,7 @@ int fe_settings_need_redis(const struct fe_settings *set)
     for (i = 0; i < FE_RATE_COUNT; i++)
         if (set->rates[i].n > 0)
             return 1;
-    return set->refuse_suppressed;
+    return set->refuse_suppressed || set->recipient_lists != NULL;
 }
 
 /* The keys of a [format.ROLE] section, in struct fe_format_rules, and their
@@ -141,6 +141,7 @@ int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, s
         snprintf(err, errlen, "[node] hostname: at most %d octets", FE_HOSTNAME_MAX);
         return MS_ECONFIG;
     }
+    set->events_topic = ms_config_get(cfg, "kafka", "events_topic", "");
     /* The Kafka record holds the message and its envelope. */
     if (get_u64(cfg, "kafka", "linger_ms", FE_LINGER_MS_DEF, 1, 1000, &set->kafka_linger_ms, err,
                 errlen) < 0 ||
@@ -186,6 +187,23 @@ int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, s
             return MS_ECONFIG;
         }
         ms_domainmap_put(set->accepted_domains, key, strlen(key), NULL, NULL);
+    }
+    free(copy);
+
+    /* Postfix's relay_recipient_maps: per domain, a list of who exists. */
+    copy = ms_strdup(ms_config_get(cfg, "smtp", "recipient_lists", ""));
+    n = ms_config_split_list(copy, items, FE_ACCEPTED_DOMAINS_MAX);
+    if (n > 0)
+        set->recipient_lists = ms_domainmap_new();
+    for (i = 0; i < n; i++) {
+        char key[MS_DOMAINMAP_KEY_MAX + 1];
+        if (ms_domainmap_key(items[i], strlen(items[i]), key, sizeof(key)) != MS_DOMAINMAP_EXACT) {
+            snprintf(err, errlen, "[smtp] recipient_lists: bad domain \"%s\" (want a name)",
+                     items[i]);
+            free(copy);
+            return MS_ECONFIG;
+        }
+        ms_domainmap_put(set->recipient_lists, key, strlen(key), NULL, NULL);
     }
     free(copy);
 
@@ -249,6 +267,7 @@ int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, s
 void fe_settings_free(struct fe_settings *set)
 {
     ms_domainmap_free(set->accepted_domains);
+    ms_domainmap_free(set->recipient_lists);
     free(set->trusted);
     free(set->proxy_trusted);
     memset(set, 0, sizeof(*set));

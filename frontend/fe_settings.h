@@ -69,6 +69,7 @@ struct fe_settings {
     const char *node_id;
     const char *hostname;
     const char *topic;
+    const char *events_topic;   /* [kafka] events_topic: accepted/refused events; "": none */
     uint64_t kafka_linger_ms;           /* [kafka] linger_ms */
     int group_commit;                   /* [kafka] group_commit (fe_commit.h) */
     uint64_t group_commit_window_us;    /* [kafka] group_commit_window_us */
@@ -98,6 +99,10 @@ struct fe_settings {
     struct fe_hdr_limits hdr_limits;
     /* [format.mx] and [format.submission] (also for submissions). */
     struct fe_format_rules format_mx, format_submission;
+    /* [smtp] recipient_lists: accepted domains whose recipients must be in
+     * the Redis set MS_KEY_RECIPIENTS<domain> (relay_recipient_maps);
+     * NULL: none. */
+    ms_domainmap *recipient_lists;
 };
 
 /* Read [node], [smtp], [kafka], [ratelimit] and [format.*].  Returns 0 or MS_ECONFIG

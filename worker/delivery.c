@@ -27,6 +27,7 @@
  * message state machine, the delivered markers and settling.
  */
 #include "delivery.h"
+#include "control.h"
 #include "dsn_rules.h"
 #include "event.h"
 #include "mailauth.h"
@@ -131,6 +132,9 @@ struct msg {
     struct dest *dests;
     size_t ndests, ndests_done;
     uv_timer_t timer;               /* Redis guard, hold, or the retry backoff */
+    struct ms_qctl ctl;             /* the operator's action read this round (control.h) */
+    int held;                       /* this round: held by the operator, no attempt */
+    uint64_t delay_ms;              /* this round's retry delay; 0: the backoff */
 };
 
 /* A message whose outcomes are all durable and that waits only for the
@@ -153,6 +157,7 @@ struct wk_delivery {
     wk_mailauth *mailauth; /* mailauth.h: once per record, before routing; NULL: none */
     wk_pacing *pacing;     /* dest_rate and dest_concurrency (pacing.h) */
     wk_outcomes *outcomes; /* per recipient (outcome.h) */
+    wk_control *control;   /* the queue control: index, suspensions (control.h) */
     struct wk_requeue_conf requeue;
     struct msg **slots;
     size_t nslots, nused, nclosing;
@@ -493,8 +498,12 @@ static void on_mget(void *arg, uint64_t cookie, const struct ms_redis_reply *r)
         return;
     uv_timer_stop(&m->timer);
     m->phase++;
-    want = m->ntried * (d->conf.suppress_ttl_s > 0 ? 2 : 1);
-    if (r->type != MS_REDIS_ARRAY || r->nelem != want) {
+    want = m->ntried * (d->conf.suppress_ttl_s > 0 ? 2 : 1) + 1; /* + the control record */
+    if (r->type == MS_REDIS_ARRAY && r->nelem == want && r->elem[want - 1].type == MS_REDIS_STR &&
+        ms_qctl_parse(r->elem[want - 1].str, r->elem[want - 1].len, &m->ctl) < 0)
+        ms_warn("event=bad_control_record qid=%s", m->qid);
+    want--;
+    if (r->type != MS_REDIS_ARRAY || r->nelem != want + 1) {
         /* At least once: deliver without knowing. */
         redis_failed(d, m, "MGET", r);
     } else {
@@ -588,11 +597,16 @@ static void msg_check(struct msg *m)
     int err, sup = d->conf.suppress_ttl_s > 0;
 
     msg_enter_state(m, MSG_CHECK);
+    memset(&m->ctl, 0, sizeof(m->ctl));
+    m->held = 0;
+    m->delay_ms = 0;
     if (collect_pending(m) == 0 || d->redis == NULL) {
         msg_send(m);
         return;
     }
-    nkeys = m->ntried * (sup ? 2 : 1);
+    /* The delivered markers, the suppression entries and the operator's
+     * control record (control.h), in one round trip. */
+    nkeys = m->ntried * (sup ? 2 : 1) + 1;
     argv = ms_calloc(nkeys + 1, sizeof(*argv));
     argvlen = ms_calloc(nkeys + 1, sizeof(*argvlen));
     argv[0] = "MGET";
@@ -602,6 +616,7 @@ static void msg_check(struct msg *m)
         if (sup)
             argv[m->ntried + k + 1] = wk_suppress_key(m->rcpts[m->tried[k]].addr);
     }
+    argv[nkeys] = ms_asprintf(MS_KEY_CONTROL "%s", m->qid);
     for (k = 1; k <= nkeys; k++)
         argvlen[k] = strlen(argv[k]);
     m->phase++;
@@ -1062,6 +1077,43 @@ static void dest_route(struct msg *m, struct dest *ds)
     }
 }
 
+/* The operator's action read with the markers (control.h), in place of
+ * an attempt: held mail goes back to the last retry tier untouched;
+ * bounced mail bounces every pending recipient (the DSN by the usual
+ * rules), deleted mail drops them without a DSN (an event each).  A retry
+ * needs nothing here: this is the attempt it asked for.  Returns 1 when it
+ * replaced the attempt. */
+static int msg_control(struct msg *m)
+{
+    char text[MS_QCTL_REASON_MAX + 80], q[300];
+    size_t k, i;
+
+    if (m->ctl.action != MS_QCTL_HOLD && m->ctl.action != MS_QCTL_BOUNCE &&
+        m->ctl.action != MS_QCTL_DELETE)
+        return 0;
+    ms_info("event=queue_control qid=%s action=%s pending=%zu reason=%s", m->qid,
+            ms_qctl_action_name(m->ctl.action), m->ntried,
+            ms_log_quote(q, sizeof(q), m->ctl.reason, strlen(m->ctl.reason)));
+    if (m->ctl.action == MS_QCTL_HOLD) {
+        m->held = 1;
+        m->delay_ms = WK_CONTROL_HOLD_RECHECK_MS;
+        msg_sent(m); /* pending: a retry record, no attempt counted */
+        return 1;
+    }
+    /* RFC 3463 X.0.0: no more precise code says "an operator". */
+    snprintf(text, sizeof(text), "550 5.0.0 %s by the operator%s%s",
+             m->ctl.action == MS_QCTL_BOUNCE ? "bounced" : "deleted",
+             m->ctl.reason[0] ? ": " : "", m->ctl.reason);
+    for (k = 0; k < m->ntried; k++) {
+        i = m->tried[k];
+        record_outcome(m, i, 550, "5.0.0", text, "mailstream-ctl", NULL, WK_OUTCOME_BOUNCED);
+        if (m->ctl.action == MS_QCTL_DELETE)
+            m->rcpts[i].in_dsn = 0; /* gone without a DSN */
+    }
+    msg_sent(m);
+    return 1;
+}
+
 /* Group the pending recipients by destination and start them all. */
 static void msg_send(struct msg *m)
 {
@@ -1069,7 +1121,9 @@ static void msg_send(struct msg *m)
     char domain[MS_DNS_NAME_MAX + 1], key[MS_DNS_NAME_MAX + 8], q[600];
     const struct ms_transport *t;
     struct dest *ds;
-    size_t k, i, j;
+    size_t k, i, j, nsusp;
+    int64_t until = 0;
+    const char *why;
 
     if (d->draining) {
         msg_release(m, 0);
@@ -1080,8 +1134,9 @@ static void msg_send(struct msg *m)
         msg_sent(m);
         return;
     }
+    if (msg_control(m))
+        return;
     m->attempt++;
-    ms_counter_inc(d->m_attempts);
     m->dests = ms_calloc(m->ntried, sizeof(*m->dests));
     m->ndests = m->ndests_done = 0;
     m->starting = 1;
@@ -1120,8 +1175,30 @@ static void msg_send(struct msg *m)
         }
         ds->rcpts[ds->n++] = i;
     }
-    for (j = 0; j < m->ndests; j++)
-        dest_start(m, &m->dests[j]);
+    /* Suspended destinations defer without a connection; when that is all
+     * of them, the round is no attempt (its number does not move). */
+    for (j = 0, nsusp = 0; j < m->ndests; j++)
+        nsusp += wk_control_suspended(d->control, dest_name(d, &m->dests[j]), &until, &why);
+    if (nsusp > 0 && nsusp == m->ndests) {
+        m->attempt--;
+        m->delay_ms = until > 0 ? (uint64_t)(until - now_us()) / 1000 + 1
+                                : WK_CONTROL_HOLD_RECHECK_MS;
+    } else {
+        ms_counter_inc(d->m_attempts);
+    }
+    for (j = 0; j < m->ndests; j++) {
+        ds = &m->dests[j];
+        if (wk_control_suspended(d->control, dest_name(d, ds), &until, &why)) {
+            char text[MS_QCTL_REASON_MAX + MS_DNS_NAME_MAX + 64];
+            ms_info("event=dest_suspended_deferred qid=%s dest=%s", m->qid, dest_name(d, ds));
+            snprintf(text, sizeof(text), "destination %s suspended by the operator: %s",
+                     dest_name(d, ds), why);
+            /* RFC 3463 X.3.0: other or undefined mail system status. */
+            dest_finish_all(m, ds, 0, "4.3.0", text, dest_name(d, ds));
+            continue;
+        }
+        dest_start(m, ds);
+    }
     m->starting = 0;
     if (m->ndests_done == m->ndests)
         msg_sent(m);
@@ -1215,12 +1292,16 @@ static void send_retry(struct msg *m, int pending)
 
     if (d->conf.retry_tiers <= 0 || d->producer == NULL)
         return;
-    tier = wk_requeue_tier(m->attempt, d->conf.retry_tiers);
+    /* Held mail goes to the last tier, whose records wait longest, so it
+     * delays little else there (the XXX below). */
+    tier = m->held ? d->conf.retry_tiers : wk_requeue_tier(m->attempt, d->conf.retry_tiers);
     /* The delay keeps growing up to retry_max_ms in the last tier, whose
      * records therefore do not all wait alike: XXX a record due early may
      * wait behind WK_RETRY_HOLD_MAX held ones due later (at most the
      * difference between the last tier's delay and retry_max_ms). */
-    delay = wk_backoff_ms(m->attempt, d->conf.retry_min_ms, d->conf.retry_max_ms, arc4random());
+    delay = m->delay_ms ? m->delay_ms
+                        : wk_backoff_ms(m->attempt, d->conf.retry_min_ms, d->conf.retry_max_ms,
+                                        arc4random());
     next_attempt_us = now_us() + (int64_t)delay * 1000;
     buf = wk_requeue_retry(&d->requeue, m->env, m->rcpts, m->attempt, next_attempt_us, tier, &len);
     before = m->produce_pending;
@@ -1238,6 +1319,7 @@ static void send_retry(struct msg *m, int pending)
         snprintf(first, sizeof(first), "%lld", (long long)m->env->received_at_us);
         redis_fire(d, 4, argv);
     }
+    wk_control_index(d->control, m->env, m->rcpts, m->attempt, tier, next_attempt_us, m->held);
     ms_counter_inc(d->m_requeued);
 
     /* Per-recipient retry state, for operators and the relay control CLI. */
@@ -1339,7 +1421,9 @@ static void msg_settle(struct msg *m)
     if (!m->finalized) {
         m->finalized = 1;
         age_s = m->env->received_at_us > 0 ? (now_us() - m->env->received_at_us) / 1000000 : 0;
-        if (pending > 0 && age_s >= d->conf.max_age_s) {
+        /* Held mail does not bounce for age while held (as Postfix's hold
+         * queue): the first attempt after its release decides. */
+        if (pending > 0 && age_s >= d->conf.max_age_s && !m->held) {
             /* RFC 5321 §4.5.4.1: give up; 4.4.7 "delivery time expired". */
             char text[WK_SMTP_REPLY_TEXT_MAX + 64];
             for (i = 0; i < m->nrcpts; i++) {
@@ -1382,6 +1466,7 @@ static void msg_settle(struct msg *m)
         } else if (m->attempt > 1 || m->tier > 0) {
             const char *argv[3] = {"ZREM", MS_KEY_RETRY_QUEUE, m->qid};
             redis_fire(d, 3, argv);
+            wk_control_forget(d->control, m->env);
         }
     }
     if (m->produce_pending > 0)
@@ -1404,6 +1489,7 @@ static void msg_settle(struct msg *m)
      * tiers): keep the record and try again here; its partition's offsets
      * stay behind until it is done. */
     delay = m->produce_failed ? WK_PRODUCE_RETRY_MS
+          : m->delay_ms       ? m->delay_ms /* held, or every destination suspended */
                               : wk_backoff_ms(m->attempt, d->conf.retry_min_ms,
                                               d->conf.retry_max_ms, arc4random());
     ms_info("event=retry_scheduled qid=%s attempt=%u pending=%d delay_ms=%llu in_memory=1",
@@ -1455,6 +1541,58 @@ static void hold_cb(uv_timer_t *t)
 
     msg_check(m);
     update_pauses(m->d);
+}
+
+/* A retry record held until it is due: does the operator want it now
+ * (retry, release, bounce, delete)?  Asked when it arrives and whenever a
+ * queue action was taken (control_changed). */
+static void on_recheck(void *arg, uint64_t cookie, const struct ms_redis_reply *r)
+{
+    wk_delivery *d = arg;
+    struct msg *m = msg_lookup_redis(d, cookie);
+    struct ms_qctl c;
+
+    if (m == NULL || m->state != MSG_HOLD)
+        return;
+    m->phase++;
+    if (r->type != MS_REDIS_STR || ms_qctl_parse(r->str, r->len, &c) < 0 ||
+        c.action == MS_QCTL_HOLD ||
+        (c.action == MS_QCTL_RETRY &&
+         !ms_qctl_retry_applies(c.at_us, wk_control_last_attempt_us(m->env))))
+        return;
+    ms_info("event=queue_control_due qid=%s action=%s", m->qid, ms_qctl_action_name(c.action));
+    uv_timer_stop(&m->timer);
+    hold_cb(&m->timer);
+}
+
+static void msg_recheck(struct msg *m)
+{
+    char *key;
+    const char *argv[2];
+    size_t argvlen[2];
+
+    if (m->d->redis == NULL)
+        return;
+    key = ms_asprintf(MS_KEY_CONTROL "%s", m->qid);
+    argv[0] = "GET";
+    argv[1] = key;
+    argvlen[0] = 3;
+    argvlen[1] = strlen(key);
+    if (ms_redis_command(m->d->redis, on_recheck, m->d, redis_cookie(m), 2, argv, argvlen) < 0)
+        ms_counter_inc(m->d->m_redis_errors);
+    free(key);
+}
+
+/* A queue action was taken somewhere (control.h): look again at every
+ * retry record held in memory. */
+static void control_changed(void *arg)
+{
+    wk_delivery *d = arg;
+    size_t i;
+
+    for (i = 0; i < d->nslots; i++)
+        if (d->slots[i] && d->slots[i]->state == MSG_HOLD)
+            msg_recheck(d->slots[i]);
 }
 
 static int record_tier(const wk_delivery *d, const struct ms_record *rec)
@@ -1582,6 +1720,7 @@ void wk_delivery_on_record(void *arg, struct ms_record *rec)
         msg_enter_state(m, MSG_HOLD);
         uv_timer_start(&m->timer, hold_cb, (uint64_t)((env->next_attempt_us - now) / 1000) + 1, 0);
         update_pauses(d);
+        msg_recheck(m); /* an operator may want it now */
         return;
     }
     update_pauses(d);
@@ -1722,6 +1861,10 @@ wk_delivery *wk_delivery_new(uv_loop_t *loop, const struct wk_delivery_conf *con
                                          "(Action: delayed).", NULL);
     if (conf->conn_cache_ms > 0)
         d->conn_cache = wk_smtp_cache_new(conf->conn_cache_ms, conf->max_msgs_per_conn);
+    {
+        struct wk_control_conf cc = {conf->transports, d->conf.relay, d->conf.max_age_s + 86400};
+        d->control = wk_control_new(loop, &cc, control_changed, d, d->m_redis_errors);
+    }
     uv_timer_init(loop, &d->stats_timer);
     d->stats_timer.data = d;
     d->stats_timer_open = 1;
@@ -1771,6 +1914,7 @@ void wk_delivery_attach(wk_delivery *d, ms_consumer *c, ms_producer *p, ms_redis
     d->redis = r;
     wk_pacing_attach(d->pacing, r);
     wk_outcomes_attach(d->outcomes, p, r);
+    wk_control_attach(d->control, r);
     if (r && d->stats_timer_open)
         uv_timer_start(&d->stats_timer, stats_cb, WK_TICK_MS, WK_TICK_MS);
 }
@@ -1797,6 +1941,7 @@ void wk_delivery_drain(wk_delivery *d, void (*drained)(void *arg), void *arg)
     if (d->stats_timer_open) {
         d->stats_timer_open = 0;
         uv_close((uv_handle_t *)&d->stats_timer, NULL);
+        wk_control_stop(d->control);
     }
     wk_smtp_cache_close(d->conn_cache); /* running sessions QUIT when done */
     d->conn_cache = NULL;
@@ -1834,6 +1979,7 @@ void wk_delivery_free(wk_delivery *d)
                  d->nclosing, d->nparked);
     wk_pacing_free(d->pacing);
     wk_outcomes_free(d->outcomes);
+    wk_control_free(d->control);
     free(d->parked);
     free(d->slots);
     free(d);

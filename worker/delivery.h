@@ -7,8 +7,12 @@
  * published as an event and released at once); if it is a retry record not
  * yet due, hold it until it is; look up the Redis "delivered" markers
  * ms:delivered:<qid>:<rcpt> and skip those recipients; bounce recipients on
- * the suppression list (ms:suppress:<rcpt>) without connecting; group the
- * rest by destination and deliver to every destination at once:
+ * the suppression list (ms:suppress:<rcpt>) without connecting; apply the
+ * operator's action read in the same round trip (ms:ctl:<qid>: hold,
+ * bounce, delete instead of an attempt; control.h, docs/operations.md);
+ * group the rest by destination, defer those of suspended destinations
+ * without a session (no attempt counted when that is all of them), and
+ * deliver to every other destination at once:
  *
  *   route      per recipient domain: the transport map, then [delivery]
  *              relay_host, then MX (route.h: RFC 5321 §5.1 order, every
@@ -52,7 +56,8 @@
  *     backoff with jitter (retry.h); past [retry] max_age they bounce with
  *     4.4.7 instead; per-recipient retry state goes to Redis
  *     (ms:retry:<qid>:<rcpt>: attempts, next, last reply, first seen,
- *     delay warning sent);
+ *     delay warning sent), and the message into the deferred-queue index
+ *     for mailstream-ctl (control.h), out of it again once it is done;
  *   - hard bounces add the recipient to the suppression list with a TTL.
  * Once the DSN and retry records are acknowledged by Kafka (and the events
  * and markers written or failed), the record is done.  If a retry record

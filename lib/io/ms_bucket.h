@@ -11,8 +11,9 @@
  * digest and loads it again when Redis has forgotten it.
  *
  * Script interface: KEYS[1..n] buckets, KEYS[n+1] (optional) a key whose
- * existence refuses; ARGV[1] the mode, ARGV[2] n, then capacity, period_ms
- * and cost per bucket.  Modes and answers:
+ * existence refuses, then (optional) a set that must hold ARGV[3n+3];
+ * ARGV[1] the mode, ARGV[2] n, then capacity, period_ms and cost per
+ * bucket, then (optional) that member.  Modes and answers:
  *   take    every bucket must hold `cost` tokens; then all are charged.
  *           0, or i >= 1: bucket i (1-based) is short (nothing charged)
  *   peek    every bucket must hold one token; nothing is charged.  0 or i
@@ -20,7 +21,8 @@
  *   wait    like take, but the answer to a short bucket is the number of
  *           milliseconds (>= 1) until every bucket will hold `cost` tokens
  *           (nothing charged); 0 when charged
- * and -1 in every mode when the refusing key exists.
+ * and -1 in every mode when the refusing key exists, -2 when the set does
+ * not hold the member (the frontend's recipient lists).
  *
  * The pure part here (the rate syntax of [delivery] dest_rate, the script's
  * arguments for a one-bucket "wait", reading its answer) is unit-tested by

@@ -1137,3 +1137,128 @@ out:
     rd_kafka_destroy(rk);
     return ret;
 }
+
+/* ---- the blocking topic reader (ms_kafka.h) ---- */
+
+struct ms_kafka_tail {
+    rd_kafka_t *rk;
+    rd_kafka_message_t *last; /* the record handed out, freed on the next call */
+    int follow;
+    int npart;
+    int neof;        /* partitions read to their end */
+    uint8_t *at_eof; /* [partition id]: reached its end once */
+    char *topic;
+};
+
+ms_kafka_tail *ms_kafka_tail_new(const struct ms_kafka_conf *kc, const char *topic,
+                                 int from_end, int follow, int timeout_ms, char *err,
+                                 size_t errlen)
+{
+    rd_kafka_conf_t *conf = base_conf(kc);
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_topic_partition_list_t *parts;
+    rd_kafka_topic_t *rkt;
+    rd_kafka_resp_err_t e;
+    ms_kafka_tail *t;
+    rd_kafka_t *rk;
+    int i;
+
+    /* A group id is required by the consumer API, but assign() (not
+     * subscribe) keeps us out of its membership, and nothing is committed. */
+    set_conf(conf, "group.id", "mailstream-ctl-tail");
+    set_conf(conf, "enable.auto.commit", "false");
+    set_conf(conf, "enable.auto.offset.store", "false");
+    set_conf(conf, "enable.partition.eof", "true");
+    if ((rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, errlen)) == NULL) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    rkt = rd_kafka_topic_new(rk, topic, NULL);
+    e = rd_kafka_metadata(rk, 0, rkt, &md, timeout_ms);
+    rd_kafka_topic_destroy(rkt);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR || md->topic_cnt != 1 || md->topics[0].err ||
+        md->topics[0].partition_cnt == 0) {
+        snprintf(err, errlen, "topic %s: %s", topic,
+                 e ? rd_kafka_err2str(e)
+                   : md->topic_cnt == 1 && md->topics[0].err ? rd_kafka_err2str(md->topics[0].err)
+                                                             : "no partitions");
+        if (md)
+            rd_kafka_metadata_destroy(md);
+        rd_kafka_destroy(rk);
+        return NULL;
+    }
+    t = ms_calloc(1, sizeof(*t));
+    t->rk = rk;
+    t->follow = follow;
+    t->npart = md->topics[0].partition_cnt;
+    t->topic = ms_strdup(topic);
+    t->at_eof = ms_calloc((size_t)t->npart, 1);
+    parts = rd_kafka_topic_partition_list_new(t->npart);
+    for (i = 0; i < t->npart; i++)
+        rd_kafka_topic_partition_list_add(parts, topic, md->topics[0].partitions[i].id)->offset =
+            from_end ? RD_KAFKA_OFFSET_END : RD_KAFKA_OFFSET_BEGINNING;
+    rd_kafka_metadata_destroy(md);
+    rd_kafka_poll_set_consumer(rk);
+    e = rd_kafka_assign(rk, parts);
+    rd_kafka_topic_partition_list_destroy(parts);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        snprintf(err, errlen, "assign %s: %s", topic, rd_kafka_err2str(e));
+        ms_kafka_tail_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+int ms_kafka_tail_next(ms_kafka_tail *t, int timeout_ms, struct ms_record *rec, char *err,
+                       size_t errlen)
+{
+    rd_kafka_message_t *m;
+
+    if (t->last) {
+        rd_kafka_message_destroy(t->last);
+        t->last = NULL;
+    }
+    for (;;) {
+        if (!t->follow && t->neof >= t->npart)
+            return 0;
+        if ((m = rd_kafka_consumer_poll(t->rk, timeout_ms)) == NULL)
+            return MS_ETIMEOUT;
+        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+            /* A partition reports its end again after new records. */
+            if (m->partition >= 0 && m->partition < t->npart && !t->at_eof[m->partition]) {
+                t->at_eof[m->partition] = 1;
+                t->neof++;
+            }
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        if (m->err) {
+            snprintf(err, errlen, "%s", rd_kafka_message_errstr(m));
+            rd_kafka_message_destroy(m);
+            return MS_EIO;
+        }
+        memset(rec, 0, sizeof(*rec));
+        rec->topic = t->topic;
+        rec->partition = m->partition;
+        rec->offset = m->offset;
+        rec->key = m->key;
+        rec->keylen = m->key_len;
+        rec->value = m->payload;
+        rec->len = m->len;
+        t->last = m;
+        return 1;
+    }
+}
+
+void ms_kafka_tail_free(ms_kafka_tail *t)
+{
+    if (t == NULL)
+        return;
+    if (t->last)
+        rd_kafka_message_destroy(t->last);
+    rd_kafka_consumer_close(t->rk);
+    rd_kafka_destroy(t->rk);
+    free(t->at_eof);
+    free(t->topic);
+    free(t);
+}

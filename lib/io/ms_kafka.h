@@ -150,4 +150,21 @@ int ms_kafka_create_topics(const struct ms_kafka_conf *conf, const struct ms_top
                            size_t ntopics, const char *const *configs, size_t nconfigs,
                            int timeout_ms, char *err, size_t errlen);
 
+/* ---- a blocking reader of one topic, for tools (mailstream-ctl events) ----
+ *
+ * Reads every partition of `topic` from the beginning (from_end: only what
+ * arrives from now on), outside any consumer group: nothing is committed
+ * and no worker's assignment changes.  ms_kafka_tail_next() returns 1 with
+ * the record (valid until the next call), 0 once every partition is read
+ * to its end as of the call that reached it (never with `follow`),
+ * MS_ETIMEOUT when nothing came within timeout_ms, or MS_EIO / MS_ENOTFOUND
+ * (no such topic) with the reason in err.  One thread. */
+typedef struct ms_kafka_tail ms_kafka_tail;
+ms_kafka_tail *ms_kafka_tail_new(const struct ms_kafka_conf *conf, const char *topic,
+                                 int from_end, int follow, int timeout_ms, char *err,
+                                 size_t errlen);
+int ms_kafka_tail_next(ms_kafka_tail *t, int timeout_ms, struct ms_record *rec, char *err,
+                       size_t errlen);
+void ms_kafka_tail_free(ms_kafka_tail *t);
+
 #endif

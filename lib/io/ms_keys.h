@@ -30,8 +30,10 @@
 
 /* + lower-cased address: string "<dsn> <reply>", with a TTL ([delivery]
  * suppress_ttl_s).  The suppression list: written by the worker after a
- * hard bounce of a mailbox or domain, read by the worker (bounce without
- * a connection) and by the frontend ([smtp] refuse_suppressed). */
+ * hard bounce of a mailbox or domain, and by mailstream-ctl (value
+ * "source=ctl|import <reason>", TTL --for or none: until `suppress
+ * remove`); read by the worker (bounce without a connection) and by the
+ * frontend ([smtp] refuse_suppressed), which look only at existence. */
 #define MS_KEY_SUPPRESS "ms:suppress:"
 
 /* + sender domain: hash, bounces per reply class.  Written by the worker,
@@ -55,5 +57,51 @@
 /* Default of the frontend's [ratelimit] key_prefix, followed by the kind of
  * limit and its subject: its token buckets (ms_bucket.h). */
 #define MS_KEY_RATELIMIT "ms:rl:"
+
+/* ---- the queue control (docs/operations.md, ms_qctl.h) ---- */
+
+/* + destination name (as MS_KEY_LEASE): sorted set of the queue ids with
+ * recipients deferred to that destination, scored like MS_KEY_RETRY_QUEUE
+ * (when the message was accepted, so that ages are score ranges).  Written
+ * by the worker when it defers (ZADD) and when the message is done with
+ * that destination (ZREM); read by mailstream-ctl. */
+#define MS_KEY_RETRY_QUEUE_DEST "ms:retryq:dest:"
+
+/* Sorted set of the destination names that had deferred mail, scored by
+ * the last time the worker deferred to them.  Written by the worker;
+ * mailstream-ctl enumerates it and removes names idle longer than the
+ * longest a message stays queued (WK_MAX_AGE_S and a day). */
+#define MS_KEY_RETRY_QUEUE_DESTS "ms:retryq:dests"
+
+/* + queue id: string, the listing line of a deferred or held message
+ * (ms_qinfo_format: state, times, sender, pending recipients, their
+ * destinations, attempts, last reply).  Written by the worker with every
+ * retry record, TTL [retry] max_age + a day; deleted by the worker when the
+ * message is done. */
+#define MS_KEY_QUEUE_INFO "ms:qinfo:"
+
+/* + queue id: string, an operator's action on that message (ms_qctl_format:
+ * hold, retry, bounce or delete, when, why).  Written by mailstream-ctl
+ * (TTL MS_QCTL_TTL_S); read by the worker before every attempt and when a
+ * held retry record is consumed; deleted by mailstream-ctl (release) or by
+ * the worker once a bounce or delete is done. */
+#define MS_KEY_CONTROL "ms:ctl:"
+
+/* Counter: incremented by mailstream-ctl after every queue action, polled
+ * by every worker each second; a change makes it look again at the retry
+ * records it holds in memory (so `retry` and `release` act at once). */
+#define MS_KEY_CONTROL_GEN "ms:ctlgen"
+
+/* Hash: destination name -> suspension (ms_qctl_suspend_format: until,
+ * since, reason).  Written by mailstream-ctl (dest suspend / resume), read
+ * every second by every worker; an entry past its `until` is ignored by
+ * the workers and removed by mailstream-ctl. */
+#define MS_KEY_SUSPEND "ms:suspend"
+
+/* + lower-cased domain: set of the lower-cased addresses that exist at
+ * that accepted domain (Postfix's relay_recipient_maps).  Written by
+ * mailstream-ctl (recipients add/remove/import), kept until removed; read
+ * by the frontend at RCPT for the domains of [smtp] recipient_lists. */
+#define MS_KEY_RECIPIENTS "ms:rcpts:"
 
 #endif

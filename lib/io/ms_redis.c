@@ -1148,3 +1148,196 @@ void ms_redis_free(ms_redis *r)
     }
     redis_close_now(r);
 }
+
+/* ---- the blocking client (ms_redis.h) ---- */
+
+struct ms_redis_sync {
+    redisContext *c;
+    char why[128];
+};
+
+/* One blocking connection to host:port with the timeout on connect and on
+ * every reply; NULL with "redis HOST:PORT: why" in err. */
+static redisContext *sync_open(const char *host, int port, int timeout_ms, char *err,
+                               size_t errlen)
+{
+    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    redisContext *c = redisConnectWithTimeout(host, port, tv);
+
+    if (c == NULL || c->err) {
+        snprintf(err, errlen, "redis %s:%d: %s", host, port, c ? c->errstr : "out of memory");
+        if (c)
+            redisFree(c);
+        return NULL;
+    }
+    redisSetTimeout(c, tv);
+    return c;
+}
+
+/* Sentinel mode: the primary's address from the first Sentinel that knows
+ * it (SENTINEL get-master-addr-by-name, as the event-loop client asks), into
+ * host and *port; 0, or -1 with the last Sentinel's failure in err. */
+static int sync_primary(const struct ms_redis_conf *conf, int timeout_ms, char *host,
+                        size_t hostlen, int *port, char *err, size_t errlen)
+{
+    struct sentinel_addr a[MS_REDIS_SENTINELS_MAX];
+    const char *name = conf->master_name && conf->master_name[0] ? conf->master_name
+                                                                 : MS_REDIS_MASTER_NAME;
+    int n = sentinel_parse(conf->sentinels, a, err, errlen), i;
+
+    for (i = 0; i < n; i++) {
+        redisContext *c = sync_open(a[i].host, a[i].port, timeout_ms, err, errlen);
+        redisReply *rep;
+        int ok = 0;
+
+        if (c == NULL)
+            continue;
+        rep = redisCommand(c, "SENTINEL get-master-addr-by-name %s", name);
+        if (rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
+            rep->element[0]->type == REDIS_REPLY_STRING &&
+            rep->element[1]->type == REDIS_REPLY_STRING && rep->element[0]->len < hostlen) {
+            snprintf(host, hostlen, "%s", rep->element[0]->str);
+            *port = atoi(rep->element[1]->str);
+            ok = *port > 0 && *port <= 65535;
+        }
+        if (!ok)
+            snprintf(err, errlen, "redis: sentinel %s:%d knows no primary \"%s\"", a[i].host,
+                     a[i].port, name);
+        if (rep)
+            freeReplyObject(rep);
+        redisFree(c);
+        if (ok)
+            return 0;
+    }
+    return -1;
+}
+
+ms_redis_sync *ms_redis_sync_connect(const struct ms_redis_conf *conf, int timeout_ms, char *err,
+                                     size_t errlen)
+{
+    char host[MS_REDIS_SENTINEL_HOST_MAX + 1];
+    int port = conf->port;
+    ms_redis_sync *s;
+    redisContext *c;
+
+    snprintf(host, sizeof(host), "%s", conf->host ? conf->host : "127.0.0.1");
+    if (conf->sentinels && conf->sentinels[0] &&
+        sync_primary(conf, timeout_ms, host, sizeof(host), &port, err, errlen) < 0)
+        return NULL;
+    if ((c = sync_open(host, port, timeout_ms, err, errlen)) == NULL)
+        return NULL;
+    if (conf->password && conf->password[0]) {
+        /* AUTH [username] password (Redis 6 ACL users, docs/security.md);
+         * the reply's words never hold the password. */
+        redisReply *rep =
+            conf->username && conf->username[0]
+                ? redisCommand(c, "AUTH %s %s", conf->username, conf->password)
+                : redisCommand(c, "AUTH %s", conf->password);
+        if (rep == NULL || rep->type == REDIS_REPLY_ERROR) {
+            snprintf(err, errlen, "redis %s:%d: AUTH as %s refused: %s", host, port,
+                     conf->username && conf->username[0] ? conf->username : "default",
+                     rep ? rep->str : c->errstr);
+            if (rep)
+                freeReplyObject(rep);
+            redisFree(c);
+            return NULL;
+        }
+        freeReplyObject(rep);
+    }
+    s = ms_calloc(1, sizeof(*s));
+    s->c = c;
+    return s;
+}
+
+/* A deep copy of a hiredis reply: the caller keeps it after the next read. */
+static struct ms_redis_reply *sync_copy(const redisReply *in, struct ms_redis_reply *out,
+                                        int depth)
+{
+    struct ms_redis_reply *elems;
+    char *str;
+    size_t i;
+
+    convert(in, out, MS_REDIS_REPLY_DEPTH_MAX); /* scalars only: no allocation */
+    if (out->type == MS_REDIS_STR || (out->type == MS_REDIS_ERR && in->type == REDIS_REPLY_ERROR)) {
+        str = ms_malloc(in->len + 1);
+        memcpy(str, in->str, in->len);
+        str[in->len] = '\0';
+        out->str = str;
+        out->len = in->len;
+    } else if (in->type == REDIS_REPLY_ARRAY && depth < MS_REDIS_REPLY_DEPTH_MAX) {
+        out->type = MS_REDIS_ARRAY;
+        out->nelem = in->elements;
+        elems = ms_calloc(in->elements ? in->elements : 1, sizeof(*elems));
+        for (i = 0; i < in->elements; i++)
+            sync_copy(in->element[i], &elems[i], depth + 1);
+        out->elem = elems;
+    } else if (out->type == MS_REDIS_ERR) {
+        out->str = ms_strdup(out->str); /* "nested too deeply" */
+    }
+    return out;
+}
+
+static void sync_release(struct ms_redis_reply *r)
+{
+    size_t i;
+
+    if (r->type == MS_REDIS_ARRAY) {
+        for (i = 0; i < r->nelem; i++)
+            sync_release((struct ms_redis_reply *)&r->elem[i]);
+        free((void *)r->elem);
+    } else if (r->type == MS_REDIS_STR || r->type == MS_REDIS_ERR) {
+        free((void *)r->str);
+    }
+}
+
+int ms_redis_sync_append(ms_redis_sync *c, int argc, const char **argv, const size_t *argvlen)
+{
+    if (redisAppendCommandArgv(c->c, argc, argv, argvlen) != REDIS_OK) {
+        snprintf(c->why, sizeof(c->why), "%s", c->c->errstr);
+        return MS_EIO;
+    }
+    return 0;
+}
+
+struct ms_redis_reply *ms_redis_sync_read(ms_redis_sync *c)
+{
+    void *reply = NULL;
+    struct ms_redis_reply *out;
+
+    if (redisGetReply(c->c, &reply) != REDIS_OK || reply == NULL) {
+        snprintf(c->why, sizeof(c->why), "%s", c->c->err ? c->c->errstr : "no reply");
+        return NULL;
+    }
+    out = sync_copy(reply, ms_calloc(1, sizeof(*out)), 0);
+    freeReplyObject(reply);
+    return out;
+}
+
+struct ms_redis_reply *ms_redis_sync_command(ms_redis_sync *c, int argc, const char **argv,
+                                             const size_t *argvlen)
+{
+    if (ms_redis_sync_append(c, argc, argv, argvlen) < 0)
+        return NULL;
+    return ms_redis_sync_read(c);
+}
+
+const char *ms_redis_sync_error(const ms_redis_sync *c)
+{
+    return c->why;
+}
+
+void ms_redis_sync_reply_free(struct ms_redis_reply *r)
+{
+    if (r == NULL)
+        return;
+    sync_release(r);
+    free(r);
+}
+
+void ms_redis_sync_free(ms_redis_sync *c)
+{
+    if (c == NULL)
+        return;
+    redisFree(c->c);
+    free(c);
+}

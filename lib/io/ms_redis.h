@@ -120,4 +120,30 @@ void ms_redis_fire(ms_redis *r, struct ms_counter *errors, int argc, const char 
  * The client frees itself. */
 void ms_redis_free(ms_redis *r);
 
+/* ---- a blocking client for tools (mailstream-ctl) ----
+ *
+ * One connection, no loop, no reconnect: a tool connects, sends, reads and
+ * exits.  Commands may be pipelined: ms_redis_sync_append() any number, then
+ * ms_redis_sync_read() once per command, in order (a bulk action on 100,000
+ * keys is a few round trips, not 100,000).  A reply is a malloc'd tree
+ * (strings copied) freed with ms_redis_sync_reply_free().  Errors: NULL
+ * from connect with the reason in err; a NULL reply means the connection
+ * failed (ms_redis_sync_error() says why) and the client is unusable.
+ *
+ * ms_redis_sync_connect() reads conf as ms_redis_new() does (checked with
+ * ms_redis_conf_check first): AUTH with the username and password when a
+ * password is set, and with sentinels the primary asked of the first
+ * Sentinel that names it (once: a tool that loses its connection exits). */
+typedef struct ms_redis_sync ms_redis_sync;
+ms_redis_sync *ms_redis_sync_connect(const struct ms_redis_conf *conf, int timeout_ms, char *err,
+                                     size_t errlen);
+struct ms_redis_reply *ms_redis_sync_command(ms_redis_sync *c, int argc, const char **argv,
+                                             const size_t *argvlen);
+/* Queue a command; returns 0 or MS_EIO. */
+int ms_redis_sync_append(ms_redis_sync *c, int argc, const char **argv, const size_t *argvlen);
+struct ms_redis_reply *ms_redis_sync_read(ms_redis_sync *c);
+const char *ms_redis_sync_error(const ms_redis_sync *c);
+void ms_redis_sync_reply_free(struct ms_redis_reply *r);
+void ms_redis_sync_free(ms_redis_sync *c);
+
 #endif

@@ -17,7 +17,11 @@
  */
 static const char bucket_script[] =
     "local n = tonumber(ARGV[2])\n"
-    "if #KEYS > n and redis.call('EXISTS', KEYS[n + 1]) == 1 then return -1 end\n"
+    "local member = ARGV[3 * n + 3]\n"
+    "local nref = #KEYS - n\n"
+    "if member then nref = nref - 1 end\n"
+    "if nref > 0 and redis.call('EXISTS', KEYS[n + 1]) == 1 then return -1 end\n"
+    "if member and redis.call('SISMEMBER', KEYS[#KEYS], member) == 0 then return -2 end\n"
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "local mode = ARGV[1]\n"

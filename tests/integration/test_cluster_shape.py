@@ -13,6 +13,8 @@ client got 250 for reached the sink:
       to the promoted replica without a restart.                     (slow)
   test_sentinel_forced_failover_followed     SENTINEL FAILOVER with the old
       primary alive: the nodes move to the new one (+switch-master).
+  test_ctl_asks_the_sentinels                mailstream-ctl -c with [redis]
+      sentinels, after a failover: it writes to the new primary.
   test_balancer_passes_client_address        HAProxy with PROXY v2 in front
       of two frontends: the Received header names the client, not HAProxy;
       only HAProxy's address may send a PROXY header; a frontend killed
@@ -289,6 +291,25 @@ def test_sentinel_forced_failover_followed(sentinel_set, cluster_factory):
     marked = {k.split(":")[2] for k in mslocal.redis_query(new.port, "KEYS", "ms:delivered:*")}
     assert set(sender.accepted.values()) <= marked
     assert mslocal.redis_query(new.port, "KEYS", "*127.0.0.4*")
+
+
+def test_ctl_asks_the_sentinels(sentinel_set, tmp_path):
+    """mailstream-ctl -c reads [redis] sentinels as the programs do: after a
+    failover it writes to the new primary, not to the [redis] host and port
+    (the old primary, now a read-only replica)."""
+    rs = sentinel_set
+    old, new = rs.servers
+    assert mslocal.redis_query(rs.sentinels[0].port, "SENTINEL", "FAILOVER",
+                               rs.master_name) == "OK"
+    assert rs.wait_failover(old, 30) is new
+    ini = tmp_path / "worker.ini"
+    ini.write_text(f"[redis]\nhost = {mslocal.HOST}\nport = {old.port}\n"
+                   f"sentinels = {rs.sentinels_conf}\nmaster_name = {rs.master_name}\n")
+    ctl = mslocal.build_dir() / "mailstream-ctl"
+    p = subprocess.run([str(ctl), "-c", str(ini), "suppress", "add", "ctl@example.org"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert mslocal.redis_query(new.port, "KEYS", "ms:suppress:ctl@example.org")
 
 
 # ---------------------------------------------------------------------------

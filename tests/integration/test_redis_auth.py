@@ -13,9 +13,12 @@ the process up, saying why again and again, never with the password in it.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import secrets
 import smtplib
+import subprocess
 import time
 from email.message import EmailMessage
 from pathlib import Path
@@ -124,7 +127,7 @@ def test_requirepass_default_user(cluster_factory, auth_redis, tmp_path):
 
 
 # What the test's own admin connection sends (never a command of the list).
-OWN = {"auth", "info", "acl|log", "config|resetstat", "keys", "type"}
+OWN = {"auth", "info", "acl|log", "config|resetstat", "keys", "type", "sadd"}
 
 
 def _commandstats(r, admin_pw: str) -> Set[str]:
@@ -154,7 +157,8 @@ def test_acl_user_limited_to_ms_keys_and_our_commands(cluster_factory, auth_redi
     cl = cluster_factory(
         start=False,
         frontend_extra={**_redis_sections(r.port, **auth),
-                        "smtp": {"refuse_suppressed": "yes"},
+                        "smtp": {"refuse_suppressed": "yes",
+                                 "recipient_lists": "mailstream.test"},
                         "ratelimit": {"connections_per_ip": "1000/1m",
                                       "messages_per_domain": "1000/1m",
                                       "redis_failure": "closed"}},
@@ -164,6 +168,12 @@ def test_acl_user_limited_to_ms_keys_and_our_commands(cluster_factory, auth_redi
                                    "dest_rate": 100}})
     cl.start(timeout=60)
     tag = secrets.token_hex(3)
+    # The frontend's recipient list (SISMEMBER in its RCPT script).
+    _admin(r, admin_pw, "SADD", "ms:rcpts:mailstream.test",
+           *[f"{u}.{tag}@mailstream.test" for u in ("ok", "grey", "dead")])
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as e:
+        _send(cl, [f"typo.{tag}@mailstream.test"], "not on the list")
+    assert e.value.recipients[f"typo.{tag}@mailstream.test"][0] == 550
     _send(cl, [f"ok.{tag}@mailstream.test"], "plain")
     _send(cl, [f"grey.{tag}@mailstream.test"], "deferred once")
     _send(cl, [f"dead.{tag}@mailstream.test"], "bounced")
@@ -223,3 +233,26 @@ def test_wrong_password_logged_and_retried(cluster_factory, auth_redis, tmp_path
     status = mslocal.http_status(fe.url("/readyz"))
     assert status == 503
     _no_secret(cl, wrong, admin_pw)
+
+
+CTL = Path(os.environ.get("MAILSTREAM_BUILD_DIR", "build")) / "mailstream-ctl"
+
+
+def test_ctl_authenticates_from_the_worker_file(auth_redis, tmp_path):
+    """mailstream-ctl -c WORKER.ini reads [redis] as the programs do: the
+    password from its file; a wrong one is a one-line error without it."""
+    r, admin_pw, _ = auth_redis
+    wrong = "wrong-" + secrets.token_hex(8)
+    ini = tmp_path / "worker.ini"
+    for pw, expect in ((admin_pw, 0), (wrong, 3)):
+        pwfile = _file(tmp_path, "ctl-pw", pw)
+        ini.write_text(f"[redis]\nhost = {mslocal.HOST}\nport = {r.port}\n"
+                       f"password_file = {pwfile}\n")
+        p = subprocess.run([str(CTL), "-c", str(ini), "--json", "status"], capture_output=True,
+                           text=True, timeout=60)
+        assert p.returncode == expect, (p.returncode, p.stdout, p.stderr)
+        if expect == 0:
+            assert json.loads(p.stdout)["redis"]["ok"] is True
+        else:
+            assert "AUTH as default refused" in p.stderr, p.stderr
+        assert pw not in p.stdout + p.stderr
