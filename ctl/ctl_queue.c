@@ -65,15 +65,6 @@ static char **zmembers(struct ctl *c, const char *key, int64_t max_score, size_t
     return out;
 }
 
-static void strv_free(char **v, size_t n)
-{
-    size_t i;
-
-    for (i = 0; i < n; i++)
-        free(v[i]);
-    free(v);
-}
-
 /* The state to show: the operator's pending action, else the worker's. */
 static const char *shown_state(const struct ms_qinfo *q, const char *ctlv)
 {
@@ -199,9 +190,9 @@ static int q_list(struct ctl *c, int argc, char **argv)
     ctl_flush(&out);
     ms_buf_free(&out);
     (void)stale;
-    strv_free(infos, n);
-    strv_free(ctls, n);
-    strv_free(qids, n);
+    ms_strv_free(infos, n);
+    ms_strv_free(ctls, n);
+    ms_strv_free(qids, n);
     return CTL_EXIT_OK;
 }
 
@@ -314,7 +305,7 @@ static int q_shape(struct ctl *c, int argc, char **argv)
     for (i = 0; i < n; i++)
         free(rows[i]);
     free(rows);
-    strv_free(dests, n);
+    ms_strv_free(dests, n);
     return CTL_EXIT_OK;
 }
 
@@ -502,7 +493,7 @@ static int targets(struct ctl *c, const char *what, int argc, char **argv, const
         else
             ts->missing[ts->nmissing++] = ms_strdup(named[i]);
     }
-    strv_free(infos, nn);
+    ms_strv_free(infos, nn);
     free(named);
     return 0;
 }
@@ -627,12 +618,12 @@ static int q_action(struct ctl *c, enum ms_qctl_action action, const char *what,
     ms_buf_free(&out);
     rc = nfailed ? CTL_EXIT_FAILED : ts.nmissing ? CTL_EXIT_NOTFOUND : CTL_EXIT_OK;
     if (ctls)
-        strv_free(ctls, ts.n);
+        ms_strv_free(ctls, ts.n);
     free(failed);
     free(skipped);
     free(skip);
-    strv_free(ts.qids, ts.n);
-    strv_free(ts.missing, ts.nmissing);
+    ms_strv_free(ts.qids, ts.n);
+    ms_strv_free(ts.missing, ts.nmissing);
     return rc;
 }
 
@@ -690,7 +681,7 @@ size_t ctl_queue_retry_dest(struct ctl *c, const char *dest)
     n = write_controls(c, MS_QCTL_RETRY, why, ts.qids, ts.n, NULL, failed, &nfailed);
     free(failed);
     free(why);
-    strv_free(ts.qids, ts.n);
-    strv_free(ts.missing, ts.nmissing);
+    ms_strv_free(ts.qids, ts.n);
+    ms_strv_free(ts.missing, ts.nmissing);
     return n;
 }

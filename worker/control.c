@@ -222,15 +222,6 @@ static char **dests_of(const wk_control *c, const ms_envelope *env)
     return d;
 }
 
-static void dests_free(char **d, size_t n)
-{
-    size_t i;
-
-    for (i = 0; i < n; i++)
-        free(d[i]);
-    free(d);
-}
-
 void wk_control_index(wk_control *c, const ms_envelope *env, const struct wk_rcpt *rcpts,
                       unsigned attempts, int tier, int64_t next_attempt_us, int held)
 {
@@ -301,7 +292,7 @@ void wk_control_index(wk_control *c, const ms_envelope *env, const struct wk_rcp
     free(line);
     ms_buf_free(&rl);
     ms_buf_free(&dl);
-    dests_free(d, n);
+    ms_strv_free(d, n);
 }
 
 void wk_control_forget(wk_control *c, const ms_envelope *env)
@@ -334,7 +325,7 @@ void wk_control_forget(wk_control *c, const ms_envelope *env)
         fire(c, 2, del);
     }
     free(key);
-    dests_free(d, n);
+    ms_strv_free(d, n);
 }
 
 int64_t wk_control_last_attempt_us(const ms_envelope *env)

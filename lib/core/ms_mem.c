@@ -43,6 +43,15 @@ char *ms_strndup(const char *s, size_t n)
     return p;
 }
 
+void ms_strv_free(char **v, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
 char *ms_asprintf(const char *fmt, ...)
 {
     va_list ap;

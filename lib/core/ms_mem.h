@@ -13,6 +13,8 @@ void *ms_calloc(size_t nmemb, size_t size);
 void *ms_realloc(void *p, size_t n);
 char *ms_strdup(const char *s);
 char *ms_strndup(const char *s, size_t n);
+/* Free the n strings of v (NULL entries allowed) and v itself. */
+void ms_strv_free(char **v, size_t n);
 /* printf into a freshly allocated string. */
 char *ms_asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
