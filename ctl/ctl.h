@@ -26,6 +26,7 @@
 #include "ms_connect.h"
 #include "ms_kafka.h"
 #include "ms_redis.h"
+#include "ms_time.h"
 
 enum {
     CTL_EXIT_OK = 0,
@@ -94,8 +95,6 @@ struct ms_redis_reply *ctl_cmdv(struct ctl *c, int argc, const char **argv);
 void ctl_mget(struct ctl *c, const char *prefix, char **names, size_t n, char **out);
 /* Print an import's result (n written, `failed` not); its exit code. */
 int ctl_import_result(struct ctl *c, size_t n, size_t failed);
-/* Microseconds since the epoch. */
-int64_t ctl_now_us(void);
 /* "3d4h", "12m", "40s" (a coarse age for people). */
 void ctl_fmt_age(char *buf, size_t len, int64_t seconds);
 /* Append s as a JSON string. */

@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
 
 int ctl_fail(int code, const char *fmt, ...)
 {
@@ -105,14 +104,6 @@ void ctl_mget(struct ctl *c, const char *prefix, char **names, size_t n, char **
     free(argv);
     free(lens);
     free(keys);
-}
-
-int64_t ctl_now_us(void)
-{
-    struct timeval tv;
-
-    gettimeofday(&tv, NULL);
-    return (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
 }
 
 void ctl_fmt_age(char *buf, size_t len, int64_t s)

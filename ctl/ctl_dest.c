@@ -67,7 +67,7 @@ static int d_suspend(struct ctl *c, int argc, char **argv)
     if (strlen(reason) > MS_QCTL_REASON_MAX)
         return ctl_fail(CTL_EXIT_USAGE, "dest suspend: reason longer than %d", MS_QCTL_REASON_MAX);
     memset(&s, 0, sizeof(s));
-    s.since_us = ctl_now_us();
+    s.since_us = ms_time_now_us();
     s.until_us = secs ? s.since_us + secs * 1000000 : 0;
     snprintf(s.reason, sizeof(s.reason), "%s", reason);
     ms_qctl_suspend_format(&s, val, sizeof(val));
@@ -128,7 +128,7 @@ static int d_list(struct ctl *c, int argc, char **argv)
 {
     struct ms_redis_reply *r;
     struct ms_buf out;
-    int64_t now = ctl_now_us();
+    int64_t now = ms_time_now_us();
     char t1[MS_JSON_TIME_MAX], t2[MS_JSON_TIME_MAX];
     size_t i, shown = 0;
 

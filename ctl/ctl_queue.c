@@ -106,7 +106,7 @@ static int q_list(struct ctl *c, int argc, char **argv)
     char **qids, **infos, **ctls, *key, age[32], next[32], t1[MS_JSON_TIME_MAX],
         t2[MS_JSON_TIME_MAX];
     size_t n, i, shown = 0, stale = 0;
-    int64_t now = ctl_now_us();
+    int64_t now = ms_time_now_us();
     struct ms_buf out;
     int k;
 
@@ -209,7 +209,7 @@ static int q_shape(struct ctl *c, int argc, char **argv)
     char **dests, *key, lo[24], hi[24], idle[24];
     const char *av[4];
     size_t n, i, j, lens[4];
-    int64_t now = ctl_now_us();
+    int64_t now = ms_time_now_us();
     long long **rows, totals[NBUCKETS + 2] = {0};
     struct ms_buf out;
 
@@ -316,7 +316,7 @@ static int q_show(struct ctl *c, int argc, char **argv)
     struct ms_qinfo q;
     struct ms_qctl k;
     struct ms_buf out;
-    int64_t now = ctl_now_us();
+    int64_t now = ms_time_now_us();
     int first = 1;
 
     if (argc != 1)
@@ -531,7 +531,7 @@ static size_t write_controls(struct ctl *c, enum ms_qctl_action action, const ch
 
     memset(&k, 0, sizeof(k));
     k.action = action;
-    k.at_us = ctl_now_us();
+    k.at_us = ms_time_now_us();
     snprintf(k.reason, sizeof(k.reason), "%s", reason);
     ms_qctl_format(&k, val, sizeof(val));
     snprintf(ttl, sizeof(ttl), "%d", MS_QCTL_TTL_S);

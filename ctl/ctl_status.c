@@ -28,7 +28,7 @@ static int st_status(struct ctl *c, int argc, char **argv)
     struct ms_redis_reply *r;
     char version[32] = "?", oldest_s[32] = "-";
     long long depth, nsusp = 0, oldest = 0, ndest;
-    int64_t now = ctl_now_us();
+    int64_t now = ms_time_now_us();
     const char *p;
     size_t i;
 

@@ -5,11 +5,11 @@
 #include "fe_server.h"
 #include "ms_error.h"
 #include "ms_json.h"
+#include "ms_time.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
 
 void fe_metrics_register(struct fe_metrics *m)
 {
@@ -167,12 +167,10 @@ void fe_server_event(struct fe_server *srv, const char *event, const char *qid,
 {
     char ts[MS_JSON_TIME_MAX];
     struct ms_buf b;
-    struct timeval tv;
 
     if (srv->producer == NULL || srv->set.events_topic[0] == '\0')
         return;
-    gettimeofday(&tv, NULL);
-    ms_json_time(ts, sizeof(ts), (int64_t)tv.tv_sec * 1000000 + tv.tv_usec);
+    ms_json_time(ts, sizeof(ts), ms_time_now_us());
     /* The reply is bounded by the SMTP line limit: the buffer cannot fill. */
     ms_buf_init(&b, 4096);
     ms_buf_appendf(&b, "{\"event\":\"%s\",\"qid\":", event);

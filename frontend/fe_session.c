@@ -29,6 +29,7 @@
 #include "ms_mem.h"
 #include "ms_net.h"
 #include "ms_queueid.h"
+#include "ms_time.h"
 #include "smtp_data.h"
 
 #include <arpa/inet.h>
@@ -37,7 +38,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/time.h>
 #include <time.h>
 
 enum fe_state {
@@ -513,13 +513,11 @@ static int submit_tx(struct fe_session *s)
     struct fe_tx *tx = s->tx;
     struct ms_envelope_tx et;
     struct ms_envelope_tx_rcpt *rr;
-    struct timeval tv;
     uint8_t *buf;
     size_t len, i;
     int r;
 
     memset(&et, 0, sizeof(et));
-    gettimeofday(&tv, NULL);
     et.client.ip = s->ip;
     et.client.port = (uint32_t)s->port;
     et.client.helo = s->helo;
@@ -548,7 +546,7 @@ static int submit_tx(struct fe_session *s)
         rr[i].orcpt = tx->rcpts[i].orcpt;
     }
     et.queue_id = tx->qid;
-    et.received_at_us = (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
+    et.received_at_us = ms_time_now_us();
     et.frontend_node = s->srv->set.node_id;
     et.rcpts = rr;
     et.nrcpts = tx->nrcpts;

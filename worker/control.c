@@ -8,12 +8,12 @@
 #include "ms_log.h"
 #include "ms_mem.h"
 #include "ms_metrics.h"
+#include "ms_time.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/time.h>
 
 /* One suspended destination, as last read. */
 struct suspended {
@@ -34,14 +34,6 @@ struct wk_control {
     struct suspended *susp;
     size_t nsusp;
 };
-
-static int64_t now_us(void)
-{
-    struct timeval tv;
-
-    gettimeofday(&tv, NULL);
-    return (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
-}
 
 static void suspensions_clear(wk_control *c)
 {
@@ -187,7 +179,7 @@ void wk_control_dest_of(const wk_control *c, const char *addr, char *buf, size_t
 int wk_control_suspended(const wk_control *c, const char *name, int64_t *until_us,
                          const char **reason)
 {
-    int64_t now = now_us();
+    int64_t now = ms_time_now_us();
     size_t i;
 
     for (i = 0; i < c->nsusp; i++)
@@ -236,7 +228,7 @@ void wk_control_index(wk_control *c, const ms_envelope *env, const struct wk_rcp
     ms_buf_init(&rl, 1 << 20);
     ms_buf_init(&dl, 1 << 20);
     snprintf(score, sizeof(score), "%lld", (long long)env->received_at_us);
-    snprintf(now_s, sizeof(now_s), "%lld", (long long)now_us());
+    snprintf(now_s, sizeof(now_s), "%lld", (long long)ms_time_now_us());
     for (i = 0; i < n; i++) {
         int pending = 0;
         if (rcpts[i].state == WK_RCPT_PENDING || rcpts[i].state == WK_RCPT_REQUEUED)

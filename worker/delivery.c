@@ -47,13 +47,13 @@
 #include "ms_metrics.h"
 #include "ms_net.h"
 #include "ms_queueid.h"
+#include "ms_time.h"
 #include "retry.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/un.h>
-#include <sys/time.h>
 
 /* Redis ids carry the phase in their low bits. */
 #define WK_PHASE_BITS 8
@@ -232,14 +232,6 @@ static void dest_count_connection(wk_delivery *d, struct dest *ds, int on)
 }
 static void msg_settle(struct msg *m);
 static void update_pauses(wk_delivery *d);
-
-static int64_t now_us(void)
-{
-    struct timeval tv;
-
-    gettimeofday(&tv, NULL);
-    return (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
-}
 
 /* ---- the slot table: id -> transaction ---- */
 
@@ -550,7 +542,7 @@ static void write_marker(struct msg *m, size_t i, const char *relay)
     if (d->redis == NULL)
         return;
     key = marker_key(m, i);
-    value = ms_asprintf("node=%s relay=%s at=%lld", d->conf.node_id, relay, (long long)now_us());
+    value = ms_asprintf("node=%s relay=%s at=%lld", d->conf.node_id, relay, (long long)ms_time_now_us());
     snprintf(ttl, sizeof(ttl), "%d", WK_MARKER_TTL_S);
     argv[0] = "SET";
     argv[1] = key;
@@ -1181,7 +1173,7 @@ static void msg_send(struct msg *m)
         nsusp += wk_control_suspended(d->control, dest_name(d, &m->dests[j]), &until, &why);
     if (nsusp > 0 && nsusp == m->ndests) {
         m->attempt--;
-        m->delay_ms = until > 0 ? (uint64_t)(until - now_us()) / 1000 + 1
+        m->delay_ms = until > 0 ? (uint64_t)(until - ms_time_now_us()) / 1000 + 1
                                 : WK_CONTROL_HOLD_RECHECK_MS;
     } else {
         ms_counter_inc(d->m_attempts);
@@ -1249,7 +1241,7 @@ static int send_dsn(struct msg *m)
         goto none;
     }
     ms_queueid_new(qid);
-    err = wk_requeue_dsn(&d->requeue, m->env, m->rcpts, qid, now_us(), &buf, &len, &counts);
+    err = wk_requeue_dsn(&d->requeue, m->env, m->rcpts, qid, ms_time_now_us(), &buf, &len, &counts);
     if (err == 0) {
         ms_info("event=dsn_skipped qid=%s reason=notify", m->qid);
         ms_counter_inc(d->m_dsn_notify_skipped);
@@ -1302,7 +1294,7 @@ static void send_retry(struct msg *m, int pending)
     delay = m->delay_ms ? m->delay_ms
                         : wk_backoff_ms(m->attempt, d->conf.retry_min_ms, d->conf.retry_max_ms,
                                         arc4random());
-    next_attempt_us = now_us() + (int64_t)delay * 1000;
+    next_attempt_us = ms_time_now_us() + (int64_t)delay * 1000;
     buf = wk_requeue_retry(&d->requeue, m->env, m->rcpts, m->attempt, next_attempt_us, tier, &len);
     before = m->produce_pending;
     publish(d, m->id << WK_KIND_BITS | PRODUCE_RETRY, d->conf.retry_topics[tier - 1], m->qid,
@@ -1420,7 +1412,7 @@ static void msg_settle(struct msg *m)
         pending += m->rcpts[i].state == WK_RCPT_PENDING;
     if (!m->finalized) {
         m->finalized = 1;
-        age_s = m->env->received_at_us > 0 ? (now_us() - m->env->received_at_us) / 1000000 : 0;
+        age_s = m->env->received_at_us > 0 ? (ms_time_now_us() - m->env->received_at_us) / 1000000 : 0;
         /* Held mail does not bounce for age while held (as Postfix's hold
          * queue): the first attempt after its release decides. */
         if (pending > 0 && age_s >= d->conf.max_age_s && !m->held) {
@@ -1441,7 +1433,7 @@ static void msg_settle(struct msg *m)
         if (pending > 0 && d->conf.delay_warning_s > 0) {
             /* RFC 3464 Action: delayed, once per recipient ([retry]
              * delay_warning_s); the retry record carries the time. */
-            int64_t now = now_us();
+            int64_t now = ms_time_now_us();
             for (i = 0; i < m->nrcpts; i++) {
                 struct wk_rcpt *rc = &m->rcpts[i];
                 if (rc->state != WK_RCPT_PENDING ||
@@ -1527,7 +1519,7 @@ static void record_malformed(wk_delivery *d, int tier, struct ms_record *rec, co
     ms_counter_inc(d->m_malformed);
     ms_buf_init(&json, WK_EVENT_MAX);
     if (wk_event_malformed_json(&json, rec->key, rec->keylen, rec->partition, rec->offset, why,
-                                d->conf.node_id, now_us()) == 0)
+                                d->conf.node_id, ms_time_now_us()) == 0)
         publish(d, 0, d->conf.events_topic, rec->key ? rec->key : "", rec->key ? rec->keylen : 0,
                 json.data, json.len, NULL);
     ms_buf_free(&json);
@@ -1624,7 +1616,7 @@ static void mailauth_done(struct msg *m, const struct wk_mailauth_result *res)
         return;
     }
     ms_buf_init(&json, WK_EVENT_MAX);
-    if (wk_mailauth_event_json(&json, m->qid, res, d->conf.node_id, now_us()) == 0)
+    if (wk_mailauth_event_json(&json, m->qid, res, d->conf.node_id, ms_time_now_us()) == 0)
         publish(d, 0, d->conf.events_topic, m->qid, strlen(m->qid), json.data, json.len, NULL);
     ms_buf_free(&json);
     msg_release(m, 1);
@@ -1661,7 +1653,7 @@ void wk_delivery_on_record(void *arg, struct ms_record *rec)
     char err[256];
     size_t i, slot;
     int bad_sender, tier = record_tier(d, rec);
-    int64_t now = now_us();
+    int64_t now = ms_time_now_us();
 
     if (d->draining)
         return; /* not done: redelivered to whoever takes the partition */
@@ -1883,7 +1875,7 @@ static void on_stats(void *arg, uint64_t cookie, const struct ms_redis_reply *r)
     } else if (cookie == 2 && r->type == MS_REDIS_ARRAY) {
         if (r->nelem == 2 && r->elem[1].type == MS_REDIS_STR &&
             sscanf(r->elem[1].str, "%lld", &first) == 1)
-            ms_gauge_set(d->m_retry_oldest, (now_us() - first) / 1000000);
+            ms_gauge_set(d->m_retry_oldest, (ms_time_now_us() - first) / 1000000);
         else
             ms_gauge_set(d->m_retry_oldest, 0);
     }

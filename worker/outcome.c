@@ -10,12 +10,12 @@
 #include "ms_log.h"
 #include "ms_mem.h"
 #include "ms_metrics.h"
+#include "ms_time.h"
 
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
 
 struct wk_outcomes {
     struct wk_outcome_conf conf;
@@ -50,14 +50,6 @@ static void count_tls(wk_outcomes *o, const char *policy, int auth, enum wk_outc
             "authenticated.", labels);
     }
     ms_counter_inc(o->m_tls[lv][auth][out]);
-}
-
-static int64_t now_us(void)
-{
-    struct timeval tv;
-
-    gettimeofday(&tv, NULL);
-    return (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
 }
 
 wk_outcomes *wk_outcomes_new(const struct wk_outcome_conf *conf)
@@ -137,7 +129,7 @@ enum wk_outcome wk_outcome_record(wk_outcomes *o, const struct wk_outcome_msg *m
     struct wk_event ev;
     struct ms_buf json;
     char qrcpt[600], qreply[WK_SMTP_REPLY_TEXT_MAX * 2];
-    int64_t now = now_us();
+    int64_t now = ms_time_now_us();
     double delay = msg->received_at_us > 0 ? (double)(now - msg->received_at_us) / 1e6 : 0;
     enum ms_reply_class cls;
     int hard;

@@ -15,11 +15,11 @@
 #include "ms_log.h"
 #include "ms_mem.h"
 #include "ms_metrics.h"
+#include "ms_time.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
 
 enum pace_state { PACE_IDLE, PACE_RATE, PACE_LEASE };
 
@@ -54,10 +54,7 @@ struct wk_pacing {
 
 static int64_t now_ms(void)
 {
-    struct timeval tv;
-
-    gettimeofday(&tv, NULL);
-    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+    return ms_time_now_us() / 1000;
 }
 
 static void pace_closed(uv_handle_t *h)
