@@ -83,6 +83,10 @@ APT_PACKAGES=(
 	# Outbound TLS (issue 17): libcurl for MTA-STS policy fetches (lib/io/ms_https.c),
 	# ldns-signzone to sign the DNSSEC test zone of test_outbound_dane.py.
 	libcurl4-openssl-dev ldnsutils
+	# Content checks (issue 18) and the inbound/sign benchmarks (issue 19): the milters the
+	# tests start as private instances on loopback (never the system's service), the SPF
+	# policy server Postfix uses in the inbound bench, and a caching resolver for it.
+	rspamd opendkim opendkim-tools opendmarc postfix-policyd-spf-python unbound
 )
 
 java_major() {
