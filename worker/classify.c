@@ -234,23 +234,6 @@ static int bad(char *err, size_t errlen, int line, const char *what)
     return MS_EINVAL;
 }
 
-static int known_keys(const struct ms_yaml_node *m, const char *const *keys, char *err,
-                      size_t errlen)
-{
-    size_t i, k;
-
-    for (i = 0; i + 1 < m->n; i += 2) {
-        for (k = 0; keys[k] && strcmp(keys[k], m->items[i]->str) != 0; k++)
-            ;
-        if (keys[k] == NULL) {
-            snprintf(err, errlen, "line %d: unknown key \"%.64s\"", m->items[i]->line,
-                     m->items[i]->str);
-            return MS_EINVAL;
-        }
-    }
-    return 0;
-}
-
 static int classifier_build(const struct ms_yaml_node *root, wk_classifier *c, char *err,
                             size_t errlen)
 {
@@ -262,7 +245,7 @@ static int classifier_build(const struct ms_yaml_node *root, wk_classifier *c, c
 
     if (root->kind != MS_YAML_MAP)
         return bad(err, errlen, root->line, "want a mapping with suppress and rules");
-    if ((rc = known_keys(root, top_keys, err, errlen)) < 0)
+    if ((rc = ms_yaml_check_keys(root, top_keys, err, errlen)) < 0)
         return rc;
     c->suppress = DEFAULT_SUPPRESS;
     if ((sup = ms_yaml_get(root, "suppress")) != NULL) {
@@ -289,7 +272,7 @@ static int classifier_build(const struct ms_yaml_node *root, wk_classifier *c, c
         r = rules->items[i];
         if (r->kind != MS_YAML_MAP)
             return bad(err, errlen, r->line, "a rule is a mapping");
-        if ((rc = known_keys(r, rule_keys, err, errlen)) < 0)
+        if ((rc = ms_yaml_check_keys(r, rule_keys, err, errlen)) < 0)
             return rc;
         cat = ms_yaml_get(r, "category");
         if (cat == NULL || cat->kind != MS_YAML_SCALAR ||

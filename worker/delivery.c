@@ -102,6 +102,9 @@ struct dest {
     wk_smtp *smtp;                    /* while DEST_SEND */
     char relay_str[WK_RELAY_MAX];     /* the address being tried */
     int paced;                        /* asked pacing.h: released with the dest */
+    int shaped;                       /* shape is decided (the first address) */
+    struct wk_dest_shape shape;       /* its group, limits and key (shaper.h) */
+    int session_counted;              /* in the group's sessions gauge */
     ms_gauge *conn_gauge;             /* its destination's connections, while DEST_SEND */
 };
 
@@ -120,6 +123,7 @@ struct msg {
     size_t ntried;
     const char *cur_tls;            /* on_smtp: the TLS of the outcomes being recorded */
     const char *cur_tls_policy;     /* on_smtp: its policy level, or NULL */
+    const char *cur_group;          /* the outcomes' destination group label, or NULL */
     int cur_tls_auth;               /* on_smtp: how the server was authenticated */
     unsigned attempt;
     unsigned phase;
@@ -220,6 +224,13 @@ static ms_gauge *dest_gauge(wk_delivery *d, const struct dest *ds)
 /* Count ds's session as open (on) or closed (off). */
 static void dest_count_connection(wk_delivery *d, struct dest *ds, int on)
 {
+    if (on && ds->shaped) {
+        wk_shaper_session(d->conf.shaper, ds->shape.label, 1);
+        ds->session_counted = 1;
+    } else if (!on && ds->session_counted) {
+        wk_shaper_session(d->conf.shaper, ds->shape.label, 0);
+        ds->session_counted = 0;
+    }
     if (on) {
         ds->conn_gauge = dest_gauge(d, ds);
         ms_gauge_add(ds->conn_gauge, 1);
@@ -449,6 +460,7 @@ static enum wk_outcome record_outcome(struct msg *m, size_t i, int code, const c
     om.tls = m->cur_tls;
     om.tls_policy = m->cur_tls_policy;
     om.tls_auth = m->cur_tls_auth;
+    om.group = m->cur_group;
     om.event_id = m->id << WK_KIND_BITS | PRODUCE_EVENT;
     om.events_pending = &m->events_pending;
     return wk_outcome_record(m->d->outcomes, &om, &m->rcpts[i], code, dsn, reply, relay, remote,
@@ -652,11 +664,13 @@ static void dest_finish_all(struct msg *m, struct dest *ds, int code, const char
     enum wk_outcome o;
     size_t k;
 
+    m->cur_group = ds->shaped ? ds->shape.label : NULL;
     for (k = 0; k < ds->n; k++) {
         o = record_outcome(m, ds->rcpts[k], code, dsn, text, relay, NULL, -1);
         if (o == WK_OUTCOME_DELIVERED) /* the discard transport: final */
             note_success(m, ds->rcpts[k], 0, 1);
     }
+    m->cur_group = NULL;
     dest_done(m, ds);
 }
 
@@ -710,6 +724,15 @@ static void on_smtp(void *arg, uint64_t id, const struct wk_smtp_result *res)
     m->cur_tls = res->tls;
     m->cur_tls_policy = res->tls_policy;
     m->cur_tls_auth = res->tls_auth;
+    m->cur_group = ds->shaped ? ds->shape.label : NULL;
+    /* The backoff rules hear what the server said: its first refusal (a
+     * 421 applies to the whole session alike). */
+    for (k = 0; ds->shaped && k < res->nrcpts; k++)
+        if (res->rcpts[k].code < 200 || res->rcpts[k].code >= 300) {
+            wk_shaper_observe(d->conf.shaper, &ds->shape, res->rcpts[k].code, res->rcpts[k].dsn,
+                              res->rcpts[k].reply, m->qid);
+            break;
+        }
     for (k = 0; k < res->nrcpts && k < ds->n; k++) {
         i = ds->rcpts[k];
         o = record_outcome(m, i, res->rcpts[k].code, res->rcpts[k].dsn, res->rcpts[k].reply,
@@ -724,6 +747,7 @@ static void on_smtp(void *arg, uint64_t id, const struct wk_smtp_result *res)
     m->cur_tls = NULL;
     m->cur_tls_policy = NULL;
     m->cur_tls_auth = 0;
+    m->cur_group = NULL;
     dest_done(m, ds);
 }
 
@@ -776,13 +800,57 @@ static void on_paced(void *arg, uint64_t id, enum wk_pace_answer a, uint64_t wai
     }
 }
 
+/* Decide ds's group and limits (shaper.h) from its route: the relay host
+ * and transport next hops by their names, MX routing by the MX hosts. */
+static void dest_shape(wk_delivery *d, struct dest *ds)
+{
+    const char **hosts = ms_calloc(ds->naddrs ? ds->naddrs : 1, sizeof(*hosts));
+    size_t k;
+
+    for (k = 0; k < ds->naddrs; k++)
+        hosts[k] = ds->addrs[k].host;
+    wk_shaper_resolve(d->conf.shaper, ds->relay || ds->t ? dest_name(d, ds) : NULL, ds->domain,
+                      hosts, ds->naddrs, &ds->shape);
+    free(hosts);
+    ds->shaped = 1;
+}
+
 /* Connect to the next address once pacing lets it (at once when it is off
- * or the turn and lease are held already). */
+ * or the turn and lease are held already), under the limits of ds's group
+ * with its backoff applied; a suspended group defers without a session. */
 static void dest_connect(struct msg *m, struct dest *ds)
 {
+    wk_delivery *d = m->d;
+    struct wk_pace_limits lim;
+    int64_t until = 0;
+    const char *opwhy;
+    char why[MS_QCTL_REASON_MAX + 1], text[MS_QCTL_REASON_MAX + WK_SHAPE_KEY_MAX + 96];
+
+    if (!ds->shaped)
+        dest_shape(d, ds);
+    if (wk_shaper_limits(d->conf.shaper, &ds->shape, &lim.rate, &lim.connections, &until, why,
+                         sizeof(why))) {
+        ms_info("event=dest_backoff_deferred qid=%s group=%s rule=%s", m->qid, ds->shape.key,
+                why);
+        snprintf(text, sizeof(text),
+                 "destination group %s suspended by backoff rule %s for %lld s more", ds->shape.key,
+                 why, (long long)((until - ms_time_now_us()) / 1000000 + 1));
+        /* RFC 3463 X.4.5: mail system congestion (theirs, as they said). */
+        dest_release_pacing(m, ds);
+        dest_finish_all(m, ds, 0, "4.4.5", text, ds->shape.key);
+        return;
+    }
+    if (!ds->paced && strcmp(ds->shape.key, dest_name(d, ds)) != 0 &&
+        wk_control_suspended(d->control, ds->shape.key, &until, &opwhy)) {
+        ms_info("event=dest_suspended_deferred qid=%s dest=%s", m->qid, ds->shape.key);
+        snprintf(text, sizeof(text), "destination group %s suspended by the operator: %s",
+                 ds->shape.key, opwhy);
+        dest_finish_all(m, ds, 0, "4.3.0", text, ds->shape.key); /* as msg_send does */
+        return;
+    }
     dest_enter_state(m, ds, DEST_PACE);
     ds->paced = 1;
-    if (wk_pacing_acquire(m->d->pacing, dest_id(m, ds), dest_name(m->d, ds), m->qid))
+    if (wk_pacing_acquire(d->pacing, dest_id(m, ds), ds->shape.key, &lim, m->qid))
         dest_connect_now(m, ds);
 }
 
@@ -873,6 +941,7 @@ static void dest_connect_now(struct msg *m, struct dest *ds)
     wk_delivery *d = m->d;
     const struct wk_route_addr *a = &ds->addrs[ds->next++];
     struct wk_smtp_msg sm;
+    struct wk_smtp_timeouts timeouts;
     struct wk_tls_decision td;
     const char **rcpts, **orcpt;
     uint32_t *notify;
@@ -930,13 +999,18 @@ static void dest_connect_now(struct msg *m, struct dest *ds)
     }
     sm.lmtp = ds->t && ds->t->kind == MS_TRANSPORT_LMTP;
     sm.cache = d->conn_cache;
+    sm.max_msgs = ds->shape.lim.msgs_per_conn;
     sm.rcpts = rcpts;
     sm.nrcpts = ds->n;
     sm.data = (const char *)m->env->message.data;
     sm.len = m->env->message.len;
     dest_enter_state(m, ds, DEST_SEND);
-    err = wk_smtp_start(d->loop, (const struct sockaddr *)&a->ss, &d->conf.timeouts, &sm, on_smtp,
-                        d, dest_id(m, ds), &ds->smtp);
+    /* The group's connect and end-of-data timeouts (RFC 5321 §4.5.3.2). */
+    timeouts = d->conf.timeouts;
+    timeouts.connect = ds->shape.lim.connect_timeout_ms;
+    timeouts.dot = ds->shape.lim.data_timeout_ms;
+    err = wk_smtp_start(d->loop, (const struct sockaddr *)&a->ss, &timeouts, &sm, on_smtp, d,
+                        dest_id(m, ds), &ds->smtp);
     free(rcpts);
     free(notify);
     free(orcpt);
@@ -1212,6 +1286,27 @@ static void retry_cb(uv_timer_t *t)
  * due (Action: delayed), if the rules allow one (dsn_rules.h: the
  * backscatter rule, then NOTIFY per recipient; requeue.h builds it).
  * Returns 1 when a DSN is on its way. */
+/* The bounce categories (classify.h) of the recipients in m's DSN, each
+ * once, comma-separated, for its log line. */
+static const char *dsn_categories(const struct msg *m, char *buf, size_t len)
+{
+    unsigned seen = 0;
+    size_t i, used = 0;
+
+    buf[0] = '\0';
+    for (i = 0; i < m->nrcpts; i++) {
+        const struct wk_rcpt *rc = &m->rcpts[i];
+        if (!(rc->in_dsn && !rc->dsn_done) && !rc->warn_in_dsn)
+            continue;
+        if (seen >> rc->category & 1u)
+            continue;
+        seen |= 1u << rc->category;
+        used += (size_t)snprintf(buf + used, used < len ? len - used : 0, "%s%s", used ? "," : "",
+                                 wk_category_name(rc->category));
+    }
+    return buf[0] ? buf : "-";
+}
+
 static int send_dsn(struct msg *m)
 {
     wk_delivery *d = m->d;
@@ -1219,7 +1314,7 @@ static int send_dsn(struct msg *m)
     struct wk_requeue_dsn_counts counts;
     struct wk_dsn_facts facts;
     enum wk_dsn_verdict verdict;
-    char qid[MS_QUEUEID_LEN + 1];
+    char qid[MS_QUEUEID_LEN + 1], cats[WK_CAT__N * 16];
     uint8_t *buf;
     size_t i, len;
     int err;
@@ -1255,9 +1350,10 @@ static int send_dsn(struct msg *m)
                 len, &m->produce_pending) < 0)
         m->produce_failed = 1;
     free(buf);
-    ms_info("event=dsn qid=%s dsn_qid=%s to=%s rcpts=%zu delayed=%zu success=%zu requiretls=%d",
+    ms_info("event=dsn qid=%s dsn_qid=%s to=%s rcpts=%zu delayed=%zu success=%zu requiretls=%d "
+            "categories=%s",
             m->qid, qid, mf->address, counts.rcpts, counts.delayed, counts.success,
-            mf->requiretls);
+            mf->requiretls, dsn_categories(m, cats, sizeof(cats)));
     ms_counter_inc(d->m_dsn);
     if (counts.delayed > 0)
         ms_counter_add(d->m_delay_warnings, counts.delayed);
@@ -1790,13 +1886,12 @@ wk_delivery *wk_delivery_new(uv_loop_t *loop, const struct wk_delivery_conf *con
     d->slots = ms_calloc(d->nslots, sizeof(*d->slots));
     d->parked = ms_calloc(d->nslots, sizeof(*d->parked));
     pc.node_id = conf->node_id;
-    pc.dest_concurrency = conf->dest_concurrency;
-    pc.dest_rate = conf->dest_rate;
     pc.dest_rate_max_wait_ms = conf->dest_rate_max_wait_ms;
     d->pacing = wk_pacing_new(loop, &pc, on_paced, d);
     oc.node_id = conf->node_id;
     oc.events_topic = conf->events_topic;
     oc.suppress_ttl_s = conf->suppress_ttl_s;
+    oc.shaper = conf->shaper;
     d->outcomes = wk_outcomes_new(&oc);
     d->requeue.helo_name = conf->helo_name;
     d->requeue.node_id = conf->node_id;

@@ -17,6 +17,14 @@
  *   route      per recipient domain: the transport map, then [delivery]
  *              relay_host, then MX (route.h: RFC 5321 §5.1 order, every
  *              address of every MX host tried before deferring);
+ *   shape      (shaper.h) name the destination's group once its route is
+ *              known: a group of the shaping file by MX host or domain,
+ *              else its MX set (the relay host and transport next hops
+ *              keep their names); its limits, scaled down by a backoff in
+ *              force; a group suspended by a backoff (or by the operator,
+ *              under the group's name) is deferred (4.4.5) without a
+ *              session.  Every server reply is offered to the backoff
+ *              rules (wk_shaper_observe);
  *   pace       (pacing.h) when [delivery] dest_rate is set, wait for the destination's
  *              turn: a token bucket per destination in Redis
  *              (ms:rate:<name>, lib/io/ms_bucket.h; <name> is the relay
@@ -88,6 +96,7 @@
 #include "ms_route.h"
 #include "pacing.h"
 #include "route.h"
+#include "shaper.h"
 #include "smtp_client.h"
 
 /* Default of [delivery] max_in_flight. */
@@ -132,7 +141,10 @@ struct wk_delivery_conf {
     uint64_t conn_cache_ms;             /* keep idle connections this long; 0: never */
     unsigned max_msgs_per_conn;         /* then QUIT instead of parking; 0: no limit */
     int dest_concurrency;               /* connections per destination, cluster-wide
-                                         * (Redis leases); 0: no limit */
+                                         * (Redis leases); 0: no limit.  With
+                                         * dest_rate, max_msgs_per_conn and the
+                                         * timeouts: what the shaping file leaves
+                                         * unset (shaper.h, whose base they are) */
     const char *relay_user;             /* AUTH to relay_host as this user; NULL: none */
     const char *relay_password;         /* with relay_user */
     int relay_auth_plaintext;           /* AUTH allowed without TLS */
@@ -149,6 +161,8 @@ struct wk_delivery_conf {
                                          * an entry's own context, if any, instead
                                          * of tls_ctx; NULL: `may` everywhere */
     struct wk_smtp_timeouts timeouts;
+    wk_shaper *shaper;                  /* groups, their limits and backoff, the
+                                         * bounce classifier (shaper.h); required */
 };
 
 typedef struct wk_delivery wk_delivery;

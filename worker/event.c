@@ -78,6 +78,7 @@ int wk_event_json(struct ms_buf *out, const struct wk_event *ev)
         (err = field_str(out, "reply", ev->reply, 0)) < 0 ||
         (err = field_str(out, "relay", ev->relay, 0)) < 0 ||
         (ev->class_name && (err = field_str(out, "class", ev->class_name, 0)) < 0) ||
+        (ev->category && (err = field_str(out, "category", ev->category, 0)) < 0) ||
         (ev->tls && (err = field_str(out, "tls", ev->tls, 0)) < 0) ||
         (ev->tls_policy && (err = field_str(out, "tls_policy", ev->tls_policy, 0)) < 0) ||
         (ev->tls_policy && ev->tls_auth &&

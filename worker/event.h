@@ -39,6 +39,7 @@ struct wk_event {
     const char *reply;      /* remote reply or our diagnostic */
     const char *relay;      /* host:port, or mxhost[ip]:port */
     const char *class_name; /* reply class (ms_dsn.h), or NULL: not written */
+    const char *category;   /* bounce category (classify.h), or NULL: not written */
     const char *tls;        /* "TLSv1.3 cipher [verified|dane]", or NULL: not written */
     const char *tls_policy; /* the TLS policy level (tls_policy.h), or NULL: not
                              * written (nor tls_auth) */
@@ -51,7 +52,7 @@ struct wk_event {
 
 /* Append the event as one JSON object:
  *   {"qid":..,"rcpt":..,"outcome":..,"code":..,"dsn":..,"reply":..,
- *    "relay":..,"class":..,"tls":..,"tls_policy":..,"tls_auth":..,"node":..,
+ *    "relay":..,"class":..,"category":..,"tls":..,"tls_policy":..,"tls_auth":..,"node":..,
  *    "attempt":..,"delay":..,"ts":"2026-...Z"}
  * Strings are written by ms_json_string() (ms_json.h): escaped, and bytes
  * that are not valid UTF-8 become U+FFFD.

@@ -69,7 +69,8 @@ static const char *var_node_id, *var_hostname, *var_metrics, *var_topic, *var_ev
     *var_group, *var_relay_host, *var_log_level,
     *var_transport_map, *var_transport_map_file, *var_dns_upstream, *var_dns_trust_anchor,
     *var_tls_policy, *var_tls_policy_map, *var_tls_ca_file, *var_relay_user, *var_relay_password,
-    *var_relay_password_file, *var_relay_auth_mechanisms, *var_dest_rate, *var_mta_sts_ca_file;
+    *var_relay_password_file, *var_relay_auth_mechanisms, *var_dest_rate, *var_mta_sts_ca_file,
+    *var_shaping_file, *var_bounce_rules_file;
 static int64_t var_max_in_flight, var_retry_min_ms, var_retry_max_ms,
     var_connect_timeout_ms, var_drain_timeout_ms, var_smtp_port, var_retry_tiers, var_max_age_s,
     var_dns_timeout_ms, var_suppress_ttl_s, var_reply_timeout_ms, var_dest_concurrency,
@@ -96,6 +97,8 @@ static const struct {
     {"delivery", "relay_password_file", "", &var_relay_password_file},
     {"delivery", "relay_auth_mechanisms", "plain, login", &var_relay_auth_mechanisms},
     {"delivery", "dest_rate", "0", &var_dest_rate},
+    {"delivery", "shaping_file", "", &var_shaping_file},
+    {"delivery", "bounce_rules_file", "", &var_bounce_rules_file},
     {"transport", "map", "", &var_transport_map},
     {"transport", "map_file", "", &var_transport_map_file},
     {"dns", "upstream", "", &var_dns_upstream},
@@ -402,6 +405,7 @@ struct worker {
     struct wk_lag lag[1 + WK_RETRY_TIERS_MAX]; /* [0] queue, [i] tier i */
     wk_delivery *delivery;
     wk_mailauth *mailauth;
+    wk_shaper *shaper;
     ms_http_server *http;
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t drain_timer;
@@ -445,6 +449,7 @@ static void shutdown_now(void *arg)
     }
     wk_router_free(w->router);
     w->router = NULL;
+    wk_shaper_stop(w->shaper);
     wk_mtasts_stop(w->mtasts);
     ms_https_free(w->https);
     w->https = NULL;
@@ -483,12 +488,15 @@ static void signal_cb(uv_signal_t *h, int signum)
     wk_delivery_drain(w->delivery, shutdown_now, w);
 }
 
-/* SIGHUP: re-read the DKIM keys (Kubernetes updates mounted Secrets in place). */
+/* SIGHUP: re-read the DKIM keys (Kubernetes updates mounted Secrets in
+ * place), the shaping file and the bounce rules (a file that does not load
+ * leaves its old rules in force: shaper.h). */
 static void sighup_cb(uv_signal_t *h, int signum)
 {
     struct worker *w = h->data;
 
     wk_mailauth_reload(w->mailauth);
+    wk_shaper_reload(w->shaper);
 }
 
 static void usage(void)
@@ -609,6 +617,22 @@ int main(int argc, char **argv)
     }
     if (!wk_smtp_path_ok(var_hostname) || strchr(var_hostname, ' '))
         ms_fatal("event=config_invalid section=node key=hostname value=\"%s\"", var_hostname);
+    {
+        /* [delivery] is the base a shaping file's limits fall back to. */
+        struct wk_shaper_conf sc;
+        memset(&sc, 0, sizeof(sc));
+        sc.shaping_file = var_shaping_file;
+        sc.rules_file = var_bounce_rules_file;
+        sc.base.connections = dc.dest_concurrency;
+        sc.base.has_rate = 1;
+        sc.base.rate = dc.dest_rate;
+        sc.base.msgs_per_conn = dc.max_msgs_per_conn;
+        sc.base.connect_timeout_ms = dc.timeouts.connect;
+        sc.base.data_timeout_ms = dc.timeouts.dot;
+        if ((w.shaper = wk_shaper_new(w.loop, &sc, err, sizeof(err))) == NULL)
+            ms_fatal("event=config_invalid section=delivery key=shaping_file error=\"%s\"", err);
+        dc.shaper = w.shaper;
+    }
     w.delivery = wk_delivery_new(w.loop, &dc);
     if ((w.mailauth = wk_mailauth_new(w.loop, cfg, var_hostname, w.resolver, err, sizeof(err))) ==
         NULL)
@@ -634,6 +658,7 @@ int main(int argc, char **argv)
         ms_fatal("event=kafka_consumer_failed error=\"%s\"", err);
     w.redis = ms_redis_new(w.loop, &rconf);
     wk_delivery_attach(w.delivery, w.consumer, w.producer, w.redis);
+    wk_shaper_attach(w.shaper, w.redis);
     if (w.mtasts)
         wk_mtasts_attach(w.mtasts, w.redis);
     /* Retry tier consumers are idle most of the time and never in a hurry:
@@ -674,6 +699,7 @@ int main(int argc, char **argv)
     uv_run(w.loop, UV_RUN_DEFAULT);
 
     wk_delivery_free(w.delivery);
+    wk_shaper_free(w.shaper);
     wk_mtasts_free(w.mtasts);
     wk_mailauth_free(w.mailauth);
     ms_transport_map_free(w.transports);

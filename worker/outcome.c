@@ -2,6 +2,7 @@
  * outcome.c - one recipient's outcome (outcome.h).
  */
 #include "outcome.h"
+#include "shaper.h"
 #include "tls_policy.h"
 #include "ms_addr.h"
 #include "ms_buf.h"
@@ -132,6 +133,8 @@ enum wk_outcome wk_outcome_record(wk_outcomes *o, const struct wk_outcome_msg *m
     int64_t now = ms_time_now_us();
     double delay = msg->received_at_us > 0 ? (double)(now - msg->received_at_us) / 1e6 : 0;
     enum ms_reply_class cls;
+    enum wk_category cat;
+    const wk_classifier *classifier = wk_shaper_classifier(o->conf.shaper);
     int hard;
 
     memset(&ev, 0, sizeof(ev));
@@ -149,11 +152,14 @@ enum wk_outcome wk_outcome_record(wk_outcomes *o, const struct wk_outcome_msg *m
     ev.delay = delay < 0 ? 0 : delay;
     ev.ts_us = now;
     ev.class_name = ms_reply_class_name(cls);
+    cat = wk_classify(classifier, code, dsn, reply);
+    ev.category = wk_category_name(cat);
     ev.tls = msg->tls && *msg->tls ? msg->tls : NULL;
     ev.tls_policy = msg->tls_policy && *msg->tls_policy ? msg->tls_policy : NULL;
     ev.tls_auth = tls_auth_names[msg->tls_auth >= 0 && msg->tls_auth <= 2 ? msg->tls_auth : 0];
 
     rc->tried = 1;
+    rc->category = cat;
     rc->code = code;
     if (dsn != rc->dsn)
         snprintf(rc->dsn, sizeof(rc->dsn), "%s", dsn);
@@ -172,11 +178,11 @@ enum wk_outcome wk_outcome_record(wk_outcomes *o, const struct wk_outcome_msg *m
     }
 
     ms_info("event=delivery qid=%s rcpt=%s relay=%s tls=\"%s\" tls_policy=%s tls_auth=%s "
-            "attempt=%u delay=%.3f outcome=%s code=%d dsn=%s class=%s reply=%s",
+            "attempt=%u delay=%.3f outcome=%s code=%d dsn=%s class=%s category=%s reply=%s",
             msg->qid, ms_log_quote(qrcpt, sizeof(qrcpt), ev.rcpt, strlen(ev.rcpt)), ev.relay,
             ev.tls ? ev.tls : "none", ev.tls_policy ? ev.tls_policy : "-", ev.tls_auth,
             ev.attempt, ev.delay, wk_outcome_name(ev.outcome), code, dsn,
-            ev.class_name, ms_log_quote(qreply, sizeof(qreply), reply, strlen(reply)));
+            ev.class_name, ev.category, ms_log_quote(qreply, sizeof(qreply), reply, strlen(reply)));
     ms_counter_inc(o->m_outcome[ev.outcome]);
     count_tls(o, ev.tls_policy, msg->tls_auth, ev.outcome);
     ms_counter_inc(o->m_class[cls]);
@@ -194,10 +200,13 @@ enum wk_outcome wk_outcome_record(wk_outcomes *o, const struct wk_outcome_msg *m
         ms_warn("event=event_too_big qid=%s", msg->qid); /* cannot happen: reply is bounded */
     ms_buf_free(&json);
 
-    /* Hard bounces of a mailbox or domain feed the suppression list (a
-     * policy block says something about us, not about the recipient). */
+    if (msg->group)
+        wk_shaper_count(o->conf.shaper, msg->group, ev.outcome, cat);
+    /* Hard bounces of the categories the rules name (a mailbox or a
+     * domain, by default) feed the suppression list: a policy block says
+     * something about us, not about the recipient. */
     if (ev.outcome == WK_OUTCOME_BOUNCED && hard && !rc->suppressed && o->conf.suppress_ttl_s > 0 &&
-        (cls == MS_CLASS_BAD_MAILBOX || cls == MS_CLASS_DNS)) {
+        wk_classifier_suppresses(classifier, cat)) {
         char ttl[24], *key = wk_suppress_key(rc->addr), *val = ms_asprintf("%s %s", dsn, reply);
         const char *argv[5] = {"SET", key, val, "EX", ttl};
         snprintf(ttl, sizeof(ttl), "%lld", (long long)o->conf.suppress_ttl_s);

@@ -4,8 +4,11 @@
  * (struct wk_rcpt, read later by the DSN and retry builders, requeue.h),
  * the log line (event=delivery), the metrics, the record on the `events`
  * topic (event.h), and in Redis the suppression entry for a hard bounce of
- * a mailbox or domain (ms:suppress:<rcpt>, [suppression] ttl_s) and the
- * bounce counter of the sender domain (ms:bounces:<domain>).
+ * a category the bounce rules name (classify.h: by default bad_mailbox
+ * and bad_domain; ms:suppress:<rcpt>, [suppression] ttl_s) and the bounce
+ * counter of the sender domain (ms:bounces:<domain>).  The reply's bounce
+ * category (classify.h) goes into the recipient, the log line and the
+ * event.
  *
  * The verdict (delivered, deferred, bounced) comes from wk_verdict()
  * (event.h) unless the caller forces one (an expired message bounces).
@@ -25,6 +28,7 @@
 #include <netinet/in.h>
 #include <stdint.h>
 
+#include "classify.h"
 #include "event.h"
 #include "ms_dns.h"
 #include "ms_dsn.h"
@@ -54,6 +58,7 @@ struct wk_rcpt {
     int warn_in_dsn;               /* a delay warning for it is in the DSN on its way */
     int64_t delay_warned_us;       /* when its delay warning went out; 0: not yet */
     int tried;                     /* has a last result */
+    enum wk_category category;     /* of its last result (classify.h) */
     int code;
     char dsn[WK_DSN_MAX + 1];
     char reply[WK_SMTP_REPLY_TEXT_MAX];
@@ -71,6 +76,7 @@ struct wk_outcome_msg {
     const char *tls;     /* the session's TLS, or NULL/"" */
     const char *tls_policy; /* the TLS policy level that applied, or NULL */
     int tls_auth;        /* the peer authenticated: 0 no, 1 chain and name, 2 DANE */
+    const char *group;   /* the destination group's metric label (shaper.h); NULL: none */
     uint64_t event_id;   /* producer id of the event record */
     int *events_pending; /* incremented when the event is on its way */
 };
@@ -79,6 +85,8 @@ struct wk_outcome_conf {
     const char *node_id;
     const char *events_topic;
     int64_t suppress_ttl_s; /* 0: no suppression list */
+    struct wk_shaper *shaper; /* the bounce classifier and the per-group metrics
+                               * (shaper.h); NULL: the RFC 3463 fallback */
 };
 
 typedef struct wk_outcomes wk_outcomes;

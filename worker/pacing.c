@@ -33,6 +33,7 @@ struct pace {
     int rated;               /* its turn came (or dest_rate is off, or failed open) */
     int leased;              /* holds a lease in ms:lease:<name> */
     uint64_t rate_waited_ms; /* waited for its turn so far */
+    struct wk_pace_limits lim;
     char name[MS_DNS_NAME_MAX + 1];
     char log_id[64];
     char rate_key[MS_DNS_NAME_MAX + 32];
@@ -91,7 +92,7 @@ static int lease_request(wk_pacing *p, struct pace *e)
 
     snprintf(now, sizeof(now), "%lld", (long long)now_ms());
     snprintf(ttl, sizeof(ttl), "%d", WK_LEASE_TTL_MS);
-    snprintf(max, sizeof(max), "%d", p->conf.dest_concurrency);
+    snprintf(max, sizeof(max), "%d", e->lim.connections);
     argv[0] = "1";
     argv[1] = e->lease_key;
     argv[2] = now;
@@ -129,7 +130,7 @@ static int rate_request(wk_pacing *p, struct pace *e)
     size_t argvlen[MS_BUCKET_WAIT_ARGC];
     int argc;
 
-    argc = ms_bucket_wait_argv(e->rate_key, p->conf.dest_rate, &sc, argv, argvlen);
+    argc = ms_bucket_wait_argv(e->rate_key, e->lim.rate, &sc, argv, argvlen);
     e->state = PACE_RATE;
     if (ms_redis_script(p->redis, MS_SCRIPT_BUCKET, on_rate, p, e->id, argc, argv, argvlen) < 0)
         return rate_fail_open(p, e, NULL);
@@ -142,7 +143,7 @@ static int rate_request(wk_pacing *p, struct pace *e)
  * when dest_concurrency is.  1: it may go now; 0: a request is out. */
 static int pace_step(wk_pacing *p, struct pace *e)
 {
-    if (p->conf.dest_rate.capacity > 0 && !e->rated) {
+    if (e->lim.rate.capacity > 0 && !e->rated) {
         if (p->redis == NULL) {
             ms_counter_inc(p->m_rate_unchecked);
             e->rated = 1;
@@ -151,7 +152,7 @@ static int pace_step(wk_pacing *p, struct pace *e)
         }
     }
     e->state = PACE_IDLE;
-    if (p->conf.dest_concurrency <= 0 || p->redis == NULL || e->leased)
+    if (e->lim.connections <= 0 || p->redis == NULL || e->leased)
         return 1;
     return lease_request(p, e);
 }
@@ -298,14 +299,16 @@ void wk_pacing_attach(wk_pacing *p, ms_redis *r)
     p->redis = r;
 }
 
-int wk_pacing_acquire(wk_pacing *p, uint64_t id, const char *name, const char *log_id)
+int wk_pacing_acquire(wk_pacing *p, uint64_t id, const char *name, const struct wk_pace_limits *lim,
+                      const char *log_id)
 {
     struct pace *e;
 
-    if (p->conf.dest_rate.capacity == 0 && p->conf.dest_concurrency <= 0)
-        return 1;
     if ((e = ms_idmap_get(&p->paces, id)) == NULL) {
+        if (lim->rate.capacity == 0 && lim->connections <= 0)
+            return 1;
         e = ms_calloc(1, sizeof(*e));
+        e->lim = *lim;
         uv_timer_init(p->loop, &e->t);
         e->p = p;
         e->id = id;

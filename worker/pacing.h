@@ -3,6 +3,10 @@
  * turn under [delivery] dest_rate and a connection lease under [delivery]
  * dest_concurrency, both cluster-wide through Redis.
  *
+ * Limits come with each request (struct wk_pace_limits): the engine takes
+ * them from the destination's group and its backoff (shaper.h), so they
+ * may differ from one request to the next; <name> is the group's key.
+ *
  * Rate: a token bucket per destination (ms:rate:<name>, ms_bucket.h),
  * capacity one, refilled every 1/rate seconds: one message per destination
  * and period, cluster-wide, evenly spaced (what Postfix's
@@ -59,10 +63,14 @@ typedef void (*wk_pacing_cb)(void *arg, uint64_t id, enum wk_pace_answer a, uint
                              int64_t next_turn_ms);
 
 struct wk_pacing_conf {
-    const char *node_id;             /* in lease members: "<node>:<id>" */
-    int dest_concurrency;            /* connections per destination; 0: no leases */
-    struct ms_bucket_rate dest_rate; /* capacity 0: no rate */
+    const char *node_id; /* in lease members: "<node>:<id>" */
     uint64_t dest_rate_max_wait_ms;
+};
+
+/* One destination's limits, as the request names them. */
+struct wk_pace_limits {
+    int connections;            /* cluster-wide connections; 0: no leases */
+    struct ms_bucket_rate rate; /* capacity 0: no rate */
 };
 
 typedef struct wk_pacing wk_pacing;
@@ -72,12 +80,14 @@ wk_pacing *wk_pacing_new(uv_loop_t *loop, const struct wk_pacing_conf *conf, wk_
                          void *arg);
 /* The Redis client, once it exists (NULL: nothing is paced, counted). */
 void wk_pacing_attach(wk_pacing *p, ms_redis *r);
-/* May destination `id`, named `name` (relay host, next hop or recipient
- * domain), connect?  1: yes, now (no callback); 0: the answer comes later
- * through the callback.  Called again for the next address of the same
- * destination, it answers 1 at once (the turn and lease are kept).  log_id
- * (the queue id) goes into log lines; both strings are copied. */
-int wk_pacing_acquire(wk_pacing *p, uint64_t id, const char *name, const char *log_id);
+/* May destination `id`, named `name` (its group's key, shaper.h), connect
+ * under limits `lim`?  1: yes, now (no callback); 0: the answer comes
+ * later through the callback.  Called again for the next address of the
+ * same destination, it answers 1 at once (the turn and lease are kept;
+ * the limits of the first call stay).  log_id (the queue id) goes into log
+ * lines; both strings are copied. */
+int wk_pacing_acquire(wk_pacing *p, uint64_t id, const char *name, const struct wk_pace_limits *lim,
+                      const char *log_id);
 /* Forget `id`: give its lease back and drop any wait (no callback). */
 void wk_pacing_release(wk_pacing *p, uint64_t id);
 /* Shutdown: no new waits for a turn; destinations sleeping until their turn

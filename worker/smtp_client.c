@@ -136,6 +136,7 @@ struct wk_smtp {
     struct ms_list idle_node;       /* on the cache's idle list while SMTP_IDLE */
     int reused;
     unsigned nmsgs;                 /* transactions finished on this connection */
+    unsigned max_msgs;              /* the last message's limit (wk_smtp_msg); 0: the cache's */
     int rset_due;                   /* reused: send RSET on the next loop turn */
     int rset_pipelined;             /* reused: MAIL, RCPT, DATA went with RSET */
     /* Commands of a pipelined group wait here and go out in one write. */
@@ -367,6 +368,7 @@ static void tx_setup(wk_smtp *s, const struct wk_smtp_msg *msg)
     size_t i;
 
     snprintf(s->log_id, sizeof(s->log_id), "%s", msg->log_id ? msg->log_id : "-");
+    s->max_msgs = msg->max_msgs;
     s->mail_from = ms_strdup(msg->mail_from);
     s->body_8bitmime = msg->body_8bitmime;
     s->body_binarymime = msg->body_binarymime;
@@ -834,7 +836,8 @@ static void smtp_park(wk_smtp *s)
      * carried enough messages is closed, so no one server process (or
      * its memory leaks) keeps us forever. */
     if (c == NULL || c->closing || c->nidle >= WK_SMTP_CACHE_MAX ||
-        (c->max_msgs > 0 && s->nmsgs >= c->max_msgs)) {
+        (s->max_msgs > 0 && s->nmsgs >= s->max_msgs) ||
+        (s->max_msgs == 0 && c->max_msgs > 0 && s->nmsgs >= c->max_msgs)) {
         smtp_quit(s);
         return;
     }

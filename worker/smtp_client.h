@@ -226,6 +226,8 @@ struct wk_smtp_msg {
                                      * of the CAs.  NULL/0: none */
     size_t ntlsa;
     wk_smtp_cache *cache;           /* reuse connections through it; NULL: never */
+    unsigned max_msgs;              /* transactions per connection for this one's
+                                     * destination (shaper.h); 0: the cache's */
     ms_conn_connect_fn *connect; /* how to connect; NULL: ms_conn_connect
                                      * (tests: a memory pair) */
     const char *auth_user;          /* AUTH as this user (RFC 4954); NULL: no AUTH */

@@ -204,3 +204,20 @@ const struct ms_yaml_node *ms_yaml_get(const struct ms_yaml_node *m, const char 
             return m->items[i + 1];
     return NULL;
 }
+
+int ms_yaml_check_keys(const struct ms_yaml_node *m, const char *const *keys, char *err,
+                       size_t errlen)
+{
+    size_t i, k;
+
+    for (i = 0; m && m->kind == MS_YAML_MAP && i + 1 < m->n; i += 2) {
+        for (k = 0; keys[k] && strcmp(keys[k], m->items[i]->str) != 0; k++)
+            ;
+        if (keys[k] == NULL) {
+            snprintf(err, errlen, "line %d: unknown key \"%.64s\"", m->items[i]->line,
+                     m->items[i]->str);
+            return MS_EINVAL;
+        }
+    }
+    return 0;
+}

@@ -48,4 +48,9 @@ void ms_yaml_free(struct ms_yaml_node *n);
  * key). */
 const struct ms_yaml_node *ms_yaml_get(const struct ms_yaml_node *m, const char *key);
 
+/* Every key of mapping m is one of keys (NULL-terminated): 0, or
+ * MS_EINVAL naming the first unknown one and its line in err. */
+int ms_yaml_check_keys(const struct ms_yaml_node *m, const char *const *keys, char *err,
+                       size_t errlen);
+
 #endif

@@ -98,6 +98,15 @@
  * the workers and removed by mailstream-ctl. */
 #define MS_KEY_SUSPEND "ms:suspend"
 
+/* Hash: destination group (worker/shaper.h: a group of the shaping file,
+ * an "mx:" set, or a next hop) -> its automatic backoff
+ * (ms_backoff_format: suspend or throttle, factor, until, ramp, since,
+ * rule, reply).  Written by the worker whose delivery got a reply matching
+ * a backoff rule, read every second by every worker; deleted by
+ * mailstream-ctl (dest resume, or dest list once a record is over: the
+ * workers ignore it by then). */
+#define MS_KEY_BACKOFF "ms:backoff"
+
 /* + lower-cased domain: set of the lower-cased addresses that exist at
  * that accepted domain (Postfix's relay_recipient_maps).  Written by
  * mailstream-ctl (recipients add/remove/import), kept until removed; read
