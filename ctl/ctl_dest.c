@@ -7,8 +7,14 @@
  * destination gets no new session and its recipients are deferred without
  * counting an attempt.  Resuming removes the field and makes the mail
  * deferred to the destination due at once (ctl_queue_retry_dest).
+ *
+ * The workers' own automatic backoffs (worker/shaper.h: a destination
+ * group suspended or throttled after a reply matched a backoff rule) are
+ * the fields of MS_KEY_BACKOFF (ms_backoff.h): `dest list` shows them
+ * beside the operator's suspensions, and `dest resume` ends them too.
  */
 #include "ctl.h"
+#include "ms_backoff.h"
 #include "ms_json.h"
 #include "ms_keys.h"
 #include "ms_mem.h"
@@ -102,6 +108,17 @@ static int d_resume(struct ctl *c, int argc, char **argv)
     r = ctl_cmd(c, "HDEL", MS_KEY_SUSPEND, name, NULL);
     n = r->type == MS_REDIS_INT ? r->integer : -1;
     ms_redis_sync_reply_free(r);
+    if (n >= 0) {
+        /* A backoff the workers started ends too (its name as they wrote it). */
+        r = ctl_cmd(c, "HDEL", MS_KEY_BACKOFF, argv[0], NULL);
+        n = r->type == MS_REDIS_INT ? n + r->integer : -1;
+        ms_redis_sync_reply_free(r);
+        if (n >= 0 && strcmp(name, argv[0]) != 0) {
+            r = ctl_cmd(c, "HDEL", MS_KEY_BACKOFF, name, NULL);
+            n = r->type == MS_REDIS_INT ? n + r->integer : -1;
+            ms_redis_sync_reply_free(r);
+        }
+    }
     if (n < 0) {
         free(name);
         return ctl_fail(CTL_EXIT_FAILED, "dest resume: Redis refused the write");
@@ -124,13 +141,58 @@ static int d_resume(struct ctl *c, int argc, char **argv)
     return n ? CTL_EXIT_OK : CTL_EXIT_NOTFOUND;
 }
 
+/* The workers' backoffs in force (the lapsed ones are removed), after
+ * `before` entries already listed; how many. */
+static size_t list_backoffs(struct ctl *c, struct ms_buf *out, int64_t now, size_t before)
+{
+    struct ms_redis_reply *r = ctl_cmd(c, "HGETALL", MS_KEY_BACKOFF, NULL);
+    char t1[MS_JSON_TIME_MAX], t2[MS_JSON_TIME_MAX];
+    size_t i, shown = 0;
+
+    for (i = 0; r->type == MS_REDIS_ARRAY && i + 1 < r->nelem; i += 2) {
+        struct ms_backoff b;
+        const char *name = r->elem[i].str;
+        if (r->elem[i].type != MS_REDIS_STR || r->elem[i + 1].type != MS_REDIS_STR ||
+            ms_backoff_parse(r->elem[i + 1].str, r->elem[i + 1].len, &b) < 0)
+            continue;
+        if (ms_backoff_over(&b, now)) {
+            ms_redis_sync_reply_free(ctl_cmd(c, "HDEL", MS_KEY_BACKOFF, name, NULL));
+            continue;
+        }
+        ms_json_time(t1, sizeof(t1), b.since_us);
+        ms_json_time(t2, sizeof(t2), b.until_us);
+        if (c->json) {
+            ms_buf_appendf(out, "%s{\"destination\":", before + shown ? "," : "");
+            ctl_json_str(out, name);
+            ms_buf_appendf(out,
+                           ",\"backoff\":\"%s\",\"factor\":%.2f,\"factor_now\":%.2f,"
+                           "\"since\":\"%s\",\"until\":\"%s\",\"ramp_s\":%lld,\"rule\":",
+                           b.suspend ? "suspend" : "throttle", b.factor,
+                           ms_backoff_factor(&b, now), t1, t2, (long long)(b.ramp_ms / 1000));
+            ctl_json_str(out, b.rule);
+            ms_buf_appendf(out, ",\"reason\":");
+            ctl_json_str(out, b.reason);
+            ms_buf_append(out, "}", 1);
+        } else {
+            ms_buf_appendf(out, "%-32s backoff %s factor %.2f (now %.2f) since %s until %s ramp %llds "
+                                "rule %s  %s\n",
+                           name, b.suspend ? "suspend" : "throttle", b.factor,
+                           ms_backoff_factor(&b, now), t1, t2, (long long)(b.ramp_ms / 1000),
+                           b.rule, b.reason);
+        }
+        shown++;
+    }
+    ms_redis_sync_reply_free(r);
+    return shown;
+}
+
 static int d_list(struct ctl *c, int argc, char **argv)
 {
     struct ms_redis_reply *r;
     struct ms_buf out;
     int64_t now = ms_time_now_us();
     char t1[MS_JSON_TIME_MAX], t2[MS_JSON_TIME_MAX];
-    size_t i, shown = 0;
+    size_t i, shown = 0, nback;
 
     (void)argv;
     if (argc > 0)
@@ -168,13 +230,16 @@ static int d_list(struct ctl *c, int argc, char **argv)
         }
         shown++;
     }
+    ms_redis_sync_reply_free(r);
+    nback = list_backoffs(c, &out, now, shown);
     if (c->json)
         ms_buf_append(&out, "]\n", 2);
+    else if (nback > 0)
+        ms_buf_appendf(&out, "-- %zu suspended, %zu backing off\n", shown, nback);
     else
         ms_buf_appendf(&out, "-- %zu suspended\n", shown);
     ctl_flush(&out);
     ms_buf_free(&out);
-    ms_redis_sync_reply_free(r);
     return CTL_EXIT_OK;
 }
 
@@ -182,5 +247,5 @@ const struct ctl_cmd ctl_dest_cmds[] = {
     {"dest", "suspend", "D [--for T] [--reason TEXT]",
      "no session to D on any worker; its mail deferred, no attempt counted", d_suspend},
     {"dest", "resume", "D", "sessions again; D's deferred mail due now", d_resume},
-    {"dest", "list", "", "suspended destinations", d_list},
+    {"dest", "list", "", "suspended destinations, and groups the workers backed off", d_list},
     {NULL, NULL, NULL, NULL, NULL}};
