@@ -335,23 +335,6 @@ const wk_classifier *wk_shaper_classifier(const wk_shaper *s)
     return s ? s->classifier : NULL;
 }
 
-/* Unset limits come from [delivery]. */
-static void limits_fill(struct wk_shape_limits *l, const struct wk_shape_limits *base)
-{
-    if (l->connections == 0)
-        l->connections = base->connections;
-    if (!l->has_rate) {
-        l->has_rate = 1;
-        l->rate = base->rate;
-    }
-    if (l->msgs_per_conn == 0)
-        l->msgs_per_conn = base->msgs_per_conn;
-    if (l->connect_timeout_ms == 0)
-        l->connect_timeout_ms = base->connect_timeout_ms;
-    if (l->data_timeout_ms == 0)
-        l->data_timeout_ms = base->data_timeout_ms;
-}
-
 void wk_shaper_resolve(const wk_shaper *s, const char *name, const char *domain,
                        const char *const *hosts, size_t n, struct wk_dest_shape *out)
 {
@@ -376,7 +359,7 @@ void wk_shaper_resolve(const wk_shaper *s, const char *name, const char *domain,
         if (s->shaping)
             out->lim = *wk_shaping_default(s->shaping);
     }
-    limits_fill(&out->lim, &s->conf.base);
+    wk_shape_limits_inherit(&out->lim, &s->conf.base); /* [delivery] */
 }
 
 int wk_shaper_limits(wk_shaper *s, const struct wk_dest_shape *ds, struct ms_bucket_rate *rate,

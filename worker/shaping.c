@@ -104,8 +104,7 @@ static int limits_parse(const struct ms_yaml_node *m, struct wk_shape_limits *l,
     return 0;
 }
 
-/* Unset limits of a group are the default's. */
-static void limits_inherit(struct wk_shape_limits *l, const struct wk_shape_limits *def)
+void wk_shape_limits_inherit(struct wk_shape_limits *l, const struct wk_shape_limits *def)
 {
     if (l->connections == 0)
         l->connections = def->connections;
@@ -225,7 +224,7 @@ static int groups_parse(const struct ms_yaml_node *gs, wk_shaping *s, char *err,
         for (j = 0; j + 1 < s->ngroups; j++)
             if (strcasecmp(s->groups[j].name, o->name) == 0)
                 return bad(err, errlen, g->line, "a second group of that name");
-        limits_inherit(&o->lim, &s->def);
+        wk_shape_limits_inherit(&o->lim, &s->def);
     }
     return 0;
 }

@@ -93,6 +93,10 @@ struct wk_backoff_rule {
     int64_t for_ms, ramp_ms;
 };
 
+/* Fill what l leaves unset (0, has_rate 0) from def: a group's limits from
+ * the default section, those from [delivery]. */
+void wk_shape_limits_inherit(struct wk_shape_limits *l, const struct wk_shape_limits *def);
+
 typedef struct wk_shaping wk_shaping;
 
 int wk_shaping_parse(const char *buf, size_t len, wk_shaping **out, char *err, size_t errlen);
