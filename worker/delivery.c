@@ -93,6 +93,8 @@ struct dest {
     const struct ms_transport *t;     /* transport map entry, or NULL */
     int relay;                        /* via [delivery] relay_host */
     size_t *rcpts, n;                 /* indices into msg.rcpts */
+    size_t off, cnt;                  /* the transaction under way: rcpts[off .. off + cnt),
+                                       * at most the group's recipients per message */
     uint64_t job;                     /* route job while DEST_ROUTE */
     struct wk_route_addr *addrs;
     size_t naddrs, next;              /* addresses and the next to try */
@@ -656,6 +658,13 @@ static void dest_done(struct msg *m, struct dest *ds)
         msg_sent(m);
 }
 
+/* Recipient i's retry schedule is its destination group's (shaper.h). */
+static void note_schedule(struct msg *m, const struct dest *ds, size_t i)
+{
+    m->rcpts[i].retry_min_ms = ds->shaped ? ds->shape.lim.retry_min_ms : 0;
+    m->rcpts[i].retry_max_ms = ds->shaped ? ds->shape.lim.retry_max_ms : 0;
+}
+
 /* The whole destination ends with one result (a route verdict, a transport
  * map error, a local refusal). */
 static void dest_finish_all(struct msg *m, struct dest *ds, int code, const char *dsn,
@@ -665,8 +674,9 @@ static void dest_finish_all(struct msg *m, struct dest *ds, int code, const char
     size_t k;
 
     m->cur_group = ds->shaped ? ds->shape.label : NULL;
-    for (k = 0; k < ds->n; k++) {
+    for (k = ds->off; k < ds->n; k++) { /* earlier transactions have theirs */
         o = record_outcome(m, ds->rcpts[k], code, dsn, text, relay, NULL, -1);
+        note_schedule(m, ds, ds->rcpts[k]);
         if (o == WK_OUTCOME_DELIVERED) /* the discard transport: final */
             note_success(m, ds->rcpts[k], 0, 1);
     }
@@ -675,6 +685,7 @@ static void dest_finish_all(struct msg *m, struct dest *ds, int code, const char
 }
 
 static void dest_connect(struct msg *m, struct dest *ds);
+static void dest_connect_now(struct msg *m, struct dest *ds);
 
 static int no_server_reply(const struct wk_smtp_result *res)
 {
@@ -696,6 +707,7 @@ static void on_smtp(void *arg, uint64_t id, const struct wk_smtp_result *res)
     const char *remote;
     enum wk_outcome o;
     size_t k, i;
+    int taken = 0; /* a recipient of this transaction was delivered or bounced */
 
     if (ds == NULL || ds->state != DEST_SEND)
         return;
@@ -720,7 +732,6 @@ static void on_smtp(void *arg, uint64_t id, const struct wk_smtp_result *res)
         return;
     }
     remote = ds->addrs && ds->next > 0 ? ds->addrs[ds->next - 1].host : NULL;
-    dest_release_pacing(m, ds);
     m->cur_tls = res->tls;
     m->cur_tls_policy = res->tls_policy;
     m->cur_tls_auth = res->tls_auth;
@@ -733,10 +744,12 @@ static void on_smtp(void *arg, uint64_t id, const struct wk_smtp_result *res)
                               res->rcpts[k].reply, m->qid);
             break;
         }
-    for (k = 0; k < res->nrcpts && k < ds->n; k++) {
-        i = ds->rcpts[k];
+    for (k = 0; k < res->nrcpts && k < ds->cnt; k++) {
+        i = ds->rcpts[ds->off + k];
         o = record_outcome(m, i, res->rcpts[k].code, res->rcpts[k].dsn, res->rcpts[k].reply,
                            ds->relay_str, remote, -1);
+        note_schedule(m, ds, i);
+        taken |= o != WK_OUTCOME_DEFERRED;
         /* Right after the remote 250: from now on a redelivery skips it
          * (XXX and a success notice not yet produced is lost with it). */
         if (o == WK_OUTCOME_DELIVERED) {
@@ -744,6 +757,27 @@ static void on_smtp(void *arg, uint64_t id, const struct wk_smtp_result *res)
             note_success(m, i, res->dsn_offered, ds->t && ds->t->kind == MS_TRANSPORT_LMTP);
         }
     }
+    ds->off += ds->cnt;
+    if (ds->off < ds->n && taken) {
+        /* The group takes fewer recipients per message: the next ones in
+         * another transaction to the same server (its parked connection),
+         * under the same turn and lease. */
+        m->cur_tls = NULL;
+        m->cur_tls_policy = NULL;
+        m->cur_tls_auth = 0;
+        m->cur_group = NULL;
+        ds->next--;
+        dest_connect_now(m, ds);
+        return;
+    }
+    /* A server that took none of them (a 421, a full queue) would say the
+     * same to the rest: they are deferred alike, without asking. */
+    for (k = ds->off; k < ds->n && res->nrcpts > 0; k++) {
+        record_outcome(m, ds->rcpts[k], res->rcpts[0].code, res->rcpts[0].dsn,
+                       res->rcpts[0].reply, ds->relay_str, remote, -1);
+        note_schedule(m, ds, ds->rcpts[k]);
+    }
+    dest_release_pacing(m, ds);
     m->cur_tls = NULL;
     m->cur_tls_policy = NULL;
     m->cur_tls_auth = 0;
@@ -761,8 +795,6 @@ static const char *dest_name(const wk_delivery *d, const struct dest *ds)
 }
 
 /* ---- pacing (pacing.h): [delivery] dest_rate and dest_concurrency ---- */
-
-static void dest_connect_now(struct msg *m, struct dest *ds);
 
 /* Waited too long for its turn (or the worker is draining): defer the
  * destination's recipients like any temporary failure; the retry record
@@ -967,13 +999,19 @@ static void dest_connect_now(struct msg *m, struct dest *ds)
         sm.tls_ctx = d->conf.tls_ctx;
         sm.tls_name = a->host; /* the MX host name, the relay's host, or an IP literal */
     }
-    rcpts = ms_calloc(ds->n, sizeof(*rcpts));
-    notify = ms_calloc(ds->n, sizeof(*notify));
-    orcpt = ms_calloc(ds->n, sizeof(*orcpt));
-    for (k = 0; k < ds->n; k++) {
-        rcpts[k] = m->rcpts[ds->rcpts[k]].addr;
-        notify[k] = m->env->recipients[ds->rcpts[k]]->notify;
-        orcpt[k] = m->env->recipients[ds->rcpts[k]]->orcpt;
+    /* This transaction's recipients: the group's recipients per message
+     * from where the last one stopped. */
+    ds->cnt = ds->n - ds->off;
+    if (ds->shape.lim.rcpts_per_msg > 0 && ds->cnt > ds->shape.lim.rcpts_per_msg)
+        ds->cnt = ds->shape.lim.rcpts_per_msg;
+    rcpts = ms_calloc(ds->cnt, sizeof(*rcpts));
+    notify = ms_calloc(ds->cnt, sizeof(*notify));
+    orcpt = ms_calloc(ds->cnt, sizeof(*orcpt));
+    for (k = 0; k < ds->cnt; k++) {
+        size_t i = ds->rcpts[ds->off + k];
+        rcpts[k] = m->rcpts[i].addr;
+        notify[k] = m->env->recipients[i]->notify;
+        orcpt[k] = m->env->recipients[i]->orcpt;
     }
     sm.log_id = m->qid;
     sm.helo_name = d->conf.helo_name;
@@ -1001,7 +1039,7 @@ static void dest_connect_now(struct msg *m, struct dest *ds)
     sm.cache = d->conn_cache;
     sm.max_msgs = ds->shape.lim.msgs_per_conn;
     sm.rcpts = rcpts;
-    sm.nrcpts = ds->n;
+    sm.nrcpts = ds->cnt;
     sm.data = (const char *)m->env->message.data;
     sm.len = m->env->message.len;
     dest_enter_state(m, ds, DEST_SEND);
@@ -1369,12 +1407,37 @@ none:
 
 /* Re-produce the message with its pending recipients to the retry tier for
  * its attempt number (requeue.h builds the record). */
+/* The retry schedule of m's pending recipients: their groups' (shaper.h)
+ * or [delivery]'s, the slowest of them, so that no group is tried again
+ * sooner than it asked. */
+static void retry_schedule(const struct msg *m, uint64_t *rmin, uint64_t *rmax)
+{
+    const wk_delivery *d = m->d;
+    size_t i;
+
+    *rmin = 0;
+    *rmax = 0;
+    for (i = 0; i < m->nrcpts; i++) {
+        const struct wk_rcpt *rc = &m->rcpts[i];
+        uint64_t lo = rc->retry_min_ms ? rc->retry_min_ms : d->conf.retry_min_ms;
+        uint64_t hi = rc->retry_max_ms ? rc->retry_max_ms : d->conf.retry_max_ms;
+        if (rc->state != WK_RCPT_PENDING)
+            continue;
+        *rmin = lo > *rmin ? lo : *rmin;
+        *rmax = hi > *rmax ? hi : *rmax;
+    }
+    if (*rmin == 0) { /* none pending (held mail): the defaults */
+        *rmin = d->conf.retry_min_ms;
+        *rmax = d->conf.retry_max_ms;
+    }
+}
+
 static void send_retry(struct msg *m, int pending)
 {
     wk_delivery *d = m->d;
     uint8_t *buf;
     size_t i, len;
-    uint64_t delay;
+    uint64_t delay, rmin, rmax;
     int tier, before;
     int64_t next_attempt_us;
 
@@ -1387,8 +1450,9 @@ static void send_retry(struct msg *m, int pending)
      * records therefore do not all wait alike: XXX a record due early may
      * wait behind WK_RETRY_HOLD_MAX held ones due later (at most the
      * difference between the last tier's delay and retry_max_ms). */
+    retry_schedule(m, &rmin, &rmax);
     delay = m->delay_ms ? m->delay_ms
-                        : wk_backoff_ms(m->attempt, d->conf.retry_min_ms, d->conf.retry_max_ms,
+                        : wk_backoff_ms(m->attempt, rmin, rmax,
                                         arc4random());
     next_attempt_us = ms_time_now_us() + (int64_t)delay * 1000;
     buf = wk_requeue_retry(&d->requeue, m->env, m->rcpts, m->attempt, next_attempt_us, tier, &len);

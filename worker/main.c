@@ -629,6 +629,8 @@ int main(int argc, char **argv)
         sc.base.msgs_per_conn = dc.max_msgs_per_conn;
         sc.base.connect_timeout_ms = dc.timeouts.connect;
         sc.base.data_timeout_ms = dc.timeouts.dot;
+        sc.base.retry_min_ms = (uint64_t)var_retry_min_ms;
+        sc.base.retry_max_ms = (uint64_t)var_retry_max_ms;
         if ((w.shaper = wk_shaper_new(w.loop, &sc, err, sizeof(err))) == NULL)
             ms_fatal("event=config_invalid section=delivery key=shaping_file error=\"%s\"", err);
         dc.shaper = w.shaper;

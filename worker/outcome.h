@@ -59,6 +59,8 @@ struct wk_rcpt {
     int64_t delay_warned_us;       /* when its delay warning went out; 0: not yet */
     int tried;                     /* has a last result */
     enum wk_category category;     /* of its last result (classify.h) */
+    uint64_t retry_min_ms, retry_max_ms; /* its destination group's retry schedule
+                                          * (shaper.h); 0: [delivery]'s */
     int code;
     char dsn[WK_DSN_MAX + 1];
     char reply[WK_SMTP_REPLY_TEXT_MAX];

@@ -95,6 +95,18 @@ static int limits_parse(const struct ms_yaml_node *m, struct wk_shape_limits *l,
         return rc;
     if (rc)
         l->data_timeout_ms = (uint64_t)ms;
+    if ((rc = get_int(m, "recipients_per_message", 1, WK_SHAPING_RCPTS_MAX, &n, err, errlen)) < 0)
+        return rc;
+    if (rc)
+        l->rcpts_per_msg = (unsigned)n;
+    if ((rc = get_duration(m, "retry_min", WK_SHAPING_RETRY_MAX_S, &ms, err, errlen)) < 0)
+        return rc;
+    if (rc)
+        l->retry_min_ms = (uint64_t)ms;
+    if ((rc = get_duration(m, "retry_max", WK_SHAPING_RETRY_MAX_S, &ms, err, errlen)) < 0)
+        return rc;
+    if (rc)
+        l->retry_max_ms = (uint64_t)ms;
     if ((v = ms_yaml_get(m, "rate")) != NULL) {
         if (scalar(v) == NULL || ms_bucket_rate_parse(v->str, &l->rate) < 0)
             return bad(err, errlen, v->line,
@@ -118,6 +130,12 @@ void wk_shape_limits_inherit(struct wk_shape_limits *l, const struct wk_shape_li
         l->connect_timeout_ms = def->connect_timeout_ms;
     if (l->data_timeout_ms == 0)
         l->data_timeout_ms = def->data_timeout_ms;
+    if (l->rcpts_per_msg == 0)
+        l->rcpts_per_msg = def->rcpts_per_msg;
+    if (l->retry_min_ms == 0)
+        l->retry_min_ms = def->retry_min_ms;
+    if (l->retry_max_ms == 0)
+        l->retry_max_ms = def->retry_max_ms;
 }
 
 static int name_parse(const struct ms_yaml_node *m, const char *key, char *out, int required,
@@ -196,8 +214,9 @@ void wk_shaping_free(wk_shaping *s)
 static int groups_parse(const struct ms_yaml_node *gs, wk_shaping *s, char *err, size_t errlen)
 {
     static const char *const keys[] = {"name", "mx", "domains", "connections", "rate",
-                                       "messages_per_connection", "connect_timeout",
-                                       "data_timeout", NULL};
+                                       "messages_per_connection", "recipients_per_message",
+                                       "connect_timeout", "data_timeout", "retry_min",
+                                       "retry_max", NULL};
     size_t i, j;
     int rc;
 
@@ -298,7 +317,8 @@ static int shaping_build(const struct ms_yaml_node *root, wk_shaping *s, char *e
 {
     static const char *const top[] = {"default", "groups", "backoff", NULL};
     static const char *const def_keys[] = {"connections", "rate", "messages_per_connection",
-                                           "connect_timeout", "data_timeout", NULL};
+                                           "recipients_per_message", "connect_timeout",
+                                           "data_timeout", "retry_min", "retry_max", NULL};
     const struct ms_yaml_node *v;
     int rc;
 

@@ -7,8 +7,12 @@
  *     connections: 20           # cluster-wide sessions at once (leases)
  *     rate: 10                  # messages per second, cluster-wide ("0.5", "off")
  *     messages_per_connection: 100
- *     connect_timeout: 30s      # RFC 5321 §4.5.3.2 initial 220 wait: see below
+ *     recipients_per_message: 50 # more go in further transactions (RFC 5321
+ *                               # §4.5.3.1.8: servers take at least 100)
+ *     connect_timeout: 30s      # the TCP connect
  *     data_timeout: 10m         # the reply to the final dot (§4.5.3.2.6)
+ *     retry_min: 5m             # the retry schedule of its deferred mail:
+ *     retry_max: 4h             # doubling from retry_min up to retry_max
  *   groups:                     # first match wins
  *     - name: google            # the group's name: Redis keys, metrics, mailstream-ctl
  *       mx: ["*.google.com"]    # any MX host of the domain matches ("*." any name under)
@@ -30,9 +34,10 @@
  * MX host names: domains hosted alike share limits) and gets the default
  * limits; one reached through the relay host or a transport map entry is
  * named as before (delivery.h).  A missing limit falls back to [delivery]
- * dest_concurrency, dest_rate, max_msgs_per_conn and the timeouts.
- *
- * connect_timeout bounds the TCP connect and the banner alike here.
+ * dest_concurrency, dest_rate, max_msgs_per_conn, the timeouts and
+ * retry_min_ms / retry_max_ms (recipients per message: no limit).  A
+ * message deferred to several groups waits as long as the slowest
+ * schedule among its pending recipients says.
  *
  * Limits: WK_SHAPING_GROUPS_MAX groups, WK_SHAPING_RULES_MAX backoff
  * rules, WK_SHAPING_PATTERNS_MAX mx and domains per group.
@@ -62,6 +67,8 @@
 #define WK_SHAPING_CONNECTIONS_MAX 100000
 #define WK_SHAPING_MSGS_MAX 1000000
 #define WK_SHAPING_TIMEOUT_MAX_S 3600
+#define WK_SHAPING_RCPTS_MAX 100000
+#define WK_SHAPING_RETRY_MAX_S (24 * 3600) /* as [delivery] retry_max_ms */
 
 /* A group's limits; 0 (rate: has_rate 0) means "the [delivery] setting". */
 struct wk_shape_limits {
@@ -69,8 +76,10 @@ struct wk_shape_limits {
     int has_rate;
     struct ms_bucket_rate rate; /* with has_rate; capacity 0: no limit */
     unsigned msgs_per_conn;
+    unsigned rcpts_per_msg;     /* recipients per transaction; 0: all at once */
     uint64_t connect_timeout_ms;
     uint64_t data_timeout_ms;
+    uint64_t retry_min_ms, retry_max_ms; /* the retry schedule (retry.h) */
 };
 
 struct wk_shape_group {

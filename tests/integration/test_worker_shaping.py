@@ -150,3 +150,38 @@ def test_group_by_mx_suffix_and_sighup_reload(cluster_factory, nsd, port, server
                 timeout=120)
     # Throttled to half of 2 connections: still 1.
     assert metric(wk, 'mailstream_worker_group_connections_limit{group="bigmail"}') == 1
+
+
+def test_recipients_per_message_and_retry_schedule(cluster_factory, tmp_path):
+    """recipients_per_message splits one destination's recipients over
+    several transactions of one attempt; a group's retry schedule decides
+    when its deferred mail comes back ([delivery] retry_min_ms is 200 ms
+    here, the file says an hour)."""
+    srv = FakeSMTP(rcpt_reply=lambda r, n: "450 4.2.0 try later" if r.startswith("later")
+                   else "250 2.1.5 Ok")
+    try:
+        shaping = tmp_path / "shaping.yaml"
+        shaping.write_text("default: {recipients_per_message: 2, retry_min: 1h, retry_max: 2h}\n")
+        cl = cluster_factory(frontends=0, workers=1, worker_extra={"delivery": {
+            "relay_host": srv.address, "retry_min_ms": 200, "retry_max_ms": 1000,
+            "shaping_file": str(shaping)}})
+        q = new_qid()
+        rcpts = [f"r{i}@example.net" for i in range(5)]
+        produce(cl, [(q, envelope(q, rcpts, message(q)))])
+        evs = wait_events(cl, lambda e: sum(1 for x in e if x.get("qid") == q) >= 5)
+        assert sorted(e["rcpt"] for e in evs if e.get("qid") == q) == rcpts
+        assert {(e["outcome"], e["attempt"]) for e in evs if e.get("qid") == q} == {
+            ("delivered", 1)}
+        # Three transactions of 2, 2 and 1 recipients, each delivered once.
+        assert sorted(len(r) for _, r, _ in srv.delivered) == [1, 2, 2]
+        assert sorted(a for _, r, _ in srv.delivered for a in r) == rcpts
+
+        q2 = new_qid()
+        produce(cl, [(q2, envelope(q2, ["later@example.net"], message(q2)))])
+        log = wait_log(cl.workers[0], f"event=retry_scheduled qid={q2}")
+        line = [ln for ln in log.splitlines() if f"event=retry_scheduled qid={q2}" in ln][0]
+        delay = int(line.split("delay_ms=")[1].split()[0])
+        # Equal jitter: between half and all of the group's first delay.
+        assert 30 * 60 * 1000 <= delay <= 60 * 60 * 1000, line
+    finally:
+        srv.close()

@@ -83,10 +83,11 @@ static void test_limits_and_rules(void **state)
     const char *h[] = {"mx1.big.example"};
 
     (void)state;
-    s = parse("default: {connections: 4, rate: 2, data_timeout: 5m}\n"
+    s = parse("default: {connections: 4, rate: 2, data_timeout: 5m, retry_max: 2h}\n"
               "groups:\n"
               "  - {name: big, mx: ['*.big.example'], rate: '0.5', connect_timeout: 20s}\n"
-              "  - {name: small, domains: [small.example], connections: 1}\n"
+              "  - {name: small, domains: [small.example], connections: 1,\n"
+              "     recipients_per_message: 50, retry_min: 30m}\n"
               "backoff:\n"
               "  - {name: only-big, group: big, code: 421, action: suspend, for: 1m}\n"
               "  - {name: any, enhanced: '4.7.*', text: 'slow down', action: throttle,\n"
@@ -101,8 +102,14 @@ static void test_limits_and_rules(void **state)
     assert_int_equal(g->lim.data_timeout_ms, 300000);
     assert_int_equal(g->lim.msgs_per_conn, 0);
     assert_int_equal(wk_shaping_default(s)->rate.period_ms, 500);
+    assert_int_equal(g->lim.rcpts_per_msg, 0);
+    assert_int_equal(g->lim.retry_min_ms, 0);
+    assert_int_equal(g->lim.retry_max_ms, 2 * 3600 * 1000);
     g = wk_shaping_group(s, "Small.Example", NULL, 0);
     assert_int_equal(g->lim.connections, 1);
+    assert_int_equal(g->lim.rcpts_per_msg, 50);
+    assert_int_equal(g->lim.retry_min_ms, 30 * 60 * 1000);
+    assert_int_equal(g->lim.retry_max_ms, 2 * 3600 * 1000);
     assert_int_equal(g->lim.rate.period_ms, 500);
     /* A group's rule only for its group; the suspension factor defaults to 0.25. */
     r = wk_shaping_match(s, "big", 421, "", "x");
@@ -153,6 +160,8 @@ static void test_refused(void **state)
     parse("groups: [{name: g, mx: [a], rate: fast}]\n", MS_EINVAL);
     parse("groups: [{name: g, mx: [a], recipients: 5}]\n", MS_EINVAL); /* unknown key */
     parse("default: {connect_timeout: 2y}\n", MS_EINVAL);
+    parse("default: {recipients_per_message: 0}\n", MS_EINVAL);
+    parse("default: {retry_max: 2d}\n", MS_EINVAL); /* beyond [delivery] retry_max_ms */
     parse("backoff: [{name: r, action: throttle, for: 1m}]\n", MS_EINVAL); /* matches all */
     parse("backoff: [{name: r, code: 421, for: 1m}]\n", MS_EINVAL);        /* no action */
     parse("backoff: [{name: r, code: 421, action: throttle}]\n", MS_EINVAL); /* no for */
