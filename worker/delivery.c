@@ -370,6 +370,8 @@ static void dests_free(struct msg *m)
             wk_mtasts_cancel(m->d->conf.mtasts, ds->sts_job);
         free(ds->sts);
         dest_release_pacing(m, ds);
+        if (ds->shaped)
+            wk_shaper_release(&ds->shape);
         free(ds->rcpts);
         free(ds->addrs);
         free(ds->tlsa);
@@ -922,8 +924,13 @@ static int dest_tls(struct msg *m, struct dest *ds, const struct wk_route_addr *
     wk_delivery *d = m->d;
     const char *nexthop;
     const struct wk_tls_entry *e = dest_tls_entry(d, ds, &nexthop);
-    const char *label = wk_tls_level_name(e->level);
+    const char *label;
     char why[WK_SMTP_REPLY_TEXT_MAX];
+
+    /* The group's policy where the map names neither domain nor next hop. */
+    if (ds->shape.tls && e == wk_tls_map_default(d->conf.tls_map))
+        e = ds->shape.tls;
+    label = wk_tls_level_name(e->level);
 
     if (ds->sts && a->dane == WK_DANE_USABLE) {
         /* RFC 8461 §2: DANE wins where both exist. */

@@ -344,6 +344,10 @@ void wk_shaper_resolve(const wk_shaper *s, const char *name, const char *domain,
     if (name == NULL)
         g = wk_shaping_group(s->shaping, domain, hosts, n);
     if (g) {
+        if (g->has_tls) {
+            out->tls = &g->tls;
+            out->gen = wk_shaping_ref(s->shaping);
+        }
         snprintf(out->key, sizeof(out->key), "%s", g->name);
         snprintf(out->label, sizeof(out->label), "%s", g->name);
         snprintf(out->rules_group, sizeof(out->rules_group), "%s", g->name);
@@ -360,6 +364,13 @@ void wk_shaper_resolve(const wk_shaper *s, const char *name, const char *domain,
             out->lim = *wk_shaping_default(s->shaping);
     }
     wk_shape_limits_inherit(&out->lim, &s->conf.base); /* [delivery] */
+}
+
+void wk_shaper_release(struct wk_dest_shape *ds)
+{
+    wk_shaping_free(ds->gen);
+    ds->gen = NULL;
+    ds->tls = NULL;
 }
 
 int wk_shaper_limits(wk_shaper *s, const struct wk_dest_shape *ds, struct ms_bucket_rate *rate,

@@ -62,6 +62,9 @@ struct wk_dest_shape {
     char label[WK_SHAPING_NAME_MAX + 1];      /* its group, or "default" */
     char rules_group[WK_SHAPING_NAME_MAX + 1]; /* the named group, or "" */
     struct wk_shape_limits lim;               /* before any backoff */
+    const struct wk_tls_entry *tls;           /* the group's TLS policy, or NULL */
+    wk_shaping *gen;                          /* the rules tls points into (a
+                                               * reference: wk_shaper_release) */
 };
 
 typedef struct wk_shaper wk_shaper;
@@ -82,9 +85,11 @@ const wk_classifier *wk_shaper_classifier(const wk_shaper *s);
 
 /* The shaping of a destination: `name` (the relay host or transport next
  * hop; NULL for MX routing), the recipient domain and the MX hosts of its
- * addresses (repeats allowed). */
+ * addresses (repeats allowed).  Release it with wk_shaper_release() (the
+ * rules it points into outlive a reload until then). */
 void wk_shaper_resolve(const wk_shaper *s, const char *name, const char *domain,
                        const char *const *hosts, size_t n, struct wk_dest_shape *out);
+void wk_shaper_release(struct wk_dest_shape *ds);
 
 /* The limits in force for ds now, its backoff applied: *rate (capacity 0:
  * none) and *connections (0: none).  Returns 1 when the group is

@@ -14,6 +14,7 @@
 #include <strings.h>
 
 struct wk_shaping {
+    unsigned refs;
     struct wk_shape_limits def;
     struct wk_shape_group *groups;
     size_t ngroups;
@@ -194,13 +195,43 @@ static void group_free(struct wk_shape_group *g)
         free(g->domains[i]);
     free(g->mx);
     free(g->domains);
+    if (g->has_tls)
+        wk_tls_entry_clear(&g->tls);
+}
+
+/* A group's TLS policy: a level the group can decide alone (shaping.h). */
+static int tls_parse(const struct ms_yaml_node *g, struct wk_shape_group *o, char *err,
+                     size_t errlen)
+{
+    const struct ms_yaml_node *v = ms_yaml_get(g, "tls");
+    char why[256];
+
+    if (v == NULL)
+        return 0;
+    if (scalar(v) == NULL || wk_tls_entry_parse(v->str, &o->tls, why, sizeof(why)) < 0) {
+        snprintf(err, errlen, "line %d: tls: %s", v->line, scalar(v) ? why : "a policy");
+        return MS_EINVAL;
+    }
+    o->has_tls = 1;
+    if (o->tls.level == WK_TLS_LEVEL_DANE || o->tls.level == WK_TLS_LEVEL_DANE_ONLY ||
+        o->tls.ca_file)
+        return bad(err, errlen, v->line,
+                   "tls: DANE levels and ca_file belong in [tls] policy_map");
+    return 0;
+}
+
+wk_shaping *wk_shaping_ref(wk_shaping *s)
+{
+    if (s)
+        s->refs++;
+    return s;
 }
 
 void wk_shaping_free(wk_shaping *s)
 {
     size_t i;
 
-    if (s == NULL)
+    if (s == NULL || --s->refs > 0)
         return;
     for (i = 0; i < s->ngroups; i++)
         group_free(&s->groups[i]);
@@ -216,7 +247,7 @@ static int groups_parse(const struct ms_yaml_node *gs, wk_shaping *s, char *err,
     static const char *const keys[] = {"name", "mx", "domains", "connections", "rate",
                                        "messages_per_connection", "recipients_per_message",
                                        "connect_timeout", "data_timeout", "retry_min",
-                                       "retry_max", NULL};
+                                       "retry_max", "tls", NULL};
     size_t i, j;
     int rc;
 
@@ -236,7 +267,8 @@ static int groups_parse(const struct ms_yaml_node *gs, wk_shaping *s, char *err,
             (rc = name_parse(g, "name", o->name, 1, err, errlen)) < 0 ||
             (rc = names_parse(g, "mx", 1, &o->mx, &o->nmx, err, errlen)) < 0 ||
             (rc = names_parse(g, "domains", 0, &o->domains, &o->ndomains, err, errlen)) < 0 ||
-            (rc = limits_parse(g, &o->lim, err, errlen)) < 0)
+            (rc = limits_parse(g, &o->lim, err, errlen)) < 0 ||
+            (rc = tls_parse(g, o, err, errlen)) < 0)
             return rc;
         if (o->nmx == 0 && o->ndomains == 0)
             return bad(err, errlen, g->line, "a group needs mx or domains");
@@ -349,6 +381,7 @@ static int shaping_from(struct ms_yaml_node *root, int rc, wk_shaping **out, cha
     if (rc < 0)
         return rc;
     s = ms_calloc(1, sizeof(*s));
+    s->refs = 1;
     rc = shaping_build(root, s, err, errlen);
     ms_yaml_free(root);
     if (rc < 0) {

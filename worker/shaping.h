@@ -18,6 +18,8 @@
  *       mx: ["*.google.com"]    # any MX host of the domain matches ("*." any name under)
  *       domains: [gmail.com]    # or the recipient domain is one of these
  *       connections: 10         # unset limits are the default's
+ *       tls: verify             # TLS policy (tls_policy.h): none, may,
+ *                               # encrypt, verify or secure, [match=...]
  *   backoff:                    # first match wins
  *     - name: gmail-rate        # in logs, metrics and `mailstream-ctl dest list`
  *       group: google           # only replies from this group (absent: any)
@@ -39,11 +41,20 @@
  * message deferred to several groups waits as long as the slowest
  * schedule among its pending recipients says.
  *
+ * A group's `tls` applies where [tls] policy_map names neither the domain
+ * nor the next hop (a map entry wins; MTA-STS enforce and DANE still come
+ * first, delivery.h).  DANE levels and ca_file are the policy map's only:
+ * TLSA records are looked up with the MX, before the group is known, and
+ * a CA file needs a TLS context loaded at start.
+ *
  * Limits: WK_SHAPING_GROUPS_MAX groups, WK_SHAPING_RULES_MAX backoff
  * rules, WK_SHAPING_PATTERNS_MAX mx and domains per group.
  *
- * Ownership: a wk_shaping is immutable once parsed; the worker swaps it
- * whole on SIGHUP (backoff.h).  Pure; any thread may read a parsed one.
+ * Ownership: a wk_shaping is immutable once parsed and counted by
+ * references: the parser's, and one per destination that holds a pointer
+ * into it (wk_shaping_ref); the worker swaps it whole on SIGHUP (shaper.h)
+ * and the last reference frees it.  Pure; any thread may read a parsed
+ * one (the count is the worker's loop thread's).
  * Errors: MS_EINVAL / MS_ETOOBIG / MS_EIO with the reason (and line) in err.
  */
 #ifndef WK_SHAPING_H
@@ -54,6 +65,7 @@
 
 #include "classify.h"
 #include "ms_backoff.h"
+#include "tls_policy.h"
 #include "ms_bucket.h"
 #include "ms_dns.h"
 
@@ -89,6 +101,8 @@ struct wk_shape_group {
     char **domains; /* lower case */
     size_t ndomains;
     struct wk_shape_limits lim; /* the default's filled in where unset */
+    int has_tls;
+    struct wk_tls_entry tls;    /* with has_tls */
 };
 
 enum wk_backoff_action { WK_BACKOFF_THROTTLE, WK_BACKOFF_SUSPEND };
@@ -110,7 +124,9 @@ typedef struct wk_shaping wk_shaping;
 
 int wk_shaping_parse(const char *buf, size_t len, wk_shaping **out, char *err, size_t errlen);
 int wk_shaping_load(const char *path, wk_shaping **out, char *err, size_t errlen);
+/* Drop a reference (the parser's, or one of wk_shaping_ref()'s). */
 void wk_shaping_free(wk_shaping *s);
+wk_shaping *wk_shaping_ref(wk_shaping *s);
 
 size_t wk_shaping_ngroups(const wk_shaping *s);
 size_t wk_shaping_nrules(const wk_shaping *s);

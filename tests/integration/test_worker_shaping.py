@@ -185,3 +185,26 @@ def test_recipients_per_message_and_retry_schedule(cluster_factory, tmp_path):
         assert 30 * 60 * 1000 <= delay <= 60 * 60 * 1000, line
     finally:
         srv.close()
+
+
+def test_group_tls_policy(cluster_factory, nsd, port, servers, tmp_path):
+    """A group's `tls` applies where [tls] policy_map says nothing: encrypt
+    for a server that offers no STARTTLS defers (category tls), where the
+    default policy `may` would have delivered in plaintext."""
+    srv = servers("127.0.0.10", port)
+    shaping = tmp_path / "shaping.yaml"
+    shaping.write_text("groups:\n  - {name: bigmail, mx: ['*.bigmail.mstest'], tls: encrypt}\n")
+    cl = mx_cluster(cluster_factory, nsd, port, str(shaping))
+    q = new_qid()
+    produce(cl, [(q, envelope(q, ["c@three.mstest"], message(q)))])
+    evs = wait_events(cl, lambda e: any(x.get("qid") == q for x in e))
+    (e,) = [x for x in evs if x.get("qid") == q][:1]
+    assert e["outcome"] == "deferred" and e["category"] == "tls", e
+    assert srv.delivered == []
+    # Without the group's policy, the same server takes the mail.
+    shaping.write_text("groups:\n  - {name: bigmail, mx: ['*.bigmail.mstest']}\n")
+    cl.workers[0].send_signal(signal.SIGHUP)
+    wait_log(cl.workers[0], "event=shaping_reloaded")
+    wait_events(cl, lambda e: any(x.get("qid") == q and x["outcome"] == "delivered" for x in e),
+                timeout=120)
+    assert len(srv.delivered) == 1

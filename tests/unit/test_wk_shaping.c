@@ -123,6 +123,21 @@ static void test_limits_and_rules(void **state)
     assert_null(wk_shaping_match(s, "small", 451, "4.3.0", "please slow down"));
     wk_shaping_free(s);
 
+    /* A group's TLS policy, and the references that keep it alive. */
+    s = parse("groups:\n"
+              "  - {name: strict, domains: [strict.example], tls: 'verify match=nexthop'}\n"
+              "  - {name: plain, domains: [plain.example]}\n",
+              0);
+    g = wk_shaping_group(s, "strict.example", NULL, 0);
+    assert_true(g->has_tls);
+    assert_int_equal(g->tls.level, WK_TLS_LEVEL_VERIFY);
+    assert_int_equal(g->tls.nmatch, 1);
+    assert_false(wk_shaping_group(s, "plain.example", NULL, 0)->has_tls);
+    assert_ptr_equal(wk_shaping_ref(s), s);
+    wk_shaping_free(s); /* the reference: g still valid */
+    assert_int_equal(g->tls.level, WK_TLS_LEVEL_VERIFY);
+    wk_shaping_free(s);
+
     /* An empty file: no groups, no rules. */
     s = parse("", 0);
     assert_int_equal(wk_shaping_ngroups(s), 0);
@@ -172,6 +187,10 @@ static void test_refused(void **state)
           MS_EINVAL);
     parse("backoff: [{name: r, text: '(', action: throttle, for: 1m}]\n", MS_EINVAL);
     parse("colour: red\n", MS_EINVAL);
+    parse("groups: [{name: g, mx: [a], tls: dane}]\n", MS_EINVAL);
+    parse("groups: [{name: g, mx: [a], tls: 'encrypt ca_file=/etc/ca.pem'}]\n", MS_EINVAL);
+    parse("groups: [{name: g, mx: [a], tls: sometimes}]\n", MS_EINVAL);
+    parse("default: {tls: verify}\n", MS_EINVAL); /* groups only */
     parse("groups: {name: g}\n", MS_EINVAL);
 }
 
