@@ -1334,7 +1334,10 @@ class Cluster:
             "kafka": {"brokers": s.kafka_brokers, "topic": s.topic,
                       "events_topic": s.events_topic, "group": s.group},
             "redis": {"host": HOST, "port": s.redis_port},
-            "delivery": {"relay_host": s.relay_host},
+            # The shipped bounce classification (worker/classify.h), so that
+            # every test runs against the rules operators get.
+            "delivery": {"relay_host": s.relay_host,
+                         "bounce_rules_file": str(REPO / "etc" / "bounce-rules.yaml")},
             "retry": {"tiers": WORKER_RETRY_TIERS},
         }
         return render_ini(merge_sections(sections, s.worker_extra))
