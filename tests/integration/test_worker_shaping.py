@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import signal
 import time
-from pathlib import Path
-from typing import List
 
 import pytest
 
 import mslocal
 from dns_zone import free_port_on, module_nsd
 from test_worker_backoff import GMAIL_421, wait_group_settled
+from test_worker_routing import servers  # noqa: F401 (a fixture)
 from test_worker_delivery import (KCAT, FakeSMTP, envelope, message, metric, new_qid,  # noqa: F401
                                   produce, wait_events, wait_log)
 
@@ -39,20 +38,6 @@ nsd = module_nsd(ZONES)
 @pytest.fixture
 def port():
     return free_port_on(["127.0.0.9", "127.0.0.10"])
-
-
-@pytest.fixture
-def servers():
-    made: List[FakeSMTP] = []
-
-    def make(host: str, p: int, **kw) -> FakeSMTP:
-        s = FakeSMTP(host=host, port=p, **kw)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
 
 
 def mx_cluster(cluster_factory, nsd, port, shaping: str, workers: int = 1):
