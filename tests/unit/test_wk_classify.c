@@ -156,6 +156,14 @@ static void test_refused(void **state)
     parse("rules: [\n", MS_EINVAL);
     parse("a: &x [1]\nb: *x\n", MS_EINVAL);
     parse("a: 1\n---\nb: 2\n", MS_EINVAL);
+    /* Nested deeper than MS_YAML_DEPTH_MAX. */
+    k = (size_t)snprintf(big, sizeof(big), "rules: ");
+    for (int d = 0; d < MS_YAML_DEPTH_MAX + 2; d++)
+        big[k++] = '[';
+    for (int d = 0; d < MS_YAML_DEPTH_MAX + 2; d++)
+        big[k++] = ']';
+    big[k] = '\0';
+    parse(big, MS_EINVAL);
     /* More rules than the limit. */
     k = (size_t)snprintf(big, sizeof(big), "rules:\n");
     while (k + 40 < sizeof(big))
