@@ -1326,11 +1326,6 @@ static void retry_cb(uv_timer_t *t)
 
 /* ---- durable outcomes: DSN and retry records ---- */
 
-/* Produce one DSN for the recipients bounced in this record (Action:
- * failed), delivered with NOTIFY=SUCCESS and those whose delay warning is
- * due (Action: delayed), if the rules allow one (dsn_rules.h: the
- * backscatter rule, then NOTIFY per recipient; requeue.h builds it).
- * Returns 1 when a DSN is on its way. */
 /* The bounce categories (classify.h) of the recipients in m's DSN, each
  * once, comma-separated, for its log line. */
 static const char *dsn_categories(const struct msg *m, char *buf, size_t len)
@@ -1343,15 +1338,20 @@ static const char *dsn_categories(const struct msg *m, char *buf, size_t len)
         const struct wk_rcpt *rc = &m->rcpts[i];
         if (!(rc->in_dsn && !rc->dsn_done) && !rc->warn_in_dsn)
             continue;
-        if (seen >> rc->category & 1u)
+        if (seen >> rc->category & 1u || used >= len)
             continue;
         seen |= 1u << rc->category;
-        used += (size_t)snprintf(buf + used, used < len ? len - used : 0, "%s%s", used ? "," : "",
+        used += (size_t)snprintf(buf + used, len - used, "%s%s", used ? "," : "",
                                  wk_category_name(rc->category));
     }
     return buf[0] ? buf : "-";
 }
 
+/* Produce one DSN for the recipients bounced in this record (Action:
+ * failed), delivered with NOTIFY=SUCCESS and those whose delay warning is
+ * due (Action: delayed), if the rules allow one (dsn_rules.h: the
+ * backscatter rule, then NOTIFY per recipient; requeue.h builds it).
+ * Returns 1 when a DSN is on its way. */
 static int send_dsn(struct msg *m)
 {
     wk_delivery *d = m->d;
@@ -1412,8 +1412,6 @@ none:
     return 0;
 }
 
-/* Re-produce the message with its pending recipients to the retry tier for
- * its attempt number (requeue.h builds the record). */
 /* The retry schedule of m's pending recipients: their groups' (shaper.h)
  * or [delivery]'s, the slowest of them, so that no group is tried again
  * sooner than it asked. */
@@ -1439,6 +1437,8 @@ static void retry_schedule(const struct msg *m, uint64_t *rmin, uint64_t *rmax)
     }
 }
 
+/* Re-produce the message with its pending recipients to the retry tier for
+ * its attempt number (requeue.h builds the record). */
 static void send_retry(struct msg *m, int pending)
 {
     wk_delivery *d = m->d;
