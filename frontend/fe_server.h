@@ -87,6 +87,7 @@ struct fe_metrics {
     ms_counter *format_refused[FE_FMT_COUNT]; /* by rule (fe_header.h) */
     ms_histogram *queue_latency;
     ms_counter *commits[FE_COMMIT_REASONS], *commit_records;
+    struct fe_verify_metrics verify;
 };
 
 typedef int (*fe_submit_fn)(void *arg, uint64_t id, const char *key, size_t keylen,
@@ -129,6 +130,7 @@ struct fe_server {
     int overloaded;            /* pending >= max_pending: sessions in DATA paused */
     ms_redis *redis;           /* NULL: no limits and no suppression in Redis */
     struct fe_rl *rl;
+    struct fe_verify *verify;  /* [verify] map set: probes (set by main.c) */
     uint64_t next_id;          /* ids: main.c starts each loop's at (index << 48) */
     int draining;              /* set by fe_sessions_drain() */
     /* Group commit (fe_commit.h): on once fe_server_commit_start() ran. */

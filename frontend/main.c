@@ -358,6 +358,8 @@ static void loop_finish(struct fe_loop *L)
     uv_timer_stop(&L->drain_timer);
     uv_close((uv_handle_t *)&L->drain_timer, handle_closed);
     uv_close((uv_handle_t *)&L->ready_timer, handle_closed);
+    fe_verify_free(srv->verify); /* before its Redis client */
+    srv->verify = NULL;
     if (srv->redis) {
         ms_redis_free(srv->redis); /* pending checks fail; no session is left */
         srv->redis = NULL;
@@ -491,6 +493,9 @@ static void loop_setup(struct fe_loop *L, int index, size_t n)
         srv->redis = ms_redis_new(L->loop, &rconf);
         srv->rl = fe_rl_new(srv->redis, fe_sessions_limits_answer, srv);
     }
+    if (srv->set.verify.map)
+        srv->verify = fe_verify_new(L->loop, srv->redis, &srv->set.verify, &srv->m.verify,
+                                    fe_sessions_verify_answer, srv);
     ms_conn_secrets_clear(&secrets); /* the clients hold their own copies */
     if (fe_listen_open(srv, cfg, err, sizeof(err)) < 0)
         ms_fatal("event=listen_failed reason=\"%s\"", err);

@@ -104,4 +104,18 @@
  * by the frontend at RCPT for the domains of [smtp] recipient_lists. */
 #define MS_KEY_RECIPIENTS "ms:rcpts:"
 
+/* + lower-cased address: string, the cached answer of a recipient
+ * verification probe (frontend/fe_verify.h): "1 <reply>" (the next hop
+ * accepted RCPT TO) or "0 <reply>" (it refused it with 5yz).  Written by
+ * the frontend with a TTL ([verify] positive_ttl / negative_ttl), read by
+ * every frontend at RCPT; deleted by nobody (it expires). */
+#define MS_KEY_VERIFY "ms:verify:"
+
+/* + lower-cased address: string, "a frontend is probing this address
+ * now" (SET NX), so that one probe runs per address in the whole cluster
+ * while the other frontends poll MS_KEY_VERIFY for its answer.  Written by
+ * the prober with a TTL of [verify] timeout_ms + 2 s, deleted by it when the
+ * probe ends. */
+#define MS_KEY_VERIFY_LOCK "ms:verifying:"
+
 #endif
