@@ -113,6 +113,7 @@ struct fe_server {
     struct fe_settings set;
     struct ms_tls_ctx *tls;    /* NULL: no TLS configured */
     struct fe_passwd *passwd;  /* NULL: no AUTH */
+    struct fe_rcpt_table *rcpts; /* [smtp] recipient_file; NULL: none (fe_access.h) */
     fe_submit_fn submit;
     fe_submit_owned_fn submit_owned; /* group commit only */
     void *submit_arg;

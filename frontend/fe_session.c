@@ -678,6 +678,7 @@ static struct fe_limits_wait *limits_wait_new(enum fe_limits_kind kind, enum fe_
 static void add_rate(struct fe_session *s, struct fe_limits_wait *w, enum fe_rate_kind kind,
                      const char *what, const char *value);
 static void limits_check(struct fe_session *s, struct fe_limits_wait *w);
+static void rcpt_unknown(struct fe_session *s, const char *path);
 
 #define F_HELO 0x01  /* needs HELO/EHLO first */
 #define F_NOTX 0x02  /* not inside a mail transaction */
@@ -846,6 +847,12 @@ static void cmd_rcpt(struct fe_session *s, const struct fe_smtp_cmd *c)
         fe_server_event(s->srv, "refused", tx->qid, s->ip, c->path, 0,
                         "550 5.7.1 Relay not permitted");
         reply_error(s, "550 5.7.1 Relay not permitted");
+        return;
+    }
+    /* The recipient file ([smtp] recipient_file): known at once. */
+    if (accepted && c->path_domain &&
+        fe_rcpt_table_check(s->srv->rcpts, c->path) == FE_RCPT_UNKNOWN) {
+        rcpt_unknown(s, c->path);
         return;
     }
     /* Recipients per client (Redis) and the suppression list (the
@@ -1199,6 +1206,22 @@ static void refuse_connection(struct fe_session *s, const char *line)
 
 static void session_admitted(struct fe_session *s);
 
+/* A recipient not on its domain's list (the Redis set or the recipient
+ * file): Postfix's wording for relay_recipient_maps. */
+static void rcpt_unknown(struct fe_session *s, const char *path)
+{
+    char line[MS_SMTP_PATH_MAX + 100], q[300];
+
+    ms_log_quote(q, sizeof(q), path, strlen(path));
+    ms_info("event=rcpt_unknown sid=%llu qid=%s client=%s rcpt=%s", (unsigned long long)s->id,
+            s->tx ? s->tx->qid : "-", s->ip, q);
+    snprintf(line, sizeof(line),
+             "550 5.1.1 <%s>: Recipient address rejected: User unknown in relay recipient table",
+             path);
+    fe_server_event(s->srv, "refused", s->tx ? s->tx->qid : "", s->ip, path, 0, line);
+    reply_error(s, line);
+}
+
 /* ---- recipient verification (fe_verify.h) ---- */
 
 /* Act on a probe's answer (FE_RL_OK, FE_RL_UNKNOWN, or FE_RL_FAILED: no
@@ -1327,15 +1350,7 @@ static void limits_decide(struct fe_session *s, struct fe_limits_wait *w, int re
             fe_server_event(srv, "refused", s->tx ? s->tx->qid : "", s->ip, w->path, 0, line);
             reply_error(s, line);
         } else if (result == FE_RL_UNKNOWN) {
-            ms_log_quote(q, sizeof(q), w->path, strlen(w->path));
-            ms_info("event=rcpt_unknown sid=%llu qid=%s client=%s rcpt=%s",
-                    (unsigned long long)s->id, s->tx ? s->tx->qid : "-", s->ip, q);
-            /* Postfix's wording for relay_recipient_maps. */
-            snprintf(line, sizeof(line),
-                     "550 5.1.1 <%s>: Recipient address rejected: User unknown in relay "
-                     "recipient table", w->path);
-            fe_server_event(srv, "refused", s->tx ? s->tx->qid : "", s->ip, w->path, 0, line);
-            reply_error(s, line);
+            rcpt_unknown(s, w->path);
         } else if (closed) {
             reply_error(s, "451 4.3.0 Error: rate-limit service unavailable, try again later");
         } else {

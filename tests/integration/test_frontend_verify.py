@@ -8,6 +8,7 @@ text, or 450 4.1.1 when the probe could not be made.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 import uuid
@@ -136,3 +137,37 @@ def test_verify_bad_map_refused_at_start(tmp_path):
     node = cl.add_frontend(start=False)
     r = run([mslocal.binary("frontend"), "-c", node.config])
     assert r.returncode != 0 and "cannot be probed" in r.stderr, r.stderr
+
+
+def test_recipient_file_reloaded_on_sighup(cluster_factory, tmp_path):
+    """[smtp] recipient_file: the domains of its lines are checked at RCPT
+    (550 5.1.1 for an address not listed); SIGHUP reads it again, and a
+    broken file then keeps the list in force."""
+    dom = f"f{uuid.uuid4().hex[:8]}.test"
+    f = tmp_path / "recipients"
+    f.write_text(f"# staff\nJane@{dom}\n@empty.{dom}\n")
+    cl = cluster_factory(frontends=1, workers=0,
+                         accepted_domains=[dom, f"empty.{dom}", "mailstream.test"],
+                         trusted_networks=[], frontend_extra={"smtp": {"recipient_file": str(f)}})
+    fe = cl.frontends[0]
+    assert code(rcpt(cl, f"jane@{dom.upper()}")) == b"250 2.1.5"
+    r = rcpt(cl, f"john@{dom}")
+    assert code(r) == b"550 5.1.1" and b"User unknown in relay recipient table" in r, r
+    assert code(rcpt(cl, f"anyone@empty.{dom}")) == b"550 5.1.1"
+    assert code(rcpt(cl, "anyone@mailstream.test")) == b"250 2.1.5"  # not covered
+
+    # Rewritten in place (same inode, so only the signal tells): john in, jane out.
+    f.write_text(f"john@{dom}\n")
+    fe.send_signal(signal.SIGHUP)
+    mslocal.wait_until(lambda: code(rcpt(cl, f"john@{dom}")) == b"250 2.1.5", 20,
+                       "john accepted after SIGHUP")
+    assert code(rcpt(cl, f"jane@{dom}")) == b"550 5.1.1"
+    assert code(rcpt(cl, f"anyone@empty.{dom}")) == b"250 2.1.5"  # no longer covered
+
+    # A broken file is refused; the last good list stays.
+    f.write_text("not an address\n")
+    fe.send_signal(signal.SIGHUP)
+    mslocal.wait_until(lambda: "what=recipient_file" in fe.log.read_text(), 20,
+                       "reload_failed logged")
+    assert code(rcpt(cl, f"john@{dom}")) == b"250 2.1.5"
+    assert code(rcpt(cl, f"jane@{dom}")) == b"550 5.1.1"
