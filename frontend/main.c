@@ -46,6 +46,7 @@
 #include "ms_kafka.h"
 #include "ms_log.h"
 #include "ms_mem.h"
+#include "ms_heartbeat.h"
 #include "ms_redis.h"
 #include "ms_version.h"
 
@@ -101,6 +102,7 @@ static size_t nloops;
 static struct fe_conn_table conns; /* process-wide connection limits */
 static struct fe_metrics metrics;  /* registered once, copied into each server */
 static int draining, aborted;      /* main's view */
+static ms_heartbeat *heartbeat;    /* loop 0's, with its Redis client */
 
 /* The current TLS context and password table, one reference each; loops
  * take their own under the lock. */
@@ -393,6 +395,10 @@ static void loop_finish(struct fe_loop *L)
     uv_close((uv_handle_t *)&L->ready_timer, handle_closed);
     fe_verify_free(srv->verify); /* before its Redis client */
     srv->verify = NULL;
+    if (L->index == 0) {
+        ms_heartbeat_stop(heartbeat);
+        heartbeat = NULL;
+    }
     if (srv->redis) {
         ms_redis_free(srv->redis); /* pending checks fail; no session is left */
         srv->redis = NULL;
@@ -526,6 +532,9 @@ static void loop_setup(struct fe_loop *L, int index, size_t n)
         srv->redis = ms_redis_new(L->loop, &rconf);
         srv->rl = fe_rl_new(srv->redis, fe_sessions_limits_answer, srv);
     }
+    /* One heartbeat per process, when it has Redis at all (ms_heartbeat.h). */
+    if (index == 0 && srv->redis)
+        heartbeat = ms_heartbeat_start(L->loop, srv->redis, "frontend", srv->set.node_id, NULL);
     if (srv->set.verify.map)
         srv->verify = fe_verify_new(L->loop, srv->redis, &srv->set.verify, &srv->m.verify,
                                     fe_sessions_verify_answer, srv);

@@ -118,4 +118,10 @@
  * probe ends. */
 #define MS_KEY_VERIFY_LOCK "ms:verifying:"
 
+/* + node id ([node] id): string, a node's heartbeat (ms_heartbeat.h: role,
+ * version, start time, last beat, host).  Written by every frontend (with
+ * Redis) and worker every 5 s with a TTL of 15 s, deleted by the node when
+ * it stops; read by `mailstream-ctl status`. */
+#define MS_KEY_NODE "ms:node:"
+
 #endif

@@ -252,7 +252,7 @@ def test_wrong_password_logged_and_retried(cluster_factory, auth_redis, tmp_path
 CTL = Path(os.environ.get("MAILSTREAM_BUILD_DIR", "build")) / "mailstream-ctl"
 
 
-def test_ctl_authenticates_from_the_worker_file(auth_redis, tmp_path):
+def test_ctl_authenticates_from_the_worker_file(auth_redis, kafka_broker, tmp_path):
     """mailstream-ctl -c WORKER.ini reads [redis] as the programs do: the
     password from its file; a wrong one is a one-line error without it."""
     r, admin_pw, _ = auth_redis
@@ -260,7 +260,8 @@ def test_ctl_authenticates_from_the_worker_file(auth_redis, tmp_path):
     ini = tmp_path / "worker.ini"
     for pw, expect in ((admin_pw, 0), (wrong, 3)):
         pwfile = _file(tmp_path, "ctl-pw", pw)
-        ini.write_text(f"[redis]\nhost = {mslocal.HOST}\nport = {r.port}\n"
+        ini.write_text(f"[kafka]\nbrokers = {kafka_broker.bootstrap}\n"
+                       f"[redis]\nhost = {mslocal.HOST}\nport = {r.port}\n"
                        f"password_file = {pwfile}\n")
         p = subprocess.run([str(CTL), "-c", str(ini), "--json", "status"], capture_output=True,
                            text=True, timeout=60)
