@@ -126,8 +126,9 @@ static int st_status(struct ctl *c, int argc, char **argv)
     if (c->json) {
         ms_buf_appendf(&out, "{\"redis\":{\"ok\":true,\"version\":");
         ctl_json_str(&out, version);
-        ms_buf_appendf(&out, ",\"address\":\"%s:%d\"},\"kafka\":{\"ok\":%s,\"brokers\":",
-                       c->rconf.host, c->rconf.port, kafka_ok ? "true" : "false");
+        ms_buf_appendf(&out,
+                       ",\"address\":\"%s:%d\"},\"kafka\":{\"ok\":%s,\"brokers\":", c->rconf.host,
+                       c->rconf.port, kafka_ok ? "true" : "false");
         ctl_json_str(&out, c->kconf.brokers);
         if (!kafka_ok) {
             ms_buf_appendf(&out, ",\"error\":");
@@ -155,8 +156,8 @@ static int st_status(struct ctl *c, int argc, char **argv)
         ms_buf_appendf(&out, "redis:      ok (%s:%d, version %s)\n", c->rconf.host, c->rconf.port,
                        version);
         if (kafka_ok)
-            ms_buf_appendf(&out, "kafka:      ok (%s), group %s: %zu members\n",
-                           c->kconf.brokers, group, nmembers);
+            ms_buf_appendf(&out, "kafka:      ok (%s), group %s: %zu members\n", c->kconf.brokers,
+                           group, nmembers);
         else
             ms_buf_appendf(&out, "kafka:      UNREACHABLE (%s): %s\n", c->kconf.brokers, kerr);
         ms_buf_appendf(&out, "nodes:      %zu\n", nnodes);

@@ -44,8 +44,20 @@
  * for its answer. */
 #define FE_VERIFY_POLL_MS 200
 
-enum probe_step { P_CACHE, P_LOCK, P_FOLLOW, P_QUEUED, P_RESOLVE, P_CONNECT, P_GREET, P_HELLO,
-                  P_MAIL, P_RCPT, P_QUIT, P_DONE };
+enum probe_step {
+    P_CACHE,
+    P_LOCK,
+    P_FOLLOW,
+    P_QUEUED,
+    P_RESOLVE,
+    P_CONNECT,
+    P_GREET,
+    P_HELLO,
+    P_MAIL,
+    P_RCPT,
+    P_QUIT,
+    P_DONE
+};
 
 struct fe_verify {
     uv_loop_t *loop;
@@ -54,14 +66,14 @@ struct fe_verify {
     const struct fe_verify_metrics *m;
     fe_verify_cb cb;
     void *arg;
-    struct ms_list all;     /* every probe until freed */
-    struct ms_list probes;  /* not yet answered: coalescing */
-    struct ms_list queued;  /* P_QUEUED, in order */
-    struct ms_idmap by_id;  /* cache requests in flight -> probe */
+    struct ms_list all;    /* every probe until freed */
+    struct ms_list probes; /* not yet answered: coalescing */
+    struct ms_list queued; /* P_QUEUED, in order */
+    struct ms_idmap by_id; /* cache requests in flight -> probe */
     uint64_t next_id;
-    size_t pending;         /* on `probes` */
-    size_t active;          /* with a session to a next hop */
-    size_t alive;           /* allocated */
+    size_t pending; /* on `probes` */
+    size_t active;  /* with a session to a next hop */
+    size_t alive;   /* allocated */
     int closing;
 };
 
@@ -81,9 +93,9 @@ struct probe {
     struct ms_conn *t;
     uv_timer_t timer;
     int timer_open, counted_active;
-    int redis_busy;       /* a command in flight (v->by_id) */
-    int locked;           /* we hold MS_KEY_VERIFY_LOCK<addr> */
-    uint64_t deadline;    /* P_FOLLOW: uv_now() past which there is no answer */
+    int redis_busy;    /* a command in flight (v->by_id) */
+    int locked;        /* we hold MS_KEY_VERIFY_LOCK<addr> */
+    uint64_t deadline; /* P_FOLLOW: uv_now() past which there is no answer */
     struct ms_buf in;
     uint64_t started_ns;
     char why[128]; /* a failure found while starting, answered from the timer */
@@ -127,8 +139,8 @@ static int map_add(struct fe_verify_conf *c, const char *line, size_t len, const
     return 0;
 }
 
-int fe_verify_conf_load(struct fe_verify_conf *c, const ms_config *cfg, const char *helo,
-                        char *err, size_t errlen)
+int fe_verify_conf_load(struct fe_verify_conf *c, const ms_config *cfg, const char *helo, char *err,
+                        size_t errlen)
 {
     const char *map = ms_config_get(cfg, "verify", "map", "");
     const char *file = ms_config_get(cfg, "verify", "map_file", "");
@@ -366,15 +378,14 @@ static void probe_answer(struct probe *p, int result, const char *text)
 static void cache_store(struct probe *p, int result, const char *text)
 {
     struct fe_verify *v = p->v;
-    char key[sizeof(MS_KEY_VERIFY) + FE_VERIFY_ADDR_MAX], val[FE_VERIFY_TEXT_MAX + 4],
-        ttl[24];
+    char key[sizeof(MS_KEY_VERIFY) + FE_VERIFY_ADDR_MAX], val[FE_VERIFY_TEXT_MAX + 4], ttl[24];
     const char *argv[5];
 
     snprintf(key, sizeof(key), MS_KEY_VERIFY "%s", p->addr);
     snprintf(val, sizeof(val), "%d %s", result == FE_VERIFY_OK, text);
-    snprintf(ttl, sizeof(ttl), "%lld",
-             (long long)(result == FE_VERIFY_OK ? v->conf->positive_ttl_s
-                                                : v->conf->negative_ttl_s));
+    snprintf(
+        ttl, sizeof(ttl), "%lld",
+        (long long)(result == FE_VERIFY_OK ? v->conf->positive_ttl_s : v->conf->negative_ttl_s));
     argv[0] = "SET";
     argv[1] = key;
     argv[2] = val;
@@ -430,7 +441,9 @@ static void on_reply(struct probe *p, const struct wk_reply *r)
         ms_counter_inc(v->m->probes[result]);
         ms_histogram_observe(v->m->probe_seconds, (double)(uv_hrtime() - p->started_ns) / 1e9);
         ms_info("event=verify_probe rcpt=%s result=%s reply=\"%s\"", p->addr,
-                result == FE_VERIFY_OK ? "ok" : result == FE_VERIFY_UNKNOWN ? "unknown" : "tempfail",
+                result == FE_VERIFY_OK        ? "ok"
+                : result == FE_VERIFY_UNKNOWN ? "unknown"
+                                              : "tempfail",
                 text);
         if (result != FE_VERIFY_TEMP)
             cache_store(p, result, text);
@@ -442,11 +455,8 @@ static void on_reply(struct probe *p, const struct wk_reply *r)
         if (p->timer_open && p->step == P_QUIT)
             uv_timer_start(&p->timer, on_timeout, FE_VERIFY_QUIT_MS, 0);
         return;
-    case P_QUIT:
-        probe_end(p);
-        return;
-    default:
-        return;
+    case P_QUIT: probe_end(p); return;
+    default: return;
     }
 }
 
@@ -577,8 +587,9 @@ static void probe_run(struct probe *p)
     struct sockaddr_storage ss;
     struct addrinfo hints;
     char port[8];
-    int portn = tr->port ? tr->port
-                         : tr->kind == MS_TRANSPORT_LMTP ? MS_LMTP_PORT : FE_VERIFY_SMTP_PORT;
+    int portn = tr->port                        ? tr->port
+                : tr->kind == MS_TRANSPORT_LMTP ? MS_LMTP_PORT
+                                                : FE_VERIFY_SMTP_PORT;
 
     v->active++;
     p->counted_active = 1;
@@ -737,8 +748,7 @@ static void on_redis(void *arg, uint64_t id, const struct ms_redis_reply *r)
         }
         uv_timer_start(&p->timer, on_poll, FE_VERIFY_POLL_MS, 0);
         return;
-    default:
-        return;
+    default: return;
     }
 }
 
@@ -763,7 +773,7 @@ int fe_verify_start(struct fe_verify *v, const char *addr, uint64_t id)
         return MS_EINVAL;
     for (i = 0; i <= len; i++)
         lower[i] = (char)tolower((unsigned char)addr[i]);
-    ms_list_foreach (n, &v->probes) {
+    ms_list_foreach(n, &v->probes) {
         p = ms_list_entry(n, struct probe, link);
         if (strcmp(p->addr, lower) == 0)
             goto join;
@@ -802,7 +812,7 @@ void fe_verify_free(struct fe_verify *v)
         return;
     v->closing = 1;
     v->alive++; /* not freed while walking */
-    ms_list_foreach_safe (n, tmp, &v->all) {
+    ms_list_foreach_safe(n, tmp, &v->all) {
         struct probe *p = ms_list_entry(n, struct probe, alink);
         if (ms_list_linked(&p->link))
             ms_list_remove(&p->link);

@@ -88,8 +88,8 @@ void fe_verify_metrics_register(struct fe_verify_metrics *m);
  * lmtp:host[:port] and lmtp:unix:/path can be asked; another transport is
  * refused.  Every key is looked up whether or not a map is set
  * (ms_config.h).  0 or MS_ECONFIG. */
-int fe_verify_conf_load(struct fe_verify_conf *c, const ms_config *cfg, const char *helo,
-                        char *err, size_t errlen);
+int fe_verify_conf_load(struct fe_verify_conf *c, const ms_config *cfg, const char *helo, char *err,
+                        size_t errlen);
 void fe_verify_conf_free(struct fe_verify_conf *c);
 /* The next hop for addr when its domain is to be verified, else NULL. */
 const struct ms_transport *fe_verify_route(const struct fe_verify_conf *c, const char *addr);

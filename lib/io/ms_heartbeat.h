@@ -31,7 +31,7 @@
 #define MS_HEARTBEAT_FIELD_MAX 255
 
 struct ms_heartbeat_info {
-    char role[16];  /* "frontend", "worker" */
+    char role[16]; /* "frontend", "worker" */
     char version[MS_HEARTBEAT_FIELD_MAX + 1];
     char commit[MS_HEARTBEAT_FIELD_MAX + 1];
     int64_t started_us, seen_us;

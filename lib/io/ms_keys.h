@@ -75,7 +75,7 @@
 
 /* + queue id: string, the listing line of a deferred or held message
  * (ms_qinfo_format: state, times, sender, pending recipients, their
- * destinations, attempts, last reply).  Written by the worker with every
+ * destinations, attempts, last reply, the Kafka record holding it).  Written by the worker with every
  * retry record, TTL [retry] max_age + a day; deleted by the worker when the
  * message is done. */
 #define MS_KEY_QUEUE_INFO "ms:qinfo:"

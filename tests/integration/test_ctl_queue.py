@@ -106,6 +106,12 @@ def test_list_shape_show_then_retry_delivers(cluster_factory, fake_smtp):
     shown = ctl(cl, "queue", "show", q)
     assert shown["qid"] == q and shown["recipients"][0]["address"] == rcpt
     assert shown["recipients"][0]["attempts"] == "1"
+    # --message: the message itself, read back from the Kafka record the
+    # listing line names (topic/partition/offset).
+    full = ctl(cl, "queue", "show", q, "--message")
+    assert full["record"].count("/") >= 2
+    assert f"Subject: {q}\r\n" in full["message"] and full["message"].endswith("Hello.\r\n")
+    ctl(cl, "queue", "show", new_qid(), "--message", expect=4)
     ctl(cl, "queue", "show", new_qid(), expect=4)
     ctl(cl, "queue", "show", "not-a-queue-id", expect=2)
 
