@@ -40,10 +40,6 @@
 /* Default SMTP port of a probed next hop (RFC 5321 §4.5.4.2). */
 #define FE_VERIFY_SMTP_PORT 25
 
-/* How often a frontend that found another one probing an address looks
- * for its answer. */
-#define FE_VERIFY_POLL_MS 200
-
 enum probe_step {
     P_CACHE,
     P_LOCK,
@@ -237,14 +233,10 @@ void fe_verify_metrics_register(struct fe_verify_metrics *m)
         snprintf(labels, sizeof(labels), "result=\"%s\"", results[i]);
         m->probes[i] = ms_counter_new("mailstream_smtp_verify_probes_total", help, labels);
     }
-    m->cache_hit = ms_counter_new("mailstream_smtp_verify_cache_total",
-                                  "Recipient verifications answered from the Redis cache "
-                                  "(hit) or needing a probe (miss).",
-                                  "result=\"hit\"");
-    m->cache_miss = ms_counter_new("mailstream_smtp_verify_cache_total",
-                                   "Recipient verifications answered from the Redis cache "
-                                   "(hit) or needing a probe (miss).",
-                                   "result=\"miss\"");
+    help = "Recipient verifications answered from the Redis cache (hit) or needing a probe "
+           "(miss).";
+    m->cache_hit = ms_counter_new("mailstream_smtp_verify_cache_total", help, "result=\"hit\"");
+    m->cache_miss = ms_counter_new("mailstream_smtp_verify_cache_total", help, "result=\"miss\"");
     m->coalesced = ms_counter_new("mailstream_smtp_verify_coalesced_total",
                                   "RCPT commands that joined a verification of the same "
                                   "address already under way.",

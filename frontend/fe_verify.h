@@ -20,21 +20,23 @@
  * next RCPT for that address costs one GET, on every frontend of the
  * cluster.  TEMP is never cached: the next RCPT probes again.
  *
- * Bounds.  Per loop, one probe per address at a time: an RCPT for an
- * address already being looked up (in Redis, waiting, or probing) joins it
- * and gets the same answer (coalescing).  At most [verify] max_probes
- * sessions to next hops at once; further addresses wait in order, up to
- * FE_VERIFY_PENDING_MAX addresses in all, beyond which fe_verify_start()
- * answers MS_EAGAIN and the session says 450 at once.  Every probe ends
- * within [verify] timeout_ms (its session's timer covers a wait longer than
- * that).  XXX: coalescing is per loop; two frontends (or two loops) asked
- * about one new address at the same moment both probe it.
+ * Bounds.  One probe per address at a time in the whole cluster: an RCPT
+ * for an address this loop is already looking up (in Redis, waiting or
+ * probing) joins that lookup and gets the same answer; a lookup that finds
+ * the address locked by another loop or frontend (MS_KEY_VERIFY_LOCK, SET
+ * NX with a TTL) polls the cache every FE_VERIFY_POLL_MS for that probe's
+ * answer, and probes itself if the lock goes without one.  At most
+ * [verify] max_probes sessions to next hops at once per loop; further
+ * addresses wait in order, up to FE_VERIFY_PENDING_MAX addresses in all,
+ * beyond which fe_verify_start() answers MS_EAGAIN and the session says
+ * 450 at once.  Every probe ends within [verify] timeout_ms (its session's
+ * timer covers a wait for a free slot too).
  *
  * Threads: an fe_verify lives on one loop (one per struct fe_server), with
  * that loop's Redis client; every call and callback on that loop.  Answers
  * reach the sessions by their 64-bit wait id (STYLE.md 7): a session that
- * has gone finds nobody.  The map (struct fe_verify_conf) is immutable once
- * loaded and shared by every loop.
+ * has gone finds nobody.  The map (struct fe_verify_conf, in each loop's
+ * settings) is immutable once loaded.
  *
  * Errors: fe_verify_conf_load() returns MS_ECONFIG with the reason;
  * fe_verify_start() returns 0 (the answer comes later through the callback,
@@ -53,6 +55,9 @@
 #include "ms_redis.h"
 #include "ms_route.h"
 
+/* How often a lookup that found another frontend probing its address
+ * looks in the cache for that probe's answer. */
+#define FE_VERIFY_POLL_MS 200
 /* Addresses looked up or probed at once per loop (waiting included). */
 #define FE_VERIFY_PENDING_MAX 1024
 /* Longest text kept from the next hop's reply ("550 5.1.1 ..."). */
