@@ -36,12 +36,13 @@ def replies(slow_s: float = 1.5):
     return answer
 
 
-def verify_cluster(cluster_factory, next_hop: str, **verify):
+def verify_cluster(cluster_factory, next_hop: str, threads: int = 0, **verify):
     dom = f"v{uuid.uuid4().hex[:8]}.test"
     v = {"map": f"{dom} smtp:[{next_hop.rsplit(':', 1)[0]}]:{next_hop.rsplit(':', 1)[1]}",
          "positive_ttl": 600, "negative_ttl": 60, "timeout_ms": 3000, **verify}
+    extra = {"verify": v, **({"node": {"threads": threads}} if threads else {})}
     cl = cluster_factory(frontends=1, workers=0, accepted_domains=[dom, "mailstream.test"],
-                         trusted_networks=[], frontend_extra={"verify": v})
+                         trusted_networks=[], frontend_extra=extra)
     return cl, dom
 
 
@@ -171,3 +172,26 @@ def test_recipient_file_reloaded_on_sighup(cluster_factory, tmp_path):
                        "reload_failed logged")
     assert code(rcpt(cl, f"john@{dom}")) == b"250 2.1.5"
     assert code(rcpt(cl, f"jane@{dom}")) == b"550 5.1.1"
+
+
+def test_verify_max_probes_bounds_sessions(cluster_factory, fake_smtp):
+    """[verify] max_probes = 1 (per loop; one loop here): two new
+    addresses at once are probed one after the other, so the second answer
+    comes no sooner than two slow RCPT replies; both are answered."""
+    srv = fake_smtp(rcpt_reply=replies(slow_s=1.5))
+    cl, dom = verify_cluster(cluster_factory, srv.address, threads=1, max_probes=1,
+                             timeout_ms=10000)
+    out = {}
+
+    def ask(local: str) -> None:
+        t0 = time.monotonic()
+        out[local] = (rcpt(cl, f"{local}@{dom}"), time.monotonic() - t0)
+
+    threads = [threading.Thread(target=ask, args=(f"slow{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert all(code(r) == b"250 2.1.5" for r, _ in out.values()), out
+    assert max(d for _, d in out.values()) >= 3.0, out
+    assert srv.rcpt_counts == {f"slow0@{dom}": 1, f"slow1@{dom}": 1}
