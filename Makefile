@@ -81,7 +81,11 @@ $(WK_A): $(call obj,$(WK_SRC))
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/mailstream-frontend: $(call obj,frontend/main.c) $(FE_A) $(LIB_A)
+# The frontend's verification probes (fe_verify.c) read the next hop's
+# replies with the worker's reply parser (worker/smtp_reply.h).
+$(BUILD)/obj/frontend/fe_verify.o: CFLAGS_ALL += -Iworker
+
+$(BUILD)/mailstream-frontend: $(call obj,frontend/main.c) $(FE_A) $(call obj,worker/smtp_reply.c) $(LIB_A)
 	$(CC) $(OPT) $(SAN) -o $@ $^ $(LDLIBS_ALL)
 
 $(BUILD)/mailstream-worker: $(call obj,worker/main.c) $(WK_A) $(LIB_A)

@@ -9,6 +9,8 @@
  * polls: docs/operations.md has the design.
  */
 #include "ctl.h"
+#include "ms_envelope.h"
+#include "ms_error.h"
 #include "ms_json.h"
 #include "ms_keys.h"
 #include "ms_mem.h"
@@ -309,6 +311,45 @@ static int q_shape(struct ctl *c, int argc, char **argv)
     return CTL_EXIT_OK;
 }
 
+/* The message itself, read back from the Kafka record the listing line
+ * names (ms_kafka_read_at): a malloc'd envelope, or NULL after a one-line
+ * error and *code set. */
+static ms_envelope *read_message(struct ctl *c, const char *qid, const struct ms_qinfo *q,
+                                 int *code)
+{
+    char topic[MS_QINFO_RECORD_MAX], err[512];
+    int32_t part;
+    int64_t off;
+    void *val = NULL;
+    size_t len = 0;
+    ms_envelope *env;
+    int r;
+
+    if (ms_qinfo_record_parse(q->record, topic, sizeof(topic), &part, &off) < 0) {
+        *code = ctl_fail(CTL_EXIT_NOTFOUND,
+                         "queue show: %s: where its record is is not known "
+                         "(deferred by an older worker)",
+                         qid);
+        return NULL;
+    }
+    r = ms_kafka_read_at(&c->kconf, topic, part, off, CTL_REDIS_TIMEOUT_MS, &val, &len, err,
+                         sizeof(err));
+    if (r < 0) {
+        *code = ctl_fail(r == MS_ENOTFOUND ? CTL_EXIT_NOTFOUND : CTL_EXIT_UNREACHABLE,
+                         "queue show: %s: %s", qid, err);
+        return NULL;
+    }
+    env = ms_envelope_decode(val, len, err, sizeof(err));
+    free(val);
+    if (env == NULL || env->queue_id == NULL || strcmp(env->queue_id, qid) != 0) {
+        *code = ctl_fail(CTL_EXIT_FAILED, "queue show: %s: the record at %s is %s", qid, q->record,
+                         env ? "another message's" : err);
+        ms_envelope_free(env);
+        return NULL;
+    }
+    return env;
+}
+
 static int q_show(struct ctl *c, int argc, char **argv)
 {
     struct ms_redis_reply *sc, *rep;
@@ -317,10 +358,19 @@ static int q_show(struct ctl *c, int argc, char **argv)
     struct ms_qctl k;
     struct ms_buf out;
     int64_t now = ms_time_now_us();
-    int first = 1;
+    int first = 1, want_message = 0, code = 0;
+    ms_envelope *env = NULL;
 
+    if (argc == 2 && strcmp(argv[0], "--message") == 0) {
+        want_message = 1;
+        argv++;
+        argc--;
+    } else if (argc == 2 && strcmp(argv[1], "--message") == 0) {
+        want_message = 1;
+        argc--;
+    }
     if (argc != 1)
-        return ctl_fail(CTL_EXIT_USAGE, "queue show: one queue id");
+        return ctl_fail(CTL_EXIT_USAGE, "queue show: one queue id [--message]");
     if (!qid_ok(argv[0]))
         return ctl_fail(CTL_EXIT_USAGE, "queue show: \"%s\" is not a queue id", argv[0]);
     names[0] = argv[0];
@@ -338,6 +388,11 @@ static int q_show(struct ctl *c, int argc, char **argv)
                                 : "not in the deferred queue");
     }
     ms_redis_sync_reply_free(sc);
+    if (want_message && (env = read_message(c, argv[0], &q, &code)) == NULL) {
+        free(info);
+        free(ctlv);
+        return code;
+    }
     ms_buf_init(&out, 1 << 20);
     ms_json_time(t, sizeof(t), q.received_us);
     if (c->json) {
@@ -412,15 +467,30 @@ static int q_show(struct ctl *c, int argc, char **argv)
         ms_buf_appendf(&out, "],\"last_reply\":");
     if (c->json) {
         ctl_json_str(&out, q.last_reply);
+        ms_buf_appendf(&out, ",\"record\":");
+        ctl_json_str(&out, q.record);
+        if (env) {
+            char *msg = ms_strndup((const char *)env->message.data, env->message.len);
+            ms_buf_appendf(&out, ",\"message\":");
+            ctl_json_str(&out, msg);
+            free(msg);
+        }
         ms_buf_append(&out, "}\n", 2);
     } else {
         ms_buf_appendf(&out,
-                       "last reply:   %s\n(the attempt history: mailstream-ctl events tail "
-                       "--qid %s)\n",
-                       q.last_reply, argv[0]);
+                       "last reply:   %s\nrecord:       %s\n(the attempt history: "
+                       "mailstream-ctl events tail --qid %s)\n",
+                       q.last_reply, q.record[0] ? q.record : "-", argv[0]);
+        if (env) {
+            /* The message as queued, after a blank line (postcat's -b). */
+            ms_buf_appendf(&out, "\n");
+            ctl_flush(&out);
+            fwrite(env->message.data, 1, env->message.len, stdout);
+        }
     }
     ctl_flush(&out);
     ms_buf_free(&out);
+    ms_envelope_free(env);
     free(rcpts);
     free(info);
     free(ctlv);
@@ -657,7 +727,8 @@ const struct ctl_cmd ctl_queue_cmds[] = {
     {"queue", "list", "[--dest D] [--sender S] [--rcpt R] [--older-than T]",
      "deferred and held messages", q_list},
     {"queue", "shape", "", "deferred messages per destination by age (like qshape)", q_shape},
-    {"queue", "show", "QID", "one message: envelope, recipients, retry state", q_show},
+    {"queue", "show", "QID [--message]",
+     "one message: envelope, recipients, retry state (and the message itself)", q_show},
     {"queue", "retry", "QID...|--dest D", "due now, on every worker", q_retry},
     {"queue", "hold", "QID...|--dest D [--reason TEXT]", "never attempted until released", q_hold},
     {"queue", "release", "QID...|--dest D", "held mail goes again, now", q_release},

@@ -6,8 +6,13 @@
 #include "ms_addr.h"
 #include "ms_error.h"
 
+#include "ms_mem.h"
+
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <netinet/in.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -88,4 +93,129 @@ int fe_addr_routing(const char *addr)
         if (*p == '%' || *p == '!' || *p == '@')
             return 1;
     return 0;
+}
+
+/* ---- the recipient file ---- */
+
+struct fe_rcpt_table {
+    atomic_int refs;
+    char **addrs; /* lower-cased, sorted */
+    size_t naddrs;
+    char **domains; /* lower-cased, sorted, unique */
+    size_t ndomains;
+};
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void push(char ***v, size_t *n, size_t *cap, char *s)
+{
+    if (*n == *cap) {
+        *cap = *cap ? *cap * 2 : 64;
+        *v = ms_realloc(*v, *cap * sizeof(**v));
+    }
+    (*v)[(*n)++] = s;
+}
+
+struct fe_rcpt_table *fe_rcpt_table_load(const char *path, char *err, size_t errlen)
+{
+    struct fe_rcpt_table *t = ms_calloc(1, sizeof(*t));
+    char line[FE_RCPT_LINE_MAX + 2];
+    size_t capa = 0, capd = 0, lineno = 0, i, j;
+    FILE *f;
+
+    atomic_init(&t->refs, 1);
+    if ((f = fopen(path, "r")) == NULL) {
+        snprintf(err, errlen, "[smtp] recipient_file: cannot open %s", path);
+        fe_rcpt_table_free(t);
+        return NULL;
+    }
+    while (fgets(line, sizeof(line), f)) {
+        char *p = line, *end, *at;
+        lineno++;
+        if (strchr(line, '\n') == NULL && !feof(f)) {
+            snprintf(err, errlen, "%s:%zu: longer than %d octets", path, lineno,
+                     FE_RCPT_LINE_MAX);
+            goto fail;
+        }
+        if ((end = strchr(p, '#')) != NULL)
+            *end = '\0';
+        while (isspace((unsigned char)*p))
+            p++;
+        end = p + strlen(p);
+        while (end > p && isspace((unsigned char)end[-1]))
+            *--end = '\0';
+        if (*p == '\0')
+            continue;
+        for (i = 0; p[i]; i++)
+            p[i] = (char)tolower((unsigned char)p[i]);
+        at = strrchr(p, '@');
+        if (at == NULL || at[1] == '\0' || strpbrk(p, " \t<>") != NULL) {
+            snprintf(err, errlen, "%s:%zu: want an address or @domain", path, lineno);
+            goto fail;
+        }
+        if (t->naddrs + t->ndomains >= FE_RCPT_FILE_MAX) {
+            snprintf(err, errlen, "%s: more than %d lines", path, FE_RCPT_FILE_MAX);
+            goto fail;
+        }
+        push(&t->domains, &t->ndomains, &capd, ms_strdup(at + 1));
+        if (at != p)
+            push(&t->addrs, &t->naddrs, &capa, ms_strdup(p));
+    }
+    fclose(f);
+    qsort(t->addrs, t->naddrs, sizeof(*t->addrs), cmp_str);
+    qsort(t->domains, t->ndomains, sizeof(*t->domains), cmp_str);
+    for (i = j = 0; i < t->ndomains; i++) {
+        if (j > 0 && strcmp(t->domains[j - 1], t->domains[i]) == 0)
+            free(t->domains[i]);
+        else
+            t->domains[j++] = t->domains[i];
+    }
+    t->ndomains = j;
+    return t;
+fail:
+    fclose(f);
+    fe_rcpt_table_free(t);
+    return NULL;
+}
+
+struct fe_rcpt_table *fe_rcpt_table_ref(struct fe_rcpt_table *t)
+{
+    if (t)
+        atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed);
+    return t;
+}
+
+void fe_rcpt_table_free(struct fe_rcpt_table *t)
+{
+    if (t == NULL || atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    ms_strv_free(t->addrs, t->naddrs);
+    ms_strv_free(t->domains, t->ndomains);
+    free(t);
+}
+
+size_t fe_rcpt_table_size(const struct fe_rcpt_table *t)
+{
+    return t ? t->naddrs : 0;
+}
+
+enum fe_rcpt_verdict fe_rcpt_table_check(const struct fe_rcpt_table *t, const char *addr)
+{
+    char lower[FE_RCPT_LINE_MAX + 1], *key = lower;
+    const char *dom;
+    size_t i, n = strlen(addr);
+
+    if (t == NULL || n > FE_RCPT_LINE_MAX || (dom = ms_addr_domain(addr)) == NULL)
+        return FE_RCPT_NOT_COVERED;
+    for (i = 0; i <= n; i++)
+        lower[i] = (char)tolower((unsigned char)addr[i]);
+    key = lower + (size_t)(dom - addr);
+    if (bsearch(&key, t->domains, t->ndomains, sizeof(*t->domains), cmp_str) == NULL)
+        return FE_RCPT_NOT_COVERED;
+    key = lower;
+    return bsearch(&key, t->addrs, t->naddrs, sizeof(*t->addrs), cmp_str) ? FE_RCPT_KNOWN
+                                                                           : FE_RCPT_UNKNOWN;
 }

@@ -123,6 +123,7 @@ void fe_metrics_register(struct fe_metrics *m)
     }
     m->commit_records = ms_counter_new("mailstream_smtp_group_commit_records_total",
                                        "Records handed to Kafka by group commit.", NULL);
+    fe_verify_metrics_register(&m->verify);
 }
 
 void fe_metrics_listener(struct fe_listener *l)

@@ -87,6 +87,7 @@ struct fe_metrics {
     ms_counter *format_refused[FE_FMT_COUNT]; /* by rule (fe_header.h) */
     ms_histogram *queue_latency;
     ms_counter *commits[FE_COMMIT_REASONS], *commit_records;
+    struct fe_verify_metrics verify;
 };
 
 typedef int (*fe_submit_fn)(void *arg, uint64_t id, const char *key, size_t keylen,
@@ -112,6 +113,7 @@ struct fe_server {
     struct fe_settings set;
     struct ms_tls_ctx *tls;    /* NULL: no TLS configured */
     struct fe_passwd *passwd;  /* NULL: no AUTH */
+    struct fe_rcpt_table *rcpts; /* [smtp] recipient_file; NULL: none (fe_access.h) */
     fe_submit_fn submit;
     fe_submit_owned_fn submit_owned; /* group commit only */
     void *submit_arg;
@@ -129,6 +131,7 @@ struct fe_server {
     int overloaded;            /* pending >= max_pending: sessions in DATA paused */
     ms_redis *redis;           /* NULL: no limits and no suppression in Redis */
     struct fe_rl *rl;
+    struct fe_verify *verify;  /* [verify] map set: probes (set by main.c) */
     uint64_t next_id;          /* ids: main.c starts each loop's at (index << 48) */
     int draining;              /* set by fe_sessions_drain() */
     /* Group commit (fe_commit.h): on once fe_server_commit_start() ran. */

@@ -67,7 +67,7 @@ enum fe_sasl { SASL_NONE, SASL_PLAIN, SASL_LOGIN_USER, SASL_LOGIN_PASS };
 struct auth_job;
 
 /* What a session waits for Redis about, and what it needs to go on. */
-enum fe_limits_kind { W_CONN, W_MAIL, W_RCPT, W_AUTH };
+enum fe_limits_kind { W_CONN, W_MAIL, W_RCPT, W_AUTH, W_VERIFY };
 
 struct fe_limits_wait {
     enum fe_limits_kind kind;
@@ -81,6 +81,7 @@ struct fe_limits_wait {
     char orcpt[FE_SMTP_ORCPT_MAX + 1];
     int accepted;
     struct auth_job *job;      /* W_AUTH */
+    char verify_text[FE_VERIFY_TEXT_MAX]; /* W_VERIFY: the next hop's reply, or why none */
 };
 
 struct fe_rcpt {
@@ -677,6 +678,7 @@ static struct fe_limits_wait *limits_wait_new(enum fe_limits_kind kind, enum fe_
 static void add_rate(struct fe_session *s, struct fe_limits_wait *w, enum fe_rate_kind kind,
                      const char *what, const char *value);
 static void limits_check(struct fe_session *s, struct fe_limits_wait *w);
+static void rcpt_unknown(struct fe_session *s, const char *path);
 
 #define F_HELO 0x01  /* needs HELO/EHLO first */
 #define F_NOTX 0x02  /* not inside a mail transaction */
@@ -845,6 +847,12 @@ static void cmd_rcpt(struct fe_session *s, const struct fe_smtp_cmd *c)
         fe_server_event(s->srv, "refused", tx->qid, s->ip, c->path, 0,
                         "550 5.7.1 Relay not permitted");
         reply_error(s, "550 5.7.1 Relay not permitted");
+        return;
+    }
+    /* The recipient file ([smtp] recipient_file): known at once. */
+    if (accepted && c->path_domain &&
+        fe_rcpt_table_check(s->srv->rcpts, c->path) == FE_RCPT_UNKNOWN) {
+        rcpt_unknown(s, c->path);
         return;
     }
     /* Recipients per client (Redis) and the suppression list (the
@@ -1198,6 +1206,84 @@ static void refuse_connection(struct fe_session *s, const char *line)
 
 static void session_admitted(struct fe_session *s);
 
+/* A recipient not on its domain's list (the Redis set or the recipient
+ * file): Postfix's wording for relay_recipient_maps. */
+static void rcpt_unknown(struct fe_session *s, const char *path)
+{
+    char line[MS_SMTP_PATH_MAX + 100], q[300];
+
+    ms_log_quote(q, sizeof(q), path, strlen(path));
+    ms_info("event=rcpt_unknown sid=%llu qid=%s client=%s rcpt=%s", (unsigned long long)s->id,
+            s->tx ? s->tx->qid : "-", s->ip, q);
+    snprintf(line, sizeof(line),
+             "550 5.1.1 <%s>: Recipient address rejected: User unknown in relay recipient table",
+             path);
+    fe_server_event(s->srv, "refused", s->tx ? s->tx->qid : "", s->ip, path, 0, line);
+    reply_error(s, line);
+}
+
+/* ---- recipient verification (fe_verify.h) ---- */
+
+/* Act on a probe's answer (FE_RL_OK, FE_RL_UNKNOWN, or FE_RL_FAILED: no
+ * answer) for w, which the caller then frees.  Postfix's wording for
+ * reject_unverified_recipient, with the next hop's own reply. */
+static void verify_decide(struct fe_session *s, struct fe_limits_wait *w, int result)
+{
+    struct fe_server *srv = s->srv;
+    char line[FE_VERIFY_TEXT_MAX + MS_SMTP_PATH_MAX + 80], q[300];
+    const char *qid = s->tx ? s->tx->qid : "";
+
+    if (result == FE_RL_OK || (result == FE_RL_FAILED && srv->set.verify.tempfail_accept)) {
+        rcpt_accept(s, w);
+        return;
+    }
+    ms_log_quote(q, sizeof(q), w->path, strlen(w->path));
+    if (result == FE_RL_UNKNOWN)
+        snprintf(line, sizeof(line),
+                 "550 5.1.1 <%s>: Recipient address rejected: undeliverable address: %s",
+                 w->path, w->verify_text);
+    else
+        snprintf(line, sizeof(line),
+                 "450 4.1.1 <%s>: Recipient address rejected: unverified address: %s", w->path,
+                 w->verify_text);
+    ms_info("event=rcpt_unverified sid=%llu qid=%s client=%s rcpt=%s result=%s",
+            (unsigned long long)s->id, qid[0] ? qid : "-", s->ip, q,
+            result == FE_RL_UNKNOWN ? "unknown" : "tempfail");
+    fe_server_event(srv, "refused", qid, s->ip, w->path, 0, line);
+    reply_error(s, line);
+}
+
+/* The recipient passed every other check: when [verify] names its domain,
+ * ask its next hop first (the session waits in FE_ST_LIMITS).  1 when the
+ * answer is under way or given, 0 when there is nothing to verify. */
+static int verify_begin(struct fe_session *s, const struct fe_limits_wait *w)
+{
+    struct fe_server *srv = s->srv;
+    struct fe_limits_wait *v;
+
+    if (srv->verify == NULL || !w->accepted || fe_verify_route(&srv->set.verify, w->path) == NULL)
+        return 0;
+    v = ms_malloc(sizeof(*v));
+    *v = *w;
+    v->job = NULL;
+    v->kind = W_VERIFY;
+    v->req = ++srv->next_id;
+    if (fe_verify_start(srv->verify, w->path, v->req) < 0) {
+        snprintf(v->verify_text, sizeof(v->verify_text), "too many addresses being verified");
+        verify_decide(s, v, FE_RL_FAILED);
+        limits_wait_free(v);
+        return 1;
+    }
+    ms_idmap_put(&srv->limit_checks, v->req, s);
+    v->prev = s->state;
+    s->limits = v;
+    enter_state(s, FE_ST_LIMITS);
+    /* The probe ends within timeout_ms once it runs; a probe waiting for a
+     * free slot may take about as long again. */
+    uv_timer_start(&s->timer, on_timer, 2 * (uint64_t)srv->set.verify.timeout_ms + 1000, 0);
+    return 1;
+}
+
 /* Act on the answer (or FE_RL_FAILED) for w, which the caller then frees. */
 static void limits_decide(struct fe_session *s, struct fe_limits_wait *w, int result)
 {
@@ -1206,6 +1292,10 @@ static void limits_decide(struct fe_session *s, struct fe_limits_wait *w, int re
     char line[512], q[300];
     int closed = 0;
 
+    if (w->kind == W_VERIFY) {
+        verify_decide(s, w, result);
+        return;
+    }
     if (result == FE_RL_FAILED) {
         /* A recipient list that cannot be read is no answer: 451, never
          * 250 (nor is the list skipped). */
@@ -1247,7 +1337,8 @@ static void limits_decide(struct fe_session *s, struct fe_limits_wait *w, int re
         break;
     case W_RCPT:
         if (result == FE_RL_OK) {
-            rcpt_accept(s, w);
+            if (!verify_begin(s, w))
+                rcpt_accept(s, w);
         } else if (result == FE_RL_REFUSED) {
             ms_counter_inc(srv->m.suppressed);
             ms_log_quote(q, sizeof(q), w->path, strlen(w->path));
@@ -1259,15 +1350,7 @@ static void limits_decide(struct fe_session *s, struct fe_limits_wait *w, int re
             fe_server_event(srv, "refused", s->tx ? s->tx->qid : "", s->ip, w->path, 0, line);
             reply_error(s, line);
         } else if (result == FE_RL_UNKNOWN) {
-            ms_log_quote(q, sizeof(q), w->path, strlen(w->path));
-            ms_info("event=rcpt_unknown sid=%llu qid=%s client=%s rcpt=%s",
-                    (unsigned long long)s->id, s->tx ? s->tx->qid : "-", s->ip, q);
-            /* Postfix's wording for relay_recipient_maps. */
-            snprintf(line, sizeof(line),
-                     "550 5.1.1 <%s>: Recipient address rejected: User unknown in relay "
-                     "recipient table", w->path);
-            fe_server_event(srv, "refused", s->tx ? s->tx->qid : "", s->ip, w->path, 0, line);
-            reply_error(s, line);
+            rcpt_unknown(s, w->path);
         } else if (closed) {
             reply_error(s, "451 4.3.0 Error: rate-limit service unavailable, try again later");
         } else {
@@ -1284,6 +1367,8 @@ static void limits_decide(struct fe_session *s, struct fe_limits_wait *w, int re
                                   : "454 4.7.0 Too many authentication failures, try again later");
         }
         break;
+    case W_VERIFY:
+        break; /* above */
     }
 }
 
@@ -1629,9 +1714,15 @@ static void on_timer(uv_timer_t *h)
         return;
     }
     if (s->state == FE_ST_LIMITS) {
-        /* Redis is too slow: as if it were down ([ratelimit] redis_failure). */
+        /* Redis is too slow: as if it were down ([ratelimit] redis_failure).
+         * A verification that took too long has no answer either. */
         ms_idmap_del(&s->srv->limit_checks, s->limits->req);
-        ms_warn("event=ratelimit_timeout sid=%llu client=%s", (unsigned long long)s->id, s->ip);
+        ms_warn("event=%s_timeout sid=%llu client=%s",
+                s->limits->kind == W_VERIFY ? "verify" : "ratelimit", (unsigned long long)s->id,
+                s->ip);
+        if (s->limits->kind == W_VERIFY)
+            snprintf(s->limits->verify_text, sizeof(s->limits->verify_text),
+                     "verification timed out");
         limits_answer(s, FE_RL_FAILED);
         return;
     }
@@ -1647,7 +1738,8 @@ static void arm_timer(struct fe_session *s)
 {
     uint64_t ms;
 
-    if (s->state == FE_ST_CLOSING)
+    /* Waiting for Redis or a probe: the wait has its own timer. */
+    if (s->state == FE_ST_CLOSING || s->state == FE_ST_LIMITS)
         return;
     /* RFC 5321 4.5.3.2: 5 minutes for commands and data blocks; a shorter
      * limit before the client has even said HELO. */
@@ -2026,6 +2118,19 @@ void fe_sessions_limits_answer(void *arg, uint64_t id, int result)
 
     if (s != NULL) /* else: the session is gone, or it stopped waiting */
         limits_answer(s, result);
+}
+
+void fe_sessions_verify_answer(void *arg, uint64_t id, int result, const char *text)
+{
+    struct fe_server *srv = arg;
+    struct fe_session *s = ms_idmap_del(&srv->limit_checks, id);
+
+    if (s == NULL || s->limits == NULL || s->limits->kind != W_VERIFY)
+        return; /* the session is gone, or it stopped waiting */
+    snprintf(s->limits->verify_text, sizeof(s->limits->verify_text), "%s", text);
+    limits_answer(s, result == FE_VERIFY_OK        ? FE_RL_OK
+                     : result == FE_VERIFY_UNKNOWN ? FE_RL_UNKNOWN
+                                                   : FE_RL_FAILED);
 }
 
 void fe_sessions_drain(struct fe_server *srv)

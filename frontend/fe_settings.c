@@ -75,7 +75,7 @@ int fe_settings_need_redis(const struct fe_settings *set)
     for (i = 0; i < FE_RATE_COUNT; i++)
         if (set->rates[i].n > 0)
             return 1;
-    return set->refuse_suppressed || set->recipient_lists != NULL;
+    return set->refuse_suppressed || set->recipient_lists != NULL || set->verify.map != NULL;
 }
 
 /* The keys of a [format.ROLE] section, in struct fe_format_rules, and their
@@ -261,13 +261,14 @@ int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, s
     if (get_format(cfg, "format.mx", 0, &set->format_mx, err, errlen) < 0 ||
         get_format(cfg, "format.submission", 1, &set->format_submission, err, errlen) < 0)
         return MS_ECONFIG;
-    return 0;
+    return fe_verify_conf_load(&set->verify, cfg, set->hostname, err, errlen);
 }
 
 void fe_settings_free(struct fe_settings *set)
 {
     ms_domainmap_free(set->accepted_domains);
     ms_domainmap_free(set->recipient_lists);
+    fe_verify_conf_free(&set->verify);
     free(set->trusted);
     free(set->proxy_trusted);
     memset(set, 0, sizeof(*set));

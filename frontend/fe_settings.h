@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "fe_access.h"
+#include "fe_verify.h"
 #include "fe_header.h"
 #include "fe_ratelimit.h"
 #include "ms_config.h"
@@ -103,13 +104,17 @@ struct fe_settings {
      * the Redis set MS_KEY_RECIPIENTS<domain> (relay_recipient_maps);
      * NULL: none. */
     ms_domainmap *recipient_lists;
+    /* [verify]: recipients checked by a probe of their next hop
+     * (fe_verify.h); verify.map NULL: none. */
+    struct fe_verify_conf verify;
 };
 
-/* Read [node], [smtp], [kafka], [ratelimit] and [format.*].  Returns 0 or MS_ECONFIG
+/* Read [node], [smtp], [kafka], [ratelimit], [verify] and [format.*].  Returns 0 or MS_ECONFIG
  * with the reason in err. */
 int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, size_t errlen);
 void fe_settings_free(struct fe_settings *set);
-/* 1 when some [ratelimit] limit or refuse_suppressed needs Redis. */
+/* 1 when some [ratelimit] limit, refuse_suppressed, a recipient list or
+ * the verification cache needs Redis. */
 int fe_settings_need_redis(const struct fe_settings *set);
 
 #endif

@@ -26,7 +26,8 @@
  * SIGINT drain (stop accepting, let in-flight transactions get their Kafka
  * report, 421 4.3.2 to everything else, flush the producer; the process
  * exits 0 once every loop has drained; a second signal cuts the grace period
- * short).  SIGHUP reloads the password file and the TLS certificates once
+ * short).  SIGHUP reloads the password file, the recipient file
+ * ([smtp] recipient_file) and the TLS certificates once
  * and publishes them; each loop then takes the new ones.  So does a change
  * of those files, checked every FE_FILE_CHECK_MS (a renewed Kubernetes
  * Secret, e.g. from cert-manager, reaches the pods without a restart).
@@ -45,6 +46,7 @@
 #include "ms_kafka.h"
 #include "ms_log.h"
 #include "ms_mem.h"
+#include "ms_heartbeat.h"
 #include "ms_redis.h"
 #include "ms_version.h"
 
@@ -100,12 +102,14 @@ static size_t nloops;
 static struct fe_conn_table conns; /* process-wide connection limits */
 static struct fe_metrics metrics;  /* registered once, copied into each server */
 static int draining, aborted;      /* main's view */
+static ms_heartbeat *heartbeat;    /* loop 0's, with its Redis client */
 
 /* The current TLS context and password table, one reference each; loops
  * take their own under the lock. */
 static pthread_mutex_t publish_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct ms_tls_ctx *cur_tls;
 static struct fe_passwd *cur_passwd;
+static struct fe_rcpt_table *cur_rcpts;
 
 /* Loop thread: is this loop able to take mail? */
 static int loop_ready(struct fe_loop *L, char *why, size_t whylen)
@@ -238,20 +242,49 @@ static void load_passwd(int fatal)
     fe_passwd_free(old);
 }
 
-/* Loop thread: take the published TLS context and password table. */
+/* [smtp] recipient_file: read at start (a bad file stops the frontend) and
+ * again on SIGHUP or when it changes (a bad file then keeps the old list). */
+static void load_rcpts(int fatal)
+{
+    const char *path = ms_config_get(cfg, "smtp", "recipient_file", "");
+    struct fe_rcpt_table *t, *old;
+    char err[512];
+
+    if (*path == '\0')
+        return;
+    if ((t = fe_rcpt_table_load(path, err, sizeof(err))) == NULL) {
+        if (fatal)
+            ms_fatal("event=config_error reason=\"%s\"", err);
+        ms_warn("event=reload_failed what=recipient_file reason=\"%s\"", err);
+        return;
+    }
+    pthread_mutex_lock(&publish_lock);
+    old = cur_rcpts;
+    cur_rcpts = t;
+    pthread_mutex_unlock(&publish_lock);
+    fe_rcpt_table_free(old);
+    ms_info("event=recipient_file_loaded addresses=%zu", fe_rcpt_table_size(t));
+}
+
+/* Loop thread: take the published TLS context, password table and
+ * recipient file. */
 static void loop_take_published(struct fe_loop *L)
 {
     struct ms_tls_ctx *tls, *old_tls = L->srv.tls;
     struct fe_passwd *pw, *old_pw = L->srv.passwd;
+    struct fe_rcpt_table *rt, *old_rt = L->srv.rcpts;
 
     pthread_mutex_lock(&publish_lock);
     tls = cur_tls ? ms_tls_ctx_ref(cur_tls) : NULL; /* no TLS configured */
     pw = fe_passwd_ref(cur_passwd);
+    rt = fe_rcpt_table_ref(cur_rcpts);
     pthread_mutex_unlock(&publish_lock);
     L->srv.tls = tls;
     L->srv.passwd = pw;
+    L->srv.rcpts = rt;
     ms_tls_ctx_free(old_tls);
     fe_passwd_free(old_pw);
+    fe_rcpt_table_free(old_rt);
 }
 
 /* Main loop: a hash of what the certificate, key and password paths
@@ -259,7 +292,7 @@ static void loop_take_published(struct fe_loop *L)
  * counts by its errno).  Any change, a renewal or a new Secret, changes it. */
 static uint64_t files_signature(void)
 {
-    const char *paths[2 * MS_TLS_CERTS_MAX + 1];
+    const char *paths[2 * MS_TLS_CERTS_MAX + 2];
     const char *const *names;
     size_t n, i, np = 0;
     uint64_t h = 1469598103934665603ULL; /* FNV-1a */
@@ -268,6 +301,7 @@ static uint64_t files_signature(void)
     paths[np++] = ms_config_get(cfg, "smtp", "tls_cert", "");
     paths[np++] = ms_config_get(cfg, "smtp", "tls_key", "");
     paths[np++] = ms_config_get(cfg, "smtp", "passwd_file", "");
+    paths[np++] = ms_config_get(cfg, "smtp", "recipient_file", "");
     n = ms_config_sections(cfg, "tls.", &names);
     for (i = 0; i < n && np + 2 <= sizeof(paths) / sizeof(paths[0]); i++) {
         paths[np++] = ms_config_get(cfg, names[i], "cert", "");
@@ -305,6 +339,7 @@ static void reload_published(void)
     files_sig = files_signature();
     load_tls(0);
     load_passwd(0);
+    load_rcpts(0);
     for (i = 0; i < nloops; i++) {
         atomic_store(&loops[i].want_reload, 1);
         uv_async_send(&loops[i].wake);
@@ -358,6 +393,12 @@ static void loop_finish(struct fe_loop *L)
     uv_timer_stop(&L->drain_timer);
     uv_close((uv_handle_t *)&L->drain_timer, handle_closed);
     uv_close((uv_handle_t *)&L->ready_timer, handle_closed);
+    fe_verify_free(srv->verify); /* before its Redis client */
+    srv->verify = NULL;
+    if (L->index == 0) {
+        ms_heartbeat_stop(heartbeat);
+        heartbeat = NULL;
+    }
     if (srv->redis) {
         ms_redis_free(srv->redis); /* pending checks fail; no session is left */
         srv->redis = NULL;
@@ -491,6 +532,12 @@ static void loop_setup(struct fe_loop *L, int index, size_t n)
         srv->redis = ms_redis_new(L->loop, &rconf);
         srv->rl = fe_rl_new(srv->redis, fe_sessions_limits_answer, srv);
     }
+    /* One heartbeat per process, when it has Redis at all (ms_heartbeat.h). */
+    if (index == 0 && srv->redis)
+        heartbeat = ms_heartbeat_start(L->loop, srv->redis, "frontend", srv->set.node_id, NULL);
+    if (srv->set.verify.map)
+        srv->verify = fe_verify_new(L->loop, srv->redis, &srv->set.verify, &srv->m.verify,
+                                    fe_sessions_verify_answer, srv);
     ms_conn_secrets_clear(&secrets); /* the clients hold their own copies */
     if (fe_listen_open(srv, cfg, err, sizeof(err)) < 0)
         ms_fatal("event=listen_failed reason=\"%s\"", err);
@@ -567,6 +614,7 @@ int main(int argc, char **argv)
     files_sig = files_signature();
     load_tls(1);
     load_passwd(1);
+    load_rcpts(1);
     fe_conn_table_init(&conns);
 
     nloops = (size_t)nthreads;

@@ -215,7 +215,8 @@ static char **dests_of(const wk_control *c, const ms_envelope *env)
 }
 
 void wk_control_index(wk_control *c, const ms_envelope *env, const struct wk_rcpt *rcpts,
-                      unsigned attempts, int tier, int64_t next_attempt_us, int held)
+                      unsigned attempts, int tier, int64_t next_attempt_us, int held,
+                      const char *record)
 {
     size_t i, j, n = env->n_recipients;
     char **d, *line, *key, score[24], now_s[24], ttl[24];
@@ -269,6 +270,7 @@ void wk_control_index(wk_control *c, const ms_envelope *env, const struct wk_rcp
     q.rcpts = rl.data ? rl.data : "";
     q.dests = dl.data ? dl.data : "";
     q.last_reply = "";
+    q.record = record ? record : "";
     for (i = 0; i < n; i++)
         if ((rcpts[i].state == WK_RCPT_PENDING || rcpts[i].state == WK_RCPT_REQUEUED) &&
             rcpts[i].tried)

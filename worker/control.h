@@ -75,11 +75,13 @@ int wk_control_suspended(const wk_control *c, const char *name, int64_t *until_u
                          const char **reason);
 
 /* The message env is deferred (or held: `held`) with rcpts[i].state
- * PENDING still to do, next attempt at next_attempt_us: write its listing
+ * PENDING still to do, next attempt at next_attempt_us (record: where in
+ * Kafka the message can be read, "topic/partition/offset", or ""): write its listing
  * line and index it under each of its pending recipients' destinations,
  * and take it out of the destinations none of them has any more. */
 void wk_control_index(wk_control *c, const ms_envelope *env, const struct wk_rcpt *rcpts,
-                      unsigned attempts, int tier, int64_t next_attempt_us, int held);
+                      unsigned attempts, int tier, int64_t next_attempt_us, int held,
+                      const char *record);
 /* The message is done: out of every index, its listing line and its
  * control record gone. */
 void wk_control_forget(wk_control *c, const ms_envelope *env);

@@ -1478,7 +1478,15 @@ static void send_retry(struct msg *m, int pending)
         snprintf(first, sizeof(first), "%lld", (long long)m->env->received_at_us);
         redis_fire(d, 4, argv);
     }
-    wk_control_index(d->control, m->env, m->rcpts, m->attempt, tier, next_attempt_us, m->held);
+    {
+        /* The record being attempted holds the message (queue show --message). */
+        char where[MS_QINFO_RECORD_MAX] = "";
+        if (m->rec)
+            snprintf(where, sizeof(where), "%s/%d/%lld", m->rec->topic, (int)m->rec->partition,
+                     (long long)m->rec->offset);
+        wk_control_index(d->control, m->env, m->rcpts, m->attempt, tier, next_attempt_us,
+                         m->held, where);
+    }
     ms_counter_inc(d->m_requeued);
 
     /* Per-recipient retry state, for operators and the relay control CLI. */

@@ -27,6 +27,7 @@
 #include "ms_mem.h"
 #include "ms_metrics.h"
 #include "ms_net.h"
+#include "ms_heartbeat.h"
 #include "ms_redis.h"
 #include "ms_resolver.h"
 #include "ms_route.h"
@@ -402,6 +403,7 @@ struct worker {
     char *retry_groups[WK_RETRY_TIERS_MAX];
     ms_producer *producer;
     ms_redis *redis;
+    ms_heartbeat *heartbeat; /* ms:node:<id> for mailstream-ctl status */
     struct wk_lag lag[1 + WK_RETRY_TIERS_MAX]; /* [0] queue, [i] tier i */
     wk_delivery *delivery;
     wk_mailauth *mailauth;
@@ -459,6 +461,8 @@ static void shutdown_now(void *arg)
      * engine, which is freed last. */
     ms_producer_free(w->producer, WK_PRODUCER_FLUSH_MS);
     w->producer = NULL;
+    ms_heartbeat_stop(w->heartbeat);
+    w->heartbeat = NULL;
     ms_redis_free(w->redis);
     w->redis = NULL;
 }
@@ -659,6 +663,7 @@ int main(int argc, char **argv)
                                       w.delivery, err, sizeof(err))) == NULL)
         ms_fatal("event=kafka_consumer_failed error=\"%s\"", err);
     w.redis = ms_redis_new(w.loop, &rconf);
+    w.heartbeat = ms_heartbeat_start(w.loop, w.redis, "worker", var_node_id, NULL);
     wk_delivery_attach(w.delivery, w.consumer, w.producer, w.redis);
     wk_shaper_attach(w.shaper, w.redis);
     if (w.mtasts)

@@ -1150,11 +1150,28 @@ struct ms_kafka_tail {
     char *topic;
 };
 
+/* A consumer handle for tools: a group id is required by the consumer API,
+ * but assign() (never subscribe) keeps us out of its membership, and
+ * nothing is committed. */
+static rd_kafka_t *tool_consumer(const struct ms_kafka_conf *kc, const char *group, char *err,
+                                 size_t errlen)
+{
+    rd_kafka_conf_t *conf = base_conf(kc);
+    rd_kafka_t *rk;
+
+    set_conf(conf, "group.id", group);
+    set_conf(conf, "enable.auto.commit", "false");
+    set_conf(conf, "enable.auto.offset.store", "false");
+    set_conf(conf, "enable.partition.eof", "true");
+    if ((rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, errlen)) == NULL)
+        rd_kafka_conf_destroy(conf);
+    return rk;
+}
+
 ms_kafka_tail *ms_kafka_tail_new(const struct ms_kafka_conf *kc, const char *topic,
                                  int from_end, int follow, int timeout_ms, char *err,
                                  size_t errlen)
 {
-    rd_kafka_conf_t *conf = base_conf(kc);
     const struct rd_kafka_metadata *md = NULL;
     rd_kafka_topic_partition_list_t *parts;
     rd_kafka_topic_t *rkt;
@@ -1163,16 +1180,8 @@ ms_kafka_tail *ms_kafka_tail_new(const struct ms_kafka_conf *kc, const char *top
     rd_kafka_t *rk;
     int i;
 
-    /* A group id is required by the consumer API, but assign() (not
-     * subscribe) keeps us out of its membership, and nothing is committed. */
-    set_conf(conf, "group.id", "mailstream-ctl-tail");
-    set_conf(conf, "enable.auto.commit", "false");
-    set_conf(conf, "enable.auto.offset.store", "false");
-    set_conf(conf, "enable.partition.eof", "true");
-    if ((rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, errlen)) == NULL) {
-        rd_kafka_conf_destroy(conf);
+    if ((rk = tool_consumer(kc, "mailstream-ctl-tail", err, errlen)) == NULL)
         return NULL;
-    }
     rkt = rd_kafka_topic_new(rk, topic, NULL);
     e = rd_kafka_metadata(rk, 0, rkt, &md, timeout_ms);
     rd_kafka_topic_destroy(rkt);
@@ -1261,4 +1270,148 @@ void ms_kafka_tail_free(ms_kafka_tail *t)
     free(t->at_eof);
     free(t->topic);
     free(t);
+}
+
+/* ---- reading one record; a group's state (tools) ---- */
+
+int ms_kafka_read_at(const struct ms_kafka_conf *kc, const char *topic, int32_t partition,
+                     int64_t offset, int timeout_ms, void **value, size_t *len, char *err,
+                     size_t errlen)
+{
+    rd_kafka_topic_partition_list_t *parts;
+    rd_kafka_message_t *m;
+    rd_kafka_resp_err_t e;
+    int64_t lo = 0, hi = 0;
+    rd_kafka_t *rk;
+    int r = MS_ETIMEOUT;
+
+    if ((rk = tool_consumer(kc, "mailstream-ctl-show", err, errlen)) == NULL)
+        return MS_EIO;
+    e = rd_kafka_query_watermark_offsets(rk, topic, partition, &lo, &hi, timeout_ms);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        snprintf(err, errlen, "%s/%d: %s", topic, (int)partition, rd_kafka_err2str(e));
+        rd_kafka_destroy(rk);
+        return e == RD_KAFKA_RESP_ERR__TIMED_OUT ? MS_ETIMEOUT : MS_EIO;
+    }
+    if (offset < lo || offset >= hi) {
+        snprintf(err, errlen, "%s/%d@%lld: no such record (the partition holds %lld..%lld)",
+                 topic, (int)partition, (long long)offset, (long long)lo, (long long)hi - 1);
+        rd_kafka_destroy(rk);
+        return MS_ENOTFOUND;
+    }
+    parts = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(parts, topic, partition)->offset = offset;
+    rd_kafka_poll_set_consumer(rk);
+    e = rd_kafka_assign(rk, parts);
+    rd_kafka_topic_partition_list_destroy(parts);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        snprintf(err, errlen, "assign %s/%d: %s", topic, (int)partition, rd_kafka_err2str(e));
+        rd_kafka_destroy(rk);
+        return MS_EIO;
+    }
+    while ((m = rd_kafka_consumer_poll(rk, timeout_ms)) != NULL) {
+        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+            snprintf(err, errlen, "%s/%d@%lld: no such record", topic, (int)partition,
+                     (long long)offset);
+            r = MS_ENOTFOUND;
+        } else if (m->err) {
+            snprintf(err, errlen, "%s", rd_kafka_message_errstr(m));
+            r = MS_EIO;
+        } else if (m->offset < offset) {
+            rd_kafka_message_destroy(m);
+            continue;
+        } else if (m->offset > offset) {
+            /* Compacted away, or a transaction marker stood there. */
+            snprintf(err, errlen, "%s/%d@%lld: no such record", topic, (int)partition,
+                     (long long)offset);
+            r = MS_ENOTFOUND;
+        } else {
+            *value = ms_malloc(m->len ? m->len : 1);
+            memcpy(*value, m->payload, m->len);
+            *len = m->len;
+            r = 0;
+        }
+        rd_kafka_message_destroy(m);
+        break;
+    }
+    if (r == MS_ETIMEOUT)
+        snprintf(err, errlen, "%s/%d@%lld: nothing read in %d ms", topic, (int)partition,
+                 (long long)offset, timeout_ms);
+    rd_kafka_consumer_close(rk);
+    rd_kafka_destroy(rk);
+    return r;
+}
+
+int ms_kafka_group_status(const struct ms_kafka_conf *kc, const char *group,
+                          struct ms_kafka_topic_lag *lags, size_t ntopics,
+                          struct ms_kafka_member *members, size_t maxmembers, size_t *nmembers,
+                          int timeout_ms, char *err, size_t errlen)
+{
+    const struct rd_kafka_group_list *gl = NULL;
+    rd_kafka_resp_err_t e;
+    rd_kafka_t *rk;
+    size_t i;
+    int g, k;
+
+    *nmembers = 0;
+    if ((rk = tool_consumer(kc, group, err, errlen)) == NULL)
+        return MS_EIO;
+    e = rd_kafka_list_groups(rk, group, &gl, timeout_ms);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        snprintf(err, errlen, "consumer group %s: %s", group, rd_kafka_err2str(e));
+        rd_kafka_destroy(rk);
+        return MS_EIO;
+    }
+    for (g = 0; g < gl->group_cnt; g++) {
+        if (strcmp(gl->groups[g].group, group) != 0)
+            continue;
+        for (k = 0; k < gl->groups[g].member_cnt && *nmembers < maxmembers; k++) {
+            struct ms_kafka_member *mb = &members[(*nmembers)++];
+            snprintf(mb->client_id, sizeof(mb->client_id), "%s",
+                     gl->groups[g].members[k].client_id);
+            snprintf(mb->host, sizeof(mb->host), "%s", gl->groups[g].members[k].client_host);
+        }
+    }
+    rd_kafka_group_list_destroy(gl);
+    for (i = 0; i < ntopics; i++) {
+        const struct rd_kafka_metadata *md = NULL;
+        rd_kafka_topic_partition_list_t *parts;
+        rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, lags[i].topic, NULL);
+
+        lags[i].partitions = 0;
+        lags[i].end = lags[i].lag = 0;
+        e = rd_kafka_metadata(rk, 0, rkt, &md, timeout_ms);
+        rd_kafka_topic_destroy(rkt);
+        if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+            snprintf(err, errlen, "topic %s: %s", lags[i].topic, rd_kafka_err2str(e));
+            rd_kafka_destroy(rk);
+            return MS_EIO;
+        }
+        if (md->topic_cnt != 1 || md->topics[0].err) {
+            rd_kafka_metadata_destroy(md);
+            continue; /* no such topic */
+        }
+        lags[i].partitions = md->topics[0].partition_cnt;
+        parts = rd_kafka_topic_partition_list_new(lags[i].partitions);
+        for (k = 0; k < lags[i].partitions; k++)
+            rd_kafka_topic_partition_list_add(parts, lags[i].topic,
+                                              md->topics[0].partitions[k].id);
+        rd_kafka_metadata_destroy(md);
+        e = rd_kafka_committed(rk, parts, timeout_ms);
+        for (k = 0; e == RD_KAFKA_RESP_ERR_NO_ERROR && k < parts->cnt; k++) {
+            int64_t lo = 0, hi = 0, at = parts->elems[k].offset;
+            e = rd_kafka_query_watermark_offsets(rk, lags[i].topic, parts->elems[k].partition,
+                                                 &lo, &hi, timeout_ms);
+            lags[i].end += hi;
+            lags[i].lag += hi - (at >= 0 ? at : lo);
+        }
+        rd_kafka_topic_partition_list_destroy(parts);
+        if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+            snprintf(err, errlen, "topic %s: %s", lags[i].topic, rd_kafka_err2str(e));
+            rd_kafka_destroy(rk);
+            return MS_EIO;
+        }
+    }
+    rd_kafka_destroy(rk);
+    return 0;
 }

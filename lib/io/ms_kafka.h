@@ -167,4 +167,40 @@ int ms_kafka_tail_next(ms_kafka_tail *t, int timeout_ms, struct ms_record *rec, 
                        size_t errlen);
 void ms_kafka_tail_free(ms_kafka_tail *t);
 
+/* Read the one record at topic/partition/offset (a deferred message's
+ * record, for `mailstream-ctl queue show --message`), outside any consumer
+ * group: 0 with a malloc'd copy of its value in *value (*len octets),
+ * MS_ENOTFOUND when there is no such record any more (past retention, or
+ * beyond the end), MS_ETIMEOUT, or MS_EIO with the reason in err. */
+int ms_kafka_read_at(const struct ms_kafka_conf *conf, const char *topic, int32_t partition,
+                     int64_t offset, int timeout_ms, void **value, size_t *len, char *err,
+                     size_t errlen);
+
+/* ---- a consumer group at a glance, for tools (mailstream-ctl status) ---- */
+
+#define MS_KAFKA_MEMBER_NAME_MAX 255
+
+struct ms_kafka_member {
+    char client_id[MS_KAFKA_MEMBER_NAME_MAX + 1]; /* the worker's [node] id */
+    char host[MS_KAFKA_MEMBER_NAME_MAX + 1];      /* "/10.0.0.7" as Kafka says */
+};
+
+struct ms_kafka_topic_lag {
+    const char *topic;  /* given by the caller */
+    int partitions;     /* 0: no such topic */
+    int64_t end;        /* records ever written (high watermarks, summed) */
+    int64_t lag;        /* records the group has not committed yet, summed */
+};
+
+/* The group's members (rd_kafka_list_groups: whatever broker coordinates
+ * it) and, for each topic of lags[0..ntopics), the sum over its partitions
+ * of high watermark minus the group's committed offset (a partition with
+ * nothing committed counts from its low watermark).  Outside the group:
+ * nothing joins, nothing is committed.  At most maxmembers are kept, the
+ * count in *nmembers.  0 or MS_EIO with the reason in err. */
+int ms_kafka_group_status(const struct ms_kafka_conf *conf, const char *group,
+                          struct ms_kafka_topic_lag *lags, size_t ntopics,
+                          struct ms_kafka_member *members, size_t maxmembers, size_t *nmembers,
+                          int timeout_ms, char *err, size_t errlen);
+
 #endif

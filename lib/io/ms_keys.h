@@ -75,7 +75,7 @@
 
 /* + queue id: string, the listing line of a deferred or held message
  * (ms_qinfo_format: state, times, sender, pending recipients, their
- * destinations, attempts, last reply).  Written by the worker with every
+ * destinations, attempts, last reply, the Kafka record holding it).  Written by the worker with every
  * retry record, TTL [retry] max_age + a day; deleted by the worker when the
  * message is done. */
 #define MS_KEY_QUEUE_INFO "ms:qinfo:"
@@ -112,5 +112,25 @@
  * mailstream-ctl (recipients add/remove/import), kept until removed; read
  * by the frontend at RCPT for the domains of [smtp] recipient_lists. */
 #define MS_KEY_RECIPIENTS "ms:rcpts:"
+
+/* + lower-cased address: string, the cached answer of a recipient
+ * verification probe (frontend/fe_verify.h): "1 <reply>" (the next hop
+ * accepted RCPT TO) or "0 <reply>" (it refused it with 5yz).  Written by
+ * the frontend with a TTL ([verify] positive_ttl / negative_ttl), read by
+ * every frontend at RCPT; deleted by nobody (it expires). */
+#define MS_KEY_VERIFY "ms:verify:"
+
+/* + lower-cased address: string, "a frontend is probing this address
+ * now" (SET NX), so that one probe runs per address in the whole cluster
+ * while the other frontends poll MS_KEY_VERIFY for its answer.  Written by
+ * the prober with a TTL of [verify] timeout_ms + 2 s, deleted by it when the
+ * probe ends. */
+#define MS_KEY_VERIFY_LOCK "ms:verifying:"
+
+/* + node id ([node] id): string, a node's heartbeat (ms_heartbeat.h: role,
+ * version, start time, last beat, host).  Written by every frontend (with
+ * Redis) and worker every 5 s with a TTL of 15 s, deleted by the node when
+ * it stops; read by `mailstream-ctl status`. */
+#define MS_KEY_NODE "ms:node:"
 
 #endif

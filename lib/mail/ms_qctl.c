@@ -103,19 +103,20 @@ int ms_qctl_retry_applies(int64_t at_us, int64_t last_attempt_us)
 
 char *ms_qinfo_format(const struct ms_qinfo *q)
 {
-    const char *strs[6] = {q->state, q->sender, q->rcpts, q->dests, q->last_reply, NULL};
-    char *flat[5], *line;
+    const char *strs[6] = {q->state, q->sender, q->rcpts, q->dests, q->last_reply, q->record};
+    char *flat[6], *line;
     size_t i;
 
-    for (i = 0; i < 5; i++) {
+    for (i = 0; i < 6; i++) {
         size_t n = strs[i] ? strlen(strs[i]) : 0;
         flat[i] = ms_malloc(n + 1);
         copy_flat(flat[i], n + 1, strs[i] ? strs[i] : "", n);
     }
-    line = ms_asprintf("%s\t%lld\t%lld\t%u\t%d\t%llu\t%s\t%s\t%s\t%s", flat[0],
+    line = ms_asprintf("%s\t%lld\t%lld\t%u\t%d\t%llu\t%s\t%s\t%s\t%s\t%s", flat[0],
                        (long long)q->received_us, (long long)q->next_attempt_us, q->attempts,
-                       q->tier, (unsigned long long)q->size, flat[1], flat[2], flat[3], flat[4]);
-    for (i = 0; i < 5; i++)
+                       q->tier, (unsigned long long)q->size, flat[1], flat[2], flat[3], flat[4],
+                       flat[5]);
+    for (i = 0; i < 6; i++)
         free(flat[i]);
     return line;
 }
@@ -135,19 +136,20 @@ static int parse_i64(const char *s, int64_t *out)
 
 int ms_qinfo_parse(char *line, struct ms_qinfo *out)
 {
-    char *f[10], *p = line;
+    char *f[11], *p = line;
     int64_t v[4];
     size_t n = 0;
 
     memset(out, 0, sizeof(*out));
-    while (n < 10) {
+    while (n < 11) {
         f[n++] = p;
         if ((p = strchr(p, '\t')) == NULL)
             break;
         *p++ = '\0';
     }
-    if (n != 10 || p != NULL)
+    if (n < 10 || p != NULL)
         return MS_EINVAL;
+    out->record = n == 11 ? f[10] : "";
     if (parse_i64(f[1], &v[0]) < 0 || parse_i64(f[2], &v[1]) < 0 || parse_i64(f[3], &v[2]) < 0 ||
         parse_i64(f[4], &v[3]) < 0 || v[2] < 0 || v[2] > UINT32_MAX)
         return MS_EINVAL;
@@ -163,6 +165,33 @@ int ms_qinfo_parse(char *line, struct ms_qinfo *out)
     out->rcpts = f[7];
     out->dests = f[8];
     out->last_reply = f[9];
+    return 0;
+}
+
+int ms_qinfo_record_parse(const char *s, char *topic, size_t topiclen, int32_t *partition,
+                          int64_t *offset)
+{
+    const char *o = strrchr(s, '/'), *pp;
+    char *end;
+    long long part, off;
+
+    if (o == NULL || o == s)
+        return MS_EINVAL;
+    for (pp = o - 1; pp > s && *pp != '/'; pp--)
+        ;
+    if (pp == s || (size_t)(pp - s) >= topiclen)
+        return MS_EINVAL;
+    errno = 0;
+    part = strtoll(pp + 1, &end, 10);
+    if (end != o || pp[1] == '/' || part < 0 || part > INT32_MAX)
+        return MS_EINVAL;
+    off = strtoll(o + 1, &end, 10);
+    if (o[1] == '\0' || *end != '\0' || off < 0 || errno != 0)
+        return MS_EINVAL;
+    memcpy(topic, s, (size_t)(pp - s));
+    topic[pp - s] = '\0';
+    *partition = (int32_t)part;
+    *offset = off;
     return 0;
 }
 

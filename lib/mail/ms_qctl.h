@@ -63,6 +63,10 @@ int ms_qctl_parse(const char *s, size_t len, struct ms_qctl *out);
  * with an operator who meanwhile asked for something else). */
 int ms_qctl_retry_applies(int64_t at_us, int64_t last_attempt_us);
 
+/* Longest record field "topic/partition/offset" (a Kafka topic name is at
+ * most 249 octets). */
+#define MS_QINFO_RECORD_MAX 300
+
 /* The listing line of one deferred or held message (MS_KEY_QUEUE_INFO).
  * Lists are comma-separated; the strings point into the parsed line. */
 struct ms_qinfo {
@@ -76,11 +80,20 @@ struct ms_qinfo {
     const char *rcpts;  /* the pending recipients */
     const char *dests;  /* their destinations (the worker's dest names) */
     const char *last_reply;
+    /* "topic/partition/offset" of a Kafka record that holds the message
+     * (the one the worker was attempting when it deferred it), for `queue
+     * show --message`; "" when not known (a line of an older worker). */
+    const char *record;
 };
 /* Malloc'd line; tabs and line ends inside fields become spaces. */
 char *ms_qinfo_format(const struct ms_qinfo *q);
-/* Parse `line` in place (it is cut at the tabs); 0 or MS_EINVAL. */
+/* Parse `line` in place (it is cut at the tabs); 0 or MS_EINVAL.  A line
+ * without the record field (ten fields) parses with record "". */
 int ms_qinfo_parse(char *line, struct ms_qinfo *out);
+/* Split a record field "topic/partition/offset"; 0 or MS_EINVAL (also for
+ * ""). topic is copied into topic[topiclen]. */
+int ms_qinfo_record_parse(const char *s, char *topic, size_t topiclen, int32_t *partition,
+                          int64_t *offset);
 
 /* `queue list` filters; NULL or 0 fields do not filter. */
 struct ms_qinfo_filter {

@@ -35,8 +35,13 @@ CTL = os.path.join(os.environ.get("MAILSTREAM_BUILD_DIR", "build"), "mailstream-
 
 def ctl(cl, *args: str, expect: int = 0):
     """Run mailstream-ctl --json against cl; its parsed output."""
+    return ctl_env(cl, {}, *args, expect=expect)
+
+
+def ctl_env(cl, extra_env: dict, *args: str, expect: int = 0):
+    """The same with more environment (the worker's settings)."""
     env = dict(os.environ, MAILSTREAM_REDIS_PORT=str(cl.redis.port),
-               MAILSTREAM_KAFKA_BROKERS=cl.kafka.bootstrap)
+               MAILSTREAM_KAFKA_BROKERS=cl.kafka.bootstrap, **extra_env)
     r = subprocess.run([CTL, "--json", *args], capture_output=True, timeout=60, env=env)
     assert r.returncode == expect, (args, r.returncode, r.stdout, r.stderr)
     out = r.stdout.decode().strip()
@@ -101,6 +106,12 @@ def test_list_shape_show_then_retry_delivers(cluster_factory, fake_smtp):
     shown = ctl(cl, "queue", "show", q)
     assert shown["qid"] == q and shown["recipients"][0]["address"] == rcpt
     assert shown["recipients"][0]["attempts"] == "1"
+    # --message: the message itself, read back from the Kafka record the
+    # listing line names (topic/partition/offset).
+    full = ctl(cl, "queue", "show", q, "--message")
+    assert full["record"].count("/") >= 2
+    assert f"Subject: {q}\r\n" in full["message"] and full["message"].endswith("Hello.\r\n")
+    ctl(cl, "queue", "show", new_qid(), "--message", expect=4)
     ctl(cl, "queue", "show", new_qid(), expect=4)
     ctl(cl, "queue", "show", "not-a-queue-id", expect=2)
 
@@ -383,3 +394,55 @@ def test_recipient_list_unreadable_answers_451(cluster_factory):
     c.cmd(b"MAIL FROM:<a@b.example>")
     assert code(c.cmd(b"RCPT TO:<who@mailstream.test>"))[:3] == b"451"
     c.cmd(b"QUIT")
+
+
+def test_status_nodes_group_and_lag(cluster_factory):
+    """`status`: every frontend (with Redis) and worker by its heartbeat,
+    the workers' consumer group as Kafka knows it, and the group's lag per
+    topic (queue and retry tiers); a worker that stops leaves the list."""
+    cl = cluster_factory(frontends=1, workers=2,
+                         frontend_extra={"smtp": {"refuse_suppressed": "yes"}})
+    env = {"MAILSTREAM_KAFKA_GROUP": cl.spec.group, "MAILSTREAM_KAFKA_TOPIC": cl.spec.topic}
+
+    def status():
+        return ctl_env(cl, env, "status")
+
+    def roles(st):
+        return sorted(n["role"] for n in st["nodes"] if n["node"] in names)
+
+    names = ["fe1", "wk1", "wk2"]  # mslocal's [node] ids
+    mslocal.wait_until(lambda: roles(status()) == ["frontend", "worker", "worker"], 30,
+                       "every node's heartbeat")
+    mslocal.wait_until(lambda: all(n["in_group"] for n in status()["nodes"]
+                                   if n["role"] == "worker" and n["node"] in names), 60,
+                       "both workers in the consumer group")
+    st = status()
+    assert st["kafka"]["ok"] and st["kafka"]["group"] == cl.spec.group
+    assert len(st["kafka"]["members"]) == 2
+    topics = {t["topic"]: t for t in st["kafka"]["lag"]}
+    assert topics[cl.spec.topic]["partitions"] > 0 and f"{cl.spec.topic}.retry.1" in topics
+    node = st["nodes"][0]
+    assert node["version"] and node["up_s"] >= 0 and node["seen_s_ago"] <= 15
+
+    # Mail through: the group catches up (lag 0 on the queue topic).
+    c = hello(smtp_port(cl))
+    c.cmd(b"MAIL FROM:<a@example.org>")
+    c.cmd(b"RCPT TO:<b@mailstream.test>")
+    c.cmd(b"DATA")
+    assert c.cmd(b"Subject: status\r\n\r\nhi\r\n.").startswith(b"250 ")
+    c.cmd(b"QUIT")
+    cl.sink.wait_for(1, timeout=60)
+    mslocal.wait_until(lambda: {t["topic"]: t for t in status()["kafka"]["lag"]}
+                       [cl.spec.topic]["lag"] == 0, 60, "lag 0 once delivered")
+    assert {t["topic"]: t for t in status()["kafka"]["lag"]}[cl.spec.topic]["end"] >= 1
+
+    # A worker that stops deletes its heartbeat.
+    cl.workers[1].stop()
+    mslocal.wait_until(lambda: roles(status()) == ["frontend", "worker"], 30,
+                       "the stopped worker gone")
+
+    # Kafka unreachable: said, and exit 3.
+    env2 = dict(os.environ, MAILSTREAM_REDIS_PORT=str(cl.redis.port),
+                MAILSTREAM_KAFKA_BROKERS=f"127.0.0.1:{mslocal.free_port()}")
+    r = subprocess.run([CTL, "status"], capture_output=True, timeout=60, env=env2)
+    assert r.returncode == 3 and b"kafka:      UNREACHABLE" in r.stdout, r

@@ -31,17 +31,19 @@ from test_worker_delivery import fake_smtp  # noqa: F401  (fixture)
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 ACL_USER = "mailstream"
+CTL_USER = "mailstream-ctl"
 
 
-def documented_acl() -> str:
-    """The `user mailstream ...` line of docs/security.md."""
-    m = re.search(r"^user mailstream on .*$", DOCS.read_text(), re.M)
-    assert m, f"{DOCS}: no `user mailstream on ...` line"
+def documented_acl(user: str = ACL_USER) -> str:
+    """The `user NAME ...` line of docs/security.md (the programs' user, or
+    mailstream-ctl's)."""
+    m = re.search(rf"^user {re.escape(user)} on .*$", DOCS.read_text(), re.M)
+    assert m, f"{DOCS}: no `user {user} on ...` line"
     return m.group(0)
 
 
-def documented_commands() -> Set[str]:
-    return {w[1:].lower() for w in documented_acl().split() if w.startswith("+")}
+def documented_commands(user: str = ACL_USER) -> Set[str]:
+    return {w[1:].lower() for w in documented_acl(user).split() if w.startswith("+")}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,10 @@ def auth_redis(tmp_path_factory):
     admin_pw = "admin-" + secrets.token_hex(8)
     user_pw = "user-" + secrets.token_hex(8)
     acl = documented_acl().replace(">PASSWORD", ">" + user_pw)
-    r = mslocal.Redis(sup, mslocal.free_port(), password=admin_pw, acl=[acl])
+    # The operator's user has the same password here: the test tells them
+    # apart by name.
+    ctl_acl = documented_acl(CTL_USER).replace(">PASSWORD", ">" + user_pw)
+    r = mslocal.Redis(sup, mslocal.free_port(), password=admin_pw, acl=[acl, ctl_acl])
     r.start()
     try:
         yield r, admin_pw, user_pw
@@ -154,11 +159,14 @@ def test_acl_user_limited_to_ms_keys_and_our_commands(cluster_factory, auth_redi
                     "451 4.7.1 Greylisted" if rc.startswith("grey") and n == 1 else
                     "550 5.1.1 User unknown" if rc.startswith("dead") else "250 2.1.5 Ok")
     auth = {"username": ACL_USER, "password_file": _file(tmp_path, "pw", user_pw)}
+    host, port = srv.address.rsplit(":", 1)
     cl = cluster_factory(
-        start=False,
+        start=False, accepted_domains=["mailstream.test", "verified.test"],
         frontend_extra={**_redis_sections(r.port, **auth),
                         "smtp": {"refuse_suppressed": "yes",
                                  "recipient_lists": "mailstream.test"},
+                        # Recipient verification: its cache and lock.
+                        "verify": {"map": f"verified.test smtp:[{host}]:{port}"},
                         "ratelimit": {"connections_per_ip": "1000/1m",
                                       "messages_per_domain": "1000/1m",
                                       "redis_failure": "closed"}},
@@ -175,6 +183,12 @@ def test_acl_user_limited_to_ms_keys_and_our_commands(cluster_factory, auth_redi
         _send(cl, [f"typo.{tag}@mailstream.test"], "not on the list")
     assert e.value.recipients[f"typo.{tag}@mailstream.test"][0] == 550
     _send(cl, [f"ok.{tag}@mailstream.test"], "plain")
+    with smtplib.SMTP(*cl.listener("mx"), timeout=30) as s:
+        s.ehlo()
+        s.mail("sender@example.org")
+        assert s.rcpt(f"ok.{tag}@verified.test")[0] == 250
+        assert s.rcpt(f"dead.{tag}@verified.test")[0] == 550
+    assert _type(r, admin_pw, f"ms:verify:ok.{tag}@verified.test") == b"+string"
     _send(cl, [f"grey.{tag}@mailstream.test"], "deferred once")
     _send(cl, [f"dead.{tag}@mailstream.test"], "bounced")
     wk = cl.workers[0]
@@ -238,7 +252,7 @@ def test_wrong_password_logged_and_retried(cluster_factory, auth_redis, tmp_path
 CTL = Path(os.environ.get("MAILSTREAM_BUILD_DIR", "build")) / "mailstream-ctl"
 
 
-def test_ctl_authenticates_from_the_worker_file(auth_redis, tmp_path):
+def test_ctl_authenticates_from_the_worker_file(auth_redis, kafka_broker, tmp_path):
     """mailstream-ctl -c WORKER.ini reads [redis] as the programs do: the
     password from its file; a wrong one is a one-line error without it."""
     r, admin_pw, _ = auth_redis
@@ -246,7 +260,8 @@ def test_ctl_authenticates_from_the_worker_file(auth_redis, tmp_path):
     ini = tmp_path / "worker.ini"
     for pw, expect in ((admin_pw, 0), (wrong, 3)):
         pwfile = _file(tmp_path, "ctl-pw", pw)
-        ini.write_text(f"[redis]\nhost = {mslocal.HOST}\nport = {r.port}\n"
+        ini.write_text(f"[kafka]\nbrokers = {kafka_broker.bootstrap}\n"
+                       f"[redis]\nhost = {mslocal.HOST}\nport = {r.port}\n"
                        f"password_file = {pwfile}\n")
         p = subprocess.run([str(CTL), "-c", str(ini), "--json", "status"], capture_output=True,
                            text=True, timeout=60)
@@ -256,3 +271,72 @@ def test_ctl_authenticates_from_the_worker_file(auth_redis, tmp_path):
         else:
             assert "AUTH as default refused" in p.stderr, p.stderr
         assert pw not in p.stdout + p.stderr
+
+
+def test_ctl_acl_user(cluster_factory, auth_redis, fake_smtp, tmp_path):
+    """Every mailstream-ctl subcommand that touches Redis, as the documented
+    mailstream-ctl user: nothing refused (ACL LOG empty, exit 0), and every
+    command of its line used. A worker (as the programs' user) defers one
+    message to a destination answering 451 and is then stopped, so that the
+    command statistics are the CLI's alone."""
+    from test_worker_delivery import envelope, message, new_qid, produce
+    r, admin_pw, user_pw = auth_redis
+    srv = fake_smtp(rcpt_reply=lambda rc, n: "451 4.3.0 try again later")
+    pw = _file(tmp_path, "pw", user_pw)
+    cl = cluster_factory(frontends=0, workers=1, worker_extra={
+        **_redis_sections(r.port, username=ACL_USER, password_file=pw),
+        "delivery": {"relay_host": srv.address, "retry_min_ms": 60000, "retry_max_ms": 120000}})
+    q = new_qid()
+    produce(cl, [(q, envelope(q, [f"who@{q.lower()}.example"], message(q)))])
+    mslocal.wait_until(lambda: _type(r, admin_pw, f"ms:qinfo:{q}") == b"+string", 60,
+                       "the message deferred and listed")
+    cl.workers[0].stop()
+    _admin(r, admin_pw, "ACL", "LOG", "RESET")
+    _admin(r, admin_pw, "CONFIG", "RESETSTAT")
+
+    ini = tmp_path / "ctl.ini"
+    ini.write_text(f"[kafka]\nbrokers = {cl.kafka.bootstrap}\n[redis]\nhost = {mslocal.HOST}\n"
+                   f"port = {r.port}\nusername = {CTL_USER}\npassword_file = {pw}\n")
+    dest = srv.address.lower()
+    listf = _file(tmp_path, "list", "imp@example.com some reason")
+    rcptf = _file(tmp_path, "rcpts", "imp@list.example")
+
+    def run_ctl(*args: str) -> str:
+        p = subprocess.run([str(CTL), "-c", str(ini), *args], capture_output=True, text=True,
+                           timeout=60)
+        assert p.returncode == 0, (args, p.returncode, p.stdout, p.stderr)
+        return p.stdout
+
+    assert q in run_ctl("queue", "list", "--dest", dest)
+    time.sleep(1)
+    run_ctl("queue", "list", "--older-than", "1s")
+    run_ctl("queue", "shape")
+    run_ctl("queue", "show", q)
+    for verb in ("hold", "release", "retry", "bounce", "delete"):
+        run_ctl("queue", verb, q)
+    run_ctl("queue", "retry", "--dest", dest)
+    run_ctl("dest", "suspend", dest, "--for", "1h", "--reason", "acl test")
+    run_ctl("dest", "list")
+    run_ctl("dest", "resume", dest)
+    run_ctl("suppress", "add", "jane@example.com", "--for", "1d")
+    run_ctl("suppress", "import", str(listf))
+    assert "jane@example.com" in run_ctl("suppress", "list")
+    run_ctl("suppress", "export")
+    run_ctl("suppress", "remove", "jane@example.com")
+    run_ctl("recipients", "add", "a@list.example")
+    run_ctl("recipients", "import", str(rcptf))
+    assert "a@list.example" in run_ctl("recipients", "list", "list.example")
+    run_ctl("recipients", "remove", "a@list.example")
+    run_ctl("status")
+
+    log = _admin(r, admin_pw, "ACL", "LOG")
+    assert log == b"*0\r\n", f"commands or keys refused by the ACL: {log[:2000]!r}"
+    # Since RESETSTAT (counted itself) the test sent only AUTH, ACL LOG and INFO (so
+    # INFO counts as used by the CLI's `status` on the strength of its exit
+    # code and the empty ACL log).
+    raw = _admin(r, admin_pw, "INFO", "commandstats").decode()
+    used = {m.group(1) for m in re.finditer(r"^cmdstat_([a-z|_-]+):calls=(\d+)", raw, re.M)
+            if int(m.group(2)) > 0} - {"auth", "acl|log", "config|resetstat", "info"}
+    listed = documented_commands(CTL_USER) - {"info"}
+    assert used == listed, f"used, not listed: {used - listed}; listed, unused: {listed - used}"
+    _no_secret(cl, user_pw, admin_pw)

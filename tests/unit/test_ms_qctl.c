@@ -93,6 +93,36 @@ static void test_retry_applies(void **state)
     assert_true(ms_qctl_retry_applies(1, 0)); /* never attempted */
 }
 
+/* The record field: written, read back, absent from an older line, and
+ * split into topic, partition and offset. */
+static void test_qinfo_record(void **state)
+{
+    struct ms_qinfo q = {"held", 1, 2, 1, 1, 10, "", "a@b.example", "b.example", "", "queue.retry.2/3/42"},
+                    p;
+    char *line = ms_qinfo_format(&q), old[] = "deferred\t1\t2\t1\t1\t10\t\ta@b\tb\t451 x",
+         topic[64];
+    int32_t part;
+    int64_t off;
+
+    (void)state;
+    assert_int_equal(ms_qinfo_parse(line, &p), 0);
+    assert_string_equal(p.record, "queue.retry.2/3/42");
+    assert_int_equal(ms_qinfo_record_parse(p.record, topic, sizeof(topic), &part, &off), 0);
+    assert_string_equal(topic, "queue.retry.2");
+    assert_int_equal(part, 3);
+    assert_int_equal(off, 42);
+    assert_int_equal(ms_qinfo_parse(old, &p), 0);
+    assert_string_equal(p.record, "");
+    assert_int_equal(ms_qinfo_record_parse("", topic, sizeof(topic), &part, &off), MS_EINVAL);
+    assert_int_equal(ms_qinfo_record_parse("q/x/1", topic, sizeof(topic), &part, &off), MS_EINVAL);
+    assert_int_equal(ms_qinfo_record_parse("q/1/", topic, sizeof(topic), &part, &off), MS_EINVAL);
+    assert_int_equal(ms_qinfo_record_parse("/1/2", topic, sizeof(topic), &part, &off), MS_EINVAL);
+    assert_int_equal(ms_qinfo_record_parse("q/-1/2", topic, sizeof(topic), &part, &off), MS_EINVAL);
+    assert_int_equal(ms_qinfo_record_parse("toolongtopicname/1/2", topic, 8, &part, &off),
+                     MS_EINVAL);
+    free(line);
+}
+
 static void test_qinfo(void **state)
 {
     struct ms_qinfo q = {"deferred",
@@ -104,7 +134,8 @@ static void test_qinfo(void **state)
                          "s@x.example",
                          "a@y.example,B@z.example",
                          "y.example,relay:25",
-                         "451 4.3.0\tbusy"},
+                         "451 4.3.0\tbusy",
+                         ""},
                     p;
     struct ms_qinfo_filter f;
     char *line = ms_qinfo_format(&q), bad[] = "deferred\t1\t2";
@@ -143,7 +174,7 @@ static void test_qinfo(void **state)
 
     assert_int_equal(ms_qinfo_parse(bad, &p), MS_EINVAL);
     {
-        char extra[] = "held\t1\t2\t3\t4\t5\ts\tr\td\tl\tmore";
+        char extra[] = "held\t1\t2\t3\t4\t5\ts\tr\td\tl\tt/0/1\tmore";
         char nonum[] = "held\tx\t2\t3\t4\t5\ts\tr\td\tl";
         assert_int_equal(ms_qinfo_parse(extra, &p), MS_EINVAL);
         assert_int_equal(ms_qinfo_parse(nonum, &p), MS_EINVAL);
@@ -206,7 +237,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_duration),      cmocka_unit_test(test_control_roundtrip),
-        cmocka_unit_test(test_retry_applies), cmocka_unit_test(test_qinfo),
+        cmocka_unit_test(test_retry_applies), cmocka_unit_test(test_qinfo), cmocka_unit_test(test_qinfo_record),
         cmocka_unit_test(test_suspend),       cmocka_unit_test(test_list_has),
         cmocka_unit_test(test_json_field),
     };
