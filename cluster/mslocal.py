@@ -65,6 +65,8 @@ HOST = "127.0.0.1"
 
 # docs/config.md: room for a 25 MiB message plus its envelope.
 MAX_RECORD_BYTES = 33554432
+# MS_KAFKA_SEGMENTS_PER_RETENTION (lib/io/ms_kafka.h).
+KAFKA_SEGMENTS_PER_RETENTION = 4
 DEFAULT_TOPICS = {"queue": 12, "events": 3}
 # Retry tier topics "<queue topic>.retry.<n>" (worker/delivery.h); the local
 # cluster and the tests run the workers with this many tiers.
@@ -72,6 +74,31 @@ WORKER_RETRY_TIERS = 2
 RETRY_TIER_PARTITIONS = 3
 DEFAULT_TOPICS.update({f"queue.retry.{n}": RETRY_TIER_PARTITIONS
                        for n in range(1, WORKER_RETRY_TIERS + 1)})
+
+# Topic retention (docs/reliability.md, "What Kafka holds and for how
+# long"): every record stays until it is due plus the worker outage the
+# cluster is meant to survive. The worker defaults it is derived from:
+DEFAULT_OUTAGE_S = 3 * 86400          # a long weekend without any worker
+WORKER_RETRY_MAX_S = 4 * 3600         # [delivery] retry_max_ms
+WORKER_HOLD_RECHECK_S = 15 * 60       # WK_CONTROL_HOLD_RECHECK_MS (worker/control.h)
+WORKER_MAX_AGE_S = 5 * 86400          # [retry] max_age_s
+
+
+def topic_retention_s(outage_s: int = DEFAULT_OUTAGE_S, queue: str = "queue",
+                      events: str = "events", tiers: int = WORKER_RETRY_TIERS,
+                      retry_max_s: int = WORKER_RETRY_MAX_S,
+                      max_age_s: int = WORKER_MAX_AGE_S) -> Dict[str, int]:
+    """Seconds each topic keeps its records: the queue the outage; each
+    retry tier the longest delay a record in it can wait (retry_max_ms, or
+    a suspension or hold recheck, which the worker caps at the larger of the
+    two) plus the outage; events a message's whole life ([retry] max_age_s)
+    and a day, so `mailstream-ctl events tail --qid` still finds its
+    start."""
+    out = {queue: outage_s, events: max_age_s + 86400}
+    for n in range(1, tiers + 1):
+        out[f"{queue}.retry.{n}"] = max(retry_max_s, WORKER_HOLD_RECHECK_S) + outage_s
+    return out
+
 
 DEMO_USER = "demo@mailstream.test"
 DEMO_PASSWORD = "demo"
@@ -725,20 +752,26 @@ class Kafka:
 
     def create_topics(self, topics: Mapping[str, int],
                       configs: Optional[Mapping[str, str]] = None, timeout: float = 90.0,
-                      replication: int = 1, bootstrap: Optional[str] = None) -> None:
+                      replication: int = 1, bootstrap: Optional[str] = None,
+                      retention: Optional[Mapping[str, int]] = None) -> None:
         """Create topics (name -> partitions) with `replication` replicas, if
         they do not exist yet. One TopicCommand JVM per topic, run in
         parallel; success also proves the broker is really serving requests
         (and, with replication > 1, that enough brokers have joined).
-        bootstrap: other brokers to ask (KafkaCluster), default this one."""
+        bootstrap: other brokers to ask (KafkaCluster), default this one.
+        retention: seconds per topic name (topic_retention_s), set as
+        retention.ms and segment.ms as `mailstream-ctl topics create` does;
+        topics it does not name keep the broker's log.retention.hours."""
         bootstrap = bootstrap or self.bootstrap
         configs = {"max.message.bytes": str(MAX_RECORD_BYTES), **(configs or {})}
+        retention = retention or {}
         ctl = build_dir() / "mailstream-ctl"
         if os.access(ctl, os.X_OK):
             # One C process with librdkafka's admin API: milliseconds, where a
             # TopicCommand JVM per topic costs seconds of CPU.
             argv = [str(ctl), "-b", bootstrap, "topics", "create",
-                    *[f"{n}:{p}:{replication}" for n, p in topics.items()]]
+                    *[f"{n}:{p}:{replication}" + (f"@{retention[n]}s" if n in retention else "")
+                      for n, p in topics.items()]]
             for k, v in configs.items():
                 argv += ["-c", f"{k}={v}"]
             deadline = time.monotonic() + timeout
@@ -758,11 +791,16 @@ class Kafka:
 
         def one(name: str, parts: int) -> None:
             deadline = time.monotonic() + timeout
+            own: List[str] = []
+            if name in retention:  # as ms_kafka_create_topics (lib/io/ms_kafka.h)
+                ms = retention[name] * 1000
+                own = ["--config", f"retention.ms={ms}",
+                       "--config", f"segment.ms={max(1, ms // KAFKA_SEGMENTS_PER_RETENTION)}"]
             while True:
                 r = self._tool("org.apache.kafka.tools.TopicCommand", "--bootstrap-server",
                                bootstrap, "--create", "--if-not-exists", "--topic", name,
                                "--partitions", str(parts), "--replication-factor", str(replication),
-                               *cfg_args, timeout=timeout)
+                               *cfg_args, *own, timeout=timeout)
                 results[name] = r
                 if r.returncode == 0 or time.monotonic() > deadline or not self.running:
                     return
@@ -1523,13 +1561,15 @@ class KafkaCluster:
             raise errors[0]
 
     def create_topics(self, topics: Mapping[str, int],
-                      configs: Optional[Mapping[str, str]] = None, timeout: float = 120.0) -> None:
+                      configs: Optional[Mapping[str, str]] = None, timeout: float = 120.0,
+                      retention: Optional[Mapping[str, int]] = None) -> None:
         """Topics with min(N, 3) replicas and min.insync.replicas as
         replication_for() says; retried until every broker has joined."""
         rf, isr = self.replication
         # Through every broker's address, so a slow first node does not matter.
         self.nodes[0].create_topics(topics, {"min.insync.replicas": str(isr), **(configs or {})},
-                                    timeout=timeout, replication=rf, bootstrap=self.bootstrap)
+                                    timeout=timeout, replication=rf, bootstrap=self.bootstrap,
+                                    retention=retention)
 
     def describe_topics(self, names: Optional[Sequence[str]] = None) -> Dict[str, TopicInfo]:
         for n in self.nodes:
@@ -2011,6 +2051,8 @@ class StackOptions:
     frontend_metrics_base: int = 9101
     worker_metrics_base: int = 9201
     topics: Dict[str, int] = field(default_factory=lambda: dict(DEFAULT_TOPICS))
+    # The worker outage the topics' retention is sized for (topic_retention_s).
+    outage_s: int = DEFAULT_OUTAGE_S
     shape: "ShapeOptions" = field(default_factory=lambda: ShapeOptions())
 
 
@@ -2119,8 +2161,11 @@ class Stack:
             log(f"starting {n} kafka {KAFKA_VERSION} nodes on {self.kafka.bootstrap} "
                 f"(replication {rf}, min.insync.replicas {isr})")
         self.kafka.start()
-        log("creating topics " + ", ".join(f"{t}({p})" for t, p in o.topics.items()))
-        self.kafka.create_topics(o.topics)
+        keep = topic_retention_s(o.outage_s)
+        log("creating topics " + ", ".join(
+            f"{t}({p}" + (f", kept {keep[t] / 3600:g} h)" if t in keep else ")")
+            for t, p in o.topics.items()))
+        self.kafka.create_topics(o.topics, retention=keep)
 
     def _make_cluster(self, spec: ClusterSpec) -> Cluster:
         o = self.opts

@@ -1063,7 +1063,7 @@ int ms_kafka_create_topics(const struct ms_kafka_conf *kc, const struct ms_topic
     rd_kafka_event_t *ev = NULL;
     const rd_kafka_CreateTopics_result_t *res;
     const rd_kafka_topic_result_t **tr;
-    char num[32], key[128];
+    char num[32], key[128], ret_s[24], seg_s[24];
     const char *eq;
     rd_kafka_t *rk;
     size_t i, j, n;
@@ -1085,6 +1085,13 @@ int ms_kafka_create_topics(const struct ms_kafka_conf *kc, const struct ms_topic
             goto out;
         }
         rd_kafka_NewTopic_set_config(nt[i], "max.message.bytes", num);
+        if (topics[i].retention_ms > 0) {
+            int64_t seg = topics[i].retention_ms / MS_KAFKA_SEGMENTS_PER_RETENTION;
+            snprintf(ret_s, sizeof(ret_s), "%lld", (long long)topics[i].retention_ms);
+            snprintf(seg_s, sizeof(seg_s), "%lld", (long long)(seg > 0 ? seg : 1));
+            rd_kafka_NewTopic_set_config(nt[i], "retention.ms", ret_s);
+            rd_kafka_NewTopic_set_config(nt[i], "segment.ms", seg_s);
+        }
         for (j = 0; j < nconfigs; j++) {
             if ((eq = strchr(configs[j], '=')) == NULL ||
                 (size_t)(eq - configs[j]) >= sizeof(key)) {
@@ -1094,6 +1101,9 @@ int ms_kafka_create_topics(const struct ms_kafka_conf *kc, const struct ms_topic
             }
             memcpy(key, configs[j], (size_t)(eq - configs[j]));
             key[eq - configs[j]] = '\0';
+            if (topics[i].retention_ms > 0 &&
+                (strcmp(key, "retention.ms") == 0 || strcmp(key, "segment.ms") == 0))
+                continue;
             rd_kafka_NewTopic_set_config(nt[i], key, eq + 1);
         }
     }
