@@ -510,12 +510,65 @@ def redis_auth_command(port: int, auth: Sequence[str], *args: str, host: str = H
 
     with socket.create_connection((host, port), timeout=timeout) as s:
         f = s.makefile("rb")
-        s.sendall(resp(["AUTH", *auth]))
-        first = read(f)
-        if not first.startswith(b"+OK"):
-            return first
+        if auth:  # empty: no AUTH, the command alone
+            s.sendall(resp(["AUTH", *auth]))
+            first = read(f)
+            if not first.startswith(b"+OK"):
+                return first
         s.sendall(resp(list(args)))
         return read(f)
+
+
+# A Redis loading a large append-only file or snapshot answers -LOADING
+# until it is done (a 1.2 GB file took 12 s here, and more on a loaded
+# machine). So waiting for one is bounded by progress, not by a fixed time:
+# it fails when the load has not moved for REDIS_LOAD_STALL_S (or the
+# process exits), and after REDIS_LOAD_MAX_S in any case.
+REDIS_LOAD_STALL_S = 30.0
+REDIS_LOAD_MAX_S = 3600.0
+
+
+def wait_redis_ready(port: int, timeout: float, what: str,
+                     alive: Optional[Callable[[], bool]] = None,
+                     log_path: Optional[Path] = None, auth: Sequence[str] = ()) -> None:
+    """Wait until Redis on port serves commands: `timeout` for it to answer
+    at all, then as long as a load (-LOADING) makes progress
+    (loading_loaded_bytes of INFO persistence grows). NOAUTH counts as
+    serving (a spec's `ready` holds no secret)."""
+    start = time.monotonic()
+    deadline = start + timeout
+    loading_since: Optional[float] = None
+    last_bytes, last_move = -1, start
+    while True:
+        try:
+            r = redis_auth_command(port, auth, "PING")
+        except OSError:
+            r = b""
+        if r.startswith((b"+PONG", b"-NOAUTH")):
+            if loading_since is not None:
+                log(f"{what}: loaded in {time.monotonic() - loading_since:.1f}s")
+            return
+        now = time.monotonic()
+        if r.startswith(b"-LOADING"):
+            if loading_since is None:
+                loading_since = now
+                log(f"{what}: loading its data")
+            info = redis_auth_command(port, auth, "INFO", "persistence").decode(errors="replace")
+            m = re.search(r"^loading_loaded_bytes:(\d+)", info, re.M)
+            done = int(m.group(1)) if m else last_bytes
+            if done != last_bytes:
+                last_bytes, last_move = done, now
+            elif now - last_move > REDIS_LOAD_STALL_S:
+                raise MsLocalError(f"{what}: loading made no progress for "
+                                   f"{REDIS_LOAD_STALL_S:.0f}s{_log_hint(log_path)}")
+            if now - start > REDIS_LOAD_MAX_S:
+                raise MsLocalError(f"{what}: still loading after {REDIS_LOAD_MAX_S:.0f}s"
+                                   f"{_log_hint(log_path)}")
+        elif loading_since is None and now > deadline:
+            raise MsLocalError(f"{what}: not ready after {timeout:.0f}s{_log_hint(log_path)}")
+        if alive is not None and not alive():
+            raise MsLocalError(f"{what}: process exited{_log_hint(log_path)}")
+        time.sleep(0.2)
 
 
 class Redis:
@@ -530,6 +583,14 @@ class Redis:
         self.conf = self.dir / "redis.conf"
         self.log = self.dir / "redis.log"
         self.extra_conf: List[str] = []  # more redis.conf lines (RedisSentinelSet)
+
+    # Persistence (docs/reliability.md, "Redis persistence"): the
+    # append-only file, fsynced each second, rewritten once it has doubled
+    # since the last rewrite (and is at least 64 MB), starting with an RDB
+    # snapshot so that a restart loads it quickly.
+    PERSISTENCE = ("appendonly yes", "appendfsync everysec", "aof-use-rdb-preamble yes",
+                   "auto-aof-rewrite-percentage 100", "auto-aof-rewrite-min-size 64mb",
+                   'save ""')
 
     def ping(self) -> bool:
         if self.password:
@@ -553,14 +614,14 @@ class Redis:
             f'dir "{self.dir}"\n'
             f'logfile "{self.log}"\n'
             'pidfile ""\n'
-            "appendonly yes\n"
-            'save ""\n'
-            "databases 16\n"
+            + "".join(f"{line}\n" for line in self.PERSISTENCE)
+            + "databases 16\n"
             + (f"requirepass {self.password}\n" if self.password else "")
             + "".join(f"{line}\n" for line in (*self.acl, *self.extra_conf)))
         p = self.sup.spawn(self.name, [exe, str(self.conf)], self.dir / "stdout.log",
                            ready={"redis": self.port}, kind="redis")
-        wait_until(self.ping, timeout, f"redis on {HOST}:{self.port}", p.alive, log_path=self.log)
+        wait_redis_ready(self.port, timeout, f"redis on {HOST}:{self.port}", p.alive,
+                         log_path=self.log, auth=[self.password] if self.password else [])
 
     def stop(self, timeout: float = 10.0) -> None:
         self.sup.stop(self.name, timeout)
@@ -1922,8 +1983,8 @@ def wait_ready_spec(ready: Mapping[str, object], timeout: float, what: str,
     elif "redis" in ready:
         # NOAUTH also proves it serves: a Redis(password=) refuses PING
         # before AUTH, and the spec holds no secret.
-        pred = lambda: redis_command(int(ready["redis"]), "PING").startswith(  # noqa: E731
-            (b"+PONG", b"-NOAUTH"))
+        wait_redis_ready(int(ready["redis"]), timeout, what, alive, log_path)
+        return
     elif "port" in ready:
         pred = lambda: port_open(HOST, int(ready["port"]))  # noqa: E731
     else:
