@@ -252,7 +252,9 @@ void wk_control_index(wk_control *c, const ms_envelope *env, const struct wk_rcp
     /* Members scored before `stale` cannot be queued any more: accepted
      * (or, in MS_KEY_RETRY_QUEUE_DESTS, last deferred to) more than
      * info_ttl_s = [retry] max_age_s + a day ago, so [retry] max_age_s has
-     * bounced them.  "(" makes the bound exclusive (ZREMRANGEBYSCORE). */
+     * bounced them.  "(" makes the bound exclusive (ZREMRANGEBYSCORE).
+     * XXX: held mail does not bounce for age; held that long it leaves the
+     * index, as its listing line (same TTL) already did, until released. */
     snprintf(stale, sizeof(stale), "(%lld",
              (long long)(ms_time_now_us() - c->conf.info_ttl_s * 1000000));
     snprintf(ttl, sizeof(ttl), "%lld", (long long)c->conf.info_ttl_s);
