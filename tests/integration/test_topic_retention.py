@@ -3,7 +3,7 @@ docs/reliability.md "What Kafka holds and for how long").
 
 `mailstream-ctl topics create NAME:PARTITIONS[:REPLICATION][@RETENTION]`
 sets retention.ms and segment.ms (a quarter of it, MS_KAFKA_SEGMENTS_PER_
-RETENTION) per topic, and the local cluster creates its topics with the
+RETENTION) per topic, also on a topic that exists, and the local cluster creates its topics with the
 retention topic_retention_s() derives from the outage it survives. The
 broker's own answer (TopicCommand --describe, which lists a topic's
 non-default configs) is what is checked, not the command line.
@@ -39,6 +39,19 @@ def test_ctl_sets_retention_per_topic(kafka_broker):
     for t in (a, b, c):
         assert got[t].configs["max.message.bytes"] == str(mslocal.MAX_RECORD_BYTES)
         assert got[t].configs["compression.type"] == "lz4"
+
+    # Again on the existing topics: a's retention follows the new value and
+    # keeps its other configs and partitions; c, given none, is left alone.
+    r = subprocess.run([CTL, "-b", kafka_broker.bootstrap, "topics", "create", f"{a}:5@1h",
+                        f"{c}:1"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    again = kafka_broker.describe_topics([a, c])
+    assert again[a].partitions == 2
+    assert again[a].configs["retention.ms"] == str(3600 * 1000)
+    assert again[a].configs["segment.ms"] == str(3600 * 1000 // 4)
+    assert again[a].configs["compression.type"] == "lz4"
+    assert again[a].configs["max.message.bytes"] == str(mslocal.MAX_RECORD_BYTES)
+    assert again[c].configs == got[c].configs
 
     for bad in (f"x.{tag}:1@", f"x.{tag}:1@0", f"x.{tag}:1@3 days", f"x.{tag}:1@-1h"):
         r = subprocess.run([CTL, "-b", kafka_broker.bootstrap, "topics", "create", bad],
