@@ -65,6 +65,8 @@ HOST = "127.0.0.1"
 
 # docs/config.md: room for a 25 MiB message plus its envelope.
 MAX_RECORD_BYTES = 33554432
+# MS_KAFKA_SEGMENTS_PER_RETENTION (lib/io/ms_kafka.h).
+KAFKA_SEGMENTS_PER_RETENTION = 4
 DEFAULT_TOPICS = {"queue": 12, "events": 3}
 # Retry tier topics "<queue topic>.retry.<n>" (worker/delivery.h); the local
 # cluster and the tests run the workers with this many tiers.
@@ -72,6 +74,31 @@ WORKER_RETRY_TIERS = 2
 RETRY_TIER_PARTITIONS = 3
 DEFAULT_TOPICS.update({f"queue.retry.{n}": RETRY_TIER_PARTITIONS
                        for n in range(1, WORKER_RETRY_TIERS + 1)})
+
+# Topic retention (docs/reliability.md, "What Kafka holds and for how
+# long"): every record stays until it is due plus the worker outage the
+# cluster is meant to survive. The worker defaults it is derived from:
+DEFAULT_OUTAGE_S = 3 * 86400          # a long weekend without any worker
+WORKER_RETRY_MAX_S = 4 * 3600         # [delivery] retry_max_ms
+WORKER_HOLD_RECHECK_S = 15 * 60       # WK_CONTROL_HOLD_RECHECK_MS (worker/control.h)
+WORKER_MAX_AGE_S = 5 * 86400          # [retry] max_age_s
+
+
+def topic_retention_s(outage_s: int = DEFAULT_OUTAGE_S, queue: str = "queue",
+                      events: str = "events", tiers: int = WORKER_RETRY_TIERS,
+                      retry_max_s: int = WORKER_RETRY_MAX_S,
+                      max_age_s: int = WORKER_MAX_AGE_S) -> Dict[str, int]:
+    """Seconds each topic keeps its records: the queue the outage; each
+    retry tier the longest delay a record in it can wait (retry_max_ms, or
+    a suspension or hold recheck, which the worker caps at the larger of the
+    two) plus the outage; events a message's whole life ([retry] max_age_s)
+    and a day, so `mailstream-ctl events tail --qid` still finds its
+    start."""
+    out = {queue: outage_s, events: max_age_s + 86400}
+    for n in range(1, tiers + 1):
+        out[f"{queue}.retry.{n}"] = max(retry_max_s, WORKER_HOLD_RECHECK_S) + outage_s
+    return out
+
 
 DEMO_USER = "demo@mailstream.test"
 DEMO_PASSWORD = "demo"
@@ -483,12 +510,65 @@ def redis_auth_command(port: int, auth: Sequence[str], *args: str, host: str = H
 
     with socket.create_connection((host, port), timeout=timeout) as s:
         f = s.makefile("rb")
-        s.sendall(resp(["AUTH", *auth]))
-        first = read(f)
-        if not first.startswith(b"+OK"):
-            return first
+        if auth:  # empty: no AUTH, the command alone
+            s.sendall(resp(["AUTH", *auth]))
+            first = read(f)
+            if not first.startswith(b"+OK"):
+                return first
         s.sendall(resp(list(args)))
         return read(f)
+
+
+# A Redis loading a large append-only file or snapshot answers -LOADING
+# until it is done (a 1.2 GB file took 12 s here, and more on a loaded
+# machine). So waiting for one is bounded by progress, not by a fixed time:
+# it fails when the load has not moved for REDIS_LOAD_STALL_S (or the
+# process exits), and after REDIS_LOAD_MAX_S in any case.
+REDIS_LOAD_STALL_S = 30.0
+REDIS_LOAD_MAX_S = 3600.0
+
+
+def wait_redis_ready(port: int, timeout: float, what: str,
+                     alive: Optional[Callable[[], bool]] = None,
+                     log_path: Optional[Path] = None, auth: Sequence[str] = ()) -> None:
+    """Wait until Redis on port serves commands: `timeout` for it to answer
+    at all, then as long as a load (-LOADING) makes progress
+    (loading_loaded_bytes of INFO persistence grows). NOAUTH counts as
+    serving (a spec's `ready` holds no secret)."""
+    start = time.monotonic()
+    deadline = start + timeout
+    loading_since: Optional[float] = None
+    last_bytes, last_move = -1, start
+    while True:
+        try:
+            r = redis_auth_command(port, auth, "PING")
+        except OSError:
+            r = b""
+        if r.startswith((b"+PONG", b"-NOAUTH")):
+            if loading_since is not None:
+                log(f"{what}: loaded in {time.monotonic() - loading_since:.1f}s")
+            return
+        now = time.monotonic()
+        if r.startswith(b"-LOADING"):
+            if loading_since is None:
+                loading_since = now
+                log(f"{what}: loading its data")
+            info = redis_auth_command(port, auth, "INFO", "persistence").decode(errors="replace")
+            m = re.search(r"^loading_loaded_bytes:(\d+)", info, re.M)
+            done = int(m.group(1)) if m else last_bytes
+            if done != last_bytes:
+                last_bytes, last_move = done, now
+            elif now - last_move > REDIS_LOAD_STALL_S:
+                raise MsLocalError(f"{what}: loading made no progress for "
+                                   f"{REDIS_LOAD_STALL_S:.0f}s{_log_hint(log_path)}")
+            if now - start > REDIS_LOAD_MAX_S:
+                raise MsLocalError(f"{what}: still loading after {REDIS_LOAD_MAX_S:.0f}s"
+                                   f"{_log_hint(log_path)}")
+        elif loading_since is None and now > deadline:
+            raise MsLocalError(f"{what}: not ready after {timeout:.0f}s{_log_hint(log_path)}")
+        if alive is not None and not alive():
+            raise MsLocalError(f"{what}: process exited{_log_hint(log_path)}")
+        time.sleep(0.2)
 
 
 class Redis:
@@ -503,6 +583,14 @@ class Redis:
         self.conf = self.dir / "redis.conf"
         self.log = self.dir / "redis.log"
         self.extra_conf: List[str] = []  # more redis.conf lines (RedisSentinelSet)
+
+    # Persistence (docs/reliability.md, "Redis persistence"): the
+    # append-only file, fsynced each second, rewritten once it has doubled
+    # since the last rewrite (and is at least 64 MB), starting with an RDB
+    # snapshot so that a restart loads it quickly.
+    PERSISTENCE = ("appendonly yes", "appendfsync everysec", "aof-use-rdb-preamble yes",
+                   "auto-aof-rewrite-percentage 100", "auto-aof-rewrite-min-size 64mb",
+                   'save ""')
 
     def ping(self) -> bool:
         if self.password:
@@ -526,14 +614,14 @@ class Redis:
             f'dir "{self.dir}"\n'
             f'logfile "{self.log}"\n'
             'pidfile ""\n'
-            "appendonly yes\n"
-            'save ""\n'
-            "databases 16\n"
+            + "".join(f"{line}\n" for line in self.PERSISTENCE)
+            + "databases 16\n"
             + (f"requirepass {self.password}\n" if self.password else "")
             + "".join(f"{line}\n" for line in (*self.acl, *self.extra_conf)))
         p = self.sup.spawn(self.name, [exe, str(self.conf)], self.dir / "stdout.log",
                            ready={"redis": self.port}, kind="redis")
-        wait_until(self.ping, timeout, f"redis on {HOST}:{self.port}", p.alive, log_path=self.log)
+        wait_redis_ready(self.port, timeout, f"redis on {HOST}:{self.port}", p.alive,
+                         log_path=self.log, auth=[self.password] if self.password else [])
 
     def stop(self, timeout: float = 10.0) -> None:
         self.sup.stop(self.name, timeout)
@@ -725,20 +813,26 @@ class Kafka:
 
     def create_topics(self, topics: Mapping[str, int],
                       configs: Optional[Mapping[str, str]] = None, timeout: float = 90.0,
-                      replication: int = 1, bootstrap: Optional[str] = None) -> None:
+                      replication: int = 1, bootstrap: Optional[str] = None,
+                      retention: Optional[Mapping[str, int]] = None) -> None:
         """Create topics (name -> partitions) with `replication` replicas, if
         they do not exist yet. One TopicCommand JVM per topic, run in
         parallel; success also proves the broker is really serving requests
         (and, with replication > 1, that enough brokers have joined).
-        bootstrap: other brokers to ask (KafkaCluster), default this one."""
+        bootstrap: other brokers to ask (KafkaCluster), default this one.
+        retention: seconds per topic name (topic_retention_s), set as
+        retention.ms and segment.ms as `mailstream-ctl topics create` does;
+        topics it does not name keep the broker's log.retention.hours."""
         bootstrap = bootstrap or self.bootstrap
         configs = {"max.message.bytes": str(MAX_RECORD_BYTES), **(configs or {})}
+        retention = retention or {}
         ctl = build_dir() / "mailstream-ctl"
         if os.access(ctl, os.X_OK):
             # One C process with librdkafka's admin API: milliseconds, where a
             # TopicCommand JVM per topic costs seconds of CPU.
             argv = [str(ctl), "-b", bootstrap, "topics", "create",
-                    *[f"{n}:{p}:{replication}" for n, p in topics.items()]]
+                    *[f"{n}:{p}:{replication}" + (f"@{retention[n]}s" if n in retention else "")
+                      for n, p in topics.items()]]
             for k, v in configs.items():
                 argv += ["-c", f"{k}={v}"]
             deadline = time.monotonic() + timeout
@@ -758,11 +852,16 @@ class Kafka:
 
         def one(name: str, parts: int) -> None:
             deadline = time.monotonic() + timeout
+            own: List[str] = []
+            if name in retention:  # as ms_kafka_create_topics (lib/io/ms_kafka.h)
+                ms = retention[name] * 1000
+                own = ["--config", f"retention.ms={ms}",
+                       "--config", f"segment.ms={max(1, ms // KAFKA_SEGMENTS_PER_RETENTION)}"]
             while True:
                 r = self._tool("org.apache.kafka.tools.TopicCommand", "--bootstrap-server",
                                bootstrap, "--create", "--if-not-exists", "--topic", name,
                                "--partitions", str(parts), "--replication-factor", str(replication),
-                               *cfg_args, timeout=timeout)
+                               *cfg_args, *own, timeout=timeout)
                 results[name] = r
                 if r.returncode == 0 or time.monotonic() > deadline or not self.running:
                     return
@@ -1526,13 +1625,15 @@ class KafkaCluster:
             raise errors[0]
 
     def create_topics(self, topics: Mapping[str, int],
-                      configs: Optional[Mapping[str, str]] = None, timeout: float = 120.0) -> None:
+                      configs: Optional[Mapping[str, str]] = None, timeout: float = 120.0,
+                      retention: Optional[Mapping[str, int]] = None) -> None:
         """Topics with min(N, 3) replicas and min.insync.replicas as
         replication_for() says; retried until every broker has joined."""
         rf, isr = self.replication
         # Through every broker's address, so a slow first node does not matter.
         self.nodes[0].create_topics(topics, {"min.insync.replicas": str(isr), **(configs or {})},
-                                    timeout=timeout, replication=rf, bootstrap=self.bootstrap)
+                                    timeout=timeout, replication=rf, bootstrap=self.bootstrap,
+                                    retention=retention)
 
     def describe_topics(self, names: Optional[Sequence[str]] = None) -> Dict[str, TopicInfo]:
         for n in self.nodes:
@@ -1885,8 +1986,8 @@ def wait_ready_spec(ready: Mapping[str, object], timeout: float, what: str,
     elif "redis" in ready:
         # NOAUTH also proves it serves: a Redis(password=) refuses PING
         # before AUTH, and the spec holds no secret.
-        pred = lambda: redis_command(int(ready["redis"]), "PING").startswith(  # noqa: E731
-            (b"+PONG", b"-NOAUTH"))
+        wait_redis_ready(int(ready["redis"]), timeout, what, alive, log_path)
+        return
     elif "port" in ready:
         pred = lambda: port_open(HOST, int(ready["port"]))  # noqa: E731
     else:
@@ -2014,6 +2115,8 @@ class StackOptions:
     frontend_metrics_base: int = 9101
     worker_metrics_base: int = 9201
     topics: Dict[str, int] = field(default_factory=lambda: dict(DEFAULT_TOPICS))
+    # The worker outage the topics' retention is sized for (topic_retention_s).
+    outage_s: int = DEFAULT_OUTAGE_S
     shape: "ShapeOptions" = field(default_factory=lambda: ShapeOptions())
 
 
@@ -2122,8 +2225,11 @@ class Stack:
             log(f"starting {n} kafka {KAFKA_VERSION} nodes on {self.kafka.bootstrap} "
                 f"(replication {rf}, min.insync.replicas {isr})")
         self.kafka.start()
-        log("creating topics " + ", ".join(f"{t}({p})" for t, p in o.topics.items()))
-        self.kafka.create_topics(o.topics)
+        keep = topic_retention_s(o.outage_s)
+        log("creating topics " + ", ".join(
+            f"{t}({p}" + (f", kept {keep[t] / 3600:g} h)" if t in keep else ")")
+            for t, p in o.topics.items()))
+        self.kafka.create_topics(o.topics, retention=keep)
 
     def _make_cluster(self, spec: ClusterSpec) -> Cluster:
         o = self.opts

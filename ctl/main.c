@@ -29,6 +29,7 @@
 #include "ms_kafka.h"
 #include "ms_log.h"
 #include "ms_mem.h"
+#include "ms_qctl.h"
 #include "ms_version.h"
 
 #define CTL_TOPICS_MAX 64
@@ -38,7 +39,7 @@
 static void usage(void)
 {
     fprintf(stderr, "usage: mailstream-ctl [-c FILE] [-b BROKERS] topics create "
-                    "NAME:PARTITIONS[:REPLICATION]... [-c key=value]...\n"
+                    "NAME:PARTITIONS[:REPLICATION][@RETENTION]... [-c key=value]...\n"
                     "       mailstream-ctl --version\n");
     exit(2);
 }
@@ -51,8 +52,9 @@ static int run_topics_create(struct ctl *c, int argc, char **argv)
 }
 
 static const struct ctl_cmd ctl_topics_cmds[] = {
-    {"topics", "create", "NAME:PARTITIONS[:REPLICATION]... [-c key=value]...",
-     "create Kafka topics with the record size limit", run_topics_create},
+    {"topics", "create", "NAME:PARTITIONS[:REPLICATION][@RETENTION]... [-c key=value]...",
+     "create Kafka topics with the record size limit and each its retention (e.g. @3d)",
+     run_topics_create},
     {NULL, NULL, NULL, NULL, NULL}};
 
 /* Every subcommand, in --help order. */
@@ -101,6 +103,17 @@ static int topics_create(const struct ms_kafka_conf *kc, int argc, char **argv)
         if (nt == CTL_TOPICS_MAX)
             usage();
         name = ms_strdup(argv[i]);
+        topics[nt].retention_ms = 0;
+        /* "@RETENTION": '@' is not in Kafka's topic name alphabet. */
+        if ((p = strchr(name, '@')) != NULL) {
+            int64_t secs;
+            *p++ = '\0';
+            if (ms_qctl_parse_duration(p, &secs) < 0 || secs == 0) {
+                fprintf(stderr, "mailstream-ctl: topics create: bad retention \"%s\"\n", p);
+                exit(2);
+            }
+            topics[nt].retention_ms = secs * 1000;
+        }
         if ((p = strchr(name, ':')) == NULL)
             usage();
         *p++ = '\0';

@@ -196,6 +196,26 @@ static void fire(wk_control *c, int argc, const char **argv)
     ms_redis_fire(c->redis, c->redis_errors, argc, argv);
 }
 
+/*
+ * Bound one of the deferred-queue index's sorted sets (MS_KEY_RETRY_QUEUE,
+ * MS_KEY_RETRY_QUEUE_DEST + name, MS_KEY_RETRY_QUEUE_DESTS), which the
+ * worker writes as it defers.  Their members normally leave through
+ * wk_control_forget(), but a message whose retry record is gone without
+ * being consumed (past a retry tier's retention, a topic deleted, a worker
+ * that died between two writes) never gets there.  So every write also
+ * drops the members scored before `stale` and renews the set's TTL to
+ * `ttl`: a set nothing deferred to for that long holds only such members,
+ * and Redis drops it whole (docs/reliability.md, "What Redis holds").
+ */
+static void index_bound(wk_control *c, const char *key, const char *stale, const char *ttl)
+{
+    const char *trim[4] = {"ZREMRANGEBYSCORE", key, "-inf", stale};
+    const char *exp[3] = {"EXPIRE", key, ttl};
+
+    fire(c, 4, trim);
+    fire(c, 3, exp);
+}
+
 /* The distinct destinations of env's recipients (dests[i] for recipient
  * i, NULL for a repeat of an earlier one); a malloc'd block. */
 static char **dests_of(const wk_control *c, const ms_envelope *env)
@@ -219,7 +239,7 @@ void wk_control_index(wk_control *c, const ms_envelope *env, const struct wk_rcp
                       const char *record)
 {
     size_t i, j, n = env->n_recipients;
-    char **d, *line, *key, score[24], now_s[24], ttl[24];
+    char **d, *line, *key, score[24], now_s[24], ttl[24], stale[24];
     struct ms_buf rl, dl;
     struct ms_qinfo q;
 
@@ -230,6 +250,16 @@ void wk_control_index(wk_control *c, const ms_envelope *env, const struct wk_rcp
     ms_buf_init(&dl, 1 << 20);
     snprintf(score, sizeof(score), "%lld", (long long)env->received_at_us);
     snprintf(now_s, sizeof(now_s), "%lld", (long long)ms_time_now_us());
+    /* Members scored before `stale` cannot be queued any more: accepted
+     * (or, in MS_KEY_RETRY_QUEUE_DESTS, last deferred to) more than
+     * info_ttl_s = [retry] max_age_s + a day ago, so [retry] max_age_s has
+     * bounced them.  "(" makes the bound exclusive (ZREMRANGEBYSCORE).
+     * XXX: held mail does not bounce for age; held that long it leaves the
+     * index, as its listing line (same TTL) already did, until released. */
+    snprintf(stale, sizeof(stale), "(%lld",
+             (long long)(ms_time_now_us() - c->conf.info_ttl_s * 1000000));
+    snprintf(ttl, sizeof(ttl), "%lld", (long long)c->conf.info_ttl_s);
+    index_bound(c, MS_KEY_RETRY_QUEUE, stale, ttl);
     for (i = 0; i < n; i++) {
         int pending = 0;
         if (rcpts[i].state == WK_RCPT_PENDING || rcpts[i].state == WK_RCPT_REQUEUED)
@@ -250,6 +280,8 @@ void wk_control_index(wk_control *c, const ms_envelope *env, const struct wk_rcp
             const char *dadd[4] = {"ZADD", MS_KEY_RETRY_QUEUE_DESTS, now_s, d[i]};
             fire(c, 4, zadd);
             fire(c, 4, dadd);
+            index_bound(c, key, stale, ttl);
+            index_bound(c, MS_KEY_RETRY_QUEUE_DESTS, stale, ttl);
             ms_buf_appendf(&dl, "%s%s", dl.len ? "," : "", d[i]);
         } else {
             const char *zrem[3] = {"ZREM", key, env->queue_id};
@@ -277,7 +309,6 @@ void wk_control_index(wk_control *c, const ms_envelope *env, const struct wk_rcp
             q.last_reply = rcpts[i].reply;
     line = ms_qinfo_format(&q);
     key = ms_asprintf(MS_KEY_QUEUE_INFO "%s", env->queue_id);
-    snprintf(ttl, sizeof(ttl), "%lld", (long long)c->conf.info_ttl_s);
     {
         const char *set[5] = {"SET", key, line, "EX", ttl};
         fire(c, 5, set);

@@ -78,7 +78,10 @@ int wk_control_suspended(const wk_control *c, const char *name, int64_t *until_u
  * PENDING still to do, next attempt at next_attempt_us (record: where in
  * Kafka the message can be read, "topic/partition/offset", or ""): write its listing
  * line and index it under each of its pending recipients' destinations,
- * and take it out of the destinations none of them has any more. */
+ * and take it out of the destinations none of them has any more.  Each
+ * sorted set it writes also loses its members older than info_ttl_s and
+ * gets that TTL again, so a member whose message never came back (its
+ * retry record lost) does not stay for ever. */
 void wk_control_index(wk_control *c, const ms_envelope *env, const struct wk_rcpt *rcpts,
                       unsigned attempts, int tier, int64_t next_attempt_us, int held,
                       const char *record);

@@ -1291,9 +1291,17 @@ static void msg_send(struct msg *m)
     for (j = 0, nsusp = 0; j < m->ndests; j++)
         nsusp += wk_control_suspended(d->control, dest_name(d, &m->dests[j]), &until, &why);
     if (nsusp > 0 && nsusp == m->ndests) {
+        /* At most the longest delay a retry tier is kept for (the larger
+         * of retry_max_ms and the hold recheck: docs/reliability.md, "What
+         * Kafka holds"): a longer suspension looks again then, rather
+         * than wait in a record its topic's retention could delete. */
+        uint64_t cap = d->conf.retry_max_ms > WK_CONTROL_HOLD_RECHECK_MS ? d->conf.retry_max_ms
+                                                                         : WK_CONTROL_HOLD_RECHECK_MS;
         m->attempt--;
         m->delay_ms = until > 0 ? (uint64_t)(until - ms_time_now_us()) / 1000 + 1
                                 : WK_CONTROL_HOLD_RECHECK_MS;
+        if (m->delay_ms > cap)
+            m->delay_ms = cap;
     } else {
         ms_counter_inc(d->m_attempts);
     }
@@ -1620,7 +1628,10 @@ static void msg_settle(struct msg *m)
                 m->env->recipients[i]->delay_warned_us = now;
             }
         }
-        for (i = 0; i < m->nrcpts && m->attempt > 1; i++)
+        /* Recipients done now lose their retry state (MS_KEY_RETRY), which
+         * exists once the message came back from a retry tier: also when
+         * no attempt was counted (an operator's bounce or delete). */
+        for (i = 0; i < m->nrcpts && (m->attempt > 1 || m->tier > 0); i++)
             if (m->rcpts[i].state != WK_RCPT_PENDING && m->rcpts[i].tried) {
                 char *key = ms_asprintf(MS_KEY_RETRY "%s:%s", m->qid, m->rcpts[i].addr);
                 const char *argv[2] = {"DEL", key};

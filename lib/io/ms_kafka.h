@@ -139,13 +139,26 @@ void ms_consumer_free(ms_consumer *c);
 struct ms_topic_spec {
     const char *name;
     int partitions;
-    int replication;   /* 0: the broker's default */
+    int replication;      /* 0: the broker's default */
+    int64_t retention_ms; /* 0: the broker's log.retention.* */
 };
 
-/* Create the topics that do not exist yet (existing ones are left alone),
- * each with max.message.bytes = MS_KAFKA_RECORD_MAX and the extra topic
- * configs given as "key=value" strings.  Synchronous: for tools and start-up,
- * never on a loop that serves clients.  Returns 0 or MS_E* with err set. */
+/* A topic with its own retention also rolls its segments at this fraction
+ * of it (segment.ms = retention.ms / MS_KAFKA_SEGMENTS_PER_RETENTION):
+ * Kafka deletes only whole closed segments, so a quiet topic with the
+ * default segment.ms (7 days) would keep records up to 7 days past their
+ * retention.  With 4, nothing outlives 1.25 times the retention. */
+#define MS_KAFKA_SEGMENTS_PER_RETENTION 4
+
+/* Create the topics that do not exist yet, each with max.message.bytes =
+ * MS_KAFKA_RECORD_MAX, its retention.ms and segment.ms when it has a
+ * retention_ms, and the extra topic configs given as "key=value" strings
+ * (a topic's own retention wins over a retention.ms or segment.ms among
+ * them).  A topic that exists keeps its partitions, replicas and configs,
+ * except that one with a retention_ms gets that retention.ms and segment.ms
+ * (its other dynamic configs are kept; one of them sensitive: MS_EINVAL,
+ * nothing changed).  Synchronous: for tools and start-up, never on a loop
+ * that serves clients.  Returns 0 or MS_E* with err set. */
 int ms_kafka_create_topics(const struct ms_kafka_conf *conf, const struct ms_topic_spec *topics,
                            size_t ntopics, const char *const *configs, size_t nconfigs,
                            int timeout_ms, char *err, size_t errlen);

@@ -15,6 +15,59 @@
 #ifndef MS_KEYS_H
 #define MS_KEYS_H
 
+/*
+ * Lifetimes.  Redis holds what is in flight and what operators keep, not
+ * the history of the mail: every key has a TTL, or an owner that deletes
+ * it, so that its memory is bounded by the mail in flight, the retry
+ * horizon ([retry] max_age_s) and the operators' own lists
+ * (docs/reliability.md, "What Redis holds and for how long").
+ *
+ * The table below is read by tests/integration/test_key_lifetimes.py,
+ * which runs a workload and then walks Redis with SCAN: a key without a
+ * TTL must match an `owned` row, and every MS_KEY_* defined in this file
+ * must have a row.  A row: the key (a prefix when it ends in ':', the whole
+ * name otherwise), `ttl` or `owned`, then how long and who deletes it.
+ *
+ *   ms:delivered:      ttl    set with the marker by the worker
+ *                             (docs/reliability.md: how long a record can
+ *                             still come back)
+ *   ms:retry:          ttl    [retry] max_age_s + 1 d, renewed at each
+ *                             deferral; the worker deletes it once the
+ *                             recipient is delivered or bounced
+ *   ms:retryq          ttl    [retry] max_age_s + 1 d, renewed at each
+ *                             deferral; the worker removes a queue id when
+ *                             the message is done and, at each deferral,
+ *                             members accepted longer ago than the TTL
+ *   ms:retryq:dest:    ttl    as ms:retryq
+ *   ms:retryq:dests    ttl    as ms:retryq, members by their last deferral
+ *                             (mailstream-ctl also drops idle names)
+ *   ms:qinfo:          ttl    [retry] max_age_s + 1 d; the worker deletes
+ *                             it when the message is done
+ *   ms:ctl:            ttl    MS_QCTL_TTL_S (30 d); mailstream-ctl deletes
+ *                             it on release, the worker once a bounce or
+ *                             delete is done and when the message is done
+ *   ms:suppress:       owned  [suppression] ttl_s when the worker writes
+ *                             it, --for when mailstream-ctl does; without
+ *                             --for the operator's list, kept until
+ *                             `suppress remove` (the test checks that a
+ *                             key without a TTL says source=ctl|import)
+ *   ms:bounces:        ttl    WK_BOUNCE_COUNTER_TTL (30 d), renewed at each
+ *                             bounce of that sender domain
+ *   ms:lease:          ttl    the lease lifetime (WK_LEASE_TTL_MS), renewed
+ *                             at each lease taken
+ *   ms:rate:           ttl    one refill period of the bucket, renewed at
+ *                             each token taken (ms_bucket.h)
+ *   ms:rl:             ttl    as ms:rate: ([ratelimit] N/PERIOD)
+ *   ms:mtasts:         ttl    the policy's max_age (RFC 8461 §3.2)
+ *   ms:ctlgen          owned  one counter for the cluster, never grows;
+ *                             nobody deletes it (if gone, the workers see
+ *                             a change and look at their records again)
+ *   ms:suspend         owned  one hash; `dest resume` deletes an entry and
+ *                             `dest list` the entries past their --for
+ *   ms:rcpts:          owned  the operator's recipient lists, until
+ *                             `recipients remove` empties a set
+ */
+
 /* + queue id ":" recipient: string, the recipient was served (the remote
  * 250).  Written by the worker; a redelivered record skips it. */
 #define MS_KEY_DELIVERED "ms:delivered:"

@@ -217,12 +217,14 @@ def cluster_factory(request, tmp_path_factory, redis_server, kafka_broker):
     spec: any mslocal.ClusterSpec field (topic, events_topic, group,
     accepted_domains, trusted_networks, max_message_size, frontend_extra,
     worker_extra, env, listeners, ...). Listener and metrics ports are free
-    loopback ports unless given.
+    loopback ports unless given. redis: a Redis of the test's own (an
+    mslocal.Redis) instead of the shared one.
     """
     supervisors: List[mslocal.Supervisor] = []
 
     def make_cluster(frontends: int = 1, workers: int = 1, *, isolated: bool = True,
-                     start: bool = True, sink_args=(), **spec) -> mslocal.Cluster:
+                     start: bool = True, sink_args=(), redis=None,
+                     **spec) -> mslocal.Cluster:
         n = next(_cluster_seq)
         sup = mslocal.Supervisor(_test_dir(request, tmp_path_factory, f"cluster{n}"))
         supervisors.append(sup)
@@ -244,12 +246,13 @@ def cluster_factory(request, tmp_path_factory, redis_server, kafka_broker):
                                  "submissions": (f"{mslocal.HOST}:{subs}", "submissions")}
         spec.setdefault("frontend_metrics_ports", ports[3:3 + nfe])
         spec.setdefault("worker_metrics_ports", ports[3 + nfe:])
+        redis = redis or redis_server
         cl = mslocal.Cluster(sup, mslocal.ClusterSpec(
-            kafka_brokers=kafka_broker.bootstrap, redis_port=redis_server.port,
+            kafka_brokers=kafka_broker.bootstrap, redis_port=redis.port,
             relay_host=snk.address, frontends=frontends, workers=workers, **spec))
         cl.sink = snk            # type: ignore[attr-defined]
         cl.kafka = kafka_broker  # type: ignore[attr-defined]
-        cl.redis = redis_server  # type: ignore[attr-defined]
+        cl.redis = redis         # type: ignore[attr-defined]
         if start:
             cl.start()
         return cl

@@ -203,8 +203,16 @@ def test_topic_job():
     assert "pre-install" in job["metadata"]["annotations"]["helm.sh/hook"]
     c = job["spec"]["template"]["spec"]["containers"][0]
     assert c["command"] == ["/usr/local/bin/mailstream-ctl"]
-    assert c["args"] == ["-b", "kafka:9092", "topics", "create", "queue:12:2", "events:3:2",
-                         "queue.retry.1:3:2", "queue.retry.2:3:2"]
+    # Retention (docs/reliability.md): the queue 72 h, the tiers 4 h
+    # (retry_max_ms) + 72 h, events 144 h.
+    assert c["args"] == ["-b", "kafka:9092", "topics", "create", "queue:12:2@259200s",
+                         "events:3:2@144h", "queue.retry.1:3:2@273600s",
+                         "queue.retry.2:3:2@273600s"]
+    objs = render(sets=["topics.outageHours=24", "topics.eventsHours=48",
+                        "worker.config.delivery.retry_max_ms=600000"])
+    args = find(objs, "Job", "-topics")["spec"]["template"]["spec"]["containers"][0]["args"]
+    # A retry_max_ms under the 15 min hold recheck: the recheck bounds the delay.
+    assert args[4:7] == ["queue:12:3@86400s", "events:3:3@48h", "queue.retry.1:3:3@87300s"]
 
 
 def test_crd_objects_only_when_crds_exist():
