@@ -501,3 +501,28 @@ def test_listener_without_milters(cluster_factory, milter):
     qid_of(send(c))
     c.cmd(b"QUIT")
     assert m.conns == []
+
+
+def test_quarantine_is_held_until_released(cluster_factory, milter):
+    """A quarantined message reaches Kafka, the worker holds it (listed as
+    held with the milter's reason), and `queue release` delivers it, with
+    the milter's edits, to the sink."""
+    from test_ctl_queue import ctl
+
+    m = milter({b"E": [addheader(b"X-Quarantined", b"yes"), pkt(b"q", b"suspicious link\0"),
+                       CONTINUE]})
+    cl = cluster_factory(frontends=1, workers=1, frontend_extra={"milter": {"servers": m.spec}})
+    c = hello(smtp_port(cl))
+    qid = qid_of(send(c)).decode()
+    c.cmd(b"QUIT")
+    mslocal.wait_until(lambda: any(x["qid"] == qid and x["state"] == "held"
+                                   for x in ctl(cl, "queue", "list")), 60,
+                       f"{qid} listed as held", interval=0.5)
+    log = cl.workers[0].log.read_text()
+    assert f"event=queue_control qid={qid} action=hold" in log
+    assert "quarantine: suspicious link" in log
+    assert cl.sink.messages() == []
+    assert ctl(cl, "queue", "release", qid)["applied"] == 1
+    got = cl.sink.wait_for(1, timeout=60)
+    assert len(got) == 1
+    assert b"X-Quarantined: yes" in got[0].data
