@@ -1410,6 +1410,20 @@ static void limits_check(struct fe_session *s, struct fe_limits_wait *w)
     uv_timer_start(&s->timer, on_timer, srv->set.rl_timeout_ms, 0);
 }
 
+/* An asynchronous answer was acted on: the session goes on with what its
+ * client pipelined meanwhile. */
+static void answered(struct fe_session *s)
+{
+    if (s->state == FE_ST_CLOSING)
+        return;
+    arm_timer(s);
+    drain_if_needed(s);
+    if (s->state != FE_ST_CLOSING)
+        fe__session_process(s);
+    if (s->state != FE_ST_CLOSING)
+        flush(s);
+}
+
 /* The answer to the session's limits check (or FE_RL_FAILED: timed out). */
 static void limits_answer(struct fe_session *s, int result)
 {
@@ -1421,14 +1435,7 @@ static void limits_answer(struct fe_session *s, int result)
     enter_state(s, w->prev);
     limits_decide(s, w, result);
     limits_wait_free(w);
-    if (s->state == FE_ST_CLOSING)
-        return;
-    arm_timer(s);
-    drain_if_needed(s);
-    if (s->state != FE_ST_CLOSING)
-        fe__session_process(s);
-    if (s->state != FE_ST_CLOSING)
-        flush(s);
+    answered(s);
 }
 
 /* ---- waiting for the milters (fe_milter.h) ---- */
@@ -1675,14 +1682,7 @@ static void milter_answer(struct fe_session *s, const struct fe_milter_result *r
         break;
     }
     free(mw);
-    if (s->state == FE_ST_CLOSING)
-        return;
-    arm_timer(s);
-    drain_if_needed(s);
-    if (s->state != FE_ST_CLOSING)
-        fe__session_process(s);
-    if (s->state != FE_ST_CLOSING)
-        flush(s);
+    answered(s);
 }
 
 void fe_sessions_milter_answer(void *arg, uint64_t sid, const struct fe_milter_result *res)
