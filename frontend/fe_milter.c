@@ -566,15 +566,16 @@ static void handle(struct mconn *mc, const struct ms_milter_reply *r)
     int eob;
 
     if (mc->st == MC_OPTNEG) {
-        /* Versions 2 to 6 share what we use; the filter may take away
-         * actions and steps, never add steps we did not offer. */
-        if (r->version < 2 || r->version > MS_MILTER_VERSION ||
-            (r->protocol & ~(uint32_t)MS_MILTER_PROTO_OFFER) != 0) {
+        /* Versions 2 to 6 share what we use.  Some filters answer with
+         * their own masks whatever we offered (rspamd sets its "no reply"
+         * steps): what we did not offer is left out, as Postfix does, so
+         * a step we cannot skip is sent and larger buffers are not used. */
+        if (r->version < 2 || r->version > MS_MILTER_VERSION) {
             mc_fail(mc, FE_MILTER_ERR_PROTOCOL, "option negotiation refused");
             return;
         }
         mc->actions = r->actions & MS_MILTER_ACTIONS_ALL;
-        mc->proto = r->protocol;
+        mc->proto = r->protocol & MS_MILTER_PROTO_OFFER;
         mc->st = MC_READY;
         advance(set);
         return;
