@@ -550,3 +550,18 @@ def test_no_reply_steps_and_foreign_protocol_bits(cluster_factory, milter):
     assert max(len(d) for cmd, d in m.packets() if cmd == b"B") <= 65535
     rec = record(cl, qid)
     assert b"X-Scanned: quietly\r\n" in rec and body[-40:] in rec
+
+
+def test_accept_lasts_one_transaction(cluster_factory, milter):
+    """An accept at MAIL skips that milter for the rest of the transaction
+    only, also when a later milter refused the MAIL: the next MAIL is
+    shown to it again, after an ABORT."""
+    first = milter({b"M": [ACCEPT]})
+    second = milter({b"M": lambda d: [REJECT] if b"bad@" in d else [CONTINUE]})
+    cl = frontend(cluster_factory, [first.spec, second.spec])
+    c = hello(smtp_port(cl))
+    assert code(c.cmd(b"MAIL FROM:<bad@b.example>")) == b"550 5.7.1"
+    qid_of(send(c))
+    c.cmd(b"QUIT")
+    cmds = b"".join(first.commands())
+    assert cmds.count(b"M") == 2 and b"A" in cmds[cmds.index(b"M") + 1:], cmds
