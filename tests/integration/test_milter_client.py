@@ -520,7 +520,9 @@ def test_quarantine_is_held_until_released(cluster_factory, milter):
                        f"{qid} listed as held", interval=0.5)
     log = cl.workers[0].log.read_text()
     assert f"event=queue_control qid={qid} action=hold" in log
-    assert "quarantine: suspicious link" in log
+    shown = ctl(cl, "queue", "show", qid)
+    assert shown["control"]["action"] == "hold"
+    assert shown["control"]["reason"] == "quarantine: suspicious link"
     assert cl.sink.messages() == []
     assert ctl(cl, "queue", "release", qid)["applied"] == 1
     got = cl.sink.wait_for(1, timeout=60)
