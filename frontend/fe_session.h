@@ -13,6 +13,8 @@
  * suppression list, fe_ratelimit.h) by its check id
  * (fe_sessions_limits_answer, the rate limiter's callback), a recipient
  * verification (fe_verify.h) by its wait id (fe_sessions_verify_answer).  An id nobody
+ * (fe_sessions_limits_answer, the rate limiter's callback), the milters'
+ * verdict by the session's id (fe_sessions_milter_answer).  An id nobody
  * waits for any more is logged or ignored: the session is gone, or stopped
  * waiting (a timeout).
  *
@@ -45,6 +47,10 @@ void fe_sessions_report(void *srv, uint64_t id, int err, const char *errstr);
 void fe_sessions_limits_answer(void *srv, uint64_t id, int result);
 /* The answer to recipient verification `id` (an fe_verify_cb). */
 void fe_sessions_verify_answer(void *srv, uint64_t id, int result, const char *text);
+/* The milters' answer to session `sid`'s stage (an fe_milter_cb: `srv` is
+ * the server). */
+struct fe_milter_result;
+void fe_sessions_milter_answer(void *srv, uint64_t sid, const struct fe_milter_result *res);
 /* SIGTERM: let sessions finish their transactions, answer 421 4.3.2 to new
  * commands (and close idle sessions at once).  fe_server_idle() is 1 once
  * no session is left. */
