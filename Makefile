@@ -9,7 +9,7 @@ GIT_COMMIT := $(or $(shell git rev-parse --short=12 HEAD 2>/dev/null),unknown)
 BUILD     ?= build
 CACHE     ?= $(or $(MAILSTREAM_CACHE),$(HOME)/.cache/mailstream)
 VENV      := $(CACHE)/venv
-PKGS      := rdkafka hiredis libuv libprotobuf-c openssl inih jansson libcurl
+PKGS      := rdkafka hiredis libuv libprotobuf-c openssl inih jansson libcurl zlib
 WARN      := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 OPT       ?= -O2 -g
 SAN       ?=
