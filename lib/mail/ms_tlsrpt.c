@@ -15,8 +15,7 @@
 #include <time.h>
 #include <zlib.h>
 
-static const char *const policy_names[MS_TLSRPT_POLICIES_N] = {"sts", "tlsa",
-                                                                "no-policy-found"};
+static const char *const policy_names[MS_TLSRPT_POLICIES_N] = {"sts", "tlsa", "no-policy-found"};
 
 /* §4.3.2.1, §4.3.2.2, §4.3.2.3, in enum order. */
 static const char *const result_names[MS_TLSRPT_RESULTS_N] = {
@@ -350,13 +349,13 @@ static int json_lines(struct ms_buf *b, const char *s, size_t len, int mx_only)
 static int json_policy(struct ms_buf *b, const struct ms_tlsrpt_report *r, const struct pol *p,
                        const struct detail *dets, size_t ndets, size_t idx)
 {
-    static const char *const dnames[] = {NULL, NULL, NULL, NULL, "sending-mta-ip",
-                                         "receiving-mx-hostname", "receiving-ip"};
+    static const char *const dnames[] = {
+        NULL, NULL, NULL, NULL, "sending-mta-ip", "receiving-mx-hostname", "receiving-ip"};
     size_t i, k;
     int err, first = 1;
 
-    if ((err = ms_buf_appendf(b, "{\"policy\":{\"policy-type\":\"%s\",",
-                              policy_names[p->type])) < 0)
+    if ((err = ms_buf_appendf(b, "{\"policy\":{\"policy-type\":\"%s\",", policy_names[p->type])) <
+        0)
         return err;
     if (p->lines) {
         if ((err = ms_buf_append(b, "\"policy-string\":", 16)) < 0 ||
@@ -428,8 +427,7 @@ int ms_tlsrpt_report_json(const struct ms_tlsrpt_report *r, struct ms_buf *out)
         if (f.p[0][0] == 'S' && f.n != 3)
             continue;
         res = 0;
-        if (f.p[0][0] == 'F' &&
-            (f.n != 7 || (res = ms_tlsrpt_result_parse(f.p[3], f.len[3])) <= 0))
+        if (f.p[0][0] == 'F' && (f.n != 7 || (res = ms_tlsrpt_result_parse(f.p[3], f.len[3])) <= 0))
             continue;
         if ((pi = pol_find(pols, &npols, type, f.p[2], f.len[2])) < 0) {
             err = pi;
@@ -615,9 +613,8 @@ int ms_tlsrpt_mail_build(const struct ms_tlsrpt_mail *m, struct ms_buf *out)
              "Content-Disposition: attachment;\r\n"
              "\tfilename=\"%s\"\r\n"
              "\r\n",
-             m->from, m->to, date, m->report_id, m->domain, m->submitter, m->report_id,
-             m->domain, m->submitter, boundary, boundary, m->submitter, m->domain, boundary,
-             m->filename)) < 0)
+             m->from, m->to, date, m->report_id, m->domain, m->submitter, m->report_id, m->domain,
+             m->submitter, boundary, boundary, m->submitter, m->domain, boundary, m->filename)) < 0)
         return err;
     b64cap = ((m->gzlen + 2) / 3) * 4 + 1;
     b64 = ms_malloc(b64cap);

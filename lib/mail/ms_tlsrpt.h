@@ -54,10 +54,10 @@ enum ms_tlsrpt_result {
     MS_TLSRPT_CERT_EXPIRED,
     MS_TLSRPT_CERT_NOT_TRUSTED,
     MS_TLSRPT_VALIDATION_FAILURE,
-    MS_TLSRPT_TLSA_INVALID,           /* §4.3.2.2 DANE */
+    MS_TLSRPT_TLSA_INVALID, /* §4.3.2.2 DANE */
     MS_TLSRPT_DNSSEC_INVALID,
     MS_TLSRPT_DANE_REQUIRED,
-    MS_TLSRPT_STS_FETCH_ERROR,        /* §4.3.2.3 MTA-STS */
+    MS_TLSRPT_STS_FETCH_ERROR, /* §4.3.2.3 MTA-STS */
     MS_TLSRPT_STS_INVALID,
     MS_TLSRPT_STS_WEBPKI_INVALID,
 };
@@ -124,8 +124,8 @@ struct ms_tlsrpt_report {
     const char *organization; /* organization-name */
     const char *contact;      /* contact-info */
     const char *report_id;
-    int64_t begin, end;       /* the period, seconds since the epoch: [begin, end) */
-    const char *domain;       /* the policy domain */
+    int64_t begin, end;                /* the period, seconds since the epoch: [begin, end) */
+    const char *domain;                /* the policy domain */
     const struct ms_tlsrpt_kv *fields; /* the period's hash */
     size_t nfields;
 };
@@ -151,14 +151,14 @@ int ms_tlsrpt_filename(const char *submitter, const char *domain, int64_t begin,
 /* ---- §5.3: the report as mail ---- */
 
 struct ms_tlsrpt_mail {
-    const char *from;        /* the report sender's address */
-    const char *to;          /* the mailto: rua's address */
-    const char *domain;      /* the policy domain: TLS-Report-Domain */
-    const char *submitter;   /* our domain: TLS-Report-Submitter */
-    const char *report_id;   /* "<id-left>@<id-right>" (Subject, Message-ID) */
-    int64_t now;             /* Date: */
-    const char *filename;    /* ms_tlsrpt_filename() */
-    const void *gz;          /* the gzipped report */
+    const char *from;      /* the report sender's address */
+    const char *to;        /* the mailto: rua's address */
+    const char *domain;    /* the policy domain: TLS-Report-Domain */
+    const char *submitter; /* our domain: TLS-Report-Submitter */
+    const char *report_id; /* "<id-left>@<id-right>" (Subject, Message-ID) */
+    int64_t now;           /* Date: */
+    const char *filename;  /* ms_tlsrpt_filename() */
+    const void *gz;        /* the gzipped report */
     size_t gzlen;
 };
 

@@ -15,8 +15,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct ms_tlsrpt_rua rua;
     struct ms_tlsrpt_kv kv[FUZZ_FIELDS_MAX];
-    struct ms_tlsrpt_report r = {"org", "contact@example.net", "id@example.net", 0, 86400,
-                                 "example.com", kv, 0};
+    struct ms_tlsrpt_report r = {
+        "org", "contact@example.net", "id@example.net", 0, 86400, "example.com", kv, 0};
     struct ms_buf out, gz;
     const char *p = (const char *)data, *end = p + size, *z;
     size_t i, n = 0;

@@ -22,7 +22,7 @@
 
 static const struct {
     const char *txt;
-    int n;             /* URIs kept; -1: invalid */
+    int n; /* URIs kept; -1: invalid */
     const char *first;
 } txts[] = {
     /* §3's examples */
@@ -33,9 +33,9 @@ static const struct {
     {"v=TLSRPTv1 ; ext=1 ; rua=mailto:a@example.com", 1, "mailto:a@example.com"},
     {"v=TLSRPTv1; rua=ftp://x.example/, mailto:a@example.com", 1, "mailto:a@example.com"},
     {"v=TLSRPTv1; rua=MAILTO:a@example.com", 1, "MAILTO:a@example.com"},
-    {"v=TLSRPTv1", -1, NULL},                                   /* no rua */
-    {"v=TLSRPTv1; rua=ftp://x.example/", -1, NULL},             /* none usable */
-    {"rua=mailto:a@example.com; v=TLSRPTv1", -1, NULL},         /* version first */
+    {"v=TLSRPTv1", -1, NULL},                           /* no rua */
+    {"v=TLSRPTv1; rua=ftp://x.example/", -1, NULL},     /* none usable */
+    {"rua=mailto:a@example.com; v=TLSRPTv1", -1, NULL}, /* version first */
     {"v=TLSRPTv2; rua=mailto:a@example.com", -1, NULL},
     {"v=TLSRPTv1; rua=mailto:a@example.com; rua=mailto:b@example.com", -1, NULL},
     {"v=TLSRPTv1; rua=mailto:a@example.com,,mailto:b@example.com", -1, NULL},
@@ -54,9 +54,9 @@ static void test_txt(void **state)
     (void)state;
     for (i = 0; i < sizeof(txts) / sizeof(txts[0]); i++) {
         int r = ms_tlsrpt_txt_parse(txts[i].txt, strlen(txts[i].txt), &rua);
-        if (txts[i].n < 0 ? r == 0
-                          : r != 0 || rua.n != (size_t)txts[i].n ||
-                                strcmp(rua.uri[0], txts[i].first) != 0)
+        if (txts[i].n < 0
+                ? r == 0
+                : r != 0 || rua.n != (size_t)txts[i].n || strcmp(rua.uri[0], txts[i].first) != 0)
             fail_msg("\"%s\": %d (%zu)", txts[i].txt, r, rua.n);
     }
 }
@@ -94,8 +94,8 @@ static void test_txt_pick(void **state)
 static void test_names_and_fields(void **state)
 {
     char f[MS_TLSRPT_FIELD_MAX + 1];
-    struct ms_tlsrpt_session s = {MS_TLSRPT_POLICY_TLSA, "mx.example.com", MS_TLSRPT_OK,
-                                  NULL, NULL, NULL};
+    struct ms_tlsrpt_session s = {
+        MS_TLSRPT_POLICY_TLSA, "mx.example.com", MS_TLSRPT_OK, NULL, NULL, NULL};
     int i;
 
     (void)state;
@@ -122,7 +122,10 @@ static void test_names_and_fields(void **state)
     assert_string_equal(f, "P\tsts\t");
 }
 
-#define KV(k, v) {k, v, sizeof(k) - 1, sizeof(v) - 1}
+#define KV(k, v)                                                                                   \
+    {                                                                                              \
+        k, v, sizeof(k) - 1, sizeof(v) - 1                                                         \
+    }
 
 static const struct ms_tlsrpt_kv day[] = {
     KV("S\tsts\t", "5"),
@@ -132,10 +135,11 @@ static const struct ms_tlsrpt_kv day[] = {
     KV("S\ttlsa\tmx3.example.com", "7"),
     KV("P\ttlsa\tmx3.example.com", "3 1 1 abcd"),
     KV("F\tno-policy-found\tmx4.example.com\tstarttls-not-supported\t\tmx4.example.com\t"
-       "198.51.100.1", "1"),
-    KV("P\tno-policy-found\tother.example.com", "x"),          /* no session: no entry */
-    KV("F\tsts\t\tnot-a-result\t\t\t", "9"),                   /* not ours */
-    KV("S\tsts\t", "0"),                                       /* not a count */
+       "198.51.100.1",
+       "1"),
+    KV("P\tno-policy-found\tother.example.com", "x"), /* no session: no entry */
+    KV("F\tsts\t\tnot-a-result\t\t\t", "9"),          /* not ours */
+    KV("S\tsts\t", "0"),                              /* not a count */
     KV("garbage", "1"),
 };
 
@@ -144,7 +148,8 @@ static json_t *policy_of(json_t *policies, const char *type, const char *mx)
     size_t i;
     json_t *p;
 
-    json_array_foreach(policies, i, p) {
+    json_array_foreach(policies, i, p)
+    {
         json_t *pol = json_object_get(p, "policy");
         json_t *hosts = json_object_get(pol, "mx-host");
         if (strcmp(json_string_value(json_object_get(pol, "policy-type")), type) != 0)
@@ -157,9 +162,9 @@ static json_t *policy_of(json_t *policies, const char *type, const char *mx)
 
 static void test_report(void **state)
 {
-    struct ms_tlsrpt_report r = {"Example Org", "tls-reports@example.net", "R1@example.net",
-                                 1480464000, 1480464000 + 86400, "example.com", day,
-                                 sizeof(day) / sizeof(day[0])};
+    struct ms_tlsrpt_report r = {"Example Org", "tls-reports@example.net",   "R1@example.net",
+                                 1480464000,    1480464000 + 86400,          "example.com",
+                                 day,           sizeof(day) / sizeof(day[0])};
     struct ms_buf out, gz;
     json_error_t je;
     json_t *j, *policies, *p, *d;
@@ -175,14 +180,13 @@ static void test_report(void **state)
     if (j == NULL)
         fail_msg("not JSON: %s: %.*s", je.text, (int)out.len, out.data);
     /* §4.4: the top level. */
-    assert_string_equal(json_string_value(json_object_get(j, "organization-name")),
-                        "Example Org");
-    assert_string_equal(json_string_value(json_object_get(json_object_get(j, "date-range"),
-                                                          "start-datetime")),
-                        "2016-11-30T00:00:00Z");
-    assert_string_equal(json_string_value(json_object_get(json_object_get(j, "date-range"),
-                                                          "end-datetime")),
-                        "2016-11-30T23:59:59Z");
+    assert_string_equal(json_string_value(json_object_get(j, "organization-name")), "Example Org");
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(j, "date-range"), "start-datetime")),
+        "2016-11-30T00:00:00Z");
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(j, "date-range"), "end-datetime")),
+        "2016-11-30T23:59:59Z");
     assert_string_equal(json_string_value(json_object_get(j, "contact-info")),
                         "tls-reports@example.net");
     assert_string_equal(json_string_value(json_object_get(j, "report-id")), "R1@example.net");
@@ -191,12 +195,11 @@ static void test_report(void **state)
 
     p = policy_of(policies, "sts", NULL);
     assert_non_null(p);
-    assert_string_equal(json_string_value(json_object_get(json_object_get(p, "policy"),
-                                                          "policy-domain")),
-                        "example.com");
-    assert_int_equal(json_array_size(json_object_get(json_object_get(p, "policy"),
-                                                     "policy-string")),
-                     4);
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(p, "policy"), "policy-domain")),
+        "example.com");
+    assert_int_equal(
+        json_array_size(json_object_get(json_object_get(p, "policy"), "policy-string")), 4);
     assert_string_equal(json_string_value(json_array_get(
                             json_object_get(json_object_get(p, "policy"), "mx-host"), 0)),
                         "*.example.com");
@@ -207,7 +210,8 @@ static void test_report(void **state)
                                                         "total-failure-session-count")),
                      5);
     assert_int_equal(json_array_size(json_object_get(p, "failure-details")), 2);
-    json_array_foreach(json_object_get(p, "failure-details"), i, d) {
+    json_array_foreach(json_object_get(p, "failure-details"), i, d)
+    {
         const char *rt = json_string_value(json_object_get(d, "result-type"));
         if (strcmp(rt, "certificate-expired") == 0) {
             assert_int_equal(json_integer_value(json_object_get(d, "failed-session-count")), 2);
@@ -266,9 +270,16 @@ static void test_filename_and_mail(void **state)
 {
     char name[600];
     struct ms_buf out;
-    struct ms_tlsrpt_mail m = {"noreply@example.net", "reports@example.com", "example.com",
-                               "example.net", "01ABC@example.net", 1480464000, NULL, "\x1f\x8b"
-                               "abc", 5};
+    struct ms_tlsrpt_mail m = {"noreply@example.net",
+                               "reports@example.com",
+                               "example.com",
+                               "example.net",
+                               "01ABC@example.net",
+                               1480464000,
+                               NULL,
+                               "\x1f\x8b"
+                               "abc",
+                               5};
 
     (void)state;
     /* §5.3's example form: sender!policy-domain!begin!end!unique-id.json.gz */
@@ -279,11 +290,9 @@ static void test_filename_and_mail(void **state)
                               ".json.gz");
     assert_int_equal(ms_tlsrpt_filename("a.example", "b!c", 0, 1, "1", name, sizeof(name)),
                      MS_EINVAL);
-    assert_int_equal(ms_tlsrpt_filename("a.example", "b.example", 0, 1, "x-1", name,
-                                        sizeof(name)),
+    assert_int_equal(ms_tlsrpt_filename("a.example", "b.example", 0, 1, "x-1", name, sizeof(name)),
                      MS_EINVAL);
-    assert_int_equal(ms_tlsrpt_filename("a.example", "b.example", 0, 1, "1", name, 10),
-                     MS_ETOOBIG);
+    assert_int_equal(ms_tlsrpt_filename("a.example", "b.example", 0, 1, "1", name, 10), MS_ETOOBIG);
 
     m.filename = "example.net!example.com!1480464000!1480550399!01ABC.json.gz";
     ms_buf_init(&out, 65536);
