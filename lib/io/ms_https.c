@@ -12,6 +12,7 @@
 #include "ms_list.h"
 #include "ms_log.h"
 #include "ms_mem.h"
+#include "ms_net.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -265,20 +266,10 @@ ms_https *ms_https_new(uv_loop_t *loop, const struct ms_https_conf *conf, char *
     return h;
 }
 
-/* Letters, digits, '-', '.', and '_' : a host name we put in a URL. */
+/* A host name we put in a URL. */
 static int host_ok(const char *s)
 {
-    size_t n = strlen(s), i;
-
-    if (n == 0 || n > MS_HTTPS_HOST_MAX)
-        return 0;
-    for (i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '-' || c == '.' || c == '_'))
-            return 0;
-    }
-    return 1;
+    return ms_host_chars_ok(s, MS_HTTPS_HOST_MAX);
 }
 
 /* Start a GET (content_type NULL) or a POST of body. */

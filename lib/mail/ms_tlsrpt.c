@@ -7,6 +7,8 @@
 #include "ms_error.h"
 #include "ms_json.h"
 #include "ms_mem.h"
+#include "ms_mtasts.h"
+#include "ms_net.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -102,17 +104,7 @@ int ms_tlsrpt_txt_parse(const char *txt, size_t len, struct ms_tlsrpt_rua *out)
     /* §3: tlsrpt-record = tlsrpt-version 1*(field-delim tlsrpt-field)
      * [field-delim]; field-delim = *WSP ";" *WSP.  A ';' or ',' inside a
      * URI is percent-encoded, so both split safely. */
-    while (p < end) {
-        while (p < end && is_wsp(*p))
-            p++;
-        f = p;
-        while (p < end && *p != ';')
-            p++;
-        fe = p;
-        while (fe > f && is_wsp(fe[-1]))
-            fe--;
-        if (p < end)
-            p++;
+    while (ms_mtasts_field_next(&p, end, &f, &fe)) {
         if (fe == f) {
             if (first || p < end)
                 return MS_EINVAL; /* only one trailing delimiter */
@@ -517,21 +509,10 @@ int ms_tlsrpt_gzip(const void *in, size_t len, struct ms_buf *out)
     return rc == Z_STREAM_END ? 0 : MS_ETOOBIG;
 }
 
-/* A domain name as it may appear in a file name or header: letters,
- * digits, '-', '.', '_'. */
+/* A domain name as it may appear in a file name or header. */
 static int domain_ok(const char *s)
 {
-    size_t i, n = strlen(s);
-
-    if (n == 0 || n > MS_DNS_NAME_MAX)
-        return 0;
-    for (i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '-' || c == '.' || c == '_'))
-            return 0;
-    }
-    return 1;
+    return ms_host_chars_ok(s, MS_DNS_NAME_MAX);
 }
 
 int ms_tlsrpt_filename(const char *submitter, const char *domain, int64_t begin, int64_t end,
