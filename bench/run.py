@@ -79,6 +79,11 @@ WORKLOADS = [
     Workload("1m-4", 1024 * 1024, 4),
 ]
 SYSTEMS = ["postfix", "mailstream", "mailstream-fsync"]
+# Outbound TLS cost (issue 17): Mailstream with the worker's [tls] policy
+# `may` or `verify` towards a sink that offers STARTTLS (--sink-tls; the
+# sink's CA is the workers' [tls] ca_file).  Not in the default set.
+TLS_SYSTEMS = {"mailstream-tls-may": "may", "mailstream-tls-verify": "verify"}
+ALL_SYSTEMS = SYSTEMS + list(TLS_SYSTEMS)
 
 
 def log(msg: str) -> None:
@@ -171,6 +176,37 @@ class CountingSink:
     def stop(self) -> None:
         self._stop.set()
         self.sup.stop(self.name, 5)
+
+
+class TlsSink(CountingSink):
+    """bench/tls_sink.py: the same counter, and STARTTLS with a certificate
+    for 127.0.0.1 from a throw-away CA (self.ca: the workers' ca_file)."""
+
+    def start(self) -> None:
+        d = self.sup.state_dir / self.name
+        d.mkdir(parents=True, exist_ok=True)
+        self.ca = d / "ca.pem"
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+        def ossl(*argv: str) -> None:
+            subprocess.run(["openssl", *argv], check=True, capture_output=True,
+                           stdin=subprocess.DEVNULL)
+        ossl("req", "-x509", *ec, "-keyout", str(d / "ca.key"), "-out", str(self.ca), "-days",
+             "2", "-subj", "/CN=bench CA", "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        ossl("req", *ec, "-keyout", str(d / "srv.key"), "-out", str(d / "srv.csr"), "-subj",
+             f"/CN={HOST}")
+        (d / "ext.cnf").write_text(f"subjectAltName=IP:{HOST}\n")
+        ossl("x509", "-req", "-in", str(d / "srv.csr"), "-CA", str(self.ca), "-CAkey",
+             str(d / "ca.key"), "-CAcreateserial", "-out", str(d / "srv.pem"), "-days", "2",
+             "-extfile", str(d / "ext.cnf"))
+        argv = [sys.executable, str(BENCH / "tls_sink.py"), "--cert", str(d / "srv.pem"),
+                "--key", str(d / "srv.key"), f"{HOST}:{self.port}"]
+        p = self.sup.spawn(self.name, argv, self.log)
+        mslocal.wait_until(lambda: mslocal.port_open(HOST, self.port), 10, "tls sink", p.alive,
+                           log_path=self.log)
+        self._thread = threading.Thread(target=self._tail, daemon=True)
+        self._thread.start()
 
 
 # ---------------------------------------------------------------------------
@@ -988,7 +1024,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                     help="short run: 1000 messages, 1 round, 1000 idle connections")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workloads", default=",".join(w.name for w in WORKLOADS))
-    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--systems", default=",".join(SYSTEMS),
+                    help=f"of {', '.join(ALL_SYSTEMS)}")
+    ap.add_argument("--sink-tls", action="store_true",
+                    help="the sink offers STARTTLS (bench/tls_sink.py) with a certificate for "
+                    "127.0.0.1 from a throw-away CA, the workers' [tls] ca_file")
     ap.add_argument("--frontends", type=int, default=1)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--partitions", type=int, default=mslocal.DEFAULT_TOPICS["queue"])
@@ -1066,7 +1106,7 @@ class Bench:
         self.tag = uuid.uuid4().hex[:6]
 
     def start(self, need_ms: bool, need_pf: bool) -> None:
-        self.sink = CountingSink(self.sup, mslocal.free_port())
+        self.sink = (TlsSink if self.a.sink_tls else CountingSink)(self.sup, mslocal.free_port())
         self.sink.start()
         log(f"state {self.state}; sink on {self.sink.address}")
         if need_ms:
@@ -1091,11 +1131,18 @@ class Bench:
         if name == "postfix":
             return PostfixSystem(self.postfix)
         cfg = {"flush.messages": "1"} if name == "mailstream-fsync" else {}
+        worker = _sections(self.a.worker_set)
+        tag = "f" if cfg else "d"
+        if name in TLS_SYSTEMS:
+            worker = worker or {}
+            worker.setdefault("tls", {}).update({"policy": TLS_SYSTEMS[name],
+                                                 "ca_file": str(self.sink.ca)})
+            tag = TLS_SYSTEMS[name][0]
         return MailstreamSystem(name, self.ms_sup, self.kafka, self.redis, self.sink.address,
                                 self.a.frontends, self.a.workers, cfg, self.events_topic,
-                                f"{self.tag}-{'f' if cfg else 'd'}", self.a.partitions,
+                                f"{self.tag}-{tag}", self.a.partitions,
                                 _sections(BENCH_FRONTEND_DEFAULTS + self.a.frontend_set),
-                                _sections(self.a.worker_set))
+                                worker)
 
     def stop(self) -> None:
         self.ms_sup.stop_all()
@@ -1117,8 +1164,11 @@ def run(args: argparse.Namespace, kafka: Optional[mslocal.Kafka] = None,
     if unknown:
         raise SystemExit(f"unknown workload(s): {', '.join(sorted(unknown))}")
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    if set(systems) - set(SYSTEMS):
-        raise SystemExit(f"unknown system(s): {', '.join(sorted(set(systems) - set(SYSTEMS)))}")
+    if set(systems) - set(ALL_SYSTEMS):
+        raise SystemExit(f"unknown system(s): "
+                         f"{', '.join(sorted(set(systems) - set(ALL_SYSTEMS)))}")
+    if any(s in TLS_SYSTEMS for s in systems) and not args.sink_tls:
+        raise SystemExit("the mailstream-tls-* systems need --sink-tls")
     per_wl: Dict[str, int] = {}
     for item in filter(None, args.workload_messages.split(",")):
         k, _, v = item.partition("=")
@@ -1139,6 +1189,7 @@ def run(args: argparse.Namespace, kafka: Optional[mslocal.Kafka] = None,
                     "workers": args.workers, "partitions": args.partitions,
                     "frontend_set": BENCH_FRONTEND_DEFAULTS + args.frontend_set,
                     "worker_set": args.worker_set,
+                    "sink_tls": args.sink_tls,
                     "systems": systems, "workloads": [w.__dict__ for w in workloads],
                     "idle": args.idle, "label": args.label, "rlimit_nofile": nofile},
         "runs": [], "idle": [], "notes": [],
