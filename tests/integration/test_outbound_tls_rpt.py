@@ -15,6 +15,10 @@ the same local HTTPS server, a certificate from a throw-away CA):
            as certificate-not-trusted (RFC 8461 §5: testing mode is for that)
   plain    no policy, TLS with any certificate     -> no-policy-found, successful;
            its rua is mailto: (the report goes to sink.rpt.mstest)
+  danegood DANE, a TLSA 3 1 1 record of the server's key -> tlsa, successful
+  danebad  DANE, a TLSA record of another key      -> tlsa, validation-failure
+The zone is DNSSEC-signed and the worker's default level is `dane`, so DANE
+applies where TLSA records exist and MTA-STS (or `may`) elsewhere.
 Each report must be valid JSON of §4.4's shape, gzipped, sent as
 application/tlsrpt+gzip; its counts must add up to the sessions tried; no
 domain gets two reports for one period although two workers run.
@@ -25,24 +29,31 @@ from __future__ import annotations
 import email
 import email.policy
 import gzip
+import hashlib
 import http.server
 import json
 import re
 import ssl
+import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Dict, List
 
 import pytest
 
 import mslocal
-from dns_zone import Nsd, free_port_on
+from dns_zone import LDNS_SIGNZONE, Nsd, free_port_on
 from test_worker_delivery import (KCAT, envelope, message, metric, new_qid,  # noqa: F401
                                   produce, wait_events)
 from test_worker_routing import servers  # noqa: F401
 from test_worker_requiretls import make_ca
 
-pytestmark = pytest.mark.skipif(KCAT is None, reason="kcat not installed: run `make deps`")
+pytestmark = [
+    pytest.mark.skipif(KCAT is None, reason="kcat not installed: run `make deps`"),
+    pytest.mark.skipif(LDNS_SIGNZONE is None, reason="ldns-signzone not installed: run "
+                       "`make deps`"),
+]
 
 ZONE = "rpt.mstest"
 HTTPS_IP = "127.0.0.9"
@@ -50,9 +61,12 @@ INTERVAL = 4
 
 STS = {"good": "enforce", "badcert": "enforce", "strip": "enforce", "testing": "testing"}
 MX_IP = {"good": "127.0.0.2", "badcert": "127.0.0.3", "strip": "127.0.0.4",
-         "plain": "127.0.0.5", "sink": "127.0.0.6", "testing": "127.0.0.7"}
+         "plain": "127.0.0.5", "sink": "127.0.0.6", "testing": "127.0.0.7",
+         "danegood": "127.0.0.8", "danebad": "127.0.0.10"}
 # Messages sent per domain: each one session (connection reuse is off).
-SENT = {"good": 2, "badcert": 1, "strip": 1, "plain": 1, "testing": 1}
+SENT = {"good": 2, "badcert": 1, "strip": 1, "plain": 1, "testing": 1, "danegood": 1,
+        "danebad": 1}
+DANE = ("danegood", "danebad")
 
 
 def policy(mode: str, mx: str) -> str:
@@ -119,14 +133,29 @@ def env(tmp_path_factory):
                     f'_smtp._tls.{d} TXT "v=TLSRPTv1; '
                     f'rua=https://rpt.{ZONE}:{https_port}/report/{d}"']
     records.append(f'_smtp._tls.plain TXT "v=TLSRPTv1; rua=mailto:tls-reports@sink.{ZONE}"')
+    good_key = spki_sha256(base / "smtp" / "srv.pem")
+    for d in DANE:
+        records += [f"_{smtp_port}._tcp.mx.{d} TLSA 3 1 1 "
+                    f"{good_key if d == 'danegood' else '00' * 32}",
+                    f'_smtp._tls.{d} TXT "v=TLSRPTv1; '
+                    f'rua=https://rpt.{ZONE}:{https_port}/report/{d}"']
     sup = mslocal.Supervisor(base / "nsd")
-    nsd = Nsd(sup, mslocal.free_port(), {ZONE: records})
+    nsd = Nsd(sup, mslocal.free_port(), {ZONE: records}, signed=(ZONE,))
     nsd.start()
     web = Web(web_ctx, https_port)
     yield {"nsd": nsd, "smtp_port": smtp_port, "https_port": https_port, "smtp_ca": smtp_ca, "web_ca": web_ca,
            "smtp_ctx": smtp_ctx, "other_ctx": other_ctx, "web": web}
     web.close()
     sup.stop_all()
+
+
+def spki_sha256(cert: Path) -> str:
+    """SHA2-256 of a certificate's SubjectPublicKeyInfo, hex (TLSA 3 1 1)."""
+    pub = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-pubkey"],
+                         capture_output=True, check=True).stdout
+    der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=pub,
+                         capture_output=True, check=True).stdout
+    return hashlib.sha256(der).hexdigest()
 
 
 def check_report(rep: dict, domain: str) -> None:
@@ -163,6 +192,10 @@ def check_report(rep: dict, domain: str) -> None:
         assert fails == s["total-failure-session-count"]
 
 
+def good_key(env) -> str:
+    return spki_sha256(Path(env["smtp_ca"]).parent / "srv.pem")
+
+
 def totals(reps: List[dict]) -> Dict[str, list]:
     """(successes, failures by result-type, failure details) per domain,
     summed over the reports (one per period)."""
@@ -184,13 +217,16 @@ def test_tls_rpt(cluster_factory, env, servers):
     servers(MX_IP["strip"], port)
     servers(MX_IP["plain"], port, tls=env["other_ctx"])
     servers(MX_IP["testing"], port, tls=env["other_ctx"])
+    for d in DANE:
+        servers(MX_IP[d], port, tls=env["smtp_ctx"])
     sink = servers(MX_IP["sink"], port)
     cl = cluster_factory(frontends=0, workers=2, worker_extra={
         "delivery": {"relay_host": "", "smtp_port": port, "retry_min_ms": 60000,
                      "retry_max_ms": 60000, "connect_timeout_ms": 5000,
                      "connection_cache_ms": 0},
-        "dns": {"upstream": env["nsd"].upstream, "timeout_ms": 5000},
-        "tls": {"policy": "may", "ca_file": str(env["smtp_ca"]), "mta_sts": "yes",
+        "dns": {"upstream": env["nsd"].upstream, "timeout_ms": 5000,
+                "trust_anchor": str(env["nsd"].trust_anchor)},
+        "tls": {"policy": "dane", "ca_file": str(env["smtp_ca"]), "mta_sts": "yes",
                 "mta_sts_ca_file": str(env["web_ca"]), "mta_sts_port": env["https_port"],
                 "tlsrpt": "yes",
                 "tlsrpt_interval_s": INTERVAL, "tlsrpt_org_name": "Mailstream Test",
@@ -206,13 +242,15 @@ def test_tls_rpt(cluster_factory, env, servers):
                       timeout=90)
     out = {k: [x for x in evs if x.get("qid") == q][0]["outcome"] for k, q in qs.items()}
     assert out == {"good0": "delivered", "good1": "delivered", "badcert0": "deferred",
-                   "strip0": "deferred", "plain0": "delivered", "testing0": "delivered"}, out
+                   "strip0": "deferred", "plain0": "delivered", "testing0": "delivered",
+                   "danegood0": "delivered", "danebad0": "deferred"}, out
 
     # https: reports, until every session is accounted for.
     web = env["web"]
     expect = {"good": (2, {}), "badcert": (0, {"certificate-not-trusted": 1}),
               "strip": (0, {"starttls-not-supported": 1}),
-              "testing": (0, {"certificate-not-trusted": 1})}
+              "testing": (0, {"certificate-not-trusted": 1}),
+              "danegood": (1, {}), "danebad": (0, {"validation-failure": 1})}
 
     def posted():
         reps = []
@@ -236,11 +274,18 @@ def test_tls_rpt(cluster_factory, env, servers):
         assert rep["organization-name"] == "Mailstream Test"
         assert rep["contact-info"] == "tls@example.net"
         assert rep["report-id"].endswith("@example.net")
+        name = dom.split(".")[0]
         for p in rep["policies"]:
             pol = p["policy"]
-            assert pol["policy-type"] == "sts", pol
-            assert pol["mx-host"] == [f"mx.{dom.split('.')[0]}.{ZONE}"]
-            assert f"mode: {STS[dom.split('.')[0]]}" in pol["policy-string"]
+            assert pol["mx-host"] == [f"mx.{name}.{ZONE}"]
+            if name in DANE:
+                assert pol["policy-type"] == "tlsa", pol
+                # The TLSA records, in presentation form (only usable ones).
+                assert pol["policy-string"] == [
+                    "3 1 1 " + (good_key(env) if name == "danegood" else "00" * 32)], pol
+            else:
+                assert pol["policy-type"] == "sts", pol
+                assert f"mode: {STS[name]}" in pol["policy-string"]
     t = totals(reps)
     (ptype, d), = t[f"badcert.{ZONE}"][2]
     assert d["receiving-mx-hostname"] == f"mx.badcert.{ZONE}"
