@@ -187,13 +187,14 @@ fuzz-seeds: $(BUILD)/tests/seed_envelope
 	$(BUILD)/tests/seed_envelope tests/fuzz/corpus/fuzz_envelope
 
 # Benchmarks against Postfix (bench/README.md); e.g. BENCH_ARGS=--quick (~4-5 min).
-# Then the worker's outbound TLS cost: `verify` against `may`, connection
-# reuse on (bench/README.md, --sink-tls).
+# Then the worker's outbound TLS cost: `verify` and `dane` against `may`,
+# connection reuse on (bench/README.md, --sink-tls).
 bench: deps all
 	MAILSTREAM_BUILD_DIR=$(abspath $(BUILD)) PYTHONDONTWRITEBYTECODE=1 \
 	    $(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 	MAILSTREAM_BUILD_DIR=$(abspath $(BUILD)) PYTHONDONTWRITEBYTECODE=1 \
-	    $(VENV)/bin/python bench/run.py --sink-tls --systems mailstream-tls-may,mailstream-tls-verify \
+	    $(VENV)/bin/python bench/run.py --sink-tls \
+	    --systems mailstream-tls-may,mailstream-tls-verify,mailstream-tls-dane \
 	    --workloads 5k-20 --idle 0 --label tls $(BENCH_TLS_ARGS)
 
 fmt:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -81,8 +82,13 @@ WORKLOADS = [
 SYSTEMS = ["postfix", "mailstream", "mailstream-fsync"]
 # Outbound TLS cost (issue 17): Mailstream with the worker's [tls] policy
 # `may` or `verify` towards a sink that offers STARTTLS (--sink-tls; the
-# sink's CA is the workers' [tls] ca_file).  Not in the default set.
-TLS_SYSTEMS = {"mailstream-tls-may": "may", "mailstream-tls-verify": "verify"}
+# sink's CA is the workers' [tls] ca_file), or `dane`: the sink reached by
+# the transport map as sink.bench.mstest, whose A and TLSA 3 1 1 records
+# NSD serves from a DNSSEC-signed zone (the workers' [dns] upstream and
+# trust_anchor).  Not in the default set.
+TLS_SYSTEMS = {"mailstream-tls-may": "may", "mailstream-tls-verify": "verify",
+               "mailstream-tls-dane": "dane"}
+DANE_ZONE = "bench.mstest"  # not under "test.": libunbound answers that itself
 ALL_SYSTEMS = SYSTEMS + list(TLS_SYSTEMS)
 
 
@@ -196,10 +202,15 @@ class TlsSink(CountingSink):
              "-addext", "keyUsage=critical,keyCertSign,cRLSign")
         ossl("req", *ec, "-keyout", str(d / "srv.key"), "-out", str(d / "srv.csr"), "-subj",
              f"/CN={HOST}")
-        (d / "ext.cnf").write_text(f"subjectAltName=IP:{HOST}\n")
+        (d / "ext.cnf").write_text(f"subjectAltName=IP:{HOST},DNS:sink.{DANE_ZONE}\n")
         ossl("x509", "-req", "-in", str(d / "srv.csr"), "-CA", str(self.ca), "-CAkey",
              str(d / "ca.key"), "-CAcreateserial", "-out", str(d / "srv.pem"), "-days", "2",
              "-extfile", str(d / "ext.cnf"))
+        pub = subprocess.run(["openssl", "x509", "-in", str(d / "srv.pem"), "-noout", "-pubkey"],
+                             check=True, capture_output=True).stdout
+        der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=pub,
+                             check=True, capture_output=True).stdout
+        self.spki_sha256 = hashlib.sha256(der).hexdigest()  # TLSA 3 1 1
         argv = [sys.executable, str(BENCH / "tls_sink.py"), "--cert", str(d / "srv.pem"),
                 "--key", str(d / "srv.key"), f"{HOST}:{self.port}"]
         p = self.sup.spawn(self.name, argv, self.log)
@@ -1108,6 +1119,17 @@ class Bench:
     def start(self, need_ms: bool, need_pf: bool) -> None:
         self.sink = (TlsSink if self.a.sink_tls else CountingSink)(self.sup, mslocal.free_port())
         self.sink.start()
+        self.nsd = None
+        if self.a.sink_tls and "mailstream-tls-dane" in self.a.systems:
+            # The integration tests' NSD helper (dns_zone.py, Debian's nsd and
+            # ldns-signzone), only for this system.
+            sys.path.insert(0, str(REPO / "tests" / "integration"))
+            from dns_zone import Nsd  # noqa: E402
+            self.nsd = Nsd(self.sup, mslocal.free_port(), {DANE_ZONE: [
+                f"sink A {HOST}", f"_{self.sink.port}._tcp.sink TLSA 3 1 1 "
+                f"{self.sink.spki_sha256}"]}, signed=(DANE_ZONE,))
+            self.nsd.start()
+            log(f"nsd on {self.nsd.upstream}: {DANE_ZONE}, signed")
         log(f"state {self.state}; sink on {self.sink.address}")
         if need_ms:
             if self.redis is None:
@@ -1138,6 +1160,14 @@ class Bench:
             worker.setdefault("tls", {}).update({"policy": TLS_SYSTEMS[name],
                                                  "ca_file": str(self.sink.ca)})
             tag = TLS_SYSTEMS[name][0]
+            if self.nsd is not None and TLS_SYSTEMS[name] == "dane":
+                # The relay host is an IP literal (no TLSA records): the
+                # transport map names the sink instead, so every message is
+                # routed through the validating resolver (RFC 7672 §2.2.1).
+                worker.setdefault("transport", {})["map"] = (
+                    f"{RCPT.split('@')[1]} smtp:[sink.{DANE_ZONE}]:{self.sink.port}")
+                worker.setdefault("dns", {}).update({"upstream": self.nsd.upstream,
+                                                     "trust_anchor": str(self.nsd.trust_anchor)})
         return MailstreamSystem(name, self.ms_sup, self.kafka, self.redis, self.sink.address,
                                 self.a.frontends, self.a.workers, cfg, self.events_topic,
                                 f"{self.tag}-{tag}", self.a.partitions,
