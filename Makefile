@@ -9,7 +9,7 @@ GIT_COMMIT := $(or $(shell git rev-parse --short=12 HEAD 2>/dev/null),unknown)
 BUILD     ?= build
 CACHE     ?= $(or $(MAILSTREAM_CACHE),$(HOME)/.cache/mailstream)
 VENV      := $(CACHE)/venv
-PKGS      := rdkafka hiredis libuv libprotobuf-c openssl inih jansson libcurl yaml-0.1
+PKGS      := rdkafka hiredis libuv libprotobuf-c openssl inih jansson libcurl yaml-0.1 zlib
 WARN      := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 OPT       ?= -O2 -g
 SAN       ?=
@@ -191,9 +191,15 @@ fuzz-seeds: $(BUILD)/tests/seed_envelope
 	$(BUILD)/tests/seed_envelope tests/fuzz/corpus/fuzz_envelope
 
 # Benchmarks against Postfix (bench/README.md); e.g. BENCH_ARGS=--quick (~4-5 min).
+# Then the worker's outbound TLS cost: `verify` and `dane` against `may`,
+# connection reuse on (bench/README.md, --sink-tls).
 bench: deps all
 	MAILSTREAM_BUILD_DIR=$(abspath $(BUILD)) PYTHONDONTWRITEBYTECODE=1 \
 	    $(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+	MAILSTREAM_BUILD_DIR=$(abspath $(BUILD)) PYTHONDONTWRITEBYTECODE=1 \
+	    $(VENV)/bin/python bench/run.py --sink-tls \
+	    --systems mailstream-tls-may,mailstream-tls-verify,mailstream-tls-dane \
+	    --workloads 5k-20 --idle 0 --label tls $(BENCH_TLS_ARGS)
 
 fmt:
 	clang-format -i $(wildcard lib/*/*.[ch] frontend/*.[ch] worker/*.[ch] ctl/*.[ch] tools/*.[ch] tests/unit/*.c tests/fuzz/*.c)

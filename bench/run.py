@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -79,6 +80,16 @@ WORKLOADS = [
     Workload("1m-4", 1024 * 1024, 4),
 ]
 SYSTEMS = ["postfix", "mailstream", "mailstream-fsync"]
+# Outbound TLS cost (issue 17): Mailstream with the worker's [tls] policy
+# `may` or `verify` towards a sink that offers STARTTLS (--sink-tls; the
+# sink's CA is the workers' [tls] ca_file), or `dane`: the sink reached by
+# the transport map as sink.bench.mstest, whose A and TLSA 3 1 1 records
+# NSD serves from a DNSSEC-signed zone (the workers' [dns] upstream and
+# trust_anchor).  Not in the default set.
+TLS_SYSTEMS = {"mailstream-tls-may": "may", "mailstream-tls-verify": "verify",
+               "mailstream-tls-dane": "dane"}
+DANE_ZONE = "bench.mstest"  # not under "test.": libunbound answers that itself
+ALL_SYSTEMS = SYSTEMS + list(TLS_SYSTEMS)
 
 
 def log(msg: str) -> None:
@@ -171,6 +182,42 @@ class CountingSink:
     def stop(self) -> None:
         self._stop.set()
         self.sup.stop(self.name, 5)
+
+
+class TlsSink(CountingSink):
+    """bench/tls_sink.py: the same counter, and STARTTLS with a certificate
+    for 127.0.0.1 from a throw-away CA (self.ca: the workers' ca_file)."""
+
+    def start(self) -> None:
+        d = self.sup.state_dir / self.name
+        d.mkdir(parents=True, exist_ok=True)
+        self.ca = d / "ca.pem"
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+        def ossl(*argv: str) -> None:
+            subprocess.run(["openssl", *argv], check=True, capture_output=True,
+                           stdin=subprocess.DEVNULL)
+        ossl("req", "-x509", *ec, "-keyout", str(d / "ca.key"), "-out", str(self.ca), "-days",
+             "2", "-subj", "/CN=bench CA", "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        ossl("req", *ec, "-keyout", str(d / "srv.key"), "-out", str(d / "srv.csr"), "-subj",
+             f"/CN={HOST}")
+        (d / "ext.cnf").write_text(f"subjectAltName=IP:{HOST},DNS:sink.{DANE_ZONE}\n")
+        ossl("x509", "-req", "-in", str(d / "srv.csr"), "-CA", str(self.ca), "-CAkey",
+             str(d / "ca.key"), "-CAcreateserial", "-out", str(d / "srv.pem"), "-days", "2",
+             "-extfile", str(d / "ext.cnf"))
+        pub = subprocess.run(["openssl", "x509", "-in", str(d / "srv.pem"), "-noout", "-pubkey"],
+                             check=True, capture_output=True).stdout
+        der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=pub,
+                             check=True, capture_output=True).stdout
+        self.spki_sha256 = hashlib.sha256(der).hexdigest()  # TLSA 3 1 1
+        argv = [sys.executable, str(BENCH / "tls_sink.py"), "--cert", str(d / "srv.pem"),
+                "--key", str(d / "srv.key"), f"{HOST}:{self.port}"]
+        p = self.sup.spawn(self.name, argv, self.log)
+        mslocal.wait_until(lambda: mslocal.port_open(HOST, self.port), 10, "tls sink", p.alive,
+                           log_path=self.log)
+        self._thread = threading.Thread(target=self._tail, daemon=True)
+        self._thread.start()
 
 
 # ---------------------------------------------------------------------------
@@ -988,7 +1035,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                     help="short run: 1000 messages, 1 round, 1000 idle connections")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workloads", default=",".join(w.name for w in WORKLOADS))
-    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--systems", default=",".join(SYSTEMS),
+                    help=f"of {', '.join(ALL_SYSTEMS)}")
+    ap.add_argument("--sink-tls", action="store_true",
+                    help="the sink offers STARTTLS (bench/tls_sink.py) with a certificate for "
+                    "127.0.0.1 from a throw-away CA, the workers' [tls] ca_file")
     ap.add_argument("--frontends", type=int, default=1)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--partitions", type=int, default=mslocal.DEFAULT_TOPICS["queue"])
@@ -1066,8 +1117,19 @@ class Bench:
         self.tag = uuid.uuid4().hex[:6]
 
     def start(self, need_ms: bool, need_pf: bool) -> None:
-        self.sink = CountingSink(self.sup, mslocal.free_port())
+        self.sink = (TlsSink if self.a.sink_tls else CountingSink)(self.sup, mslocal.free_port())
         self.sink.start()
+        self.nsd = None
+        if self.a.sink_tls and "mailstream-tls-dane" in self.a.systems:
+            # The integration tests' NSD helper (dns_zone.py, Debian's nsd and
+            # ldns-signzone), only for this system.
+            sys.path.insert(0, str(REPO / "tests" / "integration"))
+            from dns_zone import Nsd  # noqa: E402
+            self.nsd = Nsd(self.sup, mslocal.free_port(), {DANE_ZONE: [
+                f"sink A {HOST}", f"_{self.sink.port}._tcp.sink TLSA 3 1 1 "
+                f"{self.sink.spki_sha256}"]}, signed=(DANE_ZONE,))
+            self.nsd.start()
+            log(f"nsd on {self.nsd.upstream}: {DANE_ZONE}, signed")
         log(f"state {self.state}; sink on {self.sink.address}")
         if need_ms:
             if self.redis is None:
@@ -1091,11 +1153,26 @@ class Bench:
         if name == "postfix":
             return PostfixSystem(self.postfix)
         cfg = {"flush.messages": "1"} if name == "mailstream-fsync" else {}
+        worker = _sections(self.a.worker_set)
+        tag = "f" if cfg else "d"
+        if name in TLS_SYSTEMS:
+            worker = worker or {}
+            worker.setdefault("tls", {}).update({"policy": TLS_SYSTEMS[name],
+                                                 "ca_file": str(self.sink.ca)})
+            tag = TLS_SYSTEMS[name][0]
+            if self.nsd is not None and TLS_SYSTEMS[name] == "dane":
+                # The relay host is an IP literal (no TLSA records): the
+                # transport map names the sink instead, so every message is
+                # routed through the validating resolver (RFC 7672 §2.2.1).
+                worker.setdefault("transport", {})["map"] = (
+                    f"{RCPT.split('@')[1]} smtp:[sink.{DANE_ZONE}]:{self.sink.port}")
+                worker.setdefault("dns", {}).update({"upstream": self.nsd.upstream,
+                                                     "trust_anchor": str(self.nsd.trust_anchor)})
         return MailstreamSystem(name, self.ms_sup, self.kafka, self.redis, self.sink.address,
                                 self.a.frontends, self.a.workers, cfg, self.events_topic,
-                                f"{self.tag}-{'f' if cfg else 'd'}", self.a.partitions,
+                                f"{self.tag}-{tag}", self.a.partitions,
                                 _sections(BENCH_FRONTEND_DEFAULTS + self.a.frontend_set),
-                                _sections(self.a.worker_set))
+                                worker)
 
     def stop(self) -> None:
         self.ms_sup.stop_all()
@@ -1117,8 +1194,11 @@ def run(args: argparse.Namespace, kafka: Optional[mslocal.Kafka] = None,
     if unknown:
         raise SystemExit(f"unknown workload(s): {', '.join(sorted(unknown))}")
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    if set(systems) - set(SYSTEMS):
-        raise SystemExit(f"unknown system(s): {', '.join(sorted(set(systems) - set(SYSTEMS)))}")
+    if set(systems) - set(ALL_SYSTEMS):
+        raise SystemExit(f"unknown system(s): "
+                         f"{', '.join(sorted(set(systems) - set(ALL_SYSTEMS)))}")
+    if any(s in TLS_SYSTEMS for s in systems) and not args.sink_tls:
+        raise SystemExit("the mailstream-tls-* systems need --sink-tls")
     per_wl: Dict[str, int] = {}
     for item in filter(None, args.workload_messages.split(",")):
         k, _, v = item.partition("=")
@@ -1139,6 +1219,7 @@ def run(args: argparse.Namespace, kafka: Optional[mslocal.Kafka] = None,
                     "workers": args.workers, "partitions": args.partitions,
                     "frontend_set": BENCH_FRONTEND_DEFAULTS + args.frontend_set,
                     "worker_set": args.worker_set,
+                    "sink_tls": args.sink_tls,
                     "systems": systems, "workloads": [w.__dict__ for w in workloads],
                     "idle": args.idle, "label": args.label, "rlimit_nofile": nofile},
         "runs": [], "idle": [], "notes": [],

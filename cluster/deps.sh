@@ -81,8 +81,9 @@ APT_PACKAGES=(
 	maven
 	podman runc mmdebstrap debian-archive-keyring etcd-server
 	# Outbound TLS (issue 17): libcurl for MTA-STS policy fetches (lib/io/ms_https.c),
-	# ldns-signzone to sign the DNSSEC test zone of test_outbound_dane.py.
-	libcurl4-openssl-dev ldnsutils
+	# ldns-signzone to sign the DNSSEC test zone of test_outbound_dane.py, zlib for the
+	# gzipped TLS-RPT reports (lib/mail/ms_tlsrpt.c).
+	libcurl4-openssl-dev ldnsutils zlib1g-dev
 	# Content checks (issue 18) and the inbound/sign benchmarks (issue 19): the milters the
 	# tests start as private instances on loopback (never the system's service), the SPF
 	# policy server Postfix uses in the inbound bench, and a caching resolver for it.

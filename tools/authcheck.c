@@ -310,7 +310,7 @@ static int cmd_spf(const char *config, const char *dns, int timeout_ms, const ch
                    size_t nnodefault, const char *ip, const char *helo, const char *mail_from,
                    int trace, int64_t now)
 {
-    static const struct ms_dns_result fail = {MS_DNS_TEMPFAIL, 0, 0, NULL};
+    static const struct ms_dns_result fail = {MS_DNS_TEMPFAIL, 0, 0, NULL, NULL};
     struct ms_resolver_conf rc;
     struct ms_spf_request req;
     struct ms_dns_query q;

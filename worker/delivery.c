@@ -36,6 +36,7 @@
 #include "requeue.h"
 #include "mtasts.h"
 #include "tls_policy.h"
+#include "tlsrpt.h"
 #include "ms_addr.h"
 #include "ms_buf.h"
 #include "ms_domainmap.h"
@@ -715,6 +716,10 @@ static void on_smtp(void *arg, uint64_t id, const struct wk_smtp_result *res)
         return;
     ds->smtp = NULL;
     dest_count_connection(d, ds, 0);
+    /* RFC 8460: each session to an MX host counts for its policy domain. */
+    if (d->conf.tlsrpt && !ds->relay && !ds->t && ds->next > 0 && !res->reused)
+        wk_tlsrpt_session(d->conf.tlsrpt, ds->domain, ds->sts, &ds->addrs[ds->next - 1],
+                          ds->tlsa, res->tls_result, res->tls && res->tls[0], res->local_ip);
     /* RFC 5321 §5.1: when a host cannot be reached, try the next address
      * (of this MX host, then of the next ones) before deferring. */
     if (no_server_reply(res) && res->reused) {
@@ -954,6 +959,9 @@ static int dest_tls(struct msg *m, struct dest *ds, const struct wk_route_addr *
         ms_info("event=tls_policy_defer qid=%s relay=%s policy=%s dane=%s reason=\"%s\"", m->qid,
                 ds->relay_str, label, wk_dane_state_name((enum wk_dane_state)a->dane),
                 td->defer);
+        if (d->conf.tlsrpt && !ds->relay && !ds->t)
+            wk_tlsrpt_session(d->conf.tlsrpt, ds->domain, ds->sts, a, ds->tlsa,
+                              WK_TLSRPT_REFUSED, 0, NULL);
         if (ds->next < ds->naddrs) {
             dest_connect_now(m, ds); /* RFC 7672 §2.2: the next MX host may do */
             return -1;
@@ -1159,6 +1167,8 @@ static void on_sts(void *arg, uint64_t id, const struct wk_mtasts_result *res)
     if (ds == NULL || ds->state != DEST_ROUTE || ds->sts_job == 0)
         return;
     ds->sts_job = 0;
+    if (res->failure != MS_TLSRPT_OK) /* RFC 8460 §4.3.2.3 */
+        wk_tlsrpt_sts_failure(d->conf.tlsrpt, ds->domain, res->failure);
     if (res->have && res->policy.mode != MS_MTASTS_NONE) {
         ds->sts = ms_malloc(sizeof(*ds->sts));
         *ds->sts = *res;

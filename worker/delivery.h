@@ -160,6 +160,8 @@ struct wk_delivery_conf {
     const struct wk_tls_map *tls_map;   /* [tls] policy and policy_map (tls_policy.h);
                                          * an entry's own context, if any, instead
                                          * of tls_ctx; NULL: `may` everywhere */
+    struct wk_tlsrpt *tlsrpt;           /* TLS reports (tlsrpt.h): every MX session's
+                                         * TLS result is counted; NULL: off */
     struct wk_smtp_timeouts timeouts;
     wk_shaper *shaper;                  /* groups, their limits and backoff, the
                                          * bounce classifier (shaper.h); required */

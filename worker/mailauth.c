@@ -402,7 +402,7 @@ static void on_dns(void *arg, uint64_t id, const struct ms_dns_result *res)
  * in already (the caller steps again). */
 static int ask(struct job *j, int ev, const struct ms_dns_query *q)
 {
-    static const struct ms_dns_result fail = {MS_DNS_TEMPFAIL, 0, 0, NULL};
+    static const struct ms_dns_result fail = {MS_DNS_TEMPFAIL, 0, 0, NULL, NULL};
 
     if (ms_resolver_query(j->p->resolver, q->name, q->type, on_dns, j->p,
                           (j->jid << EV_BITS) | (uint64_t)ev) == 0) {

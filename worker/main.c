@@ -17,6 +17,7 @@
 #include "delivery.h"
 #include "mtasts.h"
 #include "tls_policy.h"
+#include "tlsrpt.h"
 #include "mailauth.h"
 #include "ms_config.h"
 #include "ms_connect.h"
@@ -71,13 +72,14 @@ static const char *var_node_id, *var_hostname, *var_metrics, *var_topic, *var_ev
     *var_transport_map, *var_transport_map_file, *var_dns_upstream, *var_dns_trust_anchor,
     *var_tls_policy, *var_tls_policy_map, *var_tls_ca_file, *var_relay_user, *var_relay_password,
     *var_relay_password_file, *var_relay_auth_mechanisms, *var_dest_rate, *var_mta_sts_ca_file,
-    *var_shaping_file, *var_bounce_rules_file;
+    *var_shaping_file, *var_bounce_rules_file, *var_tlsrpt_org_name, *var_tlsrpt_contact,
+    *var_tlsrpt_from, *var_tlsrpt_submitter;
 static int64_t var_max_in_flight, var_retry_min_ms, var_retry_max_ms,
     var_connect_timeout_ms, var_drain_timeout_ms, var_smtp_port, var_retry_tiers, var_max_age_s,
     var_dns_timeout_ms, var_suppress_ttl_s, var_reply_timeout_ms, var_dest_concurrency,
     var_conn_cache_ms, var_max_msgs_per_conn, var_linger_ms, var_fetch_min_bytes,
     var_fetch_wait_ms, var_dest_rate_max_wait_ms, var_delay_warning_s, var_mta_sts_port,
-    var_mta_sts_timeout_ms;
+    var_mta_sts_timeout_ms, var_tlsrpt_interval_s;
 
 static char default_node_id[256];
 
@@ -108,6 +110,11 @@ static const struct {
     {"tls", "policy_map", "", &var_tls_policy_map},
     {"tls", "ca_file", "", &var_tls_ca_file},
     {"tls", "mta_sts_ca_file", "", &var_mta_sts_ca_file},
+    /* TLS reports (RFC 8460, tlsrpt.h); "": derived from [node] hostname. */
+    {"tls", "tlsrpt_org_name", "", &var_tlsrpt_org_name},
+    {"tls", "tlsrpt_contact", "", &var_tlsrpt_contact},
+    {"tls", "tlsrpt_from", "", &var_tlsrpt_from},
+    {"tls", "tlsrpt_submitter", "", &var_tlsrpt_submitter},
 };
 
 static const struct {
@@ -143,10 +150,12 @@ static const struct {
     /* RFC 8461 §3.3 fetches from port 443; another port is for tests. */
     {"tls", "mta_sts_port", 443, 1, 65535, &var_mta_sts_port},
     {"tls", "mta_sts_timeout_ms", 10000, 100, 600 * 1000, &var_mta_sts_timeout_ms},
+    /* RFC 8460 §4.1 reports UTC days; shorter periods are for tests. */
+    {"tls", "tlsrpt_interval_s", 86400, 1, 86400, &var_tlsrpt_interval_s},
 };
 
 /* Booleans: yes/no (true/false, 1/0), anything else refused at start. */
-static int var_relay_auth_plaintext, var_mta_sts;
+static int var_relay_auth_plaintext, var_mta_sts, var_tlsrpt;
 
 static const struct {
     const char *section, *key;
@@ -155,6 +164,7 @@ static const struct {
 } bool_params[] = {
     {"delivery", "relay_auth_plaintext", 0, &var_relay_auth_plaintext},
     {"tls", "mta_sts", 0, &var_mta_sts},
+    {"tls", "tlsrpt", 0, &var_tlsrpt},
 };
 
 static void load_params(const ms_config *cfg)
@@ -396,8 +406,10 @@ struct worker {
     ms_consumer *retry_consumers[WK_RETRY_TIERS_MAX];
     ms_resolver *resolver;
     wk_router *router;
-    ms_https *https;                /* MTA-STS policy fetches; NULL: off */
+    ms_https *https;                /* MTA-STS policy fetches, TLS report POSTs;
+                                     * NULL: neither */
     wk_mtasts *mtasts;
+    wk_tlsrpt *tlsrpt;              /* NULL: [tls] tlsrpt off */
     ms_transport_map *transports;
     char *retry_topics[WK_RETRY_TIERS_MAX];
     char *retry_groups[WK_RETRY_TIERS_MAX];
@@ -453,6 +465,7 @@ static void shutdown_now(void *arg)
     w->router = NULL;
     wk_shaper_stop(w->shaper);
     wk_mtasts_stop(w->mtasts);
+    wk_tlsrpt_stop(w->tlsrpt);
     ms_https_free(w->https);
     w->https = NULL;
     ms_resolver_free(w->resolver);
@@ -465,6 +478,45 @@ static void shutdown_now(void *arg)
     w->heartbeat = NULL;
     ms_redis_free(w->redis);
     w->redis = NULL;
+}
+
+/* The producer's delivery reports: a TLS report's (tlsrpt.h), or the
+ * engine's. */
+static void on_produced(void *arg, uint64_t id, int err, const char *errstr)
+{
+    struct worker *w = arg;
+
+    if (id == WK_TLSRPT_PRODUCE_ID && w->tlsrpt)
+        wk_tlsrpt_on_produced(w->tlsrpt, err, errstr);
+    else
+        wk_delivery_on_produced(w->delivery, id, err, errstr);
+}
+
+/* [tls] tlsrpt: the reporter, its names derived from [node] hostname
+ * unless given (docs/config.md). */
+static wk_tlsrpt *new_tlsrpt(struct worker *w)
+{
+    struct wk_tlsrpt_conf tc;
+    char contact[300], from[300];
+    wk_tlsrpt *t;
+
+    snprintf(contact, sizeof(contact), "postmaster@%s", var_hostname);
+    /* The sender large reporters use: replies are not read. */
+    snprintf(from, sizeof(from), "noreply-smtp-tls-reporting@%s", var_hostname);
+    memset(&tc, 0, sizeof(tc));
+    tc.node_id = var_node_id;
+    tc.submitter = *var_tlsrpt_submitter ? var_tlsrpt_submitter : var_hostname;
+    tc.org_name = *var_tlsrpt_org_name ? var_tlsrpt_org_name : tc.submitter;
+    tc.contact = *var_tlsrpt_contact ? var_tlsrpt_contact : contact;
+    tc.from = *var_tlsrpt_from ? var_tlsrpt_from : from;
+    tc.topic = var_topic;
+    tc.interval_s = var_tlsrpt_interval_s;
+    if (!wk_smtp_path_ok(tc.from) || strchr(tc.from, '@') == NULL)
+        ms_fatal("event=config_invalid section=tls key=tlsrpt_from value=\"%s\"", tc.from);
+    t = wk_tlsrpt_new(w->loop, &tc, w->resolver, w->https);
+    ms_info("event=tlsrpt_on submitter=%s from=%s interval_s=%lld", tc.submitter, tc.from,
+            (long long)tc.interval_s);
+    return t;
 }
 
 static void drain_timeout_cb(uv_timer_t *t)
@@ -590,19 +642,24 @@ int main(int argc, char **argv)
     dc.conn_cache_ms = (uint64_t)var_conn_cache_ms;
     dc.max_msgs_per_conn = (unsigned)var_max_msgs_per_conn;
     load_tls(&dc);
-    if (var_mta_sts && dc.tls_ctx) {
+    if ((var_mta_sts && dc.tls_ctx) || var_tlsrpt) {
         struct ms_https_conf hc = {.ca_file = var_mta_sts_ca_file,
                                    .port = (int)var_mta_sts_port,
                                    .timeout_ms = (uint64_t)var_mta_sts_timeout_ms,
                                    .max_bytes = MS_MTASTS_POLICY_MAX};
         if ((w.https = ms_https_new(w.loop, &hc, err, sizeof(err))) == NULL)
-            ms_fatal("event=config_invalid section=tls key=mta_sts error=\"%s\"", err);
+            ms_fatal("event=config_invalid section=tls key=%s error=\"%s\"",
+                     var_mta_sts ? "mta_sts" : "tlsrpt", err);
+    }
+    if (var_mta_sts && dc.tls_ctx) {
         w.mtasts = wk_mtasts_new(w.loop, w.resolver, NULL, w.https);
         dc.mtasts = w.mtasts;
     } else if (var_mta_sts) {
         ms_warn("event=config_warning section=tls key=mta_sts error=\"STARTTLS is off (policy "
                 "none everywhere): MTA-STS is not used\"");
     }
+    if (var_tlsrpt)
+        dc.tlsrpt = w.tlsrpt = new_tlsrpt(&w);
     dc.events_topic = var_events_topic;
     dc.max_in_flight = (int)var_max_in_flight;
     dc.retry_min_ms = (uint64_t)var_retry_min_ms;
@@ -654,8 +711,7 @@ int main(int argc, char **argv)
     kc.fetch_min_bytes = (int)var_fetch_min_bytes;
     kc.fetch_wait_ms = (int)var_fetch_wait_ms;
     kc.keyed_topic = var_events_topic; /* one queue id's events in order */
-    if ((w.producer = ms_producer_new(w.loop, &kc, wk_delivery_on_produced, w.delivery, err,
-                                      sizeof(err))) == NULL)
+    if ((w.producer = ms_producer_new(w.loop, &kc, on_produced, &w, err, sizeof(err))) == NULL)
         ms_fatal("event=kafka_producer_failed error=\"%s\"", err);
     kc.lag_cb = on_lag;
     kc.lag_arg = &w.lag[0];
@@ -668,6 +724,8 @@ int main(int argc, char **argv)
     wk_shaper_attach(w.shaper, w.redis);
     if (w.mtasts)
         wk_mtasts_attach(w.mtasts, w.redis);
+    if (w.tlsrpt)
+        wk_tlsrpt_attach(w.tlsrpt, w.redis, w.producer);
     /* Retry tier consumers are idle most of the time and never in a hurry:
      * librdkafka's fetch defaults (a fetch waits up to 500 ms on the broker)
      * instead of the queue consumer's, so idle tiers cost the broker ~2
@@ -708,6 +766,7 @@ int main(int argc, char **argv)
     wk_delivery_free(w.delivery);
     wk_shaper_free(w.shaper);
     wk_mtasts_free(w.mtasts);
+    wk_tlsrpt_free(w.tlsrpt);
     wk_mailauth_free(w.mailauth);
     ms_transport_map_free(w.transports);
     ms_tls_ctx_free(dc.tls_ctx);

@@ -96,13 +96,15 @@ static void job_finish(struct job *j, const struct wk_mtasts_result *res)
         cb(j->arg, j->id, res);
 }
 
-/* No fresh policy: the cached one while it lasts (§5.1), else none. */
-static void job_finish_cached(struct job *j, const char *source)
+/* No fresh policy: the cached one while it lasts (§5.1), else none.
+ * failure: why a fetch failed (RFC 8460 §4.3.2.3), MS_TLSRPT_OK: none. */
+static void job_finish_cached(struct job *j, const char *source, enum ms_tlsrpt_result failure)
 {
-    struct wk_mtasts_result none = {.source = "none"};
+    struct wk_mtasts_result none = {.source = "none", .failure = failure};
 
     if (j->cached) {
         j->cache.source = source;
+        j->cache.failure = failure;
         job_finish(j, &j->cache);
     } else {
         job_finish(j, &none);
@@ -150,7 +152,7 @@ static void on_addr(void *arg, uint64_t cookie, const struct ms_dns_result *res)
     if (res->status != MS_DNS_OK || i == res->n) {
         ms_warn("event=mta_sts_fetch_failed domain=%s error=\"no address for mta-sts.%s\"",
                 j->domain, j->domain);
-        job_finish_cached(j, "stale");
+        job_finish_cached(j, "stale", MS_TLSRPT_STS_FETCH_ERROR);
         return;
     }
     inet_ntop(AF_INET, &res->rr[i].u.a, ip, sizeof(ip));
@@ -159,7 +161,7 @@ static void on_addr(void *arg, uint64_t cookie, const struct ms_dns_result *res)
                      j->job_id << 2 | STEP_FETCH) < 0) {
         ms_warn("event=mta_sts_fetch_failed domain=%s error=\"cannot start the fetch\"",
                 j->domain);
-        job_finish_cached(j, "stale");
+        job_finish_cached(j, "stale", MS_TLSRPT_STS_FETCH_ERROR);
     }
 }
 
@@ -169,23 +171,30 @@ static void on_https(void *arg, uint64_t cookie, const struct ms_https_result *r
     struct job *j = job_of(m, cookie);
     struct wk_mtasts_result out;
     const char *why = NULL;
+    enum ms_tlsrpt_result failure = MS_TLSRPT_STS_FETCH_ERROR;
     char key[sizeof(MS_KEY_MTASTS) + MS_DNS_NAME_MAX], age[16], *val;
 
     if (j == NULL)
         return;
     memset(&out, 0, sizeof(out));
-    if (res->err < 0)
+    if (res->err < 0) {
         why = res->why;
-    else if (res->status != 200)
+        if (res->cert)
+            failure = MS_TLSRPT_STS_WEBPKI_INVALID;
+    } else if (res->status != 200) {
         why = "HTTP status not 200"; /* §3.3: no redirects, only 200 */
-    else if (res->content_type == NULL || strncasecmp(res->content_type, "text/plain", 10) != 0)
+    } else if (res->content_type == NULL ||
+               strncasecmp(res->content_type, "text/plain", 10) != 0) {
         why = "media type not text/plain";
-    else if (ms_mtasts_policy_parse(res->body, res->len, &out.policy) < 0)
+        failure = MS_TLSRPT_STS_INVALID;
+    } else if (ms_mtasts_policy_parse(res->body, res->len, &out.policy) < 0) {
         why = "not a valid policy";
+        failure = MS_TLSRPT_STS_INVALID;
+    }
     if (why) {
         ms_warn("event=mta_sts_fetch_failed domain=%s status=%ld error=\"%s\"", j->domain,
                 res->status, why);
-        job_finish_cached(j, "stale");
+        job_finish_cached(j, "stale", failure);
         return;
     }
     memcpy(out.id, j->txt_id, sizeof(out.id));
@@ -219,18 +228,18 @@ static void job_decide(struct job *j)
     char host[MS_DNS_NAME_MAX + 1];
 
     if (!j->txt_ok) {
-        job_finish_cached(j, "cache"); /* §5.1: the TXT record may be stripped */
+        job_finish_cached(j, "cache", MS_TLSRPT_OK); /* §5.1: the TXT record may be stripped */
         return;
     }
     if (j->cached && strcmp(j->cache.id, j->txt_id) == 0) {
-        job_finish_cached(j, "cache");
+        job_finish_cached(j, "cache", MS_TLSRPT_OK);
         return;
     }
     /* A new id, or nothing cached: fetch (§3.3). */
     if ((size_t)snprintf(host, sizeof(host), "mta-sts.%s", j->domain) >= sizeof(host) ||
         ms_resolver_query(j->m->resolver, host, MS_DNS_A, on_addr, j->m,
                           j->job_id << 2 | STEP_ADDR) < 0)
-        job_finish_cached(j, "stale");
+        job_finish_cached(j, "stale", MS_TLSRPT_STS_FETCH_ERROR);
 }
 
 static void on_txt(void *arg, uint64_t cookie, const struct ms_dns_result *res)

@@ -27,6 +27,7 @@
 #include "ms_mtasts.h"
 #include "ms_redis.h"
 #include "ms_resolver.h"
+#include "ms_tlsrpt.h"
 
 /* The well-known path (§3.3). */
 #define WK_MTASTS_PATH "/.well-known/mta-sts.txt"
@@ -37,6 +38,9 @@ struct wk_mtasts_result {
                                     * refresh failed), or "none" */
     char id[MS_MTASTS_ID_MAX + 1];
     struct ms_mtasts_policy policy;
+    enum ms_tlsrpt_result failure; /* a fetch was due and failed: why, as TLS
+                                    * reports say it (RFC 8460 §4.3.2.3);
+                                    * MS_TLSRPT_OK: no failure */
 };
 
 typedef struct wk_mtasts wk_mtasts;

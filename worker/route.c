@@ -1,7 +1,9 @@
 /*
  * route.c - routing jobs on the loop (route.h).
  *
- * A job is MX -> HOSTS -> done, or MX -> HOSTS -> TLSA -> done for DANE.  Resolver replies find their job by a cookie
+ * A job is MX -> HOSTS -> done, or MX -> HOSTS -> TLSA -> done for DANE
+ * (TLSA at a host's CNAME-expanded name first, then at its own name, RFC
+ * 7672 §2.2.2).  Resolver replies find their job by a cookie
  * (job id << 8 | query number); a reply for a job that is gone is dropped.
  * Jobs end through job_finish(), which unlinks the job, calls back (unless
  * cancelled) and closes the job's timer; memory is freed in the close
@@ -22,6 +24,10 @@
 #include <string.h>
 
 #define QBITS 8
+/* In a TLSA query's cookie, above the host index (< MS_MX_HOSTS_MAX):
+ * the query is at the CNAME-expanded name. */
+#define TLSA_EXPANDED 0x80u
+_Static_assert(MS_MX_HOSTS_MAX < TLSA_EXPANDED, "host index and flag overlap");
 
 enum job_state { JOB_MX, JOB_HOSTS, JOB_TLSA, JOB_DONE };
 
@@ -31,6 +37,8 @@ struct host_addrs {
     size_t n4, n6;
     int tempfail;
     int insecure;          /* an address answer was not validated */
+    char expanded[MS_DNS_NAME_MAX + 1]; /* the name a validated CNAME chain led the
+                                         * host name to ("": none, RFC 7672 §2.2.2) */
     enum wk_dane_state dane;
     struct ms_tlsa tlsa[MS_TLS_TLSA_MAX]; /* usable records; data in tlsa_data */
     size_t ntlsa;
@@ -252,6 +260,7 @@ static void job_hosts_done(struct job *j)
 }
 
 static void job_query_tlsa(struct job *j);
+static void on_tlsa(void *arg, uint64_t cookie, const struct ms_dns_result *res);
 
 static void on_addr(void *arg, uint64_t cookie, const struct ms_dns_result *res)
 {
@@ -268,13 +277,16 @@ static void on_addr(void *arg, uint64_t cookie, const struct ms_dns_result *res)
         a->insecure = 1;
     if (res->status == MS_DNS_TEMPFAIL || res->status == MS_DNS_BOGUS)
         a->tempfail = 1;
-    else if (res->status == MS_DNS_OK)
+    else if (res->status == MS_DNS_OK) {
+        if (res->secure && res->canonical && !a->expanded[0])
+            snprintf(a->expanded, sizeof(a->expanded), "%s", res->canonical);
         for (i = 0; i < res->n; i++) {
             if (res->rr[i].type == MS_DNS_A && a->n4 < WK_ROUTE_ADDRS_MAX)
                 a->v4[a->n4++] = res->rr[i].u.a;
             else if (res->rr[i].type == MS_DNS_AAAA && a->n6 < WK_ROUTE_ADDRS_MAX)
                 a->v6[a->n6++] = res->rr[i].u.aaaa;
         }
+    }
     if (--j->pending == 0)
         job_query_tlsa(j);
 }
@@ -284,12 +296,25 @@ static void hosts_done_cb(uv_timer_t *t)
     job_hosts_done(t->data);
 }
 
+/* The TLSA query of host h: at the CNAME-expanded name (TLSA_EXPANDED in
+ * the cookie) or the host's own.  0, or MS_E* (no callback). */
+static int tlsa_query(struct job *j, size_t h, int expanded)
+{
+    char name[MS_DNS_NAME_MAX + 1];
+
+    if ((size_t)snprintf(name, sizeof(name), "_%d._tcp.%s", j->port,
+                         expanded ? j->addrs[h].expanded : j->mx[h].name) >= sizeof(name))
+        return MS_EINVAL; /* a name too long to ask about */
+    return ms_resolver_query(j->r->resolver, name, MS_DNS_TLSA, on_tlsa, j->r,
+                             j->job_id << QBITS | h | (expanded ? TLSA_EXPANDED : 0));
+}
+
 /* RFC 7672 §2.2: the answer for _port._tcp.host. */
 static void on_tlsa(void *arg, uint64_t cookie, const struct ms_dns_result *res)
 {
     wk_router *r = arg;
     struct job *j = job_lookup(r, cookie >> QBITS);
-    unsigned h = (unsigned)(cookie & ((1u << QBITS) - 1));
+    unsigned h = (unsigned)(cookie & (TLSA_EXPANDED - 1));
     struct host_addrs *a;
     size_t i, bytes = 0;
     unsigned char *p;
@@ -297,6 +322,18 @@ static void on_tlsa(void *arg, uint64_t cookie, const struct ms_dns_result *res)
     if (j == NULL || j->state != JOB_TLSA || h >= j->nmx)
         return;
     a = &j->addrs[h];
+    if ((cookie & TLSA_EXPANDED) &&
+        (res->status == MS_DNS_NXDOMAIN || res->status == MS_DNS_NODATA ||
+         (res->status == MS_DNS_OK && !res->secure))) {
+        /* §2.2.2: none at the expanded name: then at the original one. */
+        ms_debug("event=tlsa host=%s expanded=%s records=none", j->mx[h].name, a->expanded);
+        if (tlsa_query(j, h, 0) == 0)
+            return; /* still pending */
+        a->dane = WK_DANE_FAILED;
+        if (--j->pending == 0)
+            job_hosts_done(j);
+        return;
+    }
     if (res->status == MS_DNS_TEMPFAIL || res->status == MS_DNS_BOGUS) {
         a->dane = WK_DANE_FAILED; /* §2.2: never treated as "no records" */
     } else if (res->status != MS_DNS_OK || !res->secure) {
@@ -335,7 +372,6 @@ static void on_tlsa(void *arg, uint64_t cookie, const struct ms_dns_result *res)
  * name and addresses were validated (RFC 7672 §2.2.1, §2.2.2); then done. */
 static void job_query_tlsa(struct job *j)
 {
-    char name[MS_DNS_NAME_MAX + 1];
     size_t h;
 
     j->state = JOB_TLSA;
@@ -344,13 +380,9 @@ static void job_query_tlsa(struct job *j)
             struct host_addrs *a = &j->addrs[h];
             if (a->insecure || a->n4 + a->n6 == 0)
                 continue;
-            if ((size_t)snprintf(name, sizeof(name), "_%d._tcp.%s", j->port, j->mx[h].name) >=
-                sizeof(name)) {
-                a->dane = WK_DANE_FAILED; /* a name too long to ask about */
-                continue;
-            }
-            if (ms_resolver_query(j->r->resolver, name, MS_DNS_TLSA, on_tlsa, j->r,
-                                  j->job_id << QBITS | h) < 0)
+            /* §2.2.2: a host name that is a CNAME, validated all the way:
+             * the expanded name first. */
+            if (tlsa_query(j, h, a->expanded[0] != '\0') < 0)
                 a->dane = WK_DANE_FAILED;
             else
                 j->pending++;

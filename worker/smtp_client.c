@@ -19,6 +19,7 @@
 #include "ms_list.h"
 #include "ms_log.h"
 #include "ms_mem.h"
+#include "ms_tlsrpt.h"
 #include "ms_net.h"
 
 #include <arpa/inet.h>
@@ -155,6 +156,8 @@ struct wk_smtp {
     struct ms_tlsa *tlsa;           /* owned copies, data included */
     size_t ntlsa;
     int tls_auth;                   /* as in wk_smtp_result */
+    int tls_result;                 /* as in wk_smtp_result */
+    char local_ip[INET6_ADDRSTRLEN + 2]; /* as in wk_smtp_result */
     size_t nrcpts;
     char **rcpts;
     size_t msg_len;                 /* unstuffed, for SIZE= */
@@ -508,6 +511,15 @@ static void set_result_reply(struct wk_smtp_rcpt_result *r, const struct wk_repl
     set_result(r, reply->code, reply->dsn, text);
 }
 
+/* The TLS outcome of the session for TLS reports (smtp_client.h,
+ * tls_result): the first one noted stands (a `may` session that falls back
+ * to plaintext keeps its handshake failure). */
+static void tls_note(wk_smtp *s, enum ms_tlsrpt_result r)
+{
+    if (s->tls_result < 0)
+        s->tls_result = (int)r;
+}
+
 /* Report the outcome (once).  Every recipient without a final result gets
  * `reply`, or our diagnostic (code 0, `dsn`, `why`) when reply is NULL. */
 static void smtp_report(wk_smtp *s, int err, const struct wk_reply *reply, const char *dsn,
@@ -534,6 +546,8 @@ static void smtp_report(wk_smtp *s, int err, const struct wk_reply *reply, const
     res.tls = s->tls_info;
     res.tls_policy = s->tls_label;
     res.tls_auth = s->tls_auth;
+    res.tls_result = s->tls_result;
+    res.local_ip = s->local_ip;
     res.tls_fallback = s->tls_fallback;
     res.dsn_offered = (s->ehlo.flags & WK_EHLO_DSN) != 0;
     res.try_next = s->try_next;
@@ -1125,6 +1139,7 @@ static void smtp_handle_reply(wk_smtp *s, const struct wk_reply *r)
                     smtp_send(s, "STARTTLS\r\n");
                     return;
                 }
+                tls_note(s, MS_TLSRPT_STARTTLS_NOT_SUPPORTED);
                 if (s->tls_policy >= WK_TLS_ENCRYPT) {
                     tls_required(s);
                     return;
@@ -1145,6 +1160,7 @@ static void smtp_handle_reply(wk_smtp *s, const struct wk_reply *r)
             tls_start(s);
             return;
         }
+        tls_note(s, MS_TLSRPT_STARTTLS_NOT_SUPPORTED);
         if (r->code == 421 && tls_may_fallback(s, "STARTTLS refused with 421"))
             return; /* the server is closing this connection */
         if (s->tls_policy == WK_TLS_MAY) {
@@ -1382,9 +1398,26 @@ static void smtp_on_connect(void *arg, int err)
         smtp_fail(s, MS_EIO, "4.4.1", "connect to %s: %s", s->peer, s->t->error);
         return;
     }
+    if (s->t->local.ss_family == AF_INET || s->t->local.ss_family == AF_INET6)
+        ms_addr_str((const struct sockaddr *)&s->t->local, s->local_ip, sizeof(s->local_ip));
     smtp_enter_state(s, SMTP_BANNER);
     if (ms_conn_read_start(s->t) < 0)
         smtp_fail(s, MS_EIO, "4.4.2", "read from %s: %s", s->peer, s->t->error);
+}
+
+/* RFC 8460 §4.3.2.1: the certificate's fault, as a TLS report names it. */
+static enum ms_tlsrpt_result cert_result(int cert_error)
+{
+    switch (cert_error) {
+    case MS_TLS_CERT_NAME:
+        return MS_TLSRPT_CERT_HOST_MISMATCH;
+    case MS_TLS_CERT_EXPIRED:
+        return MS_TLSRPT_CERT_EXPIRED;
+    case MS_TLS_CERT_UNTRUSTED:
+        return MS_TLSRPT_CERT_NOT_TRUSTED;
+    default: /* DANE's "no TLSA record matched" among them */
+        return MS_TLSRPT_VALIDATION_FAILURE;
+    }
 }
 
 /* The STARTTLS handshake is over. */
@@ -1394,6 +1427,11 @@ static void smtp_on_tls(void *arg, int err)
 
     if (s->state == SMTP_CLOSED)
         return;
+    if (err < 0)
+        tls_note(s, err == MS_ECERT ? cert_result(s->t->tls_cert_error)
+                                    : MS_TLSRPT_VALIDATION_FAILURE);
+    else
+        tls_note(s, s->t->tls_verified ? MS_TLSRPT_OK : cert_result(s->t->tls_cert_error));
     if (err == MS_ECERT) {
         /* `verify` (or REQUIRETLS): the certificate does not chain to our
          * CAs or does not name tls_name; with DANE, no TLSA record matched
@@ -1648,6 +1686,7 @@ int wk_smtp_start(uv_loop_t *loop, const struct sockaddr *addr,
         }
     }
     s = ms_calloc(1, sizeof(*s));
+    s->tls_result = -1;
     s->cache = msg->cache && !msg->cache->closing ? msg->cache : NULL;
     if (s->cache)
         s->cache->refs++;

@@ -266,6 +266,16 @@ struct wk_smtp_result {
     const char *tls_policy;         /* msg's tls_label, or the level used */
     int tls_auth;                   /* the server was authenticated: by its chain
                                      * and name (1) or by DANE (2); 0: not */
+    int tls_result;                 /* for TLS reports (RFC 8460 §4.3.2): an enum
+                                     * ms_tlsrpt_result, MS_TLSRPT_OK when TLS came
+                                     * up with the server authenticated, the
+                                     * certificate's fault when it came up
+                                     * unauthenticated (whatever the policy), the
+                                     * negotiation's when it did not; -1: STARTTLS
+                                     * never came to be decided (policy none, no
+                                     * EHLO, a reused connection) */
+    const char *local_ip;           /* our address on the connection ("" for
+                                     * UNIX-domain sockets or when not known) */
     int reused;                     /* the connection came from the cache */
     int tls_fallback;               /* `may`: TLS failed, delivered in plaintext */
     int dsn_offered;                /* the server offered DSN (RFC 3461) */

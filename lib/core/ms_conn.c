@@ -184,6 +184,30 @@ static int tls_flush(struct conn *t)
     return t->ops->send(t, p, n, SEND_OWN);
 }
 
+/* OpenSSL's verification result, sorted as TLS reports sort it (RFC
+ * 8460 §4.3.2.1). */
+static int cert_error(long vr, int dane)
+{
+    switch (vr) {
+    case X509_V_ERR_HOSTNAME_MISMATCH:
+    case X509_V_ERR_IP_ADDRESS_MISMATCH:
+        return MS_TLS_CERT_NAME;
+    case X509_V_ERR_CERT_HAS_EXPIRED:
+        return MS_TLS_CERT_EXPIRED;
+    case X509_V_ERR_DANE_NO_MATCH:
+        return MS_TLS_CERT_DANE;
+    case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+    case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+    case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+    case X509_V_ERR_CERT_UNTRUSTED:
+        return dane ? MS_TLS_CERT_DANE : MS_TLS_CERT_UNTRUSTED;
+    default:
+        return MS_TLS_CERT_OTHER;
+    }
+}
+
 /* The handshake finished: judge the certificate (a client), then tell. */
 static void tls_established(struct conn *t)
 {
@@ -207,6 +231,8 @@ static void tls_established(struct conn *t)
          * record that matched (SSL_get0_dane_authority says which usage). */
         t->pub.tls_dane = t->dane && t->pub.tls_verified &&
                           SSL_get0_dane_authority(t->ssl, NULL, NULL) >= 0;
+        if (!t->pub.tls_verified)
+            t->pub.tls_cert_error = cert_error(vr, t->dane);
         if (!t->pub.tls_verified)
             snprintf(t->pub.error, sizeof(t->pub.error), "%s",
                      vr != X509_V_OK ? X509_verify_cert_error_string(vr)
@@ -736,6 +762,11 @@ static void stream_connect_cb(uv_connect_t *req, int status)
         broken(t, "%s", uv_strerror(status));
         t->pub.cb.on_connect(t->pub.arg, MS_EIO);
         return;
+    }
+    if (t->pub.peer.ss_family != AF_UNIX) {
+        int len = sizeof(t->pub.local);
+        if (uv_tcp_getsockname(&t->l.s.h.tcp, (struct sockaddr *)&t->pub.local, &len) < 0)
+            memset(&t->pub.local, 0, sizeof(t->pub.local));
     }
     t->pub.cb.on_connect(t->pub.arg, 0);
 }

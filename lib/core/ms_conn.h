@@ -70,12 +70,17 @@ struct ms_conn {
     struct ms_conn_cb cb;
     void *arg;
     struct sockaddr_storage peer; /* the other end; AF_UNIX: the socket's path */
+    struct sockaddr_storage local; /* a TCP client's own address once connected
+                                    * (ss_family 0 before, or when unknown) */
     int tls;                      /* 1 once a TLS handshake completed and was accepted */
     int tls_verified;             /* client: the server's chain verified and named
                                    * the policy's host, or a TLSA record of its
                                    * policy matched it */
     int tls_dane;                 /* client: authenticated by a TLSA record
                                    * (tls_verified is then 1 too) */
+    int tls_cert_error;           /* client, not verified: why, an enum
+                                   * ms_tls_cert_error (TLS reports tell these
+                                   * apart, RFC 8460 §4.3.2.1) */
     char tls_version[16];         /* "TLSv1.3" */
     char tls_cipher[64];
     char error[MS_CONN_ERROR_MAX]; /* why the last failure, "" before one */
@@ -222,6 +227,16 @@ enum ms_tls_verify {
     MS_TLS_VERIFY_NONE, /* encrypt whatever the certificate */
     MS_TLS_VERIFY_PEER  /* the chain and the host name must verify, else
                          * on_tls(MS_ECERT) with the reason in t->error */
+};
+
+/* Why a client did not verify the server's certificate. */
+enum ms_tls_cert_error {
+    MS_TLS_CERT_OK,
+    MS_TLS_CERT_NAME,      /* the chain verified, the name did not match */
+    MS_TLS_CERT_EXPIRED,   /* a certificate of the chain expired */
+    MS_TLS_CERT_UNTRUSTED, /* no chain to a trust anchor (self-signed, unknown CA) */
+    MS_TLS_CERT_DANE,      /* DANE: no TLSA record matched */
+    MS_TLS_CERT_OTHER,     /* anything else (no certificate, no name to check) */
 };
 
 /* Names a certificate may carry instead of the host (a policy's match=

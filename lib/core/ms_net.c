@@ -83,3 +83,18 @@ int ms_addr_port(const struct sockaddr *sa)
         return ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
     return ntohs(((const struct sockaddr_in *)sa)->sin_port);
 }
+
+int ms_host_chars_ok(const char *s, size_t max)
+{
+    size_t n = strlen(s), i;
+
+    if (n == 0 || n > max)
+        return 0;
+    for (i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '.' || c == '_'))
+            return 0;
+    }
+    return 1;
+}

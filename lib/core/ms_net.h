@@ -18,6 +18,9 @@ int ms_ip_sockaddr(const char *ip, int port, struct sockaddr_storage *ss);
 int ms_split_hostport(const char *s, char *host, size_t hostlen, int *port);
 /* Format the address (no port) of sa into out; returns out. */
 char *ms_addr_str(const struct sockaddr *sa, char *out, size_t outlen);
+/* 1 when s is 1 to max octets of letters, digits, '-', '.' and '_': a host
+ * name that may go into a URL, a file name or a header as it is. */
+int ms_host_chars_ok(const char *s, size_t max);
 int ms_addr_port(const struct sockaddr *sa);
 
 #endif

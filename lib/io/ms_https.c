@@ -12,6 +12,7 @@
 #include "ms_list.h"
 #include "ms_log.h"
 #include "ms_mem.h"
+#include "ms_net.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -25,6 +26,8 @@ struct fetch {
     ms_https *h;
     CURL *easy;
     struct curl_slist *resolve;
+    struct curl_slist *headers;      /* POST: its Content-Type */
+    char *post;                      /* POST: a copy of the body sent */
     char *body;
     size_t len, cap;
     int too_big;
@@ -88,6 +91,8 @@ static void fetch_free(struct fetch *f)
     curl_multi_remove_handle(f->h->multi, f->easy);
     curl_easy_cleanup(f->easy);
     curl_slist_free_all(f->resolve);
+    curl_slist_free_all(f->headers);
+    free(f->post);
     free(f->body);
     free(f);
 }
@@ -117,6 +122,11 @@ static void collect(ms_https *h)
         } else if (msg->data.result != CURLE_OK) {
             res.err = MS_EIO;
             res.why = f->errbuf[0] ? f->errbuf : curl_easy_strerror(msg->data.result);
+            /* The server's certificate, not the network (RFC 8460 §4.3.2.3
+             * reports these apart: sts-webpki-invalid). */
+            res.cert = msg->data.result == CURLE_PEER_FAILED_VERIFICATION ||
+                       msg->data.result == CURLE_SSL_CACERT_BADFILE ||
+                       msg->data.result == CURLE_SSL_CERTPROBLEM;
         } else {
             res.body = f->body ? f->body : "";
             res.len = f->len;
@@ -256,37 +266,32 @@ ms_https *ms_https_new(uv_loop_t *loop, const struct ms_https_conf *conf, char *
     return h;
 }
 
-/* Letters, digits, '-', '.', and '_' : a host name we put in a URL. */
+/* A host name we put in a URL. */
 static int host_ok(const char *s)
 {
-    size_t n = strlen(s), i;
-
-    if (n == 0 || n > MS_HTTPS_HOST_MAX)
-        return 0;
-    for (i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '-' || c == '.' || c == '_'))
-            return 0;
-    }
-    return 1;
+    return ms_host_chars_ok(s, MS_HTTPS_HOST_MAX);
 }
 
-int ms_https_get(ms_https *h, const char *host, const char *addr, const char *path,
-                 ms_https_cb cb, void *arg, uint64_t id)
+/* Start a GET (content_type NULL) or a POST of body. */
+static int start(ms_https *h, const char *host, int port, const char *addr, const char *path,
+                 const char *content_type, const void *body, size_t len, ms_https_cb cb,
+                 void *arg, uint64_t id)
 {
     char url[MS_HTTPS_HOST_MAX + MS_HTTPS_PATH_MAX + 32];
-    char pin[MS_HTTPS_HOST_MAX + INET6_ADDRSTRLEN + 16];
+    char pin[MS_HTTPS_HOST_MAX + INET6_ADDRSTRLEN + 16], ct[128];
     unsigned char a[sizeof(struct in6_addr)];
     struct fetch *f;
     size_t i;
     int v6;
 
-    if (h->freeing || !host_ok(host) || strlen(path) > MS_HTTPS_PATH_MAX || path[0] != '/')
+    if (h->freeing || !host_ok(host) || strlen(path) > MS_HTTPS_PATH_MAX || path[0] != '/' ||
+        port <= 0 || port > 65535)
         return MS_EINVAL;
     for (i = 0; path[i]; i++)
         if ((unsigned char)path[i] <= 0x20 || (unsigned char)path[i] >= 0x7f)
             return MS_EINVAL;
+    if (content_type && (strlen(content_type) > sizeof(ct) - 16 || strpbrk(content_type, "\r\n")))
+        return MS_EINVAL;
     v6 = inet_pton(AF_INET6, addr, a) == 1;
     if (!v6 && inet_pton(AF_INET, addr, a) != 1)
         return MS_EINVAL;
@@ -299,9 +304,9 @@ int ms_https_get(ms_https *h, const char *host, const char *addr, const char *pa
         free(f);
         return MS_ENOMEM;
     }
-    snprintf(url, sizeof(url), "https://%s:%d%s", host, h->port, path);
+    snprintf(url, sizeof(url), "https://%s:%d%s", host, port, path);
     /* The address our resolver found, so libcurl resolves nothing. */
-    snprintf(pin, sizeof(pin), v6 ? "%s:%d:[%s]" : "%s:%d:%s", host, h->port, addr);
+    snprintf(pin, sizeof(pin), v6 ? "%s:%d:[%s]" : "%s:%d:%s", host, port, addr);
     f->resolve = curl_slist_append(NULL, pin);
     curl_easy_setopt(f->easy, CURLOPT_URL, url);
     curl_easy_setopt(f->easy, CURLOPT_RESOLVE, f->resolve);
@@ -314,6 +319,16 @@ int ms_https_get(ms_https *h, const char *host, const char *addr, const char *pa
     curl_easy_setopt(f->easy, CURLOPT_TIMEOUT_MS, h->timeout_ms);
     curl_easy_setopt(f->easy, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(f->easy, CURLOPT_USERAGENT, "mailstream");
+    if (content_type) {
+        /* Our own copy: the caller's body may go once this returns. */
+        f->post = ms_malloc(len ? len : 1);
+        memcpy(f->post, body, len);
+        snprintf(ct, sizeof(ct), "Content-Type: %s", content_type);
+        f->headers = curl_slist_append(NULL, ct);
+        curl_easy_setopt(f->easy, CURLOPT_HTTPHEADER, f->headers);
+        curl_easy_setopt(f->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+        curl_easy_setopt(f->easy, CURLOPT_POSTFIELDS, f->post);
+    }
     curl_easy_setopt(f->easy, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(f->easy, CURLOPT_WRITEDATA, f);
     curl_easy_setopt(f->easy, CURLOPT_ERRORBUFFER, f->errbuf);
@@ -321,12 +336,29 @@ int ms_https_get(ms_https *h, const char *host, const char *addr, const char *pa
     if (curl_multi_add_handle(h->multi, f->easy) != CURLM_OK) {
         curl_easy_cleanup(f->easy);
         curl_slist_free_all(f->resolve);
+        curl_slist_free_all(f->headers);
+        free(f->post);
         free(f);
         return MS_ENOMEM;
     }
     ms_list_insert_head(&h->fetches, &f->node);
     h->nfetches++;
     return 0;
+}
+
+int ms_https_get(ms_https *h, const char *host, const char *addr, const char *path,
+                 ms_https_cb cb, void *arg, uint64_t id)
+{
+    return start(h, host, h->port, addr, path, NULL, NULL, 0, cb, arg, id);
+}
+
+int ms_https_post(ms_https *h, const char *host, int port, const char *addr, const char *path,
+                  const char *content_type, const void *body, size_t len, ms_https_cb cb,
+                  void *arg, uint64_t id)
+{
+    if (content_type == NULL)
+        return MS_EINVAL;
+    return start(h, host, port ? port : 443, addr, path, content_type, body, len, cb, arg, id);
 }
 
 void ms_https_cancel(ms_https *h, uint64_t id)

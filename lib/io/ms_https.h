@@ -46,6 +46,7 @@ struct ms_https_result {
     const char *body;         /* err 0: the body (not NUL-terminated) */
     size_t len;
     const char *why;          /* err: in words */
+    int cert;                 /* err: the server's certificate was refused */
 };
 
 typedef struct ms_https ms_https;
@@ -59,6 +60,13 @@ ms_https *ms_https_new(uv_loop_t *loop, const struct ms_https_conf *conf, char *
  * a URL), MS_ENOMEM. */
 int ms_https_get(ms_https *h, const char *host, const char *addr, const char *path,
                  ms_https_cb cb, void *arg, uint64_t id);
+/* POST body (len octets, copied) as content_type to
+ * https://host:port/path (port 0: 443) at addr, for documents a protocol
+ * hands over (a TLS report, RFC 8460 §5.4).  As ms_https_get(); the
+ * result's body is the server's answer. */
+int ms_https_post(ms_https *h, const char *host, int port, const char *addr, const char *path,
+                  const char *content_type, const void *body, size_t len, ms_https_cb cb,
+                  void *arg, uint64_t id);
 /* Forget the fetches with this id: no callback. */
 void ms_https_cancel(ms_https *h, uint64_t id);
 /* Fetches in flight. */

@@ -107,6 +107,26 @@
  * Worker only (worker/mtasts.h). */
 #define MS_KEY_MTASTS "ms:mtasts:"
 
+/* ---- TLS reports (RFC 8460, worker/tlsrpt.h) ---- */
+
+/* + period start (seconds since the epoch, a multiple of [tls]
+ * tlsrpt_interval_s) ":" lower-cased policy domain: hash of that period's
+ * TLS session counts (fields ms_tlsrpt_field(): successes, failures by
+ * result type and failure details, and the policy-strings).  Written
+ * (HINCRBY, HSET) by every worker after each outbound session; read by the
+ * worker that holds the period's lease.  TTL WK_TLSRPT_KEEP periods. */
+#define MS_KEY_TLSRPT "ms:tlsrpt:"
+
+/* + period start: set of the policy domains counted in that period.
+ * Written by every worker with the counts, read by the lease holder; TTL
+ * WK_TLSRPT_KEEP periods. */
+#define MS_KEY_TLSRPT_DOMAINS "ms:tlsrptd:"
+
+/* + period start: string, the node id of the worker that reports that
+ * period (SET NX).  TTL WK_TLSRPT_KEEP + 1 periods, longer than the counts,
+ * so the period is reported once; nobody deletes it. */
+#define MS_KEY_TLSRPT_LEASE "ms:tlsrptl:"
+
 /* Default of the frontend's [ratelimit] key_prefix, followed by the kind of
  * limit and its subject: its token buckets (ms_bucket.h). */
 #define MS_KEY_RATELIMIT "ms:rl:"

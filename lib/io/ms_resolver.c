@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unbound.h>
 
 struct query {
@@ -83,6 +84,7 @@ static void deliver(struct query *q, struct ub_result *res, int err)
 {
     struct ms_dns_rr rrs[MS_RESOLVER_RR_MAX];
     char names[MS_RESOLVER_RR_MAX][MS_DNS_NAME_MAX + 1];
+    char canon[MS_DNS_NAME_MAX + 1];
     char *txt[MS_RESOLVER_RR_MAX];
     struct ms_dns_result out;
     size_t n = 0, i, j, tl;
@@ -108,6 +110,21 @@ static void deliver(struct query *q, struct ub_result *res, int err)
     } else {
         out.status = MS_DNS_OK;
         out.secure = res->secure;
+        if (res->canonname && res->qname) {
+            /* libunbound names the end of a CNAME chain (with its trailing
+             * dot); a name that only differs by case or the dot is none. */
+            size_t cl = strlen(res->canonname), ql = strlen(res->qname);
+            while (cl > 0 && res->canonname[cl - 1] == '.')
+                cl--;
+            while (ql > 0 && res->qname[ql - 1] == '.')
+                ql--;
+            if (cl > 0 && cl <= MS_DNS_NAME_MAX &&
+                (cl != ql || strncasecmp(res->canonname, res->qname, cl) != 0)) {
+                memcpy(canon, res->canonname, cl);
+                canon[cl] = '\0';
+                out.canonical = canon;
+            }
+        }
         for (k = 0; res->data[k] && n < MS_RESOLVER_RR_MAX; k++) {
             d = (const unsigned char *)res->data[k];
             size_t len = (size_t)res->len[k];

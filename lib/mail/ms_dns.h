@@ -65,6 +65,11 @@ struct ms_dns_result {
                                  * (NXDOMAIN, NODATA) */
     size_t n;
     const struct ms_dns_rr *rr; /* n records; owned by whoever made the result */
+    const char *canonical;      /* status OK: the name the records are at when the
+                                 * query's name is a CNAME (the chain followed,
+                                 * without the trailing dot); NULL: the query's
+                                 * own name.  RFC 7672 §2.2.2 looks TLSA records
+                                 * up there first. */
 };
 
 /* A query an evaluator wants answered. */

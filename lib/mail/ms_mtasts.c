@@ -15,6 +15,24 @@ static int is_wsp(char c)
     return c == ' ' || c == '\t';
 }
 
+int ms_mtasts_field_next(const char **p, const char *end, const char **f, const char **fe)
+{
+    const char *s = *p;
+
+    if (s >= end)
+        return 0;
+    while (s < end && is_wsp(*s))
+        s++;
+    *f = s;
+    while (s < end && *s != ';')
+        s++;
+    *fe = s;
+    while (*fe > *f && is_wsp((*fe)[-1]))
+        (*fe)--;
+    *p = s < end ? s + 1 : s; /* past the ';' */
+    return 1;
+}
+
 int ms_mtasts_txt_parse(const char *txt, size_t len, char *id)
 {
     const char *p = txt, *end = txt + len, *f, *fe, *eq;
@@ -23,17 +41,7 @@ int ms_mtasts_txt_parse(const char *txt, size_t len, char *id)
     /* §3.1: sts-text-record = sts-version 1*(sts-field-delim sts-field)
      * [sts-field-delim]; sts-field-delim = *WSP ";" *WSP; the version
      * "v=STSv1" comes first. */
-    while (p < end) {
-        while (p < end && is_wsp(*p))
-            p++;
-        f = p;
-        while (p < end && *p != ';')
-            p++;
-        fe = p;
-        while (fe > f && is_wsp(fe[-1]))
-            fe--;
-        if (p < end)
-            p++; /* the ';' */
+    while (ms_mtasts_field_next(&p, end, &f, &fe)) {
         if (fe == f) {
             if (first)
                 return MS_EINVAL;

@@ -38,6 +38,12 @@ enum ms_mtasts_mode {
  * 0, or MS_EINVAL (no v=STSv1 first, no valid id, a malformed field). */
 int ms_mtasts_txt_parse(const char *txt, size_t len, char *id);
 
+/* One field of a TXT record of the form "field *WSP ";" *WSP field ..."
+ * (§3.1's sts-field-delim; RFC 8460 §3's field-delim is the same): from
+ * *p, the field with the blanks around it cut, [*f, *fe) (empty for ";;"
+ * or a trailing ';'); *p moves past its ';'.  1, or 0 at end. */
+int ms_mtasts_field_next(const char **p, const char *end, const char **f, const char **fe);
+
 /* The TXT answer as a whole: the records starting with "v=STSv1"; exactly
  * one must be (§3.1: more than one means no policy).  0 with its id, or
  * MS_EINVAL (none, several, or the one is invalid). */

@@ -14,6 +14,9 @@ Cases:
   no TLSA, `dane-only`            -> deferred 4.7.5, never connected
   an unsigned zone with a wrong TLSA record -> insecure, ignored: `may`
   REQUIRETLS through a DANE-authenticated session -> delivered
+  an MX host that is a CNAME (RFC 7672 §2.2.2): TLSA at the expanded name
+    first (a wrong record at the original name is not looked at), and at
+    the original name when the expanded one has none -> delivered, DANE
 and `mailstream-authcheck tls-check` on the same destinations.
 """
 
@@ -85,6 +88,13 @@ def env(tmp_path_factory):
             f"{tlsa('mx-unusable')} TLSA 1 1 1 {other}",
             "notlsa MX 10 mx-notlsa", "mx-notlsa A 127.0.0.6",
             "only MX 10 mx-notlsa",
+            # §2.2.2: the TLSA records of the expanded name win; the ones at
+            # the alias would refuse the certificate.
+            "cname MX 10 mx-alias", "mx-alias CNAME mx-target", "mx-target A 127.0.0.8",
+            f"{tlsa('mx-target')} TLSA 3 1 1 {good}", f"{tlsa('mx-alias')} TLSA 3 1 1 {wrong}",
+            # None at the expanded name: the alias's own records.
+            "cname2 MX 10 mx-alias2", "mx-alias2 CNAME mx-target2", "mx-target2 A 127.0.0.8",
+            f"{tlsa('mx-alias2')} TLSA 3 1 1 {good}",
         ],
         "plain.mstest": [
             "@ MX 10 mx", "mx A 127.0.0.7", f"{tlsa('mx')} TLSA 3 1 1 {wrong}",
@@ -119,9 +129,10 @@ def test_dane(cluster_factory, env, servers):
     unusable = servers("127.0.0.5", port, tls=env["other_ctx"])
     notlsa = servers("127.0.0.6", port, tls=env["other_ctx"])
     plain = servers("127.0.0.7", port, tls=env["other_ctx"])
+    cname = servers("127.0.0.8", port, tls=env["good_ctx"])
     cl = dane_cluster(cluster_factory, env)
     cases = {}
-    for dom in ("good", "bad", "strip", "unusable", "notlsa", "only"):
+    for dom in ("good", "bad", "strip", "unusable", "notlsa", "only", "cname", "cname2"):
         q = new_qid()
         cases[dom] = q
         produce(cl, [(q, envelope(q, [f"r@{dom}.dane.mstest"], message(q)))])
@@ -164,11 +175,17 @@ def test_dane(cluster_factory, env, servers):
     assert not ev["plain"]["tls"].endswith(" dane")
     assert plain.delivered
 
+    # A CNAME'd MX host: the expanded name's records, else the alias's.
+    for dom in ("cname", "cname2"):
+        assert ev[dom]["outcome"] == "delivered", ev[dom]
+        assert ev[dom]["tls"].endswith(" dane") and ev[dom]["tls_auth"] == "dane", ev[dom]
+    assert len(cname.delivered) == 2
+
     log = wait_log(cl.workers[0], "event=tls_policy_defer")
     assert "policy=dane-only" in log
     assert "tls_policy=dane tls_auth=dane" in wait_log(cl.workers[0], "outcome=delivered")
     assert metric(cl.workers[0], 'mailstream_worker_tls_outcomes_total{policy="dane",'
-                  'auth="dane",outcome="delivered"}') == 1
+                  'auth="dane",outcome="delivered"}') == 3
 
 
 def test_requiretls_accepts_dane(cluster_factory, env, servers):

@@ -460,11 +460,30 @@ static void test_tls_match_names(void **state)
     handshake_policy(f, client_ctx, &p);
     assert_int_equal(f->a.tls, MS_ECERT);
     assert_non_null(strstr(f->a.c->error, "hostname mismatch"));
+    assert_int_equal(f->a.c->tls_cert_error, MS_TLS_CERT_NAME); /* RFC 8460 §4.3.2.1 */
+}
+
+/* Why a certificate was not verified, as TLS reports sort it (RFC 8460
+ * §4.3.2.1): no chain to our CAs is "not trusted", whatever the name. */
+static void test_tls_cert_error_untrusted(void **state)
+{
+    struct fixture *f = *state;
+    struct ms_tls_policy p = {.host = "mx.test", .verify = MS_TLS_VERIFY_NONE};
+
+    handshake_policy(f, stranger_ctx, &p);
+    assert_int_equal(f->a.tls, 1); /* encrypt-only: kept */
+    assert_false(f->a.c->tls_verified);
+    assert_int_equal(f->a.c->tls_cert_error, MS_TLS_CERT_UNTRUSTED);
+    reset(f);
+    p.verify = MS_TLS_VERIFY_PEER;
+    handshake_policy(f, stranger_ctx, &p);
+    assert_int_equal(f->a.tls, MS_ECERT);
+    assert_int_equal(f->a.c->tls_cert_error, MS_TLS_CERT_UNTRUSTED);
 }
 
 /* The TLSA data for the server's "mx" certificate: its DER (selector 0)
- * or its SubjectPublicKeyInfo (selector 1), SHA2-256 (matching type 1) or
- * whole (matching type 0). */
+ * or its SubjectPublicKeyInfo (selector 1), whole (matching type 0),
+ * SHA2-256 (1) or SHA2-512 (2). */
 static size_t tlsa_data(const char *name, int selector, int mtype, unsigned char *out)
 {
     X509 *x;
@@ -480,7 +499,9 @@ static size_t tlsa_data(const char *name, int selector, int mtype, unsigned char
         memcpy(out, der, (size_t)n);
         dlen = (unsigned)n;
     } else {
-        assert_int_equal(EVP_Digest(der, (size_t)n, out, &dlen, EVP_sha256(), NULL), 1);
+        assert_int_equal(EVP_Digest(der, (size_t)n, out, &dlen,
+                                    mtype == 2 ? EVP_sha512() : EVP_sha256(), NULL),
+                         1);
     }
     OPENSSL_free(der);
     X509_free(x);
@@ -490,7 +511,9 @@ static size_t tlsa_data(const char *name, int selector, int mtype, unsigned char
 
 /* DANE-EE(3): the record alone authenticates, whatever CA signed the
  * certificate (the client knows only ca2) and whatever names it carries
- * (RFC 7672 §3.1.1). */
+ * (RFC 7672 §3.1.1): every selector (certificate, key) and matching type
+ * (whole, SHA2-256, SHA2-512) of RFC 6698 §2.1, as OpenSSL's own DANE
+ * tests go through them. */
 static void test_tls_dane_ee(void **state)
 {
     struct fixture *f = *state;
@@ -498,17 +521,19 @@ static void test_tls_dane_ee(void **state)
     struct ms_tlsa rr = {3, 1, 1, d, 0};
     struct ms_tls_policy p = {.host = "mx.test", .verify = MS_TLS_VERIFY_PEER, .tlsa = &rr,
                               .ntlsa = 1};
-    int sel;
+    int sel, mtype;
 
-    for (sel = 0; sel <= 1; sel++) {
-        rr.selector = (uint8_t)sel;
-        rr.len = tlsa_data("mx", sel, 1, d);
-        handshake_policy(f, stranger_ctx, &p);
-        assert_int_equal(f->a.tls, 1);
-        assert_true(f->a.c->tls_verified);
-        assert_true(f->a.c->tls_dane);
-        reset(f);
-    }
+    for (sel = 0; sel <= 1; sel++)
+        for (mtype = 0; mtype <= 2; mtype++) {
+            rr.selector = (uint8_t)sel;
+            rr.mtype = (uint8_t)mtype;
+            rr.len = tlsa_data("mx", sel, mtype, d);
+            handshake_policy(f, stranger_ctx, &p);
+            assert_int_equal(f->a.tls, 1);
+            assert_true(f->a.c->tls_verified);
+            assert_true(f->a.c->tls_dane);
+            reset(f);
+        }
 }
 
 /* DANE-TA(2): the CA named by the record; the name is then checked
@@ -553,6 +578,7 @@ static void test_tls_dane_mismatch(void **state)
     handshake_policy(f, client_ctx, &p);
     assert_int_equal(f->a.tls, 1);
     assert_false(f->a.c->tls_verified);
+    assert_int_equal(f->a.c->tls_cert_error, MS_TLS_CERT_DANE);
 }
 
 /* Records OpenSSL cannot use, too many, or no host: refused at once. */
@@ -673,6 +699,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tls_handshake_fails, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tls_misuse, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tls_match_names, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_cert_error_untrusted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tls_dane_ee, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tls_dane_ta, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tls_dane_mismatch, setup, teardown),

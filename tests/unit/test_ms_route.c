@@ -135,7 +135,7 @@ static uint32_t seq_rnd(void *arg)
 static void test_mx_order(void **state)
 {
     struct ms_dns_rr rr[5];
-    struct ms_dns_result res = {MS_DNS_OK, 0, 0, rr};
+    struct ms_dns_result res = {MS_DNS_OK, 0, 0, rr, NULL};
     struct ms_mx_host hosts[MS_MX_HOSTS_MAX];
     size_t n, i;
     uint32_t s = 0;
