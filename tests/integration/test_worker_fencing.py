@@ -332,3 +332,49 @@ def test_no_redis_no_attempt(cluster_factory, fake_smtp):
         f"event=lease_wait qid={q} reason=unavailable") >= 2, 60, "two rounds without Redis",
         log_path=w.log)
     assert srv.sessions == 0 and srv.data_count == 0
+
+
+def _commandstats(port: int) -> dict:
+    raw = mslocal.redis_command(port, "INFO", "commandstats").decode()
+    out = {}
+    for line in raw.splitlines():
+        if line.startswith("cmdstat_"):
+            name, rest = line[8:].split(":", 1)
+            out[name] = int(rest.split("calls=")[1].split(",")[0])
+    return out
+
+
+# What a delivery sends (and what its scripts run): the rest (PING, the
+# queue control's poll, the retry statistics) does not grow with the mail.
+DELIVERY_COMMANDS = ("evalsha", "mget", "set", "get", "del", "hset", "hmget", "hincrby",
+                     "pexpire", "time", "expire")
+
+
+@pytest.mark.parametrize("lease_ms", [0, 15000])
+def test_redis_commands_per_recipient(cluster_factory, redis_server, lease_ms):
+    """Redis commands per delivered recipient, without and with fencing
+    (INFO commandstats; docs/reliability.md has the figures): with fencing
+    three round trips per message to a quick destination (take with the
+    marker read, the check, the markers with the lease given back; no
+    renewal: the attempt is shorter than a third of the lease)."""
+    n = 40
+    cl = worker_cluster(cluster_factory, fence_lease_ms=lease_ms, connection_cache_ms=60000)
+    warm = new_qid()
+    produce(cl, [(warm, envelope(warm, ["w@example.net"], message(warm)))])
+    cl.sink.wait_for(1, timeout=60)
+    time.sleep(1)
+    mslocal.redis_command(redis_server.port, "CONFIG", "RESETSTAT")
+    qids = [new_qid() for _ in range(n)]
+    produce(cl, [(q, envelope(q, [f"r.{q}@example.net"], message(q))) for q in qids])
+    cl.sink.wait_for(n + 1, timeout=120)
+    time.sleep(1)
+    stats = _commandstats(redis_server.port)
+    per = {c: stats.get(c, 0) / n for c in DELIVERY_COMMANDS if stats.get(c, 0)}
+    print(f"\nfence_lease_ms={lease_ms}: per delivered recipient: "
+          + ", ".join(f"{c} {v:.2f}" for c, v in sorted(per.items())))
+    if lease_ms:
+        assert 2.9 <= per.get("evalsha", 0) <= 3.2
+        assert per.get("set", 0) <= 1.1  # the marker, inside the done script
+    else:
+        assert per.get("evalsha", 0) == 0
+        assert 0.9 <= per.get("mget", 0) <= 1.1
