@@ -18,12 +18,17 @@ struct wk_fence {
     ms_redis *redis;
     unsigned long long nonce; /* this process: tokens never repeat across restarts */
     unsigned long long round;
-    ms_counter *m_unavoidable, *m_fenced_lost, *m_fenced_unavail, *m_waits;
+    ms_counter *m_unavoidable, *m_waits;
+    ms_counter *m_fenced[3]; /* by fenced_reasons */
 };
+
+static const char *const fenced_reasons[3] = {"lost", "unavailable", "revoked"};
 
 wk_fence *wk_fence_new(const struct wk_fence_conf *conf)
 {
     wk_fence *f = ms_calloc(1, sizeof(*f));
+    char labels[64];
+    int i;
 
     f->conf = *conf;
     f->nonce = ((unsigned long long)arc4random() << 32) | arc4random();
@@ -32,16 +37,15 @@ wk_fence *wk_fence_new(const struct wk_fence_conf *conf)
         "Recipients delivered again after a previous holder of the message's lease passed the "
         "check before DATA and recorded no outcome (it died or stalled after the end of data).",
         "kind=\"unavoidable\"");
-    f->m_fenced_lost = ms_counter_new(
-        "mailstream_worker_fenced_total",
-        "Destinations given up before DATA: the message's delivery lease was taken by another "
-        "worker, or could not be checked.",
-        "reason=\"lost\"");
-    f->m_fenced_unavail = ms_counter_new(
-        "mailstream_worker_fenced_total",
-        "Destinations given up before DATA: the message's delivery lease was taken by another "
-        "worker, or could not be checked.",
-        "reason=\"unavailable\"");
+    for (i = 0; i < 3; i++) {
+        snprintf(labels, sizeof(labels), "reason=\"%s\"", fenced_reasons[i]);
+        f->m_fenced[i] = ms_counter_new(
+            "mailstream_worker_fenced_total",
+            "Destinations given up before DATA: the message's delivery lease was taken by "
+            "another worker (lost), could not be checked (unavailable), or its partition was "
+            "revoked.",
+            labels);
+    }
     f->m_waits = ms_counter_new("mailstream_worker_fence_waits_total",
                                 "Attempts postponed because another worker held the message's "
                                 "delivery lease.",
@@ -197,7 +201,11 @@ void wk_fence_count_unavoidable(wk_fence *f, size_t nrcpts)
 
 void wk_fence_count_fenced(wk_fence *f, const char *why)
 {
-    ms_counter_inc(strcmp(why, "lost") == 0 ? f->m_fenced_lost : f->m_fenced_unavail);
+    int i;
+
+    for (i = 0; i < 2 && strcmp(why, fenced_reasons[i]) != 0; i++)
+        ;
+    ms_counter_inc(f->m_fenced[i]); /* an unknown reason counts as the last */
 }
 
 void wk_fence_count_wait(wk_fence *f)

@@ -136,7 +136,7 @@ int wk_fence_done(wk_fence *f, struct wk_fence_lease *l, const char *qid, char *
 /* Counted: recipients delivered again after a holder reached DATA without
  * a recorded outcome; destinations given up at the check. */
 void wk_fence_count_unavoidable(wk_fence *f, size_t nrcpts);
-void wk_fence_count_fenced(wk_fence *f, const char *why);
+void wk_fence_count_fenced(wk_fence *f, const char *why); /* "lost", "unavailable", "revoked" */
 void wk_fence_count_wait(wk_fence *f);
 
 #endif
