@@ -583,20 +583,27 @@ static void on_take(void *arg, uint64_t cookie, const struct ms_redis_reply *r)
         apply_checks(m, &values);
 }
 
-static void on_marker_set(void *arg, uint64_t cookie, const struct ms_redis_reply *r)
+/* A marker write answered (SET: a status; fence_done: an integer): the
+ * outcome is durable once the last one is in. */
+static void marker_written(wk_delivery *d, uint64_t cookie, const struct ms_redis_reply *r,
+                           enum ms_redis_type want, const char *what)
 {
-    wk_delivery *d = arg;
     struct msg *m = msg_lookup_redis(d, cookie);
 
     if (m == NULL || (m->state != MSG_RECORD && m->state != MSG_SEND))
         return;
-    if (r->type != MS_REDIS_STR)
-        redis_failed(d, m, "SET", r);
+    if (r->type != want)
+        redis_failed(d, m, what, r);
     if (--m->redis_pending == 0 && m->state == MSG_RECORD) {
         uv_timer_stop(&m->timer);
         m->phase++;
         msg_settle(m);
     }
+}
+
+static void on_marker_set(void *arg, uint64_t cookie, const struct ms_redis_reply *r)
+{
+    marker_written(arg, cookie, r, MS_REDIS_STR, "SET");
 }
 
 static void write_marker(struct msg *m, size_t i, const char *relay)
@@ -835,18 +842,7 @@ static void fence_tick_cb(uv_timer_t *t)
 
 static void on_fence_done(void *arg, uint64_t cookie, const struct ms_redis_reply *r)
 {
-    wk_delivery *d = arg;
-    struct msg *m = msg_lookup_redis(d, cookie);
-
-    if (m == NULL || (m->state != MSG_RECORD && m->state != MSG_SEND))
-        return;
-    if (r->type != MS_REDIS_INT)
-        redis_failed(d, m, "EVALSHA fence_done", r);
-    if (--m->redis_pending == 0 && m->state == MSG_RECORD) {
-        uv_timer_stop(&m->timer);
-        m->phase++;
-        msg_settle(m);
-    }
+    marker_written(arg, cookie, r, MS_REDIS_INT, "EVALSHA fence_done");
 }
 
 /* A destination that passed its check has its outcomes: write its

@@ -57,33 +57,69 @@ def subjects(srv) -> List[str]:
     return out
 
 
+class Stall:
+    """Replies for the scripted destination that hold the first RCPT of
+    each address (rcpt) or the first end of data (data) until release is
+    set; `reached` counts the holds."""
+
+    def __init__(self):
+        self.reached = threading.Semaphore(0)
+        self.release = threading.Event()
+
+    def _hold(self) -> None:
+        self.reached.release()
+        self.release.wait(240)
+
+    def rcpt(self, addr: str, n: int) -> str:
+        if n == 1:
+            self._hold()
+        return "250 2.1.5 Ok"
+
+    def data(self, n: int) -> str:
+        if n == 1:
+            self._hold()
+        return "250 2.0.0 Ok: queued"
+
+    def wait(self, what: str, count: int = 1) -> None:
+        for _ in range(count):
+            assert self.reached.acquire(timeout=60), f"the message never reached {what}"
+
+
+def send_one(cl) -> str:
+    q = new_qid()
+    produce(cl, [(q, envelope(q, ["a@example.net"], message(q)))])
+    return q
+
+
+def holder_and_other(cl) -> tuple:
+    old = holder(cl)
+    return old, [w for w in cl.workers if w is not old][0]
+
+
+def two_workers_one_held(cluster_factory, fake_smtp, at: str) -> tuple:
+    """Two workers, one message held by the destination at `at` ("rcpt" or
+    "data"): (stall, destination, cluster, qid, holder, the other)."""
+    stall = Stall()
+    srv = fake_smtp(**{f"{at}_reply": getattr(stall, at)})
+    cl = worker_cluster(cluster_factory, srv.address, workers=2, fence_lease_ms=LEASE_MS)
+    q = send_one(cl)
+    stall.wait(at)
+    return (stall, srv, cl, q) + holder_and_other(cl)
+
+
 def test_sigstopped_worker_does_not_send_data(cluster_factory, fake_smtp):
     """(a) A worker frozen (SIGSTOP) past the session timeout while its
     destination stalls after RCPT: the other worker takes the partition, waits
     out the lease and delivers; the frozen one, thawed, finds its lease gone
     and sends no DATA.  The destination gets the message once."""
-    at_rcpt, release = threading.Event(), threading.Event()
-
-    def rcpt(addr: str, n: int) -> str:
-        if n == 1:
-            at_rcpt.set()
-            release.wait(240)
-        return "250 2.1.5 Ok"
-
-    srv = fake_smtp(rcpt_reply=rcpt)
-    cl = worker_cluster(cluster_factory, srv.address, workers=2, fence_lease_ms=LEASE_MS)
-    q = new_qid()
-    produce(cl, [(q, envelope(q, ["a@example.net"], message(q)))])
-    assert at_rcpt.wait(60), "the message never reached RCPT"
-    old = holder(cl)
-    new = [w for w in cl.workers if w is not old][0]
+    stall, srv, cl, q, old, new = two_workers_one_held(cluster_factory, fake_smtp, "rcpt")
     old.send_signal(signal.SIGSTOP)
     try:
         # Session timeout (10 s), the rebalance, the lease lapsing, delivery.
         mslocal.wait_until(lambda: srv.data_count >= 1, 120, "delivery by the other worker",
                            log_path=new.log)
         assert subjects(srv) == [q]
-        release.set()  # the stalled RCPT is answered while the old worker sleeps
+        stall.release.set()  # the stalled RCPT is answered while the old worker sleeps
     finally:
         old.send_signal(signal.SIGCONT)
     mslocal.wait_until(lambda: any(s in old.log.read_text(errors="replace") for s in (
@@ -103,25 +139,17 @@ def test_lease_taken_over_before_data(cluster_factory, fake_smtp, redis_server):
     script would): the check before DATA fails, the worker says QUIT without
     DATA and looks again later; once the other holder is gone it delivers,
     once."""
-    at_rcpt, release = threading.Event(), threading.Event()
-
-    def rcpt(addr: str, n: int) -> str:
-        if n == 1:
-            at_rcpt.set()
-            release.wait(240)
-        return "250 2.1.5 Ok"
-
-    srv = fake_smtp(rcpt_reply=rcpt)
+    stall = Stall()
+    srv = fake_smtp(rcpt_reply=stall.rcpt)
     cl = worker_cluster(cluster_factory, srv.address, fence_lease_ms=LEASE_MS)
     w = cl.workers[0]
-    q = new_qid()
-    produce(cl, [(q, envelope(q, ["a@example.net"], message(q)))])
-    assert at_rcpt.wait(60), "the message never reached RCPT"
+    q = send_one(cl)
+    stall.wait("RCPT")
     key = f"ms:fence:{q}"
     assert mslocal.redis_command(redis_server.port, "EXISTS", key) == b":1\r\n"
     mslocal.redis_command(redis_server.port, "HSET", key, "who", "another-worker",
                           "exp", "99999999999999")
-    release.set()
+    stall.release.set()
     mslocal.wait_until(lambda: f"event=fenced qid={q}" in w.log.read_text(errors="replace"),
                        60, "the check failed", log_path=w.log)
     assert "reason=lost" in w.log.read_text(errors="replace")
@@ -193,15 +221,8 @@ def test_redis_unreachable_at_the_check_means_no_data(cluster_factory, fake_smtp
     cannot pass, so the worker says QUIT without DATA; once Redis answers
     again the message is delivered, once."""
     proxy = FreezableProxy(redis_server.port)
-    at_rcpt, release = threading.Event(), threading.Event()
-
-    def rcpt(addr: str, n: int) -> str:
-        if n == 1:
-            at_rcpt.set()
-            release.wait(240)
-        return "250 2.1.5 Ok"
-
-    srv = fake_smtp(rcpt_reply=rcpt)
+    stall = Stall()
+    srv = fake_smtp(rcpt_reply=stall.rcpt)
     try:
         cl = cluster_factory(frontends=0, workers=1, worker_extra={
             "delivery": {"retry_min_ms": 200, "retry_max_ms": 1000, "relay_host": srv.address,
@@ -210,9 +231,9 @@ def test_redis_unreachable_at_the_check_means_no_data(cluster_factory, fake_smtp
         w = cl.workers[0]
         q = new_qid()
         produce(cl, [(q, envelope(q, ["a@example.net"], message(q)))])
-        assert at_rcpt.wait(60), "the message never reached RCPT"
+        stall.wait("RCPT")
         proxy.frozen.set()
-        release.set()
+        stall.release.set()
         mslocal.wait_until(lambda: f"event=fenced qid={q}" in w.log.read_text(errors="replace"),
                            60, "the check given up", log_path=w.log)
         log = w.log.read_text(errors="replace")
@@ -236,29 +257,20 @@ def test_revoke_abandons_in_flight_work(cluster_factory, fake_smtp):
     them up, the newcomer delivers them, the first delivers the rest; every
     message arrives once."""
     n = 12
-    stalled = threading.Semaphore(0)
-    release = threading.Event()
-
-    def rcpt(addr: str, k: int) -> str:
-        if k == 1:
-            stalled.release()
-            release.wait(240)
-        return "250 2.1.5 Ok"
-
-    srv = fake_smtp(rcpt_reply=rcpt)
+    stall = Stall()
+    srv = fake_smtp(rcpt_reply=stall.rcpt)
     cl = worker_cluster(cluster_factory, srv.address, workers=1, fence_lease_ms=LEASE_MS)
     first = cl.workers[0]
     qids = [new_qid() for _ in range(n)]
     produce(cl, [(q, envelope(q, [f"r.{q}@example.net"], message(q))) for q in qids])
-    for _ in range(n):
-        assert stalled.acquire(timeout=60), "not every message reached RCPT"
+    stall.wait("RCPT", n)
     second = cl.add_worker()
     mslocal.wait_until(lambda: "event=partitions_revoked" in first.log.read_text(
         errors="replace"), 60, "a revoke on the first worker", log_path=first.log)
     # The newcomer delivers what was taken from the first worker.
     mslocal.wait_until(lambda: srv.data_count >= 1, 90, "deliveries by the newcomer",
                        log_path=second.log)
-    release.set()
+    stall.release.set()
     mslocal.wait_until(lambda: len(subjects(srv)) >= n, 120, f"all {n} messages")
     time.sleep(3)
     got = subjects(srv)
@@ -274,25 +286,11 @@ def test_unavoidable_duplicate_is_counted(cluster_factory, fake_smtp):
     whole message (the "." arrived) but the worker is killed before it can
     record the outcome.  The other worker delivers again after the lease
     lapses, and counts it as unavoidable."""
-    accepted, release = threading.Event(), threading.Event()
-
-    def data(k: int) -> str:
-        if k == 1:
-            accepted.set()
-            release.wait(240)
-        return "250 2.0.0 Ok: queued"
-
-    srv = fake_smtp(data_reply=data)
-    cl = worker_cluster(cluster_factory, srv.address, workers=2, fence_lease_ms=LEASE_MS)
-    q = new_qid()
-    produce(cl, [(q, envelope(q, ["a@example.net"], message(q)))])
-    assert accepted.wait(60), "the message never reached the end of data"
-    old = holder(cl)
-    new = [w for w in cl.workers if w is not old][0]
+    stall, srv, cl, q, old, new = two_workers_one_held(cluster_factory, fake_smtp, "data")
     old.kill()
     mslocal.wait_until(lambda: srv.data_count >= 2, 120, "redelivery by the other worker",
                        log_path=new.log)
-    release.set()
+    stall.release.set()
     assert metric(new, UNAVOIDABLE) == 1
     log = new.log.read_text(errors="replace")
     assert f"event=duplicate_risk kind=unavoidable qid={q}" in log
@@ -305,8 +303,7 @@ def test_marker_ttl_follows_config(cluster_factory, fake_smtp, redis_server):
     delivered message leaves no lease behind."""
     srv = fake_smtp()
     cl = worker_cluster(cluster_factory, srv.address, delivered_ttl_s=1234)
-    q = new_qid()
-    produce(cl, [(q, envelope(q, ["a@example.net"], message(q)))])
+    q = send_one(cl)
     wait_events(cl, lambda e: any(x.get("qid") == q and x["outcome"] == "delivered" for x in e))
 
     def ttl() -> Optional[int]:
@@ -326,8 +323,7 @@ def test_no_redis_no_attempt(cluster_factory, fake_smtp):
         "delivery": {"relay_host": srv.address, "fence_lease_ms": LEASE_MS},
         "redis": {"port": mslocal.free_port()}})
     w = cl.workers[0]
-    q = new_qid()
-    produce(cl, [(q, envelope(q, ["a@example.net"], message(q)))])
+    q = send_one(cl)
     mslocal.wait_until(lambda: w.log.read_text(errors="replace").count(
         f"event=lease_wait qid={q} reason=unavailable") >= 2, 60, "two rounds without Redis",
         log_path=w.log)
