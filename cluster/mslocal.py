@@ -461,16 +461,20 @@ def redis_command(port: int, *args: str, host: str = HOST, timeout: float = 2.0)
     return data
 
 
+def _resp_encode(parts: Sequence[str]) -> bytes:
+    """One command in RESP, as redis-cli sends it."""
+    out = f"*{len(parts)}\r\n".encode()
+    for a in parts:
+        b = a.encode()
+        out += b"$%d\r\n%s\r\n" % (len(b), b)
+    return out
+
+
 def redis_auth_command(port: int, auth: Sequence[str], *args: str, host: str = HOST,
                        timeout: float = 2.0) -> bytes:
     """AUTH (password, or user and password) then one command on the same
     connection; returns the raw reply to the command (or AUTH's error)."""
-    def resp(parts: Sequence[str]) -> bytes:
-        out = f"*{len(parts)}\r\n".encode()
-        for a in parts:
-            b = a.encode()
-            out += b"$%d\r\n%s\r\n" % (len(b), b)
-        return out
+    resp = _resp_encode
 
     def read(f) -> bytes:
         """One whole reply, raw (arrays and bulk strings included)."""
@@ -1590,14 +1594,8 @@ def redis_query(port: int, *args: str, host: str = HOST, timeout: float = 2.0,
                 auth: Sequence[str] = ()) -> object:
     """One command (after AUTH with `auth`, when given); the whole reply
     parsed (strings, ints, lists, None)."""
-    def enc(parts: Sequence[str]) -> bytes:
-        req = f"*{len(parts)}\r\n".encode()
-        for a in parts:
-            b = a.encode()
-            req += b"$%d\r\n%s\r\n" % (len(b), b)
-        return req
     with socket.create_connection((host, port), timeout=timeout) as s:
-        s.sendall((enc(["AUTH", *auth]) if auth else b"") + enc(args))
+        s.sendall((_resp_encode(["AUTH", *auth]) if auth else b"") + _resp_encode(args))
         with s.makefile("rb") as f:
             if auth:
                 ok = _resp_read(f)
