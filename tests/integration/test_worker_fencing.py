@@ -62,9 +62,10 @@ class Stall:
     each address (rcpt) or the first end of data (data) until release is
     set; `reached` counts the holds."""
 
-    def __init__(self):
+    def __init__(self, data_holds: int = 1):
         self.reached = threading.Semaphore(0)
         self.release = threading.Event()
+        self.data_holds = data_holds  # how many ends of data are held
 
     def _hold(self) -> None:
         self.reached.release()
@@ -76,7 +77,7 @@ class Stall:
         return "250 2.1.5 Ok"
 
     def data(self, n: int) -> str:
-        if n == 1:
+        if n <= self.data_holds:
             self._hold()
         return "250 2.0.0 Ok: queued"
 
@@ -278,6 +279,35 @@ def test_revoke_abandons_in_flight_work(cluster_factory, fake_smtp):
     log = first.log.read_text(errors="replace")
     revokes = [line for line in log.splitlines() if "event=partitions_revoked" in line]
     assert any("abandoned=0" not in line for line in revokes), revokes
+    print("revokes on the first worker:", *revokes, sep="\n  ")
+
+
+def test_revoke_lets_data_in_flight_finish(cluster_factory, fake_smtp):
+    """(c, mid-DATA) Twelve messages whose "." the destination has but not
+    yet answered when a second worker joins: the first cannot take them
+    back, so it finishes them (counted finishing) and records them, while
+    their leases keep the newcomer from sending them again.  Each arrives
+    once."""
+    n = 12
+    stall = Stall(data_holds=n)
+    srv = fake_smtp(data_reply=stall.data)
+    cl = worker_cluster(cluster_factory, srv.address, workers=1, fence_lease_ms=LEASE_MS)
+    first = cl.workers[0]
+    qids = [new_qid() for _ in range(n)]
+    produce(cl, [(q, envelope(q, [f"r.{q}@example.net"], message(q))) for q in qids])
+    stall.wait("the end of data", n)
+    cl.add_worker()
+    mslocal.wait_until(lambda: "event=partitions_revoked topic=queue" in first.log.read_text(
+        errors="replace"), 60, "a revoke on the first worker", log_path=first.log)
+    time.sleep(LEASE_MS / 1000 * 2)  # the newcomer would have taken a lapsed lease by now
+    assert srv.data_count == n
+    stall.release.set()
+    mslocal.wait_until(lambda: len(subjects(srv)) >= n, 60, f"all {n} messages")
+    time.sleep(LEASE_MS / 1000 + 3)
+    assert srv.data_count == n and sorted(subjects(srv)) == sorted(qids)
+    revokes = [line for line in first.log.read_text(errors="replace").splitlines()
+               if "event=partitions_revoked topic=queue" in line]
+    assert any("finishing=0" not in line for line in revokes), revokes
     print("revokes on the first worker:", *revokes, sep="\n  ")
 
 
