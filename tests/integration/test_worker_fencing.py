@@ -108,6 +108,18 @@ def two_workers_one_held(cluster_factory, fake_smtp, at: str) -> tuple:
     return (stall, srv, cl, q) + holder_and_other(cl)
 
 
+def one_worker_many_held(cluster_factory, fake_smtp, at: str, n: int) -> tuple:
+    """One worker, n messages (one recipient each) all held by the
+    destination at `at`: (stall, destination, cluster, the worker, qids)."""
+    stall = Stall(data_holds=n)
+    srv = fake_smtp(**{f"{at}_reply": getattr(stall, at)})
+    cl = worker_cluster(cluster_factory, srv.address, workers=1, fence_lease_ms=LEASE_MS)
+    qids = [new_qid() for _ in range(n)]
+    produce(cl, [(q, envelope(q, [f"r.{q}@example.net"], message(q))) for q in qids])
+    stall.wait(at, n)
+    return stall, srv, cl, cl.workers[0], qids
+
+
 def test_sigstopped_worker_does_not_send_data(cluster_factory, fake_smtp):
     """(a) A worker frozen (SIGSTOP) past the session timeout while its
     destination stalls after RCPT: the other worker takes the partition, waits
@@ -258,13 +270,7 @@ def test_revoke_abandons_in_flight_work(cluster_factory, fake_smtp):
     them up, the newcomer delivers them, the first delivers the rest; every
     message arrives once."""
     n = 12
-    stall = Stall()
-    srv = fake_smtp(rcpt_reply=stall.rcpt)
-    cl = worker_cluster(cluster_factory, srv.address, workers=1, fence_lease_ms=LEASE_MS)
-    first = cl.workers[0]
-    qids = [new_qid() for _ in range(n)]
-    produce(cl, [(q, envelope(q, [f"r.{q}@example.net"], message(q))) for q in qids])
-    stall.wait("RCPT", n)
+    stall, srv, cl, first, qids = one_worker_many_held(cluster_factory, fake_smtp, "rcpt", n)
     second = cl.add_worker()
     mslocal.wait_until(lambda: "event=partitions_revoked" in first.log.read_text(
         errors="replace"), 60, "a revoke on the first worker", log_path=first.log)
@@ -289,13 +295,7 @@ def test_revoke_lets_data_in_flight_finish(cluster_factory, fake_smtp):
     their leases keep the newcomer from sending them again.  Each arrives
     once."""
     n = 12
-    stall = Stall(data_holds=n)
-    srv = fake_smtp(data_reply=stall.data)
-    cl = worker_cluster(cluster_factory, srv.address, workers=1, fence_lease_ms=LEASE_MS)
-    first = cl.workers[0]
-    qids = [new_qid() for _ in range(n)]
-    produce(cl, [(q, envelope(q, [f"r.{q}@example.net"], message(q))) for q in qids])
-    stall.wait("the end of data", n)
+    stall, srv, cl, first, qids = one_worker_many_held(cluster_factory, fake_smtp, "data", n)
     cl.add_worker()
     mslocal.wait_until(lambda: "event=partitions_revoked topic=queue" in first.log.read_text(
         errors="replace"), 60, "a revoke on the first worker", log_path=first.log)
