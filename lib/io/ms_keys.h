@@ -66,11 +66,38 @@
  *                             `dest list` the entries past their --for
  *   ms:rcpts:          owned  the operator's recipient lists, until
  *                             `recipients remove` empties a set
+ *   ms:fence:          ttl    the lease, [delivery] delivered_ttl_s past
+ *                             its lapse; its holder deletes it when the
+ *                             message's attempt ends
+ *   ms:tlsrpt:         ttl    WK_TLSRPT_KEEP report periods
+ *   ms:tlsrptd:        ttl    as ms:tlsrpt:
+ *   ms:tlsrptl:        ttl    WK_TLSRPT_KEEP + 1 periods (a period is
+ *                             reported once)
+ *   ms:backoff         owned  one hash, a field per group under an
+ *                             automatic backoff; `dest resume` deletes a
+ *                             field, the workers the fields that are over
+ *   ms:verify:         ttl    [verify] positive_ttl / negative_ttl
+ *   ms:verifying:      ttl    [verify] timeout_ms + 2 s; the prober deletes
+ *                             it with its answer
+ *   ms:node:           ttl    15 s, renewed every 5 s by the node (its
+ *                             heartbeat); deleted by the node when it stops
  */
 
 /* + queue id ":" recipient: string, the recipient was served (the remote
- * 250).  Written by the worker; a redelivered record skips it. */
+ * 250).  Written by the worker; a redelivered record skips it.  TTL
+ * [delivery] delivered_ttl_s: as long as a record can still be redelivered
+ * after its marker was written (docs/reliability.md, "Nothing twice"). */
 #define MS_KEY_DELIVERED "ms:delivered:"
+
+/* + queue id: hash, the delivery lease of that message (duplicate
+ * fencing, docs/reliability.md): who (the holder's unique token), exp (when
+ * it lapses, Redis ms), gen (fencing generation, incremented per taking),
+ * data (destinations past the DATA check without a recorded outcome).
+ * Written only by the worker's MS_SCRIPT_FENCE_* scripts (ms_script.h);
+ * deleted by its holder when the message's attempt ends, else expires
+ * [delivery] delivered_ttl_s after it lapses (so a new owner can still see
+ * that a dead holder reached DATA). */
+#define MS_KEY_FENCE "ms:fence:"
 
 /* + queue id ":" recipient: hash of the recipient's retry state (attempts,
  * next_attempt_us, last_reply, first_seen_us, delay_warned_us).  Written

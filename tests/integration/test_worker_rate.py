@@ -82,13 +82,15 @@ def test_dest_rate_long_wait_defers(cluster_factory, fake_smtp):
 
 def test_dest_rate_fails_open_without_redis(cluster_factory, fake_smtp, own_redis):
     """The worker's own Redis goes away: messages are delivered without the
-    rate check (like leases, at least once beats never), and counted."""
+    rate check (like leases, at least once beats never), and counted.  Only
+    without duplicate fencing (fence_lease_ms 0): with it, no Redis means no
+    attempt at all (test_worker_fencing.py)."""
     srv = fake_smtp()
     cl = cluster_factory(frontends=0, workers=1, worker_extra={
         "redis": {"port": own_redis.port},
         "delivery": {"relay_host": srv.address, "dest_rate": "0.1",
                      "dest_rate_max_wait_ms": 0, "retry_min_ms": 200,
-                     "retry_max_ms": 1000}})
+                     "retry_max_ms": 1000, "fence_lease_ms": 0}})
     own_redis.stop()
     qs = [new_qid() for _ in range(3)]
     produce(cl, [(q, envelope(q, [f"o{i}@example.net"], message(q),
