@@ -74,8 +74,9 @@
  *   ms:tlsrptl:        ttl    WK_TLSRPT_KEEP + 1 periods (a period is
  *                             reported once)
  *   ms:backoff         owned  one hash, a field per group under an
- *                             automatic backoff; `dest resume` deletes a
- *                             field, the workers the fields that are over
+ *                             automatic backoff (bounded by the groups);
+ *                             `dest resume` deletes a field, `dest list`
+ *                             the fields that are over
  *   ms:verify:         ttl    [verify] positive_ttl / negative_ttl
  *   ms:verifying:      ttl    [verify] timeout_ms + 2 s; the prober deletes
  *                             it with its answer
