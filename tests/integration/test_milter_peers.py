@@ -1,0 +1,116 @@
+"""The milter fixtures against a real MTA: Postfix with smtpd_milters (issue 18).
+
+The same private rspamd, OpenDMARC and OpenDKIM the Mailstream milter tests
+use (tests/integration/milters.py), behind a private Postfix
+(bench/postfix_instance.py, the benchmark's peer) relaying to a sink:
+
+  * rspamd refuses GTUBE at end of DATA with 5.7.1, and adds its headers to
+    a plain message;
+  * OpenDMARC refuses a p=reject failure at SMTP time and adds its
+    Authentication-Results to a message that passes;
+  * OpenDKIM signs, and the signature verifies (mailstream-authcheck against
+    the test zone).
+
+This proves each fixture is a working milter independently of Mailstream's
+client, so a failure of test_milter_{rspamd,dkim,dmarc}.py points at the
+client; it is also the Postfix half of the milter benchmark.
+"""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import sys
+from pathlib import Path
+
+import pytest
+
+import mslocal
+from milters import (AUTHSERV_ID, SPOOFER, DMARC_PASS, DMARC_REJECT, SIGNER, dkim_key,  # noqa: F401
+                     dkim_verdicts, gtube_message, header_values, message, milter_sup,
+                     mstest_dns, opendkim, opendmarc, rspamd)
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "bench"))
+from postfix_instance import PostfixInstance  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    not all(os.access(p, os.X_OK) for p in ("/usr/sbin/postfix", "/usr/bin/rspamd",
+                                            "/usr/sbin/opendkim", "/usr/sbin/opendmarc")),
+    reason="postfix, rspamd, opendkim or opendmarc not installed (make deps)")
+
+RCPT = "bob@mailstream.test"
+
+
+@pytest.fixture(scope="module")
+def postfix(milter_sup, rspamd, opendmarc, opendkim):
+    """Postfix with the three milters in the usual order: policy (DMARC),
+    content (rspamd), then signing last. Yields (postfix, sink)."""
+    sink = mslocal.Sink(milter_sup, mslocal.free_port())
+    sink.start()
+    pf = PostfixInstance(milter_sup.state_dir / "postfix", mslocal.free_port(), sink.port,
+                         process_limit=20,
+                         milters=[opendmarc.address, rspamd.address, opendkim.address])
+    pf.start()
+    try:
+        yield pf, sink
+    finally:
+        pf.stop()
+        sink.stop()
+
+
+def send(pf: PostfixInstance, sender: str, msg: bytes):
+    """One transaction (MAIL FROM sender); returns None when accepted, else
+    (code, text) of the refusal at end of DATA."""
+    with smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=60) as s:
+        s.ehlo("client.mstest")
+        try:
+            s.sendmail(sender, [RCPT], msg)
+        except smtplib.SMTPDataError as e:
+            return e.smtp_code, e.smtp_error.decode()
+    return None
+
+
+def delivered(sink: mslocal.Sink, subject: str) -> bytes:
+    def mine():
+        return [m for m in sink.messages() if f"Subject: {subject}\r\n".encode() in m.data]
+    mslocal.wait_until(lambda: len(mine()) == 1, 60, f"sink: message {subject!r}")
+    return mine()[0].data
+
+
+def test_postfix_rspamd_refuses_gtube(postfix):
+    pf, sink = postfix
+    code, text = send(pf, f"alice@{SIGNER}", gtube_message(f"alice@{SIGNER}", RCPT, "pf-gtube"))
+    assert code == 554 and text.startswith("5.7.1"), (code, text)
+    assert not [m for m in sink.messages() if b"Subject: pf-gtube\r\n" in m.data]
+
+
+def test_postfix_rspamd_headers_and_dkim_signature(postfix, mstest_dns):
+    pf, sink = postfix
+    sender = f"alice@{SIGNER}"
+    assert send(pf, sender, message(sender, RCPT, "pf-plain")) is None
+    data = delivered(sink, "pf-plain")
+    assert header_values(data, "X-Spamd-Result"), data.decode()
+    assert header_values(data, "X-Rspamd-Queue-Id"), data.decode()
+    sigs = header_values(data, "DKIM-Signature")
+    assert len(sigs) == 1 and f"d={SIGNER};" in sigs[0] and "s=sel;" in sigs[0], sigs
+    assert dkim_verdicts(mstest_dns.upstream, data, sender) == [("pass", SIGNER)]
+
+
+def test_postfix_opendmarc_rejects_p_reject_failure(postfix):
+    pf, sink = postfix
+    code, text = send(pf, f"mallory@{SPOOFER}",
+                      message(f"ceo@{DMARC_REJECT}", RCPT, "pf-dmarc-fail"))
+    assert code == 550 and text.startswith("5.7.1"), (code, text)
+    assert DMARC_REJECT in text, text
+    assert not [m for m in sink.messages() if b"Subject: pf-dmarc-fail\r\n" in m.data]
+
+
+def test_postfix_opendmarc_passes_aligned_mail(postfix):
+    pf, sink = postfix
+    sender = f"carol@{DMARC_PASS}"
+    assert send(pf, sender, message(sender, RCPT, "pf-dmarc-pass")) is None
+    data = delivered(sink, "pf-dmarc-pass")
+    ar = [v for v in header_values(data, "Authentication-Results")
+          if v.startswith(AUTHSERV_ID + ";") and "dmarc=" in v]
+    assert len(ar) == 1 and f"dmarc=pass (p=reject dis=none) header.from={DMARC_PASS}" in ar[0], ar
