@@ -145,11 +145,14 @@ class Rspamd(_Milter):
     name = "rspamd"
 
     def __init__(self, sup: mslocal.Supervisor, port: int, name: Optional[str] = None,
-                 host: str = mslocal.HOST, hs_cache: Optional[Path] = None):
+                 host: str = mslocal.HOST, hs_cache: Optional[Path] = None,
+                 workers: int = 1):
         """hs_cache: a directory for the compiled Hyperscan databases, shared
-        between instances to save the compile on later starts."""
+        between instances to save the compile on later starts; workers:
+        proxy worker processes (the benchmark may want more than one)."""
         super().__init__(sup, port, name, host)
         self.hs_cache = Path(hs_cache) if hs_cache else self.dir / "db"
+        self.workers = workers
 
     def _write(self) -> Path:
         local = self.dir / "local"
@@ -183,7 +186,7 @@ worker "rspamd_proxy" {{
   bind_socket = "{self.host}:{self.port}";
   milter = yes;
   timeout = 120s;
-  count = 1;
+  count = {self.workers};
   upstream "local" {{ default = yes; self_scan = yes; }}
   reject_message = "Spam message rejected";
 }}
@@ -479,3 +482,90 @@ def opendmarc(milter_sup, mstest_dns) -> OpenDmarc:
     d.start()
     yield d
     d.stop()
+
+
+# ---------------------------------------------------------------------------
+# Mailstream's side: a cluster whose frontend calls milters, and its replies
+# ---------------------------------------------------------------------------
+
+RCPT = "bob@mailstream.test"
+
+
+def milter_cluster(cluster_factory, milters: Sequence[_Milter], **keys):
+    """A cluster (one frontend, one worker, its own sink) whose frontend has
+    `[milter] servers` = the milters' addresses in order, plus keys (e.g.
+    default_action="accept"); the timeouts are kept short so a test that
+    waits out a stalled milter stays short."""
+    conf = {"servers": ", ".join(m.address for m in milters), "connect_timeout": 5,
+            "command_timeout": 30, "content_timeout": 60, **keys}
+    return cluster_factory(frontends=1, workers=1, frontend_extra={"milter": conf})
+
+
+def replies_of(port: int, sender: str, msg: bytes, rcpt: str = RCPT,
+               helo: str = "client.mstest") -> List[bytes]:
+    """One SMTP transaction, a command at a time: the replies to the
+    greeting, EHLO, MAIL, RCPT, DATA and the end of the message, stopping at
+    the first refusal (a 4xx/5xx reply) or a closed connection."""
+    out: List[bytes] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as s:
+        f = s.makefile("rb")
+
+        def reply() -> bytes:
+            r = b""
+            while True:
+                ln = f.readline()
+                if not ln:
+                    return r
+                r += ln
+                if ln[3:4] != b"-":
+                    return r
+        steps = [None, f"EHLO {helo}\r\n".encode(), f"MAIL FROM:<{sender}>\r\n".encode(),
+                 f"RCPT TO:<{rcpt}>\r\n".encode(), b"DATA\r\n",
+                 msg.replace(b"\r\n.", b"\r\n..") + b".\r\n"]
+        for step in steps:
+            if step is not None:
+                s.sendall(step)
+            r = reply()
+            out.append(r)
+            if not r or r[:1] in (b"4", b"5"):
+                break
+        else:
+            s.sendall(b"QUIT\r\n")
+    return out
+
+
+def refusal(replies: List[bytes]) -> bytes:
+    """The refusal that ended a transaction (replies_of), or b"" when it was queued."""
+    last = replies[-1] if replies else b""
+    return last if last[:1] in (b"4", b"5") or not last else b""
+
+
+def queued(replies: List[bytes]) -> bool:
+    return len(replies) == 6 and replies[-1].startswith(b"250 2.0.0 Ok: queued as ")
+
+
+def delivered(sink: mslocal.Sink, subject: str, timeout: float = 60.0) -> bytes:
+    """The one message with this Subject at the sink (waits for it)."""
+    def mine():
+        return [m for m in sink.messages() if f"\r\nSubject: {subject}\r\n".encode()
+                in b"\r\n" + m.data]
+    mslocal.wait_until(lambda: len(mine()) == 1, timeout, f"sink: message {subject!r}")
+    return mine()[0].data
+
+
+def not_delivered(sink: mslocal.Sink, subject: str) -> bool:
+    return not [m for m in sink.messages() if f"Subject: {subject}\r\n".encode() in m.data]
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of metric name whose labels include labels
+    (0 when there is none)."""
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            total += float(m.group(3))
+    return total
