@@ -133,11 +133,6 @@ class _Milter:
     def address(self) -> str:
         return f"inet:{self.host}:{self.port}"
 
-    @property
-    def running(self) -> bool:
-        p = self.sup.procs.get(self.name)
-        return p is not None and p.alive()
-
     def stop(self, timeout: float = 20.0) -> None:
         self.sup.stop(self.name, timeout)
 
@@ -521,31 +516,27 @@ def replies_of(port: int, sender: str, msg: bytes, rcpt: str = RCPT,
     """One SMTP transaction, a command at a time: the replies to the
     greeting, EHLO, MAIL, RCPT, DATA and the end of the message, stopping at
     the first refusal (a 4xx/5xx reply) or a closed connection."""
+    from test_frontend_smtp import Client  # the raw client the frontend tests use
     out: List[bytes] = []
-    with socket.create_connection(("127.0.0.1", port), timeout=120) as s:
-        f = s.makefile("rb")
-
-        def reply() -> bytes:
-            r = b""
-            while True:
-                ln = f.readline()
-                if not ln:
-                    return r
-                r += ln
-                if ln[3:4] != b"-":
-                    return r
-        steps = [None, f"EHLO {helo}\r\n".encode(), f"MAIL FROM:<{sender}>\r\n".encode(),
-                 f"RCPT TO:<{rcpt}>\r\n".encode(), b"DATA\r\n",
-                 msg.replace(b"\r\n.", b"\r\n..") + b".\r\n"]
-        for step in steps:
-            if step is not None:
-                s.sendall(step)
-            r = reply()
+    c = Client(port)
+    try:
+        steps = [None, f"EHLO {helo}", f"MAIL FROM:<{sender}>", f"RCPT TO:<{rcpt}>", "DATA"]
+        for step in steps + [msg.replace(b"\r\n.", b"\r\n..") + b".\r\n"]:
+            if isinstance(step, str):
+                c.send(step.encode() + b"\r\n")
+            elif step is not None:
+                c.send(step)
+            try:
+                r = c.reply()
+            except ConnectionError:
+                r = b""
             out.append(r)
             if not r or r[:1] in (b"4", b"5"):
                 break
         else:
-            s.sendall(b"QUIT\r\n")
+            c.send(b"QUIT\r\n")
+    finally:
+        c.close()
     return out
 
 
