@@ -103,6 +103,8 @@ int fe_listen_open(struct fe_server *srv, const ms_config *cfg, char *err, size_
             snprintf(err, errlen, "[%s] role: want mx, submission or submissions", names[i]);
             return MS_ECONFIG;
         }
+        if ((r = ms_config_get_bool(cfg, names[i], "milters", 1, &l->milters, err, errlen)) < 0)
+            return r;
         if ((r = ms_config_get_bool(cfg, names[i], "proxy", 0, &l->proxy, err, errlen)) < 0)
             return r;
         if (l->proxy && srv->set.nproxy_trusted == 0)

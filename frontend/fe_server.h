@@ -57,6 +57,7 @@ struct fe_listener {
     char *listen;
     enum fe_role role;
     int proxy; /* a PROXY protocol header comes first (fe_proxy.h) */
+    int milters; /* [listener.NAME] milters: sessions go through [milter] servers */
     uv_tcp_t tcp;
     int open;
     /* mailstream_smtp_connections_total{listener,tls}: tls="yes" for

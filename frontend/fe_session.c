@@ -12,13 +12,15 @@
  *
  * While a transaction waits for its Kafka report, or a password for its
  * crypt(3) check, or TLS for its handshake, or a command for Redis to answer
- * its limits check, no further command is processed:
+ * its limits check, or a command or the message for the milters' verdict
+ * (fe_milter.h), no further command is processed:
  * input stays buffered (and reading stops), so pipelined commands see the
  * outcome of what came before them.
  */
 #include "fe_session.h"
 #include "fe_access.h"
 #include "fe_header.h"
+#include "fe_milter.h"
 #include "fe_proxy.h"
 #include "ms_addr.h"
 #include "ms_addrlist.h"
@@ -54,12 +56,13 @@ enum fe_state {
     FE_ST_AUTH_CHECK, /* crypt(3) running on the thread pool */
     FE_ST_STARTTLS,   /* TLS handshake after STARTTLS */
     FE_ST_LIMITS,     /* waiting for Redis: rate limits, suppression */
+    FE_ST_MILTER,     /* waiting for the milters' verdict (fe_milter.h) */
     FE_ST_CLOSING
 };
 
 static const char *const state_names[] = {
     "proxy",    "tls_wait", "connected", "ready", "mail", "rcpt", "data", "bdat",
-    "queueing", "auth",      "auth_check", "starttls", "limits", "closing",
+    "queueing", "auth",      "auth_check", "starttls", "limits", "milter", "closing",
 };
 
 enum fe_sasl { SASL_NONE, SASL_PLAIN, SASL_LOGIN_USER, SASL_LOGIN_PASS };
@@ -81,6 +84,18 @@ struct fe_limits_wait {
     char orcpt[FE_SMTP_ORCPT_MAX + 1];
     int accepted;
     struct auth_job *job;      /* W_AUTH */
+    char qid[MS_QUEUEID_LEN + 1]; /* W_MAIL: the transaction's id once the milters saw it */
+};
+
+/* What a session waits for the milters about, and what it needs to go on. */
+enum fe_milter_kind { MW_CONN, MW_HELO, MW_MAIL, MW_RCPT, MW_EOM };
+
+struct fe_milter_wait {
+    enum fe_milter_kind kind;
+    enum fe_state prev;          /* state to return to */
+    struct fe_limits_wait w;     /* MW_MAIL, MW_RCPT: the checked command */
+    char helo[FE_SMTP_HELO_MAX + 1]; /* MW_HELO */
+    int esmtp;
 };
 
 struct fe_rcpt {
@@ -111,6 +126,9 @@ struct fe_tx {
     size_t msg_size;     /* octets handed to Kafka */
     uint64_t txn_id;     /* 0 until submitted */
     uint64_t data_end_ns;
+    int discard;         /* a milter discarded it: 250, never queued */
+    char *quarantine;    /* a milter quarantined it: the reason (the worker holds it) */
+    char milter_log[512]; /* what the milters did, for the log line */
 };
 
 struct fe_session {
@@ -143,6 +161,9 @@ struct fe_session {
     uint64_t ncommands;
     struct fe_limits_wait *limits; /* while FE_ST_LIMITS */
     uint64_t ip_key;      /* srv->conns->per_ip key once counted, else 0 */
+    struct fe_milter_set *milters;  /* NULL: no milters on this listener */
+    struct fe_milter_wait *mw;      /* while FE_ST_MILTER */
+    char milter_refusal[MS_MILTER_TEXT_MAX + 32]; /* refused at connect: MAIL gets this */
 };
 
 void fe__session_process(struct fe_session *s);
@@ -168,7 +189,7 @@ static int busy(const struct fe_session *s)
 {
     return s->state == FE_ST_QUEUEING || s->state == FE_ST_AUTH_CHECK ||
            s->state == FE_ST_STARTTLS || s->state == FE_ST_TLS_WAIT ||
-           s->state == FE_ST_LIMITS || s->state == FE_ST_CLOSING;
+           s->state == FE_ST_LIMITS || s->state == FE_ST_MILTER || s->state == FE_ST_CLOSING;
 }
 
 static void reply(struct fe_session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -205,6 +226,7 @@ static void update_reading(struct fe_session *s)
      * unless the server is overloaded: stopping and restarting the socket
      * for every message cost two epoll_ctl calls each. */
     want = s->state != FE_ST_AUTH_CHECK && s->state != FE_ST_LIMITS &&
+           s->state != FE_ST_MILTER &&
            !((s->state == FE_ST_DATA || s->state == FE_ST_BDAT ||
               s->state == FE_ST_QUEUEING) &&
              s->srv->overloaded) &&
@@ -256,6 +278,7 @@ static void tx_free(struct fe_tx *tx)
         free(tx->rcpts[i].orcpt);
     }
     free(tx->rcpts);
+    free(tx->quarantine);
     ms_buf_free(&tx->msg);
     fe_hdr_free(&tx->hdr);
     free(tx);
@@ -274,6 +297,8 @@ static void tx_reset(struct fe_session *s)
 {
     if (s->tx && s->tx->txn_id)
         ms_idmap_del(&s->srv->pending, s->tx->txn_id);
+    if (s->tx && s->milters && s->state != FE_ST_MILTER)
+        fe_milter_abort(s->milters);
     tx_free(s->tx);
     s->tx = NULL;
     if (s->state == FE_ST_MAIL || s->state == FE_ST_RCPT || s->state == FE_ST_DATA ||
@@ -500,12 +525,12 @@ static void log_tx(struct fe_session *s, const char *event, const char *extra)
     ms_log_quote(from, sizeof(from), tx->from, strlen(tx->from));
     ms_log_quote(helo, sizeof(helo), s->helo, strlen(s->helo));
     ms_info("event=%s qid=%s sid=%llu client=%s port=%d%s%s helo=%s listener=%s tls=%s auth=%s "
-            "from=%s nrcpt=%zu size=%zu direction=%s%s%s",
+            "from=%s nrcpt=%zu size=%zu direction=%s%s%s%s%s",
             event, tx->qid, (unsigned long long)s->id, s->ip, s->port,
             s->proxy_peer[0] ? " proxy=" : "", s->proxy_peer, helo, s->l->name,
             s->t->tls ? s->t->tls_version : "none", s->auth_user[0] ? "yes" : "no", from,
             tx->nrcpts, tx_size(tx), (s->auth_user[0] || s->trusted) ? "outbound" : "inbound",
-            extra ? " " : "", extra ? extra : "");
+            tx->milter_log[0] ? " " : "", tx->milter_log, extra ? " " : "", extra ? extra : "");
 }
 
 static int submit_tx(struct fe_session *s)
@@ -552,6 +577,7 @@ static int submit_tx(struct fe_session *s)
     et.nrcpts = tx->nrcpts;
     et.direction = (s->auth_user[0] || s->trusted) ? MS_ENV_DIRECTION_OUTBOUND
                                                    : MS_ENV_DIRECTION_INBOUND;
+    et.quarantine = tx->quarantine;
     et.message = tx->msg.data + tx->rec_off;
     et.len = tx->msg.len - tx->rec_off;
     buf = ms_envelope_encode_tx(&et, &len);
@@ -569,6 +595,23 @@ static int submit_tx(struct fe_session *s)
     return r;
 }
 
+static void data_submit(struct fe_session *s);
+static void milter_wait(struct fe_session *s, enum fe_milter_kind kind,
+                        const struct fe_limits_wait *w);
+
+/* A milter discarded the message: the client hears it was queued (a 250
+ * like any other, so nobody retries), an event says it was not. */
+static void tx_discard(struct fe_session *s)
+{
+    struct fe_tx *tx = s->tx;
+
+    reply(s, "250 2.0.0 Ok: queued as %s", tx->qid);
+    log_tx(s, "discarded", NULL);
+    fe_server_event(s->srv, "discarded", tx->qid, s->ip, NULL, tx_size(tx), NULL);
+    ms_counter_inc(s->srv->m.rejected);
+    tx_reset(s);
+}
+
 /* The whole message is in (end of DATA, or the LAST BDAT chunk), with
  * `status` from its reader. */
 static void data_end(struct fe_session *s, enum fe_data_status status)
@@ -578,7 +621,6 @@ static void data_end(struct fe_session *s, enum fe_data_status status)
     char extra[128], line[256];
     enum fe_fmt_rule rule;
     enum fe_hdr_field field;
-    int r;
 
     tx->data_end_ns = uv_hrtime();
     if (status != FE_DATA_OK) {
@@ -603,6 +645,26 @@ static void data_end(struct fe_session *s, enum fe_data_status status)
         return;
     }
     format_fix(s);
+    if (tx->discard) { /* a milter discarded it at MAIL or RCPT */
+        tx_discard(s);
+        return;
+    }
+    if (s->milters) {
+        milter_wait(s, MW_EOM, NULL);
+        fe_milter_eom(s->milters, tx->msg.data + tx->rec_off, tx->msg.len - tx->rec_off,
+                      s->srv->set.max_message_size);
+        return;
+    }
+    data_submit(s);
+}
+
+/* The message is final (after the milters): hand it to Kafka. */
+static void data_submit(struct fe_session *s)
+{
+    struct fe_tx *tx = s->tx;
+    char extra[128];
+    int r;
+
     tx->msg_size = tx->msg.len - tx->rec_off;
     r = submit_tx(s);
     if (r < 0) {
@@ -693,18 +755,36 @@ struct fe_cmd {
     unsigned flags;
 };
 
+static void greet_done(struct fe_session *s, const char *helo, size_t len, int esmtp);
+
 static void greet(struct fe_session *s, const struct fe_smtp_cmd *c, int esmtp)
 {
-    const struct fe_settings *set = &s->srv->set;
-
     if (c->argslen > FE_SMTP_HELO_MAX) {
         reply_error(s, "501 5.5.4 HELO/EHLO argument too long");
         return;
     }
     /* RFC 5321 4.1.4: EHLO in a transaction is an implicit RSET. */
     tx_reset(s);
-    memcpy(s->helo, c->args, c->argslen);
-    s->helo[c->argslen] = '\0';
+    if (s->milters) {
+        milter_wait(s, MW_HELO, NULL);
+        memcpy(s->mw->helo, c->args, c->argslen);
+        s->mw->helo[c->argslen] = '\0';
+        s->mw->esmtp = esmtp;
+        fe_milter_macro(s->milters, "{tls_version}", s->t->tls ? s->t->tls_version : NULL);
+        fe_milter_macro(s->milters, "{cipher}", s->t->tls ? s->t->tls_cipher : NULL);
+        fe_milter_helo(s->milters, s->mw->helo);
+        return;
+    }
+    greet_done(s, c->args, c->argslen, esmtp);
+}
+
+/* HELO/EHLO passed (the milters too): the greeting and the extensions. */
+static void greet_done(struct fe_session *s, const char *helo, size_t len, int esmtp)
+{
+    const struct fe_settings *set = &s->srv->set;
+
+    memcpy(s->helo, helo, len);
+    s->helo[len] = '\0';
     s->esmtp = esmtp;
     enter_state(s, FE_ST_READY);
     if (!esmtp) {
@@ -738,6 +818,10 @@ static void cmd_mail(struct fe_session *s, const struct fe_smtp_cmd *c)
     const char *err = NULL;
     struct fe_limits_wait *w;
 
+    if (s->milter_refusal[0]) { /* a milter refused the connection */
+        reply_error(s, s->milter_refusal);
+        return;
+    }
     if (fe_smtp_mail_params(c, &mp, &err) < 0) {
         reply_error(s, err);
         return;
@@ -786,7 +870,10 @@ static void mail_accept(struct fe_session *s, const struct fe_limits_wait *w)
     struct fe_tx *tx;
 
     tx = ms_calloc(1, sizeof(*tx));
-    ms_queueid_new(tx->qid);
+    if (w->qid[0])
+        memcpy(tx->qid, w->qid, sizeof(tx->qid));
+    else
+        ms_queueid_new(tx->qid);
     tx->from = ms_strdup(w->path);
     tx->mp = w->mp;
     ms_buf_init(&tx->msg, 0);
@@ -871,18 +958,23 @@ static void cmd_rcpt(struct fe_session *s, const struct fe_smtp_cmd *c)
 }
 
 /* RCPT passed every check: the recipient joins the transaction. */
-static void rcpt_accept(struct fe_session *s, const struct fe_limits_wait *w)
+static void tx_add_rcpt(struct fe_tx *tx, const char *addr, unsigned notify, const char *orcpt)
 {
-    struct fe_tx *tx = s->tx;
-
     if (tx->nrcpts == tx->caprcpts) {
         tx->caprcpts = tx->caprcpts ? tx->caprcpts * 2 : 4;
         tx->rcpts = ms_realloc(tx->rcpts, tx->caprcpts * sizeof(*tx->rcpts));
     }
-    tx->rcpts[tx->nrcpts].addr = ms_strdup(w->path);
-    tx->rcpts[tx->nrcpts].notify = w->notify;
-    tx->rcpts[tx->nrcpts].orcpt = ms_strdup(w->orcpt);
+    tx->rcpts[tx->nrcpts].addr = ms_strdup(addr);
+    tx->rcpts[tx->nrcpts].notify = notify;
+    tx->rcpts[tx->nrcpts].orcpt = ms_strdup(orcpt);
     tx->nrcpts++;
+}
+
+static void rcpt_accept(struct fe_session *s, const struct fe_limits_wait *w)
+{
+    struct fe_tx *tx = s->tx;
+
+    tx_add_rcpt(tx, w->path, w->notify, w->orcpt);
     if (!w->accepted)
         tx->relayed = 1;
     enter_state(s, FE_ST_RCPT);
@@ -1197,6 +1289,10 @@ static void refuse_connection(struct fe_session *s, const char *line)
 }
 
 static void session_admitted(struct fe_session *s);
+static void session_admitted_go(struct fe_session *s);
+
+static void milter_mail(struct fe_session *s, const struct fe_limits_wait *w);
+static void milter_rcpt(struct fe_session *s, const struct fe_limits_wait *w);
 
 /* Act on the answer (or FE_RL_FAILED) for w, which the caller then frees. */
 static void limits_decide(struct fe_session *s, struct fe_limits_wait *w, int result)
@@ -1235,7 +1331,9 @@ static void limits_decide(struct fe_session *s, struct fe_limits_wait *w, int re
         }
         break;
     case W_MAIL:
-        if (result == FE_RL_OK)
+        if (result == FE_RL_OK && s->milters)
+            milter_mail(s, w);
+        else if (result == FE_RL_OK)
             mail_accept(s, w);
         else if (closed)
             reply_error(s, "451 4.3.0 Error: rate-limit service unavailable, try again later");
@@ -1246,7 +1344,9 @@ static void limits_decide(struct fe_session *s, struct fe_limits_wait *w, int re
         }
         break;
     case W_RCPT:
-        if (result == FE_RL_OK) {
+        if (result == FE_RL_OK && s->milters) {
+            milter_rcpt(s, w);
+        } else if (result == FE_RL_OK) {
             rcpt_accept(s, w);
         } else if (result == FE_RL_REFUSED) {
             ms_counter_inc(srv->m.suppressed);
@@ -1310,6 +1410,20 @@ static void limits_check(struct fe_session *s, struct fe_limits_wait *w)
     uv_timer_start(&s->timer, on_timer, srv->set.rl_timeout_ms, 0);
 }
 
+/* An asynchronous answer was acted on: the session goes on with what its
+ * client pipelined meanwhile. */
+static void answered(struct fe_session *s)
+{
+    if (s->state == FE_ST_CLOSING)
+        return;
+    arm_timer(s);
+    drain_if_needed(s);
+    if (s->state != FE_ST_CLOSING)
+        fe__session_process(s);
+    if (s->state != FE_ST_CLOSING)
+        flush(s);
+}
+
 /* The answer to the session's limits check (or FE_RL_FAILED: timed out). */
 static void limits_answer(struct fe_session *s, int result)
 {
@@ -1321,14 +1435,263 @@ static void limits_answer(struct fe_session *s, int result)
     enter_state(s, w->prev);
     limits_decide(s, w, result);
     limits_wait_free(w);
-    if (s->state == FE_ST_CLOSING)
+    answered(s);
+}
+
+/* ---- waiting for the milters (fe_milter.h) ---- */
+
+static void milter_wait(struct fe_session *s, enum fe_milter_kind kind,
+                        const struct fe_limits_wait *w)
+{
+    struct fe_milter_wait *mw = ms_calloc(1, sizeof(*mw));
+
+    mw->kind = kind;
+    mw->prev = s->state;
+    if (w)
+        mw->w = *w;
+    mw->w.job = NULL; /* never an AUTH check */
+    s->mw = mw;
+    enter_state(s, FE_ST_MILTER);
+}
+
+/* MAIL passed our checks: now the milters (with the queue id the
+ * transaction will have, their macro i). */
+static void milter_mail(struct fe_session *s, const struct fe_limits_wait *w)
+{
+    char path[MS_SMTP_PATH_MAX + 3], size[32];
+    const char *argv[4];
+    size_t argc = 0;
+
+    milter_wait(s, MW_MAIL, w);
+    ms_queueid_new(s->mw->w.qid);
+    snprintf(path, sizeof(path), "<%s>", w->path);
+    argv[argc++] = path;
+    if (w->mp.has_size) {
+        snprintf(size, sizeof(size), "SIZE=%llu", (unsigned long long)w->mp.size);
+        argv[argc++] = size;
+    }
+    if (w->mp.body != FE_BODY_UNSPEC)
+        argv[argc++] = w->mp.body == FE_BODY_7BIT       ? "BODY=7BIT"
+                       : w->mp.body == FE_BODY_8BITMIME ? "BODY=8BITMIME"
+                                                        : "BODY=BINARYMIME";
+    if (w->mp.smtputf8)
+        argv[argc++] = "SMTPUTF8";
+    fe_milter_macro(s->milters, "i", s->mw->w.qid);
+    fe_milter_macro(s->milters, "{mail_addr}", w->path);
+    fe_milter_macro(s->milters, "{auth_authen}", s->auth_user);
+    fe_milter_macro(s->milters, "{tls_version}", s->t->tls ? s->t->tls_version : NULL);
+    fe_milter_macro(s->milters, "{cipher}", s->t->tls ? s->t->tls_cipher : NULL);
+    fe_milter_mail(s->milters, argv, argc);
+}
+
+static void milter_rcpt(struct fe_session *s, const struct fe_limits_wait *w)
+{
+    char path[MS_SMTP_PATH_MAX + 3];
+    const char *argv[1] = {path};
+
+    milter_wait(s, MW_RCPT, w);
+    snprintf(path, sizeof(path), "<%s>", w->path);
+    fe_milter_macro(s->milters, "{rcpt_addr}", w->path);
+    fe_milter_rcpt(s->milters, argv, 1);
+}
+
+/* A milter's "<address>" as we keep addresses: without the brackets, no
+ * white space or control octets, not too long.  0 or -1. */
+static int milter_addr(const char *in, char *out, size_t outlen)
+{
+    size_t n = strlen(in), i;
+
+    if (n >= 2 && in[0] == '<' && in[n - 1] == '>')
+        in++, n -= 2;
+    if (n > MS_SMTP_ADDR_MAX || n >= outlen)
+        return -1;
+    for (i = 0; i < n; i++)
+        if ((unsigned char)in[i] <= ' ' || in[i] == 127 || in[i] == '<' || in[i] == '>')
+            return -1;
+    memcpy(out, in, n);
+    out[n] = '\0';
+    return 0;
+}
+
+/* The milters' edits: the message they produced, its sender and its
+ * recipients.  0, or -1 after answering the client. */
+static int milter_apply(struct fe_session *s, const struct fe_milter_result *res)
+{
+    struct fe_tx *tx = s->tx;
+    char addr[MS_SMTP_PATH_MAX + 1], q[300];
+    struct ms_buf nb;
+    size_t i, j, n;
+
+    if (res->msg && ms_milter_msg_edited(res->msg)) {
+        /* The same bound as the client's message (msg_begin). */
+        ms_buf_init(&nb, s->srv->set.max_message_size + 16384);
+        if (ms_milter_msg_write(res->msg, &nb) < 0) {
+            ms_buf_free(&nb);
+            reply(s, "552 5.3.4 Message too big after content filtering");
+            log_tx(s, "rejected", "reason=milter_message_size");
+            ms_counter_inc(s->srv->m.rejected);
+            return -1;
+        }
+        ms_buf_free(&tx->msg);
+        tx->msg = nb;
+        tx->rec_at = tx->rec_off = 0;
+    }
+    if (res->chgfrom) {
+        if (milter_addr(res->chgfrom, addr, sizeof(addr)) == 0) {
+            free(tx->from);
+            tx->from = ms_strdup(addr);
+        } else {
+            ms_warn("event=milter_bad_address qid=%s sid=%llu edit=chgfrom", tx->qid,
+                    (unsigned long long)s->id);
+        }
+    }
+    for (j = 0; j < res->ndelrcpt; j++) {
+        if (milter_addr(res->delrcpt[j], addr, sizeof(addr)) < 0)
+            continue;
+        for (i = 0; i < tx->nrcpts; i++)
+            if (strcasecmp(tx->rcpts[i].addr, addr) == 0) {
+                free(tx->rcpts[i].addr);
+                free(tx->rcpts[i].orcpt);
+                memmove(tx->rcpts + i, tx->rcpts + i + 1,
+                        (tx->nrcpts - i - 1) * sizeof(*tx->rcpts));
+                tx->nrcpts--;
+                break;
+            }
+    }
+    for (j = 0; j < res->naddrcpt; j++) {
+        if (milter_addr(res->addrcpt[j], addr, sizeof(addr)) < 0 || addr[0] == '\0') {
+            ms_warn("event=milter_bad_address qid=%s sid=%llu edit=addrcpt", tx->qid,
+                    (unsigned long long)s->id);
+            continue;
+        }
+        for (i = 0; i < tx->nrcpts && strcasecmp(tx->rcpts[i].addr, addr) != 0; i++)
+            ;
+        if (i == tx->nrcpts && tx->nrcpts < s->srv->set.max_recipients)
+            tx_add_rcpt(tx, addr, 0, "");
+    }
+    n = strlen(tx->milter_log);
+    if (res->nedits > 0 && n < sizeof(tx->milter_log))
+        n += (size_t)snprintf(tx->milter_log + n, sizeof(tx->milter_log) - n, "%smilter_edits=%zu",
+                              n ? " " : "", res->nedits);
+    if (res->quarantine) {
+        free(tx->quarantine);
+        tx->quarantine = ms_strdup(res->quarantine[0] ? res->quarantine : "milter");
+        ms_log_quote(q, sizeof(q), tx->quarantine, strlen(tx->quarantine));
+        if (n < sizeof(tx->milter_log) &&
+            snprintf(tx->milter_log + n, sizeof(tx->milter_log) - n, "%squarantine=%s",
+                     n ? " " : "", q) < 0)
+            tx->milter_log[n] = '\0';
+    }
+    return 0;
+}
+
+/* The milters' verdict on the whole message. */
+static void milter_eom_done(struct fe_session *s, const struct fe_milter_result *res)
+{
+    struct fe_tx *tx = s->tx;
+
+    switch (res->verdict) {
+    case FE_MILTER_REJECT:
+    case FE_MILTER_TEMPFAIL:
+        reply(s, "%s", res->reply);
+        log_tx(s, res->verdict == FE_MILTER_REJECT ? "rejected" : "tempfail", NULL);
+        fe_server_event(s->srv, "refused", tx->qid, s->ip, NULL, 0, res->reply);
+        ms_counter_inc(res->verdict == FE_MILTER_REJECT ? s->srv->m.rejected
+                                                        : s->srv->m.tempfail);
+        tx_reset(s);
         return;
-    arm_timer(s);
-    drain_if_needed(s);
-    if (s->state != FE_ST_CLOSING)
-        fe__session_process(s);
-    if (s->state != FE_ST_CLOSING)
-        flush(s);
+    case FE_MILTER_DISCARD:
+        tx_discard(s);
+        return;
+    case FE_MILTER_CONTINUE:
+        break;
+    }
+    if (milter_apply(s, res) < 0) {
+        tx_reset(s);
+        return;
+    }
+    if (tx->nrcpts == 0) { /* the milters removed every recipient */
+        tx_discard(s);
+        return;
+    }
+    data_submit(s);
+}
+
+static void milter_answer(struct fe_session *s, const struct fe_milter_result *res)
+{
+    struct fe_milter_wait *mw = s->mw;
+    int refused = res->verdict == FE_MILTER_REJECT || res->verdict == FE_MILTER_TEMPFAIL;
+    char q[300];
+
+    s->mw = NULL;
+    enter_state(s, mw->prev);
+    if (refused && mw->kind != MW_EOM) {
+        ms_log_quote(q, sizeof(q), res->reply, strlen(res->reply));
+        ms_info("event=milter_refused sid=%llu qid=%s client=%s stage=%s milter=%s "
+                "milter_action=%s reply=%s",
+                (unsigned long long)s->id,
+                mw->kind == MW_MAIL ? mw->w.qid : s->tx ? s->tx->qid : "-", s->ip,
+                mw->kind == MW_CONN   ? "connect"
+                : mw->kind == MW_HELO ? "helo"
+                : mw->kind == MW_MAIL ? "mail"
+                                      : "rcpt",
+                res->milter ? res->milter : "-", res->action, q);
+    }
+    if (s->tx && res->milter && (mw->kind == MW_EOM || res->verdict == FE_MILTER_DISCARD))
+        snprintf(s->tx->milter_log, sizeof(s->tx->milter_log), "milter_action=%s milter=%s",
+                 res->action, res->milter);
+    switch (mw->kind) {
+    case MW_CONN:
+        /* As Postfix does: the session goes on, its transactions get
+         * the refusal (MAIL). */
+        if (refused)
+            snprintf(s->milter_refusal, sizeof(s->milter_refusal), "%s", res->reply);
+        session_admitted_go(s);
+        break;
+    case MW_HELO:
+        if (refused)
+            reply_error(s, res->reply);
+        else
+            greet_done(s, mw->helo, strlen(mw->helo), mw->esmtp);
+        break;
+    case MW_MAIL:
+        if (refused) {
+            reply_error(s, res->reply);
+            break;
+        }
+        mail_accept(s, &mw->w);
+        if (res->verdict == FE_MILTER_DISCARD) {
+            s->tx->discard = 1;
+            snprintf(s->tx->milter_log, sizeof(s->tx->milter_log), "milter_action=%s milter=%s",
+                     res->action, res->milter ? res->milter : "-");
+        }
+        break;
+    case MW_RCPT:
+        if (refused) {
+            fe_server_event(s->srv, "refused", s->tx ? s->tx->qid : "", s->ip, mw->w.path, 0,
+                            res->reply);
+            reply_error(s, res->reply);
+            break;
+        }
+        rcpt_accept(s, &mw->w);
+        if (res->verdict == FE_MILTER_DISCARD)
+            s->tx->discard = 1;
+        break;
+    case MW_EOM:
+        milter_eom_done(s, res);
+        break;
+    }
+    free(mw);
+    answered(s);
+}
+
+void fe_sessions_milter_answer(void *arg, uint64_t sid, const struct fe_milter_result *res)
+{
+    struct fe_server *srv = arg;
+    struct fe_session *s = ms_idmap_get(&srv->sessions, sid);
+
+    if (s != NULL && s->state == FE_ST_MILTER && s->mw != NULL)
+        milter_answer(s, res);
 }
 
 /* Back-pressure is over: read again if the session stopped for it. */
@@ -1624,7 +1987,8 @@ static void on_timer(uv_timer_t *h)
 {
     struct fe_session *s = h->data;
 
-    if (s->state == FE_ST_QUEUEING || s->state == FE_ST_AUTH_CHECK) {
+    if (s->state == FE_ST_QUEUEING || s->state == FE_ST_AUTH_CHECK ||
+        s->state == FE_ST_MILTER) { /* the milters have their own timeouts */
         arm_timer(s); /* we are the slow one, not the client */
         return;
     }
@@ -1790,6 +2154,11 @@ static void close_session(struct fe_session *s)
         limits_wait_free(s->limits);
         s->limits = NULL;
     }
+    /* The milters' answers find nobody from now on (fe_milter.h). */
+    fe_milter_set_free(s->milters);
+    s->milters = NULL;
+    free(s->mw);
+    s->mw = NULL;
     if (s->out.len > 0 && !s->t->closing)
         ms_conn_write(s->t, s->out.data, s->out.len);
     ms_buf_reset(&s->out);
@@ -1881,8 +2250,35 @@ static void session_start(struct fe_session *s)
     limits_check(s, w);
 }
 
-/* Admitted: the banner, or the handshake before it. */
+/* Admitted: the milters' connect stage first, when the listener has them. */
 static void session_admitted(struct fe_session *s)
+{
+    struct fe_server *srv = s->srv;
+    char port[16], name[sizeof(s->ip) + 16];
+
+    if (srv->set.milter.n == 0 || !s->l->milters) {
+        session_admitted_go(s);
+        return;
+    }
+    s->milters = fe_milter_set_new(srv->loop, &srv->set.milter, fe_sessions_milter_answer, srv,
+                                   s->id);
+    /* We do not look client names up: Sendmail's "[addr]" for the
+     * connect command, Postfix's "unknown" for {client_name}. */
+    snprintf(port, sizeof(port), "%d", s->port);
+    snprintf(name, sizeof(name), "unknown [%s]", s->ip);
+    fe_milter_macro(s->milters, "j", srv->set.hostname);
+    fe_milter_macro(s->milters, "_", name);
+    fe_milter_macro(s->milters, "{daemon_name}", s->l->name);
+    fe_milter_macro(s->milters, "{client_addr}", s->ip);
+    fe_milter_macro(s->milters, "{client_name}", "unknown");
+    fe_milter_macro(s->milters, "{client_port}", port);
+    snprintf(name, sizeof(name), "[%s]", s->ip);
+    milter_wait(s, MW_CONN, NULL);
+    fe_milter_connect(s->milters, name, strchr(s->ip, ':') ? '6' : '4', (uint16_t)s->port, s->ip);
+}
+
+/* Past the milters: the banner, or the handshake before it. */
+static void session_admitted_go(struct fe_session *s)
 {
     struct fe_server *srv = s->srv;
     char *early;

@@ -11,7 +11,8 @@
  * a Kafka delivery report by its transaction id (fe_sessions_report, the
  * producer's callback), a Redis limits check (rate limits and the
  * suppression list, fe_ratelimit.h) by its check id
- * (fe_sessions_limits_answer, the rate limiter's callback).  An id nobody
+ * (fe_sessions_limits_answer, the rate limiter's callback), the milters'
+ * verdict by the session's id (fe_sessions_milter_answer).  An id nobody
  * waits for any more is logged or ignored: the session is gone, or stopped
  * waiting (a timeout).
  *
@@ -42,6 +43,10 @@ struct fe_session *fe_session_new(struct fe_server *srv, struct fe_listener *l,
 void fe_sessions_report(void *srv, uint64_t id, int err, const char *errstr);
 /* The answer to limits check `id` (an fe_rl_cb: `srv` is the server). */
 void fe_sessions_limits_answer(void *srv, uint64_t id, int result);
+/* The milters' answer to session `sid`'s stage (an fe_milter_cb: `srv` is
+ * the server). */
+struct fe_milter_result;
+void fe_sessions_milter_answer(void *srv, uint64_t sid, const struct fe_milter_result *res);
 /* SIGTERM: let sessions finish their transactions, answer 421 4.3.2 to new
  * commands (and close idle sessions at once).  fe_server_idle() is 1 once
  * no session is left. */

@@ -261,6 +261,8 @@ int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, s
     if (get_format(cfg, "format.mx", 0, &set->format_mx, err, errlen) < 0 ||
         get_format(cfg, "format.submission", 1, &set->format_submission, err, errlen) < 0)
         return MS_ECONFIG;
+    if (fe_milter_conf_load(&set->milter, cfg, err, errlen) < 0)
+        return MS_ECONFIG;
     return 0;
 }
 

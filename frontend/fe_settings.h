@@ -1,6 +1,6 @@
 /*
  * fe_settings.h - the frontend's settings: [node], [smtp], [kafka],
- * [ratelimit], [format.mx] and [format.submission] read from the config into one struct (the [listener.*]
+ * [ratelimit], [milter] (fe_milter.h), [format.mx] and [format.submission] read from the config into one struct (the [listener.*]
  * sections are read where the listeners are opened, fe_listen.h), with every
  * named limit, its default and its name (docs/config.md lists the keys).
  *
@@ -22,6 +22,7 @@
 
 #include "fe_access.h"
 #include "fe_header.h"
+#include "fe_milter.h"
 #include "fe_ratelimit.h"
 #include "ms_config.h"
 #include "ms_domainmap.h"
@@ -103,6 +104,9 @@ struct fe_settings {
      * the Redis set MS_KEY_RECIPIENTS<domain> (relay_recipient_maps);
      * NULL: none. */
     ms_domainmap *recipient_lists;
+    /* [milter]: the content filters of sessions on listeners with
+     * `milters = yes` (fe_milter.h). */
+    struct fe_milter_conf milter;
 };
 
 /* Read [node], [smtp], [kafka], [ratelimit] and [format.*].  Returns 0 or MS_ECONFIG

@@ -1069,6 +1069,37 @@ static void dest_route(struct msg *m, struct dest *ds)
     }
 }
 
+/* A milter quarantined the message at SMTP time (the envelope's
+ * `quarantine`, docs/config.md): held as if an operator had said
+ * `mailstream-ctl queue hold`, with the milter's reason, so that `queue
+ * list` shows it and `queue release` (a retry record in place of the hold)
+ * lets it go.  Only while no control record exists: after a release the
+ * record says retry, and the envelope's mark no longer counts.  The record
+ * is written fire-and-forget (NX: an operator's own wins); when it is lost
+ * the next look writes it again. */
+static void msg_quarantine(struct msg *m)
+{
+    char value[MS_QCTL_REASON_MAX + 64], ttl[24], *key;
+    const char *argv[6];
+    int n;
+
+    m->ctl.action = MS_QCTL_HOLD;
+    m->ctl.at_us = ms_time_now_us();
+    snprintf(m->ctl.reason, sizeof(m->ctl.reason), "quarantine: %s", m->env->quarantine);
+    if (m->d->redis == NULL || (n = ms_qctl_format(&m->ctl, value, sizeof(value))) < 0)
+        return;
+    key = ms_asprintf(MS_KEY_CONTROL "%s", m->qid);
+    snprintf(ttl, sizeof(ttl), "%d", MS_QCTL_TTL_S);
+    argv[0] = "SET";
+    argv[1] = key;
+    argv[2] = value;
+    argv[3] = "EX";
+    argv[4] = ttl;
+    argv[5] = "NX";
+    ms_redis_fire(m->d->redis, m->d->m_redis_errors, 6, argv);
+    free(key);
+}
+
 /* The operator's action read with the markers (control.h), in place of
  * an attempt: held mail goes back to the last retry tier untouched;
  * bounced mail bounces every pending recipient (the DSN by the usual
@@ -1080,6 +1111,8 @@ static int msg_control(struct msg *m)
     char text[MS_QCTL_REASON_MAX + 80], q[300];
     size_t k, i;
 
+    if (m->ctl.action == MS_QCTL_NONE && m->env->quarantine && m->env->quarantine[0])
+        msg_quarantine(m);
     if (m->ctl.action != MS_QCTL_HOLD && m->ctl.action != MS_QCTL_BOUNCE &&
         m->ctl.action != MS_QCTL_DELETE)
         return 0;

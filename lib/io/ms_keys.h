@@ -82,7 +82,8 @@
 
 /* + queue id: string, an operator's action on that message (ms_qctl_format:
  * hold, retry, bounce or delete, when, why).  Written by mailstream-ctl
- * (TTL MS_QCTL_TTL_S); read by the worker before every attempt and when a
+ * (TTL MS_QCTL_TTL_S), and by the worker as a hold for a message a milter
+ * quarantined (SET NX, same TTL; worker/delivery.c); read by the worker before every attempt and when a
  * held retry record is consumed; deleted by mailstream-ctl (release) or by
  * the worker once a bounce or delete is done. */
 #define MS_KEY_CONTROL "ms:ctl:"

@@ -189,6 +189,7 @@ uint8_t *ms_envelope_encode_tx(const struct ms_envelope_tx *tx, size_t *len)
     env.direction = tx->direction;
     env.message.data = (uint8_t *)tx->message;
     env.message.len = tx->len;
+    env.quarantine = str(tx->quarantine);
     buf = ms_envelope_encode(&env, len);
     free(rr);
     free(rp);

@@ -93,6 +93,7 @@ struct ms_envelope_tx {
     ms_envelope_direction direction;
     const void *message; /* RFC 5322, CRLF lines, dot-unstuffed */
     size_t len;
+    const char *quarantine; /* a milter's quarantine reason; NULL or "": none */
 };
 /* Serialise the envelope of tx (version MS_ENVELOPE_VERSION). */
 uint8_t *ms_envelope_encode_tx(const struct ms_envelope_tx *tx, size_t *len);
