@@ -9,7 +9,8 @@ use (tests/integration/milters.py), behind a private Postfix
   * OpenDMARC refuses a p=reject failure at SMTP time and adds its
     Authentication-Results to a message that passes;
   * OpenDKIM signs, and the signature verifies (mailstream-authcheck against
-    the test zone).
+    the test zone);
+  * bench/run.py --milter rspamd (that benchmark's smoke run) completes.
 
 This proves each fixture is a working milter independently of Mailstream's
 client, so a failure of test_milter_{rspamd,dkim,dmarc}.py points at the
@@ -106,3 +107,31 @@ def test_postfix_opendmarc_passes_aligned_mail(postfix):
     ar = [v for v in header_values(data, "Authentication-Results")
           if v.startswith(AUTHSERV_ID + ";") and "dmarc=" in v]
     assert len(ar) == 1 and f"dmarc=pass (p=reject dis=none) header.from={DMARC_PASS}" in ar[0], ar
+
+
+def test_bench_milter_option(tmp_path, kafka_broker, redis_server):
+    """bench/run.py --milter rspamd (the milter workload of `make bench`)
+    keeps working: a smoke run of both systems behind one private rspamd.
+    Asserts that every message arrived and that rspamd did work for both
+    systems; never timings."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import run as bench  # noqa: E402
+
+    n = 100
+    args = bench.parse_args([
+        "--milter", "rspamd", "--messages", str(n), "--rounds", "1", "--workloads", "5k-20",
+        "--systems", "postfix,mailstream", "--warmup", "10", "--kafka-warmup", "0",
+        "--out", str(tmp_path)])
+    assert args.idle == 0
+    report = bench.run(args, kafka=kafka_broker, redis=redis_server)
+    assert "rspamd" in report["options"]["milter"]
+    assert report["postfix_settings"]["smtpd_milters"].startswith("inet:127.0.0.1:")
+    runs = report["runs"]
+    assert {r["system"] for r in runs} == {"postfix", "mailstream"}
+    for r in runs:
+        assert r["ok"], f"{r['system']}: {r.get('error')}"
+        assert r["received"] == r["expected"] == n + r["probe_sent"]
+        # The milter scanned this system's messages: a scan costs rspamd
+        # 1.5-2.3 ms of CPU (docs/scaling.md), an idle rspamd next to nothing.
+        assert r["cpu_ms_per_msg"].get("rspamd", 0) > 0.5, r["cpu_ms_per_msg"]
+    assert not report["idle"]
