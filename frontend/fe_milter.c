@@ -566,15 +566,16 @@ static void handle(struct mconn *mc, const struct ms_milter_reply *r)
     int eob;
 
     if (mc->st == MC_OPTNEG) {
-        /* Versions 2 to 6 share what we use; the filter may take away
-         * actions and steps, never add steps we did not offer. */
-        if (r->version < 2 || r->version > MS_MILTER_VERSION ||
-            (r->protocol & ~(uint32_t)MS_MILTER_PROTO_OFFER) != 0) {
+        /* Versions 2 to 6 share what we use.  Some filters answer with
+         * their own masks whatever we offered (rspamd sets its "no reply"
+         * steps): what we did not offer is left out, as Postfix does, so
+         * a step we cannot skip is sent and larger buffers are not used. */
+        if (r->version < 2 || r->version > MS_MILTER_VERSION) {
             mc_fail(mc, FE_MILTER_ERR_PROTOCOL, "option negotiation refused");
             return;
         }
         mc->actions = r->actions & MS_MILTER_ACTIONS_ALL;
-        mc->proto = r->protocol;
+        mc->proto = r->protocol & MS_MILTER_PROTO_OFFER;
         mc->st = MC_READY;
         advance(set);
         return;
@@ -1055,9 +1056,29 @@ void fe_milter_helo(struct fe_milter_set *set, const char *helo)
     stage_start(set, MS_MILTER_HELO, &helo, 1);
 }
 
+/* The end of a transaction for every milter: ABORT to those in one
+ * (libmilter then forgets the message), the per-transaction accepts
+ * forgotten. */
+static void tx_end(struct fe_milter_set *set)
+{
+    size_t i;
+
+    for (i = 0; i < set->conf->n; i++) {
+        struct mconn *mc = set->m[i];
+        if (mc->st == MC_READY && mc->in_tx) {
+            (void)ms_milter_put(&set->out, SMFIC_ABORT, NULL, 0);
+            (void)mc_flush(mc);
+        }
+        mc->in_tx = 0;
+        mc->tx_skip = 0;
+    }
+    tx_clear(set);
+}
+
 void fe_milter_mail(struct fe_milter_set *set, const char *const *argv, size_t argc)
 {
-    tx_clear(set);
+    /* A MAIL the milters refused left no transaction to end: end it. */
+    tx_end(set);
     stage_start(set, MS_MILTER_MAIL, argv, argc);
 }
 
@@ -1076,18 +1097,7 @@ void fe_milter_eom(struct fe_milter_set *set, const char *msg, size_t len, size_
 
 void fe_milter_abort(struct fe_milter_set *set)
 {
-    size_t i;
-
     if (set->stage != STAGE_NONE)
         ms_panic("fe_milter_abort while stage %s runs", stage_names[set->stage]);
-    for (i = 0; i < set->conf->n; i++) {
-        struct mconn *mc = set->m[i];
-        if (mc->st == MC_READY && mc->in_tx) {
-            (void)ms_milter_put(&set->out, SMFIC_ABORT, NULL, 0);
-            (void)mc_flush(mc);
-        }
-        mc->in_tx = 0;
-        mc->tx_skip = 0;
-    }
-    tx_clear(set);
+    tx_end(set);
 }

@@ -20,6 +20,8 @@ from typing import Dict, Iterator, List, Tuple
 
 from prometheus_client.parser import text_string_to_metric_families
 
+import mslocal
+
 ROOT = Path(__file__).resolve().parents[2]
 # Where the programs' C sources live (the library folders may move; every
 # .c file outside tests/ and the build trees is read).
@@ -164,6 +166,9 @@ def check_node(text: str, program_dir: str, configured: Dict[str, Tuple[List[flo
 
 def test_histogram_bounds_round_trip(cluster_factory):
     configured = configured_histograms()
-    cl = cluster_factory(frontends=1, workers=1)
+    # A milter (never reached: nothing is sent here) so that the milter
+    # series, registered per configured server, are on /metrics too.
+    milter = {"servers": f"inet:127.0.0.1:{mslocal.free_port()}", "default_action": "accept"}
+    cl = cluster_factory(frontends=1, workers=1, frontend_extra={"milter": milter})
     check_node(cl.frontends[0].metrics_text(), "frontend", configured)
     check_node(cl.workers[0].metrics_text(), "worker", configured)

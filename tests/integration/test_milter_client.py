@@ -520,9 +520,50 @@ def test_quarantine_is_held_until_released(cluster_factory, milter):
                        f"{qid} listed as held", interval=0.5)
     log = cl.workers[0].log.read_text()
     assert f"event=queue_control qid={qid} action=hold" in log
-    assert "quarantine: suspicious link" in log
+    shown = ctl(cl, "queue", "show", qid)
+    assert shown["control"]["action"] == "hold"
+    assert shown["control"]["reason"] == "quarantine: suspicious link"
     assert cl.sink.messages() == []
     assert ctl(cl, "queue", "release", qid)["applied"] == 1
     got = cl.sink.wait_for(1, timeout=60)
     assert len(got) == 1
     assert b"X-Quarantined: yes" in got[0].data
+
+
+def test_no_reply_steps_and_foreign_protocol_bits(cluster_factory, milter):
+    """A milter that, like rspamd, answers the negotiation with its own
+    mask: every step unanswered (SMFIP_NR_*) plus bits we never offered
+    (SMFIP_RCPT_REJ, SMFIP_MDS_256K), which are left out.  Only the end of
+    the body is answered; a body of several chunks streams without
+    answers."""
+    nr = 0x1000 | 0x2000 | 0x4000 | 0x8000 | 0x10000 | 0x80 | 0x40000 | 0x80000
+    silent: Reply = []
+    m = milter({b"C": silent, b"H": silent, b"M": silent, b"R": silent, b"T": silent,
+                b"L": silent, b"N": silent, b"B": silent,
+                b"E": [addheader(b"X-Scanned", b"quietly"), CONTINUE]},
+               protocol=nr | 0x800 | 0x10000000)
+    cl = frontend(cluster_factory, [m.spec], command_timeout=5, content_timeout=5)
+    c = hello(smtp_port(cl))
+    body = b"".join(b"line %06d of a long body\r\n" % i for i in range(12000))  # ~300 KB
+    qid = qid_of(send(c, msg=MSG.split(b"\r\n\r\n")[0] + b"\r\n\r\n" + body))
+    c.cmd(b"QUIT")
+    got = b"".join(d for cmd, d in m.packets() if cmd == b"B")
+    assert got == body
+    assert max(len(d) for cmd, d in m.packets() if cmd == b"B") <= 65535
+    rec = record(cl, qid)
+    assert b"X-Scanned: quietly\r\n" in rec and body[-40:] in rec
+
+
+def test_accept_lasts_one_transaction(cluster_factory, milter):
+    """An accept at MAIL skips that milter for the rest of the transaction
+    only, also when a later milter refused the MAIL: the next MAIL is
+    shown to it again, after an ABORT."""
+    first = milter({b"M": [ACCEPT]})
+    second = milter({b"M": lambda d: [REJECT] if b"bad@" in d else [CONTINUE]})
+    cl = frontend(cluster_factory, [first.spec, second.spec])
+    c = hello(smtp_port(cl))
+    assert code(c.cmd(b"MAIL FROM:<bad@b.example>")) == b"550 5.7.1"
+    qid_of(send(c))
+    c.cmd(b"QUIT")
+    cmds = b"".join(first.commands())
+    assert cmds.count(b"M") == 2 and b"A" in cmds[cmds.index(b"M") + 1:], cmds

@@ -225,27 +225,37 @@ static void stop(struct fe_milter_set *set)
     uv_run(L, UV_RUN_DEFAULT);
 }
 
-static void test_stages(void **state)
+/* Connect, MAIL (its answer in *mail), end of the transaction, then a
+ * message (its answer in R). */
+static void mail_then_eom(struct fe_milter_set *set, struct fe_milter_result *mail)
 {
-    struct fe_milter_conf c;
-    struct fe_milter_set *set;
-    const char *mail[] = {"<a@b.example>"};
     static const char msg[] = "Subject: x\r\n\r\nbody\r\n";
+    const char *from[] = {"<a@b.example>"};
 
-    L = uv_default_loop();
-    /* Reply code at MAIL; the message then goes through (T L N B E). */
-    set = start(&c, "My", FE_MILTER_DEF_TEMPFAIL);
     fe_milter_connect(set, "[127.0.0.1]", '4', 25, "127.0.0.1");
     assert_int_equal(answers, 0); /* never from inside the call */
     wait_answer(1);
     assert_int_equal(R.verdict, FE_MILTER_CONTINUE);
-    fe_milter_mail(set, mail, 1);
+    fe_milter_mail(set, from, 1);
     wait_answer(2);
-    assert_int_equal(R.verdict, FE_MILTER_REJECT);
-    assert_string_equal(R.reply, "554 5.7.1 No thanks");
+    *mail = R;
     fe_milter_abort(set);
     fe_milter_eom(set, msg, sizeof(msg) - 1, 1024);
     wait_answer(3);
+}
+
+static void test_stages(void **state)
+{
+    struct fe_milter_conf c;
+    struct fe_milter_set *set;
+    struct fe_milter_result mail;
+
+    L = uv_default_loop();
+    /* Reply code at MAIL; the message then goes through (T L N B E). */
+    set = start(&c, "My", FE_MILTER_DEF_TEMPFAIL);
+    mail_then_eom(set, &mail);
+    assert_int_equal(mail.verdict, FE_MILTER_REJECT);
+    assert_string_equal(mail.reply, "554 5.7.1 No thanks");
     assert_int_equal(R.verdict, FE_MILTER_CONTINUE);
     assert_non_null(strstr(P.seen, "OCMATLNBE"));
     stop(set);
@@ -262,15 +272,9 @@ static void test_stages(void **state)
 
     /* Closes at MAIL: default_action, then for the rest of the session. */
     set = start(&c, "Mx", FE_MILTER_DEF_REJECT);
-    fe_milter_connect(set, "[127.0.0.1]", '4', 25, "127.0.0.1");
-    wait_answer(1);
-    fe_milter_mail(set, mail, 1);
-    wait_answer(2);
-    assert_int_equal(R.verdict, FE_MILTER_REJECT);
-    assert_string_equal(R.action, "default_reject");
-    fe_milter_abort(set);
-    fe_milter_eom(set, msg, sizeof(msg) - 1, 1024);
-    wait_answer(3);
+    mail_then_eom(set, &mail);
+    assert_int_equal(mail.verdict, FE_MILTER_REJECT);
+    assert_string_equal(mail.action, "default_reject");
     assert_int_equal(R.verdict, FE_MILTER_REJECT);
     stop(set);
 }
