@@ -17,7 +17,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "postfix"
@@ -45,10 +45,12 @@ class PostfixInstance:
                  process_limit: int = 500, dest_concurrency: int = 50,
                  smtpd_maxproc: str = "-", message_size_limit: int = 26214400,
                  templates: Optional[Path] = None,
-                 extra_values: Optional[Dict[str, str]] = None):
+                 extra_values: Optional[Dict[str, str]] = None,
+                 milters: Sequence[str] = ()):
         """templates: a directory whose main.cf.in / master.cf.in replace
         bench/postfix's (a file it lacks is taken from bench/postfix);
-        extra_values: more @PLACEHOLDER@ values for them (tests/interop)."""
+        extra_values: more @PLACEHOLDER@ values for them (tests/interop);
+        milters: smtpd_milters, in order ("inet:127.0.0.1:PORT", ...)."""
         self.root = Path(root)
         self.templates = Path(templates) if templates else TEMPLATES
         self.conf_dir = self.root / "etc"
@@ -67,6 +69,7 @@ class PostfixInstance:
             "DEST_CONCURRENCY": str(dest_concurrency),
             "SMTPD_MAXPROC": smtpd_maxproc,
             "MESSAGE_SIZE_LIMIT": str(message_size_limit),
+            "SMTPD_MILTERS": ", ".join(milters),
             **(extra_values or {}),
         }
         self.master_pid: Optional[int] = None
