@@ -222,10 +222,11 @@ static void poll_cb(uv_timer_t *t)
     size_t argvlen[2] = {7, strlen(MS_KEY_BACKOFF)};
     char why[128];
 
-    if (!ms_redis_ready(s->redis, why, sizeof(why))) {
-        gauges_update(s, ms_time_now_us()); /* the ramp goes on all the same */
+    /* The ramp goes on whether or not Redis answers this poll (or the last
+     * one is still out): the gauges follow the records already known. */
+    gauges_update(s, ms_time_now_us());
+    if (!ms_redis_ready(s->redis, why, sizeof(why)))
         return;
-    }
     s->poll_sent_us = ms_time_now_us();
     if (ms_redis_command(s->redis, on_poll, s, 1, 2, argv, argvlen) < 0)
         ms_counter_inc(s->m_redis_errors);
