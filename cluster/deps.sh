@@ -11,7 +11,8 @@
 #          etcd-server for the chart's server-side test).
 #   kafka  The Apache Kafka broker jars, fetched with Maven from
 #          cluster/kafka/pom.xml into $MAILSTREAM_CACHE/kafka-<version>/lib
-#          (outside the repository).
+#          (outside the repository): the broker everything runs on, and a
+#          second, test-only one for SCRAM (KAFKA_SCRAM_VERSION, below).
 #   venv   The Python virtualenv for tests/integration at $MAILSTREAM_CACHE/venv.
 #   k8s    helm and kube-apiserver, built from the Go module proxy into
 #          $MAILSTREAM_CACHE/k8s (about 4 and 10 minutes once; Go must be in
@@ -47,10 +48,16 @@ set -euo pipefail
 # Keep in sync with <kafka.version> in cluster/kafka/pom.xml and
 # KAFKA_VERSION in cluster/mslocal.py.
 KAFKA_VERSION=4.1.1
+# Test-only second broker (tests/integration/test_kafka_security.py; keep in
+# sync with KAFKA_SCRAM_VERSION in cluster/mslocal.py): Debian 12's librdkafka
+# 2.0.2 sends a SCRAM client-final nonce that Kafka >= 4.0 refuses (librdkafka
+# PR #4895, fixed in 2.6.1) while Kafka 3.8.1 .. 3.9.x accept it, so SCRAM is
+# tested end to end against this one. The same pom fetches it: Kafka 3.9 logs
+# through SLF4J as 4.x does, so log4j2.xml serves both.
+KAFKA_SCRAM_VERSION=3.9.1
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${MAILSTREAM_CACHE:-$HOME/.cache/mailstream}
-KAFKA_DIR=$CACHE/kafka-$KAFKA_VERSION
 VENV=$CACHE/venv
 REQS=$ROOT/tests/integration/requirements.txt
 POM=$ROOT/cluster/kafka/pom.xml
@@ -208,31 +215,39 @@ install_apt() {
 # 2. Kafka broker jars
 # ---------------------------------------------------------------------------
 install_kafka() {
-	local marker=$KAFKA_DIR/.complete stamp
-	stamp=$( { cat "$POM"; echo "$KAFKA_VERSION"; } | sha256sum | cut -c1-16)
+	install_kafka_version "$KAFKA_VERSION"
+	install_kafka_version "$KAFKA_SCRAM_VERSION"
+}
+
+# install_kafka_version VERSION: the jars of that Kafka into
+# $CACHE/kafka-VERSION/lib.
+install_kafka_version() {
+	local version=$1 dir=$CACHE/kafka-$1 marker stamp
+	marker=$dir/.complete
+	stamp=$( { cat "$POM"; echo "$version"; } | sha256sum | cut -c1-16)
 	if [ -f "$marker" ] && [ "$(cat "$marker")" = "$stamp" ]; then
-		say "kafka $KAFKA_VERSION: present in $KAFKA_DIR"
+		say "kafka $version: present in $dir"
 		return
 	fi
 	if [ "$CHECK" = 1 ]; then
-		say "kafka $KAFKA_VERSION: would fetch the jars into $KAFKA_DIR/lib"
+		say "kafka $version: would fetch the jars into $dir/lib"
 		PENDING=1
 		return
 	fi
 	command -v mvn >/dev/null 2>&1 || die "mvn not found"
-	say "kafka $KAFKA_VERSION: fetching jars with Maven into $KAFKA_DIR/lib"
-	rm -rf "$KAFKA_DIR.tmp"
-	mkdir -p "$KAFKA_DIR.tmp"
+	say "kafka $version: fetching jars with Maven into $dir/lib"
+	rm -rf "$dir.tmp"
+	mkdir -p "$dir.tmp"
 	# (sed: Maven's jansi prints colour resets even with -B.)
-	mvn -q -B -Dstyle.color=never -f "$POM" -Dkafka.version="$KAFKA_VERSION" \
+	mvn -q -B -Dstyle.color=never -f "$POM" -Dkafka.version="$version" \
 		dependency:copy-dependencies -DincludeScope=runtime \
-		-DoutputDirectory="$KAFKA_DIR.tmp/lib" 2>&1 | sed 's/\x1b\[[0-9;]*m//g' \
-		|| die "maven could not fetch kafka $KAFKA_VERSION"
-	[ -f "$KAFKA_DIR.tmp/lib/kafka_2.13-$KAFKA_VERSION.jar" ] || die "kafka_2.13-$KAFKA_VERSION.jar missing after fetch"
-	rm -rf "$KAFKA_DIR"
-	mv "$KAFKA_DIR.tmp" "$KAFKA_DIR"
+		-DoutputDirectory="$dir.tmp/lib" 2>&1 | sed 's/\x1b\[[0-9;]*m//g' \
+		|| die "maven could not fetch kafka $version"
+	[ -f "$dir.tmp/lib/kafka_2.13-$version.jar" ] || die "kafka_2.13-$version.jar missing after fetch"
+	rm -rf "$dir"
+	mv "$dir.tmp" "$dir"
 	echo "$stamp" > "$marker"
-	say "kafka $KAFKA_VERSION: $(ls "$KAFKA_DIR/lib" | wc -l) jars"
+	say "kafka $version: $(ls "$dir/lib" | wc -l) jars"
 }
 
 # ---------------------------------------------------------------------------
