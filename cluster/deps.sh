@@ -16,7 +16,9 @@
 #   venv   The Python virtualenv for tests/integration at $MAILSTREAM_CACHE/venv.
 #   k8s    helm and kube-apiserver, built from the Go module proxy into
 #          $MAILSTREAM_CACHE/k8s (about 4 and 10 minutes once; Go must be in
-#          PATH or /usr/local/go/bin). Used by tests/integration/test_helm*.py.
+#          PATH or /usr/local/go/bin), and the real CRDs of KEDA and the
+#          Prometheus Operator, taken from their modules' zips on the same
+#          proxy into $MAILSTREAM_CACHE/k8s/crds. Used by tests/integration/test_helm*.py.
 #   mta    Exim, OpenSMTPD and Sendmail for the interoperability tests (issue 24),
 #          which conflict with each other and with postfix as Debian packages
 #          (each provides mail-transport-agent). So they are never installed:
@@ -285,8 +287,53 @@ install_venv() {
 HELM_VERSION=4.3.2
 K8S_VERSION=1.37.2
 K8S_DIR=$CACHE/k8s
+# The CRDs the chart's optional objects need (ScaledObject; ServiceMonitor,
+# PrometheusRule), from the projects' own Go modules: KEDA's
+# config/crd/bases and the Prometheus Operator's example/prometheus-operator-crd.
+# Keep in sync with tests/integration/k8s.py. (KEDA 2.21 needs Go >= 1.27.)
+KEDA_VERSION=2.20.2
+PROMETHEUS_OPERATOR_VERSION=0.85.0
+K8S_CRDS=(
+	"github.com/kedacore/keda/v2@v$KEDA_VERSION config/crd/bases/keda.sh_scaledobjects.yaml"
+	"github.com/prometheus-operator/prometheus-operator@v$PROMETHEUS_OPERATOR_VERSION example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml"
+	"github.com/prometheus-operator/prometheus-operator@v$PROMETHEUS_OPERATOR_VERSION example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml"
+)
+
+install_k8s_crds() {
+	local dir=$K8S_DIR/crds marker stamp entry module path src
+	marker=$dir/.complete
+	stamp=$(printf '%s\n' "${K8S_CRDS[@]}" | sha256sum | cut -c1-16)
+	if [ -f "$marker" ] && [ "$(cat "$marker")" = "$stamp" ]; then
+		say "k8s: CRDs of KEDA $KEDA_VERSION and the Prometheus Operator $PROMETHEUS_OPERATOR_VERSION present in $dir"
+		return
+	fi
+	if [ "$CHECK" = 1 ]; then
+		say "k8s: would fetch the CRDs of KEDA $KEDA_VERSION and the Prometheus Operator $PROMETHEUS_OPERATOR_VERSION into $dir"
+		PENDING=1
+		return
+	fi
+	export PATH=$PATH:/usr/local/go/bin
+	command -v go >/dev/null 2>&1 || die "go not found (needed to fetch the CRDs)"
+	say "k8s: fetching the CRDs of KEDA $KEDA_VERSION and the Prometheus Operator $PROMETHEUS_OPERATOR_VERSION"
+	rm -rf "$dir.tmp"
+	mkdir -p "$dir.tmp"
+	for entry in "${K8S_CRDS[@]}"; do
+		module=${entry%% *}
+		path=${entry#* }
+		# Outside any module: -json prints where the module was unpacked (Dir).
+		src=$(cd "$dir.tmp" && go mod download -json "$module" \
+			| sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')
+		[ -n "$src" ] && [ -f "$src/$path" ] || die "no $path in $module"
+		cp "$src/$path" "$dir.tmp/"
+	done
+	rm -rf "$dir"
+	mv "$dir.tmp" "$dir"
+	echo "$stamp" > "$marker"
+	say "k8s: $(ls "$dir" | tr '\n' ' ')in $dir"
+}
 
 install_k8s() {
+	install_k8s_crds
 	local helm=$K8S_DIR/helm-$HELM_VERSION apiserver=$K8S_DIR/kube-apiserver-$K8S_VERSION
 	local gobin
 	local stale=0
