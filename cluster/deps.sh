@@ -67,6 +67,22 @@ POM=$ROOT/cluster/kafka/pom.xml
 say() { printf 'deps: %s\n' "$*"; }
 die() { printf 'deps: error: %s\n' "$*" >&2; exit 1; }
 
+# step_done MARKER STAMP PRESENT WOULD: true (having said PRESENT) when the
+# step's output is there, made from the inputs STAMP sums up; true (having
+# said WOULD and noted the work) under --check otherwise; false: do the work.
+step_done() {
+	if [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; then
+		say "$3"
+		return 0
+	fi
+	if [ "$CHECK" = 1 ]; then
+		say "$4"
+		PENDING=1
+		return 0
+	fi
+	return 1
+}
+
 as_root() {
 	if [ "$(id -u)" -eq 0 ]; then "$@"
 	elif command -v sudo >/dev/null 2>&1; then sudo "$@"
@@ -227,15 +243,8 @@ install_kafka_version() {
 	local version=$1 dir=$CACHE/kafka-$1 marker stamp
 	marker=$dir/.complete
 	stamp=$( { cat "$POM"; echo "$version"; } | sha256sum | cut -c1-16)
-	if [ -f "$marker" ] && [ "$(cat "$marker")" = "$stamp" ]; then
-		say "kafka $version: present in $dir"
-		return
-	fi
-	if [ "$CHECK" = 1 ]; then
-		say "kafka $version: would fetch the jars into $dir/lib"
-		PENDING=1
-		return
-	fi
+	step_done "$marker" "$stamp" "kafka $version: present in $dir" \
+		"kafka $version: would fetch the jars into $dir/lib" && return
 	command -v mvn >/dev/null 2>&1 || die "mvn not found"
 	say "kafka $version: fetching jars with Maven into $dir/lib"
 	rm -rf "$dir.tmp"
@@ -303,15 +312,10 @@ install_k8s_crds() {
 	local dir=$K8S_DIR/crds marker stamp entry module path src
 	marker=$dir/.complete
 	stamp=$(printf '%s\n' "${K8S_CRDS[@]}" | sha256sum | cut -c1-16)
-	if [ -f "$marker" ] && [ "$(cat "$marker")" = "$stamp" ]; then
-		say "k8s: CRDs of KEDA $KEDA_VERSION and the Prometheus Operator $PROMETHEUS_OPERATOR_VERSION present in $dir"
-		return
-	fi
-	if [ "$CHECK" = 1 ]; then
-		say "k8s: would fetch the CRDs of KEDA $KEDA_VERSION and the Prometheus Operator $PROMETHEUS_OPERATOR_VERSION into $dir"
-		PENDING=1
-		return
-	fi
+	step_done "$marker" "$stamp" \
+		"k8s: CRDs of KEDA $KEDA_VERSION and the Prometheus Operator $PROMETHEUS_OPERATOR_VERSION present in $dir" \
+		"k8s: would fetch the CRDs of KEDA $KEDA_VERSION and the Prometheus Operator $PROMETHEUS_OPERATOR_VERSION into $dir" \
+		&& return
 	export PATH=$PATH:/usr/local/go/bin
 	command -v go >/dev/null 2>&1 || die "go not found (needed to fetch the CRDs)"
 	say "k8s: fetching the CRDs of KEDA $KEDA_VERSION and the Prometheus Operator $PROMETHEUS_OPERATOR_VERSION"
@@ -389,15 +393,8 @@ mta_missing_libs() {
 install_mta() {
 	local marker=$MTA_DIR/root/.complete stamp pkgs b libdir
 	stamp=$(printf '%s\n' "${MTA_PACKAGES[@]}" | sha256sum | cut -c1-16)
-	if [ -f "$marker" ] && [ "$(cat "$marker")" = "$stamp" ]; then
-		say "mta: exim, opensmtpd, sendmail present in $MTA_DIR/root"
-		return
-	fi
-	if [ "$CHECK" = 1 ]; then
-		say "mta: would download and unpack ${MTA_PACKAGES[*]} into $MTA_DIR/root"
-		PENDING=1
-		return
-	fi
+	step_done "$marker" "$stamp" "mta: exim, opensmtpd, sendmail present in $MTA_DIR/root" \
+		"mta: would download and unpack ${MTA_PACKAGES[*]} into $MTA_DIR/root" && return
 	command -v apt-get >/dev/null 2>&1 || die "mta: needs apt-get (Debian)"
 	pkgs=("${MTA_PACKAGES[@]}" $(mta_missing_libs))
 	say "mta: downloading ${pkgs[*]}"

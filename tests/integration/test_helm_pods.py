@@ -48,6 +48,13 @@ from k8s import find
 PASSWORD = "chart-test-password"
 
 
+def container_ports(p: List[int]) -> Dict[str, int]:
+    """The frontend's containerPorts: host networking, so free ports for
+    every listener, used or not (p: 7 of them)."""
+    return {"smtp": p[0], "submission": p[1], "submissions": p[2], "smtpProxy": p[3],
+            "submissionProxy": p[4], "submissionsProxy": p[5], "metrics": p[6]}
+
+
 def values_for(tmp: Path, image: str, kafka, redis, sink, tag: str) -> Path:
     cert, key = mslocal.ensure_tls(tmp / "tls")
     dkim_key = tmp / "dkim.pem"
@@ -70,9 +77,7 @@ def values_for(tmp: Path, image: str, kafka, redis, sink, tag: str) -> Path:
                            "key": dkim_key.read_text()}]},
         "frontend": {
             "hostname": "mx.example.com", "acceptedDomains": ["example.com"],
-            "containerPorts": {"smtp": p[0], "submission": p[1], "submissions": p[2],
-                               "smtpProxy": p[3], "submissionProxy": p[4],
-                               "submissionsProxy": p[5], "metrics": p[6]},
+            "containerPorts": container_ports(p),
             "config": {"node": {"threads": 1},
                        "ratelimit": {"connections_per_ip": "1000/1h"}},
         },
@@ -204,6 +209,27 @@ class Pod:
             podman(self.root, "rm", "-f", "-t", "0", n, check=False)
 
 
+def start_release(root: Path, objs: List[dict], tag: str, workdir: Path, pods: List[Pod],
+                  prefix: str = "", ready_timeout: float = 90) -> dict:
+    """Run the topic Job (the hook, first: the topics the workers consume),
+    then start the worker and frontend pods (appended to pods, for the
+    caller to remove) and wait until ready. The frontend's pod spec."""
+    job = find(objs, "Job", "-topics")["spec"]["template"]["spec"]
+    fe_dep = find(objs, "Deployment", "-frontend")["spec"]["template"]["spec"]
+    wk_dep = find(objs, "Deployment", "-worker")["spec"]["template"]["spec"]
+    topics = Pod(root, objs, f"{prefix}topics-{tag}", job, workdir)
+    p = podman(root, *topics.run_args(job["containers"][0], detach=False), check=False,
+               timeout=180)
+    assert p.returncode == 0, f"the topic Job failed: {p.stderr}"
+    for spec, name in ((wk_dep, "worker"), (fe_dep, "frontend")):
+        pod = Pod(root, objs, f"{prefix}{name}-{tag}", spec, workdir)
+        pods.append(pod)
+        pod.start()
+    for pod in pods:
+        pod.wait_ready(ready_timeout)
+    return fe_dep
+
+
 def proxy_v2_header(src: str, src_port: int, dst_port: int) -> bytes:
     """A PROXY protocol v2 header for a TCP over IPv4 connection."""
     addrs = socket.inet_aton(src) + socket.inet_aton("127.0.0.1") + \
@@ -218,23 +244,9 @@ def test_rendered_pods_deliver_mail(image, kafka_broker, redis_server, sink, tmp
     tag = uuid.uuid4().hex[:10]
     values = values_for(tmp_path, image_name, kafka_broker, redis_server, sink, tag)
     objs = k8s.render([values], release=f"t{tag[:6]}")
-    job = find(objs, "Job", "-topics")["spec"]["template"]["spec"]
-    fe_dep = find(objs, "Deployment", "-frontend")["spec"]["template"]["spec"]
-    wk_dep = find(objs, "Deployment", "-worker")["spec"]["template"]["spec"]
-
-    pods = []
+    pods: List[Pod] = []
     try:
-        # The hook first: the topics the workers consume.
-        topics = Pod(root, objs, f"topics-{tag}", job, tmp_path)
-        p = podman(root, *topics.run_args(job["containers"][0], detach=False), check=False,
-                   timeout=120)
-        assert p.returncode == 0, f"the topic Job failed: {p.stderr}"
-        for spec, name in ((wk_dep, "worker"), (fe_dep, "frontend")):
-            pod = Pod(root, objs, f"{name}-{tag}", spec, tmp_path)
-            pods.append(pod)
-            pod.start()
-        for pod in pods:
-            pod.wait_ready()
+        fe_dep = start_release(root, objs, tag, tmp_path, pods)
 
         ports = fe_dep["containers"][0]["ports"]
         port = {p["name"]: p["containerPort"] for p in ports}
@@ -347,10 +359,7 @@ def test_rendered_pods_secured_backends(image, secured_backends, sink, tmp_path)
                    "retryPartitions": 1},
         "frontend": {
             "hostname": "mx.example.com", "acceptedDomains": ["example.com"],
-            # Host networking: free ports for every listener, used or not.
-            "containerPorts": {"smtp": p[0], "submission": p[1], "submissions": p[2],
-                               "smtpProxy": p[3], "submissionProxy": p[4],
-                               "submissionsProxy": p[5], "metrics": p[6]},
+            "containerPorts": container_ports(p),
             "config": {"node": {"threads": 1},
                        # Redis-backed, and Redis is a must: a wrong password
                        # would keep the frontend from getting ready.
@@ -379,18 +388,9 @@ def test_rendered_pods_secured_backends(image, secured_backends, sink, tmp_path)
         mounts = {m["mountPath"] for c in spec["containers"] for m in c.get("volumeMounts", [])}
         assert "/etc/mailstream/redis" in mounts, mounts
 
-    pods = []
+    pods: List[Pod] = []
     try:
-        topics = Pod(root, objs, f"stopics-{tag}", job, tmp_path)
-        r = podman(root, *topics.run_args(job["containers"][0], detach=False), check=False,
-                   timeout=180)
-        assert r.returncode == 0, f"the topic Job failed: {r.stderr}"
-        for spec, name in ((wk_dep, "sworker"), (fe_dep, "sfrontend")):
-            pod = Pod(root, objs, f"{name}-{tag}", spec, tmp_path)
-            pods.append(pod)
-            pod.start()
-        for pod in pods:
-            pod.wait_ready(timeout=120)
+        start_release(root, objs, tag, tmp_path, pods, prefix="s", ready_timeout=120)
         port = {q["name"]: q["containerPort"] for q in fe_dep["containers"][0]["ports"]}
         with smtplib.SMTP(mslocal.HOST, port["smtp"], timeout=30) as s:
             s.ehlo("client.example.net")
@@ -403,7 +403,7 @@ def test_rendered_pods_secured_backends(image, secured_backends, sink, tmp_path)
             time.sleep(0.5)
             got = [m for m in sink.messages() if tag.encode() in m.data]
         assert len(got) == 1 and got[0].envelope["rcpts"] == ["user@example.com"], got
-        logs = r.stdout + r.stderr + "".join(pod.logs() for pod in pods)
+        logs = "".join(pod.logs() for pod in pods)
         assert kafka_pw not in logs and redis_pw not in logs
         for pod in reversed(pods):
             pod.terminate()

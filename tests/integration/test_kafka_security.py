@@ -60,41 +60,34 @@ def test_librdkafka_has_tls_and_sasl():
     assert {"ssl", "sasl_plain", "sasl_scram"} <= features, features
 
 
-@pytest.fixture(scope="module")
-def secure_kafka(tmp_path_factory):
-    """(Kafka, KafkaSecurity, password): a broker with secured listeners."""
-    d = tmp_path_factory.mktemp("secure-kafka")
+def _broker(tmp_path_factory, name: str, version: str):
+    """Yields (Kafka, KafkaSecurity, password): a broker of that version with
+    secured listeners and one user, stopped afterwards."""
+    d = tmp_path_factory.mktemp(name)
     sup = mslocal.Supervisor(d)
     pki = mslocal.make_test_pki(d / "pki")
     password = "pw-" + secrets.token_hex(8)
     ports = mslocal.free_ports(5)
     sec = mslocal.KafkaSecurity(pki, {USER: password}, ports[2], ports[3], ports[4])
-    k = mslocal.Kafka(sup, ports[0], ports[1], security=sec)
-    try:
-        k.start(timeout=120)
-        yield k, sec, password
-    finally:
-        sup.stop_all()
-
-
-@pytest.fixture(scope="module")
-def scram_kafka(tmp_path_factory):
-    """(Kafka, KafkaSecurity, password): the same listeners and user on a
-    broker of mslocal.KAFKA_SCRAM_VERSION (3.9), which accepts the SCRAM
-    nonce of librdkafka < 2.6.1."""
-    d = tmp_path_factory.mktemp("scram-kafka")
-    sup = mslocal.Supervisor(d)
-    pki = mslocal.make_test_pki(d / "pki")
-    password = "pw-" + secrets.token_hex(8)
-    ports = mslocal.free_ports(5)
-    sec = mslocal.KafkaSecurity(pki, {USER: password}, ports[2], ports[3], ports[4])
-    k = mslocal.Kafka(sup, ports[0], ports[1], security=sec,
-                      version=mslocal.KAFKA_SCRAM_VERSION)
+    k = mslocal.Kafka(sup, ports[0], ports[1], security=sec, version=version)
     try:
         k.start(timeout=180)
         yield k, sec, password
     finally:
         sup.stop_all()
+
+
+@pytest.fixture(scope="module")
+def secure_kafka(tmp_path_factory):
+    """(Kafka, KafkaSecurity, password): a broker with secured listeners."""
+    yield from _broker(tmp_path_factory, "secure-kafka", mslocal.KAFKA_VERSION)
+
+
+@pytest.fixture(scope="module")
+def scram_kafka(tmp_path_factory):
+    """The same listeners and user on a broker of mslocal.KAFKA_SCRAM_VERSION
+    (3.9), which accepts the SCRAM nonce of librdkafka < 2.6.1."""
+    yield from _broker(tmp_path_factory, "scram-kafka", mslocal.KAFKA_SCRAM_VERSION)
 
 
 def _topics(spec: mslocal.ClusterSpec) -> Dict[str, int]:
