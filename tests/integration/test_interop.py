@@ -14,6 +14,8 @@ tests of that MTA. One Mailstream cluster serves the whole module:
       MTA -> sink, by the transport map
       <mta>.far.test      TLS policy none
       <mta>.tls.far.test  TLS policy encrypt (STARTTLS required)
+      <mta>.busy.far.test the MTA's busy listener: one connection at a time
+                          and a rate limit (test_out_their_limits)
       <mta>.nodsn.far.test  the MTA relays to a second sink that offers no
                           DSN; its DSN for NOTIFY=SUCCESS comes back to our
                           MX (our sender is demo@mailstream.test)
@@ -68,6 +70,8 @@ REUSE_MESSAGES = 50
 # one MTA at a time, so that 50 messages submitted back to back go over a few
 # reused connections rather than one each.
 DEST_CONCURRENCY = 4
+# Messages sent to an MTA's busy listener in test_out_their_limits.
+BUSY_MESSAGES = 20
 
 
 # ---------------------------------------------------------------------------
@@ -77,10 +81,11 @@ DEST_CONCURRENCY = 4
 class World:
     def __init__(self, root: Path, sup: mslocal.Supervisor, sink: mslocal.Sink,
                  cluster: mslocal.Cluster, ports: Dict[str, int], mx_port: int,
-                 redis_port: int, nodsn: mslocal.Sink):
+                 redis_port: int, nodsn: mslocal.Sink, busy_ports: Dict[str, int]):
         self.root, self.sup, self.sink, self.cluster = root, sup, sink, cluster
         self.ports, self.mx_port, self.redis_port = ports, mx_port, redis_port
         self.nodsn = nodsn  # smtp-sink -N: no DSN offered
+        self.busy_ports = busy_ports
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +112,10 @@ def world(redis_server, kafka_broker):
 
 
 def _world(root: Path, sup: mslocal.Supervisor, redis_server, kafka_broker):
-    sink_port, mx_port, sub_port, nodsn_port, *rest = mslocal.free_ports(4 + len(PEERS) + 8)
+    sink_port, mx_port, sub_port, nodsn_port, *rest = mslocal.free_ports(
+        4 + 2 * len(PEERS) + 8)
     ports = dict(zip(PEERS, rest))
+    busy_ports = dict(zip(PEERS, rest[len(PEERS) + 8:]))
     sink = mslocal.Sink(sup, sink_port)
     sink.start()
     nodsn = mslocal.Sink(sup, nodsn_port, name="sink-nodsn", extra_args=["-N"])
@@ -116,7 +123,9 @@ def _world(root: Path, sup: mslocal.Supervisor, redis_server, kafka_broker):
     tmap = root / "transport"
     tmap.write_text("".join(f"{dom} smtp:[127.0.0.1]:{port}\n" for name, port in ports.items()
                             for dom in (f"{name}.far.test", f"{name}.tls.far.test",
-                                        f"{name}.nodsn.far.test")))
+                                        f"{name}.nodsn.far.test"))
+                    + "".join(f"{name}.busy.far.test smtp:[127.0.0.1]:{port}\n"
+                              for name, port in busy_ports.items()))
     spec: Dict[str, object] = dict(
         kafka_brokers=kafka_broker.bootstrap, redis_port=redis_server.port,
         relay_host=sink.address, frontends=1, workers=1,
@@ -134,14 +143,15 @@ def _world(root: Path, sup: mslocal.Supervisor, redis_server, kafka_broker):
     isolate_topics(kafka_broker, spec, f"interop#{root}")
     cl = mslocal.Cluster(sup, mslocal.ClusterSpec(**spec))  # type: ignore[arg-type]
     cl.start()
-    yield World(root, sup, sink, cl, ports, mx_port, redis_server.port, nodsn)
+    yield World(root, sup, sink, cl, ports, mx_port, redis_server.port, nodsn, busy_ports)
 
 
 @pytest.fixture(scope="module", params=list(PEERS))
 def peer(request, world):
     name = request.param
     p = PEERS[name](world.sup, world.root, world.ports[name], world.mx_port, world.sink.port,
-                    world.cluster.tls_cert, world.cluster.tls_key, nodsn_port=world.nodsn.port)
+                    world.cluster.tls_cert, world.cluster.tls_key, nodsn_port=world.nodsn.port,
+                    busy_port=world.busy_ports[name])
     try:
         p.start()
         yield p
@@ -602,22 +612,50 @@ def test_out_connection_reuse(world, peer):
     token = new_token()
     dom = f"{peer.name}.far.test"
     before = peer.connections()
-    sent = {}
-    host, port = world.cluster.listener("submission")
-    ctx = ssl.create_default_context(cafile=str(world.cluster.tls_cert))
-    with smtplib.SMTP(host, port, local_hostname="client.interop.test", timeout=120) as s:
-        s.starttls(context=ctx)
-        s.login(mslocal.DEMO_USER, mslocal.DEMO_PASSWORD)
-        for i in range(REUSE_MESSAGES):
-            rcpt = f"n{i:02d}-{token}@{dom}"
-            sent[rcpt] = message(f"{token}-{i:02d}", mslocal.DEMO_USER, [rcpt])
-            s.sendmail(mslocal.DEMO_USER, [rcpt], sent[rcpt])
+    sent = submit_out_many(world, [f"n{i:02d}-{token}@{dom}" for i in range(REUSE_MESSAGES)],
+                           token)
     ms = wait_sink(peer, world.sink, token, list(sent), timeout=180)
     for m in ms:
         hop_check(m.data, sent[m.envelope["rcpts"][0]])
     used = peer.connections() - before
     assert 1 <= used <= REUSE_MESSAGES // 5, (
         f"{peer.name} logged {used} connections for {REUSE_MESSAGES} messages")
+
+
+def submit_out_many(world: World, rcpts: List[str], token: str) -> Dict[str, bytes]:
+    """One message per recipient, back to back in one submission session."""
+    sent = {}
+    host, port = world.cluster.listener("submission")
+    ctx = ssl.create_default_context(cafile=str(world.cluster.tls_cert))
+    with smtplib.SMTP(host, port, local_hostname="client.interop.test", timeout=120) as s:
+        s.starttls(context=ctx)
+        s.login(mslocal.DEMO_USER, mslocal.DEMO_PASSWORD)
+        for i, rcpt in enumerate(rcpts):
+            sent[rcpt] = message(f"{token}-{i:02d}", mslocal.DEMO_USER, [rcpt])
+            s.sendmail(mslocal.DEMO_USER, [rcpt], sent[rcpt])
+    return sent
+
+
+def test_out_their_limits(world, peer):
+    """20 messages to the MTA's busy listener, which takes one connection
+    at a time from a client and a few messages per 10 s (mta.py
+    busy_limits): our worker, opening up to DEST_CONCURRENCY connections,
+    gets their 421 at the greeting and their 450 for the messages over the
+    rate, takes both as deferrals (RFC 5321 §4.2.5, §3.8), retries, and
+    every message arrives once, unchanged."""
+    if peer.busy_limits is None:
+        pytest.skip(f"{peer.name}: {peer.busy_reason}")
+    token = new_token()
+    rcpts = [f"b{i:02d}-{token}@{peer.name}.busy.far.test" for i in range(BUSY_MESSAGES)]
+    sent = submit_out_many(world, rcpts, token)
+    ms = wait_sink(peer, world.sink, token, rcpts, timeout=240)
+    for m in ms:
+        hop_check(m.data, sent[m.envelope["rcpts"][0]])
+    deferred = log_lines(world, "worker-1", "event=delivery", token, "outcome=deferred",
+                         timeout=0)
+    codes = {re.search(r" code=(\d+)", ln).group(1) for ln in deferred if " code=" in ln}
+    assert "421" in codes, f"no 421 from {peer.name}'s connection limit: {deferred[:5]}"
+    assert codes & {"450", "451", "452"}, f"no 45x from {peer.name}'s rate limit: {deferred[:5]}"
 
 
 # ---------------------------------------------------------------------------
