@@ -11,11 +11,14 @@
 #          etcd-server for the chart's server-side test).
 #   kafka  The Apache Kafka broker jars, fetched with Maven from
 #          cluster/kafka/pom.xml into $MAILSTREAM_CACHE/kafka-<version>/lib
-#          (outside the repository).
+#          (outside the repository): the broker everything runs on, and a
+#          second, test-only one for SCRAM (KAFKA_SCRAM_VERSION, below).
 #   venv   The Python virtualenv for tests/integration at $MAILSTREAM_CACHE/venv.
 #   k8s    helm and kube-apiserver, built from the Go module proxy into
 #          $MAILSTREAM_CACHE/k8s (about 4 and 10 minutes once; Go must be in
-#          PATH or /usr/local/go/bin). Used by tests/integration/test_helm*.py.
+#          PATH or /usr/local/go/bin), and the real CRDs of KEDA and the
+#          Prometheus Operator, taken from their modules' zips on the same
+#          proxy into $MAILSTREAM_CACHE/k8s/crds. Used by tests/integration/test_helm*.py.
 #   mta    Exim, OpenSMTPD and Sendmail for the interoperability tests (issue 24),
 #          which conflict with each other and with postfix as Debian packages
 #          (each provides mail-transport-agent). So they are never installed:
@@ -47,16 +50,38 @@ set -euo pipefail
 # Keep in sync with <kafka.version> in cluster/kafka/pom.xml and
 # KAFKA_VERSION in cluster/mslocal.py.
 KAFKA_VERSION=4.1.1
+# Test-only second broker (tests/integration/test_kafka_security.py; keep in
+# sync with KAFKA_SCRAM_VERSION in cluster/mslocal.py): Debian 12's librdkafka
+# 2.0.2 sends a SCRAM client-final nonce that Kafka >= 4.0 refuses (librdkafka
+# PR #4895, fixed in 2.6.1) while Kafka 3.8.1 .. 3.9.x accept it, so SCRAM is
+# tested end to end against this one. The same pom fetches it: Kafka 3.9 logs
+# through SLF4J as 4.x does, so log4j2.xml serves both.
+KAFKA_SCRAM_VERSION=3.9.1
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${MAILSTREAM_CACHE:-$HOME/.cache/mailstream}
-KAFKA_DIR=$CACHE/kafka-$KAFKA_VERSION
 VENV=$CACHE/venv
 REQS=$ROOT/tests/integration/requirements.txt
 POM=$ROOT/cluster/kafka/pom.xml
 
 say() { printf 'deps: %s\n' "$*"; }
 die() { printf 'deps: error: %s\n' "$*" >&2; exit 1; }
+
+# step_done MARKER STAMP PRESENT WOULD: true (having said PRESENT) when the
+# step's output is there, made from the inputs STAMP sums up; true (having
+# said WOULD and noted the work) under --check otherwise; false: do the work.
+step_done() {
+	if [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; then
+		say "$3"
+		return 0
+	fi
+	if [ "$CHECK" = 1 ]; then
+		say "$4"
+		PENDING=1
+		return 0
+	fi
+	return 1
+}
 
 as_root() {
 	if [ "$(id -u)" -eq 0 ]; then "$@"
@@ -209,31 +234,32 @@ install_apt() {
 # 2. Kafka broker jars
 # ---------------------------------------------------------------------------
 install_kafka() {
-	local marker=$KAFKA_DIR/.complete stamp
-	stamp=$( { cat "$POM"; echo "$KAFKA_VERSION"; } | sha256sum | cut -c1-16)
-	if [ -f "$marker" ] && [ "$(cat "$marker")" = "$stamp" ]; then
-		say "kafka $KAFKA_VERSION: present in $KAFKA_DIR"
-		return
-	fi
-	if [ "$CHECK" = 1 ]; then
-		say "kafka $KAFKA_VERSION: would fetch the jars into $KAFKA_DIR/lib"
-		PENDING=1
-		return
-	fi
+	install_kafka_version "$KAFKA_VERSION"
+	install_kafka_version "$KAFKA_SCRAM_VERSION"
+}
+
+# install_kafka_version VERSION: the jars of that Kafka into
+# $CACHE/kafka-VERSION/lib.
+install_kafka_version() {
+	local version=$1 dir=$CACHE/kafka-$1 marker stamp
+	marker=$dir/.complete
+	stamp=$( { cat "$POM"; echo "$version"; } | sha256sum | cut -c1-16)
+	step_done "$marker" "$stamp" "kafka $version: present in $dir" \
+		"kafka $version: would fetch the jars into $dir/lib" && return
 	command -v mvn >/dev/null 2>&1 || die "mvn not found"
-	say "kafka $KAFKA_VERSION: fetching jars with Maven into $KAFKA_DIR/lib"
-	rm -rf "$KAFKA_DIR.tmp"
-	mkdir -p "$KAFKA_DIR.tmp"
+	say "kafka $version: fetching jars with Maven into $dir/lib"
+	rm -rf "$dir.tmp"
+	mkdir -p "$dir.tmp"
 	# (sed: Maven's jansi prints colour resets even with -B.)
-	mvn -q -B -Dstyle.color=never -f "$POM" -Dkafka.version="$KAFKA_VERSION" \
+	mvn -q -B -Dstyle.color=never -f "$POM" -Dkafka.version="$version" \
 		dependency:copy-dependencies -DincludeScope=runtime \
-		-DoutputDirectory="$KAFKA_DIR.tmp/lib" 2>&1 | sed 's/\x1b\[[0-9;]*m//g' \
-		|| die "maven could not fetch kafka $KAFKA_VERSION"
-	[ -f "$KAFKA_DIR.tmp/lib/kafka_2.13-$KAFKA_VERSION.jar" ] || die "kafka_2.13-$KAFKA_VERSION.jar missing after fetch"
-	rm -rf "$KAFKA_DIR"
-	mv "$KAFKA_DIR.tmp" "$KAFKA_DIR"
+		-DoutputDirectory="$dir.tmp/lib" 2>&1 | sed 's/\x1b\[[0-9;]*m//g' \
+		|| die "maven could not fetch kafka $version"
+	[ -f "$dir.tmp/lib/kafka_2.13-$version.jar" ] || die "kafka_2.13-$version.jar missing after fetch"
+	rm -rf "$dir"
+	mv "$dir.tmp" "$dir"
 	echo "$stamp" > "$marker"
-	say "kafka $KAFKA_VERSION: $(ls "$KAFKA_DIR/lib" | wc -l) jars"
+	say "kafka $version: $(ls "$dir/lib" | wc -l) jars"
 }
 
 # ---------------------------------------------------------------------------
@@ -271,8 +297,48 @@ install_venv() {
 HELM_VERSION=4.3.2
 K8S_VERSION=1.37.2
 K8S_DIR=$CACHE/k8s
+# The CRDs the chart's optional objects need (ScaledObject; ServiceMonitor,
+# PrometheusRule), from the projects' own Go modules: KEDA's
+# config/crd/bases and the Prometheus Operator's example/prometheus-operator-crd.
+# Keep in sync with tests/integration/k8s.py. (KEDA 2.21 needs Go >= 1.27.)
+KEDA_VERSION=2.20.2
+PROMETHEUS_OPERATOR_VERSION=0.85.0
+K8S_CRDS=(
+	"github.com/kedacore/keda/v2@v$KEDA_VERSION config/crd/bases/keda.sh_scaledobjects.yaml"
+	"github.com/prometheus-operator/prometheus-operator@v$PROMETHEUS_OPERATOR_VERSION example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml"
+	"github.com/prometheus-operator/prometheus-operator@v$PROMETHEUS_OPERATOR_VERSION example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml"
+)
+
+install_k8s_crds() {
+	local dir=$K8S_DIR/crds marker stamp entry module path src
+	marker=$dir/.complete
+	stamp=$(printf '%s\n' "${K8S_CRDS[@]}" | sha256sum | cut -c1-16)
+	step_done "$marker" "$stamp" \
+		"k8s: CRDs of KEDA $KEDA_VERSION and the Prometheus Operator $PROMETHEUS_OPERATOR_VERSION present in $dir" \
+		"k8s: would fetch the CRDs of KEDA $KEDA_VERSION and the Prometheus Operator $PROMETHEUS_OPERATOR_VERSION into $dir" \
+		&& return
+	export PATH=$PATH:/usr/local/go/bin
+	command -v go >/dev/null 2>&1 || die "go not found (needed to fetch the CRDs)"
+	say "k8s: fetching the CRDs of KEDA $KEDA_VERSION and the Prometheus Operator $PROMETHEUS_OPERATOR_VERSION"
+	rm -rf "$dir.tmp"
+	mkdir -p "$dir.tmp"
+	for entry in "${K8S_CRDS[@]}"; do
+		module=${entry%% *}
+		path=${entry#* }
+		# Outside any module: -json prints where the module was unpacked (Dir).
+		src=$(cd "$dir.tmp" && go mod download -json "$module" \
+			| sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')
+		[ -n "$src" ] && [ -f "$src/$path" ] || die "no $path in $module"
+		cp "$src/$path" "$dir.tmp/"
+	done
+	rm -rf "$dir"
+	mv "$dir.tmp" "$dir"
+	echo "$stamp" > "$marker"
+	say "k8s: $(ls "$dir" | tr '\n' ' ')in $dir"
+}
 
 install_k8s() {
+	install_k8s_crds
 	local helm=$K8S_DIR/helm-$HELM_VERSION apiserver=$K8S_DIR/kube-apiserver-$K8S_VERSION
 	local gobin
 	local stale=0
@@ -328,15 +394,8 @@ mta_missing_libs() {
 install_mta() {
 	local marker=$MTA_DIR/root/.complete stamp pkgs b libdir
 	stamp=$(printf '%s\n' "${MTA_PACKAGES[@]}" | sha256sum | cut -c1-16)
-	if [ -f "$marker" ] && [ "$(cat "$marker")" = "$stamp" ]; then
-		say "mta: exim, opensmtpd, sendmail present in $MTA_DIR/root"
-		return
-	fi
-	if [ "$CHECK" = 1 ]; then
-		say "mta: would download and unpack ${MTA_PACKAGES[*]} into $MTA_DIR/root"
-		PENDING=1
-		return
-	fi
+	step_done "$marker" "$stamp" "mta: exim, opensmtpd, sendmail present in $MTA_DIR/root" \
+		"mta: would download and unpack ${MTA_PACKAGES[*]} into $MTA_DIR/root" && return
 	command -v apt-get >/dev/null 2>&1 || die "mta: needs apt-get (Debian)"
 	pkgs=("${MTA_PACKAGES[@]}" $(mta_missing_libs))
 	say "mta: downloading ${pkgs[*]}"

@@ -56,6 +56,12 @@ from typing import Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional
 
 # Keep in sync with cluster/deps.sh and cluster/kafka/pom.xml.
 KAFKA_VERSION = "4.1.1"
+# A second, test-only broker version (KAFKA_SCRAM_VERSION in cluster/deps.sh
+# fetches it): Debian 12's librdkafka 2.0.2 sends a SCRAM client-final nonce
+# that Kafka >= 4.0 refuses (librdkafka PR #4895, fixed in 2.6.1); 3.8.1 ..
+# 3.9.x accept it, so tests/integration/test_kafka_security.py runs SCRAM end
+# to end against this one (Kafka(version=...)).
+KAFKA_SCRAM_VERSION = "3.9.1"
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("MAILSTREAM_CACHE") or Path.home() / ".cache" / "mailstream")
@@ -643,11 +649,14 @@ class Redis:
 # Kafka (KRaft, one combined broker+controller node)
 # ---------------------------------------------------------------------------
 
-def kafka_lib_dir() -> Path:
-    lib = Path(os.environ.get("MAILSTREAM_KAFKA_LIB") or CACHE / f"kafka-{KAFKA_VERSION}" / "lib")
-    if not (lib / f"kafka_2.13-{KAFKA_VERSION}.jar").is_file():
-        raise MsLocalError(f"Kafka {KAFKA_VERSION} jars not found in {lib}: run `make deps` "
-                           "(cluster/deps.sh)")
+def kafka_lib_dir(version: str = KAFKA_VERSION) -> Path:
+    """The jars of that Kafka version (MAILSTREAM_KAFKA_LIB overrides the
+    default version's directory only)."""
+    env = os.environ.get("MAILSTREAM_KAFKA_LIB") if version == KAFKA_VERSION else None
+    lib = Path(env or CACHE / f"kafka-{version}" / "lib")
+    if not (lib / f"kafka_2.13-{version}.jar").is_file():
+        raise MsLocalError(f"Kafka {version} jars not found in {lib}: run `make deps` "
+                           "(cluster/deps.sh kafka)")
     return lib
 
 
@@ -687,8 +696,13 @@ class Kafka:
                   "-Djava.awt.headless=true"]
 
     def __init__(self, sup: Supervisor, port: int, controller_port: int, name: str = "kafka",
-                 security: Optional["KafkaSecurity"] = None):
+                 security: Optional["KafkaSecurity"] = None, version: str = KAFKA_VERSION):
         self.sup, self.port, self.controller_port, self.name = sup, port, controller_port, name
+        # The broker's version: KAFKA_VERSION, or a test-only one that
+        # cluster/deps.sh also fetched (KAFKA_SCRAM_VERSION). The same
+        # server.properties and `--standalone` format serve 3.9 and 4.x (3.9
+        # only warns about the share.coordinator keys it does not know).
+        self.version = version
         # Extra secured listeners and SCRAM users (KafkaSecurity, below);
         # the PLAINTEXT listener stays for the tools and between controller
         # and broker.
@@ -697,7 +711,7 @@ class Kafka:
         self.data = self.dir / "data"
         self.props = self.dir / "server.properties"
         self.log = self.dir / "server.log"
-        self.lib = kafka_lib_dir()
+        self.lib = kafka_lib_dir(version)
 
     @property
     def bootstrap(self) -> str:

@@ -12,9 +12,12 @@ cluster/deps.sh) start on loopback. Then, for two configurations of the chart:
    every object of the release is read back from the API (what `kubectl get`
    does), with its server-side defaults, and compared with what was rendered.
 
-The CRDs of KEDA and the Prometheus Operator are installed first (schema-less
-stand-ins): Helm sees them through discovery, so the chart renders its
-ScaledObject, ServiceMonitor and PrometheusRule, which must come back too.
+The CRDs of KEDA and the Prometheus Operator are installed first, the
+projects' own (cluster/deps.sh step k8s takes them from their Go modules on
+the module proxy into ~/.cache/mailstream/k8s/crds): Helm sees them through
+discovery, so the chart renders its ScaledObject, ServiceMonitor and
+PrometheusRule, which the API server then checks strictly against the CRDs'
+schemas, and which must come back too.
 No controller, scheduler or kubelet runs: that pods run is test_helm_pods.py.
 """
 
@@ -38,6 +41,12 @@ import mslocal
 from k8s import CHART
 
 TOKEN = "mailstream-chart-test-token"
+# The real CRDs (KEDA_VERSION and PROMETHEUS_OPERATOR_VERSION in
+# cluster/deps.sh), with the API group/version each serves the chart's kind in.
+CRD_DIR = k8s.CACHE / "k8s" / "crds"
+CRDS = {"keda.sh_scaledobjects.yaml": "/apis/keda.sh/v1alpha1",
+        "monitoring.coreos.com_servicemonitors.yaml": "/apis/monitoring.coreos.com/v1",
+        "monitoring.coreos.com_prometheusrules.yaml": "/apis/monitoring.coreos.com/v1"}
 ETCD = "/usr/bin/etcd"
 START_TIMEOUT = 180
 
@@ -149,29 +158,21 @@ class ApiServer:
 
 @pytest.fixture(scope="module")
 def apiserver(tmp_path_factory):
+    crds = [yaml.safe_load(k8s.need_file(CRD_DIR / name, f"the CRD {name}").read_text())
+            for name in CRDS]
     srv = ApiServer(tmp_path_factory.mktemp("kube"))
     try:
         srv.start()
-        for group, kind, plural, version in (
-                ("keda.sh", "ScaledObject", "scaledobjects", "v1alpha1"),
-                ("monitoring.coreos.com", "ServiceMonitor", "servicemonitors", "v1"),
-                ("monitoring.coreos.com", "PrometheusRule", "prometheusrules", "v1")):
-            crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-                   "metadata": {"name": f"{plural}.{group}"},
-                   "spec": {"group": group, "scope": "Namespaced",
-                            "names": {"kind": kind, "plural": plural,
-                                      "singular": kind.lower(), "listKind": f"{kind}List"},
-                            "versions": [{"name": version, "served": True, "storage": True,
-                                          "schema": {"openAPIV3Schema": {
-                                              "type": "object",
-                                              "x-kubernetes-preserve-unknown-fields": True}}}]}}
+        for crd in crds:
+            # A real schema, not one that keeps unknown fields.
+            for v in crd["spec"]["versions"]:
+                assert v["schema"]["openAPIV3Schema"].get("properties"), crd["metadata"]
             status, body = srv.request("POST", "/apis/apiextensions.k8s.io/v1/"
                                        "customresourcedefinitions", crd)
             assert status == 201, body
 
         def served() -> bool:
-            return all(srv.request("GET", p)[0] == 200 for p in
-                       ("/apis/keda.sh/v1alpha1", "/apis/monitoring.coreos.com/v1"))
+            return all(srv.request("GET", p)[0] == 200 for p in set(CRDS.values()))
         mslocal.wait_until(served, 60, "the CRDs served")
         yield srv
     finally:
@@ -233,6 +234,18 @@ def test_install_and_read_back(apiserver, config):
     status, body = apiserver.request(
         "POST", apiserver.resource_path(bad, ns) + "?dryRun=All&fieldValidation=Strict", bad)
     assert status in (400, 422) and "runAsUsr" in body.get("message", ""), body
+    # ... and, through the real CRDs' schemas, a custom resource with a
+    # misspelt field.
+    for kind, field in (("ScaledObject", "minReplicaCuont"), ("ServiceMonitor", "endpoint")):
+        objs = [o for o in rendered if o["kind"] == kind]
+        if not objs:
+            continue
+        bad = json.loads(json.dumps(objs[0]))
+        bad["spec"][field] = 1
+        status, body = apiserver.request(
+            "POST", apiserver.resource_path(bad, ns) + "?dryRun=All&fieldValidation=Strict",
+            bad)
+        assert status in (400, 422) and field in body.get("message", ""), (kind, body)
 
     # 2. helm install, the hooks created as Helm would, everything read back.
     args = ["install", config, str(CHART), "--namespace", ns, "--no-hooks", *kc]

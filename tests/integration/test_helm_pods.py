@@ -16,13 +16,14 @@ terminationGracePeriodSeconds, with exit status 0.
 
 The values turn on what the programs must understand: STARTTLS and implicit
 TLS with a certificate Secret, AUTH with a password file, PROXY listeners, a
-Redis-backed rate limit, a DKIM key, a relay host. Kafka and Redis security
-stay off here: those keys are for the secured-connections change
-(docs/kubernetes.md).
+Redis-backed rate limit, a DKIM key, a relay host. A second test turns
+security on: Kafka SASL_SSL with the broker's CA from an existing Secret and
+Redis AUTH, the chart's Secrets mounted as files (docs/kubernetes.md).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import smtplib
@@ -47,6 +48,13 @@ from k8s import find
 PASSWORD = "chart-test-password"
 
 
+def container_ports(p: List[int]) -> Dict[str, int]:
+    """The frontend's containerPorts: host networking, so free ports for
+    every listener, used or not (p: 7 of them)."""
+    return {"smtp": p[0], "submission": p[1], "submissions": p[2], "smtpProxy": p[3],
+            "submissionProxy": p[4], "submissionsProxy": p[5], "metrics": p[6]}
+
+
 def values_for(tmp: Path, image: str, kafka, redis, sink, tag: str) -> Path:
     cert, key = mslocal.ensure_tls(tmp / "tls")
     dkim_key = tmp / "dkim.pem"
@@ -69,9 +77,7 @@ def values_for(tmp: Path, image: str, kafka, redis, sink, tag: str) -> Path:
                            "key": dkim_key.read_text()}]},
         "frontend": {
             "hostname": "mx.example.com", "acceptedDomains": ["example.com"],
-            "containerPorts": {"smtp": p[0], "submission": p[1], "submissions": p[2],
-                               "smtpProxy": p[3], "submissionProxy": p[4],
-                               "submissionsProxy": p[5], "metrics": p[6]},
+            "containerPorts": container_ports(p),
             "config": {"node": {"threads": 1},
                        "ratelimit": {"connections_per_ip": "1000/1h"}},
         },
@@ -203,6 +209,27 @@ class Pod:
             podman(self.root, "rm", "-f", "-t", "0", n, check=False)
 
 
+def start_release(root: Path, objs: List[dict], tag: str, workdir: Path, pods: List[Pod],
+                  prefix: str = "", ready_timeout: float = 90) -> dict:
+    """Run the topic Job (the hook, first: the topics the workers consume),
+    then start the worker and frontend pods (appended to pods, for the
+    caller to remove) and wait until ready. The frontend's pod spec."""
+    job = find(objs, "Job", "-topics")["spec"]["template"]["spec"]
+    fe_dep = find(objs, "Deployment", "-frontend")["spec"]["template"]["spec"]
+    wk_dep = find(objs, "Deployment", "-worker")["spec"]["template"]["spec"]
+    topics = Pod(root, objs, f"{prefix}topics-{tag}", job, workdir)
+    p = podman(root, *topics.run_args(job["containers"][0], detach=False), check=False,
+               timeout=180)
+    assert p.returncode == 0, f"the topic Job failed: {p.stderr}"
+    for spec, name in ((wk_dep, "worker"), (fe_dep, "frontend")):
+        pod = Pod(root, objs, f"{prefix}{name}-{tag}", spec, workdir)
+        pods.append(pod)
+        pod.start()
+    for pod in pods:
+        pod.wait_ready(ready_timeout)
+    return fe_dep
+
+
 def proxy_v2_header(src: str, src_port: int, dst_port: int) -> bytes:
     """A PROXY protocol v2 header for a TCP over IPv4 connection."""
     addrs = socket.inet_aton(src) + socket.inet_aton("127.0.0.1") + \
@@ -217,23 +244,9 @@ def test_rendered_pods_deliver_mail(image, kafka_broker, redis_server, sink, tmp
     tag = uuid.uuid4().hex[:10]
     values = values_for(tmp_path, image_name, kafka_broker, redis_server, sink, tag)
     objs = k8s.render([values], release=f"t{tag[:6]}")
-    job = find(objs, "Job", "-topics")["spec"]["template"]["spec"]
-    fe_dep = find(objs, "Deployment", "-frontend")["spec"]["template"]["spec"]
-    wk_dep = find(objs, "Deployment", "-worker")["spec"]["template"]["spec"]
-
-    pods = []
+    pods: List[Pod] = []
     try:
-        # The hook first: the topics the workers consume.
-        topics = Pod(root, objs, f"topics-{tag}", job, tmp_path)
-        p = podman(root, *topics.run_args(job["containers"][0], detach=False), check=False,
-                   timeout=120)
-        assert p.returncode == 0, f"the topic Job failed: {p.stderr}"
-        for spec, name in ((wk_dep, "worker"), (fe_dep, "frontend")):
-            pod = Pod(root, objs, f"{name}-{tag}", spec, tmp_path)
-            pods.append(pod)
-            pod.start()
-        for pod in pods:
-            pod.wait_ready()
+        fe_dep = start_release(root, objs, tag, tmp_path, pods)
 
         ports = fe_dep["containers"][0]["ports"]
         port = {p["name"]: p["containerPort"] for p in ports}
@@ -285,6 +298,113 @@ def test_rendered_pods_deliver_mail(image, kafka_broker, redis_server, sink, tmp
 
         # SIGTERM drains and exits 0 within the grace period (frontend first,
         # as a rollout would, then the worker).
+        for pod in reversed(pods):
+            pod.terminate()
+    finally:
+        for pod in pods:
+            pod.remove()
+
+
+# ---------------------------------------------------------------------------
+# Security on: Kafka SASL_SSL and Redis AUTH, the chart's Secrets as files
+# ---------------------------------------------------------------------------
+
+KAFKA_USER = "mailstream"
+
+
+@pytest.fixture(scope="module")
+def secured_backends(tmp_path_factory):
+    """(Kafka, KafkaSecurity, kafka password, Redis, redis password): a broker
+    with secured listeners (test_kafka_security.py's) and a Redis with
+    requirepass, both on loopback, of this module's own."""
+    d = tmp_path_factory.mktemp("secured-backends")
+    sup = mslocal.Supervisor(d)
+    pki = mslocal.make_test_pki(d / "pki")
+    kafka_pw, redis_pw = "k-" + uuid.uuid4().hex[:12], "r-" + uuid.uuid4().hex[:12]
+    ports = mslocal.free_ports(6)
+    sec = mslocal.KafkaSecurity(pki, {KAFKA_USER: kafka_pw}, ports[2], ports[3], ports[4])
+    kafka = mslocal.Kafka(sup, ports[0], ports[1], security=sec)
+    redis = mslocal.Redis(sup, ports[5], password=redis_pw)
+    try:
+        redis.start()
+        kafka.start(timeout=180)
+        yield kafka, sec, kafka_pw, redis, redis_pw
+    finally:
+        sup.stop_all()
+
+
+@pytest.mark.timeout(600)
+def test_rendered_pods_secured_backends(image, secured_backends, sink, tmp_path):
+    """The chart with Kafka SASL_SSL (PLAIN: Debian 12's librdkafka cannot
+    log in to a Kafka 4 broker with SCRAM, docs/security.md), the broker's CA
+    from an existing Secret, and Redis AUTH with a password: the chart's
+    Secrets are mounted as files into the topic Job, the worker and the
+    frontend, which all get through (the Job creates the topics over
+    SASL_SSL, both programs get ready, a rate limit needs Redis), and a
+    message reaches the sink. The passwords appear in no container log."""
+    root, image_name = image
+    kafka, sec, kafka_pw, redis, redis_pw = secured_backends
+    tag = uuid.uuid4().hex[:10]
+    repo, _, itag = image_name.rpartition(":")
+    p = mslocal.free_ports(8)
+    values = {
+        "image": {"repository": repo, "tag": itag, "pullPolicy": "Never"},
+        "kafka": {"brokers": sec.address("sasl_ssl"), "topic": f"queue.{tag}",
+                  "eventsTopic": f"events.{tag}", "group": f"workers.{tag}",
+                  "securityProtocol": "sasl_ssl",
+                  "sasl": {"mechanism": "PLAIN", "username": KAFKA_USER, "password": kafka_pw},
+                  "tls": {"existingSecret": "kafka-ca", "caKey": "ca.crt"}},
+        "redis": {"host": mslocal.HOST, "port": redis.port, "password": redis_pw},
+        "topics": {"replication": 1, "queuePartitions": 1, "eventsPartitions": 1,
+                   "retryPartitions": 1},
+        "frontend": {
+            "hostname": "mx.example.com", "acceptedDomains": ["example.com"],
+            "containerPorts": container_ports(p),
+            "config": {"node": {"threads": 1},
+                       # Redis-backed, and Redis is a must: a wrong password
+                       # would keep the frontend from getting ready.
+                       "ratelimit": {"connections_per_ip": "1000/1h",
+                                     "redis_failure": "closed"}},
+        },
+        "worker": {"metricsPort": p[7],
+                   "config": {"delivery": {"relay_host": sink.address},
+                              "retry": {"tiers": 1}}},
+    }
+    vf = tmp_path / "values.yaml"
+    vf.write_text(yaml.safe_dump(values))
+    objs = k8s.render([vf], release=f"s{tag[:6]}")
+    # The existing Secret the values name (what an operator or cert-manager
+    # would have created), as the API would hand it to the kubelet.
+    objs.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kafka-ca"},
+                 "data": {"ca.crt": base64.b64encode(sec.pki.ca.read_bytes()).decode()}})
+    job = find(objs, "Job", "-topics")["spec"]["template"]["spec"]
+    fe_dep = find(objs, "Deployment", "-frontend")["spec"]["template"]["spec"]
+    wk_dep = find(objs, "Deployment", "-worker")["spec"]["template"]["spec"]
+    for spec in (job, fe_dep, wk_dep):
+        mounts = {m["mountPath"] for c in spec["containers"] for m in c.get("volumeMounts", [])}
+        assert "/etc/mailstream/kafka-sasl" in mounts and "/etc/mailstream/kafka-tls" in mounts, \
+            mounts
+    for spec in (fe_dep, wk_dep):
+        mounts = {m["mountPath"] for c in spec["containers"] for m in c.get("volumeMounts", [])}
+        assert "/etc/mailstream/redis" in mounts, mounts
+
+    pods: List[Pod] = []
+    try:
+        start_release(root, objs, tag, tmp_path, pods, prefix="s", ready_timeout=120)
+        port = {q["name"]: q["containerPort"] for q in fe_dep["containers"][0]["ports"]}
+        with smtplib.SMTP(mslocal.HOST, port["smtp"], timeout=30) as s:
+            s.ehlo("client.example.net")
+            s.sendmail("sender@example.net", ["user@example.com"],
+                       f"From: sender@example.net\r\nTo: user@example.com\r\n"
+                       f"Subject: secured {tag}\r\n\r\nthrough SASL_SSL and Redis AUTH\r\n")
+        got = [m for m in sink.wait_for(1, timeout=90) if tag.encode() in m.data]
+        deadline = time.monotonic() + 60
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.5)
+            got = [m for m in sink.messages() if tag.encode() in m.data]
+        assert len(got) == 1 and got[0].envelope["rcpts"] == ["user@example.com"], got
+        logs = "".join(pod.logs() for pod in pods)
+        assert kafka_pw not in logs and redis_pw not in logs
         for pod in reversed(pods):
             pod.terminate()
     finally:

@@ -8,10 +8,17 @@ tests of that MTA. One Mailstream cluster serves the whole module:
       ms.test      the MTA connects to 127.0.0.2 and never uses TLS
       tls.ms.test  the MTA connects to 127.0.0.1 and must use STARTTLS
       nope.test    our MX answers 550 5.7.1 (not a domain of ours)
+      retry.ms.test  [smtp] recipient_lists: our MX answers 451 while the
+                   Redis set cannot be read (test_in_451_then_retry)
   we send to them ("out"): client -> our submission listener -> worker ->
       MTA -> sink, by the transport map
       <mta>.far.test      TLS policy none
       <mta>.tls.far.test  TLS policy encrypt (STARTTLS required)
+      <mta>.busy.far.test the MTA's busy listener: one connection at a time
+                          and a rate limit (test_out_their_limits)
+      <mta>.nodsn.far.test  the MTA relays to a second sink that offers no
+                          DSN; its DSN for NOTIFY=SUCCESS comes back to our
+                          MX (our sender is demo@mailstream.test)
       refuse@...          the MTA answers 550 5.1.1
 
 The sink is one smtp-sink; each test finds its own transactions by a token
@@ -54,6 +61,17 @@ HOP_FIELDS = {b"received"}
 LARGE = 11 * 1024 * 1024
 MANY = 60
 SENDER_IN = "sender@far.test"
+# Recipients of this domain must be in the Redis set ms:rcpts:retry.ms.test
+# ([smtp] recipient_lists); a set that cannot be read gets 451 4.3.0.
+RETRY_DOMAIN = "retry.ms.test"
+# Messages sent to one MTA in test_out_connection_reuse.
+REUSE_MESSAGES = 50
+# [delivery] dest_concurrency of the worker: at most this many connections to
+# one MTA at a time, so that 50 messages submitted back to back go over a few
+# reused connections rather than one each.
+DEST_CONCURRENCY = 4
+# Messages sent to an MTA's busy listener in test_out_their_limits.
+BUSY_MESSAGES = 20
 
 
 # ---------------------------------------------------------------------------
@@ -62,9 +80,12 @@ SENDER_IN = "sender@far.test"
 
 class World:
     def __init__(self, root: Path, sup: mslocal.Supervisor, sink: mslocal.Sink,
-                 cluster: mslocal.Cluster, ports: Dict[str, int], mx_port: int):
+                 cluster: mslocal.Cluster, ports: Dict[str, int], mx_port: int,
+                 redis_port: int, nodsn: mslocal.Sink, busy_ports: Dict[str, int]):
         self.root, self.sup, self.sink, self.cluster = root, sup, sink, cluster
-        self.ports, self.mx_port = ports, mx_port
+        self.ports, self.mx_port, self.redis_port = ports, mx_port, redis_port
+        self.nodsn = nodsn  # smtp-sink -N: no DSN offered
+        self.busy_ports = busy_ports
 
 
 @pytest.fixture(scope="module")
@@ -91,13 +112,20 @@ def world(redis_server, kafka_broker):
 
 
 def _world(root: Path, sup: mslocal.Supervisor, redis_server, kafka_broker):
-    sink_port, mx_port, sub_port, *rest = mslocal.free_ports(3 + len(PEERS) + 8)
+    sink_port, mx_port, sub_port, nodsn_port, *rest = mslocal.free_ports(
+        4 + 2 * len(PEERS) + 8)
     ports = dict(zip(PEERS, rest))
+    busy_ports = dict(zip(PEERS, rest[len(PEERS) + 8:]))
     sink = mslocal.Sink(sup, sink_port)
     sink.start()
+    nodsn = mslocal.Sink(sup, nodsn_port, name="sink-nodsn", extra_args=["-N"])
+    nodsn.start()
     tmap = root / "transport"
     tmap.write_text("".join(f"{dom} smtp:[127.0.0.1]:{port}\n" for name, port in ports.items()
-                            for dom in (f"{name}.far.test", f"{name}.tls.far.test")))
+                            for dom in (f"{name}.far.test", f"{name}.tls.far.test",
+                                        f"{name}.nodsn.far.test"))
+                    + "".join(f"{name}.busy.far.test smtp:[127.0.0.1]:{port}\n"
+                              for name, port in busy_ports.items()))
     spec: Dict[str, object] = dict(
         kafka_brokers=kafka_broker.bootstrap, redis_port=redis_server.port,
         relay_host=sink.address, frontends=1, workers=1,
@@ -106,21 +134,24 @@ def _world(root: Path, sup: mslocal.Supervisor, redis_server, kafka_broker):
                    "submission": (f"127.0.0.1:{sub_port}", "submission")},
         frontend_metrics_ports=rest[len(PEERS):len(PEERS) + 4],
         worker_metrics_ports=rest[len(PEERS) + 4:],
-        accepted_domains=("ms.test", "tls.ms.test", "mailstream.test"),
+        accepted_domains=("ms.test", "tls.ms.test", "mailstream.test", RETRY_DOMAIN),
+        frontend_extra={"smtp": {"recipient_lists": RETRY_DOMAIN}},
         worker_extra={"transport": {"map_file": str(tmap)},
                       "tls": {"policy": "none", "policy_map": ".tls.far.test encrypt"},
-                      "delivery": {"retry_min_ms": 1000, "retry_max_ms": 4000}})
+                      "delivery": {"retry_min_ms": 1000, "retry_max_ms": 4000,
+                                   "dest_concurrency": DEST_CONCURRENCY}})
     isolate_topics(kafka_broker, spec, f"interop#{root}")
     cl = mslocal.Cluster(sup, mslocal.ClusterSpec(**spec))  # type: ignore[arg-type]
     cl.start()
-    yield World(root, sup, sink, cl, ports, mx_port)
+    yield World(root, sup, sink, cl, ports, mx_port, redis_server.port, nodsn, busy_ports)
 
 
 @pytest.fixture(scope="module", params=list(PEERS))
 def peer(request, world):
     name = request.param
     p = PEERS[name](world.sup, world.root, world.ports[name], world.mx_port, world.sink.port,
-                    world.cluster.tls_cert, world.cluster.tls_key)
+                    world.cluster.tls_cert, world.cluster.tls_key, nodsn_port=world.nodsn.port,
+                    busy_port=world.busy_ports[name])
     try:
         p.start()
         yield p
@@ -388,6 +419,53 @@ def test_in_dsn_parameters(world, peer):
     check_dsn_params(m, token, "SUCCESS,FAILURE", f"orig-{token}@ms.test")
 
 
+def schedule_now(peer) -> None:
+    """OpenSMTPD: retry every queued envelope now (smtpctl schedule all)."""
+    r = peer.ctl("schedule", "all")
+    assert r.returncode == 0, f"smtpctl schedule all: {r.stdout}{r.stderr}"
+
+
+def test_in_451_then_retry(world, peer):
+    """Our temporary 451 (RFC 5321 §4.2.5): the MTA keeps the message,
+    retries, and it arrives once. The 451 is the product's own: RCPT for a
+    domain under [smtp] recipient_lists whose Redis set cannot be read (the
+    key holds a string, so Redis answers WRONGTYPE) gets `451 4.3.0`, never
+    250 (docs/config.md). Once the set is readable and lists the recipient,
+    the MTA's next try goes through. OpenSMTPD's first retry of a relayed
+    message is 400 s away, compiled in: `smtpctl schedule all` asks for it."""
+    token = new_token()
+    rcpt = f"user-{token}@{RETRY_DOMAIN}"
+    key = f"ms:rcpts:{RETRY_DOMAIN}"
+    refused = "event=ratelimit_unavailable"
+    before = len(log_lines(world, "frontend-1", refused, timeout=0))
+    mslocal.redis_command(world.redis_port, "DEL", key)
+    mslocal.redis_command(world.redis_port, "SET", key, "not-a-set")
+    try:
+        msg = message(token, SENDER_IN, [rcpt])
+        submit_in(peer, SENDER_IN, [rcpt], msg)
+        deadline = time.monotonic() + 60
+        # Two refusals: the first try and a retry of the MTA's.
+        while len(log_lines(world, "frontend-1", refused, timeout=0)) < before + 2:
+            assert time.monotonic() < deadline, (
+                f"{peer.name} did not try us twice\n{peer.log_tail(30)}")
+            if peer.name == "opensmtpd" and len(log_lines(world, "frontend-1", refused,
+                                                          timeout=0)) > before:
+                schedule_now(peer)
+            time.sleep(0.5)
+        assert not [m for m in world.sink.messages() if token.encode() in m.data]
+    finally:
+        mslocal.redis_command(world.redis_port, "DEL", key)
+        mslocal.redis_command(world.redis_port, "SADD", key, rcpt)
+    if peer.name == "opensmtpd":
+        schedule_now(peer)
+    try:
+        (m,) = wait_sink(peer, world.sink, token, [rcpt], timeout=90)
+    finally:
+        mslocal.redis_command(world.redis_port, "DEL", key)
+    assert m.envelope["mail_from"] == SENDER_IN
+    hop_check(m.data, msg)
+
+
 # ---------------------------------------------------------------------------
 # We send to them
 # ---------------------------------------------------------------------------
@@ -490,6 +568,94 @@ def test_out_dsn_parameters(world, peer):
     (m,) = wait_sink(peer, world.sink, token, [rcpt])
     hop_check(m.data, msg)
     check_dsn_params(m, token, "FAILURE", f"orig-{token}@x.test")
+
+
+def test_out_notify_success_dsn(world, peer):
+    """NOTIFY=SUCCESS to a recipient the MTA relays to a host that offers no
+    DSN: the MTA owes our sender a "relayed" DSN (RFC 3461 §4.2.1, RFC 3464
+    §2.3.3), which it sends to demo@mailstream.test, i.e. back to our MX;
+    our worker relays it to the sink. The message itself reaches the
+    no-DSN sink once, unchanged."""
+    token = new_token()
+    rcpt = f"user-{token}@{peer.name}.nodsn.far.test"
+    msg = message(token, mslocal.DEMO_USER, [rcpt])
+    submit_out(world, [rcpt], msg, mail_options=["RET=HDRS", f"ENVID=env-{token}"],
+               rcpt_options=["NOTIFY=SUCCESS"])
+    (m,) = wait_sink(peer, world.nodsn, token, [rcpt])
+    hop_check(m.data, msg)
+    assert "NOTIFY" not in " ".join(m.envelope["rcpt_args"]).upper(), m.envelope
+    deadline = time.monotonic() + 90
+    dsns: List[mslocal.SinkMessage] = []
+    while not dsns and time.monotonic() < deadline:
+        dsns = [d for d in world.sink.messages() if token.encode() in d.data
+                and d.envelope["mail_from"] == ""]
+        time.sleep(0.5)
+    assert len(dsns) == 1, f"{len(dsns)} DSNs from {peer.name}\n{peer.log_tail(30)}"
+    d = dsns[0]
+    assert d.envelope["rcpts"] == [mslocal.DEMO_USER], d.envelope
+    text = d.data.decode("utf-8", "replace")
+    # (Sendmail adds a comment: "relayed (to non-DSN-aware mailer)".)
+    assert re.search(r"(?im)^Action:\s*(relayed|delivered)\b", text), text[:3000]
+    assert re.search(r"(?im)^Final-Recipient:\s*rfc822;\s*" + re.escape(rcpt) + r"\s*$",
+                     text), text[:3000]
+    # Original-Envelope-Id (RFC 3464 §2.2.1), as each MTA does it (mta.py).
+    has_envid = re.search(r"(?im)^Original-Envelope-Id:\s*env-" + token + r"\s*$", text)
+    assert bool(has_envid) == peer.dsn_has_envid, text[:3000]
+
+
+def test_out_connection_reuse(world, peer):
+    """50 messages to one MTA, submitted back to back: the worker keeps a
+    connection for the next message to the same next hop ([delivery]
+    connection_cache_ms, RSET between transactions; at most
+    DEST_CONCURRENCY at once), so the MTA's own log shows far fewer
+    connections than messages, and each message arrives once, unchanged."""
+    token = new_token()
+    dom = f"{peer.name}.far.test"
+    before = peer.connections()
+    sent = submit_out_many(world, [f"n{i:02d}-{token}@{dom}" for i in range(REUSE_MESSAGES)],
+                           token)
+    ms = wait_sink(peer, world.sink, token, list(sent), timeout=180)
+    for m in ms:
+        hop_check(m.data, sent[m.envelope["rcpts"][0]])
+    used = peer.connections() - before
+    assert 1 <= used <= REUSE_MESSAGES // 5, (
+        f"{peer.name} logged {used} connections for {REUSE_MESSAGES} messages")
+
+
+def submit_out_many(world: World, rcpts: List[str], token: str) -> Dict[str, bytes]:
+    """One message per recipient, back to back in one submission session."""
+    sent = {}
+    host, port = world.cluster.listener("submission")
+    ctx = ssl.create_default_context(cafile=str(world.cluster.tls_cert))
+    with smtplib.SMTP(host, port, local_hostname="client.interop.test", timeout=120) as s:
+        s.starttls(context=ctx)
+        s.login(mslocal.DEMO_USER, mslocal.DEMO_PASSWORD)
+        for i, rcpt in enumerate(rcpts):
+            sent[rcpt] = message(f"{token}-{i:02d}", mslocal.DEMO_USER, [rcpt])
+            s.sendmail(mslocal.DEMO_USER, [rcpt], sent[rcpt])
+    return sent
+
+
+def test_out_their_limits(world, peer):
+    """20 messages to the MTA's busy listener, which takes one connection
+    at a time from a client and a few messages per 10 s (mta.py
+    busy_limits): our worker, opening up to DEST_CONCURRENCY connections,
+    gets their 421 at the greeting and their 450 for the messages over the
+    rate, takes both as deferrals (RFC 5321 §4.2.5, §3.8), retries, and
+    every message arrives once, unchanged."""
+    if peer.busy_limits is None:
+        pytest.skip(f"{peer.name}: {peer.busy_reason}")
+    token = new_token()
+    rcpts = [f"b{i:02d}-{token}@{peer.name}.busy.far.test" for i in range(BUSY_MESSAGES)]
+    sent = submit_out_many(world, rcpts, token)
+    ms = wait_sink(peer, world.sink, token, rcpts, timeout=240)
+    for m in ms:
+        hop_check(m.data, sent[m.envelope["rcpts"][0]])
+    deferred = log_lines(world, "worker-1", "event=delivery", token, "outcome=deferred",
+                         timeout=0)
+    codes = {re.search(r" code=(\d+)", ln).group(1) for ln in deferred if " code=" in ln}
+    assert "421" in codes, f"no 421 from {peer.name}'s connection limit: {deferred[:5]}"
+    assert codes & {"450", "451", "452"}, f"no 45x from {peer.name}'s rate limit: {deferred[:5]}"
 
 
 # ---------------------------------------------------------------------------

@@ -31,9 +31,13 @@ in, with no option to move them: it runs in a private mount namespace
 /var/run and /var/lib, so the host's directories are neither read nor written.
 
 Every peer is configured the same way (the routes the tests rely on):
-  ms.test, mailstream.test, nope.test  -> [127.0.0.2]:mx_port, never TLS
+  ms.test, mailstream.test, nope.test,
+  retry.ms.test                        -> [127.0.0.2]:mx_port, never TLS
   tls.ms.test                          -> [127.0.0.1]:mx_port, STARTTLS
                                           required, certificate not checked
+  <name>.nodsn.far.test                -> [127.0.0.1]:nodsn_port, a sink
+                                          that offers no DSN (so a
+                                          NOTIFY=SUCCESS owes a "relayed" DSN)
   any other domain                     -> [127.0.0.1]:sink_port, no TLS
 and accepts mail from 127.0.0.0/8 for any domain, offering STARTTLS with the
 given self-signed certificate, refusing only refuse@ (550 5.1.1); temporary
@@ -120,13 +124,26 @@ class Peer:
     # Whether it declares BODY=8BITMIME when it relays a message received
     # with it (RFC 6152 §3); Exim and OpenSMTPD pass the octets on undeclared.
     relays_body_8bitmime = True
+    # Whether its DSNs carry Original-Envelope-Id when the message had an
+    # ENVID (RFC 3464 §2.2.1 says they must); OpenSMTPD 6.8 leaves it out.
+    dsn_has_envid = True
+    # The busy listener (busy_port): at most one connection at a time from a
+    # client, more get a 4xx greeting; and at most a few messages per some
+    # seconds, more get a 4xx. None: why the MTA has no such listener.
+    busy_limits: Optional[str] = None
+    busy_reason = ""
 
     def __init__(self, sup: mslocal.Supervisor, root: Path, port: int, mx_port: int,
-                 sink_port: int, cert: Path, key: Path):
+                 sink_port: int, cert: Path, key: Path, nodsn_port: int = 0,
+                 busy_port: int = 0):
         """root: the instance's directory. Its parents must be traversable by
         every uid (not pytest's 0700 temporary directories): Exim's processes
-        run as its own user and re-execute the binary."""
+        run as its own user and re-execute the binary. nodsn_port: a sink
+        that does not offer DSN, for <name>.nodsn.far.test. busy_port: a
+        second listener of the MTA's with a low connection limit and a rate
+        limit (BUSY_LIMITS), for test_out_their_limits."""
         self.sup, self.port, self.mx_port, self.sink_port = sup, port, mx_port, sink_port
+        self.nodsn_port, self.busy_port = nodsn_port, busy_port
         self.root = Path(root) / self.name
         self.cert, self.key = Path(cert), Path(key)
         self.log = self.root / "log" / f"{self.name}.log"
@@ -156,7 +173,8 @@ class Peer:
 
     def values(self) -> Dict[str, str]:
         return {"ROOT": str(self.root), "PORT": str(self.port), "MX_PORT": str(self.mx_port),
-                "SINK_PORT": str(self.sink_port), "TLS_CERT": str(self.cert),
+                "SINK_PORT": str(self.sink_port), "NODSN_PORT": str(self.nodsn_port),
+                "BUSY_PORT": str(self.busy_port), "TLS_CERT": str(self.cert),
                 "TLS_KEY": str(self.key), "MTA_ROOT": str(MTA_ROOT)}
 
     def render(self, template: str) -> str:
@@ -200,11 +218,28 @@ class Peer:
     def version(self) -> str:
         raise NotImplementedError
 
+    # A line of the MTA's own log per SMTP connection it accepted.
+    CONNECTION_LINE: Optional["re.Pattern[str]"] = None
+
+    def connections(self) -> int:
+        """SMTP connections the MTA accepted so far, by its own log."""
+        if self.CONNECTION_LINE is None:
+            raise NotImplementedError(f"{self.name}: no connection log line known")
+        try:
+            text = self.connection_log().read_text(errors="replace")
+        except FileNotFoundError:
+            return 0
+        return len(self.CONNECTION_LINE.findall(text))
+
+    def connection_log(self) -> Path:
+        return self.log
+
 
 class PostfixPeer(Peer):
     """The system's Postfix programs with a private config and queue directory."""
 
     name = "postfix"
+    CONNECTION_LINE = re.compile(r"postfix/smtpd\[\d+\]: connect from ", re.M)
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -212,9 +247,28 @@ class PostfixPeer(Peer):
                                     process_limit=100, dest_concurrency=20,
                                     message_size_limit=52428800, templates=HERE / "postfix",
                                     extra_values={"MX_PORT": str(self.mx_port),
+                                                  "NODSN_PORT": str(self.nodsn_port),
+                                                  "BUSY_PORT": str(self.busy_port),
                                                   "TLS_CERT": str(self.cert),
                                                   "TLS_KEY": str(self.key)})
         self.log = self.inst.maillog
+        write_config = self.inst.write_config
+
+        def with_busy_listener() -> None:
+            # bench/postfix's master.cf plus the busy smtpd: anvil(8)
+            # limits, with loopback no longer exempt (its default
+            # smtpd_client_event_limit_exceptions is $mynetworks).
+            write_config()
+            with open(self.inst.conf_dir / "master.cf", "a") as f:
+                f.write(f"127.0.0.1:{self.busy_port} inet n - n - - smtpd"
+                        " -o smtpd_client_event_limit_exceptions="
+                        " -o smtpd_client_connection_count_limit=1"
+                        " -o smtpd_client_message_rate_limit=5\n")
+
+        self.inst.write_config = with_busy_listener  # type: ignore[method-assign]
+
+    busy_limits = ("smtpd_client_connection_count_limit = 1 (421 4.7.0), "
+                   "smtpd_client_message_rate_limit = 5 per anvil_rate_time_unit = 10s (450 4.7.1)")
 
     def start(self, timeout: float = 60.0) -> None:
         self.inst.start(timeout)
@@ -237,6 +291,13 @@ class EximPeer(Peer):
 
     name = "exim"
     relays_body_8bitmime = False
+    busy_limits = ("smtp_accept_max_per_host = 1 on the busy port (421), ratelimit 5 "
+                   "recipients per 10 s in the RCPT ACL (450)")
+    # log_selector = +smtp_connection (exim.conf.in)
+    CONNECTION_LINE = re.compile(r"SMTP connection from ", re.M)
+
+    def connection_log(self) -> Path:
+        return self.root / "log" / "mainlog"
 
     def values(self) -> Dict[str, str]:
         return {**super().values(), "EXIM": str(self.root / "bin" / "exim4"),
@@ -281,6 +342,10 @@ class OpenSmtpdPeer(Peer):
 
     name = "opensmtpd"
     relays_body_8bitmime = False
+    dsn_has_envid = False
+    busy_reason = ("OpenSMTPD 6.8 has no limit on connections per client nor a message rate "
+                   "limit (smtp limit max-mails caps messages per session)")
+    CONNECTION_LINE = re.compile(r" smtp connected address=", re.M)
     MOUNTS = {"spool": "/var/spool", "run": "/var/run", "varlib": "/var/lib"}
 
     def prepare(self) -> None:
@@ -298,9 +363,12 @@ class OpenSmtpdPeer(Peer):
                 f"{mounts} && exec {SMTPD} -d -f {self.root / 'smtpd.conf'}"]
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess:
-        """smtpctl inside the instance's namespace (its control socket)."""
+        """smtpctl inside the instance's namespace (its control socket). It
+        insists on running setgid opensmtpq (Debian installs it so): setpriv
+        gives it that effective gid instead."""
         p = self.sup.procs[self.name]
-        return subprocess.run(["nsenter", "-t", str(p.pid), "-m",
+        return subprocess.run(["nsenter", "-t", str(p.pid), "-m", "setpriv", "--regid",
+                               str(PRIVATE_IDS["opensmtpq"]), "--clear-groups",
                                str(MTA_ROOT / "usr" / "sbin" / "smtpctl"), *args],
                               capture_output=True, text=True, env=self.env(), timeout=30)
 
@@ -313,6 +381,14 @@ class SendmailPeer(Peer):
     our .mc and the unpacked sendmail-cf macros; -q2s runs the queue."""
 
     name = "sendmail"
+    busy_reason = ("Sendmail's limits that answer 421 (access map ClientConn/ClientRate, "
+                   "FEATURE conncontrol/ratecontrol) are per client address for the whole "
+                   "daemon, and every test connects from 127.0.0.1; not set up")
+    # It logs only to syslog; its -X traffic log has each greeting it sent.
+    CONNECTION_LINE = re.compile(r"^\d+ >>> 220[ -]", re.M)
+
+    def connection_log(self) -> Path:
+        return self.root / "log" / "traffic"
 
     def values(self) -> Dict[str, str]:
         return {**super().values(), "MAILNULL": str(PRIVATE_IDS["mailnull"]),
