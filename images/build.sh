@@ -114,13 +114,17 @@ else
 	say "base: cached $base_tar"
 fi
 
-# The build context: the Containerfile and stripped binaries.
+# The build context: the Containerfile, stripped binaries and the shipped rules.
 ctx=$OUT/context
 rm -rf "$ctx"
 mkdir -p "$ctx/bin"
 for b in frontend worker ctl authcheck; do
 	strip -o "$ctx/bin/mailstream-$b" "$BUILD/mailstream-$b"
 done
+# The shipped rule files (docs/operations.md), for [delivery] shaping_file
+# and bounce_rules_file: /usr/share/mailstream/ in the image.
+mkdir -p "$ctx/share"
+cp "$ROOT/etc/shaping.yaml" "$ROOT/etc/bounce-rules.yaml" "$ctx/share/"
 cp "$ROOT/images/Containerfile" "$ctx/Containerfile"
 
 say "podman import + build $NAME:$TAG"

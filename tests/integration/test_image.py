@@ -10,6 +10,7 @@ configuration is not changed.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 
 import pytest
@@ -89,3 +90,16 @@ def test_runs_read_only_as_65532(image, tmp_path):
         assert "ro" in rootfs[3].split(","), rootfs
     finally:
         podman(root, "rm", "-f", "-t", "2", cname, check=False)
+
+
+def test_ships_the_rule_files(image):
+    """The shaping and bounce rules of etc/ are in the image, the same bytes,
+    where docs/operations.md says (/usr/share/mailstream/)."""
+    root, name = image
+    mnt = podman(root, "image", "mount", name).stdout.strip()
+    try:
+        for f in ("shaping.yaml", "bounce-rules.yaml"):
+            shipped = Path(mnt) / "usr/share/mailstream" / f
+            assert shipped.read_bytes() == (k8s.REPO / "etc" / f).read_bytes(), f
+    finally:
+        podman(root, "image", "unmount", name, check=False)
