@@ -72,7 +72,9 @@ RETRY_PAUSE = (0.2, 2.0)       # client backoff after a 4xx or a lost connection
 SESSION_TIMEOUT_S = 10         # the workers' Kafka session.timeout.ms (lib/io/ms_kafka.c)
 RECOVERY_WINDOW_S = 2.0        # rates are judged over this window
 RECOVERY_FRACTION = 0.5        # "back" = this share of the send rate
-DEFAULT_DUP_METRIC = r"mailstream_worker_\w*unavoidable\w*"
+# The workers' count of recipients a new owner may deliver again because the
+# old one died after the destination took the message (worker/fence.h).
+DEFAULT_DUP_METRIC = r'mailstream_worker_duplicate_risk_total\{[^}]*kind="unavoidable"[^}]*\}'
 
 MODES = {
     # A few thousand messages, each fault once, faults overlapping their heal
@@ -601,7 +603,7 @@ class Faults:
             t.start()
             self.heals.append(t)
 
-    def _pick_worker(self, wait: float = 60.0) -> Optional[str]:
+    def _pick_worker(self, wait: float = 60.0, exclude: Tuple[str, ...] = ()) -> Optional[str]:
         """A running worker no other fault holds, once at least one more
         is running and free (one worker stays out of every fault); None if
         none within `wait` seconds."""
@@ -609,8 +611,8 @@ class Faults:
         while True:
             with self.wlock:
                 live = [w for w in self.s.running("worker") if w not in self.busy_workers]
-                if len(live) >= 2:
-                    w = self.rng.choice(live)
+                if len(live) >= 2 and [w for w in live if w not in exclude]:
+                    w = self.rng.choice([w for w in live if w not in exclude])
                     self.busy_workers.add(w)
                     return w
             if time.monotonic() >= end:
@@ -753,15 +755,13 @@ class Faults:
         while True:
             new = self.s.members.add("worker")
             ops.append(f"+{new}")
-            gone = self._pick_worker(wait=10)
-            if gone is not None and gone != new:
+            gone = self._pick_worker(wait=10, exclude=(new,))
+            if gone is not None:
                 try:
                     self.s.members.remove(gone, timeout=30)
                     ops.append(f"-{gone}")
                 finally:
                     self._free_worker(gone)
-            elif gone is not None:
-                self._free_worker(gone)
             if time.monotonic() >= end:
                 break
             time.sleep(3.0)
@@ -868,7 +868,7 @@ class Scraper(threading.Thread):
 
     def __init__(self, shape: Shape, dup_metric: str):
         super().__init__(daemon=True, name="scraper")
-        self.s, self.dup_re = shape, re.compile(rf"^({dup_metric})(\{{[^}}]*\}})?\s+(\S+)$", re.M)
+        self.s, self.dup_re = shape, re.compile(rf"^{dup_metric}\s+(?P<v>\S+)$", re.M)
         self.dup: Dict[Tuple[str, int], float] = {}
         self.lag: Dict[str, float] = {}
         self.halt = threading.Event()
@@ -890,7 +890,7 @@ class Scraper(threading.Thread):
             total = 0.0
             for m in self.dup_re.finditer(text):
                 self.seen_metric = True
-                total += float(m.group(3))
+                total += float(m.group("v"))
             self.dup[(name, pid)] = total
             v = 0.0
             for m in re.finditer(r"^mailstream_worker_(consumer_lag|retry_held|in_flight)"
@@ -1015,7 +1015,7 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", action="store_true", help="leave the state directory")
     ap.add_argument("--json", help="write the summary here")
     ap.add_argument("--dup-metric", default=DEFAULT_DUP_METRIC,
-                    help="regex of the workers' unavoidable-duplicate counter")
+                    help="regex of the workers' unavoidable-duplicate sample (name and labels)")
     ap.add_argument("--max-other-duplicates", type=int, default=0,
                     help="other (avoidable) duplicates tolerated before failing")
     args = ap.parse_args(argv)
