@@ -503,14 +503,17 @@ class Redis:
                  password: Optional[str] = None, acl: Sequence[str] = ()):
         self.sup, self.port, self.name = sup, port, name
         self.password, self.acl = password, list(acl)
+        # What PING and the launcher's own queries AUTH with: the password,
+        # or an ACL user and its password (RedisSentinelSet sets it).
+        self.auth: List[str] = [password] if password else []
         self.dir = sup.state_dir / name
         self.conf = self.dir / "redis.conf"
         self.log = self.dir / "redis.log"
         self.extra_conf: List[str] = []  # more redis.conf lines (RedisSentinelSet)
 
     def ping(self) -> bool:
-        if self.password:
-            return redis_auth_command(self.port, [self.password], "PING").startswith(b"+PONG")
+        if self.auth:
+            return redis_auth_command(self.port, self.auth, "PING").startswith(b"+PONG")
         return redis_command(self.port, "PING").startswith(b"+PONG")
 
     def start(self, timeout: float = 20.0) -> None:
@@ -1635,15 +1638,23 @@ def _resp_read(f) -> object:
     raise MsLocalError(f"redis: unexpected reply {line[:40]!r}")
 
 
-def redis_query(port: int, *args: str, host: str = HOST, timeout: float = 2.0) -> object:
-    """One command; the whole reply parsed (strings, ints, lists, None)."""
-    req = f"*{len(args)}\r\n".encode()
-    for a in args:
-        b = a.encode()
-        req += b"$%d\r\n%s\r\n" % (len(b), b)
+def redis_query(port: int, *args: str, host: str = HOST, timeout: float = 2.0,
+                auth: Sequence[str] = ()) -> object:
+    """One command (after AUTH with `auth`, when given); the whole reply
+    parsed (strings, ints, lists, None)."""
+    def enc(parts: Sequence[str]) -> bytes:
+        req = f"*{len(parts)}\r\n".encode()
+        for a in parts:
+            b = a.encode()
+            req += b"$%d\r\n%s\r\n" % (len(b), b)
+        return req
     with socket.create_connection((host, port), timeout=timeout) as s:
-        s.sendall(req)
+        s.sendall((enc(["AUTH", *auth]) if auth else b"") + enc(args))
         with s.makefile("rb") as f:
+            if auth:
+                ok = _resp_read(f)
+                if ok != "OK":
+                    raise MsLocalError(f"redis {host}:{port}: AUTH refused: {ok}")
             return _resp_read(f)
 
 
@@ -1652,8 +1663,10 @@ class Sentinel:
     --sentinel`, the same program) watching master_name."""
 
     def __init__(self, sup: Supervisor, port: int, name: str, primary_port: int,
-                 master_name: str, quorum: int, down_after_ms: int, failover_timeout_ms: int):
+                 master_name: str, quorum: int, down_after_ms: int, failover_timeout_ms: int,
+                 auth: Sequence[str] = ()):
         self.sup, self.port, self.name = sup, port, name
+        self.auth = list(auth)  # what it AUTHs to the Redis servers with
         self.dir = sup.state_dir / name
         self.conf = self.dir / "sentinel.conf"
         self.log = self.dir / "sentinel.log"
@@ -1688,7 +1701,10 @@ class Sentinel:
             f"sentinel monitor {self.master_name} {HOST} {self.primary_port} {self.quorum}\n"
             f"sentinel down-after-milliseconds {self.master_name} {self.down_after_ms}\n"
             f"sentinel failover-timeout {self.master_name} {self.failover_timeout_ms}\n"
-            f"sentinel parallel-syncs {self.master_name} 1\n")
+            f"sentinel parallel-syncs {self.master_name} 1\n"
+            + (f"sentinel auth-user {self.master_name} {self.auth[0]}\n"
+               if len(self.auth) == 2 else "")
+            + (f"sentinel auth-pass {self.master_name} {self.auth[-1]}\n" if self.auth else ""))
         p = self.sup.spawn(self.name, self.argv(self.conf), self.dir / "stdout.log",
                            ready={"redis": self.port}, kind="sentinel")
         wait_until(lambda: redis_command(self.port, "PING").startswith(b"+PONG"), timeout,
@@ -1711,11 +1727,14 @@ class RedisSentinelSet:
     asynchronous: a write acknowledged by the primary just before it dies
     may be missing on the promoted replica (docs/reliability.md).
 
-    XXX Redis AUTH: the clients send [redis] username/password to whichever
-    primary the Sentinels name (lib/io/ms_redis.c), but this set does not
-    take a password yet: with Redis(password=) on both servers, each would
-    need `masterauth` (the old primary becomes a replica), the Sentinels
-    `sentinel auth-pass`, and this class's own INFO/ROLE queries AUTH."""
+    Redis AUTH: `password` alone is both servers' `requirepass`; with
+    `username` too, an ACL user of that name (every key and command: it also
+    replicates and serves the Sentinels) and the default user off.  Either
+    server may become a replica, so both get `masterauth` (and `masteruser`);
+    the Sentinels get `sentinel auth-pass` (and `auth-user`) but no password
+    of their own (the clients ask them without AUTH: lib/io/ms_redis.h);
+    client_config() passes the credentials to frontends and workers through
+    a password file."""
 
     MASTER_NAME = "mailstream"
     SENTINELS = 3
@@ -1724,12 +1743,26 @@ class RedisSentinelSet:
     FAILOVER_TIMEOUT_MS = 10000
 
     def __init__(self, sup: Supervisor, ports: Sequence[int], sentinel_ports: Sequence[int],
-                 master_name: str = MASTER_NAME):
+                 master_name: str = MASTER_NAME, password: Optional[str] = None,
+                 username: Optional[str] = None):
         self.sup, self.master_name = sup, master_name
+        self.username, self.password = (username, password) if password else (None, None)
+        self.auth: List[str] = ([username, password] if username and password
+                                else [password] if password else [])
         self.servers = [Redis(sup, ports[0], "redis-1"), Redis(sup, ports[1], "redis-2")]
-        self.servers[1].extra_conf = [f"replicaof {HOST} {ports[0]}"]
+        for r in self.servers:
+            if self.username:
+                r.acl = [f"user {self.username} on >{self.password} ~* &* +@all",
+                         "user default off"]
+            elif self.password:
+                r.password = self.password
+            r.auth = list(self.auth)
+            r.extra_conf = ([f"masteruser {self.username}"] if self.username else []) + \
+                ([f"masterauth {self.password}"] if self.password else [])
+        self.servers[1].extra_conf.append(f"replicaof {HOST} {ports[0]}")
         self.sentinels = [Sentinel(sup, p, f"sentinel-{i + 1}", ports[0], master_name,
-                                   self.QUORUM, self.DOWN_AFTER_MS, self.FAILOVER_TIMEOUT_MS)
+                                   self.QUORUM, self.DOWN_AFTER_MS, self.FAILOVER_TIMEOUT_MS,
+                                   self.auth)
                           for i, p in enumerate(sentinel_ports[:self.SENTINELS])]
 
     @property
@@ -1738,7 +1771,16 @@ class RedisSentinelSet:
 
     def client_config(self) -> Dict[str, Dict[str, object]]:
         """The [redis] keys for frontends and workers."""
-        return {"redis": {"sentinels": self.sentinels_conf, "master_name": self.master_name}}
+        conf: Dict[str, object] = {"sentinels": self.sentinels_conf,
+                                   "master_name": self.master_name}
+        if self.password:
+            pw = self.sup.state_dir / "redis-password"
+            pw.touch(mode=0o600)
+            pw.write_text(self.password + "\n")
+            conf["password_file"] = str(pw)
+            if self.username:
+                conf["username"] = self.username
+        return {"redis": conf}
 
     def server(self, port: int) -> Redis:
         for s in self.servers:
@@ -1758,7 +1800,7 @@ class RedisSentinelSet:
     def _settled(self) -> bool:
         """Every Sentinel knows the replica and the other Sentinels (what a
         failover needs), and the replica's link is up."""
-        info = redis_query(self.servers[1].port, "INFO", "replication")
+        info = redis_query(self.servers[1].port, "INFO", "replication", auth=self.auth)
         if "master_link_status:up" not in str(info):
             return False
         for s in self.sentinels:
@@ -1784,7 +1826,8 @@ class RedisSentinelSet:
 
         def moved() -> bool:
             p = self.primary()
-            if p is old or redis_query(p.port, "ROLE")[0] != "master":  # type: ignore[index]
+            if p is old or redis_query(p.port, "ROLE",  # type: ignore[index]
+                                       auth=self.auth)[0] != "master":
                 return False
             new[:] = [p]
             return True
@@ -2085,6 +2128,8 @@ class ShapeOptions:
     lb_port_base + 3(i-1) and its metrics on frontend_metrics_base + i - 1."""
     brokers: int = 1
     redis_sentinel: bool = False
+    redis_password: Optional[str] = None   # with redis_sentinel: AUTH on every node
+    redis_user: Optional[str] = None       # ... as this ACL user
     lb: bool = False
     sentinel_port: int = 26390
     lb_port_base: int = 2600
@@ -2162,7 +2207,9 @@ class Stack:
             self.redis.start()
             return None
         sports = [o.shape.sentinel_port + i for i in range(RedisSentinelSet.SENTINELS)]
-        self.redis_set = RedisSentinelSet(self.sup, [o.redis_port, o.redis_port + 1], sports)
+        self.redis_set = RedisSentinelSet(self.sup, [o.redis_port, o.redis_port + 1], sports,
+                                          password=o.shape.redis_password,
+                                          username=o.shape.redis_user)
         log(f"starting redis primary {HOST}:{o.redis_port}, replica {o.redis_port + 1}, "
             f"sentinels {self.redis_set.sentinels_conf}")
         self.redis_set.start()

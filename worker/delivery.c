@@ -30,6 +30,7 @@
 #include "control.h"
 #include "dsn_rules.h"
 #include "event.h"
+#include "fence.h"
 #include "mailauth.h"
 #include "outcome.h"
 #include "pacing.h"
@@ -100,6 +101,9 @@ struct dest {
     uint64_t sts_job;                 /* MTA-STS lookup while DEST_ROUTE */
     struct wk_mtasts_result *sts;     /* the domain's MTA-STS policy, or NULL */
     wk_smtp *smtp;                    /* while DEST_SEND */
+    int gate_pending;                 /* fencing: the check before DATA is out */
+    uint64_t gate_sent_ms;            /* uv_now when it went */
+    int gated;                        /* fencing: passed it (in DATA, outcome due) */
     char relay_str[WK_RELAY_MAX];     /* the address being tried */
     int paced;                        /* asked pacing.h: released with the dest */
     ms_gauge *conn_gauge;             /* its destination's connections, while DEST_SEND */
@@ -135,6 +139,15 @@ struct msg {
     struct ms_qctl ctl;             /* the operator's action read this round (control.h) */
     int held;                       /* this round: held by the operator, no attempt */
     uint64_t delay_ms;              /* this round's retry delay; 0: the backoff */
+    /* Duplicate fencing (fence.h). */
+    struct wk_fence_lease fence;    /* the message's delivery lease */
+    int take_rc;                    /* split take (MGET follows): 1 taken, 0 held, -1 failed */
+    long long fence_prior;          /* the lease's previous holder's destinations in DATA */
+    uint64_t fence_wait_ms;         /* held by another: lapses in this many ms */
+    int fenced;                     /* this round: a destination refused at its check */
+    int renewing;                   /* a renewal is out */
+    uint64_t renew_sent_ms;
+    int revoked;                    /* its partition was revoked: finishing only */
 };
 
 /* A message whose outcomes are all durable and that waits only for the
@@ -158,6 +171,7 @@ struct wk_delivery {
     wk_pacing *pacing;     /* dest_rate and dest_concurrency (pacing.h) */
     wk_outcomes *outcomes; /* per recipient (outcome.h) */
     wk_control *control;   /* the queue control: index, suspensions (control.h) */
+    wk_fence *fence;       /* duplicate fencing (fence.h) */
     struct wk_requeue_conf requeue;
     struct msg **slots;
     size_t nslots, nused, nclosing;
@@ -379,6 +393,8 @@ static void msg_closed_cb(uv_handle_t *h)
     after_release(d);
 }
 
+static void fence_release(struct msg *m);
+
 /* End the transaction: `done` stores the record's offset (its outcome is
  * durable); otherwise the record is abandoned and will be redelivered. */
 static void msg_release(struct msg *m, int done)
@@ -387,6 +403,7 @@ static void msg_release(struct msg *m, int done)
 
     if (m->state == MSG_CLOSING)
         return;
+    fence_release(m);
     dests_free(m);
     if (d->mailauth)
         wk_mailauth_cancel(d->mailauth, m->id);
@@ -479,17 +496,17 @@ static void redis_failed(wk_delivery *d, const struct msg *m, const char *what,
     ms_counter_inc(d->m_redis_errors);
 }
 
-static void on_mget(void *arg, uint64_t cookie, const struct ms_redis_reply *r)
+static void fence_wait(struct msg *m, uint64_t ms, const char *why);
+static void fence_note_prior(struct msg *m);
+
+/* The markers, suppression entries and control record read (MGET, or
+ * with the lease: MS_SCRIPT_FENCE_TAKE): apply them and send. */
+static void apply_checks(struct msg *m, const struct ms_redis_reply *r)
 {
-    wk_delivery *d = arg;
-    struct msg *m = msg_lookup_redis(d, cookie);
+    wk_delivery *d = m->d;
     char q[600];
     size_t i, k, want;
 
-    if (m == NULL || m->state != MSG_CHECK)
-        return;
-    uv_timer_stop(&m->timer);
-    m->phase++;
     want = m->ntried * (d->conf.suppress_ttl_s > 0 ? 2 : 1) + 1; /* + the control record */
     if (r->type == MS_REDIS_ARRAY && r->nelem == want && r->elem[want - 1].type == MS_REDIS_STR &&
         ms_qctl_parse(r->elem[want - 1].str, r->elem[want - 1].len, &m->ctl) < 0)
@@ -512,7 +529,58 @@ static void on_mget(void *arg, uint64_t cookie, const struct ms_redis_reply *r)
             }
         }
     }
+    fence_note_prior(m);
     msg_send(m);
+}
+
+static void on_mget(void *arg, uint64_t cookie, const struct ms_redis_reply *r)
+{
+    wk_delivery *d = arg;
+    struct msg *m = msg_lookup_redis(d, cookie);
+
+    if (m == NULL || m->state != MSG_CHECK)
+        return;
+    uv_timer_stop(&m->timer);
+    m->phase++;
+    if (m->take_rc == 0) {
+        fence_wait(m, m->fence_wait_ms, "held");
+        return;
+    }
+    if (m->take_rc < 0) {
+        fence_wait(m, 0, "unavailable");
+        return;
+    }
+    apply_checks(m, r);
+}
+
+/* The lease's answer (fence.h).  With the keys read in the same script,
+ * this is the attempt's only round trip before it starts; a message with
+ * more keys than a script call takes has them read by an MGET sent right
+ * behind it (take_rc: the lease's answer waits for it in on_mget). */
+static void on_take(void *arg, uint64_t cookie, const struct ms_redis_reply *r)
+{
+    wk_delivery *d = arg;
+    struct msg *m = msg_lookup_redis(d, cookie);
+    struct ms_redis_reply values;
+    int rc;
+
+    if (m == NULL || m->state != MSG_CHECK)
+        return;
+    rc = wk_fence_parse_take(&m->fence, r, &m->fence_prior, &m->fence_wait_ms, &values);
+    if (rc < 0)
+        redis_failed(d, m, "EVALSHA fence_take", r);
+    if (m->take_rc == -2) { /* split: the MGET's reply follows */
+        m->take_rc = rc;
+        return;
+    }
+    uv_timer_stop(&m->timer);
+    m->phase++;
+    if (rc == 0)
+        fence_wait(m, m->fence_wait_ms, "held");
+    else if (rc < 0)
+        fence_wait(m, 0, "unavailable");
+    else
+        apply_checks(m, &values);
 }
 
 static void on_marker_set(void *arg, uint64_t cookie, const struct ms_redis_reply *r)
@@ -543,7 +611,7 @@ static void write_marker(struct msg *m, size_t i, const char *relay)
         return;
     key = marker_key(m, i);
     value = ms_asprintf("node=%s relay=%s at=%lld", d->conf.node_id, relay, (long long)ms_time_now_us());
-    snprintf(ttl, sizeof(ttl), "%d", WK_MARKER_TTL_S);
+    snprintf(ttl, sizeof(ttl), "%lld", (long long)d->conf.marker_ttl_s);
     argv[0] = "SET";
     argv[1] = key;
     argv[2] = value;
@@ -565,6 +633,258 @@ static void redis_guard_cb(uv_timer_t *t);
 static void arm_redis_guard(struct msg *m)
 {
     uv_timer_start(&m->timer, redis_guard_cb, WK_REDIS_TIMEOUT_MS, 0);
+}
+
+/* ---- duplicate fencing (fence.h; docs/reliability.md "Nothing twice") ---- */
+
+static void retry_cb(uv_timer_t *t);
+
+/* No attempt this round: another worker holds the lease (`ms` until it
+ * lapses), or it could not be taken or checked (Redis unavailable: ms 0,
+ * the lease's renewal period).  The record stays ours and in memory; the
+ * next round takes the lease again and reads the markers afresh. */
+static void fence_wait(struct msg *m, uint64_t ms, const char *why)
+{
+    wk_delivery *d = m->d;
+
+    /* A live holder's lease never lasts longer than lease_ms from now (it
+     * renews by that much): look again by then whatever the hash says. */
+    if (ms == 0)
+        ms = wk_fence_lease_ms(d->fence) / 3;
+    else if (ms > wk_fence_lease_ms(d->fence))
+        ms = wk_fence_lease_ms(d->fence);
+    ms += WK_FENCE_MARGIN_MS / 4; /* past the lapse, not just at it */
+    if (strcmp(why, "held") == 0)
+        wk_fence_count_wait(d->fence);
+    ms_info("event=lease_wait qid=%s reason=%s wait_ms=%llu", m->qid, why,
+            (unsigned long long)ms);
+    if (d->draining || m->revoked) {
+        msg_release(m, 0);
+        return;
+    }
+    msg_enter_state(m, MSG_WAIT);
+    uv_timer_start(&m->timer, retry_cb, ms, 0);
+}
+
+/* The lease's previous holder passed the check before DATA and recorded no
+ * outcome: it died or stalled after (or while) sending the message, so the
+ * recipients still without a marker may get it twice.  Nothing can tell
+ * (the destination does not say); count them. */
+static void fence_note_prior(struct msg *m)
+{
+    size_t i, n = 0;
+
+    if (m->fence_prior <= 0)
+        return;
+    for (i = 0; i < m->nrcpts; i++)
+        n += m->rcpts[i].state == WK_RCPT_PENDING;
+    if (n > 0) {
+        wk_fence_count_unavoidable(m->d->fence, n);
+        ms_warn("event=duplicate_risk kind=unavoidable qid=%s rcpts=%zu prior_in_data=%lld "
+                "gen=%lld", m->qid, n, m->fence_prior, m->fence.gen);
+    }
+    m->fence_prior = 0;
+}
+
+static void on_fence_released(void *arg, uint64_t cookie, const struct ms_redis_reply *r)
+{
+    wk_delivery *d = arg;
+
+    (void)cookie;
+    if (r->type != MS_REDIS_INT)
+        ms_counter_inc(d->m_redis_errors);
+}
+
+/* Give the lease back, unless a destination may be in DATA (its session
+ * cancelled mid-message): then it lapses by itself, and the next holder
+ * sees that this one reached DATA (fence_note_prior). */
+static void fence_release(struct msg *m)
+{
+    size_t k;
+
+    if (!m->fence.held)
+        return;
+    for (k = 0; k < m->ndests; k++)
+        if (m->dests[k].gated && m->dests[k].smtp != NULL) {
+            m->fence.held = 0;
+            return;
+        }
+    if (wk_fence_done(m->d->fence, &m->fence, m->qid, NULL, 0, "", 0, 1, on_fence_released, m->d,
+                      0) < 0)
+        ms_counter_inc(m->d->m_redis_errors);
+}
+
+static void on_gate_checked(void *arg, uint64_t id, const struct ms_redis_reply *r)
+{
+    wk_delivery *d = arg;
+    struct msg *m = NULL;
+    struct dest *ds = dest_lookup(d, id, &m);
+    uint64_t deadline;
+
+    if (ds == NULL || ds->state != DEST_SEND || !ds->gate_pending || ds->smtp == NULL)
+        return;
+    ds->gate_pending = 0;
+    deadline = wk_fence_parse_check(&m->fence, r, ds->gate_sent_ms);
+    if (deadline == 0) {
+        const char *why = r->type == MS_REDIS_INT ? "lost" : "unavailable";
+        if (r->type != MS_REDIS_INT)
+            redis_failed(d, m, "EVALSHA fence_check", r);
+        wk_fence_count_fenced(d->fence, why);
+        ms_warn("event=fenced qid=%s relay=%s reason=%s gen=%lld", m->qid, ds->relay_str, why,
+                m->fence.gen);
+        m->fenced = 1;
+        wk_smtp_gate_answer(ds->smtp, 0);
+        return;
+    }
+    ds->gated = 1;
+    wk_smtp_gate_answer(ds->smtp, deadline);
+}
+
+/* The SMTP session has every RCPT answered, some accepted: the last moment
+ * before DATA (smtp_client.h).  Is the lease still ours? */
+static void on_gate(void *arg, uint64_t id)
+{
+    wk_delivery *d = arg;
+    struct msg *m = NULL;
+    struct dest *ds = dest_lookup(d, id, &m);
+    const char *why = "lost";
+
+    if (ds == NULL || ds->state != DEST_SEND || ds->smtp == NULL)
+        return;
+    if (m->fence.held && !m->revoked) {
+        ds->gate_sent_ms = uv_now(d->loop);
+        if (wk_fence_check(d->fence, &m->fence, m->qid, 1, on_gate_checked, d, id,
+                           ds->gate_sent_ms) == 0) {
+            ds->gate_pending = 1; /* fence_tick_cb is its guard */
+            return;
+        }
+        why = "unavailable";
+        ms_counter_inc(d->m_redis_errors);
+    } else if (m->revoked) {
+        why = "revoked";
+    }
+    wk_fence_count_fenced(d->fence, why);
+    ms_warn("event=fenced qid=%s relay=%s reason=%s", m->qid, ds->relay_str, why);
+    m->fenced = 1;
+    wk_smtp_gate_answer(ds->smtp, 0);
+}
+
+static void on_fence_renewed(void *arg, uint64_t cookie, const struct ms_redis_reply *r)
+{
+    wk_delivery *d = arg;
+    struct msg *m = msg_lookup_redis(d, cookie);
+    uint64_t until;
+    size_t k;
+
+    if (m == NULL || !m->renewing)
+        return;
+    m->renewing = 0;
+    if (m->state != MSG_SEND)
+        return;
+    until = wk_fence_parse_check(&m->fence, r, m->renew_sent_ms);
+    if (until == 0) {
+        /* Destinations in DATA keep the deadline they have; the others
+         * will find the lease gone at their check. */
+        ms_warn("event=lease_lost qid=%s gen=%lld reply=%s", m->qid, m->fence.gen,
+                r->type == MS_REDIS_INT ? "taken" : "failed");
+        return;
+    }
+    for (k = 0; k < m->ndests; k++)
+        if (m->dests[k].gated && m->dests[k].smtp != NULL)
+            wk_smtp_extend(m->dests[k].smtp, until);
+}
+
+/* While the attempt runs (SEND): renew the lease every third of its life,
+ * and give up checks Redis has not answered in WK_REDIS_TIMEOUT_MS. */
+static void fence_tick_cb(uv_timer_t *t)
+{
+    struct msg *m = t->data;
+    wk_delivery *d = m->d;
+    uint64_t now = uv_now(d->loop), id = m->id;
+    size_t k;
+
+    if (m->state != MSG_SEND) {
+        uv_timer_stop(t);
+        return;
+    }
+    if (m->fence.held && !m->renewing &&
+        now - m->fence.renewed_ms >= wk_fence_lease_ms(d->fence) / 3) {
+        m->renew_sent_ms = now;
+        if (wk_fence_check(d->fence, &m->fence, m->qid, 0, on_fence_renewed, d, redis_cookie(m),
+                           now) == 0)
+            m->renewing = 1;
+    }
+    for (k = 0;; k++) {
+        struct dest *ds;
+        /* Answering may end the destination, and with the last one the
+         * attempt: look the message up again each time. */
+        if ((m = msg_lookup(d, id)) == NULL || m->state != MSG_SEND || k >= m->ndests)
+            break;
+        ds = &m->dests[k];
+        if (!ds->gate_pending || ds->smtp == NULL || now - ds->gate_sent_ms < WK_REDIS_TIMEOUT_MS)
+            continue;
+        ds->gate_pending = 0;
+        ms_counter_inc(d->m_redis_errors);
+        wk_fence_count_fenced(d->fence, "unavailable");
+        ms_warn("event=fenced qid=%s relay=%s reason=unavailable timeout_ms=%d", m->qid,
+                ds->relay_str, WK_REDIS_TIMEOUT_MS);
+        m->fenced = 1;
+        wk_smtp_gate_answer(ds->smtp, 0);
+    }
+}
+
+static void on_fence_done(void *arg, uint64_t cookie, const struct ms_redis_reply *r)
+{
+    wk_delivery *d = arg;
+    struct msg *m = msg_lookup_redis(d, cookie);
+
+    if (m == NULL || (m->state != MSG_RECORD && m->state != MSG_SEND))
+        return;
+    if (r->type != MS_REDIS_INT)
+        redis_failed(d, m, "EVALSHA fence_done", r);
+    if (--m->redis_pending == 0 && m->state == MSG_RECORD) {
+        uv_timer_stop(&m->timer);
+        m->phase++;
+        msg_settle(m);
+    }
+}
+
+/* A destination that passed its check has its outcomes: write its
+ * delivered markers and count it out of DATA in one script call, giving
+ * the lease back with the attempt's last destination.  (A destination
+ * with more delivered recipients than a script call carries writes them
+ * with SETs, as without fencing.) */
+static void fence_done(struct msg *m, struct dest *ds, const size_t *delivered, size_t n)
+{
+    wk_delivery *d = m->d;
+    char **keys, *value;
+    size_t k;
+    int last = m->ndests_done + 1 == m->ndests && !m->starting, err;
+
+    value = ms_asprintf("node=%s relay=%s at=%lld", d->conf.node_id, ds->relay_str,
+                        (long long)ms_time_now_us());
+    if (n + 1 > WK_FENCE_KEYS_MAX) {
+        for (k = 0; k < n; k++)
+            write_marker(m, delivered[k], ds->relay_str);
+        n = 0;
+    }
+    keys = ms_calloc(n + 1, sizeof(*keys));
+    for (k = 0; k < n; k++)
+        keys[k] = marker_key(m, delivered[k]);
+    err = wk_fence_done(d->fence, &m->fence, m->qid, keys, n, value, 1, last, on_fence_done, d,
+                        redis_cookie(m));
+    if (err < 0) {
+        redis_failed(d, m, "EVALSHA fence_done", NULL);
+        for (k = 0; k < n; k++)
+            write_marker(m, delivered[k], ds->relay_str);
+    } else {
+        m->redis_pending++;
+    }
+    ds->gated = 0;
+    for (k = 0; k < n; k++)
+        free(keys[k]);
+    free(keys);
+    free(value);
 }
 
 /* ---- the transaction ---- */
@@ -612,11 +932,36 @@ static void msg_check(struct msg *m)
     for (k = 1; k <= nkeys; k++)
         argvlen[k] = strlen(argv[k]);
     m->phase++;
-    err = ms_redis_command(d->redis, on_mget, d, redis_cookie(m), (int)nkeys + 1, argv, argvlen);
+    m->take_rc = 1;
+    m->fenced = 0;
+    if (wk_fence_on(d->fence)) {
+        /* Duplicate fencing: the lease, with the reads when they fit in
+         * the script call, else with an MGET right behind it (one round
+         * trip either way). */
+        int split = nkeys + 1 > WK_FENCE_KEYS_MAX;
+        wk_fence_new_round(d->fence, &m->fence, m->id);
+        err = wk_fence_take(d->fence, &m->fence, m->qid, split ? NULL : (char *const *)argv + 1,
+                            split ? 0 : nkeys, on_take, d, redis_cookie(m), uv_now(d->loop));
+        if (err == 0 && split) {
+            m->take_rc = -2;
+            err = ms_redis_command(d->redis, on_mget, d, redis_cookie(m), (int)nkeys + 1, argv,
+                                   argvlen);
+        }
+    } else {
+        err = ms_redis_command(d->redis, on_mget, d, redis_cookie(m), (int)nkeys + 1, argv,
+                               argvlen);
+    }
     for (k = 1; k <= nkeys; k++)
         free((char *)argv[k]);
     free(argv);
     free(argvlen);
+    if (err < 0 && wk_fence_on(d->fence)) {
+        /* No lease, no attempt: Kafka keeps the record meanwhile. */
+        redis_failed(d, m, "EVALSHA fence_take", NULL);
+        m->phase++;
+        fence_wait(m, 0, "unavailable");
+        return;
+    }
     if (err < 0) {
         /* Redis is down: deliver anyway (at least once). */
         redis_failed(d, m, "MGET", NULL);
@@ -629,6 +974,7 @@ static void msg_check(struct msg *m)
 /* Every destination has answered: record. */
 static void msg_sent(struct msg *m)
 {
+    fence_release(m);
     dests_free(m);
     msg_enter_state(m, MSG_RECORD);
     /* Marker writes started in SEND keep their phase. */
@@ -681,7 +1027,7 @@ static void on_smtp(void *arg, uint64_t id, const struct wk_smtp_result *res)
     struct dest *ds = dest_lookup(d, id, &m);
     const char *remote;
     enum wk_outcome o;
-    size_t k, i;
+    size_t k, i, *delivered, ndelivered = 0;
 
     if (ds == NULL || ds->state != DEST_SEND)
         return;
@@ -707,9 +1053,17 @@ static void on_smtp(void *arg, uint64_t id, const struct wk_smtp_result *res)
     }
     remote = ds->addrs && ds->next > 0 ? ds->addrs[ds->next - 1].host : NULL;
     dest_release_pacing(m, ds);
+    if (res->fenced) {
+        /* Another worker owns the message now (or the lease could not be
+         * checked): no outcome, the recipients stay pending for a later
+         * round, which finds them delivered or takes the lease again. */
+        dest_done(m, ds);
+        return;
+    }
     m->cur_tls = res->tls;
     m->cur_tls_policy = res->tls_policy;
     m->cur_tls_auth = res->tls_auth;
+    delivered = ms_calloc(ds->n + 1, sizeof(*delivered));
     for (k = 0; k < res->nrcpts && k < ds->n; k++) {
         i = ds->rcpts[k];
         o = record_outcome(m, i, res->rcpts[k].code, res->rcpts[k].dsn, res->rcpts[k].reply,
@@ -717,10 +1071,16 @@ static void on_smtp(void *arg, uint64_t id, const struct wk_smtp_result *res)
         /* Right after the remote 250: from now on a redelivery skips it
          * (XXX and a success notice not yet produced is lost with it). */
         if (o == WK_OUTCOME_DELIVERED) {
-            write_marker(m, i, ds->relay_str);
+            if (ds->gated)
+                delivered[ndelivered++] = i;
+            else
+                write_marker(m, i, ds->relay_str);
             note_success(m, i, res->dsn_offered, ds->t && ds->t->kind == MS_TRANSPORT_LMTP);
         }
     }
+    if (ds->gated) /* markers and the lease in one round trip */
+        fence_done(m, ds, delivered, ndelivered);
+    free(delivered);
     m->cur_tls = NULL;
     m->cur_tls_policy = NULL;
     m->cur_tls_auth = 0;
@@ -934,6 +1294,8 @@ static void dest_connect_now(struct msg *m, struct dest *ds)
     sm.nrcpts = ds->n;
     sm.data = (const char *)m->env->message.data;
     sm.len = m->env->message.len;
+    if (m->fence.held) /* duplicate fencing: the check before DATA */
+        sm.gate = on_gate;
     dest_enter_state(m, ds, DEST_SEND);
     err = wk_smtp_start(d->loop, (const struct sockaddr *)&a->ss, &d->conf.timeouts, &sm, on_smtp,
                         d, dest_id(m, ds), &ds->smtp);
@@ -1128,6 +1490,9 @@ static void msg_send(struct msg *m)
     }
     if (msg_control(m))
         return;
+    m->renewing = 0;
+    if (m->fence.held) /* renewals and the checks' guard, while in SEND */
+        uv_timer_start(&m->timer, fence_tick_cb, WK_FENCE_TICK_MS, WK_FENCE_TICK_MS);
     m->attempt++;
     m->dests = ms_calloc(m->ntried, sizeof(*m->dests));
     m->ndests = m->ndests_done = 0;
@@ -1200,6 +1565,7 @@ static void retry_cb(uv_timer_t *t)
 {
     struct msg *m = t->data;
 
+    m->fenced = 0;
     m->finalized = 0;
     m->produce_failed = 0;
     msg_check(m);
@@ -1408,6 +1774,12 @@ static void msg_settle(struct msg *m)
      * for below (or parked). */
     if (m->state != MSG_RECORD || m->redis_pending > 0)
         return;
+    if (m->revoked) {
+        /* Its partition has a new owner, which redoes what no marker
+         * records (no DSN or retry record from here). */
+        msg_release(m, 0);
+        return;
+    }
     for (i = 0; i < m->nrcpts; i++)
         pending += m->rcpts[i].state == WK_RCPT_PENDING;
     if (!m->finalized) {
@@ -1453,7 +1825,9 @@ static void msg_settle(struct msg *m)
                 free(key);
             }
         send_dsn(m);
-        if (pending > 0) {
+        if (pending > 0 && m->fenced) {
+            ; /* another worker has them: look again here (below) */
+        } else if (pending > 0) {
             send_retry(m, pending);
         } else if (m->attempt > 1 || m->tier > 0) {
             const char *argv[3] = {"ZREM", MS_KEY_RETRY_QUEUE, m->qid};
@@ -1481,6 +1855,7 @@ static void msg_settle(struct msg *m)
      * tiers): keep the record and try again here; its partition's offsets
      * stay behind until it is done. */
     delay = m->produce_failed ? WK_PRODUCE_RETRY_MS
+          : m->fenced         ? wk_fence_lease_ms(d->fence) + WK_FENCE_MARGIN_MS
           : m->delay_ms       ? m->delay_ms /* held, or every destination suspended */
                               : wk_backoff_ms(m->attempt, d->conf.retry_min_ms,
                                               d->conf.retry_max_ms, arc4random());
@@ -1498,7 +1873,9 @@ static void redis_guard_cb(uv_timer_t *t)
             msg_state_names[m->state], WK_REDIS_TIMEOUT_MS);
     ms_counter_inc(m->d->m_redis_errors);
     m->phase++; /* late replies are dropped */
-    if (m->state == MSG_CHECK) {
+    if (m->state == MSG_CHECK && wk_fence_on(m->d->fence)) {
+        fence_wait(m, 0, "unavailable"); /* no lease, no attempt */
+    } else if (m->state == MSG_CHECK) {
         msg_send(m);
     } else if (m->state == MSG_RECORD) {
         m->redis_pending = 0;
@@ -1798,6 +2175,12 @@ wk_delivery *wk_delivery_new(uv_loop_t *loop, const struct wk_delivery_conf *con
     oc.events_topic = conf->events_topic;
     oc.suppress_ttl_s = conf->suppress_ttl_s;
     d->outcomes = wk_outcomes_new(&oc);
+    {
+        struct wk_fence_conf fc = {conf->node_id, conf->fence_lease_ms, conf->marker_ttl_s};
+        if (d->conf.marker_ttl_s <= 0)
+            d->conf.marker_ttl_s = fc.marker_ttl_s = WK_DELIVERED_TTL_S;
+        d->fence = wk_fence_new(&fc);
+    }
     d->requeue.helo_name = conf->helo_name;
     d->requeue.node_id = conf->node_id;
     d->requeue.max_age_s = d->conf.max_age_s;
@@ -1899,12 +2282,53 @@ static void stats_cb(uv_timer_t *t)
     ms_redis_command(d->redis, on_stats, d, 2, 5, zrange, l2);
 }
 
+/* Partitions revoked (ms_kafka.h): their new owner redelivers every record
+ * of them not yet done, so stop their work before they go.  A message none
+ * of whose destinations is past its check before DATA is abandoned now
+ * (sessions closed, lease given back: the new owner need not wait for it
+ * to lapse).  One with a destination in DATA cannot take the message back:
+ * it finishes that and records the outcome (its lease keeps the new owner
+ * waiting meanwhile), starts no other DATA (on_gate), and is then released
+ * without DSN or retry record (msg_settle). */
+static void on_revoked(void *arg, ms_consumer *c, const int32_t *parts, size_t nparts)
+{
+    wk_delivery *d = arg;
+    size_t i, j, k, abandoned = 0, finishing = 0;
+    int in_data;
+
+    for (i = 0; i < d->nslots; i++) {
+        struct msg *m = d->slots[i];
+        if (m == NULL || m->rec == NULL || d->consumers[m->tier] != c)
+            continue;
+        for (j = 0; j < nparts && parts[j] != m->rec->partition; j++)
+            ;
+        if (j == nparts)
+            continue;
+        in_data = 0;
+        for (k = 0; m->state == MSG_SEND && k < m->ndests; k++)
+            in_data |= m->dests[k].gated && m->dests[k].smtp != NULL;
+        if (in_data) {
+            m->revoked = 1;
+            finishing++;
+            ms_info("event=revoked_in_data qid=%s partition=%d", m->qid, (int)m->rec->partition);
+        } else {
+            msg_release(m, 0);
+            abandoned++;
+        }
+    }
+    ms_info("event=partitions_revoked topic=%s partitions=%zu abandoned=%zu finishing=%zu",
+            d->consumers[0] == c ? "queue" : "retry", nparts, abandoned, finishing);
+}
+
 void wk_delivery_attach(wk_delivery *d, ms_consumer *c, ms_producer *p, ms_redis *r)
 {
     d->consumers[0] = c;
     d->producer = p;
     d->redis = r;
     wk_pacing_attach(d->pacing, r);
+    wk_fence_attach(d->fence, r);
+    if (c)
+        ms_consumer_on_revoke(c, on_revoked, d);
     wk_outcomes_attach(d->outcomes, p, r);
     wk_control_attach(d->control, r);
     if (r && d->stats_timer_open)
@@ -1916,6 +2340,8 @@ void wk_delivery_attach_retry(wk_delivery *d, int tier, ms_consumer *c)
     if (tier < 1 || tier > WK_RETRY_TIERS_MAX)
         ms_panic("event=bad_retry_tier tier=%d", tier);
     d->consumers[tier] = c;
+    if (c)
+        ms_consumer_on_revoke(c, on_revoked, d);
 }
 
 int wk_delivery_in_flight(const wk_delivery *d)
@@ -1972,6 +2398,7 @@ void wk_delivery_free(wk_delivery *d)
     wk_pacing_free(d->pacing);
     wk_outcomes_free(d->outcomes);
     wk_control_free(d->control);
+    wk_fence_free(d->fence);
     free(d->parked);
     free(d->slots);
     free(d);

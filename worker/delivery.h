@@ -92,8 +92,6 @@
 
 /* Default of [delivery] max_in_flight. */
 #define WK_MAX_IN_FLIGHT_DEFAULT 256
-/* How long delivered markers live: longer than any redelivery can take. */
-#define WK_MARKER_TTL_S (7 * 24 * 3600)
 /* Retry tier topics: "<topic>.retry.<n>", n = 1..tiers. */
 #define WK_RETRY_TIERS_MAX 16
 /* Records not yet due a tier consumer may hold before it is paused. */
@@ -149,6 +147,8 @@ struct wk_delivery_conf {
                                          * an entry's own context, if any, instead
                                          * of tls_ctx; NULL: `may` everywhere */
     struct wk_smtp_timeouts timeouts;
+    uint64_t fence_lease_ms;            /* duplicate fencing (fence.h); 0: off */
+    int64_t marker_ttl_s;               /* delivered markers' TTL; 0: WK_DELIVERED_TTL_S */
 };
 
 typedef struct wk_delivery wk_delivery;

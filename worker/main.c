@@ -15,6 +15,7 @@
  * second signal abandons at once.
  */
 #include "delivery.h"
+#include "fence.h"
 #include "mtasts.h"
 #include "tls_policy.h"
 #include "mailauth.h"
@@ -75,7 +76,7 @@ static int64_t var_max_in_flight, var_retry_min_ms, var_retry_max_ms,
     var_dns_timeout_ms, var_suppress_ttl_s, var_reply_timeout_ms, var_dest_concurrency,
     var_conn_cache_ms, var_max_msgs_per_conn, var_linger_ms, var_fetch_min_bytes,
     var_fetch_wait_ms, var_dest_rate_max_wait_ms, var_delay_warning_s, var_mta_sts_port,
-    var_mta_sts_timeout_ms;
+    var_mta_sts_timeout_ms, var_fence_lease_ms, var_delivered_ttl_s;
 
 static char default_node_id[256];
 
@@ -131,6 +132,9 @@ static const struct {
      &var_max_msgs_per_conn},
     {"delivery", "dest_rate_max_wait_ms", WK_DEST_RATE_MAX_WAIT_MS, 0, 3600 * 1000,
      &var_dest_rate_max_wait_ms},
+    {"delivery", "fence_lease_ms", WK_FENCE_LEASE_MS, 0, WK_FENCE_LEASE_MAX_MS,
+     &var_fence_lease_ms},
+    {"delivery", "delivered_ttl_s", 0, 0, 365 * 24 * 3600, &var_delivered_ttl_s},
     {"retry", "delay_warning_s", 0, 0, 365 * 24 * 3600, &var_delay_warning_s},
     {"retry", "tiers", WK_RETRY_TIERS_DEFAULT, 0, WK_RETRY_TIERS_MAX, &var_retry_tiers},
     {"retry", "max_age_s", WK_MAX_AGE_S, 1, 365 * 24 * 3600, &var_max_age_s},
@@ -568,6 +572,19 @@ int main(int argc, char **argv)
     }
     dc.max_age_s = var_max_age_s;
     dc.suppress_ttl_s = var_suppress_ttl_s;
+    if (var_fence_lease_ms > 0 && var_fence_lease_ms < WK_FENCE_LEASE_MIN_MS)
+        ms_fatal("event=config_invalid section=delivery key=fence_lease_ms value=%lld "
+                 "want=\"0 (no fencing) or %d to %d\"",
+                 (long long)var_fence_lease_ms, WK_FENCE_LEASE_MIN_MS, WK_FENCE_LEASE_MAX_MS);
+    dc.fence_lease_ms = (uint64_t)var_fence_lease_ms;
+    /* docs/reliability.md: a delivered marker must outlive every
+     * redelivery of its record.  Records are committed in offset order, so
+     * one held back (a retry record waiting for its time, at most the
+     * longest tier delay; with no tiers, deferred mail in memory up to
+     * max_age_s) keeps the records after it redeliverable that long. */
+    dc.marker_ttl_s = var_delivered_ttl_s > 0 ? var_delivered_ttl_s
+                      : var_retry_tiers > 0   ? WK_DELIVERED_TTL_S + var_retry_max_ms / 1000
+                                              : WK_DELIVERED_TTL_S + var_max_age_s;
     dc.dest_concurrency = (int)var_dest_concurrency;
     if (ms_bucket_rate_parse(var_dest_rate, &dc.dest_rate) < 0)
         ms_fatal("event=config_invalid section=delivery key=dest_rate value=\"%s\" "

@@ -75,6 +75,7 @@ enum smtp_state {
     SMTP_AUTH,
     SMTP_MAIL,
     SMTP_RCPT,
+    SMTP_GATE,
     SMTP_DATA,
     SMTP_BODY,
     SMTP_BDAT,
@@ -88,7 +89,7 @@ enum smtp_state {
 
 static const char *const state_names[SMTP__NSTATES] = {
     "connect", "banner", "ehlo", "starttls", "tls", "helo", "auth", "mail", "rcpt",
-    "data", "body", "bdat", "dot", "quit", "rset", "idle", "closed",
+    "gate", "data", "body", "bdat", "dot", "quit", "rset", "idle", "closed",
 };
 
 struct wk_smtp {
@@ -130,6 +131,9 @@ struct wk_smtp {
     int lmtp;
     size_t lmtp_next;               /* LMTP: next recipient whose data reply is due */
     int pipelined;                  /* RCPTs and DATA went with MAIL (RFC 2920) */
+    void (*gate)(void *, uint64_t); /* duplicate fencing: asked before DATA */
+    uint64_t deadline_ms;           /* its answer: end of data no later (uv_now) */
+    int fenced;                     /* the gate refused */
     /* Connection reuse. */
     wk_smtp_cache *cache;
     char cache_key[WK_SMTP_CACHE_KEY_MAX];
@@ -357,6 +361,9 @@ static void tx_free(wk_smtp *s)
     s->nrcpts = s->rcpt_next = s->naccepted = s->lmtp_next = 0;
     s->body_len = s->body_off = s->msg_len = 0;
     s->pipelined = s->abort_data = s->rset_pipelined = 0;
+    s->gate = NULL;
+    s->deadline_ms = 0;
+    s->fenced = 0;
     s->chunking = 0;
     s->chunk_end = 0;
     s->cb = NULL;
@@ -388,6 +395,9 @@ static void tx_setup(wk_smtp *s, const struct wk_smtp_msg *msg)
     s->body_len = msg->len;
     s->body = ms_malloc(msg->len ? msg->len : 1);
     memcpy(s->body, msg->data, msg->len);
+    s->gate = msg->gate;
+    s->deadline_ms = 0;
+    s->fenced = 0;
 }
 
 /* The message as it goes on the wire, once DATA or BDAT is chosen. */
@@ -535,6 +545,7 @@ static void smtp_report(wk_smtp *s, int err, const struct wk_reply *reply, const
     res.tls_fallback = s->tls_fallback;
     res.dsn_offered = (s->ehlo.flags & WK_EHLO_DSN) != 0;
     res.try_next = s->try_next;
+    res.fenced = s->fenced;
     res.reused = s->reused;
     res.nrcpts = s->nrcpts;
     res.rcpts = s->results;
@@ -652,6 +663,23 @@ static void smtp_send_secret(wk_smtp *s, const char *fmt, ...)
     va_end(ap);
 }
 
+/* Duplicate fencing: the octets that end the message may not go after the
+ * gate's deadline (smtp_client.h).  Past it, close without them: a server
+ * discards a transaction whose data never ended.  Returns 1 then. */
+static int smtp_lease_ran_out(wk_smtp *s)
+{
+    if (s->deadline_ms == 0)
+        return 0;
+    uv_update_time(s->loop);
+    if (uv_now(s->loop) < s->deadline_ms)
+        return 0;
+    ms_warn("event=smtp_lease_ran_out qid=%s peer=%s late_ms=%llu", s->log_id, s->peer,
+            (unsigned long long)(uv_now(s->loop) - s->deadline_ms));
+    smtp_fail(s, MS_ETIMEOUT, "4.4.2",
+              "delivery lease ran out before the end of the data to %s", s->peer);
+    return 1;
+}
+
 /* Write the body (or the current BDAT chunk) in WK_SMTP_DATA_BLOCK
  * blocks, each with its own timeout (RFC 5321 §4.5.3.2.5), straight from
  * s->body (no copy: it stays until the transport has sent it).  While the
@@ -666,6 +694,8 @@ static void smtp_write_body(wk_smtp *s)
         n = end - s->body_off;
         if (n > WK_SMTP_DATA_BLOCK)
             n = WK_SMTP_DATA_BLOCK;
+        if (s->body_off + n == s->body_len && smtp_lease_ran_out(s))
+            return;
         uv_timer_start(&s->timer, smtp_timeout_cb, s->timeout_ms[SMTP_BODY], 0);
         if ((r = ms_conn_write_ref(s->t, s->body + s->body_off, n)) < 0) {
             smtp_write_failed(s, r, "message ");
@@ -693,6 +723,8 @@ static void smtp_send_chunk(wk_smtp *s)
     if (n > WK_SMTP_BDAT_CHUNK)
         n = WK_SMTP_BDAT_CHUNK;
     last = s->body_off + n == s->body_len;
+    if (last && n == 0 && smtp_lease_ran_out(s))
+        return; /* "BDAT 0 LAST" alone ends the message */
     s->chunk_end = s->body_off + n;
     smtp_enter_state(s, SMTP_BODY);
     smtp_send(s, "BDAT %zu%s\r\n", n, last ? " LAST" : "");
@@ -912,7 +944,7 @@ static void smtp_send_mail(wk_smtp *s)
         smtp_send_rcpt(s, i);
     /* BDAT waits for the RCPT replies: a chunk cannot be taken back
      * once sent (RFC 3030 §4.2 would allow pipelining it; we do not). */
-    if (!s->chunking)
+    if (!s->chunking && !s->gate)
         smtp_send(s, "DATA\r\n");
     smtp_uncork(s);
 }
@@ -1196,7 +1228,7 @@ static void smtp_handle_reply(wk_smtp *s, const struct wk_reply *r)
         }
         if (s->naccepted == 0) {
             smtp_report(s, 0, NULL, NULL, NULL); /* every recipient is final */
-            if (!s->pipelined || s->chunking) {
+            if (!s->pipelined || s->chunking || s->gate) {
                 smtp_quit(s);
                 return;
             }
@@ -1204,6 +1236,13 @@ static void smtp_handle_reply(wk_smtp *s, const struct wk_reply *r)
              * message if the server accepts it anyway, RFC 2920 §3.1). */
             s->abort_data = 1;
             smtp_enter_state(s, SMTP_DATA);
+            return;
+        }
+        if (s->gate) {
+            /* Duplicate fencing: the caller checks its lease now, after
+             * the RCPT replies and before any octet of the message. */
+            smtp_enter_state(s, SMTP_GATE);
+            s->gate(s->arg, s->id);
             return;
         }
         if (s->chunking) {
@@ -1214,6 +1253,10 @@ static void smtp_handle_reply(wk_smtp *s, const struct wk_reply *r)
         if (!s->pipelined)
             smtp_send(s, "DATA\r\n");
         return;
+    case SMTP_GATE:
+        /* Nothing is outstanding while the lease is checked: a reply now
+         * (a 421 before the server goes away) ends the transaction. */
+        break;
     case SMTP_BDAT:
         /* RFC 3030 §2: each chunk is answered; a refused one ends the
          * transaction (what was sent is discarded by the server). */
@@ -1657,6 +1700,7 @@ int wk_smtp_start(uv_loop_t *loop, const struct sockaddr *addr,
     s->timeout_ms[SMTP_TLS] = t->helo;
     s->timeout_ms[SMTP_MAIL] = t->mail;
     s->timeout_ms[SMTP_RCPT] = t->rcpt;
+    s->timeout_ms[SMTP_GATE] = t->rcpt;
     s->timeout_ms[SMTP_DATA] = t->data;
     s->timeout_ms[SMTP_BODY] = t->block;
     s->timeout_ms[SMTP_BDAT] = t->block;
@@ -1710,6 +1754,32 @@ int wk_smtp_start(uv_loop_t *loop, const struct sockaddr *addr,
     *out = s;
     smtp_connect_start(s);
     return 0;
+}
+
+void wk_smtp_gate_answer(wk_smtp *s, uint64_t deadline_ms)
+{
+    if (s->state != SMTP_GATE)
+        return; /* the session ended meanwhile (a timeout, the server) */
+    if (deadline_ms == 0) {
+        /* Another worker owns the delivery now: no DATA (smtp_client.h). */
+        s->fenced = 1;
+        smtp_report(s, 0, NULL, "4.4.0", "delivery lease lost before DATA: not sent");
+        smtp_quit(s);
+        return;
+    }
+    s->deadline_ms = deadline_ms;
+    if (s->chunking) {
+        smtp_send_chunk(s);
+        return;
+    }
+    smtp_enter_state(s, SMTP_DATA);
+    smtp_send(s, "DATA\r\n");
+}
+
+void wk_smtp_extend(wk_smtp *s, uint64_t deadline_ms)
+{
+    if (s->deadline_ms != 0 && deadline_ms > s->deadline_ms)
+        s->deadline_ms = deadline_ms;
 }
 
 void wk_smtp_cancel(wk_smtp *s)

@@ -96,6 +96,19 @@
  * whether the connection was reused, so a caller can retry on a fresh one
  * when a reused connection fails before the server answered anything.
  *
+ * Duplicate fencing (docs/reliability.md, "Nothing twice"): with msg->gate
+ * set, the session stops once every RCPT is answered and at least one was
+ * accepted, before DATA or the first BDAT chunk (DATA is then not
+ * pipelined with MAIL and RCPT, which costs one round trip), and calls
+ * gate(arg, id).  The caller answers with wk_smtp_gate_answer(): a
+ * deadline (uv_now ms) lets the message go, and the session then never
+ * sends the octets that end it (the "." of DATA, the last octet of BDAT
+ * LAST) after that deadline: it closes the connection instead, which the
+ * server takes as an aborted transaction, and reports 4.4.2.  0 refuses:
+ * every recipient not yet final gets code 0, 4.4.0 and res->fenced, and
+ * the session says QUIT; no octet of the message was sent.  Until the
+ * answer the RCPT timeout runs.
+ *
  * Outcome: the callback gets one effective result per recipient, in the
  * order given: the reply to its RCPT if that was not 2yz, else the reply to
  * the end of DATA (or to DATA itself); if the session failed earlier (banner,
@@ -244,6 +257,7 @@ struct wk_smtp_msg {
     const char *data;               /* CRLF lines, dot-unstuffed (any octets when
                                      * body_binarymime) */
     size_t len;
+    void (*gate)(void *arg, uint64_t id); /* duplicate fencing (above); NULL: none */
 };
 
 struct wk_smtp_rcpt_result {
@@ -269,6 +283,7 @@ struct wk_smtp_result {
     int dsn_offered;                /* the server offered DSN (RFC 3461) */
     int try_next;                   /* refused for what this server cannot do
                                      * (REQUIRETLS): another address may */
+    int fenced;                     /* the gate refused: nothing was sent */
     size_t nrcpts;
     const struct wk_smtp_rcpt_result *rcpts; /* valid during the callback */
 };
@@ -285,6 +300,13 @@ typedef void (*wk_smtp_cb)(void *arg, uint64_t id, const struct wk_smtp_result *
 int wk_smtp_start(uv_loop_t *loop, const struct sockaddr *addr,
                   const struct wk_smtp_timeouts *timeouts, const struct wk_smtp_msg *msg,
                   wk_smtp_cb cb, void *arg, uint64_t id, wk_smtp **out);
+/* The answer to msg->gate: deadline_ms (uv_now) until which the end of the
+ * message may be sent, or 0 to give up without DATA (see above).  Call it
+ * once per gate call, while the session is still the caller's. */
+void wk_smtp_gate_answer(wk_smtp *s, uint64_t deadline_ms);
+/* A renewed lease: the end of the message may now be sent until
+ * deadline_ms (only ever later; a session past its gate only). */
+void wk_smtp_extend(wk_smtp *s, uint64_t deadline_ms);
 /* Abandon the session: the callback will not be called; the connection is
  * closed without QUIT and the session frees itself. */
 void wk_smtp_cancel(wk_smtp *s);

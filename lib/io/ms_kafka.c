@@ -629,6 +629,8 @@ struct ms_consumer {
     char *topic;
     ms_consume_cb cb;
     void *arg;
+    ms_revoke_cb revoke_cb; /* ms_consumer_on_revoke: NULL none */
+    void *revoke_arg;
     ms_lag_cb lag_cb;   /* statistics (consumer_stats_cb): NULL none */
     void *lag_arg;
     uint64_t gen;
@@ -774,8 +776,17 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         if (c->fetch_paused)
             set_paused(c, parts, 1);
     } else {
-        /* Records still in flight for these partitions are redelivered to
-         * their next owner: their offsets were never stored. */
+        /* The application stops those partitions' work first (no new
+         * DATA for them), so what it finished is stored and committed
+         * below; records still in flight are redelivered to their next
+         * owner: their offsets were never stored. */
+        if (c->revoke_cb && parts->cnt > 0) {
+            int32_t *nums = ms_calloc((size_t)parts->cnt, sizeof(*nums));
+            for (i = 0; i < parts->cnt; i++)
+                nums[i] = parts->elems[i].partition;
+            c->revoke_cb(c->revoke_arg, c, nums, (size_t)parts->cnt);
+            free(nums);
+        }
         rd_kafka_commit(rk, NULL, 0);
         for (i = 0; i < parts->cnt; i++)
             if ((t = ptrack_get(c, parts->elems[i].partition)) != NULL) {
@@ -988,6 +999,12 @@ void ms_consumer_resume(ms_consumer *c)
         uv_timer_start(&c->kl->timer, kloop_timer_cb, 0, MS_KAFKA_POLL_INTERVAL_MS);
 }
 
+void ms_consumer_on_revoke(ms_consumer *c, ms_revoke_cb cb, void *arg)
+{
+    c->revoke_cb = cb;
+    c->revoke_arg = arg;
+}
+
 void ms_consumer_done(ms_consumer *c, struct ms_record *rec)
 {
     struct rec_node *n = (struct rec_node *)rec;
@@ -1035,6 +1052,7 @@ void ms_consumer_free(ms_consumer *c)
 
     if (c == NULL)
         return;
+    c->revoke_cb = NULL; /* the application is shutting down */
     kloop_stop(c->kl);
     drop_backlog(c, NULL);
     if ((err = rd_kafka_consumer_close(c->rk)) != RD_KAFKA_RESP_ERR_NO_ERROR)

@@ -120,6 +120,15 @@ typedef void (*ms_consume_cb)(void *arg, struct ms_record *rec);
 ms_consumer *ms_consumer_new(uv_loop_t *loop, const struct ms_kafka_conf *conf,
                              const char *group, const char *topic, ms_consume_cb cb, void *arg,
                              char *err, size_t errlen);
+/* Partitions taken away in a rebalance: called on the loop thread from
+ * inside librdkafka's rebalance callback, before the partitions are given
+ * up, with their numbers.  The application stops the work of those
+ * partitions there (duplicate fencing: docs/reliability.md); records it
+ * still finishes afterwards are freed by ms_consumer_done without storing
+ * an offset.  Offsets already stored are committed right after the call.
+ * Never called from ms_consumer_free.  cb NULL: none. */
+typedef void (*ms_revoke_cb)(void *arg, ms_consumer *c, const int32_t *partitions, size_t n);
+void ms_consumer_on_revoke(ms_consumer *c, ms_revoke_cb cb, void *arg);
 /* Stop / resume handing out records (the application's in-flight bound). */
 void ms_consumer_pause(ms_consumer *c);
 void ms_consumer_resume(ms_consumer *c);

@@ -16,8 +16,20 @@
 #define MS_KEYS_H
 
 /* + queue id ":" recipient: string, the recipient was served (the remote
- * 250).  Written by the worker; a redelivered record skips it. */
+ * 250).  Written by the worker; a redelivered record skips it.  TTL
+ * [delivery] delivered_ttl_s: as long as a record can still be redelivered
+ * after its marker was written (docs/reliability.md, "Nothing twice"). */
 #define MS_KEY_DELIVERED "ms:delivered:"
+
+/* + queue id: hash, the delivery lease of that message (duplicate
+ * fencing, docs/reliability.md): who (the holder's unique token), exp (when
+ * it lapses, Redis ms), gen (fencing generation, incremented per taking),
+ * data (destinations past the DATA check without a recorded outcome).
+ * Written only by the worker's MS_SCRIPT_FENCE_* scripts (ms_script.h);
+ * deleted by its holder when the message's attempt ends, else expires
+ * [delivery] delivered_ttl_s after it lapses (so a new owner can still see
+ * that a dead holder reached DATA). */
+#define MS_KEY_FENCE "ms:fence:"
 
 /* + queue id ":" recipient: hash of the recipient's retry state (attempts,
  * next_attempt_us, last_reply, first_seen_us, delay_warned_us).  Written

@@ -70,12 +70,80 @@ static const char lease_script[] =
     "end "
     "return 0";
 
+/*
+ * The delivery lease of one message (duplicate fencing; interface:
+ * ms_script.h, reasoning: docs/reliability.md "Nothing twice").  The hash
+ * MS_KEY_FENCE holds who (the holder's token, unique per attempt: no two
+ * holders ever share one, so equality is the fence), exp (when it lapses,
+ * on Redis's clock: TIME, so the workers' clocks do not matter), gen (the
+ * fencing generation: incremented on every taking) and data (the holder's
+ * destinations past the DATA check whose outcome is not recorded yet).
+ * Only these scripts touch it, and Redis runs each atomically, so between
+ * a check and the next taking nothing can interleave.
+ *
+ * MS_SCRIPT_FENCE_TAKE: free, lapsed or ours -> take it and read KEYS[2..]
+ * (the delivered markers, suppression entries and control record the
+ * attempt needs, in the same round trip); held by another -> {0, ms left}.
+ */
+static const char fence_take_script[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local h = redis.call('HMGET', KEYS[1], 'who', 'exp', 'data')\n"
+    "local prior = 0\n"
+    "if h[1] and h[1] ~= ARGV[1] then\n"
+    "  local exp = tonumber(h[2]) or 0\n"
+    "  if exp > now then return {0, exp - now} end\n"
+    "  prior = tonumber(h[3]) or 0\n"
+    "end\n"
+    "local lease = tonumber(ARGV[2])\n"
+    "local gen = redis.call('HINCRBY', KEYS[1], 'gen', 1)\n"
+    "redis.call('HSET', KEYS[1], 'who', ARGV[1], 'exp', now + lease, 'data', 0)\n"
+    "redis.call('PEXPIRE', KEYS[1], lease + tonumber(ARGV[3]))\n"
+    "local r = {gen, prior}\n"
+    "if #KEYS > 1 then\n"
+    "  local v = redis.call('MGET', unpack(KEYS, 2))\n"
+    "  for i = 1, #KEYS - 1 do r[i + 2] = v[i] end\n"
+    "end\n"
+    "return r\n";
+
+/* MS_SCRIPT_FENCE_CHECK: the last moment before DATA (ARGV[4] "1"), or a
+ * renewal ("0").  Still ours (the token: nobody took it since, whether or
+ * not it lapsed meanwhile, since a taking changes `who`) -> lapse no
+ * earlier than ARGV[2] ms from now, count one more destination in DATA
+ * (check only), answer the ms granted; else 0. */
+static const char fence_check_script[] =
+    "local h = redis.call('HMGET', KEYS[1], 'who', 'exp')\n"
+    "if h[1] ~= ARGV[1] then return 0 end\n"
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local exp = tonumber(h[2]) or 0\n"
+    "local want = now + tonumber(ARGV[2])\n"
+    "if want > exp then exp = want end\n"
+    "redis.call('HSET', KEYS[1], 'exp', exp)\n"
+    "if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[1], 'data', 1) end\n"
+    "redis.call('PEXPIRE', KEYS[1], exp - now + tonumber(ARGV[3]))\n"
+    "return exp - now\n";
+
+/* MS_SCRIPT_FENCE_DONE: an outcome is recorded.  The markers KEYS[2..]
+ * are written whoever holds the lease (they are facts: the destination
+ * said 250); then, if the lease is still ours, one destination fewer is in
+ * DATA (ARGV[5] "1") and the lease is given back (ARGV[4] "1"). */
+static const char fence_done_script[] =
+    "for i = 2, #KEYS do redis.call('SET', KEYS[i], ARGV[2], 'EX', ARGV[3]) end\n"
+    "if redis.call('HMGET', KEYS[1], 'who')[1] ~= ARGV[1] then return 0 end\n"
+    "if ARGV[4] == '1' then redis.call('DEL', KEYS[1]) return 1 end\n"
+    "if ARGV[5] == '1' then redis.call('HINCRBY', KEYS[1], 'data', -1) end\n"
+    "return 1\n";
+
 static const struct {
     const char *name;
     const char *source;
 } scripts[MS_SCRIPT__COUNT] = {
     [MS_SCRIPT_BUCKET] = {"bucket", bucket_script},
     [MS_SCRIPT_LEASE] = {"lease", lease_script},
+    [MS_SCRIPT_FENCE_TAKE] = {"fence_take", fence_take_script},
+    [MS_SCRIPT_FENCE_CHECK] = {"fence_check", fence_check_script},
+    [MS_SCRIPT_FENCE_DONE] = {"fence_done", fence_done_script},
 };
 
 static char sha_hex[MS_SCRIPT__COUNT][MS_SCRIPT_SHA_LEN + 1];

@@ -554,9 +554,12 @@ def test_worker_connection_refused_is_deferred(cluster_factory):
 
 
 def test_worker_delivers_when_redis_is_down(cluster_factory):
-    """Markers are an optimisation: without Redis, mail still goes out."""
+    """Without duplicate fencing ([delivery] fence_lease_ms = 0) markers are
+    an optimisation: without Redis, mail still goes out (at least once).
+    With fencing, see test_worker_fencing.py: it waits for Redis."""
     cl = cluster_factory(frontends=0, workers=1,
-                         worker_extra={"redis": {"port": mslocal.free_port()}})
+                         worker_extra={"redis": {"port": mslocal.free_port()},
+                                       "delivery": {"fence_lease_ms": 0}})
     q = new_qid()
     produce(cl, [(q, envelope(q, ["a@example.net"], message(q)))])
     cl.sink.wait_for(1, timeout=60)

@@ -235,7 +235,7 @@ static int fake_connect(uv_loop_t *loop, const struct sockaddr *addr,
 /* ---- fixture ---- */
 
 struct outcome {
-    int done, code, tls_fallback, try_next;
+    int done, code, tls_fallback, try_next, fenced;
     char dsn[WK_DSN_MAX + 1];
     char reply[WK_SMTP_REPLY_TEXT_MAX];
     char tls[WK_SMTP_TLS_INFO_MAX];
@@ -259,6 +259,7 @@ static void done_cb(void *arg, uint64_t id, const struct wk_smtp_result *res)
     o->code = res->rcpts[0].code;
     o->tls_fallback = res->tls_fallback;
     o->try_next = res->try_next;
+    o->fenced = res->fenced;
     snprintf(o->dsn, sizeof(o->dsn), "%s", res->rcpts[0].dsn);
     snprintf(o->reply, sizeof(o->reply), "%s", res->rcpts[0].reply);
     snprintf(o->tls, sizeof(o->tls), "%s", res->tls);
@@ -328,6 +329,8 @@ static int teardown(void **state)
     return 0;
 }
 
+static wk_smtp *cur_session; /* the session deliver() started (for the gate) */
+
 /* Deliver f->msg and run until the session has closed. */
 static void deliver(struct fixture *f)
 {
@@ -340,6 +343,7 @@ static void deliver(struct fixture *f)
     assert_int_equal(wk_smtp_start(&f->loop, (struct sockaddr *)&sin, &t, &f->msg, done_cb,
                                    &f->out, 7, &s),
                      0);
+    cur_session = s;
     uv_run(&f->loop, UV_RUN_DEFAULT);
     assert_int_equal(f->out.done, 1);
     ms_buf_append(&f->srv.log, "", 1); /* a C string from here */
@@ -538,6 +542,102 @@ static void test_large_bdat(void **state)
     free(body);
 }
 
+/* ---- duplicate fencing: the gate before DATA ---- */
+
+static int gate_calls;
+static uint64_t gate_deadline; /* what the gate answers; 0 refuses */
+static uv_timer_t gate_timer;
+
+static void gate_later(uv_timer_t *t)
+{
+    (void)t;
+    wk_smtp_gate_answer(cur_session, gate_deadline);
+    uv_close((uv_handle_t *)&gate_timer, NULL);
+}
+
+/* Answers on a later loop turn, as the Redis check does. */
+static void gate_cb(void *arg, uint64_t id)
+{
+    struct fixture *f = (struct fixture *)((char *)arg - offsetof(struct fixture, out));
+
+    assert_int_equal(id, 7);
+    gate_calls++;
+    /* Called once every RCPT is answered, before DATA is sent. */
+    ms_buf_append(&f->srv.log, "", 1);
+    assert_non_null(strstr(f->srv.log.data, "RCPT TO:<u@other.test>\n"));
+    assert_null(strstr(f->srv.log.data, "DATA"));
+    f->srv.log.len--;
+    uv_timer_init(&f->loop, &gate_timer);
+    uv_timer_start(&gate_timer, gate_later, 0, 0);
+}
+
+static void gate_setup(struct fixture *f, uint64_t deadline)
+{
+    f->msg.tls = WK_TLS_NONE;
+    f->msg.gate = gate_cb;
+    gate_calls = 0;
+    gate_deadline = deadline;
+}
+
+/* Refused: QUIT without DATA, every recipient 4.4.0 and res->fenced; with
+ * PIPELINING offered, DATA never went with MAIL and RCPT. */
+static void test_gate_refuses(void **state)
+{
+    struct fixture *f = *state;
+
+    gate_setup(f, 0);
+    deliver(f);
+    assert_int_equal(gate_calls, 1);
+    want_log(f, "EHLO worker.test\nMAIL FROM:<a@b.example>\nRCPT TO:<u@other.test>\nQUIT\n");
+    assert_int_equal(f->out.code, 0);
+    assert_string_equal(f->out.dsn, "4.4.0");
+    assert_int_equal(f->out.fenced, 1);
+    assert_int_equal(f->srv.data.len, 0);
+}
+
+/* Let through: DATA after the answer, the message as usual. */
+static void test_gate_lets_through(void **state)
+{
+    struct fixture *f = *state;
+
+    gate_setup(f, UINT64_MAX);
+    deliver(f);
+    assert_int_equal(gate_calls, 1);
+    assert_int_equal(f->out.code, 250);
+    assert_int_equal(f->out.fenced, 0);
+    want_log(f, "EHLO worker.test\nMAIL FROM:<a@b.example>\nRCPT TO:<u@other.test>\nDATA\n"
+                "QUIT\n");
+    assert_int_equal(f->srv.data.len, 28); /* dot-stuffed, without the terminator */
+}
+
+/* A deadline already past when the end of the message would go: the
+ * connection is closed without it (DATA and BDAT), reported 4.4.2. */
+static void test_gate_deadline_passed(void **state)
+{
+    struct fixture *f = *state;
+
+    gate_setup(f, 1);
+    deliver(f);
+    assert_int_equal(f->out.code, 0);
+    assert_string_equal(f->out.dsn, "4.4.2");
+    assert_non_null(strstr(f->out.reply, "lease ran out"));
+    assert_int_equal(f->srv.data.len, 0); /* the server never saw the "." */
+    assert_non_null(strstr(f->srv.log.data, "DATA\n"));
+}
+
+static void test_gate_deadline_passed_bdat(void **state)
+{
+    struct fixture *f = *state;
+
+    gate_setup(f, 1);
+    f->srv.ehlo = "250-mx.test\r\n250-PIPELINING\r\n250 CHUNKING\r\n";
+    deliver(f);
+    assert_int_equal(f->out.code, 0);
+    assert_string_equal(f->out.dsn, "4.4.2");
+    assert_int_equal(f->srv.bdat_chunks, 1); /* the command went, not its last octets */
+    assert_true(f->srv.data.len < f->msg.len);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -549,6 +649,10 @@ int main(void)
         cmocka_unit_test(test_refusals),
         cmocka_unit_test_setup_teardown(test_large_data_tls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_large_bdat, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gate_refuses, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gate_lets_through, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gate_deadline_passed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gate_deadline_passed_bdat, setup, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
