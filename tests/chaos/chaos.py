@@ -1108,7 +1108,10 @@ def main(argv=None) -> int:
             if size != last_size:
                 last_size, quiet_since = size, time.monotonic()
             idle = scraper.lag and all(v == 0 for v in scraper.lag.values())
-            if missing == 0 and idle and time.monotonic() - quiet_since >= 5:
+            quiet = time.monotonic() - quiet_since
+            # The lag gauges may keep a stale value for a partition a worker
+            # lost: a long enough quiet spell counts as idle too.
+            if missing == 0 and ((idle and quiet >= 5) or quiet >= 20):
                 break
             time.sleep(1.0)
         drain_s = time.monotonic() - t_drain

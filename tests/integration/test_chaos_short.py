@@ -8,7 +8,8 @@ SIGKILL mid-DATA and mid-BDAT, worker SIGKILL / SIGTERM / SIGSTOP past the
 session timeout, SIGKILL of the broker leading most partitions and of the
 active controller, a broker's disk wiped, the Redis primary SIGKILLed, the
 destination answering 421 then 451, workers and frontends added and
-removed). About 2.5 minutes on a loaded 2-core machine.
+removed). About 2.5 minutes on a 2-core machine (load 9); far longer when the machine is
+shared with several other heavy jobs (9.5 minutes at load 30), hence the timeout.
 
 It asserts what a 250 promises: no accepted message lost, none corrupted,
 every fault carried out. Duplicates: until duplicate fencing (issue 15,
@@ -36,14 +37,14 @@ PRE_FENCING_DUPLICATE_SHARE = 0.02
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(480)
+@pytest.mark.timeout(900)
 def test_chaos_short(request, tmp_path_factory):
     state = _test_dir(request, tmp_path_factory, "chaos")
     out = state / "summary.json"
     r = subprocess.run([sys.executable, str(CHAOS), "--mode", "short", "--state-dir",
                         str(state / "cluster"), "--json", str(out),
                         "--max-other-duplicates", "1000000"],
-                       capture_output=True, text=True, timeout=450)
+                       capture_output=True, text=True, timeout=870)
     print(r.stdout[-6000:])
     assert r.returncode != 2, f"the cluster did not start:\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
     s = json.loads(out.read_text())
