@@ -784,8 +784,18 @@ class Faults:
             # are made again (what the queue held is gone).
             self.s.kafka.create_topics(mslocal.DEFAULT_TOPICS)
 
+    def _take(self, lock: threading.Lock, fr: FaultRun) -> bool:
+        """Alone: wait for the part to be free. Mixed: a fault on a part
+        still healing from the last one is skipped (said in its detail),
+        so broker faults do not queue up behind each other."""
+        if lock.acquire(timeout=-1 if self.phase == "alone" else 5):
+            return True
+        fr.detail = "skipped: the previous fault on this part is still healing"
+        return False
+
     def _broker_fault(self, fr, pick: str, wipe: bool) -> None:
-        self.kafka_lock.acquire()
+        if not self._take(self.kafka_lock, fr):
+            return
         try:
             self._kafka_ready()
             if pick == "leader":
@@ -826,7 +836,8 @@ class Faults:
 
     # -- redis --
     def redis_primary_kill(self, fr):
-        self.redis_lock.acquire()
+        if not self._take(self.redis_lock, fr):
+            return
         try:
             old = self.s.redis.primary()
             t0 = time.monotonic()
