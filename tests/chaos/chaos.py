@@ -1046,6 +1046,9 @@ def main(argv=None) -> int:
     state.mkdir(parents=True, exist_ok=True)
     log(f"run {run} mode {args.mode} seed {seed} brokers {args.brokers} state {state}")
 
+    def on_term(_sig, _frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, on_term)   # `timeout`: stop the cluster, write the summary
     shape = Shape(state, args.brokers, args.frontends, args.workers)
     t_start = time.monotonic()
     try:
@@ -1154,10 +1157,23 @@ def main(argv=None) -> int:
         ok = ok and summary["duplicated_other"] <= args.max_other_duplicates
         ok = ok and summary["corrupted"] == 0
         rc = 0 if ok else 1
+    except KeyboardInterrupt:
+        log("interrupted: counting what arrived so far")
     finally:
         pacer.stopped.set()
         give_up.set()
         hold.end()
+        if not summary:
+            # Interrupted (a time limit, Ctrl-C): what arrived so far, so a
+            # cut run still says what it saw (lost is then an upper bound).
+            try:
+                summary = check(run, stats, shape, scraper)
+                summary.update({"run": run, "mode": args.mode, "brokers": args.brokers,
+                                "interrupted": True, "faults": [
+                                    {"fault": r.name, "phase": r.phase, "detail": r.detail,
+                                     "error": r.error} for r in fx.runs]})
+            except Exception as e:  # noqa: BLE001
+                log(f"no summary: {e}")
         scraper.halt.set()
         shape.sink_control.write_text("ok\n") if shape.sink_control.parent.exists() else None
         shape.down()
