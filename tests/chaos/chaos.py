@@ -700,53 +700,47 @@ class Faults:
         fr.detail = " ".join(ops)
 
     # -- workers --
-    def worker_kill(self, fr):
+    def _worker_fault(self, fr: FaultRun, inject: Callable[[str], str],
+                      heal: Callable[[str], None]) -> None:
+        """inject(worker) -> detail, now; heal(worker) afterwards (in the
+        background unless heal_alone), the worker held from other faults
+        until it is done."""
         w = self._pick_worker()
         if w is None:
             fr.detail = "skipped: fewer than 2 free workers"
             return
         fr.t_inject = time.time()
-        self.s.members.kill(w)
-        fr.detail = f"SIGKILL {w}"
+        fr.detail = inject(w)
 
-        def heal():
+        def healer():
             try:
-                time.sleep(2.0)
-                self.s.members.restart(w)
+                heal(w)
             finally:
                 self._free_worker(w)
-        self._bg("worker_kill", heal)
+        self._bg(fr.name, healer)
+
+    def worker_kill(self, fr):
+        def heal(w):
+            time.sleep(2.0)
+            self.s.members.restart(w)
+        self._worker_fault(fr, lambda w: (self.s.members.kill(w), f"SIGKILL {w}")[1], heal)
 
     def worker_term(self, fr):
-        w = self._pick_worker()
-        if w is None:
-            fr.detail = "skipped: fewer than 2 free workers"
-            return
-        fr.detail = f"SIGTERM {w}, started again"
-
-        def heal():
-            try:
-                self.s.members.restart(w)   # SIGTERM, drain, start
-            finally:
-                self._free_worker(w)
-        self._bg("worker_term", heal)
+        # restart: SIGTERM, the worker drains, then it is started again.
+        self._worker_fault(fr, lambda w: f"SIGTERM {w}, started again",
+                           lambda w: self.s.members.restart(w))
 
     def worker_stop(self, fr):
-        w = self._pick_worker()
-        if w is None:
-            fr.detail = "skipped: fewer than 2 free workers"
-            return
         stop_s = SESSION_TIMEOUT_S + 4
-        self.s.members.signal(w, signal.SIGSTOP)
-        fr.detail = f"SIGSTOP {w} for {stop_s} s (session timeout {SESSION_TIMEOUT_S} s), SIGCONT"
 
-        def heal():
-            try:
-                time.sleep(stop_s)
-                self.s.members.signal(w, signal.SIGCONT)
-            finally:
-                self._free_worker(w)
-        self._bg("worker_stop", heal)
+        def inject(w):
+            self.s.members.signal(w, signal.SIGSTOP)
+            return f"SIGSTOP {w} for {stop_s} s (session timeout {SESSION_TIMEOUT_S} s), SIGCONT"
+
+        def heal(w):
+            time.sleep(stop_s)
+            self.s.members.signal(w, signal.SIGCONT)
+        self._worker_fault(fr, inject, heal)
 
     def worker_churn(self, fr):
         """Every few seconds one worker added and one (not a fault's) removed."""
