@@ -35,7 +35,7 @@ UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
 
-.PHONY: FORCE image all deps run test unit cycles integration asan fuzz fuzz-smoke fuzz-seeds fmt clean bench
+.PHONY: FORCE image all deps run test unit cycles integration asan fuzz fuzz-smoke fuzz-seeds fmt clean bench chaos chaos-short
 .DEFAULT_GOAL := all
 .SECONDARY:
 
@@ -200,6 +200,22 @@ bench: deps all
 	    $(VENV)/bin/python bench/run.py --sink-tls \
 	    --systems mailstream-tls-may,mailstream-tls-verify,mailstream-tls-dane \
 	    --workloads 5k-20 --idle 0 --label tls $(BENCH_TLS_ARGS)
+
+# The chaos suite (tests/chaos/chaos.py, docs/reliability.md): steady mail
+# through 3 brokers, Sentinel, HAProxy, 2 frontends and 2 workers while every
+# fault happens, alone and then mixed; >= 100,000 messages, ~15 minutes.
+# Its short mode (a few thousand messages, each fault once, < 3 minutes) is
+# tests/integration/test_chaos_short.py, so `make test` runs it; `make
+# chaos-short` runs it alone. CHAOS_ARGS adds options, e.g. --brokers 1
+# (what replication buys), --seed N, --faults worker_kill,broker_wipe.
+CHAOS_ARGS ?=
+chaos: all
+	MAILSTREAM_BUILD_DIR=$(abspath $(BUILD)) PYTHONDONTWRITEBYTECODE=1 \
+	    $(VENV)/bin/python tests/chaos/chaos.py --mode long $(CHAOS_ARGS)
+
+chaos-short: all
+	MAILSTREAM_BUILD_DIR=$(abspath $(BUILD)) PYTHONDONTWRITEBYTECODE=1 \
+	    $(VENV)/bin/python tests/chaos/chaos.py --mode short $(CHAOS_ARGS)
 
 fmt:
 	clang-format -i $(wildcard lib/*/*.[ch] frontend/*.[ch] worker/*.[ch] ctl/*.[ch] tools/*.[ch] tests/unit/*.c tests/fuzz/*.c)

@@ -303,7 +303,11 @@ class Supervisor:
             entries = {p.name: p for p in self.read_pids(self.state_dir)}
             for name in drop:
                 entries.pop(name, None)
-            entries.update(self.procs)
+            # Another launcher (Membership in a chaos driver, `cluster/local
+            # restart`) may have started a name again since we last saw
+            # it: our dead record must not replace its live one.
+            entries.update({n: p for n, p in self.procs.items()
+                            if n not in entries or p.alive() or not entries[n].alive()})
             tmp = self.pids_file.with_suffix(".tmp")
             with open(tmp, "w") as f:
                 for p in entries.values():
@@ -831,6 +835,22 @@ class Kafka:
 
     def kill(self) -> None:
         self.sup.kill(self.name)
+
+    def alive_recorded(self) -> bool:
+        """Running, as STATE/pids says (also when another launcher, e.g.
+        Membership.restart, started it)."""
+        return any(p.name == self.name and p.alive()
+                   for p in Supervisor.read_pids(self.sup.state_dir))
+
+    def wipe_data(self) -> None:
+        """Delete the data directory of a stopped broker (a lost disk, for
+        the chaos suite); the next start() formats it again. A KafkaNode
+        keeps its cluster id and rejoins; a lone Kafka gets a new cluster
+        with no topics."""
+        if self.alive_recorded():
+            raise MsLocalError(f"{self.name}: wipe_data on a running broker")
+        if self.data.exists():
+            shutil.rmtree(self.data)
 
     def create_topics(self, topics: Mapping[str, int],
                       configs: Optional[Mapping[str, str]] = None, timeout: float = 90.0,
@@ -1677,6 +1697,38 @@ class KafkaCluster:
             return out
         raise MsLocalError("kafka: no broker answered")
 
+    def partitions(self, topic: str) -> Dict[int, tuple]:
+        """partition -> (leader, replicas, in-sync replicas) of topic, from a
+        running broker (leader -1: none); the chaos suite waits for a full
+        ISR before it breaks another broker."""
+        for n in self.nodes:
+            if not n.running and not n.alive_recorded():
+                continue
+            r = n._tool("org.apache.kafka.tools.TopicCommand", "--bootstrap-server",
+                        n.bootstrap, "--describe", "--topic", re.escape(topic))
+            if r.returncode != 0:
+                continue
+            out = {}
+            for m in re.finditer(r"Partition:\s*(\d+)\s+Leader:\s*(-?\d+)\s+"
+                                 r"Replicas:\s*([\d,]*)\s+Isr:\s*([\d,]*)", r.stdout):
+                ids = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
+                out[int(m.group(1))] = (int(m.group(2)), ids(m.group(3)), ids(m.group(4)))
+            if out:
+                return out
+        raise MsLocalError("kafka: no broker answered")
+
+    def active_controller(self) -> int:
+        """Node id of the KRaft quorum leader (the active controller)."""
+        for n in self.nodes:
+            if not n.controller or not (n.running or n.alive_recorded()):
+                continue
+            r = n._tool("org.apache.kafka.tools.MetadataQuorumCommand", "--bootstrap-controller",
+                        f"{HOST}:{n.controller_port}", "describe", "--status", timeout=60)
+            m = re.search(r"LeaderId:\s*(\d+)", r.stdout)
+            if r.returncode == 0 and m:
+                return int(m.group(1))
+        raise MsLocalError("kafka: no controller answered")
+
     def stop(self, timeout: float = 30.0) -> None:
         for n in reversed(self.nodes):
             n.stop(timeout)
@@ -2091,10 +2143,20 @@ class Membership:
                 if (m := re.fullmatch(rf"{kind}-(\d+)\.ini", p.name))]
         return max(used, default=0) + 1
 
-    def add(self, kind: str, timeout: float = 60.0) -> str:
+    def add(self, kind: str, timeout: float = 60.0, index: Optional[int] = None) -> str:
+        """index: reuse that index (and, for a frontend behind the balancer,
+        its slot) when its process is gone; default one past the highest."""
         if kind not in ("frontend", "worker"):
             raise MsLocalError(f"add: want frontend or worker, not {kind!r}")
         cluster, _spec = self._shape()
+        if index is not None:
+            self.sup.adopt()
+            p = self.sup.procs.get(f"{kind}-{index}")
+            if p is not None and p.alive():
+                raise MsLocalError(f"{kind}-{index} is running")
+            node = cluster._add(kind, True, False, index=index)
+            node.wait_ready(timeout)
+            return node.name
         # Claim the index before the slow start: two adds at once get two.
         while True:
             index = self._next_index(kind)
