@@ -45,10 +45,13 @@ class PostfixInstance:
                  process_limit: int = 500, dest_concurrency: int = 50,
                  smtpd_maxproc: str = "-", message_size_limit: int = 26214400,
                  templates: Optional[Path] = None,
-                 extra_values: Optional[Dict[str, str]] = None):
+                 extra_values: Optional[Dict[str, str]] = None,
+                 main_cf_extra: str = ""):
         """templates: a directory whose main.cf.in / master.cf.in replace
         bench/postfix's (a file it lacks is taken from bench/postfix);
-        extra_values: more @PLACEHOLDER@ values for them (tests/interop)."""
+        extra_values: more @PLACEHOLDER@ values for them (tests/interop);
+        main_cf_extra: lines appended to main.cf (the bench's milters)."""
+        self.main_cf_extra = main_cf_extra
         self.root = Path(root)
         self.templates = Path(templates) if templates else TEMPLATES
         self.conf_dir = self.root / "etc"
@@ -92,7 +95,7 @@ class PostfixInstance:
         os.chmod(self.root, 0o755)
         os.chmod(self.conf_dir, 0o755)
         os.chmod(self.queue_dir, 0o755)
-        (self.conf_dir / "main.cf").write_text(self._render("main.cf"))
+        (self.conf_dir / "main.cf").write_text(self._render("main.cf") + self.main_cf_extra)
         (self.conf_dir / "master.cf").write_text(self._render("master.cf"))
         subprocess.run(["chown", "postfix:postfix", str(self.data_dir)], check=True)
 
