@@ -254,8 +254,13 @@ class BenchKafka(mslocal.Kafka):
                     "delete.topic.enable=true\nfile.delete.delay.ms=1000\n")
 
 
-def kafka_delete_topic(kafka: mslocal.Kafka, name: str) -> None:
-    r = kafka._tool("org.apache.kafka.tools.TopicCommand", "--bootstrap-server",
+def kafka_nodes(kafka) -> List[mslocal.Kafka]:
+    """The broker processes: one, or a KafkaCluster's nodes (--brokers)."""
+    return list(getattr(kafka, "nodes", [kafka]))
+
+
+def kafka_delete_topic(kafka, name: str) -> None:
+    r = kafka_nodes(kafka)[0]._tool("org.apache.kafka.tools.TopicCommand", "--bootstrap-server",
                     kafka.bootstrap, "--delete", "--topic", name)
     if r.returncode != 0:
         log(f"warning: deleting topic {name} failed: {(r.stderr or r.stdout).strip()[-300:]}")
@@ -263,6 +268,19 @@ def kafka_delete_topic(kafka: mslocal.Kafka, name: str) -> None:
 
 def kafka_pid(kafka: mslocal.Kafka) -> int:
     return kafka.sup.procs[kafka.name].pid
+
+
+def kafka_pids(kafka) -> Dict[str, int]:
+    """{"kafka": pid} for one broker; {"kafka-1": ..., "kafka-2": ...} for a
+    cluster (summed as "kafka" in the report; the JIT is watched on node 1)."""
+    nodes = kafka_nodes(kafka)
+    if len(nodes) == 1:
+        return {"kafka": kafka_pid(nodes[0])}
+    return {f"kafka-{i + 1}": kafka_pid(n) for i, n in enumerate(nodes)}
+
+
+def kafka_jit_pid(pids: Dict[str, int]) -> Optional[int]:
+    return pids.get("kafka") or pids.get("kafka-1")
 
 
 def redis_pid(redis: mslocal.Redis) -> int:
@@ -436,7 +454,7 @@ class MailstreamSystem:
         assert self.cluster is not None
         for n in self.cluster.frontends + self.cluster.workers:
             out[n.name] = n.pid
-        out["kafka"] = kafka_pid(self.kafka)
+        out.update(kafka_pids(self.kafka))
         out["redis"] = redis_pid(self.redis)
         return out
 
@@ -447,10 +465,11 @@ class MailstreamSystem:
     def log_bytes(self) -> Optional[int]:
         """Bytes of the run's topic's .log segments on the broker's disk
         (its warm-up included); None when the data directory is not ours."""
-        data = getattr(self.kafka, "data", None)
-        if not self.topic or data is None:
+        if not self.topic or not all(hasattr(n, "data") for n in kafka_nodes(self.kafka)):
             return None
-        return sum(p.stat().st_size for p in Path(data).glob(f"{self.topic}-*/*.log"))
+        # Every replica's copy: with --brokers 3 that is three copies.
+        return sum(p.stat().st_size for n in kafka_nodes(self.kafka)
+                   for p in Path(n.data).glob(f"{self.topic}-*/*.log"))
 
     def finish(self) -> None:
         if self.cluster is not None:
@@ -526,7 +545,7 @@ def warm_up_kafka(system, sink: CountingSink, wl: Workload, batch: int,
     under KAFKA_JIT_SETTLED (at most max_batches). Returns one entry per
     batch: broker CPU seconds and the JIT compiler's part of them."""
     out: List[Dict[str, float]] = []
-    kpid = system.pids()["kafka"]
+    kpid = kafka_jit_pid(system.pids())
     for i in range(max(1, max_batches)):
         cpu0, jit0 = procstat.cpu_self(kpid), procstat.jvm_compiler_cpu(kpid)
         warm_up(system, sink, wl, batch, sessions=wl.sessions)
@@ -578,7 +597,8 @@ def measure_run(system, sink: CountingSink, wl: Workload, messages: int, run_id:
         if isinstance(system, PostfixSystem):
             sampler = procstat.TreeMemorySampler(pids["postfix"], 0.5)
         meter = procstat.CpuMeter({**pids, "sink": sink.pid})
-        jit0 = procstat.jvm_compiler_cpu(pids["kafka"]) if "kafka" in pids else None
+        kjit = kafka_jit_pid(pids)
+        jit0 = procstat.jvm_compiler_cpu(kjit) if kjit else None
         maddrs = system.metrics_addrs()
         m_before = [fetch_metrics(a) for a in maddrs]
         r_before = redis_calls(redis_port) if redis_port and not isinstance(system, PostfixSystem) else {}
@@ -603,7 +623,7 @@ def measure_run(system, sink: CountingSink, wl: Workload, messages: int, run_id:
         cpu = meter.stop()
         if jit0 is not None:
             # part of kafka's CPU above, not in addition to it
-            res["kafka_jit_cpu_seconds"] = procstat.jvm_compiler_cpu(pids["kafka"]) - jit0
+            res["kafka_jit_cpu_seconds"] = procstat.jvm_compiler_cpu(kjit) - jit0
         mcpu1 = procstat.machine_cpu()
         ru1 = (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
         # The load generator: smtp-source (a reaped child) and this process
@@ -1132,6 +1152,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                     "127.0.0.1 from a throw-away CA, the workers' [tls] ca_file")
     ap.add_argument("--frontends", type=int, default=1)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--brokers", type=int, default=1,
+                    help="Kafka brokers (3: replication 3, min.insync.replicas 2)")
     ap.add_argument("--partitions", type=int, default=mslocal.DEFAULT_TOPICS["queue"])
     ap.add_argument("--frontend-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="extra frontend setting (docs/config.md), repeatable")
@@ -1242,6 +1264,14 @@ class Bench:
                 self.redis = mslocal.Redis(self.sup, mslocal.free_port())
                 log(f"starting redis on {self.redis.port}")
                 self.redis.start()
+            if self.kafka is None and self.a.brokers > 1:
+                # The production shape (issue 19 "replicated"): replication
+                # min(N, 3), min.insync.replicas 2 (mslocal.replication_for);
+                # acks=all then waits for a follower too.
+                self.kafka = mslocal.KafkaCluster(self.sup, self.a.brokers,
+                                                  mslocal.free_ports(2 * self.a.brokers))
+                log(f"starting {self.a.brokers} kafka brokers on {self.kafka.bootstrap}")
+                self.kafka.start()
             if self.kafka is None:
                 p, cp = mslocal.free_ports(2)
                 self.kafka = BenchKafka(self.sup, p, cp)
@@ -1308,6 +1338,12 @@ class Bench:
             worker = worker or {}
             worker[f"dkim.{alg}"] = {"domain": SENDER.split("@")[1], "selector": alg,
                                      "key": str(self.dkim_keys[alg])}
+            # The worker signs outbound mail only: from an authenticated
+            # user or a trusted network (fe_session.c), as Postfix's
+            # mynetworks (127.0.0.0/8) makes the bench's client internal
+            # for OpenDKIM.
+            frontend = frontend or {}
+            frontend.setdefault("smtp", {})["trusted_networks"] = "127.0.0.0/8"
             tag = "s" + alg[0]
             if self.nsd is not None and TLS_SYSTEMS[name] == "dane":
                 # The relay host is an IP literal (no TLSA records): the
@@ -1367,7 +1403,7 @@ def run(args: argparse.Namespace, kafka: Optional[mslocal.Kafka] = None,
         "options": {"messages": args.messages, "per_workload": per_wl or None,
                     "rounds": args.rounds, "warmup": args.warmup,
                     "probe_sessions": args.probe_sessions, "kafka_warmup": args.kafka_warmup,
-                    "frontends": args.frontends,
+                    "frontends": args.frontends, "brokers": args.brokers,
                     "workers": args.workers, "partitions": args.partitions,
                     "frontend_set": BENCH_FRONTEND_DEFAULTS + args.frontend_set,
                     "worker_set": args.worker_set, "variants": variants,
@@ -1383,8 +1419,9 @@ def run(args: argparse.Namespace, kafka: Optional[mslocal.Kafka] = None,
             report["postfix_settings"] = bench.postfix.settings()
         if bench.kafka:
             try:
-                report["kafka_properties"] = bench.kafka.props.read_text()
-                report["kafka_jvm"] = list(bench.kafka.BROKER_JVM)
+                node0 = kafka_nodes(bench.kafka)[0]
+                report["kafka_properties"] = node0.props.read_text()
+                report["kafka_jvm"] = list(node0.BROKER_JVM)
             except OSError:
                 report["kafka_properties"] = "(shared broker)"
         sysobjs = {s: bench.system(s) for s in systems}
