@@ -78,6 +78,7 @@ class Workload:
     name: str
     size: int       # body bytes (smtp-source -l)
     sessions: int   # parallel SMTP sessions, the probe included
+    body: str = "text"  # "text": smtp-source's own body; "b64": a MIME attachment (below)
 
 
 WORKLOADS = [
@@ -85,7 +86,14 @@ WORKLOADS = [
     Workload("5k-100", 5 * 1024, 100),
     Workload("50k-20", 50 * 1024, 20),
     Workload("1m-4", 1024 * 1024, 4),
+    # Attachment-heavy mail (compression, issue 19): the body is one MIME
+    # part of random octets in base64 (RFC 2045 §6.8), as a PDF or an image
+    # is sent; smtp-source's own body (-l) is one repeated text line, which
+    # any codec shrinks a hundredfold.  Not in the default set.
+    Workload("5k-20-b64", 5 * 1024, 20, "b64"),
+    Workload("50k-20-b64", 50 * 1024, 20, "b64"),
 ]
+DEFAULT_WORKLOADS = ["5k-20", "5k-100", "50k-20", "1m-4"]
 SYSTEMS = ["postfix", "mailstream", "mailstream-fsync"]
 # Outbound TLS cost (issue 17): Mailstream with the worker's [tls] policy
 # `may` or `verify` towards a sink that offers STARTTLS (--sink-tls; the
@@ -96,7 +104,18 @@ SYSTEMS = ["postfix", "mailstream", "mailstream-fsync"]
 TLS_SYSTEMS = {"mailstream-tls-may": "may", "mailstream-tls-verify": "verify",
                "mailstream-tls-dane": "dane"}
 DANE_ZONE = "bench.mstest"  # not under "test.": libunbound answers that itself
-ALL_SYSTEMS = SYSTEMS + list(TLS_SYSTEMS)
+# DKIM signing of every message (issue 19, workload "sign"): the worker's
+# [dkim.NAME] signer with an RSA-2048 or Ed25519 key, against Postfix with
+# a private OpenDKIM milter (bench/opendkim.py) signing with the RSA key.
+# Mail is signed for SENDER's domain (smtp-source's From: is SENDER).
+SIGN_SYSTEMS = {"mailstream-sign-rsa": "rsa", "mailstream-sign-ed25519": "ed25519",
+                "postfix-sign-rsa": "rsa"}
+ALL_SYSTEMS = SYSTEMS + list(TLS_SYSTEMS) + list(SIGN_SYSTEMS)
+# --variant NAME=COMPONENT:SECTION.KEY=VALUE adds the system "mailstream+NAME":
+# Mailstream with those frontend or worker settings on top of the others,
+# measured in the same rounds as the rest (A/B of one setting, e.g. the
+# producer's [kafka] compression or the [format.mx] rules).
+VARIANT_PREFIX = "mailstream+"
 
 
 def log(msg: str) -> None:
@@ -242,8 +261,13 @@ class BenchKafka(mslocal.Kafka):
                     "delete.topic.enable=true\nfile.delete.delay.ms=1000\n")
 
 
-def kafka_delete_topic(kafka: mslocal.Kafka, name: str) -> None:
-    r = kafka._tool("org.apache.kafka.tools.TopicCommand", "--bootstrap-server",
+def kafka_nodes(kafka) -> List[mslocal.Kafka]:
+    """The broker processes: one, or a KafkaCluster's nodes (--brokers)."""
+    return list(getattr(kafka, "nodes", [kafka]))
+
+
+def kafka_delete_topic(kafka, name: str) -> None:
+    r = kafka_nodes(kafka)[0]._tool("org.apache.kafka.tools.TopicCommand", "--bootstrap-server",
                     kafka.bootstrap, "--delete", "--topic", name)
     if r.returncode != 0:
         log(f"warning: deleting topic {name} failed: {(r.stderr or r.stdout).strip()[-300:]}")
@@ -251,6 +275,19 @@ def kafka_delete_topic(kafka: mslocal.Kafka, name: str) -> None:
 
 def kafka_pid(kafka: mslocal.Kafka) -> int:
     return kafka.sup.procs[kafka.name].pid
+
+
+def kafka_pids(kafka) -> Dict[str, int]:
+    """{"kafka": pid} for one broker; {"kafka-1": ..., "kafka-2": ...} for a
+    cluster (summed as "kafka" in the report; the JIT is watched on node 1)."""
+    nodes = kafka_nodes(kafka)
+    if len(nodes) == 1:
+        return {"kafka": kafka_pid(nodes[0])}
+    return {f"kafka-{i + 1}": kafka_pid(n) for i, n in enumerate(nodes)}
+
+
+def kafka_jit_pid(pids: Dict[str, int]) -> Optional[int]:
+    return pids.get("kafka") or pids.get("kafka-1")
 
 
 def redis_pid(redis: mslocal.Redis) -> int:
@@ -355,9 +392,10 @@ def fetch_metrics(addr: str) -> str:
 class PostfixSystem:
     name = "postfix"
 
-    def __init__(self, inst: PostfixInstance, extra_pids: Optional[Dict[str, int]] = None):
-        self.inst = inst
-        self.extra_pids = dict(extra_pids or {})  # the milter, shared with Mailstream
+    def __init__(self, inst: PostfixInstance, name: str = "postfix",
+                 more_pids: Optional[Dict[str, int]] = None):
+        self.inst, self.name = inst, name
+        self.more_pids = more_pids or {}
 
     @property
     def smtp_port(self) -> int:
@@ -368,7 +406,8 @@ class PostfixSystem:
             raise RuntimeError("postfix master is not running")
 
     def pids(self) -> Dict[str, int]:
-        return {"postfix": self.inst.master_pid, **self.extra_pids}
+        # A milter's CPU is the system's too (rspamd filtering, OpenDKIM signing).
+        return {"postfix": self.inst.master_pid, **self.more_pids}
 
     def metrics_addrs(self) -> List[str]:
         return []
@@ -424,7 +463,7 @@ class MailstreamSystem:
         assert self.cluster is not None
         for n in self.cluster.frontends + self.cluster.workers:
             out[n.name] = n.pid
-        out["kafka"] = kafka_pid(self.kafka)
+        out.update(kafka_pids(self.kafka))
         out["redis"] = redis_pid(self.redis)
         out.update(self.extra_pids)
         return out
@@ -432,6 +471,15 @@ class MailstreamSystem:
     def metrics_addrs(self) -> List[str]:
         assert self.cluster is not None
         return [n.metrics for n in self.cluster.frontends]
+
+    def log_bytes(self) -> Optional[int]:
+        """Bytes of the run's topic's .log segments on the broker's disk
+        (its warm-up included); None when the data directory is not ours."""
+        if not self.topic or not all(hasattr(n, "data") for n in kafka_nodes(self.kafka)):
+            return None
+        # Every replica's copy: with --brokers 3 that is three copies.
+        return sum(p.stat().st_size for n in kafka_nodes(self.kafka)
+                   for p in Path(n.data).glob(f"{self.topic}-*/*.log"))
 
     def finish(self) -> None:
         if self.cluster is not None:
@@ -446,10 +494,35 @@ class MailstreamSystem:
 # One measured run
 # ---------------------------------------------------------------------------
 
-def smtp_source_argv(port: int, sessions: int, messages: int, size: int) -> List[str]:
+# Workload.body "b64": the message files smtp-source sends (-F), one per size.
+BODY_DIR = Path(tempfile.gettempdir())
+
+
+def b64_message(size: int) -> Path:
+    """A message of about `size` octets whose body is one base64 attachment
+    of random octets (incompressible once decoded; base64 itself leaves a
+    codec 6 bits of every 8).  smtp-source -F adds CRLF to each line and
+    dot-stuffs (none of these lines starts with a dot)."""
+    import base64
+    path = BODY_DIR / f"mailstream-bench-b64-{size}.eml"
+    if not path.exists():
+        raw = base64.b64encode(os.urandom(size * 3 // 4)).decode()
+        lines = [raw[i:i + 76] for i in range(0, len(raw), 76)]
+        head = [f"From: <{SENDER}>", f"To: <{RCPT}>", "Subject: bench attachment",
+                "MIME-Version: 1.0", 'Content-Type: multipart/mixed; boundary="b"', "",
+                "--b", "Content-Type: text/plain", "", "See the attachment.", "",
+                "--b", 'Content-Type: application/octet-stream; name="a.bin"',
+                "Content-Transfer-Encoding: base64", ""]
+        path.write_text("\n".join(head + lines + ["--b--", ""]))
+    return path
+
+
+def smtp_source_argv(port: int, sessions: int, messages: int, size: int,
+                     body: str = "text") -> List[str]:
     # -d: keep the connection for the next message (as an MTA does);
     # -M: HELO name; the sender/recipient are the same for both systems.
-    return [SMTP_SOURCE, "-d", "-s", str(sessions), "-m", str(messages), "-l", str(size),
+    what = ["-F", str(b64_message(size))] if body == "b64" else ["-l", str(size)]
+    return [SMTP_SOURCE, "-d", "-s", str(sessions), "-m", str(messages), *what,
             "-f", SENDER, "-t", RCPT, "-M", "client.test", f"{HOST}:{port}"]
 
 
@@ -457,7 +530,8 @@ def warm_up(system, sink: CountingSink, wl: Workload, n: int, sessions: int = 4)
     if n <= 0:
         return
     base = sink.count
-    r = subprocess.run(smtp_source_argv(system.smtp_port, min(wl.sessions, sessions), n, wl.size),
+    r = subprocess.run(smtp_source_argv(system.smtp_port, min(wl.sessions, sessions), n, wl.size,
+                                        wl.body),
                        capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         raise RuntimeError(f"warm-up on {system.name} failed: {r.stderr.strip()[-300:]}")
@@ -481,7 +555,7 @@ def warm_up_kafka(system, sink: CountingSink, wl: Workload, batch: int,
     under KAFKA_JIT_SETTLED (at most max_batches). Returns one entry per
     batch: broker CPU seconds and the JIT compiler's part of them."""
     out: List[Dict[str, float]] = []
-    kpid = system.pids()["kafka"]
+    kpid = kafka_jit_pid(system.pids())
     for i in range(max(1, max_batches)):
         cpu0, jit0 = procstat.cpu_self(kpid), procstat.jvm_compiler_cpu(kpid)
         warm_up(system, sink, wl, batch, sessions=wl.sessions)
@@ -500,10 +574,12 @@ async def _load(port: int, wl: Workload, messages: int, probe_sessions: int):
     """smtp-source with (sessions - probe) sessions, plus the probe sessions
     until smtp-source is done. Returns (t_start, t_source_end, rc, stderr, probe)."""
     stop = asyncio.Event()
+    if wl.body != "text":
+        probe_sessions = 0   # the probe sends text: these workloads have no latency figures
     src_sessions = max(1, wl.sessions - probe_sessions)
     t_start = time.time()
     proc = await asyncio.create_subprocess_exec(
-        *smtp_source_argv(port, src_sessions, messages, wl.size),
+        *smtp_source_argv(port, src_sessions, messages, wl.size, wl.body),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE)
     probe_task = asyncio.ensure_future(
@@ -528,13 +604,14 @@ def measure_run(system, sink: CountingSink, wl: Workload, messages: int, run_id:
         pids = system.pids()
         procstat.reset_all(pids.values())
         sampler = None
-        if system.name == "postfix":
+        if isinstance(system, PostfixSystem):
             sampler = procstat.TreeMemorySampler(pids["postfix"], 0.5)
         meter = procstat.CpuMeter({**pids, "sink": sink.pid})
-        jit0 = procstat.jvm_compiler_cpu(pids["kafka"]) if "kafka" in pids else None
+        kjit = kafka_jit_pid(pids)
+        jit0 = procstat.jvm_compiler_cpu(kjit) if kjit else None
         maddrs = system.metrics_addrs()
         m_before = [fetch_metrics(a) for a in maddrs]
-        r_before = redis_calls(redis_port) if redis_port and system.name != "postfix" else {}
+        r_before = redis_calls(redis_port) if redis_port and not isinstance(system, PostfixSystem) else {}
         rm_before = redis_memory(redis_port) if r_before else None
         base = sink.count
         ru0 = (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
@@ -556,7 +633,7 @@ def measure_run(system, sink: CountingSink, wl: Workload, messages: int, run_id:
         cpu = meter.stop()
         if jit0 is not None:
             # part of kafka's CPU above, not in addition to it
-            res["kafka_jit_cpu_seconds"] = procstat.jvm_compiler_cpu(pids["kafka"]) - jit0
+            res["kafka_jit_cpu_seconds"] = procstat.jvm_compiler_cpu(kjit) - jit0
         mcpu1 = procstat.machine_cpu()
         ru1 = (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
         # The load generator: smtp-source (a reaped child) and this process
@@ -606,6 +683,13 @@ def measure_run(system, sink: CountingSink, wl: Workload, messages: int, run_id:
             dk = keys1 - rm_before[1]
             res["redis_new_keys"] = dk
             res["redis_bytes_per_new_key"] = (mem1 - rm_before[0]) / dk if dk > 0 else None
+        disk = getattr(system, "log_bytes", lambda: None)()
+        if disk is not None:
+            # The topic's log segments (what the broker wrote, batch headers
+            # and compression included; the sparse index files are not),
+            # over this run's messages and its warm-up's.
+            res["kafka_log_bytes"] = disk
+            res["kafka_log_bytes_per_msg"] = disk / max(1, total + warmup)
         res["ok"] = bool(rc == 0 and arrived and received == total)
         if not arrived and "error" not in res:
             res["error"] = f"only {received} of {total} messages arrived at the sink"
@@ -819,6 +903,10 @@ def summarize(runs: List[Dict[str, object]], systems: List[str],
                 for k, v in mk.items():
                     mems.setdefault(k, []).append(v)
             row["cpu_ms_per_msg"] = {k: statistics.median(v) for k, v in kinds.items()}
+            row["cpu_ms_per_msg_range"] = {k: [min(v), max(v)] for k, v in kinds.items()}
+            lb = [r["kafka_log_bytes_per_msg"] for r in ok if r.get("kafka_log_bytes_per_msg")]
+            if lb:
+                row["kafka_log_bytes_per_msg"] = statistics.median(lb)
             row["cpu_ms_per_msg_system"] = (
                 sum(v for k, v in row["cpu_ms_per_msg"].items()
                     if k not in ("sink", "loadgen")) or None)
@@ -835,7 +923,7 @@ def summarize(runs: List[Dict[str, object]], systems: List[str],
             rc = [r.get("redis_calls_per_msg") for r in ok if r.get("redis_calls_per_msg")]
             if rc:
                 row["redis_calls_per_msg"] = statistics.median(rc)
-            if s == "postfix":
+            if s.startswith("postfix"):
                 base = row
             elif base is not None:
                 for key in ("accept_rate", "e2e_rate"):
@@ -902,6 +990,24 @@ def cpu_mem_table(summary: List[Dict[str, object]]) -> str:
                   for k in kinds if k not in ("sink", "loadgen")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def cpu_range_table(summary: List[Dict[str, object]]) -> str:
+    """CPU ms/msg per component, median (min-max over rounds), and the
+    queue topic's log bytes per message: the A/B view (--variant)."""
+    kinds = ["frontend", "worker", "kafka", "redis"]
+    lines = ["| workload | system | " + " | ".join(kinds) + " | kafka log B/msg |",
+             "|---|---|" + "---|" * (len(kinds) + 1)]
+    for row in summary:
+        if str(row["system"]).startswith("postfix"):
+            continue
+        med, rng = row.get("cpu_ms_per_msg") or {}, row.get("cpu_ms_per_msg_range") or {}
+        cells = [f"{med[k]:.3f} ({rng[k][0]:.3f}-{rng[k][1]:.3f})" if k in med else "-"
+                 for k in kinds]
+        lb = row.get("kafka_log_bytes_per_msg")
+        lines.append(f"| {row['workload']} | {row['system']} | " + " | ".join(cells) +
+                     f" | {_f(lb)} |")
+    return "\n".join(lines) + "\n"
 
 
 def latency_check_table(summary: List[Dict[str, object]]) -> str:
@@ -1006,7 +1112,9 @@ def markdown(rep: Dict[str, object]) -> str:
           "CPU: milliseconds of user+system CPU per delivered message (median over rounds). "
           "Peak memory: VmHWM per process (reset before each run; the largest over rounds); "
           "for Postfix the peak of the PSS summed over all its processes (sampled every "
-          "0.5 s).", "", cpu_mem_table(rep["summary"]), ""]
+          "0.5 s).", "", cpu_mem_table(rep["summary"]), "",
+          "### CPU ms/msg per component, median (min-max over rounds)", "",
+          cpu_range_table(rep["summary"]), ""]
     rc = [(r["workload"], r["system"], r["redis_calls_per_msg"]) for r in rep["summary"]
           if r.get("redis_calls_per_msg")]
     if rc:
@@ -1045,7 +1153,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true",
                     help="short run: 1000 messages, 1 round, 1000 idle connections")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--workloads", default=",".join(w.name for w in WORKLOADS))
+    ap.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS),
+                    help="also 5k-20-b64, 50k-20-b64: an attachment-heavy (base64) body")
     ap.add_argument("--systems", default=",".join(SYSTEMS),
                     help=f"of {', '.join(ALL_SYSTEMS)}")
     ap.add_argument("--sink-tls", action="store_true",
@@ -1053,11 +1162,17 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                     "127.0.0.1 from a throw-away CA, the workers' [tls] ca_file")
     ap.add_argument("--frontends", type=int, default=1)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--brokers", type=int, default=1,
+                    help="Kafka brokers (3: replication 3, min.insync.replicas 2)")
     ap.add_argument("--partitions", type=int, default=mslocal.DEFAULT_TOPICS["queue"])
     ap.add_argument("--frontend-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="extra frontend setting (docs/config.md), repeatable")
     ap.add_argument("--worker-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="extra worker setting, e.g. delivery.max_in_flight=256; repeatable")
+    ap.add_argument("--variant", action="append", default=[],
+                    metavar="NAME=COMPONENT:SECTION.KEY=VALUE",
+                    help="adds the system mailstream+NAME: Mailstream with this frontend or "
+                         "worker setting (repeat for more settings of one NAME)")
     ap.add_argument("--warmup", type=int, default=200, help="untimed messages before each run")
     ap.add_argument("--kafka-warmup", type=int, default=10000,
                     help="untimed messages per Kafka warm-up batch (through Mailstream, "
@@ -1100,6 +1215,18 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 # connection limits (docs/config.md) must not cap the sessions or the 10,000
 # idle connections we measure. --frontend-set can still override them.
 BENCH_FRONTEND_DEFAULTS = ["smtp.max_connections_per_ip=20000", "smtp.max_connections=20000"]
+
+
+def _variants(items: List[str]) -> Dict[str, Dict[str, List[str]]]:
+    """["lz4=frontend:kafka.compression=lz4", ...] -> {"lz4": {"frontend": [...]}}"""
+    out: Dict[str, Dict[str, List[str]]] = {}
+    for item in items or []:
+        name, _, rest = item.partition("=")
+        comp, _, setting = rest.partition(":")
+        if not name or comp not in ("frontend", "worker") or "=" not in setting:
+            raise SystemExit(f"--variant {item!r}: NAME=frontend|worker:SECTION.KEY=VALUE")
+        out.setdefault(name, {}).setdefault(comp, []).append(setting)
+    return out
 
 
 def _sections(items: List[str]) -> Optional[Dict[str, Dict[str, object]]]:
@@ -1166,6 +1293,14 @@ class Bench:
                 self.redis = mslocal.Redis(self.sup, mslocal.free_port())
                 log(f"starting redis on {self.redis.port}")
                 self.redis.start()
+            if self.kafka is None and self.a.brokers > 1:
+                # The production shape (issue 19 "replicated"): replication
+                # min(N, 3), min.insync.replicas 2 (mslocal.replication_for);
+                # acks=all then waits for a follower too.
+                self.kafka = mslocal.KafkaCluster(self.sup, self.a.brokers,
+                                                  mslocal.free_ports(2 * self.a.brokers))
+                log(f"starting {self.a.brokers} kafka brokers on {self.kafka.bootstrap}")
+                self.kafka.start()
             if self.kafka is None:
                 p, cp = mslocal.free_ports(2)
                 self.kafka = BenchKafka(self.sup, p, cp)
@@ -1173,6 +1308,26 @@ class Bench:
                 self.kafka.start()
             self.events_topic = f"bench-events-{self.tag}"
             self.kafka.create_topics({self.events_topic: mslocal.DEFAULT_TOPICS["events"]})
+        self.dkim_keys = {}
+        if any(s in SIGN_SYSTEMS for s in self.a.systems.split(",")):
+            import opendkim  # noqa: E402 - only for the sign systems
+            for alg in ("rsa", "ed25519"):
+                self.dkim_keys[alg] = opendkim.make_key(self.state / "dkim" / f"{alg}.pem", alg)
+        if "postfix-sign-rsa" in self.a.systems.split(","):
+            import opendkim  # noqa: E402
+            self.opendkim = opendkim.OpenDkimSigner(self.sup, mslocal.free_port(),
+                                                    SENDER.split("@")[1], "rsa",
+                                                    self.dkim_keys["rsa"])
+            self.opendkim.start()
+            # Postfix's milter settings as its docs (MILTER_README) give them
+            # for a signer; tempfail if the milter is away, so no message
+            # leaves unsigned.
+            self.postfix_sign = PostfixInstance(
+                self.state / "postfix-sign", mslocal.free_port(), self.sink.port,
+                milters=[self.opendkim.milter])
+            log(f"starting postfix-sign on {self.postfix_sign.smtp_port} "
+                f"(opendkim on {self.opendkim.port})")
+            self.postfix_sign.start()
         if need_pf:
             self.postfix = PostfixInstance(self.state / "postfix", mslocal.free_port(),
                                            self.sink.port,
@@ -1187,15 +1342,41 @@ class Bench:
 
     def system(self, name: str):
         if name == "postfix":
-            return PostfixSystem(self.postfix, self.milter_pids())
+            return PostfixSystem(self.postfix, "postfix", self.milter_pids())
+        if name == "postfix-sign-rsa":
+            return PostfixSystem(self.postfix_sign, name, {"opendkim": self.opendkim.pid})
         cfg = {"flush.messages": "1"} if name == "mailstream-fsync" else {}
         worker = _sections(self.a.worker_set)
+        frontend = _sections(BENCH_FRONTEND_DEFAULTS + self.a.frontend_set)
         tag = "f" if cfg else "d"
+        if name.startswith(VARIANT_PREFIX):
+            var = name[len(VARIANT_PREFIX):]
+            tag = "v" + hashlib.sha1(var.encode()).hexdigest()[:4]
+            for comp, items in _variants(self.a.variant)[var].items():
+                base = (frontend if comp == "frontend" else worker) or {}
+                for sec, kv in (_sections(items) or {}).items():
+                    base.setdefault(sec, {}).update(kv)
+                if comp == "frontend":
+                    frontend = base
+                else:
+                    worker = base
         if name in TLS_SYSTEMS:
             worker = worker or {}
             worker.setdefault("tls", {}).update({"policy": TLS_SYSTEMS[name],
                                                  "ca_file": str(self.sink.ca)})
             tag = TLS_SYSTEMS[name][0]
+        if name in SIGN_SYSTEMS:
+            alg = SIGN_SYSTEMS[name]
+            worker = worker or {}
+            worker[f"dkim.{alg}"] = {"domain": SENDER.split("@")[1], "selector": alg,
+                                     "key": str(self.dkim_keys[alg])}
+            # The worker signs outbound mail only: from an authenticated
+            # user or a trusted network (fe_session.c), as Postfix's
+            # mynetworks (127.0.0.0/8) makes the bench's client internal
+            # for OpenDKIM.
+            frontend = frontend or {}
+            frontend.setdefault("smtp", {})["trusted_networks"] = "127.0.0.0/8"
+            tag = "s" + alg[0]
             if self.nsd is not None and TLS_SYSTEMS[name] == "dane":
                 # The relay host is an IP literal (no TLSA records): the
                 # transport map names the sink instead, so every message is
@@ -1204,15 +1385,15 @@ class Bench:
                     f"{RCPT.split('@')[1]} smtp:[sink.{DANE_ZONE}]:{self.sink.port}")
                 worker.setdefault("dns", {}).update({"upstream": self.nsd.upstream,
                                                      "trust_anchor": str(self.nsd.trust_anchor)})
-        fe_set = BENCH_FRONTEND_DEFAULTS + self.a.frontend_set
         if self.milter is not None:
             # The same defaults Postfix has (milter_default_action = tempfail).
-            fe_set = fe_set + [f"milter.servers={self.milter.address}",
-                               "milter.default_action=tempfail"]
+            frontend = frontend or {}
+            frontend.setdefault("milter", {}).update({"servers": self.milter.address,
+                                                     "default_action": "tempfail"})
         return MailstreamSystem(name, self.ms_sup, self.kafka, self.redis, self.sink.address,
                                 self.a.frontends, self.a.workers, cfg, self.events_topic,
                                 f"{self.tag}-{tag}", self.a.partitions,
-                                _sections(fe_set), worker, self.milter_pids())
+                                frontend, worker, self.milter_pids())
 
     def stop(self) -> None:
         self.ms_sup.stop_all()
@@ -1220,6 +1401,8 @@ class Bench:
             self.postfix.stop()
         if self.milter is not None:
             self.milter.stop()
+        if getattr(self, "postfix_sign", None):
+            self.postfix_sign.stop()
         if self.kafka is not None and self.own_infra:
             pass
         if self.sink:
@@ -1236,7 +1419,9 @@ def run(args: argparse.Namespace, kafka: Optional[mslocal.Kafka] = None,
     if unknown:
         raise SystemExit(f"unknown workload(s): {', '.join(sorted(unknown))}")
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    if set(systems) - set(ALL_SYSTEMS):
+    variants = _variants(args.variant)
+    systems += [VARIANT_PREFIX + v for v in variants if VARIANT_PREFIX + v not in systems]
+    if set(systems) - set(ALL_SYSTEMS) - {VARIANT_PREFIX + v for v in variants}:
         raise SystemExit(f"unknown system(s): "
                          f"{', '.join(sorted(set(systems) - set(ALL_SYSTEMS)))}")
     if any(s in TLS_SYSTEMS for s in systems) and not args.sink_tls:
@@ -1257,10 +1442,10 @@ def run(args: argparse.Namespace, kafka: Optional[mslocal.Kafka] = None,
         "options": {"messages": args.messages, "per_workload": per_wl or None,
                     "rounds": args.rounds, "warmup": args.warmup,
                     "probe_sessions": args.probe_sessions, "kafka_warmup": args.kafka_warmup,
-                    "frontends": args.frontends,
+                    "frontends": args.frontends, "brokers": args.brokers,
                     "workers": args.workers, "partitions": args.partitions,
                     "frontend_set": BENCH_FRONTEND_DEFAULTS + args.frontend_set,
-                    "worker_set": args.worker_set,
+                    "worker_set": args.worker_set, "variants": variants,
                     "sink_tls": args.sink_tls,
                     "systems": systems, "workloads": [w.__dict__ for w in workloads],
                     "idle": args.idle, "label": args.label, "rlimit_nofile": nofile,
@@ -1275,8 +1460,9 @@ def run(args: argparse.Namespace, kafka: Optional[mslocal.Kafka] = None,
             report["postfix_settings"] = bench.postfix.settings()
         if bench.kafka:
             try:
-                report["kafka_properties"] = bench.kafka.props.read_text()
-                report["kafka_jvm"] = list(bench.kafka.BROKER_JVM)
+                node0 = kafka_nodes(bench.kafka)[0]
+                report["kafka_properties"] = node0.props.read_text()
+                report["kafka_jvm"] = list(node0.BROKER_JVM)
             except OSError:
                 report["kafka_properties"] = "(shared broker)"
         sysobjs = {s: bench.system(s) for s in systems}

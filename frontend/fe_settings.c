@@ -142,6 +142,19 @@ int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, s
         return MS_ECONFIG;
     }
     set->events_topic = ms_config_get(cfg, "kafka", "events_topic", "");
+    set->kafka_compression = ms_config_get(cfg, "kafka", "compression", "none");
+    {
+        /* The codecs librdkafka and the broker both know (KIP-110 adds zstd). */
+        static const char *const codecs[] = {"none", "lz4", "zstd", "gzip", "snappy"};
+        size_t c, ncodecs = sizeof(codecs) / sizeof(codecs[0]);
+
+        for (c = 0; c < ncodecs && strcmp(set->kafka_compression, codecs[c]) != 0; c++)
+            ;
+        if (c == ncodecs) {
+            snprintf(err, errlen, "[kafka] compression: none, lz4, zstd, gzip or snappy");
+            return MS_ECONFIG;
+        }
+    }
     /* The Kafka record holds the message and its envelope. */
     if (get_u64(cfg, "kafka", "linger_ms", FE_LINGER_MS_DEF, 1, 1000, &set->kafka_linger_ms, err,
                 errlen) < 0 ||

@@ -73,6 +73,7 @@ struct fe_settings {
     const char *topic;
     const char *events_topic;   /* [kafka] events_topic: accepted/refused events; "": none */
     uint64_t kafka_linger_ms;           /* [kafka] linger_ms */
+    const char *kafka_compression;      /* [kafka] compression: producer compression.type */
     int group_commit;                   /* [kafka] group_commit (fe_commit.h) */
     uint64_t group_commit_window_us;    /* [kafka] group_commit_window_us */
     uint64_t max_message_size;

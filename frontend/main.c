@@ -517,6 +517,7 @@ static void loop_setup(struct fe_loop *L, int index, size_t n)
         ms_fatal("event=config_invalid error=\"%s\"", err);
     kconf.client_id = srv->set.node_id;
     kconf.linger_ms = (int)srv->set.kafka_linger_ms;
+    kconf.compression = srv->set.kafka_compression;
     kconf.caller_batches = srv->set.group_commit;
     srv->producer = ms_producer_new(L->loop, &kconf, fe_sessions_report, srv, err, sizeof(err));
     if (srv->producer == NULL)

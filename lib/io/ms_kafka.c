@@ -519,6 +519,11 @@ ms_producer *ms_producer_new(uv_loop_t *loop, const struct ms_kafka_conf *kc, ms
              kc->caller_batches ? 0 : kc->linger_ms > 0 ? kc->linger_ms : 1);
     set_conf(conf, "linger.ms", num);
     set_conf(conf, "queue.buffering.max.kbytes", "1048576");
+    /* Whole batches are compressed by the producer and stored so by the
+     * broker (topic compression.type=producer): less disk and network per
+     * record, paid for in producer CPU (bench/README.md, "compression"). */
+    if (kc->compression && *kc->compression)
+        set_conf(conf, "compression.type", kc->compression);
     tconf = rd_kafka_topic_conf_new();
     rd_kafka_topic_conf_set_partitioner_cb(tconf, sticky_partitioner);
     rd_kafka_topic_conf_set_opaque(tconf, p);

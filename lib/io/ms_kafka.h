@@ -31,6 +31,8 @@ struct ms_kafka_conf {
     int linger_ms;             /* linger.ms; 0: 1 */
     int caller_batches;        /* producer: the caller holds records and sends them
                                 * in batches (the frontend's group commit): linger.ms 0 */
+    const char *compression;   /* producer compression.type (none, lz4, zstd, gzip,
+                                * snappy); NULL or "": librdkafka's default, none */
     int fetch_min_bytes;       /* consumer fetch.min.bytes; 0: 1 */
     int fetch_wait_ms;         /* consumer fetch.wait.max.ms; 0: librdkafka's 500 */
     const char *keyed_topic;   /* producer: records to this topic are partitioned by
