@@ -166,6 +166,8 @@ build-fuzz/obj/gen/%.o: $(BUILD)/gen/%.c $(FUZZ_STAMP)
 build-fuzz/obj/%.o: %.c $(GEN_H) $(FUZZ_STAMP) | $(BUILD)/gen/ms_version_gen.h
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(FUZZ_SAN) -c -o $@ $<
+# fe_verify.c reads replies with the worker's parser (as in the main build).
+build-fuzz/obj/frontend/fe_verify.o: FUZZ_CFLAGS += -Iworker
 build-fuzz/libfuzz.a: $(FUZZ_OBJS)
 	@rm -f $@
 	ar rcs $@ $^
