@@ -37,6 +37,8 @@
  * librdkafka wants >= message.max.bytes) may overshoot the queue's size. */
 #define MS_KAFKA_AHEAD_DEFAULT ((size_t)128 * 1024 * 1024)
 #define MS_KAFKA_FETCH_MAX "52428800"
+/* librdkafka's range of queued.max.messages.kbytes is 1..2097151. */
+#define MS_KAFKA_QUEUE_KB_MAX ((size_t)2097151)
 /* Records taken from librdkafka while the application is paused wait in a
  * backlog; past this many records or octets, fetching itself is paused, so
  * memory stays bounded without pausing the fetcher on every record.  It is
@@ -911,7 +913,7 @@ ms_consumer *ms_consumer_new(uv_loop_t *loop, const struct ms_kafka_conf *kc, co
     rd_kafka_topic_partition_list_t *subs;
     rd_kafka_resp_err_t e;
     char num[32];
-    size_t ahead;
+    size_t ahead, kb;
 
     set_conf(conf, "group.id", group);
     set_conf(conf, "enable.auto.offset.store", "false");
@@ -928,7 +930,9 @@ ms_consumer *ms_consumer_new(uv_loop_t *loop, const struct ms_kafka_conf *kc, co
         snprintf(num, sizeof(num), "%d", kc->fetch_wait_ms);
         set_conf(conf, "fetch.wait.max.ms", num);
     }
-    snprintf(num, sizeof(num), "%zu", ahead / 2 / 1024 > 0 ? ahead / 2 / 1024 : 1);
+    kb = ahead / 2 / 1024;
+    kb = kb < 1 ? 1 : kb > MS_KAFKA_QUEUE_KB_MAX ? MS_KAFKA_QUEUE_KB_MAX : kb;
+    snprintf(num, sizeof(num), "%zu", kb);
     set_conf(conf, "queued.max.messages.kbytes", num);
     /* A worker that stops polling this long is presumed dead; we keep
      * polling while paused, so only a stuck loop hits it. */
