@@ -121,6 +121,7 @@ struct msg {
     size_t slot;
     enum msg_state state;
     struct ms_record *rec;          /* NULL once released */
+    uint64_t bytes;                 /* charged to in_flight_bytes (WK_MSG_COPIES) */
     int tier;                       /* 0: the queue topic, else the retry tier */
     ms_envelope *env;
     const char *qid;                /* env->queue_id */
@@ -162,6 +163,7 @@ struct msg {
 struct parked {
     uint64_t id;             /* the message's id; its place is id % nslots */
     struct ms_record *rec;   /* NULL: the place is free */
+    size_t bytes;            /* charged to in_flight_bytes while parked */
     int tier;
     int events;              /* acknowledgements still due */
 };
@@ -184,6 +186,7 @@ struct wk_delivery {
     size_t nslots, nused, nclosing;
     struct parked *parked; /* nslots places */
     size_t nparked;
+    uint64_t bytes, bytes_max; /* charged to records held (WK_MSG_COPIES each) */
     uint64_t seq;
     int draining;
     void (*drained)(void *);
@@ -191,7 +194,7 @@ struct wk_delivery {
 
     ms_counter *m_attempts, *m_malformed, *m_skipped, *m_redis_errors, *m_event_errors;
     ms_counter *m_dsn, *m_requeued, *m_expired, *m_suppressed, *m_connect_fallback;
-    ms_gauge *m_in_flight, *m_held, *m_connections;
+    ms_gauge *m_in_flight, *m_in_flight_bytes, *m_held, *m_connections;
     /* Open connections per destination (dest_name): the first
      * WK_DEST_GAUGES_MAX destinations seen get a series of their own, the
      * rest share dest="other", so the label set stays bounded. */
@@ -329,6 +332,13 @@ static void dest_enter_state(struct msg *m, struct dest *ds, enum dest_state nex
 
 /* ---- pausing the consumers ---- */
 
+/* Charge (delta > 0) or credit the octets held; the pauses follow. */
+static void bytes_charge(wk_delivery *d, int64_t delta)
+{
+    d->bytes = (uint64_t)((int64_t)d->bytes + delta);
+    ms_gauge_set(d->m_in_flight_bytes, (int64_t)d->bytes);
+}
+
 static void update_pauses(wk_delivery *d)
 {
     int i, want;
@@ -336,7 +346,8 @@ static void update_pauses(wk_delivery *d)
     for (i = 0; i <= WK_RETRY_TIERS_MAX; i++) {
         if (d->consumers[i] == NULL)
             continue;
-        want = d->draining || d->nused >= d->nslots || (i > 0 && d->held[i] >= WK_RETRY_HOLD_MAX);
+        want = d->draining || d->nused >= d->nslots || d->bytes >= d->bytes_max ||
+               (i > 0 && d->held[i] >= WK_RETRY_HOLD_MAX);
         if (want == d->cons_paused[i])
             continue;
         d->cons_paused[i] = want;
@@ -431,6 +442,8 @@ static void msg_release(struct msg *m, int done)
         ms_info("event=abandoned qid=%s partition=%d offset=%lld state=%s", m->qid,
                 (int)m->rec->partition, (long long)m->rec->offset, msg_state_names[m->state]);
     m->rec = NULL;
+    bytes_charge(d, -(int64_t)m->bytes);
+    m->bytes = 0;
     msg_enter_state(m, MSG_CLOSING);
     d->slots[m->slot] = NULL;
     d->nused--;
@@ -1952,6 +1965,8 @@ static int msg_park(struct msg *m)
     p->rec = m->rec;
     p->tier = m->tier;
     p->events = m->events_pending;
+    p->bytes = m->rec->len;
+    bytes_charge(d, (int64_t)p->bytes);
     d->nparked++;
     m->rec = NULL;
     msg_release(m, 1);
@@ -1978,8 +1993,11 @@ static void parked_event_done(wk_delivery *d, uint64_t id)
     ms_consumer_done(d->consumers[p->tier], p->rec);
     p->rec = NULL;
     d->nparked--;
-    if (!d->draining)
-        return; /* parking does not count for the pauses */
+    bytes_charge(d, -(int64_t)p->bytes);
+    if (!d->draining) {
+        update_pauses(d); /* parking counts for the byte budget only */
+        return;
+    }
     /* This runs inside the producer's delivery report, and the drained
      * callback frees the producer: see to the drain from the loop instead,
      * the way a released message does (msg_closed_cb). */
@@ -2284,6 +2302,8 @@ void wk_delivery_on_record(void *arg, struct ms_record *rec)
     m->slot = slot;
     m->state = MSG_CHECK;
     m->rec = rec;
+    m->bytes = (uint64_t)rec->len * WK_MSG_COPIES;
+    bytes_charge(d, (int64_t)m->bytes);
     m->tier = tier;
     m->env = env;
     m->qid = env->queue_id;
@@ -2397,6 +2417,8 @@ wk_delivery *wk_delivery_new(uv_loop_t *loop, const struct wk_delivery_conf *con
     d->nslots = conf->max_in_flight > 0 ? (size_t)conf->max_in_flight : WK_MAX_IN_FLIGHT_DEFAULT;
     d->slots = ms_calloc(d->nslots, sizeof(*d->slots));
     d->parked = ms_calloc(d->nslots, sizeof(*d->parked));
+    d->bytes_max = conf->max_in_flight_bytes > 0 ? (uint64_t)conf->max_in_flight_bytes
+                                                 : (uint64_t)WK_MAX_IN_FLIGHT_BYTES_DEFAULT;
     pc.node_id = conf->node_id;
     pc.dest_rate_max_wait_ms = conf->dest_rate_max_wait_ms;
     d->pacing = wk_pacing_new(loop, &pc, on_paced, d);
@@ -2438,6 +2460,10 @@ wk_delivery *wk_delivery_new(uv_loop_t *loop, const struct wk_delivery_conf *con
                                            NULL);
     d->m_in_flight = ms_gauge_new("mailstream_worker_in_flight",
                                   "Queue records held (delivering, recording or waiting).", NULL);
+    d->m_in_flight_bytes = ms_gauge_new(
+        "mailstream_worker_in_flight_bytes",
+        "Octets charged to the records held, WK_MSG_COPIES per octet (max_in_flight_bytes).",
+        NULL);
     d->m_held = ms_gauge_new("mailstream_worker_retry_held",
                              "Retry records held in memory until they are due.", NULL);
     d->m_connections = ms_gauge_new("mailstream_worker_connections",
@@ -2614,6 +2640,7 @@ void wk_delivery_abandon_all(wk_delivery *d)
         if (d->parked[i].rec) { /* redelivered; its recipients are marked delivered */
             d->parked[i].rec = NULL;
             d->nparked--;
+            bytes_charge(d, -(int64_t)d->parked[i].bytes);
         }
     }
 }

@@ -72,8 +72,11 @@
  * cannot be produced, the record is kept in memory and retried in place
  * (its offset stays behind until then).
  *
- * Bounded: at most max_in_flight records are held; every consumer is paused
- * while all are taken, and a retry tier consumer also while it holds
+ * Bounded: at most max_in_flight records are held, and at most
+ * max_in_flight_bytes octets of them counted WK_MSG_COPIES times (the Kafka
+ * record, the decoded envelope, the wire copy: see WK_MSG_COPIES); every
+ * consumer is paused while either is reached (a record alone over the
+ * budget is still taken, so nothing is stuck), and a retry tier consumer also while it holds
  * WK_RETRY_HOLD_MAX records that are not due.  Asynchronous replies (route
  * jobs, SMTP outcomes, Redis replies, produce reports) find their
  * transaction by a 64-bit id in a slot table; a missing id means the
@@ -101,6 +104,23 @@
 
 /* Default of [delivery] max_in_flight. */
 #define WK_MAX_IN_FLIGHT_DEFAULT 256
+/* Default of [delivery] max_in_flight_bytes: with the Kafka glue's share
+ * (WK_KAFKA_AHEAD_*) a worker stays under 256 MiB whatever the message
+ * sizes (docs/config.md has the sum). */
+#define WK_MAX_IN_FLIGHT_BYTES_DEFAULT (96LL * 1024 * 1024)
+/* Copies of a message's octets a record in flight is charged for: the Kafka
+ * record, the envelope decoded from it (protobuf-c copies bytes fields),
+ * and the dot-stuffed (or CRLF) wire copy an SMTP session holds while it
+ * sends; a rewrite by mailauth (Authentication-Results) is brief and
+ * replaces the decoded copy. */
+#define WK_MSG_COPIES 3
+/* What each consumer may hold ahead of the engine (librdkafka's prefetch
+ * plus the backlog, ms_kafka_conf.consumer_bytes), as a fraction of
+ * max_in_flight_bytes: 1/DIV of it for the queue topic's consumer, which
+ * must keep the engine busy while fetching resumes, 1/DIV for each retry
+ * tier's. */
+#define WK_KAFKA_AHEAD_QUEUE_DIV 2
+#define WK_KAFKA_AHEAD_TIER_DIV 16
 /* Retry tier topics: "<topic>.retry.<n>", n = 1..tiers. */
 #define WK_RETRY_TIERS_MAX 16
 /* Records not yet due a tier consumer may hold before it is paused. */
@@ -133,6 +153,7 @@ struct wk_delivery_conf {
     int retry_tiers;                    /* 0: deferred mail stays in memory */
     const char *retry_topics[WK_RETRY_TIERS_MAX]; /* tier n is retry_topics[n - 1] */
     int max_in_flight;
+    int64_t max_in_flight_bytes;        /* 0: WK_MAX_IN_FLIGHT_BYTES_DEFAULT */
     uint64_t retry_min_ms, retry_max_ms;
     int64_t max_age_s;
     int64_t suppress_ttl_s;             /* 0: no suppression list */

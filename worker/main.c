@@ -75,7 +75,7 @@ static const char *var_node_id, *var_hostname, *var_metrics, *var_topic, *var_ev
     *var_relay_password_file, *var_relay_auth_mechanisms, *var_dest_rate, *var_mta_sts_ca_file,
     *var_shaping_file, *var_bounce_rules_file, *var_tlsrpt_org_name, *var_tlsrpt_contact,
     *var_tlsrpt_from, *var_tlsrpt_submitter;
-static int64_t var_max_in_flight, var_retry_min_ms, var_retry_max_ms,
+static int64_t var_max_in_flight, var_max_in_flight_bytes, var_retry_min_ms, var_retry_max_ms,
     var_connect_timeout_ms, var_drain_timeout_ms, var_smtp_port, var_retry_tiers, var_max_age_s,
     var_dns_timeout_ms, var_suppress_ttl_s, var_reply_timeout_ms, var_dest_concurrency,
     var_conn_cache_ms, var_max_msgs_per_conn, var_linger_ms, var_fetch_min_bytes,
@@ -130,6 +130,8 @@ static const struct {
      &var_fetch_min_bytes},
     {"kafka", "fetch_wait_ms", WK_KAFKA_FETCH_WAIT_MS, 1, 10000, &var_fetch_wait_ms},
     {"delivery", "max_in_flight", WK_MAX_IN_FLIGHT_DEFAULT, 1, 100000, &var_max_in_flight},
+    {"delivery", "max_in_flight_bytes", WK_MAX_IN_FLIGHT_BYTES_DEFAULT, 1024 * 1024,
+     (int64_t)1 << 40, &var_max_in_flight_bytes},
     {"delivery", "retry_min_ms", WK_RETRY_MIN_MS, 1, 24 * 3600 * 1000, &var_retry_min_ms},
     {"delivery", "retry_max_ms", WK_RETRY_MAX_MS, 1, 24 * 3600 * 1000, &var_retry_max_ms},
     {"delivery", "connect_timeout_ms", WK_SMTP_TIMEOUT_CONNECT_MS, 1, 3600 * 1000,
@@ -679,6 +681,7 @@ int main(int argc, char **argv)
         dc.tlsrpt = w.tlsrpt = new_tlsrpt(&w);
     dc.events_topic = var_events_topic;
     dc.max_in_flight = (int)var_max_in_flight;
+    dc.max_in_flight_bytes = var_max_in_flight_bytes;
     dc.retry_min_ms = (uint64_t)var_retry_min_ms;
     dc.retry_max_ms = (uint64_t)var_retry_max_ms;
     wk_smtp_timeouts_default(&dc.timeouts);
@@ -731,6 +734,7 @@ int main(int argc, char **argv)
     if ((w.producer = ms_producer_new(w.loop, &kc, on_produced, &w, err, sizeof(err))) == NULL)
         ms_fatal("event=kafka_producer_failed error=\"%s\"", err);
     kc.lag_cb = on_lag;
+    kc.consumer_bytes = (size_t)(var_max_in_flight_bytes / WK_KAFKA_AHEAD_QUEUE_DIV);
     kc.lag_arg = &w.lag[0];
     if ((w.consumer = ms_consumer_new(w.loop, &kc, var_group, var_topic, wk_delivery_on_record,
                                       w.delivery, err, sizeof(err))) == NULL)
@@ -750,6 +754,7 @@ int main(int argc, char **argv)
     struct ms_kafka_conf rkc = kc;
     rkc.fetch_min_bytes = 0;
     rkc.fetch_wait_ms = 0;
+    rkc.consumer_bytes = (size_t)(var_max_in_flight_bytes / WK_KAFKA_AHEAD_TIER_DIV);
     for (int i = 0; i < dc.retry_tiers; i++) {
         rkc.lag_arg = &w.lag[i + 1];
         if ((w.retry_consumers[i] = ms_consumer_new(w.loop, &rkc, w.retry_groups[i],

@@ -165,10 +165,12 @@ struct wk_smtp {
     size_t nrcpts;
     char **rcpts;
     size_t msg_len;                 /* unstuffed, for SIZE= */
-    char *body;                     /* the message as given until MAIL; then as
-                                     * it goes on the wire: stuffed with the
-                                     * terminator (DATA), or with CRLF line
-                                     * ends (BDAT), or as given (BINARYMIME) */
+    const char *src;                /* the caller's message until MAIL (not ours) */
+    size_t src_len;
+    char *body;                     /* from MAIL on, the message as it goes on
+                                     * the wire: stuffed with the terminator
+                                     * (DATA), or with CRLF line ends (BDAT), or
+                                     * as given (BINARYMIME) */
     size_t body_len, body_off;
 
     /* Progress. */
@@ -361,6 +363,8 @@ static void tx_free(wk_smtp *s)
     s->final = NULL;
     s->results = NULL;
     s->body = NULL;
+    s->src = NULL;
+    s->src_len = 0;
     s->mail_from = NULL;
     s->nrcpts = s->rcpt_next = s->naccepted = s->lmtp_next = 0;
     s->body_len = s->body_off = s->msg_len = 0;
@@ -396,10 +400,9 @@ static void tx_setup(wk_smtp *s, const struct wk_smtp_msg *msg)
     s->final = ms_calloc(msg->nrcpts, sizeof(*s->final));
     s->results = ms_calloc(msg->nrcpts, sizeof(*s->results));
     s->msg_len = msg->len;
-    /* As given: DATA or BDAT is chosen after EHLO (smtp_body_prepare). */
-    s->body_len = msg->len;
-    s->body = ms_malloc(msg->len ? msg->len : 1);
-    memcpy(s->body, msg->data, msg->len);
+    /* Borrowed: DATA or BDAT is chosen after EHLO (smtp_body_prepare). */
+    s->src = msg->data;
+    s->src_len = msg->len;
     s->gate = msg->gate;
     s->deadline_ms = 0;
     s->fenced = 0;
@@ -411,15 +414,23 @@ static void smtp_body_prepare(wk_smtp *s)
     char *wire;
     size_t n;
 
+    if (s->body != NULL)
+        return; /* prepared for this transaction already */
     if (s->chunking && s->body_binarymime)
-        return; /* RFC 3030 §3: octet for octet */
-    n = s->chunking ? wk_crlf_len(s->body, s->body_len) : wk_dotstuff_len(s->body, s->body_len);
-    wire = ms_malloc(n);
-    if (s->chunking)
-        wk_crlf(s->body, s->body_len, wire);
+        n = s->src_len; /* RFC 3030 §3: octet for octet */
+    else if (s->chunking)
+        n = wk_crlf_len(s->src, s->src_len);
     else
-        wk_dotstuff(s->body, s->body_len, wire);
-    free(s->body);
+        n = wk_dotstuff_len(s->src, s->src_len);
+    wire = ms_malloc(n ? n : 1);
+    if (s->chunking && s->body_binarymime)
+        memcpy(wire, s->src, n);
+    else if (s->chunking)
+        wk_crlf(s->src, s->src_len, wire);
+    else
+        wk_dotstuff(s->src, s->src_len, wire);
+    s->src = NULL;
+    s->src_len = 0;
     s->body = wire;
     s->body_len = n;
 }

@@ -120,8 +120,12 @@
  * as soon as the outcome is known (before QUIT), unless the session is
  * cancelled first.
  *
- * Ownership: wk_smtp_start() copies everything it needs (the message, the
- * credentials), so the caller may free its copies at once.  The session
+ * Ownership: wk_smtp_start() copies everything it needs (the credentials,
+ * the addresses), so the caller may free its copies at once, except the
+ * message octets (msg->data): they are read once, when MAIL is sent, into
+ * the wire form the session owns (dot-stuffed or CRLF), so they must stay
+ * until the callback has been called or wk_smtp_cancel(); a copy made at
+ * the start would be one more copy of every message per destination.  The session
  * frees itself after closing its handles.  The handle returned is valid until
  * the callback has been called or wk_smtp_cancel() - whichever comes first;
  * after that the caller must forget it.  One loop thread only.

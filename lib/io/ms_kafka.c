@@ -32,9 +32,13 @@
 /* The producer's own deadline is message.timeout.ms plus this (see
  * producer_watchdog). */
 #define MS_KAFKA_STALL_GRACE_MS 2000
-/* librdkafka's prefetch queue per consumer, in KiB. */
-#define MS_KAFKA_CONSUMER_QUEUE_KB "65536"
+/* Default of ms_kafka_conf.consumer_bytes: librdkafka's prefetch queue and
+ * the backlog, 64 MiB each.  One fetch (at most fetch.max.bytes, which
+ * librdkafka wants >= message.max.bytes) may overshoot the queue's size. */
+#define MS_KAFKA_AHEAD_DEFAULT ((size_t)128 * 1024 * 1024)
 #define MS_KAFKA_FETCH_MAX "52428800"
+/* librdkafka's range of queued.max.messages.kbytes is 1..2097151. */
+#define MS_KAFKA_QUEUE_KB_MAX ((size_t)2097151)
 /* Records taken from librdkafka while the application is paused wait in a
  * backlog; past this many records or octets, fetching itself is paused, so
  * memory stays bounded without pausing the fetcher on every record.  It is
@@ -44,7 +48,6 @@
  * busy meanwhile (with the old 256/128 the worker idled ~0.8 s of every
  * second under load). */
 #define MS_KAFKA_BACKLOG_MAX 4096
-#define MS_KAFKA_BACKLOG_BYTES_MAX (64 * 1024 * 1024)
 /* A producer moves on to the next partition after this many octets
  * (sticky_partitioner); a few linger windows' worth at full speed. */
 #define MS_KAFKA_STICKY_BYTES (256 * 1024)
@@ -647,6 +650,7 @@ struct ms_consumer {
     struct ms_list backlog;   /* rec_node.backlog, oldest first */
     size_t nbacklog;
     size_t backlog_bytes;
+    size_t backlog_bytes_max; /* half of ms_kafka_conf.consumer_bytes */
     int in_flight;
 };
 
@@ -658,13 +662,13 @@ static void backlog_take(ms_consumer *c, const struct rec_node *n)
 
 static int backlog_full(const ms_consumer *c)
 {
-    return c->nbacklog >= MS_KAFKA_BACKLOG_MAX || c->backlog_bytes >= MS_KAFKA_BACKLOG_BYTES_MAX;
+    return c->nbacklog >= MS_KAFKA_BACKLOG_MAX || c->backlog_bytes >= c->backlog_bytes_max;
 }
 
 static int backlog_low(const ms_consumer *c)
 {
     return c->nbacklog < MS_KAFKA_BACKLOG_MAX / 4 * 3 &&
-           c->backlog_bytes < MS_KAFKA_BACKLOG_BYTES_MAX / 4 * 3;
+           c->backlog_bytes < c->backlog_bytes_max / 4 * 3;
 }
 
 static struct ptrack *ptrack_get(ms_consumer *c, int32_t partition)
@@ -914,12 +918,14 @@ ms_consumer *ms_consumer_new(uv_loop_t *loop, const struct ms_kafka_conf *kc, co
     rd_kafka_topic_partition_list_t *subs;
     rd_kafka_resp_err_t e;
     char num[32];
+    size_t ahead, kb;
 
     set_conf(conf, "group.id", group);
     set_conf(conf, "enable.auto.offset.store", "false");
     set_conf(conf, "enable.auto.commit", "true");
     set_conf(conf, "auto.commit.interval.ms", "1000");
     set_conf(conf, "auto.offset.reset", "earliest");
+    ahead = kc->consumer_bytes > 0 ? kc->consumer_bytes : MS_KAFKA_AHEAD_DEFAULT;
     set_conf(conf, "fetch.max.bytes", MS_KAFKA_FETCH_MAX);
     if (kc->fetch_min_bytes > 0) {
         snprintf(num, sizeof(num), "%d", kc->fetch_min_bytes);
@@ -929,7 +935,10 @@ ms_consumer *ms_consumer_new(uv_loop_t *loop, const struct ms_kafka_conf *kc, co
         snprintf(num, sizeof(num), "%d", kc->fetch_wait_ms);
         set_conf(conf, "fetch.wait.max.ms", num);
     }
-    set_conf(conf, "queued.max.messages.kbytes", MS_KAFKA_CONSUMER_QUEUE_KB);
+    kb = ahead / 2 / 1024;
+    kb = kb < 1 ? 1 : kb > MS_KAFKA_QUEUE_KB_MAX ? MS_KAFKA_QUEUE_KB_MAX : kb;
+    snprintf(num, sizeof(num), "%zu", kb);
+    set_conf(conf, "queued.max.messages.kbytes", num);
     /* A worker that stops polling this long is presumed dead; we keep
      * polling while paused, so only a stuck loop hits it. */
     set_conf(conf, "max.poll.interval.ms", "300000");
@@ -959,6 +968,7 @@ ms_consumer *ms_consumer_new(uv_loop_t *loop, const struct ms_kafka_conf *kc, co
     c->topic = ms_strdup(topic);
     ms_list_init(&c->out);
     ms_list_init(&c->backlog);
+    c->backlog_bytes_max = ahead / 2;
     c->cb = cb;
     c->arg = arg;
     subs = rd_kafka_topic_partition_list_new(1);

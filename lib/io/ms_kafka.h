@@ -54,6 +54,11 @@ struct ms_kafka_conf {
      * it (ms_kstats.h).  NULL: no statistics. */
     ms_lag_cb lag_cb;
     void *lag_arg;
+    /* Consumer: octets it may hold ahead of the application, half in
+     * librdkafka's prefetch queue (queued.max.messages.kbytes, which one
+     * fetch may overshoot) and half in the backlog (ms_kafka.c).  A record larger than
+     * that is still fetched alone.  0: 64 MiB each (MS_KAFKA_AHEAD_DEFAULT). */
+    size_t consumer_bytes;
 };
 
 /* Authentication and TLS failures (a wrong password, an unknown CA) are
