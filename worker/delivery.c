@@ -156,6 +156,11 @@ struct msg {
     int renewing;                   /* a renewal is out */
     uint64_t renew_sent_ms;
     int revoked;                    /* its partition was revoked: finishing only */
+    /* Delivered markers the destination's 250 owes Redis (marker_retry). */
+    unsigned char *owed;            /* per recipient: delivered here, marker not yet known written */
+    int marker_failed;              /* a marker write failed: write the owed ones again */
+    uint64_t marker_since_ms;       /* uv_now of the first failure; 0: none */
+    int marker_due;                 /* marker_retry_cb is set on the timer */
 };
 
 /* A message whose outcomes are all durable and that waits only for the
@@ -415,6 +420,7 @@ static void msg_closed_cb(uv_handle_t *h)
     ms_envelope_free(m->env);
     free(m->rcpts);
     free(m->tried);
+    free(m->owed);
     free(m);
     d->nclosing--;
     after_release(d);
@@ -622,8 +628,10 @@ static void marker_written(wk_delivery *d, uint64_t cookie, const struct ms_redi
 
     if (m == NULL || (m->state != MSG_RECORD && m->state != MSG_SEND))
         return;
-    if (r->type != want)
+    if (r->type != want) {
         redis_failed(d, m, what, r);
+        m->marker_failed = 1;
+    }
     if (--m->redis_pending == 0 && m->state == MSG_RECORD) {
         uv_timer_stop(&m->timer);
         m->phase++;
@@ -657,9 +665,10 @@ static void write_marker(struct msg *m, size_t i, const char *relay)
     for (k = 0; k < 5; k++)
         argvlen[k] = strlen(argv[k]);
     err = ms_redis_command(d->redis, on_marker_set, d, redis_cookie(m), 5, argv, argvlen);
-    if (err < 0)
+    if (err < 0) {
         redis_failed(d, m, "SET", NULL);
-    else
+        m->marker_failed = 1;
+    } else
         m->redis_pending++;
     free(key);
     free(value);
@@ -1128,6 +1137,7 @@ static void on_smtp(void *arg, uint64_t id, const struct wk_smtp_result *res)
         /* Right after the remote 250: from now on a redelivery skips it
          * (XXX and a success notice not yet produced is lost with it). */
         if (o == WK_OUTCOME_DELIVERED) {
+            m->owed[i] = 1;
             if (ds->gated)
                 delivered[ndelivered++] = i;
             else
@@ -2008,6 +2018,64 @@ static void parked_event_done(wk_delivery *d, uint64_t id)
     uv_close((uv_handle_t *)t, parked_closed_cb);
 }
 
+static void marker_retry_cb(uv_timer_t *t)
+{
+    struct msg *m = t->data;
+    size_t i;
+
+    m->marker_due = 0;
+    m->marker_failed = 0;
+    for (i = 0; i < m->nrcpts; i++)
+        if (m->owed[i])
+            write_marker(m, i, m->rcpts[i].relay);
+    if (m->redis_pending > 0)
+        arm_redis_guard(m);
+    else
+        msg_settle(m); /* every write refused at once: again, or give up */
+}
+
+/* A recipient the destination accepted whose delivered marker could not be
+ * written (Redis lost its primary as the 250 came, or did not answer): the
+ * marker is what keeps a replay of the record (a rebalance before the
+ * offset commit, a revoke) from delivering it again, and only this worker
+ * knows it is owed.  So the record is not let go: the marker is written
+ * again every WK_MARKER_RETRY_MS until Redis takes it (a Sentinel failover
+ * takes seconds) or WK_MARKER_RETRY_MAX_MS have passed.  Returns 1 while a
+ * write is due. */
+static int marker_retry(struct msg *m)
+{
+    wk_delivery *d = m->d;
+    uint64_t now = uv_now(d->loop);
+    size_t i, n = 0;
+
+    for (i = 0; i < m->nrcpts; i++)
+        n += m->owed[i];
+    if (!m->marker_failed || n == 0 || d->redis == NULL) {
+        memset(m->owed, 0, m->nrcpts);
+        m->marker_failed = 0;
+        m->marker_since_ms = 0;
+        return 0;
+    }
+    if (m->marker_due)
+        return 1; /* a write is already due */
+    if (m->marker_since_ms == 0) {
+        m->marker_since_ms = now;
+        ms_info("event=marker_retry qid=%s rcpts=%zu every_ms=%d", m->qid, n,
+                WK_MARKER_RETRY_MS);
+    }
+    if (now - m->marker_since_ms >= WK_MARKER_RETRY_MAX_MS) {
+        ms_warn("event=marker_lost qid=%s rcpts=%zu waited_ms=%llu", m->qid, n,
+                (unsigned long long)(now - m->marker_since_ms));
+        memset(m->owed, 0, m->nrcpts);
+        m->marker_failed = 0;
+        m->marker_since_ms = 0;
+        return 0;
+    }
+    m->marker_due = 1;
+    uv_timer_start(&m->timer, marker_retry_cb, WK_MARKER_RETRY_MS, 0);
+    return 1;
+}
+
 static void msg_settle(struct msg *m)
 {
     wk_delivery *d = m->d;
@@ -2019,6 +2087,8 @@ static void msg_settle(struct msg *m)
     /* The outcomes are durable once Redis has them; the events are waited
      * for below (or parked). */
     if (m->state != MSG_RECORD || m->redis_pending > 0)
+        return;
+    if (marker_retry(m))
         return;
     if (m->revoked) {
         /* Its partition has a new owner, which redoes what no marker
@@ -2128,6 +2198,7 @@ static void redis_guard_cb(uv_timer_t *t)
         msg_send(m);
     } else if (m->state == MSG_RECORD) {
         m->redis_pending = 0;
+        m->marker_failed = 1; /* unanswered: not known written */
         msg_settle(m);
     }
 }
@@ -2310,6 +2381,7 @@ void wk_delivery_on_record(void *arg, struct ms_record *rec)
     m->nrcpts = env->n_recipients;
     m->rcpts = ms_calloc(m->nrcpts, sizeof(*m->rcpts));
     m->tried = ms_calloc(m->nrcpts, sizeof(*m->tried));
+    m->owed = ms_calloc(m->nrcpts, 1);
     uv_timer_init(d->loop, &m->timer);
     m->timer.data = m;
     d->slots[slot] = m;
@@ -2563,6 +2635,10 @@ static void on_revoked(void *arg, ms_consumer *c, const int32_t *parts, size_t n
         in_data = 0;
         for (k = 0; m->state == MSG_SEND && k < m->ndests; k++)
             in_data |= m->dests[k].gated && m->dests[k].smtp != NULL;
+        /* Recording delivered markers (or writing them again): the new
+         * owner needs them, so they are finished too. */
+        for (k = 0; m->state == MSG_RECORD && k < m->nrcpts; k++)
+            in_data |= m->owed[k] && (m->redis_pending > 0 || m->marker_failed);
         if (in_data) {
             m->revoked = 1;
             finishing++;

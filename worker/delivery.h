@@ -132,6 +132,14 @@
 /* Default of [delivery] dest_rate_max_wait_ms: how long a message may wait
  * in memory for its destination's turn before it is deferred instead. */
 #define WK_DEST_RATE_MAX_WAIT_MS 60000
+/* A delivered marker Redis did not take (its primary lost as the 250 came:
+ * docs/reliability.md "Nothing twice") is written again this often, for up
+ * to this long: Sentinel's failover takes its down-after-milliseconds (30 s
+ * by default) plus an election, and until the marker is in Redis the record
+ * stays in memory, uncommitted.  After that, the duplicate risk is logged
+ * (event=marker_lost) and the record let go as before. */
+#define WK_MARKER_RETRY_MS 500
+#define WK_MARKER_RETRY_MAX_MS 60000
 /* Destinations with a series of their own in
  * mailstream_worker_dest_connections{dest="..."}; the others (and names
  * longer than WK_DEST_GAUGE_NAME_MAX) are counted under dest="other". */

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import struct
 import threading
 import time
 from typing import List, Optional
@@ -192,6 +193,8 @@ class FreezableProxy:
         self.lsock.listen(16)
         self.port = self.lsock.getsockname()[1]
         self.closed = False
+        self.down = False
+        self.conns: List[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -200,7 +203,11 @@ class FreezableProxy:
                 c, _ = self.lsock.accept()
             except OSError:
                 return
+            if self.down:
+                c.close()
+                continue
             u = socket.create_connection((mslocal.HOST, self.target))
+            self.conns += [c, u]
             for a, b in ((c, u), (u, c)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
@@ -214,6 +221,8 @@ class FreezableProxy:
                     break
                 while self.frozen.is_set() and not self.closed:
                     time.sleep(0.05)  # held, not lost: TCP would hold it too
+                if self.down:
+                    break  # cut: what was on its way is lost
                 dst.sendall(data)
             except OSError:
                 break
@@ -223,9 +232,43 @@ class FreezableProxy:
             except OSError:
                 pass
 
+    def cut(self) -> None:
+        """Reset every connection and refuse new ones until mend(): Redis
+        gone (its primary killed), not slow, so writes in flight are lost."""
+        self.down = True
+        for c in list(self.conns):
+            try:
+                # shutdown wakes the pump blocked in recv (close would not).
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.conns.clear()
+
+    def mend(self) -> None:
+        self.down = False
+
     def close(self) -> None:
         self.closed = True
         self.lsock.close()
+
+
+def one_worker_behind_proxy(cluster_factory, fake_smtp, redis_server, at: str) -> tuple:
+    """One worker that reaches Redis through a FreezableProxy, its destination
+    held at `at` ("rcpt" or "data"): (proxy, stall, destination, cluster,
+    the worker).  The caller closes the proxy."""
+    proxy = FreezableProxy(redis_server.port)
+    stall = Stall()
+    srv = fake_smtp(**{f"{at}_reply": getattr(stall, at)})
+    try:
+        cl = cluster_factory(frontends=0, workers=1, worker_extra={
+            "delivery": {"retry_min_ms": 200, "retry_max_ms": 1000, "relay_host": srv.address,
+                         "fence_lease_ms": LEASE_MS},
+            "redis": {"port": proxy.port}})
+    except BaseException:
+        proxy.close()
+        raise
+    return proxy, stall, srv, cl, cl.workers[0]
 
 
 def test_redis_unreachable_at_the_check_means_no_data(cluster_factory, fake_smtp,
@@ -233,15 +276,9 @@ def test_redis_unreachable_at_the_check_means_no_data(cluster_factory, fake_smtp
     """(b) Redis stops answering one worker between RCPT and DATA: the check
     cannot pass, so the worker says QUIT without DATA; once Redis answers
     again the message is delivered, once."""
-    proxy = FreezableProxy(redis_server.port)
-    stall = Stall()
-    srv = fake_smtp(rcpt_reply=stall.rcpt)
+    proxy, stall, srv, cl, w = one_worker_behind_proxy(cluster_factory, fake_smtp, redis_server,
+                                                       "rcpt")
     try:
-        cl = cluster_factory(frontends=0, workers=1, worker_extra={
-            "delivery": {"retry_min_ms": 200, "retry_max_ms": 1000, "relay_host": srv.address,
-                         "fence_lease_ms": LEASE_MS},
-            "redis": {"port": proxy.port}})
-        w = cl.workers[0]
         q = new_qid()
         produce(cl, [(q, envelope(q, ["a@example.net"], message(q)))])
         stall.wait("RCPT")
@@ -261,6 +298,44 @@ def test_redis_unreachable_at_the_check_means_no_data(cluster_factory, fake_smtp
         assert srv.data_count == 1 and subjects(srv) == [q]
     finally:
         proxy.frozen.clear()
+        proxy.close()
+
+
+def test_marker_lost_with_redis_is_written_again(cluster_factory, fake_smtp, redis_server):
+    """(e) Redis goes away (its primary killed) while the destination has the
+    "." but has not answered: the 250 arrives, and the delivered marker and
+    the lease's release cannot be written.  The worker knows the outcome, so
+    it writes the marker again once Redis is back, before it lets the record
+    go; a replay of the record (a rebalance before the offset commit) then
+    finds the marker, and the destination gets the message once.  (The long
+    chaos run's 103 "unavoidable" duplicates at a Sentinel failover were
+    this: the marker dropped, a later record of the message counted as
+    unavoidable.)"""
+    proxy, stall, srv, cl, w = one_worker_behind_proxy(cluster_factory, fake_smtp, redis_server,
+                                                       "data")
+    try:
+        q = new_qid()
+        env = envelope(q, ["a@example.net"], message(q))
+        produce(cl, [(q, env)])
+        stall.wait("the end of data")
+        proxy.cut()
+        stall.release.set()
+        mslocal.wait_until(lambda: f"event=redis_failed qid={q}" in w.log.read_text(
+            errors="replace"), 60, "the marker write failing", log_path=w.log)
+        time.sleep(1)
+        proxy.mend()
+        key = f"ms:delivered:{q}:a@example.net"
+        mslocal.wait_until(lambda: mslocal.redis_command(redis_server.port, "EXISTS", key)
+                           == b":1\r\n", 30, "the marker written once Redis is back",
+                           log_path=w.log)
+        produce(cl, [(q, env)])  # the record replayed
+        mslocal.wait_until(lambda: "reason=already_delivered" in w.log.read_text(
+            errors="replace"), 60, "the replay skipped", log_path=w.log)
+        time.sleep(LEASE_MS / 1000 + 2)
+        assert srv.data_count == 1 and subjects(srv) == [q]
+        assert "event=duplicate_risk" not in w.log.read_text(errors="replace")
+    finally:
+        proxy.mend()
         proxy.close()
 
 
