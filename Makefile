@@ -81,11 +81,7 @@ $(WK_A): $(call obj,$(WK_SRC))
 	@rm -f $@
 	ar rcs $@ $^
 
-# The frontend's verification probes (fe_verify.c) read the next hop's
-# replies with the worker's reply parser (worker/smtp_reply.h).
-$(BUILD)/obj/frontend/fe_verify.o: CFLAGS_ALL += -Iworker
-
-$(BUILD)/mailstream-frontend: $(call obj,frontend/main.c) $(FE_A) $(call obj,worker/smtp_reply.c) $(LIB_A)
+$(BUILD)/mailstream-frontend: $(call obj,frontend/main.c) $(FE_A) $(LIB_A)
 	$(CC) $(OPT) $(SAN) -o $@ $^ $(LDLIBS_ALL)
 
 $(BUILD)/mailstream-worker: $(call obj,worker/main.c) $(WK_A) $(LIB_A)
@@ -166,8 +162,6 @@ build-fuzz/obj/gen/%.o: $(BUILD)/gen/%.c $(FUZZ_STAMP)
 build-fuzz/obj/%.o: %.c $(GEN_H) $(FUZZ_STAMP) | $(BUILD)/gen/ms_version_gen.h
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(FUZZ_SAN) -c -o $@ $<
-# fe_verify.c reads replies with the worker's parser (as in the main build).
-build-fuzz/obj/frontend/fe_verify.o: FUZZ_CFLAGS += -Iworker
 build-fuzz/libfuzz.a: $(FUZZ_OBJS)
 	@rm -f $@
 	ar rcs $@ $^

@@ -22,7 +22,7 @@
 #include "ms_log.h"
 #include "ms_mem.h"
 #include "ms_net.h"
-#include "smtp_reply.h"
+#include "ms_smtp_reply.h"
 
 #include <ctype.h>
 #include <netdb.h>
@@ -34,7 +34,7 @@
 /* Longest address probed (RFC 5321 §4.5.3.1.3: a path of 256 octets). */
 #define FE_VERIFY_ADDR_MAX 256
 /* What a next hop may send before its reply ends (a long EHLO reply). */
-#define FE_VERIFY_INPUT_MAX (WK_REPLY_LINE_MAX * WK_REPLY_LINES_MAX)
+#define FE_VERIFY_INPUT_MAX (MS_REPLY_LINE_MAX * MS_REPLY_LINES_MAX)
 /* After the answer: how long the 221 to our QUIT may take. */
 #define FE_VERIFY_QUIT_MS 2000
 /* Default SMTP port of a probed next hop (RFC 5321 §4.5.4.2). */
@@ -398,13 +398,13 @@ static void send_line(struct probe *p, const char *fmt, const char *arg)
 /* One complete reply from the next hop, in the current step. */
 static void on_timeout(uv_timer_t *t);
 
-static void on_reply(struct probe *p, const struct wk_reply *r)
+static void on_reply(struct probe *p, const struct ms_reply *r)
 {
     struct fe_verify *v = p->v;
     char text[FE_VERIFY_TEXT_MAX];
     int result;
 
-    wk_reply_format(r, text, sizeof(text));
+    ms_reply_format(r, text, sizeof(text));
     switch (p->step) {
     case P_GREET:
     case P_HELLO:
@@ -455,7 +455,7 @@ static void on_reply(struct probe *p, const struct wk_reply *r)
 static void on_read(void *arg, const char *buf, size_t len)
 {
     struct probe *p = arg;
-    struct wk_reply r;
+    struct ms_reply r;
     int n;
 
     if (p->step == P_DONE)
@@ -464,7 +464,7 @@ static void on_read(void *arg, const char *buf, size_t len)
         probe_fail(p, "450 4.1.1 probe failed: %s", "the next hop's reply is too long");
         return;
     }
-    while (p->step != P_DONE && p->t && (n = wk_reply_parse(p->in.data, p->in.len, &r)) != 0) {
+    while (p->step != P_DONE && p->t && (n = ms_reply_parse(p->in.data, p->in.len, &r)) != 0) {
         if (n == MS_EAGAIN)
             return;
         if (n < 0) {

@@ -175,7 +175,7 @@ struct wk_delivery_conf {
     const char *relay_user;             /* AUTH to relay_host as this user; NULL: none */
     const char *relay_password;         /* with relay_user */
     int relay_auth_plaintext;           /* AUTH allowed without TLS */
-    unsigned relay_auth_mechs;          /* WK_AUTH_* mask; 0: PLAIN and LOGIN */
+    unsigned relay_auth_mechs;          /* MS_AUTH_MECH_* mask; 0: PLAIN and LOGIN */
     struct ms_bucket_rate dest_rate;    /* messages per destination, cluster-wide
                                          * (Redis token bucket); capacity 0: no limit */
     uint64_t dest_rate_max_wait_ms;     /* a destination waiting longer for its turn

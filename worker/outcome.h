@@ -62,7 +62,7 @@ struct wk_rcpt {
     uint64_t retry_min_ms, retry_max_ms; /* its destination group's retry schedule
                                           * (shaper.h); 0: [delivery]'s */
     int code;
-    char dsn[WK_DSN_MAX + 1];
+    char dsn[MS_REPLY_DSN_MAX + 1];
     char reply[WK_SMTP_REPLY_TEXT_MAX];
     char remote[MS_DNS_NAME_MAX + 1]; /* the MX host that answered, or "" */
     char relay[WK_RELAY_MAX];

@@ -26,7 +26,7 @@ int wk_requeue_dsn(const struct wk_requeue_conf *conf, const ms_envelope *env,
     const ms_envelope_mail_from *mf = env->mail_from;
     size_t i, n = 0, nrcpts = env->n_recipients;
     struct ms_dsn_rcpt *dr;
-    char(*status)[WK_DSN_MAX + 1];
+    char(*status)[MS_REPLY_DSN_MAX + 1];
     struct ms_envelope_dsn de;
     struct ms_dsn in;
     struct ms_buf out;

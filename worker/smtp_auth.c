@@ -9,13 +9,13 @@
 #include <string.h>
 #include <strings.h>
 
-enum wk_auth_mech wk_auth_pick(unsigned offered)
+enum ms_auth_mech wk_auth_pick(unsigned offered)
 {
-    if (offered & WK_AUTH_PLAIN)
-        return WK_AUTH_PLAIN;
-    if (offered & WK_AUTH_LOGIN)
-        return WK_AUTH_LOGIN;
-    return WK_AUTH_NONE;
+    if (offered & MS_AUTH_MECH_PLAIN)
+        return MS_AUTH_MECH_PLAIN;
+    if (offered & MS_AUTH_MECH_LOGIN)
+        return MS_AUTH_MECH_LOGIN;
+    return MS_AUTH_MECH_NONE;
 }
 
 int wk_auth_mechs_parse(const char *list)
@@ -34,18 +34,18 @@ int wk_auth_mechs_parse(const char *list)
             p++;
         n = (size_t)(p - start);
         if (n == 5 && strncasecmp(start, "PLAIN", 5) == 0)
-            mask |= WK_AUTH_PLAIN;
+            mask |= MS_AUTH_MECH_PLAIN;
         else if (n == 5 && strncasecmp(start, "LOGIN", 5) == 0)
-            mask |= WK_AUTH_LOGIN;
+            mask |= MS_AUTH_MECH_LOGIN;
         else
             return MS_EINVAL;
     }
     return mask ? mask : MS_EINVAL;
 }
 
-const char *wk_auth_mech_name(enum wk_auth_mech m)
+const char *wk_auth_mech_name(enum ms_auth_mech m)
 {
-    return m == WK_AUTH_PLAIN ? "PLAIN" : m == WK_AUTH_LOGIN ? "LOGIN" : "none";
+    return m == MS_AUTH_MECH_PLAIN ? "PLAIN" : m == MS_AUTH_MECH_LOGIN ? "LOGIN" : "none";
 }
 
 int wk_auth_field_ok(const char *s)
@@ -74,7 +74,7 @@ int wk_auth_plain(const char *user, const char *password, char *out, size_t outl
     return (int)n;
 }
 
-int wk_auth_challenge(const struct wk_reply *r, uint8_t *out, size_t max)
+int wk_auth_challenge(const struct ms_reply *r, uint8_t *out, size_t max)
 {
     size_t len;
     int n;

@@ -4,7 +4,7 @@
  * One session struct owns the transport (ms_conn.h: the socket and
  * TLS), the timer, the input buffer and the stuffed message; all state
  * changes go through smtp_enter_state(), which also arms the state's
- * timeout.  Replies are parsed by wk_reply_parse() (smtp_reply.c) and
+ * timeout.  Replies are parsed by ms_reply_parse() (smtp_reply.c) and
  * dispatched on the state.  Memory is released only in the close
  * callbacks (the timer's and the transport's on_close).
  */
@@ -31,7 +31,7 @@
 #include <string.h>
 
 /* Room for the longest complete reply the parser accepts. */
-#define WK_SMTP_INPUT_MAX (WK_REPLY_LINES_MAX * (WK_REPLY_LINE_MAX + 2))
+#define WK_SMTP_INPUT_MAX (MS_REPLY_LINES_MAX * (MS_REPLY_LINE_MAX + 2))
 /* Longest TLS name (a DNS name, an IP literal, or a socket path). */
 #define WK_SMTP_TLS_NAME_MAX 255
 /* "unix:" and the longest sun_path, or "[v6]:port". */
@@ -115,7 +115,7 @@ struct wk_smtp {
     char *auth_user, *auth_password;
     int auth_plaintext;
     unsigned auth_mechs;            /* allowed (WK_AUTH_* mask) */
-    enum wk_auth_mech auth_mech;
+    enum ms_auth_mech auth_mech;
     int auth_step;                  /* LOGIN: 334 answered so far */
     int auth_done;
 
@@ -175,7 +175,7 @@ struct wk_smtp {
 
     /* Progress. */
     struct ms_buf in;
-    struct wk_ehlo ehlo;
+    struct ms_ehlo ehlo;
     size_t rcpt_next;               /* next RCPT to send / being answered */
     size_t naccepted;               /* RCPTs answered 2yz */
     int *final;                     /* per recipient: result is final */
@@ -267,7 +267,7 @@ enum wk_requiretls wk_requiretls_check(int local, int lmtp, int tls_verified, un
         return WK_REQUIRETLS_NO_TLS;
     /* Step 5.  An LMTP server delivers to the mailbox and relays nothing:
      * the requirement ends with it (§4.4), so it need not say REQUIRETLS. */
-    if (!(ehlo_flags & WK_EHLO_REQUIRETLS) && !lmtp)
+    if (!(ehlo_flags & MS_EHLO_REQUIRETLS) && !lmtp)
         return WK_REQUIRETLS_NOT_OFFERED;
     return WK_REQUIRETLS_OK;
 }
@@ -524,11 +524,11 @@ static void set_result(struct wk_smtp_rcpt_result *r, int code, const char *dsn,
     snprintf(r->reply, sizeof(r->reply), "%s", text);
 }
 
-static void set_result_reply(struct wk_smtp_rcpt_result *r, const struct wk_reply *reply)
+static void set_result_reply(struct wk_smtp_rcpt_result *r, const struct ms_reply *reply)
 {
     char text[WK_SMTP_REPLY_TEXT_MAX];
 
-    wk_reply_format(reply, text, sizeof(text));
+    ms_reply_format(reply, text, sizeof(text));
     set_result(r, reply->code, reply->dsn, text);
 }
 
@@ -543,7 +543,7 @@ static void tls_note(wk_smtp *s, enum ms_tlsrpt_result r)
 
 /* Report the outcome (once).  Every recipient without a final result gets
  * `reply`, or our diagnostic (code 0, `dsn`, `why`) when reply is NULL. */
-static void smtp_report(wk_smtp *s, int err, const struct wk_reply *reply, const char *dsn,
+static void smtp_report(wk_smtp *s, int err, const struct ms_reply *reply, const char *dsn,
                         const char *why)
 {
     struct wk_smtp_result res;
@@ -570,7 +570,7 @@ static void smtp_report(wk_smtp *s, int err, const struct wk_reply *reply, const
     res.tls_result = s->tls_result;
     res.local_ip = s->local_ip;
     res.tls_fallback = s->tls_fallback;
-    res.dsn_offered = (s->ehlo.flags & WK_EHLO_DSN) != 0;
+    res.dsn_offered = (s->ehlo.flags & MS_EHLO_DSN) != 0;
     res.try_next = s->try_next;
     res.fenced = s->fenced;
     res.reused = s->reused;
@@ -802,9 +802,9 @@ static void tls_start(wk_smtp *s)
  * its reply to STARTTLS, if that was the refusal).  A permanent failure
  * of this server only: try_next lets the caller try the next address
  * (smtp_client.h). */
-static void requiretls_refuse(wk_smtp *s, enum wk_requiretls v, const struct wk_reply *said)
+static void requiretls_refuse(wk_smtp *s, enum wk_requiretls v, const struct ms_reply *said)
 {
-    struct wk_reply r = {.nlines = 1};
+    struct ms_reply r = {.nlines = 1};
     char text[WK_SMTP_REPLY_TEXT_MAX], reply[WK_SMTP_REPLY_TEXT_MAX / 2];
 
     r.code = 550;
@@ -816,12 +816,12 @@ static void requiretls_refuse(wk_smtp *s, enum wk_requiretls v, const struct wk_
     } else {
         /* RFC 3463 X.7.10 (RFC 5248): encryption needed. */
         if (said)
-            wk_reply_format(said, reply, sizeof(reply));
+            ms_reply_format(said, reply, sizeof(reply));
         snprintf(r.dsn, sizeof(r.dsn), "5.7.10");
         snprintf(text, sizeof(text), "5.7.10 REQUIRETLS: %s %s%s", s->peer,
                  said                ? "refused STARTTLS: "
                  : tls_up(s)         ? "presented a certificate that is not verified"
-                 : !(s->ehlo.flags & WK_EHLO_STARTTLS) ? "did not offer STARTTLS"
+                 : !(s->ehlo.flags & MS_EHLO_STARTTLS) ? "did not offer STARTTLS"
                                                         : "could not be reached over TLS",
                  said ? reply : "");
     }
@@ -924,7 +924,7 @@ static void smtp_quit(wk_smtp *s)
  * (RFC 3461 §5.2.1). */
 static void smtp_send_rcpt(wk_smtp *s, size_t i)
 {
-    const char *dsn = s->rcpt_dsn && s->rcpt_dsn[i] && (s->ehlo.flags & WK_EHLO_DSN)
+    const char *dsn = s->rcpt_dsn && s->rcpt_dsn[i] && (s->ehlo.flags & MS_EHLO_DSN)
                           ? s->rcpt_dsn[i]
                           : "";
 
@@ -938,28 +938,28 @@ static void smtp_send_mail(wk_smtp *s)
 
     /* RFC 3030 §4: BDAT whenever the server takes it (smtp_refuse_locally
      * has made sure a BINARYMIME body only goes where it can). */
-    s->chunking = (s->ehlo.flags & WK_EHLO_CHUNKING) != 0;
+    s->chunking = (s->ehlo.flags & MS_EHLO_CHUNKING) != 0;
     smtp_body_prepare(s);
-    if (s->ehlo.flags & WK_EHLO_SIZE)
+    if (s->ehlo.flags & MS_EHLO_SIZE)
         n += (size_t)snprintf(params + n, sizeof(params) - n, " SIZE=%zu", s->msg_len);
     if (s->body_binarymime)
         n += (size_t)snprintf(params + n, sizeof(params) - n, " BODY=BINARYMIME");
-    else if (s->body_8bitmime && (s->ehlo.flags & WK_EHLO_8BITMIME))
+    else if (s->body_8bitmime && (s->ehlo.flags & MS_EHLO_8BITMIME))
         n += (size_t)snprintf(params + n, sizeof(params) - n, " BODY=8BITMIME");
-    if (s->smtputf8 && (s->ehlo.flags & WK_EHLO_SMTPUTF8))
+    if (s->smtputf8 && (s->ehlo.flags & MS_EHLO_SMTPUTF8))
         n += (size_t)snprintf(params + n, sizeof(params) - n, " SMTPUTF8");
     /* RFC 8689 §4.2.1: smtp_refuse_locally has made sure the server can
      * take it (or needs not: a local socket, LMTP). */
-    if (s->requiretls && (s->ehlo.flags & WK_EHLO_REQUIRETLS))
+    if (s->requiretls && (s->ehlo.flags & MS_EHLO_REQUIRETLS))
         n += (size_t)snprintf(params + n, sizeof(params) - n, " REQUIRETLS");
-    if (s->mail_dsn && (s->ehlo.flags & WK_EHLO_DSN))
+    if (s->mail_dsn && (s->ehlo.flags & MS_EHLO_DSN))
         snprintf(params + n, sizeof(params) - n, "%s", s->mail_dsn);
     ms_debug("event=smtp_mail qid=%s peer=%s via=%s size=%zu tls=%s auth=%s requiretls=%d "
              "dsn=%d", s->log_id, s->peer, s->chunking ? "bdat" : "data", s->body_len,
              tls_up(s) ? "yes" : "no", s->auth_done ? "yes" : "no", s->requiretls,
-             (s->ehlo.flags & WK_EHLO_DSN) != 0);
+             (s->ehlo.flags & MS_EHLO_DSN) != 0);
     smtp_enter_state(s, SMTP_MAIL);
-    if (!(s->ehlo.flags & WK_EHLO_PIPELINING)) {
+    if (!(s->ehlo.flags & MS_EHLO_PIPELINING)) {
         smtp_send(s, "MAIL FROM:<%s>%s\r\n", s->mail_from, params);
         return;
     }
@@ -981,7 +981,7 @@ static void smtp_send_mail(wk_smtp *s)
  * server: report it as the server would have (permanent) and QUIT. */
 static int smtp_refuse_locally(wk_smtp *s)
 {
-    struct wk_reply r = {.nlines = 1};
+    struct ms_reply r = {.nlines = 1};
     char text[WK_SMTP_REPLY_TEXT_MAX];
     size_t i;
     int utf8 = 0;
@@ -997,22 +997,22 @@ static int smtp_refuse_locally(wk_smtp *s)
         return 1;
     }
     if (s->body_binarymime &&
-        (s->ehlo.flags & (WK_EHLO_CHUNKING | WK_EHLO_BINARYMIME)) !=
-            (WK_EHLO_CHUNKING | WK_EHLO_BINARYMIME)) {
+        (s->ehlo.flags & (MS_EHLO_CHUNKING | MS_EHLO_BINARYMIME)) !=
+            (MS_EHLO_CHUNKING | MS_EHLO_BINARYMIME)) {
         /* RFC 3030 §3: a BINARYMIME message goes only to a server with
          * CHUNKING and BINARYMIME; we do not convert it, so it is returned
          * (554 5.6.3, "conversion required but not supported"). */
         r.code = 554;
         snprintf(r.dsn, sizeof(r.dsn), "5.6.3");
         snprintf(text, sizeof(text), "5.6.3 %s does not support BINARYMIME%s", s->peer,
-                 s->ehlo.flags & WK_EHLO_CHUNKING ? "" : " and CHUNKING");
+                 s->ehlo.flags & MS_EHLO_CHUNKING ? "" : " and CHUNKING");
     } else if (s->ehlo.size_max > 0 && s->msg_len > s->ehlo.size_max) {
         /* RFC 1870 §6.1: do not send what the server said it will refuse. */
         r.code = 552;
         snprintf(r.dsn, sizeof(r.dsn), "5.3.4");
         snprintf(text, sizeof(text), "5.3.4 message size %zu exceeds the limit %llu of %s",
                  s->msg_len, (unsigned long long)s->ehlo.size_max, s->peer);
-    } else if (s->smtputf8 && !(s->ehlo.flags & WK_EHLO_SMTPUTF8)) {
+    } else if (s->smtputf8 && !(s->ehlo.flags & MS_EHLO_SMTPUTF8)) {
         /* RFC 6531 §3.2: non-ASCII addresses need SMTPUTF8 at the server.
          * XXX: headers with UTF-8 are sent as they are (no downgrade). */
         utf8 = has_non_ascii(s->mail_from);
@@ -1064,21 +1064,21 @@ static void auth_start(wk_smtp *s)
                    "refusing to send AUTH credentials to %s without TLS (%s)", s->peer,
                    s->tls_fallback                  ? "the TLS handshake failed"
                    : s->tls_policy == WK_TLS_NONE   ? "TLS policy none"
-                   : (s->ehlo.flags & WK_EHLO_STARTTLS) ? "STARTTLS refused"
+                   : (s->ehlo.flags & MS_EHLO_STARTTLS) ? "STARTTLS refused"
                                                     : "STARTTLS not offered");
         return;
     }
-    if ((s->auth_mech = wk_auth_pick(s->ehlo.auth & s->auth_mechs)) == WK_AUTH_NONE) {
+    if ((s->auth_mech = wk_auth_pick(s->ehlo.auth & s->auth_mechs)) == MS_AUTH_MECH_NONE) {
         auth_defer(s, "4.7.0", "%s offers no AUTH mechanism we may use (%s%s%s)%s", s->peer,
-                   s->auth_mechs & WK_AUTH_PLAIN ? "PLAIN" : "",
-                   s->auth_mechs == (WK_AUTH_PLAIN | WK_AUTH_LOGIN) ? ", " : "",
-                   s->auth_mechs & WK_AUTH_LOGIN ? "LOGIN" : "",
-                   s->ehlo.flags & WK_EHLO_AUTH ? "" : ": no AUTH at all");
+                   s->auth_mechs & MS_AUTH_MECH_PLAIN ? "PLAIN" : "",
+                   s->auth_mechs == (MS_AUTH_MECH_PLAIN | MS_AUTH_MECH_LOGIN) ? ", " : "",
+                   s->auth_mechs & MS_AUTH_MECH_LOGIN ? "LOGIN" : "",
+                   s->ehlo.flags & MS_EHLO_AUTH ? "" : ": no AUTH at all");
         return;
     }
     smtp_enter_state(s, SMTP_AUTH);
     s->auth_step = 0;
-    if (s->auth_mech == WK_AUTH_PLAIN) {
+    if (s->auth_mech == MS_AUTH_MECH_PLAIN) {
         /* RFC 4954 §4: the initial response saves a round trip. */
         if (wk_auth_plain(s->auth_user, s->auth_password, resp, sizeof(resp)) < 0)
             ms_panic("event=smtp_auth_fields_unchecked"); /* checked at start */
@@ -1090,10 +1090,10 @@ static void auth_start(wk_smtp *s)
 }
 
 /* A reply in SMTP_AUTH. */
-static void auth_reply(wk_smtp *s, const struct wk_reply *r)
+static void auth_reply(wk_smtp *s, const struct ms_reply *r)
 {
     uint8_t challenge[WK_AUTH_CHALLENGE_MAX];
-    char b64[WK_AUTH_FIELD_B64_MAX], text[WK_SMTP_REPLY_TEXT_MAX], dsn[WK_DSN_MAX + 1];
+    char b64[WK_AUTH_FIELD_B64_MAX], text[WK_SMTP_REPLY_TEXT_MAX], dsn[MS_REPLY_DSN_MAX + 1];
     const char *field;
     int n;
 
@@ -1110,7 +1110,7 @@ static void auth_reply(wk_smtp *s, const struct wk_reply *r)
          * prompts' texts are not standard, so only their form is checked. */
         n = wk_auth_challenge(r, challenge, sizeof(challenge));
         OPENSSL_cleanse(challenge, sizeof(challenge));
-        if (n < 0 || s->auth_mech != WK_AUTH_LOGIN || s->auth_step >= 2) {
+        if (n < 0 || s->auth_mech != MS_AUTH_MECH_LOGIN || s->auth_step >= 2) {
             smtp_fail(s, MS_EPROTO, "4.7.0", "%s from %s during AUTH %s",
                       n < 0 ? "malformed 334 challenge" : "unexpected 334 challenge", s->peer,
                       wk_auth_mech_name(s->auth_mech));
@@ -1130,7 +1130,7 @@ static void auth_reply(wk_smtp *s, const struct wk_reply *r)
      * means our configuration is wrong, which retrying will not fix but the
      * operator will: defer like Postfix with smtp_sasl_auth_soft_bounce=yes
      * (the default), never bounce the mail for it. */
-    wk_reply_format(r, text, sizeof(text));
+    ms_reply_format(r, text, sizeof(text));
     if (r->dsn[0])
         snprintf(dsn, sizeof(dsn), "4%s", r->dsn + 1);
     else
@@ -1162,7 +1162,7 @@ static void smtp_ready(wk_smtp *s)
 }
 
 
-static void smtp_handle_reply(wk_smtp *s, const struct wk_reply *r)
+static void smtp_handle_reply(wk_smtp *s, const struct ms_reply *r)
 {
     int ok = r->code >= 200 && r->code < 300;
     size_t i;
@@ -1175,9 +1175,9 @@ static void smtp_handle_reply(wk_smtp *s, const struct wk_reply *r)
         return;
     case SMTP_EHLO:
         if (ok) {
-            wk_ehlo_parse(r, &s->ehlo);
+            ms_ehlo_parse(r, &s->ehlo);
             if (!tls_up(s) && s->tls_policy != WK_TLS_NONE) {
-                if (s->ehlo.flags & WK_EHLO_STARTTLS) {
+                if (s->ehlo.flags & MS_EHLO_STARTTLS) {
                     smtp_enter_state(s, SMTP_STARTTLS);
                     smtp_send(s, "STARTTLS\r\n");
                     return;
@@ -1382,11 +1382,11 @@ static void smtp_handle_reply(wk_smtp *s, const struct wk_reply *r)
  * as said over TLS. */
 static void smtp_take_replies(wk_smtp *s)
 {
-    struct wk_reply r;
+    struct ms_reply r;
     int n;
 
     while (s->state != SMTP_CLOSED && s->in.len > 0) {
-        n = wk_reply_parse(s->in.data, s->in.len, &r);
+        n = ms_reply_parse(s->in.data, s->in.len, &r);
         if (n == MS_EAGAIN)
             return;
         if (n < 0) {
@@ -1576,7 +1576,7 @@ static void smtp_timeout_cb(uv_timer_t *t)
     if (s->rset_due) {
         /* A reused connection: RFC 5321 §4.1.1.5, start clean. */
         s->rset_due = 0;
-        if ((s->ehlo.flags & WK_EHLO_PIPELINING) && (s->auth_user == NULL || s->auth_done)) {
+        if ((s->ehlo.flags & MS_EHLO_PIPELINING) && (s->auth_user == NULL || s->auth_done)) {
             /* RFC 2920 §3.1: RSET may lead a pipelined group, so the new
              * transaction costs no extra round trip. A connection the
              * server closed meanwhile still fails before any reply. */
@@ -1792,7 +1792,7 @@ int wk_smtp_start(uv_loop_t *loop, const struct sockaddr *addr,
         s->auth_user = ms_strdup(msg->auth_user);
         s->auth_password = ms_strdup(msg->auth_password);
         s->auth_plaintext = msg->auth_plaintext;
-        s->auth_mechs = msg->auth_mechs ? msg->auth_mechs : WK_AUTH_PLAIN | WK_AUTH_LOGIN;
+        s->auth_mechs = msg->auth_mechs ? msg->auth_mechs : MS_AUTH_MECH_PLAIN | MS_AUTH_MECH_LOGIN;
     }
     tx_setup(s, msg);
     ms_buf_init(&s->in, WK_SMTP_INPUT_MAX);

@@ -142,7 +142,7 @@
 
 #include "ms_addr.h"
 #include "ms_conn.h"
-#include "smtp_reply.h"
+#include "ms_smtp_reply.h"
 
 /* STARTTLS policy per destination (docs/config.md, [tls]). */
 enum wk_tls_policy { WK_TLS_NONE, WK_TLS_MAY, WK_TLS_ENCRYPT, WK_TLS_VERIFY };
@@ -177,7 +177,7 @@ const char *wk_tls_policy_name(enum wk_tls_policy p);
  * big chunks keep round trips few (26 for the largest message); the chunk
  * is written in WK_SMTP_DATA_BLOCK blocks like DATA. */
 #define WK_SMTP_BDAT_CHUNK (1024 * 1024)
-/* Longest reply (formatted, see wk_reply_format) kept per recipient. */
+/* Longest reply (formatted, see ms_reply_format) kept per recipient. */
 #define WK_SMTP_REPLY_TEXT_MAX 512
 /* RFC 3461 §4.4 ENVID and §4.2 ORCPT (the address part), xtext-decoded, and
  * the ORCPT address type (an atom: "rfc822", "utf-8"): longer ones, or an
@@ -250,7 +250,7 @@ struct wk_smtp_msg {
     const char *auth_user;          /* AUTH as this user (RFC 4954); NULL: no AUTH */
     const char *auth_password;      /* with auth_user */
     int auth_plaintext;             /* allow AUTH without TLS (e.g. loopback) */
-    unsigned auth_mechs;            /* WK_AUTH_* we may use; 0: PLAIN and LOGIN */
+    unsigned auth_mechs;            /* MS_AUTH_MECH_* we may use; 0: PLAIN and LOGIN */
     int requiretls;                 /* RFC 8689 REQUIRETLS (see above) */
     int dsn_ret;                    /* RFC 3461 RET: enum ms_dsn_ret, 0: not given */
     const char *dsn_envid;          /* RFC 3461 ENVID, xtext-decoded; NULL or "": none */
@@ -268,7 +268,7 @@ struct wk_smtp_msg {
 
 struct wk_smtp_rcpt_result {
     int code;                       /* SMTP code, 0 when the server said nothing */
-    char dsn[WK_DSN_MAX + 1];
+    char dsn[MS_REPLY_DSN_MAX + 1];
     char reply[WK_SMTP_REPLY_TEXT_MAX];
 };
 

@@ -1,5 +1,5 @@
 /*
- * fuzz_wk_reply.c - libFuzzer driver for worker/smtp_reply.c, the AUTH
+ * fuzz_wk_reply.c - libFuzzer driver for lib/mail/ms_smtp_reply.c, the AUTH
  * mechanism list of EHLO and the 334 challenges of worker/smtp_auth.c (and
  * the dot-stuffing and BDAT line ends of worker/dotstuff.c, which take the
  * same kind of bytes).
@@ -19,14 +19,14 @@
 
 #include "../../worker/dotstuff.h"
 #include "../../worker/smtp_auth.h"
-#include "../../worker/smtp_reply.h"
+#include "ms_smtp_reply.h"
 #include "ms_error.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *buf = (const char *)data;
-    struct wk_reply r;
-    struct wk_ehlo e;
+    struct ms_reply r;
+    struct ms_ehlo e;
     char out[64];
     uint8_t challenge[WK_AUTH_CHALLENGE_MAX];
     size_t pos = 0, i, n;
@@ -34,23 +34,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int k, c;
 
     while (pos < size) {
-        k = wk_reply_parse(buf + pos, size - pos, &r);
+        k = ms_reply_parse(buf + pos, size - pos, &r);
         if (k == MS_EAGAIN || k == MS_EPROTO || k == MS_ETOOBIG)
             break;
         assert(k > 0 && (size_t)k <= size - pos);
         assert(buf[pos + (size_t)k - 1] == '\n');
         assert(r.code >= 200 && r.code <= 559);
-        assert(r.nlines >= 1 && r.nlines <= WK_REPLY_LINES_MAX);
-        assert(strlen(r.dsn) <= WK_DSN_MAX);
+        assert(r.nlines >= 1 && r.nlines <= MS_REPLY_LINES_MAX);
+        assert(strlen(r.dsn) <= MS_REPLY_DSN_MAX);
         for (i = 0; i < r.nlines; i++) {
             assert(r.text[i] >= buf + pos && r.text[i] + r.text_len[i] <= buf + pos + k);
-            assert(r.text_len[i] <= WK_REPLY_LINE_MAX);
+            assert(r.text_len[i] <= MS_REPLY_LINE_MAX);
         }
-        n = wk_reply_format(&r, out, sizeof(out));
+        n = ms_reply_format(&r, out, sizeof(out));
         assert(n < sizeof(out) && out[n] == '\0');
-        wk_ehlo_parse(&r, &e);
-        assert((e.auth & ~(unsigned)(WK_AUTH_PLAIN | WK_AUTH_LOGIN)) == 0);
-        assert(e.auth == 0 || (e.flags & WK_EHLO_AUTH));
+        ms_ehlo_parse(&r, &e);
+        assert((e.auth & ~(unsigned)(MS_AUTH_MECH_PLAIN | MS_AUTH_MECH_LOGIN)) == 0);
+        assert(e.auth == 0 || (e.flags & MS_EHLO_AUTH));
         c = wk_auth_challenge(&r, challenge, sizeof(challenge));
         assert(c == MS_EPROTO || c == MS_ETOOBIG || (c >= 0 && (size_t)c <= sizeof(challenge)));
         assert(c < 0 || r.code == 334);

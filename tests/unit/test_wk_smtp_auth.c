@@ -18,22 +18,22 @@
 static void test_pick(void **state)
 {
     (void)state;
-    assert_int_equal(wk_auth_pick(WK_AUTH_PLAIN | WK_AUTH_LOGIN), WK_AUTH_PLAIN);
-    assert_int_equal(wk_auth_pick(WK_AUTH_LOGIN), WK_AUTH_LOGIN);
-    assert_int_equal(wk_auth_pick(WK_AUTH_PLAIN), WK_AUTH_PLAIN);
-    assert_int_equal(wk_auth_pick(0), WK_AUTH_NONE);
-    assert_string_equal(wk_auth_mech_name(WK_AUTH_PLAIN), "PLAIN");
-    assert_string_equal(wk_auth_mech_name(WK_AUTH_LOGIN), "LOGIN");
-    assert_string_equal(wk_auth_mech_name(WK_AUTH_NONE), "none");
+    assert_int_equal(wk_auth_pick(MS_AUTH_MECH_PLAIN | MS_AUTH_MECH_LOGIN), MS_AUTH_MECH_PLAIN);
+    assert_int_equal(wk_auth_pick(MS_AUTH_MECH_LOGIN), MS_AUTH_MECH_LOGIN);
+    assert_int_equal(wk_auth_pick(MS_AUTH_MECH_PLAIN), MS_AUTH_MECH_PLAIN);
+    assert_int_equal(wk_auth_pick(0), MS_AUTH_MECH_NONE);
+    assert_string_equal(wk_auth_mech_name(MS_AUTH_MECH_PLAIN), "PLAIN");
+    assert_string_equal(wk_auth_mech_name(MS_AUTH_MECH_LOGIN), "LOGIN");
+    assert_string_equal(wk_auth_mech_name(MS_AUTH_MECH_NONE), "none");
 }
 
 static void test_mechs_parse(void **state)
 {
     (void)state;
-    assert_int_equal(wk_auth_mechs_parse("plain, login"), WK_AUTH_PLAIN | WK_AUTH_LOGIN);
-    assert_int_equal(wk_auth_mechs_parse("LOGIN"), WK_AUTH_LOGIN);
-    assert_int_equal(wk_auth_mechs_parse(" Plain "), WK_AUTH_PLAIN);
-    assert_int_equal(wk_auth_mechs_parse("login,,plain"), WK_AUTH_PLAIN | WK_AUTH_LOGIN);
+    assert_int_equal(wk_auth_mechs_parse("plain, login"), MS_AUTH_MECH_PLAIN | MS_AUTH_MECH_LOGIN);
+    assert_int_equal(wk_auth_mechs_parse("LOGIN"), MS_AUTH_MECH_LOGIN);
+    assert_int_equal(wk_auth_mechs_parse(" Plain "), MS_AUTH_MECH_PLAIN);
+    assert_int_equal(wk_auth_mechs_parse("login,,plain"), MS_AUTH_MECH_PLAIN | MS_AUTH_MECH_LOGIN);
     assert_int_equal(wk_auth_mechs_parse(""), MS_EINVAL);
     assert_int_equal(wk_auth_mechs_parse(" , "), MS_EINVAL);
     assert_int_equal(wk_auth_mechs_parse("plain, cram-md5"), MS_EINVAL);
@@ -107,14 +107,14 @@ static void test_challenge(void **state)
         {"not 334", "235 2.7.0 ok\r\n", MS_EPROTO, NULL},
         {"multi-line", "334-VXNl\r\n334 cm5h\r\n", MS_EPROTO, NULL},
     };
-    struct wk_reply r;
+    struct ms_reply r;
     uint8_t out[WK_AUTH_CHALLENGE_MAX];
     size_t i;
     int n;
 
     (void)state;
     for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        assert_true(wk_reply_parse(cases[i].in, strlen(cases[i].in), &r) > 0);
+        assert_true(ms_reply_parse(cases[i].in, strlen(cases[i].in), &r) > 0);
         n = wk_auth_challenge(&r, out, sizeof(out));
         if (n != cases[i].want)
             fail_msg("%s: %d, want %d", cases[i].name, n, cases[i].want);
@@ -124,7 +124,7 @@ static void test_challenge(void **state)
     /* Bigger than the buffer: MS_ETOOBIG, nothing cut. */
     {
         const char *in = "334 QUFBQUFBQUFBQUFB\r\n"; /* 12 octets */
-        assert_true(wk_reply_parse(in, strlen(in), &r) > 0);
+        assert_true(ms_reply_parse(in, strlen(in), &r) > 0);
         assert_int_equal(wk_auth_challenge(&r, out, 8), MS_ETOOBIG);
         assert_int_equal(wk_auth_challenge(&r, out, 12), 12);
     }

@@ -29,13 +29,13 @@ static void test_requiretls_table(void **state)
         enum wk_requiretls want;
     } cases[] = {
         /* Verified TLS and REQUIRETLS offered: the one way over a network. */
-        {0, 0, 1, WK_EHLO_REQUIRETLS | WK_EHLO_STARTTLS, WK_REQUIRETLS_OK},
+        {0, 0, 1, MS_EHLO_REQUIRETLS | MS_EHLO_STARTTLS, WK_REQUIRETLS_OK},
         /* Verified TLS without the keyword: 5.7.30. */
-        {0, 0, 1, WK_EHLO_STARTTLS | WK_EHLO_DSN, WK_REQUIRETLS_NOT_OFFERED},
+        {0, 0, 1, MS_EHLO_STARTTLS | MS_EHLO_DSN, WK_REQUIRETLS_NOT_OFFERED},
         /* No verified TLS: 5.7.10, whatever the server says it can do. */
-        {0, 0, 0, WK_EHLO_REQUIRETLS, WK_REQUIRETLS_NO_TLS},
+        {0, 0, 0, MS_EHLO_REQUIRETLS, WK_REQUIRETLS_NO_TLS},
         {0, 0, 0, 0, WK_REQUIRETLS_NO_TLS},
-        {0, 1, 0, WK_EHLO_REQUIRETLS, WK_REQUIRETLS_NO_TLS},
+        {0, 1, 0, MS_EHLO_REQUIRETLS, WK_REQUIRETLS_NO_TLS},
         /* LMTP: final delivery, the keyword is not needed; TLS is. */
         {0, 1, 1, 0, WK_REQUIRETLS_OK},
         /* A UNIX-domain socket: local, nothing needed. */
@@ -236,7 +236,7 @@ static int fake_connect(uv_loop_t *loop, const struct sockaddr *addr,
 
 struct outcome {
     int done, code, tls_fallback, try_next, fenced;
-    char dsn[WK_DSN_MAX + 1];
+    char dsn[MS_REPLY_DSN_MAX + 1];
     char reply[WK_SMTP_REPLY_TEXT_MAX];
     char tls[WK_SMTP_TLS_INFO_MAX];
 };

@@ -1,7 +1,7 @@
 /*
  * smtp_reply.c - SMTP reply parser (smtp_reply.h).
  */
-#include "smtp_reply.h"
+#include "ms_smtp_reply.h"
 #include "ms_error.h"
 
 #include <stdio.h>
@@ -13,7 +13,7 @@ static int is_digit(char c)
     return c >= '0' && c <= '9';
 }
 
-int wk_reply_parse(const char *buf, size_t len, struct wk_reply *r)
+int ms_reply_parse(const char *buf, size_t len, struct ms_reply *r)
 {
     size_t pos = 0, scan, line_len;
     const char *line, *nl;
@@ -25,15 +25,15 @@ int wk_reply_parse(const char *buf, size_t len, struct wk_reply *r)
     for (;;) {
         /* Look no further than one maximal line (plus CRLF) ahead. */
         scan = len - pos;
-        if (scan > WK_REPLY_LINE_MAX + 2)
-            scan = WK_REPLY_LINE_MAX + 2;
+        if (scan > MS_REPLY_LINE_MAX + 2)
+            scan = MS_REPLY_LINE_MAX + 2;
         line = buf + pos;
         if ((nl = memchr(line, '\n', scan)) == NULL)
-            return len - pos > WK_REPLY_LINE_MAX + 1 ? MS_ETOOBIG : MS_EAGAIN;
+            return len - pos > MS_REPLY_LINE_MAX + 1 ? MS_ETOOBIG : MS_EAGAIN;
         line_len = (size_t)(nl - line);
         if (line_len > 0 && line[line_len - 1] == '\r')
             line_len--;
-        if (line_len > WK_REPLY_LINE_MAX)
+        if (line_len > MS_REPLY_LINE_MAX)
             return MS_ETOOBIG;
         /* Reply-code = %x32-35 %x30-35 %x30-39 (RFC 5321 §4.2). */
         if (line_len < 3 || line[0] < '2' || line[0] > '5' || line[1] < '0' || line[1] > '5' ||
@@ -44,7 +44,7 @@ int wk_reply_parse(const char *buf, size_t len, struct wk_reply *r)
             return MS_EPROTO;
         if (line_len > 3 && line[3] != ' ' && line[3] != '-')
             return MS_EPROTO;
-        if (r->nlines == WK_REPLY_LINES_MAX)
+        if (r->nlines == MS_REPLY_LINES_MAX)
             return MS_ETOOBIG;
         r->code = code;
         r->text[r->nlines] = line_len > 4 ? line + 4 : line + line_len;
@@ -54,7 +54,7 @@ int wk_reply_parse(const char *buf, size_t len, struct wk_reply *r)
         if (line_len == 3 || line[3] == ' ')
             break;
     }
-    wk_dsn_extract(r->code, r->text[0], r->text_len[0], r->dsn);
+    ms_reply_dsn_extract(r->code, r->text[0], r->text_len[0], r->dsn);
     return (int)pos;
 }
 
@@ -68,7 +68,7 @@ static int digits3(const char *text, size_t len, size_t *i)
     return *i > start && (*i == len || !is_digit(text[*i]));
 }
 
-size_t wk_dsn_extract(int code, const char *text, size_t len, char dsn[WK_DSN_MAX + 1])
+size_t ms_reply_dsn_extract(int code, const char *text, size_t len, char dsn[MS_REPLY_DSN_MAX + 1])
 {
     size_t i = 1;
 
@@ -103,10 +103,10 @@ static void append(char *out, size_t outlen, size_t *pos, const char *s, size_t 
     *pos += n;
 }
 
-size_t wk_reply_format(const struct wk_reply *r, char *out, size_t outlen)
+size_t ms_reply_format(const struct ms_reply *r, char *out, size_t outlen)
 {
     static const char ellipsis[] = "...";
-    char dsn[WK_DSN_MAX + 1], num[8];
+    char dsn[MS_REPLY_DSN_MAX + 1], num[8];
     size_t n = 0, i, skip, tl;
     const char *t;
     int cut = 0;
@@ -119,7 +119,7 @@ size_t wk_reply_format(const struct wk_reply *r, char *out, size_t outlen)
         t = r->text[i];
         tl = r->text_len[i];
         /* Continuation lines usually repeat the status code: say it once. */
-        if (i > 0 && r->dsn[0] && (skip = wk_dsn_extract(r->code, t, tl, dsn)) > 0 &&
+        if (i > 0 && r->dsn[0] && (skip = ms_reply_dsn_extract(r->code, t, tl, dsn)) > 0 &&
             strcmp(dsn, r->dsn) == 0) {
             t += skip;
             tl -= skip;
@@ -161,11 +161,11 @@ static unsigned auth_mechs(const char *p, size_t len)
     static const struct {
         const char *name;
         unsigned bit;
-    } known[] = {{"PLAIN", WK_AUTH_PLAIN}, {"LOGIN", WK_AUTH_LOGIN}};
+    } known[] = {{"PLAIN", MS_AUTH_MECH_PLAIN}, {"LOGIN", MS_AUTH_MECH_LOGIN}};
     size_t i = 0, start, n, k, seen = 0;
     unsigned mask = 0;
 
-    while (i < len && seen < WK_EHLO_AUTH_MECHS_MAX) {
+    while (i < len && seen < MS_EHLO_AUTH_MECHS_MAX) {
         while (i < len && p[i] == ' ')
             i++;
         start = i;
@@ -182,23 +182,23 @@ static unsigned auth_mechs(const char *p, size_t len)
     return mask;
 }
 
-void wk_ehlo_parse(const struct wk_reply *r, struct wk_ehlo *e)
+void ms_ehlo_parse(const struct ms_reply *r, struct ms_ehlo *e)
 {
     static const struct {
         const char *kw;
         unsigned flag;
     } table[] = {
-        {"SIZE", WK_EHLO_SIZE},
-        {"8BITMIME", WK_EHLO_8BITMIME},
-        {"SMTPUTF8", WK_EHLO_SMTPUTF8},
-        {"PIPELINING", WK_EHLO_PIPELINING},
-        {"ENHANCEDSTATUSCODES", WK_EHLO_ENHANCEDSTATUSCODES},
-        {"STARTTLS", WK_EHLO_STARTTLS},
-        {"CHUNKING", WK_EHLO_CHUNKING},
-        {"DSN", WK_EHLO_DSN},
-        {"BINARYMIME", WK_EHLO_BINARYMIME},
-        {"AUTH", WK_EHLO_AUTH},
-        {"REQUIRETLS", WK_EHLO_REQUIRETLS},
+        {"SIZE", MS_EHLO_SIZE},
+        {"8BITMIME", MS_EHLO_8BITMIME},
+        {"SMTPUTF8", MS_EHLO_SMTPUTF8},
+        {"PIPELINING", MS_EHLO_PIPELINING},
+        {"ENHANCEDSTATUSCODES", MS_EHLO_ENHANCEDSTATUSCODES},
+        {"STARTTLS", MS_EHLO_STARTTLS},
+        {"CHUNKING", MS_EHLO_CHUNKING},
+        {"DSN", MS_EHLO_DSN},
+        {"BINARYMIME", MS_EHLO_BINARYMIME},
+        {"AUTH", MS_EHLO_AUTH},
+        {"REQUIRETLS", MS_EHLO_REQUIRETLS},
     };
     const char *param;
     size_t i, j, plen, k;
@@ -211,7 +211,7 @@ void wk_ehlo_parse(const struct wk_reply *r, struct wk_ehlo *e)
     for (i = 1; i < r->nlines; i++) {
         if (r->text_len[i] > 5 && strncasecmp(r->text[i], "AUTH=", 5) == 0) {
             /* The pre-RFC 4954 form some servers still send as well. */
-            e->flags |= WK_EHLO_AUTH;
+            e->flags |= MS_EHLO_AUTH;
             e->auth |= auth_mechs(r->text[i] + 5, r->text_len[i] - 5);
             continue;
         }
@@ -219,9 +219,9 @@ void wk_ehlo_parse(const struct wk_reply *r, struct wk_ehlo *e)
             if (!keyword_is(r->text[i], r->text_len[i], table[j].kw, &param, &plen))
                 continue;
             e->flags |= table[j].flag;
-            if (table[j].flag == WK_EHLO_AUTH)
+            if (table[j].flag == MS_EHLO_AUTH)
                 e->auth |= auth_mechs(param, plen);
-            if (table[j].flag != WK_EHLO_SIZE)
+            if (table[j].flag != MS_EHLO_SIZE)
                 break;
             /* RFC 1870 §4: "SIZE" [SP number]; 0 or absent means no limit.
              * A number too large to hold is treated as no limit too. */

@@ -1,5 +1,5 @@
 /*
- * test_wk_smtp_reply.c - worker/smtp_reply.c: SMTP reply parser, enhanced status
+ * test_ms_smtp_reply.c - lib/mail/ms_smtp_reply.c: SMTP reply parser, enhanced status
  * codes, reply formatting and EHLO keywords.  Table-driven.
  */
 #include <setjmp.h>
@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../worker/smtp_reply.h"
+#include "ms_smtp_reply.h"
 #include "ms_error.h"
 
 struct parse_case {
@@ -62,8 +62,8 @@ static void test_parse_table(void **state)
     (void)state;
     for (i = 0; i < sizeof(parse_cases) / sizeof(parse_cases[0]); i++) {
         const struct parse_case *c = &parse_cases[i];
-        struct wk_reply r;
-        int n = wk_reply_parse(c->in, strlen(c->in), &r);
+        struct ms_reply r;
+        int n = ms_reply_parse(c->in, strlen(c->in), &r);
 
         if (n != c->want)
             fail_msg("%s: got %d, want %d", c->name, n, c->want);
@@ -83,55 +83,55 @@ static void test_parse_table(void **state)
 static void test_parse_prefixes(void **state)
 {
     const char *in = "250-mx.example\r\n250-PIPELINING\r\n250 SIZE 100\r\n";
-    struct wk_reply r;
+    struct ms_reply r;
     size_t i;
 
     (void)state;
     for (i = 0; i < strlen(in); i++)
-        assert_int_equal(wk_reply_parse(in, i, &r), MS_EAGAIN);
-    assert_int_equal(wk_reply_parse(in, strlen(in), &r), (int)strlen(in));
+        assert_int_equal(ms_reply_parse(in, i, &r), MS_EAGAIN);
+    assert_int_equal(ms_reply_parse(in, strlen(in), &r), (int)strlen(in));
 }
 
 static void test_parse_line_limit(void **state)
 {
-    size_t len = WK_REPLY_LINE_MAX + 10;
+    size_t len = MS_REPLY_LINE_MAX + 10;
     char *buf = malloc(len + 2);
-    struct wk_reply r;
+    struct ms_reply r;
 
     (void)state;
     memcpy(buf, "250 ", 4);
     memset(buf + 4, 'x', len - 4);
     /* No newline yet, already past the limit: no point waiting. */
-    assert_int_equal(wk_reply_parse(buf, len, &r), MS_ETOOBIG);
+    assert_int_equal(ms_reply_parse(buf, len, &r), MS_ETOOBIG);
     /* Exactly at the limit with CRLF: fine. */
-    buf[WK_REPLY_LINE_MAX] = '\r';
-    buf[WK_REPLY_LINE_MAX + 1] = '\n';
-    assert_int_equal(wk_reply_parse(buf, WK_REPLY_LINE_MAX + 2, &r), WK_REPLY_LINE_MAX + 2);
+    buf[MS_REPLY_LINE_MAX] = '\r';
+    buf[MS_REPLY_LINE_MAX + 1] = '\n';
+    assert_int_equal(ms_reply_parse(buf, MS_REPLY_LINE_MAX + 2, &r), MS_REPLY_LINE_MAX + 2);
     /* One past the limit. */
     memset(buf + 4, 'x', len - 4);
-    buf[WK_REPLY_LINE_MAX + 1] = '\r';
-    buf[WK_REPLY_LINE_MAX + 2] = '\n';
-    assert_int_equal(wk_reply_parse(buf, WK_REPLY_LINE_MAX + 3, &r), MS_ETOOBIG);
+    buf[MS_REPLY_LINE_MAX + 1] = '\r';
+    buf[MS_REPLY_LINE_MAX + 2] = '\n';
+    assert_int_equal(ms_reply_parse(buf, MS_REPLY_LINE_MAX + 3, &r), MS_ETOOBIG);
     free(buf);
 }
 
 static void test_parse_lines_limit(void **state)
 {
-    char buf[(WK_REPLY_LINES_MAX + 2) * 8];
-    struct wk_reply r;
+    char buf[(MS_REPLY_LINES_MAX + 2) * 8];
+    struct ms_reply r;
     size_t n = 0, i;
 
     (void)state;
-    for (i = 0; i < WK_REPLY_LINES_MAX - 1; i++)
+    for (i = 0; i < MS_REPLY_LINES_MAX - 1; i++)
         n += (size_t)sprintf(buf + n, "250-k\r\n");
     n += (size_t)sprintf(buf + n, "250 k\r\n");
-    assert_int_equal(wk_reply_parse(buf, n, &r), (int)n);
-    assert_int_equal(r.nlines, WK_REPLY_LINES_MAX);
+    assert_int_equal(ms_reply_parse(buf, n, &r), (int)n);
+    assert_int_equal(r.nlines, MS_REPLY_LINES_MAX);
     n = 0;
-    for (i = 0; i < WK_REPLY_LINES_MAX; i++)
+    for (i = 0; i < MS_REPLY_LINES_MAX; i++)
         n += (size_t)sprintf(buf + n, "250-k\r\n");
     n += (size_t)sprintf(buf + n, "250 k\r\n");
-    assert_int_equal(wk_reply_parse(buf, n, &r), MS_ETOOBIG);
+    assert_int_equal(ms_reply_parse(buf, n, &r), MS_ETOOBIG);
 }
 
 static void test_format(void **state)
@@ -139,38 +139,38 @@ static void test_format(void **state)
     const char *in = "550-5.1.1 The account does not exist.\r\n"
                      "550-5.1.1 Please try\r\n"
                      "550 5.1.1 again later\r\n";
-    struct wk_reply r;
+    struct ms_reply r;
     char out[256], small[24];
     size_t n;
 
     (void)state;
-    assert_true(wk_reply_parse(in, strlen(in), &r) > 0);
-    n = wk_reply_format(&r, out, sizeof(out));
+    assert_true(ms_reply_parse(in, strlen(in), &r) > 0);
+    n = ms_reply_format(&r, out, sizeof(out));
     assert_string_equal(out, "550 5.1.1 The account does not exist. Please try again later");
     assert_int_equal(n, strlen(out));
     /* Cut visibly. */
-    n = wk_reply_format(&r, small, sizeof(small));
+    n = ms_reply_format(&r, small, sizeof(small));
     assert_int_equal(n, sizeof(small) - 1);
     assert_string_equal(small, "550 5.1.1 The accoun...");
     /* Code only. */
-    assert_true(wk_reply_parse("221\r\n", 5, &r) > 0);
-    wk_reply_format(&r, out, sizeof(out));
+    assert_true(ms_reply_parse("221\r\n", 5, &r) > 0);
+    ms_reply_format(&r, out, sizeof(out));
     assert_string_equal(out, "221");
 }
 
 static void test_dsn_extract(void **state)
 {
-    char dsn[WK_DSN_MAX + 1];
+    char dsn[MS_REPLY_DSN_MAX + 1];
 
     (void)state;
-    assert_int_equal(wk_dsn_extract(451, "4.7.1 greylisted", 16, dsn), 5);
+    assert_int_equal(ms_reply_dsn_extract(451, "4.7.1 greylisted", 16, dsn), 5);
     assert_string_equal(dsn, "4.7.1");
-    assert_int_equal(wk_dsn_extract(451, "5.7.1 wrong class", 17, dsn), 0);
+    assert_int_equal(ms_reply_dsn_extract(451, "5.7.1 wrong class", 17, dsn), 0);
     assert_string_equal(dsn, "");
-    assert_int_equal(wk_dsn_extract(250, "2.0", 3, dsn), 0);
-    assert_int_equal(wk_dsn_extract(250, "2..0 x", 6, dsn), 0);
-    assert_int_equal(wk_dsn_extract(250, "2.0.", 4, dsn), 0);
-    assert_int_equal(wk_dsn_extract(550, "5.999.999", 9, dsn), 9);
+    assert_int_equal(ms_reply_dsn_extract(250, "2.0", 3, dsn), 0);
+    assert_int_equal(ms_reply_dsn_extract(250, "2..0 x", 6, dsn), 0);
+    assert_int_equal(ms_reply_dsn_extract(250, "2.0.", 4, dsn), 0);
+    assert_int_equal(ms_reply_dsn_extract(550, "5.999.999", 9, dsn), 9);
     assert_string_equal(dsn, "5.999.999");
 }
 
@@ -184,43 +184,43 @@ static void test_ehlo(void **state)
                      "250-SMTPUTF8\r\n"
                      "250-SIZEX\r\n"
                      "250 CHUNKING\r\n";
-    struct wk_reply r;
-    struct wk_ehlo e;
+    struct ms_reply r;
+    struct ms_ehlo e;
 
     (void)state;
-    assert_true(wk_reply_parse(in, strlen(in), &r) > 0);
-    wk_ehlo_parse(&r, &e);
-    assert_int_equal(e.flags, WK_EHLO_PIPELINING | WK_EHLO_SIZE | WK_EHLO_8BITMIME |
-                                  WK_EHLO_ENHANCEDSTATUSCODES | WK_EHLO_SMTPUTF8 |
-                                  WK_EHLO_CHUNKING);
+    assert_true(ms_reply_parse(in, strlen(in), &r) > 0);
+    ms_ehlo_parse(&r, &e);
+    assert_int_equal(e.flags, MS_EHLO_PIPELINING | MS_EHLO_SIZE | MS_EHLO_8BITMIME |
+                                  MS_EHLO_ENHANCEDSTATUSCODES | MS_EHLO_SMTPUTF8 |
+                                  MS_EHLO_CHUNKING);
     assert_int_equal(e.size_max, 10240000);
 
     /* SIZE without a number: no fixed limit.  The greeting is no keyword. */
     in = "250-SIZE\r\n250 SIZE\r\n";
-    assert_true(wk_reply_parse(in, strlen(in), &r) > 0);
-    wk_ehlo_parse(&r, &e);
-    assert_int_equal(e.flags, WK_EHLO_SIZE);
+    assert_true(ms_reply_parse(in, strlen(in), &r) > 0);
+    ms_ehlo_parse(&r, &e);
+    assert_int_equal(e.flags, MS_EHLO_SIZE);
     assert_int_equal(e.size_max, 0);
 
     in = "250 mx.example\r\n";
-    assert_true(wk_reply_parse(in, strlen(in), &r) > 0);
-    wk_ehlo_parse(&r, &e);
+    assert_true(ms_reply_parse(in, strlen(in), &r) > 0);
+    ms_ehlo_parse(&r, &e);
     assert_int_equal(e.flags, 0);
 
     /* RFC 3461 DSN and RFC 8689 REQUIRETLS; a longer word is neither. */
     in = "250-mx\r\n250-DSN\r\n250-REQUIRETLSX\r\n250 requiretls\r\n";
-    assert_true(wk_reply_parse(in, strlen(in), &r) > 0);
-    wk_ehlo_parse(&r, &e);
-    assert_int_equal(e.flags, WK_EHLO_DSN | WK_EHLO_REQUIRETLS);
+    assert_true(ms_reply_parse(in, strlen(in), &r) > 0);
+    ms_ehlo_parse(&r, &e);
+    assert_int_equal(e.flags, MS_EHLO_DSN | MS_EHLO_REQUIRETLS);
     in = "250-mx\r\n250 REQUIRETLSX\r\n";
-    assert_true(wk_reply_parse(in, strlen(in), &r) > 0);
-    wk_ehlo_parse(&r, &e);
+    assert_true(ms_reply_parse(in, strlen(in), &r) > 0);
+    ms_ehlo_parse(&r, &e);
     assert_int_equal(e.flags, 0);
 
     /* Overflow: treated as no limit. */
     in = "250-x\r\n250 SIZE 999999999999999999999999\r\n";
-    assert_true(wk_reply_parse(in, strlen(in), &r) > 0);
-    wk_ehlo_parse(&r, &e);
+    assert_true(ms_reply_parse(in, strlen(in), &r) > 0);
+    ms_ehlo_parse(&r, &e);
     assert_int_equal(e.size_max, 0);
 }
 
@@ -232,53 +232,53 @@ static void test_ehlo_auth(void **state)
         const char *name, *in;
         unsigned flags, auth;
     } cases[] = {
-        {"plain login", "250-mx\r\n250 AUTH PLAIN LOGIN\r\n", WK_EHLO_AUTH,
-         WK_AUTH_PLAIN | WK_AUTH_LOGIN},
-        {"lower case", "250-mx\r\n250 auth login\r\n", WK_EHLO_AUTH, WK_AUTH_LOGIN},
-        {"others only", "250-mx\r\n250 AUTH CRAM-MD5 SCRAM-SHA-256 XOAUTH2\r\n", WK_EHLO_AUTH,
+        {"plain login", "250-mx\r\n250 AUTH PLAIN LOGIN\r\n", MS_EHLO_AUTH,
+         MS_AUTH_MECH_PLAIN | MS_AUTH_MECH_LOGIN},
+        {"lower case", "250-mx\r\n250 auth login\r\n", MS_EHLO_AUTH, MS_AUTH_MECH_LOGIN},
+        {"others only", "250-mx\r\n250 AUTH CRAM-MD5 SCRAM-SHA-256 XOAUTH2\r\n", MS_EHLO_AUTH,
          0},
-        {"mixed, extra spaces", "250-mx\r\n250 AUTH  CRAM-MD5   PLAIN \r\n", WK_EHLO_AUTH,
-         WK_AUTH_PLAIN},
-        {"old form", "250-mx\r\n250-AUTH=LOGIN PLAIN\r\n250 AUTH GSSAPI\r\n", WK_EHLO_AUTH,
-         WK_AUTH_PLAIN | WK_AUTH_LOGIN},
-        {"no mechanisms", "250-mx\r\n250 AUTH\r\n", WK_EHLO_AUTH, 0},
-        {"prefix is not a name", "250-mx\r\n250 AUTH PLAINX LOGINS XPLAIN\r\n", WK_EHLO_AUTH,
+        {"mixed, extra spaces", "250-mx\r\n250 AUTH  CRAM-MD5   PLAIN \r\n", MS_EHLO_AUTH,
+         MS_AUTH_MECH_PLAIN},
+        {"old form", "250-mx\r\n250-AUTH=LOGIN PLAIN\r\n250 AUTH GSSAPI\r\n", MS_EHLO_AUTH,
+         MS_AUTH_MECH_PLAIN | MS_AUTH_MECH_LOGIN},
+        {"no mechanisms", "250-mx\r\n250 AUTH\r\n", MS_EHLO_AUTH, 0},
+        {"prefix is not a name", "250-mx\r\n250 AUTH PLAINX LOGINS XPLAIN\r\n", MS_EHLO_AUTH,
          0},
         {"not the keyword", "250-mx\r\n250 AUTHX PLAIN\r\n", 0, 0},
         {"greeting is no keyword", "250 AUTH PLAIN\r\n", 0, 0},
         {"binarymime", "250-mx\r\n250-CHUNKING\r\n250 BINARYMIME\r\n",
-         WK_EHLO_CHUNKING | WK_EHLO_BINARYMIME, 0},
+         MS_EHLO_CHUNKING | MS_EHLO_BINARYMIME, 0},
     };
-    struct wk_reply r;
-    struct wk_ehlo e;
+    struct ms_reply r;
+    struct ms_ehlo e;
     size_t i;
 
     (void)state;
     for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        assert_true(wk_reply_parse(cases[i].in, strlen(cases[i].in), &r) > 0);
-        wk_ehlo_parse(&r, &e);
+        assert_true(ms_reply_parse(cases[i].in, strlen(cases[i].in), &r) > 0);
+        ms_ehlo_parse(&r, &e);
         if (e.flags != cases[i].flags || e.auth != cases[i].auth)
             fail_msg("%s: flags %#x auth %#x, want %#x %#x", cases[i].name, e.flags, e.auth,
                      cases[i].flags, cases[i].auth);
     }
 }
 
-/* Only the first WK_EHLO_AUTH_MECHS_MAX names of a line are looked at. */
+/* Only the first MS_EHLO_AUTH_MECHS_MAX names of a line are looked at. */
 static void test_ehlo_auth_limit(void **state)
 {
     char in[2048];
     size_t n = 0, i;
-    struct wk_reply r;
-    struct wk_ehlo e;
+    struct ms_reply r;
+    struct ms_ehlo e;
 
     (void)state;
     n += (size_t)snprintf(in + n, sizeof(in) - n, "250-mx\r\n250 AUTH");
-    for (i = 0; i < WK_EHLO_AUTH_MECHS_MAX; i++)
+    for (i = 0; i < MS_EHLO_AUTH_MECHS_MAX; i++)
         n += (size_t)snprintf(in + n, sizeof(in) - n, " X%zu", i);
     snprintf(in + n, sizeof(in) - n, " PLAIN\r\n");
-    assert_true(wk_reply_parse(in, strlen(in), &r) > 0);
-    wk_ehlo_parse(&r, &e);
-    assert_int_equal(e.flags, WK_EHLO_AUTH);
+    assert_true(ms_reply_parse(in, strlen(in), &r) > 0);
+    ms_ehlo_parse(&r, &e);
+    assert_int_equal(e.flags, MS_EHLO_AUTH);
     assert_int_equal(e.auth, 0);
 }
 
