@@ -5,6 +5,13 @@
  * or bare CR is recorded as an error and treated as ordinary content, so
  * the state after it is "inside a line" and a following "." can never start
  * the end-of-data line.
+ *
+ * Inside a line the machine does not go octet by octet: text_run() finds the
+ * next CR, LF or NUL a word at a time, and DATA copies whole runs of clean
+ * lines (up to a line that starts with ".", a problem or the end of the
+ * input) in one append.  This reader touches every octet the frontend
+ * accepts: octet by octet it was 65 % of the frontend's instructions at
+ * 1 MiB (7.7 M per message, docs/scaling.md "per KiB").
  */
 #include "smtp_data.h"
 #include "ms_error.h"
@@ -44,20 +51,36 @@ const char *fe_data_reply(enum fe_data_status s)
     return "554 5.6.0 Message rejected";
 }
 
-/* 1 when p[0..n) holds an octet >= 0x80; eight at a time, as the callers
- * ask only when an 8-bit body matters (fe_data_reader.want_8bit). */
-static int has_8bit(const char *p, size_t n)
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+/* Nonzero when an octet of the word v is below n (n <= 128); exact as a
+ * test of the whole word, not of which octet (the borrow may mark octets
+ * above the first hit). */
+#define HAS_LESS(v, n) (((v) - ONES * (n)) & ~(v) & HIGHS)
+#define HAS_ZERO(v) HAS_LESS(v, 1)
+
+/* The length of the run of octets at p[0..n) before the first CR, LF or NUL
+ * (n when there is none).  *eight is set to whether the run holds an octet
+ * >= 0x80.  Eight octets at a time: a word with no octet below 0x0e cannot
+ * hold one of the three (TAB, VT, FF are the others below it, rare in
+ * mail); a word that has one is looked at closer, and the word holding the
+ * first hit is finished octet by octet. */
+static size_t text_run(const char *p, size_t n, int *eight)
 {
     uint64_t v, acc = 0;
     size_t i = 0;
 
     for (; i + 8 <= n; i += 8) {
         memcpy(&v, p + i, 8);
+        if (HAS_LESS(v, 0x0e) &&
+            (HAS_ZERO(v) | HAS_ZERO(v ^ (ONES * '\r')) | HAS_ZERO(v ^ (ONES * '\n'))))
+            break;
         acc |= v;
     }
-    for (; i < n; i++)
+    for (; i < n && p[i] != '\r' && p[i] != '\n' && p[i] != '\0'; i++)
         acc |= (unsigned char)p[i];
-    return (acc & 0x8080808080808080ULL) != 0;
+    *eight = (acc & HIGHS) != 0;
+    return i;
 }
 
 static void fail(struct fe_data_reader *r, enum fe_data_status s)
@@ -85,8 +108,9 @@ static void count_line(struct fe_data_reader *r, size_t n)
 
 int fe_data_feed(struct fe_data_reader *r, const char *buf, size_t len)
 {
-    size_t i = 0, j;
+    size_t i = 0, j, s;
     unsigned char c;
+    int eight;
 
     while (i < len) {
         c = (unsigned char)buf[i];
@@ -124,17 +148,29 @@ int fe_data_feed(struct fe_data_reader *r, const char *buf, size_t len)
             r->_state = ST_TEXT;
             continue;
         case ST_TEXT:
-            /* Fast path: a run of ordinary octets. */
-            for (j = i; j < len && buf[j] != '\r' && buf[j] != '\n' && buf[j] != '\0'; j++)
-                ;
-            if (j > i) {
-                emit(r, buf + i, j - i);
-                if (r->want_8bit && has_8bit(buf + i, j - i))
-                    r->last_8bit = r->out->len;
+            /* Fast path: the rest of this line and the whole lines after
+             * it, as long as each ends in CRLF within buf and the next does
+             * not start with "." (unstuffing, or the end of data), go out as
+             * one span [s, j).  The octets are those the state machine
+             * would emit line by line. */
+            s = i;
+            for (;;) {
+                j = i + text_run(buf + i, len - i, &eight);
+                if (eight && r->want_8bit) /* where the line piece will end */
+                    r->last_8bit = r->out->len + (j - s);
                 count_line(r, j - i);
-                i = j;
-                continue;
+                if (len - j < 3 || buf[j] != '\r' || buf[j + 1] != '\n' || buf[j + 2] == '.')
+                    break;
+                count_line(r, 2);
+                r->_linelen = 0;
+                i = j + 2;
             }
+            if (j > s)
+                emit(r, buf + s, j - s);
+            i = j;
+            if (i == len)
+                continue;
+            c = (unsigned char)buf[i];
             if (c == '\r') {
                 r->_state = ST_CR;
             } else if (c == '\n') {
@@ -208,6 +244,7 @@ static void bdat_check(struct fe_bdat_reader *r, const char *p, size_t n)
 {
     size_t i, j;
     unsigned char c;
+    int eight;
 
     for (i = 0; i < n;) {
         if (r->_cr) {
@@ -221,11 +258,10 @@ static void bdat_check(struct fe_bdat_reader *r, const char *p, size_t n)
             bdat_fail(r, FE_DATA_BARE_CR);
             bdat_line(r, 1);
         }
-        for (j = i; j < n && p[j] != '\r' && p[j] != '\n' && p[j] != '\0'; j++)
-            ;
+        j = i + text_run(p + i, n - i, &eight);
         if (j > i) {
             /* Checked before the chunk is appended: where it will end. */
-            if (r->want_8bit && has_8bit(p + i, j - i))
+            if (eight && r->want_8bit)
                 r->last_8bit = r->out->len + j;
             bdat_line(r, j - i);
             i = j;
