@@ -2354,7 +2354,9 @@ void wk_delivery_on_record(void *arg, struct ms_record *rec)
 
     if (d->draining)
         return; /* not done: redelivered to whoever takes the partition */
-    if ((env = ms_envelope_decode(rec->value, rec->len, err, sizeof(err))) == NULL) {
+    /* The message stays in the record, which is kept until the envelope is
+     * done with (msg_release, msg_closed_cb). */
+    if ((env = ms_envelope_decode_borrow(rec->value, rec->len, err, sizeof(err))) == NULL) {
         record_malformed(d, tier, rec, err);
         return;
     }

@@ -74,7 +74,8 @@
  *
  * Bounded: at most max_in_flight records are held, and at most
  * max_in_flight_bytes octets of them counted WK_MSG_COPIES times (the Kafka
- * record, the decoded envelope, the wire copy: see WK_MSG_COPIES); every
+ * record, which the envelope borrows the message from, and the wire copy:
+ * see WK_MSG_COPIES); every
  * consumer is paused while either is reached (a record alone over the
  * budget is still taken, so nothing is stuck), and a retry tier consumer also while it holds
  * WK_RETRY_HOLD_MAX records that are not due.  Asynchronous replies (route
@@ -109,11 +110,11 @@
  * sizes (docs/config.md has the sum). */
 #define WK_MAX_IN_FLIGHT_BYTES_DEFAULT (96LL * 1024 * 1024)
 /* Copies of a message's octets a record in flight is charged for: the Kafka
- * record, the envelope decoded from it (protobuf-c copies bytes fields),
- * and the dot-stuffed (or CRLF) wire copy an SMTP session holds while it
- * sends; a rewrite by mailauth (Authentication-Results) is brief and
- * replaces the decoded copy. */
-#define WK_MSG_COPIES 3
+ * record (the decoded envelope borrows its message from it,
+ * ms_envelope_decode_borrow) and the dot-stuffed (or CRLF) wire copy an
+ * SMTP session holds while it sends; a rewrite by mailauth
+ * (Authentication-Results) is brief and stands in for the record's. */
+#define WK_MSG_COPIES 2
 /* What each consumer may hold ahead of the engine (librdkafka's prefetch
  * plus the backlog, ms_kafka_conf.consumer_bytes), as a fraction of
  * max_in_flight_bytes: 1/DIV of it for the queue topic's consumer, which

@@ -372,9 +372,7 @@ static void set_message(ms_envelope *env, const char *head, size_t hlen, const c
     memcpy(n, head, hlen);
     memcpy(n + hlen, body, blen);
     n[hlen + blen] = '\0'; /* not part of the message; for C-string readers */
-    free(env->message.data);
-    env->message.data = n;
-    env->message.len = hlen + blen;
+    ms_envelope_set_message(env, n, hlen + blen); /* the old one may be the record's */
 }
 
 static void drive(struct job *j);

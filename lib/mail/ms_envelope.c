@@ -6,6 +6,7 @@
 #include "ms_log.h"
 #include "ms_mem.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,36 @@ static char *str(const char *s)
     return (char *)(s ? s : "");
 }
 
+/* Every envelope this module decodes is the first member of a box that
+ * says where a borrowed message lies: protobuf-c frees the envelope with
+ * the system allocator (free_unpacked with a NULL allocator), and
+ * &box->env == box, so freeing the envelope frees the box. */
+struct env_box {
+    ms_envelope env;
+    const uint8_t *lo, *hi; /* the record a borrowed message points into; NULL: owned */
+};
+_Static_assert(offsetof(struct env_box, env) == 0, "the envelope must open its box");
+
+/* Move what protobuf-c unpacked into a box (only the top-level struct is
+ * copied; what it points to moves with it). */
+static ms_envelope *box(ms_envelope *e, const uint8_t *lo, const uint8_t *hi)
+{
+    struct env_box *b = ms_malloc(sizeof(*b));
+
+    b->env = *e;
+    b->lo = lo;
+    b->hi = hi;
+    free(e); /* the struct alone: protobuf-c's default allocator is malloc */
+    return &b->env;
+}
+
+static int borrowed(const ms_envelope *e)
+{
+    const struct env_box *b = (const struct env_box *)e;
+
+    return b->lo != NULL && e->message.data >= b->lo && e->message.data < b->hi;
+}
+
 uint8_t *ms_envelope_encode(const ms_envelope *e, size_t *len)
 {
     size_t n = mailstream__envelope__get_packed_size(e);
@@ -40,10 +71,9 @@ uint8_t *ms_envelope_encode(const ms_envelope *e, size_t *len)
     return buf;
 }
 
-ms_envelope *ms_envelope_decode(const void *buf, size_t len, char *err, size_t errlen)
+/* Checks of a decoded envelope; frees it and says why when it fails. */
+static ms_envelope *checked(ms_envelope *e, size_t len, char *err, size_t errlen)
 {
-    ms_envelope *e = mailstream__envelope__unpack(NULL, len, buf);
-
     if (e == NULL) {
         snprintf(err, errlen, "malformed envelope (%zu bytes)", len);
         return NULL;
@@ -63,14 +93,133 @@ ms_envelope *ms_envelope_decode(const void *buf, size_t len, char *err, size_t e
     }
     return e;
 bad:
-    mailstream__envelope__free_unpacked(e, NULL);
+    ms_envelope_free(e);
     return NULL;
+}
+
+ms_envelope *ms_envelope_decode(const void *buf, size_t len, char *err, size_t errlen)
+{
+    ms_envelope *e = mailstream__envelope__unpack(NULL, len, buf);
+
+    return checked(e ? box(e, NULL, NULL) : NULL, len, err, errlen);
+}
+
+/* ---- the wire walk of ms_envelope_decode_borrow ---- */
+
+/* A varint of at most max octets at p[*i..n): 0 and the value, or -1. */
+static int wire_varint(const uint8_t *p, size_t n, size_t *i, unsigned max, uint64_t *v)
+{
+    uint64_t r = 0;
+    unsigned k;
+
+    for (k = 0; k < max && *i < n; k++) {
+        uint8_t b = p[(*i)++];
+
+        r |= (uint64_t)(b & 0x7f) << (7 * k);
+        if ((b & 0x80) == 0) {
+            *v = r;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* Walk the top-level fields of p[0..n): copy every field but the message
+ * (wire type 2 under MS_ENVELOPE_FIELD_MESSAGE) to rest (room for n
+ * octets), and say where the last message field's octets are.  -1 when
+ * the wire data is malformed. */
+static int wire_split(const uint8_t *p, size_t n, uint8_t *rest, size_t *restlen, size_t *moff,
+                      size_t *mlen, int *found)
+{
+    size_t i = 0, start;
+    uint64_t tag, v;
+
+    *restlen = 0;
+    *found = 0;
+    while (i < n) {
+        start = i;
+        /* As protobuf-c reads a tag: at most MS_ENVELOPE_WIRE_PREFIX_MAX
+         * octets (a field number of up to 32 bits), and field number 0 is
+         * refused when the first octet says so (a non-minimal zero is an
+         * unknown field to it, kept in rest like any other). */
+        if ((p[i] & 0xf8) == 0 ||
+            wire_varint(p, n, &i, MS_ENVELOPE_WIRE_PREFIX_MAX, &tag) != 0)
+            return -1;
+        switch (tag & 7) {
+        case 0: /* varint */
+            if (wire_varint(p, n, &i, MS_ENVELOPE_WIRE_VARINT_MAX, &v) != 0)
+                return -1;
+            break;
+        case 1: /* 64-bit */
+            if (n - i < 8)
+                return -1;
+            i += 8;
+            break;
+        case 5: /* 32-bit */
+            if (n - i < 4)
+                return -1;
+            i += 4;
+            break;
+        case 2: /* length-delimited */
+            if (wire_varint(p, n, &i, MS_ENVELOPE_WIRE_PREFIX_MAX, &v) != 0 || v > n - i)
+                return -1;
+            if ((tag >> 3) == MS_ENVELOPE_FIELD_MESSAGE) {
+                *moff = i;
+                *mlen = (size_t)v;
+                *found = 1;
+                i += (size_t)v;
+                continue; /* not copied */
+            }
+            i += (size_t)v;
+            break;
+        default: /* 3, 4: groups (not in proto3, protobuf-c refuses them); 6, 7: none */
+            return -1;
+        }
+        memcpy(rest + *restlen, p + start, i - start);
+        *restlen += i - start;
+    }
+    return 0;
+}
+
+ms_envelope *ms_envelope_decode_borrow(const void *buf, size_t len, char *err, size_t errlen)
+{
+    const uint8_t *p = buf;
+    uint8_t *rest = ms_malloc(len ? len : 1);
+    size_t restlen, moff = 0, mlen = 0;
+    int found;
+    ms_envelope *e = NULL;
+
+    /* Everything but the message is a few hundred octets: copying those to
+     * unpack them is cheap; the message stays where it is. */
+    if (wire_split(p, len, rest, &restlen, &moff, &mlen, &found) == 0 &&
+        (e = mailstream__envelope__unpack(NULL, restlen, rest)) != NULL) {
+        e = box(e, p, p + len);
+        if (found && mlen > 0) {
+            e->message.data = (uint8_t *)(p + moff); /* borrowed: never written */
+            e->message.len = mlen;
+        }
+    }
+    free(rest);
+    return checked(e, len, err, errlen);
+}
+
+void ms_envelope_set_message(ms_envelope *e, uint8_t *data, size_t len)
+{
+    if (!borrowed(e))
+        free(e->message.data);
+    e->message.data = data;
+    e->message.len = len;
 }
 
 void ms_envelope_free(ms_envelope *e)
 {
-    if (e)
-        mailstream__envelope__free_unpacked(e, NULL);
+    if (e == NULL)
+        return;
+    if (borrowed(e)) { /* not protobuf-c's to free */
+        e->message.data = NULL;
+        e->message.len = 0;
+    }
+    mailstream__envelope__free_unpacked(e, NULL);
 }
 
 uint8_t *ms_envelope_encode_dsn(const struct ms_envelope_dsn *in, size_t *len)
@@ -205,7 +354,7 @@ ms_envelope *ms_envelope_new_tx(const struct ms_envelope_tx *tx)
     free(buf);
     if (e == NULL) /* what we packed ourselves: a broken invariant */
         ms_panic("event=envelope_unpack_failed queue_id=%s", str(tx->queue_id));
-    return e;
+    return box(e, NULL, NULL);
 }
 
 void ms_envelope_set_auth(ms_envelope *e, int spf_mailfrom_pass, const char *dkim_aligned)

@@ -14,6 +14,13 @@
  * generated ones.
  *
  * Pure functions, any thread.  Buffers returned are malloc'd (free()).
+ *
+ * A decoded envelope either owns its message or borrows it from the record
+ * it was decoded from (ms_envelope_decode_borrow: the worker's path, where a
+ * 1 MiB message is then not copied a second time).  Callers never free() or
+ * write through `message.data`; they replace it with
+ * ms_envelope_set_message() and free the envelope with ms_envelope_free(),
+ * which know which case it is.
  */
 #ifndef MS_ENVELOPE_H
 #define MS_ENVELOPE_H
@@ -60,6 +67,28 @@ uint8_t *ms_envelope_encode(const ms_envelope *e, size_t *len);
 /* Decode and validate (version, queue id, at least one recipient).  Returns
  * the envelope (free with ms_envelope_free) or NULL with the reason in err. */
 ms_envelope *ms_envelope_decode(const void *buf, size_t len, char *err, size_t errlen);
+/* The same, but the message octets are not copied: `message.data` points
+ * into buf, which must outlive the envelope's use of it (the worker keeps
+ * the Kafka record until the envelope is done).  The record's top-level
+ * fields are walked (protobuf wire format: varint tags, wire types 0, 1, 2
+ * and 5) to find the message (field MS_ENVELOPE_FIELD_MESSAGE; the last one
+ * when repeated, as protobuf has it), and everything else goes through
+ * protobuf-c.  Accepts whatever ms_envelope_decode() accepts that our
+ * encoders or any protobuf encoder write, in any field order; it refuses
+ * what protobuf-c refuses (tags or lengths over
+ * MS_ENVELOPE_WIRE_PREFIX_MAX octets, varints over MS_ENVELOPE_WIRE_VARINT_MAX,
+ * group wire types, a first tag octet naming field 0), so both decoders
+ * accept the same records: tests/fuzz/fuzz_envelope.c checks that they
+ * agree, reasons included. */
+ms_envelope *ms_envelope_decode_borrow(const void *buf, size_t len, char *err, size_t errlen);
+#define MS_ENVELOPE_FIELD_MESSAGE 10  /* proto/envelope.proto: bytes message = 10 */
+#define MS_ENVELOPE_WIRE_PREFIX_MAX 5 /* octets of a tag or length varint (32 bits), as
+                                       * protobuf-c reads them */
+#define MS_ENVELOPE_WIRE_VARINT_MAX 10 /* octets of any varint (64 bits) */
+/* Replace the message by data[0..len) (malloc'd; the envelope takes it):
+ * the old one is freed when the envelope owned it. */
+void ms_envelope_set_message(ms_envelope *e, uint8_t *data, size_t len);
+/* Free a decoded envelope (NULL: nothing), owned or borrowed message. */
 void ms_envelope_free(ms_envelope *e);
 
 /* A transaction the frontend accepted (RFC 5321 MAIL, RCPT, DATA/BDAT and

@@ -208,11 +208,187 @@ static void test_retry(void **state)
     ms_envelope_free(e);
 }
 
+/* A record made of the queue id, one recipient and a version (everything
+ * ms_envelope_decode checks) followed by `tail` (raw wire data). */
+static size_t wire_record(uint8_t *out, const void *tail, size_t tlen)
+{
+    static const uint8_t head[] = {
+        0x08, 0x01,                          /* 1 version = 1 */
+        0x12, 0x03, 'Q', 'I', 'D',           /* 2 queue_id */
+        0x3a, 0x05, 0x0a, 0x03, 'b', '@', 'x' /* 7 recipients { 1 address } */
+    };
+
+    memcpy(out, head, sizeof(head));
+    memcpy(out + sizeof(head), tail, tlen);
+    return sizeof(head) + tlen;
+}
+
+/* Both decoders on buf: the same verdict, and when accepted the same
+ * envelope (packed again to the same octets); returns the borrowing one
+ * (NULL when refused). */
+static ms_envelope *both(const uint8_t *buf, size_t len)
+{
+    char err[128], err2[128];
+    ms_envelope *c = ms_envelope_decode(buf, len, err, sizeof(err));
+    ms_envelope *b = ms_envelope_decode_borrow(buf, len, err2, sizeof(err2));
+    uint8_t *pc, *pb;
+    size_t lc, lb;
+
+    if (c == NULL) {
+        assert_null(b);
+        assert_string_equal(err, err2);
+        return NULL;
+    }
+    assert_non_null(b);
+    pc = ms_envelope_encode(c, &lc);
+    pb = ms_envelope_encode(b, &lb);
+    assert_int_equal(lc, lb);
+    assert_memory_equal(pc, pb, lc);
+    free(pc);
+    free(pb);
+    ms_envelope_free(c);
+    return b;
+}
+
+/* The worker's decoder: the message is not copied but points into the
+ * record; every other field as ms_envelope_decode has it; replacing and
+ * freeing never free() the record's octets, even after the record is gone
+ * (the worker's order: the record is done before the envelope is freed). */
+static void test_borrow(void **state)
+{
+    struct ms_envelope_tx tx;
+    struct ms_envelope_tx_rcpt r = {"b@dest.example", MS_ENV_NOTIFY_FAILURE, NULL};
+    uint8_t *buf, *repl;
+    size_t len;
+    ms_envelope *e;
+
+    (void)state;
+    memset(&tx, 0, sizeof(tx));
+    tx.queue_id = "0123456789ABCDEFGHJKM";
+    tx.client.ip = "192.0.2.7";
+    tx.mail_from.address = "a@example.org";
+    tx.rcpts = &r;
+    tx.nrcpts = 1;
+    tx.quarantine = "held"; /* a field after the message (16 > 10) */
+    tx.message = "Subject: x\r\n\r\nbody\r\n";
+    tx.len = 20;
+    buf = ms_envelope_encode_tx(&tx, &len);
+    e = both(buf, len);
+    assert_non_null(e);
+    assert_true(e->message.data > buf && e->message.data + 20 <= buf + len);
+    assert_int_equal(e->message.len, 20);
+    assert_memory_equal(e->message.data, tx.message, 20);
+    assert_string_equal(e->quarantine, "held");
+    assert_string_equal(e->recipients[0]->address, "b@dest.example");
+    /* mailauth's rewrite: the borrowed octets are left alone. */
+    repl = malloc(4);
+    memcpy(repl, "X\r\n\r", 4);
+    ms_envelope_set_message(e, repl, 4);
+    assert_ptr_equal(e->message.data, repl);
+    ms_envelope_set_message(e, (uint8_t *)strdup("Y\r\n"), 3); /* owned: freed */
+    ms_envelope_free(e);
+    e = ms_envelope_decode_borrow(buf, len, (char[64]){0}, 64);
+    assert_non_null(e);
+    free(buf);
+    ms_envelope_free(e); /* after its record: pointers compared, nothing read */
+    /* ms_envelope_decode's copy is owned: replaced, it is freed. */
+    buf = ms_envelope_encode_tx(&tx, &len);
+    e = ms_envelope_decode(buf, len, (char[64]){0}, 64);
+    free(buf);
+    ms_envelope_set_message(e, (uint8_t *)strdup("Z\r\n"), 3);
+    ms_envelope_free(e);
+}
+
+/* Wire shapes any protobuf encoder may write: the message first, twice
+ * (the last counts), absent, empty, with a padded length; unknown fields
+ * of every wire type kept.  And malformed ones both decoders refuse. */
+static void test_borrow_wire(void **state)
+{
+    uint8_t rec[256];
+    size_t n;
+    ms_envelope *e;
+
+    (void)state;
+    n = wire_record(rec, "\x52\x03" "abc", 5);
+    e = both(rec, n);
+    assert_non_null(e);
+    assert_int_equal(e->message.len, 3);
+    assert_memory_equal(e->message.data, "abc", 3);
+    ms_envelope_free(e);
+
+    /* Message before everything else. */
+    memcpy(rec, "\x52\x02" "hi", 4);
+    n = 4 + wire_record(rec + 4, "", 0) ;
+    e = both(rec, n);
+    assert_non_null(e);
+    assert_ptr_equal(e->message.data, rec + 2);
+    ms_envelope_free(e);
+
+    /* Twice: the last one. */
+    n = wire_record(rec, "\x52\x01" "a" "\x40\x02" "\x52\x02" "bc", 9);
+    e = both(rec, n);
+    assert_non_null(e);
+    assert_int_equal(e->message.len, 2);
+    assert_memory_equal(e->message.data, "bc", 2);
+    assert_int_equal(e->direction, 2);
+    ms_envelope_free(e);
+
+    /* None, and an empty one. */
+    n = wire_record(rec, "", 0);
+    e = both(rec, n);
+    assert_int_equal(e->message.len, 0);
+    ms_envelope_free(e);
+    n = wire_record(rec, "\x52\x00", 2);
+    e = both(rec, n);
+    assert_int_equal(e->message.len, 0);
+    ms_envelope_free(e);
+
+    /* A length padded to MS_ENVELOPE_WIRE_PREFIX_MAX octets (valid
+     * protobuf: varints need not be minimal). */
+    n = wire_record(rec, "\x52\x83\x80\x80\x80\x00" "xyz", 9);
+    e = both(rec, n);
+    assert_non_null(e);
+    assert_int_equal(e->message.len, 3);
+    ms_envelope_free(e);
+
+    /* Unknown fields of each wire type (varint, 64-bit, bytes, 32-bit). */
+    n = wire_record(rec, "\xf8\x01\x07" "\xf9\x01" "12345678" "\xfa\x01\x01" "z"
+                         "\xfd\x01" "1234" "\x52\x01" "m", 26);
+    e = both(rec, n);
+    assert_non_null(e);
+    assert_int_equal(e->message.len, 1);
+    ms_envelope_free(e);
+
+    /* Malformed: refused by both, with the same reason. */
+    static const struct {
+        const char *tail;
+        size_t len;
+    } bad[] = {
+        {"\x52\x05" "abc", 5},                  /* length past the end */
+        {"\x52", 1},                            /* no length */
+        {"\x52\x80\x80\x80\x80\x80\x00", 7},    /* length over 5 octets */
+        {"\x80", 1},                            /* truncated tag */
+        {"\x02\x00", 2},                        /* field number 0 */
+        {"\x53\x00", 2},                        /* 10 as a group start */
+        {"\x0c", 1},                            /* group end */
+        {"\x56\x00", 2},                        /* wire type 6 */
+        {"\x51" "1234", 5},                     /* 64-bit, truncated */
+        {"\x55" "12", 3},                       /* 32-bit, truncated */
+        {"\x50\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", 12}, /* varint over 10 */
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        n = wire_record(rec, bad[i].tail, bad[i].len);
+        assert_null(both(rec, n));
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip),
         cmocka_unit_test(test_tx),
+        cmocka_unit_test(test_borrow),
+        cmocka_unit_test(test_borrow_wire),
         cmocka_unit_test(test_dsn),
         cmocka_unit_test(test_retry),
     };
