@@ -14,11 +14,20 @@
 
 #include <stddef.h>
 
+/* The one-pass forms (*_alloc) start from len + len / SLACK_DIV +
+ * SLACK_MIN octets and double when stuffing needs more (a message of
+ * one-octet "." lines doubles in size). */
+#define WK_DOTSTUFF_SLACK_DIV 64
+#define WK_DOTSTUFF_SLACK_MIN 64
+
 /* Exact length of the stuffed form of msg, terminator included. */
 size_t wk_dotstuff_len(const char *msg, size_t len);
 /* Write the stuffed form into out, which has room for wk_dotstuff_len()
  * octets; returns the length written. */
 size_t wk_dotstuff(const char *msg, size_t len, char *out);
+/* The stuffed form in one pass, into a malloc'd buffer (free()); its
+ * length in *outlen.  What the worker sends. */
+char *wk_dotstuff_alloc(const char *msg, size_t len, size_t *outlen);
 
 /* The same without the dots and the terminator, for BDAT (RFC 3030: chunks
  * are counted octets, no transparency needed): bare LF becomes CRLF and a
@@ -26,5 +35,6 @@ size_t wk_dotstuff(const char *msg, size_t len, char *out);
  * BDAT as by DATA.  Not for BINARYMIME bodies, which go as they are. */
 size_t wk_crlf_len(const char *msg, size_t len);
 size_t wk_crlf(const char *msg, size_t len, char *out);
+char *wk_crlf_alloc(const char *msg, size_t len, size_t *outlen);
 
 #endif

@@ -416,19 +416,15 @@ static void smtp_body_prepare(wk_smtp *s)
 
     if (s->body != NULL)
         return; /* prepared for this transaction already */
-    if (s->chunking && s->body_binarymime)
-        n = s->src_len; /* RFC 3030 §3: octet for octet */
-    else if (s->chunking)
-        n = wk_crlf_len(s->src, s->src_len);
-    else
-        n = wk_dotstuff_len(s->src, s->src_len);
-    wire = ms_malloc(n ? n : 1);
-    if (s->chunking && s->body_binarymime)
+    if (s->chunking && s->body_binarymime) { /* RFC 3030 §3: octet for octet */
+        n = s->src_len;
+        wire = ms_malloc(n ? n : 1);
         memcpy(wire, s->src, n);
-    else if (s->chunking)
-        wk_crlf(s->src, s->src_len, wire);
-    else
-        wk_dotstuff(s->src, s->src_len, wire);
+    } else if (s->chunking) {
+        wire = wk_crlf_alloc(s->src, s->src_len, &n);
+    } else {
+        wire = wk_dotstuff_alloc(s->src, s->src_len, &n);
+    }
     s->src = NULL;
     s->src_len = 0;
     s->body = wire;

@@ -29,8 +29,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct ms_ehlo e;
     char out[64];
     uint8_t challenge[WK_AUTH_CHALLENGE_MAX];
-    size_t pos = 0, i, n;
-    char *stuffed;
+    size_t pos = 0, i, n, n1;
+    char *stuffed, *once;
     int k, c;
 
     while (pos < size) {
@@ -63,6 +63,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     assert(wk_dotstuff(buf, size, stuffed) == n);
     assert(memcmp(stuffed + n - 3, ".\r\n", 3) == 0);
     assert(n == 3 || memcmp(stuffed + n - 5, "\r\n.\r\n", 5) == 0);
+    once = wk_dotstuff_alloc(buf, size, &n1); /* the worker's one pass: the same */
+    assert(n1 == n && memcmp(once, stuffed, n) == 0);
+    free(once);
     free(stuffed);
 
     n = wk_crlf_len(buf, size);
@@ -72,6 +75,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     assert(n == 0 || memcmp(stuffed + n - 2, "\r\n", 2) == 0);
     for (i = 0; i < n; i++)
         assert(stuffed[i] != '\n' || (i > 0 && stuffed[i - 1] == '\r'));
+    once = wk_crlf_alloc(buf, size, &n1);
+    assert(n1 == n && memcmp(once, stuffed, n) == 0);
+    free(once);
     free(stuffed);
     return 0;
 }

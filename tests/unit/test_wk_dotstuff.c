@@ -46,6 +46,11 @@ static void test_table(void **state)
         if (strcmp(out, cases[i].out) != 0)
             fail_msg("%s: got \"%s\"", cases[i].name, out);
         free(out);
+        /* The one-pass form the worker sends gives the same octets. */
+        out = wk_dotstuff_alloc(cases[i].in, strlen(cases[i].in), &n);
+        assert_int_equal(n, len);
+        assert_memory_equal(out, cases[i].out, len);
+        free(out);
     }
 }
 
@@ -89,7 +94,7 @@ static void test_crlf(void **state)
         {"bare CR kept", "a\rb\r\n", "a\rb\r\n"},
     };
     size_t i, n, len;
-    char out[64];
+    char out[64], *a;
 
     (void)state;
     for (i = 0; i < sizeof(crlf) / sizeof(crlf[0]); i++) {
@@ -101,6 +106,37 @@ static void test_crlf(void **state)
         out[n] = '\0';
         if (strcmp(out, crlf[i].out) != 0)
             fail_msg("%s: got \"%s\"", crlf[i].name, out);
+        a = wk_crlf_alloc(crlf[i].in, strlen(crlf[i].in), &n);
+        assert_int_equal(n, len);
+        assert_memory_equal(a, crlf[i].out, len);
+        free(a);
+    }
+}
+
+/* The one-pass form outgrows its first guess (len + len/SLACK_DIV +
+ * SLACK_MIN) when most lines need a dot or a CR: it grows, the octets are
+ * those of the exact two-pass form. */
+static void test_alloc_grows(void **state)
+{
+    size_t k, n, len, want;
+    char *in, *out, *exact;
+
+    (void)state;
+    for (k = 1; k <= 4096; k *= 4) {
+        len = 2 * k;
+        in = malloc(len);
+        for (size_t i = 0; i < k; i++)
+            memcpy(in + 2 * i, k % 2 ? ".\n" : "\n.", 2);
+        want = wk_dotstuff_len(in, len);
+        assert_true(want > len + len / WK_DOTSTUFF_SLACK_DIV + WK_DOTSTUFF_SLACK_MIN || k < 64);
+        exact = malloc(want);
+        wk_dotstuff(in, len, exact);
+        out = wk_dotstuff_alloc(in, len, &n);
+        assert_int_equal(n, want);
+        assert_memory_equal(out, exact, n);
+        free(out);
+        free(exact);
+        free(in);
     }
 }
 
@@ -109,6 +145,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_table),
         cmocka_unit_test(test_crlf),
+        cmocka_unit_test(test_alloc_grows),
         cmocka_unit_test(test_roundtrip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
