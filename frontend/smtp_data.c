@@ -7,9 +7,9 @@
  * the end-of-data line.
  *
  * Inside a line the machine does not go octet by octet: text_run() finds the
- * next CR, LF or NUL a word at a time, and DATA copies whole runs of clean
- * lines (up to a line that starts with ".", a problem or the end of the
- * input) in one append.  This reader touches every octet the frontend
+ * next CR, LF or NUL sixteen or eight octets at a time, and DATA copies
+ * whole runs of clean lines (up to a line that starts with ".", a problem or
+ * the end of the input) in one append.  This reader touches every octet the frontend
  * accepts: octet by octet it was 65 % of the frontend's instructions at
  * 1 MiB (7.7 M per message, docs/scaling.md "per KiB").
  */
@@ -17,6 +17,9 @@
 #include "ms_error.h"
 
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 enum {
     ST_BOL = 0, /* at the beginning of a line (after CRLF, or at the start) */
@@ -70,6 +73,34 @@ static size_t text_run(const char *p, size_t n, int *eight)
     uint64_t v, acc = 0;
     size_t i = 0;
 
+#ifdef __SSE2__
+    /* Sixteen at a time where SSE2 is there (every x86-64): a compare per
+     * octet value, one mask whose lowest bit is the first hit; the octets'
+     * own high bits give the 8-bit note.  Fewer than sixteen left: the
+     * word loop below finishes the run. */
+    {
+        const __m128i cr = _mm_set1_epi8('\r'), lf = _mm_set1_epi8('\n'),
+                      nul = _mm_setzero_si128();
+        unsigned hi = 0, m;
+
+        for (; i + 16 <= n; i += 16) {
+            __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
+            __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, cr), _mm_cmpeq_epi8(x, lf)),
+                                       _mm_cmpeq_epi8(x, nul));
+
+            m = (unsigned)_mm_movemask_epi8(hit);
+            if (m != 0) {
+                m = (unsigned)__builtin_ctz(m); /* the first hit's octet */
+                hi |= (unsigned)_mm_movemask_epi8(x) & ((1u << m) - 1);
+                *eight = hi != 0;
+                return i + m;
+            }
+            hi |= (unsigned)_mm_movemask_epi8(x);
+        }
+        if (hi)
+            acc = HIGHS;
+    }
+#endif
     for (; i + 8 <= n; i += 8) {
         memcpy(&v, p + i, 8);
         if (HAS_LESS(v, 0x0e) &&
