@@ -5,8 +5,8 @@ through a caching resolver.
 The world (InboundWorld.start):
 - DOMAINS sender domains, each its own zone on a private NSD
   (tests/integration/dns_zone.Nsd): SPF `v=spf1 ip4:127.0.0.1 -all` (the
-  bench client's address), a DKIM key (RSA-2048 for the even-numbered
-  domains, Ed25519 for the odd ones: RFC 8301, RFC 8463), DMARC `p=reject`
+  bench client's address), a DKIM key (RSA-2048 for sender01, sender03, ...,
+  Ed25519 for sender02, sender04, ...: RFC 8301, RFC 8463), DMARC `p=reject`
   with strict alignment; and SPOOFER, whose SPF passes but which has no
   DMARC record (the envelope domain of the forged message below);
 - an Unbound in front of it (dns_zone.Unbound, port 53 of a 127.x.y.z):
