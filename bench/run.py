@@ -745,6 +745,19 @@ def measure_run(system, sink: CountingSink, wl: Workload, messages: int, run_id:
             except (RuntimeError, OSError) as e:
                 res["ok"] = False
                 res["error"] = f"inbound checks: {e}"[:2000]
+            if isinstance(system, MailstreamSystem):
+                # How long the worker's evaluations took (the run's and its
+                # warm-up's: the cluster is the run's own): where the
+                # worker's time goes when it is not CPU-bound.
+                h: Dict[float, float] = {}
+                for addr in system.worker_metrics_addrs():
+                    for b, c in histograms(fetch_metrics(addr)).get(
+                            "mailstream_worker_policy_seconds", {}).items():
+                        h[b] = h.get(b, 0.0) + c
+                for q, label in ((0.5, "p50"), (0.99, "p99")):
+                    lo, hi, n = hist_quantile({}, h, q)
+                    res[f"worker_policy_{label}_bucket_ms"] = (
+                        None if hi is None else [lo * 1000, hi * 1000])
     finally:
         system.finish()
     res["load_after"] = procstat.loadavg()
