@@ -23,6 +23,7 @@
 struct ms_dkim_privkey {
     EVP_PKEY *pkey;
     enum ms_dkim_keytype type;
+    unsigned refs; /* owner's thread only (ms_dkim.h) */
 };
 
 const char *const ms_dkim_default_headers[] = {
@@ -132,6 +133,7 @@ static int key_parse(const char *data, size_t len, ms_dkim_privkey **out, const 
         return MS_ECONFIG;
     }
     (*out)->pkey = pk;
+    (*out)->refs = 1;
     return 0;
 }
 
@@ -171,9 +173,15 @@ int ms_dkim_key_load(const char *path, ms_dkim_privkey **out, const char **why)
     return rc;
 }
 
+ms_dkim_privkey *ms_dkim_key_ref(ms_dkim_privkey *k)
+{
+    k->refs++;
+    return k;
+}
+
 void ms_dkim_key_free(ms_dkim_privkey *k)
 {
-    if (k == NULL)
+    if (k == NULL || --k->refs > 0)
         return;
     EVP_PKEY_free(k->pkey);
     free(k);
