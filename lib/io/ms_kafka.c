@@ -51,6 +51,10 @@
 /* A producer moves on to the next partition after this many octets
  * (sticky_partitioner); a few linger windows' worth at full speed. */
 #define MS_KAFKA_STICKY_BYTES (256 * 1024)
+/* The first librdkafka whose rd_kafka_destroy() copes with a consumer group
+ * joined but never synced (cooperative-sticky; librdkafka #4312, #4381):
+ * 2.2.1 as rd_kafka_version() encodes it (0xMMmmrrxx). */
+#define MS_RDKAFKA_STICKY_DESTROY_FIXED 0x020201ff
 /* How often a consumer with a lag callback gets librdkafka's statistics:
  * often enough for an autoscaler (KEDA polls every 30 s by default), rare
  * enough that building and parsing the JSON costs nothing measurable. */
@@ -642,6 +646,10 @@ struct ms_consumer {
     ms_lag_cb lag_cb;   /* statistics (consumer_stats_cb): NULL none */
     void *lag_arg;
     uint64_t gen;
+    /* A rebalance callback assigned partitions (possibly none) at least
+     * once: the group's SyncGroup completed, so the assignor has a state
+     * (see ms_consumer_free). */
+    int synced;
     int paused;         /* the application wants no records */
     int fetch_paused;   /* librdkafka's fetchers are paused too */
     struct ptrack *parts;
@@ -768,6 +776,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 
     c->gen++;
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        c->synced = 1;
         for (i = 0; i < parts->cnt; i++) {
             if ((t = ptrack_get(c, parts->elems[i].partition)) == NULL)
                 continue;
@@ -1075,7 +1084,18 @@ void ms_consumer_free(ms_consumer *c)
     while ((first = ms_list_first(&c->out)) != NULL)
         rec_unlink(c, ms_list_entry(first, struct rec_node, out));
     kloop_close(c->kl);
-    rd_kafka_destroy(c->rk);
+    if (!c->synced && rd_kafka_version() < MS_RDKAFKA_STICKY_DESTROY_FIXED) {
+        /* librdkafka before 2.2.1 aborts in rd_kafka_destroy() when the
+         * group was joined but no SyncGroup ever completed (a rebalance in
+         * progress since this consumer started): the cooperative-sticky
+         * assignor's state is still NULL and its destroy asserts it
+         * (librdkafka #4312, fixed by #4381).  The consumer is closed (group
+         * left, offsets committed); only the handle's memory is left to the
+         * process's exit, which follows. */
+        ms_info("event=kafka_destroy_skipped topic=%s reason=never_assigned", c->topic);
+    } else {
+        rd_kafka_destroy(c->rk);
+    }
     for (i = 0; i < c->nparts; i++)
         free(c->parts[i].offsets);
     free(c->parts);

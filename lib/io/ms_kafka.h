@@ -147,7 +147,10 @@ int ms_consumer_ready(ms_consumer *c, char *why, size_t whylen);
 /* Records handed out and not yet done. */
 int ms_consumer_in_flight(ms_consumer *c);
 /* Commit stored offsets, leave the group, free.  Records not yet done are
- * freed without storing their offsets.  Blocks: shutdown only. */
+ * freed without storing their offsets.  Blocks: shutdown only: with a
+ * librdkafka older than 2.2.1 and a consumer that never had an assignment,
+ * the librdkafka handle itself is left to the process's exit (its destroy
+ * would abort, ms_kafka.c). */
 void ms_consumer_free(ms_consumer *c);
 
 /* ---- administration ---- */
