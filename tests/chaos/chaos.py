@@ -898,6 +898,8 @@ class Scraper(threading.Thread):
         self.lag: Dict[str, float] = {}
         self.halt = threading.Event()
         self.seen_metric = False
+        # (worker, pid) -> histogram name -> {"buckets": {le: n}, "sum", "count"}
+        self.hist: Dict[Tuple[str, int], Dict[str, dict]] = {}
 
     def scrape_once(self) -> None:
         lag = {}
@@ -917,6 +919,7 @@ class Scraper(threading.Thread):
                 self.seen_metric = True
                 total += float(m.group("v"))
             self.dup[(name, pid)] = total
+            self.hist[(name, pid)] = parse_histograms(text, WINDOW_HISTOGRAMS)
             v = 0.0
             for m in re.finditer(r"^mailstream_worker_(consumer_lag|retry_held|in_flight)"
                                  r"(\{[^}]*\})?\s+(\S+)$", text, re.M):
@@ -933,6 +936,57 @@ class Scraper(threading.Thread):
 
     def unavoidable(self) -> int:
         return int(sum(self.dup.values()))
+
+    def windows(self) -> Dict[str, dict]:
+        """Each window histogram summed over every worker process seen (a
+        killed one's last scrape kept): count, mean and bucket quantiles."""
+        out = {}
+        for name in WINDOW_HISTOGRAMS:
+            buckets: Dict[float, float] = collections.Counter()
+            total = count = 0.0
+            for h in self.hist.values():
+                if name in h:
+                    for le, n in h[name]["buckets"].items():
+                        buckets[le] += n
+                    total += h[name]["sum"]
+                    count += h[name]["count"]
+            out[name] = summarize_histogram(buckets, total, count)
+        return out
+
+
+# The worker's histograms of the unavoidable duplicate's window
+# (worker/delivery.c): end of data sent -> destination's reply, and ->
+# outcome recorded in Redis.
+WINDOW_HISTOGRAMS = ("mailstream_worker_end_reply_seconds", "mailstream_worker_unrecorded_seconds")
+
+
+def parse_histograms(text: str, names) -> Dict[str, dict]:
+    out: Dict[str, dict] = {}
+    for name in names:
+        h = {"buckets": {}, "sum": 0.0, "count": 0.0}
+        for m in re.finditer(rf'^{name}_bucket\{{[^}}]*le="([^"]+)"[^}}]*\}}\s+(\S+)$', text, re.M):
+            h["buckets"][float(m.group(1))] = float(m.group(2))
+        m = re.search(rf"^{name}_sum(?:\{{\}})?\s+(\S+)$", text, re.M)
+        h["sum"] = float(m.group(1)) if m else 0.0
+        m = re.search(rf"^{name}_count(?:\{{\}})?\s+(\S+)$", text, re.M)
+        h["count"] = float(m.group(1)) if m else 0.0
+        if h["count"]:
+            out[name] = h
+    return out
+
+
+def summarize_histogram(buckets: Dict[float, float], total: float, count: float) -> dict:
+    """count, mean, and the p50/p90/p99 bucket bounds (cumulative buckets)."""
+    res = {"count": int(count), "mean_ms": round(1000 * total / count, 2) if count else None}
+    for q in (0.5, 0.9, 0.99):
+        bound = None
+        for le in sorted(buckets):
+            if count and buckets[le] >= q * count:
+                bound = le
+                break
+        res[f"p{int(q * 100)}_le_ms"] = None if bound is None else (
+            "inf" if bound == float("inf") else round(1000 * bound, 1))
+    return res
 
 
 def read_deliveries(path: Path, run: str) -> Tuple[Dict[Tuple[int, int], List[tuple]], int]:
@@ -1117,6 +1171,7 @@ def check(run: str, stats: Stats, shape: Shape, scraper: Scraper,
         "flagged_not_duplicated": len(set(flagged) - dup_qids),
         "unavoidable_by_signal": per_op_rows(ops, by_op, deliv),
         "unavoidable_unattributed": by_op.get(-1, 0),
+        "window_histograms": scraper.windows(),
         "library_aborts": len(aborts),
         "library_abort_examples": aborts[:5],
         "corrupted": corrupt,
@@ -1335,6 +1390,8 @@ def print_summary(s: dict) -> None:
           f"recipients) as possibly delivered by a dead holder; "
           f"{s.get('flagged_not_duplicated', 0)} of them arrived once; "
           f"library aborts {s.get('library_aborts', 0)}")
+    for name, h in (s.get("window_histograms") or {}).items():
+        print(f"{name}: {h}")
     sig = s.get("unavoidable_by_signal") or []
     if sig:
         print(f"{'worker signal':<30} {'workers':>7} {'rate/s':>7} {'unavoid.':>8} {'window ms':>9}")

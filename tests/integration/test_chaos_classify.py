@@ -81,3 +81,18 @@ def test_split_per_queue_id(tmp_path):
     # copies: 0.4/s, 0.2/s for each of 2 workers): 3 duplicates / 0.2/s.
     assert rows[1]["worker_rate"] == 0.2
     assert rows[1]["window_ms"] == 15000.0
+
+
+def test_window_histograms_summed():
+    text = ('mailstream_worker_unrecorded_seconds_bucket{le="0.001"} 1\n'
+            'mailstream_worker_unrecorded_seconds_bucket{le="0.01"} 5\n'
+            'mailstream_worker_unrecorded_seconds_bucket{le="+Inf"} 6\n'
+            'mailstream_worker_unrecorded_seconds_sum 0.5\n'
+            'mailstream_worker_unrecorded_seconds_count 6\n')
+    h = chaos.parse_histograms(text, chaos.WINDOW_HISTOGRAMS)
+    assert set(h) == {"mailstream_worker_unrecorded_seconds"}   # no replies yet: absent
+    u = h["mailstream_worker_unrecorded_seconds"]
+    assert u["buckets"] == {0.001: 1.0, 0.01: 5.0, float("inf"): 6.0}
+    s = chaos.summarize_histogram(u["buckets"], u["sum"], u["count"])
+    assert s == {"count": 6, "mean_ms": 83.33, "p50_le_ms": 10.0, "p90_le_ms": "inf",
+                 "p99_le_ms": "inf"}
