@@ -900,8 +900,10 @@ class Scraper(threading.Thread):
         self.seen_metric = False
         # (worker, pid) -> histogram name -> {"buckets": {le: n}, "sum", "count"}
         self.hist: Dict[Tuple[str, int], Dict[str, dict]] = {}
+        self.loads: List[float] = []   # the machine's 1-minute load average, each scrape
 
     def scrape_once(self) -> None:
+        self.loads.append(os.getloadavg()[0])
         lag = {}
         for name, pid, kind, alive in self.s.members.status():
             if kind != "worker" or not alive:
@@ -1172,6 +1174,9 @@ def check(run: str, stats: Stats, shape: Shape, scraper: Scraper,
         "unavoidable_by_signal": per_op_rows(ops, by_op, deliv),
         "unavoidable_unattributed": by_op.get(-1, 0),
         "window_histograms": scraper.windows(),
+        "load_avg_1m": ({"min": round(min(scraper.loads), 1), "max": round(max(scraper.loads), 1),
+                         "mean": round(sum(scraper.loads) / len(scraper.loads), 1)}
+                        if scraper.loads else None),
         "library_aborts": len(aborts),
         "library_abort_examples": aborts[:5],
         "corrupted": corrupt,
@@ -1371,7 +1376,7 @@ def print_summary(s: dict) -> None:
     print(f"run {s['run']} mode {s['mode']} brokers {s['brokers']} frontends {s['frontends']} "
           f"workers {s['workers']} rate {s['rate']}/s clients {s['clients']} seed {s['seed']}")
     print(f"startup {s['startup_s']} s, sending {s['send_s']} s, drain {s['drain_s']} s, "
-          f"wall {s['wall_s']} s")
+          f"wall {s['wall_s']} s, load average (1 min) {s.get('load_avg_1m')}")
     print(f"sent {s['sent']}  accepted {s['accepted']}  delivered {s['delivered']}  "
           f"lost {s['lost']}  duplicated {s['duplicated']} (unavoidable "
           f"{s['duplicated_unavoidable']}, other {s['duplicated_other']}"
