@@ -1020,6 +1020,11 @@ def read_deliveries(path: Path, run: str) -> Tuple[Dict[Tuple[int, int], List[tu
 # (worker/delivery.c, fence_note_prior).
 FLAG_RE = re.compile(r"^ts=(\S+) .*\bevent=duplicate_risk kind=unavoidable qid=(\S+) rcpts=(\d+)",
                      re.M)
+# A worker that got the destination's 250 but could not write the marker
+# within WK_MARKER_RETRY_MAX_MS (worker/delivery.c, marker_retry): a later
+# owner then sees the lease "in DATA" and flags the redelivery, but the
+# duplicate was the cluster's (Redis lost), not a death after the ".".
+LOST_RE = re.compile(r"\bevent=marker_lost qid=(\S+)")
 # librdkafka's own aborts (an assertion in the library, not ours).
 ABORT_RE = re.compile(r"^mailstream-worker: (\S+: .*Assertion .*)$", re.M)
 
@@ -1028,7 +1033,8 @@ def read_worker_logs(state_dir: Path) -> Tuple[Dict[str, List[tuple]], List[tupl
     """Every worker log under state_dir (each worker NAME writes NAME.log,
     appended across restarts, so killed, removed and added workers are all
     there): qid -> [(worker, time, rcpts)] of the `duplicate_risk
-    kind=unavoidable` lines, and [(worker, line)] of library aborts."""
+    kind=unavoidable` lines (and (worker, "marker_lost", 0) for a marker
+    given up on), and [(worker, line)] of library aborts."""
     flagged: Dict[str, List[tuple]] = collections.defaultdict(list)
     aborts: List[tuple] = []
     for p in sorted(state_dir.glob("worker-*.log")):
@@ -1038,6 +1044,8 @@ def read_worker_logs(state_dir: Path) -> Tuple[Dict[str, List[tuple]], List[tupl
             continue
         for m in FLAG_RE.finditer(text):
             flagged[m.group(2)].append((p.stem, m.group(1), int(m.group(3))))
+        for m in LOST_RE.finditer(text):
+            flagged[m.group(1)].append((p.stem, "marker_lost", 0))
         for m in ABORT_RE.finditer(text):
             aborts.append((p.stem, m.group(1)))
     return flagged, aborts
@@ -1052,7 +1060,9 @@ def classify_duplicates(deliv: Dict[Tuple[int, int], List[tuple]],
     the destination may have taken the "." just before that holder died);
     every other duplicate is one the fencing should have prevented. A
     copy without a queue id in the sink's record (an older sink) cannot
-    be matched and counts as other. Copies of one attempt under two queue
+    be matched and counts as other, and so does one whose marker a worker
+    gave up writing (`event=marker_lost`: Redis lost the outcome, no
+    death after the "." explains it). Copies of one attempt under two queue
     ids (the frontend queued it twice) are other too: no worker fault
     explains them."""
     unavoidable, other = [], []
@@ -1062,7 +1072,9 @@ def classify_duplicates(deliv: Dict[Tuple[int, int], List[tuple]],
         qids = {c[2] for c in copies}
         qid = next(iter(qids)) if len(qids) == 1 else None
         row = (key, len(copies) - 1, qid if qid is not None else ",".join(sorted(qids)))
-        if qid is not None and qid != "-" and qid in flagged:
+        marks = flagged.get(qid, []) if qid not in (None, "-") else []
+        if any(t != "marker_lost" for _w, t, _n in marks) and \
+                not any(t == "marker_lost" for _w, t, _n in marks):
             unavoidable.append(row)
         else:
             other.append(row)
@@ -1148,6 +1160,7 @@ def check(run: str, stats: Stats, shape: Shape, scraper: Scraper,
     client_dups = sum(1 for s, _a in unacked if s in delivered_acked)
     unavoidable = scraper.unavoidable()
     flagged_rcpts = sum(n for v in flagged.values() for _w, _t, n in v)
+    markers_lost = sum(1 for v in flagged.values() if any(t == "marker_lost" for _w, t, _n in v))
     return {
         "sent": len(stats.sent_seqs),
         "attempts": stats.attempts,
@@ -1169,8 +1182,11 @@ def check(run: str, stats: Stats, shape: Shape, scraper: Scraper,
         # queue ids; the flagged qids that did not arrive twice are the
         # counter's overcount (DATA started, "." never sent or never taken).
         "flagged_rcpts": flagged_rcpts,
-        "flagged_qids": len(flagged),
-        "flagged_not_duplicated": len(set(flagged) - dup_qids),
+        "flagged_qids": sum(1 for v in flagged.values()
+                            if any(t != "marker_lost" for _w, t, _n in v)),
+        "markers_lost": markers_lost,
+        "flagged_not_duplicated": len({q for q, v in flagged.items()
+                                       if any(t != "marker_lost" for _w, t, _n in v)} - dup_qids),
         "unavoidable_by_signal": per_op_rows(ops, by_op, deliv),
         "unavoidable_unattributed": by_op.get(-1, 0),
         "window_histograms": scraper.windows(),

@@ -38,6 +38,8 @@ def test_split_per_queue_id(tmp_path):
         "r1-6-1 ff 101.500 Q6b",         # even though one qid was flagged
         "other-7-1 gg 100.000 Q7",       # another run's line
         "r1-8-1 hh 100.600",             # an older sink's line (no qid), once
+        "r1-9-1 ii 100.700 Q10",         # twice, flagged, but its marker was given
+        "r1-9-1 ii 118.000 Q10",         # up on (Redis lost it): other
     ], {
         # Q2's line in a worker that was killed later (its log stays), Q5
         # and Q6a in a worker added during the run; Q9 flagged but arrived
@@ -52,19 +54,23 @@ def test_split_per_queue_id(tmp_path):
                     "ts=2026-12-06T10:00:16.100Z level=warn node=wk7 event=duplicate_risk "
                     "kind=unavoidable qid=Q6a rcpts=1 prior_in_data=1 gen=2\n"
                     "ts=2026-12-06T10:00:17.000Z level=warn node=wk7 event=duplicate_risk "
-                    "kind=unavoidable qid=Q9 rcpts=1 prior_in_data=1 gen=2\n",
+                    "kind=unavoidable qid=Q9 rcpts=1 prior_in_data=1 gen=2\n"
+                    "ts=2026-12-06T10:00:17.500Z level=warn node=wk7 event=duplicate_risk "
+                    "kind=unavoidable qid=Q10 rcpts=1 prior_in_data=1 gen=2\n",
+        "worker-2": "ts=2026-12-06T10:00:18.000Z level=warn node=wk2 event=marker_lost "
+                    "qid=Q10 rcpts=1 waited_ms=60000\n",
     })
     deliv, foreign = chaos.read_deliveries(tmp_path / "chaos-sink" / "delivered.log", "r1")
     assert foreign == 1
     assert deliv[(8, 1)] == [("hh", 100.6, "-")]
     flagged, aborts = chaos.read_worker_logs(tmp_path)
-    assert set(flagged) == {"Q2", "Q5", "Q6a", "Q9"}
+    assert set(flagged) == {"Q2", "Q5", "Q6a", "Q9", "Q10"}
     assert flagged["Q5"] == [("worker-7", "2026-12-06T10:00:16.000Z", 2)]
     assert len(aborts) == 1 and aborts[0][0] == "worker-1"
     unavoidable, other = chaos.classify_duplicates(deliv, flagged)
     assert [(k, n, q) for k, n, q in unavoidable] == [((2, 1), 1, "Q2"), ((5, 2), 2, "Q5")]
     assert [(k, n, q) for k, n, q in other] == [((3, 1), 1, "Q3"), ((4, 1), 1, "-"),
-                                                ((6, 1), 1, "Q6a,Q6b")]
+                                                ((6, 1), 1, "Q6a,Q6b"), ((9, 1), 1, "Q10")]
 
     # Attribution: the signal nearest after the first copy (the dying
     # worker's), allowing the sink to record it up to 2 s after the signal.
