@@ -52,9 +52,14 @@ def test_worker_sigterm_during_rebalance_exits_zero(cluster_factory):
     try:
         for _ in range(ROUNDS):
             w = cl.add_worker(wait=False)
-            # Stopped while the groups it joined are still settling: before,
-            # during or just after their first assignment.
-            time.sleep(rng.uniform(0.5, 3.0))
+            # Its SIGTERM handler is installed before it logs event=started
+            # (earlier, SIGTERM kills it outright: nothing to drain yet). Its
+            # consumers are joining their groups by then: stopped while those
+            # are still settling, before, during or just after their first
+            # assignment.
+            mslocal.wait_until(lambda: "event=started" in w.log.read_text(errors="replace"),
+                               60, f"{w.name} started", interval=0.05, log_path=w.log)
+            time.sleep(rng.uniform(0.2, 2.5))
             proc = w.proc
             w.stop(timeout=60)
             rc = proc.popen.wait(timeout=5)
