@@ -5,7 +5,7 @@
  * or bare CR is recorded as an error and treated as ordinary content, so
  * the state after it is "inside a line" and a following "." can never start
  * the end-of-data line.  Inside a line, runs of ordinary octets are found
- * eight at a time (text_run), and a whole line within the limits is copied
+ * eight at a time (fe_text_run), and a whole line within the limits is copied
  * with its CRLF at once: the body is most of the frontend's work per octet
  * (docs/scaling.md, "Message format checks").
  */
@@ -51,17 +51,15 @@ const char *fe_data_reply(enum fe_data_status s)
  * matches; only the lowest match is sure to be flagged at its place, as a
  * borrow may flag octets above it). */
 #define ONES 0x0101010101010101ULL
-#define HIGH_BITS 0x8080808080808080ULL
+#define HIGH_BITS FE_TEXT_8BIT
 #define HAS_ZERO(v) (((v) - ONES) & ~(v) & HIGH_BITS)
 #define HAS_LESS(v, n) (((v) - ONES * (n)) & ~(v) & HIGH_BITS) /* n <= 128 */
 
-/* The end of the run of ordinary octets p[i..n): the first CR, LF or NUL,
- * else n.  Eight octets at a time: a word with no control octet (all three
- * are below 0x0e) costs a few instructions, instead of a few per octet, and
- * a message body is almost all such runs.  The octets before the end are
- * OR-ed into *acc, so that an octet >= 0x80 (*acc & HIGH_BITS) costs no
- * second pass over the body. */
-static size_t text_run(const char *p, size_t i, size_t n, uint64_t *acc)
+/* Eight octets at a time: a word with no control octet (CR, LF and NUL are
+ * all below 0x0e) costs a few instructions, instead of a few per octet, and
+ * a message is almost all such runs.  ORing the octets on the way makes the
+ * 8-bit mark free: no second pass over the body. */
+size_t fe_text_run(const char *p, size_t i, size_t n, uint64_t *acc)
 {
     uint64_t v, m, a = 0;
 
@@ -159,7 +157,7 @@ int fe_data_feed(struct fe_data_reader *r, const char *buf, size_t len)
         case ST_TEXT:
             /* Fast path: a run of ordinary octets. */
             acc = 0;
-            j = text_run(buf, i, len, &acc);
+            j = fe_text_run(buf, i, len, &acc);
             if (j + 1 < len && buf[j] == '\r' && buf[j + 1] == '\n' &&
                 r->status == FE_DATA_OK && r->size + (j + 2 - i) <= r->max_size &&
                 r->_linelen + (j + 2 - i) <= FE_SMTP_TEXT_LINE_MAX) {
@@ -270,7 +268,7 @@ static void bdat_check(struct fe_bdat_reader *r, const char *p, size_t n)
             bdat_line(r, 1);
         }
         acc = 0;
-        j = text_run(p, i, n, &acc);
+        j = fe_text_run(p, i, n, &acc);
         if (j > i) {
             /* Checked before the chunk is appended: where it will end. */
             if (r->want_8bit && (acc & HIGH_BITS))
