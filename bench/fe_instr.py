@@ -197,7 +197,7 @@ def smtplib_source(port: int, sessions: int, n: int, size: int) -> float:
     SIZE= (RFC 1870), as MTAs send it; smtp-source sends HELO and no SIZE."""
     import smtplib
     import threading
-    lines = [f"From: <bench@client.test>", "To: <bench@mailstream.test>",
+    lines = ["From: <bench@client.test>", "To: <bench@mailstream.test>",
              "Subject: fe_instr", ""]
     body_len = sum(len(x) + 2 for x in lines)
     i = 0
