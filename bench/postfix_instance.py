@@ -17,7 +17,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "postfix"
@@ -46,11 +46,16 @@ class PostfixInstance:
                  smtpd_maxproc: str = "-", message_size_limit: int = 26214400,
                  templates: Optional[Path] = None,
                  extra_values: Optional[Dict[str, str]] = None,
-                 milters: Sequence[str] = ()):
+                 milters: Sequence[str] = (),
+                 start_wrapper: Optional[Callable[[List[str]], List[str]]] = None):
         """templates: a directory whose main.cf.in / master.cf.in replace
         bench/postfix's (a file it lacks is taken from bench/postfix);
-        extra_values: more @PLACEHOLDER@ values for them (tests/interop);
-        milters: smtpd_milters, in order ("inet:127.0.0.1:PORT", ...)."""
+        extra_values: more @PLACEHOLDER@ values for them (tests/interop;
+        RECIPIENT_RESTRICTIONS, MAIN_EXTRA, MASTER_EXTRA: bench/inbound.py);
+        milters: smtpd_milters, in order ("inet:127.0.0.1:PORT", ...);
+        start_wrapper: turns the `postfix start` command into the one run
+        (bench/inbound.py: in a mount namespace with a resolv.conf of its
+        own, which the master and every daemon it starts inherit)."""
         self.root = Path(root)
         self.templates = Path(templates) if templates else TEMPLATES
         self.conf_dir = self.root / "etc"
@@ -70,8 +75,12 @@ class PostfixInstance:
             "SMTPD_MAXPROC": smtpd_maxproc,
             "MESSAGE_SIZE_LIMIT": str(message_size_limit),
             "SMTPD_MILTERS": ", ".join(milters),
+            "RECIPIENT_RESTRICTIONS": "",
+            "MAIN_EXTRA": "",
+            "MASTER_EXTRA": "",
             **(extra_values or {}),
         }
+        self.start_wrapper = start_wrapper
         self.master_pid: Optional[int] = None
 
     # -- configuration --
@@ -118,7 +127,10 @@ class PostfixInstance:
 
     # -- start / stop --
     def _postfix(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([POSTFIX, "-c", str(self.conf_dir), *args],
+        argv = [POSTFIX, "-c", str(self.conf_dir), *args]
+        if args == ("start",) and self.start_wrapper is not None:
+            argv = self.start_wrapper(argv)
+        return subprocess.run(argv,
                               capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)
 

@@ -27,6 +27,12 @@ Postfix through smtpd_milters, Mailstream through [milter] servers; its CPU
 counts in each system's total (process "rspamd"). No connection-scale test
 then.
 
+The inbound systems (postfix-inbound, mailstream-inbound; bench/inbound.py)
+receive DKIM-signed mail from ten sender domains and verify SPF, DKIM and
+DMARC through a private Unbound in front of a private NSD; each of their runs
+then fails unless every message at the sink carries spf, dkim and dmarc pass
+and a forged message was refused (Postfix) or discarded (Mailstream).
+
 The report goes to stdout and to bench/results/<timestamp>.{md,json}.
 README: bench/README.md. Only loopback addresses are used; every process is
 started here and stopped by its pid.
@@ -110,7 +116,13 @@ DANE_ZONE = "bench.mstest"  # not under "test.": libunbound answers that itself
 # Mail is signed for SENDER's domain (smtp-source's From: is SENDER).
 SIGN_SYSTEMS = {"mailstream-sign-rsa": "rsa", "mailstream-sign-ed25519": "ed25519",
                 "postfix-sign-rsa": "rsa"}
-ALL_SYSTEMS = SYSTEMS + list(TLS_SYSTEMS) + list(SIGN_SYSTEMS)
+# Inbound MX traffic (issue 19, workload "inbound", bench/inbound.py): every
+# message DKIM-signed by one of ten sender domains whose SPF, DKIM and DMARC
+# records a private NSD serves through an Unbound; Mailstream with [policy]
+# inbound = yes, Postfix with postfix-policyd-spf-python, OpenDKIM and
+# OpenDMARC. Each run then checks every message the sink got.
+INBOUND_SYSTEMS = ["postfix-inbound", "mailstream-inbound"]
+ALL_SYSTEMS = SYSTEMS + list(TLS_SYSTEMS) + list(SIGN_SYSTEMS) + INBOUND_SYSTEMS
 # --variant NAME=COMPONENT:SECTION.KEY=VALUE adds the system "mailstream+NAME":
 # Mailstream with those frontend or worker settings on top of the others,
 # measured in the same rounds as the rest (A/B of one setting, e.g. the
@@ -139,8 +151,11 @@ class CountingSink:
 
     _MESG = re.compile(rb"mesg=(\d+)")
 
-    def __init__(self, sup: mslocal.Supervisor, port: int, name: str = "sink"):
-        self.sup, self.port, self.name = sup, port, name
+    def __init__(self, sup: mslocal.Supervisor, port: int, name: str = "sink",
+                 dump: Optional[Path] = None):
+        """dump: every message is also appended to this file (smtp-sink -D),
+        for the inbound workload's checks."""
+        self.sup, self.port, self.name, self.dump = sup, port, name, dump
         self.log = sup.state_dir / name / "sink.out"
         self.count = 0
         self.changed_at = 0.0
@@ -161,6 +176,8 @@ class CountingSink:
         argv = [SMTP_SINK]
         if os.geteuid() == 0:
             argv += ["-u", "root"]
+        if self.dump is not None:
+            argv += ["-D", str(self.dump)]
         argv += ["-c", "-m", "1024", "-h", "sink.bench.test", f"{HOST}:{self.port}", "1024"]
         p = self.sup.spawn(self.name, argv, self.log)
         mslocal.wait_until(lambda: mslocal.port_open(HOST, self.port), 10, "smtp-sink", p.alive,
@@ -391,6 +408,7 @@ def fetch_metrics(addr: str) -> str:
 
 class PostfixSystem:
     name = "postfix"
+    inbound = None   # the InboundWorld of postfix-inbound
 
     def __init__(self, inst: PostfixInstance, name: str = "postfix",
                  more_pids: Optional[Dict[str, int]] = None):
@@ -419,6 +437,8 @@ class PostfixSystem:
 
 
 class MailstreamSystem:
+    inbound = None   # the InboundWorld of mailstream-inbound
+
     def __init__(self, name: str, sup: mslocal.Supervisor, kafka: mslocal.Kafka,
                  redis: mslocal.Redis, sink_addr: str, frontends: int, workers: int,
                  topic_configs: Dict[str, str], events_topic: str, tag: str,
@@ -471,6 +491,10 @@ class MailstreamSystem:
     def metrics_addrs(self) -> List[str]:
         assert self.cluster is not None
         return [n.metrics for n in self.cluster.frontends]
+
+    def worker_metrics_addrs(self) -> List[str]:
+        assert self.cluster is not None
+        return [n.metrics for n in self.cluster.workers]
 
     def log_bytes(self) -> Optional[int]:
         """Bytes of the run's topic's .log segments on the broker's disk
@@ -526,15 +550,25 @@ def smtp_source_argv(port: int, sessions: int, messages: int, size: int,
             "-f", SENDER, "-t", RCPT, "-M", "client.test", f"{HOST}:{port}"]
 
 
+def source_argvs(system, sessions: int, messages: int, wl: Workload) -> List[List[str]]:
+    """The smtp-source commands of a load: one, or for the inbound systems
+    one per sender domain (InboundWorld.source_argvs)."""
+    world = getattr(system, "inbound", None)
+    if world is not None:
+        return world.source_argvs(SMTP_SOURCE, system.smtp_port, sessions, messages, wl.size)
+    return [smtp_source_argv(system.smtp_port, sessions, messages, wl.size, wl.body)]
+
+
 def warm_up(system, sink: CountingSink, wl: Workload, n: int, sessions: int = 4) -> None:
     if n <= 0:
         return
     base = sink.count
-    r = subprocess.run(smtp_source_argv(system.smtp_port, min(wl.sessions, sessions), n, wl.size,
-                                        wl.body),
-                       capture_output=True, text=True, timeout=600)
-    if r.returncode != 0:
-        raise RuntimeError(f"warm-up on {system.name} failed: {r.stderr.strip()[-300:]}")
+    procs = [subprocess.Popen(a, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for a in source_argvs(system, min(wl.sessions, sessions), n, wl)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        if p.returncode != 0:
+            raise RuntimeError(f"warm-up on {system.name} failed: {err.strip()[-300:]}")
     if not sink.wait_for(base + n, 600, stall=60):
         raise RuntimeError(f"warm-up on {system.name}: {sink.count - base} of {n} arrived")
 
@@ -570,25 +604,30 @@ def warm_up_kafka(system, sink: CountingSink, wl: Workload, batch: int,
     return out
 
 
-async def _load(port: int, wl: Workload, messages: int, probe_sessions: int):
+async def _load(system, wl: Workload, messages: int, probe_sessions: int):
     """smtp-source with (sessions - probe) sessions, plus the probe sessions
     until smtp-source is done. Returns (t_start, t_source_end, rc, stderr, probe)."""
     stop = asyncio.Event()
+    port = system.smtp_port
+    world = getattr(system, "inbound", None)
+    probe_kw = world.probe_args(wl.size) if world is not None else {"sender": SENDER}
     if wl.body != "text":
         probe_sessions = 0   # the probe sends text: these workloads have no latency figures
     src_sessions = max(1, wl.sessions - probe_sessions)
     t_start = time.time()
-    proc = await asyncio.create_subprocess_exec(
-        *smtp_source_argv(port, src_sessions, messages, wl.size, wl.body),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+    procs = [await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE)
+        for argv in source_argvs(system, src_sessions, messages, wl)]
     probe_task = asyncio.ensure_future(
-        smtpclient.probe(HOST, port, wl.size, probe_sessions, stop, sender=SENDER, rcpt=RCPT))
-    _, err = await proc.communicate()
+        smtpclient.probe(HOST, port, wl.size, probe_sessions, stop, rcpt=RCPT, **probe_kw))
+    errs = [e for _, e in await asyncio.gather(*(p.communicate() for p in procs))]
     t_src_end = time.time()
     stop.set()
     probe = await probe_task
-    return t_start, t_src_end, proc.returncode, err.decode("utf-8", "replace"), probe
+    rc = next((p.returncode for p in procs if p.returncode), 0)
+    err = "".join(e.decode("utf-8", "replace") for e in errs)
+    return t_start, t_src_end, rc, err, probe
 
 
 def measure_run(system, sink: CountingSink, wl: Workload, messages: int, run_id: str,
@@ -598,6 +637,7 @@ def measure_run(system, sink: CountingSink, wl: Workload, messages: int, run_id:
                               "messages_requested": messages, "ok": False,
                               "load_before": procstat.loadavg()}
     system.prepare(run_id)
+    dump_at = sink.dump.stat().st_size if sink.dump and sink.dump.exists() else 0
     try:
         warm_up(system, sink, wl, warmup)
         time.sleep(1.0)
@@ -620,7 +660,7 @@ def measure_run(system, sink: CountingSink, wl: Workload, messages: int, run_id:
         if sampler:
             sampler.start()
         t_start, t_src_end, rc, err, probe = asyncio.run(
-            _load(system.smtp_port, wl, messages, probe_sessions))
+            _load(system, wl, messages, probe_sessions))
         total = messages + probe.sent
         res.update({"smtp_source_rc": rc, "probe_sent": probe.sent, "probe_failed": probe.failed,
                     "probe_errors": probe.errors[:5], "expected": total})
@@ -693,6 +733,31 @@ def measure_run(system, sink: CountingSink, wl: Workload, messages: int, run_id:
         res["ok"] = bool(rc == 0 and arrived and received == total)
         if not arrived and "error" not in res:
             res["error"] = f"only {received} of {total} messages arrived at the sink"
+        world = getattr(system, "inbound", None)
+        if world is not None and res["ok"]:
+            # Untimed: did the system verify what it delivered, and refuse
+            # or discard a forgery? A run whose checks did not run fails.
+            try:
+                res["auth_check"] = world.verify(
+                    sink.dump, dump_at, system.smtp_port, total + warmup,
+                    system.worker_metrics_addrs() if isinstance(system, MailstreamSystem)
+                    else [])
+            except (RuntimeError, OSError) as e:
+                res["ok"] = False
+                res["error"] = f"inbound checks: {e}"[:2000]
+            if isinstance(system, MailstreamSystem):
+                # How long the worker's evaluations took (the run's and its
+                # warm-up's: the cluster is the run's own): where the
+                # worker's time goes when it is not CPU-bound.
+                h: Dict[float, float] = {}
+                for addr in system.worker_metrics_addrs():
+                    for b, c in histograms(fetch_metrics(addr)).get(
+                            "mailstream_worker_policy_seconds", {}).items():
+                        h[b] = h.get(b, 0.0) + c
+                for q, label in ((0.5, "p50"), (0.99, "p99")):
+                    lo, hi, n = hist_quantile({}, h, q)
+                    res[f"worker_policy_{label}_bucket_ms"] = (
+                        None if hi is None else [lo * 1000, hi * 1000])
     finally:
         system.finish()
     res["load_after"] = procstat.loadavg()
@@ -1266,8 +1331,31 @@ class Bench:
         self.tag = uuid.uuid4().hex[:6]
 
     def start(self, need_ms: bool, need_pf: bool) -> None:
-        self.sink = (TlsSink if self.a.sink_tls else CountingSink)(self.sup, mslocal.free_port())
+        wanted = self.a.systems.split(",")
+        inbound = [s for s in INBOUND_SYSTEMS if s in wanted]
+        self.sink = (TlsSink if self.a.sink_tls else CountingSink)(
+            self.sup, mslocal.free_port(),
+            dump=self.state / "sink-dump" if inbound else None)
         self.sink.start()
+        self.inbound = None
+        self.postfix_inbound = None
+        if inbound:
+            import inbound as inbound_mod  # noqa: E402 - only for these systems (dkimpy)
+            wl = [w for w in WORKLOADS if w.name in self.a.workloads.split(",")]
+            self.inbound = inbound_mod.InboundWorld(self.sup, wl[0].size if wl else 5 * 1024,
+                                                    RCPT)
+            self.inbound.start()
+            log(f"inbound: nsd on {self.inbound.nsd.upstream}, unbound on "
+                f"{self.inbound.unbound.upstream}, {self.inbound.n} sender domains")
+        if "postfix-inbound" in inbound:
+            milters_in = self.inbound.start_postfix_side()
+            self.postfix_inbound = PostfixInstance(
+                self.state / "postfix-inbound", mslocal.free_port(), self.sink.port,
+                milters=milters_in, extra_values=self.inbound.postfix_values(),
+                start_wrapper=self.inbound.postfix_wrapper())
+            log(f"starting postfix-inbound on {self.postfix_inbound.smtp_port} "
+                f"(opendkim, opendmarc, policyd-spf)")
+            self.postfix_inbound.start()
         self.nsd = None
         if self.a.sink_tls and "mailstream-tls-dane" in self.a.systems:
             # The integration tests' NSD helper (dns_zone.py, Debian's nsd and
@@ -1345,6 +1433,11 @@ class Bench:
             return PostfixSystem(self.postfix, "postfix", self.milter_pids())
         if name == "postfix-sign-rsa":
             return PostfixSystem(self.postfix_sign, name, {"opendkim": self.opendkim.pid})
+        if name == "postfix-inbound":
+            pf = PostfixSystem(self.postfix_inbound, name,
+                               {**self.inbound.milter_pids(), **self.inbound.pids()})
+            pf.inbound = self.inbound
+            return pf
         cfg = {"flush.messages": "1"} if name == "mailstream-fsync" else {}
         worker = _sections(self.a.worker_set)
         frontend = _sections(BENCH_FRONTEND_DEFAULTS + self.a.frontend_set)
@@ -1385,15 +1478,24 @@ class Bench:
                     f"{RCPT.split('@')[1]} smtp:[sink.{DANE_ZONE}]:{self.sink.port}")
                 worker.setdefault("dns", {}).update({"upstream": self.nsd.upstream,
                                                      "trust_anchor": str(self.nsd.trust_anchor)})
+        extra_pids = self.milter_pids()
+        if name in INBOUND_SYSTEMS:
+            worker = worker or {}
+            for sec, kv in self.inbound.worker_settings().items():
+                worker.setdefault(sec, {}).update(kv)
+            extra_pids.update(self.inbound.pids())
+            tag = "in"
         if self.milter is not None:
             # The same defaults Postfix has (milter_default_action = tempfail).
             frontend = frontend or {}
             frontend.setdefault("milter", {}).update({"servers": self.milter.address,
                                                      "default_action": "tempfail"})
-        return MailstreamSystem(name, self.ms_sup, self.kafka, self.redis, self.sink.address,
+        ms = MailstreamSystem(name, self.ms_sup, self.kafka, self.redis, self.sink.address,
                                 self.a.frontends, self.a.workers, cfg, self.events_topic,
                                 f"{self.tag}-{tag}", self.a.partitions,
-                                frontend, worker, self.milter_pids())
+                                frontend, worker, extra_pids)
+        ms.inbound = self.inbound if name in INBOUND_SYSTEMS else None
+        return ms
 
     def stop(self) -> None:
         self.ms_sup.stop_all()
@@ -1403,6 +1505,10 @@ class Bench:
             self.milter.stop()
         if getattr(self, "postfix_sign", None):
             self.postfix_sign.stop()
+        if getattr(self, "postfix_inbound", None):
+            self.postfix_inbound.stop()
+        if getattr(self, "inbound", None):
+            self.inbound.stop()
         if self.kafka is not None and self.own_infra:
             pass
         if self.sink:

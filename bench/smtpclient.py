@@ -55,7 +55,8 @@ class ProbeResult:
 
 
 async def _probe_session(host: str, port: int, size: int, stop: asyncio.Event, res: ProbeResult,
-                         idx: int, sender: str, rcpt: str, max_msgs: Optional[int]) -> None:
+                         idx: int, sender: str, rcpt: str, max_msgs: Optional[int],
+                         message: Optional[bytes] = None, helo: str = "probe.example.org") -> None:
     try:
         reader, writer = await asyncio.open_connection(host, port)
     except OSError as e:
@@ -66,12 +67,12 @@ async def _probe_session(host: str, port: int, size: int, stop: asyncio.Event, r
         if not (await _reply(reader)).startswith(b"220"):
             res.errors.append("no 220 greeting")
             return
-        writer.write(b"EHLO probe.example.org\r\n")
+        writer.write(f"EHLO {helo}\r\n".encode())
         await _reply(reader)
         n = 0
         while not stop.is_set() and (max_msgs is None or n < max_msgs):
             n += 1
-            msg = make_message(size, n, f"s{idx}")
+            msg = message if message is not None else make_message(size, n, f"s{idx}")
             for cmd, want in ((f"MAIL FROM:<{sender}>", b"250"), (f"RCPT TO:<{rcpt}>", b"250"),
                               ("DATA", b"354")):
                 writer.write(cmd.encode() + b"\r\n")
@@ -108,9 +109,13 @@ async def _probe_session(host: str, port: int, size: int, stop: asyncio.Event, r
 
 async def probe(host: str, port: int, size: int, sessions: int, stop: asyncio.Event,
                 sender: str = "bench-probe@example.org", rcpt: str = "probe@mailstream.test",
-                max_msgs: Optional[int] = None) -> ProbeResult:
+                max_msgs: Optional[int] = None, message: Optional[bytes] = None,
+                helo: str = "probe.example.org") -> ProbeResult:
+    """message: sent as it is every time (dot-stuffed, ending in CRLF; the
+    inbound workload's DKIM-signed mail) instead of make_message's."""
     res = ProbeResult(first_start=time.time())
-    await asyncio.gather(*(_probe_session(host, port, size, stop, res, i, sender, rcpt, max_msgs)
+    await asyncio.gather(*(_probe_session(host, port, size, stop, res, i, sender, rcpt, max_msgs,
+                                          message, helo)
                            for i in range(sessions)))
     return res
 

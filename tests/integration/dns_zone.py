@@ -16,6 +16,13 @@ ldnsutils, a KSK and a ZSK made by ldns-keygen for each run); `trust_anchor`
 is then a file with their DS records, for the worker's [dns] trust_anchor.
 The other zones stay unsigned, so under that anchor they are insecure.
 
+`Unbound` is a caching resolver (Debian's unbound daemon) in front of an
+NSD, on port 53 of a random free 127.x.y.z (`free_loopback_dns_host`), so a
+program that only reads /etc/resolv.conf (libresolv, pyspf) can be pointed
+at it: `with_resolv_conf` wraps a command so that it runs in a private mount
+namespace (`unshare -m`, root only) where a resolv.conf of ours naming that
+address is bind-mounted over /etc/resolv.conf; the host's file is untouched.
+
 Do not put test zones under "test.": libunbound has built-in static local
 zones for the RFC 6761 names ("test", "invalid", "onion", ...) and answers
 NXDOMAIN for them without asking the upstream. The worker tests use the
@@ -30,13 +37,15 @@ import socket
 import struct
 import subprocess
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import pytest
 
 import mslocal
 
 NSD = "/usr/sbin/nsd"
+UNBOUND = "/usr/sbin/unbound"
+UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
 LDNS_SIGNZONE = shutil.which("ldns-signzone")
 LDNS_KEYGEN = shutil.which("ldns-keygen")
 
@@ -142,6 +151,107 @@ class Nsd:
             return all(_query(self.host, self.port, z) == 0 for z in self.zones)
         mslocal.wait_until(ready, timeout, f"nsd on {self.upstream}", proc.alive,
                            log_path=self.log)
+
+    def stop(self) -> None:
+        self.sup.stop(self.name, 5.0)
+
+
+def free_loopback_dns_host() -> str:
+    """A 127.x.y.z whose UDP and TCP port 53 are free (for a resolv.conf,
+    which names servers without a port)."""
+    for _ in range(50):
+        host = f"127.{random.randint(1, 254)}.{random.randint(0, 254)}.{random.randint(1, 254)}"
+        ok = True
+        for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+            s = socket.socket(socket.AF_INET, kind)
+            try:
+                s.bind((host, 53))
+            except OSError:
+                ok = False
+            finally:
+                s.close()
+        if ok:
+            return host
+    raise mslocal.MsLocalError("no 127.x.y.z with port 53 free")
+
+
+def with_resolv_conf(resolv_conf: Path, argv: Sequence[str]) -> List[str]:
+    """argv run in a new mount namespace in which resolv_conf is
+    bind-mounted over /etc/resolv.conf. The mount exists only there and
+    disappears with the namespace's last process (argv, exec'd by sh; a
+    daemon it forks keeps it). Needs root."""
+    cmd = " ".join(f"'{a}'" for a in argv)
+    script = f'mount --bind "{resolv_conf}" /etc/resolv.conf && exec {cmd}'
+    return [UNSHARE, "-m", "--propagation", "private", "sh", "-c", script]
+
+
+class Unbound:
+    """A caching resolver on HOST:53 (HOST a free 127.x.y.z unless given)
+    that sends the queries for `zones` to an authoritative server
+    ("ip@port", e.g. Nsd.upstream) as stub zones, without DNSSEC
+    validation. Nothing else is reachable: the tests have no internet.
+
+        ub = Unbound(sup, nsd.upstream, ["example.mstest"]); ub.start()
+        ub.host                       # for a resolv.conf, OpenDKIM's Nameservers
+        ub.upstream                   # "HOST@53", for the worker's [dns] upstream
+        ub.resolv_conf                # a resolv.conf naming it (with_resolv_conf)
+    """
+
+    def __init__(self, sup: mslocal.Supervisor, authority: str, zones: Sequence[str],
+                 name: str = "unbound", host: Optional[str] = None, threads: int = 1):
+        self.sup, self.authority, self.zones, self.name = sup, authority, list(zones), name
+        self.host = host or free_loopback_dns_host()
+        self.threads = threads
+        self.dir = sup.state_dir / name
+        self.log = self.dir / "unbound.log"
+        self.resolv_conf = self.dir / "resolv.conf"
+
+    @property
+    def upstream(self) -> str:
+        return f"{self.host}@53"
+
+    def _write(self) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        conf = [
+            "server:",
+            f"  interface: {self.host}",
+            "  port: 53",
+            '  username: ""',
+            '  chroot: ""',
+            f'  directory: "{self.dir}"',
+            f'  pidfile: "{self.dir}/unbound.pid"',
+            f'  logfile: "{self.log}"',
+            "  use-syslog: no",
+            "  do-daemonize: no",
+            "  verbosity: 1",
+            f"  num-threads: {self.threads}",
+            "  access-control: 127.0.0.0/8 allow",
+            # The authority is on loopback, which unbound does not ask by default.
+            "  do-not-query-localhost: no",
+            '  module-config: "iterator"',
+            "remote-control:",
+            "  control-enable: no",
+        ]
+        for z in self.zones:
+            conf += ["stub-zone:", f'  name: "{z}"', f"  stub-addr: {self.authority}"]
+        p = self.dir / "unbound.conf"
+        p.write_text("\n".join(conf) + "\n")
+        self.resolv_conf.write_text(f"nameserver {self.host}\noptions timeout:2 attempts:2\n")
+        return p
+
+    def start(self, timeout: float = 20.0) -> None:
+        conf = self._write()
+        proc = self.sup.spawn(self.name, [UNBOUND, "-d", "-c", str(conf)],
+                              self.dir / "stdout.log")
+
+        def ready() -> bool:
+            return all(_query(self.host, 53, z) == 0 for z in self.zones)
+        mslocal.wait_until(ready, timeout, f"unbound on {self.upstream}", proc.alive,
+                           log_path=self.log)
+
+    @property
+    def pid(self) -> int:
+        return self.sup.procs[self.name].pid
 
     def stop(self) -> None:
         self.sup.stop(self.name, 5.0)

@@ -58,3 +58,40 @@ def test_bench_smoke(tmp_path, kafka_broker, redis_server):
     mpath, jpath = bench.write_report(tmp_path, report)
     assert json.loads(jpath.read_text())["summary"]
     assert "| 5k-20 | mailstream |" in mpath.read_text()
+
+
+INBOUND_TOOLS = ("/usr/sbin/opendkim", "/usr/sbin/opendmarc", "/usr/bin/policyd-spf",
+                 "/usr/sbin/unbound", "/usr/sbin/nsd")
+INBOUND_MESSAGES = 100
+
+
+@pytest.mark.skipif(not all(os.access(p, os.X_OK) for p in INBOUND_TOOLS) or os.geteuid() != 0,
+                    reason="the inbound systems need root (unshare -m) and Debian's opendkim, "
+                           "opendmarc, postfix-policyd-spf-python, unbound and nsd")
+@pytest.mark.timeout(300)
+def test_bench_inbound_smoke(tmp_path, kafka_broker, redis_server):
+    """The inbound systems (bench/inbound.py): every message that arrived was
+    verified (spf, dkim and dmarc pass at the sink) and the forged one was
+    refused by Postfix and discarded by Mailstream; run() marks a run not ok
+    otherwise, and these assertions look at what it counted."""
+    args = bench.parse_args([
+        "--messages", str(INBOUND_MESSAGES), "--rounds", "1", "--workloads", "5k-20",
+        "--systems", "postfix-inbound,mailstream-inbound", "--warmup", "10",
+        "--kafka-warmup", "0", "--idle", "0", "--out", str(tmp_path)])
+    report = bench.run(args, kafka=kafka_broker, redis=redis_server)
+
+    runs = {r["system"]: r for r in report["runs"]}
+    assert set(runs) == {"postfix-inbound", "mailstream-inbound"}
+    for name, r in runs.items():
+        assert r["ok"], f"{name}: {r.get('error')}"
+        assert r["received"] == r["expected"] == INBOUND_MESSAGES + r["probe_sent"]
+        chk = r["auth_check"]
+        # The warm-up's messages are in the sink's dump too.
+        assert chk["messages_checked"] == chk["all_pass"] >= r["expected"] + 10
+        assert {"spf", "dkim", "dmarc"} <= set(chk["sample"])
+    assert runs["postfix-inbound"]["auth_check"]["forged_reply"].startswith("550")
+    assert {"opendkim", "opendmarc", "unbound"} <= set(runs["postfix-inbound"]["cpu_seconds"])
+    ms = runs["mailstream-inbound"]["auth_check"]
+    assert ms["forged_reply"] == "250"
+    assert ms["worker_auth_results"]["dmarc=fail"] >= 1
+    assert ms["worker_auth_results"]["dkim=pass"] >= INBOUND_MESSAGES
