@@ -4,14 +4,13 @@
  * A byte-level state machine.  Line boundaries exist only at CRLF: a bare LF
  * or bare CR is recorded as an error and treated as ordinary content, so
  * the state after it is "inside a line" and a following "." can never start
- * the end-of-data line.
- *
- * Inside a line the machine does not go octet by octet: text_run() finds the
- * next CR, LF or NUL sixteen or eight octets at a time, and DATA copies
- * whole runs of clean lines (up to a line that starts with ".", a problem or
- * the end of the input) in one append.  This reader touches every octet the frontend
- * accepts: octet by octet it was 65 % of the frontend's instructions at
- * 1 MiB (7.7 M per message, docs/scaling.md "per KiB").
+ * the end-of-data line.  Inside a line, runs of ordinary octets are found
+ * sixteen (SSE2) or eight octets at a time (fe_text_run), and DATA copies
+ * whole runs of clean CRLF lines (up to a line that starts with ".", a
+ * problem or the end of the input) in one append: the body is most of the
+ * frontend's work per octet (docs/scaling.md, "Message format checks" and
+ * "Instructions per octet"; octet by octet it was 65 % of the frontend's
+ * instructions at 1 MiB).
  */
 #include "smtp_data.h"
 #include "ms_error.h"
@@ -54,63 +53,75 @@ const char *fe_data_reply(enum fe_data_status s)
     return "554 5.6.0 Message rejected";
 }
 
+/* Word-at-a-time tests on eight octets (exact as to whether one octet
+ * matches; only the lowest match is sure to be flagged at its place, as a
+ * borrow may flag octets above it). */
 #define ONES 0x0101010101010101ULL
-#define HIGHS 0x8080808080808080ULL
-/* Nonzero when an octet of the word v is below n (n <= 128); exact as a
- * test of the whole word, not of which octet (the borrow may mark octets
- * above the first hit). */
-#define HAS_LESS(v, n) (((v) - ONES * (n)) & ~(v) & HIGHS)
-#define HAS_ZERO(v) HAS_LESS(v, 1)
+#define HIGH_BITS FE_TEXT_8BIT
+#define HAS_ZERO(v) (((v) - ONES) & ~(v) & HIGH_BITS)
+#define HAS_LESS(v, n) (((v) - ONES * (n)) & ~(v) & HIGH_BITS) /* n <= 128 */
 
-/* The length of the run of octets at p[0..n) before the first CR, LF or NUL
- * (n when there is none).  *eight is set to whether the run holds an octet
- * >= 0x80.  Eight octets at a time: a word with no octet below 0x0e cannot
- * hold one of the three (TAB, VT, FF are the others below it, rare in
- * mail); a word that has one is looked at closer, and the word holding the
- * first hit is finished octet by octet. */
-static size_t text_run(const char *p, size_t n, int *eight)
+/* Eight octets at a time: a word with no control octet (CR, LF and NUL are
+ * all below 0x0e) costs a few instructions, instead of a few per octet, and
+ * a message is almost all such runs.  ORing the octets on the way makes the
+ * 8-bit mark free: no second pass over the body. */
+size_t fe_text_run(const char *p, size_t i, size_t n, uint64_t *acc)
 {
-    uint64_t v, acc = 0;
-    size_t i = 0;
+    uint64_t v, m, a = 0;
 
 #ifdef __SSE2__
     /* Sixteen at a time where SSE2 is there (every x86-64): a compare per
-     * octet value, one mask whose lowest bit is the first hit; the octets'
-     * own high bits give the 8-bit note.  Fewer than sixteen left: the
+     * stop octet, one mask whose lowest bit is the first hit; the octets'
+     * own high bits give the 8-bit mark.  Fewer than sixteen left: the
      * word loop below finishes the run. */
     {
         const __m128i cr = _mm_set1_epi8('\r'), lf = _mm_set1_epi8('\n'),
                       nul = _mm_setzero_si128();
-        unsigned hi = 0, m;
+        unsigned hi = 0, k;
 
         for (; i + 16 <= n; i += 16) {
             __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
             __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, cr), _mm_cmpeq_epi8(x, lf)),
                                        _mm_cmpeq_epi8(x, nul));
 
-            m = (unsigned)_mm_movemask_epi8(hit);
-            if (m != 0) {
-                m = (unsigned)__builtin_ctz(m); /* the first hit's octet */
-                hi |= (unsigned)_mm_movemask_epi8(x) & ((1u << m) - 1);
-                *eight = hi != 0;
-                return i + m;
+            k = (unsigned)_mm_movemask_epi8(hit);
+            if (k != 0) {
+                k = (unsigned)__builtin_ctz(k); /* the first hit's octet */
+                hi |= (unsigned)_mm_movemask_epi8(x) & ((1u << k) - 1);
+                if (hi)
+                    *acc |= HIGH_BITS;
+                return i + k;
             }
             hi |= (unsigned)_mm_movemask_epi8(x);
         }
         if (hi)
-            acc = HIGHS;
+            a = HIGH_BITS;
     }
 #endif
     for (; i + 8 <= n; i += 8) {
         memcpy(&v, p + i, 8);
-        if (HAS_LESS(v, 0x0e) &&
-            (HAS_ZERO(v) | HAS_ZERO(v ^ (ONES * '\r')) | HAS_ZERO(v ^ (ONES * '\n'))))
-            break;
-        acc |= v;
+        if (HAS_LESS(v, 0x0e)) {
+            m = HAS_ZERO(v) | HAS_ZERO(v ^ (ONES * '\r')) | HAS_ZERO(v ^ (ONES * '\n'));
+            if (m == 0) {
+                a |= v; /* a TAB or another control octet: ordinary */
+                continue;
+            }
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            /* The lowest flagged octet is the first match: p[i] is the
+             * word's low octet. */
+            m = (uint64_t)__builtin_ctzll(m) >> 3;
+            a |= v & ((1ULL << (8 * m)) - 1); /* m < 8: the octets before it */
+            *acc |= a;
+            return i + m;
+#else
+            break; /* the octet loop below finds which */
+#endif
+        }
+        a |= v;
     }
     for (; i < n && p[i] != '\r' && p[i] != '\n' && p[i] != '\0'; i++)
-        acc |= (unsigned char)p[i];
-    *eight = (acc & HIGHS) != 0;
+        a |= (unsigned char)p[i];
+    *acc |= a;
     return i;
 }
 
@@ -140,8 +151,8 @@ static void count_line(struct fe_data_reader *r, size_t n)
 int fe_data_feed(struct fe_data_reader *r, const char *buf, size_t len)
 {
     size_t i = 0, j, s;
+    uint64_t acc;
     unsigned char c;
-    int eight;
 
     while (i < len) {
         c = (unsigned char)buf[i];
@@ -182,12 +193,13 @@ int fe_data_feed(struct fe_data_reader *r, const char *buf, size_t len)
             /* Fast path: the rest of this line and the whole lines after
              * it, as long as each ends in CRLF within buf and the next does
              * not start with "." (unstuffing, or the end of data), go out as
-             * one span [s, j).  The octets are those the state machine
-             * would emit line by line. */
+             * one span [s, j).  The octets, limits and statuses are those
+             * of the state machine going line by line. */
             s = i;
             for (;;) {
-                j = i + text_run(buf + i, len - i, &eight);
-                if (eight && r->want_8bit) /* where the line piece will end */
+                acc = 0;
+                j = fe_text_run(buf, i, len, &acc);
+                if (r->want_8bit && (acc & HIGH_BITS)) /* where the piece will end */
                     r->last_8bit = r->out->len + (j - s);
                 count_line(r, j - i);
                 if (len - j < 3 || buf[j] != '\r' || buf[j + 1] != '\n' || buf[j + 2] == '.')
@@ -274,8 +286,8 @@ static void bdat_line(struct fe_bdat_reader *r, size_t n)
 static void bdat_check(struct fe_bdat_reader *r, const char *p, size_t n)
 {
     size_t i, j;
+    uint64_t acc;
     unsigned char c;
-    int eight;
 
     for (i = 0; i < n;) {
         if (r->_cr) {
@@ -289,10 +301,11 @@ static void bdat_check(struct fe_bdat_reader *r, const char *p, size_t n)
             bdat_fail(r, FE_DATA_BARE_CR);
             bdat_line(r, 1);
         }
-        j = i + text_run(p + i, n - i, &eight);
+        acc = 0;
+        j = fe_text_run(p, i, n, &acc);
         if (j > i) {
             /* Checked before the chunk is appended: where it will end. */
-            if (eight && r->want_8bit)
+            if (r->want_8bit && (acc & HIGH_BITS))
                 r->last_8bit = r->out->len + j;
             bdat_line(r, j - i);
             i = j;
