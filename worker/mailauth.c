@@ -927,9 +927,8 @@ static void sign_after(uv_work_t *req, int status)
         res.verdict = WK_MAILAUTH_VERDICT_SKIPPED;
         res.reason = "signing failed";
     } else {
-        free(j->env->message.data);
-        j->env->message.data = j->out;
-        j->env->message.len = j->outlen;
+        /* The old message may be the Kafka record's (borrowed). */
+        ms_envelope_set_message(j->env, j->out, j->outlen);
         j->out = NULL;
         res.verdict = WK_MAILAUTH_VERDICT_SIGNED;
         res.reason = "signed";
