@@ -9,6 +9,7 @@
 #include "ms_dkim.h"
 #include "ms_addr.h"
 #include "ms_error.h"
+#include "ms_list.h"
 #include "ms_mem.h"
 
 #include <openssl/evp.h>
@@ -54,6 +55,7 @@ struct ms_dkim_verify {
     size_t nsigs;
     size_t cur; /* signature whose query is outstanding */
     int waiting;
+    ms_dkim_keycache *keys; /* borrowed; NULL: decode every key */
 };
 
 static void vs_set(struct vsig *vs, enum ms_dkim_result res, const char *fmt, ...)
@@ -253,6 +255,144 @@ static EVP_PKEY *load_pubkey(const struct ms_dkim_keyrec *key)
     return pk;
 }
 
+/* ------------------------------------------------------------------------
+ * The key cache (ms_dkim.h): a chained hash table over the p= bytes for
+ * lookups, and a list in order of use for eviction.
+ * ------------------------------------------------------------------------ */
+
+struct kc_entry {
+    struct kc_entry *chain; /* next in the same bucket */
+    struct ms_list lru;     /* on ms_dkim_keycache.lru, most recent first */
+    uint64_t hash;
+    enum ms_dkim_keytype k;
+    EVP_PKEY *pk; /* one reference held by the cache */
+    size_t p_len;
+    uint8_t p[]; /* the decoded p= */
+};
+
+struct ms_dkim_keycache {
+    struct kc_entry **buckets;
+    size_t nbuckets; /* a power of two, >= max */
+    size_t max;
+    struct ms_list lru;
+    struct ms_dkim_keycache_stats st;
+};
+
+/* FNV-1a over k= and p=: spreads the table; equality is still decided by
+ * comparing the bytes. */
+static uint64_t kc_hash(enum ms_dkim_keytype k, const uint8_t *p, size_t n)
+{
+    uint64_t h = UINT64_C(14695981039346656037) ^ (uint64_t)k;
+
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= UINT64_C(1099511628211);
+    }
+    return h;
+}
+
+ms_dkim_keycache *ms_dkim_keycache_new(size_t max)
+{
+    ms_dkim_keycache *c = ms_calloc(1, sizeof(*c));
+
+    if (max == 0)
+        max = MS_DKIM_KEYCACHE_MAX;
+    if (max > MS_DKIM_KEYCACHE_LIMIT)
+        max = MS_DKIM_KEYCACHE_LIMIT;
+    c->max = max;
+    for (c->nbuckets = 1; c->nbuckets < max; c->nbuckets <<= 1)
+        ;
+    c->buckets = ms_calloc(c->nbuckets, sizeof(*c->buckets));
+    ms_list_init(&c->lru);
+    return c;
+}
+
+void ms_dkim_keycache_stats(const ms_dkim_keycache *c, struct ms_dkim_keycache_stats *out)
+{
+    *out = c->st;
+}
+
+static void kc_drop(ms_dkim_keycache *c, struct kc_entry *e)
+{
+    struct kc_entry **pp = &c->buckets[e->hash & (c->nbuckets - 1)];
+
+    while (*pp != e)
+        pp = &(*pp)->chain;
+    *pp = e->chain;
+    ms_list_remove(&e->lru);
+    EVP_PKEY_free(e->pk);
+    free(e);
+    c->st.entries--;
+}
+
+void ms_dkim_keycache_free(ms_dkim_keycache *c)
+{
+    struct ms_list *pos, *tmp;
+
+    if (c == NULL)
+        return;
+    ms_list_foreach_safe(pos, tmp, &c->lru)
+    {
+        struct kc_entry *e = ms_list_entry(pos, struct kc_entry, lru);
+
+        EVP_PKEY_free(e->pk);
+        free(e);
+    }
+    free(c->buckets);
+    free(c);
+}
+
+/* The key for this record: from the cache when its p= was seen before,
+ * else decoded (and cached when usable).  The caller owns one reference
+ * of the result (EVP_PKEY_free).  NULL: p= does not decode. */
+static EVP_PKEY *kc_get(ms_dkim_keycache *c, const struct ms_dkim_keyrec *key)
+{
+    uint64_t h;
+    struct kc_entry *e, **bucket;
+    EVP_PKEY *pk;
+
+    if (c == NULL)
+        return load_pubkey(key);
+    h = kc_hash(key->k, key->p, key->p_len);
+    bucket = &c->buckets[h & (c->nbuckets - 1)];
+    for (e = *bucket; e != NULL; e = e->chain) {
+        if (e->hash == h && e->k == key->k && e->p_len == key->p_len &&
+            memcmp(e->p, key->p, key->p_len) == 0) {
+            c->st.hits++;
+            ms_list_remove(&e->lru);
+            ms_list_insert_head(&c->lru, &e->lru);
+            EVP_PKEY_up_ref(e->pk);
+            return e->pk;
+        }
+    }
+    c->st.misses++;
+    if ((pk = load_pubkey(key)) == NULL) {
+        c->st.bad++;
+        return NULL;
+    }
+    if (c->st.entries == c->max) {
+        kc_drop(c, ms_list_entry(c->lru.prev, struct kc_entry, lru));
+        c->st.evictions++;
+    }
+    e = ms_malloc(sizeof(*e) + key->p_len);
+    e->hash = h;
+    e->k = key->k;
+    e->pk = pk;
+    e->p_len = key->p_len;
+    memcpy(e->p, key->p, key->p_len);
+    e->chain = *bucket;
+    *bucket = e;
+    ms_list_insert_head(&c->lru, &e->lru);
+    c->st.entries++;
+    EVP_PKEY_up_ref(pk);
+    return pk;
+}
+
+void ms_dkim_verify_use_keycache(ms_dkim_verify *v, ms_dkim_keycache *c)
+{
+    v->keys = c;
+}
+
 /* Verify the signature of a 32-octet digest: RSASSA-PKCS1-v1_5 with
  * SHA-256 (RFC 6376 §3.3.1), or PureEdDSA over the SHA-256 hash (RFC 8463
  * §3). */
@@ -318,7 +458,7 @@ static void vs_check(struct ms_dkim_verify *v, struct vsig *vs, const struct ms_
             return;
         }
     }
-    if ((pk = load_pubkey(key)) == NULL) {
+    if ((pk = kc_get(v->keys, key)) == NULL) {
         vs_set(vs, MS_DKIM_PERMERROR, "unusable public key p=");
         return;
     }
