@@ -1860,6 +1860,69 @@ static void test_sign_errors(void **state)
     assert_null(pk);
 }
 
+/* Bodies and header sections larger than the verifier's hashing buffer
+ * (MS_DKIM_HASHBUF in ms_dkim_verify.c): many short pieces, lines longer
+ * than the buffer (passed through without it), and runs ending exactly at
+ * its edge; signed by ms_dkim_sign() (its own hashing) and verified, both
+ * canonicalizations, with and without l=. */
+static void test_verify_large_bodies(void **state)
+{
+    struct keys *k = *state;
+    struct rec recs[1] = {{"s._domainkey.example.org", MS_DNS_OK, k->ed_rec}};
+    struct ms_buf m;
+    char *hdr, *sm;
+    size_t slen;
+
+    ms_buf_init(&m, 1 << 22);
+    assert_int_equal(ms_buf_append(&m, "From: a@example.org\r\nSubject: ", 30), 0);
+    for (int i = 0; i < 400; i++)
+        assert_int_equal(ms_buf_append(&m, "word ", 5), 0);
+    assert_int_equal(ms_buf_append(&m, "\r\n\r\n", 4), 0);
+    for (int i = 0; i < 3000; i++)
+        assert_int_equal(ms_buf_append(&m, i % 7 ? "ab  " : "x\t\r\n", 4), 0);
+    for (int len = 2040; len <= 2056; len += 8) {
+        for (int i = 0; i < 3; i++) {
+            for (int j = 0; j < len; j++)
+                assert_int_equal(ms_buf_append(&m, j % 61 == 60 ? " " : "y", 1), 0);
+            assert_int_equal(ms_buf_append(&m, "\r\n", 2), 0);
+        }
+    }
+    for (int i = 0; i < 5000; i++)
+        assert_int_equal(ms_buf_append(&m, "z", 1), 0);
+    assert_int_equal(ms_buf_append(&m, "\r\n\r\n\r\n", 6), 0);
+    for (int c = MS_DKIM_SIMPLE; c <= MS_DKIM_RELAXED; c++) {
+        for (int l = 0; l <= 1; l++) {
+            struct ms_dkim_signer sg = {.domain = "example.org",
+                                        .selector = "s",
+                                        .key = k->ed,
+                                        .hcanon = c,
+                                        .bcanon = c,
+                                        .body_length = l};
+            ms_dkim_verify *v;
+
+            assert_int_equal(ms_dkim_sign((const char *)m.data, m.len, &sg, NOW, &hdr), 0);
+            {
+                char *body = ms_strndup((const char *)m.data, m.len);
+
+                sm = concat(hdr, body, &slen);
+                free(body);
+            }
+            v = verify_with(sm, slen, NOW, recs, 1, NULL);
+            assert_int_equal(result_of(v, 0), MS_DKIM_PASS);
+            assert_true(ms_dkim_verify_sig(v, 0)->body_len > 20000);
+            ms_dkim_verify_free(v);
+            /* One octet changed past the first buffer: fails. */
+            sm[slen - 100] = sm[slen - 100] == 'z' ? 'q' : 'z';
+            v = verify_with(sm, slen, NOW, recs, 1, NULL);
+            assert_int_equal(ms_dkim_verify_sig(v, 0)->result, MS_DKIM_FAIL);
+            ms_dkim_verify_free(v);
+            free(sm);
+            free(hdr);
+        }
+    }
+    ms_buf_free(&m);
+}
+
 /* ------------------------------------------------------------------------
  * The key cache
  * ------------------------------------------------------------------------ */
@@ -2116,6 +2179,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_verify_encoded_i, setup_keys, teardown_keys),
         cmocka_unit_test_setup_teardown(test_sign_identity, setup_keys, teardown_keys),
         cmocka_unit_test_setup_teardown(test_sign_errors, setup_keys, teardown_keys),
+        cmocka_unit_test_setup_teardown(test_verify_large_bodies, setup_keys, teardown_keys),
         cmocka_unit_test_setup_teardown(test_keycache_hit_miss, setup_keys, teardown_keys),
         cmocka_unit_test_setup_teardown(test_keycache_eviction, setup_keys, teardown_keys),
         cmocka_unit_test_setup_teardown(test_keycache_changed_record, setup_keys, teardown_keys),
