@@ -10,6 +10,7 @@
  */
 #include "fe_header.h"
 #include "ms_addrlist.h"
+#include "smtp_data.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -174,35 +175,12 @@ static int field_grow(struct fe_hdr *h, size_t n)
     return 0;
 }
 
-/* A zero octet in v (exact as to whether there is one). */
-#define HAS_ZERO(v) (((v) - 0x0101010101010101ULL) & ~(v) & 0x8080808080808080ULL)
-
-/* The end of the field body run p[i..end) (no CR in it): the first LF or
- * NUL, else end; *hi says whether the run up to there has an octet >= 0x80.
- * Eight octets at a time: most of a header section is field bodies. */
-static size_t scan_value(const unsigned char *p, size_t i, size_t end, int *hi)
-{
-    uint64_t v, acc = 0;
-
-    for (; i + 8 <= end; i += 8) {
-        memcpy(&v, p + i, 8);
-        if (HAS_ZERO(v) | HAS_ZERO(v ^ 0x0a0a0a0a0a0a0a0aULL))
-            break; /* the octet loop below finds which */
-        acc |= v;
-    }
-    for (; i < end && p[i] != '\n' && p[i] != '\0'; i++)
-        acc |= p[i];
-    *hi = (acc & 0x8080808080808080ULL) != 0;
-    return i;
-}
-
 size_t fe_hdr_feed(struct fe_hdr *h, const char *buf, size_t len)
 {
     const unsigned char *p = (const unsigned char *)buf;
-    const unsigned char *cr;
     size_t i = 0, j, lim;
+    uint64_t acc;
     unsigned char c;
-    int hi;
 
     if (h->done)
         return 0;
@@ -265,11 +243,12 @@ size_t fe_hdr_feed(struct fe_hdr *h, const char *buf, size_t len)
             not_a_field(h);
             continue;
         case S_VALUE:
-            /* A run of field body octets, up to the CR. */
-            cr = memchr(p + i, '\r', lim - i);
-            j = scan_value(p, i, cr ? (size_t)(cr - p) : lim, &hi);
+            /* A run of field body octets, up to the CR (or a bare LF or a
+             * NUL), eight at a time as the DATA reader scans the body. */
+            acc = 0;
+            j = fe_text_run(buf, i, lim, &acc);
             if (j > i) {
-                if (hi)
+                if (acc & FE_TEXT_8BIT)
                     h->eightbit = 1;
                 if (field_grow(h, j - i) < 0)
                     continue;

@@ -411,6 +411,13 @@ static void msg_begin(struct fe_session *s)
 
     ms_buf_free(&tx->msg);
     ms_buf_init(&tx->msg, s->srv->set.max_message_size + 16384);
+    /* The declared size, our fields and the Received header in one
+     * allocation: no copies while the message streams in (SIZE is at most
+     * max_message_size, cmd_mail). */
+    if (tx->mp.has_size && tx->mp.size > 0)
+        ms_buf_reserve(&tx->msg, room + 1024 +
+                                     (tx->mp.size < FE_MSG_PRESIZE_MAX ? (size_t)tx->mp.size
+                                                                       : FE_MSG_PRESIZE_MAX));
     if (room > 0 && (p = ms_buf_reserve(&tx->msg, room)) != NULL) {
         memset(p, 0, room);
         ms_buf_commit(&tx->msg, room);

@@ -32,6 +32,10 @@
 /* Named limits of a session. */
 #define FE_INPUT_MAX (256 * 1024) /* unprocessed input held per session: 421 4.7.0 */
 #define FE_OUTPUT_MAX (64 * 1024) /* unsent replies: stop reading until drained */
+/* A message buffer is sized once from the client's SIZE= (RFC 1870 4: its
+ * estimate of the message) up to this much; beyond it, and without SIZE,
+ * it grows by doubling (each step a realloc that may copy what came). */
+#define FE_MSG_PRESIZE_MAX (1024 * 1024)
 
 struct fe_session;
 

@@ -106,4 +106,11 @@ size_t fe_bdat_feed(struct fe_bdat_reader *r, const char *buf, size_t len);
  * of CRLF-terminated lines, RFC 5322 2.1).  Returns r->status. */
 enum fe_data_status fe_bdat_finish(struct fe_bdat_reader *r);
 
+/* The end of the run of ordinary octets buf[i..n): the first CR, LF or NUL
+ * at or after i, else n.  The octets before it are OR-ed into *acc: one of
+ * them is >= 0x80 iff *acc & FE_TEXT_8BIT.  Word at a time; the readers'
+ * and the header parser's (fe_header.c) scan. */
+#define FE_TEXT_8BIT 0x8080808080808080ULL
+size_t fe_text_run(const char *buf, size_t i, size_t n, uint64_t *acc);
+
 #endif

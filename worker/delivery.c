@@ -161,6 +161,10 @@ struct msg {
     int marker_failed;              /* a marker write failed: write the owed ones again */
     uint64_t marker_since_ms;       /* uv_now of the first failure; 0: none */
     int marker_due;                 /* marker_retry_cb is set on the timer */
+    /* uv_hrtime when a destination's end of data went out whose delivered
+     * outcome is not yet known recorded in Redis (the unavoidable
+     * duplicate's window, mailstream_worker_unrecorded_seconds); 0 none. */
+    uint64_t unrecorded_since_ns;
 };
 
 /* A message whose outcomes are all durable and that waits only for the
@@ -198,6 +202,10 @@ struct wk_delivery {
     void *drained_arg;
 
     ms_counter *m_attempts, *m_malformed, *m_skipped, *m_redis_errors, *m_event_errors;
+    /* From the end of data sent to the destination's reply, and to the
+     * outcome recorded in Redis (docs/reliability.md, "The one duplicate
+     * left"): the difference is this worker's own share. */
+    ms_histogram *m_end_reply, *m_unrecorded;
     ms_counter *m_dsn, *m_requeued, *m_expired, *m_suppressed, *m_connect_fallback;
     ms_gauge *m_in_flight, *m_in_flight_bytes, *m_held, *m_connections;
     /* Open connections per destination (dest_name): the first
@@ -631,6 +639,12 @@ static void marker_written(wk_delivery *d, uint64_t cookie, const struct ms_redi
     if (r->type != want) {
         redis_failed(d, m, what, r);
         m->marker_failed = 1;
+    } else if (m->unrecorded_since_ns != 0) {
+        /* The first destination's markers are in (with several
+         * destinations, the others' windows are not measured). */
+        ms_histogram_observe(d->m_unrecorded,
+                             (double)(uv_hrtime() - m->unrecorded_since_ns) / 1e9);
+        m->unrecorded_since_ns = 0;
     }
     if (--m->redis_pending == 0 && m->state == MSG_RECORD) {
         uv_timer_stop(&m->timer);
@@ -1127,6 +1141,12 @@ static void on_smtp(void *arg, uint64_t id, const struct wk_smtp_result *res)
                               res->rcpts[k].reply, m->qid);
             break;
         }
+    if (res->end_sent_ns != 0 && res->nrcpts > 0 && res->rcpts[0].code >= 200 &&
+        res->rcpts[0].code < 300) {
+        ms_histogram_observe(d->m_end_reply, (double)(uv_hrtime() - res->end_sent_ns) / 1e9);
+        if (m->unrecorded_since_ns == 0)
+            m->unrecorded_since_ns = res->end_sent_ns;
+    }
     delivered = ms_calloc(ds->cnt + 1, sizeof(*delivered));
     for (k = 0; k < res->nrcpts && k < ds->cnt; k++) {
         i = ds->rcpts[ds->off + k];
@@ -2519,6 +2539,16 @@ wk_delivery *wk_delivery_new(uv_loop_t *loop, const struct wk_delivery_conf *con
                                        "Redis commands that failed or timed out.", NULL);
     d->m_event_errors = ms_counter_new("mailstream_worker_event_errors_total",
                                        "Event records that could not be published.", NULL);
+    d->m_end_reply = ms_histogram_new(
+        "mailstream_worker_end_reply_seconds",
+        "From the end of a message's data sent (the \".\" or BDAT LAST) to the destination's "
+        "positive reply.",
+        NULL, ms_latency_buckets, ms_latency_buckets_n);
+    d->m_unrecorded = ms_histogram_new(
+        "mailstream_worker_unrecorded_seconds",
+        "From the end of a message's data sent to its delivered outcome recorded in Redis: the "
+        "window in which a worker's death leaves a delivery that is made again.",
+        NULL, ms_latency_buckets, ms_latency_buckets_n);
     d->m_dsn = ms_counter_new("mailstream_worker_dsn_total",
                               "Delivery status notifications produced.", NULL);
     d->m_requeued = ms_counter_new("mailstream_worker_retry_records_total",

@@ -37,7 +37,19 @@
  * several sections for one domain (RSA and Ed25519) sign at once.  The
  * signature fields are prepended to the message in the envelope, so the
  * retry records carry the signed message and retries reuse the signature.
- * Keys are files, re-read by wk_mailauth_reload() (SIGHUP).
+ * Keys are files, re-read by wk_mailauth_reload() (SIGHUP); a signature
+ * being computed keeps the key it started with.
+ *
+ * The signatures are computed on libuv's thread pool, never on the loop
+ * (an RSA-2048 signature costs ~0.4 ms of CPU: on the loop it would hold
+ * up every delivery and Kafka or Redis reply meanwhile, and one worker
+ * could not sign on more than one core).  At most WK_MAILAUTH_SIGN_JOBS_MAX
+ * (and one fewer than the pool's threads) are computed at once; the rest
+ * wait in order.  The pool thread works on its own copy of the message and
+ * of the signers, so wk_mailauth_cancel() and wk_mailauth_free() need not
+ * wait for it: a cancelled job's result is dropped on the loop.  The loop
+ * must run until its requests are done before it is closed (uv_run()
+ * returns only then).
  *
  * Once only: the frontend prepends its Received field to every message, so
  * a field above the first Received one is ours.  A message that already has
@@ -49,7 +61,8 @@
  * is never called from inside wk_mailauth_start() and never after
  * wk_mailauth_cancel().  The envelope passed to wk_mailauth_start() must stay
  * valid until then; the stage replaces env->message (freeing the old data)
- * right before the callback.  One loop thread.
+ * right before the callback.  Every function is called on the loop thread;
+ * only the signature computation runs elsewhere (above).
  */
 #ifndef WK_MAILAUTH_H
 #define WK_MAILAUTH_H
@@ -69,6 +82,12 @@
 #define WK_MAILAUTH_DNS_TIMEOUT_MS 5000
 /* [dkim.NAME] sections (signers) loaded. */
 #define WK_MAILAUTH_SIGNERS_MAX 64
+/* Outbound messages whose signatures are computed at once on libuv's
+ * thread pool (the rest wait, in order, on the loop): at most one fewer
+ * than the pool's threads (UV_THREADPOOL_SIZE; libuv's default is
+ * WK_MAILAUTH_UV_POOL_DEFAULT), and never more than this. */
+#define WK_MAILAUTH_SIGN_JOBS_MAX 16
+#define WK_MAILAUTH_UV_POOL_DEFAULT 4
 /* The header added to quarantined mail (its value says why). */
 #define WK_MAILAUTH_QUARANTINE_HEADER "X-Mailstream-Quarantine"
 
@@ -121,16 +140,18 @@ void wk_mailauth_reload(wk_mailauth *p);
  */
 int wk_mailauth_start(wk_mailauth *p, ms_envelope *env, wk_mailauth_cb cb, void *arg,
                       uint64_t id, struct wk_mailauth_result *res);
-/* Testing aid for mailstream-authcheck --now (the worker never calls it):
- * jobs started from now on evaluate inbound mail as if the clock said
- * `now` (seconds since the epoch): DKIM t= and x= and SPF %{t}.  0 goes
- * back to the real clock. */
+/* Testing aid for mailstream-authcheck --now and the unit tests (the
+ * worker never calls it): jobs started from now on run as if the clock said
+ * `now` (seconds since the epoch): DKIM t= and x= and SPF %{t} of inbound
+ * mail, the t= of the signatures written.  0 goes back to the real clock. */
 void wk_mailauth_set_clock(wk_mailauth *p, int64_t now);
 /* Forget the job of `id` (unknown ids are ignored): no callback. */
 void wk_mailauth_cancel(wk_mailauth *p, uint64_t id);
 /* Jobs running. */
 size_t wk_mailauth_pending(const wk_mailauth *p);
-/* Cancel everything and free (handles close asynchronously on the loop). */
+/* Cancel everything and free (handles close asynchronously on the loop;
+ * signatures being computed finish on the pool, then are dropped on the
+ * loop, which must run until then). */
 void wk_mailauth_free(wk_mailauth *p);
 
 /* "deliver", "quarantine", "discard"; "pass", "dmarc_reject", ... */

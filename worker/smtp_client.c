@@ -135,6 +135,7 @@ struct wk_smtp {
     void (*gate)(void *, uint64_t); /* duplicate fencing: asked before DATA */
     uint64_t deadline_ms;           /* its answer: end of data no later (uv_now) */
     int fenced;                     /* the gate refused */
+    uint64_t end_sent_ns;           /* uv_hrtime when the end of data was written; 0 not yet */
     /* Connection reuse. */
     wk_smtp_cache *cache;
     char cache_key[WK_SMTP_CACHE_KEY_MAX];
@@ -372,6 +373,7 @@ static void tx_free(wk_smtp *s)
     s->gate = NULL;
     s->deadline_ms = 0;
     s->fenced = 0;
+    s->end_sent_ns = 0;
     s->chunking = 0;
     s->chunk_end = 0;
     s->cb = NULL;
@@ -406,6 +408,7 @@ static void tx_setup(wk_smtp *s, const struct wk_smtp_msg *msg)
     s->gate = msg->gate;
     s->deadline_ms = 0;
     s->fenced = 0;
+    s->end_sent_ns = 0;
 }
 
 /* The message as it goes on the wire, once DATA or BDAT is chosen. */
@@ -574,6 +577,7 @@ static void smtp_report(wk_smtp *s, int err, const struct ms_reply *reply, const
     res.try_next = s->try_next;
     res.fenced = s->fenced;
     res.reused = s->reused;
+    res.end_sent_ns = s->end_sent_ns;
     res.nrcpts = s->nrcpts;
     res.rcpts = s->results;
     cb(s->arg, s->id, &res);
@@ -729,6 +733,8 @@ static void smtp_write_body(wk_smtp *s)
             return;
         }
         s->body_off += n;
+        if (s->body_off == s->body_len)
+            s->end_sent_ns = uv_hrtime(); /* the "." or BDAT LAST's last octet */
         if (ms_conn_pending(s->t) > 0)
             return;
     }
@@ -757,8 +763,10 @@ static void smtp_send_chunk(wk_smtp *s)
     smtp_send(s, "BDAT %zu%s\r\n", n, last ? " LAST" : "");
     if (s->state != SMTP_BODY)
         return;
-    if (n == 0)
+    if (n == 0) {
+        s->end_sent_ns = uv_hrtime();
         smtp_enter_state(s, SMTP_DOT); /* an empty message: "BDAT 0 LAST" */
+    }
     else
         smtp_write_body(s);
 }

@@ -300,6 +300,9 @@ struct wk_smtp_result {
     int try_next;                   /* refused for what this server cannot do
                                      * (REQUIRETLS): another address may */
     int fenced;                     /* the gate refused: nothing was sent */
+    uint64_t end_sent_ns;           /* uv_hrtime() when the octets ending the message
+                                     * (the "." of DATA, BDAT LAST's last chunk) were
+                                     * handed to the connection; 0: never sent */
     size_t nrcpts;
     const struct wk_smtp_rcpt_result *rcpts; /* valid during the callback */
 };

@@ -51,6 +51,17 @@
 /* A producer moves on to the next partition after this many octets
  * (sticky_partitioner); a few linger windows' worth at full speed. */
 #define MS_KAFKA_STICKY_BYTES (256 * 1024)
+/* The first librdkafka whose rd_kafka_destroy() copes with a consumer group
+ * joined but never synced (cooperative-sticky; librdkafka #4312, #4381):
+ * 2.2.1 as rd_kafka_version() encodes it (0xMMmmrrxx). */
+#define MS_RDKAFKA_STICKY_DESTROY_FIXED 0x020201ff
+/* How long ms_consumer_free waits for a consumer to leave its group.
+ * rd_kafka_consumer_close() waits without limit, and a close that starts
+ * while the group's JoinGroup is held by the coordinator (a rebalance in
+ * progress, up to the rebalance timeout of minutes) waits for it: a worker
+ * SIGTERMed as it joins would not exit.  Past this the consumer is left
+ * to the coordinator's session timeout, its records to the next owner. */
+#define MS_KAFKA_CLOSE_TIMEOUT_MS 5000
 /* How often a consumer with a lag callback gets librdkafka's statistics:
  * often enough for an autoscaler (KEDA polls every 30 s by default), rare
  * enough that building and parsing the JSON costs nothing measurable. */
@@ -642,6 +653,10 @@ struct ms_consumer {
     ms_lag_cb lag_cb;   /* statistics (consumer_stats_cb): NULL none */
     void *lag_arg;
     uint64_t gen;
+    /* A rebalance callback assigned partitions (possibly none) at least
+     * once: the group's SyncGroup completed, so the assignor has a state
+     * (see ms_consumer_free). */
+    int synced;
     int paused;         /* the application wants no records */
     int fetch_paused;   /* librdkafka's fetchers are paused too */
     struct ptrack *parts;
@@ -768,6 +783,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 
     c->gen++;
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        c->synced = 1;
         for (i = 0; i < parts->cnt; i++) {
             if ((t = ptrack_get(c, parts->elems[i].partition)) == NULL)
                 continue;
@@ -1059,10 +1075,41 @@ int ms_consumer_in_flight(ms_consumer *c)
     return c->in_flight;
 }
 
+/* rd_kafka_consumer_close() with a time limit (MS_KAFKA_CLOSE_TIMEOUT_MS):
+ * the close runs in librdkafka's background, its rebalance callbacks are
+ * served here.  Returns 1 once closed (or the close could not start, as
+ * rd_kafka_consumer_close() would return), 0 when it timed out. */
+static int consumer_close_bounded(ms_consumer *c)
+{
+    rd_kafka_queue_t *q = rd_kafka_queue_new(c->rk);
+    rd_kafka_error_t *e = rd_kafka_consumer_close_queue(c->rk, q);
+    uint64_t end = uv_hrtime() / 1000000 + MS_KAFKA_CLOSE_TIMEOUT_MS;
+    int closed;
+
+    if (e != NULL) {
+        ms_warn("event=kafka_consumer_close_failed topic=%s error=\"%s\"", c->topic,
+                rd_kafka_error_string(e));
+        rd_kafka_error_destroy(e);
+        rd_kafka_queue_destroy(q);
+        return 1;
+    }
+    while (!(closed = rd_kafka_consumer_closed(c->rk)) && uv_hrtime() / 1000000 < end)
+        rd_kafka_queue_poll_callback(q, 100);
+    if (!closed) {
+        /* The close goes on in librdkafka's threads and may still post
+         * to q: left, with the handle, to the process's exit. */
+        ms_warn("event=kafka_consumer_close_timeout topic=%s timeout_ms=%d", c->topic,
+                MS_KAFKA_CLOSE_TIMEOUT_MS);
+        return 0;
+    }
+    rd_kafka_queue_destroy(q);
+    return 1;
+}
+
 void ms_consumer_free(ms_consumer *c)
 {
-    rd_kafka_resp_err_t err;
     struct ms_list *first;
+    const char *leave = NULL; /* why the handle is left to the process's exit */
     size_t i;
 
     if (c == NULL)
@@ -1070,11 +1117,26 @@ void ms_consumer_free(ms_consumer *c)
     c->revoke_cb = NULL; /* the application is shutting down */
     kloop_stop(c->kl);
     drop_backlog(c, NULL);
-    if ((err = rd_kafka_consumer_close(c->rk)) != RD_KAFKA_RESP_ERR_NO_ERROR)
-        ms_warn("event=kafka_consumer_close_failed error=\"%s\"", rd_kafka_err2str(err));
+    if (!consumer_close_bounded(c))
+        leave = "close_timeout";
     while ((first = ms_list_first(&c->out)) != NULL)
         rec_unlink(c, ms_list_entry(first, struct rec_node, out));
     kloop_close(c->kl);
+    /* librdkafka before 2.2.1 aborts in rd_kafka_destroy() when the group
+     * was joined but no SyncGroup ever completed (a rebalance in progress
+     * since this consumer started): the cooperative-sticky assignor's state
+     * is still NULL and its destroy asserts it (librdkafka #4312, fixed by
+     * #4381).  Such a consumer is closed (group left, offsets committed);
+     * only the handle's memory is left to the process's exit, which
+     * follows. */
+    if (leave == NULL && !c->synced && rd_kafka_version() < MS_RDKAFKA_STICKY_DESTROY_FIXED)
+        leave = "never_assigned";
+    if (leave != NULL) {
+        /* Not freed either: the handle's threads may still call back
+         * with it as their opaque. */
+        ms_info("event=kafka_destroy_skipped topic=%s reason=%s", c->topic, leave);
+        return;
+    }
     rd_kafka_destroy(c->rk);
     for (i = 0; i < c->nparts; i++)
         free(c->parts[i].offsets);

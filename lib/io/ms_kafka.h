@@ -147,7 +147,11 @@ int ms_consumer_ready(ms_consumer *c, char *why, size_t whylen);
 /* Records handed out and not yet done. */
 int ms_consumer_in_flight(ms_consumer *c);
 /* Commit stored offsets, leave the group, free.  Records not yet done are
- * freed without storing their offsets.  Blocks: shutdown only. */
+ * freed without storing their offsets.  Blocks, for at most
+ * MS_KAFKA_CLOSE_TIMEOUT_MS in leaving the group: shutdown only.  A consumer
+ * that could not leave in that time, or (librdkafka older than 2.2.1) never
+ * had an assignment, is left with its librdkafka handle to the process's
+ * exit (ms_kafka.c: its destroy would block or abort). */
 void ms_consumer_free(ms_consumer *c);
 
 /* ---- administration ---- */

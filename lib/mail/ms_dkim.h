@@ -36,8 +36,11 @@
  *
  * Threads: no global state; a verifier, a key cache (with the verifiers
  * borrowing it), a key or a parsed struct may be used by one thread at a
- * time.  Loaded private keys are read-only after loading
- * and may be shared between threads for signing.
+ * time.  Loaded private keys are read-only after loading and may be shared
+ * between threads for signing (ms_dkim_sign() makes its own OpenSSL
+ * contexts per call); their reference count is not atomic:
+ * ms_dkim_key_ref() and ms_dkim_key_free() of one key stay on one thread
+ * (the worker's loop), never on a signing thread.
  *
  * Errors: functions returning int follow ms_error.h (0 or a count on success,
  * a negative MS_E* code on failure); parsers also give a short static reason
@@ -393,6 +396,11 @@ int ms_dkim_key_parse(const char *data, size_t len, ms_dkim_privkey **out, const
 /* The same, without the signing size floor: for tests that must reproduce
  * 1024-bit vectors.  Never use it for real keys. */
 int ms_dkim_key_parse_weak(const char *data, size_t len, ms_dkim_privkey **out, const char **why);
+/* A loaded key starts with one reference; ms_dkim_key_ref() adds one (and
+ * returns k), ms_dkim_key_free() drops one and frees the key with the last.
+ * This lets a signature still being computed keep the key that a reload
+ * replaced.  Not atomic: see Threads above. */
+ms_dkim_privkey *ms_dkim_key_ref(ms_dkim_privkey *k);
 void ms_dkim_key_free(ms_dkim_privkey *k);
 enum ms_dkim_keytype ms_dkim_key_type(const ms_dkim_privkey *k);
 /* The key record to publish ("v=DKIM1; k=...; p=...") in a new string. */

@@ -23,10 +23,13 @@ client never heard: SMTP's own duplicate, RFC 5321 §6.1, reported apart).
 The fault plan: each fault alone (the order in FAULTS), then, in long mode,
 all of them mixed at random until the message count is reached. Then the
 queue drains and the check runs. It prints sent, accepted, delivered, lost,
-duplicated (split into "unavoidable" = the workers' count of deliveries the
-destination accepted before the worker died, and other), client retries,
-and for each fault the time until accepting and delivering are back at half
-the send rate.
+duplicated, split per queue id into "unavoidable" (a worker logged
+`event=duplicate_risk kind=unavoidable` for that qid: it redelivered after
+the previous holder passed its DATA check and died without recording the
+outcome) and other (avoidable: a failure), the unavoidable ones per worker
+signal with that worker's delivery rate (their ratio is the window between
+the "." and the recorded outcome), client retries, and for each fault the
+time until accepting and delivering are back at half the send rate.
 
 Exit status: 0 when nothing accepted was lost (with --brokers 1 losses are
 reported, not failed: that is what the mode is for) and other duplicates
@@ -255,6 +258,7 @@ class Client(threading.Thread):
         self.in_session += 1
         rcpt = f"u{seq % 50}@mailstream.test"
         head, body = message_for(self.run_id, seq, attempt, rcpt)
+        self.stats.body_sent(seq, body)
         msg = head + body
         hold = self.hold.mode
         verb = hold or ("bdat" if seq % 3 == 0 and self.chunking else "data")
@@ -332,6 +336,16 @@ class Stats:
         self.cut_mid: collections.Counter = collections.Counter()  # phase of a lost connection
         self.refused_5xx: List[tuple] = []
         self.given_up: List[int] = []
+        # seq -> digest of its body, as the client sent it: the check compares
+        # the sink's digests with these instead of making 100,000 bodies again
+        # (minutes of CPU on the loaded machine).
+        self.digests: Dict[int, str] = {}
+
+    def body_sent(self, seq, body):
+        if seq not in self.digests:
+            d = digest(body)
+            with self.lock:
+                self.digests[seq] = d
 
     def sent(self, seq):
         with self.lock:
@@ -583,6 +597,14 @@ class Faults:
         self.runs: List[FaultRun] = []
         self.rlock = threading.Lock()
         self.phase = "alone"
+        # Every signal that stops a worker (time, fault, worker, what, workers
+        # running then): what an unavoidable duplicate is attributed to.
+        self.worker_ops: List[tuple] = []
+
+    def _note_op(self, fault: str, worker: str, what: str) -> None:
+        with self.rlock:
+            self.worker_ops.append((time.time(), fault, worker, what,
+                                    len(self.s.running("worker"))))
 
     # -- helpers --
     def _bg(self, name: str, fn: Callable[[], None], lock: Optional[threading.Lock] = None):
@@ -720,20 +742,28 @@ class Faults:
         self._bg(fr.name, healer)
 
     def worker_kill(self, fr):
+        def inject(w):
+            self._note_op(fr.name, w, "SIGKILL")
+            self.s.members.kill(w)
+            return f"SIGKILL {w}"
+
         def heal(w):
             time.sleep(2.0)
             self.s.members.restart(w)
-        self._worker_fault(fr, lambda w: (self.s.members.kill(w), f"SIGKILL {w}")[1], heal)
+        self._worker_fault(fr, inject, heal)
 
     def worker_term(self, fr):
         # restart: SIGTERM, the worker drains, then it is started again.
-        self._worker_fault(fr, lambda w: f"SIGTERM {w}, started again",
-                           lambda w: self.s.members.restart(w))
+        def heal(w):
+            self._note_op(fr.name, w, "SIGTERM")
+            self.s.members.restart(w)
+        self._worker_fault(fr, lambda w: f"SIGTERM {w}, started again", heal)
 
     def worker_stop(self, fr):
         stop_s = SESSION_TIMEOUT_S + 4
 
         def inject(w):
+            self._note_op(fr.name, w, "SIGSTOP")
             self.s.members.signal(w, signal.SIGSTOP)
             return f"SIGSTOP {w} for {stop_s} s (session timeout {SESSION_TIMEOUT_S} s), SIGCONT"
 
@@ -752,6 +782,7 @@ class Faults:
             gone = self._pick_worker(wait=10, exclude=(new,))
             if gone is not None:
                 try:
+                    self._note_op(fr.name, gone, "SIGTERM")
                     self.s.members.remove(gone, timeout=30)
                     ops.append(f"-{gone}")
                 finally:
@@ -878,8 +909,12 @@ class Scraper(threading.Thread):
         self.lag: Dict[str, float] = {}
         self.halt = threading.Event()
         self.seen_metric = False
+        # (worker, pid) -> histogram name -> {"buckets": {le: n}, "sum", "count"}
+        self.hist: Dict[Tuple[str, int], Dict[str, dict]] = {}
+        self.loads: List[float] = []   # the machine's 1-minute load average, each scrape
 
     def scrape_once(self) -> None:
+        self.loads.append(os.getloadavg()[0])
         lag = {}
         for name, pid, kind, alive in self.s.members.status():
             if kind != "worker" or not alive:
@@ -897,6 +932,7 @@ class Scraper(threading.Thread):
                 self.seen_metric = True
                 total += float(m.group("v"))
             self.dup[(name, pid)] = total
+            self.hist[(name, pid)] = parse_histograms(text, WINDOW_HISTOGRAMS)
             v = 0.0
             for m in re.finditer(r"^mailstream_worker_(consumer_lag|retry_held|in_flight)"
                                  r"(\{[^}]*\})?\s+(\S+)$", text, re.M):
@@ -914,9 +950,61 @@ class Scraper(threading.Thread):
     def unavoidable(self) -> int:
         return int(sum(self.dup.values()))
 
+    def windows(self) -> Dict[str, dict]:
+        """Each window histogram summed over every worker process seen (a
+        killed one's last scrape kept): count, mean and bucket quantiles."""
+        out = {}
+        for name in WINDOW_HISTOGRAMS:
+            buckets: Dict[float, float] = collections.Counter()
+            total = count = 0.0
+            for h in self.hist.values():
+                if name in h:
+                    for le, n in h[name]["buckets"].items():
+                        buckets[le] += n
+                    total += h[name]["sum"]
+                    count += h[name]["count"]
+            out[name] = summarize_histogram(buckets, total, count)
+        return out
+
+
+# The worker's histograms of the unavoidable duplicate's window
+# (worker/delivery.c): end of data sent -> destination's reply, and ->
+# outcome recorded in Redis.
+WINDOW_HISTOGRAMS = ("mailstream_worker_end_reply_seconds", "mailstream_worker_unrecorded_seconds")
+
+
+def parse_histograms(text: str, names) -> Dict[str, dict]:
+    out: Dict[str, dict] = {}
+    for name in names:
+        h = {"buckets": {}, "sum": 0.0, "count": 0.0}
+        for m in re.finditer(rf'^{name}_bucket\{{[^}}]*le="([^"]+)"[^}}]*\}}\s+(\S+)$', text, re.M):
+            h["buckets"][float(m.group(1))] = float(m.group(2))
+        m = re.search(rf"^{name}_sum(?:\{{\}})?\s+(\S+)$", text, re.M)
+        h["sum"] = float(m.group(1)) if m else 0.0
+        m = re.search(rf"^{name}_count(?:\{{\}})?\s+(\S+)$", text, re.M)
+        h["count"] = float(m.group(1)) if m else 0.0
+        if h["count"]:
+            out[name] = h
+    return out
+
+
+def summarize_histogram(buckets: Dict[float, float], total: float, count: float) -> dict:
+    """count, mean, and the p50/p90/p99 bucket bounds (cumulative buckets)."""
+    res = {"count": int(count), "mean_ms": round(1000 * total / count, 2) if count else None}
+    for q in (0.5, 0.9, 0.99):
+        bound = None
+        for le in sorted(buckets):
+            if count and buckets[le] >= q * count:
+                bound = le
+                break
+        res[f"p{int(q * 100)}_le_ms"] = None if bound is None else (
+            "inf" if bound == float("inf") else round(1000 * bound, 1))
+    return res
+
 
 def read_deliveries(path: Path, run: str) -> Tuple[Dict[Tuple[int, int], List[tuple]], int]:
-    """(seq, attempt) -> [(digest, time)], and lines of other runs / unreadable."""
+    """(seq, attempt) -> [(digest, time, qid)], and lines of other runs /
+    unreadable. qid is "-" in a line without one (tests/chaos/sink.py)."""
     out: Dict[Tuple[int, int], List[tuple]] = collections.defaultdict(list)
     other = 0
     try:
@@ -925,17 +1013,101 @@ def read_deliveries(path: Path, run: str) -> Tuple[Dict[Tuple[int, int], List[tu
         return out, 0
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) != 3:
+        if len(parts) not in (3, 4):
             other += 1
             continue
-        ident, dg, t = parts
+        ident, dg, t = parts[:3]
+        qid = parts[3] if len(parts) == 4 else "-"
         r, _, rest = ident.partition("-")
         seq, _, att = rest.partition("-")
         if r != run or not seq.isdigit() or not att.isdigit():
             other += 1
             continue
-        out[(int(seq), int(att))].append((dg, float(t)))
+        out[(int(seq), int(att))].append((dg, float(t), qid))
     return out, other
+
+
+# A worker's line for a redelivery after a holder died past its DATA check
+# (worker/delivery.c, fence_note_prior).
+FLAG_RE = re.compile(r"^ts=(\S+) .*\bevent=duplicate_risk kind=unavoidable qid=(\S+) rcpts=(\d+)",
+                     re.M)
+# A worker that got the destination's 250 but could not write the marker
+# within WK_MARKER_RETRY_MAX_MS (worker/delivery.c, marker_retry): a later
+# owner then sees the lease "in DATA" and flags the redelivery, but the
+# duplicate was the cluster's (Redis lost), not a death after the ".".
+LOST_RE = re.compile(r"\bevent=marker_lost qid=(\S+)")
+# librdkafka's own aborts (an assertion in the library, not ours).
+ABORT_RE = re.compile(r"^mailstream-worker: (\S+: .*Assertion .*)$", re.M)
+
+
+def read_worker_logs(state_dir: Path) -> Tuple[Dict[str, List[tuple]], List[tuple]]:
+    """Every worker log under state_dir (each worker NAME writes NAME.log,
+    appended across restarts, so killed, removed and added workers are all
+    there): qid -> [(worker, time, rcpts)] of the `duplicate_risk
+    kind=unavoidable` lines (and (worker, "marker_lost", 0) for a marker
+    given up on), and [(worker, line)] of library aborts."""
+    flagged: Dict[str, List[tuple]] = collections.defaultdict(list)
+    aborts: List[tuple] = []
+    for p in sorted(state_dir.glob("worker-*.log")):
+        try:
+            text = p.read_text(errors="replace")
+        except OSError:
+            continue
+        for m in FLAG_RE.finditer(text):
+            flagged[m.group(2)].append((p.stem, m.group(1), int(m.group(3))))
+        for m in LOST_RE.finditer(text):
+            flagged[m.group(1)].append((p.stem, "marker_lost", 0))
+        for m in ABORT_RE.finditer(text):
+            aborts.append((p.stem, m.group(1)))
+    return flagged, aborts
+
+
+def classify_duplicates(deliv: Dict[Tuple[int, int], List[tuple]],
+                        flagged) -> Tuple[List[tuple], List[tuple]]:
+    """Split the duplicated attempts into (unavoidable, other), each a list
+    of (key, extra copies, qid). A copy delivered more than once is
+    unavoidable only if a worker flagged its queue id (it redelivered
+    after a previous holder passed the DATA check and recorded nothing:
+    the destination may have taken the "." just before that holder died);
+    every other duplicate is one the fencing should have prevented. A
+    copy without a queue id in the sink's record (an older sink) cannot
+    be matched and counts as other, and so does one whose marker a worker
+    gave up writing (`event=marker_lost`: Redis lost the outcome, no
+    death after the "." explains it). Copies of one attempt under two queue
+    ids (the frontend queued it twice) are other too: no worker fault
+    explains them."""
+    unavoidable, other = [], []
+    for key, copies in sorted(deliv.items()):
+        if len(copies) < 2:
+            continue
+        qids = {c[2] for c in copies}
+        qid = next(iter(qids)) if len(qids) == 1 else None
+        row = (key, len(copies) - 1, qid if qid is not None else ",".join(sorted(qids)))
+        marks = flagged.get(qid, []) if qid not in (None, "-") else []
+        if any(t != "marker_lost" for _w, t, _n in marks) and \
+                not any(t == "marker_lost" for _w, t, _n in marks):
+            unavoidable.append(row)
+        else:
+            other.append(row)
+    return unavoidable, other
+
+
+def attribute_duplicates(rows: List[tuple], deliv: Dict[Tuple[int, int], List[tuple]],
+                         ops: List[tuple], slack_s: float = 2.0) -> Dict[int, int]:
+    """For each unavoidable duplicate, the worker fault that made it: the
+    operation (index into ops = [(time, fault, worker, what)], the time
+    of the signal) nearest after the first copy's arrival (the dying
+    worker sent that one; it may be recorded up to slack_s after the
+    signal, the sink still reading what was sent before). Returns op index
+    -> duplicates (-1: none within 60 s)."""
+    out: Dict[int, int] = collections.Counter()
+    times = [o[0] for o in ops]
+    for key, extra, _qid in rows:
+        t1 = min(c[1] for c in deliv[key])
+        i = bisect.bisect_left(times, t1 - slack_s)
+        best = i if i < len(ops) and ops[i][0] - t1 <= 60 else -1
+        out[best] += extra
+    return dict(out)
 
 
 def recovery(times: List[float], t_fault: float, rate: float, horizon: float) -> Optional[float]:
@@ -956,12 +1128,40 @@ def recovery(times: List[float], t_fault: float, rate: float, horizon: float) ->
     return None
 
 
-def check(run: str, stats: Stats, shape: Shape, scraper: Scraper) -> dict:
+def per_op_rows(ops: List[tuple], by_op: Dict[int, int],
+                deliv: Dict[Tuple[int, int], List[tuple]]) -> List[dict]:
+    """One row per worker signal: unavoidable duplicates it left, and the
+    delivery rate a worker had then (the sink's rate over the 5 s before,
+    shared among the workers running), so duplicates / rate is the window
+    in seconds between a "." reaching the destination and its outcome
+    being recorded (docs/reliability.md, "The one duplicate left")."""
+    times = sorted(c[1] for v in deliv.values() for c in v)
+    rows = []
+    for i, (t, fault, worker, what, nworkers) in enumerate(ops):
+        n = bisect.bisect_left(times, t) - bisect.bisect_left(times, t - 5.0)
+        rate = n / 5.0 / max(1, nworkers)
+        dups = by_op.get(i, 0)
+        rows.append({"t": round(t, 3), "fault": fault, "worker": worker, "signal": what,
+                     "workers": nworkers, "worker_rate": round(rate, 1),
+                     "unavoidable": dups,
+                     "window_ms": round(1000.0 * dups / rate, 1) if rate > 0 else None})
+    return rows
+
+
+def check(run: str, stats: Stats, shape: Shape, scraper: Scraper,
+          ops: Optional[List[tuple]] = None) -> dict:
     deliv, other_lines = read_deliveries(shape.sink_log, run)
+    flagged, aborts = read_worker_logs(shape.state_dir)
+    unavoidable_rows, other_rows = classify_duplicates(deliv, flagged)
+    ops = sorted(ops or [])
+    by_op = attribute_duplicates(unavoidable_rows, deliv, ops)
+    dup_qids = {r[2] for r in unavoidable_rows}
     accepted = stats.acc
     acc_seqs = {s for s, _a in accepted}
     lost_attempts = [k for k in accepted if not deliv.get(k)]
-    corrupt = sum(1 for k, v in deliv.items() for dg, _t in v if dg != digest(body_for(k[0])))
+    def want(seq: int) -> str:
+        return stats.digests.get(seq) or digest(body_for(seq))
+    corrupt = sum(1 for k, v in deliv.items() for dg, _t, _q in v if dg != want(k[0]))
     dup_extra = sum(len(v) - 1 for v in deliv.values() if len(v) > 1)
     dup_keys = sorted(k for k, v in deliv.items() if len(v) > 1)
     delivered_seqs = {s for s, _a in deliv}
@@ -971,6 +1171,8 @@ def check(run: str, stats: Stats, shape: Shape, scraper: Scraper) -> dict:
     delivered_acked = {s for s, a in deliv if (s, a) in accepted}
     client_dups = sum(1 for s, _a in unacked if s in delivered_acked)
     unavoidable = scraper.unavoidable()
+    flagged_rcpts = sum(n for v in flagged.values() for _w, _t, n in v)
+    markers_lost = sum(1 for v in flagged.values() if any(t == "marker_lost" for _w, t, _n in v))
     return {
         "sent": len(stats.sent_seqs),
         "attempts": stats.attempts,
@@ -981,11 +1183,30 @@ def check(run: str, stats: Stats, shape: Shape, scraper: Scraper) -> dict:
         "lost": len({s for s, _a in lost_attempts}),
         "lost_examples": [f"{run}-{s}-{a}" for s, a in sorted(lost_attempts)[:10]],
         "duplicated": dup_extra,
-        "duplicated_unavoidable": min(unavoidable, dup_extra),
-        "duplicated_other": max(0, dup_extra - unavoidable),
+        # Per queue id: unavoidable only if a worker flagged that qid.
+        "duplicated_unavoidable": sum(r[1] for r in unavoidable_rows),
+        "duplicated_other": sum(r[1] for r in other_rows),
         "duplicate_examples": [f"{run}-{s}-{a}" for s, a in dup_keys[:10]],
-        "unavoidable_metric_seen": scraper.seen_metric,
+        "other_duplicate_examples": [f"{run}-{k[0]}-{k[1]} qid={q}" for k, _n, q in other_rows[:10]],
+        "unavoidable_metric_seen": scraper.seen_metric or bool(flagged),
         "unavoidable_metric_total": unavoidable,
+        # What the workers flagged: recipients (their counter's sum) and
+        # queue ids; the flagged qids that did not arrive twice are the
+        # counter's overcount (DATA started, "." never sent or never taken).
+        "flagged_rcpts": flagged_rcpts,
+        "flagged_qids": sum(1 for v in flagged.values()
+                            if any(t != "marker_lost" for _w, t, _n in v)),
+        "markers_lost": markers_lost,
+        "flagged_not_duplicated": len({q for q, v in flagged.items()
+                                       if any(t != "marker_lost" for _w, t, _n in v)} - dup_qids),
+        "unavoidable_by_signal": per_op_rows(ops, by_op, deliv),
+        "unavoidable_unattributed": by_op.get(-1, 0),
+        "window_histograms": scraper.windows(),
+        "load_avg_1m": ({"min": round(min(scraper.loads), 1), "max": round(max(scraper.loads), 1),
+                         "mean": round(sum(scraper.loads) / len(scraper.loads), 1)}
+                        if scraper.loads else None),
+        "library_aborts": len(aborts),
+        "library_abort_examples": aborts[:5],
         "corrupted": corrupt,
         "delivered_without_250": len(unacked),
         "client_visible_duplicates": client_dups,
@@ -1124,9 +1345,9 @@ def main(argv=None) -> int:
             time.sleep(1.0)
         drain_s = time.monotonic() - t_drain
         scraper.scrape_once()
-        summary = check(run, stats, shape, scraper)
+        summary = check(run, stats, shape, scraper, fx.worker_ops)
         deliv, _o = read_deliveries(shape.sink_log, run)
-        dtimes = [t for v in deliv.values() for _d, t in v]
+        dtimes = [c[1] for v in deliv.values() for c in v]
         fault_rows = []
         for fr in fx.runs:
             horizon = 120.0
@@ -1161,7 +1382,7 @@ def main(argv=None) -> int:
             # Interrupted (a time limit, Ctrl-C): what arrived so far, so a
             # cut run still says what it saw (lost is then an upper bound).
             try:
-                summary = check(run, stats, shape, scraper)
+                summary = check(run, stats, shape, scraper, fx.worker_ops)
                 summary.update({"run": run, "mode": args.mode, "brokers": args.brokers,
                                 "interrupted": True, "faults": [
                                     {"fault": r.name, "phase": r.phase, "detail": r.detail,
@@ -1183,7 +1404,7 @@ def print_summary(s: dict) -> None:
     print(f"run {s['run']} mode {s['mode']} brokers {s['brokers']} frontends {s['frontends']} "
           f"workers {s['workers']} rate {s['rate']}/s clients {s['clients']} seed {s['seed']}")
     print(f"startup {s['startup_s']} s, sending {s['send_s']} s, drain {s['drain_s']} s, "
-          f"wall {s['wall_s']} s")
+          f"wall {s['wall_s']} s, load average (1 min) {s.get('load_avg_1m')}")
     print(f"sent {s['sent']}  accepted {s['accepted']}  delivered {s['delivered']}  "
           f"lost {s['lost']}  duplicated {s['duplicated']} (unavoidable "
           f"{s['duplicated_unavoidable']}, other {s['duplicated_other']}"
@@ -1196,6 +1417,23 @@ def print_summary(s: dict) -> None:
         print(f"lost e.g. {s['lost_examples']}")
     if s["duplicate_examples"]:
         print(f"duplicated e.g. {s['duplicate_examples']}")
+    if s.get("other_duplicate_examples"):
+        print(f"other (avoidable) duplicates e.g. {s['other_duplicate_examples']}")
+    print(f"workers flagged {s.get('flagged_qids', 0)} queue ids ({s.get('flagged_rcpts', 0)} "
+          f"recipients) as possibly delivered by a dead holder; "
+          f"{s.get('flagged_not_duplicated', 0)} of them arrived once; "
+          f"library aborts {s.get('library_aborts', 0)}")
+    for name, h in (s.get("window_histograms") or {}).items():
+        print(f"{name}: {h}")
+    sig = s.get("unavoidable_by_signal") or []
+    if sig:
+        print(f"{'worker signal':<30} {'workers':>7} {'rate/s':>7} {'unavoid.':>8} {'window ms':>9}")
+        for r in sig:
+            w = "-" if r["window_ms"] is None else f"{r['window_ms']:.0f}"
+            print(f"{r['fault'] + ' ' + r['signal'] + ' ' + r['worker']:<30} {r['workers']:>7} "
+                  f"{r['worker_rate']:>7} {r['unavoidable']:>8} {w:>9}")
+        if s.get("unavoidable_unattributed"):
+            print(f"unavoidable duplicates near no worker signal: {s['unavoidable_unattributed']}")
     print(f"{'fault':<22} {'phase':<6} {'at s':>6} {'accept back s':>13} {'deliver back s':>14}  detail")
     for r in s["faults"]:
         fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731

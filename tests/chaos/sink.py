@@ -5,14 +5,21 @@ accepts, and can be told to refuse for a while (tests/chaos/chaos.py).
 
 For every transaction it answers 250 to, it first appends one line to --log:
 
-  <run>-<seq>-<attempt> <digest> <unix time>
+  <run>-<seq>-<attempt> <digest> <unix time> <qid>
 
 taken from the message's `X-Chaos-Id: <run>-<seq>-<attempt>` field; digest is
 the first 32 hex digits of SHA-256 of the body (everything after the blank
 line ending the header section, dot-unstuffed, CRLF line ends), so the driver
-can tell a message arrived intact. A line is written (and flushed) before the
-250 is sent: a message the worker saw accepted is always on record, and a
-record that appears twice is a duplicate delivery.
+can tell a message arrived intact; qid is the queue id the frontend gave it,
+from its Received field (`by HOST (Mailstream) with ESMTP id QID`), "-" if
+none, so a duplicate can be matched with the workers' duplicate_risk lines.
+A line is written (and flushed to the OS, no fsync: the file is the
+driver's, not a mail store) before the 250 is sent: a message the worker
+saw accepted is always on record, and a record that appears twice is a
+duplicate delivery. The reply to the end of data goes out as soon as the
+line is written, so the destination's share of the window in which a
+worker killed after its "." leaves a duplicate behind is as small as this
+process can make it (docs/reliability.md, "The one duplicate left").
 
 --control holds one word, re-read every 0.2 s:
   ok    accept everything (also when the file is absent or empty)
@@ -38,7 +45,10 @@ import sys
 import time
 
 ID_RE = re.compile(rb"^X-Chaos-Id:\s*(\S+)\r?$", re.M | re.I)
-MAX_LINE = 1 << 20
+# The frontend's Received field (frontend/fe_session.c, add_received).
+QID_RE = re.compile(rb"\(Mailstream\) with [A-Z]+ id ([0-9A-Za-z]+)")
+STUFFED = re.compile(rb"\r\n\.\.")
+MAX_LINE = 64 << 20   # readuntil buffer: the largest message taken
 
 
 class State:
@@ -61,8 +71,10 @@ class State:
         head, sep, body = data.partition(b"\r\n\r\n")
         m = ID_RE.search(head)
         ident = m.group(1).decode("ascii", "replace") if m else "-"
+        q = QID_RE.search(head)
+        qid = q.group(1).decode("ascii") if q else "-"
         digest = hashlib.sha256(body if sep else b"").hexdigest()[:32]
-        self.log.write(f"{ident} {digest} {time.time():.3f}\n")
+        self.log.write(f"{ident} {digest} {time.time():.3f} {qid}\n")
         self.log.flush()
 
 
@@ -98,14 +110,24 @@ async def session(st: State, reader: asyncio.StreamReader, writer: asyncio.Strea
             elif verb == b"DATA":
                 send("354 go ahead\r\n")
                 await writer.drain()
-                lines = []
-                while True:
-                    dl = await reader.readline()
-                    if not dl:
-                        return  # connection lost mid-data: nothing accepted
-                    if dl == b".\r\n":
-                        break
-                    lines.append(dl[1:] if dl.startswith(b"..") else dl)  # RFC 5321 §4.5.2
+                # The whole message up to "<CRLF>.<CRLF>" in one read, not
+                # line by line: this process's latency is part of what is
+                # measured. A lost connection mid-data: nothing accepted.
+                first = await reader.readline()
+                if not first:
+                    return
+                if first == b".\r\n":
+                    data = b""
+                else:
+                    try:
+                        rest = await reader.readuntil(b"\r\n.\r\n")
+                    except asyncio.IncompleteReadError:
+                        return
+                    data = first + rest[:-3]
+                    # RFC 5321 §4.5.2: a leading "." of a line was doubled.
+                    if data.startswith(b".."):
+                        data = data[1:]
+                    data = STUFFED.sub(b"\r\n.", data)
                 if st.mode == "451":
                     send("451 4.3.0 chaos-sink: try again later\r\n")
                 elif st.mode == "421":
@@ -113,7 +135,7 @@ async def session(st: State, reader: asyncio.StreamReader, writer: asyncio.Strea
                     await writer.drain()
                     return
                 else:
-                    st.record(b"".join(lines))
+                    st.record(data)
                     send("250 2.0.0 ok: queued\r\n")
             else:
                 send("502 5.5.2 not implemented\r\n")
