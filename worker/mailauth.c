@@ -115,6 +115,9 @@ struct wk_mailauth {
     ms_resolver *resolver;
     int own_resolver;
     ms_psl *psl;
+    /* Decoded DKIM public keys across messages (ms_dkim.h): this loop
+     * thread's, made with the stage when inbound checking is on. */
+    ms_dkim_keycache *dkim_keys;
     int inbound;
     char *authserv_id;
     char *hostname;
@@ -360,6 +363,7 @@ wk_mailauth *wk_mailauth_new(uv_loop_t *loop, const ms_config *cfg, const char *
         goto fail;
     }
     if (p->inbound) {
+        p->dkim_keys = ms_dkim_keycache_new(MS_DKIM_KEYCACHE_MAX);
         if ((e = ms_psl_load(psl_path, &p->psl)) < 0) {
             snprintf(err, errlen, "[policy] psl %s: %s", psl_path, ms_strerror(e));
             goto fail;
@@ -381,6 +385,7 @@ wk_mailauth *wk_mailauth_new(uv_loop_t *loop, const ms_config *cfg, const char *
 
 fail:
     signers_free(p->signers, p->nsigners);
+    ms_dkim_keycache_free(p->dkim_keys);
     ms_psl_free(p->psl);
     free(p->hostname);
     free(p->authserv_id);
@@ -773,6 +778,7 @@ static int start_inbound(wk_mailauth *p, ms_envelope *env, wk_mailauth_cb cb, vo
     for (k = 0; k < 2; k++)
         j->done[k] = j->spf[k] == NULL;
     j->dkim = ms_dkim_verify_new(msg, len, now);
+    ms_dkim_verify_use_keycache(j->dkim, p->dkim_keys);
 
     uv_timer_init(p->loop, &j->timer);
     j->timer.data = j;
@@ -1081,6 +1087,8 @@ void wk_mailauth_free(wk_mailauth *p)
     if (p->own_resolver)
         ms_resolver_free(p->resolver);
     signers_free(p->signers, p->nsigners);
+    /* After the jobs: their verifiers borrowed it. */
+    ms_dkim_keycache_free(p->dkim_keys);
     ms_psl_free(p->psl);
     free(p->hostname);
     free(p->authserv_id);

@@ -10,7 +10,10 @@
  *   (ms_dkim.h), then DMARC (ms_dmarc.h) over those results.  The three
  *   first evaluations run at once; every DNS query goes through
  *   lib/io/ms_resolver.h on the loop, so a slow DNS server delays only the
- *   messages waiting for it.  Then:
+ *   messages waiting for it.  The stage owns one DKIM key cache
+ *   (ms_dkim_keycache, MS_DKIM_KEYCACHE_MAX keys, used on the loop thread
+ *   only) shared by its jobs' verifiers, so a sender's public key is
+ *   decoded once, not once per message.  Then:
  *     - existing Authentication-Results fields claiming our authserv-id are
  *       removed and ours is prepended (ms_authres.h);
  *     - what the DSN decision needs later (dsn_rules.h: SPF pass for the

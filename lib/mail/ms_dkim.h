@@ -34,10 +34,11 @@
  * verifier or passed the struct in; strings returned through `char **` are
  * allocated with ms_malloc and freed by the caller with free().
  *
- * Threads: no global state; a verifier, a key or a parsed struct may be used
- * by one thread at a time.  Loaded private keys are read-only after loading
- * and may be shared between threads for signing (ms_dkim_sign() makes its
- * own OpenSSL contexts per call); their reference count is not atomic:
+ * Threads: no global state; a verifier, a key cache (with the verifiers
+ * borrowing it), a key or a parsed struct may be used by one thread at a
+ * time.  Loaded private keys are read-only after loading and may be shared
+ * between threads for signing (ms_dkim_sign() makes its own OpenSSL
+ * contexts per call); their reference count is not atomic:
  * ms_dkim_key_ref() and ms_dkim_key_free() of one key stay on one thread
  * (the worker's loop), never on a signing thread.
  *
@@ -320,6 +321,65 @@ int ms_dkim_verify_answer(ms_dkim_verify *v, const struct ms_dns_result *r);
 size_t ms_dkim_verify_count(const ms_dkim_verify *v);
 const struct ms_dkim_sigresult *ms_dkim_verify_sig(const ms_dkim_verify *v, size_t i);
 void ms_dkim_verify_free(ms_dkim_verify *v);
+
+/* ------------------------------------------------------------------------
+ * Decoded public keys, kept across messages
+ *
+ * Turning p= into an OpenSSL key (d2i_PUBKEY: a DER decode through
+ * OpenSSL 3's decoder machinery) costs far more than the RSA check it
+ * serves, and an MX sees the same few keys over and over.  A key cache
+ * maps the exact bytes of a key record's decoded p= (and its k=) to the
+ * key built from them, so each distinct key is decoded once while it stays
+ * in the cache.
+ *
+ * Keyed by content, not by name: a record that changes (a rotated or
+ * revoked key) has different bytes and is a different entry, so nothing is
+ * ever served stale and no DNS TTL is kept; a record that no longer occurs
+ * simply ages out.  Everything else of the record (t=, h=, s=, revocation)
+ * is re-read from each answer, and the verifier still applies every key
+ * rule (size, type) to every signature.  A p= that does not decode is not
+ * cached (each occurrence is decoded, and refused, again).
+ *
+ * Bounded: at most `max` keys (MS_DKIM_KEYCACHE_MAX by default); when full,
+ * the least recently used one is dropped.  Pure: no I/O, no clock.
+ *
+ * Ownership: the cache is made and freed by its user (the worker's
+ * mail-authentication stage keeps one: worker/mailauth.c); a verifier only
+ * borrows it, and the cache must outlive every verifier given it.  Keys in
+ * it are reference-counted, so dropping an entry never invalidates a key a
+ * verifier is using.
+ *
+ * Threads: a cache, and the verifiers using it, belong to one thread (the
+ * worker's loop thread); there is no locking.
+ * ------------------------------------------------------------------------ */
+
+/* Default and largest number of keys in a cache: a few hundred sending
+ * domains' keys cover most of an MX's traffic, and an entry (key object
+ * plus the p= bytes) is a few KiB for RSA-2048. */
+#define MS_DKIM_KEYCACHE_MAX 512
+#define MS_DKIM_KEYCACHE_LIMIT 65536
+
+typedef struct ms_dkim_keycache ms_dkim_keycache;
+
+struct ms_dkim_keycache_stats {
+    uint64_t hits;      /* keys served without decoding */
+    uint64_t misses;    /* keys decoded (and cached when usable) */
+    uint64_t evictions; /* entries dropped because the cache was full */
+    uint64_t bad;       /* p= that did not decode (never cached) */
+    size_t entries;
+};
+
+/* A cache of at most `max` keys (0: MS_DKIM_KEYCACHE_MAX; more than
+ * MS_DKIM_KEYCACHE_LIMIT is cut to it).  Never fails (allocation failure
+ * aborts, as everywhere). */
+ms_dkim_keycache *ms_dkim_keycache_new(size_t max);
+void ms_dkim_keycache_stats(const ms_dkim_keycache *c, struct ms_dkim_keycache_stats *out);
+/* Frees every entry (keys still held by a verifier live on until it is
+ * freed). */
+void ms_dkim_keycache_free(ms_dkim_keycache *c);
+/* Let verifier v take its keys from c (NULL: decode every key, the default).
+ * Call before the first ms_dkim_verify_answer(). */
+void ms_dkim_verify_use_keycache(ms_dkim_verify *v, ms_dkim_keycache *c);
 
 /* ------------------------------------------------------------------------
  * Signer

@@ -9,6 +9,7 @@
 #include "ms_dkim.h"
 #include "ms_addr.h"
 #include "ms_error.h"
+#include "ms_list.h"
 #include "ms_mem.h"
 
 #include <openssl/evp.h>
@@ -54,6 +55,7 @@ struct ms_dkim_verify {
     size_t nsigs;
     size_t cur; /* signature whose query is outstanding */
     int waiting;
+    ms_dkim_keycache *keys; /* borrowed; NULL: decode every key */
 };
 
 static void vs_set(struct vsig *vs, enum ms_dkim_result res, const char *fmt, ...)
@@ -69,6 +71,23 @@ static void vs_set(struct vsig *vs, enum ms_dkim_result res, const char *fmt, ..
     vs->r.result = res;
     vs->r.reason = vs->reason;
     vs->state = VS_DONE;
+}
+
+/* The next result slot.  Slots are not zeroed in bulk (a struct
+ * ms_dkim_sig is ~17 KiB, mostly h= names, and ms_dkim_sig_parse() clears
+ * it first): only what a result reads is set here, and the parsed
+ * signature too when no parse will follow (clear_sig). */
+static struct vsig *vs_next(struct ms_dkim_verify *v, int clear_sig)
+{
+    struct vsig *vs = &v->sigs[v->nsigs++];
+
+    memset(&vs->r, 0, sizeof(vs->r));
+    vs->field = 0;
+    vs->state = VS_DONE;
+    vs->reason[0] = '\0';
+    if (clear_sig)
+        memset(&vs->sig, 0, sizeof(vs->sig));
+    return vs;
 }
 
 static int name_is(const char *msg, const struct ms_dkim_hdr *h, const char *name)
@@ -118,10 +137,11 @@ ms_dkim_verify *ms_dkim_verify_new(const char *msg, size_t len, int64_t now)
     v->msg = msg;
     v->len = len;
     v->now = now;
-    v->hdrs = ms_calloc(MS_DKIM_HEADERS_MAX, sizeof(*v->hdrs));
+    /* Only the first n entries are ever read: no need to zero 24 KiB. */
+    v->hdrs = ms_malloc(MS_DKIM_HEADERS_MAX * sizeof(*v->hdrs));
     n = ms_dkim_headers_split(msg, len, v->hdrs, MS_DKIM_HEADERS_MAX, &v->body_off);
     if (n < 0) {
-        v->sigs = ms_calloc(1, sizeof(*v->sigs));
+        v->sigs = ms_malloc(sizeof(*v->sigs));
         /* Without fields there is nothing to verify; still say so when the
          * message looks signed, so a broken message is not "unsigned". */
         const char *p = msg, *end = msg + len;
@@ -129,7 +149,7 @@ ms_dkim_verify *ms_dkim_verify_new(const char *msg, size_t len, int64_t now)
 
         for (; p + l <= end; p++) {
             if ((p == msg || p[-1] == '\n') && strncasecmp(p, "dkim-signature", l) == 0) {
-                struct vsig *vs = &v->sigs[v->nsigs++];
+                struct vsig *vs = vs_next(v, 1);
 
                 vs->r.d = vs->r.s = vs->r.a = vs->r.i = vs->r.b_prefix = "";
                 vs->r.l = -1;
@@ -151,7 +171,7 @@ ms_dkim_verify *ms_dkim_verify_new(const char *msg, size_t len, int64_t now)
             cnt += name_is(msg, &v->hdrs[k], "dkim-signature");
         /* One slot more for the "too many signatures" result. */
         v->sigs =
-            ms_calloc(cnt < MS_DKIM_SIGS_MAX ? cnt + 1 : MS_DKIM_SIGS_MAX + 1, sizeof(*v->sigs));
+            ms_malloc((cnt < MS_DKIM_SIGS_MAX ? cnt + 1 : MS_DKIM_SIGS_MAX + 1) * sizeof(*v->sigs));
     }
     for (size_t k = 0; k < v->nhdr; k++) {
         const struct ms_dkim_hdr *h = &v->hdrs[k];
@@ -162,14 +182,14 @@ ms_dkim_verify *ms_dkim_verify_new(const char *msg, size_t len, int64_t now)
         if (!name_is(msg, h, "dkim-signature"))
             continue;
         if (v->nsigs == MS_DKIM_SIGS_MAX) {
-            vs = &v->sigs[v->nsigs++];
+            vs = vs_next(v, 1);
             vs->r.d = vs->r.s = vs->r.a = vs->r.i = vs->r.b_prefix = "";
             vs->r.l = -1;
             vs->field = k;
             vs_set(vs, MS_DKIM_PERMERROR, "too many signatures (more than %d)", MS_DKIM_SIGS_MAX);
             break;
         }
-        vs = &v->sigs[v->nsigs++];
+        vs = vs_next(v, 0);
         vs->field = k;
         voff = (size_t)((const char *)memchr(msg + h->off, ':', h->len) - (msg + h->off)) + 1;
         n = ms_dkim_sig_parse(msg + h->off + voff, h->len - voff, &vs->sig, &why);
@@ -218,9 +238,58 @@ int ms_dkim_verify_step(ms_dkim_verify *v, struct ms_dns_query *q)
  * Hashing and the signature check (§6.1.3)
  * ------------------------------------------------------------------------ */
 
+/* The canonicalizers emit a word or a line ending at a time (a 5 KiB
+ * relaxed body is ~1,800 pieces); EVP_DigestUpdate() costs more per call
+ * than SHA-256 costs for a short piece, so pieces are gathered here first.
+ * Bytes in, the same bytes out: the digest does not change. */
+#define MS_DKIM_HASHBUF 2048
+
+struct digest_sink {
+    EVP_MD_CTX *md;
+    size_t n;
+    int err; /* an EVP_DigestUpdate() failed */
+    uint8_t buf[MS_DKIM_HASHBUF];
+};
+
+static void sink_flush(struct digest_sink *d)
+{
+    if (d->n > 0 && EVP_DigestUpdate(d->md, d->buf, d->n) != 1)
+        d->err = 1;
+    d->n = 0;
+}
+
 static void emit_digest(void *ctx, const void *p, size_t n)
 {
-    EVP_DigestUpdate(ctx, p, n);
+    struct digest_sink *d = ctx;
+
+    if (n > sizeof(d->buf) - d->n) {
+        sink_flush(d);
+        if (n >= sizeof(d->buf)) {
+            if (EVP_DigestUpdate(d->md, p, n) != 1)
+                d->err = 1;
+            return;
+        }
+    }
+    memcpy(d->buf + d->n, p, n);
+    d->n += n;
+}
+
+/* Start a SHA-256 through the sink; 0 on failure. */
+static int sink_init(struct digest_sink *d, EVP_MD_CTX *md)
+{
+    d->md = md;
+    d->n = 0;
+    d->err = 0;
+    return EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1;
+}
+
+/* Flush and finish into out[32]; 0 on failure. */
+static int sink_final(struct digest_sink *d, uint8_t out[32])
+{
+    unsigned int dl = 0;
+
+    sink_flush(d);
+    return !d->err && EVP_DigestFinal_ex(d->md, out, &dl) == 1 && dl == 32;
 }
 
 /* Build the public key from p=: SubjectPublicKeyInfo or PKCS#1
@@ -253,6 +322,144 @@ static EVP_PKEY *load_pubkey(const struct ms_dkim_keyrec *key)
     return pk;
 }
 
+/* ------------------------------------------------------------------------
+ * The key cache (ms_dkim.h): a chained hash table over the p= bytes for
+ * lookups, and a list in order of use for eviction.
+ * ------------------------------------------------------------------------ */
+
+struct kc_entry {
+    struct kc_entry *chain; /* next in the same bucket */
+    struct ms_list lru;     /* on ms_dkim_keycache.lru, most recent first */
+    uint64_t hash;
+    enum ms_dkim_keytype k;
+    EVP_PKEY *pk; /* one reference held by the cache */
+    size_t p_len;
+    uint8_t p[]; /* the decoded p= */
+};
+
+struct ms_dkim_keycache {
+    struct kc_entry **buckets;
+    size_t nbuckets; /* a power of two, >= max */
+    size_t max;
+    struct ms_list lru;
+    struct ms_dkim_keycache_stats st;
+};
+
+/* FNV-1a over k= and p=: spreads the table; equality is still decided by
+ * comparing the bytes. */
+static uint64_t kc_hash(enum ms_dkim_keytype k, const uint8_t *p, size_t n)
+{
+    uint64_t h = UINT64_C(14695981039346656037) ^ (uint64_t)k;
+
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= UINT64_C(1099511628211);
+    }
+    return h;
+}
+
+ms_dkim_keycache *ms_dkim_keycache_new(size_t max)
+{
+    ms_dkim_keycache *c = ms_calloc(1, sizeof(*c));
+
+    if (max == 0)
+        max = MS_DKIM_KEYCACHE_MAX;
+    if (max > MS_DKIM_KEYCACHE_LIMIT)
+        max = MS_DKIM_KEYCACHE_LIMIT;
+    c->max = max;
+    for (c->nbuckets = 1; c->nbuckets < max; c->nbuckets <<= 1)
+        ;
+    c->buckets = ms_calloc(c->nbuckets, sizeof(*c->buckets));
+    ms_list_init(&c->lru);
+    return c;
+}
+
+void ms_dkim_keycache_stats(const ms_dkim_keycache *c, struct ms_dkim_keycache_stats *out)
+{
+    *out = c->st;
+}
+
+static void kc_drop(ms_dkim_keycache *c, struct kc_entry *e)
+{
+    struct kc_entry **pp = &c->buckets[e->hash & (c->nbuckets - 1)];
+
+    while (*pp != e)
+        pp = &(*pp)->chain;
+    *pp = e->chain;
+    ms_list_remove(&e->lru);
+    EVP_PKEY_free(e->pk);
+    free(e);
+    c->st.entries--;
+}
+
+void ms_dkim_keycache_free(ms_dkim_keycache *c)
+{
+    struct ms_list *pos, *tmp;
+
+    if (c == NULL)
+        return;
+    ms_list_foreach_safe(pos, tmp, &c->lru)
+    {
+        struct kc_entry *e = ms_list_entry(pos, struct kc_entry, lru);
+
+        EVP_PKEY_free(e->pk);
+        free(e);
+    }
+    free(c->buckets);
+    free(c);
+}
+
+/* The key for this record: from the cache when its p= was seen before,
+ * else decoded (and cached when usable).  The caller owns one reference
+ * of the result (EVP_PKEY_free).  NULL: p= does not decode. */
+static EVP_PKEY *kc_get(ms_dkim_keycache *c, const struct ms_dkim_keyrec *key)
+{
+    uint64_t h;
+    struct kc_entry *e, **bucket;
+    EVP_PKEY *pk;
+
+    if (c == NULL)
+        return load_pubkey(key);
+    h = kc_hash(key->k, key->p, key->p_len);
+    bucket = &c->buckets[h & (c->nbuckets - 1)];
+    for (e = *bucket; e != NULL; e = e->chain) {
+        if (e->hash == h && e->k == key->k && e->p_len == key->p_len &&
+            memcmp(e->p, key->p, key->p_len) == 0) {
+            c->st.hits++;
+            ms_list_remove(&e->lru);
+            ms_list_insert_head(&c->lru, &e->lru);
+            EVP_PKEY_up_ref(e->pk);
+            return e->pk;
+        }
+    }
+    c->st.misses++;
+    if ((pk = load_pubkey(key)) == NULL) {
+        c->st.bad++;
+        return NULL;
+    }
+    if (c->st.entries == c->max) {
+        kc_drop(c, ms_list_entry(c->lru.prev, struct kc_entry, lru));
+        c->st.evictions++;
+    }
+    e = ms_malloc(sizeof(*e) + key->p_len);
+    e->hash = h;
+    e->k = key->k;
+    e->pk = pk;
+    e->p_len = key->p_len;
+    memcpy(e->p, key->p, key->p_len);
+    e->chain = *bucket;
+    *bucket = e;
+    ms_list_insert_head(&c->lru, &e->lru);
+    c->st.entries++;
+    EVP_PKEY_up_ref(pk);
+    return pk;
+}
+
+void ms_dkim_verify_use_keycache(ms_dkim_verify *v, ms_dkim_keycache *c)
+{
+    v->keys = c;
+}
+
 /* Verify the signature of a 32-octet digest: RSASSA-PKCS1-v1_5 with
  * SHA-256 (RFC 6376 §3.3.1), or PureEdDSA over the SHA-256 hash (RFC 8463
  * §3). */
@@ -283,11 +490,11 @@ static void vs_check(struct ms_dkim_verify *v, struct vsig *vs, const struct ms_
     const struct ms_dkim_sig *sig = &vs->sig;
     const struct ms_dkim_hdr *f = &v->hdrs[vs->field];
     struct ms_dkim_body body;
+    struct digest_sink sink;
     EVP_MD_CTX *md = NULL;
     EVP_PKEY *pk = NULL;
     struct bodyhash *bh;
     uint8_t hh[32];
-    unsigned int dl = 0;
     size_t k;
     const char *names[MS_DKIM_H_MAX];
     char *field = NULL;
@@ -318,7 +525,7 @@ static void vs_check(struct ms_dkim_verify *v, struct vsig *vs, const struct ms_
             return;
         }
     }
-    if ((pk = load_pubkey(key)) == NULL) {
+    if ((pk = kc_get(v->keys, key)) == NULL) {
         vs_set(vs, MS_DKIM_PERMERROR, "unusable public key p=");
         return;
     }
@@ -345,15 +552,15 @@ static void vs_check(struct ms_dkim_verify *v, struct vsig *vs, const struct ms_
         bh = &v->bodies[v->nbodies]; /* at most one per signature */
         bh->c = sig->bcanon;
         bh->l = sig->l;
-        if (!EVP_DigestInit_ex(md, EVP_sha256(), NULL)) {
+        if (!sink_init(&sink, md)) {
             vs_set(vs, MS_DKIM_TEMPERROR, "crypto failure");
             goto out;
         }
-        ms_dkim_body_init(&body, sig->bcanon, sig->l, emit_digest, md);
+        ms_dkim_body_init(&body, sig->bcanon, sig->l, emit_digest, &sink);
         ms_dkim_body_update(&body, v->msg + v->body_off, v->len - v->body_off);
         ms_dkim_body_final(&body);
         bh->total = body.total;
-        if (!EVP_DigestFinal_ex(md, bh->digest, &dl) || dl != 32) {
+        if (!sink_final(&sink, bh->digest)) {
             vs_set(vs, MS_DKIM_TEMPERROR, "crypto failure");
             goto out;
         }
@@ -379,10 +586,10 @@ static void vs_check(struct ms_dkim_verify *v, struct vsig *vs, const struct ms_
            f->len - voff - sig->b_vend);
     for (k = 0; k < sig->nh; k++)
         names[k] = sig->h[k];
-    if (!EVP_DigestInit_ex(md, EVP_sha256(), NULL) ||
+    if (!sink_init(&sink, md) ||
         ms_dkim_header_data(v->msg, v->hdrs, v->nhdr, sig->hcanon, names, sig->nh, field, flen,
-                            emit_digest, md) < 0 ||
-        !EVP_DigestFinal_ex(md, hh, &dl) || dl != 32) {
+                            emit_digest, &sink) < 0 ||
+        !sink_final(&sink, hh)) {
         vs_set(vs, MS_DKIM_PERMERROR, "header field too long");
         goto out;
     }

@@ -98,15 +98,17 @@ struct rec {
     const char *txt;
 };
 
-/* Run the verifier to completion against the table; unknown names are
- * NXDOMAIN.  Counts the queries. */
-static ms_dkim_verify *verify_with(const char *msg, size_t len, int64_t now, const struct rec *recs,
-                                   size_t nrecs, int *queries)
+/* Run the verifier to completion against the table, taking keys from
+ * `keys` (NULL: none); unknown names are NXDOMAIN.  Counts the queries. */
+static ms_dkim_verify *verify_with_keys(const char *msg, size_t len, int64_t now,
+                                        const struct rec *recs, size_t nrecs, int *queries,
+                                        ms_dkim_keycache *keys)
 {
     ms_dkim_verify *v = ms_dkim_verify_new(msg, len, now);
     struct ms_dns_query q;
     int nq = 0;
 
+    ms_dkim_verify_use_keycache(v, keys);
     while (ms_dkim_verify_step(v, &q) == MS_DKIM_NEED_DNS) {
         struct ms_dns_result r = {.status = MS_DNS_NXDOMAIN};
         struct ms_dns_rr rr;
@@ -132,6 +134,12 @@ static ms_dkim_verify *verify_with(const char *msg, size_t len, int64_t now, con
     if (queries)
         *queries = nq;
     return v;
+}
+
+static ms_dkim_verify *verify_with(const char *msg, size_t len, int64_t now, const struct rec *recs,
+                                   size_t nrecs, int *queries)
+{
+    return verify_with_keys(msg, len, now, recs, nrecs, queries, NULL);
 }
 
 static enum ms_dkim_result result_of(const ms_dkim_verify *v, size_t i)
@@ -1894,6 +1902,302 @@ static void test_sign_errors(void **state)
     assert_null(pk);
 }
 
+/* Bodies and header sections larger than the verifier's hashing buffer
+ * (MS_DKIM_HASHBUF in ms_dkim_verify.c): many short pieces, lines longer
+ * than the buffer (passed through without it), and runs ending exactly at
+ * its edge; signed by ms_dkim_sign() (its own hashing) and verified, both
+ * canonicalizations, with and without l=. */
+static void test_verify_large_bodies(void **state)
+{
+    struct keys *k = *state;
+    struct rec recs[1] = {{"s._domainkey.example.org", MS_DNS_OK, k->ed_rec}};
+    struct ms_buf m;
+    char *hdr, *sm;
+    size_t slen;
+
+    ms_buf_init(&m, 1 << 22);
+    assert_int_equal(ms_buf_append(&m, "From: a@example.org\r\nSubject: ", 30), 0);
+    for (int i = 0; i < 400; i++)
+        assert_int_equal(ms_buf_append(&m, "word ", 5), 0);
+    assert_int_equal(ms_buf_append(&m, "\r\n\r\n", 4), 0);
+    for (int i = 0; i < 3000; i++)
+        assert_int_equal(ms_buf_append(&m, i % 7 ? "ab  " : "x\t\r\n", 4), 0);
+    for (int len = 2040; len <= 2056; len += 8) {
+        for (int i = 0; i < 3; i++) {
+            for (int j = 0; j < len; j++)
+                assert_int_equal(ms_buf_append(&m, j % 61 == 60 ? " " : "y", 1), 0);
+            assert_int_equal(ms_buf_append(&m, "\r\n", 2), 0);
+        }
+    }
+    for (int i = 0; i < 5000; i++)
+        assert_int_equal(ms_buf_append(&m, "z", 1), 0);
+    assert_int_equal(ms_buf_append(&m, "\r\n\r\n\r\n", 6), 0);
+    for (int c = MS_DKIM_SIMPLE; c <= MS_DKIM_RELAXED; c++) {
+        for (int l = 0; l <= 1; l++) {
+            struct ms_dkim_signer sg = {.domain = "example.org",
+                                        .selector = "s",
+                                        .key = k->ed,
+                                        .hcanon = c,
+                                        .bcanon = c,
+                                        .body_length = l};
+            ms_dkim_verify *v;
+
+            assert_int_equal(ms_dkim_sign((const char *)m.data, m.len, &sg, NOW, &hdr), 0);
+            {
+                char *body = ms_strndup((const char *)m.data, m.len);
+
+                sm = concat(hdr, body, &slen);
+                free(body);
+            }
+            v = verify_with(sm, slen, NOW, recs, 1, NULL);
+            assert_int_equal(result_of(v, 0), MS_DKIM_PASS);
+            assert_true(ms_dkim_verify_sig(v, 0)->body_len > 20000);
+            ms_dkim_verify_free(v);
+            /* One octet changed past the first buffer: fails. */
+            sm[slen - 100] = sm[slen - 100] == 'z' ? 'q' : 'z';
+            v = verify_with(sm, slen, NOW, recs, 1, NULL);
+            assert_int_equal(ms_dkim_verify_sig(v, 0)->result, MS_DKIM_FAIL);
+            ms_dkim_verify_free(v);
+            free(sm);
+            free(hdr);
+        }
+    }
+    ms_buf_free(&m);
+}
+
+/* ------------------------------------------------------------------------
+ * The key cache
+ * ------------------------------------------------------------------------ */
+
+/* MSG signed by `key` as s._domainkey.example.org, with its field. */
+static char *signed_by(const ms_dkim_privkey *key, size_t *len)
+{
+    struct ms_dkim_signer sg = {.domain = "example.org", .selector = "s", .key = key};
+    char *hdr, *sm;
+
+    assert_int_equal(ms_dkim_sign(MSG, strlen(MSG), &sg, NOW, &hdr), 0);
+    sm = concat(hdr, MSG, len);
+    free(hdr);
+    return sm;
+}
+
+/* Verify sm (one signature) with `rec` served for it, through cache c;
+ * the result, its reason copied to why[] when not NULL. */
+static enum ms_dkim_result verify_cached(const char *sm, size_t len, const char *rec,
+                                         ms_dkim_keycache *c, char *why, size_t whylen)
+{
+    struct rec recs[1] = {{"s._domainkey.example.org", MS_DNS_OK, rec}};
+    ms_dkim_verify *v = verify_with_keys(sm, len, NOW, recs, 1, NULL, c);
+    const struct ms_dkim_sigresult *r;
+    enum ms_dkim_result res;
+
+    assert_int_equal(ms_dkim_verify_count(v), 1);
+    r = ms_dkim_verify_sig(v, 0);
+    res = r->result;
+    if (why)
+        snprintf(why, whylen, "%s", r->reason);
+    if (res == MS_DKIM_PASS)
+        assert_true(r->key_bits > 0);
+    ms_dkim_verify_free(v);
+    return res;
+}
+
+static void assert_stats(ms_dkim_keycache *c, uint64_t hits, uint64_t misses, uint64_t evictions,
+                         uint64_t bad, size_t entries)
+{
+    struct ms_dkim_keycache_stats st;
+
+    ms_dkim_keycache_stats(c, &st);
+    assert_int_equal(st.hits, hits);
+    assert_int_equal(st.misses, misses);
+    assert_int_equal(st.evictions, evictions);
+    assert_int_equal(st.bad, bad);
+    assert_int_equal(st.entries, entries);
+}
+
+/* The first use of a key decodes it, the next ones do not; results and
+ * key sizes are the same either way. */
+static void test_keycache_hit_miss(void **state)
+{
+    struct keys *k = *state;
+    ms_dkim_keycache *c = ms_dkim_keycache_new(4);
+    size_t rl, el;
+    char *rsa_msg = signed_by(k->rsa, &rl), *ed_msg = signed_by(k->ed, &el);
+
+    assert_stats(c, 0, 0, 0, 0, 0);
+    assert_int_equal(verify_cached(rsa_msg, rl, k->rsa_rec, c, NULL, 0), MS_DKIM_PASS);
+    assert_stats(c, 0, 1, 0, 0, 1);
+    assert_int_equal(verify_cached(rsa_msg, rl, k->rsa_rec, c, NULL, 0), MS_DKIM_PASS);
+    assert_stats(c, 1, 1, 0, 0, 1);
+    assert_int_equal(verify_cached(ed_msg, el, k->ed_rec, c, NULL, 0), MS_DKIM_PASS);
+    assert_stats(c, 1, 2, 0, 0, 2);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(verify_cached(ed_msg, el, k->ed_rec, c, NULL, 0), MS_DKIM_PASS);
+        assert_int_equal(verify_cached(rsa_msg, rl, k->rsa_rec, c, NULL, 0), MS_DKIM_PASS);
+    }
+    assert_stats(c, 7, 2, 0, 0, 2);
+    /* A cached RSA key still reports its size; the same key under other
+     * tags (t=y) is the same entry, and t=y is read from this record. */
+    {
+        struct rec recs[1] = {{"s._domainkey.example.org", MS_DNS_OK, NULL}};
+        char *rec = ms_asprintf("v=DKIM1; t=y; %s", k->rsa_rec + 9);
+        ms_dkim_verify *v;
+
+        recs[0].txt = rec;
+        v = verify_with_keys(rsa_msg, rl, NOW, recs, 1, NULL, c);
+        assert_int_equal(result_of(v, 0), MS_DKIM_PASS);
+        assert_int_equal(ms_dkim_verify_sig(v, 0)->key_bits, 2048);
+        assert_true(ms_dkim_verify_sig(v, 0)->testing);
+        ms_dkim_verify_free(v);
+        free(rec);
+    }
+    assert_stats(c, 8, 2, 0, 0, 2);
+    /* A changed body still fails with a cached key. */
+    rsa_msg[rl - 5] = 'X';
+    assert_int_equal(verify_cached(rsa_msg, rl, k->rsa_rec, c, NULL, 0), MS_DKIM_FAIL);
+    assert_stats(c, 9, 2, 0, 0, 2);
+    free(rsa_msg);
+    free(ed_msg);
+    ms_dkim_keycache_free(c);
+    ms_dkim_keycache_free(NULL);
+}
+
+/* At the limit the least recently used key goes. */
+static void test_keycache_eviction(void **state)
+{
+    struct keys *k = *state;
+    ms_dkim_keycache *c = ms_dkim_keycache_new(2);
+    char *c_rec;
+    ms_dkim_privkey *ck = gen_key(EVP_PKEY_ED25519, 0, &c_rec, NULL);
+    size_t al, bl, cl;
+    char *a = signed_by(k->rsa, &al), *b = signed_by(k->ed, &bl), *cm = signed_by(ck, &cl);
+
+    assert_int_equal(verify_cached(a, al, k->rsa_rec, c, NULL, 0), MS_DKIM_PASS);
+    assert_int_equal(verify_cached(b, bl, k->ed_rec, c, NULL, 0), MS_DKIM_PASS);
+    assert_int_equal(verify_cached(a, al, k->rsa_rec, c, NULL, 0), MS_DKIM_PASS);
+    assert_stats(c, 1, 2, 0, 0, 2);
+    /* Full: the third key drops B, used longest ago, not A. */
+    assert_int_equal(verify_cached(cm, cl, c_rec, c, NULL, 0), MS_DKIM_PASS);
+    assert_stats(c, 1, 3, 1, 0, 2);
+    assert_int_equal(verify_cached(a, al, k->rsa_rec, c, NULL, 0), MS_DKIM_PASS);
+    assert_stats(c, 2, 3, 1, 0, 2);
+    assert_int_equal(verify_cached(cm, cl, c_rec, c, NULL, 0), MS_DKIM_PASS);
+    assert_stats(c, 3, 3, 1, 0, 2);
+    /* B again: decoded again, and A (now the oldest) goes. */
+    assert_int_equal(verify_cached(b, bl, k->ed_rec, c, NULL, 0), MS_DKIM_PASS);
+    assert_stats(c, 3, 4, 2, 0, 2);
+    assert_int_equal(verify_cached(cm, cl, c_rec, c, NULL, 0), MS_DKIM_PASS);
+    assert_stats(c, 4, 4, 2, 0, 2);
+    assert_int_equal(verify_cached(a, al, k->rsa_rec, c, NULL, 0), MS_DKIM_PASS);
+    assert_stats(c, 4, 5, 3, 0, 2);
+    /* A cache of one still works. */
+    {
+        ms_dkim_keycache *one = ms_dkim_keycache_new(1);
+
+        assert_int_equal(verify_cached(a, al, k->rsa_rec, one, NULL, 0), MS_DKIM_PASS);
+        assert_int_equal(verify_cached(b, bl, k->ed_rec, one, NULL, 0), MS_DKIM_PASS);
+        assert_int_equal(verify_cached(b, bl, k->ed_rec, one, NULL, 0), MS_DKIM_PASS);
+        assert_stats(one, 1, 2, 1, 0, 1);
+        ms_dkim_keycache_free(one);
+    }
+    free(a);
+    free(b);
+    free(cm);
+    free(c_rec);
+    ms_dkim_key_free(ck);
+    ms_dkim_keycache_free(c);
+}
+
+/* The cache is keyed by the record's key, not its name: when the record at
+ * the same name changes (a rotation), the new key is used at once, and the
+ * old key's signatures stop verifying. */
+static void test_keycache_changed_record(void **state)
+{
+    struct keys *k = *state;
+    ms_dkim_keycache *c = ms_dkim_keycache_new(8);
+    char *new_rec, why[160];
+    ms_dkim_privkey *nk = gen_key(EVP_PKEY_ED25519, 0, &new_rec, NULL);
+    size_t ol, nl;
+    char *old_msg = signed_by(k->ed, &ol), *new_msg = signed_by(nk, &nl);
+
+    assert_int_equal(verify_cached(old_msg, ol, k->ed_rec, c, NULL, 0), MS_DKIM_PASS);
+    assert_int_equal(verify_cached(old_msg, ol, new_rec, c, why, sizeof(why)), MS_DKIM_FAIL);
+    assert_string_equal(why, "signature did not verify");
+    assert_int_equal(verify_cached(new_msg, nl, new_rec, c, NULL, 0), MS_DKIM_PASS);
+    assert_int_equal(verify_cached(new_msg, nl, k->ed_rec, c, why, sizeof(why)), MS_DKIM_FAIL);
+    assert_string_equal(why, "signature did not verify");
+    assert_stats(c, 2, 2, 0, 0, 2);
+    /* Revoked (p= empty) while the key is cached: permerror, not pass. */
+    assert_int_equal(verify_cached(old_msg, ol, "v=DKIM1; k=ed25519; p=", c, why, sizeof(why)),
+                     MS_DKIM_PERMERROR);
+    assert_string_equal(why, "key revoked");
+    /* The same octets offered as another key type are another entry (and
+     * refused by the a=/k= rule before any decoding). */
+    {
+        char *as_rsa = ms_asprintf("v=DKIM1; k=rsa; %s", strstr(k->ed_rec, "p="));
+
+        assert_int_equal(verify_cached(old_msg, ol, as_rsa, c, why, sizeof(why)),
+                         MS_DKIM_PERMERROR);
+        assert_string_equal(why, "key type k= does not match a=");
+        free(as_rsa);
+    }
+    assert_stats(c, 2, 2, 0, 0, 2);
+    free(old_msg);
+    free(new_msg);
+    free(new_rec);
+    ms_dkim_key_free(nk);
+    ms_dkim_keycache_free(c);
+}
+
+/* A p= that does not decode is refused every time and never cached; a key
+ * that decodes but breaks a rule (RSA under 1024 bits) is cached as a key,
+ * and the rule is applied again on every use. */
+static void test_keycache_bad_key(void **state)
+{
+    struct keys *k = *state;
+    ms_dkim_keycache *c = ms_dkim_keycache_new(4);
+    size_t rl, el;
+    char *rsa_msg = signed_by(k->rsa, &rl), *ed_msg = signed_by(k->ed, &el), why[160];
+    /* Base64 of octets that are neither SubjectPublicKeyInfo nor PKCS#1,
+     * and an Ed25519 p= of the wrong length. */
+    static const char bad_rsa[] = "v=DKIM1; k=rsa; p=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd";
+    static const char bad_ed[] = "v=DKIM1; k=ed25519; p=AAECAwQFBgcICQoLDA0ODxAREhMUFRYX";
+
+    for (int i = 1; i <= 2; i++) {
+        assert_int_equal(verify_cached(rsa_msg, rl, bad_rsa, c, why, sizeof(why)),
+                         MS_DKIM_PERMERROR);
+        assert_string_equal(why, "unusable public key p=");
+        assert_int_equal(verify_cached(ed_msg, el, bad_ed, c, why, sizeof(why)),
+                         MS_DKIM_PERMERROR);
+        assert_string_equal(why, "unusable public key p=");
+        assert_stats(c, 0, 2 * (uint64_t)i, 0, 2 * (uint64_t)i, 0);
+    }
+    /* A good key afterwards is unaffected. */
+    assert_int_equal(verify_cached(rsa_msg, rl, k->rsa_rec, c, NULL, 0), MS_DKIM_PASS);
+    assert_stats(c, 0, 5, 0, 4, 1);
+    {
+        EVP_PKEY *small = EVP_RSA_gen(512);
+        unsigned char *der = NULL;
+        int n = i2d_PUBKEY(small, &der);
+        char *b = ms_malloc(4 * (size_t)n / 3 + 8), *rec;
+
+        EVP_EncodeBlock((unsigned char *)b, der, n);
+        rec = ms_asprintf("v=DKIM1; p=%s", b);
+        for (int i = 0; i < 2; i++) {
+            assert_int_equal(verify_cached(rsa_msg, rl, rec, c, why, sizeof(why)), MS_DKIM_FAIL);
+            assert_string_equal(why, "RSA key too small (512 bits)");
+        }
+        assert_stats(c, 1, 6, 0, 4, 2);
+        free(rec);
+        free(b);
+        OPENSSL_free(der);
+        EVP_PKEY_free(small);
+    }
+    free(rsa_msg);
+    free(ed_msg);
+    ms_dkim_keycache_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1917,6 +2221,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_verify_encoded_i, setup_keys, teardown_keys),
         cmocka_unit_test_setup_teardown(test_sign_identity, setup_keys, teardown_keys),
         cmocka_unit_test_setup_teardown(test_sign_errors, setup_keys, teardown_keys),
+        cmocka_unit_test_setup_teardown(test_verify_large_bodies, setup_keys, teardown_keys),
+        cmocka_unit_test_setup_teardown(test_keycache_hit_miss, setup_keys, teardown_keys),
+        cmocka_unit_test_setup_teardown(test_keycache_eviction, setup_keys, teardown_keys),
+        cmocka_unit_test_setup_teardown(test_keycache_changed_record, setup_keys, teardown_keys),
+        cmocka_unit_test_setup_teardown(test_keycache_bad_key, setup_keys, teardown_keys),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
