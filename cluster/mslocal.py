@@ -1684,18 +1684,7 @@ class KafkaCluster:
 
     def leaders(self, topic: str) -> Dict[int, int]:
         """partition -> leader node id (-1: none), from a running broker."""
-        for n in self.nodes:
-            if not n.running:
-                continue
-            r = n._tool("org.apache.kafka.tools.TopicCommand", "--bootstrap-server",
-                        n.bootstrap, "--describe", "--topic", re.escape(topic))
-            if r.returncode != 0:
-                continue
-            out = {}
-            for m in re.finditer(r"Partition:\s*(\d+)\s+Leader:\s*(-?\d+)", r.stdout):
-                out[int(m.group(1))] = int(m.group(2))
-            return out
-        raise MsLocalError("kafka: no broker answered")
+        return {p: leader for p, (leader, _r, _i) in self.partitions(topic).items()}
 
     def partitions(self, topic: str) -> Dict[int, tuple]:
         """partition -> (leader, replicas, in-sync replicas) of topic, from a
