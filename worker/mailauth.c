@@ -427,16 +427,24 @@ static void job_free(struct job *j)
     uv_close((uv_handle_t *)&j->timer, job_closed);
 }
 
-/* Replace the envelope's message by head + body (body may be the old data). */
-static void set_message(ms_envelope *env, const char *head, size_t hlen, const char *body,
-                        size_t blen)
+/* head + body in a new buffer with a NUL after them (not part of the
+ * message; for C-string readers).  Any thread: touches only its arguments. */
+static uint8_t *join(const char *head, size_t hlen, const char *body, size_t blen)
 {
     uint8_t *n = ms_malloc(hlen + blen + 1);
 
     memcpy(n, head, hlen);
     memcpy(n + hlen, body, blen);
-    n[hlen + blen] = '\0'; /* not part of the message; for C-string readers */
-    ms_envelope_set_message(env, n, hlen + blen); /* the old one may be the record's */
+    n[hlen + blen] = '\0';
+    return n;
+}
+
+/* Replace the envelope's message by head + body (body may be the old data;
+ * the old message may be the record's: ms_envelope_set_message knows). */
+static void set_message(ms_envelope *env, const char *head, size_t hlen, const char *body,
+                        size_t blen)
+{
+    ms_envelope_set_message(env, join(head, hlen, body, blen), hlen + blen);
 }
 
 static void drive(struct job *j);
@@ -863,10 +871,7 @@ static void sign_work(uv_work_t *req)
     if (j->rc == 0) {
         /* The signed message is built here too, so the loop only swaps it in. */
         hl = strlen(hdrs);
-        j->out = ms_malloc(hl + j->len + 1);
-        memcpy(j->out, hdrs, hl);
-        memcpy(j->out + hl, j->msg, j->len);
-        j->out[hl + j->len] = '\0'; /* not part of the message; for C-string readers */
+        j->out = join(hdrs, hl, j->msg, j->len);
         j->outlen = hl + j->len;
     }
     free(hdrs);
