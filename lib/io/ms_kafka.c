@@ -1078,7 +1078,16 @@ int ms_consumer_in_flight(ms_consumer *c)
 /* rd_kafka_consumer_close() with a time limit (MS_KAFKA_CLOSE_TIMEOUT_MS):
  * the close runs in librdkafka's background, its rebalance callbacks are
  * served here.  Returns 1 once closed (or the close could not start, as
- * rd_kafka_consumer_close() would return), 0 when it timed out. */
+ * rd_kafka_consumer_close() would return), 0 when it timed out.
+ *
+ * The close forwards the group's queue, where fetched records also arrive,
+ * to q.  It is served with rd_kafka_consume_queue(), which runs the
+ * callbacks and returns a record, never with rd_kafka_queue_poll_callback():
+ * that one asserts on a record it cannot hand to a consume callback
+ * (rd_kafka_q_serve: res != RD_KAFKA_OP_RES_PASS) and aborted a worker
+ * whose fetch landed during its close.  A record returned here is dropped
+ * unstored (enable.auto.offset.store is false): its partition's next owner
+ * delivers it, as rd_kafka_consumer_close() itself would drop it. */
 static int consumer_close_bounded(ms_consumer *c)
 {
     rd_kafka_queue_t *q = rd_kafka_queue_new(c->rk);
@@ -1093,8 +1102,11 @@ static int consumer_close_bounded(ms_consumer *c)
         rd_kafka_queue_destroy(q);
         return 1;
     }
-    while (!(closed = rd_kafka_consumer_closed(c->rk)) && uv_hrtime() / 1000000 < end)
-        rd_kafka_queue_poll_callback(q, 100);
+    while (!(closed = rd_kafka_consumer_closed(c->rk)) && uv_hrtime() / 1000000 < end) {
+        rd_kafka_message_t *m = rd_kafka_consume_queue(q, 100);
+        if (m != NULL)
+            rd_kafka_message_destroy(m);
+    }
     if (!closed) {
         /* The close goes on in librdkafka's threads and may still post
          * to q: left, with the handle, to the process's exit. */
