@@ -414,8 +414,8 @@ struct ms_producer {
  * sends one produce request per partition, and with a topic that fsyncs every
  * append each request is an fsync, so a batch that straddled two windows cost
  * two requests and two fsyncs (at 50 KiB, five records filled a window).
- * Such a caller (linger.ms 0) should send a batch only once the previous one
- * is acknowledged, as the frontend does.  An idempotent
+ * Such a caller should send a batch only once the previous one is
+ * acknowledged, as the frontend does.  An idempotent
  * librdkafka (2.0.2, and still so upstream) sends no further request for a
  * partition while five or more of its *records* are in flight
  * (rd_kafka_toppar_producer_serve: RD_KAFKA_IDEMP_MAX_INFLIGHT minus the
@@ -540,7 +540,7 @@ ms_producer *ms_producer_new(uv_loop_t *loop, const struct ms_kafka_conf *kc, ms
     }
     p->stall_limit_ms = (uint64_t)timeout_ms + MS_KAFKA_STALL_GRACE_MS;
     snprintf(num, sizeof(num), "%d",
-             kc->caller_batches ? 0 : kc->linger_ms > 0 ? kc->linger_ms : 1);
+             kc->caller_batches ? kc->batch_linger_ms : kc->linger_ms > 0 ? kc->linger_ms : 1);
     set_conf(conf, "linger.ms", num);
     set_conf(conf, "queue.buffering.max.kbytes", "1048576");
     /* Whole batches are compressed by the producer and stored so by the

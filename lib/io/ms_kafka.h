@@ -32,7 +32,13 @@ struct ms_kafka_conf {
     int caller_batches;        /* producer: the caller holds records and sends them
                                 * in batches (the frontend's group commit), each
                                 * opened by ms_producer_batch_begin: one partition
-                                * per batch, linger.ms 0 */
+                                * per batch, linger.ms batch_linger_ms */
+    int batch_linger_ms;       /* with caller_batches: linger.ms, 0 sends at once.
+                                * librdkafka's broker thread may then start on a
+                                * batch before it is all queued and send it as two
+                                * requests (two appends; two fsyncs with
+                                * flush.messages=1); 1 waits for all of it.
+                                * librdkafka waits in whole milliseconds. */
     const char *compression;   /* producer compression.type (none, lz4, zstd, gzip,
                                 * snappy); NULL or "": librdkafka's default, none */
     int fetch_min_bytes;       /* consumer fetch.min.bytes; 0: 1 */
