@@ -98,16 +98,19 @@
  *
  * Duplicate fencing (docs/reliability.md, "Nothing twice"): with msg->gate
  * set, the session stops once every RCPT is answered and at least one was
- * accepted, before DATA or the first BDAT chunk (DATA is then not
- * pipelined with MAIL and RCPT, which costs one round trip), and calls
- * gate(arg, id).  The caller answers with wk_smtp_gate_answer(): a
+ * accepted, before any octet of the message (before the body of DATA, or
+ * the first BDAT chunk), and calls gate(arg, id).  With PIPELINING, DATA
+ * itself went with MAIL and RCPT (it commits nothing), so its 354 comes
+ * back while the caller checks, and the body follows the answer without
+ * another round trip.  The caller answers with wk_smtp_gate_answer(): a
  * deadline (uv_now ms) lets the message go, and the session then never
  * sends the octets that end it (the "." of DATA, the last octet of BDAT
  * LAST) after that deadline: it closes the connection instead, which the
  * server takes as an aborted transaction, and reports 4.4.2.  0 refuses:
  * every recipient not yet final gets code 0, 4.4.0 and res->fenced, and
- * the session says QUIT; no octet of the message was sent.  Until the
- * answer the RCPT timeout runs.
+ * the session says QUIT, or closes the connection when DATA was pipelined
+ * (the server may be reading message text); no octet of the message was
+ * sent.  Until the answer the RCPT timeout runs.
  *
  * Outcome: the callback gets one effective result per recipient, in the
  * order given: the reply to its RCPT if that was not 2yz, else the reply to
