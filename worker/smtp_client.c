@@ -193,7 +193,7 @@ struct wk_smtp_cache {
     uint64_t idle_ms;
     unsigned max_msgs;              /* transactions per connection; 0: no limit */
     struct ms_list idle;            /* wk_smtp.idle_node, most recently parked first */
-    size_t nidle;
+    size_t nidle, max_idle;
     size_t refs;                    /* sessions created with it, not yet freed */
     int closing;
 };
@@ -857,12 +857,13 @@ static void tls_required(wk_smtp *s)
 
 /* ---- connection reuse ---- */
 
-wk_smtp_cache *wk_smtp_cache_new(uint64_t idle_ms, unsigned max_msgs)
+wk_smtp_cache *wk_smtp_cache_new(uint64_t idle_ms, unsigned max_msgs, size_t max_idle)
 {
     wk_smtp_cache *c = ms_calloc(1, sizeof(*c));
 
     c->idle_ms = idle_ms;
     c->max_msgs = max_msgs;
+    c->max_idle = max_idle;
     ms_list_init(&c->idle);
     return c;
 }
@@ -891,22 +892,14 @@ void wk_smtp_cache_close(wk_smtp_cache *c)
 static void smtp_park(wk_smtp *s)
 {
     wk_smtp_cache *c = s->cache;
-    struct ms_list *n;
-    size_t same = 0;
 
     s->nmsgs++;
     /* Like Postfix's smtp_connection_reuse_count_limit: a connection that
      * carried enough messages is closed, so no one server process (or
      * its memory leaks) keeps us forever. */
-    if (c == NULL || c->closing || c->nidle >= WK_SMTP_CACHE_MAX ||
+    if (c == NULL || c->closing || c->nidle >= c->max_idle ||
         (s->max_msgs > 0 && s->nmsgs >= s->max_msgs) ||
         (s->max_msgs == 0 && c->max_msgs > 0 && s->nmsgs >= c->max_msgs)) {
-        smtp_quit(s);
-        return;
-    }
-    ms_list_foreach(n, &c->idle)
-        same += strcmp(ms_list_entry(n, wk_smtp, idle_node)->cache_key, s->cache_key) == 0;
-    if (same >= WK_SMTP_CACHE_PER_ADDR) {
         smtp_quit(s);
         return;
     }

@@ -550,6 +550,60 @@ static void test_large_bdat(void **state)
     free(body);
 }
 
+/* ---- the connection cache ---- */
+
+static wk_smtp_cache *cache_under_test;
+static size_t cache_idle_seen;
+
+/* Once both sessions have reported (each has parked or said QUIT by
+ * then), note what is parked and close the cache. */
+static void cache_watch(uv_timer_t *t)
+{
+    struct fixture *f = t->data;
+
+    if (f->out.done < 2)
+        return;
+    cache_idle_seen = wk_smtp_cache_idle(cache_under_test);
+    wk_smtp_cache_close(cache_under_test);
+    uv_close((uv_handle_t *)t, NULL);
+}
+
+/* Two sessions at once to one server, a cache that keeps one: one
+ * connection is parked, the other says QUIT. */
+static void test_cache_keeps_max_idle(void **state)
+{
+    struct fixture *f = *state;
+    struct sockaddr_in sin;
+    struct wk_smtp_timeouts t;
+    uv_timer_t watch;
+    wk_smtp *s;
+    const char *p;
+    int quits = 0;
+
+    f->msg.tls = WK_TLS_NONE;
+    cache_under_test = f->msg.cache = wk_smtp_cache_new(60000, 0, 1);
+    wk_smtp_timeouts_default(&t);
+    uv_ip4_addr("192.0.2.25", 25, &sin);
+    assert_int_equal(wk_smtp_start(&f->loop, (struct sockaddr *)&sin, &t, &f->msg, done_cb,
+                                   &f->out, 7, &s),
+                     0);
+    assert_int_equal(wk_smtp_start(&f->loop, (struct sockaddr *)&sin, &t, &f->msg, done_cb,
+                                   &f->out, 7, &s),
+                     0);
+    uv_timer_init(&f->loop, &watch);
+    watch.data = f;
+    uv_timer_start(&watch, cache_watch, 1, 1);
+    uv_run(&f->loop, UV_RUN_DEFAULT);
+    ms_buf_append(&f->srv.log, "", 1);
+    assert_int_equal(f->out.done, 2);
+    assert_int_equal(f->out.code, 250);
+    assert_int_equal(f->srv.connects, 2);
+    assert_int_equal(cache_idle_seen, 1);
+    for (p = f->srv.log.data; (p = strstr(p, "QUIT\n")) != NULL; p++)
+        quits++;
+    assert_int_equal(quits, 1); /* the surplus one; the parked one was just closed */
+}
+
 /* ---- duplicate fencing: the gate before DATA ---- */
 
 static int gate_calls;
@@ -638,50 +692,45 @@ static void test_gate_refuses_unpipelined(void **state)
     assert_int_equal(f->srv.body_seen, 0);
 }
 
-/* Let through: the body after the answer (DATA's 354 came meanwhile), the
- * message as usual. */
-static void test_gate_lets_through(void **state)
+/* Let through: the session as usual, whatever came first, and the
+ * server's answer to it (250: the message, dot-stuffed, without the
+ * terminator; else none of it). */
+static void deliver_gated(struct fixture *f, int code)
 {
-    struct fixture *f = *state;
-
-    gate_setup(f, UINT64_MAX);
     deliver(f);
     assert_int_equal(gate_calls, 1);
-    assert_int_equal(f->out.code, 250);
+    assert_int_equal(f->out.code, code);
     assert_int_equal(f->out.fenced, 0);
     want_log(f, "EHLO worker.test\nMAIL FROM:<a@b.example>\nRCPT TO:<u@other.test>\nDATA\n"
                 "QUIT\n");
-    assert_int_equal(f->srv.data.len, 28); /* dot-stuffed, without the terminator */
+    assert_int_equal(f->srv.data.len, code == 250 ? 28 : 0);
+    if (code != 250)
+        assert_int_equal(f->srv.body_seen, 0);
+}
+
+/* The answer after DATA's 354 came: the body follows the answer. */
+static void test_gate_lets_through(void **state)
+{
+    gate_setup(*state, UINT64_MAX);
+    deliver_gated(*state, 250);
 }
 
 /* The answer before DATA's 354 has been read: the body waits for it. */
 static void test_gate_answer_before_354(void **state)
 {
-    struct fixture *f = *state;
-
-    gate_setup(f, UINT64_MAX);
+    gate_setup(*state, UINT64_MAX);
     gate_at_once = 1;
-    deliver(f);
-    assert_int_equal(gate_calls, 1);
-    assert_int_equal(f->out.code, 250);
-    want_log(f, "EHLO worker.test\nMAIL FROM:<a@b.example>\nRCPT TO:<u@other.test>\nDATA\n"
-                "QUIT\n");
-    assert_int_equal(f->srv.data.len, 28);
+    deliver_gated(*state, 250);
 }
 
-/* The same without PIPELINING: DATA is sent after the answer. */
+/* Without PIPELINING: DATA is sent after the answer. */
 static void test_gate_lets_through_unpipelined(void **state)
 {
     struct fixture *f = *state;
 
     gate_setup(f, UINT64_MAX);
     f->srv.ehlo = "250 mx.test\r\n";
-    deliver(f);
-    assert_int_equal(gate_calls, 1);
-    assert_int_equal(f->out.code, 250);
-    want_log(f, "EHLO worker.test\nMAIL FROM:<a@b.example>\nRCPT TO:<u@other.test>\nDATA\n"
-                "QUIT\n");
-    assert_int_equal(f->srv.data.len, 28);
+    deliver_gated(f, 250);
 }
 
 /* The pipelined DATA refused while the lease is checked: that reply is
@@ -692,13 +741,7 @@ static void test_gate_data_refused(void **state)
 
     gate_setup(f, UINT64_MAX);
     f->srv.data_reply = "451 4.3.0 not now\r\n";
-    deliver(f);
-    assert_int_equal(gate_calls, 1);
-    assert_int_equal(f->out.code, 451);
-    assert_int_equal(f->out.fenced, 0);
-    want_log(f, "EHLO worker.test\nMAIL FROM:<a@b.example>\nRCPT TO:<u@other.test>\nDATA\n"
-                "QUIT\n");
-    assert_int_equal(f->srv.body_seen, 0);
+    deliver_gated(f, 451);
 }
 
 /* A deadline already past when the end of the message would go: the
@@ -740,6 +783,7 @@ int main(void)
         cmocka_unit_test(test_refusals),
         cmocka_unit_test_setup_teardown(test_large_data_tls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_large_bdat, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cache_keeps_max_idle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gate_refuses, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gate_refuses_unpipelined, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gate_lets_through, setup, teardown),
