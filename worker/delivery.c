@@ -2595,7 +2595,9 @@ wk_delivery *wk_delivery_new(uv_loop_t *loop, const struct wk_delivery_conf *con
                                          "Recipients reported in delay-warning DSNs "
                                          "(Action: delayed).", NULL);
     if (conf->conn_cache_ms > 0)
-        d->conn_cache = wk_smtp_cache_new(conf->conn_cache_ms, conf->max_msgs_per_conn);
+        /* As many as the window runs sessions at once (smtp_client.h). */
+        d->conn_cache =
+            wk_smtp_cache_new(conf->conn_cache_ms, conf->max_msgs_per_conn, d->nslots);
     {
         struct wk_control_conf cc = {conf->transports, d->conf.relay, d->conf.max_age_s + 86400};
         d->control = wk_control_new(loop, &cc, control_changed, d, d->m_redis_errors);

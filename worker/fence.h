@@ -20,11 +20,12 @@
  *           check and no outcome recorded: that holder may have delivered
  *           (it died or stalled after the "."): the redelivery is counted
  *           (mailstream_worker_duplicate_risk_total{kind="unavoidable"}).
- *   check   after the RCPT replies, before DATA or BDAT (smtp_client.h's
- *           gate): still ours -> lasts lease_ms more; the SMTP session may
- *           end the message until then (minus WK_FENCE_MARGIN_MS), never
- *           after.  Lost, or Redis unavailable, or no answer within
- *           WK_REDIS_TIMEOUT_MS: no DATA.
+ *   check   after the RCPT replies, before the message's first octet (the
+ *           body of DATA, which may be pipelined ahead, or the first BDAT:
+ *           smtp_client.h's gate): still ours -> lasts lease_ms more; the
+ *           SMTP session may end the message until then (minus
+ *           WK_FENCE_MARGIN_MS), never after.  Lost, or Redis unavailable,
+ *           or no answer within WK_REDIS_TIMEOUT_MS: not one octet of it.
  *   renew   every lease_ms / 3 while the attempt runs (wk_fence_renew), so
  *           a live holder keeps its lease through a long transfer and a dead
  *           one loses it within lease_ms.

@@ -135,6 +135,8 @@ struct wk_smtp {
     void (*gate)(void *, uint64_t); /* duplicate fencing: asked before DATA */
     uint64_t deadline_ms;           /* its answer: end of data no later (uv_now) */
     int fenced;                     /* the gate refused */
+    int data_ready;                 /* the pipelined DATA's 354 came while the gate
+                                     * was out: the body waits for the answer */
     uint64_t end_sent_ns;           /* uv_hrtime when the end of data was written; 0 not yet */
     /* Connection reuse. */
     wk_smtp_cache *cache;
@@ -191,7 +193,7 @@ struct wk_smtp_cache {
     uint64_t idle_ms;
     unsigned max_msgs;              /* transactions per connection; 0: no limit */
     struct ms_list idle;            /* wk_smtp.idle_node, most recently parked first */
-    size_t nidle;
+    size_t nidle, max_idle;
     size_t refs;                    /* sessions created with it, not yet freed */
     int closing;
 };
@@ -369,7 +371,7 @@ static void tx_free(wk_smtp *s)
     s->mail_from = NULL;
     s->nrcpts = s->rcpt_next = s->naccepted = s->lmtp_next = 0;
     s->body_len = s->body_off = s->msg_len = 0;
-    s->pipelined = s->abort_data = s->rset_pipelined = 0;
+    s->pipelined = s->abort_data = s->rset_pipelined = s->data_ready = 0;
     s->gate = NULL;
     s->deadline_ms = 0;
     s->fenced = 0;
@@ -855,12 +857,13 @@ static void tls_required(wk_smtp *s)
 
 /* ---- connection reuse ---- */
 
-wk_smtp_cache *wk_smtp_cache_new(uint64_t idle_ms, unsigned max_msgs)
+wk_smtp_cache *wk_smtp_cache_new(uint64_t idle_ms, unsigned max_msgs, size_t max_idle)
 {
     wk_smtp_cache *c = ms_calloc(1, sizeof(*c));
 
     c->idle_ms = idle_ms;
     c->max_msgs = max_msgs;
+    c->max_idle = max_idle;
     ms_list_init(&c->idle);
     return c;
 }
@@ -889,22 +892,14 @@ void wk_smtp_cache_close(wk_smtp_cache *c)
 static void smtp_park(wk_smtp *s)
 {
     wk_smtp_cache *c = s->cache;
-    struct ms_list *n;
-    size_t same = 0;
 
     s->nmsgs++;
     /* Like Postfix's smtp_connection_reuse_count_limit: a connection that
      * carried enough messages is closed, so no one server process (or
      * its memory leaks) keeps us forever. */
-    if (c == NULL || c->closing || c->nidle >= WK_SMTP_CACHE_MAX ||
+    if (c == NULL || c->closing || c->nidle >= c->max_idle ||
         (s->max_msgs > 0 && s->nmsgs >= s->max_msgs) ||
         (s->max_msgs == 0 && c->max_msgs > 0 && s->nmsgs >= c->max_msgs)) {
-        smtp_quit(s);
-        return;
-    }
-    ms_list_foreach(n, &c->idle)
-        same += strcmp(ms_list_entry(n, wk_smtp, idle_node)->cache_key, s->cache_key) == 0;
-    if (same >= WK_SMTP_CACHE_PER_ADDR) {
         smtp_quit(s);
         return;
     }
@@ -975,8 +970,12 @@ static void smtp_send_mail(wk_smtp *s)
     for (size_t i = 0; i < s->nrcpts; i++)
         smtp_send_rcpt(s, i);
     /* BDAT waits for the RCPT replies: a chunk cannot be taken back
-     * once sent (RFC 3030 §4.2 would allow pipelining it; we do not). */
-    if (!s->chunking && !s->gate)
+     * once sent (RFC 3030 §4.2 would allow pipelining it; we do not).
+     * DATA goes along even when the lease is checked before the message
+     * (s->gate): it commits nothing, only the end of the data makes the
+     * server process the transaction (RFC 5321 §4.1.1.4), so its 354
+     * comes back while the lease is checked, not one round trip after. */
+    if (!s->chunking)
         smtp_send(s, "DATA\r\n");
     smtp_uncork(s);
 }
@@ -1262,7 +1261,7 @@ static void smtp_handle_reply(wk_smtp *s, const struct ms_reply *r)
         }
         if (s->naccepted == 0) {
             smtp_report(s, 0, NULL, NULL, NULL); /* every recipient is final */
-            if (!s->pipelined || s->chunking || s->gate) {
+            if (!s->pipelined || s->chunking) {
                 smtp_quit(s);
                 return;
             }
@@ -1276,6 +1275,7 @@ static void smtp_handle_reply(wk_smtp *s, const struct ms_reply *r)
             /* Duplicate fencing: the caller checks its lease now, after
              * the RCPT replies and before any octet of the message. */
             smtp_enter_state(s, SMTP_GATE);
+            s->data_ready = 0;
             s->gate(s->arg, s->id);
             return;
         }
@@ -1288,8 +1288,14 @@ static void smtp_handle_reply(wk_smtp *s, const struct ms_reply *r)
             smtp_send(s, "DATA\r\n");
         return;
     case SMTP_GATE:
-        /* Nothing is outstanding while the lease is checked: a reply now
-         * (a 421 before the server goes away) ends the transaction. */
+        /* While the lease is checked, only the pipelined DATA's reply is
+         * outstanding: a 354 waits for the answer (wk_smtp_gate_answer);
+         * anything else (a refused DATA, a 421 before the server goes
+         * away) ends the transaction. */
+        if (s->pipelined && !s->chunking && !s->data_ready && r->code == 354) {
+            s->data_ready = 1;
+            return;
+        }
         break;
     case SMTP_BDAT:
         /* RFC 3030 §2: each chunk is answered; a refused one ends the
@@ -1818,10 +1824,19 @@ void wk_smtp_gate_answer(wk_smtp *s, uint64_t deadline_ms)
     if (s->state != SMTP_GATE)
         return; /* the session ended meanwhile (a timeout, the server) */
     if (deadline_ms == 0) {
-        /* Another worker owns the delivery now: no DATA (smtp_client.h). */
+        /* Another worker owns the delivery now: not one octet of the
+         * message (smtp_client.h). */
         s->fenced = 1;
         smtp_report(s, 0, NULL, "4.4.0", "delivery lease lost before DATA: not sent");
-        smtp_quit(s);
+        if (s->pipelined && !s->chunking)
+            /* DATA went with MAIL and RCPT: the server reads (or will
+             * read) message text now, where a QUIT would be text.  Close
+             * instead: without the end of the data the server never
+             * processes the transaction (RFC 5321 §4.1.1.4), as when a
+             * lease runs out (smtp_lease_ran_out). */
+            smtp_close(s);
+        else
+            smtp_quit(s);
         return;
     }
     s->deadline_ms = deadline_ms;
@@ -1830,7 +1845,13 @@ void wk_smtp_gate_answer(wk_smtp *s, uint64_t deadline_ms)
         return;
     }
     smtp_enter_state(s, SMTP_DATA);
-    smtp_send(s, "DATA\r\n");
+    if (!s->pipelined)
+        smtp_send(s, "DATA\r\n");
+    else if (s->data_ready) {
+        smtp_enter_state(s, SMTP_BODY); /* the 354 came while the lease was checked */
+        smtp_write_body(s);
+    }
+    /* else the pipelined DATA's 354 is still on its way (case SMTP_DATA) */
 }
 
 void wk_smtp_extend(wk_smtp *s, uint64_t deadline_ms)

@@ -98,16 +98,19 @@
  *
  * Duplicate fencing (docs/reliability.md, "Nothing twice"): with msg->gate
  * set, the session stops once every RCPT is answered and at least one was
- * accepted, before DATA or the first BDAT chunk (DATA is then not
- * pipelined with MAIL and RCPT, which costs one round trip), and calls
- * gate(arg, id).  The caller answers with wk_smtp_gate_answer(): a
+ * accepted, before any octet of the message (before the body of DATA, or
+ * the first BDAT chunk), and calls gate(arg, id).  With PIPELINING, DATA
+ * itself went with MAIL and RCPT (it commits nothing), so its 354 comes
+ * back while the caller checks, and the body follows the answer without
+ * another round trip.  The caller answers with wk_smtp_gate_answer(): a
  * deadline (uv_now ms) lets the message go, and the session then never
  * sends the octets that end it (the "." of DATA, the last octet of BDAT
  * LAST) after that deadline: it closes the connection instead, which the
  * server takes as an aborted transaction, and reports 4.4.2.  0 refuses:
  * every recipient not yet final gets code 0, 4.4.0 and res->fenced, and
- * the session says QUIT; no octet of the message was sent.  Until the
- * answer the RCPT timeout runs.
+ * the session says QUIT, or closes the connection when DATA was pipelined
+ * (the server may be reading message text); no octet of the message was
+ * sent.  Until the answer the RCPT timeout runs.
  *
  * Outcome: the callback gets one effective result per recipient, in the
  * order given: the reply to its RCPT if that was not 2yz, else the reply to
@@ -193,14 +196,6 @@ struct wk_smtp_timeouts {
 };
 void wk_smtp_timeouts_default(struct wk_smtp_timeouts *t);
 
-/* Idle connections kept per cache (all destinations) and per address.  Per
- * address as many as the default in-flight window can use at once: with
- * fewer, a burst to one relay closes and reopens connections after each
- * round, which costs the worker and the server about twice the CPU per
- * message (docs/scaling.md has the measurements).  Idle ones still close
- * after [delivery] connection_cache_ms. */
-#define WK_SMTP_CACHE_MAX 256
-#define WK_SMTP_CACHE_PER_ADDR 256
 
 /* Default of [delivery] max_msgs_per_conn: transactions one connection
  * carries before it gets QUIT instead of being parked again (Postfix's
@@ -211,10 +206,16 @@ void wk_smtp_timeouts_default(struct wk_smtp_timeouts *t);
 /* Parked connections, one loop.  idle_ms: how long a connection may wait
  * for the next message; max_msgs: transactions (finished, whatever their
  * outcome) after which a connection is closed with QUIT instead of parked
- * (0: no limit).  Free with wk_smtp_cache_close() while the loop still runs
- * (it closes the idle connections). */
+ * (0: no limit); max_idle: connections kept parked (all destinations
+ * together; more are closed with QUIT).  The caller makes max_idle as large
+ * as the sessions it runs at once (the delivery engine: its in-flight
+ * window), so a burst to one relay finds its connections again: with fewer,
+ * each round closes and reopens the surplus, which costs the worker and the
+ * server about twice the CPU per message (docs/scaling.md).  Idle ones
+ * still close after idle_ms.  Free with wk_smtp_cache_close() while the
+ * loop still runs (it closes the idle connections). */
 typedef struct wk_smtp_cache wk_smtp_cache;
-wk_smtp_cache *wk_smtp_cache_new(uint64_t idle_ms, unsigned max_msgs);
+wk_smtp_cache *wk_smtp_cache_new(uint64_t idle_ms, unsigned max_msgs, size_t max_idle);
 /* Connections parked right now. */
 size_t wk_smtp_cache_idle(const wk_smtp_cache *c);
 void wk_smtp_cache_close(wk_smtp_cache *c);

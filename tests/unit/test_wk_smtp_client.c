@@ -68,6 +68,8 @@ struct fake_smtp {
     struct ms_buf log;    /* the command lines, one per line */
     struct ms_buf data;   /* the message as it came (dot-stuffed for DATA) */
     int bdat_chunks;
+    const char *data_reply; /* the reply to DATA; NULL: 354 */
+    size_t body_seen;     /* octets that came after DATA's 354, ended or not */
 };
 
 /* One connection. */
@@ -114,6 +116,10 @@ static void sess_line(struct fake_sess *x, const char *line)
                strcmp(line, "RSET") == 0) {
         say(x, "250 2.1.0 Ok\r\n");
     } else if (strcmp(line, "DATA") == 0) {
+        if (srv->data_reply) {
+            say(x, srv->data_reply);
+            return;
+        }
         x->in_data = 1;
         say(x, "354 go on\r\n");
     } else if (sscanf(line, "BDAT %lu %7s", &n, last) >= 1) {
@@ -148,6 +154,8 @@ static void sess_process(struct fake_sess *x)
             continue;
         }
         if (x->in_data) {
+            if (x->in.len > srv->body_seen)
+                srv->body_seen = x->in.len;
             if ((p = memmem(x->in.data, x->in.len, "\r\n.\r\n", 5)) == NULL)
                 return;
             n = (size_t)(p - x->in.data) + 2;
@@ -542,16 +550,76 @@ static void test_large_bdat(void **state)
     free(body);
 }
 
+/* ---- the connection cache ---- */
+
+static wk_smtp_cache *cache_under_test;
+static size_t cache_idle_seen;
+
+/* Once both sessions have reported (each has parked or said QUIT by
+ * then), note what is parked and close the cache. */
+static void cache_watch(uv_timer_t *t)
+{
+    struct fixture *f = t->data;
+
+    if (f->out.done < 2)
+        return;
+    cache_idle_seen = wk_smtp_cache_idle(cache_under_test);
+    wk_smtp_cache_close(cache_under_test);
+    uv_close((uv_handle_t *)t, NULL);
+}
+
+/* Two sessions at once to one server, a cache that keeps one: one
+ * connection is parked, the other says QUIT. */
+static void test_cache_keeps_max_idle(void **state)
+{
+    struct fixture *f = *state;
+    struct sockaddr_in sin;
+    struct wk_smtp_timeouts t;
+    uv_timer_t watch;
+    wk_smtp *s;
+    const char *p;
+    int quits = 0;
+
+    f->msg.tls = WK_TLS_NONE;
+    cache_under_test = f->msg.cache = wk_smtp_cache_new(60000, 0, 1);
+    wk_smtp_timeouts_default(&t);
+    uv_ip4_addr("192.0.2.25", 25, &sin);
+    assert_int_equal(wk_smtp_start(&f->loop, (struct sockaddr *)&sin, &t, &f->msg, done_cb,
+                                   &f->out, 7, &s),
+                     0);
+    assert_int_equal(wk_smtp_start(&f->loop, (struct sockaddr *)&sin, &t, &f->msg, done_cb,
+                                   &f->out, 7, &s),
+                     0);
+    uv_timer_init(&f->loop, &watch);
+    watch.data = f;
+    uv_timer_start(&watch, cache_watch, 1, 1);
+    uv_run(&f->loop, UV_RUN_DEFAULT);
+    ms_buf_append(&f->srv.log, "", 1);
+    assert_int_equal(f->out.done, 2);
+    assert_int_equal(f->out.code, 250);
+    assert_int_equal(f->srv.connects, 2);
+    assert_int_equal(cache_idle_seen, 1);
+    for (p = f->srv.log.data; (p = strstr(p, "QUIT\n")) != NULL; p++)
+        quits++;
+    assert_int_equal(quits, 1); /* the surplus one; the parked one was just closed */
+}
+
 /* ---- duplicate fencing: the gate before DATA ---- */
 
 static int gate_calls;
 static uint64_t gate_deadline; /* what the gate answers; 0 refuses */
+static int gate_at_once;       /* answer inside the callback, before DATA's reply is read */
 static uv_timer_t gate_timer;
+
+static int *gate_outcome_done; /* the fixture's out.done */
 
 static void gate_later(uv_timer_t *t)
 {
     (void)t;
-    wk_smtp_gate_answer(cur_session, gate_deadline);
+    /* As the worker does: a session that has reported is no longer ours
+     * to answer (it may be gone). */
+    if (!*gate_outcome_done)
+        wk_smtp_gate_answer(cur_session, gate_deadline);
     uv_close((uv_handle_t *)&gate_timer, NULL);
 }
 
@@ -562,11 +630,21 @@ static void gate_cb(void *arg, uint64_t id)
 
     assert_int_equal(id, 7);
     gate_calls++;
-    /* Called once every RCPT is answered, before DATA is sent. */
+    /* Called once every RCPT is answered, before any octet of the
+     * message; DATA itself went with MAIL and RCPT when pipelined. */
     ms_buf_append(&f->srv.log, "", 1);
     assert_non_null(strstr(f->srv.log.data, "RCPT TO:<u@other.test>\n"));
-    assert_null(strstr(f->srv.log.data, "DATA"));
+    if (strstr(f->srv.ehlo, "PIPELINING") && !strstr(f->srv.ehlo, "CHUNKING"))
+        assert_non_null(strstr(f->srv.log.data, "RCPT TO:<u@other.test>\nDATA\n"));
+    else
+        assert_null(strstr(f->srv.log.data, "DATA"));
     f->srv.log.len--;
+    assert_int_equal(f->srv.body_seen, 0);
+    assert_int_equal(f->srv.data.len, 0);
+    if (gate_at_once) {
+        wk_smtp_gate_answer(cur_session, gate_deadline);
+        return;
+    }
     uv_timer_init(&f->loop, &gate_timer);
     uv_timer_start(&gate_timer, gate_later, 0, 0);
 }
@@ -575,12 +653,16 @@ static void gate_setup(struct fixture *f, uint64_t deadline)
 {
     f->msg.tls = WK_TLS_NONE;
     f->msg.gate = gate_cb;
+    gate_outcome_done = &f->out.done;
     gate_calls = 0;
     gate_deadline = deadline;
+    gate_at_once = 0;
 }
 
-/* Refused: QUIT without DATA, every recipient 4.4.0 and res->fenced; with
- * PIPELINING offered, DATA never went with MAIL and RCPT. */
+/* Refused: every recipient 4.4.0 and res->fenced, no octet of the message.
+ * With PIPELINING, DATA went with MAIL and RCPT and its 354 came while the
+ * lease was checked: the server waits for message text, so the client
+ * closes the connection (no QUIT, which would be text). */
 static void test_gate_refuses(void **state)
 {
     struct fixture *f = *state;
@@ -588,26 +670,78 @@ static void test_gate_refuses(void **state)
     gate_setup(f, 0);
     deliver(f);
     assert_int_equal(gate_calls, 1);
-    want_log(f, "EHLO worker.test\nMAIL FROM:<a@b.example>\nRCPT TO:<u@other.test>\nQUIT\n");
+    want_log(f, "EHLO worker.test\nMAIL FROM:<a@b.example>\nRCPT TO:<u@other.test>\nDATA\n");
     assert_int_equal(f->out.code, 0);
     assert_string_equal(f->out.dsn, "4.4.0");
     assert_int_equal(f->out.fenced, 1);
     assert_int_equal(f->srv.data.len, 0);
+    assert_int_equal(f->srv.body_seen, 0);
 }
 
-/* Let through: DATA after the answer, the message as usual. */
+/* Without PIPELINING nothing but MAIL and RCPT went: QUIT, as before. */
+static void test_gate_refuses_unpipelined(void **state)
+{
+    struct fixture *f = *state;
+
+    gate_setup(f, 0);
+    f->srv.ehlo = "250 mx.test\r\n";
+    deliver(f);
+    assert_int_equal(gate_calls, 1);
+    want_log(f, "EHLO worker.test\nMAIL FROM:<a@b.example>\nRCPT TO:<u@other.test>\nQUIT\n");
+    assert_int_equal(f->out.fenced, 1);
+    assert_int_equal(f->srv.body_seen, 0);
+}
+
+/* Let through: the session as usual, whatever came first, and the
+ * server's answer to it (250: the message, dot-stuffed, without the
+ * terminator; else none of it). */
+static void deliver_gated(struct fixture *f, int code)
+{
+    deliver(f);
+    assert_int_equal(gate_calls, 1);
+    assert_int_equal(f->out.code, code);
+    assert_int_equal(f->out.fenced, 0);
+    want_log(f, "EHLO worker.test\nMAIL FROM:<a@b.example>\nRCPT TO:<u@other.test>\nDATA\n"
+                "QUIT\n");
+    assert_int_equal(f->srv.data.len, code == 250 ? 28 : 0);
+    if (code != 250)
+        assert_int_equal(f->srv.body_seen, 0);
+}
+
+/* The answer after DATA's 354 came: the body follows the answer. */
 static void test_gate_lets_through(void **state)
+{
+    gate_setup(*state, UINT64_MAX);
+    deliver_gated(*state, 250);
+}
+
+/* The answer before DATA's 354 has been read: the body waits for it. */
+static void test_gate_answer_before_354(void **state)
+{
+    gate_setup(*state, UINT64_MAX);
+    gate_at_once = 1;
+    deliver_gated(*state, 250);
+}
+
+/* Without PIPELINING: DATA is sent after the answer. */
+static void test_gate_lets_through_unpipelined(void **state)
 {
     struct fixture *f = *state;
 
     gate_setup(f, UINT64_MAX);
-    deliver(f);
-    assert_int_equal(gate_calls, 1);
-    assert_int_equal(f->out.code, 250);
-    assert_int_equal(f->out.fenced, 0);
-    want_log(f, "EHLO worker.test\nMAIL FROM:<a@b.example>\nRCPT TO:<u@other.test>\nDATA\n"
-                "QUIT\n");
-    assert_int_equal(f->srv.data.len, 28); /* dot-stuffed, without the terminator */
+    f->srv.ehlo = "250 mx.test\r\n";
+    deliver_gated(f, 250);
+}
+
+/* The pipelined DATA refused while the lease is checked: that reply is
+ * the outcome, the answer that follows changes nothing, QUIT. */
+static void test_gate_data_refused(void **state)
+{
+    struct fixture *f = *state;
+
+    gate_setup(f, UINT64_MAX);
+    f->srv.data_reply = "451 4.3.0 not now\r\n";
+    deliver_gated(f, 451);
 }
 
 /* A deadline already past when the end of the message would go: the
@@ -649,8 +783,13 @@ int main(void)
         cmocka_unit_test(test_refusals),
         cmocka_unit_test_setup_teardown(test_large_data_tls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_large_bdat, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cache_keeps_max_idle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gate_refuses, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gate_refuses_unpipelined, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gate_lets_through, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gate_answer_before_354, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gate_lets_through_unpipelined, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gate_data_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gate_deadline_passed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gate_deadline_passed_bdat, setup, teardown),
     };
