@@ -2004,6 +2004,35 @@ static void command(struct fe_session *s, const char *line, size_t len)
         flush(s);
 }
 
+/* Give message octets buf[0..len) to the DATA or BDAT reader (the session
+ * is in FE_ST_DATA or FE_ST_BDAT); returns how many it took, and ends the
+ * message or the chunk when it is complete.  from_in: buf is s->in, which
+ * loses what was taken before the end is handled, as a command would. */
+static size_t body_feed(struct fe_session *s, const char *buf, size_t len, int from_in)
+{
+    struct fe_tx *tx = s->tx;
+    size_t n;
+    int r;
+
+    if (s->state == FE_ST_DATA) {
+        r = fe_data_feed(&tx->rd, buf, len);
+        hdr_pump(tx);
+        n = r == MS_EAGAIN ? len : (size_t)r;
+        if (from_in)
+            ms_buf_consume(&s->in, n);
+        if (r != MS_EAGAIN)
+            data_end(s, tx->rd.status);
+        return n;
+    }
+    n = fe_bdat_feed(&tx->bd, buf, len);
+    hdr_pump(tx);
+    if (from_in)
+        ms_buf_consume(&s->in, n);
+    if (tx->bd.left == 0)
+        bdat_chunk_end(s);
+    return n;
+}
+
 /* Feed buffered input to the DATA reader or the command interpreter until
  * it runs out or the session has to wait. */
 void fe__session_process(struct fe_session *s)
@@ -2026,22 +2055,8 @@ void fe__session_process(struct fe_session *s)
             s->skip_octets -= clen;
             continue;
         }
-        if (s->state == FE_ST_DATA) {
-            r = fe_data_feed(&s->tx->rd, s->in.data, s->in.len);
-            hdr_pump(s->tx);
-            if (r == MS_EAGAIN) {
-                ms_buf_reset(&s->in);
-                break;
-            }
-            ms_buf_consume(&s->in, (size_t)r);
-            data_end(s, s->tx->rd.status);
-            continue;
-        }
-        if (s->state == FE_ST_BDAT) {
-            ms_buf_consume(&s->in, fe_bdat_feed(&s->tx->bd, s->in.data, s->in.len));
-            hdr_pump(s->tx);
-            if (s->tx->bd.left == 0)
-                bdat_chunk_end(s);
+        if (s->state == FE_ST_DATA || s->state == FE_ST_BDAT) {
+            body_feed(s, s->in.data, s->in.len, 1);
             continue;
         }
         if (s->skip_line) {
@@ -2137,7 +2152,19 @@ static void on_read(void *arg, const char *buf, size_t len)
     ms_counter_add(s->srv->m.bytes_in, len);
     if (fe_commit_is_member(&s->cm) || (s->tx && s->tx->txn_id == 0))
         commit_touch(s);
-    if (ms_buf_append(&s->in, buf, len) != 0) {
+    /* Message octets with nothing buffered before them go from the
+     * transport's read buffer straight to the reader: copied once into the
+     * message, not first into `in` (issue 19).  What follows the message or
+     * the chunk (the next commands) is buffered as any input. */
+    while (len > 0 && s->in.len == 0 && (s->state == FE_ST_DATA || s->state == FE_ST_BDAT)) {
+        size_t n = body_feed(s, buf, len, 0);
+
+        if (n == 0)
+            break;
+        buf += n;
+        len -= n;
+    }
+    if (len > 0 && ms_buf_append(&s->in, buf, len) != 0) {
         reply(s, "421 4.7.0 %s Error: too much unprocessed input", s->srv->set.hostname);
         close_session(s);
         return;
