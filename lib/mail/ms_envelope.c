@@ -362,17 +362,6 @@ uint8_t *ms_envelope_encode_tx(const struct ms_envelope_tx *tx, size_t *len)
     return buf;
 }
 
-size_t ms_envelope_tx_tail(const struct ms_envelope_tx *tx)
-{
-    struct tx_env t;
-    size_t n;
-
-    tx_env_build(&t, tx); /* no message: proto3 leaves an empty field out */
-    n = mailstream__envelope__get_packed_size(&t.env);
-    tx_env_free(&t);
-    return n;
-}
-
 _Static_assert(MS_ENVELOPE_FIELD_MESSAGE < 16, "the message field's tag must be one octet");
 
 /* Octets of v as a protobuf varint. */
@@ -387,39 +376,47 @@ static size_t varint_len(uint64_t v)
     return n;
 }
 
-uint8_t *ms_envelope_encode_tx_around(const struct ms_envelope_tx *tx, uint8_t *buf, size_t off,
-                                      size_t cap, size_t *len)
+int ms_envelope_encode_tx_in(const struct ms_envelope_tx *tx, struct ms_buf *b, size_t off,
+                             size_t *start, size_t *len)
 {
     struct tx_env t;
-    size_t mlen = tx->len, head, tail;
+    size_t mlen, head, tail, k;
     uint8_t *p;
+    char *q;
     uint64_t v;
 
+    if (off > b->len)
+        return -1;
+    mlen = b->len - off;
     /* The length prefix is read as 32 bits at most (protobuf-c, and
      * MS_ENVELOPE_WIRE_PREFIX_MAX in ms_envelope_decode_borrow). */
-    if (mlen > UINT32_MAX || off > cap || mlen > cap - off)
-        return NULL;
+    if (mlen > UINT32_MAX)
+        return -1;
     head = mlen > 0 ? 1 + varint_len(mlen) : 0; /* an empty message is left out, as protobuf-c does */
+    if (off < head)
+        return -1;
     tx_env_build(&t, tx);
     tail = mailstream__envelope__get_packed_size(&t.env);
-    if (off < head || cap - off - mlen < tail) {
+    if ((q = ms_buf_reserve(b, tail)) == NULL) {
         tx_env_free(&t);
-        return NULL;
+        return -1;
     }
     /* Every field but the message after it, as protobuf-c packs them... */
-    if (mailstream__envelope__pack(&t.env, buf + off + mlen) != tail)
+    if (mailstream__envelope__pack(&t.env, (uint8_t *)q) != tail)
         ms_panic("event=envelope_pack_size_changed queue_id=%s", str(tx->queue_id));
     tx_env_free(&t);
+    ms_buf_commit(b, tail);
     /* ...and the message field's tag and length right before it. */
-    p = buf + off - head;
+    p = (uint8_t *)b->data + off - head;
     if (head > 0) {
         p[0] = (uint8_t)(MS_ENVELOPE_FIELD_MESSAGE << 3 | 2); /* wire type 2: length-delimited */
-        for (v = mlen, head = 1; v >= 0x80; v >>= 7)
-            p[head++] = (uint8_t)(v | 0x80);
-        p[head++] = (uint8_t)v;
+        for (v = mlen, k = 1; v >= 0x80; v >>= 7)
+            p[k++] = (uint8_t)(v | 0x80);
+        p[k] = (uint8_t)v;
     }
+    *start = off - head;
     *len = head + mlen + tail;
-    return p;
+    return 0;
 }
 
 ms_envelope *ms_envelope_new_tx(const struct ms_envelope_tx *tx)

@@ -14,11 +14,10 @@
  *   accepts, with the same reason when not, and the same envelope (written
  *   again to the same octets), its message pointing into the input;
  * - the accepted envelope's transaction (what the frontend knows of one),
- *   built by ms_envelope_encode_tx_around() around its message where it
- *   lies, fills exactly the room it asked for, and both decoders read from
- *   it what they read from ms_envelope_encode_tx()'s record (written again:
- *   the same octets); with one octet less room after the message it
- *   refuses.
+ *   built by ms_envelope_encode_tx_in() around its message where it lies,
+ *   ends its buffer, and both decoders read from it what they read from
+ *   ms_envelope_encode_tx()'s record (written again: the same octets); in
+ *   a buffer that may not grow by the other fields it refuses.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -33,8 +32,9 @@ static void check_around(const ms_envelope *e)
 {
     struct ms_envelope_tx tx;
     struct ms_envelope_tx_rcpt *rc = calloc(e->n_recipients + 1, sizeof(*rc));
-    size_t i, clen, tail, head = MS_ENVELOPE_TX_HEAD_MAX, cap, rlen, len1, len2;
-    uint8_t *copy, *buf, *rec, *again1, *again2;
+    size_t i, clen, head = MS_ENVELOPE_TX_HEAD_MAX, start, rlen, len1, len2;
+    uint8_t *copy, *rec, *again1, *again2;
+    struct ms_buf b;
     char err[256];
     ms_envelope *d1, *d2;
 
@@ -74,16 +74,18 @@ static void check_around(const ms_envelope *e)
     tx.len = e->message.len;
     tx.quarantine = e->quarantine;
     copy = ms_envelope_encode_tx(&tx, &clen);
-    tail = ms_envelope_tx_tail(&tx);
-    cap = head + tx.len + tail;
-    buf = malloc(cap);
-    if (tx.len > 0)
-        memcpy(buf + head, tx.message, tx.len);
-    if (ms_envelope_encode_tx_around(&tx, buf, head, cap - 1, &rlen) != NULL)
+    ms_buf_init(&b, head + tx.len);
+    ms_buf_reserve(&b, head);
+    ms_buf_commit(&b, head);
+    if (tx.len > 0 && ms_buf_append(&b, tx.message, tx.len) != 0)
         __builtin_trap();
-    rec = ms_envelope_encode_tx_around(&tx, buf, head, cap, &rlen);
-    if (rec == NULL || rec < buf || rec + rlen != buf + cap || rlen != clen)
+    if (ms_envelope_encode_tx_in(&tx, &b, head, &start, &rlen) != -1 || b.len != head + tx.len)
+        __builtin_trap(); /* the fields never take 0 octets: there is a queue id */
+    b.max = head + tx.len + clen;
+    if (ms_envelope_encode_tx_in(&tx, &b, head, &start, &rlen) != 0 || start > head ||
+        start + rlen != b.len || rlen != clen)
         __builtin_trap();
+    rec = (uint8_t *)b.data + start;
     d1 = ms_envelope_decode(rec, rlen, err, sizeof(err));
     d2 = ms_envelope_decode_borrow(rec, rlen, err, sizeof(err));
     if (d1 == NULL || d2 == NULL)
@@ -97,7 +99,7 @@ static void check_around(const ms_envelope *e)
     free(again2);
     ms_envelope_free(d1);
     ms_envelope_free(d2);
-    free(buf);
+    ms_buf_free(&b);
     free(copy);
     free(rc);
 }

@@ -96,6 +96,8 @@ static int teardown(void **state)
     ms_idmap_free(&f->srv.sessions);
     ms_idmap_free(&f->srv.pending);
     ms_idmap_free(&f->srv.limit_checks);
+    fe_server_sent_free(&f->srv); /* records whose report a test did not give */
+    ms_idmap_free(&f->srv.sent);
     fe_conn_table_free(&f->srv.own_conns);
     free(f->k.last_value);
     free(f);
