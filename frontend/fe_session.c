@@ -44,12 +44,13 @@
 
 /* The message buffer is the Kafka record's buffer too (msg_begin,
  * submit_tx): room ahead of the message for the record's first octets
- * (the message field's tag and length), room presized after it for our
- * Received header and the record's other fields, and what is given back
- * once the record is built when the buffer's doubling left more spare. */
+ * (the message field's tag and length), and room presized after it for
+ * our Received header and the record's other fields.  It is kept as it is
+ * until the report, spare capacity included: shrinking it with realloc
+ * handed the spare back to the kernel, and a 1 MiB message without SIZE=
+ * then took ~230 more page faults (docs/scaling.md). */
 #define FE_REC_HEAD MS_ENVELOPE_TX_HEAD_MAX
 #define FE_REC_PRESIZE_EXTRA 2048
-#define FE_REC_SLACK_MAX (64 * 1024)
 
 enum fe_state {
     FE_ST_PROXY,      /* proxy listener: waiting for the PROXY header */
@@ -559,7 +560,7 @@ static int submit_tx(struct fe_session *s)
     struct ms_envelope_tx et;
     struct ms_envelope_tx_rcpt *rr;
     uint8_t *buf;
-    size_t len, i, off, end, cap;
+    size_t len, i, off, end;
     int r;
 
     memset(&et, 0, sizeof(et));
@@ -606,13 +607,7 @@ static int submit_tx(struct fe_session *s)
      * message the milters replaced has no room before it, and a buffer at
      * its max cannot take the other fields: those are copied. */
     if (ms_envelope_encode_tx_in(&et, &tx->msg, tx->rec_off, &off, &len) == 0) {
-        cap = tx->msg.cap;
         buf = (uint8_t *)ms_buf_steal(&tx->msg, &end); /* the record ends the buffer */
-        /* Grown by doubling, the buffer may be far larger than the record
-         * it now holds until the report: give the rest back (shrinking
-         * copies nothing: the chunk is split, or its pages remapped). */
-        if (cap - end > FE_REC_SLACK_MAX)
-            buf = ms_realloc(buf, end);
     } else {
         buf = ms_envelope_encode_tx(&et, &len);
         off = 0;
