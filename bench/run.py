@@ -1158,7 +1158,8 @@ def markdown(rep: Dict[str, object]) -> str:
           f"settings: frontend {o.get('frontend_set') or 'none'}, worker "
           f"{o.get('worker_set') or 'none'}",
           "- mailstream = topic defaults (Kafka relies on the page cache; no fsync per "
-          "message); mailstream-fsync = topic `flush.messages=1` (fsync per appended batch)",
+          "message); mailstream-fsync = topic `flush.messages=1` (fsync per appended batch), "
+          "frontend `" + " ".join(FSYNC_FRONTEND_SET) + "`",
           "- Postfix: private instance (own config/queue/data directories, "
           "`postfix -c DIR start`), settings below", ""]
     s += ["```"] + [f"{k} = {val}" for k, val in rep.get("postfix_settings", {}).items()] + \
@@ -1280,6 +1281,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 # connection limits (docs/config.md) must not cap the sessions or the 10,000
 # idle connections we measure. --frontend-set can still override them.
 BENCH_FRONTEND_DEFAULTS = ["smtp.max_connections_per_ip=20000", "smtp.max_connections=20000"]
+# mailstream-fsync's frontend setting (docs/config.md): with a topic that
+# fsyncs every append, librdkafka waits a millisecond for the rest of a
+# group-commit batch, so the batch is one request and one fsync
+# (docs/scaling.md, "fsync parity").
+FSYNC_FRONTEND_SET = ["kafka.batch_linger_ms=1"]
 
 
 def _variants(items: List[str]) -> Dict[str, Dict[str, List[str]]]:
@@ -1440,7 +1446,8 @@ class Bench:
             return pf
         cfg = {"flush.messages": "1"} if name == "mailstream-fsync" else {}
         worker = _sections(self.a.worker_set)
-        frontend = _sections(BENCH_FRONTEND_DEFAULTS + self.a.frontend_set)
+        frontend = _sections(BENCH_FRONTEND_DEFAULTS + (FSYNC_FRONTEND_SET if cfg else [])
+                             + self.a.frontend_set)
         tag = "f" if cfg else "d"
         if name.startswith(VARIANT_PREFIX):
             var = name[len(VARIANT_PREFIX):]

@@ -251,6 +251,8 @@ static void commit_release(struct fe_server *srv, enum fe_commit_reason why)
     ms_counter_inc(srv->m.commits[why]);
     ms_counter_add(srv->m.commit_records, n);
     fe_commit_sent(&srv->commit, n); /* failures come back as reports below */
+    if (srv->producer)
+        ms_producer_batch_begin(srv->producer); /* one partition, one request */
     for (i = 0; i < n; i++) {
         struct fe_commit_record *r = &srv->sending[i];
         int e = send_record(srv, r->id, r->key, r->keylen, r->buf, r->off, r->len);

@@ -159,7 +159,9 @@ int fe_settings_load(struct fe_settings *set, const ms_config *cfg, char *err, s
     if (get_u64(cfg, "kafka", "linger_ms", FE_LINGER_MS_DEF, 1, 1000, &set->kafka_linger_ms, err,
                 errlen) < 0 ||
         get_u64(cfg, "kafka", "group_commit_window_us", FE_COMMIT_WINDOW_US_DEF, 1, 1000000,
-                &set->group_commit_window_us, err, errlen) < 0)
+                &set->group_commit_window_us, err, errlen) < 0 ||
+        get_u64(cfg, "kafka", "batch_linger_ms", 0, 0, FE_BATCH_LINGER_MS_MAX,
+                &set->batch_linger_ms, err, errlen) < 0)
         return MS_ECONFIG;
     if (ms_config_get_bool(cfg, "kafka", "group_commit", 1, &set->group_commit, err, errlen) < 0)
         return MS_ECONFIG;

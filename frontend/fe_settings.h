@@ -40,6 +40,7 @@
 #define FE_MAX_COMMANDS_DEF 100000     /* (max_commands) per session: 421 4.7.0 */
 #define FE_MAX_PENDING_DEF 2000        /* (max_pending_messages) awaiting Kafka: back-pressure */
 #define FE_LINGER_MS_DEF 1             /* [kafka] linger_ms */
+#define FE_BATCH_LINGER_MS_MAX 100     /* [kafka] batch_linger_ms: a 250 waits that long */
 #define FE_RL_TIMEOUT_DEF 2000         /* ms ([ratelimit] timeout_ms) then as if Redis were down */
 #define FE_ACCEPTED_DOMAINS_MAX 1024
 #define FE_HOSTNAME_MAX 255 /* [node] hostname, a domain name (RFC 1035 2.3.4) */
@@ -76,6 +77,7 @@ struct fe_settings {
     const char *kafka_compression;      /* [kafka] compression: producer compression.type */
     int group_commit;                   /* [kafka] group_commit (fe_commit.h) */
     uint64_t group_commit_window_us;    /* [kafka] group_commit_window_us */
+    uint64_t batch_linger_ms;           /* [kafka] batch_linger_ms */
     uint64_t max_message_size;
     uint64_t max_recipients;
     uint64_t max_errors;

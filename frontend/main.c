@@ -520,6 +520,7 @@ static void loop_setup(struct fe_loop *L, int index, size_t n)
     kconf.linger_ms = (int)srv->set.kafka_linger_ms;
     kconf.compression = srv->set.kafka_compression;
     kconf.caller_batches = srv->set.group_commit;
+    kconf.batch_linger_ms = (int)srv->set.batch_linger_ms;
     srv->producer = ms_producer_new(L->loop, &kconf, fe_sessions_report, srv, err, sizeof(err));
     if (srv->producer == NULL)
         ms_fatal("event=kafka_error reason=\"%s\"", err);

@@ -383,8 +383,12 @@ struct ms_producer {
     ms_produce_cb cb;
     void *arg;
     /* Sticky partitioning (see sticky_partitioner): octets handed to
-     * ms_producer_send so far, and where this producer's walk starts. */
+     * ms_producer_send so far, and where this producer's walk starts.
+     * A caller that batches fixes the window at each batch's start
+     * (ms_producer_batch_begin); batch_window is that window plus one, 0
+     * until the first batch. */
     _Atomic uint64_t sticky_bytes;
+    _Atomic uint64_t batch_window;
     uint32_t sticky_base;
     char keyed_topic[MS_KAFKA_TOPIC_MAX + 1]; /* partitioned by key; "" none */
     /* Stall watchdog (producer_watchdog): the timeout, and since when
@@ -405,8 +409,13 @@ struct ms_producer {
  * spreads the work.  A partition without a leader is skipped.
  *
  * A caller that batches records itself (ms_kafka_conf.caller_batches: the
- * frontend's group commit, linger.ms 0) should send a batch only once the
- * previous one is acknowledged, as the frontend does.  An idempotent
+ * frontend's group commit) says where each batch starts
+ * (ms_producer_batch_begin), and the walk moves on only there: librdkafka
+ * sends one produce request per partition, and with a topic that fsyncs every
+ * append each request is an fsync, so a batch that straddled two windows cost
+ * two requests and two fsyncs (at 50 KiB, five records filled a window).
+ * Such a caller should send a batch only once the previous one is
+ * acknowledged, as the frontend does.  An idempotent
  * librdkafka (2.0.2, and still so upstream) sends no further request for a
  * partition while five or more of its *records* are in flight
  * (rd_kafka_toppar_producer_serve: RD_KAFKA_IDEMP_MAX_INFLIGHT minus the
@@ -425,7 +434,8 @@ static int32_t sticky_partitioner(const rd_kafka_topic_t *rkt, const void *key, 
                                   int32_t partition_cnt, void *rkt_opaque, void *msg_opaque)
 {
     ms_producer *p = rkt_opaque;
-    uint64_t window = atomic_load(&p->sticky_bytes) / MS_KAFKA_STICKY_BYTES;
+    uint64_t batch = atomic_load(&p->batch_window);
+    uint64_t window = batch ? batch - 1 : atomic_load(&p->sticky_bytes) / MS_KAFKA_STICKY_BYTES;
     int32_t first = (int32_t)((window + p->sticky_base) % (uint64_t)partition_cnt);
 
     if (p->keyed_topic[0] && strcmp(rd_kafka_topic_name(rkt), p->keyed_topic) == 0)
@@ -530,7 +540,7 @@ ms_producer *ms_producer_new(uv_loop_t *loop, const struct ms_kafka_conf *kc, ms
     }
     p->stall_limit_ms = (uint64_t)timeout_ms + MS_KAFKA_STALL_GRACE_MS;
     snprintf(num, sizeof(num), "%d",
-             kc->caller_batches ? 0 : kc->linger_ms > 0 ? kc->linger_ms : 1);
+             kc->caller_batches ? kc->batch_linger_ms : kc->linger_ms > 0 ? kc->linger_ms : 1);
     set_conf(conf, "linger.ms", num);
     set_conf(conf, "queue.buffering.max.kbytes", "1048576");
     /* Whole batches are compressed by the producer and stored so by the
@@ -582,6 +592,11 @@ static int produce(ms_producer *p, const char *topic, const void *key, size_t ke
         ms_warn("event=kafka_produce_failed topic=%s error=\"%s\"", topic, rd_kafka_err2str(err));
         return MS_EIO;
     }
+}
+
+void ms_producer_batch_begin(ms_producer *p)
+{
+    atomic_store(&p->batch_window, atomic_load(&p->sticky_bytes) / MS_KAFKA_STICKY_BYTES + 1);
 }
 
 int ms_producer_send(ms_producer *p, const char *topic, const void *key, size_t keylen,

@@ -30,7 +30,15 @@ struct ms_kafka_conf {
     int produce_timeout_ms;    /* message.timeout.ms; 0: 10000 */
     int linger_ms;             /* linger.ms; 0: 1 */
     int caller_batches;        /* producer: the caller holds records and sends them
-                                * in batches (the frontend's group commit): linger.ms 0 */
+                                * in batches (the frontend's group commit), each
+                                * opened by ms_producer_batch_begin: one partition
+                                * per batch, linger.ms batch_linger_ms */
+    int batch_linger_ms;       /* with caller_batches: linger.ms, 0 sends at once.
+                                * librdkafka's broker thread may then start on a
+                                * batch before it is all queued and send it as two
+                                * requests (two appends; two fsyncs with
+                                * flush.messages=1); 1 waits for all of it.
+                                * librdkafka waits in whole milliseconds. */
     const char *compression;   /* producer compression.type (none, lz4, zstd, gzip,
                                 * snappy); NULL or "": librdkafka's default, none */
     int fetch_min_bytes;       /* consumer fetch.min.bytes; 0: 1 */
@@ -94,6 +102,11 @@ int ms_producer_send_owned(ms_producer *p, const char *topic, const void *key, s
  * exactly one, ms_producer_free() included), or until an error return. */
 int ms_producer_send_ref(ms_producer *p, const char *topic, const void *key, size_t keylen,
                          const void *value, size_t len, uint64_t id);
+/* A caller that batches (ms_kafka_conf.caller_batches) calls this before
+ * the records of each batch: they all go to one partition, so the batch is
+ * one produce request and one append on the broker (ms_kafka.c,
+ * sticky_partitioner).  Loop thread. */
+void ms_producer_batch_begin(ms_producer *p);
 /* Records queued or in flight, not yet reported. */
 int ms_producer_outstanding(ms_producer *p);
 /* Last known broker reachability (refreshed in the background every few

@@ -242,9 +242,12 @@ int ms_dkim_headers_split(const char *msg, size_t len, struct ms_dkim_hdr *out, 
 int ms_dkim_canon_header(enum ms_dkim_canon c, const char *field, size_t len, struct ms_buf *out);
 
 /* Streaming body canonicalizer (§3.4.3, §3.4.4) with an optional length
- * limit (l=, §3.5).  Feed the body in pieces of any size; canonical octets
- * go to `emit` (only the first `limit` of them when limit >= 0).  The
- * struct is plain data the caller embeds. */
+ * limit (l=, §3.5).  Feed the body in pieces of any size, cut anywhere
+ * (inside a CRLF or a WSP run too); canonical octets go to `emit` (only the
+ * first `limit` of them when limit >= 0).  Runs of the input that are
+ * already canonical (most of a body) are passed to `emit` in one call,
+ * pointing into the caller's piece, so `emit` must not keep the pointer
+ * past the call.  The struct is plain data the caller embeds. */
 struct ms_dkim_body {
     enum ms_dkim_canon c;
     int64_t limit;        /* -1: whole body */

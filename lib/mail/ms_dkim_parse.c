@@ -11,6 +11,9 @@
 
 #include <string.h>
 #include <strings.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 const char *ms_dkim_result_name(enum ms_dkim_result r)
 {
@@ -745,6 +748,17 @@ int ms_dkim_canon_header(enum ms_dkim_canon c, const char *field, size_t len, st
 
 /* ------------------------------------------------------------------------
  * Body canonicalization (§3.4.3, §3.4.4) and l= (§3.5)
+ *
+ * Most of a body is already canonical: under simple everything but empty
+ * lines at the very end; under relaxed also every single SP between two
+ * non-WSP octets.  So the canonicalizer looks for the octets where the
+ * canonical form can differ from the input and passes everything between
+ * them to emit() as it is, straight from the caller's buffer: one call for
+ * a run of many lines instead of one (and, in the signer, one
+ * EVP_DigestUpdate) per word and per space.  Those octets ("stops", see
+ * body_scan) get the octet-at-a-time state machine of body_step, which
+ * also carries the state across pieces: a piece may end anywhere, inside a
+ * CRLF or a WSP run included.
  * ------------------------------------------------------------------------ */
 
 static void body_out(struct ms_dkim_body *b, const void *p, size_t n)
@@ -801,38 +815,124 @@ void ms_dkim_body_init(struct ms_dkim_body *b, enum ms_dkim_canon c, int64_t lim
     b->ctx = ctx;
 }
 
+/* Does the octet at p[k] stop a verbatim run?  p[k - 1] is known when
+ * k > i (i: where this run started); at k == i, `bol` says whether the
+ * octet before, in this piece or an earlier one, ended a line.
+ *   - CR at the end of the piece: is it a line end?  The next piece says.
+ *   - CR after LF (or at the start of a line): maybe an empty line, which
+ *     must wait until the body goes on (§3.4.3: none at the end).  LF then
+ *     CR also stops after a lone LF: over-cautious, and exact all the same.
+ *   - relaxed: HTAB, and SP before WSP or CR or at the end of the piece
+ *     (§3.4.4: a WSP run becomes one SP, and none at a line's end).
+ * A run's last octet is never a pending CR or SP: a CR that is not a stop
+ * has a next octet (its own fate is known), and an SP that is not one is
+ * followed by an octet that is not one either. */
+static int body_stop(const char *p, size_t i, size_t k, size_t n, int relaxed, int bol)
+{
+    unsigned char c = (unsigned char)p[k];
+
+    if (c == '\r')
+        return k + 1 == n || (k > i ? p[k - 1] == '\n' : bol);
+    if (!relaxed)
+        return 0;
+    if (c == '\t')
+        return 1;
+    if (c == ' ') {
+        unsigned char d;
+
+        if (k + 1 == n)
+            return 1;
+        d = (unsigned char)p[k + 1];
+        return d == ' ' || d == '\t' || d == '\r';
+    }
+    return 0;
+}
+
+/* The first stop at or after p[i] (n when there is none).  Sixteen octets
+ * at a time where SSE2 is there (every x86-64): three unaligned loads (the
+ * octets, the ones after them, the ones before) and a compare per kind
+ * give a mask whose lowest bit is the first stop; the octet loop does the
+ * first octet (its predecessor may be in an earlier piece), the last
+ * sixteen (whose successors are not all in this piece) and other targets. */
+static size_t body_scan(const char *p, size_t i, size_t n, int relaxed, int bol)
+{
+    size_t k = i;
+
+    if (k < n && body_stop(p, i, k, n, relaxed, bol))
+        return k;
+    k++;
+#ifdef __SSE2__
+    {
+        const __m128i cr = _mm_set1_epi8('\r'), lf = _mm_set1_epi8('\n'), sp = _mm_set1_epi8(' '),
+                      tab = _mm_set1_epi8('\t');
+
+        for (; k + 17 <= n; k += 16) {
+            __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(p + k));
+            __m128i prev = _mm_loadu_si128((const __m128i *)(const void *)(p + k - 1));
+            __m128i stop = _mm_and_si128(_mm_cmpeq_epi8(x, cr), _mm_cmpeq_epi8(prev, lf));
+            unsigned m;
+
+            if (relaxed) {
+                __m128i next = _mm_loadu_si128((const __m128i *)(const void *)(p + k + 1));
+                __m128i wsp_cr =
+                    _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(next, sp), _mm_cmpeq_epi8(next, tab)),
+                                 _mm_cmpeq_epi8(next, cr));
+
+                stop =
+                    _mm_or_si128(stop, _mm_or_si128(_mm_cmpeq_epi8(x, tab),
+                                                    _mm_and_si128(_mm_cmpeq_epi8(x, sp), wsp_cr)));
+            }
+            m = (unsigned)_mm_movemask_epi8(stop);
+            if (m != 0)
+                return k + (size_t)__builtin_ctz(m);
+        }
+    }
+#endif
+    for (; k < n; k++)
+        if (body_stop(p, i, k, n, relaxed, bol))
+            return k;
+    return n;
+}
+
+/* One octet through the state machine. */
+static void body_step(struct ms_dkim_body *b, char c)
+{
+    if (b->cr) {
+        b->cr = 0;
+        if (c == '\n') {
+            body_eol(b);
+            return;
+        }
+        body_content(b, "\r", 1); /* a lone CR is ordinary content */
+    }
+    if (c == '\r')
+        b->cr = 1;
+    else if (b->c == MS_DKIM_RELAXED && is_wsp((unsigned char)c))
+        b->wsp = 1;
+    else
+        body_content(b, &c, 1);
+}
+
 void ms_dkim_body_update(struct ms_dkim_body *b, const char *p, size_t n)
 {
     int relaxed = b->c == MS_DKIM_RELAXED;
     size_t i = 0;
 
     while (i < n) {
-        char c = p[i];
-        size_t j;
+        /* Nothing pending (no CR, no WSP, no empty lines): a verbatim run
+         * can start here.  b->line is 0 exactly when the last octet taken
+         * ended a line (or nothing was taken yet). */
+        if (!b->cr && !b->wsp && b->empty_lines == 0) {
+            size_t j = body_scan(p, i, n, relaxed, !b->line);
 
-        if (b->cr) {
-            b->cr = 0;
-            if (c == '\n') {
-                body_eol(b);
-                i++;
+            if (j > i) {
+                body_out(b, p + i, j - i);
+                b->line = !(j - i >= 2 && p[j - 2] == '\r' && p[j - 1] == '\n');
+                i = j;
                 continue;
             }
-            body_content(b, "\r", 1); /* a lone CR is ordinary content */
         }
-        if (c == '\r') {
-            b->cr = 1;
-            i++;
-            continue;
-        }
-        if (relaxed && is_wsp((unsigned char)c)) {
-            b->wsp = 1;
-            i++;
-            continue;
-        }
-        for (j = i; j < n && p[j] != '\r' && !(relaxed && is_wsp((unsigned char)p[j])); j++)
-            ;
-        body_content(b, p + i, j - i);
-        i = j;
+        body_step(b, p[i++]);
     }
 }
 

@@ -238,10 +238,13 @@ int ms_dkim_verify_step(ms_dkim_verify *v, struct ms_dns_query *q)
  * Hashing and the signature check (§6.1.3)
  * ------------------------------------------------------------------------ */
 
-/* The canonicalizers emit a word or a line ending at a time (a 5 KiB
- * relaxed body is ~1,800 pieces); EVP_DigestUpdate() costs more per call
- * than SHA-256 costs for a short piece, so pieces are gathered here first.
- * Bytes in, the same bytes out: the digest does not change. */
+/* The header canonicalizer emits a field at a time, and the body one
+ * emits short pieces where the canonical form differs from the input (a
+ * pending SP, a line end after trailing WSP, deferred empty lines) between
+ * its verbatim runs; EVP_DigestUpdate() costs more per call than SHA-256
+ * costs for a short piece, so pieces are gathered here first (a piece of
+ * MS_DKIM_HASHBUF or more goes straight through).  Bytes in, the same
+ * bytes out: the digest does not change. */
 #define MS_DKIM_HASHBUF 2048
 
 struct digest_sink {

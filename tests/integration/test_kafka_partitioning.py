@@ -4,6 +4,7 @@ partition for a window of MS_KAFKA_STICKY_BYTES octets, then move on, so a
 linger window becomes one batch while every partition still gets its share.
 Read back from the real broker with kcat."""
 
+import re
 import shutil
 import smtplib
 import subprocess
@@ -12,6 +13,9 @@ import time
 import pytest
 
 import mslocal
+from conftest import smtp_port
+from test_frontend_metrics import sample
+from test_frontend_smtp import QUEUED, code, hello
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -105,3 +109,55 @@ def test_events_of_one_queue_id_stay_on_one_partition(cluster_factory):
     assert len(parts) == 12, parts
     assert all(len(p) == 1 for p in parts.values()), parts
     assert len({next(iter(p)) for p in parts.values()}) > 1, parts  # hashed, not all on one
+
+
+def _kafka_batches(cluster) -> list:
+    """The record count of every record batch on the cluster's queue topic,
+    as the broker stored them (Kafka's DumpLogSegments on the segments)."""
+    logs = sorted(str(p) for p in cluster.kafka.data.glob(f"{cluster.spec.topic}-*/*.log"))
+    assert logs, f"no segments of {cluster.spec.topic} under {cluster.kafka.data}"
+    r = cluster.kafka._tool("kafka.tools.DumpLogSegments", "--files", ",".join(logs))
+    assert r.returncode == 0, r.stderr
+    return [int(m) for m in re.findall(r"baseOffset: \d+ lastOffset: \d+ count: (\d+)", r.stdout)]
+
+
+def test_a_group_commit_batch_is_one_kafka_batch(cluster_factory):
+    """A batch of group commit (frontend/fe_commit.h) goes to one partition
+    (ms_producer_batch_begin) in one produce request ([kafka]
+    batch_linger_ms 1), so the broker appends it once (and fsyncs once with
+    flush.messages=1): six held 100 KiB records span more than two sticky
+    windows, and with librdkafka's linger.ms 0 its broker thread may start
+    sending at the first of them."""
+    # One loop; every session stays a member for a second, so the records
+    # are held until the last of the six has come (fe_commit_due). The
+    # batch's linger is 50 ms here, not the 1 ms of the fsync bench, so a
+    # loaded (sanitised) frontend queueing the six records still has them
+    # all in librdkafka before its broker thread sends.
+    cl = cluster_factory(frontends=1, workers=0, frontend_extra={
+        "node": {"threads": "1"},
+        "kafka": {"linger_ms": "1000", "group_commit_window_us": "1000000",
+                  "batch_linger_ms": "50"}})
+    node = cl.frontends[0]
+    port = smtp_port(cl)
+    body = ("Subject: big\r\n\r\n" + ("x" * 76 + "\r\n") * (100 * 1024 // 78)).encode()
+    clients = [hello(port) for _ in range(6)]
+    for c in clients:
+        assert code(c.cmd(b"MAIL FROM:<a@example.org>")) == b"250 2.1.0"
+        assert code(c.cmd(b"RCPT TO:<u@mailstream.test>")) == b"250 2.1.5"
+        assert c.cmd(b"DATA").startswith(b"354 ")
+        c.send(body)
+    for c in clients:  # the six ends of data within microseconds
+        c.send(b".\r\n")
+    for c in clients:
+        assert QUEUED.match(c.reply())
+    text = node.metrics_text()
+    records = sample(text, "mailstream_smtp_group_commit_records_total")
+    commits = sum(sample(text, "mailstream_smtp_group_commits_total", f'reason="{why}"')
+                  for why in ("ready", "linger", "full", "flush"))
+    assert records == 6
+    # Held together (the frontend's part; it does not depend on Kafka) ...
+    assert commits <= 2, commits
+    # ... and stored as they were held: one Kafka batch per group commit.
+    batches = _kafka_batches(cl)
+    assert sum(batches) == 6, batches
+    assert len(batches) == commits, (batches, commits)

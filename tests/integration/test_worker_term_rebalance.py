@@ -17,13 +17,16 @@ process's exit).
 from __future__ import annotations
 
 import random
+import subprocess
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 import mslocal
-from test_worker_delivery import envelope, message, new_qid, produce
+from test_worker_delivery import KCAT, envelope, message, new_qid, produce
 
 ROUNDS = 12         # workers added and stopped again
 BATCH = 15          # messages produced per round (and at the start)
@@ -75,6 +78,82 @@ def test_worker_sigterm_during_rebalance_exits_zero(cluster_factory):
 
     def delivered() -> set:
         # message() puts the queue id in the Subject field.
+        return {m.data.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode()
+                for m in cl.sink.messages() if b"Subject: " in m.data}
+
+    want = set(qids)
+    mslocal.wait_until(lambda: delivered() >= want, 240, f"all {len(want)} messages in the sink",
+                       interval=1.0)
+
+
+FIREHOSE_BATCH = 20     # records per kcat call in the firehose test
+FIREHOSE_PAUSE_S = 0.05 # between kcat calls: a few hundred records a second
+FIREHOSE_ROUNDS = 10
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_worker_sigterm_while_fetching_exits_zero(cluster_factory):
+    """Stopped while records keep arriving, a worker exits 0.
+
+    The consumer close forwards the group's queue, where fetched records
+    wait, to the queue the close is served from. Served with
+    rd_kafka_queue_poll_callback(), a record fetched after the worker's last
+    poll hit librdkafka's `rd_kafka_q_serve: assert: res !=
+    RD_KAFKA_OP_RES_PASS` and the drained worker died of SIGABRT (the CI of
+    stop 28: a retry record produced during the drain). Here a producer
+    keeps the retry tiers' topics busy while workers are stopped one after
+    another, so records are in flight towards each closing consumer.
+    """
+    cl = cluster_factory(frontends=0, workers=1)
+    rng = random.Random(28)
+    qids: list = []
+    stop_producing = threading.Event()
+    # A worker closes its consumers one after another, the queue topic's
+    # first (worker/main.c): each close holds the loop, so the consumers
+    # closed later (the retry tiers') collect what is fetched meanwhile.
+    topics = [f"{cl.spec.topic}.retry.{n}" for n in range(1, mslocal.WORKER_RETRY_TIERS + 1)]
+
+    def producer() -> None:
+        n = 0
+        while not stop_producing.is_set():
+            batch = [new_qid() for _ in range(FIREHOSE_BATCH)]
+            with tempfile.TemporaryDirectory() as d:
+                files = []
+                for q in batch:
+                    f = Path(d) / q
+                    f.write_bytes(envelope(q, [f"t.{q}@example.net"], message(q)))
+                    files.append(str(f))
+                r = subprocess.run([KCAT, "-b", cl.kafka.bootstrap, "-P",
+                                    "-t", topics[n % len(topics)], "-X", "acks=all"] + files,
+                                   capture_output=True, timeout=60)
+                assert r.returncode == 0, r.stderr.decode()
+            n += 1
+            qids.extend(batch)
+            stop_producing.wait(FIREHOSE_PAUSE_S)
+
+    t = threading.Thread(target=producer, daemon=True)
+    t.start()
+    results = []
+    try:
+        for _ in range(FIREHOSE_ROUNDS):
+            w = cl.add_worker(wait=False)
+            mslocal.wait_until(lambda: "event=kafka_assigned" in w.log.read_text(errors="replace"),
+                               60, f"{w.name} assigned", interval=0.05, log_path=w.log)
+            time.sleep(rng.uniform(0.3, 1.5))
+            proc = w.proc
+            w.stop(timeout=60)
+            rc = proc.popen.wait(timeout=5)
+            text = w.log.read_text(errors="replace")
+            results.append((w.name, rc, "assert" in text.lower()))
+    finally:
+        stop_producing.set()
+        t.join(30)
+    print(results)
+    bad = [r for r in results if r[1] != 0 or r[2]]
+    assert not bad, f"workers that did not exit 0 on SIGTERM (name, rc, aborted): {bad}"
+
+    def delivered() -> set:
         return {m.data.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode()
                 for m in cl.sink.messages() if b"Subject: " in m.data}
 

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dkim_canon_ref.h"
 #include "ms_buf.h"
 #include "ms_dkim.h"
 #include "ms_error.h"
@@ -649,6 +650,103 @@ static void test_canon_body(void **state)
         free(big);
     }
     ms_buf_free(&out);
+}
+
+/* A random body for the differential test below: octets drawn from a few
+ * weighted alphabets (prose-like, WSP- and line-end-heavy, anything), with
+ * runs long enough to cross the canonicalizer's sixteen-octet blocks and
+ * the CRLF, WSP and empty-line runs where its state matters most. */
+static uint64_t xorshift(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+static size_t random_body(uint64_t *rs, char *buf, size_t max)
+{
+#define ALPHABET(s)                                                                                \
+    {                                                                                              \
+        s, sizeof(s) - 1                                                                           \
+    }
+    static const struct {
+        const char *s;
+        size_t n;
+    } alphabets[] = {
+        ALPHABET("aaaaaaaaaaaaaaaaaaaaaaaaaaaa      \r\n"), /* prose: words, single spaces */
+        ALPHABET("ab \t\r\n"),                              /* WSP and line ends everywhere */
+        ALPHABET("a  \t\t\r\r\n\n\n"),                      /* runs of each */
+        ALPHABET("x\r\n\r\n\r\n \r\n"),                     /* empty and WSP-only lines */
+        ALPHABET("AZ09+/=\r\n"),                            /* base64 */
+        ALPHABET("a \t\r\n\0\x80\xff."),                    /* anything */
+    };
+#undef ALPHABET
+    size_t a = xorshift(rs) % (sizeof(alphabets) / sizeof(alphabets[0])), r = xorshift(rs) % 16;
+    size_t len, n;
+
+    /* Mostly short bodies (every state, often), some longer ones. */
+    len = r < 10 ? xorshift(rs) % 40 : r < 15 ? xorshift(rs) % 400 : xorshift(rs) % max;
+    for (n = 0; n < len; n++) {
+        uint64_t x = xorshift(rs);
+
+        /* Now and then a token that the alphabet alone rarely makes. */
+        if (x % 23 == 0 && n + 2 <= len) {
+            memcpy(buf + n, x % 2 ? "\r\n" : "  ", 2);
+            n++;
+            continue;
+        }
+        buf[n] = alphabets[a].s[(x >> 8) % alphabets[a].n];
+    }
+    return n;
+}
+
+/* The canonical body fed in random pieces (empty ones included), l= some of
+ * the time, against the reference of dkim_canon_ref.h fed the whole body:
+ * the same octets, the same total.  MS_DKIM_CANON_ITERATIONS sets how many
+ * bodies (default 100,000). */
+static void test_canon_body_random(void **state)
+{
+    const char *env = getenv("MS_DKIM_CANON_ITERATIONS");
+    long iters = env != NULL ? strtol(env, NULL, 10) : 100000;
+    size_t max = 6000;
+    char *in = ms_malloc(max);
+    uint64_t rs = 0x853c49e6748fea9bu;
+    struct ms_buf out;
+
+    (void)state;
+    ms_buf_init(&out, 2 * max + 4);
+    for (long it = 0; it < iters; it++) {
+        size_t len = random_body(&rs, in, max), rlen;
+        enum ms_dkim_canon c = it % 2 ? MS_DKIM_RELAXED : MS_DKIM_SIMPLE;
+        int64_t l = xorshift(&rs) % 4 == 0 ? (int64_t)(xorshift(&rs) % (len + 4)) : -1;
+        char *ref = dkim_canon_ref(c, in, len, &rlen);
+        size_t want = l >= 0 && (uint64_t)l < rlen ? (size_t)l : rlen;
+        struct ms_dkim_body b;
+        size_t off = 0;
+
+        ms_buf_reset(&out);
+        ms_dkim_body_init(&b, c, l, emit_buf, &out);
+        while (off < len) {
+            uint64_t x = xorshift(&rs);
+            /* Pieces of 0-3 octets (inside CRLF and WSP runs), up to 40,
+             * or the rest. */
+            size_t step = x % 4 == 0 ? (x >> 8) % 4 : x % 4 == 1 ? (x >> 8) % 41 : len - off;
+
+            if (step > len - off)
+                step = len - off;
+            ms_dkim_body_update(&b, in + off, step);
+            off += step;
+        }
+        ms_dkim_body_final(&b);
+        if (b.total != rlen || out.len != want || memcmp(out.data, ref, want) != 0)
+            fail_msg("body %ld (%s, l=%lld, %zu octets): %zu octets, total %llu; want %zu, %zu", it,
+                     c == MS_DKIM_RELAXED ? "relaxed" : "simple", (long long)l, len, out.len,
+                     (unsigned long long)b.total, want, rlen);
+        free(ref);
+    }
+    ms_buf_free(&out);
+    free(in);
 }
 
 /* ------------------------------------------------------------------------
@@ -2167,8 +2265,7 @@ static void test_keycache_bad_key(void **state)
         assert_int_equal(verify_cached(rsa_msg, rl, bad_rsa, c, why, sizeof(why)),
                          MS_DKIM_PERMERROR);
         assert_string_equal(why, "unusable public key p=");
-        assert_int_equal(verify_cached(ed_msg, el, bad_ed, c, why, sizeof(why)),
-                         MS_DKIM_PERMERROR);
+        assert_int_equal(verify_cached(ed_msg, el, bad_ed, c, why, sizeof(why)), MS_DKIM_PERMERROR);
         assert_string_equal(why, "unusable public key p=");
         assert_stats(c, 0, 2 * (uint64_t)i, 0, 2 * (uint64_t)i, 0);
     }
@@ -2209,6 +2306,7 @@ int main(void)
         cmocka_unit_test(test_headers_split),
         cmocka_unit_test(test_canon_header),
         cmocka_unit_test(test_canon_body),
+        cmocka_unit_test(test_canon_body_random),
         cmocka_unit_test(test_vector_rfc8463),
         cmocka_unit_test(test_vector_rfc8463_sign),
         cmocka_unit_test(test_vector_rfc8463_exact_b),
