@@ -44,7 +44,7 @@ import mslocal  # noqa: E402
 
 HOST = "127.0.0.1"
 SMTP_SOURCE = "/usr/sbin/smtp-source"
-SIZES = {"5k": 5 * 1024, "50k": 50 * 1024}
+SIZES = {"5k": 5 * 1024, "50k": 50 * 1024, "1m": 1024 * 1024}
 SESSIONS = 19  # bench/run.py's *-20 workloads: 19 smtp-source sessions and a probe
 # As bench/run.py: a frontend that takes every bench connection.
 BASE_SET = ["smtp.max_connections_per_ip=20000", "smtp.max_connections=20000"]

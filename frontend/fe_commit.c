@@ -53,7 +53,7 @@ int fe_commit_can_hold(const struct fe_commit *c, size_t keylen)
 }
 
 void fe_commit_hold(struct fe_commit *c, uint64_t id, const char *key, size_t keylen,
-                    uint8_t *buf, size_t len, uint64_t now)
+                    uint8_t *buf, size_t off, size_t len, uint64_t now)
 {
     struct fe_commit_record *r = &c->rec[c->nrec++];
 
@@ -64,6 +64,7 @@ void fe_commit_hold(struct fe_commit *c, uint64_t id, const char *key, size_t ke
     r->key[keylen] = '\0';
     r->keylen = keylen;
     r->buf = buf;
+    r->off = off;
     r->len = len;
     c->bytes += len;
 }

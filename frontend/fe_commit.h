@@ -65,6 +65,7 @@ struct fe_commit_record {
     char key[FE_COMMIT_KEY_MAX + 1];
     size_t keylen;
     uint8_t *buf; /* owned while held */
+    size_t off;   /* the record is buf[off..off + len) */
     size_t len;
 };
 
@@ -90,9 +91,10 @@ int fe_commit_is_member(const struct fe_commit_member *m);
 /* Can a record of keylen octets be held?  No once the batch is full: then
  * send it directly. */
 int fe_commit_can_hold(const struct fe_commit *c, size_t keylen);
-/* Hold a record; takes `buf`.  Needs fe_commit_can_hold(). */
+/* Hold the record buf[off..off + len); takes `buf`.  Needs
+ * fe_commit_can_hold(). */
 void fe_commit_hold(struct fe_commit *c, uint64_t id, const char *key, size_t keylen,
-                    uint8_t *buf, size_t len, uint64_t now);
+                    uint8_t *buf, size_t off, size_t len, uint64_t now);
 /* FE_COMMIT_MAX_RECORDS or FE_COMMIT_MAX_BYTES reached. */
 int fe_commit_full(const struct fe_commit *c);
 

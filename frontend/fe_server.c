@@ -5,6 +5,7 @@
 #include "fe_server.h"
 #include "ms_error.h"
 #include "ms_json.h"
+#include "ms_mem.h"
 #include "ms_time.h"
 
 #include <stdio.h>
@@ -143,6 +144,8 @@ void fe_metrics_listener(struct fe_listener *l)
 
 /* ---- server ---- */
 
+/* The record is read where it lies (the buffer is the server's until the
+ * report): a 1 MiB message is not copied into librdkafka. */
 static int producer_submit(void *arg, uint64_t id, const char *key, size_t keylen,
                            const void *value, size_t len)
 {
@@ -150,17 +153,53 @@ static int producer_submit(void *arg, uint64_t id, const char *key, size_t keyle
 
     if (srv->producer == NULL)
         return MS_EUNAVAIL;
-    return ms_producer_send(srv->producer, srv->set.topic, key, keylen, value, len, id);
+    return ms_producer_send_ref(srv->producer, srv->set.topic, key, keylen, value, len, id);
 }
 
-static int producer_submit_owned(void *arg, uint64_t id, const char *key, size_t keylen,
-                                 void *value, size_t len)
-{
-    struct fe_server *srv = arg;
+/* ---- records' buffers, from the producer's taking them to their report ---- */
 
-    if (srv->producer == NULL)
-        return MS_EUNAVAIL;
-    return ms_producer_send_owned(srv->producer, srv->set.topic, key, keylen, value, len, id);
+struct fe_sent {
+    struct ms_list node; /* on srv->sent_list */
+    uint8_t *buf;
+};
+
+/* Send record buf[off..off + len) and keep buf until its report; freed at
+ * once when it could not go. */
+static int send_record(struct fe_server *srv, uint64_t id, const char *key, size_t keylen,
+                       uint8_t *buf, size_t off, size_t len)
+{
+    struct fe_sent *t;
+    int r = srv->submit(srv->submit_arg, id, key, keylen, buf + off, len);
+
+    if (r < 0) {
+        free(buf);
+        return r;
+    }
+    t = ms_malloc(sizeof(*t));
+    t->buf = buf;
+    ms_list_insert_tail(&srv->sent_list, &t->node);
+    ms_idmap_put(&srv->sent, id, t);
+    return 0;
+}
+
+static void sent_drop(struct fe_sent *t)
+{
+    ms_list_remove(&t->node);
+    free(t->buf);
+    free(t);
+}
+
+void fe_server_sent_free(struct fe_server *srv)
+{
+    struct ms_list *n;
+
+    while ((n = ms_list_first(&srv->sent_list)) != NULL) {
+        struct fe_sent *t = ms_list_entry(n, struct fe_sent, node);
+
+        sent_drop(t);
+    }
+    ms_idmap_free(&srv->sent);
+    ms_idmap_init(&srv->sent);
 }
 
 void fe_server_event(struct fe_server *srv, const char *event, const char *qid,
@@ -216,10 +255,9 @@ static void commit_release(struct fe_server *srv, enum fe_commit_reason why)
         ms_producer_batch_begin(srv->producer); /* one partition, one request */
     for (i = 0; i < n; i++) {
         struct fe_commit_record *r = &srv->sending[i];
-        int e = srv->submit_owned(srv->submit_arg, r->id, r->key, r->keylen, r->buf, r->len);
+        int e = send_record(srv, r->id, r->key, r->keylen, r->buf, r->off, r->len);
 
         if (e < 0) {
-            free(r->buf);
             failed[nfailed] = r->id;
             errs[nfailed++] = e;
         }
@@ -298,20 +336,23 @@ void fe_server_commit_stop(struct fe_server *srv)
     uv_close((uv_handle_t *)&srv->commit_check, commit_handle_closed);
 }
 
-void fe_server_reported(struct fe_server *srv)
+void fe_server_reported(struct fe_server *srv, uint64_t id)
 {
+    struct fe_sent *t = ms_idmap_del(&srv->sent, id);
+
+    if (t != NULL) /* librdkafka is done with it */
+        sent_drop(t);
     if (srv->commit_on)
         fe_commit_reported(&srv->commit); /* the next batch may go */
 }
 
 int fe_server_submit(struct fe_server *srv, uint64_t id, const char *key, size_t keylen,
-                     uint8_t *buf, size_t len)
+                     uint8_t *buf, size_t off, size_t len)
 {
     int r;
 
     if (!srv->commit_on || !fe_commit_can_hold(&srv->commit, keylen)) {
-        r = srv->submit(srv->submit_arg, id, key, keylen, buf, len);
-        free(buf);
+        r = send_record(srv, id, key, keylen, buf, off, len);
         if (r == 0 && srv->commit_on)
             fe_commit_sent(&srv->commit, 1);
         return r;
@@ -319,7 +360,7 @@ int fe_server_submit(struct fe_server *srv, uint64_t id, const char *key, size_t
     /* Held records go from the timer or the check callback, never from
      * here: a failure to send is reported to its session, and this session
      * is still in the middle of its DATA. */
-    fe_commit_hold(&srv->commit, id, key, keylen, buf, len, uv_hrtime());
+    fe_commit_hold(&srv->commit, id, key, keylen, buf, off, len, uv_hrtime());
     if (srv->commit.nrec == 1)
         commit_arm(srv);
     return 0;
@@ -330,8 +371,9 @@ void fe_server_init(struct fe_server *srv, uv_loop_t *loop)
     memset(srv, 0, sizeof(*srv));
     srv->loop = loop;
     srv->submit = producer_submit;
-    srv->submit_owned = producer_submit_owned;
     srv->submit_arg = srv;
+    ms_idmap_init(&srv->sent);
+    ms_list_init(&srv->sent_list);
     ms_idmap_init(&srv->sessions);
     ms_idmap_init(&srv->pending);
     ms_idmap_init(&srv->limit_checks);
@@ -357,6 +399,8 @@ void fe_server_free(struct fe_server *srv)
     ms_idmap_free(&srv->sessions);
     ms_idmap_free(&srv->pending);
     ms_idmap_free(&srv->limit_checks);
+    fe_server_sent_free(srv); /* main.c freed the producer first: nothing reads them */
+    ms_idmap_free(&srv->sent);
     fe_conn_table_free(&srv->own_conns);
     fe_settings_free(&srv->set);
 }

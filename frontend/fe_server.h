@@ -3,9 +3,8 @@
  * their records leave.  The shared part is the loop's settings, TLS context,
  * password table, metrics, listeners, the id maps that find a session again
  * (STYLE.md 7), the connection counts, the rate limiter and the list of live
- * sessions; records leave through `submit`, or, with group commit
- * (fe_commit.h), are held by the server and handed to `submit_owned`
- * together.  The sessions themselves are fe_session.h, the listeners
+ * sessions; records leave through `submit`, at once or, with group commit
+ * (fe_commit.h), held by the server and handed over together.  The sessions themselves are fe_session.h, the listeners
  * fe_listen.h, the settings fe_settings.h; this module calls none of them.
  *
  * Threads: the process runs [node] threads libuv loops (main.c), each on its
@@ -22,7 +21,9 @@
  * from their transport's close callback (fe_session.c).  The server owns its
  * listeners array, its id maps and its settings (fe_server_free()); the
  * producer, the Redis client and the rate limiter are set and freed by
- * main.c.
+ * main.c.  A record's buffer is the server's from fe_server_submit() until
+ * the record's report (fe_server_reported()): the producer reads it in
+ * place, without a copy of its own, until then.
  *
  * Errors: `submit` returns 0 and the report comes back later through the
  * producer's callback (fe_session.h: fe_sessions_report), or returns an error
@@ -91,11 +92,10 @@ struct fe_metrics {
     struct fe_verify_metrics verify;
 };
 
+/* Queue record `id`; value[0..len) stays valid and unchanged until its
+ * report, or until an error return (then no report comes). */
 typedef int (*fe_submit_fn)(void *arg, uint64_t id, const char *key, size_t keylen,
                             const void *value, size_t len);
-/* The same, but takes `value` (a malloc'd buffer) when it returns 0. */
-typedef int (*fe_submit_owned_fn)(void *arg, uint64_t id, const char *key, size_t keylen,
-                                  void *value, size_t len);
 
 /* The producer id of event records (fe_server_event): their reports are
  * not transactions' and are dropped (fe_sessions_report). */
@@ -116,7 +116,6 @@ struct fe_server {
     struct fe_passwd *passwd;  /* NULL: no AUTH */
     struct fe_rcpt_table *rcpts; /* [smtp] recipient_file; NULL: none (fe_access.h) */
     fe_submit_fn submit;
-    fe_submit_owned_fn submit_owned; /* group commit only */
     void *submit_arg;
     ms_producer *producer;
     struct fe_listener *listeners;
@@ -125,6 +124,8 @@ struct fe_server {
     struct ms_idmap sessions;  /* session id -> session */
     struct ms_idmap pending;   /* transaction id -> session awaiting its report */
     struct ms_idmap limit_checks; /* limits check id -> session awaiting Redis */
+    struct ms_idmap sent;      /* transaction id -> its record's buffer, until the report */
+    struct ms_list sent_list;  /* the same buffers, to free what is never reported */
     /* Connection counts: &own_conns unless main.c points every server at
      * one process-wide table. */
     struct fe_conn_table *conns;
@@ -151,15 +152,20 @@ void fe_metrics_listener(struct fe_listener *l);
 
 /* Initialise the server around a loop (no listeners, no sessions yet). */
 void fe_server_init(struct fe_server *srv, uv_loop_t *loop);
-/* Hand transaction `id`'s record over; takes `buf` (malloc'd) in every case.
- * With group commit it is held until its batch goes; a failure to send it
- * then comes back as a report.  0, or a negative code and no report. */
+/* Hand transaction `id`'s record, buf[off..off + len), over; takes `buf`
+ * (malloc'd) in every case: freed at once when the record cannot go, else
+ * kept until its report.  With group commit it is held until its batch
+ * goes; a failure to send it then comes back as a report.  0, or a
+ * negative code and no report. */
 int fe_server_submit(struct fe_server *srv, uint64_t id, const char *key, size_t keylen,
-                     uint8_t *buf, size_t len);
-/* A report came back (before it is handed to its session): with group
- * commit, the next batch may go. */
-void fe_server_reported(struct fe_server *srv);
-/* Group commit on: needs submit_owned; linger_ms bounds a record's wait.
+                     uint8_t *buf, size_t off, size_t len);
+/* The report of transaction `id` came back (before it is handed to its
+ * session): its buffer is freed; with group commit, the next batch may go. */
+void fe_server_reported(struct fe_server *srv, uint64_t id);
+/* Free the buffers of records never reported: only once nothing can read
+ * them (the producer is freed, or never had them).  fe_server_free() does. */
+void fe_server_sent_free(struct fe_server *srv);
+/* Group commit on; linger_ms bounds a record's wait.
  * A held record that cannot be handed over comes back through
  * report(srv, id, err, errstr), as the producer's reports do. */
 void fe_server_commit_start(struct fe_server *srv, ms_produce_cb report);

@@ -42,6 +42,16 @@
 #include <strings.h>
 #include <time.h>
 
+/* The message buffer is the Kafka record's buffer too (msg_begin,
+ * submit_tx): room ahead of the message for the record's first octets
+ * (the message field's tag and length), and room presized after it for
+ * our Received header and the record's other fields.  It is kept as it is
+ * until the report, spare capacity included: shrinking it with realloc
+ * handed the spare back to the kernel, and a 1 MiB message without SIZE=
+ * then took ~230 more page faults (docs/scaling.md). */
+#define FE_REC_HEAD MS_ENVELOPE_TX_HEAD_MAX
+#define FE_REC_PRESIZE_EXTRA 2048
+
 enum fe_state {
     FE_ST_PROXY,      /* proxy listener: waiting for the PROXY header */
     FE_ST_TLS_WAIT,   /* implicit TLS: handshake before the banner */
@@ -399,26 +409,29 @@ static const struct fe_format_rules *format_rules(const struct fe_session *s)
     return s->l->role == FE_ROLE_MX ? &s->srv->set.format_mx : &s->srv->set.format_submission;
 }
 
-/* DATA or the first BDAT: the message buffer gets room for the fields a
- * submission may need (RFC 6409 8), then our Received header; the client's
- * octets follow, and the header parser reads them from there. */
+/* DATA or the first BDAT: the message buffer is the Kafka record's buffer
+ * too (submit_tx): it starts with room for the record's first octets
+ * (FE_REC_HEAD), then for the fields a submission may need (RFC 6409 8),
+ * then our Received header; the client's octets follow, and the header
+ * parser reads them from there.  The record's other fields go after the
+ * message. */
 static void msg_begin(struct fe_session *s)
 {
     struct fe_tx *tx = s->tx;
     const struct fe_format_rules *fr = format_rules(s);
-    size_t room = fr->add_date || fr->add_message_id ? FE_HDR_ADDED_MAX : 0;
+    size_t room = FE_REC_HEAD + (fr->add_date || fr->add_message_id ? FE_HDR_ADDED_MAX : 0);
     char *p;
 
     ms_buf_free(&tx->msg);
     ms_buf_init(&tx->msg, s->srv->set.max_message_size + 16384);
-    /* The declared size, our fields and the Received header in one
-     * allocation: no copies while the message streams in (SIZE is at most
-     * max_message_size, cmd_mail). */
+    /* The declared size, our fields, the Received header and the record's
+     * fields in one allocation: no copies while the message streams in
+     * (SIZE is at most max_message_size, cmd_mail). */
     if (tx->mp.has_size && tx->mp.size > 0)
-        ms_buf_reserve(&tx->msg, room + 1024 +
+        ms_buf_reserve(&tx->msg, room + FE_REC_PRESIZE_EXTRA +
                                      (tx->mp.size < FE_MSG_PRESIZE_MAX ? (size_t)tx->mp.size
                                                                        : FE_MSG_PRESIZE_MAX));
-    if (room > 0 && (p = ms_buf_reserve(&tx->msg, room)) != NULL) {
+    if ((p = ms_buf_reserve(&tx->msg, room)) != NULL) {
         memset(p, 0, room);
         ms_buf_commit(&tx->msg, room);
     }
@@ -492,7 +505,7 @@ static void format_fix(struct fe_session *s)
     time_t now;
     int w;
 
-    if (tx->rec_at < FE_HDR_ADDED_MAX)
+    if (tx->rec_at < FE_REC_HEAD + FE_HDR_ADDED_MAX)
         return; /* no room kept: no fixes on this listener */
     if (fr->add_date && tx->hdr.counts[FE_HF_DATE] == 0) {
         now = time(NULL);
@@ -547,7 +560,7 @@ static int submit_tx(struct fe_session *s)
     struct ms_envelope_tx et;
     struct ms_envelope_tx_rcpt *rr;
     uint8_t *buf;
-    size_t len, i;
+    size_t len, i, off, end;
     int r;
 
     memset(&et, 0, sizeof(et));
@@ -588,13 +601,23 @@ static int submit_tx(struct fe_session *s)
     et.quarantine = tx->quarantine;
     et.message = tx->msg.data + tx->rec_off;
     et.len = tx->msg.len - tx->rec_off;
-    buf = ms_envelope_encode_tx(&et, &len);
+    /* The record is built around the message where it lies (the message
+     * field's tag and length before it, the other fields after it) and goes
+     * to Kafka from this buffer: the message is not copied again.  A
+     * message the milters replaced has no room before it, and a buffer at
+     * its max cannot take the other fields: those are copied. */
+    if (ms_envelope_encode_tx_in(&et, &tx->msg, tx->rec_off, &off, &len) == 0) {
+        buf = (uint8_t *)ms_buf_steal(&tx->msg, &end); /* the record ends the buffer */
+    } else {
+        buf = ms_envelope_encode_tx(&et, &len);
+        off = 0;
+    }
     free(rr);
     /* The message is in the record now; keep memory low while we wait. */
     ms_buf_free(&tx->msg);
     tx->txn_id = ++s->srv->next_id;
     ms_idmap_put(&s->srv->pending, tx->txn_id, s);
-    r = fe_server_submit(s->srv, tx->txn_id, tx->qid, strlen(tx->qid), buf, len);
+    r = fe_server_submit(s->srv, tx->txn_id, tx->qid, strlen(tx->qid), buf, off, len);
     fe_commit_leave(&s->srv->commit, &s->cm);
     if (r < 0) {
         ms_idmap_del(&s->srv->pending, tx->txn_id);
@@ -2004,6 +2027,35 @@ static void command(struct fe_session *s, const char *line, size_t len)
         flush(s);
 }
 
+/* Give message octets buf[0..len) to the DATA or BDAT reader (the session
+ * is in FE_ST_DATA or FE_ST_BDAT); returns how many it took, and ends the
+ * message or the chunk when it is complete.  from_in: buf is s->in, which
+ * loses what was taken before the end is handled, as a command would. */
+static size_t body_feed(struct fe_session *s, const char *buf, size_t len, int from_in)
+{
+    struct fe_tx *tx = s->tx;
+    size_t n;
+    int r;
+
+    if (s->state == FE_ST_DATA) {
+        r = fe_data_feed(&tx->rd, buf, len);
+        hdr_pump(tx);
+        n = r == MS_EAGAIN ? len : (size_t)r;
+        if (from_in)
+            ms_buf_consume(&s->in, n);
+        if (r != MS_EAGAIN)
+            data_end(s, tx->rd.status);
+        return n;
+    }
+    n = fe_bdat_feed(&tx->bd, buf, len);
+    hdr_pump(tx);
+    if (from_in)
+        ms_buf_consume(&s->in, n);
+    if (tx->bd.left == 0)
+        bdat_chunk_end(s);
+    return n;
+}
+
 /* Feed buffered input to the DATA reader or the command interpreter until
  * it runs out or the session has to wait. */
 void fe__session_process(struct fe_session *s)
@@ -2026,22 +2078,8 @@ void fe__session_process(struct fe_session *s)
             s->skip_octets -= clen;
             continue;
         }
-        if (s->state == FE_ST_DATA) {
-            r = fe_data_feed(&s->tx->rd, s->in.data, s->in.len);
-            hdr_pump(s->tx);
-            if (r == MS_EAGAIN) {
-                ms_buf_reset(&s->in);
-                break;
-            }
-            ms_buf_consume(&s->in, (size_t)r);
-            data_end(s, s->tx->rd.status);
-            continue;
-        }
-        if (s->state == FE_ST_BDAT) {
-            ms_buf_consume(&s->in, fe_bdat_feed(&s->tx->bd, s->in.data, s->in.len));
-            hdr_pump(s->tx);
-            if (s->tx->bd.left == 0)
-                bdat_chunk_end(s);
+        if (s->state == FE_ST_DATA || s->state == FE_ST_BDAT) {
+            body_feed(s, s->in.data, s->in.len, 1);
             continue;
         }
         if (s->skip_line) {
@@ -2137,7 +2175,19 @@ static void on_read(void *arg, const char *buf, size_t len)
     ms_counter_add(s->srv->m.bytes_in, len);
     if (fe_commit_is_member(&s->cm) || (s->tx && s->tx->txn_id == 0))
         commit_touch(s);
-    if (ms_buf_append(&s->in, buf, len) != 0) {
+    /* Message octets with nothing buffered before them go from the
+     * transport's read buffer straight to the reader: copied once into the
+     * message, not first into `in` (issue 19).  What follows the message or
+     * the chunk (the next commands) is buffered as any input. */
+    while (len > 0 && s->in.len == 0 && (s->state == FE_ST_DATA || s->state == FE_ST_BDAT)) {
+        size_t n = body_feed(s, buf, len, 0);
+
+        if (n == 0)
+            break;
+        buf += n;
+        len -= n;
+    }
+    if (len > 0 && ms_buf_append(&s->in, buf, len) != 0) {
         reply(s, "421 4.7.0 %s Error: too much unprocessed input", s->srv->set.hostname);
         close_session(s);
         return;
@@ -2505,7 +2555,7 @@ void fe_sessions_report(void *arg, uint64_t id, int err, const char *errstr)
     if (id == FE_EVENT_REPORT_ID)
         return; /* an event record (fe_server_event), no transaction */
     s = ms_idmap_del(&srv->pending, id);
-    fe_server_reported(srv);
+    fe_server_reported(srv, id);
     if (s == NULL) {
         /* The client left while we waited: it will send again. */
         ms_info("event=report_without_session txn=%llu result=%s", (unsigned long long)id,

@@ -409,6 +409,7 @@ static void loop_finish(struct fe_loop *L)
         ms_producer_free(srv->producer, FE_PRODUCER_FLUSH_MS);
         srv->producer = NULL;
     }
+    fe_server_sent_free(srv); /* every report came (ms_producer_free); none can now */
     atomic_store(&L->ready, 0);
     atomic_store(&L->done, 1);
     uv_async_send(&finished);

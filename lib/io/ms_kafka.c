@@ -611,6 +611,12 @@ int ms_producer_send_owned(ms_producer *p, const char *topic, const void *key, s
     return produce(p, topic, key, keylen, value, len, id, RD_KAFKA_MSG_F_FREE);
 }
 
+int ms_producer_send_ref(ms_producer *p, const char *topic, const void *key, size_t keylen,
+                         const void *value, size_t len, uint64_t id)
+{
+    return produce(p, topic, key, keylen, (void *)value, len, id, 0); /* neither F_COPY nor F_FREE */
+}
+
 int ms_producer_outstanding(ms_producer *p)
 {
     return rd_kafka_outq_len(p->rk);

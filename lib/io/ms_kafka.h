@@ -97,6 +97,11 @@ int ms_producer_send(ms_producer *p, const char *topic, const void *key, size_t 
  * returns 0; on error the buffer stays the caller's. */
 int ms_producer_send_owned(ms_producer *p, const char *topic, const void *key, size_t keylen,
                            void *value, size_t len, uint64_t id);
+/* The same, but `value` is neither copied nor freed: it must stay valid and
+ * unchanged until the callback for `id` has run (every record queued gets
+ * exactly one, ms_producer_free() included), or until an error return. */
+int ms_producer_send_ref(ms_producer *p, const char *topic, const void *key, size_t keylen,
+                         const void *value, size_t len, uint64_t id);
 /* A caller that batches (ms_kafka_conf.caller_batches) calls this before
  * the records of each batch: they all go to one partition, so the batch is
  * one produce request and one append on the broker (ms_kafka.c,

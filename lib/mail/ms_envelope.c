@@ -291,58 +291,132 @@ uint8_t *ms_envelope_encode_retry(const ms_envelope *e, const size_t *keep, size
     return buf;
 }
 
-uint8_t *ms_envelope_encode_tx(const struct ms_envelope_tx *tx, size_t *len)
-{
+/* The protobuf-c structs of a transaction's envelope, pointing into tx
+ * (and rr, rp, which the caller frees after packing). */
+struct tx_env {
     Mailstream__Envelope env;
     Mailstream__Client cl;
     Mailstream__MailFrom mf;
     Mailstream__Recipient *rr, **rp;
-    uint8_t *buf;
+};
+
+static void tx_env_build(struct tx_env *t, const struct ms_envelope_tx *tx)
+{
     size_t i;
 
-    ms_envelope_init(&env);
-    mailstream__client__init(&cl);
-    mailstream__mail_from__init(&mf);
-    cl.ip = str(tx->client.ip);
-    cl.port = tx->client.port;
-    cl.helo = str(tx->client.helo);
-    cl.tls_version = str(tx->client.tls_version);
-    cl.tls_cipher = str(tx->client.tls_cipher);
-    cl.auth_user = str(tx->client.auth_user);
-    cl.listener = str(tx->client.listener);
-    cl.proxy_peer_ip = str(tx->client.proxy_peer_ip);
-    cl.listener_role = str(tx->client.listener_role);
-    mf.address = str(tx->mail_from.address);
-    mf.body = tx->mail_from.body;
-    mf.smtputf8 = tx->mail_from.smtputf8;
-    mf.size = tx->mail_from.size;
-    mf.ret = tx->mail_from.ret;
-    mf.envid = str(tx->mail_from.envid);
-    mf.requiretls = tx->mail_from.requiretls;
-    rr = ms_calloc(tx->nrcpts + 1, sizeof(*rr));
-    rp = ms_calloc(tx->nrcpts + 1, sizeof(*rp));
+    ms_envelope_init(&t->env);
+    mailstream__client__init(&t->cl);
+    mailstream__mail_from__init(&t->mf);
+    t->cl.ip = str(tx->client.ip);
+    t->cl.port = tx->client.port;
+    t->cl.helo = str(tx->client.helo);
+    t->cl.tls_version = str(tx->client.tls_version);
+    t->cl.tls_cipher = str(tx->client.tls_cipher);
+    t->cl.auth_user = str(tx->client.auth_user);
+    t->cl.listener = str(tx->client.listener);
+    t->cl.proxy_peer_ip = str(tx->client.proxy_peer_ip);
+    t->cl.listener_role = str(tx->client.listener_role);
+    t->mf.address = str(tx->mail_from.address);
+    t->mf.body = tx->mail_from.body;
+    t->mf.smtputf8 = tx->mail_from.smtputf8;
+    t->mf.size = tx->mail_from.size;
+    t->mf.ret = tx->mail_from.ret;
+    t->mf.envid = str(tx->mail_from.envid);
+    t->mf.requiretls = tx->mail_from.requiretls;
+    t->rr = ms_calloc(tx->nrcpts + 1, sizeof(*t->rr));
+    t->rp = ms_calloc(tx->nrcpts + 1, sizeof(*t->rp));
     for (i = 0; i < tx->nrcpts; i++) {
-        mailstream__recipient__init(&rr[i]);
-        rr[i].address = str(tx->rcpts[i].address);
-        rr[i].notify = tx->rcpts[i].notify;
-        rr[i].orcpt = str(tx->rcpts[i].orcpt);
-        rp[i] = &rr[i];
+        mailstream__recipient__init(&t->rr[i]);
+        t->rr[i].address = str(tx->rcpts[i].address);
+        t->rr[i].notify = tx->rcpts[i].notify;
+        t->rr[i].orcpt = str(tx->rcpts[i].orcpt);
+        t->rp[i] = &t->rr[i];
     }
-    env.queue_id = str(tx->queue_id);
-    env.received_at_us = tx->received_at_us;
-    env.frontend_node = str(tx->frontend_node);
-    env.client = tx->client.ip ? &cl : NULL;
-    env.mail_from = &mf;
-    env.n_recipients = tx->nrcpts;
-    env.recipients = rp;
-    env.direction = tx->direction;
-    env.message.data = (uint8_t *)tx->message;
-    env.message.len = tx->len;
-    env.quarantine = str(tx->quarantine);
-    buf = ms_envelope_encode(&env, len);
-    free(rr);
-    free(rp);
+    t->env.queue_id = str(tx->queue_id);
+    t->env.received_at_us = tx->received_at_us;
+    t->env.frontend_node = str(tx->frontend_node);
+    t->env.client = tx->client.ip ? &t->cl : NULL;
+    t->env.mail_from = &t->mf;
+    t->env.n_recipients = tx->nrcpts;
+    t->env.recipients = t->rp;
+    t->env.direction = tx->direction;
+    t->env.quarantine = str(tx->quarantine);
+}
+
+static void tx_env_free(struct tx_env *t)
+{
+    free(t->rr);
+    free(t->rp);
+}
+
+uint8_t *ms_envelope_encode_tx(const struct ms_envelope_tx *tx, size_t *len)
+{
+    struct tx_env t;
+    uint8_t *buf;
+
+    tx_env_build(&t, tx);
+    t.env.message.data = (uint8_t *)tx->message;
+    t.env.message.len = tx->len;
+    buf = ms_envelope_encode(&t.env, len);
+    tx_env_free(&t);
     return buf;
+}
+
+_Static_assert(MS_ENVELOPE_FIELD_MESSAGE < 16, "the message field's tag must be one octet");
+
+/* Octets of v as a protobuf varint. */
+static size_t varint_len(uint64_t v)
+{
+    size_t n = 1;
+
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+int ms_envelope_encode_tx_in(const struct ms_envelope_tx *tx, struct ms_buf *b, size_t off,
+                             size_t *start, size_t *len)
+{
+    struct tx_env t;
+    size_t mlen, head, tail, k;
+    uint8_t *p;
+    char *q;
+    uint64_t v;
+
+    if (off > b->len)
+        return -1;
+    mlen = b->len - off;
+    /* The length prefix is read as 32 bits at most (protobuf-c, and
+     * MS_ENVELOPE_WIRE_PREFIX_MAX in ms_envelope_decode_borrow). */
+    if (mlen > UINT32_MAX)
+        return -1;
+    head = mlen > 0 ? 1 + varint_len(mlen) : 0; /* an empty message is left out, as protobuf-c does */
+    if (off < head)
+        return -1;
+    tx_env_build(&t, tx);
+    tail = mailstream__envelope__get_packed_size(&t.env);
+    if ((q = ms_buf_reserve(b, tail)) == NULL) {
+        tx_env_free(&t);
+        return -1;
+    }
+    /* Every field but the message after it, as protobuf-c packs them... */
+    if (mailstream__envelope__pack(&t.env, (uint8_t *)q) != tail)
+        ms_panic("event=envelope_pack_size_changed queue_id=%s", str(tx->queue_id));
+    tx_env_free(&t);
+    ms_buf_commit(b, tail);
+    /* ...and the message field's tag and length right before it. */
+    p = (uint8_t *)b->data + off - head;
+    if (head > 0) {
+        p[0] = (uint8_t)(MS_ENVELOPE_FIELD_MESSAGE << 3 | 2); /* wire type 2: length-delimited */
+        for (v = mlen, k = 1; v >= 0x80; v >>= 7)
+            p[k++] = (uint8_t)(v | 0x80);
+        p[k] = (uint8_t)v;
+    }
+    *start = off - head;
+    *len = head + mlen + tail;
+    return 0;
 }
 
 ms_envelope *ms_envelope_new_tx(const struct ms_envelope_tx *tx)

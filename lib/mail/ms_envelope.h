@@ -29,6 +29,7 @@
 #include <stdint.h>
 
 #include "envelope.pb-c.h"
+#include "ms_buf.h"
 
 #define MS_ENVELOPE_VERSION 1
 
@@ -126,6 +127,23 @@ struct ms_envelope_tx {
 };
 /* Serialise the envelope of tx (version MS_ENVELOPE_VERSION). */
 uint8_t *ms_envelope_encode_tx(const struct ms_envelope_tx *tx, size_t *len);
+/* The same record built around the message where it already lies, so that
+ * the message is not copied once more (issue 19: the frontend reads a
+ * message into the buffer its record then goes to Kafka from).
+ * b->data[off..b->len) is the message (tx->message is not read): the
+ * message field's tag and length are written in the MS_ENVELOPE_TX_HEAD_MAX
+ * octets (at most) before it, and every other field, packed by protobuf-c
+ * as ms_envelope_encode_tx() packs them, is appended to b (which may move
+ * it: ms_buf_reserve).  Protobuf takes fields in any order, so both
+ * decoders read the same envelope from this record as from
+ * ms_envelope_encode_tx()'s.  0, the record being b->data[*start..*start +
+ * *len) (*start at most MS_ENVELOPE_TX_HEAD_MAX before off, the record's
+ * end b->len); -1, b unchanged, when there is no room before the message
+ * (off), b cannot grow by the other fields (its max), or the message is
+ * longer than a length prefix can say (UINT32_MAX). */
+#define MS_ENVELOPE_TX_HEAD_MAX (1 + MS_ENVELOPE_WIRE_PREFIX_MAX) /* tag, length */
+int ms_envelope_encode_tx_in(const struct ms_envelope_tx *tx, struct ms_buf *b, size_t off,
+                             size_t *start, size_t *len);
 /* The same envelope as a decoded one that owns its memory (free with
  * ms_envelope_free), as a consumer would get it, without the checks of
  * ms_envelope_decode() (tools and tests feed stages with it). */

@@ -85,7 +85,7 @@ static void test_alone_goes_at_once(void **state)
     fe_commit_touch(&c, &a, 100 * US); /* MAIL ... end of DATA */
     fe_commit_leave(&c, &a);           /* it handed its record over */
     assert_true(fe_commit_can_hold(&c, 21));
-    fe_commit_hold(&c, 1, "Q1", 2, record(10), 10, 0);
+    fe_commit_hold(&c, 1, "Q1", 2, record(10), 0, 10, 0);
     assert_int_equal(FE_COMMIT_READY, fe_commit_due(&c, 100 * US));
     take_and_free(&c, 1);
     assert_int_equal(NOT_DUE, fe_commit_due(&c, 100 * US));
@@ -104,17 +104,18 @@ static void test_waits_for_active_member(void **state)
     fe_commit_touch(&c, &a, 0);
     fe_commit_touch(&c, &b, 10 * US);
     fe_commit_leave(&c, &a);
-    fe_commit_hold(&c, 1, "QA", 2, record(5), 5, 0);
+    fe_commit_hold(&c, 1, "QA", 2, record(5), 0, 5, 0);
     assert_int_equal(NOT_DUE, fe_commit_due(&c, 20 * US)); /* b is in its transaction */
     fe_commit_touch(&c, &b, 300 * US);        /* b's next command */
     assert_int_equal(NOT_DUE, fe_commit_due(&c, 800 * US)); /* 500 us since b's last sign */
     fe_commit_leave(&c, &b);
-    fe_commit_hold(&c, 2, "QB", 2, record(7), 7, 0);
+    fe_commit_hold(&c, 2, "QB", 2, record(10), 3, 7, 0); /* the record after 3 octets */
     assert_int_equal(FE_COMMIT_READY, fe_commit_due(&c, 810 * US));
     assert_int_equal(fe_commit_take(&c, out), 2);
     assert_int_equal(out[0].id, 1);
     assert_string_equal(out[0].key, "QA");
     assert_int_equal(out[1].id, 2);
+    assert_int_equal(out[1].off, 3);
     assert_int_equal(out[1].len, 7);
     free(out[0].buf);
     free(out[1].buf);
@@ -131,14 +132,14 @@ static void test_quiet_member_expires(void **state)
     fe_commit_touch(&c, &slow, 0);
     fe_commit_touch(&c, &a, 100 * US);
     fe_commit_leave(&c, &a);
-    fe_commit_hold(&c, 1, "Q", 1, record(1), 1, 0);
+    fe_commit_hold(&c, 1, "Q", 1, record(1), 0, 1, 0);
     assert_int_equal(NOT_DUE, fe_commit_due(&c, WINDOW));     /* exactly the window: still counts */
     assert_int_equal(FE_COMMIT_READY, fe_commit_due(&c, WINDOW + 1));  /* past it: forgotten */
     assert_false(fe_commit_is_member(&slow));
     take_and_free(&c, 1);
     /* A sign of life makes it a member again. */
     fe_commit_touch(&c, &slow, 2 * WINDOW);
-    fe_commit_hold(&c, 2, "Q", 1, record(1), 1, 2 * WINDOW);
+    fe_commit_hold(&c, 2, "Q", 1, record(1), 0, 1, 2 * WINDOW);
     assert_int_equal(NOT_DUE, fe_commit_due(&c, 2 * WINDOW + 1));
     fe_commit_leave(&c, &slow);
     assert_int_equal(FE_COMMIT_READY, fe_commit_due(&c, 2 * WINDOW + 1));
@@ -158,7 +159,7 @@ static void test_touch_reorders(void **state)
     fe_commit_touch(&c, &b, 100 * US);
     fe_commit_touch(&c, &a, 500 * US);
     expect_members(&c, &b, &a, NULL);
-    fe_commit_hold(&c, 1, "Q", 1, record(1), 1, 0);
+    fe_commit_hold(&c, 1, "Q", 1, record(1), 0, 1, 0);
     assert_int_equal(NOT_DUE, fe_commit_due(&c, 800 * US)); /* b expired, a has not */
     expect_members(&c, &a, NULL);
     assert_int_equal(FE_COMMIT_READY, fe_commit_due(&c, 1200 * US));
@@ -181,7 +182,7 @@ static void test_full(void **state)
     fe_commit_touch(&c, &a, 0);
     for (uint64_t i = 0; i < FE_COMMIT_MAX_RECORDS; i++) {
         assert_true(fe_commit_can_hold(&c, 21));
-        fe_commit_hold(&c, i, "Q", 1, record(1), 1, 0);
+        fe_commit_hold(&c, i, "Q", 1, record(1), 0, 1, 0);
     }
     assert_true(fe_commit_full(&c));
     assert_false(fe_commit_can_hold(&c, 1));
@@ -189,10 +190,10 @@ static void test_full(void **state)
     take_and_free(&c, FE_COMMIT_MAX_RECORDS);
     assert_true(fe_commit_can_hold(&c, 1));
 
-    fe_commit_hold(&c, 1, "Q", 1, record(FE_COMMIT_MAX_BYTES - 1), FE_COMMIT_MAX_BYTES - 1, 0);
+    fe_commit_hold(&c, 1, "Q", 1, record(FE_COMMIT_MAX_BYTES - 1), 0, FE_COMMIT_MAX_BYTES - 1, 0);
     assert_false(fe_commit_full(&c));
     assert_int_equal(NOT_DUE, fe_commit_due(&c, 2));
-    fe_commit_hold(&c, 2, "Q", 1, record(1), 1, 0);
+    fe_commit_hold(&c, 2, "Q", 1, record(1), 0, 1, 0);
     assert_true(fe_commit_full(&c));
     assert_int_equal(FE_COMMIT_FULL, fe_commit_due(&c, 3));
     take_and_free(&c, 2);
@@ -208,7 +209,7 @@ static void test_linger_bounds_the_wait(void **state)
 
     (void)state;
     fe_commit_init(&c, WINDOW, LINGER);
-    fe_commit_hold(&c, 1, "Q", 1, record(1), 1, 10 * MS);
+    fe_commit_hold(&c, 1, "Q", 1, record(1), 0, 1, 10 * MS);
     assert_int_equal(fe_commit_deadline(&c, 10 * MS), 10 * MS + LINGER);
     fe_commit_touch(&c, &busy, 10 * MS + 500 * US);
     assert_int_equal(NOT_DUE, fe_commit_due(&c, 10 * MS + 999 * US));
@@ -225,12 +226,12 @@ static void test_one_batch_in_flight(void **state)
 
     (void)state;
     fe_commit_init(&c, WINDOW, LINGER);
-    fe_commit_hold(&c, 1, "Q", 1, record(1), 1, 0);
+    fe_commit_hold(&c, 1, "Q", 1, record(1), 0, 1, 0);
     assert_int_equal(FE_COMMIT_READY, fe_commit_due(&c, 0));
     take_and_free(&c, 1);
     fe_commit_sent(&c, 1);
-    fe_commit_hold(&c, 2, "Q", 1, record(1), 1, 100 * US);
-    fe_commit_hold(&c, 3, "Q", 1, record(1), 1, 200 * US);
+    fe_commit_hold(&c, 2, "Q", 1, record(1), 0, 1, 100 * US);
+    fe_commit_hold(&c, 3, "Q", 1, record(1), 0, 1, 200 * US);
     assert_int_equal(NOT_DUE, fe_commit_due(&c, 300 * US));
     assert_int_equal(NOT_DUE, fe_commit_due(&c, 5 * MS)); /* past linger: still in flight */
     assert_int_equal(fe_commit_deadline(&c, 5 * MS), 100 * US + FE_COMMIT_HOLD_MAX_MS * MS);
@@ -239,7 +240,7 @@ static void test_one_batch_in_flight(void **state)
     take_and_free(&c, 2);
     fe_commit_sent(&c, 2);
     fe_commit_reported(&c);
-    fe_commit_hold(&c, 4, "Q", 1, record(1), 1, 10 * MS);
+    fe_commit_hold(&c, 4, "Q", 1, record(1), 0, 1, 10 * MS);
     assert_int_equal(NOT_DUE, fe_commit_due(&c, 10 * MS)); /* one of two still out */
     assert_int_equal(FE_COMMIT_LINGER,
                      fe_commit_due(&c, 10 * MS + FE_COMMIT_HOLD_MAX_MS * MS));
@@ -261,7 +262,7 @@ static void test_key_limit(void **state)
     assert_true(fe_commit_can_hold(&c, FE_COMMIT_KEY_MAX));
     assert_false(fe_commit_can_hold(&c, FE_COMMIT_KEY_MAX + 1));
     memset(key, 'K', FE_COMMIT_KEY_MAX);
-    fe_commit_hold(&c, 9, key, FE_COMMIT_KEY_MAX, record(3), 3, 0);
+    fe_commit_hold(&c, 9, key, FE_COMMIT_KEY_MAX, record(3), 0, 3, 0);
     assert_int_equal(strlen(c.rec[0].key), FE_COMMIT_KEY_MAX);
     take_and_free(&c, 1);
 }

@@ -96,6 +96,8 @@ static int teardown(void **state)
     ms_idmap_free(&f->srv.sessions);
     ms_idmap_free(&f->srv.pending);
     ms_idmap_free(&f->srv.limit_checks);
+    fe_server_sent_free(&f->srv); /* records whose report a test did not give */
+    ms_idmap_free(&f->srv.sent);
     fe_conn_table_free(&f->srv.own_conns);
     free(f->k.last_value);
     free(f);
@@ -193,6 +195,60 @@ static void test_pipelining_waits_for_report(void **state)
     /* A duplicate report finds nothing. */
     fe_sessions_report(&f->srv, f->k.last_id, 0, NULL);
     expect(f, "");
+}
+
+/* Message octets that arrive alone go from the read straight to the
+ * reader (fe_session.c on_read): pieces of a DATA body, split inside a
+ * line and inside dot-stuffing, and a last piece carrying the end of data
+ * and a pipelined command, which waits for the report; then BDAT chunks
+ * split the same way, the rest of a chunk and the next BDAT command in one
+ * read.  Both records are read where the message lies by both decoders. */
+static void test_body_in_pieces(void **state)
+{
+    struct fixture *f = *state;
+    char want[256], err[128];
+    ms_envelope *e, *b;
+
+    greet(f);
+    send_str(f, "MAIL FROM:<a@b.example>\r\nRCPT TO:<u@mailstream.test>\r\nDATA\r\n");
+    expect(f, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n");
+    send_str(f, "Subject: t\r\n\r\nline one\r\n.");
+    send_str(f, ".dot\r\nli");
+    assert_int_equal(f->k.n, 0);
+    send_str(f, "ne two\r\n.\r\nNOOP\r\n");
+    expect(f, ""); /* the NOOP waits for the report */
+    assert_int_equal(f->k.n, 1);
+    e = ms_envelope_decode(f->k.last_value, f->k.last_len, err, sizeof(err));
+    b = ms_envelope_decode_borrow(f->k.last_value, f->k.last_len, err, sizeof(err));
+    assert_non_null(e);
+    assert_non_null(b);
+    assert_int_equal(e->message.len, b->message.len);
+    assert_memory_equal(e->message.data, b->message.data, e->message.len);
+    assert_true(e->message.len > 40 &&
+                memcmp(e->message.data + e->message.len - 40,
+                       "Subject: t\r\n\r\nline one\r\n.dot\r\nline two\r\n", 40) == 0);
+    ms_envelope_free(e);
+    ms_envelope_free(b);
+    fe_sessions_report(&f->srv, f->k.last_id, 0, NULL);
+    snprintf(want, sizeof(want), "250 2.0.0 Ok: queued as %s\r\n250 2.0.0 Ok\r\n", f->k.last_key);
+    expect(f, want);
+
+    send_str(f, "MAIL FROM:<a@b.example>\r\nRCPT TO:<u@mailstream.test>\r\nBDAT 17\r\nSubj");
+    expect(f, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n");
+    send_str(f, "ect: u\r\n");
+    send_str(f, "\r\n.\r\nBDAT 3 LAST\r\nx\r");
+    expect(f, "250 2.0.0 17 octets received\r\n");
+    send_str(f, "\n");
+    assert_int_equal(f->k.n, 2);
+    e = ms_envelope_decode_borrow(f->k.last_value, f->k.last_len, err, sizeof(err));
+    assert_non_null(e);
+    assert_true(e->message.len > 20 &&
+                memcmp(e->message.data + e->message.len - 20, "Subject: u\r\n\r\n.\r\nx\r\n",
+                       20) == 0);
+    ms_envelope_free(e);
+    fe_sessions_report(&f->srv, f->k.last_id, 0, NULL);
+    snprintf(want, sizeof(want), "250 2.0.0 Ok: queued as %s\r\n", f->k.last_key);
+    expect(f, want);
 }
 
 /* RFC 3030: pipelined chunks with exact octet counts, no dot-unstuffing,
@@ -599,6 +655,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_pipelining_waits_for_report, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_body_in_pieces, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bdat_pipelined, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bdat_rules, setup, teardown),
         cmocka_unit_test_setup_teardown(test_metrics, setup, teardown),

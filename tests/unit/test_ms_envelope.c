@@ -141,6 +141,103 @@ static void test_tx(void **state)
     ms_envelope_free(e);
 }
 
+/* The record built around its message (ms_envelope_encode_tx_in): the
+ * message field first, written before and after the message where it lies,
+ * and read by both decoders as the same envelope as
+ * ms_envelope_encode_tx()'s record (written again: the same octets), for
+ * messages whose length takes 0 (empty), 1, 2 and 3 octets to say; no room
+ * before the message, or a buffer that may not grow by the other fields:
+ * -1 and the buffer unchanged. */
+static void test_tx_in(void **state)
+{
+    static const size_t sizes[] = {0, 20, 127, 128, 300, 70000};
+    struct ms_envelope_tx tx;
+    struct ms_envelope_tx_rcpt r[2] = {{"b@dest.example", MS_ENV_NOTIFY_SUCCESS, "rfc822;b@x"},
+                                       {"c@dest.example", 0, NULL}};
+    char err[128];
+    size_t k, i;
+
+    (void)state;
+    memset(&tx, 0, sizeof(tx));
+    tx.queue_id = "0123456789ABCDEFGHJKM";
+    tx.received_at_us = 1765000000000000;
+    tx.frontend_node = "fe1";
+    tx.client.ip = "192.0.2.7";
+    tx.client.port = 2525;
+    tx.client.helo = "client.example";
+    tx.mail_from.address = "a@example.org";
+    tx.mail_from.body = MS_ENV_BODY_8BITMIME;
+    tx.mail_from.size = 70000;
+    tx.rcpts = r;
+    tx.nrcpts = 2;
+    tx.direction = MS_ENV_DIRECTION_INBOUND;
+    tx.quarantine = "held";
+    for (k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+        size_t mlen = sizes[k], head = MS_ENVELOPE_TX_HEAD_MAX + 3, clen, start, rlen, len1, len2,
+               want_head = mlen == 0 ? 0 : mlen < 128 ? 2 : mlen < 16384 ? 3 : 4;
+        uint8_t *msg = malloc(mlen + 1), *copy, *rec, *again1, *again2;
+        struct ms_buf b;
+        ms_envelope *d1, *d2;
+
+        for (i = 0; i < mlen; i++)
+            msg[i] = (uint8_t)("Subject: x\r\n\r\nbody\r\n"[i % 20]);
+        tx.message = msg;
+        tx.len = mlen;
+        copy = ms_envelope_encode_tx(&tx, &clen);
+        tx.message = NULL; /* not read: the message is the buffer's */
+        tx.len = 0;
+
+        /* A buffer that may not grow by the other fields: -1, unchanged. */
+        ms_buf_init(&b, head + mlen + 5);
+        memset(ms_buf_reserve(&b, head), 0xee, head);
+        ms_buf_commit(&b, head);
+        assert_int_equal(ms_buf_append(&b, msg, mlen), 0);
+        assert_int_equal(ms_envelope_encode_tx_in(&tx, &b, head, &start, &rlen), -1);
+        assert_int_equal(b.len, head + mlen);
+        for (i = 0; i < head; i++)
+            assert_int_equal((uint8_t)b.data[i], 0xee);
+        /* No room before the message: the same. */
+        b.max = (size_t)-1 / 2;
+        if (want_head > 0) {
+            assert_int_equal(ms_envelope_encode_tx_in(&tx, &b, want_head - 1, &start, &rlen), -1);
+            assert_int_equal(b.len, head + mlen);
+        }
+
+        assert_int_equal(ms_envelope_encode_tx_in(&tx, &b, head, &start, &rlen), 0);
+        rec = (uint8_t *)b.data + start;
+        assert_int_equal(start, head - want_head);
+        assert_int_equal(start + rlen, b.len); /* the record ends the buffer */
+        assert_int_equal(rlen, clen);          /* the same fields, in another order */
+        if (mlen > 0)
+            assert_int_equal(rec[0], MS_ENVELOPE_FIELD_MESSAGE << 3 | 2);
+        assert_memory_equal(b.data + head, msg, mlen); /* the message did not move */
+
+        d1 = ms_envelope_decode(rec, rlen, err, sizeof(err));
+        assert_non_null(d1);
+        d2 = ms_envelope_decode_borrow(rec, rlen, err, sizeof(err));
+        assert_non_null(d2);
+        assert_int_equal(d2->message.len, mlen);
+        if (mlen > 0)
+            assert_ptr_equal(d2->message.data, b.data + head); /* borrowed where it lies */
+        assert_string_equal(d1->quarantine, "held");
+        assert_int_equal(d1->received_at_us, tx.received_at_us);
+        assert_int_equal(d1->n_recipients, 2);
+        again1 = ms_envelope_encode(d1, &len1);
+        again2 = ms_envelope_encode(d2, &len2);
+        assert_int_equal(len1, clen);
+        assert_int_equal(len2, clen);
+        assert_memory_equal(again1, copy, clen);
+        assert_memory_equal(again2, copy, clen);
+        free(again1);
+        free(again2);
+        ms_envelope_free(d1);
+        ms_envelope_free(d2);
+        ms_buf_free(&b);
+        free(copy);
+        free(msg);
+    }
+}
+
 /* A DSN's envelope: null sender, the one recipient never notified. */
 static void test_dsn(void **state)
 {
@@ -387,6 +484,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip),
         cmocka_unit_test(test_tx),
+        cmocka_unit_test(test_tx_in),
         cmocka_unit_test(test_borrow),
         cmocka_unit_test(test_borrow_wire),
         cmocka_unit_test(test_dsn),
