@@ -605,12 +605,6 @@ int ms_producer_send(ms_producer *p, const char *topic, const void *key, size_t 
     return produce(p, topic, key, keylen, (void *)value, len, id, RD_KAFKA_MSG_F_COPY);
 }
 
-int ms_producer_send_owned(ms_producer *p, const char *topic, const void *key, size_t keylen,
-                           void *value, size_t len, uint64_t id)
-{
-    return produce(p, topic, key, keylen, value, len, id, RD_KAFKA_MSG_F_FREE);
-}
-
 int ms_producer_send_ref(ms_producer *p, const char *topic, const void *key, size_t keylen,
                          const void *value, size_t len, uint64_t id)
 {

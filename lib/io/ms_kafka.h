@@ -93,10 +93,6 @@ ms_producer *ms_producer_new(uv_loop_t *loop, const struct ms_kafka_conf *conf,
  * MS_EIO; on error the callback is not called. */
 int ms_producer_send(ms_producer *p, const char *topic, const void *key, size_t keylen,
                      const void *value, size_t len, uint64_t id);
-/* The same, but takes `value` (a malloc'd buffer, freed once sent) when it
- * returns 0; on error the buffer stays the caller's. */
-int ms_producer_send_owned(ms_producer *p, const char *topic, const void *key, size_t keylen,
-                           void *value, size_t len, uint64_t id);
 /* The same, but `value` is neither copied nor freed: it must stay valid and
  * unchanged until the callback for `id` has run (every record queued gets
  * exactly one, ms_producer_free() included), or until an error return. */
