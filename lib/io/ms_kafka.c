@@ -747,12 +747,53 @@ static void pause_all(ms_consumer *c, int pause)
     }
 }
 
+/* Wake the fetchers of the partitions just resumed.  librdkafka before
+ * 2.3.0 (Debian 12 ships 2.0.2) does not wake a broker thread when its
+ * partitions are resumed: the thread sleeps on until its next periodic
+ * turn, up to a second (rd_kafka_max_block_ms), before it decides to fetch
+ * again (upstream issue #2879; 2.3.0 added fetch.queue.backoff.ms).  With
+ * a backlog that lasts less than that, delivery stopped for the rest of
+ * every second: at 50 KiB a worker delivered in waves, ~0.4 s on and
+ * ~0.6 s idle (docs/scaling.md, "Fetching after a pause").  A seek wakes
+ * the thread ("seek done"), and seeking to the record after the last one
+ * taken is where the resume starts anyway (a pause keeps the application's
+ * position); consumer_take drops any record at or below that position. */
+static void wake_fetchers(ms_consumer *c)
+{
+    rd_kafka_topic_partition_list_t *l = NULL, *seek;
+    rd_kafka_error_t *e;
+    struct ptrack *t;
+    int i;
+
+    if (rd_kafka_assignment(c->rk, &l) != RD_KAFKA_RESP_ERR_NO_ERROR || l == NULL)
+        return;
+    seek = rd_kafka_topic_partition_list_new(l->cnt > 0 ? l->cnt : 1);
+    for (i = 0; i < l->cnt; i++) {
+        t = ptrack_get(c, l->elems[i].partition);
+        if (t == NULL || !t->assigned || t->last_taken < 0)
+            continue;
+        rd_kafka_topic_partition_list_add(seek, l->elems[i].topic, l->elems[i].partition)->offset =
+            t->last_taken + 1;
+    }
+    /* timeout 0: queued, not waited for (the loop must not block). */
+    if (seek->cnt > 0 && (e = rd_kafka_seek_partitions(c->rk, seek, 0)) != NULL) {
+        ms_warn("event=kafka_seek_failed topic=%s error=\"%s\"", c->topic,
+                rd_kafka_error_string(e));
+        rd_kafka_error_destroy(e);
+    }
+    rd_kafka_topic_partition_list_destroy(seek);
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
 /* Fetching was paused for a full backlog: resume it once the backlog is low. */
 static void resume_fetch_if_low(ms_consumer *c)
 {
     if (c->fetch_paused && backlog_low(c)) {
         c->fetch_paused = 0;
+        ms_debug("event=kafka_fetch_resumed topic=%s backlog=%zu backlog_bytes=%zu", c->topic,
+                 c->nbacklog, c->backlog_bytes);
         pause_all(c, 0);
+        wake_fetchers(c);
     }
 }
 
@@ -869,7 +910,9 @@ static void consumer_take(ms_consumer *c, rd_kafka_message_t *m)
         rd_kafka_message_destroy(m);
         return;
     }
-    if ((t = ptrack_get(c, m->partition)) == NULL || !t->assigned) {
+    /* At or below the last offset taken: fetched again after a seek of
+     * wake_fetchers() raced a fetch of the same records (taken once). */
+    if ((t = ptrack_get(c, m->partition)) == NULL || !t->assigned || m->offset <= t->last_taken) {
         rd_kafka_message_destroy(m);
         return;
     }
