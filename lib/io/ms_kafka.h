@@ -65,7 +65,10 @@ struct ms_kafka_conf {
     /* Consumer: octets it may hold ahead of the application, half in
      * librdkafka's prefetch queue (queued.max.messages.kbytes, which one
      * fetch may overshoot) and half in the backlog (ms_kafka.c).  A record larger than
-     * that is still fetched alone.  0: 64 MiB each (MS_KAFKA_AHEAD_DEFAULT). */
+     * that is still fetched alone.  0: 64 MiB each (MS_KAFKA_AHEAD_DEFAULT).
+     * A full backlog pauses fetching; below three quarters it resumes, and
+     * the resume seeks each partition to its next record so that
+     * librdkafka (< 2.3) fetches at once instead of after up to a second. */
     size_t consumer_bytes;
 };
 
