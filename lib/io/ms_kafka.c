@@ -737,12 +737,13 @@ static void set_paused(ms_consumer *c, rd_kafka_topic_partition_list_t *parts, i
         rd_kafka_resume_partitions(c->rk, parts);
 }
 
-static void pause_all(ms_consumer *c, int pause)
+/* Pause fetching for every assigned partition (resume_fetch_if_low undoes it). */
+static void pause_all(ms_consumer *c)
 {
     rd_kafka_topic_partition_list_t *l = NULL;
 
     if (rd_kafka_assignment(c->rk, &l) == RD_KAFKA_RESP_ERR_NO_ERROR && l) {
-        set_paused(c, l, pause);
+        set_paused(c, l, 1);
         rd_kafka_topic_partition_list_destroy(l);
     }
 }
@@ -758,15 +759,13 @@ static void pause_all(ms_consumer *c, int pause)
  * the thread ("seek done"), and seeking to the record after the last one
  * taken is where the resume starts anyway (a pause keeps the application's
  * position); consumer_take drops any record at or below that position. */
-static void wake_fetchers(ms_consumer *c)
+static void wake_fetchers(ms_consumer *c, const rd_kafka_topic_partition_list_t *l)
 {
-    rd_kafka_topic_partition_list_t *l = NULL, *seek;
+    rd_kafka_topic_partition_list_t *seek;
     rd_kafka_error_t *e;
     struct ptrack *t;
     int i;
 
-    if (rd_kafka_assignment(c->rk, &l) != RD_KAFKA_RESP_ERR_NO_ERROR || l == NULL)
-        return;
     seek = rd_kafka_topic_partition_list_new(l->cnt > 0 ? l->cnt : 1);
     for (i = 0; i < l->cnt; i++) {
         t = ptrack_get(c, l->elems[i].partition);
@@ -782,18 +781,22 @@ static void wake_fetchers(ms_consumer *c)
         rd_kafka_error_destroy(e);
     }
     rd_kafka_topic_partition_list_destroy(seek);
-    rd_kafka_topic_partition_list_destroy(l);
 }
 
 /* Fetching was paused for a full backlog: resume it once the backlog is low. */
 static void resume_fetch_if_low(ms_consumer *c)
 {
-    if (c->fetch_paused && backlog_low(c)) {
-        c->fetch_paused = 0;
-        ms_debug("event=kafka_fetch_resumed topic=%s backlog=%zu backlog_bytes=%zu", c->topic,
-                 c->nbacklog, c->backlog_bytes);
-        pause_all(c, 0);
-        wake_fetchers(c);
+    rd_kafka_topic_partition_list_t *l = NULL;
+
+    if (!c->fetch_paused || !backlog_low(c))
+        return;
+    c->fetch_paused = 0;
+    ms_debug("event=kafka_fetch_resumed topic=%s backlog=%zu backlog_bytes=%zu", c->topic,
+             c->nbacklog, c->backlog_bytes);
+    if (rd_kafka_assignment(c->rk, &l) == RD_KAFKA_RESP_ERR_NO_ERROR && l) {
+        set_paused(c, l, 0);
+        wake_fetchers(c, l);
+        rd_kafka_topic_partition_list_destroy(l);
     }
 }
 
@@ -939,7 +942,7 @@ static void consumer_take(ms_consumer *c, rd_kafka_message_t *m)
         c->backlog_bytes += n->rec.len;
         if (backlog_full(c) && !c->fetch_paused) {
             c->fetch_paused = 1;
-            pause_all(c, 1);
+            pause_all(c);
         }
         return;
     }

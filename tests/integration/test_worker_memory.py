@@ -43,6 +43,17 @@ def body(q: str) -> bytes:
     return message(q, line * (SIZE // len(line)))
 
 
+def sink_subjects(cl) -> list:
+    """The Subject (each record's qid) of every message in the sink, one per
+    copy delivered."""
+    got = []
+    for m in cl.sink.messages():
+        for line in m.data[:4096].split(b"\r\n"):
+            if line.startswith(b"Subject: "):
+                got.append(line[9:].decode())
+    return got
+
+
 @pytest.mark.timeout(600)
 def test_worker_peak_memory_bounded_by_byte_budget(cluster_factory):
     cl = cluster_factory(frontends=0, workers=1, sink_args=["-w", "1"],
@@ -53,17 +64,8 @@ def test_worker_peak_memory_bounded_by_byte_budget(cluster_factory):
         produce(cl, [(None, envelope(q, [f"r.{q}@example.net"], body(q)))
                      for q in qids[i:i + 10]])
 
-    def subjects() -> set:
-        got = set()
-        for m in cl.sink.messages():
-            head = m.data[:4096]
-            for line in head.split(b"\r\n"):
-                if line.startswith(b"Subject: "):
-                    got.add(line[9:].decode())
-        return got
-
-    mslocal.wait_until(lambda: subjects() >= set(qids), 540, f"all {COUNT} messages in the sink",
-                       interval=2.0)
+    mslocal.wait_until(lambda: set(sink_subjects(cl)) >= set(qids), 540,
+                       f"all {COUNT} messages in the sink", interval=2.0)
     peak = vm_hwm(w.pid)
     assert peak < BUDGET + MARGIN, f"worker peak RSS {peak / MIB:.0f} MiB"
     # The gauge follows the records held: nothing once all are done.
@@ -94,19 +96,11 @@ def test_fetch_paused_and_resumed_delivers_every_record_once(cluster_factory):
                                      message(q, line * (RESUME_SIZE // len(line)))))
                      for q in qids[i:i + 100]])
 
-    def subjects() -> list:
-        got = []
-        for m in cl.sink.messages():
-            for ln in m.data[:4096].split(b"\r\n"):
-                if ln.startswith(b"Subject: "):
-                    got.append(ln[9:].decode())
-        return got
-
-    mslocal.wait_until(lambda: set(subjects()) >= set(qids), 540,
+    mslocal.wait_until(lambda: set(sink_subjects(cl)) >= set(qids), 540,
                        f"all {RESUME_COUNT} messages in the sink", interval=2.0)
     mslocal.wait_until(lambda: metric(w, "mailstream_worker_in_flight_bytes") == 0, 60,
                        "in_flight_bytes back to 0")
-    got = subjects()
+    got = sink_subjects(cl)
     twice = sorted({q for q in got if got.count(q) > 1})
     assert not twice, f"delivered more than once: {twice[:5]}"
     assert sorted(got) == sorted(qids)
