@@ -36,18 +36,30 @@
  * the backlog, 64 MiB each.  One fetch (at most fetch.max.bytes, which
  * librdkafka wants >= message.max.bytes) may overshoot the queue's size. */
 #define MS_KAFKA_AHEAD_DEFAULT ((size_t)128 * 1024 * 1024)
-#define MS_KAFKA_FETCH_MAX "52428800"
+/* One fetch response holds at most this (fetch.max.bytes); a record larger
+ * than that still comes, alone (KIP-74).  Small because a pause throws away
+ * what was fetched: librdkafka drops the records of a paused partition that
+ * the application has not taken yet, and those of the fetch still under
+ * way, and fetches them again after the resume.  With 50 MiB a worker
+ * behind at 50 KiB fetched 3.1 octets for every octet it delivered
+ * (docs/scaling.md, "What a pause throws away").  The consumer sends no
+ * records, and librdkafka wants message.max.bytes at most this; a larger
+ * fetch.min.bytes could never be met (each fetch would wait its longest). */
+#define MS_KAFKA_FETCH_MAX (4 * 1024 * 1024)
 /* librdkafka's range of queued.max.messages.kbytes is 1..2097151. */
 #define MS_KAFKA_QUEUE_KB_MAX ((size_t)2097151)
 /* Records taken from librdkafka while the application is paused wait in a
  * backlog; past this many records or octets, fetching itself is paused, so
  * memory stays bounded without pausing the fetcher on every record.  It is
- * resumed once the backlog is below three quarters of both: librdkafka
- * takes up to a second to fetch again after a resume (it refetches from the
- * position and backs off), and the backlog left must keep the application
- * busy meanwhile (with the old 256/128 the worker idled ~0.8 s of every
- * second under load). */
+ * resumed once the backlog is below MS_KAFKA_RESUME_PCT of both.  Every pause
+ * costs a refetch of what was fetched but not yet taken (MS_KAFKA_FETCH_MAX),
+ * so the backlog drains far before fetching resumes: with three quarters,
+ * each pause passed a quarter of the backlog on and a worker behind at
+ * 50 KiB fetched 3.1 octets per octet delivered; with a quarter, 1.4.  What
+ * is left (a quarter: 6 MiB with the defaults, or 1,024 records) lasts
+ * longer than the fetch after a resume (wake_fetchers starts it at once). */
 #define MS_KAFKA_BACKLOG_MAX 4096
+#define MS_KAFKA_RESUME_PCT 25
 /* A producer moves on to the next partition after this many octets
  * (sticky_partitioner); a few linger windows' worth at full speed. */
 #define MS_KAFKA_STICKY_BYTES (256 * 1024)
@@ -697,8 +709,8 @@ static int backlog_full(const ms_consumer *c)
 
 static int backlog_low(const ms_consumer *c)
 {
-    return c->nbacklog < MS_KAFKA_BACKLOG_MAX / 4 * 3 &&
-           c->backlog_bytes < c->backlog_bytes_max / 4 * 3;
+    return c->nbacklog < MS_KAFKA_BACKLOG_MAX * MS_KAFKA_RESUME_PCT / 100 &&
+           c->backlog_bytes < c->backlog_bytes_max / 100 * MS_KAFKA_RESUME_PCT;
 }
 
 static struct ptrack *ptrack_get(ms_consumer *c, int32_t partition)
@@ -1003,9 +1015,12 @@ ms_consumer *ms_consumer_new(uv_loop_t *loop, const struct ms_kafka_conf *kc, co
     set_conf(conf, "auto.commit.interval.ms", "1000");
     set_conf(conf, "auto.offset.reset", "earliest");
     ahead = kc->consumer_bytes > 0 ? kc->consumer_bytes : MS_KAFKA_AHEAD_DEFAULT;
-    set_conf(conf, "fetch.max.bytes", MS_KAFKA_FETCH_MAX);
+    snprintf(num, sizeof(num), "%d", MS_KAFKA_FETCH_MAX);
+    set_conf(conf, "message.max.bytes", num);
+    set_conf(conf, "fetch.max.bytes", num);
     if (kc->fetch_min_bytes > 0) {
-        snprintf(num, sizeof(num), "%d", kc->fetch_min_bytes);
+        snprintf(num, sizeof(num), "%d",
+                 kc->fetch_min_bytes < MS_KAFKA_FETCH_MAX ? kc->fetch_min_bytes : MS_KAFKA_FETCH_MAX);
         set_conf(conf, "fetch.min.bytes", num);
     }
     if (kc->fetch_wait_ms > 0) {

@@ -66,9 +66,11 @@ struct ms_kafka_conf {
      * librdkafka's prefetch queue (queued.max.messages.kbytes, which one
      * fetch may overshoot) and half in the backlog (ms_kafka.c).  A record larger than
      * that is still fetched alone.  0: 64 MiB each (MS_KAFKA_AHEAD_DEFAULT).
-     * A full backlog pauses fetching; below three quarters it resumes, and
-     * the resume seeks each partition to its next record so that
-     * librdkafka (< 2.3) fetches at once instead of after up to a second. */
+     * A full backlog pauses fetching; below a quarter it resumes (a pause
+     * makes librdkafka drop and later fetch again what it had fetched
+     * ahead), and the resume seeks each partition to its next record so
+     * that librdkafka (< 2.3) fetches at once instead of after up to a
+     * second.  One fetch brings at most 4 MiB (a larger record alone). */
     size_t consumer_bytes;
 };
 
