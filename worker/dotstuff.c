@@ -9,6 +9,9 @@
 
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 /* Where stuff() writes: nothing (p NULL, count only), a caller's buffer
  * with room enough (grow 0), or a malloc'd buffer it grows. */
@@ -38,35 +41,77 @@ static void put(struct sink *o, const char *s, size_t k)
     o->n += k;
 }
 
+/* The first LF at or after k where an octet must be added: a bare one (CR
+ * goes before it) or, with dots, one followed by "." (a dot goes after
+ * it); len if there is none. */
+static size_t next_stop(const char *msg, size_t len, size_t k, int dots)
+{
+    const char *nl;
+
+#ifdef __SSE2__
+    /* Sixteen LFs at a time where SSE2 is there (every x86-64), each
+     * compared with the octets before and after it: a message from our
+     * frontend (CRLF throughout, few lines that start with ".") is one
+     * scan instead of a memchr per line (docs/scaling.md, "Instructions per
+     * octet": 20 % less time in this file at 50 KiB and 1 MiB). */
+    if (k == 0 && len > 0) {
+        if (msg[0] == '\n')
+            return 0;
+        k = 1;
+    }
+    {
+        const __m128i lf = _mm_set1_epi8('\n'), cr = _mm_set1_epi8('\r'), dot = _mm_set1_epi8('.');
+        __m128i at, before, after, hit;
+        unsigned m;
+
+        for (; k + 17 <= len; k += 16) {
+            at = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(const void *)(msg + k)), lf);
+            before = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(const void *)(msg + k - 1)), cr);
+            hit = _mm_andnot_si128(before, at);
+            if (dots) {
+                after = _mm_loadu_si128((const __m128i *)(const void *)(msg + k + 1));
+                hit = _mm_or_si128(hit, _mm_and_si128(at, _mm_cmpeq_epi8(after, dot)));
+            }
+            m = (unsigned)_mm_movemask_epi8(hit);
+            if (m != 0)
+                return k + (size_t)__builtin_ctz(m);
+        }
+    }
+#endif
+    while (k < len && (nl = memchr(msg + k, '\n', len - k)) != NULL) {
+        k = (size_t)(nl - msg);
+        if (k == 0 || msg[k - 1] != '\r' || (dots && k + 1 < len && msg[k + 1] == '.'))
+            return k;
+        k++;
+    }
+    return len;
+}
+
 /* dots: dot-stuff and append the terminator (DATA); else only the line
- * ends (BDAT).  One pass: memchr finds each line end, and octets that go
- * out unchanged are copied in one piece up to the next place that needs an
- * octet added (a line that starts with ".", a bare LF): a message from our
- * frontend, CRLF throughout, is copied with one memcpy.  Line by line (a
+ * ends (BDAT).  One pass: octets that go out unchanged are copied in one
+ * piece up to the next place that needs an octet added (a line that starts
+ * with ".", a bare LF), which next_stop() finds: a message from our
+ * frontend, CRLF throughout, is one scan and one memcpy.  Line by line (a
  * memcpy per line, then a counting pass and a copying pass) this was 35 %
  * of the worker's instructions at 1 MiB (docs/scaling.md, "per KiB"). */
 static void stuff(const char *msg, size_t len, struct sink *o, int dots)
 {
-    size_t i = 0, seg = 0, end; /* msg[seg..i) is still to be copied */
-    const char *nl;
+    size_t seg = 0, k = 0; /* msg[seg..) is still to be copied */
 
-    while (i < len) {
-        /* i is at the beginning of a line. */
-        if (dots && msg[i] == '.') {
-            put(o, msg + seg, i - seg);
-            put(o, ".", 1); /* the line's own dot goes with the next piece */
-            seg = i;
-        }
-        nl = memchr(msg + i, '\n', len - i);
-        if (nl == NULL)
-            break;
-        end = (size_t)(nl - msg);
-        if (end == 0 || msg[end - 1] != '\r') {
-            put(o, msg + seg, end - seg);
+    if (dots && len > 0 && msg[0] == '.')
+        put(o, ".", 1); /* the first line's own dot goes with the next piece */
+    while ((k = next_stop(msg, len, k, dots)) < len) {
+        if (k == 0 || msg[k - 1] != '\r') {
+            put(o, msg + seg, k - seg);
             put(o, "\r", 1); /* a bare LF goes as CRLF (§2.3.8) */
-            seg = end;
+            seg = k;
         }
-        i = end + 1;
+        if (dots && k + 1 < len && msg[k + 1] == '.') {
+            put(o, msg + seg, k + 1 - seg);
+            put(o, ".", 1); /* the line's own dot goes with the next piece */
+            seg = k + 1;
+        }
+        k++;
     }
     put(o, msg + seg, len - seg);
     /* The message must end in CRLF before the terminator (§4.1.1.4). */
