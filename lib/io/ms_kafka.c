@@ -1198,10 +1198,14 @@ void ms_consumer_free(ms_consumer *c)
 {
     struct ms_list *first;
     const char *leave = NULL; /* why the handle is left to the process's exit */
+    int synced;
     size_t i;
 
     if (c == NULL)
         return;
+    /* Assigned before the close began: an assignment that arrives during
+     * the close does not count (below). */
+    synced = c->synced;
     c->revoke_cb = NULL; /* the application is shutting down */
     kloop_stop(c->kl);
     drop_backlog(c, NULL);
@@ -1216,8 +1220,12 @@ void ms_consumer_free(ms_consumer *c)
      * is still NULL and its destroy asserts it (librdkafka #4312, fixed by
      * #4381).  Such a consumer is closed (group left, offsets committed);
      * only the handle's memory is left to the process's exit, which
-     * follows. */
-    if (leave == NULL && !c->synced && rd_kafka_version() < MS_RDKAFKA_STICKY_DESTROY_FIXED)
+     * follows.  The same holds for a first assignment that arrives while
+     * the consumer closes: librdkafka turns it into an unassign (upstream
+     * #4527) and the destroy that followed crashed a worker (SIGSEGV after
+     * `kafka_assigned` during its close, test_worker_term_rebalance in
+     * CI, 2026-12-06). */
+    if (leave == NULL && !synced && rd_kafka_version() < MS_RDKAFKA_STICKY_DESTROY_FIXED)
         leave = "never_assigned";
     if (leave != NULL) {
         /* Not freed either: the handle's threads may still call back
