@@ -115,6 +115,22 @@ def message(qid: str, extra: bytes = b"") -> bytes:
             b"Subject: " + qid.encode() + b"\r\n\r\nHello.\r\n" + extra)
 
 
+def message_subject(data: bytes):
+    """The Subject of one delivered message (message() puts the qid there),
+    read from its header section only; None when it has none."""
+    end = data.find(b"\r\n\r\n")
+    for line in data[:end if end >= 0 else len(data)].split(b"\r\n"):
+        if line.startswith(b"Subject: "):
+            return line[9:].decode()
+    return None
+
+
+def sink_subjects(cl) -> list:
+    """The Subject of every message in the cluster's sink, one per copy
+    delivered (duplicates show as repeats)."""
+    return [q for q in (message_subject(m.data) for m in cl.sink.messages()) if q is not None]
+
+
 # ---------------------------------------------------------------------------
 # Kafka through kcat
 # ---------------------------------------------------------------------------
@@ -527,16 +543,8 @@ def test_worker_sigkill_mid_stream_loses_nothing(cluster_factory):
     # back after its session times out.
     cl.add_worker()
 
-    def subjects() -> set:
-        got = set()
-        for m in cl.sink.messages():
-            for line in m.data.split(b"\r\n"):
-                if line.startswith(b"Subject: "):
-                    got.add(line[9:].decode())
-        return got
-
-    mslocal.wait_until(lambda: subjects() >= set(qids), 240, f"all {n} messages in the sink",
-                       interval=1.0)
+    mslocal.wait_until(lambda: set(sink_subjects(cl)) >= set(qids), 240,
+                       f"all {n} messages in the sink", interval=1.0)
 
 
 def test_worker_connection_refused_is_deferred(cluster_factory):
@@ -586,16 +594,8 @@ def test_worker_sigterm_mid_stream_then_restart_loses_nothing(cluster_factory):
     assert len(cl.sink.messages()) < n, "the worker finished before SIGTERM: nothing tested"
     cl.add_worker()
 
-    def subjects() -> set:
-        got = set()
-        for m in cl.sink.messages():
-            for line in m.data.split(b"\r\n"):
-                if line.startswith(b"Subject: "):
-                    got.add(line[9:].decode())
-        return got
-
-    mslocal.wait_until(lambda: subjects() >= set(qids), 240, f"all {n} messages in the sink",
-                       interval=1.0)
+    mslocal.wait_until(lambda: set(sink_subjects(cl)) >= set(qids), 240,
+                       f"all {n} messages in the sink", interval=1.0)
 
 
 def test_worker_events_pending_do_not_hold_delivery_slots(cluster_factory, kafka_control):

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 import mslocal
-from test_worker_delivery import KCAT, envelope, message, metric, new_qid, produce
+from test_worker_delivery import (KCAT, envelope, message, message_subject, metric, new_qid,
+                                  produce, sink_subjects)
 
 pytestmark = pytest.mark.skipif(KCAT is None, reason="kcat not installed: run `make deps`")
 
@@ -43,17 +44,6 @@ def body(q: str) -> bytes:
     return message(q, line * (SIZE // len(line)))
 
 
-def sink_subjects(cl) -> list:
-    """The Subject (each record's qid) of every message in the sink, one per
-    copy delivered."""
-    got = []
-    for m in cl.sink.messages():
-        for line in m.data[:4096].split(b"\r\n"):
-            if line.startswith(b"Subject: "):
-                got.append(line[9:].decode())
-    return got
-
-
 @pytest.mark.timeout(600)
 def test_worker_peak_memory_bounded_by_byte_budget(cluster_factory):
     cl = cluster_factory(frontends=0, workers=1, sink_args=["-w", "1"],
@@ -72,8 +62,8 @@ def test_worker_peak_memory_bounded_by_byte_budget(cluster_factory):
     mslocal.wait_until(lambda: metric(w, "mailstream_worker_in_flight_bytes") == 0, 60,
                        "in_flight_bytes back to 0")
     for m in cl.sink.messages()[:3]:
-        q = [ln[9:].decode() for ln in m.data[:4096].split(b"\r\n") if ln.startswith(b"Subject: ")]
-        assert q and m.data == body(q[0])
+        q = message_subject(m.data)
+        assert q and m.data == body(q)
 
 
 # A budget that holds a dozen of these records: the Kafka glue's backlog
