@@ -123,7 +123,7 @@ cycles: $(BINS) $(UNIT_BINS)
 # INTEGRATION_TESTS narrows the run (a file or file::test), PYTEST_ARGS adds options:
 #   make integration INTEGRATION_TESTS=tests/integration/test_worker_client.py PYTEST_ARGS=-x
 INTEGRATION_TESTS ?= tests/integration
-integration: all
+integration: all $(BUILD)/tests/kafka_close_probe
 	MAILSTREAM_BUILD_DIR=$(abspath $(BUILD)) PYTHONDONTWRITEBYTECODE=1 \
 	    $(VENV)/bin/python -m pytest -p no:cacheprovider -q $(INTEGRATION_TESTS) $(PYTEST_ARGS)
 
@@ -185,6 +185,12 @@ $(BUILD)/tests/seed_envelope: $(call obj,tests/fuzz/seed_envelope.c) $(LIB_A)
 	$(CC) $(OPT) $(SAN) -o $@ $^ $(LDLIBS_ALL)
 fuzz-seeds: $(BUILD)/tests/seed_envelope
 	$(BUILD)/tests/seed_envelope tests/fuzz/corpus/fuzz_envelope
+
+# A consumer closed with its group's assignment still queued
+# (tests/integration/test_worker_term_rebalance.py).
+$(BUILD)/tests/kafka_close_probe: $(call obj,tests/kafka_close_probe.c tests/kafka_close_delay.c) $(LIB_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(OPT) $(SAN) -o $@ $^ $(LDLIBS_ALL)
 
 # Benchmarks against Postfix (bench/README.md); e.g. BENCH_ARGS=--quick (~4-5 min).
 # Then the worker's outbound TLS cost: `verify` and `dane` against `may`,

@@ -844,16 +844,29 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
     ms_consumer *c = opaque;
+    /* NULL once the consumer's group has terminated.  A close that starts
+     * while an assignment waits unserved in the queue (SIGTERM during a
+     * rebalance) revokes it again at once: the queue then holds the
+     * assignment and its revocation.  The assignment's callback below is
+     * turned into an unassign by librdkafka (closing), the group leaves and
+     * terminates, and the revocation is served after that: asking the group
+     * for anything then gets no answer.  strcmp() on that NULL was a worker's
+     * SIGSEGV at shutdown (test_worker_term_rebalance in CI, 2026-12-06). */
+    const char *protocol = rd_kafka_rebalance_protocol(rk);
+    int gone = protocol == NULL;
     /* cooperative-sticky: only the partitions that move are revoked, so a
      * worker joining or leaving does not make every worker drop (and later
      * redeliver, and possibly deliver twice) everything it has in flight. */
-    int incremental = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    int incremental = !gone && strcmp(protocol, "COOPERATIVE") == 0;
     rd_kafka_error_t *e = NULL;
     struct ptrack *t;
     int i;
 
     c->gen++;
-    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS && gone) {
+        /* Nothing to take: the group this came from is gone. */
+        ms_info("event=kafka_assign_ignored partitions=%d reason=group_closed", parts->cnt);
+    } else if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         c->synced = 1;
         for (i = 0; i < parts->cnt; i++) {
             if ((t = ptrack_get(c, parts->elems[i].partition)) == NULL)
@@ -883,17 +896,21 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             c->revoke_cb(c->revoke_arg, c, nums, (size_t)parts->cnt);
             free(nums);
         }
-        rd_kafka_commit(rk, NULL, 0);
+        /* A group that is gone committed what was stored as it closed. */
+        if (!gone)
+            rd_kafka_commit(rk, NULL, 0);
         for (i = 0; i < parts->cnt; i++)
             if ((t = ptrack_get(c, parts->elems[i].partition)) != NULL) {
                 t->assigned = 0;
                 t->n = 0;
             }
         drop_backlog(c, parts);
-        ms_info("event=kafka_revoked partitions=%d incremental=%d", parts->cnt, incremental);
-        if (incremental)
+        ms_info("event=kafka_revoked partitions=%d incremental=%d%s", parts->cnt, incremental,
+                gone ? " reason=group_closed" : "");
+        /* A group that is gone has nothing assigned in librdkafka. */
+        if (!gone && incremental)
             e = rd_kafka_incremental_unassign(rk, parts);
-        else
+        else if (!gone)
             rd_kafka_assign(rk, NULL);
         /* A backlog that paused fetching may be gone with the partitions;
          * fetching must resume, or the partitions assigned next would stay
@@ -1198,14 +1215,10 @@ void ms_consumer_free(ms_consumer *c)
 {
     struct ms_list *first;
     const char *leave = NULL; /* why the handle is left to the process's exit */
-    int synced;
     size_t i;
 
     if (c == NULL)
         return;
-    /* Assigned before the close began: an assignment that arrives during
-     * the close does not count (below). */
-    synced = c->synced;
     c->revoke_cb = NULL; /* the application is shutting down */
     kloop_stop(c->kl);
     drop_backlog(c, NULL);
@@ -1220,12 +1233,8 @@ void ms_consumer_free(ms_consumer *c)
      * is still NULL and its destroy asserts it (librdkafka #4312, fixed by
      * #4381).  Such a consumer is closed (group left, offsets committed);
      * only the handle's memory is left to the process's exit, which
-     * follows.  The same holds for a first assignment that arrives while
-     * the consumer closes: librdkafka turns it into an unassign (upstream
-     * #4527) and the destroy that followed crashed a worker (SIGSEGV after
-     * `kafka_assigned` during its close, test_worker_term_rebalance in
-     * CI, 2026-12-06). */
-    if (leave == NULL && !synced && rd_kafka_version() < MS_RDKAFKA_STICKY_DESTROY_FIXED)
+     * follows. */
+    if (leave == NULL && !c->synced && rd_kafka_version() < MS_RDKAFKA_STICKY_DESTROY_FIXED)
         leave = "never_assigned";
     if (leave != NULL) {
         /* Not freed either: the handle's threads may still call back

@@ -168,9 +168,9 @@ int ms_consumer_in_flight(ms_consumer *c);
 /* Commit stored offsets, leave the group, free.  Records not yet done are
  * freed without storing their offsets.  Blocks, for at most
  * MS_KAFKA_CLOSE_TIMEOUT_MS in leaving the group: shutdown only.  A consumer
- * that could not leave in that time, or (librdkafka older than 2.2.1) had
- * no assignment before the close began, is left with its librdkafka handle
- * to the process's exit (ms_kafka.c: its destroy would block or crash). */
+ * that could not leave in that time, or (librdkafka older than 2.2.1) never
+ * had an assignment, is left with its librdkafka handle to the process's
+ * exit (ms_kafka.c: its destroy would block or abort). */
 void ms_consumer_free(ms_consumer *c);
 
 /* ---- administration ---- */

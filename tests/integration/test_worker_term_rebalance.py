@@ -16,6 +16,7 @@ process's exit).
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import tempfile
@@ -153,3 +154,34 @@ def test_worker_sigterm_while_fetching_exits_zero(cluster_factory):
         stop_producing.set()
         t.join(30)
     _assert_clean_exits_and_delivered(cl, results, qids)
+
+
+PROBE = mslocal.build_dir() / "tests" / "kafka_close_probe"
+
+
+@pytest.mark.timeout(120)
+def test_close_with_assignment_queued_survives_the_group_ending(kafka_broker):
+    """A consumer closed while its group's assignment waits unserved in its
+    queue (a worker's later consumers, when SIGTERM comes during their
+    groups' rebalance: the loop is held by the earlier consumers' closes).
+    The close serves the assignment (librdkafka turns it into an unassign),
+    the group leaves and ends, and the revocation the close queued is served
+    after that: rd_kafka_rebalance_protocol() is then NULL, and strcmp() on
+    it was a worker's SIGSEGV at shutdown (CI, 2026-12-06, twice). The probe
+    (tests/kafka_close_probe.c, kafka_close_delay.c) holds the thread 1.5 s after the assign call,
+    as a loaded machine may, so the group has ended before the revocation."""
+    assert PROBE.exists(), f"{PROBE} missing (make integration builds it)"
+    topic = f"probe.{new_qid().lower()}"
+    kafka_broker.create_topics({topic: 2})
+    r = subprocess.run([str(PROBE), kafka_broker.bootstrap, f"g.{topic}", topic, "4000"],
+                       env={**os.environ, "KAFKA_CLOSE_PROBE_DELAY_MS": "1500"},
+                       capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, f"probe exited {r.returncode}:\n{r.stderr}"
+    lines = r.stderr.splitlines()
+    assigned = [i for i, l in enumerate(lines) if "event=kafka_assigned partitions=2" in l]
+    gone = [i for i, l in enumerate(lines)
+            if "event=kafka_revoked partitions=2" in l and "reason=group_closed" in l]
+    # The path under test ran: the assignment was served during the close,
+    # its revocation after the group had ended.
+    assert assigned and gone and assigned[0] < gone[0], r.stderr
+    assert lines[-1].endswith("kafka_close_probe: freed"), r.stderr
