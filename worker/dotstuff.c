@@ -169,3 +169,23 @@ char *wk_crlf_alloc(const char *msg, size_t len, size_t *outlen)
 {
     return run_alloc(msg, len, 0, outlen);
 }
+
+/* What stuff() would change is nothing but the terminator it appends. */
+static int as_is(const char *msg, size_t len, int dots)
+{
+    if (len == 0)
+        return 1;
+    if (dots && msg[0] == '.')
+        return 0;
+    return msg[len - 1] == '\n' && next_stop(msg, len, 0, dots) == len;
+}
+
+int wk_dotstuff_as_is(const char *msg, size_t len)
+{
+    return as_is(msg, len, 1);
+}
+
+int wk_crlf_as_is(const char *msg, size_t len)
+{
+    return as_is(msg, len, 0);
+}

@@ -37,4 +37,12 @@ size_t wk_crlf_len(const char *msg, size_t len);
 size_t wk_crlf(const char *msg, size_t len, char *out);
 char *wk_crlf_alloc(const char *msg, size_t len, size_t *outlen);
 
+/* Whether msg goes on the wire as it is: CRLF line ends throughout, a
+ * final CRLF (or no octet at all) and, with DATA (wk_dotstuff_as_is), no
+ * line that starts with ".".  Then the stuffed form is msg followed by
+ * ".\r\n", and the BDAT form msg itself: the worker sends such a message
+ * from where it is instead of from a copy (smtp_client.c). */
+int wk_dotstuff_as_is(const char *msg, size_t len);
+int wk_crlf_as_is(const char *msg, size_t len);
+
 #endif

@@ -170,10 +170,14 @@ struct wk_smtp {
     size_t msg_len;                 /* unstuffed, for SIZE= */
     const char *src;                /* the caller's message until MAIL (not ours) */
     size_t src_len;
-    char *body;                     /* from MAIL on, the message as it goes on
-                                     * the wire: stuffed with the terminator
-                                     * (DATA), or with CRLF line ends (BDAT), or
-                                     * as given (BINARYMIME) */
+    /* From MAIL on, the message as it goes on the wire (body_len octets):
+     * stuffed with the terminator (DATA), or with CRLF line ends (BDAT), or
+     * as given (BINARYMIME).  Its first body_ref_len octets are the
+     * caller's (src, not copied: smtp_body_prepare), the rest are body. */
+    const char *body_ref;
+    size_t body_ref_len;
+    char *body;
+    int body_ready;
     size_t body_len, body_off;
 
     /* Progress. */
@@ -359,6 +363,9 @@ static void tx_free(wk_smtp *s)
     free(s->results);
     free(s->body);
     free(s->mail_from);
+    s->body_ref = NULL;
+    s->body_ref_len = 0;
+    s->body_ready = 0;
     s->rcpt_dsn = NULL;
     s->mail_dsn = NULL;
     s->requiretls = s->try_next = 0;
@@ -413,27 +420,58 @@ static void tx_setup(wk_smtp *s, const struct wk_smtp_msg *msg)
     s->end_sent_ns = 0;
 }
 
-/* The message as it goes on the wire, once DATA or BDAT is chosen. */
+/* The message as it goes on the wire, once DATA or BDAT is chosen.  A
+ * message that needs no octet changed (CRLF throughout, no line that starts
+ * with "." for DATA: what our frontend stores, mostly) is sent from the
+ * caller's octets (smtp_client.h: they stay until the outcome), in the
+ * same WK_SMTP_DATA_BLOCK writes as a copy would be: with BDAT all of it;
+ * with DATA its whole blocks, the last part and the terminator from a copy
+ * of at most a block (one write, as before).  At 1 MiB the copy had been
+ * ~17 % of the worker's CPU and a third of its peak memory (docs/scaling.md,
+ * "Sending from the record"). */
 static void smtp_body_prepare(wk_smtp *s)
 {
-    char *wire;
-    size_t n;
+    size_t n = 0, ref = 0, tail;
 
-    if (s->body != NULL)
+    if (s->body_ready)
         return; /* prepared for this transaction already */
-    if (s->chunking && s->body_binarymime) { /* RFC 3030 §3: octet for octet */
-        n = s->src_len;
-        wire = ms_malloc(n ? n : 1);
-        memcpy(wire, s->src, n);
+    s->body_ready = 1;
+    if (s->chunking && (s->body_binarymime || wk_crlf_as_is(s->src, s->src_len))) {
+        /* RFC 3030 §3: BINARYMIME goes octet for octet */
+        ref = n = s->src_len;
     } else if (s->chunking) {
-        wire = wk_crlf_alloc(s->src, s->src_len, &n);
+        s->body = wk_crlf_alloc(s->src, s->src_len, &n);
+    } else if (s->src_len >= WK_SMTP_DATA_BLOCK && wk_dotstuff_as_is(s->src, s->src_len)) {
+        ref = s->src_len / WK_SMTP_DATA_BLOCK * WK_SMTP_DATA_BLOCK;
+        tail = s->src_len - ref;
+        s->body = ms_malloc(tail + 3);
+        memcpy(s->body, s->src + ref, tail);
+        memcpy(s->body + tail, ".\r\n", 3);
+        n = s->src_len + 3;
     } else {
-        wire = wk_dotstuff_alloc(s->src, s->src_len, &n);
+        s->body = wk_dotstuff_alloc(s->src, s->src_len, &n);
     }
+    s->body_ref = s->src;
+    s->body_ref_len = ref;
     s->src = NULL;
     s->src_len = 0;
-    s->body = wire;
     s->body_len = n;
+}
+
+/* Octets [off, off + n) of the wire form, not copied (smtp_write_body). */
+static int smtp_body_write(wk_smtp *s, size_t off, size_t n)
+{
+    size_t k;
+    int r;
+
+    if (off < s->body_ref_len) {
+        k = n < s->body_ref_len - off ? n : s->body_ref_len - off;
+        if ((r = ms_conn_write_ref(s->t, s->body_ref + off, k)) < 0)
+            return r;
+        off += k;
+        n -= k;
+    }
+    return n > 0 ? ms_conn_write_ref(s->t, s->body + (off - s->body_ref_len), n) : 0;
 }
 
 static void cache_unlink(wk_smtp *s)
@@ -554,6 +592,11 @@ static void smtp_report(wk_smtp *s, int err, const struct ms_reply *reply, const
     if (cb == NULL)
         return;
     s->cb = NULL;
+    /* The caller may free the message octets once told (smtp_client.h):
+     * a transport still holding some of them unsent is dropped first.  (Every
+     * path here with body octets queued closes the session right after.) */
+    if (s->body_ref_len > 0 && s->body_off > 0 && s->t != NULL && ms_conn_pending(s->t) > 0)
+        ms_conn_abort(s->t);
     for (i = 0; i < s->nrcpts; i++) {
         if (s->final[i])
             continue;
@@ -711,7 +754,8 @@ static int smtp_lease_ran_out(wk_smtp *s)
 
 /* Write the body (or the current BDAT chunk) in WK_SMTP_DATA_BLOCK
  * blocks, each with its own timeout (RFC 5321 §4.5.3.2.5), straight from
- * s->body (no copy: it stays until the transport has sent it).  While the
+ * where the wire form is (no copy: it stays until the transport has sent
+ * it, or until smtp_report() has dropped the transport).  While the
  * kernel takes them at once this goes on; when some are left queued,
  * smtp_on_drain() comes back here once they are out. */
 static void smtp_write_body(wk_smtp *s)
@@ -726,7 +770,7 @@ static void smtp_write_body(wk_smtp *s)
         if (s->body_off + n == s->body_len && smtp_lease_ran_out(s))
             return;
         uv_timer_start(&s->timer, smtp_timeout_cb, s->timeout_ms[SMTP_BODY], 0);
-        if ((r = ms_conn_write_ref(s->t, s->body + s->body_off, n)) < 0) {
+        if ((r = smtp_body_write(s, s->body_off, n)) < 0) {
             smtp_write_failed(s, r, "message ");
             return;
         }

@@ -125,10 +125,11 @@
  *
  * Ownership: wk_smtp_start() copies everything it needs (the credentials,
  * the addresses), so the caller may free its copies at once, except the
- * message octets (msg->data): they are read once, when MAIL is sent, into
- * the wire form the session owns (dot-stuffed or CRLF), so they must stay
- * until the callback has been called or wk_smtp_cancel(); a copy made at
- * the start would be one more copy of every message per destination.  The session
+ * message octets (msg->data): a message that needs no octet changed goes
+ * on the wire from them (most of it: smtp_body_prepare), any other is
+ * copied into its wire form (dot-stuffed or CRLF) when MAIL is sent, so
+ * they must stay until the callback has been called or wk_smtp_cancel();
+ * the session reads none of them after that.  The session
  * frees itself after closing its handles.  The handle returned is valid until
  * the callback has been called or wk_smtp_cancel() - whichever comes first;
  * after that the caller must forget it.  One loop thread only.

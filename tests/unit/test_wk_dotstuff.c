@@ -194,6 +194,10 @@ static void test_matches_reference(void **state)
             assert_int_equal(n, w);
             assert_memory_equal(got, want, n);
             assert_int_equal(dots ? wk_dotstuff_len(in, len) : wk_crlf_len(in, len), w);
+            /* As it is exactly when stuffing only appends the terminator
+             * (it never takes octets away, so the length tells). */
+            assert_int_equal(dots ? wk_dotstuff_as_is(in, len) : wk_crlf_as_is(in, len),
+                             w == len + (dots ? 3 : 0));
             free(got);
         }
     }

@@ -550,6 +550,42 @@ static void test_large_bdat(void **state)
     free(body);
 }
 
+/* A message that needs no stuffing goes from the caller's octets, whole
+ * blocks of it, the rest and the terminator from a copy: the same octets
+ * whatever the length is against the block (plaintext, where the transport
+ * queues what the kernel does not take at once). */
+static void test_large_data_as_is(void **state)
+{
+    struct fixture *f = *state;
+    const size_t b = WK_SMTP_DATA_BLOCK;
+    const size_t lens[] = {b - 2, b, b + 1, 3 * b - 1, 3 * b, 3 * b + 2, 17 * b + 5};
+    size_t i, k, len;
+    char *body;
+
+    for (i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+        if (i > 0)
+            setup((void **)&f);
+        len = lens[i];
+        body = malloc(len);
+        for (k = 0; k < len; k++) /* 80-octet lines, "x" to "z", no leading dot */
+            body[k] = k % 80 == 78 ? '\r' : k % 80 == 79 ? '\n' : (char)('x' + k / 80 % 3);
+        body[len - 2] = '\r';
+        body[len - 1] = '\n';
+        f->msg.tls = WK_TLS_NONE;
+        f->srv.ehlo = "250-mx.test\r\n250 PIPELINING\r\n";
+        f->msg.data = body;
+        f->msg.len = len;
+        deliver(f);
+        assert_int_equal(f->out.code, 250);
+        assert_int_equal(f->srv.data.len, len);
+        assert_memory_equal(f->srv.data.data, body, len);
+        free(body);
+        teardown((void **)&f);
+    }
+    setup((void **)&f);
+    *state = f;
+}
+
 /* ---- the connection cache ---- */
 
 static wk_smtp_cache *cache_under_test;
@@ -783,6 +819,7 @@ int main(void)
         cmocka_unit_test(test_refusals),
         cmocka_unit_test_setup_teardown(test_large_data_tls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_large_bdat, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_large_data_as_is, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cache_keeps_max_idle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gate_refuses, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gate_refuses_unpipelined, setup, teardown),
