@@ -112,8 +112,10 @@
 /* Copies of a message's octets a record in flight is charged for: the Kafka
  * record (the decoded envelope borrows its message from it,
  * ms_envelope_decode_borrow) and the dot-stuffed (or CRLF) wire copy an
- * SMTP session holds while it sends; a rewrite by mailauth
- * (Authentication-Results) is brief and stands in for the record's. */
+ * SMTP session holds while it sends (a large message that needs no octet
+ * changed goes from the record with at most a block copied: charged high,
+ * on the safe side); a rewrite by mailauth (Authentication-Results) is
+ * brief and stands in for the record's. */
 #define WK_MSG_COPIES 2
 /* What each consumer may hold ahead of the engine (librdkafka's prefetch
  * plus the backlog, ms_kafka_conf.consumer_bytes), as a fraction of
