@@ -532,21 +532,27 @@ static void test_large_data_tls(void **state)
     free(want);
 }
 
+/* body in plaintext to a server that says `ehlo`: accepted, arrived as it is. */
+static void deliver_plain(struct fixture *f, const char *ehlo, const char *body, size_t len)
+{
+    f->msg.tls = WK_TLS_NONE;
+    f->srv.ehlo = ehlo;
+    f->msg.data = body;
+    f->msg.len = len;
+    deliver(f);
+    assert_int_equal(f->out.code, 250);
+    assert_int_equal(f->srv.data.len, len);
+    assert_memory_equal(f->srv.data.data, body, len);
+}
+
 static void test_large_bdat(void **state)
 {
     struct fixture *f = *state;
     size_t len;
     char *body = big_body(&len, 40000); /* about 2.2 MB: three chunks */
 
-    f->msg.tls = WK_TLS_NONE;
-    f->srv.ehlo = "250-mx.test\r\n250-PIPELINING\r\n250 CHUNKING\r\n";
-    f->msg.data = body;
-    f->msg.len = len;
-    deliver(f);
-    assert_int_equal(f->out.code, 250);
+    deliver_plain(f, "250-mx.test\r\n250-PIPELINING\r\n250 CHUNKING\r\n", body, len);
     assert_int_equal(f->srv.bdat_chunks, (int)((len + WK_SMTP_BDAT_CHUNK - 1) / WK_SMTP_BDAT_CHUNK));
-    assert_int_equal(f->srv.data.len, len);
-    assert_memory_equal(f->srv.data.data, body, len);
     free(body);
 }
 
@@ -571,14 +577,7 @@ static void test_large_data_as_is(void **state)
             body[k] = k % 80 == 78 ? '\r' : k % 80 == 79 ? '\n' : (char)('x' + k / 80 % 3);
         body[len - 2] = '\r';
         body[len - 1] = '\n';
-        f->msg.tls = WK_TLS_NONE;
-        f->srv.ehlo = "250-mx.test\r\n250 PIPELINING\r\n";
-        f->msg.data = body;
-        f->msg.len = len;
-        deliver(f);
-        assert_int_equal(f->out.code, 250);
-        assert_int_equal(f->srv.data.len, len);
-        assert_memory_equal(f->srv.data.data, body, len);
+        deliver_plain(f, "250-mx.test\r\n250 PIPELINING\r\n", body, len);
         free(body);
         teardown((void **)&f);
     }
