@@ -168,15 +168,22 @@ def test_close_with_assignment_queued_survives_the_group_ending(kafka_broker):
     the group leaves and ends, and the revocation the close queued is served
     after that: rd_kafka_rebalance_protocol() is then NULL, and strcmp() on
     it was a worker's SIGSEGV at shutdown (CI, 2026-12-06, twice). The probe
-    (tests/kafka_close_probe.c, kafka_close_delay.c) holds the thread 1.5 s after the assign call,
-    as a loaded machine may, so the group has ended before the revocation."""
+    (tests/kafka_close_probe.c, kafka_close_delay.c) holds the thread 1.5 s
+    after the assign call, as a loaded machine may, so the group has ended
+    before the revocation. A group that has not synced by the time the probe
+    closes (a slow first coordinator lookup) leaves the state unbuilt: the
+    probe then runs again, waiting longer."""
     assert PROBE.exists(), f"{PROBE} missing (make integration builds it)"
-    topic = f"probe.{new_qid().lower()}"
-    kafka_broker.create_topics({topic: 2})
-    r = subprocess.run([str(PROBE), kafka_broker.bootstrap, f"g.{topic}", topic, "4000"],
-                       env={**os.environ, "KAFKA_CLOSE_PROBE_DELAY_MS": "1500"},
-                       capture_output=True, text=True, timeout=90)
-    assert r.returncode == 0, f"probe exited {r.returncode}:\n{r.stderr}"
+    for wait_ms in (4000, 8000, 16000):
+        topic = f"probe.{new_qid().lower()}"
+        kafka_broker.create_topics({topic: 2})
+        r = subprocess.run([str(PROBE), kafka_broker.bootstrap, f"g.{topic}", topic, str(wait_ms)],
+                           env={**os.environ, "KAFKA_CLOSE_PROBE_DELAY_MS": "1500"},
+                           capture_output=True, text=True, timeout=90)
+        assert r.returncode == 0, f"probe exited {r.returncode}:\n{r.stderr}"
+        assert r.stderr.splitlines()[-1].endswith("kafka_close_probe: freed"), r.stderr
+        if "event=kafka_assigned" in r.stderr:
+            break
     lines = r.stderr.splitlines()
     assigned = [i for i, l in enumerate(lines) if "event=kafka_assigned partitions=2" in l]
     gone = [i for i, l in enumerate(lines)
@@ -184,4 +191,3 @@ def test_close_with_assignment_queued_survives_the_group_ending(kafka_broker):
     # The path under test ran: the assignment was served during the close,
     # its revocation after the group had ended.
     assert assigned and gone and assigned[0] < gone[0], r.stderr
-    assert lines[-1].endswith("kafka_close_probe: freed"), r.stderr
