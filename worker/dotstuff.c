@@ -118,7 +118,7 @@ static void stuff(const char *msg, size_t len, struct sink *o, int dots)
     if (len > 0 && msg[len - 1] != '\n')
         put(o, msg[len - 1] != '\r' ? "\r\n" : "\n", msg[len - 1] != '\r' ? 2 : 1);
     if (dots)
-        put(o, ".\r\n", 3);
+        put(o, WK_DOTSTUFF_END, WK_DOTSTUFF_END_LEN);
 }
 
 static size_t run(const char *msg, size_t len, char *out, int dots)

@@ -20,6 +20,11 @@
 #define WK_DOTSTUFF_SLACK_DIV 64
 #define WK_DOTSTUFF_SLACK_MIN 64
 
+/* The DATA terminator the stuffed form ends with (RFC 5321 §4.1.1.4), and
+ * its length: one definition for every writer of it. */
+#define WK_DOTSTUFF_END ".\r\n"
+#define WK_DOTSTUFF_END_LEN (sizeof WK_DOTSTUFF_END - 1)
+
 /* Exact length of the stuffed form of msg, terminator included. */
 size_t wk_dotstuff_len(const char *msg, size_t len);
 /* Write the stuffed form into out, which has room for wk_dotstuff_len()

@@ -444,10 +444,10 @@ static void smtp_body_prepare(wk_smtp *s)
     } else if (s->src_len >= WK_SMTP_DATA_BLOCK && wk_dotstuff_as_is(s->src, s->src_len)) {
         ref = s->src_len / WK_SMTP_DATA_BLOCK * WK_SMTP_DATA_BLOCK;
         tail = s->src_len - ref;
-        s->body = ms_malloc(tail + 3);
+        s->body = ms_malloc(tail + WK_DOTSTUFF_END_LEN);
         memcpy(s->body, s->src + ref, tail);
-        memcpy(s->body + tail, ".\r\n", 3);
-        n = s->src_len + 3;
+        memcpy(s->body + tail, WK_DOTSTUFF_END, WK_DOTSTUFF_END_LEN);
+        n = s->src_len + WK_DOTSTUFF_END_LEN;
     } else {
         s->body = wk_dotstuff_alloc(s->src, s->src_len, &n);
     }
@@ -1352,7 +1352,7 @@ static void smtp_handle_reply(wk_smtp *s, const struct ms_reply *r)
         if (s->abort_data) {
             if (r->code == 354) {
                 smtp_enter_state(s, SMTP_DOT);
-                smtp_send(s, ".\r\n");
+                smtp_send(s, WK_DOTSTUFF_END);
             } else {
                 smtp_quit(s);
             }
