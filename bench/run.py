@@ -33,6 +33,13 @@ DMARC through a private Unbound in front of a private NSD; each of their runs
 then fails unless every message at the sink carries spf, dkim and dmarc pass
 and a forged message was refused (Postfix) or discarded (Mailstream).
 
+Before anything starts, bench/memwarm.py fills the page cache (free memory
+down to 256 MiB, topped up before each run; --no-memory-fill to skip): on a VM whose host backs guest
+memory lazily, a page not used lately costs a host fault on its first write,
+which a server that has been up a while does not pay and which fell on the
+Kafka broker (it keeps what it stores in the page cache). The report gives
+the cost of a new page before and after.
+
 The report goes to stdout and to bench/results/<timestamp>.{md,json}.
 README: bench/README.md. Only loopback addresses are used; every process is
 started here and stopped by its pid.
@@ -68,6 +75,7 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(REPO / "cluster"))
 
 import mslocal  # noqa: E402
+import memwarm  # noqa: E402
 import procstat  # noqa: E402
 import smtpclient  # noqa: E402
 from postfix_instance import PostfixInstance, postfix_version  # noqa: E402
@@ -1129,6 +1137,15 @@ def write_report(out_dir: Path, report: Dict[str, object]) -> Tuple[Path, Path]:
     return mpath, jpath
 
 
+def _memory_fill_line(mf: Optional[Dict[str, object]]) -> str:
+    if not mf:
+        return "page cache not filled before the runs (--no-memory-fill)"
+    return (f"page cache filled before the runs (bench/memwarm.py): {mf['filled_mib']:,} MiB "
+            f"in {mf['fill_seconds']} s; writing a new file cost "
+            f"{mf['new_page_ms_per_mib_before']} ms CPU per MiB before, "
+            f"{mf['new_page_ms_per_mib_after']} after; {mf['mem_free_mib_after']:,} MiB free")
+
+
 def markdown(rep: Dict[str, object]) -> str:
     m, o, v = rep["machine"], rep["options"], rep["versions"]
     s = [f"# Mailstream vs Postfix: benchmark of {m['time']}", "",
@@ -1138,7 +1155,8 @@ def markdown(rep: Dict[str, object]) -> str:
          f"- load average before: {rep['load_before']}, after: {rep['load_after']} "
          "(other work on the machine shares these cores)",
          f"- everything on one machine over loopback: load generator (smtp-source + the "
-         f"Python latency probe), sink, and the system under test", "",
+         f"Python latency probe), sink, and the system under test",
+         f"- {_memory_fill_line(rep.get('memory_fill'))}", "",
          "## Versions", ""]
     s += [f"- {k}: {val}" for k, val in v.items()]
     s += ["", "## Settings", "",
@@ -1239,6 +1257,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                     metavar="NAME=COMPONENT:SECTION.KEY=VALUE",
                     help="adds the system mailstream+NAME: Mailstream with this frontend or "
                          "worker setting (repeat for more settings of one NAME)")
+    ap.add_argument("--no-memory-fill", action="store_true",
+                    help="skip filling the page cache before the runs (bench/memwarm.py)")
+    ap.add_argument("--memory-fill-limit", type=int, default=None, metavar="MIB",
+                    help="fill at most this many MiB (default: free memory less 256 MiB; "
+                         "topped up to that before each run)")
     ap.add_argument("--warmup", type=int, default=200, help="untimed messages before each run")
     ap.add_argument("--kafka-warmup", type=int, default=10000,
                     help="untimed messages per Kafka warm-up batch (through Mailstream, "
@@ -1568,6 +1591,10 @@ def run(args: argparse.Namespace, kafka: Optional[mslocal.Kafka] = None,
     }
     bench = Bench(args, kafka, redis)
     try:
+        if not args.no_memory_fill:
+            log("filling the page cache (bench/memwarm.py: new pages cost a host fault here)")
+            report["memory_fill"] = memwarm.fill(bench.state, args.memory_fill_limit)
+            log(f"  {report['memory_fill']}")
         bench.start(need_ms, "postfix" in systems)
         if bench.postfix:
             report["postfix_settings"] = bench.postfix.settings()
@@ -1599,6 +1626,8 @@ def run(args: argparse.Namespace, kafka: Optional[mslocal.Kafka] = None,
                     run_id = f"{wl.name}-r{rnd + 1}"
                     log(f"{wl.name} round {rnd + 1}/{args.rounds}: {s}, {n} messages "
                         f"(load {procstat.loadavg()[0]:.2f})")
+                    topped = 0 if args.no_memory_fill else memwarm.top_up(
+                        bench.state, args.memory_fill_limit)
                     try:
                         r = measure_run(sysobjs[s], bench.sink, wl, n, run_id, args.warmup,
                                         args.probe_sessions, args.run_timeout,
@@ -1608,6 +1637,7 @@ def run(args: argparse.Namespace, kafka: Optional[mslocal.Kafka] = None,
                         r = {"system": s, "workload": wl.name, "run": run_id, "ok": False,
                              "error": f"{type(e).__name__}: {e}"[:2000]}
                     r["round"] = rnd + 1
+                    r["memory_topped_up_mib"] = topped
                     runs.append(r)
                     log(f"  -> {_brief(r)}")
                     time.sleep(2)
@@ -1635,6 +1665,7 @@ def run(args: argparse.Namespace, kafka: Optional[mslocal.Kafka] = None,
                 log(f"  idle: {r}")
     finally:
         bench.stop()
+        memwarm.remove(bench.state)
         if bench.own_state and not args.keep_state:
             shutil.rmtree(bench.state, ignore_errors=True)
     report["load_after"] = procstat.loadavg()

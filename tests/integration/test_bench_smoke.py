@@ -33,7 +33,8 @@ def test_bench_smoke(tmp_path, kafka_broker, redis_server):
     args = bench.parse_args([
         "--messages", str(MESSAGES), "--rounds", "1", "--workloads", "5k-20",
         "--systems", "postfix,mailstream", "--warmup", "20", "--kafka-warmup", "0",
-        "--idle", "50", "--idle-postfix-limits", "100", "--out", str(tmp_path)])
+        "--idle", "50", "--idle-postfix-limits", "100", "--memory-fill-limit", "16",
+        "--out", str(tmp_path)])
     report = bench.run(args, kafka=kafka_broker, redis=redis_server)
 
     runs = report["runs"]
@@ -55,9 +56,34 @@ def test_bench_smoke(tmp_path, kafka_broker, redis_server):
     assert idle["mailstream"]["ehlo_ok"] == 50
     assert any(k.startswith("postfix") for k in idle)
 
+    # The page-cache fill ran, capped at 16 MiB here.
+    fill = report["memory_fill"]
+    assert 0 <= fill["filled_mib"] <= 16 and fill["new_page_ms_per_mib_after"] >= 0
+
     mpath, jpath = bench.write_report(tmp_path, report)
     assert json.loads(jpath.read_text())["summary"]
     assert "| 5k-20 | mailstream |" in mpath.read_text()
+    assert "page cache filled before the runs" in mpath.read_text()
+
+
+def test_memory_fill_writes_its_file_and_removes_it(tmp_path):
+    """bench/memwarm.py, capped: the filler is written to the size asked
+    (free memory and disk allowing), both write-cost probes are measured and
+    leave no file, and remove() deletes the filler."""
+    import memwarm
+    res = memwarm.fill(tmp_path, limit_mib=8)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == (["memwarm-fill"] if res["filled_mib"] else [])
+    if res["filled_mib"]:
+        assert (tmp_path / "memwarm-fill").stat().st_size == res["filled_mib"] << 20
+    assert res["new_page_ms_per_mib_before"] >= 0 and res["new_page_ms_per_mib_after"] >= 0
+    # Topping up keeps to the limit: nothing more once the filler is at it.
+    if res["filled_mib"] == 8:
+        assert memwarm.top_up(tmp_path, limit_mib=8) == 0
+        assert (tmp_path / "memwarm-fill").stat().st_size == 8 << 20
+    memwarm.remove(tmp_path)
+    assert not list(tmp_path.iterdir())
+    assert memwarm.top_up(tmp_path, limit_mib=8) == 0  # no filler, nothing written
 
 
 INBOUND_TOOLS = ("/usr/sbin/opendkim", "/usr/sbin/opendmarc", "/usr/bin/policyd-spf",
@@ -77,7 +103,7 @@ def test_bench_inbound_smoke(tmp_path, kafka_broker, redis_server):
     args = bench.parse_args([
         "--messages", str(INBOUND_MESSAGES), "--rounds", "1", "--workloads", "5k-20",
         "--systems", "postfix-inbound,mailstream-inbound", "--warmup", "10",
-        "--kafka-warmup", "0", "--idle", "0", "--out", str(tmp_path)])
+        "--kafka-warmup", "0", "--idle", "0", "--no-memory-fill", "--out", str(tmp_path)])
     report = bench.run(args, kafka=kafka_broker, redis=redis_server)
 
     runs = {r["system"]: r for r in report["runs"]}

@@ -121,7 +121,7 @@ def test_bench_milter_option(tmp_path, kafka_broker, redis_server):
     args = bench.parse_args([
         "--milter", "rspamd", "--messages", str(n), "--rounds", "1", "--workloads", "5k-20",
         "--systems", "postfix,mailstream", "--warmup", "10", "--kafka-warmup", "0",
-        "--out", str(tmp_path)])
+        "--no-memory-fill", "--out", str(tmp_path)])
     assert args.idle == 0
     report = bench.run(args, kafka=kafka_broker, redis=redis_server)
     assert "rspamd" in report["options"]["milter"]
