@@ -86,6 +86,7 @@ def fill(directory: Path, limit_mib: Optional[int] = None,
     want = min(want, st.f_bavail * st.f_frsize // MIB - DISK_SPARE_MIB)
     if limit_mib is not None:
         want = min(want, limit_mib)
+    want = max(0, want)
     t = time.monotonic()
     cpu = _write(directory / "memwarm-fill", want) if want else 0.0
     return {"filled_mib": want, "fill_seconds": round(time.monotonic() - t, 1),
