@@ -30,27 +30,27 @@ import time
 from pathlib import Path
 from typing import Dict, Optional
 
+import procstat
+
 MIB = 1 << 20
 # Left free after the fill: room for the processes the bench starts before
 # the kernel has to reclaim (their memory then comes from the filler).
 RESERVE_MIB = 256
 # Disk left free by the filler (it never fills the disk the bench writes to).
 DISK_SPARE_MIB = 8192
+# The filler's name in the directory given.
+FILLER = "memwarm-fill"
 # Octets written to measure the cost of a new page-cache page.
 PROBE_MIB = 256
 
 
-def _meminfo(key: str) -> int:
-    """A /proc/meminfo field in MiB (0 if absent)."""
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) // 1024
-    return 0
+def _free_mib() -> int:
+    return procstat.meminfo_kb("MemFree") // 1024
 
 
 def _write(path: Path, mib: int) -> float:
-    """Append mib MiB to path with 1 MiB writes; the system CPU seconds it took."""
+    """Append mib MiB to path with 1 MiB writes; the CPU seconds (system and
+    user) it took."""
     buf = b"\xa5" * MIB
     t0 = os.times()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -76,43 +76,42 @@ def write_cost(directory: Path, mib: int = PROBE_MIB) -> float:
 
 def fill(directory: Path, limit_mib: Optional[int] = None,
          reserve_mib: int = RESERVE_MIB) -> Dict[str, object]:
-    """Write a file until free memory is down to reserve_mib (at most
+    """Write the filler until free memory is down to reserve_mib (at most
     limit_mib MiB); what it did and the cost of a new page before and after."""
     directory.mkdir(parents=True, exist_ok=True)
-    probe = min(PROBE_MIB, limit_mib) if limit_mib is not None else PROBE_MIB
-    before = write_cost(directory, max(probe, 1))
-    want = max(0, _meminfo("MemFree") - reserve_mib)
-    st = os.statvfs(directory)
-    want = min(want, st.f_bavail * st.f_frsize // MIB - DISK_SPARE_MIB)
-    if limit_mib is not None:
-        want = min(want, limit_mib)
-    want = max(0, want)
-    t = time.monotonic()
-    cpu = _write(directory / "memwarm-fill", want) if want else 0.0
+    probe = max(1, min(PROBE_MIB, limit_mib) if limit_mib is not None else PROBE_MIB)
+    before = write_cost(directory, probe)
+    (directory / FILLER).touch()
+    t0, t = os.times(), time.monotonic()
+    want = top_up(directory, limit_mib, reserve_mib)
+    t1 = os.times()
+    if not want:
+        remove(directory)
     return {"filled_mib": want, "fill_seconds": round(time.monotonic() - t, 1),
-            "fill_cpu_seconds": round(cpu, 1),
+            "fill_cpu_seconds": round((t1.system - t0.system) + (t1.user - t0.user), 1),
             "new_page_ms_per_mib_before": before,
-            "new_page_ms_per_mib_after": write_cost(directory, max(probe, 1)),
-            "mem_free_mib_after": _meminfo("MemFree")}
+            "new_page_ms_per_mib_after": write_cost(directory, probe),
+            "mem_free_mib_after": _free_mib()}
 
 
 def top_up(directory: Path, limit_mib: Optional[int] = None,
            reserve_mib: int = RESERVE_MIB) -> int:
-    """After fill(): append to the filler until free memory is down to
-    reserve_mib again (the filler never larger than limit_mib); the MiB
-    written (0 without a filler)."""
-    path = directory / "memwarm-fill"
+    """Append to the filler until free memory is down to reserve_mib (the
+    filler never larger than limit_mib, the disk never below DISK_SPARE_MIB
+    free); the MiB written (0 without a filler: fill() makes it)."""
+    path = directory / FILLER
     if not path.exists():
         return 0
     st = os.statvfs(directory)
-    want = min(max(0, _meminfo("MemFree") - reserve_mib),
+    want = min(_free_mib() - reserve_mib,
                st.f_bavail * st.f_frsize // MIB - DISK_SPARE_MIB)
     if limit_mib is not None:
         want = min(want, limit_mib - path.stat().st_size // MIB)
-    if want > 0:
-        _write(path, want)
-    return max(want, 0)
+    if want <= 0:
+        return 0
+    _write(path, want)
+    return want
 
 
 def remove(directory: Path) -> None:
-    (directory / "memwarm-fill").unlink(missing_ok=True)
+    (directory / FILLER).unlink(missing_ok=True)

@@ -212,6 +212,18 @@ def loadavg() -> List[float]:
         return [float(x) for x in f.read().split()[:3]]
 
 
+def meminfo_kb(key: str) -> int:
+    """A /proc/meminfo field (MemTotal, MemFree, ...) in KiB; 0 if absent."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def machine() -> Dict[str, object]:
     model = "?"
     try:
@@ -222,14 +234,7 @@ def machine() -> Dict[str, object]:
                     break
     except OSError:
         pass
-    mem_kb = 0
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    mem_kb = int(line.split()[1])
-    except OSError:
-        pass
+    mem_kb = meminfo_kb("MemTotal")
     un = os.uname()
     return {"cores": os.cpu_count(), "cpu_model": model, "mem_gib": round(mem_kb / 2**20, 1),
             "kernel": f"{un.sysname} {un.release}", "hostname": un.nodename,

@@ -34,11 +34,11 @@ then fails unless every message at the sink carries spf, dkim and dmarc pass
 and a forged message was refused (Postfix) or discarded (Mailstream).
 
 Before anything starts, bench/memwarm.py fills the page cache (free memory
-down to 256 MiB, topped up before each run; --no-memory-fill to skip): on a VM whose host backs guest
-memory lazily, a page not used lately costs a host fault on its first write,
-which a server that has been up a while does not pay and which fell on the
-Kafka broker (it keeps what it stores in the page cache). The report gives
-the cost of a new page before and after.
+down to 256 MiB, topped up before each run; --no-memory-fill to skip): on a
+VM whose host backs guest memory lazily, a page not used lately costs a host
+fault on its first write, which a server that has been up a while does not
+pay and which fell on the Kafka broker (it keeps what it stores in the page
+cache). The report gives the cost of a new page before and after.
 
 The report goes to stdout and to bench/results/<timestamp>.{md,json}.
 README: bench/README.md. Only loopback addresses are used; every process is
