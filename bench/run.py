@@ -947,8 +947,25 @@ def _kind(proc: str) -> str:
     return re.sub(r"-\d+$", "", proc)
 
 
+HARNESS = ("sink", "loadgen")
+
+
+def harness_bound(row: Dict[str, object], base: Dict[str, object],
+                  ncpu: int) -> Optional[float]:
+    """The highest end-to-end ratio against Postfix (base) that a relay
+    using no CPU at all could reach on this machine: the sink and the load
+    generator still take row's CPU ms per message on the same ncpu cores.
+    Past this a target is out of reach for any relay on this machine."""
+    harness = sum(row["cpu_ms_per_msg"].get(k, 0.0) for k in HARNESS)
+    pf = base.get("e2e_rate")
+    if harness <= 0 or not pf or not pf["median"]:
+        return None
+    return ncpu * 1000.0 / harness / pf["median"]
+
+
 def summarize(runs: List[Dict[str, object]], systems: List[str],
-              workloads: List[Workload]) -> List[Dict[str, object]]:
+              workloads: List[Workload], ncpu: int = 0) -> List[Dict[str, object]]:
+    ncpu = ncpu or os.cpu_count() or 1
     out = []
     for wl in workloads:
         base = None
@@ -982,7 +999,7 @@ def summarize(runs: List[Dict[str, object]], systems: List[str],
                 row["kafka_log_bytes_per_msg"] = statistics.median(lb)
             row["cpu_ms_per_msg_system"] = (
                 sum(v for k, v in row["cpu_ms_per_msg"].items()
-                    if k not in ("sink", "loadgen")) or None)
+                    if k not in HARNESS) or None)
             row["peak_mem_mib"] = {k: max(v) / 1024 for k, v in mems.items()}
             for key in ("machine_busy_cores", "our_cores"):
                 vals = [r[key] for r in ok if r.get(key) is not None]
@@ -1003,6 +1020,12 @@ def summarize(runs: List[Dict[str, object]], systems: List[str],
                     a, b = row.get(key), base.get(key)
                     if a and b and b["median"]:
                         row[f"{key}_ratio_vs_postfix"] = a["median"] / b["median"]
+                own, pf = row["cpu_ms_per_msg_system"], base.get("cpu_ms_per_msg_system")
+                if own and pf:
+                    row["cpu_ratio_vs_postfix"] = pf / own
+                bound = harness_bound(row, base, ncpu)
+                if bound:
+                    row["e2e_bound_vs_postfix"] = bound
             out.append(row)
     return out
 
@@ -1051,7 +1074,7 @@ def cpu_mem_table(summary: List[Dict[str, object]]) -> str:
     jit = any("kafka_jit_ms_per_msg" in r for r in summary)
     hdr = ["workload", "system"] + [f"{k} CPU ms/msg" for k in kinds] + \
           (["of which kafka JIT"] if jit else []) + \
-          [f"{k} peak MiB" for k in kinds if k not in ("sink", "loadgen")]
+          [f"{k} peak MiB" for k in kinds if k not in HARNESS]
     lines = ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
     for r in summary:
         cells = [r["workload"], r["system"]]
@@ -1060,7 +1083,7 @@ def cpu_mem_table(summary: List[Dict[str, object]]) -> str:
         if jit:
             cells.append(_f(r.get("kafka_jit_ms_per_msg"), 3) if "kafka_jit_ms_per_msg" in r else "")
         cells += [_f(r["peak_mem_mib"].get(k), 0) if k in r["peak_mem_mib"] else ""
-                  for k in kinds if k not in ("sink", "loadgen")]
+                  for k in kinds if k not in HARNESS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -1080,6 +1103,24 @@ def cpu_range_table(summary: List[Dict[str, object]]) -> str:
         lb = row.get("kafka_log_bytes_per_msg")
         lines.append(f"| {row['workload']} | {row['system']} | " + " | ".join(cells) +
                      f" | {_f(lb)} |")
+    return "\n".join(lines) + "\n"
+
+
+def bound_table(summary: List[Dict[str, object]]) -> str:
+    """Each system against Postfix: the end-to-end ratio, the ratio of
+    CPU per message, and the ratio a relay using no CPU could reach here
+    (harness_bound)."""
+    lines = ["| workload | system | end to end vs Postfix | Postfix CPU / this system's | "
+             "sink + load generator ms/msg | bound: a relay using no CPU |",
+             "|---|---|---|---|---|---|"]
+    for row in summary:
+        if "e2e_bound_vs_postfix" not in row:
+            continue
+        harness = sum(row["cpu_ms_per_msg"].get(k, 0.0) for k in HARNESS)
+        er, cr = row.get("e2e_rate_ratio_vs_postfix"), row.get("cpu_ratio_vs_postfix")
+        lines.append(f"| {row['workload']} | {row['system']} | {_f(er, 2) if er else '-'} | "
+                     f"{_f(cr, 2) if cr else '-'} | {harness:.3f} | "
+                     f"{row['e2e_bound_vs_postfix']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -1199,6 +1240,16 @@ def markdown(rep: Dict[str, object]) -> str:
           "0.5 s).", "", cpu_mem_table(rep["summary"]), "",
           "### CPU ms/msg per component, median (min-max over rounds)", "",
           cpu_range_table(rep["summary"]), ""]
+    bt = bound_table(rep["summary"])
+    if bt.count("\n") > 2:
+        s += ["### What this machine allows", "",
+              "The sink and the load generator share the machine's "
+              f"{rep['machine'].get('cores', '?')} cores with the system measured. Bound: the "
+              "end-to-end ratio against Postfix that a relay using no CPU at all would "
+              "reach, its cores all left to the sink and the load generator at their cost "
+              "per message in this system's runs (cores x 1000 / (sink + load generator "
+              "ms/msg) / Postfix's end-to-end median). A target above it is out of reach "
+              "on this machine for any relay.", "", bt]
     rc = [(r["workload"], r["system"], r["redis_calls_per_msg"]) for r in rep["summary"]
           if r.get("redis_calls_per_msg")]
     if rc:
@@ -1669,7 +1720,8 @@ def run(args: argparse.Namespace, kafka: Optional[mslocal.Kafka] = None,
         if bench.own_state and not args.keep_state:
             shutil.rmtree(bench.state, ignore_errors=True)
     report["load_after"] = procstat.loadavg()
-    report["summary"] = summarize(report["runs"], systems, workloads)
+    report["summary"] = summarize(report["runs"], systems, workloads,
+                                  report["machine"].get("cores") or 0)
     return report
 
 
