@@ -73,13 +73,16 @@ def ms_row(report):
 
 
 def test_harness_bound_is_what_the_sink_and_load_generator_leave():
-    """bench/run.py harness_bound: with 5 ms of sink and load generator per
-    message on 2 cores, no relay passes 400 msg/s; against a Postfix at 121
-    msg/s that is 3.31x, and twice the cores, twice the bound."""
-    row = {"cpu_ms_per_msg": {"frontend": 1.0, "worker": 1.0, "sink": 4.0, "loadgen": 1.0}}
+    """bench/run.py harness_bound: with 1.5 ms of sink and load generator
+    per message on 2 cores, no relay passes 1,333 msg/s; against a Postfix
+    at 121 msg/s that is 11x.  With 4 cores the one-process sink binds
+    first: 1,000 / 0.5 ms = 2,000 msg/s, 16.5x."""
+    row = {"cpu_ms_per_msg": {"frontend": 1.0, "worker": 1.0, "sink": 0.5, "loadgen": 1.0}}
     base = {"e2e_rate": {"median": 121.0}}
-    assert bench.harness_bound(row, base, 2) == pytest.approx(2000.0 / 5.0 / 121.0)
-    assert bench.harness_bound(row, base, 4) == pytest.approx(2 * bench.harness_bound(row, base, 2))
+    assert bench.harness_bound(row, base, 2) == pytest.approx(2000.0 / 1.5 / 121.0)
+    assert bench.harness_bound(row, base, 4) == pytest.approx(1000.0 / 0.5 / 121.0)
+    row["cpu_ms_per_msg"]["sink"] = 4.0  # 1 MiB: the sink alone caps at 250 msg/s
+    assert bench.harness_bound(row, base, 2) == pytest.approx(1000.0 / 4.0 / 121.0)
     assert bench.harness_bound({"cpu_ms_per_msg": {"worker": 1.0}}, base, 2) is None
     assert bench.harness_bound(row, {"e2e_rate": None}, 2) is None
 
