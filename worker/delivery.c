@@ -152,6 +152,7 @@ struct msg {
     int take_rc;                    /* split take (MGET follows): 1 taken, 0 held, -1 failed */
     long long fence_prior;          /* the lease's previous holder's destinations in DATA */
     uint64_t fence_wait_ms;         /* held by another: lapses in this many ms */
+    unsigned held_rounds;           /* rounds in a row that found it held by another */
     int fenced;                     /* this round: a destination refused at its check */
     int renewing;                   /* a renewal is out */
     uint64_t renew_sent_ms;
@@ -573,6 +574,7 @@ static void apply_checks(struct msg *m, const struct ms_redis_reply *r)
             }
         }
     }
+    m->held_rounds = 0;
     fence_note_prior(m);
     msg_send(m);
 }
@@ -700,22 +702,21 @@ static void arm_redis_guard(struct msg *m)
 static void retry_cb(uv_timer_t *t);
 
 /* No attempt this round: another worker holds the lease (`ms` until it
- * lapses), or it could not be taken or checked (Redis unavailable: ms 0,
- * the lease's renewal period).  The record stays ours and in memory; the
- * next round takes the lease again and reads the markers afresh. */
+ * lapses: looked at again sooner, wk_fence_held_wait_ms), or it could not
+ * be taken or checked (Redis unavailable: ms 0, the lease's renewal
+ * period).  The record stays ours and in memory; the next round takes the
+ * lease again and reads the markers afresh. */
 static void fence_wait(struct msg *m, uint64_t ms, const char *why)
 {
     wk_delivery *d = m->d;
 
-    /* A live holder's lease never lasts longer than lease_ms from now (it
-     * renews by that much): look again by then whatever the hash says. */
-    if (ms == 0)
-        ms = wk_fence_lease_ms(d->fence) / 3;
-    else if (ms > wk_fence_lease_ms(d->fence))
-        ms = wk_fence_lease_ms(d->fence);
-    ms += WK_FENCE_MARGIN_MS / 4; /* past the lapse, not just at it */
-    if (strcmp(why, "held") == 0)
-        wk_fence_count_wait(d->fence);
+    if (strcmp(why, "held") == 0) {
+        if (m->held_rounds == 0)
+            wk_fence_count_wait(d->fence); /* once per postponed attempt */
+        ms = wk_fence_held_wait_ms(ms, wk_fence_lease_ms(d->fence), m->held_rounds++);
+    } else {
+        ms = wk_fence_lease_ms(d->fence) / 3 + WK_FENCE_MARGIN_MS / 4;
+    }
     ms_info("event=lease_wait qid=%s reason=%s wait_ms=%llu", m->qid, why,
             (unsigned long long)ms);
     if (d->draining || m->revoked) {

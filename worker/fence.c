@@ -73,6 +73,14 @@ uint64_t wk_fence_lease_ms(const wk_fence *f)
     return f->conf.lease_ms;
 }
 
+uint64_t wk_fence_held_wait_ms(uint64_t left_ms, uint64_t lease_ms, unsigned rounds)
+{
+    uint64_t lapse = (left_ms < lease_ms ? left_ms : lease_ms) + WK_FENCE_MARGIN_MS / 4;
+    uint64_t poll = (uint64_t)WK_FENCE_HELD_POLL_MS << (rounds < 16 ? rounds : 16);
+
+    return poll < lapse ? poll : lapse;
+}
+
 void wk_fence_new_round(wk_fence *f, struct wk_fence_lease *l, uint64_t msg_id)
 {
     snprintf(l->tok, sizeof(l->tok), "%.100s/%016llx/%llx/%llu", f->conf.node_id, f->nonce,

@@ -63,6 +63,9 @@
 /* While an attempt runs: how often renewals and unanswered checks are
  * looked at. */
 #define WK_FENCE_TICK_MS 1000
+/* A lease held by another holder is looked at again after this, then after
+ * twice as long each time it is still held (wk_fence_held_wait_ms). */
+#define WK_FENCE_HELD_POLL_MS 250
 /* A holder's token: node id, process nonce, message id, round. */
 #define WK_FENCE_TOKEN_MAX 160
 
@@ -118,6 +121,17 @@ int wk_fence_take(wk_fence *f, struct wk_fence_lease *l, const char *qid, char *
  * reply is not the script's). */
 int wk_fence_parse_take(struct wk_fence_lease *l, const struct ms_redis_reply *r,
                         long long *prior, uint64_t *wait_ms, struct ms_redis_reply *values);
+
+/* How long an attempt waits before it takes again a lease that another
+ * holder has for `left_ms` more (wk_fence_parse_take's wait_ms), after
+ * `rounds` earlier rounds that found it held: WK_FENCE_HELD_POLL_MS,
+ * doubling each round, and never past the lapse (left_ms, capped at
+ * lease_ms since a live holder renews by no more than that, plus a quarter
+ * of WK_FENCE_MARGIN_MS).  A holder finishing a message whose partition
+ * moved while it was in DATA gives the lease back within moments: waiting
+ * out the whole lease would hold the message up to lease_ms for nothing,
+ * while a dead holder's lease costs a few more takes. */
+uint64_t wk_fence_held_wait_ms(uint64_t left_ms, uint64_t lease_ms, unsigned rounds);
 
 /* The check before DATA (count_data 1) or a renewal (0). */
 int wk_fence_check(wk_fence *f, struct wk_fence_lease *l, const char *qid, int count_data,

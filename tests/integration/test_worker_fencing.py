@@ -180,6 +180,34 @@ def test_lease_taken_over_before_data(cluster_factory, fake_smtp, redis_server):
     assert srv.data_count == 1 and subjects(srv) == [q]
 
 
+def test_held_lease_looked_at_again_soon(cluster_factory, fake_smtp, redis_server):
+    """A lease another holder has is looked at again after 250 ms, then
+    twice as long each round (worker/fence.h, wk_fence_held_wait_ms), not
+    only when it lapses: a holder finishing a message whose partition moved
+    gives it back within moments, and the new owner then delivers at once.
+    Here the lease runs 10 minutes; the worker must deliver long before."""
+    srv = fake_smtp()
+    cl = worker_cluster(cluster_factory, srv.address, fence_lease_ms=600000)
+    w = cl.workers[0]
+    q = new_qid()
+    key = f"ms:fence:{q}"
+    mslocal.redis_command(redis_server.port, "HSET", key, "who", "another-worker",
+                          "exp", "99999999999999", "data", "0")
+    produce(cl, [(q, envelope(q, ["a@example.net"], message(q)))])
+    waits = f"event=lease_wait qid={q} reason=held"
+    mslocal.wait_until(lambda: w.log.read_text(errors="replace").count(waits) >= 3, 60,
+                       "three rounds that find the lease held", log_path=w.log)
+    log = w.log.read_text(errors="replace")
+    assert f"{waits} wait_ms=250" in log and f"{waits} wait_ms=500" in log, log[-2000:]
+    assert srv.data_count == 0
+    assert metric(w, "mailstream_worker_fence_waits_total") == 1  # one postponed attempt
+    mslocal.redis_command(redis_server.port, "DEL", key)  # the other holder is done
+    mslocal.wait_until(lambda: srv.data_count >= 1, 60, "delivery soon after",
+                       log_path=w.log)
+    time.sleep(1)
+    assert srv.data_count == 1 and subjects(srv) == [q]
+
+
 class FreezableProxy:
     """A TCP proxy to Redis that can stop passing bytes (a partition between
     one worker and Redis that TCP does not notice)."""
