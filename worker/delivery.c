@@ -763,7 +763,10 @@ static void fence_release(struct msg *m)
 {
     size_t k;
 
-    if (!m->fence.held)
+    /* Given up with its take unanswered (revoked in MSG_CHECK): released
+     * too, or the take, if it got the lease, would hold the next owner for
+     * the whole lease. */
+    if (!m->fence.held && !m->fence.taking)
         return;
     for (k = 0; k < m->ndests; k++)
         if (m->dests[k].gated && m->dests[k].smtp != NULL) {
@@ -2214,6 +2217,10 @@ static void redis_guard_cb(uv_timer_t *t)
     ms_counter_inc(m->d->m_redis_errors);
     m->phase++; /* late replies are dropped */
     if (m->state == MSG_CHECK && wk_fence_on(m->d->fence)) {
+        /* The take may have got the lease with this round's token, which
+         * the next round does not share: give it back, or that round would
+         * wait for the lease to lapse. */
+        fence_release(m);
         fence_wait(m, 0, "unavailable"); /* no lease, no attempt */
     } else if (m->state == MSG_CHECK) {
         msg_send(m);

@@ -86,6 +86,7 @@ void wk_fence_new_round(wk_fence *f, struct wk_fence_lease *l, uint64_t msg_id)
     snprintf(l->tok, sizeof(l->tok), "%.100s/%016llx/%llx/%llu", f->conf.node_id, f->nonce,
              (unsigned long long)msg_id, ++f->round);
     l->held = 0;
+    l->taking = 0;
     l->gen = 0;
     l->until_ms = 0;
 }
@@ -128,14 +129,17 @@ int wk_fence_take(wk_fence *f, struct wk_fence_lease *l, const char *qid, char *
     snprintf(lease, sizeof(lease), "%llu", (unsigned long long)f->conf.lease_ms);
     snprintf(keep, sizeof(keep), "%lld", (long long)f->conf.marker_ttl_s * 1000);
     err = run(f, MS_SCRIPT_FENCE_TAKE, qid, keys, nkeys, args, 3, cb, arg, id);
-    if (err == 0)
+    if (err == 0) {
         l->renewed_ms = now_ms;
+        l->taking = 1;
+    }
     return err;
 }
 
 int wk_fence_parse_take(struct wk_fence_lease *l, const struct ms_redis_reply *r,
                         long long *prior, uint64_t *wait_ms, struct ms_redis_reply *values)
 {
+    l->taking = 0;
     if (r->type != MS_REDIS_ARRAY || r->nelem < 2 || r->elem[0].type != MS_REDIS_INT ||
         r->elem[1].type != MS_REDIS_INT)
         return -1;
@@ -197,6 +201,7 @@ int wk_fence_done(wk_fence *f, struct wk_fence_lease *l, const char *qid, char *
     err = run(f, MS_SCRIPT_FENCE_DONE, qid, keys, nkeys, args, 5, cb, arg, id);
     if (release) {
         l->held = 0; /* given back, or lapsing by itself if the call failed */
+        l->taking = 0;
         l->until_ms = 0;
     }
     return err;

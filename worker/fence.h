@@ -94,6 +94,7 @@ struct wk_fence_conf {
 struct wk_fence_lease {
     char tok[WK_FENCE_TOKEN_MAX]; /* "" before the first take */
     int held;                     /* taken this round and not given back */
+    int taking;                   /* a take sent and not answered yet */
     long long gen;                /* the fencing generation it was taken at */
     uint64_t renewed_ms;          /* uv_now of the last take, check or renewal sent */
     uint64_t until_ms;            /* uv_now until which it is surely ours; 0 unknown */
@@ -118,7 +119,9 @@ int wk_fence_take(wk_fence *f, struct wk_fence_lease *l, const char *qid, char *
                   size_t nkeys, ms_redis_cb cb, void *arg, uint64_t id, uint64_t now_ms);
 /* 1 taken: *prior as in MS_SCRIPT_FENCE_TAKE, *values the GETs' replies (an
  * array of nkeys); 0 held by another for *wait_ms more; -1 a failure (the
- * reply is not the script's). */
+ * reply is not the script's).  Until the answer l->taking is set: a lease
+ * given up meanwhile (wk_fence_done with release) is deleted if the take
+ * got it, since Redis runs the two in the order they were sent. */
 int wk_fence_parse_take(struct wk_fence_lease *l, const struct ms_redis_reply *r,
                         long long *prior, uint64_t *wait_ms, struct ms_redis_reply *values);
 

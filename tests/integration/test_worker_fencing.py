@@ -210,11 +210,13 @@ def test_held_lease_looked_at_again_soon(cluster_factory, fake_smtp, redis_serve
 
 class FreezableProxy:
     """A TCP proxy to Redis that can stop passing bytes (a partition between
-    one worker and Redis that TCP does not notice)."""
+    one worker and Redis that TCP does not notice), or only Redis's replies
+    (`replies_held`: commands run, their answers wait)."""
 
     def __init__(self, target_port: int):
         self.target = target_port
         self.frozen = threading.Event()
+        self.replies_held = threading.Event()
         self.lsock = socket.socket()
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.lsock.bind((mslocal.HOST, 0))
@@ -236,18 +238,22 @@ class FreezableProxy:
                 continue
             u = socket.create_connection((mslocal.HOST, self.target))
             self.conns += [c, u]
-            for a, b in ((c, u), (u, c)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, replies in ((c, u, False), (u, c, True)):
+                threading.Thread(target=self._pump, args=(a, b, replies), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _held(self, replies: bool) -> bool:
+        return not self.closed and (self.frozen.is_set() or
+                                    (replies and self.replies_held.is_set()))
+
+    def _pump(self, src: socket.socket, dst: socket.socket, replies: bool) -> None:
         while True:
-            while self.frozen.is_set() and not self.closed:
+            while self._held(replies):
                 time.sleep(0.05)
             try:
                 data = src.recv(65536)
                 if not data:
                     break
-                while self.frozen.is_set() and not self.closed:
+                while self._held(replies):
                     time.sleep(0.05)  # held, not lost: TCP would hold it too
                 if self.down:
                     break  # cut: what was on its way is lost
@@ -297,6 +303,42 @@ def one_worker_behind_proxy(cluster_factory, fake_smtp, redis_server, at: str) -
         proxy.close()
         raise
     return proxy, stall, srv, cl, cl.workers[0]
+
+
+def test_unanswered_take_gives_its_lease_back(cluster_factory, fake_smtp, redis_server):
+    """Redis runs the take but its answer is late (held here): the worker
+    gives the round up after WK_REDIS_TIMEOUT_MS and, since the take may have
+    got the lease under that round's token, gives it back, so the next round
+    (a new token, a third of the lease later) takes it instead of finding it
+    held, by itself, for the rest of the lease.  The same release covers a
+    message abandoned while its take is unanswered (its partition revoked in
+    MSG_CHECK)."""
+    proxy = FreezableProxy(redis_server.port)
+    srv = fake_smtp()
+    try:
+        cl = cluster_factory(frontends=0, workers=1, worker_extra={
+            "delivery": {"retry_min_ms": 200, "retry_max_ms": 1000, "relay_host": srv.address,
+                         "fence_lease_ms": 15000},
+            "redis": {"port": proxy.port}})
+        w = cl.workers[0]
+        proxy.replies_held.set()
+        q = new_qid()
+        key = f"ms:fence:{q}"
+        produce(cl, [(q, envelope(q, ["a@example.net"], message(q)))])
+        mslocal.wait_until(lambda: mslocal.redis_command(
+            redis_server.port, "EXISTS", key) == b":1\r\n", 60, "the take ran in Redis",
+            log_path=w.log)
+        mslocal.wait_until(lambda: f"event=redis_timeout qid={q}" in
+                           w.log.read_text(errors="replace"), 60, "the round given up",
+                           log_path=w.log)
+        proxy.replies_held.clear()
+        mslocal.wait_until(lambda: srv.data_count >= 1, 60, "delivery in the next rounds",
+                           log_path=w.log)
+        time.sleep(1)
+        assert srv.data_count == 1 and subjects(srv) == [q]
+        assert f"event=lease_wait qid={q} reason=held" not in w.log.read_text(errors="replace")
+    finally:
+        proxy.close()
 
 
 def test_redis_unreachable_at_the_check_means_no_data(cluster_factory, fake_smtp,
