@@ -444,6 +444,13 @@ class PostfixSystem:
             time.sleep(0.2)
 
 
+def assigned_since_start(log: str) -> bool:
+    """A worker's log (the file spans the runs) says it was given partitions
+    after its last start."""
+    return re.search(r"event=kafka_assigned partitions=[1-9]",
+                     log[log.rfind("event=started"):]) is not None
+
+
 class MailstreamSystem:
     inbound = None   # the InboundWorld of mailstream-inbound
 
@@ -485,6 +492,16 @@ class MailstreamSystem:
         self.kafka.create_topics({self.topic: self.partitions}, self.topic_configs)
         self.cluster = mslocal.Cluster(self.sup, self.spec(self.topic))
         self.cluster.start(timeout=60)
+        if 1 < self.workers <= self.partitions:
+            # The first worker up takes every partition; the others' joins
+            # would move some of them, with the mail in flight, inside the
+            # measured run.
+            mslocal.wait_until(self._workers_assigned, 60, "every worker's partitions")
+
+    def _workers_assigned(self) -> bool:
+        assert self.cluster is not None
+        return all(assigned_since_start(n.log.read_text(errors="replace"))
+                   for n in self.cluster.workers)
 
     def pids(self) -> Dict[str, int]:
         out = {}

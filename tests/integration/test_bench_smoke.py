@@ -142,3 +142,17 @@ def test_bench_inbound_smoke(tmp_path, kafka_broker, redis_server):
     assert ms["forged_reply"] == "250"
     assert ms["worker_auth_results"]["dmarc=fail"] >= 1
     assert ms["worker_auth_results"]["dkim=pass"] >= INBOUND_MESSAGES
+
+
+def test_assigned_since_start_reads_the_last_start_only():
+    """bench/run.py waits, with several workers, until each has partitions:
+    only what its log says since its last start counts."""
+    first = ("ts=1 event=started topic=a\n"
+             "ts=2 event=kafka_assigned partitions=12 incremental=1\n")
+    assert bench.assigned_since_start(first)
+    again = first + "ts=3 event=stopped\nts=4 event=started topic=b\n"
+    assert not bench.assigned_since_start(again)
+    assert not bench.assigned_since_start(again + "ts=5 event=kafka_assigned partitions=0 "
+                                                  "incremental=1\n")
+    assert bench.assigned_since_start(again + "ts=6 event=kafka_assigned partitions=6 "
+                                              "incremental=1\n")
