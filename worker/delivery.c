@@ -1012,9 +1012,12 @@ static void msg_check(struct msg *m)
     free(argv);
     free(argvlen);
     if (err < 0 && wk_fence_on(d->fence)) {
-        /* No lease, no attempt: Kafka keeps the record meanwhile. */
+        /* No lease, no attempt: Kafka keeps the record meanwhile.  A take
+         * sent before its MGET could not be is given back (fence_release:
+         * only a take in flight). */
         redis_failed(d, m, "EVALSHA fence_take", NULL);
         m->phase++;
+        fence_release(m);
         fence_wait(m, 0, "unavailable");
         return;
     }
