@@ -967,6 +967,11 @@ def _kind(proc: str) -> str:
 HARNESS = ("sink", "loadgen")
 
 
+def harness_ms(row: Dict[str, object]) -> float:
+    """The sink's and the load generator's CPU ms per message in row."""
+    return sum(row["cpu_ms_per_msg"].get(k, 0.0) for k in HARNESS)
+
+
 def harness_bound(row: Dict[str, object], base: Dict[str, object],
                   ncpu: int) -> Optional[float]:
     """The highest end-to-end ratio against Postfix (base) that a relay
@@ -974,8 +979,7 @@ def harness_bound(row: Dict[str, object], base: Dict[str, object],
     generator still take row's CPU ms per message on the same ncpu cores,
     and smtp-sink is one process, so never more than one core's worth of
     it.  Past this a target is out of reach for any relay on this machine."""
-    cpu = row["cpu_ms_per_msg"]
-    harness = sum(cpu.get(k, 0.0) for k in HARNESS)
+    cpu, harness = row["cpu_ms_per_msg"], harness_ms(row)
     pf = base.get("e2e_rate")
     if harness <= 0 or not pf or not pf["median"]:
         return None
@@ -1138,10 +1142,9 @@ def bound_table(summary: List[Dict[str, object]]) -> str:
     for row in summary:
         if "e2e_bound_vs_postfix" not in row:
             continue
-        harness = sum(row["cpu_ms_per_msg"].get(k, 0.0) for k in HARNESS)
         er, cr = row.get("e2e_rate_ratio_vs_postfix"), row.get("cpu_ratio_vs_postfix")
         lines.append(f"| {row['workload']} | {row['system']} | {_f(er, 2) if er else '-'} | "
-                     f"{_f(cr, 2) if cr else '-'} | {harness:.3f} | "
+                     f"{_f(cr, 2) if cr else '-'} | {harness_ms(row):.3f} | "
                      f"{row['e2e_bound_vs_postfix']:.2f} |")
     return "\n".join(lines) + "\n"
 
