@@ -4,14 +4,15 @@
  * Usage: mailstream-frontend -c CONFIG
  *
  * Reads the config (docs/config.md) and runs [node] threads libuv loops
- * (default: one per online CPU).  Each loop has its own struct fe_server:
- * its own [listener.*] sockets (SO_REUSEPORT, every listener bound once per
- * loop, so the kernel spreads connections over the loops), sessions, Kafka
- * producer and Redis client, so delivery reports and Redis replies come back
- * on the loop that owns the session.  Loop 0 is the main loop, which also
- * runs the /metrics, /healthz, /readyz listener and the signal handlers;
- * loops 1..N-1 each run on a thread of their own.  threads = 1 is one loop,
- * as before.
+ * (default: one per CPU the process may use: online, in its affinity mask
+ * and under its cgroup's CPU quota, ms_cpus.h).  Each loop has its own
+ * struct fe_server: its own [listener.*] sockets (SO_REUSEPORT, every
+ * listener bound once per loop, so the kernel spreads connections over the
+ * loops), sessions, Kafka producer and Redis client, so delivery reports
+ * and Redis replies come back on the loop that owns the session.  Loop 0
+ * is the main loop, which also runs the /metrics, /healthz, /readyz
+ * listener and the signal handlers; loops 1..N-1 each run on a thread of
+ * their own.  threads = 1 is one loop, as before.
  *
  * Threads: main (loop 0) creates everything before any other thread starts;
  * afterwards a struct fe_loop's server, producer, Redis client and timers
@@ -33,7 +34,6 @@
  * Secret, e.g. from cert-manager, reaches the pods without a restart).
  * SIGPIPE is ignored.
  */
-#include "fe_listen.h"
 #include "fe_conn_table.h"
 #include "fe_listen.h"
 #include "fe_server.h"
@@ -41,6 +41,7 @@
 #include "fe_settings.h"
 #include "ms_config.h"
 #include "ms_connect.h"
+#include "ms_cpus.h"
 #include "ms_error.h"
 #include "ms_http.h"
 #include "ms_kafka.h"
@@ -603,10 +604,8 @@ int main(int argc, char **argv)
                              : strcmp(level, "warn") == 0 ? MS_LOG_WARN
                                                           : MS_LOG_INFO);
     {
-        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        long cpus = ms_cpus_available(); /* a pod's CPU limit, not the node's CPUs */
 
-        if (cpus < 1)
-            cpus = 1;
         if (cpus > FE_THREADS_MAX)
             cpus = FE_THREADS_MAX;
         if (ms_config_get_int(cfg, "node", "threads", cpus, 1, FE_THREADS_MAX, &nthreads) < 0)

@@ -5,17 +5,25 @@ With threads = 2 many concurrent sessions are spread over both loops (the
 loop is visible in the session id: loop i numbers its ids from i << 48), every
 message is queued and reaches the sink, max_connections_per_ip holds for the
 whole process (not per loop), and SIGTERM drains every loop and exits 0.
-threads = 1 is the single loop of before.  Nothing here depends on timing.
+threads = 1 is the single loop of before.  Without [node] threads the
+process runs one loop per CPU it may use: fewer than the online CPUs when its
+affinity or its cgroup's CPU quota (a pod's CPU limit) allows fewer.  Nothing
+here depends on timing.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import subprocess
 import threading
+import uuid
+from pathlib import Path
 
 import pytest
 
+import mslocal
 from conftest import smtp_port
 from test_frontend_smtp import QUEUED, Client, code, hello
 
@@ -147,3 +155,79 @@ def test_one_thread(cluster_factory):
     node.stop()
     assert code(a.reply()) == b"421 4.3.2" and code(b.reply()) == b"421 4.3.2"
     assert node_proc.popen.returncode == 0
+
+
+STARTED_THREADS = re.compile(r"event=started .*\bthreads=(\d+)\b")
+
+
+def default_threads(cluster_factory, preexec=None) -> int:
+    """The loops a frontend with no [node] threads runs when started with
+    preexec (in the child, before exec): read from its started line."""
+    cl = cluster_factory(frontends=1, workers=0, start=False)
+    cl.write_configs()
+    node = cl.frontends[0]
+    log = Path(node.config).with_suffix(".threads.log")
+    with open(log, "wb") as out:
+        p = subprocess.Popen([str(mslocal.binary("frontend")), "-c", str(node.config)],
+                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                             preexec_fn=preexec)
+    try:
+        mslocal.wait_until(lambda: STARTED_THREADS.search(log.read_text()) is not None, 30,
+                           "the frontend's started line", lambda: p.poll() is None,
+                           log_path=log)
+        return int(STARTED_THREADS.search(log.read_text()).group(1))
+    finally:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def cpu_cgroup_v1() -> Path | None:
+    """The mount point of cgroup v1's cpu controller, if there is one."""
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        f = line.split()
+        if len(f) > 3 and f[2] == "cgroup" and "cpu" in f[3].split(","):
+            return Path(f[1])
+    return None
+
+
+def need_cpus(n: int) -> None:
+    if len(os.sched_getaffinity(0)) < n:
+        pytest.skip(f"needs {n} CPUs to tell a limit from the machine")
+
+
+@pytest.mark.timeout(300)
+def test_default_threads_follow_affinity(cluster_factory):
+    need_cpus(2)
+    mine = len(os.sched_getaffinity(0))
+    assert default_threads(cluster_factory) <= mine
+    one = min(os.sched_getaffinity(0))
+    assert default_threads(cluster_factory, lambda: os.sched_setaffinity(0, {one})) == 1
+
+
+@pytest.mark.timeout(300)
+def test_default_threads_follow_the_cgroup_cpu_quota(cluster_factory):
+    """A quota of 1 CPU (what `--cpus 1` or a pod's CPU limit of 1 sets)
+    gives one loop, 1.5 CPUs two (rounded up), on a machine of two or more;
+    the affinity is left whole."""
+    need_cpus(2)
+    mount = cpu_cgroup_v1()
+    if mount is None or not os.access(mount, os.W_OK):
+        pytest.skip("no writable cgroup v1 cpu hierarchy to set a quota in")
+    group = mount / f"mailstream-test-{uuid.uuid4().hex[:12]}"
+    group.mkdir()
+    try:
+        (group / "cpu.cfs_period_us").write_text("100000")
+
+        def enter() -> None:
+            (group / "cgroup.procs").write_text(str(os.getpid()))
+
+        (group / "cpu.cfs_quota_us").write_text("100000")
+        assert default_threads(cluster_factory, enter) == 1
+        (group / "cpu.cfs_quota_us").write_text("150000")
+        assert default_threads(cluster_factory, enter) == 2
+    finally:
+        group.rmdir()
