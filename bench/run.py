@@ -737,6 +737,7 @@ def measure_run(system, sink: CountingSink, wl: Workload, messages: int, run_id:
             m_after = [fetch_metrics(a) for a in maddrs]
             res["frontend_histogram"] = _fe_hist(m_before, m_after)
             res["frontend_counters"] = _fe_counters(m_before, m_after)
+            res["records_per_batch"] = records_per_batch(m_before, m_after)
         if r_before:
             r_after = redis_calls(redis_port)
             calls = {k: r_after.get(k, 0) - r_before.get(k, 0) for k in r_after}
@@ -817,6 +818,23 @@ def _fe_hist(before: List[str], after: List[str]) -> Dict[str, object]:
         out[label + "_bucket_ms"] = None if hi is None else [lo * 1000, hi * 1000]
         out["observations"] = n
     return out
+
+
+def records_per_batch(before: List[str], after: List[str]) -> Optional[float]:
+    """Records per produce request the frontends' group commit sent during
+    the run, over all frontends and loops (docs/scaling.md: a message's
+    share of a request's cost grows as batches shrink); None without group
+    commits."""
+    recs = batches = 0.0
+    for tb, ta in zip(before, after):
+        cb, ca = counters(tb), counters(ta)
+        for k, v in ca.items():
+            name = k.split("{", 1)[0]
+            if name == "mailstream_smtp_group_commit_records_total":
+                recs += v - cb.get(k, 0.0)
+            elif name == "mailstream_smtp_group_commits_total":
+                batches += v - cb.get(k, 0.0)
+    return recs / batches if batches > 0 else None
 
 
 def _fe_counters(before: List[str], after: List[str]) -> Dict[str, float]:
@@ -1039,6 +1057,9 @@ def summarize(runs: List[Dict[str, object]], systems: List[str],
             rc = [r.get("redis_calls_per_msg") for r in ok if r.get("redis_calls_per_msg")]
             if rc:
                 row["redis_calls_per_msg"] = statistics.median(rc)
+            rb = [r["records_per_batch"] for r in ok if r.get("records_per_batch")]
+            if rb:
+                row["records_per_batch"] = statistics.median(rb)
             if s.startswith("postfix"):
                 base = row
             elif base is not None:
@@ -1281,6 +1302,13 @@ def markdown(rep: Dict[str, object]) -> str:
     if rc:
         s += ["Redis commands per message (Mailstream; INFO commandstats, median over rounds): "
               + "; ".join(f"{w} {sy}: {c:.2f}" for w, sy, c in rc), ""]
+    rb = [(r["workload"], r["system"], r["records_per_batch"]) for r in rep["summary"]
+          if r.get("records_per_batch")]
+    if rb:
+        s += ["Records per produce request (the frontends' group commit, "
+              "`mailstream_smtp_group_commit_records_total` / `_group_commits_total` over the "
+              "run, all loops; median over rounds): "
+              + "; ".join(f"{w} {sy}: {c:.1f}" for w, sy, c in rb), ""]
     lc = latency_check_table(rep["summary"])
     if lc.count("\n") > 1:
         s += ["## Latency cross-check against the frontend's histogram", "",

@@ -51,6 +51,8 @@ def test_bench_smoke(tmp_path, kafka_broker, redis_server):
     ms = next(r for r in runs if r["system"] == "mailstream")
     assert {"frontend-1", "worker-1", "kafka", "redis"} <= set(ms["cpu_seconds"])
     assert ms["frontend_counters"], "frontend /metrics had no message counters"
+    # Group commit sent the run's records in batches of one or more.
+    assert ms["records_per_batch"] >= 1
 
     idle = {r["system"]: r for r in report["idle"]}
     assert idle["mailstream"]["ehlo_ok"] == 50
@@ -65,6 +67,7 @@ def test_bench_smoke(tmp_path, kafka_broker, redis_server):
     assert "| 5k-20 | mailstream |" in mpath.read_text()
     assert "page cache filled before the runs" in mpath.read_text()
     assert "### What this machine allows" in mpath.read_text()
+    assert "Records per produce request" in mpath.read_text()
     assert ms_row(report)["e2e_bound_vs_postfix"] > 0
 
 
@@ -85,6 +88,20 @@ def test_harness_bound_is_what_the_sink_and_load_generator_leave():
     assert bench.harness_bound(row, base, 2) == pytest.approx(1000.0 / 4.0 / 121.0)
     assert bench.harness_bound({"cpu_ms_per_msg": {"worker": 1.0}}, base, 2) is None
     assert bench.harness_bound(row, {"e2e_rate": None}, 2) is None
+
+
+def test_records_per_batch_sums_every_frontend():
+    """Two frontends' group-commit counters over a run: 30 records in 10
+    batches and 10 in 10 are 2 records per batch; no batches, no figure."""
+    def text(recs, ready, full):
+        return ("# TYPE mailstream_smtp_group_commit_records_total counter\n"
+                f"mailstream_smtp_group_commit_records_total {recs}\n"
+                f'mailstream_smtp_group_commits_total{{reason="ready"}} {ready}\n'
+                f'mailstream_smtp_group_commits_total{{reason="full"}} {full}\n')
+    before = [text(100, 40, 1), text(0, 0, 0)]
+    after = [text(130, 48, 3), text(10, 10, 0)]
+    assert bench.records_per_batch(before, after) == pytest.approx(2.0)
+    assert bench.records_per_batch(before, before) is None
 
 
 def test_memory_fill_writes_its_file_and_removes_it(tmp_path):
