@@ -425,13 +425,15 @@ static void tx_setup(wk_smtp *s, const struct wk_smtp_msg *msg)
  * with "." for DATA: what our frontend stores, mostly) is sent from the
  * caller's octets (smtp_client.h: they stay until the outcome), in the
  * same WK_SMTP_DATA_BLOCK writes as a copy would be: with BDAT all of it;
- * with DATA its whole blocks, the last part and the terminator from a copy
- * of at most a block (one write, as before).  At 1 MiB the copy had been
- * ~17 % of the worker's CPU and a third of its peak memory (docs/scaling.md,
- * "Sending from the record"). */
+ * with DATA all of it too, the terminator following the last part in the
+ * same write (ms_conn_write2_ref: a separate three-octet write could wait
+ * on Nagle, which the worker's client sockets keep).  At 1 MiB the copy had
+ * been ~17 % of the worker's CPU and a third of its peak memory
+ * (docs/scaling.md, "Sending from the record"); below a block, where it was
+ * kept until 2026-12-07, it was a malloc and a copy of every message. */
 static void smtp_body_prepare(wk_smtp *s)
 {
-    size_t n = 0, ref = 0, tail;
+    size_t n = 0, ref = 0;
 
     if (s->body_ready)
         return; /* prepared for this transaction already */
@@ -441,12 +443,10 @@ static void smtp_body_prepare(wk_smtp *s)
         ref = n = s->src_len;
     } else if (s->chunking) {
         s->body = wk_crlf_alloc(s->src, s->src_len, &n);
-    } else if (s->src_len >= WK_SMTP_DATA_BLOCK && wk_dotstuff_as_is(s->src, s->src_len)) {
-        ref = s->src_len / WK_SMTP_DATA_BLOCK * WK_SMTP_DATA_BLOCK;
-        tail = s->src_len - ref;
-        s->body = ms_malloc(tail + WK_DOTSTUFF_END_LEN);
-        memcpy(s->body, s->src + ref, tail);
-        memcpy(s->body + tail, WK_DOTSTUFF_END, WK_DOTSTUFF_END_LEN);
+    } else if (s->src_len > 0 && wk_dotstuff_as_is(s->src, s->src_len)) {
+        ref = s->src_len;
+        s->body = ms_malloc(WK_DOTSTUFF_END_LEN);
+        memcpy(s->body, WK_DOTSTUFF_END, WK_DOTSTUFF_END_LEN);
         n = s->src_len + WK_DOTSTUFF_END_LEN;
     } else {
         s->body = wk_dotstuff_alloc(s->src, s->src_len, &n);
@@ -458,20 +458,18 @@ static void smtp_body_prepare(wk_smtp *s)
     s->body_len = n;
 }
 
-/* Octets [off, off + n) of the wire form, not copied (smtp_write_body). */
+/* Octets [off, off + n) of the wire form, not copied, in one write
+ * (smtp_write_body). */
 static int smtp_body_write(wk_smtp *s, size_t off, size_t n)
 {
     size_t k;
-    int r;
 
-    if (off < s->body_ref_len) {
-        k = n < s->body_ref_len - off ? n : s->body_ref_len - off;
-        if ((r = ms_conn_write_ref(s->t, s->body_ref + off, k)) < 0)
-            return r;
-        off += k;
-        n -= k;
-    }
-    return n > 0 ? ms_conn_write_ref(s->t, s->body + (off - s->body_ref_len), n) : 0;
+    if (off >= s->body_ref_len)
+        return ms_conn_write_ref(s->t, s->body + (off - s->body_ref_len), n);
+    k = n < s->body_ref_len - off ? n : s->body_ref_len - off;
+    if (k == n)
+        return ms_conn_write_ref(s->t, s->body_ref + off, k);
+    return ms_conn_write2_ref(s->t, s->body_ref + off, k, s->body, n - k);
 }
 
 static void cache_unlink(wk_smtp *s)

@@ -62,6 +62,8 @@ struct link_ops {
     int (*read_start)(struct conn *t);
     void (*read_stop)(struct conn *t);
     int (*send)(struct conn *t, const char *buf, size_t len, unsigned flags);
+    /* a then b in one write, both SEND_KEEP; NULL: two sends */
+    int (*send2)(struct conn *t, const char *a, size_t alen, const char *b, size_t blen);
     void (*close)(struct conn *t); /* then conn_closed(), from the loop */
 };
 
@@ -340,23 +342,35 @@ void ms_conn_read_stop(struct ms_conn *pub)
     pub->reading = 0;
 }
 
-static int conn_write(struct conn *t, const char *buf, size_t len, unsigned flags)
+/* buf, then b when blen > 0 (SEND_KEEP only), as one write where the link
+ * can. */
+static int conn_write(struct conn *t, const char *buf, size_t len, const char *b, size_t blen,
+                      unsigned flags)
 {
+    int r;
+
     if (t->pub.closing)
         return MS_ECLOSED;
     if (t->errored)
         return MS_EIO;
-    if (t->ssl == NULL)
-        return t->ops->send(t, buf, len, flags);
+    if (t->ssl == NULL) {
+        if (blen == 0)
+            return t->ops->send(t, buf, len, flags);
+        if (t->ops->send2 != NULL)
+            return t->ops->send2(t, buf, len, b, blen);
+        r = t->ops->send(t, buf, len, flags);
+        return r < 0 ? r : t->ops->send(t, b, blen, flags);
+    }
     if (t->handshaking)
         return MS_EAGAIN;
     if (!t->pub.tls)
         return MS_EPROTO;
-    if (len > INT_MAX)
+    if (len > INT_MAX || blen > INT_MAX)
         return MS_EINVAL;
     /* Memory BIOs grow, so SSL_write takes everything at once (and copies
      * it: the caller's buffer is free again when it returns). */
-    if (len > 0 && SSL_write(t->ssl, buf, (int)len) != (int)len) {
+    if ((len > 0 && SSL_write(t->ssl, buf, (int)len) != (int)len) ||
+        (blen > 0 && SSL_write(t->ssl, b, (int)blen) != (int)blen)) {
         tls_note_error(t, "write");
         t->errored = 1;
         return MS_EIO;
@@ -366,17 +380,23 @@ static int conn_write(struct conn *t, const char *buf, size_t len, unsigned flag
 
 int ms_conn_write(struct ms_conn *t, const char *buf, size_t len)
 {
-    return conn_write((struct conn *)t, buf, len, 0);
+    return conn_write((struct conn *)t, buf, len, NULL, 0, 0);
 }
 
 int ms_conn_write_ref(struct ms_conn *t, const char *buf, size_t len)
 {
-    return conn_write((struct conn *)t, buf, len, SEND_KEEP);
+    return conn_write((struct conn *)t, buf, len, NULL, 0, SEND_KEEP);
+}
+
+int ms_conn_write2_ref(struct ms_conn *t, const char *a, size_t alen, const char *b,
+                       size_t blen)
+{
+    return conn_write((struct conn *)t, a, alen, b, blen, SEND_KEEP);
 }
 
 int ms_conn_write_secret(struct ms_conn *t, const char *buf, size_t len)
 {
-    return conn_write((struct conn *)t, buf, len, SEND_SECRET);
+    return conn_write((struct conn *)t, buf, len, NULL, 0, SEND_SECRET);
 }
 
 size_t ms_conn_pending(const struct ms_conn *t)
@@ -650,6 +670,53 @@ static int stream_send(struct conn *t, const char *buf, size_t len, unsigned fla
     return 0;
 }
 
+/* a then b in one writev, neither copied: what the kernel does not take at
+ * once goes to libuv as the rest of the two pieces. */
+static int stream_send2(struct conn *t, const char *a, size_t alen, const char *b, size_t blen)
+{
+    struct stream_write *w;
+    uv_buf_t v[2];
+    unsigned nv = 0, i = 0;
+    size_t left = alen + blen, done;
+    int r;
+
+    if (alen > 0)
+        v[nv++] = uv_buf_init((char *)a, (unsigned)alen);
+    if (blen > 0)
+        v[nv++] = uv_buf_init((char *)b, (unsigned)blen);
+    if (nv == 0)
+        return 0;
+    if (t->pending == 0) {
+        r = uv_try_write(&t->l.s.h.stream, v, nv);
+        if (r > 0) {
+            done = (size_t)r;
+            left -= done;
+            if (left == 0)
+                return 0;
+            while (done >= v[i].len)
+                done -= v[i++].len;
+            v[i].base += done;
+            v[i].len -= (unsigned)done;
+        } else if (r != UV_EAGAIN) {
+            broken(t, "%s", uv_strerror(r));
+            return MS_EIO;
+        }
+    }
+    w = ms_malloc(sizeof(*w));
+    w->secret = 0;
+    w->own = NULL;
+    w->t = t;
+    w->len = left;
+    t->pending += left;
+    if ((r = uv_write(&w->req, &t->l.s.h.stream, v + i, nv - i, stream_write_cb)) < 0) {
+        t->pending -= left;
+        free(w);
+        broken(t, "%s", uv_strerror(r));
+        return MS_EIO;
+    }
+    return 0;
+}
+
 static void stream_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     (void)h;
@@ -721,6 +788,7 @@ static const struct link_ops stream_ops = {
     .read_start = stream_read_start,
     .read_stop = stream_read_stop,
     .send = stream_send,
+    .send2 = stream_send2,
     .close = stream_close,
 };
 

@@ -129,6 +129,11 @@ void ms_conn_read_stop(struct ms_conn *t);
 int ms_conn_write(struct ms_conn *t, const char *buf, size_t len);
 int ms_conn_write_ref(struct ms_conn *t, const char *buf, size_t len);
 int ms_conn_write_secret(struct ms_conn *t, const char *buf, size_t len);
+/* a then b, neither copied (as ms_conn_write_ref), in one system call on a
+ * socket (writev; through TLS, one flush): the end of a message body and
+ * its terminator leave as one segment, with no Nagle wait between them. */
+int ms_conn_write2_ref(struct ms_conn *t, const char *a, size_t alen, const char *b,
+                       size_t blen);
 /* Octets written, not yet sent. */
 size_t ms_conn_pending(const struct ms_conn *t);
 

@@ -213,11 +213,12 @@ static void test_mem_pair(void **state)
     assert_int_equal(ms_conn_read_start(f->b.c), 0);
     assert_int_equal(ms_conn_write(f->a.c, "abc", 3), 0);
     assert_int_equal(ms_conn_write_ref(f->a.c, "def", 3), 0);
-    assert_int_equal(ms_conn_pending(f->a.c), 6);
+    assert_int_equal(ms_conn_write2_ref(f->a.c, "gh", 2, "ij", 2), 0);
+    assert_int_equal(ms_conn_pending(f->a.c), 10);
     assert_int_equal(f->b.got.len, 0); /* never from inside the call */
     uv_run(&f->loop, UV_RUN_NOWAIT);
     assert_int_equal(f->a.connected, 1);
-    assert_true(got_is(&f->b, "abcdef"));
+    assert_true(got_is(&f->b, "abcdefghij"));
     assert_int_equal(ms_conn_pending(f->a.c), 0);
     assert_int_equal(f->a.drains, 1);
     assert_int_equal(ms_conn_read_start(f->a.c), 0);
@@ -266,12 +267,15 @@ static void test_tls_verified(void **state)
         data[i] = (char)(i * 7 + i / 1000);
     assert_int_equal(ms_conn_write_secret(f->a.c, "AUTH\r\n", 6), 0);
     assert_int_equal(ms_conn_write_ref(f->a.c, data, big), 0);
+    assert_int_equal(ms_conn_write2_ref(f->a.c, data, 1000, ".\r\n", 3), 0);
     assert_true(ms_conn_pending(f->a.c) > big);
-    RUN_UNTIL(f, f->b.got.len >= big + 6 || f->b.error);
+    RUN_UNTIL(f, f->b.got.len >= big + 6 + 1003 || f->b.error);
     assert_true(got_is(&f->a, "220 ready\r\n"));
-    assert_int_equal(f->b.got.len, big + 6);
+    assert_int_equal(f->b.got.len, big + 6 + 1003);
     assert_memory_equal(f->b.got.data, "AUTH\r\n", 6);
     assert_memory_equal(f->b.got.data + 6, data, big);
+    assert_memory_equal(f->b.got.data + 6 + big, data, 1000);
+    assert_memory_equal(f->b.got.data + 6 + big + 1000, ".\r\n", 3);
     RUN_UNTIL(f, ms_conn_pending(f->a.c) == 0);
     /* A close sends close_notify: an orderly end for the other side. */
     ms_conn_close(f->a.c);
@@ -664,6 +668,63 @@ static void test_tcp_tls(void **state)
     free(data);
 }
 
+static void on_connection_plain(uv_stream_t *server, int status)
+{
+    struct tcp_fixture *tf = server->data;
+
+    assert_int_equal(status, 0);
+    tf->f->b.c = ms_conn_accept(server, &cb, &tf->f->b);
+    assert_non_null(tf->f->b.c);
+    assert_int_equal(ms_conn_read_start(tf->f->b.c), 0);
+}
+
+/* Two pieces in one write on a socket (ms_conn_write2_ref, writev): more
+ * than the kernel takes at once, then the terminator, arrive whole and in
+ * order behind what was written before, and count as pending until sent;
+ * two small pieces go at once. */
+static void test_tcp_write2(void **state)
+{
+    struct fixture *f = *state;
+    struct tcp_fixture tf = {.f = f};
+    struct sockaddr_storage addr;
+    int len = sizeof(addr);
+    char err[128];
+    size_t big = 6 << 20, i; /* more than the socket buffers, less than got's 8 MiB */
+    char *data = malloc(big);
+
+    uv_tcp_init(&f->loop, &tf.listener);
+    tf.listener.data = &tf;
+    uv_ip4_addr("127.0.0.1", 0, (struct sockaddr_in *)&addr);
+    assert_int_equal(uv_tcp_bind(&tf.listener, (struct sockaddr *)&addr, 0), 0);
+    assert_int_equal(uv_listen((uv_stream_t *)&tf.listener, 8, on_connection_plain), 0);
+    assert_int_equal(uv_tcp_getsockname(&tf.listener, (struct sockaddr *)&addr, &len), 0);
+    assert_int_equal(ms_conn_connect(&f->loop, (struct sockaddr *)&addr, &cb_connect, &f->a,
+                                     &f->a.c, err, sizeof(err)),
+                     0);
+    RUN_UNTIL(f, f->a.connected && f->b.c != NULL);
+    for (i = 0; i < big; i++)
+        data[i] = (char)(i * 13 + i / 4093);
+    assert_int_equal(ms_conn_write2_ref(f->a.c, "DATA\r\n", 6, "", 0), 0);
+    assert_int_equal(ms_conn_pending(f->a.c), 0); /* taken at once */
+    assert_int_equal(ms_conn_write2_ref(f->a.c, data, big, ".\r\n", 3), 0);
+    assert_true(ms_conn_pending(f->a.c) > 0); /* the peer has not read yet */
+    assert_int_equal(ms_conn_write_ref(f->a.c, "QUIT\r\n", 6), 0);
+    RUN_UNTIL(f, f->b.got.len >= 6 + big + 3 + 6 || f->b.error);
+    assert_int_equal(f->b.got.len, 6 + big + 3 + 6);
+    assert_memory_equal(f->b.got.data, "DATA\r\n", 6);
+    assert_memory_equal(f->b.got.data + 6, data, big);
+    assert_memory_equal(f->b.got.data + 6 + big, ".\r\nQUIT\r\n", 9);
+    RUN_UNTIL(f, ms_conn_pending(f->a.c) == 0);
+    assert_int_equal(ms_conn_pending(f->a.c), 0);
+    ms_conn_close(f->a.c);
+    RUN_UNTIL(f, f->b.error);
+    ms_conn_close(f->b.c);
+    uv_close((uv_handle_t *)&tf.listener, NULL);
+    uv_run(&f->loop, UV_RUN_DEFAULT);
+    assert_int_equal(f->a.closed + f->b.closed, 2);
+    free(data);
+}
+
 /* Nobody listens: on_connect says so, with the reason. */
 static void test_connect_fails(void **state)
 {
@@ -705,6 +766,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tls_dane_mismatch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tls_dane_misuse, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tcp_tls, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tcp_write2, setup, teardown),
         cmocka_unit_test_setup_teardown(test_connect_fails, setup, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
