@@ -79,17 +79,24 @@ long ms_cpus_parse_cfs(const char *quota, const char *period)
     return quota_cpus(q, per);
 }
 
+/* root + path opened for reading, or NULL. */
+static FILE *open_under(const char *root, const char *path)
+{
+    char full[MS_CPUS_PATH_MAX];
+
+    if ((size_t)snprintf(full, sizeof(full), "%s%s", root, path) >= sizeof(full))
+        return NULL;
+    return fopen(full, "re");
+}
+
 /* The first line of root + path into buf; 0, or -1 (absent, unreadable,
  * too long). */
 static int read_line(const char *root, const char *path, char *buf, size_t size)
 {
-    char full[MS_CPUS_PATH_MAX];
     FILE *f;
     int ok;
 
-    if ((size_t)snprintf(full, sizeof(full), "%s%s", root, path) >= sizeof(full))
-        return -1;
-    if ((f = fopen(full, "re")) == NULL)
+    if ((f = open_under(root, path)) == NULL)
         return -1;
     ok = fgets(buf, (int)size, f) != NULL && strchr(buf, '\n') != NULL;
     fclose(f);
@@ -132,13 +139,11 @@ static int has_item(const char *list, const char *item)
  * hierarchy's path mounted there.  0, or -1 none. */
 static int find_mount(const char *root, int v1, char *mnt, char *mroot, size_t size)
 {
-    char path[MS_CPUS_PATH_MAX], line[MS_CPUS_PATH_MAX];
+    char line[MS_CPUS_PATH_MAX];
     FILE *f;
     int found = -1;
 
-    if ((size_t)snprintf(path, sizeof(path), "%s/proc/self/mountinfo", root) >= sizeof(path))
-        return -1;
-    if ((f = fopen(path, "re")) == NULL)
+    if ((f = open_under(root, "/proc/self/mountinfo")) == NULL)
         return -1;
     while (found < 0 && fgets(line, sizeof(line), f) != NULL) {
         char *field[6], *sep, *fstype, *super, *save = NULL;
@@ -177,13 +182,11 @@ static int find_mount(const char *root, int v1, char *mnt, char *mroot, size_t s
  * v2, "N:LIST:PATH" with cpu in LIST for v1).  0, or -1. */
 static int find_cgroup(const char *root, int v1, char *out, size_t size)
 {
-    char path[MS_CPUS_PATH_MAX], line[MS_CPUS_PATH_MAX];
+    char line[MS_CPUS_PATH_MAX];
     FILE *f;
     int found = -1;
 
-    if ((size_t)snprintf(path, sizeof(path), "%s/proc/self/cgroup", root) >= sizeof(path))
-        return -1;
-    if ((f = fopen(path, "re")) == NULL)
+    if ((f = open_under(root, "/proc/self/cgroup")) == NULL)
         return -1;
     while (found < 0 && fgets(line, sizeof(line), f) != NULL) {
         char *c1 = strchr(line, ':'), *c2, *nl;

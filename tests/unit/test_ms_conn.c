@@ -624,28 +624,36 @@ static void on_connection(uv_stream_t *server, int status)
     assert_int_equal(ms_conn_read_start(tf->f->b.c), 0);
 }
 
+/* A listener on a free loopback port whose connections on_conn takes as
+ * f->b, and f->a connected to it. */
+static void tcp_pair(struct fixture *f, struct tcp_fixture *tf, uv_connection_cb on_conn)
+{
+    struct sockaddr_storage addr;
+    int len = sizeof(addr);
+    char err[128];
+
+    uv_tcp_init(&f->loop, &tf->listener);
+    tf->listener.data = tf;
+    uv_ip4_addr("127.0.0.1", 0, (struct sockaddr_in *)&addr);
+    assert_int_equal(uv_tcp_bind(&tf->listener, (struct sockaddr *)&addr, 0), 0);
+    assert_int_equal(uv_listen((uv_stream_t *)&tf->listener, 8, on_conn), 0);
+    assert_int_equal(uv_tcp_getsockname(&tf->listener, (struct sockaddr *)&addr, &len), 0);
+    assert_int_equal(ms_conn_connect(&f->loop, (struct sockaddr *)&addr, &cb_connect, &f->a,
+                                     &f->a.c, err, sizeof(err)),
+                     0);
+    RUN_UNTIL(f, f->a.connected);
+}
+
 /* Connect, STARTTLS-style: plaintext first, then TLS both ways. */
 static void test_tcp_tls(void **state)
 {
     struct fixture *f = *state;
     struct tcp_fixture tf = {.f = f};
     struct ms_tls_policy p = {.host = "127.0.0.1", .verify = MS_TLS_VERIFY_PEER};
-    struct sockaddr_storage addr;
-    int len = sizeof(addr);
-    char err[128];
     size_t big = 2 << 20;
     char *data = calloc(1, big);
 
-    uv_tcp_init(&f->loop, &tf.listener);
-    tf.listener.data = &tf;
-    uv_ip4_addr("127.0.0.1", 0, (struct sockaddr_in *)&addr);
-    assert_int_equal(uv_tcp_bind(&tf.listener, (struct sockaddr *)&addr, 0), 0);
-    assert_int_equal(uv_listen((uv_stream_t *)&tf.listener, 8, on_connection), 0);
-    assert_int_equal(uv_tcp_getsockname(&tf.listener, (struct sockaddr *)&addr, &len), 0);
-    assert_int_equal(ms_conn_connect(&f->loop, (struct sockaddr *)&addr, &cb_connect, &f->a,
-                                     &f->a.c, err, sizeof(err)),
-                     0);
-    RUN_UNTIL(f, f->a.connected);
+    tcp_pair(f, &tf, on_connection);
     assert_int_equal(f->a.connected, 1);
     assert_int_equal(ms_conn_read_start(f->a.c), 0);
     assert_int_equal(ms_conn_tls_connect(f->a.c, client_ctx, &p), 0);
@@ -686,22 +694,11 @@ static void test_tcp_write2(void **state)
 {
     struct fixture *f = *state;
     struct tcp_fixture tf = {.f = f};
-    struct sockaddr_storage addr;
-    int len = sizeof(addr);
-    char err[128];
     size_t big = 6 << 20, i; /* more than the socket buffers, less than got's 8 MiB */
     char *data = malloc(big);
 
-    uv_tcp_init(&f->loop, &tf.listener);
-    tf.listener.data = &tf;
-    uv_ip4_addr("127.0.0.1", 0, (struct sockaddr_in *)&addr);
-    assert_int_equal(uv_tcp_bind(&tf.listener, (struct sockaddr *)&addr, 0), 0);
-    assert_int_equal(uv_listen((uv_stream_t *)&tf.listener, 8, on_connection_plain), 0);
-    assert_int_equal(uv_tcp_getsockname(&tf.listener, (struct sockaddr *)&addr, &len), 0);
-    assert_int_equal(ms_conn_connect(&f->loop, (struct sockaddr *)&addr, &cb_connect, &f->a,
-                                     &f->a.c, err, sizeof(err)),
-                     0);
-    RUN_UNTIL(f, f->a.connected && f->b.c != NULL);
+    tcp_pair(f, &tf, on_connection_plain);
+    RUN_UNTIL(f, f->b.c != NULL);
     for (i = 0; i < big; i++)
         data[i] = (char)(i * 13 + i / 4093);
     assert_int_equal(ms_conn_write2_ref(f->a.c, "DATA\r\n", 6, "", 0), 0);
