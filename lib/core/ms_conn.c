@@ -614,30 +614,37 @@ static void stream_write_cb(uv_write_t *req, int status)
     conn_sent(t);
 }
 
-static int stream_send(struct conn *t, const char *buf, size_t len, unsigned flags)
+/* v[0..nv) in one write (writev).  Nothing queued: write now, and leave
+ * libuv only what the kernel did not take (a uv_write the kernel takes at
+ * once still ends with libuv re-arming the socket in epoll: one more
+ * epoll_ctl per reply).  What libuv gets is copied unless the caller keeps
+ * it (SEND_KEEP) or gives it (SEND_OWN: own, freed when done). */
+static int stream_sendv(struct conn *t, uv_buf_t *v, unsigned nv, unsigned flags, char *own)
 {
     struct stream_write *w;
-    char *own = flags & SEND_OWN ? (char *)buf : NULL;
-    uv_buf_t b;
+    size_t left = 0, done, off;
+    unsigned i = 0, k;
     int r;
 
-    if (len == 0) {
+    for (k = 0; k < nv; k++)
+        left += v[k].len;
+    if (left == 0) {
         free(own);
         return 0;
     }
-    /* Nothing queued: write now, and leave libuv only what the kernel did
-     * not take.  A uv_write the kernel takes at once still ends with libuv
-     * re-arming the socket in epoll (one more epoll_ctl per reply). */
     if (t->pending == 0) {
-        b = uv_buf_init((char *)buf, (unsigned)len);
-        r = uv_try_write(&t->l.s.h.stream, &b, 1);
-        if (r == (int)len) {
-            free(own);
-            return 0;
-        }
+        r = uv_try_write(&t->l.s.h.stream, v, nv);
         if (r > 0) {
-            buf += r;
-            len -= (size_t)r;
+            done = (size_t)r;
+            left -= done;
+            if (left == 0) {
+                free(own);
+                return 0;
+            }
+            while (done >= v[i].len)
+                done -= v[i++].len;
+            v[i].base += done;
+            v[i].len -= (unsigned)done;
         } else if (r != UV_EAGAIN) {
             free(own);
             broken(t, "%s", uv_strerror(r));
@@ -648,20 +655,21 @@ static int stream_send(struct conn *t, const char *buf, size_t len, unsigned fla
         w = ms_malloc(sizeof(*w));
         w->secret = 0;
     } else {
-        w = ms_malloc(sizeof(*w) + len);
-        memcpy(w->data, buf, len);
-        buf = w->data;
+        w = ms_malloc(sizeof(*w) + left);
+        for (off = 0, k = i; k < nv; off += v[k].len, k++)
+            memcpy(w->data + off, v[k].base, v[k].len);
+        v[i] = uv_buf_init(w->data, (unsigned)left);
+        nv = i + 1;
         w->secret = (flags & SEND_SECRET) != 0;
     }
     w->t = t;
-    w->len = len;
+    w->len = left;
     w->own = own;
-    b = uv_buf_init((char *)buf, (unsigned)len);
-    t->pending += len;
-    if ((r = uv_write(&w->req, &t->l.s.h.stream, &b, 1, stream_write_cb)) < 0) {
-        t->pending -= len;
+    t->pending += left;
+    if ((r = uv_write(&w->req, &t->l.s.h.stream, v + i, nv - i, stream_write_cb)) < 0) {
+        t->pending -= left;
         if (w->secret)
-            OPENSSL_cleanse(w->data, len);
+            OPENSSL_cleanse(w->data, left);
         free(own);
         free(w);
         broken(t, "%s", uv_strerror(r));
@@ -670,51 +678,20 @@ static int stream_send(struct conn *t, const char *buf, size_t len, unsigned fla
     return 0;
 }
 
-/* a then b in one writev, neither copied: what the kernel does not take at
- * once goes to libuv as the rest of the two pieces. */
+static int stream_send(struct conn *t, const char *buf, size_t len, unsigned flags)
+{
+    uv_buf_t b = uv_buf_init((char *)buf, (unsigned)len);
+
+    return stream_sendv(t, &b, 1, flags, flags & SEND_OWN ? (char *)buf : NULL);
+}
+
+/* a then b in one writev, neither copied. */
 static int stream_send2(struct conn *t, const char *a, size_t alen, const char *b, size_t blen)
 {
-    struct stream_write *w;
-    uv_buf_t v[2];
-    unsigned nv = 0, i = 0;
-    size_t left = alen + blen, done;
-    int r;
+    uv_buf_t v[2] = {uv_buf_init((char *)a, (unsigned)alen),
+                     uv_buf_init((char *)b, (unsigned)blen)};
 
-    if (alen > 0)
-        v[nv++] = uv_buf_init((char *)a, (unsigned)alen);
-    if (blen > 0)
-        v[nv++] = uv_buf_init((char *)b, (unsigned)blen);
-    if (nv == 0)
-        return 0;
-    if (t->pending == 0) {
-        r = uv_try_write(&t->l.s.h.stream, v, nv);
-        if (r > 0) {
-            done = (size_t)r;
-            left -= done;
-            if (left == 0)
-                return 0;
-            while (done >= v[i].len)
-                done -= v[i++].len;
-            v[i].base += done;
-            v[i].len -= (unsigned)done;
-        } else if (r != UV_EAGAIN) {
-            broken(t, "%s", uv_strerror(r));
-            return MS_EIO;
-        }
-    }
-    w = ms_malloc(sizeof(*w));
-    w->secret = 0;
-    w->own = NULL;
-    w->t = t;
-    w->len = left;
-    t->pending += left;
-    if ((r = uv_write(&w->req, &t->l.s.h.stream, v + i, nv - i, stream_write_cb)) < 0) {
-        t->pending -= left;
-        free(w);
-        broken(t, "%s", uv_strerror(r));
-        return MS_EIO;
-    }
-    return 0;
+    return stream_sendv(t, v, 2, SEND_KEEP, NULL);
 }
 
 static void stream_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
