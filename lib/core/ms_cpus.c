@@ -79,6 +79,12 @@ long ms_cpus_parse_cfs(const char *quota, const char *period)
     return quota_cpus(q, per);
 }
 
+/* The smaller of two quotas, 0 meaning none. */
+static long fewer(long a, long b)
+{
+    return a <= 0 ? b : b <= 0 || a < b ? a : b;
+}
+
 /* root + path opened for reading, or NULL. */
 static FILE *open_under(const char *root, const char *path)
 {
@@ -146,7 +152,7 @@ static int find_mount(const char *root, int v1, char *mnt, char *mroot, size_t s
     if ((f = open_under(root, "/proc/self/mountinfo")) == NULL)
         return -1;
     while (found < 0 && fgets(line, sizeof(line), f) != NULL) {
-        char *field[6], *sep, *fstype, *super, *save = NULL;
+        char *field[5], *sep, *fstype, *super, *save = NULL;
         size_t i;
 
         if (strchr(line, '\n') == NULL)
@@ -242,18 +248,19 @@ static long hierarchy_quota(const char *root, int v1)
 
         while (dlen > 1 && dir[dlen - 1] == '/')
             dir[--dlen] = '\0';
+        n = 0;
         if (v1) {
             if ((size_t)snprintf(file, sizeof(file), "%s/cpu.cfs_quota_us", dir) < sizeof(file) &&
                 read_line(root, file, a, sizeof(a)) == 0) {
-                snprintf(file, sizeof(file), "%s/cpu.cfs_period_us", dir);
-                if (read_line(root, file, b, sizeof(b)) == 0 && (n = ms_cpus_parse_cfs(a, b)) > 0 &&
-                    (best == 0 || n < best))
-                    best = n;
+                if ((size_t)snprintf(file, sizeof(file), "%s/cpu.cfs_period_us", dir) <
+                        sizeof(file) &&
+                    read_line(root, file, b, sizeof(b)) == 0)
+                    n = ms_cpus_parse_cfs(a, b);
             }
         } else if ((size_t)snprintf(file, sizeof(file), "%s/cpu.max", dir) < sizeof(file) &&
-                   read_line(root, file, a, sizeof(a)) == 0 && (n = ms_cpus_parse_cpu_max(a)) > 0 &&
-                   (best == 0 || n < best))
-            best = n;
+                   read_line(root, file, a, sizeof(a)) == 0)
+            n = ms_cpus_parse_cpu_max(a);
+        best = fewer(best, n);
         if (dlen <= mlen || (slash = strrchr(dir, '/')) == NULL)
             break;
         *slash = '\0';
@@ -265,16 +272,12 @@ static long hierarchy_quota(const char *root, int v1)
 
 long ms_cpus_quota(const char *root)
 {
-    long v2 = hierarchy_quota(root, 0), v1 = hierarchy_quota(root, 1);
-
-    if (v2 == 0)
-        return v1;
-    return v1 == 0 || v2 < v1 ? v2 : v1;
+    return fewer(hierarchy_quota(root, 0), hierarchy_quota(root, 1));
 }
 
 long ms_cpus_available(void)
 {
-    long n = sysconf(_SC_NPROCESSORS_ONLN), q;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
     cpu_set_t set;
 
     if (n < 1)
@@ -282,7 +285,5 @@ long ms_cpus_available(void)
     CPU_ZERO(&set);
     if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0 && CPU_COUNT(&set) < n)
         n = CPU_COUNT(&set);
-    if ((q = ms_cpus_quota("")) > 0 && q < n)
-        n = q;
-    return n;
+    return fewer(n, ms_cpus_quota(""));
 }
