@@ -35,7 +35,7 @@ static void test_encode(void **state)
     ms_buf_reset(&b);
     assert_int_equal(ms_milter_put_connect(&b, "mail.example.org", '4', 2525, "192.0.2.1"), 0);
     assert_int_equal(b.len, 4 + 1 + 17 + 1 + 2 + 10);
-    assert_memory_equal(b.data + 5, "mail.example.org\0" "4\x09\xdd" "192.0.2.1", 31);
+    assert_memory_equal(b.data + 5, "mail.example.org\0" "4\x09\xdd" "192.0.2.1", 30);
     ms_buf_reset(&b);
     assert_int_equal(ms_milter_put_connect(&b, "unknown", 'U', 0, NULL), 0);
     assert_memory_equal(b.data, "\0\0\0\x0a" "Cunknown\0U", 14);
