@@ -123,7 +123,7 @@ cycles: $(BINS) $(UNIT_BINS)
 # INTEGRATION_TESTS narrows the run (a file or file::test), PYTEST_ARGS adds options:
 #   make integration INTEGRATION_TESTS=tests/integration/test_worker_client.py PYTEST_ARGS=-x
 INTEGRATION_TESTS ?= tests/integration
-integration: all $(BUILD)/tests/kafka_close_probe
+integration: all $(BUILD)/tests/kafka_close_probe $(BUILD)/tests/script_source
 	MAILSTREAM_BUILD_DIR=$(abspath $(BUILD)) PYTHONDONTWRITEBYTECODE=1 \
 	    $(VENV)/bin/python -m pytest -p no:cacheprovider -q $(INTEGRATION_TESTS) $(PYTEST_ARGS)
 
@@ -189,6 +189,11 @@ fuzz-seeds: $(BUILD)/tests/seed_envelope
 # A consumer closed with its group's assignment still queued
 # (tests/integration/test_worker_term_rebalance.py).
 $(BUILD)/tests/kafka_close_probe: $(call obj,tests/kafka_close_probe.c tests/kafka_close_delay.c) $(LIB_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(OPT) $(SAN) -o $@ $^ $(LDLIBS_ALL)
+
+# The Lua scripts' sources, run with EVAL by tests/integration/test_fence_scripts.py.
+$(BUILD)/tests/script_source: $(call obj,tests/script_source.c) $(LIB_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(OPT) $(SAN) -o $@ $^ $(LDLIBS_ALL)
 

@@ -88,7 +88,7 @@ static const char lease_script[] =
 static const char fence_take_script[] =
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "local h = redis.call('HMGET', KEYS[1], 'who', 'exp', 'data')\n"
+    "local h = redis.call('HMGET', KEYS[1], 'who', 'exp', 'data', 'gen')\n"
     "local prior = 0\n"
     "if h[1] and h[1] ~= ARGV[1] then\n"
     "  local exp = tonumber(h[2]) or 0\n"
@@ -96,8 +96,8 @@ static const char fence_take_script[] =
     "  prior = tonumber(h[3]) or 0\n"
     "end\n"
     "local lease = tonumber(ARGV[2])\n"
-    "local gen = redis.call('HINCRBY', KEYS[1], 'gen', 1)\n"
-    "redis.call('HSET', KEYS[1], 'who', ARGV[1], 'exp', now + lease, 'data', 0)\n"
+    "local gen = (tonumber(h[4]) or 0) + 1\n"
+    "redis.call('HSET', KEYS[1], 'who', ARGV[1], 'exp', now + lease, 'data', 0, 'gen', gen)\n"
     "redis.call('PEXPIRE', KEYS[1], lease + tonumber(ARGV[3]))\n"
     "local r = {gen, prior}\n"
     "if #KEYS > 1 then\n"
@@ -112,15 +112,18 @@ static const char fence_take_script[] =
  * earlier than ARGV[2] ms from now, count one more destination in DATA
  * (check only), answer the ms granted; else 0. */
 static const char fence_check_script[] =
-    "local h = redis.call('HMGET', KEYS[1], 'who', 'exp')\n"
+    "local h = redis.call('HMGET', KEYS[1], 'who', 'exp', 'data')\n"
     "if h[1] ~= ARGV[1] then return 0 end\n"
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "local exp = tonumber(h[2]) or 0\n"
     "local want = now + tonumber(ARGV[2])\n"
     "if want > exp then exp = want end\n"
-    "redis.call('HSET', KEYS[1], 'exp', exp)\n"
-    "if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[1], 'data', 1) end\n"
+    "if ARGV[4] == '1' then\n"
+    "  redis.call('HSET', KEYS[1], 'exp', exp, 'data', (tonumber(h[3]) or 0) + 1)\n"
+    "else\n"
+    "  redis.call('HSET', KEYS[1], 'exp', exp)\n"
+    "end\n"
     "redis.call('PEXPIRE', KEYS[1], exp - now + tonumber(ARGV[3]))\n"
     "return exp - now\n";
 
