@@ -1327,6 +1327,12 @@ def binary(kind: str) -> Path:
     return path
 
 
+def sanitized(kind: str) -> bool:
+    """Was mailstream-<kind> built with AddressSanitizer (`make asan`)?  Its
+    quarantine keeps freed memory resident, so RSS bounds do not apply."""
+    return b"__asan_init" in binary(kind).read_bytes()
+
+
 @dataclass
 class Node:
     """One frontend or worker process."""

@@ -57,7 +57,10 @@ def test_worker_peak_memory_bounded_by_byte_budget(cluster_factory):
     mslocal.wait_until(lambda: set(sink_subjects(cl)) >= set(qids), 540,
                        f"all {COUNT} messages in the sink", interval=2.0)
     peak = vm_hwm(w.pid)
-    assert peak < BUDGET + MARGIN, f"worker peak RSS {peak / MIB:.0f} MiB"
+    # Under `make asan` freed memory waits in ASan's quarantine (256 MiB),
+    # so the RSS bound is checked on the release build only.
+    if not mslocal.sanitized("worker"):
+        assert peak < BUDGET + MARGIN, f"worker peak RSS {peak / MIB:.0f} MiB"
     # The gauge follows the records held: nothing once all are done.
     mslocal.wait_until(lambda: metric(w, "mailstream_worker_in_flight_bytes") == 0, 60,
                        "in_flight_bytes back to 0")
