@@ -89,6 +89,39 @@ def _logs(d: Path) -> List[str]:
     return out
 
 
+# A sanitizer's report in a process log (`make asan`: the programs are built
+# with -fno-sanitize-recover, so the process also stopped there).
+# LeakSanitizer's reports at exit are not looked for: the worker leaves
+# librdkafka handles to the process's exit on purpose (lib/io/ms_kafka.c,
+# event=kafka_destroy_skipped, librdkafka #4312).
+SANITIZER_ERRORS = (b"ERROR: AddressSanitizer", b": runtime error: ")
+
+
+def sanitizer_reports(paths: List[str]) -> List[str]:
+    """The lines of the files that report a sanitizer error, as
+    "path: line"."""
+    out = []
+    for p in paths:
+        with open(p, "rb") as f:
+            for line in f:
+                if any(m in line for m in SANITIZER_ERRORS):
+                    out.append(f"{p}: {line.decode('utf-8', 'replace').rstrip()}")
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _no_sanitizer_errors(request):
+    """After the test (and its processes' teardown: an autouse fixture is set
+    up first, so torn down last), no log of its processes reports a
+    sanitizer error."""
+    yield
+    found = sanitizer_reports([p for d in request.node.stash.get(_DIRS_KEY, [])
+                               for p in _logs(d)])
+    if found:
+        pytest.fail("sanitizer report in a process log:\n" + "\n".join(found[:20]),
+                    pytrace=False)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

@@ -154,3 +154,25 @@ def test_kafka_restart_keeps_topics(kafka_control):
     kafka_control.start()
     topics = kafka_control.describe_topics(["queue"])
     assert topics["queue"].partitions == 12
+
+
+def test_sanitizer_reports_found_in_logs(tmp_path):
+    """The check every test ends with (conftest._no_sanitizer_errors): an
+    AddressSanitizer error and a UBSan runtime error are found, a
+    LeakSanitizer report at exit and ordinary lines are not."""
+    from conftest import sanitizer_reports
+
+    log = tmp_path / "worker-1.log"
+    log.write_bytes(
+        b"ts=2026-12-07T13:52:04.515Z level=info node=wk1 event=stopped\n"
+        b"==11281==ERROR: LeakSanitizer: detected memory leaks\n"
+        b"SUMMARY: AddressSanitizer: 312 byte(s) leaked in 3 allocation(s).\n"
+        b"==9==ERROR: AddressSanitizer: heap-use-after-free on address 0x6020\n"
+        b"worker/delivery.c:12:5: runtime error: signed integer overflow\n")
+    clean = tmp_path / "frontend-1.log"
+    clean.write_bytes(b"ts=x level=warn node=fe1 event=smtp_error reason=\"runtime\"\n")
+    found = sanitizer_reports([str(clean), str(log)])
+    assert [f.split(": ", 1)[1] for f in found] == [
+        "==9==ERROR: AddressSanitizer: heap-use-after-free on address 0x6020",
+        "worker/delivery.c:12:5: runtime error: signed integer overflow"]
+    assert all(f.startswith(str(log)) for f in found)
