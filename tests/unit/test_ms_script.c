@@ -4,7 +4,8 @@
  * coreutils' sha1sum, an implementation other than the OpenSSL one the
  * module uses: a wrong digest would make every EVALSHA miss.  Running the
  * scripts (and loading them again after NOSCRIPT) is tested against a real
- * Redis in tests/integration/test_frontend_limits.py and test_worker_rate.py.
+ * Redis in tests/integration/test_frontend_limits.py and test_worker_rate.py;
+ * the fence scripts' contract in test_fence_scripts.py.
  */
 #include <setjmp.h>
 #include <stdarg.h>
