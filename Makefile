@@ -123,7 +123,8 @@ cycles: $(BINS) $(UNIT_BINS)
 # INTEGRATION_TESTS narrows the run (a file or file::test), PYTEST_ARGS adds options:
 #   make integration INTEGRATION_TESTS=tests/integration/test_worker_client.py PYTEST_ARGS=-x
 INTEGRATION_TESTS ?= tests/integration
-integration: all $(BUILD)/tests/kafka_close_probe $(BUILD)/tests/script_source
+integration: all $(BUILD)/tests/kafka_close_probe $(BUILD)/tests/script_source \
+	$(BUILD)/tests/redis_batch_probe
 	MAILSTREAM_BUILD_DIR=$(abspath $(BUILD)) PYTHONDONTWRITEBYTECODE=1 \
 	    $(VENV)/bin/python -m pytest -p no:cacheprovider -q $(INTEGRATION_TESTS) $(PYTEST_ARGS)
 
@@ -194,6 +195,11 @@ $(BUILD)/tests/kafka_close_probe: $(call obj,tests/kafka_close_probe.c tests/kaf
 
 # The Lua scripts' sources, run with EVAL by tests/integration/test_fence_scripts.py.
 $(BUILD)/tests/script_source: $(call obj,tests/script_source.c) $(LIB_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(OPT) $(SAN) -o $@ $^ $(LDLIBS_ALL)
+
+# Commands sent while a Redis reply is due (tests/integration/test_redis_batching.py).
+$(BUILD)/tests/redis_batch_probe: $(call obj,tests/redis_batch_probe.c) $(LIB_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(OPT) $(SAN) -o $@ $^ $(LDLIBS_ALL)
 

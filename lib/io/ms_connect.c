@@ -177,7 +177,7 @@ int ms_connect_redis_conf(const ms_config *cfg, struct ms_redis_conf *rc,
                           struct ms_conn_secrets *s, char *err, size_t errlen)
 {
     const char *user = ms_config_get(cfg, "redis", "username", "");
-    int64_t port;
+    int64_t port, linger;
     char *pw;
 
     rc->host = ms_config_get(cfg, "redis", "host", "127.0.0.1");
@@ -188,6 +188,12 @@ int ms_connect_redis_conf(const ms_config *cfg, struct ms_redis_conf *rc,
         return MS_ECONFIG;
     }
     rc->port = (int)port;
+    if (ms_config_get_int(cfg, "redis", "linger_ms", MS_REDIS_LINGER_DEFAULT_MS, 0,
+                          MS_REDIS_LINGER_MAX_MS, &linger) < 0) {
+        snprintf(err, errlen, "[redis] linger_ms: want 0 to %d", MS_REDIS_LINGER_MAX_MS);
+        return MS_ECONFIG;
+    }
+    rc->linger_ms = (int)linger;
     if (read_password(cfg, "redis", "password", "password_file", &pw, err, errlen) < 0)
         return MS_ECONFIG;
     if (*user && pw == NULL) {

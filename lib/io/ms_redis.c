@@ -50,6 +50,7 @@ struct ms_redis {
     int port;
     char *username;     /* NULL: the default user */
     char *password;     /* NULL: no AUTH; a secret, never logged */
+    int linger_ms;      /* ms_redis_conf.linger_ms */
     redisAsyncContext *ac;
     int connected;
     int ping_ok;
@@ -109,11 +110,20 @@ static void sentinel_subscribe(ms_redis *r);
  * when the kernel does not take everything (or while connecting, where
  * writability means the connection is up) does the socket wait for
  * writability.  Reading stays armed from connect to cleanup.
+ *
+ * With [redis] linger_ms (the client's own connection, not a Sentinel's),
+ * the first command queued starts a timer instead, and what is queued when
+ * it fires leaves in one write: a worker's script calls come one at a time
+ * (a sink's reply each), and Redis pays a wake-up, a read, a write and an
+ * AOF append per batch it reads, whatever the batch holds
+ * (docs/scaling.md, "Redis operations").
  */
 struct redis_ev {
     redisAsyncContext *ac; /* NULL once hiredis has cleaned up */
     uv_poll_t poll;
     uv_prepare_t flush;
+    uv_timer_t linger; /* linger_ms > 0: in place of flush */
+    uint64_t linger_ms;
     int events;   /* what `poll` waits for */
     int flushing; /* inside flush_cb's redisAsyncHandleWrite */
     int open;     /* handles not yet closed */
@@ -142,16 +152,25 @@ static void ev_arm(struct redis_ev *e, int events)
         uv_poll_stop(&e->poll);
 }
 
-static void ev_flush_cb(uv_prepare_t *h)
+static void ev_flush(struct redis_ev *e)
 {
-    struct redis_ev *e = h->data;
-
     uv_prepare_stop(&e->flush);
+    uv_timer_stop(&e->linger);
     if (e->ac == NULL)
         return;
     e->flushing = 1;
     redisAsyncHandleWrite(e->ac); /* may clean up: e stays until closed */
     e->flushing = 0;
+}
+
+static void ev_flush_cb(uv_prepare_t *h)
+{
+    ev_flush(h->data);
+}
+
+static void ev_linger_cb(uv_timer_t *h)
+{
+    ev_flush(h->data);
 }
 
 static void ev_add_read(void *privdata)
@@ -173,11 +192,14 @@ static void ev_add_write(void *privdata)
     struct redis_ev *e = privdata;
 
     /* Connecting, or the last write did not go out whole: wait for the
-     * socket.  Otherwise write before the loop sleeps. */
+     * socket.  Otherwise write once linger_ms have passed since the first
+     * command queued, or before the loop sleeps. */
     if (!(e->ac->c.flags & REDIS_CONNECTED) || e->flushing)
         ev_arm(e, e->events | UV_WRITABLE);
-    else
+    else if (e->linger_ms == 0)
         uv_prepare_start(&e->flush, ev_flush_cb);
+    else if (!uv_is_active((uv_handle_t *)&e->linger))
+        uv_timer_start(&e->linger, ev_linger_cb, e->linger_ms, 0);
 }
 
 static void ev_del_write(void *privdata)
@@ -185,6 +207,7 @@ static void ev_del_write(void *privdata)
     struct redis_ev *e = privdata;
 
     uv_prepare_stop(&e->flush);
+    uv_timer_stop(&e->linger);
     ev_arm(e, e->events & ~UV_WRITABLE);
 }
 
@@ -203,9 +226,10 @@ static void ev_cleanup(void *privdata)
     e->ac = NULL;
     uv_close((uv_handle_t *)&e->poll, ev_closed);
     uv_close((uv_handle_t *)&e->flush, ev_closed);
+    uv_close((uv_handle_t *)&e->linger, ev_closed);
 }
 
-static int ev_attach(redisAsyncContext *ac, uv_loop_t *loop)
+static int ev_attach(redisAsyncContext *ac, uv_loop_t *loop, uint64_t linger_ms)
 {
     struct redis_ev *e;
 
@@ -217,8 +241,10 @@ static int ev_attach(redisAsyncContext *ac, uv_loop_t *loop)
         return REDIS_ERR;
     }
     uv_prepare_init(loop, &e->flush);
-    e->poll.data = e->flush.data = e;
-    e->open = 2;
+    uv_timer_init(loop, &e->linger);
+    e->poll.data = e->flush.data = e->linger.data = e;
+    e->linger_ms = linger_ms;
+    e->open = 3;
     e->ac = ac;
     ac->ev.addRead = ev_add_read;
     ac->ev.delRead = ev_del_read;
@@ -532,7 +558,7 @@ static void redis_connect(ms_redis *r)
         return;
     }
     ac->data = r;
-    if (ev_attach(ac, r->loop) != REDIS_OK) {
+    if (ev_attach(ac, r->loop, (uint64_t)r->linger_ms) != REDIS_OK) {
         redisAsyncFree(ac);
         schedule_reconnect(r);
         return;
@@ -750,7 +776,7 @@ static void sentinel_ask(ms_redis *r)
         return;
     }
     ac->data = r;
-    if (ev_attach(ac, r->loop) != REDIS_OK) {
+    if (ev_attach(ac, r->loop, 0) != REDIS_OK) {
         redisAsyncFree(ac);
         r->asking = 1;
         sentinel_give_up(r);
@@ -833,7 +859,7 @@ static void sentinel_subscribe(ms_redis *r)
         return;
     }
     ac->data = r;
-    if (ev_attach(ac, r->loop) != REDIS_OK) {
+    if (ev_attach(ac, r->loop, 0) != REDIS_OK) {
         redisAsyncFree(ac);
         return;
     }
@@ -959,6 +985,7 @@ ms_redis *ms_redis_new(uv_loop_t *loop, const struct ms_redis_conf *conf)
     r->loop = loop;
     r->host = ms_strdup(conf->host ? conf->host : "");
     r->port = conf->port;
+    r->linger_ms = conf->linger_ms;
     if (conf->password && *conf->password) {
         r->password = ms_strdup(conf->password);
         if (conf->username && *conf->username)

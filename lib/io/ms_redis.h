@@ -78,9 +78,15 @@ struct ms_redis_conf {
     const char *password;    /* NULL or "": no AUTH; a secret, copied */
     const char *sentinels;   /* [redis] sentinels */
     const char *master_name; /* [redis] master_name; NULL or "": MS_REDIS_MASTER_NAME */
+    /* [redis] linger_ms: commands wait this long after the first of them
+     * and leave together in one write; 0 writes what the loop queued each
+     * time before it waits.  At most MS_REDIS_LINGER_MAX_MS. */
+    int linger_ms;
 };
 
 #define MS_REDIS_AUTH_RETRY_MS 5000
+#define MS_REDIS_LINGER_DEFAULT_MS 1
+#define MS_REDIS_LINGER_MAX_MS 100
 #define MS_REDIS_SENTINELS_MAX 16
 #define MS_REDIS_MASTER_NAME "mymaster"
 /* Longest host in a sentinels entry (a DNS name, RFC 1035 section 2.3.4). */

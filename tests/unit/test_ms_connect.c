@@ -195,6 +195,26 @@ static void test_redis(void **state)
     assert_int_equal(ms_connect_redis_conf(cfg, &rc, &s, err, sizeof(err)), 0);
     assert_string_equal(rc.sentinels, "");
     assert_string_equal(rc.master_name, MS_REDIS_MASTER_NAME);
+    assert_int_equal(rc.linger_ms, MS_REDIS_LINGER_DEFAULT_MS);
+    ms_config_free(cfg);
+
+    /* linger_ms: 0 (write each loop iteration's commands) to the limit. */
+    cfg = unit_config("[redis]\nlinger_ms = 0\n");
+    assert_int_equal(ms_connect_redis_conf(cfg, &rc, &s, err, sizeof(err)), 0);
+    assert_int_equal(rc.linger_ms, 0);
+    ms_config_free(cfg);
+    snprintf(buf, sizeof(buf), "[redis]\nlinger_ms = %d\n", MS_REDIS_LINGER_MAX_MS);
+    cfg = unit_config(buf);
+    assert_int_equal(ms_connect_redis_conf(cfg, &rc, &s, err, sizeof(err)), 0);
+    assert_int_equal(rc.linger_ms, MS_REDIS_LINGER_MAX_MS);
+    ms_config_free(cfg);
+    snprintf(buf, sizeof(buf), "[redis]\nlinger_ms = %d\n", MS_REDIS_LINGER_MAX_MS + 1);
+    cfg = unit_config(buf);
+    assert_int_equal(ms_connect_redis_conf(cfg, &rc, &s, err, sizeof(err)), MS_ECONFIG);
+    assert_non_null(strstr(err, "[redis] linger_ms"));
+    ms_config_free(cfg);
+    cfg = unit_config("[redis]\nlinger_ms = -1\n");
+    assert_int_equal(ms_connect_redis_conf(cfg, &rc, &s, err, sizeof(err)), MS_ECONFIG);
     ms_config_free(cfg);
     cfg = unit_config("[redis]\nsentinels = s1\n");
     assert_int_equal(ms_connect_redis_conf(cfg, &rc, &s, err, sizeof(err)), MS_ECONFIG);
