@@ -116,7 +116,7 @@ static void sentinel_subscribe(ms_redis *r);
  * it fires leaves in one write: a worker's script calls come one at a time
  * (a sink's reply each), and Redis pays a wake-up, a read, a write and an
  * AOF append per batch it reads, whatever the batch holds
- * (docs/scaling.md, "Redis operations").
+ * (docs/scaling.md, item 5 of "What bounds what").
  */
 struct redis_ev {
     redisAsyncContext *ac; /* NULL once hiredis has cleaned up */
