@@ -5,6 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/lsan_interface.h>
+#endif
 
 void *ms_malloc(size_t n)
 {
@@ -28,6 +31,15 @@ void *ms_realloc(void *p, size_t n)
     if (q == NULL)
         ms_panic("out of memory reallocating %zu bytes", n);
     return q;
+}
+
+void ms_mem_keep(const void *p)
+{
+#if defined(__SANITIZE_ADDRESS__)
+    __lsan_ignore_object(p);
+#else
+    (void)p;
+#endif
 }
 
 char *ms_strdup(const char *s)

@@ -1205,6 +1205,7 @@ static int consumer_close_bounded(ms_consumer *c)
          * to q: left, with the handle, to the process's exit. */
         ms_warn("event=kafka_consumer_close_timeout topic=%s timeout_ms=%d", c->topic,
                 MS_KAFKA_CLOSE_TIMEOUT_MS);
+        ms_mem_keep(q);
         return 0;
     }
     rd_kafka_queue_destroy(q);
@@ -1240,6 +1241,7 @@ void ms_consumer_free(ms_consumer *c)
         /* Not freed either: the handle's threads may still call back
          * with it as their opaque. */
         ms_info("event=kafka_destroy_skipped topic=%s reason=%s", c->topic, leave);
+        ms_mem_keep(c); /* and c->rk with all it holds */
         return;
     }
     rd_kafka_destroy(c->rk);

@@ -158,8 +158,8 @@ def test_kafka_restart_keeps_topics(kafka_control):
 
 def test_sanitizer_reports_found_in_logs(tmp_path):
     """The check every test ends with (conftest._no_sanitizer_errors): an
-    AddressSanitizer error and a UBSan runtime error are found, a
-    LeakSanitizer report at exit and ordinary lines are not."""
+    AddressSanitizer error, a UBSan runtime error and a LeakSanitizer report
+    at exit are found, its summary line and ordinary lines are not."""
     from conftest import sanitizer_reports
 
     log = tmp_path / "worker-1.log"
@@ -173,6 +173,7 @@ def test_sanitizer_reports_found_in_logs(tmp_path):
     clean.write_bytes(b"ts=x level=warn node=fe1 event=smtp_error reason=\"runtime\"\n")
     found = sanitizer_reports([str(clean), str(log)])
     assert [f.split(": ", 1)[1] for f in found] == [
+        "==11281==ERROR: LeakSanitizer: detected memory leaks",
         "==9==ERROR: AddressSanitizer: heap-use-after-free on address 0x6020",
         "worker/delivery.c:12:5: runtime error: signed integer overflow"]
     assert all(f.startswith(str(log)) for f in found)
