@@ -1183,6 +1183,15 @@ def bound_table(summary: List[Dict[str, object]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _per_system_line(rep: dict, key: str, title: str, fmt: str) -> List[str]:
+    """"title: workload system: value; ..." over the summary rows that have
+    `key`, and a blank line; nothing when none has it."""
+    rows = [(r["workload"], r["system"], r[key]) for r in rep["summary"] if r.get(key)]
+    if not rows:
+        return []
+    return [title + ": " + "; ".join(f"{w} {sy}: " + fmt.format(v) for w, sy, v in rows), ""]
+
+
 def latency_check_table(summary: List[Dict[str, object]]) -> str:
     lines = ["| workload | system | probe p50 ms | frontend histogram p50 bucket ms | "
              "probe p99 ms | frontend histogram p99 bucket ms | histogram observations |",
@@ -1310,25 +1319,16 @@ def markdown(rep: Dict[str, object]) -> str:
               "generator ms/msg), 1000 / sink ms/msg: smtp-sink is one process) / "
               "Postfix's end-to-end median. A target above it is out of reach on this "
               "machine for any relay.", "", bt]
-    rc = [(r["workload"], r["system"], r["redis_calls_per_msg"]) for r in rep["summary"]
-          if r.get("redis_calls_per_msg")]
-    if rc:
-        s += ["Redis commands per message (Mailstream; INFO commandstats, median over rounds): "
-              + "; ".join(f"{w} {sy}: {c:.2f}" for w, sy, c in rc), ""]
-    rr = [(r["workload"], r["system"], r["redis_reads_per_msg"]) for r in rep["summary"]
-          if r.get("redis_reads_per_msg")]
-    if rr:
-        s += ["Redis socket reads per message (INFO stats `total_reads_processed`; the "
-              "worker's three script calls a message arrive together when this is below 3; "
-              "median over rounds): "
-              + "; ".join(f"{w} {sy}: {c:.2f}" for w, sy, c in rr), ""]
-    rb = [(r["workload"], r["system"], r["records_per_batch"]) for r in rep["summary"]
-          if r.get("records_per_batch")]
-    if rb:
-        s += ["Records per produce request (the frontends' group commit, "
-              "`mailstream_smtp_group_commit_records_total` / `_group_commits_total` over the "
-              "run, all loops; median over rounds): "
-              + "; ".join(f"{w} {sy}: {c:.1f}" for w, sy, c in rb), ""]
+    s += _per_system_line(rep, "redis_calls_per_msg", "Redis commands per message "
+                          "(Mailstream; INFO commandstats, median over rounds)", "{:.2f}")
+    s += _per_system_line(rep, "redis_reads_per_msg", "Redis socket reads per message (INFO "
+                          "stats `total_reads_processed`; the worker's three script calls a "
+                          "message arrive together when this is below 3; median over rounds)",
+                          "{:.2f}")
+    s += _per_system_line(rep, "records_per_batch", "Records per produce request (the "
+                          "frontends' group commit, `mailstream_smtp_group_commit_records_total`"
+                          " / `_group_commits_total` over the run, all loops; median over "
+                          "rounds)", "{:.1f}")
     lc = latency_check_table(rep["summary"])
     if lc.count("\n") > 1:
         s += ["## Latency cross-check against the frontend's histogram", "",
