@@ -75,6 +75,11 @@ def test_verify_known_unknown_cached_and_coalesced(cluster_factory, fake_smtp):
     assert srv.data_count == 0
     mslocal.wait_until(lambda: srv.commands.count("QUIT") >= 2, 10, "probes said QUIT")
 
+    # The answer is written to the cache after the reply, and the Redis
+    # client holds a command up to [redis] linger_ms: wait for it.
+    for addr in (known, gone):
+        mslocal.wait_until(lambda: not cached(cl, addr)[0].startswith(b"$-1"), 10,
+                           f"{addr} cached")
     v, ttl = cached(cl, known)
     assert b"1 250 2.1.5 Ok" in v and 0 < ttl <= 600, (v, ttl)
     v, ttl = cached(cl, gone)
