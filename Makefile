@@ -198,7 +198,8 @@ $(BUILD)/tests/script_source: $(call obj,tests/script_source.c) $(LIB_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(OPT) $(SAN) -o $@ $^ $(LDLIBS_ALL)
 
-# Commands sent while a Redis reply is due (tests/integration/test_redis_batching.py).
+# Redis commands from loop iterations of their own, the writes that carried them
+# counted ([redis] linger_ms; tests/integration/test_redis_batching.py).
 $(BUILD)/tests/redis_batch_probe: $(call obj,tests/redis_batch_probe.c) $(LIB_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(OPT) $(SAN) -o $@ $^ $(LDLIBS_ALL)

@@ -1064,15 +1064,10 @@ def summarize(runs: List[Dict[str, object]], systems: List[str],
             kj = [r["kafka_jit_ms_per_msg"] for r in ok if r.get("kafka_jit_ms_per_msg") is not None]
             if kj:
                 row["kafka_jit_ms_per_msg"] = statistics.median(kj)
-            rc = [r.get("redis_calls_per_msg") for r in ok if r.get("redis_calls_per_msg")]
-            if rc:
-                row["redis_calls_per_msg"] = statistics.median(rc)
-            rr = [r["redis_reads_per_msg"] for r in ok if r.get("redis_reads_per_msg")]
-            if rr:
-                row["redis_reads_per_msg"] = statistics.median(rr)
-            rb = [r["records_per_batch"] for r in ok if r.get("records_per_batch")]
-            if rb:
-                row["records_per_batch"] = statistics.median(rb)
+            for key in ("redis_calls_per_msg", "redis_reads_per_msg", "records_per_batch"):
+                vals = [r[key] for r in ok if r.get(key)]
+                if vals:
+                    row[key] = statistics.median(vals)
             if s.startswith("postfix"):
                 base = row
             elif base is not None:
