@@ -62,10 +62,14 @@
  * ~420 requests a second at 6,000 msg/s (bench/results/20261205-085843:
  * worker 0.058 -> 0.045, Kafka 0.087 -> 0.075 ms/msg). */
 #define WK_KAFKA_LINGER_MS 20
-/* 256 KiB rather than 64: a quarter of the fetch requests under load
- * (bench/results/20261205-090552: Kafka 0.078 -> 0.066 ms/msg); a quiet
- * queue still waits at most fetch_wait_ms. */
-#define WK_KAFKA_FETCH_MIN_BYTES (256 * 1024)
+/* 1 MiB: every fetch costs the broker a fixed part beside its octets (an
+ * idle one ~1 ms of CPU), so fewer, fuller fetches are cheaper: 64 -> 256 KiB
+ * (bench/results/20261205-090552: Kafka 0.078 -> 0.066 ms/msg), 256 KiB ->
+ * 1 MiB (20261207-194252-s13-fmb-a, -194824-s13-fmb-b, -200130-s13-fmb-d:
+ * Kafka -13 % at 5 KiB, Mailstream -6 %; 50 KiB -0 to -6 %; docs/scaling.md,
+ * "Fewer fetches").  A fetch still waits at most fetch_wait_ms, so this
+ * adds to no delivery more than that. */
+#define WK_KAFKA_FETCH_MIN_BYTES (1024 * 1024)
 #define WK_KAFKA_FETCH_WAIT_MS 20
 
 static const char *var_node_id, *var_hostname, *var_metrics, *var_topic, *var_events_topic,
