@@ -61,6 +61,7 @@ from typing import Dict, List, Optional, Sequence
 
 import mslocal
 import opendkim
+from smtpclient import share_out
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "integration"))
@@ -238,18 +239,9 @@ class InboundWorld:
                      host: str = CLIENT_IP) -> List[List[str]]:
         """One smtp-source per domain (as many as there are sessions), the
         sessions and messages shared out in proportion."""
-        k = max(1, min(self.n, sessions))
-        sess = [sessions // k + (1 if i < sessions % k else 0) for i in range(k)]
-        msgs = [messages * s // sessions for s in sess]
-        msgs[0] += messages - sum(msgs)
-        out = []
-        for i in range(k):
-            if msgs[i] <= 0:
-                continue
-            out.append([source, "-d", "-s", str(max(1, sess[i])), "-m", str(msgs[i]),
-                        "-F", str(self.messages(size)[i]), "-f", f"bench@{domain(i)}", "-t", self.rcpt,
-                        "-M", domain(i), f"{host}:{port}"])
-        return out
+        return [[source, "-d", "-s", str(s), "-m", str(m), "-F", str(self.messages(size)[i]),
+                 "-f", f"bench@{domain(i)}", "-t", self.rcpt, "-M", domain(i), f"{host}:{port}"]
+                for i, (s, m) in enumerate(share_out(sessions, messages, self.n))]
 
     # -- Postfix's side --
     def start_postfix_side(self) -> List[str]:

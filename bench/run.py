@@ -92,7 +92,7 @@ class Workload:
     name: str
     size: int       # body bytes (smtp-source -l)
     sessions: int   # parallel SMTP sessions, the probe included
-    body: str = "text"  # "text": smtp-source's own body; "b64": a MIME attachment (below)
+    body: str = "text"  # "text": smtp-source's own body; "b64", "prose": files (below)
 
 
 WORKLOADS = [
@@ -106,6 +106,10 @@ WORKLOADS = [
     # any codec shrinks a hundredfold.  Not in the default set.
     Workload("5k-20-b64", 5 * 1024, 20, "b64"),
     Workload("50k-20-b64", 50 * 1024, 20, "b64"),
+    # Text as people write it (compression): English prose, a different
+    # text in every session's message (prose_message).  Not in the default set.
+    Workload("5k-20-prose", 5 * 1024, 20, "prose"),
+    Workload("50k-20-prose", 50 * 1024, 20, "prose"),
 ]
 DEFAULT_WORKLOADS = ["5k-20", "5k-100", "50k-20", "1m-4"]
 SYSTEMS = ["postfix", "mailstream", "mailstream-fsync"]
@@ -550,44 +554,119 @@ class MailstreamSystem:
 # One measured run
 # ---------------------------------------------------------------------------
 
-# Workload.body "b64": the message files smtp-source sends (-F), one per size.
+# Workload.body "b64" and "prose": the message files smtp-source sends (-F).
+# Each smtp-source session sends its own file (BODY_FILES at most): with one
+# file for all, the records a produce request gathers would repeat each
+# other, and a codec would remove that repetition as no real mail lets it.
 BODY_DIR = Path(tempfile.gettempdir())
+BODY_FILES = 20
+# Where "prose" takes its text: this machine's Debian changelogs and licences
+# (English written by people, with names, versions and dates), in a fixed order.
+PROSE_SOURCES = ("/usr/share/doc/*/changelog.Debian.gz", "/usr/share/doc/*/changelog.gz",
+                 "/usr/share/common-licenses/*")
+PROSE_LINE_MAX = 76
 
 
-def b64_message(size: int) -> Path:
-    """A message of about `size` octets whose body is one base64 attachment
-    of random octets (incompressible once decoded; base64 itself leaves a
-    codec 6 bits of every 8).  smtp-source -F adds CRLF to each line and
-    dot-stuffs (none of these lines starts with a dot)."""
-    import base64
-    path = BODY_DIR / f"mailstream-bench-b64-{size}.eml"
+def _message_file(kind: str, size: int, k: int, head: List[str], body) -> Path:
+    """The k-th message file of a kind and size, written once: `head`, then
+    the lines `body(octets)` returns for the rest of `size`.  smtp-source -F
+    adds CRLF to each line and dot-stuffs."""
+    path = BODY_DIR / f"mailstream-bench-{kind}-{size}-{k}.eml"
     if not path.exists():
-        raw = base64.b64encode(os.urandom(size * 3 // 4)).decode()
-        lines = [raw[i:i + 76] for i in range(0, len(raw), 76)]
-        head = [f"From: <{SENDER}>", f"To: <{RCPT}>", "Subject: bench attachment",
-                "MIME-Version: 1.0", 'Content-Type: multipart/mixed; boundary="b"', "",
-                "--b", "Content-Type: text/plain", "", "See the attachment.", "",
-                "--b", 'Content-Type: application/octet-stream; name="a.bin"',
-                "Content-Transfer-Encoding: base64", ""]
-        path.write_text("\n".join(head + lines + ["--b--", ""]))
+        lines = head + body(max(0, size - sum(len(h) + 2 for h in head)))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines + [""]))
+        tmp.replace(path)
     return path
 
 
+def b64_message(size: int, k: int = 0) -> Path:
+    """A message of about `size` octets whose body is one base64 attachment
+    of random octets (incompressible once decoded; base64 itself leaves a
+    codec 6 bits of every 8), a different one for each k."""
+    import base64
+
+    def body(n: int) -> List[str]:
+        raw = base64.b64encode(os.urandom(n * 3 // 4)).decode()
+        return [raw[i:i + 76] for i in range(0, len(raw), 76)] + ["--b--"]
+    head = [f"From: <{SENDER}>", f"To: <{RCPT}>", "Subject: bench attachment",
+            "MIME-Version: 1.0", 'Content-Type: multipart/mixed; boundary="b"', "",
+            "--b", "Content-Type: text/plain", "", "See the attachment.", "",
+            "--b", 'Content-Type: application/octet-stream; name="a.bin"',
+            "Content-Transfer-Encoding: base64", ""]
+    return _message_file("b64", size, k, head, body)
+
+
+def prose_lines(need: int) -> List[str]:
+    """At least `need` octets of prose in lines of at most PROSE_LINE_MAX
+    ASCII characters, from PROSE_SOURCES in order."""
+    import glob
+    import gzip
+    out: List[str] = []
+    have = 0
+    for pattern in PROSE_SOURCES:
+        for name in sorted(glob.glob(pattern)):
+            try:
+                with (gzip.open(name) if name.endswith(".gz") else open(name, "rb")) as f:
+                    text = f.read().decode("utf-8", "replace")
+            except OSError:
+                continue
+            for line in text.encode("ascii", "replace").decode().splitlines():
+                line = line.rstrip()
+                while True:
+                    out.append(line[:PROSE_LINE_MAX])
+                    have += len(out[-1]) + 2
+                    line = line[PROSE_LINE_MAX:]
+                    if not line:
+                        break
+            if have >= need:
+                return out
+    raise SystemExit(f"bench: the prose workloads need {need} octets of text from "
+                     f"{', '.join(PROSE_SOURCES)}; this machine has {have}")
+
+
+def prose_message(size: int, k: int = 0) -> Path:
+    """A plain-text message of about `size` octets: the k-th `size` octets
+    of prose_lines, so every k is a different text."""
+    def body(n: int) -> List[str]:
+        lines = prose_lines(n * (k + 1))
+        skip, i = n * k, 0
+        while skip > 0:
+            skip -= len(lines[i]) + 2
+            i += 1
+        out, have = [], 0
+        while have < n and i < len(lines):
+            out.append(lines[i])
+            have += len(lines[i]) + 2
+            i += 1
+        return out
+    head = [f"From: <{SENDER}>", f"To: <{RCPT}>", "Subject: bench prose",
+            "MIME-Version: 1.0", "Content-Type: text/plain; charset=us-ascii", ""]
+    return _message_file("prose", size, k, head, body)
+
+
+BODY_MESSAGES = {"b64": b64_message, "prose": prose_message}
+
+
 def smtp_source_argv(port: int, sessions: int, messages: int, size: int,
-                     body: str = "text") -> List[str]:
+                     body: str = "text", k: int = 0) -> List[str]:
     # -d: keep the connection for the next message (as an MTA does);
     # -M: HELO name; the sender/recipient are the same for both systems.
-    what = ["-F", str(b64_message(size))] if body == "b64" else ["-l", str(size)]
+    what = ["-F", str(BODY_MESSAGES[body](size, k))] if body in BODY_MESSAGES else ["-l", str(size)]
     return [SMTP_SOURCE, "-d", "-s", str(sessions), "-m", str(messages), *what,
             "-f", SENDER, "-t", RCPT, "-M", "client.test", f"{HOST}:{port}"]
 
 
 def source_argvs(system, sessions: int, messages: int, wl: Workload) -> List[List[str]]:
-    """The smtp-source commands of a load: one, or for the inbound systems
-    one per sender domain (InboundWorld.source_argvs)."""
+    """The smtp-source commands of a load: one; one per message file
+    (BODY_MESSAGES); or for the inbound systems one per sender domain
+    (InboundWorld.source_argvs)."""
     world = getattr(system, "inbound", None)
     if world is not None:
         return world.source_argvs(SMTP_SOURCE, system.smtp_port, sessions, messages, wl.size)
+    if wl.body in BODY_MESSAGES:
+        return [smtp_source_argv(system.smtp_port, s, m, wl.size, wl.body, k)
+                for k, (s, m) in enumerate(smtpclient.share_out(sessions, messages, BODY_FILES))]
     return [smtp_source_argv(system.smtp_port, sessions, messages, wl.size, wl.body)]
 
 
@@ -1358,7 +1437,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                     help="short run: 1000 messages, 1 round, 1000 idle connections")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS),
-                    help="also 5k-20-b64, 50k-20-b64: an attachment-heavy (base64) body")
+                    help="also 5k-20-b64, 50k-20-b64: an attachment-heavy (base64) body; "
+                    "5k-20-prose, 50k-20-prose: English text, different in every session")
     ap.add_argument("--systems", default=",".join(SYSTEMS),
                     help=f"of {', '.join(ALL_SYSTEMS)}")
     ap.add_argument("--sink-tls", action="store_true",

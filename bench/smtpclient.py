@@ -18,6 +18,17 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 
+def share_out(sessions: int, messages: int, k: int) -> List[Tuple[int, int]]:
+    """A load of `sessions` sessions and `messages` messages split over at
+    most `k` smtp-source processes: (sessions, messages) for each, the
+    messages in proportion to the sessions, none empty."""
+    k = max(1, min(k, sessions))
+    sess = [sessions // k + (1 if i < sessions % k else 0) for i in range(k)]
+    msgs = [messages * s // sessions for s in sess]
+    msgs[0] += messages - sum(msgs)
+    return [(max(1, s), m) for s, m in zip(sess, msgs) if m > 0]
+
+
 def make_message(size: int, n: int, tag: str) -> bytes:
     """Headers plus `size` bytes of body in 78-character lines (CRLF), dot-stuffed
     (the body never starts a line with '.') and terminated by CRLF."""

@@ -104,6 +104,41 @@ def test_records_per_batch_sums_every_frontend():
     assert bench.records_per_batch(before, before) is None
 
 
+def test_share_out_splits_a_load_over_processes():
+    """19 sessions and 5,000 messages over at most 20 smtp-source processes:
+    one session each, the messages in proportion; fewer messages than
+    sessions leaves no process without a message."""
+    import smtpclient
+    parts = smtpclient.share_out(19, 5000, 20)
+    assert len(parts) == 19 and {s for s, _ in parts} == {1}
+    assert sum(m for _, m in parts) == 5000 and max(m for _, m in parts) - min(m for _, m in parts) <= 1 + 5000 % 19
+    assert smtpclient.share_out(100, 1000, 20) == [(5, 50)] * 20
+    assert sum(m for _, m in smtpclient.share_out(10, 3, 10)) == 3
+    assert all(m > 0 for _, m in smtpclient.share_out(10, 3, 10))
+
+
+@pytest.mark.parametrize("body", ["b64", "prose"])
+def test_body_workloads_send_a_different_file_in_every_session(tmp_path, monkeypatch, body):
+    """The b64 and prose workloads: one smtp-source per session, each with
+    its own message file of about the workload's size, no two alike (one
+    file for all would let a codec remove the repetition between the
+    records of a batch, which no real mail allows)."""
+    monkeypatch.setattr(bench, "BODY_DIR", tmp_path)
+    wl = next(w for w in bench.WORKLOADS if w.name == f"50k-20-{body}")
+    system = type("S", (), {"smtp_port": 2525})()
+    argvs = bench.source_argvs(system, 19, 1000, wl)
+    assert len(argvs) == 19
+    files = [Path(a[a.index("-F") + 1]) for a in argvs]
+    texts = [f.read_bytes() for f in files]
+    assert len(set(texts)) == 19
+    for t in texts:
+        wire = len(t) + t.count(b"\n")  # smtp-source sends each line with CRLF
+        assert 0.95 * wl.size <= wire <= 1.05 * wl.size, wire
+        assert t.isascii() and max(len(line) for line in t.split(b"\n")) <= 998
+    assert sum(int(a[a.index("-m") + 1]) for a in argvs) == 1000
+    assert bench.source_argvs(system, 19, 1000, wl) == argvs  # the files are kept
+
+
 def test_memory_fill_writes_its_file_and_removes_it(tmp_path):
     """bench/memwarm.py, capped: the filler is written to the size asked
     (free memory and disk allowing), both write-cost probes are measured and
