@@ -1504,14 +1504,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 # connection limits (docs/config.md) must not cap the sessions or the 10,000
 # idle connections we measure. --frontend-set can still override them.
 BENCH_FRONTEND_DEFAULTS = ["smtp.max_connections_per_ip=20000", "smtp.max_connections=20000"]
-# mailstream-fsync's frontend settings (docs/config.md), what an operator
-# whose topic fsyncs every append would run (docs/scaling.md, "fsync
-# parity"): librdkafka waits a millisecond for the rest of a group-commit
-# batch, so the batch is one request and one fsync; and one loop, so the
-# sessions fill half as many batches, each twice as full (a frontend with
-# two loops sends two requests, each an append and an fsync, where one
-# would do).
-FSYNC_FRONTEND_SET = ["kafka.batch_linger_ms=1", "node.threads=1"]
+# mailstream-fsync's frontend setting (docs/config.md): with a topic that
+# fsyncs every append, librdkafka waits a millisecond for the rest of a
+# group-commit batch, so the batch is one request and one fsync
+# (docs/scaling.md, "fsync parity").
+FSYNC_FRONTEND_SET = ["kafka.batch_linger_ms=1"]
 
 
 def _variants(items: List[str]) -> Dict[str, Dict[str, List[str]]]:
